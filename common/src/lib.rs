@@ -1,0 +1,18 @@
+//! Everything the piwheels programs share: the protocols of every socket, the codec that
+//! puts them on the wire, typed ZeroMQ sockets, the task runtime of the master, the clock,
+//! configuration loading and logging set-up.
+
+pub mod clock;
+pub mod codec;
+pub mod config;
+pub mod logging;
+pub mod protocols;
+pub mod task;
+pub mod transport;
+
+/// Version of the wire protocols in [`protocols`]. Bump it on any change to a message that
+/// crosses a process boundary; a client and a master whose versions differ refuse each other.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of this software, carried in every external client's first message.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

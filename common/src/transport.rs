@@ -1,0 +1,481 @@
+//! Typed ZeroMQ sockets: each wrapper sends one protocol's enum and receives another's, so a
+//! socket cannot carry a message it was not made for.
+//!
+//! | wrapper | ZeroMQ type | use |
+//! |---|---|---|
+//! | [`Sender`] | PUSH or PUB | one-way messages out |
+//! | [`Receiver`] | PULL or SUB | one-way messages in |
+//! | [`Server`] | ROUTER | requests in, one reply each, to the peer they came from |
+//! | [`Client`] | REQ (relaxed, correlated) | request and wait for the reply, with a deadline |
+//! | [`Dealer`] | DEALER | asynchronous conversation with a [`Server`] |
+//!
+//! Every message is a single frame made by [`crate::codec`]. A [`Server`] sees each request
+//! behind its routing envelope (the peer's identity and any frames a proxy or a correlating
+//! REQ added, then an empty delimiter) and replies with the same envelope, so REQ, DEALER and
+//! proxied clients all work with it.
+//!
+//! External sockets carry a maximum message size: libzmq drops a tcp or ipc peer that sends a
+//! larger frame, the receiving side refuses larger frames on inproc too, and a sender refuses
+//! to send one, so a well-behaved client learns of the limit from a clear local error.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::codec::{self, ProtocolError};
+use crate::protocols::Message;
+
+/// Something went wrong sending or receiving.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The peer sent something that is not a message of the socket's protocol.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// ZeroMQ refused an operation.
+    #[error("{op} {endpoint}: {source}")]
+    Zmq {
+        /// What we were doing.
+        op: &'static str,
+        /// Where.
+        endpoint: String,
+        /// What ZeroMQ said.
+        source: zmq::Error,
+    },
+    /// No reply arrived before the deadline.
+    #[error("no reply from {endpoint} within {timeout:?}")]
+    Timeout {
+        /// The peer's address.
+        endpoint: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// An ipc endpoint's directory is not safe to use.
+    #[error("ipc endpoint {endpoint}: {reason}")]
+    Ipc {
+        /// The endpoint.
+        endpoint: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Default maximum size of a frame on an external socket: large enough for a build log of
+/// the size the slave keeps, small enough that a hostile peer cannot exhaust memory.
+pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
+
+/// How long a socket may keep unsent messages when it closes.
+const LINGER_MS: i32 = 1000;
+
+struct Raw {
+    socket: zmq::Socket,
+    endpoint: String,
+    max_message: Option<usize>,
+}
+
+impl Raw {
+    fn new(ctx: &zmq::Context, kind: zmq::SocketType, endpoint: &str, max_message: Option<usize>) -> Result<Raw, TransportError> {
+        let socket = ctx.socket(kind).map_err(|source| zmq_err("create socket for", endpoint, source))?;
+        let setup = || -> Result<(), zmq::Error> {
+            socket.set_linger(LINGER_MS)?;
+            if endpoint.starts_with("tcp://") {
+                socket.set_ipv6(true)?;
+            }
+            if let Some(limit) = max_message {
+                socket.set_maxmsgsize(limit as i64)?;
+            }
+            Ok(())
+        };
+        setup().map_err(|source| zmq_err("configure socket for", endpoint, source))?;
+        Ok(Raw { socket, endpoint: endpoint.to_string(), max_message })
+    }
+
+    fn bind(self) -> Result<Raw, TransportError> {
+        if let Some(path) = ipc_path(&self.endpoint) {
+            prepare_ipc_dir(&self.endpoint, path)?;
+        }
+        self.socket.bind(&self.endpoint).map_err(|source| zmq_err("bind", &self.endpoint, source))?;
+        if let Some(path) = ipc_path(&self.endpoint) {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| TransportError::Ipc {
+                endpoint: self.endpoint.clone(),
+                reason: format!("cannot restrict the socket file's permissions: {e}"),
+            })?;
+        }
+        Ok(self)
+    }
+
+    fn connect(self) -> Result<Raw, TransportError> {
+        self.socket.connect(&self.endpoint).map_err(|source| zmq_err("connect", &self.endpoint, source))?;
+        Ok(self)
+    }
+
+    fn check_size<M: Message>(&self, size: usize) -> Result<(), ProtocolError> {
+        match self.max_message {
+            Some(limit) if size > limit => Err(ProtocolError::Oversized { protocol: M::NAME, size, limit }),
+            _ => Ok(()),
+        }
+    }
+
+    fn encode<M: Message>(&self, msg: &M) -> Result<Vec<u8>, TransportError> {
+        let frame = codec::encode(msg)?;
+        self.check_size::<M>(frame.len())?;
+        Ok(frame)
+    }
+
+    fn decode<M: Message>(&self, frame: &[u8]) -> Result<M, ProtocolError> {
+        self.check_size::<M>(frame.len())?;
+        codec::decode(frame)
+    }
+
+    fn send_frames(&self, frames: &[&[u8]], deadline: Option<Instant>) -> Result<(), TransportError> {
+        // Send without blocking; when the queue is full, wait for room until the deadline.
+        loop {
+            match self.socket.send_multipart(frames, zmq::DONTWAIT) {
+                Ok(()) => return Ok(()),
+                Err(zmq::Error::EAGAIN) => {
+                    let wait = match deadline {
+                        Some(d) => d.saturating_duration_since(Instant::now()),
+                        None => Duration::from_secs(3600),
+                    };
+                    if wait.is_zero() {
+                        return Err(TransportError::Timeout { endpoint: self.endpoint.clone(), timeout: Duration::ZERO });
+                    }
+                    self.wait(zmq::POLLOUT, Some(wait))?;
+                }
+                Err(zmq::Error::EINTR) => continue,
+                Err(source) => return Err(zmq_err("send to", &self.endpoint, source)),
+            }
+        }
+    }
+
+    /// Waits until the socket is ready for `events`; false on timeout. None waits forever.
+    fn wait(&self, events: zmq::PollEvents, timeout: Option<Duration>) -> Result<bool, TransportError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let ms = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(i64::MAX as u128) as i64,
+                None => -1,
+            };
+            let mut items = [self.socket.as_poll_item(events)];
+            match zmq::poll(&mut items, ms) {
+                Ok(_) => return Ok(items[0].get_revents().intersects(events)),
+                Err(zmq::Error::EINTR) if deadline.is_none_or(|d| Instant::now() < d) => continue,
+                Err(zmq::Error::EINTR) => return Ok(false),
+                Err(source) => return Err(zmq_err("poll", &self.endpoint, source)),
+            }
+        }
+    }
+
+    fn recv_frames(&self) -> Result<Vec<Vec<u8>>, TransportError> {
+        loop {
+            match self.socket.recv_multipart(0) {
+                Ok(frames) => return Ok(frames),
+                Err(zmq::Error::EINTR) => continue,
+                Err(source) => return Err(zmq_err("receive from", &self.endpoint, source)),
+            }
+        }
+    }
+
+    fn recv_single<M: Message>(&self) -> Result<M, TransportError> {
+        let frames = self.recv_frames()?;
+        match frames.as_slice() {
+            [frame] => Ok(self.decode(frame)?),
+            _ => Err(structure::<M>(format!("{} frames, expected 1", frames.len())).into()),
+        }
+    }
+}
+
+fn zmq_err(op: &'static str, endpoint: &str, source: zmq::Error) -> TransportError {
+    TransportError::Zmq { op, endpoint: endpoint.to_string(), source }
+}
+
+fn structure<M: Message>(reason: String) -> ProtocolError {
+    ProtocolError::Structure { protocol: M::NAME, reason }
+}
+
+/// The file system path of an `ipc://` endpoint.
+pub fn ipc_path(endpoint: &str) -> Option<&Path> {
+    endpoint.strip_prefix("ipc://").filter(|p| !p.starts_with('@')).map(Path::new)
+}
+
+/// Makes sure an ipc socket's directory exists and only its owner can enter it: a socket in a
+/// shared directory such as /tmp could be replaced or reached by any local user.
+fn prepare_ipc_dir(endpoint: &str, path: &Path) -> Result<(), TransportError> {
+    let fail = |reason: String| TransportError::Ipc { endpoint: endpoint.to_string(), reason };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).ok_or_else(|| fail("the path has no directory".into()))?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail(format!("cannot restrict {}: {e}", dir.display())))?;
+    }
+    let mode = std::fs::metadata(dir).map_err(|e| fail(format!("cannot inspect {}: {e}", dir.display())))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(fail(format!(
+            "directory {} is accessible to other users (mode {:o}); use a private runtime directory (mode 700)",
+            dir.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(())
+}
+
+/// The routing frames a [`Server`] received a request behind: the peer's identity plus any
+/// frames added by proxies or a correlating REQ socket. Replies go back behind the same frames.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Peer(Vec<Vec<u8>>);
+
+impl Peer {
+    /// The routing frames.
+    pub fn frames(&self) -> &[Vec<u8>] {
+        &self.0
+    }
+
+    /// The first routing frame: the identity of the directly connected peer.
+    pub fn identity(&self) -> &[u8] {
+        self.0.first().map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.identity() {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Peer({self})")
+    }
+}
+
+macro_rules! common_socket_methods {
+    () => {
+        /// The underlying socket, for polling.
+        pub fn socket(&self) -> &zmq::Socket {
+            &self.raw.socket
+        }
+
+        /// The address this socket was bound or connected to.
+        pub fn endpoint(&self) -> &str {
+            &self.raw.endpoint
+        }
+
+        /// Waits up to `timeout` (None: forever) for something to receive.
+        pub fn readable(&self, timeout: Option<Duration>) -> Result<bool, TransportError> {
+            self.raw.wait(zmq::POLLIN, timeout)
+        }
+    };
+}
+
+/// Sends one protocol's messages on a PUSH or PUB socket.
+pub struct Sender<M> {
+    raw: Raw,
+    _m: PhantomData<fn(M)>,
+}
+
+impl<M: Message> Sender<M> {
+    /// A PUSH socket connected to `endpoint`.
+    pub fn push(ctx: &zmq::Context, endpoint: &str) -> Result<Self, TransportError> {
+        Ok(Sender { raw: Raw::new(ctx, zmq::PUSH, endpoint, None)?.connect()?, _m: PhantomData })
+    }
+
+    /// A PUSH socket bound to `endpoint`.
+    pub fn push_bound(ctx: &zmq::Context, endpoint: &str) -> Result<Self, TransportError> {
+        Ok(Sender { raw: Raw::new(ctx, zmq::PUSH, endpoint, None)?.bind()?, _m: PhantomData })
+    }
+
+    /// A PUB socket bound to `endpoint`, for monitors.
+    pub fn publish(ctx: &zmq::Context, endpoint: &str) -> Result<Self, TransportError> {
+        Ok(Sender { raw: Raw::new(ctx, zmq::PUB, endpoint, None)?.bind()?, _m: PhantomData })
+    }
+
+    /// Sends a message, waiting at most `timeout` for queue space (PUB never waits: it drops
+    /// messages for subscribers that are too slow).
+    pub fn send(&self, msg: &M, timeout: Duration) -> Result<(), TransportError> {
+        let frame = self.raw.encode(msg)?;
+        self.raw.send_frames(&[&frame], Some(Instant::now() + timeout))
+    }
+
+    common_socket_methods!();
+}
+
+/// Receives one protocol's messages on a PULL or SUB socket.
+pub struct Receiver<M> {
+    raw: Raw,
+    _m: PhantomData<fn() -> M>,
+}
+
+impl<M: Message> Receiver<M> {
+    /// A PULL socket bound to `endpoint`.
+    pub fn pull(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>) -> Result<Self, TransportError> {
+        Ok(Receiver { raw: Raw::new(ctx, zmq::PULL, endpoint, max_message)?.bind()?, _m: PhantomData })
+    }
+
+    /// A PULL socket connected to `endpoint`.
+    pub fn pull_connected(ctx: &zmq::Context, endpoint: &str) -> Result<Self, TransportError> {
+        Ok(Receiver { raw: Raw::new(ctx, zmq::PULL, endpoint, None)?.connect()?, _m: PhantomData })
+    }
+
+    /// A SUB socket connected to `endpoint`, subscribed to everything.
+    pub fn subscribe(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>) -> Result<Self, TransportError> {
+        let raw = Raw::new(ctx, zmq::SUB, endpoint, max_message)?;
+        raw.socket.set_subscribe(b"").map_err(|source| zmq_err("subscribe to", endpoint, source))?;
+        Ok(Receiver { raw: raw.connect()?, _m: PhantomData })
+    }
+
+    /// Receives the next message, waiting for it.
+    pub fn recv(&self) -> Result<M, TransportError> {
+        self.raw.recv_single()
+    }
+
+    /// Receives the next message if one arrives within `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<M>, TransportError> {
+        if self.readable(Some(timeout))? { self.recv().map(Some) } else { Ok(None) }
+    }
+
+    common_socket_methods!();
+}
+
+/// A ROUTER socket serving requests of protocol `Req` with replies of protocol `Rep`.
+pub struct Server<Req, Rep> {
+    raw: Raw,
+    _m: PhantomData<fn(Rep) -> Req>,
+}
+
+impl<Req: Message, Rep: Message> Server<Req, Rep> {
+    /// A ROUTER bound to `endpoint`; `max_message` limits requests (external sockets).
+    pub fn bind(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>) -> Result<Self, TransportError> {
+        let raw = Raw::new(ctx, zmq::ROUTER, endpoint, max_message)?;
+        // Fail loudly rather than silently drop a reply to a peer that has gone.
+        raw.socket.set_router_mandatory(true).map_err(|source| zmq_err("configure socket for", endpoint, source))?;
+        Ok(Server { raw: raw.bind()?, _m: PhantomData })
+    }
+
+    /// Receives the next request. A request with a usable envelope but an undecodable body
+    /// comes back as `Ok((peer, Err(..)))` so that the caller can answer with an error;
+    /// one without an envelope is an `Err`, since there is nobody to answer.
+    pub fn recv(&self) -> Result<(Peer, Result<Req, ProtocolError>), TransportError> {
+        let mut frames = self.raw.recv_frames()?;
+        // [routing frames..., "", payload]
+        let n = frames.len();
+        if n < 3 || !frames[n - 2].is_empty() {
+            return Err(structure::<Req>(format!("{n} frames without an envelope delimiter")).into());
+        }
+        let payload = frames.pop().unwrap_or_default();
+        frames.pop();
+        if frames.iter().any(Vec::is_empty) {
+            return Err(structure::<Req>("empty routing frame".into()).into());
+        }
+        let peer = Peer(frames);
+        let msg = self.raw.decode(&payload);
+        Ok((peer, msg))
+    }
+
+    /// Replies to `peer`. A peer that has disconnected is an error (nobody to answer).
+    pub fn send(&self, peer: &Peer, msg: &Rep) -> Result<(), TransportError> {
+        let frame = self.raw.encode(msg)?;
+        let mut frames: Vec<&[u8]> = peer.0.iter().map(Vec::as_slice).collect();
+        frames.push(b"");
+        frames.push(&frame);
+        self.raw.send_frames(&frames, Some(Instant::now()))
+    }
+
+    common_socket_methods!();
+}
+
+/// A REQ socket for request/reply with a deadline. It is relaxed and correlated: after a
+/// timeout it may send the next request at once, and a late reply to the earlier request is
+/// discarded by ZeroMQ instead of being mistaken for the new one.
+pub struct Client<Req, Rep> {
+    raw: Raw,
+    _m: PhantomData<fn(Req) -> Rep>,
+}
+
+impl<Req: Message, Rep: Message> Client<Req, Rep> {
+    /// A REQ connected to `endpoint`; `max_message` limits replies and our requests.
+    pub fn connect(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>) -> Result<Self, TransportError> {
+        let raw = Raw::new(ctx, zmq::REQ, endpoint, max_message)?;
+        let setup = || -> Result<(), zmq::Error> {
+            raw.socket.set_req_relaxed(true)?;
+            raw.socket.set_req_correlate(true)
+        };
+        setup().map_err(|source| zmq_err("configure socket for", endpoint, source))?;
+        Ok(Client { raw: raw.connect()?, _m: PhantomData })
+    }
+
+    /// Sends `req` and waits up to `timeout` for the reply.
+    pub fn request(&self, req: &Req, timeout: Duration) -> Result<Rep, TransportError> {
+        let deadline = Instant::now() + timeout;
+        let frame = self.raw.encode(req)?;
+        self.raw.send_frames(&[&frame], Some(deadline))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !self.raw.wait(zmq::POLLIN, Some(left))? {
+            return Err(TransportError::Timeout { endpoint: self.raw.endpoint.clone(), timeout });
+        }
+        Ok(self.raw.recv_single()?)
+    }
+
+    common_socket_methods!();
+}
+
+/// A DEALER socket talking to a [`Server`]: sends `Out`, receives `In`, with no lock-step.
+pub struct Dealer<Out, In> {
+    raw: Raw,
+    _m: PhantomData<fn(Out) -> In>,
+}
+
+impl<Out: Message, In: Message> Dealer<Out, In> {
+    /// A DEALER connected to `endpoint`; `max_message` limits what it receives and sends.
+    pub fn connect(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>) -> Result<Self, TransportError> {
+        Ok(Dealer { raw: Raw::new(ctx, zmq::DEALER, endpoint, max_message)?.connect()?, _m: PhantomData })
+    }
+
+    /// Sends a message, waiting at most `timeout` for queue space.
+    pub fn send(&self, msg: &Out, timeout: Duration) -> Result<(), TransportError> {
+        let frame = self.raw.encode(msg)?;
+        self.raw.send_frames(&[b"", &frame], Some(Instant::now() + timeout))
+    }
+
+    /// Receives the next message, waiting for it.
+    pub fn recv(&self) -> Result<In, TransportError> {
+        let frames = self.raw.recv_frames()?;
+        match frames.as_slice() {
+            [delimiter, frame] if delimiter.is_empty() => Ok(self.raw.decode(frame)?),
+            _ => Err(structure::<In>(format!("{} frames, expected a delimiter and a message", frames.len())).into()),
+        }
+    }
+
+    /// Receives the next message if one arrives within `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<In>, TransportError> {
+        if self.readable(Some(timeout))? { self.recv().map(Some) } else { Ok(None) }
+    }
+
+    common_socket_methods!();
+}
+
+macro_rules! debug_socket {
+    ($($ty:ident),*) => {$(
+        impl<A, B> fmt::Debug for $ty<A, B> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($ty)).field("endpoint", &self.raw.endpoint).finish()
+            }
+        }
+    )*};
+}
+debug_socket!(Server, Client, Dealer);
+
+impl<M> fmt::Debug for Sender<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender").field("endpoint", &self.raw.endpoint).finish()
+    }
+}
+
+impl<M> fmt::Debug for Receiver<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver").field("endpoint", &self.raw.endpoint).finish()
+    }
+}

@@ -1,0 +1,1 @@
+//! piw-slave
