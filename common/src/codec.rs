@@ -128,6 +128,7 @@ mod tests {
         control_reply: ControlReply,
         status_event: StatusEvent,
         slave_command: SlaveCommand,
+        slave_command_reply: SlaveCommandReply,
         slave_request: SlaveRequest,
         slave_reply: SlaveReply,
         file_request: FileRequest,

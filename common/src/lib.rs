@@ -5,6 +5,8 @@
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod farm;
+pub mod hostinfo;
 pub mod logging;
 pub mod protocols;
 pub mod task;

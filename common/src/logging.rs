@@ -2,6 +2,8 @@
 //! level chosen by `-v`/`-q` flags or the `PIW_LOG` environment variable (an `EnvFilter`
 //! directive such as `info,piwheels_master::slave_driver=debug`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Verbosity flags every program offers.
@@ -32,5 +34,5 @@ impl LogArgs {
 /// is harmless (the second call changes nothing), which suits tests.
 pub fn init(args: &LogArgs) {
     let filter = EnvFilter::try_from_env("PIW_LOG").unwrap_or_else(|_| EnvFilter::new(args.level()));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_target(false).try_init();
 }

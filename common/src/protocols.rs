@@ -11,7 +11,7 @@
 //! | task control | inproc PUSH → PULL | [`TaskControl`] | — |
 //! | master control | ipc/tcp DEALER/REQ → ROUTER | [`ControlRequest`] | [`ControlReply`] |
 //! | status | inproc PUSH → PULL, then PUB → SUB | [`StatusEvent`] | — |
-//! | slave driver command | inproc PUSH → PULL | [`SlaveCommand`] | — |
+//! | slave driver command | inproc REQ → ROUTER | [`SlaveCommand`] | [`SlaveCommandReply`] |
 //! | slave | tcp REQ → ROUTER | [`SlaveRequest`] | [`SlaveReply`] |
 //! | file transfer | tcp DEALER → ROUTER | [`FileRequest`] | [`FileReply`] |
 //! | file-system requests | inproc REQ → ROUTER | [`FsRequest`] | [`FsReply`] |
@@ -56,6 +56,7 @@ messages!(
     ControlReply,
     StatusEvent,
     SlaveCommand,
+    SlaveCommandReply,
     SlaveRequest,
     SlaveReply,
     FileRequest,
@@ -344,7 +345,7 @@ pub enum ControlReply {
         /// The master's versions.
         versions: Versions,
         /// The master's state when the client attached.
-        snapshot: FarmSnapshot,
+        snapshot: Box<FarmSnapshot>,
     },
     /// The client's versions do not match, or it sent something before `Hello`.
     Refused {
@@ -529,10 +530,11 @@ pub struct SlaveSnapshot {
 }
 
 // ------------------------------------------------------------------------------------------
-// Slave driver commands (master main loop → slave driver, inproc PUSH → PULL)
+// Slave driver commands (master main loop → slave driver, inproc REQ → ROUTER)
 // ------------------------------------------------------------------------------------------
 
-/// An operator's command for slaves, forwarded by the master's main loop.
+/// An operator's command for slaves, forwarded by the master's main loop; answered by
+/// [`SlaveCommandReply`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
 pub struct SlaveCommand {
@@ -540,6 +542,23 @@ pub struct SlaveCommand {
     pub target: SlaveTarget,
     /// What to do.
     pub action: SlaveAction,
+}
+
+/// The slave driver's answer to a [`SlaveCommand`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum SlaveCommandReply {
+    /// The command now applies to these slaves (none when none are connected).
+    Applied {
+        /// Ids of the slaves affected.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        slaves: Vec<SlaveId>,
+    },
+    /// No slave has this id.
+    UnknownSlave {
+        /// The id asked for.
+        slave_id: SlaveId,
+    },
 }
 
 // ------------------------------------------------------------------------------------------
@@ -704,7 +723,7 @@ pub enum FsRequest {
         /// Canonical package name (the file's directory).
         package: String,
         /// The file.
-        file: WheelFile,
+        file: Box<WheelFile>,
     },
     /// Check and publish a finished transfer: answered `Verified` or `Failed`.
     Verify {

@@ -416,7 +416,7 @@ impl<Req: Message, Rep: Message> Client<Req, Rep> {
         if !self.raw.wait(zmq::POLLIN, Some(left))? {
             return Err(TransportError::Timeout { endpoint: self.raw.endpoint.clone(), timeout });
         }
-        Ok(self.raw.recv_single()?)
+        self.raw.recv_single()
     }
 
     common_socket_methods!();

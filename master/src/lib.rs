@@ -1,2 +1,11 @@
 //! The piwheels master: the tasks that follow PyPI, queue and record builds, receive files and
-//! write the index, and the process that supervises them.
+//! write the index, and the process that supervises them. `docs/architecture.md` maps the
+//! modules; each task's module says what it owns and which sockets it binds.
+
+pub mod big_brother;
+pub mod config;
+pub mod pidlock;
+pub mod process;
+
+pub use config::MasterConfig;
+pub use process::{Stopped, run};

@@ -1,0 +1,47 @@
+//! piw-master's options: the `[master]` table of the configuration file, `PIW_*` environment
+//! variables and flags, in increasing precedence.
+
+use std::path::PathBuf;
+
+use piwheels_common::config::{ConfigArg, HumanDuration};
+use piwheels_common::logging::LogArgs;
+
+/// The piwheels master: follows PyPI, hands builds to slaves, receives their wheels and
+/// writes the package index.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "piw-master", version, about, long_about = None)]
+pub struct MasterConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: ConfigArg,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+
+    /// Root of the web site the master writes; the package index is its simple/ directory
+    #[arg(long, env = "PIW_OUTPUT_PATH", value_name = "DIR", default_value = "/var/www/piwheels")]
+    pub output_path: PathBuf,
+
+    /// The master's own files: its pid file and partial transfers (keep it on the same file
+    /// system as --output-path, so finished files can be renamed into place)
+    #[arg(long, env = "PIW_STATE_DIR", value_name = "DIR", default_value = "/var/lib/piwheels")]
+    pub state_dir: PathBuf,
+
+    /// Where monitors and operators' tools send commands: ipc://PATH (the directory must be
+    /// private to the master's user; it is created with mode 700 if missing) or tcp://HOST:PORT
+    #[arg(long, env = "PIW_CONTROL_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/control")]
+    pub control_queue: String,
+
+    /// Where the master publishes its state to monitors: ipc://PATH or tcp://HOST:PORT
+    #[arg(long, env = "PIW_STATUS_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/status")]
+    pub status_queue: String,
+
+    /// How often the master samples its host's figures (memory, load, disk) for monitors
+    #[arg(long, env = "PIW_STATS_INTERVAL", value_name = "DURATION", default_value = "10s")]
+    pub stats_interval: HumanDuration,
+
+    /// How long each task may take to stop when the master shuts down
+    #[arg(long, env = "PIW_STOP_TIMEOUT", value_name = "DURATION", default_value = "10s")]
+    pub stop_timeout: HumanDuration,
+}

@@ -1,0 +1,288 @@
+//! The master process: takes its locks, binds the control and status sockets, starts the
+//! tasks in order, relays their status to monitors, obeys control requests and signals, and
+//! stops the tasks in reverse order.
+//!
+//! Sockets: binds the control socket (ROUTER, [`ControlRequest`] → [`ControlReply`]), the
+//! external status socket (PUB, [`StatusEvent`]) and the internal status socket
+//! [`STATUS_ENDPOINT`] (PULL); connects to the slave driver's command socket
+//! [`SLAVE_COMMANDS_ENDPOINT`] (REQ, [`SlaveCommand`] → [`SlaveCommandReply`]).
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use piwheels_common::clock::SystemClock;
+use piwheels_common::hostinfo;
+use piwheels_common::protocols::{
+    ControlReply, ControlRequest, FarmSnapshot, SlaveCommand, SlaveCommandReply, StatusEvent, TaskControl, Versions,
+};
+use piwheels_common::task::{self, RestartPolicy, Runtime, Supervisor};
+use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
+
+use crate::big_brother::{self, BigBrother};
+use crate::config::MasterConfig;
+use crate::pidlock::PidLock;
+
+/// Where tasks report their state and figures inside the master.
+pub const STATUS_ENDPOINT: &str = "inproc://status";
+/// Where the slave driver takes operators' commands for slaves.
+pub const SLAVE_COMMANDS_ENDPOINT: &str = "inproc://slave-commands";
+/// Largest control request accepted: they are small, so anything big is hostile.
+const CONTROL_MAX_MESSAGE: usize = 64 << 10;
+/// How long the slave driver may take to apply an operator's command.
+const SLAVE_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many clients the control socket remembers as having said hello.
+const MAX_CLIENTS: usize = 1024;
+
+/// Why the master stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to (QUIT or a signal): exit 0.
+    Requested(String),
+    /// A task failed for good: exit non-zero.
+    Failed(String),
+}
+
+/// Runs the master until it is asked to stop or a task fails for good.
+pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
+    let _lock = PidLock::acquire(&cfg.state_dir, &cfg.output_path)?;
+    // Block the stop signals before any thread exists, so every thread inherits the mask and
+    // the signals arrive only through the signalfd polled below.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_block().context("cannot block signals")?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("cannot create signalfd")?;
+
+    let zmq = zmq::Context::new();
+    let status_in = Receiver::<StatusEvent>::pull(&zmq, STATUS_ENDPOINT, None)?;
+    let status_out = Sender::<StatusEvent>::publish(&zmq, &cfg.status_queue)?;
+    let control = Server::<ControlRequest, ControlReply>::bind(&zmq, &cfg.control_queue, Some(CONTROL_MAX_MESSAGE))?;
+    let slave_commands = Client::<SlaveCommand, SlaveCommandReply>::connect(&zmq, SLAVE_COMMANDS_ENDPOINT, None)?;
+
+    let rt = Runtime {
+        zmq: zmq.clone(),
+        clock: Arc::new(SystemClock),
+        status_endpoint: STATUS_ENDPOINT.into(),
+        poll_cap: Duration::from_secs(1),
+        restart: RestartPolicy::default(),
+    };
+    let mut tasks = Supervisor::new();
+    let mut master = Master {
+        farm: FarmSnapshot { started: chrono::Utc::now(), host: hostinfo::host_info(None), ..FarmSnapshot::default() },
+        clients: HashMap::new(),
+        bad_requests: 0,
+    };
+    let outcome = start_tasks(&rt, cfg, &mut tasks).and_then(|()| {
+        tracing::info!(
+            "piw-master {} running: control on {}, status on {}, output in {}",
+            piwheels_common::SOFTWARE_VERSION,
+            cfg.control_queue,
+            cfg.status_queue,
+            cfg.output_path.display()
+        );
+        master.main_loop(&control, &status_in, &status_out, &slave_commands, &signals, &mut tasks)
+    });
+
+    match &outcome {
+        Ok(Stopped::Requested(why)) | Ok(Stopped::Failed(why)) => tracing::info!("shutting down: {why}"),
+        Err(e) => tracing::error!("shutting down: {e:#}"),
+    }
+    let stuck = tasks.shutdown(cfg.stop_timeout.0);
+    // Relay the tasks' last words, then close every socket before the context goes.
+    while let Ok(Some(event)) = status_in.recv_timeout(Duration::ZERO) {
+        let _ = status_out.send(&event, Duration::ZERO);
+    }
+    let endpoints = [cfg.control_queue.clone(), cfg.status_queue.clone()];
+    drop((control, status_in, status_out, slave_commands));
+    for endpoint in &endpoints {
+        remove_ipc_file(endpoint);
+    }
+    if !stuck.is_empty() {
+        // A task that will not stop holds sockets, and dropping the context would wait for
+        // them forever: leave without it.
+        std::mem::forget(zmq);
+        return Ok(Stopped::Failed(format!("tasks did not stop: {}", stuck.join(", "))));
+    }
+    outcome
+}
+
+fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyhow::Result<()> {
+    let status = rt.status_endpoint.clone();
+    let (output, interval) = (cfg.output_path.clone(), cfg.stats_interval.0);
+    tasks.add(task::spawn(
+        rt,
+        "big_brother",
+        move |ctx| big_brother::Sockets::open(ctx, &status),
+        move |_| Ok(BigBrother::new(output.clone(), interval)),
+    )?);
+    Ok(())
+}
+
+/// libzmq removes an ipc socket's file when the socket closes; make sure of it, since a stale
+/// file would confuse the next start's permission checks and an operator's `ls`.
+fn remove_ipc_file(endpoint: &str) {
+    if let Some(path) = transport::ipc_path(endpoint) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+struct Master {
+    farm: FarmSnapshot,
+    /// Control clients that said hello, by ZeroMQ identity, with when they last spoke.
+    clients: HashMap<Vec<u8>, Instant>,
+    bad_requests: u64,
+}
+
+impl Master {
+    fn main_loop(
+        &mut self,
+        control: &Server<ControlRequest, ControlReply>,
+        status_in: &Receiver<StatusEvent>,
+        status_out: &Sender<StatusEvent>,
+        slave_commands: &Client<SlaveCommand, SlaveCommandReply>,
+        signals: &SignalFd,
+        tasks: &mut Supervisor,
+    ) -> anyhow::Result<Stopped> {
+        loop {
+            let mut items = [
+                control.socket().as_poll_item(zmq::POLLIN),
+                status_in.socket().as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(signals.as_raw_fd(), zmq::POLLIN),
+            ];
+            match zmq::poll(&mut items, 1000) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => anyhow::bail!("poll failed: {e}"),
+            }
+            if items[2].is_readable()
+                && let Ok(Some(info)) = signals.read_signal()
+            {
+                let name = Signal::try_from(info.ssi_signo as i32).map_or("a signal", |s| s.as_str());
+                return Ok(Stopped::Requested(format!("{name} received")));
+            }
+            if items[1].is_readable() {
+                self.relay_status(status_in, status_out);
+            }
+            if items[0].is_readable()
+                && let Some(stopped) = self.serve_control(control, slave_commands, tasks)
+            {
+                return Ok(stopped);
+            }
+            if let Some(reason) = tasks.failed() {
+                return Ok(Stopped::Failed(reason));
+            }
+        }
+    }
+
+    fn relay_status(&mut self, status_in: &Receiver<StatusEvent>, status_out: &Sender<StatusEvent>) {
+        match status_in.recv() {
+            Ok(event) => {
+                self.farm.apply(&event);
+                if let Err(e) = status_out.send(&event, Duration::ZERO) {
+                    tracing::warn!("cannot publish status: {e}");
+                }
+            }
+            Err(e) => tracing::error!("bad status message from a task: {e}"),
+        }
+    }
+
+    /// Serves one control request; Some when the master must stop.
+    fn serve_control(
+        &mut self,
+        control: &Server<ControlRequest, ControlReply>,
+        slave_commands: &Client<SlaveCommand, SlaveCommandReply>,
+        tasks: &Supervisor,
+    ) -> Option<Stopped> {
+        let (peer, request) = match control.recv() {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                self.bad_requests += 1;
+                tracing::warn!("unanswerable control message ({} so far): {e}", self.bad_requests);
+                return None;
+            }
+        };
+        let (reply, stop) = self.answer(&peer, request, slave_commands, tasks);
+        if let Err(e) = control.send(&peer, &reply) {
+            tracing::warn!("cannot answer control client {peer}: {e}");
+        }
+        stop
+    }
+
+    fn answer(
+        &mut self,
+        peer: &Peer,
+        request: Result<ControlRequest, piwheels_common::codec::ProtocolError>,
+        slave_commands: &Client<SlaveCommand, SlaveCommandReply>,
+        tasks: &Supervisor,
+    ) -> (ControlReply, Option<Stopped>) {
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => {
+                self.bad_requests += 1;
+                tracing::warn!("bad control request from {peer} ({} so far): {e}", self.bad_requests);
+                return (ControlReply::Error { message: e.to_string() }, None);
+            }
+        };
+        let identity = peer.identity().to_vec();
+        if let ControlRequest::Hello { versions, client } = &request {
+            return match versions.check() {
+                Ok(()) => {
+                    tracing::info!("{client} attached from {peer}");
+                    self.remember(identity);
+                    (ControlReply::Welcome { versions: Versions::current(), snapshot: Box::new(self.farm.clone()) }, None)
+                }
+                Err(mismatch) => {
+                    tracing::warn!("refused {client} from {peer}: {mismatch}");
+                    (ControlReply::Refused { reason: mismatch.to_string() }, None)
+                }
+            };
+        }
+        if !self.clients.contains_key(&identity) {
+            tracing::warn!("control request from {peer} before hello: {request:?}");
+            return (ControlReply::Refused { reason: "say Hello (with your versions) first".into() }, None);
+        }
+        self.remember(identity);
+        match request {
+            ControlRequest::Hello { .. } => unreachable!("answered above"),
+            ControlRequest::Quit => {
+                tracing::info!("shutting down on QUIT from {peer}");
+                (ControlReply::Done, Some(Stopped::Requested(format!("QUIT from {peer}"))))
+            }
+            ControlRequest::Pause => {
+                tracing::info!("pausing every task on request from {peer}");
+                tasks.broadcast(TaskControl::Pause);
+                self.farm.paused = true;
+                (ControlReply::Done, None)
+            }
+            ControlRequest::Resume => {
+                tracing::info!("resuming every task on request from {peer}");
+                tasks.broadcast(TaskControl::Resume);
+                self.farm.paused = false;
+                (ControlReply::Done, None)
+            }
+            ControlRequest::Slaves { target, action } => {
+                tracing::info!("{action:?} {target:?} on request from {peer}");
+                let reply = match slave_commands.request(&SlaveCommand { target, action }, SLAVE_COMMAND_TIMEOUT) {
+                    Ok(SlaveCommandReply::Applied { .. }) => ControlReply::Done,
+                    Ok(SlaveCommandReply::UnknownSlave { slave_id }) => ControlReply::Error { message: format!("no slave has id {slave_id}") },
+                    Err(e) => ControlReply::Error { message: format!("the slave driver did not answer: {e}") },
+                };
+                (reply, None)
+            }
+        }
+    }
+
+    fn remember(&mut self, identity: Vec<u8>) {
+        if self.clients.len() >= MAX_CLIENTS && !self.clients.contains_key(&identity) {
+            // Forget the client that has been quiet longest.
+            if let Some(oldest) = self.clients.iter().min_by_key(|(_, seen)| **seen).map(|(id, _)| id.clone()) {
+                self.clients.remove(&oldest);
+            }
+        }
+        self.clients.insert(identity, Instant::now());
+    }
+}

@@ -1,0 +1,245 @@
+//! piw-master as a process: start-up, the lock against a second master, the control socket,
+//! status relay, and clean stops on QUIT, SIGTERM and SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use piwheels_common::protocols::{ControlReply, ControlRequest, SlaveAction, SlaveTarget, StatusEvent, TaskState, Versions};
+use piwheels_common::transport::{Client, Receiver};
+
+/// A master running in its own temporary directories, killed when dropped.
+struct Master {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Master {
+    fn start() -> Master {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Self::spawn(dir.path(), &dir.path().join("state"), &dir.path().join("www"), "run");
+        Master { child, dir }
+    }
+
+    fn spawn(root: &Path, state: &Path, output: &Path, run: &str) -> Child {
+        let config = root.join("piwheels.toml");
+        std::fs::write(&config, "[master]\nstats-interval = \"100ms\"\n").unwrap();
+        Command::new(env!("CARGO_BIN_EXE_piw-master"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--output-path")
+            .arg(output)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--control-queue")
+            .arg(format!("ipc://{}/{run}/control", root.display()))
+            .arg("--status-queue")
+            .arg(format!("ipc://{}/{run}/status", root.display()))
+            .env_remove("PIW_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn control_endpoint(&self) -> String {
+        format!("ipc://{}/run/control", self.dir.path().display())
+    }
+
+    fn status_endpoint(&self) -> String {
+        format!("ipc://{}/run/status", self.dir.path().display())
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("state/piw-master.pid")
+    }
+
+    /// A control client that has said hello, waiting for the master to come up.
+    fn attach(&self, ctx: &zmq::Context) -> (Client<ControlRequest, ControlReply>, ControlReply) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let client = Client::connect(ctx, &self.control_endpoint(), None).unwrap();
+            let hello = ControlRequest::Hello { versions: Versions::current(), client: "test".into() };
+            match client.request(&hello, Duration::from_millis(300)) {
+                Ok(reply) => return (client, reply),
+                Err(e) => assert!(Instant::now() < deadline, "master never answered: {e}"),
+            }
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "master did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut text).unwrap();
+        text
+    }
+
+    fn assert_cleaned_up(&self) {
+        assert!(!self.pid_file().exists(), "pid file left behind");
+        let leftovers: Vec<_> = std::fs::read_dir(self.dir.path().join("run")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(leftovers.is_empty(), "ipc socket files left behind: {leftovers:?}");
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn hello_is_welcomed_with_a_snapshot_and_quit_stops_cleanly() {
+    let mut master = Master::start();
+    let ctx = zmq::Context::new();
+    let (client, welcome) = master.attach(&ctx);
+    match welcome {
+        ControlReply::Welcome { versions, snapshot } => {
+            assert_eq!(versions, Versions::current());
+            assert!(!snapshot.paused);
+            assert!(!snapshot.host.label.is_empty());
+        }
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(master.pid_file()).unwrap().trim(), master.child.id().to_string());
+    assert_eq!(client.request(&ControlRequest::Quit, Duration::from_secs(2)).unwrap(), ControlReply::Done);
+    let status = master.wait(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    master.assert_cleaned_up();
+    assert!(master.stderr().contains("shutting down: QUIT"));
+}
+
+#[test]
+fn sigterm_and_sigint_each_stop_the_master_cleanly() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut master = Master::start();
+        let ctx = zmq::Context::new();
+        master.attach(&ctx);
+        kill(Pid::from_raw(master.child.id() as i32), signal).unwrap();
+        let status = master.wait(Duration::from_secs(10));
+        assert!(status.success(), "{signal}: exit status {status}");
+        master.assert_cleaned_up();
+        assert!(master.stderr().contains(&format!("shutting down: {} received", signal.as_str())));
+    }
+}
+
+#[test]
+fn a_second_master_on_the_same_directories_is_refused_naming_the_pid() {
+    let master = Master::start();
+    let ctx = zmq::Context::new();
+    master.attach(&ctx);
+    let root = master.dir.path();
+    let expected = format!("pid {}", master.child.id());
+    // Same state directory.
+    let out = Master::spawn(root, &root.join("state"), &root.join("www2"), "run2").wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains(&expected) && text.contains("state directory"), "{text}");
+    // Same output directory, another state directory.
+    let out = Master::spawn(root, &root.join("state2"), &root.join("www"), "run3").wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains(&expected) && text.contains("output directory"), "{text}");
+    // The first master is unharmed.
+    master.attach(&ctx);
+}
+
+#[test]
+fn a_client_with_other_versions_is_refused_naming_both() {
+    let master = Master::start();
+    let ctx = zmq::Context::new();
+    master.attach(&ctx);
+    let client = Client::<ControlRequest, ControlReply>::connect(&ctx, &master.control_endpoint(), None).unwrap();
+    let old = Versions { protocol: 0, software: "0.0.1".into() };
+    let reply = client.request(&ControlRequest::Hello { versions: old, client: "old-monitor".into() }, Duration::from_secs(2)).unwrap();
+    match reply {
+        ControlReply::Refused { reason } => {
+            assert!(reason.contains("protocol 0") && reason.contains("0.0.1"), "{reason}");
+            assert!(reason.contains(&format!("protocol {}", piwheels_common::PROTOCOL_VERSION)), "{reason}");
+            assert!(reason.contains(piwheels_common::SOFTWARE_VERSION), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Having been refused, it is still a stranger.
+    let reply = client.request(&ControlRequest::Quit, Duration::from_secs(2)).unwrap();
+    assert!(matches!(reply, ControlReply::Refused { .. }), "{reply:?}");
+}
+
+#[test]
+fn garbage_on_the_control_socket_is_answered_and_the_master_runs_on() {
+    let master = Master::start();
+    let ctx = zmq::Context::new();
+    master.attach(&ctx);
+    let raw = ctx.socket(zmq::REQ).unwrap();
+    raw.set_rcvtimeo(2000).unwrap();
+    raw.connect(&master.control_endpoint()).unwrap();
+    raw.send(&b"\x92\xa4junk\xc1"[..], 0).unwrap();
+    let reply = raw.recv_bytes(0).unwrap();
+    let reply: ControlReply = piwheels_common::codec::decode(&reply).unwrap();
+    assert!(matches!(reply, ControlReply::Error { .. }), "{reply:?}");
+    // An oversized request (over 64 KiB) is dropped by libzmq; the master stays up.
+    let big = ctx.socket(zmq::DEALER).unwrap();
+    big.connect(&master.control_endpoint()).unwrap();
+    big.send_multipart([&b""[..], &vec![0u8; 1 << 20]], 0).unwrap();
+    let (_client, welcome) = master.attach(&ctx);
+    assert!(matches!(welcome, ControlReply::Welcome { .. }));
+}
+
+#[test]
+fn task_states_and_stats_are_relayed_to_monitors() {
+    let master = Master::start();
+    let ctx = zmq::Context::new();
+    let status = Receiver::<StatusEvent>::subscribe(&ctx, &master.status_endpoint(), None).unwrap();
+    let (client, _) = master.attach(&ctx);
+    // Host figures arrive every 100 ms (the stats interval set in the test's config file).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        assert!(Instant::now() < deadline, "no stats relayed");
+        if let Some(StatusEvent::Stats(stats)) = status.recv_timeout(Duration::from_millis(200)).unwrap() {
+            break stats;
+        }
+    };
+    assert!(stats.host.mem_size > 0 && stats.host.disk_size > 0, "{stats:?}");
+    assert_eq!(client.request(&ControlRequest::Pause, Duration::from_secs(2)).unwrap(), ControlReply::Done);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "pause not relayed");
+        if let Some(StatusEvent::Task { name, state: TaskState::Paused, .. }) = status.recv_timeout(Duration::from_millis(200)).unwrap() {
+            assert_eq!(name, "big_brother");
+            break;
+        }
+    }
+    // A monitor attaching now sees the paused master and task in its snapshot.
+    let (_other, welcome) = master.attach(&ctx);
+    match welcome {
+        ControlReply::Welcome { snapshot, .. } => {
+            assert!(snapshot.paused);
+            assert_eq!(snapshot.tasks.get("big_brother"), Some(&TaskState::Paused));
+            assert!(!snapshot.stats.is_empty());
+        }
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    assert_eq!(client.request(&ControlRequest::Resume, Duration::from_secs(2)).unwrap(), ControlReply::Done);
+}
+
+#[test]
+fn slave_commands_without_a_slave_driver_are_an_error_not_a_hang() {
+    let master = Master::start();
+    let ctx = zmq::Context::new();
+    let (client, _) = master.attach(&ctx);
+    let request = ControlRequest::Slaves { target: SlaveTarget::All, action: SlaveAction::Sleep };
+    match client.request(&request, Duration::from_secs(5)).unwrap() {
+        ControlReply::Error { message } => assert!(message.contains("slave driver"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
