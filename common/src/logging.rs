@@ -12,7 +12,7 @@ pub struct LogArgs {
     /// More output: -v shows debug messages, -vv traces [default: info]
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Less output: -q shows warnings and errors only, -qq errors only
+    /// Less output: -q shows warnings and errors only, -qq errors only [default: info]
     #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
     pub quiet: u8,
 }

@@ -1,1 +1,1 @@
-//! tools
+//! Library part of the import crate; filled in as its programs are implemented.

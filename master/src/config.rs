@@ -9,7 +9,7 @@ use piwheels_common::logging::LogArgs;
 /// The piwheels master: follows PyPI, hands builds to slaves, receives their wheels and
 /// writes the package index.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "piw-master", version, about, long_about = None)]
+#[command(name = "piw-master", version)]
 pub struct MasterConfig {
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -44,4 +44,27 @@ pub struct MasterConfig {
     /// How long each task may take to stop when the master shuts down
     #[arg(long, env = "PIW_STOP_TIMEOUT", value_name = "DURATION", default_value = "10s")]
     pub stop_timeout: HumanDuration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Operators read defaults in `--help`: every option must show one.
+    #[test]
+    fn every_option_shows_its_default_in_help() {
+        let cmd = MasterConfig::command();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(
+                !arg.get_default_values().is_empty() && !arg.is_hide_default_value_set() || help.contains("[default:"),
+                "--{id} shows no default"
+            );
+        }
+    }
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs a piwheels farm on this machine, in ./farm (created on first use, reused after).
+#
+# What it starts today: the release build of piw-master, with its state, output and sockets
+# under ./farm, until Ctrl-C. The database, slave, index server and package registration
+# steps join this script as those parts of the farm are implemented (see the README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup-lib.sh
+
+need_debian_packages libzmq3-dev pkg-config
+
+step "building release binaries"
+cargo build --release --locked --workspace
+
+farm=$PWD/farm
+mkdir -p "$farm/state" "$farm/www"
+install -d -m 700 "$farm/run"
+
+cat > "$farm/piwheels.toml" <<TOML
+# Written by scripts/farm.sh on every run, so that the paths follow the checkout.
+[master]
+output-path = "$farm/www"
+state-dir = "$farm/state"
+control-queue = "ipc://$farm/run/control"
+status-queue = "ipc://$farm/run/status"
+TOML
+
+step "starting piw-master (Ctrl-C stops it)"
+cat >&2 <<TXT
+  configuration  $farm/piwheels.toml
+  output         $farm/www
+  control        ipc://$farm/run/control
+  status         ipc://$farm/run/status
+TXT
+exec target/release/piw-master --config "$farm/piwheels.toml"

@@ -1,0 +1,55 @@
+# Shared set-up helpers for scripts/test.sh and scripts/farm.sh; meant to be sourced.
+# Everything here is idempotent: it installs or starts only what is missing.
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=""
+# need_debian_packages PKG...: installs the packages that are not installed yet.
+need_debian_packages() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    step "installing ${missing[*]}"
+    if [ -z "$apt_updated" ]; then
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# ensure_postgres: PostgreSQL installed, a cluster present and running on 127.0.0.1:5432,
+# and the postgres role reachable over TCP without a password (the tests' superuser).
+ensure_postgres() {
+    if ! command -v pg_lsclusters >/dev/null 2>&1 || [ -z "$(ls /usr/lib/postgresql 2>/dev/null)" ]; then
+        need_debian_packages postgresql
+    fi
+    local version
+    version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    if ! pg_lsclusters -h 2>/dev/null | grep -q .; then
+        step "creating PostgreSQL cluster $version/main"
+        as_root pg_createcluster "$version" main >/dev/null
+    fi
+    local cluster
+    cluster=$(pg_lsclusters -h | head -n 1)
+    local ver name status
+    ver=$(echo "$cluster" | awk '{print $1}')
+    name=$(echo "$cluster" | awk '{print $2}')
+    status=$(echo "$cluster" | awk '{print $4}')
+    if [ "$status" != "online" ]; then
+        step "starting PostgreSQL $ver/$name"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start
+    fi
+    if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; then
+        step "allowing local TCP connections for the test superuser"
+        local hba="/etc/postgresql/$ver/$name/pg_hba.conf"
+        as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" reload
+    fi
+    psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null
+}

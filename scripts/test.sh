@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on a fresh Debian machine: installs what is
+# missing (libzmq, PostgreSQL), makes sure PostgreSQL is running, then runs clippy (warnings
+# fail) and every test of the workspace against real sockets and a real database.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup-lib.sh
+
+need_debian_packages libzmq3-dev pkg-config
+ensure_postgres
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step "clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
+cargo test --workspace --locked --doc
