@@ -20,7 +20,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,15 @@ pub enum TransportError {
         endpoint: String,
         /// What ZeroMQ said.
         source: zmq::Error,
+    },
+    /// The peer did not take our message before the deadline (its queue is full, or no peer
+    /// is connected yet).
+    #[error("{endpoint} did not take the message within {timeout:?}")]
+    Busy {
+        /// The peer's address.
+        endpoint: String,
+        /// How long we waited.
+        timeout: Duration,
     },
     /// No reply arrived before the deadline.
     #[error("no reply from {endpoint} within {timeout:?}")]
@@ -128,18 +137,16 @@ impl Raw {
         codec::decode(frame)
     }
 
-    fn send_frames(&self, frames: &[&[u8]], deadline: Option<Instant>) -> Result<(), TransportError> {
-        // Send without blocking; when the queue is full, wait for room until the deadline.
+    /// Sends without blocking; when the queue is full, waits for room for up to `timeout`.
+    fn send_frames(&self, frames: &[&[u8]], timeout: Duration) -> Result<(), TransportError> {
+        let deadline = Instant::now() + timeout;
         loop {
             match self.socket.send_multipart(frames, zmq::DONTWAIT) {
                 Ok(()) => return Ok(()),
                 Err(zmq::Error::EAGAIN) => {
-                    let wait = match deadline {
-                        Some(d) => d.saturating_duration_since(Instant::now()),
-                        None => Duration::from_secs(3600),
-                    };
+                    let wait = deadline.saturating_duration_since(Instant::now());
                     if wait.is_zero() {
-                        return Err(TransportError::Timeout { endpoint: self.endpoint.clone(), timeout: Duration::ZERO });
+                        return Err(TransportError::Busy { endpoint: self.endpoint.clone(), timeout });
                     }
                     self.wait(zmq::POLLOUT, Some(wait))?;
                 }
@@ -154,14 +161,16 @@ impl Raw {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let ms = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(i64::MAX as u128) as i64,
+                // Round up: poll counts whole milliseconds, and waking early would look like a
+                // timeout before the deadline.
+                Some(d) => d.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).min(i64::MAX as u128) as i64,
                 None => -1,
             };
             let mut items = [self.socket.as_poll_item(events)];
             match zmq::poll(&mut items, ms) {
-                Ok(_) => return Ok(items[0].get_revents().intersects(events)),
-                Err(zmq::Error::EINTR) if deadline.is_none_or(|d| Instant::now() < d) => continue,
-                Err(zmq::Error::EINTR) => return Ok(false),
+                Ok(_) if items[0].get_revents().intersects(events) => return Ok(true),
+                Ok(_) | Err(zmq::Error::EINTR) if deadline.is_none_or(|d| Instant::now() < d) => continue,
+                Ok(_) | Err(zmq::Error::EINTR) => return Ok(false),
                 Err(source) => return Err(zmq_err("poll", &self.endpoint, source)),
             }
         }
@@ -199,15 +208,21 @@ pub fn ipc_path(endpoint: &str) -> Option<&Path> {
     endpoint.strip_prefix("ipc://").filter(|p| !p.starts_with('@')).map(Path::new)
 }
 
-/// Makes sure an ipc socket's directory exists and only its owner can enter it: a socket in a
-/// shared directory such as /tmp could be replaced or reached by any local user.
+/// Makes sure an ipc socket's directory exists and only its owner can enter it (a socket in a
+/// shared directory such as /tmp could be replaced or reached by any local user), and that no
+/// live socket answers at the path: libzmq would silently take the path over from it.
 fn prepare_ipc_dir(endpoint: &str, path: &Path) -> Result<(), TransportError> {
     let fail = |reason: String| TransportError::Ipc { endpoint: endpoint.to_string(), reason };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).ok_or_else(|| fail("the path has no directory".into()))?;
     if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| fail(format!("cannot restrict {}: {e}", dir.display())))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(fail("another process is listening on this socket".into()));
     }
     let mode = std::fs::metadata(dir).map_err(|e| fail(format!("cannot inspect {}: {e}", dir.display())))?.permissions().mode();
     if mode & 0o077 != 0 {
@@ -297,7 +312,7 @@ impl<M: Message> Sender<M> {
     /// messages for subscribers that are too slow).
     pub fn send(&self, msg: &M, timeout: Duration) -> Result<(), TransportError> {
         let frame = self.raw.encode(msg)?;
-        self.raw.send_frames(&[&frame], Some(Instant::now() + timeout))
+        self.raw.send_frames(&[&frame], timeout)
     }
 
     common_socket_methods!();
@@ -375,13 +390,16 @@ impl<Req: Message, Rep: Message> Server<Req, Rep> {
         Ok((peer, msg))
     }
 
-    /// Replies to `peer`. A peer that has disconnected is an error (nobody to answer).
+    /// Replies to `peer` without waiting. A peer whose departure libzmq has noticed is an
+    /// error (libzmq notices lazily, so the first reply after a peer leaves may be lost
+    /// silently); so is a peer whose queue is full. The message size limit applies to
+    /// requests only.
     pub fn send(&self, peer: &Peer, msg: &Rep) -> Result<(), TransportError> {
-        let frame = self.raw.encode(msg)?;
+        let frame = codec::encode(msg)?;
         let mut frames: Vec<&[u8]> = peer.0.iter().map(Vec::as_slice).collect();
         frames.push(b"");
         frames.push(&frame);
-        self.raw.send_frames(&frames, Some(Instant::now()))
+        self.raw.send_frames(&frames, Duration::ZERO)
     }
 
     common_socket_methods!();
@@ -411,12 +429,25 @@ impl<Req: Message, Rep: Message> Client<Req, Rep> {
     pub fn request(&self, req: &Req, timeout: Duration) -> Result<Rep, TransportError> {
         let deadline = Instant::now() + timeout;
         let frame = self.raw.encode(req)?;
-        self.raw.send_frames(&[&frame], Some(deadline))?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !self.raw.wait(zmq::POLLIN, Some(left))? {
-            return Err(TransportError::Timeout { endpoint: self.raw.endpoint.clone(), timeout });
+        self.raw.send_frames(&[&frame], timeout)?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.raw.wait(zmq::POLLIN, Some(left))? {
+                return Err(TransportError::Timeout { endpoint: self.raw.endpoint.clone(), timeout });
+            }
+            // A stale reply to an abandoned request also makes the socket readable; the
+            // correlating REQ discards it inside the receive, which must then not block.
+            match self.raw.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => {
+                    return match frames.as_slice() {
+                        [frame] => Ok(self.raw.decode(frame)?),
+                        _ => Err(structure::<Rep>(format!("{} frames, expected 1", frames.len())).into()),
+                    };
+                }
+                Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => continue,
+                Err(source) => return Err(zmq_err("receive from", &self.raw.endpoint, source)),
+            }
         }
-        self.raw.recv_single()
     }
 
     common_socket_methods!();
@@ -437,7 +468,7 @@ impl<Out: Message, In: Message> Dealer<Out, In> {
     /// Sends a message, waiting at most `timeout` for queue space.
     pub fn send(&self, msg: &Out, timeout: Duration) -> Result<(), TransportError> {
         let frame = self.raw.encode(msg)?;
-        self.raw.send_frames(&[b"", &frame], Some(Instant::now() + timeout))
+        self.raw.send_frames(&[b"", &frame], timeout)
     }
 
     /// Receives the next message, waiting for it.
