@@ -16,6 +16,7 @@ impl FarmSnapshot {
     pub fn apply(&mut self, event: &StatusEvent) {
         match event {
             StatusEvent::Stats(stats) => push_bounded(&mut self.stats, stats.clone(), STATS_HISTORY),
+            StatusEvent::Paused(paused) => self.paused = *paused,
             StatusEvent::Task { name, state, .. } => {
                 self.tasks.insert(name.clone(), *state);
             }

@@ -436,6 +436,8 @@ pub enum StatusEvent {
         /// Its new state.
         state: TaskState,
     },
+    /// The master was paused (true) or resumed (false) by an operator.
+    Paused(bool),
     /// A line for the monitor's event log.
     Notice {
         /// When.
@@ -600,14 +602,14 @@ pub enum SlaveRequest {
         /// Set when the slave cannot take work now, saying why (low disk, low memory).
         declined: Option<String>,
     },
-    /// Still building: answered `Cont`, or `Done` to abandon the build.
+    /// Still building: answered `Cont`, `Done` to abandon the build, or `Die`.
     Busy {
         /// Current host figures.
         stats: HostStats,
     },
-    /// The build ended: answered `Send` for each file the master wants, then `Done`.
+    /// The build ended: answered `Send` for each file the master wants, then `Done`; or `Die`.
     Built(BuildResult),
-    /// The file last asked for was sent: answered `Send` (next or again) or `Done`.
+    /// The file last asked for was sent: answered `Send` (next or again), `Done` or `Die`.
     Sent {
         /// Its name.
         filename: String,
@@ -1229,13 +1231,6 @@ pub enum DeleteAck {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
 pub enum StatsUpdate {
-    /// The output file system's size and free space (from the file juggler).
-    Disk {
-        /// Bytes.
-        size: u64,
-        /// Bytes free.
-        free: u64,
-    },
     /// Queue lengths per ABI (from the slave driver).
     Queues {
         /// Builds waiting per ABI.

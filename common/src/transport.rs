@@ -15,8 +15,9 @@
 //! proxied clients all work with it.
 //!
 //! External sockets carry a maximum message size: libzmq drops a tcp or ipc peer that sends a
-//! larger frame, the receiving side refuses larger frames on inproc too, and a sender refuses
-//! to send one, so a well-behaved client learns of the limit from a clear local error.
+//! larger frame, and the receiving side refuses larger frames on inproc too. A [`Client`] or
+//! [`Dealer`] made with a limit refuses to send a larger message, so a well-behaved client
+//! learns of the limit from a clear local error.
 
 use std::fmt;
 use std::marker::PhantomData;

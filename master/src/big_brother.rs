@@ -1,5 +1,5 @@
-//! BigBrother, the stats task: gathers the figures other tasks send it (output disk, queue
-//! lengths, downloads) and samples the master host's memory, load and temperature, and
+//! BigBrother, the stats task: gathers the figures other tasks send it (queue lengths,
+//! downloads) and samples the master host's memory, load, temperature and output disk, and
 //! publishes them to monitors as [`StatusEvent::Stats`].
 //!
 //! Sockets: binds [`STATS_ENDPOINT`] (PULL, [`StatsUpdate`]); connects to the master's
@@ -70,10 +70,6 @@ impl Task for BigBrother {
     fn handle(&mut self, event: Event, sockets: &mut Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
         match event {
             Event::Update => match sockets.stats.recv()? {
-                StatsUpdate::Disk { size, free } => {
-                    self.stats.host.disk_size = size;
-                    self.stats.host.disk_free = free;
-                }
                 StatsUpdate::Queues { lengths } => self.stats.builds_pending = lengths,
                 StatsUpdate::Downloads { count } => self.stats.downloads_all += count,
                 StatsUpdate::RefreshHome => ctx.schedule(Event::Sample, Duration::ZERO),

@@ -168,7 +168,7 @@ impl Master {
                 self.relay_status(status_in, status_out);
             }
             if items[0].is_readable()
-                && let Some(stopped) = self.serve_control(control, slave_commands, tasks)
+                && let Some(stopped) = self.serve_control(control, status_out, slave_commands, tasks)
             {
                 return Ok(stopped);
             }
@@ -180,13 +180,16 @@ impl Master {
 
     fn relay_status(&mut self, status_in: &Receiver<StatusEvent>, status_out: &Sender<StatusEvent>) {
         match status_in.recv() {
-            Ok(event) => {
-                self.farm.apply(&event);
-                if let Err(e) = status_out.send(&event, Duration::ZERO) {
-                    tracing::warn!("cannot publish status: {e}");
-                }
-            }
+            Ok(event) => self.publish(status_out, event),
             Err(e) => tracing::error!("bad status message from a task: {e}"),
+        }
+    }
+
+    /// Applies an event to the snapshot and sends it to every monitor.
+    fn publish(&mut self, status_out: &Sender<StatusEvent>, event: StatusEvent) {
+        self.farm.apply(&event);
+        if let Err(e) = status_out.send(&event, Duration::ZERO) {
+            tracing::warn!("cannot publish status: {e}");
         }
     }
 
@@ -194,6 +197,7 @@ impl Master {
     fn serve_control(
         &mut self,
         control: &Server<ControlRequest, ControlReply>,
+        status_out: &Sender<StatusEvent>,
         slave_commands: &Client<SlaveCommand, SlaveCommandReply>,
         tasks: &Supervisor,
     ) -> Option<Stopped> {
@@ -205,7 +209,7 @@ impl Master {
                 return None;
             }
         };
-        let (reply, stop) = self.answer(&peer, request, slave_commands, tasks);
+        let (reply, stop) = self.answer(&peer, request, status_out, slave_commands, tasks);
         if let Err(e) = control.send(&peer, &reply) {
             tracing::warn!("cannot answer control client {peer}: {e}");
         }
@@ -216,6 +220,7 @@ impl Master {
         &mut self,
         peer: &Peer,
         request: Result<ControlRequest, piwheels_common::codec::ProtocolError>,
+        status_out: &Sender<StatusEvent>,
         slave_commands: &Client<SlaveCommand, SlaveCommandReply>,
         tasks: &Supervisor,
     ) -> (ControlReply, Option<Stopped>) {
@@ -255,13 +260,13 @@ impl Master {
             ControlRequest::Pause => {
                 tracing::info!("pausing every task on request from {peer}");
                 tasks.broadcast(TaskControl::Pause);
-                self.farm.paused = true;
+                self.publish(status_out, StatusEvent::Paused(true));
                 (ControlReply::Done, None)
             }
             ControlRequest::Resume => {
                 tracing::info!("resuming every task on request from {peer}");
                 tasks.broadcast(TaskControl::Resume);
-                self.farm.paused = false;
+                self.publish(status_out, StatusEvent::Paused(false));
                 (ControlReply::Done, None)
             }
             ControlRequest::Slaves { target, action } => {
