@@ -8,9 +8,11 @@ pub mod config;
 pub mod farm;
 pub mod hostinfo;
 pub mod logging;
+pub mod names;
 pub mod protocols;
 pub mod task;
 pub mod transport;
+pub mod wheel;
 
 /// Version of the wire protocols in [`protocols`]. Bump it on any change to a message that
 /// crosses a process boundary; a client and a master whose versions differ refuse each other.

@@ -1161,7 +1161,7 @@ pub enum DbReply {
     Project(Box<ProjectData>),
     /// Build ABIs in build order.
     Abis(#[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<BuildAbi>),
-    /// The build queue per ABI, oldest release first.
+    /// The build queue per ABI, newest release first.
     Queue(#[cfg_attr(test, proptest(strategy = "small_map()"))] BTreeMap<String, Vec<PackageVersion>>),
     /// Statistics.
     Stats(DbStats),
@@ -1184,7 +1184,7 @@ pub enum DbReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
 pub struct BuildQueueUpdate {
-    /// Per ABI, the releases to build, oldest release first.
+    /// Per ABI, the releases to build, newest release first.
     #[cfg_attr(test, proptest(strategy = "small_map()"))]
     pub queues: BTreeMap<String, Vec<PackageVersion>>,
 }

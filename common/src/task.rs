@@ -48,8 +48,9 @@ pub trait Task: Sized + 'static {
     /// What pausing the task means.
     const PAUSE: PauseMode;
 
-    /// The sockets to poll, each with the event raised when it has something to read.
-    fn poll_sockets(sockets: &Self::Sockets) -> Vec<(Self::Event, &zmq::Socket)>;
+    /// The sockets to poll now, each with the event raised when it has something to read.
+    /// Asked before every poll, so a task can leave out a socket it cannot serve yet.
+    fn poll_sockets<'s>(&self, sockets: &'s Self::Sockets) -> Vec<(Self::Event, &'s zmq::Socket)>;
 
     /// Periodic timers, each with its interval. Every timer first falls due when the task
     /// starts, then each interval after its handler returns.
@@ -432,7 +433,7 @@ impl Runner {
                 wait = wait.min(due.saturating_duration_since(clock.now()));
             }
             let ready = {
-                let polled = if sockets_run { T::poll_sockets(sockets) } else { Vec::new() };
+                let polled = if sockets_run { task.poll_sockets(sockets) } else { Vec::new() };
                 let mut items = Vec::with_capacity(polled.len() + 1);
                 items.push(self.control.socket().as_poll_item(zmq::POLLIN));
                 items.extend(polled.iter().map(|(_, s)| s.as_poll_item(zmq::POLLIN)));

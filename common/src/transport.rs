@@ -8,6 +8,7 @@
 //! | [`Server`] | ROUTER | requests in, one reply each, to the peer they came from |
 //! | [`Client`] | REQ (relaxed, correlated) | request and wait for the reply, with a deadline |
 //! | [`Dealer`] | DEALER | asynchronous conversation with a [`Server`] |
+//! | [`Worker`] | DEALER | serves requests a load balancer hands out, behind their envelopes |
 //!
 //! Every message is a single frame made by [`crate::codec`]. A [`Server`] sees each request
 //! behind its routing envelope (the peer's identity and any frames a proxy or a correlating
@@ -489,6 +490,56 @@ impl<Out: Message, In: Message> Dealer<Out, In> {
     common_socket_methods!();
 }
 
+/// The frame a [`Worker`] sends to tell its load balancer it can take a request.
+pub const READY: &[u8] = b"READY";
+
+/// A DEALER serving requests that a load balancer (a pair of ROUTERs) hands out. The balancer
+/// sends `["", client envelope..., "", request]`; the worker answers
+/// `["", client envelope..., "", reply]` and the balancer routes it back to the client. A
+/// worker announces itself with [`Worker::ready`]; every reply makes it ready again.
+pub struct Worker<Req, Rep> {
+    raw: Raw,
+    _m: PhantomData<fn(Rep) -> Req>,
+}
+
+impl<Req: Message, Rep: Message> Worker<Req, Rep> {
+    /// A DEALER connected to the balancer's worker side.
+    pub fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<Self, TransportError> {
+        Ok(Worker { raw: Raw::new(ctx, zmq::DEALER, endpoint, None)?.connect()?, _m: PhantomData })
+    }
+
+    /// Tells the balancer this worker can take a request.
+    pub fn ready(&self, timeout: Duration) -> Result<(), TransportError> {
+        self.raw.send_frames(&[b"", READY], timeout)
+    }
+
+    /// Receives the next request with its client's envelope; see [`Server::recv`].
+    pub fn recv(&self) -> Result<(Peer, Result<Req, ProtocolError>), TransportError> {
+        let mut frames = self.raw.recv_frames()?;
+        let n = frames.len();
+        if n < 4 || !frames[0].is_empty() || !frames[n - 2].is_empty() {
+            return Err(structure::<Req>(format!("{n} frames, expected a delimiter, an envelope, a delimiter and a request")).into());
+        }
+        let payload = frames.pop().unwrap_or_default();
+        frames.pop();
+        frames.remove(0);
+        let request = self.raw.decode(&payload);
+        Ok((Peer(frames), request))
+    }
+
+    /// Replies to the client behind `peer`.
+    pub fn send(&self, peer: &Peer, msg: &Rep, timeout: Duration) -> Result<(), TransportError> {
+        let frame = codec::encode(msg)?;
+        let mut frames: Vec<&[u8]> = vec![b""];
+        frames.extend(peer.0.iter().map(Vec::as_slice));
+        frames.push(b"");
+        frames.push(&frame);
+        self.raw.send_frames(&frames, timeout)
+    }
+
+    common_socket_methods!();
+}
+
 macro_rules! debug_socket {
     ($($ty:ident),*) => {$(
         impl<A, B> fmt::Debug for $ty<A, B> {
@@ -498,7 +549,7 @@ macro_rules! debug_socket {
         }
     )*};
 }
-debug_socket!(Server, Client, Dealer);
+debug_socket!(Server, Client, Dealer, Worker);
 
 impl<M> fmt::Debug for Sender<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -47,7 +47,7 @@ impl<const MODE: u8> Task for Probe<MODE> {
         _ => PauseMode::Full,
     };
 
-    fn poll_sockets(sockets: &ProbeSockets) -> Vec<(Ev, &zmq::Socket)> {
+    fn poll_sockets<'s>(&self, sockets: &'s ProbeSockets) -> Vec<(Ev, &'s zmq::Socket)> {
         vec![(Ev::Inbox, sockets.inbox.socket())]
     }
 

@@ -59,7 +59,7 @@ impl Task for BigBrother {
     type Event = Event;
     const PAUSE: PauseMode = PauseMode::Timers;
 
-    fn poll_sockets(sockets: &Sockets) -> Vec<(Event, &zmq::Socket)> {
+    fn poll_sockets<'s>(&self, sockets: &'s Sockets) -> Vec<(Event, &'s zmq::Socket)> {
         vec![(Event::Update, sockets.stats.socket())]
     }
 

@@ -28,6 +28,20 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_STATE_DIR", value_name = "DIR", default_value = "/var/lib/piwheels")]
     pub state_dir: PathBuf,
 
+    /// The database, as the master's (non-superuser) role: postgres://USER@HOST/DB, or
+    /// postgres:///DB for the local server's socket
+    #[arg(long, env = "PIW_DSN", value_name = "URL", default_value = "postgres:///piwheels")]
+    pub dsn: String,
+
+    /// Number of database workers (oracles), each with its own connection
+    #[arg(long, env = "PIW_ORACLES", value_name = "N", default_value = "3", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub oracles: u16,
+
+    /// How long a task waits for the database to answer a request before giving up (queries
+    /// are cancelled after the same time)
+    #[arg(long, env = "PIW_DB_TIMEOUT", value_name = "DURATION", default_value = "30s")]
+    pub db_timeout: HumanDuration,
+
     /// Where monitors and operators' tools send commands: ipc://PATH (the directory must be
     /// private to the master's user; it is created with mode 700 if missing) or tcp://HOST:PORT
     #[arg(long, env = "PIW_CONTROL_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/control")]

@@ -3,9 +3,13 @@
 //! modules; each task's module says what it owns and which sockets it binds.
 
 pub mod big_brother;
+pub mod db;
 pub mod config;
+pub mod db_client;
+pub mod oracle;
 pub mod pidlock;
 pub mod process;
+pub mod seraph;
 
 pub use config::MasterConfig;
 pub use process::{Stopped, run};

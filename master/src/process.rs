@@ -25,7 +25,10 @@ use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
 
 use crate::big_brother::{self, BigBrother};
 use crate::config::MasterConfig;
+use crate::db::Database;
+use crate::oracle::{self, Oracle};
 use crate::pidlock::PidLock;
+use crate::seraph::{self, Seraph};
 
 /// Where tasks report their state and figures inside the master.
 pub const STATUS_ENDPOINT: &str = "inproc://status";
@@ -50,6 +53,7 @@ pub enum Stopped {
 /// Runs the master until it is asked to stop or a task fails for good.
 pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     let _lock = PidLock::acquire(&cfg.state_dir, &cfg.output_path)?;
+    check_database(cfg)?;
     // Block the stop signals before any thread exists, so every thread inherits the mask and
     // the signals arrive only through the signalfd polled below.
     let mut mask = SigSet::empty();
@@ -111,7 +115,28 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     outcome
 }
 
+/// Fails fast, with the reason, when the database cannot serve the master: unreachable, the
+/// wrong schema version, or a superuser role.
+fn check_database(cfg: &MasterConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut db = Database::connect(&cfg.dsn, cfg.db_timeout.0).await?;
+        if db.is_superuser().await? {
+            anyhow::bail!("the database role in --dsn is a superuser; the master must connect as an ordinary role (see piw-initdb --user)");
+        }
+        Ok(())
+    })
+}
+
 fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyhow::Result<()> {
+    // The database first: every other task may need it from its first moment.
+    tasks.add(task::spawn(rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph))?);
+    for n in 1..=cfg.oracles {
+        let (url, timeout) = (cfg.dsn.clone(), cfg.db_timeout.0);
+        tasks.add(task::spawn(rt, &format!("the_oracle_{n}"), oracle::Sockets::open, move |sockets| {
+            Oracle::start(sockets, &url, timeout)
+        })?);
+    }
     let status = rt.status_endpoint.clone();
     let (output, interval) = (cfg.output_path.clone(), cfg.stats_interval.0);
     tasks.add(task::spawn(

@@ -9,26 +9,45 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use piwheels_common::protocols::{ControlReply, ControlRequest, SlaveAction, SlaveTarget, StatusEvent, TaskState, Versions};
 use piwheels_common::transport::{Client, Receiver};
+use piwheels_master::db::migrate;
+use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use sqlx::Connection;
 
-/// A master running in its own temporary directories, killed when dropped.
+/// A master running in its own temporary directories against its own database, killed when
+/// dropped.
 struct Master {
     child: Child,
     dir: tempfile::TempDir,
+    db: TestDb,
+}
+
+/// A database with the current schema, its app role granted.
+fn migrated_db() -> TestDb {
+    let db = TestDb::new();
+    let owner = db.owner_url();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&owner).await.unwrap();
+        migrate::upgrade(&mut conn, APP_ROLE).await.unwrap();
+    });
+    db
 }
 
 impl Master {
     fn start() -> Master {
         let dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn(dir.path(), &dir.path().join("state"), &dir.path().join("www"), "run");
-        Master { child, dir }
+        let db = migrated_db();
+        let child = Self::spawn(dir.path(), &dir.path().join("state"), &dir.path().join("www"), "run", &db.app_url());
+        Master { child, dir, db }
     }
 
-    fn spawn(root: &Path, state: &Path, output: &Path, run: &str) -> Child {
+    fn spawn(root: &Path, state: &Path, output: &Path, run: &str, dsn: &str) -> Child {
         let config = root.join("piwheels.toml");
-        std::fs::write(&config, "[master]\nstats-interval = \"100ms\"\n").unwrap();
+        std::fs::write(&config, "[master]\nstats-interval = \"100ms\"\noracles = 2\n").unwrap();
         Command::new(env!("CARGO_BIN_EXE_piw-master"))
             .arg("--config")
             .arg(&config)
+            .arg("--dsn")
+            .arg(dsn)
             .arg("--output-path")
             .arg(output)
             .arg("--state-dir")
@@ -142,12 +161,13 @@ fn a_second_master_on_the_same_directories_is_refused_naming_the_pid() {
     master.attach(&ctx);
     let root = master.dir.path();
     let expected = format!("pid {}", master.child.id());
+    let dsn = master.db.app_url();
     // Same state directory.
-    let out = Master::spawn(root, &root.join("state"), &root.join("www2"), "run2").wait_with_output().unwrap();
+    let out = Master::spawn(root, &root.join("state"), &root.join("www2"), "run2", &dsn).wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains(&expected) && text.contains("state directory"), "{text}");
     // Same output directory, another state directory.
-    let out = Master::spawn(root, &root.join("state2"), &root.join("www"), "run3").wait_with_output().unwrap();
+    let out = Master::spawn(root, &root.join("state2"), &root.join("www"), "run3", &dsn).wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains(&expected) && text.contains("output directory"), "{text}");
     // The first master is unharmed.
@@ -242,4 +262,22 @@ fn slave_commands_without_a_slave_driver_are_an_error_not_a_hang() {
         ControlReply::Error { message } => assert!(message.contains("slave driver"), "{message}"),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+#[test]
+fn a_database_the_master_cannot_use_stops_it_at_once_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // A database without the schema.
+    let empty = TestDb::new();
+    let out = Master::spawn(root, &root.join("state"), &root.join("www"), "run", &empty.app_url()).wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("piw-initdb"), "{text}");
+    // A superuser role.
+    let db = migrated_db();
+    let out = Master::spawn(root, &root.join("state"), &root.join("www"), "run", &db.owner_url()).wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("superuser"), "{text}");
+    // Nothing left behind by the failed starts.
+    assert!(!root.join("state/piw-master.pid").exists());
 }

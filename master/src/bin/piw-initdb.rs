@@ -1,6 +1,71 @@
-//! piw-initdb: creates or upgrades the database schema. Not implemented in this version yet.
+//! piw-initdb: creates the piwheels schema in an empty database, or upgrades an older one step
+//! by step, and grants the master's role what it needs. Run it as the database's owner.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("piw-initdb: not implemented in this version yet");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use piwheels_common::config::{self, ConfigArg};
+use piwheels_common::logging::{self, LogArgs};
+use piwheels_master::db::migrate::{self, APP_GROUP_ROLE, SCHEMA_VERSION};
+use sqlx::Connection;
+
+/// Create or upgrade the piwheels database schema. Safe to run again: a current database is
+/// left as it is.
+#[derive(clap::Parser, Debug)]
+#[command(name = "piw-initdb", version)]
+struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+
+    #[command(flatten)]
+    log: LogArgs,
+
+    /// The database, as its owner (a role that may create tables and roles)
+    #[arg(long, env = "PIW_INITDB_DSN", value_name = "URL", default_value = "postgres:///piwheels")]
+    dsn: String,
+
+    /// The role piw-master connects as; it must exist and must not be a superuser
+    #[arg(long, env = "PIW_INITDB_USER", value_name = "ROLE", default_value = "piwheels")]
+    user: String,
+}
+
+fn main() -> ExitCode {
+    let args: Args = match config::parse("initdb") {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("piw-initdb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(&args.log);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("piw-initdb: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("piw-initdb: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<(), String> {
+    let mut conn = sqlx::PgConnection::connect(&args.dsn).await.map_err(|e| format!("cannot connect to {}: {e}", args.dsn))?;
+    let report = migrate::upgrade(&mut conn, &args.user).await.map_err(|e| e.to_string())?;
+    match report.from {
+        None => println!("Created the piwheels schema, version {SCHEMA_VERSION}."),
+        Some(from) if report.applied.is_empty() => println!("The schema is at version {from}, the current version; nothing to do."),
+        Some(from) => println!("Upgraded the schema from version {from} to version {SCHEMA_VERSION}."),
+    }
+    for (version, name) in &report.applied {
+        println!("  applied step {version}: {name}");
+    }
+    if report.granted {
+        println!("Granted {APP_GROUP_ROLE} (the master's privileges) to role {}.", args.user);
+    }
+    Ok(())
 }

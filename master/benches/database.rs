@@ -1,0 +1,176 @@
+//! Database benchmarks, printing figures (run with `cargo bench -p piwheels-master --bench
+//! database`; needs the PostgreSQL that `scripts/test.sh` sets up):
+//!
+//! 1. requests per second through the load balancer with 1, 3 and 8 oracles, 8 client
+//!    threads asking a trivial question (does a package exist);
+//! 2. the build-queue query per ABI on a synthetic farm: `BENCH_PACKAGES` packages (default
+//!    500,000) with `BENCH_VERSIONS` versions each (default 6, so 3,000,000 versions) and 4
+//!    ABIs, 90% of versions built (60% of packages pure Python, built once; 40% built on every
+//!    ABI, with some failures), the rest waiting.
+//!
+//! `BENCH_SECONDS` sets how long each throughput run lasts (default 3). `BENCH_SKIP_QUEUE=1`
+//! skips the synthetic farm, which takes a few minutes and a few GB to build.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use piwheels_common::clock::SystemClock;
+use piwheels_common::protocols::{DbReply, DbRequest};
+use piwheels_common::task::{self, RestartPolicy, Runtime, Supervisor};
+use piwheels_master::db::{Database, migrate};
+use piwheels_master::db_client::DbClient;
+use piwheels_master::oracle::{self, Oracle};
+use piwheels_master::seraph::{self, Seraph};
+use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use sqlx::Connection;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn migrate(db: &TestDb) {
+    let owner = db.owner_url();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&owner).await.unwrap();
+        migrate::upgrade(&mut conn, APP_ROLE).await.unwrap();
+    });
+}
+
+fn throughput(oracles: usize, clients: usize, seconds: u64) -> f64 {
+    let db = TestDb::new();
+    migrate(&db);
+    db.execute("INSERT INTO packages (package) VALUES ('numpy')");
+    let zmq = zmq::Context::new();
+    let _status = piwheels_common::transport::Receiver::<piwheels_common::protocols::StatusEvent>::pull(&zmq, "inproc://status", None).unwrap();
+    let rt = Runtime {
+        zmq: zmq.clone(),
+        clock: Arc::new(SystemClock),
+        status_endpoint: "inproc://status".into(),
+        poll_cap: Duration::from_millis(100),
+        restart: RestartPolicy::default(),
+    };
+    let mut tasks = Supervisor::new();
+    tasks.add(task::spawn(&rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph)).unwrap());
+    for n in 0..oracles {
+        let url = db.app_url();
+        tasks.add(task::spawn(&rt, &format!("oracle_{n}"), oracle::Sockets::open, move |s| Oracle::start(s, &url, Duration::from_secs(10))).unwrap());
+    }
+    // Warm up: every oracle connects.
+    let warm = DbClient::connect(&zmq, Duration::from_secs(10)).unwrap();
+    for _ in 0..oracles * 4 {
+        warm.package_exists("numpy").unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..clients {
+            let client = DbClient::connect(&zmq, Duration::from_secs(10)).unwrap();
+            let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(client.package_exists("numpy").unwrap());
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(seconds));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    tasks.shutdown(Duration::from_secs(5));
+    rate
+}
+
+/// Fills the database with a synthetic farm (see the module documentation), server-side.
+fn synthetic_farm(db: &TestDb, packages: u64, versions: u64) {
+    let builds_per_version = 4;
+    db.execute(
+        "INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp39', 309), ('cp311', 311), ('cp312', 312), ('cp313', 313)",
+    );
+    db.execute(&format!("INSERT INTO packages (package) SELECT 'pkg' || p FROM generate_series(1, {packages}) p"));
+    db.execute(&format!(
+        "INSERT INTO versions (package, version, released) \
+         SELECT 'pkg' || p, v || '.0', timestamptz '2015-01-01 00:00:00+00' + ((p * 7 + v * 13) % 3650) * interval '1 day' \
+         FROM generate_series(1, {packages}) p, generate_series(1, {versions}) v"
+    ));
+    // Built versions: (p + v) % 10 <> 0. Pure packages: p % 10 < 6, one build on cp39 with a
+    // none wheel. The others: a build per ABI, each with a wheel, except that every seventh
+    // version failed on cp39 (no file).
+    db.execute(&format!(
+        "INSERT INTO builds (build_id, package, version, built_by, abi_tag, status, duration) \
+         SELECT (p - 1) * {versions} + v, 'pkg' || p, v || '.0', 1, 'cp39', true, interval '1 minute' \
+         FROM generate_series(1, {packages}) p, generate_series(1, {versions}) v \
+         WHERE (p + v) % 10 <> 0 AND p % 10 < 6"
+    ));
+    db.execute(&format!(
+        "INSERT INTO files (filename, build_id, filesize, filehash, package_tag, package_version_tag, py_version_tag, abi_tag, platform_tag) \
+         SELECT 'pkg' || p || '-' || v || '.0-py3-none-any.whl', (p - 1) * {versions} + v, 1000, repeat('0', 64), 'pkg' || p, v || '.0', 'py3', 'none', 'any' \
+         FROM generate_series(1, {packages}) p, generate_series(1, {versions}) v \
+         WHERE (p + v) % 10 <> 0 AND p % 10 < 6"
+    ));
+    let base = packages * versions;
+    db.execute(&format!(
+        "INSERT INTO builds (build_id, package, version, built_by, abi_tag, status, duration) \
+         SELECT {base} + ((p - 1) * {versions} + v - 1) * {builds_per_version} + k, 'pkg' || p, v || '.0', 1, a.abi_tag, \
+                NOT (k = 1 AND v % 7 = 0), interval '5 minutes' \
+         FROM generate_series(1, {packages}) p, generate_series(1, {versions}) v, \
+              (VALUES (1, 'cp39'), (2, 'cp311'), (3, 'cp312'), (4, 'cp313')) a(k, abi_tag) \
+         WHERE (p + v) % 10 <> 0 AND p % 10 >= 6"
+    ));
+    db.execute(&format!(
+        "INSERT INTO files (filename, build_id, filesize, filehash, package_tag, package_version_tag, py_version_tag, abi_tag, platform_tag) \
+         SELECT 'pkg' || p || '-' || v || '.0-' || a.abi_tag || '-' || a.abi_tag || '-linux_armv7l.whl', \
+                {base} + ((p - 1) * {versions} + v - 1) * {builds_per_version} + k, 100000, repeat('0', 64), \
+                'pkg' || p, v || '.0', a.abi_tag, a.abi_tag, 'linux_armv7l' \
+         FROM generate_series(1, {packages}) p, generate_series(1, {versions}) v, \
+              (VALUES (1, 'cp39'), (2, 'cp311'), (3, 'cp312'), (4, 'cp313')) a(k, abi_tag) \
+         WHERE (p + v) % 10 <> 0 AND p % 10 >= 6 AND NOT (k = 1 AND v % 7 = 0)"
+    ));
+    db.execute("SELECT setval('builds_build_id_seq', (SELECT max(build_id) FROM builds))");
+    db.execute("VACUUM ANALYZE");
+}
+
+fn build_queue(packages: u64, versions: u64) {
+    let db = TestDb::new();
+    migrate(&db);
+    let started = Instant::now();
+    synthetic_farm(&db, packages, versions);
+    let counts = db.column(
+        "SELECT (SELECT count(*) FROM packages) || ' packages, ' || (SELECT count(*) FROM versions) || ' versions, ' \
+         || (SELECT count(*) FROM builds) || ' builds, ' || (SELECT count(*) FROM files) || ' files'",
+    );
+    println!("synthetic farm: {} (built in {:.0} s)", counts[0].clone().unwrap_or_default(), started.elapsed().as_secs_f64());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut database = Database::connect(&db.app_url(), Duration::from_secs(600)).await.unwrap();
+        println!("\n| limit per ABI | run | seconds | seconds per ABI | queued (per ABI) |");
+        println!("|---:|---:|---:|---:|---|");
+        for limit in [1000u32, 100_000] {
+            for run in 1..=3 {
+                let started = Instant::now();
+                let reply = database.handle(DbRequest::BuildQueue { limit }).await.unwrap();
+                let secs = started.elapsed().as_secs_f64();
+                let DbReply::Queue(queue) = reply else { panic!("unexpected reply {reply:?}") };
+                let sizes: Vec<String> = queue.iter().map(|(abi, q)| format!("{abi} {}", q.len())).collect();
+                println!("| {limit} | {run} | {secs:.2} | {:.2} | {} |", secs / queue.len().max(1) as f64, sizes.join(", "));
+            }
+        }
+    });
+}
+
+fn main() {
+    let seconds = env_number("BENCH_SECONDS", 3);
+    println!("## Requests per second through the load balancer (8 client threads, PackageExists)\n");
+    println!("| oracles | requests/s |");
+    println!("|---:|---:|");
+    for oracles in [1, 3, 8] {
+        println!("| {oracles} | {:.0} |", throughput(oracles, 8, seconds));
+    }
+    if std::env::var("BENCH_SKIP_QUEUE").is_ok_and(|v| v == "1") {
+        return;
+    }
+    println!("\n## Build queue on a synthetic farm\n");
+    build_queue(env_number("BENCH_PACKAGES", 500_000), env_number("BENCH_VERSIONS", 6));
+}

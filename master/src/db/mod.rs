@@ -1,0 +1,68 @@
+//! The database: its schema migrations ([`migrate`]) and the [`Database`] connection that an
+//! oracle owns and answers [`DbRequest`](piwheels_common::protocols::DbRequest)s with
+//! ([`requests`]). Only the oracles talk to PostgreSQL while the master runs.
+
+pub mod migrate;
+pub mod project;
+pub mod queue;
+pub mod requests;
+
+use std::time::Duration;
+
+use sqlx::{Connection, Executor, PgConnection};
+
+/// One connection to the farm's database.
+#[derive(Debug)]
+pub struct Database {
+    conn: PgConnection,
+}
+
+/// The database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Connecting failed.
+    #[error("cannot connect to the database: {0}")]
+    Connect(sqlx::Error),
+    /// The schema is not the one this software knows.
+    #[error("the database's schema is version {found}, this software needs version {wanted}; run piw-initdb")]
+    SchemaVersion {
+        /// The database's version (0 for none).
+        found: i32,
+        /// Ours.
+        wanted: i32,
+    },
+    /// A query failed.
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+}
+
+impl Database {
+    /// Connects to `url`, checks the schema version, and makes every statement give up after
+    /// `statement_timeout` so that a stuck query cannot hold an oracle forever.
+    pub async fn connect(url: &str, statement_timeout: Duration) -> Result<Database, DbError> {
+        let mut conn = PgConnection::connect(url).await.map_err(DbError::Connect)?;
+        let found = migrate::schema_version(&mut conn).await?.unwrap_or(0);
+        if found != migrate::SCHEMA_VERSION {
+            return Err(DbError::SchemaVersion { found, wanted: migrate::SCHEMA_VERSION });
+        }
+        let ms = statement_timeout.as_millis().max(1);
+        conn.execute(sqlx::AssertSqlSafe(format!("SET statement_timeout = {ms}"))).await?;
+        conn.execute("SET TIME ZONE 'UTC'").await?;
+        Ok(Database { conn })
+    }
+
+    /// Whether the connection's role is a superuser (the master must not be one).
+    pub async fn is_superuser(&mut self) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetch_one(&mut self.conn).await
+    }
+
+    /// Whether an error means the connection is gone, so the next request must reconnect.
+    pub fn is_connection_lost(err: &sqlx::Error) -> bool {
+        match err {
+            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => true,
+            // 08: connection exceptions; 57P: the server is shutting down or killed us.
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Everything the index writer needs for one project's pages ([`Database::project_data`]):
+//! names, releases, files with their dependencies, and the build state of each release on each
+//! ABI.
+//!
+//! A handful of queries fetch the package's rows (one per table, never one per version) in
+//! one read-only snapshot; the per-ABI build state is then worked out here, where the rules
+//! read plainly:
+//!
+//! * **Success** when some file of the release serves the ABI: its ABI tag is the ABI's, or
+//!   `none` (pure Python), or `abi3` with a Python floor no higher than the ABI's Python. The
+//!   build id is that file's build, preferring one made on the ABI itself.
+//! * **Fail** when a build ran on the ABI but no file serves it (the build failed, or
+//!   succeeded without files); the build id is the latest such build.
+//! * **Skip** when the package, the release or the ABI is skipped.
+//! * **Pending** otherwise: nothing has been tried yet.
+//!
+//! The ABIs shown are every ABI that is not skipped, plus every ABI some build of the release
+//! ran on (so history on a retired ABI stays visible).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use piwheels_common::protocols::{AbiStatus, BuildId, Dependencies, ProjectData, ProjectFile, ReleaseData};
+use sqlx::Connection;
+
+use super::Database;
+use super::requests::RequestError;
+
+/// A version row.
+type VersionRow = (String, DateTime<Utc>, String, bool, String);
+/// A build row: id, version, builder ABI.
+type BuildRow = (i64, String, String);
+/// A file row, with its build's version and ABI.
+type FileRow = (
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    String,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    Option<i32>,
+);
+
+/// What the ABI rules need to know about one file.
+#[derive(Debug)]
+struct Served {
+    build_id: BuildId,
+    builder_abi: String,
+    abi_tag: String,
+    python_floor: Option<i32>,
+}
+
+impl Served {
+    /// Whether this file serves the ABI `abi` of Python `python` (major * 100 + minor).
+    fn serves(&self, abi: &str, python: Option<i32>) -> bool {
+        self.abi_tag == abi
+            || self.abi_tag == "none"
+            || self.python_floor.zip(python).is_some_and(|(floor, python)| floor <= python)
+    }
+}
+
+impl Database {
+    /// Everything for a project's pages. Refused when the package does not exist.
+    pub async fn project_data(&mut self, package: &str) -> Result<ProjectData, RequestError> {
+        // One snapshot for every query, so the parts agree with each other.
+        let mut tx = self.conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+        let head: Option<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT p.skip, p.description, \
+                    (SELECT n.name FROM package_names n WHERE n.package = p.package \
+                     ORDER BY n.seen DESC, n.name COLLATE \"C\" LIMIT 1) \
+             FROM packages p WHERE p.package = $1",
+        )
+        .bind(package)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((package_skip, description, display_name)) = head else {
+            tx.rollback().await?;
+            return Err(RequestError::Refused(format!("package {package} does not exist")));
+        };
+        let aliases: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM package_names WHERE package = $1 AND name <> $1 \
+             ORDER BY seen DESC, name COLLATE \"C\"",
+        )
+        .bind(package)
+        .fetch_all(&mut *tx)
+        .await?;
+        let versions: Vec<VersionRow> = sqlx::query_as(
+            "SELECT version, released, skip, yanked, yank_reason FROM versions WHERE package = $1 \
+             ORDER BY released, version COLLATE \"C\"",
+        )
+        .bind(package)
+        .fetch_all(&mut *tx)
+        .await?;
+        let builds: Vec<BuildRow> = sqlx::query_as("SELECT build_id, version, abi_tag FROM builds WHERE package = $1")
+            .bind(package)
+            .fetch_all(&mut *tx)
+            .await?;
+        let files: Vec<FileRow> = sqlx::query_as(
+            "SELECT b.version, b.abi_tag, f.build_id, f.filename, f.filesize, f.filehash::text, \
+                    f.metadata_hash::text, f.abi_tag, f.platform_tag, f.requires_python, f.uploaded, \
+                    f.python_floor \
+             FROM builds b JOIN files f ON f.build_id = b.build_id \
+             WHERE b.package = $1 ORDER BY f.filename COLLATE \"C\"",
+        )
+        .bind(package)
+        .fetch_all(&mut *tx)
+        .await?;
+        // Debian packages every image of the builder's ABI has are left out of install hints.
+        let dependencies: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT d.filename, d.tool, d.dependency \
+             FROM builds b \
+             JOIN files f ON f.build_id = b.build_id \
+             JOIN dependencies d ON d.filename = f.filename \
+             WHERE b.package = $1 \
+               AND NOT (d.tool = 'apt' AND EXISTS ( \
+                   SELECT 1 FROM preinstalled_apt_packages pa \
+                   WHERE pa.abi_tag = b.abi_tag AND pa.apt_package = d.dependency))",
+        )
+        .bind(package)
+        .fetch_all(&mut *tx)
+        .await?;
+        let abis: Vec<(String, i32, String)> =
+            sqlx::query_as("SELECT abi_tag, python_version, skip FROM build_abis").fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+
+        let mut deps: HashMap<String, Dependencies> = HashMap::new();
+        for (filename, tool, dependency) in dependencies {
+            let entry = deps.entry(filename).or_default();
+            match tool.as_str() {
+                "apt" => entry.apt.push(dependency),
+                "pip" => entry.pip.push(dependency),
+                _ => entry.unresolved.push(dependency),
+            }
+        }
+        for entry in deps.values_mut() {
+            entry.apt.sort();
+            entry.pip.sort();
+            entry.unresolved.sort();
+        }
+
+        let mut files_of: HashMap<String, Vec<ProjectFile>> = HashMap::new();
+        let mut served_of: HashMap<String, Vec<Served>> = HashMap::new();
+        for row in files {
+            let (
+                version,
+                builder_abi,
+                build_id,
+                filename,
+                size,
+                sha256,
+                metadata_sha256,
+                abi_tag,
+                platform_tag,
+                requires_python,
+                uploaded,
+                python_floor,
+            ) = row;
+            served_of.entry(version.clone()).or_default().push(Served {
+                build_id,
+                builder_abi: builder_abi.clone(),
+                abi_tag: abi_tag.clone(),
+                python_floor,
+            });
+            files_of.entry(version).or_default().push(ProjectFile {
+                dependencies: deps.remove(&filename).unwrap_or_default(),
+                filename,
+                size: u64::try_from(size).unwrap_or(0),
+                sha256,
+                metadata_sha256,
+                builder_abi,
+                abi_tag,
+                platform_tag,
+                requires_python,
+                uploaded,
+            });
+        }
+        // Per version, per builder ABI: the latest build.
+        let mut latest_build: HashMap<String, HashMap<String, BuildId>> = HashMap::new();
+        for (build_id, version, abi) in builds {
+            let latest = latest_build.entry(version).or_default().entry(abi).or_insert(build_id);
+            *latest = (*latest).max(build_id);
+        }
+        let abi_python: HashMap<&str, i32> = abis.iter().map(|(tag, python, _)| (tag.as_str(), *python)).collect();
+        let abi_skipped: HashMap<&str, bool> =
+            abis.iter().map(|(tag, _, skip)| (tag.as_str(), !skip.is_empty())).collect();
+        let active: Vec<&str> =
+            abis.iter().filter(|(_, _, skip)| skip.is_empty()).map(|(tag, _, _)| tag.as_str()).collect();
+
+        let no_builds = HashMap::new();
+        let releases = versions
+            .into_iter()
+            .map(|(version, released, version_skip, yanked, yank_reason)| {
+                let built = latest_build.get(&version).unwrap_or(&no_builds);
+                let served = served_of.get(&version).map(Vec::as_slice).unwrap_or_default();
+                let skipped = !package_skip.is_empty() || !version_skip.is_empty();
+                let shown: BTreeSet<&str> = active.iter().copied().chain(built.keys().map(String::as_str)).collect();
+                let cells = shown
+                    .into_iter()
+                    .map(|abi| {
+                        let python = abi_python.get(abi).copied().or_else(|| python_of_tag(abi));
+                        let best = served
+                            .iter()
+                            .filter(|file| file.serves(abi, python))
+                            .max_by_key(|file| (file.builder_abi == abi, file.build_id));
+                        let cell = if let Some(file) = best {
+                            (AbiStatus::Success, Some(file.build_id))
+                        } else if let Some(build_id) = built.get(abi) {
+                            (AbiStatus::Fail, Some(*build_id))
+                        } else if skipped || abi_skipped.get(abi).copied().unwrap_or(false) {
+                            (AbiStatus::Skip, None)
+                        } else {
+                            (AbiStatus::Pending, None)
+                        };
+                        (abi.to_string(), cell)
+                    })
+                    .collect::<BTreeMap<_, _>>();
+                ReleaseData {
+                    files: files_of.remove(&version).unwrap_or_default(),
+                    skip: if version_skip.is_empty() { package_skip.clone() } else { version_skip },
+                    yanked: yanked.then_some(yank_reason),
+                    released,
+                    abis: cells,
+                    version,
+                }
+            })
+            .collect();
+        Ok(ProjectData {
+            display_name: display_name.unwrap_or_else(|| package.to_string()),
+            package: package.to_string(),
+            description,
+            aliases,
+            releases,
+        })
+    }
+}
+
+/// The Python version of a CPython ABI tag that is not in `build_abis` (a build on a retired
+/// or imported ABI): `cp39` is 309, `cp311` and `cp311d` are 311. None for anything else.
+fn python_of_tag(tag: &str) -> Option<i32> {
+    let digits: String = tag.strip_prefix("cp")?.chars().take_while(char::is_ascii_digit).collect();
+    if digits.len() < 2 {
+        return None;
+    }
+    let (major, minor) = digits.split_at(1);
+    Some(major.parse::<i32>().ok()? * 100 + minor.parse::<i32>().ok()?)
+}

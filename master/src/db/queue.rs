@@ -1,0 +1,113 @@
+//! The build queue ([`Database::build_queue`]): per ABI, the releases waiting to be built,
+//! and the `versions.complete` hint that keeps it fast.
+//!
+//! The rules: a release of a package, version and ABI that are not skipped is wanted on that
+//! ABI until a build of it ran there (successful or not: a failure is not queued again
+//! automatically), or one of its files serves the ABI (a pure wheel serves every ABI, an abi3
+//! wheel every ABI from its Python floor up, a wheel tagged with an ABI serves that ABI
+//! whichever build made it). Each release waits on its LOWEST pending ABI only: once that
+//! build is done, a pure or abi3 wheel it made serves the higher ABIs and saves building
+//! them. Within an ABI the newest release comes first, so that new releases reach users within
+//! minutes even while a backfill of old versions (a new ABI, a rebuild) runs.
+//!
+//! Speed: a farm holds millions of versions, nearly all of them done. `versions.complete`
+//! marks versions that need nothing more, and the queue looks only at the others (through the
+//! partial index `versions_incomplete`), probing `builds_pkgver` per version. A version found
+//! to need nothing is marked complete by the same statement; recording a build refreshes its
+//! version's mark ([`refresh_complete`]); deleting builds clears it; changing the ABIs clears
+//! every mark (a trigger), after which the next queue computation looks at every version once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use piwheels_common::protocols::PackageVersion;
+use sqlx::{Connection, Executor, PgConnection};
+
+use super::Database;
+
+/// The ABIs (`a`, from `build_abis`) on which the version `v` is still wanted, lowest first.
+macro_rules! pending_abis {
+    () => {
+        "SELECT a.abi_tag FROM build_abis a
+         WHERE a.skip = ''
+           AND NOT EXISTS (
+               SELECT 1 FROM builds b
+               WHERE b.package = v.package AND b.version = v.version AND b.abi_tag = a.abi_tag)
+           AND NOT EXISTS (
+               -- Only a file tagged other than its builder's ABI can serve another ABI.
+               SELECT 1 FROM builds b JOIN files f ON f.build_id = b.build_id
+               WHERE b.package = v.package AND b.version = v.version
+                 AND f.abi_tag <> b.abi_tag
+                 AND (f.abi_tag = 'none' OR f.abi_tag = a.abi_tag OR f.python_floor <= a.python_version))
+         ORDER BY a.python_version, a.abi_tag"
+    };
+}
+
+const BUILD_QUEUE_SQL: &str = concat!(
+    "WITH examined AS (
+        -- Every version that may still need building, with its lowest pending ABI (NULL when
+        -- it needs nothing after all).
+        SELECT v.package, v.version, v.released, first.abi_tag
+        FROM versions v
+        JOIN packages p ON p.package = v.package AND p.skip = ''
+        LEFT JOIN LATERAL (",
+    pending_abis!(),
+    " LIMIT 1) first ON true
+        WHERE NOT v.complete AND v.skip = ''
+    ),
+    marked AS (
+        UPDATE versions v SET complete = true
+        FROM examined e
+        WHERE e.abi_tag IS NULL AND v.package = e.package AND v.version = e.version
+    ),
+    ranked AS (
+        SELECT e.abi_tag, e.package, e.version,
+               row_number() OVER (PARTITION BY e.abi_tag
+                                  ORDER BY e.released DESC, e.package COLLATE \"C\", e.version COLLATE \"C\") AS n
+        FROM examined e
+        WHERE e.abi_tag IS NOT NULL
+    )
+    -- Every ABI being built appears, with NULLs when its queue is empty.
+    SELECT a.abi_tag, r.package, r.version
+    FROM build_abis a
+    LEFT JOIN ranked r ON r.abi_tag = a.abi_tag AND r.n <= $1
+    WHERE a.skip = ''
+    ORDER BY a.python_version, a.abi_tag, r.n"
+);
+
+const REFRESH_COMPLETE_SQL: &str = concat!(
+    "UPDATE versions v SET complete = NOT EXISTS (",
+    pending_abis!(),
+    ") WHERE v.package = $1 AND v.version = $2"
+);
+
+/// How long the queue computation may take. Normally it takes seconds; after the ABIs change
+/// it looks at every version once, which on a large farm takes minutes.
+pub const BUILD_QUEUE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Recomputes one version's `complete` mark (after a build of it was recorded).
+pub async fn refresh_complete(conn: &mut PgConnection, package: &str, version: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(REFRESH_COMPLETE_SQL).bind(package).bind(version).execute(conn).await?;
+    Ok(())
+}
+
+impl Database {
+    /// The build queue: for every ABI that is not skipped (even when its queue is empty), at
+    /// most `limit` releases, newest release first. Marks the versions it finds complete.
+    pub async fn build_queue(&mut self, limit: u32) -> Result<BTreeMap<String, Vec<PackageVersion>>, sqlx::Error> {
+        let mut tx = self.conn.begin().await?;
+        tx.execute(sqlx::AssertSqlSafe(format!("SET LOCAL statement_timeout = {}", BUILD_QUEUE_TIMEOUT.as_millis())))
+            .await?;
+        let rows: Vec<(String, Option<String>, Option<String>)> =
+            sqlx::query_as(BUILD_QUEUE_SQL).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut queues: BTreeMap<String, Vec<PackageVersion>> = BTreeMap::new();
+        for (abi, package, version) in rows {
+            let queue = queues.entry(abi).or_default();
+            if let (Some(package), Some(version)) = (package, version) {
+                queue.push(PackageVersion { package, version });
+            }
+        }
+        Ok(queues)
+    }
+}

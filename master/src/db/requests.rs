@@ -1,0 +1,940 @@
+//! Answers to each database request: [`Database::handle`] dispatches a [`DbRequest`] to the
+//! method that carries it out, and every such method is public so that other master code can
+//! call it directly with typed arguments and results.
+//!
+//! Failures come in two kinds. A database failure (a lost connection, a violated constraint
+//! such as a foreign key to a version deleted meanwhile) is an `Err(sqlx::Error)`; the oracle
+//! decides whether to reconnect. A refusal of the request itself (the PyPI serial going
+//! backwards, a file name already recorded with other contents, renaming onto an existing
+//! package) is a [`RequestError::Refused`], which [`Database::handle`] answers with
+//! [`DbReply::Error`]. Operations of several statements run in one transaction.
+//!
+//! The project data ([`Database::project_data`]) lives in [`super::project`], the build queue
+//! ([`Database::build_queue`]) in [`super::queue`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use piwheels_common::names::is_prerelease;
+use piwheels_common::protocols::{
+    AccessRecord, BuildAbi, BuildId, BuildRecord, ClientInfo, DbReply, DbRequest, DbStats, FailureKind, FileHash,
+    PendingRewrite, RewriteScope, SearchEntry, Timestamp, WheelFile,
+};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::types::PgInterval;
+use sqlx::{Connection, Postgres, Transaction};
+
+use super::Database;
+
+/// Why a request was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The database failed; the request may succeed on another try or connection.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The request itself is refused; the message says why. Answered with [`DbReply::Error`].
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Column lengths of the schema (in characters), so that text is cut to fit instead of being
+/// refused by PostgreSQL.
+mod len {
+    pub(super) const SKIP: usize = 100;
+    pub(super) const DESCRIPTION: usize = 200;
+    pub(super) const YANK_REASON: usize = 200;
+    pub(super) const BUILDER: usize = 100;
+    pub(super) const FILENAME: usize = 255;
+    pub(super) const PACKAGE: usize = 200;
+    pub(super) const PAGE: usize = 30;
+    pub(super) const USER_AGENT: usize = 200;
+    pub(super) const CLIENT_FIELD: usize = 100;
+    pub(super) const INSTALLER_NAME: usize = 20;
+    pub(super) const ACTOR: usize = 200;
+    pub(super) const ACTION: usize = 50;
+}
+
+impl Database {
+    /// Carries out one request and gives the reply its variant's documentation names.
+    /// Refusals become [`DbReply::Error`]; database failures are returned as `Err`.
+    pub async fn handle(&mut self, request: DbRequest) -> Result<DbReply, sqlx::Error> {
+        let reply = match request {
+            DbRequest::AllPackages => Ok(DbReply::Names(self.all_packages().await?)),
+            DbRequest::NewPackage { package, skip, description } => {
+                Ok(DbReply::Bool(self.new_package(&package, &skip, &description).await?))
+            }
+            DbRequest::NewVersion { package, version, released, skip } => {
+                Ok(DbReply::Bool(self.new_version(&package, &version, released, &skip).await?))
+            }
+            DbRequest::NewPackageName { package, name, seen } => {
+                self.new_package_name(&package, &name, seen).await?;
+                Ok(DbReply::Done)
+            }
+            DbRequest::PackageAliases { package } => Ok(DbReply::Names(self.package_aliases(&package).await?)),
+            DbRequest::SetDescription { package, description } => {
+                self.set_description(&package, &description).await?;
+                Ok(DbReply::Done)
+            }
+            DbRequest::SkipPackage { package, reason } => {
+                self.skip_package(&package, &reason).await?;
+                Ok(DbReply::Done)
+            }
+            DbRequest::SkipVersion { package, version, reason } => {
+                self.skip_version(&package, &version, &reason).await?;
+                Ok(DbReply::Done)
+            }
+            DbRequest::VersionSkip { package, version } => {
+                Ok(DbReply::Text(self.version_skip(&package, &version).await?))
+            }
+            DbRequest::YankVersion { package, version, reason } => {
+                self.yank_version(&package, &version, reason.as_deref()).await?;
+                Ok(DbReply::Done)
+            }
+            DbRequest::DeletePackage { package } => {
+                self.delete_package(&package).await?;
+                Ok(DbReply::Done)
+            }
+            DbRequest::DeleteVersion { package, version } => {
+                self.delete_version(&package, &version).await?;
+                Ok(DbReply::Done)
+            }
+            DbRequest::RenamePackage { from, to } => self.rename_package(&from, &to).await.map(|()| DbReply::Done),
+            DbRequest::PackageExists { package } => Ok(DbReply::Bool(self.package_exists(&package).await?)),
+            DbRequest::VersionExists { package, version } => {
+                Ok(DbReply::Bool(self.version_exists(&package, &version).await?))
+            }
+            DbRequest::LogBuild(record) => self.log_build(&record).await.map(DbReply::Id),
+            DbRequest::DeleteBuilds { package, version } => {
+                self.delete_builds(&package, version.as_deref()).await?;
+                Ok(DbReply::Done)
+            }
+            DbRequest::PackageFiles { package } => Ok(DbReply::Files(self.package_files(&package).await?)),
+            DbRequest::VersionFiles { package, version } => {
+                Ok(DbReply::Files(self.version_files(&package, &version).await?))
+            }
+            DbRequest::FileWithHash { sha256 } => Ok(DbReply::Text(self.file_with_hash(&sha256).await?)),
+            DbRequest::ProjectData { package } => {
+                self.project_data(&package).await.map(|data| DbReply::Project(Box::new(data)))
+            }
+            DbRequest::BuildAbis => Ok(DbReply::Abis(self.build_abis().await?)),
+            DbRequest::BuildQueue { limit } => Ok(DbReply::Queue(self.build_queue(limit).await?)),
+            DbRequest::PypiSerial => Ok(DbReply::Id(self.pypi_serial().await?)),
+            DbRequest::SetPypiSerial { serial } => self.set_pypi_serial(serial).await.map(|()| DbReply::Done),
+            DbRequest::Statistics => Ok(DbReply::Stats(self.statistics().await?)),
+            DbRequest::SearchIndex => Ok(DbReply::Search(self.search_index().await?)),
+            DbRequest::LogAccess { records } => {
+                let stored = self.log_access(&records).await?;
+                Ok(DbReply::Id(i64::try_from(stored).unwrap_or(i64::MAX)))
+            }
+            DbRequest::AddRewrite(rewrite) => {
+                self.add_rewrite(&rewrite).await?;
+                Ok(DbReply::Done)
+            }
+            DbRequest::PendingRewrites => Ok(DbReply::Rewrites(self.pending_rewrites().await?)),
+            DbRequest::ClearRewrite { package, until } => {
+                self.clear_rewrite(&package, until).await?;
+                Ok(DbReply::Done)
+            }
+            DbRequest::Audit { actor, action, detail } => {
+                self.audit(&actor, &action, &detail).await?;
+                Ok(DbReply::Done)
+            }
+        };
+        match reply {
+            Ok(reply) => Ok(reply),
+            Err(RequestError::Refused(message)) => Ok(DbReply::Error { message }),
+            Err(RequestError::Database(err)) => Err(err),
+        }
+    }
+
+    // --------------------------------------------------------------------------------------
+    // Packages and versions
+    // --------------------------------------------------------------------------------------
+
+    /// Every package's canonical name, sorted (byte order).
+    pub async fn all_packages(&mut self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT package FROM packages ORDER BY package COLLATE \"C\"")
+            .fetch_all(&mut self.conn)
+            .await
+    }
+
+    /// Adds a package; false when it existed already (it is then left as it was). The skip
+    /// reason and description are cut to their column lengths.
+    pub async fn new_package(&mut self, package: &str, skip: &str, description: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "INSERT INTO packages (package, skip, description) VALUES ($1, $2, $3) ON CONFLICT (package) DO NOTHING",
+        )
+        .bind(package)
+        .bind(truncate(skip, len::SKIP))
+        .bind(truncate(description, len::DESCRIPTION))
+        .execute(&mut self.conn)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Adds a version of an existing package (a missing package is a foreign-key error);
+    /// false when it existed already. `released` None means now; whether it is a pre-release
+    /// follows from the version string.
+    pub async fn new_version(
+        &mut self,
+        package: &str,
+        version: &str,
+        released: Option<Timestamp>,
+        skip: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "INSERT INTO versions (package, version, released, skip, prerelease) \
+             VALUES ($1, $2, COALESCE($3, now()), $4, $5) \
+             ON CONFLICT (package, version) DO NOTHING",
+        )
+        .bind(package)
+        .bind(version)
+        .bind(released)
+        .bind(truncate(skip, len::SKIP))
+        .bind(is_prerelease(version))
+        .execute(&mut self.conn)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records that `name` was seen as a spelling of `package` at `seen`. The name belongs to
+    /// `package` afterwards (a name maps to one package); its time never moves backwards, so
+    /// replaying old events cannot change a display name.
+    pub async fn new_package_name(&mut self, package: &str, name: &str, seen: Timestamp) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO package_names (name, package, seen) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE \
+             SET package = EXCLUDED.package, seen = GREATEST(package_names.seen, EXCLUDED.seen)",
+        )
+        .bind(name)
+        .bind(package)
+        .bind(seen)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// The spellings of a package's name other than the canonical one, most recently seen
+    /// first.
+    pub async fn package_aliases(&mut self, package: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT name FROM package_names WHERE package = $1 AND name <> $1 \
+             ORDER BY seen DESC, name COLLATE \"C\"",
+        )
+        .bind(package)
+        .fetch_all(&mut self.conn)
+        .await
+    }
+
+    /// Sets a package's summary (cut to 200 characters). A missing package is not an error.
+    pub async fn set_description(&mut self, package: &str, description: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE packages SET description = $2 WHERE package = $1")
+            .bind(package)
+            .bind(truncate(description, len::DESCRIPTION))
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets (or with an empty reason clears) a package's skip reason, cut to 100 characters.
+    pub async fn skip_package(&mut self, package: &str, reason: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE packages SET skip = $2 WHERE package = $1")
+            .bind(package)
+            .bind(truncate(reason, len::SKIP))
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets (or with an empty reason clears) a version's skip reason, cut to 100 characters.
+    pub async fn skip_version(&mut self, package: &str, version: &str, reason: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE versions SET skip = $3 WHERE package = $1 AND version = $2")
+            .bind(package)
+            .bind(version)
+            .bind(truncate(reason, len::SKIP))
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// A version's skip reason (empty when it is built), None when there is no such version.
+    pub async fn version_skip(&mut self, package: &str, version: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT skip FROM versions WHERE package = $1 AND version = $2")
+            .bind(package)
+            .bind(version)
+            .fetch_optional(&mut self.conn)
+            .await
+    }
+
+    /// Yanks a version with a reason (cut to 200 characters, may be empty), or unyanks it
+    /// when `reason` is None.
+    pub async fn yank_version(
+        &mut self,
+        package: &str,
+        version: &str,
+        reason: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE versions SET yanked = $3, yank_reason = $4 WHERE package = $1 AND version = $2")
+            .bind(package)
+            .bind(version)
+            .bind(reason.is_some())
+            .bind(truncate(reason.unwrap_or(""), len::YANK_REASON))
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a package with its names, versions, builds, files and dependencies.
+    pub async fn delete_package(&mut self, package: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM packages WHERE package = $1").bind(package).execute(&mut self.conn).await?;
+        Ok(())
+    }
+
+    /// Deletes a version with its builds, files and dependencies.
+    pub async fn delete_version(&mut self, package: &str, version: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM versions WHERE package = $1 AND version = $2")
+            .bind(package)
+            .bind(version)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Renames a package (a PyPI rename): its versions, builds (and so their files) and names
+    /// move to `to` by the schema's cascades, and `from` becomes an alias of `to`. Refused when
+    /// `to` exists already or `from` does not.
+    pub async fn rename_package(&mut self, from: &str, to: &str) -> Result<(), RequestError> {
+        let mut tx = self.conn.begin().await?;
+        // Should another writer add `to` between this check and the update, the update fails
+        // on the primary key and nothing changes.
+        let target: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packages WHERE package = $1)")
+            .bind(to)
+            .fetch_one(&mut *tx)
+            .await?;
+        if target {
+            tx.rollback().await?;
+            return Err(RequestError::Refused(format!("cannot rename {from} to {to}: package {to} exists already")));
+        }
+        let source: Option<String> = sqlx::query_scalar("SELECT package FROM packages WHERE package = $1 FOR UPDATE")
+            .bind(from)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if source.is_none() {
+            tx.rollback().await?;
+            return Err(RequestError::Refused(format!("cannot rename {from} to {to}: package {from} does not exist")));
+        }
+        sqlx::query("UPDATE packages SET package = $2 WHERE package = $1")
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+        // The old name usually is a recorded spelling already (and moved with the package);
+        // otherwise it is recorded as never seen, so that it does not become the display name.
+        sqlx::query(
+            "INSERT INTO package_names (name, package) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET package = EXCLUDED.package",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether the package exists (skipped or not).
+    pub async fn package_exists(&mut self, package: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packages WHERE package = $1)")
+            .bind(package)
+            .fetch_one(&mut self.conn)
+            .await
+    }
+
+    /// Whether the version exists (skipped or not).
+    pub async fn version_exists(&mut self, package: &str, version: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM versions WHERE package = $1 AND version = $2)")
+            .bind(package)
+            .bind(version)
+            .fetch_one(&mut self.conn)
+            .await
+    }
+
+    // --------------------------------------------------------------------------------------
+    // Builds and files
+    // --------------------------------------------------------------------------------------
+
+    /// Records a build with its files and their dependencies, in one transaction, and returns
+    /// the build's id.
+    ///
+    /// A file name recorded already with the same SHA-256 (a rebuild producing an identical
+    /// wheel) moves to the new build, with the new build's dependencies; one recorded with a
+    /// different SHA-256 refuses the whole build, since the published file cannot change
+    /// under its users. A version deleted meanwhile is a foreign-key error.
+    pub async fn log_build(&mut self, record: &BuildRecord) -> Result<BuildId, RequestError> {
+        let built_by = i32::try_from(record.built_by)
+            .map_err(|_| RequestError::Refused(format!("slave id {} is out of range", record.built_by)))?;
+        let result = &record.result;
+        let mut tx = self.conn.begin().await?;
+        let build_id: BuildId = sqlx::query_scalar(
+            "INSERT INTO builds \
+                 (package, version, built_by, builder, abi_tag, status, duration, cpu_time, peak_memory, \
+                  exit_status, failure) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             RETURNING build_id",
+        )
+        .bind(&record.package)
+        .bind(&record.version)
+        .bind(built_by)
+        .bind(truncate(&record.builder, len::BUILDER))
+        .bind(&record.abi)
+        .bind(result.success)
+        .bind(interval(result.duration))
+        .bind(interval(result.cpu_time))
+        .bind(i64::try_from(result.peak_memory).unwrap_or(i64::MAX))
+        .bind(result.exit_status)
+        .bind(result.failure.map(failure_name))
+        .fetch_one(&mut *tx)
+        .await?;
+        for file in &result.files {
+            if let Err(err) = insert_file(&mut tx, build_id, file).await {
+                tx.rollback().await?;
+                return Err(err);
+            }
+        }
+        super::queue::refresh_complete(&mut tx, &record.package, &record.version).await?;
+        tx.commit().await?;
+        Ok(build_id)
+    }
+
+    /// Deletes the builds (with their files) of one version, or of every version of the
+    /// package when `version` is None.
+    pub async fn delete_builds(&mut self, package: &str, version: Option<&str>) -> Result<(), sqlx::Error> {
+        // The versions may need building again.
+        sqlx::query("UPDATE versions SET complete = false WHERE package = $1 AND ($2::text IS NULL OR version = $2)")
+            .bind(package)
+            .bind(version)
+            .execute(&mut self.conn)
+            .await?;
+        match version {
+            Some(version) => {
+                sqlx::query("DELETE FROM builds WHERE package = $1 AND version = $2")
+                    .bind(package)
+                    .bind(version)
+                    .execute(&mut self.conn)
+                    .await?
+            }
+            None => sqlx::query("DELETE FROM builds WHERE package = $1").bind(package).execute(&mut self.conn).await?,
+        };
+        Ok(())
+    }
+
+    /// Every file of every build of the package, sorted by file name.
+    pub async fn package_files(&mut self, package: &str) -> Result<Vec<FileHash>, sqlx::Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT f.filename, f.filehash::text FROM builds b JOIN files f ON f.build_id = b.build_id \
+             WHERE b.package = $1 ORDER BY f.filename COLLATE \"C\"",
+        )
+        .bind(package)
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows.into_iter().map(|(filename, sha256)| FileHash { filename, sha256 }).collect())
+    }
+
+    /// Every file of every build of the version, sorted by file name.
+    pub async fn version_files(&mut self, package: &str, version: &str) -> Result<Vec<FileHash>, sqlx::Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT f.filename, f.filehash::text FROM builds b JOIN files f ON f.build_id = b.build_id \
+             WHERE b.package = $1 AND b.version = $2 ORDER BY f.filename COLLATE \"C\"",
+        )
+        .bind(package)
+        .bind(version)
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows.into_iter().map(|(filename, sha256)| FileHash { filename, sha256 }).collect())
+    }
+
+    /// The first file name (in byte order) recorded with this SHA-256, if any.
+    pub async fn file_with_hash(&mut self, sha256: &str) -> Result<Option<String>, sqlx::Error> {
+        // The cast keeps the comparison on CHAR(64), so that files_hash serves it.
+        sqlx::query_scalar(
+            "SELECT filename FROM files WHERE filehash = $1::bpchar ORDER BY filename COLLATE \"C\" LIMIT 1",
+        )
+        .bind(sha256)
+        .fetch_optional(&mut self.conn)
+        .await
+    }
+
+    /// The ABIs, in build order (by Python version); `position` is the Python version
+    /// (major * 100 + minor).
+    pub async fn build_abis(&mut self) -> Result<Vec<BuildAbi>, sqlx::Error> {
+        let rows: Vec<(String, i32, String)> = sqlx::query_as(
+            "SELECT abi_tag, python_version, skip FROM build_abis ORDER BY python_version, abi_tag COLLATE \"C\"",
+        )
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows.into_iter().map(|(tag, position, skip)| BuildAbi { tag, position, skip }).collect())
+    }
+
+    // --------------------------------------------------------------------------------------
+    // PyPI serial, statistics, search index
+    // --------------------------------------------------------------------------------------
+
+    /// The last PyPI serial applied.
+    pub async fn pypi_serial(&mut self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT pypi_serial FROM configuration").fetch_one(&mut self.conn).await
+    }
+
+    /// Stores the last PyPI serial applied. Refused when it is smaller than the stored one
+    /// (the serial never goes backwards); storing the same one again is fine.
+    pub async fn set_pypi_serial(&mut self, serial: i64) -> Result<(), RequestError> {
+        // One statement: the check and the update cannot be split by another writer.
+        let stored: Option<i64> = sqlx::query_scalar(
+            "WITH updated AS (UPDATE configuration SET pypi_serial = $1 WHERE pypi_serial <= $1 RETURNING 1) \
+             SELECT pypi_serial FROM configuration WHERE NOT EXISTS (SELECT 1 FROM updated)",
+        )
+        .bind(serial)
+        .fetch_optional(&mut self.conn)
+        .await?;
+        match stored {
+            None => Ok(()),
+            Some(stored) => Err(RequestError::Refused(format!(
+                "the PyPI serial cannot go backwards: stored {stored}, given {serial}"
+            ))),
+        }
+    }
+
+    /// Figures for the home page and monitors, from one snapshot.
+    pub async fn statistics(&mut self) -> Result<DbStats, sqlx::Error> {
+        let mut tx = self.conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+        let (packages_built, builds_time_us, builds_size, files_count, new_last_hour): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT \
+                     (SELECT count(DISTINCT b.package) FROM builds b JOIN files f ON f.build_id = b.build_id), \
+                     (SELECT COALESCE((EXTRACT(EPOCH FROM sum(duration)) * 1000000)::bigint, 0) \
+                        FROM builds WHERE duration < interval '1 week'), \
+                     (SELECT COALESCE(sum(filesize), 0)::bigint FROM files), \
+                     (SELECT count(*) FROM files), \
+                     (SELECT count(*) FROM versions WHERE released > now() - interval '1 hour')",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+        let (downloads_last_hour, downloads_last_month, downloads_all): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE accessed_at > now() - interval '1 hour'), \
+                    count(*) FILTER (WHERE accessed_at > now() - interval '30 days'), \
+                    count(*) \
+             FROM downloads",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let per_abi: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT a.abi_tag, count(b.build_id) FROM build_abis a \
+             LEFT JOIN builds b ON b.abi_tag = a.abi_tag AND b.built_at > now() - interval '1 hour' \
+             WHERE a.skip = '' GROUP BY a.abi_tag",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(DbStats {
+            packages_built: count(packages_built),
+            builds_last_hour: per_abi.into_iter().map(|(abi, n)| (abi, count(n))).collect::<BTreeMap<_, _>>(),
+            builds_time: Duration::from_micros(count(builds_time_us)),
+            builds_size: count(builds_size),
+            files_count: count(files_count),
+            new_last_hour: count(new_last_hour),
+            downloads_last_hour: count(downloads_last_hour),
+            downloads_last_month: count(downloads_last_month),
+            downloads_all: count(downloads_all),
+        })
+    }
+
+    /// Every package with at least one file, with its downloads in the last 30 days and
+    /// ever (0 when none), sorted by name.
+    pub async fn search_index(&mut self) -> Result<Vec<SearchEntry>, sqlx::Error> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "WITH built AS ( \
+                 SELECT DISTINCT b.package FROM builds b JOIN files f ON f.build_id = b.build_id \
+             ), \
+             fetched AS ( \
+                 SELECT b.package, \
+                        count(*) FILTER (WHERE d.accessed_at > now() - interval '30 days') AS recent, \
+                        count(*) AS total \
+                 FROM downloads d \
+                 JOIN files f ON f.filename = d.filename \
+                 JOIN builds b ON b.build_id = f.build_id \
+                 GROUP BY b.package \
+             ) \
+             SELECT built.package, COALESCE(fetched.recent, 0), COALESCE(fetched.total, 0) \
+             FROM built LEFT JOIN fetched ON fetched.package = built.package \
+             ORDER BY built.package COLLATE \"C\"",
+        )
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(package, recent, total)| SearchEntry {
+                package,
+                downloads_recent: count(recent),
+                downloads_all: count(total),
+            })
+            .collect())
+    }
+
+    // --------------------------------------------------------------------------------------
+    // Access logs
+    // --------------------------------------------------------------------------------------
+
+    /// Stores access-log records in one transaction and returns how many were stored. A
+    /// record whose host is not an IP address is dropped (not an error). Text is cut to its
+    /// column's length and control characters other than tab, line feed and carriage return
+    /// become U+FFFD.
+    pub async fn log_access(&mut self, records: &[AccessRecord]) -> Result<u64, sqlx::Error> {
+        let mut stored = 0;
+        let mut tx = self.conn.begin().await?;
+        for record in records {
+            if insert_access(&mut tx, record).await? {
+                stored += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    // --------------------------------------------------------------------------------------
+    // Page rewrites and the audit log
+    // --------------------------------------------------------------------------------------
+
+    /// Adds a pending page rewrite, or widens the one pending for the package: the earliest
+    /// time is kept, and the scope becomes `Both` if either is.
+    pub async fn add_rewrite(&mut self, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $2, $3) \
+             ON CONFLICT (package) DO UPDATE SET \
+                 added_at = LEAST(rewrites_pending.added_at, EXCLUDED.added_at), \
+                 scope = CASE WHEN rewrites_pending.scope = 'both' OR EXCLUDED.scope = 'both' \
+                              THEN 'both' ELSE 'project' END",
+        )
+        .bind(&rewrite.package)
+        .bind(rewrite.added_at)
+        .bind(scope_name(rewrite.scope))
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// The pending page rewrites, oldest first.
+    pub async fn pending_rewrites(&mut self) -> Result<Vec<PendingRewrite>, sqlx::Error> {
+        let rows: Vec<(String, DateTime<Utc>, String)> = sqlx::query_as(
+            "SELECT package, added_at, scope FROM rewrites_pending ORDER BY added_at, package COLLATE \"C\"",
+        )
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(package, added_at, scope)| PendingRewrite {
+                package,
+                added_at,
+                scope: if scope == "both" { RewriteScope::Both } else { RewriteScope::Project },
+            })
+            .collect())
+    }
+
+    /// Removes the package's pending rewrite if it was added no later than `until`.
+    pub async fn clear_rewrite(&mut self, package: &str, until: Timestamp) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM rewrites_pending WHERE package = $1 AND added_at <= $2")
+            .bind(package)
+            .bind(until)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Appends to the audit log (actor cut to 200 characters, action to 50).
+    pub async fn audit(&mut self, actor: &str, action: &str, detail: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO audit_log (actor, action, detail) VALUES ($1, $2, $3)")
+            .bind(truncate(actor, len::ACTOR))
+            .bind(truncate(action, len::ACTION))
+            .bind(detail)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Inserts one file of a build (or moves an identical one to it) with its dependencies.
+async fn insert_file(
+    tx: &mut Transaction<'_, Postgres>,
+    build_id: BuildId,
+    file: &WheelFile,
+) -> Result<(), RequestError> {
+    let size = i64::try_from(file.size)
+        .map_err(|_| RequestError::Refused(format!("{}: size {} is out of range", file.filename, file.size)))?;
+    let metadata_hash = (!file.metadata.is_empty()).then(|| hex_sha256(&file.metadata));
+    // On a clash the row moves to this build only when the contents are the same; otherwise
+    // nothing is affected and the build is refused below.
+    let done = sqlx::query(
+        "INSERT INTO files \
+             (filename, build_id, filesize, filehash, metadata_hash, package_tag, package_version_tag, build_tag, \
+              py_version_tag, abi_tag, platform_tag, python_floor, requires_python) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (filename) DO UPDATE SET \
+             build_id = EXCLUDED.build_id, metadata_hash = EXCLUDED.metadata_hash, \
+             build_tag = EXCLUDED.build_tag, python_floor = EXCLUDED.python_floor, \
+             requires_python = EXCLUDED.requires_python \
+         WHERE files.filehash = EXCLUDED.filehash",
+    )
+    .bind(&file.filename)
+    .bind(build_id)
+    .bind(size)
+    .bind(&file.sha256)
+    .bind(metadata_hash)
+    .bind(&file.package_tag)
+    .bind(&file.version_tag)
+    .bind(&file.build_tag)
+    .bind(&file.py_tag)
+    .bind(&file.abi_tag)
+    .bind(&file.platform_tag)
+    .bind(piwheels_common::wheel::abi3_floor(&file.py_tag, &file.abi_tag))
+    .bind(&file.requires_python)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        let recorded: Option<String> = sqlx::query_scalar("SELECT filehash::text FROM files WHERE filename = $1")
+            .bind(&file.filename)
+            .fetch_optional(&mut **tx)
+            .await?;
+        return Err(RequestError::Refused(format!(
+            "{} is already recorded with other contents (SHA-256 {}, this build's is {})",
+            file.filename,
+            recorded.as_deref().unwrap_or("unknown").trim(),
+            file.sha256
+        )));
+    }
+    // A moved row keeps its old dependency rows until here; the new build's analysis wins.
+    sqlx::query("DELETE FROM dependencies WHERE filename = $1").bind(&file.filename).execute(&mut **tx).await?;
+    let deps = &file.dependencies;
+    for (tool, list) in [("apt", &deps.apt), ("pip", &deps.pip), ("", &deps.unresolved)] {
+        if list.is_empty() {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO dependencies (filename, tool, dependency) \
+             SELECT $1, $2, d FROM unnest($3::text[]) AS d \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&file.filename)
+        .bind(tool)
+        .bind(list)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Inserts one access record; false when it was dropped for a host that is not an address.
+async fn insert_access(tx: &mut Transaction<'_, Postgres>, record: &AccessRecord) -> Result<bool, sqlx::Error> {
+    let host = match record {
+        AccessRecord::Download { host, .. }
+        | AccessRecord::Search { host, .. }
+        | AccessRecord::ProjectPage { host, .. }
+        | AccessRecord::ProjectJson { host, .. }
+        | AccessRecord::Page { host, .. } => host,
+    };
+    let Ok(address) = host.trim().parse::<IpAddr>() else {
+        return Ok(false);
+    };
+    let address = address.to_string();
+    match record {
+        AccessRecord::Download { filename, at, client, .. } => {
+            insert_client_hit(
+                tx,
+                "INSERT INTO downloads (filename, accessed_by, accessed_at, arch, distro_name, distro_version, \
+                     os_name, os_version, py_name, py_version, installer_name, installer_version, setuptools_version) \
+                 VALUES ($1, $2::inet, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                sanitize(filename, len::FILENAME),
+                &address,
+                *at,
+                client,
+            )
+            .await?;
+        }
+        AccessRecord::Search { package, at, client, .. } => {
+            insert_client_hit(
+                tx,
+                "INSERT INTO searches (package, accessed_by, accessed_at, arch, distro_name, distro_version, \
+                     os_name, os_version, py_name, py_version, installer_name, installer_version, setuptools_version) \
+                 VALUES ($1, $2::inet, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                sanitize(package, len::PACKAGE),
+                &address,
+                *at,
+                client,
+            )
+            .await?;
+        }
+        AccessRecord::ProjectPage { package, at, user_agent, .. } => {
+            insert_page_hit(
+                tx,
+                "INSERT INTO project_page_hits (package, accessed_by, accessed_at, user_agent) \
+                 VALUES ($1, $2::inet, $3, $4)",
+                sanitize(package, len::PACKAGE),
+                &address,
+                *at,
+                user_agent,
+            )
+            .await?;
+        }
+        AccessRecord::ProjectJson { package, at, user_agent, .. } => {
+            insert_page_hit(
+                tx,
+                "INSERT INTO project_json_downloads (package, accessed_by, accessed_at, user_agent) \
+                 VALUES ($1, $2::inet, $3, $4)",
+                sanitize(package, len::PACKAGE),
+                &address,
+                *at,
+                user_agent,
+            )
+            .await?;
+        }
+        AccessRecord::Page { page, at, user_agent, .. } => {
+            insert_page_hit(
+                tx,
+                "INSERT INTO web_page_hits (page, accessed_by, accessed_at, user_agent) VALUES ($1, $2::inet, $3, $4)",
+                sanitize(page, len::PAGE),
+                &address,
+                *at,
+                user_agent,
+            )
+            .await?;
+        }
+    }
+    Ok(true)
+}
+
+/// A download or search: the subject, the client, and what the installer said about itself.
+async fn insert_client_hit(
+    tx: &mut Transaction<'_, Postgres>,
+    sql: &'static str,
+    subject: String,
+    address: &str,
+    at: Timestamp,
+    client: &ClientInfo,
+) -> Result<(), sqlx::Error> {
+    let field = |value: &Option<String>, max: usize| value.as_deref().map(|v| sanitize(v, max));
+    sqlx::query(sql)
+        .bind(subject)
+        .bind(address)
+        .bind(at)
+        .bind(field(&client.arch, len::CLIENT_FIELD))
+        .bind(field(&client.distro_name, len::CLIENT_FIELD))
+        .bind(field(&client.distro_version, len::CLIENT_FIELD))
+        .bind(field(&client.os_name, len::CLIENT_FIELD))
+        .bind(field(&client.os_version, len::CLIENT_FIELD))
+        .bind(field(&client.py_name, len::CLIENT_FIELD))
+        .bind(field(&client.py_version, len::CLIENT_FIELD))
+        .bind(field(&client.installer_name, len::INSTALLER_NAME))
+        .bind(field(&client.installer_version, len::CLIENT_FIELD))
+        .bind(field(&client.setuptools_version, len::CLIENT_FIELD))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A page view: the page or package, the client, and its User-Agent.
+async fn insert_page_hit(
+    tx: &mut Transaction<'_, Postgres>,
+    sql: &'static str,
+    subject: String,
+    address: &str,
+    at: Timestamp,
+    user_agent: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sql)
+        .bind(subject)
+        .bind(address)
+        .bind(at)
+        .bind(sanitize(user_agent, len::USER_AGENT))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The schema's name of a failure class.
+fn failure_name(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Build => "build",
+        FailureKind::Timeout => "timeout",
+        FailureKind::OutOfMemory => "out-of-memory",
+        FailureKind::NoSpace => "no-space",
+        FailureKind::Builder => "builder",
+    }
+}
+
+/// The schema's name of a rewrite scope.
+fn scope_name(scope: RewriteScope) -> &'static str {
+    match scope {
+        RewriteScope::Project => "project",
+        RewriteScope::Both => "both",
+    }
+}
+
+/// A duration as an INTERVAL (microseconds; saturating far beyond any real build).
+fn interval(duration: Duration) -> PgInterval {
+    PgInterval { months: 0, days: 0, microseconds: i64::try_from(duration.as_micros()).unwrap_or(i64::MAX) }
+}
+
+/// A count from the database as u64 (counts are never negative).
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// Lower-case hex SHA-256 of some bytes.
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first `max` characters of `text`.
+pub fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// Log text made safe to store: control characters other than tab, line feed and carriage
+/// return replaced by U+FFFD, then cut to `max` characters.
+pub fn sanitize(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| {
+            if matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{7f}') {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_character_boundaries() {
+        assert_eq!(truncate("héllo", 2), "hé");
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(sanitize("ééé", 2), "éé");
+    }
+
+    #[test]
+    fn sanitizing_replaces_control_characters_but_keeps_tab_and_line_ends() {
+        assert_eq!(sanitize("a\u{0}b\u{1b}c\u{7f}d\u{c}e\u{b}", 100), "a\u{fffd}b\u{fffd}c\u{fffd}d\u{fffd}e\u{fffd}");
+        assert_eq!(sanitize("a\tb\nc\rd", 100), "a\tb\nc\rd");
+    }
+
+    #[test]
+    fn metadata_hashes_are_lower_case_hex() {
+        assert_eq!(hex_sha256(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

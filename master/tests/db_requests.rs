@@ -1,0 +1,1263 @@
+//! Every database request against a real PostgreSQL: each test gets its own database, whose
+//! schema is created as the owner, and then talks to it through `Database::handle` connected
+//! as the application role, which proves that the role's grants suffice.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use piwheels_common::protocols::{
+    AbiStatus, AccessRecord, BuildAbi, BuildRecord, BuildResult, ClientInfo, DbReply, DbRequest, Dependencies,
+    FailureKind, FileHash, PackageVersion, PendingRewrite, RewriteScope, SearchEntry, WheelFile,
+};
+use piwheels_master::db::{Database, migrate};
+use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use sqlx::{Connection, Executor};
+
+// ------------------------------------------------------------------------------------------
+// Fixture
+// ------------------------------------------------------------------------------------------
+
+/// A fresh database with the schema, and the master's connection to it as the app role.
+struct Fixture {
+    // Dropped in this order: the connection, then its runtime, then the database.
+    database: Database,
+    rt: tokio::runtime::Runtime,
+    db: TestDb,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let db = TestDb::new();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let database = rt.block_on(async {
+            let mut owner = sqlx::PgConnection::connect(&db.owner_url()).await.expect("connect as owner");
+            migrate::upgrade(&mut owner, APP_ROLE).await.expect("create the schema");
+            owner.close().await.expect("close");
+            Database::connect(&db.app_url(), Duration::from_secs(30)).await.expect("connect as the app role")
+        });
+        Fixture { database, rt, db }
+    }
+
+    /// A fixture with the ABIs cp39, cp311 and cp313, inserted out of order.
+    fn with_abis() -> Fixture {
+        let fx = Fixture::new();
+        fx.sql("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp313', 313), ('cp311', 311), ('cp39', 309)");
+        fx
+    }
+
+    fn try_handle(&mut self, request: DbRequest) -> Result<DbReply, sqlx::Error> {
+        self.rt.block_on(self.database.handle(request))
+    }
+
+    fn handle(&mut self, request: DbRequest) -> DbReply {
+        let text = format!("{request:?}");
+        self.try_handle(request).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    fn done(&mut self, request: DbRequest) {
+        let text = format!("{request:?}");
+        assert_eq!(self.handle(request), DbReply::Done, "{text}");
+    }
+
+    fn boolean(&mut self, request: DbRequest) -> bool {
+        match self.handle(request) {
+            DbReply::Bool(b) => b,
+            other => panic!("expected Bool, got {other:?}"),
+        }
+    }
+
+    fn names(&mut self, request: DbRequest) -> Vec<String> {
+        match self.handle(request) {
+            DbReply::Names(names) => names,
+            other => panic!("expected Names, got {other:?}"),
+        }
+    }
+
+    fn id(&mut self, request: DbRequest) -> i64 {
+        match self.handle(request) {
+            DbReply::Id(id) => id,
+            other => panic!("expected Id, got {other:?}"),
+        }
+    }
+
+    fn text(&mut self, request: DbRequest) -> Option<String> {
+        match self.handle(request) {
+            DbReply::Text(text) => text,
+            other => panic!("expected Text, got {other:?}"),
+        }
+    }
+
+    fn files(&mut self, request: DbRequest) -> Vec<FileHash> {
+        match self.handle(request) {
+            DbReply::Files(files) => files,
+            other => panic!("expected Files, got {other:?}"),
+        }
+    }
+
+    fn error(&mut self, request: DbRequest) -> String {
+        match self.handle(request) {
+            DbReply::Error { message } => message,
+            other => panic!("expected Error, got {other:?}"),
+        }
+    }
+
+    fn queue(&mut self, limit: u32) -> BTreeMap<String, Vec<String>> {
+        match self.handle(DbRequest::BuildQueue { limit }) {
+            DbReply::Queue(queue) => queue
+                .into_iter()
+                .map(|(abi, list)| (abi, list.into_iter().map(|pv| format!("{} {}", pv.package, pv.version)).collect()))
+                .collect(),
+            other => panic!("expected Queue, got {other:?}"),
+        }
+    }
+
+    /// Runs SQL as the owner.
+    fn sql(&self, sql: &str) {
+        self.db.execute(sql);
+    }
+
+    /// The first column of a query run as the owner, as text (of any type: cast here, since
+    /// `TestDb::column` decodes text only).
+    fn column(&self, sql: &str) -> Vec<Option<String>> {
+        self.db.column(&format!("SELECT q.x::text FROM ({sql}) AS q(x)"))
+    }
+
+    /// The single value of a query run as the owner, as text.
+    fn value(&self, sql: &str) -> String {
+        let mut rows = self.column(sql);
+        assert_eq!(rows.len(), 1, "{sql}");
+        rows.remove(0).unwrap_or_else(|| "NULL".into())
+    }
+
+    fn package(&mut self, package: &str) {
+        self.handle(DbRequest::NewPackage { package: package.into(), skip: String::new(), description: String::new() });
+    }
+
+    fn version(&mut self, package: &str, version: &str, released: DateTime<Utc>) {
+        self.package(package);
+        let inserted = self.boolean(DbRequest::NewVersion {
+            package: package.into(),
+            version: version.into(),
+            released: Some(released),
+            skip: String::new(),
+        });
+        assert!(inserted, "{package} {version} existed already");
+    }
+
+    fn log_build(&mut self, record: BuildRecord) -> i64 {
+        self.id(DbRequest::LogBuild(record))
+    }
+}
+
+fn at(y: i32, mo: u32, d: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, 12, 0, 0).unwrap()
+}
+
+fn days_ago(days: i64) -> DateTime<Utc> {
+    Utc::now() - TimeDelta::days(days)
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A wheel of `package` `version` with the given tags; its hash derives from its name.
+fn wheel(package: &str, version: &str, py: &str, abi: &str, platform: &str) -> WheelFile {
+    let filename = format!("{}-{version}-{py}-{abi}-{platform}.whl", package.replace('-', "_"));
+    WheelFile {
+        sha256: hex_sha256(filename.as_bytes()),
+        filename,
+        size: 12345,
+        package_tag: package.replace('-', "_"),
+        version_tag: version.into(),
+        build_tag: None,
+        py_tag: py.into(),
+        abi_tag: abi.into(),
+        platform_tag: platform.into(),
+        requires_python: Some(">=3.9".into()),
+        dependencies: Dependencies::default(),
+        metadata: b"Metadata-Version: 2.1\n".to_vec().into(),
+    }
+}
+
+/// A build on `abi`: successful when it made files, else a build failure.
+fn build(package: &str, version: &str, abi: &str, files: Vec<WheelFile>) -> BuildRecord {
+    let success = !files.is_empty();
+    BuildRecord {
+        built_by: 7,
+        builder: "pi4-1".into(),
+        package: package.into(),
+        version: version.into(),
+        abi: abi.into(),
+        result: BuildResult {
+            success,
+            failure: (!success).then_some(FailureKind::Build),
+            exit_status: Some(if success { 0 } else { 1 }),
+            duration: Duration::from_secs(90),
+            cpu_time: Duration::from_millis(80_500),
+            peak_memory: 300 << 20,
+            output: "log".into(),
+            files,
+        },
+    }
+}
+
+fn pure(package: &str, version: &str) -> WheelFile {
+    wheel(package, version, "py3", "none", "any")
+}
+
+fn platform(package: &str, version: &str, abi: &str) -> WheelFile {
+    wheel(package, version, abi, abi, "linux_armv7l")
+}
+
+fn abi3(package: &str, version: &str, py: &str) -> WheelFile {
+    wheel(package, version, py, "abi3", "linux_armv7l")
+}
+
+fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Packages, versions and names
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn all_packages_are_listed_in_byte_order() {
+    let mut fx = Fixture::new();
+    assert!(fx.names(DbRequest::AllPackages).is_empty());
+    for p in ["zope", "a-b", "numpy", "a"] {
+        fx.package(p);
+    }
+    assert_eq!(fx.names(DbRequest::AllPackages), ["a", "a-b", "numpy", "zope"]);
+}
+
+#[test]
+fn new_package_reports_whether_it_was_added_and_leaves_an_existing_one_alone() {
+    let mut fx = Fixture::new();
+    let new = |skip: &str, description: &str| DbRequest::NewPackage {
+        package: "foo".into(),
+        skip: skip.into(),
+        description: description.into(),
+    };
+    assert!(fx.boolean(new("", "first")));
+    assert!(!fx.boolean(new("binary only", "second")));
+    assert_eq!(fx.value("SELECT skip || '|' || description FROM packages"), "|first");
+    assert!(fx.boolean(DbRequest::PackageExists { package: "foo".into() }));
+    assert!(!fx.boolean(DbRequest::PackageExists { package: "bar".into() }));
+}
+
+#[test]
+fn new_version_defaults_its_release_time_to_now_and_marks_prereleases() {
+    let mut fx = Fixture::new();
+    fx.package("foo");
+    let new = |version: &str, released: Option<DateTime<Utc>>| DbRequest::NewVersion {
+        package: "foo".into(),
+        version: version.into(),
+        released,
+        skip: String::new(),
+    };
+    assert!(fx.boolean(new("1.0", Some(at(2020, 5, 17)))));
+    assert!(fx.boolean(new("2.0rc1", None)));
+    assert!(!fx.boolean(new("1.0", Some(at(2021, 1, 1)))), "a second insert is refused");
+    assert_eq!(
+        fx.column("SELECT version || ' ' || prerelease || ' ' || (released > now() - interval '1 minute') FROM versions ORDER BY version"),
+        [Some("1.0 false false".into()), Some("2.0rc1 true true".into())]
+    );
+    assert_eq!(fx.value("SELECT released FROM versions WHERE version = '1.0'"), "2020-05-17 12:00:00+00");
+    assert!(fx.boolean(DbRequest::VersionExists { package: "foo".into(), version: "1.0".into() }));
+    assert!(!fx.boolean(DbRequest::VersionExists { package: "foo".into(), version: "3.0".into() }));
+}
+
+#[test]
+fn new_version_of_an_unknown_package_is_a_database_error() {
+    let mut fx = Fixture::new();
+    let err = fx
+        .try_handle(DbRequest::NewVersion {
+            package: "nope".into(),
+            version: "1.0".into(),
+            released: None,
+            skip: String::new(),
+        })
+        .expect_err("foreign key");
+    assert_eq!(sqlstate(&err).as_deref(), Some("23503"), "{err}");
+    // The connection is still usable.
+    assert!(!fx.boolean(DbRequest::PackageExists { package: "nope".into() }));
+}
+
+#[test]
+fn package_names_move_to_the_given_package_and_their_time_never_goes_backwards() {
+    let mut fx = Fixture::new();
+    fx.package("foo-bar");
+    fx.package("other");
+    let seen = |package: &str, name: &str, seen| DbRequest::NewPackageName {
+        package: package.into(),
+        name: name.into(),
+        seen,
+    };
+    fx.done(seen("foo-bar", "Foo_Bar", at(2020, 1, 1)));
+    fx.done(seen("foo-bar", "Foo_Bar", at(2019, 1, 1)));
+    assert_eq!(fx.value("SELECT seen FROM package_names WHERE name = 'Foo_Bar'"), "2020-01-01 12:00:00+00");
+    fx.done(seen("foo-bar", "Foo_Bar", at(2021, 1, 1)));
+    assert_eq!(fx.value("SELECT seen FROM package_names WHERE name = 'Foo_Bar'"), "2021-01-01 12:00:00+00");
+    fx.done(seen("other", "Foo_Bar", at(2020, 6, 1)));
+    assert_eq!(
+        fx.value("SELECT package || ' ' || seen FROM package_names WHERE name = 'Foo_Bar'"),
+        "other 2021-01-01 12:00:00+00"
+    );
+    let err = fx.try_handle(seen("missing", "Missing", at(2020, 1, 1))).expect_err("foreign key");
+    assert_eq!(sqlstate(&err).as_deref(), Some("23503"));
+}
+
+#[test]
+fn package_aliases_leave_out_the_canonical_name_and_list_the_most_recently_seen_first() {
+    let mut fx = Fixture::new();
+    fx.package("foo-bar");
+    for (name, year) in [("foo-bar", 2024), ("Foo_Bar", 2020), ("FOO.BAR", 2022), ("foo_bar", 2018)] {
+        fx.done(DbRequest::NewPackageName { package: "foo-bar".into(), name: name.into(), seen: at(year, 1, 1) });
+    }
+    assert_eq!(fx.names(DbRequest::PackageAliases { package: "foo-bar".into() }), ["FOO.BAR", "Foo_Bar", "foo_bar"]);
+    assert!(fx.names(DbRequest::PackageAliases { package: "unknown".into() }).is_empty());
+}
+
+#[test]
+fn descriptions_and_skip_reasons_are_cut_to_their_columns_and_missing_rows_are_not_errors() {
+    let mut fx = Fixture::new();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    let long = "é".repeat(500);
+    fx.done(DbRequest::SetDescription { package: "foo".into(), description: long.clone() });
+    fx.done(DbRequest::SkipPackage { package: "foo".into(), reason: long.clone() });
+    fx.done(DbRequest::SkipVersion { package: "foo".into(), version: "1.0".into(), reason: long.clone() });
+    assert_eq!(fx.value("SELECT length(description) || ' ' || length(skip) FROM packages"), "200 100");
+    assert_eq!(fx.value("SELECT length(skip) FROM versions"), "100");
+    assert_eq!(fx.text(DbRequest::VersionSkip { package: "foo".into(), version: "1.0".into() }), Some("é".repeat(100)));
+    fx.done(DbRequest::SkipVersion { package: "foo".into(), version: "1.0".into(), reason: String::new() });
+    assert_eq!(fx.text(DbRequest::VersionSkip { package: "foo".into(), version: "1.0".into() }), Some(String::new()));
+    // Missing rows: nothing happens, no error.
+    fx.done(DbRequest::SetDescription { package: "nope".into(), description: "x".into() });
+    fx.done(DbRequest::SkipPackage { package: "nope".into(), reason: "x".into() });
+    fx.done(DbRequest::SkipVersion { package: "foo".into(), version: "9".into(), reason: "x".into() });
+    assert_eq!(fx.text(DbRequest::VersionSkip { package: "foo".into(), version: "9".into() }), None);
+}
+
+#[test]
+fn yanking_records_the_reason_and_unyanking_clears_it() {
+    let mut fx = Fixture::new();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    let yank = |reason: Option<&str>| DbRequest::YankVersion {
+        package: "foo".into(),
+        version: "1.0".into(),
+        reason: reason.map(str::to_string),
+    };
+    fx.done(yank(Some("broken")));
+    assert_eq!(fx.value("SELECT yanked || ' ' || yank_reason FROM versions"), "true broken");
+    fx.done(yank(None));
+    assert_eq!(fx.value("SELECT yanked || ' [' || yank_reason || ']' FROM versions"), "false []");
+    fx.done(yank(Some(&"x".repeat(300))));
+    assert_eq!(fx.value("SELECT length(yank_reason) FROM versions"), "200");
+}
+
+#[test]
+fn deleting_a_package_or_a_version_takes_its_builds_files_and_dependencies_along() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    fx.version("foo", "2.0", at(2021, 1, 1));
+    fx.version("bar", "1.0", at(2021, 1, 1));
+    fx.done(DbRequest::NewPackageName { package: "foo".into(), name: "Foo".into(), seen: at(2020, 1, 1) });
+    let mut with_deps = platform("foo", "1.0", "cp39");
+    with_deps.dependencies.apt = vec!["libc6".into()];
+    fx.log_build(build("foo", "1.0", "cp39", vec![with_deps]));
+    fx.log_build(build("foo", "2.0", "cp39", vec![platform("foo", "2.0", "cp39")]));
+    fx.log_build(build("bar", "1.0", "cp39", vec![platform("bar", "1.0", "cp39")]));
+
+    fx.done(DbRequest::DeleteVersion { package: "foo".into(), version: "1.0".into() });
+    assert_eq!(fx.value("SELECT count(*) FROM versions WHERE package = 'foo'"), "1");
+    assert_eq!(fx.value("SELECT count(*) FROM builds WHERE package = 'foo'"), "1");
+    assert_eq!(fx.value("SELECT count(*) FROM files"), "2");
+    assert_eq!(fx.value("SELECT count(*) FROM dependencies"), "0");
+
+    fx.done(DbRequest::DeletePackage { package: "foo".into() });
+    assert_eq!(fx.names(DbRequest::AllPackages), ["bar"]);
+    assert_eq!(fx.value("SELECT count(*) FROM package_names"), "0");
+    assert_eq!(fx.value("SELECT string_agg(filename, ',') FROM files"), "bar-1.0-cp39-cp39-linux_armv7l.whl");
+    // Deleting what is not there is fine.
+    fx.done(DbRequest::DeletePackage { package: "foo".into() });
+    fx.done(DbRequest::DeleteVersion { package: "bar".into(), version: "9".into() });
+}
+
+#[test]
+fn renaming_moves_versions_builds_files_and_names_and_keeps_the_old_name_as_an_alias() {
+    let mut fx = Fixture::with_abis();
+    fx.version("old-name", "1.0", at(2020, 1, 1));
+    fx.done(DbRequest::NewPackageName { package: "old-name".into(), name: "Old_Name".into(), seen: at(2020, 1, 1) });
+    let build_id = fx.log_build(build("old-name", "1.0", "cp39", vec![pure("old-name", "1.0")]));
+    fx.done(DbRequest::RenamePackage { from: "old-name".into(), to: "new-name".into() });
+    assert_eq!(fx.names(DbRequest::AllPackages), ["new-name"]);
+    assert_eq!(fx.value("SELECT package || ' ' || version FROM versions"), "new-name 1.0");
+    assert_eq!(fx.value("SELECT package || ' ' || build_id FROM builds"), format!("new-name {build_id}"));
+    assert_eq!(fx.files(DbRequest::PackageFiles { package: "new-name".into() }).len(), 1);
+    assert_eq!(fx.names(DbRequest::PackageAliases { package: "new-name".into() }), ["Old_Name", "old-name"]);
+    assert!(!fx.boolean(DbRequest::PackageExists { package: "old-name".into() }));
+}
+
+#[test]
+fn renaming_onto_an_existing_package_or_from_a_missing_one_is_refused() {
+    let mut fx = Fixture::new();
+    fx.version("a", "1.0", at(2020, 1, 1));
+    fx.package("b");
+    let message = fx.error(DbRequest::RenamePackage { from: "a".into(), to: "b".into() });
+    assert!(message.contains("b exists already"), "{message}");
+    let message = fx.error(DbRequest::RenamePackage { from: "missing".into(), to: "c".into() });
+    assert!(message.contains("missing does not exist"), "{message}");
+    assert_eq!(fx.names(DbRequest::AllPackages), ["a", "b"]);
+    assert_eq!(fx.value("SELECT package FROM versions"), "a");
+}
+
+// ------------------------------------------------------------------------------------------
+// Builds and files
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn log_build_records_the_build_its_files_hashes_python_floors_and_dependencies() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    let mut platform_wheel = platform("foo", "1.0", "cp39");
+    platform_wheel.build_tag = Some("1".into());
+    platform_wheel.dependencies = Dependencies {
+        apt: vec!["libc6".into(), "libssl3".into()],
+        pip: vec!["numpy".into()],
+        unresolved: vec!["libweird.so.1".into()],
+    };
+    let mut abi3_wheel = abi3("foo", "1.0", "cp38.cp39");
+    abi3_wheel.metadata = Vec::new().into();
+    let pure_wheel = pure("foo", "1.0");
+    let build_id = fx.log_build(build("foo", "1.0", "cp39", vec![platform_wheel.clone(), abi3_wheel, pure_wheel]));
+    assert!(build_id > 0);
+    assert_eq!(
+        fx.value(
+            "SELECT concat_ws(' ', package, version, built_by, builder, abi_tag, status, duration, cpu_time, \
+             peak_memory, exit_status, coalesce(failure, '-')) FROM builds"
+        ),
+        "foo 1.0 7 pi4-1 cp39 t 00:01:30 00:01:20.5 314572800 0 -"
+    );
+    assert_eq!(
+        fx.column(
+            "SELECT concat_ws(' ', filename, build_id, filesize, coalesce(build_tag, '-'), py_version_tag, abi_tag, \
+             platform_tag, coalesce(python_floor::text, '-'), requires_python, coalesce(metadata_hash, '-')) \
+             FROM files ORDER BY filename"
+        ),
+        [
+            Some(format!(
+                "foo-1.0-cp38.cp39-abi3-linux_armv7l.whl {build_id} 12345 - cp38.cp39 abi3 linux_armv7l 308 >=3.9 -"
+            )),
+            Some(format!(
+                "foo-1.0-cp39-cp39-linux_armv7l.whl {build_id} 12345 1 cp39 cp39 linux_armv7l - >=3.9 {}",
+                hex_sha256(b"Metadata-Version: 2.1\n")
+            )),
+            Some(format!(
+                "foo-1.0-py3-none-any.whl {build_id} 12345 - py3 none any - >=3.9 {}",
+                hex_sha256(b"Metadata-Version: 2.1\n")
+            )),
+        ]
+    );
+    assert_eq!(
+        fx.column("SELECT tool || ':' || dependency FROM dependencies ORDER BY 1"),
+        [":libweird.so.1", "apt:libc6", "apt:libssl3", "pip:numpy"].map(|s| Some(s.to_string()))
+    );
+    assert_eq!(
+        fx.value("SELECT filehash FROM files WHERE filename = 'foo-1.0-py3-none-any.whl'"),
+        pure("foo", "1.0").sha256
+    );
+}
+
+#[test]
+fn log_build_of_a_failure_records_its_class_and_no_files() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    let mut record = build("foo", "1.0", "cp311", vec![]);
+    record.result.failure = Some(FailureKind::OutOfMemory);
+    record.result.exit_status = None;
+    let build_id = fx.log_build(record);
+    assert_eq!(
+        fx.value(&format!("SELECT concat_ws(' ', status, failure, coalesce(exit_status::text, '-')) FROM builds WHERE build_id = {build_id}")),
+        "f out-of-memory -"
+    );
+    for (kind, name) in [
+        (FailureKind::Build, "build"),
+        (FailureKind::Timeout, "timeout"),
+        (FailureKind::NoSpace, "no-space"),
+        (FailureKind::Builder, "builder"),
+    ] {
+        let mut record = build("foo", "1.0", "cp311", vec![]);
+        record.result.failure = Some(kind);
+        let id = fx.log_build(record);
+        assert_eq!(fx.value(&format!("SELECT failure FROM builds WHERE build_id = {id}")), name);
+    }
+    assert_eq!(fx.value("SELECT count(*) FROM files"), "0");
+}
+
+#[test]
+fn log_build_moves_an_identical_file_to_the_new_build_with_the_new_dependencies() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    let mut first = abi3("foo", "1.0", "cp39");
+    first.dependencies.apt = vec!["libold".into()];
+    let first_id = fx.log_build(build("foo", "1.0", "cp39", vec![first.clone()]));
+    let mut again = first.clone();
+    again.dependencies.apt = vec!["libnew".into()];
+    let second_id = fx.log_build(build("foo", "1.0", "cp311", vec![again]));
+    assert_ne!(first_id, second_id);
+    assert_eq!(fx.value("SELECT build_id FROM files"), second_id.to_string());
+    assert_eq!(fx.value("SELECT string_agg(dependency, ',') FROM dependencies"), "libnew");
+    assert_eq!(fx.value("SELECT count(*) FROM builds"), "2");
+}
+
+#[test]
+fn log_build_with_a_file_recorded_already_with_other_contents_is_refused_and_records_nothing() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    let original = pure("foo", "1.0");
+    let first_id = fx.log_build(build("foo", "1.0", "cp39", vec![original.clone()]));
+    let mut changed = original.clone();
+    changed.sha256 = "f".repeat(64);
+    let message =
+        fx.error(DbRequest::LogBuild(build("foo", "1.0", "cp311", vec![platform("foo", "1.0", "cp311"), changed])));
+    assert!(message.contains("foo-1.0-py3-none-any.whl is already recorded with other contents"), "{message}");
+    assert!(message.contains(&original.sha256), "{message}");
+    assert_eq!(fx.value("SELECT count(*) FROM builds"), "1");
+    assert_eq!(fx.value("SELECT build_id || ' ' || filehash FROM files"), format!("{first_id} {}", original.sha256));
+}
+
+#[test]
+fn log_build_of_a_version_deleted_meanwhile_is_a_database_error() {
+    let mut fx = Fixture::with_abis();
+    let err =
+        fx.try_handle(DbRequest::LogBuild(build("gone", "1.0", "cp39", vec![pure("gone", "1.0")]))).expect_err("fk");
+    assert_eq!(sqlstate(&err).as_deref(), Some("23503"), "{err}");
+    assert_eq!(fx.value("SELECT count(*) FROM files"), "0");
+    // The next request on the same connection works.
+    assert!(fx.names(DbRequest::AllPackages).is_empty());
+}
+
+#[test]
+fn delete_builds_removes_one_versions_builds_or_all_of_a_packages() {
+    let mut fx = Fixture::with_abis();
+    for v in ["1.0", "2.0"] {
+        fx.version("foo", v, at(2020, 1, 1));
+        fx.log_build(build("foo", v, "cp39", vec![platform("foo", v, "cp39")]));
+        fx.log_build(build("foo", v, "cp311", vec![]));
+    }
+    fx.version("bar", "1.0", at(2020, 1, 1));
+    fx.log_build(build("bar", "1.0", "cp39", vec![pure("bar", "1.0")]));
+    fx.done(DbRequest::DeleteBuilds { package: "foo".into(), version: Some("1.0".into()) });
+    assert_eq!(fx.column("SELECT DISTINCT version FROM builds WHERE package = 'foo'"), [Some("2.0".to_string())]);
+    assert_eq!(fx.value("SELECT count(*) FROM files"), "2");
+    fx.done(DbRequest::DeleteBuilds { package: "foo".into(), version: None });
+    assert_eq!(fx.value("SELECT string_agg(package, ',') FROM builds"), "bar");
+    assert_eq!(fx.value("SELECT count(*) FROM versions"), "3", "versions stay");
+}
+
+#[test]
+fn files_are_listed_per_package_and_per_version_sorted_and_found_by_hash() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    fx.version("foo", "2.0", at(2021, 1, 1));
+    let a = platform("foo", "2.0", "cp39");
+    let b = platform("foo", "1.0", "cp311");
+    let c = platform("foo", "1.0", "cp39");
+    fx.log_build(build("foo", "2.0", "cp39", vec![a.clone()]));
+    fx.log_build(build("foo", "1.0", "cp311", vec![b.clone()]));
+    fx.log_build(build("foo", "1.0", "cp39", vec![c.clone()]));
+    let hash = |f: &WheelFile| FileHash { filename: f.filename.clone(), sha256: f.sha256.clone() };
+    assert_eq!(fx.files(DbRequest::PackageFiles { package: "foo".into() }), [hash(&b), hash(&c), hash(&a)]);
+    assert_eq!(
+        fx.files(DbRequest::VersionFiles { package: "foo".into(), version: "1.0".into() }),
+        [hash(&b), hash(&c)]
+    );
+    assert!(fx.files(DbRequest::PackageFiles { package: "bar".into() }).is_empty());
+    assert_eq!(fx.text(DbRequest::FileWithHash { sha256: a.sha256.clone() }), Some(a.filename.clone()));
+    assert_eq!(fx.text(DbRequest::FileWithHash { sha256: "0".repeat(64) }), None);
+}
+
+// ------------------------------------------------------------------------------------------
+// Project data
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn project_data_for_a_missing_package_is_refused() {
+    let mut fx = Fixture::new();
+    let message = fx.error(DbRequest::ProjectData { package: "nope".into() });
+    assert!(message.contains("nope does not exist"), "{message}");
+}
+
+#[test]
+fn project_data_of_a_package_without_names_or_versions_uses_the_canonical_name() {
+    let mut fx = Fixture::with_abis();
+    fx.handle(DbRequest::NewPackage { package: "foo".into(), skip: String::new(), description: "A foo".into() });
+    let DbReply::Project(data) = fx.handle(DbRequest::ProjectData { package: "foo".into() }) else { panic!() };
+    assert_eq!(data.package, "foo");
+    assert_eq!(data.display_name, "foo");
+    assert_eq!(data.description, "A foo");
+    assert!(data.aliases.is_empty());
+    assert!(data.releases.is_empty());
+}
+
+#[test]
+fn project_data_gathers_names_releases_files_dependencies_and_the_state_of_every_abi() {
+    let mut fx = Fixture::with_abis();
+    fx.sql("INSERT INTO build_abis (abi_tag, python_version, skip) VALUES ('cp37m', 307, 'retired'), ('cp315', 315, 'not yet')");
+    fx.sql("INSERT INTO preinstalled_apt_packages VALUES ('cp39', 'libc6'), ('cp311', 'libssl3')");
+    fx.handle(DbRequest::NewPackage {
+        package: "foo-bar".into(),
+        skip: String::new(),
+        description: "Foos bars".into(),
+    });
+    fx.done(DbRequest::NewPackageName { package: "foo-bar".into(), name: "foo_bar".into(), seen: at(2019, 1, 1) });
+    fx.done(DbRequest::NewPackageName { package: "foo-bar".into(), name: "Foo.Bar".into(), seen: at(2021, 1, 1) });
+    for (v, y) in [("1.0", 2019), ("2.0", 2020), ("3.0", 2021), ("4.0", 2022), ("5.0", 2023)] {
+        fx.version("foo-bar", v, at(y, 1, 1));
+    }
+    // 1.0: built on the retired cp37m (shown), a platform wheel on cp39 with dependencies,
+    // a failure on cp311, nothing on cp313 yet.
+    let old = fx.log_build(build("foo-bar", "1.0", "cp37m", vec![platform("foo-bar", "1.0", "cp37m")]));
+    let mut cp39_wheel = platform("foo-bar", "1.0", "cp39");
+    cp39_wheel.dependencies = Dependencies {
+        apt: vec!["libc6".into(), "libssl3".into(), "libzz".into()],
+        pip: vec!["six".into(), "attrs".into()],
+        unresolved: vec!["libx.so".into()],
+    };
+    let cp39 = fx.log_build(build("foo-bar", "1.0", "cp39", vec![cp39_wheel.clone()]));
+    let failed_first = fx.log_build(build("foo-bar", "1.0", "cp311", vec![]));
+    let failed_again = fx.log_build(build("foo-bar", "1.0", "cp311", vec![]));
+    // 2.0: a pure wheel built on cp39 serves every ABI.
+    let pure_build = fx.log_build(build("foo-bar", "2.0", "cp39", vec![pure("foo-bar", "2.0")]));
+    // 3.0: an abi3 wheel (floor cp311) built on cp311, and a cp39 build without files.
+    let empty = fx.log_build(build("foo-bar", "3.0", "cp39", vec![]));
+    let abi3_build = fx.log_build(build("foo-bar", "3.0", "cp311", vec![abi3("foo-bar", "3.0", "cp311")]));
+    // 4.0: skipped and yanked without a reason; 5.0 yanked with one.
+    fx.done(DbRequest::SkipVersion { package: "foo-bar".into(), version: "4.0".into(), reason: "binary only".into() });
+    fx.done(DbRequest::YankVersion { package: "foo-bar".into(), version: "4.0".into(), reason: Some(String::new()) });
+    fx.done(DbRequest::YankVersion { package: "foo-bar".into(), version: "5.0".into(), reason: Some("bad".into()) });
+
+    let DbReply::Project(data) = fx.handle(DbRequest::ProjectData { package: "foo-bar".into() }) else { panic!() };
+    assert_eq!(data.package, "foo-bar");
+    assert_eq!(data.display_name, "Foo.Bar");
+    assert_eq!(data.description, "Foos bars");
+    assert_eq!(data.aliases, ["Foo.Bar", "foo_bar"]);
+    let release = |v: &str| data.releases.iter().find(|r| r.version == v).unwrap_or_else(|| panic!("{v} missing"));
+    assert_eq!(data.releases.len(), 5);
+    let abis = |v: &str| -> Vec<(String, AbiStatus, Option<i64>)> {
+        release(v).abis.iter().map(|(abi, (status, id))| (abi.clone(), *status, *id)).collect()
+    };
+    use AbiStatus::*;
+    let row = |abi: &str, status, id| (abi.to_string(), status, id);
+
+    let r1 = release("1.0");
+    assert_eq!(r1.released, at(2019, 1, 1));
+    assert_eq!(r1.yanked, None);
+    assert_eq!(r1.skip, "");
+    assert_eq!(
+        abis("1.0"),
+        [
+            row("cp311", Fail, Some(failed_again)),
+            row("cp313", Pending, None),
+            row("cp37m", Success, Some(old)),
+            row("cp39", Success, Some(cp39)),
+        ]
+    );
+    assert!(failed_first < failed_again);
+    let file = r1.files.iter().find(|f| f.filename == cp39_wheel.filename).expect("cp39 wheel");
+    assert_eq!(file.size, 12345);
+    assert_eq!(file.sha256, cp39_wheel.sha256);
+    assert_eq!(file.metadata_sha256.as_deref(), Some(hex_sha256(b"Metadata-Version: 2.1\n").as_str()));
+    assert_eq!(file.builder_abi, "cp39");
+    assert_eq!(file.abi_tag, "cp39");
+    assert_eq!(file.platform_tag, "linux_armv7l");
+    assert_eq!(file.requires_python.as_deref(), Some(">=3.9"));
+    assert!(file.uploaded > Utc::now() - TimeDelta::minutes(5));
+    // libc6 is preinstalled on the builder's ABI (cp39); libssl3 only on cp311.
+    assert_eq!(file.dependencies.apt, ["libssl3", "libzz"]);
+    assert_eq!(file.dependencies.pip, ["attrs", "six"]);
+    assert_eq!(file.dependencies.unresolved, ["libx.so"]);
+    assert_eq!(r1.files.len(), 2);
+
+    assert_eq!(
+        abis("2.0"),
+        [
+            row("cp311", Success, Some(pure_build)),
+            row("cp313", Success, Some(pure_build)),
+            row("cp39", Success, Some(pure_build))
+        ]
+    );
+    assert_eq!(
+        abis("3.0"),
+        [
+            row("cp311", Success, Some(abi3_build)),
+            row("cp313", Success, Some(abi3_build)),
+            row("cp39", Fail, Some(empty))
+        ]
+    );
+    let r4 = release("4.0");
+    assert_eq!(r4.yanked, Some(String::new()));
+    assert_eq!(r4.skip, "binary only");
+    assert_eq!(abis("4.0"), [row("cp311", Skip, None), row("cp313", Skip, None), row("cp39", Skip, None)]);
+    let r5 = release("5.0");
+    assert_eq!(r5.yanked.as_deref(), Some("bad"));
+    assert_eq!(abis("5.0"), [row("cp311", Pending, None), row("cp313", Pending, None), row("cp39", Pending, None)]);
+
+    // A skipped package: its reason shows on releases without their own.
+    fx.done(DbRequest::SkipPackage { package: "foo-bar".into(), reason: "too big".into() });
+    let DbReply::Project(data) = fx.handle(DbRequest::ProjectData { package: "foo-bar".into() }) else { panic!() };
+    let r5 = data.releases.iter().find(|r| r.version == "5.0").unwrap();
+    assert_eq!(r5.skip, "too big");
+    assert!(r5.abis.values().all(|(status, _)| *status == Skip));
+    let r4 = data.releases.iter().find(|r| r.version == "4.0").unwrap();
+    assert_eq!(r4.skip, "binary only");
+}
+
+// ------------------------------------------------------------------------------------------
+// ABIs and the build queue
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn build_abis_are_ordered_by_python_version_not_by_tag() {
+    let mut fx = Fixture::with_abis();
+    fx.sql("INSERT INTO build_abis (abi_tag, python_version, skip) VALUES ('cp37m', 307, 'retired')");
+    let DbReply::Abis(abis) = fx.handle(DbRequest::BuildAbis) else { panic!() };
+    let abi = |tag: &str, position, skip: &str| BuildAbi { tag: tag.into(), position, skip: skip.into() };
+    assert_eq!(
+        abis,
+        [abi("cp37m", 307, "retired"), abi("cp39", 309, ""), abi("cp311", 311, ""), abi("cp313", 313, "")]
+    );
+}
+
+/// What a build in a queue case made.
+#[derive(Clone, Copy, Debug)]
+enum Made {
+    /// Nothing: a failed build.
+    Failure,
+    /// A pure wheel (ABI none).
+    Pure,
+    /// A wheel tagged with the builder's ABI.
+    Platform,
+    /// A wheel tagged with another ABI than the builder's.
+    Tagged(&'static str),
+    /// An abi3 wheel with this Python tag.
+    Abi3(&'static str),
+}
+
+/// One build-queue scenario on the ABIs cp39, cp311 and cp313.
+struct QueueCase {
+    name: &'static str,
+    /// Versions as (package, version, released days ago).
+    versions: &'static [(&'static str, &'static str, i64)],
+    /// Builds as (package, version, builder ABI, what it made).
+    builds: &'static [(&'static str, &'static str, &'static str, Made)],
+    /// Requests after the builds (skips, deletions).
+    after: fn() -> Vec<DbRequest>,
+    /// SQL run as the owner after the builds (ABI changes).
+    owner_sql: &'static str,
+    limit: u32,
+    /// The queue expected, every ABI that is not skipped listed.
+    expected: &'static [(&'static str, &'static [&'static str])],
+}
+
+const CASE: QueueCase =
+    QueueCase { name: "", versions: &[], builds: &[], after: Vec::new, owner_sql: "", limit: 100, expected: &[] };
+
+fn run_queue_case(case: &QueueCase) -> BTreeMap<String, Vec<String>> {
+    let mut fx = Fixture::with_abis();
+    for (package, version, days) in case.versions {
+        fx.version(package, version, days_ago(*days));
+    }
+    for (package, version, abi, made) in case.builds {
+        let files = match made {
+            Made::Failure => vec![],
+            Made::Pure => vec![pure(package, version)],
+            Made::Platform => vec![platform(package, version, abi)],
+            Made::Tagged(tag) => vec![platform(package, version, tag)],
+            Made::Abi3(py) => vec![abi3(package, version, py)],
+        };
+        fx.log_build(build(package, version, abi, files));
+    }
+    for request in (case.after)() {
+        fx.done(request);
+    }
+    if !case.owner_sql.is_empty() {
+        fx.sql(case.owner_sql);
+    }
+    fx.queue(case.limit)
+}
+
+#[test]
+fn build_queue_follows_the_rules_case_by_case() {
+    let cases = [
+        QueueCase {
+            name: "a version without builds waits on the lowest ABI (cp39 before cp311: 309 < 311)",
+            versions: &[("foo", "1.0", 1)],
+            expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &["foo 1.0"])],
+            ..CASE
+        },
+        QueueCase {
+            name: "a pure wheel built on cp39 serves cp311 and cp313 too",
+            versions: &[("foo", "1.0", 1)],
+            builds: &[("foo", "1.0", "cp39", Made::Pure)],
+            expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &[])],
+            ..CASE
+        },
+        QueueCase {
+            name: "a platform wheel built on cp39 moves the version on to cp311",
+            versions: &[("foo", "1.0", 1)],
+            builds: &[("foo", "1.0", "cp39", Made::Platform)],
+            expected: &[("cp311", &["foo 1.0"]), ("cp313", &[]), ("cp39", &[])],
+            ..CASE
+        },
+        QueueCase {
+            name: "an abi3 wheel with floor cp39 serves cp311 and cp313",
+            versions: &[("foo", "1.0", 1)],
+            builds: &[("foo", "1.0", "cp39", Made::Abi3("cp39"))],
+            expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &[])],
+            ..CASE
+        },
+        QueueCase {
+            name: "an abi3 wheel with floor cp312 does not serve cp311 (but serves cp313)",
+            versions: &[("foo", "1.0", 1)],
+            builds: &[("foo", "1.0", "cp39", Made::Abi3("cp312"))],
+            expected: &[("cp311", &["foo 1.0"]), ("cp313", &[]), ("cp39", &[])],
+            ..CASE
+        },
+        QueueCase {
+            name: "an abi3 wheel with floor cp312 built on cp311 leaves nothing to do",
+            versions: &[("foo", "1.0", 1)],
+            builds: &[("foo", "1.0", "cp39", Made::Failure), ("foo", "1.0", "cp311", Made::Abi3("cp312"))],
+            expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &[])],
+            ..CASE
+        },
+        QueueCase {
+            name: "a failed build on cp39 is not queued again there; the version moves to cp311",
+            versions: &[("foo", "1.0", 1)],
+            builds: &[("foo", "1.0", "cp39", Made::Failure)],
+            expected: &[("cp311", &["foo 1.0"]), ("cp313", &[]), ("cp39", &[])],
+            ..CASE
+        },
+        QueueCase {
+            name: "a version tried on every ABI is done",
+            versions: &[("foo", "1.0", 1)],
+            builds: &[
+                ("foo", "1.0", "cp39", Made::Failure),
+                ("foo", "1.0", "cp311", Made::Platform),
+                ("foo", "1.0", "cp313", Made::Failure),
+            ],
+            expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &[])],
+            ..CASE
+        },
+        QueueCase {
+            name: "a wheel tagged with another ABI serves that ABI whichever builder made it",
+            versions: &[("foo", "1.0", 1)],
+            builds: &[("foo", "1.0", "cp39", Made::Platform), ("foo", "1.0", "cp39", Made::Tagged("cp311"))],
+            expected: &[("cp311", &[]), ("cp313", &["foo 1.0"]), ("cp39", &[])],
+            ..CASE
+        },
+        QueueCase {
+            name: "skipped packages and versions are left out",
+            versions: &[("skipped-package", "1.0", 1), ("foo", "1.0", 1), ("foo", "2.0", 2)],
+            after: || {
+                vec![
+                    DbRequest::SkipPackage { package: "skipped-package".into(), reason: "binary only".into() },
+                    DbRequest::SkipVersion { package: "foo".into(), version: "1.0".into(), reason: "deleted".into() },
+                ]
+            },
+            expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &["foo 2.0"])],
+            ..CASE
+        },
+        QueueCase {
+            name: "a skipped ABI is left out and its versions wait on the next one",
+            versions: &[("foo", "1.0", 1)],
+            owner_sql: "UPDATE build_abis SET skip = 'retired' WHERE abi_tag = 'cp39'",
+            expected: &[("cp311", &["foo 1.0"]), ("cp313", &[])],
+            ..CASE
+        },
+        QueueCase {
+            name: "a deleted version is gone",
+            versions: &[("foo", "1.0", 1), ("foo", "2.0", 2)],
+            after: || vec![DbRequest::DeleteVersion { package: "foo".into(), version: "1.0".into() }],
+            expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &["foo 2.0"])],
+            ..CASE
+        },
+        QueueCase {
+            name: "the newest release comes first",
+            versions: &[("old", "1.0", 3000), ("newest", "1.0", 0), ("middle", "1.0", 30), ("middle", "1.1", 20)],
+            expected: &[
+                ("cp311", &[]),
+                ("cp313", &[]),
+                ("cp39", &["newest 1.0", "middle 1.1", "middle 1.0", "old 1.0"]),
+            ],
+            ..CASE
+        },
+        QueueCase {
+            name: "the limit holds per ABI, keeping the newest",
+            versions: &[("a", "1", 1), ("b", "1", 2), ("c", "1", 3), ("d", "1", 4), ("e", "1", 5), ("f", "1", 6)],
+            builds: &[
+                ("d", "1", "cp39", Made::Platform),
+                ("e", "1", "cp39", Made::Platform),
+                ("f", "1", "cp39", Made::Platform),
+            ],
+            limit: 2,
+            expected: &[("cp311", &["d 1", "e 1"]), ("cp313", &[]), ("cp39", &["a 1", "b 1"])],
+            ..CASE
+        },
+        QueueCase {
+            name: "deleting the builds of a finished version queues it again",
+            versions: &[("foo", "1.0", 1)],
+            builds: &[("foo", "1.0", "cp39", Made::Pure)],
+            after: || vec![DbRequest::DeleteBuilds { package: "foo".into(), version: Some("1.0".into()) }],
+            expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &["foo 1.0"])],
+            ..CASE
+        },
+        QueueCase {
+            name: "a new ABI queues finished versions its wheels do not serve",
+            versions: &[("foo", "1.0", 1), ("bar", "1.0", 1)],
+            builds: &[
+                ("foo", "1.0", "cp39", Made::Platform),
+                ("foo", "1.0", "cp311", Made::Platform),
+                ("foo", "1.0", "cp313", Made::Platform),
+                ("bar", "1.0", "cp39", Made::Pure),
+            ],
+            owner_sql: "INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp312', 312)",
+            expected: &[("cp311", &[]), ("cp312", &["foo 1.0"]), ("cp313", &[]), ("cp39", &[])],
+            ..CASE
+        },
+    ];
+    for case in &cases {
+        let expected: BTreeMap<String, Vec<String>> = case
+            .expected
+            .iter()
+            .map(|(abi, list)| (abi.to_string(), list.iter().map(|s| s.to_string()).collect()))
+            .collect();
+        assert_eq!(run_queue_case(case), expected, "case: {}", case.name);
+    }
+}
+
+#[test]
+fn the_build_queue_marks_versions_that_need_nothing_and_looks_past_them_afterwards() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", days_ago(1));
+    fx.version("bar", "1.0", days_ago(1));
+    // A pure wheel recorded behind the master's back: the version's mark is not refreshed.
+    fx.sql(
+        "INSERT INTO builds (build_id, package, version, built_by, abi_tag, status, duration) \
+         VALUES (100, 'foo', '1.0', 1, 'cp39', true, interval '1 minute'); \
+         INSERT INTO files (filename, build_id, filesize, filehash, package_tag, package_version_tag, \
+                            py_version_tag, abi_tag, platform_tag) \
+         VALUES ('foo-1.0-py3-none-any.whl', 100, 1, repeat('a', 64), 'foo', '1.0', 'py3', 'none', 'any')",
+    );
+    let complete = |fx: &Fixture| fx.db.column("SELECT package || ' ' || complete::text FROM versions ORDER BY package");
+    assert_eq!(complete(&fx), [Some("bar false".into()), Some("foo false".into())]);
+    assert_eq!(fx.queue(10)["cp39"], ["bar 1.0"]);
+    assert_eq!(complete(&fx), [Some("bar false".into()), Some("foo true".into())]);
+    // Recording a build refreshes the mark at once.
+    fx.log_build(build("bar", "1.0", "cp39", vec![pure("bar", "1.0")]));
+    assert_eq!(complete(&fx), [Some("bar true".into()), Some("foo true".into())]);
+    assert!(fx.queue(10).values().all(Vec::is_empty));
+}
+
+#[test]
+fn build_queue_entries_are_package_versions() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", days_ago(1));
+    let DbReply::Queue(queue) = fx.handle(DbRequest::BuildQueue { limit: 10 }) else { panic!() };
+    assert_eq!(queue["cp39"], [PackageVersion { package: "foo".into(), version: "1.0".into() }]);
+}
+
+// ------------------------------------------------------------------------------------------
+// PyPI serial, statistics, search index
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn the_pypi_serial_never_goes_backwards() {
+    let mut fx = Fixture::new();
+    assert_eq!(fx.id(DbRequest::PypiSerial), 0);
+    fx.done(DbRequest::SetPypiSerial { serial: 50_000 });
+    assert_eq!(fx.id(DbRequest::PypiSerial), 50_000);
+    fx.done(DbRequest::SetPypiSerial { serial: 50_000 });
+    let message = fx.error(DbRequest::SetPypiSerial { serial: 49_999 });
+    assert!(message.contains("50000") && message.contains("49999"), "{message}");
+    assert_eq!(fx.id(DbRequest::PypiSerial), 50_000);
+    fx.done(DbRequest::SetPypiSerial { serial: 60_000 });
+    assert_eq!(fx.id(DbRequest::PypiSerial), 60_000);
+}
+
+fn download(filename: &str, host: &str, at: DateTime<Utc>) -> AccessRecord {
+    AccessRecord::Download { filename: filename.into(), host: host.into(), at, client: ClientInfo::default() }
+}
+
+#[test]
+fn statistics_count_packages_builds_files_releases_and_downloads() {
+    let mut fx = Fixture::with_abis();
+    fx.sql("INSERT INTO build_abis (abi_tag, python_version, skip) VALUES ('cp37m', 307, 'retired')");
+    let DbReply::Stats(empty) = fx.handle(DbRequest::Statistics) else { panic!() };
+    assert_eq!(empty.packages_built, 0);
+    assert_eq!(empty.builds_last_hour.len(), 3);
+    assert!(empty.builds_last_hour.values().all(|n| *n == 0));
+
+    fx.version("foo", "1.0", days_ago(10));
+    fx.version("foo", "2.0", Utc::now() - TimeDelta::minutes(5));
+    fx.version("bar", "1.0", days_ago(10));
+    fx.version("baz", "1.0", days_ago(10));
+    let a = pure("foo", "1.0");
+    fx.log_build(build("foo", "1.0", "cp39", vec![a.clone(), platform("foo", "1.0", "cp39")]));
+    fx.log_build(build("bar", "1.0", "cp311", vec![platform("bar", "1.0", "cp311")]));
+    fx.log_build(build("baz", "1.0", "cp311", vec![]));
+    // An old build, and one whose duration is garbage (over a week): neither counts in time.
+    fx.sql("UPDATE builds SET built_at = now() - interval '2 hours' WHERE package = 'bar'");
+    fx.sql("UPDATE builds SET duration = interval '8 days' WHERE package = 'baz'");
+    let records = vec![
+        download(&a.filename, "192.0.2.1", Utc::now()),
+        download(&a.filename, "192.0.2.1", days_ago(2)),
+        download(&a.filename, "192.0.2.1", days_ago(40)),
+    ];
+    assert_eq!(fx.id(DbRequest::LogAccess { records }), 3);
+
+    let DbReply::Stats(stats) = fx.handle(DbRequest::Statistics) else { panic!() };
+    assert_eq!(stats.packages_built, 2);
+    assert_eq!(stats.builds_last_hour, BTreeMap::from([("cp39".into(), 1), ("cp311".into(), 1), ("cp313".into(), 0)]));
+    assert_eq!(stats.builds_time, Duration::from_secs(180));
+    assert_eq!(stats.builds_size, 3 * 12345);
+    assert_eq!(stats.files_count, 3);
+    assert_eq!(stats.new_last_hour, 1);
+    assert_eq!(stats.downloads_last_hour, 1);
+    assert_eq!(stats.downloads_last_month, 2);
+    assert_eq!(stats.downloads_all, 3);
+}
+
+#[test]
+fn the_search_index_lists_built_packages_with_their_recent_and_total_downloads() {
+    let mut fx = Fixture::with_abis();
+    for p in ["zeta", "alpha", "unbuilt", "failed"] {
+        fx.version(p, "1.0", days_ago(10));
+    }
+    let z = pure("zeta", "1.0");
+    let a = pure("alpha", "1.0");
+    fx.log_build(build("zeta", "1.0", "cp39", vec![z.clone()]));
+    fx.log_build(build("alpha", "1.0", "cp39", vec![a.clone()]));
+    fx.log_build(build("failed", "1.0", "cp39", vec![]));
+    let records = vec![
+        download(&z.filename, "192.0.2.1", days_ago(1)),
+        download(&z.filename, "192.0.2.1", days_ago(100)),
+        download(&z.filename, "2001:db8::1", days_ago(2)),
+        download("unknown-1.0-py3-none-any.whl", "192.0.2.1", days_ago(1)),
+    ];
+    assert_eq!(fx.id(DbRequest::LogAccess { records }), 4);
+    let DbReply::Search(entries) = fx.handle(DbRequest::SearchIndex) else { panic!() };
+    let entry = |package: &str, recent, all| SearchEntry {
+        package: package.into(),
+        downloads_recent: recent,
+        downloads_all: all,
+    };
+    assert_eq!(entries, [entry("alpha", 0, 0), entry("zeta", 2, 3)]);
+}
+
+// ------------------------------------------------------------------------------------------
+// Access logs
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn log_access_stores_every_kind_drops_bad_hosts_and_counts_what_it_stored() {
+    let mut fx = Fixture::new();
+    let when = at(2024, 3, 1);
+    let client = ClientInfo {
+        arch: Some("armv7l".into()),
+        distro_name: Some("Raspbian GNU/Linux".into()),
+        distro_version: Some("12".into()),
+        os_name: Some("Linux".into()),
+        os_version: Some("6.1.21".into()),
+        py_name: Some("CPython".into()),
+        py_version: Some("3.11.2".into()),
+        installer_name: Some("pip".into()),
+        installer_version: Some("23.0.1".into()),
+        setuptools_version: Some("66.1.1".into()),
+    };
+    let records = vec![
+        AccessRecord::Download {
+            filename: "foo-1.0-py3-none-any.whl".into(),
+            host: "192.0.2.1".into(),
+            at: when,
+            client: client.clone(),
+        },
+        AccessRecord::Search {
+            package: "foo".into(),
+            host: "2001:db8::2".into(),
+            at: when,
+            client: ClientInfo::default(),
+        },
+        AccessRecord::ProjectPage {
+            package: "foo".into(),
+            host: "198.51.100.3".into(),
+            at: when,
+            user_agent: "Mozilla/5.0".into(),
+        },
+        AccessRecord::ProjectJson {
+            package: "foo".into(),
+            host: "198.51.100.4".into(),
+            at: when,
+            user_agent: "curl/8".into(),
+        },
+        AccessRecord::Page { page: "faq".into(), host: "::1".into(), at: when, user_agent: "Mozilla/5.0".into() },
+        AccessRecord::Page { page: "faq".into(), host: "not-an-address".into(), at: when, user_agent: String::new() },
+        AccessRecord::Download { filename: "x.whl".into(), host: "".into(), at: when, client: ClientInfo::default() },
+        AccessRecord::Search {
+            package: "foo".into(),
+            host: "192.0.2.300".into(),
+            at: when,
+            client: ClientInfo::default(),
+        },
+    ];
+    assert_eq!(fx.id(DbRequest::LogAccess { records }), 5);
+    assert_eq!(
+        fx.value(
+            "SELECT concat_ws('|', filename, accessed_by, accessed_at, arch, distro_name, distro_version, os_name, \
+             os_version, py_name, py_version, installer_name, installer_version, setuptools_version) FROM downloads"
+        ),
+        "foo-1.0-py3-none-any.whl|192.0.2.1|2024-03-01 12:00:00+00|armv7l|Raspbian GNU/Linux|12|Linux|6.1.21|CPython|3.11.2|pip|23.0.1|66.1.1"
+    );
+    assert_eq!(
+        fx.value("SELECT concat_ws('|', package, accessed_by, coalesce(arch, 'null')) FROM searches"),
+        "foo|2001:db8::2|null"
+    );
+    assert_eq!(
+        fx.value("SELECT concat_ws('|', package, accessed_by, user_agent) FROM project_page_hits"),
+        "foo|198.51.100.3|Mozilla/5.0"
+    );
+    assert_eq!(
+        fx.value("SELECT concat_ws('|', package, accessed_by, user_agent) FROM project_json_downloads"),
+        "foo|198.51.100.4|curl/8"
+    );
+    assert_eq!(
+        fx.value("SELECT concat_ws('|', page, accessed_by, user_agent) FROM web_page_hits"),
+        "faq|::1|Mozilla/5.0"
+    );
+    assert_eq!(fx.id(DbRequest::LogAccess { records: vec![] }), 0);
+}
+
+#[test]
+fn log_access_cuts_oversized_text_and_replaces_control_characters() {
+    let mut fx = Fixture::new();
+    let when = at(2024, 3, 1);
+    let agent = format!("Evil\u{0}\u{1b}[31m\tAgent\r\n{}", "ü".repeat(1000));
+    let records = vec![
+        AccessRecord::ProjectPage {
+            package: "p".repeat(500),
+            host: "192.0.2.1".into(),
+            at: when,
+            user_agent: agent.clone(),
+        },
+        AccessRecord::Page {
+            page: "a-very-long-page-name-that-does-not-fit".into(),
+            host: "192.0.2.1".into(),
+            at: when,
+            user_agent: agent,
+        },
+        AccessRecord::Download {
+            filename: format!("{}.whl", "f".repeat(400)),
+            host: "192.0.2.1".into(),
+            at: when,
+            client: ClientInfo {
+                installer_name: Some("i".repeat(50)),
+                arch: Some("a\u{7f}".repeat(80)),
+                ..ClientInfo::default()
+            },
+        },
+    ];
+    assert_eq!(fx.id(DbRequest::LogAccess { records }), 3);
+    assert_eq!(fx.value("SELECT length(package) || ' ' || length(user_agent) FROM project_page_hits"), "200 200");
+    assert_eq!(fx.value("SELECT left(user_agent, 20) FROM project_page_hits"), "Evil\u{fffd}\u{fffd}[31m\tAgent\r\nüü");
+    assert_eq!(fx.value("SELECT page FROM web_page_hits"), "a-very-long-page-name-that-doe");
+    assert_eq!(
+        fx.value("SELECT length(filename) || ' ' || length(installer_name) || ' ' || length(arch) FROM downloads"),
+        "255 20 100"
+    );
+    assert_eq!(fx.value("SELECT left(arch, 4) FROM downloads"), "a\u{fffd}a\u{fffd}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Page rewrites and the audit log
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn pending_rewrites_keep_the_earliest_time_and_widest_scope_and_clear_up_to_a_time() {
+    let mut fx = Fixture::new();
+    let rewrite = |package: &str, added_at, scope| {
+        DbRequest::AddRewrite(PendingRewrite { package: package.into(), added_at, scope })
+    };
+    fx.done(rewrite("foo", at(2024, 1, 2), RewriteScope::Project));
+    fx.done(rewrite("bar", at(2024, 1, 3), RewriteScope::Both));
+    fx.done(rewrite("foo", at(2024, 1, 1), RewriteScope::Project));
+    fx.done(rewrite("foo", at(2024, 1, 5), RewriteScope::Both));
+    fx.done(rewrite("bar", at(2024, 1, 4), RewriteScope::Project));
+    fx.done(rewrite("baz", at(2024, 1, 2), RewriteScope::Project));
+    let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
+    let entry = |package: &str, added_at, scope| PendingRewrite { package: package.into(), added_at, scope };
+    assert_eq!(
+        pending,
+        [
+            entry("foo", at(2024, 1, 1), RewriteScope::Both),
+            entry("baz", at(2024, 1, 2), RewriteScope::Project),
+            entry("bar", at(2024, 1, 3), RewriteScope::Both),
+        ]
+    );
+    fx.done(DbRequest::ClearRewrite { package: "bar".into(), until: at(2024, 1, 2) });
+    fx.done(DbRequest::ClearRewrite { package: "foo".into(), until: at(2024, 1, 1) });
+    fx.done(DbRequest::ClearRewrite { package: "missing".into(), until: at(2024, 1, 9) });
+    let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
+    assert_eq!(
+        pending,
+        [entry("baz", at(2024, 1, 2), RewriteScope::Project), entry("bar", at(2024, 1, 3), RewriteScope::Both)]
+    );
+}
+
+#[test]
+fn audit_entries_are_appended_with_actor_and_action_cut_to_fit() {
+    let mut fx = Fixture::new();
+    fx.done(DbRequest::Audit {
+        actor: "dave@pi (piw-remove)".into(),
+        action: "remove".into(),
+        detail: "foo 1.0".into(),
+    });
+    fx.done(DbRequest::Audit { actor: "a".repeat(300), action: "b".repeat(80), detail: "c".repeat(5000) });
+    assert_eq!(
+        fx.column("SELECT concat_ws(' ', length(actor), length(action), length(detail), at > now() - interval '1 minute') FROM audit_log ORDER BY audit_id"),
+        [Some("20 6 7 t".into()), Some("200 50 5000 t".into())]
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Privileges
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn the_application_role_cannot_change_abis_or_the_schema_or_erase_history() {
+    let fx = Fixture::with_abis();
+    fx.sql("INSERT INTO audit_log (actor, action, detail) VALUES ('me', 'test', 'x')");
+    fx.rt.block_on(async {
+        let mut app = sqlx::PgConnection::connect(&fx.db.app_url()).await.expect("connect as the app role");
+        for sql in [
+            "INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp314', 314)",
+            "UPDATE build_abis SET skip = 'x'",
+            "DELETE FROM audit_log",
+            "UPDATE audit_log SET actor = 'someone else'",
+            "DELETE FROM downloads",
+            "UPDATE configuration SET schema_version = 99",
+            "CREATE TABLE intruder (x int)",
+        ] {
+            let err = app.execute(sql).await.expect_err(sql);
+            assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{sql}: {err}");
+        }
+    });
+    assert_eq!(fx.value("SELECT count(*) FROM audit_log"), "1");
+    assert_eq!(fx.value("SELECT count(*) FROM build_abis"), "3");
+}

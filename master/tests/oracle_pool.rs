@@ -1,0 +1,168 @@
+//! The oracle pool: the load balancer and its database workers over real inproc sockets and a
+//! real PostgreSQL, used through the typed client every task uses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use piwheels_common::clock::SystemClock;
+use piwheels_common::protocols::DbRequest;
+use piwheels_common::task::{self, RestartPolicy, Runtime, Supervisor};
+use piwheels_master::db::migrate;
+use piwheels_master::db_client::{DbClient, DbClientError};
+use piwheels_master::oracle::{self, Oracle};
+use piwheels_master::seraph::{self, Seraph};
+use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use sqlx::Connection;
+
+struct Pool {
+    rt: Runtime,
+    tasks: Supervisor,
+    db: TestDb,
+    _status: piwheels_common::transport::Receiver<piwheels_common::protocols::StatusEvent>,
+}
+
+impl Pool {
+    /// A migrated database and a balancer with `oracles` workers connected as the app role.
+    fn start(oracles: usize) -> Pool {
+        let db = TestDb::new();
+        let owner = db.owner_url();
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&owner).await.unwrap();
+            migrate::upgrade(&mut conn, APP_ROLE).await.unwrap();
+        });
+        let zmq = zmq::Context::new();
+        let status = piwheels_common::transport::Receiver::pull(&zmq, "inproc://status", None).unwrap();
+        let rt = Runtime {
+            zmq,
+            clock: Arc::new(SystemClock),
+            status_endpoint: "inproc://status".into(),
+            poll_cap: Duration::from_millis(100),
+            restart: RestartPolicy::default(),
+        };
+        let mut tasks = Supervisor::new();
+        tasks.add(task::spawn(&rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph)).unwrap());
+        for n in 0..oracles {
+            let url = db.app_url();
+            tasks.add(
+                task::spawn(&rt, &format!("oracle_{n}"), oracle::Sockets::open, move |s| Oracle::start(s, &url, Duration::from_secs(10)))
+                    .unwrap(),
+            );
+        }
+        Pool { rt, tasks, db, _status: status }
+    }
+
+    fn client(&self, timeout: Duration) -> DbClient {
+        DbClient::connect(&self.rt.zmq, timeout).unwrap()
+    }
+
+    fn all_running(&self) -> bool {
+        self.tasks.tasks().iter().all(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.tasks.shutdown(Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn two_hundred_requests_from_eight_threads_are_all_answered() {
+    let pool = Pool::start(3);
+    let answered = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let client = pool.client(Duration::from_secs(20));
+                scope.spawn(move || {
+                    let mut answered = 0;
+                    for i in 0..25 {
+                        let package = format!("pkg-{t}-{i}");
+                        assert!(client.new_package(&package, "", "").unwrap(), "{package} was new");
+                        assert!(client.package_exists(&package).unwrap());
+                        answered += 1;
+                    }
+                    answered
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum::<usize>()
+    });
+    assert_eq!(answered, 200);
+    assert_eq!(pool.client(Duration::from_secs(5)).all_packages().unwrap().len(), 200);
+    assert!(pool.all_running());
+}
+
+#[test]
+fn a_failing_query_gets_an_error_and_every_oracle_stays_up() {
+    let pool = Pool::start(3);
+    let client = pool.client(Duration::from_secs(10));
+    // More failures than oracles: each oracle answers at least one and must survive it.
+    for _ in 0..6 {
+        match client.new_version("no-such-package", "1.0", None, "") {
+            Err(DbClientError::Refused { message, .. }) => assert!(message.contains("foreign key"), "{message}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert!(client.new_package("real", "", "").unwrap());
+    assert!(client.new_version("real", "1.0", None, "").unwrap());
+    assert!(pool.all_running());
+    assert!(pool.tasks.tasks().iter().all(|t| t.restarts() == 0));
+}
+
+#[test]
+fn an_undecodable_request_is_answered_with_an_error() {
+    let pool = Pool::start(1);
+    let raw = pool.rt.zmq.socket(zmq::REQ).unwrap();
+    raw.set_rcvtimeo(5000).unwrap();
+    raw.connect(seraph::DB_ENDPOINT).unwrap();
+    raw.send(&b"\x92\xa9DbRequest\xc1"[..], 0).unwrap();
+    let reply: piwheels_common::protocols::DbReply = piwheels_common::codec::decode(&raw.recv_bytes(0).unwrap()).unwrap();
+    assert!(matches!(reply, piwheels_common::protocols::DbReply::Error { .. }), "{reply:?}");
+    // The oracle is back in the pool.
+    assert!(pool.client(Duration::from_secs(5)).all_packages().unwrap().is_empty());
+}
+
+#[test]
+fn lost_connections_fail_the_requests_in_flight_and_later_ones_succeed() {
+    let pool = Pool::start(3);
+    let client = pool.client(Duration::from_secs(10));
+    // Every oracle connects.
+    for i in 0..6 {
+        client.new_package(&format!("before-{i}"), "", "").unwrap();
+    }
+    // As a server restart would, end every connection the oracles hold.
+    assert!(pool.db.terminate_connections() >= 1);
+    // Each request now gets an answer, never a hang: an error from an oracle whose connection
+    // died, or success from one that reconnected. Within a few requests all succeed again.
+    let mut errors = 0;
+    let mut successes_in_a_row = 0;
+    for i in 0..30 {
+        match client.new_package(&format!("after-{i}"), "", "") {
+            Ok(true) => successes_in_a_row += 1,
+            Ok(false) => panic!("after-{i} existed"),
+            Err(DbClientError::Refused { .. }) => {
+                errors += 1;
+                successes_in_a_row = 0;
+            }
+            Err(e) => panic!("request {i} was not answered: {e}"),
+        }
+        if successes_in_a_row >= 6 {
+            break;
+        }
+    }
+    assert!(successes_in_a_row >= 6, "the pool did not recover");
+    assert!(errors <= 3, "more errors ({errors}) than oracles");
+    assert!(pool.all_running(), "an oracle thread was lost");
+}
+
+#[test]
+fn with_no_oracle_free_a_request_times_out_instead_of_hanging() {
+    let pool = Pool::start(0);
+    let client = pool.client(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    match client.request(DbRequest::AllPackages) {
+        Err(DbClientError::Transport { .. }) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -1,0 +1,3 @@
+//! Test helpers shared by the workspace's crates. Nothing here is used outside tests.
+
+pub mod db;
