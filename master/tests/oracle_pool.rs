@@ -166,3 +166,42 @@ fn with_no_oracle_free_a_request_times_out_instead_of_hanging() {
     }
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A real restart of the PostgreSQL server mid-run. It disturbs every other database test on
+/// the server, so it runs only when asked: `PIW_TEST_RESTART_POSTGRES="15 main" cargo test -p
+/// piwheels-master --test oracle_pool -- --ignored` (the value names the cluster to restart).
+#[test]
+#[ignore = "restarts the PostgreSQL server; run alone, see the comment"]
+fn a_server_restart_fails_requests_in_flight_and_later_ones_succeed() {
+    let cluster = std::env::var("PIW_TEST_RESTART_POSTGRES").expect("set PIW_TEST_RESTART_POSTGRES to the cluster, e.g. \"15 main\"");
+    let pool = Pool::start(3);
+    let outcomes = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let client = pool.client(Duration::from_secs(10));
+            let (mut ok, mut failed) = (0, 0);
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(12) {
+                match client.new_package(&format!("p{}", ok + failed), "", "") {
+                    Ok(_) => ok += 1,
+                    Err(DbClientError::Refused { .. }) => failed += 1,
+                    Err(e) => panic!("a request was not answered: {e}"),
+                }
+            }
+            (ok, failed)
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let mut args: Vec<&str> = vec!["--skip-systemctl-redirect"];
+        args.extend(cluster.split_whitespace());
+        args.push("restart");
+        let status = std::process::Command::new("pg_ctlcluster").args(&args).status().unwrap();
+        assert!(status.success());
+        load.join().unwrap()
+    });
+    eprintln!("during the restart: {} requests succeeded, {} failed", outcomes.0, outcomes.1);
+    assert!(outcomes.1 >= 1, "no request saw the restart");
+    let client = pool.client(Duration::from_secs(10));
+    for i in 0..6 {
+        assert!(client.new_package(&format!("after-{i}"), "", "").unwrap());
+    }
+    assert!(pool.all_running(), "an oracle thread was lost");
+}
