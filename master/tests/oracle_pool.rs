@@ -175,9 +175,9 @@ fn with_no_oracle_free_a_request_times_out_instead_of_hanging() {
 fn a_server_restart_fails_requests_in_flight_and_later_ones_succeed() {
     let cluster = std::env::var("PIW_TEST_RESTART_POSTGRES").expect("set PIW_TEST_RESTART_POSTGRES to the cluster, e.g. \"15 main\"");
     let pool = Pool::start(3);
+    let client = pool.client(Duration::from_secs(10));
     let outcomes = std::thread::scope(|scope| {
-        let load = scope.spawn(|| {
-            let client = pool.client(Duration::from_secs(10));
+        let load = scope.spawn(move || {
             let (mut ok, mut failed) = (0, 0);
             let started = std::time::Instant::now();
             while started.elapsed() < Duration::from_secs(12) {
