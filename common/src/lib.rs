@@ -12,6 +12,7 @@ pub mod names;
 pub mod protocols;
 pub mod task;
 pub mod transport;
+pub mod upload;
 pub mod wheel;
 
 /// Version of the wire protocols in [`protocols`]. Bump it on any change to a message that

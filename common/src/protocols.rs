@@ -748,7 +748,7 @@ pub enum FsReply {
         /// The transfer id.
         transfer: TransferId,
     },
-    /// A file with this hash is already held; it was linked into place without a transfer.
+    /// A file of this name and these contents is already published: nothing to send.
     AlreadyHave,
     /// The file is published.
     Verified,

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use piwheels_common::config::{ConfigArg, HumanDuration};
+use piwheels_common::config::{ByteSize, ConfigArg, HumanDuration};
 use piwheels_common::logging::LogArgs;
 
 /// The piwheels master: follows PyPI, hands builds to slaves, receives their wheels and
@@ -23,8 +23,9 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_OUTPUT_PATH", value_name = "DIR", default_value = "/var/www/piwheels")]
     pub output_path: PathBuf,
 
-    /// The master's own files: its pid file and partial transfers (keep it on the same file
-    /// system as --output-path, so finished files can be renamed into place)
+    /// The master's own files: its pid file and partial transfers in staging/ (it must be on the
+    /// same file system as --output-path, and outside it, so that finished files can be
+    /// linked into place and unfinished ones are never served)
     #[arg(long, env = "PIW_STATE_DIR", value_name = "DIR", default_value = "/var/lib/piwheels")]
     pub state_dir: PathBuf,
 
@@ -50,6 +51,27 @@ pub struct MasterConfig {
     /// Where the master publishes its state to monitors: ipc://PATH or tcp://HOST:PORT
     #[arg(long, env = "PIW_STATUS_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/status")]
     pub status_queue: String,
+
+    /// Where slaves and piw-import send files: tcp://HOST:PORT (tcp://*:PORT listens on every
+    /// address; a port of * picks a free one)
+    #[arg(long, env = "PIW_FILE_QUEUE", value_name = "ADDR", default_value = "tcp://*:5556")]
+    pub file_queue: String,
+
+    /// Size of the pieces a file is fetched in
+    #[arg(long, env = "PIW_CHUNK_SIZE", value_name = "SIZE", default_value = "256KiB")]
+    pub chunk_size: ByteSize,
+
+    /// Pieces of one file in flight at once (more hides network latency, costs memory)
+    #[arg(long, env = "PIW_TRANSFER_WINDOW", value_name = "N", default_value = "8", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub transfer_window: u16,
+
+    /// Largest wheel accepted
+    #[arg(long, env = "PIW_MAX_FILE_SIZE", value_name = "SIZE", default_value = "2GiB")]
+    pub max_file_size: ByteSize,
+
+    /// A transfer nobody has touched for this long is removed, with its partial file
+    #[arg(long, env = "PIW_ABANDON_AFTER", value_name = "DURATION", default_value = "1h")]
+    pub abandon_after: HumanDuration,
 
     /// How often the master samples its host's figures (memory, load, disk) for monitors
     #[arg(long, env = "PIW_STATS_INTERVAL", value_name = "DURATION", default_value = "10s")]

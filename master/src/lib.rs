@@ -6,6 +6,7 @@ pub mod big_brother;
 pub mod db;
 pub mod config;
 pub mod db_client;
+pub mod file_juggler;
 pub mod oracle;
 pub mod pidlock;
 pub mod process;

@@ -26,6 +26,7 @@ use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
 use crate::big_brother::{self, BigBrother};
 use crate::config::MasterConfig;
 use crate::db::Database;
+use crate::file_juggler::{self, FileJuggler, JugglerConfig};
 use crate::oracle::{self, Oracle};
 use crate::pidlock::PidLock;
 use crate::seraph::{self, Seraph};
@@ -137,6 +138,22 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
             Oracle::start(sockets, &url, timeout)
         })?);
     }
+    let mut juggler = JugglerConfig::new(&cfg.output_path, cfg.state_dir.join("staging"));
+    juggler.chunk_size = cfg.chunk_size.0;
+    juggler.window = usize::from(cfg.transfer_window);
+    juggler.max_file_size = cfg.max_file_size.0;
+    juggler.abandon_after = cfg.abandon_after.0;
+    // A staging directory that cannot work is a configuration error: say so now rather than
+    // after the task's restarts.
+    juggler.check()?;
+    let file_queue = cfg.file_queue.clone();
+    let (open_config, clock) = (juggler.clone(), rt.clock.clone());
+    tasks.add(task::spawn(
+        rt,
+        "file_juggler",
+        move |ctx| file_juggler::Sockets::open(ctx, &file_queue, &open_config),
+        move |_| FileJuggler::start(&juggler, &clock),
+    )?);
     let status = rt.status_endpoint.clone();
     let (output, interval) = (cfg.output_path.clone(), cfg.stats_interval.0);
     tasks.add(task::spawn(

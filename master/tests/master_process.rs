@@ -21,6 +21,11 @@ struct Master {
     db: TestDb,
 }
 
+/// A tcp port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A database with the current schema, its app role granted.
 fn migrated_db() -> TestDb {
     let db = TestDb::new();
@@ -48,6 +53,8 @@ impl Master {
             .arg(&config)
             .arg("--dsn")
             .arg(dsn)
+            .arg("--file-queue")
+            .arg(format!("tcp://127.0.0.1:{}", free_port()))
             .arg("--output-path")
             .arg(output)
             .arg("--state-dir")
@@ -280,4 +287,42 @@ fn a_database_the_master_cannot_use_stops_it_at_once_with_the_reason() {
     assert!(!out.status.success() && text.contains("superuser"), "{text}");
     // Nothing left behind by the failed starts.
     assert!(!root.join("state/piw-master.pid").exists());
+}
+
+#[test]
+fn the_file_socket_refuses_an_upload_nobody_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let db = migrated_db();
+    let port = free_port();
+    let config = root.join("piwheels.toml");
+    std::fs::write(&config, format!("[master]\noracles = 1\nfile-queue = \"tcp://127.0.0.1:{port}\"\n")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_piw-master"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--dsn", &db.app_url()])
+        .arg("--output-path")
+        .arg(root.join("www"))
+        .arg("--state-dir")
+        .arg(root.join("state"))
+        .arg("--control-queue")
+        .arg(format!("ipc://{}/run/control", root.display()))
+        .arg("--status-queue")
+        .arg(format!("ipc://{}/run/status", root.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ctx = zmq::Context::new();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"not a wheel").unwrap();
+    let options = piwheels_common::upload::UploadOptions { overall_timeout: Duration::from_secs(10), ..Default::default() };
+    let result = piwheels_common::upload::upload(&ctx, &format!("tcp://127.0.0.1:{port}"), 12345, file.path(), options);
+    let _ = child.kill();
+    let _ = child.wait();
+    match result {
+        Err(piwheels_common::upload::UploadError::Refused { reason, .. }) => assert!(reason.contains("12345"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Staging lives in the state directory, outside the served tree.
+    assert!(root.join("state/staging").is_dir());
 }

@@ -1,0 +1,193 @@
+//! The sending side of a file transfer, shared by piw-slave and piw-import: greets the file
+//! juggler with a transfer id and answers each `Fetch` with the bytes it asks for, read from
+//! the file at their offset, until the juggler says `Done`.
+//!
+//! The juggler drives the transfer, so the sender keeps no state but the file. When nothing
+//! arrives for [`UploadOptions::nudge_after`] the sender says hello again **on a new
+//! connection**: the juggler takes the transfer over for the new connection and asks for the
+//! missing bytes again. A new connection, rather than a repeated hello on the old one, means
+//! that chunks still queued for a master that has restarted are dropped with the old socket
+//! instead of reaching the new master from a connection it does not know (which it would
+//! refuse). A `Refused` reply, a file that does not hold the bytes asked for, or
+//! [`UploadOptions::overall_timeout`] ends the upload with an [`UploadError`].
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+
+use crate::protocols::{FileReply, FileRequest, TransferId, Versions};
+use crate::transport::{DEFAULT_MAX_MESSAGE, Dealer, TransportError};
+
+/// Largest range the sender will read for one `Fetch`: what fits in one message of the
+/// socket's size limit, with room for the frame around it.
+pub const MAX_FETCH: u64 = (DEFAULT_MAX_MESSAGE - (4 << 10)) as u64;
+
+/// How an upload behaves.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Say hello again (on a new connection) after this long without a word from the juggler
+    /// (default 5 s): the master may have restarted or lost our messages.
+    pub nudge_after: Duration,
+    /// Give up after this long in all (default 30 minutes), so a sender never waits forever
+    /// for a master that does not want the file.
+    pub overall_timeout: Duration,
+    /// Test hook: stop, as if the sender died, once this many bytes have been sent. The
+    /// upload then fails with [`UploadError::Stopped`].
+    pub stop_after_bytes: Option<u64>,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions { nudge_after: Duration::from_secs(5), overall_timeout: Duration::from_secs(30 * 60), stop_after_bytes: None }
+    }
+}
+
+/// What a finished upload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReport {
+    /// Bytes of the file sent (a resumed transfer sends only what the juggler is missing).
+    pub bytes_sent: u64,
+    /// Chunks sent.
+    pub chunks_sent: u64,
+    /// Hellos sent: 1, plus one per nudge.
+    pub hellos: u32,
+    /// Time from the first hello to `Done`.
+    pub elapsed: Duration,
+}
+
+/// Why an upload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The juggler refused the transfer (unknown transfer, version mismatch, a chunk it did
+    /// not ask for); its reason is given.
+    #[error("the file juggler refused transfer {transfer}: {reason}")]
+    Refused {
+        /// The transfer.
+        transfer: TransferId,
+        /// The juggler's reason.
+        reason: String,
+    },
+    /// The juggler asked for bytes the file does not have: it expects another file.
+    #[error("the file juggler asked for bytes {offset}..{end} of {path}, which holds {size} bytes")]
+    BadFetch {
+        /// The file.
+        path: PathBuf,
+        /// Start of the range asked for.
+        offset: u64,
+        /// End of the range asked for (or `u64::MAX` when it overflows).
+        end: u64,
+        /// The file's size.
+        size: u64,
+    },
+    /// The transfer did not finish in time.
+    #[error("transfer {transfer} of {path} did not finish within {timeout:?} ({bytes_sent} bytes sent)")]
+    TimedOut {
+        /// The transfer.
+        transfer: TransferId,
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        timeout: Duration,
+        /// Bytes sent before giving up.
+        bytes_sent: u64,
+    },
+    /// [`UploadOptions::stop_after_bytes`] stopped the upload.
+    #[error("upload stopped after {bytes_sent} bytes, as asked")]
+    Stopped {
+        /// Bytes sent before stopping.
+        bytes_sent: u64,
+    },
+    /// The socket failed, or the juggler sent something that is not a [`FileReply`].
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Uploads `path` as `transfer` to the file juggler at `endpoint`, answering its fetches until
+/// it says `Done`. See the module documentation for nudges and failures.
+pub fn upload(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    transfer: TransferId,
+    path: &Path,
+    options: UploadOptions,
+) -> Result<UploadReport, UploadError> {
+    let io_err = |source| UploadError::Io { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(io_err)?;
+    let size = file.metadata().map_err(io_err)?.len();
+    let start = Instant::now();
+    let deadline = start + options.overall_timeout;
+    let hello = FileRequest::Hello { versions: Versions::current(), transfer };
+    let mut report = UploadReport { bytes_sent: 0, chunks_sent: 0, hellos: 0, elapsed: Duration::ZERO };
+    let mut dealer = connect(ctx, endpoint)?;
+    dealer.send(&hello, options.nudge_after)?;
+    report.hellos += 1;
+    let mut buf = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(UploadError::TimedOut {
+                transfer,
+                path: path.to_path_buf(),
+                timeout: options.overall_timeout,
+                bytes_sent: report.bytes_sent,
+            });
+        }
+        match dealer.recv_timeout(options.nudge_after.min(left))? {
+            None => {
+                if Instant::now() >= deadline {
+                    continue;
+                }
+                tracing::debug!("no word from {endpoint} for {:?}: saying hello again for transfer {transfer}", options.nudge_after);
+                drop_now(dealer);
+                dealer = connect(ctx, endpoint)?;
+                dealer.send(&hello, options.nudge_after)?;
+                report.hellos += 1;
+            }
+            Some(FileReply::Fetch { offset, length }) => {
+                let end = offset.saturating_add(length);
+                if end > size || length > MAX_FETCH {
+                    return Err(UploadError::BadFetch { path: path.to_path_buf(), offset, end, size });
+                }
+                if options.stop_after_bytes.is_some_and(|limit| report.bytes_sent >= limit) {
+                    return Err(UploadError::Stopped { bytes_sent: report.bytes_sent });
+                }
+                // `length` fits in memory: it is at most MAX_FETCH.
+                buf.resize(length as usize, 0);
+                file.read_exact_at(&mut buf, offset).map_err(io_err)?;
+                let chunk = FileRequest::Chunk { offset, data: ByteBuf::from(std::mem::take(&mut buf)) };
+                dealer.send(&chunk, options.nudge_after)?;
+                if let FileRequest::Chunk { data, .. } = chunk {
+                    buf = data.into_vec();
+                }
+                report.bytes_sent += length;
+                report.chunks_sent += 1;
+            }
+            Some(FileReply::Done) => {
+                report.elapsed = start.elapsed();
+                return Ok(report);
+            }
+            Some(FileReply::Refused { reason }) => return Err(UploadError::Refused { transfer, reason }),
+        }
+    }
+}
+
+fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<Dealer<FileRequest, FileReply>, TransportError> {
+    Dealer::connect(ctx, endpoint, Some(DEFAULT_MAX_MESSAGE))
+}
+
+/// Closes a socket without delivering what it still has queued: after a nudge those are
+/// answers to fetches the juggler no longer expects from this connection.
+fn drop_now(dealer: Dealer<FileRequest, FileReply>) {
+    let _ = dealer.socket().set_linger(0);
+}

@@ -1,0 +1,293 @@
+//! File transfer throughput, printing a table (run with `cargo bench -p piwheels-master
+//! --bench transfer`):
+//!
+//! 1. raw TCP on loopback: `BENCH_MB` (default 100) MB written in 256 KiB writes to a reader
+//!    thread, the ceiling the transfer is compared with;
+//! 2. SHA-256 of the same bytes in memory, the one computation every received byte needs;
+//! 3. one transfer of that size through the file juggler task and the shared uploader over tcp
+//!    loopback (in one process, as the tests run them), from hello to `Done`, and again up to
+//!    `Verified` (fsync, `.metadata`, link into place);
+//! 4. 16 transfers at once, each `BENCH_MB / 16` MB from its own uploader thread: aggregate.
+//!
+//! Every figure is the best of `BENCH_RUNS` runs (default 3). The uploaders use their own
+//! ZeroMQ context (so their own I/O thread), as a separate process would. `BENCH_CHUNK_KIB`
+//! and `BENCH_WINDOW` override the juggler's chunk size and window.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use piwheels_common::clock::SystemClock;
+use piwheels_common::protocols::{FsReply, FsRequest, StatusEvent, TaskControl, TransferId, WheelFile};
+use piwheels_common::task::{self, RestartPolicy, Runtime, TaskHandle};
+use piwheels_common::transport::{Client, Receiver};
+use piwheels_common::upload::{UploadOptions, upload};
+use piwheels_master::file_juggler::{FS_ENDPOINT, FileJuggler, JugglerConfig, Sockets};
+use sha2::{Digest, Sha256};
+
+const MB: usize = 1_000_000;
+const WRITE: usize = 256 << 10;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Where the output and staging directories go: `BENCH_DIR`, or by default beside the target
+/// directory, on the disk the project builds on (not a tmpfs).
+fn bench_dir() -> PathBuf {
+    std::env::var_os("BENCH_DIR").map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from)
+}
+
+fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(size + 8);
+    while out.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(size);
+    out
+}
+
+fn best(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    (0..runs).map(|_| f()).min().unwrap_or_default()
+}
+
+/// Sends `bytes` over a loopback TCP connection in 256 KiB writes; the time until the reader
+/// has them all.
+fn raw_tcp(bytes: &[u8]) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expected = bytes.len();
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; WRITE];
+        let mut got = 0;
+        while got < expected {
+            match stream.read(&mut buf).unwrap() {
+                0 => break,
+                n => got += n,
+            }
+        }
+        (got, Instant::now())
+    });
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    for chunk in bytes.chunks(WRITE) {
+        stream.write_all(chunk).unwrap();
+    }
+    let (got, end) = reader.join().unwrap();
+    assert_eq!(got, expected);
+    end - start
+}
+
+struct Bench {
+    _rt: Runtime,
+    /// The uploaders' context: another process's, in a real farm.
+    uploaders: zmq::Context,
+    _status: Receiver<StatusEvent>,
+    _dir: tempfile::TempDir,
+    src: PathBuf,
+    endpoint: String,
+    handle: TaskHandle,
+    fs: Client<FsRequest, FsReply>,
+    files: usize,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let zmq = zmq::Context::new();
+        let status = Receiver::pull(&zmq, "inproc://status", None).unwrap();
+        let rt = Runtime {
+            zmq,
+            clock: Arc::new(SystemClock),
+            status_endpoint: "inproc://status".into(),
+            poll_cap: Duration::from_millis(100),
+            restart: RestartPolicy::default(),
+        };
+        let dir = tempfile::tempdir_in(bench_dir()).unwrap();
+        let mut config = JugglerConfig::new(dir.path().join("output"), dir.path().join("staging"));
+        config.chunk_size = env_number("BENCH_CHUNK_KIB", 256) as u64 * 1024;
+        config.window = env_number("BENCH_WINDOW", config.window);
+        let sockets = Sockets::open(&rt.zmq, "tcp://127.0.0.1:*", &config).unwrap();
+        let endpoint = sockets.file_endpoint();
+        let clock = rt.clock.clone();
+        let handle =
+            task::spawn::<FileJuggler, _, _>(&rt, "file_juggler", move |_| Ok(sockets), move |_| FileJuggler::start(&config, &clock))
+                .unwrap();
+        let fs = Client::connect(&rt.zmq, FS_ENDPOINT, None).unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        Bench { _rt: rt, uploaders: zmq::Context::new(), _status: status, _dir: dir, src, endpoint, handle, fs, files: 0 }
+    }
+
+    /// Writes `bytes` as a new wheel and expects it.
+    fn expect(&mut self, bytes: &[u8]) -> (PathBuf, TransferId) {
+        self.files += 1;
+        let package = format!("bench{}", self.files);
+        let filename = format!("{package}-1.0-py3-none-any.whl");
+        let path = self.src.join(&filename);
+        std::fs::write(&path, bytes).unwrap();
+        let file = WheelFile {
+            filename,
+            size: bytes.len() as u64,
+            sha256: format!("{:x}", Sha256::digest(bytes)),
+            package_tag: package.clone(),
+            version_tag: "1.0".into(),
+            build_tag: None,
+            py_tag: "py3".into(),
+            abi_tag: "none".into(),
+            platform_tag: "any".into(),
+            requires_python: None,
+            dependencies: Default::default(),
+            metadata: b"Metadata-Version: 2.1\n".to_vec().into(),
+        };
+        match self.fs.request(&FsRequest::Expect { package, file: Box::new(file) }, Duration::from_secs(60)).unwrap() {
+            FsReply::Expecting { transfer } => (path, transfer),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn verify(&self, transfer: TransferId) {
+        let reply = self.fs.request(&FsRequest::Verify { transfer }, Duration::from_secs(120)).unwrap();
+        assert_eq!(reply, FsReply::Verified);
+    }
+
+    /// One transfer, timed.
+    fn one(&mut self, bytes: &[u8]) -> OneRun {
+        let (path, transfer) = self.expect(bytes);
+        let (start, threads_before) = (Instant::now(), thread_cpu());
+        let report = upload(&self.uploaders, &self.endpoint, transfer, &path, UploadOptions::default()).unwrap();
+        let done = start.elapsed();
+        let mut threads = thread_cpu();
+        for (name, cpu) in &mut threads {
+            *cpu = cpu.saturating_sub(threads_before.get(name).copied().unwrap_or_default());
+        }
+        assert_eq!(report.bytes_sent, bytes.len() as u64);
+        self.verify(transfer);
+        let verified = start.elapsed();
+        std::fs::remove_file(path).unwrap();
+        OneRun { done, verified, threads }
+    }
+
+    /// `n` transfers at once from `n` threads: wall time until all are `Done`.
+    fn concurrent(&mut self, parts: &[Vec<u8>]) -> Duration {
+        let jobs: Vec<(PathBuf, TransferId)> = parts.iter().map(|p| self.expect(p)).collect();
+        let start = Instant::now();
+        let threads: Vec<_> = jobs
+            .iter()
+            .map(|(path, transfer)| {
+                let (ctx, endpoint, path, transfer) = (self.uploaders.clone(), self.endpoint.clone(), path.clone(), *transfer);
+                std::thread::spawn(move || upload(&ctx, &endpoint, transfer, &path, UploadOptions::default()).unwrap())
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let elapsed = start.elapsed();
+        for (path, transfer) in jobs {
+            self.verify(transfer);
+            std::fs::remove_file(path).unwrap();
+        }
+        elapsed
+    }
+}
+
+/// One transfer's times, and the CPU each kind of thread of the process used until `Done`.
+struct OneRun {
+    done: Duration,
+    verified: Duration,
+    threads: BTreeMap<String, Duration>,
+}
+
+/// CPU time used so far by the process's threads, summed by thread name (Linux: from
+/// `/proc/self/task/*/schedstat`). The bench's main thread is the uploader.
+fn thread_cpu() -> BTreeMap<String, Duration> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return by_name };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default().trim().to_string();
+        let name = match name.as_str() {
+            n if n.starts_with("ZMQbg/IO") => "ZeroMQ I/O threads (both contexts)".to_string(),
+            n if n.starts_with("transfer") => "uploader (bench main thread)".to_string(),
+            _ => name,
+        };
+        let ns: u64 = std::fs::read_to_string(path.join("schedstat"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        *by_name.entry(name).or_default() += Duration::from_nanos(ns);
+    }
+    by_name
+}
+
+fn rate(bytes: usize, time: Duration) -> f64 {
+    bytes as f64 / MB as f64 / time.as_secs_f64()
+}
+
+fn row(what: &str, bytes: usize, time: Duration, raw: f64) {
+    let r = rate(bytes, time);
+    println!("| {what:<44} | {:>5} | {:>8.3} | {r:>8.0} | {:>5.0} % |", bytes / MB, time.as_secs_f64(), 100.0 * r / raw);
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we need.
+    let size = env_number("BENCH_MB", 100) * MB;
+    let runs = env_number("BENCH_RUNS", 3).max(1);
+    let bytes = random_bytes(size, 1);
+    let path_note = |p: &Path| p.display().to_string();
+
+    let raw_time = best(runs, || raw_tcp(&bytes));
+    let raw = rate(size, raw_time);
+    let sha_time = best(runs, || {
+        let start = Instant::now();
+        std::hint::black_box(Sha256::digest(&bytes));
+        start.elapsed()
+    });
+
+    let mut bench = Bench::new();
+    let mut one: Vec<OneRun> = (0..runs).map(|_| bench.one(&bytes)).collect();
+    one.sort_by_key(|r| r.done);
+    let fastest = one.remove(0);
+    let verified = one.iter().map(|r| r.verified).chain([fastest.verified]).min().unwrap_or_default();
+    let parts: Vec<Vec<u8>> = (0..16).map(|n| random_bytes(size / 16, 100 + n)).collect();
+    let total: usize = parts.iter().map(Vec::len).sum();
+    let concurrent = best(runs, || bench.concurrent(&parts));
+
+    println!("file transfer, {} MB, best of {runs}, staging in {}", size / MB, path_note(&bench_dir()));
+    println!();
+    println!("| {:<44} | {:>5} | {:>8} | {:>8} | {:>7} |", "what", "MB", "seconds", "MB/s", "vs raw");
+    println!("|{:-<46}|{:-<7}|{:-<10}|{:-<10}|{:-<9}|", "", "", "", "", "");
+    row("raw TCP loopback, 256 KiB writes", size, raw_time, raw);
+    row("SHA-256 in memory (sha2)", size, sha_time, raw);
+    row("one transfer, hello to Done", size, fastest.done, raw);
+    row("one transfer, hello to Verified (with fsync)", size, verified, raw);
+    row("16 concurrent transfers, aggregate to Done", total, concurrent, raw);
+
+    println!();
+    println!("CPU used by the fastest single transfer ({:.3} s to Done), by thread:", fastest.done.as_secs_f64());
+    println!();
+    println!("| {:<40} | {:>8} |", "thread", "CPU ms");
+    println!("|{:-<42}|{:-<10}|", "", "");
+    for (name, cpu) in fastest.threads.iter().filter(|(_, cpu)| cpu.as_micros() >= 500) {
+        println!("| {name:<40} | {:>8.1} |", cpu.as_secs_f64() * 1e3);
+        if name == "file_juggler" {
+            println!("| {:<40} | {:>8.1} |", "  of which SHA-256 (as measured above)", sha_time.as_secs_f64() * 1e3);
+        }
+    }
+    println!(
+        "| {:<40} | {:>8.1} |",
+        format!("total, on {} CPUs", std::thread::available_parallelism().map_or(1, |n| n.get())),
+        fastest.threads.values().sum::<Duration>().as_secs_f64() * 1e3
+    );
+    bench.handle.control(TaskControl::Quit).unwrap();
+    bench.handle.join(Duration::from_secs(10));
+}

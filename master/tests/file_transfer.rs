@@ -1,0 +1,588 @@
+//! File transfer end to end: the file juggler task on real sockets (tcp on 127.0.0.1 for the
+//! file socket, inproc for file-system requests), the shared uploader, scripted hostile
+//! uploaders, temporary directories. Every wait is bounded.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use piwheels_common::clock::{FakeClock, SharedClock, SystemClock};
+use piwheels_common::protocols::{
+    FileReply, FileRequest, FsReply, FsRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile,
+};
+use piwheels_common::task::{self, RestartPolicy, Runtime, TaskExit, TaskHandle};
+use piwheels_common::transport::{Client, Dealer, Receiver};
+use piwheels_common::upload::{UploadError, UploadOptions, UploadReport, upload};
+use piwheels_common::{PROTOCOL_VERSION, SOFTWARE_VERSION};
+use piwheels_master::file_juggler::{FS_ENDPOINT, FileJuggler, JugglerConfig, Sockets};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+const MB: usize = 1_000_000;
+const FS_TIMEOUT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A file juggler task with its own ZeroMQ context, output tree and staging directory, and a
+/// file-system client.
+struct Juggler {
+    rt: Runtime,
+    _status: Receiver<StatusEvent>,
+    dir: TempDir,
+    config: JugglerConfig,
+    /// The file socket's address; "tcp://127.0.0.1:*" until first bound.
+    endpoint: String,
+    handle: Option<TaskHandle>,
+    fs: Option<Client<FsRequest, FsReply>>,
+    starts: u32,
+}
+
+impl Juggler {
+    fn new(tweak: impl FnOnce(&mut JugglerConfig)) -> Juggler {
+        Self::with_clock(Arc::new(SystemClock), Duration::from_millis(50), tweak)
+    }
+
+    fn with_clock(clock: SharedClock, poll_cap: Duration, tweak: impl FnOnce(&mut JugglerConfig)) -> Juggler {
+        let zmq = zmq::Context::new();
+        let status = Receiver::pull(&zmq, "inproc://status", None).unwrap();
+        let rt = Runtime { zmq, clock, status_endpoint: "inproc://status".into(), poll_cap, restart: RestartPolicy::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = JugglerConfig::new(dir.path().join("output"), dir.path().join("staging"));
+        tweak(&mut config);
+        let mut j = Juggler {
+            rt,
+            _status: status,
+            dir,
+            config,
+            endpoint: "tcp://127.0.0.1:*".into(),
+            handle: None,
+            fs: None,
+            starts: 0,
+        };
+        j.start();
+        j
+    }
+
+    /// Starts the task (again) on the same endpoint and staging directory.
+    fn start(&mut self) {
+        // A socket just closed may hold its address for a moment.
+        let deadline = Instant::now() + WAIT;
+        let sockets = loop {
+            match Sockets::open(&self.rt.zmq, &self.endpoint, &self.config) {
+                Ok(sockets) => break sockets,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("bind retry: {e:#}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot bind the juggler: {e:#}"),
+            }
+        };
+        self.endpoint = sockets.file_endpoint();
+        let (config, clock) = (self.config.clone(), self.rt.clock.clone());
+        let name = format!("file_juggler_{}", self.starts);
+        self.starts += 1;
+        let handle = task::spawn::<FileJuggler, _, _>(&self.rt, &name, move |_| Ok(sockets), move |_| FileJuggler::start(&config, &clock))
+            .unwrap();
+        self.handle = Some(handle);
+        // inproc never reconnects to a re-bound socket: a new task needs a new client.
+        self.fs = Some(Client::connect(&self.rt.zmq, FS_ENDPOINT, None).unwrap());
+    }
+
+    fn stop(&mut self) {
+        self.fs = None;
+        if let Some(mut handle) = self.handle.take() {
+            handle.control(TaskControl::Quit).unwrap();
+            assert_eq!(handle.join(WAIT), Some(TaskExit::Quit));
+        }
+    }
+
+    fn errors(&self) -> u64 {
+        self.handle.as_ref().map_or(0, TaskHandle::errors)
+    }
+
+    fn request(&self, req: FsRequest) -> FsReply {
+        self.fs.as_ref().unwrap().request(&req, FS_TIMEOUT).unwrap()
+    }
+
+    fn expect(&self, package: &str, file: &WheelFile) -> FsReply {
+        self.request(FsRequest::Expect { package: package.into(), file: Box::new(file.clone()) })
+    }
+
+    fn expecting(&self, package: &str, file: &WheelFile) -> TransferId {
+        match self.expect(package, file) {
+            FsReply::Expecting { transfer } => transfer,
+            other => panic!("expect {}: {other:?}", file.filename),
+        }
+    }
+
+    fn verify(&self, transfer: TransferId) -> FsReply {
+        self.request(FsRequest::Verify { transfer })
+    }
+
+    fn upload(&self, transfer: TransferId, path: &Path, options: UploadOptions) -> Result<UploadReport, UploadError> {
+        upload(&self.rt.zmq, &self.endpoint, transfer, path, options)
+    }
+
+    fn output(&self) -> PathBuf {
+        self.config.output_path.clone()
+    }
+
+    fn published(&self, package: &str, filename: &str) -> PathBuf {
+        self.output().join("simple").join(package).join(filename)
+    }
+
+    fn staging_files(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(&self.config.staging_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    fn part(&self, transfer: TransferId) -> PathBuf {
+        self.config.staging_dir.join(format!("{transfer}.part"))
+    }
+
+    /// A scripted uploader: a bare DEALER on the file socket.
+    fn dealer(&self) -> Dealer<FileRequest, FileReply> {
+        Dealer::connect(&self.rt.zmq, &self.endpoint, None).unwrap()
+    }
+
+    /// Makes a wheel of `size` pseudo-random bytes in the source directory.
+    fn wheel(&self, package: &str, version: &str, size: usize, seed: u64) -> (PathBuf, WheelFile) {
+        let src = self.dir.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        let filename = format!("{}-{version}-py3-none-any.whl", package.replace('-', "_"));
+        let path = src.join(format!("{seed}-{filename}"));
+        let bytes = random_bytes(size, seed);
+        fs::write(&path, &bytes).unwrap();
+        let metadata = format!("Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n").into_bytes();
+        let file = WheelFile {
+            filename,
+            size: size as u64,
+            sha256: sha256(&bytes),
+            package_tag: package.replace('-', "_"),
+            version_tag: version.into(),
+            build_tag: None,
+            py_tag: "py3".into(),
+            abi_tag: "none".into(),
+            platform_tag: "any".into(),
+            requires_python: None,
+            dependencies: Default::default(),
+            metadata: metadata.into(),
+        };
+        (path, file)
+    }
+
+    /// Expects, uploads and verifies a file, checking it was published intact.
+    fn transfer_and_verify(&self, package: &str, path: &Path, file: &WheelFile) -> UploadReport {
+        let transfer = self.expecting(package, file);
+        let report = self.upload(transfer, path, fast()).unwrap();
+        assert_eq!(self.verify(transfer), FsReply::Verified);
+        self.assert_published(package, file);
+        report
+    }
+
+    fn assert_published(&self, package: &str, file: &WheelFile) {
+        let published = self.published(package, &file.filename);
+        assert_eq!(sha256(&fs::read(&published).unwrap()), file.sha256, "{} differs", published.display());
+        let metadata = fs::read(self.published(package, &format!("{}.metadata", file.filename))).unwrap();
+        assert_eq!(metadata, file.metadata.as_slice());
+    }
+}
+
+impl Drop for Juggler {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.stop();
+        }
+    }
+}
+
+/// Upload options for tests: quick nudges, bounded in all.
+fn fast() -> UploadOptions {
+    UploadOptions { nudge_after: Duration::from_millis(500), overall_timeout: Duration::from_secs(120), stop_after_bytes: None }
+}
+
+fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(size + 8);
+    while out.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(size);
+    out
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Every file under `dir`, recursively, relative to it.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn next_reply(dealer: &Dealer<FileRequest, FileReply>) -> FileReply {
+    dealer.recv_timeout(WAIT).unwrap().expect("no reply from the juggler")
+}
+
+fn refusal(dealer: &Dealer<FileRequest, FileReply>) -> String {
+    // Fetches sent before the refusal may come first.
+    loop {
+        match next_reply(dealer) {
+            FileReply::Refused { reason } => return reason,
+            FileReply::Fetch { .. } => continue,
+            FileReply::Done => panic!("expected a refusal, got Done"),
+        }
+    }
+}
+
+fn hello(transfer: TransferId) -> FileRequest {
+    FileRequest::Hello { versions: Versions::current(), transfer }
+}
+
+fn chunk(offset: u64, data: Vec<u8>) -> FileRequest {
+    FileRequest::Chunk { offset, data: data.into() }
+}
+
+fn failed(reply: FsReply) -> String {
+    match reply {
+        FsReply::Failed { reason } => reason,
+        other => panic!("expected Failed, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_100_mb_file_arrives_byte_identical_with_its_metadata_and_staging_is_left_clean() {
+    let j = Juggler::new(|_| {});
+    let (path, file) = j.wheel("big", "1.0", 100 * MB, 1);
+    let report = j.transfer_and_verify("big", &path, &file);
+    assert_eq!(report.bytes_sent, file.size);
+    assert_eq!(j.staging_files(), Vec::<String>::new());
+    assert_eq!(tree(&j.output()), ["simple/big/big-1.0-py3-none-any.whl", "simple/big/big-1.0-py3-none-any.whl.metadata"]);
+    assert_eq!(j.errors(), 0);
+}
+
+#[test]
+fn a_hash_mismatch_is_rolled_back_and_a_second_upload_with_the_right_hash_succeeds() {
+    let j = Juggler::new(|_| {});
+    let (path, file) = j.wheel("foo", "1.0", 3 * MB + 17, 2);
+    let wrong = WheelFile { sha256: "0".repeat(64), ..file.clone() };
+    let transfer = j.expecting("foo", &wrong);
+    j.upload(transfer, &path, fast()).unwrap();
+    let reason = failed(j.verify(transfer));
+    assert!(reason.contains(&file.sha256) && reason.contains(&wrong.sha256), "both hashes named: {reason}");
+    assert_eq!(tree(&j.output().join("simple")), Vec::<String>::new(), "nothing published");
+    assert_eq!(j.staging_files(), Vec::<String>::new(), "staging rolled back");
+    assert!(failed(j.verify(transfer)).contains("unknown transfer"), "the transfer is forgotten");
+
+    let report = j.transfer_and_verify("foo", &path, &file);
+    assert_eq!(report.bytes_sent, file.size);
+    assert_eq!(j.staging_files(), Vec::<String>::new());
+}
+
+#[test]
+fn hostile_announcements_are_refused_and_the_juggler_still_serves() {
+    let j = Juggler::new(|c| c.max_file_size = 10 * MB as u64);
+    let (path, good) = j.wheel("foo", "1.0", 100_000, 3);
+    let named = |name: &str| WheelFile { filename: name.into(), ..good.clone() };
+    let cases: Vec<(&str, WheelFile, &str)> = vec![
+        ("foo", named("../foo-1.0-py3-none-any.whl"), "separator"),
+        ("foo", named("../x-1.0-py3-none-any.whl"), "separator"),
+        ("foo", named("..foo-1.0-py3-none-any.whl"), "`..`"),
+        ("foo", named("foo-1.0-py3-none-any.whl/"), "separator"),
+        ("foo", named("sub/foo-1.0-py3-none-any.whl"), "separator"),
+        ("foo", named("foo-1.0-py3-none-any.whl\0.txt"), "control character"),
+        ("foo", named("foo-1.0-py3-none-any.zip"), ".whl"),
+        ("foo", named("bar-1.0-py3-none-any.whl"), "not a file of package foo"),
+        ("../foo", good.clone(), "not a canonical package name"),
+        ("Foo", good.clone(), "not a canonical package name"),
+        ("foo/bar", good.clone(), "not a canonical package name"),
+        ("foo", WheelFile { size: 10 * MB as u64 + 1, ..good.clone() }, "more than the 10000000 bytes"),
+        ("foo", WheelFile { sha256: good.sha256.to_uppercase(), ..good.clone() }, "not a SHA-256"),
+        ("foo", WheelFile { sha256: "abc".into(), ..good.clone() }, "not a SHA-256"),
+    ];
+    for (package, file, why) in cases {
+        let reason = failed(j.expect(package, &file));
+        assert!(reason.contains(why), "{package} {:?}: {reason}", file.filename);
+    }
+    assert_eq!(j.staging_files(), Vec::<String>::new(), "no transfer was created");
+
+    // A published name claimed by other bytes.
+    j.transfer_and_verify("foo", &path, &good);
+    let (_, other) = j.wheel("foo", "1.0", 100_000, 4);
+    let reason = failed(j.expect("foo", &other));
+    assert!(reason.contains("foo-1.0-py3-none-any.whl") && reason.contains("never overwritten"), "{reason}");
+    assert_eq!(j.expect("foo", &good), FsReply::AlreadyHave, "the same bytes are already had");
+    j.assert_published("foo", &good);
+
+    let (path, next) = j.wheel("foo", "1.1", 500_000, 5);
+    j.transfer_and_verify("foo", &path, &next);
+    assert_eq!(j.errors(), 0);
+}
+
+#[test]
+fn hostile_uploaders_are_refused_and_the_juggler_still_serves() {
+    let j = Juggler::new(|c| c.chunk_size = 64 << 10);
+    let (path, file) = j.wheel("foo", "1.0", 200_000, 6);
+    let transfer = j.expecting("foo", &file);
+
+    let d = j.dealer();
+    d.send(&hello(transfer ^ 0x5555), WAIT).unwrap();
+    assert_eq!(refusal(&d), format!("unknown transfer {}", transfer ^ 0x5555));
+
+    let d = j.dealer();
+    d.send(&chunk(0, vec![0; 10]), WAIT).unwrap();
+    assert!(refusal(&d).contains("say Hello first"));
+
+    // Each misbehaviour on a connection that said hello properly.
+    let cases: [(u64, usize, &str); 4] = [
+        (199_000, 2_000, "runs past the end of the 200000-byte file"),
+        (0, (64 << 10) + 1, "larger than the 65536 bytes asked for"),
+        (0, 100, "smaller than the 65536 bytes asked for"),
+        (1000, 1000, "never asked for"),
+    ];
+    for (offset, len, why) in cases {
+        let d = j.dealer();
+        d.send(&hello(transfer), WAIT).unwrap();
+        assert_eq!(next_reply(&d), FileReply::Fetch { offset: 0, length: 64 << 10 });
+        d.send(&chunk(offset, vec![0; len]), WAIT).unwrap();
+        let reason = refusal(&d);
+        assert!(reason.contains(why), "{offset}+{len}: {reason}");
+        // The refused connection is no longer bound to the transfer.
+        d.send(&chunk(0, vec![0; 64 << 10]), WAIT).unwrap();
+        assert!(refusal(&d).contains("say Hello first"));
+    }
+
+    // Garbage on the file socket.
+    let raw = j.rt.zmq.socket(zmq::DEALER).unwrap();
+    raw.connect(&j.endpoint).unwrap();
+    raw.send_multipart([&b""[..], b"not a message"], 0).unwrap();
+    assert!(raw.poll(zmq::POLLIN, 10_000).unwrap() > 0, "garbage answered");
+    let frames = raw.recv_multipart(0).unwrap();
+    let reply: FileReply = piwheels_common::codec::decode(&frames[1]).unwrap();
+    assert!(matches!(reply, FileReply::Refused { ref reason } if reason.contains("bad message")), "{reply:?}");
+
+    // A real uploader still gets the file through, on the same transfer.
+    let report = j.upload(transfer, &path, fast()).unwrap();
+    assert_eq!(report.bytes_sent, file.size);
+    assert_eq!(j.verify(transfer), FsReply::Verified);
+    j.assert_published("foo", &file);
+    assert_eq!(j.errors(), 0, "bad input is not a handler error");
+}
+
+#[test]
+fn a_killed_sender_resumes_and_sends_only_the_missing_bytes() {
+    let j = Juggler::new(|_| {});
+    let (path, file) = j.wheel("foo", "2.0", 20 * MB, 7);
+    let transfer = j.expecting("foo", &file);
+    let stop = UploadOptions { stop_after_bytes: Some(8 * MB as u64), ..fast() };
+    let sent = match j.upload(transfer, &path, stop) {
+        Err(UploadError::Stopped { bytes_sent }) => bytes_sent,
+        other => panic!("{other:?}"),
+    };
+    assert!(sent >= 8 * MB as u64 && sent < file.size, "{sent}");
+    // The chunks the dead sender had sent all arrive; then a new sender starts.
+    eventually("the first sender's bytes written", || file_len(&j.part(transfer)) == sent);
+
+    // The slave is told to send the file again: the same transfer resumes. (No nudges here:
+    // a nudge re-asks for chunks in flight, which would make the count inexact.)
+    assert_eq!(j.expecting("foo", &file), transfer);
+    let report = j.upload(transfer, &path, UploadOptions { nudge_after: Duration::from_secs(5), ..fast() }).unwrap();
+    assert_eq!(report.bytes_sent, file.size - sent, "only the missing bytes are sent again");
+    assert_eq!(j.verify(transfer), FsReply::Verified);
+    j.assert_published("foo", &file);
+    assert_eq!(j.staging_files(), Vec::<String>::new());
+}
+
+#[test]
+fn a_restarted_juggler_resumes_the_transfer_and_publishes_nothing_half_written() {
+    let mut j = Juggler::new(|_| {});
+    let (path, file) = j.wheel("foo", "3.0", 20 * MB + 123, 8);
+    let transfer = j.expecting("foo", &file);
+    let stop = UploadOptions { stop_after_bytes: Some(5 * MB as u64), ..fast() };
+    let Err(UploadError::Stopped { bytes_sent: sent }) = j.upload(transfer, &path, stop) else { panic!("not stopped") };
+    eventually("the first sender's bytes written", || file_len(&j.part(transfer)) == sent);
+
+    j.stop();
+    assert_eq!(tree(&j.output()), Vec::<String>::new(), "nothing under output/ before verification");
+    assert_eq!(j.staging_files(), [format!("{transfer}.expect"), format!("{transfer}.part")]);
+
+    // An uploader starts while the juggler is down and nudges (on new connections) until it
+    // is back.
+    let (ctx, endpoint, upload_path) = (j.rt.zmq.clone(), j.endpoint.clone(), path.clone());
+    let uploader = std::thread::spawn(move || {
+        upload(&ctx, &endpoint, transfer, &upload_path, UploadOptions { nudge_after: Duration::from_secs(1), ..fast() })
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    j.start();
+    let report = uploader.join().unwrap().unwrap();
+    assert_eq!(report.bytes_sent, file.size - sent, "the restarted juggler resumes after the bytes it had");
+    assert!(report.hellos >= 2, "the uploader had to nudge: {report:?}");
+    assert_eq!(tree(&j.output()), Vec::<String>::new(), "complete but unverified: still nothing published");
+    assert_eq!(j.verify(transfer), FsReply::Verified);
+    j.assert_published("foo", &file);
+    assert_eq!(j.staging_files(), Vec::<String>::new());
+}
+
+#[test]
+fn sixteen_concurrent_transfers_all_complete_and_verify() {
+    let j = Juggler::new(|_| {});
+    let files: Vec<(PathBuf, WheelFile, TransferId)> = (0..16)
+        .map(|n| {
+            let (path, file) = j.wheel(&format!("pkg{n}"), "1.0", 2 * MB + n * 1000, 100 + n as u64);
+            let transfer = j.expecting(&format!("pkg{n}"), &file);
+            (path, file, transfer)
+        })
+        .collect();
+    let uploaders: Vec<_> = files
+        .iter()
+        .map(|(path, _, transfer)| {
+            let (ctx, endpoint, path, transfer) = (j.rt.zmq.clone(), j.endpoint.clone(), path.clone(), *transfer);
+            let options = UploadOptions { nudge_after: Duration::from_secs(5), ..fast() };
+            std::thread::spawn(move || upload(&ctx, &endpoint, transfer, &path, options))
+        })
+        .collect();
+    for (uploader, (_, file, _)) in uploaders.into_iter().zip(&files) {
+        // A nudge (a slow juggler) may make an uploader send a chunk twice, never less.
+        assert!(uploader.join().unwrap().unwrap().bytes_sent >= file.size);
+    }
+    for (n, (_, file, transfer)) in files.iter().enumerate() {
+        assert_eq!(j.verify(*transfer), FsReply::Verified);
+        j.assert_published(&format!("pkg{n}"), file);
+    }
+    assert_eq!(j.staging_files(), Vec::<String>::new());
+}
+
+#[test]
+fn an_uploader_with_other_versions_is_refused_naming_both() {
+    let j = Juggler::new(|_| {});
+    let (_, file) = j.wheel("foo", "1.0", 1000, 9);
+    let transfer = j.expecting("foo", &file);
+    let d = j.dealer();
+    let theirs = Versions { protocol: PROTOCOL_VERSION + 41, software: "9.9.9-other".into() };
+    d.send(&FileRequest::Hello { versions: theirs, transfer }, WAIT).unwrap();
+    let reason = refusal(&d);
+    for part in [PROTOCOL_VERSION.to_string(), SOFTWARE_VERSION.to_string(), (PROTOCOL_VERSION + 41).to_string(), "9.9.9-other".into()]
+    {
+        assert!(reason.contains(&part), "{part} not named in {reason}");
+    }
+}
+
+#[test]
+fn a_file_expected_again_reuses_its_transfer_and_abandon_removes_it() {
+    let j = Juggler::new(|_| {});
+    let (path, file) = j.wheel("foo", "1.0", 1_000_000, 10);
+    let transfer = j.expecting("foo", &file);
+    assert_eq!(j.expecting("foo", &file), transfer);
+    let (_, rebuilt) = j.wheel("foo", "1.0", 1_000_000, 11);
+    let other = j.expecting("foo", &rebuilt);
+    assert_ne!(other, transfer, "other bytes under the same name are another transfer");
+    assert!(failed(j.verify(transfer)).contains("transfer incomplete: 0 of 1000000 bytes"));
+
+    assert_eq!(j.request(FsRequest::Abandon { transfer: other }), FsReply::Done);
+    assert_eq!(j.request(FsRequest::Abandon { transfer: other }), FsReply::Done, "abandoning twice is harmless");
+    assert_eq!(j.staging_files(), [format!("{transfer}.expect"), format!("{transfer}.part")]);
+    let d = j.dealer();
+    d.send(&hello(other), WAIT).unwrap();
+    assert_eq!(refusal(&d), format!("unknown transfer {other}"));
+
+    j.transfer_and_verify("foo", &path, &file);
+}
+
+#[test]
+fn a_second_transfer_of_a_published_name_with_other_bytes_fails_at_verification() {
+    let j = Juggler::new(|_| {});
+    let (path_a, a) = j.wheel("foo", "1.0", 300_000, 12);
+    let (path_b, b) = j.wheel("foo", "1.0", 300_000, 13);
+    let (ta, tb) = (j.expecting("foo", &a), j.expecting("foo", &b));
+    j.upload(ta, &path_a, fast()).unwrap();
+    j.upload(tb, &path_b, fast()).unwrap();
+    assert_eq!(j.verify(ta), FsReply::Verified);
+    let reason = failed(j.verify(tb));
+    assert!(reason.contains("never overwritten"), "{reason}");
+    j.assert_published("foo", &a);
+    assert_eq!(j.staging_files(), Vec::<String>::new());
+}
+
+#[test]
+fn abandoned_transfers_are_reaped_after_abandon_after() {
+    let clock = FakeClock::new(chrono::DateTime::from_timestamp(1_750_000_000, 0).unwrap());
+    let j = Juggler::with_clock(Arc::new(clock.clone()), Duration::from_millis(5), |_| {});
+    let (path, file) = j.wheel("foo", "1.0", 3 * MB, 14);
+    let transfer = j.expecting("foo", &file);
+    let stop = UploadOptions { stop_after_bytes: Some(MB as u64), ..fast() };
+    let Err(UploadError::Stopped { bytes_sent }) = j.upload(transfer, &path, stop) else { panic!("not stopped") };
+    eventually("bytes written", || file_len(&j.part(transfer)) == bytes_sent);
+
+    clock.advance(JugglerConfig::DEFAULT_ABANDON_AFTER - Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(j.staging_files().len(), 2, "not abandoned yet");
+    clock.advance(Duration::from_secs(120));
+    eventually("the abandoned transfer removed", || j.staging_files().is_empty());
+    assert!(failed(j.verify(transfer)).contains("unknown transfer"));
+}
+
+#[test]
+fn staging_inside_the_output_tree_or_on_another_file_system_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let inside = JugglerConfig::new(dir.path().join("out"), dir.path().join("out/staging"));
+    let err = inside.check().unwrap_err().to_string();
+    assert!(err.contains("inside the output directory"), "{err}");
+
+    // /dev/shm is a tmpfs on Linux, so another file system than the temporary directory.
+    let shm = Path::new("/dev/shm");
+    let other = tempfile::tempdir_in(shm);
+    match other {
+        Ok(other) if fs::metadata(shm).is_ok() => {
+            let split = JugglerConfig::new(dir.path().join("out2"), other.path().join("staging"));
+            let err = split.check().unwrap_err().to_string();
+            assert!(err.contains("different file systems"), "{err}");
+        }
+        _ => eprintln!("no /dev/shm: the different-file-system case is not checked here"),
+    }
+}
+
+#[test]
+fn files_in_staging_without_a_record_are_removed_at_start_and_others_left_alone() {
+    let mut j = Juggler::new(|_| {});
+    j.stop();
+    let staging = j.config.staging_dir.clone();
+    fs::write(staging.join("123.part"), b"orphan").unwrap();
+    fs::write(staging.join("456.expect.tmp"), b"half a record").unwrap();
+    fs::write(staging.join("789.expect"), b"garbage record").unwrap();
+    fs::write(staging.join("piw-master.pid"), b"42").unwrap();
+    j.start();
+    let (path, file) = j.wheel("foo", "1.0", 1000, 15);
+    j.transfer_and_verify("foo", &path, &file);
+    assert_eq!(j.staging_files(), ["piw-master.pid"]);
+}
