@@ -199,6 +199,20 @@ pub struct Runtime {
     pub restart: RestartPolicy,
 }
 
+impl Runtime {
+    /// A runtime with the real defaults: polls wake at least every second, and the default
+    /// restart policy.
+    pub fn new(zmq: zmq::Context, clock: SharedClock, status_endpoint: &str) -> Runtime {
+        Runtime {
+            zmq,
+            clock,
+            status_endpoint: status_endpoint.to_string(),
+            poll_cap: Duration::from_secs(1),
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
 impl Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime").field("status_endpoint", &self.status_endpoint).field("poll_cap", &self.poll_cap).finish()

@@ -17,24 +17,19 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
 use piwheels_common::protocols::{DbReply, DbRequest};
-use piwheels_common::task::{self, RestartPolicy, Runtime, Supervisor};
+use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_master::db::{Database, migrate};
 use piwheels_master::db_client::DbClient;
 use piwheels_master::oracle::{self, Oracle};
 use piwheels_master::seraph::{self, Seraph};
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
-use sqlx::Connection;
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn migrate(db: &TestDb) {
-    let owner = db.owner_url();
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-        let mut conn = sqlx::PgConnection::connect(&owner).await.unwrap();
-        migrate::upgrade(&mut conn, APP_ROLE).await.unwrap();
-    });
+    migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
 }
 
 fn throughput(oracles: usize, clients: usize, seconds: u64) -> f64 {
@@ -43,13 +38,7 @@ fn throughput(oracles: usize, clients: usize, seconds: u64) -> f64 {
     db.execute("INSERT INTO packages (package) VALUES ('numpy')");
     let zmq = zmq::Context::new();
     let _status = piwheels_common::transport::Receiver::<piwheels_common::protocols::StatusEvent>::pull(&zmq, "inproc://status", None).unwrap();
-    let rt = Runtime {
-        zmq: zmq.clone(),
-        clock: Arc::new(SystemClock),
-        status_endpoint: "inproc://status".into(),
-        poll_cap: Duration::from_millis(100),
-        restart: RestartPolicy::default(),
-    };
+    let rt = Runtime { poll_cap: Duration::from_millis(100), ..Runtime::new(zmq.clone(), Arc::new(SystemClock), "inproc://status") };
     let mut tasks = Supervisor::new();
     tasks.add(task::spawn(&rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph)).unwrap());
     for n in 0..oracles {

@@ -13,6 +13,7 @@
 //! ZeroMQ context (so their own I/O thread), as a separate process would. `BENCH_CHUNK_KIB`
 //! and `BENCH_WINDOW` override the juggler's chunk size and window.
 
+use piwheels_testsupport::data::random_bytes;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
 use piwheels_common::protocols::{FsReply, FsRequest, StatusEvent, TaskControl, TransferId, WheelFile};
-use piwheels_common::task::{self, RestartPolicy, Runtime, TaskHandle};
+use piwheels_common::task::{self, Runtime, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};
 use piwheels_master::file_juggler::{FS_ENDPOINT, FileJuggler, JugglerConfig, Sockets};
@@ -41,18 +42,6 @@ fn bench_dir() -> PathBuf {
     std::env::var_os("BENCH_DIR").map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from)
 }
 
-fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(size + 8);
-    while out.len() < size {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(size);
-    out
-}
 
 fn best(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
     (0..runs).map(|_| f()).min().unwrap_or_default()
@@ -103,13 +92,7 @@ impl Bench {
     fn new() -> Bench {
         let zmq = zmq::Context::new();
         let status = Receiver::pull(&zmq, "inproc://status", None).unwrap();
-        let rt = Runtime {
-            zmq,
-            clock: Arc::new(SystemClock),
-            status_endpoint: "inproc://status".into(),
-            poll_cap: Duration::from_millis(100),
-            restart: RestartPolicy::default(),
-        };
+        let rt = Runtime { poll_cap: Duration::from_millis(100), ..Runtime::new(zmq, Arc::new(SystemClock), "inproc://status") };
         let dir = tempfile::tempdir_in(bench_dir()).unwrap();
         let mut config = JugglerConfig::new(dir.path().join("output"), dir.path().join("staging"));
         config.chunk_size = env_number("BENCH_CHUNK_KIB", 256) as u64 * 1024;

@@ -20,7 +20,7 @@ use piwheels_common::hostinfo;
 use piwheels_common::protocols::{
     ControlReply, ControlRequest, FarmSnapshot, SlaveCommand, SlaveCommandReply, StatusEvent, TaskControl, Versions,
 };
-use piwheels_common::task::{self, RestartPolicy, Runtime, Supervisor};
+use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
 
 use crate::big_brother::{self, BigBrother};
@@ -69,13 +69,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     let control = Server::<ControlRequest, ControlReply>::bind(&zmq, &cfg.control_queue, Some(CONTROL_MAX_MESSAGE))?;
     let slave_commands = Client::<SlaveCommand, SlaveCommandReply>::connect(&zmq, SLAVE_COMMANDS_ENDPOINT, None)?;
 
-    let rt = Runtime {
-        zmq: zmq.clone(),
-        clock: Arc::new(SystemClock),
-        status_endpoint: STATUS_ENDPOINT.into(),
-        poll_cap: Duration::from_secs(1),
-        restart: RestartPolicy::default(),
-    };
+    let rt = Runtime::new(zmq.clone(), Arc::new(SystemClock), STATUS_ENDPOINT);
     let mut tasks = Supervisor::new();
     let mut master = Master {
         farm: FarmSnapshot { started: chrono::Utc::now(), host: hostinfo::host_info(None), ..FarmSnapshot::default() },

@@ -2,6 +2,7 @@
 //! file socket, inproc for file-system requests), the shared uploader, scripted hostile
 //! uploaders, temporary directories. Every wait is bounded.
 
+use piwheels_testsupport::data::random_bytes;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use piwheels_common::clock::{FakeClock, SharedClock, SystemClock};
 use piwheels_common::protocols::{
     FileReply, FileRequest, FsReply, FsRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile,
 };
-use piwheels_common::task::{self, RestartPolicy, Runtime, TaskExit, TaskHandle};
+use piwheels_common::task::{self, Runtime, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Dealer, Receiver};
 use piwheels_common::upload::{UploadError, UploadOptions, UploadReport, upload};
 use piwheels_common::{PROTOCOL_VERSION, SOFTWARE_VERSION};
@@ -45,7 +46,7 @@ impl Juggler {
     fn with_clock(clock: SharedClock, poll_cap: Duration, tweak: impl FnOnce(&mut JugglerConfig)) -> Juggler {
         let zmq = zmq::Context::new();
         let status = Receiver::pull(&zmq, "inproc://status", None).unwrap();
-        let rt = Runtime { zmq, clock, status_endpoint: "inproc://status".into(), poll_cap, restart: RestartPolicy::default() };
+        let rt = Runtime { poll_cap, ..Runtime::new(zmq, clock, "inproc://status") };
         let dir = tempfile::tempdir().unwrap();
         let mut config = JugglerConfig::new(dir.path().join("output"), dir.path().join("staging"));
         tweak(&mut config);
@@ -203,18 +204,6 @@ fn fast() -> UploadOptions {
     UploadOptions { nudge_after: Duration::from_millis(500), overall_timeout: Duration::from_secs(120), stop_after_bytes: None }
 }
 
-fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(size + 8);
-    while out.len() < size {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(size);
-    out
-}
 
 fn sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))

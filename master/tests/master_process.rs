@@ -11,7 +11,6 @@ use piwheels_common::protocols::{ControlReply, ControlRequest, SlaveAction, Slav
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
-use sqlx::Connection;
 
 /// A master running in its own temporary directories against its own database, killed when
 /// dropped.
@@ -29,11 +28,7 @@ fn free_port() -> u16 {
 /// A database with the current schema, its app role granted.
 fn migrated_db() -> TestDb {
     let db = TestDb::new();
-    let owner = db.owner_url();
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-        let mut conn = sqlx::PgConnection::connect(&owner).await.unwrap();
-        migrate::upgrade(&mut conn, APP_ROLE).await.unwrap();
-    });
+    migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
     db
 }
 

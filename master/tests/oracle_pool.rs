@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use piwheels_common::clock::SystemClock;
 use piwheels_common::protocols::DbRequest;
-use piwheels_common::task::{self, RestartPolicy, Runtime, Supervisor};
+use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_master::db::migrate;
 use piwheels_master::db_client::{DbClient, DbClientError};
 use piwheels_master::oracle::{self, Oracle};
 use piwheels_master::seraph::{self, Seraph};
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
-use sqlx::Connection;
 
 struct Pool {
     rt: Runtime,
@@ -25,20 +24,10 @@ impl Pool {
     /// A migrated database and a balancer with `oracles` workers connected as the app role.
     fn start(oracles: usize) -> Pool {
         let db = TestDb::new();
-        let owner = db.owner_url();
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-            let mut conn = sqlx::PgConnection::connect(&owner).await.unwrap();
-            migrate::upgrade(&mut conn, APP_ROLE).await.unwrap();
-        });
+        migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
         let zmq = zmq::Context::new();
         let status = piwheels_common::transport::Receiver::pull(&zmq, "inproc://status", None).unwrap();
-        let rt = Runtime {
-            zmq,
-            clock: Arc::new(SystemClock),
-            status_endpoint: "inproc://status".into(),
-            poll_cap: Duration::from_millis(100),
-            restart: RestartPolicy::default(),
-        };
+        let rt = Runtime { poll_cap: Duration::from_millis(100), ..Runtime::new(zmq, Arc::new(SystemClock), "inproc://status") };
         let mut tasks = Supervisor::new();
         tasks.add(task::spawn(&rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph)).unwrap());
         for n in 0..oracles {

@@ -1,3 +1,4 @@
 //! Test helpers shared by the workspace's crates. Nothing here is used outside tests.
 
+pub mod data;
 pub mod db;

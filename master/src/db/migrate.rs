@@ -141,6 +141,19 @@ async fn check_app_role(conn: &mut PgConnection, app_role: &str) -> Result<(), M
     }
 }
 
+/// [`upgrade`] from synchronous code: connects to `owner_url` and brings that database to the
+/// current schema (tests and benchmarks set up their databases with it).
+pub fn upgrade_blocking(owner_url: &str, app_role: &str) -> Result<Report, MigrateError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| MigrateError::Role(format!("cannot start a runtime: {e}")))?;
+    runtime.block_on(async {
+        let mut conn = PgConnection::connect(owner_url).await.map_err(sql_err(format!("cannot connect to {owner_url}")))?;
+        upgrade(&mut conn, app_role).await
+    })
+}
+
 /// Makes `app_role` a member of [`APP_GROUP_ROLE`]; true if it was not already.
 async fn grant_app_role(conn: &mut PgConnection, app_role: &str) -> Result<bool, MigrateError> {
     let member: bool = sqlx::query_scalar("SELECT pg_has_role($1, $2, 'MEMBER')")
