@@ -53,3 +53,17 @@ ensure_postgres() {
     fi
     psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null
 }
+
+# ensure_test_python: a Python environment with setuptools and wheel (what pip needs to build
+# the test sdists without build isolation), first on PATH, plus a C compiler and Python's
+# headers for the C-extension test. Kept in target/, so `cargo clean` removes it.
+ensure_test_python() {
+    need_debian_packages python3-venv python3-dev gcc
+    local venv="$PWD/target/test-python"
+    if ! "$venv/bin/python3" -c 'import setuptools, wheel' >/dev/null 2>&1; then
+        step "creating the tests' Python environment in $venv"
+        python3 -m venv --clear "$venv"
+        "$venv/bin/python3" -m pip install -q --upgrade pip setuptools wheel
+    fi
+    export PATH="$venv/bin:$PATH"
+}

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on a fresh Debian machine: installs what is
-# missing (libzmq, PostgreSQL), makes sure PostgreSQL is running, then runs clippy (warnings
-# fail) and every test of the workspace against real sockets and a real database.
+# missing (libzmq, PostgreSQL, a Python environment with setuptools and wheel, a C compiler),
+# makes sure PostgreSQL is running, then runs clippy (warnings fail) and every test of the
+# workspace against real sockets, a real database and real pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-lib.sh
 
 need_debian_packages libzmq3-dev pkg-config
 ensure_postgres
+ensure_test_python
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
