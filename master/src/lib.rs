@@ -11,6 +11,7 @@ pub mod oracle;
 pub mod pidlock;
 pub mod process;
 pub mod seraph;
+pub mod slave_state;
 
 pub use config::MasterConfig;
 pub use process::{Stopped, run};

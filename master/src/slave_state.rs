@@ -1,0 +1,462 @@
+//! The slave driver's view of one slave: where its conversation stands ([`Stage`]), the
+//! operator's flags, and the one function ([`Slave::on_request`]) that decides how every
+//! request is answered. No I/O happens here: the decision tells the slave driver what to do
+//! (find work, record a build, start or verify a transfer), and the driver reports back
+//! through the methods that move the conversation on ([`Slave::start_build`],
+//! [`Slave::sleep`], [`Slave::send`], [`Slave::done`]).
+//!
+//! The conversation, by the reply the slave was last sent:
+//!
+//! | stage | after replying | the slave may say |
+//! |---|---|---|
+//! | `Idle` | `Ack`, `Sleep`, `Done` | `Idle` |
+//! | `Building` | `Build`, `Cont` | `Busy`, `Built` |
+//! | `Sending` | `Send` | `Sent` (for that file) |
+//!
+//! `Bye` is allowed at any stage. Anything else is a protocol error: the slave is told to `Die`
+//! and forgotten, and the master goes on.
+
+use std::time::{Duration, Instant};
+
+use piwheels_common::protocols::{BuildResult, PackageVersion, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId};
+
+/// Extra time the master allows beyond a slave's own build timeout before it abandons the
+/// build itself (the slave should have killed it already).
+pub const BUILD_TIMEOUT_GRACE: Duration = Duration::from_secs(60);
+
+/// Where a slave's conversation stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    /// Waiting for the slave to ask for work.
+    Idle,
+    /// The slave is building this release.
+    Building {
+        /// The release.
+        build: PackageVersion,
+        /// When it was handed out.
+        started: Instant,
+    },
+    /// The slave is sending a file of a finished build.
+    Sending {
+        /// The release.
+        build: PackageVersion,
+        /// The build's outcome, kept until every file is in.
+        result: Box<BuildResult>,
+        /// The file being sent.
+        filename: String,
+        /// Its transfer.
+        transfer: TransferId,
+    },
+}
+
+/// What an operator asked of this slave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// Hand it no new builds.
+    pub sleeping: bool,
+    /// Abandon its current build at the next contact.
+    pub skip: bool,
+    /// Tell it to exit at the next contact.
+    pub kill: bool,
+}
+
+/// What the slave driver must do about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Send this reply (the stage has moved already).
+    Reply(SlaveReply),
+    /// The slave may build: find it a release, then call [`Slave::start_build`], or
+    /// [`Slave::sleep`] when there is none.
+    FindWork,
+    /// The build failed or made no files: record it, then reply with [`Slave::done`].
+    RecordFailure {
+        /// The release.
+        build: PackageVersion,
+        /// Its outcome.
+        result: Box<BuildResult>,
+    },
+    /// The build made files: expect the first with the file juggler and reply with
+    /// [`Slave::send`] (or record the build and reply [`Slave::done`] if none needs sending).
+    StartTransfer {
+        /// The release.
+        build: PackageVersion,
+        /// Its outcome, with the files.
+        result: Box<BuildResult>,
+    },
+    /// The slave says it sent a file: verify it with the file juggler, then send the next one
+    /// or record the build.
+    VerifyFile {
+        /// The release.
+        build: PackageVersion,
+        /// The build's outcome.
+        result: Box<BuildResult>,
+        /// The file.
+        filename: String,
+        /// Its transfer.
+        transfer: TransferId,
+    },
+    /// The slave said goodbye: forget it; a build it held is handed out again later.
+    Forget {
+        /// Its reason.
+        reason: String,
+    },
+    /// Protocol error or killed: reply `Die` with this reason and forget the slave.
+    Die {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One connected slave.
+#[derive(Debug, Clone)]
+pub struct Slave {
+    /// Its id for this connection.
+    pub id: SlaveId,
+    /// What it said about itself.
+    pub hello: SlaveHello,
+    /// When it was last heard from.
+    pub last_seen: Instant,
+    /// Where its conversation stands.
+    pub stage: Stage,
+    /// What an operator asked of it.
+    pub flags: Flags,
+}
+
+impl Slave {
+    /// A slave that has just been acknowledged.
+    pub fn new(id: SlaveId, hello: SlaveHello, now: Instant) -> Slave {
+        Slave { id, hello, last_seen: now, stage: Stage::Idle, flags: Flags::default() }
+    }
+
+    /// Whether it has been silent for longer than it allowed (its busy timeout).
+    pub fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_seen) > self.hello.busy_timeout
+    }
+
+    /// The release it holds, if any.
+    pub fn build(&self) -> Option<&PackageVersion> {
+        match &self.stage {
+            Stage::Idle => None,
+            Stage::Building { build, .. } | Stage::Sending { build, .. } => Some(build),
+        }
+    }
+
+    /// Decides how to answer `request`. `master_paused` is true while the master is paused.
+    pub fn on_request(&mut self, request: SlaveRequest, now: Instant, master_paused: bool) -> Decision {
+        self.last_seen = now;
+        if let SlaveRequest::Bye { reason } = request {
+            return Decision::Forget { reason };
+        }
+        if self.flags.kill {
+            return Decision::Die { reason: "stopped by an operator".into() };
+        }
+        let stage = std::mem::replace(&mut self.stage, Stage::Idle);
+        match (stage, request) {
+            (Stage::Idle, SlaveRequest::Idle { declined, .. }) => {
+                if let Some(reason) = declined {
+                    tracing::info!("slave {} declines work: {reason}", self.id);
+                    Decision::Reply(self.sleep(false))
+                } else if master_paused || self.flags.sleeping {
+                    Decision::Reply(self.sleep(true))
+                } else {
+                    Decision::FindWork
+                }
+            }
+            (Stage::Building { build, started }, SlaveRequest::Busy { .. }) => {
+                if self.flags.skip {
+                    Decision::Reply(self.abandon(&build, "skipped by an operator"))
+                } else if now.saturating_duration_since(started) > self.hello.build_timeout + BUILD_TIMEOUT_GRACE {
+                    Decision::Reply(self.abandon(&build, "past its build timeout"))
+                } else {
+                    self.stage = Stage::Building { build, started };
+                    Decision::Reply(SlaveReply::Cont)
+                }
+            }
+            (Stage::Building { build, started }, SlaveRequest::Built(result)) => {
+                if self.flags.skip {
+                    Decision::Reply(self.abandon(&build, "skipped by an operator"))
+                } else if result.success && !result.files.is_empty() {
+                    // The stage stays Building until the driver asks for the first file.
+                    self.stage = Stage::Building { build: build.clone(), started };
+                    Decision::StartTransfer { build, result: Box::new(result) }
+                } else {
+                    self.stage = Stage::Building { build: build.clone(), started };
+                    Decision::RecordFailure { build, result: Box::new(result) }
+                }
+            }
+            (Stage::Sending { build, result, filename, transfer }, SlaveRequest::Sent { filename: sent }) if sent == filename => {
+                if self.flags.skip {
+                    Decision::Reply(self.abandon(&build, "skipped by an operator"))
+                } else {
+                    self.stage = Stage::Sending { build: build.clone(), result: result.clone(), filename: filename.clone(), transfer };
+                    Decision::VerifyFile { build, result, filename, transfer }
+                }
+            }
+            (stage, request) => {
+                let expected = match &stage {
+                    Stage::Idle => "Idle",
+                    Stage::Building { .. } => "Busy or Built",
+                    Stage::Sending { .. } => "Sent for the file asked for",
+                };
+                Decision::Die { reason: format!("protocol error: {} when {expected} was due", request_name(&request)) }
+            }
+        }
+    }
+
+    /// Hands the slave a release to build.
+    pub fn start_build(&mut self, build: PackageVersion, now: Instant) -> SlaveReply {
+        let reply = SlaveReply::Build { package: build.package.clone(), version: build.version.clone() };
+        self.stage = Stage::Building { build, started: now };
+        reply
+    }
+
+    /// Tells the slave to ask again later; `paused` when the master or the slave is paused.
+    pub fn sleep(&mut self, paused: bool) -> SlaveReply {
+        self.stage = Stage::Idle;
+        SlaveReply::Sleep { paused }
+    }
+
+    /// Asks the slave for a file of its finished build.
+    pub fn send(&mut self, result: Box<BuildResult>, filename: String, transfer: TransferId) -> SlaveReply {
+        let build = self.build().cloned().unwrap_or_else(|| PackageVersion { package: String::new(), version: String::new() });
+        self.stage = Stage::Sending { build, result, filename: filename.clone(), transfer };
+        SlaveReply::Send { filename, transfer }
+    }
+
+    /// Ends the build (recorded, or abandoned): the slave goes idle.
+    pub fn done(&mut self) -> SlaveReply {
+        self.stage = Stage::Idle;
+        self.flags.skip = false;
+        SlaveReply::Done
+    }
+
+    fn abandon(&mut self, build: &PackageVersion, why: &str) -> SlaveReply {
+        tracing::info!("abandoning {} {} on slave {}: {why}", build.package, build.version, self.id);
+        self.done()
+    }
+}
+
+fn request_name(request: &SlaveRequest) -> &'static str {
+    match request {
+        SlaveRequest::Hello(_) => "Hello",
+        SlaveRequest::Idle { .. } => "Idle",
+        SlaveRequest::Busy { .. } => "Busy",
+        SlaveRequest::Built(_) => "Built",
+        SlaveRequest::Sent { .. } => "Sent",
+        SlaveRequest::Bye { .. } => "Bye",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use piwheels_common::protocols::{HostInfo, HostStats, Versions, WheelFile};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn hello() -> SlaveHello {
+        SlaveHello {
+            versions: Versions::current(),
+            build_timeout: HOUR,
+            busy_timeout: Duration::from_secs(300),
+            py_version: "311".into(),
+            abi: "cp311".into(),
+            platform: "linux_armv7l".into(),
+            memory_limit: 0,
+            host: HostInfo::default(),
+        }
+    }
+
+    fn pv() -> PackageVersion {
+        PackageVersion { package: "foo".into(), version: "1.0".into() }
+    }
+
+    fn idle() -> SlaveRequest {
+        SlaveRequest::Idle { stats: HostStats::default(), declined: None }
+    }
+
+    fn busy() -> SlaveRequest {
+        SlaveRequest::Busy { stats: HostStats::default() }
+    }
+
+    fn result(success: bool, files: usize) -> BuildResult {
+        let file = WheelFile {
+            filename: "foo-1.0-py3-none-any.whl".into(),
+            size: 1,
+            sha256: "0".repeat(64),
+            package_tag: "foo".into(),
+            version_tag: "1.0".into(),
+            build_tag: None,
+            py_tag: "py3".into(),
+            abi_tag: "none".into(),
+            platform_tag: "any".into(),
+            requires_python: None,
+            dependencies: Default::default(),
+            metadata: Default::default(),
+        };
+        BuildResult {
+            success,
+            failure: None,
+            exit_status: Some(if success { 0 } else { 1 }),
+            duration: Duration::from_secs(5),
+            cpu_time: Duration::from_secs(4),
+            peak_memory: 1 << 20,
+            output: "log".into(),
+            files: vec![file; files],
+        }
+    }
+
+    /// A slave at each stage, built through the driver's own calls.
+    fn at_idle(now: Instant) -> Slave {
+        Slave::new(1, hello(), now)
+    }
+
+    fn at_building(now: Instant) -> Slave {
+        let mut slave = at_idle(now);
+        assert_eq!(slave.on_request(idle(), now, false), Decision::FindWork);
+        slave.start_build(pv(), now);
+        slave
+    }
+
+    fn at_sending(now: Instant) -> Slave {
+        let mut slave = at_building(now);
+        let Decision::StartTransfer { result, .. } = slave.on_request(SlaveRequest::Built(result(true, 1)), now, false) else {
+            panic!("expected a transfer")
+        };
+        assert!(matches!(slave.send(result, "foo-1.0-py3-none-any.whl".into(), 7), SlaveReply::Send { transfer: 7, .. }));
+        slave
+    }
+
+    fn sent() -> SlaveRequest {
+        SlaveRequest::Sent { filename: "foo-1.0-py3-none-any.whl".into() }
+    }
+
+    fn is_die(decision: &Decision) -> bool {
+        matches!(decision, Decision::Die { reason } if reason.contains("protocol error"))
+    }
+
+    #[test]
+    fn idle_slaves_get_work_or_sleep() {
+        let now = Instant::now();
+        let mut slave = at_idle(now);
+        assert_eq!(slave.on_request(idle(), now, false), Decision::FindWork);
+        assert_eq!(slave.on_request(idle(), now, true), Decision::Reply(SlaveReply::Sleep { paused: true }));
+        slave.flags.sleeping = true;
+        assert_eq!(slave.on_request(idle(), now, false), Decision::Reply(SlaveReply::Sleep { paused: true }));
+        slave.flags.sleeping = false;
+        let declined = SlaveRequest::Idle { stats: HostStats::default(), declined: Some("disk full".into()) };
+        assert_eq!(slave.on_request(declined, now, false), Decision::Reply(SlaveReply::Sleep { paused: false }));
+        assert_eq!(slave.stage, Stage::Idle);
+    }
+
+    #[test]
+    fn a_handed_out_build_continues_while_busy() {
+        let now = Instant::now();
+        let mut slave = at_building(now);
+        assert_eq!(slave.build(), Some(&pv()));
+        assert_eq!(slave.on_request(busy(), now + Duration::from_secs(60), false), Decision::Reply(SlaveReply::Cont));
+        assert!(matches!(slave.stage, Stage::Building { .. }));
+    }
+
+    #[test]
+    fn a_build_past_its_timeout_is_abandoned_by_the_master() {
+        let now = Instant::now();
+        let mut slave = at_building(now);
+        let late = now + HOUR + BUILD_TIMEOUT_GRACE + Duration::from_secs(1);
+        assert_eq!(slave.on_request(busy(), late, false), Decision::Reply(SlaveReply::Done));
+        assert_eq!(slave.stage, Stage::Idle);
+    }
+
+    #[test]
+    fn a_skipped_build_is_abandoned_at_the_next_contact_whatever_the_slave_says() {
+        let now = Instant::now();
+        for (mut slave, request) in [(at_building(now), busy()), (at_building(now), SlaveRequest::Built(result(true, 1))), (at_sending(now), sent())] {
+            slave.flags.skip = true;
+            assert_eq!(slave.on_request(request, now, false), Decision::Reply(SlaveReply::Done));
+            assert_eq!(slave.stage, Stage::Idle);
+            assert!(!slave.flags.skip, "skip applies to one build");
+        }
+    }
+
+    #[test]
+    fn a_failed_or_empty_build_is_recorded_then_done() {
+        let now = Instant::now();
+        for outcome in [result(false, 0), result(true, 0)] {
+            let mut slave = at_building(now);
+            let decision = slave.on_request(SlaveRequest::Built(outcome.clone()), now, false);
+            assert_eq!(decision, Decision::RecordFailure { build: pv(), result: Box::new(outcome) });
+            assert_eq!(slave.done(), SlaveReply::Done);
+            assert_eq!(slave.stage, Stage::Idle);
+        }
+    }
+
+    #[test]
+    fn a_successful_build_sends_its_files_one_by_one() {
+        let now = Instant::now();
+        let mut slave = at_sending(now);
+        match slave.on_request(sent(), now, false) {
+            Decision::VerifyFile { build, filename, transfer, .. } => {
+                assert_eq!((build, filename.as_str(), transfer), (pv(), "foo-1.0-py3-none-any.whl", 7));
+            }
+            other => panic!("expected a verification, got {other:?}"),
+        }
+        // The driver asks for the same file again (verification failed), then finishes.
+        let Stage::Sending { result, .. } = slave.stage.clone() else { panic!("still sending") };
+        assert!(matches!(slave.send(result, "foo-1.0-py3-none-any.whl".into(), 8), SlaveReply::Send { transfer: 8, .. }));
+        assert!(matches!(slave.on_request(sent(), now, false), Decision::VerifyFile { transfer: 8, .. }));
+        assert_eq!(slave.done(), SlaveReply::Done);
+    }
+
+    #[test]
+    fn out_of_order_messages_are_protocol_errors_at_every_stage() {
+        let now = Instant::now();
+        let wrong_file = SlaveRequest::Sent { filename: "other-1.0-py3-none-any.whl".into() };
+        let hello_again = SlaveRequest::Hello(hello());
+        let cases: Vec<(Slave, SlaveRequest)> = vec![
+            (at_idle(now), busy()),
+            (at_idle(now), SlaveRequest::Built(result(true, 1))),
+            (at_idle(now), sent()),
+            (at_idle(now), hello_again.clone()),
+            (at_building(now), idle()),
+            (at_building(now), sent()),
+            (at_building(now), hello_again.clone()),
+            (at_sending(now), idle()),
+            (at_sending(now), busy()),
+            (at_sending(now), SlaveRequest::Built(result(true, 1))),
+            (at_sending(now), wrong_file),
+            (at_sending(now), hello_again),
+        ];
+        for (mut slave, request) in cases {
+            let text = format!("{:?} then {request:?}", slave.stage);
+            assert!(is_die(&slave.on_request(request, now, false)), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_killed_slave_dies_at_its_next_contact_at_any_stage() {
+        let now = Instant::now();
+        for (mut slave, request) in [(at_idle(now), idle()), (at_building(now), busy()), (at_sending(now), sent())] {
+            slave.flags.kill = true;
+            assert_eq!(slave.on_request(request, now, false), Decision::Die { reason: "stopped by an operator".into() });
+        }
+    }
+
+    #[test]
+    fn bye_is_allowed_at_any_stage() {
+        let now = Instant::now();
+        for mut slave in [at_idle(now), at_building(now), at_sending(now)] {
+            let bye = SlaveRequest::Bye { reason: "shutting down".into() };
+            assert_eq!(slave.on_request(bye, now, false), Decision::Forget { reason: "shutting down".into() });
+        }
+    }
+
+    #[test]
+    fn a_slave_expires_after_its_busy_timeout_of_silence() {
+        let now = Instant::now();
+        let mut slave = at_idle(now);
+        assert!(!slave.expired(now + Duration::from_secs(300)));
+        assert!(slave.expired(now + Duration::from_secs(301)));
+        slave.on_request(idle(), now + Duration::from_secs(200), false);
+        assert!(!slave.expired(now + Duration::from_secs(400)));
+    }
+}
