@@ -10,6 +10,7 @@ pub mod file_juggler;
 pub mod oracle;
 pub mod pidlock;
 pub mod process;
+pub mod pypi;
 pub mod seraph;
 pub mod slave_state;
 

@@ -1,0 +1,13 @@
+//! Following PyPI: its changelog over XML-RPC ([`xmlrpc`]) and the classification of its
+//! events into what the farm must do ([`events`]). PyPI's addresses are configuration; no
+//! host is built in.
+
+pub mod events;
+pub mod xmlrpc;
+
+/// Makes ring the process's TLS crypto provider, which reqwest needs before building a client
+/// (sqlx uses ring too, so the process has one provider). Calling it again changes nothing.
+pub fn install_crypto_provider() {
+    // An error only says a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
