@@ -43,6 +43,20 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_DB_TIMEOUT", value_name = "DURATION", default_value = "30s")]
     pub db_timeout: HumanDuration,
 
+    /// PyPI's XML-RPC endpoint, whose changelog the master follows [default: none: without
+    /// it the master follows nothing, and says so at start-up]
+    #[arg(long, env = "PIW_PYPI_XMLRPC", value_name = "URL")]
+    pub pypi_xmlrpc: Option<String>,
+
+    /// PyPI's JSON API root, for project summaries (URL/PROJECT/json) [default: none: no
+    /// summaries]
+    #[arg(long, env = "PIW_PYPI_JSON", value_name = "URL")]
+    pub pypi_json: Option<String>,
+
+    /// How often the master asks PyPI for new events
+    #[arg(long, env = "PIW_PYPI_INTERVAL", value_name = "DURATION", default_value = "10s")]
+    pub pypi_interval: HumanDuration,
+
     /// Where monitors and operators' tools send commands: ipc://PATH (the directory must be
     /// private to the master's user; it is created with mode 700 if missing) or tcp://HOST:PORT
     #[arg(long, env = "PIW_CONTROL_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/control")]

@@ -81,6 +81,21 @@ impl DbClient {
         }
     }
 
+    /// Sends a request whose success reply is `Done`.
+    pub fn done(&self, request: DbRequest) -> Result<(), DbClientError> {
+        expect!(self, request, DbReply::Done => ())
+    }
+
+    /// Sends a request whose success reply is `Bool`.
+    pub fn boolean(&self, request: DbRequest) -> Result<bool, DbClientError> {
+        expect!(self, request, DbReply::Bool(b) => b)
+    }
+
+    /// Sends a request whose success reply is `Text`.
+    pub fn text(&self, request: DbRequest) -> Result<Option<String>, DbClientError> {
+        expect!(self, request, DbReply::Text(t) => t)
+    }
+
     /// Every package's canonical name.
     pub fn all_packages(&self) -> Result<Vec<String>, DbClientError> {
         expect!(self, DbRequest::AllPackages, DbReply::Names(names) => names)

@@ -3,6 +3,7 @@
 //! modules; each task's module says what it owns and which sockets it binds.
 
 pub mod big_brother;
+pub mod cloud_gazer;
 pub mod db;
 pub mod config;
 pub mod db_client;

@@ -24,6 +24,7 @@ use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
 
 use crate::big_brother::{self, BigBrother};
+use crate::cloud_gazer::{self, CloudGazer, FollowerConfig};
 use crate::config::MasterConfig;
 use crate::db::Database;
 use crate::file_juggler::{self, FileJuggler, JugglerConfig};
@@ -131,6 +132,25 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
         tasks.add(task::spawn(rt, &format!("the_oracle_{n}"), oracle::Sockets::open, move |sockets| {
             Oracle::start(sockets, &url, timeout)
         })?);
+    }
+    match &cfg.pypi_xmlrpc {
+        Some(xmlrpc_url) => {
+            let follower = FollowerConfig {
+                xmlrpc_url: xmlrpc_url.clone(),
+                json_url: cfg.pypi_json.clone(),
+                interval: cfg.pypi_interval.0,
+                timeout: Duration::from_secs(30),
+                skip_new: String::new(),
+            };
+            let db_timeout = cfg.db_timeout.0;
+            tasks.add(task::spawn(
+                rt,
+                "cloud_gazer",
+                move |ctx| cloud_gazer::Sockets::open(ctx, db_timeout),
+                move |sockets| CloudGazer::start(sockets, &follower),
+            )?);
+        }
+        None => tracing::warn!("no --pypi-xmlrpc given: not following PyPI"),
     }
     let mut juggler = JugglerConfig::new(&cfg.output_path, cfg.state_dir.join("staging"));
     juggler.chunk_size = cfg.chunk_size.0;

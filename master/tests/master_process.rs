@@ -321,3 +321,49 @@ fn the_file_socket_refuses_an_upload_nobody_expects() {
     // Staging lives in the state directory, outside the served tree.
     assert!(root.join("state/staging").is_dir());
 }
+
+#[test]
+fn the_master_follows_pypi_when_given_its_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let db = migrated_db();
+    let pypi = piwheels_testsupport::pypi::FakePypi::start();
+    pypi.create_package("Followed", Some("seen by the master"));
+    let config = root.join("piwheels.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[master]\noracles = 1\npypi-interval = \"100ms\"\npypi-xmlrpc = \"{}\"\npypi-json = \"{}\"\nfile-queue = \"tcp://127.0.0.1:{}\"\n",
+            pypi.xmlrpc_url(),
+            pypi.json_url(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_piw-master"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--dsn", &db.app_url()])
+        .arg("--output-path")
+        .arg(root.join("www"))
+        .arg("--state-dir")
+        .arg(root.join("state"))
+        .arg("--control-queue")
+        .arg(format!("ipc://{}/run/control", root.display()))
+        .arg("--status-queue")
+        .arg(format!("ipc://{}/run/status", root.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let rows = db.column("SELECT package || ' ' || description FROM packages");
+        if !rows.is_empty() || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(found, [Some("followed seen by the master".into())]);
+}

@@ -1,59 +1,14 @@
 //! The oracle pool: the load balancer and its database workers over real inproc sockets and a
 //! real PostgreSQL, used through the typed client every task uses.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use piwheels_common::clock::SystemClock;
 use piwheels_common::protocols::DbRequest;
-use piwheels_common::task::{self, Runtime, Supervisor};
-use piwheels_master::db::migrate;
-use piwheels_master::db_client::{DbClient, DbClientError};
-use piwheels_master::oracle::{self, Oracle};
-use piwheels_master::seraph::{self, Seraph};
-use piwheels_testsupport::db::{APP_ROLE, TestDb};
-
-struct Pool {
-    rt: Runtime,
-    tasks: Supervisor,
-    db: TestDb,
-    _status: piwheels_common::transport::Receiver<piwheels_common::protocols::StatusEvent>,
-}
-
-impl Pool {
-    /// A migrated database and a balancer with `oracles` workers connected as the app role.
-    fn start(oracles: usize) -> Pool {
-        let db = TestDb::new();
-        migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
-        let zmq = zmq::Context::new();
-        let status = piwheels_common::transport::Receiver::pull(&zmq, "inproc://status", None).unwrap();
-        let rt = Runtime { poll_cap: Duration::from_millis(100), ..Runtime::new(zmq, Arc::new(SystemClock), "inproc://status") };
-        let mut tasks = Supervisor::new();
-        tasks.add(task::spawn(&rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph)).unwrap());
-        for n in 0..oracles {
-            let url = db.app_url();
-            tasks.add(
-                task::spawn(&rt, &format!("oracle_{n}"), oracle::Sockets::open, move |s| Oracle::start(s, &url, Duration::from_secs(10)))
-                    .unwrap(),
-            );
-        }
-        Pool { rt, tasks, db, _status: status }
-    }
-
-    fn client(&self, timeout: Duration) -> DbClient {
-        DbClient::connect(&self.rt.zmq, timeout).unwrap()
-    }
-
-    fn all_running(&self) -> bool {
-        self.tasks.tasks().iter().all(|t| !t.is_finished())
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.tasks.shutdown(Duration::from_secs(5));
-    }
-}
+use piwheels_master::db_client::DbClientError;
+use piwheels_master::seraph;
+use support::Pool;
 
 #[test]
 fn two_hundred_requests_from_eight_threads_are_all_answered() {

@@ -2,6 +2,7 @@
 //! events into what the farm must do ([`events`]). PyPI's addresses are configuration; no
 //! host is built in.
 
+pub mod description;
 pub mod events;
 pub mod xmlrpc;
 

@@ -1,0 +1,106 @@
+//! The PyPI follower against the fake PyPI and a real database through the oracle pool: every
+//! kind of event applied, the serial stored and resumed from, and PyPI's failures survived.
+
+mod support;
+
+use std::time::Duration;
+
+use piwheels_common::protocols::TaskControl;
+use piwheels_common::task::{self, TaskExit, TaskHandle};
+use piwheels_master::cloud_gazer::{self, CloudGazer, FollowerConfig};
+use piwheels_testsupport::pypi::{Failure, FakePypi};
+use support::{Pool, eventually};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn follower(pool: &Pool, pypi: &FakePypi, name: &str) -> TaskHandle {
+    let config = FollowerConfig {
+        xmlrpc_url: pypi.xmlrpc_url(),
+        json_url: Some(pypi.json_url()),
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
+        skip_new: String::new(),
+    };
+    task::spawn(&pool.rt, name, |ctx| cloud_gazer::Sockets::open(ctx, Duration::from_secs(10)), move |sockets| CloudGazer::start(sockets, &config))
+        .unwrap()
+}
+
+fn stop(mut task: TaskHandle) {
+    task.control(TaskControl::Quit).unwrap();
+    assert_eq!(task.join(WAIT), Some(TaskExit::Quit));
+}
+
+/// `package version skip yanked` for every version, sorted.
+fn versions(pool: &Pool) -> Vec<String> {
+    pool.db
+        .column("SELECT package || ' ' || version || ' [' || skip || '] ' || yanked::text FROM versions ORDER BY 1")
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+fn serial(pool: &Pool) -> i64 {
+    pool.db.column("SELECT pypi_serial::text FROM configuration")[0].as_deref().unwrap().parse().unwrap()
+}
+
+#[test]
+fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
+    let pool = Pool::start(2);
+    let pypi = FakePypi::start();
+    pypi.create_package("Foo_Bar", Some("a foo"));
+    pypi.add_source("Foo_Bar", "1.0", b"sdist".to_vec());
+    pypi.add_binary("Foo_Bar", "2.0", "foo_bar-2.0-cp311-cp311-linux_armv7l.whl");
+    let last = pypi.yank("Foo_Bar", "1.0");
+    let gazer = follower(&pool, &pypi, "gazer_events");
+    eventually("the first batch", WAIT, || serial(&pool) == last);
+    assert_eq!(versions(&pool), ["foo-bar 1.0 [] true", "foo-bar 2.0 [binary only] false"]);
+    assert_eq!(pool.db.column("SELECT description FROM packages"), [Some("a foo".into())]);
+    assert!(pool.db.column("SELECT name FROM package_names").contains(&Some("Foo_Bar".into())));
+
+    // A source file for the binary-only release makes it buildable; an unyank clears the yank.
+    pypi.add_source("Foo_Bar", "2.0", b"sdist".to_vec());
+    let last = pypi.unyank("Foo_Bar", "1.0");
+    eventually("the second batch", WAIT, || serial(&pool) == last);
+    assert_eq!(versions(&pool), ["foo-bar 1.0 [] false", "foo-bar 2.0 [] false"]);
+
+    // Removals: a release, then the project.
+    let last = pypi.remove_version("Foo_Bar", "1.0");
+    eventually("the release removal", WAIT, || serial(&pool) == last);
+    assert_eq!(versions(&pool), ["foo-bar 2.0 [] false"]);
+    let last = pypi.remove_package("Foo_Bar");
+    eventually("the project removal", WAIT, || serial(&pool) == last);
+    assert!(pool.db.column("SELECT package FROM packages").is_empty());
+    stop(gazer);
+}
+
+#[test]
+fn pypi_failures_are_waited_out_and_nothing_is_lost() {
+    let pool = Pool::start(1);
+    let pypi = FakePypi::start();
+    pypi.fail_next(3, Failure::Status(500));
+    let gazer = follower(&pool, &pypi, "gazer_failures");
+    let last = pypi.create_package("patient", None);
+    pypi.fail_next(2, Failure::Garbage);
+    pypi.fail_next(1, Failure::Fault(-32500));
+    eventually("the event after the failures", Duration::from_secs(20), || serial(&pool) == last);
+    assert_eq!(pool.db.column("SELECT package FROM packages"), [Some("patient".into())]);
+    assert!(!gazer.is_finished(), "the follower stopped");
+    assert_eq!(gazer.errors(), 0, "PyPI's failures are not handler errors");
+    stop(gazer);
+}
+
+#[test]
+fn a_restarted_follower_goes_on_from_the_stored_serial() {
+    let pool = Pool::start(1);
+    let pypi = FakePypi::start();
+    let first = pypi.create_package("early", None);
+    let gazer = follower(&pool, &pypi, "gazer_first");
+    eventually("the first event", WAIT, || serial(&pool) == first);
+    stop(gazer);
+    let last = pypi.create_package("late", None);
+    let gazer = follower(&pool, &pypi, "gazer_second");
+    eventually("the later event", WAIT, || serial(&pool) == last);
+    let asked: Vec<String> = pypi.xmlrpc_calls().iter().map(|c| format!("{c:?}")).collect();
+    assert!(asked.iter().any(|c| c.contains(&first.to_string())), "the restart did not ask from serial {first}: {asked:?}");
+    stop(gazer);
+}

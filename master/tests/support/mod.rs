@@ -1,0 +1,69 @@
+//! Set-up shared by the master's integration tests (each test file that needs it says
+//! `mod support;`).
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use piwheels_common::clock::SystemClock;
+use piwheels_common::task::{self, Runtime, Supervisor};
+use piwheels_master::db::migrate;
+use piwheels_master::db_client::DbClient;
+use piwheels_master::oracle::{self, Oracle};
+use piwheels_master::seraph::{self, Seraph};
+use piwheels_testsupport::db::{APP_ROLE, TestDb};
+
+/// A migrated database with a load balancer and its oracles running, stopped when dropped.
+pub struct Pool {
+    pub rt: Runtime,
+    pub tasks: Supervisor,
+    pub db: TestDb,
+    _status: piwheels_common::transport::Receiver<piwheels_common::protocols::StatusEvent>,
+}
+
+impl Pool {
+    /// A migrated database and a balancer with `oracles` workers connected as the app role.
+    pub fn start(oracles: usize) -> Pool {
+        let db = TestDb::new();
+        migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
+        let zmq = zmq::Context::new();
+        let status = piwheels_common::transport::Receiver::pull(&zmq, "inproc://status", None).unwrap();
+        let rt = Runtime { poll_cap: Duration::from_millis(100), ..Runtime::new(zmq, Arc::new(SystemClock), "inproc://status") };
+        let mut tasks = Supervisor::new();
+        tasks.add(task::spawn(&rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph)).unwrap());
+        for n in 0..oracles {
+            let url = db.app_url();
+            tasks.add(
+                task::spawn(&rt, &format!("oracle_{n}"), oracle::Sockets::open, move |s| Oracle::start(s, &url, Duration::from_secs(10)))
+                    .unwrap(),
+            );
+        }
+        Pool { rt, tasks, db, _status: status }
+    }
+
+    /// A database client.
+    pub fn client(&self, timeout: Duration) -> DbClient {
+        DbClient::connect(&self.rt.zmq, timeout).unwrap()
+    }
+
+    /// Whether every task still runs.
+    pub fn all_running(&self) -> bool {
+        self.tasks.tasks().iter().all(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.tasks.shutdown(Duration::from_secs(5));
+    }
+}
+
+
+/// Waits up to `timeout` for `cond`, failing the test with `what` if it never holds.
+pub fn eventually(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
