@@ -41,15 +41,21 @@ impl Master {
     }
 
     fn spawn(root: &Path, state: &Path, output: &Path, run: &str, dsn: &str) -> Child {
+        Self::spawn_with(root, state, output, run, dsn, free_port(), "")
+    }
+
+    /// A master whose file socket listens on `file_port`, with `extra` lines in the
+    /// `[master]` table of its configuration file.
+    fn spawn_with(root: &Path, state: &Path, output: &Path, run: &str, dsn: &str, file_port: u16, extra: &str) -> Child {
         let config = root.join("piwheels.toml");
-        std::fs::write(&config, "[master]\nstats-interval = \"100ms\"\noracles = 2\n").unwrap();
+        std::fs::write(&config, format!("[master]\nstats-interval = \"100ms\"\noracles = 2\n{extra}")).unwrap();
         Command::new(env!("CARGO_BIN_EXE_piw-master"))
             .arg("--config")
             .arg(&config)
             .arg("--dsn")
             .arg(dsn)
             .arg("--file-queue")
-            .arg(format!("tcp://127.0.0.1:{}", free_port()))
+            .arg(format!("tcp://127.0.0.1:{file_port}"))
             .arg("--output-path")
             .arg(output)
             .arg("--state-dir")
@@ -290,23 +296,7 @@ fn the_file_socket_refuses_an_upload_nobody_expects() {
     let root = dir.path();
     let db = migrated_db();
     let port = free_port();
-    let config = root.join("piwheels.toml");
-    std::fs::write(&config, format!("[master]\noracles = 1\nfile-queue = \"tcp://127.0.0.1:{port}\"\n")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_piw-master"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--dsn", &db.app_url()])
-        .arg("--output-path")
-        .arg(root.join("www"))
-        .arg("--state-dir")
-        .arg(root.join("state"))
-        .arg("--control-queue")
-        .arg(format!("ipc://{}/run/control", root.display()))
-        .arg("--status-queue")
-        .arg(format!("ipc://{}/run/status", root.display()))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Master::spawn_with(root, &root.join("state"), &root.join("www"), "run", &db.app_url(), port, "");
     let ctx = zmq::Context::new();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), b"not a wheel").unwrap();
@@ -329,32 +319,8 @@ fn the_master_follows_pypi_when_given_its_address() {
     let db = migrated_db();
     let pypi = piwheels_testsupport::pypi::FakePypi::start();
     pypi.create_package("Followed", Some("seen by the master"));
-    let config = root.join("piwheels.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[master]\noracles = 1\npypi-interval = \"100ms\"\npypi-xmlrpc = \"{}\"\npypi-json = \"{}\"\nfile-queue = \"tcp://127.0.0.1:{}\"\n",
-            pypi.xmlrpc_url(),
-            pypi.json_url(),
-            free_port()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_piw-master"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--dsn", &db.app_url()])
-        .arg("--output-path")
-        .arg(root.join("www"))
-        .arg("--state-dir")
-        .arg(root.join("state"))
-        .arg("--control-queue")
-        .arg(format!("ipc://{}/run/control", root.display()))
-        .arg("--status-queue")
-        .arg(format!("ipc://{}/run/status", root.display()))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let extra = format!("pypi-interval = \"100ms\"\npypi-xmlrpc = \"{}\"\npypi-json = \"{}\"\n", pypi.xmlrpc_url(), pypi.json_url());
+    let mut child = Master::spawn_with(root, &root.join("state"), &root.join("www"), "run", &db.app_url(), free_port(), &extra);
     let deadline = Instant::now() + Duration::from_secs(20);
     let found = loop {
         let rows = db.column("SELECT package || ' ' || description FROM packages");
