@@ -5,7 +5,8 @@
 //! a restart goes on where it stopped. PyPI errors of any kind make it back off (doubling from
 //! the poll interval up to [`MAX_BACKOFF`]); it never stops over them.
 //!
-//! Sockets: a [`DbClient`] to the oracles.
+//! Sockets: a [`DbClient`] to the oracles; a PUSH to the architect
+//! ([`crate::architect::ARCHITECT_ENDPOINT`]) to say the queue may have changed.
 //!
 //! Not yet here (they join with the slave driver and the index writer): telling the slave
 //! driver to abandon builds of removed releases, and asking for page rewrites.
@@ -16,11 +17,13 @@ use std::time::Duration;
 
 use chrono::DateTime;
 use piwheels_common::names::canonicalize;
-use piwheels_common::protocols::DbRequest;
+use piwheels_common::protocols::{ArchitectTrigger, DbRequest};
+use piwheels_common::transport::Sender;
 use piwheels_common::task::{Context, PauseMode, Task};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::architect::ARCHITECT_ENDPOINT;
 use crate::db_client::DbClient;
 use crate::pypi::description::DescriptionClient;
 use crate::pypi::events::{Dedup, Event, EventKind};
@@ -56,12 +59,14 @@ pub struct FollowerConfig {
 #[derive(Debug)]
 pub struct Sockets {
     db: DbClient,
+    architect: Sender<ArchitectTrigger>,
 }
 
 impl Sockets {
-    /// Connects to the oracles; each database request waits at most `db_timeout`.
+    /// Connects to the oracles (each database request waits at most `db_timeout`) and to the
+    /// architect.
     pub fn open(ctx: &zmq::Context, db_timeout: Duration) -> anyhow::Result<Sockets> {
-        Ok(Sockets { db: DbClient::connect(ctx, db_timeout)? })
+        Ok(Sockets { db: DbClient::connect(ctx, db_timeout)?, architect: Sender::push(ctx, ARCHITECT_ENDPOINT)? })
     }
 }
 
@@ -225,7 +230,14 @@ impl Task for CloudGazer {
     }
 
     fn handle(&mut self, _event: Timer, sockets: &mut Sockets, ctx: &mut Context<'_, Timer>) -> anyhow::Result<()> {
+        let before = self.serial;
         let result = self.poll(&sockets.db);
+        if self.serial != before {
+            let reason = format!("PyPI events up to serial {}", self.serial);
+            if let Err(e) = sockets.architect.send(&ArchitectTrigger::Refresh { reason }, Duration::from_millis(100)) {
+                tracing::warn!("cannot tell the architect about new events: {e}");
+            }
+        }
         if let Some(wait) = self.backoff
             && wait > self.config.interval
         {

@@ -57,6 +57,19 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_PYPI_INTERVAL", value_name = "DURATION", default_value = "10s")]
     pub pypi_interval: HumanDuration,
 
+    /// How often the build queue is recomputed even when nothing says it changed
+    #[arg(long, env = "PIW_QUEUE_INTERVAL", value_name = "DURATION", default_value = "5m")]
+    pub queue_interval: HumanDuration,
+
+    /// How soon after a change (new releases, a finished build) the queue is recomputed;
+    /// changes within this time are folded into one computation
+    #[arg(long, env = "PIW_QUEUE_DEBOUNCE", value_name = "DURATION", default_value = "2s")]
+    pub queue_debounce: HumanDuration,
+
+    /// Releases per ABI handed to the slave driver in each queue
+    #[arg(long, env = "PIW_QUEUE_LIMIT", value_name = "N", default_value = "1000")]
+    pub queue_limit: u32,
+
     /// Where monitors and operators' tools send commands: ipc://PATH (the directory must be
     /// private to the master's user; it is created with mode 700 if missing) or tcp://HOST:PORT
     #[arg(long, env = "PIW_CONTROL_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/control")]

@@ -2,6 +2,7 @@
 //! write the index, and the process that supervises them. `docs/architecture.md` maps the
 //! modules; each task's module says what it owns and which sockets it binds.
 
+pub mod architect;
 pub mod big_brother;
 pub mod cloud_gazer;
 pub mod db;

@@ -23,6 +23,7 @@ use piwheels_common::protocols::{
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
 
+use crate::architect::{self, Architect, QueueConfig};
 use crate::big_brother::{self, BigBrother};
 use crate::cloud_gazer::{self, CloudGazer, FollowerConfig};
 use crate::config::MasterConfig;
@@ -133,6 +134,8 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
             Oracle::start(sockets, &url, timeout)
         })?);
     }
+    let queue = QueueConfig { interval: cfg.queue_interval.0, debounce: cfg.queue_debounce.0, limit: cfg.queue_limit };
+    tasks.add(task::spawn(rt, "the_architect", architect::Sockets::open, move |_| Ok(Architect::new(queue)))?);
     match &cfg.pypi_xmlrpc {
         Some(xmlrpc_url) => {
             let follower = FollowerConfig {

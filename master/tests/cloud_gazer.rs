@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use piwheels_common::protocols::TaskControl;
+use piwheels_common::protocols::{ArchitectTrigger, TaskControl};
+use piwheels_common::transport::Receiver;
+use piwheels_master::architect::ARCHITECT_ENDPOINT;
 use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_master::cloud_gazer::{self, CloudGazer, FollowerConfig};
 use piwheels_testsupport::pypi::{Failure, FakePypi};
@@ -51,8 +53,14 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     pypi.add_source("Foo_Bar", "1.0", b"sdist".to_vec());
     pypi.add_binary("Foo_Bar", "2.0", "foo_bar-2.0-cp311-cp311-linux_armv7l.whl");
     let last = pypi.yank("Foo_Bar", "1.0");
+    let architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
     let gazer = follower(&pool, &pypi, "gazer_events");
     eventually("the first batch", WAIT, || serial(&pool) == last);
+    // The architect is told that the queue may have changed.
+    match architect.recv_timeout(WAIT).unwrap() {
+        Some(ArchitectTrigger::Refresh { reason }) => assert!(reason.contains(&last.to_string()), "{reason}"),
+        None => panic!("the architect was not told"),
+    }
     assert_eq!(versions(&pool), ["foo-bar 1.0 [] true", "foo-bar 2.0 [binary only] false"]);
     assert_eq!(pool.db.column("SELECT description FROM packages"), [Some("a foo".into())]);
     assert!(pool.db.column("SELECT name FROM package_names").contains(&Some("Foo_Bar".into())));
