@@ -13,7 +13,7 @@
 //! ZeroMQ context (so their own I/O thread), as a separate process would. `BENCH_CHUNK_KIB`
 //! and `BENCH_WINDOW` override the juggler's chunk size and window.
 
-use piwheels_testsupport::data::random_bytes;
+use piwheels_testsupport::data::{random_bytes, wheel_file};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
-use piwheels_common::protocols::{FsReply, FsRequest, StatusEvent, TaskControl, TransferId, WheelFile};
+use piwheels_common::protocols::{FsReply, FsRequest, StatusEvent, TaskControl, TransferId};
 use piwheels_common::task::{self, Runtime, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};
@@ -116,20 +116,7 @@ impl Bench {
         let filename = format!("{package}-1.0-py3-none-any.whl");
         let path = self.src.join(&filename);
         std::fs::write(&path, bytes).unwrap();
-        let file = WheelFile {
-            filename,
-            size: bytes.len() as u64,
-            sha256: format!("{:x}", Sha256::digest(bytes)),
-            package_tag: package.clone(),
-            version_tag: "1.0".into(),
-            build_tag: None,
-            py_tag: "py3".into(),
-            abi_tag: "none".into(),
-            platform_tag: "any".into(),
-            requires_python: None,
-            dependencies: Default::default(),
-            metadata: b"Metadata-Version: 2.1\n".to_vec().into(),
-        };
+        let file = wheel_file(&filename, bytes);
         match self.fs.request(&FsRequest::Expect { package, file: Box::new(file) }, Duration::from_secs(60)).unwrap() {
             FsReply::Expecting { transfer } => (path, transfer),
             other => panic!("{other:?}"),

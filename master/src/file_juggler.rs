@@ -982,20 +982,7 @@ mod tests {
     use super::*;
 
     fn transfer(size: u64, dir: &Path) -> Transfer {
-        let file = WheelFile {
-            filename: "foo-1.0-py3-none-any.whl".into(),
-            size,
-            sha256: String::new(),
-            package_tag: "foo".into(),
-            version_tag: "1.0".into(),
-            build_tag: None,
-            py_tag: "py3".into(),
-            abi_tag: "none".into(),
-            platform_tag: "any".into(),
-            requires_python: None,
-            dependencies: Default::default(),
-            metadata: Default::default(),
-        };
+        let file = piwheels_testsupport::data::wheel_file("foo-1.0-py3-none-any.whl", &vec![0; size as usize]);
         Transfer {
             id: 1,
             package: "foo".into(),

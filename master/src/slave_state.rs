@@ -250,7 +250,7 @@ fn request_name(request: &SlaveRequest) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use piwheels_common::protocols::{HostInfo, HostStats, Versions, WheelFile};
+    use piwheels_common::protocols::{HostInfo, HostStats, Versions};
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -280,20 +280,7 @@ mod tests {
     }
 
     fn result(success: bool, files: usize) -> BuildResult {
-        let file = WheelFile {
-            filename: "foo-1.0-py3-none-any.whl".into(),
-            size: 1,
-            sha256: "0".repeat(64),
-            package_tag: "foo".into(),
-            version_tag: "1.0".into(),
-            build_tag: None,
-            py_tag: "py3".into(),
-            abi_tag: "none".into(),
-            platform_tag: "any".into(),
-            requires_python: None,
-            dependencies: Default::default(),
-            metadata: Default::default(),
-        };
+        let file = piwheels_testsupport::data::wheel_file("foo-1.0-py3-none-any.whl", b"x");
         BuildResult {
             success,
             failure: None,

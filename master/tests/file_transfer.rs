@@ -2,7 +2,7 @@
 //! file socket, inproc for file-system requests), the shared uploader, scripted hostile
 //! uploaders, temporary directories. Every wait is bounded.
 
-use piwheels_testsupport::data::random_bytes;
+use piwheels_testsupport::data::{random_bytes, wheel_file};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -156,21 +156,7 @@ impl Juggler {
         let path = src.join(format!("{seed}-{filename}"));
         let bytes = random_bytes(size, seed);
         fs::write(&path, &bytes).unwrap();
-        let metadata = format!("Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n").into_bytes();
-        let file = WheelFile {
-            filename,
-            size: size as u64,
-            sha256: sha256(&bytes),
-            package_tag: package.replace('-', "_"),
-            version_tag: version.into(),
-            build_tag: None,
-            py_tag: "py3".into(),
-            abi_tag: "none".into(),
-            platform_tag: "any".into(),
-            requires_python: None,
-            dependencies: Default::default(),
-            metadata: metadata.into(),
-        };
+        let file = wheel_file(&filename, &bytes);
         (path, file)
     }
 
