@@ -632,7 +632,10 @@ pub enum SlaveReply {
         /// The package index pip should build from.
         index_url: String,
     },
-    /// Hello refused, e.g. for a version mismatch; the slave exits with this reason.
+    /// The request was refused. In answer to `Hello` (a version mismatch, say) the slave exits
+    /// with this reason; in answer to anything else it means the master does not know this
+    /// connection (it restarted, or dropped the slave as silent): the slave abandons what it
+    /// was doing and says `Hello` again.
     Refused {
         /// Why.
         reason: String,

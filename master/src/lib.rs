@@ -9,12 +9,15 @@ pub mod db;
 pub mod config;
 pub mod db_client;
 pub mod file_juggler;
+pub mod index;
 pub mod oracle;
 pub mod pidlock;
 pub mod process;
 pub mod pypi;
 pub mod seraph;
+pub mod slave_driver;
 pub mod slave_state;
+pub mod web_server;
 
 pub use config::MasterConfig;
 pub use process::{Stopped, run};
