@@ -1,8 +1,12 @@
 //! The farm as a monitor sees it: a [`FarmSnapshot`] kept current by applying each
 //! [`StatusEvent`]. The master keeps one to hand to monitors that attach; a monitor starts from
 //! that snapshot and applies the live events, so both sides run the same code.
+//!
+//! Applying an event the snapshot already reflects changes nothing. A monitor subscribes to
+//! the status socket before it asks for the snapshot, so the first events it reads may be
+//! older than the snapshot; it applies them all without duplicating history.
 
-use crate::protocols::{FarmSnapshot, SlaveEvent, SlaveSnapshot, StatusEvent};
+use crate::protocols::{FarmSnapshot, SlaveEvent, SlaveReply, SlaveSnapshot, StatusEvent};
 
 /// Master statistics kept in a snapshot.
 pub const STATS_HISTORY: usize = 100;
@@ -15,36 +19,51 @@ impl FarmSnapshot {
     /// Brings the snapshot up to date with one event.
     pub fn apply(&mut self, event: &StatusEvent) {
         match event {
-            StatusEvent::Stats(stats) => push_bounded(&mut self.stats, stats.clone(), STATS_HISTORY),
+            StatusEvent::Stats(stats) => push_new(&mut self.stats, stats, STATS_HISTORY),
             StatusEvent::Paused(paused) => self.paused = *paused,
             StatusEvent::Task { name, state, .. } => {
                 self.tasks.insert(name.clone(), *state);
             }
-            StatusEvent::Notice { at, level, text } => push_bounded(&mut self.notices, (*at, *level, text.clone()), NOTICE_HISTORY),
+            StatusEvent::Notice { at, level, text } => push_new(&mut self.notices, &(*at, *level, text.clone()), NOTICE_HISTORY),
             StatusEvent::Slave { slave_id, at, event } => match event {
                 SlaveEvent::Hello(hello) => {
-                    self.slaves.insert(
-                        *slave_id,
-                        SlaveSnapshot { hello: hello.clone(), first_seen: *at, last_seen: *at, stats: Vec::new(), last_reply: None },
-                    );
+                    let known = self.slaves.get(slave_id).is_some_and(|s| s.first_seen == *at && s.hello == *hello);
+                    if !known {
+                        let slave =
+                            SlaveSnapshot { hello: hello.clone(), first_seen: *at, last_seen: *at, stats: Vec::new(), last_reply: None, state_since: *at };
+                        self.slaves.insert(*slave_id, slave);
+                    }
                 }
                 SlaveEvent::Gone { .. } => {
                     self.slaves.remove(slave_id);
                 }
                 SlaveEvent::Stats(stats) => {
                     if let Some(slave) = self.slaves.get_mut(slave_id) {
-                        slave.last_seen = *at;
-                        push_bounded(&mut slave.stats, stats.clone(), SLAVE_STATS_HISTORY);
+                        slave.last_seen = slave.last_seen.max(*at);
+                        push_new(&mut slave.stats, stats, SLAVE_STATS_HISTORY);
                     }
                 }
                 SlaveEvent::Replied(reply) => {
                     if let Some(slave) = self.slaves.get_mut(slave_id) {
-                        slave.last_seen = *at;
-                        slave.last_reply = Some(reply.clone());
+                        slave.last_seen = slave.last_seen.max(*at);
+                        // `Cont` keeps a build going and a repeated reply (`Sleep` after every
+                        // `Idle`) changes nothing: the state, and when it began, stay.
+                        if *reply != SlaveReply::Cont && slave.last_reply.as_ref() != Some(reply) {
+                            slave.last_reply = Some(reply.clone());
+                            slave.state_since = *at;
+                        }
                     }
                 }
             },
         }
+    }
+}
+
+/// Appends `item` unless the list holds it already (an event applied twice), dropping the
+/// oldest items beyond `limit`.
+fn push_new<T: Clone + PartialEq>(list: &mut Vec<T>, item: &T, limit: usize) {
+    if !list.contains(item) {
+        push_bounded(list, item.clone(), limit);
     }
 }
 
@@ -81,14 +100,52 @@ mod tests {
     fn slaves_come_and_go() {
         let mut farm = FarmSnapshot::default();
         farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(10), event: SlaveEvent::Hello(hello()) });
-        farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(20), event: SlaveEvent::Replied(SlaveReply::Cont) });
+        farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(20), event: SlaveEvent::Replied(SlaveReply::Done) });
         let slave = &farm.slaves[&3];
-        assert_eq!((slave.first_seen, slave.last_seen, slave.last_reply.clone()), (at(10), at(20), Some(SlaveReply::Cont)));
+        assert_eq!((slave.first_seen, slave.last_seen, slave.last_reply.clone()), (at(10), at(20), Some(SlaveReply::Done)));
         farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(30), event: SlaveEvent::Gone { reason: "bye".into() } });
         assert!(farm.slaves.is_empty());
         // Events for a slave the snapshot never saw say hello are ignored.
         farm.apply(&StatusEvent::Slave { slave_id: 9, at: at(40), event: SlaveEvent::Stats(HostStats::default()) });
         assert!(farm.slaves.is_empty());
+    }
+
+    fn replied(farm: &mut FarmSnapshot, t: i64, reply: SlaveReply) {
+        farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(t), event: SlaveEvent::Replied(reply) });
+    }
+
+    #[test]
+    fn the_state_and_its_start_survive_cont_and_repeated_replies() {
+        let mut farm = FarmSnapshot::default();
+        farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(10), event: SlaveEvent::Hello(hello()) });
+        assert_eq!(farm.slaves[&3].state_since, at(10));
+        replied(&mut farm, 20, SlaveReply::Sleep { paused: false });
+        replied(&mut farm, 25, SlaveReply::Sleep { paused: false });
+        assert_eq!((farm.slaves[&3].state_since, farm.slaves[&3].last_seen), (at(20), at(25)));
+        let build = SlaveReply::Build { package: "foo".into(), version: "1.0".into() };
+        replied(&mut farm, 30, build.clone());
+        replied(&mut farm, 40, SlaveReply::Cont);
+        replied(&mut farm, 50, SlaveReply::Cont);
+        let slave = &farm.slaves[&3];
+        assert_eq!((slave.last_reply.clone(), slave.state_since, slave.last_seen), (Some(build), at(30), at(50)));
+        replied(&mut farm, 60, SlaveReply::Sleep { paused: true });
+        assert_eq!(farm.slaves[&3].state_since, at(60));
+    }
+
+    #[test]
+    fn applying_events_again_changes_nothing() {
+        let events = vec![
+            StatusEvent::Slave { slave_id: 3, at: at(10), event: SlaveEvent::Hello(hello()) },
+            StatusEvent::Slave { slave_id: 3, at: at(11), event: SlaveEvent::Stats(HostStats { at: at(11), ..HostStats::default() }) },
+            StatusEvent::Slave { slave_id: 3, at: at(12), event: SlaveEvent::Replied(SlaveReply::Build { package: "foo".into(), version: "1".into() }) },
+            StatusEvent::Stats(MasterStats { at: at(13), ..MasterStats::default() }),
+            StatusEvent::Notice { at: at(14), level: NoticeLevel::Warning, text: "disk low".into() },
+        ];
+        let mut once = FarmSnapshot::default();
+        events.iter().for_each(|e| once.apply(e));
+        let mut twice = once.clone();
+        events.iter().for_each(|e| twice.apply(e));
+        assert_eq!(once, twice);
     }
 
     #[test]

@@ -527,8 +527,13 @@ pub struct SlaveSnapshot {
     /// Recent host figures, oldest first.
     #[cfg_attr(test, proptest(strategy = "small_vec()"))]
     pub stats: Vec<HostStats>,
-    /// The last reply it was sent.
+    /// The last reply it was sent that changed what it is doing: `Cont` and a repeat of the
+    /// same reply (another `Sleep` while idle) leave it as it was.
     pub last_reply: Option<SlaveReply>,
+    /// When `last_reply` was sent: the start of the current build, sleep or transfer (the time
+    /// of its hello until the first reply).
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub state_since: Timestamp,
 }
 
 // ------------------------------------------------------------------------------------------
