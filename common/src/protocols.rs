@@ -1102,6 +1102,21 @@ pub enum DbRequest {
         /// Canonical name.
         package: String,
     },
+    /// Everything for the pages of several projects at once (the index writer's batches):
+    /// `Projects`, in the order asked, leaving out packages that do not exist.
+    ProjectsData {
+        /// Canonical names.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        packages: Vec<String>,
+    },
+    /// The ids of every build of a package, or of one version of it: `Builds` (ascending).
+    /// Asked before deleting the rows, so that the index writer can remove their logs.
+    BuildIds {
+        /// Canonical name.
+        package: String,
+        /// Version, or None for all.
+        version: Option<String>,
+    },
     /// The ABIs: `Abis`.
     BuildAbis,
     /// The build queue, per ABI, at most `limit` per ABI: `Queue`.
@@ -1167,6 +1182,10 @@ pub enum DbReply {
     Files(#[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<FileHash>),
     /// A project's data.
     Project(Box<ProjectData>),
+    /// Several projects' data.
+    Projects(#[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<ProjectData>),
+    /// Build ids.
+    Builds(#[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<BuildId>),
     /// Build ABIs in build order.
     Abis(#[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<BuildAbi>),
     /// The build queue per ABI, newest release first.
@@ -1284,15 +1303,19 @@ pub enum WebRequest {
         /// The log text.
         output: String,
     },
-    /// Remove a package's pages and files.
+    /// Remove a package's files and build logs, then its pages (or rewrite them, when the
+    /// package is still in the database, e.g. after only its builds were deleted).
     DeletePackage {
         /// Canonical name.
         package: String,
         /// Its files (looked up before the database rows went).
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
         files: Vec<String>,
+        /// Its builds, whose logs go too (`DbRequest::BuildIds`, looked up before the rows went).
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        builds: Vec<BuildId>,
     },
-    /// Remove a version's files and rewrite the package's pages.
+    /// Remove a version's files and build logs and rewrite the package's pages.
     DeleteVersion {
         /// Canonical name.
         package: String,
@@ -1301,6 +1324,9 @@ pub enum WebRequest {
         /// Its files (looked up before the database rows went).
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
         files: Vec<String>,
+        /// Its builds, whose logs go too (looked up before the rows went).
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        builds: Vec<BuildId>,
     },
 }
 

@@ -1,10 +1,10 @@
-//! Everything the index writer needs for one project's pages ([`Database::project_data`]):
-//! names, releases, files with their dependencies, and the build state of each release on each
-//! ABI.
+//! Everything the index writer needs for one project's pages ([`Database::project_data`], or
+//! [`Database::projects_data`] for a batch of projects): names, releases, files with their
+//! dependencies, and the build state of each release on each ABI.
 //!
-//! A handful of queries fetch the package's rows (one per table, never one per version) in
-//! one read-only snapshot; the per-ABI build state is then worked out here, where the rules
-//! read plainly:
+//! A handful of queries fetch the packages' rows (one per table, never one per version or per
+//! package) in one read-only snapshot; the per-ABI build state is then worked out here, where
+//! the rules read plainly:
 //!
 //! * **Success** when some file of the release serves the ABI: its ABI tag is the ABI's, or
 //!   `none` (pure Python), or `abi3` with a Python floor no higher than the ABI's Python. The
@@ -26,12 +26,13 @@ use sqlx::Connection;
 use super::Database;
 use super::requests::RequestError;
 
-/// A version row.
-type VersionRow = (String, DateTime<Utc>, String, bool, String);
-/// A build row: id, version, builder ABI.
-type BuildRow = (i64, String, String);
-/// A file row, with its build's version and ABI.
+/// A version row: package, version, released, skip, yanked, yank reason.
+type VersionRow = (String, String, DateTime<Utc>, String, bool, String);
+/// A build row: package, id, version, builder ABI.
+type BuildRow = (String, i64, String, String);
+/// A file row, with its build's package, version and ABI.
 type FileRow = (
+    String,
     String,
     String,
     i64,
@@ -64,50 +65,73 @@ impl Served {
     }
 }
 
+/// One package's rows, gathered from the batch's queries.
+#[derive(Default)]
+struct PackageRows {
+    aliases: Vec<String>,
+    versions: Vec<(String, DateTime<Utc>, String, bool, String)>,
+    builds: Vec<(i64, String, String)>,
+    files: Vec<FileRow>,
+}
+
+/// The build ABIs: tag, Python version, skip reason.
+type AbiRow = (String, i32, String);
+
 impl Database {
     /// Everything for a project's pages. Refused when the package does not exist.
     pub async fn project_data(&mut self, package: &str) -> Result<ProjectData, RequestError> {
+        match self.projects_data(&[package.to_string()]).await?.pop() {
+            Some(data) => Ok(data),
+            None => Err(RequestError::Refused(format!("package {package} does not exist"))),
+        }
+    }
+
+    /// Everything for the pages of several projects, in the order asked (each once), leaving
+    /// out the packages that do not exist. The same handful of queries serve the whole batch,
+    /// so a batch of hundreds costs little more than one package.
+    pub async fn projects_data(&mut self, packages: &[String]) -> Result<Vec<ProjectData>, RequestError> {
         // One snapshot for every query, so the parts agree with each other.
         let mut tx = self.conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
-        let head: Option<(String, String, Option<String>)> = sqlx::query_as(
-            "SELECT p.skip, p.description, \
+        let heads: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT p.package, p.skip, p.description, \
                     (SELECT n.name FROM package_names n WHERE n.package = p.package \
                      ORDER BY n.seen DESC, n.name COLLATE \"C\" LIMIT 1) \
-             FROM packages p WHERE p.package = $1",
+             FROM packages p WHERE p.package = ANY($1)",
         )
-        .bind(package)
-        .fetch_optional(&mut *tx)
+        .bind(packages)
+        .fetch_all(&mut *tx)
         .await?;
-        let Some((package_skip, description, display_name)) = head else {
+        if heads.is_empty() {
             tx.rollback().await?;
-            return Err(RequestError::Refused(format!("package {package} does not exist")));
-        };
-        let aliases: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM package_names WHERE package = $1 AND name <> $1 \
-             ORDER BY seen DESC, name COLLATE \"C\"",
+            return Ok(Vec::new());
+        }
+        let aliases: Vec<(String, String)> = sqlx::query_as(
+            "SELECT package, name FROM package_names WHERE package = ANY($1) AND name <> package \
+             ORDER BY package, seen DESC, name COLLATE \"C\"",
         )
-        .bind(package)
+        .bind(packages)
         .fetch_all(&mut *tx)
         .await?;
         let versions: Vec<VersionRow> = sqlx::query_as(
-            "SELECT version, released, skip, yanked, yank_reason FROM versions WHERE package = $1 \
-             ORDER BY released, version COLLATE \"C\"",
+            "SELECT package, version, released, skip, yanked, yank_reason FROM versions \
+             WHERE package = ANY($1) ORDER BY released, version COLLATE \"C\"",
         )
-        .bind(package)
+        .bind(packages)
         .fetch_all(&mut *tx)
         .await?;
-        let builds: Vec<BuildRow> = sqlx::query_as("SELECT build_id, version, abi_tag FROM builds WHERE package = $1")
-            .bind(package)
-            .fetch_all(&mut *tx)
-            .await?;
+        let builds: Vec<BuildRow> =
+            sqlx::query_as("SELECT package, build_id, version, abi_tag FROM builds WHERE package = ANY($1)")
+                .bind(packages)
+                .fetch_all(&mut *tx)
+                .await?;
         let files: Vec<FileRow> = sqlx::query_as(
-            "SELECT b.version, b.abi_tag, f.build_id, f.filename, f.filesize, f.filehash::text, \
+            "SELECT b.package, b.version, b.abi_tag, f.build_id, f.filename, f.filesize, f.filehash::text, \
                     f.metadata_hash::text, f.abi_tag, f.platform_tag, f.requires_python, f.uploaded, \
                     f.python_floor \
              FROM builds b JOIN files f ON f.build_id = b.build_id \
-             WHERE b.package = $1 ORDER BY f.filename COLLATE \"C\"",
+             WHERE b.package = ANY($1) ORDER BY f.filename COLLATE \"C\"",
         )
-        .bind(package)
+        .bind(packages)
         .fetch_all(&mut *tx)
         .await?;
         // Debian packages every image of the builder's ABI has are left out of install hints.
@@ -116,15 +140,15 @@ impl Database {
              FROM builds b \
              JOIN files f ON f.build_id = b.build_id \
              JOIN dependencies d ON d.filename = f.filename \
-             WHERE b.package = $1 \
+             WHERE b.package = ANY($1) \
                AND NOT (d.tool = 'apt' AND EXISTS ( \
                    SELECT 1 FROM preinstalled_apt_packages pa \
                    WHERE pa.abi_tag = b.abi_tag AND pa.apt_package = d.dependency))",
         )
-        .bind(package)
+        .bind(packages)
         .fetch_all(&mut *tx)
         .await?;
-        let abis: Vec<(String, i32, String)> =
+        let abis: Vec<AbiRow> =
             sqlx::query_as("SELECT abi_tag, python_version, skip FROM build_abis").fetch_all(&mut *tx).await?;
         tx.commit().await?;
 
@@ -142,100 +166,135 @@ impl Database {
             entry.pip.sort();
             entry.unresolved.sort();
         }
-
-        let mut files_of: HashMap<String, Vec<ProjectFile>> = HashMap::new();
-        let mut served_of: HashMap<String, Vec<Served>> = HashMap::new();
+        let mut rows: HashMap<String, PackageRows> = HashMap::new();
+        for (package, alias) in aliases {
+            rows.entry(package).or_default().aliases.push(alias);
+        }
+        for (package, version, released, skip, yanked, reason) in versions {
+            rows.entry(package).or_default().versions.push((version, released, skip, yanked, reason));
+        }
+        for (package, build_id, version, abi) in builds {
+            rows.entry(package).or_default().builds.push((build_id, version, abi));
+        }
         for row in files {
-            let (
-                version,
-                builder_abi,
-                build_id,
-                filename,
-                size,
-                sha256,
-                metadata_sha256,
-                abi_tag,
-                platform_tag,
-                requires_python,
-                uploaded,
-                python_floor,
-            ) = row;
-            served_of.entry(version.clone()).or_default().push(Served {
-                build_id,
-                builder_abi: builder_abi.clone(),
-                abi_tag: abi_tag.clone(),
-                python_floor,
-            });
-            files_of.entry(version).or_default().push(ProjectFile {
-                dependencies: deps.remove(&filename).unwrap_or_default(),
-                filename,
-                size: u64::try_from(size).unwrap_or(0),
-                sha256,
-                metadata_sha256,
-                builder_abi,
-                abi_tag,
-                platform_tag,
-                requires_python,
-                uploaded,
-            });
+            rows.entry(row.0.clone()).or_default().files.push(row);
         }
-        // Per version, per builder ABI: the latest build.
-        let mut latest_build: HashMap<String, HashMap<String, BuildId>> = HashMap::new();
-        for (build_id, version, abi) in builds {
-            let latest = latest_build.entry(version).or_default().entry(abi).or_insert(build_id);
-            *latest = (*latest).max(build_id);
+        let mut heads: HashMap<String, (String, String, Option<String>)> =
+            heads.into_iter().map(|(package, skip, description, display)| (package, (skip, description, display))).collect();
+        let mut out = Vec::with_capacity(heads.len());
+        for package in packages {
+            if let Some((skip, description, display_name)) = heads.remove(package) {
+                let rows = rows.remove(package).unwrap_or_default();
+                out.push(assemble(package, skip, description, display_name, rows, &abis, &mut deps));
+            }
         }
-        let abi_python: HashMap<&str, i32> = abis.iter().map(|(tag, python, _)| (tag.as_str(), *python)).collect();
-        let abi_skipped: HashMap<&str, bool> =
-            abis.iter().map(|(tag, _, skip)| (tag.as_str(), !skip.is_empty())).collect();
-        let active: Vec<&str> =
-            abis.iter().filter(|(_, _, skip)| skip.is_empty()).map(|(tag, _, _)| tag.as_str()).collect();
+        Ok(out)
+    }
+}
 
-        let no_builds = HashMap::new();
-        let releases = versions
-            .into_iter()
-            .map(|(version, released, version_skip, yanked, yank_reason)| {
-                let built = latest_build.get(&version).unwrap_or(&no_builds);
-                let served = served_of.get(&version).map(Vec::as_slice).unwrap_or_default();
-                let skipped = !package_skip.is_empty() || !version_skip.is_empty();
-                let shown: BTreeSet<&str> = active.iter().copied().chain(built.keys().map(String::as_str)).collect();
-                let cells = shown
-                    .into_iter()
-                    .map(|abi| {
-                        let python = abi_python.get(abi).copied().or_else(|| python_of_tag(abi));
-                        let best = served
-                            .iter()
-                            .filter(|file| file.serves(abi, python))
-                            .max_by_key(|file| (file.builder_abi == abi, file.build_id));
-                        let cell = if let Some(file) = best {
-                            (AbiStatus::Success, Some(file.build_id))
-                        } else if let Some(build_id) = built.get(abi) {
-                            (AbiStatus::Fail, Some(*build_id))
-                        } else if skipped || abi_skipped.get(abi).copied().unwrap_or(false) {
-                            (AbiStatus::Skip, None)
-                        } else {
-                            (AbiStatus::Pending, None)
-                        };
-                        (abi.to_string(), cell)
-                    })
-                    .collect::<BTreeMap<_, _>>();
-                ReleaseData {
-                    files: files_of.remove(&version).unwrap_or_default(),
-                    skip: if version_skip.is_empty() { package_skip.clone() } else { version_skip },
-                    yanked: yanked.then_some(yank_reason),
-                    released,
-                    abis: cells,
-                    version,
-                }
-            })
-            .collect();
-        Ok(ProjectData {
-            display_name: display_name.unwrap_or_else(|| package.to_string()),
-            package: package.to_string(),
-            description,
-            aliases,
-            releases,
+/// One project's data from its rows: files with their dependencies, and the build state of
+/// each release on each ABI (the rules are in the module documentation).
+fn assemble(
+    package: &str,
+    package_skip: String,
+    description: String,
+    display_name: Option<String>,
+    rows: PackageRows,
+    abis: &[AbiRow],
+    deps: &mut HashMap<String, Dependencies>,
+) -> ProjectData {
+    let mut files_of: HashMap<String, Vec<ProjectFile>> = HashMap::new();
+    let mut served_of: HashMap<String, Vec<Served>> = HashMap::new();
+    for row in rows.files {
+        let (
+            _package,
+            version,
+            builder_abi,
+            build_id,
+            filename,
+            size,
+            sha256,
+            metadata_sha256,
+            abi_tag,
+            platform_tag,
+            requires_python,
+            uploaded,
+            python_floor,
+        ) = row;
+        served_of.entry(version.clone()).or_default().push(Served {
+            build_id,
+            builder_abi: builder_abi.clone(),
+            abi_tag: abi_tag.clone(),
+            python_floor,
+        });
+        files_of.entry(version).or_default().push(ProjectFile {
+            dependencies: deps.remove(&filename).unwrap_or_default(),
+            filename,
+            size: u64::try_from(size).unwrap_or(0),
+            sha256,
+            metadata_sha256,
+            builder_abi,
+            abi_tag,
+            platform_tag,
+            requires_python,
+            uploaded,
+        });
+    }
+    // Per version, per builder ABI: the latest build.
+    let mut latest_build: HashMap<String, HashMap<String, BuildId>> = HashMap::new();
+    for (build_id, version, abi) in rows.builds {
+        let latest = latest_build.entry(version).or_default().entry(abi).or_insert(build_id);
+        *latest = (*latest).max(build_id);
+    }
+    let abi_python: HashMap<&str, i32> = abis.iter().map(|(tag, python, _)| (tag.as_str(), *python)).collect();
+    let abi_skipped: HashMap<&str, bool> = abis.iter().map(|(tag, _, skip)| (tag.as_str(), !skip.is_empty())).collect();
+    let active: Vec<&str> = abis.iter().filter(|(_, _, skip)| skip.is_empty()).map(|(tag, _, _)| tag.as_str()).collect();
+
+    let no_builds = HashMap::new();
+    let releases = rows
+        .versions
+        .into_iter()
+        .map(|(version, released, version_skip, yanked, yank_reason)| {
+            let built = latest_build.get(&version).unwrap_or(&no_builds);
+            let served = served_of.get(&version).map(Vec::as_slice).unwrap_or_default();
+            let skipped = !package_skip.is_empty() || !version_skip.is_empty();
+            let shown: BTreeSet<&str> = active.iter().copied().chain(built.keys().map(String::as_str)).collect();
+            let cells = shown
+                .into_iter()
+                .map(|abi| {
+                    let python = abi_python.get(abi).copied().or_else(|| python_of_tag(abi));
+                    let best = served
+                        .iter()
+                        .filter(|file| file.serves(abi, python))
+                        .max_by_key(|file| (file.builder_abi == abi, file.build_id));
+                    let cell = if let Some(file) = best {
+                        (AbiStatus::Success, Some(file.build_id))
+                    } else if let Some(build_id) = built.get(abi) {
+                        (AbiStatus::Fail, Some(*build_id))
+                    } else if skipped || abi_skipped.get(abi).copied().unwrap_or(false) {
+                        (AbiStatus::Skip, None)
+                    } else {
+                        (AbiStatus::Pending, None)
+                    };
+                    (abi.to_string(), cell)
+                })
+                .collect::<BTreeMap<_, _>>();
+            ReleaseData {
+                files: files_of.remove(&version).unwrap_or_default(),
+                skip: if version_skip.is_empty() { package_skip.clone() } else { version_skip },
+                yanked: yanked.then_some(yank_reason),
+                released,
+                abis: cells,
+                version,
+            }
         })
+        .collect();
+    ProjectData {
+        display_name: display_name.unwrap_or_else(|| package.to_string()),
+        package: package.to_string(),
+        description,
+        aliases: rows.aliases,
+        releases,
     }
 }
 

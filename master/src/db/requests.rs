@@ -118,6 +118,10 @@ impl Database {
             DbRequest::ProjectData { package } => {
                 self.project_data(&package).await.map(|data| DbReply::Project(Box::new(data)))
             }
+            DbRequest::ProjectsData { packages } => self.projects_data(&packages).await.map(DbReply::Projects),
+            DbRequest::BuildIds { package, version } => {
+                Ok(DbReply::Builds(self.build_ids(&package, version.as_deref()).await?))
+            }
             DbRequest::BuildAbis => Ok(DbReply::Abis(self.build_abis().await?)),
             DbRequest::BuildQueue { limit } => Ok(DbReply::Queue(self.build_queue(limit).await?)),
             DbRequest::PypiSerial => Ok(DbReply::Id(self.pypi_serial().await?)),
@@ -453,6 +457,17 @@ impl Database {
         .fetch_all(&mut self.conn)
         .await?;
         Ok(rows.into_iter().map(|(filename, sha256)| FileHash { filename, sha256 }).collect())
+    }
+
+    /// The ids of every build of the package, or of one version of it, ascending.
+    pub async fn build_ids(&mut self, package: &str, version: Option<&str>) -> Result<Vec<BuildId>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT build_id FROM builds WHERE package = $1 AND ($2::text IS NULL OR version = $2) ORDER BY build_id",
+        )
+        .bind(package)
+        .bind(version)
+        .fetch_all(&mut self.conn)
+        .await
     }
 
     /// The first file name (in byte order) recorded with this SHA-256, if any.
