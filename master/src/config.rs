@@ -79,6 +79,16 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_STATUS_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/status")]
     pub status_queue: String,
 
+    /// Where slaves connect: tcp://HOST:PORT (tcp://*:PORT listens on every address)
+    #[arg(long, env = "PIW_SLAVE_QUEUE", value_name = "ADDR", default_value = "tcp://*:5555")]
+    pub slave_queue: String,
+
+    /// The package index slaves build from, handed to each slave when it connects: the simple
+    /// index of PyPI or of a mirror [default: none: each slave's pip uses its own
+    /// configuration]
+    #[arg(long, env = "PIW_PYPI_SIMPLE", value_name = "URL")]
+    pub pypi_simple: Option<String>,
+
     /// Where slaves and piw-import send files: tcp://HOST:PORT (tcp://*:PORT listens on every
     /// address; a port of * picks a free one)
     #[arg(long, env = "PIW_FILE_QUEUE", value_name = "ADDR", default_value = "tcp://*:5556")]

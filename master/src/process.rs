@@ -32,6 +32,7 @@ use crate::file_juggler::{self, FileJuggler, JugglerConfig};
 use crate::oracle::{self, Oracle};
 use crate::pidlock::PidLock;
 use crate::seraph::{self, Seraph};
+use crate::slave_driver::{self, DriverConfig, SlaveDriver};
 
 /// Where tasks report their state and figures inside the master.
 pub const STATUS_ENDPOINT: &str = "inproc://status";
@@ -178,6 +179,20 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
         "big_brother",
         move |ctx| big_brother::Sockets::open(ctx, &status),
         move |_| Ok(BigBrother::new(output.clone(), interval)),
+    )?);
+    // Last, so that everything it hands work to is running when the first slave arrives.
+    let driver = DriverConfig {
+        slave_queue: cfg.slave_queue.clone(),
+        index_url: cfg.pypi_simple.clone().unwrap_or_default(),
+        max_message: transport::DEFAULT_MAX_MESSAGE,
+        db_timeout: cfg.db_timeout.0,
+    };
+    let (open_driver, status) = (driver.clone(), rt.status_endpoint.clone());
+    tasks.add(task::spawn(
+        rt,
+        "slave_driver",
+        move |ctx| slave_driver::Sockets::open(ctx, &open_driver, &status),
+        move |_| Ok(SlaveDriver::new(driver.clone())),
     )?);
     Ok(())
 }

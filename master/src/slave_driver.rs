@@ -1,1 +1,690 @@
-//! (being written)
+//! SlaveDriver, the slaves' coordinator: greets slaves, hands them builds from the architect's
+//! queues, has their wheels sent to the file juggler, records finished builds and asks for the
+//! pages to be rewritten. How each request is answered is decided by the per-slave state
+//! machine in [`crate::slave_state`]; this task does the I/O those decisions call for.
+//!
+//! Sockets: binds the slave socket (ROUTER, external, usually tcp: [`SlaveRequest`] →
+//! [`SlaveReply`]), [`BUILDS_ENDPOINT`] (PULL, [`BuildQueueUpdate`] from the architect),
+//! [`SLAVE_COMMANDS_ENDPOINT`] (ROUTER, operators' [`SlaveCommand`]s from the master's main
+//! loop) and [`DELETES_ENDPOINT`] (ROUTER, [`DeleteNotice`]s); connects to the status socket,
+//! the stats task, the architect's trigger, the oracles, the file juggler and the index writer.
+//!
+//! Exclusions keep one release from being built twice at once: a release handed to a slave is
+//! excluded for that slave's ABI until its build timeout passes, and a deleted package or
+//! version is excluded everywhere for [`DELETED_EXCLUSION`]. Unlike the original, a slave that
+//! is dropped (silent past its busy timeout, killed, said goodbye) releases its exclusion at
+//! once: the driver no longer knows its connection, so anything it says later is refused and
+//! it cannot record a result, and its release goes back to the queue at the next refresh.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use piwheels_common::protocols::{
+    ArchitectTrigger, BuildQueueUpdate, BuildRecord, BuildResult, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest,
+    NoticeLevel, PackageVersion, RewriteScope, SlaveAction, SlaveCommand, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveId,
+    SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TransferId, WebReply, WebRequest,
+};
+use piwheels_common::task::{Context, PauseMode, Task};
+use piwheels_common::transport::{Client, Peer, Receiver, Sender, Server};
+
+use crate::architect::{ARCHITECT_ENDPOINT, BUILDS_ENDPOINT};
+use crate::big_brother::STATS_ENDPOINT;
+use crate::db_client::DbClient;
+use crate::file_juggler::FS_ENDPOINT;
+use crate::process::SLAVE_COMMANDS_ENDPOINT;
+use crate::slave_state::{Decision, Slave, Stage};
+
+// Until the index writer lands: its request socket.
+const WEB_ENDPOINT: &str = "inproc://web";
+
+/// Where the feed follower and the admin endpoint announce deletions.
+pub const DELETES_ENDPOINT: &str = "inproc://deletes";
+/// How long a deleted package or version stays out of the queues, so that a queue computed
+/// just before the deletion cannot hand it out again.
+pub const DELETED_EXCLUSION: Duration = Duration::from_secs(3600);
+/// How often silent slaves are looked for.
+const EXPIRY_CHECK: Duration = Duration::from_secs(5);
+/// Times a file that fails verification is asked for again before it is given up.
+const MAX_SEND_ATTEMPTS: u32 = 3;
+/// Longest field a slave's hello may carry (labels, tags, host facts).
+const MAX_HELLO_FIELD: usize = 256;
+/// How long the file juggler may take to answer (a verification fsyncs a whole file).
+const FS_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the index writer may take to take a request.
+const WEB_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a message to a local queue may wait for room.
+const LOCAL_SEND_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The slave driver's settings.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Where slaves connect, e.g. `tcp://*:5555`.
+    pub slave_queue: String,
+    /// The index slaves' pip builds from, sent in every `Ack` (empty: the slave's own).
+    pub index_url: String,
+    /// Largest message a slave may send (a build result carries its log and METADATA files).
+    pub max_message: usize,
+    /// How long the database may take to answer.
+    pub db_timeout: Duration,
+}
+
+/// The slave driver's sockets, and the slave-id counter, which outlive restarts of its state
+/// so that an id is never given twice in the master's life.
+#[derive(Debug)]
+pub struct Sockets {
+    slaves: Server<SlaveRequest, SlaveReply>,
+    builds: Receiver<BuildQueueUpdate>,
+    commands: Server<SlaveCommand, SlaveCommandReply>,
+    deletes: Server<DeleteNotice, DeleteAck>,
+    status: Sender<StatusEvent>,
+    stats: Sender<StatsUpdate>,
+    trigger: Sender<ArchitectTrigger>,
+    db: DbClient,
+    fs: Client<FsRequest, FsReply>,
+    web: Client<WebRequest, WebReply>,
+    last_slave_id: SlaveId,
+}
+
+impl Sockets {
+    /// Binds the slave, builds, commands and deletes sockets and connects to the rest.
+    pub fn open(ctx: &zmq::Context, config: &DriverConfig, status_endpoint: &str) -> anyhow::Result<Sockets> {
+        Ok(Sockets {
+            slaves: Server::bind(ctx, &config.slave_queue, Some(config.max_message))?,
+            builds: Receiver::pull(ctx, BUILDS_ENDPOINT, None)?,
+            commands: Server::bind(ctx, SLAVE_COMMANDS_ENDPOINT, None)?,
+            deletes: Server::bind(ctx, DELETES_ENDPOINT, None)?,
+            status: Sender::push(ctx, status_endpoint)?,
+            stats: Sender::push(ctx, STATS_ENDPOINT)?,
+            trigger: Sender::push(ctx, ARCHITECT_ENDPOINT)?,
+            db: DbClient::connect(ctx, config.db_timeout)?,
+            fs: Client::connect(ctx, FS_ENDPOINT, None)?,
+            web: Client::connect(ctx, WEB_ENDPOINT, None)?,
+            last_slave_id: 0,
+        })
+    }
+
+    /// The address the slave socket is bound to (with the port chosen, when it was `*`).
+    pub fn slave_endpoint(&self) -> String {
+        self.slaves.endpoint().to_string()
+    }
+}
+
+/// What the slave driver reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A slave sent a request.
+    Slave,
+    /// The architect sent new queues.
+    Builds,
+    /// An operator's command arrived.
+    Command,
+    /// A deletion was announced.
+    Delete,
+    /// Time to drop silent slaves.
+    Expire,
+}
+
+/// A release kept out of a queue until a time.
+type Exclusions = BTreeMap<PackageVersion, Instant>;
+
+/// The slaves' coordinator.
+#[derive(Debug)]
+pub struct SlaveDriver {
+    config: DriverConfig,
+    /// Connected slaves by connection identity.
+    slaves: HashMap<Vec<u8>, Slave>,
+    /// Releases still to hand out, per ABI, in the architect's order.
+    queues: BTreeMap<String, VecDeque<PackageVersion>>,
+    /// Releases handed out, per ABI, until their slave's build timeout passes.
+    building: HashMap<String, Exclusions>,
+    /// Deleted releases (an empty version means the whole package), for every ABI.
+    deleted: Exclusions,
+    /// Verification attempts of the file each slave is sending.
+    attempts: HashMap<SlaveId, u32>,
+}
+
+impl SlaveDriver {
+    /// A driver with no slaves and empty queues.
+    pub fn new(config: DriverConfig) -> SlaveDriver {
+        SlaveDriver {
+            config,
+            slaves: HashMap::new(),
+            queues: BTreeMap::new(),
+            building: HashMap::new(),
+            deleted: BTreeMap::new(),
+            attempts: HashMap::new(),
+        }
+    }
+
+    fn on_slave(&mut self, sockets: &mut Sockets, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
+        let (peer, request) = sockets.slaves.recv()?;
+        let now = ctx.now();
+        let identity = peer.identity().to_vec();
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => {
+                let reason = format!("protocol error: {e}");
+                match self.slaves.remove(&identity) {
+                    Some(slave) => self.drop_slave(sockets, ctx, slave, &reason),
+                    None => tracing::warn!("bad message from unknown slave {peer}: {e}"),
+                }
+                return reply(sockets, &peer, &SlaveReply::Die { reason });
+            }
+        };
+        let Some(slave) = self.slaves.get_mut(&identity) else {
+            return self.on_stranger(sockets, ctx, peer, request);
+        };
+        let id = slave.id;
+        if let SlaveRequest::Idle { stats, .. } | SlaveRequest::Busy { stats } = &request {
+            publish(sockets, ctx, id, SlaveEvent::Stats(stats.clone()));
+        }
+        let decision = slave.on_request(request, now, ctx.paused());
+        match decision {
+            Decision::Reply(answer) => self.answer(sockets, ctx, &peer, answer),
+            Decision::FindWork => {
+                let answer = self.find_work(sockets, &identity, now);
+                self.answer(sockets, ctx, &peer, answer)
+            }
+            Decision::RecordFailure { build, result } => {
+                let answer = self.finish(sockets, ctx, &identity, build, *result);
+                self.answer(sockets, ctx, &peer, answer)
+            }
+            Decision::StartTransfer { build, result } => {
+                self.attempts.remove(&id);
+                let answer = self.next_file(sockets, ctx, &identity, build, result, 0);
+                self.answer(sockets, ctx, &peer, answer)
+            }
+            Decision::VerifyFile { build, result, filename, transfer } => {
+                let answer = self.verify(sockets, ctx, &identity, build, result, &filename, transfer);
+                self.answer(sockets, ctx, &peer, answer)
+            }
+            Decision::Forget { reason } => {
+                if let Some(slave) = self.slaves.remove(&identity) {
+                    self.drop_slave(sockets, ctx, slave, &format!("said goodbye: {reason}"));
+                }
+                Ok(())
+            }
+            Decision::Die { reason } => {
+                if let Some(slave) = self.slaves.remove(&identity) {
+                    if reason.starts_with("protocol error") {
+                        tracing::warn!("slave {} ({}): {reason}", slave.id, slave.hello.host.label);
+                    }
+                    self.drop_slave(sockets, ctx, slave, &reason);
+                }
+                reply(sockets, &peer, &SlaveReply::Die { reason })
+            }
+        }
+    }
+
+    /// A request from a connection the driver does not know: only `Hello` is welcome.
+    fn on_stranger(&mut self, sockets: &mut Sockets, ctx: &Context<'_, Event>, peer: Peer, request: SlaveRequest) -> anyhow::Result<()> {
+        match request {
+            SlaveRequest::Hello(hello) => {
+                if let Err(mismatch) = hello.versions.check() {
+                    tracing::warn!("refused slave {} from {peer}: {mismatch}", hello.host.label);
+                    return reply(sockets, &peer, &SlaveReply::Refused { reason: mismatch.to_string() });
+                }
+                if let Err(reason) = check_hello(&hello) {
+                    tracing::warn!("refused slave from {peer}: {reason}");
+                    return reply(sockets, &peer, &SlaveReply::Refused { reason });
+                }
+                sockets.last_slave_id = sockets.last_slave_id.wrapping_add(1).max(1);
+                let id = sockets.last_slave_id;
+                tracing::info!(
+                    "slave {id} ({}) connected from {peer}: {} on {}, build timeout {:?}, busy timeout {:?}",
+                    hello.host.label,
+                    hello.abi,
+                    hello.platform,
+                    hello.build_timeout,
+                    hello.busy_timeout
+                );
+                publish(sockets, ctx, id, SlaveEvent::Hello(hello.clone()));
+                self.slaves.insert(peer.identity().to_vec(), Slave::new(id, hello, ctx.now()));
+                let answer = SlaveReply::Ack { slave_id: id, index_url: self.config.index_url.clone() };
+                self.answer(sockets, ctx, &peer, answer)
+            }
+            // Nothing to answer, and nobody to forget.
+            SlaveRequest::Bye { .. } => Ok(()),
+            other => {
+                tracing::info!("{} from unknown slave {peer}: telling it to say hello again", request_name(&other));
+                reply(sockets, &peer, &SlaveReply::Refused { reason: "this master does not know you (it restarted, or dropped you as silent): say Hello again".into() })
+            }
+        }
+    }
+
+    /// Sends `answer` to the slave at `peer` and tells monitors (except for `Cont`, which only
+    /// says that nothing changed).
+    fn answer(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, peer: &Peer, answer: SlaveReply) -> anyhow::Result<()> {
+        if let Some(slave) = self.slaves.get(peer.identity())
+            && answer != SlaveReply::Cont
+        {
+            publish(sockets, ctx, slave.id, SlaveEvent::Replied(answer.clone()));
+        }
+        reply(sockets, peer, &answer)
+    }
+
+    /// The next release for the slave's ABI that nobody builds and nobody deleted.
+    fn find_work(&mut self, sockets: &Sockets, identity: &[u8], now: Instant) -> SlaveReply {
+        let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
+        let abi = slave.hello.abi.clone();
+        let building = self.building.entry(abi.clone()).or_default();
+        let queue = self.queues.entry(abi).or_default();
+        while let Some(build) = queue.pop_front() {
+            if building.get(&build).is_some_and(|until| *until > now) || is_deleted(&self.deleted, &build, now) {
+                continue;
+            }
+            building.insert(build.clone(), now + slave.hello.build_timeout);
+            let answer = slave.start_build(build, now);
+            self.send_queue_lengths(sockets);
+            return answer;
+        }
+        slave.sleep(false)
+    }
+
+    /// Asks the file juggler for the files of `result` from `from` on, until one must be sent;
+    /// records the build when none is left.
+    fn next_file(
+        &mut self,
+        sockets: &Sockets,
+        ctx: &Context<'_, Event>,
+        identity: &[u8],
+        build: PackageVersion,
+        mut result: Box<BuildResult>,
+        from: usize,
+    ) -> SlaveReply {
+        let mut index = from;
+        while index < result.files.len() {
+            let file = result.files[index].clone();
+            let request = FsRequest::Expect { package: build.package.clone(), file: Box::new(file.clone()) };
+            match sockets.fs.request(&request, FS_TIMEOUT) {
+                Ok(FsReply::Expecting { transfer }) => {
+                    let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
+                    return slave.send(result, file.filename, transfer);
+                }
+                Ok(FsReply::AlreadyHave) => index += 1,
+                Ok(other) => {
+                    let reason = match other {
+                        FsReply::Failed { reason } | FsReply::Error { message: reason } => reason,
+                        other => format!("unexpected answer {other:?}"),
+                    };
+                    self.refuse_file(sockets, ctx, identity, &mut result, index, &reason);
+                }
+                Err(e) => {
+                    // The file juggler did not answer: the build stays unrecorded and goes
+                    // back to the queue; nothing is lost.
+                    tracing::error!("cannot expect {} from the file juggler: {e}", file.filename);
+                    self.release(identity, ctx.now());
+                    return self.done(identity);
+                }
+            }
+        }
+        self.finish(sockets, ctx, identity, build, *result)
+    }
+
+    /// Leaves a file the file juggler will not take out of the build's record.
+    fn refuse_file(
+        &mut self,
+        sockets: &Sockets,
+        ctx: &Context<'_, Event>,
+        identity: &[u8],
+        result: &mut BuildResult,
+        index: usize,
+        reason: &str,
+    ) {
+        let file = result.files.remove(index);
+        let text = format!("{} not published: {reason}", file.filename);
+        tracing::warn!("{text}");
+        result.output.push_str(&format!("\n[piw-master] {text}\n"));
+        if let Some(slave) = self.slaves.get(identity) {
+            notice(sockets, ctx, NoticeLevel::Warning, format!("slave {}: {text}", slave.id));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn verify(
+        &mut self,
+        sockets: &Sockets,
+        ctx: &Context<'_, Event>,
+        identity: &[u8],
+        build: PackageVersion,
+        mut result: Box<BuildResult>,
+        filename: &str,
+        transfer: TransferId,
+    ) -> SlaveReply {
+        let Some(index) = result.files.iter().position(|f| f.filename == filename) else {
+            return self.done(identity);
+        };
+        let id = self.slaves.get(identity).map_or(0, |s| s.id);
+        match sockets.fs.request(&FsRequest::Verify { transfer }, FS_TIMEOUT) {
+            Ok(FsReply::Verified) => {
+                self.attempts.remove(&id);
+                self.next_file(sockets, ctx, identity, build, result, index + 1)
+            }
+            Ok(FsReply::Failed { reason }) | Ok(FsReply::Error { message: reason }) => {
+                let attempts = self.attempts.entry(id).or_insert(0);
+                *attempts += 1;
+                if *attempts >= MAX_SEND_ATTEMPTS {
+                    self.attempts.remove(&id);
+                    let reason = format!("{reason} ({MAX_SEND_ATTEMPTS} attempts)");
+                    self.refuse_file(sockets, ctx, identity, &mut result, index, &reason);
+                    self.next_file(sockets, ctx, identity, build, result, index)
+                } else {
+                    tracing::warn!("{filename} from slave {id} failed verification, asking again: {reason}");
+                    self.next_file(sockets, ctx, identity, build, result, index)
+                }
+            }
+            Ok(other) => {
+                tracing::error!("unexpected answer to verifying {filename}: {other:?}");
+                self.release(identity, ctx.now());
+                self.done(identity)
+            }
+            Err(e) => {
+                tracing::error!("cannot verify {filename} with the file juggler: {e}");
+                self.release(identity, ctx.now());
+                self.done(identity)
+            }
+        }
+    }
+
+    /// Records a finished build (a failure, or a success whose files are all published), asks
+    /// for its log and pages to be written, and lets the slave go idle.
+    fn finish(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], build: PackageVersion, mut result: BuildResult) -> SlaveReply {
+        let Some(slave) = self.slaves.get(identity) else { return SlaveReply::Done };
+        if matches!(result.failure, Some(FailureKind::NoSpace | FailureKind::Builder)) {
+            // The builder's trouble, not the package's: record nothing, so that the release is
+            // built again (by another slave, once this one's exclusion has passed).
+            let text = format!("slave {} could not build {} {}: {:?}; not recorded", slave.id, build.package, build.version, result.failure);
+            tracing::warn!("{text}");
+            notice(sockets, ctx, NoticeLevel::Warning, text);
+            return self.done(identity);
+        }
+        if result.success && result.files.is_empty() {
+            result.success = false;
+            result.failure.get_or_insert(FailureKind::Build);
+        }
+        let success = result.success;
+        let output = result.output.clone();
+        let record = BuildRecord {
+            built_by: slave.id,
+            builder: slave.hello.host.label.clone(),
+            package: build.package.clone(),
+            version: build.version.clone(),
+            abi: slave.hello.abi.clone(),
+            result,
+        };
+        match sockets.db.log_build(record) {
+            Ok(build_id) => {
+                tracing::info!(
+                    "build {build_id}: {} {} on slave {} {}",
+                    build.package,
+                    build.version,
+                    slave.id,
+                    if success { "succeeded" } else { "failed" }
+                );
+                let scope = if success { RewriteScope::Both } else { RewriteScope::Project };
+                web(sockets, WebRequest::Log { build_id, output });
+                web(sockets, WebRequest::Rewrite { package: build.package.clone(), scope });
+                trigger(sockets, format!("{} {} built", build.package, build.version));
+            }
+            Err(e) => {
+                // The release stays unrecorded and is built again; its files, if any, are
+                // published already and will be found by hash.
+                tracing::error!("cannot record the build of {} {}: {e}", build.package, build.version);
+                self.release(identity, ctx.now());
+            }
+        }
+        self.done(identity)
+    }
+
+    fn done(&mut self, identity: &[u8]) -> SlaveReply {
+        match self.slaves.get_mut(identity) {
+            Some(slave) => slave.done(),
+            None => SlaveReply::Done,
+        }
+    }
+
+    /// Lets the release a slave holds be handed out again.
+    fn release(&mut self, identity: &[u8], now: Instant) {
+        let Some(slave) = self.slaves.get(identity) else { return };
+        if let Some(build) = slave.build()
+            && let Some(exclusions) = self.building.get_mut(&slave.hello.abi)
+        {
+            exclusions.insert(build.clone(), now);
+        }
+    }
+
+    /// Forgets a slave that has been removed from `slaves`; its build goes back to the queue.
+    fn drop_slave(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, slave: Slave, reason: &str) {
+        let holding = slave.build().map(|b| format!(" (it was building {} {})", b.package, b.version)).unwrap_or_default();
+        tracing::info!("slave {} ({}) gone: {reason}{holding}", slave.id, slave.hello.host.label);
+        self.attempts.remove(&slave.id);
+        if let Some(build) = slave.build()
+            && let Some(exclusions) = self.building.get_mut(&slave.hello.abi)
+        {
+            exclusions.remove(build);
+            trigger(sockets, format!("slave {} dropped its build of {} {}", slave.id, build.package, build.version));
+        }
+        publish(sockets, ctx, slave.id, SlaveEvent::Gone { reason: format!("{reason}{holding}") });
+    }
+
+    fn on_builds(&mut self, sockets: &Sockets, now: Instant) -> anyhow::Result<()> {
+        let BuildQueueUpdate { queues } = sockets.builds.recv()?;
+        self.deleted.retain(|_, until| *until > now);
+        for exclusions in self.building.values_mut() {
+            exclusions.retain(|_, until| *until > now);
+        }
+        self.queues = queues
+            .into_iter()
+            .map(|(abi, queue)| {
+                let building = self.building.get(&abi);
+                let queue = queue
+                    .into_iter()
+                    .filter(|b| !building.is_some_and(|x| x.contains_key(b)) && !is_deleted(&self.deleted, b, now))
+                    .collect();
+                (abi, queue)
+            })
+            .collect();
+        self.send_queue_lengths(sockets);
+        Ok(())
+    }
+
+    fn send_queue_lengths(&self, sockets: &Sockets) {
+        let lengths = self.queues.iter().map(|(abi, q)| (abi.clone(), q.len() as u64)).collect();
+        if let Err(e) = sockets.stats.send(&StatsUpdate::Queues { lengths }, LOCAL_SEND_TIMEOUT) {
+            tracing::debug!("queue lengths not sent to the stats task: {e}");
+        }
+    }
+
+    fn on_command(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
+        let (peer, command) = sockets.commands.recv()?;
+        let SlaveCommand { target, action } = command?;
+        let affected: Vec<&mut Slave> = match target {
+            SlaveTarget::All => self.slaves.values_mut().collect(),
+            SlaveTarget::One(id) => self.slaves.values_mut().filter(|s| s.id == id).collect(),
+        };
+        if let (SlaveTarget::One(slave_id), true) = (target, affected.is_empty()) {
+            sockets.commands.send(&peer, &SlaveCommandReply::UnknownSlave { slave_id })?;
+            return Ok(());
+        }
+        let mut ids = Vec::new();
+        for slave in affected {
+            match action {
+                SlaveAction::Sleep => slave.flags.sleeping = true,
+                SlaveAction::Wake => slave.flags = Default::default(),
+                SlaveAction::Skip => slave.flags.skip = slave.build().is_some(),
+                SlaveAction::Kill => slave.flags.kill = true,
+            }
+            ids.push(slave.id);
+        }
+        ids.sort_unstable();
+        if !ids.is_empty() {
+            let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            notice(sockets, ctx, NoticeLevel::Info, format!("{action:?} slave(s) {}: takes effect at their next request", list.join(", ")));
+        }
+        sockets.commands.send(&peer, &SlaveCommandReply::Applied { slaves: ids })?;
+        Ok(())
+    }
+
+    fn on_delete(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
+        let (peer, notice_msg) = sockets.deletes.recv()?;
+        let now = ctx.now();
+        let gone = match notice_msg? {
+            DeleteNotice::Package { package } => PackageVersion { package, version: String::new() },
+            DeleteNotice::Version { package, version } => PackageVersion { package, version },
+        };
+        self.deleted.insert(gone.clone(), now + DELETED_EXCLUSION);
+        for queue in self.queues.values_mut() {
+            queue.retain(|b| !is_deleted(&self.deleted, b, now));
+        }
+        for slave in self.slaves.values_mut() {
+            if let Some(build) = slave.build()
+                && matches(&gone, build)
+            {
+                tracing::info!("{} {} was deleted: slave {} abandons it", build.package, build.version, slave.id);
+                slave.flags.skip = true;
+            }
+        }
+        self.send_queue_lengths(sockets);
+        sockets.deletes.send(&peer, &DeleteAck::Done)?;
+        Ok(())
+    }
+
+    fn on_expire(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) {
+        let now = ctx.now();
+        let silent: Vec<Vec<u8>> = self.slaves.iter().filter(|(_, s)| s.expired(now)).map(|(id, _)| id.clone()).collect();
+        for identity in silent {
+            if let Some(slave) = self.slaves.remove(&identity) {
+                let reason = format!("silent for more than its busy timeout ({:?})", slave.hello.busy_timeout);
+                notice(sockets, ctx, NoticeLevel::Warning, format!("slave {} ({}) dropped: {reason}", slave.id, slave.hello.host.label));
+                self.drop_slave(sockets, ctx, slave, &reason);
+            }
+        }
+    }
+}
+
+impl Task for SlaveDriver {
+    type Sockets = Sockets;
+    type Event = Event;
+    // Slaves are still answered while paused: they are told to sleep.
+    const PAUSE: PauseMode = PauseMode::Timers;
+
+    fn poll_sockets<'s>(&self, sockets: &'s Sockets) -> Vec<(Event, &'s zmq::Socket)> {
+        vec![
+            (Event::Slave, sockets.slaves.socket()),
+            (Event::Builds, sockets.builds.socket()),
+            (Event::Command, sockets.commands.socket()),
+            (Event::Delete, sockets.deletes.socket()),
+        ]
+    }
+
+    fn timers(&self) -> Vec<(Event, Duration)> {
+        vec![(Event::Expire, EXPIRY_CHECK)]
+    }
+
+    fn handle(&mut self, event: Event, sockets: &mut Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
+        match event {
+            Event::Slave => self.on_slave(sockets, ctx),
+            Event::Builds => self.on_builds(sockets, ctx.now()),
+            Event::Command => self.on_command(sockets, ctx),
+            Event::Delete => self.on_delete(sockets, ctx),
+            Event::Expire => {
+                self.on_expire(sockets, ctx);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_quit(&mut self, sockets: &mut Sockets) {
+        // Slaves learn of the shutdown when their next request goes unanswered; their builds
+        // are unrecorded and stay in the queue.
+        let building = self.slaves.values().filter(|s| !matches!(s.stage, Stage::Idle)).count();
+        if building > 0 {
+            tracing::info!("stopping with {building} build(s) in progress; they will be handed out again");
+        }
+        let _ = sockets;
+    }
+}
+
+/// Whether `build` falls under the deletion `gone` (an empty version means every version).
+fn matches(gone: &PackageVersion, build: &PackageVersion) -> bool {
+    gone.package == build.package && (gone.version.is_empty() || gone.version == build.version)
+}
+
+fn is_deleted(deleted: &Exclusions, build: &PackageVersion, now: Instant) -> bool {
+    deleted.iter().any(|(gone, until)| *until > now && matches(gone, build))
+}
+
+/// Refuses hellos whose facts the driver cannot use or show.
+fn check_hello(hello: &SlaveHello) -> Result<(), String> {
+    let fields = [
+        ("abi", &hello.abi),
+        ("platform", &hello.platform),
+        ("py_version", &hello.py_version),
+        ("label", &hello.host.label),
+        ("os_name", &hello.host.os_name),
+        ("os_version", &hello.host.os_version),
+        ("board_revision", &hello.host.board_revision),
+        ("board_serial", &hello.host.board_serial),
+    ];
+    for (name, value) in fields {
+        if value.len() > MAX_HELLO_FIELD || value.chars().any(char::is_control) {
+            return Err(format!("hello field {name} is longer than {MAX_HELLO_FIELD} bytes or holds control characters"));
+        }
+    }
+    let tag_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !tag_ok(&hello.abi) || !tag_ok(&hello.platform) {
+        return Err(format!("hello names no usable ABI and platform ({:?}, {:?})", hello.abi, hello.platform));
+    }
+    if hello.busy_timeout.is_zero() || hello.build_timeout.is_zero() {
+        return Err("hello's build and busy timeouts must be more than zero".into());
+    }
+    Ok(())
+}
+
+fn request_name(request: &SlaveRequest) -> &'static str {
+    match request {
+        SlaveRequest::Hello(_) => "Hello",
+        SlaveRequest::Idle { .. } => "Idle",
+        SlaveRequest::Busy { .. } => "Busy",
+        SlaveRequest::Built(_) => "Built",
+        SlaveRequest::Sent { .. } => "Sent",
+        SlaveRequest::Bye { .. } => "Bye",
+    }
+}
+
+fn reply(sockets: &Sockets, peer: &Peer, answer: &SlaveReply) -> anyhow::Result<()> {
+    if let Err(e) = sockets.slaves.send(peer, answer) {
+        // The slave went away between its request and our answer; it will say hello again.
+        tracing::info!("cannot answer slave {peer}: {e}");
+    }
+    Ok(())
+}
+
+fn publish(sockets: &Sockets, ctx: &Context<'_, Event>, slave_id: SlaveId, event: SlaveEvent) {
+    let event = StatusEvent::Slave { slave_id, at: ctx.utc(), event };
+    if let Err(e) = sockets.status.send(&event, LOCAL_SEND_TIMEOUT) {
+        tracing::debug!("slave status not sent: {e}");
+    }
+}
+
+fn notice(sockets: &Sockets, ctx: &Context<'_, Event>, level: NoticeLevel, text: String) {
+    if let Err(e) = sockets.status.send(&StatusEvent::Notice { at: ctx.utc(), level, text }, LOCAL_SEND_TIMEOUT) {
+        tracing::debug!("notice not sent: {e}");
+    }
+}
+
+fn trigger(sockets: &Sockets, reason: String) {
+    if let Err(e) = sockets.trigger.send(&ArchitectTrigger::Refresh { reason }, LOCAL_SEND_TIMEOUT) {
+        tracing::warn!("cannot ask the architect for a new queue: {e}");
+    }
+}
+
+/// Hands a request to the index writer. Its failure loses no data (the build is recorded);
+/// the pages are rewritten at the next change of the package or a full rebuild.
+fn web(sockets: &Sockets, request: WebRequest) {
+    match sockets.web.request(&request, WEB_TIMEOUT) {
+        Ok(WebReply::Done) => {}
+        Ok(WebReply::Error { message }) => tracing::error!("the index writer refused a request: {message}"),
+        Err(e) => tracing::error!("the index writer did not answer: {e}"),
+    }
+}

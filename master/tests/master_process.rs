@@ -56,6 +56,8 @@ impl Master {
             .arg(dsn)
             .arg("--file-queue")
             .arg(format!("tcp://127.0.0.1:{file_port}"))
+            .arg("--slave-queue")
+            .arg(format!("tcp://127.0.0.1:{}", free_port()))
             .arg("--output-path")
             .arg(output)
             .arg("--state-dir")
@@ -263,13 +265,15 @@ fn task_states_and_stats_are_relayed_to_monitors() {
 }
 
 #[test]
-fn slave_commands_without_a_slave_driver_are_an_error_not_a_hang() {
+fn slave_commands_reach_the_slave_driver() {
     let master = Master::start();
     let ctx = zmq::Context::new();
     let (client, _) = master.attach(&ctx);
-    let request = ControlRequest::Slaves { target: SlaveTarget::All, action: SlaveAction::Sleep };
-    match client.request(&request, Duration::from_secs(5)).unwrap() {
-        ControlReply::Error { message } => assert!(message.contains("slave driver"), "{message}"),
+    let all = ControlRequest::Slaves { target: SlaveTarget::All, action: SlaveAction::Sleep };
+    assert_eq!(client.request(&all, Duration::from_secs(5)).unwrap(), ControlReply::Done);
+    let one = ControlRequest::Slaves { target: SlaveTarget::One(99), action: SlaveAction::Kill };
+    match client.request(&one, Duration::from_secs(5)).unwrap() {
+        ControlReply::Error { message } => assert!(message.contains("no slave has id 99"), "{message}"),
         other => panic!("unexpected {other:?}"),
     }
 }

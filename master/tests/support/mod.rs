@@ -18,7 +18,8 @@ pub struct Pool {
     pub rt: Runtime,
     pub tasks: Supervisor,
     pub db: TestDb,
-    _status: piwheels_common::transport::Receiver<piwheels_common::protocols::StatusEvent>,
+    /// The tasks' status reports (bound here, since every task connects to it).
+    pub status: piwheels_common::transport::Receiver<piwheels_common::protocols::StatusEvent>,
 }
 
 impl Pool {
@@ -38,7 +39,7 @@ impl Pool {
                     .unwrap(),
             );
         }
-        Pool { rt, tasks, db, _status: status }
+        Pool { rt, tasks, db, status }
     }
 
     /// A database client.

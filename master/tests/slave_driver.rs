@@ -1,0 +1,473 @@
+//! The slave driver with the architect, the file juggler, real oracles and a real database,
+//! and slaves played by the test over real tcp sockets: the whole conversation, operators'
+//! commands, deletions, silent slaves and bad input.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use piwheels_common::protocols::{
+    ArchitectTrigger, BuildResult, DeleteAck, DeleteNotice, FailureKind, HostInfo, HostStats, SlaveAction, SlaveCommand,
+    SlaveCommandReply, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WebReply,
+    WebRequest, WheelFile,
+};
+use piwheels_common::task::{self, TaskHandle};
+use piwheels_common::transport::{Client, Sender, Server};
+use piwheels_common::upload::{UploadOptions, upload};
+use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, QueueConfig};
+use piwheels_master::file_juggler::{self, FileJuggler, JugglerConfig};
+use piwheels_master::process::SLAVE_COMMANDS_ENDPOINT;
+use piwheels_master::slave_driver::{self, DELETES_ENDPOINT, DriverConfig, SlaveDriver};
+use piwheels_testsupport::data::wheel_file;
+use support::{Pool, eventually};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The master's tasks that slaves meet, over a real database, with the index writer played by
+/// a thread that records what it is asked.
+struct Farm {
+    pool: Pool,
+    dir: tempfile::TempDir,
+    slave_endpoint: String,
+    file_endpoint: String,
+    driver: TaskHandle,
+    web_requests: Arc<Mutex<Vec<WebRequest>>>,
+    events: Vec<StatusEvent>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Farm {
+    /// A farm whose database holds `releases` (package, version) for ABI cp311.
+    fn start(releases: &[(&str, &str)]) -> Farm {
+        let mut pool = Pool::start(2);
+        pool.db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311)");
+        for (package, version) in releases {
+            pool.db.execute(&format!(
+                "INSERT INTO packages (package) VALUES ('{package}') ON CONFLICT DO NOTHING;
+                 INSERT INTO versions (package, version) VALUES ('{package}', '{version}')"
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let web_requests = Arc::new(Mutex::new(Vec::new()));
+        let web = Server::<WebRequest, WebReply>::bind(&pool.rt.zmq, "inproc://web", None).unwrap();
+        let seen = web_requests.clone();
+        std::thread::spawn(move || {
+            while let Ok((peer, request)) = web.recv() {
+                let Ok(request) = request else { break };
+                seen.lock().unwrap().push(request);
+                if web.send(&peer, &WebReply::Done).is_err() {
+                    break;
+                }
+            }
+        });
+        let juggler = JugglerConfig::new(dir.path().join("www"), dir.path().join("staging"));
+        std::fs::create_dir_all(dir.path().join("www")).unwrap();
+        juggler.check().unwrap();
+        let file_endpoint = format!("tcp://127.0.0.1:{}", free_port());
+        let (open_endpoint, open_config, clock) = (file_endpoint.clone(), juggler.clone(), pool.rt.clock.clone());
+        pool.tasks.add(
+            task::spawn(
+                &pool.rt,
+                "file_juggler",
+                move |ctx| file_juggler::Sockets::open(ctx, &open_endpoint, &open_config),
+                move |_| FileJuggler::start(&juggler, &clock),
+            )
+            .unwrap(),
+        );
+        let queue = QueueConfig { interval: Duration::from_secs(3600), debounce: Duration::from_millis(100), limit: 100 };
+        pool.tasks.add(task::spawn(&pool.rt, "architect", architect::Sockets::open, move |_| Ok(Architect::new(queue))).unwrap());
+        let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());
+        let config = DriverConfig {
+            slave_queue: slave_endpoint.clone(),
+            index_url: "http://127.0.0.1:9/simple/".into(),
+            max_message: 16 << 20,
+            db_timeout: WAIT,
+        };
+        let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());
+        let driver = task::spawn(
+            &pool.rt,
+            "slave_driver",
+            move |ctx| slave_driver::Sockets::open(ctx, &open_config, &status),
+            move |_| Ok(SlaveDriver::new(config.clone())),
+        )
+        .unwrap();
+        Farm { pool, dir, slave_endpoint, file_endpoint, driver, web_requests, events: Vec::new() }
+    }
+
+    fn slave(&self, label: &str) -> FakeSlave {
+        FakeSlave::connect(&self.pool.rt.zmq, &self.slave_endpoint, label)
+    }
+
+    /// Asks the architect for a new queue and waits until the driver has it (an idle slave
+    /// that is handed work proves it).
+    fn refresh_queue(&self) {
+        let trigger = Sender::<ArchitectTrigger>::push(&self.pool.rt.zmq, ARCHITECT_ENDPOINT).unwrap();
+        trigger.send(&ArchitectTrigger::Refresh { reason: "test".into() }, WAIT).unwrap();
+        // The debounce is 100 ms; give the queue time to arrive.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    fn command(&self, target: SlaveTarget, action: SlaveAction) -> SlaveCommandReply {
+        let client = Client::<SlaveCommand, SlaveCommandReply>::connect(&self.pool.rt.zmq, SLAVE_COMMANDS_ENDPOINT, None).unwrap();
+        client.request(&SlaveCommand { target, action }, WAIT).unwrap()
+    }
+
+    fn delete(&self, notice: DeleteNotice) {
+        let client = Client::<DeleteNotice, DeleteAck>::connect(&self.pool.rt.zmq, DELETES_ENDPOINT, None).unwrap();
+        assert_eq!(client.request(&notice, WAIT).unwrap(), DeleteAck::Done);
+    }
+
+    /// Every status event so far.
+    fn events(&mut self) -> &[StatusEvent] {
+        while let Ok(Some(event)) = self.pool.status.recv_timeout(Duration::from_millis(50)) {
+            self.events.push(event);
+        }
+        &self.events
+    }
+
+    fn web_requests(&self) -> Vec<WebRequest> {
+        self.web_requests.lock().unwrap().clone()
+    }
+
+    fn builds(&self) -> Vec<String> {
+        self.pool
+            .db
+            .column("SELECT concat_ws(' ', package, version, built_by, builder, status, coalesce(failure, '-')) FROM builds ORDER BY build_id")
+            .into_iter()
+            .map(Option::unwrap)
+            .collect()
+    }
+}
+
+/// A slave played by the test.
+struct FakeSlave {
+    client: Client<SlaveRequest, SlaveReply>,
+    label: String,
+    busy_timeout: Duration,
+}
+
+fn hello(label: &str, busy_timeout: Duration) -> SlaveHello {
+    SlaveHello {
+        versions: Versions::current(),
+        build_timeout: Duration::from_secs(3600),
+        busy_timeout,
+        py_version: "311".into(),
+        abi: "cp311".into(),
+        platform: "linux_armv7l".into(),
+        memory_limit: 0,
+        host: HostInfo { label: label.into(), ..HostInfo::default() },
+    }
+}
+
+fn idle() -> SlaveRequest {
+    SlaveRequest::Idle { stats: HostStats::default(), declined: None }
+}
+
+fn busy() -> SlaveRequest {
+    SlaveRequest::Busy { stats: HostStats::default() }
+}
+
+fn result(success: bool, files: Vec<WheelFile>) -> BuildResult {
+    BuildResult {
+        success,
+        failure: if success { None } else { Some(FailureKind::Build) },
+        exit_status: Some(if success { 0 } else { 1 }),
+        duration: Duration::from_secs(3),
+        cpu_time: Duration::from_secs(2),
+        peak_memory: 1 << 20,
+        output: if success { "built".into() } else { "error: it broke".into() },
+        files,
+    }
+}
+
+impl FakeSlave {
+    fn connect(ctx: &zmq::Context, endpoint: &str, label: &str) -> FakeSlave {
+        FakeSlave { client: Client::connect(ctx, endpoint, None).unwrap(), label: label.into(), busy_timeout: Duration::from_secs(300) }
+    }
+
+    fn ask(&self, request: SlaveRequest) -> SlaveReply {
+        self.client.request(&request, WAIT).unwrap()
+    }
+
+    /// Says hello and returns the slave id.
+    fn hello(&self) -> u32 {
+        match self.ask(SlaveRequest::Hello(hello(&self.label, self.busy_timeout))) {
+            SlaveReply::Ack { slave_id, index_url } => {
+                assert_eq!(index_url, "http://127.0.0.1:9/simple/");
+                slave_id
+            }
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+
+    /// Asks for work until some is handed out.
+    fn take_build(&self) -> (String, String) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.ask(idle()) {
+                SlaveReply::Build { package, version } => return (package, version),
+                SlaveReply::Sleep { .. } => assert!(Instant::now() < deadline, "no work was handed out"),
+                other => panic!("expected work, got {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A wheel file on disk for `package` `version`, and its description.
+fn wheel(dir: &std::path::Path, package: &str, version: &str, contents: &[u8]) -> (std::path::PathBuf, WheelFile) {
+    let filename = format!("{package}-{version}-cp311-cp311-linux_armv7l.whl");
+    let path = dir.join(&filename);
+    std::fs::write(&path, contents).unwrap();
+    (path, wheel_file(&filename, contents))
+}
+
+#[test]
+fn a_build_is_handed_out_its_wheel_sent_and_the_build_recorded() {
+    let mut farm = Farm::start(&[("foo", "1.0")]);
+    let slave = farm.slave("pi-1");
+    let id = slave.hello();
+    farm.refresh_queue();
+    assert_eq!(slave.take_build(), ("foo".to_string(), "1.0".to_string()));
+    assert_eq!(slave.ask(busy()), SlaveReply::Cont);
+
+    let (path, file) = wheel(farm.dir.path(), "foo", "1.0", b"wheel bytes");
+    let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![file]))) else {
+        panic!("expected a send")
+    };
+    assert_eq!(filename, "foo-1.0-cp311-cp311-linux_armv7l.whl");
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, transfer, &path, UploadOptions::default()).unwrap();
+    assert_eq!(slave.ask(SlaveRequest::Sent { filename: filename.clone() }), SlaveReply::Done);
+
+    let published = farm.dir.path().join("www/simple/foo").join(&filename);
+    assert_eq!(std::fs::read(published).unwrap(), b"wheel bytes");
+    assert_eq!(farm.builds(), [format!("foo 1.0 {id} pi-1 t -")]);
+    let files = farm.pool.db.column("SELECT filename FROM files");
+    assert_eq!(files, [Some(filename)]);
+    let web = farm.web_requests();
+    assert!(web.iter().any(|r| matches!(r, WebRequest::Log { output, .. } if output == "built")), "{web:?}");
+    assert!(web.iter().any(|r| matches!(r, WebRequest::Rewrite { package, .. } if package == "foo")), "{web:?}");
+
+    // Nothing else to do: the slave sleeps, and monitors saw the whole conversation.
+    assert_eq!(slave.ask(idle()), SlaveReply::Sleep { paused: false });
+    let replies: Vec<String> = farm
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            StatusEvent::Slave { slave_id, event: SlaveEvent::Replied(reply), .. } if *slave_id == id => {
+                Some(format!("{reply:?}").split([' ', '{']).next().unwrap().to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies, ["Ack", "Build", "Send", "Done", "Sleep"]);
+}
+
+#[test]
+fn a_failed_build_is_recorded_with_its_log_and_a_wheel_already_held_is_not_sent_again() {
+    let farm = Farm::start(&[("bad", "1.0"), ("same", "2.0")]);
+    // The index already holds same's wheel, with the very bytes the slave will build.
+    let (_, held) = wheel(farm.dir.path(), "same", "2.0", b"identical");
+    std::fs::create_dir_all(farm.dir.path().join("www/simple/same")).unwrap();
+    std::fs::write(farm.dir.path().join("www/simple/same").join(&held.filename), b"identical").unwrap();
+    let slave = farm.slave("pi-1");
+    let id = slave.hello();
+    farm.refresh_queue();
+    let mut handed = Vec::new();
+    for _ in 0..2 {
+        let (package, version) = slave.take_build();
+        let outcome = if package == "bad" { result(false, vec![]) } else { result(true, vec![held.clone()]) };
+        // Neither needs a transfer: the failure has no files, the wheel is held already.
+        assert_eq!(slave.ask(SlaveRequest::Built(outcome)), SlaveReply::Done);
+        handed.push((package, version));
+    }
+    handed.sort();
+    assert_eq!(handed, [("bad".to_string(), "1.0".to_string()), ("same".to_string(), "2.0".to_string())]);
+    let mut builds = farm.builds();
+    builds.sort();
+    assert_eq!(builds, [format!("bad 1.0 {id} pi-1 f build"), format!("same 2.0 {id} pi-1 t -")]);
+    let web = farm.web_requests();
+    assert!(web.iter().any(|r| matches!(r, WebRequest::Log { output, .. } if output == "error: it broke")), "{web:?}");
+}
+
+#[test]
+fn a_file_that_fails_verification_is_asked_for_again() {
+    let farm = Farm::start(&[("foo", "1.0")]);
+    let slave = farm.slave("pi-1");
+    slave.hello();
+    farm.refresh_queue();
+    slave.take_build();
+    // The slave announces one hash but holds other bytes.
+    let (path, mut file) = wheel(farm.dir.path(), "foo", "1.0", b"real bytes");
+    file.sha256 = "0".repeat(64);
+    let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![file.clone()]))) else {
+        panic!("expected a send")
+    };
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, transfer, &path, UploadOptions::default()).unwrap();
+    let again = slave.ask(SlaveRequest::Sent { filename: filename.clone() });
+    let SlaveReply::Send { filename: asked, transfer: second } = again else { panic!("expected the file again, got {again:?}") };
+    assert_eq!(asked, filename);
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, second, &path, UploadOptions::default()).unwrap();
+    let SlaveReply::Send { transfer: third, .. } = slave.ask(SlaveRequest::Sent { filename: filename.clone() }) else {
+        panic!("expected a third attempt")
+    };
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, third, &path, UploadOptions::default()).unwrap();
+    // After three failed attempts the file is given up and the build recorded as failed.
+    assert_eq!(slave.ask(SlaveRequest::Sent { filename: filename.clone() }), SlaveReply::Done);
+    assert!(farm.builds()[0].ends_with(" f build"), "{:?}", farm.builds());
+    assert!(!farm.dir.path().join("www/simple/foo").join(&filename).exists());
+}
+
+#[test]
+fn out_of_order_malformed_and_unknown_requests_are_refused_and_the_driver_goes_on() {
+    let mut farm = Farm::start(&[("foo", "1.0")]);
+    // A hello with another protocol version names both.
+    let stranger = farm.slave("old");
+    let mut old = hello("old", Duration::from_secs(300));
+    old.versions.protocol += 1;
+    match stranger.ask(SlaveRequest::Hello(old)) {
+        SlaveReply::Refused { reason } => {
+            assert!(reason.contains(&Versions::current().protocol.to_string()), "{reason}");
+            assert!(reason.contains(&(Versions::current().protocol + 1).to_string()), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A request from a connection that never said hello: say hello again.
+    assert!(matches!(stranger.ask(idle()), SlaveReply::Refused { reason } if reason.contains("Hello")));
+    // A hello with an unusable ABI.
+    let mut weird = hello("weird", Duration::from_secs(300));
+    weird.abi = "cp311/../../x".into();
+    assert!(matches!(farm.slave("weird").ask(SlaveRequest::Hello(weird)), SlaveReply::Refused { .. }));
+
+    // Out of order: Sent while idle.
+    let slave = farm.slave("pi-1");
+    let id = slave.hello();
+    match slave.ask(SlaveRequest::Sent { filename: "x-1-py3-none-any.whl".into() }) {
+        SlaveReply::Die { reason } => assert!(reason.contains("protocol error"), "{reason}"),
+        other => panic!("expected die, got {other:?}"),
+    }
+    // The driver forgot it.
+    assert!(matches!(slave.ask(idle()), SlaveReply::Refused { .. }));
+    assert!(farm.events().iter().any(|e| matches!(e, StatusEvent::Slave { slave_id, event: SlaveEvent::Gone { .. }, .. } if *slave_id == id)));
+
+    // Garbage on the wire gets a Die, not silence.
+    let raw = farm.pool.rt.zmq.socket(zmq::REQ).unwrap();
+    raw.set_rcvtimeo(10_000).unwrap();
+    raw.connect(&farm.slave_endpoint).unwrap();
+    raw.send(b"\xc1\xc1\xc1".as_slice(), 0).unwrap();
+    let answer = raw.recv_multipart(0).expect("an answer to garbage");
+    assert!(String::from_utf8_lossy(&answer.concat()).contains("protocol error"));
+
+    // And the driver still serves a well-behaved slave.
+    let good = farm.slave("pi-2");
+    good.hello();
+    farm.refresh_queue();
+    assert_eq!(good.take_build(), ("foo".to_string(), "1.0".to_string()));
+    assert!(!farm.driver.is_finished());
+}
+
+#[test]
+fn operators_sleep_wake_skip_and_kill_slaves() {
+    let farm = Farm::start(&[("foo", "1.0"), ("bar", "1.0")]);
+    let a = farm.slave("pi-a");
+    let b = farm.slave("pi-b");
+    let id_a = a.hello();
+    let id_b = b.hello();
+    farm.refresh_queue();
+
+    assert_eq!(farm.command(SlaveTarget::One(id_a), SlaveAction::Sleep), SlaveCommandReply::Applied { slaves: vec![id_a] });
+    assert_eq!(a.ask(idle()), SlaveReply::Sleep { paused: true });
+    assert_eq!(farm.command(SlaveTarget::One(id_a), SlaveAction::Wake), SlaveCommandReply::Applied { slaves: vec![id_a] });
+    let (package, _) = a.take_build();
+
+    // Skip abandons the build at the next contact, and only that build.
+    farm.command(SlaveTarget::One(id_a), SlaveAction::Skip);
+    assert_eq!(a.ask(busy()), SlaveReply::Done);
+    assert!(farm.builds().is_empty(), "an abandoned build is not recorded");
+
+    // The other release goes to b; killing every slave stops both at their next contact.
+    let (other, _) = b.take_build();
+    assert_ne!(package, other);
+    let applied = farm.command(SlaveTarget::All, SlaveAction::Kill);
+    assert_eq!(applied, SlaveCommandReply::Applied { slaves: vec![id_a, id_b] });
+    assert!(matches!(a.ask(idle()), SlaveReply::Die { .. }));
+    assert!(matches!(b.ask(busy()), SlaveReply::Die { .. }));
+    assert_eq!(farm.command(SlaveTarget::One(id_a), SlaveAction::Wake), SlaveCommandReply::UnknownSlave { slave_id: id_a });
+}
+
+#[test]
+fn a_paused_master_puts_slaves_to_sleep() {
+    let farm = Farm::start(&[("foo", "1.0")]);
+    let slave = farm.slave("pi-1");
+    slave.hello();
+    farm.refresh_queue();
+    farm.driver.control(TaskControl::Pause).unwrap();
+    eventually("the driver to pause", WAIT, || slave.ask(idle()) == SlaveReply::Sleep { paused: true });
+    farm.driver.control(TaskControl::Resume).unwrap();
+    assert_eq!(slave.take_build(), ("foo".to_string(), "1.0".to_string()));
+}
+
+#[test]
+fn a_deleted_release_leaves_the_queue_and_its_build_in_flight_is_abandoned() {
+    let farm = Farm::start(&[("foo", "1.0"), ("foo", "2.0"), ("bar", "1.0")]);
+    let a = farm.slave("pi-a");
+    a.hello();
+    farm.refresh_queue();
+    let (package, version) = a.take_build();
+    farm.delete(DeleteNotice::Version { package: package.clone(), version: version.clone() });
+    assert_eq!(a.ask(busy()), SlaveReply::Done);
+    // Deleting the whole package of foo: whatever is left is only bar's.
+    farm.delete(DeleteNotice::Package { package: "foo".into() });
+    let b = farm.slave("pi-b");
+    b.hello();
+    let mut handed = Vec::new();
+    loop {
+        match b.ask(idle()) {
+            SlaveReply::Build { package, .. } => handed.push(package),
+            SlaveReply::Sleep { .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+        // Give each build back unrecorded.
+        farm.command(SlaveTarget::All, SlaveAction::Skip);
+        assert_eq!(b.ask(busy()), SlaveReply::Done);
+    }
+    assert!(handed.iter().all(|p| p == "bar"), "{handed:?}");
+    assert!(farm.builds().is_empty());
+}
+
+#[test]
+fn a_silent_slave_is_dropped_and_its_build_handed_to_another() {
+    let mut farm = Farm::start(&[("foo", "1.0")]);
+    let mut quiet = farm.slave("quiet");
+    quiet.busy_timeout = Duration::from_secs(1);
+    let id = quiet.hello();
+    farm.refresh_queue();
+    assert_eq!(quiet.take_build(), ("foo".to_string(), "1.0".to_string()));
+    // Another slave finds nothing: foo is being built.
+    let other = farm.slave("other");
+    other.hello();
+    assert_eq!(other.ask(idle()), SlaveReply::Sleep { paused: false });
+    // The quiet one says nothing; the driver drops it within its expiry check.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !farm.events().iter().any(
+        |e| matches!(e, StatusEvent::Slave { slave_id, event: SlaveEvent::Gone { reason }, .. } if *slave_id == id && reason.contains("silent")),
+    ) {
+        assert!(Instant::now() < deadline, "the silent slave was never dropped");
+    }
+    // Its build goes to the other slave once the queue is refreshed (the driver asks for that).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let build = loop {
+        match other.ask(idle()) {
+            SlaveReply::Build { package, version } => break (package, version),
+            _ => assert!(Instant::now() < deadline, "the dropped build was never handed out again"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(build, ("foo".to_string(), "1.0".to_string()));
+    // A late word from the dropped slave is refused: it must say hello again.
+    assert!(matches!(quiet.ask(busy()), SlaveReply::Refused { .. }));
+}
