@@ -1027,7 +1027,8 @@ fn finish(reply: Reply, head: bool) -> Response<Payload> {
         Source::Gunzip(file) => Payload::Gunzip(Box::new(GunzipStream {
             file: tokio::fs::File::from_std(file),
             decoder: GzDecoder::new(Vec::new()),
-            input: Vec::new(),
+            input: vec![0; CHUNK / 4],
+            filled: 0,
             fed: 0,
             eof: false,
         })),
@@ -1058,8 +1059,9 @@ struct GunzipStream {
     file: tokio::fs::File,
     /// Holds the decompressed bytes not yet sent.
     decoder: GzDecoder<Vec<u8>>,
-    /// Compressed bytes read, and how many of them the decoder has had.
+    /// The read buffer: `input[..filled]` was read, the decoder has had `input[..fed]`.
     input: Vec<u8>,
+    filled: usize,
     fed: usize,
     eof: bool,
 }
@@ -1132,8 +1134,8 @@ impl GunzipStream {
             if self.eof {
                 return Poll::Ready(None);
             }
-            if self.fed < self.input.len() {
-                let end = self.input.len().min(self.fed + GUNZIP_STEP);
+            if self.fed < self.filled {
+                let end = self.filled.min(self.fed + GUNZIP_STEP);
                 match self.decoder.write(&self.input[self.fed..end]) {
                     // The gzip stream has ended: what follows is not part of it.
                     Ok(0) => self.eof = true,
@@ -1142,13 +1144,14 @@ impl GunzipStream {
                 }
                 continue;
             }
-            self.input.resize(CHUNK / 4, 0);
+            // Everything read was decoded: read more (a read that is pending is polled
+            // again with the same buffer).
             let mut read = ReadBuf::new(&mut self.input);
             if let Err(e) = ready!(Pin::new(&mut self.file).poll_read(cx, &mut read)) {
                 return Poll::Ready(Some(Err(e)));
             }
             let n = read.filled().len();
-            self.input.truncate(n);
+            self.filled = n;
             self.fed = 0;
             if n == 0 {
                 if let Err(e) = self.decoder.try_finish() {
