@@ -5,11 +5,14 @@
 //! a restart goes on where it stopped. PyPI errors of any kind make it back off (doubling from
 //! the poll interval up to [`MAX_BACKOFF`]); it never stops over them.
 //!
-//! Sockets: a [`DbClient`] to the oracles; a PUSH to the architect
-//! ([`crate::architect::ARCHITECT_ENDPOINT`]) to say the queue may have changed.
+//! A removal goes through [`Remover`] (rows, queues, builds in flight, files and pages
+//! together). A rename is applied as the removal of the old name and the creation of the new
+//! one, whose releases are then built afresh: the files on disk live under the old name's
+//! directory, and moving them safely is not worth what renames cost (they are rare).
 //!
-//! Not yet here (they join with the slave driver and the index writer): telling the slave
-//! driver to abandon builds of removed releases, and asking for page rewrites.
+//! Sockets: a [`DbClient`] to the oracles; a PUSH to the architect
+//! ([`crate::architect::ARCHITECT_ENDPOINT`]) to say the queue may have changed; REQs to the
+//! index writer (page rewrites) and, through [`Remover`], to the slave driver.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,14 +20,16 @@ use std::time::Duration;
 
 use chrono::DateTime;
 use piwheels_common::names::canonicalize;
-use piwheels_common::protocols::{ArchitectTrigger, DbRequest};
-use piwheels_common::transport::Sender;
+use piwheels_common::protocols::{ArchitectTrigger, DbRequest, RewriteScope, WebReply, WebRequest};
+use piwheels_common::transport::{Client, Sender};
 use piwheels_common::task::{Context, PauseMode, Task};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::architect::ARCHITECT_ENDPOINT;
 use crate::db_client::DbClient;
+use crate::slave_driver::WEB_ENDPOINT;
+use crate::removal::Remover;
 use crate::pypi::description::DescriptionClient;
 use crate::pypi::events::{Dedup, Event, EventKind};
 use crate::pypi::xmlrpc::ChangelogClient;
@@ -55,18 +60,37 @@ pub struct FollowerConfig {
     pub skip_new: String,
 }
 
-/// The follower's socket.
+/// How long the index writer may take to take a rewrite request.
+const WEB_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The follower's sockets.
 #[derive(Debug)]
 pub struct Sockets {
     db: DbClient,
     architect: Sender<ArchitectTrigger>,
+    web: Client<WebRequest, WebReply>,
+    remover: Remover,
 }
 
 impl Sockets {
-    /// Connects to the oracles (each database request waits at most `db_timeout`) and to the
-    /// architect.
+    /// Connects to the oracles (each database request waits at most `db_timeout`), the
+    /// architect, the index writer and the slave driver.
     pub fn open(ctx: &zmq::Context, db_timeout: Duration) -> anyhow::Result<Sockets> {
-        Ok(Sockets { db: DbClient::connect(ctx, db_timeout)?, architect: Sender::push(ctx, ARCHITECT_ENDPOINT)? })
+        Ok(Sockets {
+            db: DbClient::connect(ctx, db_timeout)?,
+            architect: Sender::push(ctx, ARCHITECT_ENDPOINT)?,
+            web: Client::connect(ctx, WEB_ENDPOINT, None)?,
+            remover: Remover::connect(ctx)?,
+        })
+    }
+
+    /// Asks the index writer to rewrite a package's pages; a failure costs only freshness.
+    fn rewrite(&self, package: &str, scope: RewriteScope) {
+        match self.web.request(&WebRequest::Rewrite { package: package.into(), scope }, WEB_TIMEOUT) {
+            Ok(WebReply::Done) => {}
+            Ok(WebReply::Error { message }) => tracing::warn!("the index writer refused to rewrite {package}: {message}"),
+            Err(e) => tracing::warn!("the index writer did not take the rewrite of {package}: {e}"),
+        }
     }
 }
 
@@ -104,7 +128,8 @@ impl CloudGazer {
 
     /// Reads one batch of events and applies it; the serial is stored only after the whole
     /// batch is in.
-    fn poll(&mut self, db: &DbClient) -> anyhow::Result<()> {
+    fn poll(&mut self, sockets: &Sockets) -> anyhow::Result<()> {
+        let db = &sockets.db;
         let raw = match self.runtime.block_on(self.changelog.since_serial(self.serial)) {
             Ok(raw) => raw,
             Err(e) => {
@@ -120,7 +145,7 @@ impl CloudGazer {
         let descriptions = self.fetch_descriptions(&events);
         for event in &events {
             let description = descriptions.iter().find(|(name, _)| *name == event.name).and_then(|(_, d)| d.clone());
-            if let Err(e) = self.apply(db, event, description) {
+            if let Err(e) = self.apply(sockets, event, description) {
                 // Nothing is stored: the batch is read again at the next poll, and applying an
                 // event twice changes nothing.
                 anyhow::bail!("cannot apply serial {} ({:?} {}): {e:#}", event.serial, event.kind, event.name);
@@ -138,7 +163,7 @@ impl CloudGazer {
         let Some(descriptions) = &self.descriptions else { return Vec::new() };
         let mut names: Vec<String> = events
             .iter()
-            .filter(|e| matches!(e.kind, EventKind::Create | EventKind::Source | EventKind::Binary))
+            .filter(|e| matches!(e.kind, EventKind::Create | EventKind::Rename | EventKind::Source | EventKind::Binary))
             .map(|e| e.name.clone())
             .collect();
         names.sort();
@@ -164,7 +189,8 @@ impl CloudGazer {
         names.into_iter().zip(summaries).collect()
     }
 
-    fn apply(&mut self, db: &DbClient, event: &Event, description: Option<String>) -> anyhow::Result<()> {
+    fn apply(&mut self, sockets: &Sockets, event: &Event, description: Option<String>) -> anyhow::Result<()> {
+        let db = &sockets.db;
         let package = canonicalize(&event.name);
         if package.len() > MAX_NAME || event.version.as_ref().is_some_and(|v| v.len() > MAX_NAME) {
             tracing::warn!("ignoring serial {}: name or version longer than {MAX_NAME}", event.serial);
@@ -172,18 +198,20 @@ impl CloudGazer {
         }
         let seen = DateTime::from_timestamp(event.timestamp, 0).unwrap_or_default();
         if event.kind == EventKind::Remove {
-            match &event.version {
-                Some(version) => {
-                    db.done(DbRequest::SkipVersion { package: package.clone(), version: version.clone(), reason: DELETED.into() })?;
-                    db.done(DbRequest::DeleteVersion { package, version: version.clone() })?;
-                }
-                None => {
-                    db.done(DbRequest::SkipPackage { package: package.clone(), reason: DELETED.into() })?;
-                    db.done(DbRequest::DeletePackage { package: package.clone() })?;
-                    self.packages.remove(&package);
-                }
+            sockets.remover.remove(db, &package, event.version.as_deref(), DELETED, false)?;
+            if event.version.is_none() {
+                self.packages.remove(&package);
             }
+            tracing::info!("removed {package} {}", event.version.as_deref().unwrap_or("(every version)"));
             return Ok(());
+        }
+        if let Some(old) = &event.renamed_from {
+            let old = canonicalize(old);
+            if old != package && self.packages.contains(&old) {
+                sockets.remover.remove(db, &old, None, &format!("renamed to {package}"), false)?;
+                self.packages.remove(&old);
+                tracing::info!("{old} was renamed to {package}: its releases are built again under the new name");
+            }
         }
         if !self.packages.contains(&package) {
             let added = db.new_package(&package, &self.config.skip_new, description.as_deref().unwrap_or(""))?;
@@ -197,12 +225,19 @@ impl CloudGazer {
         db.done(DbRequest::NewPackageName { package: package.clone(), name: event.name.clone(), seen })?;
         let Some(version) = &event.version else { return Ok(()) };
         match event.kind {
-            EventKind::Yank => db.done(DbRequest::YankVersion { package, version: version.clone(), reason: Some(String::new()) })?,
-            EventKind::Unyank => db.done(DbRequest::YankVersion { package, version: version.clone(), reason: None })?,
+            EventKind::Yank => {
+                db.done(DbRequest::YankVersion { package: package.clone(), version: version.clone(), reason: Some(String::new()) })?;
+                sockets.rewrite(&package, RewriteScope::Both);
+            }
+            EventKind::Unyank => {
+                db.done(DbRequest::YankVersion { package: package.clone(), version: version.clone(), reason: None })?;
+                sockets.rewrite(&package, RewriteScope::Both);
+            }
             _ => {
                 let skip = if event.kind == EventKind::Source { "" } else { BINARY_ONLY };
                 if db.new_version(&package, version, Some(seen), skip)? {
                     tracing::info!("added version {package} {version}");
+                    sockets.rewrite(&package, RewriteScope::Project);
                 } else if event.kind == EventKind::Source {
                     // A source file arrived for a release known as binary only: build it now.
                     let current = db.text(DbRequest::VersionSkip { package: package.clone(), version: version.clone() })?;
@@ -231,7 +266,7 @@ impl Task for CloudGazer {
 
     fn handle(&mut self, _event: Timer, sockets: &mut Sockets, ctx: &mut Context<'_, Timer>) -> anyhow::Result<()> {
         let before = self.serial;
-        let result = self.poll(&sockets.db);
+        let result = self.poll(sockets);
         if self.serial != before {
             let reason = format!("PyPI events up to serial {}", self.serial);
             if let Err(e) = sockets.architect.send(&ArchitectTrigger::Refresh { reason }, Duration::from_millis(100)) {

@@ -13,6 +13,7 @@ pub mod index;
 pub mod oracle;
 pub mod pidlock;
 pub mod process;
+pub mod removal;
 pub mod pypi;
 pub mod seraph;
 pub mod slave_driver;

@@ -35,7 +35,7 @@ use crate::process::SLAVE_COMMANDS_ENDPOINT;
 use crate::slave_state::{Decision, Slave, Stage};
 
 // Until the index writer lands: its request socket.
-const WEB_ENDPOINT: &str = "inproc://web";
+pub(crate) const WEB_ENDPOINT: &str = "inproc://web";
 
 /// Where the feed follower and the admin endpoint announce deletions.
 pub const DELETES_ENDPOINT: &str = "inproc://deletes";

@@ -5,13 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use piwheels_common::protocols::{ArchitectTrigger, TaskControl};
+use piwheels_common::protocols::{ArchitectTrigger, DeleteAck, DeleteNotice, RewriteScope, TaskControl, WebReply, WebRequest};
 use piwheels_common::transport::Receiver;
 use piwheels_master::architect::ARCHITECT_ENDPOINT;
 use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_master::cloud_gazer::{self, CloudGazer, FollowerConfig};
 use piwheels_testsupport::pypi::{Failure, FakePypi};
-use support::{Pool, eventually};
+use support::{Pool, eventually, stand_in};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -53,6 +53,8 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     pypi.add_source("Foo_Bar", "1.0", b"sdist".to_vec());
     pypi.add_binary("Foo_Bar", "2.0", "foo_bar-2.0-cp311-cp311-linux_armv7l.whl");
     let last = pypi.yank("Foo_Bar", "1.0");
+    let web = stand_in::<WebRequest, WebReply>(&pool.rt.zmq, "inproc://web", WebReply::Done);
+    let deletes = stand_in::<DeleteNotice, DeleteAck>(&pool.rt.zmq, "inproc://deletes", DeleteAck::Done);
     let architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
     let gazer = follower(&pool, &pypi, "gazer_events");
     eventually("the first batch", WAIT, || serial(&pool) == last);
@@ -78,6 +80,18 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     let last = pypi.remove_package("Foo_Bar");
     eventually("the project removal", WAIT, || serial(&pool) == last);
     assert!(pool.db.column("SELECT package FROM packages").is_empty());
+    // The slave driver heard of both removals, and the index writer was asked to remove the
+    // files and pages, and before that to rewrite pages for the new releases and yanks.
+    let (release, project) = (
+        DeleteNotice::Version { package: "foo-bar".into(), version: "1.0".into() },
+        DeleteNotice::Package { package: "foo-bar".into() },
+    );
+    assert_eq!(*deletes.lock().unwrap(), [release, project]);
+    let web = web.lock().unwrap().clone();
+    let rewrite = |scope| WebRequest::Rewrite { package: "foo-bar".into(), scope };
+    assert!(web.contains(&rewrite(RewriteScope::Project)) && web.contains(&rewrite(RewriteScope::Both)), "{web:?}");
+    assert!(web.iter().any(|r| matches!(r, WebRequest::DeleteVersion { version, .. } if version == "1.0")), "{web:?}");
+    assert!(matches!(web.last(), Some(WebRequest::DeletePackage { package, .. }) if package == "foo-bar"), "{web:?}");
     stop(gazer);
 }
 

@@ -13,14 +13,14 @@ use piwheels_common::protocols::{
     WebRequest, WheelFile,
 };
 use piwheels_common::task::{self, TaskHandle};
-use piwheels_common::transport::{Client, Sender, Server};
+use piwheels_common::transport::{Client, Sender};
 use piwheels_common::upload::{UploadOptions, upload};
 use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, QueueConfig};
 use piwheels_master::file_juggler::{self, FileJuggler, JugglerConfig};
 use piwheels_master::process::SLAVE_COMMANDS_ENDPOINT;
 use piwheels_master::slave_driver::{self, DELETES_ENDPOINT, DriverConfig, SlaveDriver};
 use piwheels_testsupport::data::wheel_file;
-use support::{Pool, eventually};
+use support::{Pool, eventually, stand_in};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -52,18 +52,7 @@ impl Farm {
             ));
         }
         let dir = tempfile::tempdir().unwrap();
-        let web_requests = Arc::new(Mutex::new(Vec::new()));
-        let web = Server::<WebRequest, WebReply>::bind(&pool.rt.zmq, "inproc://web", None).unwrap();
-        let seen = web_requests.clone();
-        std::thread::spawn(move || {
-            while let Ok((peer, request)) = web.recv() {
-                let Ok(request) = request else { break };
-                seen.lock().unwrap().push(request);
-                if web.send(&peer, &WebReply::Done).is_err() {
-                    break;
-                }
-            }
-        });
+        let web_requests = stand_in(&pool.rt.zmq, "inproc://web", WebReply::Done);
         let juggler = JugglerConfig::new(dir.path().join("www"), dir.path().join("staging"));
         std::fs::create_dir_all(dir.path().join("www")).unwrap();
         juggler.check().unwrap();

@@ -2,7 +2,7 @@
 //! `mod support;`).
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
@@ -67,4 +67,25 @@ pub fn eventually(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Serves `endpoint` from a thread, answering every request with `answer` and keeping the
+/// requests for the test to look at: a stand-in for a task the code under test talks to.
+pub fn stand_in<Req, Rep>(ctx: &zmq::Context, endpoint: &str, answer: Rep) -> Arc<Mutex<Vec<Req>>>
+where
+    Req: piwheels_common::protocols::Message + Send + 'static,
+    Rep: piwheels_common::protocols::Message + Send + 'static,
+{
+    let server = piwheels_common::transport::Server::<Req, Rep>::bind(ctx, endpoint, None).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    std::thread::spawn(move || {
+        while let Ok((peer, Ok(request))) = server.recv() {
+            kept.lock().unwrap().push(request);
+            if server.send(&peer, &answer).is_err() {
+                break;
+            }
+        }
+    });
+    seen
 }

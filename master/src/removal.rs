@@ -1,0 +1,79 @@
+//! Removing a package or a version from the farm, the one way every task that does it
+//! (the feed follower, the admin endpoint) does it: the files and build ids are looked up
+//! first, the rows go, the slave driver drops the release from its queues and abandons builds
+//! of it, and the index writer removes the files, logs and pages, so that nothing links a file
+//! that is gone and no file is left that nothing links.
+
+use std::time::Duration;
+
+use piwheels_common::protocols::{DbReply, DbRequest, DeleteAck, DeleteNotice, WebReply, WebRequest};
+use piwheels_common::transport::Client;
+
+use crate::db_client::DbClient;
+use crate::slave_driver::WEB_ENDPOINT;
+use crate::slave_driver::DELETES_ENDPOINT;
+
+/// How long the slave driver and the index writer may take to take a deletion.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The sockets a removal needs besides the database.
+#[derive(Debug)]
+pub struct Remover {
+    deletes: Client<DeleteNotice, DeleteAck>,
+    web: Client<WebRequest, WebReply>,
+}
+
+impl Remover {
+    /// Connects to the slave driver's deletion socket and to the index writer.
+    pub fn connect(ctx: &zmq::Context) -> anyhow::Result<Remover> {
+        Ok(Remover { deletes: Client::connect(ctx, DELETES_ENDPOINT, None)?, web: Client::connect(ctx, WEB_ENDPOINT, None)? })
+    }
+
+    /// Removes `version` of `package`, or the whole package when `version` is None, and marks
+    /// it skipped with `skip` (so a later sighting does not bring it back unasked), or removes
+    /// only its builds and files when `builds_only`.
+    pub fn remove(&self, db: &DbClient, package: &str, version: Option<&str>, skip: &str, builds_only: bool) -> anyhow::Result<()> {
+        let files: Vec<String> = match db.request(match version {
+            Some(version) => DbRequest::VersionFiles { package: package.into(), version: version.into() },
+            None => DbRequest::PackageFiles { package: package.into() },
+        })? {
+            DbReply::Files(files) => files.into_iter().map(|f| f.filename).collect(),
+            other => anyhow::bail!("unexpected answer to a file list: {other:?}"),
+        };
+        let builds = match db.request(DbRequest::BuildIds { package: package.into(), version: version.map(Into::into) })? {
+            DbReply::Builds(ids) => ids,
+            other => anyhow::bail!("unexpected answer to a build list: {other:?}"),
+        };
+        if !skip.is_empty() {
+            db.done(match version {
+                Some(version) => DbRequest::SkipVersion { package: package.into(), version: version.into(), reason: skip.into() },
+                None => DbRequest::SkipPackage { package: package.into(), reason: skip.into() },
+            })?;
+        }
+        db.done(match (version, builds_only) {
+            (_, true) => DbRequest::DeleteBuilds { package: package.into(), version: version.map(Into::into) },
+            (Some(version), false) => DbRequest::DeleteVersion { package: package.into(), version: version.into() },
+            (None, false) => DbRequest::DeletePackage { package: package.into() },
+        })?;
+        let notice = match version {
+            Some(version) => DeleteNotice::Version { package: package.into(), version: version.into() },
+            None => DeleteNotice::Package { package: package.into() },
+        };
+        if let Err(e) = self.deletes.request(&notice, TIMEOUT) {
+            // The rows are gone, so a build in flight cannot be recorded against them; it is
+            // only wasted work.
+            tracing::warn!("the slave driver did not take the deletion of {package}: {e}");
+        }
+        let request = match (version, builds_only) {
+            (Some(version), _) => WebRequest::DeleteVersion { package: package.into(), version: version.into(), files, builds },
+            // Only the builds: the package's pages stay, without the files.
+            (None, true) => WebRequest::DeleteVersion { package: package.into(), version: String::new(), files, builds },
+            (None, false) => WebRequest::DeletePackage { package: package.into(), files, builds },
+        };
+        match self.web.request(&request, TIMEOUT) {
+            Ok(WebReply::Done) => Ok(()),
+            Ok(WebReply::Error { message }) => anyhow::bail!("the index writer could not remove {package}'s files: {message}"),
+            Err(e) => anyhow::bail!("the index writer did not take the removal of {package}'s files: {e}"),
+        }
+    }
+}
