@@ -6,9 +6,8 @@
 //! the poll interval up to [`MAX_BACKOFF`]); it never stops over them.
 //!
 //! A removal goes through [`Remover`] (rows, queues, builds in flight, files and pages
-//! together). A rename is applied as the removal of the old name and the creation of the new
-//! one, whose releases are then built afresh: the files on disk live under the old name's
-//! directory, and moving them safely is not worth what renames cost (they are rare).
+//! together). PyPI logs a rename as the removal of the old project and the creation of the
+//! new one, so a renamed project's releases are built afresh under its new name.
 //!
 //! Sockets: a [`DbClient`] to the oracles; a PUSH to the architect
 //! ([`crate::architect::ARCHITECT_ENDPOINT`]) to say the queue may have changed; REQs to the
@@ -163,7 +162,7 @@ impl CloudGazer {
         let Some(descriptions) = &self.descriptions else { return Vec::new() };
         let mut names: Vec<String> = events
             .iter()
-            .filter(|e| matches!(e.kind, EventKind::Create | EventKind::Rename | EventKind::Source | EventKind::Binary))
+            .filter(|e| matches!(e.kind, EventKind::Create | EventKind::Source | EventKind::Binary))
             .map(|e| e.name.clone())
             .collect();
         names.sort();
@@ -204,14 +203,6 @@ impl CloudGazer {
             }
             tracing::info!("removed {package} {}", event.version.as_deref().unwrap_or("(every version)"));
             return Ok(());
-        }
-        if let Some(old) = &event.renamed_from {
-            let old = canonicalize(old);
-            if old != package && self.packages.contains(&old) {
-                sockets.remover.remove(db, &old, None, &format!("renamed to {package}"), false)?;
-                self.packages.remove(&old);
-                tracing::info!("{old} was renamed to {package}: its releases are built again under the new name");
-            }
         }
         if !self.packages.contains(&package) {
             let added = db.new_package(&package, &self.config.skip_new, description.as_deref().unwrap_or(""))?;

@@ -92,6 +92,14 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     assert!(web.contains(&rewrite(RewriteScope::Project)) && web.contains(&rewrite(RewriteScope::Both)), "{web:?}");
     assert!(web.iter().any(|r| matches!(r, WebRequest::DeleteVersion { version, .. } if version == "1.0")), "{web:?}");
     assert!(matches!(web.last(), Some(WebRequest::DeletePackage { package, .. }) if package == "foo-bar"), "{web:?}");
+
+    // A rename arrives as the old project's removal and the new one's creation.
+    pypi.create_package("Old", None);
+    pypi.add_source("Old", "1.0", b"sdist".to_vec());
+    let last = pypi.rename("Old", "New");
+    eventually("the rename", WAIT, || serial(&pool) == last);
+    assert_eq!(pool.db.column("SELECT package FROM packages"), [Some("new".into())]);
+    assert!(deletes.lock().unwrap().contains(&DeleteNotice::Package { package: "old".into() }));
     stop(gazer);
 }
 

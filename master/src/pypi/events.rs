@@ -3,8 +3,7 @@
 //! The action texts that matter: `create` (a new project), `add <python> file <name>` (a file
 //! was uploaded: a `source` file makes a release buildable, any other one is a binary upload),
 //! `remove` / `remove project` / `remove release` (deletion: of a release when the row names a
-//! version, else of the project), `yank release`, `unyank release` and `rename from <old name>`
-//! (on the new name's row). Every other action
+//! version, else of the project), `yank release` and `unyank release`. Every other action
 //! (ownership, documentation, `new release` before any file) is ignored.
 //!
 //! PyPI logs one row per uploaded file, so a release with ten wheels appears ten times;
@@ -31,8 +30,6 @@ pub enum EventKind {
     Yank,
     /// A release was unyanked.
     Unyank,
-    /// The project was renamed; the old name is in [`Event::renamed_from`].
-    Rename,
 }
 
 /// What a row's action means, or None when it means nothing to the farm.
@@ -49,7 +46,6 @@ pub fn classify(action: &str) -> Option<EventKind> {
         "remove" | "remove project" | "remove release" => Some(EventKind::Remove),
         "yank release" => Some(EventKind::Yank),
         "unyank release" => Some(EventKind::Unyank),
-        _ if action.strip_prefix("rename from ").is_some_and(|old| !old.trim().is_empty()) => Some(EventKind::Rename),
         _ => None,
     }
 }
@@ -67,8 +63,6 @@ pub struct Event {
     pub kind: EventKind,
     /// The row's serial.
     pub serial: i64,
-    /// For `Rename`, the project's old name.
-    pub renamed_from: Option<String>,
 }
 
 /// Remembers recently seen releases to drop repeated upload rows.
@@ -88,14 +82,7 @@ impl Dedup {
     /// The event a raw row means, if it means anything new.
     pub fn event(&mut self, raw: &RawEvent) -> Option<Event> {
         let kind = classify(&raw.action)?;
-        let event = |version: Option<String>, timestamp, kind| Event {
-            name: raw.name.clone(),
-            version,
-            timestamp,
-            kind,
-            serial: raw.serial,
-            renamed_from: None,
-        };
+        let event = |version: Option<String>, timestamp, kind| Event { name: raw.name.clone(), version, timestamp, kind, serial: raw.serial };
         match (kind, &raw.version) {
             (EventKind::Create, _) => Some(event(None, raw.timestamp, kind)),
             (EventKind::Source | EventKind::Binary, Some(version)) => {
@@ -125,10 +112,6 @@ impl Dedup {
             }
             (EventKind::Yank | EventKind::Unyank, Some(version)) => Some(event(Some(version.clone()), raw.timestamp, kind)),
             (EventKind::Yank | EventKind::Unyank, None) => None,
-            (EventKind::Rename, _) => {
-                let old = raw.action.strip_prefix("rename from ").unwrap_or_default().trim().to_string();
-                Some(Event { renamed_from: Some(old), ..event(None, raw.timestamp, kind) })
-            }
         }
     }
 
@@ -170,8 +153,7 @@ mod tests {
         }
         assert_eq!(classify("yank release"), Some(EventKind::Yank));
         assert_eq!(classify("unyank release"), Some(EventKind::Unyank));
-        assert_eq!(classify("rename from Old-Name"), Some(EventKind::Rename));
-        for ignored in ["rename from ", "new release", "remove Owner foo", "add Owner bar", "docdestroy", "add url", "", "add source"] {
+        for ignored in ["new release", "remove Owner foo", "add Owner bar", "docdestroy", "add url", "", "add source"] {
             assert_eq!(classify(ignored), None, "{ignored:?}");
         }
     }
@@ -208,13 +190,6 @@ mod tests {
         assert_eq!((created.kind, created.version), (EventKind::Create, None));
         assert_eq!(dedup.event(&raw("foo", None, 2, "yank release", 2)), None);
         assert_eq!(dedup.event(&raw("foo", Some("0.1"), 3, "unyank release", 3)).unwrap().kind, EventKind::Unyank);
-    }
-
-    #[test]
-    fn a_rename_names_the_old_project() {
-        let mut dedup = Dedup::new(10);
-        let renamed = dedup.event(&raw("New-Name", None, 5, "rename from Old.Name", 7)).unwrap();
-        assert_eq!((renamed.kind, renamed.name.as_str(), renamed.renamed_from.as_deref()), (EventKind::Rename, "New-Name", Some("Old.Name")));
     }
 
     #[test]
