@@ -2,4 +2,5 @@
 
 pub mod data;
 pub mod db;
+pub mod programs;
 pub mod pypi;
