@@ -1,1 +1,628 @@
-//! (being written)
+//! One build: a fresh directory under the build root, the configured build command (by
+//! default `pip wheel` of the release from source) run under the launcher
+//! ([`crate::launcher`]) in its own process group, with a wall-clock limit, a memory limit
+//! and a parent-death signal; its log kept in a file whose tail becomes the result's output;
+//! its wheels inspected; and its measurements (exit status, wall time, CPU time, peak memory)
+//! reported as a [`BuildResult`].
+//!
+//! [`Builder::build`] spawns the launcher and waits for it **on the calling thread**: the
+//! launcher's parent-death signal fires when the thread that spawned it ends, so that thread
+//! must live as long as the build. The caller runs each build on a thread of its own.
+//!
+//! Stopping a build (its timeout, or the caller's stop request) sends SIGTERM to the launcher,
+//! which kills every process of the build and reports what it measured; a launcher that has
+//! not finished [`KILL_GRACE`] later is killed with its whole process group (SIGKILL). Once
+//! the launcher has exited, and before it is reaped (so its process group id cannot be
+//! reused), whatever is left in its process group is killed too.
+//!
+//! The build directory holds `wheels/` (the command's wheel directory), `tmp/` (its TMPDIR),
+//! `build.log` (its standard output and error) and `usage` (the launcher's report). It stays
+//! until the [`Build`] is cleaned up or dropped, so that its wheels can be uploaded.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
+use piwheels_common::config::HumanDuration;
+use piwheels_common::protocols::{BuildResult, FailureKind, WheelFile};
+
+use crate::apt::AptIndex;
+use crate::launcher::{self, Ended, Report};
+
+/// The default build command: pip builds the release itself from source (`--no-binary` for
+/// the package; its build dependencies may be wheels), without dependencies or cache, from
+/// the index the master names.
+pub const DEFAULT_COMMAND: &str = "{python} -m pip wheel {package}=={version} --wheel-dir={wheel_dir} --no-deps --no-cache-dir \
+     --no-binary={package} --prefer-binary --exists-action=w --disable-pip-version-check --progress-bar=off \
+     --index-url={index_url}";
+
+/// How long a stopped build's launcher has to kill the build and report before its whole
+/// process group is killed.
+pub const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// How often the builder looks at a running build (has it ended, is it past its time, has
+/// the caller asked it to stop).
+const POLL: Duration = Duration::from_millis(100);
+
+/// The placeholders a build command may use.
+const PLACEHOLDERS: &[&str] = &["python", "package", "version", "index_url", "wheel_dir"];
+
+/// A build command with `{placeholder}`s, split into words at white space (no shell and no
+/// quoting: a word is one argument, placeholders are replaced inside words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandTemplate {
+    words: Vec<String>,
+}
+
+/// Why a build command template was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid build command {template:?}: {reason}")]
+pub struct TemplateError {
+    template: String,
+    reason: String,
+}
+
+impl FromStr for CommandTemplate {
+    type Err = TemplateError;
+
+    fn from_str(template: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: String| TemplateError { template: template.to_string(), reason };
+        let words: Vec<String> = template.split_whitespace().map(str::to_string).collect();
+        if words.is_empty() {
+            return Err(bad("it is empty".into()));
+        }
+        for word in &words {
+            let mut rest = word.as_str();
+            while let Some(open) = rest.find(['{', '}']) {
+                if rest[open..].starts_with('}') {
+                    return Err(bad(format!("a '}}' without '{{' in {word:?}")));
+                }
+                let Some(close) = rest[open..].find('}') else {
+                    return Err(bad(format!("a '{{' without '}}' in {word:?}")));
+                };
+                let name = &rest[open + 1..open + close];
+                if !PLACEHOLDERS.contains(&name) {
+                    return Err(bad(format!("unknown placeholder {{{name}}} (known: {})", placeholder_list())));
+                }
+                rest = &rest[open + close + 1..];
+            }
+        }
+        Ok(CommandTemplate { words })
+    }
+}
+
+fn placeholder_list() -> String {
+    PLACEHOLDERS.iter().map(|name| format!("{{{name}}}")).collect::<Vec<_>>().join(" ")
+}
+
+impl fmt::Display for CommandTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.words.join(" "))
+    }
+}
+
+impl Default for CommandTemplate {
+    fn default() -> Self {
+        DEFAULT_COMMAND.parse().unwrap_or_else(|_| CommandTemplate { words: vec!["false".into()] })
+    }
+}
+
+impl CommandTemplate {
+    /// The command's words with the placeholders replaced.
+    pub fn render(&self, values: &[(&str, &str)]) -> Vec<String> {
+        self.words
+            .iter()
+            .map(|word| {
+                let mut out = word.clone();
+                for (name, value) in values {
+                    out = out.replace(&format!("{{{name}}}"), value);
+                }
+                out
+            })
+            .collect()
+    }
+}
+
+/// How every build of a slave's run is made.
+#[derive(Debug, Clone)]
+pub struct BuilderOptions {
+    /// The `piw-slave` binary, re-executed as the launcher (`piw-slave exec-build`).
+    pub launcher: PathBuf,
+    /// Where build directories are made.
+    pub build_root: PathBuf,
+    /// The Python interpreter (`{python}`).
+    pub python: String,
+    /// The build command.
+    pub command: CommandTemplate,
+    /// Wall-clock limit of one build.
+    pub timeout: Duration,
+    /// Address-space limit of each build (`RLIMIT_AS`), bytes; 0 = none.
+    pub memory_limit: u64,
+    /// The most of the build log kept in the result, bytes (the end of the log).
+    pub log_limit: u64,
+}
+
+impl BuilderOptions {
+    /// The defaults (this very binary as the launcher, `python3`, [`DEFAULT_COMMAND`], 3 h,
+    /// no memory limit, 1 MiB of log) with builds under `build_root`.
+    pub fn new(build_root: &Path) -> io::Result<BuilderOptions> {
+        Ok(BuilderOptions {
+            launcher: std::env::current_exe()?,
+            build_root: build_root.to_path_buf(),
+            python: "python3".into(),
+            command: CommandTemplate::default(),
+            timeout: Duration::from_secs(3 * 3600),
+            memory_limit: 0,
+            log_limit: 1 << 20,
+        })
+    }
+}
+
+/// The release to build and where from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildJob {
+    /// Package name, as the master gave it.
+    pub package: String,
+    /// Version.
+    pub version: String,
+    /// The index the build downloads from (`{index_url}`).
+    pub index_url: String,
+}
+
+/// Runs builds.
+#[derive(Debug)]
+pub struct Builder {
+    options: BuilderOptions,
+    apt: Option<Arc<AptIndex>>,
+}
+
+/// A finished build: its result, and its directory with the wheels until it is cleaned up.
+#[derive(Debug)]
+pub struct Build {
+    /// What the build did.
+    pub result: BuildResult,
+    /// The process group the build ran in (the launcher's pid), for diagnostics and tests.
+    pub process_group: Option<i32>,
+    directory: Option<PathBuf>,
+    wheels: BTreeMap<String, PathBuf>,
+}
+
+impl Build {
+    /// The path of one of the build's wheels.
+    pub fn wheel(&self, filename: &str) -> Option<&Path> {
+        self.wheels.get(filename).map(PathBuf::as_path)
+    }
+
+    /// The build's directory, until it is cleaned up.
+    pub fn directory(&self) -> Option<&Path> {
+        self.directory.as_deref()
+    }
+
+    /// Removes the build's directory and its wheels.
+    pub fn clean_up(mut self) -> io::Result<()> {
+        match self.directory.take() {
+            Some(dir) => remove_tree(&dir),
+            None => Ok(()),
+        }
+    }
+
+    fn failed(kind: FailureKind, output: String) -> Build {
+        Build {
+            result: BuildResult {
+                success: false,
+                failure: Some(kind),
+                exit_status: None,
+                duration: Duration::ZERO,
+                cpu_time: Duration::ZERO,
+                peak_memory: 0,
+                output,
+                files: Vec::new(),
+            },
+            process_group: None,
+            directory: None,
+            wheels: BTreeMap::new(),
+        }
+    }
+}
+
+impl Drop for Build {
+    fn drop(&mut self) {
+        if let Some(dir) = self.directory.take()
+            && let Err(e) = remove_tree(&dir)
+        {
+            tracing::warn!("cannot remove the build directory {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Why the builder stopped a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    Timeout,
+    Abandoned,
+}
+
+impl Builder {
+    /// A builder; `apt` maps shared libraries to Debian packages for wheel inspection.
+    pub fn new(options: BuilderOptions, apt: Option<Arc<AptIndex>>) -> Builder {
+        Builder { options, apt }
+    }
+
+    /// The builder's options.
+    pub fn options(&self) -> &BuilderOptions {
+        &self.options
+    }
+
+    /// Runs one build and waits for it, on the calling thread (see the module
+    /// documentation). `stop` is asked a few times a second; once it says true the build is
+    /// killed and reported as failed.
+    pub fn build(&self, job: &BuildJob, stop: &dyn Fn() -> bool) -> Build {
+        let dir = match self.make_directory() {
+            Ok(dir) => dir,
+            Err(e) => {
+                let kind = if e.raw_os_error() == Some(Errno::ENOSPC as i32) { FailureKind::NoSpace } else { FailureKind::Builder };
+                let note = format!("[piw-slave] cannot make a build directory under {}: {e}\n", self.options.build_root.display());
+                return Build::failed(kind, note);
+            }
+        };
+        let mut build = Build::failed(FailureKind::Builder, String::new());
+        build.directory = Some(dir.clone());
+        let wheel_dir = dir.join("wheels");
+        let log_path = dir.join("build.log");
+        let report_path = dir.join("usage");
+        let argv = self.options.command.render(&[
+            ("python", &self.options.python),
+            ("package", &job.package),
+            ("version", &job.version),
+            ("index_url", &job.index_url),
+            ("wheel_dir", &wheel_dir.to_string_lossy()),
+        ]);
+        tracing::info!("building {} {}: {}", job.package, job.version, argv.join(" "));
+
+        let started = Instant::now();
+        let run = self.run(&dir, &argv, &log_path, &report_path, stop);
+        build.result.duration = started.elapsed();
+        let mut notes = String::new();
+        let (report, stopped) = match run {
+            Ok(run) => {
+                build.process_group = Some(run.process_group);
+                if run.hard_killed {
+                    notes.push_str(&format!(
+                        "[piw-slave] the build did not stop within {} of being told to; its process group was killed\n",
+                        HumanDuration(KILL_GRACE)
+                    ));
+                }
+                (run.report, run.stopped)
+            }
+            Err(e) => {
+                notes.push_str(&format!("[piw-slave] cannot start the build: {e}\n"));
+                (None, None)
+            }
+        };
+        if let Some(report) = &report {
+            build.result.cpu_time = report.cpu_time;
+            build.result.peak_memory = report.peak_memory;
+            if let Ended::Exited(code) = report.ended {
+                build.result.exit_status = Some(code);
+            }
+        }
+        let log = match read_tail(&log_path, self.options.log_limit) {
+            Ok(log) => log,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => format!("[piw-slave] cannot read the build log {}: {e}\n", log_path.display()),
+        };
+
+        let failure = match (stopped, &report) {
+            (Some(Stopped::Timeout), _) => {
+                notes.push_str(&format!("[piw-slave] the build was killed after {} (the build timeout)\n", HumanDuration(self.options.timeout)));
+                Some(FailureKind::Timeout)
+            }
+            (Some(Stopped::Abandoned), _) => {
+                notes.push_str("[piw-slave] the build was abandoned and killed\n");
+                Some(FailureKind::Builder)
+            }
+            (None, None) => Some(FailureKind::Builder),
+            (None, Some(report)) => match &report.ended {
+                Ended::NotStarted(reason) => {
+                    notes.push_str(&format!("[piw-slave] {reason}\n"));
+                    Some(FailureKind::Builder)
+                }
+                Ended::Exited(0) => self.collect_wheels(&wheel_dir, &mut build, &mut notes),
+                Ended::Exited(code) => {
+                    notes.push_str(&format!("[piw-slave] the build command exited with status {code}\n"));
+                    Some(classify(&log, None))
+                }
+                Ended::Signalled(signal) => {
+                    let name = Signal::try_from(*signal).map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_string());
+                    notes.push_str(&format!("[piw-slave] the build command was killed by {name}\n"));
+                    Some(classify(&log, Some(*signal)))
+                }
+            },
+        };
+        build.result.success = failure.is_none();
+        build.result.failure = failure;
+        if !build.result.success {
+            build.result.files.clear();
+            build.wheels.clear();
+        }
+        build.result.output = if notes.is_empty() { log } else if log.is_empty() || log.ends_with('\n') { log + &notes } else { log + "\n" + &notes };
+        match build.result.failure {
+            None => tracing::info!("built {} {} in {}: {} wheel(s)", job.package, job.version, HumanDuration(round(build.result.duration)), build.result.files.len()),
+            Some(kind) => tracing::info!("build of {} {} failed ({kind:?}) after {}", job.package, job.version, HumanDuration(round(build.result.duration))),
+        }
+        build
+    }
+
+    fn make_directory(&self) -> io::Result<PathBuf> {
+        let dir = tempfile::Builder::new().prefix("piw-build-").tempdir_in(&self.options.build_root)?.keep();
+        let made = fs::create_dir(dir.join("wheels")).and_then(|()| fs::create_dir(dir.join("tmp")));
+        if let Err(e) = made {
+            let _ = remove_tree(&dir);
+            return Err(e);
+        }
+        Ok(dir)
+    }
+
+    /// Starts the launcher in its own process group and waits for it.
+    fn run(&self, dir: &Path, argv: &[String], log_path: &Path, report_path: &Path, stop: &dyn Fn() -> bool) -> io::Result<Run> {
+        let log = File::create(log_path)?;
+        let mut command = Command::new(&self.options.launcher);
+        command
+            .args(launcher::arguments(self.options.memory_limit, report_path, std::process::id(), argv))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("PIWHEELS_BUILD", "1")
+            // Build scripts may not clone repositories over the network.
+            .env("GIT_ALLOW_PROTOCOL", "file")
+            .env("PIP_NO_INPUT", "1")
+            // Temporary files go with the build directory, and are removed with it.
+            .env("TMPDIR", dir.join("tmp"))
+            .process_group(0);
+        if let Some(path) = path_with_cargo() {
+            command.env("PATH", path);
+        }
+        let mut child = command.spawn().map_err(|e| io::Error::new(e.kind(), format!("cannot run the launcher {}: {e}", self.options.launcher.display())))?;
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        let deadline = Instant::now() + self.options.timeout;
+        let mut stopped = None;
+        let mut told_at: Option<Instant> = None;
+        let mut hard_killed = false;
+        // WNOWAIT: the launcher stays a zombie, so its process group id stays ours.
+        while let Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
+            let now = Instant::now();
+            match told_at {
+                None => {
+                    if stop() {
+                        stopped = Some(Stopped::Abandoned);
+                    } else if now >= deadline {
+                        stopped = Some(Stopped::Timeout);
+                    }
+                    if let Some(why) = stopped {
+                        let why = match why {
+                            Stopped::Timeout => "it ran past its timeout",
+                            Stopped::Abandoned => "it was abandoned",
+                        };
+                        tracing::info!("stopping the build: {why}");
+                        let _ = kill(pid, Signal::SIGTERM);
+                        told_at = Some(now);
+                    }
+                }
+                Some(told) if !hard_killed && now.duration_since(told) >= KILL_GRACE => {
+                    tracing::warn!("the build did not stop within {}: killing its process group", HumanDuration(KILL_GRACE));
+                    let _ = killpg(pid, Signal::SIGKILL);
+                    hard_killed = true;
+                }
+                Some(_) => {}
+            }
+            std::thread::sleep(POLL);
+        }
+        // Anything the launcher did not reach (it only kills its descendants).
+        match killpg(pid, Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => tracing::warn!("cannot kill what is left of the build's process group {pid}: {e}"),
+        }
+        child.wait()?;
+        let report = fs::read_to_string(report_path).ok().and_then(|text| Report::parse(&text));
+        Ok(Run { process_group: pid.as_raw(), report, stopped, hard_killed })
+    }
+
+    /// Inspects the wheels of a build whose command succeeded; returns the failure, if any.
+    fn collect_wheels(&self, wheel_dir: &Path, build: &mut Build, notes: &mut String) -> Option<FailureKind> {
+        let mut paths = match fs::read_dir(wheel_dir) {
+            Ok(entries) => entries.filter_map(Result::ok).map(|entry| entry.path()).filter(|path| path.extension().is_some_and(|ext| ext == "whl")).collect::<Vec<_>>(),
+            Err(e) => {
+                notes.push_str(&format!("[piw-slave] cannot list the wheel directory {}: {e}\n", wheel_dir.display()));
+                return Some(FailureKind::Builder);
+            }
+        };
+        paths.sort();
+        if paths.is_empty() {
+            notes.push_str(&format!("[piw-slave] the build command exited 0 but left no wheel in {}\n", wheel_dir.display()));
+            return Some(FailureKind::Build);
+        }
+        for path in paths {
+            match inspect(&path, self.apt.as_deref()) {
+                Ok(file) => {
+                    build.wheels.insert(file.filename.clone(), path);
+                    build.result.files.push(file);
+                }
+                Err(e) => {
+                    notes.push_str(&format!("[piw-slave] cannot inspect the wheel {}: {e}\n", path.display()));
+                    return Some(FailureKind::Builder);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The outcome of running the launcher.
+struct Run {
+    process_group: i32,
+    report: Option<Report>,
+    stopped: Option<Stopped>,
+    hard_killed: bool,
+}
+
+/// Inspects one wheel (wheel inspection lives in [`crate::inspect`]).
+fn inspect(path: &Path, apt: Option<&AptIndex>) -> Result<WheelFile, String> {
+    crate::inspect::inspect_wheel(path, apt).map_err(|e| e.to_string())
+}
+
+/// Why a build command failed, from the end of its log: out of disk, out of memory (an
+/// allocation refused under the memory limit, or a SIGKILL nobody here sent, which is what
+/// the kernel's out-of-memory killer does), else a real failure of the build.
+fn classify(log: &str, signal: Option<i32>) -> FailureKind {
+    let log = log.to_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|needle| log.contains(needle));
+    if any(&["no space left on device", "disk quota exceeded"]) {
+        FailureKind::NoSpace
+    } else if signal == Some(Signal::SIGKILL as i32)
+        || any(&["memoryerror", "cannot allocate memory", "out of memory", "std::bad_alloc", "virtual memory exhausted"])
+    {
+        FailureKind::OutOfMemory
+    } else {
+        FailureKind::Build
+    }
+}
+
+/// The last `limit` bytes of the log at `path` as text, starting at a line, with a note when
+/// the beginning was left out.
+fn read_tail(path: &Path, limit: u64) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut bytes = Vec::new();
+    if size <= limit {
+        file.read_to_end(&mut bytes)?;
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    file.seek(SeekFrom::Start(size - limit))?;
+    file.take(limit).read_to_end(&mut bytes)?;
+    // Start at the first whole line, unless the lines are very long.
+    let start = bytes.iter().take(4096).position(|&b| b == b'\n').map_or(0, |at| at + 1);
+    let left_out = size - (bytes.len() - start) as u64;
+    Ok(format!("[piw-slave] the first {left_out} bytes of the log are left out\n{}", String::from_utf8_lossy(&bytes[start..])))
+}
+
+/// PATH with `$HOME/.cargo/bin` in front, for builds of Rust extensions, when that directory
+/// exists and PATH lacks it; None to leave PATH alone.
+fn path_with_cargo() -> Option<std::ffi::OsString> {
+    let cargo = PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin");
+    if !cargo.is_dir() {
+        return None;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| dir == cargo) {
+        return None;
+    }
+    std::env::join_paths(std::iter::once(cargo).chain(std::env::split_paths(&path))).ok()
+}
+
+/// Removes a build directory, even one whose build left directories without write
+/// permission.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_writable(dir);
+            fs::remove_dir_all(dir)
+        }
+    }
+}
+
+fn make_writable(dir: &Path) {
+    let Ok(meta) = fs::symlink_metadata(dir) else { return };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.filter_map(Result::ok) {
+            make_writable(&entry.path());
+        }
+    }
+}
+
+/// A duration to the millisecond, for messages.
+fn round(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_command_parses_and_renders() {
+        let template = CommandTemplate::default();
+        assert_eq!(template.to_string(), DEFAULT_COMMAND.split_whitespace().collect::<Vec<_>>().join(" "));
+        let argv = template.render(&[("python", "python3"), ("package", "foo"), ("version", "1.0"), ("index_url", "http://m/simple"), ("wheel_dir", "/b/w")]);
+        assert_eq!(&argv[..5], ["python3", "-m", "pip", "wheel", "foo==1.0"]);
+        assert!(argv.contains(&"--wheel-dir=/b/w".to_string()), "{argv:?}");
+        assert!(argv.contains(&"--no-binary=foo".to_string()), "{argv:?}");
+        assert!(argv.contains(&"--index-url=http://m/simple".to_string()), "{argv:?}");
+        assert!(argv.contains(&"--no-deps".to_string()) && argv.contains(&"--no-cache-dir".to_string()), "{argv:?}");
+        assert!(!argv.iter().any(|word| word.contains('{')), "{argv:?}");
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        for (template, detail) in [("", "empty"), ("   ", "empty"), ("pip {pakage}", "unknown placeholder {pakage}"), ("pip {package", "without"), ("pip package}", "without")] {
+            let error = template.parse::<CommandTemplate>().expect_err(template);
+            assert!(error.to_string().contains(detail), "{template:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn failures_are_classified_from_the_log() {
+        assert_eq!(classify("OSError: [Errno 28] No space left on device", None), FailureKind::NoSpace);
+        assert_eq!(classify("MemoryError", None), FailureKind::OutOfMemory);
+        assert_eq!(classify("cc1: out of memory allocating 65536 bytes", None), FailureKind::OutOfMemory);
+        assert_eq!(classify("error: command 'gcc' failed", Some(Signal::SIGKILL as i32)), FailureKind::OutOfMemory);
+        assert_eq!(classify("error: command 'gcc' failed", None), FailureKind::Build);
+        assert_eq!(classify("Segmentation fault", Some(Signal::SIGSEGV as i32)), FailureKind::Build);
+    }
+
+    #[test]
+    fn the_tail_of_a_long_log_starts_at_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let text: String = (0..1000).map(|n| format!("line {n}\n")).collect();
+        fs::write(&path, &text).unwrap();
+        assert_eq!(read_tail(&path, 1 << 20).unwrap(), text);
+        let tail = read_tail(&path, 100).unwrap();
+        let (note, kept) = tail.split_once('\n').unwrap();
+        assert!(note.contains("left out"), "{note}");
+        assert!(kept.starts_with("line ") && kept.ends_with("line 999\n"), "{kept:?}");
+        assert!(kept.len() <= 100);
+        assert!(note.contains(&(text.len() - kept.len()).to_string()), "{note}");
+    }
+
+    #[test]
+    fn a_tree_without_write_permission_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("build");
+        fs::create_dir_all(tree.join("a/b")).unwrap();
+        fs::write(tree.join("a/b/file"), "x").unwrap();
+        fs::set_permissions(tree.join("a/b"), fs::Permissions::from_mode(0o500)).unwrap();
+        fs::set_permissions(tree.join("a"), fs::Permissions::from_mode(0o500)).unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        remove_tree(&tree).unwrap();
+    }
+}

@@ -1,6 +1,14 @@
-//! piw-slave's parts: its configuration, the build runner, wheel inspection, the Debian
-//! package lookup for shared libraries, and the conversation with the master.
+//! piw-slave's parts: its configuration, the build runner and its launcher, the target
+//! interpreter's tags, wheel inspection, the Debian package lookup for shared libraries, and
+//! the conversation with the master.
 
+pub mod agent;
 pub mod apt;
 pub mod builder;
+pub mod config;
 pub mod inspect;
+pub mod launcher;
+pub mod python;
+
+pub use agent::{AgentError, Outcome, refuse_root, run};
+pub use config::SlaveConfig;
