@@ -1,1 +1,444 @@
-//! (being written)
+//! TheScribe, the index writer: keeps the static output tree (the simple index for pip and uv,
+//! project pages and JSON, the home page, the search index and build logs) in step with the
+//! database. `docs/index.md` describes the tree and the flow.
+//!
+//! Sockets: binds [`WEB_ENDPOINT`] (ROUTER: tasks' [`WebRequest`] → [`WebReply`]); connects to
+//! the oracles ([`DbClient`]).
+//!
+//! One task does both jobs the original split in two (a coalescing buffer and a writer):
+//!
+//! * **Rewrites are buffered.** A `Rewrite { package, scope }` is recorded in the database
+//!   first (`AddRewrite`, so a crash loses nothing), answered, and folded with later requests
+//!   for the same package for at most [`IndexConfig::window`]; then the package's pages are
+//!   written from fresh project data, made durable, and the database entry cleared. Due
+//!   packages are written in batches ([`IndexConfig::batch`]) that share one set of queries.
+//!   Pending entries the database holds at start-up (left by a crash or a stop) are written
+//!   first thing.
+//! * **Everything else is done at once** and answered when done: the home page, the search
+//!   index, build logs, and deletions (files and logs removed, then the package's pages
+//!   rewritten, or removed with everything of the package when it is gone from the database).
+//! * **A full rewrite** runs at start-up when the tree was not completely written by this
+//!   build's templates (a fresh tree, an upgrade that changed a page, an interrupted full
+//!   rewrite): every package in batches, interleaved with requests, and every page or file of a
+//!   package the database no longer knows is removed. The tree records the templates'
+//!   fingerprint when it is done.
+//!
+//! Pausing stops the buffered writes and the full rewrite (timers); requests are still
+//! answered, and logs, deletions and the home page are still written, so no caller blocks.
+
+pub mod buffer;
+pub mod layout;
+pub mod pages;
+pub mod writer;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use piwheels_common::protocols::{
+    BuildAbi, DbReply, DbRequest, PendingRewrite, ProjectData, RewriteScope, Timestamp, WebReply, WebRequest,
+};
+use piwheels_common::task::{Context, PauseMode, Task};
+use piwheels_common::transport::Server;
+
+use crate::db_client::{DbClient, DbClientError};
+use buffer::{RewriteBuffer, Waiting};
+use layout::{Layout, is_safe_name};
+use pages::TEMPLATES_FINGERPRINT;
+use writer::{IndexWriter, PageOptions};
+
+/// Where tasks send [`WebRequest`]s.
+pub const WEB_ENDPOINT: &str = "inproc://web";
+
+/// How often the task looks for due work even when nothing was scheduled (retries after
+/// failures, and the first look at the database after start-up).
+const TICK: Duration = Duration::from_secs(1);
+
+/// The index writer's settings; [`IndexConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    /// The output tree (the web server's root).
+    pub output_path: PathBuf,
+    /// How long a package's rewrite waits for more requests about it to fold in (default
+    /// 1 s). Its pages are on disk this long after the first request, plus the writing time.
+    pub window: Duration,
+    /// How long to wait before trying a failed write again (default 10 s).
+    pub retry: Duration,
+    /// Packages written per batch, sharing one set of database queries (default 250); also
+    /// the unit of the full rewrite between two looks at the request socket.
+    pub batch: usize,
+    /// Whether to make each batch durable (`syncfs`) before its pending entries are cleared
+    /// from the database (default true). Without it a power cut can leave a page empty that
+    /// the database says is written.
+    pub durable: bool,
+    /// What the pages link to.
+    pub pages: PageOptions,
+}
+
+impl IndexConfig {
+    /// The defaults, writing to `output_path`.
+    pub fn new(output_path: impl Into<PathBuf>) -> IndexConfig {
+        IndexConfig {
+            output_path: output_path.into(),
+            window: Duration::from_secs(1),
+            retry: Duration::from_secs(10),
+            batch: 250,
+            durable: true,
+            pages: PageOptions::default(),
+        }
+    }
+}
+
+/// The index writer's sockets.
+#[derive(Debug)]
+pub struct Sockets {
+    web: Server<WebRequest, WebReply>,
+    db: DbClient,
+}
+
+impl Sockets {
+    /// Binds the request socket and connects to the oracles, whose answers wait at most
+    /// `db_timeout`.
+    pub fn open(ctx: &zmq::Context, db_timeout: Duration) -> anyhow::Result<Sockets> {
+        Ok(Sockets { web: Server::bind(ctx, WEB_ENDPOINT, None)?, db: DbClient::connect(ctx, db_timeout)? })
+    }
+}
+
+/// What the index writer reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A request arrived.
+    Request,
+    /// Time to write due rewrites (and, the first time, to read the database's pending ones).
+    Flush,
+    /// Time for the next batch of a full rewrite.
+    Sweep,
+}
+
+/// A full rewrite in progress.
+#[derive(Debug)]
+struct Sweep {
+    queue: VecDeque<String>,
+    total: usize,
+    failed: usize,
+    started: Instant,
+}
+
+/// The index writer.
+#[derive(Debug)]
+pub struct Scribe {
+    config: IndexConfig,
+    writer: IndexWriter,
+    buffer: RewriteBuffer,
+    /// Whether the database's pending rewrites were read (and a full rewrite decided on).
+    started: bool,
+    sweep: Option<Sweep>,
+}
+
+/// How one package's write went.
+type Outcome = Result<(), std::io::Error>;
+
+impl Scribe {
+    /// The writer's state: opens the output tree. The database is first asked on the first
+    /// tick, so a database that is not up yet delays the work rather than failing the task.
+    pub fn start(config: &IndexConfig) -> anyhow::Result<Scribe> {
+        let writer = IndexWriter::open(Layout::new(&config.output_path), config.pages.clone())?;
+        Ok(Scribe { config: config.clone(), writer, buffer: RewriteBuffer::new(), started: false, sweep: None })
+    }
+
+    /// Reads the pending rewrites the database holds and decides on a full rewrite.
+    fn load(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
+        let DbReply::Rewrites(pending) = sockets.db.request(DbRequest::PendingRewrites)? else {
+            anyhow::bail!("the database answered PendingRewrites with something else");
+        };
+        let now = ctx.now();
+        if !pending.is_empty() {
+            tracing::info!("{} page rewrites were pending", pending.len());
+        }
+        for p in pending {
+            if is_safe_name(&p.package) {
+                self.buffer.add(&p.package, p.scope, p.added_at, now, Duration::ZERO);
+            }
+        }
+        if !self.writer.stamp_matches(&TEMPLATES_FINGERPRINT) {
+            let known: Vec<String> = match sockets.db.request(DbRequest::AllPackages)? {
+                DbReply::Names(names) => names,
+                _ => anyhow::bail!("the database answered AllPackages with something else"),
+            };
+            let known_set: HashSet<String> = known.iter().cloned().collect();
+            let strays = self.writer.strays(&known_set)?;
+            tracing::info!(
+                "rewriting the whole index: {} packages, and removing {} that are gone",
+                known.len(),
+                strays.len()
+            );
+            let queue: VecDeque<String> = known.into_iter().filter(|n| is_safe_name(n)).chain(strays).collect();
+            self.sweep = Some(Sweep { total: queue.len(), queue, failed: 0, started: now });
+            ctx.schedule(Event::Sweep, Duration::ZERO);
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    /// Fetches the data of `packages` and writes (or removes) their pages. Fails as a whole
+    /// only when the database does; each package's own outcome is in the result, in order.
+    fn write_packages(
+        &mut self,
+        packages: &[(String, RewriteScope)],
+        sockets: &Sockets,
+        now: &Timestamp,
+    ) -> Result<Vec<Outcome>, DbClientError> {
+        let abis: Vec<BuildAbi> = sockets.db.build_abis()?;
+        let names: Vec<String> = packages.iter().map(|(name, _)| name.clone()).collect();
+        let data = match sockets.db.request(DbRequest::ProjectsData { packages: names })? {
+            DbReply::Projects(data) => data,
+            reply => return Err(DbClientError::Unexpected { request: "ProjectsData".into(), reply: Box::new(reply) }),
+        };
+        let by_name: HashMap<&str, &ProjectData> = data.iter().map(|d| (d.package.as_str(), d)).collect();
+        Ok(packages
+            .iter()
+            .map(|(package, scope)| match by_name.get(package.as_str()) {
+                Some(data) => self.writer.write_project(data, &abis, *scope, now).map(|_| ()),
+                None => self.writer.remove_project(package),
+            })
+            .collect())
+    }
+
+    /// Writes one batch of due rewrites; false when there was none.
+    fn flush_batch(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<bool> {
+        let now = ctx.now();
+        let due = self.buffer.take_due(now, self.config.batch.max(1));
+        if due.is_empty() {
+            return Ok(false);
+        }
+        let utc = ctx.utc();
+        let packages: Vec<(String, RewriteScope)> = due.iter().map(|w| (w.package.clone(), w.scope)).collect();
+        let outcomes = match self.write_packages(&packages, sockets, &utc) {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                for entry in due {
+                    self.buffer.retry(entry, now + self.config.retry);
+                }
+                return Err(e.into());
+            }
+        };
+        let (mut written, mut failed): (Vec<Waiting>, Vec<Waiting>) = (Vec::new(), Vec::new());
+        for (entry, outcome) in due.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => written.push(entry),
+                Err(e) => {
+                    tracing::error!("cannot write the pages of {}: {e}", entry.package);
+                    failed.push(entry);
+                }
+            }
+        }
+        if self.config.durable
+            && !written.is_empty()
+            && let Err(e) = self.writer.sync()
+        {
+            tracing::error!("cannot make the pages durable: {e}");
+            failed.append(&mut written);
+        }
+        for entry in &written {
+            let until = entry.added_at.max(utc);
+            if let Err(e) = sockets.db.done(DbRequest::ClearRewrite { package: entry.package.clone(), until }) {
+                // The entry stays in the database: the pages are only written once more.
+                tracing::warn!("{e}");
+            }
+        }
+        tracing::debug!("wrote the pages of {} packages", written.len());
+        for entry in failed {
+            self.buffer.retry(entry, now + self.config.retry);
+        }
+        Ok(true)
+    }
+
+    fn flush(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
+        if !self.started {
+            self.load(sockets, ctx)?;
+        }
+        let wrote = self.flush_batch(sockets, ctx)?;
+        if self.sweep.is_none() && self.writer.root_dirty() {
+            self.writer.write_root()?;
+        }
+        let now = ctx.now();
+        if wrote && self.buffer.next_due().is_some_and(|due| due <= now) {
+            // More is due: another batch after a look at the sockets.
+            ctx.schedule(Event::Flush, Duration::ZERO);
+        } else if let Some(due) = self.buffer.next_due() {
+            ctx.schedule(Event::Flush, due.saturating_duration_since(now));
+        }
+        Ok(())
+    }
+
+    /// The next batch of a full rewrite.
+    fn sweep(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
+        let Some(sweep) = self.sweep.as_mut() else { return Ok(()) };
+        let take = self.config.batch.max(1).min(sweep.queue.len());
+        let batch: Vec<(String, RewriteScope)> = sweep.queue.drain(..take).map(|n| (n, RewriteScope::Both)).collect();
+        if !batch.is_empty() {
+            let utc = ctx.utc();
+            match self.write_packages(&batch, sockets, &utc) {
+                Ok(outcomes) => {
+                    let sweep = self.sweep.as_mut().expect("the sweep is running");
+                    for ((package, _), outcome) in batch.iter().zip(outcomes) {
+                        if let Err(e) = outcome {
+                            tracing::error!("cannot write the pages of {package}: {e}");
+                            sweep.failed += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let sweep = self.sweep.as_mut().expect("the sweep is running");
+                    for (package, _) in batch.into_iter().rev() {
+                        sweep.queue.push_front(package);
+                    }
+                    ctx.schedule(Event::Sweep, self.config.retry);
+                    return Err(e.into());
+                }
+            }
+        }
+        let sweep = self.sweep.as_ref().expect("the sweep is running");
+        if !sweep.queue.is_empty() {
+            ctx.schedule(Event::Sweep, Duration::ZERO);
+            return Ok(());
+        }
+        self.writer.write_root()?;
+        self.writer.sync()?;
+        let elapsed = ctx.now().saturating_duration_since(sweep.started).as_secs_f64();
+        if sweep.failed == 0 {
+            self.writer.write_stamp(&TEMPLATES_FINGERPRINT)?;
+            tracing::info!(
+                "rewrote the whole index: {} packages in {elapsed:.1} s ({:.0} per second)",
+                sweep.total,
+                sweep.total as f64 / elapsed.max(1e-6)
+            );
+        } else {
+            tracing::error!(
+                "rewrote the whole index but for {} packages that failed; it will be tried again at the next start",
+                sweep.failed
+            );
+        }
+        self.sweep = None;
+        Ok(())
+    }
+
+    /// Carries out one request.
+    fn serve(&mut self, request: WebRequest, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
+        match request {
+            WebRequest::Rewrite { package, scope } => {
+                anyhow::ensure!(is_safe_name(&package), "{package:?} is not a canonical package name");
+                let added_at = ctx.utc();
+                let recorded =
+                    sockets.db.done(DbRequest::AddRewrite(PendingRewrite { package: package.clone(), added_at, scope }));
+                let now = ctx.now();
+                self.buffer.add(&package, scope, added_at, now, self.config.window);
+                if let Some(due) = self.buffer.next_due() {
+                    ctx.schedule(Event::Flush, due.saturating_duration_since(now));
+                }
+                recorded.map_err(|e| anyhow::anyhow!("queued, but not recorded (a crash would lose it): {e}"))
+            }
+            WebRequest::Home(stats) => Ok(self.writer.write_home(&stats)?),
+            WebRequest::Search { entries } => Ok(self.writer.write_search(&entries)?),
+            WebRequest::Log { build_id, output } => Ok(self.writer.write_log(build_id, &output)?),
+            WebRequest::DeletePackage { package, files, builds } => self.delete(&package, &files, &builds, sockets, ctx),
+            WebRequest::DeleteVersion { package, version, files, builds } => {
+                tracing::debug!("removing version {version} of {package}");
+                self.delete(&package, &files, &builds, sockets, ctx)
+            }
+        }
+    }
+
+    /// Removes files and logs of a package, then rewrites its pages at once (removing them
+    /// all when the package is gone).
+    fn delete(
+        &mut self,
+        package: &str,
+        files: &[String],
+        builds: &[i64],
+        sockets: &Sockets,
+        ctx: &mut Context<'_, Event>,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(is_safe_name(package), "{package:?} is not a canonical package name");
+        let waiting = self.buffer.remove(package);
+        self.writer.remove_files(package, files, builds)?;
+        let utc = ctx.utc();
+        let outcome = match self.write_packages(&[(package.to_string(), RewriteScope::Both)], sockets, &utc) {
+            Ok(mut outcomes) => outcomes.pop().unwrap_or(Ok(())),
+            Err(e) => {
+                // Written later, from the buffer.
+                let entry = Waiting {
+                    package: package.to_string(),
+                    scope: RewriteScope::Both,
+                    added_at: utc,
+                    due: ctx.now() + self.config.retry,
+                };
+                self.buffer.retry(entry, ctx.now() + self.config.retry);
+                let _ = sockets.db.done(DbRequest::AddRewrite(PendingRewrite {
+                    package: package.to_string(),
+                    added_at: utc,
+                    scope: RewriteScope::Both,
+                }));
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = outcome {
+            if let Some(entry) = waiting {
+                self.buffer.retry(entry, ctx.now() + self.config.retry);
+            }
+            return Err(e.into());
+        }
+        let until = waiting.map_or(utc, |w| w.added_at.max(utc));
+        if let Err(e) = sockets.db.done(DbRequest::ClearRewrite { package: package.to_string(), until }) {
+            tracing::warn!("{e}");
+        }
+        if self.sweep.is_none() && self.writer.root_dirty() {
+            self.writer.write_root()?;
+        }
+        Ok(())
+    }
+
+    /// The packages waiting for a rewrite.
+    pub fn waiting(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+impl Task for Scribe {
+    type Sockets = Sockets;
+    type Event = Event;
+    const PAUSE: PauseMode = PauseMode::Timers;
+
+    fn poll_sockets<'s>(&self, sockets: &'s Sockets) -> Vec<(Event, &'s zmq::Socket)> {
+        vec![(Event::Request, sockets.web.socket())]
+    }
+
+    fn timers(&self) -> Vec<(Event, Duration)> {
+        vec![(Event::Flush, TICK)]
+    }
+
+    fn handle(&mut self, event: Event, sockets: &mut Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
+        match event {
+            Event::Request => {
+                let (peer, request) = sockets.web.recv()?;
+                let reply = match request {
+                    Ok(request) => match self.serve(request, sockets, ctx) {
+                        Ok(()) => WebReply::Done,
+                        Err(e) => {
+                            tracing::error!("{e:#}");
+                            WebReply::Error { message: format!("{e:#}") }
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!("bad request from {peer}: {e}");
+                        WebReply::Error { message: e.to_string() }
+                    }
+                };
+                sockets.web.send(&peer, &reply)?;
+                Ok(())
+            }
+            Event::Flush => self.flush(sockets, ctx),
+            Event::Sweep => self.sweep(sockets, ctx),
+        }
+    }
+}

@@ -1,0 +1,807 @@
+//! What each page says: the models the templates in `templates/` render (askama), and the
+//! JSON documents (serde, so that they are always well-formed and escaped once).
+//!
+//! Everything here is a pure function of the database's [`ProjectData`] and of what is on
+//! disk ([`OnDisk`]): a file is linked only when it is there, its `.metadata` advertised only
+//! when that is there, and a build log linked only when it was written. So no page links a
+//! missing file, whatever order things happened in.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::LazyLock;
+
+use askama::Template;
+use chrono::SecondsFormat;
+use piwheels_common::names::{canonicalize, is_prerelease, parse_version};
+use piwheels_common::protocols::{
+    AbiStatus, BuildAbi, BuildId, MasterStats, ProjectData, ProjectFile, ReleaseData, SearchEntry, Timestamp,
+};
+use piwheels_common::wheel::WheelName;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use sha2::{Digest, Sha256};
+
+use super::layout::log_path;
+
+/// The simple API version the pages claim (PEP 629): 1.1, since every JSON file entry has a
+/// `size` and every JSON project page a `versions` list (PEP 700).
+pub const API_VERSION: &str = "1.1";
+
+/// Bumped when the pages change in a way the templates' text does not show (the models or
+/// the JSON documents), so that the next start rewrites every page.
+const PAGES_REVISION: u32 = 1;
+
+/// Identifies the page templates and models this build writes: a SHA-256 of every template's
+/// text and [`PAGES_REVISION`]. The tree records the one that wrote it; a master whose
+/// fingerprint differs rewrites every page when it starts.
+pub static TEMPLATES_FINGERPRINT: LazyLock<String> = LazyLock::new(|| {
+    let mut hash = Sha256::new();
+    hash.update(PAGES_REVISION.to_le_bytes());
+    for text in [
+        include_str!("../../../templates/base.html"),
+        include_str!("../../../templates/home.html"),
+        include_str!("../../../templates/project.html"),
+        include_str!("../../../templates/alias.html"),
+        include_str!("../../../templates/simple/index.html"),
+        include_str!("../../../templates/simple/project.html"),
+    ] {
+        hash.update((text.len() as u64).to_le_bytes());
+        hash.update(text.as_bytes());
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+});
+
+/// What is on disk for one project: the names in `simple/<package>/` and which build logs
+/// exist.
+#[derive(Debug, Default)]
+pub struct OnDisk {
+    /// File names in the project's simple directory (wheels and `.metadata` files).
+    pub files: HashSet<String>,
+    /// Builds whose log is written.
+    pub logs: HashSet<BuildId>,
+}
+
+impl OnDisk {
+    fn has(&self, name: &str) -> bool {
+        self.files.contains(name)
+    }
+
+    fn has_metadata(&self, filename: &str) -> bool {
+        self.files.contains(&format!("{filename}.metadata"))
+    }
+}
+
+/// The releases' indexes, newest first: PEP 440 versions in PEP 440 order, then every
+/// legacy (unparsable) version, by its text. Also gives each release's normalized PEP 440
+/// text (None for a legacy version).
+fn release_order(releases: &[ReleaseData]) -> (Vec<usize>, Vec<Option<String>>) {
+    let parsed: Vec<_> = releases.iter().map(|r| parse_version(&r.version)).collect();
+    let mut order: Vec<usize> = (0..releases.len()).collect();
+    order.sort_by(|&a, &b| {
+        let key = |i: usize| (parsed[i].is_some(), parsed[i].clone(), releases[i].version.clone());
+        key(b).cmp(&key(a))
+    });
+    let normalized = parsed.iter().map(|v| v.as_ref().map(ToString::to_string)).collect();
+    (order, normalized)
+}
+
+/// Percent-encodes a file name for an `href`: everything but ASCII letters, digits and
+/// `-._~` (so a local version's `+` becomes `%2B`). The link text stays the plain name.
+pub fn url_encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An upload time as PEP 700 wants it: UTC, microseconds, `Z`.
+fn upload_time(at: &Timestamp) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A size for people: 1023 B, 1 KB, 15 MB (binary multiples, no decimals).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
+    let mut unit = 0;
+    let mut value = bytes;
+    while value >= 1024 && unit < UNITS.len() - 1 {
+        value /= 1024;
+        unit += 1;
+    }
+    format!("{value} {}", UNITS[unit])
+}
+
+/// A count for people: 1,234,567.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------------
+// The simple index (PEP 503, 592, 629, 658/714, 691, 700)
+// ------------------------------------------------------------------------------------------
+
+/// One file on a project's simple page.
+#[derive(Debug, Clone)]
+pub struct SimpleFile {
+    /// The file's name (the link text, and the JSON `filename`).
+    pub filename: String,
+    /// Its URL relative to the page: the name, percent-encoded.
+    pub url: String,
+    /// Lower-case hex SHA-256.
+    pub sha256: String,
+    /// `Requires-Python`, when the wheel says.
+    pub requires_python: Option<String>,
+    /// Yank reason (possibly empty) when the release is yanked.
+    pub yanked: Option<String>,
+    /// SHA-256 of the `.metadata` side file, when it is published.
+    pub metadata_sha256: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was published, PEP 700's format.
+    pub upload_time: String,
+}
+
+/// What a project's simple pages list: the installable files and their versions.
+#[derive(Debug, Clone, Default)]
+pub struct SimpleProject {
+    /// Files, newest release first, then by name.
+    pub files: Vec<SimpleFile>,
+    /// Normalized PEP 440 versions that have files, ascending.
+    pub versions: Vec<String>,
+}
+
+impl SimpleProject {
+    /// The installable files of a project: wheels of its own name, of releases with a PEP 440
+    /// version (installers ignore the rest), that are on disk. Empty means the project gets no
+    /// simple page.
+    pub fn from_data(data: &ProjectData, disk: &OnDisk) -> SimpleProject {
+        let (order, normalized) = release_order(&data.releases);
+        let mut files = Vec::new();
+        let mut versions = Vec::new();
+        for &i in &order {
+            let release = &data.releases[i];
+            let Some(version) = &normalized[i] else { continue };
+            let listed: Vec<&ProjectFile> = release
+                .files
+                .iter()
+                .filter(|f| disk.has(&f.filename))
+                .filter(|f| WheelName::parse(&f.filename).is_ok_and(|w| w.is_for(&data.package)))
+                .collect();
+            if !listed.is_empty() {
+                versions.push(version.clone());
+            }
+            let mut entries: Vec<SimpleFile> = listed
+                .into_iter()
+                .map(|f| SimpleFile {
+                    filename: f.filename.clone(),
+                    url: url_encode(&f.filename),
+                    sha256: f.sha256.to_ascii_lowercase(),
+                    requires_python: f.requires_python.as_ref().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
+                    yanked: release.yanked.clone(),
+                    metadata_sha256: f
+                        .metadata_sha256
+                        .as_ref()
+                        .filter(|_| disk.has_metadata(&f.filename))
+                        .map(|h| h.trim().to_ascii_lowercase()),
+                    size: f.size,
+                    upload_time: upload_time(&f.uploaded),
+                })
+                .collect();
+            entries.sort_by(|a, b| a.filename.cmp(&b.filename));
+            files.extend(entries);
+        }
+        // Ascending, each once (two spellings of one version normalize alike).
+        versions.reverse();
+        versions.dedup();
+        SimpleProject { files, versions }
+    }
+
+    /// Whether there is anything to list.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+/// `simple/<package>/index.html`.
+#[derive(Debug, Template)]
+#[template(path = "simple/project.html")]
+pub struct SimplePage<'a> {
+    /// The canonical name.
+    pub name: &'a str,
+    /// The files.
+    pub files: &'a [SimpleFile],
+    /// [`API_VERSION`].
+    pub api_version: &'static str,
+}
+
+/// `simple/index.html`.
+#[derive(Debug, Template)]
+#[template(path = "simple/index.html")]
+pub struct RootPage<'a> {
+    /// Canonical names of the projects with a simple page, sorted.
+    pub projects: Vec<&'a str>,
+    /// [`API_VERSION`].
+    pub api_version: &'static str,
+}
+
+#[derive(Serialize)]
+struct JsonMeta {
+    #[serde(rename = "api-version")]
+    api_version: &'static str,
+}
+
+const META: JsonMeta = JsonMeta { api_version: API_VERSION };
+
+#[derive(Serialize)]
+struct JsonHashes<'a> {
+    sha256: &'a str,
+}
+
+/// A file entry of a PEP 691 project page.
+#[derive(Serialize)]
+struct JsonFile<'a> {
+    filename: &'a str,
+    url: &'a str,
+    hashes: JsonHashes<'a>,
+    #[serde(rename = "requires-python", skip_serializing_if = "Option::is_none")]
+    requires_python: Option<&'a str>,
+    // PEP 714: only the new name in JSON (the old one crashes some pip releases).
+    #[serde(rename = "core-metadata", skip_serializing_if = "Option::is_none")]
+    core_metadata: Option<JsonHashes<'a>>,
+    size: u64,
+    #[serde(rename = "upload-time")]
+    upload_time: &'a str,
+    yanked: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct JsonProject<'a> {
+    meta: JsonMeta,
+    name: &'a str,
+    versions: &'a [String],
+    files: Vec<JsonFile<'a>>,
+}
+
+/// `simple/<package>/index.json` (PEP 691 with PEP 700's additions).
+pub fn simple_project_json(name: &str, project: &SimpleProject) -> Vec<u8> {
+    let files = project
+        .files
+        .iter()
+        .map(|f| JsonFile {
+            filename: &f.filename,
+            url: &f.url,
+            hashes: JsonHashes { sha256: &f.sha256 },
+            requires_python: f.requires_python.as_deref(),
+            core_metadata: f.metadata_sha256.as_deref().map(|sha256| JsonHashes { sha256 }),
+            size: f.size,
+            upload_time: &f.upload_time,
+            // PEP 592 in JSON: a non-empty reason, or true; an empty string would read as
+            // "not yanked" to pip.
+            yanked: match f.yanked.as_deref() {
+                None => serde_json::Value::Bool(false),
+                Some("") => serde_json::Value::Bool(true),
+                Some(reason) => serde_json::Value::String(reason.to_string()),
+            },
+        })
+        .collect();
+    to_json(&JsonProject { meta: META, name, versions: &project.versions, files })
+}
+
+#[derive(Serialize)]
+struct JsonRootEntry<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonRoot<'a> {
+    meta: JsonMeta,
+    projects: Vec<JsonRootEntry<'a>>,
+}
+
+/// `simple/index.json`.
+pub fn root_json<'a>(projects: impl Iterator<Item = &'a str>) -> Vec<u8> {
+    to_json(&JsonRoot { meta: META, projects: projects.map(|name| JsonRootEntry { name }).collect() })
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain structs of strings and numbers into memory cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+// ------------------------------------------------------------------------------------------
+// Project pages and project JSON
+// ------------------------------------------------------------------------------------------
+
+/// A column of the releases table.
+#[derive(Debug, Clone)]
+pub struct AbiColumn {
+    /// The ABI tag.
+    pub tag: String,
+    /// Its tooltip.
+    pub title: String,
+}
+
+/// A build-state cell.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// `success`, `fail`, `skip` or `pending` (also the cell's CSS class).
+    pub status: &'static str,
+    /// The build's id.
+    pub build_id: Option<BuildId>,
+    /// The build log's URL, when the log is written.
+    pub log_url: Option<String>,
+}
+
+/// A file link on a project page.
+#[derive(Debug, Clone)]
+pub struct FileLink {
+    /// Name.
+    pub filename: String,
+    /// Absolute path of the file.
+    pub url: String,
+    /// Size for people.
+    pub size: String,
+}
+
+/// A row of the releases table.
+#[derive(Debug, Clone)]
+pub struct ReleaseRow {
+    /// The version as PyPI published it.
+    pub version: String,
+    /// Whether it is a pre-release.
+    pub prerelease: bool,
+    /// Yank reason, when yanked.
+    pub yanked: Option<String>,
+    /// Why it is not built, empty when it is.
+    pub skip: String,
+    /// Release day, `YYYY-MM-DD`.
+    pub released_day: String,
+    /// Release time in full.
+    pub released_full: String,
+    /// One cell per column (None where the release has no state for that ABI).
+    pub cells: Vec<Option<Cell>>,
+    /// The release's published files.
+    pub files: Vec<FileLink>,
+}
+
+/// `project/<package>/index.html`.
+#[derive(Debug, Template)]
+#[template(path = "project.html")]
+pub struct ProjectPage<'a> {
+    /// Canonical name.
+    pub package: &'a str,
+    /// Display name.
+    pub display_name: &'a str,
+    /// Summary.
+    pub description: &'a str,
+    /// The project's page on PyPI, when its address is configured.
+    pub pypi_url: Option<String>,
+    /// Whether the project has a simple page (something to install).
+    pub has_simple: bool,
+    /// Debian packages to install first (from the newest stable release with files).
+    pub install_apt: Vec<String>,
+    /// Its Python dependencies.
+    pub pip_deps: Vec<String>,
+    /// Table columns.
+    pub abis: Vec<AbiColumn>,
+    /// Table rows, newest release first.
+    pub releases: Vec<ReleaseRow>,
+    /// Published files in all.
+    pub files_count: usize,
+    /// Columns of the table (for the files rows' colspan).
+    pub columns: usize,
+    /// When the page was written.
+    pub updated: String,
+}
+
+/// The ABI columns of a project's table: the farm's ABIs in build order, then any other ABI
+/// the project's releases have a state for, by name.
+fn abi_columns(data: &ProjectData, abis: &[BuildAbi]) -> Vec<AbiColumn> {
+    let mut columns: Vec<AbiColumn> = Vec::new();
+    let used: BTreeSet<&str> = data.releases.iter().flat_map(|r| r.abis.keys().map(String::as_str)).collect();
+    for abi in abis {
+        if used.contains(abi.tag.as_str()) {
+            let title = if abi.position > 0 {
+                format!("Python {}.{}", abi.position / 100, abi.position % 100)
+            } else {
+                abi.tag.clone()
+            };
+            columns.push(AbiColumn { tag: abi.tag.clone(), title });
+        }
+    }
+    for tag in used {
+        if !abis.iter().any(|a| a.tag == tag) {
+            columns.push(AbiColumn { tag: tag.to_string(), title: format!("{tag} (no longer built)") });
+        }
+    }
+    columns
+}
+
+fn status_name(status: AbiStatus) -> &'static str {
+    match status {
+        AbiStatus::Success => "success",
+        AbiStatus::Fail => "fail",
+        AbiStatus::Skip => "skip",
+        AbiStatus::Pending => "pending",
+    }
+}
+
+/// Everything both project documents need, worked out once.
+#[derive(Debug)]
+pub struct ProjectView<'a> {
+    data: &'a ProjectData,
+    order: Vec<usize>,
+    columns: Vec<AbiColumn>,
+    disk: &'a OnDisk,
+    has_simple: bool,
+}
+
+impl<'a> ProjectView<'a> {
+    /// A view of `data` as it stands on `disk`; `has_simple` says whether the project has a
+    /// simple page.
+    pub fn new(data: &'a ProjectData, abis: &[BuildAbi], disk: &'a OnDisk, has_simple: bool) -> ProjectView<'a> {
+        let (order, _) = release_order(&data.releases);
+        ProjectView { data, order, columns: abi_columns(data, abis), disk, has_simple }
+    }
+
+    fn releases(&self) -> impl Iterator<Item = &'a ReleaseData> + '_ {
+        self.order.iter().map(|&i| &self.data.releases[i])
+    }
+
+    fn published<'r>(&self, release: &'r ReleaseData) -> impl Iterator<Item = &'r ProjectFile> + use<'r, '_> {
+        release.files.iter().filter(|f| self.disk.has(&f.filename))
+    }
+
+    fn log_url(&self, build_id: Option<BuildId>) -> Option<String> {
+        build_id.filter(|id| self.disk.logs.contains(id)).map(|id| format!("/{}", log_path(id)))
+    }
+
+    /// The first published file of the newest release that is neither a pre-release nor
+    /// yanked: its dependencies are the ones the install instructions give.
+    fn chosen_file(&self) -> Option<&'a ProjectFile> {
+        self.releases()
+            .filter(|r| r.yanked.is_none() && !is_prerelease(&r.version))
+            .find_map(|r| self.published(r).next())
+    }
+
+    /// The project page.
+    pub fn page(&self, pypi_url: Option<&str>, now: &Timestamp) -> ProjectPage<'a> {
+        let data = self.data;
+        let chosen = self.chosen_file();
+        let releases: Vec<ReleaseRow> = self
+            .releases()
+            .map(|r| ReleaseRow {
+                version: r.version.clone(),
+                prerelease: is_prerelease(&r.version),
+                yanked: r.yanked.clone(),
+                skip: r.skip.clone(),
+                released_day: r.released.format("%Y-%m-%d").to_string(),
+                released_full: r.released.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                cells: self
+                    .columns
+                    .iter()
+                    .map(|column| {
+                        r.abis.get(&column.tag).map(|(status, build_id)| Cell {
+                            status: status_name(*status),
+                            build_id: *build_id,
+                            log_url: self.log_url(*build_id),
+                        })
+                    })
+                    .collect(),
+                files: self
+                    .published(r)
+                    .map(|f| FileLink {
+                        filename: f.filename.clone(),
+                        url: format!("/simple/{}/{}", data.package, url_encode(&f.filename)),
+                        size: human_size(f.size),
+                    })
+                    .collect(),
+            })
+            .collect();
+        ProjectPage {
+            package: &data.package,
+            display_name: &data.display_name,
+            description: &data.description,
+            pypi_url: pypi_url.map(|base| format!("{}/{}/", base.trim_end_matches('/'), data.package)),
+            has_simple: self.has_simple,
+            install_apt: chosen.map(|f| f.dependencies.apt.clone()).unwrap_or_default(),
+            pip_deps: chosen.map(|f| f.dependencies.pip.clone()).unwrap_or_default(),
+            files_count: releases.iter().map(|r| r.files.len()).sum(),
+            columns: 2 + self.columns.len(),
+            abis: self.columns.clone(),
+            releases,
+            updated: now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        }
+    }
+
+    /// The project JSON (`project/<package>/json/index.json`).
+    pub fn json(&self, pypi_url: Option<&str>) -> Vec<u8> {
+        let data = self.data;
+        let releases: Vec<(String, JsonRelease)> = self
+            .releases()
+            .map(|r| {
+                let files = self
+                    .published(r)
+                    .map(|f| {
+                        let file = JsonProjectFile {
+                            file_url: format!("/simple/{}/{}", data.package, url_encode(&f.filename)),
+                            filehash: f.sha256.clone(),
+                            filesize: f.size,
+                            builder_abi: f.builder_abi.clone(),
+                            file_abi_tag: f.abi_tag.clone(),
+                            platform: f.platform_tag.clone(),
+                            requires_python: f.requires_python.clone(),
+                            uploaded: upload_time(&f.uploaded),
+                            apt_dependencies: f.dependencies.apt.clone(),
+                            pip_dependencies: f.dependencies.pip.clone(),
+                        };
+                        (f.filename.clone(), file)
+                    })
+                    .collect();
+                let builds = r
+                    .abis
+                    .iter()
+                    .map(|(abi, (status, build_id))| {
+                        let build = JsonBuild { status: status_name(*status), build_id: *build_id, log_url: self.log_url(*build_id) };
+                        (abi.clone(), build)
+                    })
+                    .collect();
+                let release = JsonRelease {
+                    released: r.released.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    prerelease: is_prerelease(&r.version),
+                    yanked: r.yanked.is_some(),
+                    yank_reason: r.yanked.clone(),
+                    skip_reason: r.skip.clone(),
+                    files: Ordered(files),
+                    builds,
+                };
+                (r.version.clone(), release)
+            })
+            .collect();
+        let doc = JsonProjectDoc {
+            package: &data.package,
+            display_name: &data.display_name,
+            summary: &data.description,
+            aliases: &data.aliases,
+            project_url: format!("/project/{}/", data.package),
+            simple_url: self.has_simple.then(|| format!("/simple/{}/", data.package)),
+            pypi_url: pypi_url.map(|base| format!("{}/{}/", base.trim_end_matches('/'), data.package)),
+            releases: Ordered(releases),
+        };
+        to_json(&doc)
+    }
+}
+
+/// A JSON object whose keys keep the order given.
+#[derive(Debug)]
+struct Ordered<T>(Vec<(String, T)>);
+
+impl<T: Serialize> Serialize for Ordered<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct JsonProjectDoc<'a> {
+    package: &'a str,
+    display_name: &'a str,
+    summary: &'a str,
+    aliases: &'a [String],
+    project_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    simple_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pypi_url: Option<String>,
+    releases: Ordered<JsonRelease>,
+}
+
+#[derive(Serialize)]
+struct JsonRelease {
+    released: String,
+    prerelease: bool,
+    yanked: bool,
+    yank_reason: Option<String>,
+    skip_reason: String,
+    files: Ordered<JsonProjectFile>,
+    builds: BTreeMap<String, JsonBuild>,
+}
+
+#[derive(Serialize)]
+struct JsonProjectFile {
+    file_url: String,
+    filehash: String,
+    filesize: u64,
+    builder_abi: String,
+    file_abi_tag: String,
+    platform: String,
+    requires_python: Option<String>,
+    uploaded: String,
+    apt_dependencies: Vec<String>,
+    pip_dependencies: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct JsonBuild {
+    status: &'static str,
+    build_id: Option<BuildId>,
+    log_url: Option<String>,
+}
+
+/// The page of a former name of a project (a PyPI rename), at `project/<alias>/index.html`,
+/// sending people on to the project's page. The `piwheels:alias-of` meta tag marks it, so the
+/// writer can tell it from a project's own page.
+#[derive(Debug, Template)]
+#[template(path = "alias.html")]
+pub struct AliasPage<'a> {
+    /// The former name, canonical.
+    pub alias: &'a str,
+    /// The project.
+    pub target: &'a str,
+}
+
+/// The marker an alias page carries, with the project it points at.
+pub fn alias_marker(target: &str) -> String {
+    format!("<meta name=\"piwheels:alias-of\" content=\"{target}\">")
+}
+
+/// The former names of a project that need an alias page: spellings whose canonical form is
+/// another name (spellings of the same canonical name need nothing: the web server redirects
+/// them to the canonical URL).
+pub fn former_names(data: &ProjectData) -> Vec<String> {
+    let names: BTreeSet<String> =
+        data.aliases.iter().map(|a| canonicalize(a)).filter(|c| *c != data.package).collect();
+    names.into_iter().collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// Home page and search index
+// ------------------------------------------------------------------------------------------
+
+/// A row of the home page's build table.
+#[derive(Debug, Clone)]
+pub struct AbiFigures {
+    /// The ABI.
+    pub tag: String,
+    /// Builds in the last hour.
+    pub built: String,
+    /// Builds waiting.
+    pub pending: String,
+}
+
+/// `index.html`.
+#[derive(Debug, Template)]
+#[template(path = "home.html")]
+pub struct HomePage {
+    /// Packages with files.
+    pub packages_built: String,
+    /// Files.
+    pub files_count: String,
+    /// Their size.
+    pub builds_size: String,
+    /// Downloads ever.
+    pub downloads_all: String,
+    /// Downloads in 30 days.
+    pub downloads_month: String,
+    /// Downloads in the last hour.
+    pub downloads_hour: String,
+    /// Releases in the last hour.
+    pub new_last_hour: String,
+    /// Free space on the output disk.
+    pub disk_free: String,
+    /// Its size.
+    pub disk_size: String,
+    /// Per ABI.
+    pub abis: Vec<AbiFigures>,
+    /// The index's URL for the configuration examples.
+    pub index_url: String,
+    /// When the figures were taken (RFC 3339).
+    pub updated: String,
+    /// The same for people.
+    pub updated_text: String,
+}
+
+impl HomePage {
+    /// The home page for these figures; `site_url` is the site's public address, when known.
+    pub fn new(stats: &MasterStats, site_url: Option<&str>) -> HomePage {
+        let tags: BTreeSet<&String> = stats.builds_last_hour.keys().chain(stats.builds_pending.keys()).collect();
+        HomePage {
+            packages_built: thousands(stats.packages_built),
+            files_count: thousands(stats.files_count),
+            builds_size: human_size(stats.builds_size),
+            downloads_all: thousands(stats.downloads_all),
+            downloads_month: thousands(stats.downloads_last_month),
+            downloads_hour: thousands(stats.downloads_last_hour),
+            new_last_hour: thousands(stats.new_last_hour),
+            disk_free: human_size(stats.host.disk_free),
+            disk_size: human_size(stats.host.disk_size),
+            abis: tags
+                .into_iter()
+                .map(|tag| AbiFigures {
+                    tag: tag.clone(),
+                    built: thousands(stats.builds_last_hour.get(tag).copied().unwrap_or(0)),
+                    pending: thousands(stats.builds_pending.get(tag).copied().unwrap_or(0)),
+                })
+                .collect(),
+            index_url: match site_url {
+                Some(url) => format!("{}/simple", url.trim_end_matches('/')),
+                None => "https://THIS-SITE/simple".to_string(),
+            },
+            updated: stats.at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            updated_text: stats.at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        }
+    }
+}
+
+/// `packages.json`: `[[name, downloads in 30 days, downloads ever], ...]`, sorted by name, for
+/// client-side search.
+pub fn search_json(entries: &[SearchEntry]) -> Vec<u8> {
+    let mut rows: Vec<(&str, u64, u64)> =
+        entries.iter().map(|e| (e.package.as_str(), e.downloads_recent, e.downloads_all)).collect();
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    rows.dedup_by(|a, b| a.0 == b.0);
+    to_json(&rows)
+}
+
+/// Sorts names for listing (byte order) without duplicates.
+pub fn sorted_names<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
+    let mut names: Vec<&str> = names.map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Newest first, for tests and callers that only need the order of version strings.
+pub fn newest_first(versions: &[&str]) -> Vec<String> {
+    let parsed: Vec<_> = versions.iter().map(|v| parse_version(v)).collect();
+    let mut order: Vec<usize> = (0..versions.len()).collect();
+    order.sort_by_key(|&i| Reverse((parsed[i].is_some(), parsed[i].clone(), versions[i])));
+    order.into_iter().map(|i| versions[i].to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_sort_by_pep_440_with_legacy_versions_last() {
+        assert_eq!(
+            newest_first(&["1.0", "1.0rc1", "1.0.post1", "0.9", "1.0.dev0", "banana", "10.0", "2.0a1"]),
+            ["10.0", "2.0a1", "1.0.post1", "1.0", "1.0rc1", "1.0.dev0", "0.9", "banana"]
+        );
+    }
+
+    #[test]
+    fn file_urls_are_percent_encoded() {
+        assert_eq!(url_encode("foo-1.0+local-py3-none-any.whl"), "foo-1.0%2Blocal-py3-none-any.whl");
+        assert_eq!(url_encode("a b"), "a%20b");
+    }
+
+    #[test]
+    fn figures_for_people() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1 KB");
+        assert_eq!(human_size(5 << 20), "5 MB");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+}

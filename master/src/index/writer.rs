@@ -1,0 +1,340 @@
+//! The output tree's writer: turns project data into pages on disk, writes the home page,
+//! the search index and build logs, and removes what deletions leave behind. It holds the one
+//! piece of state the pages need beyond the database: which projects have a simple page, the
+//! list the root of the simple index is made from.
+//!
+//! It only touches the file system; the task in [`super`] decides when to call it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use askama::Template;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use piwheels_common::protocols::{BuildAbi, BuildId, MasterStats, ProjectData, RewriteScope, SearchEntry, Timestamp};
+
+use super::layout::{
+    self, Layout, is_safe_file_name, is_safe_name, remove_dir_if_empty, remove_file, remove_tree, write_atomically,
+};
+use super::pages::{
+    API_VERSION, AliasPage, HomePage, OnDisk, ProjectView, RootPage, SimplePage, SimpleProject, alias_marker,
+    former_names, root_json, search_json, simple_project_json, sorted_names,
+};
+
+/// Settings of the pages' contents.
+#[derive(Debug, Clone, Default)]
+pub struct PageOptions {
+    /// The address under which PyPI shows a project (`<url>/<name>/`), for links from project
+    /// pages; None for no link.
+    pub pypi_project_url: Option<String>,
+    /// The site's public address (e.g. `https://www.example.org`), for the configuration
+    /// examples on the home page; None shows a placeholder.
+    pub site_url: Option<String>,
+}
+
+/// What writing one project did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Its pages are written; it has a simple page.
+    Listed,
+    /// Its project pages are written; it has nothing to install, so no simple page.
+    Unlisted,
+}
+
+/// Writes the output tree.
+#[derive(Debug)]
+pub struct IndexWriter {
+    layout: Layout,
+    options: PageOptions,
+    /// Projects that have a simple page.
+    listed: BTreeSet<String>,
+    /// Whether the root of the simple index is out of date.
+    root_dirty: bool,
+}
+
+fn render<T: Template>(page: &T) -> io::Result<String> {
+    page.render().map_err(|e| io::Error::other(format!("cannot render a page: {e}")))
+}
+
+impl IndexWriter {
+    /// Prepares the tree at `layout`: makes its top directories and finds the projects that
+    /// have a simple page already (those with `simple/<name>/index.html`).
+    pub fn open(layout: Layout, options: PageOptions) -> io::Result<IndexWriter> {
+        for dir in [layout.root().to_path_buf(), layout.simple_dir(), layout.project_root(), layout.root().join("logs")] {
+            fs::create_dir_all(&dir).map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut listed = BTreeSet::new();
+        for name in dir_names(&layout.simple_dir())? {
+            if is_safe_name(&name) && layout.simple_package(&name).join("index.html").is_file() {
+                listed.insert(name);
+            }
+        }
+        let root_dirty = !layout.simple_dir().join("index.json").is_file();
+        Ok(IndexWriter { layout, options, listed, root_dirty })
+    }
+
+    /// The tree's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The projects with a simple page.
+    pub fn listed(&self) -> &BTreeSet<String> {
+        &self.listed
+    }
+
+    /// Whether the root of the simple index needs writing.
+    pub fn root_dirty(&self) -> bool {
+        self.root_dirty
+    }
+
+    /// What is on disk for a project: its simple directory's names, and which of the builds
+    /// its releases name have a log.
+    fn on_disk(&self, data: &ProjectData) -> io::Result<OnDisk> {
+        let files: HashSet<String> = dir_names(&self.layout.simple_package(&data.package))?.into_iter().collect();
+        let builds: BTreeSet<BuildId> =
+            data.releases.iter().flat_map(|r| r.abis.values().filter_map(|(_, id)| *id)).collect();
+        let logs = builds.into_iter().filter(|id| self.layout.log(*id).is_file()).collect();
+        Ok(OnDisk { files, logs })
+    }
+
+    /// Writes a project's pages: with `Both`, its simple pages too (or removes them when it has
+    /// nothing left to install). `abis` are the farm's ABIs in build order; `now` dates the page.
+    pub fn write_project(
+        &mut self,
+        data: &ProjectData,
+        abis: &[BuildAbi],
+        scope: RewriteScope,
+        now: &Timestamp,
+    ) -> io::Result<Written> {
+        let package = data.package.as_str();
+        if !is_safe_name(package) {
+            return Err(io::Error::other(format!("refusing to write pages for the unsafe name {package:?}")));
+        }
+        let disk = self.on_disk(data)?;
+        let simple = SimpleProject::from_data(data, &disk);
+        if scope == RewriteScope::Both {
+            let dir = self.layout.simple_package(package);
+            if simple.is_empty() {
+                remove_file(&dir.join("index.html"))?;
+                remove_file(&dir.join("index.json"))?;
+                remove_dir_if_empty(&dir)?;
+                if self.listed.remove(package) {
+                    self.root_dirty = true;
+                }
+            } else {
+                let page = SimplePage { name: package, files: &simple.files, api_version: API_VERSION };
+                write_atomically(&dir.join("index.html"), render(&page)?.as_bytes())?;
+                write_atomically(&dir.join("index.json"), &simple_project_json(package, &simple))?;
+                if self.listed.insert(package.to_string()) {
+                    self.root_dirty = true;
+                }
+            }
+        }
+        let has_simple = self.listed.contains(package);
+        let view = ProjectView::new(data, abis, &disk, has_simple);
+        let pypi = self.options.pypi_project_url.as_deref();
+        let page = view.page(pypi, now);
+        // This replaces a former name's alias page that stood here: the project wins.
+        write_atomically(&self.layout.project_dir(package).join("index.html"), render(&page)?.as_bytes())?;
+        write_atomically(&self.layout.project_json_dir(package).join("index.json"), &view.json(pypi))?;
+        for alias in former_names(data) {
+            self.write_alias(&alias, package)?;
+        }
+        Ok(if has_simple { Written::Listed } else { Written::Unlisted })
+    }
+
+    /// Writes the page of a former name, unless a project's own pages are there.
+    fn write_alias(&self, alias: &str, target: &str) -> io::Result<()> {
+        if !is_safe_name(alias) || self.layout.project_json_dir(alias).exists() {
+            return Ok(());
+        }
+        let page = AliasPage { alias, target };
+        write_atomically(&self.layout.project_dir(alias).join("index.html"), render(&page)?.as_bytes())
+    }
+
+    /// Removes everything of a project that no longer exists: its simple directory (pages,
+    /// wheels, `.metadata` files), its project pages, and the alias pages of its former names
+    /// (found in the project JSON it had).
+    pub fn remove_project(&mut self, package: &str) -> io::Result<()> {
+        if !is_safe_name(package) {
+            return Err(io::Error::other(format!("refusing to remove the unsafe name {package:?}")));
+        }
+        let project_dir = self.layout.project_dir(package);
+        if is_alias_page(&project_dir.join("index.html")) && !self.layout.project_json_dir(package).exists() {
+            // Only a former name of another project lives here: that project looks after it.
+            return Ok(());
+        }
+        let json_path = self.layout.project_json_dir(package).join("index.json");
+        let aliases = fs::read(&json_path).ok().and_then(|bytes| aliases_in(&bytes)).unwrap_or_default();
+        remove_tree(&self.layout.simple_package(package))?;
+        remove_tree(&project_dir)?;
+        for alias in aliases {
+            let dir = self.layout.project_dir(&alias);
+            if is_safe_name(&alias) && alias_target(&dir.join("index.html")).as_deref() == Some(package) {
+                remove_tree(&dir)?;
+            }
+        }
+        if self.listed.remove(package) {
+            self.root_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Removes published files of a package (with their `.metadata` side files) and the logs of
+    /// builds. Names that are not plain file names are refused (logged, skipped).
+    pub fn remove_files(&self, package: &str, files: &[String], builds: &[BuildId]) -> io::Result<()> {
+        if !is_safe_name(package) {
+            return Err(io::Error::other(format!("refusing to remove files of the unsafe name {package:?}")));
+        }
+        let dir = self.layout.simple_package(package);
+        for file in files {
+            if !is_safe_file_name(file) {
+                tracing::warn!("not removing {file:?} of {package}: not a plain file name");
+                continue;
+            }
+            remove_file(&dir.join(file))?;
+            remove_file(&dir.join(format!("{file}.metadata")))?;
+        }
+        for &build in builds {
+            self.remove_log(build)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the root of the simple index (HTML and JSON) from the listed projects.
+    pub fn write_root(&mut self) -> io::Result<()> {
+        let projects = sorted_names(self.listed.iter());
+        let page = RootPage { projects: projects.clone(), api_version: API_VERSION };
+        let simple = self.layout.simple_dir();
+        write_atomically(&simple.join("index.html"), render(&page)?.as_bytes())?;
+        write_atomically(&simple.join("index.json"), &root_json(projects.into_iter()))?;
+        self.root_dirty = false;
+        Ok(())
+    }
+
+    /// Writes the home page.
+    pub fn write_home(&self, stats: &MasterStats) -> io::Result<()> {
+        let page = HomePage::new(stats, self.options.site_url.as_deref());
+        write_atomically(&self.layout.root().join("index.html"), render(&page)?.as_bytes())
+    }
+
+    /// Writes the search index.
+    pub fn write_search(&self, entries: &[SearchEntry]) -> io::Result<()> {
+        write_atomically(&self.layout.root().join("packages.json"), &search_json(entries))
+    }
+
+    /// Writes a build's log, gzipped (replacing any earlier log of the same id).
+    pub fn write_log(&self, build_id: BuildId, output: &str) -> io::Result<()> {
+        if build_id <= 0 {
+            return Err(io::Error::other(format!("no log for build id {build_id}")));
+        }
+        let mut gz = GzEncoder::new(Vec::with_capacity(output.len() / 4 + 64), Compression::default());
+        gz.write_all(output.as_bytes())?;
+        write_atomically(&self.layout.log(build_id), &gz.finish()?)
+    }
+
+    /// Removes a build's log, and its directories when they become empty.
+    fn remove_log(&self, build_id: BuildId) -> io::Result<()> {
+        let path = self.layout.log(build_id);
+        if remove_file(&path)? {
+            let logs = self.layout.root().join("logs");
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| *d != logs) {
+                remove_dir_if_empty(d)?;
+                dir = d.parent();
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the tree was fully written by these templates.
+    pub fn write_stamp(&self, fingerprint: &str) -> io::Result<()> {
+        write_atomically(&self.layout.stamp(), fingerprint.as_bytes())
+    }
+
+    /// Whether the tree was fully written by these templates.
+    pub fn stamp_matches(&self, fingerprint: &str) -> bool {
+        fs::read(self.layout.stamp()).is_ok_and(|s| s == fingerprint.as_bytes())
+    }
+
+    /// Makes what was written durable (see [`layout::sync_tree`]).
+    pub fn sync(&self) -> io::Result<()> {
+        layout::sync_tree(self.layout.root())
+    }
+
+    /// Names of projects that have pages or files on disk without being in `known`: the
+    /// directories of `simple/` and `project/` (leaving out former names' alias pages whose
+    /// project is known). What a full rewrite must remove.
+    pub fn strays(&self, known: &HashSet<String>) -> io::Result<BTreeSet<String>> {
+        let mut strays = BTreeSet::new();
+        for name in dir_names(&self.layout.simple_dir())? {
+            if is_safe_name(&name) && !known.contains(&name) && self.layout.simple_package(&name).is_dir() {
+                strays.insert(name);
+            }
+        }
+        for name in dir_names(&self.layout.project_root())? {
+            if !is_safe_name(&name) || known.contains(&name) || !self.layout.project_dir(&name).is_dir() {
+                continue;
+            }
+            let page = self.layout.project_dir(&name).join("index.html");
+            match alias_target(&page) {
+                Some(target) if known.contains(&target) => {}
+                Some(_) => {
+                    // The project this name pointed at is gone.
+                    remove_tree(&self.layout.project_dir(&name))?;
+                }
+                None => {
+                    strays.insert(name);
+                }
+            }
+        }
+        Ok(strays)
+    }
+}
+
+/// The names in a directory (none when it is missing).
+fn dir_names(dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot list {}: {e}", dir.display()))),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        if let Some(name) = entry?.file_name().to_str() {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// The project a former name's page points at, if `path` is such a page.
+fn alias_target(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    let start = text.find("<meta name=\"piwheels:alias-of\" content=\"")?;
+    let rest = &text[start + "<meta name=\"piwheels:alias-of\" content=\"".len()..];
+    let target = &rest[..rest.find('"')?];
+    (text.contains(&alias_marker(target)) && is_safe_name(target)).then(|| target.to_string())
+}
+
+fn is_alias_page(path: &Path) -> bool {
+    alias_target(path).is_some()
+}
+
+/// The former names listed in a project JSON document.
+fn aliases_in(bytes: &[u8]) -> Option<Vec<String>> {
+    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let aliases = doc.get("aliases")?.as_array()?;
+    Some(
+        aliases
+            .iter()
+            .filter_map(|a| a.as_str())
+            .map(piwheels_common::names::canonicalize)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    )
+}
