@@ -1,0 +1,46 @@
+//! piw-monitor's options: the `[monitor]` table of the configuration file, `PIW_*` environment
+//! variables and flags, in increasing precedence.
+
+use piwheels_common::config::{ConfigArg, HumanDuration};
+
+/// The operators' live view of a piwheels master: its slaves, queues, tasks and events, with
+/// keys to sleep, wake, skip or kill slaves and to pause or resume the master.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "piw-monitor", version)]
+pub struct MonitorConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: ConfigArg,
+
+    /// The master's control socket (its --control-queue): ipc://PATH on the master's host, or
+    /// tcp://HOST:PORT from elsewhere
+    #[arg(long, env = "PIW_CONTROL_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/control")]
+    pub control_queue: String,
+
+    /// The master's status socket (its --status-queue): ipc://PATH or tcp://HOST:PORT
+    #[arg(long, env = "PIW_STATUS_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/status")]
+    pub status_queue: String,
+
+    /// How long to wait for the master to answer: attaching, and each command
+    #[arg(long, env = "PIW_CONTROL_TIMEOUT", value_name = "DURATION", default_value = "5s")]
+    pub control_timeout: HumanDuration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Operators read defaults in `--help`: every option must show one.
+    #[test]
+    fn every_option_shows_its_default_in_help() {
+        let cmd = MonitorConfig::command();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(!arg.get_default_values().is_empty() && !arg.is_hide_default_value_set(), "--{id} shows no default");
+        }
+    }
+}
