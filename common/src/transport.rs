@@ -339,8 +339,21 @@ impl<M: Message> Receiver<M> {
 
     /// A SUB socket connected to `endpoint`, subscribed to everything.
     pub fn subscribe(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>) -> Result<Self, TransportError> {
+        Self::subscribe_with(ctx, endpoint, max_message, |_| Ok(()))
+    }
+
+    /// [`Receiver::subscribe`], running `setup` on the socket before it connects: options that
+    /// must apply to the first connection, such as heartbeats or a socket monitor that should
+    /// report that connection too.
+    pub fn subscribe_with(
+        ctx: &zmq::Context,
+        endpoint: &str,
+        max_message: Option<usize>,
+        setup: impl FnOnce(&zmq::Socket) -> Result<(), zmq::Error>,
+    ) -> Result<Self, TransportError> {
         let raw = Raw::new(ctx, zmq::SUB, endpoint, max_message)?;
         raw.socket.set_subscribe(b"").map_err(|source| zmq_err("subscribe to", endpoint, source))?;
+        setup(&raw.socket).map_err(|source| zmq_err("configure socket for", endpoint, source))?;
         Ok(Receiver { raw: raw.connect()?, _m: PhantomData })
     }
 

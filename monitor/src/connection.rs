@@ -77,26 +77,22 @@ impl std::fmt::Debug for StatusFeed {
 }
 
 impl StatusFeed {
-    /// Subscribes to `endpoint`, watching the connection.
+    /// Subscribes to `endpoint`, watching the connection from the start.
     pub fn open(ctx: &zmq::Context, endpoint: &str) -> anyhow::Result<StatusFeed> {
         static FEEDS: AtomicU32 = AtomicU32::new(0);
-        let events = Receiver::<StatusEvent>::subscribe(ctx, endpoint, Some(DEFAULT_MAX_MESSAGE))?;
-        let socket = events.socket();
         let watch = format!("inproc://piw-monitor-link-{}", FEEDS.fetch_add(1, Ordering::Relaxed));
         let wanted = [zmq::SocketEvent::HANDSHAKE_SUCCEEDED, zmq::SocketEvent::DISCONNECTED].iter().fold(0, |all, e| all | i32::from(e.to_raw()));
-        let setup = || -> Result<zmq::Socket, zmq::Error> {
+        let mut link = None;
+        let events = Receiver::<StatusEvent>::subscribe_with(ctx, endpoint, Some(DEFAULT_MAX_MESSAGE), |socket| {
             socket.set_heartbeat_ivl(HEARTBEAT_INTERVAL_MS)?;
             socket.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS)?;
             socket.monitor(&watch, wanted)?;
-            let link = ctx.socket(zmq::PAIR)?;
-            link.connect(&watch)?;
-            // Connect again now that the monitor and the heartbeats are in place, so that the
-            // first connection is reported and carries heartbeats too.
-            socket.disconnect(endpoint)?;
-            socket.connect(endpoint)?;
-            Ok(link)
-        };
-        let link = setup().with_context(|| format!("cannot watch the status socket {endpoint}"))?;
+            let pair = ctx.socket(zmq::PAIR)?;
+            pair.connect(&watch)?;
+            link = Some(pair);
+            Ok(())
+        })?;
+        let link = link.context("the status socket's monitor was not set up")?;
         Ok(StatusFeed { events, link })
     }
 
