@@ -122,6 +122,20 @@ pub fn upload(
     path: &Path,
     options: UploadOptions,
 ) -> Result<UploadReport, UploadError> {
+    upload_with_progress(ctx, endpoint, transfer, path, options, &mut |_| {})
+}
+
+/// [`upload`], calling `progress` after each chunk with how far into the file the bytes sent
+/// reach (the juggler asks in increasing order, so this is how much of the file it has, give
+/// or take the chunks in flight), for a progress display.
+pub fn upload_with_progress(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    transfer: TransferId,
+    path: &Path,
+    options: UploadOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<UploadReport, UploadError> {
     let io_err = |source| UploadError::Io { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io_err)?;
     let size = file.metadata().map_err(io_err)?.len();
@@ -172,6 +186,7 @@ pub fn upload(
                 }
                 report.bytes_sent += length;
                 report.chunks_sent += 1;
+                progress(end);
             }
             Some(FileReply::Done) => {
                 report.elapsed = start.elapsed();

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db_client;
 pub mod file_juggler;
 pub mod index;
+pub mod mr_chase;
 pub mod oracle;
 pub mod pidlock;
 pub mod process;
