@@ -51,6 +51,31 @@ pub static TEMPLATES_FINGERPRINT: LazyLock<String> = LazyLock::new(|| {
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 });
 
+/// The pages' HTML escaper (configured in `master/askama.toml`): `&`, `<`, `>`, `"` and `'`
+/// become `&amp;`, `&lt;`, `&gt;`, `&quot;` and `&#39;`, once.
+#[derive(Debug, Clone, Copy)]
+pub struct Html;
+
+impl askama::filters::Escaper for Html {
+    fn write_escaped_str<W: std::fmt::Write>(&self, mut dest: W, string: &str) -> std::fmt::Result {
+        let mut last = 0;
+        for (i, b) in string.bytes().enumerate() {
+            let entity = match b {
+                b'&' => "&amp;",
+                b'<' => "&lt;",
+                b'>' => "&gt;",
+                b'"' => "&quot;",
+                b'\'' => "&#39;",
+                _ => continue,
+            };
+            dest.write_str(&string[last..i])?;
+            dest.write_str(entity)?;
+            last = i + 1;
+        }
+        dest.write_str(&string[last..])
+    }
+}
+
 /// What is on disk for one project: the names in `simple/<package>/` and which build logs
 /// exist.
 #[derive(Debug, Default)]

@@ -1,0 +1,197 @@
+//! The pages for people and programs beside the simple index, parsed from disk: the project
+//! page (releases table with the build state per ABI and links to logs, files with sizes,
+//! install command, dependencies), the project JSON, build logs, former names' pages, the home
+//! page and the search index.
+
+mod index_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::time::Duration;
+
+use index_support::{Farm, tags, text_of};
+use piwheels_common::protocols::{DbRequest, HostStats, MasterStats, SearchEntry, WebRequest};
+
+/// numpy: 1.0 built on both ABIs (apt and pip dependencies), 1.1 failed on cp311 and pending
+/// on cp39, 2.0b1 a pre-release built on cp39, with logs for some builds.
+struct Numpy {
+    farm: Farm,
+    builds: BTreeMap<&'static str, i64>,
+}
+
+fn numpy() -> Numpy {
+    let mut farm = Farm::started();
+    farm.package("numpy", "NumPy", "Fast arrays & more", &[("1.0", 1), ("1.1", 2), ("2.0b1", 3)]);
+    let mut builds = BTreeMap::new();
+    let w = farm.wheel("numpy-1.0-cp39-cp39-linux_armv7l.whl", Some(">=3.9"));
+    builds.insert("1.0 cp39", farm.build("numpy", "1.0", "cp39", &[w]));
+    let w = farm.wheel("numpy-1.0-cp311-cp311-linux_armv7l.whl", Some(">=3.9"));
+    builds.insert("1.0 cp311", farm.build("numpy", "1.0", "cp311", &[w]));
+    builds.insert("1.1 cp311", farm.fail("numpy", "1.1", "cp311"));
+    let w = farm.wheel("numpy-2.0b1-cp39-cp39-linux_armv7l.whl", None);
+    builds.insert("2.0b1 cp39", farm.build("numpy", "2.0b1", "cp39", &[w]));
+    farm.pool.db.execute("INSERT INTO preinstalled_apt_packages (abi_tag, apt_package) VALUES ('cp39', 'libc6'), ('cp311', 'libc6')");
+    // Logs for two builds; the others have none, so their cells link nowhere.
+    for key in ["1.0 cp39", "1.1 cp311"] {
+        farm.send(WebRequest::Log { build_id: builds[key], output: format!("log of {key}\nwith ünïcode\n") });
+    }
+    farm.rewrite("numpy");
+    farm.wait("numpy's pages", |f| f.path("project/numpy/json/index.json").is_file());
+    Numpy { farm, builds }
+}
+
+#[test]
+fn the_project_page_shows_releases_per_abi_with_logs_files_and_install_command() {
+    let Numpy { farm, builds } = numpy();
+    let html = farm.read("project/numpy/index.html");
+    assert_eq!(text_of(&html, "package"), "NumPy");
+    assert!(html.contains(r#"data-package="numpy""#));
+    assert_eq!(text_of(&html, "description"), "Fast arrays & more");
+    // The newest stable release with files decides the install command; Debian packages
+    // every image has are left out.
+    assert_eq!(text_of(&html, "install-command"), "sudo apt install libatlas3-base\npip3 install numpy");
+    assert_eq!(text_of(&html, "pipdeps").trim(), "numpy");
+
+    let table = &html[html.find(r#"id="releases-table""#).unwrap()..html.find("</table>").unwrap()];
+    let headings: Vec<String> = tags(table, "th").into_iter().map(|th| th.text).collect();
+    assert_eq!(headings, ["Version", "Released", "cp39", "cp311"]);
+    let rows: Vec<&str> = table.split("<tr data-version=").skip(1).collect();
+    let versions: Vec<&str> = rows.iter().map(|r| &r[1..r[1..].find('"').unwrap() + 1]).collect();
+    assert_eq!(versions, ["2.0b1", "1.1", "1.0"]);
+    // The state cells: (class, link to the log).
+    let cells = |row: &str| -> Vec<(String, Option<String>)> {
+        let row = &row[..row.find("</tr>").unwrap()];
+        row.split("<td").skip(1)
+            .map(|cell| format!("<td{}", &cell[..cell.find("</td>").unwrap() + 5]))
+            .filter_map(|cell| {
+                let td = tags(&cell, "td").remove(0);
+                let link = tags(&cell, "a").first().and_then(|a| a.attr("href").map(str::to_string));
+                td.attr("class").map(|class| (class.to_string(), link))
+            })
+            .collect()
+    };
+    let log = |key: &str| Some(format!("/logs/{}", piwheels_master::index::layout::log_path(builds[key]).trim_start_matches("logs/")));
+    assert_eq!(cells(rows[0]), [("success".into(), None), ("pending".into(), None)]);
+    assert!(rows[0].contains("pre-release"));
+    assert_eq!(cells(rows[1]), [("pending".into(), None), ("fail".into(), log("1.1 cp311"))]);
+    assert_eq!(cells(rows[2]), [("success".into(), log("1.0 cp39")), ("success".into(), None)]);
+    // Each release's files, with sizes, follow its row.
+    let files_row = &rows[2][rows[2].find(r#"<tr class="files-info">"#).unwrap()..];
+    let links: Vec<String> = tags(files_row, "a").into_iter().filter_map(|a| a.attr("href").map(str::to_string)).collect();
+    assert_eq!(links, ["/simple/numpy/numpy-1.0-cp311-cp311-linux_armv7l.whl", "/simple/numpy/numpy-1.0-cp39-cp39-linux_armv7l.whl"]);
+    assert!(files_row.contains(" KB)") || files_row.contains(" B)"), "{files_row}");
+    assert!(!rows[1].contains("files-info"));
+}
+
+#[test]
+fn the_project_json_lists_releases_newest_first_with_files_and_builds() {
+    let Numpy { farm, builds } = numpy();
+    let json = farm.json("project/numpy/json/index.json");
+    assert_eq!(json["package"], "numpy");
+    assert_eq!(json["display_name"], "NumPy");
+    assert_eq!(json["summary"], "Fast arrays & more");
+    assert_eq!(json["simple_url"], "/simple/numpy/");
+    assert!(json.get("pypi_url").is_none(), "no PyPI address is configured");
+    let releases = json["releases"].as_object().unwrap();
+    // serde_json keeps an object's keys sorted unless told otherwise: read the text's order.
+    let text = farm.read("project/numpy/json/index.json");
+    let order: Vec<usize> = ["\"2.0b1\":", "\"1.1\":", "\"1.0\":"].iter().map(|k| text.find(k).unwrap()).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+    assert_eq!(releases.len(), 3);
+    let one = &releases["1.0"];
+    assert_eq!(one["prerelease"], false);
+    assert_eq!(one["yanked"], false);
+    assert_eq!(releases["2.0b1"]["prerelease"], true);
+    let file = &one["files"]["numpy-1.0-cp39-cp39-linux_armv7l.whl"];
+    assert_eq!(file["file_url"], "/simple/numpy/numpy-1.0-cp39-cp39-linux_armv7l.whl");
+    assert_eq!(file["builder_abi"], "cp39");
+    assert_eq!(file["requires_python"], ">=3.9");
+    assert_eq!(file["apt_dependencies"], serde_json::json!(["libatlas3-base"]));
+    assert_eq!(file["pip_dependencies"], serde_json::json!(["numpy"]));
+    assert_eq!(file["filehash"].as_str().unwrap().len(), 64);
+    assert_eq!(one["builds"]["cp39"]["status"], "success");
+    assert_eq!(one["builds"]["cp39"]["build_id"], builds["1.0 cp39"]);
+    assert_eq!(one["builds"]["cp39"]["log_url"], format!("/{}", piwheels_master::index::layout::log_path(builds["1.0 cp39"])));
+    assert_eq!(one["builds"]["cp311"]["log_url"], serde_json::Value::Null);
+    assert_eq!(releases["1.1"]["builds"]["cp311"]["status"], "fail");
+}
+
+#[test]
+fn build_logs_are_gzipped_under_logs_by_build_id() {
+    let Numpy { farm, builds } = numpy();
+    let path = farm.path(&piwheels_master::index::layout::log_path(builds["1.0 cp39"]));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "log of 1.0 cp39\nwith ünïcode\n");
+    // A log sent again replaces the first.
+    farm.send(WebRequest::Log { build_id: builds["1.0 cp39"], output: "again".into() });
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "again");
+}
+
+#[test]
+fn a_former_name_gets_a_page_pointing_at_the_project_and_spellings_need_none() {
+    let mut farm = Farm::started();
+    farm.package("old-name", "Old_Name", "", &[("1.0", 1)]);
+    let w = farm.wheel("old_name-1.0-py3-none-any.whl", None);
+    farm.build("old-name", "1.0", "cp39", &[w]);
+    farm.db.done(DbRequest::RenamePackage { from: "old-name".into(), to: "new-name".into() }).unwrap();
+    farm.rewrite("new-name");
+    farm.wait("new-name's pages", |f| f.path("project/new-name/json/index.json").is_file());
+    let alias = farm.read("project/old-name/index.html");
+    assert!(alias.contains(r#"<meta name="piwheels:alias-of" content="new-name">"#), "{alias}");
+    assert_eq!(tags(&alias, "a")[0].attr("href"), Some("/project/new-name/"));
+    // The spelling "Old_Name" canonicalizes to old-name: no page of its own ("Old_Name" is
+    // redirected to the canonical URL by the web server).
+    assert!(!farm.path("project/Old_Name").exists());
+    assert!(!farm.path("simple/Old_Name").exists());
+    let json = farm.json("project/new-name/json/index.json");
+    assert!(json["aliases"].as_array().unwrap().iter().any(|a| a == "old-name"));
+}
+
+#[test]
+fn the_home_page_and_search_index_show_what_they_are_sent() {
+    let farm = Farm::started();
+    let stats = MasterStats {
+        packages_built: 1_234_567,
+        files_count: 2_345,
+        downloads_all: 98_765_432,
+        downloads_last_month: 4_321,
+        builds_last_hour: [("cp311".to_string(), 12), ("cp39".to_string(), 3)].into(),
+        builds_pending: [("cp311".to_string(), 100)].into(),
+        host: HostStats { disk_free: 5 << 30, disk_size: 100 << 30, ..HostStats::default() },
+        ..MasterStats::default()
+    };
+    farm.send(WebRequest::Home(stats));
+    let html = farm.read("index.html");
+    assert_eq!(text_of(&html, "packages-built"), "1,234,567");
+    assert_eq!(text_of(&html, "files-count"), "2,345");
+    assert_eq!(text_of(&html, "downloads-all"), "98,765,432");
+    assert_eq!(text_of(&html, "downloads-30"), "4,321");
+    assert_eq!(text_of(&html, "disk-free"), "5 GB of 100 GB");
+    assert!(html.contains(r#"<tr data-abi="cp311"><td>cp311</td><td>12</td><td>100</td></tr>"#), "{html}");
+
+    let entries = vec![
+        SearchEntry { package: "zope".into(), downloads_recent: 1, downloads_all: 10 },
+        SearchEntry { package: "attrs".into(), downloads_recent: 5, downloads_all: 50 },
+    ];
+    farm.send(WebRequest::Search { entries });
+    assert_eq!(farm.json("packages.json"), serde_json::json!([["attrs", 5, 50], ["zope", 1, 10]]));
+}
+
+#[test]
+fn requests_with_unsafe_names_are_refused_and_change_nothing() {
+    let farm = Farm::started();
+    for name in ["../etc", "Foo", "", "a/b"] {
+        let reply = farm.web.request(&WebRequest::Rewrite { package: name.into(), scope: piwheels_common::protocols::RewriteScope::Both }, Duration::from_secs(5)).unwrap();
+        assert!(matches!(reply, piwheels_common::protocols::WebReply::Error { .. }), "{name}: {reply:?}");
+        let reply = farm
+            .web
+            .request(&WebRequest::DeletePackage { package: name.into(), files: vec!["x".into()], builds: vec![] }, Duration::from_secs(5))
+            .unwrap();
+        assert!(matches!(reply, piwheels_common::protocols::WebReply::Error { .. }), "{name}: {reply:?}");
+    }
+    assert!(farm.pending().is_empty());
+}

@@ -1,0 +1,124 @@
+//! When pages get written: rewrite requests for one package within the window are folded into
+//! one write (with the widest scope), no request waits longer than the window, a pending
+//! rewrite survives a stop of the writer and is written by the next one, and a tree not written
+//! by this build's templates is rewritten whole at start-up, strays removed.
+
+mod index_support;
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use index_support::{Farm, config};
+use piwheels_common::protocols::{RewriteScope, WebRequest};
+
+/// A farm with one built package, `foo`, whose pages are not written yet.
+fn farm_with_foo(window: Duration) -> Farm {
+    let mut farm = Farm::new();
+    farm.start(window);
+    farm.package("foo", "foo", "", &[("1.0", 1)]);
+    let wheel = farm.wheel("foo-1.0-py3-none-any.whl", None);
+    farm.build("foo", "1.0", "cp39", &[wheel]);
+    farm
+}
+
+fn inode(farm: &Farm, rel: &str) -> Option<u64> {
+    std::fs::metadata(farm.path(rel)).ok().map(|m| m.ino())
+}
+
+#[test]
+fn requests_within_the_window_are_written_once_with_the_widest_scope() {
+    let window = Duration::from_millis(700);
+    let farm = farm_with_foo(window);
+    let first = Instant::now();
+    farm.send(WebRequest::Rewrite { package: "foo".into(), scope: RewriteScope::Project });
+    for _ in 0..5 {
+        farm.send(WebRequest::Rewrite { package: "foo".into(), scope: RewriteScope::Project });
+    }
+    farm.send(WebRequest::Rewrite { package: "foo".into(), scope: RewriteScope::Both });
+    // Recorded before being answered.
+    assert_eq!(farm.pending(), ["foo"]);
+    assert!(!farm.path("project/foo").exists(), "written before the window passed");
+    farm.wait("foo's project page", |f| f.path("project/foo/index.html").is_file());
+    let waited = first.elapsed();
+    assert!(waited >= window, "written after {waited:?}");
+    assert!(waited < window + Duration::from_secs(1), "written after {waited:?}");
+    // The Both that came last widened the one write: the simple page is there too.
+    assert!(farm.path("simple/foo/index.html").is_file());
+    farm.wait("the pending entry to go", |f| f.pending().is_empty());
+    // Written once: the pages (renamed into place at each write) keep their inodes.
+    let (page, simple) = (inode(&farm, "project/foo/index.html"), inode(&farm, "simple/foo/index.json"));
+    std::thread::sleep(window * 2);
+    assert_eq!((inode(&farm, "project/foo/index.html"), inode(&farm, "simple/foo/index.json")), (page, simple));
+}
+
+#[test]
+fn a_package_asked_for_again_and_again_is_written_within_the_window() {
+    let window = Duration::from_millis(500);
+    let farm = farm_with_foo(window);
+    let first = Instant::now();
+    let mut written = None;
+    while first.elapsed() < Duration::from_secs(3) {
+        farm.rewrite("foo");
+        if written.is_none() && farm.path("simple/foo/index.html").is_file() {
+            written = Some(first.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let written = written.expect("written while requests kept coming");
+    assert!(written < window + Duration::from_millis(500), "written after {written:?}");
+}
+
+#[test]
+fn a_pending_rewrite_survives_a_stop_and_is_written_by_the_next_writer() {
+    // A window longer than the test: only a restart can write the pages.
+    let mut farm = farm_with_foo(Duration::from_secs(3600));
+    farm.rewrite("foo");
+    assert_eq!(farm.pending(), ["foo"]);
+    farm.stop();
+    assert!(!farm.path("project/foo").exists());
+    let restarted = Instant::now();
+    farm.start(Duration::from_secs(3600));
+    farm.wait("the pending rewrite", |f| f.path("simple/foo/index.html").is_file() && f.path("project/foo/index.html").is_file());
+    assert!(restarted.elapsed() < Duration::from_secs(5));
+    farm.wait("the pending entry to go", |f| f.pending().is_empty());
+}
+
+#[test]
+fn a_tree_from_other_templates_is_rewritten_whole_and_strays_removed() {
+    let mut farm = farm_with_foo(Duration::from_millis(100));
+    farm.package("bar", "bar", "", &[("2.0", 1)]);
+    let wheel = farm.wheel("bar-2.0-py3-none-any.whl", None);
+    farm.build("bar", "2.0", "cp39", &[wheel]);
+    farm.stop();
+    // Pages of a package the database does not know (deleted while the master was down),
+    // and a stamp from other templates.
+    for rel in ["simple/ghost/index.html", "simple/ghost/ghost-1.0-py3-none-any.whl", "project/ghost/index.html", "project/ghost/json/index.json"] {
+        std::fs::create_dir_all(farm.path(rel).parent().unwrap()).unwrap();
+        std::fs::write(farm.path(rel), "stale").unwrap();
+    }
+    std::fs::write(farm.path(".piwheels-index"), "other templates").unwrap();
+    farm.start_with(config(farm.root(), Duration::from_secs(3600)));
+    for rel in ["simple/foo/index.html", "simple/bar/index.json", "project/foo/index.html", "project/bar/json/index.json"] {
+        assert!(farm.path(rel).is_file(), "{rel}");
+    }
+    assert!(!farm.path("simple/ghost").exists());
+    assert!(!farm.path("project/ghost").exists());
+    let root = farm.json("simple/index.json");
+    assert_eq!(root["projects"], serde_json::json!([{"name": "bar"}, {"name": "foo"}]));
+    assert_ne!(farm.read(".piwheels-index"), "other templates");
+}
+
+#[test]
+fn pausing_holds_rewrites_but_still_serves_logs() {
+    let farm = farm_with_foo(Duration::from_millis(100));
+    farm.scribe().control(piwheels_common::protocols::TaskControl::Pause).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    farm.rewrite("foo");
+    farm.send(WebRequest::Log { build_id: 1, output: "log".into() });
+    assert!(farm.path("logs/0000/0000/0001.txt.gz").is_file());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!farm.path("simple/foo").join("index.html").exists());
+    farm.scribe().control(piwheels_common::protocols::TaskControl::Resume).unwrap();
+    farm.wait("foo's pages after resuming", |f| f.path("simple/foo/index.html").is_file());
+}
