@@ -385,6 +385,20 @@ impl<Req: Message, Rep: Message> Server<Req, Rep> {
         Ok(Server { raw: raw.bind()?, _m: PhantomData })
     }
 
+    /// Like [`Server::bind`], queueing at most `queue` unread requests per connected peer
+    /// (ZeroMQ's default is 1000): with `max_message`, this bounds the memory one peer's
+    /// flood can hold. libzmq copies the options a listener gives its connections when it
+    /// binds, so the limit is set before binding.
+    pub fn bind_with_queue(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>, queue: i32) -> Result<Self, TransportError> {
+        let raw = Raw::new(ctx, zmq::ROUTER, endpoint, max_message)?;
+        let setup = || -> Result<(), zmq::Error> {
+            raw.socket.set_router_mandatory(true)?;
+            raw.socket.set_rcvhwm(queue)
+        };
+        setup().map_err(|source| zmq_err("configure socket for", endpoint, source))?;
+        Ok(Server { raw: raw.bind()?, _m: PhantomData })
+    }
+
     /// Receives the next request. A request with a usable envelope but an undecodable body
     /// comes back as `Ok((peer, Err(..)))` so that the caller can answer with an error;
     /// one without an envelope is an `Err`, since there is nobody to answer.
