@@ -2,6 +2,7 @@
 //! write the index, and the process that supervises them. `docs/architecture.md` maps the
 //! modules; each task's module says what it owns and which sockets it binds.
 
+pub mod access_log;
 pub mod architect;
 pub mod big_brother;
 pub mod cloud_gazer;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod db_client;
 pub mod file_juggler;
 pub mod index;
+pub mod lumberjack;
 pub mod mr_chase;
 pub mod oracle;
 pub mod pidlock;
