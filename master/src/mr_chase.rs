@@ -726,7 +726,7 @@ impl MrChase {
                 };
                 let count = entries.len();
                 web(sockets, WebRequest::Search { entries })?;
-                return Ok(format!("rewrote the search index ({count} packages)"));
+                return Ok(format!("rewrote the search index: {count} package(s) with files"));
             }
             RebuildTarget::Project(one) => (one, RewriteScope::Project),
             RebuildTarget::Both(one) => (one, RewriteScope::Both),
