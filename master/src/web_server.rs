@@ -89,6 +89,25 @@ const TEXT_TYPE: &str = "text/plain; charset=utf-8";
 const HTML_TYPE: &str = "text/html; charset=utf-8";
 const ALLOWED_METHODS: &str = "GET, HEAD";
 
+/// One answered request, as an access log sees it: what download statistics are made of.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// When the answer was decided (its body may still be on its way).
+    pub time: DateTime<Utc>,
+    pub peer: SocketAddr,
+    pub method: String,
+    /// The path as requested (still percent-encoded), without the query.
+    pub path: String,
+    pub status: u16,
+    /// The answer's `Content-Type`, if it has one.
+    pub content_type: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Called with every answered request, on the server's threads: it must be quick (hand the
+/// record to a channel, say).
+type AccessLog = Arc<dyn Fn(&Access) + Send + Sync>;
+
 /// The built-in HTTP server for the output tree. Stops when dropped.
 #[derive(Debug)]
 pub struct WebServer {
@@ -104,6 +123,19 @@ impl WebServer {
     /// tree at `root`, which must exist, from a thread of its own. Errors (a missing root, an
     /// address in use) are returned, not logged.
     pub fn start(root: PathBuf, listen: SocketAddr) -> anyhow::Result<WebServer> {
+        Self::start_inner(root, listen, None)
+    }
+
+    /// [`WebServer::start`], calling `log` with every answered request.
+    pub fn start_with_access_log(
+        root: PathBuf,
+        listen: SocketAddr,
+        log: impl Fn(&Access) + Send + Sync + 'static,
+    ) -> anyhow::Result<WebServer> {
+        Self::start_inner(root, listen, Some(Arc::new(log)))
+    }
+
+    fn start_inner(root: PathBuf, listen: SocketAddr, log: Option<AccessLog>) -> anyhow::Result<WebServer> {
         let root = std::fs::canonicalize(&root)
             .with_context(|| format!("web server root {}", root.display()))?;
         anyhow::ensure!(root.is_dir(), "web server root {} is not a directory", root.display());
@@ -119,7 +151,7 @@ impl WebServer {
             .build()
             .context("starting the web server's runtime")?;
         let (shutdown, stop) = watch::channel(false);
-        let site = Arc::new(Site { root });
+        let site = Arc::new(Site { root, log });
         let thread = std::thread::Builder::new()
             .name("web_server".into())
             .spawn(move || {
@@ -222,7 +254,7 @@ async fn serve_connection(
 ) {
     let service = service_fn(move |request| {
         let site = Arc::clone(&site);
-        async move { Ok::<_, Infallible>(site.respond(request).await) }
+        async move { Ok::<_, Infallible>(site.respond(request, peer).await) }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -246,9 +278,9 @@ async fn serve_connection(
 
 /// What the server serves: the canonical path of the root, every served file checked to be
 /// under it.
-#[derive(Debug)]
 struct Site {
     root: PathBuf,
+    log: Option<AccessLog>,
 }
 
 /// What a request asks, taken from the request so that the file-system work can run on the
@@ -280,24 +312,37 @@ enum Source {
 type Reply = Response<Source>;
 
 impl Site {
-    async fn respond(self: Arc<Self>, request: Request<Incoming>) -> Response<Payload> {
+    async fn respond(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Payload> {
         let method = request.method().clone();
-        if method != Method::GET && method != Method::HEAD {
+        let path = request.uri().path().to_string();
+        let reply = if method == Method::GET || method == Method::HEAD {
+            let ask = Ask::from_request(&request);
+            let site = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || site.plan(&ask)).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    tracing::error!("web server: answering {path}: {e}");
+                    text_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                }
+            }
+        } else {
             let mut reply = text_reply(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served\n");
             reply.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
-            return finish(reply, false);
-        }
-        let ask = Ask::from_request(&request);
-        let path = ask.path.clone();
-        let site = Arc::clone(&self);
-        let reply = match tokio::task::spawn_blocking(move || site.plan(&ask)).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                tracing::error!("web server: answering {path}: {e}");
-                text_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
-            }
+            reply
         };
-        tracing::debug!("web server: {method} {path} {}", reply.status().as_u16());
+        tracing::debug!("web server: {peer} {method} {path} {}", reply.status().as_u16());
+        if let Some(log) = &self.log {
+            let text = |name| reply.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_string);
+            log(&Access {
+                time: Utc::now(),
+                peer,
+                method: method.to_string(),
+                path,
+                status: reply.status().as_u16(),
+                content_type: text(header::CONTENT_TYPE),
+                user_agent: request.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+            });
+        }
         finish(reply, method == Method::HEAD)
     }
 
