@@ -222,11 +222,16 @@ fn run_ldd(object: &Path) -> io::Result<Option<String>> {
         .spawn()?;
     let mut stdout = child.stdout.take().ok_or_else(|| io::Error::other("ldd's output is not a pipe"))?;
     let (done, output) = mpsc::channel();
-    std::thread::Builder::new().name("ldd-output".into()).spawn(move || {
+    let reader = std::thread::Builder::new().name("ldd-output".into()).spawn(move || {
         let mut bytes = Vec::new();
         let result = stdout.by_ref().take(MAX_LDD_OUTPUT).read_to_end(&mut bytes).map(|_| bytes);
         let _ = done.send(result);
-    })?;
+    });
+    if let Err(e) = reader {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
     match output.recv_timeout(LDD_TIMEOUT) {
         Ok(read) => {
             let status = child.wait()?;
