@@ -157,12 +157,16 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
         memory_limit: config.memory_limit.0,
         host: host_info(config.label.as_deref()),
     };
+    let builder = Arc::new(Builder::new(options, apt));
+    for dir in builder.remove_stale() {
+        tracing::info!("removed {}, left by a slave that died", dir.display());
+    }
     let mut agent = Agent {
         config,
         ctx: zmq::Context::new(),
         endpoint: config.slave_endpoint(),
         file_endpoint: config.file_endpoint(),
-        builder: Arc::new(Builder::new(options, apt)),
+        builder,
         hello,
         build_root,
         stop,
@@ -338,6 +342,10 @@ impl Agent<'_> {
                 Ok(SlaveReply::Refused { reason }) => return Err(AgentError::Refused { reason }),
                 Ok(other) => return Err(AgentError::Protocol(format!("the master answered Hello with {}", reply_name(&other)))),
                 Err(TransportError::Protocol(e)) => return Err(AgentError::Protocol(format!("the master's answer to Hello is not a slave reply: {e}"))),
+                Err(_) if self.stopping() => {
+                    discard(client);
+                    return Ok(None);
+                }
                 Err(e) => {
                     failures += 1;
                     if failures == 1 {

@@ -15,9 +15,13 @@
 //! the launcher has exited, and before it is reaped (so its process group id cannot be
 //! reused), whatever is left in its process group is killed too.
 //!
-//! The build directory holds `wheels/` (the command's wheel directory), `tmp/` (its TMPDIR),
-//! `build.log` (its standard output and error) and `usage` (the launcher's report). It stays
-//! until the [`Build`] is cleaned up or dropped, so that its wheels can be uploaded.
+//! The build directory, `piw-build-*` under the build root, holds `wheels/` (the command's
+//! wheel directory), `tmp/` (its TMPDIR), `build.log` (its standard output and error), `usage`
+//! (the launcher's report) and `lock`, which the slave keeps locked (`flock`) while the
+//! directory is in use. It stays until the [`Build`] is cleaned up or dropped, so that its
+//! wheels can be uploaded. The directory of a slave that died without cleaning up has an
+//! unlocked lock file: [`Builder::remove_stale`] removes it, and leaves alone the builds of
+//! other slaves sharing the build root.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,6 +59,12 @@ pub const KILL_GRACE: Duration = Duration::from_secs(10);
 /// How often the builder looks at a running build (has it ended, is it past its time, has
 /// the caller asked it to stop).
 const POLL: Duration = Duration::from_millis(100);
+
+/// The prefix of build directories' names.
+const DIRECTORY_PREFIX: &str = "piw-build-";
+
+/// The lock file in each build directory.
+const LOCK_FILE: &str = "lock";
 
 /// The placeholders a build command may use.
 const PLACEHOLDERS: &[&str] = &["python", "package", "version", "index_url", "wheel_dir"];
@@ -196,6 +206,8 @@ pub struct Build {
     /// The process group the build ran in (the launcher's pid), for diagnostics and tests.
     pub process_group: Option<i32>,
     directory: Option<PathBuf>,
+    /// The directory's lock file, locked while the directory is in use.
+    lock: Option<File>,
     wheels: BTreeMap<String, PathBuf>,
 }
 
@@ -212,10 +224,12 @@ impl Build {
 
     /// Removes the build's directory and its wheels.
     pub fn clean_up(mut self) -> io::Result<()> {
-        match self.directory.take() {
+        let removed = match self.directory.take() {
             Some(dir) => remove_tree(&dir),
             None => Ok(()),
-        }
+        };
+        self.lock = None;
+        removed
     }
 
     fn failed(kind: FailureKind, output: String) -> Build {
@@ -232,6 +246,7 @@ impl Build {
             },
             process_group: None,
             directory: None,
+            lock: None,
             wheels: BTreeMap::new(),
         }
     }
@@ -269,8 +284,8 @@ impl Builder {
     /// documentation). `stop` is asked a few times a second; once it says true the build is
     /// killed and reported as failed.
     pub fn build(&self, job: &BuildJob, stop: &dyn Fn() -> bool) -> Build {
-        let dir = match self.make_directory() {
-            Ok(dir) => dir,
+        let (dir, lock) = match self.make_directory() {
+            Ok(made) => made,
             Err(e) => {
                 let kind = if e.raw_os_error() == Some(Errno::ENOSPC as i32) { FailureKind::NoSpace } else { FailureKind::Builder };
                 let note = format!("[piw-slave] cannot make a build directory under {}: {e}\n", self.options.build_root.display());
@@ -279,6 +294,7 @@ impl Builder {
         };
         let mut build = Build::failed(FailureKind::Builder, String::new());
         build.directory = Some(dir.clone());
+        build.lock = Some(lock);
         let wheel_dir = dir.join("wheels");
         let log_path = dir.join("build.log");
         let report_path = dir.join("usage");
@@ -365,14 +381,47 @@ impl Builder {
         build
     }
 
-    fn make_directory(&self) -> io::Result<PathBuf> {
-        let dir = tempfile::Builder::new().prefix("piw-build-").tempdir_in(&self.options.build_root)?.keep();
-        let made = fs::create_dir(dir.join("wheels")).and_then(|()| fs::create_dir(dir.join("tmp")));
-        if let Err(e) = made {
-            let _ = remove_tree(&dir);
-            return Err(e);
+    /// Makes a build directory and locks it.
+    fn make_directory(&self) -> io::Result<(PathBuf, File)> {
+        let dir = tempfile::Builder::new().prefix(DIRECTORY_PREFIX).tempdir_in(&self.options.build_root)?.keep();
+        let made = (|| {
+            let lock = File::create(dir.join(LOCK_FILE))?;
+            lock.try_lock().map_err(io::Error::from)?;
+            fs::create_dir(dir.join("wheels"))?;
+            fs::create_dir(dir.join("tmp"))?;
+            Ok(lock)
+        })();
+        match made {
+            Ok(lock) => Ok((dir, lock)),
+            Err(e) => {
+                let _ = remove_tree(&dir);
+                Err(e)
+            }
         }
-        Ok(dir)
+    }
+
+    /// Removes the build directories under the build root that no live slave holds (left by
+    /// a slave that died); returns them. A directory without a lock file (one another slave
+    /// is making at this very moment, or anything else) is left alone.
+    pub fn remove_stale(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.options.build_root) else { return Vec::new() };
+        let mut removed = Vec::new();
+        for entry in entries.filter_map(Result::ok) {
+            let dir = entry.path();
+            let is_build = entry.file_name().to_str().is_some_and(|name| name.starts_with(DIRECTORY_PREFIX));
+            if !is_build || !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                continue;
+            }
+            let Ok(lock) = File::open(dir.join(LOCK_FILE)) else { continue };
+            if lock.try_lock().is_err() {
+                continue;
+            }
+            match remove_tree(&dir) {
+                Ok(()) => removed.push(dir),
+                Err(e) => tracing::warn!("cannot remove the stale build directory {}: {e}", dir.display()),
+            }
+        }
+        removed
     }
 
     /// Starts the launcher in its own process group and waits for it.

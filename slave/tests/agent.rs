@@ -11,6 +11,7 @@
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -617,4 +618,33 @@ fn refuses_to_run_as_root() {
         assert!(output.status.success(), "{stderr}");
         assert!(String::from_utf8_lossy(&output.stdout).contains("piw-slave"));
     }
+}
+
+/// A slave killed outright (SIGKILL: no clean-up of its own) takes its build with it: the
+/// launcher's parent-death signal makes it kill every process of the build. The next slave
+/// removes the directory left behind.
+#[test]
+fn a_killed_slave_takes_its_build_with_it() {
+    let scene = Scene::new();
+    let master = FakeMaster::bind();
+    let slave = Slave::start(&scene.args(&master.endpoint, "tcp://127.0.0.1:9"));
+    master.welcome(&slave);
+    let pids = master.start_build(&slave, &scene);
+    kill(slave.pid(), Signal::SIGKILL).expect("kill the slave");
+    let deadline = Instant::now() + PATIENCE;
+    while !gone(&pids) {
+        assert!(Instant::now() < deadline, "the build outlived its slave: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = slave.exit();
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32));
+    // Its build directory is left over, until the next slave starts and removes it.
+    assert_eq!(scene.build_root_entries().len(), 1, "{:?}", scene.build_root_entries());
+    let slave = Slave::start(&scene.args(&master.endpoint, "tcp://127.0.0.1:9"));
+    master.welcome(&slave);
+    assert_eq!(scene.build_root_entries(), Vec::<String>::new());
+    master.idle(&slave, &SlaveReply::Die { reason: "done".into() });
+    let (status, log) = slave.exit();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("left by a slave that died"), "{log}");
 }

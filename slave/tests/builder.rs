@@ -329,3 +329,35 @@ fn a_long_log_is_cut_to_its_tail() {
     assert!(output.len() < 4096 + 200, "{} bytes", output.len());
     check_cleaned_up(build, root.path());
 }
+
+/// A build directory whose lock nobody holds was left by a slave that died: it goes. One a
+/// live slave holds, and anything that is not a build directory, stay.
+#[test]
+fn stale_build_directories_are_removed_and_live_ones_kept() {
+    let root = tempfile::tempdir().expect("root");
+    let stale = root.path().join("piw-build-dead");
+    fs::create_dir_all(stale.join("wheels")).expect("mkdir");
+    fs::write(stale.join("wheels/x-1-py3-none-any.whl"), "wheel").expect("write");
+    fs::write(stale.join("lock"), "").expect("lock file");
+    let live = root.path().join("piw-build-live");
+    fs::create_dir(&live).expect("mkdir");
+    let held = fs::File::create(live.join("lock")).expect("lock file");
+    held.lock().expect("hold the lock");
+    let unlocked_other = root.path().join("piw-build-making");
+    fs::create_dir(&unlocked_other).expect("mkdir");
+    let unrelated = root.path().join("not-a-build");
+    fs::create_dir(&unrelated).expect("mkdir");
+    fs::write(unrelated.join("lock"), "").expect("lock file");
+
+    let builder = builder(root.path(), "true", |_| {});
+    assert_eq!(builder.remove_stale(), vec![stale.clone()]);
+    assert!(!stale.exists());
+    for kept in [&live, &unlocked_other, &unrelated] {
+        assert!(kept.exists(), "{} was removed", kept.display());
+    }
+    // A build of this builder is live while it exists.
+    let build = builder.build(&BuildJob { package: "x".into(), version: "1".into(), index_url: String::new() }, &never);
+    assert_eq!(builder.remove_stale(), Vec::<PathBuf>::new());
+    assert!(build.directory().expect("directory").exists());
+    build.clean_up().expect("clean up");
+}
