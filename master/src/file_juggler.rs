@@ -480,7 +480,7 @@ impl FileJuggler {
         if !is_sha256(&file.sha256) {
             return Err(format!("{:?} is not a SHA-256 in lower-case hex", file.sha256));
         }
-        Ok(())
+        check_description(file)
     }
 
     // --------------------------------------------------------------------------------------
@@ -977,6 +977,30 @@ fn remove_quietly(path: &Path) {
     }
 }
 
+/// Refuses descriptions the database cannot record (its column sizes), so that a file is
+/// never published for a build that then cannot be recorded.
+fn check_description(file: &WheelFile) -> Result<(), String> {
+    let tags = [
+        ("distribution", file.package_tag.as_str(), 200),
+        ("version", &file.version_tag, 200),
+        ("build tag", file.build_tag.as_deref().unwrap_or(""), 100),
+        ("python tag", &file.py_tag, 100),
+        ("ABI tag", &file.abi_tag, 100),
+        ("platform tag", &file.platform_tag, 100),
+        ("Requires-Python", file.requires_python.as_deref().unwrap_or(""), 200),
+    ];
+    for (what, value, limit) in tags {
+        if value.chars().count() > limit {
+            return Err(format!("{}: its {what} is longer than {limit} characters", file.filename));
+        }
+    }
+    let deps = &file.dependencies;
+    if let Some(long) = deps.apt.iter().chain(&deps.pip).chain(&deps.unresolved).find(|d| d.chars().count() > 255) {
+        return Err(format!("{}: dependency {long:?} is longer than 255 characters", file.filename));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1028,6 +1052,18 @@ mod tests {
                 other => panic!("{offset}+{len}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn descriptions_the_database_cannot_hold_are_refused() {
+        let good = piwheels_testsupport::data::wheel_file("foo-1.0-py3-none-any.whl", b"x");
+        assert_eq!(check_description(&good), Ok(()));
+        let mut long_python = good.clone();
+        long_python.requires_python = Some(">=3".repeat(100));
+        assert!(check_description(&long_python).unwrap_err().contains("Requires-Python"));
+        let mut long_dependency = good.clone();
+        long_dependency.dependencies.unresolved = vec![format!("/usr/local/lib/{}.so", "x".repeat(300))];
+        assert!(check_description(&long_dependency).unwrap_err().contains("dependency"));
     }
 
     #[test]
