@@ -533,15 +533,16 @@ fn inspect(path: &Path, apt: Option<&AptIndex>) -> Result<WheelFile, String> {
 }
 
 /// Why a build command failed, from the end of its log: out of disk, out of memory (an
-/// allocation refused under the memory limit, or a SIGKILL nobody here sent, which is what
-/// the kernel's out-of-memory killer does), else a real failure of the build.
+/// allocation or a library mapping refused under the memory limit, or a SIGKILL nobody here
+/// sent, which is what the kernel's out-of-memory killer does), else a real failure of the
+/// build.
 fn classify(log: &str, signal: Option<i32>) -> FailureKind {
     let log = log.to_lowercase();
     let any = |needles: &[&str]| needles.iter().any(|needle| log.contains(needle));
     if any(&["no space left on device", "disk quota exceeded"]) {
         FailureKind::NoSpace
     } else if signal == Some(Signal::SIGKILL as i32)
-        || any(&["memoryerror", "cannot allocate memory", "out of memory", "std::bad_alloc", "virtual memory exhausted"])
+        || any(&["memoryerror", "cannot allocate memory", "out of memory", "std::bad_alloc", "virtual memory exhausted", "failed to map segment"])
     {
         FailureKind::OutOfMemory
     } else {
@@ -642,6 +643,7 @@ mod tests {
         assert_eq!(classify("OSError: [Errno 28] No space left on device", None), FailureKind::NoSpace);
         assert_eq!(classify("MemoryError", None), FailureKind::OutOfMemory);
         assert_eq!(classify("cc1: out of memory allocating 65536 bytes", None), FailureKind::OutOfMemory);
+        assert_eq!(classify("ImportError: array.so: failed to map segment from shared object", None), FailureKind::OutOfMemory);
         assert_eq!(classify("error: command 'gcc' failed", Some(Signal::SIGKILL as i32)), FailureKind::OutOfMemory);
         assert_eq!(classify("error: command 'gcc' failed", None), FailureKind::Build);
         assert_eq!(classify("Segmentation fault", Some(Signal::SIGSEGV as i32)), FailureKind::Build);
