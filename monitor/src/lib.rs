@@ -15,6 +15,7 @@ pub mod view;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use piwheels_common::protocols::{ControlReply, ControlRequest};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE};
 use ratatui::crossterm::event::Event;
@@ -45,15 +46,20 @@ pub fn run(cfg: &MonitorConfig) -> anyhow::Result<Exit> {
     let out = inputs_tx.clone();
     std::thread::Builder::new().name("control".into()).spawn(move || connection::serve_commands(control, timeout, commands_rx, out))?;
 
-    let mut terminal = ratatui::try_init()?;
+    let mut terminal = match ratatui::try_init() {
+        Ok(terminal) => terminal,
+        Err(e) => {
+            ratatui::restore();
+            return Err(e).context("cannot take over the terminal (piw-monitor needs one)");
+        }
+    };
     // The terminal reader starts only once the terminal is in raw mode.
     std::thread::Builder::new().name("terminal".into()).spawn(move || connection::read_terminal(inputs_tx))?;
     let outcome = screen_loop(&mut terminal, &mut app, &inputs, &commands);
     ratatui::restore();
+    // The other threads may still be blocked on their sockets or the terminal; they hold the
+    // ZeroMQ context too, so dropping ours waits for nothing, and leaving main ends them.
     outcome?;
-    // The other threads may still be blocked on their sockets or the terminal: leaving main
-    // ends them, and the context goes with the process rather than waiting for them.
-    std::mem::forget(ctx);
     Ok(app.exit().cloned().unwrap_or(Exit::Quit))
 }
 

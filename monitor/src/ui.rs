@@ -310,10 +310,42 @@ fn health_style(health: Health) -> Style {
 fn popup(frame: &mut Frame, area: Rect, title: &str, text: Text<'static>, colour: Color, width: u16) {
     let width = width.min(area.width);
     let inner_width = usize::from(width.saturating_sub(2)).max(1);
-    let rows: usize = text.lines.iter().map(|l| l.width().div_ceil(inner_width).max(1)).sum();
-    let height = (rows as u16 + 2).min(area.height);
+    let rows: usize = text.lines.iter().map(|line| wrapped_rows(&line.to_string(), inner_width)).sum();
+    let height = u16::try_from(rows + 2).unwrap_or(u16::MAX).min(area.height);
     let window = area.centered(Constraint::Length(width), Constraint::Length(height));
     frame.render_widget(Clear, window);
     let block = Block::default().borders(Borders::ALL).border_style(Style::new().fg(colour)).title(format!(" {title} "));
     frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: false }).block(block), window);
+}
+
+/// Rows `text` takes when wrapped at word boundaries into `width` columns (a word longer than
+/// a row is broken), as the popup's paragraph wraps it.
+fn wrapped_rows(text: &str, width: usize) -> usize {
+    let mut rows = 1;
+    let mut used = 0;
+    for word in text.split(' ') {
+        let len = word.chars().count();
+        let needed = if used == 0 { len } else { used + 1 + len };
+        if needed <= width {
+            used = needed;
+        } else {
+            rows += usize::from(used > 0) + len.saturating_sub(1) / width;
+            used = if len == 0 { 0 } else { (len - 1) % width + 1 };
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrapped_rows;
+
+    #[test]
+    fn rows_of_wrapped_text() {
+        assert_eq!(wrapped_rows("", 10), 1);
+        assert_eq!(wrapped_rows("one two", 10), 1);
+        assert_eq!(wrapped_rows("one two three", 10), 2);
+        assert_eq!(wrapped_rows("abcdefghijklmnopqrstuvwxy", 10), 3);
+        assert_eq!(wrapped_rows("ab abcdefghijklmnopqrstuvwxy", 10), 4);
+    }
 }
