@@ -36,7 +36,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use piwheels_common::hostinfo::{host_info, host_stats};
-use piwheels_common::protocols::{HostStats, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, Versions};
+use piwheels_common::codec;
+use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, Versions};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, TransportError};
 use piwheels_common::upload::{UploadOptions, upload};
 
@@ -518,7 +519,7 @@ impl Agent<'_> {
 
     /// Reports a finished build and sends the wheels the master asks for.
     fn report(&mut self, client: &Connection, build: Build) -> Result<Option<After>, AgentError> {
-        let mut request = SlaveRequest::Built(build.result.clone());
+        let mut request = SlaveRequest::Built(fit(build.result.clone()));
         loop {
             let answer = self.request(client, &request)?;
             match answer {
@@ -622,6 +623,31 @@ impl Agent<'_> {
     }
 }
 
+/// A build result that fits in one message to the master: the log is cut further if need be
+/// and, if the wheels' descriptions alone are too big (a METADATA of megabytes), the build is
+/// reported as the builder's failure without them.
+fn fit(mut result: BuildResult) -> BuildResult {
+    let size = |result: &BuildResult| codec::encode(&SlaveRequest::Built(result.clone())).map_or(usize::MAX, |frame| frame.len());
+    let excess = size(&result).saturating_sub(DEFAULT_MAX_MESSAGE);
+    if excess == 0 {
+        return result;
+    }
+    let note = "[piw-slave] the log was cut to fit in a message to the master\n";
+    let mut cut = (excess + note.len()).min(result.output.len());
+    while !result.output.is_char_boundary(cut) {
+        cut += 1;
+    }
+    result.output = format!("{note}{}", &result.output[cut..]);
+    if size(&result) > DEFAULT_MAX_MESSAGE {
+        let files: Vec<String> = result.files.iter().map(|file| file.filename.clone()).collect();
+        result.files.clear();
+        result.success = false;
+        result.failure = Some(FailureKind::Builder);
+        result.output.push_str(&format!("[piw-slave] the descriptions of {} are too big to send to the master\n", files.join(", ")));
+    }
+    result
+}
+
 /// Closes a connection at once, dropping what it still holds (a hello nobody took).
 fn discard(client: Connection) {
     let _ = client.socket().set_linger(0);
@@ -679,6 +705,45 @@ mod tests {
         assert_eq!(bytes(512), "512 bytes");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+
+    fn result(output: String, metadata: usize) -> BuildResult {
+        let mut file = piwheels_testsupport::data::wheel_file("demo-1.0-py3-none-any.whl", b"wheel");
+        file.metadata = vec![b'x'; metadata].into();
+        BuildResult {
+            success: true,
+            failure: None,
+            exit_status: Some(0),
+            duration: Duration::from_secs(1),
+            cpu_time: Duration::from_secs(1),
+            peak_memory: 1,
+            output,
+            files: vec![file],
+        }
+    }
+
+    #[test]
+    fn a_result_that_fits_is_sent_as_it_is() {
+        let small = result("log\n".into(), 100);
+        assert_eq!(fit(small.clone()), small);
+    }
+
+    #[test]
+    fn a_long_log_is_cut_to_fit_a_message() {
+        let log: String = (0..2_000_000).map(|n| format!("{n}\n")).collect::<String>() + "the end\n";
+        let fitted = fit(result(log, 10 << 20));
+        assert!(fitted.success);
+        assert!(fitted.output.starts_with("[piw-slave] the log was cut"), "{}", &fitted.output[..100]);
+        assert!(fitted.output.ends_with("the end\n"));
+        assert!(codec::encode(&SlaveRequest::Built(fitted)).expect("encode").len() <= DEFAULT_MAX_MESSAGE);
+    }
+
+    #[test]
+    fn wheels_whose_descriptions_cannot_fit_fail_the_build() {
+        let fitted = fit(result("log\n".into(), 17 << 20));
+        assert!(!fitted.success && fitted.files.is_empty());
+        assert_eq!(fitted.failure, Some(FailureKind::Builder));
+        assert!(fitted.output.contains("demo-1.0-py3-none-any.whl are too big"), "{}", fitted.output);
     }
 
     #[test]
