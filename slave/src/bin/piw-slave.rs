@@ -30,7 +30,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("piw-slave: {e}");
             ExitCode::FAILURE
         }
