@@ -1,1 +1,63 @@
-//! Library part of the import crate; filled in as its programs are implemented.
+//! The administrators' tools: `piw-import` (wheels built elsewhere), `piw-add` (packages and
+//! versions), `piw-remove` (packages, versions or their builds) and `piw-rebuild` (pages).
+//! Each talks to the master's admin endpoint ([`session`]) and, for imports, to its file
+//! socket; `docs/admin-tools.md` describes them for operators.
+//!
+//! The binaries are thin: they parse their options ([`config`]), set up logging and call the
+//! tool's `run`, whose [`ToolError`] decides the exit status and the one-line reason printed.
+
+use std::process::ExitCode;
+
+pub mod add;
+pub mod config;
+pub mod import;
+pub mod prompt;
+pub mod rebuild;
+pub mod remove;
+pub mod session;
+
+/// Why a tool failed. Each carries one sentence for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The command line asks for something impossible or contradictory: exit status 2.
+    #[error("{0}")]
+    Usage(String),
+    /// The operator did not confirm: nothing was done; exit status 2.
+    #[error("{0}")]
+    Declined(String),
+    /// The work failed: a bad file, an unreachable master, a refusal; exit status 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ToolError {
+    /// The process's exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ToolError::Usage(_) | ToolError::Declined(_) => 2,
+            ToolError::Failed(_) => 1,
+        }
+    }
+}
+
+/// Ends a tool: prints the reason of a failure on one line of stderr, prefixed with the tool's
+/// name, and gives the exit status.
+pub fn finish(tool: &str, outcome: Result<(), ToolError>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let reason = e.to_string().replace(['\n', '\r'], " ");
+            eprintln!("{tool}: {reason}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Loads a tool's options from the `[import]` table, the environment and the command line;
+/// a bad configuration file ends the process with status 2.
+pub fn options<T: clap::Parser>(tool: &str) -> Result<T, ExitCode> {
+    piwheels_common::config::parse::<T>("import").map_err(|e| {
+        eprintln!("{tool}: {e}");
+        ExitCode::from(2)
+    })
+}

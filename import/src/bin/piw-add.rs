@@ -1,6 +1,15 @@
-//! piw-add: registers packages and versions. Not implemented in this version yet.
+//! piw-add: adds or updates packages and versions. See `piw-add --help` and docs/admin-tools.md.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("piw-add: not implemented in this version yet");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use piwheels_common::logging;
+use piwheels_import::config::AddConfig;
+
+fn main() -> ExitCode {
+    let cfg: AddConfig = match piwheels_import::options("piw-add") {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    logging::init(&cfg.log);
+    piwheels_import::finish("piw-add", piwheels_import::add::run(&cfg))
 }

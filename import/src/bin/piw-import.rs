@@ -1,6 +1,15 @@
-//! piw-import: uploads wheels built elsewhere. Not implemented in this version yet.
+//! piw-import: imports wheels built elsewhere. See `piw-import --help` and docs/admin-tools.md.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("piw-import: not implemented in this version yet");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use piwheels_common::logging;
+use piwheels_import::config::ImportConfig;
+
+fn main() -> ExitCode {
+    let cfg: ImportConfig = match piwheels_import::options("piw-import") {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    logging::init(&cfg.log);
+    piwheels_import::finish("piw-import", piwheels_import::import::run(&cfg))
 }

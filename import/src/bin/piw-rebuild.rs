@@ -1,6 +1,15 @@
-//! piw-rebuild: rewrites index pages. Not implemented in this version yet.
+//! piw-rebuild: rewrites pages of the index. See `piw-rebuild --help` and docs/admin-tools.md.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("piw-rebuild: not implemented in this version yet");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use piwheels_common::logging;
+use piwheels_import::config::RebuildConfig;
+
+fn main() -> ExitCode {
+    let cfg: RebuildConfig = match piwheels_import::options("piw-rebuild") {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    logging::init(&cfg.log);
+    piwheels_import::finish("piw-rebuild", piwheels_import::rebuild::run(&cfg))
 }

@@ -1,0 +1,333 @@
+//! The tools' options. All four read the `[import]` table of the configuration file, which
+//! holds the options they share ([`ConnectArgs`]: where the master is and how long to wait for
+//! it), then `PIW_*` environment variables, then flags.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use piwheels_common::config::{ConfigArg, HumanDuration};
+use piwheels_common::logging::LogArgs;
+use piwheels_common::protocols::Timestamp;
+
+/// Where the master is and how long to wait for it; every tool has these.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// The master's admin socket (piw-master's --import-queue): ipc://PATH on the master's
+    /// host, or tcp://HOST:PORT
+    #[arg(long, env = "PIW_IMPORT_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/import")]
+    pub import_queue: String,
+
+    /// The master's file socket as this host reaches it (piw-master's --file-queue, with a
+    /// host name instead of *), where piw-import uploads wheels; the other tools accept it so
+    /// that one [import] table serves all four
+    #[arg(long, env = "PIW_IMPORT_FILE_QUEUE", value_name = "ADDR", default_value = "tcp://localhost:5556")]
+    pub file_queue: String,
+
+    /// How long to wait for the master's first answer before deciding that it is not running
+    #[arg(long, env = "PIW_IMPORT_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s")]
+    pub connect_timeout: HumanDuration,
+
+    /// How long to wait for each later answer (removing a package or verifying a large wheel
+    /// takes a while)
+    #[arg(long, env = "PIW_IMPORT_TIMEOUT", value_name = "DURATION", default_value = "5m")]
+    pub timeout: HumanDuration,
+}
+
+/// piw-import: imports wheels built elsewhere into the farm's index, as one build of one
+/// release.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "piw-import", version)]
+pub struct ImportConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: ConfigArg,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+
+    /// The wheels: one or more files of the same release, recorded as one build
+    #[arg(required = true, value_name = "WHEEL")]
+    pub files: Vec<PathBuf>,
+
+    /// The project the wheels belong to [default: the Name in the first wheel's METADATA]
+    #[arg(long, value_name = "NAME")]
+    pub package: Option<String>,
+
+    /// The version the wheels belong to [default: the Version in the first wheel's METADATA]
+    #[arg(long, value_name = "VERSION")]
+    pub package_version: Option<String>,
+
+    /// The ABI the wheels were built for, one the farm builds (e.g. cp311) [default: the first
+    /// wheel's ABI tag, unless it is none or abi3]
+    #[arg(long, value_name = "ABI")]
+    pub abi: Option<String>,
+
+    /// Build time to record
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub duration: HumanDuration,
+
+    /// A file holding the build log to record [default: a line saying the build was imported]
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// A file listing the Debian packages the wheels need at run time, separated by white
+    /// space [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub dependencies: Option<PathBuf>,
+
+    /// Add the package and the version to the database first if the master does not know them
+    /// (as piw-add would)
+    #[arg(long)]
+    pub register: bool,
+
+    /// Delete the wheel files once they are imported
+    #[arg(short, long)]
+    pub delete: bool,
+}
+
+/// piw-add: adds a package, or a version of one, to the farm's database, or updates it.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "piw-add", version)]
+pub struct AddConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: ConfigArg,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+
+    /// The project's name, spelled as it should be displayed
+    #[arg(value_name = "PACKAGE")]
+    pub package: String,
+
+    /// A version to add or update [default: none: the package itself]
+    #[arg(id = "release", value_name = "VERSION")]
+    pub version: Option<String>,
+
+    /// The project's one-line summary [default: unchanged; empty for a new package]
+    #[arg(short, long, value_name = "TEXT")]
+    pub description: Option<String>,
+
+    /// Add the package or version skipped (never built), for this reason [default: built]
+    #[arg(short, long, value_name = "REASON")]
+    pub skip: Option<String>,
+
+    /// Build the package or version again: clear its skip reason
+    #[arg(long, conflicts_with = "skip")]
+    pub unskip: bool,
+
+    /// Another spelling of the project's name (repeat for more) [default: none]
+    #[arg(short, long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+
+    /// When the version was released, in UTC: 2024-01-31, "2024-01-31 12:00:00" or RFC 3339
+    /// [default: now]
+    #[arg(short, long, value_name = "TIME", requires = "release", value_parser = parse_released)]
+    pub released: Option<Timestamp>,
+
+    /// Add the version yanked (installers skip it unless it is pinned)
+    #[arg(long, requires = "release")]
+    pub yank: bool,
+
+    /// Unyank the version
+    #[arg(long, requires = "release", conflicts_with = "yank")]
+    pub unyank: bool,
+}
+
+/// piw-remove: removes a package or a version from the farm with its builds and files, or only
+/// its builds and files, or skips or yanks it.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "piw-remove", version)]
+pub struct RemoveConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: ConfigArg,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+
+    /// The project
+    #[arg(value_name = "PACKAGE")]
+    pub package: String,
+
+    /// The version to remove [default: none: the whole package]
+    #[arg(id = "release", value_name = "VERSION")]
+    pub version: Option<String>,
+
+    /// Remove only the builds and their files: the package or version stays, and is built
+    /// again unless --skip is given too
+    #[arg(short, long)]
+    pub builds: bool,
+
+    /// Keep the package or version but remove its builds and files, and never build it again,
+    /// for this reason [default: none]
+    #[arg(short, long, value_name = "REASON")]
+    pub skip: Option<String>,
+
+    /// Yank the version instead of removing anything: its files stay, and installers skip it
+    /// unless it is pinned
+    #[arg(long, requires = "release", conflicts_with_all = ["builds", "skip"])]
+    pub yank: bool,
+
+    /// Do not ask for confirmation
+    #[arg(short, long)]
+    pub yes: bool,
+}
+
+/// What piw-rebuild rewrites.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The home page, with fresh figures.
+    Home,
+    /// The search index.
+    Search,
+    /// Project pages (HTML and JSON).
+    Project,
+    /// Project pages and the simple index pages pip reads.
+    #[value(alias = "both")]
+    Index,
+}
+
+/// piw-rebuild: asks the master to rewrite pages of the index.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "piw-rebuild", version)]
+pub struct RebuildConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: ConfigArg,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+
+    /// What to rewrite: home (the home page), search (the search index), project (project
+    /// pages) or index (project pages and the simple index pages)
+    #[arg(value_enum, value_name = "PART")]
+    pub part: Part,
+
+    /// The project whose pages to rewrite, for project and index [default: every project,
+    /// after confirmation]
+    #[arg(value_name = "PACKAGE")]
+    pub package: Option<String>,
+
+    /// Do not ask for confirmation
+    #[arg(short, long)]
+    pub yes: bool,
+}
+
+/// Reads a release time in UTC: `2024-01-31`, `2024-01-31 12:00:00`, `2024-01-31T12:00:00`
+/// or RFC 3339 with an offset.
+pub fn parse_released(text: &str) -> Result<Timestamp, String> {
+    let text = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"] {
+        if let Ok(at) = NaiveDateTime::parse_from_str(text, format) {
+            return Ok(at.and_utc());
+        }
+    }
+    if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        && let Some(at) = day.and_hms_opt(0, 0, 0)
+    {
+        return Ok(at.and_utc());
+    }
+    Err(format!("{text:?} is not a time: write 2024-01-31, \"2024-01-31 12:00:00\" or 2024-01-31T12:00:00+01:00"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Operators read defaults in `--help`: every option must show one.
+    fn every_option_shows_its_default(mut cmd: clap::Command) {
+        cmd.build();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" || arg.is_required_set() {
+                continue;
+            }
+            let help = arg.get_long_help().or(arg.get_help()).map(ToString::to_string).unwrap_or_default();
+            assert!(
+                !arg.get_default_values().is_empty() && !arg.is_hide_default_value_set() || help.contains("[default:"),
+                "{}: --{id} shows no default",
+                cmd.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_tool_shows_its_defaults_in_help() {
+        every_option_shows_its_default(ImportConfig::command());
+        every_option_shows_its_default(AddConfig::command());
+        every_option_shows_its_default(RemoveConfig::command());
+        every_option_shows_its_default(RebuildConfig::command());
+    }
+
+    #[test]
+    fn one_import_table_configures_every_tool() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("piwheels.toml");
+        std::fs::write(&file, "[import]\nimport-queue = \"ipc:///srv/import\"\nfile-queue = \"tcp://master:5556\"\ntimeout = \"1m\"\n").unwrap();
+        let config = file.to_str().unwrap();
+        let parse = |args: &[&str]| -> ConnectArgs {
+            let name = args[0];
+            let all: Vec<&str> = args.iter().copied().chain(["-c", config]).collect();
+            match name {
+                "piw-import" => piwheels_common::config::parse_from::<ImportConfig, _, _>("import", all, None).unwrap().connect,
+                "piw-add" => piwheels_common::config::parse_from::<AddConfig, _, _>("import", all, None).unwrap().connect,
+                "piw-remove" => piwheels_common::config::parse_from::<RemoveConfig, _, _>("import", all, None).unwrap().connect,
+                _ => piwheels_common::config::parse_from::<RebuildConfig, _, _>("import", all, None).unwrap().connect,
+            }
+        };
+        for args in [&["piw-import", "x.whl"][..], &["piw-add", "foo"], &["piw-remove", "foo"], &["piw-rebuild", "home"]] {
+            let connect = parse(args);
+            assert_eq!(connect.import_queue, "ipc:///srv/import", "{args:?}");
+            assert_eq!(connect.file_queue, "tcp://master:5556", "{args:?}");
+            assert_eq!(connect.timeout.0, std::time::Duration::from_secs(60), "{args:?}");
+            assert_eq!(connect.connect_timeout.0, std::time::Duration::from_secs(5), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn release_times_are_read_as_utc() {
+        let want: Timestamp = "2024-01-31T12:00:00Z".parse().unwrap();
+        assert_eq!(parse_released("2024-01-31 12:00:00"), Ok(want));
+        assert_eq!(parse_released("2024-01-31T12:00:00"), Ok(want));
+        assert_eq!(parse_released("2024-01-31T13:00:00+01:00"), Ok(want));
+        assert_eq!(parse_released("2024-01-31"), Ok("2024-01-31T00:00:00Z".parse().unwrap()));
+        assert!(parse_released("yesterday").is_err());
+    }
+
+    #[test]
+    fn contradictory_flags_are_usage_errors() {
+        use clap::Parser;
+        assert!(AddConfig::try_parse_from(["piw-add", "foo", "--yank"]).is_err(), "yank needs a version");
+        assert!(AddConfig::try_parse_from(["piw-add", "foo", "1.0", "--yank", "--unyank"]).is_err());
+        assert!(AddConfig::try_parse_from(["piw-add", "foo", "--skip", "x", "--unskip"]).is_err());
+        assert!(RemoveConfig::try_parse_from(["piw-remove", "foo", "--yank"]).is_err(), "yank needs a version");
+        assert!(RemoveConfig::try_parse_from(["piw-remove", "foo", "1.0", "--yank", "--builds"]).is_err());
+        assert!(RebuildConfig::try_parse_from(["piw-rebuild", "everything"]).is_err());
+        assert_eq!(RebuildConfig::try_parse_from(["piw-rebuild", "both"]).unwrap().part, Part::Index);
+    }
+}

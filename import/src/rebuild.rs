@@ -1,0 +1,28 @@
+//! piw-rebuild: asks the master to rewrite the home page, the search index, or the pages of
+//! one project or of all (after confirmation). Success means the rewrites are queued.
+
+use piwheels_common::protocols::{AdminRequest, RebuildTarget};
+
+use crate::ToolError;
+use crate::config::{Part, RebuildConfig};
+use crate::prompt::confirm;
+use crate::session::Session;
+
+/// Runs piw-rebuild; prints what the master queued.
+pub fn run(cfg: &RebuildConfig) -> Result<(), ToolError> {
+    let target = match (cfg.part, &cfg.package) {
+        (Part::Home | Part::Search, Some(package)) => {
+            return Err(ToolError::Usage(format!("{package}: only project and index rebuilds take a package")));
+        }
+        (Part::Home, None) => RebuildTarget::Home,
+        (Part::Search, None) => RebuildTarget::Search,
+        (Part::Project, package) => RebuildTarget::Project(package.clone()),
+        (Part::Index, package) => RebuildTarget::Both(package.clone()),
+    };
+    let session = Session::connect(&cfg.connect, "piw-rebuild")?;
+    if matches!(target, RebuildTarget::Project(None) | RebuildTarget::Both(None)) {
+        confirm("This rewrites the pages of every package, which takes a long time on a large index. Go ahead?", cfg.yes)?;
+    }
+    println!("{}", session.done(&AdminRequest::Rebuild(target))?);
+    Ok(())
+}
