@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::architect::ARCHITECT_ENDPOINT;
 use crate::db_client::DbClient;
-use crate::slave_driver::WEB_ENDPOINT;
+use crate::index::WEB_ENDPOINT;
 use crate::removal::Remover;
 use crate::pypi::description::DescriptionClient;
 use crate::pypi::events::{Dedup, Event, EventKind};

@@ -110,6 +110,17 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_ABANDON_AFTER", value_name = "DURATION", default_value = "1h")]
     pub abandon_after: HumanDuration,
 
+    /// How long a page rewrite waits for more changes to the same package to fold in; its
+    /// pages are on disk this long after the change, plus the writing time
+    #[arg(long, env = "PIW_REWRITE_WINDOW", value_name = "DURATION", default_value = "1s")]
+    pub rewrite_window: HumanDuration,
+
+    /// Serve --output-path over HTTP on this address (e.g. 127.0.0.1:8080 or [::]:80) with the
+    /// built-in server, which speaks the package index's content negotiation [default: none:
+    /// serve the tree with a web server of your own, see docs/web-server.md]
+    #[arg(long, env = "PIW_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<std::net::SocketAddr>,
+
     /// How often the master samples its host's figures (memory, load, disk) for monitors
     #[arg(long, env = "PIW_STATS_INTERVAL", value_name = "DURATION", default_value = "10s")]
     pub stats_interval: HumanDuration,

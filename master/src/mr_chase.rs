@@ -48,7 +48,7 @@ use crate::big_brother::STATS_ENDPOINT;
 use crate::db_client::DbClient;
 use crate::file_juggler::FS_ENDPOINT;
 use crate::removal::Remover;
-use crate::slave_driver::WEB_ENDPOINT;
+use crate::index::WEB_ENDPOINT;
 
 /// Largest request the import socket accepts: an import carries each wheel's METADATA and the
 /// build log.

@@ -24,11 +24,13 @@ use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
 
 use crate::architect::{self, Architect, QueueConfig};
-use crate::big_brother::{self, BigBrother};
+use crate::big_brother::{self, BigBrother, StatsConfig};
 use crate::cloud_gazer::{self, CloudGazer, FollowerConfig};
 use crate::config::MasterConfig;
 use crate::db::Database;
 use crate::file_juggler::{self, FileJuggler, JugglerConfig};
+use crate::index::{self, IndexConfig, Scribe};
+use crate::web_server::WebServer;
 use crate::oracle::{self, Oracle};
 use crate::pidlock::PidLock;
 use crate::seraph::{self, Seraph};
@@ -79,7 +81,14 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
         clients: HashMap::new(),
         bad_requests: 0,
     };
+    let mut http = None;
     let outcome = start_tasks(&rt, cfg, &mut tasks).and_then(|()| {
+        if let Some(listen) = cfg.http_listen {
+            let server = WebServer::start(cfg.output_path.clone(), listen)
+                .with_context(|| format!("cannot serve the index on {listen}"))?;
+            tracing::info!("serving {} on http://{}/", cfg.output_path.display(), server.local_addr());
+            http = Some(server);
+        }
         tracing::info!(
             "piw-master {} running: control on {}, status on {}, output in {}",
             piwheels_common::SOFTWARE_VERSION,
@@ -93,6 +102,9 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     match &outcome {
         Ok(Stopped::Requested(why)) | Ok(Stopped::Failed(why)) => tracing::info!("shutting down: {why}"),
         Err(e) => tracing::error!("shutting down: {e:#}"),
+    }
+    if let Some(server) = http {
+        server.stop();
     }
     let stuck = tasks.shutdown(cfg.stop_timeout.0);
     // Relay the tasks' last words, then close every socket before the context goes.
@@ -172,13 +184,17 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
         move |ctx| file_juggler::Sockets::open(ctx, &file_queue, &open_config),
         move |_| FileJuggler::start(&juggler, &clock),
     )?);
+    let mut index = IndexConfig::new(&cfg.output_path);
+    index.window = cfg.rewrite_window.0;
+    let db_timeout = cfg.db_timeout.0;
+    tasks.add(task::spawn(rt, "the_scribe", move |ctx| index::Sockets::open(ctx, db_timeout), move |_| Scribe::start(&index))?);
     let status = rt.status_endpoint.clone();
-    let (output, interval) = (cfg.output_path.clone(), cfg.stats_interval.0);
+    let stats = StatsConfig::new(&cfg.output_path, cfg.stats_interval.0);
     tasks.add(task::spawn(
         rt,
         "big_brother",
-        move |ctx| big_brother::Sockets::open(ctx, &status),
-        move |_| Ok(BigBrother::new(output.clone(), interval)),
+        move |ctx| big_brother::Sockets::open_feeding(ctx, &status, db_timeout),
+        move |_| Ok(BigBrother::with_config(stats.clone())),
     )?);
     // Last, so that everything it hands work to is running when the first slave arrives.
     let driver = DriverConfig {

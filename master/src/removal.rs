@@ -10,7 +10,7 @@ use piwheels_common::protocols::{DbReply, DbRequest, DeleteAck, DeleteNotice, We
 use piwheels_common::transport::Client;
 
 use crate::db_client::DbClient;
-use crate::slave_driver::WEB_ENDPOINT;
+use crate::index::WEB_ENDPOINT;
 use crate::slave_driver::DELETES_ENDPOINT;
 
 /// How long the slave driver and the index writer may take to take a deletion.

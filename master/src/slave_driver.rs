@@ -31,11 +31,9 @@ use crate::architect::{ARCHITECT_ENDPOINT, BUILDS_ENDPOINT};
 use crate::big_brother::STATS_ENDPOINT;
 use crate::db_client::DbClient;
 use crate::file_juggler::FS_ENDPOINT;
+use crate::index::WEB_ENDPOINT;
 use crate::process::SLAVE_COMMANDS_ENDPOINT;
 use crate::slave_state::{Decision, Slave, Stage};
-
-// Until the index writer lands: its request socket.
-pub(crate) const WEB_ENDPOINT: &str = "inproc://web";
 
 /// Where the feed follower and the admin endpoint announce deletions.
 pub const DELETES_ENDPOINT: &str = "inproc://deletes";

@@ -339,3 +339,32 @@ fn the_master_follows_pypi_when_given_its_address() {
     let _ = child.wait();
     assert_eq!(found, [Some("followed seen by the master".into())]);
 }
+
+#[test]
+fn the_master_serves_its_index_over_http_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let db = migrated_db();
+    let port = free_port();
+    let extra = format!("http-listen = \"127.0.0.1:{port}\"\n");
+    let child = Master::spawn_with(root, &root.join("state"), &root.join("www"), "run", &db.app_url(), free_port(), &extra);
+    let mut master = Master { child, dir, db };
+    // The index writer writes the (empty) root index at start-up; the server then serves it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            conn.write_all(b"GET /simple/ HTTP/1.1\r\nHost: localhost\r\nAccept: text/html\r\nConnection: close\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).unwrap();
+            if answer.starts_with("HTTP/1.1 200") {
+                break answer;
+            }
+        }
+        assert!(Instant::now() < deadline, "the index was never served");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(page.contains("pypi:repository-version"), "{page}");
+    kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(master.wait(Duration::from_secs(20)).success());
+}
