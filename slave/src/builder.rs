@@ -130,16 +130,22 @@ impl Default for CommandTemplate {
 }
 
 impl CommandTemplate {
-    /// The command's words with the placeholders replaced.
+    /// The command's words with the placeholders replaced. A word holding a placeholder
+    /// whose value is empty is left out: a master that names no index leaves out
+    /// `--index-url={index_url}`, and pip uses its own configuration.
     pub fn render(&self, values: &[(&str, &str)]) -> Vec<String> {
         self.words
             .iter()
-            .map(|word| {
+            .filter_map(|word| {
                 let mut out = word.clone();
                 for (name, value) in values {
-                    out = out.replace(&format!("{{{name}}}"), value);
+                    let placeholder = format!("{{{name}}}");
+                    if out.contains(&placeholder) && value.is_empty() {
+                        return None;
+                    }
+                    out = out.replace(&placeholder, value);
                 }
-                out
+                Some(out)
             })
             .collect()
     }
@@ -628,6 +634,9 @@ mod tests {
         assert!(argv.contains(&"--index-url=http://m/simple".to_string()), "{argv:?}");
         assert!(argv.contains(&"--no-deps".to_string()) && argv.contains(&"--no-cache-dir".to_string()), "{argv:?}");
         assert!(!argv.iter().any(|word| word.contains('{')), "{argv:?}");
+        // No index named by the master: pip's own configuration decides.
+        let argv = template.render(&[("python", "python3"), ("package", "foo"), ("version", "1.0"), ("index_url", ""), ("wheel_dir", "/b/w")]);
+        assert!(!argv.iter().any(|word| word.starts_with("--index-url")), "{argv:?}");
     }
 
     #[test]
