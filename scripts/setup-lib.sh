@@ -57,13 +57,16 @@ ensure_postgres() {
 # ensure_test_python: a Python environment with setuptools and wheel (what pip needs to build
 # the test sdists without build isolation) and uv (the second installer the index is tested
 # with), first on PATH, plus a C compiler and Python's headers for the C-extension test. Kept
-# in target/, so `cargo clean` removes it.
+# in target/, so `cargo clean` removes it. It is made from Debian's Python, which the headers
+# match and which the unprivileged user the tests run builders as can execute (a Python under
+# /root could not be).
 ensure_test_python() {
     need_debian_packages python3-venv python3-dev gcc
     local venv="$PWD/target/test-python"
-    if ! "$venv/bin/python3" -c 'import setuptools, wheel' >/dev/null 2>&1 || ! [ -x "$venv/bin/uv" ]; then
+    if ! "$venv/bin/python3" -c 'import setuptools, wheel' >/dev/null 2>&1 || ! [ -x "$venv/bin/uv" ] \
+        || ! grep -q '^home = /usr/bin$' "$venv/pyvenv.cfg" 2>/dev/null; then
         step "creating the tests' Python environment in $venv"
-        python3 -m venv --clear "$venv"
+        /usr/bin/python3 -m venv --clear "$venv"
         "$venv/bin/python3" -m pip install -q --upgrade pip setuptools wheel uv
     fi
     export PATH="$venv/bin:$PATH"
