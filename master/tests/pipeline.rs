@@ -1,0 +1,282 @@
+//! The build pipeline end to end: a real piw-master following the fake PyPI, two real
+//! piw-slaves (run as an unprivileged user) building with real pip, and the wheels arriving in
+//! the index. Builds that fail, time out, are removed upstream mid-build, lose their slave to
+//! SIGKILL, or live through a master restart each end as they should.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use piwheels_master::db::migrate;
+use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use piwheels_testsupport::programs::{program, shared_dir, unprivileged};
+use piwheels_testsupport::pypi::{FakePypi, sdist};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The ABI tag of the Python on PATH, which the slaves build for.
+fn local_abi() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print('cp%d%d' % sys.version_info[:2])"])
+        .output()
+        .expect("python3 on PATH (scripts/setup-lib.sh's ensure_test_python)");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Farm {
+    dir: tempfile::TempDir,
+    db: TestDb,
+    pypi: FakePypi,
+    slave_port: u16,
+    file_port: u16,
+    master: Option<Process>,
+    pid_file: PathBuf,
+}
+
+impl Farm {
+    fn new() -> Farm {
+        let db = TestDb::new();
+        migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
+        db.execute(&format!("INSERT INTO build_abis (abi_tag, python_version) VALUES ('{}', 311)", local_abi()));
+        let dir = shared_dir();
+        let pid_file = dir.path().join("build-pids");
+        Farm { dir, db, pypi: FakePypi::start(), slave_port: free_port(), file_port: free_port(), master: None, pid_file }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn start_master(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_piw-master"))
+            .args(["--config", "/dev/null"])
+            .arg("--dsn")
+            .arg(self.db.app_url())
+            .arg("--output-path")
+            .arg(self.path("www"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--control-queue")
+            .arg(format!("ipc://{}/run/control", self.dir.path().display()))
+            .arg("--status-queue")
+            .arg(format!("ipc://{}/run/status", self.dir.path().display()))
+            .arg("--slave-queue")
+            .arg(format!("tcp://127.0.0.1:{}", self.slave_port))
+            .arg("--file-queue")
+            .arg(format!("tcp://127.0.0.1:{}", self.file_port))
+            .arg("--pypi-xmlrpc")
+            .arg(self.pypi.xmlrpc_url())
+            .arg("--pypi-json")
+            .arg(self.pypi.json_url())
+            .arg("--pypi-simple")
+            .arg(self.pypi.simple_url())
+            .args(["--pypi-interval", "200ms", "--queue-debounce", "200ms", "--rewrite-window", "200ms", "--oracles", "2"])
+            .env_remove("PIW_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.master = Some(Process(child));
+    }
+
+    fn stop_master(&mut self) {
+        let mut master = self.master.take().expect("a running master");
+        kill(Pid::from_raw(master.0.id() as i32), Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while master.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the master did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A slave building under `<dir>/<name>`.
+    fn start_slave(&self, name: &str) -> Process {
+        let root = self.path(name);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let build_command = "{python} -m pip wheel {package}=={version} --wheel-dir={wheel_dir} --no-deps --no-cache-dir \
+             --no-build-isolation --no-binary={package} --disable-pip-version-check --progress-bar=off --index-url={index_url}";
+        let child = unprivileged(&program("piw-slave"))
+            .args(["--config", "/dev/null", "--master", "127.0.0.1"])
+            .arg("--slave-queue")
+            .arg(format!("tcp://127.0.0.1:{}", self.slave_port))
+            .arg("--file-queue")
+            .arg(format!("tcp://127.0.0.1:{}", self.file_port))
+            .arg("--build-root")
+            .arg(&root)
+            .args(["--build-command", build_command])
+            .args(["--build-timeout", "8s", "--busy-interval", "1s", "--sleep-interval", "1s", "--upload-timeout", "5s"])
+            .args(["--busy-timeout", "9s", "--master-timeout", "5s", "--reconnect-interval", "1s", "--min-free-disk", "0"])
+            .env(sdist::PID_FILE_ENV, &self.pid_file)
+            .env("HOME", &root)
+            .env_remove("PIW_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Process(child)
+    }
+
+    /// `package version status failure` of every build, sorted.
+    fn builds(&self) -> Vec<String> {
+        let mut rows: Vec<String> = self
+            .db
+            .column("SELECT concat_ws(' ', package, version, status, coalesce(failure, '-')) FROM builds")
+            .into_iter()
+            .flatten()
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    fn wait_for_build(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(row) = self.builds().into_iter().find(|b| b.starts_with(prefix)) {
+                return row;
+            }
+            assert!(Instant::now() < deadline, "no build of {prefix} within {timeout:?}; builds: {:?}", self.builds());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Process ids the sleeping test builds wrote, in order.
+    fn build_pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(&self.pid_file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    fn wait_for_pids(&self, count: usize) -> Vec<i32> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pids = self.build_pids();
+            if pids.len() >= count {
+                return pids;
+            }
+            assert!(Instant::now() < deadline, "the sleeping build never started");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Which slave's build root holds a build now.
+    fn building_in(&self, names: &[&str]) -> Option<String> {
+        names
+            .iter()
+            .find(|name| {
+                std::fs::read_dir(self.path(name))
+                    .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("piw-build-")))
+                    .unwrap_or(false)
+            })
+            .map(|name| name.to_string())
+    }
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+fn wait_dead(pids: &[i32], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(Instant::now() < deadline, "build processes {pids:?} outlived their build");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_slaves_build_the_feed_and_survive_timeouts_removals_kills_and_a_master_restart() {
+    let mut farm = Farm::new();
+    let pypi = &farm.pypi;
+    pypi.create_package("pure-pkg", Some("pure"));
+    pypi.add_source("pure-pkg", "1.0", sdist::pure("pure-pkg", "1.0"));
+    pypi.create_package("cext-pkg", None);
+    pypi.add_source("cext-pkg", "1.0", sdist::c_extension("cext-pkg", "1.0"));
+    pypi.create_package("broken-pkg", None);
+    pypi.add_source("broken-pkg", "1.0", sdist::failing("broken-pkg", "1.0"));
+    farm.start_master();
+    let mut slaves = [("slave-a", Some(farm.start_slave("slave-a"))), ("slave-b", Some(farm.start_slave("slave-b")))];
+
+    // The pure and C-extension packages are built and their wheels published; the failing
+    // one is recorded as failed, with its log.
+    let minute = Duration::from_secs(120);
+    assert_eq!(farm.wait_for_build("pure-pkg 1.0", minute), "pure-pkg 1.0 t -");
+    assert_eq!(farm.wait_for_build("cext-pkg 1.0", minute), "cext-pkg 1.0 t -");
+    assert_eq!(farm.wait_for_build("broken-pkg 1.0", minute), "broken-pkg 1.0 f build");
+    let files = farm.db.column("SELECT filename FROM files ORDER BY filename");
+    assert_eq!(files.len(), 2, "{files:?}");
+    for file in files.iter().flatten() {
+        let package = file.split('-').next().unwrap().replace('_', "-");
+        let published = farm.path("www/simple").join(&package).join(file);
+        assert!(published.is_file(), "{} is not published", published.display());
+    }
+    let abi = local_abi();
+    assert!(files.iter().flatten().any(|f| f.contains(&format!("-{abi}-{abi}-linux_"))), "{files:?}");
+    let build_id = farm.db.column("SELECT build_id::text FROM builds WHERE package = 'broken-pkg'")[0].clone().unwrap();
+    let log = farm.path("www").join(piwheels_master::index::layout::log_path(build_id.parse().unwrap()));
+    wait_until("the failed build's log", || log.is_file());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(std::fs::File::open(&log).unwrap()), &mut text).unwrap();
+    assert!(text.contains(sdist::FAILURE_MESSAGE), "{text}");
+
+    // A build that sleeps past the slave's timeout is killed with every process of it.
+    farm.pypi.create_package("sleepy-pkg", None);
+    farm.pypi.add_source("sleepy-pkg", "1.0", sdist::sleeping("sleepy-pkg", "1.0", 3600));
+    let pids = farm.wait_for_pids(2);
+    assert_eq!(farm.wait_for_build("sleepy-pkg 1.0", minute), "sleepy-pkg 1.0 f timeout");
+    wait_dead(&pids, Duration::from_secs(10));
+
+    // A package removed upstream while it builds is abandoned: killed, never recorded.
+    farm.pypi.create_package("doomed-pkg", None);
+    farm.pypi.add_source("doomed-pkg", "1.0", sdist::sleeping("doomed-pkg", "1.0", 3600));
+    let pids = farm.wait_for_pids(4)[2..].to_vec();
+    farm.pypi.remove_package("doomed-pkg");
+    wait_dead(&pids, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!farm.builds().iter().any(|b| b.starts_with("doomed-pkg")), "{:?}", farm.builds());
+
+    // SIGKILL to the slave building a release: the other slave builds it.
+    farm.pypi.create_package("slow-pkg", None);
+    farm.pypi.add_source("slow-pkg", "1.0", sdist::sleeping("slow-pkg", "1.0", 3));
+    let pids = farm.wait_for_pids(6)[4..].to_vec();
+    let builder = farm.building_in(&["slave-a", "slave-b"]).expect("a slave building slow-pkg");
+    let victim = slaves.iter_mut().find(|(name, _)| *name == builder).and_then(|(_, p)| p.take()).unwrap();
+    kill(Pid::from_raw(victim.0.id() as i32), Signal::SIGKILL).unwrap();
+    drop(victim);
+    // Its build dies with it (the parent-death signal), and the other slave takes it over once
+    // the master has dropped the silent one.
+    wait_dead(&pids, Duration::from_secs(20));
+    assert_eq!(farm.wait_for_build("slow-pkg 1.0", minute), "slow-pkg 1.0 t -");
+
+    // The master restarted mid-run loses nothing: the remaining slave reconnects and a release
+    // that arrives meanwhile is built.
+    farm.stop_master();
+    farm.pypi.create_package("late-pkg", None);
+    farm.pypi.add_source("late-pkg", "1.0", sdist::pure("late-pkg", "1.0"));
+    farm.start_master();
+    assert_eq!(farm.wait_for_build("late-pkg 1.0", minute), "late-pkg 1.0 t -");
+    let builds = farm.builds();
+    assert_eq!(builds.len(), 6, "{builds:?}");
+    drop(slaves);
+}
