@@ -347,9 +347,35 @@ fn hex_byte(digits: &[u8]) -> Option<u8> {
     }
 }
 
-/// `10/Oct/2024:13:55:36 +0200` in UTC.
+/// `10/Oct/2024:13:55:36 +0200` in UTC. The format is fixed (web servers write it in the C
+/// locale), so it is read field by field rather than through a format string.
 fn parse_time(text: &str) -> Result<Timestamp, Problem> {
-    DateTime::parse_from_str(text, "%d/%b/%Y:%H:%M:%S %z").map(|t| t.with_timezone(&Utc)).map_err(|_| Problem::BadTime)
+    const MONTHS: [&[u8; 3]; 12] = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+    let b = text.as_bytes();
+    let shape = b.len() == 26 && b[2] == b'/' && b[6] == b'/' && b[11] == b':' && b[14] == b':' && b[17] == b':' && b[20] == b' ';
+    if !shape {
+        return Err(Problem::BadTime);
+    }
+    let number = |range: std::ops::Range<usize>| -> Result<u32, Problem> {
+        b[range].iter().try_fold(0u32, |n, &d| if d.is_ascii_digit() { Ok(n * 10 + u32::from(d - b'0')) } else { Err(Problem::BadTime) })
+    };
+    let month = MONTHS.iter().position(|m| m[..] == b[3..6]).ok_or(Problem::BadTime)? as u32 + 1;
+    let (offset_hours, offset_minutes) = (number(22..24)?, number(24..26)?);
+    if offset_hours > 23 || offset_minutes > 59 {
+        return Err(Problem::BadTime);
+    }
+    let offset = i64::from(offset_hours * 60 + offset_minutes);
+    let offset = match b[21] {
+        b'+' => offset,
+        b'-' => -offset,
+        _ => return Err(Problem::BadTime),
+    };
+    let (year, day) = (number(7..11)?, number(0..2)?);
+    let (hour, minute, second) = (number(12..14)?, number(15..17)?, number(18..20)?);
+    let local = chrono::NaiveDate::from_ymd_opt(year as i32, month, day)
+        .and_then(|date| date.and_hms_opt(hour, minute, second))
+        .ok_or(Problem::BadTime)?;
+    Ok(DateTime::from_naive_utc_and_offset(local - TimeDelta::minutes(offset), Utc))
 }
 
 /// The path of a request target, percent-decoded: refuses anything but an absolute path of

@@ -561,10 +561,10 @@ fn ten_thousand_lines_with_hostile_ones_store_exactly_the_valid_records_and_the_
             let big = vec![0xc1; MAX_MESSAGE * 2];
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let payload: &[u8] = if n % 1000 == 0 { &big } else { b"\x92\xaaLogRequest\x81\xa7Records\x91\xc0" };
+                let payload: &[u8] = if n.is_multiple_of(1000) { &big } else { b"\x92\xaaLogRequest\x81\xa7Records\x91\xc0" };
                 let _ = raw.send_multipart([&b""[..], payload], zmq::DONTWAIT);
                 n += 1;
-                if n % 100 == 0 {
+                if n.is_multiple_of(100) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }

@@ -177,7 +177,7 @@ pub struct Outcome {
 /// What the reader hands the sender.
 #[derive(Debug)]
 enum Item {
-    Record(AccessRecord),
+    Record(Box<AccessRecord>),
     Other,
     Skipped(Problem),
     /// An input was opened.
@@ -330,7 +330,7 @@ fn ship(shipper: &Shipper, rx: &Receiver<Item>, batch_size: usize, flush_interva
             if batch.is_empty() {
                 first_at = Instant::now();
             }
-            batch.push(record);
+            batch.push(*record);
         }
         let due = !batch.is_empty() && (batch.len() >= batch_size || first_at.elapsed() >= flush_interval);
         if due && let Err(e) = flush(&mut batch, &mut summary) {
@@ -365,10 +365,10 @@ fn read_inputs(files: &[PathBuf], max_line: usize, tx: &SyncSender<Item>) {
                 continue;
             }
         };
-        if let Err(e) = read_lines(reader, max_line, tx) {
-            if tx.send(Item::InputError(format!("{name}: {e}"))).is_err() {
-                return;
-            }
+        if let Err(e) = read_lines(reader, max_line, tx)
+            && tx.send(Item::InputError(format!("{name}: {e}"))).is_err()
+        {
+            return;
         }
     }
 }
@@ -392,7 +392,7 @@ fn read_lines(reader: Box<dyn BufRead>, max_line: usize, tx: &SyncSender<Item>) 
         let item = match line {
             Line::TooLong => Item::Skipped(Problem::TooLong),
             Line::Text(text) => match parse_line(text).and_then(|r| r.map(|r| validate(r, Utc::now())).transpose()) {
-                Ok(Some(record)) => Item::Record(record),
+                Ok(Some(record)) => Item::Record(Box::new(record)),
                 Ok(None) => Item::Other,
                 Err(problem) => Item::Skipped(problem),
             },

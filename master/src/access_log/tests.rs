@@ -233,9 +233,36 @@ fn broken_lines_are_malformed() {
 
 #[test]
 fn bad_dates_are_refused() {
-    for time in ["32/Mar/2025:10:00:00 +0000", "01/Foo/2025:10:00:00 +0000", "01/Mar/2025:25:00:00 +0000", "01/Mar/2025:10:00:00", "yesterday"] {
+    for time in [
+        "32/Mar/2025:10:00:00 +0000",
+        "29/Feb/2025:10:00:00 +0000",
+        "01/Foo/2025:10:00:00 +0000",
+        "01/mar/2025:10:00:00 +0000",
+        "01/Mar/2025:25:00:00 +0000",
+        "01/Mar/2025:10:60:00 +0000",
+        "01/Mar/2025:10:00:00",
+        "01/Mar/2025:10:00:00 +2500",
+        "01/Mar/2025:10:00:00 *0000",
+        "1/Mar/2025:10:00:00 +00000",
+        "0a/Mar/2025:10:00:00 +0000",
+        "01/Mar/-025:10:00:00 +0000",
+        "yesterday",
+        "01/Mar/2025:10:00:00 +00é",
+    ] {
         let text = format!(r#"192.0.2.1 - - [{time}] "GET / HTTP/1.1" 200 5 "-" "x""#);
         assert_eq!(parse(&text), Err(Problem::BadTime), "{time}");
+    }
+}
+
+#[test]
+fn times_are_converted_to_utc() {
+    for (time, utc) in [
+        ("01/Mar/2025:10:00:00 +0000", "2025-03-01T10:00:00Z"),
+        ("01/Mar/2025:00:30:00 +0130", "2025-02-28T23:00:00Z"),
+        ("31/Dec/2024:23:59:59 -0800", "2025-01-01T07:59:59Z"),
+        ("29/Feb/2024:12:00:00 +0000", "2024-02-29T12:00:00Z"),
+    ] {
+        assert_eq!(parse_time(time), Ok(utc.parse().unwrap()), "{time}");
     }
 }
 
@@ -397,5 +424,5 @@ fn long_lines_are_skipped_whole_whatever_the_buffer() {
         assert_eq!(lines, [Ok(b"short".to_vec()), Err(()), Ok(Vec::new()), Ok(b"exact".to_vec()), Ok(b"last".to_vec())], "buffer {buffer}");
     }
     assert_eq!(read_all(b"", 5, 8), []);
-    assert_eq!(read_all(&vec![b'y'; 50], 5, 8), [Err(())], "a long last line without a line feed");
+    assert_eq!(read_all(&[b'y'; 50], 5, 8), [Err(())], "a long last line without a line feed");
 }
