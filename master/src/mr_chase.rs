@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use piwheels_common::names::{canonicalize, parse_version};
 use piwheels_common::protocols::{
     AdminReply, AdminRequest, ArchitectTrigger, BuildRecord, BuildResult, DbReply, DbRequest, FsReply, FsRequest, ImportRequest,
-    NoticeLevel, RebuildTarget, RewriteScope, StatsUpdate, StatusEvent, Timestamp, TransferId, WebReply, WebRequest,
+    NoticeLevel, RebuildTarget, RewriteScope, StatsUpdate, StatusEvent, Timestamp, TransferId, WebReply, WebRequest, WheelFile,
 };
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Peer, Sender, Server};
@@ -426,7 +426,7 @@ impl MrChase {
         let Some(import) = session.import.take() else { return AdminReply::Error { message } };
         undo(sockets, &import);
         let request = &import.request;
-        let removed = import.states.iter().filter(|s| **s == FileState::Published).count();
+        let removed = import.states.iter().zip(&request.files).filter(|(s, f)| **s == FileState::Published && !recorded(sockets, f)).count();
         let mut message = format!("{} {} for {}: {message}", request.package, request.version, request.abi);
         if removed > 0 {
             let _ = write!(message, " (the {removed} file(s) it had published were removed again)");
@@ -892,14 +892,16 @@ fn expect_all(sockets: &Sockets, request: ImportRequest) -> Result<Import, Strin
     Ok(Import { request, states, current: 0, attempts: 0 })
 }
 
-/// Undoes an import: abandons its transfers and has the files it published removed.
+/// Undoes an import: abandons its transfers and has the files it published removed, except
+/// those a build has recorded in the meantime (another import or a slave's build of the same
+/// release found them published and took them as they were).
 fn undo(sockets: &Sockets, import: &Import) {
     abandon_transfers(sockets, &import.states);
     let published: Vec<String> = import
         .states
         .iter()
         .zip(&import.request.files)
-        .filter(|(state, _)| **state == FileState::Published)
+        .filter(|(state, file)| **state == FileState::Published && !recorded(sockets, file))
         .map(|(_, file)| file.filename.clone())
         .collect();
     if published.is_empty() {
@@ -914,6 +916,19 @@ fn undo(sockets: &Sockets, import: &Import) {
     };
     if let Err(e) = web(sockets, delete) {
         tracing::error!("cannot remove the files of an unfinished import ({}): {e}; they are orphans now", published.join(", "));
+    }
+}
+
+/// Whether the database holds a file with this one's contents; when it cannot tell, the file
+/// counts as recorded (an orphan left on disk is better than a recorded file deleted).
+fn recorded(sockets: &Sockets, file: &WheelFile) -> bool {
+    match sockets.db.text(DbRequest::FileWithHash { sha256: file.sha256.clone() }) {
+        Ok(None) => false,
+        Ok(Some(_)) => true,
+        Err(e) => {
+            tracing::error!("cannot tell whether {} is recorded, so it stays: {e}", file.filename);
+            true
+        }
     }
 }
 

@@ -361,6 +361,32 @@ fn a_file_failing_verification_is_asked_for_again_and_a_failed_import_leaves_not
 }
 
 #[test]
+fn an_undone_import_keeps_a_file_another_import_recorded_meanwhile() {
+    let farm = Farm::start(&[("foo", "1.0")]);
+    let (a, b) = (farm.tool("alice@host piw-import"), farm.tool("bob@host piw-import"));
+    let mut files = farm.wheels("foo", "1.0", &["linux_armv7l", "linux_armv6l"]);
+    files[1].1.sha256 = "0".repeat(64);
+    // Alice's first file arrives and is published; her second is still to come.
+    let AdminReply::Send { filename, transfer } = a.ask(AdminRequest::Import(import_request("foo", "1.0", &files))) else {
+        panic!("expected a send")
+    };
+    upload(&a.ctx, &a.file_endpoint, transfer, path_of(&files, &filename), UploadOptions::default()).unwrap();
+    let mut reply = a.ask(AdminRequest::Sent { filename: filename.clone() });
+    // Bob imports just that file: published already, it is recorded at once.
+    let first = vec![files[0].clone()];
+    assert!(done(b.ask(AdminRequest::Import(import_request("foo", "1.0", &first)))).contains("1 already held"));
+    // Alice's second file never verifies: her import is undone, but Bob's file stays.
+    while let AdminReply::Send { filename, transfer } = reply {
+        upload(&a.ctx, &a.file_endpoint, transfer, path_of(&files, &filename), UploadOptions::default()).unwrap();
+        reply = a.ask(AdminRequest::Sent { filename });
+    }
+    let message = error(reply);
+    assert!(!message.contains("removed again"), "{message}");
+    assert!(!farm.web_requests().iter().any(|r| matches!(r, WebRequest::DeleteVersion { .. })), "{:?}", farm.web_requests());
+    assert_eq!(farm.files(), [files[0].1.filename.clone()]);
+}
+
+#[test]
 fn a_sent_naming_another_file_ends_the_import() {
     let farm = Farm::start(&[("foo", "1.0")]);
     let tool = farm.tool("dave@host piw-import");
