@@ -347,6 +347,64 @@ fn piw_logger_says_so_within_seconds_when_no_master_answers() {
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }
 
+#[test]
+fn a_restarted_ingester_is_greeted_again_and_takes_the_batch() {
+    let mut ingester = Ingester::start(1, Duration::from_secs(10));
+    let shipper = ingester.shipper();
+    assert_eq!(shipper.send(vec![page("home", "192.0.2.1")]).unwrap(), (1, 0));
+    ingester.handle.control(TaskControl::Quit).unwrap();
+    assert_eq!(ingester.handle.join(Duration::from_secs(10)), Some(TaskExit::Quit));
+    let bind = ingester.endpoint.clone();
+    ingester.handle = task::spawn(
+        &ingester.pool.rt,
+        "lumberjack_again",
+        move |ctx| lumberjack::Sockets::open(ctx, &bind, Duration::from_secs(10)),
+        |_| Ok(Lumberjack::new()),
+    )
+    .unwrap();
+    // The new ingester does not know this connection: the shipper says hello again.
+    assert_eq!(shipper.send(vec![page("home", "192.0.2.2")]).unwrap(), (1, 0));
+    assert_eq!(ingester.count("web_page_hits"), 2);
+    ingester.stop();
+}
+
+#[test]
+fn piw_logger_on_a_pipe_sends_within_the_flush_interval_and_stops_when_the_master_goes() {
+    let mut ingester = Ingester::start(1, Duration::from_secs(10));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_piw-logger"))
+        .args(["-c", "/dev/null", "--flush-interval", "200ms", "--timeout", "1s", "--logger-queue", &ingester.endpoint])
+        .env_remove("PIW_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let time = Utc::now().format("%d/%b/%Y:%H:%M:%S +0000");
+    let line = format!("192.0.2.1 - - [{time}] \"GET / HTTP/1.1\" 200 5 \"-\" \"curl/8.0\"\n");
+    stdin.write_all(line.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    // One line is far from a full batch: it goes when it has waited the flush interval.
+    eventually("the first line in the database", Duration::from_secs(5), || ingester.count("web_page_hits") == 1);
+
+    ingester.handle.control(TaskControl::Quit).unwrap();
+    assert_eq!(ingester.handle.join(Duration::from_secs(10)), Some(TaskExit::Quit));
+    stdin.write_all(line.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    // The logger gives up on the batch after --timeout and exits, its input still open.
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "piw-logger did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success());
+    assert!(stderr.contains("stopped: the master did not answer"), "{stderr}");
+    assert!(stdout.contains("records stored by the master: 1,") && stdout.contains("records not delivered: 1"), "{stdout}");
+    drop(stdin);
+}
+
 // ---- acceptance: 10,000 lines ---------------------------------------------------------
 
 const PIP_UA: &str = r#"pip/24.0 {\"ci\":null,\"cpu\":\"aarch64\",\"distro\":{\"id\":\"bookworm\",\"name\":\"Debian GNU/Linux\",\"version\":\"12\"},\"implementation\":{\"name\":\"CPython\",\"version\":\"3.11.2\"},\"installer\":{\"name\":\"pip\",\"version\":\"24.0\"},\"python\":\"3.11.2\",\"setuptools_version\":\"66.1.1\",\"system\":{\"name\":\"Linux\",\"release\":\"6.6.51+rpt-rpi-v8\"}}"#;

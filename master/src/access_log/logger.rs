@@ -453,6 +453,37 @@ mod tests {
     }
 
     #[test]
+    fn plain_and_gzipped_files_are_read_in_order_and_a_missing_one_is_reported() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let line = "192.0.2.1 - - [01/Mar/2025:10:00:00 +0000] \"GET / HTTP/1.1\" 200 5 \"-\" \"curl/8.0\"\n";
+        let plain = dir.path().join("access.log");
+        std::fs::write(&plain, format!("{line}not a line\n")).unwrap();
+        let gzipped = dir.path().join("access.log.2.gz");
+        let mut encoder = flate2::write::GzEncoder::new(File::create(&gzipped).unwrap(), flate2::Compression::default());
+        encoder.write_all(line.replace("GET /", "GET /faq.html").as_bytes()).unwrap();
+        encoder.finish().unwrap();
+        let missing = dir.path().join("gone.log");
+        let (tx, rx) = mpsc::sync_channel(100);
+        read_inputs(&[plain, missing, gzipped], 1024, &tx);
+        drop(tx);
+        let mut summary = Summary::default();
+        let mut pages = Vec::new();
+        for item in rx {
+            summary.count(&item);
+            if let Item::Record(record) = item
+                && let AccessRecord::Page { page, .. } = *record
+            {
+                pages.push(page);
+            }
+        }
+        assert_eq!(pages, ["home", "faq"]);
+        assert_eq!((summary.inputs, summary.lines, summary.skipped_for(Problem::Malformed)), (3, 3, 1));
+        assert_eq!(summary.input_errors.len(), 1);
+        assert!(summary.input_errors[0].contains("gone.log"), "{:?}", summary.input_errors);
+    }
+
+    #[test]
     fn the_summary_names_every_figure() {
         let mut summary = Summary { inputs: 1, ..Summary::default() };
         summary.count(&Item::Skipped(Problem::BadPath));
