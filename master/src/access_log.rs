@@ -191,23 +191,35 @@ pub fn parse_line(line: &[u8]) -> Result<Option<AccessRecord>, Problem> {
     if parts.next().is_some_and(|protocol| !protocol.starts_with(b"HTTP/")) || parts.next().is_some() {
         return Err(Problem::Malformed);
     }
-    if method != b"GET" {
-        return Ok(None);
-    }
     let agent = unescape(fields.user_agent);
-    let agent = String::from_utf8_lossy(&agent);
-    if agent.is_empty() || agent == "-" {
+    record_request(fields.host, at, method, target, 200, &String::from_utf8_lossy(&agent))
+}
+
+/// What one answered request records, whoever saw it: a line of an access log
+/// ([`parse_line`]), or a web server as it answers (the built-in server's access hook gives
+/// all of these). `target` is the request target as sent (percent-encoded, with or without
+/// its query); `user_agent` is empty or `-` when there was none. The record still needs
+/// [`validate`].
+pub fn record_request(
+    host: &str,
+    at: Timestamp,
+    method: &[u8],
+    target: &[u8],
+    status: u16,
+    user_agent: &str,
+) -> Result<Option<AccessRecord>, Problem> {
+    if status != 200 || method != b"GET" || user_agent.is_empty() || user_agent == "-" {
         return Ok(None);
     }
     let path = decode_path(target)?;
-    let Some(hit) = classify(&path, is_installer(&agent))? else { return Ok(None) };
-    let host = fields.host.parse::<IpAddr>().map_err(|_| Problem::BadHost)?.to_string();
+    let Some(hit) = classify(&path, is_installer(user_agent))? else { return Ok(None) };
+    let host = host.parse::<IpAddr>().map_err(|_| Problem::BadHost)?.to_string();
     Ok(Some(match hit {
-        Hit::Download(filename) => AccessRecord::Download { filename, host, at, client: client_info(&agent) },
-        Hit::Search(package) => AccessRecord::Search { package, host, at, client: client_info(&agent) },
-        Hit::ProjectPage(package) => AccessRecord::ProjectPage { package, host, at, user_agent: product(&agent) },
-        Hit::ProjectJson(package) => AccessRecord::ProjectJson { package, host, at, user_agent: product(&agent) },
-        Hit::Page(page) => AccessRecord::Page { page, host, at, user_agent: product(&agent) },
+        Hit::Download(filename) => AccessRecord::Download { filename, host, at, client: client_info(user_agent) },
+        Hit::Search(package) => AccessRecord::Search { package, host, at, client: client_info(user_agent) },
+        Hit::ProjectPage(package) => AccessRecord::ProjectPage { package, host, at, user_agent: product(user_agent) },
+        Hit::ProjectJson(package) => AccessRecord::ProjectJson { package, host, at, user_agent: product(user_agent) },
+        Hit::Page(page) => AccessRecord::Page { page, host, at, user_agent: product(user_agent) },
     }))
 }
 

@@ -426,3 +426,15 @@ fn long_lines_are_skipped_whole_whatever_the_buffer() {
     assert_eq!(read_all(b"", 5, 8), []);
     assert_eq!(read_all(&[b'y'; 50], 5, 8), [Err(())], "a long last line without a line feed");
 }
+
+// ---- requests seen by a web server ------------------------------------------------------
+
+#[test]
+fn a_request_seen_by_a_web_server_records_the_same_as_its_log_line() {
+    let agent = PIP_UA.replace(r#"\""#, "\"");
+    let path = format!("/simple/numpy/{WHEEL}");
+    let seen = record_request("192.0.2.10", at(), b"GET", path.as_bytes(), 200, &agent).unwrap();
+    assert_eq!(seen, parse(&get(&path, PIP_UA)).unwrap());
+    assert_eq!(record_request("192.0.2.10", at(), b"GET", path.as_bytes(), 404, &agent), Ok(None));
+    assert_eq!(record_request("192.0.2.10", at(), b"GET", b"/simple/../x/", 200, &agent), Err(Problem::BadPath));
+}
