@@ -1,0 +1,83 @@
+//! What the endpoint accepts as names, versions and free texts.
+
+use piwheels_common::names::{canonicalize, parse_version};
+
+use super::MAX_NAME;
+
+/// A project name as typed: letters, digits, `.`, `_` and `-`, starting and ending with a
+/// letter or digit.
+pub(super) fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok { Ok(()) } else { Err(format!("{name:?} is not a valid project name")) }
+}
+
+/// Checks a project name and gives its canonical form.
+pub(super) fn check_package(name: &str) -> Result<String, String> {
+    check_name(name)?;
+    Ok(canonicalize(name))
+}
+
+/// A version string: what PyPI publishes, without separators or control characters.
+pub(super) fn check_version(version: &str) -> Result<(), String> {
+    let ok = !version.is_empty()
+        && version.len() <= MAX_NAME
+        && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '!'));
+    if ok { Ok(()) } else { Err(format!("{version:?} is not a valid version")) }
+}
+
+/// A free text: no control characters, at most `max` characters, and not empty unless
+/// `empty_ok`.
+pub(super) fn check_text(what: &str, text: &str, max: usize, empty_ok: bool) -> Result<(), String> {
+    if text.is_empty() && !empty_ok {
+        return Err(format!("{what} must not be empty"));
+    }
+    if text.chars().count() > max {
+        return Err(format!("{what} is longer than {max} characters"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("{what} holds control characters"));
+    }
+    Ok(())
+}
+
+/// Whether a wheel's version tag names `version`: the same text, the same PEP 440 version, or
+/// the same text once the file name's escaping (`-` written `_`) is undone.
+pub(super) fn same_version(tag: &str, version: &str) -> bool {
+    tag == version
+        || tag == version.replace('-', "_")
+        || parse_version(tag).is_some_and(|t| parse_version(version).is_some_and(|v| t == v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_versions_and_texts_are_checked() {
+        assert_eq!(check_package("RPi.GPIO"), Ok("rpi-gpio".to_string()));
+        for bad in ["", "-x", "x-", "a/b", "a b", "../x", "x\n"] {
+            assert!(check_package(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_version("1.0.post1+local").is_ok());
+        for bad in ["", "1 0", "1/0", "1\0"] {
+            assert!(check_version(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_text("x", "", 10, true).is_ok());
+        assert!(check_text("x", "", 10, false).is_err());
+        assert!(check_text("x", "a\u{7}", 10, false).is_err());
+        assert!(check_text("x", &"é".repeat(10), 10, false).is_ok());
+        assert!(check_text("x", &"é".repeat(11), 10, false).is_err());
+    }
+
+    #[test]
+    fn wheel_version_tags_match_their_release() {
+        assert!(same_version("1.0", "1.0"));
+        assert!(same_version("1.0", "1.0.0"));
+        assert!(same_version("1.0_beta", "1.0-beta"));
+        assert!(!same_version("1.1", "1.0"));
+    }
+}

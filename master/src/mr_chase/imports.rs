@@ -1,0 +1,322 @@
+//! Imports: wheels built elsewhere, checked whole, sent one at a time, verified, and recorded
+//! as a build only once every file is published; undone when they cannot finish.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use piwheels_common::protocols::{
+    AdminReply, BuildRecord, BuildResult, DbRequest, FsReply, FsRequest, ImportRequest, RewriteScope, TransferId, WebRequest,
+    WheelFile,
+};
+use piwheels_common::task::Context;
+use piwheels_common::wheel::WheelName;
+
+use super::checks::{check_package, check_text, check_version, same_version};
+use super::{Event, FS_TIMEOUT, MAX_IMPORT_FILES, MAX_NAME, MAX_SEND_ATTEMPTS, MrChase, Sockets, append_notes, trigger, web};
+
+/// Where one file of an import stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FileState {
+    /// The file juggler expects it as this transfer.
+    Pending(TransferId),
+    /// The file juggler had it already, with these contents.
+    Held,
+    /// This import sent and published it.
+    Published,
+}
+
+/// An import in progress.
+#[derive(Debug)]
+pub(super) struct Import {
+    pub(super) request: ImportRequest,
+    /// Per file of the request, in order.
+    states: Vec<FileState>,
+    /// The file asked for last.
+    current: usize,
+    /// Verification failures of the current file.
+    attempts: u32,
+}
+
+impl MrChase {
+    pub(super) fn import(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], request: ImportRequest) -> AdminReply {
+        let Some(session) = self.sessions.get(identity) else { return AdminReply::Refused { reason: "say Hello first".into() } };
+        let actor = session.actor.clone();
+        if let Some(import) = &session.import {
+            let message = format!(
+                "an import of {} {} is already in progress on this connection",
+                import.request.package, import.request.version
+            );
+            return AdminReply::Error { message };
+        }
+        let summary = format!("{} {} for {}", request.package, request.version, request.abi);
+        let import = match check_import(sockets, request).and_then(|request| expect_all(sockets, request)) {
+            Ok(import) => import,
+            Err(message) => return self.conclude(sockets, ctx, &actor, "import", Err(format!("{summary}: {message}"))),
+        };
+        if let Some(session) = self.sessions.get_mut(identity) {
+            session.import = Some(import);
+        }
+        self.next_file(sockets, ctx, identity)
+    }
+
+    /// Asks for the next file the file juggler still expects, or records the import when
+    /// every file is in.
+    fn next_file(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8]) -> AdminReply {
+        let Some(import) = self.sessions.get_mut(identity).and_then(|s| s.import.as_mut()) else {
+            return AdminReply::Error { message: "no import is in progress on this connection".into() };
+        };
+        let pending = import.states.iter().enumerate().find_map(|(i, state)| match state {
+            FileState::Pending(transfer) => Some((i, *transfer)),
+            _ => None,
+        });
+        match pending {
+            Some((index, transfer)) => {
+                import.current = index;
+                AdminReply::Send { filename: import.request.files[index].filename.clone(), transfer }
+            }
+            None => self.finish(sockets, ctx, identity),
+        }
+    }
+
+    pub(super) fn sent(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], filename: &str) -> AdminReply {
+        let Some(session) = self.sessions.get_mut(identity) else { return AdminReply::Refused { reason: "say Hello first".into() } };
+        let Some(import) = session.import.as_mut() else {
+            return AdminReply::Error { message: format!("Sent {filename:?} without an import in progress on this connection") };
+        };
+        let index = import.current;
+        let (expected, state) = (import.request.files[index].filename.clone(), import.states[index]);
+        let FileState::Pending(transfer) = state else {
+            return self.fail_import(sockets, ctx, identity, format!("Sent {filename:?}, but no file was asked for"));
+        };
+        if filename != expected {
+            return self.fail_import(sockets, ctx, identity, format!("Sent {filename:?}, but {expected} was asked for"));
+        }
+        match sockets.fs.request(&FsRequest::Verify { transfer }, FS_TIMEOUT) {
+            Ok(FsReply::Verified) => {
+                import.states[index] = FileState::Published;
+                import.attempts = 0;
+                self.next_file(sockets, ctx, identity)
+            }
+            Ok(FsReply::Failed { reason } | FsReply::Error { message: reason }) => {
+                import.attempts += 1;
+                if import.attempts >= MAX_SEND_ATTEMPTS {
+                    let reason = format!("{filename} failed verification {MAX_SEND_ATTEMPTS} times: {reason}");
+                    return self.fail_import(sockets, ctx, identity, reason);
+                }
+                tracing::warn!("{filename} failed verification, asking for it again: {reason}");
+                // The transfer was rolled back: the file juggler needs to expect it afresh.
+                let file = import.request.files[index].clone();
+                let request = FsRequest::Expect { package: import.request.package.clone(), file: Box::new(file) };
+                match sockets.fs.request(&request, FS_TIMEOUT) {
+                    Ok(FsReply::Expecting { transfer }) => {
+                        import.states[index] = FileState::Pending(transfer);
+                        AdminReply::Send { filename: expected, transfer }
+                    }
+                    Ok(FsReply::AlreadyHave) => {
+                        import.states[index] = FileState::Held;
+                        self.next_file(sockets, ctx, identity)
+                    }
+                    Ok(other) => self.fail_import(sockets, ctx, identity, format!("the master refused {expected}: {}", fs_reason(other))),
+                    Err(e) => self.fail_import(sockets, ctx, identity, format!("the file juggler did not answer: {e}")),
+                }
+            }
+            Ok(other) => self.fail_import(sockets, ctx, identity, format!("cannot verify {filename}: {}", fs_reason(other))),
+            Err(e) => self.fail_import(sockets, ctx, identity, format!("the file juggler did not answer: {e}")),
+        }
+    }
+
+    /// Ends a session's import with an error: undoes it and tells the tool why.
+    fn fail_import(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], message: String) -> AdminReply {
+        let Some(session) = self.sessions.get_mut(identity) else { return AdminReply::Error { message } };
+        let actor = session.actor.clone();
+        let Some(import) = session.import.take() else { return AdminReply::Error { message } };
+        undo(sockets, &import);
+        let request = &import.request;
+        let removed = import.states.iter().zip(&request.files).filter(|(s, f)| **s == FileState::Published && !recorded(sockets, f)).count();
+        let mut message = format!("{} {} for {}: {message}", request.package, request.version, request.abi);
+        if removed > 0 {
+            let _ = write!(message, " (the {removed} file(s) it had published were removed again)");
+        }
+        self.conclude(sockets, ctx, &actor, "import", Err(message))
+    }
+
+    /// Records an import whose files are all in, and asks for its log and pages.
+    fn finish(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8]) -> AdminReply {
+        let Some(session) = self.sessions.get_mut(identity) else { return AdminReply::Error { message: "no session".into() } };
+        let actor = session.actor.clone();
+        let Some(import) = session.import.take() else {
+            return AdminReply::Error { message: "no import is in progress on this connection".into() };
+        };
+        let request = &import.request;
+        let record = BuildRecord {
+            built_by: 0,
+            builder: format!("import by {actor}").chars().take(MAX_NAME / 2).collect(),
+            package: request.package.clone(),
+            version: request.version.clone(),
+            abi: request.abi.clone(),
+            result: BuildResult {
+                success: true,
+                failure: None,
+                exit_status: None,
+                duration: request.duration,
+                cpu_time: Duration::ZERO,
+                peak_memory: 0,
+                output: request.output.clone(),
+                files: request.files.clone(),
+            },
+        };
+        let build_id = match sockets.db.log_build(record) {
+            Ok(id) => id,
+            Err(e) => {
+                undo(sockets, &import);
+                let message = format!(
+                    "{} {} for {}: cannot record the build: {e} (the files it had published were removed again)",
+                    request.package, request.version, request.abi
+                );
+                return self.conclude(sockets, ctx, &actor, "import", Err(message));
+            }
+        };
+        let mut notes = Vec::new();
+        if let Err(e) = web(sockets, WebRequest::Log { build_id, output: request.output.clone() }) {
+            notes.push(format!("its log could not be written: {e}"));
+        }
+        if let Err(e) = web(sockets, WebRequest::Rewrite { package: request.package.clone(), scope: RewriteScope::Both }) {
+            notes.push(format!("its pages could not be queued for rewriting: {e}"));
+        }
+        trigger(sockets, format!("{} {} imported", request.package, request.version));
+        let sent = import.states.iter().filter(|s| **s == FileState::Published).count();
+        let held = import.states.len() - sent;
+        let mut message = format!(
+            "imported {} {} for {} as build {build_id}: {} file(s), {sent} sent, {held} already held",
+            request.package,
+            request.version,
+            request.abi,
+            import.states.len()
+        );
+        append_notes(&mut message, &notes);
+        self.conclude(sockets, ctx, &actor, "import", Ok(message))
+    }
+}
+
+/// Checks an import against the database and the wheels' names; returns it with the package
+/// name in canonical form.
+fn check_import(sockets: &Sockets, mut request: ImportRequest) -> Result<ImportRequest, String> {
+    request.package = check_package(&request.package)?;
+    check_version(&request.version)?;
+    check_text("the ABI", &request.abi, MAX_NAME, false)?;
+    if request.files.is_empty() {
+        return Err("no files listed for import".into());
+    }
+    if request.files.len() > MAX_IMPORT_FILES {
+        return Err(format!("{} files listed; an import holds at most {MAX_IMPORT_FILES}", request.files.len()));
+    }
+    let mut seen = HashSet::new();
+    for file in &request.files {
+        let name = WheelName::parse(&file.filename).map_err(|e| e.to_string())?;
+        if !name.is_for(&request.package) {
+            return Err(format!("{} is not a wheel of {}", file.filename, request.package));
+        }
+        if !same_version(&name.version, &request.version) {
+            return Err(format!("{} is not a wheel of version {}", file.filename, request.version));
+        }
+        if !seen.insert(file.filename.as_str()) {
+            return Err(format!("{} is listed twice", file.filename));
+        }
+    }
+    let db = &sockets.db;
+    let abis = db.build_abis().map_err(|e| e.to_string())?;
+    if !abis.iter().any(|a| a.tag == request.abi) {
+        let known: Vec<&str> = abis.iter().map(|a| a.tag.as_str()).collect();
+        return Err(format!("unknown ABI {}: the farm builds for {}", request.abi, if known.is_empty() { "none yet".into() } else { known.join(", ") }));
+    }
+    let version_exists = DbRequest::VersionExists { package: request.package.clone(), version: request.version.clone() };
+    if !db.boolean(version_exists).map_err(|e| e.to_string())? {
+        return Err(if db.package_exists(&request.package).map_err(|e| e.to_string())? {
+            format!("unknown version {} {}: add it with piw-add (or piw-import --register)", request.package, request.version)
+        } else {
+            format!("unknown package {}: add it with piw-add (or piw-import --register)", request.package)
+        });
+    }
+    Ok(request)
+}
+
+/// Has the file juggler expect every file of an import, so that a refusal comes before any
+/// byte is sent; on a refusal, the transfers already made are abandoned.
+fn expect_all(sockets: &Sockets, request: ImportRequest) -> Result<Import, String> {
+    let mut states = Vec::with_capacity(request.files.len());
+    for file in &request.files {
+        let expect = FsRequest::Expect { package: request.package.clone(), file: Box::new(file.clone()) };
+        let state = match sockets.fs.request(&expect, FS_TIMEOUT) {
+            Ok(FsReply::Expecting { transfer }) => Ok(FileState::Pending(transfer)),
+            Ok(FsReply::AlreadyHave) => Ok(FileState::Held),
+            Ok(other) => Err(format!("the master refused {}: {}", file.filename, fs_reason(other))),
+            Err(e) => Err(format!("the file juggler did not answer: {e}")),
+        };
+        match state {
+            Ok(state) => states.push(state),
+            Err(message) => {
+                abandon_transfers(sockets, &states);
+                return Err(message);
+            }
+        }
+    }
+    Ok(Import { request, states, current: 0, attempts: 0 })
+}
+
+/// Undoes an import: abandons its transfers and has the files it published removed, except
+/// those a build has recorded in the meantime (another import or a slave's build of the same
+/// release found them published and took them as they were).
+pub(super) fn undo(sockets: &Sockets, import: &Import) {
+    abandon_transfers(sockets, &import.states);
+    let published: Vec<String> = import
+        .states
+        .iter()
+        .zip(&import.request.files)
+        .filter(|(state, file)| **state == FileState::Published && !recorded(sockets, file))
+        .map(|(_, file)| file.filename.clone())
+        .collect();
+    if published.is_empty() {
+        return;
+    }
+    let request = &import.request;
+    let delete = WebRequest::DeleteVersion {
+        package: request.package.clone(),
+        version: request.version.clone(),
+        files: published.clone(),
+        builds: Vec::new(),
+    };
+    if let Err(e) = web(sockets, delete) {
+        tracing::error!("cannot remove the files of an unfinished import ({}): {e}; they are orphans now", published.join(", "));
+    }
+}
+
+/// Whether the database holds a file with this one's contents; when it cannot tell, the file
+/// counts as recorded (an orphan left on disk is better than a recorded file deleted).
+fn recorded(sockets: &Sockets, file: &WheelFile) -> bool {
+    match sockets.db.text(DbRequest::FileWithHash { sha256: file.sha256.clone() }) {
+        Ok(None) => false,
+        Ok(Some(_)) => true,
+        Err(e) => {
+            tracing::error!("cannot tell whether {} is recorded, so it stays: {e}", file.filename);
+            true
+        }
+    }
+}
+
+fn abandon_transfers(sockets: &Sockets, states: &[FileState]) {
+    for state in states {
+        if let FileState::Pending(transfer) = state
+            && let Err(e) = sockets.fs.request(&FsRequest::Abandon { transfer: *transfer }, FS_TIMEOUT)
+        {
+            tracing::warn!("cannot abandon transfer {transfer}: {e} (the file juggler's reaper will)");
+        }
+    }
+}
+
+fn fs_reason(reply: FsReply) -> String {
+    match reply {
+        FsReply::Failed { reason } | FsReply::Error { message: reason } => reason,
+        other => format!("unexpected answer {other:?}"),
+    }
+}
