@@ -7,12 +7,13 @@
 //! build is recorded once every file is verified.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use piwheels_common::names::{canonicalize, parse_version};
 use piwheels_common::protocols::{AdminReply, AdminRequest, ImportRequest, WheelFile};
-use piwheels_common::upload::{UploadOptions, upload_with_progress};
+use piwheels_common::upload::{UploadError, UploadOptions, UploadReport, upload_with_progress};
 use piwheels_slave::inspect::inspect_wheel;
 
 use crate::ToolError;
@@ -90,7 +91,7 @@ pub fn run(cfg: &ImportConfig) -> Result<(), ToolError> {
                     .iter()
                     .find(|w| w.file.filename == filename)
                     .ok_or_else(|| ToolError::Failed(format!("the master asked for {filename}, which is not one of ours")))?;
-                send(&session, &cfg.connect.file_queue, transfer, wheel)?;
+                send(&cfg.connect.file_queue, transfer, wheel, cfg.connect.connect_timeout.0)?;
                 sent.push(filename.clone());
                 reply = session.request(&AdminRequest::Sent { filename })?;
             }
@@ -211,8 +212,20 @@ fn read_dependencies(path: &Path) -> Result<Vec<String>, ToolError> {
     Ok(names)
 }
 
+/// What the upload thread reports.
+enum Upload {
+    /// The file juggler has this much of the file.
+    Progress(u64),
+    /// The upload ended.
+    Finished(Result<UploadReport, UploadError>),
+}
+
 /// Uploads one wheel with a progress bar (shown only on a terminal), then says what was sent.
-fn send(session: &Session, endpoint: &str, transfer: u64, wheel: &Wheel) -> Result<(), ToolError> {
+///
+/// The upload runs on its own thread, with its own ZeroMQ context, so that a file socket that
+/// never answers (a wrong `--file-queue`) is reported after `first_answer` instead of after the
+/// upload's overall limit; the process then leaves without waiting for that thread.
+fn send(endpoint: &str, transfer: u64, wheel: &Wheel, first_answer: Duration) -> Result<(), ToolError> {
     let size = wheel.file.size;
     let bar = ProgressBar::new(size);
     if let Ok(style) = ProgressStyle::with_template("  {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}") {
@@ -220,9 +233,39 @@ fn send(session: &Session, endpoint: &str, transfer: u64, wheel: &Wheel) -> Resu
     }
     bar.set_message(wheel.file.filename.clone());
     let started = Instant::now();
-    let outcome = upload_with_progress(session.context(), endpoint, transfer, &wheel.path, UploadOptions::default(), &mut |at| {
-        bar.set_position(at.min(size));
+    let (tx, rx) = mpsc::channel();
+    let (thread_endpoint, path) = (endpoint.to_string(), wheel.path.clone());
+    std::thread::spawn(move || {
+        let ctx = zmq::Context::new();
+        let progress = tx.clone();
+        let outcome = upload_with_progress(&ctx, &thread_endpoint, transfer, &path, UploadOptions::default(), &mut |at| {
+            let _ = progress.send(Upload::Progress(at));
+        });
+        let _ = tx.send(Upload::Finished(outcome));
     });
+    let mut heard = false;
+    let outcome = loop {
+        let wait = if heard { Duration::from_secs(24 * 3600) } else { first_answer };
+        match rx.recv_timeout(wait) {
+            Ok(Upload::Progress(at)) => {
+                heard = true;
+                bar.set_position(at.min(size));
+            }
+            Ok(Upload::Finished(outcome)) => break outcome,
+            Err(RecvTimeoutError::Timeout) if !heard => {
+                bar.finish_and_clear();
+                return Err(ToolError::Failed(format!(
+                    "cannot send {}: the file socket at {endpoint} did not answer within {first_answer:?} (is --file-queue the master's file socket, as this host reaches it?)",
+                    wheel.file.filename
+                )));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                bar.finish_and_clear();
+                return Err(ToolError::Failed(format!("cannot send {}: the upload stopped unexpectedly", wheel.file.filename)));
+            }
+        }
+    };
     bar.finish_and_clear();
     match outcome {
         Ok(report) => {

@@ -12,7 +12,8 @@ use crate::config::ConnectArgs;
 
 /// A tool's session with the master.
 pub struct Session {
-    ctx: zmq::Context,
+    // Kept for as long as the client socket lives.
+    _ctx: zmq::Context,
     client: Client<AdminRequest, AdminReply>,
     endpoint: String,
     timeout: Duration,
@@ -34,7 +35,7 @@ impl Session {
         let ctx = zmq::Context::new();
         let client = Client::connect(&ctx, &endpoint, Some(DEFAULT_MAX_MESSAGE))
             .map_err(|e| ToolError::Failed(format!("cannot connect to the master at {endpoint}: {e}")))?;
-        let session = Session { ctx, client, endpoint, timeout: args.timeout.0 };
+        let session = Session { _ctx: ctx, client, endpoint, timeout: args.timeout.0 };
         let hello = AdminRequest::Hello { versions: Versions::current(), actor: actor(tool) };
         let answer = session.client.request(&hello, args.connect_timeout.0);
         if !matches!(answer, Ok(AdminReply::Welcome)) {
@@ -52,11 +53,6 @@ impl Session {
             ))),
             Err(e) => Err(ToolError::Failed(format!("cannot talk to the master at {}: {e}", session.endpoint))),
         }
-    }
-
-    /// The ZeroMQ context, for the uploads of piw-import.
-    pub fn context(&self) -> &zmq::Context {
-        &self.ctx
     }
 
     /// Sends a request and waits up to `--timeout` for the answer.

@@ -422,6 +422,21 @@ fn piw_import_refuses_bad_wheels_and_unknown_releases_with_one_line() {
 }
 
 #[test]
+fn piw_import_says_so_when_the_file_socket_does_not_answer() {
+    let master = Master::start();
+    let config = master.dir.path().join("wrong-files.toml");
+    let text = std::fs::read_to_string(master.dir.path().join("tools.toml")).unwrap();
+    let wrong = text.lines().map(|l| if l.starts_with("file-queue") { format!("file-queue = \"tcp://127.0.0.1:{}\"", free_port()) } else { l.to_string() });
+    std::fs::write(&config, wrong.collect::<Vec<_>>().join("\n")).unwrap();
+    let wheel = master.wheel("foo", "1.0");
+    let run = run_tool("piw-import", &config, &[wheel.to_str().unwrap(), "--register"]);
+    let line = run.failed(1);
+    assert!(line.contains("did not answer") && line.contains("--file-queue"), "{line}");
+    assert!(run.elapsed < Duration::from_secs(10), "took {:?}", run.elapsed);
+    assert!(master.query("SELECT filename FROM files").is_empty());
+}
+
+#[test]
 fn piw_remove_and_piw_rebuild_ask_first_and_tell_unknown_packages() {
     let master = Master::start();
     master.tool("piw-add", &["foo"]).succeeded();
