@@ -79,6 +79,15 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_STATUS_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/status")]
     pub status_queue: String,
 
+    /// Where the administrators' tools (piw-import, piw-add, piw-remove, piw-rebuild) connect:
+    /// ipc://PATH (private directory, as for --control-queue) or tcp://HOST:PORT
+    #[arg(long, env = "PIW_IMPORT_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/import")]
+    pub import_queue: String,
+
+    /// Where piw-logger sends the web server's access records: ipc://PATH or tcp://HOST:PORT
+    #[arg(long, env = "PIW_LOGGER_QUEUE", value_name = "ADDR", default_value = "ipc:///run/piwheels/logger")]
+    pub logger_queue: String,
+
     /// Where slaves connect: tcp://HOST:PORT (tcp://*:PORT listens on every address)
     #[arg(long, env = "PIW_SLAVE_QUEUE", value_name = "ADDR", default_value = "tcp://*:5555")]
     pub slave_queue: String,

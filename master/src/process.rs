@@ -31,6 +31,8 @@ use crate::db::Database;
 use crate::file_juggler::{self, FileJuggler, JugglerConfig};
 use crate::index::{self, IndexConfig, Scribe};
 use crate::web_server::WebServer;
+use crate::lumberjack::{self, Lumberjack};
+use crate::mr_chase::{self, ChaseConfig, MrChase};
 use crate::oracle::{self, Oracle};
 use crate::pidlock::PidLock;
 use crate::seraph::{self, Seraph};
@@ -111,7 +113,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     while let Ok(Some(event)) = status_in.recv_timeout(Duration::ZERO) {
         let _ = status_out.send(&event, Duration::ZERO);
     }
-    let endpoints = [cfg.control_queue.clone(), cfg.status_queue.clone()];
+    let endpoints = [cfg.control_queue.clone(), cfg.status_queue.clone(), cfg.import_queue.clone(), cfg.logger_queue.clone()];
     drop((control, status_in, status_out, slave_commands));
     for endpoint in &endpoints {
         remove_ipc_file(endpoint);
@@ -195,6 +197,21 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
         "big_brother",
         move |ctx| big_brother::Sockets::open_feeding(ctx, &status, db_timeout),
         move |_| Ok(BigBrother::with_config(stats.clone())),
+    )?);
+    let chase = ChaseConfig { import_queue: cfg.import_queue.clone(), db_timeout };
+    let (open_chase, status) = (chase.clone(), rt.status_endpoint.clone());
+    tasks.add(task::spawn(
+        rt,
+        "mr_chase",
+        move |ctx| mr_chase::Sockets::open(ctx, &open_chase, &status),
+        move |_| Ok(MrChase::new(chase.clone())),
+    )?);
+    let logger_queue = cfg.logger_queue.clone();
+    tasks.add(task::spawn(
+        rt,
+        "lumberjack",
+        move |ctx| lumberjack::Sockets::open(ctx, &logger_queue, db_timeout),
+        |_| Ok(Lumberjack::new()),
     )?);
     // Last, so that everything it hands work to is running when the first slave arrives.
     let driver = DriverConfig {

@@ -56,6 +56,8 @@ impl Master {
             .arg(dir.path().join("state"))
             .args(["--control-queue", &format!("ipc://{}/run/control", dir.path().display())])
             .args(["--status-queue", &format!("ipc://{}/run/status", dir.path().display())])
+            .args(["--import-queue", &format!("ipc://{}/run/import", dir.path().display())])
+            .args(["--logger-queue", &format!("ipc://{}/run/logger", dir.path().display())])
             .env_remove("PIW_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
