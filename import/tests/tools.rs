@@ -82,6 +82,8 @@ impl Master {
             .arg(format!("ipc://{}/run/status", root.display()))
             .arg("--import-queue")
             .arg(format!("ipc://{}/run/import", root.display()))
+            .arg("--logger-queue")
+            .arg(format!("ipc://{}/run/logger", root.display()))
             .env_remove("PIW_LOG")
             .stdout(Stdio::null())
             .stderr(log)
