@@ -10,6 +10,7 @@ pub mod hostinfo;
 pub mod logging;
 pub mod names;
 pub mod protocols;
+pub mod systemd;
 pub mod task;
 pub mod transport;
 pub mod upload;

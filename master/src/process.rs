@@ -17,6 +17,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use piwheels_common::clock::SystemClock;
 use piwheels_common::hostinfo;
+use piwheels_common::systemd::Notifier;
 use piwheels_common::protocols::{
     ControlReply, ControlRequest, FarmSnapshot, SlaveCommand, SlaveCommandReply, StatusEvent, TaskControl, Versions,
 };
@@ -82,6 +83,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
         farm: FarmSnapshot { started: chrono::Utc::now(), host: hostinfo::host_info(None), ..FarmSnapshot::default() },
         clients: HashMap::new(),
         bad_requests: 0,
+        systemd: Notifier::from_env(),
     };
     let mut http = None;
     let outcome = start_tasks(&rt, cfg, &mut tasks).and_then(|()| {
@@ -91,6 +93,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
             tracing::info!("serving {} on http://{}/", cfg.output_path.display(), server.local_addr());
             http = Some(server);
         }
+        master.systemd.ready(&format!("running; output in {}", cfg.output_path.display()));
         tracing::info!(
             "piw-master {} running: control on {}, status on {}, output in {}",
             piwheels_common::SOFTWARE_VERSION,
@@ -105,6 +108,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
         Ok(Stopped::Requested(why)) | Ok(Stopped::Failed(why)) => tracing::info!("shutting down: {why}"),
         Err(e) => tracing::error!("shutting down: {e:#}"),
     }
+    master.systemd.stopping("shutting down");
     if let Some(server) = http {
         server.stop();
     }
@@ -240,6 +244,8 @@ fn remove_ipc_file(endpoint: &str) {
 
 struct Master {
     farm: FarmSnapshot,
+    /// systemd's notifications: ready, the watchdog while every task runs, stopping.
+    systemd: Notifier,
     /// Control clients that said hello, by ZeroMQ identity, with when they last spoke.
     clients: HashMap<Vec<u8>, Instant>,
     bad_requests: u64,
@@ -282,6 +288,7 @@ impl Master {
             if let Some(reason) = tasks.failed() {
                 return Ok(Stopped::Failed(reason));
             }
+            self.systemd.healthy();
         }
     }
 

@@ -47,9 +47,15 @@ impl Master {
     /// A master whose file socket listens on `file_port`, with `extra` lines in the
     /// `[master]` table of its configuration file.
     fn spawn_with(root: &Path, state: &Path, output: &Path, run: &str, dsn: &str, file_port: u16, extra: &str) -> Child {
+        Self::command(root, state, output, run, dsn, file_port, extra).spawn().unwrap()
+    }
+
+    /// The command that [`Master::spawn_with`] runs.
+    fn command(root: &Path, state: &Path, output: &Path, run: &str, dsn: &str, file_port: u16, extra: &str) -> Command {
         let config = root.join("piwheels.toml");
         std::fs::write(&config, format!("[master]\nstats-interval = \"100ms\"\noracles = 2\n{extra}")).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_piw-master"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_piw-master"));
+        command
             .arg("--config")
             .arg(&config)
             .arg("--dsn")
@@ -71,10 +77,10 @@ impl Master {
             .arg("--logger-queue")
             .arg(format!("ipc://{}/{run}/logger", root.display()))
             .env_remove("PIW_LOG")
+            .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+            .stderr(Stdio::piped());
+        command
     }
 
     fn control_endpoint(&self) -> String {
@@ -370,5 +376,40 @@ fn the_master_serves_its_index_over_http_when_asked() {
     };
     assert!(page.contains("pypi:repository-version"), "{page}");
     kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(master.wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn systemd_hears_ready_the_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let db = migrated_db();
+    let socket_path = root.join("notify");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let child = Master::command(root, &root.join("state"), &root.join("www"), "run", &db.app_url(), free_port(), "")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .spawn()
+        .unwrap();
+    let mut master = Master { child, dir, db };
+    let mut next = || {
+        let mut buf = [0u8; 512];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(next().starts_with("READY=1\n"));
+    // Fed at half the watchdog's interval while every task runs.
+    assert_eq!(next(), "WATCHDOG=1");
+    assert_eq!(next(), "WATCHDOG=1");
+    kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).unwrap();
+    loop {
+        let message = next();
+        if message.starts_with("STOPPING=1") {
+            break;
+        }
+        assert_eq!(message, "WATCHDOG=1");
+    }
     assert!(master.wait(Duration::from_secs(20)).success());
 }

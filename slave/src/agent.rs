@@ -35,6 +35,7 @@ use chrono::{TimeZone, Utc};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use piwheels_common::systemd::Notifier;
 use piwheels_common::hostinfo::{host_info, host_stats};
 use piwheels_common::codec;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, Versions};
@@ -175,8 +176,11 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
         events_tx,
         declined: None,
         paused: None,
+        systemd: Notifier::from_env(),
     };
-    agent.run()
+    let outcome = agent.run();
+    agent.systemd.stopping("stopping");
+    outcome
 }
 
 /// Refuses a clock that is surely unset.
@@ -282,6 +286,8 @@ struct Agent<'a> {
     declined: Option<String>,
     /// Whether the master's last `Sleep` said it is paused, to log changes only.
     paused: Option<bool>,
+    /// systemd's notifications: ready at the first Ack, the watchdog while the loop turns.
+    systemd: Notifier,
 }
 
 impl Agent<'_> {
@@ -335,9 +341,12 @@ impl Agent<'_> {
             if self.stopping() {
                 return Ok(None);
             }
+            // Waiting for the master is the slave working as it should.
+            self.systemd.healthy();
             match client.request(&SlaveRequest::Hello(self.hello.clone()), interval.0) {
                 Ok(SlaveReply::Ack { slave_id, index_url }) => {
                     tracing::info!("connected to the master at {} as slave {slave_id}; building from {index_url}", self.endpoint);
+                    self.systemd.ready(&format!("slave {slave_id} of {}", self.endpoint));
                     return Ok(Some((client, slave_id, index_url)));
                 }
                 Ok(SlaveReply::Refused { reason }) => return Err(AgentError::Refused { reason }),
@@ -368,6 +377,7 @@ impl Agent<'_> {
     /// Sends a request and waits `--master-timeout` for the answer.
     fn request(&self, client: &Connection, request: &SlaveRequest) -> Result<Answer, AgentError> {
         tracing::debug!("→ {}", request_name(request));
+        self.systemd.healthy();
         match client.request(request, self.config.master_timeout.0) {
             Ok(reply) => {
                 tracing::debug!("← {}", reply_name(&reply));
