@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn applying_events_again_changes_nothing() {
-        let events = vec![
+        let events = [
             StatusEvent::Slave { slave_id: 3, at: at(10), event: SlaveEvent::Hello(hello()) },
             StatusEvent::Slave { slave_id: 3, at: at(11), event: SlaveEvent::Stats(HostStats { at: at(11), ..HostStats::default() }) },
             StatusEvent::Slave { slave_id: 3, at: at(12), event: SlaveEvent::Replied(SlaveReply::Build { package: "foo".into(), version: "1".into() }) },

@@ -394,7 +394,7 @@ fn systemd_hears_ready_the_watchdog_and_stopping() {
         .spawn()
         .unwrap();
     let mut master = Master { child, dir, db };
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 512];
         let n = systemd.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
