@@ -139,3 +139,28 @@ fn every_migration_file_is_listed_in_order() {
         assert_eq!(text, step.sql, "{file} differs from the embedded step");
     }
 }
+
+#[test]
+fn initdb_declares_abis_once_and_refuses_tags_that_are_not_abis() {
+    let db = TestDb::new();
+    let run = |abis: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_piw-initdb"));
+        command.args(["--config", "/dev/null", "--dsn", &db.owner_url(), "--user", APP_ROLE]).env_remove("PIW_LOG");
+        for abi in abis {
+            command.args(["--abi", abi]);
+        }
+        command.output().unwrap()
+    };
+    let out = run(&["cp311", "cp39"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Declared ABI cp311."), "{}", text(&out));
+    let out = run(&["cp311"]);
+    assert!(out.status.success() && text(&out).contains("ABI cp311 was declared already."), "{}", text(&out));
+    let abis = db.column("SELECT abi_tag || ' ' || python_version FROM build_abis ORDER BY python_version");
+    assert_eq!(abis, [Some("cp39 309".into()), Some("cp311 311".into())]);
+    for bad in ["abi3", "none", "cp3", "py311", "cp3110"] {
+        let out = run(&[bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+        assert!(text(&out).contains("not a CPython ABI tag"), "{bad}: {}", text(&out));
+    }
+}

@@ -1,5 +1,6 @@
 //! piw-initdb: creates the piwheels schema in an empty database, or upgrades an older one step
-//! by step, and grants the master's role what it needs. Run it as the database's owner.
+//! by step, grants the master's role what it needs, and declares the ABIs the farm builds
+//! for. Run it as the database's owner.
 
 use std::process::ExitCode;
 
@@ -26,6 +27,19 @@ struct Args {
     /// The role piw-master connects as; it must exist and must not be a superuser
     #[arg(long, env = "PIW_INITDB_USER", value_name = "ROLE", default_value = "piwheels")]
     user: String,
+
+    /// An ABI the farm builds for, such as cp311 (CPython 3.11); repeat for more. ABIs already
+    /// declared are kept; slaves of an undeclared ABI get no work [default: none added]
+    #[arg(long = "abi", value_name = "TAG", value_parser = parse_abi)]
+    abis: Vec<(String, i32)>,
+}
+
+/// `cpXY` or `cpXYZ` → the tag and its Python version (major * 100 + minor).
+fn parse_abi(tag: &str) -> Result<(String, i32), String> {
+    let digits = tag.strip_prefix("cp").filter(|d| (2..=3).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit()));
+    let Some(digits) = digits else { return Err(format!("{tag:?} is not a CPython ABI tag such as cp311")) };
+    let (major, minor) = digits.split_at(1);
+    Ok((tag.to_string(), major.parse::<i32>().unwrap_or(0) * 100 + minor.parse::<i32>().unwrap_or(0)))
 }
 
 fn main() -> ExitCode {
@@ -66,6 +80,20 @@ async fn run(args: &Args) -> Result<(), String> {
     }
     if report.granted {
         println!("Granted {APP_GROUP_ROLE} (the master's privileges) to role {}.", args.user);
+    }
+    for (tag, python) in &args.abis {
+        let added = sqlx::query("INSERT INTO build_abis (abi_tag, python_version) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(tag)
+            .bind(python)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("cannot declare ABI {tag}: {e}"))?
+            .rows_affected();
+        if added > 0 {
+            println!("Declared ABI {tag}.");
+        } else {
+            println!("ABI {tag} was declared already.");
+        }
     }
     Ok(())
 }
