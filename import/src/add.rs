@@ -31,6 +31,19 @@ pub fn run(cfg: &AddConfig) -> Result<(), ToolError> {
         println!("{}", session.done(&request)?);
         return Ok(());
     };
+    // The package first, so that `piw-add NAME VERSION` works for a package the farm does
+    // not know yet; for a known one it only applies the description and aliases, if any.
+    let request = AdminRequest::AddPackage {
+        name: cfg.package.clone(),
+        description: cfg.description.clone(),
+        skip: None,
+        unskip: false,
+        aliases: cfg.aliases.clone(),
+    };
+    let said = session.done(&request)?;
+    if !said.contains("nothing changed") {
+        println!("{said}");
+    }
     let request = AdminRequest::AddVersion {
         name: cfg.package.clone(),
         version: version.clone(),
@@ -41,16 +54,5 @@ pub fn run(cfg: &AddConfig) -> Result<(), ToolError> {
         unyank: cfg.unyank,
     };
     println!("{}", session.done(&request)?);
-    // A description or aliases given with a version are the package's.
-    if cfg.description.is_some() || !cfg.aliases.is_empty() {
-        let request = AdminRequest::AddPackage {
-            name: cfg.package.clone(),
-            description: cfg.description.clone(),
-            skip: None,
-            unskip: false,
-            aliases: cfg.aliases.clone(),
-        };
-        println!("{}", session.done(&request)?);
-    }
     Ok(())
 }

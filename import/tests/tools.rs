@@ -348,7 +348,8 @@ fn add_import_and_remove_keep_the_tree_and_the_database_in_step() {
     });
     assert_eq!(master.tree_problems(), Vec::<String>::new());
     let audit = master.query("SELECT action FROM audit_log ORDER BY audit_id");
-    assert_eq!(audit, ["add-package", "add-version", "import"]);
+    // piw-add with a version sends the package too (a no-op for a known one), then the version.
+    assert_eq!(audit, ["add-package", "add-package", "add-version", "import"]);
 
     // Removing the version removes its file and every link to it.
     let out = master.tool("piw-remove", &["foo-bar", "1.0", "--yes"]).succeeded();
@@ -518,4 +519,15 @@ fn a_master_of_another_version_is_refused_with_its_reason_shown() {
         assert!(line.contains("refused us") && line.contains(reason), "{tool}: {line}");
     }
     thread.join().unwrap();
+}
+
+#[test]
+fn piw_add_with_a_version_registers_a_new_package_too() {
+    let master = Master::start();
+    let out = master.tool("piw-add", &["Brand.New", "2.0"]).succeeded();
+    assert!(out.contains("added package brand-new") && out.contains("added version brand-new 2.0"), "{out}");
+    assert_eq!(master.query("SELECT package || ' ' || version FROM versions"), ["brand-new 2.0"]);
+    // Again: the package line says nothing, the version line says nothing changed.
+    let out = master.tool("piw-add", &["brand-new", "2.0"]).succeeded();
+    assert_eq!(out.trim(), "version brand-new 2.0 exists already; nothing changed");
 }
