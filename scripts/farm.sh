@@ -1,32 +1,55 @@
 #!/usr/bin/env bash
-# Runs a piwheels farm on this machine, in ./farm (created on first use, reused after).
+# A whole piwheels farm on this machine, in ./farm: installs what is missing, builds the
+# release binaries, creates (or reuses) the database "piwheels", starts piw-master with the
+# built-in index server and one piw-slave for this machine's Python, registers a few real
+# packages with piw-add, waits until they are built, and shows pip installing one of them from
+# the farm's index into a fresh virtual environment. The farm then keeps running and the
+# script prints its addresses; Ctrl-C stops it. Running it again reuses everything.
 #
-# What it starts today: a local PostgreSQL database "piwheels" (created on first use, with the
-# role "piwheels" the master connects as), then the release build of piw-master, with its
-# state, output and sockets under ./farm, until Ctrl-C. The database, slave, index server and package registration
-# steps join this script as those parts of the farm are implemented (see the README).
+# Settings (environment): FARM_HTTP (index server address, default 127.0.0.1:8080),
+# FARM_PACKAGES (what to build, "name==version ...", default a pure package, one with an
+# optional C extension and one with flit's build backend), FARM_TIMEOUT (seconds to wait for
+# the builds, default 900).
+#
+# The builder's pip downloads sources from pip's own configured index (the master is given
+# no --pypi-simple), so nothing here names a package registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-lib.sh
 
-need_debian_packages libzmq3-dev pkg-config
+http=${FARM_HTTP:-127.0.0.1:8080}
+packages=${FARM_PACKAGES:-"six==1.17.0 markupsafe==3.0.2 idna==3.10"}
+timeout=${FARM_TIMEOUT:-900}
+farm=$PWD/farm
+config=$farm/piwheels.toml
+
+need_debian_packages libzmq3-dev libzmq5 pkg-config python3-pip python3-venv python3-dev gcc curl
 ensure_postgres
 
 step "building release binaries"
-cargo build --release --locked --workspace
+cargo build --release --locked --workspace --bins
+bin=$PWD/target/release
 
-step "database"
+abi=$(/usr/bin/python3 -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+step "database piwheels (builds for $abi)"
 psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'piwheels'" | grep -q 1 \
     || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE ROLE piwheels LOGIN"
 psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'piwheels'" | grep -q 1 \
     || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE piwheels"
-target/release/piw-initdb --config /dev/null --dsn postgres://postgres@127.0.0.1:5432/piwheels --user piwheels
+"$bin/piw-initdb" --config /dev/null --dsn postgres://postgres@127.0.0.1:5432/piwheels --user piwheels --abi "$abi"
 
-farm=$PWD/farm
-mkdir -p "$farm/state" "$farm/www"
+# Builds run the packages' own code, so the slave runs as an unprivileged user: the invoking
+# user, or a system user made for it when the script runs as root.
+builder=$(id -un)
+if [ "$(id -u)" -eq 0 ]; then
+    builder=piwheels-builder
+    id "$builder" >/dev/null 2>&1 || useradd --system --home-dir "$farm/builds" --shell /usr/sbin/nologin "$builder"
+fi
+mkdir -p "$farm/state" "$farm/www" "$farm/builds"
 install -d -m 700 "$farm/run"
+chown "$builder" "$farm/builds"
 
-cat > "$farm/piwheels.toml" <<TOML
+cat > "$config" <<TOML
 # Written by scripts/farm.sh on every run, so that the paths follow the checkout.
 [master]
 dsn = "postgres://piwheels@127.0.0.1:5432/piwheels"
@@ -34,13 +57,99 @@ output-path = "$farm/www"
 state-dir = "$farm/state"
 control-queue = "ipc://$farm/run/control"
 status-queue = "ipc://$farm/run/status"
-TOML
+import-queue = "ipc://$farm/run/import"
+logger-queue = "ipc://$farm/run/logger"
+slave-queue = "tcp://127.0.0.1:5555"
+file-queue = "tcp://127.0.0.1:5556"
+http-listen = "$http"
 
-step "starting piw-master (Ctrl-C stops it)"
+[slave]
+master = "127.0.0.1"
+build-root = "$farm/builds"
+python = "/usr/bin/python3"
+
+[import]
+import-queue = "ipc://$farm/run/import"
+file-queue = "tcp://127.0.0.1:5556"
+
+[monitor]
+control-queue = "ipc://$farm/run/control"
+status-queue = "ipc://$farm/run/status"
+
+[logger]
+logger-queue = "ipc://$farm/run/logger"
+TOML
+chmod 644 "$config"
+
+pids=()
+stop_farm() {
+    trap - INT TERM EXIT
+    step "stopping the farm"
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap stop_farm INT TERM EXIT
+
+step "starting piw-master (log: $farm/master.log)"
+PIW_CONFIG=$config "$bin/piw-master" >>"$farm/master.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+    [ -S "$farm/run/import" ] && curl -fs -o /dev/null "http://$http/simple/" && break
+    kill -0 "${pids[0]}" 2>/dev/null || { tail -n 20 "$farm/master.log" >&2; echo "piw-master stopped; see above" >&2; exit 1; }
+    sleep 0.2
+done
+
+step "starting piw-slave as $builder (log: $farm/slave.log)"
+if [ "$builder" = "$(id -un)" ]; then
+    PIW_CONFIG=$config HOME=$farm/builds "$bin/piw-slave" >>"$farm/slave.log" 2>&1 &
+else
+    setpriv --reuid="$builder" --regid="$(id -g "$builder")" --clear-groups -- \
+        env PIW_CONFIG="$config" HOME="$farm/builds" "$bin/piw-slave" >>"$farm/slave.log" 2>&1 &
+fi
+pids+=($!)
+
+step "registering: $packages"
+for spec in $packages; do
+    PIW_CONFIG=$config "$bin/piw-add" "${spec%%==*}" "${spec##*==}"
+done
+
+step "waiting for the builds (up to ${timeout}s)"
+names=$(for spec in $packages; do printf "'%s'," "${spec%%==*}"; done)
+names=${names%,}
+deadline=$((SECONDS + timeout))
+while :; do
+    done_count=$(psql -h 127.0.0.1 -U postgres -d piwheels -tAc \
+        "SELECT count(DISTINCT package) FROM builds WHERE package IN ($names)")
+    [ "$done_count" -ge "$(echo "$packages" | wc -w)" ] && break
+    if [ $SECONDS -ge $deadline ]; then
+        echo "the builds did not finish within ${timeout}s; see $farm/slave.log" >&2
+        exit 1
+    fi
+    sleep 2
+done
+psql -h 127.0.0.1 -U postgres -d piwheels -c \
+    "SELECT package, version, abi_tag, CASE WHEN status THEN 'built' ELSE 'failed' END AS result, duration
+     FROM builds WHERE package IN ($names) ORDER BY package"
+
+first=${packages%% *}
+first=${first%%==*}
+step "pip installs $first from the farm's index into a fresh virtual environment"
+demo=$farm/demo-venv
+rm -rf "$demo"
+/usr/bin/python3 -m venv "$demo"
+# Only the farm's index: no configuration files, no other indexes or local wheel directories.
+env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+    "$demo/bin/pip" install --no-cache-dir --disable-pip-version-check --index-url "http://$http/simple/" "$first"
+"$demo/bin/python" -c "import $first, sys; print('imported', $first.__name__, 'from', $first.__file__)"
+
 cat >&2 <<TXT
-  configuration  $farm/piwheels.toml
-  output         $farm/www
-  control        ipc://$farm/run/control
-  status         ipc://$farm/run/status
+
+== the farm is running (Ctrl-C stops it)
+  package index    http://$http/simple/
+  home page        http://$http/
+  monitor          $bin/piw-monitor --config $config
+  add packages     $bin/piw-add --config $config NAME VERSION
+  configuration    $config
+  logs             $farm/master.log, $farm/slave.log
 TXT
-exec target/release/piw-master --config "$farm/piwheels.toml"
+wait "${pids[0]}"
