@@ -22,7 +22,7 @@
 //! | stats | inproc PUSH → PULL | [`StatsUpdate`] | — |
 //! | page rewrites | inproc REQ → ROUTER | [`WebRequest`] | [`WebReply`] |
 //! | import and admin | ipc DEALER/REQ → ROUTER | [`AdminRequest`] | [`AdminReply`] |
-//! | access logs | ipc DEALER → ROUTER | [`LogRequest`] | [`LogReply`] |
+//! | access logs | ipc REQ → ROUTER | [`LogRequest`] | [`LogReply`] |
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

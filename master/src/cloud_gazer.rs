@@ -41,8 +41,6 @@ const DESCRIPTION_REQUESTS: usize = 8;
 const MAX_NAME: usize = 200;
 /// Skip reason of releases that have only binary files on PyPI.
 pub const BINARY_ONLY: &str = "binary only";
-/// Skip reason of packages and releases removed from PyPI.
-pub const DELETED: &str = "deleted";
 
 /// Where and how to follow PyPI.
 #[derive(Debug, Clone)]
@@ -197,7 +195,9 @@ impl CloudGazer {
         }
         let seen = DateTime::from_timestamp(event.timestamp, 0).unwrap_or_default();
         if event.kind == EventKind::Remove {
-            sockets.remover.remove(db, &package, event.version.as_deref(), DELETED, false)?;
+            // The rows go, so there is nothing to mark skipped: a release uploaded again later
+            // is a new release.
+            sockets.remover.remove(db, &package, event.version.as_deref(), "", false)?;
             if event.version.is_none() {
                 self.packages.remove(&package);
             }

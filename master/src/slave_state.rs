@@ -154,7 +154,8 @@ impl Slave {
         match (stage, request) {
             (Stage::Idle, SlaveRequest::Idle { declined, .. }) => {
                 if let Some(reason) = declined {
-                    tracing::info!("slave {} declines work: {reason}", self.id);
+                    // The slave logs each change of its reason; the master would repeat it every few seconds.
+                    tracing::debug!("slave {} declines work: {reason}", self.id);
                     Decision::Reply(self.sleep(false))
                 } else if master_paused || self.flags.sleeping {
                     Decision::Reply(self.sleep(true))
