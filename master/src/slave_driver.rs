@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{
-    ArchitectTrigger, BuildQueueUpdate, BuildRecord, BuildResult, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest,
+    ArchitectTrigger, BuildQueueUpdate, BuildRecord, BuildResult, DbReply, DbRequest, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest,
     NoticeLevel, PackageVersion, RewriteScope, SlaveAction, SlaveCommand, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveId,
     SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TransferId, WebReply, WebRequest,
 };
@@ -139,6 +139,8 @@ pub struct SlaveDriver {
     deleted: Exclusions,
     /// Verification attempts of the file each slave is sending.
     attempts: HashMap<SlaveId, u32>,
+    /// Files each slave's current build has published, until the build is recorded.
+    published: HashMap<SlaveId, (PackageVersion, Vec<String>)>,
 }
 
 impl SlaveDriver {
@@ -151,6 +153,7 @@ impl SlaveDriver {
             building: HashMap::new(),
             deleted: BTreeMap::new(),
             attempts: HashMap::new(),
+            published: HashMap::new(),
         }
     }
 
@@ -178,7 +181,13 @@ impl SlaveDriver {
         }
         let decision = slave.on_request(request, now, ctx.paused());
         match decision {
-            Decision::Reply(answer) => self.answer(sockets, ctx, &peer, answer),
+            Decision::Reply(answer) => {
+                if answer == SlaveReply::Done {
+                    // The state machine abandoned the build (skipped, or past its timeout).
+                    self.unpublish(sockets, id);
+                }
+                self.answer(sockets, ctx, &peer, answer)
+            }
             Decision::FindWork => {
                 let answer = self.find_work(sockets, &identity, now);
                 self.answer(sockets, ctx, &peer, answer)
@@ -312,7 +321,7 @@ impl SlaveDriver {
                     // back to the queue; nothing is lost.
                     tracing::error!("cannot expect {} from the file juggler: {e}", file.filename);
                     self.release(identity, ctx.now());
-                    return self.done(identity);
+                    return self.done(sockets, identity);
                 }
             }
         }
@@ -350,12 +359,13 @@ impl SlaveDriver {
         transfer: TransferId,
     ) -> SlaveReply {
         let Some(index) = result.files.iter().position(|f| f.filename == filename) else {
-            return self.done(identity);
+            return self.done(sockets, identity);
         };
         let id = self.slaves.get(identity).map_or(0, |s| s.id);
         match sockets.fs.request(&FsRequest::Verify { transfer }, FS_TIMEOUT) {
             Ok(FsReply::Verified) => {
                 self.attempts.remove(&id);
+                self.published.entry(id).or_insert_with(|| (build.clone(), Vec::new())).1.push(filename.to_string());
                 self.next_file(sockets, ctx, identity, build, result, index + 1)
             }
             Ok(FsReply::Failed { reason }) | Ok(FsReply::Error { message: reason }) => {
@@ -374,12 +384,12 @@ impl SlaveDriver {
             Ok(other) => {
                 tracing::error!("unexpected answer to verifying {filename}: {other:?}");
                 self.release(identity, ctx.now());
-                self.done(identity)
+                self.done(sockets, identity)
             }
             Err(e) => {
                 tracing::error!("cannot verify {filename} with the file juggler: {e}");
                 self.release(identity, ctx.now());
-                self.done(identity)
+                self.done(sockets, identity)
             }
         }
     }
@@ -394,7 +404,7 @@ impl SlaveDriver {
             let text = format!("slave {} could not build {} {}: {:?}; not recorded", slave.id, build.package, build.version, result.failure);
             tracing::warn!("{text}");
             notice(sockets, ctx, NoticeLevel::Warning, text);
-            return self.done(identity);
+            return self.done(sockets, identity);
         }
         if result.success && result.files.is_empty() {
             result.success = false;
@@ -412,6 +422,8 @@ impl SlaveDriver {
         };
         match sockets.db.log_build(record) {
             Ok(build_id) => {
+                // Its files are the build's now.
+                self.published.remove(&slave.id);
                 tracing::info!(
                     "build {build_id}: {} {} on slave {} {}",
                     build.package,
@@ -431,14 +443,42 @@ impl SlaveDriver {
                 self.release(identity, ctx.now());
             }
         }
-        self.done(identity)
+        self.done(sockets, identity)
     }
 
-    fn done(&mut self, identity: &[u8]) -> SlaveReply {
+    /// Lets the slave go idle. Files of its build that were published but not recorded (the
+    /// build was abandoned, or could not be recorded) are removed again.
+    fn done(&mut self, sockets: &Sockets, identity: &[u8]) -> SlaveReply {
         match self.slaves.get_mut(identity) {
-            Some(slave) => slave.done(),
+            Some(slave) => {
+                let id = slave.id;
+                let answer = slave.done();
+                self.unpublish(sockets, id);
+                answer
+            }
             None => SlaveReply::Done,
         }
+    }
+
+    /// Removes the files a slave's unrecorded build published, except any that a recorded
+    /// build holds (another slave or an import may have published the same file meanwhile).
+    fn unpublish(&mut self, sockets: &Sockets, slave_id: SlaveId) {
+        let Some((build, files)) = self.published.remove(&slave_id) else { return };
+        let request = DbRequest::VersionFiles { package: build.package.clone(), version: build.version.clone() };
+        let recorded: Vec<String> = match sockets.db.request(request) {
+            Ok(DbReply::Files(files)) => files.into_iter().map(|f| f.filename).collect(),
+            other => {
+                // Better an unlinked file on disk than a removed file a build recorded.
+                tracing::error!("cannot tell which files of {} {} are recorded, so none is removed: {other:?}", build.package, build.version);
+                return;
+            }
+        };
+        let files: Vec<String> = files.into_iter().filter(|f| !recorded.contains(f)).collect();
+        if files.is_empty() {
+            return;
+        }
+        tracing::warn!("removing {} published file(s) of the unrecorded build of {} {}: {}", files.len(), build.package, build.version, files.join(", "));
+        web(sockets, WebRequest::DeleteVersion { package: build.package, version: build.version, files, builds: Vec::new() });
     }
 
     /// Lets the release a slave holds be handed out again.
@@ -456,6 +496,7 @@ impl SlaveDriver {
         let holding = slave.build().map(|b| format!(" (it was building {} {})", b.package, b.version)).unwrap_or_default();
         tracing::info!("slave {} ({}) gone: {reason}{holding}", slave.id, slave.hello.host.label);
         self.attempts.remove(&slave.id);
+        self.unpublish(sockets, slave.id);
         if let Some(build) = slave.build()
             && let Some(exclusions) = self.building.get_mut(&slave.hello.abi)
         {

@@ -460,3 +460,37 @@ fn a_silent_slave_is_dropped_and_its_build_handed_to_another() {
     // A late word from the dropped slave is refused: it must say hello again.
     assert!(matches!(quiet.ask(busy()), SlaveReply::Refused { .. }));
 }
+
+#[test]
+fn files_of_an_abandoned_build_are_unpublished_unless_a_build_records_them() {
+    let farm = Farm::start(&[("foo", "1.0")]);
+    let slave = farm.slave("pi-1");
+    let id = slave.hello();
+    farm.refresh_queue();
+    slave.take_build();
+    let (first_path, first) = wheel(farm.dir.path(), "foo", "1.0", b"first wheel");
+    let second_name = "foo-1.0-cp311-abi3-linux_armv7l.whl";
+    let second = wheel_file(second_name, b"second wheel");
+    let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![first.clone(), second]))) else {
+        panic!("expected a send")
+    };
+    assert_eq!(filename, first.filename);
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, transfer, &first_path, UploadOptions::default()).unwrap();
+    // The first file is published; the operator skips the build before the second arrives.
+    let SlaveReply::Send { filename: next, .. } = slave.ask(SlaveRequest::Sent { filename: filename.clone() }) else {
+        panic!("expected the second file to be asked for")
+    };
+    assert_eq!(next, second_name);
+    farm.command(SlaveTarget::One(id), SlaveAction::Skip);
+    assert_eq!(slave.ask(SlaveRequest::Sent { filename: next }), SlaveReply::Done);
+    assert!(farm.builds().is_empty());
+    let removal = farm
+        .web_requests()
+        .into_iter()
+        .find(|r| matches!(r, WebRequest::DeleteVersion { .. }))
+        .expect("the published file's removal");
+    assert_eq!(
+        removal,
+        WebRequest::DeleteVersion { package: "foo".into(), version: "1.0".into(), files: vec![filename], builds: vec![] }
+    );
+}
