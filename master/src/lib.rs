@@ -21,6 +21,7 @@ pub mod pypi;
 pub mod seraph;
 pub mod slave_driver;
 pub mod slave_state;
+pub mod web_access;
 pub mod web_server;
 
 pub use config::MasterConfig;

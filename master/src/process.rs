@@ -31,6 +31,7 @@ use crate::config::MasterConfig;
 use crate::db::Database;
 use crate::file_juggler::{self, FileJuggler, JugglerConfig};
 use crate::index::{self, IndexConfig, Scribe};
+use crate::web_access::AccessFeed;
 use crate::web_server::WebServer;
 use crate::lumberjack::{self, Lumberjack};
 use crate::mr_chase::{self, ChaseConfig, MrChase};
@@ -88,10 +89,12 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     let mut http = None;
     let outcome = start_tasks(&rt, cfg, &mut tasks).and_then(|()| {
         if let Some(listen) = cfg.http_listen {
-            let server = WebServer::start(cfg.output_path.clone(), listen)
+            // Its downloads are counted like those of a web server whose log piw-logger reads.
+            let feed = AccessFeed::start(zmq.clone(), cfg.logger_queue.clone());
+            let server = WebServer::start_with_access_log(cfg.output_path.clone(), listen, feed.hook())
                 .with_context(|| format!("cannot serve the index on {listen}"))?;
             tracing::info!("serving {} on http://{}/", cfg.output_path.display(), server.local_addr());
-            http = Some(server);
+            http = Some((server, feed));
         }
         master.systemd.ready(&format!("running; output in {}", cfg.output_path.display()));
         tracing::info!(
@@ -109,8 +112,9 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
         Err(e) => tracing::error!("shutting down: {e:#}"),
     }
     master.systemd.stopping("shutting down");
-    if let Some(server) = http {
+    if let Some((server, feed)) = http {
         server.stop();
+        feed.stop();
     }
     let stuck = tasks.shutdown(cfg.stop_timeout.0);
     // Relay the tasks' last words, then close every socket before the context goes.

@@ -351,7 +351,7 @@ fn the_master_follows_pypi_when_given_its_address() {
 }
 
 #[test]
-fn the_master_serves_its_index_over_http_when_asked() {
+fn the_master_serves_its_index_over_http_when_asked_and_counts_downloads() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let db = migrated_db();
@@ -359,22 +359,36 @@ fn the_master_serves_its_index_over_http_when_asked() {
     let extra = format!("http-listen = \"127.0.0.1:{port}\"\n");
     let child = Master::spawn_with(root, &root.join("state"), &root.join("www"), "run", &db.app_url(), free_port(), &extra);
     let mut master = Master { child, dir, db };
+    let get = |path: &str, agent: &str| -> Option<String> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).ok()?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    };
     // The index writer writes the (empty) root index at start-up; the server then serves it.
     let deadline = Instant::now() + Duration::from_secs(20);
     let page = loop {
-        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            conn.write_all(b"GET /simple/ HTTP/1.1\r\nHost: localhost\r\nAccept: text/html\r\nConnection: close\r\n\r\n").unwrap();
-            let mut answer = String::new();
-            conn.read_to_string(&mut answer).unwrap();
-            if answer.starts_with("HTTP/1.1 200") {
-                break answer;
-            }
+        if let Some(answer) = get("/simple/", "curl/8") && answer.starts_with("HTTP/1.1 200") {
+            break answer;
         }
         assert!(Instant::now() < deadline, "the index was never served");
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(page.contains("pypi:repository-version"), "{page}");
+    // A wheel fetched by pip is counted as a download, as piw-logger would count it.
+    let wheel = master.dir.path().join("www/simple/foo/foo-1.0-py3-none-any.whl");
+    std::fs::create_dir_all(wheel.parent().unwrap()).unwrap();
+    std::fs::write(&wheel, b"wheel").unwrap();
+    let answer = get("/simple/foo/foo-1.0-py3-none-any.whl", "pip/24.0 {\"installer\":{\"name\":\"pip\",\"version\":\"24.0\"}}").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while master.db.column("SELECT filename FROM downloads") != [Some("foo-1.0-py3-none-any.whl".to_string())] {
+        assert!(Instant::now() < deadline, "the download was never counted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).unwrap();
     assert!(master.wait(Duration::from_secs(20)).success());
 }
