@@ -8,11 +8,12 @@
 //! variables are shut out.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use piwheels_master::web_server::{Access, WebServer};
+use piwheels_testsupport::data::pure_wheel;
+use piwheels_testsupport::installers::{SETUP_HINT, fresh_venv, run, tool};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -128,158 +129,13 @@ fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// RECORD's hash form: unpadded URL-safe base64 of the SHA-256.
-fn record_hash(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let digest = Sha256::digest(bytes);
-    let mut out = String::new();
-    for chunk in digest.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    format!("sha256={out}")
-}
-
 fn metadata_text() -> String {
     format!("Metadata-Version: 2.1\nName: {PROJECT}\nVersion: {VERSION}\nSummary: A wheel made by a test\nRequires-Python: >=3.7\n")
 }
 
 /// A pure-Python wheel: a module, METADATA, WHEEL and a RECORD that matches them.
 fn build_wheel() -> Vec<u8> {
-    let dist_info = format!("{MODULE}-{VERSION}.dist-info");
-    let mut entries: Vec<(String, Vec<u8>)> = vec![
-        (format!("{MODULE}/__init__.py"), format!("VALUE = {GREETING:?}\n").into_bytes()),
-        (format!("{dist_info}/METADATA"), metadata_text().into_bytes()),
-        (
-            format!("{dist_info}/WHEEL"),
-            b"Wheel-Version: 1.0\nGenerator: piwheels-rs-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
-        ),
-    ];
-    let mut record: String =
-        entries.iter().map(|(name, data)| format!("{name},{},{}\n", record_hash(data), data.len())).collect();
-    record.push_str(&format!("{dist_info}/RECORD,,\n"));
-    entries.push((format!("{dist_info}/RECORD"), record.into_bytes()));
-    stored_zip(&entries)
-}
-
-/// A zip archive of `entries`, stored without compression.
-fn stored_zip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-    const DOS_TIME: u16 = 0;
-    const DOS_DATE: u16 = ((2020 - 1980) << 9) | (1 << 5) | 1;
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for (name, data) in entries {
-        let mut crc = flate2::Crc::new();
-        crc.update(data);
-        let crc = crc.sum();
-        let size = u32::try_from(data.len()).unwrap();
-        let name_len = u16::try_from(name.len()).unwrap();
-        let offset = u32::try_from(out.len()).unwrap();
-        // Local file header.
-        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        for field in [20u16, 0, 0, DOS_TIME, DOS_DATE] {
-            out.extend_from_slice(&field.to_le_bytes());
-        }
-        for field in [crc, size, size] {
-            out.extend_from_slice(&field.to_le_bytes());
-        }
-        out.extend_from_slice(&name_len.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(data);
-        // Its central directory entry.
-        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-        for field in [0x031e_u16, 20, 0, 0, DOS_TIME, DOS_DATE] {
-            central.extend_from_slice(&field.to_le_bytes());
-        }
-        for field in [crc, size, size] {
-            central.extend_from_slice(&field.to_le_bytes());
-        }
-        for field in [name_len, 0, 0, 0, 0] {
-            central.extend_from_slice(&field.to_le_bytes());
-        }
-        central.extend_from_slice(&(0o100_644u32 << 16).to_le_bytes());
-        central.extend_from_slice(&offset.to_le_bytes());
-        central.extend_from_slice(name.as_bytes());
-    }
-    let central_offset = u32::try_from(out.len()).unwrap();
-    let central_size = u32::try_from(central.len()).unwrap();
-    let count = u16::try_from(entries.len()).unwrap();
-    out.extend_from_slice(&central);
-    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
-    for field in [0u16, 0, count, count] {
-        out.extend_from_slice(&field.to_le_bytes());
-    }
-    out.extend_from_slice(&central_size.to_le_bytes());
-    out.extend_from_slice(&central_offset.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out
-}
-
-/// PATH with the tests' Python environment (made by `ensure_test_python`) first, if it exists,
-/// so that the tests also run from a shell that has not sourced the set-up.
-fn search_path() -> std::ffi::OsString {
-    let venv_bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-python/bin");
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    if venv_bin.is_dir() {
-        dirs.insert(0, venv_bin);
-    }
-    std::env::join_paths(dirs).unwrap()
-}
-
-/// `program` with a clean environment: no pip or uv configuration, no proxy for the local
-/// index, no other index or wheel directory.
-fn tool(program: impl AsRef<std::ffi::OsStr>, work: &Path) -> Command {
-    let path = search_path();
-    let program = program.as_ref();
-    let program = std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| !Path::new(program).is_absolute() && candidate.is_file())
-        .map_or_else(|| program.to_os_string(), PathBuf::into_os_string);
-    let mut command = Command::new(program);
-    command.env("PATH", &path);
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let lower = name.to_ascii_lowercase();
-        if name.starts_with("PIP_") || name.starts_with("UV_") || lower.ends_with("_proxy") || name == "VIRTUAL_ENV" {
-            command.env_remove(&*name);
-        }
-    }
-    command
-        .env("PIP_CONFIG_FILE", "/dev/null")
-        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-        .env("PIP_NO_INPUT", "1")
-        .env("UV_NO_CONFIG", "1")
-        .env("UV_PYTHON_DOWNLOADS", "never")
-        .env("UV_CACHE_DIR", work.join("uv-cache"))
-        .env("HOME", work)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .current_dir(work);
-    command
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command.output().unwrap_or_else(|e| panic!("running {command:?}: {e}{}", SETUP_HINT));
-    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{command:?} failed:\n{log}");
-    output
-}
-
-const SETUP_HINT: &str = "\n(these tests need python3 with venv, and uv, on PATH: \
-                          run scripts/test.sh, or `. scripts/setup-lib.sh && ensure_test_python`)";
-
-/// A fresh virtual environment in `work`; returns its python.
-fn fresh_venv(work: &Path, name: &str, with_pip: bool) -> PathBuf {
-    let venv = work.join(name);
-    let mut command = tool("python3", work);
-    command.args(["-m", "venv"]);
-    if !with_pip {
-        command.arg("--without-pip");
-    }
-    run(command.arg(&venv));
-    venv.join("bin/python")
+    pure_wheel(MODULE, VERSION, &metadata_text(), &format!("VALUE = {GREETING:?}\n"))
 }
 
 /// Imports the package with `python` and returns what it says.

@@ -40,3 +40,92 @@ pub fn wheel_file(filename: &str, bytes: &[u8]) -> WheelFile {
         metadata: metadata.into_bytes().into(),
     }
 }
+
+/// A pure-Python wheel of `project` `version` whose package `module` holds `source` as its
+/// `__init__.py`, with METADATA (`metadata`, which the caller also publishes as the `.metadata`
+/// file), WHEEL and a RECORD that matches them: what real installers accept.
+pub fn pure_wheel(module: &str, version: &str, metadata: &str, source: &str) -> Vec<u8> {
+    let dist_info = format!("{module}-{version}.dist-info");
+    let mut entries: Vec<(String, Vec<u8>)> = vec![
+        (format!("{module}/__init__.py"), source.as_bytes().to_vec()),
+        (format!("{dist_info}/METADATA"), metadata.as_bytes().to_vec()),
+        (
+            format!("{dist_info}/WHEEL"),
+            b"Wheel-Version: 1.0\nGenerator: piwheels-rs-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+        ),
+    ];
+    let mut record: String =
+        entries.iter().map(|(name, data)| format!("{name},{},{}\n", record_hash(data), data.len())).collect();
+    record.push_str(&format!("{dist_info}/RECORD,,\n"));
+    entries.push((format!("{dist_info}/RECORD"), record.into_bytes()));
+    stored_zip(&entries)
+}
+
+/// RECORD's hash form: unpadded URL-safe base64 of the SHA-256.
+pub fn record_hash(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let digest = Sha256::digest(bytes);
+    let mut out = String::new();
+    for chunk in digest.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    format!("sha256={out}")
+}
+
+/// A zip archive of `entries`, stored without compression.
+pub fn stored_zip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    const DOS_TIME: u16 = 0;
+    const DOS_DATE: u16 = ((2020 - 1980) << 9) | (1 << 5) | 1;
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in entries {
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
+        let crc = crc.sum();
+        let size = u32::try_from(data.len()).unwrap();
+        let name_len = u16::try_from(name.len()).unwrap();
+        let offset = u32::try_from(out.len()).unwrap();
+        // Local file header.
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        for field in [20u16, 0, 0, DOS_TIME, DOS_DATE] {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+        for field in [crc, size, size] {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+        out.extend_from_slice(&name_len.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        // Its central directory entry.
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        for field in [0x031e_u16, 20, 0, 0, DOS_TIME, DOS_DATE] {
+            central.extend_from_slice(&field.to_le_bytes());
+        }
+        for field in [crc, size, size] {
+            central.extend_from_slice(&field.to_le_bytes());
+        }
+        for field in [name_len, 0, 0, 0, 0] {
+            central.extend_from_slice(&field.to_le_bytes());
+        }
+        central.extend_from_slice(&(0o100_644u32 << 16).to_le_bytes());
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let central_offset = u32::try_from(out.len()).unwrap();
+    let central_size = u32::try_from(central.len()).unwrap();
+    let count = u16::try_from(entries.len()).unwrap();
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    for field in [0u16, 0, count, count] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+    out.extend_from_slice(&central_size.to_le_bytes());
+    out.extend_from_slice(&central_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+

@@ -2,5 +2,6 @@
 
 pub mod data;
 pub mod db;
+pub mod installers;
 pub mod programs;
 pub mod pypi;
