@@ -135,7 +135,7 @@ fn metadata_text() -> String {
 
 /// A pure-Python wheel: a module, METADATA, WHEEL and a RECORD that matches them.
 fn build_wheel() -> Vec<u8> {
-    pure_wheel(MODULE, VERSION, &metadata_text(), &format!("VALUE = {GREETING:?}\n"))
+    pure_wheel(MODULE, MODULE, VERSION, &metadata_text(), &format!("VALUE = {GREETING:?}\n"))
 }
 
 /// Imports the package with `python` and returns what it says.

@@ -41,11 +41,12 @@ pub fn wheel_file(filename: &str, bytes: &[u8]) -> WheelFile {
     }
 }
 
-/// A pure-Python wheel of `project` `version` whose package `module` holds `source` as its
-/// `__init__.py`, with METADATA (`metadata`, which the caller also publishes as the `.metadata`
-/// file), WHEEL and a RECORD that matches them: what real installers accept.
-pub fn pure_wheel(module: &str, version: &str, metadata: &str, source: &str) -> Vec<u8> {
-    let dist_info = format!("{module}-{version}.dist-info");
+/// A pure-Python wheel of `distribution` (the file name's form of the project name, e.g.
+/// `foo_bar`) `version` whose package `module` holds `source` as its `__init__.py`, with
+/// METADATA (`metadata`, which the caller also publishes as the `.metadata` file), WHEEL and a
+/// RECORD that matches them: what real installers accept.
+pub fn pure_wheel(distribution: &str, module: &str, version: &str, metadata: &str, source: &str) -> Vec<u8> {
+    let dist_info = format!("{distribution}-{version}.dist-info");
     let mut entries: Vec<(String, Vec<u8>)> = vec![
         (format!("{module}/__init__.py"), source.as_bytes().to_vec()),
         (format!("{dist_info}/METADATA"), metadata.as_bytes().to_vec()),
