@@ -98,7 +98,10 @@ fn a_tree_from_other_templates_is_rewritten_whole_and_strays_removed() {
         std::fs::write(farm.path(rel), "stale").unwrap();
     }
     std::fs::write(farm.path(".piwheels-index"), "other templates").unwrap();
-    farm.start_with(config(farm.root(), Duration::from_secs(3600)));
+    // One package per batch: the rewrite fetches each batch while writing the one before.
+    let mut config = config(farm.root(), Duration::from_secs(3600));
+    config.batch = 1;
+    farm.start_with(config);
     for rel in ["simple/foo/index.html", "simple/bar/index.json", "project/foo/index.html", "project/bar/json/index.json"] {
         assert!(farm.path(rel).is_file(), "{rel}");
     }

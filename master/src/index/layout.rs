@@ -141,6 +141,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result.map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
 }
 
+/// Writes `bytes` to `path` atomically unless the file holds exactly these bytes already: an
+/// unchanged page keeps its modification time (so clients revalidating get "not modified")
+/// and costs a read instead of a create, a rename and the old copy's removal.
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Ok(meta) = fs::metadata(path)
+        && meta.len() == bytes.len() as u64
+        && fs::read(path).is_ok_and(|old| old == bytes)
+    {
+        return Ok(());
+    }
+    write_atomically(path, bytes)
+}
+
 /// Removes a file; a missing one is not an error. True when something was removed.
 pub fn remove_file(path: &Path) -> io::Result<bool> {
     match fs::remove_file(path) {

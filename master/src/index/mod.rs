@@ -71,6 +71,8 @@ pub struct IndexConfig {
     /// from the database (default true). Without it a power cut can leave a page empty that
     /// the database says is written.
     pub durable: bool,
+    /// Threads writing pages at once within a batch (default 4).
+    pub threads: usize,
     /// What the pages link to.
     pub pages: PageOptions,
 }
@@ -84,6 +86,7 @@ impl IndexConfig {
             retry: Duration::from_secs(10),
             batch: 250,
             durable: true,
+            threads: 4,
             pages: PageOptions::default(),
         }
     }
@@ -94,13 +97,19 @@ impl IndexConfig {
 pub struct Sockets {
     web: Server<WebRequest, WebReply>,
     db: DbClient,
+    /// A second connection, fetching a full rewrite's next batch while the last is written.
+    prefetch: DbClient,
 }
 
 impl Sockets {
     /// Binds the request socket and connects to the oracles, whose answers wait at most
     /// `db_timeout`.
     pub fn open(ctx: &zmq::Context, db_timeout: Duration) -> anyhow::Result<Sockets> {
-        Ok(Sockets { web: Server::bind(ctx, WEB_ENDPOINT, None)?, db: DbClient::connect(ctx, db_timeout)? })
+        Ok(Sockets {
+            web: Server::bind(ctx, WEB_ENDPOINT, None)?,
+            db: DbClient::connect(ctx, db_timeout)?,
+            prefetch: DbClient::connect(ctx, db_timeout)?,
+        })
     }
 }
 
@@ -118,10 +127,36 @@ pub enum Event {
 /// A full rewrite in progress.
 #[derive(Debug)]
 struct Sweep {
+    /// Packages still to fetch.
     queue: VecDeque<String>,
+    /// The next batch, fetched while the last one was written.
+    next: Option<(Vec<String>, Fetched)>,
     total: usize,
     failed: usize,
     started: Instant,
+}
+
+/// Puts packages back at the front of a full rewrite's queue.
+fn requeue(sweep: &mut Sweep, names: Vec<String>) {
+    for name in names.into_iter().rev() {
+        sweep.queue.push_front(name);
+    }
+}
+
+/// What the pages of a batch of packages are made from.
+#[derive(Debug)]
+struct Fetched {
+    abis: Vec<BuildAbi>,
+    data: Vec<ProjectData>,
+}
+
+/// Fetches the ABIs and the data of `packages` (those that exist).
+fn fetch(db: &DbClient, packages: Vec<String>) -> Result<Fetched, DbClientError> {
+    let abis = db.build_abis()?;
+    match db.request(DbRequest::ProjectsData { packages })? {
+        DbReply::Projects(data) => Ok(Fetched { abis, data }),
+        reply => Err(DbClientError::Unexpected { request: "ProjectsData".into(), reply: Box::new(reply) }),
+    }
 }
 
 /// The index writer.
@@ -173,7 +208,7 @@ impl Scribe {
                 strays.len()
             );
             let queue: VecDeque<String> = known.into_iter().filter(|n| is_safe_name(n)).chain(strays).collect();
-            self.sweep = Some(Sweep { total: queue.len(), queue, failed: 0, started: now });
+            self.sweep = Some(Sweep { total: queue.len(), queue, next: None, failed: 0, started: now });
             ctx.schedule(Event::Sweep, Duration::ZERO);
         }
         self.started = true;
@@ -188,20 +223,32 @@ impl Scribe {
         sockets: &Sockets,
         now: &Timestamp,
     ) -> Result<Vec<Outcome>, DbClientError> {
-        let abis: Vec<BuildAbi> = sockets.db.build_abis()?;
         let names: Vec<String> = packages.iter().map(|(name, _)| name.clone()).collect();
-        let data = match sockets.db.request(DbRequest::ProjectsData { packages: names })? {
-            DbReply::Projects(data) => data,
-            reply => return Err(DbClientError::Unexpected { request: "ProjectsData".into(), reply: Box::new(reply) }),
-        };
-        let by_name: HashMap<&str, &ProjectData> = data.iter().map(|d| (d.package.as_str(), d)).collect();
-        Ok(packages
+        let fetched = fetch(&sockets.db, names)?;
+        Ok(self.write_fetched(packages, &fetched, now))
+    }
+
+    /// Writes (or removes) the pages of `packages` from their fetched data.
+    fn write_fetched(&mut self, packages: &[(String, RewriteScope)], fetched: &Fetched, now: &Timestamp) -> Vec<Outcome> {
+        let by_name: HashMap<&str, &ProjectData> = fetched.data.iter().map(|d| (d.package.as_str(), d)).collect();
+        // Several threads write at once: most of the time goes into the file system's creates
+        // and renames, which overlap well.
+        let writer = &self.writer;
+        let written = parallel_map(packages, self.config.threads, |(package, scope)| {
+            by_name.get(package.as_str()).map(|data| writer.write_project_shared(data, &fetched.abis, *scope, now))
+        });
+        packages
             .iter()
-            .map(|(package, scope)| match by_name.get(package.as_str()) {
-                Some(data) => self.writer.write_project(data, &abis, *scope, now).map(|_| ()),
+            .zip(written)
+            .map(|((package, _), written)| match written {
+                Some(Ok(written)) => {
+                    self.writer.note(package, written);
+                    Ok(())
+                }
+                Some(Err(e)) => Err(e),
                 None => self.writer.remove_project(package),
             })
-            .collect())
+            .collect()
     }
 
     /// Writes one batch of due rewrites; false when there was none.
@@ -271,35 +318,57 @@ impl Scribe {
         Ok(())
     }
 
-    /// The next batch of a full rewrite.
-    fn sweep(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
+    /// The next batch of a full rewrite. The data of the batch after it is fetched (by the
+    /// second database connection) while this one is written, so the database's time and the
+    /// file system's overlap.
+    fn sweep(&mut self, sockets: &mut Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
         let Some(sweep) = self.sweep.as_mut() else { return Ok(()) };
-        let take = self.config.batch.max(1).min(sweep.queue.len());
-        let batch: Vec<(String, RewriteScope)> = sweep.queue.drain(..take).map(|n| (n, RewriteScope::Both)).collect();
-        if !batch.is_empty() {
-            let utc = ctx.utc();
-            match self.write_packages(&batch, sockets, &utc) {
-                Ok(outcomes) => {
-                    let sweep = self.sweep.as_mut().expect("the sweep is running");
-                    for ((package, _), outcome) in batch.iter().zip(outcomes) {
-                        if let Err(e) = outcome {
-                            tracing::error!("cannot write the pages of {package}: {e}");
-                            sweep.failed += 1;
-                        }
+        let batch_size = self.config.batch.max(1);
+        let current = match sweep.next.take() {
+            Some(fetched) => fetched,
+            None => {
+                let take = batch_size.min(sweep.queue.len());
+                let names: Vec<String> = sweep.queue.drain(..take).collect();
+                match fetch(&sockets.db, names.clone()) {
+                    Ok(data) => (names, data),
+                    Err(e) => {
+                        requeue(sweep, names);
+                        ctx.schedule(Event::Sweep, self.config.retry);
+                        return Err(e.into());
                     }
-                }
-                Err(e) => {
-                    let sweep = self.sweep.as_mut().expect("the sweep is running");
-                    for (package, _) in batch.into_iter().rev() {
-                        sweep.queue.push_front(package);
-                    }
-                    ctx.schedule(Event::Sweep, self.config.retry);
-                    return Err(e.into());
                 }
             }
+        };
+        let take = batch_size.min(sweep.queue.len());
+        let following: Vec<String> = sweep.queue.drain(..take).collect();
+        let (names, fetched) = current;
+        let batch: Vec<(String, RewriteScope)> = names.into_iter().map(|n| (n, RewriteScope::Both)).collect();
+        let utc = ctx.utc();
+        let prefetch = &mut sockets.prefetch;
+        let (outcomes, next) = std::thread::scope(|scope| {
+            let next = (!following.is_empty()).then(|| {
+                let names = following.clone();
+                scope.spawn(move || fetch(prefetch, names))
+            });
+            let outcomes = self.write_fetched(&batch, &fetched, &utc);
+            (outcomes, next.map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))))
+        });
+        let sweep = self.sweep.as_mut().expect("the sweep is running");
+        for ((package, _), outcome) in batch.iter().zip(outcomes) {
+            if let Err(e) = outcome {
+                tracing::error!("cannot write the pages of {package}: {e}");
+                sweep.failed += 1;
+            }
         }
-        let sweep = self.sweep.as_ref().expect("the sweep is running");
-        if !sweep.queue.is_empty() {
+        match next {
+            Some(Ok(fetched)) => sweep.next = Some((following, fetched)),
+            Some(Err(e)) => {
+                requeue(sweep, following);
+                tracing::warn!("{e}");
+            }
+            None => {}
+        }
+        if sweep.next.is_some() || !sweep.queue.is_empty() {
             ctx.schedule(Event::Sweep, Duration::ZERO);
             return Ok(());
         }
@@ -402,6 +471,21 @@ impl Scribe {
     pub fn waiting(&self) -> usize {
         self.buffer.len()
     }
+}
+
+/// `f` of every item, in order, computed by up to `threads` threads.
+fn parallel_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            items.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 impl Task for Scribe {

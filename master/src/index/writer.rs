@@ -17,6 +17,7 @@ use piwheels_common::protocols::{BuildAbi, BuildId, MasterStats, ProjectData, Re
 
 use super::layout::{
     self, Layout, is_safe_file_name, is_safe_name, remove_dir_if_empty, remove_file, remove_tree, write_atomically,
+    write_if_changed,
 };
 use super::pages::{
     API_VERSION, AliasPage, HomePage, OnDisk, ProjectView, RootPage, SimplePage, SimpleProject, alias_marker,
@@ -34,12 +35,12 @@ pub struct PageOptions {
     pub site_url: Option<String>,
 }
 
-/// What writing one project did.
+/// What writing one project left of its simple page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
-    /// Its pages are written; it has a simple page.
+    /// It has a simple page.
     Listed,
-    /// Its project pages are written; it has nothing to install, so no simple page.
+    /// It has nothing to install, so no simple page.
     Unlisted,
 }
 
@@ -109,37 +110,57 @@ impl IndexWriter {
         scope: RewriteScope,
         now: &Timestamp,
     ) -> io::Result<Written> {
+        let written = self.write_project_shared(data, abis, scope, now)?;
+        self.note(&data.package, written);
+        Ok(written)
+    }
+
+    /// Records what [`IndexWriter::write_project_shared`] did to a project's simple page.
+    pub fn note(&mut self, package: &str, written: Written) {
+        let changed = match written {
+            Written::Listed => self.listed.insert(package.to_string()),
+            Written::Unlisted => self.listed.remove(package),
+        };
+        self.root_dirty |= changed;
+    }
+
+    /// [`IndexWriter::write_project`] without recording the outcome, so that several threads
+    /// can write projects at once; the caller passes each outcome to [`IndexWriter::note`].
+    pub fn write_project_shared(
+        &self,
+        data: &ProjectData,
+        abis: &[BuildAbi],
+        scope: RewriteScope,
+        now: &Timestamp,
+    ) -> io::Result<Written> {
         let package = data.package.as_str();
         if !is_safe_name(package) {
             return Err(io::Error::other(format!("refusing to write pages for the unsafe name {package:?}")));
         }
         let disk = self.on_disk(data)?;
         let simple = SimpleProject::from_data(data, &disk);
-        if scope == RewriteScope::Both {
+        let has_simple = if scope == RewriteScope::Both {
             let dir = self.layout.simple_package(package);
             if simple.is_empty() {
                 remove_file(&dir.join("index.html"))?;
                 remove_file(&dir.join("index.json"))?;
                 remove_dir_if_empty(&dir)?;
-                if self.listed.remove(package) {
-                    self.root_dirty = true;
-                }
+                false
             } else {
                 let page = SimplePage { name: package, files: &simple.files, api_version: API_VERSION };
-                write_atomically(&dir.join("index.html"), render(&page)?.as_bytes())?;
-                write_atomically(&dir.join("index.json"), &simple_project_json(package, &simple))?;
-                if self.listed.insert(package.to_string()) {
-                    self.root_dirty = true;
-                }
+                write_if_changed(&dir.join("index.html"), render(&page)?.as_bytes())?;
+                write_if_changed(&dir.join("index.json"), &simple_project_json(package, &simple))?;
+                true
             }
-        }
-        let has_simple = self.listed.contains(package);
+        } else {
+            self.listed.contains(package)
+        };
         let view = ProjectView::new(data, abis, &disk, has_simple);
         let pypi = self.options.pypi_project_url.as_deref();
         let page = view.page(pypi, now);
         // This replaces a former name's alias page that stood here: the project wins.
-        write_atomically(&self.layout.project_dir(package).join("index.html"), render(&page)?.as_bytes())?;
-        write_atomically(&self.layout.project_json_dir(package).join("index.json"), &view.json(pypi))?;
+        write_if_changed(&self.layout.project_dir(package).join("index.html"), render(&page)?.as_bytes())?;
+        write_if_changed(&self.layout.project_json_dir(package).join("index.json"), &view.json(pypi))?;
         for alias in former_names(data) {
             self.write_alias(&alias, package)?;
         }
@@ -152,7 +173,7 @@ impl IndexWriter {
             return Ok(());
         }
         let page = AliasPage { alias, target };
-        write_atomically(&self.layout.project_dir(alias).join("index.html"), render(&page)?.as_bytes())
+        write_if_changed(&self.layout.project_dir(alias).join("index.html"), render(&page)?.as_bytes())
     }
 
     /// Removes everything of a project that no longer exists: its simple directory (pages,
@@ -209,8 +230,8 @@ impl IndexWriter {
         let projects = sorted_names(self.listed.iter());
         let page = RootPage { projects: projects.clone(), api_version: API_VERSION };
         let simple = self.layout.simple_dir();
-        write_atomically(&simple.join("index.html"), render(&page)?.as_bytes())?;
-        write_atomically(&simple.join("index.json"), &root_json(projects.into_iter()))?;
+        write_if_changed(&simple.join("index.html"), render(&page)?.as_bytes())?;
+        write_if_changed(&simple.join("index.json"), &root_json(projects.into_iter()))?;
         self.root_dirty = false;
         Ok(())
     }

@@ -1,0 +1,239 @@
+//! Index writer benchmarks, printing figures (run with `cargo bench -p piwheels-master --bench
+//! index`; needs the PostgreSQL that `scripts/test.sh` sets up):
+//!
+//! 1. a full rewrite of the index on a synthetic farm: `BENCH_PACKAGES` packages (default
+//!    100,000), each with two releases and three wheels (cp39 and cp311 builds of 1.0, a pure
+//!    wheel of 1.1) on disk with their `.metadata` files, dependencies and a display name. The
+//!    index writer starts on an output tree holding only the wheels and writes every page
+//!    (simple pages in HTML and JSON, project pages and project JSON, the root); then it is
+//!    started again over the written tree with another template fingerprint, as after an
+//!    upgrade, and rewrites everything again. The figures are the times from its start to the
+//!    tree's stamp, in seconds and packages per second;
+//! 2. the latency from a build being recorded (the database's answer to `LogBuild`) to its
+//!    wheel being linked from the package's simple page on disk, with the default window, over
+//!    `BENCH_SAMPLES` builds (default 20), one at a time, on the same farm.
+//!
+//! `BENCH_WINDOW_MS` changes the rewrite window (default: the writer's default, 1 s);
+//! `BENCH_THREADS` the number of threads writing pages (default: the writer's default);
+//! `BENCH_NOSYNC=1` turns off the `syncfs` before a buffered rewrite is cleared. The output
+//! tree is made in `TMPDIR` (default `/tmp`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use piwheels_common::clock::SystemClock;
+use piwheels_common::protocols::{
+    BuildRecord, BuildResult, RewriteScope, StatusEvent, TaskControl, WebReply, WebRequest,
+};
+use piwheels_common::task::{self, Runtime, Supervisor};
+use piwheels_common::transport::{Client, Receiver};
+use piwheels_master::db::migrate;
+use piwheels_master::db_client::DbClient;
+use piwheels_master::index::{self, IndexConfig, Scribe, WEB_ENDPOINT};
+use piwheels_master::oracle::{self, Oracle};
+use piwheels_master::seraph::{self, Seraph};
+use piwheels_testsupport::data::wheel_file;
+use piwheels_testsupport::db::{APP_ROLE, TestDb};
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The synthetic farm in the database, server-side.
+fn fill_database(db: &TestDb, n: u64) {
+    db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp39', 309), ('cp311', 311)");
+    db.execute(&format!(
+        "INSERT INTO packages (package, description) \
+         SELECT 'pkg-' || p, 'Synthetic package number ' || p FROM generate_series(1, {n}) p"
+    ));
+    db.execute(&format!(
+        "INSERT INTO package_names (name, package, seen) \
+         SELECT 'Pkg_' || p, 'pkg-' || p, timestamptz '2024-01-01 00:00:00+00' FROM generate_series(1, {n}) p"
+    ));
+    db.execute(&format!(
+        "INSERT INTO versions (package, version, released, complete) \
+         SELECT 'pkg-' || p, v, timestamptz '2020-01-01 00:00:00+00' + (p % 1000) * interval '1 day', true \
+         FROM generate_series(1, {n}) p, (VALUES ('1.0'), ('1.1')) vs(v)"
+    ));
+    // Build k of package p has id (p - 1) * 3 + k: 1.0 on cp39, 1.0 on cp311, 1.1 on cp39.
+    let kinds = "(VALUES (1, '1.0', 'cp39', 'cp39', 'cp39', 'linux_armv7l'), \
+                         (2, '1.0', 'cp311', 'cp311', 'cp311', 'linux_armv7l'), \
+                         (3, '1.1', 'cp39', 'py3', 'none', 'any')) k(k, version, abi, py, file_abi, platform)";
+    db.execute(&format!(
+        "INSERT INTO builds (build_id, package, version, built_by, abi_tag, status, duration) \
+         SELECT (p - 1) * 3 + k.k, 'pkg-' || p, k.version, 1, k.abi, true, interval '1 minute' \
+         FROM generate_series(1, {n}) p, {kinds}"
+    ));
+    db.execute(&format!(
+        "INSERT INTO files (filename, build_id, filesize, filehash, metadata_hash, package_tag, package_version_tag, \
+                            py_version_tag, abi_tag, platform_tag, requires_python, uploaded) \
+         SELECT 'pkg_' || p || '-' || k.version || '-' || k.py || '-' || k.file_abi || '-' || k.platform || '.whl', \
+                (p - 1) * 3 + k.k, 100000 + p, md5(p || 'a' || k.k) || md5(p || 'b' || k.k), \
+                md5(p || 'c' || k.k) || md5(p || 'd' || k.k), 'pkg_' || p, k.version, k.py, k.file_abi, k.platform, \
+                '>=3.9', timestamptz '2024-01-01 00:00:00+00' \
+         FROM generate_series(1, {n}) p, {kinds}"
+    ));
+    db.execute(
+        "INSERT INTO dependencies (filename, tool, dependency) \
+         SELECT filename, 'apt', 'libatlas3-base' FROM files \
+         UNION ALL SELECT filename, 'pip', 'numpy' FROM files",
+    );
+    db.execute("SELECT setval('builds_build_id_seq', (SELECT max(build_id) FROM builds))");
+    db.execute("VACUUM ANALYZE");
+}
+
+/// The wheels and their `.metadata` files on disk, as the file juggler leaves them (empty:
+/// the pages take sizes and hashes from the database).
+fn fill_disk(root: &std::path::Path, n: u64) {
+    let work = |from: u64, to: u64| {
+        for p in from..to {
+            let dir = root.join(format!("simple/pkg-{p}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for name in [
+                format!("pkg_{p}-1.0-cp39-cp39-linux_armv7l.whl"),
+                format!("pkg_{p}-1.0-cp311-cp311-linux_armv7l.whl"),
+                format!("pkg_{p}-1.1-py3-none-any.whl"),
+            ] {
+                std::fs::File::create(dir.join(&name)).unwrap();
+                std::fs::File::create(dir.join(format!("{name}.metadata"))).unwrap();
+            }
+        }
+    };
+    let half = n / 2 + 1;
+    let work = &work;
+    std::thread::scope(|s| {
+        s.spawn(move || work(1, half));
+        s.spawn(move || work(half, n + 1));
+    });
+}
+
+fn record(package: &str, version: &str, filename: &str) -> BuildRecord {
+    BuildRecord {
+        built_by: 1,
+        builder: "bench".into(),
+        package: package.into(),
+        version: version.into(),
+        abi: "cp39".into(),
+        result: BuildResult {
+            success: true,
+            failure: None,
+            exit_status: Some(0),
+            duration: Duration::from_secs(60),
+            cpu_time: Duration::from_secs(50),
+            peak_memory: 0,
+            output: String::new(),
+            files: vec![wheel_file(filename, filename.as_bytes())],
+        },
+    }
+}
+
+fn main() {
+    let n = env_number("BENCH_PACKAGES", 100_000);
+    let samples = env_number("BENCH_SAMPLES", 20);
+    let db = TestDb::new();
+    migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    fill_database(&db, n);
+    let filled = started.elapsed();
+    fill_disk(out.path(), n);
+    println!(
+        "synthetic farm: {n} packages, {} files (database {:.0} s, disk {:.0} s)",
+        3 * n,
+        filled.as_secs_f64(),
+        (started.elapsed() - filled).as_secs_f64()
+    );
+
+    let zmq = zmq::Context::new();
+    let _status = Receiver::<StatusEvent>::pull(&zmq, "inproc://status", None).unwrap();
+    let rt = Runtime { poll_cap: Duration::from_millis(100), ..Runtime::new(zmq.clone(), Arc::new(SystemClock), "inproc://status") };
+    let mut tasks = Supervisor::new();
+    tasks.add(task::spawn(&rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph)).unwrap());
+    for k in 0..3 {
+        let url = db.app_url();
+        tasks.add(task::spawn(&rt, &format!("oracle_{k}"), oracle::Sockets::open, move |s| Oracle::start(s, &url, Duration::from_secs(60))).unwrap());
+    }
+    // Every oracle connected before the clock starts.
+    let client = DbClient::connect(&zmq, Duration::from_secs(60)).unwrap();
+    for _ in 0..12 {
+        client.package_exists("pkg-1").unwrap();
+    }
+
+    let mut config = IndexConfig::new(out.path());
+    if let Some(ms) = std::env::var("BENCH_WINDOW_MS").ok().and_then(|v| v.parse().ok()) {
+        config.window = Duration::from_millis(ms);
+    }
+    config.durable = std::env::var("BENCH_NOSYNC").map_or(true, |v| v != "1");
+    if let Some(threads) = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()) {
+        config.threads = threads;
+    }
+    let threads = config.threads;
+    let window = config.window;
+    let durable = config.durable;
+    let stamp = out.path().join(".piwheels-index");
+    let fingerprint = piwheels_master::index::pages::TEMPLATES_FINGERPRINT.as_str();
+    let start = |name: &str, config: &IndexConfig| {
+        let config = config.clone();
+        task::spawn(&rt, name, |ctx| index::Sockets::open(ctx, Duration::from_secs(60)), move |_| Scribe::start(&config)).unwrap()
+    };
+    let wait_for_stamp = || {
+        while std::fs::read_to_string(&stamp).ok().as_deref() != Some(fingerprint) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    println!("\n## Full rewrite of the index (batches of {}, {threads} writing threads)\n", config.batch);
+    println!("| tree | packages | seconds | packages (project pages) per second | files written per second |");
+    println!("|---|---:|---:|---:|---:|");
+    let started = Instant::now();
+    let mut scribe = start("the_scribe_1", &config);
+    wait_for_stamp();
+    let secs = started.elapsed().as_secs_f64();
+    let listed = std::fs::read_to_string(out.path().join("simple/index.json")).unwrap().matches("\"name\"").count();
+    assert_eq!(listed as u64, n, "every package listed in the root");
+    println!("| empty | {n} | {secs:.1} | {:.0} | {:.0} |", n as f64 / secs, (4 * n + 2) as f64 / secs);
+    // The same again over the written tree, as after an upgrade that changes the templates.
+    scribe.control(TaskControl::Quit).unwrap();
+    scribe.join(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&stamp, "other templates").unwrap();
+    let started = Instant::now();
+    let mut scribe = start("the_scribe_2", &config);
+    wait_for_stamp();
+    let secs = started.elapsed().as_secs_f64();
+    println!("| written | {n} | {secs:.1} | {:.0} | {:.0} |", n as f64 / secs, (4 * n + 2) as f64 / secs);
+
+    // Latency: one build at a time, as the slave driver reports it: recorded, then the log
+    // and a rewrite are sent to the index writer.
+    let web = Client::<WebRequest, WebReply>::connect(&zmq, WEB_ENDPOINT, None).unwrap();
+    let mut latencies = Vec::new();
+    for i in 0..samples {
+        let p = 1 + i * (n / samples.max(1)).max(1);
+        let package = format!("pkg-{p}");
+        let version = format!("2.0.{i}");
+        let filename = format!("pkg_{p}-{version}-py3-none-any.whl");
+        client.new_version(&package, &version, None, "").unwrap();
+        let dir = out.path().join(format!("simple/{package}"));
+        std::fs::write(dir.join(&filename), filename.as_bytes()).unwrap();
+        std::fs::write(dir.join(format!("{filename}.metadata")), b"Metadata-Version: 2.1\n").unwrap();
+        let build_id = client.log_build(record(&package, &version, &filename)).unwrap();
+        let recorded = Instant::now();
+        for request in [WebRequest::Log { build_id, output: "built".into() }, WebRequest::Rewrite { package: package.clone(), scope: RewriteScope::Both }] {
+            assert_eq!(web.request(&request, Duration::from_secs(10)).unwrap(), WebReply::Done);
+        }
+        let page = dir.join("index.html");
+        while !std::fs::read_to_string(&page).unwrap_or_default().contains(&filename) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        latencies.push(recorded.elapsed().as_secs_f64());
+    }
+    latencies.sort_by(f64::total_cmp);
+    if !latencies.is_empty() {
+        println!("\n## Latency from a build recorded to its pages on disk (window {window:?}, syncfs: {durable})\n");
+        println!("| samples | median s | max s |");
+        println!("|---:|---:|---:|");
+        println!("| {} | {:.3} | {:.3} |", latencies.len(), latencies[latencies.len() / 2], latencies[latencies.len() - 1]);
+    }
+    scribe.control(TaskControl::Quit).unwrap();
+    scribe.join(Duration::from_secs(30));
+    tasks.shutdown(Duration::from_secs(5));
+}
