@@ -735,6 +735,17 @@ pub enum FsRequest {
         /// The file.
         file: Box<WheelFile>,
     },
+    /// Publish `file` as a link to `existing`, a published file of the same package that the
+    /// database holds with the same SHA-256, instead of receiving it: answered `AlreadyHave`,
+    /// or `Failed` when `existing` is not there with those contents (then expect the file).
+    Link {
+        /// Canonical package name (the directory of both files).
+        package: String,
+        /// The published file with the same contents.
+        existing: String,
+        /// The file to publish.
+        file: Box<WheelFile>,
+    },
     /// Check and publish a finished transfer: answered `Verified` or `Failed`.
     Verify {
         /// The transfer.

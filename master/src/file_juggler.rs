@@ -500,6 +500,11 @@ impl FileJuggler {
                 failure = Some(e);
                 reply
             }),
+            Ok(FsRequest::Link { package, existing, file }) => self.link(&package, &existing, &file).unwrap_or_else(|e| {
+                let reply = FsReply::Error { message: format!("{e:#}") };
+                failure = Some(e);
+                reply
+            }),
             Ok(FsRequest::Verify { transfer }) => match self.verify(transfer) {
                 Ok(reply) => reply,
                 Err(e) => {
@@ -520,6 +525,40 @@ impl FileJuggler {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Publishes `file` as a hard link to `existing` when that holds the same bytes, so that a
+    /// file the index has under another name is not sent again.
+    fn link(&mut self, package: &str, existing: &str, file: &WheelFile) -> anyhow::Result<FsReply> {
+        if let Err(reason) = self.validate(package, file) {
+            tracing::warn!("refusing to link {:?} for {package:?}: {reason}", file.filename);
+            return Ok(FsReply::Failed { reason });
+        }
+        if WheelName::parse(existing).map_or(true, |name| !name.is_for(package)) {
+            return Ok(FsReply::Failed { reason: format!("{existing:?} is not a published file of {package}") });
+        }
+        let dir = self.config.simple_dir().join(package);
+        let source = dir.join(existing);
+        let target = dir.join(&file.filename);
+        // The target may be there already (published earlier with these bytes, or not).
+        match same_contents(&target, file)? {
+            Some(true) => return Ok(FsReply::AlreadyHave),
+            Some(false) => {
+                return Ok(FsReply::Failed {
+                    reason: format!("{} is already published with different contents", file.filename),
+                });
+            }
+            None => {}
+        }
+        if same_contents(&source, file)? != Some(true) {
+            return Ok(FsReply::Failed { reason: format!("{existing} is not published with the contents of {}", file.filename) });
+        }
+        fs::hard_link(&source, &target).with_context(|| format!("cannot link {} to {}", target.display(), source.display()))?;
+        let metadata = dir.join(format!("{}{METADATA_SUFFIX}", file.filename));
+        write_atomically(&dir, &metadata, &file.metadata)?;
+        sync_dir(&dir)?;
+        tracing::info!("published {} as a link to {existing}, which has the same contents", file.filename);
+        Ok(FsReply::AlreadyHave)
     }
 
     fn expect(&mut self, package: String, file: WheelFile, now: Instant) -> anyhow::Result<FsReply> {

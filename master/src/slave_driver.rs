@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use piwheels_common::protocols::{
     ArchitectTrigger, BuildQueueUpdate, BuildRecord, BuildResult, DbReply, DbRequest, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest,
     NoticeLevel, PackageVersion, RewriteScope, SlaveAction, SlaveCommand, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveId,
-    SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TransferId, WebReply, WebRequest,
+    SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TransferId, WebReply, WebRequest, WheelFile,
 };
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, Peer, Receiver, Sender, Server};
@@ -302,6 +302,10 @@ impl SlaveDriver {
         let mut index = from;
         while index < result.files.len() {
             let file = result.files[index].clone();
+            if self.link_held(sockets, &build.package, &file) {
+                index += 1;
+                continue;
+            }
             let request = FsRequest::Expect { package: build.package.clone(), file: Box::new(file.clone()) };
             match sockets.fs.request(&request, FS_TIMEOUT) {
                 Ok(FsReply::Expecting { transfer }) => {
@@ -326,6 +330,31 @@ impl SlaveDriver {
             }
         }
         self.finish(sockets, ctx, identity, build, *result)
+    }
+
+    /// Whether a file with the same contents under another name is published already and the
+    /// file juggler linked this one to it, so that it need not be sent.
+    fn link_held(&self, sockets: &Sockets, package: &str, file: &WheelFile) -> bool {
+        let existing = match sockets.db.text(DbRequest::FileWithHash { sha256: file.sha256.clone() }) {
+            Ok(Some(existing)) if existing != file.filename => existing,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!("cannot look {} up by its hash ({e}); it will be sent", file.filename);
+                return false;
+            }
+        };
+        let request = FsRequest::Link { package: package.into(), existing, file: Box::new(file.clone()) };
+        match sockets.fs.request(&request, FS_TIMEOUT) {
+            Ok(FsReply::AlreadyHave) => true,
+            Ok(other) => {
+                tracing::debug!("{} not linked ({other:?}); it will be sent", file.filename);
+                false
+            }
+            Err(e) => {
+                tracing::warn!("the file juggler did not answer a link of {}: {e}", file.filename);
+                false
+            }
+        }
     }
 
     /// Leaves a file the file juggler will not take out of the build's record.

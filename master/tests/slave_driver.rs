@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{
-    ArchitectTrigger, BuildResult, DeleteAck, DeleteNotice, FailureKind, HostInfo, HostStats, SlaveAction, SlaveCommand,
+    ArchitectTrigger, BuildResult, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest, HostInfo, HostStats, SlaveAction, SlaveCommand,
     SlaveCommandReply, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WebReply,
     WebRequest, WheelFile,
 };
@@ -16,7 +16,7 @@ use piwheels_common::task::{self, TaskHandle};
 use piwheels_common::transport::{Client, Sender};
 use piwheels_common::upload::{UploadOptions, upload};
 use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, QueueConfig};
-use piwheels_master::file_juggler::{self, FileJuggler, JugglerConfig};
+use piwheels_master::file_juggler::{self, FS_ENDPOINT, FileJuggler, JugglerConfig};
 use piwheels_master::process::SLAVE_COMMANDS_ENDPOINT;
 use piwheels_master::slave_driver::{self, DELETES_ENDPOINT, DriverConfig, SlaveDriver};
 use piwheels_testsupport::data::wheel_file;
@@ -493,4 +493,45 @@ fn files_of_an_abandoned_build_are_unpublished_unless_a_build_records_them() {
         removal,
         WebRequest::DeleteVersion { package: "foo".into(), version: "1.0".into(), files: vec![filename], builds: vec![] }
     );
+}
+
+#[test]
+fn a_file_whose_contents_the_index_holds_under_another_name_is_linked_not_sent() {
+    let farm = Farm::start(&[("foo", "1.0"), ("foo", "1.1")]);
+    let slave = farm.slave("pi-1");
+    slave.hello();
+    farm.refresh_queue();
+    let (first_version, second_version) = {
+        let (_, version) = slave.take_build();
+        let other = if version == "1.0" { "1.1" } else { "1.0" };
+        (version, other.to_string())
+    };
+    let (path, first) = wheel(farm.dir.path(), "foo", &first_version, b"the same bytes");
+    let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![first.clone()]))) else {
+        panic!("expected a send")
+    };
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, transfer, &path, UploadOptions::default()).unwrap();
+    assert_eq!(slave.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
+
+    // The other release builds to the very same bytes under its own name: nothing is sent.
+    assert_eq!(slave.take_build().1, second_version);
+    let (_, second) = wheel(farm.dir.path(), "foo", &second_version, b"the same bytes");
+    assert_eq!(slave.ask(SlaveRequest::Built(result(true, vec![second.clone()]))), SlaveReply::Done);
+    let dir = farm.dir.path().join("www/simple/foo");
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (std::fs::metadata(dir.join(&first.filename)).unwrap(), std::fs::metadata(dir.join(&second.filename)).unwrap());
+    assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "the second file is a link to the first");
+    assert_eq!(std::fs::read(dir.join(format!("{}.metadata", second.filename))).unwrap(), second.metadata.to_vec());
+    assert_eq!(farm.builds().len(), 2);
+    assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM files"), [Some("2".into())]);
+
+    // The file juggler links only a file of the same package with the very same bytes.
+    let fs = Client::<FsRequest, FsReply>::connect(&farm.pool.rt.zmq, FS_ENDPOINT, None).unwrap();
+    let (_, other_bytes) = wheel(farm.dir.path(), "foo", "9.9", b"other bytes");
+    let link = |existing: &str, file: &WheelFile| {
+        fs.request(&FsRequest::Link { package: "foo".into(), existing: existing.into(), file: Box::new(file.clone()) }, WAIT).unwrap()
+    };
+    assert!(matches!(link(&first.filename, &other_bytes), FsReply::Failed { reason } if reason.contains("not published with the contents")));
+    assert!(matches!(link("bar-1.0-py3-none-any.whl", &other_bytes), FsReply::Failed { reason } if reason.contains("not a published file of foo")));
+    assert!(!dir.join(&other_bytes.filename).exists());
 }
