@@ -1,0 +1,626 @@
+//! The build pipeline end to end, timed (run with `cargo bench -p piwheels-master --bench
+//! pipeline`, after `cargo build --release --workspace --bins` and with the test Python of
+//! `scripts/setup-lib.sh`'s `ensure_test_python` first on PATH).
+//!
+//! A real piw-master follows the fake PyPI and feeds real piw-slaves, run as an unprivileged
+//! user, whose build command is a small Python script that writes a tiny valid pure-Python
+//! wheel at once. For 1, 4 and 16 slaves in turn, the bench
+//!
+//! 1. starts the slaves and, once the master knows them all, tells the master to put them to
+//!    sleep (a slave command);
+//! 2. registers `BENCH_RELEASES` (default 200) new releases on the fake PyPI and waits until
+//!    the master has recorded them all and its queue has had time to take them in; the master's
+//!    CPU over this phase is the feed's, reported per release;
+//! 3. measures the master's CPU while nothing happens for three seconds (sleeping slaves
+//!    still ask for work, the feed still polls): the idle rate, from the threads'
+//!    `schedstat`, which is finer than the clock ticks of `stat`;
+//! 4. wakes the slaves and waits until every release has a build recorded, reading CPU times
+//!    before and after.
+//!
+//! Figures per round:
+//!
+//! - **builds/s**: the releases divided by the time from the first build command's start
+//!   (written by the script into a side file) to the last `builds.built_at`;
+//! - **master CPU per build**: utime + stime of the piw-master process (all its threads) from
+//!   `/proc/<pid>/stat`, before and after step 4, over the builds; also per thread (each task
+//!   is a named thread);
+//! - **PostgreSQL CPU per build**: the same for the server processes of the master's own
+//!   connections (the oracles'), found in `pg_stat_activity`;
+//! - **slave CPU per build**: the piw-slave processes' own utime + stime (fields 14 and 15,
+//!   which leave out their children), and separately their children's (fields 16 and 17: the
+//!   `exec-build` launchers with the builds, and any `ldd`) less the build commands' own CPU
+//!   as the launchers recorded it in `builds.cpu_time`: what the launcher costs;
+//! - **latency**: from the moment the build command finished (the script's last act is to
+//!   write the time into its side file) to `builds.built_at`, the start of the transaction
+//!   that recorded the build. It covers the command's exit, the launcher's report, the
+//!   slave's inspection of the wheel, `Built`, the file juggler's `Expect`, the upload, the
+//!   verification (with its fsyncs) and the recording. Both times come from the same clock.
+//!   The slave's log line `built <package> <version> in ...`, written once it has inspected
+//!   the wheel, splits it in two: the slave's part and the rest.
+//!
+//! The master runs with its production intervals (feed every 10 s, queue debounce 2 s, page
+//! rewrite window 1 s, stats every 10 s): what it does per build depends on them. The slaves
+//! ask again one to one and a half seconds after a `Sleep`. `BENCH_SLAVES` (default `1,4,16`)
+//! chooses the rounds.
+//!
+//! `BENCH_PROFILE`, a command, is run with the master's pid as its last argument while the
+//! builds run, and stopped with SIGINT after the last one (for instance `strace -c -f -o
+//! /tmp/master.strace -p`); its own cost then inflates the figures of that run.
+//! `BENCH_MASTER_WRAPPER`, a command, runs the master under it: `valgrind --tool=callgrind
+//! --instr-atstart=no`, say, with a `BENCH_PROFILE` script that runs `callgrind_control -i on`
+//! and, on SIGINT, `-i off` and `-d`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use piwheels_common::protocols::{ControlReply, ControlRequest, SlaveAction, SlaveTarget, Versions};
+use piwheels_common::transport::Client;
+use piwheels_master::db::migrate;
+use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use piwheels_testsupport::programs::{program, shared_dir, unprivileged};
+use piwheels_testsupport::pypi::{FakePypi, sdist};
+
+/// The build command: writes `<name>-<version>-py3-none-any.whl` with METADATA, WHEEL and a
+/// RECORD of correct hashes, then `<start> <end>` (seconds since the epoch) into
+/// `<times>/<package>`.
+const MAKE_WHEEL: &str = r#"import sys, time
+start = time.time()
+import base64, hashlib, os, zipfile
+times, name, version, wheel_dir = sys.argv[1:5]
+dist = name.replace("-", "_").replace(".", "_")
+info = f"{dist}-{version}.dist-info"
+files = [
+    (f"{dist}/__init__.py", b""),
+    (f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()),
+    (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: piwheels-bench\nRoot-Is-Purelib: true\nTag: py3-none-any\n"),
+]
+record = "".join(
+    f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+    for path, data in files
+) + f"{info}/RECORD,,\n"
+files.append((f"{info}/RECORD", record.encode()))
+with zipfile.ZipFile(os.path.join(wheel_dir, f"{dist}-{version}-py3-none-any.whl"), "w") as wheel:
+    for path, data in files:
+        wheel.writestr(path, data)
+with open(os.path.join(times, name), "w") as out:
+    out.write(f"{start} {time.time()}\n")
+"#;
+
+/// How long the master is watched doing nothing, for its idle rate.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
+/// How long after the last release reaches the database the queue is given to take it in
+/// (the architect's default debounce is 2 s).
+const QUEUE_SETTLE: Duration = Duration::from_secs(4);
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The ABI tag of the Python on PATH, which the slaves build for.
+fn local_abi() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print('cp%d%d' % sys.version_info[:2])"])
+        .output()
+        .expect("python3 on PATH (scripts/setup-lib.sh's ensure_test_python)");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat`'s times.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds of a process or thread, from its `/proc/.../stat` file.
+#[derive(Debug, Clone, Copy, Default)]
+struct Times {
+    /// utime (field 14).
+    user: f64,
+    /// stime (field 15).
+    system: f64,
+    /// cutime + cstime (fields 16 and 17): children waited for.
+    children: f64,
+}
+
+impl Times {
+    fn own(&self) -> f64 {
+        self.user + self.system
+    }
+}
+
+fn stat_cpu(path: &Path, ticks: f64) -> Option<Times> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name, in parentheses, may hold spaces: fields are counted after it.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<i64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    // `rest` starts at field 3 (the state), so field n is fields[n - 3].
+    let at = |n: usize| fields.get(n - 3).copied().unwrap_or(0) as f64 / ticks;
+    Some(Times { user: at(14), system: at(15), children: at(16) + at(17) })
+}
+
+/// CPU seconds of each thread of `pid`, by thread name (threads of one name summed): user and
+/// system.
+fn thread_cpu(pid: u32, ticks: f64) -> BTreeMap<String, (f64, f64)> {
+    let mut threads = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return threads };
+    for task in tasks.flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_string();
+        if let Some(times) = stat_cpu(&task.path().join("stat"), ticks) {
+            let entry = threads.entry(name).or_insert((0.0, 0.0));
+            entry.0 += times.user;
+            entry.1 += times.system;
+        }
+    }
+    threads
+}
+
+/// Nanoseconds on CPU of the live threads of `pid`, from `/proc/<pid>/task/*/schedstat`: finer
+/// than clock ticks, for short windows without threads that come and go.
+fn on_cpu(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 / 1e9
+}
+
+/// A process killed when dropped.
+struct Process(Child);
+
+impl Process {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM, then up to `timeout` to exit.
+    fn stop(&mut self, timeout: Duration) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU times read at one moment.
+#[derive(Debug, Clone)]
+struct Sample {
+    master: Times,
+    master_threads: BTreeMap<String, (f64, f64)>,
+    /// The master's live threads' CPU from schedstat.
+    master_on_cpu: f64,
+    /// Each PostgreSQL server process of the master's connections.
+    postgres: HashMap<u32, f64>,
+    /// Each slave.
+    slaves: HashMap<u32, Times>,
+    at: Instant,
+}
+
+/// What one round measured.
+#[derive(Debug)]
+struct Round {
+    slaves: usize,
+    builds: usize,
+    seconds: f64,
+    feed_master_ms: f64,
+    feed_postgres_ms: f64,
+    idle_master_ms_per_s: f64,
+    master_ms: f64,
+    master_system_ms: f64,
+    postgres_ms: f64,
+    slave_own_ms: f64,
+    launcher_ms: f64,
+    command_ms: f64,
+    latency_ms: Vec<f64>,
+    /// The median of the build's wall time as the slave measured it around the launcher.
+    duration_ms: f64,
+    /// The median of the build command's wall time, from its first line to its last.
+    command_wall_ms: f64,
+    /// The median latency from the command's end to the slave's log line saying it built the
+    /// release (after it inspected the wheel).
+    in_slave_ms: f64,
+    /// The median latency from that log line to the record.
+    after_slave_ms: f64,
+    /// Each thread's user and system CPU.
+    threads: Vec<(String, f64, f64)>,
+}
+
+struct Farm {
+    dir: tempfile::TempDir,
+    db: TestDb,
+    pypi: FakePypi,
+    abi: String,
+    ticks: f64,
+    slave_port: u16,
+    file_port: u16,
+    master: Process,
+    control: Client<ControlRequest, ControlReply>,
+    _zmq: zmq::Context,
+}
+
+impl Farm {
+    fn start() -> Farm {
+        let db = TestDb::new();
+        migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
+        let abi = local_abi();
+        let python_version = abi.trim_start_matches("cp");
+        db.execute(&format!("INSERT INTO build_abis (abi_tag, python_version) VALUES ('{abi}', {python_version})"));
+        let dir = shared_dir();
+        let times = dir.path().join("times");
+        std::fs::create_dir(&times).unwrap();
+        std::fs::set_permissions(&times, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        std::fs::write(dir.path().join("make_wheel.py"), MAKE_WHEEL).unwrap();
+        let pypi = FakePypi::start();
+        let (slave_port, file_port) = (free_port(), free_port());
+        let path = |name: &str| dir.path().join(name);
+        let log = std::fs::File::create(path("master.log")).unwrap();
+        let master = env!("CARGO_BIN_EXE_piw-master");
+        let wrapper = std::env::var("BENCH_MASTER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(master);
+                command
+            }
+            None => Command::new(master),
+        };
+        let child = command
+            .args(["--config", "/dev/null"])
+            .arg("--dsn")
+            .arg(db.app_url())
+            .arg("--output-path")
+            .arg(path("www"))
+            .arg("--state-dir")
+            .arg(path("state"))
+            .arg("--control-queue")
+            .arg(format!("ipc://{}/run/control", dir.path().display()))
+            .arg("--status-queue")
+            .arg(format!("ipc://{}/run/status", dir.path().display()))
+            .arg("--slave-queue")
+            .arg(format!("tcp://127.0.0.1:{slave_port}"))
+            .arg("--file-queue")
+            .arg(format!("tcp://127.0.0.1:{file_port}"))
+            .arg("--pypi-xmlrpc")
+            .arg(pypi.xmlrpc_url())
+            .arg("--pypi-json")
+            .arg(pypi.json_url())
+            .arg("--pypi-simple")
+            .arg(pypi.simple_url())
+            .env_remove("PIW_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let master = Process(child);
+        let zmq = zmq::Context::new();
+        let endpoint = format!("ipc://{}/run/control", dir.path().display());
+        let deadline = Instant::now() + Duration::from_secs(if wrapper.is_empty() { 30 } else { 600 });
+        let control = loop {
+            let client = Client::connect(&zmq, &endpoint, None).unwrap();
+            let hello = ControlRequest::Hello { versions: Versions::current(), client: "pipeline-bench".into() };
+            match client.request(&hello, Duration::from_millis(500)) {
+                Ok(ControlReply::Welcome { .. }) => break client,
+                Ok(other) => panic!("the master refused the bench: {other:?}"),
+                Err(e) => assert!(Instant::now() < deadline, "the master never answered (see {}): {e}", path("master.log").display()),
+            }
+        };
+        Farm { dir, db, pypi, abi, ticks: clock_ticks(), slave_port, file_port, master, control, _zmq: zmq }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn start_slave(&self, name: &str) -> Process {
+        let root = self.path(name);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let command = format!(
+            "{{python}} -I -S {} {} {{package}} {{version}} {{wheel_dir}}",
+            self.path("make_wheel.py").display(),
+            self.path("times").display()
+        );
+        let child = unprivileged(&program("piw-slave"))
+            .args(["--config", "/dev/null", "--master", "127.0.0.1", "--label", name])
+            .arg("--slave-queue")
+            .arg(format!("tcp://127.0.0.1:{}", self.slave_port))
+            .arg("--file-queue")
+            .arg(format!("tcp://127.0.0.1:{}", self.file_port))
+            .arg("--build-root")
+            .arg(&root)
+            .args(["--build-command", &command])
+            .args(["--sleep-interval", "1s", "--reconnect-interval", "1s", "--min-free-disk", "0", "--min-free-memory", "0"])
+            .env("HOME", &root)
+            .env_remove("PIW_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path(&format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        Process(child)
+    }
+
+    fn command(&self, request: ControlRequest) -> ControlReply {
+        self.control.request(&request, Duration::from_secs(10)).expect("the master's control socket")
+    }
+
+    fn connected_slaves(&self) -> usize {
+        let hello = ControlRequest::Hello { versions: Versions::current(), client: "pipeline-bench".into() };
+        match self.command(hello) {
+            ControlReply::Welcome { snapshot, .. } => snapshot.slaves.len(),
+            other => panic!("unexpected answer to hello: {other:?}"),
+        }
+    }
+
+    fn slaves(&self, action: SlaveAction) {
+        let reply = self.command(ControlRequest::Slaves { target: SlaveTarget::All, action });
+        assert_eq!(reply, ControlReply::Done, "{action:?} all slaves");
+    }
+
+    fn count(&self, sql: &str) -> usize {
+        self.db.column(sql)[0].as_deref().unwrap_or("0").parse().unwrap()
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what} (master log: {})", self.path("master.log").display());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// When each slave of the round logged `built <package> <version> in ...`, by package, in
+    /// seconds since the epoch.
+    fn built_lines(&self, slave_count: usize) -> HashMap<String, f64> {
+        let mut built = HashMap::new();
+        for i in 0..slave_count {
+            let log = std::fs::read_to_string(self.path(&format!("s{slave_count}-{i}.log"))).unwrap_or_default();
+            for line in log.lines() {
+                let mut words = line.split_whitespace();
+                let (Some(time), Some(_level), Some("built"), Some(package)) = (words.next(), words.next(), words.next(), words.next())
+                else {
+                    continue;
+                };
+                if let Ok(time) = chrono::DateTime::parse_from_rfc3339(time) {
+                    built.insert(package.to_string(), time.timestamp_micros() as f64 / 1e6);
+                }
+            }
+        }
+        built
+    }
+
+    fn sample(&self, slaves: &[Process]) -> Sample {
+        let postgres_pids = self.db.column(&format!(
+            "SELECT pid::text FROM pg_stat_activity WHERE datname = current_database() AND usename = '{APP_ROLE}'"
+        ));
+        let at = Instant::now();
+        let pid = self.master.pid();
+        let master = stat_cpu(Path::new(&format!("/proc/{pid}/stat")), self.ticks).expect("the master's /proc stat");
+        let postgres = postgres_pids
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .filter_map(|p| Some((p, stat_cpu(Path::new(&format!("/proc/{p}/stat")), self.ticks)?.own())))
+            .collect();
+        let slaves = slaves
+            .iter()
+            .map(|s| (s.pid(), stat_cpu(Path::new(&format!("/proc/{}/stat", s.pid())), self.ticks).expect("a slave's /proc stat")))
+            .collect();
+        Sample { master, master_threads: thread_cpu(pid, self.ticks), master_on_cpu: on_cpu(pid), postgres, slaves, at }
+    }
+
+    fn round(&self, slave_count: usize, releases: usize) -> Round {
+        let prefix = format!("bench-s{slave_count}-");
+        let like = format!("'{prefix}%'");
+        let mut slaves: Vec<Process> = (0..slave_count).map(|i| self.start_slave(&format!("s{slave_count}-{i}"))).collect();
+        self.wait_for("the slaves' hellos", Duration::from_secs(60), || self.connected_slaves() >= slave_count);
+        self.slaves(SlaveAction::Sleep);
+
+        // The feed: new releases on the fake PyPI, recorded by the master and queued.
+        let before_feed = self.sample(&slaves);
+        for i in 0..releases {
+            let name = format!("{prefix}{i:05}");
+            self.pypi.create_package(&name, None);
+            self.pypi.add_source(&name, "1.0", sdist::pure(&name, "1.0"));
+        }
+        self.wait_for("the releases in the database", Duration::from_secs(120 + releases as u64 / 5), || {
+            self.count(&format!("SELECT count(*)::text FROM versions WHERE package LIKE {like}")) >= releases
+        });
+        std::thread::sleep(QUEUE_SETTLE);
+        let after_feed = self.sample(&slaves);
+        std::thread::sleep(IDLE_WINDOW);
+        let before = self.sample(&slaves);
+
+        // The builds, under the profiler if one is asked for.
+        let profiler = std::env::var("BENCH_PROFILE").ok().map(|command| {
+            let mut words = command.split_whitespace();
+            let program = words.next().expect("BENCH_PROFILE: a command");
+            let child = Command::new(program).args(words).arg(self.master.pid().to_string()).spawn().expect("BENCH_PROFILE's command");
+            // Let it attach before the first build.
+            std::thread::sleep(Duration::from_secs(2));
+            child
+        });
+        self.slaves(SlaveAction::Wake);
+        self.wait_for("the builds", Duration::from_secs(120 + releases as u64), || {
+            self.count(&format!("SELECT count(*)::text FROM builds WHERE package LIKE {like}")) >= releases
+        });
+        let after = self.sample(&slaves);
+        if let Some(mut profiler) = profiler {
+            let _ = kill(Pid::from_raw(profiler.id() as i32), Signal::SIGINT);
+            let _ = profiler.wait();
+        }
+        for slave in &mut slaves {
+            slave.stop(Duration::from_secs(15));
+        }
+        drop(slaves);
+        self.wait_for("the slaves' goodbyes", Duration::from_secs(30), || self.connected_slaves() == 0);
+
+        let failed = self.db.column(&format!(
+            "SELECT concat_ws(' ', package, coalesce(failure, '-')) FROM builds WHERE package LIKE {like} AND NOT status"
+        ));
+        assert!(failed.is_empty(), "failed builds: {failed:?} (logs under {})", self.path("www").display());
+        let files = self.count(&format!("SELECT count(*)::text FROM files f JOIN builds b USING (build_id) WHERE b.package LIKE {like}"));
+        assert_eq!(files, releases, "every build published its wheel");
+
+        // built_at and the build command's CPU time of every build.
+        let rows = self.db.column(&format!(
+            "SELECT concat_ws(' ', package, extract(epoch FROM built_at), extract(epoch FROM cpu_time), \
+             extract(epoch FROM duration)) FROM builds WHERE package LIKE {like}"
+        ));
+        let mut first_start = f64::MAX;
+        let mut last_recorded = f64::MIN;
+        let mut command_cpu = 0.0;
+        let mut latency_ms = Vec::new();
+        let mut durations = Vec::new();
+        let mut command_walls = Vec::new();
+        let mut in_slave = Vec::new();
+        let mut after_slave = Vec::new();
+        let built = self.built_lines(slave_count);
+        for row in rows.into_iter().flatten() {
+            let mut fields = row.split(' ');
+            let package = fields.next().unwrap();
+            let mut numbers = fields.map(|f| f.parse::<f64>().unwrap());
+            let (built_at, cpu, duration) = (numbers.next().unwrap(), numbers.next().unwrap(), numbers.next().unwrap());
+            command_cpu += cpu;
+            durations.push(duration * 1e3);
+            let times = std::fs::read_to_string(self.path("times").join(package)).expect("the build command's side file");
+            let mut times = times.split_whitespace().map(|t| t.parse::<f64>().unwrap());
+            let (start, end) = (times.next().unwrap(), times.next().unwrap());
+            first_start = first_start.min(start);
+            last_recorded = last_recorded.max(built_at);
+            latency_ms.push((built_at - end) * 1e3);
+            command_walls.push((end - start) * 1e3);
+            let logged = built[package];
+            in_slave.push((logged - end) * 1e3);
+            after_slave.push((built_at - logged) * 1e3);
+        }
+        for list in [&mut latency_ms, &mut durations, &mut command_walls, &mut in_slave, &mut after_slave] {
+            list.sort_by(f64::total_cmp);
+        }
+
+        let n = releases as f64;
+        let per_build = |seconds: f64| seconds * 1e3 / n;
+        let postgres = |a: &Sample, b: &Sample| b.postgres.iter().filter_map(|(pid, t)| Some(t - a.postgres.get(pid)?)).sum::<f64>();
+        let slave_own: f64 = after.slaves.iter().map(|(pid, t)| t.own() - before.slaves[pid].own()).sum();
+        let slave_children: f64 = after.slaves.iter().map(|(pid, t)| t.children - before.slaves[pid].children).sum();
+        let mut threads: Vec<(String, f64, f64)> = after
+            .master_threads
+            .iter()
+            .map(|(name, (user, system))| {
+                let (user_before, system_before) = before.master_threads.get(name).copied().unwrap_or((0.0, 0.0));
+                (name.clone(), per_build(user - user_before), per_build(system - system_before))
+            })
+            .filter(|(_, user, system)| user + system > 0.0)
+            .collect();
+        threads.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+        Round {
+            slaves: slave_count,
+            builds: releases,
+            seconds: last_recorded - first_start,
+            feed_master_ms: per_build(after_feed.master.own() - before_feed.master.own()),
+            feed_postgres_ms: per_build(postgres(&before_feed, &after_feed)),
+            idle_master_ms_per_s: (before.master_on_cpu - after_feed.master_on_cpu) * 1e3 / (before.at - after_feed.at).as_secs_f64(),
+            master_ms: per_build(after.master.own() - before.master.own()),
+            master_system_ms: per_build(after.master.system - before.master.system),
+            postgres_ms: per_build(postgres(&before, &after)),
+            slave_own_ms: per_build(slave_own),
+            launcher_ms: per_build(slave_children - command_cpu),
+            command_ms: per_build(command_cpu),
+            duration_ms: percentile(&durations, 0.5),
+            command_wall_ms: percentile(&command_walls, 0.5),
+            in_slave_ms: percentile(&in_slave, 0.5),
+            after_slave_ms: percentile(&after_slave, 0.5),
+            latency_ms,
+            threads,
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let releases = env_number("BENCH_RELEASES", 200);
+    let counts: Vec<usize> = std::env::var("BENCH_SLAVES")
+        .unwrap_or_else(|_| "1,4,16".into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("BENCH_SLAVES: numbers separated by commas"))
+        .collect();
+    let farm = Farm::start();
+    println!("{releases} releases per round, ABI {}, files in {}", farm.abi, farm.dir.path().display());
+    let mut rounds = Vec::new();
+    for &count in &counts {
+        let round = farm.round(count, releases);
+        println!(
+            "{count:>2} slaves: {} builds in {:.2} s; master {:.2} ms/build, feed {:.2} ms/release",
+            round.builds, round.seconds, round.master_ms, round.feed_master_ms
+        );
+        rounds.push(round);
+    }
+
+    println!();
+    println!("CPU in ms per build (master: of which system); latency from the build command's end to its record, in ms");
+    println!(
+        "{:>6} {:>8} {:>14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "slaves", "builds/s", "master (sys)", "postgres", "slave", "launcher", "command", "lat p50", "lat p90", "lat max"
+    );
+    for r in &rounds {
+        println!(
+            "{:>6} {:>8.1} {:>7.2} ({:>4.2}) {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>8.1}",
+            r.slaves,
+            r.builds as f64 / r.seconds,
+            r.master_ms,
+            r.master_system_ms,
+            r.postgres_ms,
+            r.slave_own_ms,
+            r.launcher_ms,
+            r.command_ms,
+            percentile(&r.latency_ms, 0.5),
+            percentile(&r.latency_ms, 0.9),
+            percentile(&r.latency_ms, 1.0),
+        );
+    }
+    println!();
+    for r in &rounds {
+        println!(
+            "{:>2} slaves: medians: build {:.0} ms as the slave timed it, the command {:.0} ms of it; latency {:.0} ms to the slave's \
+             `built` log line, {:.0} ms from there to the record; master idle {:.2} ms/s; feed {:.2} ms/release on the master, \
+             {:.2} ms in PostgreSQL",
+            r.slaves,
+            r.duration_ms,
+            r.command_wall_ms,
+            r.in_slave_ms,
+            r.after_slave_ms,
+            r.idle_master_ms_per_s,
+            r.feed_master_ms,
+            r.feed_postgres_ms
+        );
+    }
+    for r in &rounds {
+        let threads: Vec<String> = r.threads.iter().map(|(name, user, system)| format!("{name} {user:.2}+{system:.2}")).collect();
+        println!("master threads, user+system ms/build, {} slaves: {}", r.slaves, threads.join(", "));
+    }
+}
