@@ -3,7 +3,7 @@
 //! database. `docs/index.md` describes the tree and the flow.
 //!
 //! Sockets: binds [`WEB_ENDPOINT`] (ROUTER: tasks' [`WebRequest`] → [`WebReply`]); connects to
-//! the oracles ([`DbClient`]).
+//! the oracles ([`DbClient`], twice).
 //!
 //! One task does both jobs the original split in two (a coalescing buffer and a writer):
 //!
@@ -11,17 +11,18 @@
 //!   first (`AddRewrite`, so a crash loses nothing), answered, and folded with later requests
 //!   for the same package for at most [`IndexConfig::window`]; then the package's pages are
 //!   written from fresh project data, made durable, and the database entry cleared. Due
-//!   packages are written in batches ([`IndexConfig::batch`]) that share one set of queries.
-//!   Pending entries the database holds at start-up (left by a crash or a stop) are written
-//!   first thing.
+//!   packages are written in batches ([`IndexConfig::batch`]) that share one set of queries,
+//!   by several threads ([`IndexConfig::threads`]). Pending entries the database holds at
+//!   start-up (left by a crash or a stop) are written first thing.
 //! * **Everything else is done at once** and answered when done: the home page, the search
 //!   index, build logs, and deletions (files and logs removed, then the package's pages
 //!   rewritten, or removed with everything of the package when it is gone from the database).
 //! * **A full rewrite** runs at start-up when the tree was not completely written by this
 //!   build's templates (a fresh tree, an upgrade that changed a page, an interrupted full
-//!   rewrite): every package in batches, interleaved with requests, and every page or file of a
-//!   package the database no longer knows is removed. The tree records the templates'
-//!   fingerprint when it is done.
+//!   rewrite): every package in batches, interleaved with requests (each batch's data is
+//!   fetched over a second database connection while the previous batch is written), and every
+//!   page or file of a package the database no longer knows is removed. The tree records the
+//!   templates' fingerprint when it is done.
 //!
 //! Pausing stops the buffered writes and the full rewrite (timers); requests are still
 //! answered, and logs, deletions and the home page are still written, so no caller blocks.
@@ -465,11 +466,6 @@ impl Scribe {
             self.writer.write_root()?;
         }
         Ok(())
-    }
-
-    /// The packages waiting for a rewrite.
-    pub fn waiting(&self) -> usize {
-        self.buffer.len()
     }
 }
 
