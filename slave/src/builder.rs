@@ -57,7 +57,9 @@ pub const DEFAULT_COMMAND: &str = "{python} -m pip wheel {package}=={version} --
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the builder looks at a running build (has it ended, is it past its time, has
-/// the caller asked it to stop).
+/// the caller asked it to stop): first after `FIRST_POLL`, then twice as long each time up to
+/// `POLL`, so that a quick build's end is noticed at once and a long one costs nothing.
+const FIRST_POLL: Duration = Duration::from_millis(2);
 const POLL: Duration = Duration::from_millis(100);
 
 /// The prefix of build directories' names.
@@ -456,6 +458,7 @@ impl Builder {
         let mut stopped = None;
         let mut told_at: Option<Instant> = None;
         let mut hard_killed = false;
+        let mut poll = FIRST_POLL;
         // WNOWAIT: the launcher stays a zombie, so its process group id stays ours.
         while let Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
             let now = Instant::now();
@@ -483,7 +486,8 @@ impl Builder {
                 }
                 Some(_) => {}
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(poll);
+            poll = (poll * 2).min(POLL);
         }
         // Anything the launcher did not reach (it only kills its descendants).
         match killpg(pid, Signal::SIGKILL) {
