@@ -157,6 +157,11 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
             Oracle::start(sockets, &url, timeout)
         })?);
     }
+    // The index writer early: every later task may ask it for pages, and it stops after them.
+    let mut index = IndexConfig::new(&cfg.output_path);
+    index.window = cfg.rewrite_window.0;
+    let db_timeout = cfg.db_timeout.0;
+    tasks.add(task::spawn(rt, "the_scribe", move |ctx| index::Sockets::open(ctx, db_timeout), move |_| Scribe::start(&index))?);
     let queue = QueueConfig { interval: cfg.queue_interval.0, debounce: cfg.queue_debounce.0, limit: cfg.queue_limit };
     tasks.add(task::spawn(rt, "the_architect", architect::Sockets::open, move |_| Ok(Architect::new(queue)))?);
     match &cfg.pypi_xmlrpc {
@@ -168,7 +173,6 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
                 timeout: Duration::from_secs(30),
                 skip_new: String::new(),
             };
-            let db_timeout = cfg.db_timeout.0;
             tasks.add(task::spawn(
                 rt,
                 "cloud_gazer",
@@ -194,10 +198,6 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
         move |ctx| file_juggler::Sockets::open(ctx, &file_queue, &open_config),
         move |_| FileJuggler::start(&juggler, &clock),
     )?);
-    let mut index = IndexConfig::new(&cfg.output_path);
-    index.window = cfg.rewrite_window.0;
-    let db_timeout = cfg.db_timeout.0;
-    tasks.add(task::spawn(rt, "the_scribe", move |ctx| index::Sockets::open(ctx, db_timeout), move |_| Scribe::start(&index))?);
     let status = rt.status_endpoint.clone();
     let stats = StatsConfig::new(&cfg.output_path, cfg.stats_interval.0);
     tasks.add(task::spawn(
