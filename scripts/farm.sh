@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # A whole piwheels farm on this machine, in ./farm: installs what is missing, builds the
-# release binaries, creates (or reuses) the database "piwheels", starts piw-master with the
+# release binaries, creates (or reuses) the database "piwheels" (FARM_DB), starts piw-master with the
 # built-in index server and one piw-slave for this machine's Python, registers a few real
 # packages with piw-add, waits until they are built, and shows pip installing one of them from
 # the farm's index into a fresh virtual environment. The farm then keeps running and the
 # script prints its addresses; Ctrl-C stops it. Running it again reuses everything.
 #
-# Settings (environment): FARM_HTTP (index server address, default 127.0.0.1:8080),
+# Settings (environment): FARM_DB (the database, default piwheels: a farm's database and its
+# ./farm go together, so give another checkout its own), FARM_HTTP (index server address,
+# default 127.0.0.1:8080),
 # FARM_PACKAGES (what to build, "name==version ...", default a pure package, one with an
 # optional C extension and one with flit's build backend), FARM_TIMEOUT (seconds to wait for
 # the builds, default 900).
@@ -17,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-lib.sh
 
+db=${FARM_DB:-piwheels}
 http=${FARM_HTTP:-127.0.0.1:8080}
 packages=${FARM_PACKAGES:-"six==1.17.0 markupsafe==3.0.2 idna==3.10"}
 timeout=${FARM_TIMEOUT:-900}
@@ -31,12 +34,12 @@ cargo build --release --locked --workspace --bins
 bin=$PWD/target/release
 
 abi=$(/usr/bin/python3 -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
-step "database piwheels (builds for $abi)"
+step "database $db (builds for $abi)"
 psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'piwheels'" | grep -q 1 \
     || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE ROLE piwheels LOGIN"
-psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'piwheels'" | grep -q 1 \
-    || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE piwheels"
-"$bin/piw-initdb" --config /dev/null --dsn postgres://postgres@127.0.0.1:5432/piwheels --user piwheels --abi "$abi"
+psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$db\""
+"$bin/piw-initdb" --config /dev/null --dsn "postgres://postgres@127.0.0.1:5432/$db" --user piwheels --abi "$abi"
 
 # Builds run the packages' own code, so the slave runs as an unprivileged user: the invoking
 # user, or a system user made for it when the script runs as root.
@@ -52,7 +55,7 @@ chown "$builder" "$farm/builds"
 cat > "$config" <<TOML
 # Written by scripts/farm.sh on every run, so that the paths follow the checkout.
 [master]
-dsn = "postgres://piwheels@127.0.0.1:5432/piwheels"
+dsn = "postgres://piwheels@127.0.0.1:5432/$db"
 output-path = "$farm/www"
 state-dir = "$farm/state"
 control-queue = "ipc://$farm/run/control"
@@ -118,7 +121,7 @@ names=$(for spec in $packages; do printf "'%s'," "${spec%%==*}"; done)
 names=${names%,}
 deadline=$((SECONDS + timeout))
 while :; do
-    done_count=$(psql -h 127.0.0.1 -U postgres -d piwheels -tAc \
+    done_count=$(psql -h 127.0.0.1 -U postgres -d "$db" -tAc \
         "SELECT count(DISTINCT package) FROM builds WHERE package IN ($names)")
     [ "$done_count" -ge "$(echo "$packages" | wc -w)" ] && break
     if [ $SECONDS -ge $deadline ]; then
@@ -127,7 +130,7 @@ while :; do
     fi
     sleep 2
 done
-psql -h 127.0.0.1 -U postgres -d piwheels -c \
+psql -h 127.0.0.1 -U postgres -d "$db" -c \
     "SELECT package, version, abi_tag, CASE WHEN status THEN 'built' ELSE 'failed' END AS result, duration
      FROM builds WHERE package IN ($names) ORDER BY package"
 
