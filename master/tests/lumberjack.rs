@@ -362,7 +362,11 @@ fn a_restarted_ingester_is_greeted_again_and_takes_the_batch() {
         |_| Ok(Lumberjack::new()),
     )
     .unwrap();
-    // The new ingester does not know this connection: the shipper says hello again.
+    // Once the new ingester answers a new logger (its socket is bound and it serves)...
+    eventually("the new ingester to answer", Duration::from_secs(20), || {
+        Shipper::connect(&ingester.pool.rt.zmq, &ingester.endpoint, Duration::from_secs(1), Duration::from_secs(1)).is_ok()
+    });
+    // ...it does not know the old logger's connection: that logger says hello again.
     assert_eq!(shipper.send(vec![page("home", "192.0.2.2")]).unwrap(), (1, 0));
     assert_eq!(ingester.count("web_page_hits"), 2);
     ingester.stop();

@@ -210,20 +210,27 @@ pub enum SendError {
 }
 
 /// A connection to the master's log ingester.
-#[derive(Debug)]
 pub struct Shipper {
-    client: Client<LogRequest, LogReply>,
+    ctx: zmq::Context,
+    /// Replaced by a fresh connection when the ingester stops answering.
+    client: std::cell::RefCell<Client<LogRequest, LogReply>>,
     endpoint: String,
     connect_timeout: Duration,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Shipper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipper").field("endpoint", &self.endpoint).field("timeout", &self.timeout).finish()
+    }
 }
 
 impl Shipper {
     /// Connects to the ingester at `endpoint` and says hello, waiting at most
     /// `connect_timeout` for the welcome; batches wait at most `timeout`.
     pub fn connect(ctx: &zmq::Context, endpoint: &str, connect_timeout: Duration, timeout: Duration) -> Result<Shipper, SendError> {
-        let client = Client::connect(ctx, endpoint, Some(MAX_MESSAGE))?;
-        let shipper = Shipper { client, endpoint: endpoint.to_string(), connect_timeout, timeout };
+        let client = std::cell::RefCell::new(Client::connect(ctx, endpoint, Some(MAX_MESSAGE))?);
+        let shipper = Shipper { ctx: ctx.clone(), client, endpoint: endpoint.to_string(), connect_timeout, timeout };
         shipper.hello()?;
         Ok(shipper)
     }
@@ -237,7 +244,7 @@ impl Shipper {
     }
 
     fn ask(&self, request: &LogRequest, timeout: Duration) -> Result<LogReply, SendError> {
-        self.client.request(request, timeout).map_err(|e| match e {
+        self.client.borrow().request(request, timeout).map_err(|e| match e {
             TransportError::Timeout { .. } | TransportError::Busy { .. } => {
                 SendError::NoAnswer { endpoint: self.endpoint.clone(), timeout }
             }
@@ -264,7 +271,21 @@ impl Shipper {
         let request = LogRequest::Records { records };
         let mut retried = false;
         loop {
-            match self.ask(&request, self.timeout)? {
+            let reply = match self.ask(&request, self.timeout) {
+                Ok(reply) => reply,
+                // A master that restarted just as the batch left may have lost it with the old
+                // connection: greet the new one and send the batch once more. (Were the old
+                // master merely slow, the batch would be counted twice; a lost batch is worse.)
+                Err(SendError::NoAnswer { .. }) if !retried => {
+                    tracing::debug!("no answer to a batch; connecting and saying hello again");
+                    retried = true;
+                    *self.client.borrow_mut() = Client::connect(&self.ctx, &self.endpoint, Some(MAX_MESSAGE))?;
+                    self.hello()?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match reply {
                 LogReply::Accepted { stored, rejected } => return Ok((stored, rejected)),
                 LogReply::Refused { reason } if !retried => {
                     tracing::debug!("batch refused ({reason}); saying hello again");
