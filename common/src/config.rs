@@ -789,9 +789,36 @@ impl From<ByteSize> for u64 {
     }
 }
 
+/// The options of `cmd` whose `--help` shows no default: operators read defaults there, so
+/// every program's tests check that this is empty. An option shows its default when clap
+/// prints it or its help text says `[default: ...]`; help, version and required arguments
+/// have none to show.
+pub fn options_without_default(mut cmd: clap::Command) -> Vec<String> {
+    cmd.build();
+    cmd.get_arguments()
+        .filter(|arg| !matches!(arg.get_id().as_str(), "help" | "version") && !arg.is_required_set())
+        .filter(|arg| {
+            let help = arg.get_long_help().or(arg.get_help()).map(ToString::to_string).unwrap_or_default();
+            let shown = !arg.get_default_values().is_empty() && !arg.is_hide_default_value_set();
+            !shown && !help.contains("[default:")
+        })
+        .map(|arg| format!("{}: --{}", cmd.get_name(), arg.get_id()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_without_a_shown_default_are_named() {
+        let cmd = clap::Command::new("tool")
+            .arg(clap::Arg::new("shown").long("shown").default_value("1"))
+            .arg(clap::Arg::new("told").long("told").help("a thing [default: none]"))
+            .arg(clap::Arg::new("hidden").long("hidden").default_value("2").hide_default_value(true))
+            .arg(clap::Arg::new("missing").long("missing"));
+        assert_eq!(options_without_default(cmd), ["tool: --hidden", "tool: --missing"]);
+    }
     use clap::Parser;
     use std::io::Write;
 
