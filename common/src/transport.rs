@@ -15,6 +15,11 @@
 //! REQ added, then an empty delimiter) and replies with the same envelope, so REQ, DEALER and
 //! proxied clients all work with it.
 //!
+//! Frames are received as ZeroMQ delivers them, without copying: a [`Server`] can hand a
+//! request over undecoded ([`Server::recv_frame`]), so that a file chunk's bytes are used where
+//! they arrived; a [`Dealer`] can send a frame built in place ([`Dealer::send_encoded`]), whose
+//! buffer ZeroMQ takes over.
+//!
 //! External sockets carry a maximum message size: libzmq drops a tcp or ipc peer that sends a
 //! larger frame, and the receiving side refuses larger frames on inproc too. A [`Client`] or
 //! [`Dealer`] made with a limit refuses to send a larger message, so a well-behaved client
@@ -22,12 +27,13 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::ops::{Deref, Range};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::codec::{self, ProtocolError};
-use crate::protocols::Message;
+use crate::codec::{self, Encoded, FileRequestRef, ProtocolError};
+use crate::protocols::{FileRequest, Message};
 
 /// Something went wrong sending or receiving.
 #[derive(Debug, thiserror::Error)]
@@ -178,12 +184,52 @@ impl Raw {
         }
     }
 
-    fn recv_frames(&self) -> Result<Vec<Vec<u8>>, TransportError> {
+    /// Sends `head` and then `last`, whose buffer ZeroMQ takes over without a copy; waits for
+    /// room like [`Raw::send_frames`]. Room is checked on the first frame only (libzmq
+    /// admits the rest of a message once its first frame is in), so the others are sent at
+    /// once; should one of them fail all the same, the socket holds part of a message and must
+    /// be dropped.
+    fn send_frames_owned(&self, head: &[&[u8]], last: Vec<u8>, timeout: Duration) -> Result<(), TransportError> {
+        let Some((first, rest)) = head.split_first() else {
+            // Not used without a head; sending `last` alone would need room first.
+            return self.send_frames(&[&last], timeout);
+        };
+        let deadline = Instant::now() + timeout;
         loop {
-            match self.socket.recv_multipart(0) {
-                Ok(frames) => return Ok(frames),
+            match self.socket.send(*first, zmq::DONTWAIT | zmq::SNDMORE) {
+                Ok(()) => break,
+                Err(zmq::Error::EAGAIN) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    if wait.is_zero() {
+                        return Err(TransportError::Busy { endpoint: self.endpoint.clone(), timeout });
+                    }
+                    self.wait(zmq::POLLOUT, Some(wait))?;
+                }
                 Err(zmq::Error::EINTR) => continue,
-                Err(source) => return Err(zmq_err("receive from", &self.endpoint, source)),
+                Err(source) => return Err(zmq_err("send to", &self.endpoint, source)),
+            }
+        }
+        for frame in rest {
+            self.socket.send(*frame, zmq::DONTWAIT | zmq::SNDMORE).map_err(|source| zmq_err("send to", &self.endpoint, source))?;
+        }
+        self.socket.send(zmq::Message::from(last), zmq::DONTWAIT).map_err(|source| zmq_err("send to", &self.endpoint, source))
+    }
+
+    /// Receives every frame of the next message, as ZeroMQ delivered them (no copy).
+    fn recv_frames(&self) -> Result<Vec<zmq::Message>, TransportError> {
+        let mut frames = Vec::with_capacity(4);
+        loop {
+            let frame = loop {
+                match self.socket.recv_msg(0) {
+                    Ok(frame) => break frame,
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(source) => return Err(zmq_err("receive from", &self.endpoint, source)),
+                }
+            };
+            let more = frame.get_more();
+            frames.push(frame);
+            if !more {
+                return Ok(frames);
             }
         }
     }
@@ -243,6 +289,10 @@ fn prepare_ipc_dir(endpoint: &str, path: &Path) -> Result<(), TransportError> {
 pub struct Peer(Vec<Vec<u8>>);
 
 impl Peer {
+    fn from_frames(frames: &[zmq::Message]) -> Peer {
+        Peer(frames.iter().map(|f| f.to_vec()).collect())
+    }
+
     /// The routing frames.
     pub fn frames(&self) -> &[Vec<u8>] {
         &self.0
@@ -403,20 +453,29 @@ impl<Req: Message, Rep: Message> Server<Req, Rep> {
     /// comes back as `Ok((peer, Err(..)))` so that the caller can answer with an error;
     /// one without an envelope is an `Err`, since there is nobody to answer.
     pub fn recv(&self) -> Result<(Peer, Result<Req, ProtocolError>), TransportError> {
+        let (peer, frame) = self.recv_frame()?;
+        Ok((peer, frame.and_then(|frame| frame.decode())))
+    }
+
+    /// Like [`Server::recv`], but leaves the request undecoded: its frame as ZeroMQ delivered
+    /// it, already checked against the size limit, for the caller to decode where it lies
+    /// (see [`Frame::decode_in_place`]).
+    pub fn recv_frame(&self) -> Result<(Peer, Result<Frame<Req>, ProtocolError>), TransportError> {
         let mut frames = self.raw.recv_frames()?;
         // [routing frames..., "", payload]
         let n = frames.len();
         if n < 3 || !frames[n - 2].is_empty() {
             return Err(structure::<Req>(format!("{n} frames without an envelope delimiter")).into());
         }
-        let payload = frames.pop().unwrap_or_default();
-        frames.pop();
-        if frames.iter().any(Vec::is_empty) {
+        let (Some(payload), Some(_delimiter)) = (frames.pop(), frames.pop()) else {
+            return Err(structure::<Req>(format!("{n} frames without an envelope delimiter")).into());
+        };
+        if frames.iter().any(|f| f.is_empty()) {
             return Err(structure::<Req>("empty routing frame".into()).into());
         }
-        let peer = Peer(frames);
-        let msg = self.raw.decode(&payload);
-        Ok((peer, msg))
+        let peer = Peer::from_frames(&frames);
+        let frame = self.raw.check_size::<Req>(payload.len()).map(|()| Frame { msg: payload, _m: PhantomData });
+        Ok((peer, frame))
     }
 
     /// Replies to `peer` without waiting. A peer whose departure libzmq has noticed is an
@@ -500,6 +559,14 @@ impl<Out: Message, In: Message> Dealer<Out, In> {
         self.raw.send_frames(&[b"", &frame], timeout)
     }
 
+    /// Sends a frame the codec has built (such as [`codec::encode_chunk`]'s), handing its
+    /// buffer to ZeroMQ without a copy; otherwise like [`Dealer::send`]. After an error other
+    /// than [`TransportError::Busy`] the socket should be dropped.
+    pub fn send_encoded(&self, frame: Encoded<Out>, timeout: Duration) -> Result<(), TransportError> {
+        self.raw.check_size::<Out>(frame.as_bytes().len())?;
+        self.raw.send_frames_owned(&[b""], frame.into_vec(), timeout)
+    }
+
     /// Receives the next message, waiting for it.
     pub fn recv(&self) -> Result<In, TransportError> {
         let frames = self.raw.recv_frames()?;
@@ -542,16 +609,13 @@ impl<Req: Message, Rep: Message> Worker<Req, Rep> {
 
     /// Receives the next request with its client's envelope; see [`Server::recv`].
     pub fn recv(&self) -> Result<(Peer, Result<Req, ProtocolError>), TransportError> {
-        let mut frames = self.raw.recv_frames()?;
+        let frames = self.raw.recv_frames()?;
         let n = frames.len();
         if n < 4 || !frames[0].is_empty() || !frames[n - 2].is_empty() {
             return Err(structure::<Req>(format!("{n} frames, expected a delimiter, an envelope, a delimiter and a request")).into());
         }
-        let payload = frames.pop().unwrap_or_default();
-        frames.pop();
-        frames.remove(0);
-        let request = self.raw.decode(&payload);
-        Ok((Peer(frames), request))
+        let request = self.raw.decode(&frames[n - 1]);
+        Ok((Peer::from_frames(&frames[1..n - 2]), request))
     }
 
     /// Replies to the client behind `peer`.
@@ -565,6 +629,73 @@ impl<Req: Message, Rep: Message> Worker<Req, Rep> {
     }
 
     common_socket_methods!();
+}
+
+/// A request frame a [`Server`] received, as ZeroMQ delivered it, not yet decoded.
+pub struct Frame<M> {
+    msg: zmq::Message,
+    _m: PhantomData<fn() -> M>,
+}
+
+impl<M: Message> Frame<M> {
+    /// Decodes the message (see [`codec::decode`]).
+    pub fn decode(&self) -> Result<M, ProtocolError> {
+        codec::decode(&self.msg)
+    }
+
+    /// The frame's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.msg
+    }
+
+    /// Where `part` lies in the frame, if it is a part of it (a slice a decoder lent from it).
+    pub fn range_of(&self, part: &[u8]) -> Option<Range<usize>> {
+        let start = part.as_ptr().addr().checked_sub(self.msg.as_ptr().addr())?;
+        let range = start..start.checked_add(part.len())?;
+        self.msg.get(range.clone()).filter(|within| std::ptr::eq(*within, part)).map(|_| range)
+    }
+
+    /// Keeps `range` of the frame (without a copy), dropping the rest of the message's meaning;
+    /// None if the range is not within the frame.
+    pub fn into_slice(self, range: Range<usize>) -> Option<FrameSlice> {
+        self.msg.get(range.clone())?;
+        Some(FrameSlice { msg: self.msg, range })
+    }
+}
+
+impl Frame<FileRequest> {
+    /// Decodes the request like [`Frame::decode`], lending a chunk's bytes from the frame
+    /// (see [`codec::decode_file_request`]).
+    pub fn decode_in_place(&self) -> Result<FileRequestRef<'_>, ProtocolError> {
+        codec::decode_file_request(&self.msg)
+    }
+}
+
+impl<M> fmt::Debug for Frame<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Frame({} bytes)", self.msg.len())
+    }
+}
+
+/// Part of a received frame, kept without a copy: the bytes of a file chunk, say.
+pub struct FrameSlice {
+    msg: zmq::Message,
+    range: Range<usize>,
+}
+
+impl Deref for FrameSlice {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // The range was checked against the frame when the slice was made.
+        &self.msg[self.range.clone()]
+    }
+}
+
+impl fmt::Debug for FrameSlice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FrameSlice({}..{} of {} bytes)", self.range.start, self.range.end, self.msg.len())
+    }
 }
 
 macro_rules! debug_socket {
@@ -587,5 +718,67 @@ impl<M> fmt::Debug for Sender<M> {
 impl<M> fmt::Debug for Receiver<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receiver").field("endpoint", &self.raw.endpoint).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    use crate::protocols::{FileReply, FileRequest};
+
+    fn pair(name: &str, limit: usize) -> (zmq::Context, Server<FileRequest, FileReply>, Dealer<FileRequest, FileReply>) {
+        let ctx = zmq::Context::new();
+        let endpoint = format!("inproc://{name}");
+        let server = Server::bind(&ctx, &endpoint, Some(limit)).unwrap();
+        let dealer = Dealer::connect(&ctx, &endpoint, Some(limit)).unwrap();
+        (ctx, server, dealer)
+    }
+
+    #[test]
+    fn a_chunk_built_in_place_arrives_and_is_kept_without_a_copy() {
+        let (_ctx, server, dealer) = pair("chunk-in-place", 1 << 20);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut chunk = codec::encode_chunk(1234, data.len()).unwrap();
+        chunk.data_mut().copy_from_slice(&data);
+        dealer.send_encoded(chunk.into_encoded(), Duration::from_secs(5)).unwrap();
+
+        let (peer, frame) = server.recv_frame().unwrap();
+        assert!(!peer.identity().is_empty());
+        let frame = frame.unwrap();
+        let (offset, range) = match frame.decode_in_place().unwrap() {
+            FileRequestRef::Chunk { offset, data: Cow::Borrowed(bytes) } => (offset, frame.range_of(bytes).unwrap()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(offset, 1234);
+        assert_eq!(range.len(), data.len());
+        assert!(frame.range_of(&data).is_none(), "a slice of other memory is not in the frame");
+        let slice = frame.into_slice(range).unwrap();
+        assert_eq!(&*slice, &data[..]);
+
+        // The ordinary receive still decodes the same frames.
+        let msg = FileRequest::Chunk { offset: 7, data: vec![1, 2, 3].into() };
+        dealer.send(&msg, Duration::from_secs(5)).unwrap();
+        assert_eq!(server.recv().unwrap().1.unwrap(), msg);
+    }
+
+    #[test]
+    fn size_limits_hold_for_frames_built_in_place() {
+        let (ctx, server, dealer) = pair("chunk-limit", 1000);
+        let chunk = codec::encode_chunk(0, 1000).unwrap();
+        match dealer.send_encoded(chunk.into_encoded(), Duration::from_secs(5)) {
+            Err(TransportError::Protocol(ProtocolError::Oversized { limit: 1000, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        // inproc does not enforce the limit, so the server's own check must.
+        let big = Dealer::<FileRequest, FileReply>::connect(&ctx, "inproc://chunk-limit", None).unwrap();
+        big.send_encoded(codec::encode_chunk(0, 1000).unwrap().into_encoded(), Duration::from_secs(5)).unwrap();
+        let (_, frame) = server.recv_frame().unwrap();
+        assert!(matches!(frame, Err(ProtocolError::Oversized { limit: 1000, .. })), "{frame:?}");
+        let small = codec::encode_chunk(0, 10).unwrap();
+        dealer.send_encoded(small.into_encoded(), Duration::from_secs(5)).unwrap();
+        let (_, request) = server.recv().unwrap();
+        assert_eq!(request.unwrap(), FileRequest::Chunk { offset: 0, data: vec![0; 10].into() });
     }
 }

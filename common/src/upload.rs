@@ -16,8 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_bytes::ByteBuf;
-
+use crate::codec;
 use crate::protocols::{FileReply, FileRequest, TransferId, Versions};
 use crate::transport::{DEFAULT_MAX_MESSAGE, Dealer, TransportError};
 
@@ -146,7 +145,6 @@ pub fn upload_with_progress(
     let mut dealer = connect(ctx, endpoint)?;
     dealer.send(&hello, options.nudge_after)?;
     report.hellos += 1;
-    let mut buf = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -176,14 +174,12 @@ pub fn upload_with_progress(
                 if options.stop_after_bytes.is_some_and(|limit| report.bytes_sent >= limit) {
                     return Err(UploadError::Stopped { bytes_sent: report.bytes_sent });
                 }
-                // `length` fits in memory: it is at most MAX_FETCH.
-                buf.resize(length as usize, 0);
-                file.read_exact_at(&mut buf, offset).map_err(io_err)?;
-                let chunk = FileRequest::Chunk { offset, data: ByteBuf::from(std::mem::take(&mut buf)) };
-                dealer.send(&chunk, options.nudge_after)?;
-                if let FileRequest::Chunk { data, .. } = chunk {
-                    buf = data.into_vec();
-                }
+                // The bytes are read straight into the frame, whose buffer ZeroMQ then takes
+                // over: no copy between the file and the socket. `length` fits in memory: it
+                // is at most MAX_FETCH.
+                let mut chunk = codec::encode_chunk(offset, length as usize).map_err(TransportError::from)?;
+                file.read_exact_at(chunk.data_mut(), offset).map_err(io_err)?;
+                dealer.send_encoded(chunk.into_encoded(), options.nudge_after)?;
                 report.bytes_sent += length;
                 report.chunks_sent += 1;
                 progress(end);

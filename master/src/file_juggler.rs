@@ -32,8 +32,10 @@
 //!
 //! Transfers not touched for `abandon_after` are removed by a periodic reaper.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::ops::Deref;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -42,11 +44,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use piwheels_common::clock::SharedClock;
-use piwheels_common::codec;
+use piwheels_common::codec::{self, FileRequestRef};
 use piwheels_common::names::canonicalize;
 use piwheels_common::protocols::{FileReply, FileRequest, FsReply, FsRequest, TransferId, WheelFile};
 use piwheels_common::task::{Context, PauseMode, Task};
-use piwheels_common::transport::{Peer, Server};
+use piwheels_common::transport::{FrameSlice, Peer, Server};
 use piwheels_common::upload::MAX_FETCH;
 use piwheels_common::wheel::{MAX_FILENAME, WheelName};
 use sha2::{Digest, Sha256};
@@ -212,6 +214,35 @@ enum ChunkFault {
     Io(io::Error),
 }
 
+/// A chunk's bytes: where they arrived, in the received frame (no copy), or bytes of their own.
+enum ChunkBytes {
+    Frame(FrameSlice),
+    Owned(Vec<u8>),
+}
+
+impl Deref for ChunkBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Frame(slice) => slice,
+            ChunkBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl From<Vec<u8>> for ChunkBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        ChunkBytes::Owned(bytes)
+    }
+}
+
+impl From<FrameSlice> for ChunkBytes {
+    fn from(slice: FrameSlice) -> Self {
+        ChunkBytes::Frame(slice)
+    }
+}
+
 /// One expected file.
 struct Transfer {
     id: TransferId,
@@ -224,7 +255,7 @@ struct Transfer {
     /// SHA-256 of the first `received` bytes.
     hasher: Sha256,
     /// Chunks received beyond `received`, waiting for the bytes before them, by offset.
-    ahead: BTreeMap<u64, Vec<u8>>,
+    ahead: BTreeMap<u64, ChunkBytes>,
     /// Ranges asked of the bound uploader and not yet received: offset → length.
     fetched: BTreeMap<u64, u64>,
     /// The uploader connection bound by its hello, if any.
@@ -244,7 +275,8 @@ impl Transfer {
 
     /// Checks a chunk against the fetches in flight and stores it. True for new bytes, false
     /// for a repeat of bytes already held (an answer to a fetch re-sent after a nudge).
-    fn accept(&mut self, offset: u64, data: Vec<u8>) -> Result<bool, ChunkFault> {
+    fn accept(&mut self, offset: u64, data: impl Into<ChunkBytes>) -> Result<bool, ChunkFault> {
+        let data = data.into();
         let len = data.len() as u64;
         let size = self.size();
         let end = offset.checked_add(len).filter(|end| *end <= size);
@@ -272,7 +304,7 @@ impl Transfer {
     }
 
     /// Writes and hashes bytes that extend the prefix; keeps others until their turn.
-    fn store(&mut self, offset: u64, data: Vec<u8>) -> io::Result<()> {
+    fn store(&mut self, offset: u64, data: ChunkBytes) -> io::Result<()> {
         if offset != self.received {
             self.ahead.insert(offset, data);
             return Ok(());
@@ -729,13 +761,22 @@ impl FileJuggler {
     // --------------------------------------------------------------------------------------
 
     fn on_file(&mut self, sockets: &mut Sockets, now: Instant) -> anyhow::Result<()> {
-        let (peer, request) = sockets.files.recv()?;
-        match request {
+        // The frame is decoded where it lies: a chunk's bytes are written and hashed straight
+        // from the message ZeroMQ received, and kept in it if they must wait.
+        let (peer, frame) = sockets.files.recv_frame()?;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.refuse(sockets, &peer, format!("bad message: {e}"));
+                return Ok(());
+            }
+        };
+        match frame.decode_in_place() {
             Err(e) => {
                 self.refuse(sockets, &peer, format!("bad message: {e}"));
                 Ok(())
             }
-            Ok(FileRequest::Hello { versions, transfer }) => {
+            Ok(FileRequestRef::Hello { versions, transfer }) => {
                 if let Err(mismatch) = versions.check() {
                     self.refuse(sockets, &peer, mismatch.to_string());
                     return Ok(());
@@ -743,7 +784,12 @@ impl FileJuggler {
                 self.hello(sockets, &peer, transfer, now);
                 Ok(())
             }
-            Ok(FileRequest::Chunk { offset, data }) => self.chunk(sockets, &peer, offset, data.into_vec(), now),
+            Ok(FileRequestRef::Chunk { offset, data: Cow::Owned(data) }) => self.chunk(sockets, &peer, offset, data.into(), now),
+            Ok(FileRequestRef::Chunk { offset, data: Cow::Borrowed(data) }) => {
+                let slice = frame.range_of(data).and_then(|range| frame.into_slice(range));
+                let Some(slice) = slice else { anyhow::bail!("a decoded chunk is not within its frame") };
+                self.chunk(sockets, &peer, offset, slice.into(), now)
+            }
         }
     }
 
@@ -787,7 +833,7 @@ impl FileJuggler {
         }
     }
 
-    fn chunk(&mut self, sockets: &Sockets, peer: &Peer, offset: u64, data: Vec<u8>, now: Instant) -> anyhow::Result<()> {
+    fn chunk(&mut self, sockets: &Sockets, peer: &Peer, offset: u64, data: ChunkBytes, now: Instant) -> anyhow::Result<()> {
         let Some(&id) = self.peers.get(peer.identity()) else {
             self.refuse(sockets, peer, "chunk from a connection bound to no transfer: say Hello first".into());
             return Ok(());
