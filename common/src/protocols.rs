@@ -819,6 +819,15 @@ pub struct BuildRecord {
     pub result: BuildResult,
 }
 
+impl BuildRecord {
+    /// The rewrite of the package's pages this build calls for, added at `added_at`: both
+    /// scopes after a success (new files), the project page only after a failure.
+    pub fn pending_rewrite(&self, added_at: Timestamp) -> PendingRewrite {
+        let scope = if self.result.success { RewriteScope::Both } else { RewriteScope::Project };
+        PendingRewrite { package: self.package.clone(), added_at, scope }
+    }
+}
+
 /// A file and its hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
@@ -845,11 +854,24 @@ pub enum RewriteScope {
 pub struct PendingRewrite {
     /// The package.
     pub package: String,
-    /// When the first request for it arrived.
+    /// When the latest request for it arrived: only pages written from data read after this
+    /// time are done with it.
     #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
     pub added_at: Timestamp,
     /// What to rewrite.
     pub scope: RewriteScope,
+}
+
+/// A package whose pages were written: its pending rewrites added at or before `until` are
+/// done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct RewriteWritten {
+    /// The package.
+    pub package: String,
+    /// Entries added at or before this time are done.
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub until: Timestamp,
 }
 
 /// Figures the database computes for the home page and monitors.
@@ -1082,8 +1104,17 @@ pub enum DbRequest {
         /// Version.
         version: String,
     },
-    /// Record a build and its files: `Id` (the build id).
-    LogBuild(BuildRecord),
+    /// Record a build and its files, and in the same transaction a pending rewrite of its
+    /// package's pages added at `rewrite_at` (both scopes after a success, the project page
+    /// after a failure), so that the index writer need not record it again: `Id` (the build
+    /// id).
+    LogBuild {
+        /// The build.
+        build: BuildRecord,
+        /// The pending rewrite's time, by the index writer's clock (the master's).
+        #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+        rewrite_at: Timestamp,
+    },
     /// Delete the builds (and files) of a version, or of every version when None: `Done`.
     DeleteBuilds {
         /// Canonical name.
@@ -1114,7 +1145,8 @@ pub enum DbRequest {
         package: String,
     },
     /// Everything for the pages of several projects at once (the index writer's batches):
-    /// `Projects`, in the order asked, leaving out packages that do not exist.
+    /// `Projects`, the build ABIs and the projects' data in the order asked, leaving out
+    /// packages that do not exist.
     ProjectsData {
         /// Canonical names.
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
@@ -1156,13 +1188,11 @@ pub enum DbRequest {
     AddRewrite(PendingRewrite),
     /// The pending page rewrites, oldest first: `Rewrites`.
     PendingRewrites,
-    /// Remove pending rewrites of a package added no later than `until`: `Done`.
-    ClearRewrite {
-        /// The package.
-        package: String,
-        /// Only entries added at or before this time.
-        #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
-        until: Timestamp,
+    /// Remove the pending rewrites whose pages were written and made durable: `Done`.
+    ClearRewrites {
+        /// Each package with the time its pages were written from.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        written: Vec<RewriteWritten>,
     },
     /// Append to the audit log: `Done`.
     Audit {
@@ -1194,7 +1224,14 @@ pub enum DbReply {
     /// A project's data.
     Project(Box<ProjectData>),
     /// Several projects' data.
-    Projects(#[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<ProjectData>),
+    Projects {
+        /// The ABIs builds are made for (every project page's columns).
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        abis: Vec<BuildAbi>,
+        /// The projects.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        data: Vec<ProjectData>,
+    },
     /// Build ids.
     Builds(#[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<BuildId>),
     /// Build ABIs in build order.
@@ -1307,12 +1344,15 @@ pub enum WebRequest {
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
         entries: Vec<SearchEntry>,
     },
-    /// Write a build's log.
-    Log {
+    /// Write the log of a build just recorded, and buffer the rewrite of its package's pages
+    /// that [`DbRequest::LogBuild`] recorded with it.
+    Built {
         /// The build.
         build_id: BuildId,
         /// The log text.
         output: String,
+        /// The rewrite recorded with the build.
+        rewrite: PendingRewrite,
     },
     /// Remove a package's files and build logs, then its pages (or rewrite them, when the
     /// package is still in the database, e.g. after only its builds were deleted).

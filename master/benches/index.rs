@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
 use piwheels_common::protocols::{
-    BuildRecord, BuildResult, RewriteScope, StatusEvent, TaskControl, WebReply, WebRequest,
+    BuildRecord, BuildResult, StatusEvent, TaskControl, WebReply, WebRequest,
 };
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{Client, Receiver};
@@ -215,11 +215,12 @@ fn main() {
         let dir = out.path().join(format!("simple/{package}"));
         std::fs::write(dir.join(&filename), filename.as_bytes()).unwrap();
         std::fs::write(dir.join(format!("{filename}.metadata")), b"Metadata-Version: 2.1\n").unwrap();
-        let build_id = client.log_build(record(&package, &version, &filename)).unwrap();
+        let build = record(&package, &version, &filename);
+        let rewrite = build.pending_rewrite(chrono::Utc::now());
+        let build_id = client.log_build(build, rewrite.added_at).unwrap();
         let recorded = Instant::now();
-        for request in [WebRequest::Log { build_id, output: "built".into() }, WebRequest::Rewrite { package: package.clone(), scope: RewriteScope::Both }] {
-            assert_eq!(web.request(&request, Duration::from_secs(10)).unwrap(), WebReply::Done);
-        }
+        let request = WebRequest::Built { build_id, output: "built".into(), rewrite };
+        assert_eq!(web.request(&request, Duration::from_secs(10)).unwrap(), WebReply::Done);
         let page = dir.join("index.html");
         while !std::fs::read_to_string(&page).unwrap_or_default().contains(&filename) {
             std::thread::sleep(Duration::from_millis(2));

@@ -118,9 +118,10 @@ impl DbClient {
         expect!(self, DbRequest::PackageExists { package: package.into() }, DbReply::Bool(exists) => exists)
     }
 
-    /// Records a build; returns its id.
-    pub fn log_build(&self, build: BuildRecord) -> Result<i64, DbClientError> {
-        expect!(self, DbRequest::LogBuild(build), DbReply::Id(id) => id)
+    /// Records a build, with a pending rewrite of its package's pages added at `rewrite_at`;
+    /// returns its id.
+    pub fn log_build(&self, build: BuildRecord, rewrite_at: Timestamp) -> Result<i64, DbClientError> {
+        expect!(self, DbRequest::LogBuild { build, rewrite_at }, DbReply::Id(id) => id)
     }
 
     /// The build ABIs in build order.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{
     ArchitectTrigger, BuildQueueUpdate, BuildRecord, BuildResult, DbReply, DbRequest, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest,
-    NoticeLevel, PackageVersion, RewriteScope, SlaveAction, SlaveCommand, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveId,
+    NoticeLevel, PackageVersion, SlaveAction, SlaveCommand, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveId,
     SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TransferId, WebReply, WebRequest, WheelFile,
 };
 use piwheels_common::task::{Context, PauseMode, Task};
@@ -449,7 +449,8 @@ impl SlaveDriver {
             abi: slave.hello.abi.clone(),
             result,
         };
-        match sockets.db.log_build(record) {
+        let rewrite = record.pending_rewrite(ctx.utc());
+        match sockets.db.log_build(record, rewrite.added_at) {
             Ok(build_id) => {
                 // Its files are the build's now.
                 self.published.remove(&slave.id);
@@ -460,9 +461,7 @@ impl SlaveDriver {
                     slave.id,
                     if success { "succeeded" } else { "failed" }
                 );
-                let scope = if success { RewriteScope::Both } else { RewriteScope::Project };
-                web(sockets, WebRequest::Log { build_id, output });
-                web(sockets, WebRequest::Rewrite { package: build.package.clone(), scope });
+                web(sockets, WebRequest::Built { build_id, output, rewrite });
                 trigger(sockets, format!("{} {} built", build.package, build.version));
             }
             Err(e) => {

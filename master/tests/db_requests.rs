@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use piwheels_common::protocols::{
     AbiStatus, AccessRecord, BuildAbi, BuildRecord, BuildResult, ClientInfo, DbReply, DbRequest, Dependencies,
-    FailureKind, FileHash, PackageVersion, PendingRewrite, RewriteScope, SearchEntry, WheelFile,
+    FailureKind, FileHash, PackageVersion, PendingRewrite, RewriteScope, RewriteWritten, SearchEntry, WheelFile,
 };
 use piwheels_master::db::{Database, migrate};
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
@@ -146,8 +146,13 @@ impl Fixture {
     }
 
     fn log_build(&mut self, record: BuildRecord) -> i64 {
-        self.id(DbRequest::LogBuild(record))
+        self.id(log(record))
     }
+}
+
+/// The request recording `build`, with its pages' rewrite added now.
+fn log(build: BuildRecord) -> DbRequest {
+    DbRequest::LogBuild { build, rewrite_at: Utc::now() }
 }
 
 fn at(y: i32, mo: u32, d: u32) -> DateTime<Utc> {
@@ -526,7 +531,7 @@ fn log_build_with_a_file_recorded_already_with_other_contents_is_refused_and_rec
     let mut changed = original.clone();
     changed.sha256 = "f".repeat(64);
     let message =
-        fx.error(DbRequest::LogBuild(build("foo", "1.0", "cp311", vec![platform("foo", "1.0", "cp311"), changed])));
+        fx.error(log(build("foo", "1.0", "cp311", vec![platform("foo", "1.0", "cp311"), changed])));
     assert!(message.contains("foo-1.0-py3-none-any.whl is already recorded with other contents"), "{message}");
     assert!(message.contains(&original.sha256), "{message}");
     assert_eq!(fx.value("SELECT count(*) FROM builds"), "1");
@@ -534,10 +539,31 @@ fn log_build_with_a_file_recorded_already_with_other_contents_is_refused_and_rec
 }
 
 #[test]
+fn log_build_records_the_rewrite_of_the_package_pages_in_the_same_transaction() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    fx.version("bar", "1.0", at(2020, 1, 1));
+    fx.id(DbRequest::LogBuild { build: build("foo", "1.0", "cp39", vec![pure("foo", "1.0")]), rewrite_at: at(2024, 3, 1) });
+    fx.id(DbRequest::LogBuild { build: build("bar", "1.0", "cp39", Vec::new()), rewrite_at: at(2024, 3, 2) });
+    // A refused build records no rewrite either.
+    let mut changed = pure("foo", "1.0");
+    changed.sha256 = "e".repeat(64);
+    fx.error(DbRequest::LogBuild { build: build("foo", "1.0", "cp311", vec![changed]), rewrite_at: at(2024, 2, 1) });
+    let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
+    assert_eq!(
+        pending,
+        [
+            PendingRewrite { package: "foo".into(), added_at: at(2024, 3, 1), scope: RewriteScope::Both },
+            PendingRewrite { package: "bar".into(), added_at: at(2024, 3, 2), scope: RewriteScope::Project },
+        ]
+    );
+}
+
+#[test]
 fn log_build_of_a_version_deleted_meanwhile_is_a_database_error() {
     let mut fx = Fixture::with_abis();
     let err =
-        fx.try_handle(DbRequest::LogBuild(build("gone", "1.0", "cp39", vec![pure("gone", "1.0")]))).expect_err("fk");
+        fx.try_handle(log(build("gone", "1.0", "cp39", vec![pure("gone", "1.0")]))).expect_err("fk");
     assert_eq!(sqlstate(&err).as_deref(), Some("23503"), "{err}");
     assert_eq!(fx.value("SELECT count(*) FROM files"), "0");
     // The next request on the same connection works.
@@ -1189,7 +1215,7 @@ fn log_access_cuts_oversized_text_and_replaces_control_characters() {
 // ------------------------------------------------------------------------------------------
 
 #[test]
-fn pending_rewrites_keep_the_earliest_time_and_widest_scope_and_clear_up_to_a_time() {
+fn pending_rewrites_keep_the_latest_time_and_widest_scope_and_clear_only_when_written_after_it() {
     let mut fx = Fixture::new();
     let rewrite = |package: &str, added_at, scope| {
         DbRequest::AddRewrite(PendingRewrite { package: package.into(), added_at, scope })
@@ -1205,18 +1231,21 @@ fn pending_rewrites_keep_the_earliest_time_and_widest_scope_and_clear_up_to_a_ti
     assert_eq!(
         pending,
         [
-            entry("foo", at(2024, 1, 1), RewriteScope::Both),
             entry("baz", at(2024, 1, 2), RewriteScope::Project),
-            entry("bar", at(2024, 1, 3), RewriteScope::Both),
+            entry("bar", at(2024, 1, 4), RewriteScope::Both),
+            entry("foo", at(2024, 1, 5), RewriteScope::Both),
         ]
     );
-    fx.done(DbRequest::ClearRewrite { package: "bar".into(), until: at(2024, 1, 2) });
-    fx.done(DbRequest::ClearRewrite { package: "foo".into(), until: at(2024, 1, 1) });
-    fx.done(DbRequest::ClearRewrite { package: "missing".into(), until: at(2024, 1, 9) });
+    // bar's pages were written from data as of the 3rd: its request of the 4th is not done.
+    let written = |package: &str, until| RewriteWritten { package: package.into(), until };
+    fx.done(DbRequest::ClearRewrites {
+        written: vec![written("bar", at(2024, 1, 3)), written("foo", at(2024, 1, 5)), written("missing", at(2024, 1, 9))],
+    });
+    fx.done(DbRequest::ClearRewrites { written: Vec::new() });
     let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
     assert_eq!(
         pending,
-        [entry("baz", at(2024, 1, 2), RewriteScope::Project), entry("bar", at(2024, 1, 3), RewriteScope::Both)]
+        [entry("baz", at(2024, 1, 2), RewriteScope::Project), entry("bar", at(2024, 1, 4), RewriteScope::Both)]
     );
 }
 

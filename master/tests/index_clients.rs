@@ -57,7 +57,7 @@ fn pip_and_uv_install_what_the_farm_published_honouring_yanks_and_falling_throug
     farm.package("empty", "empty", "no files", &[("1.0", 1)]);
     for version in ["1.0", "2.0"] {
         let file = publish(farm.root(), "alpha", version);
-        farm.db.log_build(index_support::record("alpha", version, "cp311", vec![file])).unwrap();
+        farm.record_build(index_support::record("alpha", version, "cp311", vec![file]));
     }
     farm.db
         .done(DbRequest::YankVersion { package: "alpha".into(), version: "2.0".into(), reason: Some("broken".into()) })

@@ -21,29 +21,30 @@ fn farm() -> Farm {
     let mut builds = Vec::new();
     for (version, abi) in [("1.0", "cp39"), ("1.0", "cp311"), ("2.0", "cp39")] {
         let wheel = farm.wheel(&format!("foo-{version}-{abi}-{abi}-linux_armv7l.whl"), None);
-        builds.push(farm.build("foo", version, abi, &[wheel]));
+        builds.push(("foo", farm.build("foo", version, abi, &[wheel])));
     }
-    builds.push(farm.fail("foo", "2.0", "cp311"));
+    builds.push(("foo", farm.fail("foo", "2.0", "cp311")));
     farm.package("baz", "baz", "", &[("0.1", 1)]);
     let wheel = farm.wheel("baz-0.1-py3-none-any.whl", None);
-    builds.push(farm.build("baz", "0.1", "cp39", &[wheel]));
+    builds.push(("baz", farm.build("baz", "0.1", "cp39", &[wheel])));
     farm.package("old-name", "old-name", "", &[("3.0", 1)]);
     let wheel = farm.wheel("old_name-3.0-py3-none-any.whl", None);
-    builds.push(farm.build("old-name", "3.0", "cp39", &[wheel]));
+    builds.push(("new-name", farm.build("old-name", "3.0", "cp39", &[wheel])));
     farm.db.done(DbRequest::RenamePackage { from: "old-name".into(), to: "new-name".into() }).unwrap();
     // The old wheels keep their name, which installers refuse for new-name; a new release
     // gives it something to install.
     farm.db.new_version("new-name", "3.1", Some(index_support::day(2)), "").unwrap();
     let wheel = farm.wheel("new_name-3.1-py3-none-any.whl", None);
-    builds.push(farm.build("new-name", "3.1", "cp39", &[wheel]));
+    builds.push(("new-name", farm.build("new-name", "3.1", "cp39", &[wheel])));
     // The wheel moves with the package (what a rename must do on disk).
     std::fs::create_dir_all(farm.path("simple/new-name")).unwrap();
     for name in ["old_name-3.0-py3-none-any.whl", "old_name-3.0-py3-none-any.whl.metadata"] {
         std::fs::rename(farm.path(&format!("simple/old-name/{name}")), farm.path(&format!("simple/new-name/{name}"))).unwrap();
     }
     std::fs::remove_dir(farm.path("simple/old-name")).unwrap();
-    for build in builds {
-        farm.send(WebRequest::Log { build_id: build, output: format!("build {build}") });
+    // The old name's build is new-name's after the rename.
+    for (package, build) in builds {
+        farm.log(package, build, &format!("build {build}"));
     }
     farm.send(WebRequest::Home(MasterStats::default()));
     farm.send(WebRequest::Search { entries: vec![SearchEntry { package: "foo".into(), downloads_recent: 0, downloads_all: 0 }] });

@@ -34,7 +34,7 @@ fn numpy() -> Numpy {
     farm.pool.db.execute("INSERT INTO preinstalled_apt_packages (abi_tag, apt_package) VALUES ('cp39', 'libc6'), ('cp311', 'libc6')");
     // Logs for two builds; the others have none, so their cells link nowhere.
     for key in ["1.0 cp39", "1.1 cp311"] {
-        farm.send(WebRequest::Log { build_id: builds[key], output: format!("log of {key}\nwith ünïcode\n") });
+        farm.log("numpy", builds[key], &format!("log of {key}\nwith ünïcode\n"));
     }
     farm.rewrite("numpy");
     farm.wait("numpy's pages", |f| f.path("project/numpy/json/index.json").is_file());
@@ -125,7 +125,7 @@ fn build_logs_are_gzipped_under_logs_by_build_id() {
     flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()).read_to_string(&mut text).unwrap();
     assert_eq!(text, "log of 1.0 cp39\nwith ünïcode\n");
     // A log sent again replaces the first.
-    farm.send(WebRequest::Log { build_id: builds["1.0 cp39"], output: "again".into() });
+    farm.log("numpy", builds["1.0 cp39"], "again");
     let mut text = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()).read_to_string(&mut text).unwrap();
     assert_eq!(text, "again");

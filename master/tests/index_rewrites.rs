@@ -118,10 +118,33 @@ fn pausing_holds_rewrites_but_still_serves_logs() {
     farm.scribe().control(piwheels_common::protocols::TaskControl::Pause).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     farm.rewrite("foo");
-    farm.send(WebRequest::Log { build_id: 1, output: "log".into() });
+    farm.log("foo", 1, "log");
     assert!(farm.path("logs/0000/0000/0001.txt.gz").is_file());
     std::thread::sleep(Duration::from_millis(500));
     assert!(!farm.path("simple/foo").join("index.html").exists());
     farm.scribe().control(piwheels_common::protocols::TaskControl::Resume).unwrap();
     farm.wait("foo's pages after resuming", |f| f.path("simple/foo/index.html").is_file());
+}
+
+#[test]
+fn written_entries_stay_pending_until_the_next_sync_and_a_stop_clears_them() {
+    let mut farm = Farm::new();
+    let mut settings = config(farm.root(), Duration::from_millis(50));
+    settings.sync_every = Duration::from_secs(3600);
+    farm.start_with(settings);
+    for package in ["foo", "bar"] {
+        farm.package(package, package, "", &[("1.0", 1)]);
+        let wheel = farm.wheel(&format!("{package}-1.0-py3-none-any.whl"), None);
+        farm.build(package, "1.0", "cp39", &[wheel]);
+        farm.rewrite(package);
+    }
+    farm.wait("the pages", |f| f.path("simple/foo/index.html").is_file() && f.path("simple/bar/index.html").is_file());
+    // Written, but not cleared before the next sync: a crash now would only write them again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(farm.pending(), ["bar", "foo"]);
+    // A stop makes them durable and clears them; a rewrite not yet written stays.
+    farm.rewrite("foo");
+    farm.send(WebRequest::Rewrite { package: "baz".into(), scope: RewriteScope::Both });
+    farm.stop();
+    assert_eq!(farm.pending(), ["baz", "foo"]);
 }

@@ -286,8 +286,12 @@ fn an_import_publishes_every_file_before_recording_the_build() {
         "import by dave@host piw-import 00:00:42 true"
     ]);
     let web = farm.web_requests();
-    assert!(web.iter().any(|r| matches!(r, WebRequest::Log { output, .. } if output == "built by hand")), "{web:?}");
-    assert!(web.contains(&WebRequest::Rewrite { package: "foo".into(), scope: RewriteScope::Both }), "{web:?}");
+    assert!(
+        web.iter().any(|r| matches!(r, WebRequest::Built { output, rewrite, .. }
+            if output == "built by hand" && rewrite.package == "foo" && rewrite.scope == RewriteScope::Both)),
+        "{web:?}"
+    );
+    assert_eq!(farm.query("SELECT package || ' ' || scope FROM rewrites_pending"), ["foo both"]);
     assert!(farm.drain_triggers() >= 1);
     let audit = farm.audit();
     assert!(audit.iter().any(|a| a.starts_with("dave@host piw-import | import | imported foo 1.0")), "{audit:?}");
@@ -357,7 +361,7 @@ fn a_file_failing_verification_is_asked_for_again_and_a_failed_import_leaves_not
     let web = farm.web_requests();
     let removal = WebRequest::DeleteVersion { package: "foo".into(), version: "1.0".into(), files: vec![good], builds: vec![] };
     assert!(web.contains(&removal), "{web:?}");
-    assert!(!web.iter().any(|r| matches!(r, WebRequest::Log { .. })), "{web:?}");
+    assert!(!web.iter().any(|r| matches!(r, WebRequest::Built { .. })), "{web:?}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{
-    ArchitectTrigger, BuildResult, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest, HostInfo, HostStats, SlaveAction, SlaveCommand,
+    ArchitectTrigger, BuildResult, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest, HostInfo, HostStats, RewriteScope, SlaveAction, SlaveCommand,
     SlaveCommandReply, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WebReply,
     WebRequest, WheelFile,
 };
@@ -238,8 +238,13 @@ fn a_build_is_handed_out_its_wheel_sent_and_the_build_recorded() {
     let files = farm.pool.db.column("SELECT filename FROM files");
     assert_eq!(files, [Some(filename)]);
     let web = farm.web_requests();
-    assert!(web.iter().any(|r| matches!(r, WebRequest::Log { output, .. } if output == "built")), "{web:?}");
-    assert!(web.iter().any(|r| matches!(r, WebRequest::Rewrite { package, .. } if package == "foo")), "{web:?}");
+    // The log and the pages in one request; the rewrite was recorded with the build.
+    assert!(
+        web.iter().any(|r| matches!(r, WebRequest::Built { output, rewrite, .. }
+            if output == "built" && rewrite.package == "foo" && rewrite.scope == RewriteScope::Both)),
+        "{web:?}"
+    );
+    assert_eq!(farm.pool.db.column("SELECT package || ' ' || scope FROM rewrites_pending"), [Some("foo both".to_string())]);
 
     // Nothing else to do: the slave sleeps, and monitors saw the whole conversation.
     assert_eq!(slave.ask(idle()), SlaveReply::Sleep { paused: false });
@@ -280,7 +285,11 @@ fn a_failed_build_is_recorded_with_its_log_and_a_wheel_already_held_is_not_sent_
     builds.sort();
     assert_eq!(builds, [format!("bad 1.0 {id} pi-1 f build"), format!("same 2.0 {id} pi-1 t -")]);
     let web = farm.web_requests();
-    assert!(web.iter().any(|r| matches!(r, WebRequest::Log { output, .. } if output == "error: it broke")), "{web:?}");
+    assert!(
+        web.iter().any(|r| matches!(r, WebRequest::Built { output, rewrite, .. }
+            if output == "error: it broke" && rewrite.package == "bad" && rewrite.scope == RewriteScope::Project)),
+        "{web:?}"
+    );
 }
 
 #[test]

@@ -20,11 +20,11 @@ use chrono::{DateTime, Utc};
 use piwheels_common::names::is_prerelease;
 use piwheels_common::protocols::{
     AccessRecord, BuildAbi, BuildId, BuildRecord, ClientInfo, DbReply, DbRequest, DbStats, FailureKind, FileHash,
-    PendingRewrite, RewriteScope, SearchEntry, Timestamp, WheelFile,
+    PendingRewrite, RewriteScope, RewriteWritten, SearchEntry, Timestamp, WheelFile,
 };
 use sha2::{Digest, Sha256};
 use sqlx::postgres::types::PgInterval;
-use sqlx::{Connection, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
 use super::Database;
 
@@ -105,7 +105,7 @@ impl Database {
             DbRequest::VersionExists { package, version } => {
                 Ok(DbReply::Bool(self.version_exists(&package, &version).await?))
             }
-            DbRequest::LogBuild(record) => self.log_build(&record).await.map(DbReply::Id),
+            DbRequest::LogBuild { build, rewrite_at } => self.log_build(&build, rewrite_at).await.map(DbReply::Id),
             DbRequest::DeleteBuilds { package, version } => {
                 self.delete_builds(&package, version.as_deref()).await?;
                 Ok(DbReply::Done)
@@ -118,7 +118,12 @@ impl Database {
             DbRequest::ProjectData { package } => {
                 self.project_data(&package).await.map(|data| DbReply::Project(Box::new(data)))
             }
-            DbRequest::ProjectsData { packages } => self.projects_data(&packages).await.map(DbReply::Projects),
+            DbRequest::ProjectsData { packages } => {
+                match self.build_abis().await {
+                    Ok(abis) => self.projects_data(&packages).await.map(|data| DbReply::Projects { abis, data }),
+                    Err(e) => Err(e.into()),
+                }
+            }
             DbRequest::BuildIds { package, version } => {
                 Ok(DbReply::Builds(self.build_ids(&package, version.as_deref()).await?))
             }
@@ -137,8 +142,8 @@ impl Database {
                 Ok(DbReply::Done)
             }
             DbRequest::PendingRewrites => Ok(DbReply::Rewrites(self.pending_rewrites().await?)),
-            DbRequest::ClearRewrite { package, until } => {
-                self.clear_rewrite(&package, until).await?;
+            DbRequest::ClearRewrites { written } => {
+                self.clear_rewrites(&written).await?;
                 Ok(DbReply::Done)
             }
             DbRequest::Audit { actor, action, detail } => {
@@ -376,7 +381,7 @@ impl Database {
     /// wheel) moves to the new build, with the new build's dependencies; one recorded with a
     /// different SHA-256 refuses the whole build, since the published file cannot change
     /// under its users. A version deleted meanwhile is a foreign-key error.
-    pub async fn log_build(&mut self, record: &BuildRecord) -> Result<BuildId, RequestError> {
+    pub async fn log_build(&mut self, record: &BuildRecord, rewrite_at: Timestamp) -> Result<BuildId, RequestError> {
         let built_by = i32::try_from(record.built_by)
             .map_err(|_| RequestError::Refused(format!("slave id {} is out of range", record.built_by)))?;
         let result = &record.result;
@@ -408,6 +413,7 @@ impl Database {
             }
         }
         super::queue::refresh_complete(&mut tx, &record.package, &record.version).await?;
+        add_rewrite(&mut tx, &record.pending_rewrite(rewrite_at)).await?;
         tx.commit().await?;
         Ok(build_id)
     }
@@ -620,22 +626,11 @@ impl Database {
     // Page rewrites and the audit log
     // --------------------------------------------------------------------------------------
 
-    /// Adds a pending page rewrite, or widens the one pending for the package: the earliest
-    /// time is kept, and the scope becomes `Both` if either is.
+    /// Adds a pending page rewrite, or widens the one pending for the package: the latest
+    /// time is kept (the entry is done only by a write that began after every request), and
+    /// the scope becomes `Both` if either is.
     pub async fn add_rewrite(&mut self, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $2, $3) \
-             ON CONFLICT (package) DO UPDATE SET \
-                 added_at = LEAST(rewrites_pending.added_at, EXCLUDED.added_at), \
-                 scope = CASE WHEN rewrites_pending.scope = 'both' OR EXCLUDED.scope = 'both' \
-                              THEN 'both' ELSE 'project' END",
-        )
-        .bind(&rewrite.package)
-        .bind(rewrite.added_at)
-        .bind(scope_name(rewrite.scope))
-        .execute(&mut self.conn)
-        .await?;
-        Ok(())
+        add_rewrite(&mut self.conn, rewrite).await
     }
 
     /// The pending page rewrites, oldest first.
@@ -655,13 +650,18 @@ impl Database {
             .collect())
     }
 
-    /// Removes the package's pending rewrite if it was added no later than `until`.
-    pub async fn clear_rewrite(&mut self, package: &str, until: Timestamp) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM rewrites_pending WHERE package = $1 AND added_at <= $2")
-            .bind(package)
-            .bind(until)
-            .execute(&mut self.conn)
-            .await?;
+    /// Removes each package's pending rewrite if it was added no later than its `until`.
+    pub async fn clear_rewrites(&mut self, written: &[RewriteWritten]) -> Result<(), sqlx::Error> {
+        let packages: Vec<&str> = written.iter().map(|w| w.package.as_str()).collect();
+        let until: Vec<Timestamp> = written.iter().map(|w| w.until).collect();
+        sqlx::query(
+            "DELETE FROM rewrites_pending r USING UNNEST($1::text[], $2::timestamptz[]) AS w (package, until) \
+             WHERE r.package = w.package AND r.added_at <= w.until",
+        )
+        .bind(packages)
+        .bind(until)
+        .execute(&mut self.conn)
+        .await?;
         Ok(())
     }
 
@@ -676,6 +676,23 @@ impl Database {
         Ok(())
     }
 }
+
+/// See [`Database::add_rewrite`].
+async fn add_rewrite(conn: &mut PgConnection, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $2, $3) \
+         ON CONFLICT (package) DO UPDATE SET \
+             added_at = GREATEST(rewrites_pending.added_at, EXCLUDED.added_at), \
+             scope = CASE WHEN rewrites_pending.scope = 'both' OR EXCLUDED.scope = 'both' \
+                          THEN 'both' ELSE 'project' END",
+    )
+    .bind(&rewrite.package)
+    .bind(rewrite.added_at)
+    .bind(scope_name(rewrite.scope))
+    .execute(conn)
+    .await?;
+    Ok(())
+    }
 
 /// Inserts one file of a build (or moves an identical one to it) with its dependencies.
 async fn insert_file(

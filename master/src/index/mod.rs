@@ -10,10 +10,14 @@
 //! * **Rewrites are buffered.** A `Rewrite { package, scope }` is recorded in the database
 //!   first (`AddRewrite`, so a crash loses nothing), answered, and folded with later requests
 //!   for the same package for at most [`IndexConfig::window`]; then the package's pages are
-//!   written from fresh project data, made durable, and the database entry cleared. Due
-//!   packages are written in batches ([`IndexConfig::batch`]) that share one set of queries,
-//!   by several threads ([`IndexConfig::threads`]). Pending entries the database holds at
-//!   start-up (left by a crash or a stop) are written first thing.
+//!   written from fresh project data. Due packages are written in batches
+//!   ([`IndexConfig::batch`]) that share one query, by several threads when a batch is large
+//!   ([`IndexConfig::threads`]). A recorded build's rewrite comes with its log (`Built`) and
+//!   was recorded by the build's own transaction. Written entries are cleared from the
+//!   database at most every [`IndexConfig::sync_every`], all at once, after one `syncfs` has
+//!   made everything written before it durable: a crash between the two only means those
+//!   pages are written again. Pending entries the database holds at start-up (left by a crash
+//!   or a stop) are written first thing.
 //! * **Everything else is done at once** and answered when done: the home page, the search
 //!   index, build logs, and deletions (files and logs removed, then the package's pages
 //!   rewritten, or removed with everything of the package when it is gone from the database).
@@ -37,7 +41,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{
-    BuildAbi, DbReply, DbRequest, PendingRewrite, ProjectData, RewriteScope, Timestamp, WebReply, WebRequest,
+    BuildAbi, DbReply, DbRequest, PendingRewrite, ProjectData, RewriteScope, RewriteWritten, Timestamp, WebReply,
+    WebRequest,
 };
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::Server;
@@ -68,10 +73,13 @@ pub struct IndexConfig {
     /// Packages written per batch, sharing one set of database queries (default 250); also
     /// the unit of the full rewrite between two looks at the request socket.
     pub batch: usize,
-    /// Whether to make each batch durable (`syncfs`) before its pending entries are cleared
-    /// from the database (default true). Without it a power cut can leave a page empty that
-    /// the database says is written.
+    /// Whether to make written pages durable (`syncfs`) before their pending entries are
+    /// cleared from the database (default true). Without it a power cut can leave a page
+    /// empty that the database says is written.
     pub durable: bool,
+    /// How often written entries are made durable and cleared from the database (default
+    /// 5 s): one `syncfs` and one query for all the pages written meanwhile.
+    pub sync_every: Duration,
     /// Threads writing pages at once within a batch (default 4).
     pub threads: usize,
     /// What the pages link to.
@@ -87,6 +95,7 @@ impl IndexConfig {
             retry: Duration::from_secs(10),
             batch: 250,
             durable: true,
+            sync_every: Duration::from_secs(5),
             threads: 4,
             pages: PageOptions::default(),
         }
@@ -123,6 +132,8 @@ pub enum Event {
     Flush,
     /// Time for the next batch of a full rewrite.
     Sweep,
+    /// Time to make written pages durable and clear their pending entries.
+    Sync,
 }
 
 /// A full rewrite in progress.
@@ -153,9 +164,8 @@ struct Fetched {
 
 /// Fetches the ABIs and the data of `packages` (those that exist).
 fn fetch(db: &DbClient, packages: Vec<String>) -> Result<Fetched, DbClientError> {
-    let abis = db.build_abis()?;
     match db.request(DbRequest::ProjectsData { packages })? {
-        DbReply::Projects(data) => Ok(Fetched { abis, data }),
+        DbReply::Projects { abis, data } => Ok(Fetched { abis, data }),
         reply => Err(DbClientError::Unexpected { request: "ProjectsData".into(), reply: Box::new(reply) }),
     }
 }
@@ -169,6 +179,10 @@ pub struct Scribe {
     /// Whether the database's pending rewrites were read (and a full rewrite decided on).
     started: bool,
     sweep: Option<Sweep>,
+    /// Packages whose pages were written since the last [`Event::Sync`].
+    unsynced: Vec<RewriteWritten>,
+    /// What the last [`Event::Sync`] cleared.
+    synced: Vec<RewriteWritten>,
 }
 
 /// How one package's write went.
@@ -179,7 +193,15 @@ impl Scribe {
     /// tick, so a database that is not up yet delays the work rather than failing the task.
     pub fn start(config: &IndexConfig) -> anyhow::Result<Scribe> {
         let writer = IndexWriter::open(Layout::new(&config.output_path), config.pages.clone())?;
-        Ok(Scribe { config: config.clone(), writer, buffer: RewriteBuffer::new(), started: false, sweep: None })
+        Ok(Scribe {
+            config: config.clone(),
+            writer,
+            buffer: RewriteBuffer::new(),
+            started: false,
+            sweep: None,
+            unsynced: Vec::new(),
+            synced: Vec::new(),
+        })
     }
 
     /// Reads the pending rewrites the database holds and decides on a full rewrite.
@@ -280,21 +302,11 @@ impl Scribe {
                 }
             }
         }
-        if self.config.durable
-            && !written.is_empty()
-            && let Err(e) = self.writer.sync()
-        {
-            tracing::error!("cannot make the pages durable: {e}");
-            failed.append(&mut written);
-        }
-        for entry in &written {
-            let until = entry.added_at.max(utc);
-            if let Err(e) = sockets.db.done(DbRequest::ClearRewrite { package: entry.package.clone(), until }) {
-                // The entry stays in the database: the pages are only written once more.
-                tracing::warn!("{e}");
-            }
-        }
         tracing::debug!("wrote the pages of {} packages", written.len());
+        for entry in written {
+            let until = entry.added_at.max(utc);
+            self.written(entry.package, until, ctx);
+        }
         for entry in failed {
             self.buffer.retry(entry, now + self.config.retry);
         }
@@ -410,7 +422,16 @@ impl Scribe {
             }
             WebRequest::Home(stats) => Ok(self.writer.write_home(&stats)?),
             WebRequest::Search { entries } => Ok(self.writer.write_search(&entries)?),
-            WebRequest::Log { build_id, output } => Ok(self.writer.write_log(build_id, &output)?),
+            WebRequest::Built { build_id, output, rewrite } => {
+                anyhow::ensure!(is_safe_name(&rewrite.package), "{:?} is not a canonical package name", rewrite.package);
+                self.keep_pending(&rewrite, sockets);
+                let now = ctx.now();
+                self.buffer.add(&rewrite.package, rewrite.scope, rewrite.added_at, now, self.config.window);
+                if let Some(due) = self.buffer.next_due() {
+                    ctx.schedule(Event::Flush, due.saturating_duration_since(now));
+                }
+                Ok(self.writer.write_log(build_id, &output)?)
+            }
             WebRequest::DeletePackage { package, files, builds } => self.delete(&package, &files, &builds, sockets, ctx),
             WebRequest::DeleteVersion { package, version, files, builds } => {
                 tracing::debug!("removing version {version} of {package}");
@@ -459,9 +480,7 @@ impl Scribe {
             return Err(e.into());
         }
         let until = waiting.map_or(utc, |w| w.added_at.max(utc));
-        if let Err(e) = sockets.db.done(DbRequest::ClearRewrite { package: package.to_string(), until }) {
-            tracing::warn!("{e}");
-        }
+        self.written(package.to_string(), until, ctx);
         if self.sweep.is_none() && self.writer.root_dirty() {
             self.writer.write_root()?;
         }
@@ -469,9 +488,65 @@ impl Scribe {
     }
 }
 
-/// `f` of every item, in order, computed by up to `threads` threads.
+impl Scribe {
+    /// Notes a package whose pages were written from data as of `until`; its pending entry
+    /// is cleared at the next [`Event::Sync`].
+    fn written(&mut self, package: String, until: Timestamp, ctx: &mut Context<'_, Event>) {
+        if self.unsynced.is_empty() {
+            ctx.schedule(Event::Sync, self.config.sync_every);
+        }
+        self.unsynced.push(RewriteWritten { package, until });
+    }
+
+    fn sync(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
+        let result = self.sync_now(sockets);
+        if !self.unsynced.is_empty() {
+            ctx.schedule(Event::Sync, self.config.retry);
+        }
+        result
+    }
+
+    /// Makes the pages written so far durable and clears their pending entries. On failure
+    /// the entries are kept for the next try (and stay pending in the database meanwhile).
+    fn sync_now(&mut self, sockets: &Sockets) -> anyhow::Result<()> {
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        if self.config.durable {
+            self.writer.sync().map_err(|e| anyhow::anyhow!("cannot make the pages durable: {e}"))?;
+        }
+        self.synced = std::mem::take(&mut self.unsynced);
+        let count = self.synced.len();
+        if let Err(e) = sockets.db.done(DbRequest::ClearRewrites { written: self.synced.clone() }) {
+            // The entries stay in the database: the pages are only written once more, at the
+            // next start.
+            tracing::warn!("cannot clear {count} pending rewrites: {e}");
+        }
+        Ok(())
+    }
+
+    /// Keeps the pending entry a build's transaction recorded. Its time was taken before the
+    /// build was committed, so a write of the package that began in between may have missed
+    /// the build yet appear to cover the entry: such a write must not clear it, and if it did
+    /// already (a sync came in between), the entry is recorded again.
+    fn keep_pending(&mut self, rewrite: &PendingRewrite, sockets: &Sockets) {
+        let missed = |w: &RewriteWritten| w.package == rewrite.package && w.until >= rewrite.added_at;
+        self.unsynced.retain(|w| !missed(w));
+        if self.synced.iter().any(missed)
+            && let Err(e) = sockets.db.done(DbRequest::AddRewrite(rewrite.clone()))
+        {
+            tracing::warn!("cannot record the rewrite of {} again: {e}", rewrite.package);
+        }
+    }
+}
+
+/// Fewest items worth a thread of their own: starting a thread costs about as much as
+/// writing a package's pages.
+const ITEMS_PER_THREAD: usize = 16;
+
+/// `f` of every item, in order, computed by up to `threads` threads (fewer for few items).
 fn parallel_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = threads.clamp(1, items.len().max(1));
+    let threads = threads.clamp(1, items.len().div_ceil(ITEMS_PER_THREAD).max(1));
     if threads == 1 {
         return items.iter().map(f).collect();
     }
@@ -519,6 +594,13 @@ impl Task for Scribe {
             }
             Event::Flush => self.flush(sockets, ctx),
             Event::Sweep => self.sweep(sockets, ctx),
+            Event::Sync => self.sync(sockets, ctx),
+        }
+    }
+
+    fn on_quit(&mut self, sockets: &mut Sockets) {
+        if let Err(e) = self.sync_now(sockets) {
+            tracing::warn!("{e:#}");
         }
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use piwheels_common::protocols::{
-    AdminReply, BuildRecord, BuildResult, DbRequest, FsReply, FsRequest, ImportRequest, RewriteScope, TransferId, WebRequest,
+    AdminReply, BuildRecord, BuildResult, DbRequest, FsReply, FsRequest, ImportRequest, TransferId, WebRequest,
     WheelFile,
 };
 use piwheels_common::task::Context;
@@ -166,7 +166,8 @@ impl MrChase {
                 files: request.files.clone(),
             },
         };
-        let build_id = match sockets.db.log_build(record) {
+        let rewrite = record.pending_rewrite(ctx.utc());
+        let build_id = match sockets.db.log_build(record, rewrite.added_at) {
             Ok(id) => id,
             Err(e) => {
                 undo(sockets, &import);
@@ -178,11 +179,8 @@ impl MrChase {
             }
         };
         let mut notes = Vec::new();
-        if let Err(e) = web(sockets, WebRequest::Log { build_id, output: request.output.clone() }) {
-            notes.push(format!("its log could not be written: {e}"));
-        }
-        if let Err(e) = web(sockets, WebRequest::Rewrite { package: request.package.clone(), scope: RewriteScope::Both }) {
-            notes.push(format!("its pages could not be queued for rewriting: {e}"));
+        if let Err(e) = web(sockets, WebRequest::Built { build_id, output: request.output.clone(), rewrite }) {
+            notes.push(format!("the index writer did not take its log and pages (the pages are rewritten at its next start): {e}"));
         }
         trigger(sockets, format!("{} {} imported", request.package, request.version));
         let sent = import.states.iter().filter(|s| **s == FileState::Published).count();

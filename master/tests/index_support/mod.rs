@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use piwheels_common::protocols::{
-    BuildRecord, BuildResult, DbReply, DbRequest, FailureKind, RewriteScope, TaskControl, Timestamp, WebReply,
-    WebRequest, WheelFile,
+    BuildRecord, BuildResult, DbReply, DbRequest, FailureKind, PendingRewrite, RewriteScope, RewriteWritten, TaskControl,
+    Timestamp, WebReply, WebRequest, WheelFile,
 };
 use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_common::transport::Client;
@@ -36,12 +36,14 @@ pub fn day(day: i64) -> Timestamp {
     Utc.with_ymd_and_hms(2024, 1, 1, 12, 0, 0).unwrap() + chrono::Duration::days(day)
 }
 
-/// The settings tests use: the given window, no syncfs (tests run in parallel on one disk).
+/// The settings tests use: the given window, no syncfs (tests run in parallel on one disk),
+/// written entries cleared after 50 ms.
 pub fn config(out: &Path, window: Duration) -> IndexConfig {
     let mut config = IndexConfig::new(out);
     config.window = window;
     config.retry = Duration::from_millis(500);
     config.durable = false;
+    config.sync_every = Duration::from_millis(50);
     config
 }
 
@@ -145,12 +147,28 @@ impl Farm {
         for file in files {
             self.publish(package, file);
         }
-        self.db.log_build(record(package, version, abi, files.to_vec())).unwrap()
+        self.record_build(record(package, version, abi, files.to_vec()))
     }
 
     /// Records a failed build.
     pub fn fail(&self, package: &str, version: &str, abi: &str) -> i64 {
-        self.db.log_build(record(package, version, abi, Vec::new())).unwrap()
+        self.record_build(record(package, version, abi, Vec::new()))
+    }
+
+    /// Records a build without leaving the pending rewrite `LogBuild` records with it: these
+    /// tests ask for pages themselves.
+    pub fn record_build(&self, build: BuildRecord) -> i64 {
+        let package = build.package.clone();
+        let id = self.db.log_build(build, Utc::now()).unwrap();
+        self.done(DbRequest::ClearRewrites { written: vec![RewriteWritten { package, until: Utc::now() }] });
+        id
+    }
+
+    /// Writes the log of build `build_id` of `package`, as the slave driver's `Built` does
+    /// (which also asks for the project page).
+    pub fn log(&self, package: &str, build_id: i64, output: &str) {
+        let rewrite = PendingRewrite { package: package.into(), added_at: Utc::now(), scope: RewriteScope::Project };
+        self.send(WebRequest::Built { build_id, output: output.into(), rewrite });
     }
 
     /// A wheel of `package` `version` with tags, made of random bytes.
