@@ -148,3 +148,26 @@ fn written_entries_stay_pending_until_the_next_sync_and_a_stop_clears_them() {
     farm.stop();
     assert_eq!(farm.pending(), ["baz", "foo"]);
 }
+
+#[test]
+fn the_root_is_written_at_most_once_per_interval_and_at_a_stop() {
+    let mut farm = Farm::new();
+    let mut settings = config(farm.root(), Duration::from_millis(50));
+    settings.root_every = Duration::from_secs(3600);
+    farm.start_with(settings);
+    for package in ["foo", "bar"] {
+        farm.package(package, package, "", &[("1.0", 1)]);
+        let wheel = farm.wheel(&format!("{package}-1.0-py3-none-any.whl"), None);
+        farm.build(package, "1.0", "cp39", &[wheel]);
+    }
+    // The first change to the root after the start is written at once, the next waits.
+    farm.rewrite("foo");
+    farm.wait("foo in the root", |f| f.read("simple/index.json").contains("\"foo\""));
+    farm.rewrite("bar");
+    farm.wait("bar's pages", |f| f.path("simple/bar/index.html").is_file());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!farm.read("simple/index.json").contains("\"bar\""), "the root was written again within the interval");
+    farm.stop();
+    let root = farm.json("simple/index.json");
+    assert_eq!(root["projects"], serde_json::json!([{"name": "bar"}, {"name": "foo"}]));
+}

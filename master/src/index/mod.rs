@@ -80,6 +80,10 @@ pub struct IndexConfig {
     /// How often written entries are made durable and cleared from the database (default
     /// 5 s): one `syncfs` and one query for all the pages written meanwhile.
     pub sync_every: Duration,
+    /// Least time between two writes of the simple index's root when projects gain or lose
+    /// their first file (default 10 s). Installers never read the root; on a large index it
+    /// is tens of megabytes. A stop writes it if it is behind; deletions write it at once.
+    pub root_every: Duration,
     /// Threads writing pages at once within a batch (default 4).
     pub threads: usize,
     /// What the pages link to.
@@ -96,6 +100,7 @@ impl IndexConfig {
             batch: 250,
             durable: true,
             sync_every: Duration::from_secs(5),
+            root_every: Duration::from_secs(10),
             threads: 4,
             pages: PageOptions::default(),
         }
@@ -183,6 +188,8 @@ pub struct Scribe {
     unsynced: Vec<RewriteWritten>,
     /// What the last [`Event::Sync`] cleared.
     synced: Vec<RewriteWritten>,
+    /// When the root was last written by [`Scribe::flush`].
+    root_written: Option<Instant>,
 }
 
 /// How one package's write went.
@@ -201,6 +208,7 @@ impl Scribe {
             sweep: None,
             unsynced: Vec::new(),
             synced: Vec::new(),
+            root_written: None,
         })
     }
 
@@ -318,10 +326,16 @@ impl Scribe {
             self.load(sockets, ctx)?;
         }
         let wrote = self.flush_batch(sockets, ctx)?;
-        if self.sweep.is_none() && self.writer.root_dirty() {
-            self.writer.write_root()?;
-        }
         let now = ctx.now();
+        if self.sweep.is_none() && self.writer.root_dirty() {
+            let due = self.root_written.map_or(now, |at| at + self.config.root_every);
+            if due <= now {
+                self.writer.write_root()?;
+                self.root_written = Some(now);
+            } else {
+                ctx.schedule(Event::Flush, due - now);
+            }
+        }
         if wrote && self.buffer.next_due().is_some_and(|due| due <= now) {
             // More is due: another batch after a look at the sockets.
             ctx.schedule(Event::Flush, Duration::ZERO);
@@ -599,6 +613,12 @@ impl Task for Scribe {
     }
 
     fn on_quit(&mut self, sockets: &mut Sockets) {
+        if self.sweep.is_none()
+            && self.writer.root_dirty()
+            && let Err(e) = self.writer.write_root()
+        {
+            tracing::warn!("cannot write the simple index's root: {e}");
+        }
         if let Err(e) = self.sync_now(sockets) {
             tracing::warn!("{e:#}");
         }

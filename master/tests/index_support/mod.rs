@@ -37,13 +37,14 @@ pub fn day(day: i64) -> Timestamp {
 }
 
 /// The settings tests use: the given window, no syncfs (tests run in parallel on one disk),
-/// written entries cleared after 50 ms.
+/// written entries cleared after 50 ms, the root written with every batch.
 pub fn config(out: &Path, window: Duration) -> IndexConfig {
     let mut config = IndexConfig::new(out);
     config.window = window;
     config.retry = Duration::from_millis(500);
     config.durable = false;
     config.sync_every = Duration::from_millis(50);
+    config.root_every = Duration::ZERO;
     config
 }
 
