@@ -15,6 +15,7 @@ use piwheels_common::protocols::{AdminReply, AdminRequest, ControlReply, Control
 use piwheels_common::transport::{Client, Server};
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use piwheels_testsupport::free_port;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -32,9 +33,6 @@ fn master_binary() -> PathBuf {
     master
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A piw-master running in a temporary directory against its own database, killed when
 /// dropped; its log is kept in `master.log` and shown when a test fails.

@@ -61,6 +61,7 @@ use piwheels_common::protocols::{ControlReply, ControlRequest, SlaveAction, Slav
 use piwheels_common::transport::Client;
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use piwheels_testsupport::free_port;
 use piwheels_testsupport::programs::{program, shared_dir, unprivileged};
 use piwheels_testsupport::pypi::{FakePypi, sdist};
 
@@ -100,9 +101,6 @@ fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The ABI tag of the Python on PATH, which the slaves build for.
 fn local_abi() -> String {

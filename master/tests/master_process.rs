@@ -11,6 +11,7 @@ use piwheels_common::protocols::{ControlReply, ControlRequest, SlaveAction, Slav
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use piwheels_testsupport::free_port;
 
 /// A master running in its own temporary directories against its own database, killed when
 /// dropped.
@@ -21,9 +22,6 @@ struct Master {
 }
 
 /// A tcp port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A database with the current schema, its app role granted.
 fn migrated_db() -> TestDb {

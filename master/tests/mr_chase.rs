@@ -18,7 +18,6 @@ use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};
 use piwheels_master::architect::ARCHITECT_ENDPOINT;
 use piwheels_master::big_brother::STATS_ENDPOINT;
-use piwheels_master::file_juggler::{self, FileJuggler, JugglerConfig};
 use piwheels_master::mr_chase::{self, ChaseConfig, MrChase};
 use piwheels_testsupport::data::wheel_file;
 use support::{Pool, eventually, stand_in};
@@ -38,40 +37,17 @@ struct Farm {
     triggers: Receiver<ArchitectTrigger>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 impl Farm {
     /// A farm building for cp311 whose database holds `releases` (package, version).
     fn start(releases: &[(&str, &str)]) -> Farm {
-        let mut pool = Pool::start(2);
-        pool.db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311)");
-        for (package, version) in releases {
-            pool.db.execute(&format!(
-                "INSERT INTO packages (package) VALUES ('{package}') ON CONFLICT DO NOTHING;
-                 INSERT INTO versions (package, version) VALUES ('{package}', '{version}')"
-            ));
-        }
+        let mut pool = Pool::with_releases(releases);
         let dir = tempfile::tempdir().unwrap();
+        let file_endpoint = pool.start_file_juggler(dir.path());
         let web = stand_in(&pool.rt.zmq, "inproc://web", WebReply::Done);
         let deletes = stand_in(&pool.rt.zmq, "inproc://deletes", DeleteAck::Done);
         let stats = Receiver::pull(&pool.rt.zmq, STATS_ENDPOINT, None).unwrap();
         let triggers = Receiver::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
-        std::fs::create_dir_all(dir.path().join("www")).unwrap();
-        let juggler = JugglerConfig::new(dir.path().join("www"), dir.path().join("staging"));
-        juggler.check().unwrap();
-        let file_endpoint = format!("tcp://127.0.0.1:{}", free_port());
-        let (open_endpoint, open_config, clock) = (file_endpoint.clone(), juggler.clone(), pool.rt.clock.clone());
-        pool.tasks.add(
-            task::spawn(
-                &pool.rt,
-                "file_juggler",
-                move |ctx| file_juggler::Sockets::open(ctx, &open_endpoint, &open_config),
-                move |_| FileJuggler::start(&juggler, &clock),
-            )
-            .unwrap(),
-        );
         let import_endpoint = format!("ipc://{}/run/import", dir.path().display());
         let config = ChaseConfig { import_queue: import_endpoint.clone(), db_timeout: WAIT };
         let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());

@@ -11,12 +11,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use piwheels_testsupport::free_port;
 use piwheels_testsupport::programs::{program, shared_dir, unprivileged};
 use piwheels_testsupport::pypi::{FakePypi, sdist};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The ABI tag of the Python on PATH, which the slaves build for.
 fn local_abi() -> String {

@@ -16,10 +16,11 @@ use piwheels_common::task::{self, TaskHandle};
 use piwheels_common::transport::{Client, Sender};
 use piwheels_common::upload::{UploadOptions, upload};
 use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, QueueConfig};
-use piwheels_master::file_juggler::{self, FS_ENDPOINT, FileJuggler, JugglerConfig};
+use piwheels_master::file_juggler::FS_ENDPOINT;
 use piwheels_master::process::SLAVE_COMMANDS_ENDPOINT;
 use piwheels_master::slave_driver::{self, DELETES_ENDPOINT, DriverConfig, SlaveDriver};
 use piwheels_testsupport::data::wheel_file;
+use piwheels_testsupport::free_port;
 use support::{Pool, eventually, stand_in};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -36,37 +37,14 @@ struct Farm {
     events: Vec<StatusEvent>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 impl Farm {
     /// A farm whose database holds `releases` (package, version) for ABI cp311.
     fn start(releases: &[(&str, &str)]) -> Farm {
-        let mut pool = Pool::start(2);
-        pool.db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311)");
-        for (package, version) in releases {
-            pool.db.execute(&format!(
-                "INSERT INTO packages (package) VALUES ('{package}') ON CONFLICT DO NOTHING;
-                 INSERT INTO versions (package, version) VALUES ('{package}', '{version}')"
-            ));
-        }
+        let mut pool = Pool::with_releases(releases);
         let dir = tempfile::tempdir().unwrap();
+        let file_endpoint = pool.start_file_juggler(dir.path());
         let web_requests = stand_in(&pool.rt.zmq, "inproc://web", WebReply::Done);
-        let juggler = JugglerConfig::new(dir.path().join("www"), dir.path().join("staging"));
-        std::fs::create_dir_all(dir.path().join("www")).unwrap();
-        juggler.check().unwrap();
-        let file_endpoint = format!("tcp://127.0.0.1:{}", free_port());
-        let (open_endpoint, open_config, clock) = (file_endpoint.clone(), juggler.clone(), pool.rt.clock.clone());
-        pool.tasks.add(
-            task::spawn(
-                &pool.rt,
-                "file_juggler",
-                move |ctx| file_juggler::Sockets::open(ctx, &open_endpoint, &open_config),
-                move |_| FileJuggler::start(&juggler, &clock),
-            )
-            .unwrap(),
-        );
         let queue = QueueConfig { interval: Duration::from_secs(3600), debounce: Duration::from_millis(100), limit: 100 };
         pool.tasks.add(task::spawn(&pool.rt, "architect", architect::Sockets::open, move |_| Ok(Architect::new(queue))).unwrap());
         let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());

@@ -16,15 +16,13 @@ use piwheels_common::protocols::{
 };
 use piwheels_common::transport::Client;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use piwheels_testsupport::free_port;
 use piwheels_testsupport::programs::program;
 
 /// How long anything on the screen may take to appear.
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A tcp port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A piw-master in its own directories against its own database, killed when dropped.
 struct Master {

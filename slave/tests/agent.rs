@@ -25,6 +25,7 @@ use piwheels_common::protocols::{
 };
 use piwheels_common::transport::{DEFAULT_MAX_MESSAGE, Peer, Server};
 use sha2::{Digest, Sha256};
+use piwheels_testsupport::free_port;
 
 /// How long a test waits for anything before it gives up: a guard against hangs, not a
 /// measure of speed.
@@ -329,9 +330,6 @@ fn last_endpoint(socket: &zmq::Socket) -> String {
 }
 
 /// A free local tcp port (free when asked: nothing else should take it before the test does).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
-}
 
 /// Serves one upload as the file juggler does: asks for the whole file, collects it.
 fn serve_upload(juggler: &Server<FileRequest, FileReply>, transfer: TransferId, size: u64, slave: &Slave) -> Vec<u8> {

@@ -2,6 +2,7 @@
 //! `mod support;`).
 #![allow(dead_code, unreachable_pub)]
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,9 +10,11 @@ use piwheels_common::clock::SystemClock;
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_master::db::migrate;
 use piwheels_master::db_client::DbClient;
+use piwheels_master::file_juggler::{self, FileJuggler, JugglerConfig};
 use piwheels_master::oracle::{self, Oracle};
 use piwheels_master::seraph::{self, Seraph};
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use piwheels_testsupport::free_port;
 
 /// A migrated database with a load balancer and its oracles running, stopped when dropped.
 pub struct Pool {
@@ -40,6 +43,40 @@ impl Pool {
             );
         }
         Pool { rt, tasks, db, status }
+    }
+
+    /// A pool with two oracles whose database builds for cp311 and holds `releases`
+    /// (package, version).
+    pub fn with_releases(releases: &[(&str, &str)]) -> Pool {
+        let pool = Pool::start(2);
+        pool.db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311)");
+        for (package, version) in releases {
+            pool.db.execute(&format!(
+                "INSERT INTO packages (package) VALUES ('{package}') ON CONFLICT DO NOTHING;
+                 INSERT INTO versions (package, version) VALUES ('{package}', '{version}')"
+            ));
+        }
+        pool
+    }
+
+    /// Starts a file juggler publishing to `<dir>/www` (staging in `<dir>/staging`) on a tcp
+    /// port of its own; returns its endpoint.
+    pub fn start_file_juggler(&mut self, dir: &Path) -> String {
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        let juggler = JugglerConfig::new(dir.join("www"), dir.join("staging"));
+        juggler.check().unwrap();
+        let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+        let (open_endpoint, open_config, clock) = (endpoint.clone(), juggler.clone(), self.rt.clock.clone());
+        self.tasks.add(
+            task::spawn(
+                &self.rt,
+                "file_juggler",
+                move |ctx| file_juggler::Sockets::open(ctx, &open_endpoint, &open_config),
+                move |_| FileJuggler::start(&juggler, &clock),
+            )
+            .unwrap(),
+        );
+        endpoint
     }
 
     /// A database client.
