@@ -7,7 +7,13 @@
 //! 3. one transfer of that size through the file juggler task and the shared uploader over tcp
 //!    loopback (in one process, as the tests run them), from hello to `Done`, and again up to
 //!    `Verified` (fsync, `.metadata`, link into place);
-//! 4. 16 transfers at once, each `BENCH_MB / 16` MB from its own uploader thread: aggregate.
+//! 4. 16 transfers at once, each `BENCH_MB / 16` MB from its own uploader thread: aggregate;
+//! 5. `BENCH_WHEELS` (default 100) small wheels of `BENCH_WHEEL_KB` KB (default 20), new
+//!    versions of one package sent one after another, each expected, uploaded and verified:
+//!    the time and the file juggler's CPU per wheel (what publishing costs the master).
+//!
+//! `BENCH_ONLY=wheels` runs the last part alone, e.g. under `strace -f` to count the juggler's
+//! system calls per wheel.
 //!
 //! Every figure is the best of `BENCH_RUNS` runs (default 3). The uploaders use their own
 //! ZeroMQ context (so their own I/O thread), as a separate process would. `BENCH_CHUNK_KIB`
@@ -123,6 +129,34 @@ impl Bench {
         }
     }
 
+    /// `n` small wheels, versions of one package, each expected, uploaded and verified in
+    /// turn: wall time and the juggler thread's CPU, per wheel.
+    fn small_wheels(&mut self, n: usize, size: usize) -> (Duration, Duration) {
+        let bytes = random_bytes(size, 7);
+        let juggler_cpu = || thread_cpu().get("file_juggler").copied().unwrap_or_default();
+        let (start, cpu_before) = (Instant::now(), juggler_cpu());
+        for _ in 0..n {
+            self.files += 1;
+            let version = self.files;
+            // Other bytes for each wheel, so that none is already had.
+            let mut bytes = bytes.clone();
+            bytes[..8].copy_from_slice(&(version as u64).to_le_bytes());
+            let filename = format!("smallwheel-{version}.0-py3-none-any.whl");
+            let path = self.src.join(&filename);
+            std::fs::write(&path, &bytes).unwrap();
+            let file = wheel_file(&filename, &bytes);
+            let request = FsRequest::Expect { package: "smallwheel".into(), file: Box::new(file) };
+            let FsReply::Expecting { transfer } = self.fs.request(&request, Duration::from_secs(60)).unwrap() else {
+                panic!("not expected")
+            };
+            upload(&self.uploaders, &self.endpoint, transfer, &path, UploadOptions::default()).unwrap();
+            self.verify(transfer);
+            std::fs::remove_file(path).unwrap();
+        }
+        let per = |d: Duration| d / n.max(1) as u32;
+        (per(start.elapsed()), per(juggler_cpu().saturating_sub(cpu_before)))
+    }
+
     fn verify(&self, transfer: TransferId) {
         let reply = self.fs.request(&FsRequest::Verify { transfer }, Duration::from_secs(120)).unwrap();
         assert_eq!(reply, FsReply::Verified);
@@ -212,6 +246,15 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we need.
     let size = env_number("BENCH_MB", 100) * MB;
     let runs = env_number("BENCH_RUNS", 3).max(1);
+    let wheels = env_number("BENCH_WHEELS", 100).max(1);
+    let wheel_kb = env_number("BENCH_WHEEL_KB", 20);
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "wheels") {
+        let mut bench = Bench::new();
+        print_small_wheels(&mut bench, wheels, wheel_kb);
+        bench.handle.control(TaskControl::Quit).unwrap();
+        bench.handle.join(Duration::from_secs(10));
+        return;
+    }
     let bytes = random_bytes(size, 1);
     let path_note = |p: &Path| p.display().to_string();
 
@@ -258,6 +301,21 @@ fn main() {
         format!("total, on {} CPUs", std::thread::available_parallelism().map_or(1, |n| n.get())),
         fastest.threads.values().sum::<Duration>().as_secs_f64() * 1e3
     );
+    println!();
+    print_small_wheels(&mut bench, wheels, wheel_kb);
     bench.handle.control(TaskControl::Quit).unwrap();
     bench.handle.join(Duration::from_secs(10));
+}
+
+fn print_small_wheels(bench: &mut Bench, wheels: usize, kb: usize) {
+    // One wheel first, so that the package's directory exists: every timed wheel is a new
+    // version of a known package.
+    bench.small_wheels(1, kb * 1000);
+    let (wall, cpu) = bench.small_wheels(wheels, kb * 1000);
+    println!("{wheels} wheels of {kb} kB, one after another (expect, upload, verify):");
+    println!();
+    println!("| {:<32} | {:>10} |", "per wheel", "ms");
+    println!("|{:-<34}|{:-<12}|", "", "");
+    println!("| {:<32} | {:>10.3} |", "wall time", wall.as_secs_f64() * 1e3);
+    println!("| {:<32} | {:>10.3} |", "file juggler's CPU", cpu.as_secs_f64() * 1e3);
 }

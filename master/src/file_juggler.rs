@@ -8,10 +8,10 @@
 //! endpoint's [`FsRequest`] → [`FsReply`]).
 //!
 //! Owns the staging directory. Every transfer there is two files named by its id: the record
-//! `<id>.expect` (the [`FsRequest::Expect`] that created it, encoded as on the wire, written
-//! atomically) and the partial file `<id>.part`. Bytes are written to the partial file strictly
-//! in order, so its length is always the part already received and hashed: a restarted master
-//! reads every record, hashes each partial file's bytes once and resumes fetching after them.
+//! `<id>.expect` (the [`FsRequest::Expect`] that created it, encoded as on the wire) and the
+//! partial file `<id>.part`. Bytes are written to the partial file strictly in order, so its
+//! length is always the part already received and hashed: a restarted master reads every
+//! record, hashes each partial file's bytes once and resumes fetching after them.
 //!
 //! How a transfer goes:
 //!
@@ -25,12 +25,46 @@
 //!    of the written prefix wait in memory (at most `window` of them) so that the file is
 //!    written and hashed in one pass and never read back. When every byte is in: `Done`.
 //! 3. `Verify { transfer }` compares size and SHA-256 with what was announced. On a mismatch
-//!    the transfer is rolled back; on a match the file is fsynced, its `.metadata` written
-//!    beside its final place, and it is linked into `simple/<package>/` (a hard link, which
-//!    fails rather than replace an existing file: a published file is never overwritten)
-//!    before the directory is fsynced and the staging files removed.
+//!    the transfer is rolled back; on a match the file's data is synced, its `.metadata`
+//!    written beside its final place, and it is linked into `simple/<package>/` (a hard link,
+//!    which fails rather than replace an existing file: a published file is never
+//!    overwritten) before the directory is synced, `Verified` answered and the staging files
+//!    removed.
 //!
 //! Transfers not touched for `abandon_after` are removed by a periodic reaper.
+//!
+//! # What is synced, and why no more
+//!
+//! A published wheel costs three flushes to disk, four in a new package directory (it was six):
+//!
+//! 1. the partial file's data (`fdatasync`), once, before it is linked into the served tree:
+//!    a published name must never point at bytes that are not on disk;
+//! 2. the `.metadata` file's data, through a temporary file synced before it is renamed into
+//!    place, for the same reason;
+//! 3. the package directory, once for both names (the `.metadata` rename and the wheel's
+//!    link), before `Verified` is answered: the slave driver and the admin endpoint record a
+//!    build only after that answer, so a recorded file is on disk. A new package directory is
+//!    made durable in `simple/` first.
+//!
+//! Nothing in staging is synced. A record is created and written in one go (no temporary
+//! file, no rename, no fsync); the partial file is not synced until verification; removals
+//! are not synced. What a crash can then leave, and why each is harmless:
+//!
+//! - a torn record (a crash during its write): MessagePack is prefix-free and the decoder
+//!   refuses trailing bytes, so it does not decode, and the next start drops the transfer;
+//! - after a power failure, a lost record or a partial file that lost its tail, or holds
+//!   blocks that were never written: the transfer is dropped or resumes after what is there,
+//!   and verification catches any bytes that are not the file's (the hash is over the file
+//!   as written, and a mismatch rolls the transfer back). A dropped transfer only means bytes
+//!   sent again: after a restart the slave driver has forgotten every slave, whose next
+//!   request is refused, so the slave drops the build and the release is built again; an
+//!   uploader still sending is refused (`unknown transfer`); piw-import expects its files
+//!   again in a new session. Resuming a transfer across a master restart remains the common
+//!   case (a process restart loses nothing written);
+//! - the record and partial file of a transfer already published (its removal was lost): the
+//!   restarted juggler finds it complete, a `Verify` finds the file published and forgets it,
+//!   and otherwise the reaper removes it. It shares its inode with the published file but
+//!   never writes to it, since it is complete.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -587,7 +621,7 @@ impl FileJuggler {
         }
         fs::hard_link(&source, &target).with_context(|| format!("cannot link {} to {}", target.display(), source.display()))?;
         let metadata = dir.join(format!("{}{METADATA_SUFFIX}", file.filename));
-        write_atomically(&dir, &metadata, &file.metadata)?;
+        write_atomically(&random_tmp(&dir)?, &metadata, &file.metadata)?;
         sync_dir(&dir)?;
         tracing::info!("published {} as a link to {existing}, which has the same contents", file.filename);
         Ok(FsReply::AlreadyHave)
@@ -635,7 +669,7 @@ impl FileJuggler {
         };
         let record = codec::encode(&FsRequest::Expect { package: package.clone(), file: Box::new(file.clone()) })?;
         let part = open_part(&self.part_path(id), true)?;
-        if let Err(e) = write_atomically(&self.config.staging_dir, &self.record_path(id), &record) {
+        if let Err(e) = write_record(&self.record_path(id), &record) {
             remove_quietly(&self.part_path(id));
             return Err(e);
         }
@@ -704,18 +738,22 @@ impl FileJuggler {
         Ok(FsReply::Verified)
     }
 
-    /// Moves a verified transfer into the served tree: fsync, `.metadata` beside it, link into
-    /// place (never replacing), fsync the directory, then clear staging.
+    /// Moves a verified transfer into the served tree: sync its data, `.metadata` beside it,
+    /// link into place (never replacing), sync the directory, then clear staging (unsynced:
+    /// see the module documentation).
     fn publish(&mut self, id: TransferId, dir: &Path, target: &Path) -> anyhow::Result<()> {
         let Some(t) = self.transfers.get(&id) else { anyhow::bail!("transfer {id} vanished") };
-        t.part.sync_all().context("cannot sync the received file")?;
-        let created = !dir.exists();
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        if created && let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
+        t.part.sync_data().context("cannot sync the received file")?;
+        if !dir.exists() {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
         }
         let metadata_path = dir.join(format!("{}{METADATA_SUFFIX}", t.file.filename));
-        write_atomically(dir, &metadata_path, &t.file.metadata)?;
+        // Named after the transfer: a temporary file left by a crash is reused, not added to.
+        let tmp = dir.join(format!(".{id}{METADATA_SUFFIX}.tmp"));
+        write_atomically(&tmp, &metadata_path, &t.file.metadata)?;
         let part_path = self.part_path(id);
         if let Err(e) = fs::hard_link(&part_path, target) {
             remove_quietly(&metadata_path);
@@ -724,7 +762,6 @@ impl FileJuggler {
         sync_dir(dir)?;
         tracing::info!("verified and published {} ({} bytes) for {}", t.file.filename, t.size(), t.package);
         self.forget(id);
-        sync_dir(&self.config.staging_dir)?;
         Ok(())
     }
 
@@ -1014,27 +1051,47 @@ fn same_contents(path: &Path, file: &WheelFile) -> anyhow::Result<Option<bool>> 
 fn ensure_metadata(dir: &Path, t: &Transfer) -> anyhow::Result<()> {
     let path = dir.join(format!("{}{METADATA_SUFFIX}", t.file.filename));
     if !path.exists() {
-        write_atomically(dir, &path, &t.file.metadata)?;
+        write_atomically(&random_tmp(dir)?, &path, &t.file.metadata)?;
         sync_dir(dir)?;
     }
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file in `dir` (fsynced, then renamed), so
-/// that readers see the old contents or the new, never part of them.
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // A short name: the target's may already be as long as a name can be.
-    let tmp = if name.ends_with(".expect") { path.with_extension("expect.tmp") } else { dir.join(format!(".{}.tmp", random_id()?)) };
+/// Writes `bytes` to `path` through the temporary file `tmp` in the same directory (its data
+/// synced, then renamed), so that readers see the old contents or the new, never part of
+/// them, and the name never points at bytes not on disk. The directory is not synced.
+fn write_atomically(tmp: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let result = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(tmp)?;
         f.set_permissions(fs::Permissions::from_mode(0o644))?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        f.sync_data()?;
+        fs::rename(tmp, path)
     })();
     if let Err(e) = result {
-        remove_quietly(&tmp);
+        remove_quietly(tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// A temporary file's name in `dir`: short (the target's may already be as long as a name can
+/// be) and random.
+fn random_tmp(dir: &Path) -> anyhow::Result<PathBuf> {
+    Ok(dir.join(format!(".{}.tmp", random_id()?)))
+}
+
+/// Creates a transfer's record and writes it in one go: no temporary file and no sync (see
+/// the module documentation for why a torn or lost record is harmless).
+fn write_record(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    if let Err(e) = file.write_all(bytes) {
+        remove_quietly(path);
         return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
     Ok(())
@@ -1159,6 +1216,31 @@ mod tests {
         t.accept(10, vec![0; 10]).unwrap();
         t.fetched.clear();
         assert_eq!(t.fill(10, 3), vec![(0, 10), (20, 10)]);
+    }
+
+    /// A record torn by a crash during its write (it is written in one go, without a rename)
+    /// never decodes: the transfer is dropped at the next start, with its partial file.
+    #[test]
+    fn a_torn_record_is_dropped_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = JugglerConfig::new(dir.path().join("out"), dir.path().join("staging"));
+        config.check().unwrap();
+        let clock: SharedClock = std::sync::Arc::new(piwheels_common::clock::SystemClock);
+        let file = piwheels_testsupport::data::wheel_file("foo-1.0-py3-none-any.whl", b"the wheel's bytes");
+        let record = codec::encode(&FsRequest::Expect { package: "foo".into(), file: Box::new(file) }).unwrap();
+        let staged = || fs::read_dir(&config.staging_dir).unwrap().count();
+        for cut in (0..record.len()).step_by(5).chain([record.len() - 1]) {
+            write_record(&config.staging_dir.join("7.expect"), &record[..cut]).unwrap();
+            fs::write(config.staging_dir.join("7.part"), b"the wh").unwrap();
+            let juggler = FileJuggler::start(&config, &clock).unwrap();
+            assert_eq!(juggler.transfers(), 0, "a record cut at {cut} of {} bytes was taken", record.len());
+            assert_eq!(staged(), 0, "cut at {cut}");
+        }
+        write_record(&config.staging_dir.join("7.expect"), &record).unwrap();
+        fs::write(config.staging_dir.join("7.part"), b"the wh").unwrap();
+        let juggler = FileJuggler::start(&config, &clock).unwrap();
+        assert_eq!(juggler.transfers(), 1, "the whole record resumes");
+        assert_eq!(juggler.transfers[&7].received, 6);
     }
 
     #[test]
