@@ -1097,12 +1097,17 @@ fn write_record(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts writing the first `len` bytes of `file` to disk without waiting (on Linux, "don't
+/// Starts writing the bytes of `file` before `len` to disk without waiting (on Linux, "don't
 /// need" advice writes dirty pages back and drops pages already clean: the juggler never reads
-/// a partial file back). Only a hint: failure changes nothing but the fsync's duration.
+/// a partial file back). Called every [`WRITEBACK_EVERY`] bytes, it covers the last two such
+/// stretches only: what lies before was handed to writeback by the calls before, and walking
+/// it again costs a page lookup per page each time. Only a hint: failure changes nothing but
+/// the fsync's duration.
 fn start_writeback(file: &File, len: u64) {
-    let len = i64::try_from(len).unwrap_or(i64::MAX);
-    if let Err(e) = nix::fcntl::posix_fadvise(file, 0, len, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED) {
+    let start = len.saturating_sub(2 * WRITEBACK_EVERY);
+    let offset = i64::try_from(start).unwrap_or(i64::MAX);
+    let length = i64::try_from(len - start).unwrap_or(i64::MAX);
+    if let Err(e) = nix::fcntl::posix_fadvise(file, offset, length, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED) {
         tracing::debug!("writeback hint failed: {e}");
     }
 }
