@@ -35,7 +35,8 @@
 //!
 //! # What is synced, and why no more
 //!
-//! A published wheel costs three flushes to disk, four in a new package directory (it was six):
+//! A published wheel costs three flushes to disk, four in a new package directory (five and
+//! six before):
 //!
 //! 1. the partial file's data (`fdatasync`), once, before it is linked into the served tree:
 //!    a published name must never point at bytes that are not on disk;
@@ -751,7 +752,7 @@ impl FileJuggler {
             }
         }
         let metadata_path = dir.join(format!("{}{METADATA_SUFFIX}", t.file.filename));
-        // Named after the transfer: a temporary file left by a crash is reused, not added to.
+        // Named after the transfer: a temporary file left by a crash is replaced, not added to.
         let tmp = dir.join(format!(".{id}{METADATA_SUFFIX}.tmp"));
         write_atomically(&tmp, &metadata_path, &t.file.metadata)?;
         let part_path = self.part_path(id);
@@ -1059,10 +1060,18 @@ fn ensure_metadata(dir: &Path, t: &Transfer) -> anyhow::Result<()> {
 
 /// Writes `bytes` to `path` through the temporary file `tmp` in the same directory (its data
 /// synced, then renamed), so that readers see the old contents or the new, never part of
-/// them, and the name never points at bytes not on disk. The directory is not synced.
+/// them, and the name never points at bytes not on disk. A file already at `tmp` (left by a
+/// crash) is replaced, never written through. The directory is not synced.
 fn write_atomically(tmp: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let result = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(tmp)?;
+        let create = || OpenOptions::new().write(true).create_new(true).mode(0o644).open(tmp);
+        let mut f = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(tmp)?;
+                create()?
+            }
+            other => other?,
+        };
         f.set_permissions(fs::Permissions::from_mode(0o644))?;
         f.write_all(bytes)?;
         f.sync_data()?;
@@ -1246,6 +1255,21 @@ mod tests {
         let juggler = FileJuggler::start(&config, &clock).unwrap();
         assert_eq!(juggler.transfers(), 1, "the whole record resumes");
         assert_eq!(juggler.transfers[&7].received, 6);
+    }
+
+    #[test]
+    fn a_leftover_temporary_file_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, b"keep").unwrap();
+        let tmp = dir.path().join(".7.metadata.tmp");
+        std::os::unix::fs::symlink(&outside, &tmp).unwrap();
+        let target = dir.path().join("foo-1.0-py3-none-any.whl.metadata");
+        write_atomically(&tmp, &target, b"Metadata-Version: 2.1").unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"keep");
+        assert_eq!(fs::read(&target).unwrap(), b"Metadata-Version: 2.1");
+        assert!(fs::symlink_metadata(&tmp).is_err(), "the temporary name is gone");
+        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o644);
     }
 
     #[test]
