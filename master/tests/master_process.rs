@@ -21,8 +21,6 @@ struct Master {
     db: TestDb,
 }
 
-/// A tcp port that was free a moment ago.
-
 /// A database with the current schema, its app role granted.
 fn migrated_db() -> TestDb {
     let db = TestDb::new();

@@ -22,8 +22,6 @@ use piwheels_testsupport::programs::program;
 /// How long anything on the screen may take to appear.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A tcp port that was free a moment ago.
-
 /// A piw-master in its own directories against its own database, killed when dropped.
 struct Master {
     child: Child,

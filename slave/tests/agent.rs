@@ -329,8 +329,6 @@ fn last_endpoint(socket: &zmq::Socket) -> String {
     socket.get_last_endpoint().expect("last endpoint").expect("endpoint text")
 }
 
-/// A free local tcp port (free when asked: nothing else should take it before the test does).
-
 /// Serves one upload as the file juggler does: asks for the whole file, collects it.
 fn serve_upload(juggler: &Server<FileRequest, FileReply>, transfer: TransferId, size: u64, slave: &Slave) -> Vec<u8> {
     let mut received = Vec::new();
