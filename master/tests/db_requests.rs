@@ -760,6 +760,20 @@ fn build_abis_are_ordered_by_python_version_not_by_tag() {
         abis,
         [abi("cp37m", 307, "retired"), abi("cp39", 309, ""), abi("cp311", 311, ""), abi("cp313", 313, "")]
     );
+    // The index writer's batches get the same list with the projects' data, also when none of
+    // the projects exists.
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    let DbReply::Projects { abis: with_data, data } =
+        fx.handle(DbRequest::ProjectsData { packages: vec!["missing".into(), "foo".into()] })
+    else {
+        panic!()
+    };
+    assert_eq!((with_data, data.iter().map(|d| d.package.as_str()).collect::<Vec<_>>()), (abis.clone(), vec!["foo"]));
+    let DbReply::Projects { abis: alone, data } = fx.handle(DbRequest::ProjectsData { packages: vec!["missing".into()] })
+    else {
+        panic!()
+    };
+    assert_eq!((alone, data.len()), (abis, 0));
 }
 
 /// What a build in a queue case made.

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use piwheels_common::protocols::{AbiStatus, BuildId, Dependencies, ProjectData, ProjectFile, ReleaseData};
+use piwheels_common::protocols::{AbiStatus, BuildAbi, BuildId, Dependencies, ProjectData, ProjectFile, ReleaseData};
 use sqlx::Connection;
 
 use super::Database;
@@ -80,18 +80,23 @@ type AbiRow = (String, i32, String);
 impl Database {
     /// Everything for a project's pages. Refused when the package does not exist.
     pub async fn project_data(&mut self, package: &str) -> Result<ProjectData, RequestError> {
-        match self.projects_data(&[package.to_string()]).await?.pop() {
+        match self.projects_data(&[package.to_string()]).await?.1.pop() {
             Some(data) => Ok(data),
             None => Err(RequestError::Refused(format!("package {package} does not exist"))),
         }
     }
 
-    /// Everything for the pages of several projects, in the order asked (each once), leaving
-    /// out the packages that do not exist. The same handful of queries serve the whole batch,
-    /// so a batch of hundreds costs little more than one package.
-    pub async fn projects_data(&mut self, packages: &[String]) -> Result<Vec<ProjectData>, RequestError> {
+    /// The build ABIs (in build order) and everything for the pages of several projects, in
+    /// the order asked (each once), leaving out the packages that do not exist. The same
+    /// handful of queries, on one snapshot, serve the whole batch, so a batch of hundreds
+    /// costs little more than one package.
+    pub async fn projects_data(&mut self, packages: &[String]) -> Result<(Vec<BuildAbi>, Vec<ProjectData>), RequestError> {
         // One snapshot for every query, so the parts agree with each other.
         let mut tx = self.conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+        let abis: Vec<AbiRow> =
+            sqlx::query_as("SELECT abi_tag, python_version, skip FROM build_abis ORDER BY python_version, abi_tag COLLATE \"C\"")
+                .fetch_all(&mut *tx)
+                .await?;
         let heads: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
             "SELECT p.package, p.skip, p.description, \
                     (SELECT n.name FROM package_names n WHERE n.package = p.package \
@@ -101,9 +106,10 @@ impl Database {
         .bind(packages)
         .fetch_all(&mut *tx)
         .await?;
+        let build_abis = abis.iter().map(|(tag, position, skip)| BuildAbi { tag: tag.clone(), position: *position, skip: skip.clone() }).collect();
         if heads.is_empty() {
             tx.rollback().await?;
-            return Ok(Vec::new());
+            return Ok((build_abis, Vec::new()));
         }
         let aliases: Vec<(String, String)> = sqlx::query_as(
             "SELECT package, name FROM package_names WHERE package = ANY($1) AND name <> package \
@@ -148,8 +154,6 @@ impl Database {
         .bind(packages)
         .fetch_all(&mut *tx)
         .await?;
-        let abis: Vec<AbiRow> =
-            sqlx::query_as("SELECT abi_tag, python_version, skip FROM build_abis").fetch_all(&mut *tx).await?;
         tx.commit().await?;
 
         let mut deps: HashMap<String, Dependencies> = HashMap::new();
@@ -188,7 +192,7 @@ impl Database {
                 out.push(assemble(package, skip, description, display_name, rows, &abis, &mut deps));
             }
         }
-        Ok(out)
+        Ok((build_abis, out))
     }
 }
 

@@ -119,10 +119,7 @@ impl Database {
                 self.project_data(&package).await.map(|data| DbReply::Project(Box::new(data)))
             }
             DbRequest::ProjectsData { packages } => {
-                match self.build_abis().await {
-                    Ok(abis) => self.projects_data(&packages).await.map(|data| DbReply::Projects { abis, data }),
-                    Err(e) => Err(e.into()),
-                }
+                self.projects_data(&packages).await.map(|(abis, data)| DbReply::Projects { abis, data })
             }
             DbRequest::BuildIds { package, version } => {
                 Ok(DbReply::Builds(self.build_ids(&package, version.as_deref()).await?))
