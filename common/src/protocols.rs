@@ -854,24 +854,22 @@ pub enum RewriteScope {
 pub struct PendingRewrite {
     /// The package.
     pub package: String,
-    /// When the latest request for it arrived: only pages written from data read after this
-    /// time are done with it.
+    /// When the latest request for it arrived.
     #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
     pub added_at: Timestamp,
     /// What to rewrite.
     pub scope: RewriteScope,
 }
 
-/// A package whose pages were written: its pending rewrites added at or before `until` are
-/// done.
+/// A package whose pages were written from the database as `snapshot` saw it: its pending
+/// rewrite is done if the snapshot saw the last request for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
 pub struct RewriteWritten {
     /// The package.
     pub package: String,
-    /// Entries added at or before this time are done.
-    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
-    pub until: Timestamp,
+    /// The snapshot the pages were made from, as [`DbReply::Projects`] gave it.
+    pub snapshot: String,
 }
 
 /// Figures the database computes for the home page and monitors.
@@ -1146,7 +1144,7 @@ pub enum DbRequest {
     },
     /// Everything for the pages of several projects at once (the index writer's batches):
     /// `Projects`, the build ABIs and the projects' data in the order asked, leaving out
-    /// packages that do not exist.
+    /// packages that do not exist, all read from one snapshot, which comes with them.
     ProjectsData {
         /// Canonical names.
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
@@ -1188,9 +1186,10 @@ pub enum DbRequest {
     AddRewrite(PendingRewrite),
     /// The pending page rewrites, oldest first: `Rewrites`.
     PendingRewrites,
-    /// Remove the pending rewrites whose pages were written and made durable: `Done`.
+    /// Remove the pending rewrites whose pages were written and made durable, each if the
+    /// snapshot its pages were made from saw the last request for it: `Done`.
     ClearRewrites {
-        /// Each package with the time its pages were written from.
+        /// Each package with the snapshot its pages were made from.
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
         written: Vec<RewriteWritten>,
     },
@@ -1231,6 +1230,9 @@ pub enum DbReply {
         /// The projects.
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
         data: Vec<ProjectData>,
+        /// The snapshot they were read from (PostgreSQL's `pg_snapshot` as text), for
+        /// [`DbRequest::ClearRewrites`].
+        snapshot: String,
     },
     /// Build ids.
     Builds(#[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<BuildId>),

@@ -763,13 +763,13 @@ fn build_abis_are_ordered_by_python_version_not_by_tag() {
     // The index writer's batches get the same list with the projects' data, also when none of
     // the projects exists.
     fx.version("foo", "1.0", at(2020, 1, 1));
-    let DbReply::Projects { abis: with_data, data } =
+    let DbReply::Projects { abis: with_data, data, .. } =
         fx.handle(DbRequest::ProjectsData { packages: vec!["missing".into(), "foo".into()] })
     else {
         panic!()
     };
     assert_eq!((with_data, data.iter().map(|d| d.package.as_str()).collect::<Vec<_>>()), (abis.clone(), vec!["foo"]));
-    let DbReply::Projects { abis: alone, data } = fx.handle(DbRequest::ProjectsData { packages: vec!["missing".into()] })
+    let DbReply::Projects { abis: alone, data, .. } = fx.handle(DbRequest::ProjectsData { packages: vec!["missing".into()] })
     else {
         panic!()
     };
@@ -1229,7 +1229,7 @@ fn log_access_cuts_oversized_text_and_replaces_control_characters() {
 // ------------------------------------------------------------------------------------------
 
 #[test]
-fn pending_rewrites_keep_the_latest_time_and_widest_scope_and_clear_only_when_written_after_it() {
+fn pending_rewrites_keep_the_latest_time_and_widest_scope_and_clear_only_when_the_snapshot_saw_them() {
     let mut fx = Fixture::new();
     let rewrite = |package: &str, added_at, scope| {
         DbRequest::AddRewrite(PendingRewrite { package: package.into(), added_at, scope })
@@ -1238,7 +1238,6 @@ fn pending_rewrites_keep_the_latest_time_and_widest_scope_and_clear_only_when_wr
     fx.done(rewrite("bar", at(2024, 1, 3), RewriteScope::Both));
     fx.done(rewrite("foo", at(2024, 1, 1), RewriteScope::Project));
     fx.done(rewrite("foo", at(2024, 1, 5), RewriteScope::Both));
-    fx.done(rewrite("bar", at(2024, 1, 4), RewriteScope::Project));
     fx.done(rewrite("baz", at(2024, 1, 2), RewriteScope::Project));
     let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
     let entry = |package: &str, added_at, scope| PendingRewrite { package: package.into(), added_at, scope };
@@ -1246,21 +1245,42 @@ fn pending_rewrites_keep_the_latest_time_and_widest_scope_and_clear_only_when_wr
         pending,
         [
             entry("baz", at(2024, 1, 2), RewriteScope::Project),
-            entry("bar", at(2024, 1, 4), RewriteScope::Both),
+            entry("bar", at(2024, 1, 3), RewriteScope::Both),
             entry("foo", at(2024, 1, 5), RewriteScope::Both),
         ]
     );
-    // bar's pages were written from data as of the 3rd: its request of the 4th is not done.
-    let written = |package: &str, until| RewriteWritten { package: package.into(), until };
+
+    // A transaction still running when the pages' data was read (a build being recorded)...
+    let mut other = fx.rt.block_on(sqlx::PgConnection::connect(&fx.db.app_url())).expect("a second connection");
+    fx.rt.block_on(async {
+        sqlx::query("BEGIN").execute(&mut other).await?;
+        sqlx::query("INSERT INTO rewrites_pending (package, added_at, scope) VALUES ('qux', now(), 'both')")
+            .execute(&mut other)
+            .await
+    })
+    .expect("a rewrite in an open transaction");
+    let snapshot = |fx: &mut Fixture| match fx.handle(DbRequest::ProjectsData { packages: Vec::new() }) {
+        DbReply::Projects { snapshot, .. } => snapshot,
+        other => panic!("{other:?}"),
+    };
+    let first = snapshot(&mut fx);
+    fx.rt.block_on(sqlx::query("COMMIT").execute(&mut other)).expect("commit");
+    // ...and a request after it: neither is done by pages written from that data.
+    fx.done(rewrite("bar", at(2024, 1, 4), RewriteScope::Project));
+    let written = |package: &str, snapshot: &str| RewriteWritten { package: package.into(), snapshot: snapshot.into() };
     fx.done(DbRequest::ClearRewrites {
-        written: vec![written("bar", at(2024, 1, 3)), written("foo", at(2024, 1, 5)), written("missing", at(2024, 1, 9))],
+        written: vec![written("bar", &first), written("foo", &first), written("qux", &first), written("missing", &first)],
     });
     fx.done(DbRequest::ClearRewrites { written: Vec::new() });
     let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
-    assert_eq!(
-        pending,
-        [entry("baz", at(2024, 1, 2), RewriteScope::Project), entry("bar", at(2024, 1, 4), RewriteScope::Both)]
-    );
+    let names: Vec<&str> = pending.iter().map(|p| p.package.as_str()).collect();
+    assert_eq!(names, ["baz", "bar", "qux"]);
+    assert_eq!(pending[1], entry("bar", at(2024, 1, 4), RewriteScope::Both));
+    // Pages written from a later snapshot are.
+    let second = snapshot(&mut fx);
+    fx.done(DbRequest::ClearRewrites { written: vec![written("bar", &second), written("qux", &second)] });
+    let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
+    assert_eq!(pending, [entry("baz", at(2024, 1, 2), RewriteScope::Project)]);
 }
 
 #[test]

@@ -171,3 +171,15 @@ fn the_root_is_written_at_most_once_per_interval_and_at_a_stop() {
     let root = farm.json("simple/index.json");
     assert_eq!(root["projects"], serde_json::json!([{"name": "bar"}, {"name": "foo"}]));
 }
+
+#[test]
+fn the_root_is_written_again_after_every_start() {
+    let mut farm = farm_with_foo(Duration::from_millis(50));
+    farm.rewrite("foo");
+    farm.wait("foo in the root", |f| f.read("simple/index.json").contains("\"foo\""));
+    farm.stop();
+    // As a crash would leave it: the root behind the projects' pages.
+    std::fs::write(farm.path("simple/index.json"), r#"{"meta":{"api-version":"1.1"},"projects":[]}"#).unwrap();
+    farm.start(Duration::from_millis(50));
+    farm.wait("the root to list foo again", |f| f.read("simple/index.json").contains("\"foo\""));
+}

@@ -19,8 +19,14 @@ pub struct Migration {
 }
 
 /// Every step, in order. A test checks that each file in `migrations/` is listed here.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial schema", sql: include_str!("../../../migrations/0001_initial.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial schema", sql: include_str!("../../../migrations/0001_initial.sql") },
+    Migration {
+        version: 2,
+        name: "pending rewrites name the transaction that asked",
+        sql: include_str!("../../../migrations/0002_rewrite_requests.sql"),
+    },
+];
 
 /// The schema version this software works with.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

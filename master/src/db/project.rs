@@ -87,12 +87,15 @@ impl Database {
     }
 
     /// The build ABIs (in build order) and everything for the pages of several projects, in
-    /// the order asked (each once), leaving out the packages that do not exist. The same
-    /// handful of queries, on one snapshot, serve the whole batch, so a batch of hundreds
-    /// costs little more than one package.
-    pub async fn projects_data(&mut self, packages: &[String]) -> Result<(Vec<BuildAbi>, Vec<ProjectData>), RequestError> {
+    /// the order asked (each once), leaving out the packages that do not exist, with the
+    /// snapshot they were read from (`pg_snapshot` as text). The same handful of queries, on
+    /// one snapshot, serve the whole batch, so a batch of hundreds costs little more than one
+    /// package.
+    pub async fn projects_data(&mut self, packages: &[String]) -> Result<(Vec<BuildAbi>, Vec<ProjectData>, String), RequestError> {
         // One snapshot for every query, so the parts agree with each other.
         let mut tx = self.conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+        // The snapshot is taken by the first statement: this one.
+        let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&mut *tx).await?;
         let abis: Vec<AbiRow> =
             sqlx::query_as("SELECT abi_tag, python_version, skip FROM build_abis ORDER BY python_version, abi_tag COLLATE \"C\"")
                 .fetch_all(&mut *tx)
@@ -109,7 +112,7 @@ impl Database {
         let build_abis = abis.iter().map(|(tag, position, skip)| BuildAbi { tag: tag.clone(), position: *position, skip: skip.clone() }).collect();
         if heads.is_empty() {
             tx.rollback().await?;
-            return Ok((build_abis, Vec::new()));
+            return Ok((build_abis, Vec::new(), snapshot));
         }
         let aliases: Vec<(String, String)> = sqlx::query_as(
             "SELECT package, name FROM package_names WHERE package = ANY($1) AND name <> package \
@@ -192,7 +195,7 @@ impl Database {
                 out.push(assemble(package, skip, description, display_name, rows, &abis, &mut deps));
             }
         }
-        Ok((build_abis, out))
+        Ok((build_abis, out, snapshot))
     }
 }
 

@@ -119,7 +119,7 @@ impl Database {
                 self.project_data(&package).await.map(|data| DbReply::Project(Box::new(data)))
             }
             DbRequest::ProjectsData { packages } => {
-                self.projects_data(&packages).await.map(|(abis, data)| DbReply::Projects { abis, data })
+                self.projects_data(&packages).await.map(|(abis, data, snapshot)| DbReply::Projects { abis, data, snapshot })
             }
             DbRequest::BuildIds { package, version } => {
                 Ok(DbReply::Builds(self.build_ids(&package, version.as_deref()).await?))
@@ -624,8 +624,8 @@ impl Database {
     // --------------------------------------------------------------------------------------
 
     /// Adds a pending page rewrite, or widens the one pending for the package: the latest
-    /// time is kept (the entry is done only by a write that began after every request), and
-    /// the scope becomes `Both` if either is.
+    /// time is kept, the scope becomes `Both` if either is, and the entry now names this
+    /// transaction (it is done only when pages are written from a snapshot that sees it).
     pub async fn add_rewrite(&mut self, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
         add_rewrite(&mut self.conn, rewrite).await
     }
@@ -647,16 +647,17 @@ impl Database {
             .collect())
     }
 
-    /// Removes each package's pending rewrite if it was added no later than its `until`.
+    /// Removes each package's pending rewrite if the snapshot its pages were made from saw the
+    /// transaction that last asked for it.
     pub async fn clear_rewrites(&mut self, written: &[RewriteWritten]) -> Result<(), sqlx::Error> {
         let packages: Vec<&str> = written.iter().map(|w| w.package.as_str()).collect();
-        let until: Vec<Timestamp> = written.iter().map(|w| w.until).collect();
+        let snapshots: Vec<&str> = written.iter().map(|w| w.snapshot.as_str()).collect();
         sqlx::query(
-            "DELETE FROM rewrites_pending r USING UNNEST($1::text[], $2::timestamptz[]) AS w (package, until) \
-             WHERE r.package = w.package AND r.added_at <= w.until",
+            "DELETE FROM rewrites_pending r USING UNNEST($1::text[], $2::text[]) AS w (package, snapshot) \
+             WHERE r.package = w.package AND pg_visible_in_snapshot(r.requested_by, w.snapshot::pg_snapshot)",
         )
         .bind(packages)
-        .bind(until)
+        .bind(snapshots)
         .execute(&mut self.conn)
         .await?;
         Ok(())
@@ -680,6 +681,7 @@ async fn add_rewrite(conn: &mut PgConnection, rewrite: &PendingRewrite) -> Resul
         "INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $2, $3) \
          ON CONFLICT (package) DO UPDATE SET \
              added_at = GREATEST(rewrites_pending.added_at, EXCLUDED.added_at), \
+             requested_by = pg_current_xact_id(), \
              scope = CASE WHEN rewrites_pending.scope = 'both' OR EXCLUDED.scope = 'both' \
                           THEN 'both' ELSE 'project' END",
     )

@@ -182,11 +182,11 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 }
 
 /// Makes everything written to the tree's file system durable, with one `syncfs` for the lot
-/// rather than an fsync per page: pages are written in batches, and the batch's pending
-/// rewrites are cleared from the database only after this.
-pub fn sync_tree(root: &Path) -> io::Result<()> {
-    let dir = fs::File::open(root)?;
-    nix::unistd::syncfs(&dir).map_err(io::Error::from)
+/// rather than an fsync per page. `root` must stay open between calls: the kernel reports a
+/// failed writeback to each open file once, so a file opened for each call would miss the
+/// failures that came before it.
+pub fn sync_tree(root: &fs::File) -> io::Result<()> {
+    nix::unistd::syncfs(root).map_err(io::Error::from)
 }
 
 #[cfg(test)]

@@ -165,12 +165,14 @@ fn requeue(sweep: &mut Sweep, names: Vec<String>) {
 struct Fetched {
     abis: Vec<BuildAbi>,
     data: Vec<ProjectData>,
+    /// The database snapshot they were read from.
+    snapshot: String,
 }
 
 /// Fetches the ABIs and the data of `packages` (those that exist).
 fn fetch(db: &DbClient, packages: Vec<String>) -> Result<Fetched, DbClientError> {
     match db.request(DbRequest::ProjectsData { packages })? {
-        DbReply::Projects { abis, data } => Ok(Fetched { abis, data }),
+        DbReply::Projects { abis, data, snapshot } => Ok(Fetched { abis, data, snapshot }),
         reply => Err(DbClientError::Unexpected { request: "ProjectsData".into(), reply: Box::new(reply) }),
     }
 }
@@ -186,8 +188,6 @@ pub struct Scribe {
     sweep: Option<Sweep>,
     /// Packages whose pages were written since the last [`Event::Sync`].
     unsynced: Vec<RewriteWritten>,
-    /// What the last [`Event::Sync`] cleared.
-    synced: Vec<RewriteWritten>,
     /// When the root was last written by [`Scribe::flush`].
     root_written: Option<Instant>,
 }
@@ -207,7 +207,6 @@ impl Scribe {
             started: false,
             sweep: None,
             unsynced: Vec::new(),
-            synced: Vec::new(),
             root_written: None,
         })
     }
@@ -247,16 +246,17 @@ impl Scribe {
     }
 
     /// Fetches the data of `packages` and writes (or removes) their pages. Fails as a whole
-    /// only when the database does; each package's own outcome is in the result, in order.
+    /// only when the database does; each package's own outcome is in the result, in order,
+    /// with the snapshot the data was read from.
     fn write_packages(
         &mut self,
         packages: &[(String, RewriteScope)],
         sockets: &Sockets,
         now: &Timestamp,
-    ) -> Result<Vec<Outcome>, DbClientError> {
+    ) -> Result<(Vec<Outcome>, String), DbClientError> {
         let names: Vec<String> = packages.iter().map(|(name, _)| name.clone()).collect();
         let fetched = fetch(&sockets.db, names)?;
-        Ok(self.write_fetched(packages, &fetched, now))
+        Ok((self.write_fetched(packages, &fetched, now), fetched.snapshot))
     }
 
     /// Writes (or removes) the pages of `packages` from their fetched data.
@@ -291,8 +291,8 @@ impl Scribe {
         }
         let utc = ctx.utc();
         let packages: Vec<(String, RewriteScope)> = due.iter().map(|w| (w.package.clone(), w.scope)).collect();
-        let outcomes = match self.write_packages(&packages, sockets, &utc) {
-            Ok(outcomes) => outcomes,
+        let (outcomes, snapshot) = match self.write_packages(&packages, sockets, &utc) {
+            Ok(written) => written,
             Err(e) => {
                 for entry in due {
                     self.buffer.retry(entry, now + self.config.retry);
@@ -312,8 +312,7 @@ impl Scribe {
         }
         tracing::debug!("wrote the pages of {} packages", written.len());
         for entry in written {
-            let until = entry.added_at.max(utc);
-            self.written(entry.package, until, ctx);
+            self.written(entry.package, snapshot.clone(), ctx);
         }
         for entry in failed {
             self.buffer.retry(entry, now + self.config.retry);
@@ -438,7 +437,6 @@ impl Scribe {
             WebRequest::Search { entries } => Ok(self.writer.write_search(&entries)?),
             WebRequest::Built { build_id, output, rewrite } => {
                 anyhow::ensure!(is_safe_name(&rewrite.package), "{:?} is not a canonical package name", rewrite.package);
-                self.keep_pending(&rewrite, sockets);
                 let now = ctx.now();
                 self.buffer.add(&rewrite.package, rewrite.scope, rewrite.added_at, now, self.config.window);
                 if let Some(due) = self.buffer.next_due() {
@@ -468,8 +466,8 @@ impl Scribe {
         let waiting = self.buffer.remove(package);
         self.writer.remove_files(package, files, builds)?;
         let utc = ctx.utc();
-        let outcome = match self.write_packages(&[(package.to_string(), RewriteScope::Both)], sockets, &utc) {
-            Ok(mut outcomes) => outcomes.pop().unwrap_or(Ok(())),
+        let (outcome, snapshot) = match self.write_packages(&[(package.to_string(), RewriteScope::Both)], sockets, &utc) {
+            Ok((mut outcomes, snapshot)) => (outcomes.pop().unwrap_or(Ok(())), snapshot),
             Err(e) => {
                 // Written later, from the buffer.
                 let entry = Waiting {
@@ -493,8 +491,7 @@ impl Scribe {
             }
             return Err(e.into());
         }
-        let until = waiting.map_or(utc, |w| w.added_at.max(utc));
-        self.written(package.to_string(), until, ctx);
+        self.written(package.to_string(), snapshot, ctx);
         if self.sweep.is_none() && self.writer.root_dirty() {
             self.writer.write_root()?;
         }
@@ -503,25 +500,33 @@ impl Scribe {
 }
 
 impl Scribe {
-    /// Notes a package whose pages were written from data as of `until`; its pending entry
-    /// is cleared at the next [`Event::Sync`].
-    fn written(&mut self, package: String, until: Timestamp, ctx: &mut Context<'_, Event>) {
+    /// Notes a package whose pages were written from the database as `snapshot` saw it; its
+    /// pending entry is cleared at the next [`Event::Sync`] if the snapshot saw the last
+    /// request for it.
+    fn written(&mut self, package: String, snapshot: String, ctx: &mut Context<'_, Event>) {
         if self.unsynced.is_empty() {
             ctx.schedule(Event::Sync, self.config.sync_every);
         }
-        self.unsynced.push(RewriteWritten { package, until });
+        self.unsynced.push(RewriteWritten { package, snapshot });
     }
 
     fn sync(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
         let result = self.sync_now(sockets);
-        if !self.unsynced.is_empty() {
-            ctx.schedule(Event::Sync, self.config.retry);
+        if result.is_err() {
+            // What was written since the last sync may not be on disk, and a later syncfs
+            // would not say so (it reports an error once): write those pages again.
+            let (now, utc) = (ctx.now(), ctx.utc());
+            let due = now + self.config.retry;
+            for w in std::mem::take(&mut self.unsynced) {
+                self.buffer.retry(Waiting { package: w.package, scope: RewriteScope::Both, added_at: utc, due }, due);
+            }
+            ctx.schedule(Event::Flush, self.config.retry);
         }
         result
     }
 
     /// Makes the pages written so far durable and clears their pending entries. On failure
-    /// the entries are kept for the next try (and stay pending in the database meanwhile).
+    /// nothing is cleared: the entries stay pending in the database.
     fn sync_now(&mut self, sockets: &Sockets) -> anyhow::Result<()> {
         if self.unsynced.is_empty() {
             return Ok(());
@@ -529,28 +534,14 @@ impl Scribe {
         if self.config.durable {
             self.writer.sync().map_err(|e| anyhow::anyhow!("cannot make the pages durable: {e}"))?;
         }
-        self.synced = std::mem::take(&mut self.unsynced);
-        let count = self.synced.len();
-        if let Err(e) = sockets.db.done(DbRequest::ClearRewrites { written: self.synced.clone() }) {
+        let written = std::mem::take(&mut self.unsynced);
+        let count = written.len();
+        if let Err(e) = sockets.db.done(DbRequest::ClearRewrites { written }) {
             // The entries stay in the database: the pages are only written once more, at the
             // next start.
             tracing::warn!("cannot clear {count} pending rewrites: {e}");
         }
         Ok(())
-    }
-
-    /// Keeps the pending entry a build's transaction recorded. Its time was taken before the
-    /// build was committed, so a write of the package that began in between may have missed
-    /// the build yet appear to cover the entry: such a write must not clear it, and if it did
-    /// already (a sync came in between), the entry is recorded again.
-    fn keep_pending(&mut self, rewrite: &PendingRewrite, sockets: &Sockets) {
-        let missed = |w: &RewriteWritten| w.package == rewrite.package && w.until >= rewrite.added_at;
-        self.unsynced.retain(|w| !missed(w));
-        if self.synced.iter().any(missed)
-            && let Err(e) = sockets.db.done(DbRequest::AddRewrite(rewrite.clone()))
-        {
-            tracing::warn!("cannot record the rewrite of {} again: {e}", rewrite.package);
-        }
     }
 }
 

@@ -55,6 +55,8 @@ pub struct IndexWriter {
     /// The deflate state every log is compressed with: making a fresh one for each log zeroes
     /// some hundreds of kilobytes, a fifth of the master's user time per build.
     deflate: std::sync::Mutex<Compress>,
+    /// The tree's root, open for as long as the writer is (see [`layout::sync_tree`]).
+    root_dir: fs::File,
 }
 
 fn render<T: Template>(page: &T) -> io::Result<String> {
@@ -74,8 +76,18 @@ impl IndexWriter {
                 listed.insert(name);
             }
         }
-        let root_dirty = !layout.simple_dir().join("index.json").is_file();
-        Ok(IndexWriter { layout, options, listed, root_dirty, deflate: std::sync::Mutex::new(Compress::new(Compression::default(), false)) })
+        // Written once after every start: a crash may have come while it waited for its turn.
+        let root_dirty = true;
+        let root_dir = fs::File::open(layout.root())
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", layout.root().display())))?;
+        Ok(IndexWriter {
+            layout,
+            options,
+            listed,
+            root_dirty,
+            deflate: std::sync::Mutex::new(Compress::new(Compression::default(), false)),
+            root_dir,
+        })
     }
 
     /// The tree's layout.
@@ -310,7 +322,7 @@ impl IndexWriter {
 
     /// Makes what was written durable (see [`layout::sync_tree`]).
     pub fn sync(&self) -> io::Result<()> {
-        layout::sync_tree(self.layout.root())
+        layout::sync_tree(&self.root_dir)
     }
 
     /// Names of projects that have pages or files on disk without being in `known`: the

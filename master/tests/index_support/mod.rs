@@ -161,7 +161,10 @@ impl Farm {
     pub fn record_build(&self, build: BuildRecord) -> i64 {
         let package = build.package.clone();
         let id = self.db.log_build(build, Utc::now()).unwrap();
-        self.done(DbRequest::ClearRewrites { written: vec![RewriteWritten { package, until: Utc::now() }] });
+        let DbReply::Projects { snapshot, .. } = self.db.request(DbRequest::ProjectsData { packages: Vec::new() }).unwrap() else {
+            panic!("ProjectsData answered with something else")
+        };
+        self.done(DbRequest::ClearRewrites { written: vec![RewriteWritten { package, snapshot }] });
         id
     }
 
