@@ -52,7 +52,12 @@
 //! are not synced. What a crash can then leave, and why each is harmless:
 //!
 //! - a torn record (a crash during its write): MessagePack is prefix-free and the decoder
-//!   refuses trailing bytes, so it does not decode, and the next start drops the transfer;
+//!   refuses trailing bytes, so it does not decode, and the next start drops the transfer.
+//!   This relies on the file system committing a file's new size only with its data, as
+//!   ext4 does by default (`data=ordered`). Where a crash can leave a record at its full
+//!   size with a block never written (ext4 with `data=writeback`, XFS), zeros inside its
+//!   METADATA text would still decode, and that `.metadata` file would be published wrong:
+//!   keep the staging directory on a file system mounted the default way;
 //! - after a power failure, a lost record or a partial file that lost its tail, or holds
 //!   blocks that were never written: the transfer is dropped or resumes after what is there,
 //!   and verification catches any bytes that are not the file's (the hash is over the file
