@@ -62,6 +62,7 @@ use piwheels_common::transport::Client;
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
+use piwheels_testsupport::installers::local_abi;
 use piwheels_testsupport::programs::{program, shared_dir, unprivileged};
 use piwheels_testsupport::pypi::{FakePypi, sdist};
 
@@ -99,16 +100,6 @@ const QUEUE_SETTLE: Duration = Duration::from_secs(4);
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-
-/// The ABI tag of the Python on PATH, which the slaves build for.
-fn local_abi() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print('cp%d%d' % sys.version_info[:2])"])
-        .output()
-        .expect("python3 on PATH (scripts/setup-lib.sh's ensure_test_python)");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Clock ticks per second, the unit of `/proc/<pid>/stat`'s times.

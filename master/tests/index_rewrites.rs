@@ -16,10 +16,15 @@ use piwheels_common::protocols::{RewriteScope, WebRequest};
 fn farm_with_foo(window: Duration) -> Farm {
     let mut farm = Farm::new();
     farm.start(window);
-    farm.package("foo", "foo", "", &[("1.0", 1)]);
-    let wheel = farm.wheel("foo-1.0-py3-none-any.whl", None);
-    farm.build("foo", "1.0", "cp39", &[wheel]);
+    add_built(&mut farm, "foo");
     farm
+}
+
+/// Adds `package` 1.0 with a pure wheel built for cp39 (its pages not asked for).
+fn add_built(farm: &mut Farm, package: &str) {
+    farm.package(package, package, "", &[("1.0", 1)]);
+    let wheel = farm.wheel(&format!("{package}-1.0-py3-none-any.whl"), None);
+    farm.build(package, "1.0", "cp39", &[wheel]);
 }
 
 fn inode(farm: &Farm, rel: &str) -> Option<u64> {
@@ -133,16 +138,16 @@ fn written_entries_stay_pending_until_the_next_sync_and_a_stop_clears_them() {
     settings.sync_every = Duration::from_secs(3600);
     farm.start_with(settings);
     for package in ["foo", "bar"] {
-        farm.package(package, package, "", &[("1.0", 1)]);
-        let wheel = farm.wheel(&format!("{package}-1.0-py3-none-any.whl"), None);
-        farm.build(package, "1.0", "cp39", &[wheel]);
+        add_built(&mut farm, package);
         farm.rewrite(package);
     }
     farm.wait("the pages", |f| f.path("simple/foo/index.html").is_file() && f.path("simple/bar/index.html").is_file());
     // Written, but not cleared before the next sync: a crash now would only write them again.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(farm.pending(), ["bar", "foo"]);
-    // A stop makes them durable and clears them; a rewrite not yet written stays.
+    // A stop makes them durable and clears them; a rewrite not yet written (held by a pause)
+    // stays.
+    farm.scribe().control(piwheels_common::protocols::TaskControl::Pause).unwrap();
     farm.rewrite("foo");
     farm.send(WebRequest::Rewrite { package: "baz".into(), scope: RewriteScope::Both });
     farm.stop();
@@ -156,9 +161,7 @@ fn the_root_is_written_at_most_once_per_interval_and_at_a_stop() {
     settings.root_every = Duration::from_secs(3600);
     farm.start_with(settings);
     for package in ["foo", "bar"] {
-        farm.package(package, package, "", &[("1.0", 1)]);
-        let wheel = farm.wheel(&format!("{package}-1.0-py3-none-any.whl"), None);
-        farm.build(package, "1.0", "cp39", &[wheel]);
+        add_built(&mut farm, package);
     }
     // The first change to the root after the start is written at once, the next waits.
     farm.rewrite("foo");

@@ -12,18 +12,9 @@ use nix::unistd::Pid;
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
+use piwheels_testsupport::installers::local_abi;
 use piwheels_testsupport::programs::{program, shared_dir, unprivileged};
 use piwheels_testsupport::pypi::{FakePypi, sdist};
-
-
-/// The ABI tag of the Python on PATH, which the slaves build for.
-fn local_abi() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print('cp%d%d' % sys.version_info[:2])"])
-        .output()
-        .expect("python3 on PATH (scripts/setup-lib.sh's ensure_test_python)");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// A process killed when dropped.
 struct Process(Child);

@@ -18,6 +18,15 @@ fn search_path() -> std::ffi::OsString {
     std::env::join_paths(dirs).unwrap()
 }
 
+/// The CPython ABI tag (`cp311`, say) of the `python3` on PATH, which test slaves build for.
+pub fn local_abi() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print('cp%d%d' % sys.version_info[:2])"])
+        .output()
+        .expect("python3 on PATH (scripts/setup-lib.sh's ensure_test_python)");
+    String::from_utf8(out.stdout).expect("an ABI tag in ASCII").trim().to_string()
+}
+
 /// `program` with a clean environment: no pip or uv configuration, no proxy for the local
 /// index, no other index or wheel directory.
 pub fn tool(program: impl AsRef<std::ffi::OsStr>, work: &Path) -> Command {

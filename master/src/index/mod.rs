@@ -422,26 +422,17 @@ impl Scribe {
     fn serve(&mut self, request: WebRequest, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
         match request {
             WebRequest::Rewrite { package, scope } => {
-                anyhow::ensure!(is_safe_name(&package), "{package:?} is not a canonical package name");
-                let added_at = ctx.utc();
-                let recorded =
-                    sockets.db.done(DbRequest::AddRewrite(PendingRewrite { package: package.clone(), added_at, scope }));
-                let now = ctx.now();
-                self.buffer.add(&package, scope, added_at, now, self.config.window);
-                if let Some(due) = self.buffer.next_due() {
-                    ctx.schedule(Event::Flush, due.saturating_duration_since(now));
-                }
+                let rewrite = PendingRewrite { package, added_at: ctx.utc(), scope };
+                anyhow::ensure!(is_safe_name(&rewrite.package), "{:?} is not a canonical package name", rewrite.package);
+                let recorded = sockets.db.done(DbRequest::AddRewrite(rewrite.clone()));
+                self.enqueue(&rewrite, ctx);
                 recorded.map_err(|e| anyhow::anyhow!("queued, but not recorded (a crash would lose it): {e}"))
             }
             WebRequest::Home(stats) => Ok(self.writer.write_home(&stats)?),
             WebRequest::Search { entries } => Ok(self.writer.write_search(&entries)?),
             WebRequest::Built { build_id, output, rewrite } => {
                 anyhow::ensure!(is_safe_name(&rewrite.package), "{:?} is not a canonical package name", rewrite.package);
-                let now = ctx.now();
-                self.buffer.add(&rewrite.package, rewrite.scope, rewrite.added_at, now, self.config.window);
-                if let Some(due) = self.buffer.next_due() {
-                    ctx.schedule(Event::Flush, due.saturating_duration_since(now));
-                }
+                self.enqueue(&rewrite, ctx);
                 Ok(self.writer.write_log(build_id, &output)?)
             }
             WebRequest::DeletePackage { package, files, builds } => self.delete(&package, &files, &builds, sockets, ctx),
@@ -500,6 +491,15 @@ impl Scribe {
 }
 
 impl Scribe {
+    /// Buffers a recorded rewrite for the window and makes sure a flush comes when it is due.
+    fn enqueue(&mut self, rewrite: &PendingRewrite, ctx: &mut Context<'_, Event>) {
+        let now = ctx.now();
+        self.buffer.add(&rewrite.package, rewrite.scope, rewrite.added_at, now, self.config.window);
+        if let Some(due) = self.buffer.next_due() {
+            ctx.schedule(Event::Flush, due.saturating_duration_since(now));
+        }
+    }
+
     /// Notes a package whose pages were written from the database as `snapshot` saw it; its
     /// pending entry is cleared at the next [`Event::Sync`] if the snapshot saw the last
     /// request for it.
