@@ -539,6 +539,18 @@ fn log_build_with_a_file_recorded_already_with_other_contents_is_refused_and_rec
 }
 
 #[test]
+fn log_build_listing_a_file_twice_is_refused_and_records_nothing() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    let file = platform("foo", "1.0", "cp311");
+    let message = fx.error(log(build("foo", "1.0", "cp311", vec![file.clone(), pure("foo", "1.0"), file])));
+    assert!(message.contains("foo-1.0-cp311-cp311-linux_armv7l.whl is listed twice"), "{message}");
+    assert_eq!(fx.value("SELECT count(*) FROM builds"), "0");
+    assert_eq!(fx.value("SELECT count(*) FROM files"), "0");
+    assert_eq!(fx.value("SELECT count(*) FROM rewrites_pending"), "0");
+}
+
+#[test]
 fn log_build_records_the_rewrite_of_the_package_pages_in_the_same_transaction() {
     let mut fx = Fixture::with_abis();
     fx.version("foo", "1.0", at(2020, 1, 1));

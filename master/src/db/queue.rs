@@ -14,14 +14,15 @@
 //! marks versions that need nothing more, and the queue looks only at the others (through the
 //! partial index `versions_incomplete`), probing `builds_pkgver` per version. A version found
 //! to need nothing is marked complete by the same statement; recording a build refreshes its
-//! version's mark ([`refresh_complete`]); deleting builds clears it; changing the ABIs clears
-//! every mark (a trigger), after which the next queue computation looks at every version once.
+//! version's mark in its own transaction ([`refresh_complete_sql`]); deleting builds clears it;
+//! changing the ABIs clears every mark (a trigger), after which the next queue computation
+//! looks at every version once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use piwheels_common::protocols::PackageVersion;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor};
 
 use super::Database;
 
@@ -75,21 +76,22 @@ const BUILD_QUEUE_SQL: &str = concat!(
     ORDER BY a.python_version, a.abi_tag, r.n"
 );
 
-const REFRESH_COMPLETE_SQL: &str = concat!(
-    "UPDATE versions v SET complete = NOT EXISTS (",
-    pending_abis!(),
-    ") WHERE v.package = $1 AND v.version = $2"
-);
+/// Recomputes the `complete` mark of the version `$1`, `$2`; a build records it in its own
+/// transaction.
+macro_rules! refresh_complete_sql {
+    () => {
+        concat!(
+            "UPDATE versions v SET complete = NOT EXISTS (",
+            $crate::db::queue::pending_abis!(),
+            ") WHERE v.package = $1 AND v.version = $2"
+        )
+    };
+}
+pub(crate) use {pending_abis, refresh_complete_sql};
 
 /// How long the queue computation may take. Normally it takes seconds; after the ABIs change
 /// it looks at every version once, which on a large farm takes minutes.
 pub const BUILD_QUEUE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Recomputes one version's `complete` mark (after a build of it was recorded).
-pub async fn refresh_complete(conn: &mut PgConnection, package: &str, version: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(REFRESH_COMPLETE_SQL).bind(package).bind(version).execute(conn).await?;
-    Ok(())
-}
 
 impl Database {
     /// The build queue: for every ABI that is not skipped (even when its queue is empty), at

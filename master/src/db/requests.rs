@@ -27,6 +27,7 @@ use sqlx::postgres::types::PgInterval;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
 use super::Database;
+use super::queue::refresh_complete_sql;
 
 /// Why a request was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -382,35 +383,71 @@ impl Database {
         let built_by = i32::try_from(record.built_by)
             .map_err(|_| RequestError::Refused(format!("slave id {} is out of range", record.built_by)))?;
         let result = &record.result;
+        let files = FileColumns::of(&result.files)?;
+        // Four round trips whatever the build holds (five with dependencies): the build with
+        // its files, then the rest, each in one statement.
         let mut tx = self.conn.begin().await?;
-        let build_id: BuildId = sqlx::query_scalar(
-            "INSERT INTO builds \
-                 (package, version, built_by, builder, abi_tag, status, duration, cpu_time, peak_memory, \
-                  exit_status, failure) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             RETURNING build_id",
-        )
-        .bind(&record.package)
-        .bind(&record.version)
-        .bind(built_by)
-        .bind(truncate(&record.builder, len::BUILDER))
-        .bind(&record.abi)
-        .bind(result.success)
-        .bind(interval(result.duration))
-        .bind(interval(result.cpu_time))
-        .bind(i64::try_from(result.peak_memory).unwrap_or(i64::MAX))
-        .bind(result.exit_status)
-        .bind(result.failure.map(failure_name))
-        .fetch_one(&mut *tx)
-        .await?;
-        for file in &result.files {
-            if let Err(err) = insert_file(&mut tx, build_id, file).await {
-                tx.rollback().await?;
-                return Err(err);
-            }
+        let (build_id, recorded): (BuildId, Vec<String>) = sqlx::query_as(LOG_BUILD_SQL)
+            .bind(&record.package)
+            .bind(&record.version)
+            .bind(built_by)
+            .bind(truncate(&record.builder, len::BUILDER))
+            .bind(&record.abi)
+            .bind(result.success)
+            .bind(interval(result.duration))
+            .bind(interval(result.cpu_time))
+            .bind(i64::try_from(result.peak_memory).unwrap_or(i64::MAX))
+            .bind(result.exit_status)
+            .bind(result.failure.map(failure_name))
+            .bind(&files.filename)
+            .bind(&files.size)
+            .bind(&files.sha256)
+            .bind(&files.metadata_hash)
+            .bind(&files.package_tag)
+            .bind(&files.version_tag)
+            .bind(&files.build_tag)
+            .bind(&files.py_tag)
+            .bind(&files.abi_tag)
+            .bind(&files.platform_tag)
+            .bind(&files.python_floor)
+            .bind(&files.requires_python)
+            .fetch_one(&mut *tx)
+            .await?;
+        if let Some(clash) = result.files.iter().find(|f| !recorded.contains(&f.filename)) {
+            // Its name is recorded with other contents: nothing of this build is kept.
+            let other: Option<String> = sqlx::query_scalar("SELECT filehash::text FROM files WHERE filename = $1")
+                .bind(&clash.filename)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            return Err(RequestError::Refused(format!(
+                "{} is already recorded with other contents (SHA-256 {}, this build's is {})",
+                clash.filename,
+                other.as_deref().unwrap_or("unknown").trim(),
+                clash.sha256
+            )));
         }
-        super::queue::refresh_complete(&mut tx, &record.package, &record.version).await?;
-        add_rewrite(&mut tx, &record.pending_rewrite(rewrite_at)).await?;
+        let rewrite = record.pending_rewrite(rewrite_at);
+        sqlx::query(FINISH_BUILD_SQL)
+            .bind(&record.package)
+            .bind(&record.version)
+            .bind(rewrite.added_at)
+            .bind(scope_name(rewrite.scope))
+            .bind(&files.filename)
+            .execute(&mut *tx)
+            .await?;
+        let dependencies = DependencyRows::of(&result.files);
+        if !dependencies.filename.is_empty() {
+            sqlx::query(
+                "INSERT INTO dependencies (filename, tool, dependency) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(&dependencies.filename)
+            .bind(&dependencies.tool)
+            .bind(&dependencies.dependency)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(build_id)
     }
@@ -675,92 +712,148 @@ impl Database {
     }
 }
 
-/// See [`Database::add_rewrite`].
-async fn add_rewrite(conn: &mut PgConnection, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $2, $3) \
-         ON CONFLICT (package) DO UPDATE SET \
+/// How a pending rewrite meets the one already pending for its package; see
+/// [`Database::add_rewrite`].
+macro_rules! rewrite_conflict {
+    () => {
+        " ON CONFLICT (package) DO UPDATE SET \
              added_at = GREATEST(rewrites_pending.added_at, EXCLUDED.added_at), \
              requested_by = pg_current_xact_id(), \
              scope = CASE WHEN rewrites_pending.scope = 'both' OR EXCLUDED.scope = 'both' \
-                          THEN 'both' ELSE 'project' END",
-    )
-    .bind(&rewrite.package)
-    .bind(rewrite.added_at)
-    .bind(scope_name(rewrite.scope))
-    .execute(conn)
-    .await?;
-    Ok(())
-    }
+                          THEN 'both' ELSE 'project' END"
+    };
+}
 
-/// Inserts one file of a build (or moves an identical one to it) with its dependencies.
-async fn insert_file(
-    tx: &mut Transaction<'_, Postgres>,
-    build_id: BuildId,
-    file: &WheelFile,
-) -> Result<(), RequestError> {
-    let size = i64::try_from(file.size)
-        .map_err(|_| RequestError::Refused(format!("{}: size {} is out of range", file.filename, file.size)))?;
-    let metadata_hash = (!file.metadata.is_empty()).then(|| hex_sha256(&file.metadata));
-    // On a clash the row moves to this build only when the contents are the same; otherwise
-    // nothing is affected and the build is refused below.
-    let done = sqlx::query(
-        "INSERT INTO files \
-             (filename, build_id, filesize, filehash, metadata_hash, package_tag, package_version_tag, build_tag, \
-              py_version_tag, abi_tag, platform_tag, python_floor, requires_python) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         ON CONFLICT (filename) DO UPDATE SET \
-             build_id = EXCLUDED.build_id, metadata_hash = EXCLUDED.metadata_hash, \
-             build_tag = EXCLUDED.build_tag, python_floor = EXCLUDED.python_floor, \
-             requires_python = EXCLUDED.requires_python \
-         WHERE files.filehash = EXCLUDED.filehash",
-    )
-    .bind(&file.filename)
-    .bind(build_id)
-    .bind(size)
-    .bind(&file.sha256)
-    .bind(metadata_hash)
-    .bind(&file.package_tag)
-    .bind(&file.version_tag)
-    .bind(&file.build_tag)
-    .bind(&file.py_tag)
-    .bind(&file.abi_tag)
-    .bind(&file.platform_tag)
-    .bind(piwheels_common::wheel::abi3_floor(&file.py_tag, &file.abi_tag))
-    .bind(&file.requires_python)
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() == 0 {
-        let recorded: Option<String> = sqlx::query_scalar("SELECT filehash::text FROM files WHERE filename = $1")
-            .bind(&file.filename)
-            .fetch_optional(&mut **tx)
-            .await?;
-        return Err(RequestError::Refused(format!(
-            "{} is already recorded with other contents (SHA-256 {}, this build's is {})",
-            file.filename,
-            recorded.as_deref().unwrap_or("unknown").trim(),
-            file.sha256
-        )));
-    }
-    // A moved row keeps its old dependency rows until here; the new build's analysis wins.
-    sqlx::query("DELETE FROM dependencies WHERE filename = $1").bind(&file.filename).execute(&mut **tx).await?;
-    let deps = &file.dependencies;
-    for (tool, list) in [("apt", &deps.apt), ("pip", &deps.pip), ("", &deps.unresolved)] {
-        if list.is_empty() {
-            continue;
-        }
-        sqlx::query(
-            "INSERT INTO dependencies (filename, tool, dependency) \
-             SELECT $1, $2, d FROM unnest($3::text[]) AS d \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&file.filename)
-        .bind(tool)
-        .bind(list)
-        .execute(&mut **tx)
+/// See [`Database::add_rewrite`].
+async fn add_rewrite(conn: &mut PgConnection, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
+    sqlx::query(concat!("INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $2, $3)", rewrite_conflict!()))
+        .bind(&rewrite.package)
+        .bind(rewrite.added_at)
+        .bind(scope_name(rewrite.scope))
+        .execute(conn)
         .await?;
-    }
     Ok(())
+}
+
+/// A build ($1 to $11) and its files ($12 on: an array per column, an element per file). A
+/// file whose name is recorded already moves to this build only when its contents are the
+/// same; otherwise its name is missing from the names returned, and the caller refuses the
+/// build.
+const LOG_BUILD_SQL: &str = "\
+    WITH build AS ( \
+        INSERT INTO builds (package, version, built_by, builder, abi_tag, status, duration, cpu_time, \
+                            peak_memory, exit_status, failure) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+        RETURNING build_id \
+    ), file AS ( \
+        INSERT INTO files (filename, build_id, filesize, filehash, metadata_hash, package_tag, \
+                           package_version_tag, build_tag, py_version_tag, abi_tag, platform_tag, \
+                           python_floor, requires_python) \
+        SELECT f.filename, build.build_id, f.filesize, f.filehash, f.metadata_hash, f.package_tag, \
+               f.package_version_tag, f.build_tag, f.py_version_tag, f.abi_tag, f.platform_tag, \
+               f.python_floor, f.requires_python \
+        FROM build, unnest($12::text[], $13::bigint[], $14::text[], $15::text[], $16::text[], $17::text[], \
+                           $18::text[], $19::text[], $20::text[], $21::text[], $22::int[], $23::text[]) \
+             AS f (filename, filesize, filehash, metadata_hash, package_tag, package_version_tag, build_tag, \
+                   py_version_tag, abi_tag, platform_tag, python_floor, requires_python) \
+        ON CONFLICT (filename) DO UPDATE SET \
+            build_id = EXCLUDED.build_id, metadata_hash = EXCLUDED.metadata_hash, \
+            build_tag = EXCLUDED.build_tag, python_floor = EXCLUDED.python_floor, \
+            requires_python = EXCLUDED.requires_python \
+        WHERE files.filehash = EXCLUDED.filehash \
+        RETURNING filename \
+    ) \
+    SELECT build.build_id, ARRAY(SELECT filename::text FROM file) FROM build";
+
+/// What follows a build's record ($1 package, $2 version) in its transaction: the rewrite of
+/// its pages ($3 time, $4 scope); the removal of the dependency rows its files ($5) had under
+/// an earlier build, as this build's analysis replaces them; and the version's `complete`
+/// mark, which sees the new build.
+const FINISH_BUILD_SQL: &str = concat!(
+    "WITH rewrite AS (INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $3, $4)",
+    rewrite_conflict!(),
+    "), old_dependencies AS (DELETE FROM dependencies WHERE filename = ANY($5::text[])) ",
+    refresh_complete_sql!(),
+);
+
+/// A build's files as one array per column of `files`.
+struct FileColumns {
+    filename: Vec<String>,
+    size: Vec<i64>,
+    sha256: Vec<String>,
+    metadata_hash: Vec<Option<String>>,
+    package_tag: Vec<String>,
+    version_tag: Vec<String>,
+    build_tag: Vec<Option<String>>,
+    py_tag: Vec<String>,
+    abi_tag: Vec<String>,
+    platform_tag: Vec<String>,
+    python_floor: Vec<Option<i32>>,
+    requires_python: Vec<Option<String>>,
+}
+
+impl FileColumns {
+    fn of(files: &[WheelFile]) -> Result<FileColumns, RequestError> {
+        let mut columns = FileColumns {
+            filename: Vec::new(),
+            size: Vec::new(),
+            sha256: Vec::new(),
+            metadata_hash: Vec::new(),
+            package_tag: Vec::new(),
+            version_tag: Vec::new(),
+            build_tag: Vec::new(),
+            py_tag: Vec::new(),
+            abi_tag: Vec::new(),
+            platform_tag: Vec::new(),
+            python_floor: Vec::new(),
+            requires_python: Vec::new(),
+        };
+        for file in files {
+            if columns.filename.contains(&file.filename) {
+                return Err(RequestError::Refused(format!("{} is listed twice", file.filename)));
+            }
+            let size = i64::try_from(file.size)
+                .map_err(|_| RequestError::Refused(format!("{}: size {} is out of range", file.filename, file.size)))?;
+            columns.filename.push(file.filename.clone());
+            columns.size.push(size);
+            columns.sha256.push(file.sha256.clone());
+            columns.metadata_hash.push((!file.metadata.is_empty()).then(|| hex_sha256(&file.metadata)));
+            columns.package_tag.push(file.package_tag.clone());
+            columns.version_tag.push(file.version_tag.clone());
+            columns.build_tag.push(file.build_tag.clone());
+            columns.py_tag.push(file.py_tag.clone());
+            columns.abi_tag.push(file.abi_tag.clone());
+            columns.platform_tag.push(file.platform_tag.clone());
+            columns.python_floor.push(piwheels_common::wheel::abi3_floor(&file.py_tag, &file.abi_tag));
+            columns.requires_python.push(file.requires_python.clone());
+        }
+        Ok(columns)
+    }
+}
+
+/// The `dependencies` rows of a build's files, an array per column.
+#[derive(Default)]
+struct DependencyRows {
+    filename: Vec<String>,
+    tool: Vec<&'static str>,
+    dependency: Vec<String>,
+}
+
+impl DependencyRows {
+    fn of(files: &[WheelFile]) -> DependencyRows {
+        let mut rows = DependencyRows::default();
+        for file in files {
+            let deps = &file.dependencies;
+            for (tool, list) in [("apt", &deps.apt), ("pip", &deps.pip), ("", &deps.unresolved)] {
+                for dependency in list {
+                    rows.filename.push(file.filename.clone());
+                    rows.tool.push(tool);
+                    rows.dependency.push(dependency.clone());
+                }
+            }
+        }
+        rows
+    }
 }
 
 /// Inserts one access record; false when it was dropped for a host that is not an address.
