@@ -14,8 +14,8 @@
 //! 3. measures the master's CPU while nothing happens for three seconds (sleeping slaves
 //!    still ask for work, the feed still polls): the idle rate, from the threads'
 //!    `schedstat`, which is finer than the clock ticks of `stat`;
-//! 4. wakes the slaves and waits until every release has a build recorded, reading CPU times
-//!    before and after.
+//! 4. wakes the slaves and waits until every release has a build recorded and its simple page
+//!    written, reading CPU times before and after.
 //!
 //! Figures per round:
 //!
@@ -458,6 +458,12 @@ impl Farm {
         self.slaves(SlaveAction::Wake);
         self.wait_for("the builds", Duration::from_secs(120 + releases as u64), || {
             self.count(&format!("SELECT count(*)::text FROM builds WHERE package LIKE {like}")) >= releases
+        });
+        // The pages the builds call for are part of their cost: a project gets its simple page
+        // with its first file, up to a rewrite window after its build was recorded.
+        let simple = self.path("www").join("simple");
+        self.wait_for("the builds' pages", Duration::from_secs(60), || {
+            (0..releases).all(|i| simple.join(format!("{prefix}{i:05}")).join("index.html").is_file())
         });
         let after = self.sample(&slaves);
         if let Some(mut profiler) = profiler {
