@@ -75,12 +75,18 @@ impl RewriteBuffer {
         }
     }
 
-    /// Takes the entries due at `now`, oldest first, at most `limit` of them.
-    pub fn take_due(&mut self, now: Instant, limit: usize) -> Vec<Waiting> {
+    /// Takes the entries due at `now`, oldest first, at most `limit` of them; when there are
+    /// any, those due within `ahead` of `now` come along, so that packages whose requests
+    /// arrive one after another share a batch instead of one each.
+    pub fn take_due(&mut self, now: Instant, ahead: Duration, limit: usize) -> Vec<Waiting> {
+        if self.next_due().is_none_or(|due| due > now) {
+            return Vec::new();
+        }
+        let until = now + ahead;
         let mut due: Vec<(Instant, Timestamp, String)> = self
             .waiting
             .values()
-            .filter(|w| w.due <= now)
+            .filter(|w| w.due <= until)
             .map(|w| (w.due, w.added_at, w.package.clone()))
             .collect();
         due.sort();
@@ -128,11 +134,11 @@ mod tests {
         assert!(!buffer.add("foo", RewriteScope::Project, at(1), t0 + Duration::from_millis(1500), window));
         assert!(buffer.add("bar", RewriteScope::Project, at(1), t0 + Duration::from_secs(1), window));
         assert_eq!(buffer.next_due(), Some(t0 + window));
-        assert!(buffer.take_due(t0 + Duration::from_millis(1999), 10).is_empty());
-        let due = buffer.take_due(t0 + window, 10);
+        assert!(buffer.take_due(t0 + Duration::from_millis(1999), Duration::ZERO, 10).is_empty());
+        let due = buffer.take_due(t0 + window, Duration::ZERO, 10);
         assert_eq!(due, [Waiting { package: "foo".into(), scope: RewriteScope::Both, added_at: at(0), due: t0 + window }]);
         assert_eq!(buffer.len(), 1);
-        assert_eq!(buffer.take_due(t0 + Duration::from_secs(3), 10)[0].package, "bar");
+        assert_eq!(buffer.take_due(t0 + Duration::from_secs(3), Duration::ZERO, 10)[0].package, "bar");
         assert!(buffer.is_empty());
     }
 
@@ -144,9 +150,24 @@ mod tests {
             buffer.add(name, RewriteScope::Both, at(n as i64), t0 + Duration::from_millis(n as u64), Duration::ZERO);
         }
         let later = t0 + Duration::from_secs(1);
-        let first: Vec<String> = buffer.take_due(later, 2).into_iter().map(|w| w.package).collect();
+        let first: Vec<String> = buffer.take_due(later, Duration::ZERO, 2).into_iter().map(|w| w.package).collect();
         assert_eq!(first, ["c", "a"]);
-        assert_eq!(buffer.take_due(later, 2)[0].package, "b");
+        assert_eq!(buffer.take_due(later, Duration::ZERO, 2)[0].package, "b");
+    }
+
+    #[test]
+    fn entries_due_soon_join_a_due_one_but_never_make_a_batch_alone() {
+        let mut buffer = RewriteBuffer::new();
+        let t0 = Instant::now();
+        let window = Duration::from_secs(1);
+        for (n, name) in ["a", "b", "c"].into_iter().enumerate() {
+            buffer.add(name, RewriteScope::Both, at(n as i64), t0 + Duration::from_millis(400 * n as u64), window);
+        }
+        let ahead = Duration::from_millis(500);
+        assert!(buffer.take_due(t0 + Duration::from_millis(999), ahead, 10).is_empty());
+        let batch: Vec<String> = buffer.take_due(t0 + window, ahead, 10).into_iter().map(|w| w.package).collect();
+        assert_eq!(batch, ["a", "b"], "c is due 800 ms later, past the 500 ms ahead");
+        assert_eq!(buffer.next_due(), Some(t0 + Duration::from_millis(1800)));
     }
 
     #[test]
@@ -154,7 +175,7 @@ mod tests {
         let mut buffer = RewriteBuffer::new();
         let t0 = Instant::now();
         buffer.add("foo", RewriteScope::Both, at(0), t0, Duration::ZERO);
-        let entry = buffer.take_due(t0, 1).pop().unwrap();
+        let entry = buffer.take_due(t0, Duration::ZERO, 1).pop().unwrap();
         buffer.add("foo", RewriteScope::Project, at(5), t0, Duration::from_secs(1));
         buffer.retry(entry, t0 + Duration::from_secs(10));
         let again = buffer.remove("foo").unwrap();

@@ -67,6 +67,8 @@ pub struct IndexConfig {
     pub output_path: PathBuf,
     /// How long a package's rewrite waits for more requests about it to fold in (default
     /// 1 s). Its pages are on disk this long after the first request, plus the writing time.
+    /// A batch written because one package is due takes along those due within half a
+    /// window, so that a steady stream of builds shares its database queries.
     pub window: Duration,
     /// How long to wait before trying a failed write again (default 10 s).
     pub retry: Duration,
@@ -285,7 +287,7 @@ impl Scribe {
     /// Writes one batch of due rewrites; false when there was none.
     fn flush_batch(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<bool> {
         let now = ctx.now();
-        let due = self.buffer.take_due(now, self.config.batch.max(1));
+        let due = self.buffer.take_due(now, self.config.window / 2, self.config.batch.max(1));
         if due.is_empty() {
             return Ok(false);
         }
