@@ -13,12 +13,12 @@
 //! | `Building` | `Build`, `Cont` | `Busy`, `Built` |
 //! | `Sending` | `Send` | `Sent` (for that file) |
 //!
-//! `Bye` is allowed at any stage. Anything else is a protocol error: the slave is told to `Die`
-//! and forgotten, and the master goes on.
+//! `Bye` is allowed at any stage. Anything else is a protocol error, and so is a `Built` that
+//! lists a file twice: the slave is told to `Die` and forgotten, and the master goes on.
 
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{BuildResult, PackageVersion, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId};
+use piwheels_common::protocols::{BuildResult, PackageVersion, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, WheelFile};
 
 /// Extra time the master allows beyond a slave's own build timeout before it abandons the
 /// build itself (the slave should have killed it already).
@@ -176,6 +176,9 @@ impl Slave {
             (Stage::Building { build, started }, SlaveRequest::Built(result)) => {
                 if self.flags.skip {
                     Decision::Reply(self.abandon(&build, "skipped by an operator"))
+                } else if let Some(name) = listed_twice(&result.files) {
+                    // Nothing could record such a build, and building it again would not help.
+                    Decision::Die { reason: format!("protocol error: Built lists {name} twice") }
                 } else if result.success && !result.files.is_empty() {
                     // The stage stays Building until the driver asks for the first file.
                     self.stage = Stage::Building { build: build.clone(), started };
@@ -235,6 +238,11 @@ impl Slave {
         tracing::info!("abandoning {} {} on slave {}: {why}", build.package, build.version, self.id);
         self.done()
     }
+}
+
+/// The first file name a build result lists more than once.
+fn listed_twice(files: &[WheelFile]) -> Option<&str> {
+    files.iter().enumerate().find(|(i, f)| files[..*i].iter().any(|g| g.filename == f.filename)).map(|(_, f)| f.filename.as_str())
 }
 
 fn request_name(request: &SlaveRequest) -> &'static str {
@@ -417,6 +425,16 @@ mod tests {
         for (mut slave, request) in cases {
             let text = format!("{:?} then {request:?}", slave.stage);
             assert!(is_die(&slave.on_request(request, now, false)), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_build_listing_a_file_twice_is_a_protocol_error() {
+        let now = Instant::now();
+        let mut slave = at_building(now);
+        match slave.on_request(SlaveRequest::Built(result(true, 2)), now, false) {
+            Decision::Die { reason } => assert!(reason.contains("foo-1.0-py3-none-any.whl twice"), "{reason}"),
+            other => panic!("{other:?}"),
         }
     }
 
