@@ -177,8 +177,11 @@ impl Slave {
                 if self.flags.skip {
                     Decision::Reply(self.abandon(&build, "skipped by an operator"))
                 } else if let Some(name) = listed_twice(&result.files) {
-                    // Nothing could record such a build, and building it again would not help.
-                    Decision::Die { reason: format!("protocol error: Built lists {name} twice") }
+                    // No such build can be recorded. The slave keeps its build until it is
+                    // dropped, so that the release goes back to the queue.
+                    let reason = format!("protocol error: Built lists {name} twice");
+                    self.stage = Stage::Building { build, started };
+                    Decision::Die { reason }
                 } else if result.success && !result.files.is_empty() {
                     // The stage stays Building until the driver asks for the first file.
                     self.stage = Stage::Building { build: build.clone(), started };
@@ -202,6 +205,8 @@ impl Slave {
                     Stage::Building { .. } => "Busy or Built",
                     Stage::Sending { .. } => "Sent for the file asked for",
                 };
+                // The build stays the slave's until it is dropped, which puts it back in the queue.
+                self.stage = stage;
                 Decision::Die { reason: format!("protocol error: {} when {expected} was due", request_name(&request)) }
             }
         }
@@ -424,7 +429,9 @@ mod tests {
         ];
         for (mut slave, request) in cases {
             let text = format!("{:?} then {request:?}", slave.stage);
+            let held = slave.build().cloned();
             assert!(is_die(&slave.on_request(request, now, false)), "{text}");
+            assert_eq!(slave.build(), held.as_ref(), "{text}: the build stays to be released when the slave is dropped");
         }
     }
 
@@ -436,6 +443,7 @@ mod tests {
             Decision::Die { reason } => assert!(reason.contains("foo-1.0-py3-none-any.whl twice"), "{reason}"),
             other => panic!("{other:?}"),
         }
+        assert_eq!(slave.build(), Some(&pv()), "the build stays to be released when the slave is dropped");
     }
 
     #[test]

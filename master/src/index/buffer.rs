@@ -2,9 +2,9 @@
 //!
 //! A package's first request opens its window; requests for it within the window are folded
 //! into that one (the scope widening from `Project` to `Both` if any asks for it), and the
-//! pages are written once, when the window has passed. So a burst of events about one package
-//! (a release with many files, an import) costs one rewrite, and nothing waits longer than
-//! the window. The buffer is only memory: the database's `rewrites_pending` table holds the
+//! pages are written once, when the window has passed or, with a batch taken then for another
+//! package, up to half a window earlier. So a burst of events about one package (a release
+//! with many files, an import) costs one rewrite, and nothing waits longer than the window. The buffer is only memory: the database's `rewrites_pending` table holds the
 //! same entries, so that a crash loses none.
 
 use std::collections::HashMap;

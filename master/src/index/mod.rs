@@ -66,7 +66,8 @@ pub struct IndexConfig {
     /// The output tree (the web server's root).
     pub output_path: PathBuf,
     /// How long a package's rewrite waits for more requests about it to fold in (default
-    /// 1 s). Its pages are on disk this long after the first request, plus the writing time.
+    /// 1 s). Its pages are on disk at most this long after the first request, plus the
+    /// writing time.
     /// A batch written because one package is due takes along those due within half a
     /// window, so that a steady stream of builds shares its database queries.
     pub window: Duration,
