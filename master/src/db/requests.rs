@@ -777,6 +777,7 @@ const FINISH_BUILD_SQL: &str = concat!(
 );
 
 /// A build's files as one array per column of `files`.
+#[derive(Default)]
 struct FileColumns {
     filename: Vec<String>,
     size: Vec<i64>,
@@ -794,20 +795,7 @@ struct FileColumns {
 
 impl FileColumns {
     fn of(files: &[WheelFile]) -> Result<FileColumns, RequestError> {
-        let mut columns = FileColumns {
-            filename: Vec::new(),
-            size: Vec::new(),
-            sha256: Vec::new(),
-            metadata_hash: Vec::new(),
-            package_tag: Vec::new(),
-            version_tag: Vec::new(),
-            build_tag: Vec::new(),
-            py_tag: Vec::new(),
-            abi_tag: Vec::new(),
-            platform_tag: Vec::new(),
-            python_floor: Vec::new(),
-            requires_python: Vec::new(),
-        };
+        let mut columns = FileColumns::default();
         for file in files {
             if columns.filename.contains(&file.filename) {
                 return Err(RequestError::Refused(format!("{} is listed twice", file.filename)));
