@@ -10,7 +10,15 @@
 //! instead of reaching the new master from a connection it does not know (which it would
 //! refuse). A `Refused` reply, a file that does not hold the bytes asked for, or
 //! [`UploadOptions::overall_timeout`] ends the upload with an [`UploadError`].
+//!
+//! An [`Uploader`] keeps its connection after a transfer that ended with `Done`, and greets
+//! the juggler with the next transfer's hello on it: a slave sends a wheel every few seconds,
+//! and a new connection per wheel costs the master a TCP accept, ZeroMQ's handshake and the
+//! connection's teardown. Only a clean end allows this: the juggler says `Done` once every
+//! byte it fetched has arrived, so nothing of the finished transfer is still in flight either
+//! way. After any failure the connection is closed, as after a nudge.
 
+use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -112,8 +120,9 @@ pub enum UploadError {
     Transport(#[from] TransportError),
 }
 
-/// Uploads `path` as `transfer` to the file juggler at `endpoint`, answering its fetches until
-/// it says `Done`. See the module documentation for nudges and failures.
+/// Uploads `path` as `transfer` to the file juggler at `endpoint` on a connection of its own,
+/// answering its fetches until it says `Done`. See the module documentation for nudges and
+/// failures.
 pub fn upload(
     ctx: &zmq::Context,
     endpoint: &str,
@@ -135,6 +144,74 @@ pub fn upload_with_progress(
     options: UploadOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<UploadReport, UploadError> {
+    Uploader::new(ctx, endpoint).upload_with_progress(transfer, path, options, progress)
+}
+
+/// Uploads one file after another to one file juggler, on a connection kept between transfers
+/// that end cleanly (see the module documentation).
+pub struct Uploader {
+    ctx: zmq::Context,
+    endpoint: String,
+    /// The connection the last transfer ended cleanly on, if any.
+    kept: Option<Dealer<FileRequest, FileReply>>,
+}
+
+impl fmt::Debug for Uploader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Uploader").field("endpoint", &self.endpoint).field("connected", &self.kept.is_some()).finish()
+    }
+}
+
+impl Uploader {
+    /// An uploader to the file juggler at `endpoint`; it connects at its first upload.
+    pub fn new(ctx: &zmq::Context, endpoint: &str) -> Uploader {
+        Uploader { ctx: ctx.clone(), endpoint: endpoint.to_string(), kept: None }
+    }
+
+    /// Closes the kept connection, if any: the next upload starts on a new one.
+    pub fn disconnect(&mut self) {
+        if let Some(dealer) = self.kept.take() {
+            drop_now(dealer);
+        }
+    }
+
+    /// Uploads `path` as `transfer`, answering the juggler's fetches until it says `Done`.
+    pub fn upload(&mut self, transfer: TransferId, path: &Path, options: UploadOptions) -> Result<UploadReport, UploadError> {
+        self.upload_with_progress(transfer, path, options, &mut |_| {})
+    }
+
+    /// [`Uploader::upload`], calling `progress` as [`upload_with_progress`] does.
+    pub fn upload_with_progress(
+        &mut self,
+        transfer: TransferId,
+        path: &Path,
+        options: UploadOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<UploadReport, UploadError> {
+        let mut dealer = match self.kept.take() {
+            Some(dealer) => dealer,
+            None => connect(&self.ctx, &self.endpoint)?,
+        };
+        let outcome = answer_fetches(&self.ctx, &self.endpoint, &mut dealer, transfer, path, options, progress);
+        match outcome {
+            Ok(_) => self.kept = Some(dealer),
+            // Fetches of the failed transfer may still be on their way.
+            Err(_) => drop_now(dealer),
+        }
+        outcome
+    }
+}
+
+/// One transfer on `dealer`, which a nudge replaces with a new connection.
+fn answer_fetches(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    dealer: &mut Dealer<FileRequest, FileReply>,
+    transfer: TransferId,
+    path: &Path,
+    options: UploadOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<UploadReport, UploadError> {
     let io_err = |source| UploadError::Io { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io_err)?;
     let size = file.metadata().map_err(io_err)?.len();
@@ -142,7 +219,6 @@ pub fn upload_with_progress(
     let deadline = start + options.overall_timeout;
     let hello = FileRequest::Hello { versions: Versions::current(), transfer };
     let mut report = UploadReport { bytes_sent: 0, chunks_sent: 0, hellos: 0, elapsed: Duration::ZERO };
-    let mut dealer = connect(ctx, endpoint)?;
     dealer.send(&hello, options.nudge_after)?;
     report.hellos += 1;
     loop {
@@ -161,8 +237,8 @@ pub fn upload_with_progress(
                     continue;
                 }
                 tracing::debug!("no word from {endpoint} for {:?}: saying hello again for transfer {transfer}", options.nudge_after);
-                drop_now(dealer);
-                dealer = connect(ctx, endpoint)?;
+                let old = std::mem::replace(dealer, connect(ctx, endpoint)?);
+                drop_now(old);
                 dealer.send(&hello, options.nudge_after)?;
                 report.hellos += 1;
             }

@@ -40,7 +40,7 @@ use piwheels_common::hostinfo::{host_info, host_stats};
 use piwheels_common::codec;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, Versions};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, TransportError};
-use piwheels_common::upload::{UploadOptions, upload};
+use piwheels_common::upload::{UploadOptions, Uploader};
 
 use crate::apt::AptIndex;
 use crate::builder::{Build, BuildJob, Builder, BuilderOptions};
@@ -163,11 +163,14 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
     for dir in builder.remove_stale() {
         tracing::info!("removed {}, left by a slave that died", dir.display());
     }
+    let ctx = zmq::Context::new();
+    let file_endpoint = config.file_endpoint();
     let mut agent = Agent {
         config,
-        ctx: zmq::Context::new(),
+        uploader: Uploader::new(&ctx, &file_endpoint),
+        ctx,
         endpoint: config.slave_endpoint(),
-        file_endpoint: config.file_endpoint(),
+        file_endpoint,
         builder,
         hello,
         build_root,
@@ -275,6 +278,8 @@ struct Agent<'a> {
     ctx: zmq::Context,
     endpoint: String,
     file_endpoint: String,
+    /// Sends wheels to the file juggler, on a connection kept from one wheel to the next.
+    uploader: Uploader,
     builder: Arc<Builder>,
     hello: SlaveHello,
     build_root: PathBuf,
@@ -300,7 +305,11 @@ impl Agent<'_> {
             let after = self.converse(&client, slave_id, &index_url);
             match after {
                 Ok(After::Hello) => connection = Some(client),
-                Ok(After::Reconnect) => discard(client),
+                Ok(After::Reconnect) => {
+                    // The master went silent: its file socket may be gone with it.
+                    self.uploader.disconnect();
+                    discard(client);
+                }
                 Ok(After::Exit(outcome)) => {
                     if let Outcome::Stopped { signal } = &outcome {
                         self.bye(&client, &format!("stopped by {signal}"));
@@ -564,10 +573,10 @@ impl Agent<'_> {
 
     /// Uploads one wheel. A failure is logged only: the master, told the file was sent,
     /// finds it incomplete and asks again (or gives up).
-    fn send_file(&self, path: &Path, filename: &str, transfer: TransferId) {
+    fn send_file(&mut self, path: &Path, filename: &str, transfer: TransferId) {
         tracing::info!("sending {filename} to the master at {}", self.file_endpoint);
         let options = UploadOptions { nudge_after: UPLOAD_NUDGE, overall_timeout: self.config.upload_timeout.0, stop_after_bytes: None };
-        match upload(&self.ctx, &self.file_endpoint, transfer, path, options) {
+        match self.uploader.upload(transfer, path, options) {
             Ok(report) => tracing::info!("sent {filename}: {} bytes in {:.1}s", report.bytes_sent, report.elapsed.as_secs_f64()),
             Err(e) => tracing::warn!("sending {filename} failed: {e}"),
         }
