@@ -52,6 +52,10 @@ const FS_TIMEOUT: Duration = Duration::from_secs(120);
 const WEB_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a message to a local queue may wait for room.
 const LOCAL_SEND_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a refresh of the queue, or a report of its lengths, may wait to be folded with
+/// those after it: a farm finishing a build every few milliseconds needs neither per build,
+/// and each would wake another task.
+const FOLD_WITHIN: Duration = Duration::from_secs(1);
 
 /// The slave driver's settings.
 #[derive(Debug, Clone)]
@@ -120,6 +124,8 @@ pub enum Event {
     Delete,
     /// Time to drop silent slaves.
     Expire,
+    /// Time to send the folded refresh request and queue lengths.
+    Flush,
 }
 
 /// A release kept out of a queue until a time.
@@ -141,6 +147,11 @@ pub struct SlaveDriver {
     attempts: HashMap<SlaveId, u32>,
     /// Files each slave's current build has published, until the build is recorded.
     published: HashMap<SlaveId, (PackageVersion, Vec<String>)>,
+    /// Why the architect should recompute the queue, and how many more reasons were folded
+    /// into that one, until the next [`Event::Flush`].
+    refresh: Option<(String, usize)>,
+    /// Whether the queue lengths changed since they were last sent to the stats task.
+    lengths_changed: bool,
 }
 
 impl SlaveDriver {
@@ -154,6 +165,8 @@ impl SlaveDriver {
             deleted: BTreeMap::new(),
             attempts: HashMap::new(),
             published: HashMap::new(),
+            refresh: None,
+            lengths_changed: false,
         }
     }
 
@@ -189,7 +202,7 @@ impl SlaveDriver {
                 self.answer(sockets, ctx, &peer, answer)
             }
             Decision::FindWork => {
-                let answer = self.find_work(sockets, &identity, now);
+                let answer = self.find_work(&identity, now);
                 self.answer(sockets, ctx, &peer, answer)
             }
             Decision::RecordFailure { build, result } => {
@@ -271,7 +284,7 @@ impl SlaveDriver {
     }
 
     /// The next release for the slave's ABI that nobody builds and nobody deleted.
-    fn find_work(&mut self, sockets: &Sockets, identity: &[u8], now: Instant) -> SlaveReply {
+    fn find_work(&mut self, identity: &[u8], now: Instant) -> SlaveReply {
         let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
         let abi = slave.hello.abi.clone();
         let building = self.building.entry(abi.clone()).or_default();
@@ -281,9 +294,8 @@ impl SlaveDriver {
                 continue;
             }
             building.insert(build.clone(), now + slave.hello.build_timeout);
-            let answer = slave.start_build(build, now);
-            self.send_queue_lengths(sockets);
-            return answer;
+            self.lengths_changed = true;
+            return slave.start_build(build, now);
         }
         slave.sleep(false)
     }
@@ -462,7 +474,7 @@ impl SlaveDriver {
                     if success { "succeeded" } else { "failed" }
                 );
                 web(sockets, WebRequest::Built { build_id, output, rewrite });
-                trigger(sockets, format!("{} {} built", build.package, build.version));
+                self.want_refresh(format!("{} {} built", build.package, build.version));
             }
             Err(e) => {
                 // The release stays unrecorded and is built again; its files, if any, are
@@ -529,7 +541,7 @@ impl SlaveDriver {
             && let Some(exclusions) = self.building.get_mut(&slave.hello.abi)
         {
             exclusions.remove(build);
-            trigger(sockets, format!("slave {} dropped its build of {} {}", slave.id, build.package, build.version));
+            self.want_refresh(format!("slave {} dropped its build of {} {}", slave.id, build.package, build.version));
         }
         publish(sockets, ctx, slave.id, SlaveEvent::Gone { reason: format!("{reason}{holding}") });
     }
@@ -555,7 +567,29 @@ impl SlaveDriver {
         Ok(())
     }
 
-    fn send_queue_lengths(&self, sockets: &Sockets) {
+    /// Asks for a refresh of the queue at the next [`Event::Flush`].
+    fn want_refresh(&mut self, reason: String) {
+        match &mut self.refresh {
+            Some((_, folded)) => *folded += 1,
+            None => self.refresh = Some((reason, 0)),
+        }
+    }
+
+    /// Sends what was folded: the refresh request and the queue lengths.
+    fn flush(&mut self, sockets: &Sockets) {
+        if let Some((reason, folded)) = self.refresh.take() {
+            let reason = if folded == 0 { reason } else { format!("{reason}, and {folded} more") };
+            if let Err(e) = sockets.trigger.send(&ArchitectTrigger::Refresh { reason }, LOCAL_SEND_TIMEOUT) {
+                tracing::warn!("cannot ask the architect for a new queue: {e}");
+            }
+        }
+        if self.lengths_changed {
+            self.send_queue_lengths(sockets);
+        }
+    }
+
+    fn send_queue_lengths(&mut self, sockets: &Sockets) {
+        self.lengths_changed = false;
         let lengths = self.queues.iter().map(|(abi, q)| (abi.clone(), q.len() as u64)).collect();
         if let Err(e) = sockets.stats.send(&StatsUpdate::Queues { lengths }, LOCAL_SEND_TIMEOUT) {
             tracing::debug!("queue lengths not sent to the stats task: {e}");
@@ -649,7 +683,7 @@ impl Task for SlaveDriver {
     }
 
     fn handle(&mut self, event: Event, sockets: &mut Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
-        match event {
+        let outcome = match event {
             Event::Slave => self.on_slave(sockets, ctx),
             Event::Builds => self.on_builds(sockets, ctx.now()),
             Event::Command => self.on_command(sockets, ctx),
@@ -658,7 +692,16 @@ impl Task for SlaveDriver {
                 self.on_expire(sockets, ctx);
                 Ok(())
             }
+            Event::Flush => {
+                self.flush(sockets);
+                Ok(())
+            }
+        };
+        if self.refresh.is_some() || self.lengths_changed {
+            // Keeps an earlier flush that is due already.
+            ctx.schedule(Event::Flush, FOLD_WITHIN);
         }
+        outcome
     }
 
     fn on_quit(&mut self, sockets: &mut Sockets) {
@@ -737,12 +780,6 @@ fn publish(sockets: &Sockets, ctx: &Context<'_, Event>, slave_id: SlaveId, event
 fn notice(sockets: &Sockets, ctx: &Context<'_, Event>, level: NoticeLevel, text: String) {
     if let Err(e) = sockets.status.send(&StatusEvent::Notice { at: ctx.utc(), level, text }, LOCAL_SEND_TIMEOUT) {
         tracing::debug!("notice not sent: {e}");
-    }
-}
-
-fn trigger(sockets: &Sockets, reason: String) {
-    if let Err(e) = sockets.trigger.send(&ArchitectTrigger::Refresh { reason }, LOCAL_SEND_TIMEOUT) {
-        tracing::warn!("cannot ask the architect for a new queue: {e}");
     }
 }
 

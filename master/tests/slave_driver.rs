@@ -7,15 +7,17 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use piwheels_common::clock::FakeClock;
 use piwheels_common::protocols::{
-    ArchitectTrigger, BuildResult, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest, HostInfo, HostStats, RewriteScope, SlaveAction, SlaveCommand,
-    SlaveCommandReply, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WebReply,
+    ArchitectTrigger, BuildQueueUpdate, BuildResult, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest, HostInfo, HostStats, RewriteScope, SlaveAction, SlaveCommand,
+    PackageVersion, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TaskControl, Versions, WebReply,
     WebRequest, WheelFile,
 };
-use piwheels_common::task::{self, TaskHandle};
-use piwheels_common::transport::{Client, Sender};
+use piwheels_common::task::{self, Runtime, TaskHandle};
+use piwheels_common::transport::{Client, Receiver, Sender};
 use piwheels_common::upload::{UploadOptions, upload};
-use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, QueueConfig};
+use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, BUILDS_ENDPOINT, QueueConfig};
+use piwheels_master::big_brother::STATS_ENDPOINT;
 use piwheels_master::file_juggler::FS_ENDPOINT;
 use piwheels_master::process::SLAVE_COMMANDS_ENDPOINT;
 use piwheels_master::slave_driver::{self, DELETES_ENDPOINT, DriverConfig, SlaveDriver};
@@ -521,4 +523,58 @@ fn a_file_whose_contents_the_index_holds_under_another_name_is_linked_not_sent()
     assert!(matches!(link(&first.filename, &other_bytes), FsReply::Failed { reason } if reason.contains("not published with the contents")));
     assert!(matches!(link("bar-1.0-py3-none-any.whl", &other_bytes), FsReply::Failed { reason } if reason.contains("not a published file of foo")));
     assert!(!dir.join(&other_bytes.filename).exists());
+}
+
+#[test]
+fn refresh_requests_and_queue_lengths_of_builds_close_together_are_folded_into_one() {
+    // The driver on a fake clock, with the architect and the stats task played by the test.
+    let pool = Pool::with_releases(&[("a", "1.0"), ("b", "1.0"), ("c", "1.0")]);
+    let _web = stand_in::<WebRequest, _>(&pool.rt.zmq, "inproc://web", WebReply::Done);
+    let triggers = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
+    let stats = Receiver::<StatsUpdate>::pull(&pool.rt.zmq, STATS_ENDPOINT, None).unwrap();
+    let clock = FakeClock::new(chrono::DateTime::from_timestamp(1_750_000_000, 0).unwrap());
+    let rt = Runtime { poll_cap: Duration::from_millis(10), ..Runtime::new(pool.rt.zmq.clone(), Arc::new(clock.clone()), "inproc://status") };
+    let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let config = DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT };
+    let open_config = config.clone();
+    let mut driver = task::spawn(
+        &rt,
+        "slave_driver",
+        move |ctx| slave_driver::Sockets::open(ctx, &open_config, "inproc://status"),
+        move |_| Ok(SlaveDriver::new(config.clone())),
+    )
+    .unwrap();
+    let queue: Vec<PackageVersion> =
+        ["a", "b", "c"].iter().map(|p| PackageVersion { package: p.to_string(), version: "1.0".into() }).collect();
+    let builds = Sender::<BuildQueueUpdate>::push(&pool.rt.zmq, BUILDS_ENDPOINT).unwrap();
+    builds.send(&BuildQueueUpdate { queues: [("cp311".to_string(), queue)].into() }, WAIT).unwrap();
+    let lengths = |update: StatsUpdate| match update {
+        StatsUpdate::Queues { lengths } => lengths,
+        other => panic!("expected queue lengths, got {other:?}"),
+    };
+    // A new queue is reported at once.
+    let first = stats.recv_timeout(WAIT).unwrap().expect("the new queue's lengths");
+    assert_eq!(lengths(first), [("cp311".to_string(), 3)].into());
+
+    for label in ["pi-1", "pi-2", "pi-3"] {
+        let slave = FakeSlave::connect(&pool.rt.zmq, &slave_endpoint, label);
+        slave.hello();
+        slave.take_build();
+        assert_eq!(slave.ask(SlaveRequest::Built(result(false, vec![]))), SlaveReply::Done);
+    }
+    // Three builds handed out and recorded, and nothing said yet: the clock has not moved.
+    let quiet = Duration::from_millis(300);
+    assert_eq!(triggers.recv_timeout(quiet).unwrap(), None, "a refresh was asked for before its time");
+    assert_eq!(stats.recv_timeout(Duration::ZERO).unwrap(), None, "queue lengths were sent before their time");
+
+    clock.advance(Duration::from_secs(1));
+    let ArchitectTrigger::Refresh { reason } = triggers.recv_timeout(WAIT).unwrap().expect("one refresh for the three builds");
+    assert!(reason.ends_with("built, and 2 more"), "{reason}");
+    let last = stats.recv_timeout(WAIT).unwrap().expect("the lengths after the three builds");
+    assert_eq!(lengths(last), [("cp311".to_string(), 0)].into());
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(triggers.recv_timeout(quiet).unwrap(), None, "a second refresh with nothing new to say");
+    assert_eq!(stats.recv_timeout(Duration::ZERO).unwrap(), None, "lengths sent again unchanged");
+    driver.control(TaskControl::Quit).unwrap();
+    assert!(driver.join(WAIT).is_some(), "the driver did not stop");
 }
