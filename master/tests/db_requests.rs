@@ -1336,3 +1336,14 @@ fn the_application_role_cannot_change_abis_or_the_schema_or_erase_history() {
     assert_eq!(fx.value("SELECT count(*) FROM audit_log"), "1");
     assert_eq!(fx.value("SELECT count(*) FROM build_abis"), "3");
 }
+
+#[test]
+fn a_role_without_the_temporary_privilege_is_refused_at_connect_with_the_grant_it_needs() {
+    let fx = Fixture::new();
+    fx.sql(&format!("REVOKE TEMPORARY ON DATABASE \"{}\" FROM PUBLIC", fx.db.name()));
+    let refused = fx.rt.block_on(Database::connect(&fx.db.app_url(), Duration::from_secs(30)));
+    let message = refused.expect_err("connected without TEMPORARY").to_string();
+    assert!(message.contains("needs the TEMPORARY privilege on the database"), "{message}");
+    fx.sql(&format!("GRANT TEMPORARY ON DATABASE \"{}\" TO {APP_ROLE}", fx.db.name()));
+    fx.rt.block_on(Database::connect(&fx.db.app_url(), Duration::from_secs(30))).expect("connect with the grant the message names");
+}

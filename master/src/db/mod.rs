@@ -31,6 +31,10 @@ pub enum DbError {
         /// Ours.
         wanted: i32,
     },
+    /// The session's functions could not be made: the role needs the TEMPORARY privilege
+    /// on the database, which PostgreSQL grants to every role by default.
+    #[error("cannot create the session's log_build function ({0}); the master's role needs the TEMPORARY privilege on the database")]
+    SessionFunction(sqlx::Error),
     /// A query failed.
     #[error(transparent)]
     Query(#[from] sqlx::Error),
@@ -48,6 +52,7 @@ impl Database {
         let ms = statement_timeout.as_millis().max(1);
         conn.execute(sqlx::AssertSqlSafe(format!("SET statement_timeout = {ms}"))).await?;
         conn.execute("SET TIME ZONE 'UTC'").await?;
+        conn.execute(requests::LOG_BUILD_FUNCTION).await.map_err(DbError::SessionFunction)?;
         Ok(Database { conn })
     }
 

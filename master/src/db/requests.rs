@@ -379,15 +379,17 @@ impl Database {
     /// wheel) moves to the new build, with the new build's dependencies; one recorded with a
     /// different SHA-256 refuses the whole build, since the published file cannot change
     /// under its users. A version deleted meanwhile is a foreign-key error.
+    ///
+    /// One round trip: the work is the session's `pg_temp.log_build` function (see
+    /// [`LOG_BUILD_FUNCTION`]), a single statement and so a transaction of its own.
     pub async fn log_build(&mut self, record: &BuildRecord, rewrite_at: Timestamp) -> Result<BuildId, RequestError> {
         let built_by = i32::try_from(record.built_by)
             .map_err(|_| RequestError::Refused(format!("slave id {} is out of range", record.built_by)))?;
         let result = &record.result;
         let files = FileColumns::of(&result.files)?;
-        // Four round trips whatever the build holds (five with dependencies): the build with
-        // its files, then the rest, each in one statement.
-        let mut tx = self.conn.begin().await?;
-        let (build_id, recorded): (BuildId, Vec<String>) = sqlx::query_as(LOG_BUILD_SQL)
+        let rewrite = record.pending_rewrite(rewrite_at);
+        let dependencies = DependencyRows::of(&result.files);
+        let logged = sqlx::query_scalar(LOG_BUILD_CALL)
             .bind(&record.package)
             .bind(&record.version)
             .bind(built_by)
@@ -411,45 +413,20 @@ impl Database {
             .bind(&files.platform_tag)
             .bind(&files.python_floor)
             .bind(&files.requires_python)
-            .fetch_one(&mut *tx)
-            .await?;
-        if let Some(clash) = result.files.iter().find(|f| !recorded.contains(&f.filename)) {
-            // Its name is recorded with other contents: nothing of this build is kept.
-            let other: Option<String> = sqlx::query_scalar("SELECT filehash::text FROM files WHERE filename = $1")
-                .bind(&clash.filename)
-                .fetch_optional(&mut *tx)
-                .await?;
-            tx.rollback().await?;
-            return Err(RequestError::Refused(format!(
-                "{} is already recorded with other contents (SHA-256 {}, this build's is {})",
-                clash.filename,
-                other.as_deref().unwrap_or("unknown").trim(),
-                clash.sha256
-            )));
-        }
-        let rewrite = record.pending_rewrite(rewrite_at);
-        sqlx::query(FINISH_BUILD_SQL)
-            .bind(&record.package)
-            .bind(&record.version)
             .bind(rewrite.added_at)
             .bind(scope_name(rewrite.scope))
-            .bind(&files.filename)
-            .execute(&mut *tx)
-            .await?;
-        let dependencies = DependencyRows::of(&result.files);
-        if !dependencies.filename.is_empty() {
-            sqlx::query(
-                "INSERT INTO dependencies (filename, tool, dependency) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
-            )
             .bind(&dependencies.filename)
             .bind(&dependencies.tool)
             .bind(&dependencies.dependency)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_one(&mut self.conn)
+            .await;
+        match logged {
+            Ok(build_id) => Ok(build_id),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(FILE_CLASH) => {
+                Err(RequestError::Refused(e.message().to_string()))
+            }
+            Err(e) => Err(e.into()),
         }
-        tx.commit().await?;
-        Ok(build_id)
     }
 
     /// Deletes the builds (with their files) of one version, or of every version of the
@@ -735,45 +712,89 @@ async fn add_rewrite(conn: &mut PgConnection, rewrite: &PendingRewrite) -> Resul
     Ok(())
 }
 
-/// A build ($1 to $11) and its files ($12 on: an array per column, an element per file). A
-/// file whose name is recorded already moves to this build only when its contents are the
-/// same; otherwise its name is missing from the names returned, and the caller refuses the
-/// build.
-const LOG_BUILD_SQL: &str = "\
-    WITH build AS ( \
-        INSERT INTO builds (package, version, built_by, builder, abi_tag, status, duration, cpu_time, \
-                            peak_memory, exit_status, failure) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-        RETURNING build_id \
-    ), file AS ( \
-        INSERT INTO files (filename, build_id, filesize, filehash, metadata_hash, package_tag, \
-                           package_version_tag, build_tag, py_version_tag, abi_tag, platform_tag, \
-                           python_floor, requires_python) \
-        SELECT f.filename, build.build_id, f.filesize, f.filehash, f.metadata_hash, f.package_tag, \
-               f.package_version_tag, f.build_tag, f.py_version_tag, f.abi_tag, f.platform_tag, \
-               f.python_floor, f.requires_python \
-        FROM build, unnest($12::text[], $13::bigint[], $14::text[], $15::text[], $16::text[], $17::text[], \
-                           $18::text[], $19::text[], $20::text[], $21::text[], $22::int[], $23::text[]) \
-             AS f (filename, filesize, filehash, metadata_hash, package_tag, package_version_tag, build_tag, \
-                   py_version_tag, abi_tag, platform_tag, python_floor, requires_python) \
-        ON CONFLICT (filename) DO UPDATE SET \
-            build_id = EXCLUDED.build_id, metadata_hash = EXCLUDED.metadata_hash, \
-            build_tag = EXCLUDED.build_tag, python_floor = EXCLUDED.python_floor, \
-            requires_python = EXCLUDED.requires_python \
-        WHERE files.filehash = EXCLUDED.filehash \
-        RETURNING filename \
-    ) \
-    SELECT build.build_id, ARRAY(SELECT filename::text FROM file) FROM build";
+/// The SQLSTATE with which `log_build` refuses a build holding a file name recorded with other
+/// contents; the error's message says which.
+macro_rules! file_clash {
+    () => {
+        "PWCLS"
+    };
+}
+const FILE_CLASH: &str = file_clash!();
 
-/// What follows a build's record ($1 package, $2 version) in its transaction: the rewrite of
-/// its pages ($3 time, $4 scope); the removal of the dependency rows its files ($5) had under
-/// an earlier build, as this build's analysis replaces them; and the version's `complete`
-/// mark, which sees the new build.
-const FINISH_BUILD_SQL: &str = concat!(
-    "WITH rewrite AS (INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $3, $4)",
+/// The call of [`LOG_BUILD_FUNCTION`]; the arguments are listed there.
+const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)";
+
+/// Records a build, made once per session (by [`Database::connect`](super::Database::connect))
+/// so that a build costs one round trip while its SQL stays here, beside the statements it
+/// shares with other requests. Arguments: the build ($1 to $11); its files ($12 to $23, an
+/// array per column, an element per file); its page rewrite ($24 time, $25 scope); its files'
+/// dependencies ($26 to $28, an array per column). In order:
+///
+/// 1. the build and its files. A file whose name is recorded already moves to this build only
+///    when its contents are the same; otherwise the whole call fails with [`FILE_CLASH`];
+/// 2. the rewrite of its pages, and the removal of the dependency rows its files had under an
+///    earlier build, which this build's analysis replaces;
+/// 3. the version's `complete` mark, which sees the new build ($1 package, $2 version);
+/// 4. the dependencies.
+pub(super) const LOG_BUILD_FUNCTION: &str = concat!(
+    "CREATE FUNCTION pg_temp.log_build(
+        text, text, integer, text, text, boolean, interval, interval, bigint, integer, text,
+        text[], bigint[], text[], text[], text[], text[], text[], text[], text[], text[], integer[], text[],
+        timestamptz, text, text[], text[], text[]
+    ) RETURNS bigint LANGUAGE plpgsql AS $body$
+    DECLARE
+        logged_build bigint;
+        clash_name text;
+        clash_held text;
+        clash_new text;
+    BEGIN
+        WITH build AS (
+            INSERT INTO builds (package, version, built_by, builder, abi_tag, status, duration, cpu_time,
+                                peak_memory, exit_status, failure)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            RETURNING build_id
+        ), file AS (
+            INSERT INTO files (filename, build_id, filesize, filehash, metadata_hash, package_tag,
+                               package_version_tag, build_tag, py_version_tag, abi_tag, platform_tag,
+                               python_floor, requires_python)
+            SELECT f.filename, build.build_id, f.filesize, f.filehash, f.metadata_hash, f.package_tag,
+                   f.package_version_tag, f.build_tag, f.py_version_tag, f.abi_tag, f.platform_tag,
+                   f.python_floor, f.requires_python
+            FROM build, unnest($12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
+                 AS f (filename, filesize, filehash, metadata_hash, package_tag, package_version_tag, build_tag,
+                       py_version_tag, abi_tag, platform_tag, python_floor, requires_python)
+            ON CONFLICT (filename) DO UPDATE SET
+                build_id = EXCLUDED.build_id, metadata_hash = EXCLUDED.metadata_hash,
+                build_tag = EXCLUDED.build_tag, python_floor = EXCLUDED.python_floor,
+                requires_python = EXCLUDED.requires_python
+            WHERE files.filehash = EXCLUDED.filehash
+        )
+        SELECT build_id INTO logged_build FROM build;
+        -- A listed file that is not this build's now is recorded with other contents.
+        SELECT n.filename, held.filehash::text, n.filehash INTO clash_name, clash_held, clash_new
+        FROM unnest($12, $14) WITH ORDINALITY AS n (filename, filehash, position)
+        JOIN files held ON held.filename = n.filename
+        WHERE held.build_id <> logged_build
+        ORDER BY n.position
+        LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = '", file_clash!(), "', MESSAGE = format(
+                '%s is already recorded with other contents (SHA-256 %s, this build''s is %s)',
+                clash_name, clash_held, clash_new);
+        END IF;
+        INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $24, $25)",
     rewrite_conflict!(),
-    "), old_dependencies AS (DELETE FROM dependencies WHERE filename = ANY($5::text[])) ",
+    ";
+        DELETE FROM dependencies WHERE filename = ANY($12);
+        ",
     refresh_complete_sql!(),
+    ";
+        INSERT INTO dependencies (filename, tool, dependency)
+        SELECT * FROM unnest($26, $27, $28) ON CONFLICT DO NOTHING;
+        RETURN logged_build;
+    END
+    $body$"
 );
 
 /// A build's files as one array per column of `files`.
