@@ -25,6 +25,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use nix::sys::resource::{UsageWho, getrusage};
 use piwheels_common::codec;
 use piwheels_common::protocols::{DbReply, DbRequest, Message};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Server};
@@ -215,9 +216,27 @@ fn run_for(client: &mut dyn RoundTrip, duration: Duration) -> (u64, Duration) {
     }
 }
 
+/// Round trips per second, and CPU time per round trip of the whole process (client, server
+/// and libzmq's I/O thread): what two hops between threads cost, beyond waiting.
 struct Rates {
     raw: f64,
     typed: f64,
+    raw_cpu: Duration,
+    typed_cpu: Duration,
+}
+
+/// User and system CPU time of this process so far.
+fn process_cpu() -> Duration {
+    let to_duration = |t: nix::sys::time::TimeVal| Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64);
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    to_duration(usage.user_time()) + to_duration(usage.system_time())
+}
+
+/// [`run_for`], with the process's CPU time over it.
+fn run_for_cpu(client: &mut dyn RoundTrip, duration: Duration) -> (u64, Duration, Duration) {
+    let cpu = process_cpu();
+    let (count, elapsed) = run_for(client, duration);
+    (count, elapsed, process_cpu() - cpu)
 }
 
 fn measure(ctx: &zmq::Context, raw_endpoint: &str, typed_endpoint: &str, sizes: (usize, usize), secs: f64, rounds: u32) -> Rates {
@@ -226,15 +245,17 @@ fn measure(ctx: &zmq::Context, raw_endpoint: &str, typed_endpoint: &str, sizes: 
     run_for(&mut raw, WARM_UP);
     run_for(&mut typed, WARM_UP);
     let slice = Duration::from_secs_f64(secs / f64::from(rounds));
-    let (mut raw_total, mut typed_total) = ((0, Duration::ZERO), (0, Duration::ZERO));
+    let (mut raw_total, mut typed_total) = ((0, Duration::ZERO, Duration::ZERO), (0, Duration::ZERO, Duration::ZERO));
+    let add = |total: &mut (u64, Duration, Duration), (n, t, cpu): (u64, Duration, Duration)| {
+        *total = (total.0 + n, total.1 + t, total.2 + cpu);
+    };
     for _ in 0..rounds {
-        let (n, t) = run_for(&mut raw, slice);
-        raw_total = (raw_total.0 + n, raw_total.1 + t);
-        let (n, t) = run_for(&mut typed, slice);
-        typed_total = (typed_total.0 + n, typed_total.1 + t);
+        add(&mut raw_total, run_for_cpu(&mut raw, slice));
+        add(&mut typed_total, run_for_cpu(&mut typed, slice));
     }
-    let rate = |(n, t): (u64, Duration)| n as f64 / t.as_secs_f64();
-    Rates { raw: rate(raw_total), typed: rate(typed_total) }
+    let rate = |(n, t, _): (u64, Duration, Duration)| n as f64 / t.as_secs_f64();
+    let cpu = |(n, _, cpu): (u64, Duration, Duration)| cpu / n.max(1) as u32;
+    Rates { raw: rate(raw_total), typed: rate(typed_total), raw_cpu: cpu(raw_total), typed_cpu: cpu(typed_total) }
 }
 
 /// Nanoseconds per call of `f`, over `iters` calls.
@@ -288,20 +309,23 @@ fn main() {
         ("ipc", ipc("raw"), ipc("typed")),
         ("tcp", tcp_endpoint(), tcp_endpoint()),
     ];
-    println!("| transport | raw rt/s | typed rt/s | overhead | raw µs/rt | typed µs/rt |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| transport | raw rt/s | typed rt/s | overhead | raw µs/rt | typed µs/rt | raw CPU µs/rt | typed CPU µs/rt |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, raw_endpoint, typed_endpoint) in &transports {
         let rates = measure(&ctx, raw_endpoint, typed_endpoint, (request_len, reply_len), secs, rounds);
         let (raw_us, typed_us) = (1e6 / rates.raw, 1e6 / rates.typed);
         println!(
-            "| {name} | {:.0} | {:.0} | {:+.1} % | {raw_us:.1} | {typed_us:.1} |",
+            "| {name} | {:.0} | {:.0} | {:+.1} % | {raw_us:.1} | {typed_us:.1} | {:.1} | {:.1} |",
             rates.raw,
             rates.typed,
-            (typed_us / raw_us - 1.0) * 100.0
+            (typed_us / raw_us - 1.0) * 100.0,
+            rates.raw_cpu.as_secs_f64() * 1e6,
+            rates.typed_cpu.as_secs_f64() * 1e6
         );
     }
     println!();
     println!("overhead: extra time per round trip of typed over raw (typed µs / raw µs − 1)");
+    println!("CPU µs/rt: user + system time of the whole process (client, server, libzmq's I/O thread) per round trip");
     println!();
 
     println!("Codec alone ({iters} iterations each, ns per message):");
