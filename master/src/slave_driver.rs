@@ -56,6 +56,10 @@ const LOCAL_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 /// those after it: a farm finishing a build every few milliseconds needs neither per build,
 /// and each would wake another task.
 const FOLD_WITHIN: Duration = Duration::from_secs(1);
+/// A slave's host figures reach monitors at most this often: a slave asking for work every
+/// few milliseconds would otherwise fill a monitor's history of them (100 entries) in seconds,
+/// and wake the master's main loop for each.
+const STATS_EVERY: Duration = Duration::from_secs(5);
 
 /// The slave driver's settings.
 #[derive(Debug, Clone)]
@@ -189,7 +193,10 @@ impl SlaveDriver {
             return self.on_stranger(sockets, ctx, peer, request);
         };
         let id = slave.id;
-        if let SlaveRequest::Idle { stats, .. } | SlaveRequest::Busy { stats } = &request {
+        if let SlaveRequest::Idle { stats, .. } | SlaveRequest::Busy { stats } = &request
+            && slave.stats_published.is_none_or(|at| now.saturating_duration_since(at) >= STATS_EVERY)
+        {
+            slave.stats_published = Some(now);
             publish(sockets, ctx, id, SlaveEvent::Stats(stats.clone()));
         }
         let decision = slave.on_request(request, now, ctx.paused());

@@ -120,12 +120,14 @@ pub struct Slave {
     pub stage: Stage,
     /// What an operator asked of it.
     pub flags: Flags,
+    /// When its host figures were last passed on to monitors.
+    pub stats_published: Option<Instant>,
 }
 
 impl Slave {
     /// A slave that has just been acknowledged.
     pub fn new(id: SlaveId, hello: SlaveHello, now: Instant) -> Slave {
-        Slave { id, hello, last_seen: now, stage: Stage::Idle, flags: Flags::default() }
+        Slave { id, hello, last_seen: now, stage: Stage::Idle, flags: Flags::default(), stats_published: None }
     }
 
     /// Whether it has been silent for longer than it allowed (its busy timeout).

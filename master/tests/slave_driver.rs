@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -525,56 +526,117 @@ fn a_file_whose_contents_the_index_holds_under_another_name_is_linked_not_sent()
     assert!(!dir.join(&other_bytes.filename).exists());
 }
 
+/// The slave driver alone on a fake clock, with the architect, the stats task and the index
+/// writer played by the test.
+struct TimedDriver {
+    pool: Pool,
+    clock: FakeClock,
+    slave_endpoint: String,
+    driver: TaskHandle,
+    triggers: Receiver<ArchitectTrigger>,
+    stats: Receiver<StatsUpdate>,
+    _web: Arc<Mutex<Vec<WebRequest>>>,
+}
+
+impl TimedDriver {
+    /// A driver whose queue for cp311 holds `packages` at version 1.0; the report of that
+    /// queue's lengths has been received.
+    fn start(packages: &[&str]) -> TimedDriver {
+        let releases: Vec<(&str, &str)> = packages.iter().map(|p| (*p, "1.0")).collect();
+        let pool = Pool::with_releases(&releases);
+        let web = stand_in::<WebRequest, _>(&pool.rt.zmq, "inproc://web", WebReply::Done);
+        let triggers = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
+        let stats = Receiver::<StatsUpdate>::pull(&pool.rt.zmq, STATS_ENDPOINT, None).unwrap();
+        let clock = FakeClock::new(chrono::DateTime::from_timestamp(1_750_000_000, 0).unwrap());
+        let rt = Runtime { poll_cap: Duration::from_millis(10), ..Runtime::new(pool.rt.zmq.clone(), Arc::new(clock.clone()), "inproc://status") };
+        let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());
+        let config =
+            DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT };
+        let open_config = config.clone();
+        let driver = task::spawn(
+            &rt,
+            "slave_driver",
+            move |ctx| slave_driver::Sockets::open(ctx, &open_config, "inproc://status"),
+            move |_| Ok(SlaveDriver::new(config.clone())),
+        )
+        .unwrap();
+        let queue = packages.iter().map(|p| PackageVersion { package: p.to_string(), version: "1.0".into() }).collect();
+        let builds = Sender::<BuildQueueUpdate>::push(&pool.rt.zmq, BUILDS_ENDPOINT).unwrap();
+        builds.send(&BuildQueueUpdate { queues: [("cp311".to_string(), queue)].into() }, WAIT).unwrap();
+        let timed = TimedDriver { pool, clock, slave_endpoint, driver, triggers, stats, _web: web };
+        // A new queue is reported at once.
+        assert_eq!(timed.next_lengths(), [("cp311".to_string(), packages.len() as u64)].into());
+        timed
+    }
+
+    fn slave(&self, label: &str) -> FakeSlave {
+        FakeSlave::connect(&self.pool.rt.zmq, &self.slave_endpoint, label)
+    }
+
+    fn next_lengths(&self) -> BTreeMap<String, u64> {
+        match self.stats.recv_timeout(WAIT).unwrap() {
+            Some(StatsUpdate::Queues { lengths }) => lengths,
+            other => panic!("expected queue lengths, got {other:?}"),
+        }
+    }
+
+    /// The slaves' host figures passed on to monitors since the last call.
+    fn published_stats(&self) -> Vec<u32> {
+        let mut ids = Vec::new();
+        while let Ok(Some(event)) = self.pool.status.recv_timeout(Duration::from_millis(100)) {
+            if let StatusEvent::Slave { slave_id, event: SlaveEvent::Stats(_), .. } = event {
+                ids.push(slave_id);
+            }
+        }
+        ids
+    }
+
+    fn stop(mut self) {
+        self.driver.control(TaskControl::Quit).unwrap();
+        assert!(self.driver.join(WAIT).is_some(), "the driver did not stop");
+    }
+}
+
 #[test]
 fn refresh_requests_and_queue_lengths_of_builds_close_together_are_folded_into_one() {
-    // The driver on a fake clock, with the architect and the stats task played by the test.
-    let pool = Pool::with_releases(&[("a", "1.0"), ("b", "1.0"), ("c", "1.0")]);
-    let _web = stand_in::<WebRequest, _>(&pool.rt.zmq, "inproc://web", WebReply::Done);
-    let triggers = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
-    let stats = Receiver::<StatsUpdate>::pull(&pool.rt.zmq, STATS_ENDPOINT, None).unwrap();
-    let clock = FakeClock::new(chrono::DateTime::from_timestamp(1_750_000_000, 0).unwrap());
-    let rt = Runtime { poll_cap: Duration::from_millis(10), ..Runtime::new(pool.rt.zmq.clone(), Arc::new(clock.clone()), "inproc://status") };
-    let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());
-    let config = DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT };
-    let open_config = config.clone();
-    let mut driver = task::spawn(
-        &rt,
-        "slave_driver",
-        move |ctx| slave_driver::Sockets::open(ctx, &open_config, "inproc://status"),
-        move |_| Ok(SlaveDriver::new(config.clone())),
-    )
-    .unwrap();
-    let queue: Vec<PackageVersion> =
-        ["a", "b", "c"].iter().map(|p| PackageVersion { package: p.to_string(), version: "1.0".into() }).collect();
-    let builds = Sender::<BuildQueueUpdate>::push(&pool.rt.zmq, BUILDS_ENDPOINT).unwrap();
-    builds.send(&BuildQueueUpdate { queues: [("cp311".to_string(), queue)].into() }, WAIT).unwrap();
-    let lengths = |update: StatsUpdate| match update {
-        StatsUpdate::Queues { lengths } => lengths,
-        other => panic!("expected queue lengths, got {other:?}"),
-    };
-    // A new queue is reported at once.
-    let first = stats.recv_timeout(WAIT).unwrap().expect("the new queue's lengths");
-    assert_eq!(lengths(first), [("cp311".to_string(), 3)].into());
-
+    let timed = TimedDriver::start(&["a", "b", "c"]);
     for label in ["pi-1", "pi-2", "pi-3"] {
-        let slave = FakeSlave::connect(&pool.rt.zmq, &slave_endpoint, label);
+        let slave = timed.slave(label);
         slave.hello();
         slave.take_build();
         assert_eq!(slave.ask(SlaveRequest::Built(result(false, vec![]))), SlaveReply::Done);
     }
     // Three builds handed out and recorded, and nothing said yet: the clock has not moved.
     let quiet = Duration::from_millis(300);
-    assert_eq!(triggers.recv_timeout(quiet).unwrap(), None, "a refresh was asked for before its time");
-    assert_eq!(stats.recv_timeout(Duration::ZERO).unwrap(), None, "queue lengths were sent before their time");
+    assert_eq!(timed.triggers.recv_timeout(quiet).unwrap(), None, "a refresh was asked for before its time");
+    assert_eq!(timed.stats.recv_timeout(Duration::ZERO).unwrap(), None, "queue lengths were sent before their time");
 
-    clock.advance(Duration::from_secs(1));
-    let ArchitectTrigger::Refresh { reason } = triggers.recv_timeout(WAIT).unwrap().expect("one refresh for the three builds");
+    timed.clock.advance(Duration::from_secs(1));
+    let ArchitectTrigger::Refresh { reason } = timed.triggers.recv_timeout(WAIT).unwrap().expect("one refresh for the three builds");
     assert!(reason.ends_with("built, and 2 more"), "{reason}");
-    let last = stats.recv_timeout(WAIT).unwrap().expect("the lengths after the three builds");
-    assert_eq!(lengths(last), [("cp311".to_string(), 0)].into());
-    clock.advance(Duration::from_secs(1));
-    assert_eq!(triggers.recv_timeout(quiet).unwrap(), None, "a second refresh with nothing new to say");
-    assert_eq!(stats.recv_timeout(Duration::ZERO).unwrap(), None, "lengths sent again unchanged");
-    driver.control(TaskControl::Quit).unwrap();
-    assert!(driver.join(WAIT).is_some(), "the driver did not stop");
+    assert_eq!(timed.next_lengths(), [("cp311".to_string(), 0)].into());
+    timed.clock.advance(Duration::from_secs(1));
+    assert_eq!(timed.triggers.recv_timeout(quiet).unwrap(), None, "a second refresh with nothing new to say");
+    assert_eq!(timed.stats.recv_timeout(Duration::ZERO).unwrap(), None, "lengths sent again unchanged");
+    timed.stop();
+}
+
+#[test]
+fn a_slaves_host_figures_reach_monitors_at_most_every_five_seconds() {
+    let timed = TimedDriver::start(&["a", "b"]);
+    let slave = timed.slave("pi-1");
+    let id = slave.hello();
+    for _ in 0..2 {
+        slave.take_build();
+        assert_eq!(slave.ask(SlaveRequest::Built(result(false, vec![]))), SlaveReply::Done);
+    }
+    assert!(matches!(slave.ask(idle()), SlaveReply::Sleep { .. }));
+    assert_eq!(timed.published_stats(), [id], "three requests with figures within a moment");
+    timed.clock.advance(Duration::from_millis(4900));
+    assert!(matches!(slave.ask(idle()), SlaveReply::Sleep { .. }));
+    assert_eq!(timed.published_stats(), Vec::<u32>::new(), "figures passed on again within five seconds");
+    timed.clock.advance(Duration::from_millis(100));
+    assert!(matches!(slave.ask(idle()), SlaveReply::Sleep { .. }));
+    assert_eq!(timed.published_stats(), [id], "figures held back after five seconds");
+    timed.stop();
 }
