@@ -16,7 +16,9 @@
 //! and a new connection per wheel costs the master a TCP accept, ZeroMQ's handshake and the
 //! connection's teardown. Only a clean end allows this: the juggler says `Done` once every
 //! byte it fetched has arrived, so nothing of the finished transfer is still in flight either
-//! way. After any failure the connection is closed, as after a nudge.
+//! way. After any failure the connection is closed, as after a nudge, and a connection idle
+//! for [`KEEP_IDLE`] is not used again: a firewall or a rebooted master may have dropped it
+//! without a word, and a hello lost in it would cost a nudge.
 
 use std::fmt;
 use std::fs::File;
@@ -31,6 +33,9 @@ use crate::transport::{DEFAULT_MAX_MESSAGE, Dealer, TransportError};
 /// Largest range the sender will read for one `Fetch`: what fits in one message of the
 /// socket's size limit, with room for the frame around it.
 pub const MAX_FETCH: u64 = (DEFAULT_MAX_MESSAGE - (4 << 10)) as u64;
+
+/// How long an [`Uploader`] keeps an idle connection for the next transfer.
+pub const KEEP_IDLE: Duration = Duration::from_secs(60);
 
 /// How an upload behaves.
 #[derive(Debug, Clone)]
@@ -152,8 +157,8 @@ pub fn upload_with_progress(
 pub struct Uploader {
     ctx: zmq::Context,
     endpoint: String,
-    /// The connection the last transfer ended cleanly on, if any.
-    kept: Option<Dealer<FileRequest, FileReply>>,
+    /// The connection the last transfer ended cleanly on, if any, and when it ended.
+    kept: Option<(Dealer<FileRequest, FileReply>, Instant)>,
 }
 
 impl fmt::Debug for Uploader {
@@ -170,7 +175,7 @@ impl Uploader {
 
     /// Closes the kept connection, if any: the next upload starts on a new one.
     pub fn disconnect(&mut self) {
-        if let Some(dealer) = self.kept.take() {
+        if let Some((dealer, _)) = self.kept.take() {
             drop_now(dealer);
         }
     }
@@ -189,12 +194,16 @@ impl Uploader {
         progress: &mut dyn FnMut(u64),
     ) -> Result<UploadReport, UploadError> {
         let mut dealer = match self.kept.take() {
-            Some(dealer) => dealer,
+            Some((dealer, ended)) if ended.elapsed() < KEEP_IDLE => dealer,
+            Some((stale, _)) => {
+                drop_now(stale);
+                connect(&self.ctx, &self.endpoint)?
+            }
             None => connect(&self.ctx, &self.endpoint)?,
         };
         let outcome = answer_fetches(&self.ctx, &self.endpoint, &mut dealer, transfer, path, options, progress);
         match outcome {
-            Ok(_) => self.kept = Some(dealer),
+            Ok(_) => self.kept = Some((dealer, Instant::now())),
             // Fetches of the failed transfer may still be on their way.
             Err(_) => drop_now(dealer),
         }

@@ -718,7 +718,8 @@ impl Task for SlaveDriver {
         if building > 0 {
             tracing::info!("stopping with {building} build(s) in progress; they will be handed out again");
         }
-        let _ = sockets;
+        // The architect and the stats task stop after this task.
+        self.flush(sockets);
     }
 }
 

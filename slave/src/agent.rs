@@ -304,9 +304,13 @@ impl Agent<'_> {
             };
             let after = self.converse(&client, slave_id, &index_url);
             match after {
-                Ok(After::Hello) => connection = Some(client),
+                // The master restarted (it no longer knows this slave) or went silent: its file
+                // socket's connection may be gone with it.
+                Ok(After::Hello) => {
+                    self.uploader.disconnect();
+                    connection = Some(client);
+                }
                 Ok(After::Reconnect) => {
-                    // The master went silent: its file socket may be gone with it.
                     self.uploader.disconnect();
                     discard(client);
                 }

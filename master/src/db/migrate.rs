@@ -129,7 +129,21 @@ async fn upgrade_locked(conn: &mut PgConnection, app_role: &str) -> Result<Repor
         applied.push((step.version, step.name));
     }
     let granted = grant_app_role(conn, app_role).await?;
+    grant_temporary(conn).await?;
     Ok(Report { from, to: SCHEMA_VERSION, applied, granted })
+}
+
+/// Lets [`APP_GROUP_ROLE`] create temporary objects in this database, as the master's
+/// connections do (see `Database::connect`), even where the privilege was revoked from
+/// `PUBLIC`. Granting it again changes nothing.
+async fn grant_temporary(conn: &mut PgConnection) -> Result<(), MigrateError> {
+    let database: String =
+        sqlx::query_scalar("SELECT current_database()::text").fetch_one(&mut *conn).await.map_err(sql_err("cannot name the database"))?;
+    let ident = quote_ident(&database);
+    conn.execute(sqlx::AssertSqlSafe(format!("GRANT TEMPORARY ON DATABASE {ident} TO {APP_GROUP_ROLE}")))
+        .await
+        .map_err(sql_err(format!("cannot grant TEMPORARY on {database} to {APP_GROUP_ROLE}")))?;
+    Ok(())
 }
 
 async fn check_app_role(conn: &mut PgConnection, app_role: &str) -> Result<(), MigrateError> {

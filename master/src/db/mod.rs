@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use sqlx::{Connection, Executor, PgConnection};
 
+/// PostgreSQL's SQLSTATE for a missing privilege.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
 /// One connection to the farm's database.
 #[derive(Debug)]
 pub struct Database {
@@ -31,9 +34,9 @@ pub enum DbError {
         /// Ours.
         wanted: i32,
     },
-    /// The session's functions could not be made: the role needs the TEMPORARY privilege
-    /// on the database, which PostgreSQL grants to every role by default.
-    #[error("cannot create the session's log_build function ({0}); the master's role needs the TEMPORARY privilege on the database")]
+    /// The session's functions could not be made: the role lacks the TEMPORARY privilege on
+    /// the database, which PostgreSQL gives every role by default and piw-initdb grants.
+    #[error("cannot create the session's log_build function ({0}); the master's role needs the TEMPORARY privilege on the database (piw-initdb grants it)")]
     SessionFunction(sqlx::Error),
     /// A query failed.
     #[error(transparent)]
@@ -52,7 +55,10 @@ impl Database {
         let ms = statement_timeout.as_millis().max(1);
         conn.execute(sqlx::AssertSqlSafe(format!("SET statement_timeout = {ms}"))).await?;
         conn.execute("SET TIME ZONE 'UTC'").await?;
-        conn.execute(requests::LOG_BUILD_FUNCTION).await.map_err(DbError::SessionFunction)?;
+        sqlx::raw_sql(requests::LOG_BUILD_FUNCTION).execute(&mut conn).await.map_err(|e| match e {
+            sqlx::Error::Database(ref db) if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => DbError::SessionFunction(e),
+            other => DbError::Query(other),
+        })?;
         Ok(Database { conn })
     }
 

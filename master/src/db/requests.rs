@@ -389,7 +389,7 @@ impl Database {
         let files = FileColumns::of(&result.files)?;
         let rewrite = record.pending_rewrite(rewrite_at);
         let dependencies = DependencyRows::of(&result.files);
-        let logged = sqlx::query_scalar(LOG_BUILD_CALL)
+        let call = || sqlx::query_scalar(LOG_BUILD_CALL)
             .bind(&record.package)
             .bind(&record.version)
             .bind(built_by)
@@ -417,9 +417,13 @@ impl Database {
             .bind(scope_name(rewrite.scope))
             .bind(&dependencies.filename)
             .bind(&dependencies.tool)
-            .bind(&dependencies.dependency)
-            .fetch_one(&mut self.conn)
-            .await;
+            .bind(&dependencies.dependency);
+        let mut logged = call().fetch_one(&mut self.conn).await;
+        if matches!(&logged, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_FUNCTION)) {
+            // The session lost its temporary objects (`DISCARD ALL` by a pooler, say): made again.
+            sqlx::raw_sql(LOG_BUILD_FUNCTION).execute(&mut self.conn).await?;
+            logged = call().fetch_one(&mut self.conn).await;
+        }
         match logged {
             Ok(build_id) => Ok(build_id),
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(FILE_CLASH) => {
@@ -720,6 +724,8 @@ macro_rules! file_clash {
     };
 }
 const FILE_CLASH: &str = file_clash!();
+/// PostgreSQL's SQLSTATE for a call of a function that does not exist.
+const UNDEFINED_FUNCTION: &str = "42883";
 
 /// The call of [`LOG_BUILD_FUNCTION`]; the arguments are listed there.
 const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
