@@ -354,6 +354,12 @@ fn a_restarted_ingester_is_greeted_again_and_takes_the_batch() {
     assert_eq!(shipper.send(vec![page("home", "192.0.2.1")]).unwrap(), (1, 0));
     ingester.handle.control(TaskControl::Quit).unwrap();
     assert_eq!(ingester.handle.join(Duration::from_secs(10)), Some(TaskExit::Quit));
+    // libzmq closes the old socket's listener after the task has ended; until then a new bind
+    // would find it still listening and refuse the path.
+    let socket_file = std::path::PathBuf::from(&ingester.endpoint["ipc://".len()..]);
+    eventually("the old socket to stop listening", Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(&socket_file).is_err()
+    });
     let bind = ingester.endpoint.clone();
     ingester.handle = task::spawn(
         &ingester.pool.rt,
