@@ -173,6 +173,11 @@ impl Uploader {
         Uploader { ctx: ctx.clone(), endpoint: endpoint.to_string(), kept: None }
     }
 
+    /// The file juggler's address.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// Closes the kept connection, if any: the next upload starts on a new one.
     pub fn disconnect(&mut self) {
         if let Some((dealer, _)) = self.kept.take() {
@@ -193,12 +198,11 @@ impl Uploader {
         options: UploadOptions,
         progress: &mut dyn FnMut(u64),
     ) -> Result<UploadReport, UploadError> {
+        if self.kept.as_ref().is_some_and(|(_, ended)| ended.elapsed() >= KEEP_IDLE) {
+            self.disconnect();
+        }
         let mut dealer = match self.kept.take() {
-            Some((dealer, ended)) if ended.elapsed() < KEEP_IDLE => dealer,
-            Some((stale, _)) => {
-                drop_now(stale);
-                connect(&self.ctx, &self.endpoint)?
-            }
+            Some((dealer, _)) => dealer,
             None => connect(&self.ctx, &self.endpoint)?,
         };
         let outcome = answer_fetches(&self.ctx, &self.endpoint, &mut dealer, transfer, path, options, progress);

@@ -164,13 +164,11 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
         tracing::info!("removed {}, left by a slave that died", dir.display());
     }
     let ctx = zmq::Context::new();
-    let file_endpoint = config.file_endpoint();
     let mut agent = Agent {
         config,
-        uploader: Uploader::new(&ctx, &file_endpoint),
+        uploader: Uploader::new(&ctx, &config.file_endpoint()),
         ctx,
         endpoint: config.slave_endpoint(),
-        file_endpoint,
         builder,
         hello,
         build_root,
@@ -277,7 +275,6 @@ struct Agent<'a> {
     config: &'a SlaveConfig,
     ctx: zmq::Context,
     endpoint: String,
-    file_endpoint: String,
     /// Sends wheels to the file juggler, on a connection kept from one wheel to the next.
     uploader: Uploader,
     builder: Arc<Builder>,
@@ -303,17 +300,14 @@ impl Agent<'_> {
                 return Ok(self.stopped_outcome());
             };
             let after = self.converse(&client, slave_id, &index_url);
-            match after {
+            if matches!(after, Ok(After::Hello | After::Reconnect)) {
                 // The master restarted (it no longer knows this slave) or went silent: its file
                 // socket's connection may be gone with it.
-                Ok(After::Hello) => {
-                    self.uploader.disconnect();
-                    connection = Some(client);
-                }
-                Ok(After::Reconnect) => {
-                    self.uploader.disconnect();
-                    discard(client);
-                }
+                self.uploader.disconnect();
+            }
+            match after {
+                Ok(After::Hello) => connection = Some(client),
+                Ok(After::Reconnect) => discard(client),
                 Ok(After::Exit(outcome)) => {
                     if let Outcome::Stopped { signal } = &outcome {
                         self.bye(&client, &format!("stopped by {signal}"));
@@ -578,7 +572,7 @@ impl Agent<'_> {
     /// Uploads one wheel. A failure is logged only: the master, told the file was sent,
     /// finds it incomplete and asks again (or gives up).
     fn send_file(&mut self, path: &Path, filename: &str, transfer: TransferId) {
-        tracing::info!("sending {filename} to the master at {}", self.file_endpoint);
+        tracing::info!("sending {filename} to the master at {}", self.uploader.endpoint());
         let options = UploadOptions { nudge_after: UPLOAD_NUDGE, overall_timeout: self.config.upload_timeout.0, stop_after_bytes: None };
         match self.uploader.upload(transfer, path, options) {
             Ok(report) => tracing::info!("sent {filename}: {} bytes in {:.1}s", report.bytes_sent, report.elapsed.as_secs_f64()),

@@ -55,7 +55,7 @@ impl Database {
         let ms = statement_timeout.as_millis().max(1);
         conn.execute(sqlx::AssertSqlSafe(format!("SET statement_timeout = {ms}"))).await?;
         conn.execute("SET TIME ZONE 'UTC'").await?;
-        sqlx::raw_sql(requests::LOG_BUILD_FUNCTION).execute(&mut conn).await.map_err(|e| match e {
+        requests::make_session_functions(&mut conn).await.map_err(|e| match e {
             sqlx::Error::Database(ref db) if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => DbError::SessionFunction(e),
             other => DbError::Query(other),
         })?;

@@ -421,7 +421,7 @@ impl Database {
         let mut logged = call().fetch_one(&mut self.conn).await;
         if matches!(&logged, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_FUNCTION)) {
             // The session lost its temporary objects (`DISCARD ALL` by a pooler, say): made again.
-            sqlx::raw_sql(LOG_BUILD_FUNCTION).execute(&mut self.conn).await?;
+            make_session_functions(&mut self.conn).await?;
             logged = call().fetch_one(&mut self.conn).await;
         }
         match logged {
@@ -727,6 +727,13 @@ const FILE_CLASH: &str = file_clash!();
 /// PostgreSQL's SQLSTATE for a call of a function that does not exist.
 const UNDEFINED_FUNCTION: &str = "42883";
 
+/// Makes the session's functions ([`LOG_BUILD_FUNCTION`]) on a new connection, or again on one
+/// that lost them.
+pub(super) async fn make_session_functions(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(LOG_BUILD_FUNCTION).execute(conn).await?;
+    Ok(())
+}
+
 /// The call of [`LOG_BUILD_FUNCTION`]; the arguments are listed there.
 const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
                               $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)";
@@ -743,7 +750,7 @@ const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $
 ///    earlier build, which this build's analysis replaces;
 /// 3. the version's `complete` mark, which sees the new build ($1 package, $2 version);
 /// 4. the dependencies.
-pub(super) const LOG_BUILD_FUNCTION: &str = concat!(
+const LOG_BUILD_FUNCTION: &str = concat!(
     "CREATE FUNCTION pg_temp.log_build(
         text, text, integer, text, text, boolean, interval, interval, bigint, integer, text,
         text[], bigint[], text[], text[], text[], text[], text[], text[], text[], text[], integer[], text[],
