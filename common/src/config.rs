@@ -40,7 +40,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Arg, ArgAction, Command};
 
 /// The sections (tables) a configuration file may contain: one per program.
-pub const SECTIONS: &[&str] = &["master", "slave", "monitor", "import", "initdb", "logger"];
+pub const SECTIONS: &[&str] = &["master", "slave", "monitor", "import", "initdb", "logger", "keys"];
 
 /// The configuration file read when neither `-c/--config` nor `PIW_CONFIG` names one. Unlike
 /// a file named explicitly, it may be missing.
@@ -58,7 +58,7 @@ const CONFIG_LONG: &str = "config";
 pub struct ConfigArg {
     /// Configuration file (TOML), whose table for this program sets the options' defaults
     ///
-    /// The file has one table per program (master, slave, monitor, import, initdb, logger);
+    /// The file has one table per program (master, slave, monitor, import, initdb, logger, keys);
     /// its keys are the long option names (output-path = "/srv/www"), and environment
     /// variables and flags override them. Unless a file is named here or by PIW_CONFIG,
     /// /etc/piwheels.toml is read if it exists.

@@ -24,7 +24,15 @@
 //! larger frame, and the receiving side refuses larger frames on inproc too. A [`Client`] or
 //! [`Dealer`] made with a limit refuses to send a larger message, so a well-behaved client
 //! learns of the limit from a clear local error.
+//!
+//! tcp sockets are authenticated with CurveZMQ when made with a [`Security`] other than
+//! [`Security::Plain`]: a server with the master's secret key and the ZAP domain naming the
+//! socket (the master's ZAP handler admits or refuses each client key), a client with its own
+//! key pair and the server's public key. A server sees the key a request came with as its
+//! [`Peer::user`]; a client whose key the server refused gets [`TransportError::Unauthorized`]
+//! at once instead of a silent time-out.
 
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, Range};
@@ -33,6 +41,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::codec::{self, Encoded, FileRequestRef, ProtocolError};
+use crate::keys::{KeyPair, PublicKey, SecretKey};
 use crate::protocols::{FileRequest, Message};
 
 /// Something went wrong sending or receiving.
@@ -68,6 +77,34 @@ pub enum TransportError {
         /// How long we waited.
         timeout: Duration,
     },
+    /// The server refused our key during the handshake (unknown, revoked, or of a role that
+    /// may not use this socket).
+    #[error(
+        "{endpoint} refused this client's key {fingerprint}: it is unknown to the master, revoked, or of a role that may not use this \
+         socket. Give the master's operator the public key {public} and the role this program needs \
+         (`piw-keys authorize {public} --role ROLE --label NAME`)"
+    )]
+    Unauthorized {
+        /// The server's address.
+        endpoint: String,
+        /// Our key's fingerprint.
+        fingerprint: String,
+        /// Our public key, for the operator to authorize.
+        public: String,
+    },
+    /// Connections were made but no handshake completed: the server's public key we were
+    /// given is most likely not the server's.
+    #[error(
+        "no reply from {endpoint} within {timeout:?}: connections were made but the secure handshake never completed; \
+         check that the master's public key given to this client (--master-key) is the one `piw-keys master` prints on the master, \
+         and that the master runs with authentication"
+    )]
+    Handshake {
+        /// The server's address.
+        endpoint: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
     /// An ipc endpoint's directory is not safe to use.
     #[error("ipc endpoint {endpoint}: {reason}")]
     Ipc {
@@ -85,16 +122,108 @@ pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
 /// How long a socket may keep unsent messages when it closes.
 const LINGER_MS: i32 = 1000;
 
+/// How a socket authenticates its connections.
+#[derive(Clone, Debug)]
+pub enum Security {
+    /// Not at all: inproc, ipc in a private directory, or a master run with `--no-auth`.
+    Plain,
+    /// A CurveZMQ server: the master's secret key, and the ZAP domain that tells the master's
+    /// ZAP handler which socket a client is connecting to.
+    Server {
+        /// The master's secret key.
+        secret: SecretKey,
+        /// The socket's ZAP domain.
+        domain: &'static str,
+    },
+    /// A CurveZMQ client: its own key pair and the server's public key.
+    Client {
+        /// The server's public key.
+        server: PublicKey,
+        /// This client's key pair.
+        keys: KeyPair,
+    },
+}
+
+impl Security {
+    fn apply(&self, socket: &zmq::Socket) -> Result<(), zmq::Error> {
+        match self {
+            Security::Plain => Ok(()),
+            Security::Server { secret, domain } => {
+                socket.set_curve_server(true)?;
+                socket.set_curve_secretkey(secret.bytes())?;
+                socket.set_zap_domain(domain)
+            }
+            Security::Client { server, keys } => {
+                socket.set_curve_serverkey(server.bytes())?;
+                socket.set_curve_publickey(keys.public.bytes())?;
+                socket.set_curve_secretkey(keys.secret.bytes())
+            }
+        }
+    }
+}
+
+/// Watches a CurveZMQ client's connections through a socket monitor, so that a refusal of our
+/// key is reported at once and a handshake that never completes is told from a silent server.
+struct HandshakeWatch {
+    events: zmq::Socket,
+    key: PublicKey,
+    refused: Cell<bool>,
+    failed: Cell<u32>,
+    succeeded: Cell<bool>,
+}
+
+impl HandshakeWatch {
+    fn attach(ctx: &zmq::Context, socket: &zmq::Socket, key: PublicKey) -> Result<HandshakeWatch, zmq::Error> {
+        static WATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let endpoint = format!("inproc://piw-handshake-watch-{}", WATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let wanted = [
+            zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
+            zmq::SocketEvent::HANDSHAKE_FAILED_AUTH,
+            zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL,
+            zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL,
+        ];
+        socket.monitor(&endpoint, wanted.iter().fold(0, |all, e| all | i32::from(e.to_raw())))?;
+        let events = ctx.socket(zmq::PAIR)?;
+        events.connect(&endpoint)?;
+        Ok(HandshakeWatch { events, key, refused: Cell::new(false), failed: Cell::new(0), succeeded: Cell::new(false) })
+    }
+
+    /// Reads the events that arrived; true when our key was refused.
+    fn drain(&self) -> bool {
+        while let Ok(frames) = self.events.recv_multipart(zmq::DONTWAIT) {
+            let Some(id) = frames.first().filter(|f| f.len() >= 2).map(|f| u16::from_ne_bytes([f[0], f[1]])) else { continue };
+            if id == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() {
+                self.succeeded.set(true);
+            } else if id == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw() {
+                self.refused.set(true);
+            } else {
+                self.failed.set(self.failed.get() + 1);
+            }
+        }
+        self.refused.get()
+    }
+
+    fn unauthorized(&self, endpoint: &str) -> TransportError {
+        TransportError::Unauthorized { endpoint: endpoint.to_string(), fingerprint: self.key.fingerprint(), public: self.key.to_string() }
+    }
+}
+
 struct Raw {
     socket: zmq::Socket,
     endpoint: String,
     max_message: Option<usize>,
+    watch: Option<HandshakeWatch>,
 }
 
 impl Raw {
     fn new(ctx: &zmq::Context, kind: zmq::SocketType, endpoint: &str, max_message: Option<usize>) -> Result<Raw, TransportError> {
+        Raw::secured(ctx, kind, endpoint, max_message, &Security::Plain)
+    }
+
+    /// A socket with `security`; a CurveZMQ client also gets its handshakes watched.
+    fn secured(ctx: &zmq::Context, kind: zmq::SocketType, endpoint: &str, max_message: Option<usize>, security: &Security) -> Result<Raw, TransportError> {
         let socket = ctx.socket(kind).map_err(|source| zmq_err("create socket for", endpoint, source))?;
-        let setup = || -> Result<(), zmq::Error> {
+        let setup = || -> Result<Option<HandshakeWatch>, zmq::Error> {
             socket.set_linger(LINGER_MS)?;
             if endpoint.starts_with("tcp://") {
                 socket.set_ipv6(true)?;
@@ -102,10 +231,37 @@ impl Raw {
             if let Some(limit) = max_message {
                 socket.set_maxmsgsize(limit as i64)?;
             }
-            Ok(())
+            security.apply(&socket)?;
+            match (security, kind) {
+                (Security::Client { keys, .. }, zmq::REQ | zmq::DEALER) => HandshakeWatch::attach(ctx, &socket, keys.public).map(Some),
+                _ => Ok(None),
+            }
         };
-        setup().map_err(|source| zmq_err("configure socket for", endpoint, source))?;
-        Ok(Raw { socket, endpoint: endpoint.to_string(), max_message })
+        let watch = setup().map_err(|source| zmq_err("configure socket for", endpoint, source))?;
+        Ok(Raw { socket, endpoint: endpoint.to_string(), max_message, watch })
+    }
+
+    /// The error for a send that found no room in time: as [`Raw::timed_out`], where a
+    /// refused key or failed handshakes explain it.
+    fn busy(&self, timeout: Duration) -> TransportError {
+        match self.timed_out(timeout) {
+            TransportError::Timeout { .. } => TransportError::Busy { endpoint: self.endpoint.clone(), timeout },
+            explained => explained,
+        }
+    }
+
+    /// The error for a wait that ran out: a refusal or a failed handshake if the watch saw
+    /// one, a plain time-out otherwise.
+    fn timed_out(&self, timeout: Duration) -> TransportError {
+        if let Some(watch) = &self.watch {
+            if watch.drain() {
+                return watch.unauthorized(&self.endpoint);
+            }
+            if watch.failed.get() > 0 && !watch.succeeded.get() {
+                return TransportError::Handshake { endpoint: self.endpoint.clone(), timeout };
+            }
+        }
+        TransportError::Timeout { endpoint: self.endpoint.clone(), timeout }
     }
 
     fn bind(self) -> Result<Raw, TransportError> {
@@ -154,7 +310,7 @@ impl Raw {
                 Err(zmq::Error::EAGAIN) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
                     if wait.is_zero() {
-                        return Err(TransportError::Busy { endpoint: self.endpoint.clone(), timeout });
+                        return Err(self.busy(timeout));
                     }
                     self.wait(zmq::POLLOUT, Some(wait))?;
                 }
@@ -174,13 +330,26 @@ impl Raw {
                 Some(d) => d.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).min(i64::MAX as u128) as i64,
                 None => -1,
             };
-            let mut items = [self.socket.as_poll_item(events)];
-            match zmq::poll(&mut items, ms) {
+            let mut items = [self.socket.as_poll_item(events), self.watch_poll_item()];
+            let watched = if self.watch.is_some() { 2 } else { 1 };
+            let polled = zmq::poll(&mut items[..watched], ms);
+            if watched == 2 && items[1].is_readable() && self.watch.as_ref().is_some_and(HandshakeWatch::drain) {
+                return Err(self.watch.as_ref().map(|w| w.unauthorized(&self.endpoint)).expect("watched"));
+            }
+            match polled {
                 Ok(_) if items[0].get_revents().intersects(events) => return Ok(true),
                 Ok(_) | Err(zmq::Error::EINTR) if deadline.is_none_or(|d| Instant::now() < d) => continue,
                 Ok(_) | Err(zmq::Error::EINTR) => return Ok(false),
                 Err(source) => return Err(zmq_err("poll", &self.endpoint, source)),
             }
+        }
+    }
+
+    /// The handshake watch's poll item, or (unused) the socket's own without events.
+    fn watch_poll_item(&self) -> zmq::PollItem<'_> {
+        match &self.watch {
+            Some(watch) => watch.events.as_poll_item(zmq::POLLIN),
+            None => self.socket.as_poll_item(zmq::PollEvents::empty()),
         }
     }
 
@@ -201,7 +370,7 @@ impl Raw {
                 Err(zmq::Error::EAGAIN) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
                     if wait.is_zero() {
-                        return Err(TransportError::Busy { endpoint: self.endpoint.clone(), timeout });
+                        return Err(self.busy(timeout));
                     }
                     self.wait(zmq::POLLOUT, Some(wait))?;
                 }
@@ -285,22 +454,33 @@ fn prepare_ipc_dir(endpoint: &str, path: &Path) -> Result<(), TransportError> {
 
 /// The routing frames a [`Server`] received a request behind: the peer's identity plus any
 /// frames added by proxies or a correlating REQ socket. Replies go back behind the same frames.
+/// On an authenticated socket it also carries who the peer is: the user id the master's ZAP
+/// handler gave the connection (the client's public key).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Peer(Vec<Vec<u8>>);
+pub struct Peer {
+    frames: Vec<Vec<u8>>,
+    user: Option<String>,
+}
 
 impl Peer {
-    fn from_frames(frames: &[zmq::Message]) -> Peer {
-        Peer(frames.iter().map(|f| f.to_vec()).collect())
+    fn from_frames(frames: &[zmq::Message], user: Option<String>) -> Peer {
+        Peer { frames: frames.iter().map(|f| f.to_vec()).collect(), user }
     }
 
     /// The routing frames.
     pub fn frames(&self) -> &[Vec<u8>] {
-        &self.0
+        &self.frames
     }
 
     /// The first routing frame: the identity of the directly connected peer.
     pub fn identity(&self) -> &[u8] {
-        self.0.first().map(Vec::as_slice).unwrap_or_default()
+        self.frames.first().map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The user id the ZAP handler gave the peer's connection; None on a socket without
+    /// authentication (or one whose handshake no ZAP handler saw).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 }
 
@@ -356,8 +536,8 @@ impl<M: Message> Sender<M> {
     }
 
     /// A PUB socket bound to `endpoint`, for monitors.
-    pub fn publish(ctx: &zmq::Context, endpoint: &str) -> Result<Self, TransportError> {
-        Ok(Sender { raw: Raw::new(ctx, zmq::PUB, endpoint, None)?.bind()?, _m: PhantomData })
+    pub fn publish(ctx: &zmq::Context, endpoint: &str, security: &Security) -> Result<Self, TransportError> {
+        Ok(Sender { raw: Raw::secured(ctx, zmq::PUB, endpoint, None, security)?.bind()?, _m: PhantomData })
     }
 
     /// Sends a message, waiting at most `timeout` for queue space (PUB never waits: it drops
@@ -389,7 +569,7 @@ impl<M: Message> Receiver<M> {
 
     /// A SUB socket connected to `endpoint`, subscribed to everything.
     pub fn subscribe(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>) -> Result<Self, TransportError> {
-        Self::subscribe_with(ctx, endpoint, max_message, |_| Ok(()))
+        Self::subscribe_with(ctx, endpoint, max_message, &Security::Plain, |_| Ok(()))
     }
 
     /// [`Receiver::subscribe`], running `setup` on the socket before it connects: options that
@@ -399,9 +579,10 @@ impl<M: Message> Receiver<M> {
         ctx: &zmq::Context,
         endpoint: &str,
         max_message: Option<usize>,
+        security: &Security,
         setup: impl FnOnce(&zmq::Socket) -> Result<(), zmq::Error>,
     ) -> Result<Self, TransportError> {
-        let raw = Raw::new(ctx, zmq::SUB, endpoint, max_message)?;
+        let raw = Raw::secured(ctx, zmq::SUB, endpoint, max_message, security)?;
         raw.socket.set_subscribe(b"").map_err(|source| zmq_err("subscribe to", endpoint, source))?;
         setup(&raw.socket).map_err(|source| zmq_err("configure socket for", endpoint, source))?;
         Ok(Receiver { raw: raw.connect()?, _m: PhantomData })
@@ -435,15 +616,25 @@ impl<Req: Message, Rep: Message> Server<Req, Rep> {
         Ok(Server { raw: raw.bind()?, _m: PhantomData })
     }
 
-    /// Like [`Server::bind`], queueing at most `queue` unread requests per connected peer
-    /// (ZeroMQ's default is 1000): with `max_message`, this bounds the memory one peer's
-    /// flood can hold. libzmq copies the options a listener gives its connections when it
-    /// binds, so the limit is set before binding.
-    pub fn bind_with_queue(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>, queue: i32) -> Result<Self, TransportError> {
-        let raw = Raw::new(ctx, zmq::ROUTER, endpoint, max_message)?;
+    /// A ROUTER for clients outside the process: `max_message` limits requests, `queue` (when
+    /// given) bounds the unread requests per connected peer (ZeroMQ's default is 1000), so
+    /// that with the size limit it bounds the memory one peer's flood can hold, and `security`
+    /// authenticates tcp clients. libzmq copies the options a listener gives its connections
+    /// when it binds, so all are set before binding.
+    pub fn bind_external(
+        ctx: &zmq::Context,
+        endpoint: &str,
+        max_message: usize,
+        queue: Option<i32>,
+        security: &Security,
+    ) -> Result<Self, TransportError> {
+        let raw = Raw::secured(ctx, zmq::ROUTER, endpoint, Some(max_message), security)?;
         let setup = || -> Result<(), zmq::Error> {
             raw.socket.set_router_mandatory(true)?;
-            raw.socket.set_rcvhwm(queue)
+            match queue {
+                Some(queue) => raw.socket.set_rcvhwm(queue),
+                None => Ok(()),
+            }
         };
         setup().map_err(|source| zmq_err("configure socket for", endpoint, source))?;
         Ok(Server { raw: raw.bind()?, _m: PhantomData })
@@ -467,13 +658,14 @@ impl<Req: Message, Rep: Message> Server<Req, Rep> {
         if n < 3 || !frames[n - 2].is_empty() {
             return Err(structure::<Req>(format!("{n} frames without an envelope delimiter")).into());
         }
-        let (Some(payload), Some(_delimiter)) = (frames.pop(), frames.pop()) else {
+        let (Some(mut payload), Some(_delimiter)) = (frames.pop(), frames.pop()) else {
             return Err(structure::<Req>(format!("{n} frames without an envelope delimiter")).into());
         };
         if frames.iter().any(|f| f.is_empty()) {
             return Err(structure::<Req>("empty routing frame".into()).into());
         }
-        let peer = Peer::from_frames(&frames);
+        let user = payload.gets("User-Id").filter(|user| !user.is_empty()).map(str::to_string);
+        let peer = Peer::from_frames(&frames, user);
         let frame = self.raw.check_size::<Req>(payload.len()).map(|()| Frame { msg: payload, _m: PhantomData });
         Ok((peer, frame))
     }
@@ -484,7 +676,7 @@ impl<Req: Message, Rep: Message> Server<Req, Rep> {
     /// requests only.
     pub fn send(&self, peer: &Peer, msg: &Rep) -> Result<(), TransportError> {
         let frame = codec::encode(msg)?;
-        let mut frames: Vec<&[u8]> = peer.0.iter().map(Vec::as_slice).collect();
+        let mut frames: Vec<&[u8]> = peer.frames.iter().map(Vec::as_slice).collect();
         frames.push(b"");
         frames.push(&frame);
         self.raw.send_frames(&frames, Duration::ZERO)
@@ -504,7 +696,12 @@ pub struct Client<Req, Rep> {
 impl<Req: Message, Rep: Message> Client<Req, Rep> {
     /// A REQ connected to `endpoint`; `max_message` limits replies and our requests.
     pub fn connect(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>) -> Result<Self, TransportError> {
-        let raw = Raw::new(ctx, zmq::REQ, endpoint, max_message)?;
+        Client::connect_secured(ctx, endpoint, max_message, &Security::Plain)
+    }
+
+    /// [`Client::connect`] with `security`.
+    pub fn connect_secured(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>, security: &Security) -> Result<Self, TransportError> {
+        let raw = Raw::secured(ctx, zmq::REQ, endpoint, max_message, security)?;
         let setup = || -> Result<(), zmq::Error> {
             raw.socket.set_req_relaxed(true)?;
             raw.socket.set_req_correlate(true)
@@ -521,7 +718,7 @@ impl<Req: Message, Rep: Message> Client<Req, Rep> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || !self.raw.wait(zmq::POLLIN, Some(left))? {
-                return Err(TransportError::Timeout { endpoint: self.raw.endpoint.clone(), timeout });
+                return Err(self.raw.timed_out(timeout));
             }
             // A stale reply to an abandoned request also makes the socket readable; the
             // correlating REQ discards it inside the receive, which must then not block.
@@ -550,7 +747,12 @@ pub struct Dealer<Out, In> {
 impl<Out: Message, In: Message> Dealer<Out, In> {
     /// A DEALER connected to `endpoint`; `max_message` limits what it receives and sends.
     pub fn connect(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>) -> Result<Self, TransportError> {
-        Ok(Dealer { raw: Raw::new(ctx, zmq::DEALER, endpoint, max_message)?.connect()?, _m: PhantomData })
+        Dealer::connect_secured(ctx, endpoint, max_message, &Security::Plain)
+    }
+
+    /// [`Dealer::connect`] with `security`.
+    pub fn connect_secured(ctx: &zmq::Context, endpoint: &str, max_message: Option<usize>, security: &Security) -> Result<Self, TransportError> {
+        Ok(Dealer { raw: Raw::secured(ctx, zmq::DEALER, endpoint, max_message, security)?.connect()?, _m: PhantomData })
     }
 
     /// Sends a message, waiting at most `timeout` for queue space.
@@ -615,14 +817,14 @@ impl<Req: Message, Rep: Message> Worker<Req, Rep> {
             return Err(structure::<Req>(format!("{n} frames, expected a delimiter, an envelope, a delimiter and a request")).into());
         }
         let request = self.raw.decode(&frames[n - 1]);
-        Ok((Peer::from_frames(&frames[1..n - 2]), request))
+        Ok((Peer::from_frames(&frames[1..n - 2], None), request))
     }
 
     /// Replies to the client behind `peer`.
     pub fn send(&self, peer: &Peer, msg: &Rep, timeout: Duration) -> Result<(), TransportError> {
         let frame = codec::encode(msg)?;
         let mut frames: Vec<&[u8]> = vec![b""];
-        frames.extend(peer.0.iter().map(Vec::as_slice));
+        frames.extend(peer.frames.iter().map(Vec::as_slice));
         frames.push(b"");
         frames.push(&frame);
         self.raw.send_frames(&frames, timeout)

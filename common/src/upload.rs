@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec;
 use crate::protocols::{FileReply, FileRequest, TransferId, Versions};
-use crate::transport::{DEFAULT_MAX_MESSAGE, Dealer, TransportError};
+use crate::transport::{DEFAULT_MAX_MESSAGE, Dealer, Security, TransportError};
 
 /// Largest range the sender will read for one `Fetch`: what fits in one message of the
 /// socket's size limit, with room for the frame around it.
@@ -131,11 +131,12 @@ pub enum UploadError {
 pub fn upload(
     ctx: &zmq::Context,
     endpoint: &str,
+    security: &Security,
     transfer: TransferId,
     path: &Path,
     options: UploadOptions,
 ) -> Result<UploadReport, UploadError> {
-    upload_with_progress(ctx, endpoint, transfer, path, options, &mut |_| {})
+    upload_with_progress(ctx, endpoint, security, transfer, path, options, &mut |_| {})
 }
 
 /// [`upload`], calling `progress` after each chunk with how far into the file the bytes sent
@@ -144,12 +145,13 @@ pub fn upload(
 pub fn upload_with_progress(
     ctx: &zmq::Context,
     endpoint: &str,
+    security: &Security,
     transfer: TransferId,
     path: &Path,
     options: UploadOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<UploadReport, UploadError> {
-    Uploader::new(ctx, endpoint).upload_with_progress(transfer, path, options, progress)
+    Uploader::new(ctx, endpoint, security).upload_with_progress(transfer, path, options, progress)
 }
 
 /// Uploads one file after another to one file juggler, on a connection kept between transfers
@@ -157,6 +159,7 @@ pub fn upload_with_progress(
 pub struct Uploader {
     ctx: zmq::Context,
     endpoint: String,
+    security: Security,
     /// The connection the last transfer ended cleanly on, if any, and when it ended.
     kept: Option<(Dealer<FileRequest, FileReply>, Instant)>,
 }
@@ -168,9 +171,10 @@ impl fmt::Debug for Uploader {
 }
 
 impl Uploader {
-    /// An uploader to the file juggler at `endpoint`; it connects at its first upload.
-    pub fn new(ctx: &zmq::Context, endpoint: &str) -> Uploader {
-        Uploader { ctx: ctx.clone(), endpoint: endpoint.to_string(), kept: None }
+    /// An uploader to the file juggler at `endpoint`, authenticating with `security`; it
+    /// connects at its first upload.
+    pub fn new(ctx: &zmq::Context, endpoint: &str, security: &Security) -> Uploader {
+        Uploader { ctx: ctx.clone(), endpoint: endpoint.to_string(), security: security.clone(), kept: None }
     }
 
     /// The file juggler's address.
@@ -203,9 +207,9 @@ impl Uploader {
         }
         let mut dealer = match self.kept.take() {
             Some((dealer, _)) => dealer,
-            None => connect(&self.ctx, &self.endpoint)?,
+            None => connect(&self.ctx, &self.endpoint, &self.security)?,
         };
-        let outcome = answer_fetches(&self.ctx, &self.endpoint, &mut dealer, transfer, path, options, progress);
+        let outcome = answer_fetches(&self.ctx, &self.endpoint, &self.security, &mut dealer, transfer, path, options, progress);
         match outcome {
             Ok(_) => self.kept = Some((dealer, Instant::now())),
             // Fetches of the failed transfer may still be on their way.
@@ -216,9 +220,11 @@ impl Uploader {
 }
 
 /// One transfer on `dealer`, which a nudge replaces with a new connection.
+#[allow(clippy::too_many_arguments)]
 fn answer_fetches(
     ctx: &zmq::Context,
     endpoint: &str,
+    security: &Security,
     dealer: &mut Dealer<FileRequest, FileReply>,
     transfer: TransferId,
     path: &Path,
@@ -250,7 +256,7 @@ fn answer_fetches(
                     continue;
                 }
                 tracing::debug!("no word from {endpoint} for {:?}: saying hello again for transfer {transfer}", options.nudge_after);
-                let old = std::mem::replace(dealer, connect(ctx, endpoint)?);
+                let old = std::mem::replace(dealer, connect(ctx, endpoint, security)?);
                 drop_now(old);
                 dealer.send(&hello, options.nudge_after)?;
                 report.hellos += 1;
@@ -282,8 +288,8 @@ fn answer_fetches(
     }
 }
 
-fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<Dealer<FileRequest, FileReply>, TransportError> {
-    Dealer::connect(ctx, endpoint, Some(DEFAULT_MAX_MESSAGE))
+fn connect(ctx: &zmq::Context, endpoint: &str, security: &Security) -> Result<Dealer<FileRequest, FileReply>, TransportError> {
+    Dealer::connect_secured(ctx, endpoint, Some(DEFAULT_MAX_MESSAGE), security)
 }
 
 /// Closes a socket without delivering what it still has queued: after a nudge those are

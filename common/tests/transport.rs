@@ -17,7 +17,7 @@ use piwheels_common::codec::{self, ProtocolError};
 use piwheels_common::protocols::{
     ControlReply, ControlRequest, DbReply, DbRequest, Message, SlaveAction, SlaveTarget, TaskControl, Versions,
 };
-use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Dealer, Peer, Receiver, Sender, Server, TransportError};
+use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Dealer, Peer, Receiver, Security, Sender, Server, TransportError};
 
 /// Upper bound for anything that should happen at once; only reached when a test fails.
 const WAIT: Duration = Duration::from_secs(2);
@@ -211,7 +211,7 @@ fn bound_push_delivers_to_a_connected_pull() {
 fn sub_receives_what_pub_sends_once_subscribed() {
     let ctx = zmq::Context::new();
     let endpoint = tcp_endpoint();
-    let publisher = Sender::<TaskControl>::publish(&ctx, &endpoint).expect("bind pub");
+    let publisher = Sender::<TaskControl>::publish(&ctx, &endpoint, &Security::Plain).expect("bind pub");
     let subscriber = Receiver::<TaskControl>::subscribe(&ctx, &endpoint, Some(DEFAULT_MAX_MESSAGE)).expect("connect sub");
     // Messages published before the subscription reaches the publisher are lost: keep
     // publishing until one arrives.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use piwheels_common::config::{ConfigArg, HumanDuration};
+use piwheels_common::keys::ClientAuthArgs;
 use piwheels_common::logging::LogArgs;
 use piwheels_common::protocols::Timestamp;
 
@@ -31,6 +32,10 @@ pub struct ConnectArgs {
     /// takes a while)
     #[arg(long, env = "PIW_IMPORT_TIMEOUT", value_name = "DURATION", default_value = "5m")]
     pub timeout: HumanDuration,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub auth: ClientAuthArgs,
 }
 
 /// piw-import: imports wheels built elsewhere into the farm's index, as one build of one

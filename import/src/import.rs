@@ -11,8 +11,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use piwheels_common::keys::Role;
 use piwheels_common::names::{canonicalize, parse_version};
 use piwheels_common::protocols::{AdminReply, AdminRequest, ImportRequest, WheelFile};
+use piwheels_common::transport::Security;
 use piwheels_common::upload::{UploadError, UploadOptions, UploadReport, upload_with_progress};
 use piwheels_slave::inspect::inspect_wheel;
 
@@ -59,6 +61,8 @@ pub fn run(cfg: &ImportConfig) -> Result<(), ToolError> {
         println!("  {} ({}, sha256 {}{requires})", file.filename, human_size(file.size), &file.sha256[..16]);
     }
 
+    // Before the session: a tool that cannot upload should not start an import.
+    let file_security = cfg.connect.auth.security(&cfg.connect.file_queue, Role::Importer).map_err(|e| ToolError::Failed(e.to_string()))?;
     let session = Session::connect(&cfg.connect, "piw-import")?;
     if cfg.register {
         let add = AdminRequest::AddPackage { name: name.clone(), description: None, skip: None, unskip: false, aliases: vec![] };
@@ -91,7 +95,7 @@ pub fn run(cfg: &ImportConfig) -> Result<(), ToolError> {
                     .iter()
                     .find(|w| w.file.filename == filename)
                     .ok_or_else(|| ToolError::Failed(format!("the master asked for {filename}, which is not one of ours")))?;
-                send(&cfg.connect.file_queue, transfer, wheel, cfg.connect.connect_timeout.0)?;
+                send(&cfg.connect.file_queue, &file_security, transfer, wheel, cfg.connect.connect_timeout.0)?;
                 sent.push(filename.clone());
                 reply = session.request(&AdminRequest::Sent { filename })?;
             }
@@ -225,7 +229,7 @@ enum Upload {
 /// The upload runs on its own thread, with its own ZeroMQ context, so that a file socket that
 /// never answers (a wrong `--file-queue`) is reported after `first_answer` instead of after the
 /// upload's overall limit; the process then leaves without waiting for that thread.
-fn send(endpoint: &str, transfer: u64, wheel: &Wheel, first_answer: Duration) -> Result<(), ToolError> {
+fn send(endpoint: &str, security: &Security, transfer: u64, wheel: &Wheel, first_answer: Duration) -> Result<(), ToolError> {
     let size = wheel.file.size;
     let bar = ProgressBar::new(size);
     if let Ok(style) = ProgressStyle::with_template("  {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}") {
@@ -234,11 +238,11 @@ fn send(endpoint: &str, transfer: u64, wheel: &Wheel, first_answer: Duration) ->
     bar.set_message(wheel.file.filename.clone());
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
-    let (thread_endpoint, path) = (endpoint.to_string(), wheel.path.clone());
+    let (thread_endpoint, thread_security, path) = (endpoint.to_string(), security.clone(), wheel.path.clone());
     std::thread::spawn(move || {
         let ctx = zmq::Context::new();
         let progress = tx.clone();
-        let outcome = upload_with_progress(&ctx, &thread_endpoint, transfer, &path, UploadOptions::default(), &mut |at| {
+        let outcome = upload_with_progress(&ctx, &thread_endpoint, &thread_security, transfer, &path, UploadOptions::default(), &mut |at| {
             let _ = progress.send(Upload::Progress(at));
         });
         let _ = tx.send(Upload::Finished(outcome));

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use piwheels_common::keys::Role;
 use piwheels_common::protocols::{AdminReply, AdminRequest, Versions};
 use piwheels_common::transport::{self, Client, DEFAULT_MAX_MESSAGE, TransportError};
 
@@ -32,8 +33,9 @@ impl Session {
     pub fn connect(args: &ConnectArgs, tool: &str) -> Result<Session, ToolError> {
         let endpoint = args.import_queue.clone();
         check_ipc_socket(&endpoint)?;
+        let security = args.auth.security(&endpoint, Role::Importer).map_err(|e| ToolError::Failed(e.to_string()))?;
         let ctx = zmq::Context::new();
-        let client = Client::connect(&ctx, &endpoint, Some(DEFAULT_MAX_MESSAGE))
+        let client = Client::connect_secured(&ctx, &endpoint, Some(DEFAULT_MAX_MESSAGE), &security)
             .map_err(|e| ToolError::Failed(format!("cannot connect to the master at {endpoint}: {e}")))?;
         let session = Session { _ctx: ctx, client, endpoint, timeout: args.timeout.0 };
         let hello = AdminRequest::Hello { versions: Versions::current(), actor: actor(tool) };

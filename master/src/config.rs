@@ -134,6 +134,18 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_STATS_INTERVAL", value_name = "DURATION", default_value = "10s")]
     pub stats_interval: HumanDuration,
 
+    /// Run the tcp sockets without authentication: anyone who reaches them can build, upload
+    /// and command. Logged as a warning at every start, and refused on addresses other hosts
+    /// can reach unless --allow-no-auth-on-network. Without it, the master authenticates
+    /// every tcp client by its key (see docs/security.md)
+    #[arg(long, env = "PIW_NO_AUTH")]
+    pub no_auth: bool,
+
+    /// With --no-auth, listen without authentication on addresses other hosts can reach (`*`,
+    /// a network interface): only for a network nobody else can reach
+    #[arg(long, env = "PIW_ALLOW_NO_AUTH_ON_NETWORK", requires = "no_auth")]
+    pub allow_no_auth_on_network: bool,
+
     /// How long each task may take to stop when the master shuts down
     #[arg(long, env = "PIW_STOP_TIMEOUT", value_name = "DURATION", default_value = "10s")]
     pub stop_timeout: HumanDuration,

@@ -85,6 +85,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use piwheels_common::clock::SharedClock;
 use piwheels_common::codec::{self, FileRequestRef};
+use piwheels_common::keys::Endpoint;
 use piwheels_common::names::canonicalize;
 use piwheels_common::protocols::{FileReply, FileRequest, FsReply, FsRequest, TransferId, WheelFile};
 use piwheels_common::task::{Context, PauseMode, Task};
@@ -92,6 +93,8 @@ use piwheels_common::transport::{FrameSlice, Peer, Server};
 use piwheels_common::upload::MAX_FETCH;
 use piwheels_common::wheel::{MAX_FILENAME, WheelName};
 use sha2::{Digest, Sha256};
+
+use crate::gatekeeper::{Auth, Gate};
 
 /// Where the slave driver and the admin endpoint send [`FsRequest`]s.
 pub const FS_ENDPOINT: &str = "inproc://fs";
@@ -129,6 +132,8 @@ pub struct JugglerConfig {
     /// A transfer nobody touched (no hello, chunk or request) for this long is removed with
     /// its partial file (default 1 hour).
     pub abandon_after: Duration,
+    /// Who may connect to the file socket (default: everyone, for tests over inproc).
+    pub auth: Auth,
 }
 
 impl JugglerConfig {
@@ -151,6 +156,7 @@ impl JugglerConfig {
             window: Self::DEFAULT_WINDOW,
             max_file_size: Self::DEFAULT_MAX_FILE_SIZE,
             abandon_after: Self::DEFAULT_ABANDON_AFTER,
+            auth: Auth::disabled(),
         }
     }
 
@@ -212,6 +218,7 @@ impl JugglerConfig {
 #[derive(Debug)]
 pub struct Sockets {
     files: Server<FileRequest, FileReply>,
+    gate: Gate,
     fs: Server<FsRequest, FsReply>,
 }
 
@@ -219,9 +226,10 @@ impl Sockets {
     /// Binds the file endpoint (with a message size limit of one chunk of `config`, plus the
     /// frame) and [`FS_ENDPOINT`].
     pub fn open(ctx: &zmq::Context, file_endpoint: &str, config: &JugglerConfig) -> anyhow::Result<Sockets> {
-        let files = Server::bind(ctx, file_endpoint, Some(config.max_message()))?;
+        let security = config.auth.security(Endpoint::File, file_endpoint);
+        let files = Server::bind_external(ctx, file_endpoint, config.max_message(), None, &security)?;
         let fs = Server::bind(ctx, FS_ENDPOINT, None)?;
-        Ok(Sockets { files, fs })
+        Ok(Sockets { files, gate: config.auth.gate(Endpoint::File, file_endpoint), fs })
     }
 
     /// The address the file socket is bound to, with the port filled in when it was bound to
@@ -807,6 +815,15 @@ impl FileJuggler {
         // The frame is decoded where it lies: a chunk's bytes are written and hashed straight
         // from the message ZeroMQ received, and kept in it if they must wait.
         let (peer, frame) = sockets.files.recv_frame()?;
+        if let Err(refusal) = sockets.gate.admit(&peer) {
+            // A key revoked since its connection was made (the gate logged it).
+            if let Some(id) = self.peers.get(peer.identity()).copied() {
+                self.unbind(id);
+            }
+            self.refused += 1;
+            reply(&sockets.files, &peer, &FileReply::Refused { reason: refusal.to_string() });
+            return Ok(());
+        }
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {

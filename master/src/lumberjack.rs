@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
+use piwheels_common::keys::Endpoint;
 use piwheels_common::protocols::{AccessRecord, DbReply, DbRequest, LogReply, LogRequest, StatsUpdate};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Peer, Sender, Server};
@@ -30,6 +31,7 @@ use piwheels_common::transport::{Peer, Sender, Server};
 use crate::access_log::{Kind, Problem, validate};
 use crate::big_brother::STATS_ENDPOINT;
 use crate::db_client::DbClient;
+use crate::gatekeeper::{Auth, Gate};
 
 /// piw-master's default `--logger-queue`.
 pub const DEFAULT_ENDPOINT: &str = "ipc:///run/piwheels/logger";
@@ -54,6 +56,7 @@ const HELLO_FIRST: &str = "say Hello (with your versions) first";
 #[derive(Debug)]
 pub struct Sockets {
     logs: Server<LogRequest, LogReply>,
+    gate: Gate,
     stats: Sender<StatsUpdate>,
     db: DbClient,
 }
@@ -61,10 +64,11 @@ pub struct Sockets {
 impl Sockets {
     /// Binds the logger endpoint (an ipc directory must be private to the master's user, and
     /// is created with mode 700 if missing) and connects to the stats task and the oracles,
-    /// whose answers are awaited for at most `db_timeout`.
-    pub fn open(ctx: &zmq::Context, endpoint: &str, db_timeout: Duration) -> anyhow::Result<Sockets> {
+    /// whose answers are awaited for at most `db_timeout`; `auth` decides who may connect.
+    pub fn open(ctx: &zmq::Context, endpoint: &str, db_timeout: Duration, auth: &Auth) -> anyhow::Result<Sockets> {
         Ok(Sockets {
-            logs: Server::bind_with_queue(ctx, endpoint, Some(MAX_MESSAGE), QUEUE_PER_PEER)?,
+            logs: Server::bind_external(ctx, endpoint, MAX_MESSAGE, Some(QUEUE_PER_PEER), &auth.security(Endpoint::Logger, endpoint))?,
+            gate: auth.gate(Endpoint::Logger, endpoint),
             stats: Sender::push(ctx, STATS_ENDPOINT)?,
             db: DbClient::connect(ctx, db_timeout)?,
         })
@@ -288,14 +292,20 @@ impl Task for Lumberjack {
                         return Ok(());
                     }
                 };
-                let reply = match request {
-                    Err(e) => {
+                let reply = match (sockets.gate.admit(&peer), request) {
+                    // The gate logged it, at most once a minute per key.
+                    (Err(refusal), _) => {
+                        self.tally.refused += 1;
+                        self.loggers.remove(peer.identity());
+                        LogReply::Refused { reason: refusal.to_string() }
+                    }
+                    (Ok(_), Err(e)) => {
                         self.tally.malformed += 1;
                         self.complain(format_args!("logger {peer}: {e}"));
                         LogReply::Refused { reason: e.to_string() }
                     }
-                    Ok(LogRequest::Hello { versions }) => self.hello(&peer, &versions, ctx.now()),
-                    Ok(LogRequest::Records { records }) => self.records(&peer, records, sockets, ctx),
+                    (Ok(_), Ok(LogRequest::Hello { versions })) => self.hello(&peer, &versions, ctx.now()),
+                    (Ok(_), Ok(LogRequest::Records { records })) => self.records(&peer, records, sockets, ctx),
                 };
                 if let Err(e) = sockets.logs.send(&peer, &reply) {
                     self.tally.unanswered += 1;

@@ -37,6 +37,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use piwheels_common::keys::Endpoint;
 use piwheels_common::names::canonicalize;
 use piwheels_common::protocols::{
     AdminReply, AdminRequest, ArchitectTrigger, DbReply, DbRequest, FsReply, FsRequest, NoticeLevel, RebuildTarget, RewriteScope,
@@ -49,6 +50,7 @@ use crate::architect::ARCHITECT_ENDPOINT;
 use crate::big_brother::STATS_ENDPOINT;
 use crate::db_client::DbClient;
 use crate::file_juggler::FS_ENDPOINT;
+use crate::gatekeeper::{Auth, Caller, Gate};
 use crate::removal::Remover;
 use crate::index::WEB_ENDPOINT;
 use checks::{check_name, check_package, check_text, check_version};
@@ -92,6 +94,8 @@ pub struct ChaseConfig {
     pub import_queue: String,
     /// How long the database may take to answer.
     pub db_timeout: Duration,
+    /// Who may connect to the import socket.
+    pub auth: Auth,
 }
 
 /// The admin endpoint's sockets.
@@ -105,13 +109,20 @@ pub struct Sockets {
     trigger: Sender<ArchitectTrigger>,
     status: Sender<StatusEvent>,
     remover: Remover,
+    gate: Gate,
 }
 
 impl Sockets {
     /// Binds the import socket and connects to the rest.
     pub fn open(ctx: &zmq::Context, config: &ChaseConfig, status_endpoint: &str) -> anyhow::Result<Sockets> {
         Ok(Sockets {
-            admin: Server::bind(ctx, &config.import_queue, Some(IMPORT_MAX_MESSAGE))?,
+            admin: Server::bind_external(
+                ctx,
+                &config.import_queue,
+                IMPORT_MAX_MESSAGE,
+                None,
+                &config.auth.security(Endpoint::Admin, &config.import_queue),
+            )?,
             db: DbClient::connect(ctx, config.db_timeout)?,
             fs: Client::connect(ctx, FS_ENDPOINT, None)?,
             web: Client::connect(ctx, WEB_ENDPOINT, None)?,
@@ -119,6 +130,7 @@ impl Sockets {
             trigger: Sender::push(ctx, ARCHITECT_ENDPOINT)?,
             status: Sender::push(ctx, status_endpoint)?,
             remover: Remover::connect(ctx)?,
+            gate: config.auth.gate(Endpoint::Admin, &config.import_queue),
         })
     }
 
@@ -183,8 +195,19 @@ impl MrChase {
                 return Ok(());
             }
         };
+        let caller = match sockets.gate.admit(&peer) {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                // A key revoked since its connection was made (the gate logged it).
+                if let Some(old) = self.sessions.remove(peer.identity()) {
+                    self.abandon(sockets, old, "its key was refused");
+                }
+                let _ = sockets.admin.send(&peer, &AdminReply::Refused { reason: refusal.to_string() });
+                return Ok(());
+            }
+        };
         let reply = match request {
-            Ok(request) => self.answer(sockets, ctx, &peer, request),
+            Ok(request) => self.answer(sockets, ctx, &peer, &caller, request),
             Err(e) => {
                 self.bad_requests += 1;
                 tracing::warn!("bad request from {peer} ({} so far): {e}", self.bad_requests);
@@ -198,7 +221,7 @@ impl MrChase {
         Ok(())
     }
 
-    fn answer(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>, peer: &Peer, request: AdminRequest) -> AdminReply {
+    fn answer(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>, peer: &Peer, caller: &Caller, request: AdminRequest) -> AdminReply {
         let identity = peer.identity().to_vec();
         let now = ctx.now();
         if let AdminRequest::Hello { versions, actor } = request {
@@ -214,6 +237,7 @@ impl MrChase {
                 self.abandon(sockets, old, "the tool said hello again");
             }
             self.make_room(sockets);
+            let actor = audit_actor(caller, &actor);
             tracing::info!("{actor} attached from {peer}");
             self.sessions.insert(identity, Session { actor, seen: now, import: None });
             return AdminReply::Welcome;
@@ -663,6 +687,24 @@ fn record_names(db: &DbClient, package: &str, names: &[&str], now: Timestamp) ->
 fn append_notes(message: &mut String, notes: &[String]) {
     if !notes.is_empty() {
         let _ = write!(message, " (but {})", notes.join("; "));
+    }
+}
+
+/// Who the audit log says acted: the key (which the master vouches for) before what the tool
+/// says of its user, within the column's size.
+fn audit_actor(caller: &Caller, tool_actor: &str) -> String {
+    match caller {
+        Caller::Key { label, fingerprint, .. } => {
+            let mut actor = format!("key {label} ({fingerprint}): ");
+            for c in tool_actor.chars() {
+                if actor.len() + c.len_utf8() > MAX_NAME {
+                    break;
+                }
+                actor.push(c);
+            }
+            actor
+        }
+        Caller::Local => tool_actor.to_string(),
     }
 }
 

@@ -17,6 +17,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use piwheels_common::clock::SystemClock;
 use piwheels_common::hostinfo;
+use piwheels_common::keys::Endpoint;
 use piwheels_common::systemd::Notifier;
 use piwheels_common::protocols::{
     ControlReply, ControlRequest, FarmSnapshot, SlaveCommand, SlaveCommandReply, StatusEvent, TaskControl, Versions,
@@ -30,6 +31,7 @@ use crate::cloud_gazer::{self, CloudGazer, FollowerConfig};
 use crate::config::MasterConfig;
 use crate::db::Database;
 use crate::file_juggler::{self, FileJuggler, JugglerConfig};
+use crate::gatekeeper::{self, Auth, Gate, Gatekeeper};
 use crate::index::{self, IndexConfig, Scribe};
 use crate::web_access::AccessFeed;
 use crate::web_server::WebServer;
@@ -72,22 +74,30 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     mask.thread_block().context("cannot block signals")?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("cannot create signalfd")?;
 
+    let auth = authentication(cfg)?;
     let zmq = zmq::Context::new();
     let status_in = Receiver::<StatusEvent>::pull(&zmq, STATUS_ENDPOINT, None)?;
-    let status_out = Sender::<StatusEvent>::publish(&zmq, &cfg.status_queue)?;
-    let control = Server::<ControlRequest, ControlReply>::bind(&zmq, &cfg.control_queue, Some(CONTROL_MAX_MESSAGE))?;
-    let slave_commands = Client::<SlaveCommand, SlaveCommandReply>::connect(&zmq, SLAVE_COMMANDS_ENDPOINT, None)?;
-
     let rt = Runtime::new(zmq.clone(), Arc::new(SystemClock), STATUS_ENDPOINT);
     let mut tasks = Supervisor::new();
+    // The ZAP handler before any socket it guards: libzmq admits every key while none is bound.
+    if let Some(ring) = auth.keyring() {
+        let zap = Gatekeeper::bind(&zmq)?;
+        let ring = Arc::clone(ring);
+        tasks.add(task::spawn(&rt, "gatekeeper", move |_| Ok(zap), move |_| Ok(Gatekeeper::new(Arc::clone(&ring))))?);
+    }
+    let status_out = Sender::<StatusEvent>::publish(&zmq, &cfg.status_queue, &auth.security(Endpoint::Status, &cfg.status_queue))?;
+    let control_security = auth.security(Endpoint::Control, &cfg.control_queue);
+    let control = Server::<ControlRequest, ControlReply>::bind_external(&zmq, &cfg.control_queue, CONTROL_MAX_MESSAGE, None, &control_security)?;
+    let slave_commands = Client::<SlaveCommand, SlaveCommandReply>::connect(&zmq, SLAVE_COMMANDS_ENDPOINT, None)?;
     let mut master = Master {
+        gate: auth.gate(Endpoint::Control, &cfg.control_queue),
         farm: FarmSnapshot { started: chrono::Utc::now(), host: hostinfo::host_info(None), ..FarmSnapshot::default() },
         clients: HashMap::new(),
         bad_requests: 0,
         systemd: Notifier::from_env(),
     };
     let mut http = None;
-    let outcome = start_tasks(&rt, cfg, &mut tasks).and_then(|()| {
+    let outcome = start_tasks(&rt, cfg, &auth, &mut tasks).and_then(|()| {
         if let Some(listen) = cfg.http_listen {
             // Its downloads are counted like those of a web server whose log piw-logger reads.
             let feed = AccessFeed::start(zmq.clone(), cfg.logger_queue.clone());
@@ -148,7 +158,41 @@ fn check_database(cfg: &MasterConfig) -> anyhow::Result<()> {
     })
 }
 
-fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyhow::Result<()> {
+/// How the master authenticates its tcp sockets: its keys from the state directory, or, with
+/// --no-auth, not at all, which is said at every start and refused on addresses other hosts
+/// can reach unless --allow-no-auth-on-network.
+fn authentication(cfg: &MasterConfig) -> anyhow::Result<Auth> {
+    let tcp: Vec<&String> = [&cfg.slave_queue, &cfg.file_queue, &cfg.control_queue, &cfg.status_queue, &cfg.import_queue, &cfg.logger_queue]
+        .into_iter()
+        .filter(|address| address.starts_with("tcp://"))
+        .collect();
+    if !cfg.no_auth {
+        let auth = Auth::load(&cfg.state_dir)?;
+        if let (Some(key), Some(ring)) = (auth.public_key(), auth.keyring()) {
+            tracing::info!(
+                "authentication on: {} keys in force in {}; the master's public key (clients' --master-key) is {key}",
+                ring.in_force(),
+                ring.path().display()
+            );
+        }
+        return Ok(auth);
+    }
+    let reachable: Vec<&str> = tcp.iter().filter(|address| !gatekeeper::is_loopback(address)).map(|a| a.as_str()).collect();
+    if !reachable.is_empty() && !cfg.allow_no_auth_on_network {
+        anyhow::bail!(
+            "--no-auth would let anyone who reaches {} build, upload and publish wheels or command the master; \
+             listen on loopback addresses only, run with keys (see docs/security.md), or add --allow-no-auth-on-network",
+            reachable.join(", ")
+        );
+    }
+    tracing::warn!(
+        "AUTHENTICATION IS OFF (--no-auth): anyone who reaches {} can build, upload and publish wheels and command the master",
+        if tcp.is_empty() { "the master's sockets".to_string() } else { tcp.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ") }
+    );
+    Ok(Auth::disabled())
+}
+
+fn start_tasks(rt: &Runtime, cfg: &MasterConfig, auth: &Auth, tasks: &mut Supervisor) -> anyhow::Result<()> {
     // The database first: every other task may need it from its first moment.
     tasks.add(task::spawn(rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph))?);
     for n in 1..=cfg.oracles {
@@ -187,6 +231,7 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
     juggler.window = usize::from(cfg.transfer_window);
     juggler.max_file_size = cfg.max_file_size.0;
     juggler.abandon_after = cfg.abandon_after.0;
+    juggler.auth = auth.clone();
     // A staging directory that cannot work is a configuration error: say so now rather than
     // after the task's restarts.
     juggler.check()?;
@@ -206,7 +251,7 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
         move |ctx| big_brother::Sockets::open_feeding(ctx, &status, db_timeout),
         move |_| Ok(BigBrother::with_config(stats.clone())),
     )?);
-    let chase = ChaseConfig { import_queue: cfg.import_queue.clone(), db_timeout };
+    let chase = ChaseConfig { import_queue: cfg.import_queue.clone(), db_timeout, auth: auth.clone() };
     let (open_chase, status) = (chase.clone(), rt.status_endpoint.clone());
     tasks.add(task::spawn(
         rt,
@@ -214,11 +259,11 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
         move |ctx| mr_chase::Sockets::open(ctx, &open_chase, &status),
         move |_| Ok(MrChase::new(chase.clone())),
     )?);
-    let logger_queue = cfg.logger_queue.clone();
+    let (logger_queue, logger_auth) = (cfg.logger_queue.clone(), auth.clone());
     tasks.add(task::spawn(
         rt,
         "lumberjack",
-        move |ctx| lumberjack::Sockets::open(ctx, &logger_queue, db_timeout),
+        move |ctx| lumberjack::Sockets::open(ctx, &logger_queue, db_timeout, &logger_auth),
         |_| Ok(Lumberjack::new()),
     )?);
     // Last, so that everything it hands work to is running when the first slave arrives.
@@ -227,6 +272,7 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, tasks: &mut Supervisor) -> anyh
         index_url: cfg.pypi_simple.clone().unwrap_or_default(),
         max_message: transport::DEFAULT_MAX_MESSAGE,
         db_timeout: cfg.db_timeout.0,
+        auth: auth.clone(),
     };
     let (open_driver, status) = (driver.clone(), rt.status_endpoint.clone());
     tasks.add(task::spawn(
@@ -247,6 +293,8 @@ fn remove_ipc_file(endpoint: &str) {
 }
 
 struct Master {
+    /// Who may use the control socket, and who is asking.
+    gate: Gate,
     farm: FarmSnapshot,
     /// systemd's notifications: ready, the watchdog while every task runs, stopping.
     systemd: Notifier,
@@ -350,11 +398,18 @@ impl Master {
                 return (ControlReply::Error { message: e.to_string() }, None);
             }
         };
+        let caller = match self.gate.admit(peer) {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                self.clients.remove(peer.identity());
+                return (ControlReply::Refused { reason: refusal.to_string() }, None);
+            }
+        };
         let identity = peer.identity().to_vec();
         if let ControlRequest::Hello { versions, client } = &request {
             return match versions.check() {
                 Ok(()) => {
-                    tracing::info!("{client} attached from {peer}");
+                    tracing::info!("{client} attached from {peer} as {caller}");
                     self.remember(identity);
                     (ControlReply::Welcome { versions: Versions::current(), snapshot: Box::new(self.farm.clone()) }, None)
                 }
@@ -369,26 +424,30 @@ impl Master {
             return (ControlReply::Refused { reason: "say Hello (with your versions) first".into() }, None);
         }
         self.remember(identity);
+        if !caller.may_command() {
+            tracing::warn!("refused a command from {caller} at {peer}: {request:?}");
+            return (ControlReply::Refused { reason: format!("{caller} may watch but not command: commands need an operator's key") }, None);
+        }
         match request {
             ControlRequest::Hello { .. } => unreachable!("answered above"),
             ControlRequest::Quit => {
-                tracing::info!("shutting down on QUIT from {peer}");
-                (ControlReply::Done, Some(Stopped::Requested(format!("QUIT from {peer}"))))
+                tracing::info!("shutting down on QUIT from {caller} at {peer}");
+                (ControlReply::Done, Some(Stopped::Requested(format!("QUIT from {caller}"))))
             }
             ControlRequest::Pause => {
-                tracing::info!("pausing every task on request from {peer}");
+                tracing::info!("pausing every task on request from {caller} at {peer}");
                 tasks.broadcast(TaskControl::Pause);
                 self.publish(status_out, StatusEvent::Paused(true));
                 (ControlReply::Done, None)
             }
             ControlRequest::Resume => {
-                tracing::info!("resuming every task on request from {peer}");
+                tracing::info!("resuming every task on request from {caller} at {peer}");
                 tasks.broadcast(TaskControl::Resume);
                 self.publish(status_out, StatusEvent::Paused(false));
                 (ControlReply::Done, None)
             }
             ControlRequest::Slaves { target, action } => {
-                tracing::info!("{action:?} {target:?} on request from {peer}");
+                tracing::info!("{action:?} {target:?} on request from {caller} at {peer}");
                 let reply = match slave_commands.request(&SlaveCommand { target, action }, SLAVE_COMMAND_TIMEOUT) {
                     Ok(SlaveCommandReply::Applied { .. }) => ControlReply::Done,
                     Ok(SlaveCommandReply::UnknownSlave { slave_id }) => ControlReply::Error { message: format!("no slave has id {slave_id}") },

@@ -24,6 +24,7 @@ use piwheels_common::protocols::{
     NoticeLevel, PackageVersion, SlaveAction, SlaveCommand, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveId,
     SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TransferId, WebReply, WebRequest, WheelFile,
 };
+use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, Peer, Receiver, Sender, Server};
 
@@ -31,6 +32,7 @@ use crate::architect::{ARCHITECT_ENDPOINT, BUILDS_ENDPOINT};
 use crate::big_brother::STATS_ENDPOINT;
 use crate::db_client::DbClient;
 use crate::file_juggler::FS_ENDPOINT;
+use crate::gatekeeper::{Auth, Gate};
 use crate::index::WEB_ENDPOINT;
 use crate::process::SLAVE_COMMANDS_ENDPOINT;
 use crate::slave_state::{Decision, Slave, Stage};
@@ -42,6 +44,8 @@ pub const DELETES_ENDPOINT: &str = "inproc://deletes";
 pub const DELETED_EXCLUSION: Duration = Duration::from_secs(3600);
 /// How often silent slaves are looked for.
 const EXPIRY_CHECK: Duration = Duration::from_secs(5);
+/// How often the list of keys is checked for revocations of connected slaves' keys.
+const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 /// Times a file that fails verification is asked for again before it is given up.
 const MAX_SEND_ATTEMPTS: u32 = 3;
 /// Longest field a slave's hello may carry (labels, tags, host facts).
@@ -72,6 +76,8 @@ pub struct DriverConfig {
     pub max_message: usize,
     /// How long the database may take to answer.
     pub db_timeout: Duration,
+    /// Who may connect to the slave socket.
+    pub auth: Auth,
 }
 
 /// The slave driver's sockets, and the slave-id counter, which outlive restarts of its state
@@ -88,6 +94,7 @@ pub struct Sockets {
     db: DbClient,
     fs: Client<FsRequest, FsReply>,
     web: Client<WebRequest, WebReply>,
+    gate: Gate,
     last_slave_id: SlaveId,
 }
 
@@ -95,7 +102,7 @@ impl Sockets {
     /// Binds the slave, builds, commands and deletes sockets and connects to the rest.
     pub fn open(ctx: &zmq::Context, config: &DriverConfig, status_endpoint: &str) -> anyhow::Result<Sockets> {
         Ok(Sockets {
-            slaves: Server::bind(ctx, &config.slave_queue, Some(config.max_message))?,
+            slaves: Server::bind_external(ctx, &config.slave_queue, config.max_message, None, &config.auth.security(Endpoint::Slave, &config.slave_queue))?,
             builds: Receiver::pull(ctx, BUILDS_ENDPOINT, None)?,
             commands: Server::bind(ctx, SLAVE_COMMANDS_ENDPOINT, None)?,
             deletes: Server::bind(ctx, DELETES_ENDPOINT, None)?,
@@ -105,6 +112,7 @@ impl Sockets {
             db: DbClient::connect(ctx, config.db_timeout)?,
             fs: Client::connect(ctx, FS_ENDPOINT, None)?,
             web: Client::connect(ctx, WEB_ENDPOINT, None)?,
+            gate: config.auth.gate(Endpoint::Slave, &config.slave_queue),
             last_slave_id: 0,
         })
     }
@@ -128,6 +136,8 @@ pub enum Event {
     Delete,
     /// Time to drop silent slaves.
     Expire,
+    /// Time to drop slaves whose keys were revoked.
+    Revocations,
     /// Time to send the folded refresh request and queue lengths.
     Flush,
 }
@@ -156,6 +166,8 @@ pub struct SlaveDriver {
     refresh: Option<(String, usize)>,
     /// Whether the queue lengths changed since they were last sent to the stats task.
     lengths_changed: bool,
+    /// The generation of the list of keys the connected slaves were last checked against.
+    keys_checked: u64,
 }
 
 impl SlaveDriver {
@@ -171,6 +183,7 @@ impl SlaveDriver {
             published: HashMap::new(),
             refresh: None,
             lengths_changed: false,
+            keys_checked: 0,
         }
     }
 
@@ -178,6 +191,21 @@ impl SlaveDriver {
         let (peer, request) = sockets.slaves.recv()?;
         let now = ctx.now();
         let identity = peer.identity().to_vec();
+        let caller = match sockets.gate.admit(&peer) {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                // A key revoked since its connection was made: whatever it asks, it is done.
+                let reason = refusal.to_string();
+                if let Some(slave) = self.slaves.remove(&identity) {
+                    self.drop_slave(sockets, ctx, slave, &reason);
+                }
+                return match request {
+                    Ok(SlaveRequest::Hello(_)) => reply(sockets, &peer, &SlaveReply::Refused { reason }),
+                    Ok(SlaveRequest::Bye { .. }) => Ok(()),
+                    _ => reply(sockets, &peer, &SlaveReply::Die { reason }),
+                };
+            }
+        };
         let request = match request {
             Ok(request) => request,
             Err(e) => {
@@ -190,7 +218,7 @@ impl SlaveDriver {
             }
         };
         let Some(slave) = self.slaves.get_mut(&identity) else {
-            return self.on_stranger(sockets, ctx, peer, request);
+            return self.on_stranger(sockets, ctx, peer, request, caller.label());
         };
         let id = slave.id;
         if let SlaveRequest::Idle { stats, .. } | SlaveRequest::Busy { stats } = &request
@@ -244,9 +272,13 @@ impl SlaveDriver {
     }
 
     /// A request from a connection the driver does not know: only `Hello` is welcome.
-    fn on_stranger(&mut self, sockets: &mut Sockets, ctx: &Context<'_, Event>, peer: Peer, request: SlaveRequest) -> anyhow::Result<()> {
+    /// A slave with a key is named by its key's label, whatever it calls itself.
+    fn on_stranger(&mut self, sockets: &mut Sockets, ctx: &Context<'_, Event>, peer: Peer, request: SlaveRequest, key_label: Option<&str>) -> anyhow::Result<()> {
         match request {
-            SlaveRequest::Hello(hello) => {
+            SlaveRequest::Hello(mut hello) => {
+                if let Some(label) = key_label {
+                    hello.host.label = label.to_string();
+                }
                 if let Err(mismatch) = hello.versions.check() {
                     tracing::warn!("refused slave {} from {peer}: {mismatch}", hello.host.label);
                     return reply(sockets, &peer, &SlaveReply::Refused { reason: mismatch.to_string() });
@@ -266,7 +298,9 @@ impl SlaveDriver {
                     hello.busy_timeout
                 );
                 publish(sockets, ctx, id, SlaveEvent::Hello(hello.clone()));
-                self.slaves.insert(peer.identity().to_vec(), Slave::new(id, hello, ctx.now()));
+                let mut slave = Slave::new(id, hello, ctx.now());
+                slave.key = peer.user().map(str::to_string);
+                self.slaves.insert(peer.identity().to_vec(), slave);
                 let answer = SlaveReply::Ack { slave_id: id, index_url: self.config.index_url.clone() };
                 self.answer(sockets, ctx, &peer, answer)
             }
@@ -657,6 +691,28 @@ impl SlaveDriver {
         Ok(())
     }
 
+    /// Drops the slaves whose keys were revoked since the last check (their builds go back to
+    /// the queue); their next request is refused.
+    fn on_revocations(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) {
+        let Some(ring) = sockets.gate.keyring() else { return };
+        let generation = ring.generation();
+        if generation == self.keys_checked {
+            return;
+        }
+        self.keys_checked = generation;
+        let refused: Vec<(Vec<u8>, String)> = self
+            .slaves
+            .iter()
+            .filter_map(|(identity, slave)| sockets.gate.check(slave.key.as_deref()).err().map(|refusal| (identity.clone(), refusal.to_string())))
+            .collect();
+        for (identity, reason) in refused {
+            if let Some(slave) = self.slaves.remove(&identity) {
+                notice(sockets, ctx, NoticeLevel::Warning, format!("slave {} ({}) dropped: {reason}", slave.id, slave.hello.host.label));
+                self.drop_slave(sockets, ctx, slave, &reason);
+            }
+        }
+    }
+
     fn on_expire(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) {
         let now = ctx.now();
         let silent: Vec<Vec<u8>> = self.slaves.iter().filter(|(_, s)| s.expired(now)).map(|(id, _)| id.clone()).collect();
@@ -686,7 +742,7 @@ impl Task for SlaveDriver {
     }
 
     fn timers(&self) -> Vec<(Event, Duration)> {
-        vec![(Event::Expire, EXPIRY_CHECK)]
+        vec![(Event::Expire, EXPIRY_CHECK), (Event::Revocations, REVOCATION_CHECK)]
     }
 
     fn handle(&mut self, event: Event, sockets: &mut Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
@@ -695,6 +751,10 @@ impl Task for SlaveDriver {
             Event::Builds => self.on_builds(sockets, ctx.now()),
             Event::Command => self.on_command(sockets, ctx),
             Event::Delete => self.on_delete(sockets, ctx),
+            Event::Revocations => {
+                self.on_revocations(sockets, ctx);
+                Ok(())
+            }
             Event::Expire => {
                 self.on_expire(sockets, ctx);
                 Ok(())

@@ -122,12 +122,15 @@ pub struct Slave {
     pub flags: Flags,
     /// When its host figures were last passed on to monitors.
     pub stats_published: Option<Instant>,
+    /// The user id of its connection (its public key), when the slave socket authenticates:
+    /// a revoked key drops the slave.
+    pub key: Option<String>,
 }
 
 impl Slave {
     /// A slave that has just been acknowledged.
     pub fn new(id: SlaveId, hello: SlaveHello, now: Instant) -> Slave {
-        Slave { id, hello, last_seen: now, stage: Stage::Idle, flags: Flags::default(), stats_published: None }
+        Slave { id, hello, last_seen: now, stage: Stage::Idle, flags: Flags::default(), stats_published: None, key: None }
     }
 
     /// Whether it has been silent for longer than it allowed (its busy timeout).

@@ -2,6 +2,7 @@
 //! variables and flags, in increasing precedence.
 
 use piwheels_common::config::{ConfigArg, HumanDuration};
+use piwheels_common::keys::ClientAuthArgs;
 
 /// The operators' live view of a piwheels master: its slaves, queues, tasks and events, with
 /// keys to sleep, wake, skip or kill slaves and to pause or resume the master.
@@ -24,6 +25,10 @@ pub struct MonitorConfig {
     /// How long to wait for the master to answer: attaching, and each command
     #[arg(long, env = "PIW_CONTROL_TIMEOUT", value_name = "DURATION", default_value = "5s")]
     pub control_timeout: HumanDuration,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub auth: ClientAuthArgs,
 }
 
 #[cfg(test)]

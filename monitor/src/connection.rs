@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use piwheels_common::protocols::{ControlReply, ControlRequest, FarmSnapshot, StatusEvent, Versions};
-use piwheels_common::transport::{self, Client, DEFAULT_MAX_MESSAGE, Receiver, TransportError};
+use piwheels_common::transport::{self, Client, DEFAULT_MAX_MESSAGE, Receiver, Security, TransportError};
 use ratatui::crossterm::event::Event;
 
 use crate::app::Command;
@@ -78,12 +78,12 @@ impl std::fmt::Debug for StatusFeed {
 
 impl StatusFeed {
     /// Subscribes to `endpoint`, watching the connection from the start.
-    pub fn open(ctx: &zmq::Context, endpoint: &str) -> anyhow::Result<StatusFeed> {
+    pub fn open(ctx: &zmq::Context, endpoint: &str, security: &Security) -> anyhow::Result<StatusFeed> {
         static FEEDS: AtomicU32 = AtomicU32::new(0);
         let watch = format!("inproc://piw-monitor-link-{}", FEEDS.fetch_add(1, Ordering::Relaxed));
         let wanted = [zmq::SocketEvent::HANDSHAKE_SUCCEEDED, zmq::SocketEvent::DISCONNECTED].iter().fold(0, |all, e| all | i32::from(e.to_raw()));
         let mut link = None;
-        let events = Receiver::<StatusEvent>::subscribe_with(ctx, endpoint, Some(DEFAULT_MAX_MESSAGE), |socket| {
+        let events = Receiver::<StatusEvent>::subscribe_with(ctx, endpoint, Some(DEFAULT_MAX_MESSAGE), security, |socket| {
             socket.set_heartbeat_ivl(HEARTBEAT_INTERVAL_MS)?;
             socket.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS)?;
             socket.monitor(&watch, wanted)?;
@@ -225,8 +225,8 @@ pub fn read_terminal(out: mpsc::Sender<Input>) {
 
 /// Subscribes to the status socket and waits a moment for the connection; true when it came
 /// up (before the snapshot is asked for, so that no event falls between the two).
-pub fn subscribe(ctx: &zmq::Context, endpoint: &str) -> anyhow::Result<(StatusFeed, bool)> {
-    let feed = StatusFeed::open(ctx, endpoint)?;
+pub fn subscribe(ctx: &zmq::Context, endpoint: &str, security: &Security) -> anyhow::Result<(StatusFeed, bool)> {
+    let feed = StatusFeed::open(ctx, endpoint, security)?;
     let connected = feed.wait_connected(SUBSCRIBE_WAIT);
     Ok((feed, connected))
 }

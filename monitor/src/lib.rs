@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use piwheels_common::protocols::{ControlReply, ControlRequest};
+use piwheels_common::keys::Role;
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE};
 use ratatui::crossterm::event::Event;
 
@@ -33,8 +34,10 @@ const TICK: Duration = Duration::from_secs(1);
 pub fn run(cfg: &MonitorConfig) -> anyhow::Result<Exit> {
     let timeout = cfg.control_timeout.0;
     let ctx = zmq::Context::new();
-    let (feed, _) = connection::subscribe(&ctx, &cfg.status_queue)?;
-    let control = Client::<ControlRequest, ControlReply>::connect(&ctx, &cfg.control_queue, Some(DEFAULT_MAX_MESSAGE))?;
+    let status_security = cfg.auth.security(&cfg.status_queue, Role::Monitor)?;
+    let control_security = cfg.auth.security(&cfg.control_queue, Role::Monitor)?;
+    let (feed, _) = connection::subscribe(&ctx, &cfg.status_queue, &status_security)?;
+    let control = Client::<ControlRequest, ControlReply>::connect_secured(&ctx, &cfg.control_queue, Some(DEFAULT_MAX_MESSAGE), &control_security)?;
     let snapshot = connection::hello(&control, timeout)?;
     let endpoints = Endpoints { control: cfg.control_queue.clone(), status: cfg.status_queue.clone() };
     let mut app = App::new(snapshot, endpoints, chrono::Utc::now());

@@ -39,7 +39,8 @@ use piwheels_common::systemd::Notifier;
 use piwheels_common::hostinfo::{host_info, host_stats};
 use piwheels_common::codec;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, Versions};
-use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, TransportError};
+use piwheels_common::keys::Role;
+use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Security, TransportError};
 use piwheels_common::upload::{UploadOptions, Uploader};
 
 use crate::apt::AptIndex;
@@ -100,6 +101,9 @@ pub enum AgentError {
     /// The slave cannot start (bad options, no interpreter, unusable build root, ...).
     #[error("{0}")]
     Setup(String),
+    /// The master does not accept this slave's key.
+    #[error("{0}")]
+    Unauthorized(String),
     /// Something inside the slave broke.
     #[error("internal error: {0}")]
     Internal(String),
@@ -120,6 +124,8 @@ pub fn refuse_root() -> Result<(), String> {
 /// so that they reach the slave through its signal thread only.
 pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
     config.check().map_err(AgentError::Setup)?;
+    // Before anything slow: a slave without a usable key should say so at once.
+    let security = config.auth.security(&config.slave_endpoint(), Role::Slave).map_err(|e| AgentError::Setup(e.to_string()))?;
     check_clock()?;
     let stop = Arc::new(OnceLock::new());
     let (events_tx, events) = mpsc::channel();
@@ -166,9 +172,10 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
     let ctx = zmq::Context::new();
     let mut agent = Agent {
         config,
-        uploader: Uploader::new(&ctx, &config.file_endpoint()),
+        uploader: Uploader::new(&ctx, &config.file_endpoint(), &security),
         ctx,
         endpoint: config.slave_endpoint(),
+        security,
         builder,
         hello,
         build_root,
@@ -275,6 +282,8 @@ struct Agent<'a> {
     config: &'a SlaveConfig,
     ctx: zmq::Context,
     endpoint: String,
+    /// How the slave socket's connections authenticate.
+    security: Security,
     /// Sends wheels to the file juggler, on a connection kept from one wheel to the next.
     uploader: Uploader,
     builder: Arc<Builder>,
@@ -333,7 +342,8 @@ impl Agent<'_> {
     }
 
     fn connect(&self) -> Result<Connection, AgentError> {
-        Client::connect(&self.ctx, &self.endpoint, Some(DEFAULT_MAX_MESSAGE)).map_err(|e| AgentError::Setup(format!("cannot connect to the master: {e}")))
+        Client::connect_secured(&self.ctx, &self.endpoint, Some(DEFAULT_MAX_MESSAGE), &self.security)
+            .map_err(|e| AgentError::Setup(format!("cannot connect to the master: {e}")))
     }
 
     /// Says hello until the master answers; None when a signal stops the slave first.
@@ -359,6 +369,7 @@ impl Agent<'_> {
                 Ok(SlaveReply::Refused { reason }) => return Err(AgentError::Refused { reason }),
                 Ok(other) => return Err(AgentError::Protocol(format!("the master answered Hello with {}", reply_name(&other)))),
                 Err(TransportError::Protocol(e)) => return Err(AgentError::Protocol(format!("the master's answer to Hello is not a slave reply: {e}"))),
+                Err(e @ TransportError::Unauthorized { .. }) => return Err(AgentError::Unauthorized(e.to_string())),
                 Err(_) if self.stopping() => {
                     discard(client);
                     return Ok(None);
@@ -393,6 +404,7 @@ impl Agent<'_> {
             Err(TransportError::Protocol(e)) => {
                 Err(AgentError::Protocol(format!("the master's answer to {} is not a slave reply: {e}", request_name(request))))
             }
+            Err(e @ TransportError::Unauthorized { .. }) => Err(AgentError::Unauthorized(e.to_string())),
             Err(e) => {
                 tracing::warn!("no answer from the master to {} within {} ({e}): connecting again", request_name(request), self.config.master_timeout);
                 Ok(Answer::Silent)

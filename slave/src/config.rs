@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use piwheels_common::config::{ByteSize, ConfigArg, HumanDuration};
+use piwheels_common::keys::ClientAuthArgs;
 use piwheels_common::logging::LogArgs;
 use piwheels_common::transport::DEFAULT_MAX_MESSAGE;
 
@@ -32,6 +33,10 @@ pub struct SlaveConfig {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub auth: ClientAuthArgs,
 
     /// The master's host name or address (an IPv6 address as is, e.g. fd00::1); the slave
     /// talks to its slave driver on port 5555 and sends wheels to its file juggler on port

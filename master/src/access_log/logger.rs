@@ -20,9 +20,10 @@ use chrono::Utc;
 use flate2::read::MultiGzDecoder;
 use piwheels_common::codec;
 use piwheels_common::config::{ByteSize, ConfigArg, HumanDuration};
+use piwheels_common::keys::{ClientAuthArgs, Role};
 use piwheels_common::logging::LogArgs;
 use piwheels_common::protocols::{AccessRecord, LogReply, LogRequest, Versions};
-use piwheels_common::transport::{Client, TransportError};
+use piwheels_common::transport::{Client, Security, TransportError};
 
 use super::{Kind, Line, Lines, Problem, parse_line, validate};
 use crate::lumberjack::{self, MAX_BATCH, MAX_MESSAGE};
@@ -42,6 +43,10 @@ pub struct LoggerConfig {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub auth: ClientAuthArgs,
 
     /// Access logs to read, in order; - is standard input, and names ending in .gz are
     /// decompressed
@@ -212,6 +217,7 @@ pub enum SendError {
 /// A connection to the master's log ingester.
 pub struct Shipper {
     ctx: zmq::Context,
+    security: Security,
     /// Replaced by a fresh connection when the ingester stops answering.
     client: std::cell::RefCell<Client<LogRequest, LogReply>>,
     endpoint: String,
@@ -228,9 +234,9 @@ impl std::fmt::Debug for Shipper {
 impl Shipper {
     /// Connects to the ingester at `endpoint` and says hello, waiting at most
     /// `connect_timeout` for the welcome; batches wait at most `timeout`.
-    pub fn connect(ctx: &zmq::Context, endpoint: &str, connect_timeout: Duration, timeout: Duration) -> Result<Shipper, SendError> {
-        let client = std::cell::RefCell::new(Client::connect(ctx, endpoint, Some(MAX_MESSAGE))?);
-        let shipper = Shipper { ctx: ctx.clone(), client, endpoint: endpoint.to_string(), connect_timeout, timeout };
+    pub fn connect(ctx: &zmq::Context, endpoint: &str, security: &Security, connect_timeout: Duration, timeout: Duration) -> Result<Shipper, SendError> {
+        let client = std::cell::RefCell::new(Client::connect_secured(ctx, endpoint, Some(MAX_MESSAGE), security)?);
+        let shipper = Shipper { ctx: ctx.clone(), security: security.clone(), client, endpoint: endpoint.to_string(), connect_timeout, timeout };
         shipper.hello()?;
         Ok(shipper)
     }
@@ -279,7 +285,7 @@ impl Shipper {
                 Err(SendError::NoAnswer { .. }) if !retried => {
                     tracing::debug!("no answer to a batch; connecting and saying hello again");
                     retried = true;
-                    *self.client.borrow_mut() = Client::connect(&self.ctx, &self.endpoint, Some(MAX_MESSAGE))?;
+                    *self.client.borrow_mut() = Client::connect_secured(&self.ctx, &self.endpoint, Some(MAX_MESSAGE), &self.security)?;
                     self.hello()?;
                     continue;
                 }
@@ -303,7 +309,8 @@ impl Shipper {
 /// could not be reached at all; later failures are in the [`Outcome`].
 pub fn run(cfg: &LoggerConfig) -> Result<Outcome, SendError> {
     let ctx = zmq::Context::new();
-    let shipper = Shipper::connect(&ctx, &cfg.logger_queue, cfg.connect_timeout.0, cfg.timeout.0)?;
+    let security = cfg.auth.security(&cfg.logger_queue, Role::Logger).map_err(|e| SendError::Refused(e.to_string()))?;
+    let shipper = Shipper::connect(&ctx, &cfg.logger_queue, &security, cfg.connect_timeout.0, cfg.timeout.0)?;
     let (tx, rx) = mpsc::sync_channel(QUEUE);
     let (files, max_line) = (cfg.files.clone(), usize::try_from(cfg.max_line.0).unwrap_or(usize::MAX));
     // The reader is left behind if sending fails; it ends with the process.
