@@ -6,6 +6,11 @@
 # the farm's index into a fresh virtual environment. The farm then keeps running and the
 # script prints its addresses; Ctrl-C stops it. Running it again reuses everything.
 #
+# The farm runs authenticated, as a real one should: the master's tcp sockets admit only the
+# keys in farm/state/authorized_keys.toml. The script makes a key for its slave (role slave),
+# for the admin tools (importer) and for piw-monitor (operator) in farm/keys, authorizes them
+# with piw-keys, and writes them into the configuration file.
+#
 # Settings (environment): FARM_DB (the database, default piwheels: a farm's database and its
 # ./farm go together, so give another checkout its own), FARM_HTTP (index server address,
 # default 127.0.0.1:8080),
@@ -50,7 +55,23 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 mkdir -p "$farm/state" "$farm/www" "$farm/builds"
 install -d -m 700 "$farm/run"
+install -d -m 755 "$farm/keys"
 chown "$builder" "$farm/builds"
+
+step "keys (in $farm/keys, authorized in $farm/state/authorized_keys.toml)"
+keys() { "$bin/piw-keys" --config /dev/null --state-dir "$farm/state" "$@"; }
+master_key=$(keys master | tail -n 1)
+# client_key NAME ROLE OWNER: a key pair for one client, readable by its owner only, and
+# authorized with the label farm-NAME unless it is already.
+client_key() {
+    local file=$farm/keys/$1.key
+    [ -f "$file" ] || keys new "$file" >/dev/null
+    chown "$3" "$file"
+    keys list | awk '{print $1}' | grep -qx "farm-$1" || keys authorize "$file" --role "$2" --label "farm-$1"
+}
+client_key slave slave "$builder"
+client_key tools importer "$(id -un)"
+client_key monitor operator "$(id -un)"
 
 cat > "$config" <<TOML
 # Written by scripts/farm.sh on every run, so that the paths follow the checkout.
@@ -70,14 +91,23 @@ http-listen = "$http"
 master = "127.0.0.1"
 build-root = "$farm/builds"
 python = "/usr/bin/python3"
+key = "$farm/keys/slave.key"
+master-key = "$master_key"
 
 [import]
 import-queue = "ipc://$farm/run/import"
 file-queue = "tcp://127.0.0.1:5556"
+key = "$farm/keys/tools.key"
+master-key = "$master_key"
 
 [monitor]
 control-queue = "ipc://$farm/run/control"
 status-queue = "ipc://$farm/run/status"
+key = "$farm/keys/monitor.key"
+master-key = "$master_key"
+
+[keys]
+state-dir = "$farm/state"
 
 [logger]
 logger-queue = "ipc://$farm/run/logger"
@@ -152,6 +182,7 @@ cat >&2 <<TXT
   home page        http://$http/
   monitor          $bin/piw-monitor --config $config
   add packages     $bin/piw-add --config $config NAME VERSION
+  keys             $bin/piw-keys --config $config list   (the master's public key: $master_key)
   configuration    $config
   logs             $farm/master.log, $farm/slave.log
 TXT

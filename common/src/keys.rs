@@ -79,9 +79,13 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
     move |source| KeyError::Io { path: path.to_path_buf(), source }
 }
 
+/// The 85 characters of Z85.
+const Z85_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+
 fn z85_key(text: &str) -> Result<[u8; 32], KeyError> {
     let text = text.trim();
-    if text.len() != 40 {
+    // Checked here rather than trusted to the decoder, which takes some bytes outside it.
+    if text.len() != 40 || !text.bytes().all(|b| Z85_ALPHABET.contains(&b)) {
         return Err(KeyError::Malformed(text.to_string()));
     }
     zmq::z85_decode(text).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()).ok_or_else(|| KeyError::Malformed(text.to_string()))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use piwheels_common::protocols::{FileReply, FileRequest, TransferId};
 use piwheels_common::transport::{DEFAULT_MAX_MESSAGE, Server};
 use piwheels_common::upload::{UploadError, UploadOptions, Uploader};
+use piwheels_common::transport::Security;
 
 /// Upper bound for anything that should happen at once; only reached when a test fails.
 const WAIT: Duration = Duration::from_secs(5);
@@ -70,7 +71,7 @@ fn an_uploader_keeps_its_connection_after_a_clean_end_and_replaces_it_after_a_fa
     let path = tmp.path().join("demo-1.0-py3-none-any.whl");
     std::fs::write(&path, &contents).expect("write the file");
     let options = || UploadOptions { nudge_after: WAIT, overall_timeout: 2 * WAIT, stop_after_bytes: None };
-    let mut uploader = Uploader::new(&ctx, &endpoint);
+    let mut uploader = Uploader::new(&ctx, &endpoint, &Security::Plain);
     for transfer in [1, 2] {
         let report = uploader.upload(transfer, &path, options()).expect("a clean upload");
         assert_eq!((report.bytes_sent, report.hellos), (size, 1));

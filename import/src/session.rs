@@ -117,6 +117,7 @@ pub fn actor(tool: &str) -> String {
 mod tests {
     use super::*;
     use piwheels_common::config::HumanDuration;
+    use piwheels_common::keys::ClientAuthArgs;
 
     fn args(endpoint: &str) -> ConnectArgs {
         ConnectArgs {
@@ -124,6 +125,8 @@ mod tests {
             file_queue: "tcp://localhost:5556".into(),
             connect_timeout: HumanDuration(Duration::from_millis(300)),
             timeout: HumanDuration(Duration::from_secs(1)),
+            // Silence is what these tests are about; tools/ tests the keys.
+            auth: ClientAuthArgs { no_auth: true, ..Default::default() },
         }
     }
 

@@ -16,6 +16,8 @@ use piwheels_common::transport::{Client, Server};
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
+use piwheels_common::keys::Role;
+use piwheels_testsupport::keys::ClientKey;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -51,13 +53,17 @@ impl Master {
         db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311)");
         let root = dir.path();
         let file_port = free_port();
+        // piw-import uploads over tcp, so the tools have an importer's key.
+        let key = ClientKey::authorized(&root.join("state"), &root.join("tools.key"), Role::Importer, "admin");
         std::fs::write(root.join("master.toml"), "[master]\noracles = 2\nstats-interval = \"1s\"\n").unwrap();
         // The tools read the shared [import] table.
         std::fs::write(
             root.join("tools.toml"),
             format!(
-                "[import]\nimport-queue = \"ipc://{}/run/import\"\nfile-queue = \"tcp://127.0.0.1:{file_port}\"\nconnect-timeout = \"3s\"\ntimeout = \"1m\"\n",
-                root.display()
+                "[import]\nimport-queue = \"ipc://{}/run/import\"\nfile-queue = \"tcp://127.0.0.1:{file_port}\"\nconnect-timeout = \"3s\"\ntimeout = \"1m\"\nkey = \"{}\"\nmaster-key = \"{}\"\n",
+                root.display(),
+                key.file.display(),
+                key.master
             ),
         )
         .unwrap();
@@ -470,11 +476,14 @@ fn every_tool_says_clearly_when_no_master_is_running() {
     let dir = tempfile::tempdir().unwrap();
     let wheel = make_wheel(dir.path(), "foo", "1.0");
     let port = free_port();
+    // The tools are set up as for a real farm, with a key, but no master runs.
+    let key = ClientKey::unknown(&dir.path().join("state"), &dir.path().join("tools.key"));
+    let key = format!("key = \"{}\"\nmaster-key = \"{}\"\n", key.file.display(), key.master);
     let configs = [
         // No socket file at all: told at once.
-        ("ipc", format!("[import]\nimport-queue = \"ipc://{}/run/import\"\n", dir.path().display()), "does not exist"),
+        ("ipc", format!("[import]\nimport-queue = \"ipc://{}/run/import\"\n{key}", dir.path().display()), "does not exist"),
         // Nobody listening on a tcp port: told after the connect timeout.
-        ("tcp", format!("[import]\nimport-queue = \"tcp://127.0.0.1:{port}\"\nconnect-timeout = \"2s\"\n"), "no answer from the master"),
+        ("tcp", format!("[import]\nimport-queue = \"tcp://127.0.0.1:{port}\"\nconnect-timeout = \"2s\"\n{key}"), "no answer from the master"),
     ];
     for (kind, text, expected) in configs {
         let config = dir.path().join(format!("{kind}.toml"));

@@ -34,6 +34,7 @@ use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};
 use piwheels_master::file_juggler::{FS_ENDPOINT, FileJuggler, JugglerConfig, Sockets};
 use sha2::{Digest, Sha256};
+use piwheels_common::transport::Security;
 
 const MB: usize = 1_000_000;
 const WRITE: usize = 256 << 10;
@@ -149,7 +150,7 @@ impl Bench {
             let FsReply::Expecting { transfer } = self.fs.request(&request, Duration::from_secs(60)).unwrap() else {
                 panic!("not expected")
             };
-            upload(&self.uploaders, &self.endpoint, transfer, &path, UploadOptions::default()).unwrap();
+            upload(&self.uploaders, &self.endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap();
             self.verify(transfer);
             std::fs::remove_file(path).unwrap();
         }
@@ -166,7 +167,7 @@ impl Bench {
     fn one(&mut self, bytes: &[u8]) -> OneRun {
         let (path, transfer) = self.expect(bytes);
         let (start, threads_before) = (Instant::now(), thread_cpu());
-        let report = upload(&self.uploaders, &self.endpoint, transfer, &path, UploadOptions::default()).unwrap();
+        let report = upload(&self.uploaders, &self.endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap();
         let done = start.elapsed();
         let mut threads = thread_cpu();
         for (name, cpu) in &mut threads {
@@ -187,7 +188,7 @@ impl Bench {
             .iter()
             .map(|(path, transfer)| {
                 let (ctx, endpoint, path, transfer) = (self.uploaders.clone(), self.endpoint.clone(), path.clone(), *transfer);
-                std::thread::spawn(move || upload(&ctx, &endpoint, transfer, &path, UploadOptions::default()).unwrap())
+                std::thread::spawn(move || upload(&ctx, &endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap())
             })
             .collect();
         for t in threads {

@@ -462,7 +462,9 @@ impl Gatekeeper {
         if version.as_slice() != b"1.0" {
             return reply(id, "500", "unknown ZAP version", "");
         }
+        // Sockets listen on IPv6 too, so IPv4 clients arrive mapped (::ffff:192.0.2.1).
         let address = String::from_utf8_lossy(address);
+        let address = address.strip_prefix("::ffff:").unwrap_or(&address);
         let Some(endpoint) = std::str::from_utf8(domain).ok().and_then(Endpoint::from_zap_domain) else {
             tracing::error!("ZAP request for the unknown domain {:?} from {address}", String::from_utf8_lossy(domain));
             return reply(id, "400", "unknown domain", "");
@@ -481,7 +483,7 @@ impl Gatekeeper {
                 reply(id, "200", "OK", &key.to_string())
             }
             Err(refusal) => {
-                if self.ring.should_log(key, &address, now) {
+                if self.ring.should_log(key, address, now) {
                     tracing::warn!(
                         "refused a connection to {endpoint} from {address}: {refusal} (public key {key}; at most one such message a minute for this key and address)"
                     );

@@ -19,6 +19,7 @@ use piwheels_common::{PROTOCOL_VERSION, SOFTWARE_VERSION};
 use piwheels_master::file_juggler::{FS_ENDPOINT, FileJuggler, JugglerConfig, Sockets};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+use piwheels_common::transport::Security;
 
 const MB: usize = 1_000_000;
 const FS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,7 +122,7 @@ impl Juggler {
     }
 
     fn upload(&self, transfer: TransferId, path: &Path, options: UploadOptions) -> Result<UploadReport, UploadError> {
-        upload(&self.rt.zmq, &self.endpoint, transfer, path, options)
+        upload(&self.rt.zmq, &self.endpoint, &Security::Plain, transfer, path, options)
     }
 
     fn output(&self) -> PathBuf {
@@ -416,7 +417,7 @@ fn a_restarted_juggler_resumes_the_transfer_and_publishes_nothing_half_written()
     // is back.
     let (ctx, endpoint, upload_path) = (j.rt.zmq.clone(), j.endpoint.clone(), path.clone());
     let uploader = std::thread::spawn(move || {
-        upload(&ctx, &endpoint, transfer, &upload_path, UploadOptions { nudge_after: Duration::from_secs(1), ..fast() })
+        upload(&ctx, &endpoint, &Security::Plain, transfer, &upload_path, UploadOptions { nudge_after: Duration::from_secs(1), ..fast() })
     });
     std::thread::sleep(Duration::from_millis(1500));
     j.start();
@@ -444,7 +445,7 @@ fn sixteen_concurrent_transfers_all_complete_and_verify() {
         .map(|(path, _, transfer)| {
             let (ctx, endpoint, path, transfer) = (j.rt.zmq.clone(), j.endpoint.clone(), path.clone(), *transfer);
             let options = UploadOptions { nudge_after: Duration::from_secs(5), ..fast() };
-            std::thread::spawn(move || upload(&ctx, &endpoint, transfer, &path, options))
+            std::thread::spawn(move || upload(&ctx, &endpoint, &Security::Plain, transfer, &path, options))
         })
         .collect();
     for (uploader, (_, file, _)) in uploaders.into_iter().zip(&files) {

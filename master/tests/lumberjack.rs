@@ -21,6 +21,8 @@ use piwheels_master::access_log::{Problem, limits};
 use piwheels_master::big_brother::STATS_ENDPOINT;
 use piwheels_master::lumberjack::{self, Lumberjack, MAX_BATCH, MAX_MESSAGE};
 use support::{Pool, eventually};
+use piwheels_common::transport::Security;
+use piwheels_master::gatekeeper::Auth;
 
 /// The ingester on an ipc socket in a private directory, over a pool of `oracles`, with the
 /// stats task's socket bound here to see what it is told.
@@ -43,7 +45,7 @@ impl Ingester {
         let handle = task::spawn(
             &pool.rt,
             "lumberjack",
-            move |ctx| lumberjack::Sockets::open(ctx, &bind, db_timeout),
+            move |ctx| lumberjack::Sockets::open(ctx, &bind, db_timeout, &Auth::disabled()),
             |_| Ok(Lumberjack::new()),
         )
         .unwrap();
@@ -58,7 +60,7 @@ impl Ingester {
     }
 
     fn shipper(&self) -> Shipper {
-        Shipper::connect(&self.pool.rt.zmq, &self.endpoint, Duration::from_secs(5), Duration::from_secs(20)).unwrap()
+        Shipper::connect(&self.pool.rt.zmq, &self.endpoint, &Security::Plain, Duration::from_secs(5), Duration::from_secs(20)).unwrap()
     }
 
     /// A bare client that has not said hello.
@@ -364,13 +366,13 @@ fn a_restarted_ingester_is_greeted_again_and_takes_the_batch() {
     ingester.handle = task::spawn(
         &ingester.pool.rt,
         "lumberjack_again",
-        move |ctx| lumberjack::Sockets::open(ctx, &bind, Duration::from_secs(10)),
+        move |ctx| lumberjack::Sockets::open(ctx, &bind, Duration::from_secs(10), &Auth::disabled()),
         |_| Ok(Lumberjack::new()),
     )
     .unwrap();
     // Once the new ingester answers a new logger (its socket is bound and it serves)...
     eventually("the new ingester to answer", Duration::from_secs(20), || {
-        Shipper::connect(&ingester.pool.rt.zmq, &ingester.endpoint, Duration::from_secs(1), Duration::from_secs(1)).is_ok()
+        Shipper::connect(&ingester.pool.rt.zmq, &ingester.endpoint, &Security::Plain, Duration::from_secs(1), Duration::from_secs(1)).is_ok()
     });
     // ...it does not know the old logger's connection: that logger says hello again.
     assert_eq!(shipper.send(vec![page("home", "192.0.2.2")]).unwrap(), (1, 0));

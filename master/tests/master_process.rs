@@ -12,6 +12,8 @@ use piwheels_common::transport::{Client, Receiver};
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
+use piwheels_common::keys::Role;
+use piwheels_testsupport::keys::ClientKey;
 
 /// A master running in its own temporary directories against its own database, killed when
 /// dropped.
@@ -308,12 +310,13 @@ fn the_file_socket_refuses_an_upload_nobody_expects() {
     let root = dir.path();
     let db = migrated_db();
     let port = free_port();
+    let key = ClientKey::authorized(&root.join("state"), &root.join("slave.key"), Role::Slave, "pi-1");
     let mut child = Master::spawn_with(root, &root.join("state"), &root.join("www"), "run", &db.app_url(), port, "");
     let ctx = zmq::Context::new();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), b"not a wheel").unwrap();
     let options = piwheels_common::upload::UploadOptions { overall_timeout: Duration::from_secs(10), ..Default::default() };
-    let result = piwheels_common::upload::upload(&ctx, &format!("tcp://127.0.0.1:{port}"), 12345, file.path(), options);
+    let result = piwheels_common::upload::upload(&ctx, &format!("tcp://127.0.0.1:{port}"), &key.security(), 12345, file.path(), options);
     let _ = child.kill();
     let _ = child.wait();
     match result {

@@ -21,6 +21,8 @@ use piwheels_master::big_brother::STATS_ENDPOINT;
 use piwheels_master::mr_chase::{self, ChaseConfig, MrChase};
 use piwheels_testsupport::data::wheel_file;
 use support::{Pool, eventually, stand_in};
+use piwheels_common::transport::Security;
+use piwheels_master::gatekeeper::Auth;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -49,7 +51,7 @@ impl Farm {
         let stats = Receiver::pull(&pool.rt.zmq, STATS_ENDPOINT, None).unwrap();
         let triggers = Receiver::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
         let import_endpoint = format!("ipc://{}/run/import", dir.path().display());
-        let config = ChaseConfig { import_queue: import_endpoint.clone(), db_timeout: WAIT };
+        let config = ChaseConfig { import_queue: import_endpoint.clone(), db_timeout: WAIT, auth: Auth::disabled() };
         let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());
         let chase = task::spawn(
             &pool.rt,
@@ -155,7 +157,7 @@ impl Tool {
         let mut reply = self.ask(AdminRequest::Import(request));
         while let AdminReply::Send { filename, transfer } = reply {
             let path = path_of(files, &filename);
-            upload(&self.ctx, &self.file_endpoint, transfer, path, UploadOptions::default()).unwrap();
+            upload(&self.ctx, &self.file_endpoint, &Security::Plain, transfer, path, UploadOptions::default()).unwrap();
             asked.push(filename.clone());
             reply = self.ask(AdminRequest::Sent { filename });
         }
@@ -242,7 +244,7 @@ fn an_import_publishes_every_file_before_recording_the_build() {
     while let AdminReply::Send { filename, transfer } = reply {
         // Nothing is recorded while files are still on their way.
         assert!(farm.builds().is_empty());
-        upload(&tool.ctx, &tool.file_endpoint, transfer, path_of(&files, &filename), UploadOptions::default()).unwrap();
+        upload(&tool.ctx, &tool.file_endpoint, &Security::Plain, transfer, path_of(&files, &filename), UploadOptions::default()).unwrap();
         asked.push(filename.clone());
         reply = tool.ask(AdminRequest::Sent { filename });
     }
@@ -350,14 +352,14 @@ fn an_undone_import_keeps_a_file_another_import_recorded_meanwhile() {
     let AdminReply::Send { filename, transfer } = a.ask(AdminRequest::Import(import_request("foo", "1.0", &files))) else {
         panic!("expected a send")
     };
-    upload(&a.ctx, &a.file_endpoint, transfer, path_of(&files, &filename), UploadOptions::default()).unwrap();
+    upload(&a.ctx, &a.file_endpoint, &Security::Plain, transfer, path_of(&files, &filename), UploadOptions::default()).unwrap();
     let mut reply = a.ask(AdminRequest::Sent { filename: filename.clone() });
     // Bob imports just that file: published already, it is recorded at once.
     let first = vec![files[0].clone()];
     assert!(done(b.ask(AdminRequest::Import(import_request("foo", "1.0", &first)))).contains("1 already held"));
     // Alice's second file never verifies: her import is undone, but Bob's file stays.
     while let AdminReply::Send { filename, transfer } = reply {
-        upload(&a.ctx, &a.file_endpoint, transfer, path_of(&files, &filename), UploadOptions::default()).unwrap();
+        upload(&a.ctx, &a.file_endpoint, &Security::Plain, transfer, path_of(&files, &filename), UploadOptions::default()).unwrap();
         reply = a.ask(AdminRequest::Sent { filename });
     }
     let message = error(reply);
@@ -394,8 +396,8 @@ fn two_tools_import_at_once_each_in_its_own_session() {
     let AdminReply::Send { filename: fb, transfer: tb } = b.ask(AdminRequest::Import(import_request("bar", "2.0", &bar))) else {
         panic!("expected a send")
     };
-    upload(&b.ctx, &b.file_endpoint, tb, &bar[0].0, UploadOptions::default()).unwrap();
-    upload(&a.ctx, &a.file_endpoint, ta, &foo[0].0, UploadOptions::default()).unwrap();
+    upload(&b.ctx, &b.file_endpoint, &Security::Plain, tb, &bar[0].0, UploadOptions::default()).unwrap();
+    upload(&a.ctx, &a.file_endpoint, &Security::Plain, ta, &foo[0].0, UploadOptions::default()).unwrap();
     assert!(done(b.ask(AdminRequest::Sent { filename: fb })).contains("bar 2.0"));
     assert!(done(a.ask(AdminRequest::Sent { filename: fa })).contains("foo 1.0"));
     let mut builds = farm.builds();

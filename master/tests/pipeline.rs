@@ -12,7 +12,9 @@ use nix::unistd::Pid;
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
+use piwheels_common::keys::Role;
 use piwheels_testsupport::installers::local_abi;
+use piwheels_testsupport::keys::ClientKey;
 use piwheels_testsupport::programs::{program, shared_dir, unprivileged};
 use piwheels_testsupport::pypi::{FakePypi, sdist};
 
@@ -96,8 +98,19 @@ impl Farm {
         }
     }
 
-    /// A slave building under `<dir>/<name>`.
+    /// A key for slave `name`, authorized as a slave with that label.
+    fn slave_key(&self, name: &str) -> ClientKey {
+        ClientKey::authorized(&self.path("state"), &self.path(&format!("{name}.key")), Role::Slave, name).for_unprivileged()
+    }
+
+    /// A slave building under `<dir>/<name>`, with a key of its own.
     fn start_slave(&self, name: &str) -> Process {
+        let key = self.slave_key(name);
+        self.start_slave_with(name, &key, Stdio::null())
+    }
+
+    /// A slave building under `<dir>/<name>` with `key`, its log going to `stderr`.
+    fn start_slave_with(&self, name: &str, key: &ClientKey, stderr: Stdio) -> Process {
         let root = self.path(name);
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
@@ -114,11 +127,12 @@ impl Farm {
             .args(["--build-command", build_command])
             .args(["--build-timeout", "8s", "--busy-interval", "1s", "--sleep-interval", "1s", "--upload-timeout", "5s"])
             .args(["--busy-timeout", "9s", "--master-timeout", "5s", "--reconnect-interval", "1s", "--min-free-disk", "0"])
+            .args(key.args())
             .env(sdist::PID_FILE_ENV, &self.pid_file)
             .env("HOME", &root)
             .env_remove("PIW_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         Process(child)
@@ -271,5 +285,53 @@ fn two_slaves_build_the_feed_and_survive_timeouts_removals_kills_and_a_master_re
     assert_eq!(farm.wait_for_build("late-pkg 1.0", minute), "late-pkg 1.0 t -");
     let builds = farm.builds();
     assert_eq!(builds.len(), 6, "{builds:?}");
+    drop(slaves);
+}
+
+#[test]
+fn revoking_a_busy_slaves_key_drops_it_and_another_slave_builds_its_release() {
+    let mut farm = Farm::new();
+    farm.start_master();
+    let (key_a, key_b) = (farm.slave_key("slave-a"), farm.slave_key("slave-b"));
+    let logs = |name: &str| farm.path(&format!("{name}.log"));
+    let log_file = |name: &str| Stdio::from(std::fs::File::create(logs(name)).unwrap());
+    let mut slaves = [
+        ("slave-a", &key_a, Some(farm.start_slave_with("slave-a", &key_a, log_file("slave-a")))),
+        ("slave-b", &key_b, Some(farm.start_slave_with("slave-b", &key_b, log_file("slave-b")))),
+    ];
+    farm.pypi.create_package("slow-pkg", None);
+    farm.pypi.add_source("slow-pkg", "1.0", sdist::sleeping("slow-pkg", "1.0", 3));
+    let pids = farm.wait_for_pids(1);
+    let builder = farm.building_in(&["slave-a", "slave-b"]).expect("a slave building slow-pkg");
+    let (_, key, process) = slaves.iter_mut().find(|(name, _, _)| *name == builder).unwrap();
+    let mut victim = process.take().unwrap();
+
+    // Its key is revoked mid-build: within 5 s the master drops it and the slave, told why,
+    // exits and kills its build.
+    key.revoke(&farm.path("state"));
+    let revoked = Instant::now();
+    let status = loop {
+        if let Some(status) = victim.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(revoked.elapsed() < Duration::from_secs(5), "the slave with the revoked key still runs after 5 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = std::fs::read_to_string(logs(&builder)).unwrap();
+    assert!(said.contains(&format!("the key {} ({builder}) was revoked", key.pair.public.fingerprint())), "{status}: {said}");
+    wait_dead(&pids, Duration::from_secs(20));
+
+    // The other slave builds the release, and the build is recorded under its key's label.
+    assert_eq!(farm.wait_for_build("slow-pkg 1.0", Duration::from_secs(120)), "slow-pkg 1.0 t -");
+    let other = if builder == "slave-a" { "slave-b" } else { "slave-a" };
+    assert_eq!(farm.db.column("SELECT builder FROM builds WHERE package = 'slow-pkg'"), vec![Some(other.to_string())]);
+
+    // The revoked key's new connections are refused: a slave started with it says so and exits.
+    let again = farm.start_slave_with(&builder, key, log_file(&format!("{builder}-again")));
+    let mut again = again;
+    let status = again.0.wait().unwrap();
+    let said = std::fs::read_to_string(logs(&format!("{builder}-again"))).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(said.contains("refused this client's key") && said.contains(&key.pair.public.fingerprint()), "{said}");
     drop(slaves);
 }

@@ -25,6 +25,8 @@ use piwheels_master::slave_driver::{self, DELETES_ENDPOINT, DriverConfig, SlaveD
 use piwheels_testsupport::data::wheel_file;
 use piwheels_testsupport::free_port;
 use support::{Pool, eventually, stand_in};
+use piwheels_common::transport::Security;
+use piwheels_master::gatekeeper::Auth;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -56,6 +58,7 @@ impl Farm {
             index_url: "http://127.0.0.1:9/simple/".into(),
             max_message: 16 << 20,
             db_timeout: WAIT,
+            auth: Auth::disabled(),
         };
         let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());
         let driver = task::spawn(
@@ -210,7 +213,7 @@ fn a_build_is_handed_out_its_wheel_sent_and_the_build_recorded() {
         panic!("expected a send")
     };
     assert_eq!(filename, "foo-1.0-cp311-cp311-linux_armv7l.whl");
-    upload(&farm.pool.rt.zmq, &farm.file_endpoint, transfer, &path, UploadOptions::default()).unwrap();
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap();
     assert_eq!(slave.ask(SlaveRequest::Sent { filename: filename.clone() }), SlaveReply::Done);
 
     let published = farm.dir.path().join("www/simple/foo").join(&filename);
@@ -286,15 +289,15 @@ fn a_file_that_fails_verification_is_asked_for_again() {
     let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![file.clone()]))) else {
         panic!("expected a send")
     };
-    upload(&farm.pool.rt.zmq, &farm.file_endpoint, transfer, &path, UploadOptions::default()).unwrap();
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap();
     let again = slave.ask(SlaveRequest::Sent { filename: filename.clone() });
     let SlaveReply::Send { filename: asked, transfer: second } = again else { panic!("expected the file again, got {again:?}") };
     assert_eq!(asked, filename);
-    upload(&farm.pool.rt.zmq, &farm.file_endpoint, second, &path, UploadOptions::default()).unwrap();
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, second, &path, UploadOptions::default()).unwrap();
     let SlaveReply::Send { transfer: third, .. } = slave.ask(SlaveRequest::Sent { filename: filename.clone() }) else {
         panic!("expected a third attempt")
     };
-    upload(&farm.pool.rt.zmq, &farm.file_endpoint, third, &path, UploadOptions::default()).unwrap();
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, third, &path, UploadOptions::default()).unwrap();
     // After three failed attempts the file is given up and the build recorded as failed.
     assert_eq!(slave.ask(SlaveRequest::Sent { filename: filename.clone() }), SlaveReply::Done);
     assert!(farm.builds()[0].ends_with(" f build"), "{:?}", farm.builds());
@@ -465,7 +468,7 @@ fn files_of_an_abandoned_build_are_unpublished_unless_a_build_records_them() {
         panic!("expected a send")
     };
     assert_eq!(filename, first.filename);
-    upload(&farm.pool.rt.zmq, &farm.file_endpoint, transfer, &first_path, UploadOptions::default()).unwrap();
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &first_path, UploadOptions::default()).unwrap();
     // The first file is published; the operator skips the build before the second arrives.
     let SlaveReply::Send { filename: next, .. } = slave.ask(SlaveRequest::Sent { filename: filename.clone() }) else {
         panic!("expected the second file to be asked for")
@@ -500,7 +503,7 @@ fn a_file_whose_contents_the_index_holds_under_another_name_is_linked_not_sent()
     let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![first.clone()]))) else {
         panic!("expected a send")
     };
-    upload(&farm.pool.rt.zmq, &farm.file_endpoint, transfer, &path, UploadOptions::default()).unwrap();
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap();
     assert_eq!(slave.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
 
     // The other release builds to the very same bytes under its own name: nothing is sent.
@@ -551,7 +554,7 @@ impl TimedDriver {
         let rt = Runtime { poll_cap: Duration::from_millis(10), ..Runtime::new(pool.rt.zmq.clone(), Arc::new(clock.clone()), "inproc://status") };
         let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());
         let config =
-            DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT };
+            DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT, auth: Auth::disabled() };
         let open_config = config.clone();
         let driver = task::spawn(
             &rt,

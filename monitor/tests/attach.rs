@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{ControlReply, ControlRequest, StatusEvent};
-use piwheels_common::transport::{Sender, Server};
+use piwheels_common::transport::{Security, Sender, Server};
 use piwheels_monitor::connection::{Input, StatusFeed};
 
 /// A directory whose `run/` subdirectory holds the ipc sockets (created private, mode 700,
@@ -68,8 +68,8 @@ fn the_status_feed_reports_events_and_the_connection_going() {
     let dir = run_dir();
     let status = format!("ipc://{}/run/status", dir.path().display());
     let ctx = zmq::Context::new();
-    let publisher = Sender::<StatusEvent>::publish(&ctx, &status).unwrap();
-    let feed = StatusFeed::open(&ctx, &status).unwrap();
+    let publisher = Sender::<StatusEvent>::publish(&ctx, &status, &Security::Plain).unwrap();
+    let feed = StatusFeed::open(&ctx, &status, &Security::Plain).unwrap();
     assert!(feed.wait_connected(Duration::from_secs(5)), "the subscription never connected");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || feed.pump(tx));

@@ -18,6 +18,8 @@ use piwheels_common::transport::Client;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
 use piwheels_testsupport::programs::program;
+use piwheels_common::keys::Role;
+use piwheels_testsupport::keys::ClientKey;
 
 /// How long anything on the screen may take to appear.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -27,6 +29,7 @@ struct Master {
     child: Child,
     dir: tempfile::TempDir,
     slave_port: u16,
+    slave_key: ClientKey,
     _db: TestDb,
 }
 
@@ -40,6 +43,9 @@ impl Master {
         std::fs::write(&config, "[master]\nstats-interval = \"200ms\"\noracles = 2\n").unwrap();
         let log = std::fs::File::create(dir.path().join("master.log")).unwrap();
         let slave_port = free_port();
+        // The scripted slave's key, authorized before the master starts; the monitor shows
+        // the slave under the key's label.
+        let slave_key = ClientKey::authorized(&dir.path().join("state"), &dir.path().join("slave.key"), Role::Slave, "fake-pi");
         let child = Command::new(program("piw-master"))
             .arg("--config")
             .arg(&config)
@@ -60,7 +66,7 @@ impl Master {
             .stderr(log)
             .spawn()
             .unwrap();
-        Master { child, dir, slave_port, _db: db }
+        Master { child, dir, slave_port, slave_key, _db: db }
     }
 
     fn control(&self) -> String {
@@ -187,7 +193,7 @@ struct FakeSlave {
 impl FakeSlave {
     fn connect(master: &Master) -> (FakeSlave, u32) {
         let ctx = zmq::Context::new();
-        let client = Client::connect(&ctx, &format!("tcp://127.0.0.1:{}", master.slave_port), None).unwrap();
+        let client = Client::connect_secured(&ctx, &format!("tcp://127.0.0.1:{}", master.slave_port), None, &master.slave_key.security()).unwrap();
         let slave = FakeSlave { client, _ctx: ctx };
         let hello = SlaveHello {
             versions: Versions::current(),

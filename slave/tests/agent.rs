@@ -114,6 +114,8 @@ impl Scene {
             "--min-free-disk", "0",
             "--min-free-memory", "0",
             "--label", "test-slave",
+            // The scripted master speaks without authentication.
+            "--no-auth",
         ]
         .iter()
         .map(ToString::to_string)
@@ -389,6 +391,23 @@ fn a_refused_hello_ends_the_slave_with_the_reason() {
     let (status, log) = slave.exit();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("the master refused this slave: version mismatch: this side runs protocol 99"), "{log}");
+}
+
+#[test]
+fn a_slave_without_a_key_says_how_to_make_one() {
+    let scene = Scene::new();
+    let args: Vec<String> = scene.args("tcp://127.0.0.1:9", "tcp://127.0.0.1:9").into_iter().filter(|a| a != "--no-auth").collect();
+    let slave = Slave::start(&args);
+    let (status, log) = slave.exit();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("this program has no key: make a key pair with `piw-keys new FILE`") && log.contains("--role slave"), "{log}");
+
+    let mut with_key = args.clone();
+    let missing = scene.dir.path().join("no-such.key");
+    with_key.extend(["--key".into(), missing.display().to_string(), "--master-key".into(), "x".repeat(40)]);
+    let (status, log) = Slave::start(&with_key).exit();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("no key file at {}: make one with `piw-keys new", missing.display())), "{log}");
 }
 
 #[test]

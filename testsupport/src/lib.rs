@@ -3,6 +3,7 @@
 pub mod data;
 pub mod db;
 pub mod installers;
+pub mod keys;
 pub mod programs;
 pub mod pypi;
 

@@ -1,0 +1,350 @@
+//! The authenticated bus, against a real piw-master whose six sockets all listen on tcp: who
+//! gets through each socket's handshake (keys in force with the right role only), what a
+//! monitor's key may ask of the control socket, a revocation taking effect on a live
+//! connection, the audit log naming the key, and the explicit, refused-where-dangerous way to
+//! run without authentication.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use piwheels_common::keys::{Endpoint, Role};
+use piwheels_common::protocols::{
+    AdminReply, AdminRequest, ControlReply, ControlRequest, HostInfo, SlaveHello, SlaveReply, SlaveRequest, Versions,
+};
+use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Security, TransportError};
+use piwheels_master::db::migrate;
+use piwheels_testsupport::db::{APP_ROLE, TestDb};
+use piwheels_testsupport::free_port;
+use piwheels_testsupport::keys::ClientKey;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A master with every socket on tcp, its log in `master.log`, killed when dropped.
+struct Master {
+    child: Child,
+    dir: tempfile::TempDir,
+    db: TestDb,
+    ports: [(Endpoint, u16); 6],
+}
+
+impl Master {
+    /// Starts a master whose state directory already holds the keys `keys` made.
+    fn start(keys: impl FnOnce(&std::path::Path)) -> Master {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new();
+        migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
+        keys(&dir.path().join("state"));
+        let ports = Endpoint::ALL.map(|e| (e, free_port()));
+        let child = Self::command(&dir, &db, &ports).spawn().unwrap();
+        Master { child, dir, db, ports }
+    }
+
+    fn command(dir: &tempfile::TempDir, db: &TestDb, ports: &[(Endpoint, u16)]) -> Command {
+        let log = std::fs::File::create(dir.path().join("master.log")).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_piw-master"));
+        command.args(["--config", "/dev/null", "--oracles", "2", "--dsn", &db.app_url()]);
+        command.arg("--output-path").arg(dir.path().join("www")).arg("--state-dir").arg(dir.path().join("state"));
+        for (endpoint, port) in ports {
+            let flag = match endpoint {
+                Endpoint::Slave => "--slave-queue",
+                Endpoint::File => "--file-queue",
+                Endpoint::Control => "--control-queue",
+                Endpoint::Status => "--status-queue",
+                Endpoint::Admin => "--import-queue",
+                Endpoint::Logger => "--logger-queue",
+            };
+            command.arg(flag).arg(format!("tcp://127.0.0.1:{port}"));
+        }
+        command.env_remove("PIW_LOG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        command
+    }
+
+    fn endpoint(&self, which: Endpoint) -> String {
+        let port = self.ports.iter().find(|(e, _)| *e == which).map(|(_, p)| *p).unwrap();
+        format!("tcp://127.0.0.1:{port}")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
+    }
+
+    /// A control client with `key`, attached once the master answers.
+    fn attach(&self, key: &ClientKey) -> Client<ControlRequest, ControlReply> {
+        let ctx = zmq::Context::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let client = Client::connect_secured(&ctx, &self.endpoint(Endpoint::Control), Some(DEFAULT_MAX_MESSAGE), &key.security()).unwrap();
+            let hello = ControlRequest::Hello { versions: Versions::current(), client: "test".into() };
+            match client.request(&hello, Duration::from_secs(1)) {
+                Ok(ControlReply::Welcome { .. }) => return client,
+                other => {
+                    let _ = client.socket().set_linger(0);
+                    assert!(Instant::now() < deadline, "the master did not welcome {:?}: {other:?}\n{}", key.file, self.log());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a handshake ended, as the client's socket monitor reports it.
+#[derive(Debug, PartialEq, Eq)]
+enum Handshake {
+    Succeeded,
+    /// The master's ZAP handler refused the key.
+    RefusedKey,
+    /// The handshake failed otherwise (a client without CurveZMQ, say).
+    Failed,
+}
+
+/// Connects a socket of the type `endpoint` serves, with `key` (or none), and waits for the
+/// socket monitor to report how the handshake ended: a positive answer either way, never a
+/// time-out taken as a refusal.
+fn handshake(master: &Master, endpoint: Endpoint, key: Option<&ClientKey>) -> Handshake {
+    let ctx = zmq::Context::new();
+    let kind = match endpoint {
+        Endpoint::Status => zmq::SUB,
+        Endpoint::File => zmq::DEALER,
+        _ => zmq::REQ,
+    };
+    let socket = ctx.socket(kind).unwrap();
+    socket.set_linger(0).unwrap();
+    if let Some(key) = key {
+        socket.set_curve_serverkey(key.master.bytes()).unwrap();
+        socket.set_curve_publickey(key.pair.public.bytes()).unwrap();
+        socket.set_curve_secretkey(key.pair.secret.bytes()).unwrap();
+    }
+    let events = [
+        zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
+        zmq::SocketEvent::HANDSHAKE_FAILED_AUTH,
+        zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL,
+        zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL,
+    ];
+    let watch = format!("inproc://watch-{}", endpoint.zap_domain());
+    socket.monitor(&watch, events.iter().fold(0, |all, e| all | i32::from(e.to_raw()))).unwrap();
+    let monitor = ctx.socket(zmq::PAIR).unwrap();
+    monitor.connect(&watch).unwrap();
+    socket.connect(&master.endpoint(endpoint)).unwrap();
+    assert!(monitor.poll(zmq::POLLIN, WAIT.as_millis() as i64).unwrap() > 0, "no handshake with {endpoint} within {WAIT:?}");
+    let frames = monitor.recv_multipart(0).unwrap();
+    let id = u16::from_ne_bytes([frames[0][0], frames[0][1]]);
+    if id == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() {
+        Handshake::Succeeded
+    } else if id == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw() {
+        Handshake::RefusedKey
+    } else {
+        Handshake::Failed
+    }
+}
+
+fn slave_hello() -> SlaveRequest {
+    SlaveRequest::Hello(SlaveHello {
+        versions: Versions::current(),
+        build_timeout: Duration::from_secs(3600),
+        busy_timeout: Duration::from_secs(600),
+        py_version: "311".into(),
+        abi: "cp311".into(),
+        platform: "linux_armv7l".into(),
+        memory_limit: 0,
+        host: HostInfo { label: "what-it-calls-itself".into(), ..HostInfo::default() },
+    })
+}
+
+/// Every role's key, one unknown key and one revoked key, in `state`'s list.
+struct Keys {
+    by_role: Vec<(Role, ClientKey)>,
+    unknown: ClientKey,
+    revoked: ClientKey,
+}
+
+impl Keys {
+    fn make(state: &std::path::Path, dir: &std::path::Path) -> Keys {
+        let by_role = Role::ALL.map(|role| (role, ClientKey::authorized(state, &dir.join(format!("{role}.key")), role, &format!("the-{role}")))).to_vec();
+        let unknown = ClientKey::unknown(state, &dir.join("unknown.key"));
+        let revoked = ClientKey::authorized(state, &dir.join("revoked.key"), Role::Slave, "stolen-pi");
+        revoked.revoke(state);
+        Keys { by_role, unknown, revoked }
+    }
+
+    fn role(&self, role: Role) -> &ClientKey {
+        &self.by_role.iter().find(|(r, _)| *r == role).unwrap().1
+    }
+}
+
+#[test]
+fn each_tcp_socket_admits_exactly_the_roles_it_serves_and_no_stranger() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let mut keys = None;
+    let master = Master::start(|state| keys = Some(Keys::make(state, keys_dir.path())));
+    let keys = keys.unwrap();
+    master.attach(keys.role(Role::Operator));
+
+    for endpoint in Endpoint::ALL {
+        for (role, key) in &keys.by_role {
+            let expected = if role.may_connect(endpoint) { Handshake::Succeeded } else { Handshake::RefusedKey };
+            assert_eq!(handshake(&master, endpoint, Some(key)), expected, "{role} on {endpoint}");
+        }
+        assert_eq!(handshake(&master, endpoint, Some(&keys.unknown)), Handshake::RefusedKey, "an unknown key on {endpoint}");
+        assert_eq!(handshake(&master, endpoint, Some(&keys.revoked)), Handshake::RefusedKey, "a revoked key on {endpoint}");
+        assert_eq!(handshake(&master, endpoint, None), Handshake::Failed, "no key on {endpoint}");
+    }
+
+    // The client's own transport reports the refusal at once, with the key to give the
+    // operator, rather than waiting for an answer that cannot come.
+    let ctx = zmq::Context::new();
+    for stranger in [&keys.unknown, &keys.revoked] {
+        let client = Client::<SlaveRequest, SlaveReply>::connect_secured(&ctx, &master.endpoint(Endpoint::Slave), None, &stranger.security()).unwrap();
+        match client.request(&slave_hello(), WAIT) {
+            Err(e @ TransportError::Unauthorized { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains(&stranger.pair.public.fingerprint()) && text.contains(&stranger.pair.public.to_string()), "{text}");
+            }
+            other => panic!("expected a refusal of the key, got {other:?}"),
+        }
+    }
+
+    // The master logs each refused key once a minute per address, however often it knocks,
+    // and says whether the key is unknown or revoked.
+    let log = master.log();
+    let unknown = format!("refused a connection to the slave socket from 127.0.0.1: the key {} is not authorized", keys.unknown.pair.public.fingerprint());
+    assert_eq!(log.matches(&unknown).count(), 1, "{log}");
+    let revoked = format!("the key {} (stolen-pi) was revoked", keys.revoked.pair.public.fingerprint());
+    assert!(log.contains(&revoked), "{log}");
+
+    // And it goes on serving real slaves, named by their key's label.
+    let slave = Client::<SlaveRequest, SlaveReply>::connect_secured(&ctx, &master.endpoint(Endpoint::Slave), None, &keys.role(Role::Slave).security()).unwrap();
+    match slave.request(&slave_hello(), WAIT) {
+        Ok(SlaveReply::Ack { .. }) => {}
+        other => panic!("expected the slave to be welcomed, got {other:?}\n{}", master.log()),
+    }
+    let deadline = Instant::now() + WAIT;
+    while !master.log().contains("slave 1 (the-slave) connected") {
+        assert!(Instant::now() < deadline, "{}", master.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_monitor_may_watch_but_not_command_and_an_operator_may_do_both() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let mut keys = None;
+    let master = Master::start(|state| keys = Some(Keys::make(state, keys_dir.path())));
+    let keys = keys.unwrap();
+
+    let monitor = master.attach(keys.role(Role::Monitor));
+    for command in [ControlRequest::Pause, ControlRequest::Quit] {
+        match monitor.request(&command, WAIT) {
+            Ok(ControlReply::Refused { reason }) => {
+                assert!(reason.contains("key the-monitor (monitor,") && reason.contains("may watch but not command"), "{reason}")
+            }
+            other => panic!("a monitor's {command:?} was answered {other:?}"),
+        }
+    }
+    let operator = master.attach(keys.role(Role::Operator));
+    assert_eq!(operator.request(&ControlRequest::Pause, WAIT).unwrap(), ControlReply::Done);
+    assert_eq!(operator.request(&ControlRequest::Resume, WAIT).unwrap(), ControlReply::Done);
+    let log = master.log();
+    assert!(log.contains("pausing every task on request from key the-operator (operator,"), "{log}");
+    assert!(log.contains("refused a command from key the-monitor (monitor,"), "{log}");
+
+    // Revoked while attached: the connection made before is refused from its next request.
+    let operator_key = keys.role(Role::Operator);
+    operator_key.revoke(&master.state());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match operator.request(&ControlRequest::Pause, WAIT).unwrap() {
+            ControlReply::Refused { reason } => {
+                assert!(reason.contains(&format!("the key {} (the-operator) was revoked", operator_key.pair.public.fingerprint())), "{reason}");
+                break;
+            }
+            ControlReply::Done => assert!(Instant::now() < deadline, "the revoked operator key still commands after {WAIT:?}"),
+            other => panic!("{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_audit_log_names_the_key_behind_an_admin_action() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let mut keys = None;
+    let master = Master::start(|state| keys = Some(Keys::make(state, keys_dir.path())));
+    let keys = keys.unwrap();
+    master.attach(keys.role(Role::Operator));
+    let importer = keys.role(Role::Importer);
+    let output = Command::new(piwheels_testsupport::programs::program("piw-add"))
+        .args(["--config", "/dev/null", "--import-queue", &master.endpoint(Endpoint::Admin)])
+        .args(importer.args())
+        .arg("numpy")
+        .env_remove("PIW_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let actors = master.db.column("SELECT actor FROM audit_log");
+    let expected = format!("key the-importer ({}): ", importer.pair.public.fingerprint());
+    assert!(actors.iter().flatten().any(|actor| actor.starts_with(&expected)), "{actors:?}");
+
+    // A slave's key is no way into the admin socket: the tool says so and what to do.
+    let output = Command::new(piwheels_testsupport::programs::program("piw-add"))
+        .args(["--config", "/dev/null", "--import-queue", &master.endpoint(Endpoint::Admin)])
+        .args(keys.role(Role::Slave).args())
+        .arg("scipy")
+        .env_remove("PIW_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("refused this client's key") && said.contains("piw-keys authorize"), "{said}");
+}
+
+#[test]
+fn running_without_authentication_is_explicit_and_refused_where_others_can_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new();
+    migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
+    let slave_port = free_port();
+    let ports = [(Endpoint::File, free_port())];
+    let run = |extra: &[&str]| {
+        let mut command = Master::command(&dir, &db, &ports);
+        command.args(["--control-queue", &format!("ipc://{}/run/control", dir.path().display())]);
+        command.args(["--status-queue", &format!("ipc://{}/run/status", dir.path().display())]);
+        command.args(["--import-queue", &format!("ipc://{}/run/import", dir.path().display())]);
+        command.args(["--logger-queue", &format!("ipc://{}/run/logger", dir.path().display())]);
+        command.args(extra);
+        command
+    };
+
+    // Listening on every address without keys is refused, naming the way out.
+    let status = run(&["--no-auth", "--slave-queue", &format!("tcp://*:{slave_port}")]).status().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("master.log")).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("--no-auth would let anyone who reaches tcp://*:") && log.contains("--allow-no-auth-on-network"), "{log}");
+
+    // On loopback it runs, and says at start that authentication is off; a client without a
+    // key is served.
+    let slave_queue = format!("tcp://127.0.0.1:{slave_port}");
+    let mut child = run(&["--no-auth", "--slave-queue", &slave_queue]).spawn().unwrap();
+    let ctx = zmq::Context::new();
+    let slave = Client::<SlaveRequest, SlaveReply>::connect_secured(&ctx, &slave_queue, None, &Security::Plain).unwrap();
+    let answer = slave.request(&slave_hello(), WAIT);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.path().join("master.log")).unwrap();
+    assert!(matches!(answer, Ok(SlaveReply::Ack { .. })), "{answer:?}\n{log}");
+    assert!(log.contains("AUTHENTICATION IS OFF (--no-auth)"), "{log}");
+    // The slave calls itself what it likes: nobody vouches for its name.
+    assert!(log.contains("(what-it-calls-itself) connected"), "{log}");
+}
