@@ -51,6 +51,9 @@ pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// A refusal of the same key from the same address is logged at most this often.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// The label of the master's own key, which the built-in web server feeds download records
+/// with (on the logger socket only).
+pub const OWN_LABEL: &str = "piw-master";
 /// Refusals remembered for rate limiting; past this, old ones are forgotten first.
 const MAX_REMEMBERED_REFUSALS: usize = 4096;
 
@@ -176,6 +179,8 @@ struct Loaded {
 #[derive(Debug)]
 pub struct KeyRing {
     path: PathBuf,
+    /// The master's own public key: its built-in web server feeds the logger socket with it.
+    own: Option<PublicKey>,
     loaded: RwLock<Loaded>,
     generation: AtomicU64,
     refusals: Mutex<HashMap<(PublicKey, String), Instant>>,
@@ -186,6 +191,7 @@ impl KeyRing {
     pub fn open(path: &Path) -> Result<KeyRing, KeyError> {
         let ring = KeyRing {
             path: path.to_path_buf(),
+            own: None,
             loaded: RwLock::new(Loaded::default()),
             generation: AtomicU64::new(0),
             refusals: Mutex::new(HashMap::new()),
@@ -264,6 +270,9 @@ impl KeyRing {
     /// Decides whether `key` may use `endpoint`.
     pub fn admit(&self, key: &PublicKey, endpoint: Endpoint) -> Result<Caller, Refusal> {
         let fingerprint = key.fingerprint();
+        if self.own == Some(*key) && endpoint == Endpoint::Logger {
+            return Ok(Caller::Key { label: OWN_LABEL.into(), role: Role::Logger, fingerprint });
+        }
         match self.standing(key) {
             Standing::Authorized(entry) if entry.role.may_connect(endpoint) => {
                 Ok(Caller::Key { label: entry.label, role: entry.role, fingerprint })
@@ -350,7 +359,8 @@ impl Auth {
         if made {
             tracing::info!("made the master's key pair in {}", key_path.display());
         }
-        let ring = KeyRing::open(&state_dir.join(AUTHORIZED_KEYS_FILE))?;
+        let mut ring = KeyRing::open(&state_dir.join(AUTHORIZED_KEYS_FILE))?;
+        ring.own = Some(pair.public);
         Ok(Auth::with_keys(pair, Arc::new(ring)))
     }
 
@@ -379,6 +389,15 @@ impl Auth {
     pub fn security(&self, endpoint: Endpoint, address: &str) -> Security {
         match &self.keys {
             Some((pair, _)) if is_tcp(address) => Security::Server { secret: pair.secret.clone(), domain: endpoint.zap_domain() },
+            _ => Security::Plain,
+        }
+    }
+
+    /// How the master's own clients of its sockets connect to `address`: with its own key
+    /// (admitted on the logger socket only) when it is authenticated tcp.
+    pub fn own_client(&self, address: &str) -> Security {
+        match &self.keys {
+            Some((pair, _)) if is_tcp(address) => Security::Client { server: pair.public, keys: pair.clone() },
             _ => Security::Plain,
         }
     }

@@ -100,7 +100,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     let outcome = start_tasks(&rt, cfg, &auth, &mut tasks).and_then(|()| {
         if let Some(listen) = cfg.http_listen {
             // Its downloads are counted like those of a web server whose log piw-logger reads.
-            let feed = AccessFeed::start(zmq.clone(), cfg.logger_queue.clone());
+            let feed = AccessFeed::start(zmq.clone(), cfg.logger_queue.clone(), auth.own_client(&cfg.logger_queue));
             let server = WebServer::start_with_access_log(cfg.output_path.clone(), listen, feed.hook())
                 .with_context(|| format!("cannot serve the index on {listen}"))?;
             tracing::info!("serving {} on http://{}/", cfg.output_path.display(), server.local_addr());

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{AccessRecord, LogReply, LogRequest, Versions};
-use piwheels_common::transport::Client;
+use piwheels_common::transport::{Client, Security};
 
 use crate::access_log::{record_request, validate};
 use crate::web_server::Access;
@@ -33,13 +33,14 @@ pub struct AccessFeed {
 }
 
 impl AccessFeed {
-    /// Starts the thread that sends records to the ingester at `endpoint`.
-    pub fn start(ctx: zmq::Context, endpoint: String) -> AccessFeed {
+    /// Starts the thread that sends records to the ingester at `endpoint`, connecting with
+    /// `security` (the master's own key, when the logger socket is authenticated tcp).
+    pub fn start(ctx: zmq::Context, endpoint: String, security: Security) -> AccessFeed {
         let (sender, records) = mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let thread = std::thread::Builder::new()
             .name("web_access".into())
-            .spawn(move || send_batches(&ctx, &endpoint, &records))
+            .spawn(move || send_batches(&ctx, &endpoint, &security, &records))
             .ok();
         AccessFeed { sender: Some(sender), thread, dropped }
     }
@@ -75,7 +76,7 @@ impl AccessFeed {
     }
 }
 
-fn send_batches(ctx: &zmq::Context, endpoint: &str, records: &Receiver<AccessRecord>) {
+fn send_batches(ctx: &zmq::Context, endpoint: &str, security: &Security, records: &Receiver<AccessRecord>) {
     let mut client: Option<Client<LogRequest, LogReply>> = None;
     let mut batch = Vec::new();
     let mut oldest = Instant::now();
@@ -95,7 +96,7 @@ fn send_batches(ctx: &zmq::Context, endpoint: &str, records: &Receiver<AccessRec
         if !batch.is_empty() && (closed || batch.len() >= BATCH || oldest.elapsed() >= FLUSH) {
             let records = std::mem::take(&mut batch);
             let count = records.len();
-            if let Err(e) = send(ctx, endpoint, &mut client, records) {
+            if let Err(e) = send(ctx, endpoint, security, &mut client, records) {
                 tracing::warn!("{count} access records of the built-in server not stored: {e}");
                 client = None;
             }
@@ -106,9 +107,9 @@ fn send_batches(ctx: &zmq::Context, endpoint: &str, records: &Receiver<AccessRec
     }
 }
 
-fn send(ctx: &zmq::Context, endpoint: &str, client: &mut Option<Client<LogRequest, LogReply>>, records: Vec<AccessRecord>) -> anyhow::Result<()> {
+fn send(ctx: &zmq::Context, endpoint: &str, security: &Security, client: &mut Option<Client<LogRequest, LogReply>>, records: Vec<AccessRecord>) -> anyhow::Result<()> {
     if client.is_none() {
-        let fresh = Client::connect(ctx, endpoint, None)?;
+        let fresh = Client::connect_secured(ctx, endpoint, None, security)?;
         match fresh.request(&LogRequest::Hello { versions: Versions::current() }, TIMEOUT)? {
             LogReply::Welcome => *client = Some(fresh),
             other => anyhow::bail!("the ingester refused the built-in server: {other:?}"),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::keys::{Endpoint, Role};
 use piwheels_common::protocols::{
-    AdminReply, AdminRequest, ControlReply, ControlRequest, HostInfo, SlaveHello, SlaveReply, SlaveRequest, Versions,
+    ControlReply, ControlRequest, HostInfo, SlaveHello, SlaveReply, SlaveRequest, Versions,
 };
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Security, TransportError};
 use piwheels_master::db::migrate;
@@ -347,4 +347,40 @@ fn running_without_authentication_is_explicit_and_refused_where_others_can_reach
     assert!(log.contains("AUTHENTICATION IS OFF (--no-auth)"), "{log}");
     // The slave calls itself what it likes: nobody vouches for its name.
     assert!(log.contains("(what-it-calls-itself) connected"), "{log}");
+}
+
+#[test]
+fn the_built_in_server_counts_downloads_over_the_authenticated_logger_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new();
+    migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
+    let ports = Endpoint::ALL.map(|e| (e, free_port()));
+    let http = free_port();
+    let child = Master::command(&dir, &db, &ports).args(["--http-listen", &format!("127.0.0.1:{http}")]).spawn().unwrap();
+    let master = Master { child, dir, db, ports };
+    let wheel = master.dir.path().join("www/simple/foo/foo-1.0-py3-none-any.whl");
+    std::fs::create_dir_all(wheel.parent().unwrap()).unwrap();
+    std::fs::write(&wheel, b"wheel").unwrap();
+    let get = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
+        let agent = "pip/24.0 {\"installer\":{\"name\":\"pip\",\"version\":\"24.0\"}}";
+        let request = format!("GET /simple/foo/foo-1.0-py3-none-any.whl HTTP/1.1\r\nHost: localhost\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).ok()?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    };
+    let deadline = Instant::now() + WAIT;
+    while !get().is_some_and(|answer| answer.starts_with("HTTP/1.1 200")) {
+        assert!(Instant::now() < deadline, "the wheel was never served\n{}", master.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The server feeds the logger socket with the master's own key, which no list holds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while master.db.column("SELECT filename FROM downloads").is_empty() {
+        assert!(Instant::now() < deadline, "the download was never counted\n{}", master.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!master.log().contains("refused"), "{}", master.log());
 }
