@@ -43,6 +43,11 @@
 //! ask again one to one and a half seconds after a `Sleep`. `BENCH_SLAVES` (default `1,4,16`)
 //! chooses the rounds.
 //!
+//! `BENCH_AUTH` chooses how the slaves' sockets are secured: `curve` (CurveZMQ, each slave
+//! with its own authorized key, as a real farm runs), `plain` (`--no-auth`), or both,
+//! comma-separated (the default, `curve,plain`): each mode gets a farm of its own, and the
+//! rounds alternate between them, so that both meet the same moments of the machine's load.
+//!
 //! `BENCH_PROFILE`, a command, is run with the master's pid as its last argument while the
 //! builds run, and stopped with SIGINT after the last one (for instance `strace -c -f -o
 //! /tmp/master.strace -p`); its own cost then inflates the figures of that run.
@@ -62,7 +67,9 @@ use piwheels_common::transport::Client;
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
+use piwheels_common::keys::Role;
 use piwheels_testsupport::installers::local_abi;
+use piwheels_testsupport::keys::ClientKey;
 use piwheels_testsupport::programs::{program, shared_dir, unprivileged};
 use piwheels_testsupport::pypi::{FakePypi, sdist};
 
@@ -210,6 +217,8 @@ struct Sample {
 /// What one round measured.
 #[derive(Debug)]
 struct Round {
+    /// How the slaves' sockets were secured.
+    mode: &'static str,
     slaves: usize,
     builds: usize,
     seconds: f64,
@@ -247,10 +256,12 @@ struct Farm {
     master: Process,
     control: Client<ControlRequest, ControlReply>,
     _zmq: zmq::Context,
+    /// Whether the slave and file sockets are authenticated (CurveZMQ).
+    curve: bool,
 }
 
 impl Farm {
-    fn start() -> Farm {
+    fn start(curve: bool) -> Farm {
         let db = TestDb::new();
         migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
         let abi = local_abi();
@@ -302,6 +313,7 @@ impl Farm {
             .arg(pypi.json_url())
             .arg("--pypi-simple")
             .arg(pypi.simple_url())
+            .args(if curve { &[][..] } else { &["--no-auth"][..] })
             .env_remove("PIW_LOG")
             .stdout(Stdio::null())
             .stderr(log)
@@ -320,7 +332,7 @@ impl Farm {
                 Err(e) => assert!(Instant::now() < deadline, "the master never answered (see {}): {e}", path("master.log").display()),
             }
         };
-        Farm { dir, db, pypi, abi, ticks: clock_ticks(), slave_port, file_port, master, control, _zmq: zmq }
+        Farm { dir, db, pypi, abi, ticks: clock_ticks(), slave_port, file_port, master, control, _zmq: zmq, curve }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -336,8 +348,14 @@ impl Farm {
             self.path("make_wheel.py").display(),
             self.path("times").display()
         );
+        let auth = if self.curve {
+            ClientKey::authorized(&self.path("state"), &self.path(&format!("{name}.key")), Role::Slave, name).for_unprivileged().args()
+        } else {
+            vec!["--no-auth".into()]
+        };
         let child = unprivileged(&program("piw-slave"))
             .args(["--config", "/dev/null", "--master", "127.0.0.1", "--label", name])
+            .args(auth)
             .arg("--slave-queue")
             .arg(format!("tcp://127.0.0.1:{}", self.slave_port))
             .arg("--file-queue")
@@ -535,6 +553,7 @@ impl Farm {
             .collect();
         threads.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
         Round {
+            mode: mode_name(self.curve),
             slaves: slave_count,
             builds: releases,
             seconds: last_recorded - first_start,
@@ -557,6 +576,11 @@ impl Farm {
     }
 }
 
+/// How a farm's slave sockets are secured, as the tables say it.
+fn mode_name(curve: bool) -> &'static str {
+    if curve { "curve" } else { "plain" }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -568,28 +592,46 @@ fn main() {
         .split(',')
         .map(|n| n.trim().parse().expect("BENCH_SLAVES: numbers separated by commas"))
         .collect();
-    let farm = Farm::start();
-    println!("{releases} releases per round, ABI {}, files in {}", farm.abi, farm.dir.path().display());
+    let modes: Vec<bool> = std::env::var("BENCH_AUTH")
+        .unwrap_or_else(|_| "curve,plain".into())
+        .split(',')
+        .map(|mode| match mode.trim() {
+            "curve" => true,
+            "plain" => false,
+            other => panic!("BENCH_AUTH: curve, plain or both comma-separated, not {other:?}"),
+        })
+        .collect();
+    let farms: Vec<Farm> = modes.iter().map(|&curve| Farm::start(curve)).collect();
+    for farm in &farms {
+        println!("{releases} releases per round, ABI {}, {} sockets, files in {}", farm.abi, mode_name(farm.curve), farm.dir.path().display());
+    }
     let mut rounds = Vec::new();
     for &count in &counts {
-        let round = farm.round(count, releases);
-        println!(
-            "{count:>2} slaves: {} builds in {:.2} s; master {:.2} ms/build, feed {:.2} ms/release",
-            round.builds, round.seconds, round.master_ms, round.feed_master_ms
-        );
-        rounds.push(round);
+        for farm in &farms {
+            let round = farm.round(count, releases);
+            println!(
+                "{count:>2} slaves, {}: {} builds in {:.2} s; master {:.2} ms/build, feed {:.2} ms/release",
+                mode_name(farm.curve),
+                round.builds,
+                round.seconds,
+                round.master_ms,
+                round.feed_master_ms
+            );
+            rounds.push(round);
+        }
     }
 
     println!();
     println!("CPU in ms per build (master: of which system); latency from the build command's end to its record, in ms");
     println!(
-        "{:>6} {:>8} {:>14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "slaves", "builds/s", "master (sys)", "postgres", "slave", "launcher", "command", "lat p50", "lat p90", "lat max"
+        "{:>6} {:>6} {:>8} {:>14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "slaves", "auth", "builds/s", "master (sys)", "postgres", "slave", "launcher", "command", "lat p50", "lat p90", "lat max"
     );
     for r in &rounds {
         println!(
-            "{:>6} {:>8.1} {:>7.2} ({:>4.2}) {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>8.1}",
+            "{:>6} {:>6} {:>8.1} {:>7.2} ({:>4.2}) {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>8.1}",
             r.slaves,
+            r.mode,
             r.builds as f64 / r.seconds,
             r.master_ms,
             r.master_system_ms,
@@ -605,10 +647,11 @@ fn main() {
     println!();
     for r in &rounds {
         println!(
-            "{:>2} slaves: medians: build {:.0} ms as the slave timed it, the command {:.0} ms of it; latency {:.0} ms to the slave's \
+            "{:>2} slaves, {}: medians: build {:.0} ms as the slave timed it, the command {:.0} ms of it; latency {:.0} ms to the slave's \
              `built` log line, {:.0} ms from there to the record; master idle {:.2} ms/s; feed {:.2} ms/release on the master, \
              {:.2} ms in PostgreSQL",
             r.slaves,
+            r.mode,
             r.duration_ms,
             r.command_wall_ms,
             r.in_slave_ms,
@@ -620,6 +663,6 @@ fn main() {
     }
     for r in &rounds {
         let threads: Vec<String> = r.threads.iter().map(|(name, user, system)| format!("{name} {user:.2}+{system:.2}")).collect();
-        println!("master threads, user+system ms/build, {} slaves: {}", r.slaves, threads.join(", "));
+        println!("master threads, user+system ms/build, {} slaves, {}: {}", r.slaves, r.mode, threads.join(", "));
     }
 }

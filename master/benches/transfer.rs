@@ -12,6 +12,10 @@
 //!    versions of one package sent one after another, each expected, uploaded and verified:
 //!    the time and the file juggler's CPU per wheel (what publishing costs the master).
 //!
+//! Parts 3 to 5 run twice, on plain sockets and on CurveZMQ ones (the uploader with an
+//! authorized key, the master's gatekeeper answering the handshake, as in a real farm), to
+//! show what authentication costs.
+//!
 //! `BENCH_ONLY=wheels` runs the last part alone, e.g. under `strace -f` to count the juggler's
 //! system calls per wheel.
 //!
@@ -34,7 +38,10 @@ use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};
 use piwheels_master::file_juggler::{FS_ENDPOINT, FileJuggler, JugglerConfig, Sockets};
 use sha2::{Digest, Sha256};
+use piwheels_common::keys::Role;
 use piwheels_common::transport::Security;
+use piwheels_master::gatekeeper::{Auth, Gatekeeper};
+use piwheels_testsupport::keys::ClientKey;
 
 const MB: usize = 1_000_000;
 const WRITE: usize = 256 << 10;
@@ -84,6 +91,10 @@ fn raw_tcp(bytes: &[u8]) -> Duration {
 
 struct Bench {
     _rt: Runtime,
+    /// How the uploaders connect: plain, or with an authorized key.
+    security: Security,
+    /// The ZAP handler, when the file socket is authenticated.
+    gatekeeper: Option<TaskHandle>,
     /// The uploaders' context: another process's, in a real farm.
     uploaders: zmq::Context,
     _status: Receiver<StatusEvent>,
@@ -96,12 +107,24 @@ struct Bench {
 }
 
 impl Bench {
-    fn new() -> Bench {
+    /// A file juggler on tcp loopback; with `curve`, its socket authenticated and the
+    /// uploaders holding an authorized key.
+    fn new(curve: bool) -> Bench {
         let zmq = zmq::Context::new();
         let status = Receiver::pull(&zmq, "inproc://status", None).unwrap();
         let rt = Runtime { poll_cap: Duration::from_millis(100), ..Runtime::new(zmq, Arc::new(SystemClock), "inproc://status") };
         let dir = tempfile::tempdir_in(bench_dir()).unwrap();
         let mut config = JugglerConfig::new(dir.path().join("output"), dir.path().join("staging"));
+        let (mut security, mut gatekeeper) = (Security::Plain, None);
+        if curve {
+            let state = dir.path().join("state");
+            let key = ClientKey::authorized(&state, &dir.path().join("uploader.key"), Role::Slave, "bench");
+            config.auth = Auth::load(&state).unwrap();
+            let ring = config.auth.keyring().cloned().unwrap();
+            let zap = Gatekeeper::bind(&rt.zmq).unwrap();
+            gatekeeper = Some(task::spawn(&rt, "gatekeeper", move |_| Ok(zap), move |_| Ok(Gatekeeper::new(Arc::clone(&ring)))).unwrap());
+            security = key.security();
+        }
         config.chunk_size = env_number("BENCH_CHUNK_KIB", 256) as u64 * 1024;
         config.window = env_number("BENCH_WINDOW", config.window);
         let sockets = Sockets::open(&rt.zmq, "tcp://127.0.0.1:*", &config).unwrap();
@@ -113,7 +136,7 @@ impl Bench {
         let fs = Client::connect(&rt.zmq, FS_ENDPOINT, None).unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
-        Bench { _rt: rt, uploaders: zmq::Context::new(), _status: status, _dir: dir, src, endpoint, handle, fs, files: 0 }
+        Bench { _rt: rt, security, gatekeeper, uploaders: zmq::Context::new(), _status: status, _dir: dir, src, endpoint, handle, fs, files: 0 }
     }
 
     /// Writes `bytes` as a new wheel and expects it.
@@ -150,12 +173,19 @@ impl Bench {
             let FsReply::Expecting { transfer } = self.fs.request(&request, Duration::from_secs(60)).unwrap() else {
                 panic!("not expected")
             };
-            upload(&self.uploaders, &self.endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap();
+            upload(&self.uploaders, &self.endpoint, &self.security, transfer, &path, UploadOptions::default()).unwrap();
             self.verify(transfer);
             std::fs::remove_file(path).unwrap();
         }
         let per = |d: Duration| d / n.max(1) as u32;
         (per(start.elapsed()), per(juggler_cpu().saturating_sub(cpu_before)))
+    }
+
+    fn stop(self) {
+        for mut handle in [Some(self.handle), self.gatekeeper].into_iter().flatten() {
+            handle.control(TaskControl::Quit).unwrap();
+            handle.join(Duration::from_secs(10));
+        }
     }
 
     fn verify(&self, transfer: TransferId) {
@@ -167,7 +197,7 @@ impl Bench {
     fn one(&mut self, bytes: &[u8]) -> OneRun {
         let (path, transfer) = self.expect(bytes);
         let (start, threads_before) = (Instant::now(), thread_cpu());
-        let report = upload(&self.uploaders, &self.endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap();
+        let report = upload(&self.uploaders, &self.endpoint, &self.security, transfer, &path, UploadOptions::default()).unwrap();
         let done = start.elapsed();
         let mut threads = thread_cpu();
         for (name, cpu) in &mut threads {
@@ -188,7 +218,8 @@ impl Bench {
             .iter()
             .map(|(path, transfer)| {
                 let (ctx, endpoint, path, transfer) = (self.uploaders.clone(), self.endpoint.clone(), path.clone(), *transfer);
-                std::thread::spawn(move || upload(&ctx, &endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap())
+                let security = self.security.clone();
+                std::thread::spawn(move || upload(&ctx, &endpoint, &security, transfer, &path, UploadOptions::default()).unwrap())
             })
             .collect();
         for t in threads {
@@ -250,10 +281,11 @@ fn main() {
     let wheels = env_number("BENCH_WHEELS", 100).max(1);
     let wheel_kb = env_number("BENCH_WHEEL_KB", 20);
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "wheels") {
-        let mut bench = Bench::new();
-        print_small_wheels(&mut bench, wheels, wheel_kb);
-        bench.handle.control(TaskControl::Quit).unwrap();
-        bench.handle.join(Duration::from_secs(10));
+        for curve in [false, true] {
+            let mut bench = Bench::new(curve);
+            print_small_wheels(&mut bench, wheels, wheel_kb);
+            bench.stop();
+        }
         return;
     }
     let bytes = random_bytes(size, 1);
@@ -267,14 +299,23 @@ fn main() {
         start.elapsed()
     });
 
-    let mut bench = Bench::new();
-    let mut one: Vec<OneRun> = (0..runs).map(|_| bench.one(&bytes)).collect();
+    // Plain and CurveZMQ runs alternate, so that both meet the same moments of the machine's
+    // load.
+    let (mut bench, mut secure) = (Bench::new(false), Bench::new(true));
+    let (mut one, mut one_secure): (Vec<OneRun>, Vec<OneRun>) = (0..runs).map(|_| (bench.one(&bytes), secure.one(&bytes))).unzip();
     one.sort_by_key(|r| r.done);
+    one_secure.sort_by_key(|r| r.done);
     let fastest = one.remove(0);
+    let fastest_secure = one_secure.remove(0);
     let verified = one.iter().map(|r| r.verified).chain([fastest.verified]).min().unwrap_or_default();
+    let verified_secure = one_secure.iter().map(|r| r.verified).chain([fastest_secure.verified]).min().unwrap_or_default();
     let parts: Vec<Vec<u8>> = (0..16).map(|n| random_bytes(size / 16, 100 + n)).collect();
     let total: usize = parts.iter().map(Vec::len).sum();
-    let concurrent = best(runs, || bench.concurrent(&parts));
+    let (mut concurrent, mut concurrent_secure) = (Duration::MAX, Duration::MAX);
+    for _ in 0..runs {
+        concurrent = concurrent.min(bench.concurrent(&parts));
+        concurrent_secure = concurrent_secure.min(secure.concurrent(&parts));
+    }
 
     println!("file transfer, {} MB, best of {runs}, staging in {}", size / MB, path_note(&bench_dir()));
     println!();
@@ -285,13 +326,34 @@ fn main() {
     row("one transfer, hello to Done", size, fastest.done, raw);
     row("one transfer, hello to Verified (with fsync)", size, verified, raw);
     row("16 concurrent transfers, aggregate to Done", total, concurrent, raw);
+    row("one transfer, hello to Done, CurveZMQ", size, fastest_secure.done, raw);
+    row("one transfer, hello to Verified, CurveZMQ", size, verified_secure, raw);
+    row("16 concurrent transfers, CurveZMQ", total, concurrent_secure, raw);
+    println!();
+    println!(
+        "CurveZMQ against plain: one transfer {:.0} %, 16 concurrent {:.0} % of the plain throughput",
+        100.0 * fastest.done.as_secs_f64() / fastest_secure.done.as_secs_f64(),
+        100.0 * concurrent.as_secs_f64() / concurrent_secure.as_secs_f64()
+    );
 
     println!();
-    println!("CPU used by the fastest single transfer ({:.3} s to Done), by thread:", fastest.done.as_secs_f64());
+    print_cpu("plain", &fastest, sha_time);
+    println!();
+    print_cpu("CurveZMQ", &fastest_secure, sha_time);
+    println!();
+    print_small_wheels(&mut bench, wheels, wheel_kb);
+    print_small_wheels(&mut secure, wheels, wheel_kb);
+    bench.stop();
+    secure.stop();
+}
+
+/// The CPU each kind of thread used in `run`, a single transfer.
+fn print_cpu(how: &str, run: &OneRun, sha_time: Duration) {
+    println!("CPU used by the fastest single transfer, {how} ({:.3} s to Done), by thread:", run.done.as_secs_f64());
     println!();
     println!("| {:<40} | {:>8} |", "thread", "CPU ms");
     println!("|{:-<42}|{:-<10}|", "", "");
-    for (name, cpu) in fastest.threads.iter().filter(|(_, cpu)| cpu.as_micros() >= 500) {
+    for (name, cpu) in run.threads.iter().filter(|(_, cpu)| cpu.as_micros() >= 500) {
         println!("| {name:<40} | {:>8.1} |", cpu.as_secs_f64() * 1e3);
         if name == "file_juggler" {
             println!("| {:<40} | {:>8.1} |", "  of which SHA-256 (as measured above)", sha_time.as_secs_f64() * 1e3);
@@ -300,12 +362,8 @@ fn main() {
     println!(
         "| {:<40} | {:>8.1} |",
         format!("total, on {} CPUs", std::thread::available_parallelism().map_or(1, |n| n.get())),
-        fastest.threads.values().sum::<Duration>().as_secs_f64() * 1e3
+        run.threads.values().sum::<Duration>().as_secs_f64() * 1e3
     );
-    println!();
-    print_small_wheels(&mut bench, wheels, wheel_kb);
-    bench.handle.control(TaskControl::Quit).unwrap();
-    bench.handle.join(Duration::from_secs(10));
 }
 
 fn print_small_wheels(bench: &mut Bench, wheels: usize, kb: usize) {
@@ -313,7 +371,8 @@ fn print_small_wheels(bench: &mut Bench, wheels: usize, kb: usize) {
     // version of a known package.
     bench.small_wheels(1, kb * 1000);
     let (wall, cpu) = bench.small_wheels(wheels, kb * 1000);
-    println!("{wheels} wheels of {kb} kB, one after another (expect, upload, verify):");
+    let how = if matches!(bench.security, Security::Plain) { "plain" } else { "CurveZMQ" };
+    println!("{wheels} wheels of {kb} kB, one after another (expect, upload, verify), {how}:");
     println!();
     println!("| {:<32} | {:>10} |", "per wheel", "ms");
     println!("|{:-<34}|{:-<12}|", "", "");
