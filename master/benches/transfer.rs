@@ -3,7 +3,9 @@
 //!
 //! 1. raw TCP on loopback: `BENCH_MB` (default 100) MB written in 256 KiB writes to a reader
 //!    thread, the ceiling the transfer is compared with;
-//! 2. SHA-256 of the same bytes in memory, the one computation every received byte needs;
+//! 2. SHA-256 of the same bytes in memory, the one computation every received byte needs, and
+//!    the same bytes from a bare ZeroMQ DEALER to a ROUTER, plain and with CurveZMQ: what
+//!    libzmq and its cipher allow before any of our code runs;
 //! 3. one transfer of that size through the file juggler task and the shared uploader over tcp
 //!    loopback (in one process, as the tests run them), from hello to `Done`, and again up to
 //!    `Verified` (fsync, `.metadata`, link into place);
@@ -86,6 +88,41 @@ fn raw_tcp(bytes: &[u8]) -> Duration {
     }
     let (got, end) = reader.join().unwrap();
     assert_eq!(got, expected);
+    end - start
+}
+
+/// Sends `bytes` in 256 KiB messages from a DEALER to a ROUTER over loopback tcp, each in a
+/// context of its own, with or without CurveZMQ (no ZAP handler: only the cipher's cost is
+/// measured): the ceiling libzmq itself sets on this machine.
+fn raw_zmq(bytes: &[u8], curve: bool) -> Duration {
+    let (server_ctx, client_ctx) = (zmq::Context::new(), zmq::Context::new());
+    let router = server_ctx.socket(zmq::ROUTER).unwrap();
+    let dealer = client_ctx.socket(zmq::DEALER).unwrap();
+    if curve {
+        let (server, client) = (zmq::CurveKeyPair::new().unwrap(), zmq::CurveKeyPair::new().unwrap());
+        router.set_curve_server(true).unwrap();
+        router.set_curve_secretkey(&server.secret_key).unwrap();
+        dealer.set_curve_serverkey(&server.public_key).unwrap();
+        dealer.set_curve_publickey(&client.public_key).unwrap();
+        dealer.set_curve_secretkey(&client.secret_key).unwrap();
+    }
+    router.bind("tcp://127.0.0.1:*").unwrap();
+    let endpoint = router.get_last_endpoint().unwrap().unwrap();
+    let expected = bytes.len();
+    let reader = std::thread::spawn(move || {
+        let mut got = 0;
+        while got < expected {
+            let frames = router.recv_multipart(0).unwrap();
+            got += frames.last().map_or(0, Vec::len);
+        }
+        Instant::now()
+    });
+    dealer.connect(&endpoint).unwrap();
+    let start = Instant::now();
+    for chunk in bytes.chunks(WRITE) {
+        dealer.send(chunk, 0).unwrap();
+    }
+    let end = reader.join().unwrap();
     end - start
 }
 
@@ -293,6 +330,8 @@ fn main() {
 
     let raw_time = best(runs, || raw_tcp(&bytes));
     let raw = rate(size, raw_time);
+    let zmq_time = best(runs, || raw_zmq(&bytes, false));
+    let zmq_curve_time = best(runs, || raw_zmq(&bytes, true));
     let sha_time = best(runs, || {
         let start = Instant::now();
         std::hint::black_box(Sha256::digest(&bytes));
@@ -323,6 +362,8 @@ fn main() {
     println!("|{:-<46}|{:-<7}|{:-<10}|{:-<10}|{:-<9}|", "", "", "", "", "");
     row("raw TCP loopback, 256 KiB writes", size, raw_time, raw);
     row("SHA-256 in memory (sha2)", size, sha_time, raw);
+    row("raw ZeroMQ DEALER to ROUTER, 256 KiB messages", size, zmq_time, raw);
+    row("raw ZeroMQ DEALER to ROUTER, CurveZMQ", size, zmq_curve_time, raw);
     row("one transfer, hello to Done", size, fastest.done, raw);
     row("one transfer, hello to Verified (with fsync)", size, verified, raw);
     row("16 concurrent transfers, aggregate to Done", total, concurrent, raw);
@@ -331,9 +372,10 @@ fn main() {
     row("16 concurrent transfers, CurveZMQ", total, concurrent_secure, raw);
     println!();
     println!(
-        "CurveZMQ against plain: one transfer {:.0} %, 16 concurrent {:.0} % of the plain throughput",
+        "CurveZMQ against plain: one transfer {:.0} %, 16 concurrent {:.0} % of the plain throughput; raw ZeroMQ {:.0} %",
         100.0 * fastest.done.as_secs_f64() / fastest_secure.done.as_secs_f64(),
-        100.0 * concurrent.as_secs_f64() / concurrent_secure.as_secs_f64()
+        100.0 * concurrent.as_secs_f64() / concurrent_secure.as_secs_f64(),
+        100.0 * zmq_time.as_secs_f64() / zmq_curve_time.as_secs_f64()
     );
 
     println!();

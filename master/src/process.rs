@@ -20,7 +20,7 @@ use piwheels_common::hostinfo;
 use piwheels_common::keys::Endpoint;
 use piwheels_common::systemd::Notifier;
 use piwheels_common::protocols::{
-    ControlReply, ControlRequest, FarmSnapshot, SlaveCommand, SlaveCommandReply, StatusEvent, TaskControl, Versions,
+    ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveCommand, SlaveCommandReply, SlaveTarget, StatusEvent, TaskControl, Versions,
 };
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
@@ -428,6 +428,16 @@ impl Master {
             tracing::warn!("refused a command from {caller} at {peer}: {request:?}");
             return (ControlReply::Refused { reason: format!("{caller} may watch but not command: commands need an operator's key") }, None);
         }
+        // Monitors show who asked for what: the key the master vouches for.
+        let what = match &request {
+            ControlRequest::Hello { .. } => unreachable!("answered above"),
+            ControlRequest::Quit => "stop the master".to_string(),
+            ControlRequest::Pause => "pause the master".to_string(),
+            ControlRequest::Resume => "resume the master".to_string(),
+            ControlRequest::Slaves { target: SlaveTarget::All, action } => format!("{} every slave", format!("{action:?}").to_lowercase()),
+            ControlRequest::Slaves { target: SlaveTarget::One(id), action } => format!("{} slave {id}", format!("{action:?}").to_lowercase()),
+        };
+        self.publish(status_out, StatusEvent::Notice { at: chrono::Utc::now(), level: NoticeLevel::Info, text: format!("{caller} asked to {what}") });
         match request {
             ControlRequest::Hello { .. } => unreachable!("answered above"),
             ControlRequest::Quit => {

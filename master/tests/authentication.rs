@@ -256,6 +256,11 @@ fn a_monitor_may_watch_but_not_command_and_an_operator_may_do_both() {
     assert_eq!(operator.request(&ControlRequest::Resume, WAIT).unwrap(), ControlReply::Done);
     let log = master.log();
     assert!(log.contains("pausing every task on request from key the-operator (operator,"), "{log}");
+    // Monitors are told which key asked for what.
+    let hello = ControlRequest::Hello { versions: Versions::current(), client: "test".into() };
+    let Ok(ControlReply::Welcome { snapshot, .. }) = monitor.request(&hello, WAIT) else { panic!("no welcome") };
+    let told = format!("key the-operator (operator, {}) asked to pause the master", keys.role(Role::Operator).pair.public.fingerprint());
+    assert!(snapshot.notices.iter().any(|(_, _, text)| *text == told), "{:?}", snapshot.notices);
     assert!(log.contains("refused a command from key the-monitor (monitor,"), "{log}");
 
     // Revoked while attached: the connection made before is refused from its next request.
@@ -282,29 +287,25 @@ fn the_audit_log_names_the_key_behind_an_admin_action() {
     let master = Master::start(|state| keys = Some(Keys::make(state, keys_dir.path())));
     let keys = keys.unwrap();
     master.attach(keys.role(Role::Operator));
+    let add = |key: &ClientKey, package: &str| {
+        Command::new(piwheels_testsupport::programs::program("piw-add"))
+            .args(["--config", "/dev/null", "--import-queue", &master.endpoint(Endpoint::Admin)])
+            .args(key.args())
+            .arg(package)
+            .env_remove("PIW_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
     let importer = keys.role(Role::Importer);
-    let output = Command::new(piwheels_testsupport::programs::program("piw-add"))
-        .args(["--config", "/dev/null", "--import-queue", &master.endpoint(Endpoint::Admin)])
-        .args(importer.args())
-        .arg("numpy")
-        .env_remove("PIW_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = add(importer, "numpy");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let actors = master.db.column("SELECT actor FROM audit_log");
     let expected = format!("key the-importer ({}): ", importer.pair.public.fingerprint());
     assert!(actors.iter().flatten().any(|actor| actor.starts_with(&expected)), "{actors:?}");
 
     // A slave's key is no way into the admin socket: the tool says so and what to do.
-    let output = Command::new(piwheels_testsupport::programs::program("piw-add"))
-        .args(["--config", "/dev/null", "--import-queue", &master.endpoint(Endpoint::Admin)])
-        .args(keys.role(Role::Slave).args())
-        .arg("scipy")
-        .env_remove("PIW_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = add(keys.role(Role::Slave), "scipy");
     let said = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{said}");
     assert!(said.contains("refused this client's key") && said.contains("piw-keys authorize"), "{said}");
