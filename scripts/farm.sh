@@ -62,12 +62,17 @@ step "keys (in $farm/keys, authorized in $farm/state/authorized_keys.toml)"
 keys() { "$bin/piw-keys" --config /dev/null --state-dir "$farm/state" "$@"; }
 master_key=$(keys master | tail -n 1)
 # client_key NAME ROLE OWNER: a key pair for one client, readable by its owner only, and
-# authorized with the label farm-NAME unless it is already.
+# authorized with the label farm-NAME unless it is already (a key made anew replaces the one
+# that held the label before).
 client_key() {
-    local file=$farm/keys/$1.key
+    local file=$farm/keys/$1.key fingerprint
     [ -f "$file" ] || keys new "$file" >/dev/null
     chown "$3" "$file"
-    keys list | awk '{print $1}' | grep -qx "farm-$1" || keys authorize "$file" --role "$2" --label "farm-$1"
+    fingerprint=$(keys show "$file" | awk '/^fingerprint:/ {print $2}')
+    if ! keys list | grep -qF " $fingerprint "; then
+        if keys list | awk '{print $1}' | grep -qx "farm-$1"; then keys revoke "farm-$1" >/dev/null; fi
+        keys authorize "$file" --role "$2" --label "farm-$1"
+    fi
 }
 client_key slave slave "$builder"
 client_key tools importer "$(id -un)"

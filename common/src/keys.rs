@@ -228,11 +228,11 @@ impl KeyPair {
             std::io::ErrorKind::AlreadyExists => KeyError::Refused(format!("{} exists already; it is left as it is", path.display())),
             _ => KeyError::Io { path: path.to_path_buf(), source },
         })?;
+        give_to_directory_owner(&file, path)?;
         let body = toml::to_string(&KeyFile { public_key: self.public.to_string(), secret_key: z85_text(&self.secret.0) })
             .map_err(|e| KeyError::Invalid { path: path.to_path_buf(), reason: e.to_string() })?;
         file.write_all(format!("{KEY_FILE_HEADER}{body}").as_bytes()).map_err(io_error(path))?;
-        file.sync_all().map_err(io_error(path))?;
-        give_to_directory_owner(path)
+        file.sync_all().map_err(io_error(path))
     }
 
     /// Reads the key pair at `path`, or makes one there if there is no file (the master's
@@ -255,8 +255,10 @@ pub fn public_key_from_arg(arg: &str) -> Result<PublicKey, KeyError> {
     if let Ok(key) = arg.parse() {
         return Ok(key);
     }
+    // Anything that looks like a path is read as one, so that an unreadable file is reported
+    // as such rather than as a malformed key.
     let path = Path::new(arg);
-    if path.exists() {
+    if path.exists() || (arg.contains('/') && arg.trim().len() != 40) {
         return KeyPair::load(path).map(|pair| pair.public);
     }
     Err(KeyError::Malformed(arg.to_string()))
@@ -414,12 +416,21 @@ const AUTHORIZED_KEYS_HEADER: &str = "# Keys allowed to use this piwheels master
 
 impl AuthorizedKeys {
     /// Reads the file; a missing file is an empty list.
+    /// A list other users may change is refused: whoever can write it can authorize keys.
     pub fn load(path: &Path) -> Result<AuthorizedKeys, KeyError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        let file = match File::open(path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AuthorizedKeys::default()),
             Err(source) => return Err(KeyError::Io { path: path.to_path_buf(), source }),
         };
+        let mode = file.metadata().map_err(io_error(path))?.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(KeyError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("other users may change it (mode {:o}), so it is not trusted: run `chmod 600` on it", mode & 0o777),
+            });
+        }
+        let text = std::io::read_to_string(file).map_err(io_error(path))?;
         let keys: AuthorizedKeys =
             toml::from_str(&text).map_err(|e| KeyError::Invalid { path: path.to_path_buf(), reason: e.message().to_string() })?;
         keys.check().map_err(|reason| KeyError::Invalid { path: path.to_path_buf(), reason })?;
@@ -441,28 +452,34 @@ impl AuthorizedKeys {
         Ok(())
     }
 
-    /// Writes the list atomically (temporary file, then rename) with mode 600, owned by the
-    /// directory's owner (see [`give_to_directory_owner`]).
+    /// Writes the list atomically (a new temporary file of a random name, then rename) with
+    /// mode 600, owned by the directory's owner (see [`give_to_directory_owner`]).
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
         let body = toml::to_string(self).map_err(|e| KeyError::Invalid { path: path.to_path_buf(), reason: e.to_string() })?;
-        let tmp = path.with_extension("toml.tmp");
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io_error(&tmp))?;
-        file.write_all(format!("{AUTHORIZED_KEYS_HEADER}{body}").as_bytes()).map_err(io_error(&tmp))?;
-        file.sync_all().map_err(io_error(&tmp))?;
-        give_to_directory_owner(&tmp)?;
-        std::fs::rename(&tmp, path).map_err(io_error(path))?;
+        let dir = parent_dir(path);
+        // A fresh name, made with O_EXCL: nothing planted in the directory is followed.
+        let mut tmp = tempfile::Builder::new().prefix(".authorized_keys.").tempfile_in(dir).map_err(io_error(dir))?;
+        give_to_directory_owner(tmp.as_file(), tmp.path())?;
+        tmp.write_all(format!("{AUTHORIZED_KEYS_HEADER}{body}").as_bytes()).map_err(io_error(tmp.path()))?;
+        tmp.as_file().sync_all().map_err(io_error(tmp.path()))?;
+        tmp.persist(path).map_err(|e| KeyError::Io { path: path.to_path_buf(), source: e.error })?;
         // The rename must survive a crash too: the master reads what the directory names.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
-        }
-        Ok(())
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
     }
 
-    /// Takes the lock that serializes edits of the file at `path`; held until dropped.
+    /// Takes the lock that serializes edits of the file at `path`; held until dropped. The
+    /// lock file is never followed through a symbolic link.
     pub fn lock(path: &Path) -> Result<File, KeyError> {
         let lock_path = path.with_extension("toml.lock");
-        let file = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&lock_path).map_err(io_error(&lock_path))?;
-        give_to_directory_owner(&lock_path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
+        give_to_directory_owner(&file, &lock_path)?;
         file.lock().map_err(io_error(&lock_path))?;
         Ok(file)
     }
@@ -508,16 +525,22 @@ impl AuthorizedKeys {
     }
 }
 
-/// Gives a file that root made in the master's state directory to the directory's owner: the
+/// The directory a file is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Gives a file that root made, open as `file` at `path`, to the owner of its directory: the
 /// master runs as that (unprivileged) user and must read its keys, and an operator often runs
-/// `piw-keys` with sudo. Does nothing for other users, who can only make files of their own.
-pub fn give_to_directory_owner(path: &Path) -> Result<(), KeyError> {
+/// `piw-keys` with sudo. It changes the open file, never a path that could have been swapped
+/// for a link meanwhile. Does nothing for other users, who can only make files of their own.
+pub fn give_to_directory_owner(file: &File, path: &Path) -> Result<(), KeyError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+    let dir = parent_dir(path);
     let owner = std::fs::metadata(dir).map_err(io_error(dir))?;
-    std::os::unix::fs::chown(path, Some(std::os::unix::fs::MetadataExt::uid(&owner)), Some(std::os::unix::fs::MetadataExt::gid(&owner)))
+    std::os::unix::fs::fchown(file, Some(std::os::unix::fs::MetadataExt::uid(&owner)), Some(std::os::unix::fs::MetadataExt::gid(&owner)))
         .map_err(io_error(path))
 }
 
@@ -529,6 +552,14 @@ pub fn check_label(label: &str) -> Result<(), String> {
         return Err(format!("{label:?} is not a label: use 1 to {MAX_LABEL} letters, digits, '.', '_', '-' or '@'"));
     }
     Ok(())
+}
+
+/// Whether a socket at `endpoint` needs keys: every address other hosts or users can reach.
+/// Only inproc and ipc in a directory (whose permissions keep other users out) go without;
+/// an abstract ipc name (`ipc://@name`) has no permissions, so any local user reaches it.
+pub fn needs_keys(endpoint: &str) -> bool {
+    let private_ipc = endpoint.strip_prefix("ipc://").is_some_and(|path| !path.starts_with('@'));
+    !(endpoint.starts_with("inproc://") || private_ipc)
 }
 
 /// How a client program authenticates to the master's tcp sockets: every client flattens
@@ -554,12 +585,12 @@ impl ClientAuthArgs {
     /// How to connect to `endpoint` as a program of `role`: CurveZMQ for a tcp address unless
     /// --no-auth, plain otherwise. The errors say what to do.
     pub fn security(&self, endpoint: &str, role: Role) -> Result<Security, KeyError> {
-        if !endpoint.starts_with("tcp://") || self.no_auth {
+        if !needs_keys(endpoint) || self.no_auth {
             return Ok(Security::Plain);
         }
         let Some(path) = &self.key else {
             return Err(KeyError::Refused(format!(
-                "{endpoint} is a tcp address, where the master admits authorized keys only, and this program has no key: \
+                "{endpoint} is a network address, where the master admits authorized keys only, and this program has no key: \
                  make a key pair with `piw-keys new FILE`, have the master's operator run `piw-keys authorize PUBLIC-KEY --role {role} \
                  --label NAME` with the public key it prints, then pass --key FILE and --master-key (or --no-auth, for a master run \
                  without authentication)"
@@ -567,7 +598,7 @@ impl ClientAuthArgs {
         };
         let Some(master) = &self.master_key else {
             return Err(KeyError::Refused(format!(
-                "{endpoint} is a tcp address and no --master-key was given: ask the master's operator for the output of \
+                "{endpoint} is a network address and no --master-key was given: ask the master's operator for the output of \
                  `piw-keys master` (the master's public key)"
             )));
         };
@@ -638,6 +669,16 @@ mod tests {
     }
 
     #[test]
+    fn only_private_local_addresses_go_without_keys() {
+        for endpoint in ["tcp://127.0.0.1:5555", "tcp://*:5555", "ipc://@piwheels", "ws://host:80", "pgm://eth0;239.0.0.1:5555"] {
+            assert!(needs_keys(endpoint), "{endpoint}");
+        }
+        for endpoint in ["ipc:///run/piwheels/control", "inproc://status"] {
+            assert!(!needs_keys(endpoint), "{endpoint}");
+        }
+    }
+
+    #[test]
     fn malformed_keys_are_refused() {
         for text in ["", "short", &"x".repeat(41), "0123456789012345678901234567890123456\u{e9}9"] {
             assert!(text.parse::<PublicKey>().is_err(), "{text:?}");
@@ -689,5 +730,9 @@ mod tests {
         assert!(err.contains("listed twice"), "{err}");
         std::fs::write(&path, entry.replace("slave", "builder")).unwrap();
         assert!(AuthorizedKeys::load(&path).is_err());
+        std::fs::write(&path, &entry).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o662)).unwrap();
+        let err = AuthorizedKeys::load(&path).unwrap_err().to_string();
+        assert!(err.contains("other users may change it (mode 662)"), "{err}");
     }
 }

@@ -258,10 +258,13 @@ struct Farm {
     _zmq: zmq::Context,
     /// Whether the slave and file sockets are authenticated (CurveZMQ).
     curve: bool,
+    /// Each slave's key, by its name, authorized before the master starts.
+    keys: HashMap<String, ClientKey>,
 }
 
 impl Farm {
-    fn start(curve: bool) -> Farm {
+    /// A farm whose slaves will be named `names`.
+    fn start(curve: bool, names: &[String]) -> Farm {
         let db = TestDb::new();
         migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
         let abi = local_abi();
@@ -275,6 +278,16 @@ impl Farm {
         let pypi = FakePypi::start();
         let (slave_port, file_port) = (free_port(), free_port());
         let path = |name: &str| dir.path().join(name);
+        let keys = match curve {
+            true => names
+                .iter()
+                .map(|name| {
+                    let key = ClientKey::authorized(&path("state"), &path(&format!("{name}.key")), Role::Slave, name);
+                    (name.clone(), key.for_unprivileged())
+                })
+                .collect(),
+            false => HashMap::new(),
+        };
         let log = std::fs::File::create(path("master.log")).unwrap();
         let master = env!("CARGO_BIN_EXE_piw-master");
         let wrapper = std::env::var("BENCH_MASTER_WRAPPER").unwrap_or_default();
@@ -332,7 +345,7 @@ impl Farm {
                 Err(e) => assert!(Instant::now() < deadline, "the master never answered (see {}): {e}", path("master.log").display()),
             }
         };
-        Farm { dir, db, pypi, abi, ticks: clock_ticks(), slave_port, file_port, master, control, _zmq: zmq, curve }
+        Farm { dir, db, pypi, abi, ticks: clock_ticks(), slave_port, file_port, master, control, _zmq: zmq, curve, keys }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -348,10 +361,10 @@ impl Farm {
             self.path("make_wheel.py").display(),
             self.path("times").display()
         );
-        let auth = if self.curve {
-            ClientKey::authorized(&self.path("state"), &self.path(&format!("{name}.key")), Role::Slave, name).for_unprivileged().args()
-        } else {
-            vec!["--no-auth".into()]
+        let auth = match self.keys.get(name) {
+            Some(key) => key.args(),
+            None if !self.curve => vec!["--no-auth".into()],
+            None => panic!("no key for slave {name}"),
         };
         let child = unprivileged(&program("piw-slave"))
             .args(["--config", "/dev/null", "--master", "127.0.0.1", "--label", name])
@@ -445,7 +458,7 @@ impl Farm {
     fn round(&self, slave_count: usize, releases: usize) -> Round {
         let prefix = format!("bench-s{slave_count}-");
         let like = format!("'{prefix}%'");
-        let mut slaves: Vec<Process> = (0..slave_count).map(|i| self.start_slave(&format!("s{slave_count}-{i}"))).collect();
+        let mut slaves: Vec<Process> = (0..slave_count).map(|i| self.start_slave(&slave_name(slave_count, i))).collect();
         self.wait_for("the slaves' hellos", Duration::from_secs(60), || self.connected_slaves() >= slave_count);
         self.slaves(SlaveAction::Sleep);
 
@@ -576,6 +589,11 @@ impl Farm {
     }
 }
 
+/// The name of slave `i` of a round of `count` slaves.
+fn slave_name(count: usize, i: usize) -> String {
+    format!("s{count}-{i}")
+}
+
 /// How a farm's slave sockets are secured, as the tables say it.
 fn mode_name(curve: bool) -> &'static str {
     if curve { "curve" } else { "plain" }
@@ -601,7 +619,8 @@ fn main() {
             other => panic!("BENCH_AUTH: curve, plain or both comma-separated, not {other:?}"),
         })
         .collect();
-    let farms: Vec<Farm> = modes.iter().map(|&curve| Farm::start(curve)).collect();
+    let names: Vec<String> = counts.iter().flat_map(|&count| (0..count).map(move |i| slave_name(count, i))).collect();
+    let farms: Vec<Farm> = modes.iter().map(|&curve| Farm::start(curve, &names)).collect();
     for farm in &farms {
         println!("{releases} releases per round, ABI {}, {} sockets, files in {}", farm.abi, mode_name(farm.curve), farm.dir.path().display());
     }

@@ -41,7 +41,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
-use piwheels_common::keys::{AUTHORIZED_KEYS_FILE, AuthorizedKey, AuthorizedKeys, Endpoint, KeyError, KeyPair, MASTER_KEY_FILE, PublicKey, Role};
+use piwheels_common::keys::{
+    AUTHORIZED_KEYS_FILE, AuthorizedKey, AuthorizedKeys, Endpoint, KeyError, KeyPair, MASTER_KEY_FILE, PublicKey, Role, needs_keys,
+};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Peer, Security};
 
@@ -56,6 +58,9 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 pub const OWN_LABEL: &str = "piw-master";
 /// Refusals remembered for rate limiting; past this, old ones are forgotten first.
 const MAX_REMEMBERED_REFUSALS: usize = 4096;
+/// Refusal lines logged a minute at most, whatever the keys: a stranger who makes a new key
+/// for every attempt is summarised, not logged line by line.
+const MAX_REFUSAL_LINES: u32 = 60;
 
 /// Who sent a request, as the master knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,7 +188,19 @@ pub struct KeyRing {
     own: Option<PublicKey>,
     loaded: RwLock<Loaded>,
     generation: AtomicU64,
-    refusals: Mutex<HashMap<(PublicKey, String), Instant>>,
+    refusals: Mutex<RefusalLog>,
+}
+
+/// What has been logged of refusals lately; see [`KeyRing::should_log`].
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// When each key was last logged from each address (or socket).
+    seen: HashMap<(PublicKey, String), Instant>,
+    /// The start of the current minute of the global limit, the lines logged in it and the
+    /// refusals left out.
+    window: Option<Instant>,
+    lines: u32,
+    left_out: u64,
 }
 
 impl KeyRing {
@@ -194,7 +211,7 @@ impl KeyRing {
             own: None,
             loaded: RwLock::new(Loaded::default()),
             generation: AtomicU64::new(0),
-            refusals: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(RefusalLog::default()),
         };
         ring.reload()?;
         Ok(ring)
@@ -246,25 +263,39 @@ impl KeyRing {
         self.loaded.read().unwrap_or_else(|e| e.into_inner()).keys.values().filter(|k| k.revoked.is_none()).count()
     }
 
-    /// Whether a refusal of `key` from `whence` should be logged now (at most once a minute
-    /// each).
+    /// Whether a refusal of `key` from `whence` should be logged now: at most once a minute
+    /// for each, and [`MAX_REFUSAL_LINES`] a minute in all (the rest are counted and the count
+    /// logged when the minute is over).
     fn should_log(&self, key: PublicKey, whence: &str, now: Instant) -> bool {
-        let mut seen = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= MAX_REMEMBERED_REFUSALS {
-            seen.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
-            if seen.len() >= MAX_REMEMBERED_REFUSALS {
+        let mut log = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        if log.window.is_none_or(|start| now.duration_since(start) >= REFUSAL_LOG_INTERVAL) {
+            if log.left_out > 0 {
+                tracing::warn!("{} more refusals in an earlier minute were not logged one by one", log.left_out);
+            }
+            (log.window, log.lines, log.left_out) = (Some(now), 0, 0);
+        }
+        if log.seen.len() >= MAX_REMEMBERED_REFUSALS {
+            log.seen.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+            if log.seen.len() >= MAX_REMEMBERED_REFUSALS {
                 // Still full of fresh refusals: a flood of new keys. Forget them all rather
-                // than grow; each is then logged at most once more.
-                seen.clear();
+                // than grow; the global limit keeps the log short meanwhile.
+                log.seen.clear();
             }
         }
-        match seen.get(&(key, whence.to_string())) {
-            Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => false,
-            _ => {
-                seen.insert((key, whence.to_string()), now);
-                true
-            }
+        let fresh = match log.seen.get(&(key, whence.to_string())) {
+            Some(at) => now.duration_since(*at) >= REFUSAL_LOG_INTERVAL,
+            None => true,
+        };
+        if !fresh {
+            return false;
         }
+        log.seen.insert((key, whence.to_string()), now);
+        if log.lines >= MAX_REFUSAL_LINES {
+            log.left_out += 1;
+            return false;
+        }
+        log.lines += 1;
+        true
     }
 
     /// Decides whether `key` may use `endpoint`.
@@ -388,7 +419,7 @@ impl Auth {
     /// addresses when authentication is on.
     pub fn security(&self, endpoint: Endpoint, address: &str) -> Security {
         match &self.keys {
-            Some((pair, _)) if is_tcp(address) => Security::Server { secret: pair.secret.clone(), domain: endpoint.zap_domain() },
+            Some((pair, _)) if needs_keys(address) => Security::Server { secret: pair.secret.clone(), domain: endpoint.zap_domain() },
             _ => Security::Plain,
         }
     }
@@ -397,7 +428,7 @@ impl Auth {
     /// (admitted on the logger socket only) when it is authenticated tcp.
     pub fn own_client(&self, address: &str) -> Security {
         match &self.keys {
-            Some((pair, _)) if is_tcp(address) => Security::Client { server: pair.public, keys: pair.clone() },
+            Some((pair, _)) if needs_keys(address) => Security::Client { server: pair.public, keys: pair.clone() },
             _ => Security::Plain,
         }
     }
@@ -405,21 +436,20 @@ impl Auth {
     /// The gate for the socket for `endpoint` bound at `address`.
     pub fn gate(&self, endpoint: Endpoint, address: &str) -> Gate {
         match &self.keys {
-            Some((_, ring)) if is_tcp(address) => Gate { endpoint, keyring: Some(Arc::clone(ring)) },
+            Some((_, ring)) if needs_keys(address) => Gate { endpoint, keyring: Some(Arc::clone(ring)) },
             _ => Gate::open(endpoint),
         }
     }
 }
 
-fn is_tcp(address: &str) -> bool {
-    address.starts_with("tcp://")
-}
-
-/// Whether a tcp address listens on loopback only (`tcp://127.0.0.1:PORT`, `tcp://[::1]:PORT`,
-/// `tcp://localhost:PORT`); `*`, interface names and other hosts may be reached from
-/// elsewhere.
+/// Whether only the master's own host can reach `address`: a private ipc path, or a tcp address on loopback (`tcp://127.0.0.1:PORT`,
+/// `tcp://[::1]:PORT`, `tcp://localhost:PORT`). `*`, interface names, other hosts and other
+/// transports may be reached from elsewhere.
 pub fn is_loopback(address: &str) -> bool {
-    let Some(rest) = address.strip_prefix("tcp://") else { return true };
+    if !needs_keys(address) {
+        return true;
+    }
+    let Some(rest) = address.strip_prefix("tcp://") else { return false };
     let host = match rest.rsplit_once(':') {
         Some((host, _port)) => host,
         None => rest,
@@ -493,7 +523,10 @@ impl Gatekeeper {
             _ => None,
         };
         let Some(key) = key else {
-            tracing::warn!("refused a {} connection to {endpoint} from {address}: not CurveZMQ", String::from_utf8_lossy(mechanism));
+            // CurveZMQ servers only meet CurveZMQ clients, so this is not expected; limited all the same.
+            if PublicKey::from_bytes(&[0; 32]).is_some_and(|none| self.ring.should_log(none, address, now)) {
+                tracing::warn!("refused a {} connection to {endpoint} from {address}: not CurveZMQ", String::from_utf8_lossy(mechanism));
+            }
             return reply(id, "400", "CURVE required", "");
         };
         match self.ring.admit(&key, endpoint) {
@@ -552,7 +585,7 @@ mod tests {
         for address in ["tcp://127.0.0.1:5555", "tcp://[::1]:5555", "tcp://localhost:5555", "ipc:///run/piwheels/control", "tcp://127.0.0.2:1"] {
             assert!(is_loopback(address), "{address}");
         }
-        for address in ["tcp://*:5555", "tcp://0.0.0.0:5555", "tcp://192.0.2.1:5555", "tcp://eth0:5555", "tcp://[::]:5555", "tcp://master.local:5555"] {
+        for address in ["tcp://*:5555", "tcp://0.0.0.0:5555", "tcp://192.0.2.1:5555", "tcp://eth0:5555", "tcp://[::]:5555", "tcp://master.local:5555", "ipc://@piwheels"] {
             assert!(!is_loopback(address), "{address}");
         }
     }
@@ -623,9 +656,12 @@ mod tests {
         assert!(!ring.should_log(key, "192.0.2.1", t0 + Duration::from_secs(30)));
         assert!(ring.should_log(key, "192.0.2.2", t0 + Duration::from_secs(30)));
         assert!(ring.should_log(key, "192.0.2.1", t0 + Duration::from_secs(61)));
-        for n in 0..(MAX_REMEMBERED_REFUSALS * 2) {
-            ring.should_log(key, &format!("addr-{n}"), t0);
-        }
-        assert!(ring.refusals.lock().unwrap().len() <= MAX_REMEMBERED_REFUSALS);
+        // A flood of new addresses (or keys): memory stays bounded and so does the log.
+        let t1 = t0 + Duration::from_secs(240);
+        let logged = (0..(MAX_REMEMBERED_REFUSALS * 2)).filter(|n| ring.should_log(key, &format!("addr-{n}"), t1)).count();
+        assert_eq!(logged, MAX_REFUSAL_LINES as usize);
+        let log = ring.refusals.lock().unwrap();
+        assert!(log.seen.len() <= MAX_REMEMBERED_REFUSALS);
+        assert_eq!(log.left_out, (MAX_REMEMBERED_REFUSALS * 2) as u64 - u64::from(MAX_REFUSAL_LINES));
     }
 }

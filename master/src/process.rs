@@ -17,7 +17,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use piwheels_common::clock::SystemClock;
 use piwheels_common::hostinfo;
-use piwheels_common::keys::Endpoint;
+use piwheels_common::keys::{Endpoint, needs_keys};
 use piwheels_common::systemd::Notifier;
 use piwheels_common::protocols::{
     ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveCommand, SlaveCommandReply, SlaveTarget, StatusEvent, TaskControl, Versions,
@@ -79,11 +79,13 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     let status_in = Receiver::<StatusEvent>::pull(&zmq, STATUS_ENDPOINT, None)?;
     let rt = Runtime::new(zmq.clone(), Arc::new(SystemClock), STATUS_ENDPOINT);
     let mut tasks = Supervisor::new();
-    // The ZAP handler before any socket it guards: libzmq admits every key while none is bound.
+    // The ZAP handler before any socket it guards, and it stops after every one of them has
+    // closed (its own supervisor): libzmq admits every key while no handler is bound.
+    let mut guard = Supervisor::new();
     if let Some(ring) = auth.keyring() {
         let zap = Gatekeeper::bind(&zmq)?;
         let ring = Arc::clone(ring);
-        tasks.add(task::spawn(&rt, "gatekeeper", move |_| Ok(zap), move |_| Ok(Gatekeeper::new(Arc::clone(&ring))))?);
+        guard.add(task::spawn(&rt, "gatekeeper", move |_| Ok(zap), move |_| Ok(Gatekeeper::new(Arc::clone(&ring))))?);
     }
     let status_out = Sender::<StatusEvent>::publish(&zmq, &cfg.status_queue, &auth.security(Endpoint::Status, &cfg.status_queue))?;
     let control_security = auth.security(Endpoint::Control, &cfg.control_queue);
@@ -114,7 +116,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
             cfg.status_queue,
             cfg.output_path.display()
         );
-        master.main_loop(&control, &status_in, &status_out, &slave_commands, &signals, &mut tasks)
+        master.main_loop(&control, &status_in, &status_out, &slave_commands, &signals, &mut tasks, &mut guard)
     });
 
     match &outcome {
@@ -126,13 +128,14 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
         server.stop();
         feed.stop();
     }
-    let stuck = tasks.shutdown(cfg.stop_timeout.0);
+    let mut stuck = tasks.shutdown(cfg.stop_timeout.0);
     // Relay the tasks' last words, then close every socket before the context goes.
     while let Ok(Some(event)) = status_in.recv_timeout(Duration::ZERO) {
         let _ = status_out.send(&event, Duration::ZERO);
     }
     let endpoints = [cfg.control_queue.clone(), cfg.status_queue.clone(), cfg.import_queue.clone(), cfg.logger_queue.clone()];
     drop((control, status_in, status_out, slave_commands));
+    stuck.extend(guard.shutdown(cfg.stop_timeout.0));
     for endpoint in &endpoints {
         remove_ipc_file(endpoint);
     }
@@ -164,7 +167,7 @@ fn check_database(cfg: &MasterConfig) -> anyhow::Result<()> {
 fn authentication(cfg: &MasterConfig) -> anyhow::Result<Auth> {
     let tcp: Vec<&String> = [&cfg.slave_queue, &cfg.file_queue, &cfg.control_queue, &cfg.status_queue, &cfg.import_queue, &cfg.logger_queue]
         .into_iter()
-        .filter(|address| address.starts_with("tcp://"))
+        .filter(|address| needs_keys(address))
         .collect();
     if !cfg.no_auth {
         let auth = Auth::load(&cfg.state_dir)?;
@@ -312,6 +315,7 @@ impl Master {
         slave_commands: &Client<SlaveCommand, SlaveCommandReply>,
         signals: &SignalFd,
         tasks: &mut Supervisor,
+        guard: &mut Supervisor,
     ) -> anyhow::Result<Stopped> {
         loop {
             let mut items = [
@@ -337,7 +341,7 @@ impl Master {
             {
                 return Ok(stopped);
             }
-            if let Some(reason) = tasks.failed() {
+            if let Some(reason) = tasks.failed().or_else(|| guard.failed()) {
                 return Ok(Stopped::Failed(reason));
             }
             self.systemd.healthy();

@@ -36,6 +36,9 @@ struct Farm {
     file_port: u16,
     master: Option<Process>,
     pid_file: PathBuf,
+    /// The slaves' keys, authorized before the master first starts (a key authorized later
+    /// is only taken at the master's next reload of its list).
+    keys: Vec<(String, ClientKey)>,
 }
 
 impl Farm {
@@ -45,7 +48,13 @@ impl Farm {
         db.execute(&format!("INSERT INTO build_abis (abi_tag, python_version) VALUES ('{}', 311)", local_abi()));
         let dir = shared_dir();
         let pid_file = dir.path().join("build-pids");
-        Farm { dir, db, pypi: FakePypi::start(), slave_port: free_port(), file_port: free_port(), master: None, pid_file }
+        let keys = ["slave-a", "slave-b"]
+            .map(|name| {
+                let key = ClientKey::authorized(&dir.path().join("state"), &dir.path().join(format!("{name}.key")), Role::Slave, name);
+                (name.to_string(), key.for_unprivileged())
+            })
+            .to_vec();
+        Farm { dir, db, pypi: FakePypi::start(), slave_port: free_port(), file_port: free_port(), master: None, pid_file, keys }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -98,9 +107,9 @@ impl Farm {
         }
     }
 
-    /// A key for slave `name`, authorized as a slave with that label.
+    /// The key of slave `name`, authorized as a slave with that label.
     fn slave_key(&self, name: &str) -> ClientKey {
-        ClientKey::authorized(&self.path("state"), &self.path(&format!("{name}.key")), Role::Slave, name).for_unprivileged()
+        self.keys.iter().find(|(n, _)| n == name).map(|(_, key)| key.clone()).expect("a slave the farm made a key for")
     }
 
     /// A slave building under `<dir>/<name>`, with a key of its own.

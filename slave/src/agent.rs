@@ -126,6 +126,7 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
     config.check().map_err(AgentError::Setup)?;
     // Before anything slow: a slave without a usable key should say so at once.
     let security = config.auth.security(&config.slave_endpoint(), Role::Slave).map_err(|e| AgentError::Setup(e.to_string()))?;
+    let file_security = config.auth.security(&config.file_endpoint(), Role::Slave).map_err(|e| AgentError::Setup(e.to_string()))?;
     check_clock()?;
     let stop = Arc::new(OnceLock::new());
     let (events_tx, events) = mpsc::channel();
@@ -172,7 +173,7 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
     let ctx = zmq::Context::new();
     let mut agent = Agent {
         config,
-        uploader: Uploader::new(&ctx, &config.file_endpoint(), &security),
+        uploader: Uploader::new(&ctx, &config.file_endpoint(), &file_security),
         ctx,
         endpoint: config.slave_endpoint(),
         security,

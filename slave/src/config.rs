@@ -125,7 +125,8 @@ pub struct SlaveConfig {
     #[arg(long, env = "PIW_SLAVE_MIN_FREE_MEMORY", value_name = "SIZE", default_value = "128MiB")]
     pub min_free_memory: ByteSize,
 
-    /// The name monitors show for this slave [default: the host name]
+    /// The name this slave gives itself [default: the host name]; a master that
+    /// authenticates slaves names it by its key's label instead
     #[arg(long, env = "PIW_SLAVE_LABEL", value_name = "TEXT")]
     pub label: Option<String>,
 }
