@@ -93,6 +93,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     let slave_commands = Client::<SlaveCommand, SlaveCommandReply>::connect(&zmq, SLAVE_COMMANDS_ENDPOINT, None)?;
     let mut master = Master {
         gate: auth.gate(Endpoint::Control, &cfg.control_queue),
+        guard,
         farm: FarmSnapshot { started: chrono::Utc::now(), host: hostinfo::host_info(None), ..FarmSnapshot::default() },
         clients: HashMap::new(),
         bad_requests: 0,
@@ -116,7 +117,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
             cfg.status_queue,
             cfg.output_path.display()
         );
-        master.main_loop(&control, &status_in, &status_out, &slave_commands, &signals, &mut tasks, &mut guard)
+        master.main_loop(&control, &status_in, &status_out, &slave_commands, &signals, &mut tasks)
     });
 
     match &outcome {
@@ -135,7 +136,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     }
     let endpoints = [cfg.control_queue.clone(), cfg.status_queue.clone(), cfg.import_queue.clone(), cfg.logger_queue.clone()];
     drop((control, status_in, status_out, slave_commands));
-    stuck.extend(guard.shutdown(cfg.stop_timeout.0));
+    stuck.extend(master.guard.shutdown(cfg.stop_timeout.0));
     for endpoint in &endpoints {
         remove_ipc_file(endpoint);
     }
@@ -298,6 +299,8 @@ fn remove_ipc_file(endpoint: &str) {
 struct Master {
     /// Who may use the control socket, and who is asking.
     gate: Gate,
+    /// The gatekeeper, apart from the other tasks: it stops after the sockets it guards.
+    guard: Supervisor,
     farm: FarmSnapshot,
     /// systemd's notifications: ready, the watchdog while every task runs, stopping.
     systemd: Notifier,
@@ -315,7 +318,6 @@ impl Master {
         slave_commands: &Client<SlaveCommand, SlaveCommandReply>,
         signals: &SignalFd,
         tasks: &mut Supervisor,
-        guard: &mut Supervisor,
     ) -> anyhow::Result<Stopped> {
         loop {
             let mut items = [
@@ -341,7 +343,7 @@ impl Master {
             {
                 return Ok(stopped);
             }
-            if let Some(reason) = tasks.failed().or_else(|| guard.failed()) {
+            if let Some(reason) = tasks.failed().or_else(|| self.guard.failed()) {
                 return Ok(Stopped::Failed(reason));
             }
             self.systemd.healthy();
