@@ -212,6 +212,10 @@ impl Uploader {
         let outcome = answer_fetches(&self.ctx, &self.endpoint, &self.security, &mut dealer, transfer, path, options, progress);
         match outcome {
             Ok(_) => self.kept = Some((dealer, Instant::now())),
+            // A stop asked for stands for a sender killed after its last send: what it sent
+            // still leaves (the socket lingers), so that the bytes it counted are the bytes the
+            // juggler gets.
+            Err(UploadError::Stopped { .. }) => drop(dealer),
             // Fetches of the failed transfer may still be on their way.
             Err(_) => drop_now(dealer),
         }
