@@ -96,13 +96,6 @@ impl Caller {
         }
     }
 
-    /// The key's fingerprint, if the caller has a key.
-    pub fn fingerprint(&self) -> Option<&str> {
-        match self {
-            Caller::Key { fingerprint, .. } => Some(fingerprint),
-            Caller::Local => None,
-        }
-    }
 }
 
 impl fmt::Display for Caller {
@@ -337,11 +330,6 @@ impl Gate {
         Gate { endpoint, keyring: None }
     }
 
-    /// Whether this gate checks keys.
-    pub fn checks_keys(&self) -> bool {
-        self.keyring.is_some()
-    }
-
     /// The list of keys this gate checks against, if it checks any.
     pub fn keyring(&self) -> Option<&Arc<KeyRing>> {
         self.keyring.as_ref()
@@ -398,11 +386,6 @@ impl Auth {
     /// Authentication with these keys.
     pub fn with_keys(pair: KeyPair, ring: Arc<KeyRing>) -> Auth {
         Auth { keys: Some((pair, ring)) }
-    }
-
-    /// Whether tcp sockets are authenticated.
-    pub fn enabled(&self) -> bool {
-        self.keys.is_some()
     }
 
     /// The master's public key, when authentication is on.
