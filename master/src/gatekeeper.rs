@@ -95,7 +95,6 @@ impl Caller {
             Caller::Local => None,
         }
     }
-
 }
 
 impl fmt::Display for Caller {
