@@ -182,12 +182,18 @@ impl Keys {
     }
 }
 
-#[test]
-fn each_tcp_socket_admits_exactly_the_roles_it_serves_and_no_stranger() {
+/// A master started with every role's key, an unknown and a revoked key made beforehand; the
+/// directory holding the client key files goes with it.
+fn keyed_master() -> (Master, Keys, tempfile::TempDir) {
     let keys_dir = tempfile::tempdir().unwrap();
     let mut keys = None;
     let master = Master::start(|state| keys = Some(Keys::make(state, keys_dir.path())));
-    let keys = keys.unwrap();
+    (master, keys.unwrap(), keys_dir)
+}
+
+#[test]
+fn each_tcp_socket_admits_exactly_the_roles_it_serves_and_no_stranger() {
+    let (master, keys, _keys_dir) = keyed_master();
     master.attach(keys.role(Role::Operator));
 
     for endpoint in Endpoint::ALL {
@@ -237,10 +243,7 @@ fn each_tcp_socket_admits_exactly_the_roles_it_serves_and_no_stranger() {
 
 #[test]
 fn a_monitor_may_watch_but_not_command_and_an_operator_may_do_both() {
-    let keys_dir = tempfile::tempdir().unwrap();
-    let mut keys = None;
-    let master = Master::start(|state| keys = Some(Keys::make(state, keys_dir.path())));
-    let keys = keys.unwrap();
+    let (master, keys, _keys_dir) = keyed_master();
 
     let monitor = master.attach(keys.role(Role::Monitor));
     for command in [ControlRequest::Pause, ControlRequest::Quit] {
@@ -282,10 +285,7 @@ fn a_monitor_may_watch_but_not_command_and_an_operator_may_do_both() {
 
 #[test]
 fn the_audit_log_names_the_key_behind_an_admin_action() {
-    let keys_dir = tempfile::tempdir().unwrap();
-    let mut keys = None;
-    let master = Master::start(|state| keys = Some(Keys::make(state, keys_dir.path())));
-    let keys = keys.unwrap();
+    let (master, keys, _keys_dir) = keyed_master();
     master.attach(keys.role(Role::Operator));
     let add = |key: &ClientKey, package: &str| {
         Command::new(piwheels_testsupport::programs::program("piw-add"))
