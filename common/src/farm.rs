@@ -10,8 +10,11 @@ use crate::protocols::{FarmSnapshot, SlaveEvent, SlaveReply, SlaveSnapshot, Stat
 
 /// Master statistics kept in a snapshot.
 pub const STATS_HISTORY: usize = 100;
-/// Host figures kept per slave.
-pub const SLAVE_STATS_HISTORY: usize = 100;
+/// Host figures kept per slave (monitors show the last).
+pub const SLAVE_STATS_HISTORY: usize = 10;
+/// Slaves a snapshot holds at most: the slave driver accepts no more, and a snapshot this
+/// full still fits in one message to a monitor.
+pub const MAX_SLAVES: usize = 1000;
 /// Notices kept.
 pub const NOTICE_HISTORY: usize = 200;
 
@@ -28,7 +31,7 @@ impl FarmSnapshot {
             StatusEvent::Slave { slave_id, at, event } => match event {
                 SlaveEvent::Hello(hello) => {
                     let known = self.slaves.get(slave_id).is_some_and(|s| s.first_seen == *at && s.hello == *hello);
-                    if !known {
+                    if !known && (self.slaves.len() < MAX_SLAVES || self.slaves.contains_key(slave_id)) {
                         let slave =
                             SlaveSnapshot { hello: hello.clone(), first_seen: *at, last_seen: *at, stats: Vec::new(), last_reply: None, state_since: *at };
                         self.slaves.insert(*slave_id, slave);
@@ -156,6 +159,33 @@ mod tests {
         }
         assert_eq!(farm.stats.len(), STATS_HISTORY);
         assert_eq!(farm.stats[0].at, at(5));
+    }
+
+    /// The worst a farm of hostile slaves can make of a snapshot (every field as long as the
+    /// slave driver lets it be, every history full, more hellos than allowed) still reaches a
+    /// monitor in one message.
+    #[test]
+    fn a_full_snapshot_fits_in_one_message() {
+        let mut farm = FarmSnapshot::default();
+        let long = "x".repeat(256);
+        let host = HostInfo { label: long.clone(), os_name: long.clone(), os_version: long.clone(), board_revision: long.clone(), board_serial: long.clone() };
+        let hello = SlaveHello { abi: long.clone(), platform: long.clone(), py_version: long.clone(), host, ..hello() };
+        let stats = |t: i64| HostStats { at: at(t), disk_size: u64::MAX, disk_free: u64::MAX, mem_size: u64::MAX, mem_free: u64::MAX, swap_size: u64::MAX, swap_free: u64::MAX, load_average: f64::MAX, cpu_temp: f64::MAX };
+        for slave_id in 1..=(MAX_SLAVES as u32 + 50) {
+            farm.apply(&StatusEvent::Slave { slave_id, at: at(1), event: SlaveEvent::Hello(hello.clone()) });
+            for t in 0..(SLAVE_STATS_HISTORY as i64 + 5) {
+                farm.apply(&StatusEvent::Slave { slave_id, at: at(t), event: SlaveEvent::Stats(stats(t)) });
+            }
+            let reply = SlaveReply::Die { reason: long.repeat(4) };
+            farm.apply(&StatusEvent::Slave { slave_id, at: at(2), event: SlaveEvent::Replied(reply) });
+        }
+        for t in 0..(NOTICE_HISTORY as i64 + 5) {
+            farm.apply(&StatusEvent::Notice { at: at(t), level: NoticeLevel::Warning, text: long.repeat(4) });
+        }
+        assert_eq!(farm.slaves.len(), MAX_SLAVES);
+        let welcome = ControlReply::Welcome { versions: Versions::current(), snapshot: Box::new(farm) };
+        let size = crate::codec::encode(&welcome).unwrap().len();
+        assert!(size < crate::transport::DEFAULT_MAX_MESSAGE / 2, "a full snapshot takes {size} bytes");
     }
 
     #[test]

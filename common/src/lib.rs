@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod farm;
 pub mod hostinfo;
+pub mod inspect;
 pub mod keys;
 pub mod logging;
 pub mod names;

@@ -33,6 +33,14 @@ pub fn is_prerelease(version: &str) -> bool {
     parse_version(version).is_some_and(|v| v.any_prerelease())
 }
 
+/// Whether a wheel's version tag names `version`: the same text, the same PEP 440 version, or
+/// the same text once the file name's escaping (`-` written `_`) is undone.
+pub fn same_version(tag: &str, version: &str) -> bool {
+    tag == version
+        || tag == version.replace('-', "_")
+        || parse_version(tag).is_some_and(|t| parse_version(version).is_some_and(|v| t == v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +61,13 @@ mod tests {
         for v in ["1.0", "1.0.post1", "2024.1", "Kenneth Reitz", "1.0+local"] {
             assert!(!is_prerelease(v), "{v}");
         }
+    }
+
+    #[test]
+    fn wheel_version_tags_match_their_release() {
+        assert!(same_version("1.0", "1.0"));
+        assert!(same_version("1.0", "1.0.0"));
+        assert!(same_version("1.0_beta", "1.0-beta"));
+        assert!(!same_version("1.1", "1.0"));
     }
 }

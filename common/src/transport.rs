@@ -460,11 +460,12 @@ fn prepare_ipc_dir(endpoint: &str, path: &Path) -> Result<(), TransportError> {
 pub struct Peer {
     frames: Vec<Vec<u8>>,
     user: Option<String>,
+    address: Option<String>,
 }
 
 impl Peer {
-    fn from_frames(frames: &[zmq::Message], user: Option<String>) -> Peer {
-        Peer { frames: frames.iter().map(|f| f.to_vec()).collect(), user }
+    fn from_frames(frames: &[zmq::Message], user: Option<String>, address: Option<String>) -> Peer {
+        Peer { frames: frames.iter().map(|f| f.to_vec()).collect(), user, address }
     }
 
     /// The routing frames.
@@ -481,6 +482,11 @@ impl Peer {
     /// authentication (or one whose handshake no ZAP handler saw).
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// The network address the peer's connection comes from (tcp only), as libzmq reports it.
+    pub fn address(&self) -> Option<&str> {
+        self.address.as_deref()
     }
 }
 
@@ -665,7 +671,8 @@ impl<Req: Message, Rep: Message> Server<Req, Rep> {
             return Err(structure::<Req>("empty routing frame".into()).into());
         }
         let user = payload.gets("User-Id").filter(|user| !user.is_empty()).map(str::to_string);
-        let peer = Peer::from_frames(&frames, user);
+        let address = payload.gets("Peer-Address").filter(|address| !address.is_empty()).map(str::to_string);
+        let peer = Peer::from_frames(&frames, user, address);
         let frame = self.raw.check_size::<Req>(payload.len()).map(|()| Frame { msg: payload, _m: PhantomData });
         Ok((peer, frame))
     }
@@ -817,7 +824,7 @@ impl<Req: Message, Rep: Message> Worker<Req, Rep> {
             return Err(structure::<Req>(format!("{n} frames, expected a delimiter, an envelope, a delimiter and a request")).into());
         }
         let request = self.raw.decode(&frames[n - 1]);
-        Ok((Peer::from_frames(&frames[1..n - 2], None), request))
+        Ok((Peer::from_frames(&frames[1..n - 2], None, None), request))
     }
 
     /// Replies to the client behind `peer`.

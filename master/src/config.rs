@@ -92,6 +92,28 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_SLAVE_QUEUE", value_name = "ADDR", default_value = "tcp://*:5555")]
     pub slave_queue: String,
 
+    /// Longest build timeout a slave may announce; a slave announcing more is refused. A
+    /// release handed to a slave is held for it that long
+    #[arg(long, env = "PIW_MAX_BUILD_TIMEOUT", value_name = "DURATION", default_value = "12h")]
+    pub max_build_timeout: HumanDuration,
+
+    /// Longest busy timeout a slave may announce; a slave announcing more is refused. A silent
+    /// slave holds its build that long before it is dropped
+    #[arg(long, env = "PIW_MAX_BUSY_TIMEOUT", value_name = "DURATION", default_value = "1h")]
+    pub max_busy_timeout: HumanDuration,
+
+    /// Most slaves connected at once; more are refused until some leave
+    #[arg(long, env = "PIW_MAX_SLAVES", value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_slaves: u16,
+
+    /// Most slaves connected at once with one key
+    #[arg(long, env = "PIW_MAX_SLAVES_PER_KEY", value_name = "N", default_value = "32", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_slaves_per_key: u16,
+
+    /// Most slaves connected at once from one network address
+    #[arg(long, env = "PIW_MAX_SLAVES_PER_ADDRESS", value_name = "N", default_value = "32", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_slaves_per_address: u16,
+
     /// The package index slaves build from, handed to each slave when it connects: the simple
     /// index of PyPI or of a mirror [default: none: each slave's pip uses its own
     /// configuration]

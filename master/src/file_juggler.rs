@@ -15,21 +15,27 @@
 //!
 //! How a transfer goes:
 //!
-//! 1. `Expect { package, file }` checks the file's name, size and hash and answers
-//!    `Expecting { transfer }` with a random id (ids are capabilities, not counters). An
-//!    unfinished transfer of the same file is reused, so a re-sent file resumes.
-//! 2. The uploader says `Hello { versions, transfer }`; its connection is bound to the
-//!    transfer (a later hello from another connection takes the transfer over) and the juggler
+//! 1. `Expect { package, file, expectation }` checks the file's name against the release and
+//!    build it must belong to (package, version, ABI and platform tags), its size and hash, and
+//!    answers `Expecting { transfer }` with a random id (ids are capabilities, not counters).
+//!    An unfinished transfer of the same file is reused, so a re-sent file resumes.
+//! 2. The uploader says `Hello { versions, transfer }`. When the file socket authenticates,
+//!    only a connection of the key the expectation names may; its connection is bound to the
+//!    transfer (a later hello from another connection of that key takes the transfer over: the
+//!    slave reconnected) and the juggler
 //!    keeps up to `window` `Fetch`es in flight, in increasing offset order, each at most
 //!    `chunk_size` bytes. Every `Chunk` must answer a fetch exactly. Chunks that arrive ahead
 //!    of the written prefix wait in memory (at most `window` of them) so that the file is
 //!    written and hashed in one pass and never read back. When every byte is in: `Done`.
-//! 3. `Verify { transfer }` compares size and SHA-256 with what was announced. On a mismatch
-//!    the transfer is rolled back; on a match the file's data is synced, its `.metadata`
-//!    written beside its final place, and it is linked into `simple/<package>/` (a hard link,
+//! 3. `Verify { transfer }` compares size and SHA-256 with what was announced, then reads the
+//!    wheel's archive: its one `METADATA` must name the package and version. On a mismatch the
+//!    transfer is rolled back; on a match the file's data is synced, its `.metadata` (the
+//!    wheel's own METADATA, never the sender's copy) written beside its final place, and it is
+//!    linked into `simple/<package>/` (a hard link,
 //!    which fails rather than replace an existing file: a published file is never
-//!    overwritten) before the directory is synced, `Verified` answered and the staging files
-//!    removed.
+//!    overwritten) before the directory is synced, `Verified` answered with the description
+//!    read from the wheel (which the caller records instead of the sender's) and the staging
+//!    files removed.
 //!
 //! Transfers not touched for `abandon_after` are removed by a periodic reaper.
 //!
@@ -85,9 +91,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use piwheels_common::clock::SharedClock;
 use piwheels_common::codec::{self, FileRequestRef};
+use piwheels_common::inspect::{self, WheelArchive};
 use piwheels_common::keys::Endpoint;
-use piwheels_common::names::canonicalize;
-use piwheels_common::protocols::{FileReply, FileRequest, FsReply, FsRequest, TransferId, WheelFile};
+use piwheels_common::names::{canonicalize, same_version};
+use piwheels_common::protocols::{Dependencies, FileExpectation, FileReply, FileRequest, FsReply, FsRequest, TransferId, WheelFile};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{FrameSlice, Peer, Server};
 use piwheels_common::upload::MAX_FETCH;
@@ -296,6 +303,8 @@ struct Transfer {
     id: TransferId,
     package: String,
     file: WheelFile,
+    /// What the file must be, and who may send it.
+    expectation: FileExpectation,
     /// The partial file in staging.
     part: File,
     /// Bytes written to `part` and hashed: always a prefix of the file.
@@ -501,11 +510,11 @@ impl FileJuggler {
     /// Rebuilds one transfer from its record and partial file.
     fn resume(&self, id: TransferId, now: Instant) -> anyhow::Result<Transfer> {
         let bytes = fs::read(self.record_path(id)).context("cannot read its record")?;
-        let (package, file) = match codec::decode::<FsRequest>(&bytes).context("unreadable record")? {
-            FsRequest::Expect { package, file } => (package, *file),
+        let (package, file, expectation) = match codec::decode::<FsRequest>(&bytes).context("unreadable record")? {
+            FsRequest::Expect { package, file, expectation } => (package, *file, *expectation),
             other => anyhow::bail!("the record holds {other:?}, not an Expect"),
         };
-        if let Err(reason) = self.validate(&package, &file) {
+        if let Err(reason) = self.validate(&package, &file, &expectation) {
             anyhow::bail!("its record is no longer acceptable: {reason}");
         }
         let part = open_part(&self.part_path(id), false)?;
@@ -523,6 +532,7 @@ impl FileJuggler {
             id,
             package,
             file,
+            expectation,
             part,
             received: len,
             hasher,
@@ -533,8 +543,9 @@ impl FileJuggler {
         })
     }
 
-    /// Why a file cannot be accepted for `package`, if it cannot.
-    fn validate(&self, package: &str, file: &WheelFile) -> Result<(), String> {
+    /// Why a file cannot be accepted for `package` as `expectation` describes the build, if it
+    /// cannot: judged from its name and announced size and hash, before any byte is read.
+    fn validate(&self, package: &str, file: &WheelFile, expectation: &FileExpectation) -> Result<(), String> {
         let package_ok = !package.is_empty()
             && package.len() <= MAX_FILENAME
             && canonicalize(package) == package
@@ -545,9 +556,7 @@ impl FileJuggler {
             return Err(format!("{package:?} is not a canonical package name"));
         }
         let name = WheelName::parse(&file.filename).map_err(|e| e.to_string())?;
-        if !name.is_for(package) {
-            return Err(format!("{} is not a file of package {package}", file.filename));
-        }
+        check_name(&name, package, expectation)?;
         if file.filename.len() + METADATA_SUFFIX.len() > MAX_PUBLISHED_NAME {
             return Err(format!("{} is too long to publish its {METADATA_SUFFIX} file beside it", file.filename));
         }
@@ -569,36 +578,27 @@ impl FileJuggler {
 
     fn on_fs(&mut self, sockets: &mut Sockets, now: Instant) -> anyhow::Result<()> {
         let (peer, request) = sockets.fs.recv()?;
-        let mut failure = None;
-        let reply = match request {
+        let outcome = match request {
             Err(e) => {
                 tracing::warn!("bad request from {peer}: {e}");
-                FsReply::Error { message: e.to_string() }
+                Ok(FsReply::Error { message: e.to_string() })
             }
-            Ok(FsRequest::Expect { package, file }) => self.expect(package, *file, now).unwrap_or_else(|e| {
-                let reply = FsReply::Error { message: format!("{e:#}") };
-                failure = Some(e);
-                reply
-            }),
-            Ok(FsRequest::Link { package, existing, file }) => self.link(&package, &existing, &file).unwrap_or_else(|e| {
-                let reply = FsReply::Error { message: format!("{e:#}") };
-                failure = Some(e);
-                reply
-            }),
-            Ok(FsRequest::Verify { transfer }) => match self.verify(transfer) {
-                Ok(reply) => reply,
-                Err(e) => {
-                    let reply = FsReply::Failed { reason: format!("cannot publish transfer {transfer}: {e:#}") };
-                    failure = Some(e);
-                    reply
-                }
-            },
+            Ok(FsRequest::Expect { package, file, expectation }) => self.expect(package, *file, *expectation, now),
+            Ok(FsRequest::Link { package, existing, file, expectation }) => self.link(&package, &existing, &file, &expectation),
+            Ok(FsRequest::Verify { transfer }) => self.verify(transfer),
             Ok(FsRequest::Abandon { transfer }) => {
                 if let Some(t) = self.forget(transfer) {
                     tracing::info!("transfer {transfer} of {} abandoned at {} of {} bytes", t.file.filename, t.received, t.size());
                 }
-                FsReply::Done
+                Ok(FsReply::Done)
             }
+            Ok(FsRequest::RemoveOrphan { package, filename }) => self.remove_orphan(&package, &filename),
+        };
+        // The master's own failures (a full disk, say) are answered, then restart the task as
+        // any error does: the caller retries later.
+        let (reply, failure) = match outcome {
+            Ok(reply) => (reply, None),
+            Err(e) => (FsReply::Error { message: format!("{e:#}") }, Some(e)),
         };
         sockets.fs.send(&peer, &reply)?;
         match failure {
@@ -609,56 +609,69 @@ impl FileJuggler {
 
     /// Publishes `file` as a hard link to `existing` when that holds the same bytes, so that a
     /// file the index has under another name is not sent again.
-    fn link(&mut self, package: &str, existing: &str, file: &WheelFile) -> anyhow::Result<FsReply> {
-        if let Err(reason) = self.validate(package, file) {
+    fn link(&mut self, package: &str, existing: &str, file: &WheelFile, expectation: &FileExpectation) -> anyhow::Result<FsReply> {
+        if let Err(reason) = self.validate(package, file, expectation) {
             tracing::warn!("refusing to link {:?} for {package:?}: {reason}", file.filename);
-            return Ok(FsReply::Failed { reason });
+            return Ok(FsReply::Refused { reason });
         }
         if WheelName::parse(existing).map_or(true, |name| !name.is_for(package)) {
-            return Ok(FsReply::Failed { reason: format!("{existing:?} is not a published file of {package}") });
+            return Ok(FsReply::Refused { reason: format!("{existing:?} is not a published file of {package}") });
         }
         let dir = self.config.simple_dir().join(package);
         let source = dir.join(existing);
         let target = dir.join(&file.filename);
         // The target may be there already (published earlier with these bytes, or not).
         match same_contents(&target, file)? {
-            Some(true) => return Ok(FsReply::AlreadyHave),
-            Some(false) => {
-                return Ok(FsReply::Failed {
-                    reason: format!("{} is already published with different contents", file.filename),
-                });
-            }
+            Some(true) => return self.already_published(package, &target, file, expectation),
+            Some(false) => return Ok(conflict(&file.filename)),
             None => {}
         }
         if same_contents(&source, file)? != Some(true) {
-            return Ok(FsReply::Failed { reason: format!("{existing} is not published with the contents of {}", file.filename) });
+            return Ok(FsReply::Refused { reason: format!("{existing} is not published with the contents of {}", file.filename) });
         }
+        let described = match describe(&source, package, file, expectation) {
+            Ok(described) => described,
+            Err(reason) => return Ok(FsReply::Refused { reason }),
+        };
         fs::hard_link(&source, &target).with_context(|| format!("cannot link {} to {}", target.display(), source.display()))?;
         let metadata = dir.join(format!("{}{METADATA_SUFFIX}", file.filename));
-        write_atomically(&random_tmp(&dir)?, &metadata, &file.metadata)?;
+        write_atomically(&random_tmp(&dir)?, &metadata, &described.metadata)?;
         sync_dir(&dir)?;
         tracing::info!("published {} as a link to {existing}, which has the same contents", file.filename);
-        Ok(FsReply::AlreadyHave)
+        Ok(FsReply::AlreadyHave { file: Box::new(described) })
     }
 
-    fn expect(&mut self, package: String, file: WheelFile, now: Instant) -> anyhow::Result<FsReply> {
-        if let Err(reason) = self.validate(&package, &file) {
+    /// The answer for a file published already with the announced bytes: its description read
+    /// from the published wheel, its `.metadata` file written if it is missing.
+    fn already_published(&self, package: &str, path: &Path, file: &WheelFile, expectation: &FileExpectation) -> anyhow::Result<FsReply> {
+        let described = match describe(path, package, file, expectation) {
+            Ok(described) => described,
+            Err(reason) => return Ok(FsReply::Refused { reason: format!("the published {}: {reason}", file.filename) }),
+        };
+        let dir = self.config.simple_dir().join(package);
+        let metadata = dir.join(format!("{}{METADATA_SUFFIX}", file.filename));
+        if !metadata.exists() {
+            write_atomically(&random_tmp(&dir)?, &metadata, &described.metadata)?;
+            sync_dir(&dir)?;
+        }
+        Ok(FsReply::AlreadyHave { file: Box::new(described) })
+    }
+
+    fn expect(&mut self, package: String, file: WheelFile, expectation: FileExpectation, now: Instant) -> anyhow::Result<FsReply> {
+        if let Err(reason) = self.validate(&package, &file, &expectation) {
             tracing::warn!("refusing to expect {:?} for {package:?}: {reason}", file.filename);
-            return Ok(FsReply::Failed { reason });
+            return Ok(FsReply::Refused { reason });
         }
         let published = self.config.simple_dir().join(&package).join(&file.filename);
         match same_contents(&published, &file)? {
             Some(true) => {
                 tracing::info!("{} is already published with the same contents", file.filename);
-                return Ok(FsReply::AlreadyHave);
+                return self.already_published(&package, &published, &file, &expectation);
             }
             Some(false) => {
-                let reason = format!(
-                    "{} is already published with different contents; a published file is never overwritten with different bytes",
-                    file.filename
-                );
-                tracing::warn!("{reason}");
-                return Ok(FsReply::Failed { reason });
+                let reply = conflict(&file.filename);
+                tracing::warn!("{reply:?}");
+                return Ok(reply);
             }
             None => {}
         }
@@ -666,14 +679,16 @@ impl FileJuggler {
             t.package == package && t.file.filename == file.filename && t.file.sha256 == file.sha256 && t.file.size == file.size
         }) {
             t.touched = now;
+            // The sender of a build handed out again may be another slave.
+            t.expectation = expectation;
             tracing::info!("expecting {} again: transfer {} resumes at {} of {} bytes", file.filename, t.id, t.received, t.size());
             return Ok(FsReply::Expecting { transfer: t.id });
         }
         let avail = free_space(&self.config.staging_dir);
         if file.size > avail {
-            let reason = format!("not enough space for {} ({} bytes, {avail} free)", file.filename, file.size);
-            tracing::warn!("{reason}");
-            return Ok(FsReply::Failed { reason });
+            let message = format!("not enough space on the master for {} ({} bytes, {avail} free)", file.filename, file.size);
+            tracing::warn!("{message}");
+            return Ok(FsReply::Error { message });
         }
         let id = loop {
             let id = random_id()?;
@@ -681,7 +696,8 @@ impl FileJuggler {
                 break id;
             }
         };
-        let record = codec::encode(&FsRequest::Expect { package: package.clone(), file: Box::new(file.clone()) })?;
+        let record = FsRequest::Expect { package: package.clone(), file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
+        let record = codec::encode(&record)?;
         let part = open_part(&self.part_path(id), true)?;
         if let Err(e) = write_record(&self.record_path(id), &record) {
             remove_quietly(&self.part_path(id));
@@ -694,6 +710,7 @@ impl FileJuggler {
                 id,
                 package,
                 file,
+                expectation,
                 part,
                 received: 0,
                 hasher: Sha256::new(),
@@ -727,35 +744,43 @@ impl FileJuggler {
             self.forget(id);
             return Ok(FsReply::Failed { reason });
         }
+        let described = match describe(&self.part_path(id), &t.package, &t.file, &t.expectation) {
+            Ok(described) => described,
+            Err(reason) => {
+                tracing::warn!("{reason}; transfer {id} rolled back");
+                self.forget(id);
+                return Ok(FsReply::Refused { reason });
+            }
+        };
         let dir = self.config.simple_dir().join(&t.package);
         let target = dir.join(&t.file.filename);
         // Another transfer of the same name may have been published since this one started.
         match same_contents(&target, &t.file)? {
             Some(true) => {
                 tracing::info!("{} was already published with the same contents", t.file.filename);
-                ensure_metadata(&dir, t)?;
+                let (package, file, expectation) = (t.package.clone(), t.file.clone(), t.expectation.clone());
                 self.forget(id);
-                return Ok(FsReply::Verified);
+                return self.already_published(&package, &target, &file, &expectation).map(|reply| match reply {
+                    FsReply::AlreadyHave { file } => FsReply::Verified { file },
+                    other => other,
+                });
             }
             Some(false) => {
-                let reason = format!(
-                    "{} is already published with different contents; a published file is never overwritten with different bytes",
-                    t.file.filename
-                );
-                tracing::warn!("{reason}; transfer {id} rolled back");
+                let reply = conflict(&t.file.filename);
+                tracing::warn!("{reply:?}; transfer {id} rolled back");
                 self.forget(id);
-                return Ok(FsReply::Failed { reason });
+                return Ok(reply);
             }
             None => {}
         }
-        self.publish(id, &dir, &target)?;
-        Ok(FsReply::Verified)
+        self.publish(id, &dir, &target, &described.metadata)?;
+        Ok(FsReply::Verified { file: Box::new(described) })
     }
 
     /// Moves a verified transfer into the served tree: sync its data, `.metadata` beside it,
     /// link into place (never replacing), sync the directory, then clear staging (unsynced:
     /// see the module documentation).
-    fn publish(&mut self, id: TransferId, dir: &Path, target: &Path) -> anyhow::Result<()> {
+    fn publish(&mut self, id: TransferId, dir: &Path, target: &Path, metadata: &[u8]) -> anyhow::Result<()> {
         let Some(t) = self.transfers.get(&id) else { anyhow::bail!("transfer {id} vanished") };
         t.part.sync_data().context("cannot sync the received file")?;
         if !dir.exists() {
@@ -767,7 +792,7 @@ impl FileJuggler {
         let metadata_path = dir.join(format!("{}{METADATA_SUFFIX}", t.file.filename));
         // Named after the transfer: a temporary file left by a crash is replaced, not added to.
         let tmp = dir.join(format!(".{id}{METADATA_SUFFIX}.tmp"));
-        write_atomically(&tmp, &metadata_path, &t.file.metadata)?;
+        write_atomically(&tmp, &metadata_path, metadata)?;
         let part_path = self.part_path(id);
         if let Err(e) = fs::hard_link(&part_path, target) {
             remove_quietly(&metadata_path);
@@ -777,6 +802,25 @@ impl FileJuggler {
         tracing::info!("verified and published {} ({} bytes) for {}", t.file.filename, t.size(), t.package);
         self.forget(id);
         Ok(())
+    }
+
+    /// Removes a published file no build records, and its `.metadata` file.
+    fn remove_orphan(&mut self, package: &str, filename: &str) -> anyhow::Result<FsReply> {
+        let name_ok = WheelName::parse(filename).is_ok_and(|name| name.is_for(package)) && canonicalize(package) == package;
+        if !name_ok {
+            return Ok(FsReply::Refused { reason: format!("{filename:?} is not a file of package {package:?}") });
+        }
+        let dir = self.config.simple_dir().join(package);
+        let path = dir.join(filename);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FsReply::Done),
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+        remove_quietly(&dir.join(format!("{filename}{METADATA_SUFFIX}")));
+        sync_dir(&dir)?;
+        tracing::warn!("removed {}: no build records it", path.display());
+        Ok(FsReply::Done)
     }
 
     /// Drops a transfer and deletes its staging files.
@@ -854,8 +898,16 @@ impl FileJuggler {
     }
 
     fn hello(&mut self, sockets: &Sockets, peer: &Peer, id: TransferId, now: Instant) {
-        if !self.transfers.contains_key(&id) {
+        let Some(t) = self.transfers.get(&id) else {
             self.refuse(sockets, peer, format!("unknown transfer {id}"));
+            return;
+        };
+        // Only the key told to send the file may: an id learned elsewhere (a monitor, a log)
+        // takes nothing over.
+        if let Some(uploader) = &t.expectation.uploader
+            && peer.user() != Some(uploader.as_str())
+        {
+            self.refuse(sockets, peer, format!("transfer {id} was not asked of this key"));
             return;
         }
         let identity = peer.identity().to_vec();
@@ -1070,16 +1122,6 @@ fn same_contents(path: &Path, file: &WheelFile) -> anyhow::Result<Option<bool>> 
     Ok(Some(format!("{:x}", hasher.finalize()) == file.sha256))
 }
 
-/// Writes the `.metadata` side file of an already published wheel if it is missing.
-fn ensure_metadata(dir: &Path, t: &Transfer) -> anyhow::Result<()> {
-    let path = dir.join(format!("{}{METADATA_SUFFIX}", t.file.filename));
-    if !path.exists() {
-        write_atomically(&random_tmp(dir)?, &path, &t.file.metadata)?;
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
 /// Writes `bytes` to `path` through the temporary file `tmp` in the same directory (its data
 /// synced, then renamed), so that readers see the old contents or the new, never part of
 /// them, and the name never points at bytes not on disk. A file already at `tmp` (left by a
@@ -1177,6 +1219,77 @@ fn check_description(file: &WheelFile) -> Result<(), String> {
         return Err(format!("{}: dependency {long:?} is longer than 255 characters", file.filename));
     }
     Ok(())
+}
+
+/// The answer for a file whose name is published with other bytes.
+fn conflict(filename: &str) -> FsReply {
+    FsReply::Conflict {
+        reason: format!("{filename} is already published with different contents; a published file is never overwritten with different bytes"),
+    }
+}
+
+/// Why a wheel's name does not belong to the build `expectation` describes, if it does not:
+/// another package or version, an ABI tag other than the build's (or `abi3`, `none`), or a
+/// platform tag the builder cannot have made.
+fn check_name(name: &WheelName, package: &str, expectation: &FileExpectation) -> Result<(), String> {
+    let filename = || format!("{}-{}-…-{}-{}-{}.whl", name.name, name.version, name.python, name.abi, name.platform);
+    if !name.is_for(package) {
+        return Err(format!("{} is not a file of package {package}", filename()));
+    }
+    if !same_version(&name.version, &expectation.version) {
+        return Err(format!("{} is version {}, not {} that was built", filename(), name.version, expectation.version));
+    }
+    if let Some(abi) = name.abi.split('.').find(|abi| !matches!(*abi, "abi3" | "none") && *abi != expectation.abi) {
+        return Err(format!("{} has ABI tag {abi}; a build for {} makes {}, abi3 or none", filename(), expectation.abi, expectation.abi));
+    }
+    if !expectation.platform.is_empty() {
+        let machine = expectation.platform.strip_prefix("linux_").unwrap_or(&expectation.platform);
+        let allowed = |tag: &str| {
+            tag == "any"
+                || tag == expectation.platform
+                || ((tag.starts_with("manylinux") || tag.starts_with("musllinux")) && tag.strip_suffix(machine).is_some_and(|rest| rest.ends_with('_')))
+        };
+        if let Some(tag) = name.platform.split('.').find(|tag| !allowed(tag)) {
+            return Err(format!("{} has platform tag {tag}; a builder on {} makes {}, any, or a manylinux or musllinux tag of {machine}", filename(), expectation.platform, expectation.platform));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the wheel at `path` (the bytes announced as `file`, already verified) and describes
+/// it from its own contents: tags from its name, METADATA and what the farm keeps of it from
+/// its archive, which must name the package and version. Only the Debian dependencies, which
+/// the builder found by linking the wheel's libraries on its own system, are the sender's.
+fn describe(path: &Path, package: &str, file: &WheelFile, expectation: &FileExpectation) -> Result<WheelFile, String> {
+    let opened = File::open(path).map_err(|e| format!("cannot read {}: {e}", file.filename))?;
+    let mut archive = WheelArchive::open(opened, &file.filename, Path::new(&file.filename)).map_err(|e| e.to_string())?;
+    let metadata = archive.metadata(inspect::Limits::default().metadata).map_err(|e| e.to_string())?;
+    let core = inspect::parse_metadata(&metadata);
+    match core.name.as_deref() {
+        Some(name) if canonicalize(name) == package => {}
+        other => return Err(format!("{}: its METADATA names project {other:?}, not {package}", file.filename)),
+    }
+    match core.version.as_deref() {
+        Some(version) if same_version(version, &expectation.version) => {}
+        other => return Err(format!("{}: its METADATA names version {other:?}, not {}", file.filename, expectation.version)),
+    }
+    let name = archive.name().clone();
+    let described = WheelFile {
+        filename: file.filename.clone(),
+        size: file.size,
+        sha256: file.sha256.clone(),
+        package_tag: name.name,
+        version_tag: name.version,
+        build_tag: name.build,
+        py_tag: name.python,
+        abi_tag: name.abi,
+        platform_tag: name.platform,
+        requires_python: core.requires_python,
+        dependencies: Dependencies { apt: file.dependencies.apt.clone(), pip: core.requirements, unresolved: file.dependencies.unresolved.clone() },
+        metadata: metadata.into(),
+    };
+    check_description(&described)?;
+    Ok(described)
 }
 
 #[cfg(test)]

@@ -156,6 +156,8 @@ pub enum Event {
 struct Session {
     /// Who, for the audit log.
     actor: String,
+    /// Its key (Z85), when the admin socket authenticates: only that key may send its files.
+    key: Option<String>,
     /// When it last sent something.
     seen: Instant,
     import: Option<Import>,
@@ -239,7 +241,7 @@ impl MrChase {
             self.make_room(sockets);
             let actor = audit_actor(caller, &actor);
             tracing::info!("{actor} attached from {peer}");
-            self.sessions.insert(identity, Session { actor, seen: now, import: None });
+            self.sessions.insert(identity, Session { actor, key: peer.user().map(str::to_string), seen: now, import: None });
             return AdminReply::Welcome;
         }
         let Some(session) = self.sessions.get_mut(&identity) else {

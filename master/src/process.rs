@@ -40,7 +40,7 @@ use crate::mr_chase::{self, ChaseConfig, MrChase};
 use crate::oracle::{self, Oracle};
 use crate::pidlock::PidLock;
 use crate::seraph::{self, Seraph};
-use crate::slave_driver::{self, DriverConfig, SlaveDriver};
+use crate::slave_driver::{self, DriverConfig, SlaveDriver, SlaveLimits};
 
 /// Where tasks report their state and figures inside the master.
 pub const STATUS_ENDPOINT: &str = "inproc://status";
@@ -277,6 +277,13 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, auth: &Auth, tasks: &mut Superv
         max_message: transport::DEFAULT_MAX_MESSAGE,
         db_timeout: cfg.db_timeout.0,
         auth: auth.clone(),
+        limits: SlaveLimits {
+            max_build_timeout: cfg.max_build_timeout.0,
+            max_busy_timeout: cfg.max_busy_timeout.0,
+            max_slaves: cfg.max_slaves.into(),
+            max_slaves_per_key: cfg.max_slaves_per_key.into(),
+            max_slaves_per_address: cfg.max_slaves_per_address.into(),
+        },
     };
     let (open_driver, status) = (driver.clone(), rt.status_endpoint.clone());
     tasks.add(task::spawn(

@@ -15,15 +15,34 @@
 //! is dropped (silent past its busy timeout, killed, said goodbye) releases its exclusion at
 //! once: the driver no longer knows its connection, so anything it says later is refused and
 //! it cannot record a result, and its release goes back to the queue at the next refresh.
+//!
+//! # Whose fault a failure is
+//!
+//! Only a failure of the package's own is recorded: a build that ran and failed, timed out or
+//! ran out of memory, as far as the slave's report shows it ran (see [`check_failure`]), or a
+//! wheel the master refuses for what it is (another version, foreign tags, a broken archive).
+//! Everything else is the infrastructure's and is never recorded: the builder's own trouble
+//! (its disk, its tools), a report that does not show the build ran, a slave dropped mid-build,
+//! a file that fails verification again and again, the master's full disk or an unanswered
+//! database. Such a release is handed out again after a back-off that doubles with each
+//! failure ([`RETRY_FIRST`] up to [`RETRY_LONGEST`]), to another builder of its ABI when one is
+//! connected; the files it published are removed (or, when the database cannot say they are
+//! unrecorded, removed at the next conflict: see [`SlaveDriver::resolve_conflict`]).
+//!
+//! # What a slave may claim
+//!
+//! Every duration, size and count a slave sends is bounded ([`SlaveLimits`]): its build and
+//! busy timeouts, the slaves one key and one address may run, the slaves connected at all.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{
-    ArchitectTrigger, BuildQueueUpdate, BuildRecord, BuildResult, DbReply, DbRequest, DeleteAck, DeleteNotice, FailureKind, FsReply, FsRequest,
+    ArchitectTrigger, BuildQueueUpdate, BuildRecord, BuildResult, DbReply, DbRequest, DeleteAck, DeleteNotice, FailureKind, FileExpectation, FsReply, FsRequest,
     NoticeLevel, PackageVersion, SlaveAction, SlaveCommand, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveId,
     SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TransferId, WebReply, WebRequest, WheelFile,
 };
+use piwheels_common::config::HumanDuration;
 use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, Peer, Receiver, Sender, Server};
@@ -46,8 +65,18 @@ pub const DELETED_EXCLUSION: Duration = Duration::from_secs(3600);
 const EXPIRY_CHECK: Duration = Duration::from_secs(5);
 /// How often the list of keys is checked for revocations of connected slaves' keys.
 const REVOCATION_CHECK: Duration = Duration::from_secs(1);
-/// Times a file that fails verification is asked for again before it is given up.
+/// Times a file that fails verification is asked for again before the build is given up.
 const MAX_SEND_ATTEMPTS: u32 = 3;
+/// Back-off before a release that failed for the infrastructure's reasons is handed out again;
+/// it doubles with each such failure of the release, up to [`RETRY_LONGEST`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(30);
+/// Longest back-off between attempts at a release that keeps failing for the infrastructure's
+/// reasons: it is retried at least this often, and never recorded as failed for them.
+pub const RETRY_LONGEST: Duration = Duration::from_secs(3600);
+/// A release whose last infrastructure failure's back-off ended this long ago starts afresh.
+const RETRY_FORGOTTEN: Duration = Duration::from_secs(24 * 3600);
+/// Slack allowed between a slave's measure of a build's duration and the master's.
+const CLOCK_SLACK: Duration = Duration::from_secs(2);
 /// Longest field a slave's hello may carry (labels, tags, host facts).
 const MAX_HELLO_FIELD: usize = 256;
 /// How long the file juggler may take to answer (a verification fsyncs a whole file).
@@ -65,6 +94,36 @@ const FOLD_WITHIN: Duration = Duration::from_secs(1);
 /// and wake the master's main loop for each.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
+/// Bounds on what slaves may claim and how many may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlaveLimits {
+    /// Longest build timeout a slave may announce: a build is excluded from the queue that
+    /// long, and the master abandons it after it.
+    pub max_build_timeout: Duration,
+    /// Longest busy timeout a slave may announce: a silent slave holds its build that long.
+    pub max_busy_timeout: Duration,
+    /// Most slaves connected at once.
+    pub max_slaves: usize,
+    /// Most slaves connected at once with one key.
+    pub max_slaves_per_key: usize,
+    /// Most slaves connected at once from one network address.
+    pub max_slaves_per_address: usize,
+}
+
+impl Default for SlaveLimits {
+    /// The master's defaults: builds up to 12 hours, silences up to an hour, 1,000 slaves,
+    /// 32 per key and per address.
+    fn default() -> Self {
+        SlaveLimits {
+            max_build_timeout: Duration::from_secs(12 * 3600),
+            max_busy_timeout: Duration::from_secs(3600),
+            max_slaves: piwheels_common::farm::MAX_SLAVES,
+            max_slaves_per_key: 32,
+            max_slaves_per_address: 32,
+        }
+    }
+}
+
 /// The slave driver's settings.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -78,6 +137,8 @@ pub struct DriverConfig {
     pub db_timeout: Duration,
     /// Who may connect to the slave socket.
     pub auth: Auth,
+    /// Bounds on slaves' claims and numbers.
+    pub limits: SlaveLimits,
 }
 
 /// The slave driver's sockets, and the slave-id counter, which outlive restarts of its state
@@ -145,6 +206,18 @@ pub enum Event {
 /// A release kept out of a queue until a time.
 type Exclusions = BTreeMap<PackageVersion, Instant>;
 
+/// A release that failed for the infrastructure's reasons, waiting for its next attempt.
+#[derive(Debug, Clone)]
+struct Retry {
+    /// Such failures so far.
+    failures: u32,
+    /// Not handed out before this.
+    until: Instant,
+    /// The builder (its label) of the last attempt, which is passed over while another
+    /// builder of the ABI is connected.
+    builder: String,
+}
+
 /// The slaves' coordinator.
 #[derive(Debug)]
 pub struct SlaveDriver {
@@ -157,6 +230,10 @@ pub struct SlaveDriver {
     building: HashMap<String, Exclusions>,
     /// Deleted releases (an empty version means the whole package), for every ABI.
     deleted: Exclusions,
+    /// Releases that failed for the infrastructure's reasons, per ABI.
+    retries: HashMap<String, BTreeMap<PackageVersion, Retry>>,
+    /// Infrastructure failures since the start, for the log.
+    infrastructure_failures: u64,
     /// Verification attempts of the file each slave is sending.
     attempts: HashMap<SlaveId, u32>,
     /// Files each slave's current build has published, until the build is recorded.
@@ -179,6 +256,8 @@ impl SlaveDriver {
             queues: BTreeMap::new(),
             building: HashMap::new(),
             deleted: BTreeMap::new(),
+            retries: HashMap::new(),
+            infrastructure_failures: 0,
             attempts: HashMap::new(),
             published: HashMap::new(),
             refresh: None,
@@ -197,7 +276,7 @@ impl SlaveDriver {
                 // A key revoked since its connection was made: whatever it asks, it is done.
                 let reason = refusal.to_string();
                 if let Some(slave) = self.slaves.remove(&identity) {
-                    self.drop_slave(sockets, ctx, slave, &reason);
+                    self.drop_slave(sockets, ctx, slave, &reason, false);
                 }
                 return match request {
                     Ok(SlaveRequest::Hello(_)) => reply(sockets, &peer, &SlaveReply::Refused { reason }),
@@ -211,7 +290,7 @@ impl SlaveDriver {
             Err(e) => {
                 let reason = format!("protocol error: {e}");
                 match self.slaves.remove(&identity) {
-                    Some(slave) => self.drop_slave(sockets, ctx, slave, &reason),
+                    Some(slave) => self.drop_slave(sockets, ctx, slave, &reason, false),
                     None => tracing::warn!("bad message from unknown slave {peer}: {e}"),
                 }
                 return reply(sockets, &peer, &SlaveReply::Die { reason });
@@ -255,16 +334,19 @@ impl SlaveDriver {
             }
             Decision::Forget { reason } => {
                 if let Some(slave) = self.slaves.remove(&identity) {
-                    self.drop_slave(sockets, ctx, slave, &format!("said goodbye: {reason}"));
+                    self.drop_slave(sockets, ctx, slave, &format!("said goodbye: {reason}"), true);
                 }
                 Ok(())
             }
             Decision::Die { reason } => {
                 if let Some(slave) = self.slaves.remove(&identity) {
-                    if reason.starts_with("protocol error") {
+                    // An operator's kill puts the build back at once; a protocol error is the
+                    // builder's failure.
+                    let killed = slave.flags.kill;
+                    if !killed {
                         tracing::warn!("slave {} ({}): {reason}", slave.id, slave.hello.host.label);
                     }
-                    self.drop_slave(sockets, ctx, slave, &reason);
+                    self.drop_slave(sockets, ctx, slave, &reason, killed);
                 }
                 reply(sockets, &peer, &SlaveReply::Die { reason })
             }
@@ -283,8 +365,8 @@ impl SlaveDriver {
                     tracing::warn!("refused slave {} from {peer}: {mismatch}", hello.host.label);
                     return reply(sockets, &peer, &SlaveReply::Refused { reason: mismatch.to_string() });
                 }
-                if let Err(reason) = check_hello(&hello) {
-                    tracing::warn!("refused slave from {peer}: {reason}");
+                if let Err(reason) = check_hello(&hello, &self.config.limits).and_then(|()| self.check_room(&peer)) {
+                    tracing::warn!("refused slave {} from {peer}: {reason}", hello.host.label);
                     return reply(sockets, &peer, &SlaveReply::Refused { reason });
                 }
                 sockets.last_slave_id = sockets.last_slave_id.wrapping_add(1).max(1);
@@ -300,6 +382,7 @@ impl SlaveDriver {
                 publish(sockets, ctx, id, SlaveEvent::Hello(hello.clone()));
                 let mut slave = Slave::new(id, hello, ctx.now());
                 slave.key = peer.user().map(str::to_string);
+                slave.address = peer.address().map(str::to_string);
                 self.slaves.insert(peer.identity().to_vec(), slave);
                 let answer = SlaveReply::Ack { slave_id: id, index_url: self.config.index_url.clone() };
                 self.answer(sockets, ctx, &peer, answer)
@@ -313,32 +396,113 @@ impl SlaveDriver {
         }
     }
 
+    /// Refuses a new slave when the farm, its key or its address has as many as allowed.
+    fn check_room(&self, peer: &Peer) -> Result<(), String> {
+        let limits = &self.config.limits;
+        if self.slaves.len() >= limits.max_slaves {
+            return Err(format!("this master has {} slaves connected, the most it allows (--max-slaves)", self.slaves.len()));
+        }
+        if let Some(key) = peer.user() {
+            let same = self.slaves.values().filter(|s| s.key.as_deref() == Some(key)).count();
+            if same >= limits.max_slaves_per_key {
+                return Err(format!("this key has {same} slaves connected, the most one key may (--max-slaves-per-key)"));
+            }
+        }
+        if let Some(address) = peer.address() {
+            let same = self.slaves.values().filter(|s| s.address.as_deref() == Some(address)).count();
+            if same >= limits.max_slaves_per_address {
+                return Err(format!("{address} has {same} slaves connected, the most one address may (--max-slaves-per-address)"));
+            }
+        }
+        Ok(())
+    }
+
     /// Sends `answer` to the slave at `peer` and tells monitors (except for `Cont`, which only
     /// says that nothing changed).
     fn answer(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, peer: &Peer, answer: SlaveReply) -> anyhow::Result<()> {
         if let Some(slave) = self.slaves.get(peer.identity())
             && answer != SlaveReply::Cont
         {
-            publish(sockets, ctx, slave.id, SlaveEvent::Replied(answer.clone()));
+            let shown = match &answer {
+                // A transfer id is for the slave alone: monitors learn which file, not the id.
+                SlaveReply::Send { filename, .. } => SlaveReply::Send { filename: filename.clone(), transfer: 0 },
+                other => other.clone(),
+            };
+            publish(sockets, ctx, slave.id, SlaveEvent::Replied(shown));
         }
         reply(sockets, peer, &answer)
     }
 
-    /// The next release for the slave's ABI that nobody builds and nobody deleted.
+    /// The next release for the slave's ABI that nobody builds and nobody deleted, and that is
+    /// not waiting out a back-off (or for another builder) after an infrastructure failure.
     fn find_work(&mut self, identity: &[u8], now: Instant) -> SlaveReply {
-        let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
-        let abi = slave.hello.abi.clone();
+        let Some(slave) = self.slaves.get(identity) else { return SlaveReply::Done };
+        let (abi, label) = (slave.hello.abi.clone(), slave.hello.host.label.clone());
+        let others_of_abi = self.slaves.values().any(|s| s.hello.abi == abi && s.hello.host.label != label);
+        let retries = self.retries.get(&abi);
+        let waiting = |build: &PackageVersion| {
+            retries.and_then(|r| r.get(build)).is_some_and(|retry| retry.until > now || (retry.builder == label && others_of_abi))
+        };
         let building = self.building.entry(abi.clone()).or_default();
         let queue = self.queues.entry(abi).or_default();
-        while let Some(build) = queue.pop_front() {
-            if building.get(&build).is_some_and(|until| *until > now) || is_deleted(&self.deleted, &build, now) {
+        let mut index = 0;
+        while index < queue.len() {
+            let build = &queue[index];
+            if building.get(build).is_some_and(|until| *until > now) || is_deleted(&self.deleted, build, now) {
+                queue.remove(index);
+                self.lengths_changed = true;
                 continue;
             }
-            building.insert(build.clone(), now + slave.hello.build_timeout);
+            if waiting(build) {
+                // Kept in the queue for its turn.
+                index += 1;
+                continue;
+            }
+            let Some(build) = queue.remove(index) else { break };
+            let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
+            // A bounded timeout cannot overflow; a far future is as good as none.
+            let until = now.checked_add(slave.hello.build_timeout).unwrap_or(now + RETRY_LONGEST);
+            building.insert(build.clone(), until);
             self.lengths_changed = true;
             return slave.start_build(build, now);
         }
-        slave.sleep(false)
+        match self.slaves.get_mut(identity) {
+            Some(slave) => slave.sleep(false),
+            None => SlaveReply::Done,
+        }
+    }
+
+    /// Gives a build up for the infrastructure's reasons (`reason` says which): nothing is
+    /// recorded, the files it published are removed, and the release is handed out again after
+    /// a back-off, to another builder of the ABI when one is connected.
+    fn give_up(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], build: &PackageVersion, reason: &str) -> SlaveReply {
+        let now = ctx.now();
+        self.infrastructure_failures += 1;
+        if let Some(slave) = self.slaves.get(identity) {
+            let (id, label, abi) = (slave.id, slave.hello.host.label.clone(), slave.hello.abi.clone());
+            let delay = self.schedule_retry(&abi, build, &label, now);
+            let text = format!(
+                "slave {id} ({label}) could not build {} {}: {reason}; not recorded, to be built again in {} or later                  (infrastructure failure {} since the start)",
+                build.package,
+                build.version,
+                HumanDuration(delay),
+                self.infrastructure_failures
+            );
+            tracing::warn!("{text}");
+            notice(sockets, ctx, NoticeLevel::Warning, text);
+        }
+        self.release(identity, now);
+        self.want_refresh(format!("{} {} to be built again", build.package, build.version));
+        self.done(sockets, identity)
+    }
+
+    /// Notes one more infrastructure failure of `build` on `builder`; returns the back-off.
+    fn schedule_retry(&mut self, abi: &str, build: &PackageVersion, builder: &str, now: Instant) -> Duration {
+        let retries = self.retries.entry(abi.to_string()).or_default();
+        let failures = retries.get(build).map_or(0, |r| r.failures).saturating_add(1);
+        let delay = RETRY_FIRST.saturating_mul(1 << (failures - 1).min(16)).min(RETRY_LONGEST);
+        retries.insert(build.clone(), Retry { failures, until: now + delay, builder: builder.to_string() });
+        delay
     }
 
     /// Asks the file juggler for the files of `result` from `from` on, until one must be sent;
@@ -352,65 +516,118 @@ impl SlaveDriver {
         mut result: Box<BuildResult>,
         from: usize,
     ) -> SlaveReply {
+        let Some(expectation) = self.expectation(identity, &build) else { return SlaveReply::Done };
         let mut index = from;
+        // A file whose conflict was resolved once: a second conflict means it could not be.
+        let mut resolved: Option<String> = None;
         while index < result.files.len() {
             let file = result.files[index].clone();
-            if self.link_held(sockets, &build.package, &file) {
+            if let Some(described) = self.link_held(sockets, &build.package, &file, &expectation) {
+                result.files[index] = described;
                 index += 1;
                 continue;
             }
-            let request = FsRequest::Expect { package: build.package.clone(), file: Box::new(file.clone()) };
+            let request = FsRequest::Expect { package: build.package.clone(), file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
             match sockets.fs.request(&request, FS_TIMEOUT) {
                 Ok(FsReply::Expecting { transfer }) => {
                     let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
                     return slave.send(result, file.filename, transfer);
                 }
-                Ok(FsReply::AlreadyHave) => index += 1,
-                Ok(other) => {
-                    let reason = match other {
-                        FsReply::Failed { reason } | FsReply::Error { message: reason } => reason,
-                        other => format!("unexpected answer {other:?}"),
-                    };
+                Ok(FsReply::AlreadyHave { file: described }) => {
+                    result.files[index] = *described;
+                    index += 1;
+                }
+                Ok(FsReply::Refused { reason }) => self.refuse_file(sockets, ctx, identity, &mut result, index, &reason),
+                Ok(FsReply::Conflict { reason }) => {
+                    if resolved.as_deref() != Some(file.filename.as_str()) && self.resolve_conflict(sockets, &build.package, &file.filename) {
+                        resolved = Some(file.filename);
+                        continue;
+                    }
                     self.refuse_file(sockets, ctx, identity, &mut result, index, &reason);
                 }
+                Ok(other) => {
+                    let reason = format!("the master could not take {}: {}", file.filename, fs_reason(other));
+                    return self.give_up(sockets, ctx, identity, &build, &reason);
+                }
                 Err(e) => {
-                    // The file juggler did not answer: the build stays unrecorded and goes
-                    // back to the queue; nothing is lost.
-                    tracing::error!("cannot expect {} from the file juggler: {e}", file.filename);
-                    self.release(identity, ctx.now());
-                    return self.done(sockets, identity);
+                    let reason = format!("the file juggler did not answer about {}: {e}", file.filename);
+                    return self.give_up(sockets, ctx, identity, &build, &reason);
                 }
             }
         }
         self.finish(sockets, ctx, identity, build, *result)
     }
 
-    /// Whether a file with the same contents under another name is published already and the
-    /// file juggler linked this one to it, so that it need not be sent.
-    fn link_held(&self, sockets: &Sockets, package: &str, file: &WheelFile) -> bool {
-        let existing = match sockets.db.text(DbRequest::FileWithHash { sha256: file.sha256.clone() }) {
-            Ok(Some(existing)) if existing != file.filename => existing,
-            Ok(_) => return false,
-            Err(e) => {
-                tracing::warn!("cannot look {} up by its hash ({e}); it will be sent", file.filename);
+    /// What the files of the slave's build must be: a wheel of its release for its ABI and
+    /// platform, sent by its key.
+    fn expectation(&self, identity: &[u8], build: &PackageVersion) -> Option<FileExpectation> {
+        let slave = self.slaves.get(identity)?;
+        Some(FileExpectation {
+            version: build.version.clone(),
+            abi: slave.hello.abi.clone(),
+            platform: slave.hello.platform.clone(),
+            uploader: slave.key.clone(),
+        })
+    }
+
+    /// A file published under this name with other bytes blocks the build's file. When no
+    /// build records it and no build in progress published it, it is left over from a build
+    /// whose recording failed: it is removed, and true returned so the file is expected again.
+    fn resolve_conflict(&self, sockets: &Sockets, package: &str, filename: &str) -> bool {
+        if self.published.values().any(|(build, files)| build.package == package && files.iter().any(|f| f == filename)) {
+            return false;
+        }
+        let recorded = match sockets.db.request(DbRequest::PackageFiles { package: package.to_string() }) {
+            Ok(DbReply::Files(files)) => files.iter().any(|f| f.filename == filename),
+            other => {
+                tracing::warn!("cannot tell whether {filename} is recorded, so it stays: {other:?}");
                 return false;
             }
         };
-        let request = FsRequest::Link { package: package.into(), existing, file: Box::new(file.clone()) };
+        if recorded {
+            return false;
+        }
+        let request = FsRequest::RemoveOrphan { package: package.to_string(), filename: filename.to_string() };
         match sockets.fs.request(&request, FS_TIMEOUT) {
-            Ok(FsReply::AlreadyHave) => true,
-            Ok(other) => {
-                tracing::debug!("{} not linked ({other:?}); it will be sent", file.filename);
-                false
+            Ok(FsReply::Done) => {
+                tracing::warn!("removed {filename}, which no build records, so that its build can publish it");
+                true
             }
-            Err(e) => {
-                tracing::warn!("the file juggler did not answer a link of {}: {e}", file.filename);
+            other => {
+                tracing::error!("cannot remove {filename}, which no build records: {other:?}");
                 false
             }
         }
     }
 
-    /// Leaves a file the file juggler will not take out of the build's record.
+    /// The master's description of `file` when a file with the same contents under another
+    /// name is published already and the file juggler linked this one to it, so that it need
+    /// not be sent.
+    fn link_held(&self, sockets: &Sockets, package: &str, file: &WheelFile, expectation: &FileExpectation) -> Option<WheelFile> {
+        let existing = match sockets.db.text(DbRequest::FileWithHash { sha256: file.sha256.clone() }) {
+            Ok(Some(existing)) if existing != file.filename => existing,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!("cannot look {} up by its hash ({e}); it will be sent", file.filename);
+                return None;
+            }
+        };
+        let request = FsRequest::Link { package: package.into(), existing, file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
+        match sockets.fs.request(&request, FS_TIMEOUT) {
+            Ok(FsReply::AlreadyHave { file }) => Some(*file),
+            Ok(other) => {
+                tracing::debug!("{} not linked ({other:?}); it will be sent", file.filename);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("the file juggler did not answer a link of {}: {e}", file.filename);
+                None
+            }
+        }
+    }
+
+    /// Leaves a file the master refuses for what it is out of the build's record, noting why
+    /// in the build's log: the build's fault.
     fn refuse_file(
         &mut self,
         sockets: &Sockets,
@@ -445,48 +662,50 @@ impl SlaveDriver {
         };
         let id = self.slaves.get(identity).map_or(0, |s| s.id);
         match sockets.fs.request(&FsRequest::Verify { transfer }, FS_TIMEOUT) {
-            Ok(FsReply::Verified) => {
+            Ok(FsReply::Verified { file }) => {
                 self.attempts.remove(&id);
                 self.published.entry(id).or_insert_with(|| (build.clone(), Vec::new())).1.push(filename.to_string());
+                result.files[index] = *file;
                 self.next_file(sockets, ctx, identity, build, result, index + 1)
             }
-            Ok(FsReply::Failed { reason }) | Ok(FsReply::Error { message: reason }) => {
+            Ok(FsReply::Failed { reason }) => {
                 let attempts = self.attempts.entry(id).or_insert(0);
                 *attempts += 1;
                 if *attempts >= MAX_SEND_ATTEMPTS {
                     self.attempts.remove(&id);
-                    let reason = format!("{reason} ({MAX_SEND_ATTEMPTS} attempts)");
-                    self.refuse_file(sockets, ctx, identity, &mut result, index, &reason);
-                    self.next_file(sockets, ctx, identity, build, result, index)
+                    let reason = format!("{filename} failed verification {MAX_SEND_ATTEMPTS} times: {reason}");
+                    self.give_up(sockets, ctx, identity, &build, &reason)
                 } else {
                     tracing::warn!("{filename} from slave {id} failed verification, asking again: {reason}");
                     self.next_file(sockets, ctx, identity, build, result, index)
                 }
             }
+            Ok(FsReply::Refused { reason }) => {
+                self.attempts.remove(&id);
+                self.refuse_file(sockets, ctx, identity, &mut result, index, &reason);
+                self.next_file(sockets, ctx, identity, build, result, index)
+            }
             Ok(other) => {
-                tracing::error!("unexpected answer to verifying {filename}: {other:?}");
-                self.release(identity, ctx.now());
-                self.done(sockets, identity)
+                let reason = format!("the master could not publish {filename}: {}", fs_reason(other));
+                self.give_up(sockets, ctx, identity, &build, &reason)
             }
             Err(e) => {
-                tracing::error!("cannot verify {filename} with the file juggler: {e}");
-                self.release(identity, ctx.now());
-                self.done(sockets, identity)
+                let reason = format!("the file juggler did not answer the verification of {filename}: {e}");
+                self.give_up(sockets, ctx, identity, &build, &reason)
             }
         }
     }
 
-    /// Records a finished build (a failure, or a success whose files are all published), asks
-    /// for its log and pages to be written, and lets the slave go idle.
+    /// Records a finished build (a failure of the package's own, or a success whose files are
+    /// all published), asks for its log and pages to be written, and lets the slave go idle.
+    /// A failure that is not the package's is given up instead (see [`SlaveDriver::give_up`]).
     fn finish(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], build: PackageVersion, mut result: BuildResult) -> SlaveReply {
         let Some(slave) = self.slaves.get(identity) else { return SlaveReply::Done };
-        if matches!(result.failure, Some(FailureKind::NoSpace | FailureKind::Builder)) {
-            // The builder's trouble, not the package's: record nothing, so that the release is
-            // built again (by another slave, once this one's exclusion has passed).
-            let text = format!("slave {} could not build {} {}: {:?}; not recorded", slave.id, build.package, build.version, result.failure);
-            tracing::warn!("{text}");
-            notice(sockets, ctx, NoticeLevel::Warning, text);
-            return self.done(sockets, identity);
+        if !result.success || result.files.is_empty() {
+            let elapsed = slave.build_started().map(|started| ctx.now().saturating_duration_since(started));
+            if let Err(reason) = check_failure(&result, &slave.hello, elapsed) {
+                return self.give_up(sockets, ctx, identity, &build, &reason);
+            }
         }
         if result.success && result.files.is_empty() {
             result.success = false;
@@ -502,29 +721,33 @@ impl SlaveDriver {
             abi: slave.hello.abi.clone(),
             result,
         };
+        let (slave_id, abi) = (slave.id, slave.hello.abi.clone());
         let rewrite = record.pending_rewrite(ctx.utc());
-        match sockets.db.log_build(record, rewrite.added_at) {
+        // A connection the database dropped (a restart, a terminated backend) is made again by
+        // the oracle at the next request: one more try rides such a blip out.
+        let logged = sockets.db.log_build(record.clone(), rewrite.added_at).or_else(|e| {
+            tracing::warn!("cannot record the build of {} {} ({e}); trying once more", build.package, build.version);
+            sockets.db.log_build(record, rewrite.added_at)
+        });
+        match logged {
             Ok(build_id) => {
                 // Its files are the build's now.
-                self.published.remove(&slave.id);
+                self.published.remove(&slave_id);
+                if let Some(retries) = self.retries.get_mut(&abi) {
+                    retries.remove(&build);
+                }
                 tracing::info!(
-                    "build {build_id}: {} {} on slave {} {}",
+                    "build {build_id}: {} {} on slave {slave_id} {}",
                     build.package,
                     build.version,
-                    slave.id,
                     if success { "succeeded" } else { "failed" }
                 );
                 web(sockets, WebRequest::Built { build_id, output, rewrite });
                 self.want_refresh(format!("{} {} built", build.package, build.version));
+                self.done(sockets, identity)
             }
-            Err(e) => {
-                // The release stays unrecorded and is built again; its files, if any, are
-                // published already and will be found by hash.
-                tracing::error!("cannot record the build of {} {}: {e}", build.package, build.version);
-                self.release(identity, ctx.now());
-            }
+            Err(e) => self.give_up(sockets, ctx, identity, &build, &format!("the database did not record the build: {e}")),
         }
-        self.done(sockets, identity)
     }
 
     /// Lets the slave go idle. Files of its build that were published but not recorded (the
@@ -572,16 +795,22 @@ impl SlaveDriver {
         }
     }
 
-    /// Forgets a slave that has been removed from `slaves`; its build goes back to the queue.
-    fn drop_slave(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, slave: Slave, reason: &str) {
+    /// Forgets a slave that has been removed from `slaves`; its build goes back to the queue,
+    /// after a back-off unless the slave said goodbye (a builder that crashes or goes silent on
+    /// a release is an infrastructure failure of it).
+    fn drop_slave(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, slave: Slave, reason: &str, goodbye: bool) {
         let holding = slave.build().map(|b| format!(" (it was building {} {})", b.package, b.version)).unwrap_or_default();
         tracing::info!("slave {} ({}) gone: {reason}{holding}", slave.id, slave.hello.host.label);
         self.attempts.remove(&slave.id);
         self.unpublish(sockets, slave.id);
-        if let Some(build) = slave.build()
-            && let Some(exclusions) = self.building.get_mut(&slave.hello.abi)
-        {
-            exclusions.remove(build);
+        if let Some(build) = slave.build() {
+            if !goodbye {
+                self.infrastructure_failures += 1;
+                self.schedule_retry(&slave.hello.abi, build, &slave.hello.host.label, ctx.now());
+            }
+            if let Some(exclusions) = self.building.get_mut(&slave.hello.abi) {
+                exclusions.remove(build);
+            }
             self.want_refresh(format!("slave {} dropped its build of {} {}", slave.id, build.package, build.version));
         }
         publish(sockets, ctx, slave.id, SlaveEvent::Gone { reason: format!("{reason}{holding}") });
@@ -592,6 +821,10 @@ impl SlaveDriver {
         self.deleted.retain(|_, until| *until > now);
         for exclusions in self.building.values_mut() {
             exclusions.retain(|_, until| *until > now);
+        }
+        // A release not failed again for a day starts its back-off afresh.
+        for retries in self.retries.values_mut() {
+            retries.retain(|_, retry| now.saturating_duration_since(retry.until) < RETRY_FORGOTTEN);
         }
         self.queues = queues
             .into_iter()
@@ -708,7 +941,7 @@ impl SlaveDriver {
         for (identity, reason) in refused {
             if let Some(slave) = self.slaves.remove(&identity) {
                 notice(sockets, ctx, NoticeLevel::Warning, format!("slave {} ({}) dropped: {reason}", slave.id, slave.hello.host.label));
-                self.drop_slave(sockets, ctx, slave, &reason);
+                self.drop_slave(sockets, ctx, slave, &reason, false);
             }
         }
     }
@@ -720,7 +953,7 @@ impl SlaveDriver {
             if let Some(slave) = self.slaves.remove(&identity) {
                 let reason = format!("silent for more than its busy timeout ({:?})", slave.hello.busy_timeout);
                 notice(sockets, ctx, NoticeLevel::Warning, format!("slave {} ({}) dropped: {reason}", slave.id, slave.hello.host.label));
-                self.drop_slave(sockets, ctx, slave, &reason);
+                self.drop_slave(sockets, ctx, slave, &reason, false);
             }
         }
     }
@@ -792,8 +1025,9 @@ fn is_deleted(deleted: &Exclusions, build: &PackageVersion, now: Instant) -> boo
     deleted.iter().any(|(gone, until)| *until > now && matches(gone, build))
 }
 
-/// Refuses hellos whose facts the driver cannot use or show.
-fn check_hello(hello: &SlaveHello) -> Result<(), String> {
+/// Refuses hellos whose facts the driver cannot use or show, or whose timeouts pass the
+/// master's limits.
+fn check_hello(hello: &SlaveHello, limits: &SlaveLimits) -> Result<(), String> {
     let fields = [
         ("abi", &hello.abi),
         ("platform", &hello.platform),
@@ -816,7 +1050,65 @@ fn check_hello(hello: &SlaveHello) -> Result<(), String> {
     if hello.busy_timeout.is_zero() || hello.build_timeout.is_zero() {
         return Err("hello's build and busy timeouts must be more than zero".into());
     }
+    if hello.build_timeout > limits.max_build_timeout {
+        return Err(format!(
+            "hello's build timeout {} is longer than this master allows ({}, --max-build-timeout)",
+            HumanDuration(hello.build_timeout),
+            HumanDuration(limits.max_build_timeout)
+        ));
+    }
+    if hello.busy_timeout > limits.max_busy_timeout {
+        return Err(format!(
+            "hello's busy timeout {} is longer than this master allows ({}, --max-busy-timeout)",
+            HumanDuration(hello.busy_timeout),
+            HumanDuration(limits.max_busy_timeout)
+        ));
+    }
     Ok(())
+}
+
+/// Whether a slave's report of a failed build (or one that made no wheel) shows that the build
+/// ran and failed, so that the failure is the package's: `Err` says why it does not, and the
+/// failure is then the infrastructure's. `elapsed` is the time since the build was handed out,
+/// which the build cannot have outlasted.
+fn check_failure(result: &BuildResult, hello: &SlaveHello, elapsed: Option<Duration>) -> Result<(), String> {
+    let kind = match result.failure {
+        Some(FailureKind::NoSpace) => return Err("the builder ran out of disk space".into()),
+        Some(FailureKind::Builder) => return Err("the builder itself failed (see its log)".into()),
+        Some(kind) => kind,
+        None => FailureKind::Build,
+    };
+    let shown = |duration: Duration| HumanDuration(duration).to_string();
+    if result.output.trim().is_empty() {
+        return Err("the slave reports a failure without a build log".into());
+    }
+    if result.duration.is_zero() {
+        return Err("the slave reports a failed build that took no time".into());
+    }
+    if let Some(elapsed) = elapsed
+        && result.duration > elapsed.saturating_add(CLOCK_SLACK)
+    {
+        return Err(format!("the slave reports a build of {}, {} after handing it out", shown(result.duration), shown(elapsed)));
+    }
+    match kind {
+        FailureKind::Build if !result.success && result.exit_status == Some(0) => {
+            Err("the slave reports a failed build whose command exited 0".into())
+        }
+        FailureKind::Timeout if result.duration.saturating_add(CLOCK_SLACK) < hello.build_timeout => Err(format!(
+            "the slave reports a timeout after {}, before its build timeout of {}",
+            shown(result.duration),
+            shown(hello.build_timeout)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The reason in a file juggler's answer that is not the expected one.
+fn fs_reason(reply: FsReply) -> String {
+    match reply {
+        FsReply::Refused { reason } | FsReply::Failed { reason } | FsReply::Conflict { reason } | FsReply::Error { message: reason } => reason,
+        other => format!("unexpected answer {other:?}"),
+    }
 }
 
 fn request_name(request: &SlaveRequest) -> &'static str {

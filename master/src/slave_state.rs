@@ -125,17 +125,27 @@ pub struct Slave {
     /// The user id of its connection (its public key), when the slave socket authenticates:
     /// a revoked key drops the slave.
     pub key: Option<String>,
+    /// The network address its connection comes from (tcp), for the cap on slaves per address.
+    pub address: Option<String>,
 }
 
 impl Slave {
     /// A slave that has just been acknowledged.
     pub fn new(id: SlaveId, hello: SlaveHello, now: Instant) -> Slave {
-        Slave { id, hello, last_seen: now, stage: Stage::Idle, flags: Flags::default(), stats_published: None, key: None }
+        Slave { id, hello, last_seen: now, stage: Stage::Idle, flags: Flags::default(), stats_published: None, key: None, address: None }
     }
 
     /// Whether it has been silent for longer than it allowed (its busy timeout).
     pub fn expired(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.last_seen) > self.hello.busy_timeout
+    }
+
+    /// When the release it holds was handed out, if it holds one.
+    pub fn build_started(&self) -> Option<Instant> {
+        match &self.stage {
+            Stage::Building { started, .. } => Some(*started),
+            _ => None,
+        }
     }
 
     /// The release it holds, if any.
@@ -171,7 +181,7 @@ impl Slave {
             (Stage::Building { build, started }, SlaveRequest::Busy { .. }) => {
                 if self.flags.skip {
                     Decision::Reply(self.abandon(&build, "skipped by an operator"))
-                } else if now.saturating_duration_since(started) > self.hello.build_timeout + BUILD_TIMEOUT_GRACE {
+                } else if now.saturating_duration_since(started) > self.hello.build_timeout.saturating_add(BUILD_TIMEOUT_GRACE) {
                     Decision::Reply(self.abandon(&build, "past its build timeout"))
                 } else {
                     self.stage = Stage::Building { build, started };

@@ -1,160 +1,26 @@
 //! Wheel inspection: what the builder reports about each wheel a build produced.
 //!
-//! [`inspect_wheel`] hashes the file, reads its tags from the file name, checks the archive,
-//! keeps the bytes of its `METADATA` (published unchanged as the PEP 658 `.metadata` file),
-//! reads `Requires-Python` and the unconditional `Requires-Dist` entries from it, and, given an
-//! [`AptIndex`], finds the Debian packages its shared objects link against.
-//!
-//! A wheel is the output of a build of arbitrary code from PyPI, so its archive is treated as
-//! hostile: every entry name is checked (no absolute paths, no `..`, no NUL, no duplicates)
-//! before anything is read; sizes declared in the archive are ignored and reads are capped
-//! instead ([`Limits`]); shared objects are extracted only into a fresh private directory,
-//! through paths built from checked components, as new regular files.
+//! [`inspect_wheel`] hashes the file, reads its tags from the file name, checks the archive and
+//! reads its `METADATA` (with [`piwheels_common::inspect`], as the master does again on
+//! receipt), and, given an [`AptIndex`], finds the Debian packages its shared objects link
+//! against. Shared objects are extracted only into a fresh private directory, through paths
+//! built from checked components, as new regular files, and no more bytes of them than
+//! [`Limits::extracted`].
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read, Seek, Write};
+use std::path::Path;
 
-use piwheels_common::names::{canonicalize, parse_version};
+pub use piwheels_common::inspect::{InspectError, Limits};
+use piwheels_common::inspect::{WheelArchive, hash, parse_metadata};
 use piwheels_common::protocols::{Dependencies, WheelFile};
-use piwheels_common::wheel::{BadWheelName, WheelName};
 use serde_bytes::ByteBuf;
-use sha2::{Digest, Sha256};
-use zip::ZipArchive;
-use zip::result::ZipError;
 
 use crate::apt::{AptIndex, is_shared_library_name};
 
-/// The longest requirement name kept as a pip dependency (the `dependencies.dependency`
-/// column's size); longer names are dropped.
-pub const MAX_REQUIREMENT_NAME: usize = 255;
-
 /// The first bytes of every ELF file.
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
-
-/// Caps on what a wheel may make the inspector read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest `METADATA` accepted, in bytes (default 16 MiB; real ones are a few KiB, or a
-    /// few hundred KiB with a long description).
-    pub metadata: u64,
-    /// Largest total of shared-object bytes extracted for `ldd` (default 2 GiB, beyond the
-    /// biggest real wheels): a bound on the disk a zip bomb can fill.
-    pub extracted: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { metadata: 16 << 20, extracted: 2 << 30 }
-    }
-}
-
-/// Why a wheel was refused. Every message names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum InspectError {
-    /// The path has no file name, or one that is not UTF-8.
-    #[error("{}: the file name is missing or not UTF-8", .file.display())]
-    NoFileName {
-        /// The wheel.
-        file: PathBuf,
-    },
-    /// The file name does not follow the wheel grammar.
-    #[error("{}: {source}", .file.display())]
-    BadName {
-        /// The wheel.
-        file: PathBuf,
-        /// What is wrong with the name.
-        source: BadWheelName,
-    },
-    /// Reading the file, or working in the extraction directory, failed.
-    #[error("{}: {source}", .file.display())]
-    Io {
-        /// The wheel.
-        file: PathBuf,
-        /// The failure.
-        source: io::Error,
-    },
-    /// The file is not a readable zip archive.
-    #[error("{}: not a zip archive: {source}", .file.display())]
-    NotZip {
-        /// The wheel.
-        file: PathBuf,
-        /// What the zip reader found.
-        source: ZipError,
-    },
-    /// An entry name could escape the directory the wheel is installed into, or is unusable.
-    #[error("{}: entry {entry:?} {reason}", .file.display())]
-    HostileEntry {
-        /// The wheel.
-        file: PathBuf,
-        /// The entry's name, as the archive spells it.
-        entry: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// Two entries have the same name, so different tools would see different contents.
-    #[error("{}: the archive holds several entries of the same name", .file.display())]
-    DuplicateEntries {
-        /// The wheel.
-        file: PathBuf,
-    },
-    /// No top-level `*.dist-info/METADATA`.
-    #[error("{}: no *.dist-info/METADATA in the archive", .file.display())]
-    MissingMetadata {
-        /// The wheel.
-        file: PathBuf,
-    },
-    /// More than one top-level `*.dist-info/METADATA`.
-    #[error("{}: more than one *.dist-info/METADATA: {}", .file.display(), .found.join(", "))]
-    SeveralMetadata {
-        /// The wheel.
-        file: PathBuf,
-        /// The entries found.
-        found: Vec<String>,
-    },
-    /// The one `METADATA` is in the dist-info directory of another distribution or version.
-    #[error("{}: {found} is not the metadata of {name} {version}", .file.display())]
-    ForeignMetadata {
-        /// The wheel.
-        file: PathBuf,
-        /// The entry found.
-        found: String,
-        /// The distribution named by the file name.
-        name: String,
-        /// The version named by the file name.
-        version: String,
-    },
-    /// An entry could not be read (unsupported compression, encryption, corrupt data, a
-    /// checksum mismatch).
-    #[error("{}: cannot read entry {entry:?}: {source}", .file.display())]
-    BadEntry {
-        /// The wheel.
-        file: PathBuf,
-        /// The entry.
-        entry: String,
-        /// What went wrong.
-        source: io::Error,
-    },
-    /// `METADATA` is larger than [`Limits::metadata`].
-    #[error("{}: {entry} is larger than {limit} bytes", .file.display())]
-    MetadataTooLarge {
-        /// The wheel.
-        file: PathBuf,
-        /// The entry.
-        entry: String,
-        /// The limit.
-        limit: u64,
-    },
-    /// The shared objects add up to more than [`Limits::extracted`].
-    #[error("{}: the shared objects exceed {limit} bytes when extracted", .file.display())]
-    ExtractionTooLarge {
-        /// The wheel.
-        file: PathBuf,
-        /// The limit.
-        limit: u64,
-    },
-}
 
 /// Describes the wheel at `path`, with the default [`Limits`]. With `apt`, the wheel's shared
 /// objects are extracted beside it (in a temporary directory removed before returning) and
@@ -165,38 +31,19 @@ pub fn inspect_wheel(path: &Path, apt: Option<&AptIndex>) -> Result<WheelFile, I
 
 /// [`inspect_wheel`] with the caps given.
 pub fn inspect_wheel_limited(path: &Path, apt: Option<&AptIndex>, limits: Limits) -> Result<WheelFile, InspectError> {
-    let file = || path.to_path_buf();
-    let io_error = |source| InspectError::Io { file: file(), source };
-    let filename = path.file_name().and_then(OsStr::to_str).ok_or_else(|| InspectError::NoFileName { file: file() })?;
-    let name = WheelName::parse(filename).map_err(|source| InspectError::BadName { file: file(), source })?;
-
+    let io_error = |source| InspectError::Io { file: path.to_path_buf(), source };
+    let filename = path.file_name().and_then(OsStr::to_str).ok_or_else(|| InspectError::NoFileName { file: path.to_path_buf() })?;
     let mut wheel = File::open(path).map_err(io_error)?;
     let (size, sha256) = hash(&mut wheel).map_err(io_error)?;
     wheel.rewind().map_err(io_error)?;
-    let mut archive = ZipArchive::new(BufReader::new(wheel)).map_err(|source| InspectError::NotZip { file: file(), source })?;
-    if archive.has_duplicate_names() {
-        return Err(InspectError::DuplicateEntries { file: file() });
-    }
-    let mut entries = Vec::with_capacity(archive.len());
-    for index in 0..archive.len() {
-        let entry = match archive.name_for_index(index) {
-            Some(Ok(entry)) => entry.into_owned(),
-            Some(Err(source)) => return Err(InspectError::NotZip { file: file(), source }),
-            None => return Err(InspectError::NotZip { file: file(), source: ZipError::FileNotFound }),
-        };
-        if let Err(reason) = check_entry_name(&entry) {
-            return Err(InspectError::HostileEntry { file: file(), entry, reason });
-        }
-        entries.push(entry);
-    }
-
-    let metadata_index = find_metadata(path, &entries, &name)?;
-    let metadata = read_metadata(path, &mut archive, metadata_index, &entries[metadata_index], limits.metadata)?;
-    let (requires_python, pip) = parse_metadata(&metadata);
+    let mut archive = WheelArchive::open(wheel, filename, path)?;
+    let metadata = archive.metadata(limits.metadata)?;
+    let core = parse_metadata(&metadata);
     let (apt_packages, unresolved) = match apt {
-        Some(apt) => shared_object_dependencies(path, &mut archive, &entries, apt, limits.extracted)?,
+        Some(apt) => shared_object_dependencies(path, &mut archive, apt, limits.extracted)?,
         None => (Vec::new(), Vec::new()),
     };
+    let name = archive.name().clone();
     Ok(WheelFile {
         filename: filename.to_string(),
         size,
@@ -207,156 +54,10 @@ pub fn inspect_wheel_limited(path: &Path, apt: Option<&AptIndex>, limits: Limits
         py_tag: name.python,
         abi_tag: name.abi,
         platform_tag: name.platform,
-        requires_python,
-        dependencies: Dependencies { apt: apt_packages, pip, unresolved },
+        requires_python: core.requires_python,
+        dependencies: Dependencies { apt: apt_packages, pip: core.requirements, unresolved },
         metadata: ByteBuf::from(metadata),
     })
-}
-
-/// The size and lower-case hex SHA-256 of everything `file` holds from where it stands.
-fn hash(file: &mut File) -> io::Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buffer[..n]);
-        size += n as u64;
-    }
-    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((size, hex))
-}
-
-/// Refuses an entry name an installer or this inspector could be tricked by: empty, with a
-/// NUL, absolute (`/x`, `\x`, `C:x`), or with a `..` component (either slash separating).
-fn check_entry_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("has an empty name");
-    }
-    if name.contains('\0') {
-        return Err("contains a NUL byte");
-    }
-    if name.starts_with(['/', '\\']) {
-        return Err("is an absolute path");
-    }
-    let bytes = name.as_bytes();
-    if bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' {
-        return Err("names a drive");
-    }
-    if name.split(['/', '\\']).any(|part| part == "..") {
-        return Err("climbs out of the wheel with `..`");
-    }
-    Ok(())
-}
-
-/// The index of the wheel's one top-level `<dir>.dist-info/METADATA`, which must belong to the
-/// distribution and version of the file name.
-fn find_metadata(path: &Path, entries: &[String], name: &WheelName) -> Result<usize, InspectError> {
-    let found: Vec<usize> = (0..entries.len())
-        .filter(|&i| entries[i].strip_suffix("/METADATA").is_some_and(|dir| dir.ends_with(".dist-info") && !dir.contains('/')))
-        .collect();
-    let index = match found.as_slice() {
-        [] => return Err(InspectError::MissingMetadata { file: path.to_path_buf() }),
-        [index] => *index,
-        _ => return Err(InspectError::SeveralMetadata { file: path.to_path_buf(), found: found.iter().map(|&i| entries[i].clone()).collect() }),
-    };
-    let entry = &entries[index];
-    let stem = entry.trim_end_matches("/METADATA").trim_end_matches(".dist-info");
-    if !dist_info_matches(stem, name) {
-        return Err(InspectError::ForeignMetadata {
-            file: path.to_path_buf(),
-            found: entry.clone(),
-            name: name.name.clone(),
-            version: name.version.clone(),
-        });
-    }
-    Ok(index)
-}
-
-/// Whether a dist-info directory's stem (`<name>-<version>`) names the wheel's distribution
-/// (compared canonically) and version (the same text, or the same PEP 440 version). Every
-/// `-` is tried as the separator, so an unescaped name with dashes still matches.
-fn dist_info_matches(stem: &str, wheel: &WheelName) -> bool {
-    let want = canonicalize(&wheel.name);
-    stem.match_indices('-').any(|(at, _)| {
-        let (name, version) = (&stem[..at], &stem[at + 1..]);
-        canonicalize(name) == want && (version == wheel.version || parse_version(version).is_some_and(|v| Some(v) == parse_version(&wheel.version)))
-    })
-}
-
-/// The bytes of the METADATA entry, refused past `limit` bytes however small the archive says
-/// it is.
-fn read_metadata<R: Read + Seek>(path: &Path, archive: &mut ZipArchive<R>, index: usize, entry: &str, limit: u64) -> Result<Vec<u8>, InspectError> {
-    let bad_entry = |source| InspectError::BadEntry { file: path.to_path_buf(), entry: entry.to_string(), source };
-    let mut reader = archive.by_index(index).map_err(|e| bad_entry(e.into()))?;
-    let mut bytes = Vec::new();
-    reader.by_ref().take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(bad_entry)?;
-    if bytes.len() as u64 > limit {
-        return Err(InspectError::MetadataTooLarge { file: path.to_path_buf(), entry: entry.to_string(), limit });
-    }
-    Ok(bytes)
-}
-
-/// `Requires-Python` and the pip dependencies from METADATA's headers (the lines before the
-/// first blank one, RFC 822 style: names compared without case, continuation lines folded
-/// in). Bytes that are not UTF-8 are read as U+FFFD.
-///
-/// The pip dependencies are the canonical names of the `Requires-Dist` entries **without an
-/// environment marker** (no `;`), sorted and without repeats. Entries with a marker are left
-/// out even when the marker would hold on the slave: they are conditional (on an extra, a
-/// Python version, a platform), and the dependencies shown for a wheel are the ones every
-/// install needs. An entry whose name cannot be read, or is longer than
-/// [`MAX_REQUIREMENT_NAME`], is skipped.
-pub fn parse_metadata(metadata: &[u8]) -> (Option<String>, Vec<String>) {
-    let text = String::from_utf8_lossy(metadata);
-    let mut headers: Vec<(&str, String)> = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            break;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = headers.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
-            }
-            continue;
-        }
-        if let Some((header, value)) = line.split_once(':') {
-            headers.push((header.trim(), value.trim().to_string()));
-        }
-    }
-    let values = |wanted: &'static str| headers.iter().filter(move |(h, _)| h.eq_ignore_ascii_case(wanted)).map(|(_, v)| v.as_str());
-    let requires_python = values("Requires-Python").find(|v| !v.is_empty()).map(str::to_string);
-    let mut pip: Vec<String> = values("Requires-Dist").filter_map(unconditional_requirement).collect();
-    pip.sort();
-    pip.dedup();
-    (requires_python, pip)
-}
-
-/// The canonical project name of a PEP 508 requirement without a marker: `foo[bar]>=1`,
-/// `Foo_Bar (>=1.0)`, ` zope.interface`, `pkg @ https://...`. None for a requirement with a
-/// marker or one whose name is malformed or too long.
-fn unconditional_requirement(requirement: &str) -> Option<String> {
-    if requirement.contains(';') {
-        return None;
-    }
-    let requirement = requirement.trim_start();
-    let end = requirement.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))).unwrap_or(requirement.len());
-    let (name, rest) = requirement.split_at(end);
-    let alphanumeric_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if !alphanumeric_ends || name.len() > MAX_REQUIREMENT_NAME {
-        return None;
-    }
-    let rest = rest.trim_start();
-    if !(rest.is_empty() || rest.starts_with(['[', '(', '<', '>', '=', '!', '~', '@'])) {
-        return None;
-    }
-    Some(canonicalize(name))
 }
 
 /// Extracts every ELF entry whose file name is a shared library's (`*.so`, `*.so.N`) into a
@@ -364,8 +65,7 @@ fn unconditional_requirement(requirement: &str) -> Option<String> {
 /// libraries found through `$ORIGIN` are the wheel's own), and asks `apt` what they need.
 fn shared_object_dependencies<R: Read + Seek>(
     path: &Path,
-    archive: &mut ZipArchive<R>,
-    entries: &[String],
+    wheel: &mut WheelArchive<R>,
     apt: &AptIndex,
     limit: u64,
 ) -> Result<(Vec<String>, Vec<String>), InspectError> {
@@ -374,6 +74,8 @@ fn shared_object_dependencies<R: Read + Seek>(
     let scratch = tempfile::Builder::new().prefix(".inspect-").tempdir_in(beside).map_err(io_error)?;
     let mut extracted = Vec::new();
     let mut budget = limit;
+    let entries = wheel.entries().to_vec();
+    let archive = wheel.archive();
     for (index, entry) in entries.iter().enumerate() {
         let base = entry.rsplit('/').next().unwrap_or(entry);
         if !is_shared_library_name(base.as_bytes()) {
@@ -406,72 +108,4 @@ fn shared_object_dependencies<R: Read + Seek>(
         extracted.push(target);
     }
     Ok(if extracted.is_empty() { (Vec::new(), Vec::new()) } else { apt.dependencies(&extracted) })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_requires_python_and_unconditional_requirements() {
-        let metadata = b"Metadata-Version: 2.1\r\nName: demo\r\nVersion: 1.0\r\nrequires-python: >=3.8,\r\n  <4\r\n\
-            Requires-Dist: foo[bar]>=1\r\nRequires-Dist: Foo_Bar (>=1.0)\r\nRequires-Dist:   zope.interface\r\n\
-            Requires-Dist: numpy>=1.20; python_version >= \"3.8\"\r\nRequires-Dist: pytest ; extra == \"test\"\r\n\
-            Requires-Dist: pkg @ https://example.invalid/pkg.whl\r\nRequires-Dist: FOO\r\n\r\nRequires-Dist: in-the-body\r\n";
-        let (requires_python, pip) = parse_metadata(metadata);
-        assert_eq!(requires_python.as_deref(), Some(">=3.8, <4"));
-        assert_eq!(pip, ["foo", "foo-bar", "pkg", "zope-interface"]);
-    }
-
-    #[test]
-    fn no_requirements_and_no_requires_python() {
-        assert_eq!(parse_metadata(b"Metadata-Version: 2.1\nName: x\nVersion: 1\n"), (None, vec![]));
-        assert_eq!(parse_metadata(b"Requires-Python:\n"), (None, vec![]));
-        assert_eq!(parse_metadata(b"\xff\xfe: garbage\nRequires-Dist: ok\n"), (None, vec!["ok".to_string()]));
-    }
-
-    #[test]
-    fn requirement_names() {
-        for (requirement, name) in [
-            ("foo", Some("foo")),
-            ("foo[bar,baz] >= 1", Some("foo")),
-            ("Foo.Bar (>=1,<2)", Some("foo-bar")),
-            ("  a_b~=1.0", Some("a-b")),
-            ("x!=2", Some("x")),
-            ("x===2", Some("x")),
-            ("foo; extra == 'a'", None),
-            ("bad name", None),
-            ("-dash", None),
-            ("dash-", None),
-            ("", None),
-            ("(>=1)", None),
-        ] {
-            assert_eq!(unconditional_requirement(requirement).as_deref(), name, "{requirement:?}");
-        }
-        assert_eq!(unconditional_requirement(&"a".repeat(MAX_REQUIREMENT_NAME)).map(|n| n.len()), Some(MAX_REQUIREMENT_NAME));
-        assert_eq!(unconditional_requirement(&"a".repeat(MAX_REQUIREMENT_NAME + 1)), None);
-    }
-
-    #[test]
-    fn entry_names() {
-        for name in ["demo/__init__.py", "demo-1.0.dist-info/METADATA", "demo/_c.cpython-311-x86_64-linux-gnu.so", "a/..b/c..", "dir/"] {
-            assert_eq!(check_entry_name(name), Ok(()), "{name}");
-        }
-        for name in ["", "/etc/passwd", "\\evil", "C:/evil", "c:evil", "../evil", "a/../../evil", "a\\..\\evil", "a/..", "nul\0"] {
-            assert!(check_entry_name(name).is_err(), "{name:?} was accepted");
-        }
-    }
-
-    #[test]
-    fn dist_info_names() {
-        let wheel = WheelName::parse("RPi.GPIO-0.7.1-cp39-cp39-linux_armv7l.whl").unwrap();
-        for stem in ["RPi.GPIO-0.7.1", "rpi_gpio-0.7.1", "RPi-GPIO-0.7.1", "rpi.gpio-0.7.1.0", "rpi_gpio-0.7.01"] {
-            assert!(dist_info_matches(stem, &wheel), "{stem}");
-        }
-        for stem in ["rpi_gpio-0.7.2", "gpio-0.7.1", "rpi_gpio", "rpi_gpio-", "other-0.7.1"] {
-            assert!(!dist_info_matches(stem, &wheel), "{stem}");
-        }
-        let legacy = WheelName::parse("old-1.0_beta_x-py3-none-any.whl").unwrap();
-        assert!(dist_info_matches("old-1.0_beta_x", &legacy));
-    }
 }

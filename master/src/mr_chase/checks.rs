@@ -1,6 +1,6 @@
 //! What the endpoint accepts as names, versions and free texts.
 
-use piwheels_common::names::{canonicalize, parse_version};
+use piwheels_common::names::canonicalize;
 
 use super::MAX_NAME;
 
@@ -44,13 +44,6 @@ pub(super) fn check_text(what: &str, text: &str, max: usize, empty_ok: bool) -> 
     Ok(())
 }
 
-/// Whether a wheel's version tag names `version`: the same text, the same PEP 440 version, or
-/// the same text once the file name's escaping (`-` written `_`) is undone.
-pub(super) fn same_version(tag: &str, version: &str) -> bool {
-    tag == version
-        || tag == version.replace('-', "_")
-        || parse_version(tag).is_some_and(|t| parse_version(version).is_some_and(|v| t == v))
-}
 
 #[cfg(test)]
 mod tests {
@@ -71,13 +64,5 @@ mod tests {
         assert!(check_text("x", "a\u{7}", 10, false).is_err());
         assert!(check_text("x", &"é".repeat(10), 10, false).is_ok());
         assert!(check_text("x", &"é".repeat(11), 10, false).is_err());
-    }
-
-    #[test]
-    fn wheel_version_tags_match_their_release() {
-        assert!(same_version("1.0", "1.0"));
-        assert!(same_version("1.0", "1.0.0"));
-        assert!(same_version("1.0_beta", "1.0-beta"));
-        assert!(!same_version("1.1", "1.0"));
     }
 }

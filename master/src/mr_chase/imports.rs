@@ -6,13 +6,15 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use piwheels_common::protocols::{
-    AdminReply, BuildRecord, BuildResult, DbRequest, FsReply, FsRequest, ImportRequest, TransferId, WebRequest,
+    AdminReply, BuildRecord, BuildResult, DbRequest, FileExpectation, FsReply, FsRequest, ImportRequest, TransferId, WebRequest,
     WheelFile,
 };
 use piwheels_common::task::Context;
 use piwheels_common::wheel::WheelName;
 
-use super::checks::{check_package, check_text, check_version, same_version};
+use piwheels_common::names::same_version;
+
+use super::checks::{check_package, check_text, check_version};
 use super::{Event, FS_TIMEOUT, MAX_IMPORT_FILES, MAX_NAME, MAX_SEND_ATTEMPTS, MrChase, Sockets, append_notes, trigger, web};
 
 /// Where one file of an import stands.
@@ -36,12 +38,14 @@ pub(super) struct Import {
     current: usize,
     /// Verification failures of the current file.
     attempts: u32,
+    /// The key that may send the files (the tool's), when the admin socket authenticates.
+    uploader: Option<String>,
 }
 
 impl MrChase {
     pub(super) fn import(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], request: ImportRequest) -> AdminReply {
         let Some(session) = self.sessions.get(identity) else { return AdminReply::Refused { reason: "say Hello first".into() } };
-        let actor = session.actor.clone();
+        let (actor, key) = (session.actor.clone(), session.key.clone());
         if let Some(import) = &session.import {
             let message = format!(
                 "an import of {} {} is already in progress on this connection",
@@ -50,7 +54,7 @@ impl MrChase {
             return AdminReply::Error { message };
         }
         let summary = format!("{} {} for {}", request.package, request.version, request.abi);
-        let import = match check_import(sockets, request).and_then(|request| expect_all(sockets, request)) {
+        let import = match check_import(sockets, request).and_then(|request| expect_all(sockets, request, key)) {
             Ok(import) => import,
             Err(message) => return self.conclude(sockets, ctx, &actor, "import", Err(format!("{summary}: {message}"))),
         };
@@ -93,12 +97,13 @@ impl MrChase {
             return self.fail_import(sockets, ctx, identity, format!("Sent {filename:?}, but {expected} was asked for"));
         }
         match sockets.fs.request(&FsRequest::Verify { transfer }, FS_TIMEOUT) {
-            Ok(FsReply::Verified) => {
+            Ok(FsReply::Verified { file }) => {
                 import.states[index] = FileState::Published;
+                import.request.files[index] = *file;
                 import.attempts = 0;
                 self.next_file(sockets, ctx, identity)
             }
-            Ok(FsReply::Failed { reason } | FsReply::Error { message: reason }) => {
+            Ok(FsReply::Failed { reason }) => {
                 import.attempts += 1;
                 if import.attempts >= MAX_SEND_ATTEMPTS {
                     let reason = format!("{filename} failed verification {MAX_SEND_ATTEMPTS} times: {reason}");
@@ -106,15 +111,15 @@ impl MrChase {
                 }
                 tracing::warn!("{filename} failed verification, asking for it again: {reason}");
                 // The transfer was rolled back: the file juggler needs to expect it afresh.
-                let file = import.request.files[index].clone();
-                let request = FsRequest::Expect { package: import.request.package.clone(), file: Box::new(file) };
+                let request = expect_request(&import.request, index, import.uploader.clone());
                 match sockets.fs.request(&request, FS_TIMEOUT) {
                     Ok(FsReply::Expecting { transfer }) => {
                         import.states[index] = FileState::Pending(transfer);
                         AdminReply::Send { filename: expected, transfer }
                     }
-                    Ok(FsReply::AlreadyHave) => {
+                    Ok(FsReply::AlreadyHave { file }) => {
                         import.states[index] = FileState::Held;
+                        import.request.files[index] = *file;
                         self.next_file(sockets, ctx, identity)
                     }
                     Ok(other) => self.fail_import(sockets, ctx, identity, format!("the master refused {expected}: {}", fs_reason(other))),
@@ -239,15 +244,25 @@ fn check_import(sockets: &Sockets, mut request: ImportRequest) -> Result<ImportR
     Ok(request)
 }
 
+/// The request that has the file juggler expect file `index` of an import.
+fn expect_request(request: &ImportRequest, index: usize, uploader: Option<String>) -> FsRequest {
+    let expectation = FileExpectation { version: request.version.clone(), abi: request.abi.clone(), platform: String::new(), uploader };
+    FsRequest::Expect { package: request.package.clone(), file: Box::new(request.files[index].clone()), expectation: Box::new(expectation) }
+}
+
 /// Has the file juggler expect every file of an import, so that a refusal comes before any
-/// byte is sent; on a refusal, the transfers already made are abandoned.
-fn expect_all(sockets: &Sockets, request: ImportRequest) -> Result<Import, String> {
+/// byte is sent; on a refusal, the transfers already made are abandoned. The descriptions of
+/// files the index holds already become the master's own.
+fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<String>) -> Result<Import, String> {
     let mut states = Vec::with_capacity(request.files.len());
-    for file in &request.files {
-        let expect = FsRequest::Expect { package: request.package.clone(), file: Box::new(file.clone()) };
-        let state = match sockets.fs.request(&expect, FS_TIMEOUT) {
+    for index in 0..request.files.len() {
+        let file = &request.files[index];
+        let state = match sockets.fs.request(&expect_request(&request, index, uploader.clone()), FS_TIMEOUT) {
             Ok(FsReply::Expecting { transfer }) => Ok(FileState::Pending(transfer)),
-            Ok(FsReply::AlreadyHave) => Ok(FileState::Held),
+            Ok(FsReply::AlreadyHave { file }) => {
+                request.files[index] = *file;
+                Ok(FileState::Held)
+            }
             Ok(other) => Err(format!("the master refused {}: {}", file.filename, fs_reason(other))),
             Err(e) => Err(format!("the file juggler did not answer: {e}")),
         };
@@ -259,7 +274,7 @@ fn expect_all(sockets: &Sockets, request: ImportRequest) -> Result<Import, Strin
             }
         }
     }
-    Ok(Import { request, states, current: 0, attempts: 0 })
+    Ok(Import { request, states, current: 0, attempts: 0, uploader })
 }
 
 /// Undoes an import: abandons its transfers and has the files it published removed, except
@@ -314,7 +329,7 @@ fn abandon_transfers(sockets: &Sockets, states: &[FileState]) {
 
 fn fs_reason(reply: FsReply) -> String {
     match reply {
-        FsReply::Failed { reason } | FsReply::Error { message: reason } => reason,
+        FsReply::Refused { reason } | FsReply::Failed { reason } | FsReply::Conflict { reason } | FsReply::Error { message: reason } => reason,
         other => format!("unexpected answer {other:?}"),
     }
 }
