@@ -25,7 +25,7 @@
 //! ZeroMQ context (so their own I/O thread), as a separate process would. `BENCH_CHUNK_KIB`
 //! and `BENCH_WINDOW` override the juggler's chunk size and window.
 
-use piwheels_testsupport::data::{random_bytes, wheel_file};
+use piwheels_testsupport::data::{random_bytes, wheel_bytes, wheel_file};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
-use piwheels_common::protocols::{FsReply, FsRequest, StatusEvent, TaskControl, TransferId};
+use piwheels_common::protocols::{FileExpectation, FsReply, FsRequest, StatusEvent, TaskControl, TransferId};
 use piwheels_common::task::{self, Runtime, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};
@@ -176,15 +176,17 @@ impl Bench {
         Bench { _rt: rt, security, gatekeeper, uploaders: zmq::Context::new(), _status: status, _dir: dir, src, endpoint, handle, fs, files: 0 }
     }
 
-    /// Writes `bytes` as a new wheel and expects it.
-    fn expect(&mut self, bytes: &[u8]) -> (PathBuf, TransferId) {
+    /// Writes a new wheel holding `payload` and expects it.
+    fn expect(&mut self, payload: &[u8]) -> (PathBuf, TransferId) {
         self.files += 1;
         let package = format!("bench{}", self.files);
         let filename = format!("{package}-1.0-py3-none-any.whl");
         let path = self.src.join(&filename);
-        std::fs::write(&path, bytes).unwrap();
-        let file = wheel_file(&filename, bytes);
-        match self.fs.request(&FsRequest::Expect { package, file: Box::new(file) }, Duration::from_secs(60)).unwrap() {
+        let bytes = wheel_bytes(&filename, payload);
+        std::fs::write(&path, &bytes).unwrap();
+        let file = wheel_file(&filename, &bytes);
+        let request = FsRequest::Expect { package, file: Box::new(file), expectation: Box::new(any_build("1.0")) };
+        match self.fs.request(&request, Duration::from_secs(60)).unwrap() {
             FsReply::Expecting { transfer } => (path, transfer),
             other => panic!("{other:?}"),
         }
@@ -204,9 +206,11 @@ impl Bench {
             bytes[..8].copy_from_slice(&(version as u64).to_le_bytes());
             let filename = format!("smallwheel-{version}.0-py3-none-any.whl");
             let path = self.src.join(&filename);
+            let bytes = wheel_bytes(&filename, &bytes);
             std::fs::write(&path, &bytes).unwrap();
             let file = wheel_file(&filename, &bytes);
-            let request = FsRequest::Expect { package: "smallwheel".into(), file: Box::new(file) };
+            let expectation = Box::new(any_build(&format!("{version}.0")));
+            let request = FsRequest::Expect { package: "smallwheel".into(), file: Box::new(file), expectation };
             let FsReply::Expecting { transfer } = self.fs.request(&request, Duration::from_secs(60)).unwrap() else {
                 panic!("not expected")
             };
@@ -227,7 +231,7 @@ impl Bench {
 
     fn verify(&self, transfer: TransferId) {
         let reply = self.fs.request(&FsRequest::Verify { transfer }, Duration::from_secs(120)).unwrap();
-        assert_eq!(reply, FsReply::Verified);
+        assert!(matches!(reply, FsReply::Verified { .. }), "{reply:?}");
     }
 
     /// One transfer, timed.
@@ -240,7 +244,7 @@ impl Bench {
         for (name, cpu) in &mut threads {
             *cpu = cpu.saturating_sub(threads_before.get(name).copied().unwrap_or_default());
         }
-        assert_eq!(report.bytes_sent, bytes.len() as u64);
+        assert_eq!(report.bytes_sent, std::fs::metadata(&path).unwrap().len());
         self.verify(transfer);
         let verified = start.elapsed();
         std::fs::remove_file(path).unwrap();
@@ -420,4 +424,9 @@ fn print_small_wheels(bench: &mut Bench, wheels: usize, kb: usize) {
     println!("|{:-<34}|{:-<12}|", "", "");
     println!("| {:<32} | {:>10.3} |", "wall time", wall.as_secs_f64() * 1e3);
     println!("| {:<32} | {:>10.3} |", "file juggler's CPU", cpu.as_secs_f64() * 1e3);
+}
+
+/// What the juggler expects of a pure wheel of `version` from any uploader.
+fn any_build(version: &str) -> FileExpectation {
+    FileExpectation { version: version.into(), abi: "cp311".into(), platform: "linux_armv7l".into(), uploader: None }
 }

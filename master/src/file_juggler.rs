@@ -1302,6 +1302,7 @@ mod tests {
             id: 1,
             package: "foo".into(),
             file,
+            expectation: FileExpectation { version: "1.0".into(), abi: "cp311".into(), platform: String::new(), uploader: None },
             part: open_part(&dir.join("1.part"), true).unwrap(),
             received: 0,
             hasher: Sha256::new(),
@@ -1376,7 +1377,8 @@ mod tests {
         config.check().unwrap();
         let clock: SharedClock = std::sync::Arc::new(piwheels_common::clock::SystemClock);
         let file = piwheels_testsupport::data::wheel_file("foo-1.0-py3-none-any.whl", b"the wheel's bytes");
-        let record = codec::encode(&FsRequest::Expect { package: "foo".into(), file: Box::new(file) }).unwrap();
+        let expectation = Box::new(FileExpectation { version: "1.0".into(), abi: "cp311".into(), platform: String::new(), uploader: None });
+        let record = codec::encode(&FsRequest::Expect { package: "foo".into(), file: Box::new(file), expectation }).unwrap();
         let staged = || fs::read_dir(&config.staging_dir).unwrap().count();
         for cut in (0..record.len()).step_by(5).chain([record.len() - 1]) {
             write_record(&config.staging_dir.join("7.expect"), &record[..cut]).unwrap();
@@ -1405,6 +1407,37 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"Metadata-Version: 2.1");
         assert!(fs::symlink_metadata(&tmp).is_err(), "the temporary name is gone");
         assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn wheel_names_must_belong_to_their_build() {
+        let build = FileExpectation { version: "1.0".into(), abi: "cp311".into(), platform: "linux_armv7l".into(), uploader: None };
+        let check = |filename: &str| check_name(&WheelName::parse(filename).unwrap(), "foo", &build);
+        for good in [
+            "foo-1.0-py3-none-any.whl",
+            "foo-1.0.0-cp311-cp311-linux_armv7l.whl",
+            "Foo-1.0-cp39-abi3-linux_armv7l.whl",
+            "foo-1.0-cp311-cp311-manylinux_2_17_armv7l.manylinux2014_armv7l.whl",
+            "foo-1.0-cp311-cp311-musllinux_1_1_armv7l.whl",
+            "foo-1.0-1-py2.py3-none-any.whl",
+        ] {
+            assert_eq!(check(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("bar-1.0-py3-none-any.whl", "not a file of package foo"),
+            ("foo-1.1-py3-none-any.whl", "version 1.1"),
+            ("foo-1.0-cp312-cp312-linux_armv7l.whl", "ABI tag cp312"),
+            ("foo-1.0-cp311-cp311.cp312-linux_armv7l.whl", "ABI tag cp312"),
+            ("foo-1.0-cp311-cp311-linux_aarch64.whl", "platform tag linux_aarch64"),
+            ("foo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", "platform tag manylinux_2_17_x86_64"),
+            ("foo-1.0-cp311-cp311-win_armv7l.whl", "platform tag win_armv7l"),
+            ("foo-1.0-cp311-cp311-manylinux_2_17_xarmv7l.whl", "platform tag manylinux_2_17_xarmv7l"),
+        ] {
+            let reason = check(bad).unwrap_err();
+            assert!(reason.contains(why), "{bad}: {reason}");
+        }
+        let import = FileExpectation { platform: String::new(), ..build };
+        assert_eq!(check_name(&WheelName::parse("foo-1.0-cp311-cp311-linux_aarch64.whl").unwrap(), "foo", &import), Ok(()), "an import's platform is not checked");
     }
 
     #[test]

@@ -24,8 +24,9 @@
 //! Everything else is the infrastructure's and is never recorded: the builder's own trouble
 //! (its disk, its tools), a report that does not show the build ran, a slave dropped mid-build,
 //! a file that fails verification again and again, the master's full disk or an unanswered
-//! database. Such a release is handed out again after a back-off that doubles with each
-//! failure ([`RETRY_FIRST`] up to [`RETRY_LONGEST`]), to another builder of its ABI when one is
+//! database. Such a release is handed out again at once the first time (a lost builder is
+//! rarely the package's doing), then after a back-off that doubles with each further failure
+//! ([`RETRY_FIRST`] up to [`RETRY_LONGEST`]), to another builder of its ABI when one is
 //! connected; the files it published are removed (or, when the database cannot say they are
 //! unrecorded, removed at the next conflict: see [`SlaveDriver::resolve_conflict`]).
 //!
@@ -67,8 +68,8 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(5);
 const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 /// Times a file that fails verification is asked for again before the build is given up.
 const MAX_SEND_ATTEMPTS: u32 = 3;
-/// Back-off before a release that failed for the infrastructure's reasons is handed out again;
-/// it doubles with each such failure of the release, up to [`RETRY_LONGEST`].
+/// Back-off before a release that failed twice for the infrastructure's reasons is handed out
+/// again; it doubles with each further such failure of the release, up to [`RETRY_LONGEST`].
 pub const RETRY_FIRST: Duration = Duration::from_secs(30);
 /// Longest back-off between attempts at a release that keeps failing for the infrastructure's
 /// reasons: it is retried at least this often, and never recorded as failed for them.
@@ -500,7 +501,10 @@ impl SlaveDriver {
     fn schedule_retry(&mut self, abi: &str, build: &PackageVersion, builder: &str, now: Instant) -> Duration {
         let retries = self.retries.entry(abi.to_string()).or_default();
         let failures = retries.get(build).map_or(0, |r| r.failures).saturating_add(1);
-        let delay = RETRY_FIRST.saturating_mul(1 << (failures - 1).min(16)).min(RETRY_LONGEST);
+        let delay = match failures {
+            1 => Duration::ZERO,
+            _ => RETRY_FIRST.saturating_mul(1 << (failures - 2).min(16)).min(RETRY_LONGEST),
+        };
         retries.insert(build.clone(), Retry { failures, until: now + delay, builder: builder.to_string() });
         delay
     }

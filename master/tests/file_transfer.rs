@@ -2,7 +2,7 @@
 //! file socket, inproc for file-system requests), the shared uploader, scripted hostile
 //! uploaders, temporary directories. Every wait is bounded.
 
-use piwheels_testsupport::data::{random_bytes, wheel_file};
+use piwheels_testsupport::data::{random_bytes, wheel_bytes, wheel_file, wheel_with_metadata};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::{FakeClock, SharedClock, SystemClock};
 use piwheels_common::protocols::{
-    FileReply, FileRequest, FsReply, FsRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile,
+    FileExpectation, FileReply, FileRequest, FsReply, FsRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile,
 };
 use piwheels_common::task::{self, Runtime, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Dealer, Receiver};
@@ -106,8 +106,13 @@ impl Juggler {
         self.fs.as_ref().unwrap().request(&req, FS_TIMEOUT).unwrap()
     }
 
+    /// Expects `file` as a file of a cp311 build of the version its name gives.
     fn expect(&self, package: &str, file: &WheelFile) -> FsReply {
-        self.request(FsRequest::Expect { package: package.into(), file: Box::new(file.clone()) })
+        self.expect_as(package, file, expectation(file))
+    }
+
+    fn expect_as(&self, package: &str, file: &WheelFile, expectation: FileExpectation) -> FsReply {
+        self.request(FsRequest::Expect { package: package.into(), file: Box::new(file.clone()), expectation: Box::new(expectation) })
     }
 
     fn expecting(&self, package: &str, file: &WheelFile) -> TransferId {
@@ -155,7 +160,7 @@ impl Juggler {
         fs::create_dir_all(&src).unwrap();
         let filename = format!("{}-{version}-py3-none-any.whl", package.replace('-', "_"));
         let path = src.join(format!("{seed}-{filename}"));
-        let bytes = random_bytes(size, seed);
+        let bytes = wheel_bytes(&filename, &random_bytes(size, seed));
         fs::write(&path, &bytes).unwrap();
         let file = wheel_file(&filename, &bytes);
         (path, file)
@@ -165,7 +170,7 @@ impl Juggler {
     fn transfer_and_verify(&self, package: &str, path: &Path, file: &WheelFile) -> UploadReport {
         let transfer = self.expecting(package, file);
         let report = self.upload(transfer, path, fast()).unwrap();
-        assert_eq!(self.verify(transfer), FsReply::Verified);
+        verified(self.verify(transfer));
         self.assert_published(package, file);
         report
     }
@@ -250,10 +255,38 @@ fn chunk(offset: u64, data: Vec<u8>) -> FileRequest {
     FileRequest::Chunk { offset, data: data.into() }
 }
 
+/// The expectation of a cp311 build of the version `file`'s name gives, from any sender.
+fn expectation(file: &WheelFile) -> FileExpectation {
+    let version = file.filename.split('-').nth(1).unwrap_or("1.0").to_string();
+    FileExpectation { version, abi: "cp311".into(), platform: "linux_armv7l".into(), uploader: None }
+}
+
 fn failed(reply: FsReply) -> String {
     match reply {
         FsReply::Failed { reason } => reason,
         other => panic!("expected Failed, got {other:?}"),
+    }
+}
+
+fn refused(reply: FsReply) -> String {
+    match reply {
+        FsReply::Refused { reason } => reason,
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+fn conflict(reply: FsReply) -> String {
+    match reply {
+        FsReply::Conflict { reason } => reason,
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+}
+
+/// The master's description of a verified file.
+fn verified(reply: FsReply) -> WheelFile {
+    match reply {
+        FsReply::Verified { file } => *file,
+        other => panic!("expected Verified, got {other:?}"),
     }
 }
 
@@ -308,7 +341,7 @@ fn hostile_announcements_are_refused_and_the_juggler_still_serves() {
         ("foo", WheelFile { sha256: "abc".into(), ..good.clone() }, "not a SHA-256"),
     ];
     for (package, file, why) in cases {
-        let reason = failed(j.expect(package, &file));
+        let reason = refused(j.expect(package, &file));
         assert!(reason.contains(why), "{package} {:?}: {reason}", file.filename);
     }
     assert_eq!(j.staging_files(), Vec::<String>::new(), "no transfer was created");
@@ -316,9 +349,9 @@ fn hostile_announcements_are_refused_and_the_juggler_still_serves() {
     // A published name claimed by other bytes.
     j.transfer_and_verify("foo", &path, &good);
     let (_, other) = j.wheel("foo", "1.0", 100_000, 4);
-    let reason = failed(j.expect("foo", &other));
+    let reason = conflict(j.expect("foo", &other));
     assert!(reason.contains("foo-1.0-py3-none-any.whl") && reason.contains("never overwritten"), "{reason}");
-    assert_eq!(j.expect("foo", &good), FsReply::AlreadyHave, "the same bytes are already had");
+    assert_eq!(j.expect("foo", &good), FsReply::AlreadyHave { file: Box::new(good.clone()) }, "the same bytes are already had");
     j.assert_published("foo", &good);
 
     let (path, next) = j.wheel("foo", "1.1", 500_000, 5);
@@ -341,8 +374,9 @@ fn hostile_uploaders_are_refused_and_the_juggler_still_serves() {
     assert!(refusal(&d).contains("say Hello first"));
 
     // Each misbehaviour on a connection that said hello properly.
+    let past_the_end = format!("runs past the end of the {}-byte file", file.size);
     let cases: [(u64, usize, &str); 4] = [
-        (199_000, 2_000, "runs past the end of the 200000-byte file"),
+        (file.size - 1000, 2_000, &past_the_end),
         (0, (64 << 10) + 1, "larger than the 65536 bytes asked for"),
         (0, 100, "smaller than the 65536 bytes asked for"),
         (1000, 1000, "never asked for"),
@@ -371,7 +405,7 @@ fn hostile_uploaders_are_refused_and_the_juggler_still_serves() {
     // A real uploader still gets the file through, on the same transfer.
     let report = j.upload(transfer, &path, fast()).unwrap();
     assert_eq!(report.bytes_sent, file.size);
-    assert_eq!(j.verify(transfer), FsReply::Verified);
+    verified(j.verify(transfer));
     j.assert_published("foo", &file);
     assert_eq!(j.errors(), 0, "bad input is not a handler error");
 }
@@ -395,7 +429,7 @@ fn a_killed_sender_resumes_and_sends_only_the_missing_bytes() {
     assert_eq!(j.expecting("foo", &file), transfer);
     let report = j.upload(transfer, &path, UploadOptions { nudge_after: Duration::from_secs(5), ..fast() }).unwrap();
     assert_eq!(report.bytes_sent, file.size - sent, "only the missing bytes are sent again");
-    assert_eq!(j.verify(transfer), FsReply::Verified);
+    verified(j.verify(transfer));
     j.assert_published("foo", &file);
     assert_eq!(j.staging_files(), Vec::<String>::new());
 }
@@ -425,7 +459,7 @@ fn a_restarted_juggler_resumes_the_transfer_and_publishes_nothing_half_written()
     assert_eq!(report.bytes_sent, file.size - sent, "the restarted juggler resumes after the bytes it had");
     assert!(report.hellos >= 2, "the uploader had to nudge: {report:?}");
     assert_eq!(tree(&j.output()), Vec::<String>::new(), "complete but unverified: still nothing published");
-    assert_eq!(j.verify(transfer), FsReply::Verified);
+    verified(j.verify(transfer));
     j.assert_published("foo", &file);
     assert_eq!(j.staging_files(), Vec::<String>::new());
 }
@@ -453,7 +487,7 @@ fn sixteen_concurrent_transfers_all_complete_and_verify() {
         assert!(uploader.join().unwrap().unwrap().bytes_sent >= file.size);
     }
     for (n, (_, file, transfer)) in files.iter().enumerate() {
-        assert_eq!(j.verify(*transfer), FsReply::Verified);
+        verified(j.verify(*transfer));
         j.assert_published(&format!("pkg{n}"), file);
     }
     assert_eq!(j.staging_files(), Vec::<String>::new());
@@ -483,7 +517,8 @@ fn a_file_expected_again_reuses_its_transfer_and_abandon_removes_it() {
     let (_, rebuilt) = j.wheel("foo", "1.0", 1_000_000, 11);
     let other = j.expecting("foo", &rebuilt);
     assert_ne!(other, transfer, "other bytes under the same name are another transfer");
-    assert!(failed(j.verify(transfer)).contains("transfer incomplete: 0 of 1000000 bytes"));
+    let reason = failed(j.verify(transfer));
+    assert!(reason.contains(&format!("transfer incomplete: 0 of {} bytes", file.size)), "{reason}");
 
     assert_eq!(j.request(FsRequest::Abandon { transfer: other }), FsReply::Done);
     assert_eq!(j.request(FsRequest::Abandon { transfer: other }), FsReply::Done, "abandoning twice is harmless");
@@ -503,8 +538,8 @@ fn a_second_transfer_of_a_published_name_with_other_bytes_fails_at_verification(
     let (ta, tb) = (j.expecting("foo", &a), j.expecting("foo", &b));
     j.upload(ta, &path_a, fast()).unwrap();
     j.upload(tb, &path_b, fast()).unwrap();
-    assert_eq!(j.verify(ta), FsReply::Verified);
-    let reason = failed(j.verify(tb));
+    verified(j.verify(ta));
+    let reason = conflict(j.verify(tb));
     assert!(reason.contains("never overwritten"), "{reason}");
     j.assert_published("foo", &a);
     assert_eq!(j.staging_files(), Vec::<String>::new());
@@ -561,4 +596,73 @@ fn files_in_staging_without_a_record_are_removed_at_start_and_others_left_alone(
     let (path, file) = j.wheel("foo", "1.0", 1000, 15);
     j.transfer_and_verify("foo", &path, &file);
     assert_eq!(j.staging_files(), ["piw-master.pid"]);
+}
+
+/// A wheel is what its build says only when its name and its METADATA say so: another
+/// version, ABI or platform is refused before a byte is sent; METADATA naming another project
+/// or version is refused at verification and rolled back; and the published `.metadata` and
+/// the description the master answers with are the wheel's own, whatever the sender claimed.
+#[test]
+fn a_wheel_must_be_of_its_build_and_its_metadata_is_read_from_the_wheel() {
+    let j = Juggler::new(|_| {});
+    let src = j.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let make = |filename: &str, metadata: Option<&str>| {
+        let bytes = match metadata {
+            Some(metadata) => wheel_with_metadata(filename, metadata, b"payload"),
+            None => wheel_bytes(filename, b"payload"),
+        };
+        let path = src.join(filename);
+        fs::write(&path, &bytes).unwrap();
+        (path, wheel_file(filename, &bytes))
+    };
+    let build = FileExpectation { version: "2.2.3".into(), abi: "cp311".into(), platform: "linux_armv7l".into(), uploader: None };
+    for (filename, why) in [
+        ("urllib3-99.0-py3-none-any.whl", "is version 99.0, not 2.2.3"),
+        ("urllib3-2.2.3-cp39-cp39-linux_armv7l.whl", "ABI tag cp39"),
+        ("urllib3-2.2.3-cp311-cp311-linux_x86_64.whl", "platform tag linux_x86_64"),
+        ("urllib3-2.2.3-cp311-cp311-manylinux_2_17_aarch64.whl", "platform tag manylinux_2_17_aarch64"),
+    ] {
+        let (_, file) = make(filename, None);
+        let reason = refused(j.expect_as("urllib3", &file, build.clone()));
+        assert!(reason.contains(why), "{filename}: {reason}");
+    }
+    for filename in ["urllib3-2.2.3.0-py3-none-any.whl", "urllib3-2.2.3-cp311-abi3-manylinux_2_31_armv7l.whl", "urllib3-2.2.3-cp311-cp311-linux_armv7l.whl"] {
+        let (_, file) = make(filename, None);
+        assert!(matches!(j.expect_as("urllib3", &file, build.clone()), FsReply::Expecting { .. }), "{filename}");
+    }
+
+    // METADATA naming another version or project: refused once the bytes are in.
+    for (metadata, why) in [
+        ("Metadata-Version: 2.1\nName: urllib3\nVersion: 99.0\n", "names version Some(\"99.0\")"),
+        ("Metadata-Version: 2.1\nName: requests\nVersion: 2.2.3\n", "names project Some(\"requests\")"),
+    ] {
+        let (path, file) = make("urllib3-2.2.3-py3-none-any.whl", Some(metadata));
+        let transfer = match j.expect_as("urllib3", &file, build.clone()) {
+            FsReply::Expecting { transfer } => transfer,
+            other => panic!("{other:?}"),
+        };
+        j.upload(transfer, &path, fast()).unwrap();
+        let reason = refused(j.verify(transfer));
+        assert!(reason.contains(why), "{reason}");
+        assert!(!j.published("urllib3", &file.filename).exists(), "nothing published");
+    }
+
+    // The sender's METADATA and dependencies are not believed.
+    let genuine = "Metadata-Version: 2.1\nName: urllib3\nVersion: 2.2.3\nRequires-Dist: brotli\n";
+    let (path, mut file) = make("urllib3-2.2.3-py3-none-any.whl", Some(genuine));
+    file.metadata = b"Metadata-Version: 2.1\nName: urllib3\nVersion: 2.2.3\nRequires-Dist: evil-package\n".to_vec().into();
+    file.dependencies.pip = vec!["evil-package".into()];
+    file.requires_python = Some(">=2.0".into());
+    let transfer = match j.expect_as("urllib3", &file, build.clone()) {
+        FsReply::Expecting { transfer } => transfer,
+        other => panic!("{other:?}"),
+    };
+    j.upload(transfer, &path, fast()).unwrap();
+    let described = verified(j.verify(transfer));
+    assert_eq!(described.metadata, genuine.as_bytes());
+    assert_eq!((described.dependencies.pip, described.requires_python), (vec!["brotli".to_string()], None));
+    let published = fs::read(j.published("urllib3", "urllib3-2.2.3-py3-none-any.whl.metadata")).unwrap();
+    assert_eq!(published, genuine.as_bytes(), "the .metadata file is the wheel's own");
+    assert_eq!(j.errors(), 0);
 }

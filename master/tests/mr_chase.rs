@@ -19,7 +19,7 @@ use piwheels_common::upload::{UploadOptions, upload};
 use piwheels_master::architect::ARCHITECT_ENDPOINT;
 use piwheels_master::big_brother::STATS_ENDPOINT;
 use piwheels_master::mr_chase::{self, ChaseConfig, MrChase};
-use piwheels_testsupport::data::wheel_file;
+use piwheels_testsupport::data::{wheel_bytes, wheel_file};
 use support::{Pool, eventually, stand_in};
 use piwheels_common::transport::Security;
 use piwheels_master::gatekeeper::Auth;
@@ -104,13 +104,13 @@ impl Farm {
     }
 
     /// Wheel files on disk for `package` `version`, one per platform tag, each holding
-    /// `package platform` as its bytes.
+    /// `package platform` as its payload.
     fn wheels(&self, package: &str, version: &str, platforms: &[&str]) -> Vec<(PathBuf, WheelFile)> {
         platforms
             .iter()
             .map(|platform| {
                 let filename = format!("{package}-{version}-cp311-cp311-{platform}.whl");
-                let bytes = format!("{package} {platform}").into_bytes();
+                let bytes = wheel_bytes(&filename, format!("{package} {platform}").as_bytes());
                 let path = self.dir.path().join(&filename);
                 std::fs::write(&path, &bytes).unwrap();
                 (path, wheel_file(&filename, &bytes))

@@ -24,7 +24,7 @@ pub fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
 /// Panics on a name that is not a wheel's (a test's own mistake).
 pub fn wheel_file(filename: &str, bytes: &[u8]) -> WheelFile {
     let name = WheelName::parse(filename).unwrap_or_else(|e| panic!("{e}"));
-    let metadata = format!("Metadata-Version: 2.1\nName: {}\nVersion: {}\n", name.name, name.version);
+    let metadata = metadata_of(&name);
     WheelFile {
         filename: filename.to_string(),
         size: bytes.len() as u64,
@@ -39,6 +39,35 @@ pub fn wheel_file(filename: &str, bytes: &[u8]) -> WheelFile {
         dependencies: Default::default(),
         metadata: metadata.into_bytes().into(),
     }
+}
+
+/// The METADATA of the wheels [`wheel_bytes`] makes and [`wheel_file`] describes.
+fn metadata_of(name: &WheelName) -> String {
+    format!("Metadata-Version: 2.1\nName: {}\nVersion: {}\n", name.name, name.version)
+}
+
+/// A wheel named `filename` that the master accepts: METADATA naming the project and version
+/// of the name (the METADATA [`wheel_file`] describes), WHEEL, RECORD, and `payload` as a data
+/// file, so that a test chooses the wheel's size and bytes.
+pub fn wheel_bytes(filename: &str, payload: &[u8]) -> Vec<u8> {
+    let name = WheelName::parse(filename).unwrap_or_else(|e| panic!("{e}"));
+    wheel_with_metadata(filename, &metadata_of(&name), payload)
+}
+
+/// [`wheel_bytes`] with the METADATA given (a forged one, say).
+pub fn wheel_with_metadata(filename: &str, metadata: &str, payload: &[u8]) -> Vec<u8> {
+    let name = WheelName::parse(filename).unwrap_or_else(|e| panic!("{e}"));
+    let dist_info = format!("{}-{}.dist-info", name.name, name.version);
+    let tag = format!("Tag: {}-{}-{}\n", name.python, name.abi, name.platform);
+    let mut entries: Vec<(String, Vec<u8>)> = vec![
+        (format!("{}/payload.bin", name.name), payload.to_vec()),
+        (format!("{dist_info}/METADATA"), metadata.as_bytes().to_vec()),
+        (format!("{dist_info}/WHEEL"), format!("Wheel-Version: 1.0\nGenerator: piwheels-rs-tests\nRoot-Is-Purelib: false\n{tag}").into_bytes()),
+    ];
+    let mut record: String = entries.iter().map(|(name, data)| format!("{name},{},{}\n", record_hash(data), data.len())).collect();
+    record.push_str(&format!("{dist_info}/RECORD,,\n"));
+    entries.push((format!("{dist_info}/RECORD"), record.into_bytes()));
+    stored_zip(&entries)
 }
 
 /// A pure-Python wheel of `distribution` (the file name's form of the project name, e.g.
