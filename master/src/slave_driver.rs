@@ -482,12 +482,13 @@ impl SlaveDriver {
         if let Some(slave) = self.slaves.get(identity) {
             let (id, label, abi) = (slave.id, slave.hello.host.label.clone(), slave.hello.abi.clone());
             let delay = self.schedule_retry(&abi, build, &label, now);
+            let when = match delay {
+                Duration::ZERO => "at once".to_string(),
+                delay => format!("in {} or later", HumanDuration(delay)),
+            };
             let text = format!(
-                "slave {id} ({label}) could not build {} {}: {reason}; not recorded, to be built again in {} or later                  (infrastructure failure {} since the start)",
-                build.package,
-                build.version,
-                HumanDuration(delay),
-                self.infrastructure_failures
+                "slave {id} ({label}) could not build {} {}: {reason}; not recorded, to be built again {when} (infrastructure failure {} since the start)",
+                build.package, build.version, self.infrastructure_failures
             );
             tracing::warn!("{text}");
             notice(sockets, ctx, NoticeLevel::Warning, text);

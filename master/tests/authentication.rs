@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::keys::{Endpoint, Role};
 use piwheels_common::protocols::{
-    ControlReply, ControlRequest, HostInfo, SlaveHello, SlaveReply, SlaveRequest, Versions,
+    BuildResult, ControlReply, ControlRequest, HostInfo, HostStats, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, StatusEvent, Versions,
 };
-use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Security, TransportError};
+use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Receiver, Security, TransportError};
+use piwheels_common::upload::{UploadError, UploadOptions, upload};
 use piwheels_master::db::migrate;
+use piwheels_testsupport::data::{wheel_bytes, wheel_file};
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
 use piwheels_testsupport::keys::ClientKey;
@@ -31,12 +33,18 @@ struct Master {
 impl Master {
     /// Starts a master whose state directory already holds the keys `keys` made.
     fn start(keys: impl FnOnce(&std::path::Path)) -> Master {
+        Master::start_with(|state, _| keys(state), &[])
+    }
+
+    /// [`Master::start`] with `setup` run on the state directory and the migrated database
+    /// before the master starts, and `args` added to its command line.
+    fn start_with(setup: impl FnOnce(&std::path::Path, &TestDb), args: &[&str]) -> Master {
         let dir = tempfile::tempdir().unwrap();
         let db = TestDb::new();
         migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
-        keys(&dir.path().join("state"));
+        setup(&dir.path().join("state"), &db);
         let ports = Endpoint::ALL.map(|e| (e, free_port()));
-        let child = Self::command(&dir, &db, &ports).spawn().unwrap();
+        let child = Self::command(&dir, &db, &ports).args(args).spawn().unwrap();
         Master { child, dir, db, ports }
     }
 
@@ -384,4 +392,83 @@ fn the_built_in_server_counts_downloads_over_the_authenticated_logger_socket() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!master.log().contains("refused"), "{}", master.log());
+}
+
+/// A transfer belongs to the key of the slave told to send it: another authorized slave that
+/// learns its id is refused and the upload still goes through; monitors see which file is
+/// asked for, never the id. And one key runs only as many slaves as the master allows.
+#[test]
+fn a_transfer_is_for_the_key_told_to_send_it_and_one_key_runs_only_so_many_slaves() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (mut keys, mut thief) = (None, None);
+    let master = Master::start_with(
+        |state, db| {
+            keys = Some(Keys::make(state, keys_dir.path()));
+            thief = Some(ClientKey::authorized(state, &keys_dir.path().join("thief.key"), Role::Slave, "thief"));
+            db.execute(
+                "INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311);
+                 INSERT INTO packages (package) VALUES ('foo');
+                 INSERT INTO versions (package, version) VALUES ('foo', '1.0')",
+            );
+        },
+        &["--max-slaves-per-key", "1"],
+    );
+    let (keys, thief) = (keys.unwrap(), thief.unwrap());
+    let ctx = zmq::Context::new();
+    let watcher = Receiver::<StatusEvent>::subscribe_with(&ctx, &master.endpoint(Endpoint::Status), None, &keys.role(Role::Monitor).security(), |_| Ok(())).unwrap();
+    let slave_with = |key: &ClientKey| Client::<SlaveRequest, SlaveReply>::connect_secured(&ctx, &master.endpoint(Endpoint::Slave), None, &key.security()).unwrap();
+    let slave = slave_with(keys.role(Role::Slave));
+    assert!(matches!(slave.request(&slave_hello(), WAIT), Ok(SlaveReply::Ack { .. })), "{}", master.log());
+
+    // A second slave with the same key is refused; another key is welcome.
+    match slave_with(keys.role(Role::Slave)).request(&slave_hello(), WAIT) {
+        Ok(SlaveReply::Refused { reason }) => assert!(reason.contains("this key has 1 slaves connected") && reason.contains("--max-slaves-per-key"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(matches!(slave_with(&thief).request(&slave_hello(), WAIT), Ok(SlaveReply::Ack { .. })));
+
+    let deadline = Instant::now() + WAIT;
+    let idle = SlaveRequest::Idle { stats: HostStats::default(), declined: None };
+    loop {
+        match slave.request(&idle, WAIT).unwrap() {
+            SlaveReply::Build { package, version } => break assert_eq!((package.as_str(), version.as_str()), ("foo", "1.0")),
+            SlaveReply::Sleep { .. } => assert!(Instant::now() < deadline, "no build was handed out\n{}", master.log()),
+            other => panic!("expected work, got {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let filename = "foo-1.0-cp311-cp311-linux_armv7l.whl";
+    let path = keys_dir.path().join(filename);
+    let bytes = wheel_bytes(filename, b"the real build");
+    std::fs::write(&path, &bytes).unwrap();
+    let report = BuildResult {
+        success: true,
+        failure: None,
+        exit_status: Some(0),
+        duration: Duration::from_secs(1),
+        cpu_time: Duration::from_secs(1),
+        peak_memory: 1 << 20,
+        output: "built".into(),
+        files: vec![wheel_file(filename, &bytes)],
+    };
+    let Ok(SlaveReply::Send { transfer, .. }) = slave.request(&SlaveRequest::Built(report), WAIT) else { panic!("expected a send") };
+
+    // The thief knows the id (as a leak would tell it) but its key was not told to send.
+    let options = || UploadOptions { overall_timeout: WAIT, ..Default::default() };
+    match upload(&ctx, &master.endpoint(Endpoint::File), &thief.security(), transfer, &path, options()) {
+        Err(UploadError::Refused { reason, .. }) => assert_eq!(reason, format!("transfer {transfer} was not asked of this key")),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    upload(&ctx, &master.endpoint(Endpoint::File), &keys.role(Role::Slave).security(), transfer, &path, options()).unwrap();
+    assert_eq!(slave.request(&SlaveRequest::Sent { filename: filename.into() }, WAIT).unwrap(), SlaveReply::Done);
+    assert_eq!(std::fs::read(master.dir.path().join("www/simple/foo").join(filename)).unwrap(), bytes);
+
+    // Monitors were told a file was asked for, with the id hidden.
+    let mut asked = Vec::new();
+    while let Ok(Some(event)) = watcher.recv_timeout(Duration::from_millis(200)) {
+        if let StatusEvent::Slave { event: SlaveEvent::Replied(SlaveReply::Send { filename, transfer }), .. } = event {
+            asked.push((filename, transfer));
+        }
+    }
+    assert_eq!(asked, [(filename.to_string(), 0)]);
 }

@@ -19,7 +19,7 @@ use piwheels_common::transport::{Client, Receiver, Sender};
 use piwheels_common::upload::{UploadOptions, upload};
 use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, BUILDS_ENDPOINT, QueueConfig};
 use piwheels_master::big_brother::STATS_ENDPOINT;
-use piwheels_master::file_juggler::FS_ENDPOINT;
+use piwheels_master::file_juggler::{FS_ENDPOINT, JugglerConfig};
 use piwheels_master::process::SLAVE_COMMANDS_ENDPOINT;
 use piwheels_master::slave_driver::{self, DELETES_ENDPOINT, DriverConfig, SlaveDriver, SlaveLimits};
 use piwheels_testsupport::data::{wheel_bytes, wheel_file, wheel_with_metadata};
@@ -46,9 +46,14 @@ struct Farm {
 impl Farm {
     /// A farm whose database holds `releases` (package, version) for ABI cp311.
     fn start(releases: &[(&str, &str)]) -> Farm {
+        Farm::start_with(releases, SlaveLimits::default(), |_| {})
+    }
+
+    /// [`Farm::start`] with `limits` on slaves and the file juggler configured by `juggler`.
+    fn start_with(releases: &[(&str, &str)], limits: SlaveLimits, juggler: impl FnOnce(&mut JugglerConfig)) -> Farm {
         let mut pool = Pool::with_releases(releases);
         let dir = tempfile::tempdir().unwrap();
-        let file_endpoint = pool.start_file_juggler(dir.path());
+        let file_endpoint = pool.start_file_juggler_with(dir.path(), juggler);
         let web_requests = stand_in(&pool.rt.zmq, "inproc://web", WebReply::Done);
         let queue = QueueConfig { interval: Duration::from_secs(3600), debounce: Duration::from_millis(100), limit: 100 };
         pool.tasks.add(task::spawn(&pool.rt, "architect", architect::Sockets::open, move |_| Ok(Architect::new(queue))).unwrap());
@@ -59,7 +64,7 @@ impl Farm {
             max_message: 16 << 20,
             db_timeout: WAIT,
             auth: Auth::disabled(),
-            limits: SlaveLimits::default(),
+            limits,
         };
         let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());
         let driver = task::spawn(
@@ -160,6 +165,17 @@ fn result(success: bool, files: Vec<WheelFile>) -> BuildResult {
 }
 
 impl FakeSlave {
+    /// Reports a successful build of `package` `version` with one wheel and sends it; the
+    /// build is recorded.
+    fn deliver(&self, farm: &Farm, package: &str, version: &str) {
+        let (path, file) = wheel(farm.dir.path(), package, version, format!("{package} {version}").as_bytes());
+        let SlaveReply::Send { filename, transfer } = self.ask(SlaveRequest::Built(result(true, vec![file]))) else {
+            panic!("expected a send")
+        };
+        upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap();
+        assert_eq!(self.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
+    }
+
     fn connect(ctx: &zmq::Context, endpoint: &str, label: &str) -> FakeSlave {
         FakeSlave { client: Client::connect(ctx, endpoint, None).unwrap(), label: label.into(), busy_timeout: Duration::from_secs(300) }
     }
@@ -303,11 +319,11 @@ fn a_file_that_fails_verification_is_asked_for_again() {
     };
     upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, third, &path, UploadOptions::default()).unwrap();
     // After three failed attempts the build is given up, not recorded: the slave's fault, not
-    // the package's; the release is handed out again after a back-off.
+    // the package's; the release is handed out again (at once, the first time).
     assert_eq!(slave.ask(SlaveRequest::Sent { filename: filename.clone() }), SlaveReply::Done);
     assert_eq!(farm.builds(), Vec::<String>::new());
     assert!(!farm.dir.path().join("www/simple/foo").join(&filename).exists());
-    assert_eq!(slave.ask(idle()), SlaveReply::Sleep { paused: false }, "not before its back-off");
+    assert_eq!(slave.take_build(), ("foo".to_string(), "1.0".to_string()));
 }
 
 #[test]
@@ -660,4 +676,149 @@ fn a_slaves_host_figures_reach_monitors_at_most_every_five_seconds() {
     assert!(matches!(slave.ask(idle()), SlaveReply::Sleep { .. }));
     assert_eq!(timed.published_stats(), [id], "figures held back after five seconds");
     timed.stop();
+}
+
+/// Whether a notice so far holds every one of `words`.
+fn noticed(farm: &mut Farm, words: &[&str]) -> bool {
+    farm.events().iter().any(|e| matches!(e, StatusEvent::Notice { text, .. } if words.iter().all(|w| text.contains(w))))
+}
+
+/// A failure is the package's only when the slave's report shows the build ran; any other
+/// report, and a failure of the builder itself, is not recorded, and the release is built again.
+#[test]
+fn a_failure_report_that_does_not_show_the_build_ran_is_not_recorded_and_the_release_is_built_again() {
+    let cases: [(&str, fn(&mut BuildResult)); 7] = [
+        ("a failure without a build log", |r| r.output = " \n".into()),
+        ("a failed build that took no time", |r| r.duration = Duration::ZERO),
+        ("after handing it out", |r| r.duration = Duration::from_secs(3600)),
+        ("a failed build whose command exited 0", |r| r.exit_status = Some(0)),
+        ("before its build timeout", |r| r.failure = Some(FailureKind::Timeout)),
+        ("the builder ran out of disk space", |r| r.failure = Some(FailureKind::NoSpace)),
+        ("the builder itself failed", |r| r.failure = Some(FailureKind::Builder)),
+    ];
+    let names: Vec<String> = (0..cases.len()).map(|i| format!("pkg{i}")).collect();
+    let releases: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1.0")).collect();
+    let mut farm = Farm::start(&releases);
+    let slave = farm.slave("pi-1");
+    slave.hello();
+    farm.refresh_queue();
+    let mut failed = Vec::new();
+    for (why, spoil) in cases {
+        // A release handed out again is built for real: each fails at most once, so none
+        // waits out a back-off.
+        let package = loop {
+            let (package, version) = slave.take_build();
+            if !failed.contains(&package) {
+                break package;
+            }
+            slave.deliver(&farm, &package, &version);
+        };
+        let mut report = result(false, vec![]);
+        spoil(&mut report);
+        assert_eq!(slave.ask(SlaveRequest::Built(report)), SlaveReply::Done);
+        assert!(noticed(&mut farm, &[&package, why, "not recorded", "built again at once"]), "{why}: {:?}", farm.events());
+        assert!(!farm.builds().iter().any(|b| b.contains(" f ")), "{why}: {:?}", farm.builds());
+        failed.push(package);
+    }
+    // Every release is handed out again and built.
+    while farm.builds().len() < names.len() {
+        let (package, version) = slave.take_build();
+        slave.deliver(&farm, &package, &version);
+    }
+    let mut built: Vec<String> = farm.builds().iter().map(|b| b.split(' ').next().unwrap().to_string()).collect();
+    built.sort();
+    assert_eq!(built, names, "each release built once, and successfully: {:?}", farm.builds());
+    assert!(farm.builds().iter().all(|b| b.contains(" t -")), "{:?}", farm.builds());
+}
+
+/// Build and busy timeouts past the master's limits are refused at hello, before any
+/// arithmetic on them; so is a slave past the cap on one address, until one leaves.
+#[test]
+fn a_hello_claiming_endless_timeouts_or_past_the_cap_on_one_address_is_refused() {
+    let limits = SlaveLimits { max_slaves_per_address: 2, ..SlaveLimits::default() };
+    let mut farm = Farm::start_with(&[("foo", "1.0")], limits, |_| {});
+    let forever = Duration::from_secs(1 << 63);
+    let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
+    for (build_timeout, busy_timeout, why) in [
+        (forever, Duration::from_secs(300), "build timeout"),
+        (Duration::from_secs(3600), ten_years, "busy timeout"),
+        (Duration::from_secs(3600), forever, "busy timeout"),
+    ] {
+        let greedy = farm.slave("greedy");
+        let mut claim = hello("greedy", busy_timeout);
+        claim.build_timeout = build_timeout;
+        match greedy.ask(SlaveRequest::Hello(claim)) {
+            SlaveReply::Refused { reason } => {
+                assert!(reason.contains(why) && reason.contains("longer than this master allows"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Its next word is refused too: it never joined, and nothing overflowed.
+        assert!(matches!(greedy.ask(idle()), SlaveReply::Refused { reason } if reason.contains("Hello")));
+    }
+
+    // Two slaves from 127.0.0.1 are welcome, a third is not until one says goodbye.
+    let (first, second) = (farm.slave("pi-1"), farm.slave("pi-2"));
+    first.hello();
+    second.hello();
+    let third = farm.slave("pi-3");
+    match third.ask(SlaveRequest::Hello(hello("pi-3", Duration::from_secs(300)))) {
+        SlaveReply::Refused { reason } => assert!(reason.contains("127.0.0.1 has 2 slaves connected") && reason.contains("--max-slaves-per-address"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Bye is not answered: the slave leaves without waiting.
+    let _ = first.client.request(&SlaveRequest::Bye { reason: "done".into() }, Duration::from_millis(100));
+    let deadline = Instant::now() + WAIT;
+    while !matches!(third.ask(SlaveRequest::Hello(hello("pi-3", Duration::from_secs(300)))), SlaveReply::Ack { .. }) {
+        assert!(Instant::now() < deadline, "the room the first slave left was never given to the third");
+    }
+    farm.refresh_queue();
+    assert_eq!(third.take_build(), ("foo".to_string(), "1.0".to_string()));
+    assert!(!farm.driver.is_finished());
+    assert!(!farm.events().iter().any(|e| matches!(e, StatusEvent::Task { .. } if format!("{e:?}").contains("Failed"))));
+}
+
+/// A file on disk that no build records (a build whose record was lost, say) does not block
+/// the release: the rebuild's wheel replaces it, and is recorded.
+#[test]
+fn an_unrecorded_file_in_the_way_of_a_rebuild_is_removed_and_the_new_wheel_published() {
+    let farm = Farm::start(&[("foo", "1.0")]);
+    let (stale_path, stale) = wheel(farm.dir.path(), "foo", "1.0", b"left by a lost build");
+    let published = farm.dir.path().join("www/simple/foo").join(&stale.filename);
+    std::fs::create_dir_all(published.parent().unwrap()).unwrap();
+    std::fs::copy(&stale_path, &published).unwrap();
+    let slave = farm.slave("pi-1");
+    let id = slave.hello();
+    farm.refresh_queue();
+    slave.take_build();
+    let (path, file) = wheel(farm.dir.path(), "foo", "1.0", b"the rebuild");
+    assert_eq!(file.filename, stale.filename);
+    let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![file.clone()]))) else {
+        panic!("expected a send")
+    };
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap();
+    assert_eq!(slave.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
+    assert_eq!(std::fs::read(&published).unwrap(), std::fs::read(&path).unwrap());
+    assert_eq!(farm.builds(), [format!("foo 1.0 {id} pi-1 t -")]);
+}
+
+/// A master without room for a wheel says so, and that is nobody's fault but the
+/// infrastructure's: nothing is recorded and the release is handed out again.
+#[test]
+fn a_wheel_the_master_has_no_room_for_is_not_recorded_and_the_release_is_built_again() {
+    // No disk holds an exbibyte; the juggler's own size limit is lifted so that only the
+    // free space refuses it.
+    let mut farm = Farm::start_with(&[("foo", "1.0")], SlaveLimits::default(), |c| c.max_file_size = u64::MAX);
+    let slave = farm.slave("pi-1");
+    slave.hello();
+    farm.refresh_queue();
+    slave.take_build();
+    let (_, mut huge) = wheel(farm.dir.path(), "foo", "1.0", b"claims to be huge");
+    huge.size = 1 << 60;
+    assert_eq!(slave.ask(SlaveRequest::Built(result(true, vec![huge]))), SlaveReply::Done);
+    assert!(noticed(&mut farm, &["foo 1.0", "not enough space on the master", "not recorded"]), "{:?}", farm.events());
+    assert_eq!(farm.builds(), Vec::<String>::new());
+    assert_eq!(slave.take_build(), ("foo".to_string(), "1.0".to_string()));
+    slave.deliver(&farm, "foo", "1.0");
+    assert_eq!(farm.builds().len(), 1);
 }

@@ -62,8 +62,14 @@ impl Pool {
     /// Starts a file juggler publishing to `<dir>/www` (staging in `<dir>/staging`) on a tcp
     /// port of its own; returns its endpoint.
     pub fn start_file_juggler(&mut self, dir: &Path) -> String {
+        self.start_file_juggler_with(dir, |_| {})
+    }
+
+    /// [`Pool::start_file_juggler`] with its configuration changed by `configure`.
+    pub fn start_file_juggler_with(&mut self, dir: &Path, configure: impl FnOnce(&mut JugglerConfig)) -> String {
         std::fs::create_dir_all(dir.join("www")).unwrap();
-        let juggler = JugglerConfig::new(dir.join("www"), dir.join("staging"));
+        let mut juggler = JugglerConfig::new(dir.join("www"), dir.join("staging"));
+        configure(&mut juggler);
         juggler.check().unwrap();
         let endpoint = format!("tcp://127.0.0.1:{}", free_port());
         let (open_endpoint, open_config, clock) = (endpoint.clone(), juggler.clone(), self.rt.clock.clone());
