@@ -687,7 +687,8 @@ fn noticed(farm: &mut Farm, words: &[&str]) -> bool {
 /// report, and a failure of the builder itself, is not recorded, and the release is built again.
 #[test]
 fn a_failure_report_that_does_not_show_the_build_ran_is_not_recorded_and_the_release_is_built_again() {
-    let cases: [(&str, fn(&mut BuildResult)); 7] = [
+    type Spoil = fn(&mut BuildResult);
+    let cases: [(&str, Spoil); 7] = [
         ("a failure without a build log", |r| r.output = " \n".into()),
         ("a failed build that took no time", |r| r.duration = Duration::ZERO),
         ("after handing it out", |r| r.duration = Duration::from_secs(3600)),
