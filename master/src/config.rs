@@ -184,3 +184,32 @@ mod tests {
         assert_eq!(piwheels_common::config::options_without_default(MasterConfig::command()), Vec::<String>::new());
     }
 }
+
+/// piw-check: the consistency check of a farm's served tree against its database (see
+/// docs/operating.md). It reads the master's configuration (the same file section and options
+/// as piw-master) and may run while the master does. Exits 0 when everything is consistent,
+/// 1 when something was found (repaired or not), 2 when the check could not run.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "piw-check", version)]
+pub struct CheckConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub master: MasterConfig,
+
+    /// Repair what is safe to: remove wheels no build records and stale staging entries, and
+    /// have pages that link missing files written again; records without their file are only
+    /// reported
+    #[arg(long)]
+    pub repair: bool,
+
+    /// With --repair: repair only what has not changed for this long, so that a wheel
+    /// published a moment ago, whose build the running master records next, is left alone
+    #[arg(long, value_name = "DURATION", default_value = "6h")]
+    pub min_age: HumanDuration,
+
+    /// With --repair: remove files even when more than a tenth of the tree would go (which
+    /// usually means the wrong --dsn or --output-path)
+    #[arg(long, requires = "repair")]
+    pub force: bool,
+}
+

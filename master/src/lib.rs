@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod architect;
 pub mod big_brother;
 pub mod cloud_gazer;
+pub mod consistency;
 pub mod db;
 pub mod config;
 pub mod db_client;

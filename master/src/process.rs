@@ -29,6 +29,7 @@ use crate::architect::{self, Architect, QueueConfig};
 use crate::big_brother::{self, BigBrother, StatsConfig};
 use crate::cloud_gazer::{self, CloudGazer, FollowerConfig};
 use crate::config::MasterConfig;
+use crate::consistency;
 use crate::db::Database;
 use crate::file_juggler::{self, FileJuggler, JugglerConfig};
 use crate::gatekeeper::{self, Auth, Gate, Gatekeeper};
@@ -66,6 +67,7 @@ pub enum Stopped {
 pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     let _lock = PidLock::acquire(&cfg.state_dir, &cfg.output_path)?;
     check_database(cfg)?;
+    check_consistency(cfg);
     // Block the stop signals before any thread exists, so every thread inherits the mask and
     // the signals arrive only through the signalfd polled below.
     let mut mask = SigSet::empty();
@@ -160,6 +162,25 @@ fn check_database(cfg: &MasterConfig) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Runs the consistency check before any task starts, repairing everything it safely can:
+/// nothing is in flight, so a file no build records is one whose build was lost. A check that
+/// cannot run is logged and the master starts anyway: serving matters more.
+fn check_consistency(cfg: &MasterConfig) {
+    let check = consistency::Check {
+        output_path: cfg.output_path.clone(),
+        staging_dir: cfg.state_dir.join("staging"),
+        abandon_after: cfg.abandon_after.0,
+        min_age: Duration::ZERO,
+        repair: true,
+        force: false,
+    };
+    match consistency::run_blocking(&cfg.dsn, cfg.db_timeout.0, &check) {
+        Ok(findings) if findings.is_clean() => tracing::info!("consistency check at start: {findings}"),
+        Ok(findings) => tracing::warn!("consistency check at start:\n{findings}"),
+        Err(e) => tracing::error!("the consistency check at start could not run: {e:#}"),
+    }
 }
 
 /// How the master authenticates its tcp sockets: its keys from the state directory, or, with

@@ -426,3 +426,32 @@ fn systemd_hears_ready_the_watchdog_and_stopping() {
     }
     assert!(master.wait(Duration::from_secs(20)).success());
 }
+
+/// At start, before any task runs, the master removes a wheel no build records (its build
+/// was lost with the last run) and a staging entry past the abandon time, and says so.
+#[test]
+fn the_master_removes_what_no_build_records_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let db = migrated_db();
+    let stray = root.join("www/simple/foo/foo-1.0-py3-none-any.whl");
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, b"published, but its build was never recorded").unwrap();
+    let staged = root.join("state/staging/42.part");
+    std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
+    std::fs::write(&staged, b"half a wheel").unwrap();
+    let extra = "abandon-after = \"1ms\"\n";
+    let child = Master::spawn_with(&root, &root.join("state"), &root.join("www"), "run", &db.app_url(), free_port(), extra);
+    let mut master = Master { child, dir, db };
+    let ctx = zmq::Context::new();
+    let (client, _) = master.attach(&ctx);
+    assert!(!stray.exists(), "the unrecorded wheel is still there");
+    assert!(!staged.exists(), "the stale staging entry is still there");
+    assert_eq!(client.request(&ControlRequest::Quit, Duration::from_secs(2)).unwrap(), ControlReply::Done);
+    master.wait(Duration::from_secs(10));
+    let log = master.stderr();
+    assert!(log.contains("consistency check at start"), "{log}");
+    for path in [&stray, &staged] {
+        assert!(log.contains(&format!("removed {}", path.display())), "{log}");
+    }
+}

@@ -67,6 +67,12 @@ impl Database {
         sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetch_one(&mut self.conn).await
     }
 
+    /// Every recorded file, as (package, file name): what the consistency check compares the
+    /// tree with.
+    pub async fn recorded_files(&mut self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT b.package, f.filename FROM files f JOIN builds b USING (build_id)").fetch_all(&mut self.conn).await
+    }
+
     /// Whether an error means the connection is gone, so the next request must reconnect.
     pub fn is_connection_lost(err: &sqlx::Error) -> bool {
         match err {

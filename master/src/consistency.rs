@@ -1,0 +1,267 @@
+//! The consistency check: the served tree and the database must tell the same story. Every
+//! published wheel has the record of the build that made it and every record its wheel; every
+//! simple page links only files that exist; staging holds no transfer older than the abandon
+//! time.
+//!
+//! The master runs it at every start, before its tasks, when nothing can be in flight: then a
+//! wheel no build records is one whose build was lost (the master stopped between publishing
+//! and recording it, or the database refused the record) and is removed so that the rebuild
+//! can publish its own. `piw-check` runs it on demand against a running farm, where a wheel
+//! published a moment ago may not be recorded yet: it repairs only what is older than its
+//! `--min-age`.
+//!
+//! Repairs are the safe ones: removing unrecorded wheels (and side files without their wheel),
+//! removing stale staging entries, asking for pages that link missing files to be rewritten
+//! from the database. A record without its file is reported, never repaired: only an operator
+//! can tell a lost file (`piw-rebuild` builds it again) from a wrong `--output-path`. For the
+//! same reason removals are withheld when they would take more than a tenth of the tree.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use piwheels_common::protocols::{PendingRewrite, RewriteScope};
+
+use crate::db::Database;
+use crate::index::layout::{Layout, is_safe_name};
+use crate::index::pages::url_encode;
+
+/// Removals are withheld when they would take more than this many files...
+const MASS_REMOVAL_FILES: usize = 100;
+/// ...and more than this share of the files in the tree.
+const MASS_REMOVAL_SHARE: f64 = 0.1;
+/// Findings of each kind listed by name; the rest are counted.
+const LISTED: usize = 20;
+
+/// What to check and how boldly to repair.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// The served tree.
+    pub output_path: PathBuf,
+    /// The file juggler's staging directory.
+    pub staging_dir: PathBuf,
+    /// The file juggler's abandon time: staging entries older than this are dead.
+    pub abandon_after: Duration,
+    /// Only what has not changed for this long is repaired (zero at the master's start).
+    pub min_age: Duration,
+    /// Whether to repair at all.
+    pub repair: bool,
+    /// Whether to remove files even when that would take a large share of the tree.
+    pub force: bool,
+}
+
+/// What the check found, and what it repaired.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Wheels in the tree no build records, and side files without their wheel.
+    pub unrecorded: Vec<PathBuf>,
+    /// Files a build records that are not in the tree.
+    pub missing: Vec<PathBuf>,
+    /// Links on simple pages to files that are not in the tree: (package, file name).
+    pub dead_links: Vec<(String, String)>,
+    /// Staging entries older than the abandon time.
+    pub stale_staging: Vec<PathBuf>,
+    /// What was repaired, one line each.
+    pub repaired: Vec<String>,
+    /// Why removals were withheld, when they were.
+    pub withheld: Option<String>,
+    /// Files in the tree's package directories.
+    pub files_seen: usize,
+}
+
+impl Findings {
+    /// Whether nothing at all was found.
+    pub fn is_clean(&self) -> bool {
+        self.unrecorded.is_empty() && self.missing.is_empty() && self.dead_links.is_empty() && self.stale_staging.is_empty()
+    }
+}
+
+impl fmt::Display for Findings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_clean() {
+            return write!(f, "consistent: {} files in the tree, each recorded, every link and record good, staging clean", self.files_seen);
+        }
+        let listed = |f: &mut fmt::Formatter<'_>, what: &str, items: Vec<String>| -> fmt::Result {
+            if items.is_empty() {
+                return Ok(());
+            }
+            writeln!(f, "{} {what}:", items.len())?;
+            for item in items.iter().take(LISTED) {
+                writeln!(f, "  {item}")?;
+            }
+            if items.len() > LISTED {
+                writeln!(f, "  ... and {} more", items.len() - LISTED)?;
+            }
+            Ok(())
+        };
+        let shown = |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect();
+        listed(f, "files in the tree that no build records", shown(&self.unrecorded))?;
+        listed(f, "recorded files missing from the tree (piw-rebuild builds them again)", shown(&self.missing))?;
+        listed(f, "links on simple pages to missing files", self.dead_links.iter().map(|(p, file)| format!("{p}: {file}")).collect())?;
+        listed(f, "staging entries older than the abandon time", shown(&self.stale_staging))?;
+        listed(f, "repairs", self.repaired.clone())?;
+        if let Some(why) = &self.withheld {
+            writeln!(f, "removals withheld: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+/// [`run`] on a connection of its own to the database at `dsn`, for callers without a runtime
+/// (the master before its tasks start, piw-check).
+pub fn run_blocking(dsn: &str, statement_timeout: Duration, check: &Check) -> anyhow::Result<Findings> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut db = Database::connect(dsn, statement_timeout).await?;
+        run(&mut db, check).await
+    })
+}
+
+/// Runs the check, repairing as `check` allows.
+pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
+    let layout = Layout::new(&check.output_path);
+    let mut recorded: HashMap<String, HashSet<String>> = HashMap::new();
+    for (package, filename) in db.recorded_files().await? {
+        recorded.entry(package).or_default().insert(filename);
+    }
+    let now = SystemTime::now();
+    let old_enough = |path: &Path, age: Duration| age_of(path, now).is_some_and(|a| a >= age);
+    let mut findings = Findings::default();
+    // Unrecorded files and stale staging entries old enough to remove.
+    let (mut removable, mut stale) = (Vec::new(), Vec::new());
+    let mut rewrites = Vec::new();
+
+    let mut on_disk: HashMap<String, HashSet<String>> = HashMap::new();
+    for package in dir_names(&layout.simple_dir())? {
+        let dir = layout.simple_package(&package);
+        if !dir.is_dir() || !is_safe_name(&package) {
+            continue;
+        }
+        let names: HashSet<String> = dir_names(&dir)?.into_iter().collect();
+        let theirs = recorded.get(&package);
+        let is_recorded = |name: &str| theirs.is_some_and(|r| r.contains(name));
+        for name in &names {
+            let wheel = match name.strip_suffix(".metadata") {
+                Some(wheel) if wheel.ends_with(".whl") => wheel,
+                _ if name.ends_with(".whl") => name.as_str(),
+                _ => continue,
+            };
+            findings.files_seen += 1;
+            if !is_recorded(wheel) {
+                let path = dir.join(name);
+                if old_enough(&path, check.min_age) {
+                    removable.push(path.clone());
+                }
+                findings.unrecorded.push(path);
+            }
+        }
+        // Links are percent-encoded names.
+        let linkable: HashSet<String> = names.iter().map(|name| url_encode(name)).collect();
+        let links = simple_page_links(&dir.join("index.html"))?;
+        let dead: Vec<String> = links.into_iter().filter(|link| !linkable.contains(link)).collect();
+        if !dead.is_empty() {
+            rewrites.push(package.clone());
+            findings.dead_links.extend(dead.into_iter().map(|file| (package.clone(), file)));
+        }
+        on_disk.insert(package, names);
+    }
+    for (package, files) in &recorded {
+        for file in files {
+            if !on_disk.get(package).is_some_and(|names| names.contains(file)) {
+                findings.missing.push(layout.simple_package(package).join(file));
+            }
+        }
+    }
+    for name in dir_names(&check.staging_dir)? {
+        let path = check.staging_dir.join(name);
+        if old_enough(&path, check.abandon_after) {
+            if old_enough(&path, check.abandon_after.saturating_add(check.min_age)) {
+                stale.push(path.clone());
+            }
+            findings.stale_staging.push(path);
+        }
+    }
+    findings.unrecorded.sort();
+    findings.missing.sort();
+    findings.dead_links.sort();
+    findings.stale_staging.sort();
+    if !check.repair {
+        return Ok(findings);
+    }
+
+    let massive = !check.force
+        && removable.len() > MASS_REMOVAL_FILES && removable.len() as f64 > MASS_REMOVAL_SHARE * findings.files_seen as f64;
+    if massive {
+        findings.withheld = Some(format!(
+            "{} of the {} files in the tree would go, which looks like the wrong database or output path rather than lost records; \
+             check --dsn and --output-path, then run piw-check --repair --force",
+            removable.len(),
+            findings.files_seen
+        ));
+        removable.clear();
+    }
+    for path in removable.into_iter().chain(stale) {
+        match fs::remove_file(&path) {
+            Ok(()) => findings.repaired.push(format!("removed {}", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => findings.repaired.push(format!("could not remove {}: {e}", path.display())),
+        }
+    }
+    for package in rewrites {
+        let rewrite = PendingRewrite { package: package.clone(), added_at: chrono::Utc::now(), scope: RewriteScope::Both };
+        db.add_rewrite(&rewrite).await?;
+        findings.repaired.push(format!("asked for the pages of {package} to be written again"));
+    }
+    Ok(findings)
+}
+
+/// How long ago `path` last changed (its inode: a link into place counts), if it can be told.
+fn age_of(path: &Path, now: SystemTime) -> Option<Duration> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path).ok()?;
+    let changed = SystemTime::UNIX_EPOCH + Duration::new(u64::try_from(meta.ctime()).ok()?, u32::try_from(meta.ctime_nsec()).ok()?);
+    let modified = meta.modified().ok()?;
+    now.duration_since(changed.max(modified)).ok().or(Some(Duration::ZERO))
+}
+
+/// The names in `dir` (none when it does not exist), skipping hidden ones: the index writer's
+/// temporary pages.
+fn dir_names(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", dir.display()),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.display()))?;
+        if let Some(name) = entry.file_name().to_str()
+            && !name.starts_with('.')
+        {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// The wheel files a project's simple page links, as its links name them (relative,
+/// percent-encoded).
+fn simple_page_links(page: &Path) -> anyhow::Result<Vec<String>> {
+    let html = match fs::read_to_string(page) {
+        Ok(html) => html,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", page.display()),
+    };
+    Ok(html
+        .split("href=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(|href| href.split('#').next().unwrap_or(href))
+        .filter_map(|href| href.rsplit('/').next())
+        .filter(|file| file.ends_with(".whl"))
+        .map(str::to_string)
+        .collect())
+}

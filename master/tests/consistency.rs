@@ -1,0 +1,154 @@
+//! piw-check against a real database and tree: what it reports, what `--repair` removes (only
+//! what is old enough, never records, never a mass of files without `--force`), and that a
+//! consistent farm gets a clean bill and exit status 0.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use piwheels_master::db::migrate;
+use piwheels_testsupport::db::{APP_ROLE, TestDb};
+
+/// A farm's database and tree: foo 1.0 recorded and published, bar 1.0 recorded but its file
+/// lost, a wheel of foo 1.1 and its side file published but never recorded, foo's simple page
+/// linking a file that is gone, and a transfer left in staging.
+struct Farm {
+    dir: tempfile::TempDir,
+    db: TestDb,
+}
+
+const FOO: &str = "foo-1.0-py3-none-any.whl";
+const BAR: &str = "bar-1.0-py3-none-any.whl";
+const STRAY: &str = "foo-1.1-py3-none-any.whl";
+
+impl Farm {
+    fn new() -> Farm {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new();
+        migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
+        let farm = Farm { dir, db };
+        farm.record("foo", FOO);
+        farm.record("bar", BAR);
+        farm.publish("foo", FOO);
+        farm.publish("foo", STRAY);
+        farm.publish("foo", &format!("{STRAY}.metadata"));
+        std::fs::write(farm.www().join("simple/foo/index.html"), format!("<a href=\"{FOO}#sha256=00\">{FOO}</a><a href=\"foo-0.9-py3-none-any.whl#sha256=00\">x</a>")).unwrap();
+        std::fs::create_dir_all(farm.staging()).unwrap();
+        std::fs::write(farm.staging().join("42.part"), b"half a wheel").unwrap();
+        farm
+    }
+
+    fn www(&self) -> PathBuf {
+        self.dir.path().join("www")
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.dir.path().join("state/staging")
+    }
+
+    fn record(&self, package: &str, filename: &str) {
+        self.db.execute(&format!(
+            "INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311) ON CONFLICT DO NOTHING;
+             INSERT INTO packages (package) VALUES ('{package}');
+             INSERT INTO versions (package, version) VALUES ('{package}', '1.0');
+             WITH b AS (INSERT INTO builds (package, version, built_by, abi_tag, status, duration)
+                        VALUES ('{package}', '1.0', 1, 'cp311', true, '1 minute') RETURNING build_id)
+             INSERT INTO files (filename, build_id, filesize, filehash, package_tag, package_version_tag, py_version_tag, abi_tag, platform_tag)
+             SELECT '{filename}', build_id, 10, repeat('0', 64), '{package}', '1.0', 'py3', 'none', 'any' FROM b"
+        ));
+    }
+
+    fn publish(&self, package: &str, filename: &str) {
+        let dir = self.www().join("simple").join(package);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(filename), b"bytes").unwrap();
+    }
+
+    /// Runs piw-check with `args`.
+    fn check(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_piw-check"))
+            .args(["--config", "/dev/null", "--dsn", &self.db.app_url(), "--abandon-after", "1ms"])
+            .arg("--output-path")
+            .arg(self.www())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(args)
+            .env_remove("PIW_LOG")
+            .output()
+            .unwrap()
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn exists(path: &Path) -> bool {
+    path.exists()
+}
+
+#[test]
+fn piw_check_reports_every_disagreement_and_repairs_only_the_safe_and_old_enough() {
+    let farm = Farm::new();
+    let foo = farm.www().join("simple/foo");
+
+    // Report only.
+    let out = farm.check(&[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        "2 files in the tree that no build records:".to_string(),
+        format!("{}", foo.join(STRAY).display()),
+        format!("{}", foo.join(format!("{STRAY}.metadata")).display()),
+        "1 recorded files missing from the tree (piw-rebuild builds them again):".into(),
+        format!("{}", farm.www().join("simple/bar").join(BAR).display()),
+        "1 links on simple pages to missing files:".into(),
+        "foo: foo-0.9-py3-none-any.whl".into(),
+        "1 staging entries older than the abandon time:".into(),
+        format!("{}", farm.staging().join("42.part").display()),
+    ] {
+        assert!(text.contains(&line), "{line:?} not in:\n{text}");
+    }
+    assert!(!text.contains("repairs"), "{text}");
+    assert!(exists(&foo.join(STRAY)) && exists(&farm.staging().join("42.part")));
+
+    // Repair, but nothing is six hours old: only the page is asked for again.
+    let out = farm.check(&["--repair"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("1 repairs:\n  asked for the pages of foo to be written again"), "{text}");
+    assert!(exists(&foo.join(STRAY)) && exists(&farm.staging().join("42.part")));
+    assert_eq!(farm.db.column("SELECT package FROM rewrites_pending"), [Some("foo".to_string())]);
+
+    // Old enough for anything: the stray wheel, its side file and the staging entry go; the
+    // record without its file stays, for an operator to judge.
+    let out = farm.check(&["--repair", "--min-age", "0s"]);
+    let text = stdout(&out);
+    assert!(text.contains(&format!("removed {}", foo.join(STRAY).display())), "{text}");
+    assert!(!exists(&foo.join(STRAY)) && !exists(&foo.join(format!("{STRAY}.metadata"))) && !exists(&farm.staging().join("42.part")));
+    assert!(exists(&foo.join(FOO)));
+    assert_eq!(farm.db.column("SELECT count(*)::text FROM files"), [Some("2".to_string())]);
+
+    // Once the operator has dealt with bar and foo's page is right, all is well.
+    farm.db.execute("DELETE FROM packages WHERE package = 'bar'");
+    std::fs::write(foo.join("index.html"), format!("<a href=\"{FOO}#sha256=00\">{FOO}</a>")).unwrap();
+    let out = farm.check(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("consistent: 1 files in the tree"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_tree_that_the_database_does_not_know_at_all_is_not_emptied_without_force() {
+    let farm = Farm::new();
+    for n in 0..150 {
+        farm.publish("stranger", &format!("stranger-{n}.0-py3-none-any.whl"));
+    }
+    let out = farm.check(&["--repair", "--min-age", "0s"]);
+    let text = stdout(&out);
+    assert!(text.contains("removals withheld: 152 of the 153 files in the tree would go") && text.contains("--force"), "{text}");
+    assert_eq!(std::fs::read_dir(farm.www().join("simple/stranger")).unwrap().count(), 150);
+
+    let out = farm.check(&["--repair", "--min-age", "0s", "--force"]);
+    assert!(stdout(&out).contains("removed"), "{}", stdout(&out));
+    assert_eq!(std::fs::read_dir(farm.www().join("simple/stranger")).unwrap().count(), 0);
+    assert!(farm.www().join("simple/foo").join(FOO).exists());
+}
