@@ -196,9 +196,9 @@ pub struct CheckConfig {
     #[allow(missing_docs)]
     pub master: MasterConfig,
 
-    /// Repair what is safe to: remove wheels no build records and stale staging entries, and
-    /// have pages that link missing files written again; records without their file are only
-    /// reported
+    /// Repair what is safe to: remove wheels no build records and stale staging entries, write
+    /// lost build logs again from the database, and have pages that link missing files written
+    /// again; records without their file are only reported
     #[arg(long)]
     pub repair: bool,
 

@@ -11,8 +11,9 @@
 //! `--min-age`.
 //!
 //! Repairs are the safe ones: removing unrecorded wheels (and side files without their wheel),
-//! removing stale staging entries, asking for pages that link missing files to be rewritten
-//! from the database. A record without its file is reported, never repaired: only an operator
+//! removing stale staging entries, writing build logs the index writer could not write from
+//! the copy the database keeps, asking for pages that link missing files to be rewritten from
+//! the database. A record without its file is reported, never repaired: only an operator
 //! can tell a lost file (`piw-rebuild` builds it again) from a wrong `--output-path`. For the
 //! same reason removals are withheld when they would take more than a tenth of the tree.
 
@@ -28,6 +29,7 @@ use piwheels_common::protocols::{PendingRewrite, RewriteScope};
 use crate::db::Database;
 use crate::index::layout::{Layout, is_safe_name};
 use crate::index::pages::url_encode;
+use crate::index::writer::{self, IndexWriter, PageOptions};
 
 /// Removals are withheld when they would take more than this many files...
 const MASS_REMOVAL_FILES: usize = 100;
@@ -62,6 +64,8 @@ pub struct Findings {
     pub missing: Vec<PathBuf>,
     /// Links on simple pages to files that are not in the tree: (package, file name).
     pub dead_links: Vec<(String, String)>,
+    /// Build logs the database keeps that are not in the tree.
+    pub missing_logs: Vec<PathBuf>,
     /// Staging entries older than the abandon time.
     pub stale_staging: Vec<PathBuf>,
     /// What was repaired, one line each.
@@ -75,7 +79,11 @@ pub struct Findings {
 impl Findings {
     /// Whether nothing at all was found.
     pub fn is_clean(&self) -> bool {
-        self.unrecorded.is_empty() && self.missing.is_empty() && self.dead_links.is_empty() && self.stale_staging.is_empty()
+        self.unrecorded.is_empty()
+            && self.missing.is_empty()
+            && self.dead_links.is_empty()
+            && self.missing_logs.is_empty()
+            && self.stale_staging.is_empty()
     }
 }
 
@@ -101,6 +109,7 @@ impl fmt::Display for Findings {
         listed(f, "files in the tree that no build records", shown(&self.unrecorded))?;
         listed(f, "recorded files missing from the tree (piw-rebuild builds them again)", shown(&self.missing))?;
         listed(f, "links on simple pages to missing files", self.dead_links.iter().map(|(p, file)| format!("{p}: {file}")).collect())?;
+        listed(f, "build logs missing from the tree (the database keeps them)", shown(&self.missing_logs))?;
         listed(f, "staging entries older than the abandon time", shown(&self.stale_staging))?;
         listed(f, "repairs", self.repaired.clone())?;
         if let Some(why) = &self.withheld {
@@ -175,6 +184,14 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
             }
         }
     }
+    let mut lost_logs = Vec::new();
+    for (build_id, package) in db.logged_builds().await? {
+        let path = layout.log(build_id);
+        if !path.exists() {
+            findings.missing_logs.push(path);
+            lost_logs.push((build_id, package));
+        }
+    }
     for name in dir_names(&check.staging_dir)? {
         let path = check.staging_dir.join(name);
         if old_enough(&path, check.abandon_after) {
@@ -187,6 +204,7 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
     findings.unrecorded.sort();
     findings.missing.sort();
     findings.dead_links.sort();
+    findings.missing_logs.sort();
     findings.stale_staging.sort();
     if !check.repair {
         return Ok(findings);
@@ -210,6 +228,19 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
             Err(e) => findings.repaired.push(format!("could not remove {}: {e}", path.display())),
         }
     }
+    if !lost_logs.is_empty() {
+        let writer = IndexWriter::open(layout.clone(), PageOptions::default())?;
+        for (build_id, package) in lost_logs {
+            let Some(output) = db.build_output(build_id).await? else { continue };
+            match writer.write_log(build_id, &output) {
+                Ok(()) => findings.repaired.push(format!("wrote the log of build {build_id} again from the database")),
+                Err(e) => findings.repaired.push(format!("could not write the log of build {build_id}: {e}")),
+            }
+            // Project pages link only the logs that exist.
+            let rewrite = PendingRewrite { package, added_at: chrono::Utc::now(), scope: RewriteScope::Project };
+            db.add_rewrite(&rewrite).await?;
+        }
+    }
     for package in rewrites {
         let rewrite = PendingRewrite { package: package.clone(), added_at: chrono::Utc::now(), scope: RewriteScope::Both };
         db.add_rewrite(&rewrite).await?;
@@ -227,24 +258,10 @@ fn age_of(path: &Path, now: SystemTime) -> Option<Duration> {
     now.duration_since(changed.max(modified)).ok().or(Some(Duration::ZERO))
 }
 
-/// The names in `dir` (none when it does not exist), skipping hidden ones: the index writer's
+/// The names in `dir` (none when it does not exist), but for hidden ones: the index writer's
 /// temporary pages.
-fn dir_names(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => anyhow::bail!("cannot read {}: {e}", dir.display()),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.display()))?;
-        if let Some(name) = entry.file_name().to_str()
-            && !name.starts_with('.')
-        {
-            names.push(name.to_string());
-        }
-    }
-    Ok(names)
+fn dir_names(dir: &Path) -> io::Result<Vec<String>> {
+    Ok(writer::dir_names(dir)?.into_iter().filter(|name| !name.starts_with('.')).collect())
 }
 
 /// The wheel files a project's simple page links, as its links name them (relative,

@@ -188,7 +188,8 @@ impl Slave {
                     Decision::Reply(SlaveReply::Cont)
                 }
             }
-            (Stage::Building { build, started }, SlaveRequest::Built(result)) => {
+            (Stage::Building { build, started }, SlaveRequest::Built(mut result)) => {
+                result.output = bounded_log(std::mem::take(&mut result.output));
                 if self.flags.skip {
                     Decision::Reply(self.abandon(&build, "skipped by an operator"))
                 } else if let Some(name) = listed_twice(&result.files) {
@@ -258,6 +259,22 @@ impl Slave {
         tracing::info!("abandoning {} {} on slave {}: {why}", build.package, build.version, self.id);
         self.done()
     }
+}
+
+/// The longest build log kept (the database holds each build's log): a longer one keeps its
+/// end, where the error is.
+pub const MAX_BUILD_LOG: usize = 1 << 20;
+
+/// `output` with no more than [`MAX_BUILD_LOG`] bytes: its tail, after a note of what was cut.
+fn bounded_log(output: String) -> String {
+    if output.len() <= MAX_BUILD_LOG {
+        return output;
+    }
+    let mut start = output.len() - MAX_BUILD_LOG;
+    while !output.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[piw-master] the first {start} bytes of this log were cut\n{}", &output[start..])
 }
 
 /// The first file name a build result lists more than once.
@@ -487,5 +504,15 @@ mod tests {
         assert!(slave.expired(now + Duration::from_secs(301)));
         slave.on_request(idle(), now + Duration::from_secs(200), false);
         assert!(!slave.expired(now + Duration::from_secs(400)));
+    }
+
+    #[test]
+    fn a_long_log_keeps_its_end_and_says_what_was_cut() {
+        assert_eq!(bounded_log("short".into()), "short");
+        let long = format!("{}é{}", "a".repeat(MAX_BUILD_LOG), "the error at the end");
+        let kept = bounded_log(long.clone());
+        let (note, tail) = kept.split_once('\n').unwrap();
+        assert!(tail.len() <= MAX_BUILD_LOG && long.ends_with(tail) && tail.ends_with("the error at the end"), "{note}");
+        assert_eq!(note, format!("[piw-master] the first {} bytes of this log were cut", long.len() - tail.len()));
     }
 }

@@ -2,6 +2,7 @@
 //! what is old enough, never records, never a mass of files without `--force`), and that a
 //! consistent farm gets a clean bill and exit status 0.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -52,8 +53,9 @@ impl Farm {
              INSERT INTO versions (package, version) VALUES ('{package}', '1.0');
              WITH b AS (INSERT INTO builds (package, version, built_by, abi_tag, status, duration)
                         VALUES ('{package}', '1.0', 1, 'cp311', true, '1 minute') RETURNING build_id)
-             INSERT INTO files (filename, build_id, filesize, filehash, package_tag, package_version_tag, py_version_tag, abi_tag, platform_tag)
-             SELECT '{filename}', build_id, 10, repeat('0', 64), '{package}', '1.0', 'py3', 'none', 'any' FROM b"
+             , f AS (INSERT INTO files (filename, build_id, filesize, filehash, package_tag, package_version_tag, py_version_tag, abi_tag, platform_tag)
+                     SELECT '{filename}', build_id, 10, repeat('0', 64), '{package}', '1.0', 'py3', 'none', 'any' FROM b)
+             INSERT INTO output (build_id, output) SELECT build_id, 'the log of {package}' FROM b"
         ));
     }
 
@@ -103,6 +105,7 @@ fn piw_check_reports_every_disagreement_and_repairs_only_the_safe_and_old_enough
         format!("{}", farm.www().join("simple/bar").join(BAR).display()),
         "1 links on simple pages to missing files:".into(),
         "foo: foo-0.9-py3-none-any.whl".into(),
+        "2 build logs missing from the tree (the database keeps them):".into(),
         "1 staging entries older than the abandon time:".into(),
         format!("{}", farm.staging().join("42.part").display()),
     ] {
@@ -111,13 +114,17 @@ fn piw_check_reports_every_disagreement_and_repairs_only_the_safe_and_old_enough
     assert!(!text.contains("repairs"), "{text}");
     assert!(exists(&foo.join(STRAY)) && exists(&farm.staging().join("42.part")));
 
-    // Repair, but nothing is six hours old: only the page is asked for again.
+    // Repair, but nothing is six hours old: the logs are written again from the database and
+    // the pages asked for again, nothing is removed.
     let out = farm.check(&["--repair"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("1 repairs:\n  asked for the pages of foo to be written again"), "{text}");
+    assert!(text.contains("3 repairs:\n  wrote the log of build 1 again from the database\n  wrote the log of build 2 again from the database\n  asked for the pages of foo to be written again"), "{text}");
     assert!(exists(&foo.join(STRAY)) && exists(&farm.staging().join("42.part")));
-    assert_eq!(farm.db.column("SELECT package FROM rewrites_pending"), [Some("foo".to_string())]);
+    assert_eq!(farm.db.column("SELECT package FROM rewrites_pending ORDER BY package"), [Some("bar".to_string()), Some("foo".to_string())]);
+    let mut log = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(farm.www().join("logs/0000/0000/0001.txt.gz")).unwrap()).read_to_string(&mut log).unwrap();
+    assert_eq!(log, "the log of foo");
 
     // Old enough for anything: the stray wheel, its side file and the staging entry go; the
     // record without its file stays, for an operator to judge.

@@ -288,6 +288,9 @@ fn a_failed_build_is_recorded_with_its_log_and_a_wheel_already_held_is_not_sent_
     let mut builds = farm.builds();
     builds.sort();
     assert_eq!(builds, [format!("bad 1.0 {id} pi-1 f build"), format!("same 2.0 {id} pi-1 t -")]);
+    // The database keeps each log, for the log file the index writer may fail to write.
+    let logs = farm.pool.db.column("SELECT concat_ws(': ', package, output) FROM output JOIN builds USING (build_id) ORDER BY package");
+    assert_eq!(logs, [Some("bad: error: it broke".to_string()), Some("same: built".to_string())]);
     let web = farm.web_requests();
     assert!(
         web.iter().any(|r| matches!(r, WebRequest::Built { output, rewrite, .. }

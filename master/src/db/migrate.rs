@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "pending rewrites name the transaction that asked",
         sql: include_str!("../../../migrations/0002_rewrite_requests.sql"),
     },
+    Migration { version: 3, name: "build logs kept with their builds", sql: include_str!("../../../migrations/0003_build_output.sql") },
 ];
 
 /// The schema version this software works with.

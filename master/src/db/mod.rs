@@ -73,6 +73,16 @@ impl Database {
         sqlx::query_as("SELECT b.package, f.filename FROM files f JOIN builds b USING (build_id)").fetch_all(&mut self.conn).await
     }
 
+    /// Every build whose log the database keeps, as (build id, package).
+    pub async fn logged_builds(&mut self) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT build_id, b.package FROM output JOIN builds b USING (build_id) ORDER BY build_id").fetch_all(&mut self.conn).await
+    }
+
+    /// A build's log, if the database keeps it.
+    pub async fn build_output(&mut self, build_id: i64) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT output FROM output WHERE build_id = $1").bind(build_id).fetch_optional(&mut self.conn).await
+    }
+
     /// Whether an error means the connection is gone, so the next request must reconnect.
     pub fn is_connection_lost(err: &sqlx::Error) -> bool {
         match err {

@@ -389,6 +389,8 @@ impl Database {
         let files = FileColumns::of(&result.files)?;
         let rewrite = record.pending_rewrite(rewrite_at);
         let dependencies = DependencyRows::of(&result.files);
+        // PostgreSQL's text cannot hold NUL.
+        let output = result.output.replace('\0', "\u{fffd}");
         let call = || sqlx::query_scalar(LOG_BUILD_CALL)
             .bind(&record.package)
             .bind(&record.version)
@@ -417,7 +419,8 @@ impl Database {
             .bind(scope_name(rewrite.scope))
             .bind(&dependencies.filename)
             .bind(&dependencies.tool)
-            .bind(&dependencies.dependency);
+            .bind(&dependencies.dependency)
+            .bind(&output);
         let mut logged = call().fetch_one(&mut self.conn).await;
         if matches!(&logged, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_FUNCTION)) {
             // The session lost its temporary objects (`DISCARD ALL` by a pooler, say): made again.
@@ -736,15 +739,15 @@ pub(super) async fn make_session_functions(conn: &mut PgConnection) -> Result<()
 
 /// The call of [`LOG_BUILD_FUNCTION`]; the arguments are listed there.
 const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)";
+                              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)";
 
 /// Records a build, made once per session (by [`Database::connect`](super::Database::connect))
 /// so that a build costs one round trip while its SQL stays here, beside the statements it
 /// shares with other requests. Arguments: the build ($1 to $11); its files ($12 to $23, an
 /// array per column, an element per file); its page rewrite ($24 time, $25 scope); its files'
-/// dependencies ($26 to $28, an array per column). In order:
+/// dependencies ($26 to $28, an array per column); its log ($29). In order:
 ///
-/// 1. the build and its files. A file whose name is recorded already moves to this build only
+/// 1. the build, its log and its files. A file whose name is recorded already moves to this build only
 ///    when its contents are the same; otherwise the whole call fails with [`FILE_CLASH`];
 /// 2. the rewrite of its pages, and the removal of the dependency rows its files had under an
 ///    earlier build, which this build's analysis replaces;
@@ -754,7 +757,7 @@ const LOG_BUILD_FUNCTION: &str = concat!(
     "CREATE FUNCTION pg_temp.log_build(
         text, text, integer, text, text, boolean, interval, interval, bigint, integer, text,
         text[], bigint[], text[], text[], text[], text[], text[], text[], text[], text[], integer[], text[],
-        timestamptz, text, text[], text[], text[]
+        timestamptz, text, text[], text[], text[], text
     ) RETURNS bigint LANGUAGE plpgsql AS $body$
     DECLARE
         logged_build bigint;
@@ -784,6 +787,7 @@ const LOG_BUILD_FUNCTION: &str = concat!(
             WHERE files.filehash = EXCLUDED.filehash
         )
         SELECT build_id INTO logged_build FROM build;
+        INSERT INTO output (build_id, output) VALUES (logged_build, $29);
         -- A listed file that is not this build's now is recorded with other contents.
         SELECT n.filename, held.filehash::text, n.filehash INTO clash_name, clash_held, clash_new
         FROM unnest($12, $14) WITH ORDINALITY AS n (filename, filehash, position)

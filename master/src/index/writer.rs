@@ -356,7 +356,7 @@ impl IndexWriter {
 }
 
 /// The names in a directory (none when it is missing).
-fn dir_names(dir: &Path) -> io::Result<Vec<String>> {
+pub(crate) fn dir_names(dir: &Path) -> io::Result<Vec<String>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
