@@ -186,7 +186,7 @@ mod tests {
 }
 
 /// piw-check: the consistency check of a farm's served tree against its database (see
-/// docs/operating.md). It reads the master's configuration (the same file section and options
+/// docs/operations.md). It reads the master's configuration (the same file section and options
 /// as piw-master) and may run while the master does. Exits 0 when everything is consistent,
 /// 1 when something was found (repaired or not), 2 when the check could not run.
 #[derive(clap::Parser, Debug, Clone)]
@@ -204,7 +204,7 @@ pub struct CheckConfig {
 
     /// With --repair: repair only what has not changed for this long, so that a wheel
     /// published a moment ago, whose build the running master records next, is left alone
-    #[arg(long, value_name = "DURATION", default_value = "6h")]
+    #[arg(long, value_name = "DURATION", default_value = "6h", requires = "repair")]
     pub min_age: HumanDuration,
 
     /// With --repair: remove files even when more than a tenth of the tree would go (which

@@ -14,7 +14,8 @@
 //! removing stale staging entries, writing build logs the index writer could not write from
 //! the copy the database keeps, asking for pages that link missing files to be rewritten from
 //! the database. A record without its file is reported, never repaired: only an operator
-//! can tell a lost file (`piw-rebuild` builds it again) from a wrong `--output-path`. For the
+//! can tell a lost file (`piw-remove --builds` has its release built again) from a wrong
+//! `--output-path`. For the
 //! same reason removals are withheld when they would take more than a tenth of the tree.
 
 use std::collections::{HashMap, HashSet};
@@ -107,7 +108,7 @@ impl fmt::Display for Findings {
         };
         let shown = |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect();
         listed(f, "files in the tree that no build records", shown(&self.unrecorded))?;
-        listed(f, "recorded files missing from the tree (piw-rebuild builds them again)", shown(&self.missing))?;
+        listed(f, "recorded files missing from the tree (piw-remove --builds has their release built again)", shown(&self.missing))?;
         listed(f, "links on simple pages to missing files", self.dead_links.iter().map(|(p, file)| format!("{p}: {file}")).collect())?;
         listed(f, "build logs missing from the tree (the database keeps them)", shown(&self.missing_logs))?;
         listed(f, "staging entries older than the abandon time", shown(&self.stale_staging))?;
@@ -192,13 +193,20 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
             lost_logs.push((build_id, package));
         }
     }
+    // A transfer (`<id>.expect`, `<id>.part`) is as old as its newest file: its record is
+    // written once, its bytes as they come.
+    let mut transfers: HashMap<String, Vec<PathBuf>> = HashMap::new();
     for name in dir_names(&check.staging_dir)? {
-        let path = check.staging_dir.join(name);
-        if old_enough(&path, check.abandon_after) {
-            if old_enough(&path, check.abandon_after.saturating_add(check.min_age)) {
-                stale.push(path.clone());
+        let id = name.split('.').next().unwrap_or(&name).to_string();
+        transfers.entry(id).or_default().push(check.staging_dir.join(name));
+    }
+    for paths in transfers.into_values() {
+        let age = paths.iter().filter_map(|path| age_of(path, now)).min();
+        if age.is_some_and(|age| age >= check.abandon_after) {
+            if age.is_some_and(|age| age >= check.abandon_after.saturating_add(check.min_age)) {
+                stale.extend(paths.iter().cloned());
             }
-            findings.stale_staging.push(path);
+            findings.stale_staging.extend(paths);
         }
     }
     findings.unrecorded.sort();

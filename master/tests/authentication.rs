@@ -363,13 +363,22 @@ fn the_built_in_server_counts_downloads_over_the_authenticated_logger_socket() {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::new();
     migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
+    // A published wheel with its record (the master removes wheels no build records at start).
+    db.execute(
+        "INSERT INTO packages (package) VALUES ('foo');
+         INSERT INTO versions (package, version) VALUES ('foo', '1.0');
+         WITH b AS (INSERT INTO builds (package, version, built_by, abi_tag, status, duration)
+                    VALUES ('foo', '1.0', 1, 'cp311', true, '1 minute') RETURNING build_id)
+         INSERT INTO files (filename, build_id, filesize, filehash, package_tag, package_version_tag, py_version_tag, abi_tag, platform_tag)
+         SELECT 'foo-1.0-py3-none-any.whl', build_id, 5, repeat('0', 64), 'foo', '1.0', 'py3', 'none', 'any' FROM b",
+    );
+    let wheel = dir.path().join("www/simple/foo/foo-1.0-py3-none-any.whl");
+    std::fs::create_dir_all(wheel.parent().unwrap()).unwrap();
+    std::fs::write(&wheel, b"wheel").unwrap();
     let ports = Endpoint::ALL.map(|e| (e, free_port()));
     let http = free_port();
     let child = Master::command(&dir, &db, &ports).args(["--http-listen", &format!("127.0.0.1:{http}")]).spawn().unwrap();
     let master = Master { child, dir, db, ports };
-    let wheel = master.dir.path().join("www/simple/foo/foo-1.0-py3-none-any.whl");
-    std::fs::create_dir_all(wheel.parent().unwrap()).unwrap();
-    std::fs::write(&wheel, b"wheel").unwrap();
     let get = || -> Option<String> {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;

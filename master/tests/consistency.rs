@@ -101,7 +101,7 @@ fn piw_check_reports_every_disagreement_and_repairs_only_the_safe_and_old_enough
         "2 files in the tree that no build records:".to_string(),
         format!("{}", foo.join(STRAY).display()),
         format!("{}", foo.join(format!("{STRAY}.metadata")).display()),
-        "1 recorded files missing from the tree (piw-rebuild builds them again):".into(),
+        "1 recorded files missing from the tree (piw-remove --builds has their release built again):".into(),
         format!("{}", farm.www().join("simple/bar").join(BAR).display()),
         "1 links on simple pages to missing files:".into(),
         "foo: foo-0.9-py3-none-any.whl".into(),

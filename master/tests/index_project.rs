@@ -131,6 +131,30 @@ fn build_logs_are_gzipped_under_logs_by_build_id() {
     assert_eq!(text, "again");
 }
 
+/// A log that cannot be written (here a file stands where its directory should be; a full
+/// disk does the same) is kept and written once it can be, and the project page then links it.
+#[test]
+fn a_log_that_cannot_be_written_is_written_when_it_can_and_then_linked() {
+    let Numpy { farm, builds } = numpy();
+    let id = builds["2.0b1 cp39"];
+    let rel = piwheels_master::index::layout::log_path(id);
+    let path = farm.path(&rel);
+    let blocker = path.parent().unwrap().to_path_buf();
+    if blocker.is_dir() {
+        std::fs::remove_dir_all(&blocker).unwrap();
+    }
+    std::fs::write(&blocker, b"in the way").unwrap();
+    farm.log("numpy", id, "the log that waited");
+    assert!(!path.exists());
+    std::fs::remove_file(&blocker).unwrap();
+    farm.wait("the log written on a later try", |f| f.path(&rel).is_file());
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "the log that waited");
+    let url = format!("/{rel}");
+    farm.wait("the project page linking the log", |f| f.json("project/numpy/json/index.json")["releases"]["2.0b1"]["builds"]["cp39"]["log_url"] == url.as_str());
+}
+
 #[test]
 fn a_former_name_gets_a_page_pointing_at_the_project_and_spellings_need_none() {
     let mut farm = Farm::started();

@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{
-    BuildAbi, DbReply, DbRequest, PendingRewrite, ProjectData, RewriteScope, RewriteWritten, Timestamp, WebReply,
+    BuildAbi, BuildId, DbReply, DbRequest, PendingRewrite, ProjectData, RewriteScope, RewriteWritten, Timestamp, WebReply,
     WebRequest,
 };
 use piwheels_common::task::{Context, PauseMode, Task};
@@ -59,6 +59,9 @@ pub const WEB_ENDPOINT: &str = "inproc://web";
 /// How often the task looks for due work even when nothing was scheduled (retries after
 /// failures, and the first look at the database after start-up).
 const TICK: Duration = Duration::from_secs(1);
+/// Build logs kept for another try when they could not be written (a full disk); past this
+/// many the oldest is left to the consistency check, which writes it from the database.
+const MAX_UNWRITTEN_LOGS: usize = 256;
 
 /// The index writer's settings; [`IndexConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -193,6 +196,8 @@ pub struct Scribe {
     unsynced: Vec<RewriteWritten>,
     /// When the root was last written by [`Scribe::flush`].
     root_written: Option<Instant>,
+    /// Build logs that could not be written, tried again at each flush: (build, package, log).
+    unwritten_logs: VecDeque<(BuildId, String, String)>,
 }
 
 /// How one package's write went.
@@ -211,6 +216,7 @@ impl Scribe {
             sweep: None,
             unsynced: Vec::new(),
             root_written: None,
+            unwritten_logs: VecDeque::new(),
         })
     }
 
@@ -327,6 +333,7 @@ impl Scribe {
         if !self.started {
             self.load(sockets, ctx)?;
         }
+        self.retry_logs(ctx);
         let wrote = self.flush_batch(sockets, ctx)?;
         let now = ctx.now();
         if self.sweep.is_none() && self.writer.root_dirty() {
@@ -435,8 +442,12 @@ impl Scribe {
             WebRequest::Search { entries } => Ok(self.writer.write_search(&entries)?),
             WebRequest::Built { build_id, output, rewrite } => {
                 anyhow::ensure!(is_safe_name(&rewrite.package), "{:?} is not a canonical package name", rewrite.package);
+                if let Err(e) = self.writer.write_log(build_id, &output) {
+                    tracing::warn!("cannot write the log of build {build_id} ({e}); it will be tried again");
+                    self.keep_log(build_id, rewrite.package.clone(), output, ctx);
+                }
                 self.enqueue(&rewrite, ctx);
-                Ok(self.writer.write_log(build_id, &output)?)
+                Ok(())
             }
             WebRequest::DeletePackage { package, files, builds } => self.delete(&package, &files, &builds, sockets, ctx),
             WebRequest::DeleteVersion { package, version, files, builds } => {
@@ -494,6 +505,38 @@ impl Scribe {
 }
 
 impl Scribe {
+    /// Keeps a log that could not be written for the next flush after the retry interval.
+    fn keep_log(&mut self, build_id: BuildId, package: String, output: String, ctx: &mut Context<'_, Event>) {
+        if self.unwritten_logs.len() >= MAX_UNWRITTEN_LOGS
+            && let Some((oldest, _, _)) = self.unwritten_logs.pop_front()
+        {
+            tracing::error!("gave up writing the log of build {oldest}: piw-check --repair writes it from the database");
+        }
+        self.unwritten_logs.push_back((build_id, package, output));
+        ctx.schedule(Event::Flush, self.config.retry);
+    }
+
+    /// Writes the logs that could not be written before; each one written has its project
+    /// page written again, since pages link only the logs that exist.
+    fn retry_logs(&mut self, ctx: &mut Context<'_, Event>) {
+        if self.unwritten_logs.is_empty() {
+            return;
+        }
+        for (build_id, package, output) in std::mem::take(&mut self.unwritten_logs) {
+            match self.writer.write_log(build_id, &output) {
+                Ok(()) => {
+                    tracing::info!("wrote the log of build {build_id}, which could not be written before");
+                    let rewrite = PendingRewrite { package, added_at: ctx.utc(), scope: RewriteScope::Project };
+                    self.enqueue(&rewrite, ctx);
+                }
+                Err(_) => self.unwritten_logs.push_back((build_id, package, output)),
+            }
+        }
+        if !self.unwritten_logs.is_empty() {
+            ctx.schedule(Event::Flush, self.config.retry);
+        }
+    }
+
     /// Buffers a recorded rewrite for the window and makes sure a flush comes when it is due.
     fn enqueue(&mut self, rewrite: &PendingRewrite, ctx: &mut Context<'_, Event>) {
         let now = ctx.now();
