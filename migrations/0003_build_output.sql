@@ -4,4 +4,4 @@ CREATE TABLE output (
     build_id BIGINT NOT NULL PRIMARY KEY REFERENCES builds ON DELETE CASCADE,
     output   TEXT NOT NULL
 );
-GRANT SELECT, INSERT, DELETE ON output TO piwheels_app;
+GRANT SELECT, INSERT ON output TO piwheels_app;

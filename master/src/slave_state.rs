@@ -203,6 +203,8 @@ impl Slave {
                     self.stage = Stage::Building { build: build.clone(), started };
                     Decision::StartTransfer { build, result: Box::new(result) }
                 } else {
+                    // Files of a failed build were never sent nor checked: none is recorded.
+                    result.files.clear();
                     self.stage = Stage::Building { build: build.clone(), started };
                     Decision::RecordFailure { build, result: Box::new(result) }
                 }
@@ -514,5 +516,15 @@ mod tests {
         let (note, tail) = kept.split_once('\n').unwrap();
         assert!(tail.len() <= MAX_BUILD_LOG && long.ends_with(tail) && tail.ends_with("the error at the end"), "{note}");
         assert_eq!(note, format!("[piw-master] the first {} bytes of this log were cut", long.len() - tail.len()));
+    }
+
+    #[test]
+    fn the_files_a_failed_build_lists_are_never_recorded() {
+        let now = Instant::now();
+        let mut slave = at_building(now);
+        let Decision::RecordFailure { result, .. } = slave.on_request(SlaveRequest::Built(result(false, 1)), now, false) else {
+            panic!("expected the failure to be recorded")
+        };
+        assert!(result.files.is_empty(), "{:?}", result.files);
     }
 }
