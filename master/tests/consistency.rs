@@ -3,7 +3,7 @@
 //! consistent farm gets a clean bill and exit status 0.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use piwheels_master::db::migrate;
@@ -84,10 +84,6 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn exists(path: &Path) -> bool {
-    path.exists()
-}
-
 #[test]
 fn piw_check_reports_every_disagreement_and_repairs_only_the_safe_and_old_enough() {
     let farm = Farm::new();
@@ -112,7 +108,7 @@ fn piw_check_reports_every_disagreement_and_repairs_only_the_safe_and_old_enough
         assert!(text.contains(&line), "{line:?} not in:\n{text}");
     }
     assert!(!text.contains("repairs"), "{text}");
-    assert!(exists(&foo.join(STRAY)) && exists(&farm.staging().join("42.part")));
+    assert!(foo.join(STRAY).exists() && farm.staging().join("42.part").exists());
 
     // Repair, but nothing is six hours old: the logs are written again from the database and
     // the pages asked for again, nothing is removed.
@@ -120,7 +116,7 @@ fn piw_check_reports_every_disagreement_and_repairs_only_the_safe_and_old_enough
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("3 repairs:\n  wrote the log of build 1 again from the database\n  wrote the log of build 2 again from the database\n  asked for the pages of foo to be written again"), "{text}");
-    assert!(exists(&foo.join(STRAY)) && exists(&farm.staging().join("42.part")));
+    assert!(foo.join(STRAY).exists() && farm.staging().join("42.part").exists());
     assert_eq!(farm.db.column("SELECT package FROM rewrites_pending ORDER BY package"), [Some("bar".to_string()), Some("foo".to_string())]);
     let mut log = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(farm.www().join("logs/0000/0000/0001.txt.gz")).unwrap()).read_to_string(&mut log).unwrap();
@@ -131,8 +127,8 @@ fn piw_check_reports_every_disagreement_and_repairs_only_the_safe_and_old_enough
     let out = farm.check(&["--repair", "--min-age", "0s"]);
     let text = stdout(&out);
     assert!(text.contains(&format!("removed {}", foo.join(STRAY).display())), "{text}");
-    assert!(!exists(&foo.join(STRAY)) && !exists(&foo.join(format!("{STRAY}.metadata"))) && !exists(&farm.staging().join("42.part")));
-    assert!(exists(&foo.join(FOO)));
+    assert!(!foo.join(STRAY).exists() && !foo.join(format!("{STRAY}.metadata")).exists() && !farm.staging().join("42.part").exists());
+    assert!(foo.join(FOO).exists());
     assert_eq!(farm.db.column("SELECT count(*)::text FROM files"), [Some("2".to_string())]);
 
     // Once the operator has dealt with bar and foo's page is right, all is well.
