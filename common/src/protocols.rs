@@ -221,6 +221,8 @@ pub enum FailureKind {
     NoSpace,
     /// The builder itself failed (could not start the command, inspect a wheel, ...).
     Builder,
+    /// The source could not be downloaded: the package index failed or was unreachable.
+    Source,
 }
 
 /// Host measurements sent with IDLE and BUSY and by the master's stats task.

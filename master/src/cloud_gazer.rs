@@ -138,7 +138,10 @@ impl CloudGazer {
         };
         self.backoff = None;
         let Some(last) = raw.iter().map(|r| r.serial).max() else { return Ok(()) };
-        let events: Vec<Event> = raw.iter().filter_map(|r| self.dedup.event(r)).collect();
+        // The releases seen are remembered only once the batch is in: a batch read again after
+        // a failure must not find its own uploads already seen.
+        let mut dedup = self.dedup.clone();
+        let events: Vec<Event> = raw.iter().filter_map(|r| dedup.event(r)).collect();
         let descriptions = self.fetch_descriptions(&events);
         for event in &events {
             let description = descriptions.iter().find(|(name, _)| *name == event.name).and_then(|(_, d)| d.clone());
@@ -151,6 +154,7 @@ impl CloudGazer {
         db.set_pypi_serial(last)?;
         tracing::info!("applied {} events up to serial {last}", events.len());
         self.serial = last;
+        self.dedup = dedup;
         Ok(())
     }
 

@@ -102,6 +102,12 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_MAX_BUSY_TIMEOUT", value_name = "DURATION", default_value = "1h")]
     pub max_busy_timeout: HumanDuration,
 
+    /// Back-off before a release that failed twice for the infrastructure's reasons (a builder
+    /// crash, a full disk, the database) is handed out again; it doubles with each further such
+    /// failure, up to an hour. The first retry is at once
+    #[arg(long, env = "PIW_RETRY_BACKOFF", value_name = "DURATION", default_value = "30s")]
+    pub retry_backoff: HumanDuration,
+
     /// Most slaves connected at once; more are refused until some leave
     #[arg(long, env = "PIW_MAX_SLAVES", value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_slaves: u16,

@@ -4,8 +4,10 @@
 //!
 //! Sockets: connects a [`Worker`] to [`crate::seraph::ORACLE_ENDPOINT`].
 //!
-//! A failing query is answered with [`DbReply::Error`] and the oracle goes on. A lost
-//! connection fails the request in flight the same way; the next request connects again.
+//! A failing query is answered with [`DbReply::Error`] and the oracle goes on. A connection the
+//! server ended (an administrator's command, a restart) is replaced and the request sent once
+//! more: the server rolled it back. Any other lost connection fails the request in flight;
+//! the next request connects again.
 
 use std::time::Duration;
 
@@ -58,16 +60,35 @@ impl Oracle {
     }
 
     fn answer(&mut self, request: DbRequest) -> DbReply {
-        if self.db.is_none() {
-            match self.runtime.block_on(Database::connect(&self.url, self.statement_timeout)) {
-                Ok(db) => self.db = Some(db),
-                Err(e) => return DbReply::Error { message: e.to_string() },
+        // A connection the server ended while it sat idle fails the first request sent on it;
+        // that request never ran, so it gets one more try on a new connection.
+        let retry = request.clone();
+        match self.run(request) {
+            Err(Failed::Query(e)) if Database::is_connection_ended_by_server(&e) => {
+                tracing::warn!("database connection ended by the server ({e}); connecting again for the request");
+                self.db = None;
+                let result = self.run(retry);
+                self.reply(result)
             }
+            result => self.reply(result),
+        }
+    }
+
+    /// Runs `request` on the connection, connecting first if there is none.
+    fn run(&mut self, request: DbRequest) -> Result<DbReply, Failed> {
+        if self.db.is_none() {
+            self.db = Some(self.runtime.block_on(Database::connect(&self.url, self.statement_timeout)).map_err(Failed::Connect)?);
         }
         let Some(db) = self.db.as_mut() else { unreachable!("connected above") };
-        match self.runtime.block_on(db.handle(request)) {
+        self.runtime.block_on(db.handle(request)).map_err(Failed::Query)
+    }
+
+    /// The answer to a request that ended with `result`; a lost connection is dropped.
+    fn reply(&mut self, result: Result<DbReply, Failed>) -> DbReply {
+        match result {
             Ok(reply) => reply,
-            Err(e) => {
+            Err(Failed::Connect(e)) => DbReply::Error { message: e.to_string() },
+            Err(Failed::Query(e)) => {
                 if Database::is_connection_lost(&e) {
                     tracing::warn!("database connection lost ({e}); reconnecting at the next request");
                     self.db = None;
@@ -78,6 +99,14 @@ impl Oracle {
             }
         }
     }
+}
+
+/// How a request failed.
+enum Failed {
+    /// No connection could be made.
+    Connect(crate::db::DbError),
+    /// The query failed.
+    Query(sqlx::Error),
 }
 
 impl Task for Oracle {

@@ -305,6 +305,7 @@ fn start_tasks(rt: &Runtime, cfg: &MasterConfig, auth: &Auth, tasks: &mut Superv
             max_slaves_per_key: cfg.max_slaves_per_key.into(),
             max_slaves_per_address: cfg.max_slaves_per_address.into(),
         },
+        retry_backoff: cfg.retry_backoff.0,
     };
     let (open_driver, status) = (driver.clone(), rt.status_endpoint.clone());
     tasks.add(task::spawn(

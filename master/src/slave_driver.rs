@@ -68,8 +68,9 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(5);
 const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 /// Times a file that fails verification is asked for again before the build is given up.
 const MAX_SEND_ATTEMPTS: u32 = 3;
-/// Back-off before a release that failed twice for the infrastructure's reasons is handed out
-/// again; it doubles with each further such failure of the release, up to [`RETRY_LONGEST`].
+/// The master's default back-off before a release that failed twice for the infrastructure's
+/// reasons is handed out again (`--retry-backoff`); it doubles with each further such failure
+/// of the release, up to [`RETRY_LONGEST`].
 pub const RETRY_FIRST: Duration = Duration::from_secs(30);
 /// Longest back-off between attempts at a release that keeps failing for the infrastructure's
 /// reasons: it is retried at least this often, and never recorded as failed for them.
@@ -140,6 +141,9 @@ pub struct DriverConfig {
     pub auth: Auth,
     /// Bounds on slaves' claims and numbers.
     pub limits: SlaveLimits,
+    /// Back-off after a release's second infrastructure failure (doubling after each further
+    /// one, up to [`RETRY_LONGEST`]).
+    pub retry_backoff: Duration,
 }
 
 /// The slave driver's sockets, and the slave-id counter, which outlive restarts of its state
@@ -504,7 +508,7 @@ impl SlaveDriver {
         let failures = retries.get(build).map_or(0, |r| r.failures).saturating_add(1);
         let delay = match failures {
             1 => Duration::ZERO,
-            _ => RETRY_FIRST.saturating_mul(1 << (failures - 2).min(16)).min(RETRY_LONGEST),
+            _ => self.config.retry_backoff.saturating_mul(1 << (failures - 2).min(16)).min(RETRY_LONGEST),
         };
         retries.insert(build.clone(), Retry { failures, until: now + delay, builder: builder.to_string() });
         delay
@@ -1080,6 +1084,7 @@ fn check_failure(result: &BuildResult, hello: &SlaveHello, elapsed: Option<Durat
     let kind = match result.failure {
         Some(FailureKind::NoSpace) => return Err("the builder ran out of disk space".into()),
         Some(FailureKind::Builder) => return Err("the builder itself failed (see its log)".into()),
+        Some(FailureKind::Source) => return Err("the builder could not download the source (see its log)".into()),
         Some(kind) => kind,
         None => FailureKind::Build,
     };

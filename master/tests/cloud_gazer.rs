@@ -120,6 +120,27 @@ fn pypi_failures_are_waited_out_and_nothing_is_lost() {
 }
 
 #[test]
+fn a_batch_the_database_refused_is_applied_whole_when_it_is_read_again() {
+    let pool = Pool::start(1);
+    let pypi = FakePypi::start();
+    // The database refuses new versions for a while, so the batch fails after its package.
+    pool.db.execute(
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER refuse BEFORE INSERT ON versions FOR EACH ROW EXECUTE FUNCTION refuse()",
+    );
+    let gazer = follower(&pool, &pypi, "gazer_refused");
+    pypi.create_package("refused", None);
+    let last = pypi.add_source("refused", "1.0", b"source".to_vec());
+    eventually("the follower to fail on the version", WAIT, || gazer.errors() >= 1);
+    assert_eq!(serial(&pool), 0, "a serial stored for a batch that was not applied");
+    pool.db.execute("DROP TRIGGER refuse ON versions");
+    // The batch read again is applied whole: the upload it saw before is not taken as seen.
+    eventually("the batch applied", WAIT, || serial(&pool) == last);
+    assert_eq!(versions(&pool), ["refused 1.0 [] false"]);
+    stop(gazer);
+}
+
+#[test]
 fn a_restarted_follower_goes_on_from_the_stored_serial() {
     let pool = Pool::start(1);
     let pypi = FakePypi::start();

@@ -21,7 +21,7 @@ use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, BUILDS_END
 use piwheels_master::big_brother::STATS_ENDPOINT;
 use piwheels_master::file_juggler::{FS_ENDPOINT, JugglerConfig};
 use piwheels_master::process::SLAVE_COMMANDS_ENDPOINT;
-use piwheels_master::slave_driver::{self, DELETES_ENDPOINT, DriverConfig, SlaveDriver, SlaveLimits};
+use piwheels_master::slave_driver::{self, DELETES_ENDPOINT, DriverConfig, RETRY_FIRST, SlaveDriver, SlaveLimits};
 use piwheels_testsupport::data::{wheel_bytes, wheel_file, wheel_with_metadata};
 use piwheels_testsupport::free_port;
 use support::{Pool, eventually, stand_in};
@@ -65,6 +65,7 @@ impl Farm {
             db_timeout: WAIT,
             auth: Auth::disabled(),
             limits,
+            retry_backoff: RETRY_FIRST,
         };
         let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());
         let driver = task::spawn(
@@ -591,7 +592,7 @@ impl TimedDriver {
         let rt = Runtime { poll_cap: Duration::from_millis(10), ..Runtime::new(pool.rt.zmq.clone(), Arc::new(clock.clone()), "inproc://status") };
         let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());
         let config =
-            DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT, auth: Auth::disabled(), limits: SlaveLimits::default() };
+            DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT, auth: Auth::disabled(), limits: SlaveLimits::default(), retry_backoff: RETRY_FIRST };
         let open_config = config.clone();
         let driver = task::spawn(
             &rt,

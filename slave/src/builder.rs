@@ -542,7 +542,8 @@ fn inspect(path: &Path, apt: Option<&AptIndex>) -> Result<WheelFile, String> {
     crate::inspect::inspect_wheel(path, apt).map_err(|e| e.to_string())
 }
 
-/// Why a build command failed, from the end of its log: out of disk, out of memory (an
+/// Why a build command failed, from the end of its log: out of disk, the source not
+/// downloaded (pip could not reach the index or the index failed), out of memory (an
 /// allocation or a library mapping refused under the memory limit, or a SIGKILL nobody here
 /// sent, which is what the kernel's out-of-memory killer does), else a real failure of the
 /// build.
@@ -551,6 +552,16 @@ fn classify(log: &str, signal: Option<i32>) -> FailureKind {
     let any = |needles: &[&str]| needles.iter().any(|needle| log.contains(needle));
     if any(&["no space left on device", "disk quota exceeded"]) {
         FailureKind::NoSpace
+    } else if any(&[
+        // pip's words when the index answers with an error or not at all.
+        "could not fetch url",
+        "max retries exceeded",
+        "connection broken by",
+        "read timed out",
+        "temporary failure in name resolution",
+        "connection refused",
+    ]) {
+        FailureKind::Source
     } else if signal == Some(Signal::SIGKILL as i32)
         || any(&["memoryerror", "cannot allocate memory", "out of memory", "std::bad_alloc", "virtual memory exhausted", "failed to map segment"])
     {
@@ -659,6 +670,13 @@ mod tests {
         assert_eq!(classify("ImportError: array.so: failed to map segment from shared object", None), FailureKind::OutOfMemory);
         assert_eq!(classify("error: command 'gcc' failed", Some(Signal::SIGKILL as i32)), FailureKind::OutOfMemory);
         assert_eq!(classify("error: command 'gcc' failed", None), FailureKind::Build);
+        let unreachable = "WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after connection broken by \
+             'ReadTimeoutError(\"HTTPConnectionPool(host='127.0.0.1', port=8000): Read timed out. (read timeout=15)\")': /simple/foo/\n\
+             ERROR: Could not find a version that satisfies the requirement foo==1.0 (from versions: none)";
+        assert_eq!(classify(unreachable, None), FailureKind::Source);
+        let failing = "WARNING: Could not fetch URL http://127.0.0.1:8000/simple/foo/: connection error: HTTPConnectionPool(host='127.0.0.1', \
+             port=8000): Max retries exceeded with url: /simple/foo/ (Caused by ResponseError('too many 503 error responses')) - skipping";
+        assert_eq!(classify(failing, None), FailureKind::Source);
         assert_eq!(classify("Segmentation fault", Some(Signal::SIGSEGV as i32)), FailureKind::Build);
     }
 

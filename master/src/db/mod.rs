@@ -92,4 +92,12 @@ impl Database {
             _ => false,
         }
     }
+
+    /// Whether the server said it ended the connection (an administrator's command, a
+    /// shutdown): the request's transaction was then rolled back, never committed, so it is
+    /// safe to send again on a new connection. A broken socket is not this: a commit may have
+    /// happened before it broke.
+    pub fn is_connection_ended_by_server(err: &sqlx::Error) -> bool {
+        matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P")))
+    }
 }

@@ -1017,6 +1017,7 @@ fn failure_name(kind: FailureKind) -> &'static str {
         FailureKind::OutOfMemory => "out-of-memory",
         FailureKind::NoSpace => "no-space",
         FailureKind::Builder => "builder",
+        FailureKind::Source => "source",
     }
 }
 

@@ -66,7 +66,7 @@ pub struct Event {
 }
 
 /// Remembers recently seen releases to drop repeated upload rows.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Dedup {
     capacity: usize,
     seen: HashMap<(String, String), (i64, EventKind)>,
