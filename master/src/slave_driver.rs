@@ -26,9 +26,10 @@
 //! a file that fails verification again and again, the master's full disk or an unanswered
 //! database. Such a release is handed out again at once the first time (a lost builder is
 //! rarely the package's doing), then after a back-off that doubles with each further failure
-//! ([`RETRY_FIRST`] up to [`RETRY_LONGEST`]), to another builder of its ABI when one is
-//! connected; the files it published are removed (or, when the database cannot say they are
-//! unrecorded, removed at the next conflict: see [`SlaveDriver::resolve_conflict`]).
+//! (`--retry-backoff`, [`RETRY_FIRST`] by default, up to [`RETRY_LONGEST`]), to another
+//! builder of its ABI when one is connected and takes it within [`PASS_OVER_AT_MOST`]; the
+//! files it published are removed (or, when the database cannot say they are unrecorded,
+//! removed at the next conflict: see [`SlaveDriver::resolve_conflict`]).
 //!
 //! # What a slave may claim
 //!
@@ -75,6 +76,9 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(30);
 /// Longest back-off between attempts at a release that keeps failing for the infrastructure's
 /// reasons: it is retried at least this often, and never recorded as failed for them.
 pub const RETRY_LONGEST: Duration = Duration::from_secs(3600);
+/// Longest time after its back-off that a release waits for another builder than the one it
+/// last failed on: the others may all be busy with long builds.
+const PASS_OVER_AT_MOST: Duration = Duration::from_secs(300);
 /// A release whose last infrastructure failure's back-off ended this long ago starts afresh.
 const RETRY_FORGOTTEN: Duration = Duration::from_secs(24 * 3600);
 /// Slack allowed between a slave's measure of a build's duration and the master's.
@@ -221,6 +225,16 @@ struct Retry {
     /// The builder (its label) of the last attempt, which is passed over while another
     /// builder of the ABI is connected.
     builder: String,
+}
+
+/// What stands in the way of a file the file juggler reports a conflict for.
+enum Conflict {
+    /// An unrecorded file, now removed.
+    Removed,
+    /// A recorded file with other contents.
+    Recorded,
+    /// Nothing can be settled now (why): the build is given up and tried again.
+    Unsettled(String),
 }
 
 /// The slaves' coordinator.
@@ -446,7 +460,9 @@ impl SlaveDriver {
         let others_of_abi = self.slaves.values().any(|s| s.hello.abi == abi && s.hello.host.label != label);
         let retries = self.retries.get(&abi);
         let waiting = |build: &PackageVersion| {
-            retries.and_then(|r| r.get(build)).is_some_and(|retry| retry.until > now || (retry.builder == label && others_of_abi))
+            retries.and_then(|r| r.get(build)).is_some_and(|retry| {
+                retry.until > now || (retry.builder == label && others_of_abi && now < retry.until + PASS_OVER_AT_MOST)
+            })
         };
         let building = self.building.entry(abi.clone()).or_default();
         let queue = self.queues.entry(abi).or_default();
@@ -532,6 +548,7 @@ impl SlaveDriver {
         while index < result.files.len() {
             let file = result.files[index].clone();
             if let Some(described) = self.link_held(sockets, &build.package, &file, &expectation) {
+                self.note_published(identity, &build, &file.filename);
                 result.files[index] = described;
                 index += 1;
                 continue;
@@ -543,16 +560,23 @@ impl SlaveDriver {
                     return slave.send(result, file.filename, transfer);
                 }
                 Ok(FsReply::AlreadyHave { file: described }) => {
+                    self.note_published(identity, &build, &file.filename);
                     result.files[index] = *described;
                     index += 1;
                 }
                 Ok(FsReply::Refused { reason }) => self.refuse_file(sockets, ctx, identity, &mut result, index, &reason),
                 Ok(FsReply::Conflict { reason }) => {
-                    if resolved.as_deref() != Some(file.filename.as_str()) && self.resolve_conflict(sockets, &build.package, &file.filename) {
-                        resolved = Some(file.filename);
-                        continue;
+                    if resolved.as_deref() == Some(file.filename.as_str()) {
+                        let reason = format!("{} was removed from the way and is there again: {reason}", file.filename);
+                        return self.give_up(sockets, ctx, identity, &build, &reason);
                     }
-                    self.refuse_file(sockets, ctx, identity, &mut result, index, &reason);
+                    match self.resolve_conflict(sockets, &build.package, &file.filename) {
+                        Conflict::Removed => resolved = Some(file.filename),
+                        // Another build's file with other contents: this wheel differs from
+                        // what is published, which is the build's to answer for.
+                        Conflict::Recorded => self.refuse_file(sockets, ctx, identity, &mut result, index, &reason),
+                        Conflict::Unsettled(why) => return self.give_up(sockets, ctx, identity, &build, &format!("{reason}; {why}")),
+                    }
                 }
                 Ok(other) => {
                     let reason = format!("the master could not take {}: {}", file.filename, fs_reason(other));
@@ -580,32 +604,27 @@ impl SlaveDriver {
     }
 
     /// A file published under this name with other bytes blocks the build's file. When no
-    /// build records it and no build in progress published it, it is left over from a build
-    /// whose recording failed: it is removed, and true returned so the file is expected again.
-    fn resolve_conflict(&self, sockets: &Sockets, package: &str, filename: &str) -> bool {
+    /// build records it and no build in progress holds it, it is left over from a build whose
+    /// recording failed: it is removed so the file can be expected again. When that cannot be
+    /// known or done now, the build is the infrastructure's to retry, not the package's fault.
+    fn resolve_conflict(&self, sockets: &Sockets, package: &str, filename: &str) -> Conflict {
         if self.published.values().any(|(build, files)| build.package == package && files.iter().any(|f| f == filename)) {
-            return false;
+            return Conflict::Unsettled(format!("{filename} belongs to a build not yet recorded"));
         }
         let recorded = match sockets.db.request(DbRequest::PackageFiles { package: package.to_string() }) {
             Ok(DbReply::Files(files)) => files.iter().any(|f| f.filename == filename),
-            other => {
-                tracing::warn!("cannot tell whether {filename} is recorded, so it stays: {other:?}");
-                return false;
-            }
+            other => return Conflict::Unsettled(format!("the database cannot say whether {filename} is recorded: {other:?}")),
         };
         if recorded {
-            return false;
+            return Conflict::Recorded;
         }
         let request = FsRequest::RemoveOrphan { package: package.to_string(), filename: filename.to_string() };
         match sockets.fs.request(&request, FS_TIMEOUT) {
             Ok(FsReply::Done) => {
                 tracing::warn!("removed {filename}, which no build records, so that its build can publish it");
-                true
+                Conflict::Removed
             }
-            other => {
-                tracing::error!("cannot remove {filename}, which no build records: {other:?}");
-                false
-            }
+            other => Conflict::Unsettled(format!("{filename}, which no build records, cannot be removed: {other:?}")),
         }
     }
 
@@ -632,6 +651,15 @@ impl SlaveDriver {
                 tracing::warn!("the file juggler did not answer a link of {}: {e}", file.filename);
                 None
             }
+        }
+    }
+
+    /// Notes that `filename` is in the tree for the slave's build, which is to record it: until
+    /// then no conflict removes it, and if the build is given up it is removed (unless a
+    /// recorded build holds it).
+    fn note_published(&mut self, identity: &[u8], build: &PackageVersion, filename: &str) {
+        if let Some(slave) = self.slaves.get(identity) {
+            self.published.entry(slave.id).or_insert_with(|| (build.clone(), Vec::new())).1.push(filename.to_string());
         }
     }
 
@@ -673,7 +701,7 @@ impl SlaveDriver {
         match sockets.fs.request(&FsRequest::Verify { transfer }, FS_TIMEOUT) {
             Ok(FsReply::Verified { file }) => {
                 self.attempts.remove(&id);
-                self.published.entry(id).or_insert_with(|| (build.clone(), Vec::new())).1.push(filename.to_string());
+                self.note_published(identity, &build, filename);
                 result.files[index] = *file;
                 self.next_file(sockets, ctx, identity, build, result, index + 1)
             }
@@ -732,13 +760,10 @@ impl SlaveDriver {
         };
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());
         let rewrite = record.pending_rewrite(ctx.utc());
-        // A connection the database dropped (a restart, a terminated backend) is made again by
-        // the oracle at the next request: one more try rides such a blip out.
-        let logged = sockets.db.log_build(record.clone(), rewrite.added_at).or_else(|e| {
-            tracing::warn!("cannot record the build of {} {} ({e}); trying once more", build.package, build.version);
-            sockets.db.log_build(record, rewrite.added_at)
-        });
-        match logged {
+        // Not sent twice here: an unanswered request may have been recorded all the same. The
+        // oracle itself sends it again when the server ended its connection (nothing was
+        // recorded then); any other failure gives the build up, to be built again.
+        match sockets.db.log_build(record, rewrite.added_at) {
             Ok(build_id) => {
                 // Its files are the build's now.
                 self.published.remove(&slave_id);

@@ -192,19 +192,23 @@ impl Slave {
                 result.output = bounded_log(std::mem::take(&mut result.output));
                 if self.flags.skip {
                     Decision::Reply(self.abandon(&build, "skipped by an operator"))
-                } else if let Some(name) = listed_twice(&result.files) {
+                } else if let Some(reason) = unrecordable(&result.files) {
                     // No such build can be recorded. The slave keeps its build until it is
                     // dropped, so that the release goes back to the queue.
-                    let reason = format!("protocol error: Built lists {name} twice");
                     self.stage = Stage::Building { build, started };
-                    Decision::Die { reason }
+                    Decision::Die { reason: format!("protocol error: {reason}") }
                 } else if result.success && !result.files.is_empty() {
+                    // A success's time is no longer than the build was out.
+                    result.duration = result.duration.min(now.saturating_duration_since(started));
+                    bound_figures(&mut result);
                     // The stage stays Building until the driver asks for the first file.
                     self.stage = Stage::Building { build: build.clone(), started };
                     Decision::StartTransfer { build, result: Box::new(result) }
                 } else {
                     // Files of a failed build were never sent nor checked: none is recorded.
                     result.files.clear();
+                    // Its time is checked against the master's before it is recorded.
+                    bound_figures(&mut result);
                     self.stage = Stage::Building { build: build.clone(), started };
                     Decision::RecordFailure { build, result: Box::new(result) }
                 }
@@ -266,6 +270,12 @@ impl Slave {
 /// The longest build log kept (the database holds each build's log): a longer one keeps its
 /// end, where the error is.
 pub const MAX_BUILD_LOG: usize = 1 << 20;
+/// Most files one build may list (a wheel build makes one; a few for multi-wheel builds).
+pub const MAX_BUILD_FILES: usize = 32;
+/// Most cores a build's CPU time is believed to have used at once.
+const MAX_CORES: u32 = 1024;
+/// Largest peak memory believed of a build: 1 TiB.
+const MAX_PEAK_MEMORY: u64 = 1 << 40;
 
 /// `output` with no more than [`MAX_BUILD_LOG`] bytes: its tail, after a note of what was cut.
 fn bounded_log(output: String) -> String {
@@ -280,8 +290,20 @@ fn bounded_log(output: String) -> String {
 }
 
 /// The first file name a build result lists more than once.
-fn listed_twice(files: &[WheelFile]) -> Option<&str> {
-    files.iter().enumerate().find(|(i, f)| files[..*i].iter().any(|g| g.filename == f.filename)).map(|(_, f)| f.filename.as_str())
+/// Why a build's list of files cannot be recorded: too many, or one listed twice.
+fn unrecordable(files: &[WheelFile]) -> Option<String> {
+    if files.len() > MAX_BUILD_FILES {
+        return Some(format!("Built lists {} files, more than the {MAX_BUILD_FILES} one build may make", files.len()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    files.iter().find(|f| !seen.insert(f.filename.as_str())).map(|f| format!("Built lists {} twice", f.filename))
+}
+
+/// Bounds a build's figures by what the master can believe: no more CPU than [`MAX_CORES`]
+/// cores give in its time, no more memory than [`MAX_PEAK_MEMORY`]. They are only shown.
+fn bound_figures(result: &mut BuildResult) {
+    result.cpu_time = result.cpu_time.min(result.duration.saturating_mul(MAX_CORES));
+    result.peak_memory = result.peak_memory.min(MAX_PEAK_MEMORY);
 }
 
 fn request_name(request: &SlaveRequest) -> &'static str {
@@ -516,6 +538,33 @@ mod tests {
         let (note, tail) = kept.split_once('\n').unwrap();
         assert!(tail.len() <= MAX_BUILD_LOG && long.ends_with(tail) && tail.ends_with("the error at the end"), "{note}");
         assert_eq!(note, format!("[piw-master] the first {} bytes of this log were cut", long.len() - tail.len()));
+    }
+
+    #[test]
+    fn a_build_listing_more_files_than_a_build_makes_is_a_protocol_error() {
+        let now = Instant::now();
+        let mut slave = at_building(now);
+        let mut outcome = result(true, 0);
+        outcome.files = (0..=MAX_BUILD_FILES).map(|n| piwheels_testsupport::data::wheel_file(&format!("foo-1.0-{n}-py3-none-any.whl"), b"x")).collect();
+        match slave.on_request(SlaveRequest::Built(outcome), now, false) {
+            Decision::Die { reason } => assert!(reason.contains("33 files, more than the 32"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_successful_builds_figures_are_bounded_by_what_the_master_saw() {
+        let now = Instant::now();
+        let mut slave = at_building(now);
+        let mut outcome = result(true, 1);
+        (outcome.duration, outcome.cpu_time, outcome.peak_memory) = (Duration::MAX, Duration::MAX, u64::MAX);
+        let later = now + Duration::from_secs(90);
+        let Decision::StartTransfer { result, .. } = slave.on_request(SlaveRequest::Built(outcome), later, false) else {
+            panic!("expected a transfer")
+        };
+        assert_eq!(result.duration, Duration::from_secs(90));
+        assert_eq!(result.cpu_time, Duration::from_secs(90 * 1024));
+        assert_eq!(result.peak_memory, 1 << 40);
     }
 
     #[test]

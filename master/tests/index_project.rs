@@ -156,6 +156,25 @@ fn a_log_that_cannot_be_written_is_written_when_it_can_and_then_linked() {
 }
 
 #[test]
+fn a_waiting_log_of_a_build_deleted_meanwhile_is_never_written() {
+    let Numpy { farm, builds } = numpy();
+    let (kept, deleted) = (builds["2.0b1 cp39"], builds["1.1 cp311"]);
+    let (kept_log, deleted_log) = (farm.path(&piwheels_master::index::layout::log_path(kept)), farm.path(&piwheels_master::index::layout::log_path(deleted)));
+    // Both logs live in one directory, which a file stands in the place of.
+    let blocker = kept_log.parent().unwrap().to_path_buf();
+    assert_eq!(Some(blocker.as_path()), deleted_log.parent());
+    std::fs::remove_dir_all(&blocker).unwrap();
+    std::fs::write(&blocker, b"in the way").unwrap();
+    farm.log("numpy", kept, "the log that waited");
+    farm.log("numpy", deleted, "the log of a build that is gone");
+    farm.send(WebRequest::DeleteVersion { package: "numpy".into(), version: "1.1".into(), files: Vec::new(), builds: vec![deleted] });
+    std::fs::remove_file(&blocker).unwrap();
+    // The retry that writes the one kept log passes the deleted build's by.
+    farm.wait("the kept log written on a later try", |f| f.path(&piwheels_master::index::layout::log_path(kept)).is_file());
+    assert!(!deleted_log.exists(), "the log of the deleted build was written");
+}
+
+#[test]
 fn a_former_name_gets_a_page_pointing_at_the_project_and_spellings_need_none() {
     let mut farm = Farm::started();
     farm.package("old-name", "Old_Name", "", &[("1.0", 1)]);

@@ -154,11 +154,12 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomically(path, bytes)
 }
 
-/// Removes a file; a missing one is not an error. True when something was removed.
+/// Removes a file; a missing one (or one whose directory is a file) is not an error. True when
+/// something was removed.
 pub fn remove_file(path: &Path) -> io::Result<bool> {
     match fs::remove_file(path) {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(false),
         Err(e) => Err(io::Error::new(e.kind(), format!("cannot remove {}: {e}", path.display()))),
     }
 }

@@ -468,6 +468,8 @@ impl Scribe {
         ctx: &mut Context<'_, Event>,
     ) -> anyhow::Result<()> {
         anyhow::ensure!(is_safe_name(package), "{package:?} is not a canonical package name");
+        // A log still waiting to be written belongs to a build that is gone now.
+        self.unwritten_logs.retain(|(build_id, _, _)| !builds.contains(build_id));
         let waiting = self.buffer.remove(package);
         self.writer.remove_files(package, files, builds)?;
         let utc = ctx.utc();
