@@ -96,7 +96,7 @@ use piwheels_common::keys::Endpoint;
 use piwheels_common::names::{canonicalize, same_version};
 use piwheels_common::protocols::{Dependencies, FileExpectation, FileReply, FileRequest, FsReply, FsRequest, TransferId, WheelFile};
 use piwheels_common::task::{Context, PauseMode, Task};
-use piwheels_common::transport::{FrameSlice, Peer, Server};
+use piwheels_common::transport::{FrameSlice, Peer, Server, TransportError};
 use piwheels_common::upload::MAX_FETCH;
 use piwheels_common::wheel::{MAX_FILENAME, WheelName};
 use sha2::{Digest, Sha256};
@@ -858,7 +858,15 @@ impl FileJuggler {
     fn on_file(&mut self, sockets: &mut Sockets, now: Instant) -> anyhow::Result<()> {
         // The frame is decoded where it lies: a chunk's bytes are written and hashed straight
         // from the message ZeroMQ received, and kept in it if they must wait.
-        let (peer, frame) = sockets.files.recv_frame()?;
+        let (peer, frame) = match sockets.files.recv_frame() {
+            Ok(incoming) => incoming,
+            // A message with no envelope cannot be answered: a peer's doing, not the juggler's.
+            Err(TransportError::Protocol(e)) => {
+                tracing::warn!("unanswerable message on the file socket: {e}");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Err(refusal) = sockets.gate.admit(&peer) {
             // A key revoked since its connection was made (the gate logged it).
             if let Some(id) = self.peers.get(peer.identity()).copied() {

@@ -30,7 +30,7 @@ use crate::big_brother::{self, BigBrother, StatsConfig};
 use crate::cloud_gazer::{self, CloudGazer, FollowerConfig};
 use crate::config::MasterConfig;
 use crate::consistency;
-use crate::db::Database;
+use crate::db::{Database, DbError};
 use crate::file_juggler::{self, FileJuggler, JugglerConfig};
 use crate::gatekeeper::{self, Auth, Gate, Gatekeeper};
 use crate::index::{self, IndexConfig, Scribe};
@@ -53,6 +53,8 @@ const CONTROL_MAX_MESSAGE: usize = 64 << 10;
 const SLAVE_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many clients the control socket remembers as having said hello.
 const MAX_CLIENTS: usize = 1024;
+/// Tries at the database check at start when the server ends the connection meanwhile.
+const START_ATTEMPTS: u32 = 5;
 
 /// Why the master stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -153,15 +155,29 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
 
 /// Fails fast, with the reason, when the database cannot serve the master: unreachable, the
 /// wrong schema version, or a superuser role.
+/// A connection the server ends meanwhile (an administrator, a restart) is tried again a few
+/// times.
 fn check_database(cfg: &MasterConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let mut db = Database::connect(&cfg.dsn, cfg.db_timeout.0).await?;
-        if db.is_superuser().await? {
-            anyhow::bail!("the database role in --dsn is a superuser; the master must connect as an ordinary role (see piw-initdb --user)");
+    let mut attempt = 1;
+    loop {
+        let superuser = runtime.block_on(async {
+            let mut db = Database::connect(&cfg.dsn, cfg.db_timeout.0).await?;
+            Ok::<bool, DbError>(db.is_superuser().await?)
+        });
+        match superuser {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                anyhow::bail!("the database role in --dsn is a superuser; the master must connect as an ordinary role (see piw-initdb --user)")
+            }
+            Err(e) if e.is_connection_ended_by_server() && attempt < START_ATTEMPTS => {
+                tracing::warn!("the database ended the connection while the master checked it ({e}); trying again");
+                attempt += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e.into()),
         }
-        Ok(())
-    })
+    }
 }
 
 /// Runs the consistency check before any task starts, repairing everything it safely can:

@@ -47,7 +47,7 @@ use piwheels_common::protocols::{
 use piwheels_common::config::HumanDuration;
 use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
-use piwheels_common::transport::{Client, Peer, Receiver, Sender, Server};
+use piwheels_common::transport::{Client, Peer, Receiver, Sender, Server, TransportError};
 
 use crate::architect::{ARCHITECT_ENDPOINT, BUILDS_ENDPOINT};
 use crate::big_brother::STATS_ENDPOINT;
@@ -286,7 +286,15 @@ impl SlaveDriver {
     }
 
     fn on_slave(&mut self, sockets: &mut Sockets, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
-        let (peer, request) = sockets.slaves.recv()?;
+        let (peer, request) = match sockets.slaves.recv() {
+            Ok(incoming) => incoming,
+            // A message with no envelope cannot be answered: a peer's doing, not the driver's.
+            Err(TransportError::Protocol(e)) => {
+                tracing::warn!("unanswerable message on the slave socket: {e}");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let now = ctx.now();
         let identity = peer.identity().to_vec();
         let caller = match sockets.gate.admit(&peer) {

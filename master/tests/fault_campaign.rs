@@ -15,21 +15,14 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use piwheels_common::keys::Role;
-use piwheels_master::db::migrate;
-use piwheels_testsupport::db::{APP_ROLE, TestDb};
-use piwheels_testsupport::free_port;
-use piwheels_testsupport::installers::local_abi;
-use piwheels_testsupport::keys::ClientKey;
-use piwheels_testsupport::programs::{is_root, program, shared_dir, unprivileged};
-use piwheels_testsupport::pypi::{Failure, FakePypi};
+use nix::sys::signal::Signal;
+use piwheels_testsupport::programs::is_root;
+use piwheels_testsupport::pypi::Failure;
+use support::farm::{BUSY_TIMEOUT, Farm, Mount, Slave, Source, build_processes_ended, processes_naming};
 
 /// Faults of the short form.
 const SHORT_FORM: usize = 120;
@@ -37,57 +30,8 @@ const SHORT_FORM: usize = 120;
 const SLAVES: [&str; 3] = ["slave-a", "slave-b", "slave-c"];
 /// One release in this many does not build (the package's own failure).
 const FAILING_ONE_IN: u64 = 8;
-/// How long a slave may stay silent before the master drops it (a stall is sometimes longer).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(6);
 /// Size of the master's disk (output tree and state), which a fault fills.
 const DISK_SIZE: &str = "192m";
-
-/// The builder: downloads the source from the index the master names, reads what to do from
-/// it, and writes a wheel into the wheel directory. A download that fails is reported in pip's
-/// words, which the slave knows to be the index's fault.
-const BUILDER: &str = r##"import base64, hashlib, os, re, sys, time, urllib.parse, urllib.request, zipfile
-pids, name, version, wheel_dir, index_url = sys.argv[1:6]
-with open(pids, "a") as out:
-    out.write(f"{os.getpid()}\n")
-
-def fetch(url):
-    try:
-        with urllib.request.urlopen(url, timeout=3) as answer:
-            return answer.read()
-    except Exception as e:
-        print(f"WARNING: Could not fetch URL {url}: {e}", flush=True)
-        sys.exit(1)
-
-page_url = urllib.parse.urljoin(index_url.rstrip("/") + "/", name + "/")
-page = fetch(page_url).decode()
-link = re.search(r'href="([^"#]*' + re.escape(f"{name}-{version}.tar.gz") + ')', page)
-if link is None:
-    print(f"ERROR: Could not find a version that satisfies the requirement {name}=={version}")
-    sys.exit(1)
-spec = dict(word.split("=", 1) for word in fetch(urllib.parse.urljoin(page_url, link.group(1))).decode().split())
-print(f"building {name} {version} as its source says: {spec}", flush=True)
-time.sleep(float(spec["seconds"]))
-if spec["outcome"] == "fail":
-    print("error: this package does not build (its source says so)")
-    sys.exit(1)
-dist = name.replace("-", "_")
-info = f"{dist}-{version}.dist-info"
-files = [
-    (f"{dist}/__init__.py", b""),
-    (f"{dist}/data.bin", os.urandom(int(spec["size"]))),
-    (f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()),
-    (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: fault-campaign\nRoot-Is-Purelib: true\nTag: py3-none-any\n"),
-]
-record = "".join(
-    f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
-    for path, data in files
-) + f"{info}/RECORD,,\n"
-files.append((f"{info}/RECORD", record.encode()))
-with zipfile.ZipFile(os.path.join(wheel_dir, f"{dist}-{version}-py3-none-any.whl"), "w") as wheel:
-    for path, data in files:
-        wheel.writestr(path, data)
-print(f"built {name} {version}")
-"##;
 
 /// A small seeded generator (splitmix64): the campaign's choices, replayable from the seed.
 struct Dice(u64);
@@ -150,296 +94,21 @@ impl Fault {
     }
 }
 
-/// A process killed when dropped (continued first, should it be stopped).
-struct Process(Child);
-
-impl Process {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.id() as i32)
+/// Whether slave `index` is building now, and whether its wheel is made (it is then being
+/// sent, or about to be).
+fn build_state(farm: &Farm, index: usize) -> Option<bool> {
+    let root = farm.path(&farm.slaves[index].name);
+    let builds: Vec<PathBuf> = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("piw-build-"))
+        .map(|entry| entry.path())
+        .collect();
+    if builds.is_empty() {
+        return None;
     }
-
-    fn signal(&self, signal: Signal) {
-        let _ = kill(self.pid(), signal);
-    }
-
-    /// Stops the process with SIGTERM, waiting up to `timeout`; whether it exited in time.
-    fn terminate(mut self, timeout: Duration) -> bool {
-        self.signal(Signal::SIGCONT);
-        self.signal(Signal::SIGTERM);
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.0.try_wait().unwrap().is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.signal(Signal::SIGCONT);
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A tmpfs mounted for the master's disk, unmounted when dropped.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// One slave: its process while it runs, and when it is to be started again or continued.
-struct Slave {
-    name: &'static str,
-    key: ClientKey,
-    process: Option<Process>,
-    restart_at: Option<Instant>,
-    continue_at: Option<Instant>,
-}
-
-struct Farm {
-    // Processes first: they are dropped before the disk they use.
-    master: Option<Process>,
-    slaves: Vec<Slave>,
-    disk: Option<Mount>,
-    dir: tempfile::TempDir,
-    db: TestDb,
-    pypi: FakePypi,
-    slave_port: u16,
-    file_port: u16,
-}
-
-impl Farm {
-    fn new() -> Farm {
-        let db = TestDb::new();
-        migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
-        db.execute(&format!("INSERT INTO build_abis (abi_tag, python_version) VALUES ('{}', 311)", local_abi()));
-        let dir = shared_dir();
-        let disk_dir = dir.path().join("disk");
-        std::fs::create_dir(&disk_dir).unwrap();
-        // As root the master's disk is a small tmpfs that a fault can fill.
-        let disk = is_root().then(|| {
-            let status = Command::new("mount").args(["-t", "tmpfs", "-o"]).arg(format!("size={DISK_SIZE},mode=1777")).arg("tmpfs").arg(&disk_dir).status().unwrap();
-            assert!(status.success(), "cannot mount a tmpfs at {}", disk_dir.display());
-            Mount(disk_dir.clone())
-        });
-        std::fs::write(dir.path().join("builder.py"), BUILDER).unwrap();
-        let state = disk_dir.join("state");
-        let slaves = SLAVES
-            .iter()
-            .map(|name| {
-                let key = ClientKey::authorized(&state, &dir.path().join(format!("{name}.key")), Role::Slave, name).for_unprivileged();
-                Slave { name, key, process: None, restart_at: None, continue_at: None }
-            })
-            .collect();
-        Farm { master: None, slaves, disk, dir, db, pypi: FakePypi::start(), slave_port: free_port(), file_port: free_port() }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn www(&self) -> PathBuf {
-        self.path("disk/www")
-    }
-
-    /// The options the master and piw-check share.
-    fn master_args(&self) -> Vec<String> {
-        let run = self.path("run");
-        vec![
-            "--config".into(),
-            "/dev/null".into(),
-            "--dsn".into(),
-            self.db.app_url(),
-            "--output-path".into(),
-            self.www().display().to_string(),
-            "--state-dir".into(),
-            self.path("disk/state").display().to_string(),
-            "--control-queue".into(),
-            format!("ipc://{}/control", run.display()),
-            "--status-queue".into(),
-            format!("ipc://{}/status", run.display()),
-            "--import-queue".into(),
-            format!("ipc://{}/import", run.display()),
-            "--logger-queue".into(),
-            format!("ipc://{}/logger", run.display()),
-            "--slave-queue".into(),
-            format!("tcp://127.0.0.1:{}", self.slave_port),
-            "--file-queue".into(),
-            format!("tcp://127.0.0.1:{}", self.file_port),
-            "--pypi-xmlrpc".into(),
-            self.pypi.xmlrpc_url(),
-            "--pypi-json".into(),
-            self.pypi.json_url(),
-            "--pypi-simple".into(),
-            self.pypi.simple_url(),
-        ]
-    }
-
-    fn start_master(&mut self) {
-        let log = OpenOptions::new().create(true).append(true).open(self.path("master.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_piw-master"))
-            .args(self.master_args())
-            .args(["--pypi-interval", "200ms", "--queue-debounce", "200ms", "--rewrite-window", "200ms", "--oracles", "2"])
-            .args(["--retry-backoff", "500ms"])
-            .env("PIW_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.master = Some(Process(child));
-    }
-
-    fn start_slave(&mut self, index: usize) {
-        let root = self.path(self.slaves[index].name);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        let command = format!(
-            "{{python}} -I -S {} {} {{package}} {{version}} {{wheel_dir}} {{index_url}}",
-            self.path("builder.py").display(),
-            self.path("build-pids").display()
-        );
-        let log = OpenOptions::new().create(true).append(true).open(self.path(&format!("{}.log", self.slaves[index].name))).unwrap();
-        let slave = &mut self.slaves[index];
-        let child = unprivileged(&program("piw-slave"))
-            .args(["--config", "/dev/null", "--master", "127.0.0.1"])
-            .arg("--slave-queue")
-            .arg(format!("tcp://127.0.0.1:{}", self.slave_port))
-            .arg("--file-queue")
-            .arg(format!("tcp://127.0.0.1:{}", self.file_port))
-            .arg("--build-root")
-            .arg(&root)
-            .args(["--build-command", &command])
-            .args(["--build-timeout", "30s", "--busy-interval", "1s", "--sleep-interval", "1s", "--upload-timeout", "4s"])
-            .arg("--busy-timeout")
-            .arg(format!("{}s", BUSY_TIMEOUT.as_secs()))
-            .args(["--master-timeout", "5s", "--reconnect-interval", "1s", "--min-free-disk", "0", "--min-free-memory", "0"])
-            .args(slave.key.args())
-            .env("HOME", &root)
-            .env("PIW_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        slave.process = Some(Process(child));
-        slave.restart_at = None;
-    }
-
-    /// Starts slaves whose restart is due and continues those whose stop is over.
-    fn tend_slaves(&mut self, now: Instant) {
-        for slave in &mut self.slaves {
-            if let Some(process) = &mut slave.process
-                && let Some(status) = process.0.try_wait().unwrap()
-            {
-                panic!("{} stopped on its own ({status}); see its log", slave.name);
-            }
-        }
-        for index in 0..self.slaves.len() {
-            if self.slaves[index].restart_at.is_some_and(|at| at <= now) {
-                self.start_slave(index);
-            }
-            let slave = &mut self.slaves[index];
-            if slave.continue_at.is_some_and(|at| at <= now) {
-                if let Some(process) = &slave.process {
-                    process.signal(Signal::SIGCONT);
-                }
-                slave.continue_at = None;
-            }
-        }
-    }
-
-    /// Whether slave `index` is building now, and whether its wheel is made (it is then being
-    /// sent, or about to be).
-    fn build_state(&self, index: usize) -> Option<bool> {
-        let root = self.path(self.slaves[index].name);
-        let builds: Vec<PathBuf> = std::fs::read_dir(&root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|entry| entry.file_name().to_string_lossy().starts_with("piw-build-"))
-            .map(|entry| entry.path())
-            .collect();
-        if builds.is_empty() {
-            return None;
-        }
-        Some(builds.iter().any(|build| has_wheel(build, 3)))
-    }
-
-    /// SIGKILLs a running slave that is building (`uploading`: whose wheel is made) within 15 s,
-    /// to be started again shortly; whether one was found.
-    fn kill_slave_when(&mut self, dice: &mut Dice, uploading: bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            let running = |slave: &Slave| slave.process.is_some() && slave.continue_at.is_none();
-            let victim = (0..self.slaves.len()).find(|&i| running(&self.slaves[i]) && self.build_state(i) == Some(uploading));
-            if let Some(index) = victim {
-                let slave = &mut self.slaves[index];
-                slave.process.take().unwrap().signal(Signal::SIGKILL);
-                slave.restart_at = Some(Instant::now() + dice.millis(200, 2000));
-                return true;
-            }
-            self.tend_slaves(Instant::now());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    }
-
-    /// Fills the master's disk, holds it full for `hold`, then frees it.
-    fn fill_disk(&self, hold: Duration) {
-        use std::io::Write;
-        let ballast = self.path("disk/ballast");
-        let mut file = std::fs::File::create(&ballast).unwrap();
-        let block = vec![0xa5u8; 1 << 20];
-        loop {
-            if let Err(e) = file.write_all(&block) {
-                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "filling the disk: {e}");
-                break;
-            }
-        }
-        // The last partial block too, so that not even a page fits.
-        let _ = file.write_all(&block[..4096]);
-        std::thread::sleep(hold);
-        std::fs::remove_file(&ballast).unwrap();
-    }
-
-    fn master_running(&mut self) -> bool {
-        self.master.as_mut().is_some_and(|m| m.0.try_wait().unwrap().is_none())
-    }
-
-    /// `package version status failure` of every build.
-    fn builds(&self) -> Vec<(String, String, String, String)> {
-        self.db
-            .column("SELECT concat_ws(' ', package, version, status, coalesce(failure, '-')) FROM builds")
-            .into_iter()
-            .flatten()
-            .map(|row| {
-                let words: Vec<&str> = row.split(' ').collect();
-                (words[0].into(), words[1].into(), words[2].into(), words[3].into())
-            })
-            .collect()
-    }
-}
-
-impl Drop for Farm {
-    /// A failed campaign keeps its logs in the target directory, for the replay.
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-campaign");
-            let _ = std::fs::create_dir_all(&kept);
-            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
-                if entry.path().extension().is_some_and(|ext| ext == "log") {
-                    let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
-                }
-            }
-            eprintln!("fault campaign: the logs are kept in {}", kept.display());
-        }
-    }
+    Some(builds.iter().any(|build| has_wheel(build, 3)))
 }
 
 fn has_wheel(dir: &Path, depth: u32) -> bool {
@@ -449,25 +118,42 @@ fn has_wheel(dir: &Path, depth: u32) -> bool {
     })
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+/// SIGKILLs a running slave that is building (`uploading`: whose wheel is made) within 15 s,
+/// to be started again shortly; whether one was found.
+fn kill_slave_when(farm: &mut Farm, dice: &mut Dice, uploading: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let running = |slave: &Slave| slave.process.is_some() && slave.continue_at.is_none();
+        let victim = (0..farm.slaves.len()).find(|&i| running(&farm.slaves[i]) && build_state(farm, i) == Some(uploading));
+        if let Some(index) = victim {
+            let slave = &mut farm.slaves[index];
+            slave.process.take().unwrap().signal(Signal::SIGKILL);
+            slave.restart_at = Some(Instant::now() + dice.millis(200, 2000));
+            return true;
+        }
+        farm.tend_slaves(Instant::now());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }
 
-/// Processes whose command line names `dir`.
-fn processes_naming(dir: &Path) -> Vec<String> {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
-        .filter_map(|entry| {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let pid: i32 = entry.file_name().to_string_lossy().parse().ok()?;
-            (cmdline.contains(&needle) && alive(pid)).then(|| format!("{pid}: {cmdline}"))
-        })
-        .collect()
+/// Fills the master's disk, holds it full for `hold`, then frees it.
+fn fill_disk(farm: &Farm, hold: Duration) {
+    use std::io::Write;
+    let ballast = farm.path("disk/ballast");
+    let mut file = std::fs::File::create(&ballast).unwrap();
+    let block = vec![0xa5u8; 1 << 20];
+    loop {
+        match file.write_all(&block) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    // The last partial block too, so that not even a page fits.
+    let _ = file.write_all(&block[..4096]);
+    std::thread::sleep(hold);
+    std::fs::remove_file(&ballast).unwrap();
 }
 
 /// A release of the campaign and whether it builds.
@@ -481,11 +167,8 @@ fn add_release(farm: &Farm, dice: &mut Dice, number: usize) -> Release {
     let package = format!("camp-{number:04}");
     let version = format!("1.{}", dice.below(20));
     let builds = dice.below(FAILING_ONE_IN) != 0;
-    let seconds = dice.millis(300, 1500).as_secs_f64();
-    let size = 100_000 + dice.below(2_900_000);
-    let outcome = if builds { "wheel" } else { "fail" };
-    farm.pypi.create_package(&package, None);
-    farm.pypi.add_source(&package, &version, format!("seconds={seconds} size={size} outcome={outcome}\n").into_bytes());
+    let source = Source { seconds: dice.millis(300, 1500).as_secs_f64(), size: 100_000 + dice.below(2_900_000), builds };
+    farm.add_release(&package, &version, source);
     Release { package, version, builds }
 }
 
@@ -499,7 +182,7 @@ fn a_farm_under_a_hundred_random_faults_builds_every_release_once_and_loses_noth
     eprintln!("fault campaign: seed {seed}, {faults} faults (replay with PIW_CAMPAIGN_SEED={seed} PIW_CAMPAIGN_FAULTS={faults})");
     let started = Instant::now();
     let mut dice = Dice(seed);
-    let mut farm = Farm::new();
+    let mut farm = Farm::new(&SLAVES, |dir| is_root().then(|| Mount::tmpfs(dir, DISK_SIZE)));
     let disk = farm.disk.is_some();
     if !disk {
         eprintln!("fault campaign: not root, so no full-disk faults (the master's disk cannot be a tmpfs)");
@@ -527,8 +210,8 @@ fn a_farm_under_a_hundred_random_faults_builds_every_release_once_and_loses_noth
         }
         let fault = Fault::draw(&mut dice, disk);
         let done = match fault {
-            Fault::KillSlaveMidBuild => farm.kill_slave_when(&mut dice, false),
-            Fault::KillSlaveMidUpload => farm.kill_slave_when(&mut dice, true),
+            Fault::KillSlaveMidBuild => kill_slave_when(&mut farm, &mut dice, false),
+            Fault::KillSlaveMidUpload => kill_slave_when(&mut farm, &mut dice, true),
             Fault::KillMaster => {
                 farm.master.take().unwrap().signal(Signal::SIGKILL);
                 std::thread::sleep(dice.millis(0, 1000));
@@ -537,7 +220,7 @@ fn a_farm_under_a_hundred_random_faults_builds_every_release_once_and_loses_noth
             }
             Fault::TerminateDatabaseConnections => farm.db.terminate_connections() > 0,
             Fault::FullDisk => {
-                farm.fill_disk(dice.millis(300, 3000));
+                fill_disk(&farm, dice.millis(300, 3000));
                 true
             }
             Fault::PypiErrors => {
@@ -634,8 +317,7 @@ fn a_farm_under_a_hundred_random_faults_builds_every_release_once_and_loses_noth
     }
     let master = farm.master.take().unwrap();
     assert!(master.terminate(Duration::from_secs(30)), "seed {seed}: the master did not stop on SIGTERM");
-    let build_pids: Vec<i32> = std::fs::read_to_string(farm.path("build-pids")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect();
-    support::eventually("every build process to end", Duration::from_secs(10), || build_pids.iter().all(|&pid| !alive(pid)));
+    support::eventually("every build process to end", Duration::from_secs(10), || build_processes_ended(&farm));
     assert_eq!(processes_naming(farm.dir.path()), Vec::<String>::new(), "seed {seed}: processes left behind");
     let check = Command::new(env!("CARGO_BIN_EXE_piw-check")).args(farm.master_args()).output().unwrap();
     let said = String::from_utf8_lossy(&check.stdout).to_string() + &String::from_utf8_lossy(&check.stderr);

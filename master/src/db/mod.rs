@@ -43,6 +43,16 @@ pub enum DbError {
     Query(#[from] sqlx::Error),
 }
 
+impl DbError {
+    /// Whether the server ended the connection (see [`Database::is_connection_ended_by_server`]).
+    pub fn is_connection_ended_by_server(&self) -> bool {
+        match self {
+            DbError::Connect(e) | DbError::SessionFunction(e) | DbError::Query(e) => Database::is_connection_ended_by_server(e),
+            DbError::SchemaVersion { .. } => false,
+        }
+    }
+}
+
 impl Database {
     /// Connects to `url`, checks the schema version, and makes every statement give up after
     /// `statement_timeout` so that a stuck query cannot hold an oracle forever.

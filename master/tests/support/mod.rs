@@ -2,6 +2,8 @@
 //! `mod support;`).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod farm;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
