@@ -104,8 +104,8 @@ pub struct MasterConfig {
 
     /// Back-off before a release that failed twice for the infrastructure's reasons (a builder
     /// crash, a full disk, the database) is handed out again; it doubles with each further such
-    /// failure, up to an hour. The first retry is at once
-    #[arg(long, env = "PIW_RETRY_BACKOFF", value_name = "DURATION", default_value = "30s")]
+    /// failure, up to an hour. The first retry is at once. From 100ms to 1h
+    #[arg(long, env = "PIW_RETRY_BACKOFF", value_name = "DURATION", default_value = "30s", value_parser = retry_backoff)]
     pub retry_backoff: HumanDuration,
 
     /// Most slaves connected at once; more are refused until some leave
@@ -189,6 +189,24 @@ mod tests {
     fn every_option_shows_its_default_in_help() {
         assert_eq!(piwheels_common::config::options_without_default(MasterConfig::command()), Vec::<String>::new());
     }
+
+    #[test]
+    fn a_retry_backoff_is_between_a_tenth_of_a_second_and_an_hour() {
+        assert_eq!(retry_backoff("500ms").map(|b| b.0), Ok(std::time::Duration::from_millis(500)));
+        assert_eq!(retry_backoff("0s").unwrap_err(), "0s is not between 100ms and 1h");
+        assert_eq!(retry_backoff("2h").unwrap_err(), "2h is not between 100ms and 1h");
+        assert!(retry_backoff("soon").is_err());
+    }
+}
+
+/// A `--retry-backoff`: long enough not to retry in a busy loop, short enough to be the first
+/// of a doubling that stops at an hour.
+fn retry_backoff(text: &str) -> Result<HumanDuration, String> {
+    let backoff: HumanDuration = text.parse().map_err(|e| format!("{e}"))?;
+    if backoff.0 < std::time::Duration::from_millis(100) || backoff.0 > std::time::Duration::from_secs(3600) {
+        return Err(format!("{text} is not between 100ms and 1h"));
+    }
+    Ok(backoff)
 }
 
 /// piw-check: the consistency check of a farm's served tree against its database (see

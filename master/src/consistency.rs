@@ -15,8 +15,8 @@
 //! the copy the database keeps, asking for pages that link missing files to be rewritten from
 //! the database. A record without its file is reported, never repaired: only an operator
 //! can tell a lost file (`piw-remove --builds` has its release built again) from a wrong
-//! `--output-path`. For the
-//! same reason removals are withheld when they would take more than a tenth of the tree.
+//! `--output-path`. For the same reason removals are withheld when they would take more than
+//! a tenth of the tree, and logs are not written again when more than a tenth are missing.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -32,9 +32,10 @@ use crate::index::layout::{Layout, is_safe_name};
 use crate::index::pages::url_encode;
 use crate::index::writer::{self, IndexWriter, PageOptions};
 
-/// Removals are withheld when they would take more than this many files...
+/// Removals are withheld when they would take more than this many files (or logs written
+/// again when more than this many are missing)...
 const MASS_REMOVAL_FILES: usize = 100;
-/// ...and more than this share of the files in the tree.
+/// ...and more than this share of the files in the tree (of the logs the database keeps).
 const MASS_REMOVAL_SHARE: f64 = 0.1;
 /// Findings of each kind listed by name; the rest are counted.
 const LISTED: usize = 20;
@@ -71,7 +72,7 @@ pub struct Findings {
     pub stale_staging: Vec<PathBuf>,
     /// What was repaired, one line each.
     pub repaired: Vec<String>,
-    /// Why removals were withheld, when they were.
+    /// Why repairs were withheld (removals from the tree, or every log written again), when they were.
     pub withheld: Option<String>,
     /// Files in the tree's package directories.
     pub files_seen: usize,
@@ -114,7 +115,7 @@ impl fmt::Display for Findings {
         listed(f, "staging entries older than the abandon time", shown(&self.stale_staging))?;
         listed(f, "repairs", self.repaired.clone())?;
         if let Some(why) = &self.withheld {
-            writeln!(f, "removals withheld: {why}")?;
+            writeln!(f, "repairs withheld: {why}")?;
         }
         Ok(())
     }
@@ -137,6 +138,9 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
     for (package, filename) in db.recorded_files().await? {
         recorded.entry(package).or_default().insert(filename);
     }
+    // A file name is recorded once in the whole farm: a file recorded under another package
+    // (a rename half done) is not a stray to remove.
+    let recorded_anywhere: HashSet<&str> = recorded.values().flatten().map(String::as_str).collect();
     let now = SystemTime::now();
     let old_enough = |path: &Path, age: Duration| age_of(path, now).is_some_and(|a| a >= age);
     let mut findings = Findings::default();
@@ -151,8 +155,6 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
             continue;
         }
         let names: HashSet<String> = dir_names(&dir)?.into_iter().collect();
-        let theirs = recorded.get(&package);
-        let is_recorded = |name: &str| theirs.is_some_and(|r| r.contains(name));
         for name in &names {
             let wheel = match name.strip_suffix(".metadata") {
                 Some(wheel) if wheel.ends_with(".whl") => wheel,
@@ -160,7 +162,7 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
                 _ => continue,
             };
             findings.files_seen += 1;
-            if !is_recorded(wheel) {
+            if !recorded_anywhere.contains(wheel) {
                 let path = dir.join(name);
                 if old_enough(&path, check.min_age) {
                     removable.push(path.clone());
@@ -186,7 +188,9 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
         }
     }
     let mut lost_logs = Vec::new();
-    for (build_id, package) in db.logged_builds().await? {
+    let logged_builds = db.logged_builds().await?;
+    let logged = logged_builds.len();
+    for (build_id, package) in logged_builds {
         let path = layout.log(build_id);
         if !path.exists() {
             findings.missing_logs.push(path);
@@ -236,15 +240,30 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
             Err(e) => findings.repaired.push(format!("could not remove {}: {e}", path.display())),
         }
     }
+    // Every log missing usually means the wrong output path: nothing is written then.
+    if !check.force && lost_logs.len() > MASS_REMOVAL_FILES && lost_logs.len() as f64 > MASS_REMOVAL_SHARE * logged as f64 {
+        findings.withheld.get_or_insert_with(|| {
+            format!(
+                "{} of the {logged} build logs are missing, which looks like the wrong output path rather than lost logs; \
+                 check --output-path, then run piw-check --repair --force",
+                lost_logs.len()
+            )
+        });
+        lost_logs.clear();
+    }
     if !lost_logs.is_empty() {
         let writer = IndexWriter::open(layout.clone(), PageOptions::default())?;
+        let mut packages = HashSet::new();
         for (build_id, package) in lost_logs {
             let Some(output) = db.build_output(build_id).await? else { continue };
             match writer.write_log(build_id, &output) {
                 Ok(()) => findings.repaired.push(format!("wrote the log of build {build_id} again from the database")),
                 Err(e) => findings.repaired.push(format!("could not write the log of build {build_id}: {e}")),
             }
-            // Project pages link only the logs that exist.
+            packages.insert(package);
+        }
+        // Project pages link only the logs that exist.
+        for package in packages {
             let rewrite = PendingRewrite { package, added_at: chrono::Utc::now(), scope: RewriteScope::Project };
             db.add_rewrite(&rewrite).await?;
         }

@@ -862,7 +862,11 @@ impl FileJuggler {
             Ok(incoming) => incoming,
             // A message with no envelope cannot be answered: a peer's doing, not the juggler's.
             Err(TransportError::Protocol(e)) => {
-                tracing::warn!("unanswerable message on the file socket: {e}");
+                self.refused += 1;
+                // Logged with doubling gaps, so that a flood cannot fill the log.
+                if self.refused.is_power_of_two() {
+                    tracing::warn!("unanswerable message on the file socket ({} refusals so far): {e}", self.refused);
+                }
                 return Ok(());
             }
             Err(e) => return Err(e.into()),

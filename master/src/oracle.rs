@@ -4,12 +4,13 @@
 //!
 //! Sockets: connects a [`Worker`] to [`crate::seraph::ORACLE_ENDPOINT`].
 //!
-//! A failing query is answered with [`DbReply::Error`] and the oracle goes on. A connection the
-//! server ended (an administrator's command, a restart) is replaced and the request sent once
-//! more: the server rolled it back. Any other lost connection fails the request in flight;
-//! the next request connects again.
+//! A failing query is answered with [`DbReply::Error`] and the oracle goes on. A lost
+//! connection fails the request in flight the same way; the next request connects again. A
+//! connection idle for [`PING_AFTER_IDLE`] is pinged before it is used, so that one the server
+//! ended meanwhile (an administrator's command, a restart) is replaced before a request is
+//! sent, rather than failing it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{DbReply, DbRequest};
 use piwheels_common::task::{Context, PauseMode, Task};
@@ -18,6 +19,8 @@ use piwheels_common::transport::Worker;
 use crate::db::Database;
 use crate::seraph::ORACLE_ENDPOINT;
 
+/// A connection idle this long is pinged before a request is sent on it.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// How long an oracle waits to hand a reply or a ready signal to the balancer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -41,6 +44,8 @@ pub struct Oracle {
     statement_timeout: Duration,
     runtime: tokio::runtime::Runtime,
     db: Option<Database>,
+    /// When the connection last answered a request.
+    last_used: Instant,
 }
 
 /// What an oracle reacts to.
@@ -56,26 +61,27 @@ impl Oracle {
     pub fn start(sockets: &mut Sockets, url: &str, statement_timeout: Duration) -> anyhow::Result<Oracle> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         sockets.worker.ready(SEND_TIMEOUT)?;
-        Ok(Oracle { url: url.to_string(), statement_timeout, runtime, db: None })
+        Ok(Oracle { url: url.to_string(), statement_timeout, runtime, db: None, last_used: Instant::now() })
     }
 
     fn answer(&mut self, request: DbRequest) -> DbReply {
-        // A connection the server ended while it sat idle fails the first request sent on it;
-        // that request never ran, so it gets one more try on a new connection.
-        let retry = request.clone();
-        match self.run(request) {
-            Err(Failed::Query(e)) if Database::is_connection_ended_by_server(&e) => {
-                tracing::warn!("database connection ended by the server ({e}); connecting again for the request");
-                self.db = None;
-                let result = self.run(retry);
-                self.reply(result)
-            }
-            result => self.reply(result),
-        }
+        let result = self.run(request);
+        self.last_used = Instant::now();
+        self.reply(result)
     }
 
-    /// Runs `request` on the connection, connecting first if there is none.
+    /// Runs `request` on the connection, connecting first if there is none. A connection idle
+    /// for a while is pinged first: the server may have ended it meanwhile (an administrator,
+    /// a restart), and a new one is made then. The request itself is never sent twice: one
+    /// that failed on the way may have been committed.
     fn run(&mut self, request: DbRequest) -> Result<DbReply, Failed> {
+        if let Some(db) = self.db.as_mut()
+            && self.last_used.elapsed() >= PING_AFTER_IDLE
+            && let Err(e) = self.runtime.block_on(db.ping())
+        {
+            tracing::warn!("database connection gone while idle ({e}); connecting again");
+            self.db = None;
+        }
         if self.db.is_none() {
             self.db = Some(self.runtime.block_on(Database::connect(&self.url, self.statement_timeout)).map_err(Failed::Connect)?);
         }

@@ -53,6 +53,8 @@ const CONTROL_MAX_MESSAGE: usize = 64 << 10;
 const SLAVE_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many clients the control socket remembers as having said hello.
 const MAX_CLIENTS: usize = 1024;
+/// Longest client name (a control Hello's) the master logs.
+const MAX_CLIENT_NAME: usize = 100;
 /// Tries at the database check at start when the server ends the connection meanwhile.
 const START_ATTEMPTS: u32 = 5;
 
@@ -460,12 +462,12 @@ impl Master {
         if let ControlRequest::Hello { versions, client } = &request {
             return match versions.check() {
                 Ok(()) => {
-                    tracing::info!("{client} attached from {peer} as {caller}");
+                    tracing::info!("{} attached from {peer} as {caller}", crate::access_log::clean(client, MAX_CLIENT_NAME));
                     self.remember(identity);
                     (ControlReply::Welcome { versions: Versions::current(), snapshot: Box::new(self.farm.clone()) }, None)
                 }
                 Err(mismatch) => {
-                    tracing::warn!("refused {client} from {peer}: {mismatch}");
+                    tracing::warn!("refused {} from {peer}: {mismatch}", crate::access_log::clean(client, MAX_CLIENT_NAME));
                     (ControlReply::Refused { reason: mismatch.to_string() }, None)
                 }
             };

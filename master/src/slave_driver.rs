@@ -51,7 +51,7 @@ use piwheels_common::transport::{Client, Peer, Receiver, Sender, Server, Transpo
 
 use crate::architect::{ARCHITECT_ENDPOINT, BUILDS_ENDPOINT};
 use crate::big_brother::STATS_ENDPOINT;
-use crate::db_client::DbClient;
+use crate::db_client::{DbClient, DbClientError};
 use crate::file_juggler::FS_ENDPOINT;
 use crate::gatekeeper::{Auth, Gate};
 use crate::index::WEB_ENDPOINT;
@@ -253,6 +253,8 @@ pub struct SlaveDriver {
     retries: HashMap<String, BTreeMap<PackageVersion, Retry>>,
     /// Infrastructure failures since the start, for the log.
     infrastructure_failures: u64,
+    /// Messages without an envelope on the slave socket since the start.
+    unanswerable: u64,
     /// Verification attempts of the file each slave is sending.
     attempts: HashMap<SlaveId, u32>,
     /// Files each slave's current build has published, until the build is recorded.
@@ -277,6 +279,7 @@ impl SlaveDriver {
             deleted: BTreeMap::new(),
             retries: HashMap::new(),
             infrastructure_failures: 0,
+            unanswerable: 0,
             attempts: HashMap::new(),
             published: HashMap::new(),
             refresh: None,
@@ -290,7 +293,11 @@ impl SlaveDriver {
             Ok(incoming) => incoming,
             // A message with no envelope cannot be answered: a peer's doing, not the driver's.
             Err(TransportError::Protocol(e)) => {
-                tracing::warn!("unanswerable message on the slave socket: {e}");
+                self.unanswerable += 1;
+                // Logged with doubling gaps, so that a flood cannot fill the log.
+                if self.unanswerable.is_power_of_two() {
+                    tracing::warn!("unanswerable message on the slave socket ({} so far): {e}", self.unanswerable);
+                }
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -616,15 +623,15 @@ impl SlaveDriver {
     /// recording failed: it is removed so the file can be expected again. When that cannot be
     /// known or done now, the build is the infrastructure's to retry, not the package's fault.
     fn resolve_conflict(&self, sockets: &Sockets, package: &str, filename: &str) -> Conflict {
-        if self.published.values().any(|(build, files)| build.package == package && files.iter().any(|f| f == filename)) {
-            return Conflict::Unsettled(format!("{filename} belongs to a build not yet recorded"));
-        }
         let recorded = match sockets.db.request(DbRequest::PackageFiles { package: package.to_string() }) {
             Ok(DbReply::Files(files)) => files.iter().any(|f| f.filename == filename),
             other => return Conflict::Unsettled(format!("the database cannot say whether {filename} is recorded: {other:?}")),
         };
         if recorded {
             return Conflict::Recorded;
+        }
+        if self.published.values().any(|(build, files)| build.package == package && files.iter().any(|f| f == filename)) {
+            return Conflict::Unsettled(format!("{filename} belongs to a build not yet recorded"));
         }
         let request = FsRequest::RemoveOrphan { package: package.to_string(), filename: filename.to_string() };
         match sockets.fs.request(&request, FS_TIMEOUT) {
@@ -768,9 +775,7 @@ impl SlaveDriver {
         };
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());
         let rewrite = record.pending_rewrite(ctx.utc());
-        // Not sent twice here: an unanswered request may have been recorded all the same. The
-        // oracle itself sends it again when the server ended its connection (nothing was
-        // recorded then); any other failure gives the build up, to be built again.
+        // Sent once: an unanswered request may have been recorded all the same.
         match sockets.db.log_build(record, rewrite.added_at) {
             Ok(build_id) => {
                 // Its files are the build's now.
@@ -788,7 +793,15 @@ impl SlaveDriver {
                 self.want_refresh(format!("{} {} built", build.package, build.version));
                 self.done(sockets, identity)
             }
-            Err(e) => self.give_up(sockets, ctx, identity, &build, &format!("the database did not record the build: {e}")),
+            Err(e) => {
+                if matches!(e, DbClientError::Transport { .. }) {
+                    // No answer: the build may yet be recorded, with its files. They stay; if
+                    // it was not, a file in the way of the rebuild is removed then, or by the
+                    // consistency check at the next start.
+                    self.published.remove(&slave_id);
+                }
+                self.give_up(sockets, ctx, identity, &build, &format!("the database did not record the build: {e}"))
+            }
         }
     }
 
@@ -807,7 +820,8 @@ impl SlaveDriver {
     }
 
     /// Removes the files a slave's unrecorded build published, except any that a recorded
-    /// build holds (another slave or an import may have published the same file meanwhile).
+    /// build or another build in progress holds (another slave or an import may have
+    /// published the same file meanwhile).
     fn unpublish(&mut self, sockets: &Sockets, slave_id: SlaveId) {
         let Some((build, files)) = self.published.remove(&slave_id) else { return };
         let request = DbRequest::VersionFiles { package: build.package.clone(), version: build.version.clone() };
@@ -819,7 +833,9 @@ impl SlaveDriver {
                 return;
             }
         };
-        let files: Vec<String> = files.into_iter().filter(|f| !recorded.contains(f)).collect();
+        // A file another build in progress holds too (it found the same bytes there) is its.
+        let held = |file: &String| self.published.values().any(|(other, theirs)| other.package == build.package && theirs.contains(file));
+        let files: Vec<String> = files.into_iter().filter(|f| !recorded.contains(f) && !held(f)).collect();
         if files.is_empty() {
             return;
         }

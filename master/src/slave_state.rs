@@ -18,6 +18,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::access_log::clean;
 use piwheels_common::protocols::{BuildResult, PackageVersion, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, WheelFile};
 
 /// Extra time the master allows beyond a slave's own build timeout before it abandons the
@@ -160,7 +161,8 @@ impl Slave {
     pub fn on_request(&mut self, request: SlaveRequest, now: Instant, master_paused: bool) -> Decision {
         self.last_seen = now;
         if let SlaveRequest::Bye { reason } = request {
-            return Decision::Forget { reason };
+            // Shown to monitors and logged: the slave's words, cleaned and cut.
+            return Decision::Forget { reason: clean(&reason, MAX_REASON) };
         }
         if self.flags.kill {
             return Decision::Die { reason: "stopped by an operator".into() };
@@ -170,7 +172,7 @@ impl Slave {
             (Stage::Idle, SlaveRequest::Idle { declined, .. }) => {
                 if let Some(reason) = declined {
                     // The slave logs each change of its reason; the master would repeat it every few seconds.
-                    tracing::debug!("slave {} declines work: {reason}", self.id);
+                    tracing::debug!("slave {} declines work: {}", self.id, clean(&reason, MAX_REASON));
                     Decision::Reply(self.sleep(false))
                 } else if master_paused || self.flags.sleeping {
                     Decision::Reply(self.sleep(true))
@@ -270,6 +272,8 @@ impl Slave {
 /// The longest build log kept (the database holds each build's log): a longer one keeps its
 /// end, where the error is.
 pub const MAX_BUILD_LOG: usize = 1 << 20;
+/// Longest reason of a slave's own (a goodbye, declined work) the master repeats.
+const MAX_REASON: usize = 200;
 /// Most files one build may list (a wheel build makes one; a few for multi-wheel builds).
 pub const MAX_BUILD_FILES: usize = 32;
 /// Most cores a build's CPU time is believed to have used at once.
@@ -278,7 +282,7 @@ const MAX_CORES: u32 = 1024;
 const MAX_PEAK_MEMORY: u64 = 1 << 40;
 
 /// `output` with no more than [`MAX_BUILD_LOG`] bytes: its tail, after a note of what was cut.
-fn bounded_log(output: String) -> String {
+pub(crate) fn bounded_log(output: String) -> String {
     if output.len() <= MAX_BUILD_LOG {
         return output;
     }
@@ -289,7 +293,6 @@ fn bounded_log(output: String) -> String {
     format!("[piw-master] the first {start} bytes of this log were cut\n{}", &output[start..])
 }
 
-/// The first file name a build result lists more than once.
 /// Why a build's list of files cannot be recorded: too many, or one listed twice.
 fn unrecordable(files: &[WheelFile]) -> Option<String> {
     if files.len() > MAX_BUILD_FILES {
@@ -508,6 +511,17 @@ mod tests {
         for (mut slave, request) in [(at_idle(now), idle()), (at_building(now), busy()), (at_sending(now), sent())] {
             slave.flags.kill = true;
             assert_eq!(slave.on_request(request, now, false), Decision::Die { reason: "stopped by an operator".into() });
+        }
+    }
+
+    #[test]
+    fn a_goodbye_is_repeated_cleaned_and_cut() {
+        let now = Instant::now();
+        let mut slave = at_idle(now);
+        let reason = format!("\u{1b}[2J{}", "x".repeat(10_000));
+        match slave.on_request(SlaveRequest::Bye { reason }, now, false) {
+            Decision::Forget { reason } => assert_eq!(reason, format!("[2J{}", "x".repeat(197))),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -147,7 +147,7 @@ fn a_tree_that_the_database_does_not_know_at_all_is_not_emptied_without_force() 
     }
     let out = farm.check(&["--repair", "--min-age", "0s"]);
     let text = stdout(&out);
-    assert!(text.contains("removals withheld: 152 of the 153 files in the tree would go") && text.contains("--force"), "{text}");
+    assert!(text.contains("repairs withheld: 152 of the 153 files in the tree would go") && text.contains("--force"), "{text}");
     assert_eq!(std::fs::read_dir(farm.www().join("simple/stranger")).unwrap().count(), 150);
 
     let out = farm.check(&["--repair", "--min-age", "0s", "--force"]);

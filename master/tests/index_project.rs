@@ -165,8 +165,9 @@ fn a_waiting_log_of_a_build_deleted_meanwhile_is_never_written() {
     assert_eq!(Some(blocker.as_path()), deleted_log.parent());
     std::fs::remove_dir_all(&blocker).unwrap();
     std::fs::write(&blocker, b"in the way").unwrap();
-    farm.log("numpy", kept, "the log that waited");
+    // The deleted build's log waits first, so the retry would write it before the kept one.
     farm.log("numpy", deleted, "the log of a build that is gone");
+    farm.log("numpy", kept, "the log that waited");
     farm.send(WebRequest::DeleteVersion { package: "numpy".into(), version: "1.1".into(), files: Vec::new(), builds: vec![deleted] });
     std::fs::remove_file(&blocker).unwrap();
     // The retry that writes the one kept log passes the deleted build's by.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use piwheels_common::protocols::DbRequest;
 use piwheels_master::db_client::DbClientError;
+use piwheels_master::oracle::PING_AFTER_IDLE;
 use piwheels_master::seraph;
 use support::Pool;
 
@@ -67,22 +68,57 @@ fn an_undecodable_request_is_answered_with_an_error() {
 }
 
 #[test]
-fn connections_the_server_ends_are_replaced_and_no_request_fails() {
+fn connections_the_server_ended_while_idle_are_replaced_before_a_request_fails() {
     let pool = Pool::start(3);
     let client = pool.client(Duration::from_secs(10));
     // Every oracle connects.
     for i in 0..6 {
         client.new_package(&format!("before-{i}"), "", "").unwrap();
     }
-    // As an administrator's pg_terminate_backend or a server shutdown would, end every
-    // connection the oracles hold: the server rolls back what they were doing, so each oracle
-    // connects again and sends the request once more.
+    // As an administrator's pg_terminate_backend or a server restart would, end every
+    // connection the oracles hold while they sit idle: each oracle finds out with a ping
+    // before it sends the next request, and connects again.
     for round in 0..3 {
         assert!(pool.db.terminate_connections() >= 1);
+        // The connections are idle long enough to be pinged first.
+        std::thread::sleep(PING_AFTER_IDLE + Duration::from_millis(100));
         for i in 0..6 {
             assert_eq!(client.new_package(&format!("after-{round}-{i}"), "", "").map_err(|e| e.to_string()), Ok(true), "request {i} after termination {round}");
         }
     }
+    assert!(pool.all_running(), "an oracle thread was lost");
+}
+
+#[test]
+fn lost_connections_fail_the_requests_in_flight_and_later_ones_succeed() {
+    let pool = Pool::start(3);
+    let client = pool.client(Duration::from_secs(10));
+    // Every oracle connects.
+    for i in 0..6 {
+        client.new_package(&format!("before-{i}"), "", "").unwrap();
+    }
+    // As a server restart would, end every connection the oracles hold.
+    assert!(pool.db.terminate_connections() >= 1);
+    // Each request now gets an answer, never a hang: an error from an oracle whose connection
+    // died, or success from one that reconnected. Within a few requests all succeed again.
+    let mut errors = 0;
+    let mut successes_in_a_row = 0;
+    for i in 0..30 {
+        match client.new_package(&format!("after-{i}"), "", "") {
+            Ok(true) => successes_in_a_row += 1,
+            Ok(false) => panic!("after-{i} existed"),
+            Err(DbClientError::Refused { .. }) => {
+                errors += 1;
+                successes_in_a_row = 0;
+            }
+            Err(e) => panic!("request {i} was not answered: {e}"),
+        }
+        if successes_in_a_row >= 6 {
+            break;
+        }
+    }
+    assert!(successes_in_a_row >= 6, "the pool did not recover");
+    assert!(errors <= 3, "more errors ({errors}) than oracles");
     assert!(pool.all_running(), "an oracle thread was lost");
 }
 

@@ -692,7 +692,7 @@ fn noticed(farm: &mut Farm, words: &[&str]) -> bool {
 #[test]
 fn a_failure_report_that_does_not_show_the_build_ran_is_not_recorded_and_the_release_is_built_again() {
     type Spoil = fn(&mut BuildResult);
-    let cases: [(&str, Spoil); 7] = [
+    let cases: [(&str, Spoil); 8] = [
         ("a failure without a build log", |r| r.output = " \n".into()),
         ("a failed build that took no time", |r| r.duration = Duration::ZERO),
         ("after handing it out", |r| r.duration = Duration::from_secs(3600)),
@@ -700,6 +700,7 @@ fn a_failure_report_that_does_not_show_the_build_ran_is_not_recorded_and_the_rel
         ("before its build timeout", |r| r.failure = Some(FailureKind::Timeout)),
         ("the builder ran out of disk space", |r| r.failure = Some(FailureKind::NoSpace)),
         ("the builder itself failed", |r| r.failure = Some(FailureKind::Builder)),
+        ("the builder could not download the source", |r| r.failure = Some(FailureKind::Source)),
     ];
     let names: Vec<String> = (0..cases.len()).map(|i| format!("pkg{i}")).collect();
     let releases: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1.0")).collect();

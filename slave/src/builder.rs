@@ -542,33 +542,42 @@ fn inspect(path: &Path, apt: Option<&AptIndex>) -> Result<WheelFile, String> {
     crate::inspect::inspect_wheel(path, apt).map_err(|e| e.to_string())
 }
 
-/// Why a build command failed, from the end of its log: out of disk, the source not
-/// downloaded (pip could not reach the index or the index failed), out of memory (an
+/// Why a build command failed, from the end of its log: out of disk, out of memory (an
 /// allocation or a library mapping refused under the memory limit, or a SIGKILL nobody here
-/// sent, which is what the kernel's out-of-memory killer does), else a real failure of the
-/// build.
+/// sent, which is what the kernel's out-of-memory killer does), the source not downloaded
+/// (see [`source_unavailable`]), else a real failure of the build.
 fn classify(log: &str, signal: Option<i32>) -> FailureKind {
     let log = log.to_lowercase();
     let any = |needles: &[&str]| needles.iter().any(|needle| log.contains(needle));
     if any(&["no space left on device", "disk quota exceeded"]) {
         FailureKind::NoSpace
-    } else if any(&[
-        // pip's words when the index answers with an error or not at all.
-        "could not fetch url",
-        "max retries exceeded",
-        "connection broken by",
-        "read timed out",
-        "temporary failure in name resolution",
-        "connection refused",
-    ]) {
-        FailureKind::Source
     } else if signal == Some(Signal::SIGKILL as i32)
         || any(&["memoryerror", "cannot allocate memory", "out of memory", "std::bad_alloc", "virtual memory exhausted", "failed to map segment"])
     {
         FailureKind::OutOfMemory
+    } else if source_unavailable(&log) {
+        FailureKind::Source
     } else {
         FailureKind::Build
     }
+}
+
+/// Whether pip gave up because it could not get the release from the index: its last words
+/// (the log's last few lines, where a build's own output does not come after them) say it
+/// found no such release or could not fetch it, and the log says the index failed or did not
+/// answer. A package's build that fails on a network error of its own ends otherwise.
+fn source_unavailable(log: &str) -> bool {
+    let last_words: Vec<&str> = log.lines().rev().filter(|line| !line.trim().is_empty()).take(3).collect();
+    let gave_up = last_words.iter().any(|line| {
+        ["could not find a version that satisfies the requirement", "no matching distribution found for", "could not install requirement"]
+            .iter()
+            .any(|words| line.contains(words))
+    });
+    // pip's words when the index answers with an error or not at all.
+    let unreachable = ["could not fetch url", "max retries exceeded", "connection broken by", "read timed out", "http error 5"]
+        .iter()
+        .any(|words| log.contains(words));
+    gave_up && unreachable
 }
 
 /// The last `limit` bytes of the log at `path` as text, starting at a line, with a note when
@@ -672,11 +681,22 @@ mod tests {
         assert_eq!(classify("error: command 'gcc' failed", None), FailureKind::Build);
         let unreachable = "WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after connection broken by \
              'ReadTimeoutError(\"HTTPConnectionPool(host='127.0.0.1', port=8000): Read timed out. (read timeout=15)\")': /simple/foo/\n\
-             ERROR: Could not find a version that satisfies the requirement foo==1.0 (from versions: none)";
+             ERROR: Could not find a version that satisfies the requirement foo==1.0 (from versions: none)\n\
+             ERROR: No matching distribution found for foo==1.0\n";
         assert_eq!(classify(unreachable, None), FailureKind::Source);
         let failing = "WARNING: Could not fetch URL http://127.0.0.1:8000/simple/foo/: connection error: HTTPConnectionPool(host='127.0.0.1', \
-             port=8000): Max retries exceeded with url: /simple/foo/ (Caused by ResponseError('too many 503 error responses')) - skipping";
+             port=8000): Max retries exceeded with url: /simple/foo/ (Caused by ResponseError('too many 503 error responses')) - skipping\n\
+             ERROR: Could not find a version that satisfies the requirement foo==1.0 (from versions: none)";
         assert_eq!(classify(failing, None), FailureKind::Source);
+        // A release that is not there, with the index answering, is not the index's fault.
+        assert_eq!(classify("ERROR: Could not find a version that satisfies the requirement foo==1.0 (from versions: 0.9)", None), FailureKind::Build);
+        // Nor is a build that fails on a download of its own, whatever pip said on the way.
+        let own = "WARNING: Retrying (Retry(total=4)) after connection broken by 'ReadTimeoutError': /simple/foo/\n\
+             running build_ext\nurllib.error.URLError: <urlopen error [Errno 111] Connection refused>\n\
+             error: command 'setup.py' failed: could not fetch url http://example.invalid/lib.tar.gz";
+        assert_eq!(classify(own, None), FailureKind::Build);
+        // An out-of-memory kill stays one, whatever pip said about the index before.
+        assert_eq!(classify(unreachable, Some(Signal::SIGKILL as i32)), FailureKind::OutOfMemory);
         assert_eq!(classify("Segmentation fault", Some(Signal::SIGSEGV as i32)), FailureKind::Build);
     }
 

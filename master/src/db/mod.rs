@@ -104,10 +104,13 @@ impl Database {
     }
 
     /// Whether the server said it ended the connection (an administrator's command, a
-    /// shutdown): the request's transaction was then rolled back, never committed, so it is
-    /// safe to send again on a new connection. A broken socket is not this: a commit may have
-    /// happened before it broke.
+    /// shutdown, a restart: SQLSTATE class 57P).
     pub fn is_connection_ended_by_server(err: &sqlx::Error) -> bool {
         matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P")))
+    }
+
+    /// Checks that the connection still works, with a round trip that changes nothing.
+    pub async fn ping(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::Connection::ping(&mut self.conn).await
     }
 }

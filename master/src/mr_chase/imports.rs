@@ -17,6 +17,10 @@ use piwheels_common::names::same_version;
 use super::checks::{check_package, check_text, check_version};
 use super::{Event, FS_TIMEOUT, MAX_IMPORT_FILES, MAX_NAME, MAX_SEND_ATTEMPTS, MrChase, Sockets, append_notes, trigger, web};
 
+/// Longest build time an import may claim for its wheels (they were built elsewhere; the
+/// figure is only shown).
+const MAX_IMPORT_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Where one file of an import stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FileState {
@@ -164,10 +168,11 @@ impl MrChase {
                 success: true,
                 failure: None,
                 exit_status: None,
-                duration: request.duration,
+                // The importer's words, bounded as a slave's are.
+                duration: request.duration.min(MAX_IMPORT_DURATION),
                 cpu_time: Duration::ZERO,
                 peak_memory: 0,
-                output: request.output.clone(),
+                output: crate::slave_state::bounded_log(request.output.clone()),
                 files: request.files.clone(),
             },
         };

@@ -36,6 +36,7 @@ def fetch(url):
             return answer.read()
     except Exception as e:
         print(f"WARNING: Could not fetch URL {url}: {e}", flush=True)
+        print(f"ERROR: Could not find a version that satisfies the requirement {name}=={version} (from versions: none)")
         sys.exit(1)
 
 page_url = urllib.parse.urljoin(index_url.rstrip("/") + "/", name + "/")
