@@ -576,6 +576,8 @@ struct TimedDriver {
     driver: TaskHandle,
     triggers: Receiver<ArchitectTrigger>,
     stats: Receiver<StatsUpdate>,
+    /// Where the test, playing the architect, sends the queue.
+    builds: Sender<BuildQueueUpdate>,
     _web: Arc<Mutex<Vec<WebRequest>>>,
 }
 
@@ -601,10 +603,9 @@ impl TimedDriver {
             move |_| Ok(SlaveDriver::new(config.clone())),
         )
         .unwrap();
-        let queue = packages.iter().map(|p| PackageVersion { package: p.to_string(), version: "1.0".into() }).collect();
         let builds = Sender::<BuildQueueUpdate>::push(&pool.rt.zmq, BUILDS_ENDPOINT).unwrap();
-        builds.send(&BuildQueueUpdate { queues: [("cp311".to_string(), queue)].into() }, WAIT).unwrap();
-        let timed = TimedDriver { pool, clock, slave_endpoint, driver, triggers, stats, _web: web };
+        let timed = TimedDriver { pool, clock, slave_endpoint, driver, triggers, stats, builds, _web: web };
+        timed.queue(packages);
         // A new queue is reported at once.
         assert_eq!(timed.next_lengths(), [("cp311".to_string(), packages.len() as u64)].into());
         timed
@@ -612,6 +613,12 @@ impl TimedDriver {
 
     fn slave(&self, label: &str) -> FakeSlave {
         FakeSlave::connect(&self.pool.rt.zmq, &self.slave_endpoint, label)
+    }
+
+    /// Sends the queue for cp311: `packages` at version 1.0.
+    fn queue(&self, packages: &[&str]) {
+        let queue = packages.iter().map(|p| PackageVersion { package: p.to_string(), version: "1.0".into() }).collect();
+        self.builds.send(&BuildQueueUpdate { queues: [("cp311".to_string(), queue)].into() }, WAIT).unwrap();
     }
 
     fn next_lengths(&self) -> BTreeMap<String, u64> {
@@ -679,6 +686,35 @@ fn a_slaves_host_figures_reach_monitors_at_most_every_five_seconds() {
     timed.clock.advance(Duration::from_millis(100));
     assert!(matches!(slave.ask(idle()), SlaveReply::Sleep { .. }));
     assert_eq!(timed.published_stats(), [id], "figures held back after five seconds");
+    timed.stop();
+}
+
+/// A release that failed on one builder for the infrastructure's reasons waits for another
+/// builder of its ABI, but not for ever: the others may all be busy with long builds.
+#[test]
+fn a_release_passes_its_last_builder_over_for_five_minutes_at_most() {
+    let timed = TimedDriver::start(&["a", "b"]);
+    let (first, second) = (timed.slave("pi-1"), timed.slave("pi-2"));
+    first.hello();
+    second.hello();
+    let (failed, _) = first.take_build();
+    second.take_build();
+    let mut report = result(false, vec![]);
+    report.failure = Some(FailureKind::Builder);
+    assert_eq!(first.ask(SlaveRequest::Built(report)), SlaveReply::Done);
+    // The architect hands the queue over again; the other builder is busy with its own build.
+    timed.queue(&["a", "b"]);
+    let asks_in_vain = |minutes: u64| {
+        for _ in 0..minutes {
+            timed.clock.advance(Duration::from_secs(60));
+            assert_eq!(second.ask(SlaveRequest::Busy { stats: HostStats::default() }), SlaveReply::Cont);
+            assert!(matches!(first.ask(idle()), SlaveReply::Sleep { .. }), "{failed} handed to the builder it failed on within 5 min");
+        }
+    };
+    asks_in_vain(4);
+    timed.clock.advance(Duration::from_secs(61));
+    assert_eq!(second.ask(SlaveRequest::Busy { stats: HostStats::default() }), SlaveReply::Cont);
+    assert_eq!(first.ask(idle()), SlaveReply::Build { package: failed, version: "1.0".into() }, "the release still waits after 5 min");
     timed.stop();
 }
 
