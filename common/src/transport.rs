@@ -118,6 +118,10 @@ pub enum TransportError {
 /// Default maximum size of a frame on an external socket: large enough for a build log of
 /// the size the slave keeps, small enough that a hostile peer cannot exhaust memory.
 pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
+/// Unread requests kept per connected peer on a socket whose clients send one request at a
+/// time (a REQ): a few are plenty, and a peer flooding from a DEALER holds no more memory than
+/// this many messages.
+pub const REQUESTS_PER_PEER: i32 = 16;
 
 /// How long a socket may keep unsent messages when it closes.
 const LINGER_MS: i32 = 1000;

@@ -234,7 +234,9 @@ impl Sockets {
     /// frame) and [`FS_ENDPOINT`].
     pub fn open(ctx: &zmq::Context, file_endpoint: &str, config: &JugglerConfig) -> anyhow::Result<Sockets> {
         let security = config.auth.security(Endpoint::File, file_endpoint);
-        let files = Server::bind_external(ctx, file_endpoint, config.max_message(), None, &security)?;
+        // An uploader sends at most a window of chunks unasked for; a flood holds no more.
+        let queue = i32::try_from(config.window.saturating_mul(2)).unwrap_or(i32::MAX);
+        let files = Server::bind_external(ctx, file_endpoint, config.max_message(), Some(queue), &security)?;
         let fs = Server::bind(ctx, FS_ENDPOINT, None)?;
         Ok(Sockets { files, gate: config.auth.gate(Endpoint::File, file_endpoint), fs })
     }

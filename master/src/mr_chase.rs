@@ -120,7 +120,7 @@ impl Sockets {
                 ctx,
                 &config.import_queue,
                 IMPORT_MAX_MESSAGE,
-                None,
+                Some(piwheels_common::transport::REQUESTS_PER_PEER),
                 &config.auth.security(Endpoint::Admin, &config.import_queue),
             )?,
             db: DbClient::connect(ctx, config.db_timeout)?,

@@ -95,7 +95,13 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     }
     let status_out = Sender::<StatusEvent>::publish(&zmq, &cfg.status_queue, &auth.security(Endpoint::Status, &cfg.status_queue))?;
     let control_security = auth.security(Endpoint::Control, &cfg.control_queue);
-    let control = Server::<ControlRequest, ControlReply>::bind_external(&zmq, &cfg.control_queue, CONTROL_MAX_MESSAGE, None, &control_security)?;
+    let control = Server::<ControlRequest, ControlReply>::bind_external(
+        &zmq,
+        &cfg.control_queue,
+        CONTROL_MAX_MESSAGE,
+        Some(piwheels_common::transport::REQUESTS_PER_PEER),
+        &control_security,
+    )?;
     let slave_commands = Client::<SlaveCommand, SlaveCommandReply>::connect(&zmq, SLAVE_COMMANDS_ENDPOINT, None)?;
     let mut master = Master {
         gate: auth.gate(Endpoint::Control, &cfg.control_queue),

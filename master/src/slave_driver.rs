@@ -40,14 +40,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{
-    ArchitectTrigger, BuildQueueUpdate, BuildRecord, BuildResult, DbReply, DbRequest, DeleteAck, DeleteNotice, FailureKind, FileExpectation, FsReply, FsRequest,
+    ArchitectTrigger, BuildQueueUpdate, BuildRecord, BuildResult, DbReply, DbRequest, DeleteAck, DeleteNotice, FailureKind, FileExpectation, FsReply, FsRequest, HostStats,
     NoticeLevel, PackageVersion, SlaveAction, SlaveCommand, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveId,
     SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TransferId, WebReply, WebRequest, WheelFile,
 };
 use piwheels_common::config::HumanDuration;
 use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
-use piwheels_common::transport::{Client, Peer, Receiver, Sender, Server, TransportError};
+use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server, TransportError};
 
 use crate::architect::{ARCHITECT_ENDPOINT, BUILDS_ENDPOINT};
 use crate::big_brother::STATS_ENDPOINT;
@@ -172,7 +172,13 @@ impl Sockets {
     /// Binds the slave, builds, commands and deletes sockets and connects to the rest.
     pub fn open(ctx: &zmq::Context, config: &DriverConfig, status_endpoint: &str) -> anyhow::Result<Sockets> {
         Ok(Sockets {
-            slaves: Server::bind_external(ctx, &config.slave_queue, config.max_message, None, &config.auth.security(Endpoint::Slave, &config.slave_queue))?,
+            slaves: Server::bind_external(
+                ctx,
+                &config.slave_queue,
+                config.max_message,
+                Some(transport::REQUESTS_PER_PEER),
+                &config.auth.security(Endpoint::Slave, &config.slave_queue),
+            )?,
             builds: Receiver::pull(ctx, BUILDS_ENDPOINT, None)?,
             commands: Server::bind(ctx, SLAVE_COMMANDS_ENDPOINT, None)?,
             deletes: Server::bind(ctx, DELETES_ENDPOINT, None)?,
@@ -338,7 +344,7 @@ impl SlaveDriver {
             && slave.stats_published.is_none_or(|at| now.saturating_duration_since(at) >= STATS_EVERY)
         {
             slave.stats_published = Some(now);
-            publish(sockets, ctx, id, SlaveEvent::Stats(stats.clone()));
+            publish(sockets, ctx, id, SlaveEvent::Stats(believable(stats)));
         }
         let decision = slave.on_request(request, now, ctx.paused());
         match decision {
@@ -1162,6 +1168,13 @@ fn check_failure(result: &BuildResult, hello: &SlaveHello, elapsed: Option<Durat
     }
 }
 
+/// A slave's host figures as monitors are shown them: a load or a temperature that is not a
+/// number, or not one a host can have, is shown as 0.
+fn believable(stats: &HostStats) -> HostStats {
+    let bounded = |value: f64, low: f64, high: f64| if value.is_finite() && (low..=high).contains(&value) { value } else { 0.0 };
+    HostStats { load_average: bounded(stats.load_average, 0.0, 1e6), cpu_temp: bounded(stats.cpu_temp, -273.0, 1000.0), ..stats.clone() }
+}
+
 /// The reason in a file juggler's answer that is not the expected one.
 fn fs_reason(reply: FsReply) -> String {
     match reply {
@@ -1209,5 +1222,19 @@ fn web(sockets: &Sockets, request: WebRequest) {
         Ok(WebReply::Done) => {}
         Ok(WebReply::Error { message }) => tracing::error!("the index writer refused a request: {message}"),
         Err(e) => tracing::error!("the index writer did not answer: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_figures_no_host_has_are_shown_as_zero() {
+        let stats = HostStats { load_average: f64::NAN, cpu_temp: f64::INFINITY, disk_free: 7, ..HostStats::default() };
+        let shown = believable(&stats);
+        assert_eq!((shown.load_average, shown.cpu_temp, shown.disk_free), (0.0, 0.0, 7));
+        let stats = HostStats { load_average: 1.5, cpu_temp: 48.0, ..HostStats::default() };
+        assert_eq!(believable(&stats), stats);
     }
 }
