@@ -580,36 +580,41 @@ impl RequestPath {
     }
 }
 
+/// A path segment percent-decoded; None when an escape is malformed (the crate would keep it
+/// as it is) or the bytes are not UTF-8.
 fn percent_decode(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    let escapes_whole = raw.match_indices('%').all(|(i, _)| raw.get(i + 1..i + 3).is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())));
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?;
+    escapes_whole.then(|| decoded.into_owned())
 }
+
+/// What a path segment keeps unencoded (RFC 3986's `pchar`): letters, digits and
+/// `-._~!$&'()*+,;=:@`.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@');
 
 /// `/a/b/c` (with a trailing slash if `slash`), each segment percent-encoded where needed.
 fn join_path(segments: &[String], slash: bool) -> String {
     let mut out = String::new();
     for segment in segments {
         out.push('/');
-        for byte in segment.bytes() {
-            if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte) {
-                out.push(char::from(byte));
-            } else {
-                out.push_str(&format!("%{byte:02X}"));
-            }
-        }
+        out.extend(percent_encoding::utf8_percent_encode(segment, SEGMENT));
     }
     if slash || out.is_empty() {
         out.push('/');

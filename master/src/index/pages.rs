@@ -110,18 +110,13 @@ fn release_order(releases: &[ReleaseData]) -> (Vec<usize>, Vec<Option<String>>) 
     (order, normalized)
 }
 
+/// What a file name keeps unencoded in an `href`: ASCII letters, digits and `-._~`.
+const FILE_NAME: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Percent-encodes a file name for an `href`: everything but ASCII letters, digits and
 /// `-._~` (so a local version's `+` becomes `%2B`). The link text stays the plain name.
 pub fn url_encode(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(name, FILE_NAME).to_string()
 }
 
 /// An upload time as PEP 700 wants it: UTC, microseconds, `Z`.
