@@ -1019,14 +1019,13 @@ fn mtime_nanos(time: SystemTime) -> u128 {
 
 /// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
 fn http_date(time: SystemTime) -> String {
-    DateTime::<Utc>::from(time).format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+    httpdate::fmt_http_date(time)
 }
 
-/// Seconds since the epoch of an HTTP date in its preferred form; None for anything else
-/// (which makes the condition it carries be ignored, as RFC 9110 asks).
+/// Seconds since the epoch of an HTTP date in any of the three forms RFC 9110 asks a recipient
+/// to read; None for anything else (which makes the condition it carries be ignored).
 fn parse_http_date(date: &str) -> Option<i64> {
-    let date = date.trim().strip_suffix(" GMT")?;
-    chrono::NaiveDateTime::parse_from_str(date, "%a, %d %b %Y %H:%M:%S").ok().map(|t| t.and_utc().timestamp())
+    httpdate::parse_http_date(date.trim()).ok().map(unix_seconds)
 }
 
 fn header_value(text: &str) -> HeaderValue {

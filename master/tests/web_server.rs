@@ -352,6 +352,9 @@ async fn conditional_requests_answer_304() {
         (&[("if-modified-since", &last_modified)], StatusCode::NOT_MODIFIED),
         (&[("if-modified-since", "Sun, 06 Nov 2101 08:49:37 GMT")], StatusCode::NOT_MODIFIED),
         (&[("if-modified-since", "Thu, 01 Jan 1970 00:00:00 GMT")], StatusCode::OK),
+        // The obsolete forms a recipient must read too (RFC 9110, 5.6.7).
+        (&[("if-modified-since", "Sunday, 06-Nov-01 08:49:37 GMT")], StatusCode::OK),
+        (&[("if-modified-since", "Sun Nov  6 08:49:37 2101")], StatusCode::NOT_MODIFIED),
         (&[("if-modified-since", "yesterday")], StatusCode::OK),
         // If-None-Match decides when both are sent.
         (&[("if-none-match", "\"other\""), ("if-modified-since", &last_modified)], StatusCode::OK),
