@@ -128,6 +128,9 @@ fn a_batch_the_database_refused_is_applied_whole_when_it_is_read_again() {
         "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$ LANGUAGE plpgsql;
          CREATE TRIGGER refuse BEFORE INSERT ON versions FOR EACH ROW EXECUTE FUNCTION refuse()",
     );
+    // The index writer and the architect, which hear of the new version.
+    let _web = stand_in::<WebRequest, WebReply>(&pool.rt.zmq, "inproc://web", WebReply::Done);
+    let _architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
     let gazer = follower(&pool, &pypi, "gazer_refused");
     pypi.create_package("refused", None);
     let last = pypi.add_source("refused", "1.0", b"source".to_vec());
