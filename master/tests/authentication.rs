@@ -472,10 +472,14 @@ fn a_transfer_is_for_the_key_told_to_send_it_and_one_key_runs_only_so_many_slave
     assert_eq!(slave.request(&SlaveRequest::Sent { filename: filename.into() }, WAIT).unwrap(), SlaveReply::Done);
     assert_eq!(std::fs::read(master.dir.path().join("www/simple/foo").join(filename)).unwrap(), bytes);
 
-    // Monitors were told a file was asked for, with the id hidden.
+    // Monitors were told a file was asked for, with the id hidden. The status relay may lag
+    // behind under load: wait for the event itself rather than for a pause in the stream.
+    let deadline = Instant::now() + WAIT;
     let mut asked = Vec::new();
-    while let Ok(Some(event)) = watcher.recv_timeout(Duration::from_millis(200)) {
-        if let StatusEvent::Slave { event: SlaveEvent::Replied(SlaveReply::Send { filename, transfer }), .. } = event {
+    while asked.is_empty() && Instant::now() < deadline {
+        if let Ok(Some(StatusEvent::Slave { event: SlaveEvent::Replied(SlaveReply::Send { filename, transfer }), .. })) =
+            watcher.recv_timeout(Duration::from_millis(200))
+        {
             asked.push((filename, transfer));
         }
     }
