@@ -434,7 +434,18 @@ fn a_transfer_is_for_the_key_told_to_send_it_and_one_key_runs_only_so_many_slave
         Ok(SlaveReply::Refused { reason }) => assert!(reason.contains("this key has 1 slaves connected") && reason.contains("--max-slaves-per-key"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert!(matches!(slave_with(&thief).request(&slave_hello(), WAIT), Ok(SlaveReply::Ack { .. })));
+    let thief_slave = slave_with(&thief);
+    assert!(matches!(thief_slave.request(&slave_hello(), WAIT), Ok(SlaveReply::Ack { .. })));
+    // A subscription hears only what is published once it is in place: until the watcher
+    // hears something, the thief is dropped (a request out of turn) and says hello again,
+    // each of which monitors are told.
+    let deadline = Instant::now() + WAIT;
+    while watcher.recv_timeout(Duration::from_millis(200)).unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the monitor's subscription never heard the master");
+        let busy = SlaveRequest::Busy { stats: HostStats::default() };
+        assert!(matches!(thief_slave.request(&busy, WAIT), Ok(SlaveReply::Die { .. })));
+        assert!(matches!(thief_slave.request(&slave_hello(), WAIT), Ok(SlaveReply::Ack { .. })));
+    }
 
     let deadline = Instant::now() + WAIT;
     let idle = SlaveRequest::Idle { stats: HostStats::default(), declined: None };
