@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{UsageWho, getrusage};
 use piwheels_common::codec;
-use piwheels_common::protocols::{DbReply, DbRequest, Message};
+use piwheels_common::protocols::Message;
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Server};
+use serde::{Deserialize, Serialize};
 
 /// Payload bytes carried by each request and each reply.
 const PAYLOAD: usize = 1024;
@@ -41,12 +42,26 @@ const DEADLINE: Duration = Duration::from_secs(5);
 
 const WARM_UP: Duration = Duration::from_millis(250);
 
-fn request() -> DbRequest {
-    DbRequest::Audit { actor: "bench".into(), action: "roundtrip".into(), detail: "d".repeat(PAYLOAD) }
+/// A request shaped like the master's audit call: three strings, one of them the payload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum BenchRequest {
+    Audit { actor: String, action: String, detail: String },
 }
 
-fn reply() -> DbReply {
-    DbReply::Text(Some("r".repeat(PAYLOAD)))
+/// A reply carrying an optional text, like a database text answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum BenchReply {
+    Text(Option<String>),
+}
+
+piwheels_common::messages!(BenchRequest, BenchReply);
+
+fn request() -> BenchRequest {
+    BenchRequest::Audit { actor: "bench".into(), action: "roundtrip".into(), detail: "d".repeat(PAYLOAD) }
+}
+
+fn reply() -> BenchReply {
+    BenchReply::Text(Some("r".repeat(PAYLOAD)))
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -160,8 +175,8 @@ fn raw_echo(ctx: &zmq::Context, endpoint: &str, reply_len: usize, stop: &AtomicB
 // ------------------------------------------------------------------------------------------
 
 struct TypedClient {
-    client: Client<DbRequest, DbReply>,
-    request: DbRequest,
+    client: Client<BenchRequest, BenchReply>,
+    request: BenchRequest,
     _server: ServerThread,
 }
 
@@ -179,13 +194,13 @@ impl TypedClient {
 impl RoundTrip for TypedClient {
     fn once(&mut self) {
         let reply = self.client.request(&self.request, DEADLINE).expect("request");
-        assert!(matches!(&reply, DbReply::Text(Some(text)) if text.len() == PAYLOAD), "unexpected reply");
+        assert!(matches!(&reply, BenchReply::Text(Some(text)) if text.len() == PAYLOAD), "unexpected reply");
         black_box(reply);
     }
 }
 
 fn typed_server(ctx: &zmq::Context, endpoint: &str, stop: &AtomicBool, ready: mpsc::Sender<()>) {
-    let server = Server::<DbRequest, DbReply>::bind(ctx, endpoint, Some(DEFAULT_MAX_MESSAGE)).expect("bind Server");
+    let server = Server::<BenchRequest, BenchReply>::bind(ctx, endpoint, Some(DEFAULT_MAX_MESSAGE)).expect("bind Server");
     ready.send(()).expect("report readiness");
     let reply = reply();
     while !stop.load(Ordering::Relaxed) {
@@ -290,8 +305,8 @@ fn main() {
     let reply_len = codec::encode(&reply()).expect("encode").len();
     println!("Bus round trips: REQ (relaxed, correlated) → ROUTER on its own thread, one request in flight.");
     println!(
-        "typed: Client<DbRequest, DbReply> → Server; request DbRequest::Audit {{ detail: {PAYLOAD} chars }} = {request_len} bytes encoded, \
-         reply DbReply::Text(Some({PAYLOAD} chars)) = {reply_len} bytes encoded"
+        "typed: Client<BenchRequest, BenchReply> → Server; request BenchRequest::Audit {{ detail: {PAYLOAD} chars }} = {request_len} bytes encoded, \
+         reply BenchReply::Text(Some({PAYLOAD} chars)) = {reply_len} bytes encoded"
     );
     println!("raw:   zmq REQ → ROUTER with prepared frames of the same sizes ({request_len} and {reply_len} bytes)");
     println!("{secs} s measured per variant and transport, in {rounds} alternating slices, after {WARM_UP:?} of warm-up each");
@@ -334,8 +349,8 @@ fn main() {
     println!("|---|---:|---:|---:|");
     let (req_enc, req_dec) = codec_costs(&request(), iters);
     let (rep_enc, rep_dec) = codec_costs(&reply(), iters);
-    println!("| DbRequest::Audit (1 KiB detail) | {request_len} | {req_enc:.0} | {req_dec:.0} |");
-    println!("| DbReply::Text (1 KiB) | {reply_len} | {rep_enc:.0} | {rep_dec:.0} |");
+    println!("| BenchRequest::Audit (1 KiB detail) | {request_len} | {req_enc:.0} | {req_dec:.0} |");
+    println!("| BenchReply::Text (1 KiB) | {reply_len} | {rep_enc:.0} | {rep_dec:.0} |");
     println!();
     println!(
         "codec work per typed round trip (encode + decode of request and reply): {:.2} µs",

@@ -2,6 +2,8 @@
 //! puts them on the wire, typed ZeroMQ sockets, the task runtime of the master, the clock,
 //! configuration loading and logging set-up.
 
+#[cfg(any(test, feature = "arbitrary"))]
+pub mod arbitrary;
 pub mod clock;
 pub mod codec;
 pub mod config;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::{FakeClock, SharedClock};
-use piwheels_common::protocols::{StatsUpdate, StatusEvent, TaskControl, TaskState};
+use piwheels_common::protocols::{StatusEvent, TaskControl, TaskState};
 use piwheels_common::task::{self, Context, PauseMode, RestartPolicy, Runtime, Supervisor, Task, TaskExit, TaskHandle};
 use piwheels_common::transport::{Receiver, Sender};
 
@@ -17,7 +17,15 @@ struct Seen {
     quits: Mutex<Vec<String>>,
 }
 
-/// A task that counts timer ticks and reacts to `StatsUpdate::Downloads { count }` on its
+/// What the test task's inbox carries.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Inbox {
+    Downloads { count: u64 },
+}
+
+piwheels_common::messages!(Inbox);
+
+/// A task that counts timer ticks and reacts to `Inbox::Downloads { count }` on its
 /// inbox: 1 returns an error, 2 panics, anything else is recorded.
 struct Probe<const MODE: u8> {
     name: String,
@@ -25,7 +33,7 @@ struct Probe<const MODE: u8> {
 }
 
 struct ProbeSockets {
-    inbox: Receiver<StatsUpdate>,
+    inbox: Receiver<Inbox>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +69,9 @@ impl<const MODE: u8> Task for Probe<MODE> {
                 self.seen.ticks.fetch_add(1, Ordering::SeqCst);
             }
             Ev::Inbox => match sockets.inbox.recv()? {
-                StatsUpdate::Downloads { count: 1 } => anyhow::bail!("handler failed on purpose"),
-                StatsUpdate::Downloads { count: 2 } => panic!("handler panicked on purpose"),
-                StatsUpdate::Downloads { count } => self.seen.handled.lock().unwrap().push(count),
-                other => anyhow::bail!("unexpected {other:?}"),
+                Inbox::Downloads { count: 1 } => anyhow::bail!("handler failed on purpose"),
+                Inbox::Downloads { count: 2 } => panic!("handler panicked on purpose"),
+                Inbox::Downloads { count } => self.seen.handled.lock().unwrap().push(count),
             },
         }
         Ok(())
@@ -92,12 +99,12 @@ impl Harness {
         Harness { rt, clock, status }
     }
 
-    fn spawn<const MODE: u8>(&self, name: &str) -> (TaskHandle, Arc<Seen>, Sender<StatsUpdate>) {
+    fn spawn<const MODE: u8>(&self, name: &str) -> (TaskHandle, Arc<Seen>, Sender<Inbox>) {
         self.spawn_sharing::<MODE>(name, Arc::new(Seen::default()))
     }
 
     /// Like `spawn`, recording into `seen`, which other tasks may share.
-    fn spawn_sharing<const MODE: u8>(&self, name: &str, seen: Arc<Seen>) -> (TaskHandle, Arc<Seen>, Sender<StatsUpdate>) {
+    fn spawn_sharing<const MODE: u8>(&self, name: &str, seen: Arc<Seen>) -> (TaskHandle, Arc<Seen>, Sender<Inbox>) {
         let inbox = format!("inproc://inbox-{name}");
         let endpoint = inbox.clone();
         let task_seen = Arc::clone(&seen);
@@ -149,8 +156,8 @@ fn stays(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-fn send(tx: &Sender<StatsUpdate>, count: u64) {
-    tx.send(&StatsUpdate::Downloads { count }, Duration::from_secs(1)).unwrap();
+fn send(tx: &Sender<Inbox>, count: u64) {
+    tx.send(&Inbox::Downloads { count }, Duration::from_secs(1)).unwrap();
 }
 
 #[test]

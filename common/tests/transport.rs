@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::codec::{self, ProtocolError};
 use piwheels_common::protocols::{
-    ControlReply, ControlRequest, DbReply, DbRequest, Message, SlaveAction, SlaveTarget, TaskControl, Versions,
+    ControlReply, ControlRequest, Message, SlaveAction, SlaveTarget, TaskControl, Versions,
 };
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Dealer, Peer, Receiver, Security, Sender, Server, TransportError};
+use serde::{Deserialize, Serialize};
 
 /// Upper bound for anything that should happen at once; only reached when a test fails.
 const WAIT: Duration = Duration::from_secs(2);
@@ -53,16 +54,34 @@ fn mode(path: &Path) -> u32 {
     fs::metadata(path).expect("stat").permissions().mode() & 0o777
 }
 
-fn package(name: &str) -> DbRequest {
-    DbRequest::PackageExists { package: name.into() }
+/// The protocol these tests speak (the transport is generic over its messages).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum TestRequest {
+    PackageExists { package: String },
+    Audit { actor: String, action: String, detail: String },
 }
 
-fn text(s: &str) -> DbReply {
-    DbReply::Text(Some(s.into()))
+/// The replies to [`TestRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum TestReply {
+    Done,
+    Bool(bool),
+    Text(Option<String>),
+    Error { message: String },
 }
 
-fn big_audit(detail_len: usize) -> DbRequest {
-    DbRequest::Audit { actor: "test".into(), action: "oversize".into(), detail: "x".repeat(detail_len) }
+piwheels_common::messages!(TestRequest, TestReply);
+
+fn package(name: &str) -> TestRequest {
+    TestRequest::PackageExists { package: name.into() }
+}
+
+fn text(s: &str) -> TestReply {
+    TestReply::Text(Some(s.into()))
+}
+
+fn big_audit(detail_len: usize) -> TestRequest {
+    TestRequest::Audit { actor: "test".into(), action: "oversize".into(), detail: "x".repeat(detail_len) }
 }
 
 /// Receives one request (waiting at most [`WAIT`]), insisting that it is well formed.
@@ -107,14 +126,14 @@ fn raw_recv(socket: &zmq::Socket) -> Vec<Vec<u8>> {
 /// Three requests from one `Client` to one `Server`, each answered with its own payload.
 fn client_and_server_exchange_requests(endpoint: &str) {
     let ctx = zmq::Context::new();
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, endpoint, Some(DEFAULT_MAX_MESSAGE)).expect("bind server");
-    let client = Client::<DbRequest, DbReply>::connect(&ctx, endpoint, Some(DEFAULT_MAX_MESSAGE)).expect("connect");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, Some(DEFAULT_MAX_MESSAGE)).expect("bind server");
+    let client = Client::<TestRequest, TestReply>::connect(&ctx, endpoint, Some(DEFAULT_MAX_MESSAGE)).expect("connect");
     assert_eq!(client.endpoint(), endpoint);
     let names = ["numpy", "scipy", "pandas"];
     let peers = thread::scope(|s| {
         let serving = s.spawn(move || {
             answer_requests(&server, names.len(), |req| match req {
-                DbRequest::PackageExists { package } => text(&format!("{package}?")),
+                TestRequest::PackageExists { package } => text(&format!("{package}?")),
                 other => panic!("unexpected request {other:?}"),
             })
         });
@@ -243,8 +262,8 @@ fn sub_receives_what_pub_sends_once_subscribed() {
 fn client_gets_timeout_then_only_the_new_reply() {
     let ctx = zmq::Context::new();
     let endpoint = "inproc://timeout-then-new-reply";
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, endpoint, None).expect("bind");
-    let client = Client::<DbRequest, DbReply>::connect(&ctx, endpoint, None).expect("connect");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, None).expect("bind");
+    let client = Client::<TestRequest, TestReply>::connect(&ctx, endpoint, None).expect("connect");
 
     let deadline = Duration::from_millis(100);
     let started = Instant::now();
@@ -283,8 +302,8 @@ fn client_gets_timeout_then_only_the_new_reply() {
 fn client_deadline_holds_when_only_a_stale_reply_arrives() {
     let ctx = zmq::Context::new();
     let endpoint = "inproc://stale-reply-only";
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, endpoint, None).expect("bind");
-    let client = Client::<DbRequest, DbReply>::connect(&ctx, endpoint, None).expect("connect");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, None).expect("bind");
+    let client = Client::<TestRequest, TestReply>::connect(&ctx, endpoint, None).expect("connect");
     client.request(&package("first"), Duration::from_millis(50)).expect_err("nobody answered");
     let (first_peer, _) = next_request(&server);
 
@@ -309,29 +328,29 @@ fn client_deadline_holds_when_only_a_stale_reply_arrives() {
 fn garbage_reaches_the_server_as_malformed_with_a_peer_to_answer() {
     let ctx = zmq::Context::new();
     let endpoint = "inproc://garbage";
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, endpoint, None).expect("bind");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, None).expect("bind");
     let raw = raw_dealer(&ctx, endpoint);
     raw.send_multipart([&b""[..], b"\xc1 this is not msgpack"], 0).expect("raw send");
 
     assert!(server.readable(Some(WAIT)).expect("poll"));
     let (peer, req) = server.recv().expect("an envelope to answer");
     let err = req.expect_err("garbage must not decode");
-    assert!(matches!(&err, ProtocolError::Malformed { protocol: "DbRequest", .. }), "{err:?}");
+    assert!(matches!(&err, ProtocolError::Malformed { protocol: "TestRequest", .. }), "{err:?}");
 
     // The "answer with an error" path: the sender of garbage gets a reply.
-    server.send(&peer, &DbReply::Error { message: err.to_string() }).expect("reply to the peer");
+    server.send(&peer, &TestReply::Error { message: err.to_string() }).expect("reply to the peer");
     let frames = raw_recv(&raw);
     assert_eq!(frames.len(), 2, "{frames:?}");
     assert!(frames[0].is_empty(), "delimiter expected, got {:?}", frames[0]);
-    let reply: DbReply = codec::decode(&frames[1]).expect("the reply decodes");
-    assert_eq!(reply, DbReply::Error { message: err.to_string() });
+    let reply: TestReply = codec::decode(&frames[1]).expect("the reply decodes");
+    assert_eq!(reply, TestReply::Error { message: err.to_string() });
 }
 
 #[test]
 fn message_of_another_protocol_is_refused_naming_both() {
     let ctx = zmq::Context::new();
     let endpoint = "inproc://wrong-protocol";
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, endpoint, None).expect("bind");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, None).expect("bind");
     // A dealer speaking the control protocol to the database's server.
     let dealer = Dealer::<ControlRequest, ControlReply>::connect(&ctx, endpoint, None).expect("connect");
     dealer.send(&ControlRequest::Quit, WAIT).expect("send");
@@ -339,16 +358,16 @@ fn message_of_another_protocol_is_refused_naming_both() {
     assert!(server.readable(Some(WAIT)).expect("poll"));
     let (peer, req) = server.recv().expect("an envelope to answer");
     let err = req.expect_err("another protocol");
-    assert_eq!(err, ProtocolError::WrongProtocol { expected: "DbRequest", found: "ControlRequest".into() });
+    assert_eq!(err, ProtocolError::WrongProtocol { expected: "TestRequest", found: "ControlRequest".into() });
     let shown = err.to_string();
-    assert!(shown.contains("DbRequest") && shown.contains("ControlRequest"), "{shown}");
+    assert!(shown.contains("TestRequest") && shown.contains("ControlRequest"), "{shown}");
 
     // The reply is of the server's protocol, which the dealer refuses in turn.
-    server.send(&peer, &DbReply::Error { message: shown }).expect("reply");
+    server.send(&peer, &TestReply::Error { message: shown }).expect("reply");
     assert!(dealer.readable(Some(WAIT)).expect("poll"));
     match dealer.recv() {
         Err(TransportError::Protocol(ProtocolError::WrongProtocol { expected: "ControlReply", found })) => {
-            assert_eq!(found, "DbReply");
+            assert_eq!(found, "TestReply");
         }
         other => panic!("expected WrongProtocol, got {other:?}"),
     }
@@ -358,7 +377,7 @@ fn message_of_another_protocol_is_refused_naming_both() {
 fn frame_without_envelope_delimiter_is_a_structure_error() {
     let ctx = zmq::Context::new();
     let endpoint = "inproc://no-delimiter";
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, endpoint, None).expect("bind");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, None).expect("bind");
     let raw = raw_dealer(&ctx, endpoint);
     let frame = codec::encode(&package("numpy")).expect("encode");
 
@@ -369,7 +388,7 @@ fn frame_without_envelope_delimiter_is_a_structure_error() {
         raw.send_multipart(frames.iter().copied(), 0).expect("raw send");
         assert!(server.readable(Some(WAIT)).expect("poll"));
         match server.recv() {
-            Err(TransportError::Protocol(ProtocolError::Structure { protocol: "DbRequest", reason })) => {
+            Err(TransportError::Protocol(ProtocolError::Structure { protocol: "TestRequest", reason })) => {
                 assert!(reason.contains("delimiter") || reason.contains("empty routing frame"), "{reason}");
             }
             other => panic!("expected a Structure error for {frames:?}, got {other:?}"),
@@ -380,9 +399,9 @@ fn frame_without_envelope_delimiter_is_a_structure_error() {
     raw.send_multipart([&b""[..], &frame], 0).expect("raw send");
     let (peer, req) = next_request(&server);
     assert_eq!(req, package("numpy"));
-    server.send(&peer, &DbReply::Bool(true)).expect("reply");
+    server.send(&peer, &TestReply::Bool(true)).expect("reply");
     let frames = raw_recv(&raw);
-    assert_eq!(codec::decode::<DbReply>(&frames[1]).expect("decode"), DbReply::Bool(true));
+    assert_eq!(codec::decode::<TestReply>(&frames[1]).expect("decode"), TestReply::Bool(true));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -393,33 +412,33 @@ fn frame_without_envelope_delimiter_is_a_structure_error() {
 fn oversized_frame_over_inproc_is_refused_with_the_peer() {
     let ctx = zmq::Context::new();
     let endpoint = "inproc://oversized";
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, endpoint, Some(1024)).expect("bind");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, Some(1024)).expect("bind");
     let raw = raw_dealer(&ctx, endpoint);
     raw.send_multipart([&b""[..], &[0u8; 4096][..]], 0).expect("raw send");
 
     assert!(server.readable(Some(WAIT)).expect("poll"));
     let (peer, req) = server.recv().expect("an envelope to answer");
-    assert_eq!(req, Err(ProtocolError::Oversized { protocol: "DbRequest", size: 4096, limit: 1024 }));
-    server.send(&peer, &DbReply::Error { message: "too big".into() }).expect("reply");
+    assert_eq!(req, Err(ProtocolError::Oversized { protocol: "TestRequest", size: 4096, limit: 1024 }));
+    server.send(&peer, &TestReply::Error { message: "too big".into() }).expect("reply");
     let frames = raw_recv(&raw);
-    assert_eq!(codec::decode::<DbReply>(&frames[1]).expect("decode"), DbReply::Error { message: "too big".into() });
+    assert_eq!(codec::decode::<TestReply>(&frames[1]).expect("decode"), TestReply::Error { message: "too big".into() });
 }
 
 #[test]
 fn oversized_frame_over_tcp_is_dropped_and_the_server_keeps_serving() {
     let ctx = zmq::Context::new();
     let endpoint = tcp_endpoint();
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, &endpoint, Some(1024)).expect("bind");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, &endpoint, Some(1024)).expect("bind");
     // A well-formed request, but four times the server's limit, from a dealer without one.
-    let greedy = Dealer::<DbRequest, DbReply>::connect(&ctx, &endpoint, None).expect("connect");
+    let greedy = Dealer::<TestRequest, TestReply>::connect(&ctx, &endpoint, None).expect("connect");
     greedy.send(&big_audit(4096), WAIT).expect("send");
     assert!(!server.readable(Some(QUIET)).expect("poll"), "libzmq delivered an oversized frame over tcp");
 
     // libzmq dropped that connection; the server still serves a newcomer.
-    let client = Client::<DbRequest, DbReply>::connect(&ctx, &endpoint, Some(1024)).expect("connect");
+    let client = Client::<TestRequest, TestReply>::connect(&ctx, &endpoint, Some(1024)).expect("connect");
     thread::scope(|s| {
-        s.spawn(move || answer_requests(&server, 1, |_| DbReply::Done));
-        assert_eq!(client.request(&package("numpy"), WAIT).expect("request"), DbReply::Done);
+        s.spawn(move || answer_requests(&server, 1, |_| TestReply::Done));
+        assert_eq!(client.request(&package("numpy"), WAIT).expect("request"), TestReply::Done);
     });
     assert!(greedy.recv_timeout(Duration::from_millis(50)).expect("recv").is_none());
 }
@@ -428,11 +447,11 @@ fn oversized_frame_over_tcp_is_dropped_and_the_server_keeps_serving() {
 fn client_and_dealer_refuse_locally_to_send_beyond_their_limit() {
     let ctx = zmq::Context::new();
     let endpoint = "inproc://local-limit";
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, endpoint, None).expect("bind");
-    let client = Client::<DbRequest, DbReply>::connect(&ctx, endpoint, Some(1024)).expect("connect");
-    let dealer = Dealer::<DbRequest, DbReply>::connect(&ctx, endpoint, Some(1024)).expect("connect");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, None).expect("bind");
+    let client = Client::<TestRequest, TestReply>::connect(&ctx, endpoint, Some(1024)).expect("connect");
+    let dealer = Dealer::<TestRequest, TestReply>::connect(&ctx, endpoint, Some(1024)).expect("connect");
     let oversized = |err: TransportError| match err {
-        TransportError::Protocol(ProtocolError::Oversized { protocol: "DbRequest", size, limit: 1024 }) => {
+        TransportError::Protocol(ProtocolError::Oversized { protocol: "TestRequest", size, limit: 1024 }) => {
             assert!(size > 4096, "size {size}");
         }
         other => panic!("expected Oversized, got {other:?}"),
@@ -448,8 +467,8 @@ fn client_and_dealer_refuse_locally_to_send_beyond_their_limit() {
     dealer.send(&package("dealer"), WAIT).expect("dealer send");
     assert_eq!(next_request(&server).1, package("dealer"));
     thread::scope(|s| {
-        s.spawn(move || answer_requests(&server, 1, |_| DbReply::Bool(false)));
-        assert_eq!(client.request(&package("client"), WAIT).expect("request"), DbReply::Bool(false));
+        s.spawn(move || answer_requests(&server, 1, |_| TestReply::Bool(false)));
+        assert_eq!(client.request(&package("client"), WAIT).expect("request"), TestReply::Bool(false));
     });
 }
 
@@ -466,7 +485,7 @@ fn ipc_bind_refuses_a_directory_other_users_can_enter() {
         fs::create_dir(&dir).expect("mkdir");
         fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).expect("chmod");
         let endpoint = ipc_endpoint(&dir, "master");
-        match Server::<DbRequest, DbReply>::bind(&ctx, &endpoint, None) {
+        match Server::<TestRequest, TestReply>::bind(&ctx, &endpoint, None) {
             Err(TransportError::Ipc { endpoint: e, reason }) => {
                 assert_eq!(e, endpoint);
                 assert!(reason.contains("accessible to other users"), "{reason}");
@@ -481,12 +500,12 @@ fn ipc_bind_refuses_a_directory_other_users_can_enter() {
 /// One request through a fresh server and client on `endpoint`; everything is closed on return.
 fn one_request_through(endpoint: &str, check_files: impl FnOnce()) {
     let ctx = zmq::Context::new();
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, endpoint, None).expect("bind");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, None).expect("bind");
     check_files();
-    let client = Client::<DbRequest, DbReply>::connect(&ctx, endpoint, None).expect("connect");
+    let client = Client::<TestRequest, TestReply>::connect(&ctx, endpoint, None).expect("connect");
     thread::scope(|s| {
-        s.spawn(move || answer_requests(&server, 1, |_| DbReply::Done));
-        assert_eq!(client.request(&package("numpy"), WAIT).expect("request"), DbReply::Done);
+        s.spawn(move || answer_requests(&server, 1, |_| TestReply::Done));
+        assert_eq!(client.request(&package("numpy"), WAIT).expect("request"), TestReply::Done);
     });
 }
 
@@ -516,18 +535,18 @@ fn ipc_bind_refuses_a_path_a_live_socket_answers_on() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let endpoint = format!("ipc://{}", tmp.path().join("run/control").display());
     let ctx = zmq::Context::new();
-    let first = Server::<DbRequest, DbReply>::bind(&ctx, &endpoint, None).expect("first bind");
-    match Server::<DbRequest, DbReply>::bind(&ctx, &endpoint, None) {
+    let first = Server::<TestRequest, TestReply>::bind(&ctx, &endpoint, None).expect("first bind");
+    match Server::<TestRequest, TestReply>::bind(&ctx, &endpoint, None) {
         Err(TransportError::Ipc { reason, .. }) => assert!(reason.contains("listening"), "{reason}"),
         other => panic!("a second bind must be refused, got {other:?}"),
     }
     // The first server is untouched.
-    let client = Client::<DbRequest, DbReply>::connect(&ctx, &endpoint, None).expect("connect");
+    let client = Client::<TestRequest, TestReply>::connect(&ctx, &endpoint, None).expect("connect");
     let serve = thread::spawn(move || {
         let (peer, _) = next_request(&first);
-        first.send(&peer, &DbReply::Done).expect("reply");
+        first.send(&peer, &TestReply::Done).expect("reply");
     });
-    assert_eq!(client.request(&package("numpy"), WAIT).expect("request"), DbReply::Done);
+    assert_eq!(client.request(&package("numpy"), WAIT).expect("request"), TestReply::Done);
     serve.join().expect("server thread");
 }
 
@@ -539,18 +558,18 @@ fn ipc_bind_refuses_a_path_a_live_socket_answers_on() {
 /// notices (bounded); returns how many replies went out before the error and the error.
 fn reply_after_peer_departs(endpoint: &str) -> (usize, TransportError) {
     let ctx = zmq::Context::new();
-    let server = Server::<DbRequest, DbReply>::bind(&ctx, endpoint, None).expect("bind");
-    let dealer = Dealer::<DbRequest, DbReply>::connect(&ctx, endpoint, None).expect("connect");
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, None).expect("bind");
+    let dealer = Dealer::<TestRequest, TestReply>::connect(&ctx, endpoint, None).expect("connect");
     dealer.send(&package("numpy"), WAIT).expect("send");
     let (peer, _) = next_request(&server);
-    server.send(&peer, &DbReply::Done).expect("reply while connected");
-    assert_eq!(dealer.recv_timeout(WAIT).expect("recv"), Some(DbReply::Done));
+    server.send(&peer, &TestReply::Done).expect("reply while connected");
+    assert_eq!(dealer.recv_timeout(WAIT).expect("recv"), Some(TestReply::Done));
     drop(dealer);
 
     let start = Instant::now();
     let mut sent = 0;
     loop {
-        match server.send(&peer, &DbReply::Done) {
+        match server.send(&peer, &TestReply::Done) {
             Ok(()) => sent += 1,
             Err(err) => {
                 eprintln!("{endpoint}: {sent} replies to the departed peer accepted before: {err}");

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
-use piwheels_common::protocols::{DbReply, DbRequest};
+use piwheels_master::calls::db::{BuildQueue, DbReply, PackageExists};
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_master::db::{Database, migrate};
 use piwheels_master::db_client::DbClient;
@@ -46,20 +46,20 @@ fn throughput(oracles: usize, clients: usize, seconds: u64) -> f64 {
         tasks.add(task::spawn(&rt, &format!("oracle_{n}"), oracle::Sockets::open, move |s| Oracle::start(s, &url, Duration::from_secs(10))).unwrap());
     }
     // Warm up: every oracle connects.
-    let warm = DbClient::connect(&zmq, Duration::from_secs(10)).unwrap();
+    let warm = DbClient::connect(&zmq, seraph::DB_ENDPOINT, Duration::from_secs(10)).unwrap();
     for _ in 0..oracles * 4 {
-        warm.package_exists("numpy").unwrap();
+        warm.call(PackageExists { package: "numpy".into() }).unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..clients {
-            let client = DbClient::connect(&zmq, Duration::from_secs(10)).unwrap();
+            let client = DbClient::connect(&zmq, seraph::DB_ENDPOINT, Duration::from_secs(10)).unwrap();
             let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
             scope.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    assert!(client.package_exists("numpy").unwrap());
+                    assert!(client.call(PackageExists { package: "numpy".into() }).unwrap());
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -139,9 +139,9 @@ fn build_queue(packages: u64, versions: u64) {
         for limit in [1000u32, 100_000] {
             for run in 1..=3 {
                 let started = Instant::now();
-                let reply = database.handle(DbRequest::BuildQueue { limit }).await.unwrap();
+                let reply = database.handle(BuildQueue { limit }.into()).await.unwrap();
                 let secs = started.elapsed().as_secs_f64();
-                let DbReply::Queue(queue) = reply else { panic!("unexpected reply {reply:?}") };
+                let DbReply::BuildQueue(queue) = reply else { panic!("unexpected reply {reply:?}") };
                 let sizes: Vec<String> = queue.iter().map(|(abi, q)| format!("{abi} {}", q.len())).collect();
                 println!("| {limit} | {run} | {secs:.2} | {:.2} | {} |", secs / queue.len().max(1) as f64, sizes.join(", "));
             }

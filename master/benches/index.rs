@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
-use piwheels_common::protocols::{
-    BuildRecord, BuildResult, StatusEvent, TaskControl, WebReply, WebRequest,
-};
+use piwheels_common::protocols::{BuildResult, StatusEvent, TaskControl};
+use piwheels_master::calls::db::{BuildRecord, LogBuild, NewVersion, PackageExists};
+use piwheels_master::calls::tasks::{WebReply, WebRequest};
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_master::db::migrate;
@@ -154,9 +154,9 @@ fn main() {
         tasks.add(task::spawn(&rt, &format!("oracle_{k}"), oracle::Sockets::open, move |s| Oracle::start(s, &url, Duration::from_secs(60))).unwrap());
     }
     // Every oracle connected before the clock starts.
-    let client = DbClient::connect(&zmq, Duration::from_secs(60)).unwrap();
+    let client = DbClient::connect(&zmq, seraph::DB_ENDPOINT, Duration::from_secs(60)).unwrap();
     for _ in 0..12 {
-        client.package_exists("pkg-1").unwrap();
+        client.call(PackageExists { package: "pkg-1".into() }).unwrap();
     }
 
     let mut config = IndexConfig::new(out.path());
@@ -211,13 +211,13 @@ fn main() {
         let package = format!("pkg-{p}");
         let version = format!("2.0.{i}");
         let filename = format!("pkg_{p}-{version}-py3-none-any.whl");
-        client.new_version(&package, &version, None, "").unwrap();
+        client.call(NewVersion { package: package.clone(), version: version.clone(), released: None, skip: String::new() }).unwrap();
         let dir = out.path().join(format!("simple/{package}"));
         std::fs::write(dir.join(&filename), filename.as_bytes()).unwrap();
         std::fs::write(dir.join(format!("{filename}.metadata")), b"Metadata-Version: 2.1\n").unwrap();
         let build = record(&package, &version, &filename);
         let rewrite = build.pending_rewrite(chrono::Utc::now());
-        let build_id = client.log_build(build, rewrite.added_at).unwrap();
+        let build_id = client.call(LogBuild { build, rewrite_at: rewrite.added_at }).unwrap();
         let recorded = Instant::now();
         let request = WebRequest::Built { build_id, output: "built".into(), rewrite };
         assert_eq!(web.request(&request, Duration::from_secs(10)).unwrap(), WebReply::Done);

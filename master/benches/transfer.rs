@@ -34,7 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
-use piwheels_common::protocols::{FileExpectation, FsReply, FsRequest, StatusEvent, TaskControl, TransferId};
+use piwheels_common::protocols::{StatusEvent, TaskControl, TransferId};
+use piwheels_master::calls::files::{FileExpectation, FsReply, FsRequest};
 use piwheels_common::task::{self, Runtime, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};

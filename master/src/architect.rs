@@ -7,10 +7,12 @@
 
 use std::time::Duration;
 
-use piwheels_common::protocols::{ArchitectTrigger, BuildQueueUpdate};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Receiver, Sender};
 
+use crate::seraph::DB_ENDPOINT;
+use crate::calls::db::BuildQueue;
+use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate};
 use crate::db::queue::BUILD_QUEUE_TIMEOUT;
 use crate::db_client::DbClient;
 
@@ -45,7 +47,7 @@ impl Sockets {
             triggers: Receiver::pull(ctx, ARCHITECT_ENDPOINT, None)?,
             queues: Sender::push(ctx, BUILDS_ENDPOINT)?,
             // The queue can take minutes after the ABIs change; the statement has the same limit.
-            db: DbClient::connect(ctx, BUILD_QUEUE_TIMEOUT)?,
+            db: DbClient::connect(ctx, DB_ENDPOINT, BUILD_QUEUE_TIMEOUT)?,
         })
     }
 }
@@ -93,7 +95,7 @@ impl Task for Architect {
                 ctx.schedule(Event::Refresh, self.config.debounce);
             }
             Event::Refresh => {
-                let queues = sockets.db.build_queue(self.config.limit)?;
+                let queues = sockets.db.call(BuildQueue { limit: self.config.limit })?;
                 let sizes: Vec<String> = queues.iter().map(|(abi, q)| format!("{abi} {}", q.len())).collect();
                 tracing::info!("build queue: {}", sizes.join(", "));
                 sockets.queues.send(&BuildQueueUpdate { queues }, Duration::from_secs(1))?;

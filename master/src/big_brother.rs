@@ -13,10 +13,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use piwheels_common::hostinfo;
-use piwheels_common::protocols::{DbReply, DbRequest, DbStats, MasterStats, StatsUpdate, StatusEvent, WebReply, WebRequest};
+use piwheels_common::protocols::{MasterStats, StatusEvent};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, Receiver, Sender};
 
+use crate::seraph::DB_ENDPOINT;
+use crate::calls::db::{DbStats, SearchIndex, Statistics};
+use crate::calls::tasks::{StatsUpdate, WebReply, WebRequest};
 use crate::db_client::DbClient;
 use crate::index::WEB_ENDPOINT;
 
@@ -77,7 +80,7 @@ impl Sockets {
     pub fn open_feeding(ctx: &zmq::Context, status_endpoint: &str, timeout: Duration) -> anyhow::Result<Sockets> {
         let mut sockets = Self::open(ctx, status_endpoint)?;
         sockets.feed =
-            Some(Feed { db: DbClient::connect(ctx, timeout)?, web: Client::connect(ctx, WEB_ENDPOINT, None)?, timeout });
+            Some(Feed { db: DbClient::connect(ctx, DB_ENDPOINT, timeout)?, web: Client::connect(ctx, WEB_ENDPOINT, None)?, timeout });
         Ok(sockets)
     }
 }
@@ -130,20 +133,15 @@ impl BigBrother {
     }
 
     fn home(&mut self, feed: &Feed, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
-        match feed.db.request(DbRequest::Statistics)? {
-            DbReply::Stats(db) => self.fold(db),
-            reply => anyhow::bail!("the database answered Statistics with {reply:?}"),
-        }
+        let figures = feed.db.call(Statistics {})?;
+        self.fold(figures);
         self.stats.at = ctx.utc();
         self.stats.host = hostinfo::host_stats(&self.config.output_path, self.stats.at);
         send(feed, &WebRequest::Home(self.stats.clone()))
     }
 
     fn search(feed: &Feed) -> anyhow::Result<()> {
-        let entries = match feed.db.request(DbRequest::SearchIndex)? {
-            DbReply::Search(entries) => entries,
-            reply => anyhow::bail!("the database answered SearchIndex with {reply:?}"),
-        };
+        let entries = feed.db.call(SearchIndex {})?;
         send(feed, &WebRequest::Search { entries })
     }
 }

@@ -19,12 +19,14 @@ use std::time::Duration;
 
 use chrono::DateTime;
 use piwheels_common::names::canonicalize;
-use piwheels_common::protocols::{ArchitectTrigger, DbRequest, RewriteScope, WebReply, WebRequest};
 use piwheels_common::transport::{Client, Sender};
 use piwheels_common::task::{Context, PauseMode, Task};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::seraph::DB_ENDPOINT;
+use crate::calls::db::{AllPackages, NewPackage, NewPackageName, NewVersion, PypiSerial, SetPypiSerial, RewriteScope, SetDescription, SkipVersion, VersionSkip, YankVersion};
+use crate::calls::tasks::{ArchitectTrigger, WebReply, WebRequest};
 use crate::architect::ARCHITECT_ENDPOINT;
 use crate::db_client::DbClient;
 use crate::index::WEB_ENDPOINT;
@@ -74,7 +76,7 @@ impl Sockets {
     /// architect, the index writer and the slave driver.
     pub fn open(ctx: &zmq::Context, db_timeout: Duration) -> anyhow::Result<Sockets> {
         Ok(Sockets {
-            db: DbClient::connect(ctx, db_timeout)?,
+            db: DbClient::connect(ctx, DB_ENDPOINT, db_timeout)?,
             architect: Sender::push(ctx, ARCHITECT_ENDPOINT)?,
             web: Client::connect(ctx, WEB_ENDPOINT, None)?,
             remover: Remover::connect(ctx)?,
@@ -117,8 +119,8 @@ impl CloudGazer {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let changelog = ChangelogClient::new(&config.xmlrpc_url, config.timeout)?;
         let descriptions = config.json_url.as_deref().map(|url| DescriptionClient::new(url, config.timeout)).transpose()?;
-        let packages = sockets.db.all_packages()?.into_iter().collect();
-        let serial = sockets.db.pypi_serial()?;
+        let packages = sockets.db.call(AllPackages {})?.into_iter().collect();
+        let serial = sockets.db.call(PypiSerial {})?;
         tracing::info!("following {} from serial {serial}", config.xmlrpc_url);
         Ok(CloudGazer { config: config.clone(), runtime, changelog, descriptions, packages, serial, dedup: Dedup::new(1000), backoff: None })
     }
@@ -151,7 +153,7 @@ impl CloudGazer {
                 anyhow::bail!("cannot apply serial {} ({:?} {}): {e:#}", event.serial, event.kind, event.name);
             }
         }
-        db.set_pypi_serial(last)?;
+        db.call(SetPypiSerial { serial: last })?;
         tracing::info!("applied {} events up to serial {last}", events.len());
         self.serial = last;
         self.dedup = dedup;
@@ -209,35 +211,39 @@ impl CloudGazer {
             return Ok(());
         }
         if !self.packages.contains(&package) {
-            let added = db.new_package(&package, &self.config.skip_new, description.as_deref().unwrap_or(""))?;
+            let added = db.call(NewPackage {
+                package: package.clone(),
+                skip: self.config.skip_new.clone(),
+                description: description.clone().unwrap_or_default(),
+            })?;
             if added {
                 tracing::info!("added package {package}");
             } else if let Some(description) = &description {
-                db.done(DbRequest::SetDescription { package: package.clone(), description: description.clone() })?;
+                db.call(SetDescription { package: package.clone(), description: description.clone() })?;
             }
             self.packages.insert(package.clone());
         }
-        db.done(DbRequest::NewPackageName { package: package.clone(), name: event.name.clone(), seen })?;
+        db.call(NewPackageName { package: package.clone(), name: event.name.clone(), seen })?;
         let Some(version) = &event.version else { return Ok(()) };
         match event.kind {
             EventKind::Yank => {
-                db.done(DbRequest::YankVersion { package: package.clone(), version: version.clone(), reason: Some(String::new()) })?;
+                db.call(YankVersion { package: package.clone(), version: version.clone(), reason: Some(String::new()) })?;
                 sockets.rewrite(&package, RewriteScope::Both);
             }
             EventKind::Unyank => {
-                db.done(DbRequest::YankVersion { package: package.clone(), version: version.clone(), reason: None })?;
+                db.call(YankVersion { package: package.clone(), version: version.clone(), reason: None })?;
                 sockets.rewrite(&package, RewriteScope::Both);
             }
             _ => {
                 let skip = if event.kind == EventKind::Source { "" } else { BINARY_ONLY };
-                if db.new_version(&package, version, Some(seen), skip)? {
+                if db.call(NewVersion { package: package.clone(), version: version.clone(), released: Some(seen), skip: skip.into() })? {
                     tracing::info!("added version {package} {version}");
                     sockets.rewrite(&package, RewriteScope::Project);
                 } else if event.kind == EventKind::Source {
                     // A source file arrived for a release known as binary only: build it now.
-                    let current = db.text(DbRequest::VersionSkip { package: package.clone(), version: version.clone() })?;
+                    let current = db.call(VersionSkip { package: package.clone(), version: version.clone() })?;
                     if current.as_deref() == Some(BINARY_ONLY) {
-                        db.done(DbRequest::SkipVersion { package, version: version.clone(), reason: String::new() })?;
+                        db.call(SkipVersion { package, version: version.clone(), reason: String::new() })?;
                     }
                 }
             }

@@ -25,8 +25,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use piwheels_common::protocols::{PendingRewrite, RewriteScope};
 
+use crate::calls::db::{PendingRewrite, RewriteScope};
 use crate::db::Database;
 use crate::index::layout::{Layout, is_safe_name};
 use crate::index::pages::url_encode;

@@ -94,13 +94,14 @@ use piwheels_common::codec::{self, FileRequestRef};
 use piwheels_common::inspect::{self, WheelArchive};
 use piwheels_common::keys::Endpoint;
 use piwheels_common::names::{canonicalize, same_version};
-use piwheels_common::protocols::{Dependencies, FileExpectation, FileReply, FileRequest, FsReply, FsRequest, TransferId, WheelFile};
+use piwheels_common::protocols::{Dependencies, FileReply, FileRequest, TransferId, WheelFile};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{FrameSlice, Peer, Server, TransportError};
 use piwheels_common::upload::MAX_FETCH;
 use piwheels_common::wheel::{MAX_FILENAME, WheelName};
 use sha2::{Digest, Sha256};
 
+use crate::calls::files::{FileExpectation, FsReply, FsRequest};
 use crate::gatekeeper::{Auth, Gate};
 
 /// Where the slave driver and the admin endpoint send [`FsRequest`]s.

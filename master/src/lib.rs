@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod architect;
 pub mod big_brother;
+pub mod calls;
 pub mod cloud_gazer;
 pub mod consistency;
 pub mod db;

@@ -24,10 +24,13 @@ use std::fmt::Display;
 use std::time::{Duration, Instant};
 
 use piwheels_common::keys::Endpoint;
-use piwheels_common::protocols::{AccessRecord, DbReply, DbRequest, LogReply, LogRequest, StatsUpdate};
+use piwheels_common::protocols::{AccessRecord, LogReply, LogRequest};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Peer, Sender, Server};
 
+use crate::seraph::DB_ENDPOINT;
+use crate::calls::db::LogAccess;
+use crate::calls::tasks::StatsUpdate;
 use crate::access_log::{Kind, Problem, validate};
 use crate::big_brother::STATS_ENDPOINT;
 use crate::db_client::DbClient;
@@ -70,7 +73,7 @@ impl Sockets {
             logs: Server::bind_external(ctx, endpoint, MAX_MESSAGE, Some(QUEUE_PER_PEER), &auth.security(Endpoint::Logger, endpoint))?,
             gate: auth.gate(Endpoint::Logger, endpoint),
             stats: Sender::push(ctx, STATS_ENDPOINT)?,
-            db: DbClient::connect(ctx, db_timeout)?,
+            db: DbClient::connect(ctx, DB_ENDPOINT, db_timeout)?,
         })
     }
 
@@ -195,13 +198,8 @@ impl Lumberjack {
             kinds[index(&Kind::ALL, Kind::of(record))] += 1;
         }
         let count = valid.len() as u64;
-        let stored = match sockets.db.request(DbRequest::LogAccess { records: valid }) {
-            Ok(DbReply::Id(stored)) => u64::try_from(stored).unwrap_or(0).min(count),
-            Ok(reply) => {
-                self.tally.failed += 1;
-                tracing::error!("the database answered {reply:?} to a batch of access records");
-                return LogReply::Refused { reason: "not stored: the database gave an unexpected answer".into() };
-            }
+        let stored = match sockets.db.call(LogAccess { records: valid }) {
+            Ok(stored) => stored.min(count),
             Err(e) => {
                 self.tally.failed += 1;
                 tracing::error!("{count} access records not stored: {e}");

@@ -39,13 +39,14 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::keys::Endpoint;
 use piwheels_common::names::canonicalize;
-use piwheels_common::protocols::{
-    AdminReply, AdminRequest, ArchitectTrigger, DbReply, DbRequest, FsReply, FsRequest, NoticeLevel, RebuildTarget, RewriteScope,
-    StatsUpdate, StatusEvent, Timestamp, WebReply, WebRequest,
-};
+use piwheels_common::protocols::{AdminReply, AdminRequest, NoticeLevel, RebuildTarget, StatusEvent, Timestamp};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Peer, Sender, Server};
 
+use crate::seraph::DB_ENDPOINT;
+use crate::calls::db::{AllPackages, Audit, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, YankVersion};
+use crate::calls::files::{FsReply, FsRequest};
+use crate::calls::tasks::{ArchitectTrigger, StatsUpdate, WebReply, WebRequest};
 use crate::architect::ARCHITECT_ENDPOINT;
 use crate::big_brother::STATS_ENDPOINT;
 use crate::db_client::DbClient;
@@ -123,7 +124,7 @@ impl Sockets {
                 Some(piwheels_common::transport::REQUESTS_PER_PEER),
                 &config.auth.security(Endpoint::Admin, &config.import_queue),
             )?,
-            db: DbClient::connect(ctx, config.db_timeout)?,
+            db: DbClient::connect(ctx, DB_ENDPOINT, config.db_timeout)?,
             fs: Client::connect(ctx, FS_ENDPOINT, None)?,
             web: Client::connect(ctx, WEB_ENDPOINT, None)?,
             stats: Sender::push(ctx, STATS_ENDPOINT)?,
@@ -285,7 +286,7 @@ impl MrChase {
             Ok(message) => message.clone(),
             Err(message) => format!("refused: {message}"),
         };
-        if let Err(e) = sockets.db.done(DbRequest::Audit { actor: actor.into(), action: action.into(), detail: detail.clone() }) {
+        if let Err(e) = sockets.db.call(Audit { actor: actor.into(), action: action.into(), detail: detail.clone() }) {
             tracing::error!("cannot write to the audit log ({actor}, {action}, {detail}): {e}");
         }
         match outcome {
@@ -329,7 +330,7 @@ impl MrChase {
             tracing::warn!("abandoning {}'s import of {} {}: {why}", session.actor, request.package, request.version);
             undo(sockets, &import);
             let detail = format!("{} {}: abandoned unfinished ({why})", request.package, request.version);
-            if let Err(e) = sockets.db.done(DbRequest::Audit { actor: session.actor.clone(), action: "import".into(), detail }) {
+            if let Err(e) = sockets.db.call(Audit { actor: session.actor.clone(), action: "import".into(), detail }) {
                 tracing::error!("cannot write to the audit log: {e}");
             }
         }
@@ -368,7 +369,7 @@ impl MrChase {
         }
         let db = &sockets.db;
         let added = db
-            .new_package(&package, skip.as_deref().unwrap_or(""), description.as_deref().unwrap_or(""))
+            .call(NewPackage { package: package.clone(), skip: skip.clone().unwrap_or_default(), description: description.clone().unwrap_or_default() })
             .map_err(|e| e.to_string())?;
         let mut changes = Vec::new();
         let scope = if added {
@@ -378,11 +379,11 @@ impl MrChase {
                 return Err(format!("package {package} exists: skip it with piw-remove --skip, which also removes its files"));
             }
             if unskip {
-                db.done(DbRequest::SkipPackage { package: package.clone(), reason: String::new() }).map_err(|e| e.to_string())?;
+                db.call(SkipPackage { package: package.clone(), reason: String::new() }).map_err(|e| e.to_string())?;
                 changes.push("unskipped".to_string());
             }
             if let Some(description) = description.as_ref().filter(|d| !d.is_empty()) {
-                db.done(DbRequest::SetDescription { package: package.clone(), description: description.clone() })
+                db.call(SetDescription { package: package.clone(), description: description.clone() })
                     .map_err(|e| e.to_string())?;
                 changes.push("description set".to_string());
             }
@@ -445,10 +446,11 @@ impl MrChase {
             check_text("the skip reason", skip, MAX_SKIP, false)?;
         }
         let db = &sockets.db;
-        if !db.package_exists(&package).map_err(|e| e.to_string())? {
+        if !db.call(PackageExists { package: package.clone() }).map_err(|e| e.to_string())? {
             return Err(format!("unknown package {package}: add it with piw-add {name} first"));
         }
-        let added = db.new_version(&package, version, released, skip.as_deref().unwrap_or("")).map_err(|e| e.to_string())?;
+        let new = NewVersion { package: package.clone(), version: version.into(), released, skip: skip.clone().unwrap_or_default() };
+        let added = db.call(new).map_err(|e| e.to_string())?;
         let mut changes = Vec::new();
         if added {
             if yank {
@@ -466,8 +468,8 @@ impl MrChase {
                 return Err(format!("version {package} {version} exists: yank it with piw-remove --yank"));
             }
             if unskip {
-                let request = DbRequest::SkipVersion { package: package.clone(), version: version.into(), reason: String::new() };
-                db.done(request).map_err(|e| e.to_string())?;
+                let request = SkipVersion { package: package.clone(), version: version.into(), reason: String::new() };
+                db.call(request).map_err(|e| e.to_string())?;
                 changes.push("unskipped".to_string());
             }
             if unyank {
@@ -509,13 +511,13 @@ impl MrChase {
         let db = &sockets.db;
         let what = match version {
             Some(version) => {
-                if !db.boolean(DbRequest::VersionExists { package: package.clone(), version: version.into() }).map_err(|e| e.to_string())? {
+                if !db.call(VersionExists { package: package.clone(), version: version.into() }).map_err(|e| e.to_string())? {
                     return Err(format!("unknown version {package} {version}"));
                 }
                 format!("version {package} {version}")
             }
             None => {
-                if !db.package_exists(&package).map_err(|e| e.to_string())? {
+                if !db.call(PackageExists { package: package.clone() }).map_err(|e| e.to_string())? {
                     return Err(format!("unknown package {package}"));
                 }
                 format!("package {package}")
@@ -564,10 +566,7 @@ impl MrChase {
                 return Ok("the home page will be rewritten with fresh figures".into());
             }
             RebuildTarget::Search => {
-                let entries = match sockets.db.request(DbRequest::SearchIndex).map_err(|e| e.to_string())? {
-                    DbReply::Search(entries) => entries,
-                    other => return Err(format!("unexpected answer to the search index request: {other:?}")),
-                };
+                let entries = sockets.db.call(SearchIndex {}).map_err(|e| e.to_string())?;
                 let count = entries.len();
                 web(sockets, WebRequest::Search { entries })?;
                 return Ok(format!("rewrote the search index: {count} package(s) with files"));
@@ -582,14 +581,14 @@ impl MrChase {
         match one {
             Some(name) => {
                 let package = check_package(&name)?;
-                if !sockets.db.package_exists(&package).map_err(|e| e.to_string())? {
+                if !sockets.db.call(PackageExists { package: package.clone() }).map_err(|e| e.to_string())? {
                     return Err(format!("unknown package {package}"));
                 }
                 web(sockets, WebRequest::Rewrite { package: package.clone(), scope })?;
                 Ok(format!("queued the {pages} of {package} for rewriting"))
             }
             None => {
-                let packages = sockets.db.all_packages().map_err(|e| e.to_string())?;
+                let packages = sockets.db.call(AllPackages {}).map_err(|e| e.to_string())?;
                 let count = packages.len();
                 // A newer full rebuild replaces what is left of an older one, widening scopes.
                 let mut queued: HashMap<String, RewriteScope> = self.backlog.drain(..).collect();
@@ -673,7 +672,7 @@ impl Task for MrChase {
 
 fn yank_version(db: &DbClient, package: &str, version: &str, yank: bool) -> Result<(), String> {
     let reason = yank.then(String::new);
-    db.done(DbRequest::YankVersion { package: package.into(), version: version.into(), reason }).map_err(|e| e.to_string())
+    db.call(YankVersion { package: package.into(), version: version.into(), reason }).map_err(|e| e.to_string())
 }
 
 /// Records spellings of a package's name in order, each seen a microsecond after the one
@@ -681,7 +680,7 @@ fn yank_version(db: &DbClient, package: &str, version: &str, yank: bool) -> Resu
 fn record_names(db: &DbClient, package: &str, names: &[&str], now: Timestamp) -> Result<(), String> {
     for (n, name) in names.iter().enumerate() {
         let seen = now + chrono::Duration::microseconds(n as i64);
-        db.done(DbRequest::NewPackageName { package: package.into(), name: (*name).into(), seen }).map_err(|e| e.to_string())?;
+        db.call(NewPackageName { package: package.into(), name: (*name).into(), seen }).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -12,10 +12,11 @@
 
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{DbReply, DbRequest};
+use piwheels_common::protocols::WireError;
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::Worker;
 
+use crate::calls::db::{DbReply, DbRequest};
 use crate::db::Database;
 use crate::seraph::ORACLE_ENDPOINT;
 
@@ -93,7 +94,7 @@ impl Oracle {
     fn reply(&mut self, result: Result<DbReply, Failed>) -> DbReply {
         match result {
             Ok(reply) => reply,
-            Err(Failed::Connect(e)) => DbReply::Error { message: e.to_string() },
+            Err(Failed::Connect(e)) => DbReply::Error(WireError::unavailable(e.to_string())),
             Err(Failed::Query(e)) => {
                 if Database::is_connection_lost(&e) {
                     tracing::warn!("database connection lost ({e}); reconnecting at the next request");
@@ -101,7 +102,7 @@ impl Oracle {
                 } else {
                     tracing::warn!("database request failed: {e}");
                 }
-                DbReply::Error { message: e.to_string() }
+                DbReply::Error(WireError::unavailable(e.to_string()))
             }
         }
     }
@@ -137,7 +138,7 @@ impl Task for Oracle {
             Ok(request) => self.answer(request),
             Err(e) => {
                 tracing::warn!("undecodable database request from {peer}: {e}");
-                DbReply::Error { message: e.to_string() }
+                DbReply::Error(WireError::refused(e.to_string()))
             }
         };
         sockets.worker.send(&peer, &reply, SEND_TIMEOUT)?;

@@ -19,12 +19,11 @@ use piwheels_common::clock::SystemClock;
 use piwheels_common::hostinfo;
 use piwheels_common::keys::{Endpoint, needs_keys};
 use piwheels_common::systemd::Notifier;
-use piwheels_common::protocols::{
-    ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveCommand, SlaveCommandReply, SlaveTarget, StatusEvent, TaskControl, Versions,
-};
+use piwheels_common::protocols::{ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveTarget, StatusEvent, TaskControl, Versions};
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
 
+use crate::calls::tasks::{SlaveCommand, SlaveCommandReply};
 use crate::architect::{self, Architect, QueueConfig};
 use crate::big_brother::{self, BigBrother, StatsConfig};
 use crate::cloud_gazer::{self, CloudGazer, FollowerConfig};

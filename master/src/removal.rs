@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use piwheels_common::protocols::{DbReply, DbRequest, DeleteAck, DeleteNotice, WebReply, WebRequest};
 use piwheels_common::transport::Client;
 
+use crate::calls::db::{BuildIds, DeleteBuilds, DeletePackage, DeleteVersion, PackageFiles, SkipPackage, SkipVersion, VersionFiles};
+use crate::calls::tasks::{DeleteAck, DeleteNotice, WebReply, WebRequest};
 use crate::db_client::DbClient;
 use crate::index::WEB_ENDPOINT;
 use crate::slave_driver::DELETES_ENDPOINT;
@@ -33,28 +34,23 @@ impl Remover {
     /// it skipped with `skip` (so a later sighting does not bring it back unasked), or removes
     /// only its builds and files when `builds_only`.
     pub fn remove(&self, db: &DbClient, package: &str, version: Option<&str>, skip: &str, builds_only: bool) -> anyhow::Result<()> {
-        let files: Vec<String> = match db.request(match version {
-            Some(version) => DbRequest::VersionFiles { package: package.into(), version: version.into() },
-            None => DbRequest::PackageFiles { package: package.into() },
-        })? {
-            DbReply::Files(files) => files.into_iter().map(|f| f.filename).collect(),
-            other => anyhow::bail!("unexpected answer to a file list: {other:?}"),
+        let files = match version {
+            Some(version) => db.call(VersionFiles { package: package.into(), version: version.into() })?,
+            None => db.call(PackageFiles { package: package.into() })?,
         };
-        let builds = match db.request(DbRequest::BuildIds { package: package.into(), version: version.map(Into::into) })? {
-            DbReply::Builds(ids) => ids,
-            other => anyhow::bail!("unexpected answer to a build list: {other:?}"),
-        };
+        let files: Vec<String> = files.into_iter().map(|f| f.filename).collect();
+        let builds = db.call(BuildIds { package: package.into(), version: version.map(Into::into) })?;
         if !skip.is_empty() {
-            db.done(match version {
-                Some(version) => DbRequest::SkipVersion { package: package.into(), version: version.into(), reason: skip.into() },
-                None => DbRequest::SkipPackage { package: package.into(), reason: skip.into() },
-            })?;
+            match version {
+                Some(version) => db.call(SkipVersion { package: package.into(), version: version.into(), reason: skip.into() })?,
+                None => db.call(SkipPackage { package: package.into(), reason: skip.into() })?,
+            }
         }
-        db.done(match (version, builds_only) {
-            (_, true) => DbRequest::DeleteBuilds { package: package.into(), version: version.map(Into::into) },
-            (Some(version), false) => DbRequest::DeleteVersion { package: package.into(), version: version.into() },
-            (None, false) => DbRequest::DeletePackage { package: package.into() },
-        })?;
+        match (version, builds_only) {
+            (_, true) => db.call(DeleteBuilds { package: package.into(), version: version.map(Into::into) })?,
+            (Some(version), false) => db.call(DeleteVersion { package: package.into(), version: version.into() })?,
+            (None, false) => db.call(DeletePackage { package: package.into() })?,
+        }
         let notice = match version {
             Some(version) => DeleteNotice::Version { package: package.into(), version: version.into() },
             None => DeleteNotice::Package { package: package.into() },

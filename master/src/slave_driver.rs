@@ -39,19 +39,20 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{
-    ArchitectTrigger, BuildQueueUpdate, BuildRecord, BuildResult, DbReply, DbRequest, DeleteAck, DeleteNotice, FailureKind, FileExpectation, FsReply, FsRequest, HostStats,
-    NoticeLevel, PackageVersion, SlaveAction, SlaveCommand, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveId,
-    SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TransferId, WebReply, WebRequest, WheelFile,
-};
+use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TransferId, WheelFile};
 use piwheels_common::config::HumanDuration;
 use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server, TransportError};
 
+use crate::seraph::DB_ENDPOINT;
+use crate::calls::db::{BuildRecord, FileWithHash, LogBuild, PackageFiles, VersionFiles};
+use crate::calls::files::{FileExpectation, FsReply, FsRequest};
+use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use crate::architect::{ARCHITECT_ENDPOINT, BUILDS_ENDPOINT};
 use crate::big_brother::STATS_ENDPOINT;
-use crate::db_client::{DbClient, DbClientError};
+use crate::calls::CallError;
+use crate::db_client::DbClient;
 use crate::file_juggler::FS_ENDPOINT;
 use crate::gatekeeper::{Auth, Gate};
 use crate::index::WEB_ENDPOINT;
@@ -185,7 +186,7 @@ impl Sockets {
             status: Sender::push(ctx, status_endpoint)?,
             stats: Sender::push(ctx, STATS_ENDPOINT)?,
             trigger: Sender::push(ctx, ARCHITECT_ENDPOINT)?,
-            db: DbClient::connect(ctx, config.db_timeout)?,
+            db: DbClient::connect(ctx, DB_ENDPOINT, config.db_timeout)?,
             fs: Client::connect(ctx, FS_ENDPOINT, None)?,
             web: Client::connect(ctx, WEB_ENDPOINT, None)?,
             gate: config.auth.gate(Endpoint::Slave, &config.slave_queue),
@@ -629,9 +630,9 @@ impl SlaveDriver {
     /// recording failed: it is removed so the file can be expected again. When that cannot be
     /// known or done now, the build is the infrastructure's to retry, not the package's fault.
     fn resolve_conflict(&self, sockets: &Sockets, package: &str, filename: &str) -> Conflict {
-        let recorded = match sockets.db.request(DbRequest::PackageFiles { package: package.to_string() }) {
-            Ok(DbReply::Files(files)) => files.iter().any(|f| f.filename == filename),
-            other => return Conflict::Unsettled(format!("the database cannot say whether {filename} is recorded: {other:?}")),
+        let recorded = match sockets.db.call(PackageFiles { package: package.to_string() }) {
+            Ok(files) => files.iter().any(|f| f.filename == filename),
+            Err(e) => return Conflict::Unsettled(format!("the database cannot say whether {filename} is recorded: {e}")),
         };
         if recorded {
             return Conflict::Recorded;
@@ -653,7 +654,7 @@ impl SlaveDriver {
     /// name is published already and the file juggler linked this one to it, so that it need
     /// not be sent.
     fn link_held(&self, sockets: &Sockets, package: &str, file: &WheelFile, expectation: &FileExpectation) -> Option<WheelFile> {
-        let existing = match sockets.db.text(DbRequest::FileWithHash { sha256: file.sha256.clone() }) {
+        let existing = match sockets.db.call(FileWithHash { sha256: file.sha256.clone() }) {
             Ok(Some(existing)) if existing != file.filename => existing,
             Ok(_) => return None,
             Err(e) => {
@@ -782,7 +783,7 @@ impl SlaveDriver {
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());
         let rewrite = record.pending_rewrite(ctx.utc());
         // Sent once: an unanswered request may have been recorded all the same.
-        match sockets.db.log_build(record, rewrite.added_at) {
+        match sockets.db.call(LogBuild { build: record, rewrite_at: rewrite.added_at }) {
             Ok(build_id) => {
                 // Its files are the build's now.
                 self.published.remove(&slave_id);
@@ -800,7 +801,7 @@ impl SlaveDriver {
                 self.done(sockets, identity)
             }
             Err(e) => {
-                if matches!(e, DbClientError::Transport { .. }) {
+                if matches!(e, CallError::Transport { .. }) {
                     // No answer: the build may yet be recorded, with its files. They stay; if
                     // it was not, a file in the way of the rebuild is removed then, or by the
                     // consistency check at the next start.
@@ -830,12 +831,12 @@ impl SlaveDriver {
     /// published the same file meanwhile).
     fn unpublish(&mut self, sockets: &Sockets, slave_id: SlaveId) {
         let Some((build, files)) = self.published.remove(&slave_id) else { return };
-        let request = DbRequest::VersionFiles { package: build.package.clone(), version: build.version.clone() };
-        let recorded: Vec<String> = match sockets.db.request(request) {
-            Ok(DbReply::Files(files)) => files.into_iter().map(|f| f.filename).collect(),
-            other => {
+        let request = VersionFiles { package: build.package.clone(), version: build.version.clone() };
+        let recorded: Vec<String> = match sockets.db.call(request) {
+            Ok(files) => files.into_iter().map(|f| f.filename).collect(),
+            Err(e) => {
                 // Better an unlinked file on disk than a removed file a build recorded.
-                tracing::error!("cannot tell which files of {} {} are recorded, so none is removed: {other:?}", build.package, build.version);
+                tracing::error!("cannot tell which files of {} {} are recorded, so none is removed: {e}", build.package, build.version);
                 return;
             }
         };

@@ -5,7 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use piwheels_common::protocols::{ArchitectTrigger, BuildQueueUpdate, PackageVersion, TaskControl};
+use piwheels_common::protocols::{PackageVersion, TaskControl};
+use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate};
 use piwheels_common::task::{self, TaskExit};
 use piwheels_common::transport::{Receiver, Sender};
 use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, BUILDS_ENDPOINT, QueueConfig};

@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use piwheels_common::protocols::{ArchitectTrigger, DeleteAck, DeleteNotice, RewriteScope, TaskControl, WebReply, WebRequest};
+use piwheels_common::protocols::TaskControl;
+use piwheels_master::calls::db::RewriteScope;
+use piwheels_master::calls::tasks::{ArchitectTrigger, DeleteAck, DeleteNotice, WebReply, WebRequest};
 use piwheels_common::transport::Receiver;
 use piwheels_master::architect::ARCHITECT_ENDPOINT;
 use piwheels_common::task::{self, TaskExit, TaskHandle};

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use piwheels_common::protocols::{
-    AbiStatus, AccessRecord, BuildAbi, BuildRecord, BuildResult, ClientInfo, DbReply, DbRequest, Dependencies,
-    FailureKind, FileHash, PackageVersion, PendingRewrite, RewriteScope, RewriteWritten, SearchEntry, WheelFile,
+    AccessRecord, BuildResult, ClientInfo, Dependencies, ErrorKind, FailureKind, PackageVersion, WheelFile, WireError,
 };
+use piwheels_master::calls::Call;
+use piwheels_master::calls::db::*;
 use piwheels_master::db::{Database, migrate};
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use sqlx::{Connection, Executor};
@@ -46,70 +47,34 @@ impl Fixture {
         fx
     }
 
-    fn try_handle(&mut self, request: DbRequest) -> Result<DbReply, sqlx::Error> {
-        self.rt.block_on(self.database.handle(request))
+    fn try_handle(&mut self, request: impl Into<DbRequest>) -> Result<DbReply, sqlx::Error> {
+        self.rt.block_on(self.database.handle(request.into()))
     }
 
-    fn handle(&mut self, request: DbRequest) -> DbReply {
-        let text = format!("{request:?}");
-        self.try_handle(request).unwrap_or_else(|e| panic!("{text}: {e}"))
-    }
-
-    fn done(&mut self, request: DbRequest) {
-        let text = format!("{request:?}");
-        assert_eq!(self.handle(request), DbReply::Done, "{text}");
-    }
-
-    fn boolean(&mut self, request: DbRequest) -> bool {
-        match self.handle(request) {
-            DbReply::Bool(b) => b,
-            other => panic!("expected Bool, got {other:?}"),
+    /// Makes the call, which must succeed, and gives its reply.
+    fn call<C: Call<Request = DbRequest, Replies = DbReply>>(&mut self, call: C) -> C::Reply {
+        let reply = self.try_handle(call).unwrap_or_else(|e| panic!("{}: {e}", C::NAME));
+        match C::reply(reply) {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => panic!("{} was refused: {error}", C::NAME),
+            Err(other) => panic!("{} got {other:?}", C::NAME),
         }
     }
 
-    fn names(&mut self, request: DbRequest) -> Vec<String> {
-        match self.handle(request) {
-            DbReply::Names(names) => names,
-            other => panic!("expected Names, got {other:?}"),
-        }
-    }
-
-    fn id(&mut self, request: DbRequest) -> i64 {
-        match self.handle(request) {
-            DbReply::Id(id) => id,
-            other => panic!("expected Id, got {other:?}"),
-        }
-    }
-
-    fn text(&mut self, request: DbRequest) -> Option<String> {
-        match self.handle(request) {
-            DbReply::Text(text) => text,
-            other => panic!("expected Text, got {other:?}"),
-        }
-    }
-
-    fn files(&mut self, request: DbRequest) -> Vec<FileHash> {
-        match self.handle(request) {
-            DbReply::Files(files) => files,
-            other => panic!("expected Files, got {other:?}"),
-        }
-    }
-
-    fn error(&mut self, request: DbRequest) -> String {
-        match self.handle(request) {
-            DbReply::Error { message } => message,
-            other => panic!("expected Error, got {other:?}"),
+    /// Makes the call, which must be refused, and gives the refusal's message.
+    fn error<C: Call<Request = DbRequest, Replies = DbReply>>(&mut self, call: C) -> String {
+        let reply = self.try_handle(call).unwrap_or_else(|e| panic!("{}: {e}", C::NAME));
+        match C::reply(reply) {
+            Ok(Err(WireError { kind: ErrorKind::Refused, message })) => message,
+            other => panic!("{} was not refused: {other:?}", C::NAME),
         }
     }
 
     fn queue(&mut self, limit: u32) -> BTreeMap<String, Vec<String>> {
-        match self.handle(DbRequest::BuildQueue { limit }) {
-            DbReply::Queue(queue) => queue
-                .into_iter()
-                .map(|(abi, list)| (abi, list.into_iter().map(|pv| format!("{} {}", pv.package, pv.version)).collect()))
-                .collect(),
-            other => panic!("expected Queue, got {other:?}"),
-        }
+        self.call(BuildQueue { limit })
+            .into_iter()
+            .map(|(abi, list)| (abi, list.into_iter().map(|pv| format!("{} {}", pv.package, pv.version)).collect()))
+            .collect()
     }
 
     /// Runs SQL as the owner.
@@ -131,12 +96,12 @@ impl Fixture {
     }
 
     fn package(&mut self, package: &str) {
-        self.handle(DbRequest::NewPackage { package: package.into(), skip: String::new(), description: String::new() });
+        self.call(NewPackage { package: package.into(), skip: String::new(), description: String::new() });
     }
 
     fn version(&mut self, package: &str, version: &str, released: DateTime<Utc>) {
         self.package(package);
-        let inserted = self.boolean(DbRequest::NewVersion {
+        let inserted = self.call(NewVersion {
             package: package.into(),
             version: version.into(),
             released: Some(released),
@@ -146,13 +111,13 @@ impl Fixture {
     }
 
     fn log_build(&mut self, record: BuildRecord) -> i64 {
-        self.id(log(record))
+        self.call(log(record))
     }
 }
 
 /// The request recording `build`, with its pages' rewrite added now.
-fn log(build: BuildRecord) -> DbRequest {
-    DbRequest::LogBuild { build, rewrite_at: Utc::now() }
+fn log(build: BuildRecord) -> LogBuild {
+    LogBuild { build, rewrite_at: Utc::now() }
 }
 
 fn at(y: i32, mo: u32, d: u32) -> DateTime<Utc> {
@@ -235,55 +200,55 @@ fn sqlstate(err: &sqlx::Error) -> Option<String> {
 #[test]
 fn all_packages_are_listed_in_byte_order() {
     let mut fx = Fixture::new();
-    assert!(fx.names(DbRequest::AllPackages).is_empty());
+    assert!(fx.call(AllPackages {}).is_empty());
     for p in ["zope", "a-b", "numpy", "a"] {
         fx.package(p);
     }
-    assert_eq!(fx.names(DbRequest::AllPackages), ["a", "a-b", "numpy", "zope"]);
+    assert_eq!(fx.call(AllPackages {}), ["a", "a-b", "numpy", "zope"]);
 }
 
 #[test]
 fn new_package_reports_whether_it_was_added_and_leaves_an_existing_one_alone() {
     let mut fx = Fixture::new();
-    let new = |skip: &str, description: &str| DbRequest::NewPackage {
+    let new = |skip: &str, description: &str| NewPackage {
         package: "foo".into(),
         skip: skip.into(),
         description: description.into(),
     };
-    assert!(fx.boolean(new("", "first")));
-    assert!(!fx.boolean(new("binary only", "second")));
+    assert!(fx.call(new("", "first")));
+    assert!(!fx.call(new("binary only", "second")));
     assert_eq!(fx.value("SELECT skip || '|' || description FROM packages"), "|first");
-    assert!(fx.boolean(DbRequest::PackageExists { package: "foo".into() }));
-    assert!(!fx.boolean(DbRequest::PackageExists { package: "bar".into() }));
+    assert!(fx.call(PackageExists { package: "foo".into() }));
+    assert!(!fx.call(PackageExists { package: "bar".into() }));
 }
 
 #[test]
 fn new_version_defaults_its_release_time_to_now_and_marks_prereleases() {
     let mut fx = Fixture::new();
     fx.package("foo");
-    let new = |version: &str, released: Option<DateTime<Utc>>| DbRequest::NewVersion {
+    let new = |version: &str, released: Option<DateTime<Utc>>| NewVersion {
         package: "foo".into(),
         version: version.into(),
         released,
         skip: String::new(),
     };
-    assert!(fx.boolean(new("1.0", Some(at(2020, 5, 17)))));
-    assert!(fx.boolean(new("2.0rc1", None)));
-    assert!(!fx.boolean(new("1.0", Some(at(2021, 1, 1)))), "a second insert is refused");
+    assert!(fx.call(new("1.0", Some(at(2020, 5, 17)))));
+    assert!(fx.call(new("2.0rc1", None)));
+    assert!(!fx.call(new("1.0", Some(at(2021, 1, 1)))), "a second insert is refused");
     assert_eq!(
         fx.column("SELECT version || ' ' || prerelease || ' ' || (released > now() - interval '1 minute') FROM versions ORDER BY version"),
         [Some("1.0 false false".into()), Some("2.0rc1 true true".into())]
     );
     assert_eq!(fx.value("SELECT released FROM versions WHERE version = '1.0'"), "2020-05-17 12:00:00+00");
-    assert!(fx.boolean(DbRequest::VersionExists { package: "foo".into(), version: "1.0".into() }));
-    assert!(!fx.boolean(DbRequest::VersionExists { package: "foo".into(), version: "3.0".into() }));
+    assert!(fx.call(VersionExists { package: "foo".into(), version: "1.0".into() }));
+    assert!(!fx.call(VersionExists { package: "foo".into(), version: "3.0".into() }));
 }
 
 #[test]
 fn new_version_of_an_unknown_package_is_a_database_error() {
     let mut fx = Fixture::new();
     let err = fx
-        .try_handle(DbRequest::NewVersion {
+        .try_handle(NewVersion {
             package: "nope".into(),
             version: "1.0".into(),
             released: None,
@@ -292,7 +257,7 @@ fn new_version_of_an_unknown_package_is_a_database_error() {
         .expect_err("foreign key");
     assert_eq!(sqlstate(&err).as_deref(), Some("23503"), "{err}");
     // The connection is still usable.
-    assert!(!fx.boolean(DbRequest::PackageExists { package: "nope".into() }));
+    assert!(!fx.call(PackageExists { package: "nope".into() }));
 }
 
 #[test]
@@ -300,17 +265,17 @@ fn package_names_move_to_the_given_package_and_their_time_never_goes_backwards()
     let mut fx = Fixture::new();
     fx.package("foo-bar");
     fx.package("other");
-    let seen = |package: &str, name: &str, seen| DbRequest::NewPackageName {
+    let seen = |package: &str, name: &str, seen| NewPackageName {
         package: package.into(),
         name: name.into(),
         seen,
     };
-    fx.done(seen("foo-bar", "Foo_Bar", at(2020, 1, 1)));
-    fx.done(seen("foo-bar", "Foo_Bar", at(2019, 1, 1)));
+    fx.call(seen("foo-bar", "Foo_Bar", at(2020, 1, 1)));
+    fx.call(seen("foo-bar", "Foo_Bar", at(2019, 1, 1)));
     assert_eq!(fx.value("SELECT seen FROM package_names WHERE name = 'Foo_Bar'"), "2020-01-01 12:00:00+00");
-    fx.done(seen("foo-bar", "Foo_Bar", at(2021, 1, 1)));
+    fx.call(seen("foo-bar", "Foo_Bar", at(2021, 1, 1)));
     assert_eq!(fx.value("SELECT seen FROM package_names WHERE name = 'Foo_Bar'"), "2021-01-01 12:00:00+00");
-    fx.done(seen("other", "Foo_Bar", at(2020, 6, 1)));
+    fx.call(seen("other", "Foo_Bar", at(2020, 6, 1)));
     assert_eq!(
         fx.value("SELECT package || ' ' || seen FROM package_names WHERE name = 'Foo_Bar'"),
         "other 2021-01-01 12:00:00+00"
@@ -324,10 +289,10 @@ fn package_aliases_leave_out_the_canonical_name_and_list_the_most_recently_seen_
     let mut fx = Fixture::new();
     fx.package("foo-bar");
     for (name, year) in [("foo-bar", 2024), ("Foo_Bar", 2020), ("FOO.BAR", 2022), ("foo_bar", 2018)] {
-        fx.done(DbRequest::NewPackageName { package: "foo-bar".into(), name: name.into(), seen: at(year, 1, 1) });
+        fx.call(NewPackageName { package: "foo-bar".into(), name: name.into(), seen: at(year, 1, 1) });
     }
-    assert_eq!(fx.names(DbRequest::PackageAliases { package: "foo-bar".into() }), ["FOO.BAR", "Foo_Bar", "foo_bar"]);
-    assert!(fx.names(DbRequest::PackageAliases { package: "unknown".into() }).is_empty());
+    assert_eq!(fx.call(PackageAliases { package: "foo-bar".into() }), ["FOO.BAR", "Foo_Bar", "foo_bar"]);
+    assert!(fx.call(PackageAliases { package: "unknown".into() }).is_empty());
 }
 
 #[test]
@@ -335,35 +300,35 @@ fn descriptions_and_skip_reasons_are_cut_to_their_columns_and_missing_rows_are_n
     let mut fx = Fixture::new();
     fx.version("foo", "1.0", at(2020, 1, 1));
     let long = "é".repeat(500);
-    fx.done(DbRequest::SetDescription { package: "foo".into(), description: long.clone() });
-    fx.done(DbRequest::SkipPackage { package: "foo".into(), reason: long.clone() });
-    fx.done(DbRequest::SkipVersion { package: "foo".into(), version: "1.0".into(), reason: long.clone() });
+    fx.call(SetDescription { package: "foo".into(), description: long.clone() });
+    fx.call(SkipPackage { package: "foo".into(), reason: long.clone() });
+    fx.call(SkipVersion { package: "foo".into(), version: "1.0".into(), reason: long.clone() });
     assert_eq!(fx.value("SELECT length(description) || ' ' || length(skip) FROM packages"), "200 100");
     assert_eq!(fx.value("SELECT length(skip) FROM versions"), "100");
-    assert_eq!(fx.text(DbRequest::VersionSkip { package: "foo".into(), version: "1.0".into() }), Some("é".repeat(100)));
-    fx.done(DbRequest::SkipVersion { package: "foo".into(), version: "1.0".into(), reason: String::new() });
-    assert_eq!(fx.text(DbRequest::VersionSkip { package: "foo".into(), version: "1.0".into() }), Some(String::new()));
+    assert_eq!(fx.call(VersionSkip { package: "foo".into(), version: "1.0".into() }), Some("é".repeat(100)));
+    fx.call(SkipVersion { package: "foo".into(), version: "1.0".into(), reason: String::new() });
+    assert_eq!(fx.call(VersionSkip { package: "foo".into(), version: "1.0".into() }), Some(String::new()));
     // Missing rows: nothing happens, no error.
-    fx.done(DbRequest::SetDescription { package: "nope".into(), description: "x".into() });
-    fx.done(DbRequest::SkipPackage { package: "nope".into(), reason: "x".into() });
-    fx.done(DbRequest::SkipVersion { package: "foo".into(), version: "9".into(), reason: "x".into() });
-    assert_eq!(fx.text(DbRequest::VersionSkip { package: "foo".into(), version: "9".into() }), None);
+    fx.call(SetDescription { package: "nope".into(), description: "x".into() });
+    fx.call(SkipPackage { package: "nope".into(), reason: "x".into() });
+    fx.call(SkipVersion { package: "foo".into(), version: "9".into(), reason: "x".into() });
+    assert_eq!(fx.call(VersionSkip { package: "foo".into(), version: "9".into() }), None);
 }
 
 #[test]
 fn yanking_records_the_reason_and_unyanking_clears_it() {
     let mut fx = Fixture::new();
     fx.version("foo", "1.0", at(2020, 1, 1));
-    let yank = |reason: Option<&str>| DbRequest::YankVersion {
+    let yank = |reason: Option<&str>| YankVersion {
         package: "foo".into(),
         version: "1.0".into(),
         reason: reason.map(str::to_string),
     };
-    fx.done(yank(Some("broken")));
+    fx.call(yank(Some("broken")));
     assert_eq!(fx.value("SELECT yanked || ' ' || yank_reason FROM versions"), "true broken");
-    fx.done(yank(None));
+    fx.call(yank(None));
     assert_eq!(fx.value("SELECT yanked || ' [' || yank_reason || ']' FROM versions"), "false []");
-    fx.done(yank(Some(&"x".repeat(300))));
+    fx.call(yank(Some(&"x".repeat(300))));
     assert_eq!(fx.value("SELECT length(yank_reason) FROM versions"), "200");
 }
 
@@ -373,41 +338,41 @@ fn deleting_a_package_or_a_version_takes_its_builds_files_and_dependencies_along
     fx.version("foo", "1.0", at(2020, 1, 1));
     fx.version("foo", "2.0", at(2021, 1, 1));
     fx.version("bar", "1.0", at(2021, 1, 1));
-    fx.done(DbRequest::NewPackageName { package: "foo".into(), name: "Foo".into(), seen: at(2020, 1, 1) });
+    fx.call(NewPackageName { package: "foo".into(), name: "Foo".into(), seen: at(2020, 1, 1) });
     let mut with_deps = platform("foo", "1.0", "cp39");
     with_deps.dependencies.apt = vec!["libc6".into()];
     fx.log_build(build("foo", "1.0", "cp39", vec![with_deps]));
     fx.log_build(build("foo", "2.0", "cp39", vec![platform("foo", "2.0", "cp39")]));
     fx.log_build(build("bar", "1.0", "cp39", vec![platform("bar", "1.0", "cp39")]));
 
-    fx.done(DbRequest::DeleteVersion { package: "foo".into(), version: "1.0".into() });
+    fx.call(DeleteVersion { package: "foo".into(), version: "1.0".into() });
     assert_eq!(fx.value("SELECT count(*) FROM versions WHERE package = 'foo'"), "1");
     assert_eq!(fx.value("SELECT count(*) FROM builds WHERE package = 'foo'"), "1");
     assert_eq!(fx.value("SELECT count(*) FROM files"), "2");
     assert_eq!(fx.value("SELECT count(*) FROM dependencies"), "0");
 
-    fx.done(DbRequest::DeletePackage { package: "foo".into() });
-    assert_eq!(fx.names(DbRequest::AllPackages), ["bar"]);
+    fx.call(DeletePackage { package: "foo".into() });
+    assert_eq!(fx.call(AllPackages {}), ["bar"]);
     assert_eq!(fx.value("SELECT count(*) FROM package_names"), "0");
     assert_eq!(fx.value("SELECT string_agg(filename, ',') FROM files"), "bar-1.0-cp39-cp39-linux_armv7l.whl");
     // Deleting what is not there is fine.
-    fx.done(DbRequest::DeletePackage { package: "foo".into() });
-    fx.done(DbRequest::DeleteVersion { package: "bar".into(), version: "9".into() });
+    fx.call(DeletePackage { package: "foo".into() });
+    fx.call(DeleteVersion { package: "bar".into(), version: "9".into() });
 }
 
 #[test]
 fn renaming_moves_versions_builds_files_and_names_and_keeps_the_old_name_as_an_alias() {
     let mut fx = Fixture::with_abis();
     fx.version("old-name", "1.0", at(2020, 1, 1));
-    fx.done(DbRequest::NewPackageName { package: "old-name".into(), name: "Old_Name".into(), seen: at(2020, 1, 1) });
+    fx.call(NewPackageName { package: "old-name".into(), name: "Old_Name".into(), seen: at(2020, 1, 1) });
     let build_id = fx.log_build(build("old-name", "1.0", "cp39", vec![pure("old-name", "1.0")]));
-    fx.done(DbRequest::RenamePackage { from: "old-name".into(), to: "new-name".into() });
-    assert_eq!(fx.names(DbRequest::AllPackages), ["new-name"]);
+    fx.call(RenamePackage { from: "old-name".into(), to: "new-name".into() });
+    assert_eq!(fx.call(AllPackages {}), ["new-name"]);
     assert_eq!(fx.value("SELECT package || ' ' || version FROM versions"), "new-name 1.0");
     assert_eq!(fx.value("SELECT package || ' ' || build_id FROM builds"), format!("new-name {build_id}"));
-    assert_eq!(fx.files(DbRequest::PackageFiles { package: "new-name".into() }).len(), 1);
-    assert_eq!(fx.names(DbRequest::PackageAliases { package: "new-name".into() }), ["Old_Name", "old-name"]);
-    assert!(!fx.boolean(DbRequest::PackageExists { package: "old-name".into() }));
+    assert_eq!(fx.call(PackageFiles { package: "new-name".into() }).len(), 1);
+    assert_eq!(fx.call(PackageAliases { package: "new-name".into() }), ["Old_Name", "old-name"]);
+    assert!(!fx.call(PackageExists { package: "old-name".into() }));
 }
 
 #[test]
@@ -415,11 +380,11 @@ fn renaming_onto_an_existing_package_or_from_a_missing_one_is_refused() {
     let mut fx = Fixture::new();
     fx.version("a", "1.0", at(2020, 1, 1));
     fx.package("b");
-    let message = fx.error(DbRequest::RenamePackage { from: "a".into(), to: "b".into() });
+    let message = fx.error(RenamePackage { from: "a".into(), to: "b".into() });
     assert!(message.contains("b exists already"), "{message}");
-    let message = fx.error(DbRequest::RenamePackage { from: "missing".into(), to: "c".into() });
+    let message = fx.error(RenamePackage { from: "missing".into(), to: "c".into() });
     assert!(message.contains("missing does not exist"), "{message}");
-    assert_eq!(fx.names(DbRequest::AllPackages), ["a", "b"]);
+    assert_eq!(fx.call(AllPackages {}), ["a", "b"]);
     assert_eq!(fx.value("SELECT package FROM versions"), "a");
 }
 
@@ -556,13 +521,13 @@ fn log_build_records_the_rewrite_of_the_package_pages_in_the_same_transaction() 
     let mut fx = Fixture::with_abis();
     fx.version("foo", "1.0", at(2020, 1, 1));
     fx.version("bar", "1.0", at(2020, 1, 1));
-    fx.id(DbRequest::LogBuild { build: build("foo", "1.0", "cp39", vec![pure("foo", "1.0")]), rewrite_at: at(2024, 3, 1) });
-    fx.id(DbRequest::LogBuild { build: build("bar", "1.0", "cp39", Vec::new()), rewrite_at: at(2024, 3, 2) });
+    fx.call(LogBuild { build: build("foo", "1.0", "cp39", vec![pure("foo", "1.0")]), rewrite_at: at(2024, 3, 1) });
+    fx.call(LogBuild { build: build("bar", "1.0", "cp39", Vec::new()), rewrite_at: at(2024, 3, 2) });
     // A refused build records no rewrite either.
     let mut changed = pure("foo", "1.0");
     changed.sha256 = "e".repeat(64);
-    fx.error(DbRequest::LogBuild { build: build("foo", "1.0", "cp311", vec![changed]), rewrite_at: at(2024, 2, 1) });
-    let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
+    fx.error(LogBuild { build: build("foo", "1.0", "cp311", vec![changed]), rewrite_at: at(2024, 2, 1) });
+    let pending = fx.call(PendingRewrites {});
     assert_eq!(
         pending,
         [
@@ -580,7 +545,7 @@ fn log_build_of_a_version_deleted_meanwhile_is_a_database_error() {
     assert_eq!(sqlstate(&err).as_deref(), Some("23503"), "{err}");
     assert_eq!(fx.value("SELECT count(*) FROM files"), "0");
     // The next request on the same connection works.
-    assert!(fx.names(DbRequest::AllPackages).is_empty());
+    assert!(fx.call(AllPackages {}).is_empty());
 }
 
 #[test]
@@ -593,10 +558,10 @@ fn delete_builds_removes_one_versions_builds_or_all_of_a_packages() {
     }
     fx.version("bar", "1.0", at(2020, 1, 1));
     fx.log_build(build("bar", "1.0", "cp39", vec![pure("bar", "1.0")]));
-    fx.done(DbRequest::DeleteBuilds { package: "foo".into(), version: Some("1.0".into()) });
+    fx.call(DeleteBuilds { package: "foo".into(), version: Some("1.0".into()) });
     assert_eq!(fx.column("SELECT DISTINCT version FROM builds WHERE package = 'foo'"), [Some("2.0".to_string())]);
     assert_eq!(fx.value("SELECT count(*) FROM files"), "2");
-    fx.done(DbRequest::DeleteBuilds { package: "foo".into(), version: None });
+    fx.call(DeleteBuilds { package: "foo".into(), version: None });
     assert_eq!(fx.value("SELECT string_agg(package, ',') FROM builds"), "bar");
     assert_eq!(fx.value("SELECT count(*) FROM versions"), "3", "versions stay");
 }
@@ -613,14 +578,14 @@ fn files_are_listed_per_package_and_per_version_sorted_and_found_by_hash() {
     fx.log_build(build("foo", "1.0", "cp311", vec![b.clone()]));
     fx.log_build(build("foo", "1.0", "cp39", vec![c.clone()]));
     let hash = |f: &WheelFile| FileHash { filename: f.filename.clone(), sha256: f.sha256.clone() };
-    assert_eq!(fx.files(DbRequest::PackageFiles { package: "foo".into() }), [hash(&b), hash(&c), hash(&a)]);
+    assert_eq!(fx.call(PackageFiles { package: "foo".into() }), [hash(&b), hash(&c), hash(&a)]);
     assert_eq!(
-        fx.files(DbRequest::VersionFiles { package: "foo".into(), version: "1.0".into() }),
+        fx.call(VersionFiles { package: "foo".into(), version: "1.0".into() }),
         [hash(&b), hash(&c)]
     );
-    assert!(fx.files(DbRequest::PackageFiles { package: "bar".into() }).is_empty());
-    assert_eq!(fx.text(DbRequest::FileWithHash { sha256: a.sha256.clone() }), Some(a.filename.clone()));
-    assert_eq!(fx.text(DbRequest::FileWithHash { sha256: "0".repeat(64) }), None);
+    assert!(fx.call(PackageFiles { package: "bar".into() }).is_empty());
+    assert_eq!(fx.call(FileWithHash { sha256: a.sha256.clone() }), Some(a.filename.clone()));
+    assert_eq!(fx.call(FileWithHash { sha256: "0".repeat(64) }), None);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -630,15 +595,15 @@ fn files_are_listed_per_package_and_per_version_sorted_and_found_by_hash() {
 #[test]
 fn project_data_for_a_missing_package_is_refused() {
     let mut fx = Fixture::new();
-    let message = fx.error(DbRequest::ProjectData { package: "nope".into() });
+    let message = fx.error(Project { package: "nope".into() });
     assert!(message.contains("nope does not exist"), "{message}");
 }
 
 #[test]
 fn project_data_of_a_package_without_names_or_versions_uses_the_canonical_name() {
     let mut fx = Fixture::with_abis();
-    fx.handle(DbRequest::NewPackage { package: "foo".into(), skip: String::new(), description: "A foo".into() });
-    let DbReply::Project(data) = fx.handle(DbRequest::ProjectData { package: "foo".into() }) else { panic!() };
+    fx.call(NewPackage { package: "foo".into(), skip: String::new(), description: "A foo".into() });
+    let data = fx.call(Project { package: "foo".into() });
     assert_eq!(data.package, "foo");
     assert_eq!(data.display_name, "foo");
     assert_eq!(data.description, "A foo");
@@ -651,13 +616,13 @@ fn project_data_gathers_names_releases_files_dependencies_and_the_state_of_every
     let mut fx = Fixture::with_abis();
     fx.sql("INSERT INTO build_abis (abi_tag, python_version, skip) VALUES ('cp37m', 307, 'retired'), ('cp315', 315, 'not yet')");
     fx.sql("INSERT INTO preinstalled_apt_packages VALUES ('cp39', 'libc6'), ('cp311', 'libssl3')");
-    fx.handle(DbRequest::NewPackage {
+    fx.call(NewPackage {
         package: "foo-bar".into(),
         skip: String::new(),
         description: "Foos bars".into(),
     });
-    fx.done(DbRequest::NewPackageName { package: "foo-bar".into(), name: "foo_bar".into(), seen: at(2019, 1, 1) });
-    fx.done(DbRequest::NewPackageName { package: "foo-bar".into(), name: "Foo.Bar".into(), seen: at(2021, 1, 1) });
+    fx.call(NewPackageName { package: "foo-bar".into(), name: "foo_bar".into(), seen: at(2019, 1, 1) });
+    fx.call(NewPackageName { package: "foo-bar".into(), name: "Foo.Bar".into(), seen: at(2021, 1, 1) });
     for (v, y) in [("1.0", 2019), ("2.0", 2020), ("3.0", 2021), ("4.0", 2022), ("5.0", 2023)] {
         fx.version("foo-bar", v, at(y, 1, 1));
     }
@@ -679,11 +644,11 @@ fn project_data_gathers_names_releases_files_dependencies_and_the_state_of_every
     let empty = fx.log_build(build("foo-bar", "3.0", "cp39", vec![]));
     let abi3_build = fx.log_build(build("foo-bar", "3.0", "cp311", vec![abi3("foo-bar", "3.0", "cp311")]));
     // 4.0: skipped and yanked without a reason; 5.0 yanked with one.
-    fx.done(DbRequest::SkipVersion { package: "foo-bar".into(), version: "4.0".into(), reason: "binary only".into() });
-    fx.done(DbRequest::YankVersion { package: "foo-bar".into(), version: "4.0".into(), reason: Some(String::new()) });
-    fx.done(DbRequest::YankVersion { package: "foo-bar".into(), version: "5.0".into(), reason: Some("bad".into()) });
+    fx.call(SkipVersion { package: "foo-bar".into(), version: "4.0".into(), reason: "binary only".into() });
+    fx.call(YankVersion { package: "foo-bar".into(), version: "4.0".into(), reason: Some(String::new()) });
+    fx.call(YankVersion { package: "foo-bar".into(), version: "5.0".into(), reason: Some("bad".into()) });
 
-    let DbReply::Project(data) = fx.handle(DbRequest::ProjectData { package: "foo-bar".into() }) else { panic!() };
+    let data = fx.call(Project { package: "foo-bar".into() });
     assert_eq!(data.package, "foo-bar");
     assert_eq!(data.display_name, "Foo.Bar");
     assert_eq!(data.description, "Foos bars");
@@ -750,8 +715,8 @@ fn project_data_gathers_names_releases_files_dependencies_and_the_state_of_every
     assert_eq!(abis("5.0"), [row("cp311", Pending, None), row("cp313", Pending, None), row("cp39", Pending, None)]);
 
     // A skipped package: its reason shows on releases without their own.
-    fx.done(DbRequest::SkipPackage { package: "foo-bar".into(), reason: "too big".into() });
-    let DbReply::Project(data) = fx.handle(DbRequest::ProjectData { package: "foo-bar".into() }) else { panic!() };
+    fx.call(SkipPackage { package: "foo-bar".into(), reason: "too big".into() });
+    let data = fx.call(Project { package: "foo-bar".into() });
     let r5 = data.releases.iter().find(|r| r.version == "5.0").unwrap();
     assert_eq!(r5.skip, "too big");
     assert!(r5.abis.values().all(|(status, _)| *status == Skip));
@@ -767,7 +732,7 @@ fn project_data_gathers_names_releases_files_dependencies_and_the_state_of_every
 fn build_abis_are_ordered_by_python_version_not_by_tag() {
     let mut fx = Fixture::with_abis();
     fx.sql("INSERT INTO build_abis (abi_tag, python_version, skip) VALUES ('cp37m', 307, 'retired')");
-    let DbReply::Abis(abis) = fx.handle(DbRequest::BuildAbis) else { panic!() };
+    let abis = fx.call(BuildAbis {});
     let abi = |tag: &str, position, skip: &str| BuildAbi { tag: tag.into(), position, skip: skip.into() };
     assert_eq!(
         abis,
@@ -776,16 +741,9 @@ fn build_abis_are_ordered_by_python_version_not_by_tag() {
     // The index writer's batches get the same list with the projects' data, also when none of
     // the projects exists.
     fx.version("foo", "1.0", at(2020, 1, 1));
-    let DbReply::Projects { abis: with_data, data, .. } =
-        fx.handle(DbRequest::ProjectsData { packages: vec!["missing".into(), "foo".into()] })
-    else {
-        panic!()
-    };
+    let ProjectsSnapshot { abis: with_data, data, .. } = fx.call(Projects { packages: vec!["missing".into(), "foo".into()] });
     assert_eq!((with_data, data.iter().map(|d| d.package.as_str()).collect::<Vec<_>>()), (abis.clone(), vec!["foo"]));
-    let DbReply::Projects { abis: alone, data, .. } = fx.handle(DbRequest::ProjectsData { packages: vec!["missing".into()] })
-    else {
-        panic!()
-    };
+    let ProjectsSnapshot { abis: alone, data, .. } = fx.call(Projects { packages: vec!["missing".into()] });
     assert_eq!((alone, data.len()), (abis, 0));
 }
 
@@ -839,7 +797,8 @@ fn run_queue_case(case: &QueueCase) -> BTreeMap<String, Vec<String>> {
         fx.log_build(build(package, version, abi, files));
     }
     for request in (case.after)() {
-        fx.done(request);
+        let reply = fx.try_handle(request).expect("an after request");
+        assert!(!matches!(reply, DbReply::Error(_)), "{reply:?}");
     }
     if !case.owner_sql.is_empty() {
         fx.sql(case.owner_sql);
@@ -921,8 +880,8 @@ fn build_queue_follows_the_rules_case_by_case() {
             versions: &[("skipped-package", "1.0", 1), ("foo", "1.0", 1), ("foo", "2.0", 2)],
             after: || {
                 vec![
-                    DbRequest::SkipPackage { package: "skipped-package".into(), reason: "binary only".into() },
-                    DbRequest::SkipVersion { package: "foo".into(), version: "1.0".into(), reason: "deleted".into() },
+                    SkipPackage { package: "skipped-package".into(), reason: "binary only".into() }.into(),
+                    SkipVersion { package: "foo".into(), version: "1.0".into(), reason: "deleted".into() }.into(),
                 ]
             },
             expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &["foo 2.0"])],
@@ -938,7 +897,7 @@ fn build_queue_follows_the_rules_case_by_case() {
         QueueCase {
             name: "a deleted version is gone",
             versions: &[("foo", "1.0", 1), ("foo", "2.0", 2)],
-            after: || vec![DbRequest::DeleteVersion { package: "foo".into(), version: "1.0".into() }],
+            after: || vec![DeleteVersion { package: "foo".into(), version: "1.0".into() }.into()],
             expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &["foo 2.0"])],
             ..CASE
         },
@@ -968,7 +927,7 @@ fn build_queue_follows_the_rules_case_by_case() {
             name: "deleting the builds of a finished version queues it again",
             versions: &[("foo", "1.0", 1)],
             builds: &[("foo", "1.0", "cp39", Made::Pure)],
-            after: || vec![DbRequest::DeleteBuilds { package: "foo".into(), version: Some("1.0".into()) }],
+            after: || vec![DeleteBuilds { package: "foo".into(), version: Some("1.0".into()) }.into()],
             expected: &[("cp311", &[]), ("cp313", &[]), ("cp39", &["foo 1.0"])],
             ..CASE
         },
@@ -1023,7 +982,7 @@ fn the_build_queue_marks_versions_that_need_nothing_and_looks_past_them_afterwar
 fn build_queue_entries_are_package_versions() {
     let mut fx = Fixture::with_abis();
     fx.version("foo", "1.0", days_ago(1));
-    let DbReply::Queue(queue) = fx.handle(DbRequest::BuildQueue { limit: 10 }) else { panic!() };
+    let queue = fx.call(BuildQueue { limit: 10 });
     assert_eq!(queue["cp39"], [PackageVersion { package: "foo".into(), version: "1.0".into() }]);
 }
 
@@ -1034,15 +993,15 @@ fn build_queue_entries_are_package_versions() {
 #[test]
 fn the_pypi_serial_never_goes_backwards() {
     let mut fx = Fixture::new();
-    assert_eq!(fx.id(DbRequest::PypiSerial), 0);
-    fx.done(DbRequest::SetPypiSerial { serial: 50_000 });
-    assert_eq!(fx.id(DbRequest::PypiSerial), 50_000);
-    fx.done(DbRequest::SetPypiSerial { serial: 50_000 });
-    let message = fx.error(DbRequest::SetPypiSerial { serial: 49_999 });
+    assert_eq!(fx.call(PypiSerial {}), 0);
+    fx.call(SetPypiSerial { serial: 50_000 });
+    assert_eq!(fx.call(PypiSerial {}), 50_000);
+    fx.call(SetPypiSerial { serial: 50_000 });
+    let message = fx.error(SetPypiSerial { serial: 49_999 });
     assert!(message.contains("50000") && message.contains("49999"), "{message}");
-    assert_eq!(fx.id(DbRequest::PypiSerial), 50_000);
-    fx.done(DbRequest::SetPypiSerial { serial: 60_000 });
-    assert_eq!(fx.id(DbRequest::PypiSerial), 60_000);
+    assert_eq!(fx.call(PypiSerial {}), 50_000);
+    fx.call(SetPypiSerial { serial: 60_000 });
+    assert_eq!(fx.call(PypiSerial {}), 60_000);
 }
 
 fn download(filename: &str, host: &str, at: DateTime<Utc>) -> AccessRecord {
@@ -1053,7 +1012,7 @@ fn download(filename: &str, host: &str, at: DateTime<Utc>) -> AccessRecord {
 fn statistics_count_packages_builds_files_releases_and_downloads() {
     let mut fx = Fixture::with_abis();
     fx.sql("INSERT INTO build_abis (abi_tag, python_version, skip) VALUES ('cp37m', 307, 'retired')");
-    let DbReply::Stats(empty) = fx.handle(DbRequest::Statistics) else { panic!() };
+    let empty = fx.call(Statistics {});
     assert_eq!(empty.packages_built, 0);
     assert_eq!(empty.builds_last_hour.len(), 3);
     assert!(empty.builds_last_hour.values().all(|n| *n == 0));
@@ -1074,9 +1033,9 @@ fn statistics_count_packages_builds_files_releases_and_downloads() {
         download(&a.filename, "192.0.2.1", days_ago(2)),
         download(&a.filename, "192.0.2.1", days_ago(40)),
     ];
-    assert_eq!(fx.id(DbRequest::LogAccess { records }), 3);
+    assert_eq!(fx.call(LogAccess { records }), 3);
 
-    let DbReply::Stats(stats) = fx.handle(DbRequest::Statistics) else { panic!() };
+    let stats = fx.call(Statistics {});
     assert_eq!(stats.packages_built, 2);
     assert_eq!(stats.builds_last_hour, BTreeMap::from([("cp39".into(), 1), ("cp311".into(), 1), ("cp313".into(), 0)]));
     assert_eq!(stats.builds_time, Duration::from_secs(180));
@@ -1105,8 +1064,8 @@ fn the_search_index_lists_built_packages_with_their_recent_and_total_downloads()
         download(&z.filename, "2001:db8::1", days_ago(2)),
         download("unknown-1.0-py3-none-any.whl", "192.0.2.1", days_ago(1)),
     ];
-    assert_eq!(fx.id(DbRequest::LogAccess { records }), 4);
-    let DbReply::Search(entries) = fx.handle(DbRequest::SearchIndex) else { panic!() };
+    assert_eq!(fx.call(LogAccess { records }), 4);
+    let entries = fx.call(SearchIndex {});
     let entry = |package: &str, recent, all| SearchEntry {
         package: package.into(),
         downloads_recent: recent,
@@ -1170,7 +1129,7 @@ fn log_access_stores_every_kind_drops_bad_hosts_and_counts_what_it_stored() {
             client: ClientInfo::default(),
         },
     ];
-    assert_eq!(fx.id(DbRequest::LogAccess { records }), 5);
+    assert_eq!(fx.call(LogAccess { records }), 5);
     assert_eq!(
         fx.value(
             "SELECT concat_ws('|', filename, accessed_by, accessed_at, arch, distro_name, distro_version, os_name, \
@@ -1194,7 +1153,7 @@ fn log_access_stores_every_kind_drops_bad_hosts_and_counts_what_it_stored() {
         fx.value("SELECT concat_ws('|', page, accessed_by, user_agent) FROM web_page_hits"),
         "faq|::1|Mozilla/5.0"
     );
-    assert_eq!(fx.id(DbRequest::LogAccess { records: vec![] }), 0);
+    assert_eq!(fx.call(LogAccess { records: vec![] }), 0);
 }
 
 #[test]
@@ -1226,7 +1185,7 @@ fn log_access_cuts_oversized_text_and_replaces_control_characters() {
             },
         },
     ];
-    assert_eq!(fx.id(DbRequest::LogAccess { records }), 3);
+    assert_eq!(fx.call(LogAccess { records }), 3);
     assert_eq!(fx.value("SELECT length(package) || ' ' || length(user_agent) FROM project_page_hits"), "200 200");
     assert_eq!(fx.value("SELECT left(user_agent, 20) FROM project_page_hits"), "Evil\u{fffd}\u{fffd}[31m\tAgent\r\nüü");
     assert_eq!(fx.value("SELECT page FROM web_page_hits"), "a-very-long-page-name-that-doe");
@@ -1245,14 +1204,14 @@ fn log_access_cuts_oversized_text_and_replaces_control_characters() {
 fn pending_rewrites_keep_the_latest_time_and_widest_scope_and_clear_only_when_the_snapshot_saw_them() {
     let mut fx = Fixture::new();
     let rewrite = |package: &str, added_at, scope| {
-        DbRequest::AddRewrite(PendingRewrite { package: package.into(), added_at, scope })
+        AddRewrite { rewrite: PendingRewrite { package: package.into(), added_at, scope } }
     };
-    fx.done(rewrite("foo", at(2024, 1, 2), RewriteScope::Project));
-    fx.done(rewrite("bar", at(2024, 1, 3), RewriteScope::Both));
-    fx.done(rewrite("foo", at(2024, 1, 1), RewriteScope::Project));
-    fx.done(rewrite("foo", at(2024, 1, 5), RewriteScope::Both));
-    fx.done(rewrite("baz", at(2024, 1, 2), RewriteScope::Project));
-    let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
+    fx.call(rewrite("foo", at(2024, 1, 2), RewriteScope::Project));
+    fx.call(rewrite("bar", at(2024, 1, 3), RewriteScope::Both));
+    fx.call(rewrite("foo", at(2024, 1, 1), RewriteScope::Project));
+    fx.call(rewrite("foo", at(2024, 1, 5), RewriteScope::Both));
+    fx.call(rewrite("baz", at(2024, 1, 2), RewriteScope::Project));
+    let pending = fx.call(PendingRewrites {});
     let entry = |package: &str, added_at, scope| PendingRewrite { package: package.into(), added_at, scope };
     assert_eq!(
         pending,
@@ -1272,39 +1231,36 @@ fn pending_rewrites_keep_the_latest_time_and_widest_scope_and_clear_only_when_th
             .await
     })
     .expect("a rewrite in an open transaction");
-    let snapshot = |fx: &mut Fixture| match fx.handle(DbRequest::ProjectsData { packages: Vec::new() }) {
-        DbReply::Projects { snapshot, .. } => snapshot,
-        other => panic!("{other:?}"),
-    };
+    let snapshot = |fx: &mut Fixture| fx.call(Projects { packages: Vec::new() }).snapshot;
     let first = snapshot(&mut fx);
     fx.rt.block_on(sqlx::query("COMMIT").execute(&mut other)).expect("commit");
     // ...and a request after it: neither is done by pages written from that data.
-    fx.done(rewrite("bar", at(2024, 1, 4), RewriteScope::Project));
+    fx.call(rewrite("bar", at(2024, 1, 4), RewriteScope::Project));
     let written = |package: &str, snapshot: &str| RewriteWritten { package: package.into(), snapshot: snapshot.into() };
-    fx.done(DbRequest::ClearRewrites {
+    fx.call(ClearRewrites {
         written: vec![written("bar", &first), written("foo", &first), written("qux", &first), written("missing", &first)],
     });
-    fx.done(DbRequest::ClearRewrites { written: Vec::new() });
-    let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
+    fx.call(ClearRewrites { written: Vec::new() });
+    let pending = fx.call(PendingRewrites {});
     let names: Vec<&str> = pending.iter().map(|p| p.package.as_str()).collect();
     assert_eq!(names, ["baz", "bar", "qux"]);
     assert_eq!(pending[1], entry("bar", at(2024, 1, 4), RewriteScope::Both));
     // Pages written from a later snapshot are.
     let second = snapshot(&mut fx);
-    fx.done(DbRequest::ClearRewrites { written: vec![written("bar", &second), written("qux", &second)] });
-    let DbReply::Rewrites(pending) = fx.handle(DbRequest::PendingRewrites) else { panic!() };
+    fx.call(ClearRewrites { written: vec![written("bar", &second), written("qux", &second)] });
+    let pending = fx.call(PendingRewrites {});
     assert_eq!(pending, [entry("baz", at(2024, 1, 2), RewriteScope::Project)]);
 }
 
 #[test]
 fn audit_entries_are_appended_with_actor_and_action_cut_to_fit() {
     let mut fx = Fixture::new();
-    fx.done(DbRequest::Audit {
+    fx.call(Audit {
         actor: "dave@pi (piw-remove)".into(),
         action: "remove".into(),
         detail: "foo 1.0".into(),
     });
-    fx.done(DbRequest::Audit { actor: "a".repeat(300), action: "b".repeat(80), detail: "c".repeat(5000) });
+    fx.call(Audit { actor: "a".repeat(300), action: "b".repeat(80), detail: "c".repeat(5000) });
     assert_eq!(
         fx.column("SELECT concat_ws(' ', length(actor), length(action), length(detail), at > now() - interval '1 minute') FROM audit_log ORDER BY audit_id"),
         [Some("20 6 7 t".into()), Some("200 50 5000 t".into())]

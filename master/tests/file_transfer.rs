@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::{FakeClock, SharedClock, SystemClock};
-use piwheels_common::protocols::{
-    FileExpectation, FileReply, FileRequest, FsReply, FsRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile,
-};
+use piwheels_common::protocols::{FileReply, FileRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile};
+use piwheels_master::calls::files::{FileExpectation, FsReply, FsRequest};
 use piwheels_common::task::{self, Runtime, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Dealer, Receiver};
 use piwheels_common::upload::{UploadError, UploadOptions, UploadReport, upload};

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use index_support::Farm;
-use piwheels_common::protocols::{DbRequest, WheelFile};
+use piwheels_common::protocols::WheelFile;
+use piwheels_master::calls::db::{YankVersion};
 use piwheels_master::web_server::WebServer;
 use piwheels_testsupport::data::{pure_wheel, wheel_file};
 use piwheels_testsupport::installers::{fresh_venv, run, tool};
@@ -60,7 +61,7 @@ fn pip_and_uv_install_what_the_farm_published_honouring_yanks_and_falling_throug
         farm.record_build(index_support::record("alpha", version, "cp311", vec![file]));
     }
     farm.db
-        .done(DbRequest::YankVersion { package: "alpha".into(), version: "2.0".into(), reason: Some("broken".into()) })
+        .call(YankVersion { package: "alpha".into(), version: "2.0".into(), reason: Some("broken".into()) })
         .unwrap();
     farm.rewrite("alpha");
     farm.rewrite("empty");

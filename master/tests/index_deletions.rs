@@ -9,7 +9,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use index_support::{Farm, link_targets};
-use piwheels_common::protocols::{DbRequest, MasterStats, SearchEntry, WebRequest};
+use piwheels_common::protocols::MasterStats;
+use piwheels_master::calls::db::{DeleteBuilds, DeletePackage, DeleteVersion, NewVersion, RenamePackage, SearchEntry, VersionFiles};
+use piwheels_master::calls::tasks::WebRequest;
 use piwheels_common::wheel::WheelName;
 use piwheels_master::index::layout::log_path;
 
@@ -30,10 +32,11 @@ fn farm() -> Farm {
     farm.package("old-name", "old-name", "", &[("3.0", 1)]);
     let wheel = farm.wheel("old_name-3.0-py3-none-any.whl", None);
     builds.push(("new-name", farm.build("old-name", "3.0", "cp39", &[wheel])));
-    farm.db.done(DbRequest::RenamePackage { from: "old-name".into(), to: "new-name".into() }).unwrap();
+    farm.db.call(RenamePackage { from: "old-name".into(), to: "new-name".into() }).unwrap();
     // The old wheels keep their name, which installers refuse for new-name; a new release
     // gives it something to install.
-    farm.db.new_version("new-name", "3.1", Some(index_support::day(2)), "").unwrap();
+    let new = NewVersion { package: "new-name".into(), version: "3.1".into(), released: Some(index_support::day(2)), skip: String::new() };
+    farm.db.call(new).unwrap();
     let wheel = farm.wheel("new_name-3.1-py3-none-any.whl", None);
     builds.push(("new-name", farm.build("new-name", "3.1", "cp39", &[wheel])));
     // The wheel moves with the package (what a rename must do on disk).
@@ -63,20 +66,20 @@ fn farm() -> Farm {
 /// Deletes a version (or with None the package) the way the admin endpoint does.
 fn delete(farm: &Farm, package: &str, version: Option<&str>) {
     let files = match version {
-        Some(version) => match farm.db.request(DbRequest::VersionFiles { package: package.into(), version: version.into() }).unwrap() {
-            piwheels_common::protocols::DbReply::Files(files) => files.into_iter().map(|f| f.filename).collect(),
-            other => panic!("{other:?}"),
-        },
+        Some(version) => {
+            let files = farm.db.call(VersionFiles { package: package.into(), version: version.into() }).unwrap();
+            files.into_iter().map(|f| f.filename).collect()
+        }
         None => farm.files_of(package),
     };
     let builds = farm.builds_of(package, version);
     match version {
         Some(version) => {
-            farm.db.done(DbRequest::DeleteVersion { package: package.into(), version: version.into() }).unwrap();
+            farm.db.call(DeleteVersion { package: package.into(), version: version.into() }).unwrap();
             farm.send(WebRequest::DeleteVersion { package: package.into(), version: version.into(), files, builds });
         }
         None => {
-            farm.db.done(DbRequest::DeletePackage { package: package.into() }).unwrap();
+            farm.db.call(DeletePackage { package: package.into() }).unwrap();
             farm.send(WebRequest::DeletePackage { package: package.into(), files, builds });
         }
     }
@@ -253,7 +256,7 @@ fn deleting_only_the_builds_of_a_package_keeps_its_project_page() {
     let farm = farm();
     let files = farm.files_of("foo");
     let builds = farm.builds_of("foo", None);
-    farm.db.done(DbRequest::DeleteBuilds { package: "foo".into(), version: None }).unwrap();
+    farm.db.call(DeleteBuilds { package: "foo".into(), version: None }).unwrap();
     farm.send(WebRequest::DeletePackage { package: "foo".into(), files, builds });
     assert!(!farm.path("simple/foo").exists());
     let page = farm.read("project/foo/index.html");
@@ -265,7 +268,7 @@ fn deleting_only_the_builds_of_a_package_keeps_its_project_page() {
 fn a_rewrite_of_a_package_gone_from_the_database_removes_all_of_it() {
     let farm = farm();
     // Deleted by someone who did not tell the index writer the files.
-    farm.db.done(DbRequest::DeletePackage { package: "baz".into() }).unwrap();
+    farm.db.call(DeletePackage { package: "baz".into() }).unwrap();
     farm.rewrite("baz");
     farm.wait("baz to go", |f| !f.path("simple/baz").exists() && !f.path("project/baz").exists());
     // Its logs are the only thing the writer cannot find without being told.

@@ -11,7 +11,9 @@ use std::io::Read;
 use std::time::Duration;
 
 use index_support::{Farm, tags, text_of};
-use piwheels_common::protocols::{DbRequest, HostStats, MasterStats, SearchEntry, WebRequest};
+use piwheels_common::protocols::{HostStats, MasterStats};
+use piwheels_master::calls::db::{RenamePackage, SearchEntry};
+use piwheels_master::calls::tasks::WebRequest;
 
 /// numpy: 1.0 built on both ABIs (apt and pip dependencies), 1.1 failed on cp311 and pending
 /// on cp39, 2.0b1 a pre-release built on cp39, with logs for some builds.
@@ -181,7 +183,7 @@ fn a_former_name_gets_a_page_pointing_at_the_project_and_spellings_need_none() {
     farm.package("old-name", "Old_Name", "", &[("1.0", 1)]);
     let w = farm.wheel("old_name-1.0-py3-none-any.whl", None);
     farm.build("old-name", "1.0", "cp39", &[w]);
-    farm.db.done(DbRequest::RenamePackage { from: "old-name".into(), to: "new-name".into() }).unwrap();
+    farm.db.call(RenamePackage { from: "old-name".into(), to: "new-name".into() }).unwrap();
     farm.rewrite("new-name");
     farm.wait("new-name's pages", |f| f.path("project/new-name/json/index.json").is_file());
     let alias = farm.read("project/old-name/index.html");
@@ -229,13 +231,13 @@ fn the_home_page_and_search_index_show_what_they_are_sent() {
 fn requests_with_unsafe_names_are_refused_and_change_nothing() {
     let farm = Farm::started();
     for name in ["../etc", "Foo", "", "a/b"] {
-        let reply = farm.web.request(&WebRequest::Rewrite { package: name.into(), scope: piwheels_common::protocols::RewriteScope::Both }, Duration::from_secs(5)).unwrap();
-        assert!(matches!(reply, piwheels_common::protocols::WebReply::Error { .. }), "{name}: {reply:?}");
+        let reply = farm.web.request(&WebRequest::Rewrite { package: name.into(), scope: piwheels_master::calls::db::RewriteScope::Both }, Duration::from_secs(5)).unwrap();
+        assert!(matches!(reply, piwheels_master::calls::tasks::WebReply::Error { .. }), "{name}: {reply:?}");
         let reply = farm
             .web
             .request(&WebRequest::DeletePackage { package: name.into(), files: vec!["x".into()], builds: vec![] }, Duration::from_secs(5))
             .unwrap();
-        assert!(matches!(reply, piwheels_common::protocols::WebReply::Error { .. }), "{name}: {reply:?}");
+        assert!(matches!(reply, piwheels_master::calls::tasks::WebReply::Error { .. }), "{name}: {reply:?}");
     }
     assert!(farm.pending().is_empty());
 }

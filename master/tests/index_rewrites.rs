@@ -10,7 +10,8 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use index_support::{Farm, config};
-use piwheels_common::protocols::{RewriteScope, WebRequest};
+use piwheels_master::calls::db::RewriteScope;
+use piwheels_master::calls::tasks::WebRequest;
 
 /// A farm with one built package, `foo`, whose pages are not written yet.
 fn farm_with_foo(window: Duration) -> Farm {

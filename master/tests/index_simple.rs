@@ -8,7 +8,7 @@ mod index_support;
 mod support;
 
 use index_support::{Farm, sha256_of, tags};
-use piwheels_common::protocols::DbRequest;
+use piwheels_master::calls::db::{YankVersion};
 
 const META: &str = r#"<meta name="pypi:repository-version" content="1.1">"#;
 
@@ -47,7 +47,7 @@ fn farm() -> Farm {
     farm.build("foo-bar", "1.0", "cp39", &[lost]);
     std::fs::remove_file(farm.path("simple/foo-bar/foo_bar-1.0-cp39-cp39-linux_aarch64.whl")).unwrap();
     for (version, reason) in [("1.1", Some("broken build, use \"1.0\" <please>")), ("1.2", Some(""))] {
-        farm.db.done(DbRequest::YankVersion { package: "foo-bar".into(), version: version.into(), reason: reason.map(str::to_string) }).unwrap();
+        farm.db.call(YankVersion { package: "foo-bar".into(), version: version.into(), reason: reason.map(str::to_string) }).unwrap();
     }
     farm.package("failing", "failing", "", &[("1.0", 1)]);
     farm.fail("failing", "1.0", "cp39");
@@ -179,7 +179,7 @@ fn the_json_page_has_sizes_upload_times_versions_and_pep_714_names_only() {
 #[test]
 fn an_unyanked_release_loses_its_marker_on_the_next_rewrite() {
     let farm = farm();
-    farm.db.done(DbRequest::YankVersion { package: "foo-bar".into(), version: "1.1".into(), reason: None }).unwrap();
+    farm.db.call(YankVersion { package: "foo-bar".into(), version: "1.1".into(), reason: None }).unwrap();
     farm.rewrite("foo-bar");
     farm.wait("the unyank", |f| !f.read("simple/foo-bar/index.html").contains("please"));
     let links = tags(&farm.read("simple/foo-bar/index.html"), "a");

@@ -8,7 +8,8 @@ mod support;
 use std::time::Duration;
 
 use index_support::{Farm, text_of};
-use piwheels_common::protocols::{StatsUpdate, StatusEvent, TaskControl};
+use piwheels_common::protocols::{StatusEvent, TaskControl};
+use piwheels_master::calls::tasks::StatsUpdate;
 use piwheels_common::task::{self, TaskExit};
 use piwheels_common::transport::Sender;
 use piwheels_master::big_brother::{self, BigBrother, STATS_ENDPOINT, StatsConfig};

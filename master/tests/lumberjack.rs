@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use piwheels_common::protocols::{AccessRecord, ClientInfo, LogReply, LogRequest, StatsUpdate, TaskControl, Timestamp, Versions};
+use piwheels_common::protocols::{AccessRecord, ClientInfo, LogReply, LogRequest, TaskControl, Timestamp, Versions};
+use piwheels_master::calls::tasks::StatsUpdate;
 use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_master::access_log::logger::{SendError, Shipper};

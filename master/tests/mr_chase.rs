@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use piwheels_common::protocols::{
-    AdminReply, AdminRequest, ArchitectTrigger, DeleteAck, DeleteNotice, ImportRequest, RebuildTarget, RewriteScope, StatsUpdate,
-    TaskControl, Versions, WebReply, WebRequest, WheelFile,
-};
+use piwheels_common::protocols::{AdminReply, AdminRequest, ImportRequest, RebuildTarget, TaskControl, Versions, WheelFile};
+use piwheels_master::calls::db::RewriteScope;
+use piwheels_master::calls::tasks::{ArchitectTrigger, DeleteAck, DeleteNotice, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};

@@ -5,8 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use piwheels_common::protocols::DbRequest;
-use piwheels_master::db_client::DbClientError;
+use piwheels_master::calls::db::{AllPackages, NewPackage, NewVersion, PackageExists};
+use piwheels_common::protocols::WireError;
+use piwheels_master::calls::CallError;
 use piwheels_master::oracle::PING_AFTER_IDLE;
 use piwheels_master::seraph;
 use support::Pool;
@@ -22,8 +23,8 @@ fn two_hundred_requests_from_eight_threads_are_all_answered() {
                     let mut answered = 0;
                     for i in 0..25 {
                         let package = format!("pkg-{t}-{i}");
-                        assert!(client.new_package(&package, "", "").unwrap(), "{package} was new");
-                        assert!(client.package_exists(&package).unwrap());
+                        assert!(client.call(NewPackage { package: package.clone(), skip: String::new(), description: String::new() }).unwrap(), "{package} was new");
+                        assert!(client.call(PackageExists { package: package.clone() }).unwrap());
                         answered += 1;
                     }
                     answered
@@ -33,7 +34,7 @@ fn two_hundred_requests_from_eight_threads_are_all_answered() {
         handles.into_iter().map(|h| h.join().unwrap()).sum::<usize>()
     });
     assert_eq!(answered, 200);
-    assert_eq!(pool.client(Duration::from_secs(5)).all_packages().unwrap().len(), 200);
+    assert_eq!(pool.client(Duration::from_secs(5)).call(AllPackages {}).unwrap().len(), 200);
     assert!(pool.all_running());
 }
 
@@ -43,13 +44,13 @@ fn a_failing_query_gets_an_error_and_every_oracle_stays_up() {
     let client = pool.client(Duration::from_secs(10));
     // More failures than oracles: each oracle answers at least one and must survive it.
     for _ in 0..6 {
-        match client.new_version("no-such-package", "1.0", None, "") {
-            Err(DbClientError::Refused { message, .. }) => assert!(message.contains("foreign key"), "{message}"),
+        match client.call(NewVersion { package: "no-such-package".into(), version: "1.0".into(), released: None, skip: String::new() }) {
+            Err(CallError::Answered { error: WireError { message, .. }, .. }) => assert!(message.contains("foreign key"), "{message}"),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
-    assert!(client.new_package("real", "", "").unwrap());
-    assert!(client.new_version("real", "1.0", None, "").unwrap());
+    assert!(client.call(NewPackage { package: "real".into(), skip: String::new(), description: String::new() }).unwrap());
+    assert!(client.call(NewVersion { package: "real".into(), version: "1.0".into(), released: None, skip: String::new() }).unwrap());
     assert!(pool.all_running());
     assert!(pool.tasks.tasks().iter().all(|t| t.restarts() == 0));
 }
@@ -61,10 +62,10 @@ fn an_undecodable_request_is_answered_with_an_error() {
     raw.set_rcvtimeo(5000).unwrap();
     raw.connect(seraph::DB_ENDPOINT).unwrap();
     raw.send(&b"\x92\xa9DbRequest\xc1"[..], 0).unwrap();
-    let reply: piwheels_common::protocols::DbReply = piwheels_common::codec::decode(&raw.recv_bytes(0).unwrap()).unwrap();
-    assert!(matches!(reply, piwheels_common::protocols::DbReply::Error { .. }), "{reply:?}");
+    let reply: piwheels_master::calls::db::DbReply = piwheels_common::codec::decode(&raw.recv_bytes(0).unwrap()).unwrap();
+    assert!(matches!(reply, piwheels_master::calls::db::DbReply::Error(_)), "{reply:?}");
     // The oracle is back in the pool.
-    assert!(pool.client(Duration::from_secs(5)).all_packages().unwrap().is_empty());
+    assert!(pool.client(Duration::from_secs(5)).call(AllPackages {}).unwrap().is_empty());
 }
 
 #[test]
@@ -73,7 +74,7 @@ fn connections_the_server_ended_while_idle_are_replaced_before_a_request_fails()
     let client = pool.client(Duration::from_secs(10));
     // Every oracle connects.
     for i in 0..6 {
-        client.new_package(&format!("before-{i}"), "", "").unwrap();
+        client.call(NewPackage { package: format!("before-{i}"), skip: String::new(), description: String::new() }).unwrap();
     }
     // As an administrator's pg_terminate_backend or a server restart would, end every
     // connection the oracles hold while they sit idle: each oracle finds out with a ping
@@ -83,7 +84,7 @@ fn connections_the_server_ended_while_idle_are_replaced_before_a_request_fails()
         // The connections are idle long enough to be pinged first.
         std::thread::sleep(PING_AFTER_IDLE + Duration::from_millis(100));
         for i in 0..6 {
-            assert_eq!(client.new_package(&format!("after-{round}-{i}"), "", "").map_err(|e| e.to_string()), Ok(true), "request {i} after termination {round}");
+            assert_eq!(client.call(NewPackage { package: format!("after-{round}-{i}"), skip: String::new(), description: String::new() }).map_err(|e| e.to_string()), Ok(true), "request {i} after termination {round}");
         }
     }
     assert!(pool.all_running(), "an oracle thread was lost");
@@ -95,7 +96,7 @@ fn lost_connections_fail_the_requests_in_flight_and_later_ones_succeed() {
     let client = pool.client(Duration::from_secs(10));
     // Every oracle connects.
     for i in 0..6 {
-        client.new_package(&format!("before-{i}"), "", "").unwrap();
+        client.call(NewPackage { package: format!("before-{i}"), skip: String::new(), description: String::new() }).unwrap();
     }
     // As a server restart would, end every connection the oracles hold.
     assert!(pool.db.terminate_connections() >= 1);
@@ -104,10 +105,10 @@ fn lost_connections_fail_the_requests_in_flight_and_later_ones_succeed() {
     let mut errors = 0;
     let mut successes_in_a_row = 0;
     for i in 0..30 {
-        match client.new_package(&format!("after-{i}"), "", "") {
+        match client.call(NewPackage { package: format!("after-{i}"), skip: String::new(), description: String::new() }) {
             Ok(true) => successes_in_a_row += 1,
             Ok(false) => panic!("after-{i} existed"),
-            Err(DbClientError::Refused { .. }) => {
+            Err(CallError::Answered { .. }) => {
                 errors += 1;
                 successes_in_a_row = 0;
             }
@@ -127,8 +128,8 @@ fn with_no_oracle_free_a_request_times_out_instead_of_hanging() {
     let pool = Pool::start(0);
     let client = pool.client(Duration::from_millis(300));
     let started = std::time::Instant::now();
-    match client.request(DbRequest::AllPackages) {
-        Err(DbClientError::Transport { .. }) => {}
+    match client.call(AllPackages {}) {
+        Err(CallError::Transport { .. }) => {}
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -148,9 +149,9 @@ fn a_server_restart_fails_requests_in_flight_and_later_ones_succeed() {
             let (mut ok, mut failed) = (0, 0);
             let started = std::time::Instant::now();
             while started.elapsed() < Duration::from_secs(12) {
-                match client.new_package(&format!("p{}", ok + failed), "", "") {
+                match client.call(NewPackage { package: format!("p{}", ok + failed), skip: String::new(), description: String::new() }) {
                     Ok(_) => ok += 1,
-                    Err(DbClientError::Refused { .. }) => failed += 1,
+                    Err(CallError::Answered { .. }) => failed += 1,
                     Err(e) => panic!("a request was not answered: {e}"),
                 }
             }
@@ -168,7 +169,7 @@ fn a_server_restart_fails_requests_in_flight_and_later_ones_succeed() {
     assert!(outcomes.1 >= 1, "no request saw the restart");
     let client = pool.client(Duration::from_secs(10));
     for i in 0..6 {
-        assert!(client.new_package(&format!("after-{i}"), "", "").unwrap());
+        assert!(client.call(NewPackage { package: format!("after-{i}"), skip: String::new(), description: String::new() }).unwrap());
     }
     assert!(pool.all_running(), "an oracle thread was lost");
 }

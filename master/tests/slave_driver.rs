@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::FakeClock;
-use piwheels_common::protocols::{
-    ArchitectTrigger, BuildQueueUpdate, BuildResult, DeleteAck, DeleteNotice, FailureKind, FileExpectation, FsReply, FsRequest, HostInfo, HostStats, RewriteScope, SlaveAction, SlaveCommand,
-    PackageVersion, SlaveCommandReply, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatsUpdate, StatusEvent, TaskControl, Versions, WebReply,
-    WebRequest, WheelFile,
-};
+use piwheels_common::protocols::{BuildResult, FailureKind, HostInfo, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile};
+use piwheels_master::calls::db::RewriteScope;
+use piwheels_master::calls::files::{FileExpectation, FsReply, FsRequest};
+use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, Runtime, TaskHandle};
 use piwheels_common::transport::{Client, Receiver, Sender};
 use piwheels_common::upload::{UploadOptions, upload};

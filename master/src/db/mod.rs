@@ -1,5 +1,5 @@
 //! The database: its schema migrations ([`migrate`]) and the [`Database`] connection that an
-//! oracle owns and answers [`DbRequest`](piwheels_common::protocols::DbRequest)s with
+//! oracle owns and answers [`DbRequest`](crate::calls::db::DbRequest)s with
 //! ([`requests`]). Only the oracles talk to PostgreSQL while the master runs.
 
 pub mod migrate;

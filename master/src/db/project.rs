@@ -20,7 +20,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use piwheels_common::protocols::{AbiStatus, BuildAbi, BuildId, Dependencies, ProjectData, ProjectFile, ReleaseData};
+use piwheels_common::protocols::{BuildId, Dependencies};
+
+use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ProjectsSnapshot, ReleaseData};
 use sqlx::Connection;
 
 use super::Database;
@@ -80,7 +82,7 @@ type AbiRow = (String, i32, String);
 impl Database {
     /// Everything for a project's pages. Refused when the package does not exist.
     pub async fn project_data(&mut self, package: &str) -> Result<ProjectData, RequestError> {
-        match self.projects_data(&[package.to_string()]).await?.1.pop() {
+        match self.projects_data(&[package.to_string()]).await?.data.pop() {
             Some(data) => Ok(data),
             None => Err(RequestError::Refused(format!("package {package} does not exist"))),
         }
@@ -91,7 +93,7 @@ impl Database {
     /// snapshot they were read from (`pg_snapshot` as text). The same handful of queries, on
     /// one snapshot, serve the whole batch, so a batch of hundreds costs little more than one
     /// package.
-    pub async fn projects_data(&mut self, packages: &[String]) -> Result<(Vec<BuildAbi>, Vec<ProjectData>, String), RequestError> {
+    pub async fn projects_data(&mut self, packages: &[String]) -> Result<ProjectsSnapshot, RequestError> {
         // One snapshot for every query, so the parts agree with each other.
         let mut tx = self.conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
         // The snapshot is taken by the first statement: this one.
@@ -112,7 +114,7 @@ impl Database {
         let build_abis = abis.iter().map(|(tag, position, skip)| BuildAbi { tag: tag.clone(), position: *position, skip: skip.clone() }).collect();
         if heads.is_empty() {
             tx.rollback().await?;
-            return Ok((build_abis, Vec::new(), snapshot));
+            return Ok(ProjectsSnapshot { abis: build_abis, data: Vec::new(), snapshot });
         }
         let aliases: Vec<(String, String)> = sqlx::query_as(
             "SELECT package, name FROM package_names WHERE package = ANY($1) AND name <> package \
@@ -195,7 +197,7 @@ impl Database {
                 out.push(assemble(package, skip, description, display_name, rows, &abis, &mut deps));
             }
         }
-        Ok((build_abis, out, snapshot))
+        Ok(ProjectsSnapshot { abis: build_abis, data: out, snapshot })
     }
 }
 

@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use piwheels_common::names::is_prerelease;
-use piwheels_common::protocols::{
-    AccessRecord, BuildAbi, BuildId, BuildRecord, ClientInfo, DbReply, DbRequest, DbStats, FailureKind, FileHash,
-    PendingRewrite, RewriteScope, RewriteWritten, SearchEntry, Timestamp, WheelFile,
-};
+use piwheels_common::protocols::{AccessRecord, BuildId, ClientInfo, FailureKind, Timestamp, WheelFile, WireError};
+
+use crate::calls::db::*;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::types::PgInterval;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
@@ -57,103 +56,80 @@ mod len {
     pub(super) const ACTION: usize = 50;
 }
 
+/// A request that may be refused: a refusal becomes the reply [`DbReply::Error`], a database
+/// failure stays an error.
+fn refusable<T>(result: Result<T, RequestError>, reply: impl FnOnce(T) -> DbReply) -> Result<DbReply, sqlx::Error> {
+    match result {
+        Ok(value) => Ok(reply(value)),
+        Err(RequestError::Refused(message)) => Ok(DbReply::Error(WireError::refused(message))),
+        Err(RequestError::Database(err)) => Err(err),
+    }
+}
+
 impl Database {
-    /// Carries out one request and gives the reply its variant's documentation names.
-    /// Refusals become [`DbReply::Error`]; database failures are returned as `Err`.
+    /// Carries out one request and gives its call's reply. Refusals become
+    /// [`DbReply::Error`]; database failures are returned as `Err`.
     pub async fn handle(&mut self, request: DbRequest) -> Result<DbReply, sqlx::Error> {
+        use DbRequest as Q;
         let reply = match request {
-            DbRequest::AllPackages => Ok(DbReply::Names(self.all_packages().await?)),
-            DbRequest::NewPackage { package, skip, description } => {
-                Ok(DbReply::Bool(self.new_package(&package, &skip, &description).await?))
+            Q::AllPackages(AllPackages {}) => self.all_packages().await.map(DbReply::AllPackages)?,
+            Q::NewPackage(NewPackage { package, skip, description }) => {
+                DbReply::NewPackage(self.new_package(&package, &skip, &description).await?)
             }
-            DbRequest::NewVersion { package, version, released, skip } => {
-                Ok(DbReply::Bool(self.new_version(&package, &version, released, &skip).await?))
+            Q::NewVersion(NewVersion { package, version, released, skip }) => {
+                DbReply::NewVersion(self.new_version(&package, &version, released, &skip).await?)
             }
-            DbRequest::NewPackageName { package, name, seen } => {
-                self.new_package_name(&package, &name, seen).await?;
-                Ok(DbReply::Done)
+            Q::NewPackageName(NewPackageName { package, name, seen }) => {
+                DbReply::NewPackageName(self.new_package_name(&package, &name, seen).await?)
             }
-            DbRequest::PackageAliases { package } => Ok(DbReply::Names(self.package_aliases(&package).await?)),
-            DbRequest::SetDescription { package, description } => {
-                self.set_description(&package, &description).await?;
-                Ok(DbReply::Done)
+            Q::PackageAliases(PackageAliases { package }) => DbReply::PackageAliases(self.package_aliases(&package).await?),
+            Q::SetDescription(SetDescription { package, description }) => {
+                DbReply::SetDescription(self.set_description(&package, &description).await?)
             }
-            DbRequest::SkipPackage { package, reason } => {
-                self.skip_package(&package, &reason).await?;
-                Ok(DbReply::Done)
+            Q::SkipPackage(SkipPackage { package, reason }) => DbReply::SkipPackage(self.skip_package(&package, &reason).await?),
+            Q::SkipVersion(SkipVersion { package, version, reason }) => {
+                DbReply::SkipVersion(self.skip_version(&package, &version, &reason).await?)
             }
-            DbRequest::SkipVersion { package, version, reason } => {
-                self.skip_version(&package, &version, &reason).await?;
-                Ok(DbReply::Done)
+            Q::VersionSkip(VersionSkip { package, version }) => DbReply::VersionSkip(self.version_skip(&package, &version).await?),
+            Q::YankVersion(YankVersion { package, version, reason }) => {
+                DbReply::YankVersion(self.yank_version(&package, &version, reason.as_deref()).await?)
             }
-            DbRequest::VersionSkip { package, version } => {
-                Ok(DbReply::Text(self.version_skip(&package, &version).await?))
+            Q::DeletePackage(DeletePackage { package }) => DbReply::DeletePackage(self.delete_package(&package).await?),
+            Q::DeleteVersion(DeleteVersion { package, version }) => {
+                DbReply::DeleteVersion(self.delete_version(&package, &version).await?)
             }
-            DbRequest::YankVersion { package, version, reason } => {
-                self.yank_version(&package, &version, reason.as_deref()).await?;
-                Ok(DbReply::Done)
+            Q::RenamePackage(RenamePackage { from, to }) => refusable(self.rename_package(&from, &to).await, DbReply::RenamePackage)?,
+            Q::PackageExists(PackageExists { package }) => DbReply::PackageExists(self.package_exists(&package).await?),
+            Q::VersionExists(VersionExists { package, version }) => {
+                DbReply::VersionExists(self.version_exists(&package, &version).await?)
             }
-            DbRequest::DeletePackage { package } => {
-                self.delete_package(&package).await?;
-                Ok(DbReply::Done)
+            Q::LogBuild(LogBuild { build, rewrite_at }) => refusable(self.log_build(&build, rewrite_at).await, DbReply::LogBuild)?,
+            Q::DeleteBuilds(DeleteBuilds { package, version }) => {
+                DbReply::DeleteBuilds(self.delete_builds(&package, version.as_deref()).await?)
             }
-            DbRequest::DeleteVersion { package, version } => {
-                self.delete_version(&package, &version).await?;
-                Ok(DbReply::Done)
+            Q::PackageFiles(PackageFiles { package }) => DbReply::PackageFiles(self.package_files(&package).await?),
+            Q::VersionFiles(VersionFiles { package, version }) => {
+                DbReply::VersionFiles(self.version_files(&package, &version).await?)
             }
-            DbRequest::RenamePackage { from, to } => self.rename_package(&from, &to).await.map(|()| DbReply::Done),
-            DbRequest::PackageExists { package } => Ok(DbReply::Bool(self.package_exists(&package).await?)),
-            DbRequest::VersionExists { package, version } => {
-                Ok(DbReply::Bool(self.version_exists(&package, &version).await?))
+            Q::FileWithHash(FileWithHash { sha256 }) => DbReply::FileWithHash(self.file_with_hash(&sha256).await?),
+            Q::Project(Project { package }) => {
+                refusable(self.project_data(&package).await.map(Box::new), DbReply::Project)?
             }
-            DbRequest::LogBuild { build, rewrite_at } => self.log_build(&build, rewrite_at).await.map(DbReply::Id),
-            DbRequest::DeleteBuilds { package, version } => {
-                self.delete_builds(&package, version.as_deref()).await?;
-                Ok(DbReply::Done)
-            }
-            DbRequest::PackageFiles { package } => Ok(DbReply::Files(self.package_files(&package).await?)),
-            DbRequest::VersionFiles { package, version } => {
-                Ok(DbReply::Files(self.version_files(&package, &version).await?))
-            }
-            DbRequest::FileWithHash { sha256 } => Ok(DbReply::Text(self.file_with_hash(&sha256).await?)),
-            DbRequest::ProjectData { package } => {
-                self.project_data(&package).await.map(|data| DbReply::Project(Box::new(data)))
-            }
-            DbRequest::ProjectsData { packages } => {
-                self.projects_data(&packages).await.map(|(abis, data, snapshot)| DbReply::Projects { abis, data, snapshot })
-            }
-            DbRequest::BuildIds { package, version } => {
-                Ok(DbReply::Builds(self.build_ids(&package, version.as_deref()).await?))
-            }
-            DbRequest::BuildAbis => Ok(DbReply::Abis(self.build_abis().await?)),
-            DbRequest::BuildQueue { limit } => Ok(DbReply::Queue(self.build_queue(limit).await?)),
-            DbRequest::PypiSerial => Ok(DbReply::Id(self.pypi_serial().await?)),
-            DbRequest::SetPypiSerial { serial } => self.set_pypi_serial(serial).await.map(|()| DbReply::Done),
-            DbRequest::Statistics => Ok(DbReply::Stats(self.statistics().await?)),
-            DbRequest::SearchIndex => Ok(DbReply::Search(self.search_index().await?)),
-            DbRequest::LogAccess { records } => {
-                let stored = self.log_access(&records).await?;
-                Ok(DbReply::Id(i64::try_from(stored).unwrap_or(i64::MAX)))
-            }
-            DbRequest::AddRewrite(rewrite) => {
-                self.add_rewrite(&rewrite).await?;
-                Ok(DbReply::Done)
-            }
-            DbRequest::PendingRewrites => Ok(DbReply::Rewrites(self.pending_rewrites().await?)),
-            DbRequest::ClearRewrites { written } => {
-                self.clear_rewrites(&written).await?;
-                Ok(DbReply::Done)
-            }
-            DbRequest::Audit { actor, action, detail } => {
-                self.audit(&actor, &action, &detail).await?;
-                Ok(DbReply::Done)
-            }
+            Q::Projects(Projects { packages }) => refusable(self.projects_data(&packages).await, DbReply::Projects)?,
+            Q::BuildIds(BuildIds { package, version }) => DbReply::BuildIds(self.build_ids(&package, version.as_deref()).await?),
+            Q::BuildAbis(BuildAbis {}) => DbReply::BuildAbis(self.build_abis().await?),
+            Q::BuildQueue(BuildQueue { limit }) => DbReply::BuildQueue(self.build_queue(limit).await?),
+            Q::PypiSerial(PypiSerial {}) => DbReply::PypiSerial(self.pypi_serial().await?),
+            Q::SetPypiSerial(SetPypiSerial { serial }) => refusable(self.set_pypi_serial(serial).await, DbReply::SetPypiSerial)?,
+            Q::Statistics(Statistics {}) => DbReply::Statistics(self.statistics().await?),
+            Q::SearchIndex(SearchIndex {}) => DbReply::SearchIndex(self.search_index().await?),
+            Q::LogAccess(LogAccess { records }) => DbReply::LogAccess(self.log_access(&records).await?),
+            Q::AddRewrite(AddRewrite { rewrite }) => DbReply::AddRewrite(self.add_rewrite(&rewrite).await?),
+            Q::PendingRewrites(PendingRewrites {}) => DbReply::PendingRewrites(self.pending_rewrites().await?),
+            Q::ClearRewrites(ClearRewrites { written }) => DbReply::ClearRewrites(self.clear_rewrites(&written).await?),
+            Q::Audit(Audit { actor, action, detail }) => DbReply::Audit(self.audit(&actor, &action, &detail).await?),
         };
-        match reply {
-            Ok(reply) => Ok(reply),
-            Err(RequestError::Refused(message)) => Ok(DbReply::Error { message }),
-            Err(RequestError::Database(err)) => Err(err),
-        }
+        Ok(reply)
     }
 
     // --------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{RewriteScope, Timestamp};
+use piwheels_common::protocols::Timestamp;
+
+use crate::calls::db::RewriteScope;
 
 /// A package waiting for its pages to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]

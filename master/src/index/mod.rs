@@ -40,14 +40,15 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{
-    BuildAbi, BuildId, DbReply, DbRequest, PendingRewrite, ProjectData, RewriteScope, RewriteWritten, Timestamp, WebReply,
-    WebRequest,
-};
+use piwheels_common::protocols::{BuildId, Timestamp};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::Server;
 
-use crate::db_client::{DbClient, DbClientError};
+use crate::seraph::DB_ENDPOINT;
+use crate::calls::db::{AddRewrite, AllPackages, BuildAbi, ClearRewrites, PendingRewrite, PendingRewrites, ProjectData, Projects, ProjectsSnapshot, RewriteScope, RewriteWritten};
+use crate::calls::tasks::{WebReply, WebRequest};
+use crate::calls::CallError;
+use crate::db_client::DbClient;
 use buffer::{RewriteBuffer, Waiting};
 use layout::{Layout, is_safe_name};
 use pages::TEMPLATES_FINGERPRINT;
@@ -128,8 +129,8 @@ impl Sockets {
     pub fn open(ctx: &zmq::Context, db_timeout: Duration) -> anyhow::Result<Sockets> {
         Ok(Sockets {
             web: Server::bind(ctx, WEB_ENDPOINT, None)?,
-            db: DbClient::connect(ctx, db_timeout)?,
-            prefetch: DbClient::connect(ctx, db_timeout)?,
+            db: DbClient::connect(ctx, DB_ENDPOINT, db_timeout)?,
+            prefetch: DbClient::connect(ctx, DB_ENDPOINT, db_timeout)?,
         })
     }
 }
@@ -176,11 +177,9 @@ struct Fetched {
 }
 
 /// Fetches the ABIs and the data of `packages` (those that exist).
-fn fetch(db: &DbClient, packages: Vec<String>) -> Result<Fetched, DbClientError> {
-    match db.request(DbRequest::ProjectsData { packages })? {
-        DbReply::Projects { abis, data, snapshot } => Ok(Fetched { abis, data, snapshot }),
-        reply => Err(DbClientError::Unexpected { request: "ProjectsData".into(), reply: Box::new(reply) }),
-    }
+fn fetch(db: &DbClient, packages: Vec<String>) -> Result<Fetched, CallError> {
+    let ProjectsSnapshot { abis, data, snapshot } = db.call(Projects { packages })?;
+    Ok(Fetched { abis, data, snapshot })
 }
 
 /// The index writer.
@@ -222,9 +221,7 @@ impl Scribe {
 
     /// Reads the pending rewrites the database holds and decides on a full rewrite.
     fn load(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) -> anyhow::Result<()> {
-        let DbReply::Rewrites(pending) = sockets.db.request(DbRequest::PendingRewrites)? else {
-            anyhow::bail!("the database answered PendingRewrites with something else");
-        };
+        let pending = sockets.db.call(PendingRewrites {})?;
         let now = ctx.now();
         if !pending.is_empty() {
             tracing::info!("{} page rewrites were pending", pending.len());
@@ -235,10 +232,7 @@ impl Scribe {
             }
         }
         if !self.writer.stamp_matches(&TEMPLATES_FINGERPRINT) {
-            let known: Vec<String> = match sockets.db.request(DbRequest::AllPackages)? {
-                DbReply::Names(names) => names,
-                _ => anyhow::bail!("the database answered AllPackages with something else"),
-            };
+            let known = sockets.db.call(AllPackages {})?;
             let known_set: HashSet<String> = known.iter().cloned().collect();
             let strays = self.writer.strays(&known_set)?;
             tracing::info!(
@@ -262,7 +256,7 @@ impl Scribe {
         packages: &[(String, RewriteScope)],
         sockets: &Sockets,
         now: &Timestamp,
-    ) -> Result<(Vec<Outcome>, String), DbClientError> {
+    ) -> Result<(Vec<Outcome>, String), CallError> {
         let names: Vec<String> = packages.iter().map(|(name, _)| name.clone()).collect();
         let fetched = fetch(&sockets.db, names)?;
         Ok((self.write_fetched(packages, &fetched, now), fetched.snapshot))
@@ -434,7 +428,7 @@ impl Scribe {
             WebRequest::Rewrite { package, scope } => {
                 let rewrite = PendingRewrite { package, added_at: ctx.utc(), scope };
                 anyhow::ensure!(is_safe_name(&rewrite.package), "{:?} is not a canonical package name", rewrite.package);
-                let recorded = sockets.db.done(DbRequest::AddRewrite(rewrite.clone()));
+                let recorded = sockets.db.call(AddRewrite { rewrite: rewrite.clone() });
                 self.enqueue(&rewrite, ctx);
                 recorded.map_err(|e| anyhow::anyhow!("queued, but not recorded (a crash would lose it): {e}"))
             }
@@ -484,11 +478,11 @@ impl Scribe {
                     due: ctx.now() + self.config.retry,
                 };
                 self.buffer.retry(entry, ctx.now() + self.config.retry);
-                let _ = sockets.db.done(DbRequest::AddRewrite(PendingRewrite {
+                let _ = sockets.db.call(AddRewrite { rewrite: PendingRewrite {
                     package: package.to_string(),
                     added_at: utc,
                     scope: RewriteScope::Both,
-                }));
+                } });
                 return Err(e.into());
             }
         };
@@ -584,7 +578,7 @@ impl Scribe {
         }
         let written = std::mem::take(&mut self.unsynced);
         let count = written.len();
-        if let Err(e) = sockets.db.done(DbRequest::ClearRewrites { written }) {
+        if let Err(e) = sockets.db.call(ClearRewrites { written }) {
             // The entries stay in the database: the pages are only written once more, at the
             // next start.
             tracing::warn!("cannot clear {count} pending rewrites: {e}");

@@ -13,9 +13,9 @@ use std::sync::LazyLock;
 use askama::Template;
 use chrono::SecondsFormat;
 use piwheels_common::names::{canonicalize, is_prerelease, parse_version};
-use piwheels_common::protocols::{
-    AbiStatus, BuildAbi, BuildId, MasterStats, ProjectData, ProjectFile, ReleaseData, SearchEntry, Timestamp,
-};
+use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
+
+use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ReleaseData, SearchEntry};
 use piwheels_common::wheel::WheelName;
 use serde::Serialize;
 use serde::ser::SerializeMap;

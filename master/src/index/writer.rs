@@ -12,7 +12,9 @@ use std::path::Path;
 
 use askama::Template;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
-use piwheels_common::protocols::{BuildAbi, BuildId, MasterStats, ProjectData, RewriteScope, SearchEntry, Timestamp};
+use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
+
+use crate::calls::db::{BuildAbi, ProjectData, RewriteScope, SearchEntry};
 
 use super::layout::{
     self, Layout, is_safe_file_name, is_safe_name, remove_dir_if_empty, remove_file, remove_tree, write_atomically,

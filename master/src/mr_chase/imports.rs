@@ -5,10 +5,11 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use piwheels_common::protocols::{
-    AdminReply, BuildRecord, BuildResult, DbRequest, FileExpectation, FsReply, FsRequest, ImportRequest, TransferId, WebRequest,
-    WheelFile,
-};
+use piwheels_common::protocols::{AdminReply, BuildResult, ImportRequest, TransferId, WheelFile};
+
+use crate::calls::db::{BuildAbis, BuildRecord, FileWithHash, LogBuild, PackageExists, VersionExists};
+use crate::calls::files::{FileExpectation, FsReply, FsRequest};
+use crate::calls::tasks::WebRequest;
 use piwheels_common::task::Context;
 use piwheels_common::wheel::WheelName;
 
@@ -177,7 +178,7 @@ impl MrChase {
             },
         };
         let rewrite = record.pending_rewrite(ctx.utc());
-        let build_id = match sockets.db.log_build(record, rewrite.added_at) {
+        let build_id = match sockets.db.call(LogBuild { build: record, rewrite_at: rewrite.added_at }) {
             Ok(id) => id,
             Err(e) => {
                 undo(sockets, &import);
@@ -233,14 +234,14 @@ fn check_import(sockets: &Sockets, mut request: ImportRequest) -> Result<ImportR
         }
     }
     let db = &sockets.db;
-    let abis = db.build_abis().map_err(|e| e.to_string())?;
+    let abis = db.call(BuildAbis {}).map_err(|e| e.to_string())?;
     if !abis.iter().any(|a| a.tag == request.abi) {
         let known: Vec<&str> = abis.iter().map(|a| a.tag.as_str()).collect();
         return Err(format!("unknown ABI {}: the farm builds for {}", request.abi, if known.is_empty() { "none yet".into() } else { known.join(", ") }));
     }
-    let version_exists = DbRequest::VersionExists { package: request.package.clone(), version: request.version.clone() };
-    if !db.boolean(version_exists).map_err(|e| e.to_string())? {
-        return Err(if db.package_exists(&request.package).map_err(|e| e.to_string())? {
+    let version_exists = VersionExists { package: request.package.clone(), version: request.version.clone() };
+    if !db.call(version_exists).map_err(|e| e.to_string())? {
+        return Err(if db.call(PackageExists { package: request.package.clone() }).map_err(|e| e.to_string())? {
             format!("unknown version {} {}: add it with piw-add (or piw-import --register)", request.package, request.version)
         } else {
             format!("unknown package {}: add it with piw-add (or piw-import --register)", request.package)
@@ -312,7 +313,7 @@ pub(super) fn undo(sockets: &Sockets, import: &Import) {
 /// Whether the database holds a file with this one's contents; when it cannot tell, the file
 /// counts as recorded (an orphan left on disk is better than a recorded file deleted).
 fn recorded(sockets: &Sockets, file: &WheelFile) -> bool {
-    match sockets.db.text(DbRequest::FileWithHash { sha256: file.sha256.clone() }) {
+    match sockets.db.call(FileWithHash { sha256: file.sha256.clone() }) {
         Ok(None) => false,
         Ok(Some(_)) => true,
         Err(e) => {

@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use piwheels_common::protocols::{
-    BuildRecord, BuildResult, DbReply, DbRequest, FailureKind, PendingRewrite, RewriteScope, RewriteWritten, TaskControl,
-    Timestamp, WebReply, WebRequest, WheelFile,
+use piwheels_common::protocols::{BuildResult, FailureKind, TaskControl, Timestamp, WheelFile};
+use piwheels_master::calls::db::{
+    BuildIds, BuildRecord, ClearRewrites, LogBuild, NewPackage, NewPackageName, NewVersion, PackageFiles, PendingRewrite, Projects,
+    RewriteScope, RewriteWritten,
 };
+use piwheels_master::calls::tasks::{WebReply, WebRequest};
 use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_common::transport::Client;
 use piwheels_master::db_client::DbClient;
@@ -129,16 +131,13 @@ impl Farm {
         self.send(WebRequest::Rewrite { package: package.into(), scope: RewriteScope::Both });
     }
 
-    fn done(&self, request: DbRequest) {
-        self.db.done(request).unwrap();
-    }
-
     /// Adds a package (with a display spelling) and versions released on the given days.
     pub fn package(&self, package: &str, display: &str, description: &str, versions: &[(&str, i64)]) {
-        self.db.new_package(package, "", description).unwrap();
-        self.done(DbRequest::NewPackageName { package: package.into(), name: display.into(), seen: day(0) });
+        self.db.call(NewPackage { package: package.into(), skip: String::new(), description: description.into() }).unwrap();
+        self.db.call(NewPackageName { package: package.into(), name: display.into(), seen: day(0) }).unwrap();
         for (version, released) in versions {
-            self.db.new_version(package, version, Some(day(*released)), "").unwrap();
+            let new = NewVersion { package: package.into(), version: (*version).into(), released: Some(day(*released)), skip: String::new() };
+            self.db.call(new).unwrap();
         }
     }
 
@@ -160,11 +159,9 @@ impl Farm {
     /// tests ask for pages themselves.
     pub fn record_build(&self, build: BuildRecord) -> i64 {
         let package = build.package.clone();
-        let id = self.db.log_build(build, Utc::now()).unwrap();
-        let DbReply::Projects { snapshot, .. } = self.db.request(DbRequest::ProjectsData { packages: Vec::new() }).unwrap() else {
-            panic!("ProjectsData answered with something else")
-        };
-        self.done(DbRequest::ClearRewrites { written: vec![RewriteWritten { package, snapshot }] });
+        let id = self.db.call(LogBuild { build, rewrite_at: Utc::now() }).unwrap();
+        let snapshot = self.db.call(Projects { packages: Vec::new() }).unwrap().snapshot;
+        self.db.call(ClearRewrites { written: vec![RewriteWritten { package, snapshot }] }).unwrap();
         id
     }
 
@@ -199,19 +196,12 @@ impl Farm {
 
     /// Every file name the database has for a package.
     pub fn files_of(&self, package: &str) -> Vec<String> {
-        match self.db.request(DbRequest::PackageFiles { package: package.into() }).unwrap() {
-            DbReply::Files(files) => files.into_iter().map(|f| f.filename).collect(),
-            other => panic!("{other:?}"),
-        }
+        self.db.call(PackageFiles { package: package.into() }).unwrap().into_iter().map(|f| f.filename).collect()
     }
 
     /// Build ids of a package or version.
     pub fn builds_of(&self, package: &str, version: Option<&str>) -> Vec<i64> {
-        match self.db.request(DbRequest::BuildIds { package: package.into(), version: version.map(str::to_string) }).unwrap()
-        {
-            DbReply::Builds(ids) => ids,
-            other => panic!("{other:?}"),
-        }
+        self.db.call(BuildIds { package: package.into(), version: version.map(str::to_string) }).unwrap()
     }
 
     /// Reads a file of the tree.

@@ -89,7 +89,7 @@ impl Pool {
 
     /// A database client.
     pub fn client(&self, timeout: Duration) -> DbClient {
-        DbClient::connect(&self.rt.zmq, timeout).unwrap()
+        DbClient::connect(&self.rt.zmq, seraph::DB_ENDPOINT, timeout).unwrap()
     }
 
     /// Whether every task still runs.

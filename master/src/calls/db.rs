@@ -1,0 +1,452 @@
+//! The database protocol: every task's calls to the oracles, through the load balancer.
+//! Each call's reply type is the answer on success; any call can instead get an error, whose
+//! kind says whether the request was refused or the database failed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use piwheels_common::protocols::{
+    AccessRecord, BuildId, BuildResult, Dependencies, PackageVersion, SlaveId, Timestamp, WireError,
+};
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+use piwheels_common::arbitrary::{arb_timestamp, small_map, small_vec};
+#[cfg(test)]
+use proptest_derive::Arbitrary;
+
+use super::calls;
+
+/// A build ABI the farm builds for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct BuildAbi {
+    /// The tag, e.g. `cp311`.
+    pub tag: String,
+    /// Position in the build order (lower first).
+    pub position: i32,
+    /// Non-empty when the ABI is not built, with the reason.
+    pub skip: String,
+}
+
+/// A build to record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct BuildRecord {
+    /// Slave id (0 for imports).
+    pub built_by: SlaveId,
+    /// The slave's label, kept for the history.
+    pub builder: String,
+    /// The release built.
+    pub package: String,
+    /// Its version.
+    pub version: String,
+    /// The builder's ABI.
+    pub abi: String,
+    /// What happened.
+    pub result: BuildResult,
+}
+
+impl BuildRecord {
+    /// The rewrite of the package's pages this build calls for, added at `added_at`: both
+    /// scopes after a success (new files), the project page only after a failure.
+    pub fn pending_rewrite(&self, added_at: Timestamp) -> PendingRewrite {
+        let scope = if self.result.success { RewriteScope::Both } else { RewriteScope::Project };
+        PendingRewrite { package: self.package.clone(), added_at, scope }
+    }
+}
+
+/// A file and its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct FileHash {
+    /// File name.
+    pub filename: String,
+    /// Lower-case hex SHA-256.
+    pub sha256: String,
+}
+
+/// Which pages of a package to rewrite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum RewriteScope {
+    /// The project page and project JSON.
+    Project,
+    /// Those plus the package's simple index pages.
+    Both,
+}
+
+/// A page rewrite waiting in the page buffer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct PendingRewrite {
+    /// The package.
+    pub package: String,
+    /// When the latest request for it arrived.
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub added_at: Timestamp,
+    /// What to rewrite.
+    pub scope: RewriteScope,
+}
+
+/// A package whose pages were written from the database as `snapshot` saw it: its pending
+/// rewrite is done if the snapshot saw the last request for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct RewriteWritten {
+    /// The package.
+    pub package: String,
+    /// The snapshot the pages were made from, as [`DbReply::Projects`] gave it.
+    pub snapshot: String,
+}
+
+/// Figures the database computes for the home page and monitors.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct DbStats {
+    /// Distinct packages with at least one file.
+    pub packages_built: u64,
+    /// Builds in the last hour, per active ABI.
+    #[cfg_attr(test, proptest(strategy = "small_map()"))]
+    pub builds_last_hour: BTreeMap<String, u64>,
+    /// Total duration of builds shorter than a week.
+    pub builds_time: Duration,
+    /// Total size of files, bytes.
+    pub builds_size: u64,
+    /// Files in the index.
+    pub files_count: u64,
+    /// Versions released in the last hour.
+    pub new_last_hour: u64,
+    /// Downloads in the last hour.
+    pub downloads_last_hour: u64,
+    /// Downloads in the last 30 days.
+    pub downloads_last_month: u64,
+    /// Downloads ever.
+    pub downloads_all: u64,
+}
+
+/// One package in the search index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct SearchEntry {
+    /// Canonical name.
+    pub package: String,
+    /// Downloads in the last 30 days.
+    pub downloads_recent: u64,
+    /// Downloads ever.
+    pub downloads_all: u64,
+}
+
+/// Build state of one release for one ABI, for project pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum AbiStatus {
+    /// Built, with a file that serves this ABI.
+    Success,
+    /// The build failed.
+    Fail,
+    /// Not built on purpose (package, version or ABI skipped).
+    Skip,
+    /// Not built yet.
+    Pending,
+}
+
+/// A file of a release, for project pages and the simple index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct ProjectFile {
+    /// File name.
+    pub filename: String,
+    /// Size, bytes.
+    pub size: u64,
+    /// Lower-case hex SHA-256.
+    pub sha256: String,
+    /// Lower-case hex SHA-256 of the `.metadata` side file.
+    pub metadata_sha256: Option<String>,
+    /// ABI of the build that made it.
+    pub builder_abi: String,
+    /// The file's own ABI tag.
+    pub abi_tag: String,
+    /// The file's platform tag.
+    pub platform_tag: String,
+    /// `Requires-Python`.
+    pub requires_python: Option<String>,
+    /// When the file was published.
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub uploaded: Timestamp,
+    /// Run-time needs.
+    pub dependencies: Dependencies,
+}
+
+/// One release of a project.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct ReleaseData {
+    /// Version string.
+    pub version: String,
+    /// When PyPI released it.
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub released: Timestamp,
+    /// Yank reason, when yanked (may be empty).
+    pub yanked: Option<String>,
+    /// Why it is not built (the version's or the package's reason), empty when it is.
+    pub skip: String,
+    /// Its files.
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub files: Vec<ProjectFile>,
+    /// Build state per ABI, with the build's id where there is one.
+    #[cfg_attr(test, proptest(strategy = "small_map()"))]
+    pub abis: BTreeMap<String, (AbiStatus, Option<BuildId>)>,
+}
+
+/// Everything the index writer needs for one project.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct ProjectData {
+    /// Canonical name.
+    pub package: String,
+    /// Display name (the most recently seen spelling).
+    pub display_name: String,
+    /// Summary from PyPI.
+    pub description: String,
+    /// Other spellings of the name.
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub aliases: Vec<String>,
+    /// Releases, in no particular order.
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub releases: Vec<ReleaseData>,
+}
+
+/// The pages' data of several projects, read from one database snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct ProjectsSnapshot {
+    /// The ABIs builds are made for (every project page's columns).
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub abis: Vec<BuildAbi>,
+    /// The projects.
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub data: Vec<ProjectData>,
+    /// The snapshot they were read from (PostgreSQL's `pg_snapshot` as text), for
+    /// [`ClearRewrites`].
+    pub snapshot: String,
+}
+
+calls! {
+    /// A call to the database, answered by an oracle with one [`DbReply`].
+    requests DbRequest;
+    /// An oracle's answer to a [`DbRequest`].
+    replies DbReply;
+
+    /// Every package name.
+    AllPackages {} -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<String>;
+    /// Add a package.
+    NewPackage {
+        /// Canonical name.
+        package: String,
+        /// Skip reason, empty to build.
+        skip: String,
+        /// Summary.
+        description: String,
+    } -> bool;
+    /// Add a version.
+    NewVersion {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+        /// Release time; None means now.
+        #[cfg_attr(test, proptest(strategy = "proptest::option::of(arb_timestamp())"))]
+        released: Option<Timestamp>,
+        /// Skip reason, empty to build.
+        skip: String,
+    } -> bool;
+    /// Record a spelling of a package's name seen at a time.
+    NewPackageName {
+        /// Canonical name.
+        package: String,
+        /// The spelling.
+        name: String,
+        /// When it was seen; a later sighting never moves the time backwards.
+        #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+        seen: Timestamp,
+    } -> ();
+    /// Other spellings of a package's name.
+    PackageAliases {
+        /// Canonical name.
+        package: String,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<String>;
+    /// Set a package's summary.
+    SetDescription {
+        /// Canonical name.
+        package: String,
+        /// Summary.
+        description: String,
+    } -> ();
+    /// Set or clear a package's skip reason.
+    SkipPackage {
+        /// Canonical name.
+        package: String,
+        /// Reason, empty to build again.
+        reason: String,
+    } -> ();
+    /// Set or clear a version's skip reason.
+    SkipVersion {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+        /// Reason, empty to build again.
+        reason: String,
+    } -> ();
+    /// A version's skip reason.
+    VersionSkip {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+    } -> Option<String>;
+    /// Yank or unyank a version.
+    YankVersion {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+        /// Some(reason) to yank, None to unyank.
+        reason: Option<String>,
+    } -> ();
+    /// Delete a package with its versions, builds and files.
+    DeletePackage {
+        /// Canonical name.
+        package: String,
+    } -> ();
+    /// Delete a version with its builds and files.
+    DeleteVersion {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+    } -> ();
+    /// Rename a package (PyPI rename event).
+    RenamePackage {
+        /// Old canonical name.
+        from: String,
+        /// New canonical name.
+        to: String,
+    } -> ();
+    /// Does the package exist.
+    PackageExists {
+        /// Canonical name.
+        package: String,
+    } -> bool;
+    /// Does the version exist.
+    VersionExists {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+    } -> bool;
+    /// Record a build and its files, and in the same transaction a pending rewrite of its
+    /// package's pages added at `rewrite_at` (both scopes after a success, the project page
+    /// after a failure), so that the index writer need not record it again. Gives the build's
+    /// id.
+    LogBuild {
+        /// The build.
+        build: BuildRecord,
+        /// The pending rewrite's time, by the index writer's clock (the master's).
+        #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+        rewrite_at: Timestamp,
+    } -> BuildId;
+    /// Delete the builds (and files) of a version, or of every version when None.
+    DeleteBuilds {
+        /// Canonical name.
+        package: String,
+        /// Version, or None for all.
+        version: Option<String>,
+    } -> ();
+    /// Files of a package.
+    PackageFiles {
+        /// Canonical name.
+        package: String,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<FileHash>;
+    /// Files of a version.
+    VersionFiles {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<FileHash>;
+    /// The name of a file the index already holds with this hash, if there is one.
+    FileWithHash {
+        /// Lower-case hex SHA-256.
+        sha256: String,
+    } -> Option<String>;
+    /// Everything for a project's pages.
+    Project {
+        /// Canonical name.
+        package: String,
+    } -> Box<ProjectData>;
+    /// Everything for the pages of several projects at once (the index writer's batches):
+    /// the build ABIs and the projects' data in the order asked, leaving out packages that do
+    /// not exist, all read from one snapshot, which comes with them.
+    Projects {
+        /// Canonical names.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        packages: Vec<String>,
+    } -> ProjectsSnapshot;
+    /// The ids of every build of a package, or of one version of it.
+    /// Asked before deleting the rows, so that the index writer can remove their logs.
+    BuildIds {
+        /// Canonical name.
+        package: String,
+        /// Version, or None for all.
+        version: Option<String>,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<BuildId>;
+    /// The ABIs.
+    BuildAbis {} -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<BuildAbi>;
+    /// The build queue, per ABI, at most `limit` per ABI.
+    BuildQueue {
+        /// Maximum entries per ABI.
+        limit: u32,
+    } -> #[cfg_attr(test, proptest(strategy = "small_map()"))] BTreeMap<String, Vec<PackageVersion>>;
+    /// The last applied PyPI serial.
+    PypiSerial {} -> i64;
+    /// Store the last applied PyPI serial (never backwards).
+    SetPypiSerial {
+        /// The serial.
+        serial: i64,
+    } -> ();
+    /// Home page figures.
+    Statistics {} -> DbStats;
+    /// Download counts of every package.
+    SearchIndex {} -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<SearchEntry>;
+    /// Store access-log records.
+    LogAccess {
+        /// The records.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        records: Vec<AccessRecord>,
+    } -> u64;
+    /// Add or widen a pending page rewrite.
+    AddRewrite {
+        /// The rewrite.
+        rewrite: PendingRewrite,
+    } -> ();
+    /// The pending page rewrites, oldest first.
+    PendingRewrites {} -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<PendingRewrite>;
+    /// Remove the pending rewrites whose pages were written and made durable, each if the
+    /// snapshot its pages were made from saw the last request for it.
+    ClearRewrites {
+        /// Each package with the snapshot its pages were made from.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        written: Vec<RewriteWritten>,
+    } -> ();
+    /// Append to the audit log.
+    Audit {
+        /// Who (user and tool).
+        actor: String,
+        /// What was done.
+        action: String,
+        /// To what, with parameters.
+        detail: String,
+    } -> ();
+}

@@ -1,0 +1,197 @@
+//! The other protocols between the master's tasks: operators' slave commands, the build
+//! queue, the architect's trigger, delete notices, stats figures and page rewrites.
+
+use std::collections::BTreeMap;
+
+use piwheels_common::protocols::{BuildId, MasterStats, PackageVersion, SlaveAction, SlaveId, SlaveTarget};
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+use piwheels_common::arbitrary::{small_map, small_vec};
+#[cfg(test)]
+use proptest_derive::Arbitrary;
+
+use super::db::{PendingRewrite, RewriteScope, SearchEntry};
+
+/// An operator's command for slaves, forwarded by the master's main loop; answered by
+/// [`SlaveCommandReply`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct SlaveCommand {
+    /// Which slaves.
+    pub target: SlaveTarget,
+    /// What to do.
+    pub action: SlaveAction,
+}
+
+/// The slave driver's answer to a [`SlaveCommand`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum SlaveCommandReply {
+    /// The command now applies to these slaves (none when none are connected).
+    Applied {
+        /// Ids of the slaves affected.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        slaves: Vec<SlaveId>,
+    },
+    /// No slave has this id.
+    UnknownSlave {
+        /// The id asked for.
+        slave_id: SlaveId,
+    },
+}
+
+// ------------------------------------------------------------------------------------------
+// Build queue, architect trigger, delete notices, stats
+// ------------------------------------------------------------------------------------------
+
+/// The architect's new build queues, sent to the slave driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct BuildQueueUpdate {
+    /// Per ABI, the releases to build, newest release first.
+    #[cfg_attr(test, proptest(strategy = "small_map()"))]
+    pub queues: BTreeMap<String, Vec<PackageVersion>>,
+}
+
+/// Something changed that may change the build queue; the architect debounces these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum ArchitectTrigger {
+    /// Recompute the queues soon.
+    Refresh {
+        /// What happened, for the log.
+        reason: String,
+    },
+}
+
+/// A package or version was deleted: the slave driver drops it from its queues and abandons
+/// builds of it in flight. Answered by [`DeleteAck`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum DeleteNotice {
+    /// A whole package.
+    Package {
+        /// Canonical name.
+        package: String,
+    },
+    /// One version.
+    Version {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+    },
+}
+
+/// The slave driver has applied a [`DeleteNotice`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum DeleteAck {
+    /// Applied.
+    Done,
+}
+
+/// Figures other tasks send the stats task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum StatsUpdate {
+    /// Queue lengths per ABI (from the slave driver).
+    Queues {
+        /// Builds waiting per ABI.
+        #[cfg_attr(test, proptest(strategy = "small_map()"))]
+        lengths: BTreeMap<String, u64>,
+    },
+    /// Downloads logged since the last update (from the log ingester).
+    Downloads {
+        /// How many.
+        count: u64,
+    },
+    /// Rewrite the home page and search index now (from the admin endpoint).
+    RefreshHome,
+}
+
+// ------------------------------------------------------------------------------------------
+// Page rewrites (tasks → page buffer → index writer)
+// ------------------------------------------------------------------------------------------
+
+/// A request to write or delete pages; answered by [`WebReply`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum WebRequest {
+    /// Rewrite a package's pages (coalesced by the page buffer).
+    Rewrite {
+        /// Canonical name.
+        package: String,
+        /// Which pages.
+        scope: RewriteScope,
+    },
+    /// Write the home page with these figures.
+    Home(MasterStats),
+    /// Write the search index.
+    Search {
+        /// Every package with its download counts.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        entries: Vec<SearchEntry>,
+    },
+    /// Write the log of a build just recorded, and buffer the rewrite of its package's pages
+    /// that [`DbRequest::LogBuild`] recorded with it.
+    Built {
+        /// The build.
+        build_id: BuildId,
+        /// The log text.
+        output: String,
+        /// The rewrite recorded with the build.
+        rewrite: PendingRewrite,
+    },
+    /// Remove a package's files and build logs, then its pages (or rewrite them, when the
+    /// package is still in the database, e.g. after only its builds were deleted).
+    DeletePackage {
+        /// Canonical name.
+        package: String,
+        /// Its files (looked up before the database rows went).
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        files: Vec<String>,
+        /// Its builds, whose logs go too (`DbRequest::BuildIds`, looked up before the rows went).
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        builds: Vec<BuildId>,
+    },
+    /// Remove a version's files and build logs and rewrite the package's pages.
+    DeleteVersion {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+        /// Its files (looked up before the database rows went).
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        files: Vec<String>,
+        /// Its builds, whose logs go too (looked up before the rows went).
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        builds: Vec<BuildId>,
+    },
+}
+
+/// The page buffer's or index writer's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum WebReply {
+    /// Done (or queued, for `Rewrite`).
+    Done,
+    /// Failed.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+piwheels_common::messages!(
+    SlaveCommand,
+    SlaveCommandReply,
+    BuildQueueUpdate,
+    ArchitectTrigger,
+    DeleteNotice,
+    DeleteAck,
+    StatsUpdate,
+    WebRequest,
+    WebReply,
+);
