@@ -339,6 +339,16 @@ mod tests {
         assert!(Versions::current().check().is_ok());
     }
 
+    #[test]
+    fn another_software_version_of_the_same_protocol_is_accepted() {
+        let theirs = Versions { protocol: PROTOCOL_VERSION_FOR_TEST, software: "0.0.1-older".into() };
+        assert_eq!(theirs.check(), Ok(()));
+        for software in ["x".repeat(MAX_SOFTWARE_VERSION + 1), "1.0\n2026-01-01 ERROR forged".into()] {
+            let err = Versions { protocol: PROTOCOL_VERSION_FOR_TEST, software }.check().unwrap_err();
+            assert_eq!(err.theirs.software, "unprintable", "{err}");
+        }
+    }
+
     const PROTOCOL_VERSION_FOR_TEST: u32 = crate::PROTOCOL_VERSION;
 
     /// `decode_file_request` must agree with `decode` on every frame: same message (or same

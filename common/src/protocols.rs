@@ -120,7 +120,9 @@ impl std::fmt::Display for WireError {
 impl std::error::Error for WireError {}
 
 /// The versions an external client announces in its first message. The master refuses a
-/// client whose protocol or software version differs from its own, naming both.
+/// client whose protocol version differs from its own, naming both sides' versions; the
+/// software version is logged and shown, and need not match, so that builders can be
+/// upgraded one at a time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
 pub struct Versions {
@@ -136,14 +138,25 @@ impl Versions {
         Versions { protocol: PROTOCOL_VERSION, software: SOFTWARE_VERSION.to_string() }
     }
 
-    /// Checks a peer's versions against ours; the error names both sides.
+    /// Checks a peer's protocol version against ours; the error names both sides' versions.
+    /// A software version that is not a short printable text is refused too, since it is
+    /// logged and shown.
     pub fn check(&self) -> Result<(), VersionMismatch> {
         let ours = Versions::current();
-        if *self == ours { Ok(()) } else { Err(VersionMismatch { ours, theirs: self.clone() }) }
+        let printable = self.software.len() <= MAX_SOFTWARE_VERSION && !self.software.chars().any(char::is_control);
+        if self.protocol == ours.protocol && printable {
+            return Ok(());
+        }
+        let software = if printable { self.software.clone() } else { "unprintable".into() };
+        Err(VersionMismatch { ours, theirs: Versions { protocol: self.protocol, software } })
     }
 }
 
-/// A peer runs another protocol or software version than we do.
+/// Longest software version a peer may announce, in bytes.
+pub const MAX_SOFTWARE_VERSION: usize = 64;
+
+/// A peer speaks another protocol version than we do (or announces an unprintable software
+/// version).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "version mismatch: this side runs protocol {} (software {}), the peer runs protocol {} (software {})",

@@ -413,8 +413,9 @@ impl SlaveDriver {
                 sockets.last_slave_id = sockets.last_slave_id.wrapping_add(1).max(1);
                 let id = sockets.last_slave_id;
                 tracing::info!(
-                    "slave {id} ({}) connected from {peer}: {} on {}, build timeout {:?}, busy timeout {:?}",
+                    "slave {id} ({}) connected from {peer}: piwheels {}, {} on {}, build timeout {:?}, busy timeout {:?}",
                     hello.host.label,
+                    hello.versions.software,
                     hello.abi,
                     hello.platform,
                     hello.build_timeout,

@@ -343,6 +343,10 @@ fn out_of_order_malformed_and_unknown_requests_are_refused_and_the_driver_goes_o
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // Other software speaking the same protocol is welcome: builders upgrade one at a time.
+    let mut older = hello("older", Duration::from_secs(300));
+    older.versions.software = "0.0.1-older".into();
+    assert!(matches!(farm.slave("older").ask(SlaveRequest::Hello(older)), SlaveReply::Ack { .. }));
     // A request from a connection that never said hello: say hello again.
     assert!(matches!(stranger.ask(idle()), SlaveReply::Refused { reason } if reason.contains("Hello")));
     // A hello with an unusable ABI.

@@ -411,7 +411,9 @@ impl App {
                 }
                 let label = if hello.host.label.is_empty() { String::new() } else { format!(" ({})", hello.host.label) };
                 let os = format!("{} {}", hello.host.os_name, hello.host.os_version);
-                self.log(at, NoticeLevel::Info, format!("slave {id}{label} joined: {} on {}, {}", hello.abi, hello.platform, os.trim()));
+                let software = &hello.versions.software;
+                let text = format!("slave {id}{label} joined: {} on {}, {}, piwheels {software}", hello.abi, hello.platform, os.trim());
+                self.log(at, NoticeLevel::Info, text);
             }
             SlaveEvent::Gone { reason } => {
                 if known.is_some() {

@@ -47,7 +47,8 @@ fn slaves_figures_and_events_appear_as_they_arrive() {
     row_with(&screen, &["Tasks", "big_brother running", "seraph running", "the_architect running"]);
     // The event log: joins, the build, the notice; not the Ack, the idle Sleep or the Cont.
     row_with(&screen, &["attached to the master at ipc:///run/piwheels/control"]);
-    row_with(&screen, &["slave 1 (pi4-a) joined: cp311 on linux_armv7l, Raspbian GNU/Linux 12 (bookworm)"]);
+    let software = piwheels_common::SOFTWARE_VERSION;
+    row_with(&screen, &[&format!("slave 1 (pi4-a) joined: cp311 on linux_armv7l, Raspbian GNU/Linux 12 (bookworm), piwheels {software}")]);
     row_with(&screen, &["slave 1 (pi4-a) is building numpy 1.26.4"]);
     row_with(&screen, &["PyPI answered 503; trying again"]);
     assert!(!has_row(&screen, &["pi3-b) is"]), "{}", screen.join("\n"));
