@@ -390,18 +390,11 @@ pub enum ControlReply {
         /// The master's state when the client attached.
         snapshot: Box<FarmSnapshot>,
     },
-    /// The client's versions do not match, or it sent something before `Hello`.
-    Refused {
-        /// Why, naming both versions on a mismatch.
-        reason: String,
-    },
     /// The request was carried out.
     Done,
-    /// The request was understood but failed.
-    Error {
-        /// What went wrong.
-        message: String,
-    },
+    /// The request was not carried out: refused (the protocol versions differ, naming both;
+    /// something came before `Hello`; no slave has that id) or failed in the master.
+    Error(WireError),
 }
 
 // ------------------------------------------------------------------------------------------
@@ -648,14 +641,11 @@ pub enum SlaveReply {
         /// The package index pip should build from.
         index_url: String,
     },
-    /// The request was refused. In answer to `Hello` (a version mismatch, say) the slave exits
-    /// with this reason; in answer to anything else it means the master does not know this
-    /// connection (it restarted, or dropped the slave as silent): the slave abandons what it
-    /// was doing and says `Hello` again.
-    Refused {
-        /// Why.
-        reason: String,
-    },
+    /// The request was not carried out. In answer to `Hello` (a protocol version mismatch,
+    /// say) the slave exits with this error; in answer to anything else it means the master
+    /// does not know this connection (it restarted, or dropped the slave as silent): the slave
+    /// abandons what it was doing and says `Hello` again.
+    Error(WireError),
     /// No work now: ask again in a few seconds.
     Sleep {
         /// True when the master or this slave is paused, false when there is simply no work.
@@ -725,10 +715,7 @@ pub enum FileReply {
     /// Every byte arrived; the uploader may close the file.
     Done,
     /// The transfer cannot go on, and why.
-    Refused {
-        /// Why.
-        reason: String,
-    },
+    Error(WireError),
 }
 
 // ------------------------------------------------------------------------------------------
@@ -851,11 +838,6 @@ pub enum AdminRequest {
 pub enum AdminReply {
     /// `Hello` accepted.
     Welcome,
-    /// Versions differ, or a request came before `Hello`.
-    Refused {
-        /// Why, naming both versions on a mismatch.
-        reason: String,
-    },
     /// Upload this file over the file socket.
     Send {
         /// File name.
@@ -868,11 +850,10 @@ pub enum AdminReply {
         /// A sentence for the operator.
         message: String,
     },
-    /// Failed; says why.
-    Error {
-        /// A sentence for the operator.
-        message: String,
-    },
+    /// Not done, with a sentence for the operator: refused (the protocol versions differ, a
+    /// request came before `Hello`, the request is invalid) or failed in the master (worth
+    /// trying again later).
+    Error(WireError),
 }
 
 // ------------------------------------------------------------------------------------------
@@ -994,11 +975,9 @@ pub enum LogRequest {
 pub enum LogReply {
     /// `Hello` accepted.
     Welcome,
-    /// Versions differ, or records came before `Hello`.
-    Refused {
-        /// Why.
-        reason: String,
-    },
+    /// The protocol versions differ, records came before `Hello`, or the batch could not be
+    /// stored.
+    Error(WireError),
     /// The batch was taken; `rejected` records failed validation and were dropped.
     Accepted {
         /// Records stored.
@@ -1007,3 +986,6 @@ pub enum LogReply {
         rejected: u64,
     },
 }
+
+#[cfg(test)]
+mod golden_frames;

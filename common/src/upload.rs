@@ -287,7 +287,7 @@ fn answer_fetches(
                 report.elapsed = start.elapsed();
                 return Ok(report);
             }
-            Some(FileReply::Refused { reason }) => return Err(UploadError::Refused { transfer, reason }),
+            Some(FileReply::Error(error)) => return Err(UploadError::Refused { transfer, reason: error.message }),
         }
     }
 }

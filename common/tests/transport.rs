@@ -187,11 +187,11 @@ fn dealer_converses_with_server_without_lock_step() {
     assert!(received.iter().all(|(p, _)| p.frames().len() == 1 && *p == received[0].0), "{received:?}");
     // Answer in reverse order; the dealer sees the answers in the order they were sent.
     for (peer, req) in received.iter().rev() {
-        server.send(peer, &ControlReply::Refused { reason: format!("{req:?}") }).expect("reply");
+        server.send(peer, &ControlReply::Error(piwheels_common::protocols::WireError::refused(format!("{req:?}")))).expect("reply");
     }
     for (_, req) in received.iter().rev() {
         let reply = dealer.recv_timeout(WAIT).expect("dealer recv").expect("a reply within the wait");
-        assert_eq!(reply, ControlReply::Refused { reason: format!("{req:?}") });
+        assert_eq!(reply, ControlReply::Error(piwheels_common::protocols::WireError::refused(format!("{req:?}"))));
     }
     assert!(dealer.recv_timeout(Duration::from_millis(50)).expect("dealer recv").is_none());
 }

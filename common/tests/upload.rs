@@ -5,7 +5,7 @@
 use std::thread;
 use std::time::Duration;
 
-use piwheels_common::protocols::{FileReply, FileRequest, TransferId};
+use piwheels_common::protocols::{FileReply, FileRequest, TransferId, WireError};
 use piwheels_common::transport::{DEFAULT_MAX_MESSAGE, Server};
 use piwheels_common::upload::{UploadError, UploadOptions, Uploader};
 use piwheels_common::transport::Security;
@@ -38,7 +38,7 @@ fn scripted_juggler(juggler: Server<FileRequest, FileReply>, size: u64, hellos: 
             FileRequest::Hello { transfer, .. } => {
                 seen.push(Seen { transfer, connection: peer.identity().to_vec(), bytes: Vec::new() });
                 let reply = if transfer == REFUSED {
-                    FileReply::Refused { reason: "refused by the script".into() }
+                    FileReply::Error(WireError::refused("refused by the script"))
                 } else {
                     FileReply::Fetch { offset: 0, length: size }
                 };

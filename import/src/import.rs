@@ -100,8 +100,7 @@ pub fn run(cfg: &ImportConfig) -> Result<(), ToolError> {
                 reply = session.request(&AdminRequest::Sent { filename })?;
             }
             AdminReply::Done { message } => break message,
-            AdminReply::Error { message } => return Err(ToolError::Failed(message)),
-            AdminReply::Refused { reason } => return Err(ToolError::Failed(format!("the master refused us, saying: {reason}"))),
+            AdminReply::Error(error) => return Err(error.into()),
             AdminReply::Welcome => return Err(ToolError::Failed("unexpected answer from the master: Welcome".into())),
         }
     };

@@ -8,6 +8,8 @@
 
 use std::process::ExitCode;
 
+use piwheels_common::protocols::{ErrorKind, WireError};
+
 pub mod add;
 pub mod config;
 pub mod import;
@@ -28,6 +30,22 @@ pub enum ToolError {
     /// The work failed: a bad file, an unreachable master, a refusal; exit status 1.
     #[error("{0}")]
     Failed(String),
+    /// The master could not carry the request out now (its database or disk failed, or it is
+    /// paused): nothing is wrong with the request, and the same command may succeed later;
+    /// exit status 75 (`EX_TEMPFAIL`).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<WireError> for ToolError {
+    /// The master's error, in its words: a refusal fails for good, the master's own failure
+    /// is temporary.
+    fn from(error: WireError) -> ToolError {
+        match error.kind {
+            ErrorKind::Refused => ToolError::Failed(error.message),
+            ErrorKind::Unavailable => ToolError::Unavailable(error.message),
+        }
+    }
 }
 
 impl ToolError {
@@ -36,6 +54,7 @@ impl ToolError {
         match self {
             ToolError::Usage(_) | ToolError::Declined(_) => 2,
             ToolError::Failed(_) => 1,
+            ToolError::Unavailable(_) => 75,
         }
     }
 }

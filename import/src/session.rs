@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use piwheels_common::keys::Role;
-use piwheels_common::protocols::{AdminReply, AdminRequest, Versions};
+use piwheels_common::protocols::{AdminReply, AdminRequest, Versions, WireError};
 use piwheels_common::transport::{self, Client, DEFAULT_MAX_MESSAGE, TransportError};
 
 use crate::ToolError;
@@ -47,7 +47,10 @@ impl Session {
         }
         match answer {
             Ok(AdminReply::Welcome) => Ok(session),
-            Ok(AdminReply::Refused { reason }) => Err(ToolError::Failed(format!("the master refused us, saying: {reason}"))),
+            Ok(AdminReply::Error(error)) => {
+                let message = format!("the master refused us, saying: {}", error.message);
+                Err(ToolError::from(WireError { message, ..error }))
+            }
             Ok(other) => Err(ToolError::Failed(format!("unexpected answer from the master to our hello: {other:?}"))),
             Err(TransportError::Timeout { .. } | TransportError::Busy { .. }) => Err(ToolError::Failed(format!(
                 "no answer from the master at {} within {:?}: is piw-master running, with this --import-queue?",
@@ -77,8 +80,7 @@ impl Session {
     pub fn done(&self, request: &AdminRequest) -> Result<String, ToolError> {
         match self.request(request)? {
             AdminReply::Done { message } => Ok(message),
-            AdminReply::Error { message } => Err(ToolError::Failed(message)),
-            AdminReply::Refused { reason } => Err(ToolError::Failed(format!("the master refused us, saying: {reason}"))),
+            AdminReply::Error(error) => Err(error.into()),
             other => Err(ToolError::Failed(format!("unexpected answer from the master: {other:?}"))),
         }
     }

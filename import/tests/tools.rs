@@ -516,7 +516,7 @@ fn a_master_of_another_version_is_refused_with_its_reason_shown() {
         for _ in 0..2 {
             let (peer, request) = server.recv().unwrap();
             assert!(matches!(request, Ok(AdminRequest::Hello { .. })));
-            server.send(&peer, &AdminReply::Refused { reason: reason.into() }).unwrap();
+            server.send(&peer, &AdminReply::Error(piwheels_common::protocols::WireError::refused(reason))).unwrap();
         }
     });
     let config = dir.path().join("tools.toml");

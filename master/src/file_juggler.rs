@@ -94,7 +94,7 @@ use piwheels_common::codec::{self, FileRequestRef};
 use piwheels_common::inspect::{self, WheelArchive};
 use piwheels_common::keys::Endpoint;
 use piwheels_common::names::{canonicalize, same_version};
-use piwheels_common::protocols::{Dependencies, FileReply, FileRequest, TransferId, WheelFile};
+use piwheels_common::protocols::{Dependencies, FileReply, FileRequest, TransferId, WheelFile, WireError};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{FrameSlice, Peer, Server, TransportError};
 use piwheels_common::upload::MAX_FETCH;
@@ -880,7 +880,7 @@ impl FileJuggler {
                 self.unbind(id);
             }
             self.refused += 1;
-            reply(&sockets.files, &peer, &FileReply::Refused { reason: refusal.to_string() });
+            reply(&sockets.files, &peer, &FileReply::Error(WireError::refused(refusal.to_string())));
             return Ok(());
         }
         let frame = match frame {
@@ -1011,7 +1011,7 @@ impl FileJuggler {
     fn refuse(&mut self, sockets: &Sockets, peer: &Peer, reason: String) {
         self.refused += 1;
         tracing::warn!("refused uploader {peer}: {reason}");
-        reply(&sockets.files, peer, &FileReply::Refused { reason });
+        reply(&sockets.files, peer, &FileReply::Error(WireError::refused(reason)));
     }
 }
 

@@ -24,7 +24,7 @@ use std::fmt::Display;
 use std::time::{Duration, Instant};
 
 use piwheels_common::keys::Endpoint;
-use piwheels_common::protocols::{AccessRecord, LogReply, LogRequest};
+use piwheels_common::protocols::{AccessRecord, LogReply, LogRequest, WireError};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Peer, Sender, Server};
 
@@ -148,7 +148,7 @@ impl Lumberjack {
         if let Err(mismatch) = versions.check() {
             self.tally.refused += 1;
             self.complain(format_args!("logger {peer} refused: {mismatch}"));
-            return LogReply::Refused { reason: mismatch.to_string() };
+            return LogReply::Error(WireError::refused(mismatch.to_string()));
         }
         let identity = peer.identity().to_vec();
         if self.loggers.len() >= MAX_LOGGERS
@@ -168,7 +168,7 @@ impl Lumberjack {
             None => {
                 self.tally.refused += 1;
                 self.complain(format_args!("logger {peer} sent records before saying hello"));
-                return LogReply::Refused { reason: HELLO_FIRST.into() };
+                return LogReply::Error(WireError::refused(HELLO_FIRST));
             }
         }
         let received = records.len();
@@ -203,7 +203,7 @@ impl Lumberjack {
             Err(e) => {
                 self.tally.failed += 1;
                 tracing::error!("{count} access records not stored: {e}");
-                return LogReply::Refused { reason: format!("not stored: {e}") };
+                return LogReply::Error(WireError::unavailable(format!("not stored: {e}")));
             }
         };
         // The database drops only records it cannot store, which validation has removed; if
@@ -295,12 +295,12 @@ impl Task for Lumberjack {
                     (Err(refusal), _) => {
                         self.tally.refused += 1;
                         self.loggers.remove(peer.identity());
-                        LogReply::Refused { reason: refusal.to_string() }
+                        LogReply::Error(WireError::refused(refusal.to_string()))
                     }
                     (Ok(_), Err(e)) => {
                         self.tally.malformed += 1;
                         self.complain(format_args!("logger {peer}: {e}"));
-                        LogReply::Refused { reason: e.to_string() }
+                        LogReply::Error(WireError::refused(e.to_string()))
                     }
                     (Ok(_), Ok(LogRequest::Hello { versions })) => self.hello(&peer, &versions, ctx.now()),
                     (Ok(_), Ok(LogRequest::Records { records })) => self.records(&peer, records, sockets, ctx),

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::keys::Endpoint;
 use piwheels_common::names::canonicalize;
-use piwheels_common::protocols::{AdminReply, AdminRequest, NoticeLevel, RebuildTarget, StatusEvent, Timestamp};
+use piwheels_common::protocols::{AdminReply, AdminRequest, NoticeLevel, RebuildTarget, StatusEvent, Timestamp, WireError, ErrorKind};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Peer, Sender, Server};
 
@@ -165,7 +165,7 @@ struct Session {
 }
 
 /// The outcome of a request that ends in `Done` or `Error`: a sentence either way.
-type Outcome = Result<String, String>;
+type Outcome = Result<String, WireError>;
 
 /// The admin endpoint.
 #[derive(Debug)]
@@ -205,7 +205,7 @@ impl MrChase {
                 if let Some(old) = self.sessions.remove(peer.identity()) {
                     self.abandon(sockets, old, "its key was refused");
                 }
-                let _ = sockets.admin.send(&peer, &AdminReply::Refused { reason: refusal.to_string() });
+                let _ = sockets.admin.send(&peer, &AdminReply::Error(WireError::refused(refusal.to_string())));
                 return Ok(());
             }
         };
@@ -214,7 +214,7 @@ impl MrChase {
             Err(e) => {
                 self.bad_requests += 1;
                 tracing::warn!("bad request from {peer} ({} so far): {e}", self.bad_requests);
-                AdminReply::Error { message: format!("the master could not read that request: {e}") }
+                AdminReply::Error(WireError::refused(format!("the master could not read that request: {e}")))
             }
         };
         if let Err(e) = sockets.admin.send(&peer, &reply) {
@@ -230,11 +230,11 @@ impl MrChase {
         if let AdminRequest::Hello { versions, actor } = request {
             if let Err(mismatch) = versions.check() {
                 tracing::warn!("refused {actor:?} from {peer}: {mismatch}");
-                return AdminReply::Refused { reason: mismatch.to_string() };
+                return AdminReply::Error(WireError::refused(mismatch.to_string()));
             }
             if let Err(reason) = check_text("the actor", &actor, MAX_NAME, false) {
                 tracing::warn!("refused a tool from {peer}: {reason}");
-                return AdminReply::Refused { reason };
+                return AdminReply::Error(reason);
             }
             if let Some(old) = self.sessions.remove(&identity) {
                 self.abandon(sockets, old, "the tool said hello again");
@@ -247,7 +247,7 @@ impl MrChase {
         }
         let Some(session) = self.sessions.get_mut(&identity) else {
             tracing::warn!("{} from {peer} before hello", request_name(&request));
-            return AdminReply::Refused { reason: "say Hello (with your versions) first".into() };
+            return AdminReply::Error(WireError::refused("say Hello (with your versions) first"));
         };
         session.seen = now;
         let actor = session.actor.clone();
@@ -255,7 +255,7 @@ impl MrChase {
             return self.sent(sockets, ctx, &identity, &filename);
         }
         if ctx.paused() {
-            return AdminReply::Error { message: "the master is paused: try again once it is resumed".into() };
+            return AdminReply::Error(WireError::unavailable("the master is paused: try again once it is resumed"));
         }
         if let AdminRequest::Import(import) = request {
             return self.import(sockets, ctx, &identity, import);
@@ -284,7 +284,8 @@ impl MrChase {
     fn conclude(&self, sockets: &Sockets, ctx: &Context<'_, Event>, actor: &str, action: &str, outcome: Outcome) -> AdminReply {
         let detail = match &outcome {
             Ok(message) => message.clone(),
-            Err(message) => format!("refused: {message}"),
+            Err(error) if error.kind == ErrorKind::Refused => format!("refused: {}", error.message),
+            Err(error) => format!("failed: {}", error.message),
         };
         if let Err(e) = sockets.db.call(Audit { actor: actor.into(), action: action.into(), detail: detail.clone() }) {
             tracing::error!("cannot write to the audit log ({actor}, {action}, {detail}): {e}");
@@ -295,9 +296,9 @@ impl MrChase {
                 notice(sockets, ctx, NoticeLevel::Info, format!("{actor}: {message}"));
                 AdminReply::Done { message }
             }
-            Err(message) => {
-                tracing::info!("{actor}, {action}: {message}");
-                AdminReply::Error { message }
+            Err(error) => {
+                tracing::info!("{actor}, {action}: {}", error.message);
+                AdminReply::Error(error)
             }
         }
     }
@@ -353,7 +354,7 @@ impl MrChase {
     ) -> Outcome {
         let package = check_package(name)?;
         if skip.is_some() && unskip {
-            return Err("cannot both skip and unskip a package".into());
+            return Err(WireError::refused("cannot both skip and unskip a package"));
         }
         if let Some(skip) = &skip {
             check_text("the skip reason", skip, MAX_SKIP, false)?;
@@ -364,27 +365,27 @@ impl MrChase {
         for alias in aliases {
             check_name(alias)?;
             if canonicalize(alias) != package {
-                return Err(format!("alias {alias:?} does not match the package: its canonical name is {}, not {package}", canonicalize(alias)));
+                return Err(WireError::refused(format!("alias {alias:?} does not match the package: its canonical name is {}, not {package}", canonicalize(alias))));
             }
         }
         let db = &sockets.db;
         let added = db
             .call(NewPackage { package: package.clone(), skip: skip.clone().unwrap_or_default(), description: description.clone().unwrap_or_default() })
-            .map_err(|e| e.to_string())?;
+            ?;
         let mut changes = Vec::new();
         let scope = if added {
             RewriteScope::Both
         } else {
             if skip.is_some() {
-                return Err(format!("package {package} exists: skip it with piw-remove --skip, which also removes its files"));
+                return Err(WireError::refused(format!("package {package} exists: skip it with piw-remove --skip, which also removes its files")));
             }
             if unskip {
-                db.call(SkipPackage { package: package.clone(), reason: String::new() }).map_err(|e| e.to_string())?;
+                db.call(SkipPackage { package: package.clone(), reason: String::new() })?;
                 changes.push("unskipped".to_string());
             }
             if let Some(description) = description.as_ref().filter(|d| !d.is_empty()) {
                 db.call(SetDescription { package: package.clone(), description: description.clone() })
-                    .map_err(|e| e.to_string())?;
+                    ?;
                 changes.push("description set".to_string());
             }
             RewriteScope::Project
@@ -437,20 +438,20 @@ impl MrChase {
         let package = check_package(name)?;
         check_version(version)?;
         if skip.is_some() && unskip {
-            return Err("cannot both skip and unskip a version".into());
+            return Err(WireError::refused("cannot both skip and unskip a version"));
         }
         if yank && unyank {
-            return Err("cannot both yank and unyank a version".into());
+            return Err(WireError::refused("cannot both yank and unyank a version"));
         }
         if let Some(skip) = &skip {
             check_text("the skip reason", skip, MAX_SKIP, false)?;
         }
         let db = &sockets.db;
-        if !db.call(PackageExists { package: package.clone() }).map_err(|e| e.to_string())? {
-            return Err(format!("unknown package {package}: add it with piw-add {name} first"));
+        if !db.call(PackageExists { package: package.clone() })? {
+            return Err(WireError::refused(format!("unknown package {package}: add it with piw-add {name} first")));
         }
         let new = NewVersion { package: package.clone(), version: version.into(), released, skip: skip.clone().unwrap_or_default() };
-        let added = db.call(new).map_err(|e| e.to_string())?;
+        let added = db.call(new)?;
         let mut changes = Vec::new();
         if added {
             if yank {
@@ -462,14 +463,14 @@ impl MrChase {
             }
         } else {
             if skip.is_some() {
-                return Err(format!("version {package} {version} exists: skip it with piw-remove --skip, which also removes its files"));
+                return Err(WireError::refused(format!("version {package} {version} exists: skip it with piw-remove --skip, which also removes its files")));
             }
             if yank {
-                return Err(format!("version {package} {version} exists: yank it with piw-remove --yank"));
+                return Err(WireError::refused(format!("version {package} {version} exists: yank it with piw-remove --yank")));
             }
             if unskip {
                 let request = SkipVersion { package: package.clone(), version: version.into(), reason: String::new() };
-                db.call(request).map_err(|e| e.to_string())?;
+                db.call(request)?;
                 changes.push("unskipped".to_string());
             }
             if unyank {
@@ -505,28 +506,28 @@ impl MrChase {
         if let Some(skip) = &skip {
             check_text("the skip reason", skip, MAX_SKIP, false)?;
             if skip.is_empty() {
-                return Err("the skip reason must not be empty".into());
+                return Err(WireError::refused("the skip reason must not be empty"));
             }
         }
         let db = &sockets.db;
         let what = match version {
             Some(version) => {
-                if !db.call(VersionExists { package: package.clone(), version: version.into() }).map_err(|e| e.to_string())? {
-                    return Err(format!("unknown version {package} {version}"));
+                if !db.call(VersionExists { package: package.clone(), version: version.into() })? {
+                    return Err(WireError::refused(format!("unknown version {package} {version}")));
                 }
                 format!("version {package} {version}")
             }
             None => {
-                if !db.call(PackageExists { package: package.clone() }).map_err(|e| e.to_string())? {
-                    return Err(format!("unknown package {package}"));
+                if !db.call(PackageExists { package: package.clone() })? {
+                    return Err(WireError::refused(format!("unknown package {package}")));
                 }
                 format!("package {package}")
             }
         };
         if yank {
-            let Some(version) = version else { return Err("only a version can be yanked".into()) };
+            let Some(version) = version else { return Err(WireError::refused("only a version can be yanked")) };
             if builds_only || skip.is_some() {
-                return Err("yanking keeps the version and its files: it cannot be combined with removing builds or skipping".into());
+                return Err(WireError::refused("yanking keeps the version and its files: it cannot be combined with removing builds or skipping"));
             }
             yank_version(db, &package, version, true)?;
             let mut message = format!("yanked {what}");
@@ -551,7 +552,7 @@ impl MrChase {
                 }
                 Ok(message)
             }
-            Err(e) => Err(format!("{e:#} (while removing {what}; run the removal again to finish it)")),
+            Err(e) => Err(WireError::unavailable(format!("{e:#} (while removing {what}; run the removal again to finish it)"))),
         }
     }
 
@@ -562,11 +563,11 @@ impl MrChase {
     fn rebuild(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>, target: RebuildTarget) -> Outcome {
         let (one, scope) = match target {
             RebuildTarget::Home => {
-                sockets.stats.send(&StatsUpdate::RefreshHome, LOCAL_SEND_TIMEOUT).map_err(|e| format!("the stats task did not take the request: {e}"))?;
+                sockets.stats.send(&StatsUpdate::RefreshHome, LOCAL_SEND_TIMEOUT).map_err(|e| WireError::unavailable(format!("the stats task did not take the request: {e}")))?;
                 return Ok("the home page will be rewritten with fresh figures".into());
             }
             RebuildTarget::Search => {
-                let entries = sockets.db.call(SearchIndex {}).map_err(|e| e.to_string())?;
+                let entries = sockets.db.call(SearchIndex {})?;
                 let count = entries.len();
                 web(sockets, WebRequest::Search { entries })?;
                 return Ok(format!("rewrote the search index: {count} package(s) with files"));
@@ -581,14 +582,14 @@ impl MrChase {
         match one {
             Some(name) => {
                 let package = check_package(&name)?;
-                if !sockets.db.call(PackageExists { package: package.clone() }).map_err(|e| e.to_string())? {
-                    return Err(format!("unknown package {package}"));
+                if !sockets.db.call(PackageExists { package: package.clone() })? {
+                    return Err(WireError::refused(format!("unknown package {package}")));
                 }
                 web(sockets, WebRequest::Rewrite { package: package.clone(), scope })?;
                 Ok(format!("queued the {pages} of {package} for rewriting"))
             }
             None => {
-                let packages = sockets.db.call(AllPackages {}).map_err(|e| e.to_string())?;
+                let packages = sockets.db.call(AllPackages {})?;
                 let count = packages.len();
                 // A newer full rebuild replaces what is left of an older one, widening scopes.
                 let mut queued: HashMap<String, RewriteScope> = self.backlog.drain(..).collect();
@@ -670,17 +671,17 @@ impl Task for MrChase {
 // Helpers
 // ------------------------------------------------------------------------------------------
 
-fn yank_version(db: &DbClient, package: &str, version: &str, yank: bool) -> Result<(), String> {
+fn yank_version(db: &DbClient, package: &str, version: &str, yank: bool) -> Result<(), WireError> {
     let reason = yank.then(String::new);
-    db.call(YankVersion { package: package.into(), version: version.into(), reason }).map_err(|e| e.to_string())
+    Ok(db.call(YankVersion { package: package.into(), version: version.into(), reason })?)
 }
 
 /// Records spellings of a package's name in order, each seen a microsecond after the one
 /// before, so that the last is the most recent (the display name).
-fn record_names(db: &DbClient, package: &str, names: &[&str], now: Timestamp) -> Result<(), String> {
+fn record_names(db: &DbClient, package: &str, names: &[&str], now: Timestamp) -> Result<(), WireError> {
     for (n, name) in names.iter().enumerate() {
         let seen = now + chrono::Duration::microseconds(n as i64);
-        db.call(NewPackageName { package: package.into(), name: (*name).into(), seen }).map_err(|e| e.to_string())?;
+        db.call(NewPackageName { package: package.into(), name: (*name).into(), seen })?;
     }
     Ok(())
 }
@@ -723,11 +724,11 @@ fn request_name(request: &AdminRequest) -> &'static str {
 }
 
 /// Hands a request to the index writer; the error says why it was not taken.
-fn web(sockets: &Sockets, request: WebRequest) -> Result<(), String> {
+fn web(sockets: &Sockets, request: WebRequest) -> Result<(), WireError> {
     match sockets.web.request(&request, WEB_TIMEOUT) {
         Ok(WebReply::Done) => Ok(()),
-        Ok(WebReply::Error { message }) => Err(format!("the index writer refused: {message}")),
-        Err(e) => Err(format!("the index writer did not answer: {e}")),
+        Ok(WebReply::Error { message }) => Err(WireError::unavailable(format!("the index writer refused: {message}"))),
+        Err(e) => Err(WireError::unavailable(format!("the index writer did not answer: {e}"))),
     }
 }
 

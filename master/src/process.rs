@@ -19,7 +19,7 @@ use piwheels_common::clock::SystemClock;
 use piwheels_common::hostinfo;
 use piwheels_common::keys::{Endpoint, needs_keys};
 use piwheels_common::systemd::Notifier;
-use piwheels_common::protocols::{ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveTarget, StatusEvent, TaskControl, Versions};
+use piwheels_common::protocols::{ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveTarget, StatusEvent, TaskControl, Versions, WireError};
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
 
@@ -453,14 +453,14 @@ impl Master {
             Err(e) => {
                 self.bad_requests += 1;
                 tracing::warn!("bad control request from {peer} ({} so far): {e}", self.bad_requests);
-                return (ControlReply::Error { message: e.to_string() }, None);
+                return (ControlReply::Error(WireError::refused(e.to_string())), None);
             }
         };
         let caller = match self.gate.admit(peer) {
             Ok(caller) => caller,
             Err(refusal) => {
                 self.clients.remove(peer.identity());
-                return (ControlReply::Refused { reason: refusal.to_string() }, None);
+                return (ControlReply::Error(WireError::refused(refusal.to_string())), None);
             }
         };
         let identity = peer.identity().to_vec();
@@ -473,18 +473,18 @@ impl Master {
                 }
                 Err(mismatch) => {
                     tracing::warn!("refused {} from {peer}: {mismatch}", crate::access_log::clean(client, MAX_CLIENT_NAME));
-                    (ControlReply::Refused { reason: mismatch.to_string() }, None)
+                    (ControlReply::Error(WireError::refused(mismatch.to_string())), None)
                 }
             };
         }
         if !self.clients.contains_key(&identity) {
             tracing::warn!("control request from {peer} before hello: {request:?}");
-            return (ControlReply::Refused { reason: "say Hello (with your versions) first".into() }, None);
+            return (ControlReply::Error(WireError::refused("say Hello (with your versions) first")), None);
         }
         self.remember(identity);
         if !caller.may_command() {
             tracing::warn!("refused a command from {caller} at {peer}: {request:?}");
-            return (ControlReply::Refused { reason: format!("{caller} may watch but not command: commands need an operator's key") }, None);
+            return (ControlReply::Error(WireError::refused(format!("{caller} may watch but not command: commands need an operator's key"))), None);
         }
         // Monitors show who asked for what: the key the master vouches for.
         let what = match &request {
@@ -518,8 +518,8 @@ impl Master {
                 tracing::info!("{action:?} {target:?} on request from {caller} at {peer}");
                 let reply = match slave_commands.request(&SlaveCommand { target, action }, SLAVE_COMMAND_TIMEOUT) {
                     Ok(SlaveCommandReply::Applied { .. }) => ControlReply::Done,
-                    Ok(SlaveCommandReply::UnknownSlave { slave_id }) => ControlReply::Error { message: format!("no slave has id {slave_id}") },
-                    Err(e) => ControlReply::Error { message: format!("the slave driver did not answer: {e}") },
+                    Ok(SlaveCommandReply::UnknownSlave { slave_id }) => ControlReply::Error(WireError::refused(format!("no slave has id {slave_id}"))),
+                    Err(e) => ControlReply::Error(WireError::unavailable(format!("the slave driver did not answer: {e}"))),
                 };
                 (reply, None)
             }

@@ -39,7 +39,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TransferId, WheelFile};
+use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TransferId, WheelFile, WireError};
 use piwheels_common::config::HumanDuration;
 use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
@@ -320,7 +320,7 @@ impl SlaveDriver {
                     self.drop_slave(sockets, ctx, slave, &reason, false);
                 }
                 return match request {
-                    Ok(SlaveRequest::Hello(_)) => reply(sockets, &peer, &SlaveReply::Refused { reason }),
+                    Ok(SlaveRequest::Hello(_)) => reply(sockets, &peer, &SlaveReply::Error(WireError::refused(reason))),
                     Ok(SlaveRequest::Bye { .. }) => Ok(()),
                     _ => reply(sockets, &peer, &SlaveReply::Die { reason }),
                 };
@@ -404,11 +404,11 @@ impl SlaveDriver {
                 }
                 if let Err(mismatch) = hello.versions.check() {
                     tracing::warn!("refused slave {} from {peer}: {mismatch}", hello.host.label);
-                    return reply(sockets, &peer, &SlaveReply::Refused { reason: mismatch.to_string() });
+                    return reply(sockets, &peer, &SlaveReply::Error(WireError::refused(mismatch.to_string())));
                 }
                 if let Err(reason) = check_hello(&hello, &self.config.limits).and_then(|()| self.check_room(&peer)) {
                     tracing::warn!("refused slave {} from {peer}: {reason}", hello.host.label);
-                    return reply(sockets, &peer, &SlaveReply::Refused { reason });
+                    return reply(sockets, &peer, &SlaveReply::Error(WireError::refused(reason)));
                 }
                 sockets.last_slave_id = sockets.last_slave_id.wrapping_add(1).max(1);
                 let id = sockets.last_slave_id;
@@ -433,7 +433,7 @@ impl SlaveDriver {
             SlaveRequest::Bye { .. } => Ok(()),
             other => {
                 tracing::info!("{} from unknown slave {peer}: telling it to say hello again", request_name(&other));
-                reply(sockets, &peer, &SlaveReply::Refused { reason: "this master does not know you (it restarted, or dropped you as silent): say Hello again".into() })
+                reply(sockets, &peer, &SlaveReply::Error(WireError::refused("this master does not know you (it restarted, or dropped you as silent): say Hello again")))
             }
         }
     }

@@ -9,9 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use piwheels_common::keys::{Endpoint, Role};
-use piwheels_common::protocols::{
-    BuildResult, ControlReply, ControlRequest, HostInfo, HostStats, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, StatusEvent, Versions,
-};
+use piwheels_common::protocols::{BuildResult, ControlReply, ControlRequest, HostInfo, HostStats, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, StatusEvent, Versions, WireError};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Receiver, Security, TransportError};
 use piwheels_common::upload::{UploadError, UploadOptions, upload};
 use piwheels_master::db::migrate;
@@ -256,7 +254,7 @@ fn a_monitor_may_watch_but_not_command_and_an_operator_may_do_both() {
     let monitor = master.attach(keys.role(Role::Monitor));
     for command in [ControlRequest::Pause, ControlRequest::Quit] {
         match monitor.request(&command, WAIT) {
-            Ok(ControlReply::Refused { reason }) => {
+            Ok(ControlReply::Error(WireError { message: reason, .. })) => {
                 assert!(reason.contains("key the-monitor (monitor,") && reason.contains("may watch but not command"), "{reason}")
             }
             other => panic!("a monitor's {command:?} was answered {other:?}"),
@@ -280,7 +278,7 @@ fn a_monitor_may_watch_but_not_command_and_an_operator_may_do_both() {
     let deadline = Instant::now() + WAIT;
     loop {
         match operator.request(&ControlRequest::Pause, WAIT).unwrap() {
-            ControlReply::Refused { reason } => {
+            ControlReply::Error(WireError { message: reason, .. }) => {
                 assert!(reason.contains(&format!("the key {} (the-operator) was revoked", operator_key.pair.public.fingerprint())), "{reason}");
                 break;
             }
@@ -431,7 +429,7 @@ fn a_transfer_is_for_the_key_told_to_send_it_and_one_key_runs_only_so_many_slave
 
     // A second slave with the same key is refused; another key is welcome.
     match slave_with(keys.role(Role::Slave)).request(&slave_hello(), WAIT) {
-        Ok(SlaveReply::Refused { reason }) => assert!(reason.contains("this key has 1 slaves connected") && reason.contains("--max-slaves-per-key"), "{reason}"),
+        Ok(SlaveReply::Error(WireError { message: reason, .. })) => assert!(reason.contains("this key has 1 slaves connected") && reason.contains("--max-slaves-per-key"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     let thief_slave = slave_with(&thief);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::{FakeClock, SharedClock, SystemClock};
-use piwheels_common::protocols::{FileReply, FileRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile};
+use piwheels_common::protocols::{FileReply, FileRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile, WireError};
 use piwheels_master::calls::files::{FileExpectation, FsReply, FsRequest};
 use piwheels_common::task::{self, Runtime, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Dealer, Receiver};
@@ -239,7 +239,7 @@ fn refusal(dealer: &Dealer<FileRequest, FileReply>) -> String {
     // Fetches sent before the refusal may come first.
     loop {
         match next_reply(dealer) {
-            FileReply::Refused { reason } => return reason,
+            FileReply::Error(WireError { message: reason, .. }) => return reason,
             FileReply::Fetch { .. } => continue,
             FileReply::Done => panic!("expected a refusal, got Done"),
         }
@@ -399,7 +399,7 @@ fn hostile_uploaders_are_refused_and_the_juggler_still_serves() {
     assert!(raw.poll(zmq::POLLIN, 10_000).unwrap() > 0, "garbage answered");
     let frames = raw.recv_multipart(0).unwrap();
     let reply: FileReply = piwheels_common::codec::decode(&frames[1]).unwrap();
-    assert!(matches!(reply, FileReply::Refused { ref reason } if reason.contains("bad message")), "{reply:?}");
+    assert!(matches!(reply, FileReply::Error(WireError { message: ref reason, .. }) if reason.contains("bad message")), "{reply:?}");
 
     // A real uploader still gets the file through, on the same transfer.
     let report = j.upload(transfer, &path, fast()).unwrap();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use piwheels_common::protocols::{AccessRecord, ClientInfo, LogReply, LogRequest, TaskControl, Timestamp, Versions};
+use piwheels_common::protocols::{AccessRecord, ClientInfo, LogReply, LogRequest, TaskControl, Timestamp, Versions, WireError};
 use piwheels_master::calls::tasks::StatsUpdate;
 use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
@@ -164,7 +164,7 @@ fn records_before_hello_are_refused_and_not_stored() {
     let ingester = Ingester::start(1, Duration::from_secs(10));
     let client = ingester.client();
     let reply = client.request(&LogRequest::Records { records: vec![page("home", "192.0.2.1")] }, Duration::from_secs(5)).unwrap();
-    assert!(matches!(reply, LogReply::Refused { ref reason } if reason.contains("Hello")), "{reply:?}");
+    assert!(matches!(reply, LogReply::Error(WireError { message: ref reason, .. }) if reason.contains("Hello")), "{reply:?}");
     assert_eq!(ingester.count("web_page_hits"), 0);
     ingester.assert_healthy();
     ingester.stop();
@@ -176,11 +176,11 @@ fn a_logger_of_another_version_is_refused_with_both_versions_named() {
     let client = ingester.client();
     let versions = Versions { protocol: 999, software: "9.9.9".into() };
     let reply = client.request(&LogRequest::Hello { versions }, Duration::from_secs(5)).unwrap();
-    let LogReply::Refused { reason } = reply else { panic!("{reply:?}") };
+    let LogReply::Error(WireError { message: reason, .. }) = reply else { panic!("{reply:?}") };
     assert!(reason.contains("999") && reason.contains(&Versions::current().protocol.to_string()), "{reason}");
     // And it is still not welcome.
     let reply = client.request(&LogRequest::Records { records: vec![page("home", "192.0.2.1")] }, Duration::from_secs(5)).unwrap();
-    assert!(matches!(reply, LogReply::Refused { .. }));
+    assert!(matches!(reply, LogReply::Error(_)));
     ingester.stop();
 }
 
@@ -284,7 +284,7 @@ fn garbage_oversized_messages_and_floods_do_not_stop_the_ingester() {
         assert!(raw.poll(zmq::POLLIN, 5000).unwrap() > 0, "no answer to {payload:?}");
         let frames = raw.recv_multipart(0).unwrap();
         let reply: LogReply = piwheels_common::codec::decode(&frames[1]).unwrap();
-        assert!(matches!(reply, LogReply::Refused { .. }), "{reply:?}");
+        assert!(matches!(reply, LogReply::Error(_)), "{reply:?}");
     }
     // Messages without an envelope cannot be answered, only dropped.
     raw.send(&b"no delimiter"[..], 0).unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use piwheels_common::protocols::{ControlReply, ControlRequest, SlaveAction, SlaveTarget, StatusEvent, TaskState, Versions};
+use piwheels_common::protocols::{ControlReply, ControlRequest, SlaveAction, SlaveTarget, StatusEvent, TaskState, Versions, WireError};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
@@ -201,7 +201,7 @@ fn a_client_with_other_versions_is_refused_naming_both() {
     let old = Versions { protocol: 0, software: "0.0.1".into() };
     let reply = client.request(&ControlRequest::Hello { versions: old, client: "old-monitor".into() }, Duration::from_secs(2)).unwrap();
     match reply {
-        ControlReply::Refused { reason } => {
+        ControlReply::Error(WireError { message: reason, .. }) => {
             assert!(reason.contains("protocol 0") && reason.contains("0.0.1"), "{reason}");
             assert!(reason.contains(&format!("protocol {}", piwheels_common::PROTOCOL_VERSION)), "{reason}");
             assert!(reason.contains(piwheels_common::SOFTWARE_VERSION), "{reason}");
@@ -210,7 +210,7 @@ fn a_client_with_other_versions_is_refused_naming_both() {
     }
     // Having been refused, it is still a stranger.
     let reply = client.request(&ControlRequest::Quit, Duration::from_secs(2)).unwrap();
-    assert!(matches!(reply, ControlReply::Refused { .. }), "{reply:?}");
+    assert!(matches!(reply, ControlReply::Error(_)), "{reply:?}");
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn garbage_on_the_control_socket_is_answered_and_the_master_runs_on() {
     raw.send(&b"\x92\xa4junk\xc1"[..], 0).unwrap();
     let reply = raw.recv_bytes(0).unwrap();
     let reply: ControlReply = piwheels_common::codec::decode(&reply).unwrap();
-    assert!(matches!(reply, ControlReply::Error { .. }), "{reply:?}");
+    assert!(matches!(reply, ControlReply::Error(_)), "{reply:?}");
     // An oversized request (over 64 KiB) is dropped by libzmq; the master stays up.
     let big = ctx.socket(zmq::DEALER).unwrap();
     big.connect(&master.control_endpoint()).unwrap();
@@ -281,7 +281,7 @@ fn slave_commands_reach_the_slave_driver() {
     assert_eq!(client.request(&all, Duration::from_secs(5)).unwrap(), ControlReply::Done);
     let one = ControlRequest::Slaves { target: SlaveTarget::One(99), action: SlaveAction::Kill };
     match client.request(&one, Duration::from_secs(5)).unwrap() {
-        ControlReply::Error { message } => assert!(message.contains("no slave has id 99"), "{message}"),
+        ControlReply::Error(WireError { message, .. }) => assert!(message.contains("no slave has id 99"), "{message}"),
         other => panic!("unexpected {other:?}"),
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use piwheels_common::protocols::{AdminReply, AdminRequest, ImportRequest, RebuildTarget, TaskControl, Versions, WheelFile};
+use piwheels_common::protocols::{AdminReply, AdminRequest, ImportRequest, RebuildTarget, TaskControl, Versions, WheelFile, WireError};
 use piwheels_master::calls::db::RewriteScope;
 use piwheels_master::calls::tasks::{ArchitectTrigger, DeleteAck, DeleteNotice, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, TaskHandle};
@@ -179,7 +179,7 @@ fn done(reply: AdminReply) -> String {
 #[track_caller]
 fn error(reply: AdminReply) -> String {
     match reply {
-        AdminReply::Error { message } => message,
+        AdminReply::Error(WireError { message, .. }) => message,
         other => panic!("expected an error, got {other:?}"),
     }
 }
@@ -194,12 +194,12 @@ fn requests_before_hello_and_other_versions_are_refused_and_garbage_is_answered(
     let stranger = farm.stranger();
     let add = AdminRequest::AddPackage { name: "bar".into(), description: None, skip: None, unskip: false, aliases: vec![] };
     match stranger.ask(add.clone()) {
-        AdminReply::Refused { reason } => assert!(reason.contains("Hello"), "{reason}"),
+        AdminReply::Error(WireError { message: reason, .. }) => assert!(reason.contains("Hello"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     let old = Versions { protocol: 0, software: "0.0.1".into() };
     match stranger.ask(AdminRequest::Hello { versions: old, actor: "old@host piw-add".into() }) {
-        AdminReply::Refused { reason } => {
+        AdminReply::Error(WireError { message: reason, .. }) => {
             assert!(reason.contains("protocol 0") && reason.contains("0.0.1"), "{reason}");
             assert!(reason.contains(&format!("protocol {}", piwheels_common::PROTOCOL_VERSION)), "{reason}");
             assert!(reason.contains(piwheels_common::SOFTWARE_VERSION), "{reason}");
@@ -207,11 +207,11 @@ fn requests_before_hello_and_other_versions_are_refused_and_garbage_is_answered(
         other => panic!("expected a refusal, got {other:?}"),
     }
     // Refused, it is still a stranger; nothing was added.
-    assert!(matches!(stranger.ask(add), AdminReply::Refused { .. }));
+    assert!(matches!(stranger.ask(add), AdminReply::Error(_)));
     assert_eq!(farm.query("SELECT package FROM packages ORDER BY package"), ["foo"]);
     // An actor with control characters is refused too.
     let odd = AdminRequest::Hello { versions: Versions::current(), actor: "x\u{1b}[2J".into() };
-    assert!(matches!(stranger.ask(odd), AdminReply::Refused { .. }));
+    assert!(matches!(stranger.ask(odd), AdminReply::Error(_)));
 
     // Garbage gets an error reply, not silence.
     let raw = farm.pool.rt.zmq.socket(zmq::REQ).unwrap();
@@ -219,7 +219,7 @@ fn requests_before_hello_and_other_versions_are_refused_and_garbage_is_answered(
     raw.connect(&farm.import_endpoint).unwrap();
     raw.send(&b"\x92\xacAdminRequest\xc1"[..], 0).unwrap();
     let reply: AdminReply = piwheels_common::codec::decode(&raw.recv_bytes(0).unwrap()).unwrap();
-    assert!(matches!(reply, AdminReply::Error { .. }), "{reply:?}");
+    assert!(matches!(reply, AdminReply::Error(_)), "{reply:?}");
     // A Sent with no import in progress is an error.
     let tool = farm.tool("dave@host test");
     let message = error(tool.ask(AdminRequest::Sent { filename: "foo-1.0-py3-none-any.whl".into() }));
@@ -681,7 +681,7 @@ fn a_paused_master_refuses_new_work_with_a_reason() {
     let farm = Farm::start(&[("foo", "1.0")]);
     let tool = farm.tool("dave@host piw-add");
     farm.chase.control(TaskControl::Pause).unwrap();
-    eventually("the pause", WAIT, || matches!(tool.ask(add_package("bar")), AdminReply::Error { message } if message.contains("paused")));
+    eventually("the pause", WAIT, || matches!(tool.ask(add_package("bar")), AdminReply::Error(WireError { message, .. }) if message.contains("paused")));
     // Hello still works while paused.
     farm.tool("eve@host piw-add");
     farm.chase.control(TaskControl::Resume).unwrap();

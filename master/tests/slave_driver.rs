@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::FakeClock;
-use piwheels_common::protocols::{BuildResult, FailureKind, HostInfo, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile};
+use piwheels_common::protocols::{BuildResult, FailureKind, HostInfo, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
 use piwheels_master::calls::db::RewriteScope;
 use piwheels_master::calls::files::{FileExpectation, FsReply, FsRequest};
 use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
@@ -337,7 +337,7 @@ fn out_of_order_malformed_and_unknown_requests_are_refused_and_the_driver_goes_o
     let mut old = hello("old", Duration::from_secs(300));
     old.versions.protocol += 1;
     match stranger.ask(SlaveRequest::Hello(old)) {
-        SlaveReply::Refused { reason } => {
+        SlaveReply::Error(WireError { message: reason, .. }) => {
             assert!(reason.contains(&Versions::current().protocol.to_string()), "{reason}");
             assert!(reason.contains(&(Versions::current().protocol + 1).to_string()), "{reason}");
         }
@@ -348,11 +348,11 @@ fn out_of_order_malformed_and_unknown_requests_are_refused_and_the_driver_goes_o
     older.versions.software = "0.0.1-older".into();
     assert!(matches!(farm.slave("older").ask(SlaveRequest::Hello(older)), SlaveReply::Ack { .. }));
     // A request from a connection that never said hello: say hello again.
-    assert!(matches!(stranger.ask(idle()), SlaveReply::Refused { reason } if reason.contains("Hello")));
+    assert!(matches!(stranger.ask(idle()), SlaveReply::Error(WireError { message: reason, .. }) if reason.contains("Hello")));
     // A hello with an unusable ABI.
     let mut weird = hello("weird", Duration::from_secs(300));
     weird.abi = "cp311/../../x".into();
-    assert!(matches!(farm.slave("weird").ask(SlaveRequest::Hello(weird)), SlaveReply::Refused { .. }));
+    assert!(matches!(farm.slave("weird").ask(SlaveRequest::Hello(weird)), SlaveReply::Error(_)));
 
     // Out of order: Sent while idle.
     let slave = farm.slave("pi-1");
@@ -362,7 +362,7 @@ fn out_of_order_malformed_and_unknown_requests_are_refused_and_the_driver_goes_o
         other => panic!("expected die, got {other:?}"),
     }
     // The driver forgot it.
-    assert!(matches!(slave.ask(idle()), SlaveReply::Refused { .. }));
+    assert!(matches!(slave.ask(idle()), SlaveReply::Error(_)));
     assert!(farm.events().iter().any(|e| matches!(e, StatusEvent::Slave { slave_id, event: SlaveEvent::Gone { .. }, .. } if *slave_id == id)));
 
     // Garbage on the wire gets a Die, not silence.
@@ -480,7 +480,7 @@ fn a_silent_slave_is_dropped_and_its_build_handed_to_another() {
     };
     assert_eq!(build, ("foo".to_string(), "1.0".to_string()));
     // A late word from the dropped slave is refused: it must say hello again.
-    assert!(matches!(quiet.ask(busy()), SlaveReply::Refused { .. }));
+    assert!(matches!(quiet.ask(busy()), SlaveReply::Error(_)));
 }
 
 #[test]
@@ -793,13 +793,13 @@ fn a_hello_claiming_endless_timeouts_or_past_the_cap_on_one_address_is_refused()
         let mut claim = hello("greedy", busy_timeout);
         claim.build_timeout = build_timeout;
         match greedy.ask(SlaveRequest::Hello(claim)) {
-            SlaveReply::Refused { reason } => {
+            SlaveReply::Error(WireError { message: reason, .. }) => {
                 assert!(reason.contains(why) && reason.contains("longer than this master allows"), "{reason}")
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
         // Its next word is refused too: it never joined, and nothing overflowed.
-        assert!(matches!(greedy.ask(idle()), SlaveReply::Refused { reason } if reason.contains("Hello")));
+        assert!(matches!(greedy.ask(idle()), SlaveReply::Error(WireError { message: reason, .. }) if reason.contains("Hello")));
     }
 
     // Two slaves from 127.0.0.1 are welcome, a third is not until one says goodbye.
@@ -808,7 +808,7 @@ fn a_hello_claiming_endless_timeouts_or_past_the_cap_on_one_address_is_refused()
     second.hello();
     let third = farm.slave("pi-3");
     match third.ask(SlaveRequest::Hello(hello("pi-3", Duration::from_secs(300)))) {
-        SlaveReply::Refused { reason } => assert!(reason.contains("127.0.0.1 has 2 slaves connected") && reason.contains("--max-slaves-per-address"), "{reason}"),
+        SlaveReply::Error(WireError { message: reason, .. }) => assert!(reason.contains("127.0.0.1 has 2 slaves connected") && reason.contains("--max-slaves-per-address"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     // Bye is not answered: the slave leaves without waiting.

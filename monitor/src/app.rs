@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use piwheels_common::protocols::{
+    ErrorKind,
     ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveAction, SlaveEvent, SlaveId, SlaveReply, SlaveTarget, StatusEvent,
     TaskState, Timestamp,
 };
@@ -246,8 +247,8 @@ impl App {
     pub fn on_reply(&mut self, what: &str, reply: Result<ControlReply, String>) {
         let (tone, text) = match reply {
             Ok(ControlReply::Done) => (Tone::Good, format!("{what}: done")),
-            Ok(ControlReply::Error { message }) => (Tone::Bad, format!("{what}: failed: {message}")),
-            Ok(ControlReply::Refused { reason }) => (Tone::Bad, format!("{what}: refused: {reason}")),
+            Ok(ControlReply::Error(error)) if error.kind == ErrorKind::Refused => (Tone::Bad, format!("{what}: refused: {}", error.message)),
+            Ok(ControlReply::Error(error)) => (Tone::Bad, format!("{what}: failed: {}", error.message)),
             Ok(ControlReply::Welcome { .. }) => (Tone::Bad, format!("{what}: the master answered with a welcome")),
             Err(error) => (Tone::Bad, format!("{what}: no answer: {error}")),
         };
@@ -438,7 +439,7 @@ impl App {
                     }),
                     SlaveReply::Sleep { paused: true } => Some((NoticeLevel::Info, format!("{name} is asleep"))),
                     SlaveReply::Die { reason } => Some((NoticeLevel::Warning, format!("{name} was told to exit: {reason}"))),
-                    SlaveReply::Refused { reason } => Some((NoticeLevel::Warning, format!("{name} was refused: {reason}"))),
+                    SlaveReply::Error(error) => Some((NoticeLevel::Warning, format!("{name} was refused: {}", error.message))),
                     SlaveReply::Ack { .. } | SlaveReply::Sleep { paused: false } | SlaveReply::Send { .. } | SlaveReply::Cont => None,
                 };
                 if let Some((level, text)) = line {

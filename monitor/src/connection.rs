@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use piwheels_common::protocols::{ControlReply, ControlRequest, FarmSnapshot, StatusEvent, Versions};
+use piwheels_common::protocols::{ControlReply, ControlRequest, ErrorKind, FarmSnapshot, StatusEvent, Versions};
 use piwheels_common::transport::{self, Client, DEFAULT_MAX_MESSAGE, Receiver, Security, TransportError};
 use ratatui::crossterm::event::Event;
 
@@ -177,8 +177,10 @@ pub fn hello(client: &Client<ControlRequest, ControlReply>, timeout: Duration) -
     let hello = ControlRequest::Hello { versions: Versions::current(), client: "piw-monitor".into() };
     match client.request(&hello, timeout) {
         Ok(ControlReply::Welcome { snapshot, .. }) => Ok(*snapshot),
-        Ok(ControlReply::Refused { reason }) => bail!("the master at {endpoint} refused this monitor: {reason}"),
-        Ok(ControlReply::Error { message }) => bail!("the master at {endpoint} could not attach this monitor: {message}"),
+        Ok(ControlReply::Error(error)) if error.kind == ErrorKind::Refused => {
+            bail!("the master at {endpoint} refused this monitor: {}", error.message)
+        }
+        Ok(ControlReply::Error(error)) => bail!("the master at {endpoint} could not attach this monitor: {}", error.message),
         Ok(ControlReply::Done) => bail!("the master at {endpoint} answered hello with Done instead of a welcome"),
         Err(TransportError::Timeout { .. }) => {
             let mut message = format!(

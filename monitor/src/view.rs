@@ -78,7 +78,7 @@ pub fn activity(slave: &SlaveSnapshot) -> Activity<'_> {
         Some(SlaveReply::Send { filename, .. }) => Activity::Sending { filename },
         Some(SlaveReply::Done) => Activity::Finishing,
         Some(SlaveReply::Die { reason }) => Activity::Exiting { reason },
-        Some(SlaveReply::Refused { reason }) => Activity::Refused { reason },
+        Some(SlaveReply::Error(error)) => Activity::Refused { reason: &error.message },
     }
 }
 

@@ -54,7 +54,7 @@ fn a_refusal_shows_the_masters_reason() {
     let fake = std::thread::spawn(move || {
         let (peer, request) = server.recv().unwrap();
         assert!(matches!(request, Ok(ControlRequest::Hello { ref client, .. }) if client == "piw-monitor"), "{request:?}");
-        server.send(&peer, &ControlReply::Refused { reason: reason.into() }).unwrap();
+        server.send(&peer, &ControlReply::Error(piwheels_common::protocols::WireError::refused(reason))).unwrap();
     });
     let output = monitor(&control, &status).output().unwrap();
     fake.join().unwrap();

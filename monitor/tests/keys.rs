@@ -3,7 +3,7 @@
 
 mod support;
 
-use piwheels_common::protocols::{ControlReply, ControlRequest, SlaveAction, SlaveEvent, SlaveReply, SlaveTarget, StatusEvent, TaskState};
+use piwheels_common::protocols::{ControlReply, ControlRequest, SlaveAction, SlaveEvent, SlaveReply, SlaveTarget, StatusEvent, TaskState, WireError};
 use piwheels_monitor::app::Tone;
 use piwheels_monitor::{App, Exit};
 use ratatui::crossterm::event::KeyCode;
@@ -130,13 +130,16 @@ fn kill_and_kill_all_ask_first() {
 fn the_masters_errors_and_silence_are_shown() {
     let mut app = three_slaves();
     app.on_key(key('w'));
-    app.on_reply("wake slave 1 (pi4-a)", Ok(ControlReply::Error { message: "no slave has id 1".into() }));
+    app.on_reply("wake slave 1 (pi4-a)", Ok(ControlReply::Error(WireError::refused("no slave has id 1"))));
     assert_eq!(app.status().unwrap().tone, Tone::Bad);
-    row_with(&render(&app), &["wake slave 1 (pi4-a): failed: no slave has id 1"]);
+    row_with(&render(&app), &["wake slave 1 (pi4-a): refused: no slave has id 1"]);
+    app.on_reply("wake slave 1 (pi4-a)", Ok(ControlReply::Error(WireError::unavailable("the slave driver did not answer"))));
+    assert_eq!(app.status().unwrap().tone, Tone::Bad);
+    row_with(&render(&app), &["wake slave 1 (pi4-a): failed: the slave driver did not answer"]);
     app.on_reply("pause the master", Err("no reply from ipc:///run/piwheels/control within 5s".into()));
     let screen = render(&app);
     row_with(&screen, &["pause the master: no answer: no reply from ipc:///run/piwheels/control within 5s"]);
-    app.on_reply("pause the master", Ok(ControlReply::Refused { reason: "say Hello (with your versions) first".into() }));
+    app.on_reply("pause the master", Ok(ControlReply::Error(WireError::refused("say Hello (with your versions) first"))));
     row_with(&render(&app), &["pause the master: refused: say Hello"]);
 }
 

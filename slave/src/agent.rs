@@ -38,7 +38,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use piwheels_common::systemd::Notifier;
 use piwheels_common::hostinfo::{host_info, host_stats};
 use piwheels_common::codec;
-use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, Versions};
+use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, Versions, WireError};
 use piwheels_common::keys::Role;
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Security, TransportError};
 use piwheels_common::upload::{UploadOptions, Uploader};
@@ -367,7 +367,7 @@ impl Agent<'_> {
                     self.systemd.ready(&format!("slave {slave_id} of {}", self.endpoint));
                     return Ok(Some((client, slave_id, index_url)));
                 }
-                Ok(SlaveReply::Refused { reason }) => return Err(AgentError::Refused { reason }),
+                Ok(SlaveReply::Error(error)) => return Err(AgentError::Refused { reason: error.message }),
                 Ok(other) => return Err(AgentError::Protocol(format!("the master answered Hello with {}", reply_name(&other)))),
                 Err(TransportError::Protocol(e)) => return Err(AgentError::Protocol(format!("the master's answer to Hello is not a slave reply: {e}"))),
                 Err(e @ TransportError::Unauthorized { .. }) => return Err(AgentError::Unauthorized(e.to_string())),
@@ -439,7 +439,7 @@ impl Agent<'_> {
                     self.pause(wait + jitter(wait / 2));
                 }
                 Answer::Reply(SlaveReply::Die { reason }) => return Ok(After::Exit(Outcome::Died { reason })),
-                Answer::Reply(SlaveReply::Refused { reason }) => {
+                Answer::Reply(SlaveReply::Error(WireError { message: reason, .. })) => {
                     tracing::info!("the master does not know this slave any more ({reason}): saying hello again");
                     return Ok(After::Hello);
                 }
@@ -481,7 +481,7 @@ impl Agent<'_> {
                             self.abandon(running)?;
                             return Ok(Some(After::Exit(Outcome::Died { reason })));
                         }
-                        Answer::Reply(SlaveReply::Refused { reason }) => {
+                        Answer::Reply(SlaveReply::Error(WireError { message: reason, .. })) => {
                             tracing::info!("the master does not know this slave any more ({reason}): abandoning the build and saying hello again");
                             self.abandon(running)?;
                             return Ok(Some(After::Hello));
@@ -571,7 +571,7 @@ impl Agent<'_> {
                     return Ok(None);
                 }
                 Answer::Reply(SlaveReply::Die { reason }) => return Ok(Some(After::Exit(Outcome::Died { reason }))),
-                Answer::Reply(SlaveReply::Refused { reason }) => {
+                Answer::Reply(SlaveReply::Error(WireError { message: reason, .. })) => {
                     tracing::info!("the master does not know this slave any more ({reason}): dropping the build and saying hello again");
                     return Ok(Some(After::Hello));
                 }
@@ -716,7 +716,7 @@ fn request_name(request: &SlaveRequest) -> &'static str {
 fn reply_name(reply: &SlaveReply) -> String {
     match reply {
         SlaveReply::Ack { slave_id, .. } => format!("Ack (slave {slave_id})"),
-        SlaveReply::Refused { reason } => format!("Refused ({reason})"),
+        SlaveReply::Error(error) => format!("Error ({})", error.message),
         SlaveReply::Sleep { paused } => format!("Sleep (paused: {paused})"),
         SlaveReply::Build { package, version } => format!("Build ({package} {version})"),
         SlaveReply::Cont => "Cont".into(),

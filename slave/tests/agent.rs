@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
-use piwheels_common::protocols::{
-    FileReply, FileRequest, SlaveHello, SlaveReply, SlaveRequest, TransferId, Versions,
-};
+use piwheels_common::protocols::{FileReply, FileRequest, SlaveHello, SlaveReply, SlaveRequest, TransferId, Versions, WireError};
 use piwheels_common::transport::{DEFAULT_MAX_MESSAGE, Peer, Server};
 use sha2::{Digest, Sha256};
 use piwheels_testsupport::free_port;
@@ -387,7 +385,7 @@ fn a_refused_hello_ends_the_slave_with_the_reason() {
     let slave = Slave::start(&scene.args(&master.endpoint, "tcp://127.0.0.1:9"));
     let (peer, request) = master.recv(&slave);
     assert!(matches!(request, SlaveRequest::Hello(_)), "{request:?}");
-    master.reply(&peer, &SlaveReply::Refused { reason: "version mismatch: this side runs protocol 99".into() });
+    master.reply(&peer, &SlaveReply::Error(WireError::refused("version mismatch: this side runs protocol 99")));
     let (status, log) = slave.exit();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("the master refused this slave: version mismatch: this side runs protocol 99"), "{log}");
@@ -536,7 +534,7 @@ fn refused_mid_build_means_hello_again() {
     let slave = Slave::start(&scene.args(&master.endpoint, "tcp://127.0.0.1:9"));
     master.welcome(&slave);
     let pids = master.start_build(&slave, &scene);
-    master.busy(&slave, &SlaveReply::Refused { reason: "this master does not know you".into() });
+    master.busy(&slave, &SlaveReply::Error(WireError::refused("this master does not know you")));
     master.welcome(&slave);
     assert!(gone(&pids), "processes of the build survived: {pids:?}");
     assert_eq!(scene.build_root_entries(), Vec::<String>::new());

@@ -22,7 +22,7 @@ use piwheels_common::codec;
 use piwheels_common::config::{ByteSize, ConfigArg, HumanDuration};
 use piwheels_common::keys::{ClientAuthArgs, Role};
 use piwheels_common::logging::LogArgs;
-use piwheels_common::protocols::{AccessRecord, LogReply, LogRequest, Versions};
+use piwheels_common::protocols::{AccessRecord, ErrorKind, LogReply, LogRequest, Versions};
 use piwheels_common::transport::{Client, Security, TransportError};
 
 use super::{Kind, Line, Lines, Problem, parse_line, validate};
@@ -244,7 +244,7 @@ impl Shipper {
     fn hello(&self) -> Result<(), SendError> {
         match self.ask(&LogRequest::Hello { versions: Versions::current() }, self.connect_timeout)? {
             LogReply::Welcome => Ok(()),
-            LogReply::Refused { reason } => Err(SendError::Refused(reason)),
+            LogReply::Error(error) => Err(SendError::Refused(error.message)),
             reply => Err(SendError::Unexpected(reply)),
         }
     }
@@ -293,12 +293,13 @@ impl Shipper {
             };
             match reply {
                 LogReply::Accepted { stored, rejected } => return Ok((stored, rejected)),
-                LogReply::Refused { reason } if !retried => {
-                    tracing::debug!("batch refused ({reason}); saying hello again");
+                // A refusal may mean the master forgot this connection (it restarted).
+                LogReply::Error(error) if error.kind == ErrorKind::Refused && !retried => {
+                    tracing::debug!("batch refused ({}); saying hello again", error.message);
                     retried = true;
                     self.hello()?;
                 }
-                LogReply::Refused { reason } => return Err(SendError::Refused(reason)),
+                LogReply::Error(error) => return Err(SendError::Refused(error.message)),
                 reply => return Err(SendError::Unexpected(reply)),
             }
         }

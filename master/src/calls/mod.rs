@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use piwheels_common::protocols::{Message, WireError};
+use piwheels_common::protocols::{ErrorKind, Message, WireError};
 use piwheels_common::transport::{Client, TransportError};
 
 pub mod db;
@@ -81,6 +81,18 @@ impl CallError {
             CallError::Answered { error, .. } => Some(error),
             _ => None,
         }
+    }
+
+    /// Whose fault it is: the callee's verdict when it gave one, else the master's own.
+    pub fn kind(&self) -> ErrorKind {
+        self.answered().map_or(ErrorKind::Unavailable, |error| error.kind)
+    }
+}
+
+/// A failed call passed on to a peer: its kind kept, its message naming the call.
+impl From<CallError> for WireError {
+    fn from(error: CallError) -> WireError {
+        WireError { kind: error.kind(), message: error.to_string() }
     }
 }
 
@@ -210,7 +222,6 @@ pub(crate) use calls;
 #[cfg(test)]
 mod tests {
     use piwheels_common::arbitrary::round_trips;
-    use piwheels_common::protocols::ErrorKind;
     use proptest::prelude::*;
 
     use super::db::{AllPackages, DbReply, PackageExists};

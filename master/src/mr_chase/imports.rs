@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use piwheels_common::protocols::{AdminReply, BuildResult, ImportRequest, TransferId, WheelFile};
+use piwheels_common::transport::TransportError;
+use piwheels_common::protocols::{AdminReply, BuildResult, ImportRequest, TransferId, WheelFile, WireError};
 
 use crate::calls::db::{BuildAbis, BuildRecord, FileWithHash, LogBuild, PackageExists, VersionExists};
 use crate::calls::files::{FileExpectation, FsReply, FsRequest};
@@ -49,19 +50,22 @@ pub(super) struct Import {
 
 impl MrChase {
     pub(super) fn import(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], request: ImportRequest) -> AdminReply {
-        let Some(session) = self.sessions.get(identity) else { return AdminReply::Refused { reason: "say Hello first".into() } };
+        let Some(session) = self.sessions.get(identity) else { return AdminReply::Error(WireError::refused("say Hello first")) };
         let (actor, key) = (session.actor.clone(), session.key.clone());
         if let Some(import) = &session.import {
             let message = format!(
                 "an import of {} {} is already in progress on this connection",
                 import.request.package, import.request.version
             );
-            return AdminReply::Error { message };
+            return AdminReply::Error(WireError::refused(message));
         }
         let summary = format!("{} {} for {}", request.package, request.version, request.abi);
         let import = match check_import(sockets, request).and_then(|request| expect_all(sockets, request, key)) {
             Ok(import) => import,
-            Err(message) => return self.conclude(sockets, ctx, &actor, "import", Err(format!("{summary}: {message}"))),
+            Err(error) => {
+                let error = WireError { kind: error.kind, message: format!("{summary}: {}", error.message) };
+                return self.conclude(sockets, ctx, &actor, "import", Err(error));
+            }
         };
         if let Some(session) = self.sessions.get_mut(identity) {
             session.import = Some(import);
@@ -73,7 +77,7 @@ impl MrChase {
     /// every file is in.
     fn next_file(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8]) -> AdminReply {
         let Some(import) = self.sessions.get_mut(identity).and_then(|s| s.import.as_mut()) else {
-            return AdminReply::Error { message: "no import is in progress on this connection".into() };
+            return AdminReply::Error(WireError::refused("no import is in progress on this connection"));
         };
         let pending = import.states.iter().enumerate().find_map(|(i, state)| match state {
             FileState::Pending(transfer) => Some((i, *transfer)),
@@ -89,17 +93,17 @@ impl MrChase {
     }
 
     pub(super) fn sent(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], filename: &str) -> AdminReply {
-        let Some(session) = self.sessions.get_mut(identity) else { return AdminReply::Refused { reason: "say Hello first".into() } };
+        let Some(session) = self.sessions.get_mut(identity) else { return AdminReply::Error(WireError::refused("say Hello first")) };
         let Some(import) = session.import.as_mut() else {
-            return AdminReply::Error { message: format!("Sent {filename:?} without an import in progress on this connection") };
+            return AdminReply::Error(WireError::refused(format!("Sent {filename:?} without an import in progress on this connection")));
         };
         let index = import.current;
         let (expected, state) = (import.request.files[index].filename.clone(), import.states[index]);
         let FileState::Pending(transfer) = state else {
-            return self.fail_import(sockets, ctx, identity, format!("Sent {filename:?}, but no file was asked for"));
+            return self.fail_import(sockets, ctx, identity, WireError::refused(format!("Sent {filename:?}, but no file was asked for")));
         };
         if filename != expected {
-            return self.fail_import(sockets, ctx, identity, format!("Sent {filename:?}, but {expected} was asked for"));
+            return self.fail_import(sockets, ctx, identity, WireError::refused(format!("Sent {filename:?}, but {expected} was asked for")));
         }
         match sockets.fs.request(&FsRequest::Verify { transfer }, FS_TIMEOUT) {
             Ok(FsReply::Verified { file }) => {
@@ -112,7 +116,7 @@ impl MrChase {
                 import.attempts += 1;
                 if import.attempts >= MAX_SEND_ATTEMPTS {
                     let reason = format!("{filename} failed verification {MAX_SEND_ATTEMPTS} times: {reason}");
-                    return self.fail_import(sockets, ctx, identity, reason);
+                    return self.fail_import(sockets, ctx, identity, WireError::refused(reason));
                 }
                 tracing::warn!("{filename} failed verification, asking for it again: {reason}");
                 // The transfer was rolled back: the file juggler needs to expect it afresh.
@@ -127,36 +131,36 @@ impl MrChase {
                         import.request.files[index] = *file;
                         self.next_file(sockets, ctx, identity)
                     }
-                    Ok(other) => self.fail_import(sockets, ctx, identity, format!("the master refused {expected}: {}", fs_reason(other))),
-                    Err(e) => self.fail_import(sockets, ctx, identity, format!("the file juggler did not answer: {e}")),
+                    Ok(other) => self.fail_import(sockets, ctx, identity, fs_error(&format!("the master refused {expected}"), other)),
+                    Err(e) => self.fail_import(sockets, ctx, identity, fs_silent(e)),
                 }
             }
-            Ok(other) => self.fail_import(sockets, ctx, identity, format!("cannot verify {filename}: {}", fs_reason(other))),
-            Err(e) => self.fail_import(sockets, ctx, identity, format!("the file juggler did not answer: {e}")),
+            Ok(other) => self.fail_import(sockets, ctx, identity, fs_error(&format!("cannot verify {filename}"), other)),
+            Err(e) => self.fail_import(sockets, ctx, identity, fs_silent(e)),
         }
     }
 
     /// Ends a session's import with an error: undoes it and tells the tool why.
-    fn fail_import(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], message: String) -> AdminReply {
-        let Some(session) = self.sessions.get_mut(identity) else { return AdminReply::Error { message } };
+    fn fail_import(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], error: WireError) -> AdminReply {
+        let Some(session) = self.sessions.get_mut(identity) else { return AdminReply::Error(error) };
         let actor = session.actor.clone();
-        let Some(import) = session.import.take() else { return AdminReply::Error { message } };
+        let Some(import) = session.import.take() else { return AdminReply::Error(error) };
         undo(sockets, &import);
         let request = &import.request;
         let removed = import.states.iter().zip(&request.files).filter(|(s, f)| **s == FileState::Published && !recorded(sockets, f)).count();
-        let mut message = format!("{} {} for {}: {message}", request.package, request.version, request.abi);
+        let mut message = format!("{} {} for {}: {}", request.package, request.version, request.abi, error.message);
         if removed > 0 {
             let _ = write!(message, " (the {removed} file(s) it had published were removed again)");
         }
-        self.conclude(sockets, ctx, &actor, "import", Err(message))
+        self.conclude(sockets, ctx, &actor, "import", Err(WireError { kind: error.kind, message }))
     }
 
     /// Records an import whose files are all in, and asks for its log and pages.
     fn finish(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8]) -> AdminReply {
-        let Some(session) = self.sessions.get_mut(identity) else { return AdminReply::Error { message: "no session".into() } };
+        let Some(session) = self.sessions.get_mut(identity) else { return AdminReply::Error(WireError::refused("say Hello first")) };
         let actor = session.actor.clone();
         let Some(import) = session.import.take() else {
-            return AdminReply::Error { message: "no import is in progress on this connection".into() };
+            return AdminReply::Error(WireError::refused("no import is in progress on this connection"));
         };
         let request = &import.request;
         let record = BuildRecord {
@@ -186,7 +190,7 @@ impl MrChase {
                     "{} {} for {}: cannot record the build: {e} (the files it had published were removed again)",
                     request.package, request.version, request.abi
                 );
-                return self.conclude(sockets, ctx, &actor, "import", Err(message));
+                return self.conclude(sockets, ctx, &actor, "import", Err(WireError { kind: e.kind(), message }));
             }
         };
         let mut notes = Vec::new();
@@ -210,42 +214,42 @@ impl MrChase {
 
 /// Checks an import against the database and the wheels' names; returns it with the package
 /// name in canonical form.
-fn check_import(sockets: &Sockets, mut request: ImportRequest) -> Result<ImportRequest, String> {
+fn check_import(sockets: &Sockets, mut request: ImportRequest) -> Result<ImportRequest, WireError> {
     request.package = check_package(&request.package)?;
     check_version(&request.version)?;
     check_text("the ABI", &request.abi, MAX_NAME, false)?;
     if request.files.is_empty() {
-        return Err("no files listed for import".into());
+        return Err(WireError::refused("no files listed for import"));
     }
     if request.files.len() > MAX_IMPORT_FILES {
-        return Err(format!("{} files listed; an import holds at most {MAX_IMPORT_FILES}", request.files.len()));
+        return Err(WireError::refused(format!("{} files listed; an import holds at most {MAX_IMPORT_FILES}", request.files.len())));
     }
     let mut seen = HashSet::new();
     for file in &request.files {
-        let name = WheelName::parse(&file.filename).map_err(|e| e.to_string())?;
+        let name = WheelName::parse(&file.filename).map_err(|e| WireError::refused(e.to_string()))?;
         if !name.is_for(&request.package) {
-            return Err(format!("{} is not a wheel of {}", file.filename, request.package));
+            return Err(WireError::refused(format!("{} is not a wheel of {}", file.filename, request.package)));
         }
         if !same_version(&name.version, &request.version) {
-            return Err(format!("{} is not a wheel of version {}", file.filename, request.version));
+            return Err(WireError::refused(format!("{} is not a wheel of version {}", file.filename, request.version)));
         }
         if !seen.insert(file.filename.as_str()) {
-            return Err(format!("{} is listed twice", file.filename));
+            return Err(WireError::refused(format!("{} is listed twice", file.filename)));
         }
     }
     let db = &sockets.db;
-    let abis = db.call(BuildAbis {}).map_err(|e| e.to_string())?;
+    let abis = db.call(BuildAbis {})?;
     if !abis.iter().any(|a| a.tag == request.abi) {
         let known: Vec<&str> = abis.iter().map(|a| a.tag.as_str()).collect();
-        return Err(format!("unknown ABI {}: the farm builds for {}", request.abi, if known.is_empty() { "none yet".into() } else { known.join(", ") }));
+        return Err(WireError::refused(format!("unknown ABI {}: the farm builds for {}", request.abi, if known.is_empty() { "none yet".into() } else { known.join(", ") })));
     }
     let version_exists = VersionExists { package: request.package.clone(), version: request.version.clone() };
-    if !db.call(version_exists).map_err(|e| e.to_string())? {
-        return Err(if db.call(PackageExists { package: request.package.clone() }).map_err(|e| e.to_string())? {
+    if !db.call(version_exists)? {
+        return Err(WireError::refused(if db.call(PackageExists { package: request.package.clone() })? {
             format!("unknown version {} {}: add it with piw-add (or piw-import --register)", request.package, request.version)
         } else {
             format!("unknown package {}: add it with piw-add (or piw-import --register)", request.package)
-        });
+        }));
     }
     Ok(request)
 }
@@ -259,7 +263,7 @@ fn expect_request(request: &ImportRequest, index: usize, uploader: Option<String
 /// Has the file juggler expect every file of an import, so that a refusal comes before any
 /// byte is sent; on a refusal, the transfers already made are abandoned. The descriptions of
 /// files the index holds already become the master's own.
-fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<String>) -> Result<Import, String> {
+fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<String>) -> Result<Import, WireError> {
     let mut states = Vec::with_capacity(request.files.len());
     for index in 0..request.files.len() {
         let file = &request.files[index];
@@ -269,8 +273,8 @@ fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<St
                 request.files[index] = *file;
                 Ok(FileState::Held)
             }
-            Ok(other) => Err(format!("the master refused {}: {}", file.filename, fs_reason(other))),
-            Err(e) => Err(format!("the file juggler did not answer: {e}")),
+            Ok(other) => Err(fs_error(&format!("the master refused {}", file.filename), other)),
+            Err(e) => Err(fs_silent(e)),
         };
         match state {
             Ok(state) => states.push(state),
@@ -333,9 +337,19 @@ fn abandon_transfers(sockets: &Sockets, states: &[FileState]) {
     }
 }
 
-fn fs_reason(reply: FsReply) -> String {
+/// Why the file juggler did not take a file, as an error of the same kind: a refusal when the
+/// file (or its sender) is at fault, the master's own failure otherwise.
+fn fs_error(what: &str, reply: FsReply) -> WireError {
     match reply {
-        FsReply::Refused { reason } | FsReply::Failed { reason } | FsReply::Conflict { reason } | FsReply::Error { message: reason } => reason,
-        other => format!("unexpected answer {other:?}"),
+        FsReply::Refused { reason } | FsReply::Failed { reason } | FsReply::Conflict { reason } => {
+            WireError::refused(format!("{what}: {reason}"))
+        }
+        FsReply::Error { message } => WireError::unavailable(format!("{what}: {message}")),
+        other => WireError::unavailable(format!("{what}: unexpected answer {other:?}")),
     }
+}
+
+/// The file juggler did not answer.
+fn fs_silent(e: TransportError) -> WireError {
+    WireError::unavailable(format!("the file juggler did not answer: {e}"))
 }
