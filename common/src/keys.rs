@@ -573,7 +573,8 @@ pub struct ClientAuthArgs {
 
     /// The master's public key, as `piw-keys master` prints it on the master's host (40
     /// characters): with it this program knows it talks to the real master [default: none]
-    #[arg(long, env = "PIW_MASTER_KEY", value_name = "KEY")]
+    // A key's Z85 text may start with '-'.
+    #[arg(long, env = "PIW_MASTER_KEY", value_name = "KEY", allow_hyphen_values = true)]
     pub master_key: Option<String>,
 
     /// Connect to tcp addresses without authentication, to a master run with --no-auth
@@ -610,6 +611,19 @@ impl ClientAuthArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_master_key_starting_with_a_hyphen_is_a_value_not_an_option() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            auth: ClientAuthArgs,
+        }
+        // Z85 has '-' in its alphabet: one master key in 85 starts with it.
+        let key = format!("-Z{}", "a".repeat(38));
+        let cli = <Cli as clap::Parser>::try_parse_from(["piw-slave", "--master-key", &key]).expect("the key is taken as a value");
+        assert_eq!(cli.auth.master_key, Some(key));
+    }
 
     fn now() -> Timestamp {
         chrono::Utc::now()

@@ -56,7 +56,7 @@ pub enum KeysCommand {
     Authorize {
         /// The public key (40 characters, as `piw-keys new` prints it), or a key pair file
         /// whose public key to take
-        #[arg(value_name = "KEY")]
+        #[arg(value_name = "KEY", allow_hyphen_values = true)]
         key: String,
         /// What the key may do: slave (build and upload), importer (piw-import, piw-add,
         /// piw-remove, piw-rebuild), monitor (watch), operator (watch and command), logger
@@ -80,7 +80,7 @@ pub enum KeysCommand {
     /// again
     Revoke {
         /// The key's label, fingerprint or public key
-        #[arg(value_name = "WHO")]
+        #[arg(value_name = "WHO", allow_hyphen_values = true)]
         who: String,
     },
 }
@@ -162,5 +162,15 @@ mod tests {
     #[test]
     fn every_option_shows_its_default_in_help() {
         assert_eq!(piwheels_common::config::options_without_default(KeysConfig::command()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn keys_starting_with_a_hyphen_are_values_not_options() {
+        let key = format!("-Z{}", "a".repeat(38));
+        let authorize = ["piw-keys", "authorize", key.as_str(), "--role", "slave", "--label", "pi-1"];
+        let cfg = <KeysConfig as clap::Parser>::try_parse_from(authorize).expect("the key is taken as a value");
+        assert!(matches!(cfg.command, KeysCommand::Authorize { key: ref k, .. } if *k == key), "{:?}", cfg.command);
+        let cfg = <KeysConfig as clap::Parser>::try_parse_from(["piw-keys", "revoke", key.as_str()]).expect("a value");
+        assert!(matches!(cfg.command, KeysCommand::Revoke { ref who } if *who == key), "{:?}", cfg.command);
     }
 }
