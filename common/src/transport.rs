@@ -794,6 +794,27 @@ impl<Out: Message, In: Message> Dealer<Out, In> {
         if self.readable(Some(timeout))? { self.recv().map(Some) } else { Ok(None) }
     }
 
+    /// Sends a request tagged with `tag`, which a [`Server`] treats as part of the routing
+    /// envelope and so returns, untouched, with its reply (see [`Dealer::recv_tagged`]): the
+    /// way to have several requests out at once and know which reply answers which. Waits at
+    /// most `timeout` for queue room.
+    pub fn send_tagged(&self, tag: &[u8], msg: &Out, timeout: Duration) -> Result<(), TransportError> {
+        if tag.is_empty() {
+            return Err(structure::<Out>("an empty tag".into()).into());
+        }
+        let frame = self.raw.encode(msg)?;
+        self.raw.send_frames(&[tag, b"", &frame], timeout)
+    }
+
+    /// Receives a reply to a request sent with [`Dealer::send_tagged`], with its tag.
+    pub fn recv_tagged(&self) -> Result<(Vec<u8>, In), TransportError> {
+        let frames = self.raw.recv_frames()?;
+        match frames.as_slice() {
+            [tag, delimiter, frame] if !tag.is_empty() && delimiter.is_empty() => Ok((tag.to_vec(), self.raw.decode(frame)?)),
+            _ => Err(structure::<In>(format!("{} frames, expected a tag, a delimiter and a message", frames.len())).into()),
+        }
+    }
+
     common_socket_methods!();
 }
 

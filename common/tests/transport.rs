@@ -196,6 +196,31 @@ fn dealer_converses_with_server_without_lock_step() {
     assert!(dealer.recv_timeout(Duration::from_millis(50)).expect("dealer recv").is_none());
 }
 
+#[test]
+fn tagged_requests_get_their_replies_with_their_tags_in_any_order() {
+    let ctx = zmq::Context::new();
+    let endpoint = "inproc://tagged";
+    let server = Server::<TestRequest, TestReply>::bind(&ctx, endpoint, None).expect("bind");
+    let dealer = Dealer::<TestRequest, TestReply>::connect(&ctx, endpoint, None).expect("connect");
+    for name in ["numpy", "scipy", "pandas"] {
+        dealer.send_tagged(name.as_bytes(), &package(name), WAIT).expect("send");
+    }
+    let received: Vec<_> = (0..3).map(|_| next_request(&server)).collect();
+    // The tag travels in the envelope, after the dealer's identity.
+    assert!(received.iter().all(|(peer, _)| peer.frames().len() == 2), "{received:?}");
+    // Answered last first: each reply comes back with its own request's tag.
+    for (peer, request) in received.iter().rev() {
+        let TestRequest::PackageExists { package } = request else { panic!("{request:?}") };
+        server.send(peer, &text(package)).expect("reply");
+    }
+    for expected in ["pandas", "scipy", "numpy"] {
+        assert!(dealer.readable(Some(WAIT)).expect("poll"), "no reply within {WAIT:?}");
+        let (tag, reply) = dealer.recv_tagged().expect("a tagged reply");
+        assert_eq!((String::from_utf8(tag).unwrap(), reply), (expected.to_string(), text(expected)));
+    }
+    assert!(matches!(dealer.send_tagged(b"", &package("x"), WAIT), Err(TransportError::Protocol(_))), "an empty tag is refused");
+}
+
 // ------------------------------------------------------------------------------------------
 // Pipelines and publish/subscribe
 // ------------------------------------------------------------------------------------------

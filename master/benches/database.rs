@@ -22,6 +22,7 @@ use piwheels_master::db::{Database, migrate};
 use piwheels_master::db_client::DbClient;
 use piwheels_master::oracle::{self, Oracle};
 use piwheels_master::seraph::{self, Seraph};
+use piwheels_master::wiring;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -46,7 +47,7 @@ fn throughput(oracles: usize, clients: usize, seconds: u64) -> f64 {
         tasks.add(task::spawn(&rt, &format!("oracle_{n}"), oracle::Sockets::open, move |s| Oracle::start(s, &url, Duration::from_secs(10))).unwrap());
     }
     // Warm up: every oracle connects.
-    let warm = DbClient::connect(&zmq, seraph::DB_ENDPOINT, Duration::from_secs(10)).unwrap();
+    let warm = DbClient::connect(&zmq, wiring::DB.address(), Duration::from_secs(10)).unwrap();
     for _ in 0..oracles * 4 {
         warm.call(PackageExists { package: "numpy".into() }).unwrap();
     }
@@ -55,7 +56,7 @@ fn throughput(oracles: usize, clients: usize, seconds: u64) -> f64 {
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..clients {
-            let client = DbClient::connect(&zmq, seraph::DB_ENDPOINT, Duration::from_secs(10)).unwrap();
+            let client = DbClient::connect(&zmq, wiring::DB.address(), Duration::from_secs(10)).unwrap();
             let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
             scope.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {

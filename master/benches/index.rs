@@ -29,9 +29,10 @@ use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_master::db::migrate;
 use piwheels_master::db_client::DbClient;
-use piwheels_master::index::{self, IndexConfig, Scribe, WEB_ENDPOINT};
+use piwheels_master::index::{self, IndexConfig, Scribe};
 use piwheels_master::oracle::{self, Oracle};
 use piwheels_master::seraph::{self, Seraph};
+use piwheels_master::wiring;
 use piwheels_testsupport::data::wheel_file;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 
@@ -154,7 +155,7 @@ fn main() {
         tasks.add(task::spawn(&rt, &format!("oracle_{k}"), oracle::Sockets::open, move |s| Oracle::start(s, &url, Duration::from_secs(60))).unwrap());
     }
     // Every oracle connected before the clock starts.
-    let client = DbClient::connect(&zmq, seraph::DB_ENDPOINT, Duration::from_secs(60)).unwrap();
+    let client = DbClient::connect(&zmq, wiring::DB.address(), Duration::from_secs(60)).unwrap();
     for _ in 0..12 {
         client.call(PackageExists { package: "pkg-1".into() }).unwrap();
     }
@@ -204,7 +205,7 @@ fn main() {
 
     // Latency: one build at a time, as the slave driver reports it: recorded, then the log
     // and a rewrite are sent to the index writer.
-    let web = Client::<WebRequest, WebReply>::connect(&zmq, WEB_ENDPOINT, None).unwrap();
+    let web = Client::<WebRequest, WebReply>::connect(&zmq, wiring::WEB.address(), None).unwrap();
     let mut latencies = Vec::new();
     for i in 0..samples {
         let p = 1 + i * (n / samples.max(1)).max(1);

@@ -39,11 +39,12 @@ use piwheels_master::calls::files::{FileExpectation, FsReply, FsRequest};
 use piwheels_common::task::{self, Runtime, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};
-use piwheels_master::file_juggler::{FS_ENDPOINT, FileJuggler, JugglerConfig, Sockets};
+use piwheels_master::file_juggler::{FileJuggler, JugglerConfig, Sockets};
 use sha2::{Digest, Sha256};
 use piwheels_common::keys::Role;
 use piwheels_common::transport::Security;
 use piwheels_master::gatekeeper::{Auth, Gatekeeper};
+use piwheels_master::wiring;
 use piwheels_testsupport::keys::ClientKey;
 
 const MB: usize = 1_000_000;
@@ -171,7 +172,7 @@ impl Bench {
         let handle =
             task::spawn::<FileJuggler, _, _>(&rt, "file_juggler", move |_| Ok(sockets), move |_| FileJuggler::start(&config, &clock))
                 .unwrap();
-        let fs = Client::connect(&rt.zmq, FS_ENDPOINT, None).unwrap();
+        let fs = Client::connect(&rt.zmq, wiring::FS.address(), None).unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
         Bench { _rt: rt, security, gatekeeper, uploaders: zmq::Context::new(), _status: status, _dir: dir, src, endpoint, handle, fs, files: 0 }

@@ -2,24 +2,20 @@
 //! (see `db/queue.rs` for the rules) and hands it to the slave driver — on a timer, and within
 //! a short debounce of being told that something changed (new releases, a finished build).
 //!
-//! Sockets: binds [`ARCHITECT_ENDPOINT`] (PULL, [`ArchitectTrigger`]); connects to
-//! [`BUILDS_ENDPOINT`] (PUSH, [`BuildQueueUpdate`]) and to the oracles ([`DbClient`]).
+//! Sockets: binds [`wiring::ARCHITECT`] (PULL, [`ArchitectTrigger`]); connects to
+//! [`wiring::BUILDS`] (PUSH, [`BuildQueueUpdate`]) and to the oracles ([`DbClient`]).
 
 use std::time::Duration;
 
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Receiver, Sender};
 
-use crate::seraph::DB_ENDPOINT;
 use crate::calls::db::BuildQueue;
 use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate};
 use crate::db::queue::BUILD_QUEUE_TIMEOUT;
 use crate::db_client::DbClient;
+use crate::wiring::{self, TaskName};
 
-/// Where tasks tell the architect that the queue may have changed.
-pub const ARCHITECT_ENDPOINT: &str = "inproc://architect";
-/// Where the slave driver takes new queues.
-pub const BUILDS_ENDPOINT: &str = "inproc://builds";
 
 /// When and how much to queue.
 #[derive(Debug, Clone, Copy)]
@@ -44,10 +40,10 @@ impl Sockets {
     /// Binds the trigger socket and connects to the slave driver and the oracles.
     pub fn open(ctx: &zmq::Context) -> anyhow::Result<Sockets> {
         Ok(Sockets {
-            triggers: Receiver::pull(ctx, ARCHITECT_ENDPOINT, None)?,
-            queues: Sender::push(ctx, BUILDS_ENDPOINT)?,
+            triggers: wiring::ARCHITECT.pull(ctx, TaskName::Architect)?,
+            queues: wiring::BUILDS.push(ctx, TaskName::Architect)?,
             // The queue can take minutes after the ABIs change; the statement has the same limit.
-            db: DbClient::connect(ctx, DB_ENDPOINT, BUILD_QUEUE_TIMEOUT)?,
+            db: wiring::DB.caller(ctx, TaskName::Architect, BUILD_QUEUE_TIMEOUT)?,
         })
     }
 }

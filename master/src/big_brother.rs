@@ -4,10 +4,10 @@
 //! downloads). It publishes them to monitors as [`StatusEvent::Stats`], and keeps the index's
 //! home page and search index fresh by sending them to the index writer.
 //!
-//! Sockets: binds [`STATS_ENDPOINT`] (PULL, [`StatsUpdate`]); connects to the master's
+//! Sockets: binds [`wiring::STATS`] (PULL, [`StatsUpdate`]); connects to the master's
 //! internal status socket (PUSH, [`StatusEvent`]); when feeding the index
 //! ([`Sockets::open_feeding`]), to the oracles ([`DbClient`]) and to the index writer
-//! ([`WEB_ENDPOINT`], REQ, [`WebRequest`]).
+//! ([`wiring::WEB`], REQ, [`WebRequest`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,14 +17,11 @@ use piwheels_common::protocols::{MasterStats, StatusEvent};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, Receiver, Sender};
 
-use crate::seraph::DB_ENDPOINT;
 use crate::calls::db::{DbStats, SearchIndex, Statistics};
 use crate::calls::tasks::{StatsUpdate, WebReply, WebRequest};
 use crate::db_client::DbClient;
-use crate::index::WEB_ENDPOINT;
+use crate::wiring::{self, TaskName};
 
-/// Where other tasks send [`StatsUpdate`]s.
-pub const STATS_ENDPOINT: &str = "inproc://stats";
 
 /// When BigBrother does what; [`StatsConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -71,7 +68,7 @@ impl Sockets {
     /// Binds the stats socket and connects to the status socket; the database's figures,
     /// the home page and the search index are left alone.
     pub fn open(ctx: &zmq::Context, status_endpoint: &str) -> anyhow::Result<Sockets> {
-        Ok(Sockets { stats: Receiver::pull(ctx, STATS_ENDPOINT, None)?, status: Sender::push(ctx, status_endpoint)?, feed: None })
+        Ok(Sockets { stats: wiring::STATS.pull(ctx, TaskName::BigBrother)?, status: Sender::push(ctx, status_endpoint)?, feed: None })
     }
 
     /// As [`Sockets::open`], and connects to the oracles and the index writer, to read the
@@ -79,8 +76,8 @@ impl Sockets {
     /// most `timeout` for its answer.
     pub fn open_feeding(ctx: &zmq::Context, status_endpoint: &str, timeout: Duration) -> anyhow::Result<Sockets> {
         let mut sockets = Self::open(ctx, status_endpoint)?;
-        sockets.feed =
-            Some(Feed { db: DbClient::connect(ctx, DB_ENDPOINT, timeout)?, web: Client::connect(ctx, WEB_ENDPOINT, None)?, timeout });
+        let db = wiring::DB.caller(ctx, TaskName::BigBrother, timeout)?;
+        sockets.feed = Some(Feed { db, web: wiring::WEB.client(ctx, TaskName::BigBrother)?, timeout });
         Ok(sockets)
     }
 }

@@ -10,7 +10,7 @@
 //! new one, so a renamed project's releases are built afresh under its new name.
 //!
 //! Sockets: a [`DbClient`] to the oracles; a PUSH to the architect
-//! ([`crate::architect::ARCHITECT_ENDPOINT`]) to say the queue may have changed; REQs to the
+//! ([`crate::wiring::ARCHITECT`]) to say the queue may have changed; REQs to the
 //! index writer (page rewrites) and, through [`Remover`], to the slave driver.
 
 use std::collections::HashSet;
@@ -24,16 +24,14 @@ use piwheels_common::task::{Context, PauseMode, Task};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::seraph::DB_ENDPOINT;
 use crate::calls::db::{AllPackages, NewPackage, NewPackageName, NewVersion, PypiSerial, SetPypiSerial, RewriteScope, SetDescription, SkipVersion, VersionSkip, YankVersion};
 use crate::calls::tasks::{ArchitectTrigger, WebReply, WebRequest};
-use crate::architect::ARCHITECT_ENDPOINT;
 use crate::db_client::DbClient;
-use crate::index::WEB_ENDPOINT;
 use crate::removal::Remover;
 use crate::pypi::description::DescriptionClient;
 use crate::pypi::events::{Dedup, Event, EventKind};
 use crate::pypi::xmlrpc::ChangelogClient;
+use crate::wiring::{self, TaskName};
 
 /// Longest wait between attempts while PyPI keeps failing.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
@@ -76,10 +74,10 @@ impl Sockets {
     /// architect, the index writer and the slave driver.
     pub fn open(ctx: &zmq::Context, db_timeout: Duration) -> anyhow::Result<Sockets> {
         Ok(Sockets {
-            db: DbClient::connect(ctx, DB_ENDPOINT, db_timeout)?,
-            architect: Sender::push(ctx, ARCHITECT_ENDPOINT)?,
-            web: Client::connect(ctx, WEB_ENDPOINT, None)?,
-            remover: Remover::connect(ctx)?,
+            db: wiring::DB.caller(ctx, TaskName::CloudGazer, db_timeout)?,
+            architect: wiring::ARCHITECT.push(ctx, TaskName::CloudGazer)?,
+            web: wiring::WEB.client(ctx, TaskName::CloudGazer)?,
+            remover: Remover::connect(ctx, TaskName::CloudGazer)?,
         })
     }
 

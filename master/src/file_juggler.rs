@@ -4,7 +4,7 @@
 //! their `.metadata` side files.
 //!
 //! Sockets: binds the file endpoint (ROUTER, external, usually tcp: uploaders' [`FileRequest`]
-//! → [`FileReply`]) and [`FS_ENDPOINT`] (ROUTER, inproc: the slave driver's and the admin
+//! → [`FileReply`]) and [`wiring::FS`] (ROUTER, inproc: the slave driver's and the admin
 //! endpoint's [`FsRequest`] → [`FsReply`]).
 //!
 //! Owns the staging directory. Every transfer there is two files named by its id: the record
@@ -103,9 +103,8 @@ use sha2::{Digest, Sha256};
 
 use crate::calls::files::{FileExpectation, FsReply, FsRequest};
 use crate::gatekeeper::{Auth, Gate};
+use crate::wiring::{self, TaskName};
 
-/// Where the slave driver and the admin endpoint send [`FsRequest`]s.
-pub const FS_ENDPOINT: &str = "inproc://fs";
 
 /// Bytes a file-socket frame may carry beyond one chunk's data (protocol name, variant,
 /// offset and MessagePack headers take about 30).
@@ -232,13 +231,13 @@ pub struct Sockets {
 
 impl Sockets {
     /// Binds the file endpoint (with a message size limit of one chunk of `config`, plus the
-    /// frame) and [`FS_ENDPOINT`].
+    /// frame) and [`wiring::FS`].
     pub fn open(ctx: &zmq::Context, file_endpoint: &str, config: &JugglerConfig) -> anyhow::Result<Sockets> {
         let security = config.auth.security(Endpoint::File, file_endpoint);
         // An uploader sends at most a window of chunks unasked for; a flood holds no more.
         let queue = i32::try_from(config.window.saturating_mul(2)).unwrap_or(i32::MAX);
         let files = Server::bind_external(ctx, file_endpoint, config.max_message(), Some(queue), &security)?;
-        let fs = Server::bind(ctx, FS_ENDPOINT, None)?;
+        let fs = wiring::FS.serve(ctx, TaskName::FileJuggler)?;
         Ok(Sockets { files, gate: config.auth.gate(Endpoint::File, file_endpoint), fs })
     }
 

@@ -27,6 +27,7 @@ pub mod slave_driver;
 pub mod slave_state;
 pub mod web_access;
 pub mod web_server;
+pub mod wiring;
 
 pub use config::MasterConfig;
 pub use process::{Stopped, run};

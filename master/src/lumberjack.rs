@@ -4,7 +4,7 @@
 //!
 //! Sockets: binds the logger endpoint (ROUTER, external, usually ipc: piw-logger's
 //! [`LogRequest`] → [`LogReply`], at most [`MAX_MESSAGE`] bytes a message and
-//! [`QUEUE_PER_PEER`] unread messages a connection); connects to [`STATS_ENDPOINT`] (PUSH,
+//! [`QUEUE_PER_PEER`] unread messages a connection); connects to [`wiring::STATS`] (PUSH,
 //! [`StatsUpdate::Downloads`]) and to the oracles ([`DbClient`]).
 //!
 //! A logger says `Hello` with its versions first; then each `Records` batch is answered
@@ -28,13 +28,12 @@ use piwheels_common::protocols::{AccessRecord, LogReply, LogRequest, WireError};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Peer, Sender, Server};
 
-use crate::seraph::DB_ENDPOINT;
 use crate::calls::db::LogAccess;
 use crate::calls::tasks::StatsUpdate;
 use crate::access_log::{Kind, Problem, validate};
-use crate::big_brother::STATS_ENDPOINT;
 use crate::db_client::DbClient;
 use crate::gatekeeper::{Auth, Gate};
+use crate::wiring::{self, TaskName};
 
 /// piw-master's default `--logger-queue`.
 pub const DEFAULT_ENDPOINT: &str = "ipc:///run/piwheels/logger";
@@ -72,8 +71,8 @@ impl Sockets {
         Ok(Sockets {
             logs: Server::bind_external(ctx, endpoint, MAX_MESSAGE, Some(QUEUE_PER_PEER), &auth.security(Endpoint::Logger, endpoint))?,
             gate: auth.gate(Endpoint::Logger, endpoint),
-            stats: Sender::push(ctx, STATS_ENDPOINT)?,
-            db: DbClient::connect(ctx, DB_ENDPOINT, db_timeout)?,
+            stats: wiring::STATS.push(ctx, TaskName::Lumberjack)?,
+            db: wiring::DB.caller(ctx, TaskName::Lumberjack, db_timeout)?,
         })
     }
 

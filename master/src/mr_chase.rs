@@ -4,7 +4,7 @@
 //! every action goes to the audit log with the actor the tool named in its hello.
 //!
 //! Sockets: binds the import socket (ROUTER, external, usually ipc: [`AdminRequest`] →
-//! [`AdminReply`]); connects to the oracles, the file juggler ([`FS_ENDPOINT`]), the index
+//! [`AdminReply`]); connects to the oracles, the file juggler ([`wiring::FS`]), the index
 //! writer, the stats task, the architect's trigger, the status socket and, through
 //! [`Remover`], the slave driver's deletion socket.
 //!
@@ -43,17 +43,13 @@ use piwheels_common::protocols::{AdminReply, AdminRequest, NoticeLevel, RebuildT
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Peer, Sender, Server};
 
-use crate::seraph::DB_ENDPOINT;
 use crate::calls::db::{AllPackages, Audit, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, YankVersion};
 use crate::calls::files::{FsReply, FsRequest};
 use crate::calls::tasks::{ArchitectTrigger, StatsUpdate, WebReply, WebRequest};
-use crate::architect::ARCHITECT_ENDPOINT;
-use crate::big_brother::STATS_ENDPOINT;
 use crate::db_client::DbClient;
-use crate::file_juggler::FS_ENDPOINT;
 use crate::gatekeeper::{Auth, Caller, Gate};
 use crate::removal::Remover;
-use crate::index::WEB_ENDPOINT;
+use crate::wiring::{self, TaskName};
 use checks::{check_name, check_package, check_text, check_version};
 use imports::{Import, undo};
 
@@ -124,13 +120,13 @@ impl Sockets {
                 Some(piwheels_common::transport::REQUESTS_PER_PEER),
                 &config.auth.security(Endpoint::Admin, &config.import_queue),
             )?,
-            db: DbClient::connect(ctx, DB_ENDPOINT, config.db_timeout)?,
-            fs: Client::connect(ctx, FS_ENDPOINT, None)?,
-            web: Client::connect(ctx, WEB_ENDPOINT, None)?,
-            stats: Sender::push(ctx, STATS_ENDPOINT)?,
-            trigger: Sender::push(ctx, ARCHITECT_ENDPOINT)?,
+            db: wiring::DB.caller(ctx, TaskName::MrChase, config.db_timeout)?,
+            fs: wiring::FS.client(ctx, TaskName::MrChase)?,
+            web: wiring::WEB.client(ctx, TaskName::MrChase)?,
+            stats: wiring::STATS.push(ctx, TaskName::MrChase)?,
+            trigger: wiring::ARCHITECT.push(ctx, TaskName::MrChase)?,
             status: Sender::push(ctx, status_endpoint)?,
-            remover: Remover::connect(ctx)?,
+            remover: Remover::connect(ctx, TaskName::MrChase)?,
             gate: config.auth.gate(Endpoint::Admin, &config.import_queue),
         })
     }

@@ -2,7 +2,7 @@
 //! connection, driven by its own single-threaded tokio runtime, and answers one
 //! [`DbRequest`] at a time with a [`DbReply`].
 //!
-//! Sockets: connects a [`Worker`] to [`crate::seraph::ORACLE_ENDPOINT`].
+//! Sockets: connects a [`Worker`] to [`crate::wiring::ORACLES`].
 //!
 //! A failing query is answered with [`DbReply::Error`] and the oracle goes on. A lost
 //! connection fails the request in flight the same way; the next request connects again. A
@@ -18,7 +18,7 @@ use piwheels_common::transport::Worker;
 
 use crate::calls::db::{DbReply, DbRequest};
 use crate::db::Database;
-use crate::seraph::ORACLE_ENDPOINT;
+use crate::wiring::{self, TaskName};
 
 /// A connection idle this long is pinged before a request is sent on it.
 pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
@@ -34,7 +34,7 @@ pub struct Sockets {
 impl Sockets {
     /// Connects to the balancer.
     pub fn open(ctx: &zmq::Context) -> anyhow::Result<Sockets> {
-        Ok(Sockets { worker: Worker::connect(ctx, ORACLE_ENDPOINT)? })
+        Ok(Sockets { worker: wiring::ORACLES.work(ctx, TaskName::Oracle)? })
     }
 }
 

@@ -4,8 +4,8 @@
 //!
 //! Sockets: binds the control socket (ROUTER, [`ControlRequest`] → [`ControlReply`]), the
 //! external status socket (PUB, [`StatusEvent`]) and the internal status socket
-//! [`STATUS_ENDPOINT`] (PULL); connects to the slave driver's command socket
-//! [`SLAVE_COMMANDS_ENDPOINT`] (REQ, [`SlaveCommand`] → [`SlaveCommandReply`]).
+//! [`wiring::STATUS`] (PULL); connects to the slave driver's command socket
+//! [`wiring::SLAVE_COMMANDS`] (REQ, [`SlaveCommand`] → [`SlaveCommandReply`]).
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -41,11 +41,8 @@ use crate::oracle::{self, Oracle};
 use crate::pidlock::PidLock;
 use crate::seraph::{self, Seraph};
 use crate::slave_driver::{self, DriverConfig, SlaveDriver, SlaveLimits};
+use crate::wiring::{self, TaskName};
 
-/// Where tasks report their state and figures inside the master.
-pub const STATUS_ENDPOINT: &str = "inproc://status";
-/// Where the slave driver takes operators' commands for slaves.
-pub const SLAVE_COMMANDS_ENDPOINT: &str = "inproc://slave-commands";
 /// Largest control request accepted: they are small, so anything big is hostile.
 const CONTROL_MAX_MESSAGE: usize = 64 << 10;
 /// How long the slave driver may take to apply an operator's command.
@@ -81,8 +78,8 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
 
     let auth = authentication(cfg)?;
     let zmq = zmq::Context::new();
-    let status_in = Receiver::<StatusEvent>::pull(&zmq, STATUS_ENDPOINT, None)?;
-    let rt = Runtime::new(zmq.clone(), Arc::new(SystemClock), STATUS_ENDPOINT);
+    let status_in = wiring::STATUS.pull(&zmq, wiring::TaskName::Main)?;
+    let rt = Runtime::new(zmq.clone(), Arc::new(SystemClock), wiring::STATUS.address());
     let mut tasks = Supervisor::new();
     // The ZAP handler before any socket it guards, and it stops after every one of them has
     // closed (its own supervisor): libzmq admits every key while no handler is bound.
@@ -101,7 +98,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
         Some(piwheels_common::transport::REQUESTS_PER_PEER),
         &control_security,
     )?;
-    let slave_commands = Client::<SlaveCommand, SlaveCommandReply>::connect(&zmq, SLAVE_COMMANDS_ENDPOINT, None)?;
+    let slave_commands = wiring::SLAVE_COMMANDS.client(&zmq, wiring::TaskName::Main)?;
     let mut master = Master {
         gate: auth.gate(Endpoint::Control, &cfg.control_queue),
         guard,
@@ -240,103 +237,128 @@ fn authentication(cfg: &MasterConfig) -> anyhow::Result<Auth> {
     Ok(Auth::disabled())
 }
 
+/// Starts the tasks in the order the wiring gives (`wiring::start_order`): each after every
+/// task it calls. They stop in reverse, so a task outlives every task that calls it.
 fn start_tasks(rt: &Runtime, cfg: &MasterConfig, auth: &Auth, tasks: &mut Supervisor) -> anyhow::Result<()> {
-    // The database first: every other task may need it from its first moment.
-    tasks.add(task::spawn(rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph))?);
-    for n in 1..=cfg.oracles {
-        let (url, timeout) = (cfg.dsn.clone(), cfg.db_timeout.0);
-        tasks.add(task::spawn(rt, &format!("the_oracle_{n}"), oracle::Sockets::open, move |sockets| {
-            Oracle::start(sockets, &url, timeout)
-        })?);
+    for task in wiring::start_order(wiring::WIRING)? {
+        start_task(task, rt, cfg, auth, tasks)?;
     }
-    // The index writer early: every later task may ask it for pages, and it stops after them.
-    let mut index = IndexConfig::new(&cfg.output_path);
-    index.window = cfg.rewrite_window.0;
+    Ok(())
+}
+
+fn start_task(task: TaskName, rt: &Runtime, cfg: &MasterConfig, auth: &Auth, tasks: &mut Supervisor) -> anyhow::Result<()> {
     let db_timeout = cfg.db_timeout.0;
-    tasks.add(task::spawn(rt, "the_scribe", move |ctx| index::Sockets::open(ctx, db_timeout), move |_| Scribe::start(&index))?);
-    let queue = QueueConfig { interval: cfg.queue_interval.0, debounce: cfg.queue_debounce.0, limit: cfg.queue_limit };
-    tasks.add(task::spawn(rt, "the_architect", architect::Sockets::open, move |_| Ok(Architect::new(queue)))?);
-    match &cfg.pypi_xmlrpc {
-        Some(xmlrpc_url) => {
-            let follower = FollowerConfig {
-                xmlrpc_url: xmlrpc_url.clone(),
-                json_url: cfg.pypi_json.clone(),
-                interval: cfg.pypi_interval.0,
-                timeout: Duration::from_secs(30),
-                skip_new: String::new(),
-            };
+    match task {
+        TaskName::Main => {}
+        TaskName::Seraph => tasks.add(task::spawn(rt, "seraph", seraph::Sockets::open, |_| Ok(Seraph))?),
+        TaskName::Oracle => {
+            for n in 1..=cfg.oracles {
+                let (url, timeout) = (cfg.dsn.clone(), cfg.db_timeout.0);
+                tasks.add(task::spawn(rt, &format!("the_oracle_{n}"), oracle::Sockets::open, move |sockets| {
+                    Oracle::start(sockets, &url, timeout)
+                })?);
+            }
+        }
+        TaskName::Scribe => {
+            let mut index = IndexConfig::new(&cfg.output_path);
+            index.window = cfg.rewrite_window.0;
+            tasks.add(task::spawn(rt, "the_scribe", move |ctx| index::Sockets::open(ctx, db_timeout), move |_| Scribe::start(&index))?);
+        }
+        TaskName::Architect => {
+            let queue = QueueConfig { interval: cfg.queue_interval.0, debounce: cfg.queue_debounce.0, limit: cfg.queue_limit };
+            tasks.add(task::spawn(rt, "the_architect", architect::Sockets::open, move |_| Ok(Architect::new(queue)))?);
+        }
+        TaskName::CloudGazer => match &cfg.pypi_xmlrpc {
+            Some(xmlrpc_url) => {
+                let follower = FollowerConfig {
+                    xmlrpc_url: xmlrpc_url.clone(),
+                    json_url: cfg.pypi_json.clone(),
+                    interval: cfg.pypi_interval.0,
+                    timeout: Duration::from_secs(30),
+                    skip_new: String::new(),
+                };
+                tasks.add(task::spawn(
+                    rt,
+                    "cloud_gazer",
+                    move |ctx| cloud_gazer::Sockets::open(ctx, db_timeout),
+                    move |sockets| CloudGazer::start(sockets, &follower),
+                )?);
+            }
+            None => tracing::warn!("no --pypi-xmlrpc given: not following PyPI"),
+        },
+        TaskName::FileJuggler => {
+            let mut juggler = JugglerConfig::new(&cfg.output_path, cfg.state_dir.join("staging"));
+            juggler.chunk_size = cfg.chunk_size.0;
+            juggler.window = usize::from(cfg.transfer_window);
+            juggler.max_file_size = cfg.max_file_size.0;
+            juggler.abandon_after = cfg.abandon_after.0;
+            juggler.auth = auth.clone();
+            // A staging directory that cannot work is a configuration error: say so now rather
+            // than after the task's restarts.
+            juggler.check()?;
+            let file_queue = cfg.file_queue.clone();
+            let (open_config, clock) = (juggler.clone(), rt.clock.clone());
             tasks.add(task::spawn(
                 rt,
-                "cloud_gazer",
-                move |ctx| cloud_gazer::Sockets::open(ctx, db_timeout),
-                move |sockets| CloudGazer::start(sockets, &follower),
+                "file_juggler",
+                move |ctx| file_juggler::Sockets::open(ctx, &file_queue, &open_config),
+                move |_| FileJuggler::start(&juggler, &clock),
             )?);
         }
-        None => tracing::warn!("no --pypi-xmlrpc given: not following PyPI"),
+        TaskName::BigBrother => {
+            let status = rt.status_endpoint.clone();
+            let stats = StatsConfig::new(&cfg.output_path, cfg.stats_interval.0);
+            tasks.add(task::spawn(
+                rt,
+                "big_brother",
+                move |ctx| big_brother::Sockets::open_feeding(ctx, &status, db_timeout),
+                move |_| Ok(BigBrother::with_config(stats.clone())),
+            )?);
+        }
+        TaskName::MrChase => {
+            let chase = ChaseConfig { import_queue: cfg.import_queue.clone(), db_timeout, auth: auth.clone() };
+            let (open_chase, status) = (chase.clone(), rt.status_endpoint.clone());
+            tasks.add(task::spawn(
+                rt,
+                "mr_chase",
+                move |ctx| mr_chase::Sockets::open(ctx, &open_chase, &status),
+                move |_| Ok(MrChase::new(chase.clone())),
+            )?);
+        }
+        TaskName::Lumberjack => {
+            let (logger_queue, logger_auth) = (cfg.logger_queue.clone(), auth.clone());
+            tasks.add(task::spawn(
+                rt,
+                "lumberjack",
+                move |ctx| lumberjack::Sockets::open(ctx, &logger_queue, db_timeout, &logger_auth),
+                |_| Ok(Lumberjack::new()),
+            )?);
+        }
+        TaskName::SlaveDriver => {
+            let driver = DriverConfig {
+                slave_queue: cfg.slave_queue.clone(),
+                index_url: cfg.pypi_simple.clone().unwrap_or_default(),
+                max_message: transport::DEFAULT_MAX_MESSAGE,
+                db_timeout,
+                auth: auth.clone(),
+                limits: SlaveLimits {
+                    max_build_timeout: cfg.max_build_timeout.0,
+                    max_busy_timeout: cfg.max_busy_timeout.0,
+                    max_slaves: cfg.max_slaves.into(),
+                    max_slaves_per_key: cfg.max_slaves_per_key.into(),
+                    max_slaves_per_address: cfg.max_slaves_per_address.into(),
+                },
+                retry_backoff: cfg.retry_backoff.0,
+            };
+            let (open_driver, status) = (driver.clone(), rt.status_endpoint.clone());
+            tasks.add(task::spawn(
+                rt,
+                "slave_driver",
+                move |ctx| slave_driver::Sockets::open(ctx, &open_driver, &status),
+                move |_| Ok(SlaveDriver::new(driver.clone())),
+            )?);
+        }
     }
-    let mut juggler = JugglerConfig::new(&cfg.output_path, cfg.state_dir.join("staging"));
-    juggler.chunk_size = cfg.chunk_size.0;
-    juggler.window = usize::from(cfg.transfer_window);
-    juggler.max_file_size = cfg.max_file_size.0;
-    juggler.abandon_after = cfg.abandon_after.0;
-    juggler.auth = auth.clone();
-    // A staging directory that cannot work is a configuration error: say so now rather than
-    // after the task's restarts.
-    juggler.check()?;
-    let file_queue = cfg.file_queue.clone();
-    let (open_config, clock) = (juggler.clone(), rt.clock.clone());
-    tasks.add(task::spawn(
-        rt,
-        "file_juggler",
-        move |ctx| file_juggler::Sockets::open(ctx, &file_queue, &open_config),
-        move |_| FileJuggler::start(&juggler, &clock),
-    )?);
-    let status = rt.status_endpoint.clone();
-    let stats = StatsConfig::new(&cfg.output_path, cfg.stats_interval.0);
-    tasks.add(task::spawn(
-        rt,
-        "big_brother",
-        move |ctx| big_brother::Sockets::open_feeding(ctx, &status, db_timeout),
-        move |_| Ok(BigBrother::with_config(stats.clone())),
-    )?);
-    let chase = ChaseConfig { import_queue: cfg.import_queue.clone(), db_timeout, auth: auth.clone() };
-    let (open_chase, status) = (chase.clone(), rt.status_endpoint.clone());
-    tasks.add(task::spawn(
-        rt,
-        "mr_chase",
-        move |ctx| mr_chase::Sockets::open(ctx, &open_chase, &status),
-        move |_| Ok(MrChase::new(chase.clone())),
-    )?);
-    let (logger_queue, logger_auth) = (cfg.logger_queue.clone(), auth.clone());
-    tasks.add(task::spawn(
-        rt,
-        "lumberjack",
-        move |ctx| lumberjack::Sockets::open(ctx, &logger_queue, db_timeout, &logger_auth),
-        |_| Ok(Lumberjack::new()),
-    )?);
-    // Last, so that everything it hands work to is running when the first slave arrives.
-    let driver = DriverConfig {
-        slave_queue: cfg.slave_queue.clone(),
-        index_url: cfg.pypi_simple.clone().unwrap_or_default(),
-        max_message: transport::DEFAULT_MAX_MESSAGE,
-        db_timeout: cfg.db_timeout.0,
-        auth: auth.clone(),
-        limits: SlaveLimits {
-            max_build_timeout: cfg.max_build_timeout.0,
-            max_busy_timeout: cfg.max_busy_timeout.0,
-            max_slaves: cfg.max_slaves.into(),
-            max_slaves_per_key: cfg.max_slaves_per_key.into(),
-            max_slaves_per_address: cfg.max_slaves_per_address.into(),
-        },
-        retry_backoff: cfg.retry_backoff.0,
-    };
-    let (open_driver, status) = (driver.clone(), rt.status_endpoint.clone());
-    tasks.add(task::spawn(
-        rt,
-        "slave_driver",
-        move |ctx| slave_driver::Sockets::open(ctx, &open_driver, &status),
-        move |_| Ok(SlaveDriver::new(driver.clone())),
-    )?);
     Ok(())
 }
 

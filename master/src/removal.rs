@@ -11,8 +11,7 @@ use piwheels_common::transport::Client;
 use crate::calls::db::{BuildIds, DeleteBuilds, DeletePackage, DeleteVersion, PackageFiles, SkipPackage, SkipVersion, VersionFiles};
 use crate::calls::tasks::{DeleteAck, DeleteNotice, WebReply, WebRequest};
 use crate::db_client::DbClient;
-use crate::index::WEB_ENDPOINT;
-use crate::slave_driver::DELETES_ENDPOINT;
+use crate::wiring::{self, TaskName};
 
 /// How long the slave driver and the index writer may take to take a deletion.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,8 +25,8 @@ pub struct Remover {
 
 impl Remover {
     /// Connects to the slave driver's deletion socket and to the index writer.
-    pub fn connect(ctx: &zmq::Context) -> anyhow::Result<Remover> {
-        Ok(Remover { deletes: Client::connect(ctx, DELETES_ENDPOINT, None)?, web: Client::connect(ctx, WEB_ENDPOINT, None)? })
+    pub fn connect(ctx: &zmq::Context, task: TaskName) -> anyhow::Result<Remover> {
+        Ok(Remover { deletes: wiring::DELETES.client(ctx, task)?, web: wiring::WEB.client(ctx, task)? })
     }
 
     /// Removes `version` of `package`, or the whole package when `version` is None, and marks

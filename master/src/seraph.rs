@@ -1,8 +1,8 @@
 //! Seraph, the database load balancer: hands each request from a task to an idle oracle and
 //! each reply back to the task that asked.
 //!
-//! Sockets: binds [`DB_ENDPOINT`] (ROUTER, the front: tasks' [`crate::db_client::DbClient`]s
-//! connect here) and [`ORACLE_ENDPOINT`] (ROUTER, the back: oracles' workers connect here).
+//! Sockets: binds [`wiring::DB`] (ROUTER, the front: tasks' [`crate::db_client::DbClient`]s
+//! connect here) and [`wiring::ORACLES`] (ROUTER, the back: oracles' workers connect here).
 //! Frames pass through undecoded: a request arrives at the front as
 //! `[client envelope..., "", request]` and leaves the back as
 //! `[oracle, "", client envelope..., "", request]`; a reply makes the reverse trip. An oracle
@@ -15,11 +15,8 @@ use std::collections::VecDeque;
 
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::READY;
+use crate::wiring::{self, TaskName};
 
-/// Where tasks send database requests.
-pub const DB_ENDPOINT: &str = "inproc://db";
-/// Where oracles take them from.
-pub const ORACLE_ENDPOINT: &str = "inproc://oracle";
 
 /// The balancer's sockets, and the oracles waiting for work. The idle list lives with the
 /// sockets because a restarted balancer must not forget oracles that already said they were
@@ -46,7 +43,9 @@ impl Sockets {
             socket.bind(endpoint).map_err(|e| anyhow::anyhow!("cannot bind {endpoint}: {e}"))?;
             Ok(socket)
         };
-        Ok(Sockets { front: router(DB_ENDPOINT)?, back: router(ORACLE_ENDPOINT)?, idle: VecDeque::new() })
+        let front = wiring::DB.bind_address(TaskName::Seraph)?;
+        let back = wiring::ORACLES.bind_address(TaskName::Seraph)?;
+        Ok(Sockets { front: router(front)?, back: router(back)?, idle: VecDeque::new() })
     }
 }
 

@@ -4,9 +4,9 @@
 //! machine in [`crate::slave_state`]; this task does the I/O those decisions call for.
 //!
 //! Sockets: binds the slave socket (ROUTER, external, usually tcp: [`SlaveRequest`] →
-//! [`SlaveReply`]), [`BUILDS_ENDPOINT`] (PULL, [`BuildQueueUpdate`] from the architect),
-//! [`SLAVE_COMMANDS_ENDPOINT`] (ROUTER, operators' [`SlaveCommand`]s from the master's main
-//! loop) and [`DELETES_ENDPOINT`] (ROUTER, [`DeleteNotice`]s); connects to the status socket,
+//! [`SlaveReply`]), [`wiring::BUILDS`] (PULL, [`BuildQueueUpdate`] from the architect),
+//! [`wiring::SLAVE_COMMANDS`] (ROUTER, operators' [`SlaveCommand`]s from the master's main
+//! loop) and [`wiring::DELETES`] (ROUTER, [`DeleteNotice`]s); connects to the status socket,
 //! the stats task, the architect's trigger, the oracles, the file juggler and the index writer.
 //!
 //! Exclusions keep one release from being built twice at once: a release handed to a slave is
@@ -36,31 +36,24 @@
 //! Every duration, size and count a slave sends is bounded ([`SlaveLimits`]): its build and
 //! busy timeouts, the slaves one key and one address may run, the slaves connected at all.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TransferId, WheelFile, WireError};
 use piwheels_common::config::HumanDuration;
 use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
-use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server, TransportError};
+use piwheels_common::transport::{self, Client, Dealer, Peer, Receiver, Sender, Server, TransportError};
 
-use crate::seraph::DB_ENDPOINT;
 use crate::calls::db::{BuildRecord, FileWithHash, LogBuild, PackageFiles, VersionFiles};
 use crate::calls::files::{FileExpectation, FsReply, FsRequest};
 use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
-use crate::architect::{ARCHITECT_ENDPOINT, BUILDS_ENDPOINT};
-use crate::big_brother::STATS_ENDPOINT;
 use crate::calls::CallError;
 use crate::db_client::DbClient;
-use crate::file_juggler::FS_ENDPOINT;
 use crate::gatekeeper::{Auth, Gate};
-use crate::index::WEB_ENDPOINT;
-use crate::process::SLAVE_COMMANDS_ENDPOINT;
 use crate::slave_state::{Decision, Slave, Stage};
+use crate::wiring::{self, TaskName};
 
-/// Where the feed follower and the admin endpoint announce deletions.
-pub const DELETES_ENDPOINT: &str = "inproc://deletes";
 /// How long a deleted package or version stays out of the queues, so that a queue computed
 /// just before the deletion cannot hand it out again.
 pub const DELETED_EXCLUSION: Duration = Duration::from_secs(3600);
@@ -164,6 +157,9 @@ pub struct Sockets {
     trigger: Sender<ArchitectTrigger>,
     db: DbClient,
     fs: Client<FsRequest, FsReply>,
+    /// Verifications go out on their own socket, tagged with their transfer id, and their
+    /// answers come back as events: the driver never waits for one.
+    verify: Dealer<FsRequest, FsReply>,
     web: Client<WebRequest, WebReply>,
     gate: Gate,
     last_slave_id: SlaveId,
@@ -180,15 +176,16 @@ impl Sockets {
                 Some(transport::REQUESTS_PER_PEER),
                 &config.auth.security(Endpoint::Slave, &config.slave_queue),
             )?,
-            builds: Receiver::pull(ctx, BUILDS_ENDPOINT, None)?,
-            commands: Server::bind(ctx, SLAVE_COMMANDS_ENDPOINT, None)?,
-            deletes: Server::bind(ctx, DELETES_ENDPOINT, None)?,
+            builds: wiring::BUILDS.pull(ctx, TaskName::SlaveDriver)?,
+            commands: wiring::SLAVE_COMMANDS.serve(ctx, TaskName::SlaveDriver)?,
+            deletes: wiring::DELETES.serve(ctx, TaskName::SlaveDriver)?,
             status: Sender::push(ctx, status_endpoint)?,
-            stats: Sender::push(ctx, STATS_ENDPOINT)?,
-            trigger: Sender::push(ctx, ARCHITECT_ENDPOINT)?,
-            db: DbClient::connect(ctx, DB_ENDPOINT, config.db_timeout)?,
-            fs: Client::connect(ctx, FS_ENDPOINT, None)?,
-            web: Client::connect(ctx, WEB_ENDPOINT, None)?,
+            stats: wiring::STATS.push(ctx, TaskName::SlaveDriver)?,
+            trigger: wiring::ARCHITECT.push(ctx, TaskName::SlaveDriver)?,
+            db: wiring::DB.caller(ctx, TaskName::SlaveDriver, config.db_timeout)?,
+            fs: wiring::FS.client(ctx, TaskName::SlaveDriver)?,
+            verify: wiring::FS.dealer(ctx, TaskName::SlaveDriver)?,
+            web: wiring::WEB.client(ctx, TaskName::SlaveDriver)?,
             gate: config.auth.gate(Endpoint::Slave, &config.slave_queue),
             last_slave_id: 0,
         })
@@ -211,12 +208,29 @@ pub enum Event {
     Command,
     /// A deletion was announced.
     Delete,
-    /// Time to drop silent slaves.
+    /// The file juggler answered a verification.
+    Verified,
+    /// Time to drop silent slaves (and verifications gone unanswered).
     Expire,
     /// Time to drop slaves whose keys were revoked.
     Revocations,
     /// Time to send the folded refresh request and queue lengths.
     Flush,
+}
+
+/// A verification the file juggler has not answered yet, with what the slave's answer needs.
+#[derive(Debug)]
+struct Verifying {
+    /// The slave, waiting for its answer to `Sent`.
+    peer: Peer,
+    /// Its build.
+    build: PackageVersion,
+    /// The build's outcome, its files described as the master has them so far.
+    result: Box<BuildResult>,
+    /// The file being verified.
+    filename: String,
+    /// When the verification was asked for.
+    asked: Instant,
 }
 
 /// A release kept out of a queue until a time.
@@ -266,6 +280,9 @@ pub struct SlaveDriver {
     attempts: HashMap<SlaveId, u32>,
     /// Files each slave's current build has published, until the build is recorded.
     published: HashMap<SlaveId, (PackageVersion, Vec<String>)>,
+    /// Verifications asked of the file juggler and not answered yet, by transfer: each slave
+    /// behind one waits for its answer to `Sent`.
+    verifying: HashMap<TransferId, Verifying>,
     /// Why the architect should recompute the queue, and how many more reasons were folded
     /// into that one, until the next [`Event::Flush`].
     refresh: Option<(String, usize)>,
@@ -289,6 +306,7 @@ impl SlaveDriver {
             unanswerable: 0,
             attempts: HashMap::new(),
             published: HashMap::new(),
+            verifying: HashMap::new(),
             refresh: None,
             lengths_changed: false,
             keys_checked: 0,
@@ -370,8 +388,8 @@ impl SlaveDriver {
                 self.answer(sockets, ctx, &peer, answer)
             }
             Decision::VerifyFile { build, result, filename, transfer } => {
-                let answer = self.verify(sockets, ctx, &identity, build, result, &filename, transfer);
-                self.answer(sockets, ctx, &peer, answer)
+                let waiting = Verifying { peer, build, result, filename, asked: now };
+                self.ask_verification(sockets, ctx, transfer, waiting)
             }
             Decision::Forget { reason } => {
                 if let Some(slave) = self.slaves.remove(&identity) {
@@ -706,8 +724,51 @@ impl SlaveDriver {
         }
     }
 
+    /// Asks the file juggler to verify a transfer; the slave is answered when the juggler
+    /// is ([`SlaveDriver::on_verified`]), or when it has not answered in time
+    /// ([`SlaveDriver::on_expire`]). Meanwhile the driver serves every other slave.
+    fn ask_verification(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, transfer: TransferId, waiting: Verifying) -> anyhow::Result<()> {
+        match sockets.verify.send_tagged(&transfer.to_be_bytes(), &FsRequest::Verify { transfer }, LOCAL_SEND_TIMEOUT) {
+            Ok(()) => {
+                self.verifying.insert(transfer, waiting);
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("the file juggler did not take the verification of {}: {e}", waiting.filename);
+                self.answer_verification(sockets, ctx, waiting, Err(reason))
+            }
+        }
+    }
+
+    /// The file juggler answered a verification: the slave behind it gets its answer.
+    fn on_verified(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
+        let (tag, reply) = sockets.verify.recv_tagged()?;
+        let transfer = <[u8; 8]>::try_from(tag.as_slice()).map(TransferId::from_be_bytes);
+        match transfer.ok().and_then(|transfer| self.verifying.remove(&transfer)) {
+            Some(waiting) => self.answer_verification(sockets, ctx, waiting, Ok(reply)),
+            // Given up already: the slave was answered when the juggler took too long.
+            None => {
+                tracing::warn!("a verification the driver gave up on was answered late: {reply:?}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers the slave behind a verification with what follows from `outcome`.
+    fn answer_verification(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, waiting: Verifying, outcome: Result<FsReply, String>) -> anyhow::Result<()> {
+        let Verifying { peer, build, result, filename, .. } = waiting;
+        // The master kept the slave waiting: its silence counts from this answer.
+        if let Some(slave) = self.slaves.get_mut(peer.identity()) {
+            slave.last_seen = ctx.now();
+        }
+        let answer = self.verified(sockets, ctx, peer.identity(), build, result, &filename, outcome);
+        self.answer(sockets, ctx, &peer, answer)
+    }
+
+    /// What the slave does after the verification of `filename` ended with `outcome`: send the
+    /// next file or the same again, or be done (the build recorded or given up).
     #[allow(clippy::too_many_arguments)]
-    fn verify(
+    fn verified(
         &mut self,
         sockets: &Sockets,
         ctx: &Context<'_, Event>,
@@ -715,13 +776,13 @@ impl SlaveDriver {
         build: PackageVersion,
         mut result: Box<BuildResult>,
         filename: &str,
-        transfer: TransferId,
+        outcome: Result<FsReply, String>,
     ) -> SlaveReply {
         let Some(index) = result.files.iter().position(|f| f.filename == filename) else {
             return self.done(sockets, identity);
         };
         let id = self.slaves.get(identity).map_or(0, |s| s.id);
-        match sockets.fs.request(&FsRequest::Verify { transfer }, FS_TIMEOUT) {
+        match outcome {
             Ok(FsReply::Verified { file }) => {
                 self.attempts.remove(&id);
                 self.note_published(identity, &build, filename);
@@ -749,10 +810,7 @@ impl SlaveDriver {
                 let reason = format!("the master could not publish {filename}: {}", fs_reason(other));
                 self.give_up(sockets, ctx, identity, &build, &reason)
             }
-            Err(e) => {
-                let reason = format!("the file juggler did not answer the verification of {filename}: {e}");
-                self.give_up(sockets, ctx, identity, &build, &reason)
-            }
+            Err(reason) => self.give_up(sockets, ctx, identity, &build, &reason),
         }
     }
 
@@ -1014,7 +1072,20 @@ impl SlaveDriver {
 
     fn on_expire(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) {
         let now = ctx.now();
-        let silent: Vec<Vec<u8>> = self.slaves.iter().filter(|(_, s)| s.expired(now)).map(|(id, _)| id.clone()).collect();
+        let overdue: Vec<TransferId> =
+            self.verifying.iter().filter(|(_, v)| now.saturating_duration_since(v.asked) >= FS_TIMEOUT).map(|(t, _)| *t).collect();
+        for transfer in overdue {
+            if let Some(waiting) = self.verifying.remove(&transfer) {
+                let reason = format!("the file juggler did not answer the verification of {} within {FS_TIMEOUT:?}", waiting.filename);
+                if let Err(e) = self.answer_verification(sockets, ctx, waiting, Err(reason)) {
+                    tracing::warn!("cannot answer a slave whose verification went unanswered: {e}");
+                }
+            }
+        }
+        // A slave waiting for its verification's answer is quiet because of the master.
+        let waiting: HashSet<&[u8]> = self.verifying.values().map(|v| v.peer.identity()).collect();
+        let silent: Vec<Vec<u8>> =
+            self.slaves.iter().filter(|(id, s)| s.expired(now) && !waiting.contains(id.as_slice())).map(|(id, _)| id.clone()).collect();
         for identity in silent {
             if let Some(slave) = self.slaves.remove(&identity) {
                 let reason = format!("silent for more than its busy timeout ({:?})", slave.hello.busy_timeout);
@@ -1037,6 +1108,7 @@ impl Task for SlaveDriver {
             (Event::Builds, sockets.builds.socket()),
             (Event::Command, sockets.commands.socket()),
             (Event::Delete, sockets.deletes.socket()),
+            (Event::Verified, sockets.verify.socket()),
         ]
     }
 
@@ -1050,6 +1122,7 @@ impl Task for SlaveDriver {
             Event::Builds => self.on_builds(sockets, ctx.now()),
             Event::Command => self.on_command(sockets, ctx),
             Event::Delete => self.on_delete(sockets, ctx),
+            Event::Verified => self.on_verified(sockets, ctx),
             Event::Revocations => {
                 self.on_revocations(sockets, ctx);
                 Ok(())

@@ -9,7 +9,8 @@ use piwheels_common::protocols::{PackageVersion, TaskControl};
 use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate};
 use piwheels_common::task::{self, TaskExit};
 use piwheels_common::transport::{Receiver, Sender};
-use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, BUILDS_ENDPOINT, QueueConfig};
+use piwheels_master::architect::{self, Architect, QueueConfig};
+use piwheels_master::wiring;
 use support::Pool;
 
 #[test]
@@ -17,7 +18,7 @@ fn the_queue_is_sent_at_start_and_again_shortly_after_triggers() {
     let pool = Pool::start(2);
     pool.db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311), ('cp39', 309)");
     // The slave driver's end.
-    let builds = Receiver::<BuildQueueUpdate>::pull(&pool.rt.zmq, BUILDS_ENDPOINT, None).unwrap();
+    let builds = Receiver::<BuildQueueUpdate>::pull(&pool.rt.zmq, wiring::BUILDS.address(), None).unwrap();
     let config = QueueConfig { interval: Duration::from_secs(3600), debounce: Duration::from_millis(200), limit: 10 };
     let mut architect = task::spawn(&pool.rt, "architect", architect::Sockets::open, move |_| Ok(Architect::new(config))).unwrap();
 
@@ -26,7 +27,7 @@ fn the_queue_is_sent_at_start_and_again_shortly_after_triggers() {
     assert!(first.queues.values().all(Vec::is_empty));
 
     pool.db.execute("INSERT INTO packages (package) VALUES ('foo'); INSERT INTO versions (package, version) VALUES ('foo', '1.0')");
-    let triggers = Sender::<ArchitectTrigger>::push(&pool.rt.zmq, ARCHITECT_ENDPOINT).unwrap();
+    let triggers = Sender::<ArchitectTrigger>::push(&pool.rt.zmq, wiring::ARCHITECT.address()).unwrap();
     for n in 0..5 {
         triggers.send(&ArchitectTrigger::Refresh { reason: format!("test {n}") }, Duration::from_secs(1)).unwrap();
     }

@@ -9,9 +9,9 @@ use piwheels_common::protocols::TaskControl;
 use piwheels_master::calls::db::RewriteScope;
 use piwheels_master::calls::tasks::{ArchitectTrigger, DeleteAck, DeleteNotice, WebReply, WebRequest};
 use piwheels_common::transport::Receiver;
-use piwheels_master::architect::ARCHITECT_ENDPOINT;
 use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_master::cloud_gazer::{self, CloudGazer, FollowerConfig};
+use piwheels_master::wiring;
 use piwheels_testsupport::pypi::{Failure, FakePypi};
 use support::{Pool, eventually, stand_in};
 
@@ -57,7 +57,7 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     let last = pypi.yank("Foo_Bar", "1.0");
     let web = stand_in::<WebRequest, WebReply>(&pool.rt.zmq, "inproc://web", WebReply::Done);
     let deletes = stand_in::<DeleteNotice, DeleteAck>(&pool.rt.zmq, "inproc://deletes", DeleteAck::Done);
-    let architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
+    let architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
     let gazer = follower(&pool, &pypi, "gazer_events");
     eventually("the first batch", WAIT, || serial(&pool) == last);
     // The architect is told that the queue may have changed.
@@ -132,7 +132,7 @@ fn a_batch_the_database_refused_is_applied_whole_when_it_is_read_again() {
     );
     // The index writer and the architect, which hear of the new version.
     let _web = stand_in::<WebRequest, WebReply>(&pool.rt.zmq, "inproc://web", WebReply::Done);
-    let _architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
+    let _architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
     let gazer = follower(&pool, &pypi, "gazer_refused");
     pypi.create_package("refused", None);
     let last = pypi.add_source("refused", "1.0", b"source".to_vec());

@@ -15,7 +15,8 @@ use piwheels_common::task::{self, Runtime, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Dealer, Receiver};
 use piwheels_common::upload::{UploadError, UploadOptions, UploadReport, upload};
 use piwheels_common::{PROTOCOL_VERSION, SOFTWARE_VERSION};
-use piwheels_master::file_juggler::{FS_ENDPOINT, FileJuggler, JugglerConfig, Sockets};
+use piwheels_master::file_juggler::{FileJuggler, JugglerConfig, Sockets};
+use piwheels_master::wiring;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use piwheels_common::transport::Security;
@@ -86,7 +87,7 @@ impl Juggler {
             .unwrap();
         self.handle = Some(handle);
         // inproc never reconnects to a re-bound socket: a new task needs a new client.
-        self.fs = Some(Client::connect(&self.rt.zmq, FS_ENDPOINT, None).unwrap());
+        self.fs = Some(Client::connect(&self.rt.zmq, wiring::FS.address(), None).unwrap());
     }
 
     fn stop(&mut self) {

@@ -12,7 +12,8 @@ use piwheels_common::protocols::{StatusEvent, TaskControl};
 use piwheels_master::calls::tasks::StatsUpdate;
 use piwheels_common::task::{self, TaskExit};
 use piwheels_common::transport::Sender;
-use piwheels_master::big_brother::{self, BigBrother, STATS_ENDPOINT, StatsConfig};
+use piwheels_master::big_brother::{self, BigBrother, StatsConfig};
+use piwheels_master::wiring;
 
 #[test]
 fn the_home_page_and_search_index_follow_the_database() {
@@ -64,7 +65,7 @@ fn the_home_page_and_search_index_follow_the_database() {
     let wheel = farm.wheel("scipy-1.0-py3-none-any.whl", None);
     farm.build("scipy", "1.0", "cp39", &[wheel]);
     let queues = [("cp39".to_string(), 7)].into();
-    let stats = Sender::<StatsUpdate>::push(&farm.pool.rt.zmq, STATS_ENDPOINT).unwrap();
+    let stats = Sender::<StatsUpdate>::push(&farm.pool.rt.zmq, wiring::STATS.address()).unwrap();
     stats.send(&StatsUpdate::Queues { lengths: queues }, Duration::from_secs(1)).unwrap();
     stats.send(&StatsUpdate::RefreshHome, Duration::from_secs(1)).unwrap();
     farm.wait("the refreshed home page", |f| text_of(&f.read("index.html"), "packages-built") == "2");

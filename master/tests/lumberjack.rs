@@ -19,11 +19,11 @@ use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_master::access_log::logger::{SendError, Shipper};
 use piwheels_master::access_log::{Problem, limits};
-use piwheels_master::big_brother::STATS_ENDPOINT;
 use piwheels_master::lumberjack::{self, Lumberjack, MAX_BATCH, MAX_MESSAGE};
 use support::{Pool, eventually};
 use piwheels_common::transport::Security;
 use piwheels_master::gatekeeper::Auth;
+use piwheels_master::wiring;
 
 /// The ingester on an ipc socket in a private directory, over a pool of `oracles`, with the
 /// stats task's socket bound here to see what it is told.
@@ -41,7 +41,7 @@ impl Ingester {
         let dir = tempfile::tempdir().unwrap();
         // The socket goes in a directory the transport makes private (mode 700).
         let endpoint = format!("ipc://{}/run/logger", dir.path().display());
-        let stats = Receiver::<StatsUpdate>::pull(&pool.rt.zmq, STATS_ENDPOINT, None).unwrap();
+        let stats = Receiver::<StatsUpdate>::pull(&pool.rt.zmq, wiring::STATS.address(), None).unwrap();
         let bind = endpoint.clone();
         let handle = task::spawn(
             &pool.rt,

@@ -15,13 +15,12 @@ use piwheels_master::calls::tasks::{ArchitectTrigger, DeleteAck, DeleteNotice, S
 use piwheels_common::task::{self, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};
-use piwheels_master::architect::ARCHITECT_ENDPOINT;
-use piwheels_master::big_brother::STATS_ENDPOINT;
 use piwheels_master::mr_chase::{self, ChaseConfig, MrChase};
 use piwheels_testsupport::data::{wheel_bytes, wheel_file};
 use support::{Pool, eventually, stand_in};
 use piwheels_common::transport::Security;
 use piwheels_master::gatekeeper::Auth;
+use piwheels_master::wiring;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -47,8 +46,8 @@ impl Farm {
         let file_endpoint = pool.start_file_juggler(dir.path());
         let web = stand_in(&pool.rt.zmq, "inproc://web", WebReply::Done);
         let deletes = stand_in(&pool.rt.zmq, "inproc://deletes", DeleteAck::Done);
-        let stats = Receiver::pull(&pool.rt.zmq, STATS_ENDPOINT, None).unwrap();
-        let triggers = Receiver::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
+        let stats = Receiver::pull(&pool.rt.zmq, wiring::STATS.address(), None).unwrap();
+        let triggers = Receiver::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
         let import_endpoint = format!("ipc://{}/run/import", dir.path().display());
         let config = ChaseConfig { import_queue: import_endpoint.clone(), db_timeout: WAIT, auth: Auth::disabled() };
         let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());

@@ -9,7 +9,7 @@ use piwheels_master::calls::db::{AllPackages, NewPackage, NewVersion, PackageExi
 use piwheels_common::protocols::WireError;
 use piwheels_master::calls::CallError;
 use piwheels_master::oracle::PING_AFTER_IDLE;
-use piwheels_master::seraph;
+use piwheels_master::wiring;
 use support::Pool;
 
 #[test]
@@ -60,7 +60,7 @@ fn an_undecodable_request_is_answered_with_an_error() {
     let pool = Pool::start(1);
     let raw = pool.rt.zmq.socket(zmq::REQ).unwrap();
     raw.set_rcvtimeo(5000).unwrap();
-    raw.connect(seraph::DB_ENDPOINT).unwrap();
+    raw.connect(wiring::DB.address()).unwrap();
     raw.send(&b"\x92\xa9DbRequest\xc1"[..], 0).unwrap();
     let reply: piwheels_master::calls::db::DbReply = piwheels_common::codec::decode(&raw.recv_bytes(0).unwrap()).unwrap();
     assert!(matches!(reply, piwheels_master::calls::db::DbReply::Error(_)), "{reply:?}");

@@ -14,18 +14,17 @@ use piwheels_master::calls::db::RewriteScope;
 use piwheels_master::calls::files::{FileExpectation, FsReply, FsRequest};
 use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, Runtime, TaskHandle};
-use piwheels_common::transport::{Client, Receiver, Sender};
+use piwheels_common::transport::{Client, Receiver, Sender, Server};
 use piwheels_common::upload::{UploadOptions, upload};
-use piwheels_master::architect::{self, ARCHITECT_ENDPOINT, Architect, BUILDS_ENDPOINT, QueueConfig};
-use piwheels_master::big_brother::STATS_ENDPOINT;
-use piwheels_master::file_juggler::{FS_ENDPOINT, JugglerConfig};
-use piwheels_master::process::SLAVE_COMMANDS_ENDPOINT;
-use piwheels_master::slave_driver::{self, DELETES_ENDPOINT, DriverConfig, RETRY_FIRST, SlaveDriver, SlaveLimits};
+use piwheels_master::architect::{self, Architect, QueueConfig};
+use piwheels_master::file_juggler::JugglerConfig;
+use piwheels_master::slave_driver::{self, DriverConfig, RETRY_FIRST, SlaveDriver, SlaveLimits};
 use piwheels_testsupport::data::{wheel_bytes, wheel_file, wheel_with_metadata};
 use piwheels_testsupport::free_port;
 use support::{Pool, eventually, stand_in};
 use piwheels_common::transport::Security;
 use piwheels_master::gatekeeper::Auth;
+use piwheels_master::wiring;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -50,9 +49,21 @@ impl Farm {
 
     /// [`Farm::start`] with `limits` on slaves and the file juggler configured by `juggler`.
     fn start_with(releases: &[(&str, &str)], limits: SlaveLimits, juggler: impl FnOnce(&mut JugglerConfig)) -> Farm {
+        Farm::start_inner(releases, limits, Some(juggler))
+    }
+
+    /// [`Farm::start`] without a file juggler: the test plays it at `wiring::FS`.
+    fn start_without_juggler(releases: &[(&str, &str)]) -> Farm {
+        Farm::start_inner(releases, SlaveLimits::default(), None::<fn(&mut JugglerConfig)>)
+    }
+
+    fn start_inner(releases: &[(&str, &str)], limits: SlaveLimits, juggler: Option<impl FnOnce(&mut JugglerConfig)>) -> Farm {
         let mut pool = Pool::with_releases(releases);
         let dir = tempfile::tempdir().unwrap();
-        let file_endpoint = pool.start_file_juggler_with(dir.path(), juggler);
+        let file_endpoint = match juggler {
+            Some(configure) => pool.start_file_juggler_with(dir.path(), configure),
+            None => String::new(),
+        };
         let web_requests = stand_in(&pool.rt.zmq, "inproc://web", WebReply::Done);
         let queue = QueueConfig { interval: Duration::from_secs(3600), debounce: Duration::from_millis(100), limit: 100 };
         pool.tasks.add(task::spawn(&pool.rt, "architect", architect::Sockets::open, move |_| Ok(Architect::new(queue))).unwrap());
@@ -84,19 +95,19 @@ impl Farm {
     /// Asks the architect for a new queue and waits until the driver has it (an idle slave
     /// that is handed work proves it).
     fn refresh_queue(&self) {
-        let trigger = Sender::<ArchitectTrigger>::push(&self.pool.rt.zmq, ARCHITECT_ENDPOINT).unwrap();
+        let trigger = Sender::<ArchitectTrigger>::push(&self.pool.rt.zmq, wiring::ARCHITECT.address()).unwrap();
         trigger.send(&ArchitectTrigger::Refresh { reason: "test".into() }, WAIT).unwrap();
         // The debounce is 100 ms; give the queue time to arrive.
         std::thread::sleep(Duration::from_millis(500));
     }
 
     fn command(&self, target: SlaveTarget, action: SlaveAction) -> SlaveCommandReply {
-        let client = Client::<SlaveCommand, SlaveCommandReply>::connect(&self.pool.rt.zmq, SLAVE_COMMANDS_ENDPOINT, None).unwrap();
+        let client = Client::<SlaveCommand, SlaveCommandReply>::connect(&self.pool.rt.zmq, wiring::SLAVE_COMMANDS.address(), None).unwrap();
         client.request(&SlaveCommand { target, action }, WAIT).unwrap()
     }
 
     fn delete(&self, notice: DeleteNotice) {
-        let client = Client::<DeleteNotice, DeleteAck>::connect(&self.pool.rt.zmq, DELETES_ENDPOINT, None).unwrap();
+        let client = Client::<DeleteNotice, DeleteAck>::connect(&self.pool.rt.zmq, wiring::DELETES.address(), None).unwrap();
         assert_eq!(client.request(&notice, WAIT).unwrap(), DeleteAck::Done);
     }
 
@@ -330,6 +341,46 @@ fn a_file_that_fails_verification_is_asked_for_again() {
 }
 
 #[test]
+fn a_verification_the_file_juggler_takes_long_over_holds_up_only_its_own_slave() {
+    let farm = Farm::start_without_juggler(&[("foo", "1.0"), ("bar", "1.0")]);
+    // The file juggler, played here: it expects any file, and verifies only when the test says.
+    let juggler = Server::<FsRequest, FsReply>::bind(&farm.pool.rt.zmq, wiring::FS.address(), None).unwrap();
+    let juggler_request = || {
+        assert!(juggler.readable(Some(WAIT)).unwrap(), "the driver asked the file juggler nothing");
+        let (peer, request) = juggler.recv().unwrap();
+        (peer, request.unwrap())
+    };
+    let first = farm.slave("pi-1");
+    let id = first.hello();
+    farm.refresh_queue();
+    let (package, version) = first.take_build();
+    let (_, file) = wheel(farm.dir.path(), &package, &version, b"contents");
+    let sent = file.clone();
+    let sender = std::thread::spawn(move || {
+        let SlaveReply::Send { filename, .. } = first.ask(SlaveRequest::Built(result(true, vec![sent]))) else { panic!("expected a send") };
+        first.ask(SlaveRequest::Sent { filename })
+    });
+    let (peer, request) = juggler_request();
+    assert!(matches!(request, FsRequest::Expect { .. }), "{request:?}");
+    juggler.send(&peer, &FsReply::Expecting { transfer: 7 }).unwrap();
+    let (verifier, request) = juggler_request();
+    assert_eq!(request, FsRequest::Verify { transfer: 7 });
+
+    // The verification is not answered, and the driver serves another slave all the same: it
+    // does not wait for the answer (a driver that did would leave this hello unanswered past
+    // the fake slave's deadline).
+    let second = farm.slave("pi-2");
+    second.hello();
+    let (other, _) = second.take_build();
+    assert_ne!(other, package);
+
+    // The answer comes: the first slave is told its build is done, and the build is recorded.
+    juggler.send(&verifier, &FsReply::Verified { file: Box::new(file) }).unwrap();
+    assert_eq!(sender.join().unwrap(), SlaveReply::Done);
+    assert_eq!(farm.builds(), [format!("{package} {version} {id} pi-1 t -")]);
+}
+
+#[test]
 fn out_of_order_malformed_and_unknown_requests_are_refused_and_the_driver_goes_on() {
     let mut farm = Farm::start(&[("foo", "1.0")]);
     // A hello with another protocol version names both.
@@ -558,7 +609,7 @@ fn a_file_whose_contents_the_index_holds_under_another_name_is_linked_not_sent()
     assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM files"), [Some("2".into())]);
 
     // The file juggler links only a file of the same package with the very same bytes.
-    let fs = Client::<FsRequest, FsReply>::connect(&farm.pool.rt.zmq, FS_ENDPOINT, None).unwrap();
+    let fs = Client::<FsRequest, FsReply>::connect(&farm.pool.rt.zmq, wiring::FS.address(), None).unwrap();
     let (_, other_bytes) = wheel(farm.dir.path(), "foo", "9.9", b"other bytes");
     let link = |existing: &str, file: &WheelFile| {
         let expectation = FileExpectation { version: "9.9".into(), abi: "cp311".into(), platform: "linux_armv7l".into(), uploader: None };
@@ -591,8 +642,8 @@ impl TimedDriver {
         let releases: Vec<(&str, &str)> = packages.iter().map(|p| (*p, "1.0")).collect();
         let pool = Pool::with_releases(&releases);
         let web = stand_in::<WebRequest, _>(&pool.rt.zmq, "inproc://web", WebReply::Done);
-        let triggers = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, ARCHITECT_ENDPOINT, None).unwrap();
-        let stats = Receiver::<StatsUpdate>::pull(&pool.rt.zmq, STATS_ENDPOINT, None).unwrap();
+        let triggers = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
+        let stats = Receiver::<StatsUpdate>::pull(&pool.rt.zmq, wiring::STATS.address(), None).unwrap();
         let clock = FakeClock::new(chrono::DateTime::from_timestamp(1_750_000_000, 0).unwrap());
         let rt = Runtime { poll_cap: Duration::from_millis(10), ..Runtime::new(pool.rt.zmq.clone(), Arc::new(clock.clone()), "inproc://status") };
         let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());
@@ -606,7 +657,7 @@ impl TimedDriver {
             move |_| Ok(SlaveDriver::new(config.clone())),
         )
         .unwrap();
-        let builds = Sender::<BuildQueueUpdate>::push(&pool.rt.zmq, BUILDS_ENDPOINT).unwrap();
+        let builds = Sender::<BuildQueueUpdate>::push(&pool.rt.zmq, wiring::BUILDS.address()).unwrap();
         let timed = TimedDriver { pool, clock, slave_endpoint, driver, triggers, stats, builds, _web: web };
         timed.queue(packages);
         // A new queue is reported at once.
@@ -689,6 +740,52 @@ fn a_slaves_host_figures_reach_monitors_at_most_every_five_seconds() {
     timed.clock.advance(Duration::from_millis(100));
     assert!(matches!(slave.ask(idle()), SlaveReply::Sleep { .. }));
     assert_eq!(timed.published_stats(), [id], "figures held back after five seconds");
+    timed.stop();
+}
+
+/// A verification the file juggler never answers gives the build up after two minutes: the
+/// slave is told it is done, and is not taken for silent meanwhile, though it said nothing for
+/// longer than its busy timeout; the answer that comes at last is dropped.
+#[test]
+fn a_verification_left_unanswered_gives_the_build_up_and_its_slave_is_not_taken_for_silent() {
+    let timed = TimedDriver::start(&["a"]);
+    let juggler = Server::<FsRequest, FsReply>::bind(&timed.pool.rt.zmq, wiring::FS.address(), None).unwrap();
+    let juggler_request = || {
+        assert!(juggler.readable(Some(WAIT)).unwrap(), "the driver asked the file juggler nothing");
+        let (peer, request) = juggler.recv().unwrap();
+        (peer, request.unwrap())
+    };
+    let mut slave = timed.slave("pi-1");
+    slave.busy_timeout = Duration::from_secs(60);
+    slave.hello();
+    let (package, version) = slave.take_build();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, file) = wheel(dir.path(), &package, &version, b"contents");
+    let sent = file.clone();
+    let sender = std::thread::spawn(move || {
+        let SlaveReply::Send { filename, .. } = slave.ask(SlaveRequest::Built(result(true, vec![sent]))) else { panic!("expected a send") };
+        (slave.ask(SlaveRequest::Sent { filename }), slave)
+    });
+    let (peer, _) = juggler_request();
+    juggler.send(&peer, &FsReply::Expecting { transfer: 7 }).unwrap();
+    let (verifier, request) = juggler_request();
+    assert_eq!(request, FsRequest::Verify { transfer: 7 });
+
+    timed.clock.advance(Duration::from_secs(125));
+    let (answer, slave) = sender.join().unwrap();
+    assert_eq!(answer, SlaveReply::Done);
+    let notices: Vec<String> = std::iter::from_fn(|| timed.pool.status.recv_timeout(Duration::from_millis(200)).unwrap())
+        .filter_map(|event| match event {
+            StatusEvent::Notice { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert!(notices.iter().any(|n| n.contains("did not answer the verification")), "{notices:?}");
+    assert!(!notices.iter().any(|n| n.contains("silent")), "{notices:?}");
+    // The late answer is dropped; the slave is still known, and nothing was recorded.
+    juggler.send(&verifier, &FsReply::Verified { file: Box::new(file) }).unwrap();
+    assert!(matches!(slave.ask(idle()), SlaveReply::Sleep { .. } | SlaveReply::Build { .. }));
+    assert_eq!(timed.pool.db.column("SELECT count(*)::text FROM builds"), [Some("0".to_string())]);
     timed.stop();
 }
 

@@ -1,6 +1,6 @@
 //! The calls between the master's own tasks, each request with the type of its reply.
 //!
-//! A protocol with replies is declared with [`calls!`]: one struct per call, the request enum
+//! A protocol with replies is declared with `calls!`: one struct per call, the request enum
 //! that carries any of them on the socket, and the reply enum whose variants are named after
 //! the call they answer, plus `Error`. So the server's `match` over requests must build each
 //! call's own reply variant, a caller of a call gets that call's reply type
@@ -102,7 +102,7 @@ pub trait ReplyName {
     fn call_name(&self) -> &'static str;
 }
 
-/// A client of a protocol declared with [`calls!`]: every call waits at most `timeout`.
+/// A client of a protocol declared with `calls!`: every call waits at most `timeout`.
 pub struct Caller<Req, Rep> {
     client: Client<Req, Rep>,
     timeout: Duration,

@@ -135,7 +135,7 @@ pub enum WebRequest {
         entries: Vec<SearchEntry>,
     },
     /// Write the log of a build just recorded, and buffer the rewrite of its package's pages
-    /// that [`DbRequest::LogBuild`] recorded with it.
+    /// that [`LogBuild`](crate::calls::db::LogBuild) recorded with it.
     Built {
         /// The build.
         build_id: BuildId,

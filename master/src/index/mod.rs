@@ -2,7 +2,7 @@
 //! project pages and JSON, the home page, the search index and build logs) in step with the
 //! database. `docs/index.md` describes the tree and the flow.
 //!
-//! Sockets: binds [`WEB_ENDPOINT`] (ROUTER: tasks' [`WebRequest`] → [`WebReply`]); connects to
+//! Sockets: binds [`wiring::WEB`] (ROUTER: tasks' [`WebRequest`] → [`WebReply`]); connects to
 //! the oracles ([`DbClient`], twice).
 //!
 //! One task does both jobs the original split in two (a coalescing buffer and a writer):
@@ -44,18 +44,16 @@ use piwheels_common::protocols::{BuildId, Timestamp};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::Server;
 
-use crate::seraph::DB_ENDPOINT;
 use crate::calls::db::{AddRewrite, AllPackages, BuildAbi, ClearRewrites, PendingRewrite, PendingRewrites, ProjectData, Projects, ProjectsSnapshot, RewriteScope, RewriteWritten};
 use crate::calls::tasks::{WebReply, WebRequest};
 use crate::calls::CallError;
 use crate::db_client::DbClient;
+use crate::wiring::{self, TaskName};
 use buffer::{RewriteBuffer, Waiting};
 use layout::{Layout, is_safe_name};
 use pages::TEMPLATES_FINGERPRINT;
 use writer::{IndexWriter, PageOptions};
 
-/// Where tasks send [`WebRequest`]s.
-pub const WEB_ENDPOINT: &str = "inproc://web";
 
 /// How often the task looks for due work even when nothing was scheduled (retries after
 /// failures, and the first look at the database after start-up).
@@ -128,9 +126,9 @@ impl Sockets {
     /// `db_timeout`.
     pub fn open(ctx: &zmq::Context, db_timeout: Duration) -> anyhow::Result<Sockets> {
         Ok(Sockets {
-            web: Server::bind(ctx, WEB_ENDPOINT, None)?,
-            db: DbClient::connect(ctx, DB_ENDPOINT, db_timeout)?,
-            prefetch: DbClient::connect(ctx, DB_ENDPOINT, db_timeout)?,
+            web: wiring::WEB.serve(ctx, TaskName::Scribe)?,
+            db: wiring::DB.caller(ctx, TaskName::Scribe, db_timeout)?,
+            prefetch: wiring::DB.caller(ctx, TaskName::Scribe, db_timeout)?,
         })
     }
 }

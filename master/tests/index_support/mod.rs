@@ -17,7 +17,8 @@ use piwheels_master::calls::tasks::{WebReply, WebRequest};
 use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_common::transport::Client;
 use piwheels_master::db_client::DbClient;
-use piwheels_master::index::{self, IndexConfig, Scribe, WEB_ENDPOINT};
+use piwheels_master::index::{self, IndexConfig, Scribe};
+use piwheels_master::wiring;
 use piwheels_testsupport::data::{random_bytes, wheel_file};
 
 use crate::support::{Pool, eventually};
@@ -57,7 +58,7 @@ impl Farm {
         let pool = Pool::start(2);
         pool.db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp39', 309), ('cp311', 311)");
         let db = pool.client(Duration::from_secs(10));
-        let web = Client::connect(&pool.rt.zmq, WEB_ENDPOINT, None).unwrap();
+        let web = Client::connect(&pool.rt.zmq, wiring::WEB.address(), None).unwrap();
         Farm { pool, out: tempfile::tempdir().unwrap(), db, web, scribe: None, seed: 1, starts: 0 }
     }
 
@@ -96,7 +97,7 @@ impl Farm {
         .unwrap();
         self.scribe = Some(handle);
         // A REQ connected to an inproc socket that was bound again does not reconnect.
-        self.web = Client::connect(&self.pool.rt.zmq, WEB_ENDPOINT, None).unwrap();
+        self.web = Client::connect(&self.pool.rt.zmq, wiring::WEB.address(), None).unwrap();
         let stamp = self.path(".piwheels-index");
         let fingerprint = index::pages::TEMPLATES_FINGERPRINT.as_bytes();
         eventually("the index writer's first full rewrite", Duration::from_secs(20), || {

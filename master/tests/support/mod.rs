@@ -15,6 +15,7 @@ use piwheels_master::db_client::DbClient;
 use piwheels_master::file_juggler::{self, FileJuggler, JugglerConfig};
 use piwheels_master::oracle::{self, Oracle};
 use piwheels_master::seraph::{self, Seraph};
+use piwheels_master::wiring;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
 
@@ -89,7 +90,7 @@ impl Pool {
 
     /// A database client.
     pub fn client(&self, timeout: Duration) -> DbClient {
-        DbClient::connect(&self.rt.zmq, seraph::DB_ENDPOINT, timeout).unwrap()
+        DbClient::connect(&self.rt.zmq, wiring::DB.address(), timeout).unwrap()
     }
 
     /// Whether every task still runs.
