@@ -45,3 +45,15 @@ pub fn round_trips<M: Message>(msg: &M) -> Result<(), TestCaseError> {
     prop_assert_eq!(frame, again);
     Ok(())
 }
+
+/// Declares one proptest per message type, each checking that the type's messages survive
+/// encoding ([`round_trips`]): `round_trip_tests!(name: Type, ...)`.
+#[macro_export]
+macro_rules! round_trip_tests {
+    ($($name:ident: $ty:ty),* $(,)?) => {
+        ::proptest::proptest! {
+            #![proptest_config(::proptest::prelude::ProptestConfig::with_cases(64))]
+            $(#[test] fn $name(msg: $ty) { $crate::arbitrary::round_trips(&msg)?; })*
+        }
+    };
+}

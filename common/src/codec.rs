@@ -245,20 +245,10 @@ fn chunk_in_place(frame: &[u8]) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arbitrary::round_trips;
     use crate::protocols::*;
     use proptest::prelude::*;
 
-    macro_rules! round_trip_tests {
-        ($($name:ident: $ty:ty),* $(,)?) => {
-            proptest! {
-                #![proptest_config(ProptestConfig::with_cases(64))]
-                $(#[test] fn $name(msg: $ty) { round_trips(&msg)?; })*
-            }
-        };
-    }
-
-    round_trip_tests!(
+    crate::round_trip_tests!(
         task_control: TaskControl,
         control_request: ControlRequest,
         control_reply: ControlReply,

@@ -222,6 +222,11 @@ impl<R: Read + Seek> WheelArchive<R> {
     }
 }
 
+/// The SHA-256 of some bytes as lower-case hex, as wheels are described and linked.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// The size and lower-case hex SHA-256 of everything `file` holds from where it stands.
 pub fn hash(file: &mut File) -> io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
@@ -237,8 +242,7 @@ pub fn hash(file: &mut File) -> io::Result<(u64, String)> {
         hasher.update(&buffer[..n]);
         size += n as u64;
     }
-    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((size, hex))
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 /// Refuses an entry name an installer or this inspector could be tricked by: empty, with a

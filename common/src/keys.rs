@@ -114,12 +114,7 @@ impl PublicKey {
     /// A short name for logs, monitors and operators: `SHA256:` and the first 16 hex digits
     /// of the key's SHA-256. Enough to tell keys apart; to authorize, give the whole key.
     pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.0);
-        let mut text = String::from("SHA256:");
-        for byte in &digest[..8] {
-            text.push_str(&format!("{byte:02x}"));
-        }
-        text
+        format!("SHA256:{}", hex::encode(&Sha256::digest(self.0)[..8]))
     }
 }
 

@@ -225,6 +225,27 @@ pub struct WheelFile {
     pub metadata: ByteBuf,
 }
 
+impl WheelFile {
+    /// A description of the wheel `filename` with the tags its parsed name gives and nothing
+    /// else: the rest is filled in with struct update syntax (`..WheelFile::named(..)`).
+    pub fn named(filename: &str, name: crate::wheel::WheelName) -> WheelFile {
+        WheelFile {
+            filename: filename.to_string(),
+            size: 0,
+            sha256: String::new(),
+            package_tag: name.name,
+            version_tag: name.version,
+            build_tag: name.build,
+            py_tag: name.python,
+            abi_tag: name.abi,
+            platform_tag: name.platform,
+            requires_python: None,
+            dependencies: Dependencies::default(),
+            metadata: ByteBuf::new(),
+        }
+    }
+}
+
 /// How a build ended, as the builder measured it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
@@ -628,6 +649,20 @@ pub enum SlaveRequest {
         /// Why, for the log.
         reason: String,
     },
+}
+
+impl SlaveRequest {
+    /// The request's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SlaveRequest::Hello(_) => "Hello",
+            SlaveRequest::Idle { .. } => "Idle",
+            SlaveRequest::Busy { .. } => "Busy",
+            SlaveRequest::Built(_) => "Built",
+            SlaveRequest::Sent { .. } => "Sent",
+            SlaveRequest::Bye { .. } => "Bye",
+        }
+    }
 }
 
 /// The slave driver's answer to a [`SlaveRequest`].

@@ -1287,20 +1287,13 @@ fn describe(path: &Path, package: &str, file: &WheelFile, expectation: &FileExpe
         Some(version) if same_version(version, &expectation.version) => {}
         other => return Err(format!("{}: its METADATA names version {other:?}, not {}", file.filename, expectation.version)),
     }
-    let name = archive.name().clone();
     let described = WheelFile {
-        filename: file.filename.clone(),
         size: file.size,
         sha256: file.sha256.clone(),
-        package_tag: name.name,
-        version_tag: name.version,
-        build_tag: name.build,
-        py_tag: name.python,
-        abi_tag: name.abi,
-        platform_tag: name.platform,
         requires_python: core.requires_python,
         dependencies: Dependencies { apt: file.dependencies.apt.clone(), pip: core.requirements, unresolved: file.dependencies.unresolved.clone() },
         metadata: metadata.into(),
+        ..WheelFile::named(&file.filename, archive.name().clone())
     };
     check_description(&described)?;
     Ok(described)

@@ -450,7 +450,7 @@ impl SlaveDriver {
             // Nothing to answer, and nobody to forget.
             SlaveRequest::Bye { .. } => Ok(()),
             other => {
-                tracing::info!("{} from unknown slave {peer}: telling it to say hello again", request_name(&other));
+                tracing::info!("{} from unknown slave {peer}: telling it to say hello again", other.name());
                 reply(sockets, &peer, &SlaveReply::Error(WireError::refused("this master does not know you (it restarted, or dropped you as silent): say Hello again")))
             }
         }
@@ -1258,16 +1258,6 @@ fn fs_reason(reply: FsReply) -> String {
     }
 }
 
-fn request_name(request: &SlaveRequest) -> &'static str {
-    match request {
-        SlaveRequest::Hello(_) => "Hello",
-        SlaveRequest::Idle { .. } => "Idle",
-        SlaveRequest::Busy { .. } => "Busy",
-        SlaveRequest::Built(_) => "Built",
-        SlaveRequest::Sent { .. } => "Sent",
-        SlaveRequest::Bye { .. } => "Bye",
-    }
-}
 
 fn reply(sockets: &Sockets, peer: &Peer, answer: &SlaveReply) -> anyhow::Result<()> {
     if let Err(e) = sockets.slaves.send(peer, answer) {

@@ -231,7 +231,7 @@ impl Slave {
                 };
                 // The build stays the slave's until it is dropped, which puts it back in the queue.
                 self.stage = stage;
-                Decision::Die { reason: format!("protocol error: {} when {expected} was due", request_name(&request)) }
+                Decision::Die { reason: format!("protocol error: {} when {expected} was due", request.name()) }
             }
         }
     }
@@ -309,16 +309,6 @@ fn bound_figures(result: &mut BuildResult) {
     result.peak_memory = result.peak_memory.min(MAX_PEAK_MEMORY);
 }
 
-fn request_name(request: &SlaveRequest) -> &'static str {
-    match request {
-        SlaveRequest::Hello(_) => "Hello",
-        SlaveRequest::Idle { .. } => "Idle",
-        SlaveRequest::Busy { .. } => "Busy",
-        SlaveRequest::Built(_) => "Built",
-        SlaveRequest::Sent { .. } => "Sent",
-        SlaveRequest::Bye { .. } => "Bye",
-    }
-}
 
 #[cfg(test)]
 mod tests {

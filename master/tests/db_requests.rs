@@ -9,6 +9,7 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use piwheels_common::protocols::{
     AccessRecord, BuildResult, ClientInfo, Dependencies, ErrorKind, FailureKind, PackageVersion, WheelFile, WireError,
 };
+use piwheels_common::inspect::sha256_hex;
 use piwheels_master::calls::Call;
 use piwheels_master::calls::db::*;
 use piwheels_master::db::{Database, migrate};
@@ -128,16 +129,11 @@ fn days_ago(days: i64) -> DateTime<Utc> {
     Utc::now() - TimeDelta::days(days)
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A wheel of `package` `version` with the given tags; its hash derives from its name.
 fn wheel(package: &str, version: &str, py: &str, abi: &str, platform: &str) -> WheelFile {
     let filename = format!("{}-{version}-{py}-{abi}-{platform}.whl", package.replace('-', "_"));
     WheelFile {
-        sha256: hex_sha256(filename.as_bytes()),
+        sha256: sha256_hex(filename.as_bytes()),
         filename,
         size: 12345,
         package_tag: package.replace('-', "_"),
@@ -427,11 +423,11 @@ fn log_build_records_the_build_its_files_hashes_python_floors_and_dependencies()
             )),
             Some(format!(
                 "foo-1.0-cp39-cp39-linux_armv7l.whl {build_id} 12345 1 cp39 cp39 linux_armv7l - >=3.9 {}",
-                hex_sha256(b"Metadata-Version: 2.1\n")
+                sha256_hex(b"Metadata-Version: 2.1\n")
             )),
             Some(format!(
                 "foo-1.0-py3-none-any.whl {build_id} 12345 - py3 none any - >=3.9 {}",
-                hex_sha256(b"Metadata-Version: 2.1\n")
+                sha256_hex(b"Metadata-Version: 2.1\n")
             )),
         ]
     );
@@ -678,7 +674,7 @@ fn project_data_gathers_names_releases_files_dependencies_and_the_state_of_every
     let file = r1.files.iter().find(|f| f.filename == cp39_wheel.filename).expect("cp39 wheel");
     assert_eq!(file.size, 12345);
     assert_eq!(file.sha256, cp39_wheel.sha256);
-    assert_eq!(file.metadata_sha256.as_deref(), Some(hex_sha256(b"Metadata-Version: 2.1\n").as_str()));
+    assert_eq!(file.metadata_sha256.as_deref(), Some(sha256_hex(b"Metadata-Version: 2.1\n").as_str()));
     assert_eq!(file.builder_abi, "cp39");
     assert_eq!(file.abi_tag, "cp39");
     assert_eq!(file.platform_tag, "linux_armv7l");

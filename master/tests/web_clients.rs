@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use piwheels_master::web_server::{Access, WebServer};
 use piwheels_testsupport::data::pure_wheel;
 use piwheels_testsupport::installers::{SETUP_HINT, fresh_venv, run, tool};
-use sha2::{Digest, Sha256};
+use piwheels_common::inspect::sha256_hex;
 use tempfile::TempDir;
 
 const PROJECT: &str = "webtest-pkg";
@@ -123,10 +123,6 @@ impl Index {
     fn url(&self) -> String {
         format!("http://{}/simple", self.server.local_addr())
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn metadata_text() -> String {

@@ -395,7 +395,7 @@ impl Agent<'_> {
 
     /// Sends a request and waits `--master-timeout` for the answer.
     fn request(&self, client: &Connection, request: &SlaveRequest) -> Result<Answer, AgentError> {
-        tracing::debug!("→ {}", request_name(request));
+        tracing::debug!("→ {}", request.name());
         self.systemd.healthy();
         match client.request(request, self.config.master_timeout.0) {
             Ok(reply) => {
@@ -403,11 +403,11 @@ impl Agent<'_> {
                 Ok(Answer::Reply(reply))
             }
             Err(TransportError::Protocol(e)) => {
-                Err(AgentError::Protocol(format!("the master's answer to {} is not a slave reply: {e}", request_name(request))))
+                Err(AgentError::Protocol(format!("the master's answer to {} is not a slave reply: {e}", request.name())))
             }
             Err(e @ TransportError::Unauthorized { .. }) => Err(AgentError::Unauthorized(e.to_string())),
             Err(e) => {
-                tracing::warn!("no answer from the master to {} within {} ({e}): connecting again", request_name(request), self.config.master_timeout);
+                tracing::warn!("no answer from the master to {} within {} ({e}): connecting again", request.name(), self.config.master_timeout);
                 Ok(Answer::Silent)
             }
         }
@@ -576,7 +576,7 @@ impl Agent<'_> {
                     return Ok(Some(After::Hello));
                 }
                 Answer::Reply(other) => {
-                    return Err(AgentError::Protocol(format!("the master answered {} with {}", request_name(&request), reply_name(&other))));
+                    return Err(AgentError::Protocol(format!("the master answered {} with {}", request.name(), reply_name(&other))));
                 }
             }
         }
@@ -702,16 +702,6 @@ fn jitter(most: Duration) -> Duration {
     if most == 0 { Duration::ZERO } else { Duration::from_millis(nanos % most) }
 }
 
-fn request_name(request: &SlaveRequest) -> &'static str {
-    match request {
-        SlaveRequest::Hello(_) => "Hello",
-        SlaveRequest::Idle { .. } => "Idle",
-        SlaveRequest::Busy { .. } => "Busy",
-        SlaveRequest::Built(_) => "Built",
-        SlaveRequest::Sent { .. } => "Sent",
-        SlaveRequest::Bye { .. } => "Bye",
-    }
-}
 
 fn reply_name(reply: &SlaveReply) -> String {
     match reply {

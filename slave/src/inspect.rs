@@ -43,20 +43,13 @@ pub fn inspect_wheel_limited(path: &Path, apt: Option<&AptIndex>, limits: Limits
         Some(apt) => shared_object_dependencies(path, &mut archive, apt, limits.extracted)?,
         None => (Vec::new(), Vec::new()),
     };
-    let name = archive.name().clone();
     Ok(WheelFile {
-        filename: filename.to_string(),
         size,
         sha256,
-        package_tag: name.name,
-        version_tag: name.version,
-        build_tag: name.build,
-        py_tag: name.python,
-        abi_tag: name.abi,
-        platform_tag: name.platform,
         requires_python: core.requires_python,
         dependencies: Dependencies { apt: apt_packages, pip: core.requirements, unresolved },
         metadata: ByteBuf::from(metadata),
+        ..WheelFile::named(filename, archive.name().clone())
     })
 }
 

@@ -26,18 +26,10 @@ pub fn wheel_file(filename: &str, bytes: &[u8]) -> WheelFile {
     let name = WheelName::parse(filename).unwrap_or_else(|e| panic!("{e}"));
     let metadata = metadata_of(&name);
     WheelFile {
-        filename: filename.to_string(),
         size: bytes.len() as u64,
-        sha256: Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect(),
-        package_tag: name.name,
-        version_tag: name.version,
-        build_tag: name.build,
-        py_tag: name.python,
-        abi_tag: name.abi,
-        platform_tag: name.platform,
-        requires_python: None,
-        dependencies: Default::default(),
+        sha256: piwheels_common::inspect::sha256_hex(bytes),
         metadata: metadata.into_bytes().into(),
+        ..WheelFile::named(filename, name)
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::Sha256;
+use piwheels_common::inspect::sha256_hex;
 
 /// The timestamp base of the default clock, [`Clock::BasePlusSerial`]: 2020-09-13T12:26:40Z.
 pub const DEFAULT_TIME_BASE: i64 = 1_600_000_000;
@@ -240,7 +240,7 @@ impl FakePypi {
 
     fn add_file(&self, name: &str, version: &str, filename: &str, data: Vec<u8>, packagetype: &'static str, tag: &str) -> i64 {
         let mut st = self.lock();
-        let file = DistFile { filename: filename.to_string(), sha256: sdist::sha256_hex(&data), data: Arc::new(data), packagetype };
+        let file = DistFile { filename: filename.to_string(), sha256: sha256_hex(&data), data: Arc::new(data), packagetype };
         let pkg = st.package_mut(name);
         let display = pkg.name.clone();
         let release = match pkg.releases.iter().position(|r| r.version == version) {
@@ -900,8 +900,6 @@ fn xmlrpc(body: &[u8], state: &Mutex<State>) -> Response {
 /// [`sdist::module_name`]. The archives are written here (ustar, gzip with stored blocks), so
 /// making them needs no Python, and the same arguments always give the same bytes.
 pub mod sdist {
-    use super::Sha256;
-    use sha2::Digest;
 
     /// The text a [`failing`] sdist's build raises its error with (followed by the name and
     /// version), to look for in the builder's output.
@@ -1017,11 +1015,6 @@ pub mod sdist {
         ];
         members.extend(extra.iter().map(|(path, text)| (format!("{stem}/{path}"), text.as_bytes().to_vec())));
         gzip(&tar(&stem, &members))
-    }
-
-    /// The SHA-256 of some bytes as lowercase hex (what the simple index links carry).
-    pub fn sha256_hex(data: &[u8]) -> String {
-        Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn octal(field: &mut [u8], value: u64) {

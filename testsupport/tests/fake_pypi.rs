@@ -204,7 +204,7 @@ fn simple_index_links_carry_sha256() {
     let pypi = FakePypi::start();
     pypi.create_package("My.Pkg", Some("x"));
     let data = sdist::pure("My.Pkg", "0.1");
-    let expected_hash = sdist::sha256_hex(&data);
+    let expected_hash = piwheels_common::inspect::sha256_hex(&data);
     pypi.add_source("My.Pkg", "0.1", data.clone());
     pypi.add_binary("My.Pkg", "0.1", "my_pkg-0.1-cp311-cp311-linux_armv7l.whl");
     pypi.yank("My.Pkg", "0.1");

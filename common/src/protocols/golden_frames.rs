@@ -397,18 +397,11 @@ fn samples() -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
-}
-
 /// The golden file as written for `samples`.
 fn golden_text(samples: &[(String, Vec<u8>)]) -> String {
     let mut text = format!("protocol {PROTOCOL_VERSION}\n");
     for (name, frame) in samples {
-        let _ = writeln!(text, "{name} {}", hex(frame));
+        let _ = writeln!(text, "{name} {}", hex::encode(frame));
     }
     text
 }

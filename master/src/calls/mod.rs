@@ -221,24 +221,13 @@ pub(crate) use calls;
 
 #[cfg(test)]
 mod tests {
-    use piwheels_common::arbitrary::round_trips;
-    use proptest::prelude::*;
 
     use super::db::{AllPackages, DbReply, PackageExists};
     use super::files::{FsReply, FsRequest};
     use super::tasks::*;
     use super::*;
 
-    macro_rules! round_trip_tests {
-        ($($name:ident: $ty:ty),* $(,)?) => {
-            proptest! {
-                #![proptest_config(ProptestConfig::with_cases(64))]
-                $(#[test] fn $name(msg: $ty) { round_trips(&msg)?; })*
-            }
-        };
-    }
-
-    round_trip_tests!(
+    piwheels_common::round_trip_tests!(
         db_request: db::DbRequest,
         db_reply: DbReply,
         fs_request: FsRequest,

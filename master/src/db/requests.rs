@@ -21,7 +21,7 @@ use piwheels_common::names::is_prerelease;
 use piwheels_common::protocols::{AccessRecord, BuildId, ClientInfo, FailureKind, Timestamp, WheelFile, WireError};
 
 use crate::calls::db::*;
-use sha2::{Digest, Sha256};
+use piwheels_common::inspect::sha256_hex;
 use sqlx::postgres::types::PgInterval;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
@@ -819,7 +819,7 @@ impl FileColumns {
             columns.filename.push(file.filename.clone());
             columns.size.push(size);
             columns.sha256.push(file.sha256.clone());
-            columns.metadata_hash.push((!file.metadata.is_empty()).then(|| hex_sha256(&file.metadata)));
+            columns.metadata_hash.push((!file.metadata.is_empty()).then(|| sha256_hex(&file.metadata)));
             columns.package_tag.push(file.package_tag.clone());
             columns.version_tag.push(file.version_tag.clone());
             columns.build_tag.push(file.build_tag.clone());
@@ -1015,10 +1015,6 @@ fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// Lower-case hex SHA-256 of some bytes.
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The first `max` characters of `text`.
 pub fn truncate(text: &str, max: usize) -> &str {
@@ -1062,6 +1058,6 @@ mod tests {
 
     #[test]
     fn metadata_hashes_are_lower_case_hex() {
-        assert_eq!(hex_sha256(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

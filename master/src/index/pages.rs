@@ -48,7 +48,7 @@ pub static TEMPLATES_FINGERPRINT: LazyLock<String> = LazyLock::new(|| {
         hash.update((text.len() as u64).to_le_bytes());
         hash.update(text.as_bytes());
     }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hash.finalize())
 });
 
 /// The pages' HTML escaper (configured in `master/askama.toml`): `&`, `<`, `>`, `"` and `'`

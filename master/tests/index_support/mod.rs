@@ -397,7 +397,6 @@ pub fn percent_decode(s: &str) -> String {
 
 /// Lower-case hex SHA-256 of a file.
 pub fn sha256_of(path: &Path) -> String {
-    use sha2::Digest;
     let bytes = std::fs::read(path).unwrap();
-    sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    piwheels_common::inspect::sha256_hex(&bytes)
 }
