@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use piwheels_common::hostinfo;
-use piwheels_common::protocols::{MasterStats, StatusEvent};
+use piwheels_common::protocols::{MasterStats, StatusEvent, WireError};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, Receiver, Sender};
 
@@ -146,7 +146,7 @@ impl BigBrother {
 fn send(feed: &Feed, request: &WebRequest) -> anyhow::Result<()> {
     match feed.web.request(request, feed.timeout)? {
         WebReply::Done => Ok(()),
-        WebReply::Error { message } => anyhow::bail!("the index writer failed: {message}"),
+        WebReply::Error(WireError { message, .. }) => anyhow::bail!("the index writer failed: {message}"),
     }
 }
 

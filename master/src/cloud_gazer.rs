@@ -21,6 +21,7 @@ use chrono::DateTime;
 use piwheels_common::names::canonicalize;
 use piwheels_common::transport::{Client, Sender};
 use piwheels_common::task::{Context, PauseMode, Task};
+use piwheels_common::protocols::WireError;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -85,7 +86,7 @@ impl Sockets {
     fn rewrite(&self, package: &str, scope: RewriteScope) {
         match self.web.request(&WebRequest::Rewrite { package: package.into(), scope }, WEB_TIMEOUT) {
             Ok(WebReply::Done) => {}
-            Ok(WebReply::Error { message }) => tracing::warn!("the index writer refused to rewrite {package}: {message}"),
+            Ok(WebReply::Error(WireError { message, .. })) => tracing::warn!("the index writer refused to rewrite {package}: {message}"),
             Err(e) => tracing::warn!("the index writer did not take the rewrite of {package}: {e}"),
         }
     }

@@ -583,7 +583,7 @@ impl FileJuggler {
         let outcome = match request {
             Err(e) => {
                 tracing::warn!("bad request from {peer}: {e}");
-                Ok(FsReply::Error { message: e.to_string() })
+                Ok(FsReply::Error(WireError::refused(e.to_string())))
             }
             Ok(FsRequest::Expect { package, file, expectation }) => self.expect(package, *file, *expectation, now),
             Ok(FsRequest::Link { package, existing, file, expectation }) => self.link(&package, &existing, &file, &expectation),
@@ -600,7 +600,7 @@ impl FileJuggler {
         // any error does: the caller retries later.
         let (reply, failure) = match outcome {
             Ok(reply) => (reply, None),
-            Err(e) => (FsReply::Error { message: format!("{e:#}") }, Some(e)),
+            Err(e) => (FsReply::Error(WireError::unavailable(format!("{e:#}"))), Some(e)),
         };
         sockets.fs.send(&peer, &reply)?;
         match failure {
@@ -690,7 +690,7 @@ impl FileJuggler {
         if file.size > avail {
             let message = format!("not enough space on the master for {} ({} bytes, {avail} free)", file.filename, file.size);
             tracing::warn!("{message}");
-            return Ok(FsReply::Error { message });
+            return Ok(FsReply::Error(WireError::unavailable(message)));
         }
         let id = loop {
             let id = random_id()?;

@@ -723,7 +723,7 @@ fn request_name(request: &AdminRequest) -> &'static str {
 fn web(sockets: &Sockets, request: WebRequest) -> Result<(), WireError> {
     match sockets.web.request(&request, WEB_TIMEOUT) {
         Ok(WebReply::Done) => Ok(()),
-        Ok(WebReply::Error { message }) => Err(WireError::unavailable(format!("the index writer refused: {message}"))),
+        Ok(WebReply::Error(WireError { message, .. })) => Err(WireError::unavailable(format!("the index writer refused: {message}"))),
         Err(e) => Err(WireError::unavailable(format!("the index writer did not answer: {e}"))),
     }
 }

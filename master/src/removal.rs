@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use piwheels_common::transport::Client;
+use piwheels_common::protocols::WireError;
 
 use crate::calls::db::{BuildIds, DeleteBuilds, DeletePackage, DeleteVersion, PackageFiles, SkipPackage, SkipVersion, VersionFiles};
 use crate::calls::tasks::{DeleteAck, DeleteNotice, WebReply, WebRequest};
@@ -67,7 +68,7 @@ impl Remover {
         };
         match self.web.request(&request, TIMEOUT) {
             Ok(WebReply::Done) => Ok(()),
-            Ok(WebReply::Error { message }) => anyhow::bail!("the index writer could not remove {package}'s files: {message}"),
+            Ok(WebReply::Error(WireError { message, .. })) => anyhow::bail!("the index writer could not remove {package}'s files: {message}"),
             Err(e) => anyhow::bail!("the index writer did not take the removal of {package}'s files: {e}"),
         }
     }

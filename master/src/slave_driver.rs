@@ -1253,7 +1253,7 @@ fn believable(stats: &HostStats) -> HostStats {
 /// The reason in a file juggler's answer that is not the expected one.
 fn fs_reason(reply: FsReply) -> String {
     match reply {
-        FsReply::Refused { reason } | FsReply::Failed { reason } | FsReply::Conflict { reason } | FsReply::Error { message: reason } => reason,
+        FsReply::Refused { reason } | FsReply::Failed { reason } | FsReply::Conflict { reason } | FsReply::Error(WireError { message: reason, .. }) => reason,
         other => format!("unexpected answer {other:?}"),
     }
 }
@@ -1285,7 +1285,7 @@ fn notice(sockets: &Sockets, ctx: &Context<'_, Event>, level: NoticeLevel, text:
 fn web(sockets: &Sockets, request: WebRequest) {
     match sockets.web.request(&request, WEB_TIMEOUT) {
         Ok(WebReply::Done) => {}
-        Ok(WebReply::Error { message }) => tracing::error!("the index writer refused a request: {message}"),
+        Ok(WebReply::Error(WireError { message, .. })) => tracing::error!("the index writer refused a request: {message}"),
         Err(e) => tracing::error!("the index writer did not answer: {e}"),
     }
 }

@@ -1,7 +1,7 @@
 //! The file juggler's protocol: the slave driver and the admin endpoint ask it to expect,
 //! link, verify, abandon and remove files.
 
-use piwheels_common::protocols::{TransferId, WheelFile};
+use piwheels_common::protocols::{TransferId, WheelFile, WireError};
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
@@ -118,12 +118,10 @@ pub enum FsReply {
     },
     /// Request carried out.
     Done,
-    /// The master could not carry the request out (a full disk, an I/O error): nobody's fault
-    /// but the master's; worth trying again later.
-    Error {
-        /// What went wrong.
-        message: String,
-    },
+    /// The master could not carry the request out (a full disk, an I/O error: `Unavailable`,
+    /// nobody's fault but the master's, worth trying again later) or could not read it
+    /// (`Refused`).
+    Error(WireError),
 }
 
 piwheels_common::messages!(FsRequest, FsReply);

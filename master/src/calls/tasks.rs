@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use piwheels_common::protocols::{BuildId, MasterStats, PackageVersion, SlaveAction, SlaveId, SlaveTarget};
+use piwheels_common::protocols::{BuildId, MasterStats, PackageVersion, SlaveAction, SlaveId, SlaveTarget, WireError};
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
@@ -177,11 +177,9 @@ pub enum WebRequest {
 pub enum WebReply {
     /// Done (or queued, for `Rewrite`).
     Done,
-    /// Failed.
-    Error {
-        /// What went wrong.
-        message: String,
-    },
+    /// Failed: the index writer could not write or remove what was asked (`Unavailable`), or
+    /// could not read the request (`Refused`).
+    Error(WireError),
 }
 
 piwheels_common::messages!(

@@ -40,7 +40,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{BuildId, Timestamp};
+use piwheels_common::protocols::{BuildId, Timestamp, WireError};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::Server;
 
@@ -626,12 +626,12 @@ impl Task for Scribe {
                         Ok(()) => WebReply::Done,
                         Err(e) => {
                             tracing::error!("{e:#}");
-                            WebReply::Error { message: format!("{e:#}") }
+                            WebReply::Error(WireError::unavailable(format!("{e:#}")))
                         }
                     },
                     Err(e) => {
                         tracing::error!("bad request from {peer}: {e}");
-                        WebReply::Error { message: e.to_string() }
+                        WebReply::Error(WireError::refused(e.to_string()))
                     }
                 };
                 sockets.web.send(&peer, &reply)?;

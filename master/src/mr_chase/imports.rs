@@ -344,7 +344,7 @@ fn fs_error(what: &str, reply: FsReply) -> WireError {
         FsReply::Refused { reason } | FsReply::Failed { reason } | FsReply::Conflict { reason } => {
             WireError::refused(format!("{what}: {reason}"))
         }
-        FsReply::Error { message } => WireError::unavailable(format!("{what}: {message}")),
+        FsReply::Error(WireError { message, .. }) => WireError::unavailable(format!("{what}: {message}")),
         other => WireError::unavailable(format!("{what}: unexpected answer {other:?}")),
     }
 }

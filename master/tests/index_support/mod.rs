@@ -123,7 +123,7 @@ impl Farm {
     pub fn send(&self, request: WebRequest) {
         match self.web.request(&request, Duration::from_secs(10)).unwrap() {
             WebReply::Done => {}
-            WebReply::Error { message } => panic!("{request:?}: {message}"),
+            WebReply::Error(piwheels_common::protocols::WireError { message, .. }) => panic!("{request:?}: {message}"),
         }
     }
 
