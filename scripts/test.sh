@@ -19,8 +19,11 @@ step "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
+# Most tests spend their time waiting on sockets, processes and deadlines, not on a core: two
+# per core keep the cores busy (on 2 cores the run took 190 s instead of 283 s).
+threads=$(( 2 * $(nproc) ))
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast
+    cargo nextest run --workspace --locked --no-fail-fast --test-threads "$threads"
 else
     cargo test --workspace --locked --no-fail-fast
 fi

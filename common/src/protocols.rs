@@ -377,7 +377,7 @@ pub enum SlaveAction {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
 pub enum ControlRequest {
-    /// Attach; answered by `Welcome` with a snapshot of the master's state, or `Refused`.
+    /// Attach; answered by `Welcome` with a snapshot of the master's state, or `Error`.
     Hello {
         /// The client's versions.
         versions: Versions,
@@ -623,7 +623,7 @@ pub struct SlaveHello {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
 pub enum SlaveRequest {
-    /// First message: answered `Ack` or, on a version mismatch, `Refused`.
+    /// First message: answered `Ack` or, on a protocol version mismatch, `Error`.
     Hello(SlaveHello),
     /// Ready for work: answered `Build`, `Sleep` or `Die`.
     Idle {
@@ -719,7 +719,7 @@ pub enum SlaveReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
 pub enum FileRequest {
-    /// Start, resume or nudge a transfer; answered by `Fetch`es, `Done` or `Refused`.
+    /// Start, resume or nudge a transfer; answered by `Fetch`es, `Done` or `Error`.
     Hello {
         /// The uploader's versions.
         versions: Versions,
@@ -795,7 +795,7 @@ pub struct ImportRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
 pub enum AdminRequest {
-    /// Attach: `Welcome` or `Refused`.
+    /// Attach: `Welcome` or `Error`.
     Hello {
         /// The tool's versions.
         versions: Versions,
@@ -991,7 +991,7 @@ pub enum AccessRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
 pub enum LogRequest {
-    /// Attach: `Welcome` or `Refused`.
+    /// Attach: `Welcome` or `Error`.
     Hello {
         /// The logger's versions.
         versions: Versions,

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::codec;
-use crate::protocols::{FileReply, FileRequest, TransferId, Versions};
+use crate::protocols::{ErrorKind, FileReply, FileRequest, TransferId, Versions};
 use crate::transport::{DEFAULT_MAX_MESSAGE, Dealer, Security, TransportError};
 
 /// Largest range the sender will read for one `Fetch`: what fits in one message of the
@@ -82,13 +82,15 @@ pub enum UploadError {
         source: std::io::Error,
     },
     /// The juggler refused the transfer (unknown transfer, version mismatch, a chunk it did
-    /// not ask for); its reason is given.
-    #[error("the file juggler refused transfer {transfer}: {reason}")]
+    /// not ask for: `Refused`) or could not store it (`Unavailable`); its reason is given.
+    #[error("the file juggler stopped transfer {transfer}: {reason}")]
     Refused {
         /// The transfer.
         transfer: TransferId,
         /// The juggler's reason.
         reason: String,
+        /// Whose fault it is: the transfer's, or the master's own.
+        kind: ErrorKind,
     },
     /// The juggler asked for bytes the file does not have: it expects another file.
     #[error("the file juggler asked for bytes {offset}..{end} of {path}, which holds {size} bytes")]
@@ -287,7 +289,7 @@ fn answer_fetches(
                 report.elapsed = start.elapsed();
                 return Ok(report);
             }
-            Some(FileReply::Error(error)) => return Err(UploadError::Refused { transfer, reason: error.message }),
+            Some(FileReply::Error(error)) => return Err(UploadError::Refused { transfer, reason: error.message, kind: error.kind }),
         }
     }
 }

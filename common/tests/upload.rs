@@ -5,7 +5,7 @@
 use std::thread;
 use std::time::Duration;
 
-use piwheels_common::protocols::{FileReply, FileRequest, TransferId, WireError};
+use piwheels_common::protocols::{ErrorKind, FileReply, FileRequest, TransferId, WireError};
 use piwheels_common::transport::{DEFAULT_MAX_MESSAGE, Server};
 use piwheels_common::upload::{UploadError, UploadOptions, Uploader};
 use piwheels_common::transport::Security;
@@ -77,7 +77,7 @@ fn an_uploader_keeps_its_connection_after_a_clean_end_and_replaces_it_after_a_fa
         assert_eq!((report.bytes_sent, report.hellos), (size, 1));
     }
     match uploader.upload(REFUSED, &path, options()) {
-        Err(UploadError::Refused { transfer, reason }) => assert_eq!((transfer, reason.as_str()), (REFUSED, "refused by the script")),
+        Err(UploadError::Refused { transfer, reason, kind }) => assert_eq!((transfer, reason.as_str(), kind), (REFUSED, "refused by the script", ErrorKind::Refused)),
         other => panic!("transfer {REFUSED} was not refused: {other:?}"),
     }
     uploader.upload(4, &path, options()).expect("an upload after the refusal");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use piwheels_common::keys::Role;
 use piwheels_common::names::{canonicalize, parse_version};
-use piwheels_common::protocols::{AdminReply, AdminRequest, ImportRequest, WheelFile};
+use piwheels_common::protocols::{AdminReply, AdminRequest, ErrorKind, ImportRequest, WheelFile};
 use piwheels_common::transport::Security;
 use piwheels_common::upload::{UploadError, UploadOptions, UploadReport, upload_with_progress};
 use piwheels_slave::inspect::inspect_wheel;
@@ -274,6 +274,10 @@ fn send(endpoint: &str, security: &Security, transfer: u64, wheel: &Wheel, first
         Ok(report) => {
             println!("  sent {} ({} in {:.1} s)", wheel.file.filename, human_size(report.bytes_sent), started.elapsed().as_secs_f64());
             Ok(())
+        }
+        // The master's own failure (its disk, say) is worth trying again later.
+        Err(e @ UploadError::Refused { kind: ErrorKind::Unavailable, .. }) => {
+            Err(ToolError::Unavailable(format!("cannot send {} to {endpoint}: {e}", wheel.file.filename)))
         }
         Err(e) => Err(ToolError::Failed(format!("cannot send {} to {endpoint}: {e}", wheel.file.filename))),
     }

@@ -529,6 +529,37 @@ fn a_master_of_another_version_is_refused_with_its_reason_shown() {
 }
 
 #[test]
+fn the_masters_own_failure_is_exit_status_75_and_a_refusal_1() {
+    // An admin endpoint that welcomes every tool, then fails its request: first as the master's
+    // own failure, then as a refusal.
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("ipc://{}/run/import", dir.path().display());
+    let ctx = zmq::Context::new();
+    let server = Server::<AdminRequest, AdminReply>::bind(&ctx, &endpoint, None).unwrap();
+    let answers = [
+        piwheels_common::protocols::WireError::unavailable("the master is paused: try again once it is resumed"),
+        piwheels_common::protocols::WireError::refused("unknown package foo"),
+    ];
+    let thread = std::thread::spawn(move || {
+        for answer in answers {
+            let (peer, request) = server.recv().unwrap();
+            assert!(matches!(request, Ok(AdminRequest::Hello { .. })));
+            server.send(&peer, &AdminReply::Welcome).unwrap();
+            let (peer, request) = server.recv().unwrap();
+            assert!(matches!(request, Ok(AdminRequest::RemovePackage { .. })), "{request:?}");
+            server.send(&peer, &AdminReply::Error(answer)).unwrap();
+        }
+    });
+    let config = dir.path().join("tools.toml");
+    std::fs::write(&config, format!("[import]\nimport-queue = \"{endpoint}\"\n")).unwrap();
+    let line = run_tool("piw-remove", &config, &["--yes", "foo"]).failed(75);
+    assert_eq!(line, "piw-remove: the master is paused: try again once it is resumed");
+    let line = run_tool("piw-remove", &config, &["--yes", "foo"]).failed(1);
+    assert_eq!(line, "piw-remove: unknown package foo");
+    thread.join().unwrap();
+}
+
+#[test]
 fn piw_add_with_a_version_registers_a_new_package_too() {
     let master = Master::start();
     let out = master.tool("piw-add", &["Brand.New", "2.0"]).succeeded();

@@ -990,7 +990,7 @@ impl FileJuggler {
             Err(ChunkFault::Io(e)) => {
                 let filename = t.file.filename.clone();
                 self.unbind(id);
-                self.refuse(sockets, peer, format!("the master cannot store {filename}: {e}"));
+                self.fail(sockets, peer, format!("the master cannot store {filename}: {e}"));
                 return Err(e).with_context(|| format!("cannot write transfer {id} of {filename}"));
             }
         }
@@ -1011,6 +1011,13 @@ impl FileJuggler {
         self.refused += 1;
         tracing::warn!("refused uploader {peer}: {reason}");
         reply(&sockets.files, peer, &FileReply::Error(WireError::refused(reason)));
+    }
+
+    /// Tells an uploader the master could not store its bytes: the master's fault, not the
+    /// transfer's, and worth trying again later.
+    fn fail(&mut self, sockets: &Sockets, peer: &Peer, reason: String) {
+        tracing::warn!("uploader {peer} stopped: {reason}");
+        reply(&sockets.files, peer, &FileReply::Error(WireError::unavailable(reason)));
     }
 }
 

@@ -57,6 +57,8 @@ use crate::wiring::{self, TaskName};
 /// How long a deleted package or version stays out of the queues, so that a queue computed
 /// just before the deletion cannot hand it out again.
 pub const DELETED_EXCLUSION: Duration = Duration::from_secs(3600);
+/// How long a verification given up on is remembered, for its late answer.
+const GIVEN_UP_KEPT: Duration = Duration::from_secs(3600);
 /// How often silent slaves are looked for.
 const EXPIRY_CHECK: Duration = Duration::from_secs(5);
 /// How often the list of keys is checked for revocations of connected slaves' keys.
@@ -223,6 +225,8 @@ pub enum Event {
 struct Verifying {
     /// The slave, waiting for its answer to `Sent`.
     peer: Peer,
+    /// Its id: a slave of another id on the same connection is another slave.
+    slave_id: SlaveId,
     /// Its build.
     build: PackageVersion,
     /// The build's outcome, its files described as the master has them so far.
@@ -231,6 +235,19 @@ struct Verifying {
     filename: String,
     /// When the verification was asked for.
     asked: Instant,
+}
+
+/// A verification given up on before the file juggler answered it.
+#[derive(Debug)]
+struct GivenUp {
+    /// The slave whose build it was.
+    slave_id: SlaveId,
+    /// The build.
+    build: PackageVersion,
+    /// The file.
+    filename: String,
+    /// When it was given up.
+    at: Instant,
 }
 
 /// A release kept out of a queue until a time.
@@ -283,6 +300,9 @@ pub struct SlaveDriver {
     /// Verifications asked of the file juggler and not answered yet, by transfer: each slave
     /// behind one waits for its answer to `Sent`.
     verifying: HashMap<TransferId, Verifying>,
+    /// Verifications given up on before the file juggler answered, with when: a file one of
+    /// them publishes after all is removed again (it will not be recorded).
+    given_up: HashMap<TransferId, GivenUp>,
     /// Why the architect should recompute the queue, and how many more reasons were folded
     /// into that one, until the next [`Event::Flush`].
     refresh: Option<(String, usize)>,
@@ -307,6 +327,7 @@ impl SlaveDriver {
             attempts: HashMap::new(),
             published: HashMap::new(),
             verifying: HashMap::new(),
+            given_up: HashMap::new(),
             refresh: None,
             lengths_changed: false,
             keys_checked: 0,
@@ -388,7 +409,7 @@ impl SlaveDriver {
                 self.answer(sockets, ctx, &peer, answer)
             }
             Decision::VerifyFile { build, result, filename, transfer } => {
-                let waiting = Verifying { peer, build, result, filename, asked: now };
+                let waiting = Verifying { peer, slave_id: id, build, result, filename, asked: now };
                 self.ask_verification(sockets, ctx, transfer, waiting)
             }
             Decision::Forget { reason } => {
@@ -744,23 +765,43 @@ impl SlaveDriver {
     fn on_verified(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
         let (tag, reply) = sockets.verify.recv_tagged()?;
         let transfer = <[u8; 8]>::try_from(tag.as_slice()).map(TransferId::from_be_bytes);
-        match transfer.ok().and_then(|transfer| self.verifying.remove(&transfer)) {
-            Some(waiting) => self.answer_verification(sockets, ctx, waiting, Ok(reply)),
-            // Given up already: the slave was answered when the juggler took too long.
-            None => {
-                tracing::warn!("a verification the driver gave up on was answered late: {reply:?}");
-                Ok(())
+        let Ok(transfer) = transfer else { anyhow::bail!("the file juggler answered a verification with the tag {tag:?}") };
+        if let Some(waiting) = self.verifying.remove(&transfer) {
+            return self.answer_verification(sockets, ctx, waiting, Ok(reply));
+        }
+        match self.given_up.remove(&transfer) {
+            // The slave was answered when the juggler took too long.
+            Some(GivenUp { slave_id, build, filename, .. }) => {
+                tracing::warn!("the verification of {filename} was answered after its build was given up");
+                self.discard(sockets, slave_id, build, filename, &reply);
             }
+            None => tracing::warn!("the file juggler answered a verification nobody asked for: transfer {transfer}"),
+        }
+        Ok(())
+    }
+
+    /// Removes the file a verification published for a build that will not record it (its
+    /// slave is gone, or the build was given up), unless a recorded build or another build in
+    /// progress holds it.
+    fn discard(&mut self, sockets: &Sockets, slave_id: SlaveId, build: PackageVersion, filename: String, reply: &FsReply) {
+        if matches!(reply, FsReply::Verified { .. }) {
+            tracing::info!("slave {slave_id}'s build of {} {} will not record {filename}", build.package, build.version);
+            self.remove_unrecorded(sockets, build, vec![filename]);
         }
     }
 
     /// Answers the slave behind a verification with what follows from `outcome`.
     fn answer_verification(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, waiting: Verifying, outcome: Result<FsReply, String>) -> anyhow::Result<()> {
-        let Verifying { peer, build, result, filename, .. } = waiting;
+        let Some(slave) = self.slaves.get_mut(waiting.peer.identity()).filter(|slave| slave.id == waiting.slave_id) else {
+            // Dropped meanwhile (revoked, killed): nobody to answer, no build to record.
+            if let Ok(reply) = &outcome {
+                self.discard(sockets, waiting.slave_id, waiting.build, waiting.filename, reply);
+            }
+            return Ok(());
+        };
         // The master kept the slave waiting: its silence counts from this answer.
-        if let Some(slave) = self.slaves.get_mut(peer.identity()) {
-            slave.last_seen = ctx.now();
-        }
+        slave.last_seen = ctx.now();
+        let Verifying { peer, build, result, filename, .. } = waiting;
         let answer = self.verified(sockets, ctx, peer.identity(), build, result, &filename, outcome);
         self.answer(sockets, ctx, &peer, answer)
     }
@@ -889,7 +930,14 @@ impl SlaveDriver {
     /// build or another build in progress holds (another slave or an import may have
     /// published the same file meanwhile).
     fn unpublish(&mut self, sockets: &Sockets, slave_id: SlaveId) {
-        let Some((build, files)) = self.published.remove(&slave_id) else { return };
+        if let Some((build, files)) = self.published.remove(&slave_id) {
+            self.remove_unrecorded(sockets, build, files);
+        }
+    }
+
+    /// Removes `files` of `build`, which will not record them, except any that a recorded
+    /// build or a build in progress holds.
+    fn remove_unrecorded(&mut self, sockets: &Sockets, build: PackageVersion, files: Vec<String>) {
         let request = VersionFiles { package: build.package.clone(), version: build.version.clone() };
         let recorded: Vec<String> = match sockets.db.call(request) {
             Ok(files) => files.into_iter().map(|f| f.filename).collect(),
@@ -1077,11 +1125,16 @@ impl SlaveDriver {
         for transfer in overdue {
             if let Some(waiting) = self.verifying.remove(&transfer) {
                 let reason = format!("the file juggler did not answer the verification of {} within {FS_TIMEOUT:?}", waiting.filename);
+                let given_up = GivenUp { slave_id: waiting.slave_id, build: waiting.build.clone(), filename: waiting.filename.clone(), at: now };
+                self.given_up.insert(transfer, given_up);
                 if let Err(e) = self.answer_verification(sockets, ctx, waiting, Err(reason)) {
                     tracing::warn!("cannot answer a slave whose verification went unanswered: {e}");
                 }
             }
         }
+        // A juggler that never answers (it restarted, say) leaves the consistency check at the
+        // next start to find any file in the way.
+        self.given_up.retain(|_, given_up| now.saturating_duration_since(given_up.at) < GIVEN_UP_KEPT);
         // A slave waiting for its verification's answer is quiet because of the master.
         let waiting: HashSet<&[u8]> = self.verifying.values().map(|v| v.peer.identity()).collect();
         let silent: Vec<Vec<u8>> =

@@ -632,7 +632,8 @@ struct TimedDriver {
     stats: Receiver<StatsUpdate>,
     /// Where the test, playing the architect, sends the queue.
     builds: Sender<BuildQueueUpdate>,
-    _web: Arc<Mutex<Vec<WebRequest>>>,
+    /// What the index writer, played by a stand-in, was asked.
+    web: Arc<Mutex<Vec<WebRequest>>>,
 }
 
 impl TimedDriver {
@@ -658,7 +659,7 @@ impl TimedDriver {
         )
         .unwrap();
         let builds = Sender::<BuildQueueUpdate>::push(&pool.rt.zmq, wiring::BUILDS.address()).unwrap();
-        let timed = TimedDriver { pool, clock, slave_endpoint, driver, triggers, stats, builds, _web: web };
+        let timed = TimedDriver { pool, clock, slave_endpoint, driver, triggers, stats, builds, web };
         timed.queue(packages);
         // A new queue is reported at once.
         assert_eq!(timed.next_lengths(), [("cp311".to_string(), packages.len() as u64)].into());
@@ -744,8 +745,8 @@ fn a_slaves_host_figures_reach_monitors_at_most_every_five_seconds() {
 }
 
 /// A verification the file juggler never answers gives the build up after two minutes: the
-/// slave is told it is done, and is not taken for silent meanwhile, though it said nothing for
-/// longer than its busy timeout; the answer that comes at last is dropped.
+/// slave is told it is done, and is not taken for silent meanwhile, though it says nothing for
+/// longer than its busy timeout; the file the answer publishes at last is removed again.
 #[test]
 fn a_verification_left_unanswered_gives_the_build_up_and_its_slave_is_not_taken_for_silent() {
     let timed = TimedDriver::start(&["a"]);
@@ -755,9 +756,24 @@ fn a_verification_left_unanswered_gives_the_build_up_and_its_slave_is_not_taken_
         let (peer, request) = juggler.recv().unwrap();
         (peer, request.unwrap())
     };
+    let notices = |until: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        while !seen.iter().any(|n: &String| n.contains(until)) {
+            match timed.pool.status.recv_timeout(WAIT).unwrap() {
+                Some(StatusEvent::Notice { text, .. }) => seen.push(text),
+                Some(_) => {}
+                None => panic!("no notice saying {until:?} came; seen {seen:?}"),
+            }
+        }
+        seen
+    };
     let mut slave = timed.slave("pi-1");
     slave.busy_timeout = Duration::from_secs(60);
     slave.hello();
+    // Another slave, as quiet as the first: its drop shows when the driver looked for silence.
+    let mut quiet = timed.slave("pi-2");
+    quiet.busy_timeout = Duration::from_secs(60);
+    quiet.hello();
     let (package, version) = slave.take_build();
     let dir = tempfile::tempdir().unwrap();
     let (_, file) = wheel(dir.path(), &package, &version, b"contents");
@@ -771,20 +787,23 @@ fn a_verification_left_unanswered_gives_the_build_up_and_its_slave_is_not_taken_
     let (verifier, request) = juggler_request();
     assert_eq!(request, FsRequest::Verify { transfer: 7 });
 
-    timed.clock.advance(Duration::from_secs(125));
+    // Past both slaves' busy timeout: the quiet one is dropped, the waiting one is not.
+    timed.clock.advance(Duration::from_secs(65));
+    let seen = notices("(pi-2) dropped: silent");
+    assert!(!seen.iter().any(|n| n.contains("(pi-1) dropped")), "{seen:?}");
+    // Past the verification's two minutes: the build is given up.
+    timed.clock.advance(Duration::from_secs(60));
     let (answer, slave) = sender.join().unwrap();
     assert_eq!(answer, SlaveReply::Done);
-    let notices: Vec<String> = std::iter::from_fn(|| timed.pool.status.recv_timeout(Duration::from_millis(200)).unwrap())
-        .filter_map(|event| match event {
-            StatusEvent::Notice { text, .. } => Some(text),
-            _ => None,
-        })
-        .collect();
-    assert!(notices.iter().any(|n| n.contains("did not answer the verification")), "{notices:?}");
-    assert!(!notices.iter().any(|n| n.contains("silent")), "{notices:?}");
-    // The late answer is dropped; the slave is still known, and nothing was recorded.
-    juggler.send(&verifier, &FsReply::Verified { file: Box::new(file) }).unwrap();
-    assert!(matches!(slave.ask(idle()), SlaveReply::Sleep { .. } | SlaveReply::Build { .. }));
+    let seen = notices("did not answer the verification");
+    assert!(!seen.iter().any(|n| n.contains("(pi-1) dropped")), "{seen:?}");
+
+    // The late answer published the file: it goes again, since no build records it.
+    juggler.send(&verifier, &FsReply::Verified { file: Box::new(file.clone()) }).unwrap();
+    eventually("the late file's removal", WAIT, || {
+        timed.web.lock().unwrap().iter().any(|request| matches!(request, WebRequest::DeleteVersion { files, .. } if *files == [file.filename.clone()]))
+    });
+    assert!(matches!(slave.ask(idle()), SlaveReply::Sleep { .. } | SlaveReply::Build { .. }), "the slave is still known");
     assert_eq!(timed.pool.db.column("SELECT count(*)::text FROM builds"), [Some("0".to_string())]);
     timed.stop();
 }

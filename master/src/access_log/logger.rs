@@ -22,7 +22,7 @@ use piwheels_common::codec;
 use piwheels_common::config::{ByteSize, ConfigArg, HumanDuration};
 use piwheels_common::keys::{ClientAuthArgs, Role};
 use piwheels_common::logging::LogArgs;
-use piwheels_common::protocols::{AccessRecord, ErrorKind, LogReply, LogRequest, Versions};
+use piwheels_common::protocols::{AccessRecord, ErrorKind, LogReply, LogRequest, Versions, WireError};
 use piwheels_common::transport::{Client, Security, TransportError};
 
 use super::{Kind, Line, Lines, Problem, parse_line, validate};
@@ -206,12 +206,25 @@ pub enum SendError {
     /// The master refused the hello or a batch.
     #[error("the master refused: {0}")]
     Refused(String),
+    /// The master could not store a batch (its database failed): worth sending again later.
+    #[error("the master failed: {0}")]
+    Failed(String),
     /// Something else went wrong with the socket.
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// The master answered with a message that makes no sense here.
     #[error("the master answered {0:?}")]
     Unexpected(LogReply),
+}
+
+impl SendError {
+    /// The master's error, by its kind.
+    fn of(error: WireError) -> SendError {
+        match error.kind {
+            ErrorKind::Refused => SendError::Refused(error.message),
+            ErrorKind::Unavailable => SendError::Failed(error.message),
+        }
+    }
 }
 
 /// A connection to the master's log ingester.
@@ -244,7 +257,7 @@ impl Shipper {
     fn hello(&self) -> Result<(), SendError> {
         match self.ask(&LogRequest::Hello { versions: Versions::current() }, self.connect_timeout)? {
             LogReply::Welcome => Ok(()),
-            LogReply::Error(error) => Err(SendError::Refused(error.message)),
+            LogReply::Error(error) => Err(SendError::of(error)),
             reply => Err(SendError::Unexpected(reply)),
         }
     }
@@ -299,7 +312,7 @@ impl Shipper {
                     retried = true;
                     self.hello()?;
                 }
-                LogReply::Error(error) => return Err(SendError::Refused(error.message)),
+                LogReply::Error(error) => return Err(SendError::of(error)),
                 reply => return Err(SendError::Unexpected(reply)),
             }
         }
