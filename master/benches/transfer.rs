@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
 use piwheels_common::protocols::{StatusEvent, TaskControl, TransferId};
-use piwheels_master::calls::files::{FileExpectation, FsReply, FsRequest};
+use piwheels_master::calls::files::{Expect, Expected, FileExpectation, FsReply, FsRequest, Verification, Verify};
 use piwheels_common::task::{self, Runtime, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};
@@ -187,9 +187,9 @@ impl Bench {
         let bytes = wheel_bytes(&filename, payload);
         std::fs::write(&path, &bytes).unwrap();
         let file = wheel_file(&filename, &bytes);
-        let request = FsRequest::Expect { package, file: Box::new(file), expectation: Box::new(any_build("1.0")) };
+        let request = FsRequest::from(Expect { package, file: Box::new(file), expectation: Box::new(any_build("1.0")) });
         match self.fs.request(&request, Duration::from_secs(60)).unwrap() {
-            FsReply::Expecting { transfer } => (path, transfer),
+            FsReply::Expect(Expected::Expecting { transfer }) => (path, transfer),
             other => panic!("{other:?}"),
         }
     }
@@ -212,8 +212,8 @@ impl Bench {
             std::fs::write(&path, &bytes).unwrap();
             let file = wheel_file(&filename, &bytes);
             let expectation = Box::new(any_build(&format!("{version}.0")));
-            let request = FsRequest::Expect { package: "smallwheel".into(), file: Box::new(file), expectation };
-            let FsReply::Expecting { transfer } = self.fs.request(&request, Duration::from_secs(60)).unwrap() else {
+            let request = FsRequest::from(Expect { package: "smallwheel".into(), file: Box::new(file), expectation });
+            let FsReply::Expect(Expected::Expecting { transfer }) = self.fs.request(&request, Duration::from_secs(60)).unwrap() else {
                 panic!("not expected")
             };
             upload(&self.uploaders, &self.endpoint, &self.security, transfer, &path, UploadOptions::default()).unwrap();
@@ -232,8 +232,8 @@ impl Bench {
     }
 
     fn verify(&self, transfer: TransferId) {
-        let reply = self.fs.request(&FsRequest::Verify { transfer }, Duration::from_secs(120)).unwrap();
-        assert!(matches!(reply, FsReply::Verified { .. }), "{reply:?}");
+        let reply = self.fs.request(&Verify { transfer }.into(), Duration::from_secs(120)).unwrap();
+        assert!(matches!(reply, FsReply::Verify(Verification::Verified { .. })), "{reply:?}");
     }
 
     /// One transfer, timed.

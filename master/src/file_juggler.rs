@@ -101,7 +101,7 @@ use piwheels_common::upload::MAX_FETCH;
 use piwheels_common::wheel::{MAX_FILENAME, WheelName};
 use sha2::{Digest, Sha256};
 
-use crate::calls::files::{FileExpectation, FsReply, FsRequest};
+use crate::calls::files::{Abandon, Expect, Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Removal, RemoveOrphan, Verification, Verify};
 use crate::gatekeeper::{Auth, Gate};
 use crate::wiring::{self, TaskName};
 
@@ -513,7 +513,7 @@ impl FileJuggler {
     fn resume(&self, id: TransferId, now: Instant) -> anyhow::Result<Transfer> {
         let bytes = fs::read(self.record_path(id)).context("cannot read its record")?;
         let (package, file, expectation) = match codec::decode::<FsRequest>(&bytes).context("unreadable record")? {
-            FsRequest::Expect { package, file, expectation } => (package, *file, *expectation),
+            FsRequest::Expect(Expect { package, file, expectation }) => (package, *file, *expectation),
             other => anyhow::bail!("the record holds {other:?}, not an Expect"),
         };
         if let Err(reason) = self.validate(&package, &file, &expectation) {
@@ -585,16 +585,22 @@ impl FileJuggler {
                 tracing::warn!("bad request from {peer}: {e}");
                 Ok(FsReply::Error(WireError::refused(e.to_string())))
             }
-            Ok(FsRequest::Expect { package, file, expectation }) => self.expect(package, *file, *expectation, now),
-            Ok(FsRequest::Link { package, existing, file, expectation }) => self.link(&package, &existing, &file, &expectation),
-            Ok(FsRequest::Verify { transfer }) => self.verify(transfer),
-            Ok(FsRequest::Abandon { transfer }) => {
+            Ok(FsRequest::Expect(Expect { package, file, expectation })) => {
+                self.expect(package, *file, *expectation, now).map(|reply| reply.map_or_else(FsReply::Error, FsReply::Expect))
+            }
+            Ok(FsRequest::Link(Link { package, existing, file, expectation })) => {
+                self.link(&package, &existing, &file, &expectation).map(FsReply::Link)
+            }
+            Ok(FsRequest::Verify(Verify { transfer })) => self.verify(transfer).map(FsReply::Verify),
+            Ok(FsRequest::Abandon(Abandon { transfer })) => {
                 if let Some(t) = self.forget(transfer) {
                     tracing::info!("transfer {transfer} of {} abandoned at {} of {} bytes", t.file.filename, t.received, t.size());
                 }
-                Ok(FsReply::Done)
+                Ok(FsReply::Abandon(()))
             }
-            Ok(FsRequest::RemoveOrphan { package, filename }) => self.remove_orphan(&package, &filename),
+            Ok(FsRequest::RemoveOrphan(RemoveOrphan { package, filename })) => {
+                self.remove_orphan(&package, &filename).map(FsReply::RemoveOrphan)
+            }
         };
         // The master's own failures (a full disk, say) are answered, then restart the task as
         // any error does: the caller retries later.
@@ -611,44 +617,56 @@ impl FileJuggler {
 
     /// Publishes `file` as a hard link to `existing` when that holds the same bytes, so that a
     /// file the index has under another name is not sent again.
-    fn link(&mut self, package: &str, existing: &str, file: &WheelFile, expectation: &FileExpectation) -> anyhow::Result<FsReply> {
+    fn link(&mut self, package: &str, existing: &str, file: &WheelFile, expectation: &FileExpectation) -> anyhow::Result<Linked> {
         if let Err(reason) = self.validate(package, file, expectation) {
             tracing::warn!("refusing to link {:?} for {package:?}: {reason}", file.filename);
-            return Ok(FsReply::Refused { reason });
+            return Ok(Linked::Refused { reason });
         }
         if WheelName::parse(existing).map_or(true, |name| !name.is_for(package)) {
-            return Ok(FsReply::Refused { reason: format!("{existing:?} is not a published file of {package}") });
+            return Ok(Linked::Refused { reason: format!("{existing:?} is not a published file of {package}") });
         }
         let dir = self.config.simple_dir().join(package);
         let source = dir.join(existing);
         let target = dir.join(&file.filename);
         // The target may be there already (published earlier with these bytes, or not).
         match same_contents(&target, file)? {
-            Some(true) => return self.already_published(package, &target, file, expectation),
-            Some(false) => return Ok(conflict(&file.filename)),
+            Some(true) => {
+                return Ok(match self.already_published(package, &target, file, expectation)? {
+                    Ok(file) => Linked::AlreadyHave { file },
+                    Err(reason) => Linked::Refused { reason },
+                });
+            }
+            Some(false) => return Ok(Linked::Conflict { reason: conflict(&file.filename) }),
             None => {}
         }
         if same_contents(&source, file)? != Some(true) {
-            return Ok(FsReply::Refused { reason: format!("{existing} is not published with the contents of {}", file.filename) });
+            return Ok(Linked::Refused { reason: format!("{existing} is not published with the contents of {}", file.filename) });
         }
         let described = match describe(&source, package, file, expectation) {
             Ok(described) => described,
-            Err(reason) => return Ok(FsReply::Refused { reason }),
+            Err(reason) => return Ok(Linked::Refused { reason }),
         };
         fs::hard_link(&source, &target).with_context(|| format!("cannot link {} to {}", target.display(), source.display()))?;
         let metadata = dir.join(format!("{}{METADATA_SUFFIX}", file.filename));
         write_atomically(&random_tmp(&dir)?, &metadata, &described.metadata)?;
         sync_dir(&dir)?;
         tracing::info!("published {} as a link to {existing}, which has the same contents", file.filename);
-        Ok(FsReply::AlreadyHave { file: Box::new(described) })
+        Ok(Linked::AlreadyHave { file: Box::new(described) })
     }
 
-    /// The answer for a file published already with the announced bytes: its description read
-    /// from the published wheel, its `.metadata` file written if it is missing.
-    fn already_published(&self, package: &str, path: &Path, file: &WheelFile, expectation: &FileExpectation) -> anyhow::Result<FsReply> {
+    /// A file published already with the announced bytes: its description read from the
+    /// published wheel, its `.metadata` file written if it is missing; or why the published
+    /// wheel is not the build's.
+    fn already_published(
+        &self,
+        package: &str,
+        path: &Path,
+        file: &WheelFile,
+        expectation: &FileExpectation,
+    ) -> anyhow::Result<Result<Box<WheelFile>, String>> {
         let described = match describe(path, package, file, expectation) {
             Ok(described) => described,
-            Err(reason) => return Ok(FsReply::Refused { reason: format!("the published {}: {reason}", file.filename) }),
+            Err(reason) => return Ok(Err(format!("the published {}: {reason}", file.filename))),
         };
         let dir = self.config.simple_dir().join(package);
         let metadata = dir.join(format!("{}{METADATA_SUFFIX}", file.filename));
@@ -656,24 +674,35 @@ impl FileJuggler {
             write_atomically(&random_tmp(&dir)?, &metadata, &described.metadata)?;
             sync_dir(&dir)?;
         }
-        Ok(FsReply::AlreadyHave { file: Box::new(described) })
+        Ok(Ok(Box::new(described)))
     }
 
-    fn expect(&mut self, package: String, file: WheelFile, expectation: FileExpectation, now: Instant) -> anyhow::Result<FsReply> {
+    /// Expects a file, or says why not; too little space for it is the master's failure, an
+    /// error answer that leaves the task running.
+    fn expect(
+        &mut self,
+        package: String,
+        file: WheelFile,
+        expectation: FileExpectation,
+        now: Instant,
+    ) -> anyhow::Result<Result<Expected, WireError>> {
         if let Err(reason) = self.validate(&package, &file, &expectation) {
             tracing::warn!("refusing to expect {:?} for {package:?}: {reason}", file.filename);
-            return Ok(FsReply::Refused { reason });
+            return Ok(Ok(Expected::Refused { reason }));
         }
         let published = self.config.simple_dir().join(&package).join(&file.filename);
         match same_contents(&published, &file)? {
             Some(true) => {
                 tracing::info!("{} is already published with the same contents", file.filename);
-                return self.already_published(&package, &published, &file, &expectation);
+                return Ok(Ok(match self.already_published(&package, &published, &file, &expectation)? {
+                    Ok(file) => Expected::AlreadyHave { file },
+                    Err(reason) => Expected::Refused { reason },
+                }));
             }
             Some(false) => {
-                let reply = conflict(&file.filename);
-                tracing::warn!("{reply:?}");
-                return Ok(reply);
+                let reason = conflict(&file.filename);
+                tracing::warn!("{reason}");
+                return Ok(Ok(Expected::Conflict { reason }));
             }
             None => {}
         }
@@ -684,13 +713,13 @@ impl FileJuggler {
             // The sender of a build handed out again may be another slave.
             t.expectation = expectation;
             tracing::info!("expecting {} again: transfer {} resumes at {} of {} bytes", file.filename, t.id, t.received, t.size());
-            return Ok(FsReply::Expecting { transfer: t.id });
+            return Ok(Ok(Expected::Expecting { transfer: t.id }));
         }
         let avail = free_space(&self.config.staging_dir);
         if file.size > avail {
             let message = format!("not enough space on the master for {} ({} bytes, {avail} free)", file.filename, file.size);
             tracing::warn!("{message}");
-            return Ok(FsReply::Error(WireError::unavailable(message)));
+            return Ok(Err(WireError::unavailable(message)));
         }
         let id = loop {
             let id = random_id()?;
@@ -698,7 +727,7 @@ impl FileJuggler {
                 break id;
             }
         };
-        let record = FsRequest::Expect { package: package.clone(), file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
+        let record = FsRequest::from(Expect { package: package.clone(), file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) });
         let record = codec::encode(&record)?;
         let part = open_part(&self.part_path(id), true)?;
         if let Err(e) = write_record(&self.record_path(id), &record) {
@@ -722,15 +751,15 @@ impl FileJuggler {
                 touched: now,
             },
         );
-        Ok(FsReply::Expecting { transfer: id })
+        Ok(Ok(Expected::Expecting { transfer: id }))
     }
 
-    fn verify(&mut self, id: TransferId) -> anyhow::Result<FsReply> {
+    fn verify(&mut self, id: TransferId) -> anyhow::Result<Verification> {
         let Some(t) = self.transfers.get(&id) else {
-            return Ok(FsReply::Failed { reason: format!("unknown transfer {id} (never expected, abandoned or already verified)") });
+            return Ok(Verification::Failed { reason: format!("unknown transfer {id} (never expected, abandoned or already verified)") });
         };
         if !t.complete() {
-            return Ok(FsReply::Failed { reason: format!("transfer incomplete: {} of {} bytes", t.received, t.size()) });
+            return Ok(Verification::Failed { reason: format!("transfer incomplete: {} of {} bytes", t.received, t.size()) });
         }
         let digest = t.digest();
         let on_disk = t.part.metadata()?.len();
@@ -744,14 +773,14 @@ impl FileJuggler {
             );
             tracing::warn!("{reason}");
             self.forget(id);
-            return Ok(FsReply::Failed { reason });
+            return Ok(Verification::Failed { reason });
         }
         let described = match describe(&self.part_path(id), &t.package, &t.file, &t.expectation) {
             Ok(described) => described,
             Err(reason) => {
                 tracing::warn!("{reason}; transfer {id} rolled back");
                 self.forget(id);
-                return Ok(FsReply::Refused { reason });
+                return Ok(Verification::Refused { reason });
             }
         };
         let dir = self.config.simple_dir().join(&t.package);
@@ -762,21 +791,21 @@ impl FileJuggler {
                 tracing::info!("{} was already published with the same contents", t.file.filename);
                 let (package, file, expectation) = (t.package.clone(), t.file.clone(), t.expectation.clone());
                 self.forget(id);
-                return self.already_published(&package, &target, &file, &expectation).map(|reply| match reply {
-                    FsReply::AlreadyHave { file } => FsReply::Verified { file },
-                    other => other,
+                return Ok(match self.already_published(&package, &target, &file, &expectation)? {
+                    Ok(file) => Verification::Verified { file },
+                    Err(reason) => Verification::Refused { reason },
                 });
             }
             Some(false) => {
-                let reply = conflict(&t.file.filename);
-                tracing::warn!("{reply:?}; transfer {id} rolled back");
+                let reason = conflict(&t.file.filename);
+                tracing::warn!("{reason}; transfer {id} rolled back");
                 self.forget(id);
-                return Ok(reply);
+                return Ok(Verification::Conflict { reason });
             }
             None => {}
         }
         self.publish(id, &dir, &target, &described.metadata)?;
-        Ok(FsReply::Verified { file: Box::new(described) })
+        Ok(Verification::Verified { file: Box::new(described) })
     }
 
     /// Moves a verified transfer into the served tree: sync its data, `.metadata` beside it,
@@ -807,22 +836,22 @@ impl FileJuggler {
     }
 
     /// Removes a published file no build records, and its `.metadata` file.
-    fn remove_orphan(&mut self, package: &str, filename: &str) -> anyhow::Result<FsReply> {
+    fn remove_orphan(&mut self, package: &str, filename: &str) -> anyhow::Result<Removal> {
         let name_ok = WheelName::parse(filename).is_ok_and(|name| name.is_for(package)) && canonicalize(package) == package;
         if !name_ok {
-            return Ok(FsReply::Refused { reason: format!("{filename:?} is not a file of package {package:?}") });
+            return Ok(Removal::Refused { reason: format!("{filename:?} is not a file of package {package:?}") });
         }
         let dir = self.config.simple_dir().join(package);
         let path = dir.join(filename);
         match fs::remove_file(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FsReply::Done),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removal::Removed),
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
         }
         remove_quietly(&dir.join(format!("{filename}{METADATA_SUFFIX}")));
         sync_dir(&dir)?;
         tracing::warn!("removed {}: no build records it", path.display());
-        Ok(FsReply::Done)
+        Ok(Removal::Removed)
     }
 
     /// Drops a transfer and deletes its staging files.
@@ -1243,10 +1272,9 @@ fn check_description(file: &WheelFile) -> Result<(), String> {
 }
 
 /// The answer for a file whose name is published with other bytes.
-fn conflict(filename: &str) -> FsReply {
-    FsReply::Conflict {
-        reason: format!("{filename} is already published with different contents; a published file is never overwritten with different bytes"),
-    }
+/// Why a file cannot be published under its name.
+fn conflict(filename: &str) -> String {
+    format!("{filename} is already published with different contents; a published file is never overwritten with different bytes")
 }
 
 /// Why a wheel's name does not belong to the build `expectation` describes, if it does not:
@@ -1392,7 +1420,7 @@ mod tests {
         let clock: SharedClock = std::sync::Arc::new(piwheels_common::clock::SystemClock);
         let file = piwheels_testsupport::data::wheel_file("foo-1.0-py3-none-any.whl", b"the wheel's bytes");
         let expectation = Box::new(FileExpectation { version: "1.0".into(), abi: "cp311".into(), platform: String::new(), uploader: None });
-        let record = codec::encode(&FsRequest::Expect { package: "foo".into(), file: Box::new(file), expectation }).unwrap();
+        let record = codec::encode(&FsRequest::from(Expect { package: "foo".into(), file: Box::new(file), expectation })).unwrap();
         let staged = || fs::read_dir(&config.staging_dir).unwrap().count();
         for cut in (0..record.len()).step_by(5).chain([record.len() - 1]) {
             write_record(&config.staging_dir.join("7.expect"), &record[..cut]).unwrap();

@@ -100,7 +100,7 @@ pub struct ChaseConfig {
 pub struct Sockets {
     admin: Server<AdminRequest, AdminReply>,
     db: DbClient,
-    fs: Client<FsRequest, FsReply>,
+    fs: crate::calls::Caller<FsRequest, FsReply>,
     web: Client<WebRequest, WebReply>,
     stats: Sender<StatsUpdate>,
     trigger: Sender<ArchitectTrigger>,
@@ -121,7 +121,7 @@ impl Sockets {
                 &config.auth.security(Endpoint::Admin, &config.import_queue),
             )?,
             db: wiring::DB.caller(ctx, TaskName::MrChase, config.db_timeout)?,
-            fs: wiring::FS.client(ctx, TaskName::MrChase)?,
+            fs: wiring::FS.caller(ctx, TaskName::MrChase, FS_TIMEOUT)?,
             web: wiring::WEB.client(ctx, TaskName::MrChase)?,
             stats: wiring::STATS.push(ctx, TaskName::MrChase)?,
             trigger: wiring::ARCHITECT.push(ctx, TaskName::MrChase)?,

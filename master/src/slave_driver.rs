@@ -46,9 +46,9 @@ use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{self, Client, Dealer, Peer, Receiver, Sender, Server, TransportError};
 
 use crate::calls::db::{BuildRecord, FileWithHash, LogBuild, PackageFiles, VersionFiles};
-use crate::calls::files::{FileExpectation, FsReply, FsRequest};
+use crate::calls::files::{Expect, Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Removal, RemoveOrphan, Verification, Verify};
 use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
-use crate::calls::CallError;
+use crate::calls::{Call, CallError, Caller, ReplyName};
 use crate::db_client::DbClient;
 use crate::gatekeeper::{Auth, Gate};
 use crate::slave_state::{Decision, Slave, Stage};
@@ -158,7 +158,7 @@ pub struct Sockets {
     stats: Sender<StatsUpdate>,
     trigger: Sender<ArchitectTrigger>,
     db: DbClient,
-    fs: Client<FsRequest, FsReply>,
+    fs: Caller<FsRequest, FsReply>,
     /// Verifications go out on their own socket, tagged with their transfer id, and their
     /// answers come back as events: the driver never waits for one.
     verify: Dealer<FsRequest, FsReply>,
@@ -185,7 +185,7 @@ impl Sockets {
             stats: wiring::STATS.push(ctx, TaskName::SlaveDriver)?,
             trigger: wiring::ARCHITECT.push(ctx, TaskName::SlaveDriver)?,
             db: wiring::DB.caller(ctx, TaskName::SlaveDriver, config.db_timeout)?,
-            fs: wiring::FS.client(ctx, TaskName::SlaveDriver)?,
+            fs: wiring::FS.caller(ctx, TaskName::SlaveDriver, FS_TIMEOUT)?,
             verify: wiring::FS.dealer(ctx, TaskName::SlaveDriver)?,
             web: wiring::WEB.client(ctx, TaskName::SlaveDriver)?,
             gate: config.auth.gate(Endpoint::Slave, &config.slave_queue),
@@ -615,19 +615,19 @@ impl SlaveDriver {
                 index += 1;
                 continue;
             }
-            let request = FsRequest::Expect { package: build.package.clone(), file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
-            match sockets.fs.request(&request, FS_TIMEOUT) {
-                Ok(FsReply::Expecting { transfer }) => {
+            let request = Expect { package: build.package.clone(), file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
+            match sockets.fs.call(request) {
+                Ok(Expected::Expecting { transfer }) => {
                     let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
                     return slave.send(result, file.filename, transfer);
                 }
-                Ok(FsReply::AlreadyHave { file: described }) => {
+                Ok(Expected::AlreadyHave { file: described }) => {
                     self.note_published(identity, &build, &file.filename);
                     result.files[index] = *described;
                     index += 1;
                 }
-                Ok(FsReply::Refused { reason }) => self.refuse_file(sockets, ctx, identity, &mut result, index, &reason),
-                Ok(FsReply::Conflict { reason }) => {
+                Ok(Expected::Refused { reason }) => self.refuse_file(sockets, ctx, identity, &mut result, index, &reason),
+                Ok(Expected::Conflict { reason }) => {
                     if resolved.as_deref() == Some(file.filename.as_str()) {
                         let reason = format!("{} was removed from the way and is there again: {reason}", file.filename);
                         return self.give_up(sockets, ctx, identity, &build, &reason);
@@ -640,12 +640,8 @@ impl SlaveDriver {
                         Conflict::Unsettled(why) => return self.give_up(sockets, ctx, identity, &build, &format!("{reason}; {why}")),
                     }
                 }
-                Ok(other) => {
-                    let reason = format!("the master could not take {}: {}", file.filename, fs_reason(other));
-                    return self.give_up(sockets, ctx, identity, &build, &reason);
-                }
                 Err(e) => {
-                    let reason = format!("the file juggler did not answer about {}: {e}", file.filename);
+                    let reason = format!("the master could not take {}: {e}", file.filename);
                     return self.give_up(sockets, ctx, identity, &build, &reason);
                 }
             }
@@ -680,9 +676,9 @@ impl SlaveDriver {
         if self.published.values().any(|(build, files)| build.package == package && files.iter().any(|f| f == filename)) {
             return Conflict::Unsettled(format!("{filename} belongs to a build not yet recorded"));
         }
-        let request = FsRequest::RemoveOrphan { package: package.to_string(), filename: filename.to_string() };
-        match sockets.fs.request(&request, FS_TIMEOUT) {
-            Ok(FsReply::Done) => {
+        let request = RemoveOrphan { package: package.to_string(), filename: filename.to_string() };
+        match sockets.fs.call(request) {
+            Ok(Removal::Removed) => {
                 tracing::warn!("removed {filename}, which no build records, so that its build can publish it");
                 Conflict::Removed
             }
@@ -702,9 +698,9 @@ impl SlaveDriver {
                 return None;
             }
         };
-        let request = FsRequest::Link { package: package.into(), existing, file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
-        match sockets.fs.request(&request, FS_TIMEOUT) {
-            Ok(FsReply::AlreadyHave { file }) => Some(*file),
+        let request = Link { package: package.into(), existing, file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
+        match sockets.fs.call(request) {
+            Ok(Linked::AlreadyHave { file }) => Some(*file),
             Ok(other) => {
                 tracing::debug!("{} not linked ({other:?}); it will be sent", file.filename);
                 None
@@ -749,7 +745,7 @@ impl SlaveDriver {
     /// is ([`SlaveDriver::on_verified`]), or when it has not answered in time
     /// ([`SlaveDriver::on_expire`]). Meanwhile the driver serves every other slave.
     fn ask_verification(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, transfer: TransferId, waiting: Verifying) -> anyhow::Result<()> {
-        match sockets.verify.send_tagged(&transfer.to_be_bytes(), &FsRequest::Verify { transfer }, LOCAL_SEND_TIMEOUT) {
+        match sockets.verify.send_tagged(&transfer.to_be_bytes(), &Verify { transfer }.into(), LOCAL_SEND_TIMEOUT) {
             Ok(()) => {
                 self.verifying.insert(transfer, waiting);
                 Ok(())
@@ -766,14 +762,21 @@ impl SlaveDriver {
         let (tag, reply) = sockets.verify.recv_tagged()?;
         let transfer = <[u8; 8]>::try_from(tag.as_slice()).map(TransferId::from_be_bytes);
         let Ok(transfer) = transfer else { anyhow::bail!("the file juggler answered a verification with the tag {tag:?}") };
+        let outcome = match Verify::reply(reply) {
+            Ok(Ok(verification)) => Ok(verification),
+            Ok(Err(error)) => Err(format!("the master could not publish the file of transfer {transfer}: {error}")),
+            Err(other) => Err(format!("the file juggler answered a verification as {}", other.call_name())),
+        };
         if let Some(waiting) = self.verifying.remove(&transfer) {
-            return self.answer_verification(sockets, ctx, waiting, Ok(reply));
+            return self.answer_verification(sockets, ctx, waiting, outcome);
         }
         match self.given_up.remove(&transfer) {
             // The slave was answered when the juggler took too long.
             Some(GivenUp { slave_id, build, filename, .. }) => {
                 tracing::warn!("the verification of {filename} was answered after its build was given up");
-                self.discard(sockets, slave_id, build, filename, &reply);
+                if let Ok(verification) = &outcome {
+                    self.discard(sockets, slave_id, build, filename, verification);
+                }
             }
             None => tracing::warn!("the file juggler answered a verification nobody asked for: transfer {transfer}"),
         }
@@ -783,19 +786,19 @@ impl SlaveDriver {
     /// Removes the file a verification published for a build that will not record it (its
     /// slave is gone, or the build was given up), unless a recorded build or another build in
     /// progress holds it.
-    fn discard(&mut self, sockets: &Sockets, slave_id: SlaveId, build: PackageVersion, filename: String, reply: &FsReply) {
-        if matches!(reply, FsReply::Verified { .. }) {
+    fn discard(&mut self, sockets: &Sockets, slave_id: SlaveId, build: PackageVersion, filename: String, verification: &Verification) {
+        if matches!(verification, Verification::Verified { .. }) {
             tracing::info!("slave {slave_id}'s build of {} {} will not record {filename}", build.package, build.version);
             self.remove_unrecorded(sockets, build, vec![filename]);
         }
     }
 
     /// Answers the slave behind a verification with what follows from `outcome`.
-    fn answer_verification(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, waiting: Verifying, outcome: Result<FsReply, String>) -> anyhow::Result<()> {
+    fn answer_verification(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, waiting: Verifying, outcome: Result<Verification, String>) -> anyhow::Result<()> {
         let Some(slave) = self.slaves.get_mut(waiting.peer.identity()).filter(|slave| slave.id == waiting.slave_id) else {
             // Dropped meanwhile (revoked, killed): nobody to answer, no build to record.
-            if let Ok(reply) = &outcome {
-                self.discard(sockets, waiting.slave_id, waiting.build, waiting.filename, reply);
+            if let Ok(verification) = &outcome {
+                self.discard(sockets, waiting.slave_id, waiting.build, waiting.filename, verification);
             }
             return Ok(());
         };
@@ -817,20 +820,20 @@ impl SlaveDriver {
         build: PackageVersion,
         mut result: Box<BuildResult>,
         filename: &str,
-        outcome: Result<FsReply, String>,
+        outcome: Result<Verification, String>,
     ) -> SlaveReply {
         let Some(index) = result.files.iter().position(|f| f.filename == filename) else {
             return self.done(sockets, identity);
         };
         let id = self.slaves.get(identity).map_or(0, |s| s.id);
         match outcome {
-            Ok(FsReply::Verified { file }) => {
+            Ok(Verification::Verified { file }) => {
                 self.attempts.remove(&id);
                 self.note_published(identity, &build, filename);
                 result.files[index] = *file;
                 self.next_file(sockets, ctx, identity, build, result, index + 1)
             }
-            Ok(FsReply::Failed { reason }) => {
+            Ok(Verification::Failed { reason }) => {
                 let attempts = self.attempts.entry(id).or_insert(0);
                 *attempts += 1;
                 if *attempts >= MAX_SEND_ATTEMPTS {
@@ -842,13 +845,13 @@ impl SlaveDriver {
                     self.next_file(sockets, ctx, identity, build, result, index)
                 }
             }
-            Ok(FsReply::Refused { reason }) => {
+            Ok(Verification::Refused { reason }) => {
                 self.attempts.remove(&id);
                 self.refuse_file(sockets, ctx, identity, &mut result, index, &reason);
                 self.next_file(sockets, ctx, identity, build, result, index)
             }
-            Ok(other) => {
-                let reason = format!("the master could not publish {filename}: {}", fs_reason(other));
+            Ok(Verification::Conflict { reason }) => {
+                let reason = format!("the master could not publish {filename}: {reason}");
                 self.give_up(sockets, ctx, identity, &build, &reason)
             }
             Err(reason) => self.give_up(sockets, ctx, identity, &build, &reason),
@@ -1301,14 +1304,6 @@ fn check_failure(result: &BuildResult, hello: &SlaveHello, elapsed: Option<Durat
 fn believable(stats: &HostStats) -> HostStats {
     let bounded = |value: f64, low: f64, high: f64| if value.is_finite() && (low..=high).contains(&value) { value } else { 0.0 };
     HostStats { load_average: bounded(stats.load_average, 0.0, 1e6), cpu_temp: bounded(stats.cpu_temp, -273.0, 1000.0), ..stats.clone() }
-}
-
-/// The reason in a file juggler's answer that is not the expected one.
-fn fs_reason(reply: FsReply) -> String {
-    match reply {
-        FsReply::Refused { reason } | FsReply::Failed { reason } | FsReply::Conflict { reason } | FsReply::Error(WireError { message: reason, .. }) => reason,
-        other => format!("unexpected answer {other:?}"),
-    }
 }
 
 

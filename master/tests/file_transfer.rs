@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::{FakeClock, SharedClock, SystemClock};
 use piwheels_common::protocols::{FileReply, FileRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile, WireError};
-use piwheels_master::calls::files::{FileExpectation, FsReply, FsRequest};
+use piwheels_master::calls::files::{Abandon, Expect, Expected, FileExpectation, FsReply, FsRequest, Linked, Verification, Verify};
 use piwheels_common::task::{self, Runtime, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Dealer, Receiver};
 use piwheels_common::upload::{UploadError, UploadOptions, UploadReport, upload};
@@ -102,8 +102,8 @@ impl Juggler {
         self.handle.as_ref().map_or(0, TaskHandle::errors)
     }
 
-    fn request(&self, req: FsRequest) -> FsReply {
-        self.fs.as_ref().unwrap().request(&req, FS_TIMEOUT).unwrap()
+    fn request(&self, req: impl Into<FsRequest>) -> FsReply {
+        self.fs.as_ref().unwrap().request(&req.into(), FS_TIMEOUT).unwrap()
     }
 
     /// Expects `file` as a file of a cp311 build of the version its name gives.
@@ -112,18 +112,18 @@ impl Juggler {
     }
 
     fn expect_as(&self, package: &str, file: &WheelFile, expectation: FileExpectation) -> FsReply {
-        self.request(FsRequest::Expect { package: package.into(), file: Box::new(file.clone()), expectation: Box::new(expectation) })
+        self.request(Expect { package: package.into(), file: Box::new(file.clone()), expectation: Box::new(expectation) })
     }
 
     fn expecting(&self, package: &str, file: &WheelFile) -> TransferId {
         match self.expect(package, file) {
-            FsReply::Expecting { transfer } => transfer,
+            FsReply::Expect(Expected::Expecting { transfer }) => transfer,
             other => panic!("expect {}: {other:?}", file.filename),
         }
     }
 
     fn verify(&self, transfer: TransferId) -> FsReply {
-        self.request(FsRequest::Verify { transfer })
+        self.request(Verify { transfer })
     }
 
     fn upload(&self, transfer: TransferId, path: &Path, options: UploadOptions) -> Result<UploadReport, UploadError> {
@@ -263,21 +263,21 @@ fn expectation(file: &WheelFile) -> FileExpectation {
 
 fn failed(reply: FsReply) -> String {
     match reply {
-        FsReply::Failed { reason } => reason,
+        FsReply::Verify(Verification::Failed { reason }) => reason,
         other => panic!("expected Failed, got {other:?}"),
     }
 }
 
 fn refused(reply: FsReply) -> String {
     match reply {
-        FsReply::Refused { reason } => reason,
+        FsReply::Expect(Expected::Refused { reason }) | FsReply::Verify(Verification::Refused { reason }) | FsReply::Link(Linked::Refused { reason }) => reason,
         other => panic!("expected Refused, got {other:?}"),
     }
 }
 
 fn conflict(reply: FsReply) -> String {
     match reply {
-        FsReply::Conflict { reason } => reason,
+        FsReply::Expect(Expected::Conflict { reason }) | FsReply::Verify(Verification::Conflict { reason }) | FsReply::Link(Linked::Conflict { reason }) => reason,
         other => panic!("expected Conflict, got {other:?}"),
     }
 }
@@ -285,7 +285,7 @@ fn conflict(reply: FsReply) -> String {
 /// The master's description of a verified file.
 fn verified(reply: FsReply) -> WheelFile {
     match reply {
-        FsReply::Verified { file } => *file,
+        FsReply::Verify(Verification::Verified { file }) => *file,
         other => panic!("expected Verified, got {other:?}"),
     }
 }
@@ -351,7 +351,7 @@ fn hostile_announcements_are_refused_and_the_juggler_still_serves() {
     let (_, other) = j.wheel("foo", "1.0", 100_000, 4);
     let reason = conflict(j.expect("foo", &other));
     assert!(reason.contains("foo-1.0-py3-none-any.whl") && reason.contains("never overwritten"), "{reason}");
-    assert_eq!(j.expect("foo", &good), FsReply::AlreadyHave { file: Box::new(good.clone()) }, "the same bytes are already had");
+    assert_eq!(j.expect("foo", &good), FsReply::Expect(Expected::AlreadyHave { file: Box::new(good.clone()) }), "the same bytes are already had");
     j.assert_published("foo", &good);
 
     let (path, next) = j.wheel("foo", "1.1", 500_000, 5);
@@ -520,8 +520,8 @@ fn a_file_expected_again_reuses_its_transfer_and_abandon_removes_it() {
     let reason = failed(j.verify(transfer));
     assert!(reason.contains(&format!("transfer incomplete: 0 of {} bytes", file.size)), "{reason}");
 
-    assert_eq!(j.request(FsRequest::Abandon { transfer: other }), FsReply::Done);
-    assert_eq!(j.request(FsRequest::Abandon { transfer: other }), FsReply::Done, "abandoning twice is harmless");
+    assert_eq!(j.request(Abandon { transfer: other }), FsReply::Abandon(()));
+    assert_eq!(j.request(Abandon { transfer: other }), FsReply::Abandon(()), "abandoning twice is harmless");
     assert_eq!(j.staging_files(), [format!("{transfer}.expect"), format!("{transfer}.part")]);
     let d = j.dealer();
     d.send(&hello(other), WAIT).unwrap();
@@ -629,7 +629,7 @@ fn a_wheel_must_be_of_its_build_and_its_metadata_is_read_from_the_wheel() {
     }
     for filename in ["urllib3-2.2.3.0-py3-none-any.whl", "urllib3-2.2.3-cp311-abi3-manylinux_2_31_armv7l.whl", "urllib3-2.2.3-cp311-cp311-linux_armv7l.whl"] {
         let (_, file) = make(filename, None);
-        assert!(matches!(j.expect_as("urllib3", &file, build.clone()), FsReply::Expecting { .. }), "{filename}");
+        assert!(matches!(j.expect_as("urllib3", &file, build.clone()), FsReply::Expect(Expected::Expecting { .. })), "{filename}");
     }
 
     // METADATA naming another version or project: refused once the bytes are in.
@@ -639,7 +639,7 @@ fn a_wheel_must_be_of_its_build_and_its_metadata_is_read_from_the_wheel() {
     ] {
         let (path, file) = make("urllib3-2.2.3-py3-none-any.whl", Some(metadata));
         let transfer = match j.expect_as("urllib3", &file, build.clone()) {
-            FsReply::Expecting { transfer } => transfer,
+            FsReply::Expect(Expected::Expecting { transfer }) => transfer,
             other => panic!("{other:?}"),
         };
         j.upload(transfer, &path, fast()).unwrap();
@@ -655,7 +655,7 @@ fn a_wheel_must_be_of_its_build_and_its_metadata_is_read_from_the_wheel() {
     file.dependencies.pip = vec!["evil-package".into()];
     file.requires_python = Some(">=2.0".into());
     let transfer = match j.expect_as("urllib3", &file, build.clone()) {
-        FsReply::Expecting { transfer } => transfer,
+        FsReply::Expect(Expected::Expecting { transfer }) => transfer,
         other => panic!("{other:?}"),
     };
     j.upload(transfer, &path, fast()).unwrap();

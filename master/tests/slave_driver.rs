@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use piwheels_common::clock::FakeClock;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostInfo, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
 use piwheels_master::calls::db::RewriteScope;
-use piwheels_master::calls::files::{FileExpectation, FsReply, FsRequest};
+use piwheels_master::calls::files::{Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Verification, Verify};
 use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, Runtime, TaskHandle};
 use piwheels_common::transport::{Client, Receiver, Sender, Server};
@@ -361,10 +361,10 @@ fn a_verification_the_file_juggler_takes_long_over_holds_up_only_its_own_slave()
         first.ask(SlaveRequest::Sent { filename })
     });
     let (peer, request) = juggler_request();
-    assert!(matches!(request, FsRequest::Expect { .. }), "{request:?}");
-    juggler.send(&peer, &FsReply::Expecting { transfer: 7 }).unwrap();
+    assert!(matches!(request, FsRequest::Expect(_)), "{request:?}");
+    juggler.send(&peer, &FsReply::Expect(Expected::Expecting { transfer: 7 })).unwrap();
     let (verifier, request) = juggler_request();
-    assert_eq!(request, FsRequest::Verify { transfer: 7 });
+    assert_eq!(request, FsRequest::Verify(Verify { transfer: 7 }));
 
     // The verification is not answered, and the driver serves another slave all the same: it
     // does not wait for the answer (a driver that did would leave this hello unanswered past
@@ -375,7 +375,7 @@ fn a_verification_the_file_juggler_takes_long_over_holds_up_only_its_own_slave()
     assert_ne!(other, package);
 
     // The answer comes: the first slave is told its build is done, and the build is recorded.
-    juggler.send(&verifier, &FsReply::Verified { file: Box::new(file) }).unwrap();
+    juggler.send(&verifier, &FsReply::Verify(Verification::Verified { file: Box::new(file) })).unwrap();
     assert_eq!(sender.join().unwrap(), SlaveReply::Done);
     assert_eq!(farm.builds(), [format!("{package} {version} {id} pi-1 t -")]);
 }
@@ -613,11 +613,11 @@ fn a_file_whose_contents_the_index_holds_under_another_name_is_linked_not_sent()
     let (_, other_bytes) = wheel(farm.dir.path(), "foo", "9.9", b"other bytes");
     let link = |existing: &str, file: &WheelFile| {
         let expectation = FileExpectation { version: "9.9".into(), abi: "cp311".into(), platform: "linux_armv7l".into(), uploader: None };
-        let request = FsRequest::Link { package: "foo".into(), existing: existing.into(), file: Box::new(file.clone()), expectation: Box::new(expectation) };
+        let request = FsRequest::from(Link { package: "foo".into(), existing: existing.into(), file: Box::new(file.clone()), expectation: Box::new(expectation) });
         fs.request(&request, WAIT).unwrap()
     };
-    assert!(matches!(link(&first.filename, &other_bytes), FsReply::Refused { reason } if reason.contains("not published with the contents")));
-    assert!(matches!(link("bar-1.0-py3-none-any.whl", &other_bytes), FsReply::Refused { reason } if reason.contains("not a published file of foo")));
+    assert!(matches!(link(&first.filename, &other_bytes), FsReply::Link(Linked::Refused { reason }) if reason.contains("not published with the contents")));
+    assert!(matches!(link("bar-1.0-py3-none-any.whl", &other_bytes), FsReply::Link(Linked::Refused { reason }) if reason.contains("not a published file of foo")));
     assert!(!dir.join(&other_bytes.filename).exists());
 }
 
@@ -783,9 +783,9 @@ fn a_verification_left_unanswered_gives_the_build_up_and_its_slave_is_not_taken_
         (slave.ask(SlaveRequest::Sent { filename }), slave)
     });
     let (peer, _) = juggler_request();
-    juggler.send(&peer, &FsReply::Expecting { transfer: 7 }).unwrap();
+    juggler.send(&peer, &FsReply::Expect(Expected::Expecting { transfer: 7 })).unwrap();
     let (verifier, request) = juggler_request();
-    assert_eq!(request, FsRequest::Verify { transfer: 7 });
+    assert_eq!(request, FsRequest::Verify(Verify { transfer: 7 }));
 
     // Past both slaves' busy timeout: the quiet one is dropped, the waiting one is not.
     timed.clock.advance(Duration::from_secs(65));
@@ -799,7 +799,7 @@ fn a_verification_left_unanswered_gives_the_build_up_and_its_slave_is_not_taken_
     assert!(!seen.iter().any(|n| n.contains("(pi-1) dropped")), "{seen:?}");
 
     // The late answer published the file: it goes again, since no build records it.
-    juggler.send(&verifier, &FsReply::Verified { file: Box::new(file.clone()) }).unwrap();
+    juggler.send(&verifier, &FsReply::Verify(Verification::Verified { file: Box::new(file.clone()) })).unwrap();
     eventually("the late file's removal", WAIT, || {
         timed.web.lock().unwrap().iter().any(|request| matches!(request, WebRequest::DeleteVersion { files, .. } if *files == [file.filename.clone()]))
     });

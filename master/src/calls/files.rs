@@ -1,8 +1,12 @@
 //! The file juggler's protocol: the slave driver and the admin endpoint ask it to expect,
-//! link, verify, abandon and remove files.
+//! link, verify, abandon and remove files. Each call's answer says whose fault a refusal is:
+//! the file's (`Refused`), its sender's (`Failed`), another file's (`Conflict`); the master's
+//! own failures (a full disk, an I/O error) are the protocol's `Error`.
 
 use piwheels_common::protocols::{TransferId, WheelFile, WireError};
 use serde::{Deserialize, Serialize};
+
+use super::calls;
 
 #[cfg(test)]
 use proptest_derive::Arbitrary;
@@ -26,61 +30,10 @@ pub struct FileExpectation {
     pub uploader: Option<String>,
 }
 
-/// A request to the file juggler.
+/// What the file juggler says to [`Expect`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
-pub enum FsRequest {
-    /// Expect this file for this package: answered `Expecting { transfer }`, `AlreadyHave`,
-    /// `Refused`, `Conflict` or `Error`.
-    Expect {
-        /// Canonical package name (the file's directory).
-        package: String,
-        /// The file, as its sender describes it.
-        file: Box<WheelFile>,
-        /// What it must be.
-        expectation: Box<FileExpectation>,
-    },
-    /// Publish `file` as a link to `existing`, a published file of the same package that the
-    /// database holds with the same SHA-256, instead of receiving it: answered `AlreadyHave`,
-    /// or `Refused` when `existing` is not there with those contents (then expect the file).
-    Link {
-        /// Canonical package name (the directory of both files).
-        package: String,
-        /// The published file with the same contents.
-        existing: String,
-        /// The file to publish.
-        file: Box<WheelFile>,
-        /// What it must be.
-        expectation: Box<FileExpectation>,
-    },
-    /// Check and publish a finished transfer: answered `Verified`, `Failed`, `Refused`,
-    /// `Conflict` or `Error`.
-    Verify {
-        /// The transfer.
-        transfer: TransferId,
-    },
-    /// Forget a transfer and remove its temporary file: answered `Done`.
-    Abandon {
-        /// The transfer.
-        transfer: TransferId,
-    },
-    /// Remove a published file that no build records (it blocks a rebuild of its name),
-    /// with its `.metadata` file: answered `Done`. The caller has checked that no build
-    /// records it and none is publishing it.
-    RemoveOrphan {
-        /// Canonical package name.
-        package: String,
-        /// The file's name.
-        filename: String,
-    },
-}
-
-/// The file juggler's answer to an [`FsRequest`]. Each refusal says whose fault it is: the
-/// file's (`Refused`), its sender's (`Failed`), another file's (`Conflict`) or the master's
-/// own (`Error`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(Arbitrary))]
-pub enum FsReply {
+pub enum Expected {
     /// The uploader should greet the file socket with this id.
     Expecting {
         /// The transfer id.
@@ -92,21 +45,8 @@ pub enum FsReply {
         /// The file, as the master read it.
         file: Box<WheelFile>,
     },
-    /// The file is published. The description is the master's own, read from the bytes
-    /// received: record this one, not the sender's.
-    Verified {
-        /// The file, as the master read it.
-        file: Box<WheelFile>,
-    },
-    /// The file is not what the build may publish (its name, tags, archive or METADATA): the
-    /// build's fault. Nothing is published.
+    /// The file is not what the build may publish (its name, tags, size): the build's fault.
     Refused {
-        /// Why.
-        reason: String,
-    },
-    /// The bytes received are not the ones announced (size or SHA-256), or the transfer is
-    /// unknown or incomplete: the sender's fault. The transfer was rolled back.
-    Failed {
         /// Why.
         reason: String,
     },
@@ -116,12 +56,117 @@ pub enum FsReply {
         /// Why.
         reason: String,
     },
-    /// Request carried out.
-    Done,
-    /// The master could not carry the request out (a full disk, an I/O error: `Unavailable`,
-    /// nobody's fault but the master's, worth trying again later) or could not read it
-    /// (`Refused`).
-    Error(WireError),
 }
 
-piwheels_common::messages!(FsRequest, FsReply);
+/// What the file juggler says to [`Link`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum Linked {
+    /// The file is published as a link to the other: nothing to send. The description is the
+    /// master's own, read from the published wheel.
+    AlreadyHave {
+        /// The file, as the master read it.
+        file: Box<WheelFile>,
+    },
+    /// Not linked: the file is not the build's, or the other file is missing, of another
+    /// package or of other bytes. Expect it instead.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Another file of this name is published with other bytes.
+    Conflict {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the file juggler says to [`Verify`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum Verification {
+    /// The file is published. The description is the master's own, read from the bytes
+    /// received: record this one, not the sender's.
+    Verified {
+        /// The file, as the master read it.
+        file: Box<WheelFile>,
+    },
+    /// The bytes received are not the ones announced (size or SHA-256), or the transfer is
+    /// unknown or incomplete: the sender's fault. The transfer was rolled back.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// The archive or its METADATA is not what the build may publish: the build's fault.
+    /// Nothing is published.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Another file of this name was published meanwhile with other bytes.
+    Conflict {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the file juggler says to [`RemoveOrphan`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum Removal {
+    /// The file is gone (or was gone already).
+    Removed,
+    /// The name is not a file of the package.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+calls! {
+    /// A call to the file juggler.
+    requests FsRequest;
+    /// The file juggler's answer to an [`FsRequest`].
+    replies FsReply;
+
+    /// Expect this file for this package, checked against the build before any byte moves.
+    Expect {
+        /// Canonical package name (the file's directory).
+        package: String,
+        /// The file, as its sender describes it.
+        file: Box<WheelFile>,
+        /// What it must be.
+        expectation: Box<FileExpectation>,
+    } -> Expected;
+    /// Publish `file` as a link to `existing`, a published file of the same package that the
+    /// database holds with the same SHA-256, instead of receiving it.
+    Link {
+        /// Canonical package name (the directory of both files).
+        package: String,
+        /// The published file with the same contents.
+        existing: String,
+        /// The file to publish.
+        file: Box<WheelFile>,
+        /// What it must be.
+        expectation: Box<FileExpectation>,
+    } -> Linked;
+    /// Check and publish a finished transfer.
+    Verify {
+        /// The transfer.
+        transfer: TransferId,
+    } -> Verification;
+    /// Forget a transfer and remove its temporary file.
+    Abandon {
+        /// The transfer.
+        transfer: TransferId,
+    } -> ();
+    /// Remove a published file that no build records (it blocks a rebuild of its name), with
+    /// its `.metadata` file. The caller has checked that no build records it and none is
+    /// publishing it.
+    RemoveOrphan {
+        /// Canonical package name.
+        package: String,
+        /// The file's name.
+        filename: String,
+    } -> Removal;
+}

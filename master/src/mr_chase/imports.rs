@@ -5,11 +5,10 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use piwheels_common::transport::TransportError;
 use piwheels_common::protocols::{AdminReply, BuildResult, ImportRequest, TransferId, WheelFile, WireError};
 
 use crate::calls::db::{BuildAbis, BuildRecord, FileWithHash, LogBuild, PackageExists, VersionExists};
-use crate::calls::files::{FileExpectation, FsReply, FsRequest};
+use crate::calls::files::{Abandon, Expect, Expected, FileExpectation, Verification, Verify};
 use crate::calls::tasks::WebRequest;
 use piwheels_common::task::Context;
 use piwheels_common::wheel::WheelName;
@@ -17,7 +16,7 @@ use piwheels_common::wheel::WheelName;
 use piwheels_common::names::same_version;
 
 use super::checks::{check_package, check_text, check_version};
-use super::{Event, FS_TIMEOUT, MAX_IMPORT_FILES, MAX_NAME, MAX_SEND_ATTEMPTS, MrChase, Sockets, append_notes, trigger, web};
+use super::{Event, MAX_IMPORT_FILES, MAX_NAME, MAX_SEND_ATTEMPTS, MrChase, Sockets, append_notes, trigger, web};
 
 /// Longest build time an import may claim for its wheels (they were built elsewhere; the
 /// figure is only shown).
@@ -105,14 +104,14 @@ impl MrChase {
         if filename != expected {
             return self.fail_import(sockets, ctx, identity, WireError::refused(format!("Sent {filename:?}, but {expected} was asked for")));
         }
-        match sockets.fs.request(&FsRequest::Verify { transfer }, FS_TIMEOUT) {
-            Ok(FsReply::Verified { file }) => {
+        match sockets.fs.call(Verify { transfer }) {
+            Ok(Verification::Verified { file }) => {
                 import.states[index] = FileState::Published;
                 import.request.files[index] = *file;
                 import.attempts = 0;
                 self.next_file(sockets, ctx, identity)
             }
-            Ok(FsReply::Failed { reason }) => {
+            Ok(Verification::Failed { reason }) => {
                 import.attempts += 1;
                 if import.attempts >= MAX_SEND_ATTEMPTS {
                     let reason = format!("{filename} failed verification {MAX_SEND_ATTEMPTS} times: {reason}");
@@ -121,22 +120,26 @@ impl MrChase {
                 tracing::warn!("{filename} failed verification, asking for it again: {reason}");
                 // The transfer was rolled back: the file juggler needs to expect it afresh.
                 let request = expect_request(&import.request, index, import.uploader.clone());
-                match sockets.fs.request(&request, FS_TIMEOUT) {
-                    Ok(FsReply::Expecting { transfer }) => {
+                match sockets.fs.call(request) {
+                    Ok(Expected::Expecting { transfer }) => {
                         import.states[index] = FileState::Pending(transfer);
                         AdminReply::Send { filename: expected, transfer }
                     }
-                    Ok(FsReply::AlreadyHave { file }) => {
+                    Ok(Expected::AlreadyHave { file }) => {
                         import.states[index] = FileState::Held;
                         import.request.files[index] = *file;
                         self.next_file(sockets, ctx, identity)
                     }
-                    Ok(other) => self.fail_import(sockets, ctx, identity, fs_error(&format!("the master refused {expected}"), other)),
-                    Err(e) => self.fail_import(sockets, ctx, identity, fs_silent(e)),
+                    Ok(Expected::Refused { reason } | Expected::Conflict { reason }) => {
+                        self.fail_import(sockets, ctx, identity, WireError::refused(format!("the master refused {expected}: {reason}")))
+                    }
+                    Err(e) => self.fail_import(sockets, ctx, identity, e.into()),
                 }
             }
-            Ok(other) => self.fail_import(sockets, ctx, identity, fs_error(&format!("cannot verify {filename}"), other)),
-            Err(e) => self.fail_import(sockets, ctx, identity, fs_silent(e)),
+            Ok(Verification::Refused { reason } | Verification::Conflict { reason }) => {
+                self.fail_import(sockets, ctx, identity, WireError::refused(format!("cannot verify {filename}: {reason}")))
+            }
+            Err(e) => self.fail_import(sockets, ctx, identity, e.into()),
         }
     }
 
@@ -255,9 +258,9 @@ fn check_import(sockets: &Sockets, mut request: ImportRequest) -> Result<ImportR
 }
 
 /// The request that has the file juggler expect file `index` of an import.
-fn expect_request(request: &ImportRequest, index: usize, uploader: Option<String>) -> FsRequest {
+fn expect_request(request: &ImportRequest, index: usize, uploader: Option<String>) -> Expect {
     let expectation = FileExpectation { version: request.version.clone(), abi: request.abi.clone(), platform: String::new(), uploader };
-    FsRequest::Expect { package: request.package.clone(), file: Box::new(request.files[index].clone()), expectation: Box::new(expectation) }
+    Expect { package: request.package.clone(), file: Box::new(request.files[index].clone()), expectation: Box::new(expectation) }
 }
 
 /// Has the file juggler expect every file of an import, so that a refusal comes before any
@@ -267,14 +270,16 @@ fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<St
     let mut states = Vec::with_capacity(request.files.len());
     for index in 0..request.files.len() {
         let file = &request.files[index];
-        let state = match sockets.fs.request(&expect_request(&request, index, uploader.clone()), FS_TIMEOUT) {
-            Ok(FsReply::Expecting { transfer }) => Ok(FileState::Pending(transfer)),
-            Ok(FsReply::AlreadyHave { file }) => {
+        let state = match sockets.fs.call(expect_request(&request, index, uploader.clone())) {
+            Ok(Expected::Expecting { transfer }) => Ok(FileState::Pending(transfer)),
+            Ok(Expected::AlreadyHave { file }) => {
                 request.files[index] = *file;
                 Ok(FileState::Held)
             }
-            Ok(other) => Err(fs_error(&format!("the master refused {}", file.filename), other)),
-            Err(e) => Err(fs_silent(e)),
+            Ok(Expected::Refused { reason } | Expected::Conflict { reason }) => {
+                Err(WireError::refused(format!("the master refused {}: {reason}", file.filename)))
+            }
+            Err(e) => Err(e.into()),
         };
         match state {
             Ok(state) => states.push(state),
@@ -330,26 +335,10 @@ fn recorded(sockets: &Sockets, file: &WheelFile) -> bool {
 fn abandon_transfers(sockets: &Sockets, states: &[FileState]) {
     for state in states {
         if let FileState::Pending(transfer) = state
-            && let Err(e) = sockets.fs.request(&FsRequest::Abandon { transfer: *transfer }, FS_TIMEOUT)
+            && let Err(e) = sockets.fs.call(Abandon { transfer: *transfer })
         {
             tracing::warn!("cannot abandon transfer {transfer}: {e} (the file juggler's reaper will)");
         }
     }
 }
 
-/// Why the file juggler did not take a file, as an error of the same kind: a refusal when the
-/// file (or its sender) is at fault, the master's own failure otherwise.
-fn fs_error(what: &str, reply: FsReply) -> WireError {
-    match reply {
-        FsReply::Refused { reason } | FsReply::Failed { reason } | FsReply::Conflict { reason } => {
-            WireError::refused(format!("{what}: {reason}"))
-        }
-        FsReply::Error(WireError { message, .. }) => WireError::unavailable(format!("{what}: {message}")),
-        other => WireError::unavailable(format!("{what}: unexpected answer {other:?}")),
-    }
-}
-
-/// The file juggler did not answer.
-fn fs_silent(e: TransportError) -> WireError {
-    WireError::unavailable(format!("the file juggler did not answer: {e}"))
-}
