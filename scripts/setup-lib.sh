@@ -24,7 +24,9 @@ need_debian_packages() {
 }
 
 # ensure_postgres: PostgreSQL installed, a cluster present and running on 127.0.0.1:5432,
-# and the postgres role reachable over TCP without a password (the tests' superuser).
+# and the roles the tests and scripts/farm.sh use reachable over loopback TCP without a
+# password: postgres (the tests' superuser), piw_test_app (the tests' application role) and
+# piwheels (the local farm's). No other role is let in.
 ensure_postgres() {
     if ! command -v pg_lsclusters >/dev/null 2>&1 || [ -z "$(ls /usr/lib/postgresql 2>/dev/null)" ]; then
         need_debian_packages postgresql
@@ -46,9 +48,12 @@ ensure_postgres() {
         as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start
     fi
     if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; then
-        step "allowing local TCP connections for the test superuser"
-        local hba="/etc/postgresql/$ver/$name/pg_hba.conf"
-        as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+        step "allowing loopback TCP connections for the tests' roles"
+        local hba="/etc/postgresql/$ver/$name/pg_hba.conf" rules="" role
+        for role in postgres piw_test_app piwheels; do
+            rules="${rules}host all $role 127.0.0.1/32 trust\nhost all $role ::1/128 trust\n"
+        done
+        as_root sed -i "1i ${rules%\\n}" "$hba"
         as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" reload
     fi
     psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null
