@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 . scripts/setup-lib.sh
 
 need_debian_packages libzmq3-dev pkg-config tmux
-ensure_postgres
+# A server named by DATABASE_URL is the caller's to run; the local one is set up only when none is.
+if [ -z "${DATABASE_URL:-}" ]; then
+    ensure_postgres
+fi
 ensure_test_python
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
