@@ -2,6 +2,8 @@
 //! file socket, inproc for file-system requests), the shared uploader, scripted hostile
 //! uploaders, temporary directories. Every wait is bounded.
 
+mod support;
+
 use piwheels_testsupport::data::{random_bytes, wheel_bytes, wheel_file, wheel_with_metadata};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::{FakeClock, SharedClock, SystemClock};
-use piwheels_common::protocols::{FileReply, FileRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile, WireError};
+use piwheels_common::protocols::{ErrorKind, FileReply, FileRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile, WireError};
 use piwheels_master::calls::files::{Abandon, Expect, Expected, FileExpectation, FsReply, FsRequest, Linked, Verification, Verify};
 use piwheels_common::task::{self, Runtime, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Dealer, Receiver};
@@ -528,6 +530,33 @@ fn a_file_expected_again_reuses_its_transfer_and_abandon_removes_it() {
     assert_eq!(refusal(&d), format!("unknown transfer {other}"));
 
     j.transfer_and_verify("foo", &path, &file);
+}
+
+/// A disk that fills while a file arrives is the master's failure, not the file's: the
+/// uploader is told so (`Unavailable`), which piw-import turns into "try again later".
+#[test]
+fn a_disk_that_fills_during_a_transfer_is_the_masters_failure() {
+    let disk = tempfile::tempdir().unwrap();
+    let Some(_mount) = support::farm::Mount::tmpfs(disk.path(), "4m") else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let j = Juggler::new(|c| {
+        c.output_path = disk.path().join("output");
+        c.staging_dir = disk.path().join("staging");
+    });
+    let (path, file) = j.wheel("foo", "1.0", 1_000_000, 21);
+    // Room when the file is expected, none when its bytes arrive.
+    let transfer = j.expecting("foo", &file);
+    let mut filler = fs::File::create(disk.path().join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[0; 64 * 1024]).is_ok() {}
+    match j.upload(transfer, &path, fast()) {
+        Err(UploadError::Refused { reason, kind, .. }) => {
+            assert_eq!(kind, ErrorKind::Unavailable, "{reason}");
+            assert!(reason.contains("cannot store"), "{reason}");
+        }
+        other => panic!("expected the master's failure, got {other:?}"),
+    }
 }
 
 #[test]
