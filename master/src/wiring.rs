@@ -6,7 +6,6 @@
 //! derived from the table ([`start_order`]): a task starts after every task it calls, so the
 //! calls, the only waits between tasks, can never wait in a circle.
 
-use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -79,10 +78,8 @@ pub enum Use {
 /// One endpoint's line of the table.
 #[derive(Debug)]
 pub struct Wire {
-    /// The inproc address.
+    /// The inproc address (its protocol is its [`Endpoint`]'s type).
     pub address: &'static str,
-    /// The protocol's name (its request or message type).
-    pub protocol: &'static str,
     /// How it is used.
     pub used: Use,
     /// The task that binds it.
@@ -97,40 +94,35 @@ use TaskName::*;
 pub const WIRING: &[Wire] = &[
     Wire {
         address: DB.address,
-        protocol: "DbRequest",
         used: Use::Calls,
         bound_by: Seraph,
         connected_by: &[Scribe, Architect, CloudGazer, BigBrother, MrChase, Lumberjack, SlaveDriver],
     },
-    Wire { address: ORACLES.address, protocol: "DbRequest", used: Use::Work, bound_by: Seraph, connected_by: &[Oracle] },
+    Wire { address: ORACLES.address, used: Use::Work, bound_by: Seraph, connected_by: &[Oracle] },
     Wire {
         address: WEB.address,
-        protocol: "WebRequest",
         used: Use::Calls,
         bound_by: Scribe,
         connected_by: &[CloudGazer, BigBrother, MrChase, SlaveDriver],
     },
-    Wire { address: FS.address, protocol: "FsRequest", used: Use::Calls, bound_by: FileJuggler, connected_by: &[MrChase, SlaveDriver] },
-    Wire { address: DELETES.address, protocol: "DeleteNotice", used: Use::Calls, bound_by: SlaveDriver, connected_by: &[CloudGazer, MrChase] },
-    Wire { address: SLAVE_COMMANDS.address, protocol: "SlaveCommand", used: Use::Calls, bound_by: SlaveDriver, connected_by: &[Main] },
-    Wire { address: BUILDS.address, protocol: "BuildQueueUpdate", used: Use::Messages, bound_by: SlaveDriver, connected_by: &[Architect] },
+    Wire { address: FS.address, used: Use::Calls, bound_by: FileJuggler, connected_by: &[MrChase, SlaveDriver] },
+    Wire { address: DELETES.address, used: Use::Calls, bound_by: SlaveDriver, connected_by: &[CloudGazer, MrChase] },
+    Wire { address: SLAVE_COMMANDS.address, used: Use::Calls, bound_by: SlaveDriver, connected_by: &[Main] },
+    Wire { address: BUILDS.address, used: Use::Messages, bound_by: SlaveDriver, connected_by: &[Architect] },
     Wire {
         address: ARCHITECT.address,
-        protocol: "ArchitectTrigger",
         used: Use::Messages,
         bound_by: Architect,
         connected_by: &[CloudGazer, MrChase, SlaveDriver],
     },
     Wire {
         address: STATS.address,
-        protocol: "StatsUpdate",
         used: Use::Messages,
         bound_by: BigBrother,
         connected_by: &[MrChase, Lumberjack, SlaveDriver],
     },
     Wire {
         address: STATUS.address,
-        protocol: "StatusEvent",
         used: Use::Messages,
         bound_by: Main,
         connected_by: &[Seraph, Oracle, Scribe, Architect, CloudGazer, FileJuggler, BigBrother, MrChase, Lumberjack, SlaveDriver],
@@ -298,14 +290,16 @@ pub fn start_order(wiring: &[Wire]) -> Result<Vec<TaskName>, Circle> {
     Ok(started)
 }
 
-/// The tasks `task` waits on with calls, for the documentation and the tests.
-pub fn callees(wiring: &[Wire], task: TaskName) -> BTreeSet<TaskName> {
-    wiring.iter().filter(|wire| wire.used == Use::Calls && wire.connected_by.contains(&task)).map(|wire| wire.bound_by).collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// The tasks `task` waits on with calls.
+    fn callees(wiring: &[Wire], task: TaskName) -> BTreeSet<TaskName> {
+        wiring.iter().filter(|wire| wire.used == Use::Calls && wire.connected_by.contains(&task)).map(|wire| wire.bound_by).collect()
+    }
 
     #[test]
     fn the_blocking_calls_between_tasks_form_no_circle_and_every_callee_starts_first() {
@@ -324,12 +318,12 @@ mod tests {
     #[test]
     fn a_circle_of_calls_is_found_and_named() {
         const CIRCLE: &[Wire] = &[
-            Wire { address: "inproc://a", protocol: "A", used: Use::Calls, bound_by: Scribe, connected_by: &[SlaveDriver] },
-            Wire { address: "inproc://b", protocol: "B", used: Use::Calls, bound_by: FileJuggler, connected_by: &[Scribe] },
-            Wire { address: "inproc://c", protocol: "C", used: Use::Calls, bound_by: SlaveDriver, connected_by: &[FileJuggler] },
+            Wire { address: "inproc://a", used: Use::Calls, bound_by: Scribe, connected_by: &[SlaveDriver] },
+            Wire { address: "inproc://b", used: Use::Calls, bound_by: FileJuggler, connected_by: &[Scribe] },
+            Wire { address: "inproc://c", used: Use::Calls, bound_by: SlaveDriver, connected_by: &[FileJuggler] },
             // Messages in a circle are fine: nobody waits.
-            Wire { address: "inproc://d", protocol: "D", used: Use::Messages, bound_by: Seraph, connected_by: &[Oracle] },
-            Wire { address: "inproc://e", protocol: "E", used: Use::Messages, bound_by: Oracle, connected_by: &[Seraph] },
+            Wire { address: "inproc://d", used: Use::Messages, bound_by: Seraph, connected_by: &[Oracle] },
+            Wire { address: "inproc://e", used: Use::Messages, bound_by: Oracle, connected_by: &[Seraph] },
         ];
         assert_eq!(start_order(CIRCLE), Err(Circle(vec![Scribe, FileJuggler, SlaveDriver])));
     }
