@@ -780,7 +780,10 @@ fn a_verification_left_unanswered_gives_the_build_up_and_its_slave_is_not_taken_
     let sent = file.clone();
     let sender = std::thread::spawn(move || {
         let SlaveReply::Send { filename, .. } = slave.ask(SlaveRequest::Built(result(true, vec![sent]))) else { panic!("expected a send") };
-        (slave.ask(SlaveRequest::Sent { filename }), slave)
+        // This answer waits for every step below, each of which may take up to WAIT on a
+        // loaded machine.
+        let answer = slave.client.request(&SlaveRequest::Sent { filename }, 6 * WAIT).unwrap();
+        (answer, slave)
     });
     let (peer, _) = juggler_request();
     juggler.send(&peer, &FsReply::Expect(Expected::Expecting { transfer: 7 })).unwrap();
