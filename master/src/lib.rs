@@ -3,6 +3,7 @@
 //! modules; each task's module says what it owns and which sockets it binds.
 
 pub mod access_log;
+pub mod atomic_file;
 pub mod architect;
 pub mod big_brother;
 pub mod calls;

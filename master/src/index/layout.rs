@@ -1,6 +1,6 @@
 //! Where everything lives in the output tree, and how files get there: every page is written
 //! to a temporary file in its own directory and renamed over its target, so a reader (the web
-//! server, pip) sees the old page or the new one, never half of one.
+//! server, pip) sees the old page or the new one, never half of one (see [`crate::atomic_file`]).
 //!
 //! ```text
 //! <output>/index.html                      home page
@@ -14,12 +14,13 @@
 //! <output>/logs/AAAA/BBBB/CCCC.txt.gz      build logs
 //! ```
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use piwheels_common::protocols::BuildId;
+
+use crate::atomic_file::{Durability, write_atomically};
 
 /// Name of the file recording which page templates wrote the tree (see
 /// [`super::pages::TEMPLATES_FINGERPRINT`]): when it differs, every page is rewritten.
@@ -109,38 +110,6 @@ pub fn is_safe_file_name(name: &str) -> bool {
         && !name.bytes().any(|b| b == b'/' || b == b'\\' || b == 0 || b.is_ascii_control())
 }
 
-/// Writes `bytes` to `path`, atomically: through `.<name>.tmp` in the same directory (made
-/// if missing), renamed over the target. The temporary name is fixed per target, so a
-/// temporary file left by a crash is reused and renamed away by the next write; only one
-/// master writes a tree, so no two writers share it. Not fsynced: see [`sync_tree`].
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other(format!("{} has no directory", path.display())))?;
-    let name = path.file_name().ok_or_else(|| io::Error::other(format!("{} has no name", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let write = |tmp: &Path| -> io::Result<()> {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(tmp)?;
-        // Readable by the web server whatever the umask.
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        file.write_all(bytes)?;
-        drop(file);
-        fs::rename(tmp, path)
-    };
-    let result = match write(&tmp) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir)?;
-            write(&tmp)
-        }
-        other => other,
-    };
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
-}
-
 /// Writes `bytes` to `path` atomically unless the file holds exactly these bytes already: an
 /// unchanged page keeps its modification time (so clients revalidating get "not modified")
 /// and costs a read instead of a create, a rename and the old copy's removal.
@@ -151,7 +120,7 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<()> {
     {
         return Ok(());
     }
-    write_atomically(path, bytes)
+    write_atomically(path, bytes, Durability::Cached)
 }
 
 /// Removes a file; a missing one (or one whose directory is a file) is not an error. True when
@@ -214,18 +183,5 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "..", "a\nb"] {
             assert!(!is_safe_file_name(bad), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn atomic_writes_replace_the_target_and_leave_no_temporary_file() {
-        let dir = std::env::temp_dir().join(format!("piw-layout-{}", std::process::id()));
-        let path = dir.join("sub").join("index.html");
-        write_atomically(&path, b"one").unwrap();
-        write_atomically(&path, b"two").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, ["index.html"]);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

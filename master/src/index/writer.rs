@@ -14,10 +14,11 @@ use askama::Template;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
 
+use crate::atomic_file::{Durability, write_atomically};
 use crate::calls::db::{BuildAbi, ProjectData, RewriteScope, SearchEntry};
 
 use super::layout::{
-    self, Layout, is_safe_file_name, is_safe_name, remove_dir_if_empty, remove_file, remove_tree, write_atomically,
+    self, Layout, is_safe_file_name, is_safe_name, remove_dir_if_empty, remove_file, remove_tree,
     write_if_changed,
 };
 use super::pages::{
@@ -255,12 +256,12 @@ impl IndexWriter {
     /// Writes the home page.
     pub fn write_home(&self, stats: &MasterStats) -> io::Result<()> {
         let page = HomePage::new(stats, self.options.site_url.as_deref());
-        write_atomically(&self.layout.root().join("index.html"), render(&page)?.as_bytes())
+        write_atomically(&self.layout.root().join("index.html"), render(&page)?.as_bytes(), Durability::Cached)
     }
 
     /// Writes the search index.
     pub fn write_search(&self, entries: &[SearchEntry]) -> io::Result<()> {
-        write_atomically(&self.layout.root().join("packages.json"), &search_json(entries))
+        write_atomically(&self.layout.root().join("packages.json"), &search_json(entries), Durability::Cached)
     }
 
     /// Writes a build's log, gzipped (replacing any earlier log of the same id).
@@ -268,7 +269,7 @@ impl IndexWriter {
         if build_id <= 0 {
             return Err(io::Error::other(format!("no log for build id {build_id}")));
         }
-        write_atomically(&self.layout.log(build_id), &self.gzip(output.as_bytes())?)
+        write_atomically(&self.layout.log(build_id), &self.gzip(output.as_bytes())?, Durability::Cached)
     }
 
     /// `data` as one gzip member (RFC 1952: header, raw deflate, CRC-32 and length).
@@ -314,7 +315,7 @@ impl IndexWriter {
 
     /// Records that the tree was fully written by these templates.
     pub fn write_stamp(&self, fingerprint: &str) -> io::Result<()> {
-        write_atomically(&self.layout.stamp(), fingerprint.as_bytes())
+        write_atomically(&self.layout.stamp(), fingerprint.as_bytes(), Durability::Cached)
     }
 
     /// Whether the tree was fully written by these templates.

@@ -1,0 +1,84 @@
+//! Writing a whole file so that readers (the web server, pip) see its old contents or its new,
+//! never part of them: the one place the master does it, for the index writer's pages and the
+//! file juggler's `.metadata` files.
+//!
+//! The bytes go to a new temporary file in the target's directory, created exclusively under
+//! a random hidden name (`.XXXXXX.tmp`: short, since the target's name may be as long as a
+//! name can be, and hidden, so never served), which is renamed over the target. Creating it
+//! exclusively means a file or link already there is never written through. A temporary file
+//! left by a crash between the two steps stays hidden and is never read.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// How much must be on disk before the target's name points at the new bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Nothing: the caller makes the whole tree durable later (the index writer's pages,
+    /// which it can always write again).
+    Cached,
+    /// The file's data: a crash can lose the rename, never leave the name pointing at bytes
+    /// that are not on disk (the file juggler's `.metadata` files, which the database records).
+    /// The directory is not synced: the caller syncs it once for all its names.
+    DataSynced,
+}
+
+/// Writes `bytes` to `path` atomically, readable by everyone (mode 0644 whatever the umask,
+/// since the web server may run as another user). The directory is made if missing.
+pub fn write_atomically(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other(format!("{} has no directory", path.display())))?;
+    let create = || tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir);
+    let result = match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(dir).and_then(|()| create()),
+        other => other,
+    }
+    .and_then(|mut tmp| {
+        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
+        tmp.write_all(bytes)?;
+        if durability == Durability::DataSynced {
+            tmp.as_file().sync_data()?;
+        }
+        // A failed rename drops the temporary file, which removes it.
+        tmp.persist(path).map(drop).map_err(|e| e.error)
+    });
+    result.map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_write_replaces_the_target_in_a_new_directory_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("index.html");
+        for durability in [Durability::Cached, Durability::DataSynced] {
+            write_atomically(&path, b"one", durability).unwrap();
+            write_atomically(&path, b"two", durability).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), b"two");
+            assert_eq!(names(&dir.path().join("sub")), ["index.html"]);
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_target_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory in the target's place: the rename fails.
+        let path = dir.path().join("taken");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("inside"), b"keep").unwrap();
+        let error = write_atomically(&path, b"new", Durability::DataSynced).unwrap_err();
+        assert!(error.to_string().contains("cannot write"), "{error}");
+        assert_eq!(names(dir.path()), ["taken"]);
+        assert_eq!(fs::read(path.join("inside")).unwrap(), b"keep");
+    }
+}
