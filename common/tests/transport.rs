@@ -23,9 +23,6 @@ use serde::{Deserialize, Serialize};
 /// Upper bound for anything that should happen at once; only reached when a test fails.
 const WAIT: Duration = Duration::from_secs(2);
 
-/// How long we watch for something that must not arrive.
-const QUIET: Duration = Duration::from_millis(300);
-
 // ------------------------------------------------------------------------------------------
 // Helpers
 // ------------------------------------------------------------------------------------------
@@ -189,11 +186,14 @@ fn dealer_converses_with_server_without_lock_step() {
     for (peer, req) in received.iter().rev() {
         server.send(peer, &ControlReply::Error(piwheels_common::protocols::WireError::refused(format!("{req:?}")))).expect("reply");
     }
+    // Then one more, after which nothing else may come first.
+    let end = ControlReply::Error(piwheels_common::protocols::WireError::refused("end"));
+    server.send(&received[0].0, &end).expect("reply");
     for (_, req) in received.iter().rev() {
         let reply = dealer.recv_timeout(WAIT).expect("dealer recv").expect("a reply within the wait");
         assert_eq!(reply, ControlReply::Error(piwheels_common::protocols::WireError::refused(format!("{req:?}"))));
     }
-    assert!(dealer.recv_timeout(Duration::from_millis(50)).expect("dealer recv").is_none());
+    assert_eq!(dealer.recv_timeout(WAIT).expect("dealer recv"), Some(end), "an answer more than was sent");
 }
 
 #[test]
@@ -232,13 +232,13 @@ fn push_delivers_to_a_bound_pull_in_order() {
     let pull = Receiver::<TaskControl>::pull(&ctx, &endpoint, Some(DEFAULT_MAX_MESSAGE)).expect("bind pull");
     let push = Sender::<TaskControl>::push(&ctx, &endpoint).expect("connect push");
     let messages = [TaskControl::Pause, TaskControl::Resume, TaskControl::Quit];
-    for msg in &messages {
+    // Then a last one, after which nothing else may come first.
+    for msg in messages.iter().chain([&TaskControl::Pause]) {
         push.send(msg, WAIT).expect("push");
     }
-    for msg in &messages {
+    for msg in messages.iter().chain([&TaskControl::Pause]) {
         assert_eq!(pull.recv_timeout(WAIT).expect("pull").as_ref(), Some(msg));
     }
-    assert!(pull.recv_timeout(Duration::from_millis(50)).expect("pull").is_none());
 }
 
 #[test]
@@ -261,7 +261,7 @@ fn sub_receives_what_pub_sends_once_subscribed() {
     // publishing until one arrives.
     let start = Instant::now();
     let first = loop {
-        assert!(start.elapsed() < WAIT, "subscription did not propagate within {WAIT:?}");
+        assert!(start.elapsed() < 10 * WAIT, "subscription did not propagate within {:?}", 10 * WAIT);
         publisher.send(&TaskControl::Pause, WAIT).expect("publish");
         if let Some(msg) = subscriber.recv_timeout(Duration::from_millis(10)).expect("subscribe") {
             break msg;
@@ -296,9 +296,10 @@ fn client_gets_timeout_then_only_the_new_reply() {
     let waited = started.elapsed();
     assert!(matches!(err, TransportError::Timeout { timeout, .. } if timeout == deadline), "{err:?}");
     assert!(err.to_string().contains(endpoint), "{err}");
-    // (The wrapper polls in whole milliseconds, so it may give up a fraction of one early.)
+    // Not before the deadline (the wrapper polls in whole milliseconds, so it may give up a
+    // fraction of one early); how long after depends on the machine's load.
     let slack = Duration::from_millis(2);
-    assert!(waited + slack >= deadline && waited < deadline + Duration::from_millis(200), "waited {waited:?}");
+    assert!(waited + slack >= deadline, "waited {waited:?}");
 
     // The server has the first request, still unanswered.
     let (first_peer, first) = next_request(&server);
@@ -455,17 +456,32 @@ fn oversized_frame_over_tcp_is_dropped_and_the_server_keeps_serving() {
     let endpoint = tcp_endpoint();
     let server = Server::<TestRequest, TestReply>::bind(&ctx, &endpoint, Some(1024)).expect("bind");
     // A well-formed request, but four times the server's limit, from a dealer without one.
+    let disconnects = watch_disconnects(&ctx, server.socket(), "inproc://oversized-tcp-monitor");
     let greedy = Dealer::<TestRequest, TestReply>::connect(&ctx, &endpoint, None).expect("connect");
     greedy.send(&big_audit(4096), WAIT).expect("send");
-    assert!(!server.readable(Some(QUIET)).expect("poll"), "libzmq delivered an oversized frame over tcp");
+    // libzmq drops the connection as the frame's size arrives, before anything is queued.
+    assert!(disconnects.poll(zmq::POLLIN, 2 * WAIT.as_millis() as i64).expect("poll") > 0, "the connection was not dropped");
+    assert!(!server.readable(Some(Duration::ZERO)).expect("poll"), "libzmq delivered an oversized frame over tcp");
 
-    // libzmq dropped that connection; the server still serves a newcomer.
+    // The server still serves a newcomer, and nothing else.
     let client = Client::<TestRequest, TestReply>::connect(&ctx, &endpoint, Some(1024)).expect("connect");
     thread::scope(|s| {
-        s.spawn(move || answer_requests(&server, 1, |_| TestReply::Done));
+        s.spawn(move || {
+            answer_requests(&server, 1, |request| {
+                assert_eq!(request, package("numpy"));
+                TestReply::Done
+            })
+        });
         assert_eq!(client.request(&package("numpy"), WAIT).expect("request"), TestReply::Done);
     });
-    assert!(greedy.recv_timeout(Duration::from_millis(50)).expect("recv").is_none());
+}
+
+/// A PAIR socket that receives `socket`'s disconnection events.
+fn watch_disconnects(ctx: &zmq::Context, socket: &zmq::Socket, address: &str) -> zmq::Socket {
+    socket.monitor(address, zmq::SocketEvent::DISCONNECTED as i32).expect("monitor");
+    let events = ctx.socket(zmq::PAIR).expect("pair");
+    events.connect(address).expect("connect the monitor");
+    events
 }
 
 #[test]
@@ -482,17 +498,21 @@ fn client_and_dealer_refuse_locally_to_send_beyond_their_limit() {
         other => panic!("expected Oversized, got {other:?}"),
     };
 
-    let started = Instant::now();
+    // Refused before sending: a request sent would end in a timeout, not this.
     oversized(client.request(&big_audit(4096), Duration::from_secs(10)).expect_err("refused"));
-    assert!(started.elapsed() < Duration::from_secs(1), "refusal should be immediate");
     oversized(dealer.send(&big_audit(4096), Duration::from_secs(10)).expect_err("refused"));
-    assert!(!server.readable(Some(Duration::from_millis(50))).expect("poll"), "an oversized message was sent");
 
-    // Neither socket is left in a bad state: small messages still go through.
+    // Neither socket is left in a bad state: small messages still go through, and each is
+    // the first its socket delivers (a socket delivers in order).
     dealer.send(&package("dealer"), WAIT).expect("dealer send");
     assert_eq!(next_request(&server).1, package("dealer"));
     thread::scope(|s| {
-        s.spawn(move || answer_requests(&server, 1, |_| TestReply::Bool(false)));
+        s.spawn(move || {
+            answer_requests(&server, 1, |request| {
+                assert_eq!(request, package("client"), "an oversized message was sent");
+                TestReply::Bool(false)
+            })
+        });
         assert_eq!(client.request(&package("client"), WAIT).expect("request"), TestReply::Bool(false));
     });
 }

@@ -61,21 +61,18 @@ fn requests_within_the_window_are_written_once_with_the_widest_scope() {
     assert_eq!((inode(&farm, "project/foo/index.html"), inode(&farm, "simple/foo/index.json")), (page, simple));
 }
 
+/// Requests that keep coming do not put the write off: the window runs from the first (the
+/// buffer's unit tests pin the due time; here, the writer acts on it).
 #[test]
-fn a_package_asked_for_again_and_again_is_written_within_the_window() {
-    let window = Duration::from_millis(500);
-    let farm = farm_with_foo(window);
-    let first = Instant::now();
-    let mut written = None;
-    while first.elapsed() < Duration::from_secs(3) {
+fn a_package_asked_for_again_and_again_is_written_while_the_requests_go_on() {
+    let farm = farm_with_foo(Duration::from_millis(500));
+    let mut requests = 0;
+    while !farm.path("simple/foo/index.html").is_file() {
         farm.rewrite("foo");
-        if written.is_none() && farm.path("simple/foo/index.html").is_file() {
-            written = Some(first.elapsed());
-        }
+        requests += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
-    let written = written.expect("written while requests kept coming");
-    assert!(written < window + Duration::from_millis(500), "written after {written:?}");
+    assert!(requests > 1, "written before the window passed");
 }
 
 #[test]
@@ -86,10 +83,9 @@ fn a_pending_rewrite_survives_a_stop_and_is_written_by_the_next_writer() {
     assert_eq!(farm.pending(), ["foo"]);
     farm.stop();
     assert!(!farm.path("project/foo").exists());
-    let restarted = Instant::now();
+    // The window is an hour: written at all, the pages were written at the restart.
     farm.start(Duration::from_secs(3600));
     farm.wait("the pending rewrite", |f| f.path("simple/foo/index.html").is_file() && f.path("project/foo/index.html").is_file());
-    assert!(restarted.elapsed() < Duration::from_secs(5));
     farm.wait("the pending entry to go", |f| f.pending().is_empty());
 }
 

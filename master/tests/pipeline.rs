@@ -269,8 +269,8 @@ fn two_slaves_build_the_feed_and_survive_timeouts_removals_kills_and_a_master_re
     let pids = farm.wait_for_pids(4)[2..].to_vec();
     farm.pypi.remove_package("doomed-pkg");
     wait_dead(&pids, Duration::from_secs(20));
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(!farm.builds().iter().any(|b| b.starts_with("doomed-pkg")), "{:?}", farm.builds());
+    // That it is never recorded shows at the end: a slave reports a build before it takes the
+    // next, so any record of it comes before the builds below.
 
     // SIGKILL to the slave building a release: the other slave builds it.
     farm.pypi.create_package("slow-pkg", None);
@@ -293,6 +293,7 @@ fn two_slaves_build_the_feed_and_survive_timeouts_removals_kills_and_a_master_re
     farm.start_master();
     assert_eq!(farm.wait_for_build("late-pkg 1.0", minute), "late-pkg 1.0 t -");
     let builds = farm.builds();
+    assert!(!builds.iter().any(|b| b.starts_with("doomed-pkg")), "{builds:?}");
     assert_eq!(builds.len(), 6, "{builds:?}");
     drop(slaves);
 }
@@ -315,15 +316,16 @@ fn revoking_a_busy_slaves_key_drops_it_and_another_slave_builds_its_release() {
     let (_, key, process) = slaves.iter_mut().find(|(name, _, _)| *name == builder).unwrap();
     let mut victim = process.take().unwrap();
 
-    // Its key is revoked mid-build: within 5 s the master drops it and the slave, told why,
-    // exits and kills its build.
+    // Its key is revoked mid-build: the master drops it at its next check of the keys (every
+    // 5 s) and the slave, told why, exits and kills its build. (The deadline only ends a hung
+    // test: load may slow the check down.)
     key.revoke(&farm.path("state"));
     let revoked = Instant::now();
     let status = loop {
         if let Some(status) = victim.0.try_wait().unwrap() {
             break status;
         }
-        assert!(revoked.elapsed() < Duration::from_secs(5), "the slave with the revoked key still runs after 5 s");
+        assert!(revoked.elapsed() < Duration::from_secs(60), "the slave with the revoked key still runs after 60 s");
         std::thread::sleep(Duration::from_millis(50));
     };
     let said = std::fs::read_to_string(logs(&builder)).unwrap();
