@@ -159,17 +159,7 @@ pub fn duration(span: TimeDelta) -> String {
 
 /// A size in binary units with one decimal: `512 B`, `1.5 KiB`, `12.3 GiB`.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
 /// `free` as a whole percentage of `size` (0 for an unknown size).

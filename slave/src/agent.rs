@@ -685,14 +685,7 @@ fn discard(client: Connection) {
 
 /// A size for people: `1.5 GiB`.
 fn bytes(size: u64) -> String {
-    const UNITS: &[&str] = &["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = size as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{size} bytes") } else { format!("{value:.1} {}", UNITS[unit]) }
+    bytesize::ByteSize::b(size).display().iec().to_string()
 }
 
 /// Up to `most`, chosen from the clock's nanoseconds: enough to keep slaves out of step.
@@ -722,7 +715,7 @@ mod tests {
 
     #[test]
     fn sizes_read_well() {
-        assert_eq!(bytes(512), "512 bytes");
+        assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
