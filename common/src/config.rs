@@ -29,14 +29,14 @@
 //! The module also provides the value types [`HumanDuration`] (`90s`, `1h30m`, `02:30:00`) and
 //! [`ByteSize`] (`64KiB`, `2GiB`, `500MB`) for options.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fmt;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, Command};
 
 /// The sections (tables) a configuration file may contain: one per program.
@@ -417,84 +417,21 @@ fn clap_message(error: &clap::Error) -> String {
         .join(" ")
 }
 
-/// The configuration file named by `-c/--config` in `args` (which include the program name),
-/// the last one if several; `None` if `cmd` has no such option or it is not given.
+/// The configuration file named by `-c/--config` in `args` (which include the program name);
+/// `None` if `cmd` (built) has no such option or it is not given. Clap finds it, in a first
+/// pass with nothing required, help and version plain flags and its errors ignored: the
+/// file's values are then the real pass's defaults.
 fn config_from_args(cmd: &Command, args: &[OsString]) -> Option<PathBuf> {
-    let config = find_long(cmd, CONFIG_LONG)?;
-    let config_short = config.get_short();
-    let mut found = None;
-    let mut iter = args.iter().skip(1).peekable();
-    // Whether the next argument would be taken as the value of an option expecting one.
-    let takes_next = |arg: &Arg, next: Option<&&OsString>| match next {
-        Some(next) => {
-            let bytes = next.as_bytes();
-            arg.is_allow_hyphen_values_set() || bytes.len() < 2 || bytes[0] != b'-'
-        }
-        None => false,
-    };
-    while let Some(current) = iter.next() {
-        let bytes = current.as_bytes();
-        if bytes == b"--" {
-            break;
-        }
-        if let Some(rest) = bytes.strip_prefix(b"--") {
-            let (name, inline) = match rest.iter().position(|&byte| byte == b'=') {
-                Some(at) => (&rest[..at], Some(&rest[at + 1..])),
-                None => (rest, None),
-            };
-            if name == CONFIG_LONG.as_bytes() {
-                match inline {
-                    Some(value) => found = Some(PathBuf::from(OsStr::from_bytes(value))),
-                    None => {
-                        if let Some(value) = iter.next() {
-                            found = Some(PathBuf::from(value));
-                        }
-                    }
-                }
-            } else if inline.is_none()
-                && let Some(arg) = std::str::from_utf8(name)
-                    .ok()
-                    .and_then(|name| find_long(cmd, name))
-                && takes_value(arg)
-                && takes_next(arg, iter.peek())
-            {
-                iter.next();
-            }
-        } else if bytes.len() > 1 && bytes[0] == b'-' {
-            // A cluster of short options: flags, then maybe one option and its value.
-            let text = String::from_utf8_lossy(&bytes[1..]);
-            for (at, short) in text.char_indices() {
-                let rest = &bytes[1 + at + short.len_utf8()..];
-                if Some(short) == config_short {
-                    let value = rest.strip_prefix(b"=").unwrap_or(rest);
-                    if !value.is_empty() {
-                        found = Some(PathBuf::from(OsStr::from_bytes(value)));
-                    } else if let Some(value) = iter.next() {
-                        found = Some(PathBuf::from(value));
-                    }
-                    break;
-                }
-                let Some(arg) = cmd
-                    .get_arguments()
-                    .find(|arg| arg.get_short() == Some(short))
-                else {
-                    break;
-                };
-                if takes_value(arg) {
-                    if rest.is_empty() && takes_next(arg, iter.peek()) {
-                        iter.next();
-                    }
-                    break;
-                }
-            }
-        }
+    let id = find_long(cmd, CONFIG_LONG)?.get_id().clone();
+    let relaxed = cmd.clone().ignore_errors(true).mut_args(|arg| {
+        let stops = matches!(arg.get_action(), ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version);
+        if stops { arg.action(ArgAction::SetTrue) } else { arg }.required(false)
+    });
+    let matches = relaxed.try_get_matches_from(args).ok()?;
+    if matches.value_source(id.as_str()) != Some(ValueSource::CommandLine) {
+        return None;
     }
-    found
-}
-
-/// Whether `arg` takes a value on the command line.
-fn takes_value(arg: &Arg) -> bool {
-    arg.get_action().takes_values() && arg.get_num_args().is_none_or(|range| range.takes_values())
+    matches.get_raw(id.as_str())?.last().map(PathBuf::from)
 }
 
 /// An error parsing a [`HumanDuration`] or a [`ByteSize`].
