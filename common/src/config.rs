@@ -431,7 +431,7 @@ fn config_from_args(cmd: &Command, args: &[OsString]) -> Option<PathBuf> {
     if matches.value_source(id.as_str()) != Some(ValueSource::CommandLine) {
         return None;
     }
-    matches.get_raw(id.as_str())?.last().map(PathBuf::from)
+    matches.get_raw(id.as_str())?.next_back().map(PathBuf::from)
 }
 
 /// An error parsing a [`HumanDuration`] or a [`ByteSize`].

@@ -2,16 +2,22 @@
 //! never part of them: the one place the master does it, for the index writer's pages and the
 //! file juggler's `.metadata` files.
 //!
-//! The bytes go to a new temporary file in the target's directory, created exclusively under
-//! a random hidden name (`.XXXXXX.tmp`: short, since the target's name may be as long as a
-//! name can be, and hidden, so never served), which is renamed over the target. Creating it
-//! exclusively means a file or link already there is never written through. A temporary file
-//! left by a crash between the two steps stays hidden and is never read.
+//! The bytes go to a temporary file in the target's directory, created exclusively (a file or
+//! link already there is never written through) and renamed over the target. Its name is the
+//! target's, hidden: `.<name>.tmp`, so never served, and one left by a crash between the two
+//! steps is removed by the next write of that target rather than left to pile up. (A name too
+//! long for that, possible only for a very long wheel's `.metadata` file, gets a random one.)
+//! Each target has one writer (the index writer or the file juggler), so no two writers share
+//! a temporary name.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+/// Longest name a file may have (ext4, XFS, Btrfs).
+const MAX_NAME: usize = 255;
 
 /// How much must be on disk before the target's name points at the new bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,9 +35,25 @@ pub enum Durability {
 /// since the web server may run as another user). The directory is made if missing.
 pub fn write_atomically(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other(format!("{} has no directory", path.display())))?;
-    let create = || tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir);
+    let name = path.file_name().ok_or_else(|| io::Error::other(format!("{} has no name", path.display())))?;
+    let mut fixed = OsString::from(".");
+    fixed.push(name);
+    fixed.push(".tmp");
+    let fixed = (fixed.len() <= MAX_NAME).then_some(fixed);
+    let create = || {
+        let mut builder = tempfile::Builder::new();
+        match &fixed {
+            Some(tmp) => builder.prefix(tmp).suffix("").rand_bytes(0),
+            None => builder.prefix(".").suffix(".tmp"),
+        };
+        builder.tempfile_in(dir)
+    };
     let result = match create() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(dir).and_then(|()| create()),
+        // Left by a crash: removed, never written through.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && let Some(tmp) = &fixed => {
+            fs::remove_file(dir.join(tmp)).and_then(|()| create())
+        }
         other => other,
     }
     .and_then(|mut tmp| {
@@ -80,5 +102,25 @@ mod tests {
         assert!(error.to_string().contains("cannot write"), "{error}");
         assert_eq!(names(dir.path()), ["taken"]);
         assert_eq!(fs::read(path.join("inside")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_a_crash_is_replaced_not_written_through_nor_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, b"keep").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.path().join(".page.tmp")).unwrap();
+        write_atomically(&dir.path().join("page"), b"new", Durability::DataSynced).unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"keep");
+        assert_eq!(fs::read(dir.path().join("page")).unwrap(), b"new");
+        assert_eq!(names(dir.path()), ["outside", "page"]);
+    }
+
+    #[test]
+    fn a_name_too_long_to_hide_gets_a_random_temporary_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}.whl.metadata", "x".repeat(MAX_NAME - 20));
+        write_atomically(&dir.path().join(&long), b"Metadata-Version: 2.1", Durability::DataSynced).unwrap();
+        assert_eq!(names(dir.path()), [long]);
     }
 }

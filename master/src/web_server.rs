@@ -28,8 +28,9 @@
 //!
 //! Safety: only `GET` and `HEAD` (405 with `Allow` otherwise); request heads are bounded in size
 //! and in time; a path with `.` or `..` segments, an encoded slash, NUL or another control
-//! character is refused (400), hidden names (the index writer's temporary files) are not served,
-//! and a symbolic link is followed only while it stays inside the root.
+//! character is refused (400), hidden names (the temporary files of the index writer and the
+//! file juggler) are not served, and a symbolic link is followed only while it stays inside
+//! the root.
 
 use std::convert::Infallible;
 use std::fs::{File, Metadata};
@@ -547,7 +548,8 @@ enum PathError {
     /// Refused outright: `.` or `..`, an empty segment, an encoded slash, NUL or another
     /// control character, bad percent-encoding or UTF-8.
     Bad,
-    /// A hidden name (starting with `.`): the index writer's temporary files, never served.
+    /// A hidden name (starting with `.`): temporary files of the index writer and the file
+    /// juggler, never served.
     Hidden,
 }
 

@@ -311,7 +311,7 @@ fn garbage_oversized_messages_and_floods_do_not_stop_the_ingester() {
 }
 
 #[test]
-fn a_database_that_does_not_answer_gets_the_batch_refused_in_time() {
+fn a_database_that_does_not_answer_gets_the_batch_refused_not_left_waiting() {
     // No oracles: every database request times out.
     let ingester = Ingester::start(0, Duration::from_millis(300));
     let shipper = ingester.shipper();
@@ -334,7 +334,7 @@ fn records_are_stored_while_the_master_is_paused() {
 }
 
 #[test]
-fn piw_logger_says_so_within_seconds_when_no_master_answers() {
+fn piw_logger_says_so_when_no_master_answers() {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_piw-logger"))
         .args(["-c", "/dev/null", "--logger-queue"])
@@ -401,7 +401,13 @@ fn piw_logger_on_a_pipe_sends_within_the_flush_interval_and_stops_when_the_maste
     assert_eq!(ingester.handle.join(Duration::from_secs(10)), Some(TaskExit::Quit));
     stdin.write_all(line.as_bytes()).unwrap();
     stdin.flush().unwrap();
-    // The logger gives up on the batch after --timeout and exits, its input still open.
+    // The logger gives up on the batch after --timeout and exits, its input still open. (The
+    // deadline only ends a hung test.)
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "piw-logger did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let output = child.wait_with_output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(!output.status.success());

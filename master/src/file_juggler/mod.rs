@@ -58,6 +58,7 @@ use piwheels_common::protocols::{FileReply, FileRequest, TransferId, WheelFile, 
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Peer, Server, TransportError};
 use piwheels_common::upload::MAX_FETCH;
+use piwheels_common::wheel::WheelName;
 
 use self::publication::{Published, Publisher, describe};
 use self::staging::{Part, Staging};
@@ -371,6 +372,9 @@ impl FileJuggler {
         if let Err(reason) = self.publisher.validate(package, file, expectation) {
             tracing::warn!("refusing to link {:?} for {package:?}: {reason}", file.filename);
             return Ok(Linked::Refused { reason });
+        }
+        if WheelName::parse(existing).map_or(true, |name| !name.is_for(package)) {
+            return Ok(Linked::Refused { reason: format!("{existing:?} is not a published file of {package}") });
         }
         // The target may be there already (published earlier with these bytes, or not).
         match self.publisher.find(package, file, expectation)? {

@@ -143,9 +143,9 @@ impl Publisher {
         sync_dir(&dir)
     }
 
-    /// Publishes `file` as a hard link to `existing` when that holds the same bytes, so that a
-    /// file the index has under another name is not sent again. The answer is the published
-    /// file's description, or why it cannot be linked.
+    /// Publishes `file` as a hard link to `existing` (a published file of the package) when
+    /// that holds the same bytes, so that a file the index has under another name is not sent
+    /// again. The answer is the published file's description, or why it cannot be linked.
     pub(super) fn link(
         &self,
         package: &str,
@@ -153,9 +153,6 @@ impl Publisher {
         file: &WheelFile,
         expectation: &FileExpectation,
     ) -> anyhow::Result<Result<Box<WheelFile>, String>> {
-        if WheelName::parse(existing).map_or(true, |name| !name.is_for(package)) {
-            return Ok(Err(format!("{existing:?} is not a published file of {package}")));
-        }
         let dir = self.dir(package);
         let source = dir.join(existing);
         if same_contents(&source, file)? != Some(true) {
