@@ -121,13 +121,18 @@ fn a_tree_from_other_templates_is_rewritten_whole_and_strays_removed() {
 
 #[test]
 fn pausing_holds_rewrites_but_still_serves_logs() {
-    let farm = farm_with_foo(Duration::from_millis(100));
+    let window = Duration::from_millis(100);
+    let farm = farm_with_foo(window);
+    // The pause is read before the requests sent after it (control comes first in the loop).
     farm.scribe().control(piwheels_common::protocols::TaskControl::Pause).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
     farm.rewrite("foo");
     farm.log("foo", 1, "log");
     assert!(farm.path("logs/0000/0000/0001.txt.gz").is_file());
-    std::thread::sleep(Duration::from_millis(500));
+    // Past foo's window, two more requests answered one after the other: the loop went round,
+    // due timers first, and did not write foo's pages.
+    std::thread::sleep(3 * window);
+    farm.log("foo", 2, "log");
+    farm.log("foo", 3, "log");
     assert!(!farm.path("simple/foo").join("index.html").exists());
     farm.scribe().control(piwheels_common::protocols::TaskControl::Resume).unwrap();
     farm.wait("foo's pages after resuming", |f| f.path("simple/foo/index.html").is_file());
@@ -145,8 +150,11 @@ fn written_entries_stay_pending_until_the_next_sync_and_a_stop_clears_them() {
     }
     farm.wait("the pages", |f| f.path("simple/foo/index.html").is_file() && f.path("simple/bar/index.html").is_file());
     // Written, but not cleared before the next sync: a crash now would only write them again.
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(farm.pending(), ["bar", "foo"]);
+    // (Shown after a later write, by which time any clearing of the earlier ones was done.)
+    add_built(&mut farm, "qux");
+    farm.rewrite("qux");
+    farm.wait("a later page", |f| f.path("simple/qux/index.html").is_file());
+    assert_eq!(farm.pending(), ["bar", "foo", "qux"]);
     // A stop makes them durable and clears them; a rewrite not yet written (held by a pause)
     // stays.
     farm.scribe().control(piwheels_common::protocols::TaskControl::Pause).unwrap();
@@ -170,11 +178,14 @@ fn the_root_is_written_at_most_once_per_interval_and_at_a_stop() {
     farm.wait("foo in the root", |f| f.read("simple/index.json").contains("\"foo\""));
     farm.rewrite("bar");
     farm.wait("bar's pages", |f| f.path("simple/bar/index.html").is_file());
-    std::thread::sleep(Duration::from_millis(300));
+    // A later package's pages: by then the root would have been written with bar, had it been.
+    add_built(&mut farm, "qux");
+    farm.rewrite("qux");
+    farm.wait("a later package's pages", |f| f.path("simple/qux/index.html").is_file());
     assert!(!farm.read("simple/index.json").contains("\"bar\""), "the root was written again within the interval");
     farm.stop();
     let root = farm.json("simple/index.json");
-    assert_eq!(root["projects"], serde_json::json!([{"name": "bar"}, {"name": "foo"}]));
+    assert_eq!(root["projects"], serde_json::json!([{"name": "bar"}, {"name": "foo"}, {"name": "qux"}]));
 }
 
 #[test]
