@@ -71,12 +71,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8], durability: Durability) -> io
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
-    }
+    use piwheels_testsupport::data::dir_names as names;
 
     #[test]
     fn a_write_replaces_the_target_in_a_new_directory_and_leaves_no_temporary_file() {

@@ -141,10 +141,7 @@ impl Juggler {
     }
 
     fn staging_files(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            fs::read_dir(&self.config.staging_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
+        piwheels_testsupport::data::dir_names(&self.config.staging_dir)
     }
 
     fn part(&self, transfer: TransferId) -> PathBuf {

@@ -151,3 +151,10 @@ pub fn stored_zip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
+/// The names in `dir`, sorted: what a test compares a directory's contents with.
+pub fn dir_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}

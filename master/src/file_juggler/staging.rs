@@ -290,17 +290,12 @@ pub(super) fn remove_quietly(path: &Path) {
 mod tests {
     use super::*;
     use crate::calls::files::FileExpectation;
+    use piwheels_testsupport::data::dir_names as names;
 
     fn expect() -> Expect {
         let file = piwheels_testsupport::data::wheel_file("foo-1.0-py3-none-any.whl", b"the wheel's bytes");
         let expectation = Box::new(FileExpectation { version: "1.0".into(), abi: "cp311".into(), platform: String::new(), uploader: None });
         Expect { package: "foo".into(), file: Box::new(file), expectation }
-    }
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
     }
 
     #[test]
