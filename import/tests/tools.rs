@@ -249,7 +249,6 @@ fn links(html: &str) -> Vec<String> {
 /// A finished tool run.
 struct Run {
     output: Output,
-    elapsed: Duration,
 }
 
 impl Run {
@@ -292,7 +291,6 @@ fn run_tool(name: &str, config: &Path, args: &[&str]) -> Run {
         "piw-rebuild" => env!("CARGO_BIN_EXE_piw-rebuild"),
         other => panic!("no tool {other}"),
     };
-    let started = Instant::now();
     let output = Command::new(binary)
         .arg("--config")
         .arg(config)
@@ -302,7 +300,7 @@ fn run_tool(name: &str, config: &Path, args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    Run { output, elapsed: started.elapsed() }
+    Run { output }
 }
 
 /// A small but real wheel of `name` `version` for cp311 on armv7l: a module, METADATA and WHEEL.
@@ -439,7 +437,6 @@ fn piw_import_says_so_when_the_file_socket_does_not_answer() {
     let run = run_tool("piw-import", &config, &[wheel.to_str().unwrap(), "--register"]);
     let line = run.failed(1);
     assert!(line.contains("did not answer") && line.contains("--file-queue"), "{line}");
-    assert!(run.elapsed < Duration::from_secs(10), "took {:?}", run.elapsed);
     assert!(master.query("SELECT filename FROM files").is_empty());
 }
 
@@ -499,7 +496,6 @@ fn every_tool_says_clearly_when_no_master_is_running() {
             let line = run.failed(1);
             assert!(line.starts_with(&format!("{tool}: ")) && line.contains(expected), "{kind} {tool}: {line}");
             assert!(line.contains("piw-master running"), "{kind} {tool}: {line}");
-            assert!(run.elapsed < Duration::from_secs(5), "{kind} {tool} took {:?}", run.elapsed);
         }
     }
 }

@@ -286,10 +286,9 @@ except Exception as e:\n    print('other', type(e).__name__)";
     assert_eq!(pypi.requests("/pypi"), 9);
     assert_eq!(pypi.xmlrpc_calls().len(), 9);
 
+    // The client gave up ("timeout"), not the server ("disconnected", below).
     pypi.fail_next(1, Failure::Timeout(Duration::from_secs(3)));
-    let started = Instant::now();
     assert_eq!(call("0.5"), "timeout");
-    assert!(started.elapsed() < Duration::from_secs(3), "the client gave up, not the server");
     assert_eq!(call("10"), "ok 1");
 
     // Without a client timeout the held connection is closed unanswered after the duration.
