@@ -8,6 +8,23 @@ pub mod programs;
 pub mod pypi;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago, for a server the test starts itself.
+///
+/// Chosen at random below the kernel's ephemeral range (32768 and up on Linux), not by binding
+/// port 0: tests run as separate processes at once, and the kernel hands a port just released
+/// by one to the next that asks, so two tests could be given the same port, and one test's
+/// slave could reach another test's master. A random pick from 20,000 ports makes that rare,
+/// and a port found taken is passed over.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("its address").port()
+    use std::hash::{BuildHasher, Hasher};
+    const FIRST: u16 = 12_000;
+    const COUNT: u64 = 20_000;
+    loop {
+        // A fresh random seed per call (std's hasher keys are random per instance).
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let port = FIRST + (hasher.finish() % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
