@@ -40,11 +40,25 @@ bin=$PWD/target/release
 
 abi=$(/usr/bin/python3 -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
 step "database $db (builds for $abi)"
-psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'piwheels'" | grep -q 1 \
-    || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE ROLE piwheels LOGIN"
-psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
-    || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$db\""
-"$bin/piw-initdb" --config /dev/null --dsn "postgres://postgres@127.0.0.1:5432/$db" --user piwheels --abi "$abi"
+# The master's role logs in over loopback with a password (kept as a real farm would keep it,
+# out of the configuration file), one per user of the machine since the role belongs to the
+# whole server; the database is set up by the postgres system user over the local socket.
+pgpass=$HOME/.local/state/piwheels/farm-pgpass
+if ! PGPASSFILE=$pgpass psql -h 127.0.0.1 -U piwheels -d postgres -tAc 'select 1' >/dev/null 2>&1; then
+    password=$(sed -n 's|^127\.0\.0\.1:5432:\*:piwheels:\([0-9a-f]*\)$|\1|p' "$pgpass" 2>/dev/null || true)
+    [ -n "$password" ] || password=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+    mkdir -p "$(dirname "$pgpass")"
+    (umask 077 && echo "127.0.0.1:5432:*:piwheels:$password" > "$pgpass")
+    chmod 600 "$pgpass"
+    as_postgres psql -qX -d postgres -v ON_ERROR_STOP=1 >/dev/null <<SQL
+SET client_min_messages = warning;
+DO \$\$ BEGIN CREATE ROLE piwheels; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
+ALTER ROLE piwheels LOGIN NOSUPERUSER PASSWORD '$password';
+SQL
+fi
+as_postgres psql -X -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+    || as_postgres psql -X -d postgres -qc "CREATE DATABASE \"$db\""
+as_postgres "$bin/piw-initdb" --config /dev/null --dsn "postgres:///$db" --user piwheels --abi "$abi"
 
 # Builds run the packages' own code, so the slave runs as an unprivileged user: the invoking
 # user, or a system user made for it when the script runs as root.
@@ -129,7 +143,7 @@ stop_farm() {
 trap stop_farm INT TERM EXIT
 
 step "starting piw-master (log: $farm/master.log)"
-PIW_CONFIG=$config "$bin/piw-master" >>"$farm/master.log" 2>&1 &
+PIW_CONFIG=$config PGPASSFILE=$pgpass "$bin/piw-master" >>"$farm/master.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
     [ -S "$farm/run/import" ] && curl -fs -o /dev/null "http://$http/simple/" && break
@@ -156,7 +170,7 @@ names=$(for spec in $packages; do printf "'%s'," "${spec%%==*}"; done)
 names=${names%,}
 deadline=$((SECONDS + timeout))
 while :; do
-    done_count=$(psql -h 127.0.0.1 -U postgres -d "$db" -tAc \
+    done_count=$(PGPASSFILE=$pgpass psql -h 127.0.0.1 -U piwheels -d "$db" -tAc \
         "SELECT count(DISTINCT package) FROM builds WHERE package IN ($names)")
     [ "$done_count" -ge "$(echo "$packages" | wc -w)" ] && break
     if [ $SECONDS -ge $deadline ]; then
@@ -165,7 +179,7 @@ while :; do
     fi
     sleep 2
 done
-psql -h 127.0.0.1 -U postgres -d "$db" -c \
+PGPASSFILE=$pgpass psql -h 127.0.0.1 -U piwheels -d "$db" -c \
     "SELECT package, version, abi_tag, CASE WHEN status THEN 'built' ELSE 'failed' END AS result, duration
      FROM builds WHERE package IN ($names) ORDER BY package"
 

@@ -23,10 +23,22 @@ need_debian_packages() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# ensure_postgres: PostgreSQL installed, a cluster present and running on 127.0.0.1:5432,
-# and the roles the tests and scripts/farm.sh use reachable over loopback TCP without a
-# password: postgres (the tests' superuser), piw_test_app (the tests' application role) and
-# piwheels (the local farm's). No other role is let in.
+# as_postgres CMD...: runs a command as the postgres system user, which the server lets in over
+# its local socket (peer authentication) as its superuser.
+as_postgres() {
+    (cd / && as_root runuser -u postgres -- "$@")
+}
+
+# The password file of the tests' roles (libpq's format, for PGPASSFILE): one per user of the
+# machine, since the roles belong to the whole server and every checkout shares them.
+TEST_PGPASS="$HOME/.local/state/piwheels/test-pgpass"
+
+# ensure_postgres: PostgreSQL installed, a cluster present and running on 127.0.0.1:5432, and
+# the tests' own roles: piw_test (makes and drops the tests' databases, and the roles piw-initdb
+# grants), piw_test_app (the master's role in tests, no privileges of its own) and
+# piw_test_super (a superuser, for the one test that reaches into another session). They log in
+# over loopback TCP with a random password kept in $TEST_PGPASS (mode 600); no role is let in
+# without a password by these scripts.
 ensure_postgres() {
     if ! command -v pg_lsclusters >/dev/null 2>&1 || [ -z "$(ls /usr/lib/postgresql 2>/dev/null)" ]; then
         need_debian_packages postgresql
@@ -47,16 +59,42 @@ ensure_postgres() {
         step "starting PostgreSQL $ver/$name"
         as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start
     fi
-    if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; then
-        step "allowing loopback TCP connections for the tests' roles"
-        local hba="/etc/postgresql/$ver/$name/pg_hba.conf" rules="" role
-        for role in postgres piw_test_app piwheels; do
-            rules="${rules}host all $role 127.0.0.1/32 trust\nhost all $role ::1/128 trust\n"
-        done
-        as_root sed -i "1i ${rules%\\n}" "$hba"
+    local hba="/etc/postgresql/$ver/$name/pg_hba.conf" rule="host all piw_test,piw_test_app,piw_test_super,piwheels"
+    # Earlier versions of these scripts let their roles in over loopback without a password.
+    if as_root grep -Eq '^host all (postgres|piw_test_app|piwheels) (127\.0\.0\.1/32|::1/128) trust$' "$hba" \
+        || ! as_root grep -qxF "$rule 127.0.0.1/32 scram-sha-256" "$hba"; then
+        step "letting the tests' roles in over loopback TCP, with a password"
+        as_root sed -i -E '/^host all (postgres|piw_test_app|piwheels) (127\.0\.0\.1\/32|::1\/128) trust$/d; /^host all piw_test,[a-z_,]+ (127\.0\.0\.1\/32|::1\/128) scram-sha-256$/d' "$hba"
+        as_root grep -qxF "$rule 127.0.0.1/32 scram-sha-256" "$hba" \
+            || as_root sed -i "1i $rule 127.0.0.1/32 scram-sha-256\n$rule ::1/128 scram-sha-256" "$hba"
         as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" reload
     fi
-    psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null
+    if as_root grep -Eq '^[[:space:]]*(local|host)[^#]*[[:space:]]trust[[:space:]]*$' "$hba"; then
+        echo "note: $hba lets roles in without a password (rules these scripts did not write; the tests do not need them)" >&2
+    fi
+    if ! PGPASSFILE=$TEST_PGPASS psql -h 127.0.0.1 -U piw_test_super -d postgres -tAc 'select 1' >/dev/null 2>&1; then
+        step "giving the tests' roles a password ($TEST_PGPASS)"
+        local password=""
+        if [ -f "$TEST_PGPASS" ]; then
+            password=$(sed -n 's|^127\.0\.0\.1:5432:\*:piw_test:\([0-9a-f]*\)$|\1|p' "$TEST_PGPASS")
+        fi
+        [ -n "$password" ] || password=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+        mkdir -p "$(dirname "$TEST_PGPASS")"
+        (umask 077 && printf '127.0.0.1:5432:*:%s:%s\n' piw_test "$password" piw_test_app "$password" piw_test_super "$password" > "$TEST_PGPASS")
+        chmod 600 "$TEST_PGPASS"
+        as_postgres psql -qX -d postgres -v ON_ERROR_STOP=1 >/dev/null <<SQL
+SET client_min_messages = warning;
+DO \$\$ BEGIN CREATE ROLE piw_test; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
+DO \$\$ BEGIN CREATE ROLE piw_test_app; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
+DO \$\$ BEGIN CREATE ROLE piw_test_super; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
+ALTER ROLE piw_test LOGIN NOSUPERUSER CREATEDB CREATEROLE PASSWORD '$password';
+ALTER ROLE piw_test_app LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$password';
+ALTER ROLE piw_test_super LOGIN SUPERUSER PASSWORD '$password';
+-- Tests end the master's connections, as an administrator would.
+GRANT pg_signal_backend TO piw_test;
+SQL
+    fi
+    PGPASSFILE=$TEST_PGPASS psql -h 127.0.0.1 -U piw_test -d postgres -tAc 'select 1' >/dev/null
 }
 
 # ensure_test_python: a Python environment with setuptools and wheel (what pip needs to build

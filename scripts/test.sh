@@ -15,7 +15,9 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 ensure_test_python
 
-export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+# The tests' own role; its password is in the file ensure_postgres wrote (sqlx and psql read it).
+export DATABASE_URL="${DATABASE_URL:-postgres://piw_test@127.0.0.1:5432/postgres}"
+export PGPASSFILE="${PGPASSFILE:-$TEST_PGPASS}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step "clippy (warnings are errors)"

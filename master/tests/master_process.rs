@@ -297,7 +297,7 @@ fn a_database_the_master_cannot_use_stops_it_at_once_with_the_reason() {
     assert!(!out.status.success() && text.contains("piw-initdb"), "{text}");
     // A superuser role.
     let db = migrated_db();
-    let out = Master::spawn(root, &root.join("state"), &root.join("www"), "run", &db.owner_url()).wait_with_output().unwrap();
+    let out = Master::spawn(root, &root.join("state"), &root.join("www"), "run", &db.superuser_url()).wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("superuser"), "{text}");
     // Nothing left behind by the failed starts.

@@ -2,8 +2,10 @@
 //! database is dropped when the test ends.
 //!
 //! The server is the one `DATABASE_URL` names (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`); its role must be able to create databases
-//! and roles. `scripts/test.sh` makes sure such a server runs.
+//! `postgres://piw_test@127.0.0.1:5432/postgres`); its role must be able to create databases
+//! and roles, and end other roles' connections (`pg_signal_backend`). `scripts/test.sh` makes
+//! sure such a server runs, with that role and [`APP_ROLE`], whose passwords are in the file
+//! `PGPASSFILE` names: the URLs carry none, so none shows in a process list.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,9 +17,13 @@ use sqlx::{Connection, Executor, PgConnection};
 /// privileges until piw-initdb grants it the schema's group role.
 pub const APP_ROLE: &str = "piw_test_app";
 
+/// A superuser on the same server, with its password in the same password file, for the few
+/// things tests must do that no other role may.
+pub const SUPERUSER_ROLE: &str = "piw_test_super";
+
 /// The server URL tests use.
 pub fn server_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://piw_test@127.0.0.1:5432/postgres".into())
 }
 
 /// A database that exists for one test.
@@ -57,6 +63,11 @@ impl TestDb {
         self.url_for(self.server.get_username())
     }
 
+    /// URL connecting as [`SUPERUSER_ROLE`] to this database.
+    pub fn superuser_url(&self) -> String {
+        self.url_for(SUPERUSER_ROLE)
+    }
+
     /// URL connecting as [`APP_ROLE`] to this database: what the master uses.
     pub fn app_url(&self) -> String {
         self.url_for(APP_ROLE)
@@ -68,9 +79,18 @@ impl TestDb {
 
     /// Runs SQL as the owner in this database (set-up and inspection in tests).
     pub fn execute(&self, sql: &str) {
-        let url = self.owner_url();
+        self.execute_at(&self.owner_url(), sql);
+    }
+
+    /// Runs SQL as [`SUPERUSER_ROLE`] in this database: only for what no other role may do,
+    /// such as reaching into another session's temporary objects.
+    pub fn execute_as_superuser(&self, sql: &str) {
+        self.execute_at(&self.superuser_url(), sql);
+    }
+
+    fn execute_at(&self, url: &str, sql: &str) {
         self.rt.block_on(async {
-            let mut conn = PgConnection::connect(&url).await.expect("connect to the test database");
+            let mut conn = PgConnection::connect(url).await.expect("connect to the test database");
             conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         });
     }
