@@ -58,8 +58,7 @@ SQL
 fi
 as_postgres psql -X -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
     || as_postgres psql -X -d postgres -qc "CREATE DATABASE \"$db\""
-# PGUSER: sqlx does not find the system user's name under runuser (it says "anonymous").
-as_postgres env PGUSER=postgres "$bin/piw-initdb" --config /dev/null --dsn "postgres:///$db" --user piwheels --abi "$abi"
+as_postgres "$bin/piw-initdb" --config /dev/null --dsn "postgres:///$db" --user piwheels --abi "$abi"
 
 # Builds run the packages' own code, so the slave runs as an unprivileged user: the invoking
 # user, or a system user made for it when the script runs as root.

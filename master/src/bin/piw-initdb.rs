@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use piwheels_common::config::{self, ConfigArg};
 use piwheels_common::logging::{self, LogArgs};
 use piwheels_master::db::migrate::{self, APP_GROUP_ROLE, SCHEMA_VERSION};
-use sqlx::Connection;
 
 /// Create or upgrade the piwheels database schema. Safe to run again: a current database is
 /// left as it is.
@@ -68,7 +67,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: &Args) -> Result<(), String> {
-    let mut conn = sqlx::PgConnection::connect(&args.dsn).await.map_err(|e| format!("cannot connect to {}: {e}", args.dsn))?;
+    let mut conn = piwheels_master::db::connect_to(&args.dsn).await.map_err(|e| format!("cannot connect to {}: {e}", args.dsn))?;
     let report = migrate::upgrade(&mut conn, &args.user).await.map_err(|e| e.to_string())?;
     match report.from {
         None => println!("Created the piwheels schema, version {SCHEMA_VERSION}."),

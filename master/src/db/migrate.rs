@@ -170,7 +170,7 @@ pub fn upgrade_blocking(owner_url: &str, app_role: &str) -> Result<Report, Migra
         .build()
         .map_err(|e| MigrateError::Role(format!("cannot start a runtime: {e}")))?;
     runtime.block_on(async {
-        let mut conn = PgConnection::connect(owner_url).await.map_err(sql_err(format!("cannot connect to {owner_url}")))?;
+        let mut conn = super::connect_to(owner_url).await.map_err(sql_err(format!("cannot connect to {owner_url}")))?;
         upgrade(&mut conn, app_role).await
     })
 }

@@ -9,6 +9,9 @@ pub mod requests;
 
 use std::time::Duration;
 
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
 /// PostgreSQL's SQLSTATE for a missing privilege.
@@ -53,11 +56,34 @@ impl DbError {
     }
 }
 
+/// Opens a connection to the database at `url`. A URL that names no role (`postgres:///piwheels`,
+/// the default) connects as the system user's namesake, as psql does: left to itself, sqlx asks
+/// a library that answers "anonymous" on Linux. `PGUSER` still decides when it is set.
+pub async fn connect_to(url: &str) -> Result<PgConnection, sqlx::Error> {
+    let mut options = PgConnectOptions::from_str(url)?;
+    if !names_a_role(url)
+        && std::env::var_os("PGUSER").is_none()
+        && let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::getuid())
+    {
+        options = options.username(&user.name);
+    }
+    PgConnection::connect_with(&options).await
+}
+
+/// Whether a database URL says which role to connect as (`postgres://role@...`, `?user=`).
+fn names_a_role(url: &str) -> bool {
+    match url::Url::parse(url) {
+        Ok(parsed) => !parsed.username().is_empty() || parsed.query_pairs().any(|(key, _)| key == "user"),
+        // Not a URL: sqlx will say what is wrong with it.
+        Err(_) => true,
+    }
+}
+
 impl Database {
     /// Connects to `url`, checks the schema version, and makes every statement give up after
     /// `statement_timeout` so that a stuck query cannot hold an oracle forever.
     pub async fn connect(url: &str, statement_timeout: Duration) -> Result<Database, DbError> {
-        let mut conn = PgConnection::connect(url).await.map_err(DbError::Connect)?;
+        let mut conn = connect_to(url).await.map_err(DbError::Connect)?;
         let found = migrate::schema_version(&mut conn).await?.unwrap_or(0);
         if found != migrate::SCHEMA_VERSION {
             return Err(DbError::SchemaVersion { found, wanted: migrate::SCHEMA_VERSION });
@@ -112,5 +138,20 @@ impl Database {
     /// Checks that the connection still works, with a round trip that changes nothing.
     pub async fn ping(&mut self) -> Result<(), sqlx::Error> {
         sqlx::Connection::ping(&mut self.conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_names_its_role_by_its_user_or_its_user_parameter() {
+        for named in ["postgres://piwheels@db.example/piwheels", "postgres:///piwheels?user=piwheels", "postgres://a:b@/x?host=/run"] {
+            assert!(names_a_role(named), "{named}");
+        }
+        for unnamed in ["postgres:///piwheels", "postgres://db.example:5432/piwheels", "postgres:///piwheels?host=/var/run/postgresql"] {
+            assert!(!names_a_role(unnamed), "{unnamed}");
+        }
     }
 }
