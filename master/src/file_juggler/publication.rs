@@ -27,9 +27,8 @@ use piwheels_common::inspect::{self, WheelArchive};
 use piwheels_common::names::{canonicalize, same_version};
 use piwheels_common::protocols::{Dependencies, WheelFile};
 use piwheels_common::wheel::{MAX_FILENAME, WheelName};
-use sha2::{Digest, Sha256};
 
-use super::staging::{HashWriter, Part, remove_quietly};
+use super::staging::{Part, remove_quietly};
 use crate::atomic_file::{Durability, write_atomically};
 use crate::calls::files::FileExpectation;
 
@@ -212,10 +211,8 @@ fn same_contents(path: &Path, file: &WheelFile) -> anyhow::Result<Option<bool>> 
     if !meta.is_file() || meta.len() != file.size {
         return Ok(Some(false));
     }
-    let mut hasher = Sha256::new();
-    let mut reader = io::BufReader::with_capacity(1 << 20, File::open(path)?);
-    io::copy(&mut reader, &mut HashWriter(&mut hasher)).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Some(hex::encode(hasher.finalize()) == file.sha256))
+    let (_, sha256) = File::open(path).and_then(|mut f| inspect::hash(&mut f)).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some(sha256 == file.sha256))
 }
 
 /// Refuses descriptions the database cannot record (its column sizes), so that a file is

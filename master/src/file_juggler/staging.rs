@@ -114,7 +114,7 @@ impl Staging {
         // Writes are in order, so the partial file is a prefix: hash it once.
         let mut hasher = Sha256::new();
         let mut reader = io::BufReader::with_capacity(1 << 20, (&file).take(len));
-        io::copy(&mut reader, &mut HashWriter(&mut hasher)).context("cannot read the partial file")?;
+        io::copy(&mut reader, &mut hasher).context("cannot read the partial file")?;
         Ok((Part { file, hasher }, len))
     }
 
@@ -207,20 +207,6 @@ impl StagingName {
             return id(stem).map(|_| StagingName::Temporary);
         }
         None
-    }
-}
-
-/// Feeds a hasher through `io::copy`.
-pub(super) struct HashWriter<'a>(pub &'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
