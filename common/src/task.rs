@@ -39,6 +39,18 @@ pub enum PauseMode {
     Full,
 }
 
+impl PauseMode {
+    /// Whether a task in this mode runs its timers now.
+    pub fn runs_timers(self, paused: bool) -> bool {
+        !paused || self == PauseMode::NonStop
+    }
+
+    /// Whether a task in this mode polls and handles its sockets now.
+    pub fn serves_sockets(self, paused: bool) -> bool {
+        !paused || self != PauseMode::Full
+    }
+}
+
 /// A master task. See the module documentation for the split between sockets and state.
 pub trait Task: Sized + 'static {
     /// The task's sockets, opened once and kept across restarts.
@@ -433,8 +445,8 @@ impl Runner {
         let clock = self.rt.clock.clone();
         let mut timers = Timers::new(task.timers(), clock.now());
         loop {
-            let timers_run = !self.paused || T::PAUSE == PauseMode::NonStop;
-            let sockets_run = !self.paused || T::PAUSE != PauseMode::Full;
+            let timers_run = T::PAUSE.runs_timers(self.paused);
+            let sockets_run = T::PAUSE.serves_sockets(self.paused);
             if timers_run {
                 let now = clock.now();
                 for event in timers.take_due(now) {
@@ -470,7 +482,8 @@ impl Runner {
                 return LoopEnd::Quit;
             }
             for event in events {
-                if !self.paused || T::PAUSE != PauseMode::Full {
+                // A pause read just now holds back what was polled before it.
+                if T::PAUSE.serves_sockets(self.paused) {
                     self.dispatch(task, sockets, event, &mut timers);
                 }
             }
@@ -590,5 +603,41 @@ impl Supervisor {
             }
         }
         stuck
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_each_pause_mode_stops() {
+        use PauseMode::*;
+        for mode in [NonStop, Timers, Full] {
+            assert!(mode.runs_timers(false) && mode.serves_sockets(false), "{mode:?} running");
+        }
+        assert_eq!([NonStop, Timers, Full].map(|m| m.runs_timers(true)), [true, false, false]);
+        assert_eq!([NonStop, Timers, Full].map(|m| m.serves_sockets(true)), [true, true, false]);
+    }
+
+    #[test]
+    fn an_event_scheduled_again_falls_due_once_at_the_soonest_time() {
+        let start = Instant::now();
+        let mut timers = Timers::new(vec![("periodic", Duration::from_secs(3600))], start);
+        assert_eq!(timers.take_due(start), ["periodic"]);
+        timers.rearm("periodic", start);
+        // Five debounced requests for the periodic event, and one for another event.
+        for n in 0..5 {
+            timers.schedule("periodic", start + Duration::from_millis(200 + n));
+        }
+        timers.schedule("once", start + Duration::from_secs(1));
+        assert_eq!(timers.next_due(), Some(start + Duration::from_millis(200)));
+        assert_eq!(timers.take_due(start + Duration::from_millis(199)), Vec::<&str>::new());
+        assert_eq!(timers.take_due(start + Duration::from_millis(204)), ["periodic"]);
+        timers.rearm("periodic", start + Duration::from_millis(204));
+        assert_eq!(timers.take_due(start + Duration::from_secs(1)), ["once"]);
+        // The one-shot event is gone; the periodic one is due an interval after it ran.
+        timers.rearm("once", start + Duration::from_secs(1));
+        assert_eq!(timers.next_due(), Some(start + Duration::from_millis(204) + Duration::from_secs(3600)));
     }
 }

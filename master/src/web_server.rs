@@ -116,7 +116,7 @@ pub struct WebServer {
     /// Sending `true` (or dropping it) asks the server to stop.
     shutdown: Option<watch::Sender<bool>>,
     /// The thread running the server's runtime; joined on stop.
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<usize>>,
 }
 
 impl WebServer {
@@ -156,13 +156,17 @@ impl WebServer {
         let thread = std::thread::Builder::new()
             .name("web_server".into())
             .spawn(move || {
-                runtime.block_on(async move {
+                let cut = runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => serve(listener, site, stop).await,
-                        Err(e) => tracing::error!("web server: {e}"),
+                        Err(e) => {
+                            tracing::error!("web server: {e}");
+                            0
+                        }
                     }
                 });
                 runtime.shutdown_timeout(Duration::from_secs(1));
+                cut
             })
             .context("starting the web server's thread")?;
         tracing::info!("web server listening on http://{local_addr}/");
@@ -174,20 +178,24 @@ impl WebServer {
         self.local_addr
     }
 
-    /// Stops accepting connections, lets responses in flight finish (for up to five seconds),
-    /// and waits for the server's thread to end.
-    pub fn stop(mut self) {
-        self.shut_down();
+    /// Stops accepting connections, closes idle ones, lets responses in flight finish (for up
+    /// to five seconds), and waits for the server's thread to end. Returns how many
+    /// connections were still busy when that grace ran out and were cut.
+    pub fn stop(mut self) -> usize {
+        self.shut_down()
     }
 
-    fn shut_down(&mut self) {
+    fn shut_down(&mut self) -> usize {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(true);
         }
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the web server's thread panicked");
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(cut)) => cut,
+            Some(Err(_)) => {
+                tracing::error!("the web server's thread panicked");
+                0
+            }
+            None => 0,
         }
     }
 }
@@ -198,8 +206,9 @@ impl Drop for WebServer {
     }
 }
 
-/// Accepts connections until told to stop, then drains them.
-async fn serve(listener: tokio::net::TcpListener, site: Arc<Site>, mut stop: watch::Receiver<bool>) {
+/// Accepts connections until told to stop, then drains them. Returns how many were cut
+/// because they were still busy when the grace ran out.
+async fn serve(listener: tokio::net::TcpListener, site: Arc<Site>, mut stop: watch::Receiver<bool>) -> usize {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     loop {
@@ -235,11 +244,13 @@ async fn serve(listener: tokio::net::TcpListener, site: Arc<Site>, mut stop: wat
         while connections.join_next().await.is_some() {}
     })
     .await;
+    let cut = connections.len();
     if drained.is_err() {
-        tracing::warn!("web server: closing {} connections still busy", connections.len());
+        tracing::warn!("web server: closing {cut} connections still busy");
         connections.shutdown().await;
     }
     tracing::info!("web server stopped");
+    cut
 }
 
 /// Resolves when the server is asked to stop (or its handle is gone).

@@ -34,8 +34,8 @@ fn the_queue_is_sent_at_start_and_again_shortly_after_triggers() {
     let update = builds.recv_timeout(Duration::from_secs(10)).unwrap().expect("a queue after the triggers");
     assert_eq!(update.queues["cp39"], [PackageVersion { package: "foo".into(), version: "1.0".into() }]);
     assert!(update.queues["cp311"].is_empty());
-    // The five triggers were folded into that one refresh.
-    assert_eq!(builds.recv_timeout(Duration::from_millis(600)).unwrap(), None);
+    // That the five triggers fold into one refresh is the timers' scheduling, tested in
+    // common's task module with a clock of its own.
 
     architect.control(TaskControl::Quit).unwrap();
     assert_eq!(architect.join(Duration::from_secs(10)), Some(TaskExit::Quit));
