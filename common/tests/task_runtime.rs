@@ -9,6 +9,10 @@ use piwheels_common::protocols::{StatusEvent, TaskControl, TaskState};
 use piwheels_common::task::{self, Context, PauseMode, RestartPolicy, Runtime, Supervisor, Task, TaskExit, TaskHandle};
 use piwheels_common::transport::{Receiver, Sender};
 
+/// How long a test waits for what it expects; generous, since a loaded machine is slow and a
+/// passing test does not wait it out.
+const WAIT: Duration = Duration::from_secs(30);
+
 /// What the probe task saw, shared with the test.
 #[derive(Default)]
 struct Seen {
@@ -127,7 +131,7 @@ impl Harness {
         (handle, seen, sender)
     }
 
-    /// Waits for the task's state to become `state`, failing the test after two seconds.
+    /// Waits for the task's state to become `state`, failing the test after [`WAIT`].
     fn expect_state(&self, name: &str, state: TaskState) {
         self.expect_states(&[name], state);
     }
@@ -135,7 +139,7 @@ impl Harness {
     /// Waits until every named task has reported `state`.
     fn expect_states(&self, names: &[&str], state: TaskState) {
         let mut missing: Vec<&str> = names.to_vec();
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + WAIT;
         while !missing.is_empty() && Instant::now() < deadline {
             if let Some(StatusEvent::Task { name, state: s, .. }) = self.status.recv_timeout(Duration::from_millis(50)).unwrap()
                 && s == state
@@ -148,7 +152,7 @@ impl Harness {
 }
 
 fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + WAIT;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(2));
@@ -180,7 +184,7 @@ fn timers_fire_when_the_fake_clock_reaches_them() {
     h.clock.advance(Duration::from_secs(1));
     eventually("second tick", || seen.ticks.load(Ordering::SeqCst) == 2);
     task.control(TaskControl::Quit).unwrap();
-    assert_eq!(task.join(Duration::from_secs(2)), Some(TaskExit::Quit));
+    assert_eq!(task.join(WAIT), Some(TaskExit::Quit));
 }
 
 #[test]
@@ -204,7 +208,7 @@ fn pause_stops_timers_resume_restarts_them_and_quit_works_while_paused() {
     task.control(TaskControl::Pause).unwrap();
     h.expect_state("pausing", TaskState::Paused);
     task.control(TaskControl::Quit).unwrap();
-    assert_eq!(task.join(Duration::from_secs(2)), Some(TaskExit::Quit));
+    assert_eq!(task.join(WAIT), Some(TaskExit::Quit));
     assert_eq!(*seen.quits.lock().unwrap(), ["pausing"]);
 }
 
@@ -221,7 +225,7 @@ fn a_full_pause_stops_sockets_until_resumed() {
     // the loop asks it: the message waited for the resume.
     assert!(seen.handled_paused.lock().unwrap().is_empty(), "handled while fully paused");
     task.control(TaskControl::Quit).unwrap();
-    assert_eq!(task.join(Duration::from_secs(2)), Some(TaskExit::Quit));
+    assert_eq!(task.join(WAIT), Some(TaskExit::Quit));
 }
 
 #[test]
@@ -233,7 +237,7 @@ fn a_non_stop_task_ignores_pause() {
     h.clock.advance(Duration::from_secs(60));
     eventually("tick despite pause", || seen.ticks.load(Ordering::SeqCst) == 2);
     task.control(TaskControl::Quit).unwrap();
-    assert_eq!(task.join(Duration::from_secs(2)), Some(TaskExit::Quit));
+    assert_eq!(task.join(WAIT), Some(TaskExit::Quit));
 }
 
 #[test]
@@ -246,7 +250,7 @@ fn a_handler_error_is_counted_and_the_task_goes_on() {
     eventually("next message handled", || *seen.handled.lock().unwrap() == [3]);
     assert_eq!(task.restarts(), 0);
     task.control(TaskControl::Quit).unwrap();
-    assert_eq!(task.join(Duration::from_secs(2)), Some(TaskExit::Quit));
+    assert_eq!(task.join(WAIT), Some(TaskExit::Quit));
 }
 
 #[test]
@@ -263,7 +267,7 @@ fn a_panicking_task_is_restarted_and_keeps_its_sockets() {
     send(&tx, 4);
     eventually("handled after restart", || *seen.handled.lock().unwrap() == [4]);
     task.control(TaskControl::Quit).unwrap();
-    assert_eq!(task.join(Duration::from_secs(2)), Some(TaskExit::Quit));
+    assert_eq!(task.join(WAIT), Some(TaskExit::Quit));
 }
 
 #[test]
@@ -281,7 +285,7 @@ fn repeated_panics_end_the_task_as_failed() {
         send(&tx, 2);
     }
     h.expect_state("doomed", TaskState::Failed);
-    match task.join(Duration::from_secs(2)) {
+    match task.join(WAIT) {
         Some(TaskExit::Failed(reason)) => {
             assert!(reason.contains("doomed") && reason.contains("panicked on purpose"), "{reason}")
         }
@@ -299,7 +303,7 @@ fn an_undecodable_control_message_is_survived() {
     send(&tx, 9);
     eventually("still handling messages", || *seen.handled.lock().unwrap() == [9]);
     task.control(TaskControl::Quit).unwrap();
-    assert_eq!(task.join(Duration::from_secs(2)), Some(TaskExit::Quit));
+    assert_eq!(task.join(WAIT), Some(TaskExit::Quit));
 }
 
 #[test]
@@ -317,7 +321,7 @@ fn shutdown_stops_tasks_in_reverse_start_order() {
         senders.push(tx);
     }
     h.expect_states(&["first", "second", "third"], TaskState::Running);
-    assert!(supervisor.shutdown(Duration::from_secs(2)).is_empty());
+    assert!(supervisor.shutdown(WAIT).is_empty());
     assert_eq!(*seen.quits.lock().unwrap(), ["third", "second", "first"]);
 }
 
@@ -331,7 +335,7 @@ fn a_task_whose_sockets_cannot_open_fails_at_once() {
         |_| unreachable!("start is never called without sockets"),
     )
     .unwrap();
-    match task.join(Duration::from_secs(2)) {
+    match task.join(WAIT) {
         Some(TaskExit::Failed(reason)) => assert!(reason.contains("address in use"), "{reason}"),
         other => panic!("expected a failure, got {other:?}"),
     }

@@ -92,13 +92,11 @@ impl Farm {
         FakeSlave::connect(&self.pool.rt.zmq, &self.slave_endpoint, label)
     }
 
-    /// Asks the architect for a new queue and waits until the driver has it (an idle slave
-    /// that is handed work proves it).
+    /// Asks the architect for a new queue. It reaches the driver a debounce later:
+    /// [`FakeSlave::take_build`] asks until it is handed work.
     fn refresh_queue(&self) {
         let trigger = Sender::<ArchitectTrigger>::push(&self.pool.rt.zmq, wiring::ARCHITECT.address()).unwrap();
         trigger.send(&ArchitectTrigger::Refresh { reason: "test".into() }, WAIT).unwrap();
-        // The debounce is 100 ms; give the queue time to arrive.
-        std::thread::sleep(Duration::from_millis(500));
     }
 
     fn command(&self, target: SlaveTarget, action: SlaveAction) -> SlaveCommandReply {
