@@ -39,7 +39,13 @@ fn numpy() -> Numpy {
         farm.log("numpy", builds[key], &format!("log of {key}\nwith ünïcode\n"));
     }
     farm.rewrite("numpy");
-    farm.wait("numpy's pages", |f| f.path("project/numpy/json/index.json").is_file());
+    // The logs' rewrites of the project page alone may land first: wait for the full rewrite's
+    // JSON, which knows of the simple page (its HTML is written just before).
+    farm.wait("numpy's pages", |f| {
+        let json = f.path("project/numpy/json/index.json");
+        let json = std::fs::read_to_string(json).ok().and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        json.is_some_and(|json| json["simple_url"] == "/simple/numpy/")
+    });
     Numpy { farm, builds }
 }
 
@@ -185,7 +191,8 @@ fn a_former_name_gets_a_page_pointing_at_the_project_and_spellings_need_none() {
     farm.build("old-name", "1.0", "cp39", &[w]);
     farm.db.call(RenamePackage { from: "old-name".into(), to: "new-name".into() }).unwrap();
     farm.rewrite("new-name");
-    farm.wait("new-name's pages", |f| f.path("project/new-name/json/index.json").is_file());
+    // Alias pages are written after the project's own.
+    farm.wait("the former name's page", |f| f.path("project/old-name/index.html").is_file());
     let alias = farm.read("project/old-name/index.html");
     assert!(alias.contains(r#"<meta name="piwheels:alias-of" content="new-name">"#), "{alias}");
     assert_eq!(tags(&alias, "a")[0].attr("href"), Some("/project/new-name/"));
