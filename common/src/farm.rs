@@ -80,6 +80,12 @@ fn push_bounded<T>(list: &mut Vec<T>, item: T, limit: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocols::SourceFile;
+
+    fn source(package: &str, version: &str) -> SourceFile {
+        let filename = format!("{package}-{version}.tar.gz");
+        SourceFile { url: format!("http://index/{filename}"), filename, sha256: "0".repeat(64) }
+    }
     use crate::protocols::*;
 
     fn at(s: i64) -> Timestamp {
@@ -125,7 +131,7 @@ mod tests {
         replied(&mut farm, 20, SlaveReply::Sleep { paused: false });
         replied(&mut farm, 25, SlaveReply::Sleep { paused: false });
         assert_eq!((farm.slaves[&3].state_since, farm.slaves[&3].last_seen), (at(20), at(25)));
-        let build = SlaveReply::Build { package: "foo".into(), version: "1.0".into() };
+        let build = SlaveReply::Build { package: "foo".into(), version: "1.0".into(), source: source("foo", "1.0") };
         replied(&mut farm, 30, build.clone());
         replied(&mut farm, 40, SlaveReply::Cont);
         replied(&mut farm, 50, SlaveReply::Cont);
@@ -140,7 +146,7 @@ mod tests {
         let events = [
             StatusEvent::Slave { slave_id: 3, at: at(10), event: SlaveEvent::Hello(hello()) },
             StatusEvent::Slave { slave_id: 3, at: at(11), event: SlaveEvent::Stats(HostStats { at: at(11), ..HostStats::default() }) },
-            StatusEvent::Slave { slave_id: 3, at: at(12), event: SlaveEvent::Replied(SlaveReply::Build { package: "foo".into(), version: "1".into() }) },
+            StatusEvent::Slave { slave_id: 3, at: at(12), event: SlaveEvent::Replied(SlaveReply::Build { package: "foo".into(), version: "1".into(), source: source("foo", "1") }) },
             StatusEvent::Stats(MasterStats { at: at(13), ..MasterStats::default() }),
             StatusEvent::Notice { at: at(14), level: NoticeLevel::Warning, text: "disk low".into() },
         ];

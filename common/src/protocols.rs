@@ -179,6 +179,19 @@ pub struct PackageVersion {
     pub version: String,
 }
 
+/// A release's source distribution as the package index publishes it. The master pins it when
+/// it learns of the release; the slave downloads it, refuses other bytes, and builds from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+pub struct SourceFile {
+    /// The file's name on the index (no directory part), e.g. `foo-1.0.tar.gz`.
+    pub filename: String,
+    /// Where to download it: an absolute http or https URL.
+    pub url: String,
+    /// Lower-case hex SHA-256 of its bytes.
+    pub sha256: String,
+}
+
 /// Debian packages and libraries a wheel needs at run time, and its Python requirements.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
@@ -686,12 +699,14 @@ pub enum SlaveReply {
         /// True when the master or this slave is paused, false when there is simply no work.
         paused: bool,
     },
-    /// Build this release.
+    /// Build this release from this source file.
     Build {
         /// Canonical package name.
         package: String,
         /// Version.
         version: String,
+        /// The source to build from: the slave checks its hash before building.
+        source: SourceFile,
     },
     /// Keep building.
     Cont,

@@ -120,9 +120,9 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_MAX_SLAVES_PER_ADDRESS", value_name = "N", default_value = "32", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_slaves_per_address: u16,
 
-    /// The package index slaves build from, handed to each slave when it connects: the simple
-    /// index of PyPI or of a mirror [default: none: each slave's pip uses its own
-    /// configuration]
+    /// The simple index of PyPI or of a mirror, read in its JSON form (PEP 691): each
+    /// release's source is pinned to the SHA-256 it publishes, and slaves fetch build
+    /// dependencies from it [default: none: no source is pinned, so nothing new is built]
     #[arg(long, env = "PIW_PYPI_SIMPLE", value_name = "URL")]
     pub pypi_simple: Option<String>,
 

@@ -26,6 +26,7 @@ pub mod pypi;
 pub mod seraph;
 pub mod slave_driver;
 pub mod slave_state;
+pub mod source_pinner;
 pub mod web_access;
 pub mod web_server;
 pub mod wiring;

@@ -27,6 +27,7 @@ use crate::calls::tasks::{SlaveCommand, SlaveCommandReply};
 use crate::architect::{self, Architect, QueueConfig};
 use crate::big_brother::{self, BigBrother, StatsConfig};
 use crate::cloud_gazer::{self, CloudGazer, FollowerConfig};
+use crate::source_pinner::{self, PinnerConfig, SourcePinner};
 use crate::config::MasterConfig;
 use crate::consistency;
 use crate::db::{Database, DbError};
@@ -285,6 +286,20 @@ fn start_task(task: TaskName, rt: &Runtime, cfg: &MasterConfig, auth: &Auth, tas
                 )?);
             }
             None => tracing::warn!("no --pypi-xmlrpc given: not following PyPI"),
+        },
+        TaskName::SourcePinner => match &cfg.pypi_simple {
+            Some(index_url) => {
+                let pinner = PinnerConfig { index_url: index_url.clone(), interval: cfg.pypi_interval.0, timeout: Duration::from_secs(30) };
+                tasks.add(task::spawn(
+                    rt,
+                    "source_pinner",
+                    move |ctx| source_pinner::Sockets::open(ctx, db_timeout),
+                    move |_| SourcePinner::new(&pinner),
+                )?);
+            }
+            None => tracing::warn!(
+                "no --pypi-simple given: no release's source can be pinned, so nothing new is built (see docs/operations.md)"
+            ),
         },
         TaskName::FileJuggler => {
             let mut juggler = JugglerConfig::new(&cfg.output_path, cfg.state_dir.join("staging"));

@@ -45,7 +45,7 @@ use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{self, Client, Dealer, Peer, Receiver, Sender, Server, TransportError};
 
-use crate::calls::db::{BuildRecord, FileWithHash, LogBuild, PackageFiles, VersionFiles};
+use crate::calls::db::{BuildRecord, FileWithHash, LogBuild, PackageFiles, QueuedBuild, VersionFiles};
 use crate::calls::files::{Expect, Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Removal, RemoveOrphan, Verification, Verify};
 use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use crate::calls::{Call, CallError, Caller, ReplyName};
@@ -282,7 +282,7 @@ pub struct SlaveDriver {
     /// Connected slaves by connection identity.
     slaves: HashMap<Vec<u8>, Slave>,
     /// Releases still to hand out, per ABI, in the architect's order.
-    queues: BTreeMap<String, VecDeque<PackageVersion>>,
+    queues: BTreeMap<String, VecDeque<QueuedBuild>>,
     /// Releases handed out, per ABI, until their slave's build timeout passes.
     building: HashMap<String, Exclusions>,
     /// Deleted releases (an empty version means the whole package), for every ABI.
@@ -530,7 +530,7 @@ impl SlaveDriver {
         let queue = self.queues.entry(abi).or_default();
         let mut index = 0;
         while index < queue.len() {
-            let build = &queue[index];
+            let build = &queue[index].release;
             if building.get(build).is_some_and(|until| *until > now) || is_deleted(&self.deleted, build, now) {
                 queue.remove(index);
                 self.lengths_changed = true;
@@ -541,13 +541,13 @@ impl SlaveDriver {
                 index += 1;
                 continue;
             }
-            let Some(build) = queue.remove(index) else { break };
+            let Some(QueuedBuild { release, source }) = queue.remove(index) else { break };
             let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
             // A bounded timeout cannot overflow; a far future is as good as none.
             let until = now.checked_add(slave.hello.build_timeout).unwrap_or(now + RETRY_LONGEST);
-            building.insert(build.clone(), until);
+            building.insert(release.clone(), until);
             self.lengths_changed = true;
-            return slave.start_build(build, now);
+            return slave.start_build(release, source, now);
         }
         match self.slaves.get_mut(identity) {
             Some(slave) => slave.sleep(false),
@@ -1007,7 +1007,7 @@ impl SlaveDriver {
                 let building = self.building.get(&abi);
                 let queue = queue
                     .into_iter()
-                    .filter(|b| !building.is_some_and(|x| x.contains_key(b)) && !is_deleted(&self.deleted, b, now))
+                    .filter(|b| !building.is_some_and(|x| x.contains_key(&b.release)) && !is_deleted(&self.deleted, &b.release, now))
                     .collect();
                 (abi, queue)
             })
@@ -1084,7 +1084,7 @@ impl SlaveDriver {
         };
         self.deleted.insert(gone.clone(), now + DELETED_EXCLUSION);
         for queue in self.queues.values_mut() {
-            queue.retain(|b| !is_deleted(&self.deleted, b, now));
+            queue.retain(|b| !is_deleted(&self.deleted, &b.release, now));
         }
         for slave in self.slaves.values_mut() {
             if let Some(build) = slave.build()

@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use crate::access_log::clean;
-use piwheels_common::protocols::{BuildResult, PackageVersion, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, WheelFile};
+use piwheels_common::protocols::{BuildResult, PackageVersion, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SourceFile, TransferId, WheelFile};
 
 /// Extra time the master allows beyond a slave's own build timeout before it abandons the
 /// build itself (the slave should have killed it already).
@@ -236,9 +236,9 @@ impl Slave {
         }
     }
 
-    /// Hands the slave a release to build.
-    pub fn start_build(&mut self, build: PackageVersion, now: Instant) -> SlaveReply {
-        let reply = SlaveReply::Build { package: build.package.clone(), version: build.version.clone() };
+    /// Hands the slave a release to build from its pinned source.
+    pub fn start_build(&mut self, build: PackageVersion, source: SourceFile, now: Instant) -> SlaveReply {
+        let reply = SlaveReply::Build { package: build.package.clone(), version: build.version.clone(), source };
         self.stage = Stage::Building { build, started: now };
         reply
     }
@@ -364,7 +364,8 @@ mod tests {
     fn at_building(now: Instant) -> Slave {
         let mut slave = at_idle(now);
         assert_eq!(slave.on_request(idle(), now, false), Decision::FindWork);
-        slave.start_build(pv(), now);
+        let source = SourceFile { filename: "foo-1.0.tar.gz".into(), url: "http://index/foo-1.0.tar.gz".into(), sha256: "0".repeat(64) };
+        slave.start_build(pv(), source, now);
         slave
     }
 

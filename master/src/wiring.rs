@@ -35,6 +35,8 @@ pub enum TaskName {
     Architect,
     /// The PyPI follower.
     CloudGazer,
+    /// The pinner of releases' sources.
+    SourcePinner,
     /// File reception.
     FileJuggler,
     /// Stats, home page and search index.
@@ -50,12 +52,13 @@ pub enum TaskName {
 /// Every task, in the order [`start_order`] falls back on where the calls leave a choice: the
 /// index writer early (many tasks ask it for pages), the slave driver as late as its callers
 /// allow (everything it hands work to is running when the first slave arrives).
-const TASKS: [TaskName; 10] = [
+const TASKS: [TaskName; 11] = [
     TaskName::Seraph,
     TaskName::Oracle,
     TaskName::Scribe,
     TaskName::Architect,
     TaskName::CloudGazer,
+    TaskName::SourcePinner,
     TaskName::FileJuggler,
     TaskName::BigBrother,
     TaskName::MrChase,
@@ -96,7 +99,7 @@ pub const WIRING: &[Wire] = &[
         address: DB.address,
         used: Use::Calls,
         bound_by: Seraph,
-        connected_by: &[Scribe, Architect, CloudGazer, BigBrother, MrChase, Lumberjack, SlaveDriver],
+        connected_by: &[Scribe, Architect, CloudGazer, SourcePinner, BigBrother, MrChase, Lumberjack, SlaveDriver],
     },
     Wire { address: ORACLES.address, used: Use::Work, bound_by: Seraph, connected_by: &[Oracle] },
     Wire {
@@ -113,7 +116,7 @@ pub const WIRING: &[Wire] = &[
         address: ARCHITECT.address,
         used: Use::Messages,
         bound_by: Architect,
-        connected_by: &[CloudGazer, MrChase, SlaveDriver],
+        connected_by: &[CloudGazer, SourcePinner, MrChase, SlaveDriver],
     },
     Wire {
         address: STATS.address,
@@ -125,7 +128,19 @@ pub const WIRING: &[Wire] = &[
         address: STATUS.address,
         used: Use::Messages,
         bound_by: Main,
-        connected_by: &[Seraph, Oracle, Scribe, Architect, CloudGazer, FileJuggler, BigBrother, MrChase, Lumberjack, SlaveDriver],
+        connected_by: &[
+            Seraph,
+            Oracle,
+            Scribe,
+            Architect,
+            CloudGazer,
+            SourcePinner,
+            FileJuggler,
+            BigBrother,
+            MrChase,
+            Lumberjack,
+            SlaveDriver,
+        ],
     },
 ];
 

@@ -415,7 +415,8 @@ fn a_transfer_is_for_the_key_told_to_send_it_and_one_key_runs_only_so_many_slave
             db.execute(
                 "INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311);
                  INSERT INTO packages (package) VALUES ('foo');
-                 INSERT INTO versions (package, version) VALUES ('foo', '1.0')",
+                 INSERT INTO versions (package, version, source_filename, source_url, source_sha256)
+                 VALUES ('foo', '1.0', 'foo-1.0.tar.gz', 'http://index.invalid/foo-1.0.tar.gz', repeat('0', 64))",
             );
         },
         &["--max-slaves-per-key", "1"],
@@ -449,7 +450,7 @@ fn a_transfer_is_for_the_key_told_to_send_it_and_one_key_runs_only_so_many_slave
     let idle = SlaveRequest::Idle { stats: HostStats::default(), declined: None };
     loop {
         match slave.request(&idle, WAIT).unwrap() {
-            SlaveReply::Build { package, version } => break assert_eq!((package.as_str(), version.as_str()), ("foo", "1.0")),
+            SlaveReply::Build { package, version, .. } => break assert_eq!((package.as_str(), version.as_str()), ("foo", "1.0")),
             SlaveReply::Sleep { .. } => assert!(Instant::now() < deadline, "no build was handed out\n{}", master.log()),
             other => panic!("expected work, got {other:?}"),
         }

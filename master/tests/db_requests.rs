@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use piwheels_common::protocols::{
-    AccessRecord, BuildResult, ClientInfo, Dependencies, ErrorKind, FailureKind, PackageVersion, WheelFile, WireError,
+    AccessRecord, BuildResult, ClientInfo, Dependencies, ErrorKind, FailureKind, PackageVersion, SourceFile, WheelFile,
+    WireError,
 };
 use piwheels_common::inspect::sha256_hex;
 use piwheels_master::calls::Call;
 use piwheels_master::calls::db::*;
 use piwheels_master::db::{Database, migrate};
+use piwheels_testsupport::data::source_file;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
+
+const HOUR: Duration = Duration::from_secs(3600);
 use sqlx::{Connection, Executor};
 
 // ------------------------------------------------------------------------------------------
@@ -74,7 +78,7 @@ impl Fixture {
     fn queue(&mut self, limit: u32) -> BTreeMap<String, Vec<String>> {
         self.call(BuildQueue { limit })
             .into_iter()
-            .map(|(abi, list)| (abi, list.into_iter().map(|pv| format!("{} {}", pv.package, pv.version)).collect()))
+            .map(|(abi, list)| (abi, list.into_iter().map(|b| format!("{} {}", b.release.package, b.release.version)).collect()))
             .collect()
     }
 
@@ -100,7 +104,15 @@ impl Fixture {
         self.call(NewPackage { package: package.into(), skip: String::new(), description: String::new() });
     }
 
+    /// A new release whose source is pinned, so that it can be built.
     fn version(&mut self, package: &str, version: &str, released: DateTime<Utc>) {
+        self.unpinned_version(package, version, released);
+        let pinned = self.call(PinSource { package: package.into(), version: version.into(), source: Some(source_file(package, version)) });
+        assert!(pinned, "{package} {version} was pinned already");
+    }
+
+    /// A new release whose source is not pinned yet.
+    fn unpinned_version(&mut self, package: &str, version: &str, released: DateTime<Utc>) {
         self.package(package);
         let inserted = self.call(NewVersion {
             package: package.into(),
@@ -975,11 +987,59 @@ fn the_build_queue_marks_versions_that_need_nothing_and_looks_past_them_afterwar
 }
 
 #[test]
-fn build_queue_entries_are_package_versions() {
+fn build_queue_entries_are_releases_with_their_pinned_sources() {
     let mut fx = Fixture::with_abis();
     fx.version("foo", "1.0", days_ago(1));
     let queue = fx.call(BuildQueue { limit: 10 });
-    assert_eq!(queue["cp39"], [PackageVersion { package: "foo".into(), version: "1.0".into() }]);
+    let release = PackageVersion { package: "foo".into(), version: "1.0".into() };
+    assert_eq!(queue["cp39"], [QueuedBuild { release, source: source_file("foo", "1.0") }]);
+}
+
+#[test]
+fn a_release_is_queued_once_its_source_is_pinned_and_a_pin_is_never_replaced() {
+    let mut fx = Fixture::with_abis();
+    fx.unpinned_version("foo", "1.0", days_ago(2));
+    fx.unpinned_version("foo", "2.0", days_ago(1));
+    let unpinned = |fx: &mut Fixture, recheck_after: Duration| -> Vec<String> {
+        fx.call(UnpinnedSources { limit: 10, recheck_after }).into_iter().map(|r| format!("{} {}", r.package, r.version)).collect()
+    };
+    // Newest first; neither is queued.
+    assert_eq!(unpinned(&mut fx, HOUR), ["foo 2.0", "foo 1.0"]);
+    assert!(fx.queue(10)["cp39"].is_empty());
+
+    let source = source_file("foo", "1.0");
+    assert!(fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: Some(source.clone()) }));
+    assert_eq!(fx.queue(10)["cp39"], ["foo 1.0"]);
+    // Another file for the same release does not replace the pin.
+    let other = SourceFile { sha256: "f".repeat(64), ..source.clone() };
+    assert!(!fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: Some(other) }));
+    assert_eq!(fx.value("SELECT source_sha256 FROM versions WHERE version = '1.0'"), source.sha256);
+
+    // Looked for in vain: asked for again only once `recheck_after` has passed.
+    assert!(!fx.call(PinSource { package: "foo".into(), version: "2.0".into(), source: None }));
+    assert_eq!(unpinned(&mut fx, HOUR), Vec::<String>::new());
+    fx.sql("UPDATE versions SET source_checked = now() - interval '61 minutes' WHERE version = '2.0'");
+    assert_eq!(unpinned(&mut fx, HOUR), ["foo 2.0"]);
+    // Skipped releases and packages are not looked for.
+    fx.sql("UPDATE versions SET skip = 'binary only' WHERE version = '2.0'");
+    assert_eq!(unpinned(&mut fx, HOUR), Vec::<String>::new());
+}
+
+#[test]
+fn a_source_the_schema_cannot_hold_is_refused() {
+    let mut fx = Fixture::with_abis();
+    fx.unpinned_version("foo", "1.0", days_ago(1));
+    let good = source_file("foo", "1.0");
+    for (bad, said) in [
+        (SourceFile { sha256: "ABC".into(), ..good.clone() }, "SHA-256"),
+        (SourceFile { filename: "a/b.tar.gz".into(), ..good.clone() }, "file name"),
+        (SourceFile { url: "file:///etc/passwd".into(), ..good.clone() }, "not http"),
+        (SourceFile { url: format!("http://i/{}", "x".repeat(2000)), ..good.clone() }, "longer than"),
+    ] {
+        let message = fx.error(PinSource { package: "foo".into(), version: "1.0".into(), source: Some(bad) });
+        assert!(message.contains(said), "{message}");
+    }
+    assert_eq!(fx.value("SELECT count(*) FROM versions WHERE source_sha256 IS NOT NULL"), "0");
 }
 
 // ------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ impl Corpus {
         let deadline = Instant::now() + WAIT;
         loop {
             match client.request(&idle(), WAIT).unwrap() {
-                SlaveReply::Build { package, version } => return (client, package, version),
+                SlaveReply::Build { package, version, .. } => return (client, package, version),
                 SlaveReply::Sleep { .. } => {}
                 other => panic!("the hostile slave was answered {other:?}"),
             }

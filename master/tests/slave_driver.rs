@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::FakeClock;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostInfo, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
-use piwheels_master::calls::db::RewriteScope;
+use piwheels_master::calls::db::{QueuedBuild, RewriteScope};
 use piwheels_master::calls::files::{Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Verification, Verify};
 use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, Runtime, TaskHandle};
@@ -19,7 +19,7 @@ use piwheels_common::upload::{UploadOptions, upload};
 use piwheels_master::architect::{self, Architect, QueueConfig};
 use piwheels_master::file_juggler::JugglerConfig;
 use piwheels_master::slave_driver::{self, DriverConfig, RETRY_FIRST, SlaveDriver, SlaveLimits};
-use piwheels_testsupport::data::{wheel_bytes, wheel_file, wheel_with_metadata};
+use piwheels_testsupport::data::{source_file, wheel_bytes, wheel_file, wheel_with_metadata};
 use piwheels_testsupport::free_port;
 use support::{Pool, eventually, stand_in};
 use piwheels_common::transport::Security;
@@ -38,6 +38,8 @@ struct Farm {
     driver: TaskHandle,
     web_requests: Arc<Mutex<Vec<WebRequest>>>,
     events: Vec<StatusEvent>,
+    /// The driver's reports of its queue's lengths (the stats task's end).
+    stats: Receiver<StatsUpdate>,
 }
 
 
@@ -65,6 +67,7 @@ impl Farm {
             None => String::new(),
         };
         let web_requests = stand_in(&pool.rt.zmq, "inproc://web", WebReply::Done);
+        let stats = Receiver::<StatsUpdate>::pull(&pool.rt.zmq, wiring::STATS.address(), None).unwrap();
         let queue = QueueConfig { interval: Duration::from_secs(3600), debounce: Duration::from_millis(100), limit: 100 };
         pool.tasks.add(task::spawn(&pool.rt, "architect", architect::Sockets::open, move |_| Ok(Architect::new(queue))).unwrap());
         let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());
@@ -85,18 +88,26 @@ impl Farm {
             move |_| Ok(SlaveDriver::new(config.clone())),
         )
         .unwrap();
-        Farm { pool, dir, slave_endpoint, file_endpoint, driver, web_requests, events: Vec::new() }
+        Farm { pool, dir, slave_endpoint, file_endpoint, driver, web_requests, events: Vec::new(), stats }
     }
 
     fn slave(&self, label: &str) -> FakeSlave {
         FakeSlave::connect(&self.pool.rt.zmq, &self.slave_endpoint, label)
     }
 
-    /// Asks the architect for a new queue. It reaches the driver a debounce later:
-    /// [`FakeSlave::take_build`] asks until it is handed work.
+    /// Asks the architect for a new queue, and returns once the driver has a queue that is not
+    /// empty: it reports the queue's length when it gets one, so the next idle slave is handed
+    /// work (tests count the driver's replies).
     fn refresh_queue(&self) {
         let trigger = Sender::<ArchitectTrigger>::push(&self.pool.rt.zmq, wiring::ARCHITECT.address()).unwrap();
         trigger.send(&ArchitectTrigger::Refresh { reason: "test".into() }, WAIT).unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.stats.recv_timeout(WAIT).unwrap() {
+                Some(StatsUpdate::Queues { lengths }) if lengths.values().sum::<u64>() > 0 => break,
+                _ => assert!(Instant::now() < deadline, "the driver never had a queue"),
+            }
+        }
     }
 
     fn command(&self, target: SlaveTarget, action: SlaveAction) -> SlaveCommandReply {
@@ -218,7 +229,7 @@ impl FakeSlave {
         let deadline = Instant::now() + WAIT;
         loop {
             match self.ask(idle()) {
-                SlaveReply::Build { package, version } => return (package, version),
+                SlaveReply::Build { package, version, .. } => return (package, version),
                 SlaveReply::Sleep { .. } => assert!(Instant::now() < deadline, "no work was handed out"),
                 other => panic!("expected work, got {other:?}"),
             }
@@ -531,7 +542,7 @@ fn a_silent_slave_is_dropped_and_its_build_handed_to_another() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let build = loop {
         match other.ask(idle()) {
-            SlaveReply::Build { package, version } => break (package, version),
+            SlaveReply::Build { package, version, .. } => break (package, version),
             _ => assert!(Instant::now() < deadline, "the dropped build was never handed out again"),
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -679,7 +690,10 @@ impl TimedDriver {
 
     /// Sends the queue for cp311: `packages` at version 1.0.
     fn queue(&self, packages: &[&str]) {
-        let queue = packages.iter().map(|p| PackageVersion { package: p.to_string(), version: "1.0".into() }).collect();
+        let queue = packages
+            .iter()
+            .map(|p| QueuedBuild { release: PackageVersion { package: p.to_string(), version: "1.0".into() }, source: source_file(p, "1.0") })
+            .collect();
         self.builds.send(&BuildQueueUpdate { queues: [("cp311".to_string(), queue)].into() }, WAIT).unwrap();
     }
 
@@ -857,7 +871,8 @@ fn a_release_passes_its_last_builder_over_for_five_minutes_at_most() {
     asks_in_vain(4);
     timed.clock.advance(Duration::from_secs(61));
     assert_eq!(second.ask(SlaveRequest::Busy { stats: HostStats::default() }), SlaveReply::Cont);
-    assert_eq!(first.ask(idle()), SlaveReply::Build { package: failed, version: "1.0".into() }, "the release still waits after 5 min");
+    let source = source_file(&failed, "1.0");
+    assert_eq!(first.ask(idle()), SlaveReply::Build { package: failed, version: "1.0".into(), source }, "the release still waits after 5 min");
     timed.stop();
 }
 

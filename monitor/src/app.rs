@@ -430,7 +430,7 @@ impl App {
                 }
                 let name = self.slave_name(id);
                 let line = match reply {
-                    SlaveReply::Build { package, version } => {
+                    SlaveReply::Build { package, version, .. } => {
                         self.builds.insert(id, (format!("{package} {version}"), at));
                         Some((NoticeLevel::Info, format!("{name} is building {package} {version}")))
                     }

@@ -72,7 +72,7 @@ pub fn activity(slave: &SlaveSnapshot) -> Activity<'_> {
         None | Some(SlaveReply::Ack { .. }) => Activity::Starting,
         Some(SlaveReply::Sleep { paused: false }) => Activity::Idle,
         Some(SlaveReply::Sleep { paused: true }) => Activity::Asleep,
-        Some(SlaveReply::Build { package, version }) => Activity::Building { package, version },
+        Some(SlaveReply::Build { package, version, .. }) => Activity::Building { package, version },
         // The snapshot never keeps `Cont`, but it can only mean a build goes on.
         Some(SlaveReply::Cont) => Activity::Building { package: "?", version: "" },
         Some(SlaveReply::Send { filename, .. }) => Activity::Sending { filename },

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `Hello` | `Ack { slave_id, index_url }` | says `Idle` |
 //! | | `Refused { reason }` | exits with the reason, status 1 |
-//! | `Idle { stats, declined }` | `Build { package, version }` | starts the build, says `Busy` every `--busy-interval` until it ends, then `Built` |
+//! | `Idle { stats, declined }` | `Build { package, version, source }` | downloads and checks the source, starts the build, says `Busy` every `--busy-interval` until it ends, then `Built` |
 //! | | `Sleep { paused }` | waits `--sleep-interval` (plus up to half as long), says `Idle` |
 //! | `Busy { stats }` | `Cont` | goes on building |
 //! | | `Done` | kills the build, removes it, says `Idle` |
@@ -166,7 +166,7 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
         memory_limit: config.memory_limit.0,
         host: host_info(config.label.as_deref()),
     };
-    let builder = Arc::new(Builder::new(options, apt));
+    let builder = Arc::new(Builder::new(options, apt).map_err(|e| AgentError::Setup(format!("cannot make an HTTP client for sources: {e:#}")))?);
     for dir in builder.remove_stale() {
         tracing::info!("removed {}, left by a slave that died", dir.display());
     }
@@ -423,9 +423,9 @@ impl Agent<'_> {
             let declined = self.decline(&stats);
             match self.request(client, &SlaveRequest::Idle { stats, declined })? {
                 Answer::Silent => return Ok(After::Reconnect),
-                Answer::Reply(SlaveReply::Build { package, version }) => {
+                Answer::Reply(SlaveReply::Build { package, version, source }) => {
                     self.paused = None;
-                    let job = BuildJob { package, version, index_url: index_url.to_string() };
+                    let job = BuildJob { package, version, source, index_url: index_url.to_string() };
                     if let Some(after) = self.build(client, slave_id, job)? {
                         return Ok(after);
                     }
@@ -701,7 +701,7 @@ fn reply_name(reply: &SlaveReply) -> String {
         SlaveReply::Ack { slave_id, .. } => format!("Ack (slave {slave_id})"),
         SlaveReply::Error(error) => format!("Error ({})", error.message),
         SlaveReply::Sleep { paused } => format!("Sleep (paused: {paused})"),
-        SlaveReply::Build { package, version } => format!("Build ({package} {version})"),
+        SlaveReply::Build { package, version, .. } => format!("Build ({package} {version})"),
         SlaveReply::Cont => "Cont".into(),
         SlaveReply::Send { filename, transfer } => format!("Send ({filename}, transfer {transfer})"),
         SlaveReply::Done => "Done".into(),

@@ -1,5 +1,6 @@
-//! One build: a fresh directory under the build root, the configured build command (by
-//! default `pip wheel` of the release from source) run under the launcher
+//! One build: a fresh directory under the build root, the pinned source downloaded into it and
+//! checked ([`crate::source`]), the configured build command (by default `pip wheel` of that
+//! file) run under the launcher
 //! ([`crate::launcher`]) in its own process group, with a wall-clock limit, a memory limit
 //! and a parent-death signal; its log kept in a file whose tail becomes the result's output;
 //! its wheels inspected; and its measurements (exit status, wall time, CPU time, peak memory)
@@ -40,17 +41,17 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use piwheels_common::config::HumanDuration;
-use piwheels_common::protocols::{BuildResult, FailureKind, WheelFile};
+use piwheels_common::protocols::{BuildResult, FailureKind, SourceFile, WheelFile};
 
 use crate::apt::AptIndex;
 use crate::launcher::{self, Ended, Report};
+use crate::source::SourceClient;
 
-/// The default build command: pip builds the release itself from source (`--no-binary` for
-/// the package; its build dependencies may be wheels), without dependencies or cache, from
-/// the index the master names.
-pub const DEFAULT_COMMAND: &str = "{python} -m pip wheel {package}=={version} --wheel-dir={wheel_dir} --no-deps --no-cache-dir \
-     --no-binary={package} --prefer-binary --exists-action=w --disable-pip-version-check --progress-bar=off \
-     --index-url={index_url}";
+/// The default build command: pip builds the release from its pinned source file, without
+/// dependencies or cache; its build dependencies (wheels preferred) come from the index the
+/// master names.
+pub const DEFAULT_COMMAND: &str = "{python} -m pip wheel {source} --wheel-dir={wheel_dir} --no-deps --no-cache-dir \
+     --prefer-binary --exists-action=w --disable-pip-version-check --progress-bar=off --index-url={index_url}";
 
 /// How long a stopped build's launcher has to kill the build and report before its whole
 /// process group is killed.
@@ -69,7 +70,7 @@ const DIRECTORY_PREFIX: &str = "piw-build-";
 const LOCK_FILE: &str = "lock";
 
 /// The placeholders a build command may use.
-const PLACEHOLDERS: &[&str] = &["python", "package", "version", "index_url", "wheel_dir"];
+const PLACEHOLDERS: &[&str] = &["python", "package", "version", "source", "index_url", "wheel_dir"];
 
 /// A build command with `{placeholder}`s, split into words at white space (no shell and no
 /// quoting: a word is one argument, placeholders are replaced inside words).
@@ -195,7 +196,10 @@ pub struct BuildJob {
     pub package: String,
     /// Version.
     pub version: String,
-    /// The index the build downloads from (`{index_url}`).
+    /// The pinned source, downloaded and checked before the build command runs (`{source}`
+    /// is its path).
+    pub source: SourceFile,
+    /// The index build dependencies come from (`{index_url}`).
     pub index_url: String,
 }
 
@@ -204,6 +208,7 @@ pub struct BuildJob {
 pub struct Builder {
     options: BuilderOptions,
     apt: Option<Arc<AptIndex>>,
+    sources: SourceClient,
 }
 
 /// A finished build: its result, and its directory with the wheels until it is cleaned up.
@@ -278,9 +283,11 @@ enum Stopped {
 }
 
 impl Builder {
-    /// A builder; `apt` maps shared libraries to Debian packages for wheel inspection.
-    pub fn new(options: BuilderOptions, apt: Option<Arc<AptIndex>>) -> Builder {
-        Builder { options, apt }
+    /// A builder; `apt` maps shared libraries to Debian packages for wheel inspection. Fails
+    /// only when no HTTP client can be made for the sources.
+    pub fn new(options: BuilderOptions, apt: Option<Arc<AptIndex>>) -> anyhow::Result<Builder> {
+        let sources = SourceClient::new(options.timeout)?;
+        Ok(Builder { options, apt, sources })
     }
 
     /// The builder's options.
@@ -306,16 +313,27 @@ impl Builder {
         let wheel_dir = dir.join("wheels");
         let log_path = dir.join("build.log");
         let report_path = dir.join("usage");
+        let started = Instant::now();
+        let source = match self.sources.fetch(&job.source, &dir.join("source"), stop) {
+            Ok(path) => path,
+            Err(e) => {
+                build.result.failure = Some(e.kind);
+                build.result.duration = started.elapsed();
+                build.result.output = format!("[piw-slave] {e}\n");
+                tracing::warn!("build of {} {} failed before it started: {e}", job.package, job.version);
+                return build;
+            }
+        };
         let argv = self.options.command.render(&[
             ("python", &self.options.python),
             ("package", &job.package),
             ("version", &job.version),
+            ("source", &source.to_string_lossy()),
             ("index_url", &job.index_url),
             ("wheel_dir", &wheel_dir.to_string_lossy()),
         ]);
         tracing::info!("building {} {}: {}", job.package, job.version, argv.join(" "));
 
-        let started = Instant::now();
         let run = self.run(&dir, &argv, &log_path, &report_path, stop);
         build.result.duration = started.elapsed();
         let mut notes = String::new();
@@ -397,6 +415,7 @@ impl Builder {
             lock.try_lock().map_err(io::Error::from)?;
             fs::create_dir(dir.join("wheels"))?;
             fs::create_dir(dir.join("tmp"))?;
+            fs::create_dir(dir.join("source"))?;
             Ok(lock)
         })();
         match made {
@@ -651,15 +670,18 @@ mod tests {
     fn the_default_command_parses_and_renders() {
         let template = CommandTemplate::default();
         assert_eq!(template.to_string(), DEFAULT_COMMAND.split_whitespace().collect::<Vec<_>>().join(" "));
-        let argv = template.render(&[("python", "python3"), ("package", "foo"), ("version", "1.0"), ("index_url", "http://m/simple"), ("wheel_dir", "/b/w")]);
-        assert_eq!(&argv[..5], ["python3", "-m", "pip", "wheel", "foo==1.0"]);
+        let values = |index_url| {
+            [("python", "python3"), ("package", "foo"), ("version", "1.0"), ("source", "/b/source/foo-1.0.tar.gz"), ("index_url", index_url), ("wheel_dir", "/b/w")]
+        };
+        let argv = template.render(&values("http://m/simple"));
+        // pip builds the checked file, not whatever the index names foo 1.0 now.
+        assert_eq!(&argv[..5], ["python3", "-m", "pip", "wheel", "/b/source/foo-1.0.tar.gz"]);
         assert!(argv.contains(&"--wheel-dir=/b/w".to_string()), "{argv:?}");
-        assert!(argv.contains(&"--no-binary=foo".to_string()), "{argv:?}");
         assert!(argv.contains(&"--index-url=http://m/simple".to_string()), "{argv:?}");
         assert!(argv.contains(&"--no-deps".to_string()) && argv.contains(&"--no-cache-dir".to_string()), "{argv:?}");
         assert!(!argv.iter().any(|word| word.contains('{')), "{argv:?}");
         // No index named by the master: pip's own configuration decides.
-        let argv = template.render(&[("python", "python3"), ("package", "foo"), ("version", "1.0"), ("index_url", ""), ("wheel_dir", "/b/w")]);
+        let argv = template.render(&values(""));
         assert!(!argv.iter().any(|word| word.starts_with("--index-url")), "{argv:?}");
     }
 

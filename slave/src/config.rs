@@ -105,9 +105,10 @@ pub struct SlaveConfig {
     pub python: String,
 
     /// The build command, split into arguments at white space (no shell, no quoting), with
-    /// placeholders {python} {package} {version} {index_url} (the index the master names; a word holding it is left out when the master names none)
-    /// and {wheel_dir} (where the wheels must land); it runs in the build directory with
-    /// TMPDIR inside it
+    /// placeholders {python} {package} {version} {source} (the path of the pinned source file,
+    /// downloaded and checked), {index_url} (the index the master names, for build
+    /// dependencies; a word holding it is left out when the master names none) and {wheel_dir}
+    /// (where the wheels must land); it runs in the build directory with TMPDIR inside it
     #[arg(long, env = "PIW_SLAVE_BUILD_COMMAND", value_name = "TEMPLATE", default_value = DEFAULT_COMMAND)]
     pub build_command: CommandTemplate,
 

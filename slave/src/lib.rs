@@ -9,6 +9,7 @@ pub mod config;
 pub mod inspect;
 pub mod launcher;
 pub mod python;
+pub mod source;
 
 pub use agent::{AgentError, Outcome, refuse_root, run};
 pub use config::SlaveConfig;

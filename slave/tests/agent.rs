@@ -24,6 +24,7 @@ use piwheels_common::protocols::{FileReply, FileRequest, SlaveHello, SlaveReply,
 use piwheels_common::transport::{DEFAULT_MAX_MESSAGE, Peer, Server};
 use sha2::{Digest, Sha256};
 use piwheels_testsupport::free_port;
+use piwheels_testsupport::pypi::FakePypi;
 
 /// How long a test waits for anything before it gives up: a guard against hangs, not a
 /// measure of speed.
@@ -43,6 +44,8 @@ const BUILD_SCRIPT: &str = "#!/bin/sh\n\
 /// Directories and files a test's slave uses.
 struct Scene {
     dir: tempfile::TempDir,
+    /// Serves the source of the one release the scripted master hands out.
+    pypi: FakePypi,
 }
 
 impl Scene {
@@ -57,7 +60,15 @@ impl Scene {
         fs::write(&script, BUILD_SCRIPT).expect("write script");
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod script");
         write_wheel(&dir.path().join(WHEEL));
-        Scene { dir }
+        let pypi = FakePypi::start();
+        pypi.create_package("demo", None);
+        pypi.add_source("demo", "1.0", b"the source of demo 1.0\n".to_vec());
+        Scene { dir, pypi }
+    }
+
+    /// The master's word to build demo 1.0 from its pinned source.
+    fn build_demo(&self) -> SlaveReply {
+        SlaveReply::Build { package: "demo".into(), version: "1.0".into(), source: self.pypi.source_file("demo", "1.0") }
     }
 
     fn build_root(&self) -> PathBuf {
@@ -319,7 +330,7 @@ impl FakeMaster {
 
     /// Hands out a build and waits until its script runs; the script's pids.
     fn start_build(&self, slave: &Slave, scene: &Scene) -> Vec<i32> {
-        self.idle(slave, &SlaveReply::Build { package: "demo".into(), version: "1.0".into() });
+        self.idle(slave, &scene.build_demo());
         self.busy(slave, &SlaveReply::Cont);
         scene.wait_for_build(slave)
     }
@@ -551,7 +562,7 @@ fn a_silent_master_gets_a_new_connection_and_a_new_hello() {
     let slave = Slave::start(&scene.args(&master.endpoint, "tcp://127.0.0.1:9"));
     let (first, _) = master.welcome(&slave);
     let pids = {
-        master.idle(&slave, &SlaveReply::Build { package: "demo".into(), version: "1.0".into() });
+        master.idle(&slave, &scene.build_demo());
         scene.wait_for_build(&slave)
     };
     // Busy goes unanswered.

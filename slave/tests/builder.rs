@@ -38,11 +38,20 @@ fn builder(root: &Path, command: &str, adjust: impl FnOnce(&mut BuilderOptions))
     options.command = command.parse().expect("build command");
     options.timeout = Duration::from_secs(600);
     adjust(&mut options);
-    Builder::new(options, None)
+    Builder::new(options, None).expect("builder")
 }
 
+/// The build of `package` `version` from the source `pypi` serves, as the master pins it.
 fn job(pypi: &FakePypi, package: &str, version: &str) -> BuildJob {
-    BuildJob { package: package.into(), version: version.into(), index_url: pypi.simple_url() }
+    BuildJob { package: package.into(), version: version.into(), source: pypi.source_file(package, version), index_url: pypi.simple_url() }
+}
+
+/// A build whose build command ignores its source: the fake PyPI that serves the source, and
+/// the job.
+fn any_job(package: &str) -> (FakePypi, BuildJob) {
+    let pypi = serve(package, "1", format!("the source of {package}\n").into_bytes());
+    let job = job(&pypi, package, "1");
+    (pypi, job)
 }
 
 fn never() -> bool {
@@ -120,8 +129,67 @@ fn builds_a_pure_python_sdist_into_an_inspected_wheel() {
     assert_eq!(file.size, bytes.len() as u64);
     assert_eq!(file.sha256, format!("{:x}", Sha256::digest(&bytes)));
     assert!(String::from_utf8_lossy(&file.metadata).contains("Name: tiny-pkg"));
-    // pip downloaded the sdist from the index the job named.
-    assert_eq!(pypi.requests("/simple/tiny-pkg/"), 1);
+    // The slave downloaded the pinned file once; pip built from it without asking the index.
+    assert_eq!(pypi.requests("/packages/tiny-pkg-1.0.tar.gz"), 1);
+    assert_eq!(pypi.requests("/simple/tiny-pkg/"), 0);
+    check_cleaned_up(build, root.path());
+}
+
+/// The files in the build's `source/` directory.
+fn source_dir_files(build: &Build) -> Vec<String> {
+    piwheels_testsupport::data::dir_names(&build.directory().expect("a build directory").join("source"))
+}
+
+#[test]
+fn a_source_that_is_not_the_pinned_file_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("scripts");
+    let ran = dir.path().join("ran");
+    let root = tempfile::tempdir().expect("root");
+    let builder = builder(root.path(), &format!("touch {}", ran.display()), |_| {});
+    let pypi = serve("foo", "1.0", b"the source the index published".to_vec());
+    let job = job(&pypi, "foo", "1.0");
+    // The index (a mirror, or someone between) now serves other bytes under the same name.
+    pypi.tamper("foo-1.0.tar.gz", b"the source the index published, changed".to_vec());
+    let build = builder.build(&job, &never);
+    let result = &build.result;
+    assert_eq!(result.failure, Some(FailureKind::Source), "{}", result.output);
+    assert!(result.output.contains("is not the pinned file") && result.output.contains(&job.source.sha256), "{}", result.output);
+    assert!(!ran.exists(), "the build command ran");
+    assert_eq!(source_dir_files(&build), Vec::<String>::new(), "the wrong file was kept");
+    check_cleaned_up(build, root.path());
+}
+
+#[test]
+fn a_source_that_cannot_be_had_fails_the_build_as_the_indexs_fault() {
+    let dir = tempfile::tempdir().expect("scripts");
+    let ran = dir.path().join("ran");
+    let root = tempfile::tempdir().expect("root");
+    let builder = builder(root.path(), &format!("touch {}", ran.display()), |_| {});
+    let pypi = serve("foo", "1.0", b"source".to_vec());
+    let good = job(&pypi, "foo", "1.0");
+    let with = |change: &dyn Fn(&mut BuildJob)| {
+        let mut job = good.clone();
+        change(&mut job);
+        job
+    };
+    for (job, said) in [
+        (with(&|j| j.source.url = format!("{}/nowhere.tar.gz", pypi.files_url())), "HTTP 404"),
+        (with(&|j| j.source.url = "http://127.0.0.1:9/foo-1.0.tar.gz".into()), "cannot download the source"),
+        (with(&|j| j.source.filename = "../foo-1.0.tar.gz".into()), "source pin is malformed"),
+        (with(&|j| j.source.url = "file:///etc/passwd".into()), "source pin is malformed"),
+        (with(&|j| j.source.sha256 = "ABC".into()), "source pin is malformed"),
+    ] {
+        let build = builder.build(&job, &never);
+        assert_eq!(build.result.failure, Some(FailureKind::Source), "{job:?}: {}", build.result.output);
+        assert!(build.result.output.contains(said), "{job:?}: {}", build.result.output);
+        assert_eq!(source_dir_files(&build), Vec::<String>::new());
+        check_cleaned_up(build, root.path());
+    }
+    assert!(!ran.exists(), "a build command ran");
+    // And the pin as published builds.
+    let build = builder.build(&good, &never);
+    assert!(ran.exists(), "{}", build.result.output);
+    assert_eq!(source_dir_files(&build), ["foo-1.0.tar.gz"]);
     check_cleaned_up(build, root.path());
 }
 
@@ -137,7 +205,7 @@ fn a_c_extension_is_tagged_for_the_interpreter_the_slave_announces() {
     options.command = pip_command().parse().expect("command");
     // With the system's package index, as the slave runs (the test extension links nothing,
     // so it has no apt dependencies to find).
-    let builder = Builder::new(options, AptIndex::load_system().ok().map(Arc::new));
+    let builder = Builder::new(options, AptIndex::load_system().ok().map(Arc::new)).expect("builder");
     let build = builder.build(&job(&pypi, "c-ext", "2.0"), &never);
     assert!(build.result.success, "build failed: {:?}\n{}", build.result.failure, build.result.output);
     let file = &build.result.files[0];
@@ -179,7 +247,8 @@ fn a_build_past_its_timeout_is_killed_with_its_whole_process_group() {
     let builder = builder(root.path(), &format!("{} {}", sleeper.display(), pid_file.display()), |options| {
         options.timeout = Duration::from_secs(5);
     });
-    let build = builder.build(&BuildJob { package: "sleepy".into(), version: "1".into(), index_url: "http://127.0.0.1:9/simple".into() }, &never);
+    let (_pypi, job) = any_job("sleepy");
+    let build = builder.build(&job, &never);
     let result = &build.result;
     assert!(!result.success);
     assert_eq!(result.failure, Some(FailureKind::Timeout), "{}", result.output);
@@ -287,7 +356,8 @@ fn usage_is_measured_per_build_children_included() {
     );
     let root = tempfile::tempdir().expect("root");
     let big = builder(root.path(), &format!("{{python}} {} 300", hog.display()), |_| {});
-    let build = big.build(&BuildJob { package: "hog".into(), version: "1".into(), index_url: String::new() }, &never);
+    let (_pypi, job) = any_job("hog");
+    let build = big.build(&job, &never);
     assert_eq!(build.result.exit_status, Some(0), "{}", build.result.output);
     // The script leaves no wheel: a failed build, measured all the same.
     assert_eq!(build.result.failure, Some(FailureKind::Build));
@@ -298,7 +368,8 @@ fn usage_is_measured_per_build_children_included() {
     check_cleaned_up(build, root.path());
 
     let small = builder(root.path(), &format!("{{python}} {} 0", hog.display()), |_| {});
-    let build = small.build(&BuildJob { package: "hog".into(), version: "1".into(), index_url: String::new() }, &never);
+    let (_pypi, job) = any_job("hog");
+    let build = small.build(&job, &never);
     assert_eq!(build.result.exit_status, Some(0), "{}", build.result.output);
     assert!(build.result.peak_memory > 0 && build.result.peak_memory < 100 << 20, "small build's peak {} (big: {big_peak})", build.result.peak_memory);
     check_cleaned_up(build, root.path());
@@ -308,7 +379,8 @@ fn usage_is_measured_per_build_children_included() {
 fn a_command_that_cannot_start_is_the_builders_failure() {
     let root = tempfile::tempdir().expect("root");
     let builder = builder(root.path(), "/nonexistent/pip wheel {package}", |_| {});
-    let build = builder.build(&BuildJob { package: "x".into(), version: "1".into(), index_url: String::new() }, &never);
+    let (_pypi, job) = any_job("x");
+    let build = builder.build(&job, &never);
     assert_eq!(build.result.failure, Some(FailureKind::Builder));
     assert!(build.result.output.contains("cannot start /nonexistent/pip"), "{}", build.result.output);
     check_cleaned_up(build, root.path());
@@ -320,7 +392,8 @@ fn a_long_log_is_cut_to_its_tail() {
     let chatty = script(dir.path(), "chatty.sh", "#!/bin/sh\ni=0\nwhile [ $i -lt 20000 ]; do echo \"line $i of the log\"; i=$((i+1)); done\nexit 3\n");
     let root = tempfile::tempdir().expect("root");
     let builder = builder(root.path(), &chatty.display().to_string(), |options| options.log_limit = 4096);
-    let build = builder.build(&BuildJob { package: "x".into(), version: "1".into(), index_url: String::new() }, &never);
+    let (_pypi, job) = any_job("x");
+    let build = builder.build(&job, &never);
     let output = &build.result.output;
     assert_eq!(build.result.exit_status, Some(3));
     assert!(output.starts_with("[piw-slave] the first "), "{output}");
@@ -356,7 +429,8 @@ fn stale_build_directories_are_removed_and_live_ones_kept() {
         assert!(kept.exists(), "{} was removed", kept.display());
     }
     // A build of this builder is live while it exists.
-    let build = builder.build(&BuildJob { package: "x".into(), version: "1".into(), index_url: String::new() }, &never);
+    let (_pypi, job) = any_job("x");
+    let build = builder.build(&job, &never);
     assert_eq!(builder.remove_stale(), Vec::<PathBuf>::new());
     assert!(build.directory().expect("directory").exists());
     build.clean_up().expect("clean up");

@@ -1,6 +1,6 @@
 //! Test data.
 
-use piwheels_common::protocols::WheelFile;
+use piwheels_common::protocols::{SourceFile, WheelFile};
 use piwheels_common::wheel::WheelName;
 use sha2::{Digest, Sha256};
 
@@ -17,6 +17,13 @@ pub fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(size);
     out
+}
+
+/// A source pin for `package` `version` that no index serves: for tests that hand out builds
+/// without downloading them.
+pub fn source_file(package: &str, version: &str) -> SourceFile {
+    let filename = format!("{package}-{version}.tar.gz");
+    SourceFile { url: format!("http://index.invalid/packages/{filename}"), sha256: piwheels_common::inspect::sha256_hex(filename.as_bytes()), filename }
 }
 
 /// The description of the wheel `filename` holding `bytes`, as a builder would make it: size

@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use piwheels_common::inspect::sha256_hex;
+use piwheels_common::protocols::SourceFile;
 
 /// The timestamp base of the default clock, [`Clock::BasePlusSerial`]: 2020-09-13T12:26:40Z.
 pub const DEFAULT_TIME_BASE: i64 = 1_600_000_000;
@@ -87,6 +88,9 @@ struct DistFile {
     data: Arc<Vec<u8>>,
     sha256: String,
     packagetype: &'static str,
+    /// Other bytes served in place of `data` under the same name and published hash (see
+    /// [`FakePypi::tamper`]).
+    tampered: Option<Arc<Vec<u8>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +227,34 @@ impl FakePypi {
         self.add_file(name, version, &filename, sdist, "sdist", "source")
     }
 
+    /// The source pin of `name` `version`, as the simple index publishes it: what the master
+    /// pins and hands to slaves. Panics if the release has no source file.
+    pub fn source_file(&self, name: &str, version: &str) -> SourceFile {
+        let st = self.lock();
+        let file = st
+            .packages
+            .get(&canonicalize(name))
+            .and_then(|p| p.releases.iter().find(|r| r.version == version))
+            .and_then(|r| r.files.iter().find(|f| f.packagetype == "sdist"))
+            .unwrap_or_else(|| panic!("no source of {name} {version}"));
+        SourceFile { url: format!("{}/{}", self.files_url(), percent_encode(&file.filename)), filename: file.filename.clone(), sha256: file.sha256.clone() }
+    }
+
+    /// Serves `data` as the file `filename` from now on, while the index still publishes the
+    /// original's hash: a compromised mirror or a man in the middle. Panics if there is no
+    /// such file.
+    pub fn tamper(&self, filename: &str, data: Vec<u8>) {
+        let mut st = self.lock();
+        let file = st
+            .packages
+            .values_mut()
+            .flat_map(|p| &mut p.releases)
+            .flat_map(|r| &mut r.files)
+            .find(|f| f.filename == filename)
+            .unwrap_or_else(|| panic!("no file {filename}"));
+        file.tampered = Some(Arc::new(data));
+    }
+
     /// Uploads a binary file (its content is a placeholder naming it) and logs
     /// `add PYTAG file FILENAME`, PYTAG being the wheel filename's Python tag (`py3`,
     /// `cp311`, `py2.py3`), or `py3` for a filename that is not a wheel's. Panics if the
@@ -240,7 +272,7 @@ impl FakePypi {
 
     fn add_file(&self, name: &str, version: &str, filename: &str, data: Vec<u8>, packagetype: &'static str, tag: &str) -> i64 {
         let mut st = self.lock();
-        let file = DistFile { filename: filename.to_string(), sha256: sha256_hex(&data), data: Arc::new(data), packagetype };
+        let file = DistFile { filename: filename.to_string(), sha256: sha256_hex(&data), data: Arc::new(data), packagetype, tampered: None };
         let pkg = st.package_mut(name);
         let display = pkg.name.clone();
         let release = match pkg.releases.iter().position(|r| r.version == version) {
@@ -454,6 +486,8 @@ fn accept_loop(listener: &TcpListener, state: &Arc<Mutex<State>>, stop: &AtomicB
 struct Request {
     method: String,
     path: String,
+    /// The Accept header ("" when there is none).
+    accept: String,
     body: Vec<u8>,
 }
 
@@ -508,6 +542,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Result<Option<Request>, St
     let (method, target) = (method.to_string(), target.to_string());
     let mut content_length = 0usize;
     let mut expect_continue = false;
+    let mut accept = String::new();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).map_err(|e| e.to_string())? == 0 {
@@ -525,6 +560,8 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Result<Option<Request>, St
             return Err("chunked request bodies are not supported".into());
         } else if key == "expect" && value.eq_ignore_ascii_case("100-continue") {
             expect_continue = true;
+        } else if key == "accept" {
+            accept = value.to_string();
         }
     }
     if expect_continue {
@@ -535,7 +572,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Result<Option<Request>, St
     // Strip any absolute-form scheme and authority, and the query string.
     let path = target.strip_prefix("http://").map_or(target.as_str(), |rest| rest.find('/').map_or("/", |i| &rest[i..]));
     let path = path.split(['?', '#']).next().unwrap_or("/").to_string();
-    Ok(Some(Request { method, path, body }))
+    Ok(Some(Request { method, path, accept, body }))
 }
 
 fn write_response(stream: &mut TcpStream, response: &Response, head_only: bool) -> std::io::Result<()> {
@@ -620,6 +657,9 @@ fn route(request: &Request, state: &Mutex<State>) -> Response {
     }
     if let Some(rest) = path.strip_prefix("/simple/") {
         return match rest.strip_suffix('/') {
+            Some(package) if !package.contains('/') && request.accept.contains(SIMPLE_JSON) => {
+                simple_json_page(&percent_decode(package), state)
+            }
             Some(package) if !package.contains('/') => simple_page(&percent_decode(package), state),
             None if !rest.contains('/') => redirect(&format!("/simple/{rest}/")),
             _ => Response::status(404),
@@ -630,7 +670,7 @@ fn route(request: &Request, state: &Mutex<State>) -> Response {
         let st = lock(state);
         let file = st.packages.values().flat_map(|p| &p.releases).flat_map(|r| &r.files).find(|f| f.filename == filename);
         return match file {
-            Some(f) => Response::new(200, "application/octet-stream", f.data.as_ref().clone()),
+            Some(f) => Response::new(200, "application/octet-stream", f.tampered.as_ref().unwrap_or(&f.data).as_ref().clone()),
             None => Response::status(404),
         };
     }
@@ -694,6 +734,30 @@ fn simple_page(package: &str, state: &Mutex<State>) -> Response {
     }
     html.push_str("  </body>\n</html>\n");
     Response::new(200, "text/html; charset=utf-8", html)
+}
+
+/// PEP 691's media type for the JSON form of a simple page.
+const SIMPLE_JSON: &str = "application/vnd.pypi.simple.v1+json";
+
+/// A project's simple page in PEP 691's JSON form, with URLs relative to the page.
+fn simple_json_page(package: &str, state: &Mutex<State>) -> Response {
+    let st = lock(state);
+    let Some(pkg) = st.packages.get(&canonicalize(package)) else { return Response::status(404) };
+    let files: Vec<serde_json::Value> = pkg
+        .releases
+        .iter()
+        .flat_map(|release| release.files.iter().map(move |file| (release, file)))
+        .map(|(release, file)| {
+            serde_json::json!({
+                "filename": file.filename,
+                "url": format!("../../packages/{}", percent_encode(&file.filename)),
+                "hashes": {"sha256": file.sha256},
+                "yanked": release.yanked,
+            })
+        })
+        .collect();
+    let page = serde_json::json!({"meta": {"api-version": "1.0"}, "name": canonicalize(&pkg.name), "files": files});
+    Response::new(200, SIMPLE_JSON, page.to_string())
 }
 
 fn json_string(s: &str) -> String {

@@ -238,12 +238,20 @@ fn errors() -> Vec<WireError> {
     error_kinds().into_iter().map(|kind| WireError { kind, message: "the reason".into() }).collect()
 }
 
+fn source_file() -> SourceFile {
+    SourceFile {
+        filename: "numpy-2.0.0.tar.gz".into(),
+        url: "https://files.example/packages/numpy-2.0.0.tar.gz".into(),
+        sha256: "ab".repeat(32),
+    }
+}
+
 fn slave_replies() -> Vec<SlaveReply> {
     let mut replies = vec![SlaveReply::Ack { slave_id: 7, index_url: "http://index.example/simple".into() }];
     replies.extend(errors().into_iter().map(SlaveReply::Error));
     replies.extend([
         SlaveReply::Sleep { paused: true },
-        SlaveReply::Build { package: "numpy".into(), version: "2.0.0".into() },
+        SlaveReply::Build { package: "numpy".into(), version: "2.0.0".into(), source: source_file() },
         SlaveReply::Cont,
         SlaveReply::Send { filename: wheel_file().filename, transfer: 42 },
         SlaveReply::Done,
@@ -265,7 +273,7 @@ fn farm_snapshot() -> FarmSnapshot {
         first_seen: at(8),
         last_seen: at(9),
         stats: vec![host_stats()],
-        last_reply: Some(SlaveReply::Build { package: "numpy".into(), version: "2.0.0".into() }),
+        last_reply: Some(SlaveReply::Build { package: "numpy".into(), version: "2.0.0".into(), source: source_file() }),
         state_since: at(10),
     };
     FarmSnapshot {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use piwheels_common::protocols::{
-    AccessRecord, BuildId, BuildResult, Dependencies, PackageVersion, SlaveId, Timestamp, WireError,
+    AccessRecord, BuildId, BuildResult, Dependencies, PackageVersion, SlaveId, SourceFile, Timestamp, WireError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,16 @@ impl BuildRecord {
         let scope = if self.result.success { RewriteScope::Both } else { RewriteScope::Project };
         PendingRewrite { package: self.package.clone(), added_at, scope }
     }
+}
+
+/// A release waiting in the build queue, with the source it is to be built from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct QueuedBuild {
+    /// The release.
+    pub release: PackageVersion,
+    /// Its pinned source.
+    pub source: SourceFile,
 }
 
 /// A file and its hash.
@@ -404,11 +414,29 @@ calls! {
     } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<BuildId>;
     /// The ABIs.
     BuildAbis {} -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<BuildAbi>;
-    /// The build queue, per ABI, at most `limit` per ABI.
+    /// The build queue, per ABI, at most `limit` per ABI: only releases whose source is pinned.
     BuildQueue {
         /// Maximum entries per ABI.
         limit: u32,
-    } -> #[cfg_attr(test, proptest(strategy = "small_map()"))] BTreeMap<String, Vec<PackageVersion>>;
+    } -> #[cfg_attr(test, proptest(strategy = "small_map()"))] BTreeMap<String, Vec<QueuedBuild>>;
+    /// Releases that could be built but whose source is not pinned yet: those never looked
+    /// for (newest first), then those looked for in vain at least `recheck_after` ago.
+    UnpinnedSources {
+        /// Maximum releases.
+        limit: u32,
+        /// How long a release the index had no source for waits before it is looked for again.
+        recheck_after: Duration,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<PackageVersion>;
+    /// Pin a release's source, or with None note that the index has none for it now. A pin
+    /// is never replaced: the answer says whether this call pinned it.
+    PinSource {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+        /// The source file the index publishes.
+        source: Option<SourceFile>,
+    } -> bool;
     /// The last applied PyPI serial.
     PypiSerial {} -> i64;
     /// Store the last applied PyPI serial (never backwards).

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use piwheels_common::protocols::{BuildId, MasterStats, PackageVersion, SlaveAction, SlaveId, SlaveTarget, WireError};
+use piwheels_common::protocols::{BuildId, MasterStats, SlaveAction, SlaveId, SlaveTarget, WireError};
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
@@ -11,7 +11,7 @@ use piwheels_common::arbitrary::{small_map, small_vec};
 #[cfg(test)]
 use proptest_derive::Arbitrary;
 
-use super::db::{PendingRewrite, RewriteScope, SearchEntry};
+use super::db::{PendingRewrite, QueuedBuild, RewriteScope, SearchEntry};
 
 /// An operator's command for slaves, forwarded by the master's main loop; answered by
 /// [`SlaveCommandReply`].
@@ -49,9 +49,9 @@ pub enum SlaveCommandReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
 pub struct BuildQueueUpdate {
-    /// Per ABI, the releases to build, newest release first.
+    /// Per ABI, the releases to build with their sources, newest release first.
     #[cfg_attr(test, proptest(strategy = "small_map()"))]
-    pub queues: BTreeMap<String, Vec<PackageVersion>>,
+    pub queues: BTreeMap<String, Vec<QueuedBuild>>,
 }
 
 /// Something changed that may change the build queue; the architect debounces these.

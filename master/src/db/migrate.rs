@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0002_rewrite_requests.sql"),
     },
     Migration { version: 3, name: "build logs kept with their builds", sql: include_str!("../../../migrations/0003_build_output.sql") },
+    Migration { version: 4, name: "releases pinned to their source's hash", sql: include_str!("../../../migrations/0004_pinned_sources.sql") },
 ];
 
 /// The schema version this software works with.

@@ -6,6 +6,7 @@ pub mod migrate;
 pub mod project;
 pub mod queue;
 pub mod requests;
+pub mod sources;
 
 use std::time::Duration;
 

@@ -8,7 +8,8 @@
 //! whichever build made it). Each release waits on its LOWEST pending ABI only: once that
 //! build is done, a pure or abi3 wheel it made serves the higher ABIs and saves building
 //! them. Within an ABI the newest release comes first, so that new releases reach users within
-//! minutes even while a backfill of old versions (a new ABI, a rebuild) runs.
+//! minutes even while a backfill of old versions (a new ABI, a rebuild) runs. A release is
+//! queued only once its source is pinned ([`super::sources`]): it is built from those bytes.
 //!
 //! Speed: a farm holds millions of versions, nearly all of them done. `versions.complete`
 //! marks versions that need nothing more, and the queue looks only at the others (through the
@@ -21,10 +22,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use piwheels_common::protocols::PackageVersion;
+use piwheels_common::protocols::{PackageVersion, SourceFile};
 use sqlx::{Connection, Executor};
 
 use super::Database;
+use crate::calls::db::QueuedBuild;
+
+/// A row of the queue: the ABI, then the release and its source (NULLs for an empty queue).
+type QueueRow = (String, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
 
 /// The ABIs (`a`, from `build_abis`) on which the version `v` is still wanted, lowest first.
 macro_rules! pending_abis {
@@ -48,7 +53,8 @@ const BUILD_QUEUE_SQL: &str = concat!(
     "WITH examined AS (
         -- Every version that may still need building, with its lowest pending ABI (NULL when
         -- it needs nothing after all).
-        SELECT v.package, v.version, v.released, first.abi_tag
+        SELECT v.package, v.version, v.released, first.abi_tag,
+               v.source_filename, v.source_url, v.source_sha256
         FROM versions v
         JOIN packages p ON p.package = v.package AND p.skip = ''
         LEFT JOIN LATERAL (",
@@ -62,14 +68,14 @@ const BUILD_QUEUE_SQL: &str = concat!(
         WHERE e.abi_tag IS NULL AND v.package = e.package AND v.version = e.version
     ),
     ranked AS (
-        SELECT e.abi_tag, e.package, e.version,
+        SELECT e.abi_tag, e.package, e.version, e.source_filename, e.source_url, e.source_sha256,
                row_number() OVER (PARTITION BY e.abi_tag
                                   ORDER BY e.released DESC, e.package COLLATE \"C\", e.version COLLATE \"C\") AS n
         FROM examined e
-        WHERE e.abi_tag IS NOT NULL
+        WHERE e.abi_tag IS NOT NULL AND e.source_sha256 IS NOT NULL
     )
     -- Every ABI being built appears, with NULLs when its queue is empty.
-    SELECT a.abi_tag, r.package, r.version
+    SELECT a.abi_tag, r.package, r.version, r.source_filename, r.source_url, r.source_sha256
     FROM build_abis a
     LEFT JOIN ranked r ON r.abi_tag = a.abi_tag AND r.n <= $1
     WHERE a.skip = ''
@@ -96,18 +102,17 @@ pub const BUILD_QUEUE_TIMEOUT: Duration = Duration::from_secs(600);
 impl Database {
     /// The build queue: for every ABI that is not skipped (even when its queue is empty), at
     /// most `limit` releases, newest release first. Marks the versions it finds complete.
-    pub async fn build_queue(&mut self, limit: u32) -> Result<BTreeMap<String, Vec<PackageVersion>>, sqlx::Error> {
+    pub async fn build_queue(&mut self, limit: u32) -> Result<BTreeMap<String, Vec<QueuedBuild>>, sqlx::Error> {
         let mut tx = self.conn.begin().await?;
         tx.execute(sqlx::AssertSqlSafe(format!("SET LOCAL statement_timeout = {}", BUILD_QUEUE_TIMEOUT.as_millis())))
             .await?;
-        let rows: Vec<(String, Option<String>, Option<String>)> =
-            sqlx::query_as(BUILD_QUEUE_SQL).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
+        let rows: Vec<QueueRow> = sqlx::query_as(BUILD_QUEUE_SQL).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        let mut queues: BTreeMap<String, Vec<PackageVersion>> = BTreeMap::new();
-        for (abi, package, version) in rows {
+        let mut queues: BTreeMap<String, Vec<QueuedBuild>> = BTreeMap::new();
+        for (abi, package, version, filename, url, sha256) in rows {
             let queue = queues.entry(abi).or_default();
-            if let (Some(package), Some(version)) = (package, version) {
-                queue.push(PackageVersion { package, version });
+            if let (Some(package), Some(version), Some(filename), Some(url), Some(sha256)) = (package, version, filename, url, sha256) {
+                queue.push(QueuedBuild { release: PackageVersion { package, version }, source: SourceFile { filename, url, sha256 } });
             }
         }
         Ok(queues)

@@ -119,6 +119,12 @@ impl Database {
             Q::BuildIds(BuildIds { package, version }) => DbReply::BuildIds(self.build_ids(&package, version.as_deref()).await?),
             Q::BuildAbis(BuildAbis {}) => DbReply::BuildAbis(self.build_abis().await?),
             Q::BuildQueue(BuildQueue { limit }) => DbReply::BuildQueue(self.build_queue(limit).await?),
+            Q::UnpinnedSources(UnpinnedSources { limit, recheck_after }) => {
+                DbReply::UnpinnedSources(self.unpinned_sources(limit, recheck_after).await?)
+            }
+            Q::PinSource(PinSource { package, version, source }) => {
+                refusable(self.pin_source(&package, &version, source.as_ref()).await, DbReply::PinSource)?
+            }
             Q::PypiSerial(PypiSerial {}) => DbReply::PypiSerial(self.pypi_serial().await?),
             Q::SetPypiSerial(SetPypiSerial { serial }) => refusable(self.set_pypi_serial(serial).await, DbReply::SetPypiSerial)?,
             Q::Statistics(Statistics {}) => DbReply::Statistics(self.statistics().await?),
@@ -1006,7 +1012,7 @@ fn scope_name(scope: RewriteScope) -> &'static str {
 }
 
 /// A duration as an INTERVAL (microseconds; saturating far beyond any real build).
-fn interval(duration: Duration) -> PgInterval {
+pub(super) fn interval(duration: Duration) -> PgInterval {
     PgInterval { months: 0, days: 0, microseconds: i64::try_from(duration.as_micros()).unwrap_or(i64::MAX) }
 }
 

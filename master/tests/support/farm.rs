@@ -22,30 +22,15 @@ use piwheels_testsupport::pypi::FakePypi;
 /// How long a slave may stay silent before the master drops it.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(6);
 
-/// The builder: downloads the source from the index the master names, reads what to do from
-/// it, and writes a wheel into the wheel directory. A download that fails is reported in pip's
-/// words, which the slave knows to be the index's fault.
-const BUILDER: &str = r##"import base64, hashlib, os, re, sys, time, urllib.parse, urllib.request, zipfile
-pids, name, version, wheel_dir, index_url = sys.argv[1:6]
+/// The builder: reads what to do from the source file the slave downloaded and checked, and
+/// writes a wheel into the wheel directory.
+const BUILDER: &str = r##"import base64, hashlib, os, sys, time, zipfile
+pids, name, version, wheel_dir, source = sys.argv[1:6]
 with open(pids, "a") as out:
     out.write(f"{os.getpid()}\n")
 
-def fetch(url):
-    try:
-        with urllib.request.urlopen(url, timeout=3) as answer:
-            return answer.read()
-    except Exception as e:
-        print(f"WARNING: Could not fetch URL {url}: {e}", flush=True)
-        print(f"ERROR: Could not find a version that satisfies the requirement {name}=={version} (from versions: none)")
-        sys.exit(1)
-
-page_url = urllib.parse.urljoin(index_url.rstrip("/") + "/", name + "/")
-page = fetch(page_url).decode()
-link = re.search(r'href="([^"#]*' + re.escape(f"{name}-{version}.tar.gz") + ')', page)
-if link is None:
-    print(f"ERROR: Could not find a version that satisfies the requirement {name}=={version}")
-    sys.exit(1)
-spec = dict(word.split("=", 1) for word in fetch(urllib.parse.urljoin(page_url, link.group(1))).decode().split())
+with open(source) as f:
+    spec = dict(word.split("=", 1) for word in f.read().split())
 print(f"building {name} {version} as its source says: {spec}", flush=True)
 time.sleep(float(spec["seconds"]))
 if spec["outcome"] == "fail":
@@ -270,7 +255,7 @@ impl Farm {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let command = format!(
-            "{{python}} -I -S {} {} {{package}} {{version}} {{wheel_dir}} {{index_url}}",
+            "{{python}} -I -S {} {} {{package}} {{version}} {{wheel_dir}} {{source}}",
             self.path("builder.py").display(),
             self.path("build-pids").display()
         );

@@ -56,7 +56,8 @@ impl Pool {
         for (package, version) in releases {
             pool.db.execute(&format!(
                 "INSERT INTO packages (package) VALUES ('{package}') ON CONFLICT DO NOTHING;
-                 INSERT INTO versions (package, version) VALUES ('{package}', '{version}')"
+                 INSERT INTO versions (package, version, source_filename, source_url, source_sha256)
+                 VALUES ('{package}', '{version}', '{package}-{version}.tar.gz', 'http://index.invalid/{package}-{version}.tar.gz', repeat('0', 64))"
             ));
         }
         pool

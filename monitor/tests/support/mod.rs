@@ -61,7 +61,7 @@ pub fn replied(id: SlaveId, t: i64, reply: SlaveReply) -> StatusEvent {
 }
 
 pub fn build(package: &str, version: &str) -> SlaveReply {
-    SlaveReply::Build { package: package.into(), version: version.into() }
+    SlaveReply::Build { package: package.into(), version: version.into(), source: piwheels_testsupport::data::source_file(package, version) }
 }
 
 pub fn host_stats(t: i64) -> HostStats {

@@ -1,0 +1,81 @@
+//! Pinned sources: the source file each release is built from, as the package index
+//! publishes it, recorded once and never replaced ([`Database::pin_source`]). The source
+//! pinner (`crate::source_pinner`) asks for the releases still waiting for one
+//! ([`Database::unpinned_sources`]); the build queue holds only pinned releases.
+
+use std::time::Duration;
+
+use piwheels_common::protocols::{PackageVersion, SourceFile};
+
+use super::Database;
+use super::requests::{RequestError, interval};
+
+/// The longest source URL the schema holds.
+pub const MAX_SOURCE_URL: usize = 2000;
+/// The longest source file name the schema holds.
+pub const MAX_SOURCE_FILENAME: usize = 255;
+
+impl Database {
+    /// Up to `limit` releases that could be built but have no pinned source: those never
+    /// looked for (newest first), then those looked for in vain at least `recheck_after` ago.
+    pub async fn unpinned_sources(&mut self, limit: u32, recheck_after: Duration) -> Result<Vec<PackageVersion>, sqlx::Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT v.package, v.version FROM versions v
+             JOIN packages p ON p.package = v.package AND p.skip = ''
+             WHERE v.source_sha256 IS NULL AND NOT v.complete AND v.skip = ''
+               AND (v.source_checked IS NULL OR v.source_checked <= now() - $2)
+             ORDER BY v.source_checked NULLS FIRST, v.released DESC
+             LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .bind(interval(recheck_after))
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows.into_iter().map(|(package, version)| PackageVersion { package, version }).collect())
+    }
+
+    /// Pins `source` to the release, unless it has a pin already (a pin is never replaced);
+    /// with None, notes that the index had no source for it now. True when this call pinned
+    /// it. A source that the schema cannot hold is refused.
+    pub async fn pin_source(&mut self, package: &str, version: &str, source: Option<&SourceFile>) -> Result<bool, RequestError> {
+        let Some(source) = source else {
+            sqlx::query("UPDATE versions SET source_checked = now() WHERE package = $1 AND version = $2 AND source_sha256 IS NULL")
+                .bind(package)
+                .bind(version)
+                .execute(&mut self.conn)
+                .await?;
+            return Ok(false);
+        };
+        check_source(source).map_err(RequestError::Refused)?;
+        let pinned = sqlx::query(
+            "UPDATE versions SET source_filename = $3, source_url = $4, source_sha256 = $5, source_checked = now()
+             WHERE package = $1 AND version = $2 AND source_sha256 IS NULL",
+        )
+        .bind(package)
+        .bind(version)
+        .bind(&source.filename)
+        .bind(&source.url)
+        .bind(&source.sha256)
+        .execute(&mut self.conn)
+        .await?
+        .rows_affected();
+        Ok(pinned == 1)
+    }
+}
+
+/// Why the schema cannot hold `source`, if it cannot.
+fn check_source(source: &SourceFile) -> Result<(), String> {
+    if source.filename.is_empty() || source.filename.len() > MAX_SOURCE_FILENAME || source.filename.contains('/') {
+        return Err(format!("bad source file name {:?}", source.filename));
+    }
+    if source.url.len() > MAX_SOURCE_URL {
+        return Err(format!("source URL longer than {MAX_SOURCE_URL} bytes"));
+    }
+    if !(source.url.starts_with("https://") || source.url.starts_with("http://")) {
+        return Err(format!("source URL {:?} is not http or https", source.url));
+    }
+    if source.sha256.len() != 64 || !source.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(format!("bad source SHA-256 {:?}", source.sha256));
+    }
+    Ok(())
+}

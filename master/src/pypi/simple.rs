@@ -1,0 +1,173 @@
+//! A project's source files from a simple index in its JSON form (PEP 691), with the SHA-256
+//! the index publishes for each: what the source pinner pins. The HTML form is not read: an
+//! index that offers only HTML cannot pin sources, and the error says so.
+
+use std::time::Duration;
+
+use piwheels_common::names::{canonicalize, same_version};
+use piwheels_common::protocols::SourceFile;
+use serde::Deserialize;
+
+/// PEP 691's media type for the JSON form of a simple page.
+const SIMPLE_JSON: &str = "application/vnd.pypi.simple.v1+json";
+/// The largest simple page read: the busiest projects' pages are a few MiB.
+pub const MAX_PAGE: usize = 64 << 20;
+/// The extensions of source distributions, the preferred first (PEP 625's `.tar.gz`).
+const SOURCE_EXTENSIONS: [&str; 6] = [".tar.gz", ".zip", ".tar.bz2", ".tgz", ".tar.xz", ".tar"];
+
+/// Why a project's page could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SimpleError {
+    /// The index does not know the project.
+    #[error("the index has no project {0}")]
+    NotFound(String),
+    /// The index failed or could not be reached: try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The index answered with something that is not a PEP 691 page.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// A client of a simple index.
+#[derive(Debug, Clone)]
+pub struct SimpleClient {
+    http: reqwest::Client,
+    base: url::Url,
+}
+
+/// A project's page: its files, as PEP 691 gives them.
+#[derive(Debug, Deserialize)]
+struct Page {
+    files: Vec<PageFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PageFile {
+    filename: String,
+    url: String,
+    hashes: std::collections::BTreeMap<String, String>,
+}
+
+impl SimpleClient {
+    /// A client of the simple index at `url` (`<url>/<project>/`); each request gives up
+    /// after `timeout`.
+    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<SimpleClient> {
+        super::install_crypto_provider();
+        let base = url::Url::parse(&format!("{}/", url.trim_end_matches('/')))?;
+        let http = reqwest::Client::builder().timeout(timeout).user_agent(concat!("piwheels-rs/", env!("CARGO_PKG_VERSION"))).build()?;
+        Ok(SimpleClient { http, base })
+    }
+
+    /// The source files of `project` (a canonical name), with absolute URLs.
+    pub async fn sources(&self, project: &str) -> Result<Vec<SourceFile>, SimpleError> {
+        let page_url = self.base.join(&format!("{project}/")).map_err(|e| SimpleError::Malformed(format!("{project}: {e}")))?;
+        let mut response = self
+            .http
+            .get(page_url.clone())
+            .header(reqwest::header::ACCEPT, SIMPLE_JSON)
+            .send()
+            .await
+            .map_err(|e| SimpleError::Unavailable(format!("{page_url}: {e}")))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(SimpleError::NotFound(project.to_string()));
+        }
+        if !status.is_success() {
+            return Err(SimpleError::Unavailable(format!("{page_url}: HTTP {status}")));
+        }
+        let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !content_type.starts_with(SIMPLE_JSON) {
+            return Err(SimpleError::Malformed(format!(
+                "{page_url} answered {content_type:?}, not PEP 691 JSON ({SIMPLE_JSON}): sources cannot be pinned from this index"
+            )));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| SimpleError::Unavailable(format!("{page_url}: {e}")))? {
+            if body.len() + chunk.len() > MAX_PAGE {
+                return Err(SimpleError::Malformed(format!("{page_url} is larger than {MAX_PAGE} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let page: Page = serde_json::from_slice(&body).map_err(|e| SimpleError::Malformed(format!("{page_url}: {e}")))?;
+        Ok(page.files.into_iter().filter_map(|file| source_file(&page_url, file)).collect())
+    }
+}
+
+/// The page's file as a source pin: a source distribution with a well-formed SHA-256, whose
+/// URL (relative to the page, as PEP 691 allows) is http or https.
+fn source_file(page_url: &url::Url, file: PageFile) -> Option<SourceFile> {
+    if file.filename.contains('/') || !SOURCE_EXTENSIONS.iter().any(|ext| file.filename.ends_with(ext)) {
+        return None;
+    }
+    let sha256 = file.hashes.get("sha256")?.to_ascii_lowercase();
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut url = page_url.join(&file.url).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    // The hash travels on its own; a fragment is not part of the file's address.
+    url.set_fragment(None);
+    Some(SourceFile { filename: file.filename, url: url.into(), sha256 })
+}
+
+/// The source file of `project` `version` among `sources`: the one whose name is the
+/// project's and the version's, preferring `.tar.gz`.
+pub fn source_of<'s>(sources: &'s [SourceFile], project: &str, version: &str) -> Option<&'s SourceFile> {
+    let matches = |file: &SourceFile, ext: &str| {
+        file.filename.strip_suffix(ext).is_some_and(|stem| {
+            // Either side of the split may hold dashes in legacy names: try every split.
+            stem.match_indices('-').any(|(at, _)| canonicalize(&stem[..at]) == project && same_version(&stem[at + 1..], version))
+        })
+    };
+    SOURCE_EXTENSIONS.iter().find_map(|ext| sources.iter().find(|file| matches(file, ext)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(filename: &str, url: &str, sha256: &str) -> PageFile {
+        PageFile { filename: filename.into(), url: url.into(), hashes: [("sha256".to_string(), sha256.to_string())].into() }
+    }
+
+    #[test]
+    fn sources_have_absolute_urls_and_lower_case_hashes_and_nothing_else_passes() {
+        let page = url::Url::parse("https://index.example/simple/foo/").unwrap();
+        let hash = "AB".repeat(32);
+        let pinned = source_file(&page, file("foo-1.0.tar.gz", "../../packages/foo-1.0.tar.gz#sha256=x", &hash)).unwrap();
+        assert_eq!(pinned.url, "https://index.example/packages/foo-1.0.tar.gz");
+        assert_eq!(pinned.sha256, "ab".repeat(32));
+        for refused in [
+            file("foo-1.0-py3-none-any.whl", "foo.whl", &hash),
+            file("foo-1.0.tar.gz", "ftp://elsewhere/foo-1.0.tar.gz", &hash),
+            file("foo-1.0.tar.gz", "foo-1.0.tar.gz", "abc"),
+            file("../foo-1.0.tar.gz", "foo-1.0.tar.gz", &hash),
+            PageFile { filename: "foo-1.0.tar.gz".into(), url: "foo-1.0.tar.gz".into(), hashes: [("md5".to_string(), "0".repeat(32))].into() },
+        ] {
+            let name = refused.filename.clone();
+            assert_eq!(source_file(&page, refused), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_source_of_a_release_is_found_by_name_and_version() {
+        let pin = |filename: &str| SourceFile { filename: filename.into(), url: format!("http://i/{filename}"), sha256: "0".repeat(64) };
+        let sources = [
+            pin("python-dateutil-2.8.2.zip"),
+            pin("python-dateutil-2.8.2.tar.gz"),
+            pin("python_dateutil-2.9.0.post0.tar.gz"),
+            pin("Foo.Bar-1.0b1.zip"),
+        ];
+        let found = |project: &str, version: &str| source_of(&sources, project, version).map(|s| s.filename.as_str());
+        // .tar.gz is preferred to .zip; a name with dashes splits at the right place.
+        assert_eq!(found("python-dateutil", "2.8.2"), Some("python-dateutil-2.8.2.tar.gz"));
+        assert_eq!(found("python-dateutil", "2.9.0.post0"), Some("python_dateutil-2.9.0.post0.tar.gz"));
+        // The same PEP 440 version written otherwise.
+        assert_eq!(found("foo-bar", "1.0-beta1"), Some("Foo.Bar-1.0b1.zip"));
+        assert_eq!(found("python-dateutil", "2.8"), None);
+        assert_eq!(found("dateutil", "2.8.2"), None);
+    }
+}

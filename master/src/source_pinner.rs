@@ -1,0 +1,210 @@
+//! The source pinner: finds, for each release waiting to be built, its source distribution on
+//! the simple index the slaves build from (`--pypi-simple`) and pins the file's name, URL and
+//! SHA-256 in the database ([`PinSource`]). Only pinned releases are queued, and a slave
+//! builds from exactly the pinned bytes, so what the index publishes when the master first
+//! looks is what every build uses, whoever serves the file later.
+//!
+//! Releases come from the database, not from the follower's events: releases added by
+//! piw-add or by a follower that was down are pinned the same way, and a pin lost to an
+//! index or database failure is tried again at the next round. A release the index has no
+//! source for (yet) is looked for again after [`RECHECK_AFTER`]. An index that keeps failing
+//! is asked less often, doubling from the interval up to [`MAX_BACKOFF`].
+//!
+//! Sockets: a [`DbClient`] to the oracles; a PUSH to the architect
+//! ([`crate::wiring::ARCHITECT`]) once new pins may have grown the queue.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use piwheels_common::protocols::PackageVersion;
+use piwheels_common::task::{Context, PauseMode, Task};
+use piwheels_common::transport::Sender;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::calls::db::{PinSource, UnpinnedSources};
+use crate::calls::tasks::ArchitectTrigger;
+use crate::db_client::DbClient;
+use crate::pypi::simple::{SimpleClient, SimpleError, source_of};
+use crate::wiring::{self, TaskName};
+
+/// Releases looked at per round; a full round is followed by another at once.
+pub const BATCH: u32 = 200;
+/// Projects' pages fetched at once (the index is a shared service).
+const PAGE_REQUESTS: usize = 8;
+/// How long a release the index had no source for waits before it is looked for again.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(3600);
+/// Longest wait between rounds while the index keeps failing.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Where to find sources.
+#[derive(Debug, Clone)]
+pub struct PinnerConfig {
+    /// The simple index (`<url>/<project>/`), read in its PEP 691 JSON form.
+    pub index_url: String,
+    /// How often to look for releases to pin.
+    pub interval: Duration,
+    /// How long one request to the index may take.
+    pub timeout: Duration,
+}
+
+/// The pinner's sockets.
+#[derive(Debug)]
+pub struct Sockets {
+    db: DbClient,
+    architect: Sender<ArchitectTrigger>,
+}
+
+impl Sockets {
+    /// Connects to the oracles (each request waits at most `db_timeout`) and the architect.
+    pub fn open(ctx: &zmq::Context, db_timeout: Duration) -> anyhow::Result<Sockets> {
+        Ok(Sockets {
+            db: wiring::DB.caller(ctx, TaskName::SourcePinner, db_timeout)?,
+            architect: wiring::ARCHITECT.push(ctx, TaskName::SourcePinner)?,
+        })
+    }
+}
+
+/// The pinner's one timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// Time for a round.
+    Round,
+}
+
+/// What one round did.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Round {
+    /// Releases looked at.
+    asked: usize,
+    /// Releases pinned.
+    pinned: usize,
+    /// Releases the index has no source for.
+    missing: usize,
+    /// Projects whose pages could not be had.
+    failed: usize,
+}
+
+/// The source pinner.
+#[derive(Debug)]
+pub struct SourcePinner {
+    config: PinnerConfig,
+    runtime: tokio::runtime::Runtime,
+    index: SimpleClient,
+    /// While the index keeps failing: the wait before the next round, and when that ends.
+    backoff: Option<(Duration, Instant)>,
+}
+
+impl SourcePinner {
+    /// A pinner of sources from the index in `config`.
+    pub fn new(config: &PinnerConfig) -> anyhow::Result<SourcePinner> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let index = SimpleClient::new(&config.index_url, config.timeout)?;
+        tracing::info!("pinning sources from {}", config.index_url);
+        Ok(SourcePinner { config: config.clone(), runtime, index, backoff: None })
+    }
+
+    /// Pins what it can of one batch of unpinned releases.
+    fn round(&mut self, sockets: &Sockets) -> anyhow::Result<Round> {
+        let releases = sockets.db.call(UnpinnedSources { limit: BATCH, recheck_after: RECHECK_AFTER })?;
+        let mut round = Round { asked: releases.len(), ..Round::default() };
+        let mut by_project: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for PackageVersion { package, version } in releases {
+            by_project.entry(package).or_default().push(version);
+        }
+        let projects: Vec<String> = by_project.keys().cloned().collect();
+        let pages = self.fetch(&projects);
+        for ((project, versions), page) in by_project.into_iter().zip(pages) {
+            let sources = match page {
+                Ok(sources) => sources,
+                Err(SimpleError::NotFound(_)) => Vec::new(),
+                Err(e) => {
+                    tracing::warn!("cannot pin the sources of {project}: {e}");
+                    round.failed += 1;
+                    continue;
+                }
+            };
+            for version in versions {
+                let source = source_of(&sources, &project, &version).cloned();
+                let found = source.is_some();
+                let pinned = sockets.db.call(PinSource { package: project.clone(), version: version.clone(), source: source.clone() })?;
+                match source {
+                    Some(source) if pinned => {
+                        tracing::info!("pinned {project} {version} to {} (sha256 {})", source.filename, source.sha256);
+                        round.pinned += 1;
+                    }
+                    _ if !found => {
+                        tracing::debug!("no source of {project} {version} on the index yet");
+                        round.missing += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(round)
+    }
+
+    /// The source files of each project, fetched a few at a time, in the order asked.
+    fn fetch(&self, projects: &[String]) -> Vec<Result<Vec<piwheels_common::protocols::SourceFile>, SimpleError>> {
+        self.runtime.block_on(async {
+            let limit = Arc::new(Semaphore::new(PAGE_REQUESTS));
+            let mut requests = JoinSet::new();
+            for (i, project) in projects.iter().enumerate() {
+                let (index, project, limit) = (self.index.clone(), project.clone(), Arc::clone(&limit));
+                requests.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    (i, index.sources(&project).await)
+                });
+            }
+            let mut pages: Vec<Result<_, SimpleError>> =
+                projects.iter().map(|p| Err(SimpleError::Unavailable(format!("{p}: the request was lost")))).collect();
+            while let Some(done) = requests.join_next().await {
+                if let Ok((i, page)) = done {
+                    pages[i] = page;
+                }
+            }
+            pages
+        })
+    }
+}
+
+impl Task for SourcePinner {
+    type Sockets = Sockets;
+    type Event = Timer;
+    const PAUSE: PauseMode = PauseMode::Timers;
+
+    fn poll_sockets<'s>(&self, _sockets: &'s Sockets) -> Vec<(Timer, &'s zmq::Socket)> {
+        Vec::new()
+    }
+
+    fn timers(&self) -> Vec<(Timer, Duration)> {
+        vec![(Timer::Round, self.config.interval)]
+    }
+
+    fn handle(&mut self, _event: Timer, sockets: &mut Sockets, ctx: &mut Context<'_, Timer>) -> anyhow::Result<()> {
+        let now = ctx.now();
+        if self.backoff.is_some_and(|(_, until)| now < until) {
+            return Ok(());
+        }
+        let round = self.round(sockets)?;
+        if round.pinned > 0 {
+            let reason = format!("{} sources pinned", round.pinned);
+            sockets.architect.send(&ArchitectTrigger::Refresh { reason }, Duration::from_secs(1))?;
+        }
+        if round.failed > 0 && round.pinned == 0 && round.missing == 0 {
+            // Nothing was had from the index: ask it less often until it answers.
+            let wait = self.backoff.map_or(self.config.interval, |(wait, _)| (wait * 2).min(MAX_BACKOFF));
+            tracing::warn!("the index failed for every project asked; trying again in {wait:?}");
+            self.backoff = Some((wait, now + wait));
+        } else {
+            self.backoff = None;
+            if round.asked >= BATCH as usize && round.failed == 0 {
+                // A backlog (a new farm, a large piw-add): go on at once. Not after failures,
+                // whose releases would be asked again at once.
+                ctx.schedule(Timer::Round, Duration::ZERO);
+            }
+        }
+        Ok(())
+    }
+}

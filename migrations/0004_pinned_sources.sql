@@ -1,0 +1,15 @@
+-- Each release's source distribution as the package index publishes it. A release is built
+-- only from these bytes: the slave is handed the URL and the SHA-256 and checks the file
+-- before building. NULL until the source pinner has found the file on the index.
+ALTER TABLE versions
+    ADD COLUMN source_filename VARCHAR(255),
+    ADD COLUMN source_url      VARCHAR(2000),
+    ADD COLUMN source_sha256   CHAR(64) CHECK (source_sha256 ~ '^[0-9a-f]{64}$'),
+    -- When the pinner last looked for the source without finding it (NULL: not yet).
+    ADD COLUMN source_checked  TIMESTAMPTZ,
+    ADD CONSTRAINT versions_source_whole CHECK (
+        (source_filename IS NULL) = (source_url IS NULL) AND (source_url IS NULL) = (source_sha256 IS NULL));
+
+-- The releases that wait for a pin: few at any time, so the pinner's query stays cheap on a
+-- farm of millions of versions.
+CREATE INDEX versions_unpinned ON versions (released DESC) WHERE source_sha256 IS NULL AND NOT complete AND skip = '';
