@@ -126,6 +126,8 @@ struct State {
     failures: Vec<FailureRule>,
     requests: HashMap<String, usize>,
     calls: Vec<XmlRpcCall>,
+    /// Whether simple pages are offered in PEP 691's JSON form too.
+    json_pages: bool,
 }
 
 /// A fake PyPI serving over HTTP on `127.0.0.1` at an ephemeral port until dropped.
@@ -157,6 +159,7 @@ impl FakePypi {
             failures: Vec::new(),
             requests: HashMap::new(),
             calls: Vec::new(),
+            json_pages: true,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
@@ -238,6 +241,12 @@ impl FakePypi {
             .and_then(|r| r.files.iter().find(|f| f.packagetype == "sdist"))
             .unwrap_or_else(|| panic!("no source of {name} {version}"));
         SourceFile { url: format!("{}/{}", self.files_url(), percent_encode(&file.filename)), filename: file.filename.clone(), sha256: file.sha256.clone() }
+    }
+
+    /// Whether simple pages are also offered in PEP 691's JSON form (they are at first); an
+    /// index without them answers every request with HTML.
+    pub fn serve_json_pages(&self, on: bool) {
+        self.lock().json_pages = on;
     }
 
     /// Serves `data` as the file `filename` from now on, while the index still publishes the
@@ -657,7 +666,7 @@ fn route(request: &Request, state: &Mutex<State>) -> Response {
     }
     if let Some(rest) = path.strip_prefix("/simple/") {
         return match rest.strip_suffix('/') {
-            Some(package) if !package.contains('/') && request.accept.contains(SIMPLE_JSON) => {
+            Some(package) if !package.contains('/') && request.accept.contains(SIMPLE_JSON) && lock(state).json_pages => {
                 simple_json_page(&percent_decode(package), state)
             }
             Some(package) if !package.contains('/') => simple_page(&percent_decode(package), state),

@@ -1,0 +1,112 @@
+//! The source pinner against the fake PyPI's simple index and a real database through the
+//! oracle pool: releases pinned to the file and hash the index publishes, releases without a
+//! source left for later, an index that fails survived, and the architect told.
+
+mod support;
+
+use std::time::Duration;
+
+use piwheels_common::protocols::TaskControl;
+use piwheels_common::task::{self, TaskExit, TaskHandle};
+use piwheels_common::transport::Receiver;
+use piwheels_master::calls::db::{NewPackage, NewVersion};
+use piwheels_master::calls::tasks::ArchitectTrigger;
+use piwheels_master::source_pinner::{self, PinnerConfig, SourcePinner};
+use piwheels_master::wiring;
+use piwheels_testsupport::pypi::{Failure, FakePypi};
+use support::{Pool, eventually};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn pinner(pool: &Pool, index_url: String, name: &str) -> TaskHandle {
+    let config = PinnerConfig { index_url, interval: Duration::from_millis(100), timeout: Duration::from_secs(2) };
+    task::spawn(&pool.rt, name, |ctx| source_pinner::Sockets::open(ctx, WAIT), move |_| SourcePinner::new(&config)).unwrap()
+}
+
+fn stop(mut task: TaskHandle) {
+    task.control(TaskControl::Quit).unwrap();
+    assert_eq!(task.join(WAIT), Some(TaskExit::Quit));
+}
+
+/// A release in the database, as the follower or piw-add registers it.
+fn register(pool: &Pool, package: &str, version: &str) {
+    let db = pool.client(WAIT);
+    db.call(NewPackage { package: package.into(), skip: String::new(), description: String::new() }).unwrap();
+    assert!(db.call(NewVersion { package: package.into(), version: version.into(), released: None, skip: String::new() }).unwrap());
+}
+
+/// `version filename url sha256` of every pinned release of `package`.
+fn pins(pool: &Pool, package: &str) -> Vec<String> {
+    pool.db
+        .column(&format!(
+            "SELECT version || ' ' || source_filename || ' ' || source_url || ' ' || source_sha256 FROM versions
+             WHERE package = '{package}' AND source_sha256 IS NOT NULL ORDER BY version"
+        ))
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+fn checked(pool: &Pool, package: &str, version: &str) -> bool {
+    pool.db.column(&format!("SELECT source_checked::text FROM versions WHERE package = '{package}' AND version = '{version}'"))[0].is_some()
+}
+
+#[test]
+fn releases_are_pinned_to_the_source_the_index_publishes_and_the_architect_is_told() {
+    let pool = Pool::start(2);
+    let pypi = FakePypi::start();
+    pypi.create_package("Foo_Bar", None);
+    pypi.add_source("Foo_Bar", "1.0", b"the source of 1.0".to_vec());
+    pypi.add_binary("Foo_Bar", "2.0", "foo_bar-2.0-py3-none-any.whl");
+    register(&pool, "foo-bar", "1.0");
+    register(&pool, "foo-bar", "2.0");
+    let architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
+    let task = pinner(&pool, pypi.simple_url(), "pinner_pins");
+
+    let published = pypi.source_file("Foo_Bar", "1.0");
+    eventually("foo-bar 1.0 pinned", WAIT, || !pins(&pool, "foo-bar").is_empty());
+    assert_eq!(pins(&pool, "foo-bar"), [format!("1.0 Foo_Bar-1.0.tar.gz {} {}", published.url, published.sha256)]);
+    match architect.recv_timeout(WAIT).unwrap() {
+        Some(ArchitectTrigger::Refresh { reason }) => assert!(reason.contains("1 sources pinned"), "{reason}"),
+        None => panic!("the architect was not told"),
+    }
+    // 2.0 has only a wheel: looked for, not pinned, and left for an hour.
+    eventually("foo-bar 2.0 looked for", WAIT, || checked(&pool, "foo-bar", "2.0"));
+    assert_eq!(pins(&pool, "foo-bar").len(), 1);
+
+    // The index later serves other bytes under the same name: the pin stays what it was.
+    pypi.tamper("Foo_Bar-1.0.tar.gz", b"changed".to_vec());
+    pypi.create_package("other", None);
+    pypi.add_source("other", "0.1", b"other".to_vec());
+    register(&pool, "other", "0.1");
+    eventually("other 0.1 pinned", WAIT, || !pins(&pool, "other").is_empty());
+    assert_eq!(pins(&pool, "foo-bar"), [format!("1.0 Foo_Bar-1.0.tar.gz {} {}", published.url, published.sha256)]);
+    stop(task);
+}
+
+#[test]
+fn an_index_that_fails_is_asked_again_and_one_without_json_pages_is_named() {
+    let pool = Pool::start(2);
+    let pypi = FakePypi::start();
+    pypi.create_package("foo", None);
+    pypi.add_source("foo", "1.0", b"source".to_vec());
+    register(&pool, "foo", "1.0");
+    // Three failures of the project's page, then answers.
+    pypi.fail_next_on("/simple/", 3, Failure::Status(503));
+    let task = pinner(&pool, pypi.simple_url(), "pinner_failing");
+    eventually("foo 1.0 pinned after the failures", WAIT, || !pins(&pool, "foo").is_empty());
+    assert!(pypi.requests("/simple/foo/") >= 4, "{} requests", pypi.requests("/simple/foo/"));
+    stop(task);
+
+    // An index that serves only HTML pages pins nothing and marks nothing as looked for.
+    pypi.serve_json_pages(false);
+    pypi.add_source("foo", "2.0", b"source 2".to_vec());
+    register(&pool, "foo", "2.0");
+    let asked = pypi.requests("/simple/foo/");
+    let task = pinner(&pool, pypi.simple_url(), "pinner_html");
+    eventually("the HTML-only index asked", WAIT, || pypi.requests("/simple/foo/") > asked);
+    // The round that asked has ended once the task has stopped.
+    stop(task);
+    assert_eq!(pins(&pool, "foo").len(), 1);
+    assert!(!checked(&pool, "foo", "2.0"), "a release was marked as looked for over an index that cannot pin");
+}
