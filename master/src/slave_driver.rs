@@ -79,6 +79,8 @@ const PASS_OVER_AT_MOST: Duration = Duration::from_secs(300);
 const RETRY_FORGOTTEN: Duration = Duration::from_secs(24 * 3600);
 /// Slack allowed between a slave's measure of a build's duration and the master's.
 const CLOCK_SLACK: Duration = Duration::from_secs(2);
+/// The most of a slave's last log line a notice repeats, in characters.
+const LAST_WORDS: usize = 400;
 /// Longest field a slave's hello may carry (labels, tags, host facts).
 const MAX_HELLO_FIELD: usize = 256;
 /// How long the file juggler may take to answer (a verification fsyncs a whole file).
@@ -1266,11 +1268,20 @@ fn check_hello(hello: &SlaveHello, limits: &SlaveLimits) -> Result<(), String> {
 /// ran and failed, so that the failure is the package's: `Err` says why it does not, and the
 /// failure is then the infrastructure's. `elapsed` is the time since the build was handed out,
 /// which the build cannot have outlasted.
+/// The last line of a build log, for a notice: the slave's own account of a failure that
+/// ended the build early. Cut short and stripped of control characters (the words are the
+/// slave's).
+fn last_words(output: &str) -> String {
+    let line = output.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("(no log)");
+    let words: String = line.chars().filter(|c| !c.is_control()).take(LAST_WORDS).collect();
+    if line.chars().count() > LAST_WORDS { format!("{words}…") } else { words }
+}
+
 fn check_failure(result: &BuildResult, hello: &SlaveHello, elapsed: Option<Duration>) -> Result<(), String> {
     let kind = match result.failure {
         Some(FailureKind::NoSpace) => return Err("the builder ran out of disk space".into()),
         Some(FailureKind::Builder) => return Err("the builder itself failed (see its log)".into()),
-        Some(FailureKind::Source) => return Err("the builder could not download the source (see its log)".into()),
+        Some(FailureKind::Source) => return Err(format!("the source could not be had: {}", last_words(&result.output))),
         Some(kind) => kind,
         None => FailureKind::Build,
     };

@@ -94,10 +94,15 @@ impl Farm {
             .args(["--pypi-interval", "200ms", "--queue-debounce", "200ms", "--rewrite-window", "200ms", "--oracles", "2"])
             .env_remove("PIW_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.path("master.log")).unwrap())
             .spawn()
             .unwrap();
         self.master = Some(Process(child));
+    }
+
+    /// What the master has logged, across its restarts.
+    fn master_log(&self) -> String {
+        std::fs::read_to_string(self.path("master.log")).unwrap_or_default()
     }
 
     fn stop_master(&mut self) {
@@ -126,8 +131,8 @@ impl Farm {
         let root = self.path(name);
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        let build_command = "{python} -m pip wheel {package}=={version} --wheel-dir={wheel_dir} --no-deps --no-cache-dir \
-             --no-build-isolation --no-binary={package} --disable-pip-version-check --progress-bar=off --index-url={index_url}";
+        let build_command = "{python} -m pip wheel {source} --wheel-dir={wheel_dir} --no-deps --no-cache-dir \
+             --no-build-isolation --disable-pip-version-check --progress-bar=off --index-url={index_url}";
         let child = unprivileged(&program("piw-slave"))
             .args(["--config", "/dev/null", "--master", "127.0.0.1"])
             .arg("--slave-queue")
@@ -356,4 +361,34 @@ fn revoking_a_busy_slaves_key_drops_it_and_another_slave_builds_its_release() {
     assert!(!status.success(), "{said}");
     assert!(said.contains("refused this client's key") && said.contains(&key.pair.public.fingerprint()), "{said}");
     drop(slaves);
+}
+
+/// A release is built only from the source the index published when the master pinned it:
+/// other bytes under the same name are refused by the slave and reported, nothing is
+/// recorded, and the release is built once the index serves the published file again.
+#[test]
+fn a_source_that_is_not_the_pinned_file_is_refused_and_reported_and_built_once_it_is() {
+    let mut farm = Farm::new();
+    farm.pypi.create_package("pinned-pkg", None);
+    let published = sdist::pure("pinned-pkg", "1.0");
+    farm.pypi.add_source("pinned-pkg", "1.0", published.clone());
+    let pin = farm.pypi.source_file("pinned-pkg", "1.0");
+    farm.start_master();
+    wait_until("the source pinned", || {
+        farm.db.column("SELECT source_sha256 FROM versions WHERE package = 'pinned-pkg'") == [Some(pin.sha256.clone())]
+    });
+    // A mirror, or someone between, serves a changed source under the published name.
+    farm.pypi.tamper("pinned-pkg-1.0.tar.gz", sdist::failing("pinned-pkg", "1.0"));
+    let _slave = farm.start_slave("slave-a");
+    wait_until("the refusal reported", || farm.master_log().contains("is not the pinned file"));
+    let log = farm.master_log();
+    let line = log.lines().find(|l| l.contains("is not the pinned file")).unwrap();
+    assert!(line.contains("could not build pinned-pkg 1.0: the source could not be had") && line.contains(&pin.sha256), "{line}");
+    assert!(line.contains("not recorded, to be built again"), "{line}");
+    assert_eq!(farm.builds(), Vec::<String>::new());
+
+    // The index serves the published bytes again: the release is built from them.
+    farm.pypi.tamper("pinned-pkg-1.0.tar.gz", published);
+    assert_eq!(farm.wait_for_build("pinned-pkg 1.0", Duration::from_secs(180)), "pinned-pkg 1.0 t -");
+    assert_eq!(farm.builds().len(), 1, "{:?}", farm.builds());
 }

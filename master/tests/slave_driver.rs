@@ -894,7 +894,10 @@ fn a_failure_report_that_does_not_show_the_build_ran_is_not_recorded_and_the_rel
         ("before its build timeout", |r| r.failure = Some(FailureKind::Timeout)),
         ("the builder ran out of disk space", |r| r.failure = Some(FailureKind::NoSpace)),
         ("the builder itself failed", |r| r.failure = Some(FailureKind::Builder)),
-        ("the builder could not download the source", |r| r.failure = Some(FailureKind::Source)),
+        ("the source could not be had: [piw-slave] the source is not the pinned file", |r| {
+            r.failure = Some(FailureKind::Source);
+            r.output = "downloading\n[piw-slave] the source is not the pinned file\n\n".into();
+        }),
     ];
     let names: Vec<String> = (0..cases.len()).map(|i| format!("pkg{i}")).collect();
     let releases: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1.0")).collect();
