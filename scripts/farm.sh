@@ -18,8 +18,9 @@
 # optional C extension and one with flit's build backend), FARM_TIMEOUT (seconds to wait for
 # the builds, default 900).
 #
-# The builder's pip downloads sources from pip's own configured index (the master is given
-# no --pypi-simple), so nothing here names a package registry.
+# The master pins each release's source to the hash pip's own index publishes, and the slave
+# fetches build dependencies from it: the index is pip's (PIP_INDEX_URL, its configuration, else
+# the default pip itself knows; FARM_INDEX overrides), so nothing here names a package registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-lib.sh
@@ -92,6 +93,9 @@ client_key slave slave "$builder"
 client_key tools importer "$(id -un)"
 client_key monitor operator "$(id -un)"
 
+index=${FARM_INDEX:-${PIP_INDEX_URL:-$(/usr/bin/python3 -m pip config get global.index-url 2>/dev/null \
+    || /usr/bin/python3 -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')}}
+
 cat > "$config" <<TOML
 # Written by scripts/farm.sh on every run, so that the paths follow the checkout.
 [master]
@@ -105,6 +109,7 @@ logger-queue = "ipc://$farm/run/logger"
 slave-queue = "tcp://127.0.0.1:5555"
 file-queue = "tcp://127.0.0.1:5556"
 http-listen = "$http"
+pypi-simple = "$index"
 
 [slave]
 master = "127.0.0.1"

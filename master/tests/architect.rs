@@ -11,6 +11,7 @@ use piwheels_common::task::{self, TaskExit};
 use piwheels_common::transport::{Receiver, Sender};
 use piwheels_master::architect::{self, Architect, QueueConfig};
 use piwheels_master::wiring;
+use piwheels_testsupport::data::{insert_pinned_version, source_file};
 use support::Pool;
 
 #[test]
@@ -26,11 +27,7 @@ fn the_queue_is_sent_at_start_and_again_shortly_after_triggers() {
     assert_eq!(first.queues.keys().cloned().collect::<Vec<_>>(), ["cp311", "cp39"]);
     assert!(first.queues.values().all(Vec::is_empty));
 
-    pool.db.execute(
-        "INSERT INTO packages (package) VALUES ('foo');
-         INSERT INTO versions (package, version, source_filename, source_url, source_sha256)
-         VALUES ('foo', '1.0', 'foo-1.0.tar.gz', 'http://index.invalid/foo-1.0.tar.gz', repeat('0', 64))",
-    );
+    pool.db.execute(&format!("INSERT INTO packages (package) VALUES ('foo'); {}", insert_pinned_version("foo", "1.0")));
     let triggers = Sender::<ArchitectTrigger>::push(&pool.rt.zmq, wiring::ARCHITECT.address()).unwrap();
     for n in 0..5 {
         triggers.send(&ArchitectTrigger::Refresh { reason: format!("test {n}") }, Duration::from_secs(1)).unwrap();
@@ -38,7 +35,7 @@ fn the_queue_is_sent_at_start_and_again_shortly_after_triggers() {
     let update = builds.recv_timeout(Duration::from_secs(10)).unwrap().expect("a queue after the triggers");
     let queued: Vec<&PackageVersion> = update.queues["cp39"].iter().map(|b| &b.release).collect();
     assert_eq!(queued, [&PackageVersion { package: "foo".into(), version: "1.0".into() }]);
-    assert_eq!(update.queues["cp39"][0].source.sha256, "0".repeat(64));
+    assert_eq!(update.queues["cp39"][0].source, source_file("foo", "1.0"));
     assert!(update.queues["cp311"].is_empty());
     // That the five triggers fold into one refresh is the timers' scheduling, tested in
     // common's task module with a clock of its own.

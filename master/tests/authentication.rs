@@ -412,12 +412,11 @@ fn a_transfer_is_for_the_key_told_to_send_it_and_one_key_runs_only_so_many_slave
         |state, db| {
             keys = Some(Keys::make(state, keys_dir.path()));
             thief = Some(ClientKey::authorized(state, &keys_dir.path().join("thief.key"), Role::Slave, "thief"));
-            db.execute(
+            db.execute(&format!(
                 "INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311);
-                 INSERT INTO packages (package) VALUES ('foo');
-                 INSERT INTO versions (package, version, source_filename, source_url, source_sha256)
-                 VALUES ('foo', '1.0', 'foo-1.0.tar.gz', 'http://index.invalid/foo-1.0.tar.gz', repeat('0', 64))",
-            );
+                 INSERT INTO packages (package) VALUES ('foo'); {}",
+                piwheels_testsupport::data::insert_pinned_version("foo", "1.0")
+            ));
         },
         &["--max-slaves-per-key", "1"],
     );

@@ -26,6 +26,16 @@ pub fn source_file(package: &str, version: &str) -> SourceFile {
     SourceFile { url: format!("http://index.invalid/packages/{filename}"), sha256: piwheels_common::inspect::sha256_hex(filename.as_bytes()), filename }
 }
 
+/// SQL adding the release `package` `version` (its package must exist) pinned to
+/// [`source_file`], so that it can be queued.
+pub fn insert_pinned_version(package: &str, version: &str) -> String {
+    let source = source_file(package, version);
+    format!(
+        "INSERT INTO versions (package, version, source_filename, source_url, source_sha256) VALUES ('{package}', '{version}', '{}', '{}', '{}')",
+        source.filename, source.url, source.sha256
+    )
+}
+
 /// The description of the wheel `filename` holding `bytes`, as a builder would make it: size
 /// and SHA-256 from the bytes, tags from the name, and METADATA naming the project and version.
 /// Panics on a name that is not a wheel's (a test's own mistake).

@@ -55,9 +55,8 @@ impl Pool {
         pool.db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311)");
         for (package, version) in releases {
             pool.db.execute(&format!(
-                "INSERT INTO packages (package) VALUES ('{package}') ON CONFLICT DO NOTHING;
-                 INSERT INTO versions (package, version, source_filename, source_url, source_sha256)
-                 VALUES ('{package}', '{version}', '{package}-{version}.tar.gz', 'http://index.invalid/{package}-{version}.tar.gz', repeat('0', 64))"
+                "INSERT INTO packages (package) VALUES ('{package}') ON CONFLICT DO NOTHING; {}",
+                piwheels_testsupport::data::insert_pinned_version(package, version)
             ));
         }
         pool
