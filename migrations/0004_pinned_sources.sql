@@ -10,6 +10,8 @@ ALTER TABLE versions
     ADD CONSTRAINT versions_source_whole CHECK (
         (source_filename IS NULL) = (source_url IS NULL) AND (source_url IS NULL) = (source_sha256 IS NULL));
 
--- The releases that wait for a pin: few at any time, so the pinner's query stays cheap on a
--- farm of millions of versions.
-CREATE INDEX versions_unpinned ON versions (released DESC) WHERE source_sha256 IS NULL AND NOT complete AND skip = '';
+-- The releases that wait for a pin, in the pinner's order: never looked for first (newest
+-- first), then those looked for longest ago. On an upgraded farm every incomplete release
+-- starts here; the index keeps each round's query to the rows it returns.
+CREATE INDEX versions_unpinned ON versions (source_checked NULLS FIRST, released DESC)
+    WHERE source_sha256 IS NULL AND NOT complete AND skip = '';

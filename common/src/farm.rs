@@ -80,13 +80,12 @@ fn push_bounded<T>(list: &mut Vec<T>, item: T, limit: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::SourceFile;
+    use crate::protocols::*;
 
     fn source(package: &str, version: &str) -> SourceFile {
         let filename = format!("{package}-{version}.tar.gz");
         SourceFile { url: format!("http://index/{filename}"), filename, sha256: "0".repeat(64) }
     }
-    use crate::protocols::*;
 
     fn at(s: i64) -> Timestamp {
         chrono::DateTime::from_timestamp(s, 0).unwrap()

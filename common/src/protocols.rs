@@ -192,6 +192,39 @@ pub struct SourceFile {
     pub sha256: String,
 }
 
+impl SourceFile {
+    /// The longest file name a pin may have (the schema's column).
+    pub const MAX_FILENAME: usize = 255;
+    /// The longest URL a pin may have (the schema's column).
+    pub const MAX_URL: usize = 2000;
+
+    /// Why the pin is unusable, if it is: the one check of a pin, made where the master reads
+    /// it from the index, where the database stores it, and where a slave acts on it. The file
+    /// name must be a plain name (no directory part, not hidden, no control characters), the
+    /// URL absolute http or https, and the SHA-256 64 lower-case hex digits.
+    pub fn check(&self) -> Result<(), String> {
+        let name = &self.filename;
+        if name.is_empty()
+            || name.len() > Self::MAX_FILENAME
+            || name.starts_with('.')
+            || name.contains(['/', '\\'])
+            || name.chars().any(char::is_control)
+        {
+            return Err(format!("bad source file name {name:?}"));
+        }
+        if self.url.len() > Self::MAX_URL {
+            return Err(format!("source URL longer than {} bytes", Self::MAX_URL));
+        }
+        if !(self.url.starts_with("https://") || self.url.starts_with("http://")) || self.url.chars().any(char::is_control) {
+            return Err(format!("source URL {:?} is not http or https", self.url));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(format!("bad source SHA-256 {:?}", self.sha256));
+        }
+        Ok(())
+    }
+}
+
 /// Debian packages and libraries a wheel needs at run time, and its Python requirements.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
@@ -296,7 +329,8 @@ pub enum FailureKind {
     NoSpace,
     /// The builder itself failed (could not start the command, inspect a wheel, ...).
     Builder,
-    /// The source could not be downloaded: the package index failed or was unreachable.
+    /// The source could not be had: its download failed, it is not the pinned file (its
+    /// SHA-256 differs), the pin is malformed, or the index failed to serve a build dependency.
     Source,
 }
 

@@ -1264,19 +1264,18 @@ fn check_hello(hello: &SlaveHello, limits: &SlaveLimits) -> Result<(), String> {
     Ok(())
 }
 
+/// The last line of a build log, for a notice: the slave's own account of a failure that
+/// ended the build early, cut short and stripped of control characters (the words are the
+/// slave's).
+fn last_words(output: &str) -> String {
+    let line = output.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("(no log)");
+    crate::access_log::clean(line, LAST_WORDS)
+}
+
 /// Whether a slave's report of a failed build (or one that made no wheel) shows that the build
 /// ran and failed, so that the failure is the package's: `Err` says why it does not, and the
 /// failure is then the infrastructure's. `elapsed` is the time since the build was handed out,
 /// which the build cannot have outlasted.
-/// The last line of a build log, for a notice: the slave's own account of a failure that
-/// ended the build early. Cut short and stripped of control characters (the words are the
-/// slave's).
-fn last_words(output: &str) -> String {
-    let line = output.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("(no log)");
-    let words: String = line.chars().filter(|c| !c.is_control()).take(LAST_WORDS).collect();
-    if line.chars().count() > LAST_WORDS { format!("{words}…") } else { words }
-}
-
 fn check_failure(result: &BuildResult, hello: &SlaveHello, elapsed: Option<Duration>) -> Result<(), String> {
     let kind = match result.failure {
         Some(FailureKind::NoSpace) => return Err("the builder ran out of disk space".into()),

@@ -5,10 +5,11 @@
 //! looks is what every build uses, whoever serves the file later.
 //!
 //! Releases come from the database, not from the follower's events: releases added by
-//! piw-add or by a follower that was down are pinned the same way, and a pin lost to an
-//! index or database failure is tried again at the next round. A release the index has no
-//! source for (yet) is looked for again after [`RECHECK_AFTER`]. An index that keeps failing
-//! is asked less often, doubling from the interval up to [`MAX_BACKOFF`].
+//! piw-add or by a follower that was down are pinned the same way, and a pin lost to a
+//! database failure is tried again at the next round. A release the index has no usable
+//! source for (yet), or whose project's page could not be had, is looked for again after
+//! [`RECHECK_AFTER`], so it never holds up the others. An index that keeps failing is asked
+//! less often, doubling from the interval up to [`MAX_BACKOFF`].
 //!
 //! Sockets: a [`DbClient`] to the oracles; a PUSH to the architect
 //! ([`crate::wiring::ARCHITECT`]) once new pins may have grown the queue.
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::PackageVersion;
+use piwheels_common::protocols::{ErrorKind, PackageVersion, SourceFile};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::Sender;
 use tokio::sync::Semaphore;
@@ -33,8 +34,9 @@ use crate::wiring::{self, TaskName};
 pub const BATCH: u32 = 200;
 /// Projects' pages fetched at once (the index is a shared service).
 const PAGE_REQUESTS: usize = 8;
-/// How long a release the index had no source for waits before it is looked for again.
-pub const RECHECK_AFTER: Duration = Duration::from_secs(3600);
+/// How long a release the index had no source for, or whose page failed, waits before it is
+/// looked for again.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Longest wait between rounds while the index keeps failing.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -122,31 +124,50 @@ impl SourcePinner {
                 Err(e) => {
                     tracing::warn!("cannot pin the sources of {project}: {e}");
                     round.failed += 1;
+                    // Looked for in vain: the next round asks for other releases first.
+                    for version in versions {
+                        sockets.db.call(PinSource { package: project.clone(), version, source: None })?;
+                    }
                     continue;
                 }
             };
             for version in versions {
                 let source = source_of(&sources, &project, &version).cloned();
-                let found = source.is_some();
-                let pinned = sockets.db.call(PinSource { package: project.clone(), version: version.clone(), source: source.clone() })?;
                 match source {
-                    Some(source) if pinned => {
-                        tracing::info!("pinned {project} {version} to {} (sha256 {})", source.filename, source.sha256);
-                        round.pinned += 1;
+                    Some(source) => {
+                        if self.pin(sockets, &project, &version, &source)? {
+                            tracing::info!("pinned {project} {version} to {} (sha256 {})", source.filename, source.sha256);
+                            round.pinned += 1;
+                        }
                     }
-                    _ if !found => {
+                    None => {
                         tracing::debug!("no source of {project} {version} on the index yet");
+                        sockets.db.call(PinSource { package: project.clone(), version, source: None })?;
                         round.missing += 1;
                     }
-                    _ => {}
                 }
             }
         }
         Ok(round)
     }
 
+    /// Pins `source`; true when this call pinned it. A pin the database refuses is noted as
+    /// looked for in vain, so that it does not come first again at the next round.
+    fn pin(&self, sockets: &Sockets, project: &str, version: &str, source: &SourceFile) -> anyhow::Result<bool> {
+        let call = PinSource { package: project.to_string(), version: version.to_string(), source: Some(source.clone()) };
+        match sockets.db.call(call) {
+            Ok(pinned) => Ok(pinned),
+            Err(e) if e.answered().is_some_and(|error| error.kind == ErrorKind::Refused) => {
+                tracing::warn!("cannot pin {project} {version} to {}: {e}", source.url);
+                sockets.db.call(PinSource { package: project.to_string(), version: version.to_string(), source: None })?;
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The source files of each project, fetched a few at a time, in the order asked.
-    fn fetch(&self, projects: &[String]) -> Vec<Result<Vec<piwheels_common::protocols::SourceFile>, SimpleError>> {
+    fn fetch(&self, projects: &[String]) -> Vec<Result<Vec<SourceFile>, SimpleError>> {
         self.runtime.block_on(async {
             let limit = Arc::new(Semaphore::new(PAGE_REQUESTS));
             let mut requests = JoinSet::new();

@@ -112,6 +112,9 @@ impl FromStr for CommandTemplate {
                 rest = &rest[open + close + 1..];
             }
         }
+        if !words.iter().any(|word| word.contains("{source}")) {
+            return Err(bad("it does not name {source}: a build must be made from the pinned, checked source file".into()));
+        }
         Ok(CommandTemplate { words })
     }
 }
@@ -286,7 +289,7 @@ impl Builder {
     /// A builder; `apt` maps shared libraries to Debian packages for wheel inspection. Fails
     /// only when no HTTP client can be made for the sources.
     pub fn new(options: BuilderOptions, apt: Option<Arc<AptIndex>>) -> anyhow::Result<Builder> {
-        let sources = SourceClient::new(options.timeout)?;
+        let sources = SourceClient::new()?;
         Ok(Builder { options, apt, sources })
     }
 
@@ -313,8 +316,10 @@ impl Builder {
         let wheel_dir = dir.join("wheels");
         let log_path = dir.join("build.log");
         let report_path = dir.join("usage");
+        // The download and the command share the build's time.
         let started = Instant::now();
-        let source = match self.sources.fetch(&job.source, &dir.join("source"), stop) {
+        let deadline = started + self.options.timeout;
+        let source = match self.sources.fetch(&job.source, &dir.join("source"), deadline, stop) {
             Ok(path) => path,
             Err(e) => {
                 build.result.failure = Some(e.kind);
@@ -334,7 +339,7 @@ impl Builder {
         ]);
         tracing::info!("building {} {}: {}", job.package, job.version, argv.join(" "));
 
-        let run = self.run(&dir, &argv, &log_path, &report_path, stop);
+        let run = self.run(&dir, &argv, &log_path, &report_path, deadline, stop);
         build.result.duration = started.elapsed();
         let mut notes = String::new();
         let (report, stopped) = match run {
@@ -452,7 +457,7 @@ impl Builder {
     }
 
     /// Starts the launcher in its own process group and waits for it.
-    fn run(&self, dir: &Path, argv: &[String], log_path: &Path, report_path: &Path, stop: &dyn Fn() -> bool) -> io::Result<Run> {
+    fn run(&self, dir: &Path, argv: &[String], log_path: &Path, report_path: &Path, deadline: Instant, stop: &dyn Fn() -> bool) -> io::Result<Run> {
         let log = File::create(log_path)?;
         let mut command = Command::new(&self.options.launcher);
         command
@@ -473,7 +478,6 @@ impl Builder {
         }
         let mut child = command.spawn().map_err(|e| io::Error::new(e.kind(), format!("cannot run the launcher {}: {e}", self.options.launcher.display())))?;
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-        let deadline = Instant::now() + self.options.timeout;
         let mut stopped = None;
         let mut told_at: Option<Instant> = None;
         let mut hard_killed = false;
@@ -687,7 +691,14 @@ mod tests {
 
     #[test]
     fn bad_templates_are_refused() {
-        for (template, detail) in [("", "empty"), ("   ", "empty"), ("pip {pakage}", "unknown placeholder {pakage}"), ("pip {package", "without"), ("pip package}", "without")] {
+        for (template, detail) in [
+            ("", "empty"),
+            ("   ", "empty"),
+            ("pip {source} {pakage}", "unknown placeholder {pakage}"),
+            ("pip {source} {package", "without"),
+            ("pip {source} package}", "without"),
+            ("pip wheel {package}=={version}", "does not name {source}"),
+        ] {
             let error = template.parse::<CommandTemplate>().expect_err(template);
             assert!(error.to_string().contains(detail), "{template:?}: {error}");
         }

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 /// The largest source accepted. PyPI's own limit is far below it; a larger file is a broken
 /// or hostile index.
 pub const MAX_SOURCE: u64 = 2 << 30;
-/// How long connecting to the index may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting to the index, or any one read of the file, may take.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the source could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -49,32 +49,35 @@ pub struct SourceClient {
 }
 
 impl SourceClient {
-    /// A client whose downloads give up after `timeout` (the build's own limit).
-    pub fn new(timeout: Duration) -> anyhow::Result<SourceClient> {
-        // An error only says a provider is installed already.
+    /// A client whose downloads give up when the index stalls for [`STALL_TIMEOUT`].
+    pub fn new() -> anyhow::Result<SourceClient> {
+        // ring as the TLS provider, as the master has it; an error only says a provider is
+        // installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // The blocking client's timeout bounds each operation (the request, each read), not
+        // the whole download: that is the caller's deadline.
         let http = reqwest::blocking::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(timeout)
+            .connect_timeout(STALL_TIMEOUT)
+            .timeout(STALL_TIMEOUT)
             .user_agent(concat!("piwheels-rs/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(SourceClient { http })
     }
 
-    /// Downloads `source` into `dir` under its own name and checks its size and SHA-256;
-    /// `stop` is asked between reads. The file's path, or why there is none (a partial or
-    /// wrong file is removed).
-    pub fn fetch(&self, source: &SourceFile, dir: &Path, stop: &dyn Fn() -> bool) -> Result<PathBuf, SourceError> {
-        check_pin(source)?;
+    /// Downloads `source` into `dir` under its own name and checks its size and SHA-256, by
+    /// `deadline` (the build's); `stop` is asked between reads. The file's path, or why there
+    /// is none (a partial or wrong file is removed).
+    pub fn fetch(&self, source: &SourceFile, dir: &Path, deadline: Instant, stop: &dyn Fn() -> bool) -> Result<PathBuf, SourceError> {
+        source.check().map_err(|e| SourceError::source(format!("the master's source pin is unusable: {e}")))?;
         let path = dir.join(&source.filename);
-        let fetched = self.download(source, &path, stop);
+        let fetched = self.download(source, &path, deadline, stop);
         if fetched.is_err() {
             let _ = std::fs::remove_file(&path);
         }
         fetched.map(|()| path)
     }
 
-    fn download(&self, source: &SourceFile, path: &Path, stop: &dyn Fn() -> bool) -> Result<(), SourceError> {
+    fn download(&self, source: &SourceFile, path: &Path, deadline: Instant, stop: &dyn Fn() -> bool) -> Result<(), SourceError> {
         let started = Instant::now();
         let mut response = self
             .http
@@ -91,6 +94,10 @@ impl SourceClient {
         loop {
             if stop() {
                 return Err(SourceError { kind: FailureKind::Builder, message: "the download of the source was abandoned".into() });
+            }
+            if Instant::now() > deadline {
+                let message = format!("the download of {} was still going at the build timeout, after {size} bytes", source.url);
+                return Err(SourceError { kind: FailureKind::Source, message });
             }
             let read = match response.read(&mut buffer) {
                 Ok(0) => break,
@@ -115,19 +122,5 @@ impl SourceClient {
         }
         tracing::info!("downloaded {} ({size} bytes, SHA-256 checked) in {:.1?}", source.filename, started.elapsed());
         Ok(())
-    }
-}
-
-/// Refuses a pin the slave must not act on: a file name that is not a plain name, a URL that
-/// is not http or https, a SHA-256 that is not one.
-fn check_pin(source: &SourceFile) -> Result<(), SourceError> {
-    let name = &source.filename;
-    let plain = !name.is_empty() && name.len() <= 255 && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
-    let url_ok = source.url.starts_with("https://") || source.url.starts_with("http://");
-    let hash_ok = source.sha256.len() == 64 && source.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if plain && url_ok && hash_ok {
-        Ok(())
-    } else {
-        Err(SourceError::source(format!("the master's source pin is malformed: {source:?}")))
     }
 }

@@ -104,7 +104,7 @@ impl Scene {
 
     /// The arguments of a slave talking to these endpoints.
     fn args(&self, slave_queue: &str, file_queue: &str) -> Vec<String> {
-        let command = format!("{} {{wheel_dir}} {{package}} {} {}", self.dir.path().join("build.sh").display(), self.state().display(), self.wheel().display());
+        let command = format!("{} {{wheel_dir}} {{package}} {} {} {{source}}", self.dir.path().join("build.sh").display(), self.state().display(), self.wheel().display());
         [
             "--config", "/dev/null",
             "--slave-queue", slave_queue,

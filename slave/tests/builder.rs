@@ -145,7 +145,7 @@ fn a_source_that_is_not_the_pinned_file_is_refused_before_anything_runs() {
     let dir = tempfile::tempdir().expect("scripts");
     let ran = dir.path().join("ran");
     let root = tempfile::tempdir().expect("root");
-    let builder = builder(root.path(), &format!("touch {}", ran.display()), |_| {});
+    let builder = builder(root.path(), &format!("touch {} {{source}}", ran.display()), |_| {});
     let pypi = serve("foo", "1.0", b"the source the index published".to_vec());
     let job = job(&pypi, "foo", "1.0");
     // The index (a mirror, or someone between) now serves other bytes under the same name.
@@ -164,7 +164,7 @@ fn a_source_that_cannot_be_had_fails_the_build_as_the_indexs_fault() {
     let dir = tempfile::tempdir().expect("scripts");
     let ran = dir.path().join("ran");
     let root = tempfile::tempdir().expect("root");
-    let builder = builder(root.path(), &format!("touch {}", ran.display()), |_| {});
+    let builder = builder(root.path(), &format!("touch {} {{source}}", ran.display()), |_| {});
     let pypi = serve("foo", "1.0", b"source".to_vec());
     let good = job(&pypi, "foo", "1.0");
     let with = |change: &dyn Fn(&mut BuildJob)| {
@@ -175,9 +175,9 @@ fn a_source_that_cannot_be_had_fails_the_build_as_the_indexs_fault() {
     for (job, said) in [
         (with(&|j| j.source.url = format!("{}/nowhere.tar.gz", pypi.files_url())), "HTTP 404"),
         (with(&|j| j.source.url = "http://127.0.0.1:9/foo-1.0.tar.gz".into()), "cannot download the source"),
-        (with(&|j| j.source.filename = "../foo-1.0.tar.gz".into()), "source pin is malformed"),
-        (with(&|j| j.source.url = "file:///etc/passwd".into()), "source pin is malformed"),
-        (with(&|j| j.source.sha256 = "ABC".into()), "source pin is malformed"),
+        (with(&|j| j.source.filename = "../foo-1.0.tar.gz".into()), "source pin is unusable"),
+        (with(&|j| j.source.url = "file:///etc/passwd".into()), "source pin is unusable"),
+        (with(&|j| j.source.sha256 = "ABC".into()), "source pin is unusable"),
     ] {
         let build = builder.build(&job, &never);
         assert_eq!(build.result.failure, Some(FailureKind::Source), "{job:?}: {}", build.result.output);
@@ -244,7 +244,7 @@ fn a_build_past_its_timeout_is_killed_with_its_whole_process_group() {
         "#!/bin/sh\nsleep 600 &\necho $! >> \"$1\"\nsetsid sleep 600 &\necho $! >> \"$1\"\necho $$ >> \"$1\"\necho started sleeping\nexec sleep 600\n",
     );
     let root = tempfile::tempdir().expect("root");
-    let builder = builder(root.path(), &format!("{} {}", sleeper.display(), pid_file.display()), |options| {
+    let builder = builder(root.path(), &format!("{} {} {{source}}", sleeper.display(), pid_file.display()), |options| {
         options.timeout = Duration::from_secs(5);
     });
     let (_pypi, job) = any_job("sleepy");
@@ -355,7 +355,7 @@ fn usage_is_measured_per_build_children_included() {
          if mib:\n    subprocess.run([sys.executable, '-c', 'hog = b\"x\" * (%d * 1024 * 1024); sum(range(2000000))' % mib], check=True)\n",
     );
     let root = tempfile::tempdir().expect("root");
-    let big = builder(root.path(), &format!("{{python}} {} 300", hog.display()), |_| {});
+    let big = builder(root.path(), &format!("{{python}} {} 300 {{source}}", hog.display()), |_| {});
     let (_pypi, job) = any_job("hog");
     let build = big.build(&job, &never);
     assert_eq!(build.result.exit_status, Some(0), "{}", build.result.output);
@@ -367,7 +367,7 @@ fn usage_is_measured_per_build_children_included() {
     let big_peak = build.result.peak_memory;
     check_cleaned_up(build, root.path());
 
-    let small = builder(root.path(), &format!("{{python}} {} 0", hog.display()), |_| {});
+    let small = builder(root.path(), &format!("{{python}} {} 0 {{source}}", hog.display()), |_| {});
     let (_pypi, job) = any_job("hog");
     let build = small.build(&job, &never);
     assert_eq!(build.result.exit_status, Some(0), "{}", build.result.output);
@@ -378,7 +378,7 @@ fn usage_is_measured_per_build_children_included() {
 #[test]
 fn a_command_that_cannot_start_is_the_builders_failure() {
     let root = tempfile::tempdir().expect("root");
-    let builder = builder(root.path(), "/nonexistent/pip wheel {package}", |_| {});
+    let builder = builder(root.path(), "/nonexistent/pip wheel {source}", |_| {});
     let (_pypi, job) = any_job("x");
     let build = builder.build(&job, &never);
     assert_eq!(build.result.failure, Some(FailureKind::Builder));
@@ -391,7 +391,7 @@ fn a_long_log_is_cut_to_its_tail() {
     let dir = tempfile::tempdir().expect("scripts");
     let chatty = script(dir.path(), "chatty.sh", "#!/bin/sh\ni=0\nwhile [ $i -lt 20000 ]; do echo \"line $i of the log\"; i=$((i+1)); done\nexit 3\n");
     let root = tempfile::tempdir().expect("root");
-    let builder = builder(root.path(), &chatty.display().to_string(), |options| options.log_limit = 4096);
+    let builder = builder(root.path(), &format!("{} {{source}}", chatty.display()), |options| options.log_limit = 4096);
     let (_pypi, job) = any_job("x");
     let build = builder.build(&job, &never);
     let output = &build.result.output;
@@ -422,7 +422,7 @@ fn stale_build_directories_are_removed_and_live_ones_kept() {
     fs::create_dir(&unrelated).expect("mkdir");
     fs::write(unrelated.join("lock"), "").expect("lock file");
 
-    let builder = builder(root.path(), "true", |_| {});
+    let builder = builder(root.path(), "true {source}", |_| {});
     assert_eq!(builder.remove_stale(), vec![stale.clone()]);
     assert!(!stale.exists());
     for kept in [&live, &unlocked_other, &unrelated] {

@@ -10,11 +10,6 @@ use piwheels_common::protocols::{PackageVersion, SourceFile};
 use super::Database;
 use super::requests::{RequestError, interval};
 
-/// The longest source URL the schema holds.
-pub const MAX_SOURCE_URL: usize = 2000;
-/// The longest source file name the schema holds.
-pub const MAX_SOURCE_FILENAME: usize = 255;
-
 impl Database {
     /// Up to `limit` releases that could be built but have no pinned source: those never
     /// looked for (newest first), then those looked for in vain at least `recheck_after` ago.
@@ -35,8 +30,8 @@ impl Database {
     }
 
     /// Pins `source` to the release, unless it has a pin already (a pin is never replaced);
-    /// with None, notes that the index had no source for it now. True when this call pinned
-    /// it. A source that the schema cannot hold is refused.
+    /// with None, notes that the index had no usable source for it now. True when this call
+    /// pinned it. A malformed pin is refused ([`SourceFile::check`]).
     pub async fn pin_source(&mut self, package: &str, version: &str, source: Option<&SourceFile>) -> Result<bool, RequestError> {
         let Some(source) = source else {
             sqlx::query("UPDATE versions SET source_checked = now() WHERE package = $1 AND version = $2 AND source_sha256 IS NULL")
@@ -46,7 +41,7 @@ impl Database {
                 .await?;
             return Ok(false);
         };
-        check_source(source).map_err(RequestError::Refused)?;
+        source.check().map_err(RequestError::Refused)?;
         let pinned = sqlx::query(
             "UPDATE versions SET source_filename = $3, source_url = $4, source_sha256 = $5, source_checked = now()
              WHERE package = $1 AND version = $2 AND source_sha256 IS NULL",
@@ -61,21 +56,4 @@ impl Database {
         .rows_affected();
         Ok(pinned == 1)
     }
-}
-
-/// Why the schema cannot hold `source`, if it cannot.
-fn check_source(source: &SourceFile) -> Result<(), String> {
-    if source.filename.is_empty() || source.filename.len() > MAX_SOURCE_FILENAME || source.filename.contains('/') {
-        return Err(format!("bad source file name {:?}", source.filename));
-    }
-    if source.url.len() > MAX_SOURCE_URL {
-        return Err(format!("source URL longer than {MAX_SOURCE_URL} bytes"));
-    }
-    if !(source.url.starts_with("https://") || source.url.starts_with("http://")) {
-        return Err(format!("source URL {:?} is not http or https", source.url));
-    }
-    if source.sha256.len() != 64 || !source.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(format!("bad source SHA-256 {:?}", source.sha256));
-    }
-    Ok(())
 }

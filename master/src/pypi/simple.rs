@@ -36,17 +36,10 @@ pub struct SimpleClient {
     base: url::Url,
 }
 
-/// A project's page: its files, as PEP 691 gives them.
+/// A project's page as PEP 691 gives it: its files are read one by one ([`source_file`]).
 #[derive(Debug, Deserialize)]
 struct Page {
-    files: Vec<PageFile>,
-}
-
-#[derive(Debug, Deserialize)]
-struct PageFile {
-    filename: String,
-    url: String,
-    hashes: std::collections::BTreeMap<String, String>,
+    files: Vec<serde_json::Value>,
 }
 
 impl SimpleClient {
@@ -69,6 +62,8 @@ impl SimpleClient {
             .send()
             .await
             .map_err(|e| SimpleError::Unavailable(format!("{page_url}: {e}")))?;
+        // Relative file URLs are relative to where the page was found, after redirects.
+        let final_url = response.url().clone();
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(SimpleError::NotFound(project.to_string()));
@@ -90,54 +85,58 @@ impl SimpleClient {
             body.extend_from_slice(&chunk);
         }
         let page: Page = serde_json::from_slice(&body).map_err(|e| SimpleError::Malformed(format!("{page_url}: {e}")))?;
-        Ok(page.files.into_iter().filter_map(|file| source_file(&page_url, file)).collect())
+        Ok(page.files.iter().filter_map(|file| source_file(&final_url, file)).collect())
     }
 }
 
-/// The page's file as a source pin: a source distribution with a well-formed SHA-256, whose
-/// URL (relative to the page, as PEP 691 allows) is http or https.
-fn source_file(page_url: &url::Url, file: PageFile) -> Option<SourceFile> {
-    if file.filename.contains('/') || !SOURCE_EXTENSIONS.iter().any(|ext| file.filename.ends_with(ext)) {
+/// The page's file as a source pin: a source distribution whose URL (relative to the page, as
+/// PEP 691 allows) and SHA-256 make a usable pin ([`SourceFile::check`]). Anything else on
+/// the page is passed over, so one odd entry does not cost the others.
+fn source_file(page_url: &url::Url, file: &serde_json::Value) -> Option<SourceFile> {
+    let filename = file.get("filename")?.as_str()?;
+    if !SOURCE_EXTENSIONS.iter().any(|ext| filename.ends_with(ext)) {
         return None;
     }
-    let sha256 = file.hashes.get("sha256")?.to_ascii_lowercase();
-    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut url = page_url.join(&file.url).ok()?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return None;
-    }
+    let sha256 = file.get("hashes")?.get("sha256")?.as_str()?.to_ascii_lowercase();
+    let mut url = page_url.join(file.get("url")?.as_str()?).ok()?;
     // The hash travels on its own; a fragment is not part of the file's address.
     url.set_fragment(None);
-    Some(SourceFile { filename: file.filename, url: url.into(), sha256 })
+    let source = SourceFile { filename: filename.to_string(), url: url.into(), sha256 };
+    source.check().ok().map(|()| source)
 }
 
 /// The source file of `project` `version` among `sources`: the one whose name is the
-/// project's and the version's, preferring `.tar.gz`.
+/// project's and the version's, the version written as the release writes it before one that
+/// is only the same PEP 440 version (`1.0` and a legacy `1.0.0` may be two releases), and
+/// `.tar.gz` before other formats.
 pub fn source_of<'s>(sources: &'s [SourceFile], project: &str, version: &str) -> Option<&'s SourceFile> {
-    let matches = |file: &SourceFile, ext: &str| {
+    let named = |file: &SourceFile, ext: &str, same: &dyn Fn(&str) -> bool| {
         file.filename.strip_suffix(ext).is_some_and(|stem| {
             // Either side of the split may hold dashes in legacy names: try every split.
-            stem.match_indices('-').any(|(at, _)| canonicalize(&stem[..at]) == project && same_version(&stem[at + 1..], version))
+            stem.match_indices('-').any(|(at, _)| canonicalize(&stem[..at]) == project && same(&stem[at + 1..]))
         })
     };
-    SOURCE_EXTENSIONS.iter().find_map(|ext| sources.iter().find(|file| matches(file, ext)))
+    let exact = |tag: &str| tag == version || tag == version.replace('-', "_");
+    let equal = |tag: &str| same_version(tag, version);
+    let matchers: [&dyn Fn(&str) -> bool; 2] = [&exact, &equal];
+    matchers
+        .iter()
+        .find_map(|same| SOURCE_EXTENSIONS.iter().find_map(|ext| sources.iter().find(|file| named(file, ext, *same))))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn file(filename: &str, url: &str, sha256: &str) -> PageFile {
-        PageFile { filename: filename.into(), url: url.into(), hashes: [("sha256".to_string(), sha256.to_string())].into() }
+    fn file(filename: &str, url: &str, sha256: &str) -> serde_json::Value {
+        serde_json::json!({"filename": filename, "url": url, "hashes": {"sha256": sha256}})
     }
 
     #[test]
     fn sources_have_absolute_urls_and_lower_case_hashes_and_nothing_else_passes() {
         let page = url::Url::parse("https://index.example/simple/foo/").unwrap();
         let hash = "AB".repeat(32);
-        let pinned = source_file(&page, file("foo-1.0.tar.gz", "../../packages/foo-1.0.tar.gz#sha256=x", &hash)).unwrap();
+        let pinned = source_file(&page, &file("foo-1.0.tar.gz", "../../packages/foo-1.0.tar.gz#sha256=x", &hash)).unwrap();
         assert_eq!(pinned.url, "https://index.example/packages/foo-1.0.tar.gz");
         assert_eq!(pinned.sha256, "ab".repeat(32));
         for refused in [
@@ -145,10 +144,12 @@ mod tests {
             file("foo-1.0.tar.gz", "ftp://elsewhere/foo-1.0.tar.gz", &hash),
             file("foo-1.0.tar.gz", "foo-1.0.tar.gz", "abc"),
             file("../foo-1.0.tar.gz", "foo-1.0.tar.gz", &hash),
-            PageFile { filename: "foo-1.0.tar.gz".into(), url: "foo-1.0.tar.gz".into(), hashes: [("md5".to_string(), "0".repeat(32))].into() },
+            file("foo-1.0.tar.gz", &format!("{}.tar.gz", "x".repeat(2000)), &hash),
+            serde_json::json!({"filename": "foo-1.0.tar.gz", "url": "foo-1.0.tar.gz", "hashes": {"md5": "0"}}),
+            serde_json::json!({"filename": "foo-1.0.tar.gz", "hashes": {"sha256": hash}}),
+            serde_json::json!({"filename": 7, "url": "x", "hashes": {"sha256": hash}}),
         ] {
-            let name = refused.filename.clone();
-            assert_eq!(source_file(&page, refused), None, "{name}");
+            assert_eq!(source_file(&page, &refused), None, "{refused}");
         }
     }
 
@@ -167,6 +168,11 @@ mod tests {
         assert_eq!(found("python-dateutil", "2.9.0.post0"), Some("python_dateutil-2.9.0.post0.tar.gz"));
         // The same PEP 440 version written otherwise.
         assert_eq!(found("foo-bar", "1.0-beta1"), Some("Foo.Bar-1.0b1.zip"));
+        // The release's own spelling wins over another release's that is only PEP 440-equal,
+        // whatever the formats.
+        let legacy = [pin("foo-1.0.0.tar.gz"), pin("foo-1.0.zip")];
+        assert_eq!(source_of(&legacy, "foo", "1.0").map(|s| s.filename.as_str()), Some("foo-1.0.zip"));
+        assert_eq!(source_of(&legacy, "foo", "1.0.0").map(|s| s.filename.as_str()), Some("foo-1.0.0.tar.gz"));
         assert_eq!(found("python-dateutil", "2.8"), None);
         assert_eq!(found("dateutil", "2.8.2"), None);
     }
