@@ -61,8 +61,11 @@ pub trait Task: Sized + 'static {
     const PAUSE: PauseMode;
 
     /// The sockets to poll now, each with the event raised when it has something to read.
-    /// Asked before every poll, so a task can leave out a socket it cannot serve yet.
-    fn poll_sockets<'s>(&self, sockets: &'s Self::Sockets) -> Vec<(Self::Event, &'s zmq::Socket)>;
+    /// Asked before every poll, so a task can leave out a socket it cannot serve yet. None by
+    /// default: a task of timers alone.
+    fn poll_sockets<'s>(&self, _sockets: &'s Self::Sockets) -> Vec<(Self::Event, &'s zmq::Socket)> {
+        Vec::new()
+    }
 
     /// Periodic timers, each with its interval. Every timer first falls due when the task
     /// starts, then each interval after its handler returns.

@@ -81,8 +81,9 @@ fn synthetic_farm(db: &TestDb, packages: u64, versions: u64) {
     );
     db.execute(&format!("INSERT INTO packages (package) SELECT 'pkg' || p FROM generate_series(1, {packages}) p"));
     db.execute(&format!(
-        "INSERT INTO versions (package, version, released) \
-         SELECT 'pkg' || p, v || '.0', timestamptz '2015-01-01 00:00:00+00' + ((p * 7 + v * 13) % 3650) * interval '1 day' \
+        "INSERT INTO versions (package, version, released, source_filename, source_url, source_sha256) \
+         SELECT 'pkg' || p, v || '.0', timestamptz '2015-01-01 00:00:00+00' + ((p * 7 + v * 13) % 3650) * interval '1 day', \
+                'pkg' || p || '-' || v || '.0.tar.gz', 'http://index.invalid/pkg' || p || '-' || v || '.0.tar.gz', repeat('0', 64) \
          FROM generate_series(1, {packages}) p, generate_series(1, {versions}) v"
     ));
     // Built versions: (p + v) % 10 <> 0. Pure packages: p % 10 < 6, one build on cp39 with a

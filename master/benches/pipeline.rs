@@ -357,7 +357,7 @@ impl Farm {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let command = format!(
-            "{{python}} -I -S {} {} {{package}} {{version}} {{wheel_dir}}",
+            "{{python}} -I -S {} {} {{package}} {{version}} {{wheel_dir}} {{source}}",
             self.path("make_wheel.py").display(),
             self.path("times").display()
         );

@@ -256,10 +256,6 @@ impl Task for CloudGazer {
     type Event = Timer;
     const PAUSE: PauseMode = PauseMode::Timers;
 
-    fn poll_sockets<'s>(&self, _sockets: &'s Sockets) -> Vec<(Timer, &'s zmq::Socket)> {
-        Vec::new()
-    }
-
     fn timers(&self) -> Vec<(Timer, Duration)> {
         vec![(Timer::Poll, self.config.interval)]
     }

@@ -195,10 +195,6 @@ impl Task for SourcePinner {
     type Event = Timer;
     const PAUSE: PauseMode = PauseMode::Timers;
 
-    fn poll_sockets<'s>(&self, _sockets: &'s Sockets) -> Vec<(Timer, &'s zmq::Socket)> {
-        Vec::new()
-    }
-
     fn timers(&self) -> Vec<(Timer, Duration)> {
         vec![(Timer::Round, self.config.interval)]
     }

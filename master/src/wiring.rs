@@ -128,19 +128,7 @@ pub const WIRING: &[Wire] = &[
         address: STATUS.address,
         used: Use::Messages,
         bound_by: Main,
-        connected_by: &[
-            Seraph,
-            Oracle,
-            Scribe,
-            Architect,
-            CloudGazer,
-            SourcePinner,
-            FileJuggler,
-            BigBrother,
-            MrChase,
-            Lumberjack,
-            SlaveDriver,
-        ],
+        connected_by: &TASKS,
     },
 ];
 
