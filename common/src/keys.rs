@@ -598,7 +598,11 @@ impl ClientAuthArgs {
                  `piw-keys master` (the master's public key)"
             )));
         };
-        let server = master.parse().map_err(|_| KeyError::Refused(format!("--master-key {master:?} is not a key: expected the 40 characters `piw-keys master` prints")))?;
+        let server = master.parse().map_err(|_| {
+            // --master-key takes what follows it, since a key may start with '-'.
+            let hint = if master.starts_with("--") { format!(" (was the key left out before {master}?)") } else { String::new() };
+            KeyError::Refused(format!("--master-key {master:?} is not a key: expected the 40 characters `piw-keys master` prints{hint}"))
+        })?;
         Ok(Security::Client { server, keys: KeyPair::load(path)? })
     }
 }
@@ -618,6 +622,10 @@ mod tests {
         let key = format!("-Z{}", "a".repeat(38));
         let cli = <Cli as clap::Parser>::try_parse_from(["piw-slave", "--master-key", &key]).expect("the key is taken as a value");
         assert_eq!(cli.auth.master_key, Some(key));
+        // So an option after --master-key is taken as the key, and the error says so.
+        let cli = <Cli as clap::Parser>::try_parse_from(["piw-slave", "--key", "/nonexistent", "--master-key", "--no-auth"]).unwrap();
+        let error = cli.auth.security("tcp://master:5555", Role::Slave).expect_err("not a key").to_string();
+        assert!(error.contains("was the key left out before --no-auth?"), "{error}");
     }
 
     fn now() -> Timestamp {
