@@ -9,6 +9,7 @@ use piwheels_common::protocols::{AdminReply, BuildResult, ImportRequest, Transfe
 
 use crate::calls::db::{BuildAbis, BuildRecord, FileWithHash, LogBuild, PackageExists, VersionExists};
 use crate::calls::files::{Abandon, Expect, Expected, FileExpectation, Verification, Verify};
+use crate::calls::CallError;
 use crate::calls::tasks::WebRequest;
 use piwheels_common::task::Context;
 use piwheels_common::wheel::WheelName;
@@ -187,6 +188,17 @@ impl MrChase {
         let rewrite = record.pending_rewrite(ctx.utc());
         let build_id = match sockets.db.call(LogBuild { build: record, rewrite_at: rewrite.added_at }) {
             Ok(id) => id,
+            Err(e) if matches!(e, CallError::Transport { .. }) => {
+                // No answer: the build may yet be recorded, with its files, so they stay. If it
+                // was not, importing again takes them as they are, and the consistency check
+                // removes them otherwise.
+                let message = format!(
+                    "{} {} for {}: the database did not answer whether it recorded the build: {e} (its files stay \
+                     published: import again, or run piw-check)",
+                    request.package, request.version, request.abi
+                );
+                return self.conclude(sockets, ctx, &actor, "import", Err(WireError { kind: e.kind(), message }));
+            }
             Err(e) => {
                 undo(sockets, &import);
                 let message = format!(
