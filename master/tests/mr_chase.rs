@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +42,11 @@ struct Farm {
 impl Farm {
     /// A farm building for cp311 whose database holds `releases` (package, version).
     fn start(releases: &[(&str, &str)]) -> Farm {
+        Farm::start_with(releases, WAIT)
+    }
+
+    /// [`Farm::start`] with the admin endpoint waiting at most `db_timeout` for the database.
+    fn start_with(releases: &[(&str, &str)], db_timeout: Duration) -> Farm {
         let mut pool = Pool::with_releases(releases);
         let dir = tempfile::tempdir().unwrap();
         let file_endpoint = pool.start_file_juggler(dir.path());
@@ -49,7 +55,7 @@ impl Farm {
         let stats = Receiver::pull(&pool.rt.zmq, wiring::STATS.address(), None).unwrap();
         let triggers = Receiver::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
         let import_endpoint = format!("ipc://{}/run/import", dir.path().display());
-        let config = ChaseConfig { import_queue: import_endpoint.clone(), db_timeout: WAIT, auth: Auth::disabled() };
+        let config = ChaseConfig { import_queue: import_endpoint.clone(), db_timeout, auth: Auth::disabled() };
         let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());
         let chase = task::spawn(
             &pool.rt,
@@ -338,6 +344,40 @@ fn a_file_failing_verification_is_asked_for_again_and_a_failed_import_leaves_not
     let removal = WebRequest::DeleteVersion { package: "foo".into(), version: "1.0".into(), files: vec![good], builds: vec![] };
     assert!(web.contains(&removal), "{web:?}");
     assert!(!web.iter().any(|r| matches!(r, WebRequest::Built { .. })), "{web:?}");
+}
+
+/// The database does not answer the admin endpoint in time (a lock holds the build up): the
+/// import's files stay, since the build may yet be recorded, and once the lock is gone it is,
+/// with them. Removing them would have left a record without its files.
+#[test]
+fn an_import_whose_recording_goes_unanswered_keeps_its_files_for_the_record_that_follows() {
+    let farm = Farm::start_with(&[("foo", "1.0")], Duration::from_secs(2));
+    let tool = farm.tool("erin@host piw-import");
+    let files = farm.wheels("foo", "1.0", &["linux_armv7l"]);
+    let mut locker = std::process::Command::new("psql")
+        .args(["-X", "-q", &farm.pool.db.owner_url()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let mut sql = locker.stdin.take().unwrap();
+    writeln!(sql, "BEGIN; LOCK TABLE builds IN ACCESS EXCLUSIVE MODE;").unwrap();
+    let locked = "SELECT count(*)::text FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                  WHERE c.relname = 'builds' AND l.mode = 'AccessExclusiveLock' AND l.granted";
+    eventually("the lock on builds", WAIT, || farm.query(locked) == ["1"]);
+
+    let (reply, _) = tool.import(import_request("foo", "1.0", &files), &files);
+    let message = error(reply);
+    assert!(message.contains("did not answer whether it recorded the build") && message.contains("stay"), "{message}");
+    let published = farm.www().join("simple/foo").join(&files[0].1.filename);
+    assert!(published.is_file(), "the file was removed under a build that may be recorded");
+
+    writeln!(sql, "COMMIT;").unwrap();
+    drop(sql);
+    assert!(locker.wait().unwrap().success());
+    eventually("the build recorded", WAIT, || !farm.builds().is_empty());
+    assert_eq!(farm.files(), [files[0].1.filename.clone()]);
+    assert!(published.is_file());
 }
 
 #[test]
