@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use piwheels_common::protocols::{
-    AccessRecord, BuildResult, ClientInfo, Dependencies, ErrorKind, FailureKind, PackageVersion, SourceFile, WheelFile,
+    AccessRecord, ClientInfo, Dependencies, ErrorKind, FailureKind, PackageVersion, SourceFile, WheelFile,
     WireError,
 };
 use piwheels_common::inspect::sha256_hex;
 use piwheels_master::calls::Call;
 use piwheels_master::calls::db::*;
 use piwheels_master::db::{Database, migrate};
+mod support;
+
 use piwheels_testsupport::data::source_file;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 
@@ -162,24 +164,7 @@ fn wheel(package: &str, version: &str, py: &str, abi: &str, platform: &str) -> W
 
 /// A build on `abi`: successful when it made files, else a build failure.
 fn build(package: &str, version: &str, abi: &str, files: Vec<WheelFile>) -> BuildRecord {
-    let success = !files.is_empty();
-    BuildRecord {
-        built_by: 7,
-        builder: "pi4-1".into(),
-        package: package.into(),
-        version: version.into(),
-        abi: abi.into(),
-        result: BuildResult {
-            success,
-            failure: (!success).then_some(FailureKind::Build),
-            exit_status: Some(if success { 0 } else { 1 }),
-            duration: Duration::from_secs(90),
-            cpu_time: Duration::from_millis(80_500),
-            peak_memory: 300 << 20,
-            output: "log".into(),
-            files,
-        },
-    }
+    support::build_record(package, version, abi, files)
 }
 
 fn pure(package: &str, version: &str) -> WheelFile {

@@ -36,6 +36,11 @@ struct Ingester {
 }
 
 impl Ingester {
+    /// An ingester with one oracle that waits up to 10 s for the database.
+    fn new() -> Ingester {
+        Ingester::start(1, Duration::from_secs(10))
+    }
+
     fn start(oracles: usize, db_timeout: Duration) -> Ingester {
         let pool = Pool::start(oracles);
         let dir = tempfile::tempdir().unwrap();
@@ -103,6 +108,12 @@ impl Ingester {
         assert_eq!((self.handle.errors(), self.handle.restarts()), (0, 0));
     }
 
+    /// Checks the ingester stayed healthy, then stops it.
+    fn finish(self) {
+        self.assert_healthy();
+        self.stop();
+    }
+
     fn stop(mut self) {
         self.handle.control(TaskControl::Quit).unwrap();
         assert_eq!(self.handle.join(Duration::from_secs(10)), Some(TaskExit::Quit));
@@ -156,24 +167,22 @@ fn a_batch_is_stored_and_its_downloads_counted() {
         Some("192.0.2.1/32 armv7l pip".into())
     );
     assert_eq!(ingester.downloads_reported(2), 2);
-    ingester.assert_healthy();
-    ingester.stop();
+    ingester.finish();
 }
 
 #[test]
 fn records_before_hello_are_refused_and_not_stored() {
-    let ingester = Ingester::start(1, Duration::from_secs(10));
+    let ingester = Ingester::new();
     let client = ingester.client();
     let reply = client.request(&LogRequest::Records { records: vec![page("home", "192.0.2.1")] }, Duration::from_secs(5)).unwrap();
     assert!(matches!(reply, LogReply::Error(WireError { message: ref reason, .. }) if reason.contains("Hello")), "{reply:?}");
     assert_eq!(ingester.count("web_page_hits"), 0);
-    ingester.assert_healthy();
-    ingester.stop();
+    ingester.finish();
 }
 
 #[test]
 fn a_logger_of_another_version_is_refused_with_both_versions_named() {
-    let ingester = Ingester::start(1, Duration::from_secs(10));
+    let ingester = Ingester::new();
     let client = ingester.client();
     let versions = Versions { protocol: 999, software: "9.9.9".into() };
     let reply = client.request(&LogRequest::Hello { versions }, Duration::from_secs(5)).unwrap();
@@ -187,7 +196,7 @@ fn a_logger_of_another_version_is_refused_with_both_versions_named() {
 
 #[test]
 fn invalid_records_are_rejected_and_the_rest_stored_cut_to_their_columns() {
-    let ingester = Ingester::start(1, Duration::from_secs(10));
+    let ingester = Ingester::new();
     let shipper = ingester.shipper();
     let long = |n: usize| "y".repeat(n);
     let mut client = ClientInfo::default();
@@ -232,26 +241,24 @@ fn invalid_records_are_rejected_and_the_rest_stored_cut_to_their_columns() {
     assert_eq!(ingester.value("SELECT length(page)::text FROM web_page_hits"), Some(limits::PAGE.to_string()));
     assert_eq!(ingester.count("downloads"), 0);
     assert_eq!(ingester.downloads_reported(0), 0);
-    ingester.assert_healthy();
-    ingester.stop();
+    ingester.finish();
 }
 
 #[test]
 fn records_beyond_the_batch_limit_are_rejected() {
-    let ingester = Ingester::start(1, Duration::from_secs(10));
+    let ingester = Ingester::new();
     let client = ingester.client();
     assert_eq!(client.request(&LogRequest::Hello { versions: Versions::current() }, Duration::from_secs(5)).unwrap(), LogReply::Welcome);
     let records: Vec<AccessRecord> = (0..MAX_BATCH + 500).map(|_| page("home", "192.0.2.1")).collect();
     let reply = client.request(&LogRequest::Records { records }, Duration::from_secs(20)).unwrap();
     assert_eq!(reply, LogReply::Accepted { stored: MAX_BATCH as u64, rejected: 500 });
     assert_eq!(ingester.count("web_page_hits"), MAX_BATCH as u64);
-    ingester.assert_healthy();
-    ingester.stop();
+    ingester.finish();
 }
 
 #[test]
 fn a_batch_too_large_for_one_message_is_split_by_the_logger() {
-    let ingester = Ingester::start(1, Duration::from_secs(10));
+    let ingester = Ingester::new();
     let shipper = ingester.shipper();
     // About 4.5 KiB a record: 900 of them need four messages.
     let agent = "é".repeat(limits::USER_AGENT);
@@ -277,7 +284,7 @@ fn raw_dealer(endpoint: &str) -> (zmq::Context, zmq::Socket) {
 
 #[test]
 fn garbage_oversized_messages_and_floods_do_not_stop_the_ingester() {
-    let ingester = Ingester::start(1, Duration::from_secs(10));
+    let ingester = Ingester::new();
     let (_ctx, raw) = raw_dealer(&ingester.endpoint);
     // Undecodable payloads behind a proper envelope are answered.
     for payload in [&b""[..], b"\xc1", b"\x92\xaaLogRequest\xa4Nope", b"\x92\xabTaskControl\xa4Quit", &[0x92, 0xaa][..]] {
@@ -306,8 +313,7 @@ fn garbage_oversized_messages_and_floods_do_not_stop_the_ingester() {
     // A well-behaved logger is still served (within its own deadline, or send fails).
     let shipper = ingester.shipper();
     assert_eq!(shipper.send(vec![page("home", "192.0.2.1")]).unwrap(), (1, 0));
-    ingester.assert_healthy();
-    ingester.stop();
+    ingester.finish();
 }
 
 #[test]
@@ -325,7 +331,7 @@ fn a_database_that_does_not_answer_gets_the_batch_refused_not_left_waiting() {
 
 #[test]
 fn records_are_stored_while_the_master_is_paused() {
-    let ingester = Ingester::start(1, Duration::from_secs(10));
+    let ingester = Ingester::new();
     ingester.handle.control(TaskControl::Pause).unwrap();
     let shipper = ingester.shipper();
     assert_eq!(shipper.send(vec![search("gpiozero")]).unwrap(), (1, 0));
@@ -349,7 +355,7 @@ fn piw_logger_says_so_when_no_master_answers() {
 
 #[test]
 fn a_restarted_ingester_is_greeted_again_and_takes_the_batch() {
-    let mut ingester = Ingester::start(1, Duration::from_secs(10));
+    let mut ingester = Ingester::new();
     let shipper = ingester.shipper();
     assert_eq!(shipper.send(vec![page("home", "192.0.2.1")]).unwrap(), (1, 0));
     ingester.handle.control(TaskControl::Quit).unwrap();
@@ -380,7 +386,7 @@ fn a_restarted_ingester_is_greeted_again_and_takes_the_batch() {
 
 #[test]
 fn piw_logger_on_a_pipe_sends_within_the_flush_interval_and_stops_when_the_master_goes() {
-    let mut ingester = Ingester::start(1, Duration::from_secs(10));
+    let mut ingester = Ingester::new();
     let mut child = Command::new(env!("CARGO_BIN_EXE_piw-logger"))
         .args(["-c", "/dev/null", "--flush-interval", "200ms", "--timeout", "1s", "--logger-queue", &ingester.endpoint])
         .env_remove("PIW_LOG")

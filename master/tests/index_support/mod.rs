@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use piwheels_common::protocols::{BuildResult, FailureKind, TaskControl, Timestamp, WheelFile};
+use piwheels_common::protocols::{TaskControl, Timestamp, WheelFile};
 use piwheels_master::calls::db::{
     BuildIds, BuildRecord, ClearRewrites, LogBuild, NewPackage, NewPackageName, NewVersion, PackageFiles, PendingRewrite, Projects,
     RewriteScope, RewriteWritten,
@@ -241,24 +241,7 @@ thread_local! {
 
 /// A build record: successful when it has files.
 pub fn record(package: &str, version: &str, abi: &str, files: Vec<WheelFile>) -> BuildRecord {
-    let success = !files.is_empty();
-    BuildRecord {
-        built_by: 1,
-        builder: "pi".into(),
-        package: package.into(),
-        version: version.into(),
-        abi: abi.into(),
-        result: BuildResult {
-            success,
-            failure: (!success).then_some(FailureKind::Build),
-            exit_status: Some(if success { 0 } else { 1 }),
-            duration: Duration::from_secs(60),
-            cpu_time: Duration::from_secs(50),
-            peak_memory: 100 << 20,
-            output: "log".into(),
-            files,
-        },
-    }
+    crate::support::build_record(package, version, abi, files)
 }
 
 // ------------------------------------------------------------------------------------------
