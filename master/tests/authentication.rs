@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use piwheels_common::keys::{Endpoint, Role};
-use piwheels_common::protocols::{BuildResult, ControlReply, ControlRequest, HostInfo, HostStats, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, StatusEvent, Versions, WireError};
+use piwheels_common::protocols::{BuildResult, ControlReply, ControlRequest, HostStats, SlaveEvent, SlaveReply, SlaveRequest, StatusEvent, Versions, WireError};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Receiver, Security, TransportError};
 use piwheels_common::upload::{UploadError, UploadOptions, upload};
 use piwheels_master::db::migrate;
@@ -155,16 +155,7 @@ fn handshake(master: &Master, endpoint: Endpoint, key: Option<&ClientKey>) -> Ha
 }
 
 fn slave_hello() -> SlaveRequest {
-    SlaveRequest::Hello(SlaveHello {
-        versions: Versions::current(),
-        build_timeout: Duration::from_secs(3600),
-        busy_timeout: Duration::from_secs(600),
-        py_version: "311".into(),
-        abi: "cp311".into(),
-        platform: "linux_armv7l".into(),
-        memory_limit: 0,
-        host: HostInfo { label: "what-it-calls-itself".into(), ..HostInfo::default() },
-    })
+    SlaveRequest::Hello(piwheels_testsupport::data::slave_hello("what-it-calls-itself"))
 }
 
 /// Every role's key, one unknown key and one revoked key, in `state`'s list.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::FakeClock;
-use piwheels_common::protocols::{BuildResult, FailureKind, HostInfo, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
+use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
 use piwheels_master::calls::db::{QueuedBuild, RewriteScope};
 use piwheels_master::calls::files::{Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Verification, Verify};
 use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
@@ -159,16 +159,7 @@ struct FakeSlave {
 }
 
 fn hello(label: &str, busy_timeout: Duration) -> SlaveHello {
-    SlaveHello {
-        versions: Versions::current(),
-        build_timeout: Duration::from_secs(3600),
-        busy_timeout,
-        py_version: "311".into(),
-        abi: "cp311".into(),
-        platform: "linux_armv7l".into(),
-        memory_limit: 0,
-        host: HostInfo { label: label.into(), ..HostInfo::default() },
-    }
+    SlaveHello { busy_timeout, ..piwheels_testsupport::data::slave_hello(label) }
 }
 
 fn idle() -> SlaveRequest {

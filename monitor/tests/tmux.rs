@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{
-    ControlReply, ControlRequest, HostInfo, HostStats, SlaveHello, SlaveReply, SlaveRequest, Versions,
+    ControlReply, ControlRequest, HostStats, SlaveReply, SlaveRequest, Versions,
 };
 use piwheels_common::transport::Client;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
@@ -195,16 +195,8 @@ impl FakeSlave {
         let ctx = zmq::Context::new();
         let client = Client::connect_secured(&ctx, &format!("tcp://127.0.0.1:{}", master.slave_port), None, &master.slave_key.security()).unwrap();
         let slave = FakeSlave { client, _ctx: ctx };
-        let hello = SlaveHello {
-            versions: Versions::current(),
-            build_timeout: Duration::from_secs(3600),
-            busy_timeout: Duration::from_secs(600),
-            py_version: "311".into(),
-            abi: "cp311".into(),
-            platform: "linux_armv7l".into(),
-            memory_limit: 0,
-            host: HostInfo { label: "fake-pi".into(), os_name: "Raspbian GNU/Linux".into(), os_version: "12 (bookworm)".into(), ..HostInfo::default() },
-        };
+        let mut hello = piwheels_testsupport::data::slave_hello("fake-pi");
+        (hello.host.os_name, hello.host.os_version) = ("Raspbian GNU/Linux".into(), "12 (bookworm)".into());
         match slave.ask(SlaveRequest::Hello(hello)) {
             SlaveReply::Ack { slave_id, .. } => (slave, slave_id),
             other => panic!("hello answered {other:?}"),

@@ -1,6 +1,8 @@
 //! Test data.
 
-use piwheels_common::protocols::{SourceFile, WheelFile};
+use std::time::Duration;
+
+use piwheels_common::protocols::{HostInfo, SlaveHello, SourceFile, Versions, WheelFile};
 use piwheels_common::wheel::WheelName;
 use sha2::{Digest, Sha256};
 
@@ -17,6 +19,21 @@ pub fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(size);
     out
+}
+
+/// What a slave labelled `label` says at hello: a cp311 builder on armv7l with a 1 h build
+/// timeout and a 10 min busy timeout.
+pub fn slave_hello(label: &str) -> SlaveHello {
+    SlaveHello {
+        versions: Versions::current(),
+        build_timeout: Duration::from_secs(3600),
+        busy_timeout: Duration::from_secs(600),
+        py_version: "311".into(),
+        abi: "cp311".into(),
+        platform: "linux_armv7l".into(),
+        memory_limit: 0,
+        host: HostInfo { label: label.into(), ..HostInfo::default() },
+    }
 }
 
 /// A source pin for `package` `version` that no index serves: for tests that hand out builds
