@@ -153,7 +153,11 @@ impl CloudGazer {
             }
         }
         db.call(SetPypiSerial { serial: last })?;
-        tracing::info!("applied {} events up to serial {last}", events.len());
+        tracing::info!(
+            "applied {} events up to serial {last} ({} changelog rows; the others repeated what was known)",
+            events.len(),
+            raw.len()
+        );
         self.serial = last;
         self.dedup = dedup;
         Ok(())
