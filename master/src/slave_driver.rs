@@ -39,7 +39,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TransferId, WheelFile, WireError};
+use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, SourceFile, StatusEvent, TransferId, WheelFile, WireError};
 use piwheels_common::config::HumanDuration;
 use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
@@ -545,8 +545,9 @@ impl SlaveDriver {
             }
             let Some(QueuedBuild { release, source }) = queue.remove(index) else { break };
             let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
+            // The slave may download the source for a while before its build timeout starts.
             // A bounded timeout cannot overflow; a far future is as good as none.
-            let until = now.checked_add(slave.hello.build_timeout).unwrap_or(now + RETRY_LONGEST);
+            let until = now.checked_add(slave.hello.build_timeout + SourceFile::DOWNLOAD_LIMIT).unwrap_or(now + RETRY_LONGEST);
             building.insert(release.clone(), until);
             self.lengths_changed = true;
             return slave.start_build(release, source, now);
@@ -1269,7 +1270,8 @@ fn check_hello(hello: &SlaveHello, limits: &SlaveLimits) -> Result<(), String> {
 /// slave's).
 fn last_words(output: &str) -> String {
     let line = output.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("(no log)");
-    crate::access_log::clean(line, LAST_WORDS)
+    let words = crate::access_log::clean(line, LAST_WORDS);
+    if words.chars().count() == LAST_WORDS { format!("{words}…") } else { words }
 }
 
 /// Whether a slave's report of a failed build (or one that made no wheel) shows that the build

@@ -7,9 +7,10 @@
 //! Releases come from the database, not from the follower's events: releases added by
 //! piw-add or by a follower that was down are pinned the same way, and a pin lost to a
 //! database failure is tried again at the next round. A release the index has no usable
-//! source for (yet), or whose project's page could not be had, is looked for again after
-//! [`RECHECK_AFTER`], so it never holds up the others. An index that keeps failing is asked
-//! less often, doubling from the interval up to [`MAX_BACKOFF`].
+//! source for (yet), or whose project's page failed while others did not, is looked for again
+//! after [`RECHECK_AFTER`], so it never holds up the others. An index that fails for every
+//! project is down: the releases keep their place, and it is asked less often, doubling from
+//! the interval up to [`MAX_BACKOFF`].
 //!
 //! Sockets: a [`DbClient`] to the oracles; a PUSH to the architect
 //! ([`crate::wiring::ARCHITECT`]) once new pins may have grown the queue.
@@ -84,7 +85,7 @@ struct Round {
     pinned: usize,
     /// Releases the index has no source for.
     missing: usize,
-    /// Projects whose pages could not be had.
+    /// Projects whose pages could not be had, when the index gave none (it is down).
     failed: usize,
 }
 
@@ -117,6 +118,10 @@ impl SourcePinner {
         }
         let projects: Vec<String> = by_project.keys().cloned().collect();
         let pages = self.fetch(&projects);
+        // Releases whose page the index failed to give: looked for in vain if the index gave
+        // others (the next round then asks for other releases first), left as they were if
+        // it gave none (it is down: their order is kept for when it is back).
+        let mut unavailable = Vec::new();
         for ((project, versions), page) in by_project.into_iter().zip(pages) {
             let sources = match page {
                 Ok(sources) => sources,
@@ -124,9 +129,10 @@ impl SourcePinner {
                 Err(e) => {
                     tracing::warn!("cannot pin the sources of {project}: {e}");
                     round.failed += 1;
-                    // Looked for in vain: the next round asks for other releases first.
-                    for version in versions {
-                        sockets.db.call(PinSource { package: project.clone(), version, source: None })?;
+                    match e {
+                        SimpleError::Unavailable(_) => unavailable.push((project, versions)),
+                        // A page that is not what the pinner can read stays so.
+                        _ => self.looked_for(sockets, &project, versions)?,
                     }
                     continue;
                 }
@@ -148,7 +154,22 @@ impl SourcePinner {
                 }
             }
         }
+        if round.pinned + round.missing > 0 {
+            for (project, versions) in unavailable {
+                self.looked_for(sockets, &project, versions)?;
+            }
+            round.failed = 0;
+        }
         Ok(round)
+    }
+
+    /// Notes `versions` of `project` as looked for in vain, to be looked for again after
+    /// [`RECHECK_AFTER`].
+    fn looked_for(&self, sockets: &Sockets, project: &str, versions: Vec<String>) -> anyhow::Result<()> {
+        for version in versions {
+            sockets.db.call(PinSource { package: project.to_string(), version, source: None })?;
+        }
+        Ok(())
     }
 
     /// Pins `source`; true when this call pinned it. A pin the database refuses is noted as
@@ -209,16 +230,16 @@ impl Task for SourcePinner {
             let reason = format!("{} sources pinned", round.pinned);
             sockets.architect.send(&ArchitectTrigger::Refresh { reason }, Duration::from_secs(1))?;
         }
-        if round.failed > 0 && round.pinned == 0 && round.missing == 0 {
+        if round.failed > 0 {
             // Nothing was had from the index: ask it less often until it answers.
             let wait = self.backoff.map_or(self.config.interval, |(wait, _)| (wait * 2).min(MAX_BACKOFF));
             tracing::warn!("the index failed for every project asked; trying again in {wait:?}");
             self.backoff = Some((wait, now + wait));
         } else {
             self.backoff = None;
-            if round.asked >= BATCH as usize && round.failed == 0 {
-                // A backlog (a new farm, a large piw-add): go on at once. Not after failures,
-                // whose releases would be asked again at once.
+            if round.asked >= BATCH as usize {
+                // A backlog (a new farm, an upgrade, a large piw-add): go on at once. Every
+                // release of this round was pinned or noted as looked for.
                 ctx.schedule(Timer::Round, Duration::ZERO);
             }
         }

@@ -371,6 +371,9 @@ fn an_import_whose_recording_goes_unanswered_keeps_its_files_for_the_record_that
     assert!(message.contains("did not answer whether it recorded the build") && message.contains("stay"), "{message}");
     let published = farm.www().join("simple/foo").join(&files[0].1.filename);
     assert!(published.is_file(), "the file was removed under a build that may be recorded");
+    // Its pages are asked for, in case the build was recorded.
+    let rewrite = WebRequest::Rewrite { package: "foo".into(), scope: RewriteScope::Both };
+    assert!(farm.web_requests().contains(&rewrite), "{:?}", farm.web_requests());
 
     writeln!(sql, "COMMIT;").unwrap();
     drop(sql);

@@ -1,7 +1,7 @@
 //! The source pinner against the fake PyPI's simple index and a real database through the
 //! oracle pool: releases pinned to the file and hash the index publishes, releases without a
-//! source or whose page failed left for later without holding up others, and the architect
-//! told.
+//! source or whose page failed left for later without holding up others, an index that is
+//! down waited for, and the architect told.
 
 mod support;
 
@@ -71,7 +71,7 @@ fn releases_are_pinned_to_the_source_the_index_publishes_and_the_architect_is_to
         Some(ArchitectTrigger::Refresh { reason }) => assert!(reason.contains("1 sources pinned"), "{reason}"),
         None => panic!("the architect was not told"),
     }
-    // 2.0 has only a wheel: looked for, not pinned, and left for an hour.
+    // 2.0 has only a wheel: looked for, not pinned, and left for the recheck.
     eventually("foo-bar 2.0 looked for", WAIT, || checked(&pool, "foo-bar", "2.0"));
     assert_eq!(pins(&pool, "foo-bar").len(), 1);
 
@@ -84,35 +84,46 @@ fn releases_are_pinned_to_the_source_the_index_publishes_and_the_architect_is_to
 }
 
 #[test]
-fn a_failed_page_holds_up_no_other_release_and_an_html_only_index_pins_nothing() {
+fn an_index_that_is_down_is_waited_for_and_a_page_that_fails_alone_holds_up_nothing() {
+    let pool = Pool::start(2);
+    let pypi = FakePypi::start();
+    for package in ["foo", "bar", "baz"] {
+        pypi.create_package(package, None);
+        pypi.add_source(package, "1.0", format!("the source of {package}").into_bytes());
+    }
+    // The index is down for the first two rounds: foo keeps its place (a release noted as
+    // looked for waits 15 minutes, far past this test) and is pinned once the index is back.
+    register(&pool, "foo", "1.0");
+    pypi.fail_next_on("/simple/", 2, Failure::Status(503));
+    let task = pinner(&pool, pypi.simple_url(), "pinner_down");
+    eventually("foo 1.0 pinned once the index is back", WAIT, || !pins(&pool, "foo").is_empty());
+    assert!(pypi.requests("/simple/foo/") >= 3, "{} requests", pypi.requests("/simple/foo/"));
+
+    // bar's page fails while baz's does not: bar is noted as looked for and waits its turn,
+    // so it cannot hold baz or anything else up.
+    pypi.fail_next_on("/simple/bar/", 1, Failure::Status(503));
+    register(&pool, "bar", "1.0");
+    register(&pool, "baz", "1.0");
+    eventually("baz 1.0 pinned", WAIT, || !pins(&pool, "baz").is_empty());
+    eventually("bar 1.0 noted as looked for", WAIT, || checked(&pool, "bar", "1.0"));
+    assert_eq!(pins(&pool, "bar"), Vec::<String>::new());
+    // Once its recheck is due, it is pinned.
+    pool.db.execute("UPDATE versions SET source_checked = now() - interval '1 day' WHERE package = 'bar'");
+    eventually("bar 1.0 pinned at its recheck", WAIT, || !pins(&pool, "bar").is_empty());
+    stop(task);
+}
+
+#[test]
+fn an_index_without_json_pages_pins_nothing() {
     let pool = Pool::start(2);
     let pypi = FakePypi::start();
     pypi.create_package("foo", None);
     pypi.add_source("foo", "1.0", b"source".to_vec());
-    register(&pool, "foo", "1.0");
-    // A failed page marks its releases as looked for: they wait for the recheck, and other
-    // releases are not held up behind them.
-    pypi.fail_next_on("/simple/", 1, Failure::Status(503));
-    let task = pinner(&pool, pypi.simple_url(), "pinner_failing");
-    eventually("foo 1.0 looked for", WAIT, || checked(&pool, "foo", "1.0"));
-    assert_eq!(pins(&pool, "foo"), Vec::<String>::new());
-    pypi.create_package("bar", None);
-    pypi.add_source("bar", "1.0", b"bar".to_vec());
-    register(&pool, "bar", "1.0");
-    eventually("bar 1.0 pinned", WAIT, || !pins(&pool, "bar").is_empty());
-    // Once its recheck is due, the failed release is pinned.
-    pool.db.execute("UPDATE versions SET source_checked = now() - interval '1 day' WHERE package = 'foo'");
-    eventually("foo 1.0 pinned after the failure", WAIT, || !pins(&pool, "foo").is_empty());
-    stop(task);
-
-    // An index that serves only HTML pages pins nothing and marks nothing as looked for.
     pypi.serve_json_pages(false);
-    pypi.add_source("foo", "2.0", b"source 2".to_vec());
-    register(&pool, "foo", "2.0");
-    let asked = pypi.requests("/simple/foo/");
+    register(&pool, "foo", "1.0");
     let task = pinner(&pool, pypi.simple_url(), "pinner_html");
-    eventually("the HTML-only index asked", WAIT, || pypi.requests("/simple/foo/") > asked);
-    // The round that asked has ended once the task has stopped.
+    // The HTML page cannot pin: the release is noted as looked for, and not pinned.
+    eventually("foo 1.0 looked for", WAIT, || checked(&pool, "foo", "1.0"));
     stop(task);
-    assert_eq!(pins(&pool, "foo").len(), 1);
+    assert_eq!(pins(&pool, "foo"), Vec::<String>::new());
 }

@@ -316,10 +316,10 @@ impl Builder {
         let wheel_dir = dir.join("wheels");
         let log_path = dir.join("build.log");
         let report_path = dir.join("usage");
-        // The download and the command share the build's time.
+        // The download has a limit of its own, so that a slow index never eats into the
+        // command's time (a command past its time is the package's failure).
         let started = Instant::now();
-        let deadline = started + self.options.timeout;
-        let source = match self.sources.fetch(&job.source, &dir.join("source"), deadline, stop) {
+        let source = match self.sources.fetch(&job.source, &dir.join("source"), started + SourceFile::DOWNLOAD_LIMIT, stop) {
             Ok(path) => path,
             Err(e) => {
                 build.result.failure = Some(e.kind);
@@ -339,7 +339,7 @@ impl Builder {
         ]);
         tracing::info!("building {} {}: {}", job.package, job.version, argv.join(" "));
 
-        let run = self.run(&dir, &argv, &log_path, &report_path, deadline, stop);
+        let run = self.run(&dir, &argv, &log_path, &report_path, Instant::now() + self.options.timeout, stop);
         build.result.duration = started.elapsed();
         let mut notes = String::new();
         let (report, stopped) = match run {

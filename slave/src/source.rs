@@ -65,7 +65,7 @@ impl SourceClient {
     }
 
     /// Downloads `source` into `dir` under its own name and checks its size and SHA-256, by
-    /// `deadline` (the build's); `stop` is asked between reads. The file's path, or why there
+    /// `deadline`; `stop` is asked between reads. The file's path, or why there
     /// is none (a partial or wrong file is removed).
     pub fn fetch(&self, source: &SourceFile, dir: &Path, deadline: Instant, stop: &dyn Fn() -> bool) -> Result<PathBuf, SourceError> {
         source.check().map_err(|e| SourceError::source(format!("the master's source pin is unusable: {e}")))?;
@@ -96,7 +96,8 @@ impl SourceClient {
                 return Err(SourceError { kind: FailureKind::Builder, message: "the download of the source was abandoned".into() });
             }
             if Instant::now() > deadline {
-                let message = format!("the download of {} was still going at the build timeout, after {size} bytes", source.url);
+                let limit = piwheels_common::config::HumanDuration(SourceFile::DOWNLOAD_LIMIT);
+                let message = format!("the download of {} was still going after {limit}, after {size} bytes", source.url);
                 return Err(SourceError { kind: FailureKind::Source, message });
             }
             let read = match response.read(&mut buffer) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use piwheels_common::protocols::{AdminReply, BuildResult, ImportRequest, TransferId, WheelFile, WireError};
 
-use crate::calls::db::{BuildAbis, BuildRecord, FileWithHash, LogBuild, PackageExists, VersionExists};
+use crate::calls::db::{BuildAbis, BuildRecord, FileWithHash, LogBuild, PackageExists, RewriteScope, VersionExists};
 use crate::calls::files::{Abandon, Expect, Expected, FileExpectation, Verification, Verify};
 use crate::calls::CallError;
 use crate::calls::tasks::WebRequest;
@@ -188,13 +188,16 @@ impl MrChase {
         let rewrite = record.pending_rewrite(ctx.utc());
         let build_id = match sockets.db.call(LogBuild { build: record, rewrite_at: rewrite.added_at }) {
             Ok(id) => id,
-            Err(e) if matches!(e, CallError::Transport { .. }) => {
-                // No answer: the build may yet be recorded, with its files, so they stay. If it
-                // was not, importing again takes them as they are, and the consistency check
-                // removes them otherwise.
+            Err(e @ CallError::Transport { .. }) => {
+                // No answer: the build may yet be recorded, with its files, so they stay, and
+                // its pages are asked for in case it was. If it was not, the consistency check
+                // removes the files, or importing again takes them as they are.
+                if let Err(e) = web(sockets, WebRequest::Rewrite { package: request.package.clone(), scope: RewriteScope::Both }) {
+                    tracing::warn!("the index writer did not take the rewrite of {}: {e}", request.package);
+                }
                 let message = format!(
                     "{} {} for {}: the database did not answer whether it recorded the build: {e} (its files stay \
-                     published: import again, or run piw-check)",
+                     published; `piw-check` tells whether they are recorded)",
                     request.package, request.version, request.abi
                 );
                 return self.conclude(sockets, ctx, &actor, "import", Err(WireError { kind: e.kind(), message }));
