@@ -7,10 +7,10 @@
 //! Releases come from the database, not from the follower's events: releases added by
 //! piw-add or by a follower that was down are pinned the same way, and a pin lost to a
 //! database failure is tried again at the next round. A release the index has no usable
-//! source for (yet), or whose project's page failed while others did not, is looked for again
-//! after [`RECHECK_AFTER`], so it never holds up the others. An index that fails for every
-//! project is down: the releases keep their place, and it is asked less often, doubling from
-//! the interval up to [`MAX_BACKOFF`].
+//! source for (yet) is looked for again after [`RECHECK_AFTER`]; one whose project's page
+//! failed while others did not, after [`RETRY_FAILED`]: neither holds up the others. An index
+//! that fails for every project is down: the releases keep their place, and it is asked less
+//! often, doubling from the interval up to [`MAX_BACKOFF`].
 //!
 //! Sockets: a [`DbClient`] to the oracles; a PUSH to the architect
 //! ([`crate::wiring::ARCHITECT`]) once new pins may have grown the queue.
@@ -25,7 +25,7 @@ use piwheels_common::transport::Sender;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::calls::db::{PinSource, UnpinnedSources};
+use crate::calls::db::{PinLater, PinSource, UnpinnedSources};
 use crate::calls::tasks::ArchitectTrigger;
 use crate::db_client::DbClient;
 use crate::pypi::simple::{SimpleClient, SimpleError, source_of};
@@ -35,9 +35,11 @@ use crate::wiring::{self, TaskName};
 pub const BATCH: u32 = 200;
 /// Projects' pages fetched at once (the index is a shared service).
 const PAGE_REQUESTS: usize = 8;
-/// How long a release the index had no source for, or whose page failed, waits before it is
-/// looked for again.
+/// How long a release the index had no usable source for waits before it is looked for again.
 pub const RECHECK_AFTER: Duration = Duration::from_secs(15 * 60);
+/// How long a release whose project's page failed (while others did not) waits before it is
+/// looked for again.
+pub const RETRY_FAILED: Duration = Duration::from_secs(60);
 /// Longest wait between rounds while the index keeps failing.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -110,7 +112,7 @@ impl SourcePinner {
 
     /// Pins what it can of one batch of unpinned releases.
     fn round(&mut self, sockets: &Sockets) -> anyhow::Result<Round> {
-        let releases = sockets.db.call(UnpinnedSources { limit: BATCH, recheck_after: RECHECK_AFTER })?;
+        let releases = sockets.db.call(UnpinnedSources { limit: BATCH })?;
         let mut round = Round { asked: releases.len(), ..Round::default() };
         let mut by_project: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for PackageVersion { package, version } in releases {
@@ -131,8 +133,8 @@ impl SourcePinner {
                     round.failed += 1;
                     match e {
                         SimpleError::Unavailable(_) => unavailable.push((project, versions)),
-                        // A page that is not what the pinner can read stays so.
-                        _ => self.looked_for(sockets, &project, versions)?,
+                        // A page that is not what the pinner can read stays so for a while.
+                        _ => later(sockets, &project, versions, RECHECK_AFTER)?,
                     }
                     continue;
                 }
@@ -148,7 +150,7 @@ impl SourcePinner {
                     }
                     None => {
                         tracing::debug!("no source of {project} {version} on the index yet");
-                        sockets.db.call(PinSource { package: project.clone(), version, source: None })?;
+                        later(sockets, &project, vec![version], RECHECK_AFTER)?;
                         round.missing += 1;
                     }
                 }
@@ -156,31 +158,22 @@ impl SourcePinner {
         }
         if round.pinned + round.missing > 0 {
             for (project, versions) in unavailable {
-                self.looked_for(sockets, &project, versions)?;
+                later(sockets, &project, versions, RETRY_FAILED)?;
             }
             round.failed = 0;
         }
         Ok(round)
     }
 
-    /// Notes `versions` of `project` as looked for in vain, to be looked for again after
-    /// [`RECHECK_AFTER`].
-    fn looked_for(&self, sockets: &Sockets, project: &str, versions: Vec<String>) -> anyhow::Result<()> {
-        for version in versions {
-            sockets.db.call(PinSource { package: project.to_string(), version, source: None })?;
-        }
-        Ok(())
-    }
-
-    /// Pins `source`; true when this call pinned it. A pin the database refuses is noted as
-    /// looked for in vain, so that it does not come first again at the next round.
+    /// Pins `source`; true when this call pinned it. A pin the database refuses is looked for
+    /// again after [`RECHECK_AFTER`], so that it does not come first again at the next round.
     fn pin(&self, sockets: &Sockets, project: &str, version: &str, source: &SourceFile) -> anyhow::Result<bool> {
-        let call = PinSource { package: project.to_string(), version: version.to_string(), source: Some(source.clone()) };
+        let call = PinSource { package: project.to_string(), version: version.to_string(), source: source.clone() };
         match sockets.db.call(call) {
             Ok(pinned) => Ok(pinned),
             Err(e) if e.answered().is_some_and(|error| error.kind == ErrorKind::Refused) => {
                 tracing::warn!("cannot pin {project} {version} to {}: {e}", source.url);
-                sockets.db.call(PinSource { package: project.to_string(), version: version.to_string(), source: None })?;
+                later(sockets, project, vec![version.to_string()], RECHECK_AFTER)?;
                 Ok(false)
             }
             Err(e) => Err(e.into()),
@@ -245,4 +238,12 @@ impl Task for SourcePinner {
         }
         Ok(())
     }
+}
+
+/// Has the pinner look for the sources of `versions` of `project` again `after` from now.
+fn later(sockets: &Sockets, project: &str, versions: Vec<String>, after: Duration) -> anyhow::Result<()> {
+    for version in versions {
+        sockets.db.call(PinLater { package: project.to_string(), version, after })?;
+    }
+    Ok(())
 }

@@ -109,7 +109,7 @@ impl Fixture {
     /// A new release whose source is pinned, so that it can be built.
     fn version(&mut self, package: &str, version: &str, released: DateTime<Utc>) {
         self.unpinned_version(package, version, released);
-        let pinned = self.call(PinSource { package: package.into(), version: version.into(), source: Some(source_file(package, version)) });
+        let pinned = self.call(PinSource { package: package.into(), version: version.into(), source: source_file(package, version) });
         assert!(pinned, "{package} {version} was pinned already");
     }
 
@@ -985,29 +985,32 @@ fn a_release_is_queued_once_its_source_is_pinned_and_a_pin_is_never_replaced() {
     let mut fx = Fixture::with_abis();
     fx.unpinned_version("foo", "1.0", days_ago(2));
     fx.unpinned_version("foo", "2.0", days_ago(1));
-    let unpinned = |fx: &mut Fixture, recheck_after: Duration| -> Vec<String> {
-        fx.call(UnpinnedSources { limit: 10, recheck_after }).into_iter().map(|r| format!("{} {}", r.package, r.version)).collect()
+    let unpinned = |fx: &mut Fixture| -> Vec<String> {
+        fx.call(UnpinnedSources { limit: 10 }).into_iter().map(|r| format!("{} {}", r.package, r.version)).collect()
     };
     // Newest first; neither is queued.
-    assert_eq!(unpinned(&mut fx, HOUR), ["foo 2.0", "foo 1.0"]);
+    assert_eq!(unpinned(&mut fx), ["foo 2.0", "foo 1.0"]);
     assert!(fx.queue(10)["cp39"].is_empty());
 
     let source = source_file("foo", "1.0");
-    assert!(fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: Some(source.clone()) }));
+    assert!(fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: source.clone() }));
     assert_eq!(fx.queue(10)["cp39"], ["foo 1.0"]);
     // Another file for the same release does not replace the pin.
     let other = SourceFile { sha256: "f".repeat(64), ..source.clone() };
-    assert!(!fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: Some(other) }));
+    assert!(!fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: other }));
     assert_eq!(fx.value("SELECT source_sha256 FROM versions WHERE version = '1.0'"), source.sha256);
 
-    // Looked for in vain: asked for again only once `recheck_after` has passed.
-    assert!(!fx.call(PinSource { package: "foo".into(), version: "2.0".into(), source: None }));
-    assert_eq!(unpinned(&mut fx, HOUR), Vec::<String>::new());
-    fx.sql("UPDATE versions SET source_checked = now() - interval '61 minutes' WHERE version = '2.0'");
-    assert_eq!(unpinned(&mut fx, HOUR), ["foo 2.0"]);
+    // Looked for in vain: asked for again only once its retry is due; a pinned release's
+    // retry is not set.
+    fx.call(PinLater { package: "foo".into(), version: "2.0".into(), after: HOUR });
+    fx.call(PinLater { package: "foo".into(), version: "1.0".into(), after: HOUR });
+    assert_eq!(fx.value("SELECT coalesce(source_retry_at::text, 'none') FROM versions WHERE version = '1.0'"), "none");
+    assert_eq!(unpinned(&mut fx), Vec::<String>::new());
+    fx.sql("UPDATE versions SET source_retry_at = now() - interval '1 second' WHERE version = '2.0'");
+    assert_eq!(unpinned(&mut fx), ["foo 2.0"]);
     // Skipped releases and packages are not looked for.
     fx.sql("UPDATE versions SET skip = 'binary only' WHERE version = '2.0'");
-    assert_eq!(unpinned(&mut fx, HOUR), Vec::<String>::new());
+    assert_eq!(unpinned(&mut fx), Vec::<String>::new());
 }
 
 #[test]
@@ -1021,7 +1024,7 @@ fn a_source_the_schema_cannot_hold_is_refused() {
         (SourceFile { url: "file:///etc/passwd".into(), ..good.clone() }, "not http"),
         (SourceFile { url: format!("http://i/{}", "x".repeat(2000)), ..good.clone() }, "longer than"),
     ] {
-        let message = fx.error(PinSource { package: "foo".into(), version: "1.0".into(), source: Some(bad) });
+        let message = fx.error(PinSource { package: "foo".into(), version: "1.0".into(), source: bad });
         assert!(message.contains(said), "{message}");
     }
     assert_eq!(fx.value("SELECT count(*) FROM versions WHERE source_sha256 IS NOT NULL"), "0");

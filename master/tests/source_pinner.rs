@@ -48,8 +48,9 @@ fn pins(pool: &Pool, package: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the release waits for a retry: the pinner looked for its source and will again.
 fn checked(pool: &Pool, package: &str, version: &str) -> bool {
-    pool.db.column(&format!("SELECT source_checked::text FROM versions WHERE package = '{package}' AND version = '{version}'"))[0].is_some()
+    pool.db.column(&format!("SELECT source_retry_at::text FROM versions WHERE package = '{package}' AND version = '{version}'"))[0].is_some()
 }
 
 #[test]
@@ -92,7 +93,7 @@ fn an_index_that_is_down_is_waited_for_and_a_page_that_fails_alone_holds_up_noth
         pypi.add_source(package, "1.0", format!("the source of {package}").into_bytes());
     }
     // The index is down for the first two rounds: foo keeps its place (a release noted as
-    // looked for waits 15 minutes, far past this test) and is pinned once the index is back.
+    // looked for waits a minute or more, past this test) and is pinned once the index is back.
     register(&pool, "foo", "1.0");
     pypi.fail_next_on("/simple/", 2, Failure::Status(503));
     let task = pinner(&pool, pypi.simple_url(), "pinner_down");
@@ -107,8 +108,8 @@ fn an_index_that_is_down_is_waited_for_and_a_page_that_fails_alone_holds_up_noth
     eventually("baz 1.0 pinned", WAIT, || !pins(&pool, "baz").is_empty());
     eventually("bar 1.0 noted as looked for", WAIT, || checked(&pool, "bar", "1.0"));
     assert_eq!(pins(&pool, "bar"), Vec::<String>::new());
-    // Once its recheck is due, it is pinned.
-    pool.db.execute("UPDATE versions SET source_checked = now() - interval '1 day' WHERE package = 'bar'");
+    // Once its retry is due, it is pinned.
+    pool.db.execute("UPDATE versions SET source_retry_at = now() WHERE package = 'bar'");
     eventually("bar 1.0 pinned at its recheck", WAIT, || !pins(&pool, "bar").is_empty());
     stop(task);
 }

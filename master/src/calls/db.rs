@@ -420,23 +420,31 @@ calls! {
         limit: u32,
     } -> #[cfg_attr(test, proptest(strategy = "small_map()"))] BTreeMap<String, Vec<QueuedBuild>>;
     /// Releases that could be built but whose source is not pinned yet: those never looked
-    /// for (newest first), then those looked for in vain at least `recheck_after` ago.
+    /// for (newest first), then those whose retry is due.
     UnpinnedSources {
         /// Maximum releases.
         limit: u32,
-        /// How long a release the index had no source for waits before it is looked for again.
-        recheck_after: Duration,
     } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<PackageVersion>;
-    /// Pin a release's source, or with None note that the index has none for it now. A pin
-    /// is never replaced: the answer says whether this call pinned it.
+    /// Pin a release's source. A pin is never replaced: the answer says whether this call
+    /// pinned it.
     PinSource {
         /// Canonical name.
         package: String,
         /// Version.
         version: String,
         /// The source file the index publishes.
-        source: Option<SourceFile>,
+        source: SourceFile,
     } -> bool;
+    /// Look for a release's source again `after` from now, not before (the index had none,
+    /// or failed).
+    PinLater {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+        /// How long to wait.
+        after: Duration,
+    } -> ();
     /// The last applied PyPI serial.
     PypiSerial {} -> i64;
     /// Store the last applied PyPI serial (never backwards).

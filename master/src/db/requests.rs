@@ -119,12 +119,11 @@ impl Database {
             Q::BuildIds(BuildIds { package, version }) => DbReply::BuildIds(self.build_ids(&package, version.as_deref()).await?),
             Q::BuildAbis(BuildAbis {}) => DbReply::BuildAbis(self.build_abis().await?),
             Q::BuildQueue(BuildQueue { limit }) => DbReply::BuildQueue(self.build_queue(limit).await?),
-            Q::UnpinnedSources(UnpinnedSources { limit, recheck_after }) => {
-                DbReply::UnpinnedSources(self.unpinned_sources(limit, recheck_after).await?)
-            }
+            Q::UnpinnedSources(UnpinnedSources { limit }) => DbReply::UnpinnedSources(self.unpinned_sources(limit).await?),
             Q::PinSource(PinSource { package, version, source }) => {
-                refusable(self.pin_source(&package, &version, source.as_ref()).await, DbReply::PinSource)?
+                refusable(self.pin_source(&package, &version, &source).await, DbReply::PinSource)?
             }
+            Q::PinLater(PinLater { package, version, after }) => DbReply::PinLater(self.pin_later(&package, &version, after).await?),
             Q::PypiSerial(PypiSerial {}) => DbReply::PypiSerial(self.pypi_serial().await?),
             Q::SetPypiSerial(SetPypiSerial { serial }) => refusable(self.set_pypi_serial(serial).await, DbReply::SetPypiSerial)?,
             Q::Statistics(Statistics {}) => DbReply::Statistics(self.statistics().await?),

@@ -12,38 +12,28 @@ use super::requests::{RequestError, interval};
 
 impl Database {
     /// Up to `limit` releases that could be built but have no pinned source: those never
-    /// looked for (newest first), then those looked for in vain at least `recheck_after` ago.
-    pub async fn unpinned_sources(&mut self, limit: u32, recheck_after: Duration) -> Result<Vec<PackageVersion>, sqlx::Error> {
+    /// looked for (newest first), then those whose retry is due (soonest first).
+    pub async fn unpinned_sources(&mut self, limit: u32) -> Result<Vec<PackageVersion>, sqlx::Error> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT v.package, v.version FROM versions v
              JOIN packages p ON p.package = v.package AND p.skip = ''
              WHERE v.source_sha256 IS NULL AND NOT v.complete AND v.skip = ''
-               AND (v.source_checked IS NULL OR v.source_checked <= now() - $2)
-             ORDER BY v.source_checked NULLS FIRST, v.released DESC
+               AND (v.source_retry_at IS NULL OR v.source_retry_at <= now())
+             ORDER BY v.source_retry_at NULLS FIRST, v.released DESC
              LIMIT $1",
         )
         .bind(i64::from(limit))
-        .bind(interval(recheck_after))
         .fetch_all(&mut self.conn)
         .await?;
         Ok(rows.into_iter().map(|(package, version)| PackageVersion { package, version }).collect())
     }
 
-    /// Pins `source` to the release, unless it has a pin already (a pin is never replaced);
-    /// with None, notes that the index had no usable source for it now. True when this call
-    /// pinned it. A malformed pin is refused ([`SourceFile::check`]).
-    pub async fn pin_source(&mut self, package: &str, version: &str, source: Option<&SourceFile>) -> Result<bool, RequestError> {
-        let Some(source) = source else {
-            sqlx::query("UPDATE versions SET source_checked = now() WHERE package = $1 AND version = $2 AND source_sha256 IS NULL")
-                .bind(package)
-                .bind(version)
-                .execute(&mut self.conn)
-                .await?;
-            return Ok(false);
-        };
+    /// Pins `source` to the release, unless it has a pin already (a pin is never replaced).
+    /// True when this call pinned it. A malformed pin is refused ([`SourceFile::check`]).
+    pub async fn pin_source(&mut self, package: &str, version: &str, source: &SourceFile) -> Result<bool, RequestError> {
         source.check().map_err(RequestError::Refused)?;
         let pinned = sqlx::query(
-            "UPDATE versions SET source_filename = $3, source_url = $4, source_sha256 = $5, source_checked = now()
+            "UPDATE versions SET source_filename = $3, source_url = $4, source_sha256 = $5, source_retry_at = NULL
              WHERE package = $1 AND version = $2 AND source_sha256 IS NULL",
         )
         .bind(package)
@@ -55,5 +45,17 @@ impl Database {
         .await?
         .rows_affected();
         Ok(pinned == 1)
+    }
+
+    /// Has the pinner look for the release's source again `after` from now (and not before),
+    /// unless it is pinned.
+    pub async fn pin_later(&mut self, package: &str, version: &str, after: Duration) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE versions SET source_retry_at = now() + $3 WHERE package = $1 AND version = $2 AND source_sha256 IS NULL")
+            .bind(package)
+            .bind(version)
+            .bind(interval(after))
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
     }
 }
