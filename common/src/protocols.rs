@@ -194,8 +194,9 @@ pub struct SourceFile {
 
 impl SourceFile {
     /// How long a slave may take to download a build's source, before its build command
-    /// gets the whole build timeout: the master holds a release it handed out for both.
-    pub const DOWNLOAD_LIMIT: Duration = Duration::from_secs(600);
+    /// gets the whole build timeout: the master holds a release it handed out for both. A
+    /// source of 1 GiB needs 0.6 MB/s.
+    pub const DOWNLOAD_LIMIT: Duration = Duration::from_secs(30 * 60);
     /// The longest file name a pin may have (the schema's column).
     pub const MAX_FILENAME: usize = 255;
     /// The longest URL a pin may have (the schema's column).

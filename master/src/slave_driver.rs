@@ -10,7 +10,8 @@
 //! the stats task, the architect's trigger, the oracles, the file juggler and the index writer.
 //!
 //! Exclusions keep one release from being built twice at once: a release handed to a slave is
-//! excluded for that slave's ABI until its build timeout passes, and a deleted package or
+//! excluded for that slave's ABI until its build timeout passes (with the time its source's
+//! download may take, and [`HOLD_MARGIN`] more), and a deleted package or
 //! version is excluded everywhere for [`DELETED_EXCLUSION`]. Unlike the original, a slave that
 //! is dropped (silent past its busy timeout, killed, said goodbye) releases its exclusion at
 //! once: the driver no longer knows its connection, so anything it says later is refused and
@@ -81,6 +82,9 @@ const RETRY_FORGOTTEN: Duration = Duration::from_secs(24 * 3600);
 const CLOCK_SLACK: Duration = Duration::from_secs(2);
 /// The most of a slave's last log line a notice repeats, in characters.
 const LAST_WORDS: usize = 400;
+/// How long past its download limit and build timeout a handed-out release stays the slave's:
+/// a stalled read of the source (a minute), the kill of a build past its time and the report.
+const HOLD_MARGIN: Duration = Duration::from_secs(120);
 /// Longest field a slave's hello may carry (labels, tags, host facts).
 const MAX_HELLO_FIELD: usize = 256;
 /// How long the file juggler may take to answer (a verification fsyncs a whole file).
@@ -285,7 +289,8 @@ pub struct SlaveDriver {
     slaves: HashMap<Vec<u8>, Slave>,
     /// Releases still to hand out, per ABI, in the architect's order.
     queues: BTreeMap<String, VecDeque<QueuedBuild>>,
-    /// Releases handed out, per ABI, until their slave's build timeout passes.
+    /// Releases handed out, per ABI, until their slave's build could have ended (see the
+    /// module documentation).
     building: HashMap<String, Exclusions>,
     /// Deleted releases (an empty version means the whole package), for every ABI.
     deleted: Exclusions,
@@ -546,8 +551,9 @@ impl SlaveDriver {
             let Some(QueuedBuild { release, source }) = queue.remove(index) else { break };
             let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
             // The slave may download the source for a while before its build timeout starts.
-            // A bounded timeout cannot overflow; a far future is as good as none.
-            let until = now.checked_add(slave.hello.build_timeout + SourceFile::DOWNLOAD_LIMIT).unwrap_or(now + RETRY_LONGEST);
+            // A far future is as good as none.
+            let hold = slave.hello.build_timeout.saturating_add(SourceFile::DOWNLOAD_LIMIT + HOLD_MARGIN);
+            let until = now.checked_add(hold).unwrap_or(now + RETRY_LONGEST);
             building.insert(release.clone(), until);
             self.lengths_changed = true;
             return slave.start_build(release, source, now);
@@ -1270,8 +1276,8 @@ fn check_hello(hello: &SlaveHello, limits: &SlaveLimits) -> Result<(), String> {
 /// slave's).
 fn last_words(output: &str) -> String {
     let line = output.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("(no log)");
-    let words = crate::access_log::clean(line, LAST_WORDS);
-    if words.chars().count() == LAST_WORDS { format!("{words}…") } else { words }
+    let words = crate::access_log::clean(line, usize::MAX);
+    if words.chars().count() > LAST_WORDS { format!("{}…", crate::access_log::clean(line, LAST_WORDS)) } else { words }
 }
 
 /// Whether a slave's report of a failed build (or one that made no wheel) shows that the build

@@ -103,8 +103,11 @@ fn an_index_that_is_down_is_waited_for_and_a_page_that_fails_alone_holds_up_noth
     // bar's page fails while baz's does not: bar is noted as looked for and waits its turn,
     // so it cannot hold baz or anything else up.
     pypi.fail_next_on("/simple/bar/", 1, Failure::Status(503));
-    register(&pool, "bar", "1.0");
-    register(&pool, "baz", "1.0");
+    // Both in one transaction, so that one round asks for both.
+    pool.db.execute(
+        "INSERT INTO packages (package) VALUES ('bar'), ('baz');
+         INSERT INTO versions (package, version) VALUES ('bar', '1.0'), ('baz', '1.0')",
+    );
     eventually("baz 1.0 pinned", WAIT, || !pins(&pool, "baz").is_empty());
     eventually("bar 1.0 noted as looked for", WAIT, || checked(&pool, "bar", "1.0"));
     assert_eq!(pins(&pool, "bar"), Vec::<String>::new());
