@@ -822,6 +822,16 @@ pub enum RebuildTarget {
     Project(Option<String>),
     /// Project and simple pages of one package, or of all when None.
     Both(Option<String>),
+    /// A new build of a release on one ABI, or on every ABI it was built on when None, its
+    /// published files kept: a wheel with other bytes is published with the next build tag.
+    Release {
+        /// The project's name.
+        package: String,
+        /// The version.
+        version: String,
+        /// The ABI.
+        abi: Option<String>,
+    },
 }
 
 /// A manual import of wheels built elsewhere.

@@ -93,6 +93,28 @@ impl WheelName {
         canonicalize(&self.name) == package
     }
 
+    /// Whether `other` is the same wheel but for its build tag, however its project name and
+    /// version are spelled: installers choose between the two by build tag alone.
+    pub fn differs_only_in_build_tag(&self, other: &WheelName) -> bool {
+        canonicalize(&self.name) == canonicalize(&other.name)
+            && crate::names::same_version(&self.version, &other.version)
+            && (self.python.as_str(), self.abi.as_str(), self.platform.as_str()) == (other.python.as_str(), other.abi.as_str(), other.platform.as_str())
+    }
+
+    /// This wheel's name with a build tag above every one of `taken` that differs from it only
+    /// in its build tag, its own included: the number after the highest such tag's leading
+    /// number (PEP 427 orders build tags by that number first), so that installers prefer it.
+    pub fn with_next_build_tag<'a>(&self, taken: impl IntoIterator<Item = &'a WheelName>) -> WheelName {
+        let number = |name: &WheelName| {
+            let tag = name.build.as_deref().unwrap_or("");
+            let digits = tag.bytes().take_while(u8::is_ascii_digit).count();
+            // A tag of more digits than u64 holds stands above everything: saturate.
+            tag[..digits].parse::<u64>().map_or(if digits == 0 { 0 } else { u64::MAX }, |n| n)
+        };
+        let highest = taken.into_iter().filter(|t| self.differs_only_in_build_tag(t)).map(number).chain([number(self)]).max().unwrap_or(0);
+        WheelName { build: Some(highest.saturating_add(1).to_string()), ..self.clone() }
+    }
+
     /// For abi3 wheels, the lowest CPython (major * 100 + minor) the Python tags allow, e.g.
     /// 309 for `cp39-abi3`; None for other wheels.
     pub fn python_floor(&self) -> Option<i32> {
@@ -134,6 +156,26 @@ impl fmt::Display for WheelName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_build_tag_is_above_every_tag_of_the_same_wheel() {
+        let parse = |n: &str| WheelName::parse(n).unwrap();
+        let wheel = parse("foo-1.0-cp311-cp311-linux_armv7l.whl");
+        let next = |taken: &[&str]| wheel.with_next_build_tag(&taken.iter().map(|n| parse(n)).collect::<Vec<_>>()).to_string();
+        assert_eq!(next(&["foo-1.0-cp311-cp311-linux_armv7l.whl"]), "foo-1.0-1-cp311-cp311-linux_armv7l.whl");
+        assert_eq!(
+            next(&["foo-1.0-cp311-cp311-linux_armv7l.whl", "foo-1.0-1-cp311-cp311-linux_armv7l.whl", "Foo-1.0.0-3rc-cp311-cp311-linux_armv7l.whl"]),
+            "foo-1.0-4-cp311-cp311-linux_armv7l.whl",
+            "the highest leading number of a tag of the same wheel, however the name and version are spelled"
+        );
+        assert_eq!(
+            next(&["foo-1.0-7-cp311-cp311-linux_aarch64.whl", "foo-1.1-7-cp311-cp311-linux_armv7l.whl", "bar-1.0-7-cp311-cp311-linux_armv7l.whl"]),
+            "foo-1.0-1-cp311-cp311-linux_armv7l.whl",
+            "other platforms, versions and projects do not count"
+        );
+        let tagged = parse("foo-1.0-2-py3-none-any.whl");
+        assert_eq!(tagged.with_next_build_tag(&[]).to_string(), "foo-1.0-3-py3-none-any.whl", "above the wheel's own tag");
+    }
 
     #[test]
     fn parses_plain_build_tagged_and_compressed_names() {

@@ -194,7 +194,7 @@ pub struct RemoveConfig {
     pub yes: bool,
 }
 
-/// What piw-rebuild rewrites.
+/// What piw-rebuild rewrites or builds again.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     /// The home page, with fresh figures.
@@ -206,11 +206,18 @@ pub enum Part {
     /// Project pages and the simple index pages pip reads.
     #[value(alias = "both")]
     Index,
+    /// A new build of one release (PACKAGE VERSION), its published files kept: a wheel with
+    /// other bytes is published with the next build tag, which installers prefer.
+    Build,
 }
 
-/// piw-rebuild: asks the master to rewrite pages of the index.
+/// piw-rebuild: asks the master to rewrite pages of the index, or to build a release again.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "piw-rebuild", version)]
+#[command(
+    name = "piw-rebuild",
+    version,
+    after_help = "Examples:\n  piw-rebuild home\n  piw-rebuild index numpy\n  piw-rebuild --yes index\n  piw-rebuild build numpy 1.26.4 --abi cp311"
+)]
 pub struct RebuildConfig {
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -225,14 +232,23 @@ pub struct RebuildConfig {
     pub connect: ConnectArgs,
 
     /// What to rewrite: home (the home page), search (the search index), project (project
-    /// pages) or index (project pages and the simple index pages)
+    /// pages) or index (project pages and the simple index pages); or build (a new build of
+    /// one release, its published files kept)
     #[arg(value_enum, value_name = "PART")]
     pub part: Part,
 
     /// The project whose pages to rewrite, for project and index [default: every project,
-    /// after confirmation]
+    /// after confirmation]; the project to build, for build
     #[arg(value_name = "PACKAGE")]
     pub package: Option<String>,
+
+    /// The version to build, for build
+    #[arg(value_name = "VERSION")]
+    pub version: Option<String>,
+
+    /// The ABI to build on, for build [default: every ABI the release was built on]
+    #[arg(long, value_name = "ABI")]
+    pub abi: Option<String>,
 
     /// Do not ask for confirmation
     #[arg(short, long)]

@@ -1,5 +1,6 @@
 //! piw-rebuild: asks the master to rewrite the home page, the search index, or the pages of
-//! one project or of all (after confirmation). Success means the rewrites are queued.
+//! one project or of all (after confirmation), or to build one release again. Success means
+//! the rewrites or the build are queued.
 
 use piwheels_common::protocols::{AdminRequest, RebuildTarget};
 
@@ -10,14 +11,26 @@ use crate::session::Session;
 
 /// Runs piw-rebuild; prints what the master queued.
 pub fn run(cfg: &RebuildConfig) -> Result<(), ToolError> {
+    if cfg.part != Part::Build {
+        if let Some(version) = &cfg.version {
+            return Err(ToolError::Usage(format!("{version}: only build takes a version")));
+        }
+        if cfg.abi.is_some() {
+            return Err(ToolError::Usage("--abi: only build takes an ABI".into()));
+        }
+    }
     let target = match (cfg.part, &cfg.package) {
         (Part::Home | Part::Search, Some(package)) => {
-            return Err(ToolError::Usage(format!("{package}: only project and index rebuilds take a package")));
+            return Err(ToolError::Usage(format!("{package}: only project, index and build take a package")));
         }
         (Part::Home, None) => RebuildTarget::Home,
         (Part::Search, None) => RebuildTarget::Search,
         (Part::Project, package) => RebuildTarget::Project(package.clone()),
         (Part::Index, package) => RebuildTarget::Both(package.clone()),
+        (Part::Build, package) => match (package, &cfg.version) {
+            (Some(package), Some(version)) => RebuildTarget::Release { package: package.clone(), version: version.clone(), abi: cfg.abi.clone() },
+            _ => return Err(ToolError::Usage("build needs a PACKAGE and a VERSION".into())),
+        },
     };
     let session = Session::connect(&cfg.connect, "piw-rebuild")?;
     if matches!(target, RebuildTarget::Project(None) | RebuildTarget::Both(None)) {

@@ -43,7 +43,7 @@ use piwheels_common::protocols::{AdminReply, AdminRequest, NoticeLevel, RebuildT
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Peer, Sender, Server};
 
-use crate::calls::db::{AllPackages, Audit, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, YankVersion};
+use crate::calls::db::{AllPackages, Audit, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, WantRebuild, YankVersion};
 use crate::calls::files::{FsReply, FsRequest};
 use crate::calls::tasks::{ArchitectTrigger, StatsUpdate, WebReply, WebRequest};
 use crate::db_client::DbClient;
@@ -570,6 +570,7 @@ impl MrChase {
             }
             RebuildTarget::Project(one) => (one, RewriteScope::Project),
             RebuildTarget::Both(one) => (one, RewriteScope::Both),
+            RebuildTarget::Release { package, version, abi } => return build_again(sockets, &package, &version, abi),
         };
         let pages = match scope {
             RewriteScope::Project => "project pages",
@@ -726,6 +727,23 @@ fn web(sockets: &Sockets, request: WebRequest) -> Result<(), WireError> {
         Ok(WebReply::Error(WireError { message, .. })) => Err(WireError::unavailable(format!("the index writer refused: {message}"))),
         Err(e) => Err(WireError::unavailable(format!("the index writer did not answer: {e}"))),
     }
+}
+
+/// Asks for a new build of a release (`piw-rebuild build`), its published files kept.
+fn build_again(sockets: &Sockets, package: &str, version: &str, abi: Option<String>) -> Outcome {
+    let package = check_package(package)?;
+    check_version(version)?;
+    // The database refuses an ABI it does not build.
+    let abis = sockets.db.call(WantRebuild { package: package.clone(), version: version.to_string(), abi })?;
+    if let Err(e) = sockets.remover.build_again(&package, version) {
+        // The request is recorded: the release is built once the driver's hold on it ends.
+        tracing::warn!("{e:#}");
+    }
+    trigger(sockets, format!("{package} {version} to be built again"));
+    Ok(format!(
+        "{package} {version} is to be built again on {}; its published files stay, and a wheel with other bytes is published with the next build tag",
+        abis.join(", ")
+    ))
 }
 
 fn trigger(sockets: &Sockets, reason: String) {

@@ -10,7 +10,7 @@ use piwheels_common::transport::Client;
 use piwheels_common::protocols::WireError;
 
 use crate::calls::db::{BuildIds, DeleteBuilds, DeletePackage, DeleteVersion, PackageFiles, SkipPackage, SkipVersion, VersionFiles};
-use crate::calls::tasks::{DeleteAck, DeleteNotice, WebReply, WebRequest};
+use crate::calls::tasks::{ReleaseAck, ReleaseNotice, WebReply, WebRequest};
 use crate::db_client::DbClient;
 use crate::wiring::{self, TaskName};
 
@@ -20,14 +20,14 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// The sockets a removal needs besides the database.
 #[derive(Debug)]
 pub struct Remover {
-    deletes: Client<DeleteNotice, DeleteAck>,
+    notices: Client<ReleaseNotice, ReleaseAck>,
     web: Client<WebRequest, WebReply>,
 }
 
 impl Remover {
-    /// Connects to the slave driver's deletion socket and to the index writer.
+    /// Connects to the slave driver's release notices and to the index writer.
     pub fn connect(ctx: &zmq::Context, task: TaskName) -> anyhow::Result<Remover> {
-        Ok(Remover { deletes: wiring::DELETES.client(ctx, task)?, web: wiring::WEB.client(ctx, task)? })
+        Ok(Remover { notices: wiring::RELEASE_NOTICES.client(ctx, task)?, web: wiring::WEB.client(ctx, task)? })
     }
 
     /// Removes `version` of `package`, or the whole package when `version` is None, and marks
@@ -52,10 +52,10 @@ impl Remover {
             (None, false) => db.call(DeletePackage { package: package.into() })?,
         }
         let notice = match version {
-            Some(version) => DeleteNotice::Version { package: package.into(), version: version.into() },
-            None => DeleteNotice::Package { package: package.into() },
+            Some(version) => ReleaseNotice::Version { package: package.into(), version: version.into() },
+            None => ReleaseNotice::Package { package: package.into() },
         };
-        if let Err(e) = self.deletes.request(&notice, TIMEOUT) {
+        if let Err(e) = self.notices.request(&notice, TIMEOUT) {
             // The rows are gone, so a build in flight cannot be recorded against them; it is
             // only wasted work.
             tracing::warn!("the slave driver did not take the deletion of {package}: {e}");
@@ -71,5 +71,12 @@ impl Remover {
             Ok(WebReply::Error(WireError { message, .. })) => anyhow::bail!("the index writer could not remove {package}'s files: {message}"),
             Err(e) => anyhow::bail!("the index writer did not take the removal of {package}'s files: {e}"),
         }
+    }
+
+    /// Tells the slave driver, which holds a release back for a while after handing it out,
+    /// that `version` of `package` is to be built again now (its rebuild is in the database).
+    pub fn build_again(&self, package: &str, version: &str) -> anyhow::Result<()> {
+        let notice = ReleaseNotice::BuildAgain { package: package.into(), version: version.into() };
+        self.notices.request(&notice, TIMEOUT).map(|_| ()).map_err(|e| anyhow::anyhow!("the slave driver did not take the rebuild of {package} {version}: {e}"))
     }
 }

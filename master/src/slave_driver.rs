@@ -6,7 +6,7 @@
 //! Sockets: binds the slave socket (ROUTER, external, usually tcp: [`SlaveRequest`] →
 //! [`SlaveReply`]), [`wiring::BUILDS`] (PULL, [`BuildQueueUpdate`] from the architect),
 //! [`wiring::SLAVE_COMMANDS`] (ROUTER, operators' [`SlaveCommand`]s from the master's main
-//! loop) and [`wiring::DELETES`] (ROUTER, [`DeleteNotice`]s); connects to the status socket,
+//! loop) and [`wiring::RELEASE_NOTICES`] (ROUTER, [`ReleaseNotice`]s); connects to the status socket,
 //! the stats task, the architect's trigger, the oracles, the file juggler and the index writer.
 //!
 //! Exclusions keep one release from being built twice at once: a release handed to a slave is
@@ -40,15 +40,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, SourceFile, StatusEvent, TransferId, WheelFile, WireError};
+use piwheels_common::protocols::{BuildResult, ErrorKind, FailureKind, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, SourceFile, StatusEvent, TransferId, WheelFile, WireError};
 use piwheels_common::config::HumanDuration;
 use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
+use piwheels_common::wheel::WheelName;
 use piwheels_common::transport::{self, Client, Dealer, Peer, Receiver, Sender, Server, TransportError};
 
-use crate::calls::db::{BuildRecord, FileWithHash, LogBuild, PackageFiles, QueuedBuild, VersionFiles};
+use crate::calls::db::{BuildRecord, FileName, LogBuild, NameForFile, PackageFiles, QueuedBuild, VersionFiles};
 use crate::calls::files::{Expect, Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Removal, RemoveOrphan, Verification, Verify};
-use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
+use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, ReleaseAck, ReleaseNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use crate::calls::{Call, CallError, Caller, ReplyName};
 use crate::db_client::DbClient;
 use crate::gatekeeper::{Auth, Gate};
@@ -159,7 +160,7 @@ pub struct Sockets {
     slaves: Server<SlaveRequest, SlaveReply>,
     builds: Receiver<BuildQueueUpdate>,
     commands: Server<SlaveCommand, SlaveCommandReply>,
-    deletes: Server<DeleteNotice, DeleteAck>,
+    release_notices: Server<ReleaseNotice, ReleaseAck>,
     status: Sender<StatusEvent>,
     stats: Sender<StatsUpdate>,
     trigger: Sender<ArchitectTrigger>,
@@ -174,7 +175,7 @@ pub struct Sockets {
 }
 
 impl Sockets {
-    /// Binds the slave, builds, commands and deletes sockets and connects to the rest.
+    /// Binds the slave, builds, commands and release-notice sockets and connects to the rest.
     pub fn open(ctx: &zmq::Context, config: &DriverConfig, status_endpoint: &str) -> anyhow::Result<Sockets> {
         Ok(Sockets {
             slaves: Server::bind_external(
@@ -186,7 +187,7 @@ impl Sockets {
             )?,
             builds: wiring::BUILDS.pull(ctx, TaskName::SlaveDriver)?,
             commands: wiring::SLAVE_COMMANDS.serve(ctx, TaskName::SlaveDriver)?,
-            deletes: wiring::DELETES.serve(ctx, TaskName::SlaveDriver)?,
+            release_notices: wiring::RELEASE_NOTICES.serve(ctx, TaskName::SlaveDriver)?,
             status: Sender::push(ctx, status_endpoint)?,
             stats: wiring::STATS.push(ctx, TaskName::SlaveDriver)?,
             trigger: wiring::ARCHITECT.push(ctx, TaskName::SlaveDriver)?,
@@ -214,8 +215,8 @@ pub enum Event {
     Builds,
     /// An operator's command arrived.
     Command,
-    /// A deletion was announced.
-    Delete,
+    /// A deletion or a rebuild was announced.
+    ReleaseNotice,
     /// The file juggler answered a verification.
     Verified,
     /// Time to drop silent slaves (and verifications gone unanswered).
@@ -602,7 +603,9 @@ impl SlaveDriver {
     }
 
     /// Asks the file juggler for the files of `result` from `from` on, until one must be sent;
-    /// records the build when none is left.
+    /// records the build when none is left. Each file is published under the name the
+    /// database gives it ([`NameForFile`]): its own, or its own with the next build tag when
+    /// that name was ever recorded with other bytes. The slave sends it under its own name.
     fn next_file(
         &mut self,
         sockets: &Sockets,
@@ -618,34 +621,55 @@ impl SlaveDriver {
         let mut resolved: Option<String> = None;
         while index < result.files.len() {
             let file = result.files[index].clone();
-            if let Some(described) = self.link_held(sockets, &build.package, &file, &expectation) {
-                self.note_published(identity, &build, &file.filename);
+            let request = NameForFile { package: build.package.clone(), filename: file.filename.clone(), sha256: file.sha256.clone() };
+            let (published, same_bytes) = match sockets.db.call(request) {
+                Ok(FileName::Recorded(name)) => (renamed(&file, &name), None),
+                Ok(FileName::Free { name, same_bytes }) => (renamed(&file, &name), same_bytes),
+                Err(e) if e.kind() == ErrorKind::Refused => {
+                    self.refuse_file(sockets, ctx, identity, &mut result, index, &e.to_string());
+                    continue;
+                }
+                Err(e) => {
+                    let reason = format!("the database cannot say under which name {} is published: {e}", file.filename);
+                    return self.give_up(sockets, ctx, identity, &build, &reason);
+                }
+            };
+            if let Some(existing) = same_bytes
+                && let Some(described) = self.link(sockets, &build.package, existing, &published, &expectation)
+            {
+                self.note_published(identity, &build, &described.filename);
                 result.files[index] = described;
                 index += 1;
                 continue;
             }
-            let request = Expect { package: build.package.clone(), file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
+            let request = Expect { package: build.package.clone(), file: Box::new(published.clone()), expectation: Box::new(expectation.clone()) };
             match sockets.fs.call(request) {
                 Ok(Expected::Expecting { transfer }) => {
                     let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
+                    if published.filename != file.filename {
+                        tracing::info!("{} from slave {} is to be published as {}: its own name holds other bytes", file.filename, slave.id, published.filename);
+                    }
                     return slave.send(result, file.filename, transfer);
                 }
                 Ok(Expected::AlreadyHave { file: described }) => {
-                    self.note_published(identity, &build, &file.filename);
+                    self.note_published(identity, &build, &described.filename);
                     result.files[index] = *described;
                     index += 1;
                 }
                 Ok(Expected::Refused { reason }) => self.refuse_file(sockets, ctx, identity, &mut result, index, &reason),
                 Ok(Expected::Conflict { reason }) => {
-                    if resolved.as_deref() == Some(file.filename.as_str()) {
-                        let reason = format!("{} was removed from the way and is there again: {reason}", file.filename);
+                    if resolved.as_deref() == Some(published.filename.as_str()) {
+                        let reason = format!("{} was removed from the way and is there again: {reason}", published.filename);
                         return self.give_up(sockets, ctx, identity, &build, &reason);
                     }
-                    match self.resolve_conflict(sockets, &build.package, &file.filename) {
-                        Conflict::Removed => resolved = Some(file.filename),
-                        // Another build's file with other contents: this wheel differs from
-                        // what is published, which is the build's to answer for.
-                        Conflict::Recorded => self.refuse_file(sockets, ctx, identity, &mut result, index, &reason),
+                    match self.resolve_conflict(sockets, &build.package, &published.filename) {
+                        Conflict::Removed => resolved = Some(published.filename),
+                        // The database gave the name as free or as holding these bytes: it was
+                        // recorded meanwhile, or the tree does not hold what the record says.
+                        Conflict::Recorded => {
+                            let reason = format!("{reason}; the database records {} with other bytes than it gave", published.filename);
+                            return self.give_up(sockets, ctx, identity, &build, &reason);
+                        }
                         Conflict::Unsettled(why) => return self.give_up(sockets, ctx, identity, &build, &format!("{reason}; {why}")),
                     }
                 }
@@ -695,18 +719,10 @@ impl SlaveDriver {
         }
     }
 
-    /// The master's description of `file` when a file with the same contents under another
-    /// name is published already and the file juggler linked this one to it, so that it need
-    /// not be sent.
-    fn link_held(&self, sockets: &Sockets, package: &str, file: &WheelFile, expectation: &FileExpectation) -> Option<WheelFile> {
-        let existing = match sockets.db.call(FileWithHash { sha256: file.sha256.clone() }) {
-            Ok(Some(existing)) if existing != file.filename => existing,
-            Ok(_) => return None,
-            Err(e) => {
-                tracing::warn!("cannot look {} up by its hash ({e}); it will be sent", file.filename);
-                return None;
-            }
-        };
+    /// The master's description of `file` once the file juggler linked its name to
+    /// `existing`, a published file of the package with the same bytes, so that it need not
+    /// be sent; None when it did not.
+    fn link(&self, sockets: &Sockets, package: &str, existing: String, file: &WheelFile, expectation: &FileExpectation) -> Option<WheelFile> {
         let request = Link { package: package.into(), existing, file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
         match sockets.fs.call(request) {
             Ok(Linked::AlreadyHave { file }) => Some(*file),
@@ -784,7 +800,7 @@ impl SlaveDriver {
             Some(GivenUp { slave_id, build, filename, .. }) => {
                 tracing::warn!("the verification of {filename} was answered after its build was given up");
                 if let Ok(verification) = &outcome {
-                    self.discard(sockets, slave_id, build, filename, verification);
+                    self.discard(sockets, slave_id, build, verification);
                 }
             }
             None => tracing::warn!("the file juggler answered a verification nobody asked for: transfer {transfer}"),
@@ -795,10 +811,10 @@ impl SlaveDriver {
     /// Removes the file a verification published for a build that will not record it (its
     /// slave is gone, or the build was given up), unless a recorded build or another build in
     /// progress holds it.
-    fn discard(&mut self, sockets: &Sockets, slave_id: SlaveId, build: PackageVersion, filename: String, verification: &Verification) {
-        if matches!(verification, Verification::Verified { .. }) {
-            tracing::info!("slave {slave_id}'s build of {} {} will not record {filename}", build.package, build.version);
-            self.remove_unrecorded(sockets, build, vec![filename]);
+    fn discard(&mut self, sockets: &Sockets, slave_id: SlaveId, build: PackageVersion, verification: &Verification) {
+        if let Verification::Verified { file } = verification {
+            tracing::info!("slave {slave_id}'s build of {} {} will not record {}", build.package, build.version, file.filename);
+            self.remove_unrecorded(sockets, build, vec![file.filename.clone()]);
         }
     }
 
@@ -807,7 +823,7 @@ impl SlaveDriver {
         let Some(slave) = self.slaves.get_mut(waiting.peer.identity()).filter(|slave| slave.id == waiting.slave_id) else {
             // Dropped meanwhile (revoked, killed): nobody to answer, no build to record.
             if let Ok(verification) = &outcome {
-                self.discard(sockets, waiting.slave_id, waiting.build, waiting.filename, verification);
+                self.discard(sockets, waiting.slave_id, waiting.build, verification);
             }
             return Ok(());
         };
@@ -838,7 +854,7 @@ impl SlaveDriver {
         match outcome {
             Ok(Verification::Verified { file }) => {
                 self.attempts.remove(&id);
-                self.note_published(identity, &build, filename);
+                self.note_published(identity, &build, &file.filename);
                 result.files[index] = *file;
                 self.next_file(sockets, ctx, identity, build, result, index + 1)
             }
@@ -1084,12 +1100,23 @@ impl SlaveDriver {
         Ok(())
     }
 
-    fn on_delete(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
-        let (peer, notice_msg) = sockets.deletes.recv()?;
+    fn on_release_notice(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
+        let (peer, notice_msg) = sockets.release_notices.recv()?;
         let now = ctx.now();
         let gone = match notice_msg? {
-            DeleteNotice::Package { package } => PackageVersion { package, version: String::new() },
-            DeleteNotice::Version { package, version } => PackageVersion { package, version },
+            ReleaseNotice::Package { package } => PackageVersion { package, version: String::new() },
+            ReleaseNotice::Version { package, version } => PackageVersion { package, version },
+            ReleaseNotice::BuildAgain { package, version } => {
+                let again = PackageVersion { package, version };
+                let slaves = &self.slaves;
+                for (abi, exclusions) in &mut self.building {
+                    if !slaves.values().any(|s| s.hello.abi == *abi && s.build() == Some(&again)) {
+                        exclusions.remove(&again);
+                    }
+                }
+                sockets.release_notices.send(&peer, &ReleaseAck::Done)?;
+                return Ok(());
+            }
         };
         self.deleted.insert(gone.clone(), now + DELETED_EXCLUSION);
         for queue in self.queues.values_mut() {
@@ -1104,7 +1131,7 @@ impl SlaveDriver {
             }
         }
         self.send_queue_lengths(sockets);
-        sockets.deletes.send(&peer, &DeleteAck::Done)?;
+        sockets.release_notices.send(&peer, &ReleaseAck::Done)?;
         Ok(())
     }
 
@@ -1172,7 +1199,7 @@ impl Task for SlaveDriver {
             (Event::Slave, sockets.slaves.socket()),
             (Event::Builds, sockets.builds.socket()),
             (Event::Command, sockets.commands.socket()),
-            (Event::Delete, sockets.deletes.socket()),
+            (Event::ReleaseNotice, sockets.release_notices.socket()),
             (Event::Verified, sockets.verify.socket()),
         ]
     }
@@ -1186,7 +1213,7 @@ impl Task for SlaveDriver {
             Event::Slave => self.on_slave(sockets, ctx),
             Event::Builds => self.on_builds(sockets, ctx.now()),
             Event::Command => self.on_command(sockets, ctx),
-            Event::Delete => self.on_delete(sockets, ctx),
+            Event::ReleaseNotice => self.on_release_notice(sockets, ctx),
             Event::Verified => self.on_verified(sockets, ctx),
             Event::Revocations => {
                 self.on_revocations(sockets, ctx);
@@ -1221,6 +1248,16 @@ impl Task for SlaveDriver {
 }
 
 /// Whether `build` falls under the deletion `gone` (an empty version means every version).
+/// `file` described under the name `name`, the same wheel with another build tag (or itself).
+fn renamed(file: &WheelFile, name: &str) -> WheelFile {
+    let mut renamed = file.clone();
+    if name != file.filename {
+        renamed.build_tag = WheelName::parse(name).ok().and_then(|wheel| wheel.build);
+        renamed.filename = name.to_string();
+    }
+    renamed
+}
+
 fn matches(gone: &PackageVersion, build: &PackageVersion) -> bool {
     gone.package == build.package && (gone.version.is_empty() || gone.version == build.version)
 }

@@ -15,7 +15,7 @@ use piwheels_common::transport::{Client, Dealer, Receiver, Sender, Server, Worke
 use crate::calls::db::{DbReply, DbRequest};
 use crate::calls::files::{FsReply, FsRequest};
 use crate::calls::tasks::{
-    ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply,
+    ArchitectTrigger, BuildQueueUpdate, ReleaseAck, ReleaseNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply,
     WebRequest,
 };
 use crate::calls::{Caller, ReplyName};
@@ -109,7 +109,7 @@ pub const WIRING: &[Wire] = &[
         connected_by: &[CloudGazer, BigBrother, MrChase, SlaveDriver],
     },
     Wire { address: FS.address, used: Use::Calls, bound_by: FileJuggler, connected_by: &[MrChase, SlaveDriver] },
-    Wire { address: DELETES.address, used: Use::Calls, bound_by: SlaveDriver, connected_by: &[CloudGazer, MrChase] },
+    Wire { address: RELEASE_NOTICES.address, used: Use::Calls, bound_by: SlaveDriver, connected_by: &[CloudGazer, MrChase] },
     Wire { address: SLAVE_COMMANDS.address, used: Use::Calls, bound_by: SlaveDriver, connected_by: &[Main] },
     Wire { address: BUILDS.address, used: Use::Messages, bound_by: SlaveDriver, connected_by: &[Architect] },
     Wire {
@@ -187,8 +187,8 @@ impl Protocol for FsRequest {
 impl Protocol for WebRequest {
     type Reply = WebReply;
 }
-impl Protocol for DeleteNotice {
-    type Reply = DeleteAck;
+impl Protocol for ReleaseNotice {
+    type Reply = ReleaseAck;
 }
 impl Protocol for SlaveCommand {
     type Reply = SlaveCommandReply;
@@ -257,7 +257,7 @@ pub const WEB: Endpoint<WebRequest> = Endpoint::new("inproc://web");
 /// File-system requests: the file juggler.
 pub const FS: Endpoint<FsRequest> = Endpoint::new("inproc://fs");
 /// Deletions the slave driver applies to its queues and builds.
-pub const DELETES: Endpoint<DeleteNotice> = Endpoint::new("inproc://deletes");
+pub const RELEASE_NOTICES: Endpoint<ReleaseNotice> = Endpoint::new("inproc://release-notices");
 /// Operators' slave commands, from the main loop to the slave driver.
 pub const SLAVE_COMMANDS: Endpoint<SlaveCommand> = Endpoint::new("inproc://slave-commands");
 /// The architect's build queues, to the slave driver.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use piwheels_common::protocols::TaskControl;
 use piwheels_master::calls::db::RewriteScope;
-use piwheels_master::calls::tasks::{ArchitectTrigger, DeleteAck, DeleteNotice, WebReply, WebRequest};
+use piwheels_master::calls::tasks::{ArchitectTrigger, ReleaseAck, ReleaseNotice, WebReply, WebRequest};
 use piwheels_common::transport::Receiver;
 use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_master::cloud_gazer::{self, CloudGazer, FollowerConfig};
@@ -56,7 +56,7 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     pypi.add_binary("Foo_Bar", "2.0", "foo_bar-2.0-cp311-cp311-linux_armv7l.whl");
     let last = pypi.yank("Foo_Bar", "1.0");
     let web = stand_in::<WebRequest, WebReply>(&pool.rt.zmq, "inproc://web", WebReply::Done);
-    let deletes = stand_in::<DeleteNotice, DeleteAck>(&pool.rt.zmq, "inproc://deletes", DeleteAck::Done);
+    let deletes = stand_in::<ReleaseNotice, ReleaseAck>(&pool.rt.zmq, "inproc://release-notices", ReleaseAck::Done);
     let architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
     let gazer = follower(&pool, &pypi, "gazer_events");
     eventually("the first batch", WAIT, || serial(&pool) == last);
@@ -85,8 +85,8 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     // The slave driver heard of both removals, and the index writer was asked to remove the
     // files and pages, and before that to rewrite pages for the new releases and yanks.
     let (release, project) = (
-        DeleteNotice::Version { package: "foo-bar".into(), version: "1.0".into() },
-        DeleteNotice::Package { package: "foo-bar".into() },
+        ReleaseNotice::Version { package: "foo-bar".into(), version: "1.0".into() },
+        ReleaseNotice::Package { package: "foo-bar".into() },
     );
     assert_eq!(*deletes.lock().unwrap(), [release, project]);
     let web = web.lock().unwrap().clone();
@@ -101,7 +101,7 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     let last = pypi.rename("Old", "New");
     eventually("the rename", WAIT, || serial(&pool) == last);
     assert_eq!(pool.db.column("SELECT package FROM packages"), [Some("new".into())]);
-    assert!(deletes.lock().unwrap().contains(&DeleteNotice::Package { package: "old".into() }));
+    assert!(deletes.lock().unwrap().contains(&ReleaseNotice::Package { package: "old".into() }));
     stop(gazer);
 }
 

@@ -582,6 +582,120 @@ fn files_are_listed_per_package_and_per_version_sorted_and_found_by_hash() {
 }
 
 // ------------------------------------------------------------------------------------------
+// Immutable file names and rebuilds that keep files
+// ------------------------------------------------------------------------------------------
+
+/// `file` with other bytes (its hash made from `seed`), under the same name.
+fn other_bytes(file: &WheelFile, seed: &str) -> WheelFile {
+    WheelFile { sha256: sha256_hex(seed.as_bytes()), ..file.clone() }
+}
+
+/// `file` under its name with the build tag `tag`.
+fn tagged(file: &WheelFile, tag: &str) -> WheelFile {
+    let filename = format!("{}-{}-{tag}-{}-{}-{}.whl", file.package_tag, file.version_tag, file.py_tag, file.abi_tag, file.platform_tag);
+    WheelFile { filename, build_tag: Some(tag.into()), ..file.clone() }
+}
+
+fn name_for(fx: &mut Fixture, file: &WheelFile) -> FileName {
+    fx.call(NameForFile { package: "foo".into(), filename: file.filename.clone(), sha256: file.sha256.clone() })
+}
+
+fn free(name: &str, same_bytes: Option<&str>) -> FileName {
+    FileName::Free { name: name.into(), same_bytes: same_bytes.map(str::to_string) }
+}
+
+#[test]
+fn a_file_is_named_after_the_bytes_the_index_holds_under_its_name() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    let original = pure("foo", "1.0");
+    assert_eq!(name_for(&mut fx, &original), free("foo-1.0-py3-none-any.whl", None), "a new name is the file's own");
+    fx.log_build(build("foo", "1.0", "cp39", vec![original.clone()]));
+    assert_eq!(name_for(&mut fx, &original), FileName::Recorded(original.filename.clone()), "the same bytes: nothing new");
+    let rebuilt = other_bytes(&original, "rebuilt");
+    assert_eq!(name_for(&mut fx, &rebuilt), free("foo-1.0-1-py3-none-any.whl", None), "other bytes: the next build tag");
+    fx.log_build(build("foo", "1.0", "cp39", vec![tagged(&rebuilt, "1")]));
+    assert_eq!(
+        name_for(&mut fx, &rebuilt),
+        FileName::Recorded("foo-1.0-1-py3-none-any.whl".into()),
+        "bytes recorded under another build tag of the same wheel are not published twice"
+    );
+    assert_eq!(name_for(&mut fx, &other_bytes(&original, "third")), free("foo-1.0-2-py3-none-any.whl", None));
+    // The same bytes as another wheel of the package (another platform's name): linked.
+    let armv6 = WheelFile { filename: "foo-1.0-cp39-cp39-linux_armv6l.whl".into(), ..platform("foo", "1.0", "cp39") };
+    let armv7 = WheelFile { sha256: armv6.sha256.clone(), ..platform("foo", "1.0", "cp39") };
+    fx.log_build(build("foo", "1.0", "cp39", vec![armv7.clone()]));
+    assert_eq!(name_for(&mut fx, &armv6), free(&armv6.filename, Some(&armv7.filename)));
+    // Another package's name, or no wheel's name: refused.
+    let message = fx.error(NameForFile { package: "foo".into(), filename: "foo.tar.gz".into(), sha256: "0".repeat(64) });
+    assert!(message.contains("foo.tar.gz"), "{message}");
+}
+
+#[test]
+fn a_removed_files_name_keeps_its_bytes() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    let original = pure("foo", "1.0");
+    fx.log_build(build("foo", "1.0", "cp39", vec![original.clone()]));
+    fx.call(DeleteBuilds { package: "foo".into(), version: Some("1.0".into()) });
+    assert_eq!(fx.value("SELECT filename || ' ' || filehash || ' ' || package FROM retired_files"), format!("{} {} foo", original.filename, original.sha256));
+    assert_eq!(name_for(&mut fx, &original), free(&original.filename, None), "the same bytes may come back under the name");
+    let rebuilt = other_bytes(&original, "rebuilt");
+    assert_eq!(name_for(&mut fx, &rebuilt), free("foo-1.0-1-py3-none-any.whl", None), "other bytes may not");
+    // The database itself refuses the name with other bytes, whoever asks.
+    let message = fx.error(log(build("foo", "1.0", "cp39", vec![rebuilt])));
+    assert!(message.starts_with("foo-1.0-py3-none-any.whl was published before with other contents"), "{message}");
+    assert_eq!(fx.value("SELECT count(*) FROM builds"), "0");
+    fx.log_build(build("foo", "1.0", "cp39", vec![original.clone()]));
+    // A whole package removed: its names stay retired, found by the package's canonical name.
+    let spelled = WheelFile { filename: "Foo-1.0-cp39-cp39-linux_armv7l.whl".into(), package_tag: "Foo".into(), ..platform("foo", "1.0", "cp39") };
+    fx.log_build(build("foo", "1.0", "cp39", vec![spelled.clone()]));
+    fx.call(DeletePackage { package: "foo".into() });
+    assert_eq!(fx.column("SELECT package FROM retired_files WHERE filename = 'Foo-1.0-cp39-cp39-linux_armv7l.whl'"), [Some("foo".into())]);
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    assert_eq!(name_for(&mut fx, &other_bytes(&spelled, "again")), free("Foo-1.0-1-cp39-cp39-linux_armv7l.whl", None));
+}
+
+#[test]
+fn a_rebuild_request_queues_a_built_release_until_a_build_of_it_is_recorded() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    fx.version("bar", "1.0", at(2020, 1, 1));
+    fx.log_build(build("foo", "1.0", "cp39", vec![platform("foo", "1.0", "cp39")]));
+    fx.log_build(build("foo", "1.0", "cp311", vec![platform("foo", "1.0", "cp311")]));
+    fx.log_build(build("foo", "1.0", "cp313", vec![]));
+    let empty = || BTreeMap::from([("cp39".to_string(), vec![]), ("cp311".to_string(), vec![]), ("cp313".to_string(), vec![])]);
+    let mut expected = empty();
+    expected.insert("cp39".into(), vec!["bar 1.0".to_string()]);
+    assert_eq!(fx.queue(10), expected);
+    // Every ABI the release was built on, a failure's included.
+    let abis = fx.call(WantRebuild { package: "foo".into(), version: "1.0".into(), abi: None });
+    assert_eq!(abis, ["cp311", "cp313", "cp39"]);
+    let queued = fx.queue(10);
+    assert_eq!(queued["cp39"], ["bar 1.0", "foo 1.0"]);
+    assert_eq!((queued["cp311"].as_slice(), queued["cp313"].as_slice()), (&[][..], &[][..]), "a release waits on its lowest pending ABI");
+    fx.log_build(build("foo", "1.0", "cp39", vec![tagged(&other_bytes(&platform("foo", "1.0", "cp39"), "again"), "1")]));
+    assert_eq!(fx.queue(10)["cp311"], ["foo 1.0"], "the cp39 request is answered");
+    fx.log_build(build("foo", "1.0", "cp311", vec![]));
+    fx.log_build(build("foo", "1.0", "cp313", vec![]));
+    assert_eq!(fx.queue(10), expected, "every request answered");
+    assert_eq!(fx.value("SELECT count(*) FROM files"), "3", "the published files stay");
+    // One ABI, even one it was never built on.
+    assert_eq!(fx.call(WantRebuild { package: "bar".into(), version: "1.0".into(), abi: Some("cp313".into()) }), ["cp313"]);
+    for (request, why) in [
+        (WantRebuild { package: "bar".into(), version: "1.0".into(), abi: None }, "has no build"),
+        (WantRebuild { package: "foo".into(), version: "2.0".into(), abi: None }, "unknown version foo 2.0"),
+        (WantRebuild { package: "foo".into(), version: "1.0".into(), abi: Some("cp27mu".into()) }, "does not build ABI cp27mu"),
+    ] {
+        let message = fx.error(request);
+        assert!(message.contains(why), "{message}");
+    }
+    fx.call(SkipVersion { package: "foo".into(), version: "1.0".into(), reason: "broken".into() });
+    let message = fx.error(WantRebuild { package: "foo".into(), version: "1.0".into(), abi: None });
+    assert!(message.contains("is skipped (broken)"), "{message}");
+}
+
+// ------------------------------------------------------------------------------------------
 // Project data
 // ------------------------------------------------------------------------------------------
 

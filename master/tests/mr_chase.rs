@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use piwheels_common::protocols::{AdminReply, AdminRequest, ImportRequest, RebuildTarget, TaskControl, Versions, WheelFile, WireError};
 use piwheels_master::calls::db::RewriteScope;
-use piwheels_master::calls::tasks::{ArchitectTrigger, DeleteAck, DeleteNotice, StatsUpdate, WebReply, WebRequest};
+use piwheels_master::calls::tasks::{ArchitectTrigger, ReleaseAck, ReleaseNotice, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, TaskHandle};
 use piwheels_common::transport::{Client, Receiver};
 use piwheels_common::upload::{UploadOptions, upload};
@@ -33,7 +33,7 @@ struct Farm {
     import_endpoint: String,
     chase: TaskHandle,
     web: Arc<Mutex<Vec<WebRequest>>>,
-    deletes: Arc<Mutex<Vec<DeleteNotice>>>,
+    deletes: Arc<Mutex<Vec<ReleaseNotice>>>,
     stats: Receiver<StatsUpdate>,
     triggers: Receiver<ArchitectTrigger>,
 }
@@ -51,7 +51,7 @@ impl Farm {
         let dir = tempfile::tempdir().unwrap();
         let file_endpoint = pool.start_file_juggler(dir.path());
         let web = stand_in(&pool.rt.zmq, "inproc://web", WebReply::Done);
-        let deletes = stand_in(&pool.rt.zmq, "inproc://deletes", DeleteAck::Done);
+        let deletes = stand_in(&pool.rt.zmq, "inproc://release-notices", ReleaseAck::Done);
         let stats = Receiver::pull(&pool.rt.zmq, wiring::STATS.address(), None).unwrap();
         let triggers = Receiver::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
         let import_endpoint = format!("ipc://{}/run/import", dir.path().display());
@@ -633,7 +633,7 @@ fn a_version_is_removed_with_its_files_through_the_index_writer() {
         files: vec!["foo-1.0-cp311-cp311-linux_armv7l.whl".into()],
         builds: vec![build],
     }]);
-    assert_eq!(farm.deletes.lock().unwrap().clone(), [DeleteNotice::Version { package: "foo".into(), version: "1.0".into() }]);
+    assert_eq!(farm.deletes.lock().unwrap().clone(), [ReleaseNotice::Version { package: "foo".into(), version: "1.0".into() }]);
     assert!(error(tool.ask(remove_version("1.0"))).contains("unknown version foo 1.0"));
     assert!(farm.audit().last().unwrap().contains("remove-version | refused: unknown version"));
 }
@@ -681,7 +681,7 @@ fn a_package_is_removed_whole_or_only_its_builds() {
     assert_eq!(done(tool.ask(whole.clone())), "removed package foo with its builds and files");
     assert!(farm.query("SELECT package FROM packages").is_empty());
     assert!(matches!(farm.web_requests().last(), Some(WebRequest::DeletePackage { package, .. }) if package == "foo"));
-    assert_eq!(farm.deletes.lock().unwrap().last(), Some(&DeleteNotice::Package { package: "foo".into() }));
+    assert_eq!(farm.deletes.lock().unwrap().last(), Some(&ReleaseNotice::Package { package: "foo".into() }));
     assert!(error(tool.ask(whole)).contains("unknown package foo"));
 }
 

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::FakeClock;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
-use piwheels_master::calls::db::{QueuedBuild, RewriteScope};
+use piwheels_master::calls::db::{QueuedBuild, RewriteScope, WantRebuild};
 use piwheels_master::calls::files::{Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Verification, Verify};
-use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, DeleteAck, DeleteNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
+use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, ReleaseAck, ReleaseNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, Runtime, TaskHandle};
 use piwheels_common::transport::{Client, Receiver, Sender, Server};
 use piwheels_common::upload::{UploadOptions, upload};
@@ -115,9 +115,9 @@ impl Farm {
         client.request(&SlaveCommand { target, action }, WAIT).unwrap()
     }
 
-    fn delete(&self, notice: DeleteNotice) {
-        let client = Client::<DeleteNotice, DeleteAck>::connect(&self.pool.rt.zmq, wiring::DELETES.address(), None).unwrap();
-        assert_eq!(client.request(&notice, WAIT).unwrap(), DeleteAck::Done);
+    fn notify(&self, notice: ReleaseNotice) {
+        let client = Client::<ReleaseNotice, ReleaseAck>::connect(&self.pool.rt.zmq, wiring::RELEASE_NOTICES.address(), None).unwrap();
+        assert_eq!(client.request(&notice, WAIT).unwrap(), ReleaseAck::Done);
     }
 
     /// Every status event so far.
@@ -489,10 +489,10 @@ fn a_deleted_release_leaves_the_queue_and_its_build_in_flight_is_abandoned() {
     a.hello();
     farm.refresh_queue();
     let (package, version) = a.take_build();
-    farm.delete(DeleteNotice::Version { package: package.clone(), version: version.clone() });
+    farm.notify(ReleaseNotice::Version { package: package.clone(), version: version.clone() });
     assert_eq!(a.ask(busy()), SlaveReply::Done);
     // Deleting the whole package of foo: whatever is left is only bar's.
-    farm.delete(DeleteNotice::Package { package: "foo".into() });
+    farm.notify(ReleaseNotice::Package { package: "foo".into() });
     let b = farm.slave("pi-b");
     b.hello();
     let mut handed = Vec::new();
@@ -998,6 +998,68 @@ fn an_unrecorded_file_in_the_way_of_a_rebuild_is_removed_and_the_new_wheel_publi
     assert_eq!(slave.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
     assert_eq!(std::fs::read(&published).unwrap(), std::fs::read(&path).unwrap());
     assert_eq!(farm.builds(), [format!("foo 1.0 {id} pi-1 t -")]);
+}
+
+/// A release built again whose wheel has other bytes than the published one is published
+/// under the next build tag, the old file staying; built again with the same bytes as one of
+/// them, it publishes nothing new.
+#[test]
+fn a_rebuild_with_other_bytes_gets_the_next_build_tag_and_identical_bytes_no_new_file() {
+    let farm = Farm::start(&[("foo", "1.0")]);
+    let db = farm.pool.client(WAIT);
+    let simple = farm.dir.path().join("www/simple/foo");
+    let slave = farm.slave("pi-1");
+    slave.hello();
+    let build_again = |bytes: &[u8]| {
+        farm.refresh_queue();
+        slave.take_build();
+        let (path, file) = wheel(farm.dir.path(), "foo", "1.0", bytes);
+        (path, file)
+    };
+    let (first_path, first) = build_again(b"first");
+    let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![first.clone()]))) else { panic!("expected a send") };
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &first_path, UploadOptions::default()).unwrap();
+    assert_eq!(slave.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
+    let first_bytes = std::fs::read(&first_path).unwrap();
+
+    // What piw-rebuild build does: the request in the database, then the driver's hold on the
+    // release just built lifted.
+    let want_again = || {
+        assert_eq!(db.call(WantRebuild { package: "foo".into(), version: "1.0".into(), abi: None }).unwrap(), ["cp311"]);
+        farm.notify(ReleaseNotice::BuildAgain { package: "foo".into(), version: "1.0".into() });
+    };
+    want_again();
+    let (second_path, second) = build_again(b"second");
+    assert_eq!(second.filename, first.filename);
+    // The slave sends the file under its own name; the master publishes it under the next tag.
+    let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![second.clone()]))) else { panic!("expected a send") };
+    assert_eq!(filename, second.filename);
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &second_path, UploadOptions::default()).unwrap();
+    assert_eq!(slave.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
+    let tagged = "foo-1.0-1-cp311-cp311-linux_armv7l.whl";
+    assert_eq!(std::fs::read(simple.join(&first.filename)).unwrap(), first_bytes, "the published file keeps its bytes");
+    assert_eq!(std::fs::read(simple.join(tagged)).unwrap(), std::fs::read(&second_path).unwrap());
+    assert!(simple.join(format!("{tagged}.metadata")).is_file());
+    let files = || farm.pool.db.column("SELECT filename || ' ' || coalesce(build_tag, '-') || ' ' || build_id FROM files ORDER BY filename");
+    let ids = farm.pool.db.column("SELECT build_id::text FROM builds ORDER BY build_id");
+    assert_eq!(ids.len(), 2);
+    let id = |n: usize| ids[n].clone().unwrap();
+    assert_eq!(
+        files(),
+        [Some(format!("{tagged} 1 {}", id(1))), Some(format!("{} - {}", first.filename, id(0)))],
+        "each build records its own file"
+    );
+
+    // The same bytes as the tagged file: recorded by the new build, nothing sent or published.
+    want_again();
+    let (_, third) = build_again(b"second");
+    assert_eq!(slave.ask(SlaveRequest::Built(result(true, vec![third]))), SlaveReply::Done);
+    let ids = farm.pool.db.column("SELECT build_id::text FROM builds ORDER BY build_id");
+    assert_eq!(ids.len(), 3);
+    assert_eq!(files(), [Some(format!("{tagged} 1 {}", ids[2].clone().unwrap())), Some(format!("{} - {}", first.filename, id(0)))]);
+    let mut names: Vec<String> = std::fs::read_dir(&simple).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, [format!("{tagged}"), format!("{tagged}.metadata"), first.filename.clone(), format!("{}.metadata", first.filename)]);
 }
 
 /// A master without room for a wheel says so, and that is nobody's fault but the

@@ -56,6 +56,25 @@ impl BuildRecord {
     }
 }
 
+/// Under which name a build's file is published. A name the index has recorded keeps its
+/// bytes for ever, even after the record goes (migration 5's `retired_files`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum FileName {
+    /// These bytes are recorded already under this name: the file's own, or the same wheel
+    /// with another build tag. Nothing new is published; the build records that file.
+    Recorded(String),
+    /// Publish under `name`: the file's own, or the same with the next build tag when a file
+    /// recorded now or before holds that name with other bytes.
+    Free {
+        /// The name to publish under.
+        name: String,
+        /// Another recorded file of the package with these bytes, which the new name can be
+        /// linked to rather than receive the bytes again.
+        same_bytes: Option<String>,
+    },
+}
+
 /// A release waiting in the build queue, with the source it is to be built from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
@@ -386,6 +405,25 @@ calls! {
         /// Version.
         version: String,
     } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<FileHash>;
+    /// Build a release again on one ABI, or on every ABI it has a build on, keeping its
+    /// builds and files (`piw-rebuild build`); the answer is those ABIs.
+    WantRebuild {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+        /// The ABI, or None for every ABI the release has a build on.
+        abi: Option<String>,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<String>;
+    /// Under which name a build's file is published (see [`FileName`]).
+    NameForFile {
+        /// Canonical name of the build's package.
+        package: String,
+        /// The file's name as its builder made it.
+        filename: String,
+        /// Lower-case hex SHA-256 of its bytes.
+        sha256: String,
+    } -> FileName;
     /// The name of a file the index already holds with this hash, if there is one.
     FileWithHash {
         /// Lower-case hex SHA-256.

@@ -15,7 +15,7 @@
 //! | database (oracles) | inproc REQ → ROUTER (load balancer) | [`db::DbRequest`] | [`db::DbReply`] |
 //! | file-system requests | inproc REQ → ROUTER | [`files::FsRequest`] | [`files::FsReply`] |
 //! | slave driver commands | inproc REQ → ROUTER | [`tasks::SlaveCommand`] | [`tasks::SlaveCommandReply`] |
-//! | delete notices | inproc REQ → ROUTER | [`tasks::DeleteNotice`] | [`tasks::DeleteAck`] |
+//! | release notices | inproc REQ → ROUTER | [`tasks::ReleaseNotice`] | [`tasks::ReleaseAck`] |
 //! | page rewrites | inproc REQ → ROUTER | [`tasks::WebRequest`] | [`tasks::WebReply`] |
 //! | build queue | inproc PUSH → PULL | [`tasks::BuildQueueUpdate`] | — |
 //! | architect trigger | inproc PUSH → PULL | [`tasks::ArchitectTrigger`] | — |
@@ -236,8 +236,8 @@ mod tests {
         slave_command_reply: SlaveCommandReply,
         build_queue_update: BuildQueueUpdate,
         architect_trigger: ArchitectTrigger,
-        delete_notice: DeleteNotice,
-        delete_ack: DeleteAck,
+        release_notice: ReleaseNotice,
+        delete_ack: ReleaseAck,
         stats_update: StatsUpdate,
         web_request: WebRequest,
         web_reply: WebReply,

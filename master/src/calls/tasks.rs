@@ -1,5 +1,5 @@
 //! The other protocols between the master's tasks: operators' slave commands, the build
-//! queue, the architect's trigger, delete notices, stats figures and page rewrites.
+//! queue, the architect's trigger, release notices, stats figures and page rewrites.
 
 use std::collections::BTreeMap;
 
@@ -42,7 +42,7 @@ pub enum SlaveCommandReply {
 }
 
 // ------------------------------------------------------------------------------------------
-// Build queue, architect trigger, delete notices, stats
+// Build queue, architect trigger, release notices, stats
 // ------------------------------------------------------------------------------------------
 
 /// The architect's new build queues, sent to the slave driver.
@@ -65,11 +65,12 @@ pub enum ArchitectTrigger {
     },
 }
 
-/// A package or version was deleted: the slave driver drops it from its queues and abandons
-/// builds of it in flight. Answered by [`DeleteAck`].
+/// What the slave driver must apply at once about a release, rather than wait for a queue
+/// computed after it: a package or version deleted (it is dropped from the queues and builds
+/// of it in flight are abandoned) or asked to be built again. Answered by [`ReleaseAck`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
-pub enum DeleteNotice {
+pub enum ReleaseNotice {
     /// A whole package.
     Package {
         /// Canonical name.
@@ -82,12 +83,20 @@ pub enum DeleteNotice {
         /// Version.
         version: String,
     },
+    /// A version an operator asked to build again (`piw-rebuild build`): the hold that keeps
+    /// a build just recorded from being handed out again is lifted, unless a slave builds it.
+    BuildAgain {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+    },
 }
 
-/// The slave driver has applied a [`DeleteNotice`].
+/// The slave driver has applied a [`ReleaseNotice`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
-pub enum DeleteAck {
+pub enum ReleaseAck {
     /// Applied.
     Done,
 }
@@ -187,8 +196,8 @@ piwheels_common::messages!(
     SlaveCommandReply,
     BuildQueueUpdate,
     ArchitectTrigger,
-    DeleteNotice,
-    DeleteAck,
+    ReleaseNotice,
+    ReleaseAck,
     StatsUpdate,
     WebRequest,
     WebReply,

@@ -7,7 +7,8 @@
 //! wheel every ABI from its Python floor up, a wheel tagged with an ABI serves that ABI
 //! whichever build made it). Each release waits on its LOWEST pending ABI only: once that
 //! build is done, a pure or abi3 wheel it made serves the higher ABIs and saves building
-//! them. Within an ABI the newest release comes first, so that new releases reach users within
+//! them. A release an operator asked to build again on an ABI (`rebuilds_wanted`, see
+//! [`Database::want_rebuild`]) is wanted there whatever it has. Within an ABI the newest release comes first, so that new releases reach users within
 //! minutes even while a backfill of old versions (a new ABI, a rebuild) runs. A release is
 //! queued only once its source is pinned ([`super::sources`]): it is built from those bytes.
 //!
@@ -36,15 +37,18 @@ macro_rules! pending_abis {
     () => {
         "SELECT a.abi_tag FROM build_abis a
          WHERE a.skip = ''
-           AND NOT EXISTS (
-               SELECT 1 FROM builds b
-               WHERE b.package = v.package AND b.version = v.version AND b.abi_tag = a.abi_tag)
-           AND NOT EXISTS (
-               -- Only a file tagged other than its builder's ABI can serve another ABI.
-               SELECT 1 FROM builds b JOIN files f ON f.build_id = b.build_id
-               WHERE b.package = v.package AND b.version = v.version
-                 AND f.abi_tag <> b.abi_tag
-                 AND (f.abi_tag = 'none' OR f.abi_tag = a.abi_tag OR f.python_floor <= a.python_version))
+           AND (EXISTS (
+                   SELECT 1 FROM rebuilds_wanted w
+                   WHERE w.package = v.package AND w.version = v.version AND w.abi_tag = a.abi_tag)
+                OR NOT EXISTS (
+                   SELECT 1 FROM builds b
+                   WHERE b.package = v.package AND b.version = v.version AND b.abi_tag = a.abi_tag)
+                AND NOT EXISTS (
+                   -- Only a file tagged other than its builder's ABI can serve another ABI.
+                   SELECT 1 FROM builds b JOIN files f ON f.build_id = b.build_id
+                   WHERE b.package = v.package AND b.version = v.version
+                     AND f.abi_tag <> b.abi_tag
+                     AND (f.abi_tag = 'none' OR f.abi_tag = a.abi_tag OR f.python_floor <= a.python_version)))
          ORDER BY a.python_version, a.abi_tag"
     };
 }

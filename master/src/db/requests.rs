@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use piwheels_common::names::is_prerelease;
+use piwheels_common::wheel::WheelName;
 use piwheels_common::protocols::{AccessRecord, BuildId, ClientInfo, FailureKind, Timestamp, WheelFile, WireError};
 
 use crate::calls::db::*;
@@ -110,6 +111,12 @@ impl Database {
             Q::PackageFiles(PackageFiles { package }) => DbReply::PackageFiles(self.package_files(&package).await?),
             Q::VersionFiles(VersionFiles { package, version }) => {
                 DbReply::VersionFiles(self.version_files(&package, &version).await?)
+            }
+            Q::WantRebuild(WantRebuild { package, version, abi }) => {
+                refusable(self.want_rebuild(&package, &version, abi.as_deref()).await, DbReply::WantRebuild)?
+            }
+            Q::NameForFile(NameForFile { package, filename, sha256 }) => {
+                refusable(self.name_for_file(&package, &filename, &sha256).await, DbReply::NameForFile)?
             }
             Q::FileWithHash(FileWithHash { sha256 }) => DbReply::FileWithHash(self.file_with_hash(&sha256).await?),
             Q::Project(Project { package }) => {
@@ -254,6 +261,66 @@ impl Database {
             .bind(version)
             .fetch_optional(&mut self.conn)
             .await
+    }
+
+    /// Asks for a new build of a release on the ABI `abi`, or on every ABI it has a build on,
+    /// keeping its builds and files; returns those ABIs. Refused for an unknown or skipped
+    /// release, an ABI the farm does not build, and a release with no build to repeat.
+    pub async fn want_rebuild(&mut self, package: &str, version: &str, abi: Option<&str>) -> Result<Vec<String>, RequestError> {
+        let mut tx = self.conn.begin().await?;
+        let skip: Option<(String, String)> = sqlx::query_as(
+            "SELECT p.skip, v.skip FROM versions v JOIN packages p ON p.package = v.package \
+             WHERE v.package = $1 AND v.version = $2 FOR UPDATE OF v",
+        )
+        .bind(package)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match skip {
+            None => return Err(RequestError::Refused(format!("unknown version {package} {version}"))),
+            Some((reason, _)) if !reason.is_empty() => {
+                return Err(RequestError::Refused(format!("package {package} is skipped ({reason}): piw-add --unskip it first")));
+            }
+            Some((_, reason)) if !reason.is_empty() => {
+                return Err(RequestError::Refused(format!("{package} {version} is skipped ({reason}): piw-add --unskip it first")));
+            }
+            Some(_) => {}
+        }
+        if let Some(abi) = abi {
+            let built: Option<String> = sqlx::query_scalar("SELECT skip FROM build_abis WHERE abi_tag = $1").bind(abi).fetch_optional(&mut *tx).await?;
+            match built {
+                None => return Err(RequestError::Refused(format!("the farm does not build ABI {abi}"))),
+                Some(reason) if !reason.is_empty() => return Err(RequestError::Refused(format!("ABI {abi} is skipped ({reason})"))),
+                Some(_) => {}
+            }
+        }
+        let abis: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO rebuilds_wanted (package, version, abi_tag) \
+             SELECT $1, $2, a.abi_tag FROM build_abis a \
+             WHERE a.skip = '' AND (a.abi_tag = $3 OR $3 IS NULL AND EXISTS ( \
+                 SELECT 1 FROM builds b WHERE b.package = $1 AND b.version = $2 AND b.abi_tag = a.abi_tag)) \
+             ON CONFLICT (package, version, abi_tag) DO UPDATE SET requested_at = now() \
+             RETURNING abi_tag",
+        )
+        .bind(package)
+        .bind(version)
+        .bind(abi)
+        .fetch_all(&mut *tx)
+        .await?;
+        if abis.is_empty() {
+            return Err(RequestError::Refused(format!(
+                "{package} {version} has no build on an ABI the farm builds: it is built when its turn comes; name an ABI to build it there now"
+            )));
+        }
+        sqlx::query("UPDATE versions SET complete = false WHERE package = $1 AND version = $2")
+            .bind(package)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut abis = abis;
+        abis.sort();
+        Ok(abis)
     }
 
     /// Yanks a version with a reason (cut to 200 characters, may be empty), or unyanks it
@@ -473,6 +540,48 @@ impl Database {
         .bind(version)
         .fetch_all(&mut self.conn)
         .await
+    }
+
+    /// Under which name a build's file of `package` with these bytes is published: see
+    /// [`FileName`]. A name that is not a wheel's is refused.
+    pub async fn name_for_file(&mut self, package: &str, filename: &str, sha256: &str) -> Result<FileName, RequestError> {
+        let wheel = WheelName::parse(filename).map_err(|e| RequestError::Refused(e.to_string()))?;
+        // The package's recorded files with these bytes, then whatever holds the name itself,
+        // recorded (true) or retired (false).
+        let rows: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT f.filename, f.filehash::text, true FROM files f JOIN builds b ON b.build_id = f.build_id \
+             WHERE f.filehash = $2::bpchar AND b.package = $1 \
+             UNION ALL SELECT filename, filehash::text, true FROM files WHERE filename = $3 \
+             UNION ALL SELECT filename, filehash::text, false FROM retired_files WHERE filename = $3",
+        )
+        .bind(package)
+        .bind(sha256)
+        .bind(filename)
+        .fetch_all(&mut self.conn)
+        .await?;
+        // The file's own name but for its build tag, spelled as the builder spelled it (a file
+        // of version 1.0.0 is not recorded as one of release 1.0).
+        let same_wheel = |name: &str| {
+            WheelName::parse(name).is_ok_and(|other| WheelName { build: None, ..other } == WheelName { build: None, ..wheel.clone() })
+        };
+        let mut same_bytes = rows.iter().filter(|(_, hash, recorded)| *recorded && hash == sha256).map(|(name, ..)| name);
+        if let Some(name) = same_bytes.clone().find(|name| same_wheel(name)) {
+            return Ok(FileName::Recorded(name.clone()));
+        }
+        let same_bytes = same_bytes.next().cloned();
+        if !rows.iter().any(|(name, hash, _)| name == filename && hash != sha256) {
+            return Ok(FileName::Free { name: filename.to_string(), same_bytes });
+        }
+        // Taken by other bytes: above every build tag the wheel has had.
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT f.filename FROM files f JOIN builds b ON b.build_id = f.build_id WHERE b.package = $1 \
+             UNION ALL SELECT filename FROM retired_files WHERE package = $1",
+        )
+        .bind(package)
+        .fetch_all(&mut self.conn)
+        .await?;
+        let taken: Vec<WheelName> = names.iter().filter_map(|name| WheelName::parse(name).ok()).collect();
+        Ok(FileName::Free { name: wheel.with_next_build_tag(&taken).to_string(), same_bytes })
     }
 
     /// The first file name (in byte order) recorded with this SHA-256, if any.
@@ -729,9 +838,11 @@ const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $
 /// dependencies ($26 to $28, an array per column); its log ($29). In order:
 ///
 /// 1. the build, its log and its files. A file whose name is recorded already moves to this build only
-///    when its contents are the same; otherwise the whole call fails with [`FILE_CLASH`];
-/// 2. the rewrite of its pages, and the removal of the dependency rows its files had under an
-///    earlier build, which this build's analysis replaces;
+///    when its contents are the same; otherwise the whole call fails with [`FILE_CLASH`], as it
+///    does (from a trigger of migration 5) for a name retired with other contents;
+/// 2. the rewrite of its pages, the removal of the dependency rows its files had under an
+///    earlier build, which this build's analysis replaces, and of an operator's request to
+///    build the release again on the ABI, which this build answers;
 /// 3. the version's `complete` mark, which sees the new build ($1 package, $2 version);
 /// 4. the dependencies.
 const LOG_BUILD_FUNCTION: &str = concat!(
@@ -785,6 +896,7 @@ const LOG_BUILD_FUNCTION: &str = concat!(
     rewrite_conflict!(),
     ";
         DELETE FROM dependencies WHERE filename = ANY($12);
+        DELETE FROM rebuilds_wanted WHERE package = $1 AND version = $2 AND abi_tag = $5;
         ",
     refresh_complete_sql!(),
     ";
