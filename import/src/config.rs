@@ -244,7 +244,7 @@ pub struct RebuildConfig {
 
     /// The version to build, for build
     #[arg(value_name = "VERSION")]
-    pub version: Option<String>,
+    pub package_version: Option<String>,
 
     /// The ABI to build on, for build [default: every ABI the release was built on]
     #[arg(long, value_name = "ABI")]

@@ -12,7 +12,7 @@ use crate::session::Session;
 /// Runs piw-rebuild; prints what the master queued.
 pub fn run(cfg: &RebuildConfig) -> Result<(), ToolError> {
     if cfg.part != Part::Build {
-        if let Some(version) = &cfg.version {
+        if let Some(version) = &cfg.package_version {
             return Err(ToolError::Usage(format!("{version}: only build takes a version")));
         }
         if cfg.abi.is_some() {
@@ -27,7 +27,7 @@ pub fn run(cfg: &RebuildConfig) -> Result<(), ToolError> {
         (Part::Search, None) => RebuildTarget::Search,
         (Part::Project, package) => RebuildTarget::Project(package.clone()),
         (Part::Index, package) => RebuildTarget::Both(package.clone()),
-        (Part::Build, package) => match (package, &cfg.version) {
+        (Part::Build, package) => match (package, &cfg.package_version) {
             (Some(package), Some(version)) => RebuildTarget::Release { package: package.clone(), version: version.clone(), abi: cfg.abi.clone() },
             _ => return Err(ToolError::Usage("build needs a PACKAGE and a VERSION".into())),
         },

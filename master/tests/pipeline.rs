@@ -13,7 +13,8 @@ use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
 use piwheels_common::keys::Role;
-use piwheels_testsupport::installers::local_abi;
+use piwheels_master::web_server::WebServer;
+use piwheels_testsupport::installers::{fresh_venv, local_abi, run, tool};
 use piwheels_testsupport::keys::ClientKey;
 use piwheels_testsupport::programs::{program, shared_dir, unprivileged};
 use piwheels_testsupport::pypi::{FakePypi, sdist};
@@ -391,4 +392,85 @@ fn a_source_that_is_not_the_pinned_file_is_refused_and_reported_and_built_once_i
     farm.pypi.tamper("pinned-pkg-1.0.tar.gz", published);
     assert_eq!(farm.wait_for_build("pinned-pkg 1.0", Duration::from_secs(180)), "pinned-pkg 1.0 t -");
     assert_eq!(farm.builds().len(), 1, "{:?}", farm.builds());
+}
+
+/// A release built again (`piw-rebuild build`) whose wheel has other bytes is published under
+/// build tag 1 beside the first wheel, which keeps its bytes, and pip installs the new one. A
+/// release whose build is deterministic (the slave fixes SOURCE_DATE_EPOCH) gets no new file.
+#[test]
+fn a_rebuild_with_other_bytes_is_published_under_build_tag_1_and_identical_bytes_publish_nothing() {
+    let mut farm = Farm::new();
+    farm.pypi.create_package("random-pkg", None);
+    farm.pypi.add_source("random-pkg", "1.0", sdist::random("random-pkg", "1.0"));
+    farm.pypi.create_package("same-pkg", None);
+    farm.pypi.add_source("same-pkg", "1.0", sdist::pure("same-pkg", "1.0"));
+    farm.start_master();
+    let _slave = farm.start_slave("slave-a");
+    assert_eq!(farm.wait_for_build("random-pkg 1.0", Duration::from_secs(180)), "random-pkg 1.0 t -");
+    assert_eq!(farm.wait_for_build("same-pkg 1.0", Duration::from_secs(180)), "same-pkg 1.0 t -");
+    let first = "random_pkg-1.0-py3-none-any.whl";
+    let tagged = "random_pkg-1.0-1-py3-none-any.whl";
+    let recorded_hash = |name: &str| farm.db.column(&format!("SELECT filehash::text FROM files WHERE filename = '{name}'"));
+    let first_hash = recorded_hash(first);
+    assert_eq!(first_hash.len(), 1, "the first build records {first}");
+    let same_files = || farm.db.column("SELECT filename || ' ' || filehash FROM files WHERE package_tag = 'same_pkg'");
+    let same_before = same_files();
+    assert_eq!(same_before.len(), 1);
+
+    let rebuild = |package: &str| {
+        let out = Command::new(program("piw-rebuild"))
+            .args(["--config", "/dev/null", "--import-queue"])
+            .arg(format!("ipc://{}/run/import", farm.dir.path().display()))
+            .args(["build", package, "1.0"])
+            .env_remove("PIW_LOG")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success() && said.contains(&format!("{package} 1.0 is to be built again on")), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    };
+    rebuild("random-pkg");
+    rebuild("same-pkg");
+    wait_until("the rebuild's wheel recorded under build tag 1", || recorded_hash(tagged).len() == 1);
+    wait_until("same-pkg built again", || farm.builds().iter().filter(|b| b.starts_with("same-pkg")).count() == 2);
+    assert_eq!(farm.builds(), ["random-pkg 1.0 t -", "random-pkg 1.0 t -", "same-pkg 1.0 t -", "same-pkg 1.0 t -"]);
+    // The identical wheel is the second build's now; nothing new was published.
+    assert_eq!(same_files(), same_before);
+    let newest_build = farm.db.column("SELECT max(build_id)::text FROM builds WHERE package = 'same-pkg'");
+    assert_eq!(farm.db.column("SELECT f.build_id::text FROM files f WHERE package_tag = 'same_pkg'"), newest_build);
+    let names = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&farm.path("www/simple/same-pkg")), ["index.html", "index.json", "same_pkg-1.0-py3-none-any.whl", "same_pkg-1.0-py3-none-any.whl.metadata"]);
+
+    let simple = farm.path("www/simple/random-pkg");
+    wait_until("the simple page listing both wheels", || {
+        std::fs::read_to_string(simple.join("index.html")).is_ok_and(|page| page.contains(first) && page.contains(tagged))
+    });
+    // The first wheel keeps its bytes.
+    let on_disk = |name: &str| piwheels_common::inspect::sha256_hex(&std::fs::read(simple.join(name)).unwrap());
+    assert_eq!(recorded_hash(first), first_hash);
+    assert_eq!(Some(on_disk(first)), first_hash[0]);
+    assert_ne!(on_disk(first), on_disk(tagged));
+
+    // pip prefers the higher build tag.
+    let server = WebServer::start(farm.path("www"), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}/simple/", server.local_addr());
+    let work = tempfile::tempdir().unwrap();
+    let python = fresh_venv(work.path(), "venv", true);
+    run(tool(&python, work.path()).args(["-m", "pip", "install", "--no-cache-dir", "--index-url", &url, "random-pkg==1.0"]));
+    let module = |code: &str| {
+        let out = run(tool(&python, work.path()).args(["-c", code]));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let installed = module("import random_pkg_mod; print(random_pkg_mod.BUILD)");
+    let read_build = |name: &str| {
+        module(&format!(
+            "import zipfile; text = zipfile.ZipFile({:?}).read('random_pkg_mod.py').decode(); print(text.split('BUILD = ')[1].strip().strip(chr(39)))",
+            simple.join(name).display().to_string()
+        ))
+    };
+    assert_eq!(installed, read_build(tagged));
+    assert_ne!(installed, read_build(first));
 }

@@ -1059,7 +1059,7 @@ fn a_rebuild_with_other_bytes_gets_the_next_build_tag_and_identical_bytes_no_new
     assert_eq!(files(), [Some(format!("{tagged} 1 {}", ids[2].clone().unwrap())), Some(format!("{} - {}", first.filename, id(0)))]);
     let mut names: Vec<String> = std::fs::read_dir(&simple).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, [format!("{tagged}"), format!("{tagged}.metadata"), first.filename.clone(), format!("{}.metadata", first.filename)]);
+    assert_eq!(names, [tagged.to_string(), format!("{tagged}.metadata"), first.filename.clone(), format!("{}.metadata", first.filename)]);
 }
 
 /// A master without room for a wheel says so, and that is nobody's fault but the

@@ -1042,6 +1042,26 @@ pub mod sdist {
         archive(name, version, "A test package that fails to build", &setup, &[(format!("{module}.py"), "VALUE = None\n".into())])
     }
 
+    /// A pure-Python package whose every build differs: its `build_py` step writes module
+    /// [`module_name`] with `VALUE = "<version>"` and `BUILD`, a random value.
+    pub fn random(name: &str, version: &str) -> Vec<u8> {
+        let module = module_name(name);
+        let setup = format!(
+            "import os\nimport uuid\n\n\
+             from setuptools import setup\nfrom setuptools.command.build_py import build_py\n\n\n\
+             class RandomBuild(build_py):\n    def run(self):\n        super().run()\n        \
+             with open(os.path.join(self.build_lib, {module_file}), \"w\") as f:\n            \
+             f.write(\"VALUE = %r\\nBUILD = %r\\n\" % ({version}, uuid.uuid4().hex))\n\n\n\
+             setup(name={}, version={}, py_modules=[{}], cmdclass={{\"build_py\": RandomBuild}})\n",
+            py(name),
+            py(version),
+            py(&module),
+            module_file = py(&format!("{module}.py")),
+            version = py(version),
+        );
+        archive(name, version, "A test package whose builds differ", &setup, &[(format!("{module}.py"), "VALUE = None\n".into())])
+    }
+
     /// A package whose build (its `build_py` step) spawns a child process that sleeps `seconds`,
     /// then sleeps `seconds` itself before building normally; with [`PID_FILE_ENV`] set, both
     /// process ids are written to that file first. The child is left running (not waited
