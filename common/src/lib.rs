@@ -14,6 +14,7 @@ pub mod keys;
 pub mod logging;
 pub mod names;
 pub mod protocols;
+pub mod provenance;
 pub mod systemd;
 pub mod task;
 pub mod transport;

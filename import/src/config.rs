@@ -242,7 +242,7 @@ pub struct RebuildConfig {
     #[arg(value_name = "PACKAGE")]
     pub package: Option<String>,
 
-    /// The version to build, for build
+    /// The version to build, for build, where it is required [default: none]
     #[arg(value_name = "VERSION")]
     pub package_version: Option<String>,
 

@@ -1,7 +1,9 @@
 //! The administrators' tools: `piw-import` (wheels built elsewhere), `piw-add` (packages and
-//! versions), `piw-remove` (packages, versions or their builds) and `piw-rebuild` (pages).
-//! Each talks to the master's admin endpoint ([`session`]) and, for imports, to its file
-//! socket; `docs/admin-tools.md` describes them for operators.
+//! versions), `piw-remove` (packages, versions or their builds) and `piw-rebuild` (pages,
+//! builds again). Each talks to the master's admin endpoint ([`session`]) and, for imports, to
+//! its file socket; `docs/admin-tools.md` describes them for operators. Beside them, for
+//! anyone who installs from the index, `piw-verify` ([`verify`]) checks a wheel's signed
+//! provenance over plain HTTP.
 //!
 //! The binaries are thin: they parse their options ([`config`]), set up logging and call the
 //! tool's `run`, whose [`ToolError`] decides the exit status and the one-line reason printed.
@@ -17,6 +19,7 @@ pub mod prompt;
 pub mod rebuild;
 pub mod remove;
 pub mod session;
+pub mod verify;
 
 /// Why a tool failed. Each carries one sentence for the operator.
 #[derive(Debug, thiserror::Error)]

@@ -115,6 +115,8 @@ fn record(package: &str, version: &str, filename: &str) -> BuildRecord {
         package: package.into(),
         version: version.into(),
         abi: "cp39".into(),
+        started_at: chrono::Utc::now(),
+        builder_key: None,
         result: BuildResult {
             success: true,
             failure: None,
@@ -160,7 +162,7 @@ fn main() {
         client.call(PackageExists { package: "pkg-1".into() }).unwrap();
     }
 
-    let mut config = IndexConfig::new(out.path());
+    let mut config = IndexConfig::new(out.path(), ed25519_dalek::SigningKey::from_bytes(&[42; 32]));
     if let Some(ms) = std::env::var("BENCH_WINDOW_MS").ok().and_then(|v| v.parse().ok()) {
         config.window = Duration::from_millis(ms);
     }

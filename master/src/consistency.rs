@@ -12,8 +12,9 @@
 //!
 //! Repairs are the safe ones: removing unrecorded wheels (and side files without their wheel),
 //! removing stale staging entries, writing build logs the index writer could not write from
-//! the copy the database keeps, asking for pages that link missing files to be rewritten from
-//! the database. A record without its file is reported, never repaired: only an operator
+//! the copy the database keeps, writing missing provenance statements from the records they
+//! are made of (signed again, they are the same bytes), asking for pages that link missing
+//! files to be rewritten from the database. A record without its file is reported, never repaired: only an operator
 //! can tell a lost file (`piw-remove --builds` has its release built again) from a wrong
 //! `--output-path`. For the same reason removals are withheld when they would take more than
 //! a tenth of the tree, and logs are not written again when more than a tenth are missing.
@@ -25,6 +26,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+
+use ed25519_dalek::SigningKey;
+use piwheels_common::provenance;
 
 use crate::calls::db::{PendingRewrite, RewriteScope};
 use crate::db::Database;
@@ -55,6 +59,8 @@ pub struct Check {
     pub repair: bool,
     /// Whether to remove files even when that would take a large share of the tree.
     pub force: bool,
+    /// The master's signing key, to write missing provenance statements; None only reports them.
+    pub signing_key: Option<SigningKey>,
 }
 
 /// What the check found, and what it repaired.
@@ -68,6 +74,8 @@ pub struct Findings {
     pub dead_links: Vec<(String, String)>,
     /// Build logs the database keeps that are not in the tree.
     pub missing_logs: Vec<PathBuf>,
+    /// Signed provenance statements of recorded files that are not in the tree.
+    pub missing_provenance: Vec<PathBuf>,
     /// Staging entries older than the abandon time.
     pub stale_staging: Vec<PathBuf>,
     /// What was repaired, one line each.
@@ -85,6 +93,7 @@ impl Findings {
             && self.missing.is_empty()
             && self.dead_links.is_empty()
             && self.missing_logs.is_empty()
+            && self.missing_provenance.is_empty()
             && self.stale_staging.is_empty()
     }
 }
@@ -112,6 +121,7 @@ impl fmt::Display for Findings {
         listed(f, "recorded files missing from the tree (piw-remove --builds has their release built again)", shown(&self.missing))?;
         listed(f, "links on simple pages to missing files", self.dead_links.iter().map(|(p, file)| format!("{p}: {file}")).collect())?;
         listed(f, "build logs missing from the tree (the database keeps them)", shown(&self.missing_logs))?;
+        listed(f, "provenance statements missing from the tree (made from the records)", shown(&self.missing_provenance))?;
         listed(f, "staging entries older than the abandon time", shown(&self.stale_staging))?;
         listed(f, "repairs", self.repaired.clone())?;
         if let Some(why) = &self.withheld {
@@ -135,7 +145,12 @@ pub fn run_blocking(dsn: &str, statement_timeout: Duration, check: &Check) -> an
 pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
     let layout = Layout::new(&check.output_path);
     let mut recorded: HashMap<String, HashSet<String>> = HashMap::new();
-    for (package, filename) in db.recorded_files().await? {
+    // Files whose build has signed provenance: (package, file name, build).
+    let mut attested = Vec::new();
+    for (package, filename, build) in db.recorded_files().await? {
+        if let Some(build) = build {
+            attested.push((package.clone(), filename.clone(), build));
+        }
         recorded.entry(package).or_default().insert(filename);
     }
     // A file name is recorded once in the whole farm: a file recorded under another package
@@ -156,7 +171,8 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
         }
         let names: HashSet<String> = dir_names(&dir)?.into_iter().collect();
         for name in &names {
-            let wheel = match name.strip_suffix(".metadata") {
+            let side_file_of = name.strip_suffix(".metadata").or_else(|| name.strip_suffix(provenance::SUFFIX));
+            let wheel = match side_file_of {
                 Some(wheel) if wheel.ends_with(".whl") => wheel,
                 _ if name.ends_with(".whl") => name.as_str(),
                 _ => continue,
@@ -185,6 +201,20 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
             if !on_disk.get(package).is_some_and(|names| names.contains(file)) {
                 findings.missing.push(layout.simple_package(package).join(file));
             }
+        }
+    }
+    // Statements are written after their build is recorded: on a running farm one may be a
+    // moment behind, which the writer's own retries cover.
+    let mut unsigned: Vec<(String, i64)> = Vec::new();
+    for (package, filename, build) in attested {
+        let statement = format!("{filename}{}", provenance::SUFFIX);
+        let names = on_disk.get(&package);
+        if names.is_some_and(|names| names.contains(&filename) && !names.contains(&statement)) {
+            let path = layout.simple_package(&package).join(statement);
+            if old_enough(&layout.simple_package(&package).join(&filename), check.min_age) {
+                unsigned.push((package, build));
+            }
+            findings.missing_provenance.push(path);
         }
     }
     let mut lost_logs = Vec::new();
@@ -217,6 +247,7 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
     findings.missing.sort();
     findings.dead_links.sort();
     findings.missing_logs.sort();
+    findings.missing_provenance.sort();
     findings.stale_staging.sort();
     if !check.repair {
         return Ok(findings);
@@ -264,6 +295,23 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
         }
         // Project pages link only the logs that exist.
         for package in packages {
+            let rewrite = PendingRewrite { package, added_at: chrono::Utc::now(), scope: RewriteScope::Project };
+            db.add_rewrite(&rewrite).await?;
+        }
+    }
+    if let Some(key) = check.signing_key.as_ref().filter(|_| !unsigned.is_empty()) {
+        let writer = IndexWriter::open(layout.clone(), PageOptions::default())?;
+        let builds: Vec<i64> = unsigned.iter().map(|(_, build)| *build).collect::<HashSet<_>>().into_iter().collect();
+        let mut written = 0;
+        for file in db.build_provenance(&builds).await? {
+            match writer.write_provenance(&file.package, &file.filename, &provenance::sign(&file.facts().statement(), key)) {
+                Ok(()) => written += 1,
+                Err(e) => findings.repaired.push(format!("could not write the provenance of {}: {e}", file.filename)),
+            }
+        }
+        findings.repaired.push(format!("wrote {written} provenance statements again from the database"));
+        // Project pages link only the statements that exist.
+        for package in unsigned.into_iter().map(|(package, _)| package).collect::<HashSet<_>>() {
             let rewrite = PendingRewrite { package, added_at: chrono::Utc::now(), scope: RewriteScope::Project };
             db.add_rewrite(&rewrite).await?;
         }

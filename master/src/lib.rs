@@ -24,6 +24,7 @@ pub mod process;
 pub mod removal;
 pub mod pypi;
 pub mod seraph;
+pub mod signing;
 pub mod slave_driver;
 pub mod slave_state;
 pub mod source_pinner;

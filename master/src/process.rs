@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ed25519_dalek::SigningKey;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use piwheels_common::clock::SystemClock;
@@ -20,6 +21,7 @@ use piwheels_common::hostinfo;
 use piwheels_common::keys::{Endpoint, needs_keys};
 use piwheels_common::systemd::Notifier;
 use piwheels_common::protocols::{ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveTarget, StatusEvent, TaskControl, Versions, WireError};
+use piwheels_common::provenance;
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
 
@@ -41,6 +43,7 @@ use crate::mr_chase::{self, ChaseConfig, MrChase};
 use crate::oracle::{self, Oracle};
 use crate::pidlock::PidLock;
 use crate::seraph::{self, Seraph};
+use crate::signing;
 use crate::slave_driver::{self, DriverConfig, SlaveDriver, SlaveLimits};
 use crate::wiring::{self, TaskName};
 
@@ -67,8 +70,9 @@ pub enum Stopped {
 /// Runs the master until it is asked to stop or a task fails for good.
 pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
     let _lock = PidLock::acquire(&cfg.state_dir, &cfg.output_path)?;
+    let signing_key = signing_key(cfg)?;
     check_database(cfg)?;
-    check_consistency(cfg);
+    check_consistency(cfg, &signing_key);
     // Block the stop signals before any thread exists, so every thread inherits the mask and
     // the signals arrive only through the signalfd polled below.
     let mut mask = SigSet::empty();
@@ -109,7 +113,7 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
         systemd: Notifier::from_env(),
     };
     let mut http = None;
-    let outcome = start_tasks(&rt, cfg, &auth, &mut tasks).and_then(|()| {
+    let outcome = start_tasks(&rt, cfg, &auth, &signing_key, &mut tasks).and_then(|()| {
         if let Some(listen) = cfg.http_listen {
             // Its downloads are counted like those of a web server whose log piw-logger reads.
             let feed = AccessFeed::start(zmq.clone(), cfg.logger_queue.clone(), auth.own_client(&cfg.logger_queue));
@@ -188,7 +192,7 @@ fn check_database(cfg: &MasterConfig) -> anyhow::Result<()> {
 /// Runs the consistency check before any task starts, repairing everything it safely can:
 /// nothing is in flight, so a file no build records is one whose build was lost. A check that
 /// cannot run is logged and the master starts anyway: serving matters more.
-fn check_consistency(cfg: &MasterConfig) {
+fn check_consistency(cfg: &MasterConfig, signing_key: &SigningKey) {
     let check = consistency::Check {
         output_path: cfg.output_path.clone(),
         staging_dir: cfg.state_dir.join("staging"),
@@ -196,12 +200,26 @@ fn check_consistency(cfg: &MasterConfig) {
         min_age: Duration::ZERO,
         repair: true,
         force: false,
+        signing_key: Some(signing_key.clone()),
     };
     match consistency::run_blocking(&cfg.dsn, cfg.db_timeout.0, &check) {
         Ok(findings) if findings.is_clean() => tracing::info!("consistency check at start: {findings}"),
         Ok(findings) => tracing::warn!("consistency check at start:\n{findings}"),
         Err(e) => tracing::error!("the consistency check at start could not run: {e:#}"),
     }
+}
+
+/// The key that signs the provenance of published files, made on the first start.
+fn signing_key(cfg: &MasterConfig) -> anyhow::Result<SigningKey> {
+    let (key, made) = signing::load_or_create(&cfg.state_dir)?;
+    let path = cfg.state_dir.join(signing::SIGNING_KEY_FILE);
+    let id = provenance::key_id(&key.verifying_key());
+    if made {
+        tracing::warn!("made the signing key {} (key id {id}); back it up with master.key: statements signed by another key do not verify against the public key users have", path.display());
+    } else {
+        tracing::info!("signing provenance with {} (key id {id})", path.display());
+    }
+    Ok(key)
 }
 
 /// How the master authenticates its tcp sockets: its keys from the state directory, or, with
@@ -240,14 +258,14 @@ fn authentication(cfg: &MasterConfig) -> anyhow::Result<Auth> {
 
 /// Starts the tasks in the order the wiring gives (`wiring::start_order`): each after every
 /// task it calls. They stop in reverse, so a task outlives every task that calls it.
-fn start_tasks(rt: &Runtime, cfg: &MasterConfig, auth: &Auth, tasks: &mut Supervisor) -> anyhow::Result<()> {
+fn start_tasks(rt: &Runtime, cfg: &MasterConfig, auth: &Auth, signing_key: &SigningKey, tasks: &mut Supervisor) -> anyhow::Result<()> {
     for task in wiring::start_order(wiring::WIRING)? {
-        start_task(task, rt, cfg, auth, tasks)?;
+        start_task(task, rt, cfg, auth, signing_key, tasks)?;
     }
     Ok(())
 }
 
-fn start_task(task: TaskName, rt: &Runtime, cfg: &MasterConfig, auth: &Auth, tasks: &mut Supervisor) -> anyhow::Result<()> {
+fn start_task(task: TaskName, rt: &Runtime, cfg: &MasterConfig, auth: &Auth, signing_key: &SigningKey, tasks: &mut Supervisor) -> anyhow::Result<()> {
     let db_timeout = cfg.db_timeout.0;
     match task {
         TaskName::Main => {}
@@ -261,7 +279,7 @@ fn start_task(task: TaskName, rt: &Runtime, cfg: &MasterConfig, auth: &Auth, tas
             }
         }
         TaskName::Scribe => {
-            let mut index = IndexConfig::new(&cfg.output_path);
+            let mut index = IndexConfig::new(&cfg.output_path, signing_key.clone());
             index.window = cfg.rewrite_window.0;
             tasks.add(task::spawn(rt, "the_scribe", move |ctx| index::Sockets::open(ctx, db_timeout), move |_| Scribe::start(&index))?);
         }

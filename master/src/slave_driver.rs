@@ -900,12 +900,15 @@ impl SlaveDriver {
         }
         let success = result.success;
         let output = result.output.clone();
+        let handed_out = slave.build_started().map_or(Duration::ZERO, |started| ctx.now().saturating_duration_since(started));
         let record = BuildRecord {
             built_by: slave.id,
             builder: slave.hello.host.label.clone(),
             package: build.package.clone(),
             version: build.version.clone(),
             abi: slave.hello.abi.clone(),
+            started_at: ctx.utc() - chrono::Duration::from_std(handed_out).unwrap_or_default(),
+            builder_key: slave.key.clone(),
             result,
         };
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());

@@ -856,8 +856,9 @@ fn content_type_of(name: &str) -> &'static str {
     let extension = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     match extension.as_str() {
         "html" | "htm" => HTML_TYPE,
-        "json" => "application/json",
-        "txt" | "metadata" => TEXT_TYPE,
+        // A statement beside a wheel: one line of JSON.
+        "json" | "jsonl" => "application/json",
+        "txt" | "metadata" | "pem" => TEXT_TYPE,
         "css" => "text/css; charset=utf-8",
         "js" => "text/javascript; charset=utf-8",
         "xml" => "application/xml",

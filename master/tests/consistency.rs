@@ -155,3 +155,31 @@ fn a_tree_that_the_database_does_not_know_at_all_is_not_emptied_without_force() 
     assert_eq!(std::fs::read_dir(farm.www().join("simple/stranger")).unwrap().count(), 0);
     assert!(farm.www().join("simple/foo").join(FOO).exists());
 }
+
+/// A recorded file whose build has provenance but whose statement is missing is reported, and
+/// the repair writes it again from the records, signed by the master's key; a statement
+/// without its wheel is a side file like any other.
+#[test]
+fn a_missing_provenance_statement_is_written_again_from_the_records() {
+    let farm = Farm::new();
+    let foo = farm.www().join("simple/foo");
+    farm.db.execute("UPDATE builds SET started_at = now() - interval '1 minute', builder = 'pi-1' WHERE package = 'foo'");
+    let (key, _) = piwheels_master::signing::load_or_create(&farm.dir.path().join("state")).unwrap();
+    farm.publish("foo", &format!("{STRAY}.intoto.jsonl"));
+    let statement = foo.join(format!("{FOO}.intoto.jsonl"));
+
+    let text = stdout(&farm.check(&[]));
+    assert!(text.contains(&format!("1 provenance statements missing from the tree (made from the records):\n  {}", statement.display())), "{text}");
+    assert!(text.contains(&format!("{}", foo.join(format!("{STRAY}.intoto.jsonl")).display())), "the stray statement is unrecorded: {text}");
+
+    let text = stdout(&farm.check(&["--repair", "--min-age", "0s"]));
+    assert!(text.contains("wrote 1 provenance statements again from the database"), "{text}");
+    let written = piwheels_common::provenance::verify(&std::fs::read(&statement).unwrap(), &key.verifying_key()).unwrap();
+    assert_eq!(written.subject[0].name, FOO);
+    assert_eq!(written.subject[0].digest["sha256"], "0".repeat(64));
+    assert_eq!(written.predicate.build_definition.internal_parameters.label, "pi-1");
+    assert!(!foo.join(format!("{STRAY}.intoto.jsonl")).exists());
+    // Nothing missing now.
+    let text = stdout(&farm.check(&[]));
+    assert!(!text.contains("provenance statements missing"), "{text}");
+}

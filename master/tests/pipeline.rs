@@ -474,3 +474,95 @@ fn a_rebuild_with_other_bytes_is_published_under_build_tag_1_and_identical_bytes
     assert_eq!(installed, read_build(tagged));
     assert_ne!(installed, read_build(first));
 }
+
+/// Every wheel the farm builds gets a signed statement of its provenance beside it; piw-verify
+/// passes the wheel and names the mismatch for a changed byte, another key and a statement of
+/// another file.
+#[test]
+fn built_wheels_carry_signed_provenance_that_piw_verify_checks() {
+    let mut farm = Farm::new();
+    for package in ["signed-pkg", "other-pkg"] {
+        farm.pypi.create_package(package, None);
+        farm.pypi.add_source(package, "1.0", sdist::pure(package, "1.0"));
+    }
+    farm.start_master();
+    let _slave = farm.start_slave("slave-a");
+    assert_eq!(farm.wait_for_build("signed-pkg 1.0", Duration::from_secs(180)), "signed-pkg 1.0 t -");
+    assert_eq!(farm.wait_for_build("other-pkg 1.0", Duration::from_secs(180)), "other-pkg 1.0 t -");
+    let wheel_name = "signed_pkg-1.0-py3-none-any.whl";
+    let simple = farm.path("www/simple/signed-pkg");
+    let statement_path = simple.join(format!("{wheel_name}.intoto.jsonl"));
+    let other_statement = farm.path("www/simple/other-pkg/other_pkg-1.0-py3-none-any.whl.intoto.jsonl");
+    wait_until("both statements written", || statement_path.is_file() && other_statement.is_file());
+    wait_until("the project page linking the statement", || {
+        std::fs::read_to_string(farm.path("www/project/signed-pkg/index.html")).is_ok_and(|page| page.contains(&format!("{wheel_name}.intoto.jsonl")))
+    });
+    let json = std::fs::read_to_string(farm.path("www/project/signed-pkg/json/index.json")).unwrap();
+    assert!(json.contains(&format!("\"provenance_url\":\"/simple/signed-pkg/{wheel_name}.intoto.jsonl\"")), "{json}");
+
+    // The statement's fields are in-toto's and SLSA's.
+    let line = std::fs::read_to_string(&statement_path).unwrap();
+    let envelope: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+    assert_eq!(envelope["payloadType"], "application/vnd.in-toto+json");
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::STANDARD.decode(envelope["payload"].as_str().unwrap()).unwrap();
+    let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
+    let wheel_bytes = std::fs::read(simple.join(wheel_name)).unwrap();
+    let sha256 = piwheels_common::inspect::sha256_hex(&wheel_bytes);
+    assert_eq!(statement["subject"], serde_json::json!([{ "name": wheel_name, "digest": { "sha256": sha256 } }]));
+    let definition = &statement["predicate"]["buildDefinition"];
+    assert_eq!(definition["externalParameters"], serde_json::json!({ "package": "signed-pkg", "version": "1.0", "abi": local_abi() }));
+    let pin = farm.pypi.source_file("signed-pkg", "1.0");
+    assert_eq!(definition["resolvedDependencies"], serde_json::json!([{ "name": pin.filename, "uri": pin.url, "digest": { "sha256": pin.sha256 } }]));
+    let slave_key = farm.slave_key("slave-a");
+    assert_eq!(definition["internalParameters"]["label"], "slave-a");
+    assert_eq!(definition["internalParameters"]["key"], slave_key.pair.public.to_string());
+    let metadata = &statement["predicate"]["runDetails"]["metadata"];
+    assert!(metadata["startedOn"].as_str().unwrap() <= metadata["finishedOn"].as_str().unwrap(), "{metadata}");
+
+    let server = WebServer::start(farm.path("www"), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let index = format!("http://{}/simple/", server.local_addr());
+    let work = tempfile::tempdir().unwrap();
+    let wheel = work.path().join(wheel_name);
+    std::fs::write(&wheel, &wheel_bytes).unwrap();
+    let verify = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(program("piw-verify")).arg("--index").arg(&index).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (status, said, _) = verify(&[wheel.as_os_str()]);
+    assert_eq!(status, Some(0), "{said}");
+    assert!(said.contains(&format!("{wheel_name}: verified")) && said.contains(&sha256), "{said}");
+    assert!(said.contains(&format!("release      signed-pkg 1.0 for {}", local_abi())), "{said}");
+    assert!(said.contains(&format!("built from   {} (SHA-256 {})", pin.filename, pin.sha256)), "{said}");
+    assert!(said.contains("built by     slave-a, key SHA256:"), "{said}");
+    // The release from the index, with the key pinned.
+    let key_file = work.path().join("key.pem");
+    std::fs::copy(farm.path("www/signing-key.pem"), &key_file).unwrap();
+    let (status, said, _) = verify(&["--key".as_ref(), key_file.as_os_str(), "signed-pkg".as_ref(), "1.0".as_ref()]);
+    assert_eq!(status, Some(0), "{said}");
+    assert!(said.contains(&format!("{wheel_name}: verified")), "{said}");
+
+    // One byte changed.
+    let changed = work.path().join("changed").join(wheel_name);
+    std::fs::create_dir_all(changed.parent().unwrap()).unwrap();
+    let mut bytes = wheel_bytes.clone();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&changed, &bytes).unwrap();
+    let (status, _, why) = verify(&[changed.as_os_str()]);
+    assert_eq!(status, Some(1), "{why}");
+    assert!(why.contains(wheel_name) && why.contains("the file was changed"), "{why}");
+    // A key other than the master's.
+    let other_key = work.path().join("other.pem");
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    std::fs::write(&other_key, piwheels_common::provenance::public_key_pem(&other)).unwrap();
+    let (status, _, why) = verify(&["--key".as_ref(), other_key.as_os_str(), wheel.as_os_str()]);
+    assert_eq!(status, Some(1), "{why}");
+    assert!(why.contains("the statement is not signed by the key"), "{why}");
+    // The statement of another file.
+    let (status, _, why) = verify(&["--statement".as_ref(), other_statement.as_os_str(), wheel.as_os_str()]);
+    assert_eq!(status, Some(1), "{why}");
+    assert!(why.contains("the statement is for another file: other_pkg-1.0-py3-none-any.whl"), "{why}");
+}

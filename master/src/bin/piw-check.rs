@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use piwheels_common::{config, logging};
 use piwheels_master::config::CheckConfig;
 use piwheels_master::consistency::{self, Check};
+use piwheels_master::signing;
 
 fn main() -> ExitCode {
     let cfg: CheckConfig = match config::parse("master") {
@@ -15,6 +16,14 @@ fn main() -> ExitCode {
         }
     };
     logging::init(&cfg.master.log);
+    // Only a repair writes statements; a key that cannot be read leaves them reported.
+    let signing_key = match cfg.repair.then(|| signing::load_existing(&cfg.master.state_dir)).transpose() {
+        Ok(key) => key.flatten(),
+        Err(e) => {
+            eprintln!("piw-check: {e:#}; missing provenance statements are only reported");
+            None
+        }
+    };
     let check = Check {
         output_path: cfg.master.output_path.clone(),
         staging_dir: cfg.master.state_dir.join("staging"),
@@ -22,6 +31,7 @@ fn main() -> ExitCode {
         min_age: cfg.min_age.0,
         repair: cfg.repair,
         force: cfg.force,
+        signing_key,
     };
     match consistency::run_blocking(&cfg.master.dsn, cfg.master.db_timeout.0, &check) {
         Ok(findings) => {

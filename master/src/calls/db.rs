@@ -43,6 +43,12 @@ pub struct BuildRecord {
     pub version: String,
     /// The builder's ABI.
     pub abi: String,
+    /// When the build was handed out (an import: when it began), for its provenance.
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub started_at: Timestamp,
+    /// The builder's (or importer's) key as the master authorized it (Z85); None without
+    /// authentication.
+    pub builder_key: Option<String>,
     /// What happened.
     pub result: BuildResult,
 }
@@ -53,6 +59,59 @@ impl BuildRecord {
     pub fn pending_rewrite(&self, added_at: Timestamp) -> PendingRewrite {
         let scope = if self.result.success { RewriteScope::Both } else { RewriteScope::Project };
         PendingRewrite { package: self.package.clone(), added_at, scope }
+    }
+}
+
+/// What a recorded file's signed statement says ([`piwheels_common::provenance`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct FileProvenance {
+    /// The wheel's name.
+    pub filename: String,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Canonical project name.
+    pub package: String,
+    /// The release.
+    pub version: String,
+    /// The build's ABI.
+    pub abi: String,
+    /// Whether it was imported (piw-import) rather than built.
+    pub imported: bool,
+    /// The release's pinned source; None for an import.
+    pub source: Option<SourceFile>,
+    /// The builder's or importer's key (Z85).
+    pub builder_key: Option<String>,
+    /// Its label.
+    pub builder: String,
+    /// The build.
+    pub build_id: BuildId,
+    /// When it was handed out (an import: began).
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub started_at: Timestamp,
+    /// When it was recorded.
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub built_at: Timestamp,
+}
+
+impl FileProvenance {
+    /// The facts its statement is made of.
+    pub fn facts(&self) -> piwheels_common::provenance::BuildFacts {
+        piwheels_common::provenance::BuildFacts {
+            filename: self.filename.clone(),
+            sha256: self.sha256.clone(),
+            package: self.package.clone(),
+            version: self.version.clone(),
+            abi: self.abi.clone(),
+            imported: self.imported,
+            source: self.source.clone(),
+            key: self.builder_key.clone(),
+            label: self.builder.clone(),
+            environment: BTreeMap::new(),
+            build_id: self.build_id,
+            started: self.started_at,
+            finished: self.built_at,
+        }
     }
 }
 
@@ -415,6 +474,13 @@ calls! {
         /// The ABI, or None for every ABI the release has a build on.
         abi: Option<String>,
     } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<String>;
+    /// What the provenance of the files of these builds says (builds recorded before
+    /// provenance was kept have none), by file name.
+    BuildProvenance {
+        /// The builds.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        builds: Vec<BuildId>,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<FileProvenance>;
     /// Under which name a build's file is published (see [`FileName`]).
     NameForFile {
         /// Canonical name of the build's package.

@@ -28,7 +28,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 3, name: "build logs kept with their builds", sql: include_str!("../../../migrations/0003_build_output.sql") },
     Migration { version: 4, name: "releases pinned to their source's hash", sql: include_str!("../../../migrations/0004_pinned_sources.sql") },
-    Migration { version: 5, name: "published file names keep their bytes", sql: include_str!("../../../migrations/0005_immutable_files.sql") },
+    Migration { version: 5, name: "file names keep their bytes, builds their provenance", sql: include_str!("../../../migrations/0005_verifiable_wheels.sql") },
 ];
 
 /// The schema version this software works with.

@@ -104,10 +104,12 @@ impl Database {
         sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetch_one(&mut self.conn).await
     }
 
-    /// Every recorded file, as (package, file name): what the consistency check compares the
-    /// tree with.
-    pub async fn recorded_files(&mut self) -> Result<Vec<(String, String)>, sqlx::Error> {
-        sqlx::query_as("SELECT b.package, f.filename FROM files f JOIN builds b USING (build_id)").fetch_all(&mut self.conn).await
+    /// Every recorded file, as (package, file name, its build when it has signed provenance):
+    /// what the consistency check compares the tree with.
+    pub async fn recorded_files(&mut self) -> Result<Vec<(String, String, Option<i64>)>, sqlx::Error> {
+        sqlx::query_as("SELECT b.package, f.filename, CASE WHEN b.started_at IS NOT NULL THEN b.build_id END FROM files f JOIN builds b USING (build_id)")
+            .fetch_all(&mut self.conn)
+            .await
     }
 
     /// Every build whose log the database keeps, as (build id, package).

@@ -40,11 +40,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ed25519_dalek::SigningKey;
 use piwheels_common::protocols::{BuildId, Timestamp, WireError};
+use piwheels_common::provenance;
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::Server;
 
-use crate::calls::db::{AddRewrite, AllPackages, BuildAbi, ClearRewrites, PendingRewrite, PendingRewrites, ProjectData, Projects, ProjectsSnapshot, RewriteScope, RewriteWritten};
+use crate::calls::db::{AddRewrite, AllPackages, BuildAbi, BuildProvenance, ClearRewrites, PendingRewrite, PendingRewrites, ProjectData, Projects, ProjectsSnapshot, RewriteScope, RewriteWritten};
 use crate::calls::tasks::{WebReply, WebRequest};
 use crate::calls::CallError;
 use crate::db_client::DbClient;
@@ -93,11 +95,13 @@ pub struct IndexConfig {
     pub threads: usize,
     /// What the pages link to.
     pub pages: PageOptions,
+    /// The master's key, which signs each recorded file's provenance.
+    pub signing_key: SigningKey,
 }
 
 impl IndexConfig {
-    /// The defaults, writing to `output_path`.
-    pub fn new(output_path: impl Into<PathBuf>) -> IndexConfig {
+    /// The defaults, writing to `output_path` and signing with `signing_key`.
+    pub fn new(output_path: impl Into<PathBuf>, signing_key: SigningKey) -> IndexConfig {
         IndexConfig {
             output_path: output_path.into(),
             window: Duration::from_secs(1),
@@ -108,6 +112,7 @@ impl IndexConfig {
             root_every: Duration::from_secs(10),
             threads: 4,
             pages: PageOptions::default(),
+            signing_key,
         }
     }
 }
@@ -195,6 +200,9 @@ pub struct Scribe {
     root_written: Option<Instant>,
     /// Build logs that could not be written, tried again at each flush: (build, package, log).
     unwritten_logs: VecDeque<(BuildId, String, String)>,
+    /// Builds whose files' provenance could not be written, tried again at each flush; past
+    /// [`MAX_UNWRITTEN_LOGS`] the oldest is left to the consistency check.
+    unsigned: VecDeque<(BuildId, String)>,
 }
 
 /// How one package's write went.
@@ -205,6 +213,7 @@ impl Scribe {
     /// tick, so a database that is not up yet delays the work rather than failing the task.
     pub fn start(config: &IndexConfig) -> anyhow::Result<Scribe> {
         let writer = IndexWriter::open(Layout::new(&config.output_path), config.pages.clone())?;
+        writer.write_public_key(&provenance::public_key_pem(&config.signing_key.verifying_key()))?;
         Ok(Scribe {
             config: config.clone(),
             writer,
@@ -214,6 +223,7 @@ impl Scribe {
             unsynced: Vec::new(),
             root_written: None,
             unwritten_logs: VecDeque::new(),
+            unsigned: VecDeque::new(),
         })
     }
 
@@ -326,6 +336,7 @@ impl Scribe {
             self.load(sockets, ctx)?;
         }
         self.retry_logs(ctx);
+        self.retry_unsigned(sockets, ctx);
         let wrote = self.flush_batch(sockets, ctx)?;
         let now = ctx.now();
         if self.sweep.is_none() && self.writer.root_dirty() {
@@ -438,6 +449,11 @@ impl Scribe {
                     tracing::warn!("cannot write the log of build {build_id} ({e}); it will be tried again");
                     self.keep_log(build_id, rewrite.package.clone(), output, ctx);
                 }
+                // Before the pages, which link the statements that are there.
+                if let Err(e) = self.sign(build_id, sockets) {
+                    tracing::warn!("cannot write the provenance of build {build_id} ({e:#}); it will be tried again");
+                    self.keep_unsigned(build_id, rewrite.package.clone(), ctx);
+                }
                 self.enqueue(&rewrite, ctx);
                 Ok(())
             }
@@ -460,8 +476,9 @@ impl Scribe {
         ctx: &mut Context<'_, Event>,
     ) -> anyhow::Result<()> {
         anyhow::ensure!(is_safe_name(package), "{package:?} is not a canonical package name");
-        // A log still waiting to be written belongs to a build that is gone now.
+        // A log or statement still waiting to be written belongs to a build that is gone now.
         self.unwritten_logs.retain(|(build_id, _, _)| !builds.contains(build_id));
+        self.unsigned.retain(|(build_id, _)| !builds.contains(build_id));
         let waiting = self.buffer.remove(package);
         self.writer.remove_files(package, files, builds)?;
         let utc = ctx.utc();
@@ -527,6 +544,45 @@ impl Scribe {
             }
         }
         if !self.unwritten_logs.is_empty() {
+            ctx.schedule(Event::Flush, self.config.retry);
+        }
+    }
+
+    /// Writes the signed provenance of every file of `build_id` beside it.
+    fn sign(&self, build_id: BuildId, sockets: &Sockets) -> anyhow::Result<()> {
+        for file in sockets.db.call(BuildProvenance { builds: vec![build_id] })? {
+            let envelope = provenance::sign(&file.facts().statement(), &self.config.signing_key);
+            self.writer.write_provenance(&file.package, &file.filename, &envelope)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a build whose provenance could not be written for the next flush after the retry
+    /// interval.
+    fn keep_unsigned(&mut self, build_id: BuildId, package: String, ctx: &mut Context<'_, Event>) {
+        if self.unsigned.len() >= MAX_UNWRITTEN_LOGS
+            && let Some((oldest, _)) = self.unsigned.pop_front()
+        {
+            tracing::error!("gave up writing the provenance of build {oldest}: piw-check --repair writes it from the database");
+        }
+        self.unsigned.push_back((build_id, package));
+        ctx.schedule(Event::Flush, self.config.retry);
+    }
+
+    /// Writes the provenance that could not be written before; each build's project page is
+    /// written again, since pages link only the statements that exist.
+    fn retry_unsigned(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) {
+        for (build_id, package) in std::mem::take(&mut self.unsigned) {
+            match self.sign(build_id, sockets) {
+                Ok(()) => {
+                    tracing::info!("wrote the provenance of build {build_id}, which could not be written before");
+                    let rewrite = PendingRewrite { package, added_at: ctx.utc(), scope: RewriteScope::Project };
+                    self.enqueue(&rewrite, ctx);
+                }
+                Err(_) => self.unsigned.push_back((build_id, package)),
+            }
+        }
+        if !self.unsigned.is_empty() {
             ctx.schedule(Event::Flush, self.config.retry);
         }
     }

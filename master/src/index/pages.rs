@@ -14,6 +14,7 @@ use askama::Template;
 use chrono::SecondsFormat;
 use piwheels_common::names::{canonicalize, is_prerelease, parse_version};
 use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
+use piwheels_common::provenance;
 
 use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ReleaseData, SearchEntry};
 use piwheels_common::wheel::WheelName;
@@ -93,6 +94,10 @@ impl OnDisk {
 
     fn has_metadata(&self, filename: &str) -> bool {
         self.files.contains(&format!("{filename}.metadata"))
+    }
+
+    fn has_provenance(&self, filename: &str) -> bool {
+        self.files.contains(&format!("{filename}{}", provenance::SUFFIX))
     }
 }
 
@@ -374,6 +379,8 @@ pub struct FileLink {
     pub url: String,
     /// Size for people.
     pub size: String,
+    /// Absolute path of its signed provenance, when it has one.
+    pub provenance_url: Option<String>,
 }
 
 /// A row of the releases table.
@@ -485,6 +492,13 @@ impl<'a> ProjectView<'a> {
         release.files.iter().filter(|f| self.disk.has(&f.filename))
     }
 
+    /// The absolute path of a published file, and of its signed provenance when it has one.
+    fn file_urls(&self, filename: &str) -> (String, Option<String>) {
+        let url = format!("/simple/{}/{}", self.data.package, url_encode(filename));
+        let provenance = self.disk.has_provenance(filename).then(|| format!("{url}{}", provenance::SUFFIX));
+        (url, provenance)
+    }
+
     fn log_url(&self, build_id: Option<BuildId>) -> Option<String> {
         build_id.filter(|id| self.disk.logs.contains(id)).map(|id| format!("/{}", log_path(id)))
     }
@@ -523,10 +537,9 @@ impl<'a> ProjectView<'a> {
                     .collect(),
                 files: self
                     .published(r)
-                    .map(|f| FileLink {
-                        filename: f.filename.clone(),
-                        url: format!("/simple/{}/{}", data.package, url_encode(&f.filename)),
-                        size: human_size(f.size),
+                    .map(|f| {
+                        let (url, provenance_url) = self.file_urls(&f.filename);
+                        FileLink { filename: f.filename.clone(), url, size: human_size(f.size), provenance_url }
                     })
                     .collect(),
             })
@@ -556,8 +569,10 @@ impl<'a> ProjectView<'a> {
                 let files = self
                     .published(r)
                     .map(|f| {
+                        let (file_url, provenance_url) = self.file_urls(&f.filename);
                         let file = JsonProjectFile {
-                            file_url: format!("/simple/{}/{}", data.package, url_encode(&f.filename)),
+                            file_url,
+                            provenance_url,
                             filehash: f.sha256.clone(),
                             filesize: f.size,
                             builder_abi: f.builder_abi.clone(),
@@ -647,6 +662,9 @@ struct JsonRelease {
 #[derive(Serialize)]
 struct JsonProjectFile {
     file_url: String,
+    /// The signed provenance (a DSSE envelope of an in-toto statement), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provenance_url: Option<String>,
     filehash: String,
     filesize: u64,
     builder_abi: String,

@@ -13,6 +13,7 @@ use std::path::Path;
 use askama::Template;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
+use piwheels_common::provenance;
 
 use crate::atomic_file::{Durability, write_atomically};
 use crate::calls::db::{BuildAbi, ProjectData, RewriteScope, SearchEntry};
@@ -221,7 +222,7 @@ impl IndexWriter {
         Ok(())
     }
 
-    /// Removes published files of a package (with their `.metadata` side files) and the logs of
+    /// Removes published files of a package (with their `.metadata` and provenance side files) and the logs of
     /// builds. Names that are not plain file names are refused (logged, skipped).
     pub fn remove_files(&self, package: &str, files: &[String], builds: &[BuildId]) -> io::Result<()> {
         if !is_safe_name(package) {
@@ -235,6 +236,7 @@ impl IndexWriter {
             }
             remove_file(&dir.join(file))?;
             remove_file(&dir.join(format!("{file}.metadata")))?;
+            remove_file(&dir.join(format!("{file}{}", provenance::SUFFIX)))?;
         }
         for &build in builds {
             self.remove_log(build)?;
@@ -262,6 +264,21 @@ impl IndexWriter {
     /// Writes the search index.
     pub fn write_search(&self, entries: &[SearchEntry]) -> io::Result<()> {
         write_atomically(&self.layout.root().join("packages.json"), &search_json(entries), Durability::Cached)
+    }
+
+    /// Writes the signed provenance of a published file beside it (replacing an earlier one:
+    /// a file that moved to a later build is described by that build).
+    pub fn write_provenance(&self, package: &str, filename: &str, envelope: &[u8]) -> io::Result<()> {
+        if !is_safe_name(package) || !is_safe_file_name(filename) {
+            return Err(io::Error::other(format!("refusing to write the provenance of {package:?} {filename:?}")));
+        }
+        let path = self.layout.simple_package(package).join(format!("{filename}{}", provenance::SUFFIX));
+        write_if_changed(&path, envelope)
+    }
+
+    /// Writes the master's public signing key at the root of the tree.
+    pub fn write_public_key(&self, pem: &str) -> io::Result<()> {
+        write_if_changed(&self.layout.root().join(provenance::PUBLIC_KEY_FILE), pem.as_bytes())
     }
 
     /// Writes a build's log, gzipped (replacing any earlier log of the same id).

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use piwheels_common::protocols::{AdminReply, BuildResult, ImportRequest, TransferId, WheelFile, WireError};
+use piwheels_common::protocols::{AdminReply, BuildResult, ImportRequest, Timestamp, TransferId, WheelFile, WireError};
 
 use crate::calls::db::{BuildAbis, BuildRecord, FileWithHash, LogBuild, PackageExists, RewriteScope, VersionExists};
 use crate::calls::files::{Abandon, Expect, Expected, FileExpectation, Verification, Verify};
@@ -46,6 +46,8 @@ pub(super) struct Import {
     attempts: u32,
     /// The key that may send the files (the tool's), when the admin socket authenticates.
     uploader: Option<String>,
+    /// When the import began, for its provenance.
+    began: Timestamp,
 }
 
 impl MrChase {
@@ -60,7 +62,7 @@ impl MrChase {
             return AdminReply::Error(WireError::refused(message));
         }
         let summary = format!("{} {} for {}", request.package, request.version, request.abi);
-        let import = match check_import(sockets, request).and_then(|request| expect_all(sockets, request, key)) {
+        let import = match check_import(sockets, request).and_then(|request| expect_all(sockets, request, key, ctx.utc())) {
             Ok(import) => import,
             Err(error) => {
                 let error = WireError { kind: error.kind, message: format!("{summary}: {}", error.message) };
@@ -173,6 +175,8 @@ impl MrChase {
             package: request.package.clone(),
             version: request.version.clone(),
             abi: request.abi.clone(),
+            started_at: import.began,
+            builder_key: import.uploader.clone(),
             result: BuildResult {
                 success: true,
                 failure: None,
@@ -281,7 +285,7 @@ fn expect_request(request: &ImportRequest, index: usize, uploader: Option<String
 /// Has the file juggler expect every file of an import, so that a refusal comes before any
 /// byte is sent; on a refusal, the transfers already made are abandoned. The descriptions of
 /// files the index holds already become the master's own.
-fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<String>) -> Result<Import, WireError> {
+fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<String>, began: Timestamp) -> Result<Import, WireError> {
     let mut states = Vec::with_capacity(request.files.len());
     for index in 0..request.files.len() {
         let file = &request.files[index];
@@ -304,7 +308,7 @@ fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<St
             }
         }
     }
-    Ok(Import { request, states, current: 0, attempts: 0, uploader })
+    Ok(Import { request, states, current: 0, attempts: 0, uploader, began })
 }
 
 /// Undoes an import: abandons its transfers and has the files it published removed, except

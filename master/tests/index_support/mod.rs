@@ -39,10 +39,15 @@ pub fn day(day: i64) -> Timestamp {
     Utc.with_ymd_and_hms(2024, 1, 1, 12, 0, 0).unwrap() + chrono::Duration::days(day)
 }
 
+/// The key the tests' index writers sign with.
+pub fn signing_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[42; 32])
+}
+
 /// The settings tests use: the given window, no syncfs (tests run in parallel on one disk),
 /// written entries cleared after 50 ms, the root written with every batch.
 pub fn config(out: &Path, window: Duration) -> IndexConfig {
-    let mut config = IndexConfig::new(out);
+    let mut config = IndexConfig::new(out, signing_key());
     config.window = window;
     config.retry = Duration::from_millis(500);
     config.durable = false;

@@ -148,6 +148,8 @@ pub fn build_record(package: &str, version: &str, abi: &str, files: Vec<WheelFil
         package: package.into(),
         version: version.into(),
         abi: abi.into(),
+        started_at: chrono::Utc::now() - chrono::Duration::seconds(90),
+        builder_key: None,
         result: BuildResult {
             success,
             failure: (!success).then_some(FailureKind::Build),

@@ -51,5 +51,12 @@ CREATE TABLE rebuilds_wanted (
     FOREIGN KEY (package, version) REFERENCES versions ON DELETE CASCADE ON UPDATE CASCADE
 );
 
+-- What a build's signed provenance says beyond its row: when the master handed it out (an
+-- import: when it began) and the key of the builder (or importer) as the master authorized it.
+-- NULL for builds recorded before this version, which have no provenance.
+ALTER TABLE builds
+    ADD COLUMN started_at  TIMESTAMPTZ,
+    ADD COLUMN builder_key VARCHAR(40);
+
 GRANT SELECT, INSERT ON retired_files TO piwheels_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON rebuilds_wanted TO piwheels_app;
