@@ -123,14 +123,14 @@ fn check_tree(farm: &Farm) {
         let parts: Vec<&str> = rel.split('/').collect();
         assert!(!parts.iter().any(|p| p.starts_with('.')) || rel == ".piwheels-index", "hidden file {rel}");
         match parts.as_slice() {
-            [".piwheels-index" | "index.html" | "packages.json"] => {}
+            [".piwheels-index" | "index.html" | "packages.json" | "signing-key.pem"] => {}
             ["simple", "index.html" | "index.json"] => {}
             ["simple", package, name] => {
                 let own = files.get(*package).unwrap_or_else(|| panic!("{rel}: {package} has no files in the database"));
                 match *name {
                     "index.html" | "index.json" => {}
                     name => {
-                        let wheel = name.strip_suffix(".metadata").unwrap_or(name);
+                        let wheel = name.strip_suffix(".metadata").or_else(|| name.strip_suffix(".intoto.jsonl")).unwrap_or(name);
                         assert!(own.contains(wheel), "orphan file {rel}");
                     }
                 }

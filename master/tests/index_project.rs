@@ -87,7 +87,16 @@ fn the_project_page_shows_releases_per_abi_with_logs_files_and_install_command()
     // Each release's files, with sizes, follow its row.
     let files_row = &rows[2][rows[2].find(r#"<tr class="files-info">"#).unwrap()..];
     let links: Vec<String> = tags(files_row, "a").into_iter().filter_map(|a| a.attr("href").map(str::to_string)).collect();
-    assert_eq!(links, ["/simple/numpy/numpy-1.0-cp311-cp311-linux_armv7l.whl", "/simple/numpy/numpy-1.0-cp39-cp39-linux_armv7l.whl"]);
+    // The build whose recording the writer was told of (with its log) has its signed statement
+    // written and linked; the other's statement was never written, so it is not linked.
+    assert_eq!(
+        links,
+        [
+            "/simple/numpy/numpy-1.0-cp311-cp311-linux_armv7l.whl",
+            "/simple/numpy/numpy-1.0-cp39-cp39-linux_armv7l.whl",
+            "/simple/numpy/numpy-1.0-cp39-cp39-linux_armv7l.whl.intoto.jsonl"
+        ]
+    );
     assert!(files_row.contains(" KB)") || files_row.contains(" B)"), "{files_row}");
     assert!(!rows[1].contains("files-info"));
 }

@@ -437,12 +437,26 @@ fn a_rebuild_with_other_bytes_is_published_under_build_tag_1_and_identical_bytes
     assert_eq!(same_files(), same_before);
     let newest_build = farm.db.column("SELECT max(build_id)::text FROM builds WHERE package = 'same-pkg'");
     assert_eq!(farm.db.column("SELECT f.build_id::text FROM files f WHERE package_tag = 'same_pkg'"), newest_build);
+    // Its signed statement now describes the build that recorded it last.
+    let statement_path = farm.path("www/simple/same-pkg/same_pkg-1.0-py3-none-any.whl.intoto.jsonl");
+    wait_until("the identical wheel's statement naming the second build", || {
+        std::fs::read_to_string(&statement_path).is_ok_and(|line| {
+            let envelope: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+            use base64::Engine as _;
+            let payload = base64::engine::general_purpose::STANDARD.decode(envelope["payload"].as_str().unwrap()).unwrap();
+            let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            Some(statement["predicate"]["runDetails"]["metadata"]["invocationId"].as_str().unwrap().to_string()) == newest_build[0]
+        })
+    });
     let names = |dir: &Path| {
         let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         names
     };
-    assert_eq!(names(&farm.path("www/simple/same-pkg")), ["index.html", "index.json", "same_pkg-1.0-py3-none-any.whl", "same_pkg-1.0-py3-none-any.whl.metadata"]);
+    assert_eq!(
+        names(&farm.path("www/simple/same-pkg")),
+        ["index.html", "index.json", "same_pkg-1.0-py3-none-any.whl", "same_pkg-1.0-py3-none-any.whl.intoto.jsonl", "same_pkg-1.0-py3-none-any.whl.metadata"]
+    );
 
     let simple = farm.path("www/simple/random-pkg");
     wait_until("the simple page listing both wheels", || {
