@@ -51,12 +51,22 @@ CREATE TABLE rebuilds_wanted (
     FOREIGN KEY (package, version) REFERENCES versions ON DELETE CASCADE ON UPDATE CASCADE
 );
 
--- What a build's signed provenance says beyond its row: when the master handed it out (an
--- import: when it began) and the key of the builder (or importer) as the master authorized it.
--- NULL for builds recorded before this version, which have no provenance.
-ALTER TABLE builds
-    ADD COLUMN started_at  TIMESTAMPTZ,
-    ADD COLUMN builder_key VARCHAR(40);
+-- What builders build with (OS, kernel, Python, pip, ..., as each reported it in its hello),
+-- once per distinct environment: builds of one builder share a row.
+CREATE TABLE environments (
+    environment_id BIGSERIAL NOT NULL PRIMARY KEY,
+    environment    JSONB NOT NULL UNIQUE
+);
 
-GRANT SELECT, INSERT ON retired_files TO piwheels_app;
+-- What a build's signed provenance says beyond its row: when the master handed it out (an
+-- import: when it began), the key of the builder (or importer) as the master authorized it,
+-- and what the builder builds with. NULL for builds recorded before this version, which have
+-- no provenance (and for imports, the environment).
+ALTER TABLE builds
+    ADD COLUMN started_at     TIMESTAMPTZ,
+    ADD COLUMN builder_key    VARCHAR(40),
+    ADD COLUMN environment_id BIGINT REFERENCES environments;
+
+GRANT SELECT, INSERT ON retired_files, environments TO piwheels_app;
+GRANT USAGE ON SEQUENCE environments_environment_id_seq TO piwheels_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON rebuilds_wanted TO piwheels_app;

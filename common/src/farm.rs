@@ -101,6 +101,7 @@ mod tests {
             platform: "linux_armv7l".into(),
             memory_limit: 0,
             host: HostInfo::default(),
+            environment: Default::default(),
         }
     }
 

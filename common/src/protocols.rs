@@ -668,6 +668,31 @@ pub struct SlaveHello {
     pub memory_limit: u64,
     /// Facts about the slave's host.
     pub host: HostInfo,
+    /// What the slave builds with, by name (`os`, `kernel`, `python`, `pip`, `setuptools`,
+    /// `wheel`, `cc`, `ld`): versions as the tools report them. Recorded with each build and
+    /// in its signed provenance; bounded by [`SlaveHello::environment_problem`].
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "small_map()"))]
+    pub environment: BTreeMap<String, String>,
+}
+
+impl SlaveHello {
+    /// Most entries an environment may have.
+    pub const MAX_ENVIRONMENT: usize = 32;
+    /// Longest name and value of an entry, in bytes.
+    pub const MAX_ENVIRONMENT_TEXT: usize = 200;
+
+    /// Why the environment cannot be taken, if it cannot: too many entries, or an entry too
+    /// long, empty-named or holding control characters.
+    pub fn environment_problem(&self) -> Option<String> {
+        if self.environment.len() > Self::MAX_ENVIRONMENT {
+            return Some(format!("the environment has {} entries, more than {}", self.environment.len(), Self::MAX_ENVIRONMENT));
+        }
+        let bad = |text: &str| text.len() > Self::MAX_ENVIRONMENT_TEXT || text.chars().any(char::is_control);
+        self.environment
+            .iter()
+            .find(|(name, value)| name.is_empty() || bad(name) || bad(value))
+            .map(|(name, _)| format!("the environment's entry {name:?} is empty-named, longer than {} bytes or holds control characters", Self::MAX_ENVIRONMENT_TEXT))
+    }
 }
 
 /// A slave's request. The slave driver answers each with one [`SlaveReply`], except `Bye`.

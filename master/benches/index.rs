@@ -117,6 +117,7 @@ fn record(package: &str, version: &str, filename: &str) -> BuildRecord {
         abi: "cp39".into(),
         started_at: chrono::Utc::now(),
         builder_key: None,
+        environment: Default::default(),
         result: BuildResult {
             success: true,
             failure: None,

@@ -909,6 +909,7 @@ impl SlaveDriver {
             abi: slave.hello.abi.clone(),
             started_at: ctx.utc() - chrono::Duration::from_std(handed_out).unwrap_or_default(),
             builder_key: slave.key.clone(),
+            environment: slave.hello.environment.clone(),
             result,
         };
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());
@@ -1286,6 +1287,9 @@ fn check_hello(hello: &SlaveHello, limits: &SlaveLimits) -> Result<(), String> {
         if value.len() > MAX_HELLO_FIELD || value.chars().any(char::is_control) {
             return Err(format!("hello field {name} is longer than {MAX_HELLO_FIELD} bytes or holds control characters"));
         }
+    }
+    if let Some(problem) = hello.environment_problem() {
+        return Err(format!("hello: {problem}"));
     }
     let tag_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
     if !tag_ok(&hello.abi) || !tag_ok(&hello.platform) {

@@ -327,6 +327,7 @@ mod tests {
             platform: "linux_armv7l".into(),
             memory_limit: 0,
             host: HostInfo::default(),
+            environment: Default::default(),
         }
     }
 

@@ -249,6 +249,7 @@ fn hello() -> SlaveHello {
         platform: "linux_armv7l".into(),
         memory_limit: 0,
         host: HostInfo { label: "hostile".into(), ..HostInfo::default() },
+        environment: Default::default(),
     }
 }
 
@@ -313,6 +314,16 @@ const CASES: &[Case] = &[
     ("slave: control characters in a host field", "hello field board_serial", |c| {
         let mut hello = hello();
         hello.host.board_serial = "\u{1b}[2J".into();
+        c.as_hostile_slave(vec![SlaveRequest::Hello(hello)])
+    }),
+    ("slave: an environment of 33 entries", "the environment has 33 entries, more than 32", |c| {
+        let mut hello = hello();
+        hello.environment = (0..33).map(|n| (format!("tool{n}"), "1.0".to_string())).collect();
+        c.as_hostile_slave(vec![SlaveRequest::Hello(hello)])
+    }),
+    ("slave: an environment entry with control characters", "the environment's entry", |c| {
+        let mut hello = hello();
+        hello.environment.insert("cc".into(), "gcc\u{1b}[2J".into());
         c.as_hostile_slave(vec![SlaveRequest::Hello(hello)])
     }),
     ("slave: an ABI that is a path", "hello names no usable ABI and platform", |c| {
@@ -496,7 +507,7 @@ const CASES: &[Case] = &[
 
 #[test]
 fn every_socket_and_tool_refuses_hostile_input_in_words_and_the_farm_builds_on() {
-    assert_eq!(CASES.len(), 53, "the corpus's count, which docs/reliability.md gives");
+    assert_eq!(CASES.len(), 55, "the corpus's count, which docs/reliability.md gives");
     let mut corpus = Corpus::start();
     for (name, words, case) in CASES {
         corpus.log_mark.set(corpus.whole_log().len());

@@ -533,6 +533,14 @@ fn built_wheels_carry_signed_provenance_that_piw_verify_checks() {
     let slave_key = farm.slave_key("slave-a");
     assert_eq!(definition["internalParameters"]["label"], "slave-a");
     assert_eq!(definition["internalParameters"]["key"], slave_key.pair.public.to_string());
+    // What the slave builds with, as it reported it: the interpreter its builds ran.
+    let python_version = {
+        let out = Command::new("python3").args(["-c", "import platform; print(platform.python_version())"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let environment = &definition["internalParameters"]["environment"];
+    assert_eq!(environment["python"], python_version.as_str(), "{environment}");
+    assert!(environment["pip"].is_string() && environment["setuptools"].is_string() && environment["kernel"].is_string(), "{environment}");
     let metadata = &statement["predicate"]["runDetails"]["metadata"];
     assert!(metadata["startedOn"].as_str().unwrap() <= metadata["finishedOn"].as_str().unwrap(), "{metadata}");
 
@@ -551,6 +559,7 @@ fn built_wheels_carry_signed_provenance_that_piw_verify_checks() {
     assert!(said.contains(&format!("release      signed-pkg 1.0 for {}", local_abi())), "{said}");
     assert!(said.contains(&format!("built from   {} (SHA-256 {})", pin.filename, pin.sha256)), "{said}");
     assert!(said.contains("built by     slave-a, key SHA256:"), "{said}");
+    assert!(said.contains(&format!("with         python {python_version}")), "{said}");
     // The release from the index, with the key pinned.
     let key_file = work.path().join("key.pem");
     std::fs::copy(farm.path("www/signing-key.pem"), &key_file).unwrap();

@@ -46,7 +46,7 @@ use piwheels_common::upload::{UploadOptions, Uploader};
 use crate::apt::AptIndex;
 use crate::builder::{Build, BuildJob, Builder, BuilderOptions};
 use crate::config::SlaveConfig;
-use crate::python;
+use crate::{environment, python};
 
 /// How long the slave waits, after sending `Bye`, before closing: `Bye` is not answered, so
 /// this only gives the message time to leave.
@@ -156,6 +156,12 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
     options.timeout = config.build_timeout.0;
     options.memory_limit = config.memory_limit.0;
     options.log_limit = config.log_limit.0;
+    let host = host_info(config.label.as_deref());
+    let environment = environment::probe(&config.python, &host);
+    tracing::info!(
+        "building with {}",
+        environment.iter().map(|(name, value)| format!("{name} {value}")).collect::<Vec<_>>().join(", ")
+    );
     let hello = SlaveHello {
         versions: Versions::current(),
         build_timeout: config.build_timeout.0,
@@ -164,7 +170,8 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
         abi: platform.abi,
         platform: platform.platform,
         memory_limit: config.memory_limit.0,
-        host: host_info(config.label.as_deref()),
+        host,
+        environment,
     };
     let builder = Arc::new(Builder::new(options, apt).map_err(|e| AgentError::Setup(format!("cannot make an HTTP client for sources: {e:#}")))?);
     for dir in builder.remove_stale() {

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod apt;
 pub mod builder;
 pub mod config;
+pub mod environment;
 pub mod inspect;
 pub mod launcher;
 pub mod python;

@@ -33,6 +33,7 @@ pub fn slave_hello(label: &str) -> SlaveHello {
         platform: "linux_armv7l".into(),
         memory_limit: 0,
         host: HostInfo { label: label.into(), ..HostInfo::default() },
+        environment: [("python".to_string(), "3.11.2".to_string())].into(),
     }
 }
 

@@ -113,6 +113,9 @@ fn slave_hello() -> SlaveHello {
         platform: "linux_armv7l".into(),
         memory_limit: 2_000_000_000,
         host: host_info(),
+        environment: [("python", "3.11.2"), ("pip", "23.0.1"), ("cc", "cc (Raspbian 12.2.0-14+rpi1) 12.2.0")]
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .into(),
     }
 }
 

@@ -49,6 +49,9 @@ pub struct BuildRecord {
     /// The builder's (or importer's) key as the master authorized it (Z85); None without
     /// authentication.
     pub builder_key: Option<String>,
+    /// What the builder builds with, as its hello said (empty for an import).
+    #[cfg_attr(test, proptest(strategy = "small_map()"))]
+    pub environment: BTreeMap<String, String>,
     /// What happened.
     pub result: BuildResult,
 }
@@ -84,6 +87,9 @@ pub struct FileProvenance {
     pub builder_key: Option<String>,
     /// Its label.
     pub builder: String,
+    /// What it builds with.
+    #[cfg_attr(test, proptest(strategy = "small_map()"))]
+    pub environment: BTreeMap<String, String>,
     /// The build.
     pub build_id: BuildId,
     /// When it was handed out (an import: began).
@@ -107,7 +113,7 @@ impl FileProvenance {
             source: self.source.clone(),
             key: self.builder_key.clone(),
             label: self.builder.clone(),
-            environment: BTreeMap::new(),
+            environment: self.environment.clone(),
             build_id: self.build_id,
             started: self.started_at,
             finished: self.built_at,

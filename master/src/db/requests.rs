@@ -471,7 +471,8 @@ impl Database {
             .bind(&dependencies.dependency)
             .bind(&output)
             .bind(record.started_at)
-            .bind(&record.builder_key);
+            .bind(&record.builder_key)
+            .bind((!record.environment.is_empty()).then(|| serde_json::to_string(&record.environment).expect("a map of strings serializes")));
         let mut logged = call().fetch_one(&mut self.conn).await;
         if matches!(&logged, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_FUNCTION)) {
             // The session lost its temporary objects (`DISCARD ALL` by a pooler, say): made again.
@@ -548,13 +549,14 @@ impl Database {
     /// What the provenance of the files of `builds` says; builds recorded before provenance
     /// was kept (no `started_at`) have none. Sorted by file name.
     pub async fn build_provenance(&mut self, builds: &[BuildId]) -> Result<Vec<FileProvenance>, sqlx::Error> {
-        type Row = (String, String, String, String, String, bool, Option<String>, Option<String>, Option<String>, Option<String>, String, i64, Timestamp, Timestamp);
+        type Row = (String, String, String, String, String, bool, Option<String>, Option<String>, Option<String>, Option<String>, String, Option<String>, i64, Timestamp, Timestamp);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT f.filename, f.filehash::text, b.package, b.version, b.abi_tag, b.built_by = 0, \
-                    v.source_filename, v.source_url, v.source_sha256::text, b.builder_key, b.builder, b.build_id, \
-                    b.started_at, b.built_at \
+                    v.source_filename, v.source_url, v.source_sha256::text, b.builder_key, b.builder, e.environment::text, \
+                    b.build_id, b.started_at, b.built_at \
              FROM builds b JOIN files f ON f.build_id = b.build_id \
              JOIN versions v ON v.package = b.package AND v.version = b.version \
+             LEFT JOIN environments e ON e.environment_id = b.environment_id \
              WHERE b.build_id = ANY($1) AND b.started_at IS NOT NULL \
              ORDER BY f.filename COLLATE \"C\"",
         )
@@ -563,12 +565,14 @@ impl Database {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(filename, sha256, package, version, abi, imported, source_filename, source_url, source_sha256, builder_key, builder, build_id, started_at, built_at)| {
+            .map(|(filename, sha256, package, version, abi, imported, source_filename, source_url, source_sha256, builder_key, builder, environment, build_id, started_at, built_at)| {
                 let source = match (imported, source_filename, source_url, source_sha256) {
                     (false, Some(filename), Some(url), Some(sha256)) => Some(SourceFile { filename, url, sha256 }),
                     _ => None,
                 };
-                FileProvenance { filename, sha256, package, version, abi, imported, source, builder_key, builder, build_id, started_at, built_at }
+                // Written by log_build from a map of strings; anything else reads as none.
+                let environment = environment.and_then(|json| serde_json::from_str(&json).ok()).unwrap_or_default();
+                FileProvenance { filename, sha256, package, version, abi, imported, source, builder_key, builder, environment, build_id, started_at, built_at }
             })
             .collect())
     }
@@ -860,14 +864,16 @@ pub(super) async fn make_session_functions(conn: &mut PgConnection) -> Result<()
 
 /// The call of [`LOG_BUILD_FUNCTION`]; the arguments are listed there.
 const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)";
+                              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32::jsonb)";
 
 /// Records a build, made once per session (by [`Database::connect`](super::Database::connect))
 /// so that a build costs one round trip while its SQL stays here, beside the statements it
 /// shares with other requests. Arguments: the build ($1 to $11); its files ($12 to $23, an
 /// array per column, an element per file); its page rewrite ($24 time, $25 scope); its files'
-/// dependencies ($26 to $28, an array per column); its log ($29); when it was handed out and
-/// its builder's key, for its provenance ($30, $31). In order:
+/// dependencies ($26 to $28, an array per column); its log ($29); when it was handed out, its
+/// builder's key and what the builder builds with, for its provenance ($30 to $32). In order:
+///
+/// 0. the builder's environment, found or added (NULL when there is none);
 ///
 /// 1. the build, its log and its files. A file whose name is recorded already moves to this build only
 ///    when its contents are the same; otherwise the whole call fails with [`FILE_CLASH`], as it
@@ -881,18 +887,30 @@ const LOG_BUILD_FUNCTION: &str = concat!(
     "CREATE FUNCTION pg_temp.log_build(
         text, text, integer, text, text, boolean, interval, interval, bigint, integer, text,
         text[], bigint[], text[], text[], text[], text[], text[], text[], text[], text[], integer[], text[],
-        timestamptz, text, text[], text[], text[], text, timestamptz, text
+        timestamptz, text, text[], text[], text[], text, timestamptz, text, jsonb
     ) RETURNS bigint LANGUAGE plpgsql AS $body$
     DECLARE
         logged_build bigint;
+        env_id bigint;
         clash_name text;
         clash_held text;
         clash_new text;
     BEGIN
+        IF $32 IS NOT NULL THEN
+            SELECT environment_id INTO env_id FROM environments WHERE environment = $32;
+            IF NOT FOUND THEN
+                INSERT INTO environments (environment) VALUES ($32) ON CONFLICT DO NOTHING
+                RETURNING environment_id INTO env_id;
+                -- Added by another session meanwhile.
+                IF env_id IS NULL THEN
+                    SELECT environment_id INTO env_id FROM environments WHERE environment = $32;
+                END IF;
+            END IF;
+        END IF;
         WITH build AS (
             INSERT INTO builds (package, version, built_by, builder, abi_tag, status, duration, cpu_time,
-                                peak_memory, exit_status, failure, started_at, builder_key)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $30, $31)
+                                peak_memory, exit_status, failure, started_at, builder_key, environment_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $30, $31, env_id)
             RETURNING build_id
         ), file AS (
             INSERT INTO files (filename, build_id, filesize, filehash, metadata_hash, package_tag,

@@ -177,6 +177,7 @@ impl MrChase {
             abi: request.abi.clone(),
             started_at: import.began,
             builder_key: import.uploader.clone(),
+            environment: Default::default(),
             result: BuildResult {
                 success: true,
                 failure: None,

@@ -150,6 +150,7 @@ pub fn build_record(package: &str, version: &str, abi: &str, files: Vec<WheelFil
         abi: abi.into(),
         started_at: chrono::Utc::now() - chrono::Duration::seconds(90),
         builder_key: None,
+        environment: [("python".to_string(), "3.11.2".to_string())].into(),
         result: BuildResult {
             success,
             failure: (!success).then_some(FailureKind::Build),

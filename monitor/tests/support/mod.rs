@@ -45,6 +45,7 @@ pub fn hello(label: &str, abi: &str) -> SlaveHello {
         platform: "linux_armv7l".into(),
         memory_limit: 0,
         host: HostInfo { label: label.into(), os_name: "Raspbian GNU/Linux".into(), os_version: "12 (bookworm)".into(), ..HostInfo::default() },
+        environment: Default::default(),
     }
 }
 
