@@ -101,16 +101,20 @@ impl WheelName {
             && (self.python.as_str(), self.abi.as_str(), self.platform.as_str()) == (other.python.as_str(), other.abi.as_str(), other.platform.as_str())
     }
 
+    /// How installers rank this wheel among those that differ from it only in their build
+    /// tag (PEP 427): no tag lowest, then by the tag's leading number, then by the rest of it.
+    pub fn build_tag_rank(&self) -> Option<(u64, &str)> {
+        let tag = self.build.as_deref()?;
+        let digits = tag.bytes().take_while(u8::is_ascii_digit).count();
+        // Longer numbers than u64 holds (the master refuses more than 9 digits) rank highest.
+        Some((tag[..digits].parse().unwrap_or(u64::MAX), &tag[digits..]))
+    }
+
     /// This wheel's name with a build tag above every one of `taken` that differs from it only
     /// in its build tag, its own included: the number after the highest such tag's leading
-    /// number (PEP 427 orders build tags by that number first), so that installers prefer it.
+    /// number, so that installers prefer it.
     pub fn with_next_build_tag<'a>(&self, taken: impl IntoIterator<Item = &'a WheelName>) -> WheelName {
-        let number = |name: &WheelName| {
-            let tag = name.build.as_deref().unwrap_or("");
-            let digits = tag.bytes().take_while(u8::is_ascii_digit).count();
-            // A tag of more digits than u64 holds stands above everything: saturate.
-            tag[..digits].parse::<u64>().map_or(if digits == 0 { 0 } else { u64::MAX }, |n| n)
-        };
+        let number = |name: &WheelName| name.build_tag_rank().map_or(0, |(number, _)| number);
         let highest = taken.into_iter().filter(|t| self.differs_only_in_build_tag(t)).map(number).chain([number(self)]).max().unwrap_or(0);
         WheelName { build: Some(highest.saturating_add(1).to_string()), ..self.clone() }
     }

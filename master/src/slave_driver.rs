@@ -47,8 +47,8 @@ use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::wheel::WheelName;
 use piwheels_common::transport::{self, Client, Dealer, Peer, Receiver, Sender, Server, TransportError};
 
-use crate::calls::db::{BuildRecord, FileName, LogBuild, NameForFile, PackageFiles, QueuedBuild, VersionFiles};
-use crate::calls::files::{Expect, Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Removal, RemoveOrphan, Verification, Verify};
+use crate::calls::db::{BuildRecord, LogBuild, NameForFile, PackageFiles, QueuedBuild, VersionFiles};
+use crate::calls::files::{Expect, Expected, FileExpectation, FsReply, FsRequest, Removal, RemoveOrphan, Verification, Verify};
 use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, ReleaseAck, ReleaseNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use crate::calls::{Call, CallError, Caller, ReplyName};
 use crate::db_client::DbClient;
@@ -622,9 +622,8 @@ impl SlaveDriver {
         while index < result.files.len() {
             let file = result.files[index].clone();
             let request = NameForFile { package: build.package.clone(), filename: file.filename.clone(), sha256: file.sha256.clone() };
-            let (published, same_bytes) = match sockets.db.call(request) {
-                Ok(FileName::Recorded(name)) => (renamed(&file, &name), None),
-                Ok(FileName::Free { name, same_bytes }) => (renamed(&file, &name), same_bytes),
+            let published = match sockets.db.call(request) {
+                Ok(name) => renamed(&file, &name),
                 Err(e) if e.kind() == ErrorKind::Refused => {
                     self.refuse_file(sockets, ctx, identity, &mut result, index, &e.to_string());
                     continue;
@@ -634,15 +633,14 @@ impl SlaveDriver {
                     return self.give_up(sockets, ctx, identity, &build, &reason);
                 }
             };
-            if let Some(existing) = same_bytes
-                && let Some(described) = self.link(sockets, &build.package, existing, &published, &expectation)
-            {
-                self.note_published(identity, &build, &described.filename);
-                result.files[index] = described;
-                index += 1;
-                continue;
-            }
-            let request = Expect { package: build.package.clone(), file: Box::new(published.clone()), expectation: Box::new(expectation.clone()) };
+            // Sent even when the same bytes are published: a slave shows it made a wheel by
+            // sending it, not by naming its hash.
+            let request = Expect {
+                package: build.package.clone(),
+                file: Box::new(published.clone()),
+                expectation: Box::new(expectation.clone()),
+                must_send: true,
+            };
             match sockets.fs.call(request) {
                 Ok(Expected::Expecting { transfer }) => {
                     let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
@@ -716,24 +714,6 @@ impl SlaveDriver {
                 Conflict::Removed
             }
             other => Conflict::Unsettled(format!("{filename}, which no build records, cannot be removed: {other:?}")),
-        }
-    }
-
-    /// The master's description of `file` once the file juggler linked its name to
-    /// `existing`, a published file of the package with the same bytes, so that it need not
-    /// be sent; None when it did not.
-    fn link(&self, sockets: &Sockets, package: &str, existing: String, file: &WheelFile, expectation: &FileExpectation) -> Option<WheelFile> {
-        let request = Link { package: package.into(), existing, file: Box::new(file.clone()), expectation: Box::new(expectation.clone()) };
-        match sockets.fs.call(request) {
-            Ok(Linked::AlreadyHave { file }) => Some(*file),
-            Ok(other) => {
-                tracing::debug!("{} not linked ({other:?}); it will be sent", file.filename);
-                None
-            }
-            Err(e) => {
-                tracing::warn!("the file juggler did not answer a link of {}: {e}", file.filename);
-                None
-            }
         }
     }
 

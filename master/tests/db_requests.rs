@@ -596,37 +596,34 @@ fn tagged(file: &WheelFile, tag: &str) -> WheelFile {
     WheelFile { filename, build_tag: Some(tag.into()), ..file.clone() }
 }
 
-fn name_for(fx: &mut Fixture, file: &WheelFile) -> FileName {
+fn name_for(fx: &mut Fixture, file: &WheelFile) -> String {
     fx.call(NameForFile { package: "foo".into(), filename: file.filename.clone(), sha256: file.sha256.clone() })
 }
 
-fn free(name: &str, same_bytes: Option<&str>) -> FileName {
-    FileName::Free { name: name.into(), same_bytes: same_bytes.map(str::to_string) }
-}
-
 #[test]
-fn a_file_is_named_after_the_bytes_the_index_holds_under_its_name() {
+fn a_file_is_named_after_the_bytes_the_index_holds_for_its_wheel() {
     let mut fx = Fixture::with_abis();
     fx.version("foo", "1.0", at(2020, 1, 1));
     let original = pure("foo", "1.0");
-    assert_eq!(name_for(&mut fx, &original), free("foo-1.0-py3-none-any.whl", None), "a new name is the file's own");
+    assert_eq!(name_for(&mut fx, &original), "foo-1.0-py3-none-any.whl", "a new name is the file's own");
     fx.log_build(build("foo", "1.0", "cp39", vec![original.clone()]));
-    assert_eq!(name_for(&mut fx, &original), FileName::Recorded(original.filename.clone()), "the same bytes: nothing new");
+    assert_eq!(name_for(&mut fx, &original), original.filename, "the same bytes: the same file");
     let rebuilt = other_bytes(&original, "rebuilt");
-    assert_eq!(name_for(&mut fx, &rebuilt), free("foo-1.0-1-py3-none-any.whl", None), "other bytes: the next build tag");
+    assert_eq!(name_for(&mut fx, &rebuilt), "foo-1.0-1-py3-none-any.whl", "other bytes: the next build tag");
     fx.log_build(build("foo", "1.0", "cp39", vec![tagged(&rebuilt, "1")]));
-    assert_eq!(
-        name_for(&mut fx, &rebuilt),
-        FileName::Recorded("foo-1.0-1-py3-none-any.whl".into()),
-        "bytes recorded under another build tag of the same wheel are not published twice"
-    );
-    assert_eq!(name_for(&mut fx, &other_bytes(&original, "third")), free("foo-1.0-2-py3-none-any.whl", None));
-    // The same bytes as another wheel of the package (another platform's name): linked.
-    let armv6 = WheelFile { filename: "foo-1.0-cp39-cp39-linux_armv6l.whl".into(), ..platform("foo", "1.0", "cp39") };
-    let armv7 = WheelFile { sha256: armv6.sha256.clone(), ..platform("foo", "1.0", "cp39") };
-    fx.log_build(build("foo", "1.0", "cp39", vec![armv7.clone()]));
-    assert_eq!(name_for(&mut fx, &armv6), free(&armv6.filename, Some(&armv7.filename)));
-    // Another package's name, or no wheel's name: refused.
+    assert_eq!(name_for(&mut fx, &rebuilt), "foo-1.0-1-py3-none-any.whl", "the newest file holds these bytes: nothing new");
+    assert_eq!(name_for(&mut fx, &other_bytes(&original, "third")), "foo-1.0-2-py3-none-any.whl");
+    // The first bytes again: installers would keep taking the newer tag 1, so they get tag 2.
+    assert_eq!(name_for(&mut fx, &original), "foo-1.0-2-py3-none-any.whl", "an older file's bytes go above the newest");
+    // The wheel however its name and version are spelled.
+    let spelled = WheelFile { filename: "Foo-1.0.0-py3-none-any.whl".into(), package_tag: "Foo".into(), version_tag: "1.0.0".into(), ..other_bytes(&original, "fourth") };
+    assert_eq!(name_for(&mut fx, &spelled), "Foo-1.0.0-2-py3-none-any.whl", "another spelling of a wheel that has other bytes");
+    // A builder's own tag above every other stays.
+    let own_tag = tagged(&other_bytes(&original, "fifth"), "7");
+    assert_eq!(name_for(&mut fx, &own_tag), own_tag.filename);
+    // Another platform's wheel of the same release is another wheel.
+    let other_platform = platform("foo", "1.0", "cp39");
+    assert_eq!(name_for(&mut fx, &other_platform), other_platform.filename);
     let message = fx.error(NameForFile { package: "foo".into(), filename: "foo.tar.gz".into(), sha256: "0".repeat(64) });
     assert!(message.contains("foo.tar.gz"), "{message}");
 }
@@ -639,9 +636,9 @@ fn a_removed_files_name_keeps_its_bytes() {
     fx.log_build(build("foo", "1.0", "cp39", vec![original.clone()]));
     fx.call(DeleteBuilds { package: "foo".into(), version: Some("1.0".into()) });
     assert_eq!(fx.value("SELECT filename || ' ' || filehash || ' ' || package FROM retired_files"), format!("{} {} foo", original.filename, original.sha256));
-    assert_eq!(name_for(&mut fx, &original), free(&original.filename, None), "the same bytes may come back under the name");
+    assert_eq!(name_for(&mut fx, &original), original.filename, "the same bytes may come back under the name");
     let rebuilt = other_bytes(&original, "rebuilt");
-    assert_eq!(name_for(&mut fx, &rebuilt), free("foo-1.0-1-py3-none-any.whl", None), "other bytes may not");
+    assert_eq!(name_for(&mut fx, &rebuilt), "foo-1.0-1-py3-none-any.whl", "other bytes may not");
     // The database itself refuses the name with other bytes, whoever asks.
     let message = fx.error(log(build("foo", "1.0", "cp39", vec![rebuilt])));
     assert!(message.starts_with("foo-1.0-py3-none-any.whl was published before with other contents"), "{message}");
@@ -653,7 +650,7 @@ fn a_removed_files_name_keeps_its_bytes() {
     fx.call(DeletePackage { package: "foo".into() });
     assert_eq!(fx.column("SELECT package FROM retired_files WHERE filename = 'Foo-1.0-cp39-cp39-linux_armv7l.whl'"), [Some("foo".into())]);
     fx.version("foo", "1.0", at(2020, 1, 1));
-    assert_eq!(name_for(&mut fx, &other_bytes(&spelled, "again")), free("Foo-1.0-1-cp39-cp39-linux_armv7l.whl", None));
+    assert_eq!(name_for(&mut fx, &other_bytes(&spelled, "again")), "Foo-1.0-1-cp39-cp39-linux_armv7l.whl");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::{FakeClock, SharedClock, SystemClock};
 use piwheels_common::protocols::{ErrorKind, FileReply, FileRequest, StatusEvent, TaskControl, TransferId, Versions, WheelFile, WireError};
-use piwheels_master::calls::files::{Abandon, Expect, Expected, FileExpectation, FsReply, FsRequest, Linked, Verification, Verify};
+use piwheels_master::calls::files::{Abandon, Expect, Expected, FileExpectation, FsReply, FsRequest, Verification, Verify};
 use piwheels_common::task::{self, Runtime, TaskExit, TaskHandle};
 use piwheels_common::transport::{Client, Dealer, Receiver};
 use piwheels_common::upload::{UploadError, UploadOptions, UploadReport, upload};
@@ -114,7 +114,7 @@ impl Juggler {
     }
 
     fn expect_as(&self, package: &str, file: &WheelFile, expectation: FileExpectation) -> FsReply {
-        self.request(Expect { package: package.into(), file: Box::new(file.clone()), expectation: Box::new(expectation) })
+        self.request(Expect { package: package.into(), file: Box::new(file.clone()), expectation: Box::new(expectation), must_send: false })
     }
 
     fn expecting(&self, package: &str, file: &WheelFile) -> TransferId {
@@ -269,14 +269,14 @@ fn failed(reply: FsReply) -> String {
 
 fn refused(reply: FsReply) -> String {
     match reply {
-        FsReply::Expect(Expected::Refused { reason }) | FsReply::Verify(Verification::Refused { reason }) | FsReply::Link(Linked::Refused { reason }) => reason,
+        FsReply::Expect(Expected::Refused { reason }) | FsReply::Verify(Verification::Refused { reason }) => reason,
         other => panic!("expected Refused, got {other:?}"),
     }
 }
 
 fn conflict(reply: FsReply) -> String {
     match reply {
-        FsReply::Expect(Expected::Conflict { reason }) | FsReply::Verify(Verification::Conflict { reason }) | FsReply::Link(Linked::Conflict { reason }) => reason,
+        FsReply::Expect(Expected::Conflict { reason }) | FsReply::Verify(Verification::Conflict { reason }) => reason,
         other => panic!("expected Conflict, got {other:?}"),
     }
 }
@@ -352,6 +352,16 @@ fn hostile_announcements_are_refused_and_the_juggler_still_serves() {
     assert!(reason.contains("foo-1.0-py3-none-any.whl") && reason.contains("never overwritten"), "{reason}");
     assert_eq!(j.expect("foo", &good), FsReply::Expect(Expected::AlreadyHave { file: Box::new(good.clone()) }), "the same bytes are already had");
     j.assert_published("foo", &good);
+    // A builder's file is received all the same, compared with the published one and
+    // described from it; nothing is published again.
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(j.published("foo", &good.filename)).unwrap().ino();
+    let must_send = Expect { package: "foo".into(), file: Box::new(good.clone()), expectation: Box::new(expectation(&good)), must_send: true };
+    let FsReply::Expect(Expected::Expecting { transfer }) = j.request(must_send) else { panic!("a builder's file must be sent") };
+    j.upload(transfer, &path, UploadOptions::default()).unwrap();
+    assert_eq!(j.verify(transfer), FsReply::Verify(Verification::Verified { file: Box::new(good.clone()) }));
+    assert_eq!(std::fs::metadata(j.published("foo", &good.filename)).unwrap().ino(), inode, "the published file stays as it was");
+    assert_eq!(j.staging_files(), Vec::<String>::new());
 
     let (path, next) = j.wheel("foo", "1.1", 500_000, 5);
     j.transfer_and_verify("foo", &path, &next);

@@ -361,10 +361,12 @@ fn an_import_whose_recording_goes_unanswered_keeps_its_files_for_the_record_that
         .spawn()
         .expect("psql");
     let mut sql = locker.stdin.take().unwrap();
-    writeln!(sql, "BEGIN; LOCK TABLE builds IN ACCESS EXCLUSIVE MODE;").unwrap();
+    // The build's log table: only the recording writes to it, so the import's other questions
+    // (the names its files take) are answered.
+    writeln!(sql, "BEGIN; LOCK TABLE output IN ACCESS EXCLUSIVE MODE;").unwrap();
     let locked = "SELECT count(*)::text FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-                  WHERE c.relname = 'builds' AND l.mode = 'AccessExclusiveLock' AND l.granted";
-    eventually("the lock on builds", WAIT, || farm.query(locked) == ["1"]);
+                  WHERE c.relname = 'output' AND l.mode = 'AccessExclusiveLock' AND l.granted";
+    eventually("the lock on output", WAIT, || farm.query(locked) == ["1"]);
 
     let (reply, _) = tool.import(import_request("foo", "1.0", &files), &files);
     let message = error(reply);

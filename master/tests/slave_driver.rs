@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use piwheels_common::clock::FakeClock;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
 use piwheels_master::calls::db::{QueuedBuild, RewriteScope, WantRebuild};
-use piwheels_master::calls::files::{Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Verification, Verify};
+use piwheels_master::calls::files::{Expected, FsReply, FsRequest, Verification, Verify};
 use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, ReleaseAck, ReleaseNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, Runtime, TaskHandle};
 use piwheels_common::transport::{Client, Receiver, Sender, Server};
@@ -286,7 +286,7 @@ fn a_build_is_handed_out_its_wheel_sent_and_the_build_recorded() {
 }
 
 #[test]
-fn a_failed_build_is_recorded_with_its_log_and_a_wheel_already_held_is_not_sent_again() {
+fn a_failed_build_is_recorded_with_its_log_and_a_wheel_the_tree_holds_is_sent_and_recorded() {
     let farm = Farm::start(&[("bad", "1.0"), ("same", "2.0")]);
     // The index already holds same's wheel, with the very bytes the slave will build.
     let (held_path, held) = wheel(farm.dir.path(), "same", "2.0", b"identical");
@@ -298,9 +298,18 @@ fn a_failed_build_is_recorded_with_its_log_and_a_wheel_already_held_is_not_sent_
     let mut handed = Vec::new();
     for _ in 0..2 {
         let (package, version) = slave.take_build();
-        let outcome = if package == "bad" { result(false, vec![]) } else { result(true, vec![held.clone()]) };
-        // Neither needs a transfer: the failure has no files, the wheel is held already.
-        assert_eq!(slave.ask(SlaveRequest::Built(outcome)), SlaveReply::Done);
+        if package == "bad" {
+            // A failure has no files: nothing to send.
+            assert_eq!(slave.ask(SlaveRequest::Built(result(false, vec![]))), SlaveReply::Done);
+        } else {
+            // The tree holds the very bytes: the slave sends them all the same (its word that
+            // it made them proves nothing), and the file in the tree is recorded as it is.
+            let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![held.clone()]))) else {
+                panic!("expected a send")
+            };
+            upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &held_path, UploadOptions::default()).unwrap();
+            assert_eq!(slave.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
+        }
         handed.push((package, version));
     }
     handed.sort();
@@ -577,8 +586,10 @@ fn files_of_an_abandoned_build_are_unpublished_unless_a_build_records_them() {
     );
 }
 
+/// A slave shows that it made a wheel by sending it: the same bytes as a published file, even
+/// one of another name, are received and checked, never taken on the slave's word.
 #[test]
-fn a_file_whose_contents_the_index_holds_under_another_name_is_linked_not_sent() {
+fn a_file_whose_contents_the_index_holds_already_is_sent_all_the_same() {
     // Two release strings of one PEP 440 version (as old projects have): a wheel of either is
     // the same bytes under another name.
     let farm = Farm::start(&[("foo", "1.0"), ("foo", "1.0.0")]);
@@ -598,36 +609,25 @@ fn a_file_whose_contents_the_index_holds_under_another_name_is_linked_not_sent()
         std::fs::write(&path, &bytes).unwrap();
         (path, wheel_file(&filename, &bytes))
     };
-    let (path, first) = same_bytes(&first_version);
-    let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![first.clone()]))) else {
-        panic!("expected a send")
+    let deliver = |path: &std::path::Path, file: &WheelFile| {
+        let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![file.clone()]))) else {
+            panic!("expected a send of {}", file.filename)
+        };
+        upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, path, UploadOptions::default()).unwrap();
+        assert_eq!(slave.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
     };
-    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &path, UploadOptions::default()).unwrap();
-    assert_eq!(slave.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
-
-    // The other release builds to the very same bytes under its own name: nothing is sent.
+    let (path, first) = same_bytes(&first_version);
+    deliver(&path, &first);
+    // The other release builds to the very same bytes under its own name: sent, and published
+    // under that name.
     assert_eq!(slave.take_build().1, second_version);
-    let (_, second) = same_bytes(&second_version);
-    assert_eq!(slave.ask(SlaveRequest::Built(result(true, vec![second.clone()]))), SlaveReply::Done);
+    let (path, second) = same_bytes(&second_version);
+    deliver(&path, &second);
     let dir = farm.dir.path().join("www/simple/foo");
-    use std::os::unix::fs::MetadataExt;
-    let (a, b) = (std::fs::metadata(dir.join(&first.filename)).unwrap(), std::fs::metadata(dir.join(&second.filename)).unwrap());
-    assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "the second file is a link to the first");
+    assert_eq!(std::fs::read(dir.join(&second.filename)).unwrap(), bytes);
     assert_eq!(std::fs::read(dir.join(format!("{}.metadata", second.filename))).unwrap(), metadata.as_bytes());
     assert_eq!(farm.builds().len(), 2);
     assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM files"), [Some("2".into())]);
-
-    // The file juggler links only a file of the same package with the very same bytes.
-    let fs = Client::<FsRequest, FsReply>::connect(&farm.pool.rt.zmq, wiring::FS.address(), None).unwrap();
-    let (_, other_bytes) = wheel(farm.dir.path(), "foo", "9.9", b"other bytes");
-    let link = |existing: &str, file: &WheelFile| {
-        let expectation = FileExpectation { version: "9.9".into(), abi: "cp311".into(), platform: "linux_armv7l".into(), uploader: None };
-        let request = FsRequest::from(Link { package: "foo".into(), existing: existing.into(), file: Box::new(file.clone()), expectation: Box::new(expectation) });
-        fs.request(&request, WAIT).unwrap()
-    };
-    assert!(matches!(link(&first.filename, &other_bytes), FsReply::Link(Linked::Refused { reason }) if reason.contains("not published with the contents")));
-    assert!(matches!(link("bar-1.0-py3-none-any.whl", &other_bytes), FsReply::Link(Linked::Refused { reason }) if reason.contains("not a published file of foo")));
-    assert!(!dir.join(&other_bytes.filename).exists());
 }
 
 /// The slave driver alone on a fake clock, with the architect, the stats task and the index
@@ -1050,10 +1050,14 @@ fn a_rebuild_with_other_bytes_gets_the_next_build_tag_and_identical_bytes_no_new
         "each build records its own file"
     );
 
-    // The same bytes as the tagged file: recorded by the new build, nothing sent or published.
+    // The same bytes as the tagged file: sent (a slave's word is not proof), then recorded by
+    // the new build; nothing new is published.
     want_again();
-    let (_, third) = build_again(b"second");
-    assert_eq!(slave.ask(SlaveRequest::Built(result(true, vec![third]))), SlaveReply::Done);
+    let (third_path, third) = build_again(b"second");
+    let SlaveReply::Send { filename, transfer } = slave.ask(SlaveRequest::Built(result(true, vec![third.clone()]))) else { panic!("expected a send") };
+    assert_eq!(filename, third.filename);
+    upload(&farm.pool.rt.zmq, &farm.file_endpoint, &Security::Plain, transfer, &third_path, UploadOptions::default()).unwrap();
+    assert_eq!(slave.ask(SlaveRequest::Sent { filename }), SlaveReply::Done);
     let ids = farm.pool.db.column("SELECT build_id::text FROM builds ORDER BY build_id");
     assert_eq!(ids.len(), 3);
     assert_eq!(files(), [Some(format!("{tagged} 1 {}", ids[2].clone().unwrap())), Some(format!("{} - {}", first.filename, id(0)))]);

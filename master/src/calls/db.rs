@@ -121,25 +121,6 @@ impl FileProvenance {
     }
 }
 
-/// Under which name a build's file is published. A name the index has recorded keeps its
-/// bytes for ever, even after the record goes (migration 5's `retired_files`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(Arbitrary))]
-pub enum FileName {
-    /// These bytes are recorded already under this name: the file's own, or the same wheel
-    /// with another build tag. Nothing new is published; the build records that file.
-    Recorded(String),
-    /// Publish under `name`: the file's own, or the same with the next build tag when a file
-    /// recorded now or before holds that name with other bytes.
-    Free {
-        /// The name to publish under.
-        name: String,
-        /// Another recorded file of the package with these bytes, which the new name can be
-        /// linked to rather than receive the bytes again.
-        same_bytes: Option<String>,
-    },
-}
-
 /// A release waiting in the build queue, with the source it is to be built from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
@@ -487,7 +468,8 @@ calls! {
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
         builds: Vec<BuildId>,
     } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<FileProvenance>;
-    /// Under which name a build's file is published (see [`FileName`]).
+    /// Under which name a build's file is published (see [`Database::name_for_file`](crate::db::Database::name_for_file)):
+    /// its own, or the same wheel's name with the next build tag.
     NameForFile {
         /// Canonical name of the build's package.
         package: String,
@@ -495,7 +477,7 @@ calls! {
         filename: String,
         /// Lower-case hex SHA-256 of its bytes.
         sha256: String,
-    } -> FileName;
+    } -> String;
     /// The name of a file the index already holds with this hash, if there is one.
     FileWithHash {
         /// Lower-case hex SHA-256.

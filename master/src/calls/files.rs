@@ -58,29 +58,6 @@ pub enum Expected {
     },
 }
 
-/// What the file juggler says to [`Link`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(Arbitrary))]
-pub enum Linked {
-    /// The file is published as a link to the other: nothing to send. The description is the
-    /// master's own, read from the published wheel.
-    AlreadyHave {
-        /// The file, as the master read it.
-        file: Box<WheelFile>,
-    },
-    /// Not linked: the file is not the build's, or the other file is missing, of another
-    /// package or of other bytes. Expect it instead.
-    Refused {
-        /// Why.
-        reason: String,
-    },
-    /// Another file of this name is published with other bytes.
-    Conflict {
-        /// Why.
-        reason: String,
-    },
-}
-
 /// What the file juggler says to [`Verify`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
@@ -137,19 +114,13 @@ calls! {
         file: Box<WheelFile>,
         /// What it must be.
         expectation: Box<FileExpectation>,
+        /// Whether the bytes must be received even when a file of this name and these
+        /// contents is published: a builder shows it made a wheel by sending it, not by
+        /// naming its hash. Off for imports (an operator's files). Last, and absent from
+        /// staging records written before it, which read as off.
+        #[serde(default)]
+        must_send: bool,
     } -> Expected;
-    /// Publish `file` as a link to `existing`, a published file of the same package that the
-    /// database holds with the same SHA-256, instead of receiving it.
-    Link {
-        /// Canonical package name (the directory of both files).
-        package: String,
-        /// The published file with the same contents.
-        existing: String,
-        /// The file to publish.
-        file: Box<WheelFile>,
-        /// What it must be.
-        expectation: Box<FileExpectation>,
-    } -> Linked;
     /// Check and publish a finished transfer.
     Verify {
         /// The transfer.

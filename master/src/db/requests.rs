@@ -577,46 +577,52 @@ impl Database {
             .collect())
     }
 
-    /// Under which name a build's file of `package` with these bytes is published: see
-    /// [`FileName`]. A name that is not a wheel's is refused.
-    pub async fn name_for_file(&mut self, package: &str, filename: &str, sha256: &str) -> Result<FileName, RequestError> {
+    /// Under which name a build's file of `package` with these bytes is published. Every
+    /// file the index recorded, now or before (`retired_files`), keeps its name and bytes, and
+    /// installers take the same wheel's highest build tag, so that:
+    ///
+    /// - when the wheel's newest file (by build tag, the name and version spelled however)
+    ///   holds these bytes and is spelled as this file is, it is that file's name: nothing new
+    ///   is published;
+    /// - when no file of the wheel with other bytes ranks as high as the file's own name, it
+    ///   is its own name;
+    /// - otherwise it is its name with a build tag above every tag the wheel has had.
+    ///
+    /// A name that is not a wheel's is refused.
+    pub async fn name_for_file(&mut self, package: &str, filename: &str, sha256: &str) -> Result<String, RequestError> {
         let wheel = WheelName::parse(filename).map_err(|e| RequestError::Refused(e.to_string()))?;
-        // The package's recorded files with these bytes, then whatever holds the name itself,
-        // recorded (true) or retired (false).
-        let rows: Vec<(String, String, bool)> = sqlx::query_as(
-            "SELECT f.filename, f.filehash::text, true FROM files f JOIN builds b ON b.build_id = f.build_id \
-             WHERE f.filehash = $2::bpchar AND b.package = $1 \
-             UNION ALL SELECT filename, filehash::text, true FROM files WHERE filename = $3 \
-             UNION ALL SELECT filename, filehash::text, false FROM retired_files WHERE filename = $3",
+        // The package's files, recorded or retired, with the same tags: the wheel's siblings
+        // are among them.
+        let tags = format!("-{}-{}-{}.whl", wheel.python, wheel.abi, wheel.platform);
+        let pattern = format!("%{}", tags.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT f.filename, f.filehash::text FROM files f JOIN builds b ON b.build_id = f.build_id \
+             WHERE b.package = $1 AND f.filename LIKE $2 \
+             UNION ALL SELECT filename, filehash::text FROM retired_files WHERE package = $1 AND filename LIKE $2",
         )
         .bind(package)
-        .bind(sha256)
-        .bind(filename)
+        .bind(&pattern)
         .fetch_all(&mut self.conn)
         .await?;
-        // The file's own name but for its build tag, spelled as the builder spelled it (a file
-        // of version 1.0.0 is not recorded as one of release 1.0).
-        let same_wheel = |name: &str| {
-            WheelName::parse(name).is_ok_and(|other| WheelName { build: None, ..other } == WheelName { build: None, ..wheel.clone() })
-        };
-        let mut same_bytes = rows.iter().filter(|(_, hash, recorded)| *recorded && hash == sha256).map(|(name, ..)| name);
-        if let Some(name) = same_bytes.clone().find(|name| same_wheel(name)) {
-            return Ok(FileName::Recorded(name.clone()));
+        let siblings: Vec<(WheelName, &str)> = rows
+            .iter()
+            .filter_map(|(name, hash)| WheelName::parse(name).ok().map(|parsed| (parsed, hash.as_str())))
+            .filter(|(parsed, _)| wheel.differs_only_in_build_tag(parsed))
+            .collect();
+        let newest = siblings.iter().map(|(parsed, _)| parsed.build_tag_rank()).max().flatten();
+        // Spelled as this file is (a release's files stay its own: 1.0.0 is not 1.0's).
+        let spelled_alike = |parsed: &WheelName| WheelName { build: None, ..parsed.clone() } == WheelName { build: None, ..wheel.clone() };
+        if let Some((same, _)) =
+            siblings.iter().find(|(parsed, hash)| *hash == sha256 && spelled_alike(parsed) && parsed.build_tag_rank() == newest)
+        {
+            return Ok(same.to_string());
         }
-        let same_bytes = same_bytes.next().cloned();
-        if !rows.iter().any(|(name, hash, _)| name == filename && hash != sha256) {
-            return Ok(FileName::Free { name: filename.to_string(), same_bytes });
+        let own = wheel.build_tag_rank();
+        if !siblings.iter().any(|(parsed, hash)| *hash != sha256 && parsed.build_tag_rank() >= own) {
+            return Ok(filename.to_string());
         }
-        // Taken by other bytes: above every build tag the wheel has had.
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT f.filename FROM files f JOIN builds b ON b.build_id = f.build_id WHERE b.package = $1 \
-             UNION ALL SELECT filename FROM retired_files WHERE package = $1",
-        )
-        .bind(package)
-        .fetch_all(&mut self.conn)
-        .await?;
-        let taken: Vec<WheelName> = names.iter().filter_map(|name| WheelName::parse(name).ok()).collect();
-        Ok(FileName::Free { name: wheel.with_next_build_tag(&taken).to_string(), same_bytes })
+        let taken: Vec<WheelName> = siblings.into_iter().map(|(parsed, _)| parsed).collect();
+        Ok(wheel.with_next_build_tag(&taken).to_string())
     }
 
     /// The first file name (in byte order) recorded with this SHA-256, if any.

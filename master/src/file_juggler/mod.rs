@@ -14,10 +14,12 @@
 //!
 //! How a transfer goes:
 //!
-//! 1. `Expect { package, file, expectation }` checks the file's name against the release and
-//!    build it must belong to (package, version, ABI and platform tags), its size and hash, and
-//!    answers `Expecting { transfer }` with a random id (ids are capabilities, not counters).
-//!    An unfinished transfer of the same file is reused, so a re-sent file resumes.
+//! 1. `Expect { package, file, expectation, must_send }` checks the file's name against the
+//!    release and build it must belong to (package, version, ABI and platform tags), its size
+//!    and hash, and answers `Expecting { transfer }` with a random id (ids are capabilities,
+//!    not counters); or `AlreadyHave` when the file is published with those bytes, unless
+//!    `must_send` (a builder's file: the bytes are received and compared with the published
+//!    ones). An unfinished transfer of the same file is reused, so a re-sent file resumes.
 //! 2. The uploader says `Hello { versions, transfer }`. When the file socket authenticates,
 //!    only a connection of the key the expectation names may; its connection is bound to the
 //!    transfer (a later hello from another connection of that key takes the transfer over: the
@@ -34,7 +36,8 @@
 //!    which fails rather than replace an existing file: a published file is never
 //!    overwritten) before the directory is synced, `Verified` answered with the description
 //!    read from the wheel (which the caller records instead of the sender's) and the staging
-//!    files removed.
+//!    files removed. A file published meanwhile (or before, for `must_send`) with the same
+//!    bytes is not published again: `Verified` describes the published one.
 //!
 //! Transfers not touched for `abandon_after` are removed by a periodic reaper.
 
@@ -58,12 +61,11 @@ use piwheels_common::protocols::{FileReply, FileRequest, TransferId, WheelFile, 
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Peer, Server, TransportError};
 use piwheels_common::upload::MAX_FETCH;
-use piwheels_common::wheel::WheelName;
 
 use self::publication::{Published, Publisher, describe};
 use self::staging::{Part, Staging};
 use self::transfer::{ChunkBytes, ChunkFault, Progress};
-use crate::calls::files::{Abandon, Expect, Expected, FileExpectation, FsReply, FsRequest, Link, Linked, Removal, RemoveOrphan, Verification, Verify};
+use crate::calls::files::{Abandon, Expect, Expected, FileExpectation, FsReply, FsRequest, Removal, RemoveOrphan, Verification, Verify};
 use crate::gatekeeper::{Auth, Gate};
 use crate::wiring::{self, TaskName};
 
@@ -235,7 +237,7 @@ struct Transfer {
 }
 
 impl Transfer {
-    fn new(id: TransferId, Expect { package, file, expectation }: Expect, part: Part, received: u64, now: Instant) -> Transfer {
+    fn new(id: TransferId, Expect { package, file, expectation, .. }: Expect, part: Part, received: u64, now: Instant) -> Transfer {
         let progress = Progress::new(file.size, received);
         Transfer { id, package, file: *file, expectation: *expectation, progress, part, peer: None, touched: now }
     }
@@ -338,7 +340,6 @@ impl FileJuggler {
                 Ok(FsReply::Error(WireError::refused(e.to_string())))
             }
             Ok(FsRequest::Expect(expect)) => self.expect(expect, now).map(|reply| reply.map_or_else(FsReply::Error, FsReply::Expect)),
-            Ok(FsRequest::Link(link)) => self.link(&link).map(FsReply::Link),
             Ok(FsRequest::Verify(Verify { transfer })) => self.verify(transfer).map(FsReply::Verify),
             Ok(FsRequest::Abandon(Abandon { transfer })) => {
                 if let Some(t) = self.forget(transfer) {
@@ -366,41 +367,17 @@ impl FileJuggler {
         }
     }
 
-    /// Publishes a file as a hard link to a published file with the same bytes, so that a
-    /// file the index has under another name is not sent again.
-    fn link(&mut self, Link { package, existing, file, expectation }: &Link) -> anyhow::Result<Linked> {
-        if let Err(reason) = self.publisher.validate(package, file, expectation) {
-            tracing::warn!("refusing to link {:?} for {package:?}: {reason}", file.filename);
-            return Ok(Linked::Refused { reason });
-        }
-        if WheelName::parse(existing).map_or(true, |name| !name.is_for(package)) {
-            return Ok(Linked::Refused { reason: format!("{existing:?} is not a published file of {package}") });
-        }
-        // The target may be there already (published earlier with these bytes, or not).
-        match self.publisher.find(package, file, expectation)? {
-            Published::Same(Ok(file)) => return Ok(Linked::AlreadyHave { file }),
-            Published::Same(Err(reason)) => return Ok(Linked::Refused { reason }),
-            Published::Conflict(reason) => return Ok(Linked::Conflict { reason }),
-            Published::Nothing => {}
-        }
-        Ok(match self.publisher.link(package, existing, file, expectation)? {
-            Ok(file) => {
-                tracing::info!("published {} as a link to {existing}, which has the same contents", file.filename);
-                Linked::AlreadyHave { file }
-            }
-            Err(reason) => Linked::Refused { reason },
-        })
-    }
-
     /// Expects a file, or says why not; too little space for it is the master's failure, an
     /// error answer that leaves the task running.
     fn expect(&mut self, expect: Expect, now: Instant) -> anyhow::Result<Result<Expected, WireError>> {
-        let Expect { package, file, expectation } = &expect;
+        let Expect { package, file, expectation, must_send } = &expect;
         if let Err(reason) = self.publisher.validate(package, file, expectation) {
             tracing::warn!("refusing to expect {:?} for {package:?}: {reason}", file.filename);
             return Ok(Ok(Expected::Refused { reason }));
         }
         match self.publisher.find(package, file, expectation)? {
+            // A builder sends the bytes all the same: its claim of a hash proves nothing.
+            Published::Same(_) if *must_send => {}
             Published::Same(described) => {
                 tracing::info!("{} is already published with the same contents", file.filename);
                 return Ok(Ok(match described {
@@ -751,7 +728,7 @@ mod tests {
         let clock: SharedClock = std::sync::Arc::new(piwheels_common::clock::SystemClock);
         let file = piwheels_testsupport::data::wheel_file("foo-1.0-py3-none-any.whl", b"the wheel's bytes");
         let expectation = Box::new(FileExpectation { version: "1.0".into(), abi: "cp311".into(), platform: String::new(), uploader: None });
-        let record = codec::encode(&FsRequest::from(Expect { package: "foo".into(), file: Box::new(file), expectation })).unwrap();
+        let record = codec::encode(&FsRequest::from(Expect { package: "foo".into(), file: Box::new(file), expectation, must_send: false })).unwrap();
         let staged = || fs::read_dir(&config.staging_dir).unwrap().count();
         for cut in (0..record.len()).step_by(5).chain([record.len() - 1]) {
             fs::write(config.staging_dir.join("7.expect"), &record[..cut]).unwrap();

@@ -142,32 +142,6 @@ impl Publisher {
         sync_dir(&dir)
     }
 
-    /// Publishes `file` as a hard link to `existing` (a published file of the package) when
-    /// that holds the same bytes, so that a file the index has under another name is not sent
-    /// again. The answer is the published file's description, or why it cannot be linked.
-    pub(super) fn link(
-        &self,
-        package: &str,
-        existing: &str,
-        file: &WheelFile,
-        expectation: &FileExpectation,
-    ) -> anyhow::Result<Result<Box<WheelFile>, String>> {
-        let dir = self.dir(package);
-        let source = dir.join(existing);
-        if same_contents(&source, file)? != Some(true) {
-            return Ok(Err(format!("{existing} is not published with the contents of {}", file.filename)));
-        }
-        let described = match describe(&source, package, file, expectation) {
-            Ok(described) => described,
-            Err(reason) => return Ok(Err(reason)),
-        };
-        let target = dir.join(&file.filename);
-        fs::hard_link(&source, &target).with_context(|| format!("cannot link {} to {}", target.display(), source.display()))?;
-        write_atomically(&metadata_path(&dir, &file.filename), &described.metadata, Durability::DataSynced)?;
-        sync_dir(&dir)?;
-        Ok(Ok(Box::new(described)))
-    }
-
     /// Removes a published file and its `.metadata` file; true when it was there. The name is
     /// checked to be a file of the package first.
     pub(super) fn remove(&self, package: &str, filename: &str) -> anyhow::Result<Result<bool, String>> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use piwheels_common::protocols::{AdminReply, BuildResult, ImportRequest, Timestamp, TransferId, WheelFile, WireError};
 
-use crate::calls::db::{BuildAbis, BuildRecord, FileWithHash, LogBuild, PackageExists, RewriteScope, VersionExists};
+use crate::calls::db::{BuildAbis, BuildRecord, FileWithHash, LogBuild, NameForFile, PackageExists, RewriteScope, VersionExists};
 use crate::calls::files::{Abandon, Expect, Expected, FileExpectation, Verification, Verify};
 use crate::calls::CallError;
 use crate::calls::tasks::WebRequest;
@@ -280,7 +280,7 @@ fn check_import(sockets: &Sockets, mut request: ImportRequest) -> Result<ImportR
 /// The request that has the file juggler expect file `index` of an import.
 fn expect_request(request: &ImportRequest, index: usize, uploader: Option<String>) -> Expect {
     let expectation = FileExpectation { version: request.version.clone(), abi: request.abi.clone(), platform: String::new(), uploader };
-    Expect { package: request.package.clone(), file: Box::new(request.files[index].clone()), expectation: Box::new(expectation) }
+    Expect { package: request.package.clone(), file: Box::new(request.files[index].clone()), expectation: Box::new(expectation), must_send: false }
 }
 
 /// Has the file juggler expect every file of an import, so that a refusal comes before any
@@ -289,8 +289,20 @@ fn expect_request(request: &ImportRequest, index: usize, uploader: Option<String
 fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<String>, began: Timestamp) -> Result<Import, WireError> {
     let mut states = Vec::with_capacity(request.files.len());
     for index in 0..request.files.len() {
-        let file = &request.files[index];
-        let state = match sockets.fs.call(expect_request(&request, index, uploader.clone())) {
+        let file = request.files[index].clone();
+        // A name the index ever recorded keeps its bytes: an import under it with other bytes
+        // is refused before anything is published (the operator names imported files).
+        let naming = NameForFile { package: request.package.clone(), filename: file.filename.clone(), sha256: file.sha256.clone() };
+        let state = match sockets.db.call(naming) {
+            Ok(name) if name != file.filename => Err(WireError::refused(format!(
+                "{} holds other bytes than a file the index published under that name (or a newer build tag of it); \
+                 import it under a higher build tag, such as {name}",
+                file.filename
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        let state = state.and_then(|()| match sockets.fs.call(expect_request(&request, index, uploader.clone())) {
             Ok(Expected::Expecting { transfer }) => Ok(FileState::Pending(transfer)),
             Ok(Expected::AlreadyHave { file }) => {
                 request.files[index] = *file;
@@ -300,7 +312,7 @@ fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<St
                 Err(WireError::refused(format!("the master refused {}: {reason}", file.filename)))
             }
             Err(e) => Err(e.into()),
-        };
+        });
         match state {
             Ok(state) => states.push(state),
             Err(message) => {
