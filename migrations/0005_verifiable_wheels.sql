@@ -60,12 +60,16 @@ CREATE TABLE environments (
 
 -- What a build's signed provenance says beyond its row: when the master handed it out (an
 -- import: when it began), the key of the builder (or importer) as the master authorized it,
--- and what the builder builds with. NULL for builds recorded before this version, which have
--- no provenance (and for imports, the environment).
+-- what the builder builds with, and the source it was handed (the version's pin then: an
+-- operator may clear a pin later). NULL for builds recorded before this version, which have
+-- no provenance (and for imports, the environment and the source).
 ALTER TABLE builds
-    ADD COLUMN started_at     TIMESTAMPTZ,
-    ADD COLUMN builder_key    VARCHAR(40),
-    ADD COLUMN environment_id BIGINT REFERENCES environments;
+    ADD COLUMN started_at      TIMESTAMPTZ,
+    ADD COLUMN builder_key     VARCHAR(40),
+    ADD COLUMN environment_id  BIGINT REFERENCES environments,
+    ADD COLUMN source_filename VARCHAR(255),
+    ADD COLUMN source_url      VARCHAR(2000),
+    ADD COLUMN source_sha256   CHAR(64);
 
 GRANT SELECT, INSERT ON retired_files, environments TO piwheels_app;
 GRANT USAGE ON SEQUENCE environments_environment_id_seq TO piwheels_app;

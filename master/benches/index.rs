@@ -118,6 +118,7 @@ fn record(package: &str, version: &str, filename: &str) -> BuildRecord {
         started_at: chrono::Utc::now(),
         builder_key: None,
         environment: Default::default(),
+        source: None,
         result: BuildResult {
             success: true,
             failure: None,

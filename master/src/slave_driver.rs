@@ -869,7 +869,7 @@ impl SlaveDriver {
     fn finish(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], build: PackageVersion, mut result: BuildResult) -> SlaveReply {
         let Some(slave) = self.slaves.get(identity) else { return SlaveReply::Done };
         if !result.success || result.files.is_empty() {
-            let elapsed = slave.build_started().map(|started| ctx.now().saturating_duration_since(started));
+            let elapsed = slave.handed_out().map(|(started, _)| ctx.now().saturating_duration_since(started));
             if let Err(reason) = check_failure(&result, &slave.hello, elapsed) {
                 return self.give_up(sockets, ctx, identity, &build, &reason);
             }
@@ -880,7 +880,7 @@ impl SlaveDriver {
         }
         let success = result.success;
         let output = result.output.clone();
-        let handed_out = slave.build_started().map_or(Duration::ZERO, |started| ctx.now().saturating_duration_since(started));
+        let handed_out = slave.handed_out().map_or(Duration::ZERO, |(started, _)| ctx.now().saturating_duration_since(started));
         let record = BuildRecord {
             built_by: slave.id,
             builder: slave.hello.host.label.clone(),
@@ -890,6 +890,7 @@ impl SlaveDriver {
             started_at: ctx.utc() - chrono::Duration::from_std(handed_out).unwrap_or_default(),
             builder_key: slave.key.clone(),
             environment: slave.hello.environment.clone(),
+            source: slave.handed_out().map(|(_, source)| source.clone()),
             result,
         };
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());

@@ -36,11 +36,17 @@ pub enum Stage {
         build: PackageVersion,
         /// When it was handed out.
         started: Instant,
+        /// The source it was handed with.
+        source: SourceFile,
     },
     /// The slave is sending a file of a finished build.
     Sending {
         /// The release.
         build: PackageVersion,
+        /// When it was handed out.
+        started: Instant,
+        /// The source it was handed with.
+        source: SourceFile,
         /// The build's outcome, kept until every file is in.
         result: Box<BuildResult>,
         /// The file being sent.
@@ -141,11 +147,12 @@ impl Slave {
         now.saturating_duration_since(self.last_seen) > self.hello.busy_timeout
     }
 
-    /// When the release it holds was handed out, if it holds one.
-    pub fn build_started(&self) -> Option<Instant> {
+    /// When the release it holds was handed out, and the source it was handed with, if it
+    /// holds one (building it or sending its files).
+    pub fn handed_out(&self) -> Option<(Instant, &SourceFile)> {
         match &self.stage {
-            Stage::Building { started, .. } => Some(*started),
-            _ => None,
+            Stage::Building { started, source, .. } | Stage::Sending { started, source, .. } => Some((*started, source)),
+            Stage::Idle => None,
         }
     }
 
@@ -180,46 +187,46 @@ impl Slave {
                     Decision::FindWork
                 }
             }
-            (Stage::Building { build, started }, SlaveRequest::Busy { .. }) => {
+            (Stage::Building { build, started, source }, SlaveRequest::Busy { .. }) => {
                 if self.flags.skip {
                     Decision::Reply(self.abandon(&build, "skipped by an operator"))
                 } else if now.saturating_duration_since(started) > self.hello.build_timeout.saturating_add(BUILD_TIMEOUT_GRACE) {
                     Decision::Reply(self.abandon(&build, "past its build timeout"))
                 } else {
-                    self.stage = Stage::Building { build, started };
+                    self.stage = Stage::Building { build, started, source };
                     Decision::Reply(SlaveReply::Cont)
                 }
             }
-            (Stage::Building { build, started }, SlaveRequest::Built(mut result)) => {
+            (Stage::Building { build, started, source }, SlaveRequest::Built(mut result)) => {
                 result.output = bounded_log(std::mem::take(&mut result.output));
                 if self.flags.skip {
                     Decision::Reply(self.abandon(&build, "skipped by an operator"))
                 } else if let Some(reason) = unrecordable(&result.files) {
                     // No such build can be recorded. The slave keeps its build until it is
                     // dropped, so that the release goes back to the queue.
-                    self.stage = Stage::Building { build, started };
+                    self.stage = Stage::Building { build, started, source };
                     Decision::Die { reason: format!("protocol error: {reason}") }
                 } else if result.success && !result.files.is_empty() {
                     // A success's time is no longer than the build was out.
                     result.duration = result.duration.min(now.saturating_duration_since(started));
                     bound_figures(&mut result);
                     // The stage stays Building until the driver asks for the first file.
-                    self.stage = Stage::Building { build: build.clone(), started };
+                    self.stage = Stage::Building { build: build.clone(), started, source };
                     Decision::StartTransfer { build, result: Box::new(result) }
                 } else {
                     // Files of a failed build were never sent nor checked: none is recorded.
                     result.files.clear();
                     // Its time is checked against the master's before it is recorded.
                     bound_figures(&mut result);
-                    self.stage = Stage::Building { build: build.clone(), started };
+                    self.stage = Stage::Building { build: build.clone(), started, source };
                     Decision::RecordFailure { build, result: Box::new(result) }
                 }
             }
-            (Stage::Sending { build, result, filename, transfer }, SlaveRequest::Sent { filename: sent }) if sent == filename => {
+            (Stage::Sending { build, started, source, result, filename, transfer }, SlaveRequest::Sent { filename: sent }) if sent == filename => {
                 if self.flags.skip {
                     Decision::Reply(self.abandon(&build, "skipped by an operator"))
                 } else {
-                    self.stage = Stage::Sending { build: build.clone(), result: result.clone(), filename: filename.clone(), transfer };
+                    self.stage = Stage::Sending { build: build.clone(), started, source, result: result.clone(), filename: filename.clone(), transfer };
                     Decision::VerifyFile { build, result, filename, transfer }
                 }
             }
@@ -238,8 +245,8 @@ impl Slave {
 
     /// Hands the slave a release to build from its pinned source.
     pub fn start_build(&mut self, build: PackageVersion, source: SourceFile, now: Instant) -> SlaveReply {
-        let reply = SlaveReply::Build { package: build.package.clone(), version: build.version.clone(), source };
-        self.stage = Stage::Building { build, started: now };
+        let reply = SlaveReply::Build { package: build.package.clone(), version: build.version.clone(), source: source.clone() };
+        self.stage = Stage::Building { build, started: now, source: source.clone() };
         reply
     }
 
@@ -251,8 +258,12 @@ impl Slave {
 
     /// Asks the slave for a file of its finished build.
     pub fn send(&mut self, result: Box<BuildResult>, filename: String, transfer: TransferId) -> SlaveReply {
-        let build = self.build().cloned().unwrap_or_else(|| PackageVersion { package: String::new(), version: String::new() });
-        self.stage = Stage::Sending { build, result, filename: filename.clone(), transfer };
+        let (build, started, source) = match &self.stage {
+            Stage::Building { build, started, source } | Stage::Sending { build, started, source, .. } => (build.clone(), *started, source.clone()),
+            // The driver asks for files of a build only.
+            Stage::Idle => return self.done(),
+        };
+        self.stage = Stage::Sending { build, started, source, result, filename: filename.clone(), transfer };
         SlaveReply::Send { filename, transfer }
     }
 

@@ -671,12 +671,20 @@ fn a_rebuild_request_queues_a_built_release_until_a_build_of_it_is_recorded() {
     let queued = fx.queue(10);
     assert_eq!(queued["cp39"], ["bar 1.0", "foo 1.0"]);
     assert_eq!((queued["cp311"].as_slice(), queued["cp313"].as_slice()), (&[][..], &[][..]), "a release waits on its lowest pending ABI");
-    fx.log_build(build("foo", "1.0", "cp39", vec![tagged(&other_bytes(&platform("foo", "1.0", "cp39"), "again"), "1")]));
+    // A build handed out before the request does not answer it.
+    fx.log_build(build("foo", "1.0", "cp39", vec![]));
+    assert_eq!(fx.queue(10)["cp39"], ["bar 1.0", "foo 1.0"]);
+    let after_request = |mut record: BuildRecord| {
+        record.started_at = Utc::now() + TimeDelta::seconds(1);
+        record
+    };
+    fx.log_build(after_request(build("foo", "1.0", "cp39", vec![tagged(&other_bytes(&platform("foo", "1.0", "cp39"), "again"), "1")])));
     assert_eq!(fx.queue(10)["cp311"], ["foo 1.0"], "the cp39 request is answered");
-    fx.log_build(build("foo", "1.0", "cp311", vec![]));
-    fx.log_build(build("foo", "1.0", "cp313", vec![]));
+    fx.log_build(after_request(build("foo", "1.0", "cp311", vec![])));
+    fx.log_build(after_request(build("foo", "1.0", "cp313", vec![])));
     assert_eq!(fx.queue(10), expected, "every request answered");
     assert_eq!(fx.value("SELECT count(*) FROM files"), "3", "the published files stay");
+    assert_eq!(fx.value("SELECT count(*) FROM builds WHERE package = 'foo'"), "7");
     // One ABI, even one it was never built on.
     assert_eq!(fx.call(WantRebuild { package: "bar".into(), version: "1.0".into(), abi: Some("cp313".into()) }), ["cp313"]);
     for (request, why) in [

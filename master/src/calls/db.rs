@@ -52,6 +52,8 @@ pub struct BuildRecord {
     /// What the builder builds with, as its hello said (empty for an import).
     #[cfg_attr(test, proptest(strategy = "small_map()"))]
     pub environment: BTreeMap<String, String>,
+    /// The source the build was handed with (None for an import).
+    pub source: Option<SourceFile>,
     /// What happened.
     pub result: BuildResult,
 }
@@ -81,7 +83,7 @@ pub struct FileProvenance {
     pub abi: String,
     /// Whether it was imported (piw-import) rather than built.
     pub imported: bool,
-    /// The release's pinned source; None for an import.
+    /// The source the build was handed with; None for an import.
     pub source: Option<SourceFile>,
     /// The builder's or importer's key (Z85).
     pub builder_key: Option<String>,

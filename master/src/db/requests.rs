@@ -472,7 +472,10 @@ impl Database {
             .bind(&output)
             .bind(record.started_at)
             .bind(&record.builder_key)
-            .bind((!record.environment.is_empty()).then(|| serde_json::to_string(&record.environment).expect("a map of strings serializes")));
+            .bind((!record.environment.is_empty()).then(|| serde_json::to_string(&record.environment).expect("a map of strings serializes")))
+            .bind(record.source.as_ref().map(|s| s.filename.as_str()))
+            .bind(record.source.as_ref().map(|s| s.url.as_str()))
+            .bind(record.source.as_ref().map(|s| s.sha256.as_str()));
         let mut logged = call().fetch_one(&mut self.conn).await;
         if matches!(&logged, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_FUNCTION)) {
             // The session lost its temporary objects (`DISCARD ALL` by a pooler, say): made again.
@@ -552,10 +555,9 @@ impl Database {
         type Row = (String, String, String, String, String, bool, Option<String>, Option<String>, Option<String>, Option<String>, String, Option<String>, i64, Timestamp, Timestamp);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT f.filename, f.filehash::text, b.package, b.version, b.abi_tag, b.built_by = 0, \
-                    v.source_filename, v.source_url, v.source_sha256::text, b.builder_key, b.builder, e.environment::text, \
+                    b.source_filename, b.source_url, b.source_sha256::text, b.builder_key, b.builder, e.environment::text, \
                     b.build_id, b.started_at, b.built_at \
              FROM builds b JOIN files f ON f.build_id = b.build_id \
-             JOIN versions v ON v.package = b.package AND v.version = b.version \
              LEFT JOIN environments e ON e.environment_id = b.environment_id \
              WHERE b.build_id = ANY($1) AND b.started_at IS NOT NULL \
              ORDER BY f.filename COLLATE \"C\"",
@@ -870,14 +872,15 @@ pub(super) async fn make_session_functions(conn: &mut PgConnection) -> Result<()
 
 /// The call of [`LOG_BUILD_FUNCTION`]; the arguments are listed there.
 const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32::jsonb)";
+                              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32::jsonb, $33, $34, $35)";
 
 /// Records a build, made once per session (by [`Database::connect`](super::Database::connect))
 /// so that a build costs one round trip while its SQL stays here, beside the statements it
 /// shares with other requests. Arguments: the build ($1 to $11); its files ($12 to $23, an
 /// array per column, an element per file); its page rewrite ($24 time, $25 scope); its files'
 /// dependencies ($26 to $28, an array per column); its log ($29); when it was handed out, its
-/// builder's key and what the builder builds with, for its provenance ($30 to $32). In order:
+/// builder's key, what the builder builds with and the source it was handed, for its
+/// provenance ($30 to $35). In order:
 ///
 /// 0. the builder's environment, found or added (NULL when there is none);
 ///
@@ -893,7 +896,7 @@ const LOG_BUILD_FUNCTION: &str = concat!(
     "CREATE FUNCTION pg_temp.log_build(
         text, text, integer, text, text, boolean, interval, interval, bigint, integer, text,
         text[], bigint[], text[], text[], text[], text[], text[], text[], text[], text[], integer[], text[],
-        timestamptz, text, text[], text[], text[], text, timestamptz, text, jsonb
+        timestamptz, text, text[], text[], text[], text, timestamptz, text, jsonb, text, text, text
     ) RETURNS bigint LANGUAGE plpgsql AS $body$
     DECLARE
         logged_build bigint;
@@ -915,8 +918,9 @@ const LOG_BUILD_FUNCTION: &str = concat!(
         END IF;
         WITH build AS (
             INSERT INTO builds (package, version, built_by, builder, abi_tag, status, duration, cpu_time,
-                                peak_memory, exit_status, failure, started_at, builder_key, environment_id)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $30, $31, env_id)
+                                peak_memory, exit_status, failure, started_at, builder_key, environment_id,
+                                source_filename, source_url, source_sha256)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $30, $31, env_id, $33, $34, $35)
             RETURNING build_id
         ), file AS (
             INSERT INTO files (filename, build_id, filesize, filehash, metadata_hash, package_tag,
@@ -952,7 +956,8 @@ const LOG_BUILD_FUNCTION: &str = concat!(
     rewrite_conflict!(),
     ";
         DELETE FROM dependencies WHERE filename = ANY($12);
-        DELETE FROM rebuilds_wanted WHERE package = $1 AND version = $2 AND abi_tag = $5;
+        -- Only a build handed out after the request answers it.
+        DELETE FROM rebuilds_wanted WHERE package = $1 AND version = $2 AND abi_tag = $5 AND requested_at <= $30;
         ",
     refresh_complete_sql!(),
     ";

@@ -178,6 +178,7 @@ impl MrChase {
             started_at: import.began,
             builder_key: import.uploader.clone(),
             environment: Default::default(),
+            source: None,
             result: BuildResult {
                 success: true,
                 failure: None,

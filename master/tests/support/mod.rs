@@ -151,6 +151,7 @@ pub fn build_record(package: &str, version: &str, abi: &str, files: Vec<WheelFil
         started_at: chrono::Utc::now() - chrono::Duration::seconds(90),
         builder_key: None,
         environment: [("python".to_string(), "3.11.2".to_string())].into(),
+        source: Some(piwheels_testsupport::data::source_file(package, version)),
         result: BuildResult {
             success,
             failure: (!success).then_some(FailureKind::Build),
