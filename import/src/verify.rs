@@ -123,7 +123,13 @@ pub fn run(cfg: &VerifyConfig) -> Result<(), VerifyError> {
             Some(path) => std::fs::read(path).map_err(|e| undecided(format!("cannot read {}: {e}", path.display())))?,
             None => {
                 let url = format!("{base}/simple/{}/{}{}", canonicalize(&name.name), encode(&wheel.filename), provenance::SUFFIX);
-                get(&http, &url, MAX_SMALL)?
+                get_if_found(&http, &url, MAX_SMALL)?.ok_or_else(|| {
+                    VerifyError::Mismatch(format!(
+                        "{}: the index has no signed statement for it ({url}: not found); wheels recorded before \
+                         the index kept provenance have none",
+                        wheel.filename
+                    ))
+                })?
             }
         };
         let statement = check(&wheel, &envelope, &key).map_err(|e| VerifyError::Mismatch(format!("{}: {e}", wheel.filename)))?;
@@ -197,7 +203,15 @@ fn encode(name: &str) -> String {
 
 /// The body at `url`, at most `limit` bytes.
 fn get(http: &reqwest::blocking::Client, url: &str, limit: u64) -> Result<Vec<u8>, VerifyError> {
+    get_if_found(http, url, limit)?.ok_or_else(|| undecided(format!("cannot fetch {url}: HTTP 404 Not Found")))
+}
+
+/// The body at `url`, at most `limit` bytes; None when the server says there is none (404).
+fn get_if_found(http: &reqwest::blocking::Client, url: &str, limit: u64) -> Result<Option<Vec<u8>>, VerifyError> {
     let response = http.get(url).send().map_err(|e| undecided(format!("cannot fetch {url}: {e}")))?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
     if !response.status().is_success() {
         return Err(undecided(format!("cannot fetch {url}: HTTP {}", response.status())));
     }
@@ -206,7 +220,7 @@ fn get(http: &reqwest::blocking::Client, url: &str, limit: u64) -> Result<Vec<u8
     if body.len() as u64 > limit {
         return Err(undecided(format!("{url} is larger than {limit} bytes")));
     }
-    Ok(body)
+    Ok(Some(body))
 }
 
 /// The project's simple page in PEP 691 JSON: its files.

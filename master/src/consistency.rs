@@ -171,13 +171,18 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
         }
         let names: HashSet<String> = dir_names(&dir)?.into_iter().collect();
         for name in &names {
-            let side_file_of = name.strip_suffix(".metadata").or_else(|| name.strip_suffix(provenance::SUFFIX));
+            let statement_of = name.strip_suffix(provenance::SUFFIX);
+            let side_file_of = name.strip_suffix(".metadata").or(statement_of);
             let wheel = match side_file_of {
                 Some(wheel) if wheel.ends_with(".whl") => wheel,
                 _ if name.ends_with(".whl") => name.as_str(),
                 _ => continue,
             };
-            findings.files_seen += 1;
+            // Wheels and their METADATA, as before statements: the share a mass removal is
+            // measured against.
+            if statement_of.is_none() {
+                findings.files_seen += 1;
+            }
             if !recorded_anywhere.contains(wheel) {
                 let path = dir.join(name);
                 if old_enough(&path, check.min_age) {
@@ -205,14 +210,14 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
     }
     // Statements are written after their build is recorded: on a running farm one may be a
     // moment behind, which the writer's own retries cover.
-    let mut unsigned: Vec<(String, i64)> = Vec::new();
+    let mut unsigned: Vec<(String, String, i64)> = Vec::new();
     for (package, filename, build) in attested {
         let statement = format!("{filename}{}", provenance::SUFFIX);
         let names = on_disk.get(&package);
         if names.is_some_and(|names| names.contains(&filename) && !names.contains(&statement)) {
             let path = layout.simple_package(&package).join(statement);
             if old_enough(&layout.simple_package(&package).join(&filename), check.min_age) {
-                unsigned.push((package, build));
+                unsigned.push((package, filename, build));
             }
             findings.missing_provenance.push(path);
         }
@@ -301,9 +306,10 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
     }
     if let Some(key) = check.signing_key.as_ref().filter(|_| !unsigned.is_empty()) {
         let writer = IndexWriter::open(layout.clone(), PageOptions::default())?;
-        let builds: Vec<i64> = unsigned.iter().map(|(_, build)| *build).collect::<HashSet<_>>().into_iter().collect();
+        let builds: Vec<i64> = unsigned.iter().map(|(_, _, build)| *build).collect::<HashSet<_>>().into_iter().collect();
+        let missing: HashSet<&str> = unsigned.iter().map(|(_, filename, _)| filename.as_str()).collect();
         let mut written = 0;
-        for file in db.build_provenance(&builds).await? {
+        for file in db.build_provenance(&builds).await?.into_iter().filter(|file| missing.contains(file.filename.as_str())) {
             match writer.write_provenance(&file.package, &file.filename, &provenance::sign(&file.facts().statement(), key)) {
                 Ok(()) => written += 1,
                 Err(e) => findings.repaired.push(format!("could not write the provenance of {}: {e}", file.filename)),
@@ -311,7 +317,7 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
         }
         findings.repaired.push(format!("wrote {written} provenance statements again from the database"));
         // Project pages link only the statements that exist.
-        for package in unsigned.into_iter().map(|(package, _)| package).collect::<HashSet<_>>() {
+        for package in unsigned.iter().map(|(package, _, _)| package.clone()).collect::<HashSet<_>>() {
             let rewrite = PendingRewrite { package, added_at: chrono::Utc::now(), scope: RewriteScope::Project };
             db.add_rewrite(&rewrite).await?;
         }

@@ -1232,7 +1232,6 @@ impl Task for SlaveDriver {
     }
 }
 
-/// Whether `build` falls under the deletion `gone` (an empty version means every version).
 /// `file` described under the name `name`, the same wheel with another build tag (or itself).
 fn renamed(file: &WheelFile, name: &str) -> WheelFile {
     let mut renamed = file.clone();
@@ -1243,6 +1242,7 @@ fn renamed(file: &WheelFile, name: &str) -> WheelFile {
     renamed
 }
 
+/// Whether `build` falls under the deletion `gone` (an empty version means every version).
 fn matches(gone: &PackageVersion, build: &PackageVersion) -> bool {
     gone.package == build.package && (gone.version.is_empty() || gone.version == build.version)
 }

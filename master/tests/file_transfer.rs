@@ -332,6 +332,9 @@ fn hostile_announcements_are_refused_and_the_juggler_still_serves() {
         ("foo", named("foo-1.0-py3-none-any.whl\0.txt"), "control character"),
         ("foo", named("foo-1.0-py3-none-any.zip"), ".whl"),
         ("foo", named("bar-1.0-py3-none-any.whl"), "not a file of package foo"),
+        ("foo", named("foo-1.0-1234567890-py3-none-any.whl"), "a number of more than 9 digits"),
+        // 243 bytes: its .metadata file would fit, its provenance statement (13 more) not.
+        ("foo", named(&format!("foo-1.0-1{}-py3-none-any.whl", "a".repeat(218))), "too long to publish its side files"),
         ("../foo", good.clone(), "not a canonical package name"),
         ("Foo", good.clone(), "not a canonical package name"),
         ("foo/bar", good.clone(), "not a canonical package name"),

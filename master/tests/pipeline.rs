@@ -597,4 +597,11 @@ fn built_wheels_carry_signed_provenance_that_piw_verify_checks() {
     let (status, _, why) = verify(&["--statement".as_ref(), other_statement.as_os_str(), wheel.as_os_str()]);
     assert_eq!(status, Some(1), "{why}");
     assert!(why.contains("the statement is for another file: other_pkg-1.0-py3-none-any.whl"), "{why}");
+    // A wheel the index has no statement for.
+    std::fs::remove_file(&other_statement).unwrap();
+    let other_wheel = work.path().join("other_pkg-1.0-py3-none-any.whl");
+    std::fs::copy(farm.path("www/simple/other-pkg/other_pkg-1.0-py3-none-any.whl"), &other_wheel).unwrap();
+    let (status, _, why) = verify(&[other_wheel.as_os_str()]);
+    assert_eq!(status, Some(1), "{why}");
+    assert!(why.contains("the index has no signed statement for it"), "{why}");
 }

@@ -57,14 +57,14 @@ pub const DEFAULT_COMMAND: &str = "{python} -m pip wheel {source} --wheel-dir={w
 /// process group is killed.
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
 
-/// How often the builder looks at a running build (has it ended, is it past its time, has
-/// the caller asked it to stop): first after `FIRST_POLL`, then twice as long each time up to
-/// `POLL`, so that a quick build's end is noticed at once and a long one costs nothing.
 /// Every build's `SOURCE_DATE_EPOCH`: 1980-01-01, the earliest time a zip member can carry.
 /// Wheel builders stamp the members with it instead of the time of the build, so that a build
 /// that is otherwise deterministic makes the same bytes every time.
 const SOURCE_DATE_EPOCH: &str = "315532800";
 
+/// How often the builder looks at a running build (has it ended, is it past its time, has
+/// the caller asked it to stop): first after `FIRST_POLL`, then twice as long each time up to
+/// `POLL`, so that a quick build's end is noticed at once and a long one costs nothing.
 const FIRST_POLL: Duration = Duration::from_millis(2);
 const POLL: Duration = Duration::from_millis(100);
 

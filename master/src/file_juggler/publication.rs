@@ -26,14 +26,18 @@ use anyhow::Context as _;
 use piwheels_common::inspect::{self, WheelArchive};
 use piwheels_common::names::{canonicalize, same_version};
 use piwheels_common::protocols::{Dependencies, WheelFile};
+use piwheels_common::provenance;
 use piwheels_common::wheel::{MAX_FILENAME, WheelName};
 
 use super::staging::{Part, remove_quietly};
 use crate::atomic_file::{Durability, write_atomically};
 use crate::calls::files::FileExpectation;
 
-/// Longest `.metadata` side-file name: the file system's limit on one name.
+/// Longest side-file name: the file system's limit on one name.
 const MAX_PUBLISHED_NAME: usize = 255;
+/// Digits a build tag's number may have: its files rank above the same wheel's older ones by
+/// that number, which must leave room for the next one.
+const MAX_BUILD_NUMBER_DIGITS: usize = 9;
 /// Suffix of the side file holding a wheel's METADATA (PEP 658).
 const METADATA_SUFFIX: &str = ".metadata";
 
@@ -78,8 +82,15 @@ impl Publisher {
         }
         let name = WheelName::parse(&file.filename).map_err(|e| e.to_string())?;
         check_name(&name, package, expectation)?;
-        if file.filename.len() + METADATA_SUFFIX.len() > MAX_PUBLISHED_NAME {
-            return Err(format!("{} is too long to publish its {METADATA_SUFFIX} file beside it", file.filename));
+        // The longest side file is the signed provenance the index writer puts beside it.
+        let longest_suffix = METADATA_SUFFIX.len().max(provenance::SUFFIX.len());
+        if file.filename.len() + longest_suffix > MAX_PUBLISHED_NAME {
+            return Err(format!("{} is too long to publish its side files ({METADATA_SUFFIX}, {}) beside it", file.filename, provenance::SUFFIX));
+        }
+        if let Some(build) = &name.build
+            && build.bytes().take_while(u8::is_ascii_digit).count() > MAX_BUILD_NUMBER_DIGITS
+        {
+            return Err(format!("{}: its build tag {build} has a number of more than {MAX_BUILD_NUMBER_DIGITS} digits", file.filename));
         }
         if file.size > self.max_file_size {
             return Err(format!("{} is {} bytes, more than the {} bytes this master accepts", file.filename, file.size, self.max_file_size));

@@ -200,9 +200,12 @@ pub struct Scribe {
     root_written: Option<Instant>,
     /// Build logs that could not be written, tried again at each flush: (build, package, log).
     unwritten_logs: VecDeque<(BuildId, String, String)>,
-    /// Builds whose files' provenance could not be written, tried again at each flush; past
-    /// [`MAX_UNWRITTEN_LOGS`] the oldest is left to the consistency check.
+    /// Builds whose files' provenance could not be written, tried again together once
+    /// `unsigned_retry` has passed; past [`MAX_UNWRITTEN_LOGS`] the oldest is left to the
+    /// consistency check.
     unsigned: VecDeque<(BuildId, String)>,
+    /// When to try `unsigned` again.
+    unsigned_retry: Instant,
 }
 
 /// How one package's write went.
@@ -224,6 +227,7 @@ impl Scribe {
             root_written: None,
             unwritten_logs: VecDeque::new(),
             unsigned: VecDeque::new(),
+            unsigned_retry: Instant::now(),
         })
     }
 
@@ -450,7 +454,7 @@ impl Scribe {
                     self.keep_log(build_id, rewrite.package.clone(), output, ctx);
                 }
                 // Before the pages, which link the statements that are there.
-                if let Err(e) = self.sign(build_id, sockets) {
+                if let Err(e) = self.sign(&[build_id], sockets) {
                     tracing::warn!("cannot write the provenance of build {build_id} ({e:#}); it will be tried again");
                     self.keep_unsigned(build_id, rewrite.package.clone(), ctx);
                 }
@@ -548,9 +552,9 @@ impl Scribe {
         }
     }
 
-    /// Writes the signed provenance of every file of `build_id` beside it.
-    fn sign(&self, build_id: BuildId, sockets: &Sockets) -> anyhow::Result<()> {
-        for file in sockets.db.call(BuildProvenance { builds: vec![build_id] })? {
+    /// Writes the signed provenance of every file of `builds` beside it.
+    fn sign(&self, builds: &[BuildId], sockets: &Sockets) -> anyhow::Result<()> {
+        for file in sockets.db.call(BuildProvenance { builds: builds.to_vec() })? {
             let envelope = provenance::sign(&file.facts().statement(), &self.config.signing_key);
             self.writer.write_provenance(&file.package, &file.filename, &envelope)?;
         }
@@ -566,24 +570,31 @@ impl Scribe {
             tracing::error!("gave up writing the provenance of build {oldest}: piw-check --repair writes it from the database");
         }
         self.unsigned.push_back((build_id, package));
+        self.unsigned_retry = ctx.now() + self.config.retry;
         ctx.schedule(Event::Flush, self.config.retry);
     }
 
-    /// Writes the provenance that could not be written before; each build's project page is
-    /// written again, since pages link only the statements that exist.
+    /// Writes the provenance that could not be written before, all in one go once the retry
+    /// interval has passed; the builds' project pages are written again, since pages link
+    /// only the statements that exist.
     fn retry_unsigned(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Event>) {
-        for (build_id, package) in std::mem::take(&mut self.unsigned) {
-            match self.sign(build_id, sockets) {
-                Ok(()) => {
-                    tracing::info!("wrote the provenance of build {build_id}, which could not be written before");
+        if self.unsigned.is_empty() || ctx.now() < self.unsigned_retry {
+            return;
+        }
+        let builds: Vec<BuildId> = self.unsigned.iter().map(|(build_id, _)| *build_id).collect();
+        match self.sign(&builds, sockets) {
+            Ok(()) => {
+                tracing::info!("wrote the provenance of {} builds, which could not be written before", builds.len());
+                for (_, package) in std::mem::take(&mut self.unsigned) {
                     let rewrite = PendingRewrite { package, added_at: ctx.utc(), scope: RewriteScope::Project };
                     self.enqueue(&rewrite, ctx);
                 }
-                Err(_) => self.unsigned.push_back((build_id, package)),
             }
-        }
-        if !self.unsigned.is_empty() {
-            ctx.schedule(Event::Flush, self.config.retry);
+            Err(e) => {
+                tracing::warn!("still cannot write the provenance of {} builds ({e:#}); trying again later", builds.len());
+                self.unsigned_retry = ctx.now() + self.config.retry;
+                ctx.schedule(Event::Flush, self.config.retry);
+            }
         }
     }
 
