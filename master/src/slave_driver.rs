@@ -896,7 +896,7 @@ impl SlaveDriver {
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());
         let rewrite = record.pending_rewrite(ctx.utc());
         // Sent once: an unanswered request may have been recorded all the same.
-        match sockets.db.call(LogBuild { build: record, rewrite_at: rewrite.added_at }) {
+        match sockets.db.call(LogBuild { build: Box::new(record), rewrite_at: rewrite.added_at }) {
             Ok(build_id) => {
                 // Its files are the build's now.
                 self.published.remove(&slave_id);

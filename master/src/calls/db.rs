@@ -429,7 +429,7 @@ calls! {
     /// id.
     LogBuild {
         /// The build.
-        build: BuildRecord,
+        build: Box<BuildRecord>,
         /// The pending rewrite's time, by the index writer's clock (the master's).
         #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
         rewrite_at: Timestamp,

@@ -192,7 +192,7 @@ impl MrChase {
             },
         };
         let rewrite = record.pending_rewrite(ctx.utc());
-        let build_id = match sockets.db.call(LogBuild { build: record, rewrite_at: rewrite.added_at }) {
+        let build_id = match sockets.db.call(LogBuild { build: Box::new(record), rewrite_at: rewrite.added_at }) {
             Ok(id) => id,
             Err(e @ CallError::Transport { .. }) => {
                 // No answer: the build may yet be recorded, with its files, so they stay, and
