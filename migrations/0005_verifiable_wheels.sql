@@ -55,7 +55,9 @@ CREATE TABLE rebuilds_wanted (
 -- once per distinct environment: builds of one builder share a row.
 CREATE TABLE environments (
     environment_id BIGSERIAL NOT NULL PRIMARY KEY,
-    environment    JSONB NOT NULL UNIQUE
+    environment    JSONB NOT NULL,
+    -- Unique by digest: an index row of the JSON itself may be larger than a btree takes.
+    digest         TEXT NOT NULL GENERATED ALWAYS AS (md5(environment::text)) STORED UNIQUE
 );
 
 -- What a build's signed provenance says beyond its row: when the master handed it out (an

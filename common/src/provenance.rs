@@ -148,8 +148,10 @@ pub struct BuildMetadata {
     pub finished_on: Timestamp,
 }
 
-/// What the master records of a build, from which a file's statement is made.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the master records of a build, from which a file's statement is made (the oracles
+/// answer the index writer with these).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(proptest_derive::Arbitrary))]
 pub struct BuildFacts {
     /// The wheel's name.
     pub filename: String,
@@ -170,12 +172,15 @@ pub struct BuildFacts {
     /// Its label.
     pub label: String,
     /// What it builds with.
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "crate::arbitrary::small_map()"))]
     pub environment: BTreeMap<String, String>,
     /// The build's id.
     pub build_id: i64,
     /// When it was handed out (or the import began).
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "crate::arbitrary::arb_timestamp()"))]
     pub started: Timestamp,
     /// When it was recorded.
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "crate::arbitrary::arb_timestamp()"))]
     pub finished: Timestamp,
 }
 

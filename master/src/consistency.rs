@@ -310,7 +310,7 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
         let missing: HashSet<&str> = unsigned.iter().map(|(_, filename, _)| filename.as_str()).collect();
         let mut written = 0;
         for file in db.build_provenance(&builds).await?.into_iter().filter(|file| missing.contains(file.filename.as_str())) {
-            match writer.write_provenance(&file.package, &file.filename, &provenance::sign(&file.facts().statement(), key)) {
+            match writer.write_provenance(&file.package, &file.filename, &provenance::sign(&file.statement(), key)) {
                 Ok(()) => written += 1,
                 Err(e) => findings.repaired.push(format!("could not write the provenance of {}: {e}", file.filename)),
             }

@@ -570,7 +570,7 @@ impl MrChase {
             }
             RebuildTarget::Project(one) => (one, RewriteScope::Project),
             RebuildTarget::Both(one) => (one, RewriteScope::Both),
-            RebuildTarget::Release { package, version, abi } => return build_again(sockets, &package, &version, abi),
+            RebuildTarget::Release { package, version, abi } => return build_again(sockets, &package, &version, abi, ctx.utc()),
         };
         let pages = match scope {
             RewriteScope::Project => "project pages",
@@ -730,11 +730,11 @@ fn web(sockets: &Sockets, request: WebRequest) -> Result<(), WireError> {
 }
 
 /// Asks for a new build of a release (`piw-rebuild build`), its published files kept.
-fn build_again(sockets: &Sockets, package: &str, version: &str, abi: Option<String>) -> Outcome {
+fn build_again(sockets: &Sockets, package: &str, version: &str, abi: Option<String>, at: Timestamp) -> Outcome {
     let package = check_package(package)?;
     check_version(version)?;
     // The database refuses an ABI it does not build.
-    let abis = sockets.db.call(WantRebuild { package: package.clone(), version: version.to_string(), abi })?;
+    let abis = sockets.db.call(WantRebuild { package: package.clone(), version: version.to_string(), abi, at })?;
     if let Err(e) = sockets.remover.build_again(&package, version) {
         // The request is recorded: the release is built once the driver's hold on it ends.
         tracing::warn!("{e:#}");

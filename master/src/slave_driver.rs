@@ -56,6 +56,10 @@ use crate::gatekeeper::{Auth, Gate};
 use crate::slave_state::{Decision, Slave, Stage};
 use crate::wiring::{self, TaskName};
 
+/// Build tags a builder may give its wheels stay below this number, so that the tags the
+/// master gives rebuilds above them stay within the nine digits it publishes.
+const BUILDER_TAG_LIMIT: u64 = 1_000_000;
+
 /// How long a deleted package or version stays out of the queues, so that a queue computed
 /// just before the deletion cannot hand it out again.
 pub const DELETED_EXCLUSION: Duration = Duration::from_secs(3600);
@@ -604,8 +608,9 @@ impl SlaveDriver {
 
     /// Asks the file juggler for the files of `result` from `from` on, until one must be sent;
     /// records the build when none is left. Each file is published under the name the
-    /// database gives it ([`NameForFile`]): its own, or its own with the next build tag when
-    /// that name was ever recorded with other bytes. The slave sends it under its own name.
+    /// database gives it ([`NameForFile`]): the wheel's newest file when that holds the same
+    /// bytes, its own name, or its name with the next build tag. The slave sends every file,
+    /// under its own name.
     fn next_file(
         &mut self,
         sockets: &Sockets,
@@ -621,6 +626,12 @@ impl SlaveDriver {
         let mut resolved: Option<String> = None;
         while index < result.files.len() {
             let file = result.files[index].clone();
+            let own_tag = WheelName::parse(&file.filename).ok().and_then(|wheel| wheel.build_tag_rank().map(|(number, _)| number));
+            if own_tag.is_some_and(|number| number >= BUILDER_TAG_LIMIT) {
+                let reason = format!("its build tag's number is {BUILDER_TAG_LIMIT} or more; the master numbers rebuilds above a builder's tag");
+                self.refuse_file(sockets, ctx, identity, &mut result, index, &reason);
+                continue;
+            }
             let request = NameForFile { package: build.package.clone(), filename: file.filename.clone(), sha256: file.sha256.clone() };
             let published = match sockets.db.call(request) {
                 Ok(name) => renamed(&file, &name),
@@ -645,7 +656,7 @@ impl SlaveDriver {
                 Ok(Expected::Expecting { transfer }) => {
                     let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
                     if published.filename != file.filename {
-                        tracing::info!("{} from slave {} is to be published as {}: its own name holds other bytes", file.filename, slave.id, published.filename);
+                        tracing::info!("{} from slave {} is to be published as {} (a name keeps its bytes, and installers take a wheel's newest build tag)", file.filename, slave.id, published.filename);
                     }
                     return slave.send(result, file.filename, transfer);
                 }

@@ -629,6 +629,22 @@ fn a_file_is_named_after_the_bytes_the_index_holds_for_its_wheel() {
 }
 
 #[test]
+fn builds_share_their_builders_environment_however_large_it_is() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", at(2020, 1, 1));
+    // As large as a hello may make it: 32 entries of 200 bytes each side.
+    let large: BTreeMap<String, String> = (0..32).map(|n| (format!("{n:0>200}"), format!("{:x>200}", n))).collect();
+    let mut first = build("foo", "1.0", "cp39", vec![]);
+    first.environment = large.clone();
+    let mut second = build("foo", "1.0", "cp311", vec![]);
+    second.environment = large;
+    fx.log_build(first);
+    fx.log_build(second);
+    assert_eq!(fx.value("SELECT count(*) FROM environments"), "1");
+    assert_eq!(fx.value("SELECT count(DISTINCT environment_id) FROM builds"), "1");
+}
+
+#[test]
 fn a_removed_files_name_keeps_its_bytes() {
     let mut fx = Fixture::with_abis();
     fx.version("foo", "1.0", at(2020, 1, 1));
@@ -666,7 +682,7 @@ fn a_rebuild_request_queues_a_built_release_until_a_build_of_it_is_recorded() {
     expected.insert("cp39".into(), vec!["bar 1.0".to_string()]);
     assert_eq!(fx.queue(10), expected);
     // Every ABI the release was built on, a failure's included.
-    let abis = fx.call(WantRebuild { package: "foo".into(), version: "1.0".into(), abi: None });
+    let abis = fx.call(WantRebuild { package: "foo".into(), version: "1.0".into(), abi: None, at: Utc::now() });
     assert_eq!(abis, ["cp311", "cp313", "cp39"]);
     let queued = fx.queue(10);
     assert_eq!(queued["cp39"], ["bar 1.0", "foo 1.0"]);
@@ -686,17 +702,17 @@ fn a_rebuild_request_queues_a_built_release_until_a_build_of_it_is_recorded() {
     assert_eq!(fx.value("SELECT count(*) FROM files"), "3", "the published files stay");
     assert_eq!(fx.value("SELECT count(*) FROM builds WHERE package = 'foo'"), "7");
     // One ABI, even one it was never built on.
-    assert_eq!(fx.call(WantRebuild { package: "bar".into(), version: "1.0".into(), abi: Some("cp313".into()) }), ["cp313"]);
+    assert_eq!(fx.call(WantRebuild { package: "bar".into(), version: "1.0".into(), abi: Some("cp313".into()), at: Utc::now() }), ["cp313"]);
     for (request, why) in [
-        (WantRebuild { package: "bar".into(), version: "1.0".into(), abi: None }, "has no build"),
-        (WantRebuild { package: "foo".into(), version: "2.0".into(), abi: None }, "unknown version foo 2.0"),
-        (WantRebuild { package: "foo".into(), version: "1.0".into(), abi: Some("cp27mu".into()) }, "does not build ABI cp27mu"),
+        (WantRebuild { package: "bar".into(), version: "1.0".into(), abi: None, at: Utc::now() }, "has no build"),
+        (WantRebuild { package: "foo".into(), version: "2.0".into(), abi: None, at: Utc::now() }, "unknown version foo 2.0"),
+        (WantRebuild { package: "foo".into(), version: "1.0".into(), abi: Some("cp27mu".into()), at: Utc::now() }, "does not build ABI cp27mu"),
     ] {
         let message = fx.error(request);
         assert!(message.contains(why), "{message}");
     }
     fx.call(SkipVersion { package: "foo".into(), version: "1.0".into(), reason: "broken".into() });
-    let message = fx.error(WantRebuild { package: "foo".into(), version: "1.0".into(), abi: None });
+    let message = fx.error(WantRebuild { package: "foo".into(), version: "1.0".into(), abi: None, at: Utc::now() });
     assert!(message.contains("is skipped (broken)"), "{message}");
 }
 

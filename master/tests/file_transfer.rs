@@ -365,6 +365,21 @@ fn hostile_announcements_are_refused_and_the_juggler_still_serves() {
     assert_eq!(j.verify(transfer), FsReply::Verify(Verification::Verified { file: Box::new(good.clone()) }));
     assert_eq!(std::fs::metadata(j.published("foo", &good.filename)).unwrap().ino(), inode, "the published file stays as it was");
     assert_eq!(j.staging_files(), Vec::<String>::new());
+    // Another key's unfinished transfer of a builder's file is not taken over: each builder
+    // sends its own bytes.
+    let from = |key: &str| {
+        let expectation = FileExpectation { uploader: Some(key.into()), ..expectation(&good) };
+        match j.request(Expect { package: "foo".into(), file: Box::new(good.clone()), expectation: Box::new(expectation), must_send: true }) {
+            FsReply::Expect(Expected::Expecting { transfer }) => transfer,
+            other => panic!("{other:?}"),
+        }
+    };
+    let (a, b) = (from("key-a"), from("key-b"));
+    assert_ne!(a, b);
+    assert_eq!(from("key-a"), a, "the same key resumes its own transfer");
+    for transfer in [a, b] {
+        assert_eq!(j.request(Abandon { transfer }), FsReply::Abandon(()));
+    }
 
     let (path, next) = j.wheel("foo", "1.1", 500_000, 5);
     j.transfer_and_verify("foo", &path, &next);

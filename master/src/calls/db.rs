@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use piwheels_common::provenance::BuildFacts;
 use piwheels_common::protocols::{
     AccessRecord, BuildId, BuildResult, Dependencies, PackageVersion, SlaveId, SourceFile, Timestamp, WireError,
 };
@@ -64,62 +65,6 @@ impl BuildRecord {
     pub fn pending_rewrite(&self, added_at: Timestamp) -> PendingRewrite {
         let scope = if self.result.success { RewriteScope::Both } else { RewriteScope::Project };
         PendingRewrite { package: self.package.clone(), added_at, scope }
-    }
-}
-
-/// What a recorded file's signed statement says ([`piwheels_common::provenance`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(Arbitrary))]
-pub struct FileProvenance {
-    /// The wheel's name.
-    pub filename: String,
-    /// Its SHA-256.
-    pub sha256: String,
-    /// Canonical project name.
-    pub package: String,
-    /// The release.
-    pub version: String,
-    /// The build's ABI.
-    pub abi: String,
-    /// Whether it was imported (piw-import) rather than built.
-    pub imported: bool,
-    /// The source the build was handed with; None for an import.
-    pub source: Option<SourceFile>,
-    /// The builder's or importer's key (Z85).
-    pub builder_key: Option<String>,
-    /// Its label.
-    pub builder: String,
-    /// What it builds with.
-    #[cfg_attr(test, proptest(strategy = "small_map()"))]
-    pub environment: BTreeMap<String, String>,
-    /// The build.
-    pub build_id: BuildId,
-    /// When it was handed out (an import: began).
-    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
-    pub started_at: Timestamp,
-    /// When it was recorded.
-    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
-    pub built_at: Timestamp,
-}
-
-impl FileProvenance {
-    /// The facts its statement is made of.
-    pub fn facts(&self) -> piwheels_common::provenance::BuildFacts {
-        piwheels_common::provenance::BuildFacts {
-            filename: self.filename.clone(),
-            sha256: self.sha256.clone(),
-            package: self.package.clone(),
-            version: self.version.clone(),
-            abi: self.abi.clone(),
-            imported: self.imported,
-            source: self.source.clone(),
-            key: self.builder_key.clone(),
-            label: self.builder.clone(),
-            environment: self.environment.clone(),
-            build_id: self.build_id,
-            started: self.started_at,
-            finished: self.built_at,
-        }
     }
 }
 
@@ -462,6 +407,9 @@ calls! {
         version: String,
         /// The ABI, or None for every ABI the release has a build on.
         abi: Option<String>,
+        /// When it was asked, by the master's clock (which stamps builds' hand-out times too).
+        #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+        at: Timestamp,
     } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<String>;
     /// What the provenance of the files of these builds says (builds recorded before
     /// provenance was kept have none), by file name.
@@ -469,7 +417,7 @@ calls! {
         /// The builds.
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
         builds: Vec<BuildId>,
-    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<FileProvenance>;
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<BuildFacts>;
     /// Under which name a build's file is published (see [`Database::name_for_file`](crate::db::Database::name_for_file)):
     /// its own, or the same wheel's name with the next build tag.
     NameForFile {

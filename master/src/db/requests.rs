@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use piwheels_common::names::is_prerelease;
+use piwheels_common::provenance::BuildFacts;
 use piwheels_common::wheel::WheelName;
 use piwheels_common::protocols::{AccessRecord, BuildId, ClientInfo, FailureKind, SourceFile, Timestamp, WheelFile, WireError};
 
@@ -113,8 +114,8 @@ impl Database {
                 DbReply::VersionFiles(self.version_files(&package, &version).await?)
             }
             Q::BuildProvenance(BuildProvenance { builds }) => DbReply::BuildProvenance(self.build_provenance(&builds).await?),
-            Q::WantRebuild(WantRebuild { package, version, abi }) => {
-                refusable(self.want_rebuild(&package, &version, abi.as_deref()).await, DbReply::WantRebuild)?
+            Q::WantRebuild(WantRebuild { package, version, abi, at }) => {
+                refusable(self.want_rebuild(&package, &version, abi.as_deref(), at).await, DbReply::WantRebuild)?
             }
             Q::NameForFile(NameForFile { package, filename, sha256 }) => {
                 refusable(self.name_for_file(&package, &filename, &sha256).await, DbReply::NameForFile)?
@@ -265,9 +266,10 @@ impl Database {
     }
 
     /// Asks for a new build of a release on the ABI `abi`, or on every ABI it has a build on,
-    /// keeping its builds and files; returns those ABIs. Refused for an unknown or skipped
+    /// keeping its builds and files; returns those ABIs. `at` is the master's time of the
+    /// request: only builds the master hands out after it answer it. Refused for an unknown or skipped
     /// release, an ABI the farm does not build, and a release with no build to repeat.
-    pub async fn want_rebuild(&mut self, package: &str, version: &str, abi: Option<&str>) -> Result<Vec<String>, RequestError> {
+    pub async fn want_rebuild(&mut self, package: &str, version: &str, abi: Option<&str>, at: Timestamp) -> Result<Vec<String>, RequestError> {
         let mut tx = self.conn.begin().await?;
         let skip: Option<(String, String)> = sqlx::query_as(
             "SELECT p.skip, v.skip FROM versions v JOIN packages p ON p.package = v.package \
@@ -296,16 +298,17 @@ impl Database {
             }
         }
         let abis: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO rebuilds_wanted (package, version, abi_tag) \
-             SELECT $1, $2, a.abi_tag FROM build_abis a \
+            "INSERT INTO rebuilds_wanted (package, version, abi_tag, requested_at) \
+             SELECT $1, $2, a.abi_tag, $4 FROM build_abis a \
              WHERE a.skip = '' AND (a.abi_tag = $3 OR $3 IS NULL AND EXISTS ( \
                  SELECT 1 FROM builds b WHERE b.package = $1 AND b.version = $2 AND b.abi_tag = a.abi_tag)) \
-             ON CONFLICT (package, version, abi_tag) DO UPDATE SET requested_at = now() \
+             ON CONFLICT (package, version, abi_tag) DO UPDATE SET requested_at = EXCLUDED.requested_at \
              RETURNING abi_tag",
         )
         .bind(package)
         .bind(version)
         .bind(abi)
+        .bind(at)
         .fetch_all(&mut *tx)
         .await?;
         if abis.is_empty() {
@@ -551,7 +554,7 @@ impl Database {
 
     /// What the provenance of the files of `builds` says; builds recorded before provenance
     /// was kept (no `started_at`) have none. Sorted by file name.
-    pub async fn build_provenance(&mut self, builds: &[BuildId]) -> Result<Vec<FileProvenance>, sqlx::Error> {
+    pub async fn build_provenance(&mut self, builds: &[BuildId]) -> Result<Vec<BuildFacts>, sqlx::Error> {
         type Row = (String, String, String, String, String, bool, Option<String>, Option<String>, Option<String>, Option<String>, String, Option<String>, i64, Timestamp, Timestamp);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT f.filename, f.filehash::text, b.package, b.version, b.abi_tag, b.built_by = 0, \
@@ -574,7 +577,21 @@ impl Database {
                 };
                 // Written by log_build from a map of strings; anything else reads as none.
                 let environment = environment.and_then(|json| serde_json::from_str(&json).ok()).unwrap_or_default();
-                FileProvenance { filename, sha256, package, version, abi, imported, source, builder_key, builder, environment, build_id, started_at, built_at }
+                BuildFacts {
+                    filename,
+                    sha256,
+                    package,
+                    version,
+                    abi,
+                    imported,
+                    source,
+                    key: builder_key,
+                    label: builder,
+                    environment,
+                    build_id,
+                    started: started_at,
+                    finished: built_at,
+                }
             })
             .collect())
     }
@@ -906,13 +923,13 @@ const LOG_BUILD_FUNCTION: &str = concat!(
         clash_new text;
     BEGIN
         IF $32 IS NOT NULL THEN
-            SELECT environment_id INTO env_id FROM environments WHERE environment = $32;
+            SELECT environment_id INTO env_id FROM environments WHERE digest = md5($32::text);
             IF NOT FOUND THEN
                 INSERT INTO environments (environment) VALUES ($32) ON CONFLICT DO NOTHING
                 RETURNING environment_id INTO env_id;
                 -- Added by another session meanwhile.
                 IF env_id IS NULL THEN
-                    SELECT environment_id INTO env_id FROM environments WHERE environment = $32;
+                    SELECT environment_id INTO env_id FROM environments WHERE digest = md5($32::text);
                 END IF;
             END IF;
         END IF;

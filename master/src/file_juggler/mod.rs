@@ -377,7 +377,7 @@ impl FileJuggler {
         }
         match self.publisher.find(package, file, expectation)? {
             // A builder sends the bytes all the same: its claim of a hash proves nothing.
-            Published::Same(_) if *must_send => {}
+            Published::Same(Ok(_)) if *must_send => {}
             Published::Same(described) => {
                 tracing::info!("{} is already published with the same contents", file.filename);
                 return Ok(Ok(match described {
@@ -391,8 +391,14 @@ impl FileJuggler {
             }
             Published::Nothing => {}
         }
+        // A builder's file is its own bytes: another key's unfinished transfer of it is not
+        // taken over (that key may be the one sending them).
         if let Some(t) = self.transfers.values_mut().find(|t| {
-            t.package == *package && t.file.filename == file.filename && t.file.sha256 == file.sha256 && t.file.size == file.size
+            t.package == *package
+                && t.file.filename == file.filename
+                && t.file.sha256 == file.sha256
+                && t.file.size == file.size
+                && (!*must_send || t.expectation.uploader == expectation.uploader)
         }) {
             t.touched = now;
             // The sender of a build handed out again may be another slave.

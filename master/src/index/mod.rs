@@ -555,7 +555,7 @@ impl Scribe {
     /// Writes the signed provenance of every file of `builds` beside it.
     fn sign(&self, builds: &[BuildId], sockets: &Sockets) -> anyhow::Result<()> {
         for file in sockets.db.call(BuildProvenance { builds: builds.to_vec() })? {
-            let envelope = provenance::sign(&file.facts().statement(), &self.config.signing_key);
+            let envelope = provenance::sign(&file.statement(), &self.config.signing_key);
             self.writer.write_provenance(&file.package, &file.filename, &envelope)?;
         }
         Ok(())

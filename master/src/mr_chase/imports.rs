@@ -296,8 +296,8 @@ fn expect_all(sockets: &Sockets, mut request: ImportRequest, uploader: Option<St
         let naming = NameForFile { package: request.package.clone(), filename: file.filename.clone(), sha256: file.sha256.clone() };
         let state = match sockets.db.call(naming) {
             Ok(name) if name != file.filename => Err(WireError::refused(format!(
-                "{} holds other bytes than a file the index published under that name (or a newer build tag of it); \
-                 import it under a higher build tag, such as {name}",
+                "{} cannot be imported under its name: a name the index published keeps its bytes, and installers take \
+                 a wheel's newest build tag; import it as {name}",
                 file.filename
             ))),
             Ok(_) => Ok(()),
