@@ -258,13 +258,14 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
         return Ok(findings);
     }
 
+    // Measured, like `files_seen`, in wheels and their METADATA: statements go with them.
+    let removable_files = removable.iter().filter(|path| !path.to_string_lossy().ends_with(provenance::SUFFIX)).count();
     let massive = !check.force
-        && removable.len() > MASS_REMOVAL_FILES && removable.len() as f64 > MASS_REMOVAL_SHARE * findings.files_seen as f64;
+        && removable_files > MASS_REMOVAL_FILES && removable_files as f64 > MASS_REMOVAL_SHARE * findings.files_seen as f64;
     if massive {
         findings.withheld = Some(format!(
-            "{} of the {} files in the tree would go, which looks like the wrong database or output path rather than lost records; \
+            "{removable_files} of the {} files in the tree would go, which looks like the wrong database or output path rather than lost records; \
              check --dsn and --output-path, then run piw-check --repair --force",
-            removable.len(),
             findings.files_seen
         ));
         removable.clear();

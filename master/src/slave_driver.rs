@@ -660,6 +660,7 @@ impl SlaveDriver {
                     }
                     return slave.send(result, file.filename, transfer);
                 }
+                // Not answered to a `must_send` expectation; taken as it says all the same.
                 Ok(Expected::AlreadyHave { file: described }) => {
                     self.note_published(identity, &build, &described.filename);
                     result.files[index] = *described;

@@ -257,3 +257,25 @@ fn requests_with_unsafe_names_are_refused_and_change_nothing() {
     }
     assert!(farm.pending().is_empty());
 }
+
+#[test]
+fn a_statement_that_cannot_be_written_is_written_when_it_can_and_then_linked() {
+    let Numpy { farm, builds } = numpy();
+    let id = builds["2.0b1 cp39"];
+    let wheel = "numpy-2.0b1-cp39-cp39-linux_armv7l.whl";
+    let rel = format!("simple/numpy/{wheel}.intoto.jsonl");
+    // A directory stands where the statement goes.
+    std::fs::create_dir(farm.path(&rel)).unwrap();
+    // Answered once the writer has written the log and tried the statement.
+    farm.log("numpy", id, "a log");
+    assert!(farm.path(&piwheels_master::index::layout::log_path(id)).is_file());
+    assert!(farm.path(&rel).is_dir(), "the statement was written over the directory");
+    std::fs::remove_dir(farm.path(&rel)).unwrap();
+    farm.wait("the statement written on a later try", |f| f.path(&rel).is_file());
+    let statement = piwheels_common::provenance::verify(&std::fs::read(farm.path(&rel)).unwrap(), &index_support::signing_key().verifying_key()).unwrap();
+    assert_eq!(statement.subject[0].name, wheel);
+    let url = format!("/{rel}");
+    farm.wait("the project JSON linking it", |f| {
+        f.json("project/numpy/json/index.json")["releases"]["2.0b1"]["files"][wheel]["provenance_url"] == url.as_str()
+    });
+}

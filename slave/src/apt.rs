@@ -23,11 +23,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 /// Where dpkg keeps its per-package file lists on a Debian system.
@@ -213,37 +212,7 @@ fn parse_ldd_line(line: &str) -> Option<Linked<'_>> {
 /// Runs `ldd` on one object: its standard output when it succeeds, None when it refuses the
 /// object (a non-zero exit), an error when it cannot run or takes longer than [`LDD_TIMEOUT`].
 fn run_ldd(object: &Path) -> io::Result<Option<String>> {
-    let mut child = Command::new("ldd")
-        .arg(object)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut stdout = child.stdout.take().ok_or_else(|| io::Error::other("ldd's output is not a pipe"))?;
-    let (done, output) = mpsc::channel();
-    let reader = std::thread::Builder::new().name("ldd-output".into()).spawn(move || {
-        let mut bytes = Vec::new();
-        let result = stdout.by_ref().take(MAX_LDD_OUTPUT).read_to_end(&mut bytes).map(|_| bytes);
-        let _ = done.send(result);
-    });
-    if let Err(e) = reader {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e);
-    }
-    match output.recv_timeout(LDD_TIMEOUT) {
-        Ok(read) => {
-            let status = child.wait()?;
-            let bytes = read?;
-            Ok(status.success().then(|| String::from_utf8_lossy(&bytes).into_owned()))
-        }
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {} s", LDD_TIMEOUT.as_secs())))
-        }
-    }
+    crate::bounded::output(Command::new("ldd").arg(object).env("LC_ALL", "C"), MAX_LDD_OUTPUT, LDD_TIMEOUT)
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! to the length the master accepts.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 use piwheels_common::protocols::{HostInfo, SlaveHello};
 
@@ -53,10 +54,13 @@ pub fn probe(python: &str, host: &HostInfo) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// What `program args` prints on standard output when it succeeds.
+/// How long a tool may take to say its version, and how much of what it says is read.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_TOOL_OUTPUT: u64 = 64 << 10;
+
+/// What `program args` prints on standard output when it succeeds in time.
 fn first_lines(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::bounded::output(Command::new(program).args(args), MAX_TOOL_OUTPUT, TOOL_TIMEOUT).ok().flatten()
 }
 
 /// `value` without control characters, cut to what the master accepts at a character boundary.

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod apt;
+pub mod bounded;
 pub mod builder;
 pub mod config;
 pub mod environment;

@@ -454,9 +454,16 @@ impl Scribe {
                     self.keep_log(build_id, rewrite.package.clone(), output, ctx);
                 }
                 // Before the pages, which link the statements that are there.
-                if let Err(e) = self.sign(&[build_id], sockets) {
-                    tracing::warn!("cannot write the provenance of build {build_id} ({e:#}); it will be tried again");
-                    self.keep_unsigned(build_id, rewrite.package.clone(), ctx);
+                match self.sign(&[build_id], sockets) {
+                    Ok(failed) if failed.is_empty() => {}
+                    Ok(_) => {
+                        tracing::warn!("cannot write the provenance of build {build_id}; it will be tried again");
+                        self.keep_unsigned(build_id, rewrite.package.clone(), ctx);
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot write the provenance of build {build_id} ({e:#}); it will be tried again");
+                        self.keep_unsigned(build_id, rewrite.package.clone(), ctx);
+                    }
                 }
                 self.enqueue(&rewrite, ctx);
                 Ok(())
@@ -552,13 +559,19 @@ impl Scribe {
         }
     }
 
-    /// Writes the signed provenance of every file of `builds` beside it.
-    fn sign(&self, builds: &[BuildId], sockets: &Sockets) -> anyhow::Result<()> {
+    /// Writes the signed provenance of every file of `builds` beside it, in one database
+    /// call; the builds some statement of which could not be written (logged), or an error
+    /// when the database did not answer.
+    fn sign(&self, builds: &[BuildId], sockets: &Sockets) -> anyhow::Result<HashSet<BuildId>> {
+        let mut failed = HashSet::new();
         for file in sockets.db.call(BuildProvenance { builds: builds.to_vec() })? {
             let envelope = provenance::sign(&file.statement(), &self.config.signing_key);
-            self.writer.write_provenance(&file.package, &file.filename, &envelope)?;
+            if let Err(e) = self.writer.write_provenance(&file.package, &file.filename, &envelope) {
+                tracing::warn!("cannot write the provenance of {}: {e}", file.filename);
+                failed.insert(file.build_id);
+            }
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Keeps a build whose provenance could not be written for the next flush after the retry
@@ -583,18 +596,23 @@ impl Scribe {
         }
         let builds: Vec<BuildId> = self.unsigned.iter().map(|(build_id, _)| *build_id).collect();
         match self.sign(&builds, sockets) {
-            Ok(()) => {
-                tracing::info!("wrote the provenance of {} builds, which could not be written before", builds.len());
-                for (_, package) in std::mem::take(&mut self.unsigned) {
-                    let rewrite = PendingRewrite { package, added_at: ctx.utc(), scope: RewriteScope::Project };
-                    self.enqueue(&rewrite, ctx);
+            Ok(failed) => {
+                // One build's trouble (say, an unwritable directory) holds no other back.
+                for (build_id, package) in std::mem::take(&mut self.unsigned) {
+                    if failed.contains(&build_id) {
+                        self.unsigned.push_back((build_id, package));
+                    } else {
+                        tracing::info!("wrote the provenance of build {build_id}, which could not be written before");
+                        let rewrite = PendingRewrite { package, added_at: ctx.utc(), scope: RewriteScope::Project };
+                        self.enqueue(&rewrite, ctx);
+                    }
                 }
             }
-            Err(e) => {
-                tracing::warn!("still cannot write the provenance of {} builds ({e:#}); trying again later", builds.len());
-                self.unsigned_retry = ctx.now() + self.config.retry;
-                ctx.schedule(Event::Flush, self.config.retry);
-            }
+            Err(e) => tracing::warn!("still cannot write the provenance of {} builds ({e:#}); trying again later", builds.len()),
+        }
+        if !self.unsigned.is_empty() {
+            self.unsigned_retry = ctx.now() + self.config.retry;
+            ctx.schedule(Event::Flush, self.config.retry);
         }
     }
 
