@@ -329,7 +329,9 @@ pub fn parse_metadata(metadata: &[u8]) -> CoreMetadata {
     let text = String::from_utf8_lossy(metadata);
     let mut headers: Vec<(&str, String)> = Vec::new();
     for line in text.lines() {
-        if line.trim().is_empty() {
+        // The headers end at an empty line. A line of blanks is a continuation (a License
+        // text's empty paragraph line), as Python's email parser, which installers use, reads it.
+        if line.is_empty() {
             break;
         }
         if line.starts_with([' ', '\t']) {
@@ -375,6 +377,16 @@ fn unconditional_requirement(requirement: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_continued_by_a_line_of_blanks_does_not_end_the_headers() {
+        // The shape of markupsafe 3.0.2's METADATA: a License whose paragraphs are separated by
+        // continuation lines holding a single space, then Requires-Python.
+        let metadata = b"Metadata-Version: 2.1\nName: MarkupSafe\nVersion: 3.0.2\nLicense: Copyright 2010 Pallets\n \n        Redistribution and use ...\n \t\n        are permitted.\nRequires-Python: >=3.9\n\nThe body.\n";
+        let parsed = parse_metadata(metadata);
+        assert_eq!(parsed.requires_python.as_deref(), Some(">=3.9"));
+        assert_eq!(parsed.version.as_deref(), Some("3.0.2"));
+    }
 
     #[test]
     fn reads_requires_python_and_unconditional_requirements() {
