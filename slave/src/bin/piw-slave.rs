@@ -12,10 +12,7 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|arg| arg == launcher::SUBCOMMAND) {
         return launcher::main(&args[2..]);
     }
-    if let Err(why) = piwheels_slave::refuse_root() {
-        eprintln!("piw-slave: {why}");
-        return ExitCode::FAILURE;
-    }
+    // `--help` and `--version` answer whoever asks; they end the process here.
     let cfg: SlaveConfig = match config::parse("slave") {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -23,6 +20,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(why) = piwheels_slave::refuse_root() {
+        eprintln!("piw-slave: {why}");
+        return ExitCode::FAILURE;
+    }
     logging::init(&cfg.log);
     match piwheels_slave::run(&cfg) {
         Ok(outcome) => {
