@@ -19,6 +19,8 @@ use serde::Deserialize;
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest statement or key read: both are a few kilobytes.
 const MAX_SMALL: u64 = 1 << 20;
+/// Largest wheel downloaded: the master's default limit on the files it accepts.
+const MAX_WHEEL: u64 = 2 << 30;
 
 /// piw-verify's command line.
 #[derive(clap::Parser, Debug, Clone)]
@@ -255,7 +257,7 @@ fn release_wheels(http: &reqwest::blocking::Client, base: &str, package: &str, v
             continue;
         }
         let file_url = reqwest::Url::parse(&url).and_then(|u| u.join(&file.url)).map_err(|e| undecided(format!("{url} links {}: {e}", file.url)))?;
-        let bytes = get(http, file_url.as_str(), u64::MAX / 2)?;
+        let bytes = get(http, file_url.as_str(), MAX_WHEEL)?;
         wheels.push(Wheel { filename: file.filename, bytes });
     }
     if wheels.is_empty() {

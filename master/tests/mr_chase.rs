@@ -315,11 +315,21 @@ fn an_import_is_refused_whole_before_any_file_moves() {
     std::fs::write(farm.www().join("simple/bar").join(&clash[0].1.filename), b"other bytes").unwrap();
     let message = error(tool.ask(AdminRequest::Import(import_request("bar", "1.0", &clash))));
     assert!(message.contains("different contents"), "{message}");
+    // A name the index once published with other bytes (its record since removed, its file
+    // gone) is refused before anything is published under it.
+    std::fs::remove_file(farm.www().join("simple/bar").join(&clash[0].1.filename)).unwrap();
+    farm.pool.db.execute(&format!(
+        "INSERT INTO retired_files (filename, filehash, package) VALUES ('{}', repeat('0', 64), 'bar')",
+        clash[0].1.filename
+    ));
+    let message = error(tool.ask(AdminRequest::Import(import_request("bar", "1.0", &clash))));
+    assert!(message.contains("cannot be imported under its name") && message.contains("bar-1.0-1-cp311-cp311-linux_armv7l.whl"), "{message}");
+    assert!(!farm.www().join("simple/bar").join(&clash[0].1.filename).exists());
 
     assert!(farm.builds().is_empty());
     assert!(!farm.www().join("simple/foo").exists());
     // Every refusal is in the audit log, and the session is free for a good import.
-    assert_eq!(farm.audit().iter().filter(|a| a.contains("| import | ") && a.contains("refused")).count(), 10);
+    assert_eq!(farm.audit().iter().filter(|a| a.contains("| import | ") && a.contains("refused")).count(), 11);
     let (reply, _) = tool.import(import_request("foo", "1.0", &files), &files);
     done(reply);
 }

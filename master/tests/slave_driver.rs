@@ -1066,6 +1066,23 @@ fn a_rebuild_with_other_bytes_gets_the_next_build_tag_and_identical_bytes_no_new
     assert_eq!(names, [tagged.to_string(), format!("{tagged}.metadata"), first.filename.clone(), format!("{}.metadata", first.filename)]);
 }
 
+/// A builder's own build tag stays below the numbers the master gives rebuilds: a wheel with
+/// a larger one is left out of the build's record, with the reason in its log.
+#[test]
+fn a_wheel_whose_builder_chose_a_huge_build_tag_is_left_out() {
+    let farm = Farm::start(&[("foo", "1.0")]);
+    let slave = farm.slave("pi-1");
+    let id = slave.hello();
+    farm.refresh_queue();
+    slave.take_build();
+    let filename = "foo-1.0-1000000-cp311-cp311-linux_armv7l.whl";
+    let file = wheel_file(filename, &wheel_bytes(filename, b"tagged"));
+    assert_eq!(slave.ask(SlaveRequest::Built(result(true, vec![file]))), SlaveReply::Done, "nothing to send");
+    assert_eq!(farm.builds(), [format!("foo 1.0 {id} pi-1 f build")]);
+    let log = farm.pool.db.column("SELECT output FROM output");
+    assert!(log[0].as_deref().unwrap().contains("its build tag's number is 1000000 or more"), "{log:?}");
+}
+
 /// A master without room for a wheel says so, and that is nobody's fault but the
 /// infrastructure's: nothing is recorded and the release is handed out again.
 #[test]

@@ -294,6 +294,9 @@ async fn missing_projects_and_listings_are_404() {
 #[tokio::test]
 async fn files_have_exact_types_and_cache_lifetimes() {
     let site = Site::start();
+    // A wheel's signed statement (one line of JSON) and the master's public key.
+    std::fs::write(site.dir.path().join("simple/foo").join(format!("{WHEEL}.intoto.jsonl")), "{}\n").unwrap();
+    std::fs::write(site.dir.path().join("signing-key.pem"), "-----BEGIN PUBLIC KEY-----\n").unwrap();
     let immutable = "public, max-age=31536000, immutable";
     for (path, content_type, cache) in [
         ("/", TEXT_HTML, "public, max-age=60"),
@@ -305,6 +308,8 @@ async fn files_have_exact_types_and_cache_lifetimes() {
         ("/project/foo/json/index.json", "application/json", "public, max-age=60"),
         (&format!("/simple/foo/{WHEEL}"), "application/octet-stream", immutable),
         (&format!("/simple/foo/{WHEEL}.metadata"), "text/plain; charset=utf-8", immutable),
+        (&format!("/simple/foo/{WHEEL}.intoto.jsonl"), "application/json", "public, max-age=60"),
+        ("/signing-key.pem", "text/plain; charset=utf-8", "public, max-age=60"),
     ] {
         let answer = site.get(path, &[]).await;
         assert_eq!(answer.status, StatusCode::OK, "{path}");
