@@ -288,8 +288,13 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
         });
         lost_logs.clear();
     }
-    if !lost_logs.is_empty() {
-        let writer = IndexWriter::open(layout.clone(), PageOptions::default())?;
+    let signing_key = check.signing_key.as_ref().filter(|_| !unsigned.is_empty());
+    // Logs and statements are written again as the index writer writes them.
+    let writer = match lost_logs.is_empty() && signing_key.is_none() {
+        true => None,
+        false => Some(IndexWriter::open(layout.clone(), PageOptions::default())?),
+    };
+    if let Some(writer) = writer.as_ref().filter(|_| !lost_logs.is_empty()) {
         let mut packages = HashSet::new();
         for (build_id, package) in lost_logs {
             let Some(output) = db.build_output(build_id).await? else { continue };
@@ -305,8 +310,7 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
             db.add_rewrite(&rewrite).await?;
         }
     }
-    if let Some(key) = check.signing_key.as_ref().filter(|_| !unsigned.is_empty()) {
-        let writer = IndexWriter::open(layout.clone(), PageOptions::default())?;
+    if let (Some(key), Some(writer)) = (signing_key, writer.as_ref()) {
         let builds: Vec<i64> = unsigned.iter().map(|(_, _, build)| *build).collect::<HashSet<_>>().into_iter().collect();
         let missing: HashSet<&str> = unsigned.iter().map(|(_, filename, _)| filename.as_str()).collect();
         let mut written = 0;
