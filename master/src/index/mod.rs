@@ -454,16 +454,15 @@ impl Scribe {
                     self.keep_log(build_id, rewrite.package.clone(), output, ctx);
                 }
                 // Before the pages, which link the statements that are there.
-                match self.sign(&[build_id], sockets) {
-                    Ok(failed) if failed.is_empty() => {}
-                    Ok(_) => {
-                        tracing::warn!("cannot write the provenance of build {build_id}; it will be tried again");
-                        self.keep_unsigned(build_id, rewrite.package.clone(), ctx);
-                    }
+                let unwritten = match self.sign(&[build_id], sockets) {
+                    Ok(failed) => !failed.is_empty(),
                     Err(e) => {
-                        tracing::warn!("cannot write the provenance of build {build_id} ({e:#}); it will be tried again");
-                        self.keep_unsigned(build_id, rewrite.package.clone(), ctx);
+                        tracing::warn!("cannot write the provenance of build {build_id} ({e:#})");
+                        true
                     }
+                };
+                if unwritten {
+                    self.keep_unsigned(build_id, rewrite.package.clone(), ctx);
                 }
                 self.enqueue(&rewrite, ctx);
                 Ok(())
@@ -582,6 +581,7 @@ impl Scribe {
         {
             tracing::error!("gave up writing the provenance of build {oldest}: piw-check --repair writes it from the database");
         }
+        tracing::warn!("the provenance of build {build_id} will be tried again in {:?}", self.config.retry);
         self.unsigned.push_back((build_id, package));
         self.unsigned_retry = ctx.now() + self.config.retry;
         ctx.schedule(Event::Flush, self.config.retry);
