@@ -7,6 +7,7 @@
 //! before anything is read, and sizes declared in the archive are ignored and reads capped
 //! instead ([`Limits`]).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
@@ -135,8 +136,9 @@ pub enum InspectError {
         /// The limit.
         limit: u64,
     },
-    /// The shared objects add up to more than [`Limits::extracted`].
-    #[error("{}: the shared objects exceed {limit} bytes when extracted", .file.display())]
+    /// The shared objects (or, when a wheel's contents are compared, all its members) add up
+    /// to more than [`Limits::extracted`].
+    #[error("{}: the contents exceed {limit} bytes when extracted", .file.display())]
     ExtractionTooLarge {
         /// The wheel.
         file: PathBuf,
@@ -212,6 +214,29 @@ impl<R: Read + Seek> WheelArchive<R> {
     /// The zip archive, to read entries from.
     pub fn archive(&mut self) -> &mut ZipArchive<R> {
         &mut self.archive
+    }
+
+    /// Each file entry's lower-case hex SHA-256 of its contents (directories left out), by
+    /// name: what a wheel holds, whatever its zip timestamps, order or compression. Reading
+    /// stops with [`InspectError::ExtractionTooLarge`] past `limit` bytes in all.
+    pub fn member_digests(&mut self, limit: u64) -> Result<BTreeMap<String, String>, InspectError> {
+        let mut digests = BTreeMap::new();
+        let mut left = limit;
+        for (index, entry) in self.entries.iter().enumerate() {
+            if entry.ends_with('/') {
+                continue;
+            }
+            let bad_entry = |source| InspectError::BadEntry { file: self.path.clone(), entry: entry.clone(), source };
+            let reader = self.archive.by_index(index).map_err(|e| bad_entry(e.into()))?;
+            let mut hasher = Sha256::new();
+            let read = io::copy(&mut reader.take(left.saturating_add(1)), &mut hasher).map_err(bad_entry)?;
+            if read > left {
+                return Err(InspectError::ExtractionTooLarge { file: self.path.clone(), limit });
+            }
+            left -= read;
+            digests.insert(entry.clone(), hex::encode(hasher.finalize()));
+        }
+        Ok(digests)
     }
 
     /// The bytes of the one top-level `*.dist-info/METADATA`, which must belong to the

@@ -857,6 +857,17 @@ pub enum RebuildTarget {
         /// The ABI.
         abi: Option<String>,
     },
+    /// A reproducibility cross-check of a release's latest successful build on one ABI, or
+    /// on every ABI it has one on when None: built again by another builder of the ABI from
+    /// the same source and compared, never published.
+    CrossCheck {
+        /// The project's name.
+        package: String,
+        /// The version.
+        version: String,
+        /// The ABI.
+        abi: Option<String>,
+    },
 }
 
 /// A manual import of wheels built elsewhere.

@@ -209,6 +209,10 @@ pub enum Part {
     /// A new build of one release (PACKAGE VERSION), its published files kept: a wheel with
     /// other bytes is published with the next build tag, which installers prefer.
     Build,
+    /// A reproducibility cross-check of one release (PACKAGE VERSION): another builder of the
+    /// ABI builds it again from the same source, and the wheels are compared, not published.
+    #[value(name = "cross-check")]
+    CrossCheck,
 }
 
 /// piw-rebuild: asks the master to rewrite pages of the index, or to build a release again.
@@ -216,7 +220,7 @@ pub enum Part {
 #[command(
     name = "piw-rebuild",
     version,
-    after_help = "Examples:\n  piw-rebuild home\n  piw-rebuild index numpy\n  piw-rebuild --yes index\n  piw-rebuild build numpy 1.26.4 --abi cp311"
+    after_help = "Examples:\n  piw-rebuild home\n  piw-rebuild index numpy\n  piw-rebuild --yes index\n  piw-rebuild build numpy 1.26.4 --abi cp311\n  piw-rebuild cross-check numpy 1.26.4"
 )]
 pub struct RebuildConfig {
     #[command(flatten)]
@@ -233,20 +237,22 @@ pub struct RebuildConfig {
 
     /// What to rewrite: home (the home page), search (the search index), project (project
     /// pages) or index (project pages and the simple index pages); or build (a new build of
-    /// one release, its published files kept)
+    /// one release, its published files kept), or cross-check (one release built again by
+    /// another builder and compared)
     #[arg(value_enum, value_name = "PART")]
     pub part: Part,
 
     /// The project whose pages to rewrite, for project and index [default: every project,
-    /// after confirmation]; the project to build, for build
+    /// after confirmation]; the project to build, for build and cross-check
     #[arg(value_name = "PACKAGE")]
     pub package: Option<String>,
 
-    /// The version to build, for build, where it is required [default: none]
+    /// The version to build, for build and cross-check, where it is required [default: none]
     #[arg(value_name = "VERSION")]
     pub package_version: Option<String>,
 
-    /// The ABI to build on, for build [default: every ABI the release was built on]
+    /// The ABI to build on, for build and cross-check [default: every ABI the release was
+    /// built on]
     #[arg(long, value_name = "ABI")]
     pub abi: Option<String>,
 

@@ -1,6 +1,6 @@
 //! piw-rebuild: asks the master to rewrite the home page, the search index, or the pages of
-//! one project or of all (after confirmation), or to build one release again. Success means
-//! the rewrites or the build are queued.
+//! one project or of all (after confirmation), to build one release again, or to cross-check
+//! one. Success means the rewrites, the build or the cross-check are queued.
 
 use piwheels_common::protocols::{AdminRequest, RebuildTarget};
 
@@ -11,17 +11,17 @@ use crate::session::Session;
 
 /// Runs piw-rebuild; prints what the master queued.
 pub fn run(cfg: &RebuildConfig) -> Result<(), ToolError> {
-    if cfg.part != Part::Build {
+    if !matches!(cfg.part, Part::Build | Part::CrossCheck) {
         if let Some(version) = &cfg.package_version {
-            return Err(ToolError::Usage(format!("{version}: only build takes a version")));
+            return Err(ToolError::Usage(format!("{version}: only build and cross-check take a version")));
         }
         if cfg.abi.is_some() {
-            return Err(ToolError::Usage("--abi: only build takes an ABI".into()));
+            return Err(ToolError::Usage("--abi: only build and cross-check take an ABI".into()));
         }
     }
     let target = match (cfg.part, &cfg.package) {
         (Part::Home | Part::Search, Some(package)) => {
-            return Err(ToolError::Usage(format!("{package}: only project, index and build take a package")));
+            return Err(ToolError::Usage(format!("{package}: only project, index, build and cross-check take a package")));
         }
         (Part::Home, None) => RebuildTarget::Home,
         (Part::Search, None) => RebuildTarget::Search,
@@ -30,6 +30,10 @@ pub fn run(cfg: &RebuildConfig) -> Result<(), ToolError> {
         (Part::Build, package) => match (package, &cfg.package_version) {
             (Some(package), Some(version)) => RebuildTarget::Release { package: package.clone(), version: version.clone(), abi: cfg.abi.clone() },
             _ => return Err(ToolError::Usage("build needs a PACKAGE and a VERSION".into())),
+        },
+        (Part::CrossCheck, package) => match (package, &cfg.package_version) {
+            (Some(package), Some(version)) => RebuildTarget::CrossCheck { package: package.clone(), version: version.clone(), abi: cfg.abi.clone() },
+            _ => return Err(ToolError::Usage("cross-check needs a PACKAGE and a VERSION".into())),
         },
     };
     let session = Session::connect(&cfg.connect, "piw-rebuild")?;

@@ -222,7 +222,7 @@ fn main() {
         std::fs::write(dir.join(format!("{filename}.metadata")), b"Metadata-Version: 2.1\n").unwrap();
         let build = record(&package, &version, &filename);
         let rewrite = build.pending_rewrite(chrono::Utc::now());
-        let build_id = client.call(LogBuild { build: Box::new(build), rewrite_at: rewrite.added_at }).unwrap();
+        let build_id = client.call(LogBuild { build: Box::new(build), rewrite_at: rewrite.added_at, cross_check: false }).unwrap();
         let recorded = Instant::now();
         let request = WebRequest::Built { build_id, output: "built".into(), rewrite };
         assert_eq!(web.request(&request, Duration::from_secs(10)).unwrap(), WebReply::Done);

@@ -187,7 +187,7 @@ impl Bench {
         let bytes = wheel_bytes(&filename, payload);
         std::fs::write(&path, &bytes).unwrap();
         let file = wheel_file(&filename, &bytes);
-        let request = FsRequest::from(Expect { package, file: Box::new(file), expectation: Box::new(any_build("1.0")), must_send: true });
+        let request = FsRequest::from(Expect { package, file: Box::new(file), expectation: Box::new(any_build("1.0")), must_send: true, compare_with: None });
         match self.fs.request(&request, Duration::from_secs(60)).unwrap() {
             FsReply::Expect(Expected::Expecting { transfer }) => (path, transfer),
             other => panic!("{other:?}"),
@@ -212,7 +212,7 @@ impl Bench {
             std::fs::write(&path, &bytes).unwrap();
             let file = wheel_file(&filename, &bytes);
             let expectation = Box::new(any_build(&format!("{version}.0")));
-            let request = FsRequest::from(Expect { package: "smallwheel".into(), file: Box::new(file), expectation, must_send: true });
+            let request = FsRequest::from(Expect { package: "smallwheel".into(), file: Box::new(file), expectation, must_send: true, compare_with: None });
             let FsReply::Expect(Expected::Expecting { transfer }) = self.fs.request(&request, Duration::from_secs(60)).unwrap() else {
                 panic!("not expected")
             };

@@ -1,6 +1,7 @@
 //! TheArchitect, the build-queue producer: computes the queue of every ABI in the database
 //! (see `db/queue.rs` for the rules) and hands it to the slave driver — on a timer, and within
-//! a short debounce of being told that something changed (new releases, a finished build).
+//! a short debounce of being told that something changed (new releases, a finished build),
+//! with the cross-checks waiting for a builder.
 //!
 //! Sockets: binds [`wiring::ARCHITECT`] (PULL, [`ArchitectTrigger`]); connects to
 //! [`wiring::BUILDS`] (PUSH, [`BuildQueueUpdate`]) and to the oracles ([`DbClient`]).
@@ -10,7 +11,7 @@ use std::time::Duration;
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Receiver, Sender};
 
-use crate::calls::db::BuildQueue;
+use crate::calls::db::{BuildQueue, CheckQueue};
 use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate};
 use crate::db::queue::BUILD_QUEUE_TIMEOUT;
 use crate::db_client::DbClient;
@@ -92,9 +93,11 @@ impl Task for Architect {
             }
             Event::Refresh => {
                 let queues = sockets.db.call(BuildQueue { limit: self.config.limit })?;
+                let checks = sockets.db.call(CheckQueue { limit: self.config.limit })?;
                 let sizes: Vec<String> = queues.iter().map(|(abi, q)| format!("{abi} {}", q.len())).collect();
-                tracing::info!("build queue: {}", sizes.join(", "));
-                sockets.queues.send(&BuildQueueUpdate { queues }, Duration::from_secs(1))?;
+                let waiting: usize = checks.values().map(Vec::len).sum();
+                tracing::info!("build queue: {}; cross-checks waiting: {waiting}", sizes.join(", "));
+                sockets.queues.send(&BuildQueueUpdate { queues, checks }, Duration::from_secs(1))?;
             }
         }
         Ok(())

@@ -18,7 +18,7 @@ use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, Receiver, Sender};
 
 use crate::calls::db::{DbStats, SearchIndex, Statistics};
-use crate::calls::tasks::{StatsUpdate, WebReply, WebRequest};
+use crate::calls::tasks::{CheckCounts, StatsUpdate, WebReply, WebRequest};
 use crate::db_client::DbClient;
 use crate::wiring::{self, TaskName};
 
@@ -131,10 +131,11 @@ impl BigBrother {
 
     fn home(&mut self, feed: &Feed, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
         let figures = feed.db.call(Statistics {})?;
+        let checks = CheckCounts { reproduced: figures.reproduced, not_reproduced: figures.not_reproduced };
         self.fold(figures);
         self.stats.at = ctx.utc();
         self.stats.host = hostinfo::host_stats(&self.config.output_path, self.stats.at);
-        send(feed, &WebRequest::Home(self.stats.clone()))
+        send(feed, &WebRequest::Home { stats: Box::new(self.stats.clone()), checks })
     }
 
     fn search(feed: &Feed) -> anyhow::Result<()> {

@@ -108,6 +108,12 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_RETRY_BACKOFF", value_name = "DURATION", default_value = "30s", value_parser = retry_backoff)]
     pub retry_backoff: HumanDuration,
 
+    /// Share of successful builds that another builder of the ABI builds again from the same
+    /// source, to compare the wheels (a reproducibility cross-check; see docs/provenance.md).
+    /// From 0 (none) to 1 (every build); piw-rebuild cross-check asks for one on demand
+    #[arg(long, env = "PIW_CROSS_CHECK_SHARE", value_name = "SHARE", default_value = "0.05", value_parser = cross_check_share)]
+    pub cross_check_share: f64,
+
     /// Most slaves connected at once; more are refused until some leave
     #[arg(long, env = "PIW_MAX_SLAVES", value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_slaves: u16,
@@ -196,6 +202,24 @@ mod tests {
         assert_eq!(retry_backoff("0s").unwrap_err(), "0s is not between 100ms and 1h");
         assert_eq!(retry_backoff("2h").unwrap_err(), "2h is not between 100ms and 1h");
         assert!(retry_backoff("soon").is_err());
+    }
+
+    #[test]
+    fn a_cross_check_share_is_from_nothing_to_everything() {
+        assert_eq!(cross_check_share("0"), Ok(0.0));
+        assert_eq!(cross_check_share("0.05"), Ok(0.05));
+        assert_eq!(cross_check_share("1"), Ok(1.0));
+        assert_eq!(cross_check_share("5%").unwrap_err(), "5% is not a number from 0 to 1 (0.05 is 5% of builds)");
+        assert!(cross_check_share("1.5").is_err());
+        assert!(cross_check_share("NaN").is_err());
+    }
+}
+
+/// A `--cross-check-share`: a number from 0 to 1.
+fn cross_check_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text} is not a number from 0 to 1 (0.05 is 5% of builds)")),
     }
 }
 

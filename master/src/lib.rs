@@ -9,6 +9,7 @@ pub mod big_brother;
 pub mod calls;
 pub mod cloud_gazer;
 pub mod consistency;
+pub mod cross_check;
 pub mod db;
 pub mod config;
 pub mod db_client;

@@ -43,7 +43,7 @@ use piwheels_common::protocols::{AdminReply, AdminRequest, NoticeLevel, RebuildT
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Peer, Sender, Server};
 
-use crate::calls::db::{AllPackages, Audit, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, WantRebuild, YankVersion};
+use crate::calls::db::{AllPackages, Audit, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, WantCrossCheck, WantRebuild, YankVersion};
 use crate::calls::files::{FsReply, FsRequest};
 use crate::calls::tasks::{ArchitectTrigger, StatsUpdate, WebReply, WebRequest};
 use crate::db_client::DbClient;
@@ -571,6 +571,7 @@ impl MrChase {
             RebuildTarget::Project(one) => (one, RewriteScope::Project),
             RebuildTarget::Both(one) => (one, RewriteScope::Both),
             RebuildTarget::Release { package, version, abi } => return build_again(sockets, &package, &version, abi, ctx.utc()),
+            RebuildTarget::CrossCheck { package, version, abi } => return cross_check(sockets, &package, &version, abi),
         };
         let pages = match scope {
             RewriteScope::Project => "project pages",
@@ -742,6 +743,18 @@ fn build_again(sockets: &Sockets, package: &str, version: &str, abi: Option<Stri
     trigger(sockets, format!("{package} {version} to be built again"));
     Ok(format!(
         "{package} {version} is to be built again on {}; its published files stay, and a wheel with other bytes is published with the next build tag",
+        abis.join(", ")
+    ))
+}
+
+fn cross_check(sockets: &Sockets, package: &str, version: &str, abi: Option<String>) -> Outcome {
+    let package = check_package(package)?;
+    check_version(version)?;
+    let abis = sockets.db.call(WantCrossCheck { package: package.clone(), version: version.to_string(), abi })?;
+    trigger(sockets, format!("{package} {version} to be cross-checked"));
+    Ok(format!(
+        "{package} {version} is to be cross-checked on {}: another builder of the ABI builds it again from the same source, \
+         and the project page shows whether the wheels are the same",
         abis.join(", ")
     ))
 }

@@ -382,6 +382,7 @@ fn start_task(task: TaskName, rt: &Runtime, cfg: &MasterConfig, auth: &Auth, sig
                     max_slaves_per_address: cfg.max_slaves_per_address.into(),
                 },
                 retry_backoff: cfg.retry_backoff.0,
+                cross_check_share: cfg.cross_check_share,
             };
             let (open_driver, status) = (driver.clone(), rt.status_endpoint.clone());
             tasks.add(task::spawn(

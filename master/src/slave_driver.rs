@@ -47,10 +47,11 @@ use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::wheel::WheelName;
 use piwheels_common::transport::{self, Client, Dealer, Peer, Receiver, Sender, Server, TransportError};
 
-use crate::calls::db::{BuildRecord, LogBuild, NameForFile, PackageFiles, QueuedBuild, VersionFiles};
+use crate::calls::db::{BuildRecord, CheckRecord, LogBuild, LogCheck, NameForFile, PackageFiles, QueuedBuild, QueuedCheck, RewriteScope, Verdict, VersionFiles};
 use crate::calls::files::{Expect, Expected, FileExpectation, FsReply, FsRequest, Removal, RemoveOrphan, Verification, Verify};
 use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, ReleaseAck, ReleaseNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use crate::calls::{Call, CallError, Caller, ReplyName};
+use crate::cross_check;
 use crate::db_client::DbClient;
 use crate::gatekeeper::{Auth, Gate};
 use crate::slave_state::{Decision, Slave, Stage};
@@ -85,6 +86,8 @@ const PASS_OVER_AT_MOST: Duration = Duration::from_secs(300);
 const RETRY_FORGOTTEN: Duration = Duration::from_secs(24 * 3600);
 /// Slack allowed between a slave's measure of a build's duration and the master's.
 const CLOCK_SLACK: Duration = Duration::from_secs(2);
+/// Lines of a failed cross-check's log its verdict keeps.
+const FAILURE_LINES: usize = 10;
 /// The most of a slave's last log line a notice repeats, in characters.
 const LAST_WORDS: usize = 400;
 /// How long past its download limit and build timeout a handed-out release stays the slave's:
@@ -155,6 +158,9 @@ pub struct DriverConfig {
     /// Back-off after a release's second infrastructure failure (doubling after each further
     /// one, up to [`RETRY_LONGEST`]).
     pub retry_backoff: Duration,
+    /// Share of successful builds (0 to 1) that are cross-checked by another builder
+    /// ([`cross_check::sampled`]).
+    pub cross_check_share: f64,
 }
 
 /// The slave driver's sockets, and the slave-id counter, which outlive restarts of its state
@@ -276,6 +282,46 @@ struct Retry {
     builder: String,
 }
 
+/// A cross-check a slave is building, and what its files showed so far.
+#[derive(Debug)]
+struct Checking {
+    /// The check, as the queue gave it.
+    check: QueuedCheck,
+    /// The first build's files a file of this build was compared with.
+    compared: Vec<String>,
+    /// What differs so far.
+    differences: Vec<String>,
+}
+
+impl Checking {
+    /// Notes what a file of the second build showed: a line per difference, prefixed with
+    /// the first build's file when it made several.
+    fn note(&mut self, first_file: Option<&str>, differences: impl IntoIterator<Item = String>) {
+        let prefix = match first_file {
+            Some(file) if self.check.files.len() > 1 => format!("{file}: "),
+            _ => String::new(),
+        };
+        self.differences.extend(differences.into_iter().map(|d| format!("{prefix}{d}")));
+        if let Some(file) = first_file {
+            self.compared.push(file.to_string());
+        }
+    }
+
+    /// The verdict of a second build that succeeded: the first build's files it made no
+    /// counterpart of differ too.
+    fn verdict(mut self) -> Verdict {
+        for file in &self.check.files {
+            if !self.compared.contains(file) {
+                self.differences.push(format!("{file}: the second build made no such wheel"));
+            }
+        }
+        match self.differences.is_empty() {
+            true => Verdict::Reproduced,
+            false => Verdict::Differs { differences: cross_check::bounded(self.differences) },
+        }
+    }
+}
+
 /// What stands in the way of a file the file juggler reports a conflict for.
 enum Conflict {
     /// An unrecorded file, now removed.
@@ -294,6 +340,14 @@ pub struct SlaveDriver {
     slaves: HashMap<Vec<u8>, Slave>,
     /// Releases still to hand out, per ABI, in the architect's order.
     queues: BTreeMap<String, VecDeque<QueuedBuild>>,
+    /// Cross-checks waiting for a builder, per ABI, oldest first: handed out before the queue
+    /// to a builder other than the first build's.
+    checks: BTreeMap<String, VecDeque<QueuedCheck>>,
+    /// The cross-checks slaves are building.
+    checking: HashMap<SlaveId, Checking>,
+    /// Cross-checks handed out (by id), until their slave's build could have ended: a queue
+    /// computed before one was recorded does not hand it out again. A check given up is let go.
+    checks_held: HashMap<i64, Instant>,
     /// Releases handed out, per ABI, until their slave's build could have ended (see the
     /// module documentation).
     building: HashMap<String, Exclusions>,
@@ -331,6 +385,9 @@ impl SlaveDriver {
             config,
             slaves: HashMap::new(),
             queues: BTreeMap::new(),
+            checks: BTreeMap::new(),
+            checking: HashMap::new(),
+            checks_held: HashMap::new(),
             building: HashMap::new(),
             deleted: BTreeMap::new(),
             retries: HashMap::new(),
@@ -403,7 +460,7 @@ impl SlaveDriver {
             Decision::Reply(answer) => {
                 if answer == SlaveReply::Done {
                     // The state machine abandoned the build (skipped, or past its timeout).
-                    self.unpublish(sockets, id);
+                    self.end_build(sockets, id);
                 }
                 self.answer(sockets, ctx, &peer, answer)
             }
@@ -527,7 +584,8 @@ impl SlaveDriver {
     }
 
     /// The next release for the slave's ABI that nobody builds and nobody deleted, and that is
-    /// not waiting out a back-off (or for another builder) after an infrastructure failure.
+    /// not waiting out a back-off (or for another builder) after an infrastructure failure: a
+    /// cross-check another builder's build waits for first, then the queue.
     fn find_work(&mut self, identity: &[u8], now: Instant) -> SlaveReply {
         let Some(slave) = self.slaves.get(identity) else { return SlaveReply::Done };
         let (abi, label) = (slave.hello.abi.clone(), slave.hello.host.label.clone());
@@ -539,6 +597,29 @@ impl SlaveDriver {
             })
         };
         let building = self.building.entry(abi.clone()).or_default();
+        let slave = &self.slaves[identity];
+        let checks = self.checks.entry(abi.clone()).or_default();
+        let ours = |check: &QueuedCheck| match (&check.builder_key, &slave.key) {
+            (Some(first), Some(this)) => first == this,
+            _ => check.builder == label,
+        };
+        let held = &self.checks_held;
+        let free = |check: &QueuedCheck| {
+            !ours(check)
+                && held.get(&check.check_id).is_none_or(|until| *until <= now)
+                && !is_deleted(&self.deleted, &check.release, now)
+                && !waiting(&check.release)
+        };
+        if let Some(at) = checks.iter().position(free)
+            && let Some(check) = checks.remove(at)
+        {
+            let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
+            self.checks_held.insert(check.check_id, hold_until(slave, now));
+            let reply = slave.start_build(check.release.clone(), check.source.clone(), now);
+            tracing::info!("slave {} cross-checks {} {} (built by {})", slave.id, check.release.package, check.release.version, check.builder);
+            self.checking.insert(slave.id, Checking { check, compared: Vec::new(), differences: Vec::new() });
+            return reply;
+        }
         let queue = self.queues.entry(abi).or_default();
         let mut index = 0;
         while index < queue.len() {
@@ -555,11 +636,7 @@ impl SlaveDriver {
             }
             let Some(QueuedBuild { release, source }) = queue.remove(index) else { break };
             let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
-            // The slave may download the source for a while before its build timeout starts.
-            // A far future is as good as none.
-            let hold = slave.hello.build_timeout.saturating_add(SourceFile::DOWNLOAD_LIMIT + HOLD_MARGIN);
-            let until = now.checked_add(hold).unwrap_or(now + RETRY_LONGEST);
-            building.insert(release.clone(), until);
+            building.insert(release.clone(), hold_until(slave, now));
             self.lengths_changed = true;
             return slave.start_build(release, source, now);
         }
@@ -620,6 +697,9 @@ impl SlaveDriver {
         mut result: Box<BuildResult>,
         from: usize,
     ) -> SlaveReply {
+        if self.slaves.get(identity).is_some_and(|slave| self.checking.contains_key(&slave.id)) {
+            return self.next_check_file(sockets, ctx, identity, build, result, from);
+        }
         let Some(expectation) = self.expectation(identity, &build) else { return SlaveReply::Done };
         let mut index = from;
         // A file whose conflict was resolved once: a second conflict means it could not be.
@@ -651,6 +731,7 @@ impl SlaveDriver {
                 file: Box::new(published.clone()),
                 expectation: Box::new(expectation.clone()),
                 must_send: true,
+                compare_with: None,
             };
             match sockets.fs.call(request) {
                 Ok(Expected::Expecting { transfer }) => {
@@ -690,6 +771,114 @@ impl SlaveDriver {
             }
         }
         self.finish(sockets, ctx, identity, build, *result)
+    }
+
+    /// [`SlaveDriver::next_file`] for a cross-check: each file from `from` on is received and
+    /// compared with the first build's file of the same wheel, never published; a file the
+    /// first build has no counterpart of, or that the master refuses, is a difference. The
+    /// verdict is recorded when none is left.
+    fn next_check_file(
+        &mut self,
+        sockets: &Sockets,
+        ctx: &Context<'_, Event>,
+        identity: &[u8],
+        build: PackageVersion,
+        result: Box<BuildResult>,
+        from: usize,
+    ) -> SlaveReply {
+        let Some(expectation) = self.expectation(identity, &build) else { return SlaveReply::Done };
+        let Some(slave) = self.slaves.get_mut(identity) else { return SlaveReply::Done };
+        let Some(checking) = self.checking.get_mut(&slave.id) else { return SlaveReply::Done };
+        for index in from..result.files.len() {
+            let file = &result.files[index];
+            let Some(first) = cross_check::counterpart(&file.filename, &checking.check.files).map(str::to_string) else {
+                checking.note(None, [format!("{}: the first build made no such wheel", file.filename)]);
+                continue;
+            };
+            let request = Expect {
+                package: build.package.clone(),
+                file: Box::new(file.clone()),
+                expectation: Box::new(expectation.clone()),
+                must_send: true,
+                compare_with: Some(first.clone()),
+            };
+            let reason = match sockets.fs.call(request) {
+                Ok(Expected::Expecting { transfer }) => {
+                    let filename = file.filename.clone();
+                    return slave.send(result, filename, transfer);
+                }
+                Ok(Expected::Refused { reason }) => {
+                    checking.note(Some(&first), [format!("{}: the master refuses it: {reason}", file.filename)]);
+                    continue;
+                }
+                Ok(other) => format!("the file juggler answered {other:?} to a cross-check's file"),
+                Err(e) => format!("the master could not take {}: {e}", file.filename),
+            };
+            return self.give_up(sockets, ctx, identity, &build, &reason);
+        }
+        self.finish(sockets, ctx, identity, build, *result)
+    }
+
+    /// Records what a cross-check found, with a rewrite of the project page, and tells
+    /// monitors (a warning when the build was not reproduced). A failure that is not the
+    /// package's is given up instead, and the check waits for its next builder.
+    fn finish_check(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], build: PackageVersion, result: BuildResult) -> SlaveReply {
+        let Some(slave) = self.slaves.get(identity) else { return SlaveReply::Done };
+        let elapsed = slave.handed_out().map(|(started, _)| ctx.now().saturating_duration_since(started));
+        if (!result.success || result.files.is_empty())
+            && let Err(reason) = check_failure(&result, &slave.hello, elapsed)
+        {
+            return self.give_up(sockets, ctx, identity, &build, &reason);
+        }
+        let Some(checking) = self.checking.remove(&slave.id) else { return self.done(sockets, identity) };
+        let check_id = checking.check.check_id;
+        let first_builder = checking.check.builder.clone();
+        let verdict = if result.success && !result.files.is_empty() {
+            checking.verdict()
+        } else {
+            let tail: Vec<&str> = result.output.lines().rev().take(FAILURE_LINES).collect::<Vec<_>>().into_iter().rev().collect();
+            let how = match result.failure {
+                Some(FailureKind::Timeout) => "ran past its time limit",
+                Some(FailureKind::OutOfMemory) => "ran out of memory",
+                _ => "failed",
+            };
+            Verdict::Failed { reason: format!("the second build {how}: {}", tail.join("\n")) }
+        };
+        let record = CheckRecord {
+            check_id,
+            builder: slave.hello.host.label.clone(),
+            builder_key: slave.key.clone(),
+            environment: slave.hello.environment.clone(),
+            started_at: ctx.utc() - chrono::Duration::from_std(elapsed.unwrap_or_default()).unwrap_or_default(),
+            duration: result.duration,
+            verdict: verdict.clone(),
+        };
+        let (id, label, abi) = (slave.id, slave.hello.host.label.clone(), slave.hello.abi.clone());
+        let what = format!("{} {} ({} on {first_builder}, again on {label})", build.package, build.version, slave.hello.abi);
+        match sockets.db.call(LogCheck { check: Box::new(record), rewrite_at: ctx.utc() }) {
+            Ok(()) => {
+                let (level, text) = match &verdict {
+                    Verdict::Reproduced => (NoticeLevel::Info, format!("cross-check of {what}: reproduced")),
+                    Verdict::Differs { differences } => {
+                        (NoticeLevel::Warning, format!("cross-check of {what}: NOT reproduced: {}", differences.join("; ")))
+                    }
+                    Verdict::Failed { .. } => (NoticeLevel::Warning, format!("cross-check of {what}: NOT reproduced: the second build failed")),
+                };
+                match level {
+                    NoticeLevel::Info => tracing::info!("slave {id}: {text}"),
+                    _ => tracing::warn!("slave {id}: {text}"),
+                }
+                notice(sockets, ctx, level, text);
+                if let Some(retries) = self.retries.get_mut(&abi) {
+                    retries.remove(&build);
+                }
+                web(sockets, WebRequest::Rewrite { package: build.package.clone(), scope: RewriteScope::Project });
+            }
+            // Its build was removed meanwhile: nothing to record.
+            Err(e) if e.kind() == ErrorKind::Refused => tracing::info!("slave {id}: cross-check of {what} not recorded: {e}"),
+            Err(e) => return self.give_up(sockets, ctx, identity, &build, &format!("the database did not record the cross-check: {e}")),
+        }
+        self.done(sockets, identity)
     }
 
     /// What the files of the slave's build must be: a wheel of its release for its ABI and
@@ -862,6 +1051,22 @@ impl SlaveDriver {
                     self.next_file(sockets, ctx, identity, build, result, index)
                 }
             }
+            Ok(Verification::Compared { differences, .. }) => {
+                self.attempts.remove(&id);
+                if let Some(checking) = self.checking.get_mut(&id) {
+                    let first = cross_check::counterpart(filename, &checking.check.files).map(str::to_string);
+                    checking.note(first.as_deref(), differences);
+                }
+                self.next_file(sockets, ctx, identity, build, result, index + 1)
+            }
+            Ok(Verification::Refused { reason }) if self.checking.contains_key(&id) => {
+                self.attempts.remove(&id);
+                if let Some(checking) = self.checking.get_mut(&id) {
+                    let first = cross_check::counterpart(filename, &checking.check.files).map(str::to_string);
+                    checking.note(first.as_deref(), [format!("{filename}: the master refuses it: {reason}")]);
+                }
+                self.next_file(sockets, ctx, identity, build, result, index + 1)
+            }
             Ok(Verification::Refused { reason }) => {
                 self.attempts.remove(&id);
                 self.refuse_file(sockets, ctx, identity, &mut result, index, &reason);
@@ -880,6 +1085,9 @@ impl SlaveDriver {
     /// A failure that is not the package's is given up instead (see [`SlaveDriver::give_up`]).
     fn finish(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], build: PackageVersion, mut result: BuildResult) -> SlaveReply {
         let Some(slave) = self.slaves.get(identity) else { return SlaveReply::Done };
+        if self.checking.contains_key(&slave.id) {
+            return self.finish_check(sockets, ctx, identity, build, result);
+        }
         if !result.success || result.files.is_empty() {
             let elapsed = slave.handed_out().map(|(started, _)| ctx.now().saturating_duration_since(started));
             if let Err(reason) = check_failure(&result, &slave.hello, elapsed) {
@@ -907,8 +1115,9 @@ impl SlaveDriver {
         };
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());
         let rewrite = record.pending_rewrite(ctx.utc());
+        let cross_check = cross_check::sampled(self.config.cross_check_share, &build.package, &build.version, &abi);
         // Sent once: an unanswered request may have been recorded all the same.
-        match sockets.db.call(LogBuild { build: Box::new(record), rewrite_at: rewrite.added_at }) {
+        match sockets.db.call(LogBuild { build: Box::new(record), rewrite_at: rewrite.added_at, cross_check }) {
             Ok(build_id) => {
                 // Its files are the build's now.
                 self.published.remove(&slave_id);
@@ -944,17 +1153,22 @@ impl SlaveDriver {
             Some(slave) => {
                 let id = slave.id;
                 let answer = slave.done();
-                self.unpublish(sockets, id);
+                self.end_build(sockets, id);
                 answer
             }
             None => SlaveReply::Done,
         }
     }
 
-    /// Removes the files a slave's unrecorded build published, except any that a recorded
-    /// build or another build in progress holds (another slave or an import may have
-    /// published the same file meanwhile).
-    fn unpublish(&mut self, sockets: &Sockets, slave_id: SlaveId) {
+    /// Forgets a slave's build that ended, recorded or not: a cross-check it was (let go when
+    /// it was not recorded), and the files it published unrecorded, which are removed (except any that a recorded build or
+    /// another build in progress holds: another slave or an import may have published the
+    /// same file meanwhile).
+    fn end_build(&mut self, sockets: &Sockets, slave_id: SlaveId) {
+        // A check still here was not recorded: it may be handed out again.
+        if let Some(checking) = self.checking.remove(&slave_id) {
+            self.checks_held.remove(&checking.check.check_id);
+        }
         if let Some((build, files)) = self.published.remove(&slave_id) {
             self.remove_unrecorded(sockets, build, files);
         }
@@ -999,7 +1213,7 @@ impl SlaveDriver {
         let holding = slave.build().map(|b| format!(" (it was building {} {})", b.package, b.version)).unwrap_or_default();
         tracing::info!("slave {} ({}) gone: {reason}{holding}", slave.id, slave.hello.host.label);
         self.attempts.remove(&slave.id);
-        self.unpublish(sockets, slave.id);
+        self.end_build(sockets, slave.id);
         if let Some(build) = slave.build() {
             if !goodbye {
                 self.infrastructure_failures += 1;
@@ -1014,11 +1228,13 @@ impl SlaveDriver {
     }
 
     fn on_builds(&mut self, sockets: &Sockets, now: Instant) -> anyhow::Result<()> {
-        let BuildQueueUpdate { queues } = sockets.builds.recv()?;
+        let BuildQueueUpdate { queues, checks } = sockets.builds.recv()?;
+        self.checks = checks.into_iter().map(|(abi, checks)| (abi, checks.into())).collect();
         self.deleted.retain(|_, until| *until > now);
         for exclusions in self.building.values_mut() {
             exclusions.retain(|_, until| *until > now);
         }
+        self.checks_held.retain(|_, until| *until > now);
         // A release not failed again for a day starts its back-off afresh.
         for retries in self.retries.values_mut() {
             retries.retain(|_, retry| now.saturating_duration_since(retry.until) < RETRY_FORGOTTEN);
@@ -1321,6 +1537,13 @@ fn last_words(output: &str) -> String {
 /// ran and failed, so that the failure is the package's: `Err` says why it does not, and the
 /// failure is then the infrastructure's. `elapsed` is the time since the build was handed out,
 /// which the build cannot have outlasted.
+/// Until when a release handed to `slave` stays its: the slave may download the source for a
+/// while before its build timeout starts. A far future is as good as none.
+fn hold_until(slave: &Slave, now: Instant) -> Instant {
+    let hold = slave.hello.build_timeout.saturating_add(SourceFile::DOWNLOAD_LIMIT + HOLD_MARGIN);
+    now.checked_add(hold).unwrap_or(now + RETRY_LONGEST)
+}
+
 fn check_failure(result: &BuildResult, hello: &SlaveHello, elapsed: Option<Duration>) -> Result<(), String> {
     let kind = match result.failure {
         Some(FailureKind::NoSpace) => return Err("the builder ran out of disk space".into()),

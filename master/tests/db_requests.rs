@@ -132,7 +132,7 @@ impl Fixture {
 
 /// The request recording `build`, with its pages' rewrite added now.
 fn log(build: BuildRecord) -> LogBuild {
-    LogBuild { build: Box::new(build), rewrite_at: Utc::now() }
+    LogBuild { build: Box::new(build), rewrite_at: Utc::now(), cross_check: false }
 }
 
 fn at(y: i32, mo: u32, d: u32) -> DateTime<Utc> {
@@ -514,12 +514,12 @@ fn log_build_records_the_rewrite_of_the_package_pages_in_the_same_transaction() 
     let mut fx = Fixture::with_abis();
     fx.version("foo", "1.0", at(2020, 1, 1));
     fx.version("bar", "1.0", at(2020, 1, 1));
-    fx.call(LogBuild { build: Box::new(build("foo", "1.0", "cp39", vec![pure("foo", "1.0")])), rewrite_at: at(2024, 3, 1) });
-    fx.call(LogBuild { build: Box::new(build("bar", "1.0", "cp39", Vec::new())), rewrite_at: at(2024, 3, 2) });
+    fx.call(LogBuild { build: Box::new(build("foo", "1.0", "cp39", vec![pure("foo", "1.0")])), rewrite_at: at(2024, 3, 1), cross_check: false });
+    fx.call(LogBuild { build: Box::new(build("bar", "1.0", "cp39", Vec::new())), rewrite_at: at(2024, 3, 2), cross_check: false });
     // A refused build records no rewrite either.
     let mut changed = pure("foo", "1.0");
     changed.sha256 = "e".repeat(64);
-    fx.error(LogBuild { build: Box::new(build("foo", "1.0", "cp311", vec![changed])), rewrite_at: at(2024, 2, 1) });
+    fx.error(LogBuild { build: Box::new(build("foo", "1.0", "cp311", vec![changed])), rewrite_at: at(2024, 2, 1), cross_check: false });
     let pending = fx.call(PendingRewrites {});
     assert_eq!(
         pending,

@@ -114,7 +114,7 @@ impl Juggler {
     }
 
     fn expect_as(&self, package: &str, file: &WheelFile, expectation: FileExpectation) -> FsReply {
-        self.request(Expect { package: package.into(), file: Box::new(file.clone()), expectation: Box::new(expectation), must_send: false })
+        self.request(Expect { package: package.into(), file: Box::new(file.clone()), expectation: Box::new(expectation), must_send: false, compare_with: None })
     }
 
     fn expecting(&self, package: &str, file: &WheelFile) -> TransferId {
@@ -359,7 +359,7 @@ fn hostile_announcements_are_refused_and_the_juggler_still_serves() {
     // described from it; nothing is published again.
     use std::os::unix::fs::MetadataExt;
     let inode = std::fs::metadata(j.published("foo", &good.filename)).unwrap().ino();
-    let must_send = Expect { package: "foo".into(), file: Box::new(good.clone()), expectation: Box::new(expectation(&good)), must_send: true };
+    let must_send = Expect { package: "foo".into(), file: Box::new(good.clone()), expectation: Box::new(expectation(&good)), must_send: true, compare_with: None };
     let FsReply::Expect(Expected::Expecting { transfer }) = j.request(must_send) else { panic!("a builder's file must be sent") };
     j.upload(transfer, &path, UploadOptions::default()).unwrap();
     assert_eq!(j.verify(transfer), FsReply::Verify(Verification::Verified { file: Box::new(good.clone()) }));
@@ -369,7 +369,7 @@ fn hostile_announcements_are_refused_and_the_juggler_still_serves() {
     // sends its own bytes.
     let from = |key: &str| {
         let expectation = FileExpectation { uploader: Some(key.into()), ..expectation(&good) };
-        match j.request(Expect { package: "foo".into(), file: Box::new(good.clone()), expectation: Box::new(expectation), must_send: true }) {
+        match j.request(Expect { package: "foo".into(), file: Box::new(good.clone()), expectation: Box::new(expectation), must_send: true, compare_with: None }) {
             FsReply::Expect(Expected::Expecting { transfer }) => transfer,
             other => panic!("{other:?}"),
         }

@@ -9,9 +9,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use index_support::{Farm, link_targets};
-use piwheels_common::protocols::MasterStats;
 use piwheels_master::calls::db::{DeleteBuilds, DeletePackage, DeleteVersion, NewVersion, RenamePackage, SearchEntry, VersionFiles};
-use piwheels_master::calls::tasks::WebRequest;
+use piwheels_master::calls::tasks::{CheckCounts, WebRequest};
 use piwheels_common::wheel::WheelName;
 use piwheels_master::index::layout::log_path;
 
@@ -49,7 +48,7 @@ fn farm() -> Farm {
     for (package, build) in builds {
         farm.log(package, build, &format!("build {build}"));
     }
-    farm.send(WebRequest::Home(MasterStats::default()));
+    farm.send(WebRequest::Home { stats: Box::default(), checks: CheckCounts::default() });
     farm.send(WebRequest::Search { entries: vec![SearchEntry { package: "foo".into(), downloads_recent: 0, downloads_all: 0 }] });
     for package in ["foo", "baz", "new-name"] {
         farm.rewrite(package);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use index_support::{Farm, tags, text_of};
 use piwheels_common::protocols::{HostStats, MasterStats};
 use piwheels_master::calls::db::{RenamePackage, SearchEntry};
-use piwheels_master::calls::tasks::WebRequest;
+use piwheels_master::calls::tasks::{CheckCounts, WebRequest};
 
 /// numpy: 1.0 built on both ABIs (apt and pip dependencies), 1.1 failed on cp311 and pending
 /// on cp39, 2.0b1 a pre-release built on cp39, with logs for some builds.
@@ -226,13 +226,15 @@ fn the_home_page_and_search_index_show_what_they_are_sent() {
         host: HostStats { disk_free: 5 << 30, disk_size: 100 << 30, ..HostStats::default() },
         ..MasterStats::default()
     };
-    farm.send(WebRequest::Home(stats));
+    farm.send(WebRequest::Home { stats: Box::new(stats), checks: CheckCounts { reproduced: 1_200, not_reproduced: 3 } });
     let html = farm.read("index.html");
     assert_eq!(text_of(&html, "packages-built"), "1,234,567");
     assert_eq!(text_of(&html, "files-count"), "2,345");
     assert_eq!(text_of(&html, "downloads-all"), "98,765,432");
     assert_eq!(text_of(&html, "downloads-30"), "4,321");
     assert_eq!(text_of(&html, "disk-free"), "5 GB of 100 GB");
+    assert_eq!(text_of(&html, "reproduced"), "1,200");
+    assert_eq!(text_of(&html, "not-reproduced"), "3");
     assert!(html.contains(r#"<tr data-abi="cp311"><td>cp311</td><td>12</td><td>100</td></tr>"#), "{html}");
 
     let entries = vec![

@@ -43,6 +43,9 @@ struct Farm {
     /// The slaves' `--build-timeout`: long, so that a loaded machine's slow builds are not
     /// taken for hung ones, but for the test of the timeout itself.
     build_timeout: &'static str,
+    /// The master's `--cross-check-share`: none, so that the other tests' builds are not built
+    /// again, but for the test of cross-checks.
+    cross_check_share: &'static str,
 }
 
 impl Farm {
@@ -58,7 +61,7 @@ impl Farm {
                 (name.to_string(), key.for_unprivileged())
             })
             .to_vec();
-        Farm { dir, db, pypi: FakePypi::start(), slave_port: free_port(), file_port: free_port(), master: None, pid_file, keys, build_timeout: "300s" }
+        Farm { dir, db, pypi: FakePypi::start(), slave_port: free_port(), file_port: free_port(), master: None, pid_file, keys, build_timeout: "300s", cross_check_share: "0" }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -93,6 +96,7 @@ impl Farm {
             .arg("--pypi-simple")
             .arg(self.pypi.simple_url())
             .args(["--pypi-interval", "200ms", "--queue-debounce", "200ms", "--rewrite-window", "200ms", "--oracles", "2"])
+            .args(["--cross-check-share", self.cross_check_share])
             .env_remove("PIW_LOG")
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.path("master.log")).unwrap())
@@ -604,4 +608,73 @@ fn built_wheels_carry_signed_provenance_that_piw_verify_checks() {
     let (status, _, why) = verify(&[other_wheel.as_os_str()]);
     assert_eq!(status, Some(1), "{why}");
     assert!(why.contains("the index has no signed statement for it"), "{why}");
+}
+
+/// Cross-checks with real pip: every build (the master's share set to all) is built again by
+/// the other slave from the same source; a deterministic package is reproduced, one whose build
+/// embeds a random value is not, and its page names the files that differ. piw-rebuild asks
+/// for one more on demand.
+#[test]
+fn a_deterministic_build_is_reproduced_by_another_slave_and_a_random_one_is_not() {
+    let mut farm = Farm::new();
+    farm.cross_check_share = "1";
+    farm.pypi.create_package("same-pkg", None);
+    farm.pypi.add_source("same-pkg", "1.0", sdist::pure("same-pkg", "1.0"));
+    farm.pypi.create_package("random-pkg", None);
+    farm.pypi.add_source("random-pkg", "1.0", sdist::random("random-pkg", "1.0"));
+    farm.start_master();
+    // The first slave builds both; only the other one may check them.
+    let first = farm.start_slave("slave-a");
+    assert_eq!(farm.wait_for_build("same-pkg 1.0", Duration::from_secs(180)), "same-pkg 1.0 t -");
+    assert_eq!(farm.wait_for_build("random-pkg 1.0", Duration::from_secs(180)), "random-pkg 1.0 t -");
+    let published = || farm.db.column("SELECT filename || ' ' || filehash FROM files ORDER BY filename");
+    let before = published();
+    let _second = farm.start_slave("slave-b");
+    let verdict = |package: &str| {
+        farm.db.column(&format!(
+            "SELECT c.verdict || ' by ' || c.builder || ': ' || array_to_string(c.differences, ' | ') \
+             FROM cross_checks c JOIN builds b USING (build_id) WHERE b.package = '{package}' AND c.verdict IS NOT NULL ORDER BY c.check_id"
+        ))
+    };
+    wait_until("both cross-checks done", || verdict("same-pkg").len() == 1 && verdict("random-pkg").len() == 1);
+    drop(first);
+    assert_eq!(verdict("same-pkg"), [Some("reproduced by slave-b: ".to_string())]);
+    assert_eq!(
+        verdict("random-pkg"),
+        [Some("differs by slave-b: random_pkg-1.0.dist-info/RECORD: contents differ | random_pkg_mod.py: contents differ".to_string())]
+    );
+    // Compared, never published, and no build recorded for them.
+    assert_eq!(published(), before);
+    assert_eq!(farm.builds(), ["random-pkg 1.0 t -", "same-pkg 1.0 t -"]);
+
+    let page = |package: &str| std::fs::read_to_string(farm.path(&format!("www/project/{package}/index.html"))).unwrap_or_default();
+    wait_until("the project pages showing the verdicts", || {
+        page("same-pkg").contains("reproduced on 2 builders") && page("random-pkg").contains("not reproduced")
+    });
+    assert!(page("random-pkg").contains("random_pkg_mod.py: contents differ"), "{}", page("random-pkg"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(farm.path("www/project/same-pkg/json/index.json")).unwrap()).unwrap();
+    assert_eq!(json["releases"]["1.0"]["builds"][local_abi()]["cross_check"], serde_json::json!({ "verdict": "reproduced", "builders": 2 }));
+
+    // piw-rebuild asks for another; the home page counts them.
+    let rebuild = |args: &[&str]| {
+        let out = Command::new(program("piw-rebuild"))
+            .args(["--config", "/dev/null", "--import-queue"])
+            .arg(format!("ipc://{}/run/import", farm.dir.path().display()))
+            .args(args)
+            .env_remove("PIW_LOG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let said = rebuild(&["cross-check", "same-pkg", "1.0"]);
+    assert!(said.contains(&format!("same-pkg 1.0 is to be cross-checked on {}", local_abi())), "{said}");
+    wait_until("the second cross-check done", || verdict("same-pkg").len() == 2);
+    assert_eq!(verdict("same-pkg")[1], Some("reproduced by slave-b: ".to_string()));
+    rebuild(&["home"]);
+    let home = || std::fs::read_to_string(farm.path("www/index.html")).unwrap_or_default();
+    wait_until("the home page counting the cross-checks", || {
+        home().contains(r#"<td id="reproduced">2</td>"#) && home().contains(r#"<td id="not-reproduced">1</td>"#)
+    });
 }

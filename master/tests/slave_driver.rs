@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::FakeClock;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
-use piwheels_master::calls::db::{QueuedBuild, RewriteScope, WantRebuild};
+use piwheels_master::calls::db::{Project, QueuedBuild, Reproducibility, RewriteScope, WantCrossCheck, WantRebuild};
 use piwheels_master::calls::files::{Expected, FsReply, FsRequest, Verification, Verify};
 use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, ReleaseAck, ReleaseNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, Runtime, TaskHandle};
@@ -51,15 +51,20 @@ impl Farm {
 
     /// [`Farm::start`] with `limits` on slaves and the file juggler configured by `juggler`.
     fn start_with(releases: &[(&str, &str)], limits: SlaveLimits, juggler: impl FnOnce(&mut JugglerConfig)) -> Farm {
-        Farm::start_inner(releases, limits, Some(juggler))
+        Farm::start_inner(releases, limits, Some(juggler), 0.0)
     }
 
     /// [`Farm::start`] without a file juggler: the test plays it at `wiring::FS`.
     fn start_without_juggler(releases: &[(&str, &str)]) -> Farm {
-        Farm::start_inner(releases, SlaveLimits::default(), None::<fn(&mut JugglerConfig)>)
+        Farm::start_inner(releases, SlaveLimits::default(), None::<fn(&mut JugglerConfig)>, 0.0)
     }
 
-    fn start_inner(releases: &[(&str, &str)], limits: SlaveLimits, juggler: Option<impl FnOnce(&mut JugglerConfig)>) -> Farm {
+    /// [`Farm::start`] with every successful build cross-checked.
+    fn start_cross_checking(releases: &[(&str, &str)]) -> Farm {
+        Farm::start_inner(releases, SlaveLimits::default(), Some(|_: &mut JugglerConfig| {}), 1.0)
+    }
+
+    fn start_inner(releases: &[(&str, &str)], limits: SlaveLimits, juggler: Option<impl FnOnce(&mut JugglerConfig)>, cross_check_share: f64) -> Farm {
         let mut pool = Pool::with_releases(releases);
         let dir = tempfile::tempdir().unwrap();
         let file_endpoint = match juggler {
@@ -79,6 +84,7 @@ impl Farm {
             auth: Auth::disabled(),
             limits,
             retry_backoff: RETRY_FIRST,
+            cross_check_share,
         };
         let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());
         let driver = task::spawn(
@@ -188,7 +194,12 @@ impl FakeSlave {
     /// Reports a successful build of `package` `version` with one wheel and sends it; the
     /// build is recorded.
     fn deliver(&self, farm: &Farm, package: &str, version: &str) {
-        let (path, file) = wheel(farm.dir.path(), package, version, format!("{package} {version}").as_bytes());
+        self.deliver_bytes(farm, package, version, format!("{package} {version}").as_bytes());
+    }
+
+    /// [`FakeSlave::deliver`] with a wheel whose payload is `payload`.
+    fn deliver_bytes(&self, farm: &Farm, package: &str, version: &str, payload: &[u8]) {
+        let (path, file) = wheel(farm.dir.path(), package, version, payload);
         let SlaveReply::Send { filename, transfer } = self.ask(SlaveRequest::Built(result(true, vec![file]))) else {
             panic!("expected a send")
         };
@@ -658,7 +669,7 @@ impl TimedDriver {
         let rt = Runtime { poll_cap: Duration::from_millis(10), ..Runtime::new(pool.rt.zmq.clone(), Arc::new(clock.clone()), "inproc://status") };
         let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());
         let config =
-            DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT, auth: Auth::disabled(), limits: SlaveLimits::default(), retry_backoff: RETRY_FIRST };
+            DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT, auth: Auth::disabled(), limits: SlaveLimits::default(), retry_backoff: RETRY_FIRST, cross_check_share: 0.0 };
         let open_config = config.clone();
         let driver = task::spawn(
             &rt,
@@ -685,7 +696,7 @@ impl TimedDriver {
             .iter()
             .map(|p| QueuedBuild { release: PackageVersion { package: p.to_string(), version: "1.0".into() }, source: source_file(p, "1.0") })
             .collect();
-        self.builds.send(&BuildQueueUpdate { queues: [("cp311".to_string(), queue)].into() }, WAIT).unwrap();
+        self.builds.send(&BuildQueueUpdate { queues: [("cp311".to_string(), queue)].into(), checks: BTreeMap::new() }, WAIT).unwrap();
     }
 
     fn next_lengths(&self) -> BTreeMap<String, u64> {
@@ -1102,4 +1113,124 @@ fn a_wheel_the_master_has_no_room_for_is_not_recorded_and_the_release_is_built_a
     assert_eq!(slave.take_build(), ("foo".to_string(), "1.0".to_string()));
     slave.deliver(&farm, "foo", "1.0");
     assert_eq!(farm.builds().len(), 1);
+}
+
+/// Cross-checks: a build sampled for one is built again by another builder of the ABI (never
+/// by its own), compared member by member with the published wheel, and never published; the
+/// verdict is recorded, shown to monitors and the project page's data.
+#[test]
+fn sampled_builds_are_cross_checked_by_another_builder_and_the_verdict_recorded() {
+    let mut farm = Farm::start_cross_checking(&[("same", "1.0"), ("other", "1.0"), ("broken", "1.0")]);
+    let first = farm.slave("pi-1");
+    let second = farm.slave("pi-2");
+    first.hello();
+    farm.refresh_queue();
+    for _ in 0..3 {
+        let (package, version) = first.take_build();
+        first.deliver(&farm, &package, &version);
+    }
+    assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM cross_checks WHERE checked_at IS NULL"), [Some("3".to_string())]);
+    let simple = farm.dir.path().join("www/simple");
+    let published = |package: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(simple.join(package)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+    let before: Vec<Vec<String>> = ["same", "other", "broken"].iter().map(|p| published(p)).collect();
+
+    second.hello();
+    // The first builder is asked first each time, and never handed its own builds' checks.
+    let take_check = || {
+        let deadline = Instant::now() + WAIT;
+        let trigger = Sender::<ArchitectTrigger>::push(&farm.pool.rt.zmq, wiring::ARCHITECT.address()).unwrap();
+        trigger.send(&ArchitectTrigger::Refresh { reason: "test".into() }, WAIT).unwrap();
+        loop {
+            assert_eq!(first.ask(idle()), SlaveReply::Sleep { paused: false }, "the first builder was handed a check of its own build");
+            match second.ask(idle()) {
+                SlaveReply::Build { package, version, source } => {
+                    assert_eq!(source, source_file(&package, &version), "a check builds from the same source");
+                    return package;
+                }
+                SlaveReply::Sleep { .. } => assert!(Instant::now() < deadline, "no check was handed out"),
+                other => panic!("expected a check, got {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut verdicts = BTreeMap::new();
+    for _ in 0..3 {
+        let package = take_check();
+        match package.as_str() {
+            "same" => second.deliver(&farm, "same", "1.0"),
+            "other" => second.deliver_bytes(&farm, "other", "1.0", b"a random value"),
+            _ => assert_eq!(second.ask(SlaveRequest::Built(result(false, Vec::new()))), SlaveReply::Done),
+        }
+        let verdict = farm.pool.db.column(&format!(
+            "SELECT c.verdict || ': ' || array_to_string(c.differences, ' | ') || ' by ' || c.builder \
+             FROM cross_checks c JOIN builds b USING (build_id) WHERE b.package = '{package}'"
+        ));
+        verdicts.insert(package, verdict[0].clone().unwrap());
+    }
+    assert_eq!(verdicts["same"], "reproduced:  by pi-2");
+    assert_eq!(verdicts["other"], "differs: other-1.0.dist-info/RECORD: contents differ | other/payload.bin: contents differ by pi-2");
+    assert_eq!(verdicts["broken"], "failed: the second build failed: error: it broke by pi-2");
+
+    // Compared, not published, and no build recorded for them.
+    let after: Vec<Vec<String>> = ["same", "other", "broken"].iter().map(|p| published(p)).collect();
+    assert_eq!(after, before);
+    assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM builds"), [Some("3".to_string())]);
+    assert!(noticed(&mut farm, &["cross-check of same 1.0", "reproduced"]));
+    assert!(noticed(&mut farm, &["cross-check of other 1.0", "NOT reproduced", "other/payload.bin: contents differ"]));
+    assert!(noticed(&mut farm, &["cross-check of broken 1.0", "NOT reproduced: the second build failed"]));
+    let rewrites = farm.web_requests();
+    for package in ["same", "other", "broken"] {
+        assert!(
+            rewrites.iter().any(|r| matches!(r, WebRequest::Rewrite { package: p, scope: RewriteScope::Project } if p == package)),
+            "{rewrites:?}"
+        );
+    }
+
+    // The project pages' data.
+    let db = farm.pool.client(WAIT);
+    let found = |package: &str| db.call(Project { package: package.into() }).unwrap().releases[0].reproducibility.get("cp311").cloned();
+    assert_eq!(found("same"), Some(Reproducibility::Reproduced { builders: 2 }));
+    assert!(matches!(found("other"), Some(Reproducibility::Differs { differences }) if differences.len() == 2));
+    assert!(matches!(found("broken"), Some(Reproducibility::Failed { reason }) if reason.contains("it broke")));
+    // Nothing waits any more, and the second build's records do not make new checks.
+    assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM cross_checks WHERE checked_at IS NULL"), [Some("0".to_string())]);
+}
+
+/// piw-rebuild cross-check's request: the latest successful build of each ABI, once however
+/// often it is asked; refused with a reason for what cannot be checked.
+#[test]
+fn a_cross_check_is_asked_for_a_release_with_a_successful_build_from_a_source() {
+    let farm = Farm::start(&[("foo", "1.0"), ("bad", "1.0")]);
+    let db = farm.pool.client(WAIT);
+    let want = |package: &str, abi: Option<&str>| {
+        db.call(WantCrossCheck { package: package.into(), version: "1.0".into(), abi: abi.map(str::to_string) }).map_err(|e| e.to_string())
+    };
+    assert!(want("foo", None).unwrap_err().contains("no successful build to cross-check"));
+    let slave = farm.slave("pi-1");
+    slave.hello();
+    farm.refresh_queue();
+    for _ in 0..2 {
+        match slave.take_build().0.as_str() {
+            "foo" => slave.deliver(&farm, "foo", "1.0"),
+            _ => assert_eq!(slave.ask(SlaveRequest::Built(result(false, Vec::new()))), SlaveReply::Done),
+        }
+    }
+    assert_eq!(want("foo", None).unwrap(), ["cp311"]);
+    assert_eq!(want("foo", Some("cp311")).unwrap(), ["cp311"]);
+    assert!(want("bad", None).unwrap_err().contains("no successful build to cross-check"));
+    assert!(want("foo", Some("cp39")).unwrap_err().contains("no successful build on cp39"));
+    assert!(want("nope", None).unwrap_err().contains("unknown version nope 1.0"));
+    assert_eq!(
+        farm.pool.db.column("SELECT b.package || ' ' || c.requested_by FROM cross_checks c JOIN builds b USING (build_id)"),
+        [Some("foo operator".to_string())],
+        "one check waits, however often it was asked"
+    );
+    // A build without a recorded source (an import) cannot be built again from it.
+    farm.pool.db.column("UPDATE builds SET source_filename = NULL, source_url = NULL, source_sha256 = NULL RETURNING ''");
+    farm.pool.db.column("DELETE FROM cross_checks RETURNING ''");
+    assert!(want("foo", None).unwrap_err().contains("record no source"));
 }

@@ -66,7 +66,7 @@ variant_names! {
     slave_event: SlaveEvent { Hello, Stats, Replied, Gone }
     notice_level: NoticeLevel { Info, Warning, Error }
     failure_kind: FailureKind { Build, Timeout, OutOfMemory, NoSpace, Builder, Source }
-    rebuild_target: RebuildTarget { Home, Search, Project, Both, Release }
+    rebuild_target: RebuildTarget { Home, Search, Project, Both, Release, CrossCheck }
     access_record: AccessRecord { Download, Search, ProjectPage, ProjectJson, Page }
     error_kind: ErrorKind { Refused, Unavailable }
 }
@@ -221,6 +221,7 @@ fn rebuild_targets() -> Vec<RebuildTarget> {
         RebuildTarget::Project(Some("numpy".into())),
         RebuildTarget::Both(None),
         RebuildTarget::Release { package: "numpy".into(), version: "1.26.4".into(), abi: Some("cp311".into()) },
+        RebuildTarget::CrossCheck { package: "numpy".into(), version: "1.26.4".into(), abi: None },
     ]
 }
 

@@ -78,6 +78,93 @@ pub struct QueuedBuild {
     pub source: SourceFile,
 }
 
+/// A cross-check waiting for a builder: a successful build to be built again by another
+/// builder of its ABI, from the same source, and compared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct QueuedCheck {
+    /// The cross-check's id.
+    pub check_id: i64,
+    /// The release.
+    pub release: PackageVersion,
+    /// The source the build was made from.
+    pub source: SourceFile,
+    /// The label of the builder that made the build.
+    pub builder: String,
+    /// That builder's key, when the farm authenticates: another connection of it is the same
+    /// builder.
+    pub builder_key: Option<String>,
+    /// The build's files: each file of the second build is compared with the one of the same
+    /// wheel (its name without the build tag).
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub files: Vec<String>,
+}
+
+/// What a cross-check found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum Verdict {
+    /// The second build made the same wheels, member for member.
+    Reproduced,
+    /// The wheels differ: one line per differing file or member.
+    Differs {
+        /// What differs.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        differences: Vec<String>,
+    },
+    /// The second build failed for the package's own reasons.
+    Failed {
+        /// Why, with the last lines of its log.
+        reason: String,
+    },
+}
+
+/// A finished cross-check to record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct CheckRecord {
+    /// The cross-check.
+    pub check_id: i64,
+    /// The second builder's label.
+    pub builder: String,
+    /// Its key, when the farm authenticates.
+    pub builder_key: Option<String>,
+    /// What it builds with.
+    #[cfg_attr(test, proptest(strategy = "small_map()"))]
+    pub environment: BTreeMap<String, String>,
+    /// When the master handed it out.
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub started_at: Timestamp,
+    /// How long the second build took.
+    pub duration: Duration,
+    /// What it found.
+    pub verdict: Verdict,
+}
+
+/// What the cross-checks of one build found, for its project page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum Reproducibility {
+    /// A cross-check is waiting for another builder.
+    Waiting,
+    /// Builders, the build's own included, that made the same wheels.
+    Reproduced {
+        /// How many.
+        builders: u32,
+    },
+    /// The latest cross-check found these differences.
+    Differs {
+        /// What differs.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        differences: Vec<String>,
+    },
+    /// The latest cross-check's build failed.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// A file and its hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
@@ -145,6 +232,10 @@ pub struct DbStats {
     pub downloads_last_month: u64,
     /// Downloads ever.
     pub downloads_all: u64,
+    /// Cross-checks done whose builds made the same wheels.
+    pub reproduced: u64,
+    /// Cross-checks done whose builds made other wheels, or failed.
+    pub not_reproduced: u64,
 }
 
 /// One package in the search index.
@@ -219,6 +310,9 @@ pub struct ReleaseData {
     /// Build state per ABI, with the build's id where there is one.
     #[cfg_attr(test, proptest(strategy = "small_map()"))]
     pub abis: BTreeMap<String, (AbiStatus, Option<BuildId>)>,
+    /// What the cross-checks of each ABI's build found, for the ABIs whose build has any.
+    #[cfg_attr(test, proptest(strategy = "small_map()"))]
+    pub reproducibility: BTreeMap<String, Reproducibility>,
 }
 
 /// Everything the index writer needs for one project.
@@ -378,6 +472,8 @@ calls! {
         /// The pending rewrite's time, by the index writer's clock (the master's).
         #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
         rewrite_at: Timestamp,
+        /// Whether the build, when it succeeded, is to be cross-checked (the master's sample).
+        cross_check: bool,
     } -> BuildId;
     /// Delete the builds (and files) of a version, or of every version when None.
     DeleteBuilds {
@@ -411,6 +507,31 @@ calls! {
         #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
         at: Timestamp,
     } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<String>;
+    /// Cross-check the latest successful build of a release on one ABI, or on every ABI it
+    /// has one on (`piw-rebuild cross-check`); the answer is those ABIs.
+    WantCrossCheck {
+        /// Canonical name.
+        package: String,
+        /// Version.
+        version: String,
+        /// The ABI, or None for every ABI.
+        abi: Option<String>,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<String>;
+    /// The cross-checks waiting for a builder, per ABI, oldest first, at most `limit` per ABI.
+    CheckQueue {
+        /// Maximum entries per ABI.
+        limit: u32,
+    } -> #[cfg_attr(test, proptest(strategy = "small_map()"))] BTreeMap<String, Vec<QueuedCheck>>;
+    /// Record what a cross-check found, with a rewrite of its package's project page added at
+    /// `rewrite_at`. Refused when the cross-check is not waiting (done already, or its build
+    /// removed).
+    LogCheck {
+        /// What the second build found.
+        check: Box<CheckRecord>,
+        /// The pending rewrite's time, by the index writer's clock (the master's).
+        #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+        rewrite_at: Timestamp,
+    } -> ();
     /// What the provenance of the files of these builds says (builds recorded before
     /// provenance was kept have none), by file name.
     BuildProvenance {

@@ -1,5 +1,5 @@
 //! The file juggler's protocol: the slave driver and the admin endpoint ask it to expect,
-//! link, verify, abandon and remove files. Each call's answer says whose fault a refusal is:
+//! verify (and publish, or compare), abandon and remove files. Each call's answer says whose fault a refusal is:
 //! the file's (`Refused`), its sender's (`Failed`), another file's (`Conflict`); the master's
 //! own failures (a full disk, an I/O error) are the protocol's `Error`.
 
@@ -85,6 +85,15 @@ pub enum Verification {
         /// Why.
         reason: String,
     },
+    /// A cross-check's file, verified and compared with the published file it was expected
+    /// against, then removed.
+    Compared {
+        /// The file, as the master read it.
+        file: Box<WheelFile>,
+        /// What differs, member by member (empty: the same contents).
+        #[cfg_attr(test, proptest(strategy = "piwheels_common::arbitrary::small_vec()"))]
+        differences: Vec<String>,
+    },
 }
 
 /// What the file juggler says to [`RemoveOrphan`].
@@ -120,6 +129,11 @@ calls! {
         /// staging records written before it, which read as off.
         #[serde(default)]
         must_send: bool,
+        /// A cross-check's file: received, verified and compared with this published file
+        /// of the package, never published ([`Verification::Compared`]). Absent from staging
+        /// records written before it, which read as none.
+        #[serde(default)]
+        compare_with: Option<String>,
     } -> Expected;
     /// Check and publish a finished transfer.
     Verify {

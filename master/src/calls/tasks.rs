@@ -11,7 +11,7 @@ use piwheels_common::arbitrary::{small_map, small_vec};
 #[cfg(test)]
 use proptest_derive::Arbitrary;
 
-use super::db::{PendingRewrite, QueuedBuild, RewriteScope, SearchEntry};
+use super::db::{PendingRewrite, QueuedBuild, QueuedCheck, RewriteScope, SearchEntry};
 
 /// An operator's command for slaves, forwarded by the master's main loop; answered by
 /// [`SlaveCommandReply`].
@@ -52,6 +52,9 @@ pub struct BuildQueueUpdate {
     /// Per ABI, the releases to build with their sources, newest release first.
     #[cfg_attr(test, proptest(strategy = "small_map()"))]
     pub queues: BTreeMap<String, Vec<QueuedBuild>>,
+    /// Per ABI, the cross-checks waiting for a builder, oldest first.
+    #[cfg_attr(test, proptest(strategy = "small_map()"))]
+    pub checks: BTreeMap<String, Vec<QueuedCheck>>,
 }
 
 /// Something changed that may change the build queue; the architect debounces these.
@@ -136,7 +139,12 @@ pub enum WebRequest {
         scope: RewriteScope,
     },
     /// Write the home page with these figures.
-    Home(MasterStats),
+    Home {
+        /// The farm's figures.
+        stats: Box<MasterStats>,
+        /// The cross-checks done so far.
+        checks: CheckCounts,
+    },
     /// Write the search index.
     Search {
         /// Every package with its download counts.
@@ -178,6 +186,17 @@ pub enum WebRequest {
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
         builds: Vec<BuildId>,
     },
+}
+
+/// How many cross-checks reproduced their builds, and how many did not (the second build made
+/// other wheels, or failed), for the home page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct CheckCounts {
+    /// Reproduced.
+    pub reproduced: u64,
+    /// Not reproduced.
+    pub not_reproduced: u64,
 }
 
 /// The page buffer's or index writer's answer.

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use piwheels_common::protocols::{BuildId, Dependencies};
 
-use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ProjectsSnapshot, ReleaseData};
+use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ProjectsSnapshot, ReleaseData, Reproducibility};
 use sqlx::Connection;
 
 use super::Database;
@@ -74,7 +74,12 @@ struct PackageRows {
     versions: Vec<(String, DateTime<Utc>, String, bool, String)>,
     builds: Vec<(i64, String, String)>,
     files: Vec<FileRow>,
+    checks: Vec<CheckRow>,
 }
+
+/// A cross-check of a build: the package, the build, whether it is done, its verdict and
+/// differences, and its builder (the key, or the label without one).
+type CheckRow = (String, i64, Option<String>, Vec<String>, Option<String>);
 
 /// The build ABIs: tag, Python version, skip reason.
 type AbiRow = (String, i32, String);
@@ -159,6 +164,14 @@ impl Database {
         .bind(packages)
         .fetch_all(&mut *tx)
         .await?;
+        let checks: Vec<CheckRow> = sqlx::query_as(
+            "SELECT b.package, c.build_id, c.verdict, c.differences, COALESCE(c.builder_key, c.builder) \
+             FROM builds b JOIN cross_checks c ON c.build_id = b.build_id \
+             WHERE b.package = ANY($1) ORDER BY c.check_id",
+        )
+        .bind(packages)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
 
         let mut deps: HashMap<String, Dependencies> = HashMap::new();
@@ -187,6 +200,9 @@ impl Database {
         }
         for row in files {
             rows.entry(row.0.clone()).or_default().files.push(row);
+        }
+        for row in checks {
+            rows.entry(row.0.clone()).or_default().checks.push(row);
         }
         let mut heads: HashMap<String, (String, String, Option<String>)> =
             heads.into_iter().map(|(package, skip, description, display)| (package, (skip, description, display))).collect();
@@ -255,6 +271,7 @@ fn assemble(
         let latest = latest_build.entry(version).or_default().entry(abi).or_insert(build_id);
         *latest = (*latest).max(build_id);
     }
+    let reproducibility = reproducibility(rows.checks);
     let abi_python: HashMap<&str, i32> = abis.iter().map(|(tag, python, _)| (tag.as_str(), *python)).collect();
     let abi_skipped: HashMap<&str, bool> = abis.iter().map(|(tag, _, skip)| (tag.as_str(), !skip.is_empty())).collect();
     let active: Vec<&str> = abis.iter().filter(|(_, _, skip)| skip.is_empty()).map(|(tag, _, _)| tag.as_str()).collect();
@@ -288,7 +305,18 @@ fn assemble(
                     (abi.to_string(), cell)
                 })
                 .collect::<BTreeMap<_, _>>();
+            // Only a success is cross-checked, and only by the ABI that built it.
+            let checked = cells
+                .iter()
+                .filter_map(|(abi, (status, build_id))| match (status, build_id) {
+                    (AbiStatus::Success, Some(build_id)) if built.get(abi) == Some(build_id) => {
+                        reproducibility.get(build_id).map(|found| (abi.clone(), found.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
             ReleaseData {
+                reproducibility: checked,
                 files: files_of.remove(&version).unwrap_or_default(),
                 skip: if version_skip.is_empty() { package_skip.clone() } else { version_skip },
                 yanked: yanked.then_some(yank_reason),
@@ -305,6 +333,29 @@ fn assemble(
         aliases: rows.aliases,
         releases,
     }
+}
+
+/// What the cross-checks of each build found (checks in the order they were asked): the
+/// latest one done decides, and a reproduction counts every builder that reproduced the build
+/// so far, with the build's own.
+fn reproducibility(checks: Vec<CheckRow>) -> HashMap<BuildId, Reproducibility> {
+    let mut found: HashMap<BuildId, Reproducibility> = HashMap::new();
+    let mut reproducers: HashMap<BuildId, BTreeSet<String>> = HashMap::new();
+    for (_, build_id, verdict, differences, builder) in checks {
+        let entry = found.entry(build_id).or_insert(Reproducibility::Waiting);
+        match verdict.as_deref() {
+            // A waiting check says nothing while an earlier one has a verdict.
+            None => {}
+            Some("reproduced") => {
+                let builders = reproducers.entry(build_id).or_default();
+                builders.insert(builder.unwrap_or_default());
+                *entry = Reproducibility::Reproduced { builders: u32::try_from(builders.len() + 1).unwrap_or(u32::MAX) };
+            }
+            Some("differs") => *entry = Reproducibility::Differs { differences },
+            Some(_) => *entry = Reproducibility::Failed { reason: differences.join("\n") },
+        }
+    }
+    found
 }
 
 /// The Python version of a CPython ABI tag that is not in `build_abis` (a build on a retired

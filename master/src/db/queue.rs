@@ -27,7 +27,7 @@ use piwheels_common::protocols::{PackageVersion, SourceFile};
 use sqlx::{Connection, Executor};
 
 use super::Database;
-use crate::calls::db::QueuedBuild;
+use crate::calls::db::{QueuedBuild, QueuedCheck};
 
 /// A row of the queue: the ABI, then the release and its source (NULLs for an empty queue).
 type QueueRow = (String, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
@@ -121,4 +121,45 @@ impl Database {
         }
         Ok(queues)
     }
+
+    /// The cross-checks waiting for a builder, per ABI (the build's), oldest request first, at
+    /// most `limit` per ABI, with the build's source, builder and files. A build whose
+    /// package, version or ABI is skipped now waits.
+    pub async fn check_queue(&mut self, limit: u32) -> Result<BTreeMap<String, Vec<QueuedCheck>>, sqlx::Error> {
+        let rows: Vec<CheckRow> = sqlx::query_as(
+            "WITH waiting AS ( \
+                 SELECT c.check_id, b.build_id, b.abi_tag, b.package, b.version, b.source_filename, b.source_url, \
+                        b.source_sha256::text AS source_sha256, b.builder, b.builder_key, \
+                        row_number() OVER (PARTITION BY b.abi_tag ORDER BY c.requested_at, c.check_id) AS n \
+                 FROM cross_checks c \
+                 JOIN builds b ON b.build_id = c.build_id \
+                 JOIN build_abis a ON a.abi_tag = b.abi_tag AND a.skip = '' \
+                 JOIN versions v ON v.package = b.package AND v.version = b.version AND v.skip = '' \
+                 JOIN packages p ON p.package = b.package AND p.skip = '' \
+                 WHERE c.checked_at IS NULL AND b.source_sha256 IS NOT NULL) \
+             SELECT w.abi_tag, w.check_id, w.package, w.version, w.source_filename, w.source_url, w.source_sha256, \
+                    w.builder, w.builder_key, \
+                    ARRAY(SELECT f.filename FROM files f WHERE f.build_id = w.build_id ORDER BY f.filename) \
+             FROM waiting w WHERE w.n <= $1 ORDER BY w.abi_tag, w.n",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut queues: BTreeMap<String, Vec<QueuedCheck>> = BTreeMap::new();
+        for (abi, check_id, package, version, filename, url, sha256, builder, builder_key, files) in rows {
+            queues.entry(abi).or_default().push(QueuedCheck {
+                check_id,
+                release: PackageVersion { package, version },
+                source: SourceFile { filename, url, sha256 },
+                builder,
+                builder_key,
+                files,
+            });
+        }
+        Ok(queues)
+    }
 }
+
+/// A row of the cross-check queue: the ABI, the check, its release and source, the builder
+/// of the build and its key, the build's files.
+type CheckRow = (String, i64, String, String, String, String, String, String, Option<String>, Vec<String>);

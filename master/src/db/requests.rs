@@ -105,7 +105,9 @@ impl Database {
             Q::VersionExists(VersionExists { package, version }) => {
                 DbReply::VersionExists(self.version_exists(&package, &version).await?)
             }
-            Q::LogBuild(LogBuild { build, rewrite_at }) => refusable(self.log_build(&build, rewrite_at).await, DbReply::LogBuild)?,
+            Q::LogBuild(LogBuild { build, rewrite_at, cross_check }) => {
+                refusable(self.log_build(&build, rewrite_at, cross_check).await, DbReply::LogBuild)?
+            }
             Q::DeleteBuilds(DeleteBuilds { package, version }) => {
                 DbReply::DeleteBuilds(self.delete_builds(&package, version.as_deref()).await?)
             }
@@ -117,6 +119,11 @@ impl Database {
             Q::WantRebuild(WantRebuild { package, version, abi, at }) => {
                 refusable(self.want_rebuild(&package, &version, abi.as_deref(), at).await, DbReply::WantRebuild)?
             }
+            Q::WantCrossCheck(WantCrossCheck { package, version, abi }) => {
+                refusable(self.want_cross_check(&package, &version, abi.as_deref()).await, DbReply::WantCrossCheck)?
+            }
+            Q::CheckQueue(CheckQueue { limit }) => DbReply::CheckQueue(self.check_queue(limit).await?),
+            Q::LogCheck(LogCheck { check, rewrite_at }) => refusable(self.log_check(&check, rewrite_at).await, DbReply::LogCheck)?,
             Q::NameForFile(NameForFile { package, filename, sha256 }) => {
                 refusable(self.name_for_file(&package, &filename, &sha256).await, DbReply::NameForFile)?
             }
@@ -327,6 +334,93 @@ impl Database {
         Ok(abis)
     }
 
+    /// Asks for a cross-check of the latest successful build of a release on one ABI, or on
+    /// every ABI it has one on; gives those ABIs. Refused for an unknown release, one with no
+    /// successful build there, and builds without a recorded source (imports, and builds
+    /// recorded before sources were pinned): a cross-check builds from the same source.
+    pub async fn want_cross_check(&mut self, package: &str, version: &str, abi: Option<&str>) -> Result<Vec<String>, RequestError> {
+        let mut tx = self.conn.begin().await?;
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM versions WHERE package = $1 AND version = $2")
+            .bind(package)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(RequestError::Refused(format!("unknown version {package} {version}")));
+        }
+        // The latest successful build per ABI, and whether it has the source to build again.
+        let latest: Vec<(i64, String, bool)> = sqlx::query_as(
+            "SELECT DISTINCT ON (abi_tag) build_id, abi_tag, source_sha256 IS NOT NULL FROM builds \
+             WHERE package = $1 AND version = $2 AND status AND ($3::text IS NULL OR abi_tag = $3) \
+             ORDER BY abi_tag, build_id DESC",
+        )
+        .bind(package)
+        .bind(version)
+        .bind(abi)
+        .fetch_all(&mut *tx)
+        .await?;
+        let on = abi.map_or(String::new(), |abi| format!(" on {abi}"));
+        if latest.is_empty() {
+            return Err(RequestError::Refused(format!("{package} {version} has no successful build{on} to cross-check")));
+        }
+        let checkable: Vec<&(i64, String, bool)> = latest.iter().filter(|(_, _, source)| *source).collect();
+        if checkable.is_empty() {
+            return Err(RequestError::Refused(format!(
+                "the builds of {package} {version}{on} record no source (imported, or built before sources were pinned): \
+                 build it again with piw-rebuild build first"
+            )));
+        }
+        let builds: Vec<i64> = checkable.iter().map(|(build_id, _, _)| *build_id).collect();
+        sqlx::query(
+            "INSERT INTO cross_checks (build_id, requested_by) SELECT unnest($1::bigint[]), 'operator' \
+             ON CONFLICT (build_id) WHERE checked_at IS NULL DO NOTHING",
+        )
+        .bind(&builds)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(checkable.into_iter().map(|(_, abi, _)| abi.clone()).collect())
+    }
+
+    /// Records a finished cross-check and a rewrite of its package's project page; refused
+    /// when the check is not waiting (done already, or its build was removed).
+    pub async fn log_check(&mut self, check: &CheckRecord, rewrite_at: Timestamp) -> Result<(), RequestError> {
+        let (verdict, differences) = match &check.verdict {
+            Verdict::Reproduced => ("reproduced", Vec::new()),
+            Verdict::Differs { differences } => ("differs", differences.iter().map(|d| d.replace('\0', "\u{fffd}")).collect()),
+            Verdict::Failed { reason } => ("failed", vec![reason.replace('\0', "\u{fffd}")]),
+        };
+        let environment = (!check.environment.is_empty()).then(|| serde_json::to_string(&check.environment).expect("a map of strings serializes"));
+        let mut tx = self.conn.begin().await?;
+        let environment_id = match environment {
+            Some(environment) => Some(environment_id(&mut tx, &environment).await?),
+            None => None,
+        };
+        let package: Option<String> = sqlx::query_scalar(
+            "UPDATE cross_checks c SET checked_at = now(), builder = $2, builder_key = $3, environment_id = $4, \
+                    started_at = $5, duration = $6, verdict = $7, differences = $8 \
+             FROM builds b \
+             WHERE c.check_id = $1 AND c.checked_at IS NULL AND b.build_id = c.build_id \
+             RETURNING b.package",
+        )
+        .bind(check.check_id)
+        .bind(truncate(&check.builder, len::BUILDER))
+        .bind(&check.builder_key)
+        .bind(environment_id)
+        .bind(check.started_at)
+        .bind(interval(check.duration))
+        .bind(verdict)
+        .bind(&differences)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(package) = package else {
+            return Err(RequestError::Refused(format!("cross-check {} is not waiting (done already, or its build was removed)", check.check_id)));
+        };
+        add_rewrite(&mut tx, &PendingRewrite { package, added_at: rewrite_at, scope: RewriteScope::Project }).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Yanks a version with a reason (cut to 200 characters, may be empty), or unyanks it
     /// when `reason` is None.
     pub async fn yank_version(
@@ -434,7 +528,9 @@ impl Database {
     ///
     /// One round trip: the work is the session's `pg_temp.log_build` function (see
     /// [`LOG_BUILD_FUNCTION`]), a single statement and so a transaction of its own.
-    pub async fn log_build(&mut self, record: &BuildRecord, rewrite_at: Timestamp) -> Result<BuildId, RequestError> {
+    /// When `cross_check` and the build succeeded, a cross-check of it waits for another
+    /// builder from then on.
+    pub async fn log_build(&mut self, record: &BuildRecord, rewrite_at: Timestamp, cross_check: bool) -> Result<BuildId, RequestError> {
         let built_by = i32::try_from(record.built_by)
             .map_err(|_| RequestError::Refused(format!("slave id {} is out of range", record.built_by)))?;
         let result = &record.result;
@@ -478,7 +574,8 @@ impl Database {
             .bind((!record.environment.is_empty()).then(|| serde_json::to_string(&record.environment).expect("a map of strings serializes")))
             .bind(record.source.as_ref().map(|s| s.filename.as_str()))
             .bind(record.source.as_ref().map(|s| s.url.as_str()))
-            .bind(record.source.as_ref().map(|s| s.sha256.as_str()));
+            .bind(record.source.as_ref().map(|s| s.sha256.as_str()))
+            .bind(cross_check && result.success);
         let mut logged = call().fetch_one(&mut self.conn).await;
         if matches!(&logged, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_FUNCTION)) {
             // The session lost its temporary objects (`DISCARD ALL` by a pooler, say): made again.
@@ -717,6 +814,12 @@ impl Database {
         )
         .fetch_one(&mut *tx)
         .await?;
+        let (reproduced, not_reproduced): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE verdict = 'reproduced'), count(*) FILTER (WHERE verdict <> 'reproduced') \
+             FROM cross_checks",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let per_abi: Vec<(String, i64)> = sqlx::query_as(
             "SELECT a.abi_tag, count(b.build_id) FROM build_abis a \
              LEFT JOIN builds b ON b.abi_tag = a.abi_tag AND b.built_at > now() - interval '1 hour' \
@@ -735,6 +838,8 @@ impl Database {
             downloads_last_hour: count(downloads_last_hour),
             downloads_last_month: count(downloads_last_month),
             downloads_all: count(downloads_all),
+            reproduced: count(reproduced),
+            not_reproduced: count(not_reproduced),
         })
     }
 
@@ -859,6 +964,16 @@ macro_rules! rewrite_conflict {
 }
 
 /// See [`Database::add_rewrite`].
+/// The id of an environment (JSON), added when it is new.
+async fn environment_id(tx: &mut Transaction<'_, Postgres>, environment: &str) -> Result<i64, sqlx::Error> {
+    // Found, or added, or added by another session meanwhile (the insert then gives nothing).
+    let sql = "WITH added AS ( \
+                   INSERT INTO environments (environment) VALUES ($1::jsonb) ON CONFLICT DO NOTHING RETURNING environment_id) \
+               SELECT environment_id FROM added \
+               UNION ALL SELECT environment_id FROM environments WHERE digest = md5($1::jsonb::text)";
+    sqlx::query_scalar(sql).bind(environment).fetch_one(&mut **tx).await
+}
+
 async fn add_rewrite(conn: &mut PgConnection, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
     sqlx::query(concat!("INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $2, $3)", rewrite_conflict!()))
         .bind(&rewrite.package)
@@ -889,7 +1004,7 @@ pub(super) async fn make_session_functions(conn: &mut PgConnection) -> Result<()
 
 /// The call of [`LOG_BUILD_FUNCTION`]; the arguments are listed there.
 const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32::jsonb, $33, $34, $35)";
+                              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32::jsonb, $33, $34, $35, $36)";
 
 /// Records a build, made once per session (by [`Database::connect`](super::Database::connect))
 /// so that a build costs one round trip while its SQL stays here, beside the statements it
@@ -897,7 +1012,7 @@ const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $
 /// array per column, an element per file); its page rewrite ($24 time, $25 scope); its files'
 /// dependencies ($26 to $28, an array per column); its log ($29); when it was handed out, its
 /// builder's key, what the builder builds with and the source it was handed, for its
-/// provenance ($30 to $35). In order:
+/// provenance ($30 to $35); whether to cross-check it ($36). In order:
 ///
 /// 0. the builder's environment, found or added (NULL when there is none);
 ///
@@ -908,12 +1023,13 @@ const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $
 ///    earlier build, which this build's analysis replaces, and of an operator's request to
 ///    build the release again on the ABI, which this build answers;
 /// 3. the version's `complete` mark, which sees the new build ($1 package, $2 version);
-/// 4. the dependencies.
+/// 4. the dependencies;
+/// 5. the build's cross-check, when it was sampled for one.
 const LOG_BUILD_FUNCTION: &str = concat!(
     "CREATE FUNCTION pg_temp.log_build(
         text, text, integer, text, text, boolean, interval, interval, bigint, integer, text,
         text[], bigint[], text[], text[], text[], text[], text[], text[], text[], text[], integer[], text[],
-        timestamptz, text, text[], text[], text[], text, timestamptz, text, jsonb, text, text, text
+        timestamptz, text, text[], text[], text[], text, timestamptz, text, jsonb, text, text, text, boolean
     ) RETURNS bigint LANGUAGE plpgsql AS $body$
     DECLARE
         logged_build bigint;
@@ -980,6 +1096,9 @@ const LOG_BUILD_FUNCTION: &str = concat!(
     ";
         INSERT INTO dependencies (filename, tool, dependency)
         SELECT * FROM unnest($26, $27, $28) ON CONFLICT DO NOTHING;
+        IF $36 THEN
+            INSERT INTO cross_checks (build_id, requested_by, requested_at) VALUES (logged_build, 'sample', $30);
+        END IF;
         RETURN logged_build;
     END
     $body$"

@@ -230,6 +230,8 @@ struct Transfer {
     progress: Progress,
     /// The partial file in staging.
     part: Part,
+    /// For a cross-check's file, the published file it is compared with.
+    compare_with: Option<String>,
     /// The uploader connection bound by its hello, if any.
     peer: Option<Peer>,
     /// Last hello, chunk or request about this transfer.
@@ -237,9 +239,9 @@ struct Transfer {
 }
 
 impl Transfer {
-    fn new(id: TransferId, Expect { package, file, expectation, .. }: Expect, part: Part, received: u64, now: Instant) -> Transfer {
+    fn new(id: TransferId, Expect { package, file, expectation, compare_with, .. }: Expect, part: Part, received: u64, now: Instant) -> Transfer {
         let progress = Progress::new(file.size, received);
-        Transfer { id, package, file: *file, expectation: *expectation, progress, part, peer: None, touched: now }
+        Transfer { id, package, file: *file, expectation: *expectation, progress, part, compare_with, peer: None, touched: now }
     }
 }
 
@@ -370,12 +372,18 @@ impl FileJuggler {
     /// Expects a file, or says why not; too little space for it is the master's failure, an
     /// error answer that leaves the task running.
     fn expect(&mut self, expect: Expect, now: Instant) -> anyhow::Result<Result<Expected, WireError>> {
-        let Expect { package, file, expectation, must_send } = &expect;
+        let Expect { package, file, expectation, must_send, compare_with } = &expect;
         if let Err(reason) = self.publisher.validate(package, file, expectation) {
             tracing::warn!("refusing to expect {:?} for {package:?}: {reason}", file.filename);
             return Ok(Ok(Expected::Refused { reason }));
         }
-        match self.publisher.find(package, file, expectation)? {
+        // A cross-check's file is compared, not published: what is published under its name
+        // does not matter.
+        let published = match compare_with {
+            Some(_) => Published::Nothing,
+            None => self.publisher.find(package, file, expectation)?,
+        };
+        match published {
             // A builder sends the bytes all the same: its claim of a hash proves nothing.
             Published::Same(Ok(_)) if *must_send => {}
             Published::Same(described) => {
@@ -399,6 +407,7 @@ impl FileJuggler {
                 && t.file.sha256 == file.sha256
                 && t.file.size == file.size
                 && (!*must_send || t.expectation.uploader == expectation.uploader)
+                && t.compare_with == *compare_with
         }) {
             t.touched = now;
             // The sender of a build handed out again may be another slave.
@@ -454,6 +463,17 @@ impl FileJuggler {
                 return Ok(Verification::Refused { reason });
             }
         };
+        if let Some(published) = &t.compare_with {
+            let verification = match self.publisher.compare(&t.package, published, (&staged, &t.file.filename))? {
+                Ok(differences) => {
+                    tracing::info!("compared {} with {published}: {} difference(s)", t.file.filename, differences.len());
+                    Verification::Compared { file: Box::new(described), differences }
+                }
+                Err(reason) => Verification::Conflict { reason },
+            };
+            self.forget(id);
+            return Ok(verification);
+        }
         // Another transfer of the same name may have been published since this one started.
         let verification = match self.publisher.find(&t.package, &t.file, &t.expectation)? {
             Published::Same(Ok(file)) => {
@@ -734,7 +754,7 @@ mod tests {
         let clock: SharedClock = std::sync::Arc::new(piwheels_common::clock::SystemClock);
         let file = piwheels_testsupport::data::wheel_file("foo-1.0-py3-none-any.whl", b"the wheel's bytes");
         let expectation = Box::new(FileExpectation { version: "1.0".into(), abi: "cp311".into(), platform: String::new(), uploader: None });
-        let record = codec::encode(&FsRequest::from(Expect { package: "foo".into(), file: Box::new(file), expectation, must_send: false })).unwrap();
+        let record = codec::encode(&FsRequest::from(Expect { package: "foo".into(), file: Box::new(file), expectation, must_send: false, compare_with: None })).unwrap();
         let staged = || fs::read_dir(&config.staging_dir).unwrap().count();
         for cut in (0..record.len()).step_by(5).chain([record.len() - 1]) {
             fs::write(config.staging_dir.join("7.expect"), &record[..cut]).unwrap();

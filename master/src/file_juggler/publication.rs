@@ -32,6 +32,7 @@ use piwheels_common::wheel::{MAX_FILENAME, WheelName};
 use super::staging::{Part, remove_quietly};
 use crate::atomic_file::{Durability, write_atomically};
 use crate::calls::files::FileExpectation;
+use crate::cross_check;
 
 /// Longest side-file name: the file system's limit on one name.
 const MAX_PUBLISHED_NAME: usize = 255;
@@ -151,6 +152,22 @@ impl Publisher {
             return Err(e).with_context(|| format!("cannot link {} into place", target.display()));
         }
         sync_dir(&dir)
+    }
+
+    /// What differs between the published file `published` of the package and a cross-check's
+    /// verified file (see [`cross_check::compare`]); or why they cannot be compared (the
+    /// published file is gone or unreadable).
+    pub(super) fn compare(&self, package: &str, published: &str, rebuilt: (&Path, &str)) -> anyhow::Result<Result<Vec<String>, String>> {
+        if !WheelName::parse(published).is_ok_and(|name| name.is_for(package)) {
+            return Ok(Err(format!("{published:?} is not a file of package {package:?}")));
+        }
+        let path = self.dir(package).join(published);
+        match fs::metadata(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(format!("{published} is no longer published"))),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+        Ok(cross_check::compare((&path, published), rebuilt).map(cross_check::bounded))
     }
 
     /// Removes a published file and its `.metadata` file; true when it was there. The name is

@@ -281,7 +281,7 @@ mod tests {
     fn expect() -> Expect {
         let file = piwheels_testsupport::data::wheel_file("foo-1.0-py3-none-any.whl", b"the wheel's bytes");
         let expectation = Box::new(FileExpectation { version: "1.0".into(), abi: "cp311".into(), platform: String::new(), uploader: None });
-        Expect { package: "foo".into(), file: Box::new(file), expectation, must_send: false }
+        Expect { package: "foo".into(), file: Box::new(file), expectation, must_send: false, compare_with: None }
     }
 
     #[test]

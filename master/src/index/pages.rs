@@ -16,7 +16,8 @@ use piwheels_common::names::{canonicalize, is_prerelease, parse_version};
 use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
 use piwheels_common::provenance;
 
-use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ReleaseData, SearchEntry};
+use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ReleaseData, Reproducibility, SearchEntry};
+use crate::calls::tasks::CheckCounts;
 use piwheels_common::wheel::WheelName;
 use serde::Serialize;
 use serde::ser::SerializeMap;
@@ -368,6 +369,36 @@ pub struct Cell {
     pub build_id: Option<BuildId>,
     /// The build log's URL, when the log is written.
     pub log_url: Option<String>,
+    /// What cross-checks of the build found, when it had any.
+    pub check: Option<CheckNote>,
+}
+
+/// What the cross-checks of a build found, for people.
+#[derive(Debug, Clone)]
+pub struct CheckNote {
+    /// `reproduced`, `not-reproduced` or `waiting` (also its CSS class).
+    pub class: &'static str,
+    /// A few words: "reproduced on 2 builders".
+    pub text: String,
+    /// What differs, a line each, or why the second build failed (empty when reproduced).
+    pub detail: String,
+}
+
+impl CheckNote {
+    fn of(found: &Reproducibility) -> CheckNote {
+        match found {
+            Reproducibility::Waiting => CheckNote { class: "waiting", text: "cross-check waiting".into(), detail: String::new() },
+            Reproducibility::Reproduced { builders } => {
+                CheckNote { class: "reproduced", text: format!("reproduced on {builders} builders"), detail: String::new() }
+            }
+            Reproducibility::Differs { differences } => {
+                CheckNote { class: "not-reproduced", text: "not reproduced".into(), detail: differences.join("\n") }
+            }
+            Reproducibility::Failed { reason } => {
+                CheckNote { class: "not-reproduced", text: "not reproduced: the second build failed".into(), detail: reason.clone() }
+            }
+        }
+    }
 }
 
 /// A file link on a project page.
@@ -532,6 +563,7 @@ impl<'a> ProjectView<'a> {
                             status: status_name(*status),
                             build_id: *build_id,
                             log_url: self.log_url(*build_id),
+                            check: r.reproducibility.get(&column.tag).map(CheckNote::of),
                         })
                     })
                     .collect(),
@@ -590,7 +622,12 @@ impl<'a> ProjectView<'a> {
                     .abis
                     .iter()
                     .map(|(abi, (status, build_id))| {
-                        let build = JsonBuild { status: status_name(*status), build_id: *build_id, log_url: self.log_url(*build_id) };
+                        let build = JsonBuild {
+                            status: status_name(*status),
+                            build_id: *build_id,
+                            log_url: self.log_url(*build_id),
+                            cross_check: r.reproducibility.get(abi).map(JsonCheck::of),
+                        };
                         (abi.clone(), build)
                     })
                     .collect();
@@ -681,6 +718,32 @@ struct JsonBuild {
     status: &'static str,
     build_id: Option<BuildId>,
     log_url: Option<String>,
+    /// What cross-checks of the build found, when it had any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cross_check: Option<JsonCheck>,
+}
+
+/// A build's cross-checks in the project JSON: `{"verdict": "reproduced", "builders": 2}`,
+/// `{"verdict": "differs", "differences": [...]}`, `{"verdict": "failed", "reason": ...}` or
+/// `{"verdict": "waiting"}`.
+#[derive(Serialize)]
+#[serde(tag = "verdict", rename_all = "lowercase")]
+enum JsonCheck {
+    Waiting,
+    Reproduced { builders: u32 },
+    Differs { differences: Vec<String> },
+    Failed { reason: String },
+}
+
+impl JsonCheck {
+    fn of(found: &Reproducibility) -> JsonCheck {
+        match found {
+            Reproducibility::Waiting => JsonCheck::Waiting,
+            Reproducibility::Reproduced { builders } => JsonCheck::Reproduced { builders: *builders },
+            Reproducibility::Differs { differences } => JsonCheck::Differs { differences: differences.clone() },
+            Reproducibility::Failed { reason } => JsonCheck::Failed { reason: reason.clone() },
+        }
+    }
 }
 
 /// The page of a former name of a project (a PyPI rename), at `project/<alias>/index.html`,
@@ -742,6 +805,10 @@ pub struct HomePage {
     pub downloads_hour: String,
     /// Releases in the last hour.
     pub new_last_hour: String,
+    /// Cross-checks that reproduced their builds.
+    pub reproduced: String,
+    /// Cross-checks that did not.
+    pub not_reproduced: String,
     /// Free space on the output disk.
     pub disk_free: String,
     /// Its size.
@@ -758,7 +825,7 @@ pub struct HomePage {
 
 impl HomePage {
     /// The home page for these figures; `site_url` is the site's public address, when known.
-    pub fn new(stats: &MasterStats, site_url: Option<&str>) -> HomePage {
+    pub fn new(stats: &MasterStats, checks: CheckCounts, site_url: Option<&str>) -> HomePage {
         let tags: BTreeSet<&String> = stats.builds_last_hour.keys().chain(stats.builds_pending.keys()).collect();
         HomePage {
             packages_built: thousands(stats.packages_built),
@@ -768,6 +835,8 @@ impl HomePage {
             downloads_month: thousands(stats.downloads_last_month),
             downloads_hour: thousands(stats.downloads_last_hour),
             new_last_hour: thousands(stats.new_last_hour),
+            reproduced: thousands(checks.reproduced),
+            not_reproduced: thousands(checks.not_reproduced),
             disk_free: human_size(stats.host.disk_free),
             disk_size: human_size(stats.host.disk_size),
             abis: tags

@@ -17,6 +17,7 @@ use piwheels_common::provenance;
 
 use crate::atomic_file::{Durability, write_atomically};
 use crate::calls::db::{BuildAbi, ProjectData, RewriteScope, SearchEntry};
+use crate::calls::tasks::CheckCounts;
 
 use super::layout::{
     self, Layout, is_safe_file_name, is_safe_name, remove_dir_if_empty, remove_file, remove_tree,
@@ -256,8 +257,8 @@ impl IndexWriter {
     }
 
     /// Writes the home page.
-    pub fn write_home(&self, stats: &MasterStats) -> io::Result<()> {
-        let page = HomePage::new(stats, self.options.site_url.as_deref());
+    pub fn write_home(&self, stats: &MasterStats, checks: CheckCounts) -> io::Result<()> {
+        let page = HomePage::new(stats, checks, self.options.site_url.as_deref());
         write_atomically(&self.layout.root().join("index.html"), render(&page)?.as_bytes(), Durability::Cached)
     }
 

@@ -142,6 +142,11 @@ impl MrChase {
             Ok(Verification::Refused { reason } | Verification::Conflict { reason }) => {
                 self.fail_import(sockets, ctx, identity, WireError::refused(format!("cannot verify {filename}: {reason}")))
             }
+            // Asked of cross-checks only: the file was not published.
+            Ok(Verification::Compared { .. }) => {
+                let error = WireError::unavailable(format!("the file juggler compared {filename} instead of publishing it"));
+                self.fail_import(sockets, ctx, identity, error)
+            }
             Err(e) => self.fail_import(sockets, ctx, identity, e.into()),
         }
     }
@@ -192,7 +197,7 @@ impl MrChase {
             },
         };
         let rewrite = record.pending_rewrite(ctx.utc());
-        let build_id = match sockets.db.call(LogBuild { build: Box::new(record), rewrite_at: rewrite.added_at }) {
+        let build_id = match sockets.db.call(LogBuild { build: Box::new(record), rewrite_at: rewrite.added_at, cross_check: false }) {
             Ok(id) => id,
             Err(e @ CallError::Transport { .. }) => {
                 // No answer: the build may yet be recorded, with its files, so they stay, and
@@ -281,7 +286,7 @@ fn check_import(sockets: &Sockets, mut request: ImportRequest) -> Result<ImportR
 /// The request that has the file juggler expect file `index` of an import.
 fn expect_request(request: &ImportRequest, index: usize, uploader: Option<String>) -> Expect {
     let expectation = FileExpectation { version: request.version.clone(), abi: request.abi.clone(), platform: String::new(), uploader };
-    Expect { package: request.package.clone(), file: Box::new(request.files[index].clone()), expectation: Box::new(expectation), must_send: false }
+    Expect { package: request.package.clone(), file: Box::new(request.files[index].clone()), expectation: Box::new(expectation), must_send: false, compare_with: None }
 }
 
 /// Has the file juggler expect every file of an import, so that a refusal comes before any

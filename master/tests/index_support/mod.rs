@@ -165,7 +165,7 @@ impl Farm {
     /// tests ask for pages themselves.
     pub fn record_build(&self, build: BuildRecord) -> i64 {
         let package = build.package.clone();
-        let id = self.db.call(LogBuild { build: Box::new(build), rewrite_at: Utc::now() }).unwrap();
+        let id = self.db.call(LogBuild { build: Box::new(build), rewrite_at: Utc::now(), cross_check: false }).unwrap();
         let snapshot = self.db.call(Projects { packages: Vec::new() }).unwrap().snapshot;
         self.db.call(ClearRewrites { written: vec![RewriteWritten { package, snapshot }] }).unwrap();
         id
