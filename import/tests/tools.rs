@@ -461,13 +461,14 @@ fn piw_remove_and_piw_rebuild_ask_first_and_tell_unknown_packages() {
     let line = master.tool("piw-rebuild", &["project", "nope"]).failed(1);
     assert!(line.contains("unknown package nope"), "{line}");
     let line = master.tool("piw-rebuild", &["home", "foo"]).failed(2);
-    assert!(line.contains("only project, index and build take a package"), "{line}");
+    assert!(line.contains("only project, index, build and cross-check take a package"), "{line}");
 
     // A new build of a release: the tool checks its words, the master the release.
     for (args, why) in [
         (&["build", "foo"][..], "build needs a PACKAGE and a VERSION"),
-        (&["project", "foo", "1.0"], "only build takes a version"),
-        (&["home", "--abi", "cp311"], "only build takes an ABI"),
+        (&["cross-check", "foo"], "cross-check needs a PACKAGE and a VERSION"),
+        (&["project", "foo", "1.0"], "only build and cross-check take a version"),
+        (&["home", "--abi", "cp311"], "only build and cross-check take an ABI"),
     ] {
         let line = master.tool("piw-rebuild", args).failed(2);
         assert!(line.contains(why), "{args:?}: {line}");
@@ -481,6 +482,11 @@ fn piw_remove_and_piw_rebuild_ask_first_and_tell_unknown_packages() {
     let line = master.tool("piw-rebuild", &["build", "foo", "1.0", "--abi", &abi]).succeeded();
     assert!(line.contains(&format!("foo 1.0 is to be built again on {abi}")), "{line}");
     assert_eq!(master.query("SELECT package || ' ' || version || ' ' || abi_tag FROM rebuilds_wanted"), [format!("foo 1.0 {abi}")]);
+    // A cross-check needs a successful build to repeat.
+    let line = master.tool("piw-rebuild", &["cross-check", "foo", "9.9"]).failed(1);
+    assert!(line.contains("unknown version foo 9.9"), "{line}");
+    let line = master.tool("piw-rebuild", &["cross-check", "foo", "1.0"]).failed(1);
+    assert!(line.contains("foo 1.0 has no successful build to cross-check"), "{line}");
 }
 
 // ------------------------------------------------------------------------------------------
