@@ -160,6 +160,34 @@ impl Farm {
         Process(child)
     }
 
+    /// Starts the master with two releases on the fake PyPI, `same-pkg` 1.0 (whose builds are
+    /// the same bytes) and `random-pkg` 1.0 (whose builds embed a random value), and slave-a,
+    /// which is returned once it has built both.
+    fn build_same_and_random(&mut self) -> Process {
+        self.pypi.create_package("random-pkg", None);
+        self.pypi.add_source("random-pkg", "1.0", sdist::random("random-pkg", "1.0"));
+        self.pypi.create_package("same-pkg", None);
+        self.pypi.add_source("same-pkg", "1.0", sdist::pure("same-pkg", "1.0"));
+        self.start_master();
+        let slave = self.start_slave("slave-a");
+        assert_eq!(self.wait_for_build("random-pkg 1.0", Duration::from_secs(180)), "random-pkg 1.0 t -");
+        assert_eq!(self.wait_for_build("same-pkg 1.0", Duration::from_secs(180)), "same-pkg 1.0 t -");
+        slave
+    }
+
+    /// Runs piw-rebuild with `args` against the master, which must succeed; what it printed.
+    fn rebuild(&self, args: &[&str]) -> String {
+        let out = Command::new(program("piw-rebuild"))
+            .args(["--config", "/dev/null", "--import-queue"])
+            .arg(format!("ipc://{}/run/import", self.dir.path().display()))
+            .args(args)
+            .env_remove("PIW_LOG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "piw-rebuild {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     /// `package version status failure` of every build, sorted.
     fn builds(&self) -> Vec<String> {
         let mut rows: Vec<String> = self
@@ -404,14 +432,7 @@ fn a_source_that_is_not_the_pinned_file_is_refused_and_reported_and_built_once_i
 #[test]
 fn a_rebuild_with_other_bytes_is_published_under_build_tag_1_and_identical_bytes_publish_nothing() {
     let mut farm = Farm::new();
-    farm.pypi.create_package("random-pkg", None);
-    farm.pypi.add_source("random-pkg", "1.0", sdist::random("random-pkg", "1.0"));
-    farm.pypi.create_package("same-pkg", None);
-    farm.pypi.add_source("same-pkg", "1.0", sdist::pure("same-pkg", "1.0"));
-    farm.start_master();
-    let _slave = farm.start_slave("slave-a");
-    assert_eq!(farm.wait_for_build("random-pkg 1.0", Duration::from_secs(180)), "random-pkg 1.0 t -");
-    assert_eq!(farm.wait_for_build("same-pkg 1.0", Duration::from_secs(180)), "same-pkg 1.0 t -");
+    let _slave = farm.build_same_and_random();
     let first = "random_pkg-1.0-py3-none-any.whl";
     let tagged = "random_pkg-1.0-1-py3-none-any.whl";
     let recorded_hash = |name: &str| farm.db.column(&format!("SELECT filehash::text FROM files WHERE filename = '{name}'"));
@@ -422,15 +443,8 @@ fn a_rebuild_with_other_bytes_is_published_under_build_tag_1_and_identical_bytes
     assert_eq!(same_before.len(), 1);
 
     let rebuild = |package: &str| {
-        let out = Command::new(program("piw-rebuild"))
-            .args(["--config", "/dev/null", "--import-queue"])
-            .arg(format!("ipc://{}/run/import", farm.dir.path().display()))
-            .args(["build", package, "1.0"])
-            .env_remove("PIW_LOG")
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success() && said.contains(&format!("{package} 1.0 is to be built again on")), "{said} {}", String::from_utf8_lossy(&out.stderr));
+        let said = farm.rebuild(&["build", package, "1.0"]);
+        assert!(said.contains(&format!("{package} 1.0 is to be built again on")), "{said}");
     };
     rebuild("random-pkg");
     rebuild("same-pkg");
@@ -618,15 +632,8 @@ fn built_wheels_carry_signed_provenance_that_piw_verify_checks() {
 fn a_deterministic_build_is_reproduced_by_another_slave_and_a_random_one_is_not() {
     let mut farm = Farm::new();
     farm.cross_check_share = "1";
-    farm.pypi.create_package("same-pkg", None);
-    farm.pypi.add_source("same-pkg", "1.0", sdist::pure("same-pkg", "1.0"));
-    farm.pypi.create_package("random-pkg", None);
-    farm.pypi.add_source("random-pkg", "1.0", sdist::random("random-pkg", "1.0"));
-    farm.start_master();
     // The first slave builds both; only the other one may check them.
-    let first = farm.start_slave("slave-a");
-    assert_eq!(farm.wait_for_build("same-pkg 1.0", Duration::from_secs(180)), "same-pkg 1.0 t -");
-    assert_eq!(farm.wait_for_build("random-pkg 1.0", Duration::from_secs(180)), "random-pkg 1.0 t -");
+    let first = farm.build_same_and_random();
     let published = || farm.db.column("SELECT filename || ' ' || filehash FROM files ORDER BY filename");
     let before = published();
     let _second = farm.start_slave("slave-b");
@@ -657,22 +664,11 @@ fn a_deterministic_build_is_reproduced_by_another_slave_and_a_random_one_is_not(
     assert_eq!(json["releases"]["1.0"]["builds"][local_abi()]["cross_check"], serde_json::json!({ "verdict": "reproduced", "builders": 2 }));
 
     // piw-rebuild asks for another; the home page counts them.
-    let rebuild = |args: &[&str]| {
-        let out = Command::new(program("piw-rebuild"))
-            .args(["--config", "/dev/null", "--import-queue"])
-            .arg(format!("ipc://{}/run/import", farm.dir.path().display()))
-            .args(args)
-            .env_remove("PIW_LOG")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    let said = rebuild(&["cross-check", "same-pkg", "1.0"]);
+    let said = farm.rebuild(&["cross-check", "same-pkg", "1.0"]);
     assert!(said.contains(&format!("same-pkg 1.0 is to be cross-checked on {}", local_abi())), "{said}");
     wait_until("the second cross-check done", || verdict("same-pkg").len() == 2);
     assert_eq!(verdict("same-pkg")[1], Some("reproduced by slave-b: ".to_string()));
-    rebuild(&["home"]);
+    farm.rebuild(&["home"]);
     let home = || std::fs::read_to_string(farm.path("www/index.html")).unwrap_or_default();
     wait_until("the home page counting the cross-checks", || {
         home().contains(r#"<td id="reproduced">2</td>"#) && home().contains(r#"<td id="not-reproduced">1</td>"#)

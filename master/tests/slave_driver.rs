@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use piwheels_common::clock::FakeClock;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
-use piwheels_master::calls::db::{Project, QueuedBuild, Reproducibility, RewriteScope, WantCrossCheck, WantRebuild};
+use piwheels_master::calls::db::{Project, QueuedBuild, Reproducibility, RewriteScope, Verdict, WantCrossCheck, WantRebuild};
 use piwheels_master::calls::files::{Expected, FsReply, FsRequest, Verification, Verify};
 use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, ReleaseAck, ReleaseNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, Runtime, TaskHandle};
@@ -1193,9 +1193,9 @@ fn sampled_builds_are_cross_checked_by_another_builder_and_the_verdict_recorded(
     // The project pages' data.
     let db = farm.pool.client(WAIT);
     let found = |package: &str| db.call(Project { package: package.into() }).unwrap().releases[0].reproducibility.get("cp311").cloned();
-    assert_eq!(found("same"), Some(Reproducibility::Reproduced { builders: 2 }));
-    assert!(matches!(found("other"), Some(Reproducibility::Differs { differences }) if differences.len() == 2));
-    assert!(matches!(found("broken"), Some(Reproducibility::Failed { reason }) if reason.contains("it broke")));
+    assert_eq!(found("same"), Some(Reproducibility { latest: Some(Verdict::Reproduced), builders: 2 }));
+    assert!(matches!(found("other"), Some(Reproducibility { latest: Some(Verdict::Differs { differences }), builders: 1 }) if differences.len() == 2));
+    assert!(matches!(found("broken"), Some(Reproducibility { latest: Some(Verdict::Failed { reason }), .. }) if reason.contains("it broke")));
     // Nothing waits any more, and the second build's records do not make new checks.
     assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM cross_checks WHERE checked_at IS NULL"), [Some("0".to_string())]);
 }

@@ -144,25 +144,11 @@ pub struct CheckRecord {
 /// What the cross-checks of one build found, for its project page.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
-pub enum Reproducibility {
-    /// A cross-check is waiting for another builder.
-    Waiting,
-    /// Builders, the build's own included, that made the same wheels.
-    Reproduced {
-        /// How many.
-        builders: u32,
-    },
-    /// The latest cross-check found these differences.
-    Differs {
-        /// What differs.
-        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
-        differences: Vec<String>,
-    },
-    /// The latest cross-check's build failed.
-    Failed {
-        /// Why.
-        reason: String,
-    },
+pub struct Reproducibility {
+    /// The latest check's verdict; None while the first check waits for a builder.
+    pub latest: Option<Verdict>,
+    /// Builders that made the same wheels so far, the build's own included.
+    pub builders: u32,
 }
 
 /// A file and its hash.

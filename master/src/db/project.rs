@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use piwheels_common::protocols::{BuildId, Dependencies};
 
-use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ProjectsSnapshot, ReleaseData, Reproducibility};
+use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ProjectsSnapshot, ReleaseData, Reproducibility, Verdict};
 use sqlx::Connection;
 
 use super::Database;
@@ -336,24 +336,25 @@ fn assemble(
 }
 
 /// What the cross-checks of each build found (checks in the order they were asked): the
-/// latest one done decides, and a reproduction counts every builder that reproduced the build
-/// so far, with the build's own.
+/// latest one done decides the verdict, and every builder that reproduced the build so far
+/// counts, with the build's own.
 fn reproducibility(checks: Vec<CheckRow>) -> HashMap<BuildId, Reproducibility> {
     let mut found: HashMap<BuildId, Reproducibility> = HashMap::new();
     let mut reproducers: HashMap<BuildId, BTreeSet<String>> = HashMap::new();
     for (_, build_id, verdict, differences, builder) in checks {
-        let entry = found.entry(build_id).or_insert(Reproducibility::Waiting);
-        match verdict.as_deref() {
-            // A waiting check says nothing while an earlier one has a verdict.
-            None => {}
-            Some("reproduced") => {
+        let entry = found.entry(build_id).or_insert(Reproducibility { latest: None, builders: 1 });
+        // A waiting check says nothing while an earlier one has a verdict.
+        let Some(verdict) = verdict else { continue };
+        entry.latest = Some(match verdict.as_str() {
+            "reproduced" => {
                 let builders = reproducers.entry(build_id).or_default();
                 builders.insert(builder.unwrap_or_default());
-                *entry = Reproducibility::Reproduced { builders: u32::try_from(builders.len() + 1).unwrap_or(u32::MAX) };
+                entry.builders = u32::try_from(builders.len() + 1).unwrap_or(u32::MAX);
+                Verdict::Reproduced
             }
-            Some("differs") => *entry = Reproducibility::Differs { differences },
-            Some(_) => *entry = Reproducibility::Failed { reason: differences.join("\n") },
-        }
+            "differs" => Verdict::Differs { differences },
+            _ => Verdict::Failed { reason: differences.join("\n") },
+        });
     }
     found
 }

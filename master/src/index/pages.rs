@@ -16,7 +16,7 @@ use piwheels_common::names::{canonicalize, is_prerelease, parse_version};
 use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
 use piwheels_common::provenance;
 
-use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ReleaseData, Reproducibility, SearchEntry};
+use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ReleaseData, Reproducibility, SearchEntry, Verdict};
 use crate::calls::tasks::CheckCounts;
 use piwheels_common::wheel::WheelName;
 use serde::Serialize;
@@ -386,15 +386,15 @@ pub struct CheckNote {
 
 impl CheckNote {
     fn of(found: &Reproducibility) -> CheckNote {
-        match found {
-            Reproducibility::Waiting => CheckNote { class: "waiting", text: "cross-check waiting".into(), detail: String::new() },
-            Reproducibility::Reproduced { builders } => {
-                CheckNote { class: "reproduced", text: format!("reproduced on {builders} builders"), detail: String::new() }
+        match &found.latest {
+            None => CheckNote { class: "waiting", text: "cross-check waiting".into(), detail: String::new() },
+            Some(Verdict::Reproduced) => {
+                CheckNote { class: "reproduced", text: format!("reproduced on {} builders", found.builders), detail: String::new() }
             }
-            Reproducibility::Differs { differences } => {
+            Some(Verdict::Differs { differences }) => {
                 CheckNote { class: "not-reproduced", text: "not reproduced".into(), detail: differences.join("\n") }
             }
-            Reproducibility::Failed { reason } => {
+            Some(Verdict::Failed { reason }) => {
                 CheckNote { class: "not-reproduced", text: "not reproduced: the second build failed".into(), detail: reason.clone() }
             }
         }
@@ -737,11 +737,11 @@ enum JsonCheck {
 
 impl JsonCheck {
     fn of(found: &Reproducibility) -> JsonCheck {
-        match found {
-            Reproducibility::Waiting => JsonCheck::Waiting,
-            Reproducibility::Reproduced { builders } => JsonCheck::Reproduced { builders: *builders },
-            Reproducibility::Differs { differences } => JsonCheck::Differs { differences: differences.clone() },
-            Reproducibility::Failed { reason } => JsonCheck::Failed { reason: reason.clone() },
+        match &found.latest {
+            None => JsonCheck::Waiting,
+            Some(Verdict::Reproduced) => JsonCheck::Reproduced { builders: found.builders },
+            Some(Verdict::Differs { differences }) => JsonCheck::Differs { differences: differences.clone() },
+            Some(Verdict::Failed { reason }) => JsonCheck::Failed { reason: reason.clone() },
         }
     }
 }
