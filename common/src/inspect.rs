@@ -340,9 +340,10 @@ fn read_metadata<R: Read + Seek>(path: &Path, archive: &mut ZipArchive<R>, index
     Ok(bytes)
 }
 
-/// The name, version, `Requires-Python` and pip dependencies from METADATA's headers (the lines before the
-/// first blank one, RFC 822 style: names compared without case, continuation lines folded
-/// in). Bytes that are not UTF-8 are read as U+FFFD.
+/// The name, version, `Requires-Python` and pip dependencies from METADATA's headers, read as
+/// the RFC 822 message core metadata is (by mailparse: names compared without case, folded
+/// lines joined, a line of blanks a continuation as Python's email parser, which installers
+/// use, reads it). Values that are not UTF-8 are read with U+FFFD for the bad bytes.
 ///
 /// The pip dependencies are the canonical names of the `Requires-Dist` entries **without an
 /// environment marker** (no `;`), sorted and without repeats. Entries with a marker are left
@@ -351,28 +352,16 @@ fn read_metadata<R: Read + Seek>(path: &Path, archive: &mut ZipArchive<R>, index
 /// install needs. An entry whose name cannot be read, or is longer than
 /// [`MAX_REQUIREMENT_NAME`], is skipped.
 pub fn parse_metadata(metadata: &[u8]) -> CoreMetadata {
-    let text = String::from_utf8_lossy(metadata);
-    let mut headers: Vec<(&str, String)> = Vec::new();
-    for line in text.lines() {
-        // The headers end at an empty line. A line of blanks is a continuation (a License
-        // text's empty paragraph line), as Python's email parser, which installers use, reads it.
-        if line.is_empty() {
-            break;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = headers.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
-            }
-            continue;
-        }
-        if let Some((header, value)) = line.split_once(':') {
-            headers.push((header.trim(), value.trim().to_string()));
-        }
-    }
-    let values = |wanted: &'static str| headers.iter().filter(move |(h, _)| h.eq_ignore_ascii_case(wanted)).map(|(_, v)| v.as_str());
-    let first = |wanted: &'static str| values(wanted).find(|v| !v.is_empty()).map(str::to_string);
-    let mut requirements: Vec<String> = values("Requires-Dist").filter_map(unconditional_requirement).collect();
+    // Only a METADATA that starts with a blank or holds a lone CR is not a message at all.
+    let Ok((headers, _)) = mailparse::parse_headers(metadata) else { return CoreMetadata::default() };
+    let values = |wanted: &'static str| {
+        headers.iter().filter(move |h| h.get_key_ref().trim().eq_ignore_ascii_case(wanted)).map(|h| {
+            let value = h.get_value_utf8().unwrap_or_else(|_| String::from_utf8_lossy(h.get_value_raw()).into_owned());
+            value.trim().to_string()
+        })
+    };
+    let first = |wanted: &'static str| values(wanted).find(|v| !v.is_empty());
+    let mut requirements: Vec<String> = values("Requires-Dist").filter_map(|r| unconditional_requirement(&r)).collect();
     requirements.sort();
     requirements.dedup();
     CoreMetadata { name: first("Name"), version: first("Version"), requires_python: first("Requires-Python"), requirements }
