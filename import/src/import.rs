@@ -11,6 +11,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use piwheels_common::inspect::parse_metadata;
 use piwheels_common::keys::Role;
 use piwheels_common::names::{canonicalize, parse_version};
 use piwheels_common::protocols::{AdminReply, AdminRequest, ErrorKind, ImportRequest, WheelFile};
@@ -139,17 +140,17 @@ pub fn inspect_all(paths: &[PathBuf]) -> Result<Vec<Wheel>, ToolError> {
 /// wheel's METADATA.
 fn release(cfg: &ImportConfig, wheels: &[Wheel]) -> Result<(String, String), ToolError> {
     let first = &wheels[0].file;
-    let field = |name: &str| {
-        metadata_field(&first.metadata, name)
-            .ok_or_else(|| ToolError::Failed(format!("{}: its METADATA has no {name} (give --package and --package-version)", first.filename)))
+    let core = parse_metadata(&first.metadata);
+    let field = |name: &str, value: Option<String>| {
+        value.ok_or_else(|| ToolError::Failed(format!("{}: its METADATA has no {name} (give --package and --package-version)", first.filename)))
     };
     let name = match &cfg.package {
         Some(name) => name.clone(),
-        None => field("Name")?,
+        None => field("Name", core.name)?,
     };
     let version = match &cfg.package_version {
         Some(version) => version.clone(),
-        None => field("Version")?,
+        None => field("Version", core.version)?,
     };
     Ok((name, version))
 }
@@ -176,17 +177,6 @@ pub fn builder_abi(file: &WheelFile) -> Result<String, String> {
         return Err(format!("cannot tell which ABI {} was built for (its ABI tag is {tag}): give --abi", file.filename));
     }
     Ok(tag.clone())
-}
-
-/// The first value of a header of METADATA (`Name`, `Version`), compared without case.
-pub fn metadata_field(metadata: &[u8], header: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(metadata);
-    text.lines()
-        .take_while(|line| !line.trim().is_empty())
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case(header))
-        .map(|(_, value)| value.trim().to_string())
-        .filter(|value| !value.is_empty())
 }
 
 /// Whether a wheel's version tag names `version` (the same text, the same PEP 440 version, or
@@ -291,14 +281,6 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metadata_headers_are_read_before_the_body() {
-        let metadata = b"Metadata-Version: 2.1\nname: RPi.GPIO\nVersion:  0.7.1 \n\nName: not this\n";
-        assert_eq!(metadata_field(metadata, "Name").as_deref(), Some("RPi.GPIO"));
-        assert_eq!(metadata_field(metadata, "Version").as_deref(), Some("0.7.1"));
-        assert_eq!(metadata_field(metadata, "Summary"), None);
-    }
 
     #[test]
     fn the_builder_abi_comes_from_the_abi_tag_when_it_says() {
