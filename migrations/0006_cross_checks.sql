@@ -9,6 +9,9 @@ CREATE TABLE cross_checks (
     -- 'sample' (the master's share of builds) or 'operator' (piw-rebuild cross-check).
     requested_by   VARCHAR(20) NOT NULL CHECK (requested_by IN ('sample', 'operator')),
     requested_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- The build's files when the check was asked for, which the second build's are compared
+    -- with: a later build with the same bytes takes their records over, and the files stay.
+    files          TEXT[] NOT NULL CHECK (cardinality(files) > 0),
     -- The rest is the second build, NULL while it is waiting.
     checked_at     TIMESTAMPTZ,
     builder        VARCHAR(100),

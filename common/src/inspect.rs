@@ -217,9 +217,10 @@ impl<R: Read + Seek> WheelArchive<R> {
     }
 
     /// Each file entry's lower-case hex SHA-256 of its contents (directories left out), by
-    /// name: what a wheel holds, whatever its zip timestamps, order or compression. Reading
-    /// stops with [`InspectError::ExtractionTooLarge`] past `limit` bytes in all.
-    pub fn member_digests(&mut self, limit: u64) -> Result<BTreeMap<String, String>, InspectError> {
+    /// name: what a wheel holds, whatever its zip timestamps, order or compression; and the
+    /// bytes they hold in all. Reading stops with [`InspectError::ExtractionTooLarge`] past
+    /// `limit` bytes in all.
+    pub fn member_digests(&mut self, limit: u64) -> Result<(BTreeMap<String, String>, u64), InspectError> {
         let mut digests = BTreeMap::new();
         let mut left = limit;
         for (index, entry) in self.entries.iter().enumerate() {
@@ -236,7 +237,7 @@ impl<R: Read + Seek> WheelArchive<R> {
             left -= read;
             digests.insert(entry.clone(), hex::encode(hasher.finalize()));
         }
-        Ok(digests)
+        Ok((digests, limit - left))
     }
 
     /// The bytes of the one top-level `*.dist-info/METADATA`, which must belong to the

@@ -14,7 +14,10 @@ use std::path::Path;
 
 use piwheels_common::inspect::{Limits, WheelArchive};
 use piwheels_common::wheel::WheelName;
-use sha2::{Digest, Sha256};
+
+use crate::access_log::clean;
+use crate::calls::db::QueuedCheck;
+use crate::db::requests::stored_label;
 
 /// The master's default share of successful builds that are cross-checked.
 pub const DEFAULT_SHARE: f64 = 0.05;
@@ -22,18 +25,39 @@ pub const DEFAULT_SHARE: f64 = 0.05;
 pub const MAX_DIFFERENCES: usize = 50;
 /// Longest line of differences kept, in characters.
 const MAX_LINE: usize = 300;
+/// How much more a second build's wheel may hold than the published one before the rest is
+/// not read (it differs anyway), in bytes: a bound on what a builder can make the master
+/// inflate.
+const MAX_GROWTH: u64 = 64 << 20;
 
-/// Whether the build of `package` `version` on `abi` is in the master's sample of `share`
-/// (0 to 1) of builds. The choice is a hash of the three, not a coin: the same build is always
-/// chosen or not, so an operator (or a test) can tell why it was, and a builder cannot guess
-/// from anything it sees.
-pub fn sampled(share: f64, package: &str, version: &str, abi: &str) -> bool {
-    let digest = Sha256::new().chain_update(package).chain_update([0]).chain_update(version).chain_update([0]).chain_update(abi).finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
+/// Whether a successful build is in the master's sample of `share` (0 to 1) of builds: a draw
+/// from the system's random source, so that no builder can tell beforehand which of its builds
+/// will be checked (a hash of the release could be computed by anyone).
+pub fn sampled(share: f64) -> bool {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No randomness, no sample; a check is never owed.
+        return false;
+    }
     // 53 bits, exactly representable: uniform in [0, 1).
-    let point = (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64;
+    let point = (u64::from_be_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64;
     point < share
+}
+
+/// Whether the builder of `key` and `label` made the build `check` is for: the same key, or
+/// the same label as builds keep it. A builder never checks its own builds, whatever key it
+/// has now.
+pub fn same_builder(check: &QueuedCheck, key: Option<&str>, label: &str) -> bool {
+    (check.builder_key.is_some() && check.builder_key.as_deref() == key) || check.builder == stored_label(label)
+}
+
+/// Whether a builder of `platform` (e.g. `linux_armv7l`) makes wheels a build's `files` can
+/// be compared with: each file is pure (`any`) or tagged for that platform, or for a
+/// manylinux or musllinux of its machine.
+pub fn same_platform(files: &[String], platform: &str) -> bool {
+    let machine = platform.strip_prefix("linux_").unwrap_or(platform);
+    let fits = |tag: &str| tag == "any" || tag == platform || ((tag.starts_with("manylinux") || tag.starts_with("musllinux")) && tag.ends_with(&format!("_{machine}")));
+    files.iter().all(|file| WheelName::parse(file).is_ok_and(|name| name.platform.split('.').any(fits)))
 }
 
 /// The file of the first build that a second build's `filename` is compared with: the same
@@ -46,18 +70,23 @@ pub fn counterpart<'a>(filename: &str, first: &'a [String]) -> Option<&'a str> {
 
 /// What differs between the published wheel `published` and the second build's `rebuilt`
 /// (their names as given), member by member: each line names a member and how it differs.
-/// Empty when they hold the same members with the same contents. An error when either cannot
-/// be read as a wheel (the published one is the master's trouble; the second build's was
-/// checked before).
-pub fn compare(published: (&Path, &str), rebuilt: (&Path, &str)) -> Result<Vec<String>, String> {
-    let limit = Limits::default().extracted;
-    let digests = |(path, name): (&Path, &str)| {
+/// Empty when they hold the same members with the same contents. A wheel that cannot be read
+/// (a broken archive, more than [`Limits::extracted`] bytes inflated, for the second build
+/// more than the published wheel holds and 64 MiB) differs too: the line says which and why.
+pub fn compare(published: (&Path, &str), rebuilt: (&Path, &str)) -> Vec<String> {
+    let digests = |(path, name): (&Path, &str), limit: u64| {
         let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let mut archive = WheelArchive::open(file, name, path).map_err(|e| e.to_string())?;
         archive.member_digests(limit).map_err(|e| e.to_string())
     };
-    let first = digests(published)?;
-    let second = digests(rebuilt)?;
+    let (first, held) = match digests(published, Limits::default().extracted) {
+        Ok(found) => found,
+        Err(e) => return vec![format!("the published wheel cannot be compared: {e}")],
+    };
+    let (second, _) = match digests(rebuilt, held.saturating_add(MAX_GROWTH)) {
+        Ok(found) => found,
+        Err(e) => return vec![format!("the second build's wheel cannot be compared: {e}")],
+    };
     let mut differences = Vec::new();
     for (member, digest) in &first {
         match second.get(member) {
@@ -69,18 +98,14 @@ pub fn compare(published: (&Path, &str), rebuilt: (&Path, &str)) -> Result<Vec<S
     for member in second.keys().filter(|member| !first.contains_key(*member)) {
         differences.push(format!("{member}: only in the second build"));
     }
-    Ok(differences)
+    differences
 }
 
-/// `lines` cut to what a verdict keeps: [`MAX_DIFFERENCES`] lines of at most 300 characters,
-/// the last saying how many more there were.
-pub fn bounded(mut lines: Vec<String>) -> Vec<String> {
-    for line in &mut lines {
-        if let Some((at, _)) = line.char_indices().nth(MAX_LINE) {
-            line.truncate(at);
-            line.push('…');
-        }
-    }
+/// `lines` cut to what a verdict keeps: [`MAX_DIFFERENCES`] lines of at most 300 characters
+/// without control characters (member names and logs are a builder's), the last saying how
+/// many more there were.
+pub fn bounded(lines: Vec<String>) -> Vec<String> {
+    let mut lines: Vec<String> = lines.iter().map(|line| clean(line, MAX_LINE)).collect();
     if lines.len() > MAX_DIFFERENCES {
         let more = lines.len() - (MAX_DIFFERENCES - 1);
         lines.truncate(MAX_DIFFERENCES - 1);
@@ -121,7 +146,7 @@ mod tests {
         let other = dir.path().join("other");
         std::fs::create_dir(&other).unwrap();
         let b = wheel(&other, TAGGED, &[("demo-1.0.dist-info/METADATA", "Name: demo\n"), ("demo/__init__.py", "x = 1\n")], 2026, zip::CompressionMethod::Deflated);
-        assert_eq!(compare((&a, NAME), (&b, TAGGED)), Ok(Vec::new()));
+        assert_eq!(compare((&a, NAME), (&b, TAGGED)), Vec::<String>::new());
     }
 
     #[test]
@@ -133,19 +158,35 @@ mod tests {
         std::fs::create_dir(&other).unwrap();
         let b = wheel(&other, NAME, &[meta, ("demo/a.py", "2"), ("demo/new.py", "")], 1980, zip::CompressionMethod::Deflated);
         assert_eq!(
-            compare((&a, NAME), (&b, NAME)).unwrap(),
+            compare((&a, NAME), (&b, NAME)),
             ["demo/a.py: contents differ", "demo/gone.py: missing from the second build", "demo/new.py: only in the second build"]
         );
     }
 
     #[test]
-    fn a_file_that_is_not_a_wheel_cannot_be_compared() {
+    fn a_wheel_that_cannot_be_read_differs_and_the_line_says_which() {
         let dir = tempfile::tempdir().unwrap();
         let a = wheel(dir.path(), NAME, &[("demo-1.0.dist-info/METADATA", "Name: demo\n")], 1980, zip::CompressionMethod::Stored);
         let junk = dir.path().join("junk");
         std::fs::write(&junk, b"not a zip").unwrap();
-        let err = compare((&a, NAME), (&junk, NAME)).unwrap_err();
-        assert!(err.contains("not a zip archive"), "{err}");
+        let second = compare((&a, NAME), (&junk, NAME));
+        assert!(matches!(second.as_slice(), [line] if line.starts_with("the second build's wheel cannot be compared") && line.contains("not a zip archive")), "{second:?}");
+        let first = compare((&junk, NAME), (&a, NAME));
+        assert!(matches!(first.as_slice(), [line] if line.starts_with("the published wheel cannot be compared")), "{first:?}");
+    }
+
+    #[test]
+    fn a_second_wheel_much_larger_than_the_published_one_is_not_read_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = ("demo-1.0.dist-info/METADATA", "Name: demo\n");
+        let a = wheel(dir.path(), NAME, &[meta], 1980, zip::CompressionMethod::Deflated);
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        // 65 MiB of zeros deflate to a few hundred KiB.
+        let big = "\0".repeat(65 << 20);
+        let b = wheel(&other, NAME, &[meta, ("demo/big.bin", &big)], 1980, zip::CompressionMethod::Deflated);
+        let found = compare((&a, NAME), (&b, NAME));
+        assert!(matches!(found.as_slice(), [line] if line.contains("the contents exceed")), "{found:?}");
     }
 
     #[test]
@@ -158,24 +199,49 @@ mod tests {
     }
 
     #[test]
-    fn the_sample_is_the_share_asked_for_and_always_the_same() {
-        let chosen = (0..20_000).filter(|n| sampled(DEFAULT_SHARE, &format!("pkg{n}"), "1.0", "cp311")).count();
-        // 5% of 20,000 is 1,000; a uniform hash stays within 10% of it.
-        assert!((900..=1100).contains(&chosen), "{chosen} of 20000 sampled");
-        assert!((0..1000).all(|n| sampled(1.0, &format!("pkg{n}"), "1.0", "cp311")));
-        assert!((0..1000).all(|n| !sampled(0.0, &format!("pkg{n}"), "1.0", "cp311")));
-        let once: Vec<bool> = (0..100).map(|n| sampled(0.5, &format!("pkg{n}"), "1.0", "cp311")).collect();
-        let again: Vec<bool> = (0..100).map(|n| sampled(0.5, &format!("pkg{n}"), "1.0", "cp311")).collect();
-        assert_eq!(once, again);
+    fn a_builder_is_the_build_s_own_by_its_key_or_its_label() {
+        let check = QueuedCheck {
+            check_id: 1,
+            release: piwheels_common::protocols::PackageVersion { package: "demo".into(), version: "1.0".into() },
+            source: piwheels_common::protocols::SourceFile { filename: "demo-1.0.tar.gz".into(), url: "http://x/demo-1.0.tar.gz".into(), sha256: "0".repeat(64) },
+            builder: "x".repeat(100),
+            builder_key: Some("key-a".into()),
+            files: vec![NAME.into()],
+        };
+        assert!(same_builder(&check, Some("key-a"), "another label"));
+        // A label longer than builds keep is the same label.
+        assert!(same_builder(&check, Some("key-b"), &"x".repeat(150)));
+        assert!(!same_builder(&check, Some("key-b"), "another label"));
+        assert!(!same_builder(&QueuedCheck { builder_key: None, ..check.clone() }, None, "another label"));
     }
 
     #[test]
-    fn a_verdict_keeps_fifty_lines_of_three_hundred_characters() {
+    fn a_check_goes_to_a_builder_whose_wheels_can_be_compared() {
+        let files = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(same_platform(&files(&[NAME, "demo-1.0-py3-none-any.whl"]), "linux_armv7l"));
+        assert!(!same_platform(&files(&[NAME]), "linux_aarch64"));
+        assert!(same_platform(&files(&["demo-1.0-py3-none-any.whl"]), "linux_aarch64"));
+        assert!(same_platform(&files(&["demo-1.0-cp311-cp311-manylinux_2_17_armv7l.manylinux2014_armv7l.whl"]), "linux_armv7l"));
+        assert!(!same_platform(&files(&["not a wheel"]), "linux_armv7l"));
+    }
+
+    #[test]
+    fn the_sample_is_the_share_asked_for() {
+        let chosen = (0..20_000).filter(|_| sampled(DEFAULT_SHARE)).count();
+        // 5% of 20,000 is 1,000, with a standard deviation of 31: 200 either side is 6.5 of
+        // them, which a fair draw leaves less than once in a billion runs.
+        assert!((800..=1200).contains(&chosen), "{chosen} of 20000 sampled");
+        assert!((0..1000).all(|_| sampled(1.0)));
+        assert!((0..1000).all(|_| !sampled(0.0)));
+    }
+
+    #[test]
+    fn a_verdict_keeps_fifty_lines_of_three_hundred_characters_without_control_characters() {
         let long = "x".repeat(400);
         let kept = bounded(vec![long.clone(); 80]);
         assert_eq!(kept.len(), MAX_DIFFERENCES);
-        assert_eq!(kept[0].chars().count(), MAX_LINE + 1);
+        assert_eq!(kept[0].chars().count(), MAX_LINE);
         assert_eq!(kept.last().unwrap(), "and 31 more");
-        assert_eq!(bounded(vec!["a".into()]), ["a"]);
+        assert_eq!(bounded(vec!["a\n\u{1b}[31mb\r".into()]), ["a[31mb"]);
     }
 }

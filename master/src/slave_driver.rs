@@ -309,15 +309,13 @@ impl Checking {
 
     /// The verdict of a second build that succeeded: the first build's files it made no
     /// counterpart of differ too.
-    fn verdict(mut self) -> Verdict {
-        for file in &self.check.files {
-            if !self.compared.contains(file) {
-                self.differences.push(format!("{file}: the second build made no such wheel"));
-            }
-        }
-        match self.differences.is_empty() {
+    fn verdict(&self) -> Verdict {
+        let missing = self.check.files.iter().filter(|file| !self.compared.contains(file));
+        let differences: Vec<String> =
+            self.differences.iter().cloned().chain(missing.map(|file| format!("{file}: the second build made no such wheel"))).collect();
+        match differences.is_empty() {
             true => Verdict::Reproduced,
-            false => Verdict::Differs { differences: cross_check::bounded(self.differences) },
+            false => Verdict::Differs { differences: cross_check::bounded(differences) },
         }
     }
 }
@@ -345,9 +343,12 @@ pub struct SlaveDriver {
     checks: BTreeMap<String, VecDeque<QueuedCheck>>,
     /// The cross-checks slaves are building.
     checking: HashMap<SlaveId, Checking>,
-    /// Cross-checks handed out (by id), until their slave's build could have ended: a queue
-    /// computed before one was recorded does not hand it out again. A check given up is let go.
+    /// Cross-checks (by id) not to hand out before a time: handed out, until their slave's
+    /// build could have ended (a queue computed before one was recorded does not hand it out
+    /// again); given up for the infrastructure's reasons, until their back-off ends.
     checks_held: HashMap<i64, Instant>,
+    /// Infrastructure failures of each cross-check since it was last recorded or forgotten.
+    check_failures: HashMap<i64, u32>,
     /// Releases handed out, per ABI, until their slave's build could have ended (see the
     /// module documentation).
     building: HashMap<String, Exclusions>,
@@ -388,6 +389,7 @@ impl SlaveDriver {
             checks: BTreeMap::new(),
             checking: HashMap::new(),
             checks_held: HashMap::new(),
+            check_failures: HashMap::new(),
             building: HashMap::new(),
             deleted: BTreeMap::new(),
             retries: HashMap::new(),
@@ -599,13 +601,10 @@ impl SlaveDriver {
         let building = self.building.entry(abi.clone()).or_default();
         let slave = &self.slaves[identity];
         let checks = self.checks.entry(abi.clone()).or_default();
-        let ours = |check: &QueuedCheck| match (&check.builder_key, &slave.key) {
-            (Some(first), Some(this)) => first == this,
-            _ => check.builder == label,
-        };
         let held = &self.checks_held;
         let free = |check: &QueuedCheck| {
-            !ours(check)
+            !cross_check::same_builder(check, slave.key.as_deref(), &label)
+                && cross_check::same_platform(&check.files, &slave.hello.platform)
                 && held.get(&check.check_id).is_none_or(|until| *until <= now)
                 && !is_deleted(&self.deleted, &check.release, now)
                 && !waiting(&check.release)
@@ -650,18 +649,20 @@ impl SlaveDriver {
     /// recorded, the files it published are removed, and the release is handed out again after
     /// a back-off, to another builder of the ABI when one is connected.
     fn give_up(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], build: &PackageVersion, reason: &str) -> SlaveReply {
+        if let Some(check_id) = self.slaves.get(identity).and_then(|slave| self.checking.get(&slave.id)).map(|c| c.check.check_id) {
+            return self.give_up_check(sockets, ctx, identity, build, check_id, reason);
+        }
         let now = ctx.now();
         self.infrastructure_failures += 1;
         if let Some(slave) = self.slaves.get(identity) {
             let (id, label, abi) = (slave.id, slave.hello.host.label.clone(), slave.hello.abi.clone());
             let delay = self.schedule_retry(&abi, build, &label, now);
-            let when = match delay {
-                Duration::ZERO => "at once".to_string(),
-                delay => format!("in {} or later", HumanDuration(delay)),
-            };
             let text = format!(
-                "slave {id} ({label}) could not build {} {}: {reason}; not recorded, to be built again {when} (infrastructure failure {} since the start)",
-                build.package, build.version, self.infrastructure_failures
+                "slave {id} ({label}) could not build {} {}: {reason}; not recorded, to be built again {} (infrastructure failure {} since the start)",
+                build.package,
+                build.version,
+                when(delay),
+                self.infrastructure_failures
             );
             tracing::warn!("{text}");
             notice(sockets, ctx, NoticeLevel::Warning, text);
@@ -671,14 +672,56 @@ impl SlaveDriver {
         self.done(sockets, identity)
     }
 
+    /// [`SlaveDriver::give_up`] for a cross-check: nothing is recorded, and the check is handed
+    /// out again after the same back-off as a build (another builder of the ABI may take it).
+    /// The release's own queue entry, exclusion and back-off are not the check's.
+    fn give_up_check(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], build: &PackageVersion, check_id: i64, reason: &str) -> SlaveReply {
+        self.infrastructure_failures += 1;
+        if let Some(slave) = self.slaves.get(identity) {
+            let delay = self.backoff(self.check_failures.get(&check_id).copied().unwrap_or(0) + 1);
+            let text = format!(
+                "slave {} ({}) could not cross-check {} {}: {reason}; not recorded, to be tried again {} (infrastructure failure {} since the start)",
+                slave.id,
+                slave.hello.host.label,
+                build.package,
+                build.version,
+                when(delay),
+                self.infrastructure_failures
+            );
+            tracing::warn!("{text}");
+            notice(sockets, ctx, NoticeLevel::Warning, text);
+        }
+        let answer = self.done(sockets, identity);
+        self.check_given_up(check_id, ctx.now());
+        answer
+    }
+
+    /// Notes one more infrastructure failure of a cross-check whose build ended unrecorded:
+    /// it is held for its back-off, and the queue is refreshed so that it comes back.
+    fn check_given_up(&mut self, check_id: i64, now: Instant) {
+        let failures = self.check_failures.get(&check_id).copied().unwrap_or(0).saturating_add(1);
+        self.check_failures.insert(check_id, failures);
+        let delay = self.backoff(failures);
+        if !delay.is_zero() {
+            self.checks_held.insert(check_id, now + delay);
+        }
+        self.want_refresh(format!("cross-check {check_id} to be tried again"));
+    }
+
+    /// The back-off after the `failures`th infrastructure failure of a release or a check:
+    /// none after the first, then `--retry-backoff` doubling up to [`RETRY_LONGEST`].
+    fn backoff(&self, failures: u32) -> Duration {
+        match failures {
+            0 | 1 => Duration::ZERO,
+            _ => self.config.retry_backoff.saturating_mul(1 << (failures - 2).min(16)).min(RETRY_LONGEST),
+        }
+    }
+
     /// Notes one more infrastructure failure of `build` on `builder`; returns the back-off.
     fn schedule_retry(&mut self, abi: &str, build: &PackageVersion, builder: &str, now: Instant) -> Duration {
+        let failures = self.retries.get(abi).and_then(|r| r.get(build)).map_or(0, |r| r.failures).saturating_add(1);
+        let delay = self.backoff(failures);
         let retries = self.retries.entry(abi.to_string()).or_default();
-        let failures = retries.get(build).map_or(0, |r| r.failures).saturating_add(1);
-        let delay = match failures {
-            1 => Duration::ZERO,
-            _ => self.config.retry_backoff.saturating_mul(1 << (failures - 2).min(16)).min(RETRY_LONGEST),
-        };
         retries.insert(build.clone(), Retry { failures, until: now + delay, builder: builder.to_string() });
         delay
     }
@@ -821,29 +864,32 @@ impl SlaveDriver {
 
     /// Records what a cross-check found, with a rewrite of the project page, and tells
     /// monitors (a warning when the build was not reproduced). A failure that is not the
-    /// package's is given up instead, and the check waits for its next builder.
+    /// package's is given up instead, and so is a second build past its time or memory limit
+    /// (the second builder's limits may be lower than the first's): the check waits for its
+    /// next builder. A failed command is a verdict.
     fn finish_check(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], build: PackageVersion, result: BuildResult) -> SlaveReply {
         let Some(slave) = self.slaves.get(identity) else { return SlaveReply::Done };
         let elapsed = slave.handed_out().map(|(started, _)| ctx.now().saturating_duration_since(started));
-        if (!result.success || result.files.is_empty())
-            && let Err(reason) = check_failure(&result, &slave.hello, elapsed)
-        {
-            return self.give_up(sockets, ctx, identity, &build, &reason);
+        let failed = !result.success || result.files.is_empty();
+        if failed {
+            if let Err(reason) = check_failure(&result, &slave.hello, elapsed) {
+                return self.give_up(sockets, ctx, identity, &build, &reason);
+            }
+            if let Some(FailureKind::Timeout | FailureKind::OutOfMemory) = result.failure {
+                let reason = "the second build ran past its builder's time or memory limit, which says nothing of the package";
+                return self.give_up(sockets, ctx, identity, &build, reason);
+            }
         }
-        let Some(checking) = self.checking.remove(&slave.id) else { return self.done(sockets, identity) };
+        let Some(checking) = self.checking.get(&slave.id) else { return self.done(sockets, identity) };
         let check_id = checking.check.check_id;
-        let first_builder = checking.check.builder.clone();
-        let verdict = if result.success && !result.files.is_empty() {
-            checking.verdict()
+        let verdict = if failed {
+            let tail: Vec<String> = result.output.lines().rev().take(FAILURE_LINES).map(str::to_string).collect();
+            let tail: Vec<String> = cross_check::bounded(tail.into_iter().rev().collect());
+            Verdict::Failed { reason: format!("the second build failed: {}", tail.join("\n")) }
         } else {
-            let tail: Vec<&str> = result.output.lines().rev().take(FAILURE_LINES).collect::<Vec<_>>().into_iter().rev().collect();
-            let how = match result.failure {
-                Some(FailureKind::Timeout) => "ran past its time limit",
-                Some(FailureKind::OutOfMemory) => "ran out of memory",
-                _ => "failed",
-            };
-            Verdict::Failed { reason: format!("the second build {how}: {}", tail.join("\n")) }
+            checking.verdict()
         };
+        let what = format!("{} {} ({} on {}, again on {})", build.package, build.version, slave.hello.abi, checking.check.builder, slave.hello.host.label);
         let record = CheckRecord {
             check_id,
             builder: slave.hello.host.label.clone(),
@@ -853,8 +899,7 @@ impl SlaveDriver {
             duration: result.duration,
             verdict: verdict.clone(),
         };
-        let (id, label, abi) = (slave.id, slave.hello.host.label.clone(), slave.hello.abi.clone());
-        let what = format!("{} {} ({} on {first_builder}, again on {label})", build.package, build.version, slave.hello.abi);
+        let id = slave.id;
         match sockets.db.call(LogCheck { check: Box::new(record), rewrite_at: ctx.utc() }) {
             Ok(()) => {
                 let (level, text) = match &verdict {
@@ -869,15 +914,16 @@ impl SlaveDriver {
                     _ => tracing::warn!("slave {id}: {text}"),
                 }
                 notice(sockets, ctx, level, text);
-                if let Some(retries) = self.retries.get_mut(&abi) {
-                    retries.remove(&build);
-                }
                 web(sockets, WebRequest::Rewrite { package: build.package.clone(), scope: RewriteScope::Project });
             }
             // Its build was removed meanwhile: nothing to record.
             Err(e) if e.kind() == ErrorKind::Refused => tracing::info!("slave {id}: cross-check of {what} not recorded: {e}"),
             Err(e) => return self.give_up(sockets, ctx, identity, &build, &format!("the database did not record the cross-check: {e}")),
         }
+        // Recorded (or no longer wanted): its hold stays until it expires, so that a queue
+        // computed before cannot hand it out again.
+        self.checking.remove(&id);
+        self.check_failures.remove(&check_id);
         self.done(sockets, identity)
     }
 
@@ -1115,7 +1161,7 @@ impl SlaveDriver {
         };
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());
         let rewrite = record.pending_rewrite(ctx.utc());
-        let cross_check = cross_check::sampled(self.config.cross_check_share, &build.package, &build.version, &abi);
+        let cross_check = success && cross_check::sampled(self.config.cross_check_share);
         // Sent once: an unanswered request may have been recorded all the same.
         match sockets.db.call(LogBuild { build: Box::new(record), rewrite_at: rewrite.added_at, cross_check }) {
             Ok(build_id) => {
@@ -1160,18 +1206,21 @@ impl SlaveDriver {
         }
     }
 
-    /// Forgets a slave's build that ended, recorded or not: a cross-check it was (let go when
-    /// it was not recorded), and the files it published unrecorded, which are removed (except any that a recorded build or
+    /// Forgets a slave's build that ended, recorded or not: the files it published unrecorded, which are removed (except any that a recorded build or
     /// another build in progress holds: another slave or an import may have published the
-    /// same file meanwhile).
-    fn end_build(&mut self, sockets: &Sockets, slave_id: SlaveId) {
-        // A check still here was not recorded: it may be handed out again.
-        if let Some(checking) = self.checking.remove(&slave_id) {
-            self.checks_held.remove(&checking.check.check_id);
-        }
+    /// same file meanwhile), and a cross-check it was, let go when it was not recorded (its id
+    /// is returned then).
+    fn end_build(&mut self, sockets: &Sockets, slave_id: SlaveId) -> Option<i64> {
         if let Some((build, files)) = self.published.remove(&slave_id) {
             self.remove_unrecorded(sockets, build, files);
         }
+        // A check still here was not recorded: it may be handed out again (unless another
+        // slave holds it: handed out again once this one's hold ran out).
+        let check_id = self.checking.remove(&slave_id)?.check.check_id;
+        if !self.checking.values().any(|c| c.check.check_id == check_id) {
+            self.checks_held.remove(&check_id);
+        }
+        Some(check_id)
     }
 
     /// Removes `files` of `build`, which will not record them, except any that a recorded
@@ -1213,8 +1262,15 @@ impl SlaveDriver {
         let holding = slave.build().map(|b| format!(" (it was building {} {})", b.package, b.version)).unwrap_or_default();
         tracing::info!("slave {} ({}) gone: {reason}{holding}", slave.id, slave.hello.host.label);
         self.attempts.remove(&slave.id);
-        self.end_build(sockets, slave.id);
-        if let Some(build) = slave.build() {
+        if let Some(check_id) = self.end_build(sockets, slave.id) {
+            // A check's release is not the queue's: only the check waits for its next builder.
+            if !goodbye {
+                self.infrastructure_failures += 1;
+                self.check_given_up(check_id, ctx.now());
+            } else {
+                self.want_refresh(format!("slave {} dropped cross-check {check_id}", slave.id));
+            }
+        } else if let Some(build) = slave.build() {
             if !goodbye {
                 self.infrastructure_failures += 1;
                 self.schedule_retry(&slave.hello.abi, build, &slave.hello.host.label, ctx.now());
@@ -1533,10 +1589,14 @@ fn last_words(output: &str) -> String {
     if words.chars().count() > LAST_WORDS { format!("{}…", crate::access_log::clean(line, LAST_WORDS)) } else { words }
 }
 
-/// Whether a slave's report of a failed build (or one that made no wheel) shows that the build
-/// ran and failed, so that the failure is the package's: `Err` says why it does not, and the
-/// failure is then the infrastructure's. `elapsed` is the time since the build was handed out,
-/// which the build cannot have outlasted.
+/// "at once", or "in T or later": when something given up is tried again.
+fn when(delay: Duration) -> String {
+    match delay {
+        Duration::ZERO => "at once".to_string(),
+        delay => format!("in {} or later", HumanDuration(delay)),
+    }
+}
+
 /// Until when a release handed to `slave` stays its: the slave may download the source for a
 /// while before its build timeout starts. A far future is as good as none.
 fn hold_until(slave: &Slave, now: Instant) -> Instant {
@@ -1544,6 +1604,10 @@ fn hold_until(slave: &Slave, now: Instant) -> Instant {
     now.checked_add(hold).unwrap_or(now + RETRY_LONGEST)
 }
 
+/// Whether a slave's report of a failed build (or one that made no wheel) shows that the build
+/// ran and failed, so that the failure is the package's: `Err` says why it does not, and the
+/// failure is then the infrastructure's. `elapsed` is the time since the build was handed out,
+/// which the build cannot have outlasted.
 fn check_failure(result: &BuildResult, hello: &SlaveHello, elapsed: Option<Duration>) -> Result<(), String> {
     let kind = match result.failure {
         Some(FailureKind::NoSpace) => return Err("the builder ran out of disk space".into()),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::FakeClock;
-use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
+use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, NoticeLevel, SlaveAction, PackageVersion, SlaveEvent, SlaveHello, SlaveReply, SlaveRequest, SlaveTarget, StatusEvent, TaskControl, Versions, WheelFile, WireError};
 use piwheels_master::calls::db::{Project, QueuedBuild, Reproducibility, RewriteScope, Verdict, WantCrossCheck, WantRebuild};
 use piwheels_master::calls::files::{Expected, FsReply, FsRequest, Verification, Verify};
 use piwheels_master::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, ReleaseAck, ReleaseNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
@@ -1139,27 +1139,10 @@ fn sampled_builds_are_cross_checked_by_another_builder_and_the_verdict_recorded(
     let before: Vec<Vec<String>> = ["same", "other", "broken"].iter().map(|p| published(p)).collect();
 
     second.hello();
-    // The first builder is asked first each time, and never handed its own builds' checks.
-    let take_check = || {
-        let deadline = Instant::now() + WAIT;
-        let trigger = Sender::<ArchitectTrigger>::push(&farm.pool.rt.zmq, wiring::ARCHITECT.address()).unwrap();
-        trigger.send(&ArchitectTrigger::Refresh { reason: "test".into() }, WAIT).unwrap();
-        loop {
-            assert_eq!(first.ask(idle()), SlaveReply::Sleep { paused: false }, "the first builder was handed a check of its own build");
-            match second.ask(idle()) {
-                SlaveReply::Build { package, version, source } => {
-                    assert_eq!(source, source_file(&package, &version), "a check builds from the same source");
-                    return package;
-                }
-                SlaveReply::Sleep { .. } => assert!(Instant::now() < deadline, "no check was handed out"),
-                other => panic!("expected a check, got {other:?}"),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     let mut verdicts = BTreeMap::new();
     for _ in 0..3 {
-        let package = take_check();
+        // The first builder is asked first each time, and never handed its own builds' checks.
+        let package = take_check(&farm, &second, Some(&first));
         match package.as_str() {
             "same" => second.deliver(&farm, "same", "1.0"),
             "other" => second.deliver_bytes(&farm, "other", "1.0", b"a random value"),
@@ -1179,9 +1162,11 @@ fn sampled_builds_are_cross_checked_by_another_builder_and_the_verdict_recorded(
     let after: Vec<Vec<String>> = ["same", "other", "broken"].iter().map(|p| published(p)).collect();
     assert_eq!(after, before);
     assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM builds"), [Some("3".to_string())]);
-    assert!(noticed(&mut farm, &["cross-check of same 1.0", "reproduced"]));
+    assert!(farm.events().iter().any(|e| matches!(e, StatusEvent::Notice { level: NoticeLevel::Info, text, .. }
+        if text == "cross-check of same 1.0 (cp311 on pi-1, again on pi-2): reproduced")));
     assert!(noticed(&mut farm, &["cross-check of other 1.0", "NOT reproduced", "other/payload.bin: contents differ"]));
     assert!(noticed(&mut farm, &["cross-check of broken 1.0", "NOT reproduced: the second build failed"]));
+    assert!(farm.events().iter().any(|e| matches!(e, StatusEvent::Notice { level: NoticeLevel::Warning, text, .. } if text.contains("cross-check of other 1.0"))));
     let rewrites = farm.web_requests();
     for package in ["same", "other", "broken"] {
         assert!(
@@ -1224,6 +1209,9 @@ fn a_cross_check_is_asked_for_a_release_with_a_successful_build_from_a_source() 
     assert!(want("bad", None).unwrap_err().contains("no successful build to cross-check"));
     assert!(want("foo", Some("cp39")).unwrap_err().contains("no successful build on cp39"));
     assert!(want("nope", None).unwrap_err().contains("unknown version nope 1.0"));
+    farm.pool.db.column("UPDATE versions SET skip = 'broken upstream' WHERE package = 'foo' RETURNING ''");
+    assert!(want("foo", None).unwrap_err().contains("foo 1.0 is skipped (broken upstream)"));
+    farm.pool.db.column("UPDATE versions SET skip = '' WHERE package = 'foo' RETURNING ''");
     assert_eq!(
         farm.pool.db.column("SELECT b.package || ' ' || c.requested_by FROM cross_checks c JOIN builds b USING (build_id)"),
         [Some("foo operator".to_string())],
@@ -1233,4 +1221,70 @@ fn a_cross_check_is_asked_for_a_release_with_a_successful_build_from_a_source() 
     farm.pool.db.column("UPDATE builds SET source_filename = NULL, source_url = NULL, source_sha256 = NULL RETURNING ''");
     farm.pool.db.column("DELETE FROM cross_checks RETURNING ''");
     assert!(want("foo", None).unwrap_err().contains("record no source"));
+}
+
+/// Asks the architect for a new queue, then asks `slave` for work until it is handed a check
+/// (built from the release's pinned source), asking `own` first each time, which must be
+/// told to sleep; the check's package.
+fn take_check(farm: &Farm, slave: &FakeSlave, own: Option<&FakeSlave>) -> String {
+    let deadline = Instant::now() + WAIT;
+    let trigger = Sender::<ArchitectTrigger>::push(&farm.pool.rt.zmq, wiring::ARCHITECT.address()).unwrap();
+    trigger.send(&ArchitectTrigger::Refresh { reason: "test".into() }, WAIT).unwrap();
+    loop {
+        if let Some(own) = own {
+            assert_eq!(own.ask(idle()), SlaveReply::Sleep { paused: false }, "a builder was handed a check of its own build");
+        }
+        match slave.ask(idle()) {
+            SlaveReply::Build { package, version, source } => {
+                assert_eq!(source, source_file(&package, &version), "a check builds from the same source");
+                return package;
+            }
+            SlaveReply::Sleep { .. } => assert!(Instant::now() < deadline, "no check was handed out"),
+            other => panic!("expected a check, got {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A check whose second build says nothing of the package (its builder's time limit ended it,
+/// or its builder left) is not recorded, and waits for its next builder; the release's own
+/// queue is not touched.
+#[test]
+fn a_check_that_ends_without_a_verdict_waits_for_its_next_builder() {
+    let mut farm = Farm::start_cross_checking(&[("foo", "1.0")]);
+    let first = farm.slave("pi-1");
+    first.hello();
+    farm.refresh_queue();
+    first.take_build();
+    first.deliver(&farm, "foo", "1.0");
+    let waiting = |farm: &Farm| farm.pool.db.column("SELECT count(*)::text FROM cross_checks WHERE checked_at IS NULL")[0].clone().unwrap();
+    assert_eq!(waiting(&farm), "1");
+
+    // A second builder whose build timeout is 2 s reports a timeout: its limits, not the
+    // package's doing.
+    let short = farm.slave("pi-2");
+    let hello = SlaveHello { build_timeout: Duration::from_secs(2), ..piwheels_testsupport::data::slave_hello("pi-2") };
+    assert!(matches!(short.ask(SlaveRequest::Hello(hello)), SlaveReply::Ack { .. }));
+    assert_eq!(take_check(&farm, &short, Some(&first)), "foo");
+    let timed_out = BuildResult { failure: Some(FailureKind::Timeout), exit_status: None, duration: Duration::from_secs(2), ..result(false, Vec::new()) };
+    assert_eq!(short.ask(SlaveRequest::Built(timed_out)), SlaveReply::Done);
+    assert_eq!(waiting(&farm), "1", "nothing is recorded");
+    assert!(noticed(&mut farm, &["slave", "(pi-2) could not cross-check foo 1.0", "time or memory limit", "to be tried again at once"]));
+
+    // Handed out again at once; its builder leaves mid-build.
+    assert_eq!(take_check(&farm, &short, Some(&first)), "foo");
+    // Bye is not answered: the slave leaves without waiting.
+    let _ = short.client.request(&SlaveRequest::Bye { reason: "shutting down".into() }, Duration::from_millis(100));
+    // The next builder gets it and reproduces the build.
+    let third = farm.slave("pi-3");
+    third.hello();
+    assert_eq!(take_check(&farm, &third, Some(&first)), "foo");
+    third.deliver(&farm, "foo", "1.0");
+    assert_eq!(waiting(&farm), "0");
+    assert_eq!(
+        farm.pool.db.column("SELECT verdict || ' by ' || builder FROM cross_checks"),
+        [Some("reproduced by pi-3".to_string())]
+    );
+    // The release was built once: the checks never put it back in the queue.
+    assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM builds"), [Some("1".to_string())]);
 }

@@ -369,3 +369,33 @@ fn python_of_tag(tag: &str) -> Option<i32> {
     let (major, minor) = digits.split_at(1);
     Some(major.parse::<i32>().ok()? * 100 + minor.parse::<i32>().ok()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(build_id: BuildId, verdict: Option<&str>, differences: &[&str], builder: &str) -> CheckRow {
+        ("foo".into(), build_id, verdict.map(str::to_string), differences.iter().map(|d| d.to_string()).collect(), Some(builder.into()))
+    }
+
+    #[test]
+    fn the_latest_verdict_decides_and_every_builder_that_reproduced_the_build_counts() {
+        let found = reproducibility(vec![
+            // Build 1: reproduced twice by pi-2, once by pi-3, then a check waits.
+            check(1, Some("reproduced"), &[], "pi-2"),
+            check(1, Some("reproduced"), &[], "pi-2"),
+            check(1, Some("reproduced"), &[], "pi-3"),
+            check(1, None, &[], ""),
+            // Build 2: reproduced, then not.
+            check(2, Some("reproduced"), &[], "pi-2"),
+            check(2, Some("differs"), &["a.py: contents differ"], "pi-3"),
+            // Build 3: failed on the second builder. Build 4: waiting.
+            check(3, Some("failed"), &["the second build failed: boom"], "pi-2"),
+            check(4, None, &[], ""),
+        ]);
+        assert_eq!(found[&1], Reproducibility { latest: Some(Verdict::Reproduced), builders: 3 });
+        assert_eq!(found[&2], Reproducibility { latest: Some(Verdict::Differs { differences: vec!["a.py: contents differ".into()] }), builders: 2 });
+        assert_eq!(found[&3], Reproducibility { latest: Some(Verdict::Failed { reason: "the second build failed: boom".into() }), builders: 1 });
+        assert_eq!(found[&4], Reproducibility { latest: None, builders: 1 });
+    }
+}

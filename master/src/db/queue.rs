@@ -123,13 +123,13 @@ impl Database {
     }
 
     /// The cross-checks waiting for a builder, per ABI (the build's), oldest request first, at
-    /// most `limit` per ABI, with the build's source, builder and files. A build whose
-    /// package, version or ABI is skipped now waits.
+    /// most `limit` per ABI, with the build's source and builder, and its files when the check
+    /// was asked for. A build whose package, version or ABI is skipped now waits.
     pub async fn check_queue(&mut self, limit: u32) -> Result<BTreeMap<String, Vec<QueuedCheck>>, sqlx::Error> {
         let rows: Vec<CheckRow> = sqlx::query_as(
             "WITH waiting AS ( \
                  SELECT c.check_id, b.build_id, b.abi_tag, b.package, b.version, b.source_filename, b.source_url, \
-                        b.source_sha256::text AS source_sha256, b.builder, b.builder_key, \
+                        b.source_sha256::text AS source_sha256, b.builder, b.builder_key, c.files, \
                         row_number() OVER (PARTITION BY b.abi_tag ORDER BY c.requested_at, c.check_id) AS n \
                  FROM cross_checks c \
                  JOIN builds b ON b.build_id = c.build_id \
@@ -138,8 +138,7 @@ impl Database {
                  JOIN packages p ON p.package = b.package AND p.skip = '' \
                  WHERE c.checked_at IS NULL AND b.source_sha256 IS NOT NULL) \
              SELECT w.abi_tag, w.check_id, w.package, w.version, w.source_filename, w.source_url, w.source_sha256, \
-                    w.builder, w.builder_key, \
-                    ARRAY(SELECT f.filename FROM files f WHERE f.build_id = w.build_id ORDER BY f.filename) \
+                    w.builder, w.builder_key, w.files \
              FROM waiting w WHERE w.n <= $1 ORDER BY w.abi_tag, w.n",
         )
         .bind(i64::from(limit))

@@ -340,19 +340,29 @@ impl Database {
     /// recorded before sources were pinned): a cross-check builds from the same source.
     pub async fn want_cross_check(&mut self, package: &str, version: &str, abi: Option<&str>) -> Result<Vec<String>, RequestError> {
         let mut tx = self.conn.begin().await?;
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM versions WHERE package = $1 AND version = $2")
-            .bind(package)
-            .bind(version)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(RequestError::Refused(format!("unknown version {package} {version}")));
+        let skip: Option<(String, String)> = sqlx::query_as(
+            "SELECT p.skip, v.skip FROM versions v JOIN packages p ON p.package = v.package WHERE v.package = $1 AND v.version = $2",
+        )
+        .bind(package)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match skip {
+            None => return Err(RequestError::Refused(format!("unknown version {package} {version}"))),
+            Some((reason, _)) | Some((_, reason)) if !reason.is_empty() => {
+                return Err(RequestError::Refused(format!("{package} {version} is skipped ({reason}): piw-add --unskip it first")));
+            }
+            Some(_) => {}
         }
-        // The latest successful build per ABI, and whether it has the source to build again.
+        // The latest successful build per ABI that still records files (a later build with the
+        // same bytes takes their records), and whether it has the source to build again. An ABI
+        // the farm skips is not built on, and so not checked.
         let latest: Vec<(i64, String, bool)> = sqlx::query_as(
-            "SELECT DISTINCT ON (abi_tag) build_id, abi_tag, source_sha256 IS NOT NULL FROM builds \
-             WHERE package = $1 AND version = $2 AND status AND ($3::text IS NULL OR abi_tag = $3) \
-             ORDER BY abi_tag, build_id DESC",
+            "SELECT DISTINCT ON (b.abi_tag) b.build_id, b.abi_tag, b.source_sha256 IS NOT NULL FROM builds b \
+             JOIN build_abis a ON a.abi_tag = b.abi_tag AND a.skip = '' \
+             WHERE b.package = $1 AND b.version = $2 AND b.status AND ($3::text IS NULL OR b.abi_tag = $3) \
+               AND EXISTS (SELECT 1 FROM files f WHERE f.build_id = b.build_id) \
+             ORDER BY b.abi_tag, b.build_id DESC",
         )
         .bind(package)
         .bind(version)
@@ -372,7 +382,9 @@ impl Database {
         }
         let builds: Vec<i64> = checkable.iter().map(|(build_id, _, _)| *build_id).collect();
         sqlx::query(
-            "INSERT INTO cross_checks (build_id, requested_by) SELECT unnest($1::bigint[]), 'operator' \
+            "INSERT INTO cross_checks (build_id, requested_by, files) \
+             SELECT b.build_id, 'operator', ARRAY(SELECT f.filename FROM files f WHERE f.build_id = b.build_id ORDER BY f.filename) \
+             FROM builds b WHERE b.build_id = ANY($1::bigint[]) \
              ON CONFLICT (build_id) WHERE checked_at IS NULL DO NOTHING",
         )
         .bind(&builds)
@@ -404,7 +416,7 @@ impl Database {
              RETURNING b.package",
         )
         .bind(check.check_id)
-        .bind(truncate(&check.builder, len::BUILDER))
+        .bind(stored_label(&check.builder))
         .bind(&check.builder_key)
         .bind(environment_id)
         .bind(check.started_at)
@@ -543,7 +555,7 @@ impl Database {
             .bind(&record.package)
             .bind(&record.version)
             .bind(built_by)
-            .bind(truncate(&record.builder, len::BUILDER))
+            .bind(stored_label(&record.builder))
             .bind(&record.abi)
             .bind(result.success)
             .bind(interval(result.duration))
@@ -966,12 +978,16 @@ macro_rules! rewrite_conflict {
 /// See [`Database::add_rewrite`].
 /// The id of an environment (JSON), added when it is new.
 async fn environment_id(tx: &mut Transaction<'_, Postgres>, environment: &str) -> Result<i64, sqlx::Error> {
-    // Found, or added, or added by another session meanwhile (the insert then gives nothing).
-    let sql = "WITH added AS ( \
-                   INSERT INTO environments (environment) VALUES ($1::jsonb) ON CONFLICT DO NOTHING RETURNING environment_id) \
-               SELECT environment_id FROM added \
-               UNION ALL SELECT environment_id FROM environments WHERE digest = md5($1::jsonb::text)";
-    sqlx::query_scalar(sql).bind(environment).fetch_one(&mut **tx).await
+    let find = "SELECT environment_id FROM environments WHERE digest = md5($1::jsonb::text)";
+    if let Some(id) = sqlx::query_scalar(find).bind(environment).fetch_optional(&mut **tx).await? {
+        return Ok(id);
+    }
+    let add = "INSERT INTO environments (environment) VALUES ($1::jsonb) ON CONFLICT DO NOTHING RETURNING environment_id";
+    match sqlx::query_scalar(add).bind(environment).fetch_optional(&mut **tx).await? {
+        Some(id) => Ok(id),
+        // Added by another session meanwhile: its row is committed, and this statement sees it.
+        None => sqlx::query_scalar(find).bind(environment).fetch_one(&mut **tx).await,
+    }
 }
 
 async fn add_rewrite(conn: &mut PgConnection, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
@@ -1096,8 +1112,8 @@ const LOG_BUILD_FUNCTION: &str = concat!(
     ";
         INSERT INTO dependencies (filename, tool, dependency)
         SELECT * FROM unnest($26, $27, $28) ON CONFLICT DO NOTHING;
-        IF $36 THEN
-            INSERT INTO cross_checks (build_id, requested_by, requested_at) VALUES (logged_build, 'sample', $30);
+        IF $36 AND cardinality($12) > 0 THEN
+            INSERT INTO cross_checks (build_id, requested_by, requested_at, files) VALUES (logged_build, 'sample', $30, $12);
         END IF;
         RETURN logged_build;
     END
@@ -1329,6 +1345,11 @@ fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+
+/// A builder's label as builds and cross-checks keep it (cut to the column's length).
+pub fn stored_label(label: &str) -> &str {
+    truncate(label, len::BUILDER)
+}
 
 /// The first `max` characters of `text`.
 pub fn truncate(text: &str, max: usize) -> &str {
