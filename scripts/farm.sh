@@ -109,6 +109,7 @@ logger-queue = "ipc://$farm/run/logger"
 slave-queue = "tcp://127.0.0.1:5555"
 file-queue = "tcp://127.0.0.1:5556"
 http-listen = "$http"
+site-url = "http://$http"
 pypi-simple = "$index"
 
 [slave]

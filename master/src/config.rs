@@ -164,6 +164,17 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<std::net::SocketAddr>,
 
+    /// The site's public address, e.g. https://wheels.example.org: the home page's pip and uv
+    /// settings name its index [default: none: they show https://THIS-SITE as a placeholder]
+    #[arg(long, env = "PIW_SITE_URL", value_name = "URL", value_parser = site_url)]
+    pub site_url: Option<String>,
+
+    /// Where the upstream index shows a project, with {project} for its canonical name (e.g.
+    /// https://pypi.example/project/{project}/), linked from every project page [default:
+    /// none: no link]
+    #[arg(long, env = "PIW_UPSTREAM_PROJECT_URL", value_name = "PATTERN", value_parser = upstream_project_url)]
+    pub upstream_project_url: Option<String>,
+
     /// How often the master samples its host's figures (memory, load, disk) for monitors
     #[arg(long, env = "PIW_STATS_INTERVAL", value_name = "DURATION", default_value = "10s")]
     pub stats_interval: HumanDuration,
@@ -205,6 +216,18 @@ mod tests {
     }
 
     #[test]
+    fn site_addresses_are_checked() {
+        assert_eq!(site_url("https://wheels.example.org/").as_deref(), Ok("https://wheels.example.org"));
+        assert_eq!(site_url("http://127.0.0.1:8080/pi").as_deref(), Ok("http://127.0.0.1:8080/pi"));
+        assert!(site_url("wheels.example.org").is_err());
+        assert!(site_url("ftp://example.org").is_err());
+        assert!(site_url("https://example.org/?a=1").is_err());
+        assert_eq!(upstream_project_url("https://pypi.example/project/{project}/").as_deref(), Ok("https://pypi.example/project/{project}/"));
+        assert!(upstream_project_url("https://pypi.example/project/").unwrap_err().contains("{project}"));
+        assert!(upstream_project_url("{project}").is_err());
+    }
+
+    #[test]
     fn a_cross_check_share_is_from_nothing_to_everything() {
         assert_eq!(cross_check_share("0"), Ok(0.0));
         assert_eq!(cross_check_share("0.05"), Ok(0.05));
@@ -212,6 +235,27 @@ mod tests {
         assert_eq!(cross_check_share("5%").unwrap_err(), "5% is not a number from 0 to 1 (0.05 is 5% of builds)");
         assert!(cross_check_share("1.5").is_err());
         assert!(cross_check_share("NaN").is_err());
+    }
+}
+
+/// A `--site-url`: an http or https address without a query, kept without its trailing slash.
+fn site_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{text} is not an http or https address without a query"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+/// An `--upstream-project-url`: an http or https address once `{project}` is filled in.
+fn upstream_project_url(text: &str) -> Result<String, String> {
+    if !text.contains("{project}") {
+        return Err(format!("{text} has no {{project}} where the project's name goes"));
+    }
+    let example = text.replace("{project}", "example");
+    match url::Url::parse(&example) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(text.to_string()),
+        _ => Err(format!("{text} is not an http or https address once {{project}} is filled in")),
     }
 }
 

@@ -35,6 +35,7 @@ use crate::consistency;
 use crate::db::{Database, DbError};
 use crate::file_juggler::{self, FileJuggler, JugglerConfig};
 use crate::gatekeeper::{self, Auth, Gate, Gatekeeper};
+use crate::index::writer::PageOptions;
 use crate::index::{self, IndexConfig, Scribe};
 use crate::web_access::AccessFeed;
 use crate::web_server::WebServer;
@@ -281,6 +282,7 @@ fn start_task(task: TaskName, rt: &Runtime, cfg: &MasterConfig, auth: &Auth, sig
         TaskName::Scribe => {
             let mut index = IndexConfig::new(&cfg.output_path, signing_key.clone());
             index.window = cfg.rewrite_window.0;
+            index.pages = PageOptions { upstream_project_url: cfg.upstream_project_url.clone(), site_url: cfg.site_url.clone() };
             tasks.add(task::spawn(rt, "the_scribe", move |ctx| index::Sockets::open(ctx, db_timeout), move |_| Scribe::start(&index))?);
         }
         TaskName::Architect => {

@@ -97,6 +97,7 @@ impl Farm {
             .arg(self.pypi.simple_url())
             .args(["--pypi-interval", "200ms", "--queue-debounce", "200ms", "--rewrite-window", "200ms", "--oracles", "2"])
             .args(["--cross-check-share", self.cross_check_share])
+            .args(["--site-url", "https://wheels.test/", "--upstream-project-url", "https://upstream.test/project/{project}/"])
             .env_remove("PIW_LOG")
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.path("master.log")).unwrap())
@@ -673,4 +674,9 @@ fn a_deterministic_build_is_reproduced_by_another_slave_and_a_random_one_is_not(
     wait_until("the home page counting the cross-checks", || {
         home().contains(r#"<td id="reproduced">2</td>"#) && home().contains(r#"<td id="not-reproduced">1</td>"#)
     });
+    // The site's settings reach the pages: the index's address in the settings shown, the
+    // upstream project's page linked.
+    assert!(home().contains("extra-index-url=https://wheels.test/simple</pre>"), "{}", home());
+    assert!(home().contains(r#"url = "https://wheels.test/simple""#), "{}", home());
+    assert!(page("same-pkg").contains(r#"<a href="https://upstream.test/project/same-pkg/">"#), "{}", page("same-pkg"));
 }

@@ -543,7 +543,7 @@ impl<'a> ProjectView<'a> {
     }
 
     /// The project page.
-    pub fn page(&self, pypi_url: Option<&str>, now: &Timestamp) -> ProjectPage<'a> {
+    pub fn page(&self, upstream_project_url: Option<&str>, now: &Timestamp) -> ProjectPage<'a> {
         let data = self.data;
         let chosen = self.chosen_file();
         let releases: Vec<ReleaseRow> = self
@@ -580,7 +580,7 @@ impl<'a> ProjectView<'a> {
             package: &data.package,
             display_name: &data.display_name,
             description: &data.description,
-            pypi_url: pypi_url.map(|base| format!("{}/{}/", base.trim_end_matches('/'), data.package)),
+            pypi_url: upstream_url(upstream_project_url, &data.package),
             has_simple: self.has_simple,
             install_apt: chosen.map(|f| f.dependencies.apt.clone()).unwrap_or_default(),
             pip_deps: chosen.map(|f| f.dependencies.pip.clone()).unwrap_or_default(),
@@ -593,7 +593,7 @@ impl<'a> ProjectView<'a> {
     }
 
     /// The project JSON (`project/<package>/json/index.json`).
-    pub fn json(&self, pypi_url: Option<&str>) -> Vec<u8> {
+    pub fn json(&self, upstream_project_url: Option<&str>) -> Vec<u8> {
         let data = self.data;
         let releases: Vec<(String, JsonRelease)> = self
             .releases()
@@ -650,7 +650,7 @@ impl<'a> ProjectView<'a> {
             aliases: &data.aliases,
             project_url: format!("/project/{}/", data.package),
             simple_url: self.has_simple.then(|| format!("/simple/{}/", data.package)),
-            pypi_url: pypi_url.map(|base| format!("{}/{}/", base.trim_end_matches('/'), data.package)),
+            pypi_url: upstream_url(upstream_project_url, &data.package),
             releases: Ordered(releases),
         };
         to_json(&doc)
@@ -785,6 +785,11 @@ pub struct AbiFigures {
     pub built: String,
     /// Builds waiting.
     pub pending: String,
+}
+
+/// The upstream index's page of `package`, from the `{project}` pattern, when there is one.
+fn upstream_url(pattern: Option<&str>, package: &str) -> Option<String> {
+    pattern.map(|pattern| pattern.replace("{project}", package))
 }
 
 /// `index.html`.

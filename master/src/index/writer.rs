@@ -31,9 +31,9 @@ use super::pages::{
 /// Settings of the pages' contents.
 #[derive(Debug, Clone, Default)]
 pub struct PageOptions {
-    /// The address under which PyPI shows a project (`<url>/<name>/`), for links from project
-    /// pages; None for no link.
-    pub pypi_project_url: Option<String>,
+    /// Where the upstream index shows a project, `{project}` standing for its canonical name,
+    /// for links from project pages; None for no link.
+    pub upstream_project_url: Option<String>,
     /// The site's public address (e.g. `https://www.example.org`), for the configuration
     /// examples on the home page; None shows a placeholder.
     pub site_url: Option<String>,
@@ -175,7 +175,7 @@ impl IndexWriter {
             self.listed.contains(package)
         };
         let view = ProjectView::new(data, abis, &disk, has_simple);
-        let pypi = self.options.pypi_project_url.as_deref();
+        let pypi = self.options.upstream_project_url.as_deref();
         let page = view.page(pypi, now);
         // This replaces a former name's alias page that stood here: the project wins.
         write_if_changed(&self.layout.project_dir(package).join("index.html"), render(&page)?.as_bytes())?;
