@@ -53,7 +53,7 @@ fn main() {
         let archive = std::fs::metadata(&first).expect("size").len();
         let before = cpu();
         for _ in 0..iterations {
-            let differences = cross_check::compare((&first, name), (&second, name));
+            let differences = cross_check::compare((&first, name), (&second, name)).expect("compared");
             assert!(black_box(differences).is_empty());
         }
         let spent = cpu() - before;

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use piwheels_common::inspect::{Limits, WheelArchive};
+use piwheels_common::inspect::{InspectError, Limits, WheelArchive};
 use piwheels_common::wheel::WheelName;
 
 use crate::access_log::clean;
@@ -73,19 +73,23 @@ pub fn counterpart<'a>(filename: &str, first: &'a [String]) -> Option<&'a str> {
 /// Empty when they hold the same members with the same contents. A wheel that cannot be read
 /// (a broken archive, more than [`Limits::extracted`] bytes inflated, for the second build
 /// more than the published wheel holds and 64 MiB) differs too: the line says which and why.
-pub fn compare(published: (&Path, &str), rebuilt: (&Path, &str)) -> Vec<String> {
+/// `Err` when the master could not read a file (an I/O error, its own trouble): the
+/// comparison may be made again.
+pub fn compare(published: (&Path, &str), rebuilt: (&Path, &str)) -> Result<Vec<String>, String> {
     let digests = |(path, name): (&Path, &str), limit: u64| {
-        let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let mut archive = WheelArchive::open(file, name, path).map_err(|e| e.to_string())?;
-        archive.member_digests(limit).map_err(|e| e.to_string())
+        let file = File::open(path).map_err(|e| Err(format!("cannot open {}: {e}", path.display())))?;
+        let mut archive = WheelArchive::open(file, name, path).map_err(unreadable)?;
+        archive.member_digests(limit).map_err(unreadable)
     };
     let (first, held) = match digests(published, Limits::default().extracted) {
         Ok(found) => found,
-        Err(e) => return vec![format!("the published wheel cannot be compared: {e}")],
+        Err(Ok(e)) => return Ok(vec![format!("the published wheel cannot be compared: {e}")]),
+        Err(Err(io)) => return Err(io),
     };
     let (second, _) = match digests(rebuilt, held.saturating_add(MAX_GROWTH)) {
         Ok(found) => found,
-        Err(e) => return vec![format!("the second build's wheel cannot be compared: {e}")],
+        Err(Ok(e)) => return Ok(vec![format!("the second build's wheel cannot be compared: {e}")]),
+        Err(Err(io)) => return Err(io),
     };
     let mut differences = Vec::new();
     for (member, digest) in &first {
@@ -98,7 +102,16 @@ pub fn compare(published: (&Path, &str), rebuilt: (&Path, &str)) -> Vec<String> 
     for member in second.keys().filter(|member| !first.contains_key(*member)) {
         differences.push(format!("{member}: only in the second build"));
     }
-    differences
+    Ok(differences)
+}
+
+/// Why a wheel cannot be compared: `Ok` for what its bytes are (a difference), `Err` for an
+/// I/O error of the master's.
+fn unreadable(e: InspectError) -> Result<String, String> {
+    match e {
+        InspectError::Io { .. } => Err(e.to_string()),
+        other => Ok(other.to_string()),
+    }
 }
 
 /// `lines` cut to what a verdict keeps: [`MAX_DIFFERENCES`] lines of at most 300 characters
@@ -146,7 +159,7 @@ mod tests {
         let other = dir.path().join("other");
         std::fs::create_dir(&other).unwrap();
         let b = wheel(&other, TAGGED, &[("demo-1.0.dist-info/METADATA", "Name: demo\n"), ("demo/__init__.py", "x = 1\n")], 2026, zip::CompressionMethod::Deflated);
-        assert_eq!(compare((&a, NAME), (&b, TAGGED)), Vec::<String>::new());
+        assert_eq!(compare((&a, NAME), (&b, TAGGED)), Ok(Vec::new()));
     }
 
     #[test]
@@ -158,7 +171,7 @@ mod tests {
         std::fs::create_dir(&other).unwrap();
         let b = wheel(&other, NAME, &[meta, ("demo/a.py", "2"), ("demo/new.py", "")], 1980, zip::CompressionMethod::Deflated);
         assert_eq!(
-            compare((&a, NAME), (&b, NAME)),
+            compare((&a, NAME), (&b, NAME)).unwrap(),
             ["demo/a.py: contents differ", "demo/gone.py: missing from the second build", "demo/new.py: only in the second build"]
         );
     }
@@ -169,9 +182,11 @@ mod tests {
         let a = wheel(dir.path(), NAME, &[("demo-1.0.dist-info/METADATA", "Name: demo\n")], 1980, zip::CompressionMethod::Stored);
         let junk = dir.path().join("junk");
         std::fs::write(&junk, b"not a zip").unwrap();
-        let second = compare((&a, NAME), (&junk, NAME));
+        let second = compare((&a, NAME), (&junk, NAME)).unwrap();
         assert!(matches!(second.as_slice(), [line] if line.starts_with("the second build's wheel cannot be compared") && line.contains("not a zip archive")), "{second:?}");
-        let first = compare((&junk, NAME), (&a, NAME));
+        let first = compare((&junk, NAME), (&a, NAME)).unwrap();
+        // A file the master cannot open is its own trouble, not a difference.
+        assert!(compare((&dir.path().join("gone"), NAME), (&a, NAME)).unwrap_err().contains("cannot open"));
         assert!(matches!(first.as_slice(), [line] if line.starts_with("the published wheel cannot be compared")), "{first:?}");
     }
 
@@ -185,7 +200,7 @@ mod tests {
         // 65 MiB of zeros deflate to a few hundred KiB.
         let big = "\0".repeat(65 << 20);
         let b = wheel(&other, NAME, &[meta, ("demo/big.bin", &big)], 1980, zip::CompressionMethod::Deflated);
-        let found = compare((&a, NAME), (&b, NAME));
+        let found = compare((&a, NAME), (&b, NAME)).unwrap();
         assert!(matches!(found.as_slice(), [line] if line.contains("the contents exceed")), "{found:?}");
     }
 

@@ -47,11 +47,12 @@ use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::wheel::WheelName;
 use piwheels_common::transport::{self, Client, Dealer, Peer, Receiver, Sender, Server, TransportError};
 
-use crate::calls::db::{BuildRecord, CheckRecord, LogBuild, LogCheck, NameForFile, PackageFiles, QueuedBuild, QueuedCheck, RewriteScope, Verdict, VersionFiles};
+use crate::calls::db::{BuildRecord, CheckRecord, ForgetCheck, LogBuild, LogCheck, NameForFile, PackageFiles, QueuedBuild, QueuedCheck, RewriteScope, Verdict, VersionFiles};
 use crate::calls::files::{Expect, Expected, FileExpectation, FsReply, FsRequest, Removal, RemoveOrphan, Verification, Verify};
 use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate, ReleaseAck, ReleaseNotice, SlaveCommand, SlaveCommandReply, StatsUpdate, WebReply, WebRequest};
 use crate::calls::{Call, CallError, Caller, ReplyName};
 use crate::cross_check;
+use crate::db::requests::stored_label;
 use crate::db_client::DbClient;
 use crate::gatekeeper::{Auth, Gate};
 use crate::slave_state::{Decision, Slave, Stage};
@@ -86,6 +87,12 @@ const PASS_OVER_AT_MOST: Duration = Duration::from_secs(300);
 const RETRY_FORGOTTEN: Duration = Duration::from_secs(24 * 3600);
 /// Slack allowed between a slave's measure of a build's duration and the master's.
 const CLOCK_SLACK: Duration = Duration::from_secs(2);
+/// Attempts at a cross-check that may end without a verdict before it is forgotten (with a
+/// warning): one per builder, the back-off between them, so it does not cost builds for ever.
+const MAX_CHECK_ATTEMPTS: u32 = 5;
+/// How long a cross-check's failed attempts are remembered when it is not tried again (its
+/// build was removed): they count towards [`MAX_CHECK_ATTEMPTS`] until then.
+const CHECK_RETRY_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Lines of a failed cross-check's log its verdict keeps.
 const FAILURE_LINES: usize = 10;
 /// The most of a slave's last log line a notice repeats, in characters.
@@ -320,6 +327,19 @@ impl Checking {
     }
 }
 
+/// A cross-check's attempts that ended without a verdict (the infrastructure's failures, a
+/// second build past its builder's limits, a slave that left or was skipped).
+#[derive(Debug, Clone)]
+struct CheckRetry {
+    /// How many.
+    failures: u32,
+    /// The builders (labels as builds keep them) that made them: each is passed over for the
+    /// check for [`RETRY_FORGOTTEN`] after the last, so that another builder tries.
+    builders: Vec<String>,
+    /// When the last ended.
+    last: Instant,
+}
+
 /// What stands in the way of a file the file juggler reports a conflict for.
 enum Conflict {
     /// An unrecorded file, now removed.
@@ -343,12 +363,11 @@ pub struct SlaveDriver {
     checks: BTreeMap<String, VecDeque<QueuedCheck>>,
     /// The cross-checks slaves are building.
     checking: HashMap<SlaveId, Checking>,
-    /// Cross-checks (by id) not to hand out before a time: handed out, until their slave's
-    /// build could have ended (a queue computed before one was recorded does not hand it out
-    /// again); given up for the infrastructure's reasons, until their back-off ends.
+    /// Cross-checks (by id) handed out, until their slave's build could have ended: a queue
+    /// computed before one was recorded does not hand it out again.
     checks_held: HashMap<i64, Instant>,
-    /// Infrastructure failures of each cross-check since it was last recorded or forgotten.
-    check_failures: HashMap<i64, u32>,
+    /// Cross-checks whose attempts ended without a verdict.
+    check_retries: HashMap<i64, CheckRetry>,
     /// Releases handed out, per ABI, until their slave's build could have ended (see the
     /// module documentation).
     building: HashMap<String, Exclusions>,
@@ -389,7 +408,7 @@ impl SlaveDriver {
             checks: BTreeMap::new(),
             checking: HashMap::new(),
             checks_held: HashMap::new(),
-            check_failures: HashMap::new(),
+            check_retries: HashMap::new(),
             building: HashMap::new(),
             deleted: BTreeMap::new(),
             retries: HashMap::new(),
@@ -462,7 +481,10 @@ impl SlaveDriver {
             Decision::Reply(answer) => {
                 if answer == SlaveReply::Done {
                     // The state machine abandoned the build (skipped, or past its timeout).
-                    self.end_build(sockets, id);
+                    let label = slave.hello.host.label.clone();
+                    if let Some(check) = self.end_build(sockets, id) {
+                        self.check_given_up(sockets, ctx, check.check_id, &check.release, &label);
+                    }
                 }
                 self.answer(sockets, ctx, &peer, answer)
             }
@@ -601,11 +623,18 @@ impl SlaveDriver {
         let building = self.building.entry(abi.clone()).or_default();
         let slave = &self.slaves[identity];
         let checks = self.checks.entry(abi.clone()).or_default();
-        let held = &self.checks_held;
+        let (held, check_retries) = (&self.checks_held, &self.check_retries);
+        let stored = stored_label(&label);
+        let passed_over = |check: &QueuedCheck| {
+            check_retries.get(&check.check_id).is_some_and(|r| {
+                r.builders.iter().any(|b| b == stored) && now.saturating_duration_since(r.last) < RETRY_FORGOTTEN
+            })
+        };
         let free = |check: &QueuedCheck| {
             !cross_check::same_builder(check, slave.key.as_deref(), &label)
                 && cross_check::same_platform(&check.files, &slave.hello.platform)
                 && held.get(&check.check_id).is_none_or(|until| *until <= now)
+                && !passed_over(check)
                 && !is_deleted(&self.deleted, &check.release, now)
                 && !waiting(&check.release)
         };
@@ -673,39 +702,50 @@ impl SlaveDriver {
     }
 
     /// [`SlaveDriver::give_up`] for a cross-check: nothing is recorded, and the check is handed
-    /// out again after the same back-off as a build (another builder of the ABI may take it).
-    /// The release's own queue entry, exclusion and back-off are not the check's.
+    /// out again to another builder of the ABI ([`SlaveDriver::check_given_up`]). The
+    /// release's own queue entry, exclusion and back-off are not the check's.
     fn give_up_check(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, identity: &[u8], build: &PackageVersion, check_id: i64, reason: &str) -> SlaveReply {
         self.infrastructure_failures += 1;
-        if let Some(slave) = self.slaves.get(identity) {
-            let delay = self.backoff(self.check_failures.get(&check_id).copied().unwrap_or(0) + 1);
-            let text = format!(
-                "slave {} ({}) could not cross-check {} {}: {reason}; not recorded, to be tried again {} (infrastructure failure {} since the start)",
-                slave.id,
-                slave.hello.host.label,
-                build.package,
-                build.version,
-                when(delay),
-                self.infrastructure_failures
-            );
-            tracing::warn!("{text}");
-            notice(sockets, ctx, NoticeLevel::Warning, text);
-        }
+        let Some(slave) = self.slaves.get(identity) else { return SlaveReply::Done };
+        let (id, label) = (slave.id, slave.hello.host.label.clone());
+        let text = format!(
+            "slave {id} ({label}) could not cross-check {} {}: {reason}; not recorded (infrastructure failure {} since the start)",
+            build.package, build.version, self.infrastructure_failures
+        );
+        tracing::warn!("{text}");
+        notice(sockets, ctx, NoticeLevel::Warning, text);
         let answer = self.done(sockets, identity);
-        self.check_given_up(check_id, ctx.now());
+        self.check_given_up(sockets, ctx, check_id, build, &label);
         answer
     }
 
-    /// Notes one more infrastructure failure of a cross-check whose build ended unrecorded:
-    /// it is held for its back-off, and the queue is refreshed so that it comes back.
-    fn check_given_up(&mut self, check_id: i64, now: Instant) {
-        let failures = self.check_failures.get(&check_id).copied().unwrap_or(0).saturating_add(1);
-        self.check_failures.insert(check_id, failures);
-        let delay = self.backoff(failures);
-        if !delay.is_zero() {
-            self.checks_held.insert(check_id, now + delay);
+    /// Notes an attempt at a cross-check by `builder` that ended without a verdict: the check
+    /// passes that builder over (so each builder tries it at most once a day: no back-off is
+    /// needed) and comes back with the next queue; after [`MAX_CHECK_ATTEMPTS`] it is
+    /// forgotten, with a warning.
+    fn check_given_up(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>, check_id: i64, build: &PackageVersion, builder: &str) {
+        let now = ctx.now();
+        let retry = self.check_retries.entry(check_id).or_insert(CheckRetry { failures: 0, builders: Vec::new(), last: now });
+        retry.failures = retry.failures.saturating_add(1);
+        retry.builders.push(stored_label(builder).to_string());
+        retry.last = now;
+        let failures = retry.failures;
+        let what = format!("the cross-check of {} {}", build.package, build.version);
+        if failures >= MAX_CHECK_ATTEMPTS {
+            match sockets.db.call(ForgetCheck { check_id }) {
+                Ok(_) => {
+                    self.check_retries.remove(&check_id);
+                    let text = format!("{what} is given up: {failures} attempts ended without a verdict; piw-rebuild cross-check asks for another");
+                    tracing::warn!("{text}");
+                    notice(sockets, ctx, NoticeLevel::Warning, text);
+                }
+                // Tried again at the next failure.
+                Err(e) => tracing::warn!("cannot forget {what} after {failures} attempts: {e}"),
+            }
+            return;
         }
-        self.want_refresh(format!("cross-check {check_id} to be tried again"));
+        tracing::info!("{what} is to be tried again by another builder than {builder}");
+        self.want_refresh(format!("{what} to be tried again"));
     }
 
     /// The back-off after the `failures`th infrastructure failure of a release or a check:
@@ -923,7 +963,7 @@ impl SlaveDriver {
         // Recorded (or no longer wanted): its hold stays until it expires, so that a queue
         // computed before cannot hand it out again.
         self.checking.remove(&id);
-        self.check_failures.remove(&check_id);
+        self.check_retries.remove(&check_id);
         self.done(sockets, identity)
     }
 
@@ -1208,19 +1248,19 @@ impl SlaveDriver {
 
     /// Forgets a slave's build that ended, recorded or not: the files it published unrecorded, which are removed (except any that a recorded build or
     /// another build in progress holds: another slave or an import may have published the
-    /// same file meanwhile), and a cross-check it was, let go when it was not recorded (its id
-    /// is returned then).
-    fn end_build(&mut self, sockets: &Sockets, slave_id: SlaveId) -> Option<i64> {
+    /// same file meanwhile), and a cross-check it was, let go when it was not recorded (and
+    /// returned then).
+    fn end_build(&mut self, sockets: &Sockets, slave_id: SlaveId) -> Option<QueuedCheck> {
         if let Some((build, files)) = self.published.remove(&slave_id) {
             self.remove_unrecorded(sockets, build, files);
         }
         // A check still here was not recorded: it may be handed out again (unless another
         // slave holds it: handed out again once this one's hold ran out).
-        let check_id = self.checking.remove(&slave_id)?.check.check_id;
-        if !self.checking.values().any(|c| c.check.check_id == check_id) {
-            self.checks_held.remove(&check_id);
+        let check = self.checking.remove(&slave_id)?.check;
+        if !self.checking.values().any(|c| c.check.check_id == check.check_id) {
+            self.checks_held.remove(&check.check_id);
         }
-        Some(check_id)
+        Some(check)
     }
 
     /// Removes `files` of `build`, which will not record them, except any that a recorded
@@ -1262,13 +1302,13 @@ impl SlaveDriver {
         let holding = slave.build().map(|b| format!(" (it was building {} {})", b.package, b.version)).unwrap_or_default();
         tracing::info!("slave {} ({}) gone: {reason}{holding}", slave.id, slave.hello.host.label);
         self.attempts.remove(&slave.id);
-        if let Some(check_id) = self.end_build(sockets, slave.id) {
+        if let Some(check) = self.end_build(sockets, slave.id) {
             // A check's release is not the queue's: only the check waits for its next builder.
             if !goodbye {
                 self.infrastructure_failures += 1;
-                self.check_given_up(check_id, ctx.now());
+                self.check_given_up(sockets, ctx, check.check_id, &check.release, &slave.hello.host.label);
             } else {
-                self.want_refresh(format!("slave {} dropped cross-check {check_id}", slave.id));
+                self.want_refresh(format!("slave {} dropped the cross-check of {} {}", slave.id, check.release.package, check.release.version));
             }
         } else if let Some(build) = slave.build() {
             if !goodbye {
@@ -1291,6 +1331,7 @@ impl SlaveDriver {
             exclusions.retain(|_, until| *until > now);
         }
         self.checks_held.retain(|_, until| *until > now);
+        self.check_retries.retain(|_, retry| now.saturating_duration_since(retry.last) < CHECK_RETRY_KEPT);
         // A release not failed again for a day starts its back-off afresh.
         for retries in self.retries.values_mut() {
             retries.retain(|_, retry| now.saturating_duration_since(retry.until) < RETRY_FORGOTTEN);

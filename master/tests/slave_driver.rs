@@ -1142,7 +1142,7 @@ fn sampled_builds_are_cross_checked_by_another_builder_and_the_verdict_recorded(
     let mut verdicts = BTreeMap::new();
     for _ in 0..3 {
         // The first builder is asked first each time, and never handed its own builds' checks.
-        let package = take_check(&farm, &second, Some(&first));
+        let package = take_check(&farm, &second, &[&first]);
         match package.as_str() {
             "same" => second.deliver(&farm, "same", "1.0"),
             "other" => second.deliver_bytes(&farm, "other", "1.0", b"a random value"),
@@ -1224,15 +1224,15 @@ fn a_cross_check_is_asked_for_a_release_with_a_successful_build_from_a_source() 
 }
 
 /// Asks the architect for a new queue, then asks `slave` for work until it is handed a check
-/// (built from the release's pinned source), asking `own` first each time, which must be
-/// told to sleep; the check's package.
-fn take_check(farm: &Farm, slave: &FakeSlave, own: Option<&FakeSlave>) -> String {
+/// (built from the release's pinned source), asking each of `passed_over` first each time,
+/// which must be told to sleep; the check's package.
+fn take_check(farm: &Farm, slave: &FakeSlave, passed_over: &[&FakeSlave]) -> String {
     let deadline = Instant::now() + WAIT;
     let trigger = Sender::<ArchitectTrigger>::push(&farm.pool.rt.zmq, wiring::ARCHITECT.address()).unwrap();
     trigger.send(&ArchitectTrigger::Refresh { reason: "test".into() }, WAIT).unwrap();
     loop {
-        if let Some(own) = own {
-            assert_eq!(own.ask(idle()), SlaveReply::Sleep { paused: false }, "a builder was handed a check of its own build");
+        for other in passed_over {
+            assert_eq!(other.ask(idle()), SlaveReply::Sleep { paused: false }, "{} was handed the check", other.label);
         }
         match slave.ask(idle()) {
             SlaveReply::Build { package, version, source } => {
@@ -1247,8 +1247,8 @@ fn take_check(farm: &Farm, slave: &FakeSlave, own: Option<&FakeSlave>) -> String
 }
 
 /// A check whose second build says nothing of the package (its builder's time limit ended it,
-/// or its builder left) is not recorded, and waits for its next builder; the release's own
-/// queue is not touched.
+/// or its builder left) is not recorded, and waits for its next builder; a builder whose
+/// attempt ended so is passed over.
 #[test]
 fn a_check_that_ends_without_a_verdict_waits_for_its_next_builder() {
     let mut farm = Farm::start_cross_checking(&[("foo", "1.0")]);
@@ -1265,26 +1265,47 @@ fn a_check_that_ends_without_a_verdict_waits_for_its_next_builder() {
     let short = farm.slave("pi-2");
     let hello = SlaveHello { build_timeout: Duration::from_secs(2), ..piwheels_testsupport::data::slave_hello("pi-2") };
     assert!(matches!(short.ask(SlaveRequest::Hello(hello)), SlaveReply::Ack { .. }));
-    assert_eq!(take_check(&farm, &short, Some(&first)), "foo");
+    assert_eq!(take_check(&farm, &short, &[&first]), "foo");
     let timed_out = BuildResult { failure: Some(FailureKind::Timeout), exit_status: None, duration: Duration::from_secs(2), ..result(false, Vec::new()) };
     assert_eq!(short.ask(SlaveRequest::Built(timed_out)), SlaveReply::Done);
     assert_eq!(waiting(&farm), "1", "nothing is recorded");
-    assert!(noticed(&mut farm, &["slave", "(pi-2) could not cross-check foo 1.0", "time or memory limit", "to be tried again at once"]));
+    assert!(noticed(&mut farm, &["(pi-2) could not cross-check foo 1.0", "time or memory limit", "not recorded"]));
 
-    // Handed out again at once; its builder leaves mid-build.
-    assert_eq!(take_check(&farm, &short, Some(&first)), "foo");
-    // Bye is not answered: the slave leaves without waiting.
-    let _ = short.client.request(&SlaveRequest::Bye { reason: "shutting down".into() }, Duration::from_millis(100));
-    // The next builder gets it and reproduces the build.
+    // The next builder takes it, pi-2 passed over; it leaves mid-build.
     let third = farm.slave("pi-3");
     third.hello();
-    assert_eq!(take_check(&farm, &third, Some(&first)), "foo");
-    third.deliver(&farm, "foo", "1.0");
+    assert_eq!(take_check(&farm, &third, &[&first, &short]), "foo");
+    // Bye is not answered: the slave leaves without waiting.
+    let _ = third.client.request(&SlaveRequest::Bye { reason: "shutting down".into() }, Duration::from_millis(100));
+    // The one after reproduces the build.
+    let fourth = farm.slave("pi-4");
+    fourth.hello();
+    assert_eq!(take_check(&farm, &fourth, &[&first, &short]), "foo");
+    fourth.deliver(&farm, "foo", "1.0");
     assert_eq!(waiting(&farm), "0");
-    assert_eq!(
-        farm.pool.db.column("SELECT verdict || ' by ' || builder FROM cross_checks"),
-        [Some("reproduced by pi-3".to_string())]
-    );
-    // The release was built once: the checks never put it back in the queue.
-    assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM builds"), [Some("1".to_string())]);
+    assert_eq!(farm.pool.db.column("SELECT verdict || ' by ' || builder FROM cross_checks"), [Some("reproduced by pi-4".to_string())]);
+}
+
+/// A check that no builder can finish does not cost builds for ever: after five attempts that
+/// ended without a verdict it is forgotten, with a warning.
+#[test]
+fn a_check_no_builder_can_finish_is_forgotten_after_five_attempts() {
+    let mut farm = Farm::start_cross_checking(&[("foo", "1.0")]);
+    let first = farm.slave("pi-1");
+    first.hello();
+    farm.refresh_queue();
+    first.take_build();
+    first.deliver(&farm, "foo", "1.0");
+    let mut tried: Vec<FakeSlave> = vec![first];
+    for n in 2..=6 {
+        let builder = farm.slave(&format!("pi-{n}"));
+        builder.hello();
+        let passed_over: Vec<&FakeSlave> = tried.iter().collect();
+        assert_eq!(take_check(&farm, &builder, &passed_over), "foo");
+        let broken = BuildResult { failure: Some(FailureKind::Builder), ..result(false, Vec::new()) };
+        assert_eq!(builder.ask(SlaveRequest::Built(broken)), SlaveReply::Done);
+        tried.push(builder);
+    }
+    assert_eq!(farm.pool.db.column("SELECT count(*)::text FROM cross_checks"), [Some("0".to_string())]);
+    assert!(noticed(&mut farm, &["the cross-check of foo 1.0 is given up: 5 attempts ended without a verdict"]));
 }

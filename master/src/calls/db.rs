@@ -518,6 +518,12 @@ calls! {
         #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
         rewrite_at: Timestamp,
     } -> ();
+    /// Forget a waiting cross-check that no builder could finish (each attempt ended without
+    /// a verdict); false when it was not waiting.
+    ForgetCheck {
+        /// The check.
+        check_id: i64,
+    } -> bool;
     /// What the provenance of the files of these builds says (builds recorded before
     /// provenance was kept have none), by file name.
     BuildProvenance {

@@ -124,6 +124,7 @@ impl Database {
             }
             Q::CheckQueue(CheckQueue { limit }) => DbReply::CheckQueue(self.check_queue(limit).await?),
             Q::LogCheck(LogCheck { check, rewrite_at }) => refusable(self.log_check(&check, rewrite_at).await, DbReply::LogCheck)?,
+            Q::ForgetCheck(ForgetCheck { check_id }) => DbReply::ForgetCheck(self.forget_check(check_id).await?),
             Q::NameForFile(NameForFile { package, filename, sha256 }) => {
                 refusable(self.name_for_file(&package, &filename, &sha256).await, DbReply::NameForFile)?
             }
@@ -357,12 +358,15 @@ impl Database {
         // The latest successful build per ABI that still records files (a later build with the
         // same bytes takes their records), and whether it has the source to build again. An ABI
         // the farm skips is not built on, and so not checked.
-        let latest: Vec<(i64, String, bool)> = sqlx::query_as(
-            "SELECT DISTINCT ON (b.abi_tag) b.build_id, b.abi_tag, b.source_sha256 IS NOT NULL FROM builds b \
-             JOIN build_abis a ON a.abi_tag = b.abi_tag AND a.skip = '' \
-             WHERE b.package = $1 AND b.version = $2 AND b.status AND ($3::text IS NULL OR b.abi_tag = $3) \
-               AND EXISTS (SELECT 1 FROM files f WHERE f.build_id = b.build_id) \
-             ORDER BY b.abi_tag, b.build_id DESC",
+        let latest: Vec<(i64, String, bool, Vec<String>)> = sqlx::query_as(
+            "SELECT * FROM ( \
+                 SELECT DISTINCT ON (b.abi_tag) b.build_id, b.abi_tag, b.source_sha256 IS NOT NULL, \
+                        ARRAY(SELECT f.filename::text FROM files f WHERE f.build_id = b.build_id ORDER BY f.filename) AS files \
+                 FROM builds b JOIN build_abis a ON a.abi_tag = b.abi_tag AND a.skip = '' \
+                 WHERE b.package = $1 AND b.version = $2 AND b.status AND ($3::text IS NULL OR b.abi_tag = $3) \
+                   AND EXISTS (SELECT 1 FROM files f WHERE f.build_id = b.build_id) \
+                 ORDER BY b.abi_tag, b.build_id DESC) latest \
+             WHERE cardinality(files) > 0",
         )
         .bind(package)
         .bind(version)
@@ -373,25 +377,33 @@ impl Database {
         if latest.is_empty() {
             return Err(RequestError::Refused(format!("{package} {version} has no successful build{on} to cross-check")));
         }
-        let checkable: Vec<&(i64, String, bool)> = latest.iter().filter(|(_, _, source)| *source).collect();
+        let checkable: Vec<&(i64, String, bool, Vec<String>)> = latest.iter().filter(|(_, _, source, _)| *source).collect();
         if checkable.is_empty() {
             return Err(RequestError::Refused(format!(
                 "the builds of {package} {version}{on} record no source (imported, or built before sources were pinned): \
                  build it again with piw-rebuild build first"
             )));
         }
-        let builds: Vec<i64> = checkable.iter().map(|(build_id, _, _)| *build_id).collect();
-        sqlx::query(
-            "INSERT INTO cross_checks (build_id, requested_by, files) \
-             SELECT b.build_id, 'operator', ARRAY(SELECT f.filename FROM files f WHERE f.build_id = b.build_id ORDER BY f.filename) \
-             FROM builds b WHERE b.build_id = ANY($1::bigint[]) \
-             ON CONFLICT (build_id) WHERE checked_at IS NULL DO NOTHING",
-        )
-        .bind(&builds)
-        .execute(&mut *tx)
-        .await?;
+        // The files as that statement saw them: a build recorded since may have taken them over.
+        for (build_id, _, _, files) in &checkable {
+            sqlx::query(
+                "INSERT INTO cross_checks (build_id, requested_by, files) VALUES ($1, 'operator', $2) \
+                 ON CONFLICT (build_id) WHERE checked_at IS NULL DO NOTHING",
+            )
+            .bind(build_id)
+            .bind(files)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok(checkable.into_iter().map(|(_, abi, _)| abi.clone()).collect())
+        Ok(checkable.into_iter().map(|(_, abi, _, _)| abi.clone()).collect())
+    }
+
+    /// Forgets a waiting cross-check that no builder could finish; false when it was not
+    /// waiting.
+    pub async fn forget_check(&mut self, check_id: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM cross_checks WHERE check_id = $1 AND checked_at IS NULL").bind(check_id).execute(&mut self.conn).await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Records a finished cross-check and a rewrite of its package's project page; refused

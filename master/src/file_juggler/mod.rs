@@ -464,7 +464,7 @@ impl FileJuggler {
             }
         };
         if let Some(published) = &t.compare_with {
-            let verification = match self.publisher.compare(&t.package, published, (&staged, &t.file.filename))? {
+            let verification = match self.publisher.compare(&t.package, published, (&staged, &t.file.filename)) {
                 Ok(differences) => {
                     tracing::info!("compared {} with {published}: {} difference(s)", t.file.filename, differences.len());
                     Verification::Compared { file: Box::new(described), differences }

@@ -155,19 +155,18 @@ impl Publisher {
     }
 
     /// What differs between the published file `published` of the package and a cross-check's
-    /// verified file (see [`cross_check::compare`]): a published file that is gone differs
-    /// too. Refused (the caller's mistake) for a name that is not a file of the package.
-    pub(super) fn compare(&self, package: &str, published: &str, rebuilt: (&Path, &str)) -> anyhow::Result<Result<Vec<String>, String>> {
+    /// verified file (see [`cross_check::compare`]). `Err` when they cannot be compared now:
+    /// the name is not a file of the package, the published file is gone (the check is tried
+    /// again, and forgotten after its attempts), or the master could not read a file.
+    pub(super) fn compare(&self, package: &str, published: &str, rebuilt: (&Path, &str)) -> Result<Vec<String>, String> {
         if !WheelName::parse(published).is_ok_and(|name| name.is_for(package)) {
-            return Ok(Err(format!("{published:?} is not a file of package {package:?}")));
+            return Err(format!("{published:?} is not a file of package {package:?}"));
         }
         let path = self.dir(package).join(published);
-        match fs::metadata(&path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ok(vec![format!("{published} is not in the index any more")])),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        if !path.is_file() {
+            return Err(format!("{published} is not in the index"));
         }
-        Ok(Ok(cross_check::bounded(cross_check::compare((&path, published), rebuilt))))
+        cross_check::compare((&path, published), rebuilt).map(cross_check::bounded)
     }
 
     /// Removes a published file and its `.metadata` file; true when it was there. The name is
