@@ -6,7 +6,7 @@
 //! the status socket before it asks for the snapshot, so the first events it reads may be
 //! older than the snapshot; it applies them all without duplicating history.
 
-use crate::protocols::{FarmSnapshot, SlaveEvent, SlaveReply, SlaveSnapshot, StatusEvent};
+use crate::protocols::{FarmSnapshot, RecentBuild, SlaveEvent, SlaveReply, SlaveSnapshot, StatusEvent};
 
 /// Master statistics kept in a snapshot.
 pub const STATS_HISTORY: usize = 100;
@@ -17,6 +17,8 @@ pub const SLAVE_STATS_HISTORY: usize = 10;
 pub const MAX_SLAVES: usize = 1000;
 /// Notices kept.
 pub const NOTICE_HISTORY: usize = 200;
+/// Recorded builds kept, for a monitor that attaches.
+pub const BUILD_HISTORY: usize = 100;
 
 impl FarmSnapshot {
     /// Brings the snapshot up to date with one event.
@@ -39,6 +41,11 @@ impl FarmSnapshot {
                 }
                 SlaveEvent::Gone { .. } => {
                     self.slaves.remove(slave_id);
+                }
+                SlaveEvent::Finished(build) => {
+                    let label = self.slaves.get(slave_id).map(|s| s.hello.host.label.clone()).unwrap_or_default();
+                    let recent = RecentBuild { at: *at, slave_id: *slave_id, label, build: build.clone() };
+                    push_new(&mut self.builds, &recent, BUILD_HISTORY);
                 }
                 SlaveEvent::Stats(stats) => {
                     if let Some(slave) = self.slaves.get_mut(slave_id) {
@@ -149,6 +156,7 @@ mod tests {
             StatusEvent::Slave { slave_id: 3, at: at(12), event: SlaveEvent::Replied(SlaveReply::Build { package: "foo".into(), version: "1".into(), source: source("foo", "1") }) },
             StatusEvent::Stats(MasterStats { at: at(13), ..MasterStats::default() }),
             StatusEvent::Notice { at: at(14), level: NoticeLevel::Warning, text: "disk low".into() },
+            StatusEvent::Slave { slave_id: 3, at: at(15), event: SlaveEvent::Finished(finished("foo", None)) },
         ];
         let mut once = FarmSnapshot::default();
         events.iter().for_each(|e| once.apply(e));
@@ -165,6 +173,25 @@ mod tests {
         }
         assert_eq!(farm.stats.len(), STATS_HISTORY);
         assert_eq!(farm.stats[0].at, at(5));
+        for i in 0..(BUILD_HISTORY as i64 + 5) {
+            farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(i), event: SlaveEvent::Finished(finished("foo", None)) });
+        }
+        assert_eq!(farm.builds.len(), BUILD_HISTORY);
+        assert_eq!(farm.builds[0].at, at(5));
+    }
+
+    fn finished(package: &str, failure: Option<FailureKind>) -> FinishedBuild {
+        FinishedBuild { package: package.into(), version: "1.0".into(), failure, duration: std::time::Duration::from_secs(3), build_id: 7 }
+    }
+
+    #[test]
+    fn recorded_builds_are_kept_with_their_slave_s_label() {
+        let mut farm = FarmSnapshot::default();
+        farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(10), event: SlaveEvent::Hello(hello()) });
+        farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(20), event: SlaveEvent::Finished(finished("bad", Some(FailureKind::Build))) });
+        // The slave leaves; its builds stay in the history.
+        farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(30), event: SlaveEvent::Gone { reason: "bye".into() } });
+        assert_eq!(farm.builds, [RecentBuild { at: at(20), slave_id: 3, label: hello().host.label, build: finished("bad", Some(FailureKind::Build)) }]);
     }
 
     /// The worst a farm of hostile slaves can make of a snapshot (every field as long as the
@@ -187,6 +214,11 @@ mod tests {
         }
         for t in 0..(NOTICE_HISTORY as i64 + 5) {
             farm.apply(&StatusEvent::Notice { at: at(t), level: NoticeLevel::Warning, text: long.repeat(4) });
+        }
+        // Release names are at most 200 characters each.
+        for t in 0..(BUILD_HISTORY as i64 + 5) {
+            let build = FinishedBuild { package: "p".repeat(200), version: "v".repeat(200), ..finished("x", Some(FailureKind::Build)) };
+            farm.apply(&StatusEvent::Slave { slave_id: 1, at: at(t), event: SlaveEvent::Finished(build) });
         }
         assert_eq!(farm.slaves.len(), MAX_SLAVES);
         let welcome = ControlReply::Welcome { versions: Versions::current(), snapshot: Box::new(farm) };

@@ -504,6 +504,39 @@ pub enum SlaveEvent {
         /// Why (said goodbye, silent past its busy timeout, killed, protocol error).
         reason: String,
     },
+    /// The slave's build was recorded.
+    Finished(FinishedBuild),
+}
+
+/// A build the master recorded, as monitors are told of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+pub struct FinishedBuild {
+    /// The release's canonical name.
+    pub package: String,
+    /// Its version.
+    pub version: String,
+    /// Why it failed (a failure of the package's own), or None when it succeeded.
+    pub failure: Option<FailureKind>,
+    /// How long the build ran, as its slave measured it.
+    pub duration: Duration,
+    /// Its id in the database.
+    pub build_id: BuildId,
+}
+
+/// A recorded build in a [`FarmSnapshot`]'s history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+pub struct RecentBuild {
+    /// When it was recorded.
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "arb_timestamp()"))]
+    pub at: Timestamp,
+    /// The slave that built it.
+    pub slave_id: SlaveId,
+    /// Its label then.
+    pub label: String,
+    /// The build.
+    pub build: FinishedBuild,
 }
 
 /// Severity of a [`StatusEvent::Notice`].
@@ -618,6 +651,9 @@ pub struct FarmSnapshot {
         proptest(strategy = "proptest::collection::vec((arb_timestamp(), proptest::prelude::any::<NoticeLevel>(), \".*\"), 0..4)")
     )]
     pub notices: Vec<(Timestamp, NoticeLevel, String)>,
+    /// Recently recorded builds, oldest first.
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "small_vec()"))]
+    pub builds: Vec<RecentBuild>,
 }
 
 /// What the master knows of one slave.

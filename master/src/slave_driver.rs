@@ -40,7 +40,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{BuildResult, ErrorKind, FailureKind, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, SourceFile, StatusEvent, TransferId, WheelFile, WireError};
+use piwheels_common::protocols::{BuildResult, ErrorKind, FailureKind, FinishedBuild, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, SourceFile, StatusEvent, TransferId, WheelFile, WireError};
 use piwheels_common::config::HumanDuration;
 use piwheels_common::keys::Endpoint;
 use piwheels_common::task::{Context, PauseMode, Task};
@@ -1186,6 +1186,7 @@ impl SlaveDriver {
         }
         let success = result.success;
         let output = result.output.clone();
+        let (failure, duration) = ((!success).then(|| result.failure.unwrap_or(FailureKind::Build)), result.duration);
         let handed_out = slave.handed_out().map_or(Duration::ZERO, |(started, _)| ctx.now().saturating_duration_since(started));
         let record = BuildRecord {
             built_by: slave.id,
@@ -1216,6 +1217,8 @@ impl SlaveDriver {
                     build.version,
                     if success { "succeeded" } else { "failed" }
                 );
+                let finished = FinishedBuild { package: build.package.clone(), version: build.version.clone(), failure, duration, build_id };
+                publish(sockets, ctx, slave_id, SlaveEvent::Finished(finished));
                 web(sockets, WebRequest::Built { build_id, output, rewrite });
                 self.want_refresh(format!("{} {} built", build.package, build.version));
                 self.done(sockets, identity)

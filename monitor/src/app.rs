@@ -4,12 +4,13 @@
 //! through methods that return what to send the master; no I/O happens here, so tests drive an
 //! [`App`] with scripted events and keys and look at the screen `ui::draw` makes of it.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 
+use chrono::TimeDelta;
 use piwheels_common::protocols::{
-    ErrorKind,
-    ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveAction, SlaveEvent, SlaveId, SlaveReply, SlaveTarget, StatusEvent,
-    TaskState, Timestamp,
+    ControlReply, ControlRequest, ErrorKind, FailureKind, FarmSnapshot, FinishedBuild, NoticeLevel, RecentBuild, SlaveAction, SlaveEvent,
+    SlaveId, SlaveReply, SlaveTarget, StatusEvent, TaskState, Timestamp,
 };
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
@@ -99,8 +100,12 @@ pub struct App {
     /// The selected slave, by id so that it stays selected while others come and go.
     pub(crate) selected: Option<SlaveId>,
     pub(crate) log: VecDeque<LogLine>,
-    /// How many of the newest log lines are scrolled out of view (0: following the log).
+    /// How many of the newest log lines are scrolled out of view (0: following the log), at
+    /// most as many as leave the event pane full.
     pub(crate) log_scroll: usize,
+    /// Lines the event pane showed when it was last drawn: a page, and how far back the log
+    /// scrolls.
+    pub(crate) log_height: Cell<usize>,
     pub(crate) confirmation: Option<Confirmation>,
     pub(crate) status: Option<StatusLine>,
     pub(crate) help: bool,
@@ -125,6 +130,7 @@ impl App {
             selected: None,
             log: VecDeque::new(),
             log_scroll: 0,
+            log_height: Cell::new(LOG_PAGE),
             confirmation: None,
             status: None,
             help: false,
@@ -134,8 +140,16 @@ impl App {
             builds: BTreeMap::new(),
             exit: None,
         };
-        for (at, level, text) in &snapshot.notices {
-            app.log(*at, *level, text.clone());
+        // The master's recent notices and recorded builds, in the order they happened.
+        let mut earlier: Vec<(Timestamp, NoticeLevel, String)> = snapshot.notices.clone();
+        earlier.extend(snapshot.builds.iter().map(|recent| {
+            let name = if recent.label.is_empty() { format!("slave {}", recent.slave_id) } else { format!("slave {} ({})", recent.slave_id, recent.label) };
+            let (level, text) = finished_line(&name, &recent.build);
+            (recent.at, level, text)
+        }));
+        earlier.sort_by_key(|(at, _, _)| *at);
+        for (at, level, text) in earlier {
+            app.log(at, level, text);
         }
         for (id, slave) in &snapshot.slaves {
             if let Activity::Building { package, version } = view::activity(slave) {
@@ -290,9 +304,9 @@ impl App {
             KeyCode::Char('?' | 'h') => self.help = true,
             KeyCode::Up | KeyCode::Char('k') => self.move_selection(-1),
             KeyCode::Down | KeyCode::Char('j') => self.move_selection(1),
-            KeyCode::PageUp => self.log_scroll = (self.log_scroll + LOG_PAGE).min(self.log.len().saturating_sub(1)),
-            KeyCode::PageDown => self.log_scroll = self.log_scroll.saturating_sub(LOG_PAGE),
-            KeyCode::Home => self.log_scroll = self.log.len().saturating_sub(1),
+            KeyCode::PageUp => self.log_scroll = (self.log_scroll + self.log_page()).min(self.max_log_scroll()),
+            KeyCode::PageDown => self.log_scroll = self.log_scroll.min(self.max_log_scroll()).saturating_sub(self.log_page()),
+            KeyCode::Home => self.log_scroll = self.max_log_scroll(),
             KeyCode::End => self.log_scroll = 0,
             KeyCode::Char('p') => return Some(self.sending(Command { request: ControlRequest::Pause, what: "pause the master".into() })),
             KeyCode::Char('r') => return Some(self.sending(Command { request: ControlRequest::Resume, what: "resume the master".into() })),
@@ -434,8 +448,9 @@ impl App {
                         self.builds.insert(id, (format!("{package} {version}"), at));
                         Some((NoticeLevel::Info, format!("{name} is building {package} {version}")))
                     }
+                    // A recorded build was logged when it was recorded: this one was not.
                     SlaveReply::Done => self.builds.remove(&id).map(|(build, started)| {
-                        (NoticeLevel::Info, format!("{name} is done with {build} after {}", view::duration(at - started)))
+                        (NoticeLevel::Info, format!("{name} stopped building {build} after {}", view::duration(at - started)))
                     }),
                     SlaveReply::Sleep { paused: true } => Some((NoticeLevel::Info, format!("{name} is asleep"))),
                     SlaveReply::Die { reason } => Some((NoticeLevel::Warning, format!("{name} was told to exit: {reason}"))),
@@ -445,6 +460,16 @@ impl App {
                 if let Some((level, text)) = line {
                     self.log(at, level, text);
                 }
+            }
+            SlaveEvent::Finished(build) => {
+                let label = known.map(|s| s.hello.host.label.clone()).unwrap_or_default();
+                let recent = RecentBuild { at, slave_id: id, label, build: build.clone() };
+                if self.farm.builds.contains(&recent) {
+                    return;
+                }
+                self.builds.remove(&id);
+                let (level, text) = finished_line(&self.slave_name(id), build);
+                self.log(at, level, text);
             }
             SlaveEvent::Stats(_) => {}
         }
@@ -483,7 +508,34 @@ impl App {
         self.log.push_back(LogLine { at, level, text });
         // A scrolled log stays where the operator left it.
         if self.log_scroll > 0 {
-            self.log_scroll = (self.log_scroll + 1).min(self.log.len().saturating_sub(1));
+            self.log_scroll = (self.log_scroll + 1).min(self.max_log_scroll());
+        }
+    }
+
+    /// Lines one PageUp or PageDown moves: the pane's height, less one line kept in view.
+    fn log_page(&self) -> usize {
+        self.log_height.get().saturating_sub(1).max(1)
+    }
+
+    /// The furthest back the log scrolls: its oldest lines filling the pane.
+    pub(crate) fn max_log_scroll(&self) -> usize {
+        self.log.len().saturating_sub(self.log_height.get().max(1))
+    }
+}
+
+/// The log line of a recorded build: a success, or a failure of the package's own (a
+/// warning, so that it stands out).
+fn finished_line(name: &str, build: &FinishedBuild) -> (NoticeLevel, String) {
+    let (release, took) = (format!("{} {}", build.package, build.version), view::duration(TimeDelta::from_std(build.duration).unwrap_or(TimeDelta::MAX)));
+    match build.failure {
+        None => (NoticeLevel::Info, format!("{name} built {release} in {took}")),
+        Some(failure) => {
+            let why = match failure {
+                FailureKind::Timeout => "it ran past its time limit",
+                FailureKind::OutOfMemory => "it ran out of memory",
+                _ => "its command failed",
+            };
+            (NoticeLevel::Warning, format!("{name} failed to build {release} after {took}: {why}"))
         }
     }
 }

@@ -259,14 +259,13 @@ fn slave_row<'a>(id: u32, slave: &'a SlaveSnapshot, app: &App) -> Row<'a> {
 }
 
 fn draw_log(frame: &mut Frame, area: Rect, app: &App) {
-    let title = if app.log_scroll > 0 {
-        format!(" Events ({} newer below: End to follow) ", app.log_scroll)
-    } else {
-        " Events ".to_string()
-    };
+    let visible = usize::from(Block::default().borders(Borders::ALL).inner(area).height);
+    app.log_height.set(visible);
+    // A pane that grew since the log was scrolled shows its oldest lines, not fewer.
+    let scroll = app.log_scroll.min(app.max_log_scroll());
+    let title = if scroll > 0 { format!(" Events ({scroll} newer below: End to follow) ") } else { " Events ".to_string() };
     let block = Block::default().borders(Borders::ALL).title(title);
-    let visible = usize::from(block.inner(area).height);
-    let end = app.log.len().saturating_sub(app.log_scroll);
+    let end = app.log.len().saturating_sub(scroll);
     let lines: Vec<Line> = app
         .log
         .iter()

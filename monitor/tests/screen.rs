@@ -3,7 +3,10 @@
 
 mod support;
 
-use piwheels_common::protocols::{FarmSnapshot, NoticeLevel, SlaveEvent, SlaveReply, SlaveSnapshot, StatusEvent, TaskState};
+use std::time::Duration;
+
+use piwheels_common::protocols::{FailureKind, FarmSnapshot, FinishedBuild, NoticeLevel, SlaveEvent, SlaveReply, SlaveSnapshot, StatusEvent, TaskState};
+use ratatui::crossterm::event::KeyCode;
 use piwheels_monitor::App;
 use support::*;
 
@@ -62,12 +65,50 @@ fn a_slave_that_leaves_goes_from_the_table_into_the_log() {
     assert!(has_row(&screen, &["Slaves (1)"]), "{}", screen.join("\n"));
     assert!(!has_row(&screen, &["pi3-b", "idle"]));
     row_with(&screen, &["slave 2 (pi3-b) left: silent for longer than its busy timeout"]);
-    // A finished build says how long it took.
+    // A build that ends unrecorded says how long it ran.
     app.on_status(replied(1, 20 + 600, SlaveReply::Send { filename: "numpy-1.26.4-cp311-cp311-linux_armv7l.whl".into(), transfer: 1 }));
     app.on_status(replied(1, 20 + 610, SlaveReply::Done));
     let screen = render(&app);
-    row_with(&screen, &["slave 1 (pi4-a) is done with numpy 1.26.4 after 10m10s"]);
+    row_with(&screen, &["slave 1 (pi4-a) stopped building numpy 1.26.4 after 10m10s"]);
     row_with(&screen, &["pi4-a", "finishing"]);
+}
+
+fn finished(package: &str, failure: Option<FailureKind>, secs: u64) -> SlaveEvent {
+    SlaveEvent::Finished(FinishedBuild { package: package.into(), version: "1.0".into(), failure, duration: Duration::from_secs(secs), build_id: 9 })
+}
+
+/// A recorded build is logged as built or failed, with how long it ran; a failure stands out.
+#[test]
+fn recorded_builds_are_shown_as_built_or_failed() {
+    let mut app = busy_farm();
+    app.on_status(slave(1, 700, finished("numpy", None, 610)));
+    app.on_status(slave(1, 800, finished("scipy", Some(FailureKind::Build), 12)));
+    app.on_status(slave(1, 900, finished("torch", Some(FailureKind::Timeout), 3 * 3600)));
+    // The Done that follows a recorded build adds nothing.
+    app.on_status(replied(1, 901, SlaveReply::Done));
+    let screen = render(&app);
+    row_with(&screen, &["slave 1 (pi4-a) built numpy 1.0 in 10m10s"]);
+    row_with(&screen, &["slave 1 (pi4-a) failed to build scipy 1.0 after 12s: its command failed"]);
+    row_with(&screen, &["slave 1 (pi4-a) failed to build torch 1.0 after 3h00m: it ran past its time limit"]);
+    assert!(!has_row(&screen, &["stopped building"]), "{}", screen.join("\n"));
+    let failed = app.log_lines().find(|line| line.text.contains("failed to build scipy")).unwrap();
+    assert_eq!(failed.level, NoticeLevel::Warning);
+}
+
+/// A monitor that attaches is shown the builds the master recorded before, among its notices
+/// in the order they happened.
+#[test]
+fn a_monitor_attaching_sees_the_builds_recorded_before() {
+    let mut farm = snapshot();
+    farm.apply(&joined(4, 100, "pi4-z", "cp311"));
+    farm.apply(&StatusEvent::Notice { at: at(150), level: NoticeLevel::Info, text: "between the builds".into() });
+    farm.apply(&slave(4, 120, finished("first", None, 5)));
+    farm.apply(&slave(4, 200, finished("second", Some(FailureKind::Build), 7)));
+    let app = App::new(farm, endpoints(), at(300));
+    let lines: Vec<&str> = app.log_lines().map(|line| line.text.as_str()).collect();
+    let position = |text: &str| lines.iter().position(|line| line.contains(text)).unwrap_or_else(|| panic!("no {text:?} in {lines:?}"));
+    assert!(position("slave 4 (pi4-z) built first 1.0 in 5s") < position("between the builds"));
+    assert!(position("between the builds") < position("slave 4 (pi4-z) failed to build second 1.0 after 7s"));
 }
 
 #[test]
@@ -158,6 +199,34 @@ fn an_empty_farm_says_so() {
     row_with(&screen, &["No statistics from the master yet"]);
 }
 
+/// Home shows the oldest lines filling the pane, PageUp moves a pane at a time and stops
+/// there, PageDown comes back.
+#[test]
+fn the_log_scrolls_to_its_start_a_full_pane_at_a_time() {
+    let mut app = app();
+    for i in 0..60 {
+        app.on_status(StatusEvent::Notice { at: at(i), level: NoticeLevel::Info, text: format!("notice number {i:02}") });
+    }
+    let shown = |app: &App| {
+        let screen = render(app);
+        (0..60).filter(|i| has_row(&screen, &[&format!("notice number {i:02}")])).collect::<Vec<_>>()
+    };
+    let pane = shown(&app).len();
+    assert!(pane >= 5, "the pane shows {pane} lines");
+    app.on_key(code(KeyCode::Home));
+    let oldest = shown(&app);
+    // The attach line is the oldest; the notices fill the rest of the pane.
+    assert_eq!(oldest, (0..pane as i64 - 1).collect::<Vec<_>>());
+    app.on_key(code(KeyCode::PageUp));
+    assert_eq!(shown(&app), oldest, "Home is as far back as the log goes");
+    app.on_key(code(KeyCode::PageDown));
+    let next = shown(&app);
+    assert_eq!(next.len(), pane, "a page down still fills the pane");
+    assert_eq!(next[0], oldest[oldest.len() - 1], "one line stays in view");
+    app.on_key(code(KeyCode::End));
+    assert_eq!(shown(&app).last(), Some(&59));
+}
+
 #[test]
 fn the_log_scrolls_back_and_follows_again() {
     let mut app = app();
@@ -166,15 +235,18 @@ fn the_log_scrolls_back_and_follows_again() {
     }
     let screen = render(&app);
     row_with(&screen, &["notice number 39"]);
-    app.on_key(code(ratatui::crossterm::event::KeyCode::PageUp));
-    app.on_key(code(ratatui::crossterm::event::KeyCode::PageUp));
+    let pane = (0..40).filter(|i| has_row(&screen, &[&format!("notice number {i:02}")])).count();
+    app.on_key(code(KeyCode::PageUp));
     let screen = render(&app);
     assert!(!has_row(&screen, &["notice number 39"]));
-    row_with(&screen, &["notice number 29"]);
-    row_with(&screen, &["Events (10 newer below: End to follow)"]);
+    // One line of the page before stays in view.
+    let newest = 39 - (pane - 1);
+    row_with(&screen, &[&format!("notice number {newest:02}")]);
+    assert!(!has_row(&screen, &[&format!("notice number {:02}", newest + 1)]));
+    row_with(&screen, &[&format!("Events ({} newer below: End to follow)", pane - 1)]);
     // New lines keep a scrolled log where it is.
     app.on_status(StatusEvent::Notice { at: at(50), level: NoticeLevel::Info, text: "notice number 40".into() });
-    row_with(&render(&app), &["notice number 29"]);
-    app.on_key(code(ratatui::crossterm::event::KeyCode::End));
+    row_with(&render(&app), &[&format!("notice number {newest:02}")]);
+    app.on_key(code(KeyCode::End));
     row_with(&render(&app), &["notice number 40"]);
 }

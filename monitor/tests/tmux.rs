@@ -30,7 +30,7 @@ struct Master {
     dir: tempfile::TempDir,
     slave_port: u16,
     slave_key: ClientKey,
-    _db: TestDb,
+    db: TestDb,
 }
 
 impl Master {
@@ -40,7 +40,9 @@ impl Master {
         assert!(initdb.status.success(), "piw-initdb failed: {}", String::from_utf8_lossy(&initdb.stderr));
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("piwheels.toml");
-        std::fs::write(&config, "[master]\nstats-interval = \"200ms\"\noracles = 2\n").unwrap();
+        // The build queue is recomputed every second, so that a release the test adds to the
+        // database is handed out without a tool's help.
+        std::fs::write(&config, "[master]\nstats-interval = \"200ms\"\noracles = 2\nqueue-interval = \"1s\"\n").unwrap();
         let log = std::fs::File::create(dir.path().join("master.log")).unwrap();
         let slave_port = free_port();
         // The scripted slave's key, authorized before the master starts; the monitor shows
@@ -66,7 +68,7 @@ impl Master {
             .stderr(log)
             .spawn()
             .unwrap();
-        Master { child, dir, slave_port, slave_key, _db: db }
+        Master { child, dir, slave_port, slave_key, db }
     }
 
     fn control(&self) -> String {
@@ -228,6 +230,20 @@ impl FakeSlave {
     }
 }
 
+/// A report of a build whose command failed, as a slave makes one.
+fn failed_build() -> piwheels_common::protocols::BuildResult {
+    piwheels_common::protocols::BuildResult {
+        success: false,
+        failure: Some(piwheels_common::protocols::FailureKind::Build),
+        exit_status: Some(1),
+        duration: Duration::from_secs(1),
+        cpu_time: Duration::from_secs(1),
+        peak_memory: 1 << 20,
+        output: "error: the build failed".into(),
+        files: Vec::new(),
+    }
+}
+
 fn exited(monitor: &Monitor, status: i32) -> String {
     monitor.wait_for_row(&[&format!("[piw-monitor exited with status {status}]")])
 }
@@ -284,6 +300,23 @@ fn the_monitor_shows_a_real_master_and_puts_its_slave_to_sleep() {
     monitor.wait_for_row(&[&format!("not done: kill slave {id} (fake-pi)")]);
     assert_eq!(slave.idle(), SlaveReply::Sleep { paused: false });
 
+    // A release to build: the slave reports that its build failed, and the monitor shows the
+    // failure as one.
+    master.db.execute(
+        "INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311); \
+         INSERT INTO packages (package) VALUES ('demo'); \
+         INSERT INTO versions (package, version, released, source_filename, source_url, source_sha256) \
+         VALUES ('demo', '1.0', now(), 'demo-1.0.tar.gz', 'http://127.0.0.1:9/demo-1.0.tar.gz', repeat('a', 64))",
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while !matches!(slave.idle(), SlaveReply::Build { .. }) {
+        assert!(Instant::now() < deadline, "the release was not handed out");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    monitor.wait_for_row(&[&format!("slave {id} (fake-pi) is building demo 1.0")]);
+    assert_eq!(slave.ask(SlaveRequest::Built(failed_build())), SlaveReply::Done);
+    monitor.wait_for_row(&[&format!("slave {id} (fake-pi) failed to build demo 1.0 after 1s: its command failed")]);
+
     // p and r pause and resume the master; a paused master sends its slaves to sleep.
     monitor.press("p");
     monitor.wait_for_row(&["pause the master: done"]);
@@ -297,6 +330,14 @@ fn the_monitor_shows_a_real_master_and_puts_its_slave_to_sleep() {
     monitor.resize(90, 28);
     let screen = monitor.wait_for_row(&["Slaves (1)"]);
     assert!(screen.lines().all(|row| row.chars().count() <= 90), "{screen}");
+    // Home shows the log's oldest lines filling the pane, not the oldest alone; End follows.
+    monitor.press("Home");
+    let screen = monitor.wait_for_row(&["Events (", "newer below: End to follow"]);
+    for oldest in ["attached to the master at", &format!("slave {id} (fake-pi) joined")] {
+        assert!(screen.contains(oldest), "no {oldest:?} after Home:\n{screen}");
+    }
+    monitor.press("End");
+    monitor.wait_for_row(&["resume the master: done"]);
     monitor.resize(150, 45);
 
     // The slave leaves.
@@ -304,9 +345,10 @@ fn the_monitor_shows_a_real_master_and_puts_its_slave_to_sleep() {
     monitor.wait_for_row(&[&format!("slave {id} (fake-pi) left: said goodbye: the test is over")]);
     monitor.wait_for_row(&["Slaves (0)"]);
 
-    // A second monitor leaves on Ctrl-C.
+    // A second monitor is shown the builds recorded before it attached, and leaves on Ctrl-C.
     let other = Monitor::start(&master, "ctrl-c", 100, 30);
     other.wait_for_row(&["piw-monitor", "RUNNING"]);
+    other.wait_for_row(&[&format!("slave {id} (fake-pi) failed to build demo 1.0 after 1s")]);
     other.press("C-c");
     assert_restored(&exited(&other, 0));
 

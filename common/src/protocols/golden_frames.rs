@@ -63,7 +63,7 @@ variant_names! {
     slave_target: SlaveTarget { All, One }
     slave_action: SlaveAction { Sleep, Wake, Skip, Kill }
     task_state: TaskState { Running, Paused, Restarting, Stopped, Failed }
-    slave_event: SlaveEvent { Hello, Stats, Replied, Gone }
+    slave_event: SlaveEvent { Hello, Stats, Replied, Gone, Finished }
     notice_level: NoticeLevel { Info, Warning, Error }
     failure_kind: FailureKind { Build, Timeout, OutOfMemory, NoSpace, Builder, Source }
     rebuild_target: RebuildTarget { Home, Search, Project, Both, Release, CrossCheck }
@@ -269,7 +269,12 @@ fn slave_events() -> Vec<SlaveEvent> {
     let mut events = vec![SlaveEvent::Hello(slave_hello()), SlaveEvent::Stats(host_stats())];
     events.extend(slave_replies().into_iter().map(SlaveEvent::Replied));
     events.push(SlaveEvent::Gone { reason: "silent for 300 s".into() });
+    events.push(SlaveEvent::Finished(finished_build()));
     events
+}
+
+fn finished_build() -> FinishedBuild {
+    FinishedBuild { package: "numpy".into(), version: "2.0.0".into(), failure: Some(FailureKind::Build), duration: Duration::from_secs(90), build_id: 42 }
 }
 
 fn farm_snapshot() -> FarmSnapshot {
@@ -289,6 +294,7 @@ fn farm_snapshot() -> FarmSnapshot {
         stats: vec![master_stats()],
         slaves: BTreeMap::from([(3, slave)]),
         notices: notice_levels().into_iter().map(|level| (at(11), level, "a notice".into())).collect(),
+        builds: vec![RecentBuild { at: at(12), slave_id: 3, label: "pi4-a".into(), build: finished_build() }],
     }
 }
 
