@@ -995,8 +995,8 @@ pub enum AdminRequest {
         builds_only: bool,
         /// Skip reason to set.
         skip: Option<String>,
-        /// Yank instead of deleting.
-        yank: bool,
+        /// Yank instead of deleting, with this reason (PEP 592; may be empty).
+        yank: Option<String>,
     },
     /// Rewrite pages: `Done` once queued.
     Rebuild(RebuildTarget),

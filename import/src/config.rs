@@ -189,6 +189,11 @@ pub struct RemoveConfig {
     #[arg(long, requires = "release", conflicts_with_all = ["builds", "skip"])]
     pub yank: bool,
 
+    /// With --yank: why, which installers show to whoever pins the version (PEP 592) [default:
+    /// none]
+    #[arg(long, value_name = "REASON", requires = "yank")]
+    pub yank_reason: Option<String>,
+
     /// Do not ask for confirmation
     #[arg(short, long)]
     pub yes: bool,

@@ -37,7 +37,7 @@ pub fn run(cfg: &RemoveConfig) -> Result<(), ToolError> {
             version: version.clone(),
             builds_only: cfg.builds,
             skip: cfg.skip.clone(),
-            yank: cfg.yank,
+            yank: cfg.yank.then(|| cfg.yank_reason.clone().unwrap_or_default()),
         },
         None => AdminRequest::RemovePackage { name: cfg.package.clone(), builds_only: cfg.builds, skip: cfg.skip.clone() },
     };

@@ -388,6 +388,10 @@ fn removing_only_builds_or_skipping_leaves_no_orphans() {
     assert!(out.contains("skipped it: broken"), "{out}");
     assert_eq!(master.query("SELECT version || ':' || skip FROM versions ORDER BY version"), ["1.0:", "2.0:broken"]);
     assert!(master.query("SELECT filename FROM files").is_empty());
+    // A yank carries its reason, which the index gives installers (PEP 592).
+    let out = master.tool("piw-remove", &["foo", "1.0", "--yank", "--yank-reason", "crashes on armv6", "--yes"]).succeeded();
+    assert!(out.contains("yanked version foo 1.0: crashes on armv6"), "{out}");
+    assert_eq!(master.query("SELECT yank_reason FROM versions WHERE yanked"), ["crashes on armv6"]);
     master.eventually("a tree without orphans or dangling links", || {
         master.tree_problems().is_empty() && walk(&master.www()).iter().all(|p| !p.to_string_lossy().ends_with(".whl"))
     });

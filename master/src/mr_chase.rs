@@ -81,6 +81,8 @@ const REBUILD_RETRY: Duration = Duration::from_secs(10);
 const MAX_NAME: usize = 200;
 /// Longest skip reason (the database's column size).
 const MAX_SKIP: usize = 100;
+/// Longest yank reason, in characters (the database's column).
+const MAX_YANK_REASON: usize = 200;
 /// Longest description (the database's column size).
 const MAX_DESCRIPTION: usize = 200;
 
@@ -264,7 +266,7 @@ impl MrChase {
                 ("add-version", self.add_version(sockets, ctx, &name, &version, released, skip, unskip, yank, unyank))
             }
             AdminRequest::RemovePackage { name, builds_only, skip } => {
-                ("remove-package", self.remove(sockets, &name, None, builds_only, skip, false))
+                ("remove-package", self.remove(sockets, &name, None, builds_only, skip, None))
             }
             AdminRequest::RemoveVersion { name, version, builds_only, skip, yank } => {
                 ("remove-version", self.remove(sockets, &name, Some(&version), builds_only, skip, yank))
@@ -494,7 +496,7 @@ impl MrChase {
         Ok(message)
     }
 
-    fn remove(&self, sockets: &Sockets, name: &str, version: Option<&str>, builds_only: bool, skip: Option<String>, yank: bool) -> Outcome {
+    fn remove(&self, sockets: &Sockets, name: &str, version: Option<&str>, builds_only: bool, skip: Option<String>, yank: Option<String>) -> Outcome {
         let package = check_package(name)?;
         if let Some(version) = version {
             check_version(version)?;
@@ -520,13 +522,17 @@ impl MrChase {
                 format!("package {package}")
             }
         };
-        if yank {
+        if let Some(reason) = yank {
             let Some(version) = version else { return Err(WireError::refused("only a version can be yanked")) };
             if builds_only || skip.is_some() {
                 return Err(WireError::refused("yanking keeps the version and its files: it cannot be combined with removing builds or skipping"));
             }
-            yank_version(db, &package, version, true)?;
-            let mut message = format!("yanked {what}");
+            check_text("the yank reason", &reason, MAX_YANK_REASON, true)?;
+            db.call(YankVersion { package: package.clone(), version: version.into(), reason: Some(reason.clone()) })?;
+            let mut message = match reason.is_empty() {
+                true => format!("yanked {what}"),
+                false => format!("yanked {what}: {reason}"),
+            };
             if let Err(e) = web(sockets, WebRequest::Rewrite { package: package.clone(), scope: RewriteScope::Both }) {
                 append_notes(&mut message, &[format!("its pages could not be queued for rewriting: {e}")]);
             }

@@ -614,7 +614,7 @@ struct RemoveVersion {
     version: String,
     builds_only: bool,
     skip: Option<String>,
-    yank: bool,
+    yank: Option<String>,
 }
 
 impl RemoveVersion {
@@ -671,12 +671,18 @@ fn removing_only_builds_or_skipping_keeps_the_rows() {
 #[test]
 fn a_version_is_yanked_instead_of_removed_when_asked() {
     let (farm, tool) = farm_with_imports();
-    assert_eq!(done(tool.ask(RemoveVersion { yank: true, ..remove("1.0") }.req())), "yanked version foo 1.0");
-    assert_eq!(farm.query("SELECT version FROM versions WHERE yanked"), ["1.0"]);
+    assert_eq!(done(tool.ask(RemoveVersion { yank: Some(String::new()), ..remove("1.0") }.req())), "yanked version foo 1.0");
+    assert_eq!(farm.query("SELECT version || ' [' || yank_reason || ']' FROM versions WHERE yanked"), ["1.0 []"]);
     assert_eq!(farm.files().len(), 2);
     assert_eq!(farm.web_requests(), [WebRequest::Rewrite { package: "foo".into(), scope: RewriteScope::Both }]);
-    let mixed = RemoveVersion { yank: true, builds_only: true, ..remove("2.0") }.req();
+    let mixed = RemoveVersion { yank: Some(String::new()), builds_only: true, ..remove("2.0") }.req();
     assert!(error(tool.ask(mixed)).contains("cannot be combined"));
+    // With a reason, which the index then carries (PEP 592).
+    let reasoned = RemoveVersion { yank: Some("crashes on import on armv6".into()), ..remove("2.0") }.req();
+    assert_eq!(done(tool.ask(reasoned)), "yanked version foo 2.0: crashes on import on armv6");
+    assert_eq!(farm.query("SELECT yank_reason FROM versions WHERE version = '2.0'"), ["crashes on import on armv6"]);
+    let control = RemoveVersion { yank: Some("bad\u{1b}[31m".into()), ..remove("2.0") }.req();
+    assert!(error(tool.ask(control)).contains("yank reason"));
 }
 
 #[test]

@@ -399,9 +399,17 @@ fn samples() -> Vec<(String, Vec<u8>)> {
         version: "2.0.0".into(),
         builds_only: false,
         skip: Some("broken".into()),
-        yank: false,
+        yank: None,
     };
     one!(admin_request, AdminRequest, remove_version);
+    let yank_version = AdminRequest::RemoveVersion {
+        name: "numpy".into(),
+        version: "2.0.0".into(),
+        builds_only: false,
+        skip: None,
+        yank: Some("crashes on armv6".into()),
+    };
+    one!(admin_request, AdminRequest, yank_version);
     for target in rebuild_targets() {
         one!(admin_request, AdminRequest, AdminRequest::Rebuild(target));
     }
