@@ -1000,6 +1000,8 @@ pub enum AdminRequest {
     },
     /// Rewrite pages: `Done` once queued.
     Rebuild(RebuildTarget),
+    /// How many packages' page rewrites are still to be written: `Pending`.
+    RewritesPending,
 }
 
 /// The admin endpoint's answer to an [`AdminRequest`].
@@ -1019,6 +1021,12 @@ pub enum AdminReply {
     Done {
         /// A sentence for the operator.
         message: String,
+    },
+    /// Packages whose page rewrites are queued and not yet written (those of a full rewrite
+    /// not yet handed to the index writer included).
+    Pending {
+        /// How many.
+        packages: u64,
     },
     /// Not done, with a sentence for the operator: refused (the protocol versions differ, a
     /// request came before `Hello`, the request is invalid) or failed in the master (worth

@@ -261,6 +261,11 @@ pub struct RebuildConfig {
     #[arg(long, value_name = "ABI")]
     pub abi: Option<String>,
 
+    /// For project and index: return once the rewrites are queued, without waiting for the
+    /// pages to be written (they are written all the same)
+    #[arg(long)]
+    pub no_wait: bool,
+
     /// Do not ask for confirmation
     #[arg(short, long)]
     pub yes: bool,

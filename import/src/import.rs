@@ -102,7 +102,9 @@ pub fn run(cfg: &ImportConfig) -> Result<(), ToolError> {
             }
             AdminReply::Done { message } => break message,
             AdminReply::Error(error) => return Err(error.into()),
-            AdminReply::Welcome => return Err(ToolError::Failed("unexpected answer from the master: Welcome".into())),
+            other @ (AdminReply::Welcome | AdminReply::Pending { .. }) => {
+                return Err(ToolError::Failed(format!("unexpected answer from the master: {other:?}")));
+            }
         }
     };
     for wheel in wheels.iter().filter(|w| !sent.contains(&w.file.filename)) {

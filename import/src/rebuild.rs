@@ -1,8 +1,12 @@
 //! piw-rebuild: asks the master to rewrite the home page, the search index, or the pages of
 //! one project or of all (after confirmation), to build one release again, or to cross-check
-//! one. Success means the rewrites, the build or the cross-check are queued.
+//! one. Success means the build or the cross-check is queued; pages are waited for, with a
+//! progress bar, until they are written (unless `--no-wait`).
 
-use piwheels_common::protocols::{AdminRequest, RebuildTarget};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use piwheels_common::protocols::{AdminReply, AdminRequest, RebuildTarget};
 
 use crate::ToolError;
 use crate::config::{Part, RebuildConfig};
@@ -40,6 +44,38 @@ pub fn run(cfg: &RebuildConfig) -> Result<(), ToolError> {
     if matches!(target, RebuildTarget::Project(None) | RebuildTarget::Both(None)) {
         confirm("This rewrites the pages of every package, which takes a long time on a large index. Go ahead?", cfg.yes)?;
     }
+    let pages = matches!(target, RebuildTarget::Project(_) | RebuildTarget::Both(_));
     println!("{}", session.done(&AdminRequest::Rebuild(target))?);
+    if pages && !cfg.no_wait {
+        wait_for_pages(&session)?;
+    }
+    Ok(())
+}
+
+/// How often the master is asked how many rewrites are left.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Waits until every page rewrite queued until now is written, showing how many are left.
+fn wait_for_pages(session: &Session) -> Result<(), ToolError> {
+    let pending = || match session.request(&AdminRequest::RewritesPending)? {
+        AdminReply::Pending { packages } => Ok(packages),
+        AdminReply::Error(error) => Err(ToolError::from(error)),
+        other => Err(ToolError::Failed(format!("unexpected answer from the master: {other:?}"))),
+    };
+    let first = pending()?;
+    let bar = ProgressBar::new(first);
+    if let Ok(style) = ProgressStyle::with_template("  writing pages [{bar:30}] {pos}/{len} packages {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let mut left = first;
+    while left > 0 {
+        std::thread::sleep(POLL);
+        left = pending()?;
+        // More may have been queued meanwhile (another rebuild, new builds).
+        bar.set_length(bar.length().unwrap_or(0).max(left));
+        bar.set_position(bar.length().unwrap_or(0) - left);
+    }
+    bar.finish_and_clear();
+    println!("every page asked for is written ({first} package(s))");
     Ok(())
 }

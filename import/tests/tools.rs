@@ -457,9 +457,15 @@ fn piw_remove_and_piw_rebuild_ask_first_and_tell_unknown_packages() {
     let line = master.tool("piw-remove", &["foo", "9.9", "--yes"]).failed(1);
     assert!(line.contains("unknown version foo 9.9"), "{line}");
 
-    for args in [&["home"][..], &["search"], &["project", "foo"], &["index", "foo"], &["index", "--yes"]] {
+    for args in [&["home"][..], &["search"], &["project", "foo", "--no-wait"]] {
         let out = master.tool("piw-rebuild", args).succeeded();
         assert!(!out.trim().is_empty(), "{args:?}");
+    }
+    // Pages are waited for until they are written, and the tool says so.
+    for args in [&["index", "foo"][..], &["index", "--yes"]] {
+        let out = master.tool("piw-rebuild", args).succeeded();
+        assert!(out.contains("every page asked for is written"), "{args:?}: {out}");
+        assert!(master.query("SELECT package FROM rewrites_pending").is_empty(), "{args:?}");
     }
     assert!(master.tool("piw-rebuild", &["project"]).failed(2).contains("--yes"));
     let line = master.tool("piw-rebuild", &["project", "nope"]).failed(1);

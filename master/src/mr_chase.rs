@@ -43,7 +43,7 @@ use piwheels_common::protocols::{AdminReply, AdminRequest, NoticeLevel, RebuildT
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Peer, Sender, Server};
 
-use crate::calls::db::{AllPackages, Audit, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, WantCrossCheck, WantRebuild, YankVersion};
+use crate::calls::db::{AllPackages, Audit, PendingRewriteCount, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, WantCrossCheck, WantRebuild, YankVersion};
 use crate::calls::files::{FsReply, FsRequest};
 use crate::calls::tasks::{ArchitectTrigger, StatsUpdate, WebReply, WebRequest};
 use crate::db_client::DbClient;
@@ -172,6 +172,9 @@ pub struct MrChase {
     sessions: HashMap<Vec<u8>, Session>,
     /// Packages whose pages a full rebuild still has to ask for.
     backlog: VecDeque<(String, RewriteScope)>,
+    /// When the index writer was last asked for a rebuild's pages: the rewrites it recorded
+    /// until then are the ones piw-rebuild waits for.
+    rebuild_asked: Timestamp,
     /// Requests that could not be decoded, since the start.
     bad_requests: u64,
 }
@@ -179,7 +182,7 @@ pub struct MrChase {
 impl MrChase {
     /// An endpoint with no sessions.
     pub fn new(config: ChaseConfig) -> MrChase {
-        MrChase { config, sessions: HashMap::new(), backlog: VecDeque::new(), bad_requests: 0 }
+        MrChase { config, sessions: HashMap::new(), backlog: VecDeque::new(), rebuild_asked: Timestamp::MIN_UTC, bad_requests: 0 }
     }
 
     /// The settings it runs with.
@@ -258,6 +261,14 @@ impl MrChase {
         if let AdminRequest::Import(import) = request {
             return self.import(sockets, ctx, &identity, import);
         }
+        // A question, not an action: nothing to audit. A rewrite recorded after the last
+        // rebuild request is left out: on a busy farm some are always waiting.
+        if let AdminRequest::RewritesPending = request {
+            return match sockets.db.call(PendingRewriteCount { until: self.rebuild_asked }) {
+                Ok(recorded) => AdminReply::Pending { packages: recorded.saturating_add(self.backlog.len() as u64) },
+                Err(e) => AdminReply::Error(e.into()),
+            };
+        }
         let (action, outcome) = match request {
             AdminRequest::AddPackage { name, description, skip, unskip, aliases } => {
                 ("add-package", self.add_package(sockets, ctx, &name, description, skip, unskip, &aliases))
@@ -272,7 +283,9 @@ impl MrChase {
                 ("remove-version", self.remove(sockets, &name, Some(&version), builds_only, skip, yank))
             }
             AdminRequest::Rebuild(target) => ("rebuild", self.rebuild(sockets, ctx, target)),
-            AdminRequest::Hello { .. } | AdminRequest::Sent { .. } | AdminRequest::Import(_) => unreachable!("answered above"),
+            AdminRequest::Hello { .. } | AdminRequest::Sent { .. } | AdminRequest::Import(_) | AdminRequest::RewritesPending => {
+                unreachable!("answered above")
+            }
         };
         self.conclude(sockets, ctx, &actor, action, outcome)
     }
@@ -590,6 +603,7 @@ impl MrChase {
                     return Err(WireError::refused(format!("unknown package {package}")));
                 }
                 web(sockets, WebRequest::Rewrite { package: package.clone(), scope })?;
+                self.rebuild_asked = ctx.utc();
                 Ok(format!("queued the {pages} of {package} for rewriting"))
             }
             None => {
@@ -622,6 +636,7 @@ impl MrChase {
                 ctx.schedule(Event::Rebuild, REBUILD_RETRY);
                 return;
             }
+            self.rebuild_asked = ctx.utc();
         }
         if self.backlog.is_empty() {
             tracing::info!("rebuild: every package's pages are queued");
@@ -724,6 +739,7 @@ fn request_name(request: &AdminRequest) -> &'static str {
         AdminRequest::RemovePackage { .. } => "RemovePackage",
         AdminRequest::RemoveVersion { .. } => "RemoveVersion",
         AdminRequest::Rebuild(_) => "Rebuild",
+        AdminRequest::RewritesPending => "RewritesPending",
     }
 }
 

@@ -56,8 +56,8 @@ variant_names! {
     slave_reply: SlaveReply { Ack, Error, Sleep, Build, Cont, Send, Done, Die }
     file_request: FileRequest { Hello, Chunk }
     file_reply: FileReply { Fetch, Done, Error }
-    admin_request: AdminRequest { Hello, AddPackage, AddVersion, Import, Sent, RemovePackage, RemoveVersion, Rebuild }
-    admin_reply: AdminReply { Welcome, Send, Done, Error }
+    admin_request: AdminRequest { Hello, AddPackage, AddVersion, Import, Sent, RemovePackage, RemoveVersion, Rebuild, RewritesPending }
+    admin_reply: AdminReply { Welcome, Send, Done, Pending, Error }
     log_request: LogRequest { Hello, Records }
     log_reply: LogReply { Welcome, Error, Accepted }
     slave_target: SlaveTarget { All, One }
@@ -413,9 +413,11 @@ fn samples() -> Vec<(String, Vec<u8>)> {
     for target in rebuild_targets() {
         one!(admin_request, AdminRequest, AdminRequest::Rebuild(target));
     }
+    one!(admin_request, AdminRequest, AdminRequest::RewritesPending);
     one!(admin_reply, AdminReply, AdminReply::Welcome);
     one!(admin_reply, AdminReply, AdminReply::Send { filename: wheel_file().filename, transfer: 43 });
     one!(admin_reply, AdminReply, AdminReply::Done { message: "added package numpy".into() });
+    one!(admin_reply, AdminReply, AdminReply::Pending { packages: 1234 });
     for error in errors() {
         one!(admin_reply, AdminReply, AdminReply::Error(error));
     }

@@ -624,6 +624,12 @@ calls! {
     } -> ();
     /// The pending page rewrites, oldest first.
     PendingRewrites {} -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<PendingRewrite>;
+    /// How many packages' page rewrites recorded at or before a time are not yet written.
+    PendingRewriteCount {
+        /// The time, by the master's clock (which the index writer stamps rewrites with).
+        #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+        until: Timestamp,
+    } -> u64;
     /// Remove the pending rewrites whose pages were written and made durable, each if the
     /// snapshot its pages were made from saw the last request for it.
     ClearRewrites {

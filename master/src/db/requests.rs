@@ -148,6 +148,7 @@ impl Database {
             Q::LogAccess(LogAccess { records }) => DbReply::LogAccess(self.log_access(&records).await?),
             Q::AddRewrite(AddRewrite { rewrite }) => DbReply::AddRewrite(self.add_rewrite(&rewrite).await?),
             Q::PendingRewrites(PendingRewrites {}) => DbReply::PendingRewrites(self.pending_rewrites().await?),
+            Q::PendingRewriteCount(PendingRewriteCount { until }) => DbReply::PendingRewriteCount(self.pending_rewrite_count(until).await?),
             Q::ClearRewrites(ClearRewrites { written }) => DbReply::ClearRewrites(self.clear_rewrites(&written).await?),
             Q::Audit(Audit { actor, action, detail }) => DbReply::Audit(self.audit(&actor, &action, &detail).await?),
         };
@@ -928,6 +929,14 @@ impl Database {
     /// transaction (it is done only when pages are written from a snapshot that sees it).
     pub async fn add_rewrite(&mut self, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
         add_rewrite(&mut self.conn, rewrite).await
+    }
+
+    /// How many packages have a page rewrite recorded at or before `until` and not yet
+    /// written.
+    pub async fn pending_rewrite_count(&mut self, until: Timestamp) -> Result<u64, sqlx::Error> {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM rewrites_pending WHERE added_at <= $1").bind(until).fetch_one(&mut self.conn).await?;
+        Ok(count(pending))
     }
 
     /// The pending page rewrites, oldest first.
