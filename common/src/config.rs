@@ -449,6 +449,12 @@ impl ValueError {
     }
 }
 
+/// A size for people, in binary units with one decimal: `512 B`, `1.5 KiB`, `12.3 GiB`. The
+/// one formatter of sizes that the pages, the tools, the monitor and the slave show.
+pub fn human_size(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}
+
 /// A length of time written for people, usable as an option value: `90s`, `5m`, `3h`,
 /// `1h30m`, `2d`, `500ms`, `1h30m15s` or `HH:MM:SS` (`02:30:00`).
 ///

@@ -6,6 +6,7 @@
 //! file it does not hold yet; each is uploaded to its file socket with a progress bar, and the
 //! build is recorded once every file is verified.
 
+use piwheels_common::config::human_size;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -275,10 +276,6 @@ fn send(endpoint: &str, security: &Security, transfer: u64, wheel: &Wheel, first
     }
 }
 
-/// A size for people: bytes, KiB, MiB or GiB with one decimal.
-pub fn human_size(bytes: u64) -> String {
-    bytesize::ByteSize::b(bytes).display().iec().to_string()
-}
 
 #[cfg(test)]
 mod tests {
@@ -295,9 +292,6 @@ mod tests {
 
     #[test]
     fn sizes_read_well() {
-        assert_eq!(human_size(12), "12 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(3 << 30), "3.0 GiB");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod index_support;
 mod support;
 
+use piwheels_common::config::human_size;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::Duration;
@@ -97,7 +98,8 @@ fn the_project_page_shows_releases_per_abi_with_logs_files_and_install_command()
             "/simple/numpy/numpy-1.0-cp39-cp39-linux_armv7l.whl.intoto.jsonl"
         ]
     );
-    assert!(files_row.contains(" KB)") || files_row.contains(" B)"), "{files_row}");
+    let size = std::fs::metadata(farm.path("simple/numpy/numpy-1.0-cp311-cp311-linux_armv7l.whl")).unwrap().len();
+    assert!(files_row.contains(&format!("numpy-1.0-cp311-cp311-linux_armv7l.whl</a> ({}", human_size(size))), "{files_row}");
     assert!(!rows[1].contains("files-info"));
 }
 
@@ -232,7 +234,7 @@ fn the_home_page_and_search_index_show_what_they_are_sent() {
     assert_eq!(text_of(&html, "files-count"), "2,345");
     assert_eq!(text_of(&html, "downloads-all"), "98,765,432");
     assert_eq!(text_of(&html, "downloads-30"), "4,321");
-    assert_eq!(text_of(&html, "disk-free"), "5 GB of 100 GB");
+    assert_eq!(text_of(&html, "disk-free"), "5.0 GiB of 100.0 GiB");
     assert_eq!(text_of(&html, "reproduced"), "1,200");
     assert_eq!(text_of(&html, "not-reproduced"), "3");
     assert!(html.contains(r#"<tr data-abi="cp311"><td>cp311</td><td>12</td><td>100</td></tr>"#), "{html}");

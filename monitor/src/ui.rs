@@ -20,6 +20,7 @@
 //!  key hints
 //! ```
 
+use piwheels_common::config::human_size;
 use std::collections::BTreeMap;
 
 use piwheels_common::protocols::{HostStats, NoticeLevel, SlaveSnapshot, TaskState};
@@ -123,7 +124,7 @@ fn draw_master(frame: &mut Frame, area: Rect, app: &App, stats: Option<&piwheels
                 Span::from("Packages ").bold(),
                 Span::from(stats.packages_built.to_string()),
                 Span::from(" · Files ").bold(),
-                Span::from(format!("{} ({})", stats.files_count, view::bytes(stats.builds_size))),
+                Span::from(format!("{} ({})", stats.files_count, human_size(stats.builds_size))),
                 Span::from(" · New versions last hour ").bold(),
                 Span::from(stats.new_last_hour.to_string()),
                 Span::from(" · Downloads ").bold(),

@@ -2,6 +2,7 @@
 //! the last reply it was sent, the health of a host from its figures, and the compact
 //! formats of times and sizes. Nothing here draws; `ui` turns these into widgets.
 
+use piwheels_common::config::human_size;
 use chrono::TimeDelta;
 use piwheels_common::protocols::{HostStats, SlaveReply, SlaveSnapshot, Timestamp};
 
@@ -157,10 +158,6 @@ pub fn duration(span: TimeDelta) -> String {
     }
 }
 
-/// A size in binary units with one decimal: `512 B`, `1.5 KiB`, `12.3 GiB`.
-pub fn bytes(n: u64) -> String {
-    bytesize::ByteSize::b(n).display().iec().to_string()
-}
 
 /// `free` as a whole percentage of `size` (0 for an unknown size).
 pub fn percent(free: u64, size: u64) -> u64 {
@@ -169,7 +166,7 @@ pub fn percent(free: u64, size: u64) -> u64 {
 
 /// Free space and its share: `12.3 GiB (45%)`, or `-` when the host reported no size.
 pub fn free_of(free: u64, size: u64) -> String {
-    if size == 0 { "-".into() } else { format!("{} ({}%)", bytes(free), percent(free, size)) }
+    if size == 0 { "-".into() } else { format!("{} ({}%)", human_size(free), percent(free, size)) }
 }
 
 /// A temperature, or `-` for a host without a sensor (it reports 0).
@@ -191,9 +188,7 @@ mod tests {
 
     #[test]
     fn sizes_use_binary_units() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(13_207_024_435), "12.3 GiB");
+        assert_eq!(human_size(13_207_024_435), "12.3 GiB");
         assert_eq!(free_of(25, 100), "25 B (25%)");
         assert_eq!(free_of(0, 0), "-");
     }

@@ -23,6 +23,7 @@
 //! conversation does not allow) is a protocol error: the slave is deliberately brittle, says
 //! `Bye` with the error and exits 1, for its supervisor to start it afresh.
 
+use piwheels_common::config::human_size;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -639,12 +640,12 @@ impl Agent<'_> {
         let reason = if stats.disk_free < self.config.min_free_disk.0 {
             Some(format!(
                 "low disk: {} free under {}, {} needed",
-                bytes(stats.disk_free),
+                human_size(stats.disk_free),
                 self.build_root.display(),
-                bytes(self.config.min_free_disk.0)
+                human_size(self.config.min_free_disk.0)
             ))
         } else if stats.mem_free < self.config.min_free_memory.0 {
-            Some(format!("low memory: {} available, {} needed", bytes(stats.mem_free), bytes(self.config.min_free_memory.0)))
+            Some(format!("low memory: {} available, {} needed", human_size(stats.mem_free), human_size(self.config.min_free_memory.0)))
         } else {
             None
         };
@@ -690,11 +691,6 @@ fn discard(client: Connection) {
     let _ = client.socket().set_linger(0);
 }
 
-/// A size for people: `1.5 GiB`.
-fn bytes(size: u64) -> String {
-    bytesize::ByteSize::b(size).display().iec().to_string()
-}
-
 /// Up to `most`, chosen from the clock's nanoseconds: enough to keep slaves out of step.
 fn jitter(most: Duration) -> Duration {
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| u64::from(since.subsec_nanos()));
@@ -722,9 +718,6 @@ mod tests {
 
     #[test]
     fn sizes_read_well() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
 
     fn result(output: String, metadata: usize) -> BuildResult {

@@ -6,6 +6,7 @@
 //! when that is there, and a build log linked only when it was written. So no page links a
 //! missing file, whatever order things happened in.
 
+use piwheels_common::config::human_size;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::LazyLock;
@@ -130,17 +131,6 @@ fn upload_time(at: &Timestamp) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// A size for people: 1023 B, 1 KB, 15 MB (binary multiples, no decimals).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
-    let mut unit = 0;
-    let mut value = bytes;
-    while value >= 1024 && unit < UNITS.len() - 1 {
-        value /= 1024;
-        unit += 1;
-    }
-    format!("{value} {}", UNITS[unit])
-}
 
 /// A count for people: 1,234,567.
 pub fn thousands(n: u64) -> String {
@@ -908,10 +898,12 @@ mod tests {
 
     #[test]
     fn figures_for_people() {
+        // Binary units are named as such: 574 KiB is not "574 KB".
         assert_eq!(human_size(0), "0 B");
         assert_eq!(human_size(1023), "1023 B");
-        assert_eq!(human_size(1024), "1 KB");
-        assert_eq!(human_size(5 << 20), "5 MB");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(574 << 10), "574.0 KiB");
+        assert_eq!(human_size(5 << 20), "5.0 MiB");
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_234_567), "1,234,567");
