@@ -1185,10 +1185,9 @@ impl SlaveDriver {
             result.failure.get_or_insert(FailureKind::Build);
         }
         let success = result.success;
-        let output = result.output.clone();
         let (failure, duration) = ((!success).then(|| result.failure.unwrap_or(FailureKind::Build)), result.duration);
         let handed_out = slave.handed_out().map_or(Duration::ZERO, |(started, _)| ctx.now().saturating_duration_since(started));
-        let record = BuildRecord {
+        let mut record = BuildRecord {
             built_by: slave.id,
             builder: slave.hello.host.label.clone(),
             package: build.package.clone(),
@@ -1200,6 +1199,9 @@ impl SlaveDriver {
             source: slave.handed_out().map(|(_, source)| source.clone()),
             result,
         };
+        // The log says what it is the log of, from the master's own record.
+        record.result.output = format!("{}{}", record.log_header(slave.id), record.result.output);
+        let output = record.result.output.clone();
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());
         let rewrite = record.pending_rewrite(ctx.utc());
         let cross_check = success && cross_check::sampled(self.config.cross_check_share);

@@ -273,10 +273,14 @@ fn a_build_is_handed_out_its_wheel_sent_and_the_build_recorded() {
     let files = farm.pool.db.column("SELECT filename FROM files");
     assert_eq!(files, [Some(filename)]);
     let web = farm.web_requests();
-    // The log and the pages in one request; the rewrite was recorded with the build.
+    // The log and the pages in one request; the rewrite was recorded with the build. The log
+    // starts with what the master knows of the build, then the slave's log.
+    let header = format!("== piwheels build of foo 1.0 for cp311 ==\nbuilder      pi-1 (slave {id})\nstarted      ");
+    let outcome = "\noutcome      built 1 wheel(s)\nwall time    ";
     assert!(
         web.iter().any(|r| matches!(r, WebRequest::Built { output, rewrite, .. }
-            if output == "built" && rewrite.package == "foo" && rewrite.scope == RewriteScope::Both)),
+            if output.starts_with(&header) && output.contains(outcome) && output.ends_with("\npeak memory  1.0 MiB\n==\nbuilt")
+                && rewrite.package == "foo" && rewrite.scope == RewriteScope::Both)),
         "{web:?}"
     );
     assert_eq!(farm.pool.db.column("SELECT package || ' ' || scope FROM rewrites_pending"), [Some("foo both".to_string())]);
@@ -329,12 +333,15 @@ fn a_failed_build_is_recorded_with_its_log_and_a_wheel_the_tree_holds_is_sent_an
     builds.sort();
     assert_eq!(builds, [format!("bad 1.0 {id} pi-1 f build"), format!("same 2.0 {id} pi-1 t -")]);
     // The database keeps each log, for the log file the index writer may fail to write.
-    let logs = farm.pool.db.column("SELECT concat_ws(': ', package, output) FROM output JOIN builds USING (build_id) ORDER BY package");
-    assert_eq!(logs, [Some("bad: error: it broke".to_string()), Some("same: built".to_string())]);
+    let logs = farm.pool.db.column("SELECT package || ': ' || output FROM output JOIN builds USING (build_id) ORDER BY package");
+    let logs: Vec<String> = logs.into_iter().flatten().collect();
+    assert!(logs[0].starts_with("bad: == piwheels build of bad 1.0 for cp311 ==") && logs[0].ends_with("==\nerror: it broke"), "{logs:?}");
+    assert!(logs[0].contains("\noutcome      failed: its command exited with status 1\n"), "{logs:?}");
+    assert!(logs[1].starts_with("same: == piwheels build of same 2.0") && logs[1].ends_with("==\nbuilt"), "{logs:?}");
     let web = farm.web_requests();
     assert!(
         web.iter().any(|r| matches!(r, WebRequest::Built { output, rewrite, .. }
-            if output == "error: it broke" && rewrite.package == "bad" && rewrite.scope == RewriteScope::Project)),
+            if output.ends_with("error: it broke") && output == &logs[0]["bad: ".len()..] && rewrite.package == "bad" && rewrite.scope == RewriteScope::Project)),
         "{web:?}"
     );
 }

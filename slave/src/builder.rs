@@ -343,6 +343,7 @@ impl Builder {
             ("wheel_dir", &wheel_dir.to_string_lossy()),
         ]);
         tracing::info!("building {} {}: {}", job.package, job.version, argv.join(" "));
+        let command = format!("[piw-slave] $ {}\n", shorten_paths(&argv.join(" "), &dir, &self.options.build_root));
 
         let run = self.run(&dir, &argv, &log_path, &report_path, Instant::now() + self.options.timeout, stop);
         build.result.duration = started.elapsed();
@@ -371,9 +372,9 @@ impl Builder {
             }
         }
         let log = match read_tail(&log_path, self.options.log_limit) {
-            Ok(log) => log,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-            Err(e) => format!("[piw-slave] cannot read the build log {}: {e}\n", log_path.display()),
+            Ok(log) => command + &shorten_paths(&log, &dir, &self.options.build_root),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => command,
+            Err(e) => format!("{command}[piw-slave] cannot read the build log {}: {e}\n", log_path.display()),
         };
 
         let failure = match (stopped, &report) {
@@ -611,6 +612,18 @@ fn source_unavailable(log: &str) -> bool {
 
 /// The last `limit` bytes of the log at `path` as text, starting at a line, with a note when
 /// the beginning was left out.
+/// `text` with the build directory's path written `$BUILD` and the build root's `$BUILD_ROOT`:
+/// a builder's own paths tell a reader of the log nothing, and differ from build to build.
+fn shorten_paths(text: &str, dir: &Path, root: &Path) -> String {
+    let mut text = text.to_string();
+    for (path, name) in [(dir, "$BUILD"), (root, "$BUILD_ROOT")] {
+        if let Some(path) = path.to_str().filter(|p| p.len() > 1) {
+            text = text.replace(path, name);
+        }
+    }
+    text
+}
+
 fn read_tail(path: &Path, limit: u64) -> io::Result<String> {
     let mut file = File::open(path)?;
     let size = file.metadata()?.len();

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use piwheels_common::config::{HumanDuration, human_size};
 use piwheels_common::provenance::BuildFacts;
 use piwheels_common::protocols::{
-    AccessRecord, BuildId, BuildResult, Dependencies, PackageVersion, SlaveId, SourceFile, Timestamp, WireError,
+    AccessRecord, BuildId, BuildResult, Dependencies, FailureKind, PackageVersion, SlaveId, SourceFile, Timestamp, WireError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,37 @@ pub struct BuildRecord {
 }
 
 impl BuildRecord {
+    /// The lines a build's log starts with: what was built, where, when, how it ended and
+    /// what it took, from the master's record (the slave's log follows, its command first).
+    pub fn log_header(&self, slave_id: SlaveId) -> String {
+        let result = &self.result;
+        let outcome = match (result.success, result.failure, result.exit_status) {
+            (true, _, _) => format!("built {} wheel(s)", result.files.len()),
+            (false, Some(FailureKind::Timeout), _) => "failed: it ran past its time limit".to_string(),
+            (false, Some(FailureKind::OutOfMemory), _) => "failed: it ran out of memory".to_string(),
+            (false, _, Some(code)) => format!("failed: its command exited with status {code}"),
+            (false, _, None) => "failed: its command was killed".to_string(),
+        };
+        format!(
+            "== piwheels build of {} {} for {} ==\n\
+             builder      {} (slave {slave_id})\n\
+             started      {}\n\
+             outcome      {outcome}\n\
+             wall time    {}\n\
+             CPU time     {}\n\
+             peak memory  {}\n\
+             ==\n",
+            self.package,
+            self.version,
+            self.abi,
+            self.builder,
+            self.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            HumanDuration(Duration::from_millis(result.duration.as_millis() as u64)),
+            HumanDuration(Duration::from_millis(result.cpu_time.as_millis() as u64)),
+            human_size(result.peak_memory),
+        )
+    }
+
     /// The rewrite of the package's pages this build calls for, added at `added_at`: both
     /// scopes after a success (new files), the project page only after a failure.
     pub fn pending_rewrite(&self, added_at: Timestamp) -> PendingRewrite {
