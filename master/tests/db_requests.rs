@@ -743,7 +743,13 @@ fn project_data_of_a_package_without_names_or_versions_uses_the_canonical_name()
 fn project_data_gathers_names_releases_files_dependencies_and_the_state_of_every_abi() {
     let mut fx = Fixture::with_abis();
     fx.sql("INSERT INTO build_abis (abi_tag, python_version, skip) VALUES ('cp37m', 307, 'retired'), ('cp315', 315, 'not yet')");
-    fx.sql("INSERT INTO preinstalled_apt_packages VALUES ('cp39', 'libc6'), ('cp311', 'libssl3')");
+    // Every ABI has the baseline (libc6 and libssl3 among it); the operator says cp39's images
+    // lack libssl3 and cp311's have libzz.
+    fx.sql("DELETE FROM preinstalled_apt_packages WHERE abi_tag = 'cp39' AND apt_package = 'libssl3'");
+    fx.sql("INSERT INTO preinstalled_apt_packages VALUES ('cp311', 'libzz')");
+    // An ABI declared later gets the baseline too.
+    let seeded = fx.column("SELECT apt_package FROM preinstalled_apt_packages WHERE abi_tag = 'cp315' AND apt_package IN ('libc6', 'libstdc++6') ORDER BY 1");
+    assert_eq!(seeded, [Some("libc6".to_string()), Some("libstdc++6".to_string())]);
     fx.call(NewPackage {
         package: "foo-bar".into(),
         skip: String::new(),
@@ -812,7 +818,7 @@ fn project_data_gathers_names_releases_files_dependencies_and_the_state_of_every
     assert_eq!(file.platform_tag, "linux_armv7l");
     assert_eq!(file.requires_python.as_deref(), Some(">=3.9"));
     assert!(file.uploaded > Utc::now() - TimeDelta::minutes(5));
-    // libc6 is preinstalled on the builder's ABI (cp39); libssl3 only on cp311.
+    // libc6 is preinstalled on the builder's ABI (cp39); libssl3 and libzz are not there.
     assert_eq!(file.dependencies.apt, ["libssl3", "libzz"]);
     assert_eq!(file.dependencies.pip, ["attrs", "six"]);
     assert_eq!(file.dependencies.unresolved, ["libx.so"]);
