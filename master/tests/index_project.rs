@@ -238,12 +238,43 @@ fn the_home_page_and_search_index_show_what_they_are_sent() {
     assert_eq!(text_of(&html, "not-reproduced"), "3");
     assert!(html.contains(r#"<tr data-abi="cp311"><td>cp311</td><td>12</td><td>100</td></tr>"#), "{html}");
 
+}
+
+/// The search index and the package list follow the projects with files within the simple
+/// index root's interval (at once in these tests), not the stats task's ten minutes; the
+/// stats task's download counts are kept in it.
+#[test]
+fn the_search_index_and_the_package_list_follow_the_projects_with_files() {
+    let mut farm = Farm::started();
+    assert!(farm.path("search.js").is_file(), "the search box's script is written at start");
+    farm.package("zope", "zope", "", &[("1.0", 1)]);
+    let w = farm.wheel("zope-1.0-py3-none-any.whl", None);
+    farm.build("zope", "1.0", "cp39", &[w]);
+    farm.rewrite("zope");
+    farm.wait("zope in the search index", |f| f.read("packages.json").contains("zope"));
+    assert_eq!(farm.json("packages.json"), serde_json::json!([["zope", 0, 0]]));
     let entries = vec![
         SearchEntry { package: "zope".into(), downloads_recent: 1, downloads_all: 10 },
         SearchEntry { package: "attrs".into(), downloads_recent: 5, downloads_all: 50 },
     ];
     farm.send(WebRequest::Search { entries });
+    // attrs has no files here (the counts are older than the tree): not listed.
+    assert_eq!(farm.json("packages.json"), serde_json::json!([["zope", 1, 10]]));
+    farm.package("attrs", "attrs", "", &[("2.0", 1)]);
+    let w = farm.wheel("attrs-2.0-py3-none-any.whl", None);
+    farm.build("attrs", "2.0", "cp39", &[w]);
+    farm.rewrite("attrs");
+    farm.wait("attrs in the search index", |f| f.read("packages.json").contains("attrs"));
     assert_eq!(farm.json("packages.json"), serde_json::json!([["attrs", 5, 50], ["zope", 1, 10]]));
+    // The package list, for browsers without JavaScript.
+    let list = farm.read("packages/index.html");
+    let links: Vec<String> = tags(&list, "a").iter().filter_map(|a| a.attr("href").map(str::to_string)).filter(|h| h.starts_with("/project/")).collect();
+    assert_eq!(links, ["/project/attrs/", "/project/zope/"]);
+    assert_eq!(text_of(&list, "packages-count"), "2");
+    // Every page has the search box, which submits to the list.
+    let home = farm.read("project/zope/index.html");
+    assert!(home.contains(r#"<form id="search" action="/packages/" method="get" role="search">"#), "{home}");
+    assert!(home.contains(r#"<script src="/search.js" defer></script>"#), "{home}");
 }
 
 #[test]

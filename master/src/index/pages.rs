@@ -8,7 +8,7 @@
 
 use piwheels_common::config::human_size;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use askama::Template;
@@ -17,7 +17,7 @@ use piwheels_common::names::{canonicalize, is_prerelease, parse_version};
 use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
 use piwheels_common::provenance;
 
-use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ReleaseData, Reproducibility, SearchEntry, Verdict};
+use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ReleaseData, Reproducibility, Verdict};
 use crate::calls::tasks::CheckCounts;
 use piwheels_common::wheel::WheelName;
 use serde::Serialize;
@@ -34,6 +34,9 @@ pub const API_VERSION: &str = "1.1";
 /// the JSON documents), so that the next start rewrites every page.
 const PAGES_REVISION: u32 = 1;
 
+/// The search box's script, served at `/search.js` (see `templates/search.js`).
+pub const SEARCH_SCRIPT: &str = include_str!("../../../templates/search.js");
+
 /// Identifies the page templates and models this build writes: a SHA-256 of every template's
 /// text and [`PAGES_REVISION`]. The tree records the one that wrote it; a master whose
 /// fingerprint differs rewrites every page when it starts.
@@ -47,6 +50,8 @@ pub static TEMPLATES_FINGERPRINT: LazyLock<String> = LazyLock::new(|| {
         include_str!("../../../templates/alias.html"),
         include_str!("../../../templates/simple/index.html"),
         include_str!("../../../templates/simple/project.html"),
+        include_str!("../../../templates/packages.html"),
+        SEARCH_SCRIPT,
     ] {
         hash.update((text.len() as u64).to_le_bytes());
         hash.update(text.as_bytes());
@@ -852,13 +857,26 @@ impl HomePage {
     }
 }
 
-/// `packages.json`: `[[name, downloads in 30 days, downloads ever], ...]`, sorted by name, for
-/// client-side search.
-pub fn search_json(entries: &[SearchEntry]) -> Vec<u8> {
-    let mut rows: Vec<(&str, u64, u64)> =
-        entries.iter().map(|e| (e.package.as_str(), e.downloads_recent, e.downloads_all)).collect();
-    rows.sort_by(|a, b| a.0.cmp(b.0));
-    rows.dedup_by(|a, b| a.0 == b.0);
+/// `packages/index.html`: every package with files, linked to its project page; the search
+/// box's target without JavaScript.
+#[derive(Debug, Template)]
+#[template(path = "packages.html")]
+pub struct PackagesPage<'a> {
+    /// Canonical names, sorted.
+    pub projects: Vec<&'a str>,
+}
+
+/// `packages.json`: `[[name, downloads in 30 days, downloads ever], ...]` for every one of
+/// `names` (sorted, without repeats), for the search box; the counts from `downloads`, 0 for a
+/// name it lacks.
+pub fn search_json(names: &[&str], downloads: &HashMap<String, (u64, u64)>) -> Vec<u8> {
+    let rows: Vec<(&str, u64, u64)> = names
+        .iter()
+        .map(|name| {
+            let (recent, all) = downloads.get(*name).copied().unwrap_or_default();
+            (*name, recent, all)
+        })
+        .collect();
     to_json(&rows)
 }
 

@@ -5,7 +5,7 @@
 //!
 //! It only touches the file system; the task in [`super`] decides when to call it.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -24,8 +24,8 @@ use super::layout::{
     write_if_changed,
 };
 use super::pages::{
-    API_VERSION, AliasPage, HomePage, OnDisk, ProjectView, RootPage, SimplePage, SimpleProject, alias_marker,
-    former_names, root_json, search_json, simple_project_json, sorted_names,
+    API_VERSION, AliasPage, HomePage, OnDisk, PackagesPage, ProjectView, RootPage, SEARCH_SCRIPT, SimplePage, SimpleProject,
+    alias_marker, former_names, root_json, search_json, simple_project_json, sorted_names,
 };
 
 /// Settings of the pages' contents.
@@ -55,8 +55,12 @@ pub struct IndexWriter {
     options: PageOptions,
     /// Projects that have a simple page.
     listed: BTreeSet<String>,
-    /// Whether the root of the simple index is out of date.
+    /// Whether the root of the simple index is out of date (with the package list and the
+    /// search index, written with it).
     root_dirty: bool,
+    /// Each package's downloads in 30 days and ever, as the stats task last sent them, for
+    /// the search index.
+    downloads: HashMap<String, (u64, u64)>,
     /// The deflate state every log is compressed with: making a fresh one for each log zeroes
     /// some hundreds of kilobytes, a fifth of the master's user time per build.
     deflate: std::sync::Mutex<Compress>,
@@ -85,11 +89,14 @@ impl IndexWriter {
         let root_dirty = true;
         let root_dir = fs::File::open(layout.root())
             .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", layout.root().display())))?;
+        // The search box's script, which every page loads.
+        write_if_changed(&layout.root().join("search.js"), SEARCH_SCRIPT.as_bytes())?;
         Ok(IndexWriter {
             layout,
             options,
             listed,
             root_dirty,
+            downloads: HashMap::new(),
             deflate: std::sync::Mutex::new(Compress::new(Compression::default(), false)),
             root_dir,
         })
@@ -246,12 +253,18 @@ impl IndexWriter {
     }
 
     /// Writes the root of the simple index (HTML and JSON) from the listed projects.
+    /// Writes the root of the simple index, the package list and the search index: the
+    /// projects with a simple page.
     pub fn write_root(&mut self) -> io::Result<()> {
         let projects = sorted_names(self.listed.iter());
         let page = RootPage { projects: projects.clone(), api_version: API_VERSION };
         let simple = self.layout.simple_dir();
         write_if_changed(&simple.join("index.html"), render(&page)?.as_bytes())?;
-        write_if_changed(&simple.join("index.json"), &root_json(projects.into_iter()))?;
+        write_if_changed(&simple.join("index.json"), &root_json(projects.iter().copied()))?;
+        let list = self.layout.root().join("packages");
+        fs::create_dir_all(&list)?;
+        write_if_changed(&list.join("index.html"), render(&PackagesPage { projects: projects.clone() })?.as_bytes())?;
+        write_if_changed(&self.layout.root().join("packages.json"), &search_json(&projects, &self.downloads))?;
         self.root_dirty = false;
         Ok(())
     }
@@ -262,9 +275,11 @@ impl IndexWriter {
         write_atomically(&self.layout.root().join("index.html"), render(&page)?.as_bytes(), Durability::Cached)
     }
 
-    /// Writes the search index.
-    pub fn write_search(&self, entries: &[SearchEntry]) -> io::Result<()> {
-        write_atomically(&self.layout.root().join("packages.json"), &search_json(entries), Durability::Cached)
+    /// Takes the packages' download counts and writes the search index with them.
+    pub fn write_search(&mut self, entries: &[SearchEntry]) -> io::Result<()> {
+        self.downloads = entries.iter().map(|e| (e.package.clone(), (e.downloads_recent, e.downloads_all))).collect();
+        let projects = sorted_names(self.listed.iter());
+        write_if_changed(&self.layout.root().join("packages.json"), &search_json(&projects, &self.downloads))
     }
 
     /// Writes the signed provenance of a published file beside it (replacing an earlier one:
