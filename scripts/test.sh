@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on a fresh Debian machine: installs what is
-# missing (libzmq, PostgreSQL, tmux for the monitor test, a Python environment with setuptools,
-# wheel and uv, a C compiler),
+# missing (libzmq, PostgreSQL, tmux for the monitor test, chromium for the pages' scripts, a
+# Python environment with setuptools, wheel and uv, a C compiler),
 # makes sure PostgreSQL is running, then runs clippy (warnings fail) and every test of the
 # workspace against real sockets, a real database and real pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-lib.sh
 
-need_debian_packages libzmq3-dev pkg-config tmux
+need_debian_packages libzmq3-dev pkg-config tmux chromium
 # A server named by DATABASE_URL is the caller's to run; the local one is set up only when none is.
 if [ -z "${DATABASE_URL:-}" ]; then
     ensure_postgres
