@@ -15,7 +15,7 @@ project=${2:-six}
 out=target/screenshots
 mkdir -p "$out"
 # The newest log the project's JSON links.
-log=$(curl -fsS "$site/project/$project/json/" | python3 -c '
+log=$(curl -fsS "$site/project/$project/json/index.json" | python3 -c '
 import json, sys
 builds = [b for r in json.load(sys.stdin)["releases"].values() for b in r["builds"].values() if b.get("log_url")]
 print(builds[-1]["log_url"] if builds else "")')
