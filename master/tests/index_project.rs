@@ -60,6 +60,7 @@ fn the_project_page_shows_releases_per_abi_with_logs_files_and_install_command()
     // every image has are left out.
     assert_eq!(text_of(&html, "install-command"), "sudo apt install libatlas3-base\npip3 install numpy");
     assert_eq!(text_of(&html, "pipdeps").trim(), "numpy");
+    assert_eq!(text_of(&html, "requires-python"), "Requires Python >=3.9");
 
     let table = &html[html.find(r#"id="releases-table""#).unwrap()..html.find("</table>").unwrap()];
     let headings: Vec<String> = tags(table, "th").into_iter().map(|th| th.text).collect();

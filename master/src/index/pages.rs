@@ -448,6 +448,8 @@ pub struct ProjectPage<'a> {
     pub install_apt: Vec<String>,
     /// Its Python dependencies.
     pub pip_deps: Vec<String>,
+    /// The Pythons it installs on (`Requires-Python`, from the same file), when it says.
+    pub requires_python: Option<String>,
     /// Table columns.
     pub abis: Vec<AbiColumn>,
     /// Table rows, newest release first.
@@ -579,6 +581,7 @@ impl<'a> ProjectView<'a> {
             has_simple: self.has_simple,
             install_apt: chosen.map(|f| f.dependencies.apt.clone()).unwrap_or_default(),
             pip_deps: chosen.map(|f| f.dependencies.pip.clone()).unwrap_or_default(),
+            requires_python: chosen.and_then(|f| f.requires_python.clone()).filter(|r| !r.trim().is_empty()),
             files_count: releases.iter().map(|r| r.files.len()).sum(),
             columns: 2 + self.columns.len(),
             abis: self.columns.clone(),
