@@ -85,6 +85,15 @@ fn the_project_page_shows_releases_per_abi_with_logs_files_and_install_command()
     assert!(rows[0].contains("pre-release"));
     assert_eq!(cells(rows[1]), [("pending".into(), None), ("fail".into(), log("1.1 cp311"))]);
     assert_eq!(cells(rows[2]), [("success".into(), log("1.0 cp39")), ("success".into(), None)]);
+    // A cell says when, where and how long its build ran; a failure shows the end of its log.
+    let titles = |row: &str| -> Vec<String> {
+        tags(row, "td").iter().filter(|td| td.has("class")).filter_map(|td| td.attr("title").map(str::to_string)).collect()
+    };
+    let failed = titles(rows[1]);
+    assert!(matches!(failed.as_slice(), [t] if t.starts_with("failed 20") && t.ends_with(" UTC on pi4-1 after 1m30s")), "{failed:?}");
+    assert!(rows[1].contains(r#"<details class="why"><summary>why</summary><pre>log</pre></details>"#), "{}", rows[1]);
+    let built = titles(rows[2]);
+    assert!(built.len() == 2 && built.iter().all(|t| t.starts_with("built 20") && t.ends_with(" UTC by pi4-1 in 1m30s")), "{built:?}");
     // Each release's files, with sizes, follow its row.
     let files_row = &rows[2][rows[2].find(r#"<tr class="files-info">"#).unwrap()..];
     let links: Vec<String> = tags(files_row, "a").into_iter().filter_map(|a| a.attr("href").map(str::to_string)).collect();

@@ -349,6 +349,25 @@ pub struct ProjectData {
     /// Releases, in no particular order.
     #[cfg_attr(test, proptest(strategy = "small_vec()"))]
     pub releases: Vec<ReleaseData>,
+    /// The builds the releases' cells name, by id.
+    #[cfg_attr(test, proptest(strategy = "small_map()"))]
+    pub builds: BTreeMap<BuildId, BuildSummary>,
+}
+
+/// What a project page says of a build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct BuildSummary {
+    /// When it was recorded.
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub built_at: Timestamp,
+    /// Its builder's label.
+    pub builder: String,
+    /// How long it ran.
+    pub duration: Duration,
+    /// The last lines of its log, for a failed build (the error, usually); empty otherwise.
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub last_lines: Vec<String>,
 }
 
 /// The pages' data of several projects, read from one database snapshot.

@@ -18,11 +18,12 @@
 //! ran on (so history on a retired ABI stays visible).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use piwheels_common::protocols::{BuildId, Dependencies};
 
-use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ProjectsSnapshot, ReleaseData, Reproducibility, Verdict};
+use crate::calls::db::{AbiStatus, BuildAbi, BuildSummary, ProjectData, ProjectFile, ProjectsSnapshot, ReleaseData, Reproducibility, Verdict};
 use sqlx::Connection;
 
 use super::Database;
@@ -31,7 +32,9 @@ use super::requests::RequestError;
 /// A version row: package, version, released, skip, yanked, yank reason.
 type VersionRow = (String, String, DateTime<Utc>, String, bool, String);
 /// A build row: package, id, version, builder ABI.
-type BuildRow = (String, i64, String, String);
+/// A build: its package, id, version, ABI, when it was recorded, its builder and how long it
+/// ran (microseconds).
+type BuildRow = (String, i64, String, String, DateTime<Utc>, String, i64);
 /// A file row, with its build's package, version and ABI.
 type FileRow = (
     String,
@@ -72,7 +75,7 @@ impl Served {
 struct PackageRows {
     aliases: Vec<String>,
     versions: Vec<(String, DateTime<Utc>, String, bool, String)>,
-    builds: Vec<(i64, String, String)>,
+    builds: Vec<(i64, String, String, BuildSummary)>,
     files: Vec<FileRow>,
     checks: Vec<CheckRow>,
 }
@@ -135,11 +138,25 @@ impl Database {
         .bind(packages)
         .fetch_all(&mut *tx)
         .await?;
-        let builds: Vec<BuildRow> =
-            sqlx::query_as("SELECT package, build_id, version, abi_tag FROM builds WHERE package = ANY($1)")
-                .bind(packages)
-                .fetch_all(&mut *tx)
-                .await?;
+        let builds: Vec<BuildRow> = sqlx::query_as(
+            "SELECT package, build_id, version, abi_tag, built_at, builder, \
+                    (EXTRACT(EPOCH FROM duration) * 1000000)::bigint \
+             FROM builds WHERE package = ANY($1)",
+        )
+        .bind(packages)
+        .fetch_all(&mut *tx)
+        .await?;
+        // The end of the log of each release's latest build on each ABI, when it failed.
+        let tails: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT o.build_id, right(o.output, $2) FROM output o \
+             JOIN (SELECT DISTINCT ON (package, version, abi_tag) build_id, status FROM builds \
+                   WHERE package = ANY($1) ORDER BY package, version, abi_tag, build_id DESC) latest \
+               ON latest.build_id = o.build_id AND NOT latest.status",
+        )
+        .bind(packages)
+        .bind(TAIL_CHARACTERS)
+        .fetch_all(&mut *tx)
+        .await?;
         let files: Vec<FileRow> = sqlx::query_as(
             "SELECT b.package, b.version, b.abi_tag, f.build_id, f.filename, f.filesize, f.filehash::text, \
                     f.metadata_hash::text, f.abi_tag, f.platform_tag, f.requires_python, f.uploaded, \
@@ -195,8 +212,15 @@ impl Database {
         for (package, version, released, skip, yanked, reason) in versions {
             rows.entry(package).or_default().versions.push((version, released, skip, yanked, reason));
         }
-        for (package, build_id, version, abi) in builds {
-            rows.entry(package).or_default().builds.push((build_id, version, abi));
+        let mut tails: HashMap<i64, String> = tails.into_iter().collect();
+        for (package, build_id, version, abi, built_at, builder, duration_us) in builds {
+            let summary = BuildSummary {
+                built_at,
+                builder,
+                duration: Duration::from_micros(u64::try_from(duration_us).unwrap_or(0)),
+                last_lines: tails.remove(&build_id).map(|tail| last_lines(&tail)).unwrap_or_default(),
+            };
+            rows.entry(package).or_default().builds.push((build_id, version, abi, summary));
         }
         for row in files {
             rows.entry(row.0.clone()).or_default().files.push(row);
@@ -267,9 +291,11 @@ fn assemble(
     }
     // Per version, per builder ABI: the latest build.
     let mut latest_build: HashMap<String, HashMap<String, BuildId>> = HashMap::new();
-    for (build_id, version, abi) in rows.builds {
+    let mut summaries: HashMap<BuildId, BuildSummary> = HashMap::new();
+    for (build_id, version, abi, summary) in rows.builds {
         let latest = latest_build.entry(version).or_default().entry(abi).or_insert(build_id);
         *latest = (*latest).max(build_id);
+        summaries.insert(build_id, summary);
     }
     let reproducibility = reproducibility(rows.checks);
     let abi_python: HashMap<&str, i32> = abis.iter().map(|(tag, python, _)| (tag.as_str(), *python)).collect();
@@ -277,7 +303,7 @@ fn assemble(
     let active: Vec<&str> = abis.iter().filter(|(_, _, skip)| skip.is_empty()).map(|(tag, _, _)| tag.as_str()).collect();
 
     let no_builds = HashMap::new();
-    let releases = rows
+    let releases: Vec<ReleaseData> = rows
         .versions
         .into_iter()
         .map(|(version, released, version_skip, yanked, yank_reason)| {
@@ -331,8 +357,28 @@ fn assemble(
         package: package.to_string(),
         description,
         aliases: rows.aliases,
+        // Only the builds the cells name: a project's page does not list its history.
+        builds: releases
+            .iter()
+            .flat_map(|r: &ReleaseData| r.abis.values().filter_map(|(_, id)| *id))
+            .filter_map(|id| summaries.remove(&id).map(|summary| (id, summary)))
+            .collect(),
         releases,
     }
+}
+
+/// The characters of a failed build's log read for its last lines.
+const TAIL_CHARACTERS: i32 = 2000;
+/// Lines of a failed build's log a project page shows.
+const LAST_LINES: usize = 5;
+/// The longest of them, in characters.
+const LAST_LINE_LENGTH: usize = 200;
+
+/// The last non-empty lines of a log, each cut to [`LAST_LINE_LENGTH`] characters without
+/// control characters.
+fn last_lines(tail: &str) -> Vec<String> {
+    let lines: Vec<String> = tail.lines().rev().map(str::trim_end).filter(|l| !l.trim().is_empty()).take(LAST_LINES).map(|l| crate::access_log::clean(l, LAST_LINE_LENGTH)).collect();
+    lines.into_iter().rev().collect()
 }
 
 /// What the cross-checks of each build found (checks in the order they were asked): the

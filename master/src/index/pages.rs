@@ -6,18 +6,19 @@
 //! when that is there, and a build log linked only when it was written. So no page links a
 //! missing file, whatever order things happened in.
 
-use piwheels_common::config::human_size;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use askama::Template;
 use chrono::SecondsFormat;
+use piwheels_common::config::{HumanDuration, human_size};
 use piwheels_common::names::{canonicalize, is_prerelease, parse_version};
 use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
 use piwheels_common::provenance;
 
-use crate::calls::db::{AbiStatus, BuildAbi, ProjectData, ProjectFile, ReleaseData, Reproducibility, Verdict};
+use crate::calls::db::{AbiStatus, BuildAbi, BuildSummary, ProjectData, ProjectFile, ReleaseData, Reproducibility, Verdict};
 use crate::calls::tasks::CheckCounts;
 use piwheels_common::wheel::WheelName;
 use serde::Serialize;
@@ -366,6 +367,22 @@ pub struct Cell {
     pub log_url: Option<String>,
     /// What cross-checks of the build found, when it had any.
     pub check: Option<CheckNote>,
+    /// When, where and how long the build ran, for its tooltip (empty without a build).
+    pub detail: String,
+    /// The last lines of a failed build's log.
+    pub last_lines: String,
+}
+
+impl Cell {
+    fn of(status: AbiStatus, build: Option<&BuildSummary>) -> (String, String) {
+        let Some(build) = build else { return (String::new(), String::new()) };
+        let when = build.built_at.format("%Y-%m-%d %H:%M UTC");
+        let took = HumanDuration(Duration::from_secs(build.duration.as_secs()));
+        match status {
+            AbiStatus::Fail => (format!("failed {when} on {} after {took}", build.builder), build.last_lines.join("\n")),
+            _ => (format!("built {when} by {} in {took}", build.builder), String::new()),
+        }
+    }
 }
 
 /// What the cross-checks of a build found, for people.
@@ -556,11 +573,16 @@ impl<'a> ProjectView<'a> {
                     .columns
                     .iter()
                     .map(|column| {
-                        r.abis.get(&column.tag).map(|(status, build_id)| Cell {
-                            status: status_name(*status),
-                            build_id: *build_id,
-                            log_url: self.log_url(*build_id),
-                            check: r.reproducibility.get(&column.tag).map(CheckNote::of),
+                        r.abis.get(&column.tag).map(|(status, build_id)| {
+                            let (detail, last_lines) = Cell::of(*status, build_id.and_then(|id| self.data.builds.get(&id)));
+                            Cell {
+                                status: status_name(*status),
+                                build_id: *build_id,
+                                log_url: self.log_url(*build_id),
+                                check: r.reproducibility.get(&column.tag).map(CheckNote::of),
+                                detail,
+                                last_lines,
+                            }
                         })
                     })
                     .collect(),
