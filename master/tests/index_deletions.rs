@@ -122,7 +122,8 @@ fn check_tree(farm: &Farm) {
         let parts: Vec<&str> = rel.split('/').collect();
         assert!(!parts.iter().any(|p| p.starts_with('.')) || rel == ".piwheels-index", "hidden file {rel}");
         match parts.as_slice() {
-            [".piwheels-index" | "index.html" | "packages.json" | "signing-key.pem"] => {}
+            [".piwheels-index" | "index.html" | "packages.json" | "signing-key.pem" | "search.js"] => {}
+            ["packages", "index.html"] => {}
             ["simple", "index.html" | "index.json"] => {}
             ["simple", package, name] => {
                 let own = files.get(*package).unwrap_or_else(|| panic!("{rel}: {package} has no files in the database"));
@@ -159,6 +160,13 @@ fn check_tree(farm: &Farm) {
     for package in &installable {
         assert!(root.join(format!("simple/{package}/index.html")).is_file(), "{package} has no simple page");
     }
+    // The package list and the search index name the installable packages, and no other.
+    let list = farm.read("packages/index.html");
+    let mut listed: Vec<String> = list.split("<li><a href=\"/project/").skip(1).map(|l| l[..l.find('/').unwrap()].to_string()).collect();
+    listed.sort();
+    assert_eq!(listed, installable.iter().cloned().collect::<Vec<_>>(), "packages/index.html");
+    let searched: Vec<String> = farm.json("packages.json").as_array().unwrap().iter().map(|row| row[0].as_str().unwrap().to_string()).collect();
+    assert_eq!(searched, listed, "packages.json");
     for package in &packages {
         assert!(root.join(format!("project/{package}/json/index.json")).is_file(), "{package} has no project page");
     }
