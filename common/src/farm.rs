@@ -42,11 +42,13 @@ impl FarmSnapshot {
                 SlaveEvent::Gone { .. } => {
                     self.slaves.remove(slave_id);
                 }
-                SlaveEvent::Finished(build) => {
+                // Known by its build id: the slave may be gone (and its label with it) when the
+                // event is applied again.
+                SlaveEvent::Finished(build) if !self.builds.iter().any(|b| b.build.build_id == build.build_id) => {
                     let label = self.slaves.get(slave_id).map(|s| s.hello.host.label.clone()).unwrap_or_default();
-                    let recent = RecentBuild { at: *at, slave_id: *slave_id, label, build: build.clone() };
-                    push_new(&mut self.builds, &recent, BUILD_HISTORY);
+                    push_bounded(&mut self.builds, RecentBuild { at: *at, slave_id: *slave_id, label, build: build.clone() }, BUILD_HISTORY);
                 }
+                SlaveEvent::Finished(_) => {}
                 SlaveEvent::Stats(stats) => {
                     if let Some(slave) = self.slaves.get_mut(slave_id) {
                         slave.last_seen = slave.last_seen.max(*at);
@@ -192,6 +194,9 @@ mod tests {
         // The slave leaves; its builds stay in the history.
         farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(30), event: SlaveEvent::Gone { reason: "bye".into() } });
         assert_eq!(farm.builds, [RecentBuild { at: at(20), slave_id: 3, label: hello().host.label, build: finished("bad", Some(FailureKind::Build)) }]);
+        // Applied again once the slave is gone (a monitor's first events), it is the same build.
+        farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(20), event: SlaveEvent::Finished(finished("bad", Some(FailureKind::Build))) });
+        assert_eq!(farm.builds.len(), 1);
     }
 
     /// The worst a farm of hostile slaves can make of a snapshot (every field as long as the

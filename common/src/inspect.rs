@@ -353,19 +353,32 @@ fn read_metadata<R: Read + Seek>(path: &Path, archive: &mut ZipArchive<R>, index
 /// install needs. An entry whose name cannot be read, or is longer than
 /// [`MAX_REQUIREMENT_NAME`], is skipped.
 pub fn parse_metadata(metadata: &[u8]) -> CoreMetadata {
-    // Only a METADATA that starts with a blank or holds a lone CR is not a message at all.
-    let Ok((headers, _)) = mailparse::parse_headers(metadata) else { return CoreMetadata::default() };
-    let values = |wanted: &'static str| {
-        headers.iter().filter(move |h| h.get_key_ref().trim().eq_ignore_ascii_case(wanted)).map(|h| {
-            let value = h.get_value_utf8().unwrap_or_else(|_| String::from_utf8_lossy(h.get_value_raw()).into_owned());
-            value.trim().to_string()
-        })
-    };
-    let first = |wanted: &'static str| values(wanted).find(|v| !v.is_empty());
-    let mut requirements: Vec<String> = values("Requires-Dist").filter_map(|r| unconditional_requirement(&r)).collect();
+    let headers = headers(metadata);
+    let values = |wanted: &'static str| headers.iter().filter(move |(key, _)| key.eq_ignore_ascii_case(wanted)).map(|(_, value)| value.as_str());
+    let first = |wanted: &'static str| values(wanted).find(|v| !v.is_empty()).map(str::to_string);
+    let mut requirements: Vec<String> = values("Requires-Dist").filter_map(unconditional_requirement).collect();
     requirements.sort();
     requirements.dedup();
     CoreMetadata { name: first("Name"), version: first("Version"), requires_python: first("Requires-Python"), requirements }
+}
+
+/// METADATA's headers, names and values trimmed and values unfolded, up to the first line that
+/// is not one (a blank line, or anything mailparse cannot read as a header), as Python's email
+/// parser stops there too. Values are taken as they are written: encoded words (RFC 2047) are
+/// not decoded, as installers do not decode them either.
+fn headers(metadata: &[u8]) -> Vec<(String, String)> {
+    // Python's parser takes a lone CR for a line's end; mailparse takes LF and CRLF.
+    let text = String::from_utf8_lossy(metadata).replace("\r\n", "\n").replace('\r', "\n");
+    let mut rest = text.as_bytes();
+    let mut found = Vec::new();
+    while !rest.is_empty() && rest[0] != b'\n' {
+        let Ok((header, used)) = mailparse::parse_header(rest) else { break };
+        let value = String::from_utf8_lossy(header.get_value_raw());
+        let value: Vec<&str> = value.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+        found.push((header.get_key_ref().trim().to_string(), value.join(" ")));
+        rest = &rest[used.max(1).min(rest.len())..];
+    }
+    found
 }
 
 /// The canonical project name of a PEP 508 requirement without a marker: `foo[bar]>=1`,
@@ -413,6 +426,21 @@ mod tests {
         assert_eq!((parsed.name.as_deref(), parsed.version.as_deref()), (Some("demo"), Some("1.0")));
         assert_eq!(parsed.requires_python.as_deref(), Some(">=3.8, <4"));
         assert_eq!(parsed.requirements, ["foo", "foo-bar", "pkg", "zope-interface"]);
+    }
+
+    #[test]
+    fn a_malformed_line_ends_the_headers_and_keeps_those_before_it() {
+        // A line without a colon, then an indented one: the headers before it are kept.
+        let parsed = parse_metadata(b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nbroken line\n  indented\nRequires-Python: >=3.9\n");
+        assert_eq!((parsed.name.as_deref(), parsed.version.as_deref()), (Some("demo"), Some("1.0")));
+        // A lone CR ends a line, as it does for Python's parser.
+        let parsed = parse_metadata(b"Name: foo\rVersion: 1.0\rRequires-Python: >=3.8\r");
+        assert_eq!((parsed.name.as_deref(), parsed.version.as_deref(), parsed.requires_python.as_deref()), (Some("foo"), Some("1.0"), Some(">=3.8")));
+        // Bytes that are not UTF-8, in a folded value, are unfolded all the same.
+        let parsed = parse_metadata(b"Name: x\nRequires-Python: >=3.9,\n <4\xff\n");
+        assert_eq!(parsed.requires_python.as_deref(), Some(">=3.9, <4\u{fffd}"));
+        // Encoded words are left as written, as installers leave them.
+        assert_eq!(parse_metadata(b"Name: =?utf-8?q?demo?=\n").name.as_deref(), Some("=?utf-8?q?demo?="));
     }
 
     #[test]

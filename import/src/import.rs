@@ -291,10 +291,6 @@ mod tests {
     }
 
     #[test]
-    fn sizes_read_well() {
-    }
-
-    #[test]
     fn dependencies_are_debian_package_names() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("deps");

@@ -54,13 +54,21 @@ pub fn run(cfg: &RebuildConfig) -> Result<(), ToolError> {
 
 /// How often the master is asked how many rewrites are left.
 const POLL: Duration = Duration::from_millis(500);
+/// How long the count may stay where it is before the tool stops waiting: a page the index
+/// writer cannot write is tried again every few seconds, for as long as it takes.
+const STALL: Duration = Duration::from_secs(300);
 
 /// Waits until every page rewrite queued until now is written, showing how many are left.
+/// Gives up, saying so, when the master cannot say (it restarted, say) or the count has not
+/// moved for [`STALL`]; the pages are written all the same.
 fn wait_for_pages(session: &Session) -> Result<(), ToolError> {
-    let pending = || match session.request(&AdminRequest::RewritesPending)? {
-        AdminReply::Pending { packages } => Ok(packages),
-        AdminReply::Error(error) => Err(ToolError::from(error)),
-        other => Err(ToolError::Failed(format!("unexpected answer from the master: {other:?}"))),
+    let pending = || {
+        let answer = match session.request(&AdminRequest::RewritesPending)? {
+            AdminReply::Pending { packages } => Ok(packages),
+            AdminReply::Error(error) => Err(ToolError::from(error)),
+            other => Err(ToolError::Failed(format!("unexpected answer from the master: {other:?}"))),
+        };
+        answer.map_err(|e| ToolError::Failed(format!("cannot follow the rewrite ({e}); the pages are still written: run the rebuild again to wait for them")))
     };
     let first = pending()?;
     let bar = ProgressBar::new(first);
@@ -68,9 +76,20 @@ fn wait_for_pages(session: &Session) -> Result<(), ToolError> {
         bar.set_style(style.progress_chars("=> "));
     }
     let mut left = first;
+    let mut moved = std::time::Instant::now();
     while left > 0 {
         std::thread::sleep(POLL);
-        left = pending()?;
+        let now = pending()?;
+        if now < left {
+            moved = std::time::Instant::now();
+        } else if moved.elapsed() >= STALL {
+            bar.abandon();
+            return Err(ToolError::Failed(format!(
+                "{now} package(s)' pages have not been written for {} minutes: see the master's log (they are tried again until they are)",
+                STALL.as_secs() / 60
+            )));
+        }
+        left = now;
         // More may have been queued meanwhile (another rebuild, new builds).
         bar.set_length(bar.length().unwrap_or(0).max(left));
         bar.set_position(bar.length().unwrap_or(0) - left);

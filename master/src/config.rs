@@ -244,7 +244,7 @@ fn site_url(text: &str) -> Result<String, String> {
     if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
         return Err(format!("{text} is not an http or https address without a query"));
     }
-    Ok(text.trim_end_matches('/').to_string())
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 /// An `--upstream-project-url`: an http or https address once `{project}` is filled in.

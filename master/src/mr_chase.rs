@@ -255,19 +255,19 @@ impl MrChase {
         if let AdminRequest::Sent { filename } = request {
             return self.sent(sockets, ctx, &identity, &filename);
         }
-        if ctx.paused() {
-            return AdminReply::Error(WireError::unavailable("the master is paused: try again once it is resumed"));
-        }
-        if let AdminRequest::Import(import) = request {
-            return self.import(sockets, ctx, &identity, import);
-        }
-        // A question, not an action: nothing to audit. A rewrite recorded after the last
+        // A question, not an action: nothing to audit, answered while paused too. A rewrite recorded after the last
         // rebuild request is left out: on a busy farm some are always waiting.
         if let AdminRequest::RewritesPending = request {
             return match sockets.db.call(PendingRewriteCount { until: self.rebuild_asked }) {
                 Ok(recorded) => AdminReply::Pending { packages: recorded.saturating_add(self.backlog.len() as u64) },
                 Err(e) => AdminReply::Error(e.into()),
             };
+        }
+        if ctx.paused() {
+            return AdminReply::Error(WireError::unavailable("the master is paused: try again once it is resumed"));
+        }
+        if let AdminRequest::Import(import) = request {
+            return self.import(sockets, ctx, &identity, import);
         }
         let (action, outcome) = match request {
             AdminRequest::AddPackage { name, description, skip, unskip, aliases } => {

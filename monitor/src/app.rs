@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use chrono::TimeDelta;
 use piwheels_common::protocols::{
-    ControlReply, ControlRequest, ErrorKind, FailureKind, FarmSnapshot, FinishedBuild, NoticeLevel, RecentBuild, SlaveAction, SlaveEvent,
+    ControlReply, ControlRequest, ErrorKind, FailureKind, FarmSnapshot, FinishedBuild, NoticeLevel, SlaveAction, SlaveEvent,
     SlaveId, SlaveReply, SlaveTarget, StatusEvent, TaskState, Timestamp,
 };
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -462,9 +462,7 @@ impl App {
                 }
             }
             SlaveEvent::Finished(build) => {
-                let label = known.map(|s| s.hello.host.label.clone()).unwrap_or_default();
-                let recent = RecentBuild { at, slave_id: id, label, build: build.clone() };
-                if self.farm.builds.contains(&recent) {
+                if self.farm.builds.iter().any(|recent| recent.build.build_id == build.build_id) {
                     return;
                 }
                 self.builds.remove(&id);

@@ -343,7 +343,7 @@ impl Builder {
             ("wheel_dir", &wheel_dir.to_string_lossy()),
         ]);
         tracing::info!("building {} {}: {}", job.package, job.version, argv.join(" "));
-        let command = format!("[piw-slave] $ {}\n", shorten_paths(&argv.join(" "), &dir, &self.options.build_root));
+        let command = format!("[piw-slave] $ {}\n", shorten_paths(&argv.join(" "), &dir));
 
         let run = self.run(&dir, &argv, &log_path, &report_path, Instant::now() + self.options.timeout, stop);
         build.result.duration = started.elapsed();
@@ -372,9 +372,9 @@ impl Builder {
             }
         }
         let log = match read_tail(&log_path, self.options.log_limit) {
-            Ok(log) => command + &shorten_paths(&log, &dir, &self.options.build_root),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => command,
-            Err(e) => format!("{command}[piw-slave] cannot read the build log {}: {e}\n", log_path.display()),
+            Ok(log) => shorten_paths(&log, &dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => format!("[piw-slave] cannot read the build log {}: {e}\n", log_path.display()),
         };
 
         let failure = match (stopped, &report) {
@@ -410,7 +410,9 @@ impl Builder {
             build.result.files.clear();
             build.wheels.clear();
         }
-        build.result.output = if notes.is_empty() { log } else if log.is_empty() || log.ends_with('\n') { log + &notes } else { log + "\n" + &notes };
+        let log = if notes.is_empty() { log } else if log.is_empty() || log.ends_with('\n') { log + &notes } else { log + "\n" + &notes };
+        // The command first, which the failure's class was not read from.
+        build.result.output = command + &log;
         match build.result.failure {
             None => tracing::info!("built {} {} in {}: {} wheel(s)", job.package, job.version, HumanDuration(round(build.result.duration)), build.result.files.len()),
             Some(kind) => tracing::info!("build of {} {} failed ({kind:?}) after {}", job.package, job.version, HumanDuration(round(build.result.duration))),
@@ -610,20 +612,20 @@ fn source_unavailable(log: &str) -> bool {
     gave_up && unreachable
 }
 
-/// The last `limit` bytes of the log at `path` as text, starting at a line, with a note when
-/// the beginning was left out.
-/// `text` with the build directory's path written `$BUILD` and the build root's `$BUILD_ROOT`:
-/// a builder's own paths tell a reader of the log nothing, and differ from build to build.
-fn shorten_paths(text: &str, dir: &Path, root: &Path) -> String {
-    let mut text = text.to_string();
-    for (path, name) in [(dir, "$BUILD"), (root, "$BUILD_ROOT")] {
-        if let Some(path) = path.to_str().filter(|p| p.len() > 1) {
-            text = text.replace(path, name);
-        }
+/// `text` with the build directory's path written `$BUILD`: a builder's own paths tell a
+/// reader of the log nothing, and differ from build to build. Only that path, whose last part
+/// is the build's own random name, is replaced: the build root's (`/tmp`, say) could be part of
+/// any other path or word.
+fn shorten_paths(text: &str, dir: &Path) -> String {
+    match dir.to_str() {
+        Some(path) if path.contains(DIRECTORY_PREFIX) => text.replace(path, "$BUILD"),
+        _ => text.to_string(),
     }
-    text
 }
 
+
+/// The last `limit` bytes of the log at `path` as text, starting at a line, with a note when
+/// the beginning was left out.
 fn read_tail(path: &Path, limit: u64) -> io::Result<String> {
     let mut file = File::open(path)?;
     let size = file.metadata()?.len();

@@ -121,7 +121,7 @@ fn builds_a_pure_python_sdist_into_an_inspected_wheel() {
     assert!(result.output.contains("Successfully built tiny-pkg"), "{}", result.output);
     // pip's own mentions of the build directory are shortened too.
     assert!(result.output.contains("$BUILD/"), "{}", result.output);
-    assert!(!result.output.contains(&root.path().display().to_string()), "{}", result.output);
+    assert!(!result.output.contains("piw-build-"), "{}", result.output);
     assert!(result.duration > Duration::ZERO && result.cpu_time > Duration::ZERO, "{result:?}");
     assert!(result.peak_memory > 1 << 20, "peak memory {}", result.peak_memory);
     assert_eq!(result.files.len(), 1, "{:?}", result.files);
@@ -402,7 +402,7 @@ fn a_long_log_is_cut_to_its_tail() {
     // The command first, with the builder's paths shortened, then the log's tail.
     let (command, rest) = output.split_once('\n').unwrap();
     assert!(command.starts_with("[piw-slave] $ ") && command.contains(" $BUILD/source/"), "{command}");
-    assert!(!command.contains(&root.path().display().to_string()), "{command}");
+    assert!(!command.contains("piw-build-"), "{command}");
     assert!(rest.starts_with("[piw-slave] the first "), "{output}");
     assert!(output.contains("line 19999 of the log\n"), "{output}");
     assert!(!output.contains("line 0 of the log"), "{output}");

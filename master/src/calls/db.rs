@@ -86,8 +86,8 @@ impl BuildRecord {
             self.abi,
             self.builder,
             self.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-            HumanDuration(Duration::from_millis(result.duration.as_millis() as u64)),
-            HumanDuration(Duration::from_millis(result.cpu_time.as_millis() as u64)),
+            HumanDuration(Duration::from_secs(result.duration.as_secs())),
+            HumanDuration(Duration::from_secs(result.cpu_time.as_secs())),
             human_size(result.peak_memory),
         )
     }
