@@ -176,7 +176,8 @@ mod tests {
         assert_eq!(farm.stats.len(), STATS_HISTORY);
         assert_eq!(farm.stats[0].at, at(5));
         for i in 0..(BUILD_HISTORY as i64 + 5) {
-            farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(i), event: SlaveEvent::Finished(finished("foo", None)) });
+            let build = FinishedBuild { build_id: i, ..finished("foo", None) };
+            farm.apply(&StatusEvent::Slave { slave_id: 3, at: at(i), event: SlaveEvent::Finished(build) });
         }
         assert_eq!(farm.builds.len(), BUILD_HISTORY);
         assert_eq!(farm.builds[0].at, at(5));
@@ -222,7 +223,7 @@ mod tests {
         }
         // Release names are at most 200 characters each.
         for t in 0..(BUILD_HISTORY as i64 + 5) {
-            let build = FinishedBuild { package: "p".repeat(200), version: "v".repeat(200), ..finished("x", Some(FailureKind::Build)) };
+            let build = FinishedBuild { package: "p".repeat(200), version: "v".repeat(200), build_id: t, ..finished("x", Some(FailureKind::Build)) };
             farm.apply(&StatusEvent::Slave { slave_id: 1, at: at(t), event: SlaveEvent::Finished(build) });
         }
         assert_eq!(farm.slaves.len(), MAX_SLAVES);

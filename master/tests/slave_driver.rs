@@ -1253,17 +1253,23 @@ fn take_check(farm: &Farm, slave: &FakeSlave, passed_over: &[&FakeSlave]) -> Str
     }
 }
 
-/// A check whose second build says nothing of the package (its builder's time limit ended it,
-/// or its builder left) is not recorded, and waits for its next builder; a builder whose
-/// attempt ended so is passed over.
-#[test]
-fn a_check_that_ends_without_a_verdict_waits_for_its_next_builder() {
-    let mut farm = Farm::start_cross_checking(&[("foo", "1.0")]);
+/// A farm cross-checking every build, where pi-1 (returned) built foo 1.0, whose check waits.
+fn farm_with_a_check() -> (Farm, FakeSlave) {
+    let farm = Farm::start_cross_checking(&[("foo", "1.0")]);
     let first = farm.slave("pi-1");
     first.hello();
     farm.refresh_queue();
     first.take_build();
     first.deliver(&farm, "foo", "1.0");
+    (farm, first)
+}
+
+/// A check whose second build says nothing of the package (its builder's time limit ended it,
+/// or its builder left) is not recorded, and waits for its next builder; a builder whose
+/// attempt ended so is passed over.
+#[test]
+fn a_check_that_ends_without_a_verdict_waits_for_its_next_builder() {
+    let (mut farm, first) = farm_with_a_check();
     let waiting = |farm: &Farm| farm.pool.db.column("SELECT count(*)::text FROM cross_checks WHERE checked_at IS NULL")[0].clone().unwrap();
     assert_eq!(waiting(&farm), "1");
 
@@ -1297,12 +1303,7 @@ fn a_check_that_ends_without_a_verdict_waits_for_its_next_builder() {
 /// ended without a verdict it is forgotten, with a warning.
 #[test]
 fn a_check_no_builder_can_finish_is_forgotten_after_five_attempts() {
-    let mut farm = Farm::start_cross_checking(&[("foo", "1.0")]);
-    let first = farm.slave("pi-1");
-    first.hello();
-    farm.refresh_queue();
-    first.take_build();
-    first.deliver(&farm, "foo", "1.0");
+    let (mut farm, first) = farm_with_a_check();
     let mut tried: Vec<FakeSlave> = vec![first];
     for n in 2..=6 {
         let builder = farm.slave(&format!("pi-{n}"));

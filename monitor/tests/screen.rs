@@ -73,8 +73,10 @@ fn a_slave_that_leaves_goes_from_the_table_into_the_log() {
     row_with(&screen, &["pi4-a", "finishing"]);
 }
 
+/// A recorded build of `package` 1.0 (its build id made from its name, so each package's is its own).
 fn finished(package: &str, failure: Option<FailureKind>, secs: u64) -> SlaveEvent {
-    SlaveEvent::Finished(FinishedBuild { package: package.into(), version: "1.0".into(), failure, duration: Duration::from_secs(secs), build_id: 9 })
+    let build_id = package.bytes().map(i64::from).sum();
+    SlaveEvent::Finished(FinishedBuild { package: package.into(), version: "1.0".into(), failure, duration: Duration::from_secs(secs), build_id })
 }
 
 /// A recorded build is logged as built or failed, with how long it ran; a failure stands out.

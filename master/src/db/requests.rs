@@ -280,24 +280,7 @@ impl Database {
     /// release, an ABI the farm does not build, and a release with no build to repeat.
     pub async fn want_rebuild(&mut self, package: &str, version: &str, abi: Option<&str>, at: Timestamp) -> Result<Vec<String>, RequestError> {
         let mut tx = self.conn.begin().await?;
-        let skip: Option<(String, String)> = sqlx::query_as(
-            "SELECT p.skip, v.skip FROM versions v JOIN packages p ON p.package = v.package \
-             WHERE v.package = $1 AND v.version = $2 FOR UPDATE OF v",
-        )
-        .bind(package)
-        .bind(version)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match skip {
-            None => return Err(RequestError::Refused(format!("unknown version {package} {version}"))),
-            Some((reason, _)) if !reason.is_empty() => {
-                return Err(RequestError::Refused(format!("package {package} is skipped ({reason}): piw-add --unskip it first")));
-            }
-            Some((_, reason)) if !reason.is_empty() => {
-                return Err(RequestError::Refused(format!("{package} {version} is skipped ({reason}): piw-add --unskip it first")));
-            }
-            Some(_) => {}
-        }
+        check_buildable(&mut tx, package, version).await?;
         if let Some(abi) = abi {
             let built: Option<String> = sqlx::query_scalar("SELECT skip FROM build_abis WHERE abi_tag = $1").bind(abi).fetch_optional(&mut *tx).await?;
             match built {
@@ -342,20 +325,7 @@ impl Database {
     /// recorded before sources were pinned): a cross-check builds from the same source.
     pub async fn want_cross_check(&mut self, package: &str, version: &str, abi: Option<&str>) -> Result<Vec<String>, RequestError> {
         let mut tx = self.conn.begin().await?;
-        let skip: Option<(String, String)> = sqlx::query_as(
-            "SELECT p.skip, v.skip FROM versions v JOIN packages p ON p.package = v.package WHERE v.package = $1 AND v.version = $2",
-        )
-        .bind(package)
-        .bind(version)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match skip {
-            None => return Err(RequestError::Refused(format!("unknown version {package} {version}"))),
-            Some((reason, _)) | Some((_, reason)) if !reason.is_empty() => {
-                return Err(RequestError::Refused(format!("{package} {version} is skipped ({reason}): piw-add --unskip it first")));
-            }
-            Some(_) => {}
-        }
+        check_buildable(&mut tx, package, version).await?;
         // The latest successful build per ABI that still records files (a later build with the
         // same bytes takes their records), and whether it has the source to build again. An ABI
         // the farm skips is not built on, and so not checked.
@@ -997,6 +967,29 @@ macro_rules! rewrite_conflict {
 }
 
 /// See [`Database::add_rewrite`].
+/// Refuses a release that is unknown or skipped (its own reason, or its package's), which an
+/// operator cannot ask to build; locks its row until the transaction ends.
+async fn check_buildable(tx: &mut Transaction<'_, Postgres>, package: &str, version: &str) -> Result<(), RequestError> {
+    let skip: Option<(String, String)> = sqlx::query_as(
+        "SELECT p.skip, v.skip FROM versions v JOIN packages p ON p.package = v.package \
+         WHERE v.package = $1 AND v.version = $2 FOR UPDATE OF v",
+    )
+    .bind(package)
+    .bind(version)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match skip {
+        None => Err(RequestError::Refused(format!("unknown version {package} {version}"))),
+        Some((reason, _)) if !reason.is_empty() => {
+            Err(RequestError::Refused(format!("package {package} is skipped ({reason}): piw-add --unskip it first")))
+        }
+        Some((_, reason)) if !reason.is_empty() => {
+            Err(RequestError::Refused(format!("{package} {version} is skipped ({reason}): piw-add --unskip it first")))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// The id of an environment (JSON), added when it is new.
 async fn environment_id(tx: &mut Transaction<'_, Postgres>, environment: &str) -> Result<i64, sqlx::Error> {
     let find = "SELECT environment_id FROM environments WHERE digest = md5($1::jsonb::text)";
