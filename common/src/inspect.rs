@@ -158,6 +158,8 @@ pub struct CoreMetadata {
     pub requires_python: Option<String>,
     /// Canonical names of the unconditional `Requires-Dist` entries, sorted, without repeats.
     pub requirements: Vec<String>,
+    /// Every `Requires-Dist` entry as written (markers included), in order.
+    pub requires_dist: Vec<String>,
 }
 
 /// A wheel's zip archive, opened and with every entry name checked.
@@ -359,7 +361,8 @@ pub fn parse_metadata(metadata: &[u8]) -> CoreMetadata {
     let mut requirements: Vec<String> = values("Requires-Dist").filter_map(unconditional_requirement).collect();
     requirements.sort();
     requirements.dedup();
-    CoreMetadata { name: first("Name"), version: first("Version"), requires_python: first("Requires-Python"), requirements }
+    let requires_dist = values("Requires-Dist").filter(|r| !r.is_empty()).map(str::to_string).collect();
+    CoreMetadata { name: first("Name"), version: first("Version"), requires_python: first("Requires-Python"), requirements, requires_dist }
 }
 
 /// METADATA's headers, names and values trimmed and values unfolded, up to the first line that
@@ -388,6 +391,25 @@ fn unconditional_requirement(requirement: &str) -> Option<String> {
     if requirement.contains(';') {
         return None;
     }
+    requirement_name(requirement)
+}
+
+/// The canonical project name a PEP 508 requirement names, and the rest of it (extras,
+/// versions, marker) as written: `foo[bar]>=1; python_version < "3.12"` is `foo` and
+/// `[bar]>=1; python_version < "3.12"`. None for a malformed or too long name.
+pub fn split_requirement(requirement: &str) -> Option<(String, &str)> {
+    let requirement = requirement.trim();
+    let end = requirement.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))).unwrap_or(requirement.len());
+    let name = requirement_name(&requirement[..end])?;
+    let rest = requirement[end..].trim_start();
+    if !(rest.is_empty() || rest.starts_with(['[', '(', '<', '>', '=', '!', '~', '@', ';'])) {
+        return None;
+    }
+    Some((name, rest))
+}
+
+/// The canonical name at the start of a requirement with no marker; None when malformed.
+fn requirement_name(requirement: &str) -> Option<String> {
     let requirement = requirement.trim_start();
     let end = requirement.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))).unwrap_or(requirement.len());
     let (name, rest) = requirement.split_at(end);

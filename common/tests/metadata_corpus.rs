@@ -21,6 +21,7 @@ fn expected() -> Vec<(&'static str, CoreMetadata)> {
         version: Some(version.into()),
         requires_python: Some(python.into()),
         requirements: requirements.iter().map(|r| r.to_string()).collect(),
+        requires_dist: Vec::new(),
     };
     vec![
         ("markupsafe-3.0.2.METADATA", core("MarkupSafe", "3.0.2", ">=3.9", &[])),
@@ -37,8 +38,12 @@ fn expected() -> Vec<(&'static str, CoreMetadata)> {
 #[test]
 fn real_metadata_files_yield_their_name_version_requires_python_and_requirements() {
     for (file, want) in expected() {
-        assert_eq!(parse_metadata(&corpus(file)), want, "{file}");
+        // Every Requires-Dist is compared with Python's below.
+        assert_eq!(CoreMetadata { requires_dist: Vec::new(), ..parse_metadata(&corpus(file)) }, want, "{file}");
     }
+    // A conditional requirement keeps its marker, for the project page.
+    let ruamel = parse_metadata(&corpus("ruamel.yaml-0.18.10.METADATA"));
+    assert_eq!(ruamel.requires_dist[0], r#"ruamel.yaml.clib >=0.2.7 ; platform_python_implementation=="CPython" and python_version<"3.13""#);
 }
 
 #[test]
@@ -59,13 +64,14 @@ fn every_metadata_version_from_2_1_to_2_4_is_in_the_corpus() {
 }
 
 /// Python's email parser (compat32, as the standard library's metadata readers use it) reads
-/// the same name, version and Requires-Python from each file.
+/// the same name, version, Requires-Python and Requires-Dist entries from each file.
 #[test]
 fn python_s_email_parser_reads_the_same_headers() {
     let script = "import email.parser, email.policy, sys\n\
                   for path in sys.argv[1:]:\n\
                   \x20   m = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(open(path, 'rb').read())\n\
-                  \x20   print('|'.join(' '.join(str(m[h]).split()) for h in ('Name', 'Version', 'Requires-Python')))\n";
+                  \x20   print('|'.join(' '.join(str(m[h]).split()) for h in ('Name', 'Version', 'Requires-Python')))\n\
+                  \x20   print('|'.join(' '.join(r.split()) for r in m.get_all('Requires-Dist') or []))\n";
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/metadata");
     let files: Vec<&str> = expected().iter().map(|(file, _)| *file).collect();
     let out = Command::new("python3").arg("-c").arg(script).args(files.iter().map(|f| dir.join(f))).output().expect("python3 runs");
@@ -75,8 +81,11 @@ fn python_s_email_parser_reads_the_same_headers() {
         .iter()
         .map(|file| {
             let core = parse_metadata(&corpus(file));
-            [core.name, core.version, core.requires_python].map(Option::unwrap_or_default).join("|")
+            let scalars = [core.name, core.version, core.requires_python].map(Option::unwrap_or_default).join("|");
+            let requirements: Vec<String> = core.requires_dist.iter().map(|r| r.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+            format!("{scalars}\n{}", requirements.join("|"))
         })
         .collect();
+    let ours: Vec<String> = ours.join("\n").lines().map(str::to_string).collect();
     assert_eq!(ours, python);
 }

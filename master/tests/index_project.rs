@@ -59,7 +59,9 @@ fn the_project_page_shows_releases_per_abi_with_logs_files_and_install_command()
     // The newest stable release with files decides the install command; Debian packages
     // every image has are left out.
     assert_eq!(text_of(&html, "install-command"), "sudo apt install libatlas3-base\npip3 install numpy");
-    assert_eq!(text_of(&html, "pipdeps").trim(), "numpy");
+    // Every requirement of the wheel's METADATA, with its marker when it has one.
+    let deps: Vec<String> = text_of(&html, "pipdeps").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+    assert_eq!(deps, ["numpy", "ruamel-yaml-clib >=0.2.7; python_version < \"3.13\""]);
     assert_eq!(text_of(&html, "requires-python"), "Requires Python >=3.9");
 
     let table = &html[html.find(r#"id="releases-table""#).unwrap()..html.find("</table>").unwrap()];

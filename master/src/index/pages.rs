@@ -14,6 +14,7 @@ use std::time::Duration;
 use askama::Template;
 use chrono::SecondsFormat;
 use piwheels_common::config::{HumanDuration, human_size};
+use piwheels_common::inspect::split_requirement;
 use piwheels_common::names::{canonicalize, is_prerelease, parse_version};
 use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
 use piwheels_common::provenance;
@@ -463,8 +464,9 @@ pub struct ProjectPage<'a> {
     pub has_simple: bool,
     /// Debian packages to install first (from the newest stable release with files).
     pub install_apt: Vec<String>,
-    /// Its Python dependencies.
-    pub pip_deps: Vec<String>,
+    /// Its Python dependencies: each project's name, and the rest of the requirement (its
+    /// versions, extras and environment marker, when it has them).
+    pub pip_deps: Vec<(String, String)>,
     /// The Pythons it installs on (`Requires-Python`, from the same file), when it says.
     pub requires_python: Option<String>,
     /// Table columns.
@@ -550,14 +552,16 @@ impl<'a> ProjectView<'a> {
 
     /// The first published file of the newest release that is neither a pre-release nor
     /// yanked: its dependencies are the ones the install instructions give.
-    fn chosen_file(&self) -> Option<&'a ProjectFile> {
+    pub fn chosen_file(&self) -> Option<&'a ProjectFile> {
         self.releases()
             .filter(|r| r.yanked.is_none() && !is_prerelease(&r.version))
             .find_map(|r| self.published(r).next())
     }
 
     /// The project page.
-    pub fn page(&self, upstream_project_url: Option<&str>, now: &Timestamp) -> ProjectPage<'a> {
+    /// The project page; `requires_dist` is the `Requires-Dist` of the file the install
+    /// command is for, from its METADATA (None to list its unconditional dependencies only).
+    pub fn page(&self, upstream_project_url: Option<&str>, now: &Timestamp, requires_dist: Option<&[String]>) -> ProjectPage<'a> {
         let data = self.data;
         let chosen = self.chosen_file();
         let releases: Vec<ReleaseRow> = self
@@ -602,7 +606,10 @@ impl<'a> ProjectView<'a> {
             pypi_url: upstream_url(upstream_project_url, &data.package),
             has_simple: self.has_simple,
             install_apt: chosen.map(|f| f.dependencies.apt.clone()).unwrap_or_default(),
-            pip_deps: chosen.map(|f| f.dependencies.pip.clone()).unwrap_or_default(),
+            pip_deps: match requires_dist {
+                Some(requirements) => requirements.iter().filter_map(|r| split_requirement(r)).map(|(name, rest)| (name, rest.to_string())).collect(),
+                None => chosen.map(|f| f.dependencies.pip.iter().map(|name| (name.clone(), String::new())).collect()).unwrap_or_default(),
+            },
             requires_python: chosen.and_then(|f| f.requires_python.clone()).filter(|r| !r.trim().is_empty()),
             files_count: releases.iter().map(|r| r.files.len()).sum(),
             columns: 2 + self.columns.len(),

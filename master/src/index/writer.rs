@@ -13,6 +13,7 @@ use std::path::Path;
 use askama::Template;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
+use piwheels_common::inspect::parse_metadata;
 use piwheels_common::provenance;
 
 use crate::atomic_file::{Durability, write_atomically};
@@ -183,7 +184,12 @@ impl IndexWriter {
         };
         let view = ProjectView::new(data, abis, &disk, has_simple);
         let pypi = self.options.upstream_project_url.as_deref();
-        let page = view.page(pypi, now);
+        // The dependencies with their markers, from the published wheel's own METADATA.
+        let requires_dist = view
+            .chosen_file()
+            .and_then(|file| fs::read(self.layout.simple_package(package).join(format!("{}.metadata", file.filename))).ok())
+            .map(|metadata| parse_metadata(&metadata).requires_dist);
+        let page = view.page(pypi, now, requires_dist.as_deref());
         // This replaces a former name's alias page that stood here: the project wins.
         write_if_changed(&self.layout.project_dir(package).join("index.html"), render(&page)?.as_bytes())?;
         write_if_changed(&self.layout.project_json_dir(package).join("index.json"), &view.json(pypi))?;

@@ -186,6 +186,10 @@ impl Farm {
         file.requires_python = requires_python.map(str::to_string);
         file.dependencies.apt = vec!["libatlas3-base".into(), "libc6".into()];
         file.dependencies.pip = vec!["numpy".into()];
+        // What the pip dependencies come from, with a conditional one beside.
+        let mut metadata = String::from_utf8_lossy(&file.metadata).into_owned();
+        metadata.push_str("Requires-Dist: numpy\nRequires-Dist: ruamel.yaml.clib>=0.2.7; python_version < \"3.13\"\n");
+        file.metadata = metadata.into_bytes().into();
         // Keep the bytes where publish() finds them.
         BYTES.with(|b| b.borrow_mut().insert(file.filename.clone(), bytes));
         file
