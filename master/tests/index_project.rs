@@ -62,6 +62,21 @@ fn the_project_page_shows_releases_per_abi_with_logs_files_and_install_command()
     // Every requirement of the wheel's METADATA, with its marker when it has one.
     let deps: Vec<String> = text_of(&html, "pipdeps").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
     assert_eq!(deps, ["numpy", "ruamel-yaml-clib >=0.2.7; python_version < \"3.13\""]);
+    // A METADATA with thousands of requirements, one of them very long, makes a bounded list.
+    let metadata = farm.path("simple/numpy/numpy-1.0-cp39-cp39-linux_armv7l.whl.metadata");
+    let mut text = String::from("Metadata-Version: 2.1\nName: numpy\nVersion: 1.0\n");
+    text.push_str(&format!("Requires-Dist: long>={}\n", "9".repeat(1000)));
+    for n in 0..2000 {
+        text.push_str(&format!("Requires-Dist: dep{n}\n"));
+    }
+    std::fs::write(&metadata, text).unwrap();
+    std::fs::write(farm.path("simple/numpy/numpy-1.0-cp311-cp311-linux_armv7l.whl.metadata"), std::fs::read(&metadata).unwrap()).unwrap();
+    farm.rewrite("numpy");
+    farm.wait("the bounded list", |f| f.read("project/numpy/index.html").contains("dep0"));
+    let deps = text_of(&farm.read("project/numpy/index.html"), "pipdeps");
+    let deps: Vec<&str> = deps.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(deps.len(), 100);
+    assert_eq!(deps[0].chars().count(), "long ".len() + 200);
     assert_eq!(text_of(&html, "requires-python"), "Requires Python >=3.9");
 
     let table = &html[html.find(r#"id="releases-table""#).unwrap()..html.find("</table>").unwrap()];

@@ -36,6 +36,11 @@ pub const API_VERSION: &str = "1.1";
 /// the JSON documents), so that the next start rewrites every page.
 const PAGES_REVISION: u32 = 1;
 
+/// Most dependencies a project page lists (a wheel's METADATA may name thousands).
+const MAX_SHOWN_REQUIREMENTS: usize = 100;
+/// Longest versions-and-marker text shown beside a dependency, in characters.
+const MAX_REQUIREMENT_TEXT: usize = 200;
+
 /// The search box's script, served at `/search.js` (see `templates/search.js`).
 pub const SEARCH_SCRIPT: &str = include_str!("../../../templates/search.js");
 
@@ -607,7 +612,13 @@ impl<'a> ProjectView<'a> {
             has_simple: self.has_simple,
             install_apt: chosen.map(|f| f.dependencies.apt.clone()).unwrap_or_default(),
             pip_deps: match requires_dist {
-                Some(requirements) => requirements.iter().filter_map(|r| split_requirement(r)).map(|(name, rest)| (name, rest.to_string())).collect(),
+                // The wheel's builder wrote them: a page shows a bounded number, each cut short.
+                Some(requirements) => requirements
+                    .iter()
+                    .filter_map(|r| split_requirement(r))
+                    .take(MAX_SHOWN_REQUIREMENTS)
+                    .map(|(name, rest)| (name, crate::access_log::clean(rest, MAX_REQUIREMENT_TEXT)))
+                    .collect(),
                 None => chosen.map(|f| f.dependencies.pip.iter().map(|name| (name.clone(), String::new())).collect()).unwrap_or_default(),
             },
             requires_python: chosen.and_then(|f| f.requires_python.clone()).filter(|r| !r.trim().is_empty()),
