@@ -172,9 +172,9 @@ pub struct MrChase {
     sessions: HashMap<Vec<u8>, Session>,
     /// Packages whose pages a full rebuild still has to ask for.
     backlog: VecDeque<(String, RewriteScope)>,
-    /// When the index writer was last asked for a rebuild's pages: the rewrites it recorded
-    /// until then are the ones piw-rebuild waits for.
-    rebuild_asked: Timestamp,
+    /// When the index writer was last asked for a rebuild's pages (none since the start): the
+    /// rewrites it recorded until then are the ones piw-rebuild waits for.
+    rebuild_asked: Option<Timestamp>,
     /// Requests that could not be decoded, since the start.
     bad_requests: u64,
 }
@@ -182,7 +182,7 @@ pub struct MrChase {
 impl MrChase {
     /// An endpoint with no sessions.
     pub fn new(config: ChaseConfig) -> MrChase {
-        MrChase { config, sessions: HashMap::new(), backlog: VecDeque::new(), rebuild_asked: Timestamp::MIN_UTC, bad_requests: 0 }
+        MrChase { config, sessions: HashMap::new(), backlog: VecDeque::new(), rebuild_asked: None, bad_requests: 0 }
     }
 
     /// The settings it runs with.
@@ -255,10 +255,15 @@ impl MrChase {
         if let AdminRequest::Sent { filename } = request {
             return self.sent(sockets, ctx, &identity, &filename);
         }
-        // A question, not an action: nothing to audit, answered while paused too. A rewrite recorded after the last
-        // rebuild request is left out: on a busy farm some are always waiting.
+        // A question, not an action: nothing to audit, answered while paused too. A rewrite
+        // recorded after the last rebuild request is left out: on a busy farm some are always
+        // waiting.
         if let AdminRequest::RewritesPending = request {
-            return match sockets.db.call(PendingRewriteCount { until: self.rebuild_asked }) {
+            let recorded = match self.rebuild_asked {
+                Some(until) => sockets.db.call(PendingRewriteCount { until }),
+                None => Ok(0),
+            };
+            return match recorded {
                 Ok(recorded) => AdminReply::Pending { packages: recorded.saturating_add(self.backlog.len() as u64) },
                 Err(e) => AdminReply::Error(e.into()),
             };
@@ -603,7 +608,7 @@ impl MrChase {
                     return Err(WireError::refused(format!("unknown package {package}")));
                 }
                 web(sockets, WebRequest::Rewrite { package: package.clone(), scope })?;
-                self.rebuild_asked = ctx.utc();
+                self.rebuild_asked = Some(ctx.utc());
                 Ok(format!("queued the {pages} of {package} for rewriting"))
             }
             None => {
@@ -636,7 +641,7 @@ impl MrChase {
                 ctx.schedule(Event::Rebuild, REBUILD_RETRY);
                 return;
             }
-            self.rebuild_asked = ctx.utc();
+            self.rebuild_asked = Some(ctx.utc());
         }
         if self.backlog.is_empty() {
             tracing::info!("rebuild: every package's pages are queued");

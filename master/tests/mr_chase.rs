@@ -742,8 +742,9 @@ fn a_paused_master_refuses_new_work_with_a_reason() {
     let tool = farm.tool("dave@host piw-add");
     farm.chase.control(TaskControl::Pause).unwrap();
     eventually("the pause", WAIT, || matches!(tool.ask(add_package("bar")), AdminReply::Error(WireError { message, .. }) if message.contains("paused")));
-    // Hello still works while paused.
+    // Hello still works while paused, and so does the question piw-rebuild asks while it waits.
     farm.tool("eve@host piw-add");
+    assert_eq!(tool.ask(AdminRequest::RewritesPending), AdminReply::Pending { packages: 0 });
     farm.chase.control(TaskControl::Resume).unwrap();
     eventually("the resume", WAIT, || matches!(tool.ask(add_package("bar")), AdminReply::Done { .. }));
     assert_eq!(farm.query("SELECT package FROM packages ORDER BY package"), ["bar", "foo"]);
