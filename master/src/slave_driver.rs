@@ -301,16 +301,17 @@ struct Checking {
 }
 
 impl Checking {
-    /// Notes what a file of the second build showed: a line per difference, prefixed with
-    /// the first build's file when it made several.
-    fn note(&mut self, first_file: Option<&str>, differences: impl IntoIterator<Item = String>) {
-        let prefix = match first_file {
+    /// Notes what the second build's file `filename` showed: a line per difference, prefixed
+    /// with the first build's file of the same wheel when it made several.
+    fn note(&mut self, filename: &str, differences: impl IntoIterator<Item = String>) {
+        let first_file = cross_check::counterpart(filename, &self.check.files).map(str::to_string);
+        let prefix = match &first_file {
             Some(file) if self.check.files.len() > 1 => format!("{file}: "),
             _ => String::new(),
         };
         self.differences.extend(differences.into_iter().map(|d| format!("{prefix}{d}")));
         if let Some(file) = first_file {
-            self.compared.push(file.to_string());
+            self.compared.push(file);
         }
     }
 
@@ -875,7 +876,7 @@ impl SlaveDriver {
         for index in from..result.files.len() {
             let file = &result.files[index];
             let Some(first) = cross_check::counterpart(&file.filename, &checking.check.files).map(str::to_string) else {
-                checking.note(None, [format!("{}: the first build made no such wheel", file.filename)]);
+                checking.note(&file.filename, [format!("{}: the first build made no such wheel", file.filename)]);
                 continue;
             };
             let request = Expect {
@@ -891,7 +892,7 @@ impl SlaveDriver {
                     return slave.send(result, filename, transfer);
                 }
                 Ok(Expected::Refused { reason }) => {
-                    checking.note(Some(&first), [format!("{}: the master refuses it: {reason}", file.filename)]);
+                    checking.note(&file.filename, [format!("{}: the master refuses it: {reason}", file.filename)]);
                     continue;
                 }
                 Ok(other) => format!("the file juggler answered {other:?} to a cross-check's file"),
@@ -1140,16 +1141,14 @@ impl SlaveDriver {
             Ok(Verification::Compared { differences, .. }) => {
                 self.attempts.remove(&id);
                 if let Some(checking) = self.checking.get_mut(&id) {
-                    let first = cross_check::counterpart(filename, &checking.check.files).map(str::to_string);
-                    checking.note(first.as_deref(), differences);
+                    checking.note(filename, differences);
                 }
                 self.next_file(sockets, ctx, identity, build, result, index + 1)
             }
             Ok(Verification::Refused { reason }) if self.checking.contains_key(&id) => {
                 self.attempts.remove(&id);
                 if let Some(checking) = self.checking.get_mut(&id) {
-                    let first = cross_check::counterpart(filename, &checking.check.files).map(str::to_string);
-                    checking.note(first.as_deref(), [format!("{filename}: the master refuses it: {reason}")]);
+                    checking.note(filename, [format!("{filename}: the master refuses it: {reason}")]);
                 }
                 self.next_file(sockets, ctx, identity, build, result, index + 1)
             }
