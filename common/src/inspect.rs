@@ -160,6 +160,11 @@ pub struct CoreMetadata {
     pub requirements: Vec<String>,
     /// Every `Requires-Dist` entry as written (markers included), in order.
     pub requires_dist: Vec<String>,
+    /// `Summary`, the one-line description.
+    pub summary: Option<String>,
+    /// The project's own links as `(label, url)`, as written: `Home-page` (labelled
+    /// "Homepage") first, then each `Project-URL`.
+    pub urls: Vec<(String, String)>,
 }
 
 /// A wheel's zip archive, opened and with every entry name checked.
@@ -362,7 +367,19 @@ pub fn parse_metadata(metadata: &[u8]) -> CoreMetadata {
     requirements.sort();
     requirements.dedup();
     let requires_dist = values("Requires-Dist").filter(|r| !r.is_empty()).map(str::to_string).collect();
-    CoreMetadata { name: first("Name"), version: first("Version"), requires_python: first("Requires-Python"), requirements, requires_dist }
+    let home_page = first("Home-page").map(|url| ("Homepage".to_string(), url));
+    // `Project-URL: Label, https://...`: the label ends at the first comma.
+    let project_urls = values("Project-URL")
+        .filter_map(|value| value.split_once(',').map(|(label, url)| (label.trim().to_string(), url.trim().to_string())));
+    CoreMetadata {
+        name: first("Name"),
+        version: first("Version"),
+        requires_python: first("Requires-Python"),
+        requirements,
+        requires_dist,
+        summary: first("Summary"),
+        urls: home_page.into_iter().chain(project_urls).collect(),
+    }
 }
 
 /// METADATA's headers, names and values trimmed and values unfolded, up to the first line that

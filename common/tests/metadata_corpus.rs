@@ -21,7 +21,7 @@ fn expected() -> Vec<(&'static str, CoreMetadata)> {
         version: Some(version.into()),
         requires_python: Some(python.into()),
         requirements: requirements.iter().map(|r| r.to_string()).collect(),
-        requires_dist: Vec::new(),
+        ..CoreMetadata::default()
     };
     vec![
         ("markupsafe-3.0.2.METADATA", core("MarkupSafe", "3.0.2", ">=3.9", &[])),
@@ -39,11 +39,24 @@ fn expected() -> Vec<(&'static str, CoreMetadata)> {
 fn real_metadata_files_yield_their_name_version_requires_python_and_requirements() {
     for (file, want) in expected() {
         // Every Requires-Dist is compared with Python's below.
-        assert_eq!(CoreMetadata { requires_dist: Vec::new(), ..parse_metadata(&corpus(file)) }, want, "{file}");
+        let found = parse_metadata(&corpus(file));
+        assert_eq!(CoreMetadata { requires_dist: Vec::new(), summary: None, urls: Vec::new(), ..found }, want, "{file}");
     }
     // A conditional requirement keeps its marker, for the project page.
     let ruamel = parse_metadata(&corpus("ruamel.yaml-0.18.10.METADATA"));
     assert_eq!(ruamel.requires_dist[0], r#"ruamel.yaml.clib >=0.2.7 ; platform_python_implementation=="CPython" and python_version<"3.13""#);
+    // The summary and the project's links, a Home-page first.
+    let requests = parse_metadata(&corpus("requests-2.32.3.METADATA"));
+    assert_eq!(requests.summary.as_deref(), Some("Python HTTP for Humans."));
+    let urls: Vec<(&str, &str)> = requests.urls.iter().map(|(label, url)| (label.as_str(), url.as_str())).collect();
+    assert_eq!(
+        urls,
+        [
+            ("Homepage", "https://requests.readthedocs.io"),
+            ("Documentation", "https://requests.readthedocs.io"),
+            ("Source", "https://github.com/psf/requests")
+        ]
+    );
 }
 
 #[test]
@@ -64,14 +77,19 @@ fn every_metadata_version_from_2_1_to_2_4_is_in_the_corpus() {
 }
 
 /// Python's email parser (compat32, as the standard library's metadata readers use it) reads
-/// the same name, version, Requires-Python and Requires-Dist entries from each file.
+/// the same name, version, Requires-Python, Requires-Dist entries, summary and links from each
+/// file.
 #[test]
 fn python_s_email_parser_reads_the_same_headers() {
     let script = "import email.parser, email.policy, sys\n\
                   for path in sys.argv[1:]:\n\
                   \x20   m = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(open(path, 'rb').read())\n\
                   \x20   print('|'.join(' '.join(str(m[h]).split()) for h in ('Name', 'Version', 'Requires-Python')))\n\
-                  \x20   print('|'.join(' '.join(r.split()) for r in m.get_all('Requires-Dist') or []))\n";
+                  \x20   print('|'.join(' '.join(r.split()) for r in m.get_all('Requires-Dist') or []))\n\
+                  \x20   print(' '.join(str(m['Summary']).split()))\n\
+                  \x20   links = [('Homepage', m['Home-page'])] if m['Home-page'] else []\n\
+                  \x20   links += [tuple(u.split(',', 1)) for u in m.get_all('Project-URL') or []]\n\
+                  \x20   print('|'.join(label.strip() + ' ' + url.strip() for label, url in links))\n";
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/metadata");
     let files: Vec<&str> = expected().iter().map(|(file, _)| *file).collect();
     let out = Command::new("python3").arg("-c").arg(script).args(files.iter().map(|f| dir.join(f))).output().expect("python3 runs");
@@ -83,7 +101,8 @@ fn python_s_email_parser_reads_the_same_headers() {
             let core = parse_metadata(&corpus(file));
             let scalars = [core.name, core.version, core.requires_python].map(Option::unwrap_or_default).join("|");
             let requirements: Vec<String> = core.requires_dist.iter().map(|r| r.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
-            format!("{scalars}\n{}", requirements.join("|"))
+            let urls: Vec<String> = core.urls.iter().map(|(label, url)| format!("{label} {url}")).collect();
+            format!("{scalars}\n{}\n{}\n{}", requirements.join("|"), core.summary.unwrap_or_default(), urls.join("|"))
         })
         .collect();
     let ours: Vec<String> = ours.join("\n").lines().map(str::to_string).collect();

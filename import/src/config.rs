@@ -136,6 +136,8 @@ pub struct AddConfig {
     pub aliases: Vec<String>,
 
     /// When the version was released, in UTC: 2024-01-31, "2024-01-31 12:00:00" or RFC 3339
+    /// (the source's upload time replaces it when the source is pinned from an index that gives
+    /// one)
     /// [default: now]
     #[arg(short, long, value_name = "TIME", requires = "release", value_parser = parse_released)]
     pub released: Option<Timestamp>,

@@ -12,23 +12,28 @@
 //! that fails for every project is down: the releases keep their place, and it is asked less
 //! often, doubling from the interval up to [`MAX_BACKOFF`].
 //!
+//! A pin also dates its release by the source's upload time, when the index gives it (PEP
+//! 700): a release added by piw-add is then shown with the day it was published, not the day
+//! it was added.
+//!
 //! Sockets: a [`DbClient`] to the oracles; a PUSH to the architect
-//! ([`crate::wiring::ARCHITECT`]) once new pins may have grown the queue.
+//! ([`crate::wiring::ARCHITECT`]) once new pins may have grown the queue; a client of the
+//! index writer ([`crate::wiring::WEB`]) for the project pages of releases it dated.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{ErrorKind, PackageVersion, SourceFile};
+use piwheels_common::protocols::{ErrorKind, PackageVersion, WireError};
 use piwheels_common::task::{Context, PauseMode, Task};
-use piwheels_common::transport::Sender;
+use piwheels_common::transport::{Client, Sender};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::calls::db::{PinLater, PinSource, UnpinnedSources};
-use crate::calls::tasks::ArchitectTrigger;
+use crate::calls::db::{PinLater, PinSource, RewriteScope, UnpinnedSources};
+use crate::calls::tasks::{ArchitectTrigger, WebReply, WebRequest};
 use crate::db_client::DbClient;
-use crate::pypi::simple::{SimpleClient, SimpleError, source_of};
+use crate::pypi::simple::{ListedSource, SimpleClient, SimpleError, source_of};
 use crate::wiring::{self, TaskName};
 
 /// Releases looked at per round; a full round is followed by another at once.
@@ -54,20 +59,37 @@ pub struct PinnerConfig {
     pub timeout: Duration,
 }
 
+/// How long the index writer may take to take a rewrite request.
+const WEB_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The pinner's sockets.
 #[derive(Debug)]
 pub struct Sockets {
     db: DbClient,
     architect: Sender<ArchitectTrigger>,
+    web: Client<WebRequest, WebReply>,
 }
 
 impl Sockets {
-    /// Connects to the oracles (each request waits at most `db_timeout`) and the architect.
+    /// Connects to the oracles (each request waits at most `db_timeout`), the architect and
+    /// the index writer.
     pub fn open(ctx: &zmq::Context, db_timeout: Duration) -> anyhow::Result<Sockets> {
         Ok(Sockets {
             db: wiring::DB.caller(ctx, TaskName::SourcePinner, db_timeout)?,
             architect: wiring::ARCHITECT.push(ctx, TaskName::SourcePinner)?,
+            web: wiring::WEB.client(ctx, TaskName::SourcePinner)?,
         })
+    }
+
+    /// Asks the index writer to rewrite a project's page (a release's date changed); a
+    /// failure costs only freshness.
+    fn rewrite(&self, package: &str) {
+        let request = WebRequest::Rewrite { package: package.into(), scope: RewriteScope::Project };
+        match self.web.request(&request, WEB_TIMEOUT) {
+            Ok(WebReply::Done) => {}
+            Ok(WebReply::Error(WireError { message, .. })) => tracing::warn!("the index writer refused to rewrite {package}: {message}"),
+            Err(e) => tracing::warn!("the index writer did not take the rewrite of {package}: {e}"),
+        }
     }
 }
 
@@ -139,13 +161,15 @@ impl SourcePinner {
                     continue;
                 }
             };
+            let mut dated = false;
             for version in versions {
                 let source = source_of(&sources, &project, &version).cloned();
                 match source {
                     Some(source) => {
                         if self.pin(sockets, &project, &version, &source)? {
-                            tracing::info!("pinned {project} {version} to {} (sha256 {})", source.filename, source.sha256);
+                            tracing::info!("pinned {project} {version} to {} (sha256 {})", source.file.filename, source.file.sha256);
                             round.pinned += 1;
+                            dated |= source.uploaded.is_some();
                         }
                     }
                     None => {
@@ -154,6 +178,9 @@ impl SourcePinner {
                         round.missing += 1;
                     }
                 }
+            }
+            if dated {
+                sockets.rewrite(&project);
             }
         }
         if round.pinned + round.missing > 0 {
@@ -167,12 +194,12 @@ impl SourcePinner {
 
     /// Pins `source`; true when this call pinned it. A pin the database refuses is looked for
     /// again after [`RECHECK_AFTER`], so that it does not come first again at the next round.
-    fn pin(&self, sockets: &Sockets, project: &str, version: &str, source: &SourceFile) -> anyhow::Result<bool> {
-        let call = PinSource { package: project.to_string(), version: version.to_string(), source: source.clone() };
+    fn pin(&self, sockets: &Sockets, project: &str, version: &str, source: &ListedSource) -> anyhow::Result<bool> {
+        let call = PinSource { package: project.to_string(), version: version.to_string(), source: source.file.clone(), uploaded: source.uploaded };
         match sockets.db.call(call) {
             Ok(pinned) => Ok(pinned),
             Err(e) if e.answered().is_some_and(|error| error.kind == ErrorKind::Refused) => {
-                tracing::warn!("cannot pin {project} {version} to {}: {e}", source.url);
+                tracing::warn!("cannot pin {project} {version} to {}: {e}", source.file.url);
                 later(sockets, project, vec![version.to_string()], RECHECK_AFTER)?;
                 Ok(false)
             }
@@ -181,7 +208,7 @@ impl SourcePinner {
     }
 
     /// The source files of each project, fetched a few at a time, in the order asked.
-    fn fetch(&self, projects: &[String]) -> Vec<Result<Vec<SourceFile>, SimpleError>> {
+    fn fetch(&self, projects: &[String]) -> Vec<Result<Vec<ListedSource>, SimpleError>> {
         self.runtime.block_on(async {
             let limit = Arc::new(Semaphore::new(PAGE_REQUESTS));
             let mut requests = JoinSet::new();

@@ -106,7 +106,7 @@ pub const WIRING: &[Wire] = &[
         address: WEB.address,
         used: Use::Calls,
         bound_by: Scribe,
-        connected_by: &[CloudGazer, BigBrother, MrChase, SlaveDriver],
+        connected_by: &[CloudGazer, SourcePinner, BigBrother, MrChase, SlaveDriver],
     },
     Wire { address: FS.address, used: Use::Calls, bound_by: FileJuggler, connected_by: &[MrChase, SlaveDriver] },
     Wire { address: RELEASE_NOTICES.address, used: Use::Calls, bound_by: SlaveDriver, connected_by: &[CloudGazer, MrChase] },

@@ -109,7 +109,8 @@ impl Fixture {
     /// A new release whose source is pinned, so that it can be built.
     fn version(&mut self, package: &str, version: &str, released: DateTime<Utc>) {
         self.unpinned_version(package, version, released);
-        let pinned = self.call(PinSource { package: package.into(), version: version.into(), source: source_file(package, version) });
+        let pinned =
+            self.call(PinSource { package: package.into(), version: version.into(), source: source_file(package, version), uploaded: None });
         assert!(pinned, "{package} {version} was pinned already");
     }
 
@@ -1134,12 +1135,17 @@ fn a_release_is_queued_once_its_source_is_pinned_and_a_pin_is_never_replaced() {
     assert!(fx.queue(10)["cp39"].is_empty());
 
     let source = source_file("foo", "1.0");
-    assert!(fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: source.clone() }));
+    let released = |fx: &mut Fixture| fx.value("SELECT (released AT TIME ZONE 'UTC')::date::text FROM versions WHERE version = '1.0'");
+    // The pin dates the release by its source's upload time.
+    let uploaded = Some(days_ago(30));
+    assert!(fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: source.clone(), uploaded }));
     assert_eq!(fx.queue(10)["cp39"], ["foo 1.0"]);
-    // Another file for the same release does not replace the pin.
+    assert_eq!(released(&mut fx), days_ago(30).date_naive().to_string());
+    // Another file for the same release does not replace the pin, nor its date.
     let other = SourceFile { sha256: "f".repeat(64), ..source.clone() };
-    assert!(!fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: other }));
+    assert!(!fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: other, uploaded: Some(days_ago(1)) }));
     assert_eq!(fx.value("SELECT source_sha256 FROM versions WHERE version = '1.0'"), source.sha256);
+    assert_eq!(released(&mut fx), days_ago(30).date_naive().to_string());
 
     // Looked for in vain: asked for again only once its retry is due; a pinned release's
     // retry is not set.
@@ -1165,7 +1171,7 @@ fn a_source_the_schema_cannot_hold_is_refused() {
         (SourceFile { url: "file:///etc/passwd".into(), ..good.clone() }, "not http"),
         (SourceFile { url: format!("http://i/{}", "x".repeat(2000)), ..good.clone() }, "longer than"),
     ] {
-        let message = fx.error(PinSource { package: "foo".into(), version: "1.0".into(), source: bad });
+        let message = fx.error(PinSource { package: "foo".into(), version: "1.0".into(), source: bad, uploaded: None });
         assert!(message.contains(said), "{message}");
     }
     assert_eq!(fx.value("SELECT count(*) FROM versions WHERE source_sha256 IS NOT NULL"), "0");

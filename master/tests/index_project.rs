@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::Duration;
 
-use index_support::{Farm, tags, text_of};
+use index_support::{Farm, strip_tags, tags, text_of};
 use piwheels_common::protocols::{HostStats, MasterStats};
 use piwheels_master::calls::db::{RenamePackage, SearchEntry};
 use piwheels_master::calls::tasks::{CheckCounts, WebRequest};
@@ -265,6 +265,42 @@ fn the_home_page_and_search_index_show_what_they_are_sent() {
     assert_eq!(text_of(&html, "not-reproduced"), "3");
     assert!(html.contains(r#"<tr data-abi="cp311"><td>cp311</td><td>12</td><td>100</td></tr>"#), "{html}");
 
+}
+
+/// A project PyPI gave no summary for shows its wheel's; its wheel's own links are shown when
+/// they are http or https, each once; its downloads in 30 days once the stats task counted
+/// them. The JSON says the same.
+#[test]
+fn a_project_shows_its_wheel_s_summary_links_and_downloads() {
+    let mut farm = Farm::started();
+    farm.package("zope", "zope", "", &[("1.0", 1)]);
+    let mut w = farm.wheel("zope-1.0-py3-none-any.whl", None);
+    let mut metadata = String::from_utf8_lossy(&w.metadata).into_owned();
+    metadata.push_str(
+        "Summary: Zope's summary\nHome-page: https://zope.example/\nProject-URL: Source, https://code.example/zope\n\
+         Project-URL: Evil, javascript:alert(1)\nProject-URL: Again, https://zope.example/\nProject-URL: , http://docs.example/z\n",
+    );
+    w.metadata = metadata.into_bytes().into();
+    farm.build("zope", "1.0", "cp39", &[w]);
+    farm.send(WebRequest::Search { entries: vec![SearchEntry { package: "zope".into(), downloads_recent: 1234, downloads_all: 5000 }] });
+    farm.rewrite("zope");
+    farm.wait("zope's page", |f| f.path("project/zope/index.html").is_file() && f.read("project/zope/index.html").contains("downloads-month"));
+    let html = farm.read("project/zope/index.html");
+    assert_eq!(text_of(&html, "description"), "Zope's summary");
+    let links: Vec<(String, String)> = tags(&html, "a")
+        .into_iter()
+        .filter(|a| a.attr("class") == Some("project-link"))
+        .map(|a| (a.text.clone(), a.attr("href").unwrap_or_default().to_string()))
+        .collect();
+    let want = [("Homepage", "https://zope.example/"), ("Source", "https://code.example/zope"), ("docs.example", "http://docs.example/z")];
+    assert_eq!(links, want.map(|(label, url)| (label.to_string(), url.to_string())));
+    assert_eq!(text_of(&html, "downloads-month"), "1,234");
+    // One release, one file: said in the singular.
+    assert!(strip_tags(&html).contains("1 version, 1 file"), "{html}");
+    let json = farm.json("project/zope/json/index.json");
+    assert_eq!(json["summary"], "Zope's summary");
+    assert_eq!(json["project_urls"][1], serde_json::json!({"label": "Source", "url": "https://code.example/zope"}));
+    assert_eq!(json["project_urls"].as_array().map(Vec::len), Some(3));
 }
 
 /// The search index and the package list follow the projects with files within the simple

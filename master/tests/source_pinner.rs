@@ -1,27 +1,32 @@
 //! The source pinner against the fake PyPI's simple index and a real database through the
 //! oracle pool: releases pinned to the file and hash the index publishes, releases without a
 //! source or whose page failed left for later without holding up others, an index that is
-//! down waited for, and the architect told.
+//! down waited for, and the architect told; a pinned release dated by its source's upload time
+//! and its project page rewritten.
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use piwheels_common::protocols::TaskControl;
 use piwheels_common::task::{self, TaskExit, TaskHandle};
 use piwheels_common::transport::Receiver;
-use piwheels_master::calls::db::{NewPackage, NewVersion};
-use piwheels_master::calls::tasks::ArchitectTrigger;
+use piwheels_master::calls::db::{NewPackage, NewVersion, RewriteScope};
+use piwheels_master::calls::tasks::{ArchitectTrigger, WebReply, WebRequest};
 use piwheels_master::source_pinner::{self, PinnerConfig, SourcePinner};
 use piwheels_master::wiring;
-use piwheels_testsupport::pypi::{Failure, FakePypi};
-use support::{Pool, eventually};
+use piwheels_testsupport::pypi::{DEFAULT_TIME_BASE, Failure, FakePypi};
+use support::{Pool, eventually, stand_in};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn pinner(pool: &Pool, index_url: String, name: &str) -> TaskHandle {
+/// A pinner, with a stand-in for the index writer that notes the rewrites asked of it.
+fn pinner(pool: &Pool, index_url: String, name: &str) -> (TaskHandle, Arc<Mutex<Vec<WebRequest>>>) {
+    let web = stand_in::<WebRequest, WebReply>(&pool.rt.zmq, wiring::WEB.address(), WebReply::Done);
     let config = PinnerConfig { index_url, interval: Duration::from_millis(100), timeout: Duration::from_secs(2) };
-    task::spawn(&pool.rt, name, |ctx| source_pinner::Sockets::open(ctx, WAIT), move |_| SourcePinner::new(&config)).unwrap()
+    let task = task::spawn(&pool.rt, name, |ctx| source_pinner::Sockets::open(ctx, WAIT), move |_| SourcePinner::new(&config)).unwrap();
+    (task, web)
 }
 
 fn stop(mut task: TaskHandle) {
@@ -63,7 +68,7 @@ fn releases_are_pinned_to_the_source_the_index_publishes_and_the_architect_is_to
     register(&pool, "foo-bar", "1.0");
     register(&pool, "foo-bar", "2.0");
     let architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
-    let task = pinner(&pool, pypi.simple_url(), "pinner_pins");
+    let (task, web) = pinner(&pool, pypi.simple_url(), "pinner_pins");
 
     let published = pypi.source_file("Foo_Bar", "1.0");
     eventually("foo-bar 1.0 pinned", WAIT, || !pins(&pool, "foo-bar").is_empty());
@@ -72,6 +77,13 @@ fn releases_are_pinned_to_the_source_the_index_publishes_and_the_architect_is_to
         Some(ArchitectTrigger::Refresh { reason }) => assert!(reason.contains("1 sources pinned"), "{reason}"),
         None => panic!("the architect was not told"),
     }
+    // Dated by the source's upload (the fake index's clock: its base plus the upload's
+    // serial, 2), not by when it was registered; its project page is rewritten for that.
+    let released = pool.db.column("SELECT extract(epoch FROM released)::bigint::text FROM versions WHERE version = '1.0'");
+    assert_eq!(released, [Some((DEFAULT_TIME_BASE + 2).to_string())]);
+    eventually("the project page rewritten", WAIT, || {
+        web.lock().unwrap().iter().any(|r| matches!(r, WebRequest::Rewrite { package, scope: RewriteScope::Project } if package == "foo-bar"))
+    });
     // 2.0 has only a wheel: looked for, not pinned, and left for the recheck.
     eventually("foo-bar 2.0 looked for", WAIT, || checked(&pool, "foo-bar", "2.0"));
     assert_eq!(pins(&pool, "foo-bar").len(), 1);
@@ -96,7 +108,7 @@ fn an_index_that_is_down_is_waited_for_and_a_page_that_fails_alone_holds_up_noth
     // looked for waits a minute or more, past this test) and is pinned once the index is back.
     register(&pool, "foo", "1.0");
     pypi.fail_next_on("/simple/", 2, Failure::Status(503));
-    let task = pinner(&pool, pypi.simple_url(), "pinner_down");
+    let (task, _web) = pinner(&pool, pypi.simple_url(), "pinner_down");
     eventually("foo 1.0 pinned once the index is back", WAIT, || !pins(&pool, "foo").is_empty());
     assert!(pypi.requests("/simple/foo/") >= 3, "{} requests", pypi.requests("/simple/foo/"));
 
@@ -125,7 +137,7 @@ fn an_index_without_json_pages_pins_nothing() {
     pypi.add_source("foo", "1.0", b"source".to_vec());
     pypi.serve_json_pages(false);
     register(&pool, "foo", "1.0");
-    let task = pinner(&pool, pypi.simple_url(), "pinner_html");
+    let (task, _web) = pinner(&pool, pypi.simple_url(), "pinner_html");
     // The HTML page cannot pin: the release is noted as looked for, and not pinned.
     eventually("foo 1.0 looked for", WAIT, || checked(&pool, "foo", "1.0"));
     stop(task);

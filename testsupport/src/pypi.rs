@@ -88,6 +88,8 @@ struct DistFile {
     data: Arc<Vec<u8>>,
     sha256: String,
     packagetype: &'static str,
+    /// When it was uploaded: its event's timestamp.
+    uploaded: i64,
     /// Other bytes served in place of `data` under the same name and published hash (see
     /// [`FakePypi::tamper`]).
     tampered: Option<Arc<Vec<u8>>>,
@@ -281,7 +283,9 @@ impl FakePypi {
 
     fn add_file(&self, name: &str, version: &str, filename: &str, data: Vec<u8>, packagetype: &'static str, tag: &str) -> i64 {
         let mut st = self.lock();
-        let file = DistFile { filename: filename.to_string(), sha256: sha256_hex(&data), data: Arc::new(data), packagetype, tampered: None };
+        let uploaded = st.next_timestamp();
+        let file =
+            DistFile { filename: filename.to_string(), sha256: sha256_hex(&data), data: Arc::new(data), packagetype, uploaded, tampered: None };
         let pkg = st.package_mut(name);
         let display = pkg.name.clone();
         let release = match pkg.releases.iter().position(|r| r.version == version) {
@@ -441,14 +445,19 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl State {
+    /// The timestamp the next event will have.
+    fn next_timestamp(&self) -> i64 {
+        match self.clock {
+            Clock::Real => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+            Clock::BasePlusSerial(base) => base + self.last_serial + 1,
+            Clock::Fixed(ts) => ts,
+        }
+    }
+
     fn push_event(&mut self, name: &str, version: Option<&str>, action: String) -> i64 {
+        let timestamp = self.next_timestamp();
         self.last_serial += 1;
         let serial = self.last_serial;
-        let timestamp = match self.clock {
-            Clock::Real => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
-            Clock::BasePlusSerial(base) => base + serial,
-            Clock::Fixed(ts) => ts,
-        };
         self.events.push(ChangelogEntry { name: name.to_string(), version: version.map(str::to_string), timestamp, action, serial });
         serial
     }
@@ -762,10 +771,13 @@ fn simple_json_page(package: &str, state: &Mutex<State>) -> Response {
                 "url": format!("../../packages/{}", percent_encode(&file.filename)),
                 "hashes": {"sha256": file.sha256},
                 "yanked": release.yanked,
+                "upload-time": chrono::DateTime::from_timestamp(file.uploaded, 0).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                "size": file.data.len(),
             })
         })
         .collect();
-    let page = serde_json::json!({"meta": {"api-version": "1.0"}, "name": canonicalize(&pkg.name), "files": files});
+    let versions: Vec<&str> = pkg.releases.iter().map(|r| r.version.as_str()).collect();
+    let page = serde_json::json!({"meta": {"api-version": "1.1"}, "name": canonicalize(&pkg.name), "versions": versions, "files": files});
     Response::new(200, SIMPLE_JSON, page.to_string())
 }
 

@@ -640,6 +640,9 @@ calls! {
         version: String,
         /// The source file the index publishes.
         source: SourceFile,
+        /// When the index says it was uploaded: the release's date from now on.
+        #[cfg_attr(test, proptest(strategy = "proptest::option::of(arb_timestamp())"))]
+        uploaded: Option<Timestamp>,
     } -> bool;
     /// Look for a release's source again `after` from now, not before (the index had none,
     /// or failed).

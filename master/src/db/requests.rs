@@ -137,8 +137,8 @@ impl Database {
             Q::BuildAbis(BuildAbis {}) => DbReply::BuildAbis(self.build_abis().await?),
             Q::BuildQueue(BuildQueue { limit }) => DbReply::BuildQueue(self.build_queue(limit).await?),
             Q::UnpinnedSources(UnpinnedSources { limit }) => DbReply::UnpinnedSources(self.unpinned_sources(limit).await?),
-            Q::PinSource(PinSource { package, version, source }) => {
-                refusable(self.pin_source(&package, &version, &source).await, DbReply::PinSource)?
+            Q::PinSource(PinSource { package, version, source, uploaded }) => {
+                refusable(self.pin_source(&package, &version, &source, uploaded).await, DbReply::PinSource)?
             }
             Q::PinLater(PinLater { package, version, after }) => DbReply::PinLater(self.pin_later(&package, &version, after).await?),
             Q::PypiSerial(PypiSerial {}) => DbReply::PypiSerial(self.pypi_serial().await?),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use piwheels_common::protocols::{PackageVersion, SourceFile};
+use piwheels_common::protocols::{PackageVersion, SourceFile, Timestamp};
 
 use super::Database;
 use super::requests::{RequestError, interval};
@@ -28,12 +28,20 @@ impl Database {
         Ok(rows.into_iter().map(|(package, version)| PackageVersion { package, version }).collect())
     }
 
-    /// Pins `source` to the release, unless it has a pin already (a pin is never replaced).
-    /// True when this call pinned it. A malformed pin is refused ([`SourceFile::check`]).
-    pub async fn pin_source(&mut self, package: &str, version: &str, source: &SourceFile) -> Result<bool, RequestError> {
+    /// Pins `source` to the release, unless it has a pin already (a pin is never replaced),
+    /// and dates the release by the source's upload time when the index gave one. True when
+    /// this call pinned it. A malformed pin is refused ([`SourceFile::check`]).
+    pub async fn pin_source(
+        &mut self,
+        package: &str,
+        version: &str,
+        source: &SourceFile,
+        uploaded: Option<Timestamp>,
+    ) -> Result<bool, RequestError> {
         source.check().map_err(RequestError::Refused)?;
         let pinned = sqlx::query(
-            "UPDATE versions SET source_filename = $3, source_url = $4, source_sha256 = $5, source_retry_at = NULL
+            "UPDATE versions SET source_filename = $3, source_url = $4, source_sha256 = $5, source_retry_at = NULL,
+                                 released = COALESCE($6, released)
              WHERE package = $1 AND version = $2 AND source_sha256 IS NULL",
         )
         .bind(package)
@@ -41,6 +49,7 @@ impl Database {
         .bind(&source.filename)
         .bind(&source.url)
         .bind(&source.sha256)
+        .bind(uploaded)
         .execute(&mut self.conn)
         .await?
         .rows_affected();

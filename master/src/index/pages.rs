@@ -14,7 +14,7 @@ use std::time::Duration;
 use askama::Template;
 use chrono::SecondsFormat;
 use piwheels_common::config::{HumanDuration, human_size};
-use piwheels_common::inspect::split_requirement;
+use piwheels_common::inspect::{CoreMetadata, split_requirement};
 use piwheels_common::names::{canonicalize, is_prerelease, parse_version};
 use piwheels_common::protocols::{BuildId, MasterStats, Timestamp};
 use piwheels_common::provenance;
@@ -34,12 +34,18 @@ pub const API_VERSION: &str = "1.1";
 
 /// Bumped when the pages change in a way the templates' text does not show (the models or
 /// the JSON documents), so that the next start rewrites every page.
-const PAGES_REVISION: u32 = 1;
+const PAGES_REVISION: u32 = 2;
 
 /// Most dependencies a project page lists (a wheel's METADATA may name thousands).
 const MAX_SHOWN_REQUIREMENTS: usize = 100;
 /// Longest versions-and-marker text shown beside a dependency, in characters.
 const MAX_REQUIREMENT_TEXT: usize = 200;
+/// Most of the project's own links a page shows, the longest label and the longest address.
+const MAX_LINKS: usize = 10;
+const MAX_LINK_LABEL: usize = 40;
+const MAX_LINK_URL: usize = 500;
+/// Longest summary shown (PyPI's is cut to this length too: `packages.description`).
+const MAX_SUMMARY: usize = 200;
 
 /// The search box's script, served at `/search.js` (see `templates/search.js`).
 pub const SEARCH_SCRIPT: &str = include_str!("../../../templates/search.js");
@@ -453,6 +459,43 @@ pub struct ReleaseRow {
     pub files: Vec<FileLink>,
 }
 
+/// One of the project's own links.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectLink {
+    /// What it is ("Homepage", "Source"): the METADATA's label.
+    pub label: String,
+    /// Its address, http or https.
+    pub url: String,
+}
+
+/// The links a page may show from a wheel's `Home-page` and `Project-URL` headers: the wheel's
+/// builder wrote them, so only http and https addresses of a sane length pass (no
+/// `javascript:`), each once, at most [`MAX_LINKS`], labels cut short.
+fn project_links(urls: &[(String, String)]) -> Vec<ProjectLink> {
+    let mut links: Vec<ProjectLink> = Vec::new();
+    for (label, url) in urls {
+        let Ok(parsed) = url::Url::parse(url) else { continue };
+        if !matches!(parsed.scheme(), "http" | "https") || url.len() > MAX_LINK_URL || links.iter().any(|l| l.url == parsed.as_str()) {
+            continue;
+        }
+        let label = crate::access_log::clean(label, MAX_LINK_LABEL);
+        let label = if label.is_empty() { parsed.host_str().unwrap_or("link").to_string() } else { label };
+        links.push(ProjectLink { label, url: parsed.into() });
+        if links.len() == MAX_LINKS {
+            break;
+        }
+    }
+    links
+}
+
+/// The summary a project's pages show: PyPI's, else the one in its wheel's METADATA.
+fn summary(data: &ProjectData, metadata: Option<&CoreMetadata>) -> String {
+    if !data.description.trim().is_empty() {
+        return data.description.clone();
+    }
+    metadata.and_then(|m| m.summary.as_deref()).map(|s| crate::access_log::clean(s, MAX_SUMMARY)).unwrap_or_default()
+}
+
 /// `project/<package>/index.html`.
 #[derive(Debug, Template)]
 #[template(path = "project.html")]
@@ -461,10 +504,14 @@ pub struct ProjectPage<'a> {
     pub package: &'a str,
     /// Display name.
     pub display_name: &'a str,
-    /// Summary.
-    pub description: &'a str,
+    /// Summary: PyPI's, else the wheel's own.
+    pub description: String,
     /// The project's page on PyPI, when its address is configured.
     pub pypi_url: Option<String>,
+    /// The project's own links (home page, source, documentation), from the wheel.
+    pub links: Vec<ProjectLink>,
+    /// Downloads from this index in the last 30 days, when the stats task has counted them.
+    pub downloads_month: Option<String>,
     /// Whether the project has a simple page (something to install).
     pub has_simple: bool,
     /// Debian packages to install first (from the newest stable release with files).
@@ -563,10 +610,17 @@ impl<'a> ProjectView<'a> {
             .find_map(|r| self.published(r).next())
     }
 
-    /// The project page.
-    /// The project page; `requires_dist` is the `Requires-Dist` of the file the install
-    /// command is for, from its METADATA (None to list its unconditional dependencies only).
-    pub fn page(&self, upstream_project_url: Option<&str>, now: &Timestamp, requires_dist: Option<&[String]>) -> ProjectPage<'a> {
+    /// The project page; `metadata` is the METADATA of the file the install command is for
+    /// ([`ProjectView::chosen_file`]), when it can be read: its summary, links and
+    /// dependencies with their markers (without it, only the unconditional dependencies the
+    /// database has); `downloads_month` the project's downloads in 30 days, when counted.
+    pub fn page(
+        &self,
+        upstream_project_url: Option<&str>,
+        now: &Timestamp,
+        metadata: Option<&CoreMetadata>,
+        downloads_month: Option<u64>,
+    ) -> ProjectPage<'a> {
         let data = self.data;
         let chosen = self.chosen_file();
         let releases: Vec<ReleaseRow> = self
@@ -607,13 +661,16 @@ impl<'a> ProjectView<'a> {
         ProjectPage {
             package: &data.package,
             display_name: &data.display_name,
-            description: &data.description,
+            description: summary(data, metadata),
             pypi_url: upstream_url(upstream_project_url, &data.package),
+            links: metadata.map(|m| project_links(&m.urls)).unwrap_or_default(),
+            downloads_month: downloads_month.map(thousands),
             has_simple: self.has_simple,
             install_apt: chosen.map(|f| f.dependencies.apt.clone()).unwrap_or_default(),
-            pip_deps: match requires_dist {
+            pip_deps: match metadata {
                 // The wheel's builder wrote them: a page shows a bounded number, each cut short.
-                Some(requirements) => requirements
+                Some(metadata) => metadata
+                    .requires_dist
                     .iter()
                     .filter_map(|r| split_requirement(r))
                     .take(MAX_SHOWN_REQUIREMENTS)
@@ -630,8 +687,9 @@ impl<'a> ProjectView<'a> {
         }
     }
 
-    /// The project JSON (`project/<package>/json/index.json`).
-    pub fn json(&self, upstream_project_url: Option<&str>) -> Vec<u8> {
+    /// The project JSON (`project/<package>/json/index.json`); `metadata` as for
+    /// [`ProjectView::page`].
+    pub fn json(&self, upstream_project_url: Option<&str>, metadata: Option<&CoreMetadata>) -> Vec<u8> {
         let data = self.data;
         let releases: Vec<(String, JsonRelease)> = self
             .releases()
@@ -684,7 +742,8 @@ impl<'a> ProjectView<'a> {
         let doc = JsonProjectDoc {
             package: &data.package,
             display_name: &data.display_name,
-            summary: &data.description,
+            summary: summary(data, metadata),
+            project_urls: metadata.map(|m| project_links(&m.urls)).unwrap_or_default(),
             aliases: &data.aliases,
             project_url: format!("/project/{}/", data.package),
             simple_url: self.has_simple.then(|| format!("/simple/{}/", data.package)),
@@ -713,7 +772,8 @@ impl<T: Serialize> Serialize for Ordered<T> {
 struct JsonProjectDoc<'a> {
     package: &'a str,
     display_name: &'a str,
-    summary: &'a str,
+    summary: String,
+    project_urls: Vec<ProjectLink>,
     aliases: &'a [String],
     project_url: String,
     #[serde(skip_serializing_if = "Option::is_none")]

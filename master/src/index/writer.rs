@@ -184,15 +184,17 @@ impl IndexWriter {
         };
         let view = ProjectView::new(data, abis, &disk, has_simple);
         let pypi = self.options.upstream_project_url.as_deref();
-        // The dependencies with their markers, from the published wheel's own METADATA.
-        let requires_dist = view
+        // The summary, links and dependencies with their markers, from the published wheel's
+        // own METADATA.
+        let metadata = view
             .chosen_file()
             .and_then(|file| fs::read(self.layout.simple_package(package).join(format!("{}.metadata", file.filename))).ok())
-            .map(|metadata| parse_metadata(&metadata).requires_dist);
-        let page = view.page(pypi, now, requires_dist.as_deref());
+            .map(|metadata| parse_metadata(&metadata));
+        let downloads = self.downloads.get(package).map(|(recent, _)| *recent);
+        let page = view.page(pypi, now, metadata.as_ref(), downloads);
         // This replaces a former name's alias page that stood here: the project wins.
         write_if_changed(&self.layout.project_dir(package).join("index.html"), render(&page)?.as_bytes())?;
-        write_if_changed(&self.layout.project_json_dir(package).join("index.json"), &view.json(pypi))?;
+        write_if_changed(&self.layout.project_json_dir(package).join("index.json"), &view.json(pypi, metadata.as_ref()))?;
         for alias in former_names(data) {
             self.write_alias(&alias, package)?;
         }

@@ -1,11 +1,12 @@
 //! A project's source files from a simple index in its JSON form (PEP 691), with the SHA-256
-//! the index publishes for each: what the source pinner pins. The HTML form is not read: an
+//! the index publishes for each and when each was uploaded (PEP 700): what the source pinner
+//! pins, and the release date the project pages show. The HTML form is not read: an
 //! index that offers only HTML cannot pin sources, and the error says so.
 
 use std::time::Duration;
 
 use piwheels_common::names::{canonicalize, same_version};
-use piwheels_common::protocols::SourceFile;
+use piwheels_common::protocols::{SourceFile, Timestamp};
 use serde::Deserialize;
 
 /// PEP 691's media type for the JSON form of a simple page.
@@ -27,6 +28,19 @@ pub enum SimpleError {
     /// The index answered with something that is not a PEP 691 page.
     #[error("{0}")]
     Malformed(String),
+}
+
+/// The earliest upload time believed: anything before is a mistake (PyPI began in 2003).
+const EARLIEST_UPLOAD: i64 = 946_684_800; // 2000-01-01
+
+/// A source file as the index lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSource {
+    /// The pin.
+    pub file: SourceFile,
+    /// When it was uploaded (PEP 700's `upload-time`), when the index says, and the time is
+    /// neither in the future nor before 2000: a release's date orders the build queue.
+    pub uploaded: Option<Timestamp>,
 }
 
 /// A client of a simple index.
@@ -53,7 +67,7 @@ impl SimpleClient {
     }
 
     /// The source files of `project` (a canonical name), with absolute URLs.
-    pub async fn sources(&self, project: &str) -> Result<Vec<SourceFile>, SimpleError> {
+    pub async fn sources(&self, project: &str) -> Result<Vec<ListedSource>, SimpleError> {
         let page_url = self.base.join(&format!("{project}/")).map_err(|e| SimpleError::Malformed(format!("{project}: {e}")))?;
         let mut response = self
             .http
@@ -85,8 +99,22 @@ impl SimpleClient {
             body.extend_from_slice(&chunk);
         }
         let page: Page = serde_json::from_slice(&body).map_err(|e| SimpleError::Malformed(format!("{page_url}: {e}")))?;
-        Ok(page.files.iter().filter_map(|file| source_file(&final_url, file)).collect())
+        let now = chrono::Utc::now();
+        Ok(page
+            .files
+            .iter()
+            .filter_map(|file| {
+                let uploaded = upload_time(file).filter(|t| t.timestamp() >= EARLIEST_UPLOAD && *t <= now);
+                source_file(&final_url, file).map(|file| ListedSource { file, uploaded })
+            })
+            .collect())
     }
+}
+
+/// A file's `upload-time` (PEP 700: ISO 8601 in UTC, with or without fractions of a second).
+fn upload_time(file: &serde_json::Value) -> Option<Timestamp> {
+    let text = file.get("upload-time")?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.to_utc())
 }
 
 /// The page's file as a source pin: a source distribution whose URL (relative to the page, as
@@ -109,9 +137,9 @@ fn source_file(page_url: &url::Url, file: &serde_json::Value) -> Option<SourceFi
 /// project's and the version's, the version written as the release writes it before one that
 /// is only the same PEP 440 version (`1.0` and a legacy `1.0.0` may be two releases), and
 /// `.tar.gz` before other formats.
-pub fn source_of<'s>(sources: &'s [SourceFile], project: &str, version: &str) -> Option<&'s SourceFile> {
-    let named = |file: &SourceFile, ext: &str, same: &dyn Fn(&str) -> bool| {
-        file.filename.strip_suffix(ext).is_some_and(|stem| {
+pub fn source_of<'s>(sources: &'s [ListedSource], project: &str, version: &str) -> Option<&'s ListedSource> {
+    let named = |source: &ListedSource, ext: &str, same: &dyn Fn(&str) -> bool| {
+        source.file.filename.strip_suffix(ext).is_some_and(|stem| {
             // Either side of the split may hold dashes in legacy names: try every split.
             stem.match_indices('-').any(|(at, _)| canonicalize(&stem[..at]) == project && same(&stem[at + 1..]))
         })
@@ -154,15 +182,27 @@ mod tests {
     }
 
     #[test]
+    fn upload_times_are_read_with_or_without_fractions() {
+        let at = |text: &str| upload_time(&serde_json::json!({"upload-time": text})).map(|t| t.timestamp());
+        assert_eq!(at("2024-10-18T15:21:26.123456Z"), Some(1_729_264_886));
+        assert_eq!(at("2024-10-18T15:21:26Z"), Some(1_729_264_886));
+        assert_eq!(at("yesterday"), None);
+        assert_eq!(upload_time(&serde_json::json!({})), None);
+    }
+
+    #[test]
     fn the_source_of_a_release_is_found_by_name_and_version() {
-        let pin = |filename: &str| SourceFile { filename: filename.into(), url: format!("http://i/{filename}"), sha256: "0".repeat(64) };
+        let pin = |filename: &str| ListedSource {
+            file: SourceFile { filename: filename.into(), url: format!("http://i/{filename}"), sha256: "0".repeat(64) },
+            uploaded: None,
+        };
         let sources = [
             pin("python-dateutil-2.8.2.zip"),
             pin("python-dateutil-2.8.2.tar.gz"),
             pin("python_dateutil-2.9.0.post0.tar.gz"),
             pin("Foo.Bar-1.0b1.zip"),
         ];
-        let found = |project: &str, version: &str| source_of(&sources, project, version).map(|s| s.filename.as_str());
+        let found = |project: &str, version: &str| source_of(&sources, project, version).map(|s| s.file.filename.as_str());
         // .tar.gz is preferred to .zip; a name with dashes splits at the right place.
         assert_eq!(found("python-dateutil", "2.8.2"), Some("python-dateutil-2.8.2.tar.gz"));
         assert_eq!(found("python-dateutil", "2.9.0.post0"), Some("python_dateutil-2.9.0.post0.tar.gz"));
@@ -171,8 +211,8 @@ mod tests {
         // The release's own spelling wins over another release's that is only PEP 440-equal,
         // whatever the formats.
         let legacy = [pin("foo-1.0.0.tar.gz"), pin("foo-1.0.zip")];
-        assert_eq!(source_of(&legacy, "foo", "1.0").map(|s| s.filename.as_str()), Some("foo-1.0.zip"));
-        assert_eq!(source_of(&legacy, "foo", "1.0.0").map(|s| s.filename.as_str()), Some("foo-1.0.0.tar.gz"));
+        assert_eq!(source_of(&legacy, "foo", "1.0").map(|s| s.file.filename.as_str()), Some("foo-1.0.zip"));
+        assert_eq!(source_of(&legacy, "foo", "1.0.0").map(|s| s.file.filename.as_str()), Some("foo-1.0.0.tar.gz"));
         assert_eq!(found("python-dateutil", "2.8"), None);
         assert_eq!(found("dateutil", "2.8.2"), None);
     }
