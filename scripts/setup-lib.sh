@@ -114,3 +114,20 @@ ensure_test_python() {
     fi
     export PATH="$venv/bin:$PATH"
 }
+
+# ensure_test_axe: axe-core, the accessibility checker the browser tests run in chromium on
+# every page (contrast, headings, labels, table headers), from the npm registry with the
+# machine's Node.js and npm; kept in target/test-node, its script's path exported as
+# PIW_AXE_SCRIPT. The version is pinned so that a new rule cannot fail a run by itself.
+AXE_VERSION=4.10.3
+ensure_test_axe() {
+    local dir="$PWD/target/test-node"
+    local script="$dir/node_modules/axe-core/axe.min.js"
+    if ! grep -q "\"version\": \"$AXE_VERSION\"" "$dir/node_modules/axe-core/package.json" 2>/dev/null || ! [ -f "$script" ]; then
+        command -v npm >/dev/null || need_debian_packages npm
+        step "installing axe-core $AXE_VERSION in $dir"
+        mkdir -p "$dir"
+        npm install --prefix "$dir" --no-save --no-package-lock --no-audit --no-fund --loglevel=error "axe-core@$AXE_VERSION"
+    fi
+    export PIW_AXE_SCRIPT="$script"
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on a fresh Debian machine: installs what is
 # missing (libzmq, PostgreSQL, tmux for the monitor test, chromium for the pages' scripts, a
-# Python environment with setuptools, wheel and uv, a C compiler),
+# Python environment with setuptools, wheel and uv, a C compiler, axe-core for the pages'
+# accessibility checks),
 # makes sure PostgreSQL is running, then runs clippy (warnings fail) and every test of the
 # workspace against real sockets, a real database and real pip.
 set -euo pipefail
@@ -14,6 +15,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
     ensure_postgres
 fi
 ensure_test_python
+ensure_test_axe
 
 # The tests' own role; its password is in the file ensure_postgres wrote (sqlx and psql read it).
 export DATABASE_URL="${DATABASE_URL:-postgres://piw_test@127.0.0.1:5432/postgres}"
