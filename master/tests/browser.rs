@@ -131,6 +131,48 @@ fn every_page_passes_an_accessibility_check_in_light_and_dark_colours() {
     }
 }
 
+/// Every link of the pages a person reads leads somewhere, as the browser follows it: each
+/// link of this site the home page, the package list and a project page hold answers 200.
+#[test]
+fn every_link_of_the_site_s_pages_resolves() {
+    let (farm, server) = site();
+    let driver = r#"<!DOCTYPE html><html lang="en"><body><pre id="links">not run</pre>
+<iframe id="page" title="page"></iframe>
+<script>
+var pages = ["/", "/packages/", "/project/attrs/"], found = [];
+var frame = document.getElementById("page");
+function next() {
+  var page = pages.shift();
+  if (!page) {
+    Promise.all(found.map(function (href) {
+      return fetch(href).then(function (r) { return href + " " + r.status; }, function (e) { return href + " " + e; });
+    })).then(function (lines) { document.getElementById("links").textContent = lines.join("\n"); });
+    return;
+  }
+  frame.onload = function () {
+    Array.prototype.forEach.call(frame.contentDocument.querySelectorAll("a[href]"), function (a) {
+      var url = new URL(a.getAttribute("href"), frame.contentWindow.location.href);
+      if (url.origin === location.origin && found.indexOf(url.pathname) < 0) { found.push(url.pathname); }
+    });
+    next();
+  };
+  frame.src = page;
+}
+next();
+</script></body></html>"#;
+    std::fs::write(farm.path("links.html"), driver).unwrap();
+    let (dom, log) = dump_dom(&format!("http://{}/links.html", server.local_addr()), 10000);
+    assert!(page_errors(&log).is_empty(), "{:?}", page_errors(&log));
+    let links = unescape(&text_of(&dom, "links"));
+    let links: Vec<&str> = links.lines().collect();
+    // The home page's, the list's and the project's own links, its files and its log among them.
+    for wanted in ["/ ", "/packages/ ", "/simple/ ", "/project/zopfli/ ", "/simple/attrs/attrs-1.0-py3-none-any.whl ", "/logs/"] {
+        assert!(links.iter().any(|l| l.starts_with(wanted)), "no link {wanted:?} in {links:?}");
+    }
+    let broken: Vec<&&str> = links.iter().filter(|l| !l.ends_with(" 200")).collect();
+    assert!(broken.is_empty(), "{broken:?}");
+}
+
 /// The dark colours are the ones a reader whose system asks for them gets: the check above
 /// checks both.
 #[test]

@@ -62,6 +62,14 @@ fn the_project_page_shows_releases_per_abi_with_logs_files_and_install_command()
     // Every requirement of the wheel's METADATA, with its marker when it has one.
     let deps: Vec<String> = text_of(&html, "pipdeps").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
     assert_eq!(deps, ["numpy", "ruamel-yaml-clib >=0.2.7; python_version < \"3.13\""]);
+    // A dependency is linked when it has a page here, as numpy's own has once written; this
+    // farm has no ruamel-yaml-clib.
+    farm.rewrite("numpy");
+    farm.wait("numpy's page linking numpy", |f| f.read("project/numpy/index.html").contains(r#"<li><a href="/project/numpy/">numpy</a>"#));
+    let again = farm.read("project/numpy/index.html");
+    let list = &again[again.find(r#"id="pipdeps""#).unwrap()..];
+    let linked: Vec<String> = tags(&list[..list.find("</ul>").unwrap()], "a").iter().filter_map(|a| a.attr("href").map(str::to_string)).collect();
+    assert_eq!(linked, ["/project/numpy/"]);
     // A METADATA with thousands of requirements, one of them very long, makes a bounded list.
     let metadata = farm.path("simple/numpy/numpy-1.0-cp39-cp39-linux_armv7l.whl.metadata");
     let mut text = String::from("Metadata-Version: 2.1\nName: numpy\nVersion: 1.0\n");

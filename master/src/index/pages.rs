@@ -459,6 +459,18 @@ pub struct ReleaseRow {
     pub files: Vec<FileLink>,
 }
 
+/// A Python dependency on a project page.
+#[derive(Debug, Clone)]
+pub struct Dependency {
+    /// The project's canonical name.
+    pub name: String,
+    /// The rest of the requirement: its extras, versions and environment marker, when it has
+    /// them.
+    pub rest: String,
+    /// Whether the project has a page here to link to (the writer looks).
+    pub has_page: bool,
+}
+
 /// One of the project's own links.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectLink {
@@ -516,9 +528,8 @@ pub struct ProjectPage<'a> {
     pub has_simple: bool,
     /// Debian packages to install first (from the newest stable release with files).
     pub install_apt: Vec<String>,
-    /// Its Python dependencies: each project's name, and the rest of the requirement (its
-    /// versions, extras and environment marker, when it has them).
-    pub pip_deps: Vec<(String, String)>,
+    /// Its Python dependencies.
+    pub pip_deps: Vec<Dependency>,
     /// The Pythons it installs on (`Requires-Python`, from the same file), when it says.
     pub requires_python: Option<String>,
     /// Table columns.
@@ -674,9 +685,11 @@ impl<'a> ProjectView<'a> {
                     .iter()
                     .filter_map(|r| split_requirement(r))
                     .take(MAX_SHOWN_REQUIREMENTS)
-                    .map(|(name, rest)| (name, crate::access_log::clean(rest, MAX_REQUIREMENT_TEXT)))
+                    .map(|(name, rest)| Dependency { name, rest: crate::access_log::clean(rest, MAX_REQUIREMENT_TEXT), has_page: false })
                     .collect(),
-                None => chosen.map(|f| f.dependencies.pip.iter().map(|name| (name.clone(), String::new())).collect()).unwrap_or_default(),
+                None => chosen
+                    .map(|f| f.dependencies.pip.iter().map(|name| Dependency { name: name.clone(), rest: String::new(), has_page: false }).collect())
+                    .unwrap_or_default(),
             },
             requires_python: chosen.and_then(|f| f.requires_python.clone()).filter(|r| !r.trim().is_empty()),
             files_count: releases.iter().map(|r| r.files.len()).sum(),

@@ -191,7 +191,12 @@ impl IndexWriter {
             .and_then(|file| fs::read(self.layout.simple_package(package).join(format!("{}.metadata", file.filename))).ok())
             .map(|metadata| parse_metadata(&metadata));
         let downloads = self.downloads.get(package).map(|(recent, _)| *recent);
-        let page = view.page(pypi, now, metadata.as_ref(), downloads);
+        let mut page = view.page(pypi, now, metadata.as_ref(), downloads);
+        // A dependency is linked only when it has a page here (a project the farm does not
+        // know, or not yet, has none).
+        for dependency in &mut page.pip_deps {
+            dependency.has_page = is_safe_name(&dependency.name) && self.layout.project_dir(&dependency.name).join("index.html").is_file();
+        }
         // This replaces a former name's alias page that stood here: the project wins.
         write_if_changed(&self.layout.project_dir(package).join("index.html"), render(&page)?.as_bytes())?;
         write_if_changed(&self.layout.project_json_dir(package).join("index.json"), &view.json(pypi, metadata.as_ref()))?;
