@@ -268,6 +268,11 @@ pub struct RebuildConfig {
     #[arg(long)]
     pub no_wait: bool,
 
+    /// For project and index: stop waiting, with exit status 1, when no page has been written
+    /// for this long (a page the master cannot write is tried again until it is written)
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub give_up_after: HumanDuration,
+
     /// Do not ask for confirmation
     #[arg(short, long)]
     pub yes: bool,

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use piwheels_common::config::HumanDuration;
 use piwheels_common::protocols::{AdminReply, AdminRequest, RebuildTarget};
 
 use crate::ToolError;
@@ -47,21 +48,19 @@ pub fn run(cfg: &RebuildConfig) -> Result<(), ToolError> {
     let pages = matches!(target, RebuildTarget::Project(_) | RebuildTarget::Both(_));
     println!("{}", session.done(&AdminRequest::Rebuild(target))?);
     if pages && !cfg.no_wait {
-        wait_for_pages(&session)?;
+        wait_for_pages(&session, cfg.give_up_after.0)?;
     }
     Ok(())
 }
 
 /// How often the master is asked how many rewrites are left.
 const POLL: Duration = Duration::from_millis(500);
-/// How long the count may stay where it is before the tool stops waiting: a page the index
-/// writer cannot write is tried again every few seconds, for as long as it takes.
-const STALL: Duration = Duration::from_secs(300);
 
 /// Waits until every page rewrite queued until now is written, showing how many are left.
 /// Gives up, saying so, when the master cannot say (it restarted, say) or the count has not
-/// moved for [`STALL`]; the pages are written all the same.
-fn wait_for_pages(session: &Session) -> Result<(), ToolError> {
+/// moved for `stall` (a page the index writer cannot write is tried again every few seconds,
+/// for as long as it takes); the pages are written all the same.
+fn wait_for_pages(session: &Session, stall: Duration) -> Result<(), ToolError> {
     let pending = || {
         let answer = match session.request(&AdminRequest::RewritesPending)? {
             AdminReply::Pending { packages } => Ok(packages),
@@ -82,11 +81,11 @@ fn wait_for_pages(session: &Session) -> Result<(), ToolError> {
         let now = pending()?;
         if now < left {
             moved = std::time::Instant::now();
-        } else if moved.elapsed() >= STALL {
+        } else if moved.elapsed() >= stall {
             bar.abandon();
             return Err(ToolError::Failed(format!(
-                "{now} package(s)' pages have not been written for {} minutes: see the master's log (they are tried again until they are)",
-                STALL.as_secs() / 60
+                "{now} package(s)' pages have not been written for {}: see the master's log (they are tried again until they are)",
+                HumanDuration(stall)
             )));
         }
         left = now;

@@ -590,6 +590,46 @@ fn the_masters_own_failure_is_exit_status_75_and_a_refusal_1() {
     thread.join().unwrap();
 }
 
+/// piw-rebuild follows the count of pages left to write until it is 0, and stops waiting,
+/// with exit status 1, when it has not moved for `--give-up-after`: against a stand-in master
+/// whose count goes 3, 2, 0, then one whose count stays at 3.
+#[test]
+fn piw_rebuild_waits_for_the_pages_and_gives_up_when_none_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("ipc://{}/run/import", dir.path().display());
+    let ctx = zmq::Context::new();
+    let server = Server::<AdminRequest, AdminReply>::bind(&ctx, &endpoint, None).unwrap();
+    let thread = std::thread::spawn(move || {
+        for counts in [vec![3, 2, 0], vec![3; 1000]] {
+            let mut counts = counts.into_iter();
+            loop {
+                let (peer, request) = server.recv().unwrap();
+                let answer = match request.unwrap() {
+                    AdminRequest::Hello { .. } => AdminReply::Welcome,
+                    AdminRequest::Rebuild(_) => AdminReply::Done { message: "the rewrite of foo is queued".into() },
+                    AdminRequest::RewritesPending => match counts.next() {
+                        Some(packages) => AdminReply::Pending { packages },
+                        None => break,
+                    },
+                    other => panic!("unexpected {other:?}"),
+                };
+                let last = matches!(answer, AdminReply::Pending { packages: 0 });
+                server.send(&peer, &answer).unwrap();
+                if last {
+                    break;
+                }
+            }
+        }
+    });
+    let config = dir.path().join("tools.toml");
+    std::fs::write(&config, format!("[import]\nimport-queue = \"{endpoint}\"\n")).unwrap();
+    let out = run_tool("piw-rebuild", &config, &["index", "foo"]).succeeded();
+    assert!(out.contains("the rewrite of foo is queued") && out.contains("every page asked for is written (3 package(s))"), "{out}");
+    let line = run_tool("piw-rebuild", &config, &["index", "foo", "--give-up-after", "2s"]).failed(1);
+    assert!(line.contains("3 package(s)' pages have not been written for 2s"), "{line}");
+    drop(thread);
+}
+
 #[test]
 fn piw_add_with_a_version_registers_a_new_package_too() {
     let master = Master::start();
