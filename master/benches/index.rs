@@ -9,7 +9,12 @@
 //!    started again over the written tree with another template fingerprint, as after an
 //!    upgrade, and rewrites everything again. The figures are the times from its start to the
 //!    tree's stamp, in seconds and packages per second;
-//! 2. the latency from a build being recorded (the database's answer to `LogBuild`) to its
+//!    The `.metadata` files hold a realistic METADATA (a summary, five project links, ten
+//!    requirements, two with markers), which the project pages read;
+//! 2. the size of the project page of `pkg-big`, a project of 20 releases each built on four
+//!    ABIs (one build failed with a long log, three wheels with signed provenance, every
+//!    build's log on disk), written by that same rewrite;
+//! 3. the latency from a build being recorded (the database's answer to `LogBuild`) to its
 //!    wheel being linked from the package's simple page on disk, with the default window, over
 //!    `BENCH_SAMPLES` builds (default 20), one at a time, on the same farm.
 //!
@@ -79,27 +84,89 @@ fn fill_database(db: &TestDb, n: u64) {
          SELECT filename, 'apt', 'libatlas3-base' FROM files \
          UNION ALL SELECT filename, 'pip', 'numpy' FROM files",
     );
+    fill_big_project(db, 3 * n);
     db.execute("SELECT setval('builds_build_id_seq', (SELECT max(build_id) FROM builds))");
     db.execute("VACUUM ANALYZE");
 }
 
-/// The wheels and their `.metadata` files on disk, as the file juggler leaves them (empty:
-/// the pages take sizes and hashes from the database).
+/// `pkg-big`: 20 releases, each with a failed build on cp37 (an ABI no longer built) whose
+/// log is 40 lines long, and a wheel from each of cp39, cp311 and cp313; build ids from
+/// `after + 1`.
+fn fill_big_project(db: &TestDb, after: u64) {
+    db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp313', 313)");
+    db.execute(
+        "INSERT INTO packages (package, description) VALUES ('pkg-big', 'A project of twenty releases, built on four ABIs');
+         INSERT INTO package_names (name, package, seen) VALUES ('Pkg_Big', 'pkg-big', timestamptz '2024-01-01 00:00:00+00');
+         INSERT INTO versions (package, version, released, complete)
+         SELECT 'pkg-big', r || '.0', timestamptz '2020-01-01 00:00:00+00' + r * interval '30 days', true FROM generate_series(1, 20) r",
+    );
+    let kinds = "(VALUES (1, 'cp37'), (2, 'cp39'), (3, 'cp311'), (4, 'cp313')) k(k, abi)";
+    db.execute(&format!(
+        "INSERT INTO builds (build_id, package, version, built_by, builder, abi_tag, status, duration, failure) \
+         SELECT {after} + (r - 1) * 4 + k.k, 'pkg-big', r || '.0', 1, 'pi4-builder-07', k.abi, k.k <> 1, interval '3 minutes', \
+                CASE WHEN k.k = 1 THEN 'build' END \
+         FROM generate_series(1, 20) r, {kinds}"
+    ));
+    db.execute(&format!(
+        "INSERT INTO output (build_id, output) \
+         SELECT {after} + (r - 1) * 4 + 1, string_agg('error: line ' || l || ' of a compiler complaining of a missing header file', E'\\n') \
+         FROM generate_series(1, 20) r, generate_series(1, 40) l GROUP BY r"
+    ));
+    db.execute(&format!(
+        "INSERT INTO files (filename, build_id, filesize, filehash, metadata_hash, package_tag, package_version_tag, \
+                            py_version_tag, abi_tag, platform_tag, requires_python, uploaded) \
+         SELECT 'pkg_big-' || r || '.0-' || k.abi || '-' || k.abi || '-linux_armv7l.whl', {after} + (r - 1) * 4 + k.k, \
+                2000000 + r, md5(r || 'a' || k.k) || md5(r || 'b' || k.k), md5(r || 'c' || k.k) || md5(r || 'd' || k.k), \
+                'pkg_big', r || '.0', k.abi, k.abi, 'linux_armv7l', '>=3.9', timestamptz '2024-01-01 00:00:00+00' \
+         FROM generate_series(1, 20) r, {kinds} WHERE k.k > 1"
+    ));
+}
+
+/// A realistic METADATA for package number `p`.
+fn metadata(p: &str) -> String {
+    let mut text = format!(
+        "Metadata-Version: 2.4\nName: pkg_{p}\nVersion: 1.1\nSummary: Synthetic package {p}, a library of useful things\n\
+         Author-email: Someone <someone@example.org>\nLicense-Expression: MIT\nRequires-Python: >=3.9\n"
+    );
+    for (label, url) in [("Homepage", "https://example.org/"), ("Documentation", "https://docs.example.org/"), ("Source", "https://code.example.org/pkg"), ("Issues", "https://code.example.org/pkg/issues"), ("Changelog", "https://docs.example.org/changes")] {
+        text.push_str(&format!("Project-URL: {label}, {url}\n"));
+    }
+    for dep in ["numpy>=1.21", "attrs>=22.2", "packaging", "typing-extensions>=4.0; python_version < \"3.11\"", "idna>=2.5", "certifi", "urllib3<3,>=1.21.1", "charset-normalizer<4,>=2", "tomli>=1.1; python_version < \"3.11\"", "platformdirs"] {
+        text.push_str(&format!("Requires-Dist: {dep}\n"));
+    }
+    text.push_str("\nA long description that the pages do not read.\n");
+    text
+}
+
+/// The wheels (empty: the pages take sizes and hashes from the database) and their
+/// `.metadata` files on disk, as the file juggler leaves them; `pkg-big`'s with their signed
+/// provenance.
 fn fill_disk(root: &std::path::Path, n: u64) {
     let work = |from: u64, to: u64| {
         for p in from..to {
             let dir = root.join(format!("simple/pkg-{p}"));
             std::fs::create_dir_all(&dir).unwrap();
+            let metadata = metadata(&p.to_string());
             for name in [
                 format!("pkg_{p}-1.0-cp39-cp39-linux_armv7l.whl"),
                 format!("pkg_{p}-1.0-cp311-cp311-linux_armv7l.whl"),
                 format!("pkg_{p}-1.1-py3-none-any.whl"),
             ] {
                 std::fs::File::create(dir.join(&name)).unwrap();
-                std::fs::File::create(dir.join(format!("{name}.metadata"))).unwrap();
+                std::fs::write(dir.join(format!("{name}.metadata")), &metadata).unwrap();
             }
         }
     };
+    let dir = root.join("simple/pkg-big");
+    std::fs::create_dir_all(&dir).unwrap();
+    for r in 1..=20 {
+        for abi in ["cp39", "cp311", "cp313"] {
+            let name = format!("pkg_big-{r}.0-{abi}-{abi}-linux_armv7l.whl");
+            std::fs::File::create(dir.join(&name)).unwrap();
+            std::fs::write(dir.join(format!("{name}.metadata")), metadata("big")).unwrap();
+            std::fs::File::create(dir.join(format!("{name}{}", piwheels_common::provenance::SUFFIX))).unwrap();
+        }
+    }
     let half = n / 2 + 1;
     let work = &work;
     std::thread::scope(|s| {
@@ -142,6 +209,12 @@ fn main() {
     fill_database(&db, n);
     let filled = started.elapsed();
     fill_disk(out.path(), n);
+    // pkg-big's builds have their logs, as a farm's builds do: each cell links one.
+    for id in 3 * n + 1..=3 * n + 80 {
+        let log = out.path().join(piwheels_master::index::layout::log_path(id as i64));
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::File::create(log).unwrap();
+    }
     println!(
         "synthetic farm: {n} packages, {} files (database {:.0} s, disk {:.0} s)",
         3 * n,
@@ -194,8 +267,13 @@ fn main() {
     wait_for_stamp();
     let secs = started.elapsed().as_secs_f64();
     let listed = std::fs::read_to_string(out.path().join("simple/index.json")).unwrap().matches("\"name\"").count();
-    assert_eq!(listed as u64, n, "every package listed in the root");
+    assert_eq!(listed as u64, n + 1, "every package listed in the root");
+    let n = n + 1;
     println!("| empty | {n} | {secs:.1} | {:.0} | {:.0} |", n as f64 / secs, (4 * n + 2) as f64 / secs);
+    let big = std::fs::read_to_string(out.path().join("project/pkg-big/index.html")).unwrap();
+    assert_eq!(big.matches("<tr data-version=").count(), 20, "pkg-big's page lists its 20 releases");
+    let big_page = big.len();
+    let small_page = std::fs::metadata(out.path().join("project/pkg-1/index.html")).unwrap().len();
     // The same again over the written tree, as after an upgrade that changes the templates.
     scribe.control(TaskControl::Quit).unwrap();
     scribe.join(Duration::from_secs(30));
@@ -206,6 +284,11 @@ fn main() {
     wait_for_stamp();
     let secs = started.elapsed().as_secs_f64();
     println!("| written | {n} | {secs:.1} | {:.0} | {:.0} |", n as f64 / secs, (4 * n + 2) as f64 / secs);
+    println!("\n## Project page sizes\n");
+    println!("| project | bytes |");
+    println!("|---|---:|");
+    println!("| pkg-big: 20 releases, 4 ABIs, 60 wheels, 20 failed builds | {big_page} |");
+    println!("| pkg-1: 2 releases, 3 wheels | {small_page} |");
 
     // Latency: one build at a time, as the slave driver reports it: recorded, then the log
     // and a rewrite are sent to the index writer.

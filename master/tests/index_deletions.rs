@@ -122,7 +122,7 @@ fn check_tree(farm: &Farm) {
         let parts: Vec<&str> = rel.split('/').collect();
         assert!(!parts.iter().any(|p| p.starts_with('.')) || rel == ".piwheels-index", "hidden file {rel}");
         match parts.as_slice() {
-            [".piwheels-index" | "index.html" | "packages.json" | "signing-key.pem" | "search.js"] => {}
+            [".piwheels-index" | "index.html" | "packages.json" | "signing-key.pem" | "search.js" | "style.css"] => {}
             ["packages", "index.html"] => {}
             ["simple", "index.html" | "index.json"] => {}
             ["simple", package, name] => {

@@ -133,8 +133,20 @@ fn the_project_page_shows_releases_per_abi_with_logs_files_and_install_command()
         ]
     );
     let size = std::fs::metadata(farm.path("simple/numpy/numpy-1.0-cp311-cp311-linux_armv7l.whl")).unwrap().len();
-    assert!(files_row.contains(&format!("numpy-1.0-cp311-cp311-linux_armv7l.whl</a> ({}", human_size(size))), "{files_row}");
+    // Each file by its tags, as the release's row names it already.
+    assert!(files_row.contains(&format!("linux_armv7l.whl\">cp311-cp311-linux_armv7l</a> {}", human_size(size))), "{files_row}");
     assert!(!rows[1].contains("files-info"));
+
+    // A newer failure on the same ABI shows its last lines; the older one keeps its log link
+    // and its title, not its lines.
+    farm.fail("numpy", "2.0b1", "cp311");
+    farm.rewrite("numpy");
+    farm.wait("2.0b1's failure", |f| f.read("project/numpy/index.html").matches(r#"<td class="fail""#).count() == 2);
+    let html = farm.read("project/numpy/index.html");
+    let rows: Vec<&str> = html.split("<tr data-version=").skip(1).map(|r| &r[..r.find("</tr>").unwrap()]).collect();
+    assert!(rows[0].starts_with("\"2.0b1\"") && rows[0].contains(r#"<details class="why">"#), "{}", rows[0]);
+    assert!(rows[1].starts_with("\"1.1\"") && !rows[1].contains(r#"<details class="why">"#), "{}", rows[1]);
+    assert!(rows[1].contains(r#"<td class="fail" title="failed 20"#) && rows[1].contains("/logs/"), "{}", rows[1]);
 }
 
 #[test]

@@ -49,6 +49,8 @@ const MAX_SUMMARY: usize = 200;
 
 /// The search box's script, served at `/search.js` (see `templates/search.js`).
 pub const SEARCH_SCRIPT: &str = include_str!("../../../templates/search.js");
+/// The stylesheet, served at `/style.css` (see `templates/style.css`).
+pub const STYLESHEET: &str = include_str!("../../../templates/style.css");
 
 /// Identifies the page templates and models this build writes: a SHA-256 of every template's
 /// text and [`PAGES_REVISION`]. The tree records the one that wrote it; a master whose
@@ -65,6 +67,7 @@ pub static TEMPLATES_FINGERPRINT: LazyLock<String> = LazyLock::new(|| {
         include_str!("../../../templates/simple/project.html"),
         include_str!("../../../templates/packages.html"),
         SEARCH_SCRIPT,
+        STYLESHEET,
     ] {
         hash.update((text.len() as u64).to_le_bytes());
         hash.update(text.as_bytes());
@@ -428,8 +431,9 @@ impl CheckNote {
 /// A file link on a project page.
 #[derive(Debug, Clone)]
 pub struct FileLink {
-    /// Name.
-    pub filename: String,
+    /// What tells it from the release's other files: its tags (`cp311-cp311-linux_armv7l`),
+    /// or its name when that is not a wheel's.
+    pub tags: String,
     /// Absolute path of the file.
     pub url: String,
     /// Size for people.
@@ -451,8 +455,6 @@ pub struct ReleaseRow {
     pub skip: String,
     /// Release day, `YYYY-MM-DD`.
     pub released_day: String,
-    /// Release time in full.
-    pub released_full: String,
     /// One cell per column (None where the release has no state for that ABI).
     pub cells: Vec<Option<Cell>>,
     /// The release's published files.
@@ -634,6 +636,9 @@ impl<'a> ProjectView<'a> {
     ) -> ProjectPage<'a> {
         let data = self.data;
         let chosen = self.chosen_file();
+        // Each ABI's newest failure shows its last lines; older ones their log only, which
+        // keeps a long history's page small.
+        let mut failure_shown: HashSet<&str> = HashSet::new();
         let releases: Vec<ReleaseRow> = self
             .releases()
             .map(|r| ReleaseRow {
@@ -642,13 +647,15 @@ impl<'a> ProjectView<'a> {
                 yanked: r.yanked.clone(),
                 skip: r.skip.clone(),
                 released_day: r.released.format("%Y-%m-%d").to_string(),
-                released_full: r.released.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
                 cells: self
                     .columns
                     .iter()
                     .map(|column| {
                         r.abis.get(&column.tag).map(|(status, build_id)| {
-                            let (detail, last_lines) = Cell::of(*status, build_id.and_then(|id| self.data.builds.get(&id)));
+                            let (detail, mut last_lines) = Cell::of(*status, build_id.and_then(|id| self.data.builds.get(&id)));
+                            if *status == AbiStatus::Fail && !failure_shown.insert(column.tag.as_str()) {
+                                last_lines.clear();
+                            }
                             Cell {
                                 status: status_name(*status),
                                 build_id: *build_id,
@@ -664,7 +671,9 @@ impl<'a> ProjectView<'a> {
                     .published(r)
                     .map(|f| {
                         let (url, provenance_url) = self.file_urls(&f.filename);
-                        FileLink { filename: f.filename.clone(), url, size: human_size(f.size), provenance_url }
+                        let tags = WheelName::parse(&f.filename)
+                            .map_or_else(|_| f.filename.clone(), |w| format!("{}-{}-{}", w.python, w.abi, w.platform));
+                        FileLink { tags, url, size: human_size(f.size), provenance_url }
                     })
                     .collect(),
             })

@@ -25,7 +25,7 @@ use super::layout::{
     write_if_changed,
 };
 use super::pages::{
-    API_VERSION, AliasPage, HomePage, OnDisk, PackagesPage, ProjectView, RootPage, SEARCH_SCRIPT, SimplePage, SimpleProject,
+    API_VERSION, AliasPage, HomePage, OnDisk, PackagesPage, ProjectView, RootPage, SEARCH_SCRIPT, STYLESHEET, SimplePage, SimpleProject,
     alias_marker, former_names, root_json, search_json, simple_project_json, sorted_names,
 };
 
@@ -90,8 +90,9 @@ impl IndexWriter {
         let root_dirty = true;
         let root_dir = fs::File::open(layout.root())
             .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", layout.root().display())))?;
-        // The search box's script, which every page loads.
+        // The search box's script and the stylesheet, which every page loads.
         write_if_changed(&layout.root().join("search.js"), SEARCH_SCRIPT.as_bytes())?;
+        write_if_changed(&layout.root().join("style.css"), STYLESHEET.as_bytes())?;
         Ok(IndexWriter {
             layout,
             options,
