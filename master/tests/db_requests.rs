@@ -1141,6 +1141,8 @@ fn a_release_is_queued_once_its_source_is_pinned_and_a_pin_is_never_replaced() {
     assert!(fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: source.clone(), uploaded }));
     assert_eq!(fx.queue(10)["cp39"], ["foo 1.0"]);
     assert_eq!(released(&mut fx), days_ago(30).date_naive().to_string());
+    // Its project page's rewrite is recorded with the pin.
+    assert_eq!(fx.value("SELECT string_agg(package || ' ' || scope, ',') FROM rewrites_pending"), "foo project");
     // Another file for the same release does not replace the pin, nor its date.
     let other = SourceFile { sha256: "f".repeat(64), ..source.clone() };
     assert!(!fx.call(PinSource { package: "foo".into(), version: "1.0".into(), source: other, uploaded: Some(days_ago(1)) }));
@@ -1158,6 +1160,13 @@ fn a_release_is_queued_once_its_source_is_pinned_and_a_pin_is_never_replaced() {
     // Skipped releases and packages are not looked for.
     fx.sql("UPDATE versions SET skip = 'binary only' WHERE version = '2.0'");
     assert_eq!(unpinned(&mut fx), Vec::<String>::new());
+
+    // An upload time later than the release's date does not move it (up the queue).
+    fx.unpinned_version("foo", "3.0", days_ago(5));
+    let source = source_file("foo", "3.0");
+    assert!(fx.call(PinSource { package: "foo".into(), version: "3.0".into(), source, uploaded: Some(days_ago(1)) }));
+    let date = fx.value("SELECT (released AT TIME ZONE 'UTC')::date::text FROM versions WHERE version = '3.0'");
+    assert_eq!(date, days_ago(5).date_naive().to_string());
 }
 
 #[test]

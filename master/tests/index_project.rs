@@ -321,6 +321,13 @@ fn a_project_shows_its_wheel_s_summary_links_and_downloads() {
     assert_eq!(json["summary"], "Zope's summary");
     assert_eq!(json["project_urls"][1], serde_json::json!({"label": "Source", "url": "https://code.example/zope"}));
     assert_eq!(json["project_urls"].as_array().map(Vec::len), Some(3));
+    // A restarted writer shows the counts the search index holds until new ones come.
+    farm.stop();
+    std::fs::remove_file(farm.path("project/zope/index.html")).unwrap();
+    farm.start(Duration::from_millis(100));
+    farm.rewrite("zope");
+    farm.wait("zope's page again", |f| f.path("project/zope/index.html").is_file());
+    assert_eq!(text_of(&farm.read("project/zope/index.html"), "downloads-month"), "1,234");
 }
 
 /// The search index and the package list follow the projects with files within the simple

@@ -1004,7 +1004,8 @@ async fn environment_id(tx: &mut Transaction<'_, Postgres>, environment: &str) -
     }
 }
 
-async fn add_rewrite(conn: &mut PgConnection, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
+/// Records a pending rewrite on `conn` (in the caller's transaction, when it has one).
+pub(super) async fn add_rewrite(conn: &mut PgConnection, rewrite: &PendingRewrite) -> Result<(), sqlx::Error> {
     sqlx::query(concat!("INSERT INTO rewrites_pending (package, added_at, scope) VALUES ($1, $2, $3)", rewrite_conflict!()))
         .bind(&rewrite.package)
         .bind(rewrite.added_at)

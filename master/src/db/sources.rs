@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use piwheels_common::protocols::{PackageVersion, SourceFile, Timestamp};
 
+use sqlx::Connection;
+
 use super::Database;
-use super::requests::{RequestError, interval};
+use super::requests::{RequestError, add_rewrite, interval};
+use crate::calls::db::{PendingRewrite, RewriteScope};
 
 impl Database {
     /// Up to `limit` releases that could be built but have no pinned source: those never
@@ -28,9 +31,12 @@ impl Database {
         Ok(rows.into_iter().map(|(package, version)| PackageVersion { package, version }).collect())
     }
 
-    /// Pins `source` to the release, unless it has a pin already (a pin is never replaced),
-    /// and dates the release by the source's upload time when the index gave one. True when
-    /// this call pinned it. A malformed pin is refused ([`SourceFile::check`]).
+    /// Pins `source` to the release, unless it has a pin already (a pin is never replaced).
+    /// When the index gave the source's upload time and it is earlier than the release's date,
+    /// it becomes the date, and the project page's rewrite is recorded with the pin: a date
+    /// can only move earlier, so the index cannot move a release up the build queue (newest
+    /// first). True when this call pinned it. A malformed pin is refused
+    /// ([`SourceFile::check`]).
     pub async fn pin_source(
         &mut self,
         package: &str,
@@ -39,9 +45,10 @@ impl Database {
         uploaded: Option<Timestamp>,
     ) -> Result<bool, RequestError> {
         source.check().map_err(RequestError::Refused)?;
+        let mut tx = self.conn.begin().await?;
         let pinned = sqlx::query(
             "UPDATE versions SET source_filename = $3, source_url = $4, source_sha256 = $5, source_retry_at = NULL,
-                                 released = COALESCE($6, released)
+                                 released = LEAST(released, COALESCE($6, released))
              WHERE package = $1 AND version = $2 AND source_sha256 IS NULL",
         )
         .bind(package)
@@ -50,9 +57,14 @@ impl Database {
         .bind(&source.url)
         .bind(&source.sha256)
         .bind(uploaded)
-        .execute(&mut self.conn)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        if pinned == 1 && uploaded.is_some() {
+            let rewrite = PendingRewrite { package: package.to_string(), added_at: chrono::Utc::now(), scope: RewriteScope::Project };
+            add_rewrite(&mut tx, &rewrite).await?;
+        }
+        tx.commit().await?;
         Ok(pinned == 1)
     }
 

@@ -53,7 +53,8 @@ pub const SEARCH_SCRIPT: &str = include_str!("../../../templates/search.js");
 pub const STYLESHEET: &str = include_str!("../../../templates/style.css");
 
 /// Identifies the page templates and models this build writes: a SHA-256 of every template's
-/// text and [`PAGES_REVISION`]. The tree records the one that wrote it; a master whose
+/// text and [`PAGES_REVISION`] (not of `search.js` and `style.css`, which pages only link to
+/// and the writer copies at every start). The tree records the one that wrote it; a master whose
 /// fingerprint differs rewrites every page when it starts.
 pub static TEMPLATES_FINGERPRINT: LazyLock<String> = LazyLock::new(|| {
     let mut hash = Sha256::new();
@@ -66,8 +67,6 @@ pub static TEMPLATES_FINGERPRINT: LazyLock<String> = LazyLock::new(|| {
         include_str!("../../../templates/simple/index.html"),
         include_str!("../../../templates/simple/project.html"),
         include_str!("../../../templates/packages.html"),
-        SEARCH_SCRIPT,
-        STYLESHEET,
     ] {
         hash.update((text.len() as u64).to_le_bytes());
         hash.update(text.as_bytes());
@@ -489,7 +488,8 @@ fn project_links(urls: &[(String, String)]) -> Vec<ProjectLink> {
     let mut links: Vec<ProjectLink> = Vec::new();
     for (label, url) in urls {
         let Ok(parsed) = url::Url::parse(url) else { continue };
-        if !matches!(parsed.scheme(), "http" | "https") || url.len() > MAX_LINK_URL || links.iter().any(|l| l.url == parsed.as_str()) {
+        let normal = parsed.as_str();
+        if !matches!(parsed.scheme(), "http" | "https") || normal.len() > MAX_LINK_URL || links.iter().any(|l| l.url == normal) {
             continue;
         }
         let label = crate::access_log::clean(label, MAX_LINK_LABEL);
@@ -507,7 +507,9 @@ fn summary(data: &ProjectData, metadata: Option<&CoreMetadata>) -> String {
     if !data.description.trim().is_empty() {
         return data.description.clone();
     }
-    metadata.and_then(|m| m.summary.as_deref()).map(|s| crate::access_log::clean(s, MAX_SUMMARY)).unwrap_or_default()
+    // Old setuptools wrote `UNKNOWN` for a summary it was not given.
+    let given = |s: &&str| !s.trim().eq_ignore_ascii_case("UNKNOWN");
+    metadata.and_then(|m| m.summary.as_deref()).filter(given).map(|s| crate::access_log::clean(s, MAX_SUMMARY)).unwrap_or_default()
 }
 
 /// `project/<package>/index.html`.
@@ -672,7 +674,10 @@ impl<'a> ProjectView<'a> {
                     .map(|f| {
                         let (url, provenance_url) = self.file_urls(&f.filename);
                         let tags = WheelName::parse(&f.filename)
-                            .map_or_else(|_| f.filename.clone(), |w| format!("{}-{}-{}", w.python, w.abi, w.platform));
+                            .map_or_else(|_| f.filename.clone(), |w| match &w.build {
+                                Some(build) => format!("{build}-{}-{}-{}", w.python, w.abi, w.platform),
+                                None => format!("{}-{}-{}", w.python, w.abi, w.platform),
+                            });
                         FileLink { tags, url, size: human_size(f.size), provenance_url }
                     })
                     .collect(),

@@ -69,6 +69,13 @@ pub struct IndexWriter {
     root_dir: fs::File,
 }
 
+/// The download counts of a search index (`[[name, 30 days, ever], ...]`); none when it
+/// cannot be read.
+fn downloads_in(search_index: &[u8]) -> HashMap<String, (u64, u64)> {
+    let entries: Vec<(String, u64, u64)> = serde_json::from_slice(search_index).unwrap_or_default();
+    entries.into_iter().map(|(name, recent, all)| (name, (recent, all))).collect()
+}
+
 fn render<T: Template>(page: &T) -> io::Result<String> {
     page.render().map_err(|e| io::Error::other(format!("cannot render a page: {e}")))
 }
@@ -93,12 +100,15 @@ impl IndexWriter {
         // The search box's script and the stylesheet, which every page loads.
         write_if_changed(&layout.root().join("search.js"), SEARCH_SCRIPT.as_bytes())?;
         write_if_changed(&layout.root().join("style.css"), STYLESHEET.as_bytes())?;
+        // The download counts the search index holds, until the stats task sends new ones:
+        // pages written meanwhile keep showing them.
+        let downloads = fs::read(layout.root().join("packages.json")).ok().map(|bytes| downloads_in(&bytes)).unwrap_or_default();
         Ok(IndexWriter {
             layout,
             options,
             listed,
             root_dirty,
-            downloads: HashMap::new(),
+            downloads,
             deflate: std::sync::Mutex::new(Compress::new(Compression::default(), false)),
             root_dir,
         })
@@ -194,9 +204,11 @@ impl IndexWriter {
         let downloads = self.downloads.get(package).map(|(recent, _)| *recent);
         let mut page = view.page(pypi, now, metadata.as_ref(), downloads);
         // A dependency is linked only when it has a page here (a project the farm does not
-        // know, or not yet, has none).
+        // know has none; one whose page is first written later is linked at this page's next
+        // rewrite).
         for dependency in &mut page.pip_deps {
-            dependency.has_page = is_safe_name(&dependency.name) && self.layout.project_dir(&dependency.name).join("index.html").is_file();
+            dependency.has_page = dependency.name == package
+                || is_safe_name(&dependency.name) && self.layout.project_dir(&dependency.name).join("index.html").is_file();
         }
         // This replaces a former name's alias page that stood here: the project wins.
         write_if_changed(&self.layout.project_dir(package).join("index.html"), render(&page)?.as_bytes())?;
