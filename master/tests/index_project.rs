@@ -62,14 +62,8 @@ fn the_project_page_shows_releases_per_abi_with_logs_files_and_install_command()
     // Every requirement of the wheel's METADATA, with its marker when it has one.
     let deps: Vec<String> = text_of(&html, "pipdeps").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
     assert_eq!(deps, ["numpy", "ruamel-yaml-clib >=0.2.7; python_version < \"3.13\""]);
-    // A dependency is linked when it has a page here, as numpy's own has once written; this
-    // farm has no ruamel-yaml-clib.
-    farm.rewrite("numpy");
-    farm.wait("numpy's page linking numpy", |f| f.read("project/numpy/index.html").contains(r#"<li><a href="/project/numpy/">numpy</a>"#));
-    let again = farm.read("project/numpy/index.html");
-    let list = &again[again.find(r#"id="pipdeps""#).unwrap()..];
-    let linked: Vec<String> = tags(&list[..list.find("</ul>").unwrap()], "a").iter().filter_map(|a| a.attr("href").map(str::to_string)).collect();
-    assert_eq!(linked, ["/project/numpy/"]);
+    // A project's own name is linked; this farm has no ruamel-yaml-clib, so it is not.
+    assert_eq!(dependency_links(&html), ["/project/numpy/"]);
     // A METADATA with thousands of requirements, one of them very long, makes a bounded list.
     let metadata = farm.path("simple/numpy/numpy-1.0-cp39-cp39-linux_armv7l.whl.metadata");
     let mut text = String::from("Metadata-Version: 2.1\nName: numpy\nVersion: 1.0\n");
@@ -287,12 +281,24 @@ fn the_home_page_and_search_index_show_what_they_are_sent() {
 
 }
 
+/// The links of a project page's dependency list.
+fn dependency_links(html: &str) -> Vec<String> {
+    let list = &html[html.find(r#"id="pipdeps""#).unwrap()..];
+    tags(&list[..list.find("</ul>").unwrap()], "a").iter().filter_map(|a| a.attr("href").map(str::to_string)).collect()
+}
+
 /// A project PyPI gave no summary for shows its wheel's; its wheel's own links are shown when
 /// they are http or https, each once; its downloads in 30 days once the stats task counted
-/// them. The JSON says the same.
+/// them; a dependency with wheels here is linked. The JSON says the same.
 #[test]
 fn a_project_shows_its_wheel_s_summary_links_and_downloads() {
     let mut farm = Farm::started();
+    // A dependency with wheels here, written first.
+    farm.package("numpy", "numpy", "", &[("1.0", 1)]);
+    let w = farm.wheel("numpy-1.0-py3-none-any.whl", None);
+    farm.build("numpy", "1.0", "cp39", &[w]);
+    farm.rewrite("numpy");
+    farm.wait("numpy's simple page", |f| f.path("simple/numpy/index.html").is_file());
     farm.package("zope", "zope", "", &[("1.0", 1)]);
     let mut w = farm.wheel("zope-1.0-py3-none-any.whl", None);
     let mut metadata = String::from_utf8_lossy(&w.metadata).into_owned();
@@ -304,7 +310,10 @@ fn a_project_shows_its_wheel_s_summary_links_and_downloads() {
     farm.build("zope", "1.0", "cp39", &[w]);
     farm.send(WebRequest::Search { entries: vec![SearchEntry { package: "zope".into(), downloads_recent: 1234, downloads_all: 5000 }] });
     farm.rewrite("zope");
-    farm.wait("zope's page", |f| f.path("project/zope/index.html").is_file() && f.read("project/zope/index.html").contains("downloads-month"));
+    // The JSON is written after the HTML: wait for both.
+    farm.wait("zope's pages", |f| {
+        f.path("project/zope/json/index.json").is_file() && f.read("project/zope/index.html").contains("downloads-month")
+    });
     let html = farm.read("project/zope/index.html");
     assert_eq!(text_of(&html, "description"), "Zope's summary");
     let links: Vec<(String, String)> = tags(&html, "a")
@@ -315,6 +324,8 @@ fn a_project_shows_its_wheel_s_summary_links_and_downloads() {
     let want = [("Homepage", "https://zope.example/"), ("Source", "https://code.example/zope"), ("docs.example", "http://docs.example/z")];
     assert_eq!(links, want.map(|(label, url)| (label.to_string(), url.to_string())));
     assert_eq!(text_of(&html, "downloads-month"), "1,234");
+    // numpy has wheels here, ruamel-yaml-clib not.
+    assert_eq!(dependency_links(&html), ["/project/numpy/"]);
     // One release, one file: said in the singular.
     assert!(strip_tags(&html).contains("1 version, 1 file"), "{html}");
     let json = farm.json("project/zope/json/index.json");

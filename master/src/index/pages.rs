@@ -468,7 +468,7 @@ pub struct Dependency {
     /// The rest of the requirement: its extras, versions and environment marker, when it has
     /// them.
     pub rest: String,
-    /// Whether the project has a page here to link to (the writer looks).
+    /// Whether to link to its page here (the writer decides).
     pub has_page: bool,
 }
 

@@ -203,12 +203,11 @@ impl IndexWriter {
             .map(|metadata| parse_metadata(&metadata));
         let downloads = self.downloads.get(package).map(|(recent, _)| *recent);
         let mut page = view.page(pypi, now, metadata.as_ref(), downloads);
-        // A dependency is linked only when it has a page here (a project the farm does not
-        // know has none; one whose page is first written later is linked at this page's next
-        // rewrite).
+        // A dependency is linked when it has wheels here, so its page certainly exists (a
+        // project the farm does not know has none; one first built later is linked at this
+        // page's next rewrite). Asked of memory, not the disk: a page lists up to 100.
         for dependency in &mut page.pip_deps {
-            dependency.has_page = dependency.name == package
-                || is_safe_name(&dependency.name) && self.layout.project_dir(&dependency.name).join("index.html").is_file();
+            dependency.has_page = dependency.name == package || self.listed.contains(&dependency.name);
         }
         // This replaces a former name's alias page that stood here: the project wins.
         write_if_changed(&self.layout.project_dir(package).join("index.html"), render(&page)?.as_bytes())?;
