@@ -21,7 +21,6 @@ use chrono::DateTime;
 use piwheels_common::names::canonicalize;
 use piwheels_common::transport::{Client, Sender};
 use piwheels_common::task::{Context, PauseMode, Task};
-use piwheels_common::protocols::WireError;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -58,9 +57,6 @@ pub struct FollowerConfig {
     pub skip_new: String,
 }
 
-/// How long the index writer may take to take a rewrite request.
-const WEB_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The follower's sockets.
 #[derive(Debug)]
 pub struct Sockets {
@@ -84,10 +80,8 @@ impl Sockets {
 
     /// Asks the index writer to rewrite a package's pages; a failure costs only freshness.
     fn rewrite(&self, package: &str, scope: RewriteScope) {
-        match self.web.request(&WebRequest::Rewrite { package: package.into(), scope }, WEB_TIMEOUT) {
-            Ok(WebReply::Done) => {}
-            Ok(WebReply::Error(WireError { message, .. })) => tracing::warn!("the index writer refused to rewrite {package}: {message}"),
-            Err(e) => tracing::warn!("the index writer did not take the rewrite of {package}: {e}"),
+        if let Err(e) = (WebRequest::Rewrite { package: package.into(), scope }).send_to(&self.web) {
+            tracing::warn!("the rewrite of {package} was not taken: {e}");
         }
     }
 }

@@ -68,8 +68,6 @@ const MAX_SEND_ATTEMPTS: u32 = 3;
 const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 /// How long the file juggler may take to answer (a verification fsyncs a whole file).
 const FS_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the index writer may take to take a request.
-const WEB_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a message to a local queue may wait for room.
 const LOCAL_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 /// Page rewrites of a rebuild of every package are handed to the index writer this many at
@@ -750,11 +748,7 @@ fn request_name(request: &AdminRequest) -> &'static str {
 
 /// Hands a request to the index writer; the error says why it was not taken.
 fn web(sockets: &Sockets, request: WebRequest) -> Result<(), WireError> {
-    match sockets.web.request(&request, WEB_TIMEOUT) {
-        Ok(WebReply::Done) => Ok(()),
-        Ok(WebReply::Error(WireError { message, .. })) => Err(WireError::unavailable(format!("the index writer refused: {message}"))),
-        Err(e) => Err(WireError::unavailable(format!("the index writer did not answer: {e}"))),
-    }
+    request.send_to(&sockets.web).map_err(WireError::unavailable)
 }
 
 /// Asks for a new build of a release (`piw-rebuild build`), its published files kept.

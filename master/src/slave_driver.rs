@@ -104,8 +104,6 @@ const HOLD_MARGIN: Duration = Duration::from_secs(120);
 const MAX_HELLO_FIELD: usize = 256;
 /// How long the file juggler may take to answer (a verification fsyncs a whole file).
 const FS_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the index writer may take to take a request.
-const WEB_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a message to a local queue may wait for room.
 const LOCAL_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a refresh of the queue, or a report of its lengths, may wait to be folded with
@@ -1718,10 +1716,8 @@ fn notice(sockets: &Sockets, ctx: &Context<'_, Event>, level: NoticeLevel, text:
 /// Hands a request to the index writer. Its failure loses no data (the build is recorded);
 /// the pages are rewritten at the next change of the package or a full rebuild.
 fn web(sockets: &Sockets, request: WebRequest) {
-    match sockets.web.request(&request, WEB_TIMEOUT) {
-        Ok(WebReply::Done) => {}
-        Ok(WebReply::Error(WireError { message, .. })) => tracing::error!("the index writer refused a request: {message}"),
-        Err(e) => tracing::error!("the index writer did not answer: {e}"),
+    if let Err(e) = request.send_to(&sockets.web) {
+        tracing::error!("{e}");
     }
 }
 

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use piwheels_common::protocols::{ErrorKind, PackageVersion, WireError};
+use piwheels_common::protocols::{ErrorKind, PackageVersion};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, Sender};
 use tokio::sync::Semaphore;
@@ -59,9 +59,6 @@ pub struct PinnerConfig {
     pub timeout: Duration,
 }
 
-/// How long the index writer may take to take a rewrite request.
-const WEB_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The pinner's sockets.
 #[derive(Debug)]
 pub struct Sockets {
@@ -84,11 +81,8 @@ impl Sockets {
     /// Asks the index writer to rewrite a project's page (a release's date changed); a
     /// failure costs only freshness.
     fn rewrite(&self, package: &str) {
-        let request = WebRequest::Rewrite { package: package.into(), scope: RewriteScope::Project };
-        match self.web.request(&request, WEB_TIMEOUT) {
-            Ok(WebReply::Done) => {}
-            Ok(WebReply::Error(WireError { message, .. })) => tracing::warn!("the index writer refused to rewrite {package}: {message}"),
-            Err(e) => tracing::warn!("the index writer did not take the rewrite of {package}: {e}"),
+        if let Err(e) = (WebRequest::Rewrite { package: package.into(), scope: RewriteScope::Project }).send_to(&self.web) {
+            tracing::warn!("the rewrite of {package} was not taken (it is recorded, and done at the next start): {e}");
         }
     }
 }

@@ -210,6 +210,21 @@ pub enum WebReply {
     Error(WireError),
 }
 
+/// How long the index writer may take to take a request (it only queues most of them).
+const WEB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl WebRequest {
+    /// Hands the request to the index writer over `web`, waiting at most 10 s; the error
+    /// says why it was not taken, for the caller's log or answer.
+    pub fn send_to(&self, web: &piwheels_common::transport::Client<WebRequest, WebReply>) -> Result<(), String> {
+        match web.request(self, WEB_TIMEOUT) {
+            Ok(WebReply::Done) => Ok(()),
+            Ok(WebReply::Error(WireError { message, .. })) => Err(format!("the index writer refused: {message}")),
+            Err(e) => Err(format!("the index writer did not answer: {e}")),
+        }
+    }
+}
+
 piwheels_common::messages!(
     SlaveCommand,
     SlaveCommandReply,
