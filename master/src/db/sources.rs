@@ -32,11 +32,10 @@ impl Database {
     }
 
     /// Pins `source` to the release, unless it has a pin already (a pin is never replaced).
-    /// When the index gave the source's upload time and it is earlier than the release's date,
-    /// it becomes the date, and the project page's rewrite is recorded with the pin: a date
-    /// can only move earlier, so the index cannot move a release up the build queue (newest
-    /// first). True when this call pinned it. A malformed pin is refused
-    /// ([`SourceFile::check`]).
+    /// When the index gave the source's upload time, it becomes the release's date if it is
+    /// earlier (a date can only move earlier, so the index cannot move a release up the build
+    /// queue, newest first), and the project page's rewrite is recorded with the pin. True
+    /// when this call pinned it. A malformed pin is refused ([`SourceFile::check`]).
     pub async fn pin_source(
         &mut self,
         package: &str,

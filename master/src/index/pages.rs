@@ -34,7 +34,7 @@ pub const API_VERSION: &str = "1.1";
 
 /// Bumped when the pages change in a way the templates' text does not show (the models or
 /// the JSON documents), so that the next start rewrites every page.
-const PAGES_REVISION: u32 = 2;
+const PAGES_REVISION: u32 = 3;
 
 /// Most dependencies a project page lists (a wheel's METADATA may name thousands).
 const MAX_SHOWN_REQUIREMENTS: usize = 100;
@@ -504,11 +504,11 @@ fn project_links(urls: &[(String, String)]) -> Vec<ProjectLink> {
 
 /// The summary a project's pages show: PyPI's, else the one in its wheel's METADATA.
 fn summary(data: &ProjectData, metadata: Option<&CoreMetadata>) -> String {
-    if !data.description.trim().is_empty() {
+    // Old setuptools wrote `UNKNOWN` for a summary it was not given, and PyPI keeps it.
+    let given = |s: &&str| !s.trim().is_empty() && !s.trim().eq_ignore_ascii_case("UNKNOWN");
+    if given(&data.description.as_str()) {
         return data.description.clone();
     }
-    // Old setuptools wrote `UNKNOWN` for a summary it was not given.
-    let given = |s: &&str| !s.trim().eq_ignore_ascii_case("UNKNOWN");
     metadata.and_then(|m| m.summary.as_deref()).filter(given).map(|s| crate::access_log::clean(s, MAX_SUMMARY)).unwrap_or_default()
 }
 
@@ -1036,6 +1036,25 @@ mod tests {
             newest_first(&["1.0", "1.0rc1", "1.0.post1", "0.9", "1.0.dev0", "banana", "10.0", "2.0a1"]),
             ["10.0", "2.0a1", "1.0.post1", "1.0", "1.0rc1", "1.0.dev0", "0.9", "banana"]
         );
+    }
+
+    #[test]
+    fn the_summary_is_pypi_s_else_the_wheel_s_and_unknown_is_none() {
+        let data = |description: &str| ProjectData {
+            package: "foo".into(),
+            display_name: "foo".into(),
+            description: description.into(),
+            aliases: Vec::new(),
+            releases: Vec::new(),
+            builds: BTreeMap::new(),
+        };
+        let wheel = |summary: &str| CoreMetadata { summary: Some(summary.into()), ..CoreMetadata::default() };
+        assert_eq!(summary(&data("From PyPI"), Some(&wheel("From the wheel"))), "From PyPI");
+        assert_eq!(summary(&data(" "), Some(&wheel("From the wheel"))), "From the wheel");
+        assert_eq!(summary(&data("UNKNOWN"), Some(&wheel("From the wheel"))), "From the wheel");
+        assert_eq!(summary(&data(""), Some(&wheel("UNKNOWN"))), "");
+        assert_eq!(summary(&data(""), None), "");
+        assert_eq!(summary(&data(""), Some(&wheel(&"x".repeat(500)))).chars().count(), MAX_SUMMARY);
     }
 
     #[test]

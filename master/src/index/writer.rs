@@ -70,10 +70,10 @@ pub struct IndexWriter {
 }
 
 /// The download counts of a search index (`[[name, 30 days, ever], ...]`); none when it
-/// cannot be read.
+/// cannot be read. Its zeros are left out: they may be packages never counted.
 fn downloads_in(search_index: &[u8]) -> HashMap<String, (u64, u64)> {
     let entries: Vec<(String, u64, u64)> = serde_json::from_slice(search_index).unwrap_or_default();
-    entries.into_iter().map(|(name, recent, all)| (name, (recent, all))).collect()
+    entries.into_iter().filter(|&(_, recent, all)| (recent, all) != (0, 0)).map(|(name, recent, all)| (name, (recent, all))).collect()
 }
 
 fn render<T: Template>(page: &T) -> io::Result<String> {
