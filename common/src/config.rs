@@ -780,6 +780,14 @@ mod tests {
     }
 
     #[test]
+    fn sizes_are_in_binary_units_with_one_decimal() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(574 << 10), "574.0 KiB");
+        assert_eq!(human_size(5 << 30), "5.0 GiB");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(dur("90s"), Duration::from_secs(90));
         assert_eq!(dur("5m"), Duration::from_secs(300));

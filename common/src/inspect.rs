@@ -408,7 +408,7 @@ fn unconditional_requirement(requirement: &str) -> Option<String> {
     if requirement.contains(';') {
         return None;
     }
-    requirement_name(requirement)
+    split_requirement(requirement).map(|(name, _)| name)
 }
 
 /// The canonical project name a PEP 508 requirement names, and the rest of it (extras,
@@ -417,28 +417,16 @@ fn unconditional_requirement(requirement: &str) -> Option<String> {
 pub fn split_requirement(requirement: &str) -> Option<(String, &str)> {
     let requirement = requirement.trim();
     let end = requirement.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))).unwrap_or(requirement.len());
-    let name = requirement_name(&requirement[..end])?;
-    let rest = requirement[end..].trim_start();
-    if !(rest.is_empty() || rest.starts_with(['[', '(', '<', '>', '=', '!', '~', '@', ';'])) {
-        return None;
-    }
-    Some((name, rest))
-}
-
-/// The canonical name at the start of a requirement with no marker; None when malformed.
-fn requirement_name(requirement: &str) -> Option<String> {
-    let requirement = requirement.trim_start();
-    let end = requirement.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))).unwrap_or(requirement.len());
     let (name, rest) = requirement.split_at(end);
     let alphanumeric_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if !alphanumeric_ends || name.len() > MAX_REQUIREMENT_NAME {
         return None;
     }
     let rest = rest.trim_start();
-    if !(rest.is_empty() || rest.starts_with(['[', '(', '<', '>', '=', '!', '~', '@'])) {
+    if !(rest.is_empty() || rest.starts_with(['[', '(', '<', '>', '=', '!', '~', '@', ';'])) {
         return None;
     }
-    Some(canonicalize(name))
+    Some((canonicalize(name), rest))
 }
 
 #[cfg(test)]

@@ -338,6 +338,18 @@ pub enum FailureKind {
     Source,
 }
 
+impl FailureKind {
+    /// Why a build its limit stopped failed, for people ("it ran out of memory"); None for
+    /// the other kinds, whose exit says more.
+    pub fn limit_reason(self) -> Option<&'static str> {
+        match self {
+            FailureKind::Timeout => Some("it ran past its time limit"),
+            FailureKind::OutOfMemory => Some("it ran out of memory"),
+            _ => None,
+        }
+    }
+}
+
 /// Host measurements sent with IDLE and BUSY and by the master's stats task.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]

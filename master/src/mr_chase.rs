@@ -469,7 +469,7 @@ impl MrChase {
         let mut changes = Vec::new();
         if added {
             if yank {
-                yank_version(db, &package, version, true)?;
+                yank_version(db, &package, version, Some(String::new()))?;
                 changes.push("yanked".to_string());
             }
             if let Some(reason) = &skip {
@@ -488,7 +488,7 @@ impl MrChase {
                 changes.push("unskipped".to_string());
             }
             if unyank {
-                yank_version(db, &package, version, false)?;
+                yank_version(db, &package, version, None)?;
                 changes.push("unyanked".to_string());
             }
         }
@@ -544,7 +544,7 @@ impl MrChase {
                 return Err(WireError::refused("yanking keeps the version and its files: it cannot be combined with removing builds or skipping"));
             }
             check_text("the yank reason", &reason, MAX_YANK_REASON, true)?;
-            db.call(YankVersion { package: package.clone(), version: version.into(), reason: Some(reason.clone()) })?;
+            yank_version(db, &package, version, Some(reason.clone()))?;
             let mut message = match reason.is_empty() {
                 true => format!("yanked {what}"),
                 false => format!("yanked {what}: {reason}"),
@@ -693,8 +693,8 @@ impl Task for MrChase {
 // Helpers
 // ------------------------------------------------------------------------------------------
 
-fn yank_version(db: &DbClient, package: &str, version: &str, yank: bool) -> Result<(), WireError> {
-    let reason = yank.then(String::new);
+/// Yanks a version with `reason` ("" for none), or unyanks it with None.
+fn yank_version(db: &DbClient, package: &str, version: &str, reason: Option<String>) -> Result<(), WireError> {
     Ok(db.call(YankVersion { package: package.into(), version: version.into(), reason })?)
 }
 

@@ -747,7 +747,7 @@ impl SlaveDriver {
         self.want_refresh(format!("{what} to be tried again"));
     }
 
-    /// The back-off after the `failures`th infrastructure failure of a release or a check:
+    /// The back-off after the `failures`th infrastructure failure of a release:
     /// none after the first, then `--retry-backoff` doubling up to [`RETRY_LONGEST`].
     fn backoff(&self, failures: u32) -> Duration {
         match failures {
@@ -1197,7 +1197,7 @@ impl SlaveDriver {
             result,
         };
         // The log says what it is the log of, from the master's own record.
-        record.result.output = format!("{}{}", record.log_header(slave.id), record.result.output);
+        record.result.output = format!("{}{}", record.log_header(), record.result.output);
         let output = record.result.output.clone();
         let (slave_id, abi) = (slave.id, slave.hello.abi.clone());
         let rewrite = record.pending_rewrite(ctx.utc());

@@ -683,6 +683,9 @@ fn a_version_is_yanked_instead_of_removed_when_asked() {
     assert_eq!(farm.query("SELECT yank_reason FROM versions WHERE version = '2.0'"), ["crashes on import on armv6"]);
     let control = RemoveVersion { yank: Some("bad\u{1b}[31m".into()), ..remove("2.0") }.req();
     assert!(error(tool.ask(control)).contains("yank reason"));
+    let long = RemoveVersion { yank: Some("x".repeat(201)), ..remove("2.0") }.req();
+    assert!(error(tool.ask(long)).contains("yank reason"));
+    assert_eq!(farm.query("SELECT yank_reason FROM versions WHERE version = '2.0'"), ["crashes on import on armv6"]);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use chrono::TimeDelta;
 use piwheels_common::protocols::{
-    ControlReply, ControlRequest, ErrorKind, FailureKind, FarmSnapshot, FinishedBuild, NoticeLevel, SlaveAction, SlaveEvent,
+    ControlReply, ControlRequest, ErrorKind, FarmSnapshot, FinishedBuild, NoticeLevel, SlaveAction, SlaveEvent,
     SlaveId, SlaveReply, SlaveTarget, StatusEvent, TaskState, Timestamp,
 };
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -528,11 +528,7 @@ fn finished_line(name: &str, build: &FinishedBuild) -> (NoticeLevel, String) {
     match build.failure {
         None => (NoticeLevel::Info, format!("{name} built {release} in {took}")),
         Some(failure) => {
-            let why = match failure {
-                FailureKind::Timeout => "it ran past its time limit",
-                FailureKind::OutOfMemory => "it ran out of memory",
-                _ => "its command failed",
-            };
+            let why = failure.limit_reason().unwrap_or("its command failed");
             (NoticeLevel::Warning, format!("{name} failed to build {release} after {took}: {why}"))
         }
     }

@@ -716,10 +716,6 @@ fn reply_name(reply: &SlaveReply) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sizes_read_well() {
-    }
-
     fn result(output: String, metadata: usize) -> BuildResult {
         let mut file = piwheels_testsupport::data::wheel_file("demo-1.0-py3-none-any.whl", b"wheel");
         file.metadata = vec![b'x'; metadata].into();

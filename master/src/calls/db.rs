@@ -63,18 +63,18 @@ pub struct BuildRecord {
 impl BuildRecord {
     /// The lines a build's log starts with: what was built, where, when, how it ended and
     /// what it took, from the master's record (the slave's log follows, its command first).
-    pub fn log_header(&self, slave_id: SlaveId) -> String {
+    pub fn log_header(&self) -> String {
         let result = &self.result;
-        let outcome = match (result.success, result.failure, result.exit_status) {
+        let limit = result.failure.and_then(FailureKind::limit_reason);
+        let outcome = match (result.success, limit, result.exit_status) {
             (true, _, _) => format!("built {} wheel(s)", result.files.len()),
-            (false, Some(FailureKind::Timeout), _) => "failed: it ran past its time limit".to_string(),
-            (false, Some(FailureKind::OutOfMemory), _) => "failed: it ran out of memory".to_string(),
+            (false, Some(why), _) => format!("failed: {why}"),
             (false, _, Some(code)) => format!("failed: its command exited with status {code}"),
             (false, _, None) => "failed: its command was killed".to_string(),
         };
         format!(
             "== piwheels build of {} {} for {} ==\n\
-             builder      {} (slave {slave_id})\n\
+             builder      {} (slave {})\n\
              started      {}\n\
              outcome      {outcome}\n\
              wall time    {}\n\
@@ -85,6 +85,7 @@ impl BuildRecord {
             self.version,
             self.abi,
             self.builder,
+            self.built_by,
             self.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
             HumanDuration(Duration::from_secs(result.duration.as_secs())),
             HumanDuration(Duration::from_secs(result.cpu_time.as_secs())),

@@ -330,14 +330,12 @@ impl Database {
         // same bytes takes their records), and whether it has the source to build again. An ABI
         // the farm skips is not built on, and so not checked.
         let latest: Vec<(i64, String, bool, Vec<String>)> = sqlx::query_as(
-            "SELECT * FROM ( \
-                 SELECT DISTINCT ON (b.abi_tag) b.build_id, b.abi_tag, b.source_sha256 IS NOT NULL, \
-                        ARRAY(SELECT f.filename::text FROM files f WHERE f.build_id = b.build_id ORDER BY f.filename) AS files \
-                 FROM builds b JOIN build_abis a ON a.abi_tag = b.abi_tag AND a.skip = '' \
-                 WHERE b.package = $1 AND b.version = $2 AND b.status AND ($3::text IS NULL OR b.abi_tag = $3) \
-                   AND EXISTS (SELECT 1 FROM files f WHERE f.build_id = b.build_id) \
-                 ORDER BY b.abi_tag, b.build_id DESC) latest \
-             WHERE cardinality(files) > 0",
+            "SELECT DISTINCT ON (b.abi_tag) b.build_id, b.abi_tag, b.source_sha256 IS NOT NULL, \
+                    ARRAY(SELECT f.filename::text FROM files f WHERE f.build_id = b.build_id ORDER BY f.filename) \
+             FROM builds b JOIN build_abis a ON a.abi_tag = b.abi_tag AND a.skip = '' \
+             WHERE b.package = $1 AND b.version = $2 AND b.status AND ($3::text IS NULL OR b.abi_tag = $3) \
+               AND EXISTS (SELECT 1 FROM files f WHERE f.build_id = b.build_id) \
+             ORDER BY b.abi_tag, b.build_id DESC",
         )
         .bind(package)
         .bind(version)
@@ -966,7 +964,6 @@ macro_rules! rewrite_conflict {
     };
 }
 
-/// See [`Database::add_rewrite`].
 /// Refuses a release that is unknown or skipped (its own reason, or its package's), which an
 /// operator cannot ask to build; locks its row until the transaction ends.
 async fn check_buildable(tx: &mut Transaction<'_, Postgres>, package: &str, version: &str) -> Result<(), RequestError> {

@@ -502,6 +502,13 @@ fn project_links(urls: &[(String, String)]) -> Vec<ProjectLink> {
     links
 }
 
+/// How a project page names a file under its release: a wheel by what tells it from the
+/// release's other files, its name less its project and version (`[build-]python-abi-platform`),
+/// anything else by its name.
+fn file_label(filename: &str) -> &str {
+    WheelName::parse(filename).ok().and_then(|_| filename.strip_suffix(".whl")?.splitn(3, '-').nth(2)).unwrap_or(filename)
+}
+
 /// The summary a project's pages show: PyPI's, else the one in its wheel's METADATA.
 fn summary(data: &ProjectData, metadata: Option<&CoreMetadata>) -> String {
     // Old setuptools wrote `UNKNOWN` for a summary it was not given, and PyPI keeps it.
@@ -673,12 +680,7 @@ impl<'a> ProjectView<'a> {
                     .published(r)
                     .map(|f| {
                         let (url, provenance_url) = self.file_urls(&f.filename);
-                        let tags = WheelName::parse(&f.filename)
-                            .map_or_else(|_| f.filename.clone(), |w| match &w.build {
-                                Some(build) => format!("{build}-{}-{}-{}", w.python, w.abi, w.platform),
-                                None => format!("{}-{}-{}", w.python, w.abi, w.platform),
-                            });
-                        FileLink { tags, url, size: human_size(f.size), provenance_url }
+                        FileLink { tags: file_label(&f.filename).to_string(), url, size: human_size(f.size), provenance_url }
                     })
                     .collect(),
             })
@@ -1055,6 +1057,31 @@ mod tests {
         assert_eq!(summary(&data(""), Some(&wheel("UNKNOWN"))), "");
         assert_eq!(summary(&data(""), None), "");
         assert_eq!(summary(&data(""), Some(&wheel(&"x".repeat(500)))).chars().count(), MAX_SUMMARY);
+    }
+
+    #[test]
+    fn a_wheel_s_links_are_bounded_and_only_http() {
+        let mut urls: Vec<(String, String)> = vec![
+            ("".into(), "https://example.org/".into()),
+            ("x".repeat(100), "http://example.org/a".into()),
+            ("Script".into(), "javascript:alert(1)".into()),
+            ("Long".into(), format!("https://example.org/{}", "a".repeat(600))),
+            ("Again".into(), "https://example.org/".into()),
+        ];
+        urls.extend((0..20).map(|n| (format!("L{n}"), format!("https://example.org/{n}"))));
+        let links = project_links(&urls);
+        assert_eq!(links.len(), MAX_LINKS);
+        assert_eq!((links[0].label.as_str(), links[0].url.as_str()), ("example.org", "https://example.org/"));
+        assert_eq!(links[1].label.chars().count(), MAX_LINK_LABEL);
+        assert_eq!(links[2].label, "L0");
+        assert!(links.iter().all(|l| l.url.starts_with("http") && l.url.len() <= MAX_LINK_URL));
+    }
+
+    #[test]
+    fn files_are_labelled_by_their_tags_and_build_tag() {
+        assert_eq!(file_label("numpy-1.0-cp311-cp311-linux_armv7l.whl"), "cp311-cp311-linux_armv7l");
+        assert_eq!(file_label("numpy-1.0-1-cp311-cp311-linux_armv7l.whl"), "1-cp311-cp311-linux_armv7l");
+        assert_eq!(file_label("numpy-1.0.tar.gz"), "numpy-1.0.tar.gz");
     }
 
     #[test]

@@ -103,18 +103,17 @@ impl SimpleClient {
         Ok(page
             .files
             .iter()
-            .filter_map(|file| {
-                let uploaded = upload_time(file).filter(|t| t.timestamp() >= EARLIEST_UPLOAD && *t <= now);
-                source_file(&final_url, file).map(|file| ListedSource { file, uploaded })
-            })
+            .filter_map(|file| source_file(&final_url, file).map(|source| ListedSource { file: source, uploaded: upload_time(file, now) }))
             .collect())
     }
 }
 
-/// A file's `upload-time` (PEP 700: ISO 8601 in UTC, with or without fractions of a second).
-fn upload_time(file: &serde_json::Value) -> Option<Timestamp> {
+/// A file's `upload-time` (PEP 700: ISO 8601 in UTC, with or without fractions of a second),
+/// when it is believable: neither after `now` nor before 2000.
+fn upload_time(file: &serde_json::Value, now: Timestamp) -> Option<Timestamp> {
     let text = file.get("upload-time")?.as_str()?;
-    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.to_utc())
+    let at = chrono::DateTime::parse_from_rfc3339(text).ok()?.to_utc();
+    (at.timestamp() >= EARLIEST_UPLOAD && at <= now).then_some(at)
 }
 
 /// The page's file as a source pin: a source distribution whose URL (relative to the page, as
@@ -182,12 +181,17 @@ mod tests {
     }
 
     #[test]
-    fn upload_times_are_read_with_or_without_fractions() {
-        let at = |text: &str| upload_time(&serde_json::json!({"upload-time": text})).map(|t| t.timestamp());
+    fn upload_times_are_read_with_or_without_fractions_and_only_when_believable() {
+        let now = chrono::Utc::now();
+        let at = |text: &str| upload_time(&serde_json::json!({"upload-time": text}), now).map(|t| t.timestamp());
         assert_eq!(at("2024-10-18T15:21:26.123456Z"), Some(1_729_264_886));
         assert_eq!(at("2024-10-18T15:21:26Z"), Some(1_729_264_886));
         assert_eq!(at("yesterday"), None);
-        assert_eq!(upload_time(&serde_json::json!({})), None);
+        assert_eq!(upload_time(&serde_json::json!({}), now), None);
+        // Not believed: a time to come (it would put the release first in the queue), or
+        // before 2000.
+        assert_eq!(at(&(now + chrono::Duration::days(1)).to_rfc3339()), None);
+        assert_eq!(at("1999-12-31T23:59:59Z"), None);
     }
 
     #[test]
