@@ -58,9 +58,11 @@ impl FarmSnapshot {
                 SlaveEvent::Replied(reply) => {
                     if let Some(slave) = self.slaves.get_mut(slave_id) {
                         slave.last_seen = slave.last_seen.max(*at);
-                        // `Cont` keeps a build going and a repeated reply (`Sleep` after every
-                        // `Idle`) changes nothing: the state, and when it began, stay.
-                        if *reply != SlaveReply::Cont && slave.last_reply.as_ref() != Some(reply) {
+                        // `Cont` keeps a build going, a change to the host's builders leaves
+                        // this one as it was, and a repeated reply (`Sleep` after every `Idle`)
+                        // changes nothing: the state, and when it began, stay.
+                        let keeps = matches!(reply, SlaveReply::Cont | SlaveReply::AddBuilder | SlaveReply::RetireBuilder);
+                        if !keeps && slave.last_reply.as_ref() != Some(reply) {
                             slave.last_reply = Some(reply.clone());
                             slave.state_since = *at;
                         }
@@ -144,8 +146,9 @@ mod tests {
         replied(&mut farm, 30, build.clone());
         replied(&mut farm, 40, SlaveReply::Cont);
         replied(&mut farm, 50, SlaveReply::Cont);
+        replied(&mut farm, 55, SlaveReply::RetireBuilder);
         let slave = &farm.slaves[&3];
-        assert_eq!((slave.last_reply.clone(), slave.state_since, slave.last_seen), (Some(build), at(30), at(50)));
+        assert_eq!((slave.last_reply.clone(), slave.state_since, slave.last_seen), (Some(build), at(30), at(55)));
         replied(&mut farm, 60, SlaveReply::Sleep { paused: true });
         assert_eq!(farm.slaves[&3].state_since, at(60));
     }

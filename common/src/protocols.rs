@@ -433,6 +433,12 @@ pub enum SlaveAction {
     Skip,
     /// Tell the slave to exit at its next contact.
     Kill,
+    /// Start one more builder on the slave's host (as SIGTTIN to its `piw-slave` does); for
+    /// one slave only.
+    AddBuilder,
+    /// Retire one builder of the slave's host after its current build (as SIGTTOU does); for
+    /// one slave only.
+    RetireBuilder,
 }
 
 /// A monitor's or tool's request to the master. The first request of every client must be
@@ -835,6 +841,12 @@ pub enum SlaveReply {
         /// Why (killed by an operator, protocol error, master shutting down).
         reason: String,
     },
+    /// In answer to `Idle` or `Busy`: an operator asked this slave's host to run one more
+    /// builder. Otherwise as `Sleep` (idle) or `Cont` (busy).
+    AddBuilder,
+    /// In answer to `Idle` or `Busy`: an operator asked this slave's host to run one builder
+    /// fewer. Otherwise as `Sleep` (idle) or `Cont` (busy).
+    RetireBuilder,
 }
 
 // ------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ use piwheels_common::clock::SystemClock;
 use piwheels_common::hostinfo;
 use piwheels_common::keys::{Endpoint, needs_keys};
 use piwheels_common::systemd::Notifier;
-use piwheels_common::protocols::{ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveTarget, StatusEvent, TaskControl, Versions, WireError};
+use piwheels_common::protocols::{ControlReply, ControlRequest, FarmSnapshot, NoticeLevel, SlaveAction, SlaveTarget, StatusEvent, TaskControl, Versions, WireError};
 use piwheels_common::provenance;
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_common::transport::{self, Client, Peer, Receiver, Sender, Server};
@@ -571,6 +571,11 @@ impl Master {
                 tasks.broadcast(TaskControl::Resume);
                 self.publish(status_out, StatusEvent::Paused(false));
                 (ControlReply::Done, None)
+            }
+            ControlRequest::Slaves { target: SlaveTarget::All, action: action @ (SlaveAction::AddBuilder | SlaveAction::RetireBuilder) } => {
+                // Every builder of a host would pass it on: a host of 4 would grow by 4.
+                let refusal = format!("{action:?} applies to one slave's host: name the slave");
+                (ControlReply::Error(WireError::refused(refusal)), None)
             }
             ControlRequest::Slaves { target, action } => {
                 tracing::info!("{action:?} {target:?} on request from {caller} at {peer}");

@@ -55,7 +55,7 @@ use crate::cross_check;
 use crate::db::requests::stored_label;
 use crate::db_client::DbClient;
 use crate::gatekeeper::{Auth, Gate};
-use crate::slave_state::{Decision, Slave, Stage};
+use crate::slave_state::{Decision, Flags, Slave, Stage};
 use crate::wiring::{self, TaskName};
 
 /// Build tags a builder may give its wheels stay below this number, so that the tags the
@@ -1400,6 +1400,8 @@ impl SlaveDriver {
                 SlaveAction::Wake => slave.flags = Default::default(),
                 SlaveAction::Skip => slave.flags.skip = slave.build().is_some(),
                 SlaveAction::Kill => slave.flags.kill = true,
+                SlaveAction::AddBuilder => slave.flags.scale = (slave.flags.scale + 1).min(Flags::MAX_SCALE),
+                SlaveAction::RetireBuilder => slave.flags.scale = (slave.flags.scale - 1).max(-Flags::MAX_SCALE),
             }
             ids.push(slave.id);
         }

@@ -65,6 +65,13 @@ pub struct Flags {
     pub skip: bool,
     /// Tell it to exit at the next contact.
     pub kill: bool,
+    /// Builders its host is to add (positive) or retire (negative), one per contact.
+    pub scale: i8,
+}
+
+impl Flags {
+    /// Most builders an operator's presses may add or retire before the host hears of them.
+    pub const MAX_SCALE: i8 = 16;
 }
 
 /// What the slave driver must do about a request.
@@ -173,6 +180,14 @@ impl Slave {
         }
         if self.flags.kill {
             return Decision::Die { reason: "stopped by an operator".into() };
+        }
+        let asks_or_builds = matches!((&self.stage, &request), (Stage::Idle, SlaveRequest::Idle { .. }) | (Stage::Building { .. }, SlaveRequest::Busy { .. }));
+        if asks_or_builds && self.flags.scale != 0 && !self.flags.skip {
+            // An operator's change to the host's builders takes the place of a `Sleep` (idle)
+            // or a `Cont` (busy); the stage stays as it is.
+            let add = self.flags.scale > 0;
+            self.flags.scale -= self.flags.scale.signum();
+            return Decision::Reply(if add { SlaveReply::AddBuilder } else { SlaveReply::RetireBuilder });
         }
         let stage = std::mem::replace(&mut self.stage, Stage::Idle);
         match (stage, request) {
@@ -419,6 +434,25 @@ mod tests {
         assert_eq!(slave.build(), Some(&pv()));
         assert_eq!(slave.on_request(busy(), now + Duration::from_secs(60), false), Decision::Reply(SlaveReply::Cont));
         assert!(matches!(slave.stage, Stage::Building { .. }));
+    }
+
+    #[test]
+    fn an_operators_change_to_the_builders_goes_one_per_contact_in_place_of_sleep_or_cont() {
+        let now = Instant::now();
+        let mut slave = at_idle(now);
+        slave.flags.scale = 2;
+        assert_eq!(slave.on_request(idle(), now, false), Decision::Reply(SlaveReply::AddBuilder));
+        assert_eq!(slave.on_request(idle(), now, false), Decision::Reply(SlaveReply::AddBuilder));
+        assert_eq!(slave.on_request(idle(), now, false), Decision::FindWork);
+        let mut slave = at_building(now);
+        slave.flags.scale = -1;
+        assert_eq!(slave.on_request(busy(), now, false), Decision::Reply(SlaveReply::RetireBuilder));
+        assert!(matches!(slave.stage, Stage::Building { .. }), "the build goes on");
+        assert_eq!(slave.on_request(busy(), now, false), Decision::Reply(SlaveReply::Cont));
+        // A skip comes first: the change waits for the next contact.
+        slave.flags = Flags { skip: true, scale: 1, ..Flags::default() };
+        assert_eq!(slave.on_request(busy(), now, false), Decision::Reply(SlaveReply::Done));
+        assert_eq!(slave.on_request(idle(), now, false), Decision::Reply(SlaveReply::AddBuilder));
     }
 
     #[test]

@@ -284,6 +284,12 @@ fn slave_commands_reach_the_slave_driver() {
         ControlReply::Error(WireError { message, .. }) => assert!(message.contains("no slave has id 99"), "{message}"),
         other => panic!("unexpected {other:?}"),
     }
+    // Every builder of a host would pass a change to all on: it is for one slave only.
+    let grow_all = ControlRequest::Slaves { target: SlaveTarget::All, action: SlaveAction::AddBuilder };
+    match client.request(&grow_all, Duration::from_secs(5)).unwrap() {
+        ControlReply::Error(WireError { message, .. }) => assert!(message.contains("name the slave"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[test]

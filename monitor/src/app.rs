@@ -316,6 +316,8 @@ impl App {
                     'w' => SlaveAction::Wake,
                     'x' => SlaveAction::Skip,
                     'd' => SlaveAction::Kill,
+                    '+' => SlaveAction::AddBuilder,
+                    '-' => SlaveAction::RetireBuilder,
                     _ => return None,
                 };
                 return self.slave_command(action, c.is_ascii_uppercase());
@@ -338,6 +340,8 @@ impl App {
             SlaveAction::Wake => "wake",
             SlaveAction::Skip => "skip the build of",
             SlaveAction::Kill => "kill",
+            SlaveAction::AddBuilder => "add a builder to the host of",
+            SlaveAction::RetireBuilder => "retire a builder of the host of",
         };
         let (target, what, question) = if all {
             let building = self.farm.slaves.values().filter(|s| matches!(view::activity(s), Activity::Building { .. })).count();
@@ -455,6 +459,8 @@ impl App {
                     SlaveReply::Sleep { paused: true } => Some((NoticeLevel::Info, format!("{name} is asleep"))),
                     SlaveReply::Die { reason } => Some((NoticeLevel::Warning, format!("{name} was told to exit: {reason}"))),
                     SlaveReply::Error(error) => Some((NoticeLevel::Warning, format!("{name} was refused: {}", error.message))),
+                    SlaveReply::AddBuilder => Some((NoticeLevel::Info, format!("{name}'s host was asked to start a builder"))),
+                    SlaveReply::RetireBuilder => Some((NoticeLevel::Info, format!("{name}'s host was asked to retire a builder"))),
                     SlaveReply::Ack { .. } | SlaveReply::Sleep { paused: false } | SlaveReply::Send { .. } | SlaveReply::Cont => None,
                 };
                 if let Some((level, text)) = line {

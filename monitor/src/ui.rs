@@ -34,7 +34,7 @@ use crate::app::{App, Tone};
 use crate::view::{self, Activity, Health, limits};
 
 /// The key hints at the bottom of the screen.
-const KEYS: &str = "↑↓/jk select · s/w/x/d sleep/wake/skip/kill (capitals: all slaves) · p/r pause/resume master · PgUp/PgDn events · ? help · q quit";
+const KEYS: &str = "↑↓/jk select · s/w/x/d sleep/wake/skip/kill (capitals: all slaves) · +/- builders · p/r pause/resume master · PgUp/PgDn events · ? help · q quit";
 
 /// The help window's lines.
 const HELP: &[(&str, &str)] = &[
@@ -43,6 +43,7 @@ const HELP: &[(&str, &str)] = &[
     ("w / W", "wake the selected slave / all slaves: undo sleep, skip and kill"),
     ("x / X", "skip the build of the selected slave / of all slaves (asks first)"),
     ("d / D", "kill the selected slave / all slaves: it exits at its next contact (asks first)"),
+    ("+ / -", "start one more builder on the selected slave's host / retire one after its build"),
     ("p / r", "pause / resume the master: slaves get no new builds"),
     ("PgUp PgDn", "scroll the event log; Home: oldest, End: follow the newest"),
     ("q  Ctrl-C", "leave the monitor (the master goes on)"),

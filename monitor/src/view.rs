@@ -76,6 +76,8 @@ pub fn activity(slave: &SlaveSnapshot) -> Activity<'_> {
         Some(SlaveReply::Build { package, version, .. }) => Activity::Building { package, version },
         // The snapshot never keeps `Cont`, but it can only mean a build goes on.
         Some(SlaveReply::Cont) => Activity::Building { package: "?", version: "" },
+        // Nor does it keep these: they leave the slave doing what it did.
+        Some(SlaveReply::AddBuilder | SlaveReply::RetireBuilder) => Activity::Idle,
         Some(SlaveReply::Send { filename, .. }) => Activity::Sending { filename },
         Some(SlaveReply::Done) => Activity::Finishing,
         Some(SlaveReply::Die { reason }) => Activity::Exiting { reason },

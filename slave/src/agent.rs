@@ -8,7 +8,9 @@
 //! | | `Refused { reason }` | exits with the reason, status 1 |
 //! | `Idle { stats, declined }` | `Build { package, version, source }` | downloads and checks the source, starts the build, says `Busy` every `--busy-interval` until it ends, then `Built` |
 //! | | `Sleep { paused }` | waits `--sleep-interval` (plus up to half as long), says `Idle` |
+//! | | `AddBuilder` / `RetireBuilder` | tells its host (see [`crate::host`]), says `Idle` |
 //! | `Busy { stats }` | `Cont` | goes on building |
+//! | | `AddBuilder` / `RetireBuilder` | tells its host, goes on building |
 //! | | `Done` | kills the build, removes it, says `Idle` |
 //! | `Built(result)` / `Sent { filename }` | `Send { filename, transfer }` | uploads that wheel to the file juggler, says `Sent` |
 //! | | `Done` | removes the build, says `Idle` |
@@ -19,7 +21,9 @@
 //! While the master does not answer `Hello` (it is down), the slave says it again on a fresh
 //! connection every `--reconnect-interval`, logging only the first failure. SIGTERM or SIGINT
 //! kill any build at once; the slave then says `Bye` (after the answer to a request in
-//! flight, if any) and exits 0. Anything else (an answer it cannot decode, or one the
+//! flight, if any) and exits 0. SIGUSR1 (its host retiring it) lets a build finish and its
+//! wheels go; the slave then says `Bye` and exits 0. Each request tells the host the builder
+//! is alive. Anything else (an answer it cannot decode, or one the
 //! conversation does not allow) is a protocol error: the slave is deliberately brittle, says
 //! `Bye` with the error and exits 1, for its supervisor to start it afresh.
 
@@ -36,7 +40,6 @@ use chrono::{TimeZone, Utc};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use piwheels_common::systemd::Notifier;
 use piwheels_common::hostinfo::{host_info, host_stats};
 use piwheels_common::codec;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, Versions, WireError};
@@ -47,6 +50,7 @@ use piwheels_common::upload::{UploadOptions, Uploader};
 use crate::apt::AptIndex;
 use crate::builder::{Build, BuildJob, Builder, BuilderOptions};
 use crate::config::SlaveConfig;
+use crate::host::Slot;
 use crate::{environment, python};
 
 /// How long the slave waits, after sending `Bye`, before closing: `Bye` is not answered, so
@@ -76,6 +80,8 @@ pub enum Outcome {
         /// The signal's name.
         signal: String,
     },
+    /// Its host asked this builder to leave after its build.
+    Retired,
 }
 
 impl fmt::Display for Outcome {
@@ -83,6 +89,7 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Died { reason } => write!(f, "the master told this slave to stop: {reason}"),
             Outcome::Stopped { signal } => write!(f, "stopped by {signal}"),
+            Outcome::Retired => write!(f, "retired by its host"),
         }
     }
 }
@@ -119,21 +126,23 @@ pub fn refuse_root() -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the slave until the master says `Die`, a signal stops it, or an error.
+/// Runs one builder of its host (see [`crate::host`]) until the master says `Die`, a signal
+/// stops it, its host retires it, or an error.
 ///
-/// Call it from the main thread before any other thread exists: it blocks SIGTERM and SIGINT
-/// so that they reach the slave through its signal thread only.
-pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
+/// Call it from the main thread before any other thread exists: it blocks SIGTERM, SIGINT
+/// and SIGUSR1 so that they reach the slave through its signal thread only.
+pub fn run(config: &SlaveConfig, slot: Slot) -> Result<Outcome, AgentError> {
     config.check().map_err(AgentError::Setup)?;
     // Before anything slow: a slave without a usable key should say so at once.
     let security = config.auth.security(&config.slave_endpoint(), Role::Slave).map_err(|e| AgentError::Setup(e.to_string()))?;
     let file_security = config.auth.security(&config.file_endpoint(), Role::Slave).map_err(|e| AgentError::Setup(e.to_string()))?;
     check_clock()?;
     let stop = Arc::new(OnceLock::new());
+    let retire = Arc::new(AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel();
-    watch_signals(Arc::clone(&stop), events_tx.clone())?;
+    watch_signals(Arc::clone(&stop), Arc::clone(&retire), events_tx.clone())?;
 
-    let build_root = config.build_root();
+    let build_root = slot.build_root(&config.build_root());
     check_build_root(&build_root)?;
     let platform = python::probe(&config.python).map_err(|e| AgentError::Setup(e.to_string()))?;
     tracing::info!(
@@ -157,7 +166,8 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
     options.timeout = config.build_timeout.0;
     options.memory_limit = config.memory_limit.0;
     options.log_limit = config.log_limit.0;
-    let host = host_info(config.label.as_deref());
+    let mut host = host_info(config.label.as_deref());
+    host.label = slot.label(&host.label);
     let environment = environment::probe(&config.python, &host);
     tracing::info!(
         "building with {}",
@@ -189,19 +199,18 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
         hello,
         build_root,
         stop,
+        retire,
+        slot,
         events,
         events_tx,
         declined: None,
         paused: None,
-        systemd: Notifier::from_env(),
     };
-    let outcome = agent.run();
-    agent.systemd.stopping("stopping");
-    outcome
+    agent.run()
 }
 
 /// Refuses a clock that is surely unset.
-fn check_clock() -> Result<(), AgentError> {
+pub(crate) fn check_clock() -> Result<(), AgentError> {
     let (year, month, day) = EARLIEST_CLOCK;
     let earliest = Utc.with_ymd_and_hms(year, month, day, 0, 0, 0).single();
     let now = Utc::now();
@@ -212,20 +221,22 @@ fn check_clock() -> Result<(), AgentError> {
 }
 
 /// Makes the build root if it is missing and checks that builds can be made in it.
-fn check_build_root(root: &Path) -> Result<(), AgentError> {
+pub(crate) fn check_build_root(root: &Path) -> Result<(), AgentError> {
     let problem = |e: std::io::Error| AgentError::Setup(format!("cannot make build directories under {}: {e}", root.display()));
     std::fs::create_dir_all(root).map_err(problem)?;
     tempfile::Builder::new().prefix("piw-check-").tempdir_in(root).map_err(problem)?;
     Ok(())
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and so in every thread it starts later) and
-/// starts the thread that reads them: it records the first in `stop` (which also kills a
-/// running build) and wakes the conversation.
-fn watch_signals(stop: Arc<OnceLock<String>>, events: Sender<Event>) -> Result<(), AgentError> {
+/// Blocks SIGTERM, SIGINT and SIGUSR1 in this thread (and so in every thread it starts later)
+/// and starts the thread that reads them: it records the first stop signal in `stop` (which
+/// also kills a running build), SIGUSR1 (the host retiring this builder) in `retire`, and
+/// wakes the conversation.
+fn watch_signals(stop: Arc<OnceLock<String>>, retire: Arc<AtomicBool>, events: Sender<Event>) -> Result<(), AgentError> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGUSR1);
     mask.thread_block().map_err(|e| AgentError::Setup(format!("cannot block signals: {e}")))?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(|e| AgentError::Setup(format!("cannot create a signalfd: {e}")))?;
     std::thread::Builder::new()
@@ -234,10 +245,18 @@ fn watch_signals(stop: Arc<OnceLock<String>>, events: Sender<Event>) -> Result<(
             loop {
                 match signals.read_signal() {
                     Ok(Some(info)) => {
-                        let name = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)).map_or("a signal", |s| s.as_str());
-                        tracing::info!("{name}: stopping");
-                        let _ = stop.set(name.to_string());
-                        if events.send(Event::Stop).is_err() {
+                        let signal = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0));
+                        let event = if signal == Ok(Signal::SIGUSR1) {
+                            tracing::info!("SIGUSR1: leaving after the current build, if any");
+                            retire.store(true, Ordering::SeqCst);
+                            Event::Retire
+                        } else {
+                            let name = signal.map_or("a signal", |s| s.as_str());
+                            tracing::info!("{name}: stopping");
+                            let _ = stop.set(name.to_string());
+                            Event::Stop
+                        };
+                        if events.send(event).is_err() {
                             return;
                         }
                     }
@@ -259,6 +278,8 @@ enum Event {
     Finished(Box<Build>),
     /// A stop signal arrived.
     Stop,
+    /// The host retires this builder: it leaves when it has no build.
+    Retire,
 }
 
 /// How a conversation on one connection ended.
@@ -300,14 +321,16 @@ struct Agent<'a> {
     build_root: PathBuf,
     /// The stop signal's name, once one arrived.
     stop: Arc<OnceLock<String>>,
+    /// Set when the host retires this builder.
+    retire: Arc<AtomicBool>,
+    /// Which of its host's builders this is.
+    slot: Slot,
     events: Receiver<Event>,
     events_tx: Sender<Event>,
     /// Why the slave last declined work, to log changes only.
     declined: Option<String>,
     /// Whether the master's last `Sleep` said it is paused, to log changes only.
     paused: Option<bool>,
-    /// systemd's notifications: ready at the first Ack, the watchdog while the loop turns.
-    systemd: Notifier,
 }
 
 impl Agent<'_> {
@@ -327,8 +350,8 @@ impl Agent<'_> {
                 Ok(After::Hello) => connection = Some(client),
                 Ok(After::Reconnect) => discard(client),
                 Ok(After::Exit(outcome)) => {
-                    if let Outcome::Stopped { signal } = &outcome {
-                        self.bye(&client, &format!("stopped by {signal}"));
+                    if let Outcome::Stopped { .. } | Outcome::Retired = &outcome {
+                        self.bye(&client, &outcome.to_string());
                     }
                     return Ok(outcome);
                 }
@@ -346,8 +369,17 @@ impl Agent<'_> {
         self.stop.get().is_some()
     }
 
+    /// Stopped, or retired by the host: either way it takes no more work.
+    fn leaving(&self) -> bool {
+        self.stopping() || self.retire.load(Ordering::SeqCst)
+    }
+
     fn stopped_outcome(&self) -> Outcome {
-        Outcome::Stopped { signal: self.stop.get().cloned().unwrap_or_else(|| "a signal".into()) }
+        match self.stop.get() {
+            Some(signal) => Outcome::Stopped { signal: signal.clone() },
+            None if self.retire.load(Ordering::SeqCst) => Outcome::Retired,
+            None => Outcome::Stopped { signal: "a signal".into() },
+        }
     }
 
     fn connect(&self) -> Result<Connection, AgentError> {
@@ -364,22 +396,21 @@ impl Agent<'_> {
         let interval = self.config.reconnect_interval;
         let mut failures = 0u32;
         loop {
-            if self.stopping() {
+            if self.leaving() {
                 return Ok(None);
             }
             // Waiting for the master is the slave working as it should.
-            self.systemd.healthy();
+            self.slot.beat();
             match client.request(&SlaveRequest::Hello(self.hello.clone()), interval.0) {
                 Ok(SlaveReply::Ack { slave_id, index_url }) => {
                     tracing::info!("connected to the master at {} as slave {slave_id}; building from {index_url}", self.endpoint);
-                    self.systemd.ready(&format!("slave {slave_id} of {}", self.endpoint));
                     return Ok(Some((client, slave_id, index_url)));
                 }
                 Ok(SlaveReply::Error(error)) => return Err(AgentError::Refused { reason: error.message }),
                 Ok(other) => return Err(AgentError::Protocol(format!("the master answered Hello with {}", reply_name(&other)))),
                 Err(TransportError::Protocol(e)) => return Err(AgentError::Protocol(format!("the master's answer to Hello is not a slave reply: {e}"))),
                 Err(e @ TransportError::Unauthorized { .. }) => return Err(AgentError::Unauthorized(e.to_string())),
-                Err(_) if self.stopping() => {
+                Err(_) if self.leaving() => {
                     discard(client);
                     return Ok(None);
                 }
@@ -404,7 +435,7 @@ impl Agent<'_> {
     /// Sends a request and waits `--master-timeout` for the answer.
     fn request(&self, client: &Connection, request: &SlaveRequest) -> Result<Answer, AgentError> {
         tracing::debug!("→ {}", request.name());
-        self.systemd.healthy();
+        self.slot.beat();
         match client.request(request, self.config.master_timeout.0) {
             Ok(reply) => {
                 tracing::debug!("← {}", reply_name(&reply));
@@ -424,7 +455,7 @@ impl Agent<'_> {
     /// Asks for work until the connection ends.
     fn converse(&mut self, client: &Connection, slave_id: SlaveId, index_url: &str) -> Result<After, AgentError> {
         loop {
-            if self.stopping() {
+            if self.leaving() {
                 return Ok(After::Exit(self.stopped_outcome()));
             }
             let stats = self.stats();
@@ -447,6 +478,9 @@ impl Agent<'_> {
                     self.pause(wait + jitter(wait / 2));
                 }
                 Answer::Reply(SlaveReply::Die { reason }) => return Ok(After::Exit(Outcome::Died { reason })),
+                // Passed on to the host; then asks again.
+                Answer::Reply(SlaveReply::AddBuilder) => self.slot.ask(true),
+                Answer::Reply(SlaveReply::RetireBuilder) => self.slot.ask(false),
                 Answer::Reply(SlaveReply::Error(WireError { message: reason, .. })) => {
                     tracing::info!("the master does not know this slave any more ({reason}): saying hello again");
                     return Ok(After::Hello);
@@ -467,6 +501,8 @@ impl Agent<'_> {
                     self.abandon(running)?;
                     return Ok(Some(After::Exit(self.stopped_outcome())));
                 }
+                // The build goes on; the builder leaves after it.
+                Some(Event::Retire) => {}
                 None => {
                     if running.thread.is_finished() {
                         // The thread ended without reporting: look once more, it may have
@@ -480,6 +516,8 @@ impl Agent<'_> {
                     let answer = self.request(client, &SlaveRequest::Busy { stats })?;
                     match answer {
                         Answer::Reply(SlaveReply::Cont) => {}
+                        Answer::Reply(SlaveReply::AddBuilder) => self.slot.ask(true),
+                        Answer::Reply(SlaveReply::RetireBuilder) => self.slot.ask(false),
                         Answer::Reply(SlaveReply::Done) => {
                             tracing::info!("the master abandoned the build of {} {}", running.job.package, running.job.version);
                             self.abandon(running)?;
@@ -548,7 +586,7 @@ impl Agent<'_> {
                     }
                     return Ok(());
                 }
-                Ok(Event::Stop) => {}
+                Ok(Event::Stop | Event::Retire) => {}
                 Err(RecvTimeoutError::Timeout) if !running.thread.is_finished() => {}
                 Err(_) => return Err(AgentError::Internal("the build thread ended without a result".into())),
             }
@@ -618,13 +656,13 @@ impl Agent<'_> {
     /// Waits `duration`, or less if a stop signal arrives.
     fn pause(&self, duration: Duration) {
         let until = Instant::now() + duration;
-        while !self.stopping() {
+        while !self.leaving() {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
             match self.events.recv_timeout(left) {
-                Ok(Event::Stop) | Err(_) => return,
+                Ok(Event::Stop | Event::Retire) | Err(_) => return,
                 // A build that finished after it was given up; dropping it removes it.
                 Ok(Event::Finished(_)) => {}
             }
@@ -709,6 +747,8 @@ fn reply_name(reply: &SlaveReply) -> String {
         SlaveReply::Send { filename, transfer } => format!("Send ({filename}, transfer {transfer})"),
         SlaveReply::Done => "Done".into(),
         SlaveReply::Die { reason } => format!("Die ({reason})"),
+        SlaveReply::AddBuilder => "AddBuilder".into(),
+        SlaveReply::RetireBuilder => "RetireBuilder".into(),
     }
 }
 

@@ -116,23 +116,32 @@ pub struct SlaveConfig {
     #[arg(long, env = "PIW_SLAVE_LOG_LIMIT", value_name = "SIZE", default_value = "1MiB")]
     pub log_limit: ByteSize,
 
-    /// Free disk space the build root must have for the slave to take work; with less, it
-    /// tells the master why and waits
+    /// Free disk space the build root must have for a builder to take work, and for another
+    /// builder to start; with less, a builder tells the master why and waits
     #[arg(long, env = "PIW_SLAVE_MIN_FREE_DISK", value_name = "SIZE", default_value = "1GiB")]
     pub min_free_disk: ByteSize,
 
-    /// Available memory the host must have for the slave to take work; with less, it tells
-    /// the master why and waits
+    /// Available memory the host must have for a builder to take work, and for another
+    /// builder to start; with less, a builder tells the master why and waits
     #[arg(long, env = "PIW_SLAVE_MIN_FREE_MEMORY", value_name = "SIZE", default_value = "128MiB")]
     pub min_free_memory: ByteSize,
 
-    /// The name this slave gives itself [default: the host name]; a master that
-    /// authenticates slaves names it by its key's label instead
+    /// How many builders to run, each a slave to the master with its own directory under the
+    /// build root (SIGTTIN adds one, SIGTTOU retires one after its build; so do the monitor's
+    /// + and - keys)
+    #[arg(long, env = "PIW_SLAVE_BUILDERS", value_name = "COUNT", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=i64::from(SlaveConfig::MOST_BUILDERS)))]
+    pub builders: u16,
+
+    /// The name this slave gives itself, followed by #N for builder N [default: the host
+    /// name]; a master that authenticates slaves names it by its key's label instead
     #[arg(long, env = "PIW_SLAVE_LABEL", value_name = "TEXT")]
     pub label: Option<String>,
 }
 
 impl SlaveConfig {
+    /// Most builders one host may run.
+    pub const MOST_BUILDERS: u16 = 64;
+
     /// The slave driver's address.
     pub fn slave_endpoint(&self) -> String {
         self.slave_queue.clone().unwrap_or_else(|| format!("tcp://{}:{SLAVE_PORT}", host_for_url(&self.master)))

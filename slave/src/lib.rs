@@ -1,4 +1,4 @@
-//! piw-slave's parts: its configuration, the build runner and its launcher, the target
+//! piw-slave's parts: its configuration, the host that runs its builders, the build runner and its launcher, the target
 //! interpreter's tags, wheel inspection, the Debian package lookup for shared libraries, and
 //! the conversation with the master.
 
@@ -8,6 +8,7 @@ pub mod bounded;
 pub mod builder;
 pub mod config;
 pub mod environment;
+pub mod host;
 pub mod inspect;
 pub mod launcher;
 pub mod python;

@@ -53,7 +53,7 @@ variant_names! {
     control_reply: ControlReply { Welcome, Done, Error }
     status_event: StatusEvent { Stats, Slave, Task, Paused, Notice }
     slave_request: SlaveRequest { Hello, Idle, Busy, Built, Sent, Bye }
-    slave_reply: SlaveReply { Ack, Error, Sleep, Build, Cont, Send, Done, Die }
+    slave_reply: SlaveReply { Ack, Error, Sleep, Build, Cont, Send, Done, Die, AddBuilder, RetireBuilder }
     file_request: FileRequest { Hello, Chunk }
     file_reply: FileReply { Fetch, Done, Error }
     admin_request: AdminRequest { Hello, AddPackage, AddVersion, Import, Sent, RemovePackage, RemoveVersion, Rebuild, RewritesPending }
@@ -61,7 +61,7 @@ variant_names! {
     log_request: LogRequest { Hello, Records }
     log_reply: LogReply { Welcome, Error, Accepted }
     slave_target: SlaveTarget { All, One }
-    slave_action: SlaveAction { Sleep, Wake, Skip, Kill }
+    slave_action: SlaveAction { Sleep, Wake, Skip, Kill, AddBuilder, RetireBuilder }
     task_state: TaskState { Running, Paused, Restarting, Stopped, Failed }
     slave_event: SlaveEvent { Hello, Stats, Replied, Gone, Finished }
     notice_level: NoticeLevel { Info, Warning, Error }
@@ -192,7 +192,7 @@ fn slave_targets() -> Vec<SlaveTarget> {
 }
 
 fn slave_actions() -> Vec<SlaveAction> {
-    vec![SlaveAction::Sleep, SlaveAction::Wake, SlaveAction::Skip, SlaveAction::Kill]
+    vec![SlaveAction::Sleep, SlaveAction::Wake, SlaveAction::Skip, SlaveAction::Kill, SlaveAction::AddBuilder, SlaveAction::RetireBuilder]
 }
 
 fn task_states() -> Vec<TaskState> {
@@ -261,6 +261,8 @@ fn slave_replies() -> Vec<SlaveReply> {
         SlaveReply::Send { filename: wheel_file().filename, transfer: 42 },
         SlaveReply::Done,
         SlaveReply::Die { reason: "killed by an operator".into() },
+        SlaveReply::AddBuilder,
+        SlaveReply::RetireBuilder,
     ]);
     replies
 }
