@@ -114,6 +114,13 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_CROSS_CHECK_SHARE", value_name = "SHARE", default_value = "0.05", value_parser = cross_check_share)]
     pub cross_check_share: f64,
 
+    /// Hand no new work to a builder whose environment (Python, pip, setuptools, wheel,
+    /// compiler, linker, OS, Debian packages) differs from most of its ABI's builders' until it
+    /// agrees again or leaves. Without it, the difference is only announced (see
+    /// docs/slave.md)
+    #[arg(long, env = "PIW_HOLD_DRIFTED")]
+    pub hold_drifted: bool,
+
     /// Most slaves connected at once; more are refused until some leave
     #[arg(long, env = "PIW_MAX_SLAVES", value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_slaves: u16,

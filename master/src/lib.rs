@@ -13,6 +13,7 @@ pub mod cross_check;
 pub mod db;
 pub mod config;
 pub mod db_client;
+pub mod drift;
 pub mod file_juggler;
 pub mod gatekeeper;
 pub mod index;

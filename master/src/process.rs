@@ -385,6 +385,7 @@ fn start_task(task: TaskName, rt: &Runtime, cfg: &MasterConfig, auth: &Auth, sig
                 },
                 retry_backoff: cfg.retry_backoff.0,
                 cross_check_share: cfg.cross_check_share,
+                hold_drifted: cfg.hold_drifted,
             };
             let (open_driver, status) = (driver.clone(), rt.status_endpoint.clone());
             tasks.add(task::spawn(

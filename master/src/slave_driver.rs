@@ -55,6 +55,7 @@ use crate::cross_check;
 use crate::db::requests::stored_label;
 use crate::db_client::DbClient;
 use crate::gatekeeper::{Auth, Gate};
+use crate::drift::{self, Drift};
 use crate::slave_state::{Decision, Flags, Slave, Stage};
 use crate::wiring::{self, TaskName};
 
@@ -166,6 +167,9 @@ pub struct DriverConfig {
     /// Share of successful builds (0 to 1) that are cross-checked by another builder
     /// ([`cross_check::sampled`]).
     pub cross_check_share: f64,
+    /// Hand no work to a builder whose environment differs from its ABI's other builders'
+    /// ([`drift`]).
+    pub hold_drifted: bool,
 }
 
 /// The slave driver's sockets, and the slave-id counter, which outlive restarts of its state
@@ -395,6 +399,8 @@ pub struct SlaveDriver {
     lengths_changed: bool,
     /// The generation of the list of keys the connected slaves were last checked against.
     keys_checked: u64,
+    /// The differences among the connected builders' environments, as last announced.
+    drifts: Vec<Drift>,
 }
 
 impl SlaveDriver {
@@ -420,7 +426,33 @@ impl SlaveDriver {
             refresh: None,
             lengths_changed: false,
             keys_checked: 0,
+            drifts: Vec::new(),
         }
+    }
+
+    /// Compares the connected builders' environments again (a builder came or went): announces
+    /// each new difference and each one gone, and holds or frees the drifted builders as the
+    /// configuration says.
+    fn check_drift(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) {
+        let drifts = drift::find(self.slaves.values().map(|slave| (slave.id, &slave.hello)));
+        let key = |d: &Drift| (d.abi.clone(), d.entry.clone(), d.reference.clone(), d.drifted.clone());
+        for new in drifts.iter().filter(|d| !self.drifts.iter().any(|old| key(old) == key(d))) {
+            tracing::warn!("{}", new.describe());
+            notice(sockets, ctx, NoticeLevel::Warning, new.describe());
+        }
+        for gone in self.drifts.iter().filter(|old| !drifts.iter().any(|d| (&d.abi, &d.entry) == (&old.abi, &old.entry))) {
+            let text = format!("{} builders agree on {} again", gone.abi, gone.entry);
+            tracing::info!("{text}");
+            notice(sockets, ctx, NoticeLevel::Info, text);
+        }
+        let drifted = drift::drifted(&drifts);
+        for slave in self.slaves.values_mut() {
+            slave.held = match drifted.get(&slave.id) {
+                Some(entries) if self.config.hold_drifted => Some(format!("its {} differ from its ABI's other builders'", entries.join(", "))),
+                _ => None,
+            };
+        }
+        self.drifts = drifts;
     }
 
     fn on_slave(&mut self, sockets: &mut Sockets, ctx: &Context<'_, Event>) -> anyhow::Result<()> {
@@ -557,6 +589,7 @@ impl SlaveDriver {
                 slave.key = peer.user().map(str::to_string);
                 slave.address = peer.address().map(str::to_string);
                 self.slaves.insert(peer.identity().to_vec(), slave);
+                self.check_drift(sockets, ctx);
                 let answer = SlaveReply::Ack { slave_id: id, index_url: self.config.index_url.clone() };
                 self.answer(sockets, ctx, &peer, answer)
             }
@@ -1323,6 +1356,7 @@ impl SlaveDriver {
             self.want_refresh(format!("slave {} dropped its build of {} {}", slave.id, build.package, build.version));
         }
         publish(sockets, ctx, slave.id, SlaveEvent::Gone { reason: format!("{reason}{holding}") });
+        self.check_drift(sockets, ctx);
     }
 
     fn on_builds(&mut self, sockets: &Sockets, now: Instant) -> anyhow::Result<()> {

@@ -134,6 +134,8 @@ pub struct Slave {
     pub stage: Stage,
     /// What an operator asked of it.
     pub flags: Flags,
+    /// Why the master holds work from it (its environment drifted), if it does.
+    pub held: Option<String>,
     /// When its host figures were last passed on to monitors.
     pub stats_published: Option<Instant>,
     /// The user id of its connection (its public key), when the slave socket authenticates:
@@ -146,7 +148,7 @@ pub struct Slave {
 impl Slave {
     /// A slave that has just been acknowledged.
     pub fn new(id: SlaveId, hello: SlaveHello, now: Instant) -> Slave {
-        Slave { id, hello, last_seen: now, stage: Stage::Idle, flags: Flags::default(), stats_published: None, key: None, address: None }
+        Slave { id, hello, last_seen: now, stage: Stage::Idle, flags: Flags::default(), held: None, stats_published: None, key: None, address: None }
     }
 
     /// Whether it has been silent for longer than it allowed (its busy timeout).
@@ -196,7 +198,7 @@ impl Slave {
                     // The slave logs each change of its reason; the master would repeat it every few seconds.
                     tracing::debug!("slave {} declines work: {}", self.id, clean(&reason, MAX_REASON));
                     Decision::Reply(self.sleep(false))
-                } else if master_paused || self.flags.sleeping {
+                } else if master_paused || self.flags.sleeping || self.held.is_some() {
                     Decision::Reply(self.sleep(true))
                 } else {
                     Decision::FindWork

@@ -51,20 +51,25 @@ impl Farm {
 
     /// [`Farm::start`] with `limits` on slaves and the file juggler configured by `juggler`.
     fn start_with(releases: &[(&str, &str)], limits: SlaveLimits, juggler: impl FnOnce(&mut JugglerConfig)) -> Farm {
-        Farm::start_inner(releases, limits, Some(juggler), 0.0)
+        Farm::start_inner(releases, limits, Some(juggler), 0.0, false)
     }
 
     /// [`Farm::start`] without a file juggler: the test plays it at `wiring::FS`.
     fn start_without_juggler(releases: &[(&str, &str)]) -> Farm {
-        Farm::start_inner(releases, SlaveLimits::default(), None::<fn(&mut JugglerConfig)>, 0.0)
+        Farm::start_inner(releases, SlaveLimits::default(), None::<fn(&mut JugglerConfig)>, 0.0, false)
     }
 
     /// [`Farm::start`] with every successful build cross-checked.
     fn start_cross_checking(releases: &[(&str, &str)]) -> Farm {
-        Farm::start_inner(releases, SlaveLimits::default(), Some(|_: &mut JugglerConfig| {}), 1.0)
+        Farm::start_inner(releases, SlaveLimits::default(), Some(|_: &mut JugglerConfig| {}), 1.0, false)
     }
 
-    fn start_inner(releases: &[(&str, &str)], limits: SlaveLimits, juggler: Option<impl FnOnce(&mut JugglerConfig)>, cross_check_share: f64) -> Farm {
+    /// [`Farm::start`] holding work from builders whose environment drifted.
+    fn start_holding_drifted(releases: &[(&str, &str)]) -> Farm {
+        Farm::start_inner(releases, SlaveLimits::default(), Some(|_: &mut JugglerConfig| {}), 0.0, true)
+    }
+
+    fn start_inner(releases: &[(&str, &str)], limits: SlaveLimits, juggler: Option<impl FnOnce(&mut JugglerConfig)>, cross_check_share: f64, hold_drifted: bool) -> Farm {
         let mut pool = Pool::with_releases(releases);
         let dir = tempfile::tempdir().unwrap();
         let file_endpoint = match juggler {
@@ -85,6 +90,7 @@ impl Farm {
             limits,
             retry_backoff: RETRY_FIRST,
             cross_check_share,
+            hold_drifted,
         };
         let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());
         let driver = task::spawn(
@@ -217,7 +223,12 @@ impl FakeSlave {
 
     /// Says hello and returns the slave id.
     fn hello(&self) -> u32 {
-        match self.ask(SlaveRequest::Hello(hello(&self.label, self.busy_timeout))) {
+        self.hello_building_with(piwheels_testsupport::data::slave_hello(&self.label).environment)
+    }
+
+    /// Says hello, building with `environment`, and returns the slave id.
+    fn hello_building_with(&self, environment: BTreeMap<String, String>) -> u32 {
+        match self.ask(SlaveRequest::Hello(SlaveHello { environment, ..hello(&self.label, self.busy_timeout) })) {
             SlaveReply::Ack { slave_id, index_url } => {
                 assert_eq!(index_url, "http://127.0.0.1:9/simple/");
                 slave_id
@@ -498,6 +509,30 @@ fn operators_sleep_wake_skip_and_kill_slaves() {
 }
 
 #[test]
+fn a_builder_whose_setuptools_differs_from_its_peers_is_named_and_held() {
+    let mut farm = Farm::start_holding_drifted(&[("foo", "1.0"), ("bar", "1.0")]);
+    let environment = |setuptools: &str| BTreeMap::from([("python".to_string(), "3.11.2".to_string()), ("setuptools".to_string(), setuptools.to_string())]);
+    let (a, b, c) = (farm.slave("pi-a"), farm.slave("pi-b"), farm.slave("pi-c"));
+    a.hello_building_with(environment("66.1.1"));
+    b.hello_building_with(environment("66.1.1"));
+    let id_c = c.hello_building_with(environment("68.0.0"));
+    farm.refresh_queue();
+    let drift = farm.events_so_far().iter().find_map(|e| match e {
+        StatusEvent::Notice { level: NoticeLevel::Warning, text, .. } if text.contains("differ") => Some(text.clone()),
+        _ => None,
+    });
+    assert_eq!(drift.as_deref(), Some("cp311 builders differ in setuptools: pi-c has 68.0.0; the other 2 have 66.1.1"));
+    // The drifted builder gets no work; the others do.
+    assert_eq!(c.ask(idle()), SlaveReply::Sleep { paused: true });
+    a.take_build();
+    b.take_build();
+    // Once it has gone, its peers agree again.
+    farm.command(SlaveTarget::One(id_c), SlaveAction::Kill);
+    assert!(matches!(c.ask(idle()), SlaveReply::Die { .. }));
+    assert!(farm.events_so_far().iter().any(|e| matches!(e, StatusEvent::Notice { level: NoticeLevel::Info, text, .. } if text == "cp311 builders agree on setuptools again")));
+}
+
+#[test]
 fn a_paused_master_puts_slaves_to_sleep() {
     let farm = Farm::start(&[("foo", "1.0")]);
     let slave = farm.slave("pi-1");
@@ -676,7 +711,7 @@ impl TimedDriver {
         let rt = Runtime { poll_cap: Duration::from_millis(10), ..Runtime::new(pool.rt.zmq.clone(), Arc::new(clock.clone()), "inproc://status") };
         let slave_endpoint = format!("tcp://127.0.0.1:{}", free_port());
         let config =
-            DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT, auth: Auth::disabled(), limits: SlaveLimits::default(), retry_backoff: RETRY_FIRST, cross_check_share: 0.0 };
+            DriverConfig { slave_queue: slave_endpoint.clone(), index_url: "http://127.0.0.1:9/simple/".into(), max_message: 16 << 20, db_timeout: WAIT, auth: Auth::disabled(), limits: SlaveLimits::default(), retry_backoff: RETRY_FIRST, cross_check_share: 0.0, hold_drifted: false };
         let open_config = config.clone();
         let driver = task::spawn(
             &rt,
