@@ -1032,8 +1032,14 @@ pub enum AdminRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
 pub enum AdminReply {
-    /// `Hello` accepted.
-    Welcome,
+    /// `Hello` accepted; the ABIs the farm builds for (`build_abis` not skipped, by Python
+    /// version), which `piw-add --with-deps` resolves dependencies for. At most
+    /// [`AdminReply::MAX_ABIS`].
+    Welcome {
+        /// ABI tags, e.g. `cp311`.
+        #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "small_vec()"))]
+        abis: Vec<String>,
+    },
     /// Upload this file over the file socket.
     Send {
         /// File name.
@@ -1056,6 +1062,11 @@ pub enum AdminReply {
     /// request came before `Hello`, the request is invalid) or failed in the master (worth
     /// trying again later).
     Error(WireError),
+}
+
+impl AdminReply {
+    /// Most ABIs a `Welcome` names; a tool refuses a welcome with more.
+    pub const MAX_ABIS: usize = 64;
 }
 
 // ------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ use piwheels_common::keys::ClientAuthArgs;
 use piwheels_common::logging::LogArgs;
 use piwheels_common::protocols::Timestamp;
 
-/// Where the master is and how long to wait for it; every tool has these.
+/// Where the master (and the index) is and how long to wait for it; every tool has these, so
+/// that one `[import]` table serves all four.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {
     /// The master's admin socket (piw-master's --import-queue): ipc://PATH on the master's
@@ -32,6 +33,12 @@ pub struct ConnectArgs {
     /// takes a while)
     #[arg(long, env = "PIW_IMPORT_TIMEOUT", value_name = "DURATION", default_value = "5m")]
     pub timeout: HumanDuration,
+
+    /// PyPI's JSON API root (URL/PROJECT/json, piw-master's --pypi-json), where piw-add
+    /// --with-deps reads releases and their requirements; the other tools accept it so that
+    /// one [import] table serves all four [default: none]
+    #[arg(long, env = "PIW_PYPI_JSON", value_name = "URL")]
+    pub pypi_json: Option<String>,
 
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -149,6 +156,22 @@ pub struct AddConfig {
     /// Unyank the version
     #[arg(long, requires = "release", conflicts_with = "yank")]
     pub unyank: bool,
+
+    /// Also add the releases the version's dependencies resolve to on the farm's ABIs, and
+    /// theirs in turn, as the index (--pypi-json) knows them; the other options apply to the
+    /// version named only
+    #[arg(long, requires = "release")]
+    pub with_deps: bool,
+
+    /// With --with-deps: most releases to add, the one named included; a resolution that needs
+    /// more stops before anything is added
+    #[arg(long, value_name = "COUNT", default_value = "200", requires = "with_deps", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_releases: u32,
+
+    /// With --with-deps: most levels of dependencies to follow below the version named; a
+    /// deeper chain stops the resolution before anything is added
+    #[arg(long, value_name = "LEVELS", default_value = "20", requires = "with_deps", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_depth: u32,
 }
 
 /// piw-remove: removes a package or a version from the farm with its builds and files, or only
@@ -320,7 +343,11 @@ mod tests {
     fn one_import_table_configures_every_tool() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("piwheels.toml");
-        std::fs::write(&file, "[import]\nimport-queue = \"ipc:///srv/import\"\nfile-queue = \"tcp://master:5556\"\ntimeout = \"1m\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[import]\nimport-queue = \"ipc:///srv/import\"\nfile-queue = \"tcp://master:5556\"\ntimeout = \"1m\"\npypi-json = \"http://index.invalid/pypi\"\n",
+        )
+        .unwrap();
         let config = file.to_str().unwrap();
         let parse = |args: &[&str]| -> ConnectArgs {
             let name = args[0];
@@ -338,6 +365,7 @@ mod tests {
             assert_eq!(connect.file_queue, "tcp://master:5556", "{args:?}");
             assert_eq!(connect.timeout.0, std::time::Duration::from_secs(60), "{args:?}");
             assert_eq!(connect.connect_timeout.0, std::time::Duration::from_secs(5), "{args:?}");
+            assert_eq!(connect.pypi_json.as_deref(), Some("http://index.invalid/pypi"), "{args:?}");
         }
     }
 
@@ -357,6 +385,8 @@ mod tests {
         assert!(AddConfig::try_parse_from(["piw-add", "foo", "--yank"]).is_err(), "yank needs a version");
         assert!(AddConfig::try_parse_from(["piw-add", "foo", "1.0", "--yank", "--unyank"]).is_err());
         assert!(AddConfig::try_parse_from(["piw-add", "foo", "--skip", "x", "--unskip"]).is_err());
+        assert!(AddConfig::try_parse_from(["piw-add", "foo", "--with-deps"]).is_err(), "with-deps needs a version");
+        assert!(AddConfig::try_parse_from(["piw-add", "foo", "1.0", "--with-deps", "--max-releases", "0"]).is_err());
         assert!(RemoveConfig::try_parse_from(["piw-remove", "foo", "--yank"]).is_err(), "yank needs a version");
         assert!(RemoveConfig::try_parse_from(["piw-remove", "foo", "1.0", "--yank", "--builds"]).is_err());
         assert!(RebuildConfig::try_parse_from(["piw-rebuild", "everything"]).is_err());

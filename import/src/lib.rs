@@ -1,5 +1,6 @@
 //! The administrators' tools: `piw-import` (wheels built elsewhere), `piw-add` (packages and
-//! versions), `piw-remove` (packages, versions or their builds) and `piw-rebuild` (pages,
+//! versions, and with `--with-deps` the releases their dependencies resolve to, [`deps`]),
+//! `piw-remove` (packages, versions or their builds) and `piw-rebuild` (pages,
 //! builds again). Each talks to the master's admin endpoint ([`session`]) and, for imports, to
 //! its file socket; `docs/admin-tools.md` describes them for operators. Beside them, for
 //! anyone who installs from the index, `piw-verify` ([`verify`]) checks a wheel's signed
@@ -14,6 +15,7 @@ use piwheels_common::protocols::{ErrorKind, WireError};
 
 pub mod add;
 pub mod config;
+pub mod deps;
 pub mod import;
 pub mod prompt;
 pub mod rebuild;

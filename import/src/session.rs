@@ -18,6 +18,8 @@ pub struct Session {
     client: Client<AdminRequest, AdminReply>,
     endpoint: String,
     timeout: Duration,
+    /// The ABIs the farm builds for, as the master's welcome named them.
+    abis: Vec<String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -37,16 +39,24 @@ impl Session {
         let ctx = zmq::Context::new();
         let client = Client::connect_secured(&ctx, &endpoint, Some(DEFAULT_MAX_MESSAGE), &security)
             .map_err(|e| ToolError::Failed(format!("cannot connect to the master at {endpoint}: {e}")))?;
-        let session = Session { _ctx: ctx, client, endpoint, timeout: args.timeout.0 };
+        let mut session = Session { _ctx: ctx, client, endpoint, timeout: args.timeout.0, abis: Vec::new() };
         let hello = AdminRequest::Hello { versions: Versions::current(), actor: actor(tool) };
         let answer = session.client.request(&hello, args.connect_timeout.0);
-        if !matches!(answer, Ok(AdminReply::Welcome)) {
+        if !matches!(answer, Ok(AdminReply::Welcome { .. })) {
             // Leave at once: a hello still queued for a master that is not there must not
             // hold the process for the socket's linger time.
             let _ = session.client.socket().set_linger(0);
         }
         match answer {
-            Ok(AdminReply::Welcome) => Ok(session),
+            Ok(AdminReply::Welcome { abis }) if abis.len() > AdminReply::MAX_ABIS => Err(ToolError::Failed(format!(
+                "the master's welcome names {} ABIs, more than the {} a welcome may name",
+                abis.len(),
+                AdminReply::MAX_ABIS
+            ))),
+            Ok(AdminReply::Welcome { abis }) => {
+                session.abis = abis;
+                Ok(session)
+            }
             Ok(AdminReply::Error(error)) => {
                 let message = format!("the master refused us, saying: {}", error.message);
                 Err(ToolError::from(WireError { message, ..error }))
@@ -58,6 +68,11 @@ impl Session {
             ))),
             Err(e) => Err(ToolError::Failed(format!("cannot talk to the master at {}: {e}", session.endpoint))),
         }
+    }
+
+    /// The ABIs the farm builds for, from the master's welcome.
+    pub fn abis(&self) -> &[String] {
+        &self.abis
     }
 
     /// Sends a request and waits up to `--timeout` for the answer.
@@ -127,6 +142,7 @@ mod tests {
             file_queue: "tcp://localhost:5556".into(),
             connect_timeout: HumanDuration(Duration::from_millis(300)),
             timeout: HumanDuration(Duration::from_secs(1)),
+            pypi_json: None,
             // Silence is what these tests are about; tools/ tests the keys.
             auth: ClientAuthArgs { no_auth: true, ..Default::default() },
         }

@@ -18,6 +18,7 @@ use piwheels_testsupport::db::{APP_ROLE, TestDb};
 use piwheels_testsupport::free_port;
 use piwheels_common::keys::Role;
 use piwheels_testsupport::keys::ClientKey;
+use piwheels_testsupport::pypi::FakePypi;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -575,7 +576,7 @@ fn the_masters_own_failure_is_exit_status_75_and_a_refusal_1() {
         for answer in answers {
             let (peer, request) = server.recv().unwrap();
             assert!(matches!(request, Ok(AdminRequest::Hello { .. })));
-            server.send(&peer, &AdminReply::Welcome).unwrap();
+            server.send(&peer, &AdminReply::Welcome { abis: vec!["cp311".into()] }).unwrap();
             let (peer, request) = server.recv().unwrap();
             assert!(matches!(request, Ok(AdminRequest::RemovePackage { .. })), "{request:?}");
             server.send(&peer, &AdminReply::Error(answer)).unwrap();
@@ -605,7 +606,7 @@ fn piw_rebuild_waits_for_the_pages_and_gives_up_when_none_is_written() {
             loop {
                 let (peer, request) = server.recv().unwrap();
                 let answer = match request.unwrap() {
-                    AdminRequest::Hello { .. } => AdminReply::Welcome,
+                    AdminRequest::Hello { .. } => AdminReply::Welcome { abis: vec!["cp311".into()] },
                     AdminRequest::Rebuild(_) => AdminReply::Done { message: "the rewrite of foo is queued".into() },
                     AdminRequest::RewritesPending => match counts.next() {
                         Some(packages) => AdminReply::Pending { packages },
@@ -639,4 +640,93 @@ fn piw_add_with_a_version_registers_a_new_package_too() {
     // Again: the package line says nothing, the version line says nothing changed.
     let out = master.tool("piw-add", &["brand-new", "2.0"]).succeeded();
     assert_eq!(out.trim(), "version brand-new 2.0 exists already; nothing changed");
+}
+
+// ------------------------------------------------------------------------------------------
+// piw-add --with-deps, against a fake PyPI
+// ------------------------------------------------------------------------------------------
+
+/// A fake index holding `releases`: (name, version, Requires-Python, Requires-Dist), each
+/// with a source file.
+fn fake_index(releases: &[(&str, &str, Option<&str>, &[&str])]) -> FakePypi {
+    let pypi = FakePypi::start();
+    for (name, version, requires_python, requires_dist) in releases {
+        pypi.create_package(name, None);
+        pypi.add_source(name, version, format!("source of {name} {version}").into_bytes());
+        pypi.set_requirements(name, version, *requires_python, requires_dist);
+    }
+    pypi
+}
+
+#[test]
+fn piw_add_with_deps_registers_what_the_requirements_resolve_to_on_each_abi() {
+    let master = Master::start();
+    // Two ABIs the farm builds, and one it skips, which the master leaves out of its welcome.
+    master.db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp39', 309)");
+    master.db.execute("INSERT INTO build_abis (abi_tag, python_version, skip) VALUES ('cp37m', 307, 'retired')");
+    let pypi = fake_index(&[
+        ("App", "1.0", Some(">=3.8"), &["lib>=1.0", "modern; python_version >= \"3.10\"", "FastLib[speedups]>=1", "missing>=1"]),
+        // A newer App than the one asked for: the cycle through lib leads back to 1.0.
+        ("App", "2.0", Some(">=3.8"), &[]),
+        // lib 2.0 needs Python 3.10 (so cp39 gets 1.0); 2.1 is yanked.
+        ("lib", "1.0", Some(">=3.8"), &["app"]),
+        ("lib", "2.0", Some(">=3.10"), &["app>=0.5"]),
+        ("lib", "2.1", None, &[]),
+        // A cycle among dependencies; helper's newest is a pre-release.
+        ("modern", "1.0", None, &["helper"]),
+        ("helper", "1.0", None, &["modern>=1"]),
+        ("helper", "2.0b1", None, &[]),
+        // Only the extra asked for is followed.
+        ("FastLib", "1.0", None, &["speedlib; extra == \"speedups\"", "unused; extra == \"docs\""]),
+        ("speedlib", "1.0", None, &[]),
+        ("unused", "1.0", None, &[]),
+    ]);
+    pypi.yank("lib", "2.1");
+
+    let out = master.tool("piw-add", &["App", "1.0", "--with-deps", "--pypi-json", &pypi.json_url()]).succeeded();
+    let releases = master.query("SELECT package || ' ' || version FROM versions ORDER BY package, version");
+    assert_eq!(releases, ["app 1.0", "fastlib 1.0", "helper 1.0", "lib 1.0", "lib 2.0", "modern 1.0", "speedlib 1.0"], "{out}");
+    // The operator is told what was added and why, for which ABIs, and what was not resolved.
+    for line in [
+        "resolving the dependencies of App 1.0 for cp39, cp311 from ",
+        "App 1.0: asked for\n  added package app\n  added version app 1.0\n",
+        "lib 1.0: required by App 1.0 (lib>=1.0) for cp39\n  added package lib\n  added version lib 1.0\n",
+        "lib 2.0: required by App 1.0 (lib>=1.0) for cp311\n  added version lib 2.0\n",
+        "modern 1.0: required by App 1.0 (modern; python_version >= \"3.10\") for cp311; required by helper 1.0 (modern>=1) for cp311\n",
+        "helper 1.0: required by modern 1.0 (helper) for cp311\n",
+        "FastLib 1.0: required by App 1.0 (FastLib[speedups]>=1) for cp39, cp311\n  added package fastlib\n",
+        "speedlib 1.0: required by FastLib 1.0 (speedlib; extra == \"speedups\") for cp39, cp311\n",
+        "not resolved:\n  missing>=1 (required by App 1.0), for cp39, cp311: cannot read the releases of missing: the index does not know it\n",
+        "7 release(s) registered; 1 not resolved (listed above)",
+    ] {
+        assert!(out.contains(line), "{line:?} not in:\n{out}");
+    }
+    // Every registration went through the admin endpoint, to the audit log.
+    assert_eq!(master.query("SELECT count(*)::text FROM audit_log WHERE action = 'add-version'"), ["7"]);
+
+    // Again: everything exists already, and nothing changes.
+    let out = master.tool("piw-add", &["App", "1.0", "--with-deps", "--pypi-json", &pypi.json_url()]).succeeded();
+    assert!(out.contains("  version lib 2.0 exists already; nothing changed"), "{out}");
+    assert_eq!(master.query("SELECT count(*)::text FROM versions"), ["7"]);
+}
+
+#[test]
+fn piw_add_with_deps_stops_at_a_bound_and_adds_nothing() {
+    let master = Master::start();
+    let pypi = fake_index(&[("a", "1.0", None, &["b"]), ("b", "1.0", None, &["c"]), ("c", "1.0", None, &["d"]), ("d", "1.0", None, &[])]);
+    let line = master.tool("piw-add", &["a", "1.0", "--with-deps", "--max-releases", "3", "--pypi-json", &pypi.json_url()]).failed(1);
+    assert_eq!(
+        line,
+        "piw-add: the dependencies need more than 3 releases (d 1.0, required by c 1.0 (d) would be one more); nothing was added: \
+         raise --max-releases, or add the releases one by one"
+    );
+    let line = master.tool("piw-add", &["a", "1.0", "--with-deps", "--max-depth", "2", "--pypi-json", &pypi.json_url()]).failed(1);
+    assert!(line.contains("deeper than 2 levels (a 1.0 → b 1.0 → c 1.0 → d 1.0)") && line.contains("--max-depth"), "{line}");
+    // A release the index does not know, and an index not given at all.
+    let line = master.tool("piw-add", &["a", "9.9", "--with-deps", "--pypi-json", &pypi.json_url()]).failed(1);
+    assert_eq!(line, "piw-add: cannot read a 9.9 from the index: the index does not know it; nothing was added");
+    let line = master.tool("piw-add", &["a", "1.0", "--with-deps"]).failed(2);
+    assert!(line.contains("--pypi-json"), "{line}");
+    assert!(master.query("SELECT package FROM packages").is_empty());
+    assert!(master.query("SELECT action FROM audit_log").is_empty());
 }

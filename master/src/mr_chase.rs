@@ -10,8 +10,9 @@
 //!
 //! Each connection is a session, keyed by its ZeroMQ identity, so several tools can work at
 //! once: a session starts with `Hello` (refused on a version mismatch, naming both versions;
-//! anything sent before it is refused too) and holds at most one import in progress. Sessions
-//! quiet for [`SESSION_IDLE`] are forgotten, and an import they left unfinished is undone.
+//! anything sent before it is refused too; welcomed with the ABIs the farm builds for) and
+//! holds at most one import in progress. Sessions quiet for [`SESSION_IDLE`] are forgotten,
+//! and an import they left unfinished is undone.
 //!
 //! An import is checked whole before any byte moves: the ABI is one the farm builds, the
 //! release exists, every file is a wheel of that release, and the file juggler agrees to take
@@ -43,7 +44,7 @@ use piwheels_common::protocols::{AdminReply, AdminRequest, NoticeLevel, RebuildT
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Peer, Sender, Server};
 
-use crate::calls::db::{AllPackages, Audit, PendingRewriteCount, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, WantCrossCheck, WantRebuild, YankVersion};
+use crate::calls::db::{AllPackages, Audit, BuildAbis, PendingRewriteCount, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, WantCrossCheck, WantRebuild, YankVersion};
 use crate::calls::files::{FsReply, FsRequest};
 use crate::calls::tasks::{ArchitectTrigger, StatsUpdate, WebReply, WebRequest};
 use crate::db_client::DbClient;
@@ -238,11 +239,15 @@ impl MrChase {
             if let Some(old) = self.sessions.remove(&identity) {
                 self.abandon(sockets, old, "the tool said hello again");
             }
+            let abis = match farm_abis(sockets) {
+                Ok(abis) => abis,
+                Err(e) => return AdminReply::Error(e),
+            };
             self.make_room(sockets);
             let actor = audit_actor(caller, &actor);
             tracing::info!("{actor} attached from {peer}");
             self.sessions.insert(identity, Session { actor, key: peer.user().map(str::to_string), seen: now, import: None });
-            return AdminReply::Welcome;
+            return AdminReply::Welcome { abis };
         }
         let Some(session) = self.sessions.get_mut(&identity) else {
             tracing::warn!("{} from {peer} before hello", request_name(&request));
@@ -694,6 +699,16 @@ impl Task for MrChase {
 // ------------------------------------------------------------------------------------------
 
 /// Yanks a version with `reason` ("" for none), or unyanks it with None.
+/// The ABIs the farm builds for (those `build_abis` does not skip), by Python version, for a
+/// tool's welcome; at most [`AdminReply::MAX_ABIS`].
+fn farm_abis(sockets: &Sockets) -> Result<Vec<String>, WireError> {
+    let abis: Vec<String> = sockets.db.call(BuildAbis {})?.into_iter().filter(|abi| abi.skip.is_empty()).map(|abi| abi.tag).collect();
+    if abis.len() > AdminReply::MAX_ABIS {
+        tracing::warn!("the farm builds for {} ABIs: a tool's welcome names the first {}", abis.len(), AdminReply::MAX_ABIS);
+    }
+    Ok(abis.into_iter().take(AdminReply::MAX_ABIS).collect())
+}
+
 fn yank_version(db: &DbClient, package: &str, version: &str, reason: Option<String>) -> Result<(), WireError> {
     Ok(db.call(YankVersion { package: package.into(), version: version.into(), reason })?)
 }

@@ -70,7 +70,8 @@ impl Farm {
     /// A tool that has said hello as `actor`.
     fn tool(&self, actor: &str) -> Tool {
         let tool = self.stranger();
-        assert_eq!(tool.ask(AdminRequest::Hello { versions: Versions::current(), actor: actor.into() }), AdminReply::Welcome);
+        // The farm of [`Farm::start`] builds for cp311 only.
+        assert_eq!(tool.ask(AdminRequest::Hello { versions: Versions::current(), actor: actor.into() }), AdminReply::Welcome { abis: vec!["cp311".into()] });
         tool
     }
 

@@ -1,6 +1,7 @@
 //! A fake PyPI for tests: the XML-RPC changelog (`changelog_last_serial`,
-//! `changelog_since_serial`), the JSON description API, a PEP 503 simple index and the files it
-//! links to, served over real HTTP on `127.0.0.1` from threads of its own, with failures that
+//! `changelog_since_serial`), the JSON API (a project's document with its releases' files, and
+//! a release's document with its requirements, [`FakePypi::set_requirements`]), a PEP 503
+//! simple index and the files it links to, served over real HTTP on `127.0.0.1` from threads of its own, with failures that
 //! tests can inject.
 //!
 //! Every change a test makes adds exactly one changelog event (except [`FakePypi::rename`],
@@ -100,6 +101,10 @@ struct Release {
     version: String,
     yanked: bool,
     files: Vec<DistFile>,
+    /// Its core metadata's `Requires-Dist` (None: the JSON API says `null`).
+    requires_dist: Option<Vec<String>>,
+    /// Its core metadata's `Requires-Python`, also given with each of its files.
+    requires_python: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -291,13 +296,28 @@ impl FakePypi {
         let release = match pkg.releases.iter().position(|r| r.version == version) {
             Some(i) => &mut pkg.releases[i],
             None => {
-                pkg.releases.push(Release { version: version.to_string(), yanked: false, files: Vec::new() });
+                pkg.releases.push(Release { version: version.to_string(), yanked: false, files: Vec::new(), requires_dist: None, requires_python: None });
                 pkg.releases.last_mut().expect("just pushed")
             }
         };
         release.files.retain(|f| f.filename != filename);
         release.files.push(file);
         st.push_event(&display, Some(version), format!("add {tag} file {filename}"))
+    }
+
+    /// Sets a release's `Requires-Python` and `Requires-Dist` (PEP 508 requirements, as the
+    /// JSON API lists them), as its upload would have; logs nothing. Panics if the release does
+    /// not exist: upload a file of it first.
+    pub fn set_requirements(&self, name: &str, version: &str, requires_python: Option<&str>, requires_dist: &[&str]) {
+        let mut st = self.lock();
+        let release = st
+            .package_mut(name)
+            .releases
+            .iter_mut()
+            .find(|r| r.version == version)
+            .unwrap_or_else(|| panic!("fake PyPI: no release {name} {version}; upload a file of it first"));
+        release.requires_python = requires_python.map(str::to_string);
+        release.requires_dist = Some(requires_dist.iter().map(|r| r.to_string()).collect());
     }
 
     /// Removes a release and its files (if present) and logs `remove release`.
@@ -662,8 +682,10 @@ fn route(request: &Request, state: &Mutex<State>) -> Response {
         return Response::status(405);
     }
     if let Some(rest) = path.strip_prefix("/pypi/") {
-        return match rest.strip_suffix("/json") {
-            Some(package) if !package.contains('/') => json_page(&percent_decode(package), state),
+        let parts: Option<Vec<&str>> = rest.strip_suffix("/json").map(|rest| rest.split('/').collect());
+        return match parts.as_deref() {
+            Some([package]) => json_page(&percent_decode(package), state),
+            Some([package, version]) => json_release_page(&percent_decode(package), &percent_decode(version), state),
             _ => Response::status(404),
         };
     }
@@ -808,17 +830,6 @@ fn json_page(package: &str, state: &Mutex<State>) -> Response {
     let Some(pkg) = st.packages.get(&canonicalize(package)) else {
         return Response::new(404, "application/json", "{\"message\": \"Not Found\"}");
     };
-    let file_json = |release: &Release, f: &DistFile| {
-        format!(
-            "{{\"filename\": {}, \"url\": {}, \"digests\": {{\"sha256\": {}}}, \"packagetype\": {}, \"size\": {}, \"yanked\": {}}}",
-            json_string(&f.filename),
-            json_string(&format!("../../../packages/{}", percent_encode(&f.filename))),
-            json_string(&f.sha256),
-            json_string(f.packagetype),
-            f.data.len(),
-            release.yanked
-        )
-    };
     let releases: Vec<String> = pkg
         .releases
         .iter()
@@ -833,6 +844,45 @@ fn json_page(package: &str, state: &Mutex<State>) -> Response {
         json_opt(latest.map(|r| r.version.as_str())),
         releases.join(", "),
         urls
+    );
+    Response::new(200, "application/json", body)
+}
+
+/// A file of a release as the JSON API lists it, its URL relative to the document.
+fn file_json(release: &Release, f: &DistFile) -> String {
+    format!(
+        "{{\"filename\": {}, \"url\": {}, \"digests\": {{\"sha256\": {}}}, \"packagetype\": {}, \"size\": {}, \"yanked\": {}, \"requires_python\": {}}}",
+        json_string(&f.filename),
+        json_string(&format!("../../../packages/{}", percent_encode(&f.filename))),
+        json_string(&f.sha256),
+        json_string(f.packagetype),
+        f.data.len(),
+        release.yanked,
+        json_opt(release.requires_python.as_deref())
+    )
+}
+
+/// A release's document (`<json_url>/<package>/<version>/json`): its metadata, requirements
+/// included, and its files.
+fn json_release_page(package: &str, version: &str, state: &Mutex<State>) -> Response {
+    let st = lock(state);
+    let Some((pkg, release)) =
+        st.packages.get(&canonicalize(package)).and_then(|p| p.releases.iter().find(|r| r.version == version).map(|r| (p, r)))
+    else {
+        return Response::new(404, "application/json", "{\"message\": \"Not Found\"}");
+    };
+    let requires_dist = release
+        .requires_dist
+        .as_ref()
+        .map_or_else(|| "null".to_string(), |list| format!("[{}]", list.iter().map(|r| json_string(r)).collect::<Vec<_>>().join(", ")));
+    let body = format!(
+        "{{\"info\": {{\"name\": {}, \"summary\": {}, \"version\": {}, \"requires_dist\": {requires_dist}, \"requires_python\": {}, \"yanked\": {}}}, \"urls\": [{}]}}",
+        json_string(&pkg.name),
+        json_opt(pkg.summary.as_deref()),
+        json_string(&release.version),
+        json_opt(release.requires_python.as_deref()),
+        release.yanked,
+        release.files.iter().map(|f| file_json(release, f)).collect::<Vec<_>>().join(", ")
     );
     Response::new(200, "application/json", body)
 }

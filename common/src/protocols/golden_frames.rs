@@ -416,7 +416,7 @@ fn samples() -> Vec<(String, Vec<u8>)> {
         one!(admin_request, AdminRequest, AdminRequest::Rebuild(target));
     }
     one!(admin_request, AdminRequest, AdminRequest::RewritesPending);
-    one!(admin_reply, AdminReply, AdminReply::Welcome);
+    one!(admin_reply, AdminReply, AdminReply::Welcome { abis: vec!["cp311".into(), "cp313".into()] });
     one!(admin_reply, AdminReply, AdminReply::Send { filename: wheel_file().filename, transfer: 43 });
     one!(admin_reply, AdminReply, AdminReply::Done { message: "added package numpy".into() });
     one!(admin_reply, AdminReply, AdminReply::Pending { packages: 1234 });
