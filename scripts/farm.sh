@@ -13,7 +13,8 @@
 #
 # Settings (environment): FARM_DB (the database, default piwheels: a farm's database and its
 # ./farm go together, so give another checkout its own), FARM_HTTP (index server address,
-# default 127.0.0.1:8080),
+# default 127.0.0.1:8080), FARM_METRICS (where the master answers Prometheus, default
+# 127.0.0.1:9300), FARM_BUILDERS (the slave's builders, default 1),
 # FARM_PACKAGES (what to build, "name==version ...", default a pure package, one with an
 # optional C extension and one with flit's build backend), FARM_TIMEOUT (seconds to wait for
 # the builds, default 900).
@@ -27,6 +28,8 @@ cd "$(dirname "$0")/.."
 
 db=${FARM_DB:-piwheels}
 http=${FARM_HTTP:-127.0.0.1:8080}
+metrics=${FARM_METRICS:-127.0.0.1:9300}
+builders=${FARM_BUILDERS:-1}
 packages=${FARM_PACKAGES:-"six==1.17.0 markupsafe==3.0.2 idna==3.10"}
 timeout=${FARM_TIMEOUT:-900}
 farm=$PWD/farm
@@ -109,12 +112,14 @@ logger-queue = "ipc://$farm/run/logger"
 slave-queue = "tcp://127.0.0.1:5555"
 file-queue = "tcp://127.0.0.1:5556"
 http-listen = "$http"
+metrics-listen = "$metrics"
 site-url = "http://$http"
 pypi-simple = "$index"
 
 [slave]
 master = "127.0.0.1"
 build-root = "$farm/builds"
+builders = $builders
 python = "/usr/bin/python3"
 key = "$farm/keys/slave.key"
 master-key = "$master_key"
@@ -205,6 +210,8 @@ cat >&2 <<TXT
 == the farm is running (Ctrl-C stops it)
   package index    http://$http/simple/
   home page        http://$http/
+  metrics          http://$metrics/metrics   (for Prometheus; docs/operations.md)
+  more builders    kill -TTIN (the piw-slave host's pid), or + in the monitor
   monitor          $bin/piw-monitor --config $config
   add packages     $bin/piw-add --config $config NAME VERSION
   keys             $bin/piw-keys --config $config list   (the master's public key: $master_key)

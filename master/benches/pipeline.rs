@@ -48,6 +48,14 @@
 //! comma-separated (the default, `curve,plain`): each mode gets a farm of its own, and the
 //! rounds alternate between them, so that both meet the same moments of the machine's load.
 //!
+//! `BENCH_BUILDERS` (say `1,2,4`) runs one host instead: each round starts a single piw-slave
+//! with `--builders N` (builders per host, where `BENCH_SLAVES` is hosts of one builder);
+//! `BENCH_BUILD_TIME` (seconds, default 0) is how long each build command waits before it
+//! writes its wheel, a fixed build time in place of a compiler's. `BENCH_METRICS` (`on`, `off`
+//! or both, comma-separated; default `on`) runs the master answering Prometheus on a local
+//! port (each round ends with a scrape) or not; like `BENCH_AUTH`, each choice gets a farm of
+//! its own and the rounds alternate between them.
+//!
 //! `BENCH_PROFILE`, a command, is run with the master's pid as its last argument while the
 //! builds run, and stopped with SIGINT after the last one (for instance `strace -c -f -o
 //! /tmp/master.strace -p`); its own cost then inflates the figures of that run.
@@ -73,13 +81,14 @@ use piwheels_testsupport::keys::ClientKey;
 use piwheels_testsupport::programs::{program, shared_dir, unprivileged};
 use piwheels_testsupport::pypi::{FakePypi, sdist};
 
-/// The build command: writes `<name>-<version>-py3-none-any.whl` with METADATA, WHEEL and a
-/// RECORD of correct hashes, then `<start> <end>` (seconds since the epoch) into
-/// `<times>/<package>`.
+/// The build command: waits the build time it is given (a stand-in for a compiler), writes
+/// `<name>-<version>-py3-none-any.whl` with METADATA, WHEEL and a RECORD of correct hashes,
+/// then `<start> <end>` (seconds since the epoch) into `<times>/<package>`.
 const MAKE_WHEEL: &str = r#"import sys, time
 start = time.time()
 import base64, hashlib, os, zipfile
-times, name, version, wheel_dir = sys.argv[1:5]
+times, build_time, name, version, wheel_dir = sys.argv[1:6]
+time.sleep(float(build_time))
 dist = name.replace("-", "_").replace(".", "_")
 info = f"{dist}-{version}.dist-info"
 files = [
@@ -219,6 +228,10 @@ struct Sample {
 struct Round {
     /// How the slaves' sockets were secured.
     mode: &'static str,
+    /// Whether the master answered Prometheus.
+    metrics: bool,
+    /// Whether the builders ran on one host.
+    one_host: bool,
     slaves: usize,
     builds: usize,
     seconds: f64,
@@ -260,11 +273,15 @@ struct Farm {
     curve: bool,
     /// Each slave's key, by its name, authorized before the master starts.
     keys: HashMap<String, ClientKey>,
+    /// Where the master answers Prometheus, if it does.
+    metrics_port: Option<u16>,
+    /// What the build command waits, in seconds.
+    build_time: f64,
 }
 
 impl Farm {
     /// A farm whose slaves will be named `names`.
-    fn start(curve: bool, names: &[String]) -> Farm {
+    fn start(curve: bool, metrics: bool, build_time: f64, names: &[String]) -> Farm {
         let db = TestDb::new();
         migrate::upgrade_blocking(&db.owner_url(), APP_ROLE).unwrap();
         let abi = local_abi();
@@ -277,6 +294,7 @@ impl Farm {
         std::fs::write(dir.path().join("make_wheel.py"), MAKE_WHEEL).unwrap();
         let pypi = FakePypi::start();
         let (slave_port, file_port) = (free_port(), free_port());
+        let metrics_port = metrics.then(free_port);
         let path = |name: &str| dir.path().join(name);
         let keys = match curve {
             true => names
@@ -327,6 +345,7 @@ impl Farm {
             .arg("--pypi-simple")
             .arg(pypi.simple_url())
             .args(if curve { &[][..] } else { &["--no-auth"][..] })
+            .args(metrics_port.map(|port| format!("--metrics-listen=127.0.0.1:{port}")))
             .env_remove("PIW_LOG")
             .stdout(Stdio::null())
             .stderr(log)
@@ -345,21 +364,23 @@ impl Farm {
                 Err(e) => assert!(Instant::now() < deadline, "the master never answered (see {}): {e}", path("master.log").display()),
             }
         };
-        Farm { dir, db, pypi, abi, ticks: clock_ticks(), slave_port, file_port, master, control, _zmq: zmq, curve, keys }
+        Farm { dir, db, pypi, abi, ticks: clock_ticks(), slave_port, file_port, master, control, _zmq: zmq, curve, keys, metrics_port, build_time }
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn start_slave(&self, name: &str) -> Process {
+    /// A piw-slave running `builders` builders.
+    fn start_slave(&self, name: &str, builders: usize) -> Process {
         let root = self.path(name);
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let command = format!(
-            "{{python}} -I -S {} {} {{package}} {{version}} {{wheel_dir}} {{source}}",
+            "{{python}} -I -S {} {} {} {{package}} {{version}} {{wheel_dir}} {{source}}",
             self.path("make_wheel.py").display(),
-            self.path("times").display()
+            self.path("times").display(),
+            self.build_time
         );
         let auth = match self.keys.get(name) {
             Some(key) => key.args(),
@@ -377,6 +398,7 @@ impl Farm {
             .arg(&root)
             .args(["--build-command", &command])
             .args(["--sleep-interval", "1s", "--reconnect-interval", "1s", "--min-free-disk", "0", "--min-free-memory", "0"])
+            .args(["--builders", &builders.to_string()])
             .env("HOME", &root)
             .env_remove("PIW_LOG")
             .stdout(Stdio::null())
@@ -417,14 +439,14 @@ impl Farm {
 
     /// When each slave of the round logged `built <package> <version> in ...`, by package, in
     /// seconds since the epoch.
-    fn built_lines(&self, slave_count: usize) -> HashMap<String, f64> {
+    fn built_lines(&self, names: &[String]) -> HashMap<String, f64> {
         let mut built = HashMap::new();
-        for i in 0..slave_count {
-            let log = std::fs::read_to_string(self.path(&format!("s{slave_count}-{i}.log"))).unwrap_or_default();
+        for name in names {
+            let log = std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default();
             for line in log.lines() {
-                let mut words = line.split_whitespace();
-                let (Some(time), Some(_level), Some("built"), Some(package)) = (words.next(), words.next(), words.next(), words.next())
-                else {
+                // A builder's lines carry its span (`builder{n=2}:`) before the message.
+                let words: Vec<&str> = line.split_whitespace().filter(|word| !word.starts_with("builder{")).collect();
+                let (Some(&time), Some(&"built"), Some(&package)) = (words.first(), words.get(2), words.get(3)) else {
                     continue;
                 };
                 if let Ok(time) = chrono::DateTime::parse_from_rfc3339(time) {
@@ -435,7 +457,8 @@ impl Farm {
         built
     }
 
-    fn sample(&self, slaves: &[Process]) -> Sample {
+    /// CPU times now; `slaves` are the processes that build (the builders).
+    fn sample(&self, slaves: &[u32]) -> Sample {
         let postgres_pids = self.db.column(&format!(
             "SELECT pid::text FROM pg_stat_activity WHERE datname = current_database() AND usename = '{APP_ROLE}'"
         ));
@@ -450,20 +473,30 @@ impl Farm {
             .collect();
         let slaves = slaves
             .iter()
-            .map(|s| (s.pid(), stat_cpu(Path::new(&format!("/proc/{}/stat", s.pid())), self.ticks).expect("a slave's /proc stat")))
+            .map(|pid| (*pid, stat_cpu(Path::new(&format!("/proc/{pid}/stat")), self.ticks).expect("a builder's /proc stat")))
             .collect();
         Sample { master, master_threads: thread_cpu(pid, self.ticks), master_on_cpu: on_cpu(pid), postgres, slaves, at }
     }
 
-    fn round(&self, slave_count: usize, releases: usize) -> Round {
-        let prefix = format!("bench-s{slave_count}-");
+    /// A round of `slave_count` builders: as many hosts of one builder each, or with
+    /// `one_host` one host running them all.
+    fn round(&self, slave_count: usize, one_host: bool, releases: usize) -> Round {
+        let prefix = format!("bench-{}{slave_count}-", if one_host { "b" } else { "s" });
         let like = format!("'{prefix}%'");
-        let mut slaves: Vec<Process> = (0..slave_count).map(|i| self.start_slave(&slave_name(slave_count, i))).collect();
+        let names: Vec<String> = match one_host {
+            true => vec![host_name(slave_count)],
+            false => (0..slave_count).map(|i| slave_name(slave_count, i)).collect(),
+        };
+        let per_host = if one_host { slave_count } else { 1 };
+        let mut slaves: Vec<Process> = names.iter().map(|name| self.start_slave(name, per_host)).collect();
         self.wait_for("the slaves' hellos", Duration::from_secs(60), || self.connected_slaves() >= slave_count);
         self.slaves(SlaveAction::Sleep);
+        // The builders: each host's children.
+        let builders: Vec<u32> = slaves.iter().flat_map(|host| children(host.pid())).collect();
+        assert_eq!(builders.len(), slave_count, "one builder per slave");
 
         // The feed: new releases on the fake PyPI, recorded by the master and queued.
-        let before_feed = self.sample(&slaves);
+        let before_feed = self.sample(&builders);
         for i in 0..releases {
             let name = format!("{prefix}{i:05}");
             self.pypi.create_package(&name, None);
@@ -473,9 +506,9 @@ impl Farm {
             self.count(&format!("SELECT count(*)::text FROM versions WHERE package LIKE {like}")) >= releases
         });
         std::thread::sleep(QUEUE_SETTLE);
-        let after_feed = self.sample(&slaves);
+        let after_feed = self.sample(&builders);
         std::thread::sleep(IDLE_WINDOW);
-        let before = self.sample(&slaves);
+        let before = self.sample(&builders);
 
         // The builds, under the profiler if one is asked for.
         let profiler = std::env::var("BENCH_PROFILE").ok().map(|command| {
@@ -496,7 +529,7 @@ impl Farm {
         self.wait_for("the builds' pages", Duration::from_secs(60), || {
             (0..releases).all(|i| simple.join(format!("{prefix}{i:05}")).join("index.html").is_file())
         });
-        let after = self.sample(&slaves);
+        let after = self.sample(&builders);
         if let Some(mut profiler) = profiler {
             let _ = kill(Pid::from_raw(profiler.id() as i32), Signal::SIGINT);
             let _ = profiler.wait();
@@ -506,6 +539,11 @@ impl Farm {
         }
         drop(slaves);
         self.wait_for("the slaves' goodbyes", Duration::from_secs(30), || self.connected_slaves() == 0);
+        if let Some(port) = self.metrics_port {
+            let figures = scrape(port);
+            let recorded = format!("piwheels_builds_total{{abi=\"{}\",outcome=\"success\"}}", self.abi);
+            assert!(figures.lines().any(|line| line.starts_with(&recorded)), "no builds in the master's figures:\n{figures}");
+        }
 
         let failed = self.db.column(&format!(
             "SELECT concat_ws(' ', package, coalesce(failure, '-')) FROM builds WHERE package LIKE {like} AND NOT status"
@@ -527,7 +565,7 @@ impl Farm {
         let mut command_walls = Vec::new();
         let mut in_slave = Vec::new();
         let mut after_slave = Vec::new();
-        let built = self.built_lines(slave_count);
+        let built = self.built_lines(&names);
         for row in rows.into_iter().flatten() {
             let mut fields = row.split(' ');
             let package = fields.next().unwrap();
@@ -567,6 +605,8 @@ impl Farm {
         threads.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
         Round {
             mode: mode_name(self.curve),
+            metrics: self.metrics_port.is_some(),
+            one_host,
             slaves: slave_count,
             builds: releases,
             seconds: last_recorded - first_start,
@@ -594,6 +634,34 @@ fn slave_name(count: usize, i: usize) -> String {
     format!("s{count}-{i}")
 }
 
+/// The name of the host of a round of `count` builders on one host.
+fn host_name(count: usize) -> String {
+    format!("b{count}")
+}
+
+/// The processes whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    let entries = std::fs::read_dir("/proc").expect("/proc");
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rfind(')').map_or("", |at| &stat[at + 1..]);
+            after.split_whitespace().nth(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
+/// The master's figures from its metrics endpoint.
+fn scrape(port: u16) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics endpoint");
+    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    response
+}
+
 /// How a farm's slave sockets are secured, as the tables say it.
 fn mode_name(curve: bool) -> &'static str {
     if curve { "curve" } else { "plain" }
@@ -603,12 +671,29 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The comma-separated words of environment variable `name`, or of `default`.
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name).unwrap_or_else(|_| default.into()).split(',').map(|word| word.trim().to_string()).collect()
+}
+
 fn main() {
     let releases = env_number("BENCH_RELEASES", 200);
-    let counts: Vec<usize> = std::env::var("BENCH_SLAVES")
-        .unwrap_or_else(|_| "1,4,16".into())
-        .split(',')
-        .map(|n| n.trim().parse().expect("BENCH_SLAVES: numbers separated by commas"))
+    let one_host = std::env::var_os("BENCH_BUILDERS").is_some();
+    let counts: Vec<usize> = match one_host {
+        true => env_list("BENCH_BUILDERS", ""),
+        false => env_list("BENCH_SLAVES", "1,4,16"),
+    }
+    .iter()
+    .map(|n| n.parse().expect("BENCH_SLAVES, BENCH_BUILDERS: numbers separated by commas"))
+    .collect();
+    let build_time: f64 = std::env::var("BENCH_BUILD_TIME").map_or(0.0, |t| t.parse().expect("BENCH_BUILD_TIME: seconds"));
+    let metrics: Vec<bool> = env_list("BENCH_METRICS", "on")
+        .iter()
+        .map(|choice| match choice.as_str() {
+            "on" => true,
+            "off" => false,
+            other => panic!("BENCH_METRICS: on, off or both comma-separated, not {other:?}"),
+        })
         .collect();
     let modes: Vec<bool> = std::env::var("BENCH_AUTH")
         .unwrap_or_else(|_| "curve,plain".into())
@@ -619,18 +704,29 @@ fn main() {
             other => panic!("BENCH_AUTH: curve, plain or both comma-separated, not {other:?}"),
         })
         .collect();
-    let names: Vec<String> = counts.iter().flat_map(|&count| (0..count).map(move |i| slave_name(count, i))).collect();
-    let farms: Vec<Farm> = modes.iter().map(|&curve| Farm::start(curve, &names)).collect();
+    let names: Vec<String> = match one_host {
+        true => counts.iter().map(|&count| host_name(count)).collect(),
+        false => counts.iter().flat_map(|&count| (0..count).map(move |i| slave_name(count, i))).collect(),
+    };
+    let farms: Vec<Farm> = modes.iter().flat_map(|&curve| metrics.iter().map(move |&metrics| (curve, metrics))).map(|(curve, metrics)| Farm::start(curve, metrics, build_time, &names)).collect();
     for farm in &farms {
-        println!("{releases} releases per round, ABI {}, {} sockets, files in {}", farm.abi, mode_name(farm.curve), farm.dir.path().display());
+        println!(
+            "{releases} releases per round, ABI {}, {} sockets, metrics {}, build time {build_time} s, files in {}",
+            farm.abi,
+            mode_name(farm.curve),
+            if farm.metrics_port.is_some() { "on" } else { "off" },
+            farm.dir.path().display()
+        );
     }
+    let what = if one_host { "builders on one host" } else { "slaves" };
     let mut rounds = Vec::new();
     for &count in &counts {
         for farm in &farms {
-            let round = farm.round(count, releases);
+            let round = farm.round(count, one_host, releases);
             println!(
-                "{count:>2} slaves, {}: {} builds in {:.2} s; master {:.2} ms/build, feed {:.2} ms/release",
+                "{count:>2} {what}, {}, metrics {}: {} builds in {:.2} s; master {:.2} ms/build, feed {:.2} ms/release",
                 mode_name(farm.curve),
+                if round.metrics { "on" } else { "off" },
                 round.builds,
                 round.seconds,
                 round.master_ms,
@@ -643,14 +739,15 @@ fn main() {
     println!();
     println!("CPU in ms per build (master: of which system); latency from the build command's end to its record, in ms");
     println!(
-        "{:>6} {:>6} {:>8} {:>14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "slaves", "auth", "builds/s", "master (sys)", "postgres", "slave", "launcher", "command", "lat p50", "lat p90", "lat max"
+        "{:>8} {:>6} {:>7} {:>8} {:>14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        if one_host { "builders" } else { "slaves" }, "auth", "metrics", "builds/s", "master (sys)", "postgres", "slave", "launcher", "command", "lat p50", "lat p90", "lat max"
     );
     for r in &rounds {
         println!(
-            "{:>6} {:>6} {:>8.1} {:>7.2} ({:>4.2}) {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>8.1}",
+            "{:>8} {:>6} {:>7} {:>8.2} {:>7.2} ({:>4.2}) {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>8.1}",
             r.slaves,
             r.mode,
+            if r.metrics { "on" } else { "off" },
             r.builds as f64 / r.seconds,
             r.master_ms,
             r.master_system_ms,
@@ -666,10 +763,11 @@ fn main() {
     println!();
     for r in &rounds {
         println!(
-            "{:>2} slaves, {}: medians: build {:.0} ms as the slave timed it, the command {:.0} ms of it; latency {:.0} ms to the slave's \
+            "{:>2} {}, {}: medians: build {:.0} ms as the slave timed it, the command {:.0} ms of it; latency {:.0} ms to the slave's \
              `built` log line, {:.0} ms from there to the record; master idle {:.2} ms/s; feed {:.2} ms/release on the master, \
              {:.2} ms in PostgreSQL",
             r.slaves,
+            if r.one_host { "builders" } else { "slaves" },
             r.mode,
             r.duration_ms,
             r.command_wall_ms,
@@ -682,6 +780,6 @@ fn main() {
     }
     for r in &rounds {
         let threads: Vec<String> = r.threads.iter().map(|(name, user, system)| format!("{name} {user:.2}+{system:.2}")).collect();
-        println!("master threads, user+system ms/build, {} slaves, {}: {}", r.slaves, r.mode, threads.join(", "));
+        println!("master threads, user+system ms/build, {} {}, {}: {}", r.slaves, if r.one_host { "builders" } else { "slaves" }, r.mode, threads.join(", "));
     }
 }

@@ -87,6 +87,8 @@ impl Sockets {
 pub struct BigBrother {
     config: StatsConfig,
     stats: MasterStats,
+    /// The builders' environment drifts, as the slave driver last told.
+    drifts: Vec<String>,
 }
 
 /// What BigBrother reacts to.
@@ -111,7 +113,7 @@ impl BigBrother {
 
     /// A stats task with these settings.
     pub fn with_config(config: StatsConfig) -> Self {
-        BigBrother { config, stats: MasterStats::default() }
+        BigBrother { config, stats: MasterStats::default(), drifts: Vec::new() }
     }
 
     /// Folds the database's figures into the current ones.
@@ -135,7 +137,7 @@ impl BigBrother {
         self.fold(figures);
         self.stats.at = ctx.utc();
         self.stats.host = hostinfo::host_stats(&self.config.output_path, self.stats.at);
-        send(feed, &WebRequest::Home { stats: Box::new(self.stats.clone()), checks })
+        send(feed, &WebRequest::Home { stats: Box::new(self.stats.clone()), checks, drifts: self.drifts.clone() })
     }
 
     fn search(feed: &Feed) -> anyhow::Result<()> {
@@ -173,6 +175,10 @@ impl Task for BigBrother {
             Event::Update => match sockets.stats.recv()? {
                 StatsUpdate::Queues { lengths } => self.stats.builds_pending = lengths,
                 StatsUpdate::Downloads { count } => self.stats.downloads_all += count,
+                StatsUpdate::Drifts { notices } => {
+                    self.drifts = notices;
+                    ctx.schedule(Event::Home, Duration::ZERO);
+                }
                 StatsUpdate::RefreshHome => {
                     ctx.schedule(Event::Sample, Duration::ZERO);
                     ctx.schedule(Event::Home, Duration::ZERO);

@@ -171,6 +171,11 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<std::net::SocketAddr>,
 
+    /// Answer Prometheus' scrapes of the farm's figures at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9300; see docs/operations.md) [default: none: no figures are kept]
+    #[arg(long, env = "PIW_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// The site's public address, e.g. https://wheels.example.org: the home page's pip and uv
     /// settings name its index [default: none: they show https://THIS-SITE as a placeholder]
     #[arg(long, env = "PIW_SITE_URL", value_name = "URL", value_parser = site_url)]

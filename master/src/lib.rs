@@ -19,6 +19,7 @@ pub mod gatekeeper;
 pub mod index;
 pub mod key_tool;
 pub mod lumberjack;
+pub mod metrics;
 pub mod mr_chase;
 pub mod oracle;
 pub mod pidlock;

@@ -135,7 +135,12 @@ impl Task for Oracle {
             }
         };
         let reply = match request {
-            Ok(request) => self.answer(request),
+            Ok(request) => {
+                let started = Instant::now();
+                let reply = self.answer(request);
+                crate::metrics::metrics().oracle_seconds.observe(started.elapsed().as_secs_f64());
+                reply
+            }
             Err(e) => {
                 tracing::warn!("undecodable database request from {peer}: {e}");
                 DbReply::Error(WireError::refused(e.to_string()))

@@ -32,6 +32,7 @@ use crate::cloud_gazer::{self, CloudGazer, FollowerConfig};
 use crate::source_pinner::{self, PinnerConfig, SourcePinner};
 use crate::config::MasterConfig;
 use crate::consistency;
+use crate::metrics::{MetricsServer, metrics};
 use crate::db::{Database, DbError};
 use crate::file_juggler::{self, FileJuggler, JugglerConfig};
 use crate::gatekeeper::{self, Auth, Gate, Gatekeeper};
@@ -112,6 +113,11 @@ pub fn run(cfg: &MasterConfig) -> anyhow::Result<Stopped> {
         clients: HashMap::new(),
         bad_requests: 0,
         systemd: Notifier::from_env(),
+        metrics: cfg.metrics_listen.is_some(),
+    };
+    let _metrics = match cfg.metrics_listen {
+        Some(listen) => Some(MetricsServer::start(listen).with_context(|| format!("cannot answer Prometheus on {listen}"))?),
+        None => None,
     };
     let mut http = None;
     let outcome = start_tasks(&rt, cfg, &auth, &signing_key, &mut tasks).and_then(|()| {
@@ -418,6 +424,8 @@ struct Master {
     /// Control clients that said hello, by ZeroMQ identity, with when they last spoke.
     clients: HashMap<Vec<u8>, Instant>,
     bad_requests: u64,
+    /// Whether Prometheus is answered, so the status events are counted.
+    metrics: bool,
 }
 
 impl Master {
@@ -471,6 +479,9 @@ impl Master {
     /// Applies an event to the snapshot and sends it to every monitor.
     fn publish(&mut self, status_out: &Sender<StatusEvent>, event: StatusEvent) {
         self.farm.apply(&event);
+        if self.metrics {
+            metrics().observe(&event);
+        }
         if let Err(e) = status_out.send(&event, Duration::ZERO) {
             tracing::warn!("cannot publish status: {e}");
         }

@@ -56,6 +56,7 @@ use crate::db::requests::stored_label;
 use crate::db_client::DbClient;
 use crate::gatekeeper::{Auth, Gate};
 use crate::drift::{self, Drift};
+use crate::metrics::{DriftLabels, metrics};
 use crate::slave_state::{Decision, Flags, Slave, Stage};
 use crate::wiring::{self, TaskName};
 
@@ -435,8 +436,7 @@ impl SlaveDriver {
     /// configuration says.
     fn check_drift(&mut self, sockets: &Sockets, ctx: &Context<'_, Event>) {
         let drifts = drift::find(self.slaves.values().map(|slave| (slave.id, &slave.hello)));
-        let key = |d: &Drift| (d.abi.clone(), d.entry.clone(), d.reference.clone(), d.drifted.clone());
-        for new in drifts.iter().filter(|d| !self.drifts.iter().any(|old| key(old) == key(d))) {
+        for new in drifts.iter().filter(|d| !self.drifts.iter().any(|old| old.subject() == d.subject())) {
             tracing::warn!("{}", new.describe());
             notice(sockets, ctx, NoticeLevel::Warning, new.describe());
         }
@@ -445,9 +445,21 @@ impl SlaveDriver {
             tracing::info!("{text}");
             notice(sockets, ctx, NoticeLevel::Info, text);
         }
-        let drifted = drift::drifted(&drifts);
+        let figures = &metrics().drifts;
+        figures.clear();
+        for d in &drifts {
+            figures.get_or_create(&DriftLabels { abi: d.abi.clone(), entry: d.entry.clone() }).set(i64::try_from(d.drifted.len()).unwrap_or(i64::MAX));
+        }
+        let public: Vec<String> = drifts.iter().map(Drift::public).collect();
+        if public != self.drifts.iter().map(Drift::public).collect::<Vec<_>>() {
+            let notices = public;
+            if let Err(e) = sockets.stats.send(&StatsUpdate::Drifts { notices }, LOCAL_SEND_TIMEOUT) {
+                tracing::warn!("the home page will not show the builders' drifts: {e}");
+            }
+        }
+        let held = drift::held(&drifts);
         for slave in self.slaves.values_mut() {
-            slave.held = match drifted.get(&slave.id) {
+            slave.held = match held.get(&slave.id) {
                 Some(entries) if self.config.hold_drifted => Some(format!("its {} differ from its ABI's other builders'", entries.join(", "))),
                 _ => None,
             };
@@ -1431,7 +1443,8 @@ impl SlaveDriver {
         for slave in affected {
             match action {
                 SlaveAction::Sleep => slave.flags.sleeping = true,
-                SlaveAction::Wake => slave.flags = Default::default(),
+                // Wake undoes what stops the slave's work; a change to its host waits on.
+                SlaveAction::Wake => slave.flags = Flags { scale: slave.flags.scale, ..Flags::default() },
                 SlaveAction::Skip => slave.flags.skip = slave.build().is_some(),
                 SlaveAction::Kill => slave.flags.kill = true,
                 SlaveAction::AddBuilder => slave.flags.scale = (slave.flags.scale + 1).min(Flags::MAX_SCALE),

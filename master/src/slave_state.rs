@@ -183,7 +183,14 @@ impl Slave {
         if self.flags.kill {
             return Decision::Die { reason: "stopped by an operator".into() };
         }
-        let asks_or_builds = matches!((&self.stage, &request), (Stage::Idle, SlaveRequest::Idle { .. }) | (Stage::Building { .. }, SlaveRequest::Busy { .. }));
+        let asks_or_builds = match (&self.stage, &request) {
+            (Stage::Idle, SlaveRequest::Idle { .. }) => true,
+            // A build past its time is abandoned first.
+            (Stage::Building { started, .. }, SlaveRequest::Busy { .. }) => {
+                now.saturating_duration_since(*started) <= self.hello.build_timeout.saturating_add(BUILD_TIMEOUT_GRACE)
+            }
+            _ => false,
+        };
         if asks_or_builds && self.flags.scale != 0 && !self.flags.skip {
             // An operator's change to the host's builders takes the place of a `Sleep` (idle)
             // or a `Cont` (busy); the stage stays as it is.

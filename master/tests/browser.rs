@@ -58,7 +58,7 @@ fn site() -> (Farm, WebServer) {
     farm.log("attrs", failed, "Collecting attrs==1.1\nerror: no compiler\n");
     farm.rewrite("attrs");
     let stats = MasterStats { packages_built: 3, files_count: 3, ..MasterStats::default() };
-    farm.send(WebRequest::Home { stats: Box::new(stats), checks: CheckCounts::default() });
+    farm.send(WebRequest::Home { stats: Box::new(stats), checks: CheckCounts::default(), drifts: Vec::new() });
     farm.wait("the search index", |f| f.read("packages.json").matches("\"").count() == 6);
     farm.wait("attrs's failed build", |f| f.read("project/attrs/index.html").contains(r#"<details class="why">"#));
     let server = WebServer::start(farm.root().to_path_buf(), "127.0.0.1:0".parse().unwrap()).unwrap();

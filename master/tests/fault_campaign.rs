@@ -1,7 +1,8 @@
 //! The fault campaign: a real piw-master following the fake PyPI and three real piw-slaves
 //! building releases that keep arriving, while a seeded random mix of faults hits them: slaves
-//! killed mid-build and mid-upload, the master killed and restarted, its database connections
-//! terminated, its disk full for a while, PyPI failing or stalling, a slave stopped. The
+//! killed mid-build and mid-upload (a builder, which its host replaces, or the whole host), the master
+//! killed and restarted, its database connections terminated, its disk full for a while, PyPI
+//! failing or stalling, a builder stopped (past the busy timeout, its host replaces it). The
 //! builder downloads each source from the fake PyPI (so PyPI's faults reach the builds too),
 //! waits as long as the source says and writes a real wheel of the size it says, or fails when
 //! the source says the package does not build.
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use piwheels_testsupport::programs::is_root;
 use piwheels_testsupport::pypi::Failure;
-use support::farm::{BUSY_TIMEOUT, Farm, Mount, Slave, Source, build_processes_ended, processes_naming};
+use support::farm::{BUSY_TIMEOUT, Farm, Mount, Process, Slave, Source, build_processes_ended, processes_naming};
 
 /// Faults of the short form.
 const SHORT_FORM: usize = 120;
@@ -98,13 +99,15 @@ impl Fault {
 /// Whether slave `index` is building now, and whether its wheel is made (it is then being
 /// sent, or about to be).
 fn build_state(farm: &Farm, index: usize) -> Option<bool> {
-    let root = farm.path(&farm.slaves[index].name);
+    let root = farm.path(&farm.slaves[index].name).join("builder-1");
     let builds: Vec<PathBuf> = std::fs::read_dir(&root)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|entry| entry.file_name().to_string_lossy().starts_with("piw-build-"))
         .map(|entry| entry.path())
+        // A build its builder holds (its lock taken): not one a killed builder left behind.
+        .filter(|build| std::fs::File::open(build.join("lock")).is_ok_and(|lock| lock.try_lock().is_err()))
         .collect();
     if builds.is_empty() {
         return None;
@@ -119,17 +122,24 @@ fn has_wheel(dir: &Path, depth: u32) -> bool {
     })
 }
 
-/// SIGKILLs a running slave that is building (`uploading`: whose wheel is made) within 15 s,
-/// to be started again shortly; whether one was found.
+/// SIGKILLs a running slave that is building (`uploading`: whose wheel is made) within 15 s:
+/// its builder, which its host starts again after a pause, or (one time in three) the host
+/// with its builder, started again shortly; whether one was found.
 fn kill_slave_when(farm: &mut Farm, dice: &mut Dice, uploading: bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         let running = |slave: &Slave| slave.process.is_some() && slave.continue_at.is_none();
         let victim = (0..farm.slaves.len()).find(|&i| running(&farm.slaves[i]) && build_state(farm, i) == Some(uploading));
-        if let Some(index) = victim {
-            let slave = &mut farm.slaves[index];
-            slave.process.take().unwrap().signal(Signal::SIGKILL);
-            slave.restart_at = Some(Instant::now() + dice.millis(200, 2000));
+        if let Some(index) = victim
+            && let Some(builder) = farm.slaves[index].process.as_ref().and_then(Process::builder)
+        {
+            if dice.below(3) == 0 {
+                let slave = &mut farm.slaves[index];
+                slave.process.take().unwrap().signal(Signal::SIGKILL);
+                slave.restart_at = Some(Instant::now() + dice.millis(200, 2000));
+            } else {
+                let _ = nix::sys::signal::kill(builder, Signal::SIGKILL);
+            }
             return true;
         }
         farm.tend_slaves(Instant::now());
@@ -242,10 +252,17 @@ fn a_farm_under_random_faults_builds_every_release_once_and_loses_nothing() {
                     true => false,
                     false => {
                         let slave = &mut farm.slaves[running[dice.below(running.len() as u64) as usize]];
-                        slave.process.as_ref().unwrap().signal(Signal::SIGSTOP);
-                        // Sometimes past the busy timeout, so that the master gives its build up.
-                        slave.continue_at = Some(Instant::now() + dice.millis(500, 2 * BUSY_TIMEOUT.as_millis() as u64));
-                        true
+                        match slave.process.as_ref().and_then(Process::builder) {
+                            Some(builder) => {
+                                let _ = nix::sys::signal::kill(builder, Signal::SIGSTOP);
+                                // Sometimes past the busy timeout, so that the master gives its
+                                // build up and the host replaces the builder as hung.
+                                slave.stopped = Some(builder);
+                                slave.continue_at = Some(Instant::now() + dice.millis(500, 2 * BUSY_TIMEOUT.as_millis() as u64));
+                                true
+                            }
+                            None => false,
+                        }
                     }
                 }
             }

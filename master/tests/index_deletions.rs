@@ -48,7 +48,7 @@ fn farm() -> Farm {
     for (package, build) in builds {
         farm.log(package, build, &format!("build {build}"));
     }
-    farm.send(WebRequest::Home { stats: Box::default(), checks: CheckCounts::default() });
+    farm.send(WebRequest::Home { stats: Box::default(), checks: CheckCounts::default(), drifts: Vec::new() });
     farm.send(WebRequest::Search { entries: vec![SearchEntry { package: "foo".into(), downloads_recent: 0, downloads_all: 0 }] });
     for package in ["foo", "baz", "new-name"] {
         farm.rewrite(package);

@@ -268,8 +268,9 @@ fn the_home_page_and_search_index_show_what_they_are_sent() {
         host: HostStats { disk_free: 5 << 30, disk_size: 100 << 30, ..HostStats::default() },
         ..MasterStats::default()
     };
-    farm.send(WebRequest::Home { stats: Box::new(stats), checks: CheckCounts { reproduced: 1_200, not_reproduced: 3 } });
+    farm.send(WebRequest::Home { stats: Box::new(stats.clone()), checks: CheckCounts { reproduced: 1_200, not_reproduced: 3 }, drifts: Vec::new() });
     let html = farm.read("index.html");
+    assert!(!html.contains(r#"id="drifts""#), "no drift, no word of it");
     assert_eq!(text_of(&html, "packages-built"), "1,234,567");
     assert_eq!(text_of(&html, "files-count"), "2,345");
     assert_eq!(text_of(&html, "downloads-all"), "98,765,432");
@@ -279,6 +280,11 @@ fn the_home_page_and_search_index_show_what_they_are_sent() {
     assert_eq!(text_of(&html, "not-reproduced"), "3");
     assert!(html.contains(r#"<tr data-abi="cp311"><td>cp311</td><td>12</td><td>100</td></tr>"#), "{html}");
 
+    // Builders that drifted apart are named by ABI and entry, with the values and their counts.
+    let drift = "cp311 builders differ in setuptools: 2 hosts with 68.1.2, 1 host with 69.0.0".to_string();
+    farm.send(WebRequest::Home { stats: Box::new(stats), checks: CheckCounts::default(), drifts: vec![drift.clone()] });
+    let html = farm.read("index.html");
+    assert!(html.contains(r#"id="drifts""#) && html.contains(&format!("<li>{drift}</li>")), "{html}");
 }
 
 /// The links of a project page's dependency list.

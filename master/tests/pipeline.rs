@@ -46,6 +46,10 @@ struct Farm {
     /// The master's `--cross-check-share`: none, so that the other tests' builds are not built
     /// again, but for the test of cross-checks.
     cross_check_share: &'static str,
+    /// Where the master answers Prometheus.
+    metrics_port: u16,
+    /// The slaves' `--builders`.
+    builders: &'static str,
 }
 
 impl Farm {
@@ -61,7 +65,7 @@ impl Farm {
                 (name.to_string(), key.for_unprivileged())
             })
             .to_vec();
-        Farm { dir, db, pypi: FakePypi::start(), slave_port: free_port(), file_port: free_port(), master: None, pid_file, keys, build_timeout: "300s", cross_check_share: "0" }
+        Farm { dir, db, pypi: FakePypi::start(), slave_port: free_port(), file_port: free_port(), master: None, pid_file, keys, build_timeout: "300s", cross_check_share: "0", metrics_port: free_port(), builders: "1" }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -97,6 +101,8 @@ impl Farm {
             .arg(self.pypi.simple_url())
             .args(["--pypi-interval", "200ms", "--queue-debounce", "200ms", "--rewrite-window", "200ms", "--oracles", "2"])
             .args(["--cross-check-share", self.cross_check_share])
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{}", self.metrics_port))
             .args(["--site-url", "https://wheels.test/", "--upstream-project-url", "https://upstream.test/project/{project}/"])
             .env_remove("PIW_LOG")
             .stdout(Stdio::null())
@@ -150,6 +156,7 @@ impl Farm {
             .args(["--build-command", build_command])
             .args(["--build-timeout", self.build_timeout, "--busy-interval", "1s", "--sleep-interval", "1s", "--upload-timeout", "5s"])
             .args(["--busy-timeout", "9s", "--master-timeout", "5s", "--reconnect-interval", "1s", "--min-free-disk", "0"])
+            .args(["--builders", self.builders])
             .args(key.args())
             .env(sdist::PID_FILE_ENV, &self.pid_file)
             .env("HOME", &root)
@@ -229,16 +236,47 @@ impl Farm {
         }
     }
 
-    /// Which slave's build root holds a build now.
+    /// Which slave's build root holds a build now (in its first builder's directory).
     fn building_in(&self, names: &[&str]) -> Option<String> {
         names
             .iter()
             .find(|name| {
-                std::fs::read_dir(self.path(name))
+                std::fs::read_dir(self.path(name).join("builder-1"))
                     .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("piw-build-")))
                     .unwrap_or(false)
             })
             .map(|name| name.to_string())
+    }
+}
+
+/// The master's figures, as Prometheus reads them.
+fn scrape(port: u16) -> prometheus_parse::Scrape {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
+    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let (head, text) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    // Prometheus' naming conventions: one prefix, counters end in _total, units in the name.
+    for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (name, kind) = (fields[2], fields[3]);
+        assert!(name.starts_with("piwheels_") && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{line}");
+        if kind == "counter" {
+            assert!(text.lines().filter(|l| l.starts_with(name) && !l.starts_with('#')).all(|l| l.starts_with(&format!("{name}_total"))), "{name}:\n{text}");
+        }
+    }
+    assert!(text.contains("# UNIT piwheels_oracle_request_duration_seconds seconds"), "{text}");
+    prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string()))).expect("Prometheus text")
+}
+
+/// The value of `metric` with `labels`, 0 when the scrape has no such sample.
+fn figure(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let sample = scrape.samples.iter().find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
+    match sample.map(|s| &s.value) {
+        Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v)) => *v,
+        Some(other) => panic!("{metric} is {other:?}"),
+        None => 0.0,
     }
 }
 
@@ -333,6 +371,64 @@ fn two_slaves_build_the_feed_and_survive_removals_kills_and_a_master_restart() {
     assert!(!builds.iter().any(|b| b.starts_with("doomed-pkg")), "{builds:?}");
     assert_eq!(builds.len(), 5, "{builds:?}");
     drop(slaves);
+}
+
+/// A host with two builders builds two releases at once, and the master's figures for
+/// Prometheus say what the database holds.
+#[test]
+fn two_builders_of_one_host_build_and_the_metrics_match_the_database() {
+    let mut farm = Farm::new();
+    farm.builders = "2";
+    farm.pypi.create_package("first-pkg", None);
+    farm.pypi.add_source("first-pkg", "1.0", sdist::sleeping("first-pkg", "1.0", 4));
+    farm.pypi.create_package("second-pkg", None);
+    farm.pypi.add_source("second-pkg", "1.0", sdist::sleeping("second-pkg", "1.0", 4));
+    farm.pypi.create_package("broken-pkg", None);
+    farm.pypi.add_source("broken-pkg", "1.0", sdist::failing("broken-pkg", "1.0"));
+    farm.start_master();
+    let _slave = farm.start_slave("slave-a");
+    // Both sleeping builds run at once, one in each builder's directory.
+    farm.wait_for_pids(4);
+    wait_until("a build in each builder's directory", || {
+        ["builder-1", "builder-2"].iter().all(|b| {
+            std::fs::read_dir(farm.path("slave-a").join(b)).is_ok_and(|mut e| e.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("piw-build-"))))
+        })
+    });
+    let minute = Duration::from_secs(120);
+    assert_eq!(farm.wait_for_build("first-pkg 1.0", minute), "first-pkg 1.0 t -");
+    assert_eq!(farm.wait_for_build("second-pkg 1.0", minute), "second-pkg 1.0 t -");
+    assert_eq!(farm.wait_for_build("broken-pkg 1.0", minute), "broken-pkg 1.0 f build");
+    let builders: Vec<String> = farm.db.column("SELECT DISTINCT builder FROM builds").into_iter().flatten().collect();
+    assert_eq!(builders, ["slave-a"], "both builders are the key's");
+
+    let abi = local_abi();
+    let counted = |outcome: &str| -> f64 {
+        let sql = match outcome {
+            "success" => format!("SELECT count(*)::text FROM builds WHERE abi_tag = '{abi}' AND status"),
+            failure => format!("SELECT count(*)::text FROM builds WHERE abi_tag = '{abi}' AND NOT status AND failure = '{failure}'"),
+        };
+        farm.db.column(&sql)[0].as_deref().unwrap().parse().unwrap()
+    };
+    let received: f64 = farm.db.column("SELECT sum(filesize)::text FROM files")[0].as_deref().unwrap().parse().unwrap();
+    assert_eq!((counted("success"), counted("build")), (2.0, 1.0));
+    // The figures follow the records (the status events and the logs' pages come after them).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (scrape, seen) = loop {
+        let scrape = scrape(farm.metrics_port);
+        let builds = |outcome| figure(&scrape, "piwheels_builds_total", &[("abi", &abi), ("outcome", outcome)]);
+        let connected: f64 = ["starting", "idle", "asleep", "building", "sending"].iter().map(|state| figure(&scrape, "piwheels_builders", &[("abi", &abi), ("state", state)])).sum();
+        let seen = (builds("success"), builds("build"), figure(&scrape, "piwheels_received_bytes_total", &[]), connected, figure(&scrape, "piwheels_page_writes_total", &[("kind", "log")]));
+        if seen == (counted("success"), counted("build"), received, 2.0, 3.0) || Instant::now() > deadline {
+            break (scrape, seen);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Builds by outcome, the wheels' bytes and the two builders as the database and the farm
+    // have them; a log written for each build.
+    assert_eq!(seen, (counted("success"), counted("build"), received, 2.0, 3.0));
+    assert!(figure(&scrape, "piwheels_page_writes_total", &[("kind", "project")]) >= 3.0);
+    let oracle = scrape.samples.iter().find(|s| s.metric == "piwheels_oracle_request_duration_seconds").expect("the oracles' histogram");
+    assert!(matches!(&oracle.value, prometheus_parse::Value::Histogram(buckets) if buckets.last().is_some_and(|b| b.count > 0.0)), "{oracle:?}");
 }
 
 #[test]

@@ -516,6 +516,15 @@ fn a_builder_whose_setuptools_differs_from_its_peers_is_named_and_held() {
     a.hello_building_with(environment("66.1.1"));
     b.hello_building_with(environment("66.1.1"));
     let id_c = c.hello_building_with(environment("68.0.0"));
+    // The home page is told, naming no builder.
+    let deadline = Instant::now() + WAIT;
+    let public = loop {
+        match farm.stats.recv_timeout(WAIT).unwrap() {
+            Some(StatsUpdate::Drifts { notices }) if !notices.is_empty() => break notices,
+            _ => assert!(Instant::now() < deadline, "the stats task was not told of the drift"),
+        }
+    };
+    assert_eq!(public, ["cp311 builders differ in setuptools: 2 hosts with 66.1.1, 1 host with 68.0.0"]);
     farm.refresh_queue();
     let drift = farm.events_so_far().iter().find_map(|e| match e {
         StatusEvent::Notice { level: NoticeLevel::Warning, text, .. } if text.contains("differ") => Some(text.clone()),

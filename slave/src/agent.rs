@@ -60,6 +60,10 @@ const BYE_WAIT: Duration = Duration::from_millis(200);
 /// How long the file juggler may stay silent before the upload says hello again.
 const UPLOAD_NUDGE: Duration = Duration::from_secs(5);
 
+/// How long the builder may take to leave after a stop signal (a build is killed at once, its
+/// clean-up and the goodbye take moments; an upload in progress is what can take longer).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// How often a wait for a stopping build checks that the build's thread is still alive.
 const BUILD_CHECK: Duration = Duration::from_millis(200);
 
@@ -254,6 +258,13 @@ fn watch_signals(stop: Arc<OnceLock<String>>, retire: Arc<AtomicBool>, events: S
                             let name = signal.map_or("a signal", |s| s.as_str());
                             tracing::info!("{name}: stopping");
                             let _ = stop.set(name.to_string());
+                            // A build is killed at once; an upload cannot be cut short, so the
+                            // builder leaves without it (its host may be gone).
+                            let _ = std::thread::Builder::new().name("stop-grace".into()).spawn(|| {
+                                std::thread::sleep(STOP_GRACE);
+                                tracing::warn!("still busy {}s after the stop signal: leaving now", STOP_GRACE.as_secs());
+                                std::process::exit(0);
+                            });
                             Event::Stop
                         };
                         if events.send(event).is_err() {
@@ -349,6 +360,11 @@ impl Agent<'_> {
             match after {
                 Ok(After::Hello) => connection = Some(client),
                 Ok(After::Reconnect) => discard(client),
+                // The master's word on a protocol error: a builder it forgot, for its host to
+                // start afresh, not one an operator stopped.
+                Ok(After::Exit(Outcome::Died { reason })) if reason.starts_with("protocol error") => {
+                    return Err(AgentError::Protocol(format!("the master said: {reason}")));
+                }
                 Ok(After::Exit(outcome)) => {
                     if let Outcome::Stopped { .. } | Outcome::Retired = &outcome {
                         self.bye(&client, &outcome.to_string());
@@ -404,6 +420,7 @@ impl Agent<'_> {
             match client.request(&SlaveRequest::Hello(self.hello.clone()), interval.0) {
                 Ok(SlaveReply::Ack { slave_id, index_url }) => {
                     tracing::info!("connected to the master at {} as slave {slave_id}; building from {index_url}", self.endpoint);
+                    self.slot.ready();
                     return Ok(Some((client, slave_id, index_url)));
                 }
                 Ok(SlaveReply::Error(error)) => return Err(AgentError::Refused { reason: error.message }),

@@ -441,27 +441,9 @@ impl Builder {
     }
 
     /// Removes the build directories under the build root that no live slave holds (left by
-    /// a slave that died); returns them. A directory without a lock file (one another slave
-    /// is making at this very moment, or anything else) is left alone.
+    /// a slave that died); returns them.
     pub fn remove_stale(&self) -> Vec<PathBuf> {
-        let Ok(entries) = fs::read_dir(&self.options.build_root) else { return Vec::new() };
-        let mut removed = Vec::new();
-        for entry in entries.filter_map(Result::ok) {
-            let dir = entry.path();
-            let is_build = entry.file_name().to_str().is_some_and(|name| name.starts_with(DIRECTORY_PREFIX));
-            if !is_build || !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-                continue;
-            }
-            let Ok(lock) = File::open(dir.join(LOCK_FILE)) else { continue };
-            if lock.try_lock().is_err() {
-                continue;
-            }
-            match remove_tree(&dir) {
-                Ok(()) => removed.push(dir),
-                Err(e) => tracing::warn!("cannot remove the stale build directory {}: {e}", dir.display()),
-            }
-        }
-        removed
+        remove_stale(&self.options.build_root)
     }
 
     /// Starts the launcher in its own process group and waits for it.
@@ -685,6 +667,30 @@ fn make_writable(dir: &Path) {
 /// A duration to the millisecond, for messages.
 fn round(duration: Duration) -> Duration {
     Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Removes the build directories under `build_root` that no live builder holds (left by one
+/// that died); returns them. A directory without a lock file (one a builder is making at this
+/// very moment, or anything else) is left alone.
+pub fn remove_stale(build_root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(build_root) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let dir = entry.path();
+        let is_build = entry.file_name().to_str().is_some_and(|name| name.starts_with(DIRECTORY_PREFIX));
+        if !is_build || !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        let Ok(lock) = File::open(dir.join(LOCK_FILE)) else { continue };
+        if lock.try_lock().is_err() {
+            continue;
+        }
+        match remove_tree(&dir) {
+            Ok(()) => removed.push(dir),
+            Err(e) => tracing::warn!("cannot remove the stale build directory {}: {e}", dir.display()),
+        }
+    }
+    removed
 }
 
 #[cfg(test)]

@@ -4,19 +4,20 @@
 //!
 //! Each builder is this same program started again with the same arguments and the
 //! environment variables [`BUILDER_ENV`] (its number) and [`PARENT_ENV`] (the host's pid). It
-//! talks to the host over its standard output, a line at a time: `beat` each time it talks to
-//! the master, `add` or `retire` when an operator asked the master to change the host's
-//! builders (the monitor's `+` and `-`). Its log goes to the shared standard error.
+//! talks to the host over its standard output, a line at a time: `ready` when the master has
+//! taken its hello, `beat` each time it talks to the master, `add` or `retire` when an operator
+//! asked the master to change the host's builders (the monitor's `+` and `-`). Its log goes to
+//! the shared standard error.
 //!
 //! | the host gets | it then |
 //! |---|---|
 //! | SIGTTIN, or `add` | starts one more builder |
-//! | SIGTTOU, or `retire` | sends SIGUSR1 to the newest builder, which leaves after its current build (one builder always stays) |
+//! | SIGTTOU, or `retire` | sends SIGUSR1 to the highest-numbered builder the master has taken, which leaves after its current build (one builder always stays; two signals in quick succession may count as one) |
 //! | SIGTERM or SIGINT | passes it on to every builder (each kills its build at once) and exits 0 when they are gone |
-//! | no `beat` from a builder for `--busy-timeout` | kills it (SIGKILL) and starts another: the master drops a slave as silent as that too |
+//! | no `beat` from a builder for [`hung_after`] (the longer of `--busy-timeout` and `--master-timeout` plus `--upload-timeout`; 2 minutes more before its first) | kills it (SIGKILL) and starts another |
 //! | a builder's exit, status 0 | the master told it to stop, or it retired: it is not replaced; the host exits 0 when none is left |
-//! | status [`SETUP_FAILED`] | it cannot work (refused, unauthorised, a bad set-up): the host stops every builder and exits 1 |
-//! | any other status, or a signal | starts another, after a pause that doubles (to [`MOST_RESTART_DELAY`]) while they keep failing quickly |
+//! | status [`SETUP_FAILED`] | it cannot work (refused, unauthorised, a bad set-up): before any builder has worked, the host stops every builder and exits 1; after, as any other status |
+//! | any other status, or a signal | starts another after a second; after a pause that doubles (to [`MOST_RESTART_DELAY`]) while builders keep failing before the master has taken their hello |
 //!
 //! A builder beyond the first is not started while free memory or free disk under the build
 //! root is below `--min-free-memory` or `--min-free-disk`; the first is always started, and
@@ -37,7 +38,7 @@ use nix::sys::prctl;
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{Pid, getppid};
-use piwheels_common::config::human_size;
+use piwheels_common::config::{HumanDuration, human_size};
 use piwheels_common::hostinfo::host_stats;
 use piwheels_common::keys::Role;
 use piwheels_common::systemd::Notifier;
@@ -52,18 +53,26 @@ pub const PARENT_ENV: &str = "PIW_SLAVE_PARENT";
 /// A builder's exit status when it cannot work at all: starting it again would not help.
 pub const SETUP_FAILED: u8 = 3;
 /// The longest pause before a builder that keeps failing is started again.
-pub const MOST_RESTART_DELAY: Duration = Duration::from_secs(60);
+pub const MOST_RESTART_DELAY: Duration = Duration::from_secs(30);
 
 /// The first pause before a failed builder is started again.
 const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
-/// A builder that ran this long before it failed starts again after the first pause.
-const STEADY: Duration = Duration::from_secs(60);
 /// How often the host looks at its builders when nothing happens.
 const TICK: Duration = Duration::from_millis(200);
 /// How often the host reads the free memory and disk while a builder waits for them.
 const FLOOR_CHECK: Duration = Duration::from_secs(5);
 /// How long builders told to stop may take before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How much longer than [`hung_after`] a builder may take to say its first word (it asks its
+/// interpreter, its tools and dpkg what it builds with).
+const STARTING: Duration = Duration::from_secs(120);
+
+/// The longest a working builder is silent: a request waits `--master-timeout` for its answer
+/// and an upload may take `--upload-timeout` before the next; the master itself waits
+/// `--busy-timeout`.
+pub fn hung_after(config: &SlaveConfig) -> Duration {
+    config.busy_timeout.0.max(config.master_timeout.0 + config.upload_timeout.0)
+}
 
 /// A builder's side of the link with its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +111,11 @@ impl Slot {
         format!("{host_label}#{}", self.number)
     }
 
+    /// Tells the host the master has taken this builder's hello.
+    pub fn ready(self) {
+        self.tell("ready");
+    }
+
     /// Tells the host this builder is alive.
     pub fn beat(self) {
         self.tell("beat");
@@ -132,6 +146,10 @@ struct Running {
     child: Child,
     started: Instant,
     last_beat: Instant,
+    /// It has said it is alive at least once.
+    beaten: bool,
+    /// The master took its hello.
+    ready: bool,
     /// Told to leave after its build.
     retiring: bool,
     /// Killed as hung (its exit is then expected).
@@ -164,6 +182,7 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
         events,
         events_tx,
         failures: 0,
+        worked: false,
         restart_at: None,
         floor_checked: None,
         short_of: None,
@@ -217,8 +236,10 @@ struct Host<'a> {
     builders: BTreeMap<u16, Running>,
     events: Receiver<Event>,
     events_tx: Sender<Event>,
-    /// Builders that failed quickly one after another.
+    /// Builders that failed one after another before the master took their hello.
     failures: u32,
+    /// Whether any builder has had its hello taken by the master.
+    worked: bool,
     /// When the next builder may start after a failure.
     restart_at: Option<Instant>,
     /// When the floors were last read, while a builder waits for them.
@@ -245,6 +266,13 @@ impl Host<'_> {
                     "beat" => {
                         if let Some(builder) = self.builders.get_mut(&number) {
                             builder.last_beat = Instant::now();
+                            builder.beaten = true;
+                        }
+                    }
+                    "ready" => {
+                        if let Some(builder) = self.builders.get_mut(&number) {
+                            builder.ready = true;
+                            self.worked = true;
                         }
                     }
                     "add" => self.scale(true, &format!("an operator, through builder {number}")),
@@ -303,17 +331,23 @@ impl Host<'_> {
         match status.code() {
             Some(0) if builder.retiring => tracing::info!("builder {number} retired"),
             Some(0) => {
-                // The master said Die (an operator's kill, or its shutdown): not replaced.
+                // The master said Die (an operator's kill, a revoked key): not replaced.
                 self.wanted = self.wanted.saturating_sub(1);
                 tracing::info!("builder {number} was told to stop; {} builder(s) wanted now", self.wanted);
             }
-            Some(code) if code == i32::from(SETUP_FAILED) && !builder.killed => {
+            // Until a builder has worked, a set-up that cannot work is the host's too: starting
+            // more would fail the same way. After that, the cause may pass (no room at the
+            // master, a full disk): the builder is started again, as after any failure.
+            Some(code) if code == i32::from(SETUP_FAILED) && !builder.killed && !self.worked => {
                 self.stop_all(Signal::SIGTERM);
                 return Err(AgentError::Setup(format!("builder {number} cannot work (its error is above): stopping")));
             }
             _ => {
-                self.failures = if lived >= STEADY { 1 } else { self.failures + 1 };
-                let delay = FIRST_RESTART_DELAY.saturating_mul(1 << self.failures.saturating_sub(1).min(6)).min(MOST_RESTART_DELAY);
+                // One that had worked (a crash, the kernel's OOM killer) starts again soon; one that
+                // never got that far would fail the same way at once. Its replacement removes
+                // what it left in its directory.
+                self.failures = if builder.ready { 0 } else { self.failures + 1 };
+                let delay = FIRST_RESTART_DELAY.saturating_mul(1 << self.failures.min(5)).min(MOST_RESTART_DELAY);
                 let how = if builder.killed { "was killed as hung".to_string() } else { format!("ended ({status})") };
                 tracing::warn!("builder {number} {how} after {}s: starting another in {}s", lived.as_secs(), delay.as_secs());
                 self.restart_at = Some(Instant::now() + delay);
@@ -322,22 +356,26 @@ impl Host<'_> {
         Ok(())
     }
 
-    /// Kills the builders silent longer than the master would wait.
+    /// Kills the builders silent longer than a working one can be.
     fn kill_hung(&mut self) {
-        let limit = self.config.busy_timeout.0;
+        let silence = hung_after(self.config);
         for (number, builder) in &mut self.builders {
+            // Before its first word it looks at its interpreter and tools, which may be slow.
+            let limit = if builder.beaten { silence } else { silence + STARTING };
             if !builder.killed && builder.last_beat.elapsed() > limit {
-                tracing::error!("builder {number} has been silent for more than {}: killing it", self.config.busy_timeout);
+                tracing::error!("builder {number} has been silent for more than {}: killing it", HumanDuration(limit));
                 builder.killed = true;
                 let _ = builder.child.kill();
             }
         }
     }
 
-    /// Tells the newest builders beyond the wanted count to leave after their builds.
+    /// Tells the builders beyond the wanted count, highest numbers first, to leave after their
+    /// builds. Only one whose hello the master took is told: before, it may not be listening
+    /// for the signal yet, and would die of it.
     fn retire_extra(&mut self) {
         while self.active() > self.wanted.max(1) {
-            let Some((number, builder)) = self.builders.iter_mut().rev().find(|(_, b)| !b.retiring && !b.killed) else { return };
+            let Some((number, builder)) = self.builders.iter_mut().rev().find(|(_, b)| !b.retiring && !b.killed && b.ready) else { return };
             tracing::info!("retiring builder {number} after its current build");
             builder.retiring = true;
             if let Err(e) = kill(pid(&builder.child), Signal::SIGUSR1) {
@@ -392,7 +430,10 @@ impl Host<'_> {
     }
 
     fn start(&mut self) -> std::io::Result<()> {
-        let number = (1..=SlaveConfig::MOST_BUILDERS).find(|n| !self.builders.contains_key(n)).unwrap_or(SlaveConfig::MOST_BUILDERS);
+        // Retiring builders keep their numbers until they leave.
+        let Some(number) = (1..=SlaveConfig::MOST_BUILDERS).find(|n| !self.builders.contains_key(n)) else {
+            return Err(std::io::Error::other("every builder number is taken, by builders still leaving"));
+        };
         let mut child = Command::new(&self.program)
             .args(&self.args)
             .env(BUILDER_ENV, number.to_string())
@@ -416,7 +457,7 @@ impl Host<'_> {
         })?;
         tracing::info!("started builder {number} (pid {})", child.id());
         let now = Instant::now();
-        self.builders.insert(number, Running { child, started: now, last_beat: now, retiring: false, killed: false });
+        self.builders.insert(number, Running { child, started: now, last_beat: now, beaten: false, ready: false, retiring: false, killed: false });
         Ok(())
     }
 

@@ -258,6 +258,24 @@ fn sigterm_kills_the_build_says_bye_and_exits_zero() {
     assert_eq!(scene.build_dirs(1), Vec::<String>::new());
 }
 
+/// The master's Die for a protocol error (a build it cannot record, say) is not an operator's
+/// kill: the host starts another builder in its place.
+#[test]
+fn a_die_for_a_protocol_error_is_followed_by_another_builder() {
+    let scene = Scene::new();
+    let master = FakeMaster::bind();
+    let slave = Slave::start(&scene.args(&master.endpoint, "tcp://127.0.0.1:9"));
+    master.welcome(&slave);
+    let first = slave.builder_pids();
+    master.idle(&slave, &SlaveReply::Die { reason: "protocol error: the build lists demo-1.0-py3-none-any.whl twice".into() });
+    master.welcome(&slave);
+    assert_ne!(slave.builder_pids(), first);
+    master.idle(&slave, &SlaveReply::Die { reason: "stopped by an operator".into() });
+    let (status, log) = slave.exit();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("builder 1 ended (exit status: 1)"), "{log}");
+}
+
 /// An answer the conversation does not allow: the builder says why in its Bye and exits 1,
 /// and its host starts another in its place.
 #[test]

@@ -135,11 +135,14 @@ fn builders_build_at_once_and_signals_add_and_retire_them() {
     assert_eq!(slave.builder_pids(), builders, "the first two builders go on");
     assert!(alive(&alpha) && alive(&beta));
 
-    // The host's death, even by SIGKILL, ends every builder and build.
+    // The host's death, even by SIGKILL, ends every builder and build: the builders, their
+    // launchers and the build scripts, and the scripts' own children.
+    let descendants = descendants_of(slave.pid());
+    assert!(descendants.len() >= 2 + 2 + 4, "builders, launchers, scripts and their sleeps: {descendants:?}");
     kill(slave.pid(), Signal::SIGKILL).expect("SIGKILL");
     let (status, log) = slave.exit();
     assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{log}");
-    let everything: Vec<i32> = builders.iter().map(|pid| pid.as_raw()).chain(alpha).chain(beta).collect();
+    let everything: Vec<i32> = descendants.iter().map(|pid| pid.as_raw()).chain(alpha).chain(beta).collect();
     let deadline = Instant::now() + PATIENCE;
     while !gone(&everything) {
         let left: Vec<&i32> = everything.iter().filter(|pid| !gone(&[**pid])).collect();
@@ -179,7 +182,8 @@ fn an_operators_add_and_retire_reach_the_host_through_the_master() {
 fn a_hung_builder_is_killed_and_replaced() {
     let scene = Scene::new();
     let master = FakeMaster::bind();
-    let args = with(with(scene.args(&master.endpoint, "tcp://127.0.0.1:9"), "--busy-timeout", "2s"), "--upload-timeout", "1s");
+    let args = scene.args(&master.endpoint, "tcp://127.0.0.1:9");
+    let args = with(with(with(args, "--busy-timeout", "2s"), "--upload-timeout", "1s"), "--master-timeout", "500ms");
     let slave = Slave::start(&args);
     let mut farm = Farm::default();
     let sleep = |_: &str, _: &SlaveRequest| SlaveReply::Sleep { paused: false };

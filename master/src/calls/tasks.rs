@@ -121,6 +121,13 @@ pub enum StatsUpdate {
     },
     /// Rewrite the home page and search index now (from the admin endpoint).
     RefreshHome,
+    /// The environment drifts among the connected builders, for the home page (from the slave
+    /// driver, whenever they change; empty when the builders agree).
+    Drifts {
+        /// One sentence each, naming no builder.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        notices: Vec<String>,
+    },
 }
 
 // ------------------------------------------------------------------------------------------
@@ -144,6 +151,9 @@ pub enum WebRequest {
         stats: Box<MasterStats>,
         /// The cross-checks done so far.
         checks: CheckCounts,
+        /// Environment drifts among the builders, one sentence each.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        drifts: Vec<String>,
     },
     /// Write the search index.
     Search {

@@ -1328,7 +1328,7 @@ async fn insert_page_hit(
 }
 
 /// The schema's name of a failure class.
-fn failure_name(kind: FailureKind) -> &'static str {
+pub(crate) fn failure_name(kind: FailureKind) -> &'static str {
     match kind {
         FailureKind::Build => "build",
         FailureKind::Timeout => "timeout",

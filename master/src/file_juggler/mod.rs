@@ -655,7 +655,11 @@ impl FileJuggler {
         t.touched = now;
         let len = data.len();
         let part = &mut t.part;
-        match t.progress.accept(offset, data, |at, bytes| part.write(at, bytes)) {
+        let accepted = t.progress.accept(offset, data, |at, bytes| part.write(at, bytes));
+        if let Ok(true) = accepted {
+            crate::metrics::metrics().received_bytes.inc_by(len as u64);
+        }
+        match accepted {
             Ok(true) if t.progress.complete() => {
                 tracing::info!("transfer {id} of {} complete: {} bytes", t.file.filename, t.progress.size());
                 reply(&sockets.files, peer, &FileReply::Done);

@@ -445,7 +445,7 @@ impl Scribe {
                 self.enqueue(&rewrite, ctx);
                 recorded.map_err(|e| anyhow::anyhow!("queued, but not recorded (a crash would lose it): {e}"))
             }
-            WebRequest::Home { stats, checks } => Ok(self.writer.write_home(&stats, checks)?),
+            WebRequest::Home { stats, checks, drifts } => Ok(self.writer.write_home(&stats, checks, &drifts)?),
             WebRequest::Search { entries } => Ok(self.writer.write_search(&entries)?),
             WebRequest::Built { build_id, output, rewrite } => {
                 anyhow::ensure!(is_safe_name(&rewrite.package), "{:?} is not a canonical package name", rewrite.package);

@@ -947,6 +947,8 @@ pub struct HomePage {
     pub disk_size: String,
     /// Per ABI.
     pub abis: Vec<AbiFigures>,
+    /// Environment drifts among the builders, one sentence each.
+    pub drifts: Vec<String>,
     /// The index's URL for the configuration examples.
     pub index_url: String,
     /// When the figures were taken (RFC 3339).
@@ -979,6 +981,7 @@ impl HomePage {
                     pending: thousands(stats.builds_pending.get(tag).copied().unwrap_or(0)),
                 })
                 .collect(),
+            drifts: Vec::new(),
             index_url: match site_url {
                 Some(url) => format!("{}/simple", url.trim_end_matches('/')),
                 None => "https://THIS-SITE/simple".to_string(),

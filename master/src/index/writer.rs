@@ -17,6 +17,10 @@ use piwheels_common::inspect::parse_metadata;
 use piwheels_common::provenance;
 
 use crate::atomic_file::{Durability, write_atomically};
+use crate::metrics::metrics;
+
+/// Most environment drifts the home page lists.
+const MAX_DRIFTS_SHOWN: usize = 20;
 use crate::calls::db::{BuildAbi, ProjectData, RewriteScope, SearchEntry};
 use crate::calls::tasks::CheckCounts;
 
@@ -215,6 +219,7 @@ impl IndexWriter {
         for alias in former_names(data) {
             self.write_alias(&alias, package)?;
         }
+        metrics().page_written("project");
         Ok(if has_simple { Written::Listed } else { Written::Unlisted })
     }
 
@@ -291,20 +296,26 @@ impl IndexWriter {
         write_if_changed(&list.join("index.html"), render(&PackagesPage { projects: projects.clone() })?.as_bytes())?;
         write_if_changed(&self.layout.root().join("packages.json"), &search_json(&projects, &self.downloads))?;
         self.root_dirty = false;
+        metrics().page_written("root");
         Ok(())
     }
 
     /// Writes the home page.
-    pub fn write_home(&self, stats: &MasterStats, checks: CheckCounts) -> io::Result<()> {
-        let page = HomePage::new(stats, checks, self.options.site_url.as_deref());
-        write_atomically(&self.layout.root().join("index.html"), render(&page)?.as_bytes(), Durability::Cached)
+    pub fn write_home(&self, stats: &MasterStats, checks: CheckCounts, drifts: &[String]) -> io::Result<()> {
+        let mut page = HomePage::new(stats, checks, self.options.site_url.as_deref());
+        page.drifts = drifts.iter().take(MAX_DRIFTS_SHOWN).cloned().collect();
+        write_atomically(&self.layout.root().join("index.html"), render(&page)?.as_bytes(), Durability::Cached)?;
+        metrics().page_written("home");
+        Ok(())
     }
 
     /// Takes the packages' download counts and writes the search index with them.
     pub fn write_search(&mut self, entries: &[SearchEntry]) -> io::Result<()> {
         self.downloads = entries.iter().map(|e| (e.package.clone(), (e.downloads_recent, e.downloads_all))).collect();
         let projects = sorted_names(self.listed.iter());
-        write_if_changed(&self.layout.root().join("packages.json"), &search_json(&projects, &self.downloads))
+        write_if_changed(&self.layout.root().join("packages.json"), &search_json(&projects, &self.downloads))?;
+        metrics().page_written("search");
+        Ok(())
     }
 
     /// Writes the signed provenance of a published file beside it (replacing an earlier one:
@@ -314,7 +325,9 @@ impl IndexWriter {
             return Err(io::Error::other(format!("refusing to write the provenance of {package:?} {filename:?}")));
         }
         let path = self.layout.simple_package(package).join(format!("{filename}{}", provenance::SUFFIX));
-        write_if_changed(&path, envelope)
+        write_if_changed(&path, envelope)?;
+        metrics().page_written("provenance");
+        Ok(())
     }
 
     /// Writes the master's public signing key at the root of the tree.
@@ -327,7 +340,9 @@ impl IndexWriter {
         if build_id <= 0 {
             return Err(io::Error::other(format!("no log for build id {build_id}")));
         }
-        write_atomically(&self.layout.log(build_id), &self.gzip(output.as_bytes())?, Durability::Cached)
+        write_atomically(&self.layout.log(build_id), &self.gzip(output.as_bytes())?, Durability::Cached)?;
+        metrics().page_written("log");
+        Ok(())
     }
 
     /// `data` as one gzip member (RFC 1952: header, raw deflate, CRC-32 and length).

@@ -83,6 +83,20 @@ impl Process {
         let _ = kill(self.pid(), signal);
     }
 
+    /// A piw-slave's (first) builder: the host's live child process, which talks to the master.
+    pub fn builder(&self) -> Option<Pid> {
+        let parent = self.0.id().to_string();
+        let children = std::fs::read_dir("/proc").ok()?.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok());
+        children
+            .into_iter()
+            .find(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let fields: Vec<&str> = stat.rfind(')').map_or("", |at| &stat[at + 1..]).split_whitespace().collect();
+                fields.first() != Some(&"Z") && fields.get(1) == Some(&parent.as_str())
+            })
+            .map(Pid::from_raw)
+    }
+
     /// Whether it still runs.
     pub fn running(&mut self) -> bool {
         self.0.try_wait().unwrap().is_none()
@@ -146,6 +160,9 @@ pub struct Slave {
     pub process: Option<Process>,
     pub restart_at: Option<Instant>,
     pub continue_at: Option<Instant>,
+    /// The builder stopped with SIGSTOP, continued at `continue_at` (unless its host has
+    /// replaced it as hung by then).
+    pub stopped: Option<Pid>,
 }
 
 /// The farm. The master's own disk (its output tree and state) is `<dir>/disk`, which the
@@ -180,7 +197,7 @@ impl Farm {
             .iter()
             .map(|name| {
                 let key = ClientKey::authorized(&state, &dir.path().join(format!("{name}.key")), Role::Slave, name).for_unprivileged();
-                Slave { name: name.to_string(), key, process: None, restart_at: None, continue_at: None }
+                Slave { name: name.to_string(), key, process: None, restart_at: None, continue_at: None, stopped: None }
             })
             .collect();
         let ports = (free_port(), free_port(), free_port());
@@ -298,8 +315,8 @@ impl Farm {
             }
             let slave = &mut self.slaves[index];
             if slave.continue_at.is_some_and(|at| at <= now) {
-                if let Some(process) = &slave.process {
-                    process.signal(Signal::SIGCONT);
+                if let Some(builder) = slave.stopped.take() {
+                    let _ = kill(builder, Signal::SIGCONT);
                 }
                 slave.continue_at = None;
             }

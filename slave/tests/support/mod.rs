@@ -417,7 +417,24 @@ fn parent_of(pid: i32) -> Option<i32> {
     (fields.first() != Some(&"Z")).then(|| fields.get(1)?.parse().ok())?
 }
 
+/// Whether every one of `pids` has ended (a zombie has: only its exit status is left, for a
+/// parent, or an init that reaps late, to collect).
 pub fn gone(pids: &[i32]) -> bool {
-    pids.iter().all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    pids.iter().all(|pid| match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').is_some_and(|at| stat[at + 1..].split_whitespace().next() == Some("Z")),
+        Err(_) => true,
+    })
+}
+
+/// `parent`'s children, their children, and so on.
+pub fn descendants_of(parent: Pid) -> Vec<Pid> {
+    let mut found = Vec::new();
+    let mut next = vec![parent];
+    while let Some(pid) = next.pop() {
+        let children = children_of(pid);
+        next.extend(&children);
+        found.extend(children);
+    }
+    found
 }
 
