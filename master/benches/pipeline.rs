@@ -763,12 +763,13 @@ fn main() {
     println!();
     for r in &rounds {
         println!(
-            "{:>2} {}, {}: medians: build {:.0} ms as the slave timed it, the command {:.0} ms of it; latency {:.0} ms to the slave's \
+            "{:>2} {}, {}, metrics {}: medians: build {:.0} ms as the slave timed it, the command {:.0} ms of it; latency {:.0} ms to the slave's \
              `built` log line, {:.0} ms from there to the record; master idle {:.2} ms/s; feed {:.2} ms/release on the master, \
              {:.2} ms in PostgreSQL",
             r.slaves,
             if r.one_host { "builders" } else { "slaves" },
             r.mode,
+            if r.metrics { "on" } else { "off" },
             r.duration_ms,
             r.command_wall_ms,
             r.in_slave_ms,

@@ -37,9 +37,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{TimeZone, Utc};
-use nix::errno::Errno;
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
 use piwheels_common::hostinfo::{host_info, host_stats};
 use piwheels_common::codec;
 use piwheels_common::protocols::{BuildResult, FailureKind, HostStats, SlaveHello, SlaveId, SlaveReply, SlaveRequest, TransferId, Versions, WireError};
@@ -237,50 +235,25 @@ pub(crate) fn check_build_root(root: &Path) -> Result<(), AgentError> {
 /// also kills a running build), SIGUSR1 (the host retiring this builder) in `retire`, and
 /// wakes the conversation.
 fn watch_signals(stop: Arc<OnceLock<String>>, retire: Arc<AtomicBool>, events: Sender<Event>) -> Result<(), AgentError> {
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGTERM);
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGUSR1);
-    mask.thread_block().map_err(|e| AgentError::Setup(format!("cannot block signals: {e}")))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(|e| AgentError::Setup(format!("cannot create a signalfd: {e}")))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            loop {
-                match signals.read_signal() {
-                    Ok(Some(info)) => {
-                        let signal = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0));
-                        let event = if signal == Ok(Signal::SIGUSR1) {
-                            tracing::info!("SIGUSR1: leaving after the current build, if any");
-                            retire.store(true, Ordering::SeqCst);
-                            Event::Retire
-                        } else {
-                            let name = signal.map_or("a signal", |s| s.as_str());
-                            tracing::info!("{name}: stopping");
-                            let _ = stop.set(name.to_string());
-                            // A build is killed at once; an upload cannot be cut short, so the
-                            // builder leaves without it (its host may be gone).
-                            let _ = std::thread::Builder::new().name("stop-grace".into()).spawn(|| {
-                                std::thread::sleep(STOP_GRACE);
-                                tracing::warn!("still busy {}s after the stop signal: leaving now", STOP_GRACE.as_secs());
-                                std::process::exit(0);
-                            });
-                            Event::Stop
-                        };
-                        if events.send(event).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) | Err(Errno::EINTR) => {}
-                    Err(e) => {
-                        tracing::error!("cannot read signals: {e}");
-                        return;
-                    }
-                }
-            }
-        })
-        .map_err(|e| AgentError::Setup(format!("cannot start the signal thread: {e}")))?;
-    Ok(())
+    crate::signals::watch(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1], move |signal| {
+        let event = if signal == Signal::SIGUSR1 {
+            tracing::info!("SIGUSR1: leaving after the current build, if any");
+            retire.store(true, Ordering::SeqCst);
+            Event::Retire
+        } else {
+            tracing::info!("{}: stopping", signal.as_str());
+            let _ = stop.set(signal.as_str().to_string());
+            // A build is killed at once; an upload cannot be cut short, so the builder leaves
+            // without it (its host may be gone).
+            let _ = std::thread::Builder::new().name("stop-grace".into()).spawn(|| {
+                std::thread::sleep(STOP_GRACE);
+                tracing::warn!("still busy {}s after the stop signal: leaving now", STOP_GRACE.as_secs());
+                std::process::exit(0);
+            });
+            Event::Stop
+        };
+        events.send(event).is_ok()
+    })
 }
 
 /// What wakes the conversation up while it waits.

@@ -33,10 +33,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use nix::errno::Errno;
 use nix::sys::prctl;
-use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, getppid};
 use piwheels_common::config::{HumanDuration, human_size};
 use piwheels_common::hostinfo::host_stats;
@@ -195,35 +193,9 @@ pub fn run(config: &SlaveConfig) -> Result<Outcome, AgentError> {
     outcome
 }
 
-/// Blocks the signals the host acts on and starts the thread that reads them.
+/// Reads the signals the host acts on, as events.
 fn watch_signals(events: Sender<Event>) -> Result<(), AgentError> {
-    let mut mask = SigSet::empty();
-    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGTTIN, Signal::SIGTTOU] {
-        mask.add(signal);
-    }
-    mask.thread_block().map_err(|e| AgentError::Setup(format!("cannot block signals: {e}")))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(|e| AgentError::Setup(format!("cannot create a signalfd: {e}")))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            loop {
-                match signals.read_signal() {
-                    Ok(Some(info)) => {
-                        let Ok(signal) = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) else { continue };
-                        if events.send(Event::Signal(signal)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) | Err(Errno::EINTR) => {}
-                    Err(e) => {
-                        tracing::error!("cannot read signals: {e}");
-                        return;
-                    }
-                }
-            }
-        })
-        .map_err(|e| AgentError::Setup(format!("cannot start the signal thread: {e}")))?;
-    Ok(())
+    crate::signals::watch(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGTTIN, Signal::SIGTTOU], move |signal| events.send(Event::Signal(signal)).is_ok())
 }
 
 struct Host<'a> {

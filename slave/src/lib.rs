@@ -12,6 +12,7 @@ pub mod host;
 pub mod inspect;
 pub mod launcher;
 pub mod python;
+pub mod signals;
 pub mod source;
 
 pub use agent::{AgentError, Outcome, refuse_root, run};
