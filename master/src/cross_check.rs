@@ -18,6 +18,7 @@ use piwheels_common::wheel::WheelName;
 use crate::access_log::clean;
 use crate::calls::db::QueuedCheck;
 use crate::db::requests::stored_label;
+use crate::drift::host;
 
 /// The master's default share of successful builds that are cross-checked.
 pub const DEFAULT_SHARE: f64 = 0.05;
@@ -44,11 +45,11 @@ pub fn sampled(share: f64) -> bool {
     point < share
 }
 
-/// Whether the builder of `key` and `label` made the build `check` is for: the same key, or
-/// the same label as builds keep it. A builder never checks its own builds, whatever key it
-/// has now.
+/// Whether the builder of `key` and `label` made the build `check` is for, or shares its
+/// machine: the same key, or the same host (the label as builds keep it, without a builder's
+/// `#N`). A builder never checks its own builds, nor its host's, whatever key it has now.
 pub fn same_builder(check: &QueuedCheck, key: Option<&str>, label: &str) -> bool {
-    (check.builder_key.is_some() && check.builder_key.as_deref() == key) || check.builder == stored_label(label)
+    (check.builder_key.is_some() && check.builder_key.as_deref() == key) || host(&check.builder) == host(stored_label(label))
 }
 
 /// Whether a builder of `platform` (e.g. `linux_armv7l`) makes wheels a build's `files` can
@@ -228,6 +229,10 @@ mod tests {
         assert!(same_builder(&check, Some("key-b"), &"x".repeat(150)));
         assert!(!same_builder(&check, Some("key-b"), "another label"));
         assert!(!same_builder(&QueuedCheck { builder_key: None, ..check.clone() }, None, "another label"));
+        // Another builder of the same host is no second opinion.
+        let keyless = QueuedCheck { builder_key: None, builder: "pi4-a#1".into(), ..check.clone() };
+        assert!(same_builder(&keyless, None, "pi4-a#2"));
+        assert!(!same_builder(&keyless, None, "pi4-b#1"));
     }
 
     #[test]

@@ -52,10 +52,11 @@ impl Drift {
         format!("{} builders differ in {}: {}", self.abi, self.entry, counts.join(", "))
     }
 
-    /// What the announcement is about: the entry and the values, whichever builders have them
-    /// (a drifted builder connecting again is no news).
-    pub fn subject(&self) -> (&str, &str, &str, BTreeSet<&str>) {
-        (&self.abi, &self.entry, &self.reference, self.drifted.values().map(|(_, value)| value.as_str()).collect())
+    /// What the announcement is about: the entry, the values and the hosts that differ,
+    /// whichever of their builders are connected (a drifted builder connecting again is no
+    /// news; another host drifting is).
+    pub fn subject(&self) -> (&str, &str, &str, BTreeSet<(&str, &str)>) {
+        (&self.abi, &self.entry, &self.reference, self.drifted.values().map(|(label, value)| (host(label), value.as_str())).collect())
     }
 
     /// Whether the difference holds a drifted builder's work under `--hold-drifted`.
@@ -118,8 +119,9 @@ pub fn find<'a>(builders: impl IntoIterator<Item = (SlaveId, &'a SlaveHello)>) -
     drifts
 }
 
-/// The host of a builder: its label without the `#N` of its number.
-fn host(label: &str) -> &str {
+/// The host of a builder: its label without the `#N` of its number (the builders of one
+/// `piw-slave` share a machine and what it builds with).
+pub fn host(label: &str) -> &str {
     match label.rsplit_once('#') {
         Some((host, number)) if !number.is_empty() && number.chars().all(|c| c.is_ascii_digit()) => host,
         _ => label,

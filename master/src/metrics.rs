@@ -308,12 +308,16 @@ impl MetricsServer {
                     };
                     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
                     loop {
+                        // A scraper or two; a crowd waits its turn.
+                        let permit = tokio::select! {
+                            _ = stop.wait_for(|stop| *stop) => return,
+                            permit = Arc::clone(&permits).acquire_owned() => permit,
+                        };
+                        let Ok(permit) = permit else { return };
                         tokio::select! {
                             _ = stop.wait_for(|stop| *stop) => return,
                             accepted = listener.accept() => match accepted {
                                 Ok((stream, _)) => {
-                                    // A scraper or two; a crowd waits its turn.
-                                    let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
                                     tokio::spawn(async move {
                                         let _permit = permit;
                                         let mut builder = http1::Builder::new();

@@ -407,6 +407,8 @@ pub struct SlaveDriver {
 impl SlaveDriver {
     /// A driver with no slaves and empty queues.
     pub fn new(config: DriverConfig) -> SlaveDriver {
+        // A driver starting afresh knows no builder, so no difference between them.
+        metrics().drifts.clear();
         SlaveDriver {
             config,
             slaves: HashMap::new(),
@@ -450,12 +452,10 @@ impl SlaveDriver {
         for d in &drifts {
             figures.get_or_create(&DriftLabels { abi: d.abi.clone(), entry: d.entry.clone() }).set(i64::try_from(d.drifted.len()).unwrap_or(i64::MAX));
         }
-        let public: Vec<String> = drifts.iter().map(Drift::public).collect();
-        if public != self.drifts.iter().map(Drift::public).collect::<Vec<_>>() {
-            let notices = public;
-            if let Err(e) = sockets.stats.send(&StatsUpdate::Drifts { notices }, LOCAL_SEND_TIMEOUT) {
-                tracing::warn!("the home page will not show the builders' drifts: {e}");
-            }
+        // Sent each time (a builder came or went), so that a restarted stats task learns them.
+        let notices = drifts.iter().map(Drift::public).collect();
+        if let Err(e) = sockets.stats.send(&StatsUpdate::Drifts { notices }, LOCAL_SEND_TIMEOUT) {
+            tracing::warn!("the home page will not show the builders' drifts: {e}");
         }
         let held = drift::held(&drifts);
         for slave in self.slaves.values_mut() {
@@ -657,11 +657,13 @@ impl SlaveDriver {
     fn find_work(&mut self, identity: &[u8], now: Instant) -> SlaveReply {
         let Some(slave) = self.slaves.get(identity) else { return SlaveReply::Done };
         let (abi, label) = (slave.hello.abi.clone(), slave.hello.host.label.clone());
-        let others_of_abi = self.slaves.values().any(|s| s.hello.abi == abi && s.hello.host.label != label);
+        // A release whose build failed for the infrastructure's reasons passes its builder's
+        // host over for a while (its other builders share the machine), if another can take it.
+        let others_of_abi = self.slaves.values().any(|s| s.hello.abi == abi && drift::host(&s.hello.host.label) != drift::host(&label));
         let retries = self.retries.get(&abi);
         let waiting = |build: &PackageVersion| {
             retries.and_then(|r| r.get(build)).is_some_and(|retry| {
-                retry.until > now || (retry.builder == label && others_of_abi && now < retry.until + PASS_OVER_AT_MOST)
+                retry.until > now || (drift::host(&retry.builder) == drift::host(&label) && others_of_abi && now < retry.until + PASS_OVER_AT_MOST)
             })
         };
         let building = self.building.entry(abi.clone()).or_default();
@@ -671,7 +673,7 @@ impl SlaveDriver {
         let stored = stored_label(&label);
         let passed_over = |check: &QueuedCheck| {
             check_retries.get(&check.check_id).is_some_and(|r| {
-                r.builders.iter().any(|b| b == stored) && now.saturating_duration_since(r.last) < RETRY_FORGOTTEN
+                r.builders.iter().any(|b| drift::host(b) == drift::host(stored)) && now.saturating_duration_since(r.last) < RETRY_FORGOTTEN
             })
         };
         let free = |check: &QueuedCheck| {

@@ -106,13 +106,23 @@ fn build_state(farm: &Farm, index: usize) -> Option<bool> {
         .flatten()
         .filter(|entry| entry.file_name().to_string_lossy().starts_with("piw-build-"))
         .map(|entry| entry.path())
-        // A build its builder holds (its lock taken): not one a killed builder left behind.
-        .filter(|build| std::fs::File::open(build.join("lock")).is_ok_and(|lock| lock.try_lock().is_err()))
+        // A build its builder holds: not one a killed builder left behind.
+        .filter(|build| locked(&build.join("lock")))
         .collect();
     if builds.is_empty() {
         return None;
     }
     Some(builds.iter().any(|build| has_wheel(build, 3)))
+}
+
+/// Whether a process holds a lock on `path`, read from /proc/locks without taking it (taking
+/// it, even for a moment, could be the moment the builder tries to).
+fn locked(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(inode) = std::fs::metadata(path).map(|m| m.ino()) else { return false };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    // `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`: the sixth field is MAJOR:MINOR:INODE.
+    locks.lines().any(|line| line.split_whitespace().nth(5).and_then(|id| id.rsplit(':').next()).is_some_and(|ino| ino == inode.to_string()))
 }
 
 fn has_wheel(dir: &Path, depth: u32) -> bool {

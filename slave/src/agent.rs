@@ -58,9 +58,10 @@ const BYE_WAIT: Duration = Duration::from_millis(200);
 /// How long the file juggler may stay silent before the upload says hello again.
 const UPLOAD_NUDGE: Duration = Duration::from_secs(5);
 
-/// How long the builder may take to leave after a stop signal (a build is killed at once, its
-/// clean-up and the goodbye take moments; an upload in progress is what can take longer).
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long the builder may take to leave after a stop signal: a build is stopped at once and
+/// killed with its process group [`crate::builder::KILL_GRACE`] later if it lingers; the
+/// clean-up and the goodbye take moments; an upload in progress is what can take longer.
+const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// How often a wait for a stopping build checks that the build's thread is still alive.
 const BUILD_CHECK: Duration = Duration::from_millis(200);

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ pub const MOST_RESTART_DELAY: Duration = Duration::from_secs(30);
 
 /// The first pause before a failed builder is started again.
 const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
+/// A builder that worked this long before it failed had not failed because of how it starts.
+const STEADY: Duration = Duration::from_secs(60);
 /// How often the host looks at its builders when nothing happens.
 const TICK: Duration = Duration::from_millis(200);
 /// How often the host reads the free memory and disk while a builder waits for them.
@@ -65,12 +68,18 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 /// interpreter, its tools and dpkg what it builds with).
 const STARTING: Duration = Duration::from_secs(120);
 
-/// The longest a working builder is silent: a request waits `--master-timeout` for its answer
-/// and an upload may take `--upload-timeout` before the next; the master itself waits
-/// `--busy-timeout`.
+/// Longer than a working builder is ever silent: a request waits `--master-timeout` for its
+/// answer, then an upload may take `--upload-timeout`, a build `--busy-interval` or a sleep
+/// `--sleep-interval` and half, before the next; hellos go every `--reconnect-interval`; the
+/// master itself waits `--busy-timeout`. Plus [`HUNG_MARGIN`].
 pub fn hung_after(config: &SlaveConfig) -> Duration {
-    config.busy_timeout.0.max(config.master_timeout.0 + config.upload_timeout.0)
+    let between = config.upload_timeout.0.max(config.busy_interval.0).max(config.sleep_interval.0 * 3 / 2);
+    let longest = config.busy_timeout.0.max(config.master_timeout.0 + between).max(config.reconnect_interval.0 * 2);
+    longest + HUNG_MARGIN
 }
+
+/// What [`hung_after`] adds to the longest silence.
+const HUNG_MARGIN: Duration = Duration::from_secs(5);
 
 /// A builder's side of the link with its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,34 +234,17 @@ impl Host<'_> {
     fn run(&mut self) -> Result<Outcome, AgentError> {
         loop {
             self.systemd.healthy();
-            match self.events.recv_timeout(TICK) {
-                Ok(Event::Signal(signal @ (Signal::SIGTERM | Signal::SIGINT))) => {
-                    tracing::info!("{}: stopping every builder", signal.as_str());
-                    self.stop_all(Signal::SIGTERM);
-                    return Ok(Outcome::Stopped { signal: signal.as_str().to_string() });
-                }
-                Ok(Event::Signal(Signal::SIGTTIN)) => self.scale(true, "SIGTTIN"),
-                Ok(Event::Signal(Signal::SIGTTOU)) => self.scale(false, "SIGTTOU"),
-                Ok(Event::Signal(_)) => {}
-                Ok(Event::Said { number, line }) => match line.as_str() {
-                    "beat" => {
-                        if let Some(builder) = self.builders.get_mut(&number) {
-                            builder.last_beat = Instant::now();
-                            builder.beaten = true;
-                        }
-                    }
-                    "ready" => {
-                        if let Some(builder) = self.builders.get_mut(&number) {
-                            builder.ready = true;
-                            self.worked = true;
-                        }
-                    }
-                    "add" => self.scale(true, &format!("an operator, through builder {number}")),
-                    "retire" => self.scale(false, &format!("an operator, through builder {number}")),
-                    other => tracing::debug!("builder {number} said {other:?}"),
-                },
-                Err(RecvTimeoutError::Timeout) => {}
+            let first = match self.events.recv_timeout(TICK) {
+                Ok(event) => Some(event),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return Err(AgentError::Internal("the host's events ended".into())),
+            };
+            // Everything said so far, before the exits are looked at: a builder's `ready` may
+            // be waiting behind another's exit.
+            for event in first.into_iter().chain(std::iter::from_fn(|| self.events.try_recv().ok()).collect::<Vec<_>>()) {
+                if let Some(stopped) = self.on_event(event) {
+                    return Ok(stopped);
+                }
             }
             self.reap()?;
             if self.wanted == 0 && self.builders.is_empty() {
@@ -262,6 +254,38 @@ impl Host<'_> {
             self.retire_extra();
             self.start_missing();
         }
+    }
+
+    /// Acts on one event; the outcome when it stops the host.
+    fn on_event(&mut self, event: Event) -> Option<Outcome> {
+        match event {
+            Event::Signal(signal @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                tracing::info!("{}: stopping every builder", signal.as_str());
+                self.stop_all(Signal::SIGTERM);
+                return Some(Outcome::Stopped { signal: signal.as_str().to_string() });
+            }
+            Event::Signal(Signal::SIGTTIN) => self.scale(true, "SIGTTIN"),
+            Event::Signal(Signal::SIGTTOU) => self.scale(false, "SIGTTOU"),
+            Event::Signal(_) => {}
+            Event::Said { number, line } => match line.as_str() {
+                "beat" => {
+                    if let Some(builder) = self.builders.get_mut(&number) {
+                        builder.last_beat = Instant::now();
+                        builder.beaten = true;
+                    }
+                }
+                "ready" => {
+                    if let Some(builder) = self.builders.get_mut(&number) {
+                        builder.ready = true;
+                        self.worked = true;
+                    }
+                }
+                "add" => self.scale(true, &format!("an operator, through builder {number}")),
+                "retire" => self.scale(false, &format!("an operator, through builder {number}")),
+                other => tracing::debug!("builder {number} said {other:?}"),
+            },
+        }
+        None
     }
 
     /// One builder more or fewer; never fewer than one.
@@ -300,8 +324,11 @@ impl Host<'_> {
 
     fn exited(&mut self, number: u16, builder: &Running, status: ExitStatus) -> Result<(), AgentError> {
         let lived = builder.started.elapsed();
+        if builder.retiring {
+            tracing::info!("builder {number} retired ({status})");
+            return Ok(());
+        }
         match status.code() {
-            Some(0) if builder.retiring => tracing::info!("builder {number} retired"),
             Some(0) => {
                 // The master said Die (an operator's kill, a revoked key): not replaced.
                 self.wanted = self.wanted.saturating_sub(1);
@@ -315,10 +342,12 @@ impl Host<'_> {
                 return Err(AgentError::Setup(format!("builder {number} cannot work (its error is above): stopping")));
             }
             _ => {
-                // One that had worked (a crash, the kernel's OOM killer) starts again soon; one that
-                // never got that far would fail the same way at once. Its replacement removes
-                // what it left in its directory.
-                self.failures = if builder.ready { 0 } else { self.failures + 1 };
+                // Killed from outside (the kernel's OOM killer, an operator, as hung), or after a
+                // good run: it starts again at once. Failing of its own soon after its start,
+                // it would likely fail the same way again: the pause doubles. Its replacement
+                // removes what it left in its directory.
+                let killed = builder.killed || matches!(status.signal(), Some(signal) if signal == Signal::SIGKILL as i32 || signal == Signal::SIGTERM as i32);
+                self.failures = if killed || (builder.ready && lived >= STEADY) { 0 } else { self.failures + 1 };
                 let delay = FIRST_RESTART_DELAY.saturating_mul(1 << self.failures.min(5)).min(MOST_RESTART_DELAY);
                 let how = if builder.killed { "was killed as hung".to_string() } else { format!("ended ({status})") };
                 tracing::warn!("builder {number} {how} after {}s: starting another in {}s", lived.as_secs(), delay.as_secs());
@@ -342,15 +371,18 @@ impl Host<'_> {
         }
     }
 
-    /// Tells the builders beyond the wanted count, highest numbers first, to leave after their
-    /// builds. Only one whose hello the master took is told: before, it may not be listening
-    /// for the signal yet, and would die of it.
+    /// Retires the builders beyond the wanted count: first those the master has not taken yet
+    /// (they hold no build: SIGTERM), then the highest-numbered of the others, after their
+    /// builds (SIGUSR1, which a builder not listening yet would die of).
     fn retire_extra(&mut self) {
-        while self.active() > self.wanted.max(1) {
-            let Some((number, builder)) = self.builders.iter_mut().rev().find(|(_, b)| !b.retiring && !b.killed && b.ready) else { return };
-            tracing::info!("retiring builder {number} after its current build");
+        let working = |b: &Running| !b.retiring && !b.killed;
+        while self.builders.values().filter(|b| working(b)).count() > self.wanted.max(1) {
+            let pick = self.builders.iter_mut().rev().filter(|(_, b)| working(b)).min_by_key(|(_, b)| b.ready);
+            let Some((number, builder)) = pick else { return };
             builder.retiring = true;
-            if let Err(e) = kill(pid(&builder.child), Signal::SIGUSR1) {
+            let signal = if builder.ready { Signal::SIGUSR1 } else { Signal::SIGTERM };
+            tracing::info!("retiring builder {number}{}", if builder.ready { " after its current build" } else { "" });
+            if let Err(e) = kill(pid(&builder.child), signal) {
                 tracing::warn!("cannot tell builder {number} to retire: {e}");
             }
         }
