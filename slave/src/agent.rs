@@ -551,10 +551,12 @@ impl Agent<'_> {
         let thread_job = job.clone();
         let thread_abort = Arc::clone(&abort);
         // The launcher's parent-death signal is tied to this thread: it spawns the build and
-        // waits for it, and ends only when the build has.
+        // waits for it, and ends only when the build has. Its lines carry the builder's span.
+        let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("builder".into())
             .spawn(move || {
+                let _span = span.entered();
                 let stop = || thread_abort.load(Ordering::SeqCst) || stopping.get().is_some();
                 let build = builder.build(&thread_job, &stop);
                 // When nobody listens any more, dropping the build removes it.

@@ -17,9 +17,12 @@ pub fn watch(signals: &[Signal], mut handle: impl FnMut(Signal) -> bool + Send +
     }
     mask.thread_block().map_err(|e| AgentError::Setup(format!("cannot block signals: {e}")))?;
     let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(|e| AgentError::Setup(format!("cannot create a signalfd: {e}")))?;
+    // Its lines carry the caller's span (a builder's number).
+    let span = tracing::Span::current();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            let _span = span.entered();
             loop {
                 match fd.read_signal() {
                     Ok(Some(info)) => {
