@@ -674,16 +674,6 @@ mod tests {
         assert!(panicked.is_empty(), "{panicked:?}");
     }
 
-    /// A fake index holding `releases` (name, version, requires_python, requires_dist).
-    fn index(releases: &[(&str, &str, Option<&str>, &[&str])]) -> FakePypi {
-        let pypi = FakePypi::start();
-        for (name, version, requires_python, requires_dist) in releases {
-            pypi.create_package(name, None);
-            pypi.add_source(name, version, format!("source of {name} {version}").into_bytes());
-            pypi.set_requirements(name, version, *requires_python, requires_dist);
-        }
-        pypi
-    }
 
     fn resolve_on(pypi: &FakePypi, abis: &[&str], limits: Limits) -> Result<Resolution, ResolveError> {
         let mut index = JsonIndex::new(&pypi.json_url(), limits.documents).unwrap();
@@ -697,7 +687,7 @@ mod tests {
 
     #[test]
     fn a_chain_deeper_than_the_bound_stops_with_the_chain() {
-        let pypi = index(&[("app", "1.0", None, &["a"]), ("a", "1.0", None, &["b"]), ("b", "1.0", None, &["c"]), ("c", "1.0", None, &[])]);
+        let pypi = FakePypi::holding(&[("app", "1.0", None, &["a"]), ("a", "1.0", None, &["b"]), ("b", "1.0", None, &["c"]), ("c", "1.0", None, &[])]);
         assert_eq!(added(&resolve_on(&pypi, &["cp311"], Limits::new(10, 3)).unwrap()), ["app 1.0", "a 1.0", "b 1.0", "c 1.0"]);
         let error = resolve_on(&pypi, &["cp311"], Limits::new(10, 2)).unwrap_err();
         assert_eq!(error, ResolveError::TooDeep { limit: 2, chain: "app 1.0 → a 1.0 → b 1.0 → c 1.0".into() });
@@ -712,7 +702,7 @@ mod tests {
         let long = format!("x{}", ">=1,".repeat(300));
         let many: Vec<String> = (0..=MAX_REQUIREMENTS).map(|i| format!("dep{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        let pypi = index(&[
+        let pypi = FakePypi::holding(&[
             ("app", "1.0", None, &["ok", "missing>=1", "bad-(", "ok[fast-]>=1", &long, "direct @ https://example.invalid/direct-1.0.tar.gz", "crowded", "huge", "ok\u{1b}[31m"]),
             ("ok", "1.0", None, &[]),
             ("crowded", "1.0", None, &many),
@@ -744,7 +734,7 @@ mod tests {
     fn the_list_of_what_is_not_resolved_stops_at_its_bound() {
         let bad: Vec<String> = (0..=MAX_UNRESOLVED).map(|i| format!("bad{i}-(")).collect();
         let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
-        let pypi = index(&[("app", "1.0", None, &bad)]);
+        let pypi = FakePypi::holding(&[("app", "1.0", None, &bad)]);
         let resolution = resolve_on(&pypi, &["cp39", "cp311"], Limits::new(10, 5)).unwrap();
         assert_eq!(resolution.unresolved.len(), MAX_UNRESOLVED);
         assert!(resolution.unresolved_cut);
@@ -753,7 +743,7 @@ mod tests {
 
     #[test]
     fn an_abi_the_release_does_not_admit_or_cannot_be_read_is_said() {
-        let pypi = index(&[("app", "1.0", Some(">=3.10"), &["dep"]), ("dep", "1.0", None, &[])]);
+        let pypi = FakePypi::holding(&[("app", "1.0", Some(">=3.10"), &["dep"]), ("dep", "1.0", None, &[])]);
         let resolution = resolve_on(&pypi, &["cp39", "cp311", "pp310"], Limits::new(10, 5)).unwrap();
         assert_eq!(added(&resolution), ["app 1.0", "dep 1.0"]);
         assert_eq!(resolution.added[1].reasons, [Reason { by: "app 1.0".into(), requirement: "dep".into(), abis: vec!["cp311".into()] }]);

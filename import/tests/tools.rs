@@ -646,17 +646,6 @@ fn piw_add_with_a_version_registers_a_new_package_too() {
 // piw-add --with-deps, against a fake PyPI
 // ------------------------------------------------------------------------------------------
 
-/// A fake index holding `releases`: (name, version, Requires-Python, Requires-Dist), each
-/// with a source file.
-fn fake_index(releases: &[(&str, &str, Option<&str>, &[&str])]) -> FakePypi {
-    let pypi = FakePypi::start();
-    for (name, version, requires_python, requires_dist) in releases {
-        pypi.create_package(name, None);
-        pypi.add_source(name, version, format!("source of {name} {version}").into_bytes());
-        pypi.set_requirements(name, version, *requires_python, requires_dist);
-    }
-    pypi
-}
 
 #[test]
 fn piw_add_with_deps_registers_what_the_requirements_resolve_to_on_each_abi() {
@@ -664,7 +653,7 @@ fn piw_add_with_deps_registers_what_the_requirements_resolve_to_on_each_abi() {
     // Two ABIs the farm builds, and one it skips, which the master leaves out of its welcome.
     master.db.execute("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp39', 309)");
     master.db.execute("INSERT INTO build_abis (abi_tag, python_version, skip) VALUES ('cp37m', 307, 'retired')");
-    let pypi = fake_index(&[
+    let pypi = FakePypi::holding(&[
         ("App", "1.0", Some(">=3.8"), &["lib>=1.0", "modern; python_version >= \"3.10\"", "FastLib[speedups]>=1", "missing>=1"]),
         // A newer App than the one asked for: the cycle through lib leads back to 1.0.
         ("App", "2.0", Some(">=3.8"), &[]),
@@ -713,7 +702,7 @@ fn piw_add_with_deps_registers_what_the_requirements_resolve_to_on_each_abi() {
 #[test]
 fn piw_add_with_deps_stops_at_a_bound_and_adds_nothing() {
     let master = Master::start();
-    let pypi = fake_index(&[("a", "1.0", None, &["b"]), ("b", "1.0", None, &["c"]), ("c", "1.0", None, &["d"]), ("d", "1.0", None, &[])]);
+    let pypi = FakePypi::holding(&[("a", "1.0", None, &["b"]), ("b", "1.0", None, &["c"]), ("c", "1.0", None, &["d"]), ("d", "1.0", None, &[])]);
     let line = master.tool("piw-add", &["a", "1.0", "--with-deps", "--max-releases", "3", "--pypi-json", &pypi.json_url()]).failed(1);
     assert_eq!(
         line,

@@ -305,6 +305,18 @@ impl FakePypi {
         st.push_event(&display, Some(version), format!("add {tag} file {filename}"))
     }
 
+    /// A fake index holding `releases`: (name, version, Requires-Python, Requires-Dist), each
+    /// with a source file.
+    pub fn holding(releases: &[(&str, &str, Option<&str>, &[&str])]) -> FakePypi {
+        let pypi = FakePypi::start();
+        for (name, version, requires_python, requires_dist) in releases {
+            pypi.create_package(name, None);
+            pypi.add_source(name, version, format!("source of {name} {version}").into_bytes());
+            pypi.set_requirements(name, version, *requires_python, requires_dist);
+        }
+        pypi
+    }
+
     /// Sets a release's `Requires-Python` and `Requires-Dist` (PEP 508 requirements, as the
     /// JSON API lists them), as its upload would have; logs nothing. Panics if the release does
     /// not exist: upload a file of it first.
