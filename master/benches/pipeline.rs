@@ -655,11 +655,7 @@ fn children(parent: u32) -> Vec<u32> {
 
 /// The master's figures from its metrics endpoint.
 fn scrape(port: u16) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics endpoint");
-    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-    response
+    piwheels_testsupport::http_exchange(("127.0.0.1", port), "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").1
 }
 
 /// How a farm's slave sockets are secured, as the tables say it.

@@ -32,7 +32,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use piwheels_common::protocols::{FailureKind, SlaveEvent, SlaveId, SlaveReply, StatusEvent, TaskState};
+use piwheels_common::protocols::{SlaveEvent, SlaveId, SlaveReply, StatusEvent, TaskState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -218,6 +218,9 @@ impl Metrics {
     }
 
     fn observe_slave(&self, id: SlaveId, event: &SlaveEvent) {
+        if let SlaveEvent::Stats(_) = event {
+            return;
+        }
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         match event {
             SlaveEvent::Hello(hello) => {
@@ -232,7 +235,7 @@ impl Metrics {
             SlaveEvent::Gone { .. } => self.set_state(&mut states, id, None),
             SlaveEvent::Finished(build) => {
                 let Some((abi, _)) = states.get(&id) else { return };
-                let outcome = build.failure.map_or("success", outcome_name).to_string();
+                let outcome = build.failure.map_or("success", crate::db::requests::failure_name).to_string();
                 self.builds.get_or_create(&BuildLabels { abi: abi.clone(), outcome }).inc();
             }
             SlaveEvent::Stats(_) => {}
@@ -264,11 +267,6 @@ fn state_after(reply: &SlaveReply) -> Option<&'static str> {
         SlaveReply::Die { .. } | SlaveReply::Error(_) => Some("exiting"),
         SlaveReply::Cont | SlaveReply::AddBuilder | SlaveReply::RetireBuilder => None,
     }
-}
-
-/// A recorded failure's class, as the database names it.
-fn outcome_name(kind: FailureKind) -> &'static str {
-    crate::db::requests::failure_name(kind)
 }
 
 fn saturating(value: u64) -> i64 {
@@ -372,7 +370,7 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
 #[cfg(test)]
 mod tests {
     use super::*;
-    use piwheels_common::protocols::FinishedBuild;
+    use piwheels_common::protocols::{FailureKind, FinishedBuild};
 
     fn slave(id: SlaveId, event: SlaveEvent) -> StatusEvent {
         StatusEvent::Slave { slave_id: id, at: chrono::Utc::now(), event }
@@ -393,9 +391,32 @@ mod tests {
         metrics.observe(&slave(1, SlaveEvent::Finished(finished)));
         metrics.observe(&slave(1, SlaveEvent::Gone { reason: "bye".into() }));
         assert_eq!((state("starting"), state("idle")), (1, 0));
-        assert_eq!(metrics.builds.get_or_create(&BuildLabels { abi, outcome: "timeout".into() }).get(), 1);
+        assert_eq!(metrics.builds.get_or_create(&BuildLabels { abi: abi.clone(), outcome: "timeout".into() }).get(), 1);
+        // A restarted slave driver forgets its slaves without a word: they count no more.
+        metrics.observe(&StatusEvent::Task { name: "slave_driver".into(), at: chrono::Utc::now(), state: TaskState::Restarting });
+        assert_eq!(state("starting"), 0);
+        assert_eq!(metrics.task_restarts.get_or_create(&TaskLabel { task: "slave_driver".into() }).get(), 1);
+        // A task's counter exists from its first event, at 0.
+        metrics.observe(&StatusEvent::Task { name: "seraph".into(), at: chrono::Utc::now(), state: TaskState::Running });
+        assert!(metrics.encode().contains("piwheels_task_restarts_total{task=\"seraph\"} 0"));
         let text = metrics.encode();
         assert!(text.contains("# TYPE piwheels_builds counter") && text.contains("piwheels_builds_total{abi=\"cp311\",outcome=\"timeout\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    fn ask(server: &MetricsServer, request: &str) -> (String, String) {
+        piwheels_testsupport::http_exchange(server.local_addr(), request)
+    }
+
+    #[test]
+    fn the_endpoint_answers_get_metrics_only() {
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap()).expect("start");
+        let (head, body) = ask(&server, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 200") && head.contains("application/openmetrics-text"), "{head}");
+        assert!(body.contains("# TYPE piwheels_files gauge") && body.ends_with("# EOF\n"), "{body}");
+        let (head, _) = ask(&server, "GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        let (head, _) = ask(&server, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
     }
 }

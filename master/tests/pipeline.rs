@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use piwheels_master::db::migrate;
 use piwheels_testsupport::db::{APP_ROLE, TestDb};
-use piwheels_testsupport::free_port;
+use piwheels_testsupport::{free_port, http_exchange};
 use piwheels_common::keys::Role;
 use piwheels_master::web_server::WebServer;
 use piwheels_testsupport::installers::{fresh_venv, local_abi, run, tool};
@@ -251,11 +251,8 @@ impl Farm {
 
 /// The master's figures, as Prometheus reads them.
 fn scrape(port: u16) -> prometheus_parse::Scrape {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
-    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-    let (head, text) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let (head, text) = http_exchange(("127.0.0.1", port), "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let text = text.as_str();
     assert!(head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
     // Prometheus' naming conventions: one prefix, counters end in _total, units in the name.
     for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {

@@ -541,6 +541,26 @@ fn a_builder_whose_setuptools_differs_from_its_peers_is_named_and_held() {
     assert!(farm.events_so_far().iter().any(|e| matches!(e, StatusEvent::Notice { level: NoticeLevel::Info, text, .. } if text == "cp311 builders agree on setuptools again")));
 }
 
+/// An operator's presses reach the slave's host one per contact, at most 16 pending: more are
+/// not kept.
+#[test]
+fn builders_to_add_are_passed_on_one_per_contact_and_bounded() {
+    let farm = Farm::start(&[]);
+    let slave = farm.slave("pi-a#1");
+    let id = slave.hello();
+    for _ in 0..20 {
+        assert_eq!(farm.command(SlaveTarget::One(id), SlaveAction::AddBuilder), SlaveCommandReply::Applied { slaves: vec![id] });
+    }
+    let added = std::iter::from_fn(|| Some(slave.ask(idle()))).take_while(|reply| *reply == SlaveReply::AddBuilder).count();
+    assert_eq!(added, 16);
+    // A retire cancels an add still pending.
+    farm.command(SlaveTarget::One(id), SlaveAction::AddBuilder);
+    farm.command(SlaveTarget::One(id), SlaveAction::RetireBuilder);
+    farm.command(SlaveTarget::One(id), SlaveAction::RetireBuilder);
+    assert_eq!(slave.ask(idle()), SlaveReply::RetireBuilder);
+    assert!(matches!(slave.ask(idle()), SlaveReply::Sleep { .. }), "nothing else pending");
+}
+
 #[test]
 fn a_paused_master_puts_slaves_to_sleep() {
     let farm = Farm::start(&[("foo", "1.0")]);

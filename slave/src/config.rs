@@ -263,4 +263,13 @@ mod tests {
         let error = SlaveConfig::try_parse_from(["piw-slave", "--build-command", "pip wheel {pkg}"]).expect_err("bad template");
         assert!(error.to_string().contains("{pkg}"), "{error}");
     }
+
+    #[test]
+    fn a_host_runs_one_to_sixty_four_builders() {
+        assert_eq!(parse(&["--builders", "64"]).builders, SlaveConfig::MOST_BUILDERS);
+        for count in ["0", "65"] {
+            let error = SlaveConfig::try_parse_from(["piw-slave", "--builders", count]).expect_err(count);
+            assert!(error.to_string().contains("--builders"), "{error}");
+        }
+    }
 }

@@ -28,3 +28,15 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// Sends `request` (a whole HTTP/1.1 request, ending `Connection: close`) to `addr` and reads
+/// the answer to its end: its head and its body, as text.
+pub fn http_exchange(addr: impl std::net::ToSocketAddrs, request: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP server");
+    stream.write_all(request.as_bytes()).expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the answer");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.to_string(), body.to_string())
+}
