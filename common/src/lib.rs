@@ -24,7 +24,7 @@ pub mod wheel;
 /// Version of the wire protocols in [`protocols`]. Bump it on any change to a message that
 /// crosses a process boundary (the golden-frame tests in `common/src/protocols/golden_frames.rs` fail
 /// until it is bumped); a client and a master whose protocol versions differ refuse each other.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Version of this software, carried in every external client's first message: logged and
 /// shown, never required to match.

@@ -350,6 +350,93 @@ impl FailureKind {
     }
 }
 
+/// What a failed build failed for, as the master's triage read it from its log and exit
+/// (see `docs/operations.md`, "Why builds fail"). Schema names are [`FailureClass::name`]'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+pub enum FailureClass {
+    /// A C header the compiler could not find (the detail: its include path).
+    MissingHeader,
+    /// A library the linker or pkg-config could not find (the detail: its file name).
+    MissingLibrary,
+    /// A compiler or tool that is not installed (the detail: its command).
+    MissingTool,
+    /// The package does not support the builder's Python.
+    UnsupportedPython,
+    /// The source, or a build dependency, could not be had or did not match its hash.
+    SourceUnavailable,
+    /// The build reached for the network and failed.
+    Network,
+    /// The build ran past its time limit.
+    Timeout,
+    /// The build ran out of memory.
+    Memory,
+    /// The build was killed by a signal other than the farm's limits.
+    Killed,
+    /// None of the above.
+    Other,
+}
+
+impl FailureClass {
+    /// Every class, in the order reports list them.
+    pub const ALL: [FailureClass; 10] = [
+        FailureClass::MissingHeader,
+        FailureClass::MissingLibrary,
+        FailureClass::MissingTool,
+        FailureClass::UnsupportedPython,
+        FailureClass::SourceUnavailable,
+        FailureClass::Network,
+        FailureClass::Timeout,
+        FailureClass::Memory,
+        FailureClass::Killed,
+        FailureClass::Other,
+    ];
+
+    /// The schema's, the tools' and the pages' name (`missing-header`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::MissingHeader => "missing-header",
+            FailureClass::MissingLibrary => "missing-library",
+            FailureClass::MissingTool => "missing-tool",
+            FailureClass::UnsupportedPython => "unsupported-python",
+            FailureClass::SourceUnavailable => "source-unavailable",
+            FailureClass::Network => "network",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Memory => "memory",
+            FailureClass::Killed => "killed",
+            FailureClass::Other => "other",
+        }
+    }
+
+    /// The class of a name given by [`FailureClass::name`].
+    pub fn from_name(name: &str) -> Option<FailureClass> {
+        FailureClass::ALL.into_iter().find(|class| class.name() == name)
+    }
+
+    /// True for the classes a Debian package may cure, whose detail is looked up in the
+    /// Debian Contents index.
+    pub fn has_debian_package(self) -> bool {
+        matches!(self, FailureClass::MissingHeader | FailureClass::MissingLibrary | FailureClass::MissingTool)
+    }
+
+    /// A few words for people: "missing header libxml/xmlversion.h".
+    pub fn describe(self, detail: &str) -> String {
+        let what = match self {
+            FailureClass::MissingHeader => "missing header",
+            FailureClass::MissingLibrary => "missing library",
+            FailureClass::MissingTool => "missing tool",
+            FailureClass::UnsupportedPython => "unsupported Python",
+            FailureClass::SourceUnavailable => "source unavailable",
+            FailureClass::Network => "network failure",
+            FailureClass::Timeout => "timed out",
+            FailureClass::Memory => "out of memory",
+            FailureClass::Killed => "killed",
+            FailureClass::Other => "other failure",
+        };
+        if detail.is_empty() { what.to_string() } else { format!("{what} {detail}") }
+    }
+}
+
 /// Host measurements sent with IDLE and BUSY and by the master's stats task.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
@@ -1026,6 +1113,58 @@ pub enum AdminRequest {
     Rebuild(RebuildTarget),
     /// How many packages' page rewrites are still to be written: `Pending`.
     RewritesPending,
+    /// The failed releases by cause, on one ABI or on all: `Triage`.
+    Triage {
+        /// Only this ABI.
+        abi: Option<String>,
+    },
+    /// Build again every release whose latest build (on one ABI, or on each) failed for the
+    /// cause given: `Done`, saying how many and which.
+    Requeue(RequeueRequest),
+}
+
+/// Which failed releases to build again ([`AdminRequest::Requeue`]): those whose latest build
+/// on an ABI failed for the cause the fields name together. A class or a Debian package is
+/// required: a request for every failure is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+pub struct RequeueRequest {
+    /// Only failures of this class.
+    pub class: Option<FailureClass>,
+    /// Only failures of this detail (a header, a library, a tool).
+    pub detail: Option<String>,
+    /// Only failures the Debian package of this name would cure.
+    pub debian_package: Option<String>,
+    /// Only this ABI.
+    pub abi: Option<String>,
+    /// Count them, queue nothing.
+    pub dry_run: bool,
+}
+
+/// The failed releases of a farm by cause: each release counted on the latest build of each
+/// ABI, when that build failed of the package's own and is not queued again already. Lists
+/// are ranked, most releases first, and cut at [`TriageReport::MAX_ROWS`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(Arbitrary))]
+pub struct TriageReport {
+    /// Releases per class.
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "small_vec()"))]
+    pub classes: Vec<(FailureClass, u64)>,
+    /// Releases per Debian package that would cure them.
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "small_vec()"))]
+    pub debian_packages: Vec<(String, u64)>,
+    /// Releases per cause: class, detail, the Debian package when one is known.
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "small_vec()"))]
+    pub causes: Vec<(FailureClass, String, Option<String>, u64)>,
+    /// Failed builds the triage has not read yet.
+    pub untriaged: u64,
+    /// Whether the master has Debian Contents files to look packages up in.
+    pub contents: bool,
+}
+
+impl TriageReport {
+    /// Most rows of each list.
+    pub const MAX_ROWS: usize = 100;
 }
 
 /// The admin endpoint's answer to an [`AdminRequest`].
@@ -1058,6 +1197,8 @@ pub enum AdminReply {
         /// How many.
         packages: u64,
     },
+    /// The answer to `Triage`.
+    Triage(TriageReport),
     /// Not done, with a sentence for the operator: refused (the protocol versions differ, a
     /// request came before `Hello`, the request is invalid) or failed in the master (worth
     /// trying again later).

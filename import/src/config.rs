@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use piwheels_common::config::{ConfigArg, HumanDuration};
 use piwheels_common::keys::ClientAuthArgs;
 use piwheels_common::logging::LogArgs;
-use piwheels_common::protocols::Timestamp;
+use piwheels_common::protocols::{FailureClass, Timestamp};
 
 /// Where the master (and the index) is and how long to wait for it; every tool has these, so
 /// that one `[import]` table serves all four.
@@ -301,6 +301,77 @@ pub struct RebuildConfig {
     pub yes: bool,
 }
 
+/// What piw-triage does.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum TriageCommand {
+    /// Rank the causes of the farm's failed releases: by class, by the Debian package that
+    /// would cure them, and by cause
+    Report {
+        /// Only failures on this ABI [default: every ABI]
+        #[arg(long, value_name = "ABI")]
+        abi: Option<String>,
+    },
+    /// Build again every release whose latest build failed for one cause (after
+    /// confirmation, which shows how many)
+    Requeue {
+        /// The failure class: missing-header, missing-library, missing-tool,
+        /// unsupported-python, source-unavailable, network, timeout, memory, killed or other
+        /// [default: any class, with --debian-package]
+        #[arg(value_name = "CLASS", value_parser = failure_class)]
+        class: Option<FailureClass>,
+        /// Only failures of this detail: the header, library file or tool the report names
+        /// [default: any]
+        #[arg(long, value_name = "DETAIL")]
+        detail: Option<String>,
+        /// Only failures this Debian package cures (install it on the builders first)
+        /// [default: any]
+        #[arg(long, value_name = "PACKAGE")]
+        debian_package: Option<String>,
+        /// Only failures on this ABI [default: every ABI]
+        #[arg(long, value_name = "ABI")]
+        abi: Option<String>,
+        /// Say what would be queued, and queue nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation
+        #[arg(short, long)]
+        yes: bool,
+    },
+}
+
+/// Reads a failure class by its name.
+fn failure_class(name: &str) -> Result<FailureClass, String> {
+    FailureClass::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = FailureClass::ALL.iter().map(|c| c.name()).collect();
+        format!("no failure class {name:?}: the classes are {}", names.join(", "))
+    })
+}
+
+/// piw-triage: why the farm's builds fail, and building again those a fix cures.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "piw-triage",
+    version,
+    after_help = "Examples:\n  piw-triage report\n  piw-triage report --abi cp311\n  piw-triage requeue --debian-package libxml2-dev\n  piw-triage requeue missing-tool --detail rustc --dry-run\n  piw-triage requeue network --yes"
+)]
+pub struct TriageConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: ConfigArg,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub connect: ConnectArgs,
+
+    #[command(subcommand)]
+    #[allow(missing_docs)]
+    pub command: TriageCommand,
+}
+
 /// Reads a release time in UTC: `2024-01-31`, `2024-01-31 12:00:00`, `2024-01-31T12:00:00`
 /// or RFC 3339 with an offset.
 pub fn parse_released(text: &str) -> Result<Timestamp, String> {
@@ -337,6 +408,7 @@ mod tests {
         every_option_shows_its_default(AddConfig::command());
         every_option_shows_its_default(RemoveConfig::command());
         every_option_shows_its_default(RebuildConfig::command());
+        every_option_shows_its_default(TriageConfig::command());
     }
 
     #[test]

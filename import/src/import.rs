@@ -103,7 +103,7 @@ pub fn run(cfg: &ImportConfig) -> Result<(), ToolError> {
             }
             AdminReply::Done { message } => break message,
             AdminReply::Error(error) => return Err(error.into()),
-            other @ (AdminReply::Welcome { .. } | AdminReply::Pending { .. }) => {
+            other @ (AdminReply::Welcome { .. } | AdminReply::Pending { .. } | AdminReply::Triage(_)) => {
                 return Err(ToolError::Failed(format!("unexpected answer from the master: {other:?}")));
             }
         }

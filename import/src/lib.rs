@@ -1,8 +1,8 @@
 //! The administrators' tools: `piw-import` (wheels built elsewhere), `piw-add` (packages and
 //! versions, and with `--with-deps` the releases their dependencies resolve to, [`deps`]),
-//! `piw-remove` (packages, versions or their builds) and `piw-rebuild` (pages,
-//! builds again). Each talks to the master's admin endpoint ([`session`]) and, for imports, to
-//! its file socket; `docs/admin-tools.md` describes them for operators. Beside them, for
+//! `piw-remove` (packages, versions or their builds), `piw-rebuild` (pages, builds again)
+//! and `piw-triage` (why builds fail, and building again those a fix cures). Each talks to
+//! the master's admin endpoint ([`session`]) and, for imports, to its file socket; `docs/admin-tools.md` describes them for operators. Beside them, for
 //! anyone who installs from the index, `piw-verify` ([`verify`]) checks a wheel's signed
 //! provenance over plain HTTP.
 //!
@@ -21,6 +21,7 @@ pub mod prompt;
 pub mod rebuild;
 pub mod remove;
 pub mod session;
+pub mod triage;
 pub mod verify;
 
 /// Why a tool failed. Each carries one sentence for the operator.

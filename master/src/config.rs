@@ -121,6 +121,15 @@ pub struct MasterConfig {
     #[arg(long, env = "PIW_HOLD_DRIFTED")]
     pub hold_drifted: bool,
 
+    /// A Debian Contents index (Contents-ARCH.gz from the builders' Debian or Raspberry Pi OS
+    /// mirror, or apt-file's *_Contents-ARCH.lz4 under /var/lib/apt/lists), in which the
+    /// failure triage looks up the package that ships a missing header, library or tool.
+    /// Repeat it for several files (main and contrib, say); a file that changes is read again
+    /// for what it did not have. Without it, failures are classified but no package is named
+    /// (see docs/operations.md, "Why builds fail")
+    #[arg(long = "debian-contents", env = "PIW_DEBIAN_CONTENTS", value_name = "FILE", value_delimiter = ',')]
+    pub debian_contents: Vec<PathBuf>,
+
     /// Most slaves connected at once; more are refused until some leave
     #[arg(long, env = "PIW_MAX_SLAVES", value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_slaves: u16,

@@ -31,6 +31,7 @@ pub mod signing;
 pub mod slave_driver;
 pub mod slave_state;
 pub mod source_pinner;
+pub mod triage;
 pub mod web_access;
 pub mod web_server;
 pub mod wiring;

@@ -10,6 +10,7 @@
 //! | `piwheels_environment_drifts{abi,entry}`: builders that differ from their ABI's others | the slave driver ([`crate::drift`]) |
 //! | `piwheels_received_bytes_total`: wheel bytes the file juggler took in | the file juggler |
 //! | `piwheels_page_writes_total{kind}` | the index writer |
+//! | `piwheels_failures_triaged_total{abi,class}`: failed builds classified, by class ([`crate::triage`]) | the triage |
 //! | `piwheels_oracle_request_duration_seconds`: each database request's time in an oracle | the oracles |
 //!
 //! Updating a figure is an atomic add (a lock for a labelled family's lookup); nothing is sent
@@ -81,6 +82,15 @@ pub struct DriftLabels {
     pub entry: String,
 }
 
+/// A failed build's ABI and class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriageLabels {
+    /// The ABI tag.
+    pub abi: String,
+    /// The failure's class (`missing-header`, ...).
+    pub class: &'static str,
+}
+
 /// A kind of thing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -130,6 +140,8 @@ pub struct Metrics {
     pub page_writes: Family<KindLabel, Counter>,
     /// Time an oracle took over each database request.
     pub oracle_seconds: Histogram,
+    /// Failed builds the triage classified, by ABI and class.
+    pub failures: Family<TriageLabels, Counter>,
     /// Each connected slave's ABI and state, to move it between the `builders` gauges.
     states: Mutex<HashMap<SlaveId, (String, &'static str)>>,
 }
@@ -151,6 +163,7 @@ impl Metrics {
             page_writes: Family::default(),
             // 0.5 ms to 4 s.
             oracle_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            failures: Family::default(),
             states: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -165,6 +178,7 @@ impl Metrics {
         registry.register("environment_drifts", "Builders whose environment entry differs from most of their ABI's builders'", metrics.drifts.clone());
         registry.register_with_unit("received", "Bytes of wheels the file juggler received", Unit::Bytes, metrics.received_bytes.clone());
         registry.register("page_writes", "Pages and files of the index the index writer wrote, by kind", metrics.page_writes.clone());
+        registry.register("failures_triaged", "Failed builds the triage classified since the master started, by ABI and class", metrics.failures.clone());
         registry.register_with_unit("oracle_request_duration", "Time an oracle took over each database request", Unit::Seconds, metrics.oracle_seconds.clone());
         Metrics { registry, ..metrics }
     }

@@ -34,17 +34,17 @@
 mod checks;
 mod imports;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use piwheels_common::keys::Endpoint;
 use piwheels_common::names::canonicalize;
-use piwheels_common::protocols::{AdminReply, AdminRequest, NoticeLevel, RebuildTarget, StatusEvent, Timestamp, WireError, ErrorKind};
+use piwheels_common::protocols::{AdminReply, AdminRequest, ErrorKind, NoticeLevel, PackageVersion, RebuildTarget, RequeueRequest, StatusEvent, Timestamp, TriageReport, WireError};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, DEFAULT_MAX_MESSAGE, Peer, Sender, Server};
 
-use crate::calls::db::{AllPackages, Audit, BuildAbis, PendingRewriteCount, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, WantCrossCheck, WantRebuild, YankVersion};
+use crate::calls::db::{AllPackages, Audit, BuildAbis, PendingRewriteCount, NewPackage, NewPackageName, NewVersion, PackageExists, RewriteScope, SearchIndex, SetDescription, SkipPackage, SkipVersion, VersionExists, WantCrossCheck, WantRebuild, Requeue, Triage as TriageCall, YankVersion};
 use crate::calls::files::{FsReply, FsRequest};
 use crate::calls::tasks::{ArchitectTrigger, StatsUpdate, WebReply, WebRequest};
 use crate::db_client::DbClient;
@@ -94,6 +94,8 @@ pub struct ChaseConfig {
     pub db_timeout: Duration,
     /// Who may connect to the import socket.
     pub auth: Auth,
+    /// Whether the triage looks Debian packages up (`--debian-contents`), for its report.
+    pub debian_contents: bool,
 }
 
 /// The admin endpoint's sockets.
@@ -271,6 +273,21 @@ impl MrChase {
                 Err(e) => AdminReply::Error(e.into()),
             };
         }
+        // Questions too: the report, and what a re-queue would queue.
+        if let AdminRequest::Triage { abi } = request {
+            return match sockets.db.call(TriageCall { abi }) {
+                Ok(report) => AdminReply::Triage(TriageReport { contents: self.config.debian_contents, ..report }),
+                Err(e) => AdminReply::Error(e.into()),
+            };
+        }
+        if let AdminRequest::Requeue(wanted) = &request
+            && wanted.dry_run
+        {
+            return match requeue(sockets, wanted.clone(), ctx.utc()) {
+                Ok(message) => AdminReply::Done { message },
+                Err(error) => AdminReply::Error(error),
+            };
+        }
         if ctx.paused() {
             return AdminReply::Error(WireError::unavailable("the master is paused: try again once it is resumed"));
         }
@@ -291,7 +308,12 @@ impl MrChase {
                 ("remove-version", self.remove(sockets, &name, Some(&version), builds_only, skip, yank))
             }
             AdminRequest::Rebuild(target) => ("rebuild", self.rebuild(sockets, ctx, target)),
-            AdminRequest::Hello { .. } | AdminRequest::Sent { .. } | AdminRequest::Import(_) | AdminRequest::RewritesPending => {
+            AdminRequest::Requeue(wanted) => ("requeue", requeue(sockets, wanted, ctx.utc())),
+            AdminRequest::Hello { .. }
+            | AdminRequest::Sent { .. }
+            | AdminRequest::Import(_)
+            | AdminRequest::RewritesPending
+            | AdminRequest::Triage { .. } => {
                 unreachable!("answered above")
             }
         };
@@ -758,7 +780,56 @@ fn request_name(request: &AdminRequest) -> &'static str {
         AdminRequest::RemoveVersion { .. } => "RemoveVersion",
         AdminRequest::Rebuild(_) => "Rebuild",
         AdminRequest::RewritesPending => "RewritesPending",
+        AdminRequest::Triage { .. } => "Triage",
+        AdminRequest::Requeue(_) => "Requeue",
     }
+}
+
+/// Most releases a re-queue's answer names.
+const REQUEUE_SHOWN: usize = 20;
+
+/// Queues again the releases whose latest build failed for the cause `wanted` names
+/// (`piw-triage requeue`), or says which it would for a dry run.
+fn requeue(sockets: &Sockets, wanted: RequeueRequest, at: Timestamp) -> Outcome {
+    let too_long = |what: &str, value: &Option<String>, max: usize| match value {
+        Some(value) if value.len() > max => Err(WireError::refused(format!("the {what} is longer than {max} bytes"))),
+        _ => Ok(()),
+    };
+    too_long("detail", &wanted.detail, crate::triage::classify::MAX_DETAIL)?;
+    too_long("Debian package name", &wanted.debian_package, 255)?;
+    too_long("ABI", &wanted.abi, 100)?;
+    let mut cause = match wanted.class {
+        Some(class) => class.describe(wanted.detail.as_deref().unwrap_or_default()),
+        None => "any class".to_string(),
+    };
+    if let Some(package) = &wanted.debian_package {
+        cause.push_str(&format!(", cured by Debian package {package}"));
+    }
+    if let Some(abi) = &wanted.abi {
+        cause.push_str(&format!(", on {abi}"));
+    }
+    let dry_run = wanted.dry_run;
+    let chosen = sockets.db.call(Requeue { request: wanted, at })?;
+    if chosen.is_empty() {
+        return Ok(format!("no failed release waits with this cause ({cause})"));
+    }
+    if !dry_run {
+        let releases: BTreeSet<&PackageVersion> = chosen.iter().map(|(release, _)| release).collect();
+        for release in releases {
+            if let Err(e) = sockets.remover.build_again(&release.package, &release.version) {
+                // The request is recorded: the release is built once the driver's hold on it ends.
+                tracing::warn!("{e:#}");
+            }
+        }
+        trigger(sockets, format!("{} failed build(s) to be tried again", chosen.len()));
+    }
+    let named: Vec<String> = chosen.iter().take(REQUEUE_SHOWN).map(|(r, abi)| format!("{} {} {abi}", r.package, r.version)).collect();
+    let mut shown = named.join(", ");
+    if chosen.len() > REQUEUE_SHOWN {
+        shown.push_str(&format!(" and {} more", chosen.len() - REQUEUE_SHOWN));
+    }
+    let verb = if dry_run { "would queue" } else { "queued" };
+    Ok(format!("{verb} {} failed build(s) again ({cause}): {shown}", chosen.len()))
 }
 
 /// Hands a request to the index writer; the error says why it was not taken.

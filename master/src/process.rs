@@ -30,6 +30,7 @@ use crate::architect::{self, Architect, QueueConfig};
 use crate::big_brother::{self, BigBrother, StatsConfig};
 use crate::cloud_gazer::{self, CloudGazer, FollowerConfig};
 use crate::source_pinner::{self, PinnerConfig, SourcePinner};
+use crate::triage::{self, Triage, TriageConfig};
 use crate::config::MasterConfig;
 use crate::consistency;
 use crate::metrics::{MetricsServer, metrics};
@@ -327,6 +328,15 @@ fn start_task(task: TaskName, rt: &Runtime, cfg: &MasterConfig, auth: &Auth, sig
                 "no --pypi-simple given: no release's source can be pinned, so nothing new is built (see docs/operations.md)"
             ),
         },
+        TaskName::Triage => {
+            let (config, status) = (TriageConfig { contents: cfg.debian_contents.clone() }, rt.status_endpoint.clone());
+            tasks.add(task::spawn(
+                rt,
+                "triage",
+                move |ctx| triage::Sockets::open(ctx, db_timeout, &status),
+                move |_| Ok(Triage::new(&config)),
+            )?);
+        }
         TaskName::FileJuggler => {
             let mut juggler = JugglerConfig::new(&cfg.output_path, cfg.state_dir.join("staging"));
             juggler.chunk_size = cfg.chunk_size.0;
@@ -357,7 +367,12 @@ fn start_task(task: TaskName, rt: &Runtime, cfg: &MasterConfig, auth: &Auth, sig
             )?);
         }
         TaskName::MrChase => {
-            let chase = ChaseConfig { import_queue: cfg.import_queue.clone(), db_timeout, auth: auth.clone() };
+            let chase = ChaseConfig {
+                import_queue: cfg.import_queue.clone(),
+                db_timeout,
+                auth: auth.clone(),
+                debian_contents: !cfg.debian_contents.is_empty(),
+            };
             let (open_chase, status) = (chase.clone(), rt.status_endpoint.clone());
             tasks.add(task::spawn(
                 rt,

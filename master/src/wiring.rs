@@ -37,6 +37,8 @@ pub enum TaskName {
     CloudGazer,
     /// The pinner of releases' sources.
     SourcePinner,
+    /// The failure triage.
+    Triage,
     /// File reception.
     FileJuggler,
     /// Stats, home page and search index.
@@ -52,13 +54,14 @@ pub enum TaskName {
 /// Every task, in the order [`start_order`] falls back on where the calls leave a choice: the
 /// index writer early (many tasks ask it for pages), the slave driver as late as its callers
 /// allow (everything it hands work to is running when the first slave arrives).
-const TASKS: [TaskName; 11] = [
+const TASKS: [TaskName; 12] = [
     TaskName::Seraph,
     TaskName::Oracle,
     TaskName::Scribe,
     TaskName::Architect,
     TaskName::CloudGazer,
     TaskName::SourcePinner,
+    TaskName::Triage,
     TaskName::FileJuggler,
     TaskName::BigBrother,
     TaskName::MrChase,
@@ -99,14 +102,14 @@ pub const WIRING: &[Wire] = &[
         address: DB.address,
         used: Use::Calls,
         bound_by: Seraph,
-        connected_by: &[Scribe, Architect, CloudGazer, SourcePinner, BigBrother, MrChase, Lumberjack, SlaveDriver],
+        connected_by: &[Scribe, Architect, CloudGazer, SourcePinner, Triage, BigBrother, MrChase, Lumberjack, SlaveDriver],
     },
     Wire { address: ORACLES.address, used: Use::Work, bound_by: Seraph, connected_by: &[Oracle] },
     Wire {
         address: WEB.address,
         used: Use::Calls,
         bound_by: Scribe,
-        connected_by: &[CloudGazer, SourcePinner, BigBrother, MrChase, SlaveDriver],
+        connected_by: &[CloudGazer, SourcePinner, Triage, BigBrother, MrChase, SlaveDriver],
     },
     Wire { address: FS.address, used: Use::Calls, bound_by: FileJuggler, connected_by: &[MrChase, SlaveDriver] },
     Wire { address: RELEASE_NOTICES.address, used: Use::Calls, bound_by: SlaveDriver, connected_by: &[CloudGazer, MrChase] },

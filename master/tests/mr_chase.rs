@@ -55,7 +55,7 @@ impl Farm {
         let stats = Receiver::pull(&pool.rt.zmq, wiring::STATS.address(), None).unwrap();
         let triggers = Receiver::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
         let import_endpoint = format!("ipc://{}/run/import", dir.path().display());
-        let config = ChaseConfig { import_queue: import_endpoint.clone(), db_timeout, auth: Auth::disabled() };
+        let config = ChaseConfig { import_queue: import_endpoint.clone(), db_timeout, auth: Auth::disabled(), debian_contents: false };
         let (open_config, status) = (config.clone(), pool.rt.status_endpoint.clone());
         let chase = task::spawn(
             &pool.rt,

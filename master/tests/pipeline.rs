@@ -50,6 +50,10 @@ struct Farm {
     metrics_port: u16,
     /// The slaves' `--builders`.
     builders: &'static str,
+    /// The master's `--debian-contents`, when given.
+    debian_contents: Option<PathBuf>,
+    /// The slaves' PATH, when not the test's own.
+    slave_path: Option<std::ffi::OsString>,
 }
 
 impl Farm {
@@ -65,7 +69,7 @@ impl Farm {
                 (name.to_string(), key.for_unprivileged())
             })
             .to_vec();
-        Farm { dir, db, pypi: FakePypi::start(), slave_port: free_port(), file_port: free_port(), master: None, pid_file, keys, build_timeout: "300s", cross_check_share: "0", metrics_port: free_port(), builders: "1" }
+        Farm { dir, db, pypi: FakePypi::start(), slave_port: free_port(), file_port: free_port(), master: None, pid_file, keys, build_timeout: "300s", cross_check_share: "0", metrics_port: free_port(), builders: "1", debian_contents: None, slave_path: None }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -104,6 +108,7 @@ impl Farm {
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
             .args(["--site-url", "https://wheels.test/", "--upstream-project-url", "https://upstream.test/project/{project}/"])
+            .args(self.debian_contents.iter().flat_map(|file| [std::ffi::OsString::from("--debian-contents"), file.into()]))
             .env_remove("PIW_LOG")
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.path("master.log")).unwrap())
@@ -145,7 +150,11 @@ impl Farm {
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let build_command = "{python} -m pip wheel {source} --wheel-dir={wheel_dir} --no-deps --no-cache-dir \
              --no-build-isolation --disable-pip-version-check --progress-bar=off --index-url={index_url}";
-        let child = unprivileged(&program("piw-slave"))
+        let mut command = unprivileged(&program("piw-slave"));
+        if let Some(path) = &self.slave_path {
+            command.env("PATH", path);
+        }
+        let child = command
             .args(["--config", "/dev/null", "--master", "127.0.0.1"])
             .arg("--slave-queue")
             .arg(format!("tcp://127.0.0.1:{}", self.slave_port))
@@ -772,4 +781,113 @@ fn a_deterministic_build_is_reproduced_by_another_slave_and_a_random_one_is_not(
     assert!(home().contains("extra-index-url=https://wheels.test/simple</pre>"), "{}", home());
     assert!(home().contains(r#"url = "https://wheels.test/simple""#), "{}", home());
     assert!(page("same-pkg").contains(r#"<a href="https://upstream.test/project/same-pkg/">"#), "{}", page("same-pkg"));
+}
+
+/// The failure triage with real builds: a C extension whose header no builder has, a build
+/// that runs rustc on a builder without it, and a package for a Python no builder has are each
+/// classified from their logs; the header's Debian package comes from the Contents index the
+/// master is given. piw-triage ranks them and re-queues exactly the releases of one cause.
+#[test]
+fn failed_builds_are_triaged_from_their_logs_and_one_cause_is_queued_again() {
+    let mut farm = Farm::new();
+    // A Contents index as Debian publishes it, gzipped: the header is in a package no guess
+    // would name.
+    let contents = farm.path("Contents-arm64.gz");
+    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&contents).unwrap(), flate2::Compression::default());
+    std::io::Write::write_all(
+        &mut gz,
+        b"usr/bin/rustc                                  devel/rustc\n\
+          usr/include/piwtest/absent.h                   libdevel/libpiwtest-absent-dev\n\
+          usr/share/doc/piwtest/absent.h                 doc/piwtest-doc\n",
+    )
+    .unwrap();
+    gz.finish().unwrap();
+    farm.debian_contents = Some(contents);
+    // The builders have no rustc: their PATH is the test's Python's directory and the
+    // system's, less any that holds a rustc.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let python = std::env::split_paths(&path).find(|dir| dir.join("python3").is_file()).expect("python3 on PATH");
+    let dirs = [python, "/usr/local/bin".into(), "/usr/bin".into(), "/bin".into()];
+    farm.slave_path = Some(std::env::join_paths(dirs.into_iter().filter(|dir| !dir.join("rustc").exists())).unwrap());
+    let releases = [
+        ("header-pkg", sdist::missing_header("header-pkg", "1.0", "piwtest/absent.h")),
+        ("rust-pkg", sdist::needs_tool("rust-pkg", "1.0", "rustc")),
+        ("future-pkg", sdist::future_python("future-pkg", "1.0")),
+    ];
+    for (name, source) in releases {
+        farm.pypi.create_package(name, None);
+        farm.pypi.add_source(name, "1.0", source);
+    }
+    farm.start_master();
+    let _slave = farm.start_slave("slave-a");
+    let limit = Duration::from_secs(180);
+    for name in ["header-pkg", "rust-pkg", "future-pkg"] {
+        assert_eq!(farm.wait_for_build(&format!("{name} 1.0"), limit), format!("{name} 1.0 f build"));
+    }
+
+    // Each is classified from its log, and the header's Debian package looked up.
+    let causes = || {
+        farm.db.column(
+            "SELECT concat_ws(' ', b.package, b.failure_class, b.failure_detail, coalesce(d.debian_package, '-')) FROM builds b \
+             LEFT JOIN debian_lookups d ON d.failure_class = b.failure_class AND d.failure_detail = b.failure_detail \
+             ORDER BY b.package",
+        )
+    };
+    let expected = [
+        "future-pkg unsupported-python >=3.99 -",
+        "header-pkg missing-header piwtest/absent.h libpiwtest-absent-dev",
+        "rust-pkg missing-tool rustc rustc",
+    ]
+    .map(|row| Some(row.to_string()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while causes() != expected {
+        assert!(Instant::now() < deadline, "the failures are {:?}; their logs: {:?}", causes(), farm.db.column("SELECT right(output, 1000) FROM output"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The project page and its JSON show the cause and the package.
+    let page = || std::fs::read_to_string(farm.path("www/project/header-pkg/index.html")).unwrap_or_default();
+    wait_until("the page showing the cause", || page().contains("missing header piwtest/absent.h (in Debian package <code>libpiwtest-absent-dev</code>)"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(farm.path("www/project/header-pkg/json/index.json")).unwrap()).unwrap();
+    let failure = &json["releases"]["1.0"]["builds"][local_abi()]["failure"];
+    assert_eq!(failure["class"], "missing-header", "{json}");
+    assert_eq!(failure["debian_package"], "libpiwtest-absent-dev", "{json}");
+
+    // The report ranks them, and says what to install.
+    let triage = |args: &[&str]| {
+        let out = Command::new(program("piw-triage"))
+            .args(["--config", "/dev/null", "--import-queue"])
+            .arg(format!("ipc://{}/run/import", farm.dir.path().display()))
+            .args(args)
+            .env_remove("PIW_LOG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "piw-triage {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let report = triage(&["report"]);
+    assert!(
+        report.contains("installing libpiwtest-absent-dev would let 1 failed release(s) be retried: piw-triage requeue --debian-package libpiwtest-absent-dev"),
+        "{report}"
+    );
+    for line in ["1  missing header piwtest/absent.h  (Debian package libpiwtest-absent-dev)", "1  missing tool rustc  (Debian package rustc)", "1  unsupported Python >=3.99"] {
+        assert!(report.contains(line), "{line:?} not in\n{report}");
+    }
+
+    // A dry run queues nothing; the re-queue of missing headers queues exactly header-pkg,
+    // which is built again (and fails again, the header still missing).
+    let dry = triage(&["requeue", "missing-header", "--dry-run"]);
+    assert!(dry.contains(&format!("would queue 1 failed build(s) again (missing header): header-pkg 1.0 {}", local_abi())), "{dry}");
+    assert_eq!(farm.db.column("SELECT count(*)::text FROM rebuilds_wanted"), [Some("0".to_string())]);
+    let done = triage(&["requeue", "missing-header", "--yes"]);
+    assert!(done.contains(&format!("queued 1 failed build(s) again (missing header): header-pkg 1.0 {}", local_abi())), "{done}");
+    let builds_of = |package: &str| farm.db.column(&format!("SELECT count(*)::text FROM builds WHERE package = '{package}'"));
+    wait_until("header-pkg built again", || builds_of("header-pkg") == [Some("2".to_string())]);
+    assert_eq!(builds_of("rust-pkg"), [Some("1".to_string())]);
+    assert_eq!(builds_of("future-pkg"), [Some("1".to_string())]);
+    // The new failure is triaged in turn, and is what a re-queue would queue now.
+    wait_until("the new failure triaged", || farm.db.column("SELECT count(*)::text FROM builds WHERE failure_class IS NULL AND NOT status") == [Some("0".to_string())]);
+    let again = triage(&["requeue", "missing-header", "--dry-run"]);
+    assert!(again.contains("would queue 1 failed build(s) again"), "{again}");
 }

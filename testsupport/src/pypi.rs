@@ -1116,6 +1116,53 @@ pub mod sdist {
         archive(name, version, "A test package that fails to build", &setup, &[(format!("{module}.py"), "VALUE = None\n".into())])
     }
 
+    /// A package with a C extension module [`module_name`] that includes `header` (`<...>`),
+    /// which no builder has: its build fails in the compiler, which names the header.
+    pub fn missing_header(name: &str, version: &str, header: &str) -> Vec<u8> {
+        let module = module_name(name);
+        let setup = format!(
+            "from setuptools import Extension, setup\n\n\
+             setup(name={}, version={}, ext_modules=[Extension({}, sources=[{}])])\n",
+            py(name),
+            py(version),
+            py(&module),
+            py(&format!("{module}.c"))
+        );
+        let c = format!("#include <Python.h>\n#include <{header}>\n");
+        archive(name, version, "A test package needing a header no builder has", &setup, &[(format!("{module}.c"), c)])
+    }
+
+    /// A package whose build (its `build_py` step) runs `tool --version`, as a build of a Rust
+    /// or Fortran extension runs its compiler: on a builder without the tool, Python's
+    /// `FileNotFoundError` names it.
+    pub fn needs_tool(name: &str, version: &str, tool: &str) -> Vec<u8> {
+        let module = module_name(name);
+        let setup = format!(
+            "import subprocess\n\n\
+             from setuptools import setup\nfrom setuptools.command.build_py import build_py\n\n\n\
+             class ToolBuild(build_py):\n    def run(self):\n        subprocess.check_call([{}, \"--version\"])\n        super().run()\n\n\n\
+             setup(name={}, version={}, py_modules=[{}], cmdclass={{\"build_py\": ToolBuild}})\n",
+            py(tool),
+            py(name),
+            py(version),
+            py(&module)
+        );
+        archive(name, version, "A test package needing a tool", &setup, &[(format!("{module}.py"), "VALUE = None\n".into())])
+    }
+
+    /// A pure-Python package that requires a Python no builder has (`Requires-Python:
+    /// >=3.99`): pip refuses to build it.
+    pub fn future_python(name: &str, version: &str) -> Vec<u8> {
+        let module = module_name(name);
+        let setup = format!(
+            "from setuptools import setup\n\nsetup(name={}, version={}, py_modules=[{}], python_requires=\">=3.99\")\n",
+            py(name),
+            py(version),
+            py(&module)
+        );
+        archive(name, version, "A test package for a future Python", &setup, &[(format!("{module}.py"), "VALUE = None\n".into())])
+    }
+
     /// A pure-Python package whose every build differs: its `build_py` step writes module
     /// [`module_name`] with `VALUE = "<version>"` and `BUILD`, a random value.
     pub fn random(name: &str, version: &str) -> Vec<u8> {

@@ -56,8 +56,8 @@ variant_names! {
     slave_reply: SlaveReply { Ack, Error, Sleep, Build, Cont, Send, Done, Die, AddBuilder, RetireBuilder }
     file_request: FileRequest { Hello, Chunk }
     file_reply: FileReply { Fetch, Done, Error }
-    admin_request: AdminRequest { Hello, AddPackage, AddVersion, Import, Sent, RemovePackage, RemoveVersion, Rebuild, RewritesPending }
-    admin_reply: AdminReply { Welcome, Send, Done, Pending, Error }
+    admin_request: AdminRequest { Hello, AddPackage, AddVersion, Import, Sent, RemovePackage, RemoveVersion, Rebuild, RewritesPending, Triage, Requeue }
+    admin_reply: AdminReply { Welcome, Send, Done, Pending, Triage, Error }
     log_request: LogRequest { Hello, Records }
     log_reply: LogReply { Welcome, Error, Accepted }
     slave_target: SlaveTarget { All, One }
@@ -416,10 +416,30 @@ fn samples() -> Vec<(String, Vec<u8>)> {
         one!(admin_request, AdminRequest, AdminRequest::Rebuild(target));
     }
     one!(admin_request, AdminRequest, AdminRequest::RewritesPending);
+    one!(admin_request, AdminRequest, AdminRequest::Triage { abi: Some("cp311".into()) });
+    let requeue = RequeueRequest {
+        class: Some(FailureClass::MissingHeader),
+        detail: Some("libxml/xmlversion.h".into()),
+        debian_package: Some("libxml2-dev".into()),
+        abi: None,
+        dry_run: true,
+    };
+    one!(admin_request, AdminRequest, AdminRequest::Requeue(requeue));
     one!(admin_reply, AdminReply, AdminReply::Welcome { abis: vec!["cp311".into(), "cp313".into()] });
     one!(admin_reply, AdminReply, AdminReply::Send { filename: wheel_file().filename, transfer: 43 });
     one!(admin_reply, AdminReply, AdminReply::Done { message: "added package numpy".into() });
     one!(admin_reply, AdminReply, AdminReply::Pending { packages: 1234 });
+    let report = TriageReport {
+        classes: vec![(FailureClass::MissingHeader, 312), (FailureClass::Other, 7)],
+        debian_packages: vec![("libxml2-dev".into(), 312)],
+        causes: vec![
+            (FailureClass::MissingHeader, "libxml/xmlversion.h".into(), Some("libxml2-dev".into()), 312),
+            (FailureClass::MissingTool, "rustc".into(), None, 4),
+        ],
+        untriaged: 2,
+        contents: true,
+    };
+    one!(admin_reply, AdminReply, AdminReply::Triage(report));
     for error in errors() {
         one!(admin_reply, AdminReply, AdminReply::Error(error));
     }

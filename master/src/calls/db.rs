@@ -8,7 +8,8 @@ use std::time::Duration;
 use piwheels_common::config::{HumanDuration, human_size};
 use piwheels_common::provenance::BuildFacts;
 use piwheels_common::protocols::{
-    AccessRecord, BuildId, BuildResult, Dependencies, FailureKind, PackageVersion, SlaveId, SourceFile, Timestamp, WireError,
+    AccessRecord, BuildId, BuildResult, Dependencies, FailureClass, FailureKind, PackageVersion, RequeueRequest, SlaveId, SourceFile, Timestamp,
+    TriageReport, WireError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -369,6 +370,20 @@ pub struct BuildSummary {
     /// The last lines of its log, for a failed build (the error, usually); empty otherwise.
     #[cfg_attr(test, proptest(strategy = "small_vec()"))]
     pub last_lines: Vec<String>,
+    /// Why it failed, once the triage has read it.
+    pub cause: Option<FailureCause>,
+}
+
+/// Why a failed build failed, as the triage read it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct FailureCause {
+    /// Its class.
+    pub class: FailureClass,
+    /// What was missing (empty when the class names nothing).
+    pub detail: String,
+    /// The Debian package that ships it, when the Contents index knows one.
+    pub debian_package: Option<String>,
 }
 
 /// The pages' data of several projects, read from one database snapshot.
@@ -701,4 +716,64 @@ calls! {
         /// To what, with parameters.
         detail: String,
     } -> ();
+    /// Classify up to `limit` failed builds not triaged yet, newest first (see
+    /// [`crate::triage`]), storing each one's class and detail; the answer says what they were.
+    TriageFailures {
+        /// Most builds.
+        limit: u32,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<TriagedBuild>;
+    /// Causes of failures that a Debian package may cure and that have not been looked up in
+    /// the Contents index as it is now (`contents`, its identity), at most `limit`.
+    UnresolvedCauses {
+        /// The identity of the Contents files.
+        contents: String,
+        /// Most causes.
+        limit: u32,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<(FailureClass, String)>;
+    /// Record what the Contents index (`contents`, its identity) says of each cause: the
+    /// package that ships it, or None. The answer: the projects whose pages show one of them
+    /// (a latest build failed for it), for their rewrites.
+    RecordLookups {
+        /// The identity of the Contents files.
+        contents: String,
+        /// Each cause with its package.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        found: Vec<(FailureClass, String, Option<String>)>,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<String>;
+    /// The failed releases by cause (`piw-triage report`).
+    Triage {
+        /// Only this ABI.
+        abi: Option<String>,
+    } -> TriageReport;
+    /// Queue again the releases whose latest build failed for a cause (`piw-triage requeue`),
+    /// at `at` by the master's clock; the answer names them, each with its ABI, all of them,
+    /// sorted.
+    Requeue {
+        /// Which.
+        request: RequeueRequest,
+        /// When it was asked, by the master's clock.
+        #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+        at: Timestamp,
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<(PackageVersion, String)>;
+}
+
+/// A failed build as the triage classified it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct TriagedBuild {
+    /// The build.
+    pub build_id: BuildId,
+    /// Its release.
+    pub release: PackageVersion,
+    /// Its builder's ABI.
+    pub abi: String,
+    /// When it was recorded.
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub built_at: Timestamp,
+    /// Its class.
+    pub class: FailureClass,
+    /// What was missing (empty when the class names nothing).
+    pub detail: String,
+    /// The Debian package that ships it, when the Contents index was asked already.
+    pub debian_package: Option<String>,
 }

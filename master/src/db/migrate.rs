@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, name: "file names keep their bytes, builds their provenance", sql: include_str!("../../../migrations/0005_verifiable_wheels.sql") },
     Migration { version: 6, name: "reproducibility cross-checks", sql: include_str!("../../../migrations/0006_cross_checks.sql") },
     Migration { version: 7, name: "Debian packages every image has", sql: include_str!("../../../migrations/0007_preinstalled_baseline.sql") },
+    Migration { version: 8, name: "failed builds triaged by cause", sql: include_str!("../../../migrations/0008_failure_triage.sql") },
 ];
 
 /// The schema version this software works with.

@@ -7,6 +7,7 @@ pub mod project;
 pub mod queue;
 pub mod requests;
 pub mod sources;
+pub mod triage;
 
 use std::time::Duration;
 

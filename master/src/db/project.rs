@@ -21,9 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use piwheels_common::protocols::{BuildId, Dependencies};
+use piwheels_common::protocols::{BuildId, Dependencies, FailureClass};
 
-use crate::calls::db::{AbiStatus, BuildAbi, BuildSummary, ProjectData, ProjectFile, ProjectsSnapshot, ReleaseData, Reproducibility, Verdict};
+use crate::calls::db::{AbiStatus, BuildAbi, BuildSummary, FailureCause, ProjectData, ProjectFile, ProjectsSnapshot, ReleaseData, Reproducibility, Verdict};
 use sqlx::Connection;
 
 use super::Database;
@@ -34,7 +34,8 @@ type VersionRow = (String, String, DateTime<Utc>, String, bool, String);
 /// A build row: package, id, version, builder ABI.
 /// A build: its package, id, version, ABI, when it was recorded, its builder and how long it
 /// ran (microseconds).
-type BuildRow = (String, i64, String, String, DateTime<Utc>, String, i64);
+/// Then its failure's class, detail and Debian package, once triaged.
+type BuildRow = (String, i64, String, String, DateTime<Utc>, String, i64, Option<String>, String, Option<String>);
 /// A file row, with its build's package, version and ABI.
 type FileRow = (
     String,
@@ -139,9 +140,12 @@ impl Database {
         .fetch_all(&mut *tx)
         .await?;
         let builds: Vec<BuildRow> = sqlx::query_as(
-            "SELECT package, build_id, version, abi_tag, built_at, builder, \
-                    (EXTRACT(EPOCH FROM duration) * 1000000)::bigint \
-             FROM builds WHERE package = ANY($1)",
+            "SELECT b.package, b.build_id, b.version, b.abi_tag, b.built_at, b.builder, \
+                    (EXTRACT(EPOCH FROM b.duration) * 1000000)::bigint, \
+                    b.failure_class, b.failure_detail, d.debian_package \
+             FROM builds b \
+             LEFT JOIN debian_lookups d ON d.failure_class = b.failure_class AND d.failure_detail = b.failure_detail \
+             WHERE b.package = ANY($1)",
         )
         .bind(packages)
         .fetch_all(&mut *tx)
@@ -213,12 +217,14 @@ impl Database {
             rows.entry(package).or_default().versions.push((version, released, skip, yanked, reason));
         }
         let mut tails: HashMap<i64, String> = tails.into_iter().collect();
-        for (package, build_id, version, abi, built_at, builder, duration_us) in builds {
+        for (package, build_id, version, abi, built_at, builder, duration_us, class, detail, debian_package) in builds {
+            let cause = class.as_deref().and_then(FailureClass::from_name).map(|class| FailureCause { class, detail, debian_package });
             let summary = BuildSummary {
                 built_at,
                 builder,
                 duration: Duration::from_micros(u64::try_from(duration_us).unwrap_or(0)),
                 last_lines: tails.remove(&build_id).map(|tail| last_lines(&tail)).unwrap_or_default(),
+                cause,
             };
             rows.entry(package).or_default().builds.push((build_id, version, abi, summary));
         }

@@ -151,6 +151,15 @@ impl Database {
             Q::PendingRewriteCount(PendingRewriteCount { until }) => DbReply::PendingRewriteCount(self.pending_rewrite_count(until).await?),
             Q::ClearRewrites(ClearRewrites { written }) => DbReply::ClearRewrites(self.clear_rewrites(&written).await?),
             Q::Audit(Audit { actor, action, detail }) => DbReply::Audit(self.audit(&actor, &action, &detail).await?),
+            Q::TriageFailures(TriageFailures { limit }) => DbReply::TriageFailures(self.triage_failures(limit).await?),
+            Q::UnresolvedCauses(UnresolvedCauses { contents, limit }) => {
+                DbReply::UnresolvedCauses(self.unresolved_causes(&contents, limit).await?)
+            }
+            Q::RecordLookups(RecordLookups { contents, found }) => {
+                refusable(self.record_lookups(&contents, &found).await, DbReply::RecordLookups)?
+            }
+            Q::Triage(Triage { abi }) => DbReply::Triage(self.triage(abi.as_deref()).await?),
+            Q::Requeue(Requeue { request, at }) => refusable(self.requeue(&request, at).await, DbReply::Requeue)?,
         };
         Ok(reply)
     }

@@ -34,7 +34,7 @@ pub const API_VERSION: &str = "1.1";
 
 /// Bumped when the pages change in a way the templates' text does not show (the models or
 /// the JSON documents), so that the next start rewrites every page.
-const PAGES_REVISION: u32 = 3;
+const PAGES_REVISION: u32 = 4;
 
 /// Most dependencies a project page lists (a wheel's METADATA may name thousands).
 const MAX_SHOWN_REQUIREMENTS: usize = 100;
@@ -385,6 +385,11 @@ pub struct Cell {
     pub detail: String,
     /// The last lines of a failed build's log.
     pub last_lines: String,
+    /// Why a failed build failed, as the triage read it ("missing header zlib.h"; empty
+    /// before it has, and for other builds).
+    pub cause: String,
+    /// The Debian package that ships what the failed build missed, when one is known.
+    pub debian_package: Option<String>,
 }
 
 impl Cell {
@@ -661,7 +666,9 @@ impl<'a> ProjectView<'a> {
                     .iter()
                     .map(|column| {
                         r.abis.get(&column.tag).map(|(status, build_id)| {
-                            let (detail, mut last_lines) = Cell::of(*status, build_id.and_then(|id| self.data.builds.get(&id)));
+                            let build = build_id.and_then(|id| self.data.builds.get(&id));
+                            let (detail, mut last_lines) = Cell::of(*status, build);
+                            let cause = build.and_then(|b| b.cause.as_ref()).filter(|_| *status == AbiStatus::Fail);
                             if *status == AbiStatus::Fail && !failure_shown.insert(column.tag.as_str()) {
                                 last_lines.clear();
                             }
@@ -672,6 +679,8 @@ impl<'a> ProjectView<'a> {
                                 check: r.reproducibility.get(&column.tag).map(CheckNote::of),
                                 detail,
                                 last_lines,
+                                cause: cause.map(|c| c.class.describe(&c.detail)).unwrap_or_default(),
+                                debian_package: cause.and_then(|c| c.debian_package.clone()),
                             }
                         })
                     })
@@ -747,11 +756,20 @@ impl<'a> ProjectView<'a> {
                     .abis
                     .iter()
                     .map(|(abi, (status, build_id))| {
+                        let cause = build_id
+                            .and_then(|id| self.data.builds.get(&id))
+                            .and_then(|b| b.cause.as_ref())
+                            .filter(|_| *status == AbiStatus::Fail);
                         let build = JsonBuild {
                             status: status_name(*status),
                             build_id: *build_id,
                             log_url: self.log_url(*build_id),
                             cross_check: r.reproducibility.get(abi).map(JsonCheck::of),
+                            failure: cause.map(|c| JsonFailure {
+                                class: c.class.name(),
+                                detail: c.detail.clone(),
+                                debian_package: c.debian_package.clone(),
+                            }),
                         };
                         (abi.clone(), build)
                     })
@@ -848,6 +866,18 @@ struct JsonBuild {
     /// What cross-checks of the build found, when it had any.
     #[serde(skip_serializing_if = "Option::is_none")]
     cross_check: Option<JsonCheck>,
+    /// Why a failed build failed, once the triage has read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<JsonFailure>,
+}
+
+/// A failed build's cause in the project JSON: `{"class": "missing-header", "detail":
+/// "zlib.h", "debian_package": "zlib1g-dev"}`.
+#[derive(Serialize)]
+struct JsonFailure {
+    class: &'static str,
+    detail: String,
+    debian_package: Option<String>,
 }
 
 /// A build's cross-checks in the project JSON: `{"verdict": "reproduced", "builders": 2}`,
