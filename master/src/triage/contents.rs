@@ -139,7 +139,7 @@ fn scan(file: &Path, line: &mut dyn FnMut(&str, &str)) -> io::Result<()> {
         let Ok(text) = std::str::from_utf8(&buf) else { continue };
         let text = text.trim_end();
         // The package list is the last field; the path may hold spaces.
-        let Some((path, packages)) = text.rsplit_once(|c: char| c == ' ' || c == '\t') else { continue };
+        let Some((path, packages)) = text.rsplit_once([' ', '\t']) else { continue };
         let path = path.trim_end();
         if !path.is_empty() {
             line(path.strip_prefix("./").unwrap_or(path), packages);
