@@ -16,6 +16,13 @@ pub fn run(cfg: &TriageConfig) -> Result<(), ToolError> {
             let session = Session::connect(&cfg.connect, "piw-triage")?;
             match session.request(&AdminRequest::Triage { abi: abi.clone() })? {
                 AdminReply::Triage(report) => {
+                    let longest = report.classes.len().max(report.debian_packages.len()).max(report.causes.len());
+                    if longest > TriageReport::MAX_ROWS {
+                        return Err(ToolError::Failed(format!(
+                            "the master's report has a list of {longest} rows, more than the {} a report holds",
+                            TriageReport::MAX_ROWS
+                        )));
+                    }
                     print!("{}", render(&report));
                     Ok(())
                 }

@@ -124,9 +124,9 @@ pub struct MasterConfig {
     /// A Debian Contents index (Contents-ARCH.gz from the builders' Debian or Raspberry Pi OS
     /// mirror, or apt-file's *_Contents-ARCH.lz4 under /var/lib/apt/lists), in which the
     /// failure triage looks up the package that ships a missing header, library or tool.
-    /// Repeat it for several files (main and contrib, say); a file that changes is read again
+    /// Repeat it for several files (the builders' architecture and "all", say); a file that changes is read again
     /// for what it did not have. Without it, failures are classified but no package is named
-    /// (see docs/operations.md, "Why builds fail")
+    /// (see docs/operations.md, "Why builds fail") [default: none]
     #[arg(long = "debian-contents", env = "PIW_DEBIAN_CONTENTS", value_name = "FILE", value_delimiter = ',')]
     pub debian_contents: Vec<PathBuf>,
 

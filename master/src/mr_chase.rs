@@ -814,12 +814,10 @@ fn requeue(sockets: &Sockets, wanted: RequeueRequest, at: Timestamp) -> Outcome 
         return Ok(format!("no failed release waits with this cause ({cause})"));
     }
     if !dry_run {
-        let releases: BTreeSet<&PackageVersion> = chosen.iter().map(|(release, _)| release).collect();
-        for release in releases {
-            if let Err(e) = sockets.remover.build_again(&release.package, &release.version) {
-                // The request is recorded: the release is built once the driver's hold on it ends.
-                tracing::warn!("{e:#}");
-            }
+        let releases: BTreeSet<PackageVersion> = chosen.iter().map(|(release, _)| release.clone()).collect();
+        if let Err(e) = sockets.remover.build_again(releases.into_iter().collect()) {
+            // The requests are recorded: each release is built once the driver's hold on it ends.
+            tracing::warn!("{e:#}");
         }
         trigger(sockets, format!("{} failed build(s) to be tried again", chosen.len()));
     }
@@ -843,7 +841,7 @@ fn build_again(sockets: &Sockets, package: &str, version: &str, abi: Option<Stri
     check_version(version)?;
     // The database refuses an ABI it does not build.
     let abis = sockets.db.call(WantRebuild { package: package.clone(), version: version.to_string(), abi, at })?;
-    if let Err(e) = sockets.remover.build_again(&package, version) {
+    if let Err(e) = sockets.remover.build_again(vec![PackageVersion { package: package.clone(), version: version.to_string() }]) {
         // The request is recorded: the release is built once the driver's hold on it ends.
         tracing::warn!("{e:#}");
     }

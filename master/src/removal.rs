@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use piwheels_common::transport::Client;
-use piwheels_common::protocols::WireError;
+use piwheels_common::protocols::{PackageVersion, WireError};
 
 use crate::calls::db::{BuildIds, DeleteBuilds, DeletePackage, DeleteVersion, PackageFiles, SkipPackage, SkipVersion, VersionFiles};
 use crate::calls::tasks::{ReleaseAck, ReleaseNotice, WebReply, WebRequest};
@@ -74,9 +74,13 @@ impl Remover {
     }
 
     /// Tells the slave driver, which holds a release back for a while after handing it out,
-    /// that `version` of `package` is to be built again now (its rebuild is in the database).
-    pub fn build_again(&self, package: &str, version: &str) -> anyhow::Result<()> {
-        let notice = ReleaseNotice::BuildAgain { package: package.into(), version: version.into() };
-        self.notices.request(&notice, TIMEOUT).map(|_| ()).map_err(|e| anyhow::anyhow!("the slave driver did not take the rebuild of {package} {version}: {e}"))
+    /// that `releases` are to be built again now (their rebuilds are in the database).
+    pub fn build_again(&self, releases: Vec<PackageVersion>) -> anyhow::Result<()> {
+        let count = releases.len();
+        let notice = ReleaseNotice::BuildAgain { releases };
+        self.notices
+            .request(&notice, TIMEOUT)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("the slave driver did not take the rebuild of {count} release(s): {e}"))
     }
 }

@@ -1469,12 +1469,13 @@ impl SlaveDriver {
         let gone = match notice_msg? {
             ReleaseNotice::Package { package } => PackageVersion { package, version: String::new() },
             ReleaseNotice::Version { package, version } => PackageVersion { package, version },
-            ReleaseNotice::BuildAgain { package, version } => {
-                let again = PackageVersion { package, version };
+            ReleaseNotice::BuildAgain { releases } => {
                 let slaves = &self.slaves;
                 for (abi, exclusions) in &mut self.building {
-                    if !slaves.values().any(|s| s.hello.abi == *abi && s.build() == Some(&again)) {
-                        exclusions.remove(&again);
+                    for again in &releases {
+                        if !slaves.values().any(|s| s.hello.abi == *abi && s.build() == Some(again)) {
+                            exclusions.remove(again);
+                        }
                     }
                 }
                 sockets.release_notices.send(&peer, &ReleaseAck::Done)?;

@@ -5,12 +5,17 @@
 //! ([`TriageFailures`]: the oracle reads each log's end, applies [`classify::classify`] and
 //! stores the class and detail), newest first, so that a farm's history is triaged in the
 //! background while new failures come first. Each new failure is announced to monitors
-//! with its cause; its project page is rewritten to show it.
+//! with its cause; the project page of each release whose latest build it is is rewritten to
+//! show it.
 //!
-//! With `--debian-contents`, the causes not yet looked up in the Contents files as they are
-//! now ([`UnresolvedCauses`]) are looked up in one pass over the files per batch
-//! ([`contents::ContentsIndex`]) and recorded ([`RecordLookups`]); the pages of the projects
-//! they concern are rewritten, and monitors told which package ships what.
+//! With `--debian-contents`, once the failures are read, the causes not yet looked up in the
+//! Contents files as they are now ([`UnresolvedCauses`]) are looked up in one pass over the
+//! files per batch ([`contents::ContentsIndex`]) and recorded ([`RecordLookups`]); the pages
+//! of the projects they concern are rewritten, and monitors told which package ships what.
+//! Files that cannot be read are not read again until they change.
+//!
+//! Page rewrites wait in a set and go to the index writer [`REWRITES`] per round, so that a
+//! lookup concerning thousands of projects does not hold the task (or the index writer).
 //!
 //! Sockets: a [`DbClient`] to the oracles; a client of the index writer
 //! ([`crate::wiring::WEB`]) for the rewrites; a PUSH to the status socket for notices.
@@ -39,6 +44,8 @@ pub const BATCH: u32 = 50;
 pub const LOOKUPS: u32 = 500;
 /// How often the task looks for failures to triage.
 pub const INTERVAL: Duration = Duration::from_secs(2);
+/// Page rewrites asked for per round.
+pub const REWRITES: usize = 200;
 /// A failure older than this when triaged is history: counted in the log, not announced.
 const NEWS: chrono::Duration = chrono::Duration::hours(1);
 
@@ -68,16 +75,6 @@ impl Sockets {
         })
     }
 
-    /// Asks for the project pages of `packages` to be rewritten; a failure costs only
-    /// freshness (the next rewrite of the page shows the cause).
-    fn rewrite(&self, packages: impl IntoIterator<Item = String>) {
-        for package in packages {
-            if let Err(e) = (WebRequest::Rewrite { package: package.clone(), scope: RewriteScope::Project }).send_to(&self.web) {
-                tracing::warn!("the rewrite of {package} was not taken: {e}");
-            }
-        }
-    }
-
     fn notice(&self, ctx: &Context<'_, Timer>, level: NoticeLevel, text: String) {
         if let Err(e) = self.status.send(&StatusEvent::Notice { at: ctx.utc(), level, text }, Duration::from_secs(1)) {
             tracing::debug!("notice not sent: {e}");
@@ -96,6 +93,11 @@ pub enum Timer {
 #[derive(Debug)]
 pub struct Triage {
     contents: ContentsIndex,
+    /// The Contents files' identity when they last could not be read (or the error that kept
+    /// it from being had): not read again, nor warned of again, until it changes.
+    unreadable: Option<String>,
+    /// Projects whose pages are to be rewritten.
+    rewrites: BTreeSet<String>,
 }
 
 impl Triage {
@@ -104,11 +106,24 @@ impl Triage {
         if config.contents.is_empty() {
             tracing::info!("no --debian-contents given: failures are classified, but no Debian package is looked up");
         }
-        Triage { contents: ContentsIndex::new(config.contents.clone()) }
+        Triage { contents: ContentsIndex::new(config.contents.clone()), unreadable: None, rewrites: BTreeSet::new() }
+    }
+
+    /// Asks for up to [`REWRITES`] of the waiting project pages to be rewritten; true when
+    /// more wait. A failure costs only freshness (the next rewrite of the page shows the
+    /// cause), so a page not taken is not asked for again.
+    fn rewrite(&mut self, sockets: &Sockets) -> bool {
+        for _ in 0..REWRITES {
+            let Some(package) = self.rewrites.pop_first() else { return false };
+            if let Err(e) = (WebRequest::Rewrite { package: package.clone(), scope: RewriteScope::Project }).send_to(&sockets.web) {
+                tracing::warn!("the rewrite of {package} was not taken: {e}");
+            }
+        }
+        !self.rewrites.is_empty()
     }
 
     /// Classifies a batch of failures; true when the batch was full (more are waiting).
-    fn classify(&self, sockets: &Sockets, ctx: &Context<'_, Timer>) -> anyhow::Result<bool> {
+    fn classify(&mut self, sockets: &Sockets, ctx: &Context<'_, Timer>) -> anyhow::Result<bool> {
         let triaged = sockets.db.call(TriageFailures { limit: BATCH })?;
         let mut history = 0;
         for build in &triaged {
@@ -123,23 +138,30 @@ impl Triage {
         if history > 0 {
             tracing::info!("triaged {history} earlier failed build(s)");
         }
-        sockets.rewrite(triaged.iter().map(|b| b.release.package.clone()).collect::<BTreeSet<_>>());
+        self.rewrites.extend(triaged.iter().filter(|b| b.latest).map(|b| b.release.package.clone()));
         Ok(triaged.len() >= BATCH as usize)
     }
 
     /// Looks up the causes the Contents files have not been asked for; true when the batch
     /// was full.
-    fn look_up(&self, sockets: &Sockets, ctx: &Context<'_, Timer>) -> anyhow::Result<bool> {
+    fn look_up(&mut self, sockets: &Sockets, ctx: &Context<'_, Timer>) -> anyhow::Result<bool> {
         if self.contents.is_empty() {
             return Ok(false);
         }
         let identity = match self.contents.identity() {
             Ok(identity) => identity,
             Err(e) => {
-                tracing::warn!("cannot read the Debian Contents index: {e}; Debian packages are not looked up until it can be read");
+                let said = e.to_string();
+                if self.unreadable.as_ref() != Some(&said) {
+                    tracing::warn!("cannot read the Debian Contents index: {e}; no Debian package is looked up until it can be read");
+                    self.unreadable = Some(said);
+                }
                 return Ok(false);
             }
         };
+        if self.unreadable.as_ref() == Some(&identity) {
+            return Ok(false);
+        }
         let causes = sockets.db.call(UnresolvedCauses { contents: identity.clone(), limit: LOOKUPS })?;
         if causes.is_empty() {
             return Ok(false);
@@ -147,10 +169,12 @@ impl Triage {
         let packages = match self.contents.look_up(&causes) {
             Ok(packages) => packages,
             Err(e) => {
-                tracing::warn!("cannot read the Debian Contents index: {e}; looking again at the next round");
+                tracing::warn!("cannot read the Debian Contents index: {e}; it is read again once it changes");
+                self.unreadable = Some(identity);
                 return Ok(false);
             }
         };
+        self.unreadable = None;
         let found: Vec<_> = causes.iter().cloned().zip(packages).map(|((class, detail), package)| (class, detail, package)).collect();
         for (class, detail, package) in &found {
             match package {
@@ -164,7 +188,7 @@ impl Triage {
         }
         let full = causes.len() >= LOOKUPS as usize;
         let projects = sockets.db.call(RecordLookups { contents: identity, found })?;
-        sockets.rewrite(projects);
+        self.rewrites.extend(projects);
         Ok(full)
     }
 }
@@ -187,9 +211,11 @@ impl Task for Triage {
 
     fn handle(&mut self, _event: Timer, sockets: &mut Sockets, ctx: &mut Context<'_, Timer>) -> anyhow::Result<()> {
         let more_failures = self.classify(sockets, ctx)?;
-        let more_causes = self.look_up(sockets, ctx)?;
-        if more_failures || more_causes {
-            // A backlog (a farm's history, a new Contents index): go on at once.
+        // The Contents files are read once the failures are, not once per batch of them.
+        let more_causes = !more_failures && self.look_up(sockets, ctx)?;
+        let more_rewrites = self.rewrite(sockets);
+        if more_failures || more_causes || more_rewrites {
+            // A backlog (a farm's history, a new Contents index, many pages): go on at once.
             ctx.schedule(Timer::Round, Duration::ZERO);
         }
         Ok(())

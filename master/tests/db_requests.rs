@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use piwheels_common::protocols::{
-    AccessRecord, ClientInfo, Dependencies, ErrorKind, FailureKind, PackageVersion, SourceFile, WheelFile,
-    WireError,
+    AccessRecord, ClientInfo, Dependencies, ErrorKind, FailureClass, FailureKind, PackageVersion, RequeueRequest, SourceFile,
+    WheelFile, WireError,
 };
 use piwheels_common::inspect::sha256_hex;
 use piwheels_master::calls::Call;
@@ -1521,4 +1521,107 @@ fn log_build_makes_its_session_function_again_when_the_session_lost_it() {
     fx.db.execute_as_superuser(&format!("DROP FUNCTION {schema}.log_build"));
     let build_id = fx.log_build(build("foo", "1.0", "cp39", vec![pure("foo", "1.0")]));
     assert_eq!(fx.value("SELECT build_id::text FROM files"), build_id.to_string());
+}
+
+// ------------------------------------------------------------------------------------------
+// Failure triage
+// ------------------------------------------------------------------------------------------
+
+/// A failed build of `package` 1.0 on `abi` whose log ends with `log`.
+fn failed_with(package: &str, abi: &str, log: &str) -> BuildRecord {
+    let mut record = build(package, "1.0", abi, vec![]);
+    record.result.output = log.into();
+    record
+}
+
+const NO_ZLIB: &str = "x.c:1:10: fatal error: zlib.h: No such file or directory\n";
+const NO_RUSTC: &str = "error: can't find Rust compiler\n";
+
+#[test]
+fn failures_are_triaged_once_newest_first_and_counted_on_their_latest_build() {
+    let mut fx = Fixture::with_abis();
+    for package in ["zlib-a", "zlib-b", "rusty", "fixed", "skipped"] {
+        fx.version(package, "1.0", days_ago(3));
+    }
+    let first = fx.log_build(failed_with("zlib-a", "cp311", NO_ZLIB));
+    fx.log_build(failed_with("zlib-b", "cp311", NO_ZLIB));
+    fx.log_build(failed_with("zlib-b", "cp313", NO_ZLIB));
+    fx.log_build(failed_with("rusty", "cp311", NO_RUSTC));
+    // A failure its later success replaced, and a skipped package's, are not counted.
+    fx.log_build(failed_with("fixed", "cp311", NO_ZLIB));
+    fx.log_build(build("fixed", "1.0", "cp311", vec![platform("fixed", "1.0", "cp311")]));
+    fx.log_build(failed_with("skipped", "cp311", NO_ZLIB));
+    fx.call(SkipPackage { package: "skipped".into(), reason: "broken".into() });
+
+    // Newest first, a batch at a time, each once.
+    let batch = fx.call(TriageFailures { limit: 3 });
+    assert_eq!(batch.iter().map(|b| b.release.package.as_str()).collect::<Vec<_>>(), ["skipped", "fixed", "rusty"]);
+    assert_eq!((batch[2].class, batch[2].detail.as_str()), (FailureClass::MissingTool, "rustc"));
+    let rest = fx.call(TriageFailures { limit: 10 });
+    assert_eq!(rest.len(), 3);
+    assert_eq!(rest.last().map(|b| b.build_id), Some(first));
+    assert!(fx.call(TriageFailures { limit: 10 }).is_empty());
+
+    // Looked up once per Contents identity; a cause found nowhere is asked again of new files.
+    let causes = fx.call(UnresolvedCauses { contents: "a:1:1".into(), limit: 10 });
+    assert_eq!(causes, [(FailureClass::MissingHeader, "zlib.h".to_string()), (FailureClass::MissingTool, "rustc".to_string())]);
+    let found = vec![(FailureClass::MissingHeader, "zlib.h".to_string(), Some("zlib1g-dev".to_string())), (FailureClass::MissingTool, "rustc".to_string(), None)];
+    let projects = fx.call(RecordLookups { contents: "a:1:1".into(), found });
+    // Not fixed: its page shows its latest build, a success.
+    assert_eq!(projects, ["skipped", "zlib-a", "zlib-b"]);
+    assert!(fx.call(UnresolvedCauses { contents: "a:1:1".into(), limit: 10 }).is_empty());
+    assert_eq!(fx.call(UnresolvedCauses { contents: "a:2:2".into(), limit: 10 }), [(FailureClass::MissingTool, "rustc".to_string())]);
+    let refused = fx.error(RecordLookups { contents: "a:1:1".into(), found: vec![(FailureClass::Network, String::new(), None)] });
+    assert!(refused.contains("Debian packages"), "{refused}");
+
+    // Releases, not builds: zlib-b failed on two ABIs and counts once.
+    let report = fx.call(Triage { abi: None });
+    assert_eq!(report.classes, [(FailureClass::MissingHeader, 2), (FailureClass::MissingTool, 1)]);
+    assert_eq!(report.debian_packages, [("zlib1g-dev".to_string(), 2)]);
+    assert_eq!(report.causes[0], (FailureClass::MissingHeader, "zlib.h".to_string(), Some("zlib1g-dev".to_string()), 2));
+    assert_eq!(report.untriaged, 0);
+    assert_eq!(fx.call(Triage { abi: Some("cp313".into()) }).classes, [(FailureClass::MissingHeader, 1)]);
+}
+
+#[test]
+fn a_requeue_queues_exactly_the_releases_of_its_cause_once() {
+    let mut fx = Fixture::with_abis();
+    // Without builds there, cp39 would queue every release.
+    fx.sql("UPDATE build_abis SET skip = 'retired' WHERE abi_tag = 'cp39'");
+    for (package, log) in [("zlib-a", NO_ZLIB), ("zlib-b", NO_ZLIB), ("rusty", NO_RUSTC)] {
+        fx.version(package, "1.0", days_ago(3));
+        for abi in ["cp311", "cp313"] {
+            fx.log_build(failed_with(package, abi, log));
+        }
+    }
+    fx.call(TriageFailures { limit: 10 });
+    fx.call(RecordLookups { contents: "c".into(), found: vec![(FailureClass::MissingHeader, "zlib.h".into(), Some("zlib1g-dev".into()))] });
+    assert!(fx.queue(10).values().all(Vec::is_empty), "{:?}", fx.queue(10));
+    let request = |class, debian_package: Option<&str>, abi: Option<&str>, dry_run| Requeue {
+        request: RequeueRequest { class, detail: None, debian_package: debian_package.map(str::to_string), abi: abi.map(str::to_string), dry_run },
+        at: Utc::now(),
+    };
+    let named = |rows: Vec<(PackageVersion, String)>| rows.into_iter().map(|(r, abi)| format!("{} {abi}", r.package)).collect::<Vec<_>>();
+
+    // A dry run queues nothing.
+    let all_zlib = ["zlib-a cp311", "zlib-a cp313", "zlib-b cp311", "zlib-b cp313"];
+    assert_eq!(named(fx.call(request(None, Some("zlib1g-dev"), None, true))), all_zlib);
+    assert_eq!(fx.value("SELECT count(*) FROM rebuilds_wanted"), "0");
+    // One ABI's, then the rest; each once.
+    assert_eq!(named(fx.call(request(Some(FailureClass::MissingHeader), None, Some("cp313"), false))), ["zlib-a cp313", "zlib-b cp313"]);
+    assert_eq!(named(fx.call(request(None, Some("zlib1g-dev"), None, false))), ["zlib-a cp311", "zlib-b cp311"]);
+    assert!(fx.call(request(None, Some("zlib1g-dev"), None, false)).is_empty());
+    // Each waits on its lowest ABI first, newest release first, as ever.
+    assert_eq!(fx.queue(10)["cp311"], ["zlib-b 1.0", "zlib-a 1.0"]);
+    let wanted = fx.column("SELECT package || ' ' || abi_tag FROM rebuilds_wanted ORDER BY 1");
+    assert_eq!(wanted, all_zlib.map(|row| Some(row.to_string())));
+
+    // Refused: no cause, a detail without its class, an ABI the farm does not build.
+    assert!(fx.error(request(None, None, None, true)).contains("name a failure class"));
+    let detail_only = Requeue {
+        request: RequeueRequest { class: None, detail: Some("zlib.h".into()), debian_package: Some("zlib1g-dev".into()), abi: None, dry_run: true },
+        at: Utc::now(),
+    };
+    assert!(fx.error(detail_only).contains("needs its failure class"));
+    assert!(fx.error(request(Some(FailureClass::Other), None, Some("cp27"), true)).contains("does not build ABI cp27"));
 }

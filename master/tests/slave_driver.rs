@@ -1119,7 +1119,7 @@ fn a_rebuild_with_other_bytes_gets_the_next_build_tag_and_identical_bytes_no_new
     // release just built lifted.
     let want_again = || {
         assert_eq!(db.call(WantRebuild { package: "foo".into(), version: "1.0".into(), abi: None, at: chrono::Utc::now() }).unwrap(), ["cp311"]);
-        farm.notify(ReleaseNotice::BuildAgain { package: "foo".into(), version: "1.0".into() });
+        farm.notify(ReleaseNotice::BuildAgain { releases: vec![PackageVersion { package: "foo".into(), version: "1.0".into() }] });
     };
     want_again();
     let (second_path, second) = build_again(b"second");

@@ -6,9 +6,9 @@ use std::process::Command;
 
 use piwheels_testsupport::programs::program;
 
-const PROGRAMS: [&str; 12] = [
+const PROGRAMS: [&str; 13] = [
     "piw-master", "piw-slave", "piw-monitor", "piw-import", "piw-add", "piw-remove", "piw-rebuild", "piw-initdb", "piw-logger", "piw-keys",
-    "piw-check", "piw-verify",
+    "piw-check", "piw-verify", "piw-triage",
 ];
 
 /// The list above is every binary the workspace's crates build (`<crate>/src/bin/<name>.rs`).

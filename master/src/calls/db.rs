@@ -770,6 +770,8 @@ pub struct TriagedBuild {
     /// When it was recorded.
     #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
     pub built_at: Timestamp,
+    /// Whether it is its release's latest build on the ABI (the one its project page shows).
+    pub latest: bool,
     /// Its class.
     pub class: FailureClass,
     /// What was missing (empty when the class names nothing).

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use piwheels_common::protocols::{BuildId, MasterStats, SlaveAction, SlaveId, SlaveTarget, WireError};
+use piwheels_common::protocols::{BuildId, MasterStats, PackageVersion, SlaveAction, SlaveId, SlaveTarget, WireError};
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
@@ -86,13 +86,12 @@ pub enum ReleaseNotice {
         /// Version.
         version: String,
     },
-    /// A version an operator asked to build again (`piw-rebuild build`): the hold that keeps
-    /// a build just recorded from being handed out again is lifted, unless a slave builds it.
+    /// Releases an operator asked to build again (`piw-rebuild build`, `piw-triage
+    /// requeue`): the hold that keeps a build just recorded from being handed out again is
+    /// lifted, unless a slave builds it.
     BuildAgain {
-        /// Canonical name.
-        package: String,
-        /// Version.
-        version: String,
+        /// The releases.
+        releases: Vec<PackageVersion>,
     },
 }
 

@@ -16,9 +16,10 @@ use super::requests::RequestError;
 use crate::calls::db::TriagedBuild;
 use crate::triage::classify;
 
-/// How much of the end of each log the triage reads: the error that stopped a build is near
-/// its end, and a batch of whole logs of some megabytes each would weigh on the oracle.
-pub const LOG_TAIL: i32 = 256 * 1024;
+/// How many characters of the end of each log the triage reads: the error that stopped a
+/// build is near its end (pip adds a few lines after it), and a batch of whole logs of some
+/// megabytes each would weigh on the oracle.
+pub const LOG_TAIL: i32 = 64 * 1024;
 
 /// The releases that failed on an ABI, as `f (package, version, abi_tag, failure_class,
 /// failure_detail)`, narrowed by `$1` (an ABI or NULL); the query using it adds the rest.
@@ -43,9 +44,12 @@ macro_rules! latest_failures {
     };
 }
 
-/// A failed build waiting for triage: id, package, version, ABI, recorded, failure, exit
-/// status, the end of its log.
-type UntriagedRow = (i64, String, String, String, Timestamp, Option<String>, Option<i32>, String);
+/// A failed build waiting for triage: id, package, version, ABI, recorded, whether it is its
+/// release's latest build on the ABI, failure, exit status, the end of its log.
+type UntriagedRow = (i64, String, String, String, Timestamp, bool, Option<String>, Option<i32>, String);
+
+/// A row of the report: its grouping, class, detail, Debian package and releases.
+type ReportRow = (i32, Option<String>, Option<String>, Option<String>, i64);
 
 impl Database {
     /// Classifies up to `limit` failed builds not triaged yet, newest first (new failures
@@ -53,8 +57,11 @@ impl Database {
     /// and detail; returns them with the Debian package of their cause when it is known.
     pub async fn triage_failures(&mut self, limit: u32) -> Result<Vec<TriagedBuild>, sqlx::Error> {
         let rows: Vec<UntriagedRow> = sqlx::query_as(
-            "SELECT b.build_id, b.package, b.version, b.abi_tag, b.built_at, b.failure, b.exit_status,
-                    COALESCE(right(o.output, $2), '')
+            "SELECT b.build_id, b.package, b.version, b.abi_tag, b.built_at,
+                    NOT EXISTS (SELECT 1 FROM builds later
+                                WHERE later.package = b.package AND later.version = b.version
+                                  AND later.abi_tag = b.abi_tag AND later.build_id > b.build_id),
+                    b.failure, b.exit_status, COALESCE(right(o.output, $2), '')
              FROM builds b LEFT JOIN output o ON o.build_id = b.build_id
              WHERE NOT b.status AND b.failure_class IS NULL
              ORDER BY b.build_id DESC
@@ -68,13 +75,14 @@ impl Database {
             return Ok(Vec::new());
         }
         let mut triaged = Vec::with_capacity(rows.len());
-        for (build_id, package, version, abi, built_at, failure, exit_status, log) in rows {
+        for (build_id, package, version, abi, built_at, latest, failure, exit_status, log) in rows {
             let found = classify::classify(failure.as_deref(), exit_status, &log);
             triaged.push(TriagedBuild {
                 build_id,
                 release: PackageVersion { package, version },
                 abi,
                 built_at,
+                latest,
                 class: found.class,
                 detail: found.detail,
                 debian_package: None,
@@ -131,7 +139,7 @@ impl Database {
     }
 
     /// Records what the Contents index (`contents`) said of each cause; returns the projects
-    /// whose pages show one of them, sorted.
+    /// whose pages show one of them (a release's latest build failed for it), sorted.
     pub async fn record_lookups(&mut self, contents: &str, found: &[(FailureClass, String, Option<String>)]) -> Result<Vec<String>, RequestError> {
         if found.iter().any(|(class, _, _)| !class.has_debian_package()) {
             return Err(RequestError::Refused("only missing headers, libraries and tools have Debian packages".into()));
@@ -157,6 +165,10 @@ impl Database {
              JOIN unnest($1::text[], $2::text[], $3::text[]) AS t(class, detail, package)
                ON b.failure_class = t.class AND b.failure_detail = t.detail AND t.package IS NOT NULL
              WHERE NOT b.status
+               AND NOT EXISTS (
+                   SELECT 1 FROM builds later
+                   WHERE later.package = b.package AND later.version = b.version
+                     AND later.abi_tag = b.abi_tag AND later.build_id > b.build_id)
              ORDER BY 1",
         )
         .bind(&classes)
@@ -168,36 +180,21 @@ impl Database {
         Ok(projects)
     }
 
-    /// The failed releases by class, by Debian package and by cause, on `abi` or on all.
+    /// The failed releases by class, by Debian package and by cause, on `abi` or on all: one
+    /// pass over the failed builds, grouped three ways.
     pub async fn triage(&mut self, abi: Option<&str>) -> Result<TriageReport, sqlx::Error> {
-        let limit = i64::try_from(TriageReport::MAX_ROWS).unwrap_or(i64::MAX);
         let mut tx = self.conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
-        let classes: Vec<(String, i64)> = sqlx::query_as(concat!(
+        // GROUPING's bits say which columns a row is not grouped by: 3 (detail and package)
+        // for a class's row, 6 (class and detail) for a package's, 0 for a cause's.
+        let rows: Vec<ReportRow> = sqlx::query_as(concat!(
             latest_failures!(),
-            "SELECT failure_class, count(DISTINCT (package, version)) FROM f GROUP BY 1 ORDER BY 2 DESC, 1"
-        ))
-        .bind(abi)
-        .fetch_all(&mut *tx)
-        .await?;
-        let debian_packages: Vec<(String, i64)> = sqlx::query_as(concat!(
-            latest_failures!(),
-            "SELECT d.debian_package, count(DISTINCT (f.package, f.version)) FROM f
-             JOIN debian_lookups d ON d.failure_class = f.failure_class AND d.failure_detail = f.failure_detail
-             WHERE d.debian_package IS NOT NULL
-             GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $2"
-        ))
-        .bind(abi)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        let causes: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(concat!(
-            latest_failures!(),
-            "SELECT f.failure_class, f.failure_detail, d.debian_package, count(DISTINCT (f.package, f.version)) FROM f
+            "SELECT GROUPING(f.failure_class, f.failure_detail, d.debian_package)::int,
+                    f.failure_class, f.failure_detail, d.debian_package, count(DISTINCT (f.package, f.version))
+             FROM f
              LEFT JOIN debian_lookups d ON d.failure_class = f.failure_class AND d.failure_detail = f.failure_detail
-             GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2 LIMIT $2"
+             GROUP BY GROUPING SETS ((f.failure_class), (d.debian_package), (f.failure_class, f.failure_detail, d.debian_package))"
         ))
         .bind(abi)
-        .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
         let untriaged: i64 = sqlx::query_scalar("SELECT count(*) FROM builds WHERE NOT status AND failure_class IS NULL")
@@ -205,16 +202,23 @@ impl Database {
             .await?;
         tx.commit().await?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
-        Ok(TriageReport {
-            classes: classes.into_iter().filter_map(|(class, n)| Some((FailureClass::from_name(&class)?, count(n)))).collect(),
-            debian_packages: debian_packages.into_iter().map(|(package, n)| (package, count(n))).collect(),
-            causes: causes
-                .into_iter()
-                .filter_map(|(class, detail, package, n)| Some((FailureClass::from_name(&class)?, detail, package, count(n))))
-                .collect(),
-            untriaged: count(untriaged),
-            contents: false,
-        })
+        let mut report = TriageReport { untriaged: count(untriaged), ..TriageReport::default() };
+        for (grouping, class, detail, package, n) in rows {
+            let class = class.as_deref().and_then(FailureClass::from_name);
+            match (grouping, class, package) {
+                (3, Some(class), _) => report.classes.push((class, count(n))),
+                (6, _, Some(package)) => report.debian_packages.push((package, count(n))),
+                (0, Some(class), package) => report.causes.push((class, detail.unwrap_or_default(), package, count(n))),
+                _ => {}
+            }
+        }
+        // Most releases first, then by name, each list cut.
+        report.classes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        report.debian_packages.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        report.causes.sort_by(|a, b| b.3.cmp(&a.3).then(a.0.cmp(&b.0)).then_with(|| a.1.cmp(&b.1)));
+        report.debian_packages.truncate(TriageReport::MAX_ROWS);
+        report.causes.truncate(TriageReport::MAX_ROWS);
+        Ok(report)
     }
 
     /// Queues again (as `piw-rebuild build` does) every release whose latest build on an ABI

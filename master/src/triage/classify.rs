@@ -2,12 +2,13 @@
 //!
 //! The rules are the error messages of the tools a build runs (gcc and clang, ld, pkg-config,
 //! the shell, setuptools and setuptools-rust, meson, CMake front ends, pip, the Python
-//! interpreter), tried in a fixed order from the most specific cause to the least: a log that
-//! shows both a missing header and a network warning failed for the header. Within a rule the
-//! first match in the log names the detail (the first fatal error is the one that stopped the
-//! build). The log is whatever the build printed, so a detail is taken only when it looks like
-//! what it claims to be (a path of a header, a command's name) and is cut to the column's
-//! size.
+//! interpreter). A log holds messages that did not stop the build too (a setup script probing
+//! for an optional library, pip retrying a download), so the recognised message nearest the
+//! end of the log wins, and a network message only when nothing else is recognised. The log
+//! is whatever the build printed: a detail is taken only when it looks like what it claims to
+//! be (a path of a header, a command's name), and is kept free of control characters and cut
+//! to the column's size. The patterns match ASCII only, so that the regex engine's fast path
+//! holds on logs full of UTF-8 quotes.
 
 use std::sync::LazyLock;
 
@@ -64,7 +65,8 @@ const NAME: &str = r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*";
 /// The rules, in the order they are tried.
 static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     use FailureClass::*;
-    let header = r"((?:[A-Za-z0-9_+][A-Za-z0-9_.+-]*/)*[A-Za-z0-9_+][A-Za-z0-9_.+-]*\.(?:h|hh|hpp|hxx|H))";
+    // A header has a C or C++ header's extension, or is in a directory (`Eigen/Dense`).
+    let header = r"((?:[A-Za-z0-9_+][A-Za-z0-9_.+-]*/)*[A-Za-z0-9_+][A-Za-z0-9_.+-]*\.(?:h|hh|hpp|hxx|H)|(?:[A-Za-z0-9_+][A-Za-z0-9_.+-]*/)+[A-Za-z0-9_+][A-Za-z0-9_+-]*)";
     vec![
         // gcc: `x.c:1:10: fatal error: libxml/xmlversion.h: No such file or directory`
         Rule { class: MissingHeader, pattern: format!(r"fatal error: {header}: No such file or directory"), detail: group },
@@ -94,10 +96,10 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             detail: command,
         },
         // Python running a command that is not there, as the exception or as setuptools
-        // reports it (a file would have a dot or a slash).
+        // reports it (a file would have a dot or a slash, or be VERSION, README, ...).
         Rule {
             class: MissingTool,
-            pattern: r"(?:FileNotFoundError|error): \[Errno 2\] No such file or directory: '([A-Za-z0-9_+][A-Za-z0-9_+-]*)'".into(),
+            pattern: r"(?:FileNotFoundError|error): \[Errno 2\] No such file or directory: '([a-z0-9_+][A-Za-z0-9_+-]*)'".into(),
             detail: group,
         },
         // meson: `ERROR: Unknown compiler(s): [['gfortran'], ['flang']]`
@@ -116,7 +118,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         // setup.py's own check: `Python 3.12 or later is required`, `requires Python >= 3.12`
         Rule {
             class: UnsupportedPython,
-            pattern: r"(?i)\bpython (?:version )?(?:>= ?)?[23]\.\d+(?:\.\d+)? (?:or (?:later|newer|higher|above) )?(?:is )?required|requires python (?:version )?(?:>= ?)?[23]\.\d+".into(),
+            pattern: r"(?i)(?-u:\b)python (?:version )?(?:>= ?)?[23]\.\d+(?:\.\d+)? (?:or (?:later|newer|higher|above) )?(?:is )?required|requires python (?:version )?(?:>= ?)?[23]\.\d+".into(),
             detail: none,
         },
         // pip: a source or build dependency that could not be had, or not with its hash.
@@ -130,7 +132,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         },
         Rule {
             class: Memory,
-            pattern: r"\bMemoryError\b|Cannot allocate memory|virtual memory exhausted|[Oo]ut of memory|Killed signal terminated program".into(),
+            pattern: r"(?-u:\b)MemoryError(?-u:\b)|Cannot allocate memory|virtual memory exhausted|[Oo]ut of memory|Killed signal terminated program".into(),
             detail: none,
         },
     ]
@@ -151,16 +153,24 @@ pub fn classify(failure: Option<&str>, exit_status: Option<i32>, log: &str) -> T
         Some("out-of-memory") => return plain(FailureClass::Memory),
         _ => {}
     }
-    if let Some(index) = SET.matches(log).iter().next() {
+    // Each matching rule's last match: the latest wins, a network message only alone.
+    let latest = SET
+        .matches(log)
+        .iter()
+        .filter_map(|index| PATTERNS[index].captures_iter(log).last().map(|captures| (index, captures)))
+        .max_by_key(|(index, captures)| {
+            (RULES[*index].class != FailureClass::Network, captures.get(0).map_or(0, |m| m.start()), std::cmp::Reverse(*index))
+        });
+    if let Some((index, captures)) = latest {
         let rule = &RULES[index];
-        let detail = PATTERNS[index].captures(log).map(|c| (rule.detail)(&c)).unwrap_or_default();
-        return Triage { class: rule.class, detail: cut(detail) };
+        return Triage { class: rule.class, detail: cut((rule.detail)(&captures)) };
     }
     plain(if exit_status.is_none() { FailureClass::Killed } else { FailureClass::Other })
 }
 
-/// `detail` cut to [`MAX_DETAIL`] bytes, on a character boundary.
-fn cut(mut detail: String) -> String {
+/// `detail` without control characters, cut to [`MAX_DETAIL`] bytes on a character boundary.
+fn cut(detail: String) -> String {
+    let mut detail: String = detail.chars().filter(|c| !c.is_control()).collect();
     if detail.len() > MAX_DETAIL {
         let mut end = MAX_DETAIL;
         while !detail.is_char_boundary(end) {
@@ -196,9 +206,15 @@ mod tests {
     }
 
     #[test]
-    fn the_first_fatal_error_names_the_header() {
+    fn the_error_nearest_the_end_names_the_cause() {
         let log = "a.c:1:10: fatal error: first.h: No such file or directory\nb.c:1:10: fatal error: second.h: No such file or directory\n";
-        assert_eq!(class_of(log), is(FailureClass::MissingHeader, "first.h"));
+        assert_eq!(class_of(log), is(FailureClass::MissingHeader, "second.h"));
+        // A setup script's probes that did not stop the build come before the error that did.
+        let probed = "sh: 1: git: not found\nPackage cairo was not found in the pkg-config search path.\n\
+                      x.c:1:10: fatal error: zlib.h: No such file or directory\n";
+        assert_eq!(class_of(probed), is(FailureClass::MissingHeader, "zlib.h"));
+        let eigen = "x.cpp:1:10: fatal error: Eigen/Dense: No such file or directory\n";
+        assert_eq!(class_of(eigen), is(FailureClass::MissingHeader, "Eigen/Dense"));
     }
 
     #[test]
@@ -232,8 +248,10 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_not_a_missing_tool() {
-        let log = "FileNotFoundError: [Errno 2] No such file or directory: 'README.md'\n";
-        assert_eq!(class_of(log), is(FailureClass::Other, ""));
+        for file in ["README.md", "VERSION", "LICENSE"] {
+            let log = format!("FileNotFoundError: [Errno 2] No such file or directory: '{file}'\n");
+            assert_eq!(class_of(&log), is(FailureClass::Other, ""), "{file}");
+        }
     }
 
     #[test]
@@ -256,10 +274,22 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_header_outranks_a_network_warning() {
-        let log = "WARNING: Retrying after connection broken by 'NewConnectionError(Connection refused)'\n\
-                   x.c:1:10: fatal error: zlib.h: No such file or directory\n";
-        assert_eq!(class_of(log), is(FailureClass::MissingHeader, "zlib.h"));
+    fn a_network_warning_counts_only_when_nothing_else_is_recognised() {
+        let header = "x.c:1:10: fatal error: zlib.h: No such file or directory\n";
+        let retry = "WARNING: Retrying after connection broken by 'NewConnectionError(Connection refused)'\n";
+        assert_eq!(class_of(&format!("{retry}{header}")), is(FailureClass::MissingHeader, "zlib.h"));
+        assert_eq!(class_of(&format!("{header}{retry}")), is(FailureClass::MissingHeader, "zlib.h"));
+        let memory = "c++: fatal error: Killed signal terminated program cc1plus\n";
+        assert_eq!(class_of(&format!("{retry}{memory}")).0, FailureClass::Memory);
+        assert_eq!(class_of(retry).0, FailureClass::Network);
+    }
+
+    #[test]
+    fn details_carry_no_control_characters_and_logs_may_be_any_utf8() {
+        let log = "\u{2018}x\u{2019} ERROR: No matching distribution found for evil\u{1b}[2J\n";
+        assert_eq!(class_of(log), is(FailureClass::SourceUnavailable, "evil[2J"));
+        let quoted = "x.c: In function \u{2018}f\u{2019}:\nMemoryError\n";
+        assert_eq!(class_of(quoted).0, FailureClass::Memory);
     }
 
     #[test]
