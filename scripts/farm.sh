@@ -14,7 +14,9 @@
 # Settings (environment): FARM_DB (the database, default piwheels: a farm's database and its
 # ./farm go together, so give another checkout its own), FARM_HTTP (index server address,
 # default 127.0.0.1:8080), FARM_METRICS (where the master answers Prometheus, default
-# 127.0.0.1:9300), FARM_BUILDERS (the slave's builders, default 1),
+# 127.0.0.1:9300), FARM_BUILDERS (the slave's builders, default 1), FARM_DEBIAN_CONTENTS
+# (Debian Contents files, comma-separated, in which the failure triage looks up the package a
+# failed build missed; default apt-file's, when this machine has them),
 # FARM_PACKAGES (what to build, "name==version ...", default a pure package, one with an
 # optional C extension and one with flit's build backend), FARM_TIMEOUT (seconds to wait for
 # the builds, default 900).
@@ -99,6 +101,11 @@ client_key monitor operator "$(id -un)"
 index=${FARM_INDEX:-${PIP_INDEX_URL:-$(/usr/bin/python3 -m pip config get global.index-url 2>/dev/null \
     || /usr/bin/python3 -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')}}
 
+# The slave builds on this machine, so this machine's apt-file data names its packages.
+contents=${FARM_DEBIAN_CONTENTS:-$(shopt -s nullglob; files=(/var/lib/apt/lists/*_Contents-*.lz4); IFS=,; echo "${files[*]}")}
+contents_line=
+if [ -n "$contents" ]; then contents_line="debian-contents = \"$contents\""; fi
+
 cat > "$config" <<TOML
 # Written by scripts/farm.sh on every run, so that the paths follow the checkout.
 [master]
@@ -115,6 +122,7 @@ http-listen = "$http"
 metrics-listen = "$metrics"
 site-url = "http://$http"
 pypi-simple = "$index"
+$contents_line
 
 [slave]
 master = "127.0.0.1"

@@ -47,13 +47,30 @@ pub fn round_trips<M: Message>(msg: &M) -> Result<(), TestCaseError> {
 }
 
 /// Declares one proptest per message type, each checking that the type's messages survive
-/// encoding ([`round_trips`]): `round_trip_tests!(name: Type, ...)`.
+/// encoding ([`round_trips`]): `round_trip_tests!(name: Type, ...)`. Each runs on a thread of
+/// [`PROPTEST_STACK`]: the derived strategies of the largest enums (the database calls) nest
+/// deeper than a test thread's 2 MiB holds in a debug build.
 #[macro_export]
 macro_rules! round_trip_tests {
     ($($name:ident: $ty:ty),* $(,)?) => {
-        ::proptest::proptest! {
-            #![proptest_config(::proptest::prelude::ProptestConfig::with_cases(64))]
-            $(#[test] fn $name(msg: $ty) { $crate::arbitrary::round_trips(&msg)?; })*
-        }
+        $(
+            #[test]
+            fn $name() {
+                let run = || {
+                    let mut runner = ::proptest::test_runner::TestRunner::new(::proptest::prelude::ProptestConfig::with_cases(64));
+                    let found = runner.run(&::proptest::arbitrary::any::<$ty>(), |msg| $crate::arbitrary::round_trips(&msg));
+                    if let Err(e) = found {
+                        panic!("{e}");
+                    }
+                };
+                let thread = ::std::thread::Builder::new().stack_size($crate::arbitrary::PROPTEST_STACK).spawn(run).expect("a test thread");
+                if let Err(panic) = thread.join() {
+                    ::std::panic::resume_unwind(panic);
+                }
+            }
+        )*
     };
 }
+
+/// The stack of each [`round_trip_tests!`] test.
+pub const PROPTEST_STACK: usize = 64 << 20;

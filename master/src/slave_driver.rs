@@ -37,7 +37,7 @@
 //! Every duration, size and count a slave sends is bounded ([`SlaveLimits`]): its build and
 //! busy timeouts, the slaves one key and one address may run, the slaves connected at all.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{BuildResult, ErrorKind, FailureKind, FinishedBuild, HostStats, NoticeLevel, PackageVersion, SlaveAction, SlaveEvent, SlaveHello, SlaveId, SlaveReply, SlaveRequest, SlaveTarget, SourceFile, StatusEvent, TransferId, WheelFile, WireError};
@@ -1470,10 +1470,12 @@ impl SlaveDriver {
             ReleaseNotice::Package { package } => PackageVersion { package, version: String::new() },
             ReleaseNotice::Version { package, version } => PackageVersion { package, version },
             ReleaseNotice::BuildAgain { releases } => {
-                let slaves = &self.slaves;
+                // A release a slave of the ABI builds now stays held there.
+                let built: BTreeSet<(&str, &PackageVersion)> =
+                    self.slaves.values().filter_map(|s| Some((s.hello.abi.as_str(), s.build()?))).collect();
                 for (abi, exclusions) in &mut self.building {
                     for again in &releases {
-                        if !slaves.values().any(|s| s.hello.abi == *abi && s.build() == Some(again)) {
+                        if !built.contains(&(abi.as_str(), again)) {
                             exclusions.remove(again);
                         }
                     }

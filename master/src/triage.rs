@@ -12,7 +12,9 @@
 //! Contents files as they are now ([`UnresolvedCauses`]) are looked up in one pass over the
 //! files per batch ([`contents::ContentsIndex`]) and recorded ([`RecordLookups`]); the pages
 //! of the projects they concern are rewritten, and monitors told which package ships what.
-//! Files that cannot be read are not read again until they change.
+//! Files that cannot be read are not read again until they change or [`UNREADABLE_RETRY`]
+//! has passed; once every cause is looked up, the database is not asked for more until a
+//! failure brings a new one or the files change.
 //!
 //! Page rewrites wait in a set and go to the index writer [`REWRITES`] per round, so that a
 //! lookup concerning thousands of projects does not hold the task (or the index writer).
@@ -25,8 +27,9 @@ pub mod contents;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use piwheels_common::config::HumanDuration;
 use piwheels_common::protocols::{NoticeLevel, StatusEvent};
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Client, Sender};
@@ -46,6 +49,11 @@ pub const LOOKUPS: u32 = 500;
 pub const INTERVAL: Duration = Duration::from_secs(2);
 /// Page rewrites asked for per round.
 pub const REWRITES: usize = 200;
+/// How long Contents files that could not be read wait before they are read again, when
+/// they have not changed meanwhile.
+pub const UNREADABLE_RETRY: Duration = Duration::from_secs(600);
+/// Most causes a lookup's notice names.
+const NAMED: usize = 10;
 /// A failure older than this when triaged is history: counted in the log, not announced.
 const NEWS: chrono::Duration = chrono::Duration::hours(1);
 
@@ -93,9 +101,13 @@ pub enum Timer {
 #[derive(Debug)]
 pub struct Triage {
     contents: ContentsIndex,
-    /// The Contents files' identity when they last could not be read (or the error that kept
-    /// it from being had): not read again, nor warned of again, until it changes.
-    unreadable: Option<String>,
+    /// The Contents files' identity (or the error that kept it from being had) when they last
+    /// could not be read, and when: not read again until it changes or [`UNREADABLE_RETRY`]
+    /// has passed (a permission changed does not change the identity).
+    unreadable: Option<(String, Instant)>,
+    /// The Contents files' identity once every cause has been looked up in them: the
+    /// database is not asked again until it changes or a new cause comes.
+    settled: Option<String>,
     /// Projects whose pages are to be rewritten.
     rewrites: BTreeSet<String>,
 }
@@ -106,17 +118,19 @@ impl Triage {
         if config.contents.is_empty() {
             tracing::info!("no --debian-contents given: failures are classified, but no Debian package is looked up");
         }
-        Triage { contents: ContentsIndex::new(config.contents.clone()), unreadable: None, rewrites: BTreeSet::new() }
+        Triage { contents: ContentsIndex::new(config.contents.clone()), unreadable: None, settled: None, rewrites: BTreeSet::new() }
     }
 
     /// Asks for up to [`REWRITES`] of the waiting project pages to be rewritten; true when
-    /// more wait. A failure costs only freshness (the next rewrite of the page shows the
-    /// cause), so a page not taken is not asked for again.
+    /// more wait and the index writer is taking them. One it does not take ends the round,
+    /// the rest waiting for the next; that one costs only freshness (the next rewrite of its
+    /// page shows the cause), so it is not asked for again.
     fn rewrite(&mut self, sockets: &Sockets) -> bool {
         for _ in 0..REWRITES {
             let Some(package) = self.rewrites.pop_first() else { return false };
             if let Err(e) = (WebRequest::Rewrite { package: package.clone(), scope: RewriteScope::Project }).send_to(&sockets.web) {
-                tracing::warn!("the rewrite of {package} was not taken: {e}");
+                tracing::warn!("the rewrite of {package} was not taken: {e}; {} more wait for the next round", self.rewrites.len());
+                return false;
             }
         }
         !self.rewrites.is_empty()
@@ -138,6 +152,9 @@ impl Triage {
         if history > 0 {
             tracing::info!("triaged {history} earlier failed build(s)");
         }
+        if triaged.iter().any(|b| b.class.has_debian_package()) {
+            self.settled = None;
+        }
         self.rewrites.extend(triaged.iter().filter(|b| b.latest).map(|b| b.release.package.clone()));
         Ok(triaged.len() >= BATCH as usize)
     }
@@ -148,43 +165,52 @@ impl Triage {
         if self.contents.is_empty() {
             return Ok(false);
         }
+        let unreadable = |key: &str| self.unreadable.as_ref().is_some_and(|(k, at)| k == key && ctx.now() < *at + UNREADABLE_RETRY);
         let identity = match self.contents.identity() {
             Ok(identity) => identity,
             Err(e) => {
                 let said = e.to_string();
-                if self.unreadable.as_ref() != Some(&said) {
+                if !unreadable(&said) {
                     tracing::warn!("cannot read the Debian Contents index: {e}; no Debian package is looked up until it can be read");
-                    self.unreadable = Some(said);
+                    self.unreadable = Some((said, ctx.now()));
                 }
                 return Ok(false);
             }
         };
-        if self.unreadable.as_ref() == Some(&identity) {
+        if unreadable(&identity) || self.settled.as_ref() == Some(&identity) {
             return Ok(false);
         }
         let causes = sockets.db.call(UnresolvedCauses { contents: identity.clone(), limit: LOOKUPS })?;
         if causes.is_empty() {
+            self.settled = Some(identity);
             return Ok(false);
         }
         let packages = match self.contents.look_up(&causes) {
             Ok(packages) => packages,
             Err(e) => {
-                tracing::warn!("cannot read the Debian Contents index: {e}; it is read again once it changes");
-                self.unreadable = Some(identity);
+                tracing::warn!("cannot read the Debian Contents index: {e}; reading it again once it changes, or in {}", HumanDuration(UNREADABLE_RETRY));
+                self.unreadable = Some((identity, ctx.now()));
                 return Ok(false);
             }
         };
         self.unreadable = None;
         let found: Vec<_> = causes.iter().cloned().zip(packages).map(|((class, detail), package)| (class, detail, package)).collect();
+        let mut named = Vec::new();
         for (class, detail, package) in &found {
             match package {
                 Some(package) => {
-                    let text = format!("{} is in Debian package {package}", class.describe(detail));
-                    tracing::info!("{text}");
-                    sockets.notice(ctx, NoticeLevel::Info, text);
+                    tracing::info!("{} is in Debian package {package}", class.describe(detail));
+                    named.push(format!("{detail} in {package}"));
                 }
                 None => tracing::info!("no Debian package in the Contents index ships what is missing: {}", class.describe(detail)),
             }
+        }
+        // One notice per batch: a farm's history would push the monitors' other notices out.
+        if !named.is_empty() {
+            let shown = named.iter().take(NAMED).cloned().collect::<Vec<_>>().join(", ");
+            let more = named.len().saturating_sub(NAMED);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            sockets.notice(ctx, NoticeLevel::Info, format!("Debian packages found for {} missing file(s): {shown}{more}", named.len()));
         }
         let full = causes.len() >= LOOKUPS as usize;
         let projects = sockets.db.call(RecordLookups { contents: identity, found })?;

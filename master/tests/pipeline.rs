@@ -848,11 +848,14 @@ fn failed_builds_are_triaged_from_their_logs_and_one_cause_is_queued_again() {
     // The project page and its JSON show the cause and the package.
     let page = || std::fs::read_to_string(farm.path("www/project/header-pkg/index.html")).unwrap_or_default();
     wait_until("the page showing the cause", || page().contains("missing header piwtest/absent.h (in Debian package <code>libpiwtest-absent-dev</code>)"));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(farm.path("www/project/header-pkg/json/index.json")).unwrap()).unwrap();
-    let failure = &json["releases"]["1.0"]["builds"][local_abi()]["failure"];
-    assert_eq!(failure["class"], "missing-header", "{json}");
-    assert_eq!(failure["debian_package"], "libpiwtest-absent-dev", "{json}");
+    // The JSON is written after the page: waited for on its own.
+    let json = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(farm.path("www/project/header-pkg/json/index.json")).unwrap_or_default()).unwrap_or_default()
+    };
+    let failure = || json()["releases"]["1.0"]["builds"][local_abi()]["failure"].clone();
+    wait_until("the JSON showing the cause", || failure()["debian_package"] == "libpiwtest-absent-dev");
+    assert_eq!(failure()["class"], "missing-header", "{}", json());
+    assert_eq!(failure()["detail"], "piwtest/absent.h", "{}", json());
 
     // The report ranks them, and says what to install.
     let triage = |args: &[&str]| {

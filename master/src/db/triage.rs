@@ -94,7 +94,7 @@ impl Database {
         let known: Vec<(i64, Option<String>)> = sqlx::query_as(
             "UPDATE builds b SET failure_class = t.class, failure_detail = t.detail
              FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, class, detail)
-             WHERE b.build_id = t.id
+             WHERE b.build_id = t.id AND b.failure_class IS NULL
              RETURNING b.build_id,
                  (SELECT d.debian_package FROM debian_lookups d
                   WHERE d.failure_class = t.class AND d.failure_detail = t.detail)",
@@ -105,7 +105,8 @@ impl Database {
         .fetch_all(&mut self.conn)
         .await?;
         let known: std::collections::HashMap<i64, Option<String>> = known.into_iter().collect();
-        // A build deleted meanwhile was not updated: it is left out.
+        // A build deleted meanwhile, or triaged by an earlier call that outlived its caller's
+        // patience, was not updated: it is left out, so that nothing is announced twice.
         triaged.retain_mut(|t| match known.get(&t.build_id) {
             Some(package) => {
                 t.debian_package = package.clone();

@@ -6,9 +6,9 @@
 //! for an optional library, pip retrying a download), so the recognised message nearest the
 //! end of the log wins, and a network message only when nothing else is recognised. The log
 //! is whatever the build printed: a detail is taken only when it looks like what it claims to
-//! be (a path of a header, a command's name), and is kept free of control characters and cut
-//! to the column's size. The patterns match ASCII only, so that the regex engine's fast path
-//! holds on logs full of UTF-8 quotes.
+//! be (a path of a header, a command's name, in printable ASCII), and is kept free of control
+//! characters and cut to the column's size. Word boundaries are ASCII ones, so that the regex
+//! engine's fast path holds on logs full of UTF-8 quotes.
 
 use std::sync::LazyLock;
 
@@ -62,7 +62,7 @@ fn pkg_config_file(captures: &Captures<'_>) -> String {
 /// A name of a header, library or command: what a Debian Contents index can hold.
 const NAME: &str = r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*";
 
-/// The rules, in the order they are tried.
+/// The rules. Their order breaks ties only (two rules matching at the same place).
 static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     use FailureClass::*;
     // A header has a C or C++ header's extension, or is in a directory (`Eigen/Dense`).
@@ -111,7 +111,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             detail: |_| "cmake".into(),
         },
         // pip: `ERROR: Package 'foo' requires a different Python: 3.11.2 not in '>=3.12'`
-        Rule { class: UnsupportedPython, pattern: r"requires a different Python: \S+ not in '([^'\n]{1,100})'".into(), detail: group },
+        Rule { class: UnsupportedPython, pattern: r"requires a different Python: \S+ not in '([ -&(-~]{1,100})'".into(), detail: group },
         Rule { class: UnsupportedPython, pattern: r"(?i)require[sd]? a different python version".into(), detail: none },
         // Python 2 code: `SyntaxError: Missing parentheses in call to 'print'`
         Rule { class: UnsupportedPython, pattern: r"Missing parentheses in call to '(?:print|exec)'".into(), detail: |_| "Python 2 only".into() },
@@ -122,7 +122,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             detail: none,
         },
         // pip: a source or build dependency that could not be had, or not with its hash.
-        Rule { class: SourceUnavailable, pattern: r"No matching distribution found for ([^\s;]{1,200})".into(), detail: group },
+        Rule { class: SourceUnavailable, pattern: r"No matching distribution found for ([!-:<-~]{1,200})".into(), detail: group },
         Rule { class: SourceUnavailable, pattern: r"THESE PACKAGES DO NOT MATCH THE HASHES".into(), detail: |_| "hash mismatch".into() },
         Rule { class: SourceUnavailable, pattern: r"404 Client Error".into(), detail: none },
         Rule {
@@ -286,8 +286,9 @@ mod tests {
 
     #[test]
     fn details_carry_no_control_characters_and_logs_may_be_any_utf8() {
-        let log = "\u{2018}x\u{2019} ERROR: No matching distribution found for evil\u{1b}[2J\n";
-        assert_eq!(class_of(log), is(FailureClass::SourceUnavailable, "evil[2J"));
+        let log = "\u{2018}x\u{2019} ERROR: No matching distribution found for evil\u{202e}txt.exe\n";
+        assert_eq!(class_of(log), is(FailureClass::SourceUnavailable, "evil"));
+        assert_eq!(cut("a\u{1b}[2Jb".into()), "a[2Jb");
         let quoted = "x.c: In function \u{2018}f\u{2019}:\nMemoryError\n";
         assert_eq!(class_of(quoted).0, FailureClass::Memory);
     }
@@ -304,9 +305,12 @@ mod tests {
 
     #[test]
     fn details_are_cut_to_the_column() {
-        let long = format!("ERROR: No matching distribution found for {}\n", "é".repeat(150));
+        let long = format!("ERROR: Package 'x' requires a different Python: 3.11.2 not in '{}'\n", ">=3.12,".repeat(14));
         let triage = classify(Some("build"), Some(1), &long);
-        assert_eq!(triage.class, FailureClass::SourceUnavailable);
-        assert!(triage.detail.len() <= MAX_DETAIL && triage.detail.len() >= MAX_DETAIL - 1, "{}", triage.detail.len());
+        assert_eq!(triage.class, FailureClass::UnsupportedPython);
+        assert_eq!(triage.detail, ">=3.12,".repeat(14)[..98]);
+        let header = format!("x.c:1:10: fatal error: {}x.h: No such file or directory\n", "a/".repeat(150));
+        assert_eq!(classify(Some("build"), Some(1), &header).detail.len(), MAX_DETAIL);
+        assert_eq!(cut("é".repeat(150)).len(), MAX_DETAIL);
     }
 }
