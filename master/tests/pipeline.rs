@@ -194,14 +194,20 @@ impl Farm {
 
     /// Runs piw-rebuild with `args` against the master, which must succeed; what it printed.
     fn rebuild(&self, args: &[&str]) -> String {
-        let out = Command::new(program("piw-rebuild"))
+        self.admin("piw-rebuild", args)
+    }
+
+    /// Runs the admin tool `tool` with `args` against the master, which must succeed; what it
+    /// printed.
+    fn admin(&self, tool: &str, args: &[&str]) -> String {
+        let out = Command::new(program(tool))
             .args(["--config", "/dev/null", "--import-queue"])
             .arg(format!("ipc://{}/run/import", self.dir.path().display()))
             .args(args)
             .env_remove("PIW_LOG")
             .output()
             .unwrap();
-        assert!(out.status.success(), "piw-rebuild {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
@@ -858,17 +864,7 @@ fn failed_builds_are_triaged_from_their_logs_and_one_cause_is_queued_again() {
     assert_eq!(failure()["detail"], "piwtest/absent.h", "{}", json());
 
     // The report ranks them, and says what to install.
-    let triage = |args: &[&str]| {
-        let out = Command::new(program("piw-triage"))
-            .args(["--config", "/dev/null", "--import-queue"])
-            .arg(format!("ipc://{}/run/import", farm.dir.path().display()))
-            .args(args)
-            .env_remove("PIW_LOG")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "piw-triage {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let triage = |args: &[&str]| farm.admin("piw-triage", args);
     let report = triage(&["report"]);
     assert!(
         report.contains("installing libpiwtest-absent-dev would let 1 failed release(s) be retried: piw-triage requeue --debian-package libpiwtest-absent-dev"),
