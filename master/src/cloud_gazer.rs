@@ -1,9 +1,11 @@
 //! CloudGazer, the PyPI follower: reads PyPI's changelog from the last serial applied and
-//! applies each event to the database through the oracles — new projects and releases (a
-//! release is built only once it has a source file), yanks and unyanks, removals — fetching
-//! new projects' summaries concurrently, and stores the serial after each applied batch, so
-//! a restart goes on where it stopped. PyPI errors of any kind make it back off (doubling from
-//! the poll interval up to [`MAX_BACKOFF`]); it never stops over them.
+//! applies each batch to the database through the oracles as soon as it arrives: its events
+//! in runs, each run one transaction of set statements ([`ApplyFeed`]: new projects and
+//! releases, a release built only once it has a source file, yanks and unyanks), a removal
+//! between runs; then stores the serial, so a restart goes on where it stopped. The projects'
+//! summaries are fetched afterwards, a few at a time between polls, and never hold back the
+//! releases. PyPI errors of any kind make it back off (doubling from the poll interval up to
+//! [`MAX_BACKOFF`]); it never stops over them.
 //!
 //! A removal goes through [`Remover`] (rows, queues, builds in flight, files and pages
 //! together). PyPI logs a rename as the removal of the old project and the creation of the
@@ -13,7 +15,7 @@
 //! ([`crate::wiring::ARCHITECT`]) to say the queue may have changed; REQs to the
 //! index writer (page rewrites) and, through [`Remover`], to the slave driver.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ use piwheels_common::task::{Context, PauseMode, Task};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::calls::db::{AllPackages, NewPackage, NewPackageName, NewVersion, PypiSerial, SetPypiSerial, RewriteScope, SetDescription, SkipVersion, VersionSkip, YankVersion};
+use crate::calls::db::{ApplyFeed, FeedEvent, FeedKind, PypiSerial, RewriteScope, SetDescriptions, SetPypiSerial};
 use crate::calls::tasks::{ArchitectTrigger, WebReply, WebRequest};
 use crate::db_client::DbClient;
 use crate::removal::Remover;
@@ -37,6 +39,11 @@ use crate::wiring::{self, TaskName};
 pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Summaries fetched at once (PyPI is a shared service).
 const DESCRIPTION_REQUESTS: usize = 8;
+/// Summaries fetched per turn of the task, between its polls of the changelog.
+const DESCRIBE_BATCH: usize = 32;
+/// Most summaries waiting to be fetched (a follower replaying years of the changelog would
+/// otherwise queue one per project).
+pub const MAX_UNDESCRIBED: usize = 10_000;
 /// Longest package name or version accepted (the schema's column size).
 const MAX_NAME: usize = 200;
 /// Skip reason of releases that have only binary files on PyPI.
@@ -86,11 +93,23 @@ impl Sockets {
     }
 }
 
-/// CloudGazer's one timer.
+/// CloudGazer's timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
     /// Time to read the changelog.
     Poll,
+    /// Summaries wait to be fetched.
+    Describe,
+}
+
+/// What one batch of the changelog did, for the log.
+#[derive(Debug, Default)]
+struct Applied {
+    packages: usize,
+    versions: usize,
+    buildable: usize,
+    yanks: usize,
+    removals: usize,
 }
 
 /// The PyPI follower.
@@ -100,27 +119,40 @@ pub struct CloudGazer {
     runtime: tokio::runtime::Runtime,
     changelog: ChangelogClient,
     descriptions: Option<DescriptionClient>,
-    packages: HashSet<String>,
     serial: i64,
     dedup: Dedup,
     backoff: Option<Duration>,
+    /// Projects whose summaries are to be fetched, oldest first, each once.
+    undescribed: VecDeque<String>,
+    waiting: HashSet<String>,
 }
 
 impl CloudGazer {
-    /// Loads the known packages and the last applied serial.
+    /// Loads the last applied serial.
     pub fn start(sockets: &mut Sockets, config: &FollowerConfig) -> anyhow::Result<CloudGazer> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let changelog = ChangelogClient::new(&config.xmlrpc_url, config.timeout)?;
         let descriptions = config.json_url.as_deref().map(|url| DescriptionClient::new(url, config.timeout)).transpose()?;
-        let packages = sockets.db.call(AllPackages {})?.into_iter().collect();
         let serial = sockets.db.call(PypiSerial {})?;
         tracing::info!("following {} from serial {serial}", config.xmlrpc_url);
-        Ok(CloudGazer { config: config.clone(), runtime, changelog, descriptions, packages, serial, dedup: Dedup::new(1000), backoff: None })
+        Ok(CloudGazer {
+            config: config.clone(),
+            runtime,
+            changelog,
+            descriptions,
+            serial,
+            dedup: Dedup::new(1000),
+            backoff: None,
+            undescribed: VecDeque::new(),
+            waiting: HashSet::new(),
+        })
     }
 
-    /// Reads one batch of events and applies it; the serial is stored only after the whole
-    /// batch is in.
-    fn poll(&mut self, sockets: &Sockets) -> anyhow::Result<()> {
+    /// Reads one batch of events and applies it, runs of them in one transaction each (a
+    /// removal between runs); the serial is stored only after the whole batch is in. The
+    /// projects' summaries are fetched afterwards ([`Timer::Describe`]), so that they never
+    /// hold back the releases.
+    fn poll(&mut self, sockets: &Sockets, ctx: &mut Context<'_, Timer>) -> anyhow::Result<()> {
         let db = &sockets.db;
         let raw = match self.runtime.block_on(self.changelog.since_serial(self.serial)) {
             Ok(raw) => raw,
@@ -137,42 +169,130 @@ impl CloudGazer {
         // a failure must not find its own uploads already seen.
         let mut dedup = self.dedup.clone();
         let events: Vec<Event> = raw.iter().filter_map(|r| dedup.event(r)).collect();
-        let descriptions = self.fetch_descriptions(&events);
+        let mut applied = Applied::default();
+        let mut run: Vec<FeedEvent> = Vec::new();
+        let mut described: Vec<String> = Vec::new();
         for event in &events {
-            let description = descriptions.iter().find(|(name, _)| *name == event.name).and_then(|(_, d)| d.clone());
-            if let Err(e) = self.apply(sockets, event, description) {
-                // Nothing is stored: the batch is read again at the next poll, and applying an
-                // event twice changes nothing.
-                anyhow::bail!("cannot apply serial {} ({:?} {}): {e:#}", event.serial, event.kind, event.name);
+            let package = canonicalize(&event.name);
+            if package.len() > MAX_NAME || event.version.as_ref().is_some_and(|v| v.len() > MAX_NAME) {
+                tracing::warn!("ignoring serial {}: name or version longer than {MAX_NAME}", event.serial);
+                continue;
             }
+            let seen = DateTime::from_timestamp(event.timestamp, 0).unwrap_or_default();
+            let kind = match event.kind {
+                EventKind::Remove => {
+                    // Nothing is stored on failure: the batch is read again at the next poll,
+                    // and applying an event twice changes nothing.
+                    self.apply(sockets, std::mem::take(&mut run), &mut applied)?;
+                    sockets
+                        .remover
+                        .remove(db, &package, event.version.as_deref(), "", false)
+                        .map_err(|e| anyhow::anyhow!("cannot apply serial {} (removal of {}): {e:#}", event.serial, event.name))?;
+                    tracing::info!("removed {package} {}", event.version.as_deref().unwrap_or("(every version)"));
+                    applied.removals += 1;
+                    continue;
+                }
+                EventKind::Create => FeedKind::Create,
+                EventKind::Source => FeedKind::Source,
+                EventKind::Binary => FeedKind::Binary,
+                EventKind::Yank => FeedKind::Yank,
+                EventKind::Unyank => FeedKind::Unyank,
+            };
+            if matches!(kind, FeedKind::Create | FeedKind::Source | FeedKind::Binary) {
+                described.push(package.clone());
+            }
+            run.push(FeedEvent { package, name: event.name.clone(), version: event.version.clone(), kind, seen });
         }
+        self.apply(sockets, run, &mut applied)?;
         db.call(SetPypiSerial { serial: last })?;
         tracing::info!(
-            "applied {} events up to serial {last} ({} changelog rows; the others repeated what was known)",
+            "applied serials {} to {last}: {} changelog rows, {} events ({} new packages, {} new releases, {} made buildable, {} yanks changed, {} removals; the other rows repeated what was known)",
+            self.serial + 1,
+            raw.len(),
             events.len(),
-            raw.len()
+            applied.packages,
+            applied.versions,
+            applied.buildable,
+            applied.yanks,
+            applied.removals,
         );
         self.serial = last;
         self.dedup = dedup;
+        self.want_descriptions(described);
+        if !self.undescribed.is_empty() {
+            ctx.schedule(Timer::Describe, Duration::ZERO);
+        }
         Ok(())
     }
 
-    /// Summaries of the projects these events create or first upload to, fetched a few at a
-    /// time.
-    fn fetch_descriptions(&self, events: &[Event]) -> Vec<(String, Option<String>)> {
-        let Some(descriptions) = &self.descriptions else { return Vec::new() };
-        let mut names: Vec<String> = events
-            .iter()
-            .filter(|e| matches!(e.kind, EventKind::Create | EventKind::Source | EventKind::Binary))
-            .map(|e| e.name.clone())
-            .collect();
-        names.sort();
-        names.dedup();
+    /// Applies a run of events in one transaction and asks for the pages they change.
+    fn apply(&self, sockets: &Sockets, run: Vec<FeedEvent>, applied: &mut Applied) -> anyhow::Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let (first, last) = (run[0].name.clone(), run.len());
+        let done = sockets
+            .db
+            .call(ApplyFeed { events: run, skip_new: self.config.skip_new.clone() })
+            .map_err(|e| anyhow::anyhow!("cannot apply a run of {last} events (from {first}): {e}"))?;
+        for package in &done.new_packages {
+            tracing::debug!("added package {package}");
+        }
+        let mut pages: BTreeMap<&str, RewriteScope> = BTreeMap::new();
+        for release in done.new_versions.iter().chain(&done.buildable) {
+            tracing::debug!("added version {} {}", release.package, release.version);
+            pages.entry(&release.package).or_insert(RewriteScope::Project);
+        }
+        for release in &done.yanks {
+            pages.insert(&release.package, RewriteScope::Both);
+        }
+        for (package, scope) in pages {
+            sockets.rewrite(package, scope);
+        }
+        applied.packages += done.new_packages.len();
+        applied.versions += done.new_versions.len();
+        applied.buildable += done.buildable.len();
+        applied.yanks += done.yanks.len();
+        Ok(())
+    }
+
+    /// Queues the summaries of `packages` (each once) to be fetched, up to
+    /// [`MAX_UNDESCRIBED`]; beyond, a project's summary waits for its next upload.
+    fn want_descriptions(&mut self, packages: Vec<String>) {
+        if self.descriptions.is_none() {
+            return;
+        }
+        let mut dropped = 0;
+        for package in packages {
+            if self.waiting.contains(&package) {
+                continue;
+            }
+            if self.undescribed.len() >= MAX_UNDESCRIBED {
+                dropped += 1;
+                continue;
+            }
+            self.waiting.insert(package.clone());
+            self.undescribed.push_back(package);
+        }
+        if dropped > 0 {
+            tracing::warn!("{dropped} project summaries not fetched: {MAX_UNDESCRIBED} wait already (each is fetched at the project's next upload)");
+        }
+    }
+
+    /// Fetches up to [`DESCRIBE_BATCH`] waiting summaries, [`DESCRIPTION_REQUESTS`] at a time,
+    /// and stores those PyPI gave; true when more wait.
+    fn describe(&mut self, sockets: &Sockets) -> anyhow::Result<bool> {
+        let Some(client) = &self.descriptions else { return Ok(false) };
+        let count = self.undescribed.len().min(DESCRIBE_BATCH);
+        let names: Vec<String> = self.undescribed.drain(..count).collect();
+        for name in &names {
+            self.waiting.remove(name);
+        }
         let summaries = self.runtime.block_on(async {
             let limit = Arc::new(Semaphore::new(DESCRIPTION_REQUESTS));
             let mut requests = JoinSet::new();
             for (i, name) in names.iter().enumerate() {
-                let (client, name, limit) = (descriptions.clone(), name.clone(), Arc::clone(&limit));
+                let (client, name, limit) = (client.clone(), name.clone(), Arc::clone(&limit));
                 requests.spawn(async move {
                     let _permit = limit.acquire_owned().await;
                     (i, client.summary(&name).await)
@@ -186,66 +306,12 @@ impl CloudGazer {
             }
             summaries
         });
-        names.into_iter().zip(summaries).collect()
-    }
-
-    fn apply(&mut self, sockets: &Sockets, event: &Event, description: Option<String>) -> anyhow::Result<()> {
-        let db = &sockets.db;
-        let package = canonicalize(&event.name);
-        if package.len() > MAX_NAME || event.version.as_ref().is_some_and(|v| v.len() > MAX_NAME) {
-            tracing::warn!("ignoring serial {}: name or version longer than {MAX_NAME}", event.serial);
-            return Ok(());
+        let descriptions: Vec<(String, String)> =
+            names.into_iter().zip(summaries).filter_map(|(name, summary)| Some((name, summary?))).collect();
+        if !descriptions.is_empty() {
+            sockets.db.call(SetDescriptions { descriptions })?;
         }
-        let seen = DateTime::from_timestamp(event.timestamp, 0).unwrap_or_default();
-        if event.kind == EventKind::Remove {
-            // The rows go, so there is nothing to mark skipped: a release uploaded again later
-            // is a new release.
-            sockets.remover.remove(db, &package, event.version.as_deref(), "", false)?;
-            if event.version.is_none() {
-                self.packages.remove(&package);
-            }
-            tracing::info!("removed {package} {}", event.version.as_deref().unwrap_or("(every version)"));
-            return Ok(());
-        }
-        if !self.packages.contains(&package) {
-            let added = db.call(NewPackage {
-                package: package.clone(),
-                skip: self.config.skip_new.clone(),
-                description: description.clone().unwrap_or_default(),
-            })?;
-            if added {
-                tracing::info!("added package {package}");
-            } else if let Some(description) = &description {
-                db.call(SetDescription { package: package.clone(), description: description.clone() })?;
-            }
-            self.packages.insert(package.clone());
-        }
-        db.call(NewPackageName { package: package.clone(), name: event.name.clone(), seen })?;
-        let Some(version) = &event.version else { return Ok(()) };
-        match event.kind {
-            EventKind::Yank => {
-                db.call(YankVersion { package: package.clone(), version: version.clone(), reason: Some(String::new()) })?;
-                sockets.rewrite(&package, RewriteScope::Both);
-            }
-            EventKind::Unyank => {
-                db.call(YankVersion { package: package.clone(), version: version.clone(), reason: None })?;
-                sockets.rewrite(&package, RewriteScope::Both);
-            }
-            _ => {
-                let skip = if event.kind == EventKind::Source { "" } else { BINARY_ONLY };
-                if db.call(NewVersion { package: package.clone(), version: version.clone(), released: Some(seen), skip: skip.into() })? {
-                    tracing::info!("added version {package} {version}");
-                    sockets.rewrite(&package, RewriteScope::Project);
-                } else if event.kind == EventKind::Source {
-                    // A source file arrived for a release known as binary only: build it now.
-                    let current = db.call(VersionSkip { package: package.clone(), version: version.clone() })?;
-                    if current.as_deref() == Some(BINARY_ONLY) {
-                        db.call(SkipVersion { package, version: version.clone(), reason: String::new() })?;
-                    }
-                }
-            }
-        }
-        Ok(())
+        Ok(!self.undescribed.is_empty())
     }
 }
 
@@ -258,10 +324,18 @@ impl Task for CloudGazer {
         vec![(Timer::Poll, self.config.interval)]
     }
 
-    fn handle(&mut self, _event: Timer, sockets: &mut Sockets, ctx: &mut Context<'_, Timer>) -> anyhow::Result<()> {
+    fn handle(&mut self, event: Timer, sockets: &mut Sockets, ctx: &mut Context<'_, Timer>) -> anyhow::Result<()> {
+        if event == Timer::Describe {
+            if self.describe(sockets)? {
+                ctx.schedule(Timer::Describe, Duration::ZERO);
+            }
+            return Ok(());
+        }
         let before = self.serial;
-        let result = self.poll(sockets);
+        let result = self.poll(sockets, ctx);
         if self.serial != before {
+            // Catching up: the next page at once, until PyPI has nothing new.
+            ctx.schedule(Timer::Poll, Duration::ZERO);
             let reason = format!("PyPI events up to serial {}", self.serial);
             if let Err(e) = sockets.architect.send(&ArchitectTrigger::Refresh { reason }, Duration::from_millis(100)) {
                 tracing::warn!("cannot tell the architect about new events: {e}");

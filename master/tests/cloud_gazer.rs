@@ -55,7 +55,7 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     pypi.add_source("Foo_Bar", "1.0", b"sdist".to_vec());
     pypi.add_binary("Foo_Bar", "2.0", "foo_bar-2.0-cp311-cp311-linux_armv7l.whl");
     let last = pypi.yank("Foo_Bar", "1.0");
-    let web = stand_in::<WebRequest, WebReply>(&pool.rt.zmq, "inproc://web", WebReply::Done);
+    let web_log = stand_in::<WebRequest, WebReply>(&pool.rt.zmq, "inproc://web", WebReply::Done);
     let deletes = stand_in::<ReleaseNotice, ReleaseAck>(&pool.rt.zmq, "inproc://release-notices", ReleaseAck::Done);
     let architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
     let gazer = follower(&pool, &pypi, "gazer_events");
@@ -66,7 +66,8 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
         None => panic!("the architect was not told"),
     }
     assert_eq!(versions(&pool), ["foo-bar 1.0 [] true", "foo-bar 2.0 [binary only] false"]);
-    assert_eq!(pool.db.column("SELECT description FROM packages"), [Some("a foo".into())]);
+    // The summary comes after the releases, which it never holds back.
+    eventually("the summary", WAIT, || pool.db.column("SELECT description FROM packages") == [Some("a foo".into())]);
     assert!(pool.db.column("SELECT name FROM package_names").contains(&Some("Foo_Bar".into())));
 
     // A source file for the binary-only release makes it buildable; an unyank clears the yank.
@@ -83,17 +84,19 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     eventually("the project removal", WAIT, || serial(&pool) == last);
     assert!(pool.db.column("SELECT package FROM packages").is_empty());
     // The slave driver heard of both removals, and the index writer was asked to remove the
-    // files and pages, and before that to rewrite pages for the new releases and yanks.
+    // files and pages, and before that to rewrite the pages once per batch: new releases and
+    // a yank (the simple page too), then a release made buildable and an unyank.
     let (release, project) = (
         ReleaseNotice::Version { package: "foo-bar".into(), version: "1.0".into() },
         ReleaseNotice::Package { package: "foo-bar".into() },
     );
     assert_eq!(*deletes.lock().unwrap(), [release, project]);
-    let web = web.lock().unwrap().clone();
-    let rewrite = |scope| WebRequest::Rewrite { package: "foo-bar".into(), scope };
-    assert!(web.contains(&rewrite(RewriteScope::Project)) && web.contains(&rewrite(RewriteScope::Both)), "{web:?}");
-    assert!(web.iter().any(|r| matches!(r, WebRequest::DeleteVersion { version, .. } if version == "1.0")), "{web:?}");
-    assert!(matches!(web.last(), Some(WebRequest::DeletePackage { package, .. }) if package == "foo-bar"), "{web:?}");
+    let web = web_log.lock().unwrap().clone();
+    let rewrite = |package: &str, scope| WebRequest::Rewrite { package: package.into(), scope };
+    assert_eq!(web[..2], [rewrite("foo-bar", RewriteScope::Both), rewrite("foo-bar", RewriteScope::Both)], "{web:?}");
+    assert!(matches!(&web[2], WebRequest::DeleteVersion { version, .. } if version == "1.0"), "{web:?}");
+    assert!(matches!(&web[3], WebRequest::DeletePackage { package, .. } if package == "foo-bar"), "{web:?}");
+    assert_eq!(web.len(), 4, "{web:?}");
 
     // A rename arrives as the old project's removal and the new one's creation.
     pypi.create_package("Old", None);
@@ -102,6 +105,8 @@ fn every_kind_of_event_reaches_the_database_and_the_serial_is_stored() {
     eventually("the rename", WAIT, || serial(&pool) == last);
     assert_eq!(pool.db.column("SELECT package FROM packages"), [Some("new".into())]);
     assert!(deletes.lock().unwrap().contains(&ReleaseNotice::Package { package: "old".into() }));
+    // A new release alone asks for the project page only.
+    assert!(web_log.lock().unwrap().contains(&rewrite("old", RewriteScope::Project)), "{:?}", web_log.lock().unwrap());
     stop(gazer);
 }
 

@@ -299,14 +299,14 @@ fn descriptions_and_skip_reasons_are_cut_to_their_columns_and_missing_rows_are_n
     fx.call(SkipVersion { package: "foo".into(), version: "1.0".into(), reason: long.clone() });
     assert_eq!(fx.value("SELECT length(description) || ' ' || length(skip) FROM packages"), "200 100");
     assert_eq!(fx.value("SELECT length(skip) FROM versions"), "100");
-    assert_eq!(fx.call(VersionSkip { package: "foo".into(), version: "1.0".into() }), Some("é".repeat(100)));
+    assert_eq!(fx.value("SELECT skip FROM versions"), "é".repeat(100));
     fx.call(SkipVersion { package: "foo".into(), version: "1.0".into(), reason: String::new() });
-    assert_eq!(fx.call(VersionSkip { package: "foo".into(), version: "1.0".into() }), Some(String::new()));
+    assert_eq!(fx.value("SELECT skip FROM versions"), "");
     // Missing rows: nothing happens, no error.
     fx.call(SetDescription { package: "nope".into(), description: "x".into() });
     fx.call(SkipPackage { package: "nope".into(), reason: "x".into() });
     fx.call(SkipVersion { package: "foo".into(), version: "9".into(), reason: "x".into() });
-    assert_eq!(fx.call(VersionSkip { package: "foo".into(), version: "9".into() }), None);
+    assert_eq!(fx.value("SELECT count(*) FROM versions"), "1");
 }
 
 #[test]
@@ -1624,4 +1624,53 @@ fn a_requeue_queues_exactly_the_releases_of_its_cause_once() {
     };
     assert!(fx.error(detail_only).contains("needs its failure class"));
     assert!(fx.error(request(Some(FailureClass::Other), None, Some("cp27"), true)).contains("does not build ABI cp27"));
+}
+
+// ------------------------------------------------------------------------------------------
+// PyPI's changelog, a run at a time
+// ------------------------------------------------------------------------------------------
+
+fn feed(package: &str, name: &str, version: Option<&str>, kind: FeedKind, seen: DateTime<Utc>) -> FeedEvent {
+    FeedEvent { package: package.into(), name: name.into(), version: version.map(str::to_string), kind, seen }
+}
+
+#[test]
+fn a_run_of_the_changelog_is_applied_set_by_set_and_twice_changes_nothing() {
+    let mut fx = Fixture::new();
+    fx.package("old");
+    fx.unpinned_version("old", "1.0", at(2024, 1, 1));
+    fx.call(SkipVersion { package: "old".into(), version: "1.0".into(), reason: "binary only".into() });
+    let run = vec![
+        feed("foo-bar", "Foo_Bar", None, FeedKind::Create, at(2024, 2, 1)),
+        feed("foo-bar", "Foo_Bar", Some("1.0"), FeedKind::Binary, at(2024, 2, 2)),
+        feed("foo-bar", "Foo_Bar", Some("1.0"), FeedKind::Source, at(2024, 2, 3)),
+        feed("foo-bar", "foo.bar", Some("2.0b1"), FeedKind::Binary, at(2024, 2, 4)),
+        feed("foo-bar", "Foo_Bar", Some("1.0"), FeedKind::Yank, at(2024, 2, 5)),
+        feed("foo-bar", "Foo_Bar", Some("1.0"), FeedKind::Unyank, at(2024, 2, 6)),
+        feed("foo-bar", "Foo_Bar", Some("1.0"), FeedKind::Yank, at(2024, 2, 7)),
+        feed("old", "old", Some("1.0"), FeedKind::Source, at(2024, 2, 8)),
+    ];
+    let applied = fx.call(ApplyFeed { events: run.clone(), skip_new: String::new() });
+    let release = |p: &str, v: &str| PackageVersion { package: p.into(), version: v.into() };
+    assert_eq!(applied.new_packages, ["foo-bar"]);
+    let mut new_versions = applied.new_versions.clone();
+    new_versions.sort();
+    assert_eq!(new_versions, [release("foo-bar", "1.0"), release("foo-bar", "2.0b1")]);
+    assert_eq!(applied.buildable, [release("old", "1.0")]);
+    assert_eq!(applied.yanks, [release("foo-bar", "1.0")]);
+    // A release is dated by its first upload, built once a source came, yanked by the last word.
+    let rows = fx.column(
+        "SELECT concat_ws(' ', package, version, released::date, '[' || skip || ']', yanked, prerelease) FROM versions ORDER BY 1",
+    );
+    assert_eq!(
+        rows.into_iter().flatten().collect::<Vec<_>>(),
+        ["foo-bar 1.0 2024-02-02 [] t f", "foo-bar 2.0b1 2024-02-04 [binary only] f t", "old 1.0 2024-01-01 [] f f"]
+    );
+    assert_eq!(fx.column("SELECT name FROM package_names WHERE package = 'foo-bar' ORDER BY 1"), [Some("Foo_Bar".into()), Some("foo.bar".into())]);
+    // Read again (a batch the follower could not finish), it changes nothing.
+    assert_eq!(fx.call(ApplyFeed { events: run, skip_new: String::new() }), FeedApplied::default());
+    // Summaries, cut to their column; an unknown package is left out.
+    let long = "s".repeat(300);
+    fx.call(SetDescriptions { descriptions: vec![("foo-bar".into(), long), ("nobody".into(), "x".into())] });
+    assert_eq!(fx.value("SELECT length(description) FROM packages WHERE package = 'foo-bar'"), "200");
 }

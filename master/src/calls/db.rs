@@ -468,13 +468,6 @@ calls! {
         /// Reason, empty to build again.
         reason: String,
     } -> ();
-    /// A version's skip reason.
-    VersionSkip {
-        /// Canonical name.
-        package: String,
-        /// Version.
-        version: String,
-    } -> Option<String>;
     /// Yank or unyank a version.
     YankVersion {
         /// Canonical name.
@@ -716,6 +709,23 @@ calls! {
         /// To what, with parameters.
         detail: String,
     } -> ();
+    /// Apply a run of PyPI's changelog events (no removals, which go through `Remover`) in
+    /// one transaction, set by set: the packages, their spellings, the releases (a source file
+    /// makes one buildable; binary-only ones are skipped as such until a source comes), the
+    /// yanks. Applying a run twice changes nothing. The answer says what changed.
+    ApplyFeed {
+        /// The events, in the changelog's order.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        events: Vec<FeedEvent>,
+        /// The skip reason of new packages (empty: built).
+        skip_new: String,
+    } -> FeedApplied;
+    /// Set the summaries of packages (those that no longer exist are left out).
+    SetDescriptions {
+        /// Canonical name and summary.
+        #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+        descriptions: Vec<(String, String)>,
+    } -> ();
     /// Classify up to `limit` failed builds not triaged yet, newest first (see
     /// [`crate::triage`]), storing each one's class and detail; the answer says what they were.
     TriageFailures {
@@ -755,6 +765,57 @@ calls! {
         #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
         at: Timestamp,
     } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<(PackageVersion, String)>;
+}
+
+/// A changelog event as the PyPI follower applies it ([`ApplyFeed`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct FeedEvent {
+    /// The canonical name.
+    pub package: String,
+    /// The name as PyPI spells it.
+    pub name: String,
+    /// The release (None for a new project).
+    pub version: Option<String>,
+    /// What happened.
+    pub kind: FeedKind,
+    /// When (a release's date, a spelling's sighting).
+    #[cfg_attr(test, proptest(strategy = "arb_timestamp()"))]
+    pub seen: Timestamp,
+}
+
+/// What a [`FeedEvent`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub enum FeedKind {
+    /// A new project.
+    Create,
+    /// A source file was uploaded.
+    Source,
+    /// Only a binary file was uploaded.
+    Binary,
+    /// The release was yanked.
+    Yank,
+    /// The release was unyanked.
+    Unyank,
+}
+
+/// What a run of changelog events changed ([`ApplyFeed`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct FeedApplied {
+    /// Packages added.
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub new_packages: Vec<String>,
+    /// Releases added.
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub new_versions: Vec<PackageVersion>,
+    /// Releases known as binary only that a source file made buildable.
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub buildable: Vec<PackageVersion>,
+    /// Releases whose yank changed.
+    #[cfg_attr(test, proptest(strategy = "small_vec()"))]
+    pub yanks: Vec<PackageVersion>,
 }
 
 /// A failed build as the triage classified it.

@@ -2,6 +2,7 @@
 //! oracle owns and answers [`DbRequest`](crate::calls::db::DbRequest)s with
 //! ([`requests`]). Only the oracles talk to PostgreSQL while the master runs.
 
+pub mod feed;
 pub mod migrate;
 pub mod project;
 pub mod queue;

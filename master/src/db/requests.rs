@@ -43,9 +43,9 @@ pub enum RequestError {
 
 /// Column lengths of the schema (in characters), so that text is cut to fit instead of being
 /// refused by PostgreSQL.
-mod len {
-    pub(super) const SKIP: usize = 100;
-    pub(super) const DESCRIPTION: usize = 200;
+pub(crate) mod len {
+    pub(in crate::db) const SKIP: usize = 100;
+    pub(in crate::db) const DESCRIPTION: usize = 200;
     pub(super) const YANK_REASON: usize = 200;
     pub(super) const BUILDER: usize = 100;
     pub(super) const FILENAME: usize = 255;
@@ -92,7 +92,6 @@ impl Database {
             Q::SkipVersion(SkipVersion { package, version, reason }) => {
                 DbReply::SkipVersion(self.skip_version(&package, &version, &reason).await?)
             }
-            Q::VersionSkip(VersionSkip { package, version }) => DbReply::VersionSkip(self.version_skip(&package, &version).await?),
             Q::YankVersion(YankVersion { package, version, reason }) => {
                 DbReply::YankVersion(self.yank_version(&package, &version, reason.as_deref()).await?)
             }
@@ -151,6 +150,8 @@ impl Database {
             Q::PendingRewriteCount(PendingRewriteCount { until }) => DbReply::PendingRewriteCount(self.pending_rewrite_count(until).await?),
             Q::ClearRewrites(ClearRewrites { written }) => DbReply::ClearRewrites(self.clear_rewrites(&written).await?),
             Q::Audit(Audit { actor, action, detail }) => DbReply::Audit(self.audit(&actor, &action, &detail).await?),
+            Q::ApplyFeed(ApplyFeed { events, skip_new }) => DbReply::ApplyFeed(self.apply_feed(&events, &skip_new).await?),
+            Q::SetDescriptions(SetDescriptions { descriptions }) => DbReply::SetDescriptions(self.set_descriptions(&descriptions).await?),
             Q::TriageFailures(TriageFailures { limit }) => DbReply::TriageFailures(self.triage_failures(limit).await?),
             Q::UnresolvedCauses(UnresolvedCauses { contents, limit }) => {
                 DbReply::UnresolvedCauses(self.unresolved_causes(&contents, limit).await?)
@@ -272,15 +273,6 @@ impl Database {
             .execute(&mut self.conn)
             .await?;
         Ok(())
-    }
-
-    /// A version's skip reason (empty when it is built), None when there is no such version.
-    pub async fn version_skip(&mut self, package: &str, version: &str) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT skip FROM versions WHERE package = $1 AND version = $2")
-            .bind(package)
-            .bind(version)
-            .fetch_optional(&mut self.conn)
-            .await
     }
 
     /// Asks for a new build of a release on the ABI `abi`, or on every ABI it has a build on,
