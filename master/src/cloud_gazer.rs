@@ -15,7 +15,7 @@
 //! ([`crate::wiring::ARCHITECT`]) to say the queue may have changed; REQs to the
 //! index writer (page rewrites) and, through [`Remover`], to the slave driver.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,12 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 const DESCRIPTION_REQUESTS: usize = 8;
 /// Summaries fetched per turn of the task, between its polls of the changelog.
 const DESCRIBE_BATCH: usize = 32;
+/// Most events applied in one transaction: a page of PyPI's 50,000 rows is applied in a few,
+/// each well within the database's deadline.
+const RUN_LIMIT: usize = 5_000;
+/// A batch this long says PyPI has more: the next is read at once rather than after the
+/// interval (a trickle of new rows waits for the interval).
+const CATCHING_UP: usize = 1_000;
 /// Most summaries waiting to be fetched (a follower replaying years of the changelog would
 /// otherwise queue one per project).
 pub const MAX_UNDESCRIBED: usize = 10_000;
@@ -125,6 +131,12 @@ pub struct CloudGazer {
     /// Projects whose summaries are to be fetched, oldest first, each once.
     undescribed: VecDeque<String>,
     waiting: HashSet<String>,
+    /// Packages of runs whose transaction may have committed after the database's answer was
+    /// given up on: read again, such a run changes nothing and says so, so their pages are
+    /// rewritten once a batch is in.
+    unsure: BTreeSet<String>,
+    /// Whether the last batch was long enough that PyPI likely has more.
+    catching_up: bool,
 }
 
 impl CloudGazer {
@@ -145,6 +157,8 @@ impl CloudGazer {
             backoff: None,
             undescribed: VecDeque::new(),
             waiting: HashSet::new(),
+            unsure: BTreeSet::new(),
+            catching_up: false,
         })
     }
 
@@ -202,9 +216,16 @@ impl CloudGazer {
                 described.push(package.clone());
             }
             run.push(FeedEvent { package, name: event.name.clone(), version: event.version.clone(), kind, seen });
+            if run.len() >= RUN_LIMIT {
+                self.apply(sockets, std::mem::take(&mut run), &mut applied)?;
+            }
         }
         self.apply(sockets, run, &mut applied)?;
         db.call(SetPypiSerial { serial: last })?;
+        for package in std::mem::take(&mut self.unsure) {
+            sockets.rewrite(&package, RewriteScope::Both);
+        }
+        self.catching_up = raw.len() >= CATCHING_UP;
         tracing::info!(
             "applied serials {} to {last}: {} changelog rows, {} events ({} new packages, {} new releases, {} made buildable, {} yanks changed, {} removals; the other rows repeated what was known)",
             self.serial + 1,
@@ -226,15 +247,19 @@ impl CloudGazer {
     }
 
     /// Applies a run of events in one transaction and asks for the pages they change.
-    fn apply(&self, sockets: &Sockets, run: Vec<FeedEvent>, applied: &mut Applied) -> anyhow::Result<()> {
+    fn apply(&mut self, sockets: &Sockets, run: Vec<FeedEvent>, applied: &mut Applied) -> anyhow::Result<()> {
         if run.is_empty() {
             return Ok(());
         }
-        let (first, last) = (run[0].name.clone(), run.len());
-        let done = sockets
-            .db
-            .call(ApplyFeed { events: run, skip_new: self.config.skip_new.clone() })
-            .map_err(|e| anyhow::anyhow!("cannot apply a run of {last} events (from {first}): {e}"))?;
+        let (first, count) = (run[0].name.clone(), run.len());
+        let packages: BTreeSet<String> = run.iter().map(|e| e.package.clone()).collect();
+        let done = match sockets.db.call(ApplyFeed { events: run, skip_new: self.config.skip_new.clone() }) {
+            Ok(done) => done,
+            Err(e) => {
+                self.unsure.extend(packages);
+                anyhow::bail!("cannot apply a run of {count} events (from {first}): {e}");
+            }
+        };
         for package in &done.new_packages {
             tracing::debug!("added package {package}");
         }
@@ -280,14 +305,13 @@ impl CloudGazer {
     }
 
     /// Fetches up to [`DESCRIBE_BATCH`] waiting summaries, [`DESCRIPTION_REQUESTS`] at a time,
-    /// and stores those PyPI gave; true when more wait.
-    fn describe(&mut self, sockets: &Sockets) -> anyhow::Result<bool> {
-        let Some(client) = &self.descriptions else { return Ok(false) };
+    /// stores those PyPI gave and has the pages whose summary changed rewritten; says when to
+    /// go on: at once while more wait, after the poll interval when PyPI gave none (it may be
+    /// failing), or not at all. Names the database did not take wait again.
+    fn describe(&mut self, sockets: &Sockets) -> (anyhow::Result<()>, Option<Duration>) {
+        let Some(client) = &self.descriptions else { return (Ok(()), None) };
         let count = self.undescribed.len().min(DESCRIBE_BATCH);
-        let names: Vec<String> = self.undescribed.drain(..count).collect();
-        for name in &names {
-            self.waiting.remove(name);
-        }
+        let names: Vec<String> = self.undescribed.iter().take(count).cloned().collect();
         let summaries = self.runtime.block_on(async {
             let limit = Arc::new(Semaphore::new(DESCRIPTION_REQUESTS));
             let mut requests = JoinSet::new();
@@ -307,11 +331,26 @@ impl CloudGazer {
             summaries
         });
         let descriptions: Vec<(String, String)> =
-            names.into_iter().zip(summaries).filter_map(|(name, summary)| Some((name, summary?))).collect();
-        if !descriptions.is_empty() {
-            sockets.db.call(SetDescriptions { descriptions })?;
+            names.iter().cloned().zip(summaries).filter_map(|(name, summary)| Some((name, summary?))).collect();
+        let none = descriptions.is_empty();
+        if !none {
+            match sockets.db.call(SetDescriptions { descriptions }) {
+                Ok(changed) => {
+                    for package in changed {
+                        sockets.rewrite(&package, RewriteScope::Project);
+                    }
+                }
+                Err(e) => return (Err(e.into()), Some(self.config.interval)),
+            }
         }
-        Ok(!self.undescribed.is_empty())
+        for name in self.undescribed.drain(..count) {
+            self.waiting.remove(&name);
+        }
+        match (self.undescribed.is_empty(), none) {
+            (true, _) => (Ok(()), None),
+            (false, false) => (Ok(()), Some(Duration::ZERO)),
+            (false, true) => (Ok(()), Some(self.config.interval)),
+        }
     }
 }
 
@@ -326,16 +365,19 @@ impl Task for CloudGazer {
 
     fn handle(&mut self, event: Timer, sockets: &mut Sockets, ctx: &mut Context<'_, Timer>) -> anyhow::Result<()> {
         if event == Timer::Describe {
-            if self.describe(sockets)? {
-                ctx.schedule(Timer::Describe, Duration::ZERO);
+            let (result, next) = self.describe(sockets);
+            if let Some(after) = next {
+                ctx.schedule(Timer::Describe, after);
             }
-            return Ok(());
+            return result;
         }
         let before = self.serial;
         let result = self.poll(sockets, ctx);
-        if self.serial != before {
-            // Catching up: the next page at once, until PyPI has nothing new.
+        if self.serial != before && self.catching_up {
+            // Catching up: the next page at once.
             ctx.schedule(Timer::Poll, Duration::ZERO);
+        }
+        if self.serial != before {
             let reason = format!("PyPI events up to serial {}", self.serial);
             if let Err(e) = sockets.architect.send(&ArchitectTrigger::Refresh { reason }, Duration::from_millis(100)) {
                 tracing::warn!("cannot tell the architect about new events: {e}");

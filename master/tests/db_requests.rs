@@ -1671,6 +1671,9 @@ fn a_run_of_the_changelog_is_applied_set_by_set_and_twice_changes_nothing() {
     assert_eq!(fx.call(ApplyFeed { events: run, skip_new: String::new() }), FeedApplied::default());
     // Summaries, cut to their column; an unknown package is left out.
     let long = "s".repeat(300);
-    fx.call(SetDescriptions { descriptions: vec![("foo-bar".into(), long), ("nobody".into(), "x".into())] });
+    let descriptions = vec![("foo-bar".to_string(), long), ("nobody".to_string(), "x".to_string())];
+    assert_eq!(fx.call(SetDescriptions { descriptions: descriptions.clone() }), ["foo-bar"]);
     assert_eq!(fx.value("SELECT length(description) FROM packages WHERE package = 'foo-bar'"), "200");
+    // The same summary again changes nothing, and no page needs writing.
+    assert!(fx.call(SetDescriptions { descriptions }).is_empty());
 }

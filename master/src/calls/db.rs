@@ -720,12 +720,13 @@ calls! {
         /// The skip reason of new packages (empty: built).
         skip_new: String,
     } -> FeedApplied;
-    /// Set the summaries of packages (those that no longer exist are left out).
+    /// Set the summaries of packages (those that no longer exist are left out); the answer
+    /// names those whose summary changed, for their pages.
     SetDescriptions {
         /// Canonical name and summary.
         #[cfg_attr(test, proptest(strategy = "small_vec()"))]
         descriptions: Vec<(String, String)>,
-    } -> ();
+    } -> #[cfg_attr(test, proptest(strategy = "small_vec()"))] Vec<String>;
     /// Classify up to `limit` failed builds not triaged yet, newest first (see
     /// [`crate::triage`]), storing each one's class and detail; the answer says what they were.
     TriageFailures {

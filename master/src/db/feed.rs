@@ -119,19 +119,23 @@ impl Database {
         Ok(FeedApplied { new_packages, new_versions: releases(new_versions), buildable: releases(buildable), yanks: releases(yanked) })
     }
 
-    /// Sets packages' summaries, each cut to its column, in one statement.
-    pub async fn set_descriptions(&mut self, descriptions: &[(String, String)]) -> Result<(), sqlx::Error> {
+    /// Sets packages' summaries, each cut to its column, in one statement; returns the
+    /// packages whose summary changed, sorted.
+    pub async fn set_descriptions(&mut self, descriptions: &[(String, String)]) -> Result<Vec<String>, sqlx::Error> {
         let packages: Vec<&str> = descriptions.iter().map(|(p, _)| p.as_str()).collect();
         let texts: Vec<&str> = descriptions.iter().map(|(_, d)| truncate(d, len::DESCRIPTION)).collect();
-        sqlx::query(
+        let mut changed: Vec<String> = sqlx::query_scalar(
             "UPDATE packages p SET description = t.description
-             FROM unnest($1::text[], $2::text[]) AS t(package, description)
-             WHERE p.package = t.package",
+             FROM (SELECT DISTINCT ON (package) package, description
+                   FROM unnest($1::text[], $2::text[]) AS t(package, description)) t
+             WHERE p.package = t.package AND p.description IS DISTINCT FROM t.description
+             RETURNING p.package",
         )
         .bind(&packages)
         .bind(&texts)
-        .execute(&mut self.conn)
+        .fetch_all(&mut self.conn)
         .await?;
-        Ok(())
+        changed.sort();
+        Ok(changed)
     }
 }
