@@ -188,7 +188,9 @@ impl CloudGazer {
         let mut described: Vec<String> = Vec::new();
         for event in &events {
             let package = canonicalize(&event.name);
-            if package.len() > MAX_NAME || event.version.as_ref().is_some_and(|v| v.len() > MAX_NAME) {
+            // The spelling is kept too (`package_names`), and may be longer than its canonical
+            // form: a run holding one too long for its column would fail at every reading.
+            if package.len() > MAX_NAME || event.name.len() > MAX_NAME || event.version.as_ref().is_some_and(|v| v.len() > MAX_NAME) {
                 tracing::warn!("ignoring serial {}: name or version longer than {MAX_NAME}", event.serial);
                 continue;
             }

@@ -168,3 +168,19 @@ fn a_restarted_follower_goes_on_from_the_stored_serial() {
     assert!(asked.iter().any(|c| c.contains(&first.to_string())), "the restart did not ask from serial {first}: {asked:?}");
     stop(gazer);
 }
+
+#[test]
+fn a_name_too_long_to_keep_is_passed_over_and_the_rest_of_its_batch_applied() {
+    let pool = Pool::start(1);
+    let pypi = FakePypi::start();
+    let _web = stand_in::<WebRequest, WebReply>(&pool.rt.zmq, "inproc://web", WebReply::Done);
+    let _architect = Receiver::<ArchitectTrigger>::pull(&pool.rt.zmq, wiring::ARCHITECT.address(), None).unwrap();
+    // Its canonical form (`long-name`) fits; the spelling, kept with it, does not.
+    pypi.create_package(&format!("long{}name", "_".repeat(250)), None);
+    let last = pypi.create_package("after", None);
+    let gazer = follower(&pool, &pypi, "gazer_long_name");
+    eventually("the batch applied", WAIT, || serial(&pool) == last);
+    assert_eq!(pool.db.column("SELECT package FROM packages"), [Some("after".into())]);
+    assert_eq!(gazer.errors(), 0);
+    stop(gazer);
+}
