@@ -370,5 +370,7 @@ fn a_farm_under_random_faults_builds_every_release_once_and_loses_nothing() {
         said.trim(),
         started.elapsed()
     );
-    assert_eq!(master_exits, 0, "seed {seed}: the master stopped on its own (see its log)");
+    // The log goes with the farm's directory: its errors go with the failure.
+    let errors: Vec<&str> = log.lines().filter(|line| line.contains("ERROR")).collect();
+    assert_eq!(master_exits, 0, "seed {seed}: the master stopped on its own; its log's errors:\n{}", errors.join("\n"));
 }

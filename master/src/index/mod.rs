@@ -215,8 +215,8 @@ impl Scribe {
     /// The writer's state: opens the output tree. The database is first asked on the first
     /// tick, so a database that is not up yet delays the work rather than failing the task.
     pub fn start(config: &IndexConfig) -> anyhow::Result<Scribe> {
-        let writer = IndexWriter::open(Layout::new(&config.output_path), config.pages.clone())?;
-        writer.write_public_key(&provenance::public_key_pem(&config.signing_key.verifying_key()))?;
+        let mut writer = IndexWriter::open(Layout::new(&config.output_path), config.pages.clone())?;
+        writer.set_public_key(provenance::public_key_pem(&config.signing_key.verifying_key()));
         Ok(Scribe {
             config: config.clone(),
             writer,

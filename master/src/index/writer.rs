@@ -60,9 +60,11 @@ pub struct IndexWriter {
     options: PageOptions,
     /// Projects that have a simple page.
     listed: BTreeSet<String>,
-    /// Whether the root of the simple index is out of date (with the package list and the
-    /// search index, written with it).
+    /// Whether the root of the simple index is out of date (with the package list, the
+    /// search index and the files every page loads, written with it).
     root_dirty: bool,
+    /// The signing key's public half (PEM), served beside the pages; written with the root.
+    public_key: Option<String>,
     /// Each package's downloads in 30 days and ever, as the stats task last sent them, for
     /// the search index.
     downloads: HashMap<String, (u64, u64)>,
@@ -101,9 +103,6 @@ impl IndexWriter {
         let root_dirty = true;
         let root_dir = fs::File::open(layout.root())
             .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", layout.root().display())))?;
-        // The search box's script and the stylesheet, which every page loads.
-        write_if_changed(&layout.root().join("search.js"), SEARCH_SCRIPT.as_bytes())?;
-        write_if_changed(&layout.root().join("style.css"), STYLESHEET.as_bytes())?;
         // The download counts the search index holds, until the stats task sends new ones:
         // pages written meanwhile keep showing them.
         let downloads = fs::read(layout.root().join("packages.json")).ok().map(|bytes| downloads_in(&bytes)).unwrap_or_default();
@@ -112,6 +111,7 @@ impl IndexWriter {
             options,
             listed,
             root_dirty,
+            public_key: None,
             downloads,
             deflate: std::sync::Mutex::new(Compress::new(Compression::default(), false)),
             root_dir,
@@ -286,6 +286,14 @@ impl IndexWriter {
     /// Writes the root of the simple index, the package list and the search index: the
     /// projects with a simple page.
     pub fn write_root(&mut self) -> io::Result<()> {
+        // The search box's script, the stylesheet and the public key, here rather than at the
+        // start: a full disk must not keep the index writer from starting, and the root is
+        // written again until it succeeds.
+        write_if_changed(&self.layout.root().join("search.js"), SEARCH_SCRIPT.as_bytes())?;
+        write_if_changed(&self.layout.root().join("style.css"), STYLESHEET.as_bytes())?;
+        if let Some(pem) = &self.public_key {
+            write_if_changed(&self.layout.root().join(provenance::PUBLIC_KEY_FILE), pem.as_bytes())?;
+        }
         let projects = sorted_names(self.listed.iter());
         let page = RootPage { projects: projects.clone(), api_version: API_VERSION };
         let simple = self.layout.simple_dir();
@@ -330,9 +338,10 @@ impl IndexWriter {
         Ok(())
     }
 
-    /// Writes the master's public signing key at the root of the tree.
-    pub fn write_public_key(&self, pem: &str) -> io::Result<()> {
-        write_if_changed(&self.layout.root().join(provenance::PUBLIC_KEY_FILE), pem.as_bytes())
+    /// Sets the master's public signing key, written at the root of the tree with the root.
+    pub fn set_public_key(&mut self, pem: String) {
+        self.public_key = Some(pem);
+        self.root_dirty = true;
     }
 
     /// Writes a build's log, gzipped (replacing any earlier log of the same id).
