@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use piwheels_common::protocols::{AdminReply, AdminRequest, ImportRequest, RebuildTarget, TaskControl, Versions, WheelFile, WireError};
+use piwheels_common::protocols::{AdminReply, AdminRequest, FailureClass, ImportRequest, RebuildTarget, RequeueRequest, TaskControl, Versions, WheelFile, WireError};
 use piwheels_master::calls::db::RewriteScope;
 use piwheels_master::calls::tasks::{ArchitectTrigger, ReleaseAck, ReleaseNotice, StatsUpdate, WebReply, WebRequest};
 use piwheels_common::task::{self, TaskHandle};
@@ -752,4 +752,26 @@ fn a_paused_master_refuses_new_work_with_a_reason() {
     farm.chase.control(TaskControl::Resume).unwrap();
     eventually("the resume", WAIT, || matches!(tool.ask(add_package("bar")), AdminReply::Done { .. }));
     assert_eq!(farm.query("SELECT package FROM packages ORDER BY package"), ["bar", "foo"]);
+}
+
+// ------------------------------------------------------------------------------------------
+// Failure triage
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn a_requeue_refuses_fields_longer_than_their_columns_and_the_report_answers() {
+    let farm = Farm::start(&[("foo", "1.0")]);
+    let tool = farm.tool("dave@host piw-triage");
+    let requeue = |detail: Option<String>, debian_package: Option<String>, abi: Option<String>| {
+        AdminRequest::Requeue(RequeueRequest { class: Some(FailureClass::MissingHeader), detail, debian_package, abi, dry_run: false })
+    };
+    assert!(error(tool.ask(requeue(Some("h".repeat(201)), None, None))).contains("the detail is longer than 200 bytes"));
+    assert!(error(tool.ask(requeue(None, Some("p".repeat(256)), None))).contains("longer than 255 bytes"));
+    assert!(error(tool.ask(requeue(None, None, Some("a".repeat(101))))).contains("the ABI is longer than 100 bytes"));
+    // Within bounds, with nothing failed, nothing is queued.
+    assert!(done(tool.ask(requeue(Some("zlib.h".into()), None, None))).contains("no failed release waits"), "nothing to queue");
+    match tool.ask(AdminRequest::Triage { abi: None }) {
+        AdminReply::Triage(report) => assert!(report.classes.is_empty() && report.untriaged == 0 && !report.contents, "{report:?}"),
+        other => panic!("{other:?}"),
+    }
 }
