@@ -25,26 +25,23 @@
 //! other slaves sharing the build root.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use piwheels_common::config::HumanDuration;
 use piwheels_common::protocols::{BuildResult, FailureKind, SourceFile, WheelFile};
 
 use crate::apt::AptIndex;
-use crate::launcher::{self, Ended, Report};
+use crate::launcher::{Ended, FromLauncher, Launch, Report, Resident, ToLauncher};
 use crate::source::SourceClient;
 
 /// The default build command: pip builds the release from its pinned source file, without
@@ -62,11 +59,12 @@ pub const KILL_GRACE: Duration = Duration::from_secs(10);
 /// that is otherwise deterministic makes the same bytes every time.
 const SOURCE_DATE_EPOCH: &str = "315532800";
 
-/// How often the builder looks at a running build (has it ended, is it past its time, has
-/// the caller asked it to stop): first after `FIRST_POLL`, then twice as long each time up to
-/// `POLL`, so that a quick build's end is noticed at once and a long one costs nothing.
-const FIRST_POLL: Duration = Duration::from_millis(2);
+/// How often the builder looks at the clock and the caller's stop request while a build runs
+/// (its end is noticed at once: the launcher says so).
 const POLL: Duration = Duration::from_millis(100);
+
+/// How long the resident launcher may take to answer a start (it forks and answers at once).
+const LAUNCHER_ANSWER: Duration = Duration::from_secs(10);
 
 /// The prefix of build directories' names.
 const DIRECTORY_PREFIX: &str = "piw-build-";
@@ -217,6 +215,8 @@ pub struct Builder {
     options: BuilderOptions,
     apt: Option<Arc<AptIndex>>,
     sources: SourceClient,
+    /// The resident launcher, once the first build has started it.
+    resident: Mutex<Option<Resident>>,
 }
 
 /// A finished build: its result, and its directory with the wheels until it is cleaned up.
@@ -295,7 +295,7 @@ impl Builder {
     /// only when no HTTP client can be made for the sources.
     pub fn new(options: BuilderOptions, apt: Option<Arc<AptIndex>>) -> anyhow::Result<Builder> {
         let sources = SourceClient::new()?;
-        Ok(Builder { options, apt, sources })
+        Ok(Builder { options, apt, sources, resident: Mutex::new(None) })
     }
 
     /// The builder's options.
@@ -350,7 +350,7 @@ impl Builder {
         let mut notes = String::new();
         let (report, stopped) = match run {
             Ok(run) => {
-                build.process_group = Some(run.process_group);
+                build.process_group = run.process_group;
                 if run.hard_killed {
                     notes.push_str(&format!(
                         "[piw-slave] the build did not stop within {} of being told to; its process group was killed\n",
@@ -360,7 +360,7 @@ impl Builder {
                 (run.report, run.stopped)
             }
             Err(e) => {
-                notes.push_str(&format!("[piw-slave] cannot start the build: {e}\n"));
+                notes.push_str(&format!("[piw-slave] the build's launcher failed: {e}\n"));
                 (None, None)
             }
         };
@@ -446,35 +446,54 @@ impl Builder {
         remove_stale(&self.options.build_root)
     }
 
-    /// Starts the launcher in its own process group and waits for it.
+    /// Runs the build under a launcher forked by the resident launcher (started at the first
+    /// build, again after it has failed) and waits for it.
     fn run(&self, dir: &Path, argv: &[String], log_path: &Path, report_path: &Path, deadline: Instant, stop: &dyn Fn() -> bool) -> io::Result<Run> {
-        let log = File::create(log_path)?;
-        let mut command = Command::new(&self.options.launcher);
-        command
-            .args(launcher::arguments(self.options.memory_limit, report_path, std::process::id(), argv))
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env("PIWHEELS_BUILD", "1")
-            // Build scripts may not clone repositories over the network.
-            .env("GIT_ALLOW_PROTOCOL", "file")
-            .env("PIP_NO_INPUT", "1")
-            .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+        File::create(log_path)?;
+        let launch = Launch {
+            command: argv.to_vec(),
+            directory: dir.to_path_buf(),
+            log: log_path.to_path_buf(),
+            report: report_path.to_path_buf(),
             // Temporary files go with the build directory, and are removed with it.
-            .env("TMPDIR", dir.join("tmp"))
-            .process_group(0);
-        if let Some(path) = path_with_cargo() {
-            command.env("PATH", path);
+            env: vec![("TMPDIR".into(), dir.join("tmp").to_string_lossy().into_owned())],
+            memory_limit: self.options.memory_limit,
+        };
+        let mut resident = self.resident.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let run = self.run_with(&mut resident, &launch, report_path, deadline, stop);
+        if run.is_err() {
+            // A launcher that failed us is not asked again (dropping it ends it).
+            *resident = None;
         }
-        let mut child = command.spawn().map_err(|e| io::Error::new(e.kind(), format!("cannot run the launcher {}: {e}", self.options.launcher.display())))?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        run
+    }
+
+    fn run_with(&self, resident: &mut Option<Resident>, launch: &Launch, report_path: &Path, deadline: Instant, stop: &dyn Fn() -> bool) -> io::Result<Run> {
+        let launcher = match resident {
+            Some(launcher) => launcher,
+            None => resident.insert(Resident::start(&self.options.launcher, &build_environment())?),
+        };
+        launcher.send(&ToLauncher::Start(launch.clone()))?;
+        let pid = match launcher.answer(LAUNCHER_ANSWER)? {
+            Some(FromLauncher::Started { pid }) => pid,
+            Some(FromLauncher::NotStarted { reason }) => {
+                let report = Report { ended: Ended::NotStarted(reason), stopped_by: None, cpu_time: Duration::ZERO, peak_memory: 0 };
+                return Ok(Run { process_group: None, report: Some(report), stopped: None, hard_killed: false });
+            }
+            Some(other) => return Err(io::Error::other(format!("the launcher answered a start with {other:?}"))),
+            None => return Err(io::Error::other(format!("the launcher did not answer within {}", HumanDuration(LAUNCHER_ANSWER)))),
+        };
         let mut stopped = None;
         let mut told_at: Option<Instant> = None;
         let mut hard_killed = false;
-        let mut poll = FIRST_POLL;
-        // WNOWAIT: the launcher stays a zombie, so its process group id stays ours.
-        while let Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
+        // The launcher says when the build has ended; between its answers the builder looks
+        // at the clock and the caller's stop request.
+        loop {
+            match launcher.answer(POLL)? {
+                Some(FromLauncher::Ended) => break,
+                Some(other) => return Err(io::Error::other(format!("the launcher answered {other:?} during a build"))),
+                None => {}
+            }
             let now = Instant::now();
             match told_at {
                 None => {
@@ -489,28 +508,20 @@ impl Builder {
                             Stopped::Abandoned => "it was abandoned",
                         };
                         tracing::info!("stopping the build: {why}");
-                        let _ = kill(pid, Signal::SIGTERM);
+                        launcher.send(&ToLauncher::Stop)?;
                         told_at = Some(now);
                     }
                 }
                 Some(told) if !hard_killed && now.duration_since(told) >= KILL_GRACE => {
                     tracing::warn!("the build did not stop within {}: killing its process group", HumanDuration(KILL_GRACE));
-                    let _ = killpg(pid, Signal::SIGKILL);
+                    launcher.send(&ToLauncher::Kill)?;
                     hard_killed = true;
                 }
                 Some(_) => {}
             }
-            std::thread::sleep(poll);
-            poll = (poll * 2).min(POLL);
         }
-        // Anything the launcher did not reach (it only kills its descendants).
-        match killpg(pid, Signal::SIGKILL) {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(e) => tracing::warn!("cannot kill what is left of the build's process group {pid}: {e}"),
-        }
-        child.wait()?;
         let report = fs::read_to_string(report_path).ok().and_then(|text| Report::parse(&text));
-        Ok(Run { process_group: pid.as_raw(), report, stopped, hard_killed })
+        Ok(Run { process_group: Some(pid), report, stopped, hard_killed })
     }
 
     /// Inspects the wheels of a build whose command succeeded; returns the failure, if any.
@@ -545,7 +556,7 @@ impl Builder {
 
 /// The outcome of running the launcher.
 struct Run {
-    process_group: i32,
+    process_group: Option<i32>,
     report: Option<Report>,
     stopped: Option<Stopped>,
     hard_killed: bool,
@@ -626,7 +637,23 @@ fn read_tail(path: &Path, limit: u64) -> io::Result<String> {
 
 /// PATH with `$HOME/.cargo/bin` in front, for builds of Rust extensions, when that directory
 /// exists and PATH lacks it; None to leave PATH alone.
-fn path_with_cargo() -> Option<std::ffi::OsString> {
+/// The environment of every build, set on the resident launcher (each build's `TMPDIR` is its
+/// own).
+fn build_environment() -> Vec<(&'static str, OsString)> {
+    let mut env = vec![
+        ("PIWHEELS_BUILD", "1".into()),
+        // Build scripts may not clone repositories over the network.
+        ("GIT_ALLOW_PROTOCOL", "file".into()),
+        ("PIP_NO_INPUT", "1".into()),
+        ("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH.into()),
+    ];
+    if let Some(path) = path_with_cargo() {
+        env.push(("PATH", path));
+    }
+    env
+}
+
+fn path_with_cargo() -> Option<OsString> {
     let cargo = PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin");
     if !cargo.is_dir() {
         return None;

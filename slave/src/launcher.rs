@@ -1,86 +1,114 @@
-//! The build launcher: `piw-slave exec-build`, the process every build runs under, and the
-//! report it leaves for the builder.
+//! The build launcher: `piw-slave launcher`, a process each builder starts once and keeps, and
+//! the per-build process it forks for every build, which runs the build command and leaves a
+//! report for the builder.
 //!
-//! The workspace forbids `unsafe`, so the builder cannot change a child between `fork` and
-//! `exec` (`pre_exec`). Instead it starts this hidden subcommand of its own binary in a new
-//! process group; the launcher prepares itself and then starts the build command, which
-//! inherits what it set:
+//! **The resident launcher** is started by the builder with pipes for its standard input and
+//! output and talks over them in lines of JSON ([`ToLauncher`], [`FromLauncher`]). It
+//! 1. blocks the stop signals (SIGTERM, SIGINT, SIGHUP) and SIGCHLD and reads them from a
+//!    signalfd;
+//! 2. sets `PR_SET_CHILD_SUBREAPER`, so that a process of a build whose own launcher was
+//!    killed becomes its child, and is killed once that build has ended;
+//! 3. for each `Start`, forks a **build launcher** ([`fork`]: the only `unsafe` in the
+//!    workspace), puts it in a process group of its own (both sides call `setpgid`, so the
+//!    group exists before `Started` is sent) and answers `Started` with its pid;
+//! 4. on `Stop` sends the build launcher SIGTERM, on `Kill` SIGKILLs its process group;
+//! 5. when the build launcher has ended, kills what is left in its process group before it
+//!    reaps it (so that the group id cannot have been reused); if the build launcher was killed
+//!    rather than exiting (it then could not kill its build), waits until nothing of the group
+//!    runs and kills every child it has then, round after round (processes of the build that
+//!    left the group, orphaned to it); then answers `Ended`;
+//! 6. ends when its standard input closes (the builder exited or was killed: the kernel closes
+//!    the pipe) or a stop signal arrives, after stopping the build in progress as in 4.
 //!
-//! 1. the stop signals (SIGTERM, SIGINT, SIGHUP) and SIGCHLD are blocked and read from a
-//!    signalfd (the command itself starts with an empty signal mask: std resets it);
-//! 2. `PR_SET_PDEATHSIG` = SIGTERM: when the builder's thread ends (the slave died), the
-//!    launcher is told to stop, and it then kills the build as below; a parent gone before
-//!    the call is noticed by comparing `getppid()` with the pid the builder passed;
+//! **The build launcher**, the forked child, prepares itself and then starts the build
+//! command, which inherits what it set:
+//! 1. its standard output and error are the build's log;
+//! 2. `PR_SET_PDEATHSIG` = SIGTERM: when the resident launcher ends, the build launcher is
+//!    told to stop; a resident gone before the call is noticed by comparing `getppid()`;
 //! 3. `PR_SET_CHILD_SUBREAPER`: processes of the build orphaned by their parents (daemons,
-//!    double forks, even ones that left the process group with `setsid`) become the
-//!    launcher's children, so it can reap and, in the end, kill them;
+//!    double forks, even ones that left the process group with `setsid`) become its children,
+//!    so it can reap and, in the end, kill them;
 //! 4. `RLIMIT_AS` = the memory limit, soft and hard, inherited by the whole build and only by
-//!    it (the slave is untouched).
+//!    it.
 //!
-//! The launcher waits for the command. When the command exits, or a stop signal arrives (the
-//! builder's timeout or abandon, or the parent-death signal), it SIGKILLs every remaining
-//! descendant, round after round (an orphan of a killed process is its child at the next
-//! round), until it has no child left. Then `getrusage(RUSAGE_CHILDREN)` holds exactly this
-//! build: CPU time (user + system) of every process of it, and the peak resident set of its
-//! largest process. The launcher writes that and the command's exit status to the report
-//! file and exits. This is how the builder measures each build on its own, without `wait4`
-//! (not available without `unsafe`) and without sampling /proc.
+//! The build launcher waits for the command. When the command exits, or a stop signal arrives
+//! (`Stop`, or the parent-death signal), it SIGKILLs every remaining descendant, round after
+//! round (an orphan of a killed process is its child at the next round), until it has no child
+//! left. Then `getrusage(RUSAGE_CHILDREN)` holds exactly this build (a forked process starts
+//! with none): CPU time (user + system) of every process of it, and the peak resident set of
+//! its largest process. It writes that and the command's exit status to the report file and
+//! exits.
+//!
+//! Forking the resident costs a fraction of a millisecond; executing a new `piw-slave` for each
+//! build, as the launcher did before, cost the slave 4–5 ms of CPU per build (the dynamic
+//! loader and the binary's start).
+
+mod fork;
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use clap::Parser;
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::prctl;
 use nix::sys::resource::{Resource, UsageWho, getrusage, setrlimit};
-use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signal::{SigSet, Signal, kill, killpg};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{Pid, getpid, getppid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::{Pid, getpid, getppid, setpgid};
+use serde::{Deserialize, Serialize};
 
-/// The hidden subcommand of `piw-slave` that runs a build.
-pub const SUBCOMMAND: &str = "exec-build";
+/// The hidden subcommand of `piw-slave` that is the resident launcher.
+pub const SUBCOMMAND: &str = "launcher";
 
-/// Exit status of a launcher that could not prepare itself.
-const LAUNCHER_FAILED: u8 = 125;
-/// Exit status of a launcher whose command could not be started.
-const COMMAND_NOT_STARTED: u8 = 127;
+/// Exit status of a build launcher that could not write its report.
+const REPORT_FAILED: i32 = 125;
 
-/// Arguments of `piw-slave exec-build` (internal: the builder writes them).
-#[derive(Parser, Debug)]
-#[command(name = "piw-slave exec-build", about = "Runs one build for piw-slave (internal)")]
-struct LaunchArgs {
-    /// Address-space limit of the build in bytes; 0 = none
-    #[arg(long, value_name = "BYTES", default_value = "0")]
-    memory_limit: u64,
-    /// Where to write the report
-    #[arg(long, value_name = "FILE")]
-    report: PathBuf,
-    /// The pid of the slave that started us
-    #[arg(long, value_name = "PID")]
-    parent_pid: i32,
-    /// The build command and its arguments
-    #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
-    command: Vec<OsString>,
+/// What the builder asks of its resident launcher, one JSON line each.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToLauncher {
+    /// Run a build (refused while one runs).
+    Start(Launch),
+    /// Stop the build in progress: SIGTERM to its launcher, which kills the build and reports.
+    Stop,
+    /// SIGKILL the build's whole process group (its launcher did not stop in time).
+    Kill,
 }
 
-/// The arguments that make `launcher` run `command` as a build (after [`SUBCOMMAND`]).
-pub(crate) fn arguments(memory_limit: u64, report: &Path, parent_pid: u32, command: &[String]) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        SUBCOMMAND.into(),
-        "--memory-limit".into(),
-        memory_limit.to_string().into(),
-        "--report".into(),
-        report.as_os_str().to_owned(),
-        "--parent-pid".into(),
-        parent_pid.to_string().into(),
-        "--".into(),
-    ];
-    args.extend(command.iter().map(OsString::from));
-    args
+/// One build to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Launch {
+    /// The command and its arguments.
+    pub(crate) command: Vec<String>,
+    /// Its working directory.
+    pub(crate) directory: PathBuf,
+    /// Its standard output and error (created by the builder).
+    pub(crate) log: PathBuf,
+    /// Where the build launcher writes its report.
+    pub(crate) report: PathBuf,
+    /// Environment variables of this build alone (those of every build are the resident's).
+    pub(crate) env: Vec<(String, String)>,
+    /// Address-space limit of the build in bytes; 0 = none.
+    pub(crate) memory_limit: u64,
+}
+
+/// What the resident launcher answers, one JSON line each.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FromLauncher {
+    /// The build launcher runs, with this pid, which is also its process group's id.
+    Started { pid: i32 },
+    /// No build launcher could be made.
+    NotStarted { reason: String },
+    /// The build launcher has ended and nothing of its build is left; the report is written
+    /// (unless the launcher was killed).
+    Ended,
 }
 
 /// How the command ended.
@@ -94,7 +122,7 @@ pub(crate) enum Ended {
     NotStarted(String),
 }
 
-/// What the launcher reports about one build.
+/// What the build launcher reports about one build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Report {
     /// How the command ended.
@@ -152,37 +180,218 @@ impl Report {
     }
 }
 
-/// `piw-slave exec-build ARGS...`: `args` are the arguments after the subcommand's name.
+/// `piw-slave launcher`: `args` are the arguments after the subcommand's name (none).
 pub fn main(args: &[OsString]) -> ExitCode {
-    let program = std::iter::once(OsString::from("piw-slave exec-build"));
-    let args = match LaunchArgs::try_parse_from(program.chain(args.iter().cloned())) {
-        Ok(args) => args,
-        Err(e) => e.exit(),
-    };
-    let report = launch(&args);
-    let code = match &report.ended {
-        Ended::Exited(code) => u8::try_from(*code).unwrap_or(1),
-        Ended::Signalled(signal) => u8::try_from(128 + signal).unwrap_or(1),
-        Ended::NotStarted(_) => COMMAND_NOT_STARTED,
-    };
-    if let Err(e) = std::fs::write(&args.report, report.to_text()) {
-        eprintln!("piw-slave exec-build: cannot write the build report {}: {e}", args.report.display());
-        return ExitCode::from(LAUNCHER_FAILED);
+    if !args.is_empty() {
+        eprintln!("piw-slave {SUBCOMMAND}: takes no arguments (it is started by piw-slave's builders)");
+        return ExitCode::from(2);
     }
-    ExitCode::from(code)
+    match serve() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("piw-slave {SUBCOMMAND}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-/// Prepares, runs the command, kills what is left of the build and measures it.
-fn launch(args: &LaunchArgs) -> Report {
+/// The resident launcher's loop (steps 1 to 6 of the module documentation).
+fn serve() -> io::Result<()> {
+    // Non-blocking: it is read until empty whenever poll says it is ready.
+    let signals = block_signals(SfdFlags::SFD_NONBLOCK).map_err(io::Error::other)?;
+    prctl::set_child_subreaper(true).map_err(|e| io::Error::other(format!("cannot become a subreaper: {e}")))?;
+    // Requests are read through a buffer of our own (std's stdin has one of its own, which
+    // poll cannot see), and answers written straight to the pipe, unbuffered: a forked child
+    // must not inherit unwritten answers.
+    let mut requests = BufReader::new(File::from(io::stdin().as_fd().try_clone_to_owned()?));
+    let mut answers = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+    let mut build: Option<Pid> = None;
+    let mut line = String::new();
+    loop {
+        // A line may already be buffered; otherwise wait for input or a signal.
+        if requests.buffer().is_empty() {
+            let (input, signalled) = {
+                let mut fds = [PollFd::new(requests.get_ref().as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(io::Error::other(format!("cannot wait for requests: {e}"))),
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if signalled {
+                let mut stop = false;
+                while let Ok(Some(info)) = signals.read_signal() {
+                    stop |= info.ssi_signo != Signal::SIGCHLD as u32;
+                }
+                reap(&mut build, &mut answers)?;
+                if stop {
+                    break;
+                }
+            }
+            if !input {
+                continue;
+            }
+        }
+        line.clear();
+        if requests.read_line(&mut line)? == 0 {
+            break;
+        }
+        let request: ToLauncher = serde_json::from_str(&line).map_err(|e| io::Error::other(format!("an unreadable request {line:?}: {e}")))?;
+        match request {
+            ToLauncher::Start(launch) => {
+                let answer = match build {
+                    Some(pid) => FromLauncher::NotStarted { reason: format!("a build (pid {pid}) is still running") },
+                    None => match start(&launch) {
+                        Ok(pid) => {
+                            build = Some(pid);
+                            FromLauncher::Started { pid: pid.as_raw() }
+                        }
+                        Err(reason) => FromLauncher::NotStarted { reason },
+                    },
+                };
+                answer_with(&mut answers, &answer)?;
+            }
+            ToLauncher::Stop => {
+                if let Some(pid) = build {
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
+            }
+            ToLauncher::Kill => {
+                if let Some(pid) = build {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                }
+            }
+        }
+    }
+    // Told to end: the build in progress is stopped, and everything left is killed.
+    if let Some(pid) = build {
+        let _ = kill(pid, Signal::SIGTERM);
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(status) => finish(pid, status),
+            Err(_) => finish(pid, WaitStatus::StillAlive),
+        }
+    }
+    kill_descendants(None, &mut None);
+    Ok(())
+}
+
+fn answer_with(answers: &mut File, answer: &FromLauncher) -> io::Result<()> {
+    let mut line = serde_json::to_string(answer).map_err(io::Error::other)?;
+    line.push('\n');
+    answers.write_all(line.as_bytes())
+}
+
+/// Forks a build launcher for `launch`; its pid.
+fn start(launch: &Launch) -> Result<Pid, String> {
+    if launch.command.is_empty() {
+        return Err("an empty command".into());
+    }
+    match fork::fork_single_threaded() {
+        Ok(fork::Forked::Child) => {
+            let code = run_build(launch);
+            std::process::exit(code)
+        }
+        Ok(fork::Forked::Parent(pid)) => {
+            // Also done by the child: whichever runs first, the group exists before the
+            // builder hears of it. EACCES: the child has already executed (not here: it
+            // never does) ; ESRCH: it has already ended, and is reaped as any other.
+            let _ = setpgid(pid, pid);
+            Ok(pid)
+        }
+        Err(e) => Err(format!("cannot fork a build launcher: {e}")),
+    }
+}
+
+/// Reaps what has ended. When the build launcher has, whatever is left of its process group
+/// and every other child (the build's orphans) is killed first, and the builder is told.
+fn reap(build: &mut Option<Pid>, answers: &mut File) -> io::Result<()> {
+    loop {
+        // WNOWAIT: a build launcher stays a zombie until its group is killed.
+        let status = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
+            Ok(status) => status,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::other(format!("cannot wait for builds: {e}"))),
+        };
+        let Some(pid) = status.pid() else { return Ok(()) };
+        if Some(pid) == *build {
+            finish(pid, status);
+            *build = None;
+            answer_with(answers, &FromLauncher::Ended)?;
+        } else {
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+/// Kills what is left of an ended build launcher's build, and reaps it. A build launcher that
+/// exited has killed its build itself; one that was killed leaves its process group, and
+/// processes that left the group, which become this process's children once their parents in
+/// the group are gone: the group is killed, and once none of it runs, every child too.
+fn finish(pid: Pid, status: WaitStatus) {
+    // The launcher is a zombie until reaped below, so its group id cannot have been reused.
+    let _ = killpg(pid, Signal::SIGKILL);
+    if !matches!(status, WaitStatus::Exited(..)) {
+        let deadline = std::time::Instant::now() + GROUP_GONE;
+        while group_runs(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = waitpid(pid, None);
+    kill_descendants(None, &mut None);
+}
+
+/// How long a killed build's process group may take to die before its orphans are killed.
+const GROUP_GONE: Duration = Duration::from_secs(5);
+
+/// Whether a process of process group `group` is still running (not a zombie).
+fn group_runs(group: Pid) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.filter_map(Result::ok).any(|entry| {
+        std::fs::read_to_string(entry.path().join("stat")).ok().is_some_and(|stat| {
+            let Some(close) = stat.rfind(')') else { return false };
+            let mut fields = stat[close + 1..].split_whitespace();
+            let state = fields.next();
+            let group_of = fields.nth(1).and_then(|field| field.parse::<i32>().ok());
+            group_of == Some(group.as_raw()) && state != Some("Z")
+        })
+    })
+}
+
+/// The build launcher, in the forked child: prepares, runs the command, kills what is left of
+/// the build, measures it and writes the report; its exit status.
+fn run_build(launch: &Launch) -> i32 {
+    let report = launch_build(launch);
+    let code = match &report.ended {
+        Ended::Exited(code) => *code,
+        Ended::Signalled(signal) => 128 + signal,
+        Ended::NotStarted(_) => 127,
+    };
+    match std::fs::write(&launch.report, report.to_text()) {
+        Ok(()) => code,
+        Err(e) => {
+            eprintln!("piw-slave launcher: cannot write the build report {}: {e}", launch.report.display());
+            REPORT_FAILED
+        }
+    }
+}
+
+fn launch_build(launch: &Launch) -> Report {
     let not_started = |reason: String| Report { ended: Ended::NotStarted(reason), stopped_by: None, cpu_time: Duration::ZERO, peak_memory: 0 };
-    let signals = match prepare(args) {
+    let signals = match prepare(launch) {
         Ok(signals) => signals,
         Err(reason) => return not_started(reason),
     };
-    let program = &args.command[0];
-    let child = match Command::new(program).args(&args.command[1..]).stdin(Stdio::null()).spawn() {
+    let program = &launch.command[0];
+    let mut command = Command::new(program);
+    command.args(&launch.command[1..]).current_dir(&launch.directory).stdin(Stdio::null());
+    for (name, value) in &launch.env {
+        command.env(name, value);
+    }
+    let child = match command.spawn() {
         Ok(child) => child,
-        Err(e) => return not_started(format!("cannot start {}: {e}", program.to_string_lossy())),
+        Err(e) => return not_started(format!("cannot start {program}: {e}")),
     };
     // The child is reaped below with waitpid(-1), among the orphans; std's handle is dropped
     // (which neither waits nor kills).
@@ -207,13 +416,13 @@ fn launch(args: &LaunchArgs) -> Report {
             Ok(None) => {}
             Err(Errno::EINTR) => {}
             Err(e) => {
-                eprintln!("piw-slave exec-build: cannot read signals: {e}; stopping the build");
+                eprintln!("piw-slave launcher: cannot read signals: {e}; stopping the build");
                 stopped_by = Some(Signal::SIGKILL as i32);
                 break;
             }
         }
     }
-    kill_descendants(main, &mut ended);
+    kill_descendants(Some(main), &mut ended);
 
     let (cpu_time, peak_memory) = match getrusage(UsageWho::RUSAGE_CHILDREN) {
         Ok(usage) => {
@@ -231,22 +440,34 @@ fn launch(args: &LaunchArgs) -> Report {
     }
 }
 
-/// Steps 1 to 4 of the module documentation; returns the signalfd.
-fn prepare(args: &LaunchArgs) -> Result<SignalFd, String> {
+/// The stop signals and SIGCHLD, blocked and read from a signalfd.
+fn block_signals(flags: SfdFlags) -> Result<SignalFd, String> {
     let mut mask = SigSet::empty();
     for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
         mask.add(signal);
     }
     mask.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(|e| format!("cannot create a signalfd: {e}"))?;
+    SignalFd::with_flags(&mask, flags | SfdFlags::SFD_CLOEXEC).map_err(|e| format!("cannot create a signalfd: {e}"))
+}
+
+/// Steps 1 to 4 of the build launcher (module documentation); returns its signalfd.
+fn prepare(launch: &Launch) -> Result<SignalFd, String> {
+    let resident = getppid();
+    setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| format!("cannot make the build's process group: {e}"))?;
+    // A signalfd of its own (the mask is inherited, already blocked).
+    let signals = block_signals(SfdFlags::empty())?;
+    let log = File::options().append(true).open(&launch.log).map_err(|e| format!("cannot open the build log {}: {e}", launch.log.display()))?;
+    nix::unistd::dup2_stdout(&log).map_err(|e| format!("cannot send output to the build log: {e}"))?;
+    nix::unistd::dup2_stderr(&log).map_err(|e| format!("cannot send errors to the build log: {e}"))?;
+    drop(log);
     prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
-    if getppid().as_raw() != args.parent_pid {
-        return Err(format!("the slave (pid {}) is gone", args.parent_pid));
+    if getppid() != resident || resident.as_raw() == 1 {
+        return Err("the launcher is gone".into());
     }
     prctl::set_child_subreaper(true).map_err(|e| format!("cannot become the build's subreaper: {e}"))?;
-    if args.memory_limit > 0 {
-        setrlimit(Resource::RLIMIT_AS, args.memory_limit, args.memory_limit)
-            .map_err(|e| format!("cannot limit the build's memory to {} bytes: {e}", args.memory_limit))?;
+    if launch.memory_limit > 0 {
+        setrlimit(Resource::RLIMIT_AS, launch.memory_limit, launch.memory_limit)
+            .map_err(|e| format!("cannot limit the build's memory to {} bytes: {e}", launch.memory_limit))?;
     }
     Ok(signals)
 }
@@ -263,15 +484,32 @@ fn reap_ready(main: Pid, ended: &mut Option<Ended>) {
     }
 }
 
-/// Kills every descendant still alive and reaps them all; returns when no child is left.
-fn kill_descendants(main: Pid, ended: &mut Option<Ended>) {
+/// Kills every child still alive, round after round, and reaps them all; returns when no
+/// child is left. `main`'s status, if it comes, goes to `ended`.
+fn kill_descendants(main: Option<Pid>, ended: &mut Option<Ended>) {
     let me = getpid();
     loop {
+        // Usually the command has ended and left nothing: no need to look for children.
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Err(Errno::ECHILD) => return,
+            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
+            Ok(status) => {
+                if let Some(main) = main {
+                    note(main, status, ended);
+                }
+                continue;
+            }
+            Err(_) => return,
+        }
         for pid in children_of(me) {
             let _ = kill(pid, Signal::SIGKILL);
         }
         match waitpid(None::<Pid>, None) {
-            Ok(status) => note(main, status, ended),
+            Ok(status) => {
+                if let Some(main) = main {
+                    note(main, status, ended);
+                }
+            }
             Err(Errno::EINTR) => {}
             Err(_) => return,
         }
@@ -286,8 +524,13 @@ fn note(main: Pid, status: WaitStatus, ended: &mut Option<Ended>) {
     }
 }
 
-/// The processes whose parent is `parent`, from /proc.
+/// The processes whose parent is `parent` (a process of one thread: this one), from
+/// `/proc/PID/task/PID/children`, or from every `/proc/PID/stat` where the kernel lacks that
+/// file.
 fn children_of(parent: Pid) -> Vec<Pid> {
+    if let Ok(list) = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")) {
+        return list.split_whitespace().filter_map(|pid| pid.parse().ok()).map(Pid::from_raw).collect();
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(Result::ok)
@@ -307,6 +550,67 @@ pub(crate) fn parent_in_stat(stat: &str) -> Option<i32> {
 fn duration_of(time: nix::sys::time::TimeVal) -> Duration {
     let micros = i128::from(time.tv_sec()) * 1_000_000 + i128::from(time.tv_usec());
     Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+/// The builder's side: a resident launcher, started once and kept.
+#[derive(Debug)]
+pub(crate) struct Resident {
+    process: std::process::Child,
+    requests: std::process::ChildStdin,
+    answers: BufReader<std::process::ChildStdout>,
+}
+
+impl Resident {
+    /// Starts `program launcher` with `env` for every build.
+    pub(crate) fn start(program: &Path, env: &[(&str, OsString)]) -> io::Result<Resident> {
+        let mut command = Command::new(program);
+        // A process group of its own, as each build has: a signal to the builder's group (a
+        // terminal's Ctrl-C) reaches the builder, which stops the build in order.
+        command.arg(SUBCOMMAND).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).process_group(0);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut process = command.spawn().map_err(|e| io::Error::new(e.kind(), format!("cannot run the launcher {}: {e}", program.display())))?;
+        let (Some(requests), Some(answers)) = (process.stdin.take(), process.stdout.take()) else {
+            return Err(io::Error::other("the launcher has no pipes"));
+        };
+        Ok(Resident { process, requests, answers: BufReader::new(answers) })
+    }
+
+    /// Sends a request.
+    pub(crate) fn send(&mut self, request: &ToLauncher) -> io::Result<()> {
+        let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
+        line.push('\n');
+        self.requests.write_all(line.as_bytes())
+    }
+
+    /// The next answer, waiting at most `timeout`; None when none came in time. An error when
+    /// the launcher has ended.
+    pub(crate) fn answer(&mut self, timeout: Duration) -> io::Result<Option<FromLauncher>> {
+        if self.answers.buffer().is_empty() {
+            let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.answers.get_ref().as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(millis)) {
+                Ok(0) | Err(Errno::EINTR) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => return Err(io::Error::other(format!("cannot wait for the launcher: {e}"))),
+            }
+        }
+        let mut line = String::new();
+        if self.answers.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the launcher has ended"));
+        }
+        serde_json::from_str(&line).map(Some).map_err(|e| io::Error::other(format!("the launcher answered {line:?}: {e}")))
+    }
+
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        // Closing its input ends it; it then stops any build it still runs.
+        let _ = kill(Pid::from_raw(self.process.id().cast_signed()), Signal::SIGTERM);
+        let _ = self.process.wait();
+    }
 }
 
 #[cfg(test)]
@@ -337,15 +641,5 @@ mod tests {
         let stat = "1234 (a (weird) name) S 17 1234 1234 0 -1 4194560 120";
         assert_eq!(parent_in_stat(stat), Some(17));
         assert_eq!(parent_in_stat("garbage"), None);
-    }
-
-    #[test]
-    fn arguments_end_with_the_command() {
-        let args = arguments(5, Path::new("/b/report"), 42, &["pip".into(), "--flag".into()]);
-        let parsed = LaunchArgs::try_parse_from(std::iter::once(OsString::from("x")).chain(args.into_iter().skip(1))).expect("parse");
-        assert_eq!(parsed.memory_limit, 5);
-        assert_eq!(parsed.parent_pid, 42);
-        assert_eq!(parsed.report, Path::new("/b/report"));
-        assert_eq!(parsed.command, vec![OsString::from("pip"), OsString::from("--flag")]);
     }
 }

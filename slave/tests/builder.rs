@@ -442,3 +442,112 @@ fn stale_build_directories_are_removed_and_live_ones_kept() {
     assert!(build.directory().expect("directory").exists());
     build.clean_up().expect("clean up");
 }
+
+/// Waits up to 10 s for every one of `pids` to be gone; the ones still there.
+fn survivors_after_a_while(pids: &[i32]) -> Vec<i32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|&pid| alive(pid)).collect();
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A build script (arguments: a pid file, `{source}`) that writes the pid of its launcher's
+/// parent, the resident launcher, to `PIDFILE.resident`; then, unless its source says `quick`
+/// (it exits 3 at once), starts a daemon outside its process group, writes its pid and its own
+/// to the pid file and its launcher's to `PIDFILE.launcher`, and sleeps.
+fn daemon_script(dir: &Path) -> PathBuf {
+    script(
+        dir,
+        "daemon.sh",
+        "#!/bin/sh\nawk '{print $4}' /proc/$PPID/stat > \"$1.resident\"\nif [ \"$(cat \"$2\")\" = quick ]; then exit 3; fi\n\
+         setsid sleep 600 &\necho $! >> \"$1\"\necho $$ >> \"$1\"\necho $PPID > \"$1.launcher\"\nexec sleep 600\n",
+    )
+}
+
+/// A build whose launcher is killed from outside: the resident launcher kills the build's
+/// process group and the daemon that left it, the build is the builder's failure, and the
+/// same resident runs the next build.
+#[test]
+fn a_killed_build_launcher_leaves_nothing_behind_and_the_resident_runs_the_next_build() {
+    let dir = tempfile::tempdir().expect("scripts");
+    let pid_file = dir.path().join("pids");
+    let daemon = daemon_script(dir.path());
+    let root = tempfile::tempdir().expect("root");
+    let builder = builder(root.path(), &format!("{} {} {{source}}", daemon.display(), pid_file.display()), |_| {});
+    let launcher_file = dir.path().join("pids.launcher");
+    let resident_file = dir.path().join("pids.resident");
+    let killed = AtomicBool::new(false);
+    let kill_the_launcher = || {
+        if !killed.load(Ordering::SeqCst) && pids(&pid_file).len() == 2 && !pids(&launcher_file).is_empty() {
+            let launcher = pids(&launcher_file)[0];
+            Command::new("kill").args(["-KILL", &launcher.to_string()]).status().expect("kill");
+            killed.store(true, Ordering::SeqCst);
+        }
+        false
+    };
+    let (_pypi, daemonic) = any_job("daemonic");
+    let build = builder.build(&daemonic, &kill_the_launcher);
+    assert!(killed.load(Ordering::SeqCst), "the launcher was not killed mid-build: {}", build.result.output);
+    assert_eq!(build.result.failure, Some(FailureKind::Builder), "{}", build.result.output);
+    let group = build.process_group.expect("the build's process group");
+    assert_eq!(group_members(group), Vec::<i32>::new(), "processes of the build's group survived");
+    let started = pids(&pid_file);
+    assert_eq!(started.len(), 2, "{started:?}");
+    for pid in started {
+        assert!(!alive(pid), "process {pid} of the build survived (the daemon had left the group)");
+    }
+    let resident = pids(&resident_file);
+    check_cleaned_up(build, root.path());
+
+    let quick = serve("quick", "1", b"quick".to_vec());
+    let build = builder.build(&job(&quick, "quick", "1"), &never);
+    assert_eq!(build.result.exit_status, Some(3), "{}", build.result.output);
+    assert_eq!(pids(&resident_file), resident, "the next build ran under another resident launcher");
+    check_cleaned_up(build, root.path());
+}
+
+/// A resident launcher killed mid-build takes the build with it (the build launcher's
+/// parent-death signal); the build is the builder's failure, and the next build starts a new
+/// resident launcher.
+#[test]
+fn a_killed_resident_launcher_takes_its_build_with_it_and_is_replaced() {
+    let dir = tempfile::tempdir().expect("scripts");
+    let pid_file = dir.path().join("pids");
+    let daemon = daemon_script(dir.path());
+    let root = tempfile::tempdir().expect("root");
+    let builder = builder(root.path(), &format!("{} {} {{source}}", daemon.display(), pid_file.display()), |_| {});
+    let resident_file = dir.path().join("pids.resident");
+    let killed = AtomicBool::new(false);
+    let kill_the_resident = || {
+        if !killed.load(Ordering::SeqCst) && pids(&pid_file).len() == 2 && !pids(&resident_file).is_empty() {
+            let resident = pids(&resident_file)[0];
+            Command::new("kill").args(["-KILL", &resident.to_string()]).status().expect("kill");
+            killed.store(true, Ordering::SeqCst);
+        }
+        false
+    };
+    let (_pypi, orphaned) = any_job("orphaned");
+    let build = builder.build(&orphaned, &kill_the_resident);
+    assert!(killed.load(Ordering::SeqCst), "the resident launcher was not killed mid-build: {}", build.result.output);
+    assert_eq!(build.result.failure, Some(FailureKind::Builder), "{}", build.result.output);
+    assert!(build.result.output.contains("[piw-slave] the build's launcher failed"), "{}", build.result.output);
+    let started = pids(&pid_file);
+    assert_eq!(started.len(), 2, "{started:?}");
+    // The build launcher kills the build when told its parent died, which the builder, not its
+    // parent, does not wait for.
+    assert_eq!(survivors_after_a_while(&started), Vec::<i32>::new(), "processes of the build survived");
+    let first = pids(&resident_file);
+    check_cleaned_up(build, root.path());
+
+    let quick = serve("quick", "1", b"quick".to_vec());
+    let build = builder.build(&job(&quick, "quick", "1"), &never);
+    assert_eq!(build.result.exit_status, Some(3), "{}", build.result.output);
+    let second = pids(&resident_file);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first, "the killed resident launcher ran the next build");
+    check_cleaned_up(build, root.path());
+}

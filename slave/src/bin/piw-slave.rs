@@ -9,7 +9,8 @@ use piwheels_slave::{AgentError, SlaveConfig, launcher};
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    // The launcher every build runs under (internal; started by the slave itself).
+    // The resident launcher each builder starts (internal). It must stay single-threaded (it
+    // forks), so it is dispatched to before anything else.
     if args.get(1).is_some_and(|arg| arg == launcher::SUBCOMMAND) {
         return launcher::main(&args[2..]);
     }
