@@ -550,8 +550,8 @@ impl Agent<'_> {
         let events = self.events_tx.clone();
         let thread_job = job.clone();
         let thread_abort = Arc::clone(&abort);
-        // The launcher's parent-death signal is tied to this thread: it spawns the build and
-        // waits for it, and ends only when the build has. Its lines carry the builder's span.
+        // The thread waits for the build and ends only when it has. Its lines carry the
+        // builder's span.
         let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("builder".into())

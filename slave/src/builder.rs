@@ -6,15 +6,17 @@
 //! its wheels inspected; and its measurements (exit status, wall time, CPU time, peak memory)
 //! reported as a [`BuildResult`].
 //!
-//! [`Builder::build`] spawns the launcher and waits for it **on the calling thread**: the
-//! launcher's parent-death signal fires when the thread that spawned it ends, so that thread
-//! must live as long as the build. The caller runs each build on a thread of its own.
+//! [`Builder::build`] has the builder's resident launcher fork a build launcher and waits for
+//! it on the calling thread (the caller runs each build on a thread of its own). The resident
+//! is started at the first build and kept; one found dead, or that fails before a build has
+//! started, is replaced and the build goes on; one that fails during a build makes that build
+//! the builder's failure and is replaced at the next.
 //!
-//! Stopping a build (its timeout, or the caller's stop request) sends SIGTERM to the launcher,
-//! which kills every process of the build and reports what it measured; a launcher that has
-//! not finished [`KILL_GRACE`] later is killed with its whole process group (SIGKILL). Once
-//! the launcher has exited, and before it is reaped (so its process group id cannot be
-//! reused), whatever is left in its process group is killed too.
+//! Stopping a build (its timeout, or the caller's stop request) has the resident send SIGTERM to
+//! the build launcher, which kills every process of the build and reports what it measured; a
+//! build launcher that has not finished [`KILL_GRACE`] later is killed with its whole process
+//! group (SIGKILL). Once the build launcher has ended, and before it is reaped (so its process
+//! group id cannot be reused), whatever is left in its process group is killed too.
 //!
 //! The build directory, `piw-build-*` under the build root, holds `wheels/` (the command's
 //! wheel directory), `tmp/` (its TMPDIR), `build.log` (its standard output and error), `usage`
@@ -163,7 +165,7 @@ impl CommandTemplate {
 /// How every build of a slave's run is made.
 #[derive(Debug, Clone)]
 pub struct BuilderOptions {
-    /// The `piw-slave` binary, re-executed as the launcher (`piw-slave exec-build`).
+    /// The `piw-slave` binary, started once as the resident launcher (`piw-slave launcher`).
     pub launcher: PathBuf,
     /// Where build directories are made.
     pub build_root: PathBuf,
@@ -348,9 +350,14 @@ impl Builder {
         let run = self.run(&dir, &argv, &log_path, &report_path, Instant::now() + self.options.timeout, stop);
         build.result.duration = started.elapsed();
         let mut notes = String::new();
+        let mut launcher_failed = false;
         let (report, stopped) = match run {
             Ok(run) => {
                 build.process_group = run.process_group;
+                if let Some(why) = &run.failed {
+                    notes.push_str(&format!("[piw-slave] the build's launcher failed: {why}\n"));
+                    launcher_failed = true;
+                }
                 if run.hard_killed {
                     notes.push_str(&format!(
                         "[piw-slave] the build did not stop within {} of being told to; its process group was killed\n",
@@ -386,6 +393,8 @@ impl Builder {
                 notes.push_str("[piw-slave] the build was abandoned and killed\n");
                 Some(FailureKind::Builder)
             }
+            // Whatever the report says, the build may have been stopped by the launcher's end.
+            (None, _) if launcher_failed => Some(FailureKind::Builder),
             (None, None) => Some(FailureKind::Builder),
             (None, Some(report)) => match &report.ended {
                 Ended::NotStarted(reason) => {
@@ -447,7 +456,7 @@ impl Builder {
     }
 
     /// Runs the build under a launcher forked by the resident launcher (started at the first
-    /// build, again after it has failed) and waits for it.
+    /// build, and again after one has failed or ended) and waits for it.
     fn run(&self, dir: &Path, argv: &[String], log_path: &Path, report_path: &Path, deadline: Instant, stop: &dyn Fn() -> bool) -> io::Result<Run> {
         File::create(log_path)?;
         let launch = Launch {
@@ -459,69 +468,66 @@ impl Builder {
             env: vec![("TMPDIR".into(), dir.join("tmp").to_string_lossy().into_owned())],
             memory_limit: self.options.memory_limit,
         };
-        let mut resident = self.resident.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let run = self.run_with(&mut resident, &launch, report_path, deadline, stop);
-        if run.is_err() {
-            // A launcher that failed us is not asked again (dropping it ends it).
+        // A thread that panicked holding the lock may have left the resident out of step.
+        let mut resident = self.resident.lock().unwrap_or_else(|poisoned| {
+            let mut resident = poisoned.into_inner();
+            *resident = None;
+            resident
+        });
+        if resident.as_mut().is_some_and(|launcher| !launcher.is_running()) {
+            tracing::warn!("the resident launcher ended between builds; starting another");
             *resident = None;
         }
-        run
+        // A resident that fails before the build starts (it died a moment ago) is replaced
+        // once: the build is not to blame.
+        let fresh = resident.is_none();
+        let pid = match self.start_build(&mut resident, &launch) {
+            Err(e) if !fresh => {
+                tracing::warn!("the resident launcher failed ({e}); starting another");
+                *resident = None;
+                self.start_build(&mut resident, &launch)
+            }
+            started => started,
+        };
+        let pid = match pid {
+            Ok(Some(pid)) => pid,
+            Ok(None) => {
+                // The resident could not fork: the report says why.
+                let report = fs::read_to_string(report_path).ok().and_then(|text| Report::parse(&text));
+                return Ok(Run { process_group: None, report, stopped: None, hard_killed: false, failed: None });
+            }
+            Err(e) => {
+                *resident = None;
+                return Err(e);
+            }
+        };
+        let Some(launcher) = resident.as_mut() else { unreachable!("started above") };
+        let run = wait_for_build(launcher, pid, report_path, deadline, stop);
+        if run.failed.is_some() {
+            // Dropping it ends it, and what it still runs.
+            *resident = None;
+        }
+        Ok(run)
     }
 
-    fn run_with(&self, resident: &mut Option<Resident>, launch: &Launch, report_path: &Path, deadline: Instant, stop: &dyn Fn() -> bool) -> io::Result<Run> {
+    /// Has the resident (started if there is none) fork a build launcher for `launch`: its
+    /// pid, or None when the resident could not fork (the reason is then in the report file).
+    fn start_build(&self, resident: &mut Option<Resident>, launch: &Launch) -> io::Result<Option<i32>> {
         let launcher = match resident {
             Some(launcher) => launcher,
             None => resident.insert(Resident::start(&self.options.launcher, &build_environment())?),
         };
         launcher.send(&ToLauncher::Start(launch.clone()))?;
-        let pid = match launcher.answer(LAUNCHER_ANSWER)? {
-            Some(FromLauncher::Started { pid }) => pid,
+        match launcher.answer(LAUNCHER_ANSWER)? {
+            Some(FromLauncher::Started { pid }) => Ok(Some(pid)),
             Some(FromLauncher::NotStarted { reason }) => {
                 let report = Report { ended: Ended::NotStarted(reason), stopped_by: None, cpu_time: Duration::ZERO, peak_memory: 0 };
-                return Ok(Run { process_group: None, report: Some(report), stopped: None, hard_killed: false });
+                fs::write(&launch.report, report.to_text())?;
+                Ok(None)
             }
-            Some(other) => return Err(io::Error::other(format!("the launcher answered a start with {other:?}"))),
-            None => return Err(io::Error::other(format!("the launcher did not answer within {}", HumanDuration(LAUNCHER_ANSWER)))),
-        };
-        let mut stopped = None;
-        let mut told_at: Option<Instant> = None;
-        let mut hard_killed = false;
-        // The launcher says when the build has ended; between its answers the builder looks
-        // at the clock and the caller's stop request.
-        loop {
-            match launcher.answer(POLL)? {
-                Some(FromLauncher::Ended) => break,
-                Some(other) => return Err(io::Error::other(format!("the launcher answered {other:?} during a build"))),
-                None => {}
-            }
-            let now = Instant::now();
-            match told_at {
-                None => {
-                    if stop() {
-                        stopped = Some(Stopped::Abandoned);
-                    } else if now >= deadline {
-                        stopped = Some(Stopped::Timeout);
-                    }
-                    if let Some(why) = stopped {
-                        let why = match why {
-                            Stopped::Timeout => "it ran past its timeout",
-                            Stopped::Abandoned => "it was abandoned",
-                        };
-                        tracing::info!("stopping the build: {why}");
-                        launcher.send(&ToLauncher::Stop)?;
-                        told_at = Some(now);
-                    }
-                }
-                Some(told) if !hard_killed && now.duration_since(told) >= KILL_GRACE => {
-                    tracing::warn!("the build did not stop within {}: killing its process group", HumanDuration(KILL_GRACE));
-                    launcher.send(&ToLauncher::Kill)?;
-                    hard_killed = true;
-                }
-                Some(_) => {}
-            }
+            Some(other) => Err(io::Error::other(format!("the launcher answered a start with {other:?}"))),
+            None => Err(io::Error::other(format!("the launcher did not answer within {}", HumanDuration(LAUNCHER_ANSWER)))),
         }
-        let report = fs::read_to_string(report_path).ok().and_then(|text| Report::parse(&text));
-        Ok(Run { process_group: Some(pid), report, stopped, hard_killed })
     }
 
     /// Inspects the wheels of a build whose command succeeded; returns the failure, if any.
@@ -554,9 +560,66 @@ impl Builder {
     }
 }
 
+/// Waits for the build launcher `pid` to end, stopping it at the deadline or when `stop`
+/// says so, and killing its process group if it does not stop within [`KILL_GRACE`]. A
+/// launcher that fails meanwhile ends the wait with what is known.
+fn wait_for_build(launcher: &mut Resident, pid: i32, report_path: &Path, deadline: Instant, stop: &dyn Fn() -> bool) -> Run {
+    let mut stopped = None;
+    let mut told_at: Option<Instant> = None;
+    let mut killed_at: Option<Instant> = None;
+    // The launcher says when the build has ended; between its answers the builder looks at
+    // the clock and the caller's stop request.
+    let failed = loop {
+        match launcher.answer(POLL) {
+            Ok(Some(FromLauncher::Ended)) => break None,
+            Ok(Some(other)) => break Some(format!("it answered {other:?} during a build")),
+            Ok(None) => {}
+            Err(e) => break Some(e.to_string()),
+        }
+        let now = Instant::now();
+        let sent = match (told_at, killed_at) {
+            (None, _) => {
+                if stop() {
+                    stopped = Some(Stopped::Abandoned);
+                } else if now >= deadline {
+                    stopped = Some(Stopped::Timeout);
+                }
+                match stopped {
+                    Some(why) => {
+                        let why = match why {
+                            Stopped::Timeout => "it ran past its timeout",
+                            Stopped::Abandoned => "it was abandoned",
+                        };
+                        tracing::info!("stopping the build: {why}");
+                        told_at = Some(now);
+                        launcher.send(&ToLauncher::Stop)
+                    }
+                    None => Ok(()),
+                }
+            }
+            (Some(told), None) if now.duration_since(told) >= KILL_GRACE => {
+                tracing::warn!("the build did not stop within {}: killing its process group", HumanDuration(KILL_GRACE));
+                killed_at = Some(now);
+                launcher.send(&ToLauncher::Kill)
+            }
+            (Some(_), Some(killed)) if now.duration_since(killed) >= KILL_GRACE => {
+                break Some(format!("the build did not end within {} of its process group being killed", HumanDuration(KILL_GRACE)));
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = sent {
+            break Some(e.to_string());
+        }
+    };
+    let report = fs::read_to_string(report_path).ok().and_then(|text| Report::parse(&text));
+    Run { process_group: Some(pid), report, stopped, hard_killed: killed_at.is_some(), failed }
+}
+
 /// The outcome of running the launcher.
 struct Run {
     process_group: Option<i32>,
+    /// Why the launcher failed during the build, if it did (it is then replaced).
+    failed: Option<String>,
     report: Option<Report>,
     stopped: Option<Stopped>,
     hard_killed: bool,

@@ -18,13 +18,17 @@
 //!    runs and kills every child it has then, round after round (processes of the build that
 //!    left the group, orphaned to it); then answers `Ended`;
 //! 6. ends when its standard input closes (the builder exited or was killed: the kernel closes
-//!    the pipe) or a stop signal arrives, after stopping the build in progress as in 4.
+//!    the pipe) or a stop signal arrives, after stopping the build in progress as in 4 (its
+//!    process group is killed if it has not ended [`SHUTDOWN_GRACE`] later).
 //!
-//! **The build launcher**, the forked child, prepares itself and then starts the build
-//! command, which inherits what it set:
-//! 1. its standard output and error are the build's log;
+//! **The build launcher**, the forked child, drops the resident's pipes and prepares itself,
+//! then starts the build command, which runs under what it set (the command inherits the
+//! process group, its standard streams and the memory limit; the parent-death signal and the
+//! subreaper flag are the build launcher's own):
+//! 1. its standard input is /dev/null, its standard output and error the build's log;
 //! 2. `PR_SET_PDEATHSIG` = SIGTERM: when the resident launcher ends, the build launcher is
-//!    told to stop; a resident gone before the call is noticed by comparing `getppid()`;
+//!    told to stop; a resident gone before the call is noticed by comparing `getppid()` with
+//!    the resident's pid, taken before the fork;
 //! 3. `PR_SET_CHILD_SUBREAPER`: processes of the build orphaned by their parents (daemons,
 //!    double forks, even ones that left the process group with `setsid`) become its children,
 //!    so it can reap and, in the end, kill them;
@@ -53,7 +57,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -70,6 +74,10 @@ pub const SUBCOMMAND: &str = "launcher";
 
 /// Exit status of a build launcher that could not write its report.
 const REPORT_FAILED: i32 = 125;
+
+/// How long a resident told to end gives the build in progress to stop before it kills its
+/// process group.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the builder asks of its resident launcher, one JSON line each.
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,6 +114,8 @@ pub(crate) enum FromLauncher {
     Started { pid: i32 },
     /// No build launcher could be made.
     NotStarted { reason: String },
+    /// A build is still running: the builder and the resident are out of step.
+    Busy,
     /// The build launcher has ended and nothing of its build is left; the report is written
     /// (unless the launcher was killed).
     Ended,
@@ -137,7 +147,7 @@ pub(crate) struct Report {
 
 impl Report {
     /// The report file's text: `key=value` lines.
-    fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut text = String::new();
         match &self.ended {
             Ended::Exited(code) => {
@@ -241,9 +251,18 @@ fn serve() -> io::Result<()> {
         match request {
             ToLauncher::Start(launch) => {
                 let answer = match build {
-                    Some(pid) => FromLauncher::NotStarted { reason: format!("a build (pid {pid}) is still running") },
+                    Some(_) => FromLauncher::Busy,
                     None => match start(&launch) {
-                        Ok(pid) => {
+                        Ok(Started::Child { resident }) => {
+                            // The build launcher keeps none of the resident's pipes: the
+                            // builder must see the end of its input when the resident ends.
+                            drop(requests);
+                            drop(answers);
+                            drop(signals);
+                            let code = std::panic::catch_unwind(|| run_build(&launch, resident)).unwrap_or(REPORT_FAILED);
+                            std::process::exit(code)
+                        }
+                        Ok(Started::Parent(pid)) => {
                             build = Some(pid);
                             FromLauncher::Started { pid: pid.as_raw() }
                         }
@@ -264,13 +283,23 @@ fn serve() -> io::Result<()> {
             }
         }
     }
-    // Told to end: the build in progress is stopped, and everything left is killed.
+    // Told to end: the build in progress is stopped (killed with its group if its launcher
+    // takes too long), and everything left is killed.
     if let Some(pid) = build {
         let _ = kill(pid, Signal::SIGTERM);
-        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-            Ok(status) => finish(pid, status),
-            Err(_) => finish(pid, WaitStatus::StillAlive),
-        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let status = loop {
+            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                    break waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).unwrap_or(WaitStatus::StillAlive);
+                }
+                Ok(status) => break status,
+                Err(_) => break WaitStatus::StillAlive,
+            }
+        };
+        finish(pid, status);
     }
     kill_descendants(None, &mut None);
     Ok(())
@@ -282,22 +311,30 @@ fn answer_with(answers: &mut File, answer: &FromLauncher) -> io::Result<()> {
     answers.write_all(line.as_bytes())
 }
 
-/// Forks a build launcher for `launch`; its pid.
-fn start(launch: &Launch) -> Result<Pid, String> {
+/// Which side of a build launcher's fork this is.
+enum Started {
+    /// The resident, with the build launcher's pid.
+    Parent(Pid),
+    /// The build launcher, with the resident's pid.
+    Child { resident: Pid },
+}
+
+/// Forks a build launcher for `launch`.
+fn start(launch: &Launch) -> Result<Started, String> {
     if launch.command.is_empty() {
         return Err("an empty command".into());
     }
+    // Taken before the fork: the child compares it with its parent once it has its
+    // parent-death signal, and so notices a resident that died in between.
+    let resident = getpid();
     match fork::fork_single_threaded() {
-        Ok(fork::Forked::Child) => {
-            let code = run_build(launch);
-            std::process::exit(code)
-        }
+        Ok(fork::Forked::Child) => Ok(Started::Child { resident }),
         Ok(fork::Forked::Parent(pid)) => {
             // Also done by the child: whichever runs first, the group exists before the
-            // builder hears of it. EACCES: the child has already executed (not here: it
-            // never does) ; ESRCH: it has already ended, and is reaped as any other.
+            // builder hears of it (ESRCH: the child has already ended, and is reaped as any
+            // other).
             let _ = setpgid(pid, pid);
-            Ok(pid)
+            Ok(Started::Parent(pid))
         }
         Err(e) => Err(format!("cannot fork a build launcher: {e}")),
     }
@@ -333,8 +370,8 @@ fn finish(pid: Pid, status: WaitStatus) {
     // The launcher is a zombie until reaped below, so its group id cannot have been reused.
     let _ = killpg(pid, Signal::SIGKILL);
     if !matches!(status, WaitStatus::Exited(..)) {
-        let deadline = std::time::Instant::now() + GROUP_GONE;
-        while group_runs(pid) && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + GROUP_GONE;
+        while group_runs(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -361,8 +398,8 @@ fn group_runs(group: Pid) -> bool {
 
 /// The build launcher, in the forked child: prepares, runs the command, kills what is left of
 /// the build, measures it and writes the report; its exit status.
-fn run_build(launch: &Launch) -> i32 {
-    let report = launch_build(launch);
+fn run_build(launch: &Launch, resident: Pid) -> i32 {
+    let report = launch_build(launch, resident);
     let code = match &report.ended {
         Ended::Exited(code) => *code,
         Ended::Signalled(signal) => 128 + signal,
@@ -371,15 +408,16 @@ fn run_build(launch: &Launch) -> i32 {
     match std::fs::write(&launch.report, report.to_text()) {
         Ok(()) => code,
         Err(e) => {
-            eprintln!("piw-slave launcher: cannot write the build report {}: {e}", launch.report.display());
+            // To the build's log; a log that cannot be written either is no reason to panic.
+            let _ = writeln!(io::stderr(), "piw-slave launcher: cannot write the build report {}: {e}", launch.report.display());
             REPORT_FAILED
         }
     }
 }
 
-fn launch_build(launch: &Launch) -> Report {
+fn launch_build(launch: &Launch, resident: Pid) -> Report {
     let not_started = |reason: String| Report { ended: Ended::NotStarted(reason), stopped_by: None, cpu_time: Duration::ZERO, peak_memory: 0 };
-    let signals = match prepare(launch) {
+    let signals = match prepare(launch, resident) {
         Ok(signals) => signals,
         Err(reason) => return not_started(reason),
     };
@@ -416,7 +454,7 @@ fn launch_build(launch: &Launch) -> Report {
             Ok(None) => {}
             Err(Errno::EINTR) => {}
             Err(e) => {
-                eprintln!("piw-slave launcher: cannot read signals: {e}; stopping the build");
+                let _ = writeln!(io::stderr(), "piw-slave launcher: cannot read signals: {e}; stopping the build");
                 stopped_by = Some(Signal::SIGKILL as i32);
                 break;
             }
@@ -451,17 +489,18 @@ fn block_signals(flags: SfdFlags) -> Result<SignalFd, String> {
 }
 
 /// Steps 1 to 4 of the build launcher (module documentation); returns its signalfd.
-fn prepare(launch: &Launch) -> Result<SignalFd, String> {
-    let resident = getppid();
+fn prepare(launch: &Launch, resident: Pid) -> Result<SignalFd, String> {
     setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| format!("cannot make the build's process group: {e}"))?;
     // A signalfd of its own (the mask is inherited, already blocked).
     let signals = block_signals(SfdFlags::empty())?;
     let log = File::options().append(true).open(&launch.log).map_err(|e| format!("cannot open the build log {}: {e}", launch.log.display()))?;
+    let nothing = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    nix::unistd::dup2_stdin(&nothing).map_err(|e| format!("cannot read from /dev/null: {e}"))?;
     nix::unistd::dup2_stdout(&log).map_err(|e| format!("cannot send output to the build log: {e}"))?;
     nix::unistd::dup2_stderr(&log).map_err(|e| format!("cannot send errors to the build log: {e}"))?;
     drop(log);
     prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
-    if getppid() != resident || resident.as_raw() == 1 {
+    if getppid() != resident {
         return Err("the launcher is gone".into());
     }
     prctl::set_child_subreaper(true).map_err(|e| format!("cannot become the build's subreaper: {e}"))?;
@@ -556,9 +595,14 @@ fn duration_of(time: nix::sys::time::TimeVal) -> Duration {
 #[derive(Debug)]
 pub(crate) struct Resident {
     process: std::process::Child,
-    requests: std::process::ChildStdin,
+    /// Its input; closed first when it is dropped.
+    requests: Option<std::process::ChildStdin>,
     answers: BufReader<std::process::ChildStdout>,
 }
+
+/// How long a resident launcher being dropped has to end (it gives a build in progress
+/// [`SHUTDOWN_GRACE`]) before it is killed.
+const RESIDENT_GRACE: Duration = Duration::from_secs(8);
 
 impl Resident {
     /// Starts `program launcher` with `env` for every build.
@@ -574,14 +618,22 @@ impl Resident {
         let (Some(requests), Some(answers)) = (process.stdin.take(), process.stdout.take()) else {
             return Err(io::Error::other("the launcher has no pipes"));
         };
-        Ok(Resident { process, requests, answers: BufReader::new(answers) })
+        Ok(Resident { process, requests: Some(requests), answers: BufReader::new(answers) })
+    }
+
+    /// Whether it is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.process.try_wait(), Ok(None))
     }
 
     /// Sends a request.
     pub(crate) fn send(&mut self, request: &ToLauncher) -> io::Result<()> {
         let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
         line.push('\n');
-        self.requests.write_all(line.as_bytes())
+        match self.requests.as_mut() {
+            Some(requests) => requests.write_all(line.as_bytes()),
+            None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the launcher's input is closed")),
+        }
     }
 
     /// The next answer, waiting at most `timeout`; None when none came in time. An error when
@@ -602,14 +654,22 @@ impl Resident {
         }
         serde_json::from_str(&line).map(Some).map_err(|e| io::Error::other(format!("the launcher answered {line:?}: {e}")))
     }
-
 }
 
 impl Drop for Resident {
     fn drop(&mut self) {
-        // Closing its input ends it; it then stops any build it still runs.
+        // The end of its input, or SIGTERM, ends it; it then stops any build it still runs.
+        self.requests = None;
         let _ = kill(Pid::from_raw(self.process.id().cast_signed()), Signal::SIGTERM);
-        let _ = self.process.wait();
+        let deadline = Instant::now() + RESIDENT_GRACE;
+        while matches!(self.process.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                let _ = self.process.kill();
+                let _ = self.process.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -551,3 +551,29 @@ fn a_killed_resident_launcher_takes_its_build_with_it_and_is_replaced() {
     assert_ne!(second, first, "the killed resident launcher ran the next build");
     check_cleaned_up(build, root.path());
 }
+
+/// A resident launcher that died between builds (an operator's kill, the out-of-memory killer)
+/// is replaced at the next build, which is not failed for it.
+#[test]
+fn a_resident_launcher_that_died_between_builds_costs_the_next_build_nothing() {
+    let dir = tempfile::tempdir().expect("scripts");
+    let pid_file = dir.path().join("pids");
+    let daemon = daemon_script(dir.path());
+    let root = tempfile::tempdir().expect("root");
+    let builder = builder(root.path(), &format!("{} {} {{source}}", daemon.display(), pid_file.display()), |_| {});
+    let resident_file = dir.path().join("pids.resident");
+    let quick = serve("quick", "1", b"quick".to_vec());
+    let build = builder.build(&job(&quick, "quick", "1"), &never);
+    assert_eq!(build.result.exit_status, Some(3), "{}", build.result.output);
+    check_cleaned_up(build, root.path());
+    let first = pids(&resident_file);
+    assert_eq!(first.len(), 1);
+    Command::new("kill").args(["-KILL", &first[0].to_string()]).status().expect("kill");
+
+    let build = builder.build(&job(&quick, "quick", "1"), &never);
+    assert_eq!(build.result.exit_status, Some(3), "the build was failed for the dead launcher: {}", build.result.output);
+    let second = pids(&resident_file);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first, "the dead resident launcher ran the build");
+    check_cleaned_up(build, root.path());
+}

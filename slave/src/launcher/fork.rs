@@ -62,13 +62,38 @@ mod tests {
         let mut files = Vec::new();
         rust_files(workspace, &mut files);
         assert!(files.len() > 50, "the workspace's sources were found: {}", files.len());
-        // Spelled in two halves, so that this test does not find itself.
-        let allows = [concat!("allow(", "unsafe_code)"), concat!("expect(", "unsafe_code)")];
-        let allowing: Vec<PathBuf> = files
+        // Any attribute or lint table that names the lint, not only `allow(...)` alone.
+        let naming: Vec<PathBuf> = files
             .into_iter()
-            .filter(|path| std::fs::read_to_string(path).is_ok_and(|text| allows.iter().any(|allow| text.contains(allow))))
+            .filter(|path| std::fs::read_to_string(path).is_ok_and(|text| text.contains("unsafe_code")))
             .map(|path| path.strip_prefix(workspace).expect("under the workspace").to_path_buf())
             .collect();
-        assert_eq!(allowing, vec![PathBuf::from("slave/src/launcher/fork.rs")]);
+        assert_eq!(naming, vec![PathBuf::from("slave/src/launcher/fork.rs")]);
+        // No crate overrides the workspace's lints.
+        for member in ["common", "master", "slave", "monitor", "import", "testsupport"] {
+            let manifest = std::fs::read_to_string(workspace.join(member).join("Cargo.toml")).expect("a member's manifest");
+            assert!(manifest.contains("[lints]\nworkspace = true"), "{member} does not take the workspace's lints");
+            assert!(!manifest.contains("unsafe_code"), "{member} sets unsafe_code itself");
+        }
+    }
+
+    #[test]
+    fn a_process_with_threads_is_not_forked() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = rx.recv();
+        });
+        let forked = super::fork_single_threaded();
+        drop(tx);
+        other.join().expect("the other thread");
+        match forked {
+            Err(e) => assert_eq!(e, nix::errno::Errno::EDEADLK),
+            // Never reached unless the check is broken: end the copy at once.
+            Ok(super::Forked::Child) => std::process::abort(),
+            Ok(super::Forked::Parent(pid)) => {
+                let _ = nix::sys::wait::waitpid(pid, None);
+                panic!("a process with two threads was forked");
+            }
+        }
     }
 }
