@@ -1000,7 +1000,8 @@ impl SlaveDriver {
                     _ => tracing::warn!("slave {id}: {text}"),
                 }
                 notice(sockets, ctx, level, text);
-                web(sockets, WebRequest::Rewrite { package: build.package.clone(), scope: RewriteScope::Project });
+                // LogCheck recorded the rewrite.
+                web(sockets, WebRequest::Recorded { package: build.package.clone(), scope: RewriteScope::Project });
             }
             // Its build was removed meanwhile: nothing to record.
             Err(e) if e.kind() == ErrorKind::Refused => tracing::info!("slave {id}: cross-check of {what} not recorded: {e}"),

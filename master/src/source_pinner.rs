@@ -78,10 +78,10 @@ impl Sockets {
         })
     }
 
-    /// Asks the index writer to rewrite a project's page (a release's date changed); a
-    /// failure costs only freshness.
+    /// Asks the index writer to rewrite a project's page (a release's date changed; the pin
+    /// recorded the rewrite); a failure costs only freshness.
     fn rewrite(&self, package: &str) {
-        if let Err(e) = (WebRequest::Rewrite { package: package.into(), scope: RewriteScope::Project }).send_to(&self.web) {
+        if let Err(e) = (WebRequest::Recorded { package: package.into(), scope: RewriteScope::Project }).send_to(&self.web) {
             tracing::warn!("the rewrite of {package} was not taken (it is recorded, and done at the next start): {e}");
         }
     }

@@ -384,11 +384,29 @@ fn the_search_index_and_the_package_list_follow_the_projects_with_files() {
     assert!(home.contains(r#"<script src="/search.js" defer></script>"#), "{home}");
 }
 
+/// A rewrite its sender recorded itself (a source's pin, a cross-check) is written like any
+/// other, without being recorded a second time; a plain one is recorded before it is answered.
+#[test]
+fn a_recorded_rewrite_is_written_without_a_second_record() {
+    let mut farm = Farm::new();
+    farm.start(Duration::from_secs(2));
+    farm.package("attrs", "attrs", "Classes without boilerplate", &[("1.0", 1)]);
+    farm.package("zope", "zope", "Zope", &[("1.0", 1)]);
+    farm.send(WebRequest::Rewrite { package: "attrs".into(), scope: piwheels_master::calls::db::RewriteScope::Project });
+    farm.send(WebRequest::Recorded { package: "zope".into(), scope: piwheels_master::calls::db::RewriteScope::Project });
+    // Both answered; the window (2 s) has not let either be written yet.
+    assert_eq!(farm.pending(), ["attrs"]);
+    farm.wait("both pages", |farm| farm.path("project/attrs/index.html").is_file() && farm.path("project/zope/index.html").is_file());
+    farm.wait("the record cleared", |farm| farm.pending().is_empty());
+}
+
 #[test]
 fn requests_with_unsafe_names_are_refused_and_change_nothing() {
     let farm = Farm::started();
     for name in ["../etc", "Foo", "", "a/b"] {
         let reply = farm.web.request(&WebRequest::Rewrite { package: name.into(), scope: piwheels_master::calls::db::RewriteScope::Both }, Duration::from_secs(5)).unwrap();
+        assert!(matches!(reply, piwheels_master::calls::tasks::WebReply::Error(_)), "{name}: {reply:?}");
+        let reply = farm.web.request(&WebRequest::Recorded { package: name.into(), scope: piwheels_master::calls::db::RewriteScope::Both }, Duration::from_secs(5)).unwrap();
         assert!(matches!(reply, piwheels_master::calls::tasks::WebReply::Error(_)), "{name}: {reply:?}");
         let reply = farm
             .web

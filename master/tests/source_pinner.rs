@@ -82,8 +82,10 @@ fn releases_are_pinned_to_the_source_the_index_publishes_and_the_architect_is_to
     let released = pool.db.column("SELECT extract(epoch FROM released)::bigint::text FROM versions WHERE version = '1.0'");
     assert_eq!(released, [Some((DEFAULT_TIME_BASE + 2).to_string())]);
     eventually("the project page rewritten", WAIT, || {
-        web.lock().unwrap().iter().any(|r| matches!(r, WebRequest::Rewrite { package, scope: RewriteScope::Project } if package == "foo-bar"))
+        web.lock().unwrap().iter().any(|r| matches!(r, WebRequest::Recorded { package, scope: RewriteScope::Project } if package == "foo-bar"))
     });
+    // Recorded by the pin itself, so that a crash before the page is written loses nothing.
+    assert_eq!(pool.db.column("SELECT scope FROM rewrites_pending WHERE package = 'foo-bar'"), [Some("project".to_string())]);
     // 2.0 has only a wheel: looked for, not pinned, and left for the recheck.
     eventually("foo-bar 2.0 looked for", WAIT, || checked(&pool, "foo-bar", "2.0"));
     assert_eq!(pins(&pool, "foo-bar").len(), 1);

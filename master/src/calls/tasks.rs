@@ -137,8 +137,18 @@ pub enum StatsUpdate {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
 pub enum WebRequest {
-    /// Rewrite a package's pages (coalesced by the page buffer).
+    /// Rewrite a package's pages (coalesced by the page buffer); the index writer records the
+    /// rewrite in `rewrites_pending` first.
     Rewrite {
+        /// Canonical name.
+        package: String,
+        /// Which pages.
+        scope: RewriteScope,
+    },
+    /// Rewrite a package's pages whose rewrite the sender recorded in `rewrites_pending` itself,
+    /// in the transaction of the change that calls for it (a source's pin, a cross-check):
+    /// [`Rewrite`](WebRequest::Rewrite) without a second record.
+    Recorded {
         /// Canonical name.
         package: String,
         /// Which pages.

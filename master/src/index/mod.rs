@@ -445,6 +445,11 @@ impl Scribe {
                 self.enqueue(&rewrite, ctx);
                 recorded.map_err(|e| anyhow::anyhow!("queued, but not recorded (a crash would lose it): {e}"))
             }
+            WebRequest::Recorded { package, scope } => {
+                anyhow::ensure!(is_safe_name(&package), "{package:?} is not a canonical package name");
+                self.enqueue(&PendingRewrite { package, added_at: ctx.utc(), scope }, ctx);
+                Ok(())
+            }
             WebRequest::Home { stats, checks, drifts } => Ok(self.writer.write_home(&stats, checks, &drifts)?),
             WebRequest::Search { entries } => Ok(self.writer.write_search(&entries)?),
             WebRequest::Built { build_id, output, rewrite } => {
