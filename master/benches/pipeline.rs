@@ -26,10 +26,14 @@
 //!   is a named thread);
 //! - **PostgreSQL CPU per build**: the same for the server processes of the master's own
 //!   connections (the oracles'), found in `pg_stat_activity`;
-//! - **slave CPU per build**: the piw-slave processes' own utime + stime (fields 14 and 15,
-//!   which leave out their children), and separately their children's (fields 16 and 17: the
-//!   `exec-build` launchers with the builds, and any `ldd`) less the build commands' own CPU
-//!   as the launchers recorded it in `builds.cpu_time`: what the launcher costs;
+//! - **slave CPU per build**: the builder processes' own utime + stime (fields 14 and 15,
+//!   which leave out their children); and as the **launcher**, their resident launchers' own
+//!   and children's CPU (the forked build launchers and the commands they ran) with the
+//!   builders' children's (fields 16 and 17: any `ldd`), less the build commands' own CPU as
+//!   the launchers recorded it in `builds.cpu_time`: what the launcher costs;
+//! - **farm CPU per build**: master + PostgreSQL + slave + launcher, all but the commands;
+//! - **database requests per build**, by request (with metrics on): from the master's
+//!   `piwheels_oracle_requests_total` before and after the builds;
 //! - **latency**: from the moment the build command finished (the script's last act is to
 //!   write the time into its side file) to `builds.built_at`, the start of the transaction
 //!   that recorded the build. It covers the command's exit, the launcher's report, the
@@ -55,6 +59,13 @@
 //! or both, comma-separated; default `on`) runs the master answering Prometheus on a local
 //! port (each round ends with a scrape) or not; like `BENCH_AUTH`, each choice gets a farm of
 //! its own and the rounds alternate between them.
+//!
+//! `BENCH_COUNT_STATEMENTS=1` has the master log every statement its oracles run (sqlx's
+//! `sqlx::query` events) and counts them per build, by their first words; the logging costs
+//! CPU of its own, so its CPU figures are not comparable with other runs.
+//!
+//! `BENCH_SLAVE`, a path, runs that piw-slave binary instead of the workspace's (an older
+//! build, to compare).
 //!
 //! `BENCH_PROFILE`, a command, is run with the master's pid as its last argument while the
 //! builds run, and stopped with SIGINT after the last one (for instance `strace -c -f -o
@@ -220,6 +231,12 @@ struct Sample {
     postgres: HashMap<u32, f64>,
     /// Each slave.
     slaves: HashMap<u32, Times>,
+    /// Each builder's resident launcher, once it has one.
+    launchers: HashMap<u32, Times>,
+    /// The database requests the oracles answered, by request (with metrics on).
+    requests: BTreeMap<String, f64>,
+    /// The length of the master's log.
+    log_length: u64,
     at: Instant,
 }
 
@@ -245,6 +262,10 @@ struct Round {
     launcher_ms: f64,
     command_ms: f64,
     latency_ms: Vec<f64>,
+    /// Database requests per build, by request.
+    requests: BTreeMap<String, f64>,
+    /// Statements per build, in all and by their first words, when counted.
+    statements: Option<(f64, Vec<(String, f64)>)>,
     /// The median of the build's wall time as the slave measured it around the launcher.
     duration_ms: f64,
     /// The median of the build command's wall time, from its first line to its last.
@@ -347,6 +368,7 @@ impl Farm {
             .args(if curve { &[][..] } else { &["--no-auth"][..] })
             .args(metrics_port.map(|port| format!("--metrics-listen=127.0.0.1:{port}")))
             .env_remove("PIW_LOG")
+            .envs(counting_statements().then_some(("PIW_LOG", "info,sqlx::query=debug")))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -387,7 +409,8 @@ impl Farm {
             None if !self.curve => vec!["--no-auth".into()],
             None => panic!("no key for slave {name}"),
         };
-        let child = unprivileged(&program("piw-slave"))
+        let slave = std::env::var_os("BENCH_SLAVE").map_or_else(|| program("piw-slave"), PathBuf::from);
+        let child = unprivileged(&slave)
             .args(["--config", "/dev/null", "--master", "127.0.0.1", "--label", name])
             .args(auth)
             .arg("--slave-queue")
@@ -401,6 +424,7 @@ impl Farm {
             .args(["--builders", &builders.to_string()])
             .env("HOME", &root)
             .env_remove("PIW_LOG")
+            .envs(counting_statements().then_some(("PIW_LOG", "info,sqlx::query=debug")))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.path(&format!("{name}.log"))).unwrap())
             .spawn()
@@ -471,11 +495,19 @@ impl Farm {
             .filter_map(|p| p.parse::<u32>().ok())
             .filter_map(|p| Some((p, stat_cpu(Path::new(&format!("/proc/{p}/stat")), self.ticks)?.own())))
             .collect();
+        // A builder's children: its resident launcher (and any `ldd` of the moment).
+        let launchers = slaves
+            .iter()
+            .flat_map(|builder| children(*builder))
+            .filter_map(|p| Some((p, stat_cpu(Path::new(&format!("/proc/{p}/stat")), self.ticks)?)))
+            .collect();
         let slaves = slaves
             .iter()
             .map(|pid| (*pid, stat_cpu(Path::new(&format!("/proc/{pid}/stat")), self.ticks).expect("a builder's /proc stat")))
             .collect();
-        Sample { master, master_threads: thread_cpu(pid, self.ticks), master_on_cpu: on_cpu(pid), postgres, slaves, at }
+        let requests = self.metrics_port.map(|port| oracle_requests(&scrape(port))).unwrap_or_default();
+        let log_length = std::fs::metadata(self.path("master.log")).map_or(0, |meta| meta.len());
+        Sample { master, master_threads: thread_cpu(pid, self.ticks), master_on_cpu: on_cpu(pid), postgres, slaves, launchers, requests, log_length, at }
     }
 
     /// A round of `slave_count` builders: as many hosts of one builder each, or with
@@ -592,7 +624,18 @@ impl Farm {
         let per_build = |seconds: f64| seconds * 1e3 / n;
         let postgres = |a: &Sample, b: &Sample| b.postgres.iter().filter_map(|(pid, t)| Some(t - a.postgres.get(pid)?)).sum::<f64>();
         let slave_own: f64 = after.slaves.iter().map(|(pid, t)| t.own() - before.slaves[pid].own()).sum();
-        let slave_children: f64 = after.slaves.iter().map(|(pid, t)| t.children - before.slaves[pid].children).sum();
+        // The builders' children waited for, and their resident launchers' CPU with their
+        // children's (the build launchers and the commands): a launcher not there before
+        // started during the builds.
+        let slave_children: f64 = after.slaves.iter().map(|(pid, t)| t.children - before.slaves[pid].children).sum::<f64>()
+            + after.launchers.iter().map(|(pid, t)| t.own() + t.children - before.launchers.get(pid).map_or(0.0, |b| b.own() + b.children)).sum::<f64>();
+        let requests: BTreeMap<String, f64> = after
+            .requests
+            .iter()
+            .map(|(name, count)| (name.clone(), (count - before.requests.get(name).copied().unwrap_or(0.0)) / releases as f64))
+            .filter(|(_, per_build)| *per_build > 0.0)
+            .collect();
+        let statements = counting_statements().then(|| self.statements_logged(before.log_length, after.log_length, releases));
         let mut threads: Vec<(String, f64, f64)> = after
             .master_threads
             .iter()
@@ -625,8 +668,35 @@ impl Farm {
             after_slave_ms: percentile(&after_slave, 0.5),
             latency_ms,
             threads,
+            requests,
+            statements,
         }
     }
+
+    /// The statements the oracles ran, as sqlx logged them between two lengths of the
+    /// master's log: per build in all, and per build by the statement's first words.
+    fn statements_logged(&self, from: u64, to: u64, releases: usize) -> (f64, Vec<(String, f64)>) {
+        let log = std::fs::read(self.path("master.log")).expect("the master's log");
+        let text = String::from_utf8_lossy(&log[from as usize..(to as usize).min(log.len())]).into_owned();
+        let mut by_summary: BTreeMap<String, usize> = BTreeMap::new();
+        let mut all = 0;
+        // The log leaves out targets: sqlx's statement events are the lines with its fields.
+        for line in text.lines().filter(|line| line.contains("summary=") && line.contains("rows_returned=")) {
+            all += 1;
+            let summary = line.split_once("summary=\"").map_or("?", |(_, rest)| rest.split('"').next().unwrap_or("?"));
+            *by_summary.entry(summary.chars().take(60).collect()).or_default() += 1;
+        }
+        let n = releases as f64;
+        let mut by_summary: Vec<(String, f64)> = by_summary.into_iter().map(|(summary, count)| (summary, count as f64 / n)).collect();
+        by_summary.sort_by(|a, b| b.1.total_cmp(&a.1));
+        (all as f64 / n, by_summary)
+    }
+}
+
+/// Whether the master logs every statement it runs, to count them (`BENCH_COUNT_STATEMENTS=1`;
+/// the logging costs CPU of its own, so this is for a run of its own).
+fn counting_statements() -> bool {
+    std::env::var("BENCH_COUNT_STATEMENTS").is_ok_and(|value| value == "1")
 }
 
 /// The name of slave `i` of a round of `count` slaves.
@@ -649,6 +719,18 @@ fn children(parent: u32) -> Vec<u32> {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let after = stat.rfind(')').map_or("", |at| &stat[at + 1..]);
             after.split_whitespace().nth(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
+/// `piwheels_oracle_requests_total` by request, from a scrape.
+fn oracle_requests(figures: &str) -> BTreeMap<String, f64> {
+    figures
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("piwheels_oracle_requests_total{request=\"")?;
+            let (name, rest) = rest.split_once("\"}")?;
+            Some((name.to_string(), rest.trim().parse().ok()?))
         })
         .collect()
 }
@@ -733,14 +815,14 @@ fn main() {
     }
 
     println!();
-    println!("CPU in ms per build (master: of which system); latency from the build command's end to its record, in ms");
+    println!("CPU in ms per build (master: of which system; farm: master + postgres + slave + launcher, all but the build command); latency from the build command's end to its record, in ms");
     println!(
-        "{:>8} {:>6} {:>7} {:>8} {:>14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        if one_host { "builders" } else { "slaves" }, "auth", "metrics", "builds/s", "master (sys)", "postgres", "slave", "launcher", "command", "lat p50", "lat p90", "lat max"
+        "{:>8} {:>6} {:>7} {:>8} {:>14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        if one_host { "builders" } else { "slaves" }, "auth", "metrics", "builds/s", "master (sys)", "postgres", "slave", "launcher", "farm", "command", "lat p50", "lat p90", "lat max"
     );
     for r in &rounds {
         println!(
-            "{:>8} {:>6} {:>7} {:>8.2} {:>7.2} ({:>4.2}) {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>8.1}",
+            "{:>8} {:>6} {:>7} {:>8.2} {:>7.2} ({:>4.2}) {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>8.1}",
             r.slaves,
             r.mode,
             if r.metrics { "on" } else { "off" },
@@ -750,6 +832,7 @@ fn main() {
             r.postgres_ms,
             r.slave_own_ms,
             r.launcher_ms,
+            r.master_ms + r.postgres_ms + r.slave_own_ms + r.launcher_ms,
             r.command_ms,
             percentile(&r.latency_ms, 0.5),
             percentile(&r.latency_ms, 0.9),
@@ -774,6 +857,17 @@ fn main() {
             r.feed_master_ms,
             r.feed_postgres_ms
         );
+    }
+    for r in rounds.iter().filter(|r| r.metrics) {
+        let requests: Vec<String> = r.requests.iter().map(|(name, per_build)| format!("{name} {per_build:.2}")).collect();
+        let all: f64 = r.requests.values().sum();
+        println!("database requests per build, {} {}, {}: {all:.2} in all: {}", r.slaves, if r.one_host { "builders" } else { "slaves" }, r.mode, requests.join(", "));
+    }
+    for r in &rounds {
+        if let Some((all, by_summary)) = &r.statements {
+            let top: Vec<String> = by_summary.iter().map(|(summary, per_build)| format!("{per_build:.2} {summary}")).collect();
+            println!("statements per build, {} {}, {}: {all:.2} in all:\n  {}", r.slaves, if r.one_host { "builders" } else { "slaves" }, r.mode, top.join("\n  "));
+        }
     }
     for r in &rounds {
         let threads: Vec<String> = r.threads.iter().map(|(name, user, system)| format!("{name} {user:.2}+{system:.2}")).collect();

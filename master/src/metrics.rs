@@ -12,6 +12,7 @@
 //! | `piwheels_page_writes_total{kind}` | the index writer |
 //! | `piwheels_failures_triaged_total{abi,class}`: failed builds classified, by class ([`crate::triage`]) | the triage |
 //! | `piwheels_oracle_request_duration_seconds`: each database request's time in an oracle | the oracles |
+//! | `piwheels_oracle_requests_total{request}`: database requests answered, by request | the oracles |
 //!
 //! Updating a figure is an atomic add (a lock for a labelled family's lookup); nothing is sent
 //! anywhere until Prometheus asks. The tasks count always (it costs next to nothing); the
@@ -98,6 +99,13 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// A database request, by its name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    /// The request's name.
+    pub request: &'static str,
+}
+
 /// A task.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
@@ -140,6 +148,8 @@ pub struct Metrics {
     pub page_writes: Family<KindLabel, Counter>,
     /// Time an oracle took over each database request.
     pub oracle_seconds: Histogram,
+    /// Database requests the oracles answered, by request.
+    pub oracle_requests: Family<RequestLabel, Counter>,
     /// Failed builds the triage classified, by ABI and class.
     pub failures: Family<TriageLabels, Counter>,
     /// Each connected slave's ABI and state, to move it between the `builders` gauges.
@@ -163,6 +173,7 @@ impl Metrics {
             page_writes: Family::default(),
             // 0.5 ms to 4 s.
             oracle_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            oracle_requests: Family::default(),
             failures: Family::default(),
             states: Mutex::new(HashMap::new()),
             registry: Registry::default(),
@@ -180,6 +191,7 @@ impl Metrics {
         registry.register("page_writes", "Pages and files of the index the index writer wrote, by kind", metrics.page_writes.clone());
         registry.register("failures_triaged", "Failed builds the triage classified since the master started, by ABI and class", metrics.failures.clone());
         registry.register_with_unit("oracle_request_duration", "Time an oracle took over each database request", Unit::Seconds, metrics.oracle_seconds.clone());
+        registry.register("oracle_requests", "Database requests the oracles answered, by request", metrics.oracle_requests.clone());
         Metrics { registry, ..metrics }
     }
 

@@ -137,8 +137,11 @@ impl Task for Oracle {
         let reply = match request {
             Ok(request) => {
                 let started = Instant::now();
+                let name = request.name();
                 let reply = self.answer(request);
-                crate::metrics::metrics().oracle_seconds.observe(started.elapsed().as_secs_f64());
+                let metrics = crate::metrics::metrics();
+                metrics.oracle_seconds.observe(started.elapsed().as_secs_f64());
+                metrics.oracle_requests.get_or_create(&crate::metrics::RequestLabel { request: name }).inc();
                 reply
             }
             Err(e) => {

@@ -441,6 +441,8 @@ fn two_builders_of_one_host_build_and_the_metrics_match_the_database() {
     assert!(figure(&scrape, "piwheels_page_writes_total", &[("kind", "project")]) >= 3.0);
     let oracle = scrape.samples.iter().find(|s| s.metric == "piwheels_oracle_request_duration_seconds").expect("the oracles' histogram");
     assert!(matches!(&oracle.value, prometheus_parse::Value::Histogram(buckets) if buckets.last().is_some_and(|b| b.count > 0.0)), "{oracle:?}");
+    // Each build recorded by one request.
+    assert_eq!(figure(&scrape, "piwheels_oracle_requests_total", &[("request", "LogBuild")]), counted("success") + counted("build"));
 }
 
 #[test]
