@@ -459,13 +459,60 @@ fn survivors_after_a_while(pids: &[i32]) -> Vec<i32> {
 /// parent, the resident launcher, to `PIDFILE.resident`; then, unless its source says `quick`
 /// (it exits 3 at once), starts a daemon outside its process group, writes its pid and its own
 /// to the pid file and its launcher's to `PIDFILE.launcher`, and sleeps.
-fn daemon_script(dir: &Path) -> PathBuf {
-    script(
-        dir,
-        "daemon.sh",
-        "#!/bin/sh\nawk '{print $4}' /proc/$PPID/stat > \"$1.resident\"\nif [ \"$(cat \"$2\")\" = quick ]; then exit 3; fi\n\
-         setsid sleep 600 &\necho $! >> \"$1\"\necho $$ >> \"$1\"\necho $PPID > \"$1.launcher\"\nexec sleep 600\n",
-    )
+const DAEMON_SCRIPT: &str = "#!/bin/sh\nawk '{print $4}' /proc/$PPID/stat > \"$1.resident\"\nif [ \"$(cat \"$2\")\" = quick ]; then exit 3; fi\n\
+     setsid sleep 600 &\necho $! >> \"$1\"\necho $$ >> \"$1\"\necho $PPID > \"$1.launcher\"\nexec sleep 600\n";
+
+/// A builder running [`DAEMON_SCRIPT`], and where the script writes its pids.
+struct Daemons {
+    dir: tempfile::TempDir,
+    root: tempfile::TempDir,
+    builder: Builder,
+    quick: FakePypi,
+}
+
+impl Daemons {
+    fn new() -> Daemons {
+        let dir = tempfile::tempdir().expect("scripts");
+        let daemon = script(dir.path(), "daemon.sh", DAEMON_SCRIPT);
+        let root = tempfile::tempdir().expect("root");
+        let builder = builder(root.path(), &format!("{} {} {{source}}", daemon.display(), dir.path().join("pids").display()), |_| {});
+        Daemons { dir, root, builder, quick: serve("quick", "1", b"quick".to_vec()) }
+    }
+
+    /// The pids the script wrote: `""` the daemon's and its own, `"launcher"`, `"resident"`.
+    fn pids(&self, which: &str) -> Vec<i32> {
+        let name = if which.is_empty() { "pids".to_string() } else { format!("pids.{which}") };
+        pids(&self.dir.path().join(name))
+    }
+
+    /// A build of its own package that sleeps, during which the process whose pid the script
+    /// wrote to `which` is SIGKILLed once the daemon runs.
+    fn build_killing(&self, which: &str) -> Build {
+        let killed = AtomicBool::new(false);
+        let kill = || {
+            if !killed.load(Ordering::SeqCst) && self.pids("").len() == 2 && !self.pids(which).is_empty() {
+                Command::new("kill").args(["-KILL", &self.pids(which)[0].to_string()]).status().expect("kill");
+                killed.store(true, Ordering::SeqCst);
+            }
+            false
+        };
+        let (_pypi, job) = any_job("daemonic");
+        let build = self.builder.build(&job, &kill);
+        assert!(killed.load(Ordering::SeqCst), "the {which} was not killed mid-build: {}", build.result.output);
+        assert_eq!(build.result.failure, Some(FailureKind::Builder), "{}", build.result.output);
+        assert_eq!(self.pids("").len(), 2, "the daemon and the script");
+        build
+    }
+
+    /// A build that exits 3 at once; the resident launcher that ran it.
+    fn quick_build(&self) -> Vec<i32> {
+        let build = self.builder.build(&job(&self.quick, "quick", "1"), &never);
+        assert_eq!(build.result.exit_status, Some(3), "{}", build.result.output);
+        check_cleaned_up(build, self.root.path());
+        let resident = self.pids("resident");
+        assert_eq!(resident.len(), 1);
+        resident
+    }
 }
 
 /// A build whose launcher is killed from outside: the resident launcher kills the build's
@@ -473,41 +520,16 @@ fn daemon_script(dir: &Path) -> PathBuf {
 /// same resident runs the next build.
 #[test]
 fn a_killed_build_launcher_leaves_nothing_behind_and_the_resident_runs_the_next_build() {
-    let dir = tempfile::tempdir().expect("scripts");
-    let pid_file = dir.path().join("pids");
-    let daemon = daemon_script(dir.path());
-    let root = tempfile::tempdir().expect("root");
-    let builder = builder(root.path(), &format!("{} {} {{source}}", daemon.display(), pid_file.display()), |_| {});
-    let launcher_file = dir.path().join("pids.launcher");
-    let resident_file = dir.path().join("pids.resident");
-    let killed = AtomicBool::new(false);
-    let kill_the_launcher = || {
-        if !killed.load(Ordering::SeqCst) && pids(&pid_file).len() == 2 && !pids(&launcher_file).is_empty() {
-            let launcher = pids(&launcher_file)[0];
-            Command::new("kill").args(["-KILL", &launcher.to_string()]).status().expect("kill");
-            killed.store(true, Ordering::SeqCst);
-        }
-        false
-    };
-    let (_pypi, daemonic) = any_job("daemonic");
-    let build = builder.build(&daemonic, &kill_the_launcher);
-    assert!(killed.load(Ordering::SeqCst), "the launcher was not killed mid-build: {}", build.result.output);
-    assert_eq!(build.result.failure, Some(FailureKind::Builder), "{}", build.result.output);
+    let daemons = Daemons::new();
+    let build = daemons.build_killing("launcher");
     let group = build.process_group.expect("the build's process group");
     assert_eq!(group_members(group), Vec::<i32>::new(), "processes of the build's group survived");
-    let started = pids(&pid_file);
-    assert_eq!(started.len(), 2, "{started:?}");
-    for pid in started {
+    for pid in daemons.pids("") {
         assert!(!alive(pid), "process {pid} of the build survived (the daemon had left the group)");
     }
-    let resident = pids(&resident_file);
-    check_cleaned_up(build, root.path());
-
-    let quick = serve("quick", "1", b"quick".to_vec());
-    let build = builder.build(&job(&quick, "quick", "1"), &never);
-    assert_eq!(build.result.exit_status, Some(3), "{}", build.result.output);
-    assert_eq!(pids(&resident_file), resident, "the next build ran under another resident launcher");
-    check_cleaned_up(build, root.path());
+    let resident = daemons.pids("resident");
+    check_cleaned_up(build, daemons.root.path());
+    assert_eq!(daemons.quick_build(), resident, "the next build ran under another resident launcher");
 }
 
 /// A resident launcher killed mid-build takes the build with it (the build launcher's
@@ -515,65 +537,23 @@ fn a_killed_build_launcher_leaves_nothing_behind_and_the_resident_runs_the_next_
 /// resident launcher.
 #[test]
 fn a_killed_resident_launcher_takes_its_build_with_it_and_is_replaced() {
-    let dir = tempfile::tempdir().expect("scripts");
-    let pid_file = dir.path().join("pids");
-    let daemon = daemon_script(dir.path());
-    let root = tempfile::tempdir().expect("root");
-    let builder = builder(root.path(), &format!("{} {} {{source}}", daemon.display(), pid_file.display()), |_| {});
-    let resident_file = dir.path().join("pids.resident");
-    let killed = AtomicBool::new(false);
-    let kill_the_resident = || {
-        if !killed.load(Ordering::SeqCst) && pids(&pid_file).len() == 2 && !pids(&resident_file).is_empty() {
-            let resident = pids(&resident_file)[0];
-            Command::new("kill").args(["-KILL", &resident.to_string()]).status().expect("kill");
-            killed.store(true, Ordering::SeqCst);
-        }
-        false
-    };
-    let (_pypi, orphaned) = any_job("orphaned");
-    let build = builder.build(&orphaned, &kill_the_resident);
-    assert!(killed.load(Ordering::SeqCst), "the resident launcher was not killed mid-build: {}", build.result.output);
-    assert_eq!(build.result.failure, Some(FailureKind::Builder), "{}", build.result.output);
+    let daemons = Daemons::new();
+    let build = daemons.build_killing("resident");
     assert!(build.result.output.contains("[piw-slave] the build's launcher failed"), "{}", build.result.output);
-    let started = pids(&pid_file);
-    assert_eq!(started.len(), 2, "{started:?}");
     // The build launcher kills the build when told its parent died, which the builder, not its
     // parent, does not wait for.
-    assert_eq!(survivors_after_a_while(&started), Vec::<i32>::new(), "processes of the build survived");
-    let first = pids(&resident_file);
-    check_cleaned_up(build, root.path());
-
-    let quick = serve("quick", "1", b"quick".to_vec());
-    let build = builder.build(&job(&quick, "quick", "1"), &never);
-    assert_eq!(build.result.exit_status, Some(3), "{}", build.result.output);
-    let second = pids(&resident_file);
-    assert_eq!(second.len(), 1);
-    assert_ne!(second, first, "the killed resident launcher ran the next build");
-    check_cleaned_up(build, root.path());
+    assert_eq!(survivors_after_a_while(&daemons.pids("")), Vec::<i32>::new(), "processes of the build survived");
+    let first = daemons.pids("resident");
+    check_cleaned_up(build, daemons.root.path());
+    assert_ne!(daemons.quick_build(), first, "the killed resident launcher ran the next build");
 }
 
 /// A resident launcher that died between builds (an operator's kill, the out-of-memory killer)
 /// is replaced at the next build, which is not failed for it.
 #[test]
 fn a_resident_launcher_that_died_between_builds_costs_the_next_build_nothing() {
-    let dir = tempfile::tempdir().expect("scripts");
-    let pid_file = dir.path().join("pids");
-    let daemon = daemon_script(dir.path());
-    let root = tempfile::tempdir().expect("root");
-    let builder = builder(root.path(), &format!("{} {} {{source}}", daemon.display(), pid_file.display()), |_| {});
-    let resident_file = dir.path().join("pids.resident");
-    let quick = serve("quick", "1", b"quick".to_vec());
-    let build = builder.build(&job(&quick, "quick", "1"), &never);
-    assert_eq!(build.result.exit_status, Some(3), "{}", build.result.output);
-    check_cleaned_up(build, root.path());
-    let first = pids(&resident_file);
-    assert_eq!(first.len(), 1);
+    let daemons = Daemons::new();
+    let first = daemons.quick_build();
     Command::new("kill").args(["-KILL", &first[0].to_string()]).status().expect("kill");
-
-    let build = builder.build(&job(&quick, "quick", "1"), &never);
-    assert_eq!(build.result.exit_status, Some(3), "the build was failed for the dead launcher: {}", build.result.output);
-    let second = pids(&resident_file);
-    assert_eq!(second.len(), 1);
-    assert_ne!(second, first, "the dead resident launcher ran the build");
-    check_cleaned_up(build, root.path());
+    assert_ne!(daemons.quick_build(), first, "the dead resident launcher ran the build");
 }
