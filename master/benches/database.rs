@@ -8,15 +8,20 @@
 //!    ABIs, 90% of versions built (60% of packages pure Python, built once; 40% built on every
 //!    ABI, with some failures), the rest waiting.
 //!
+//! 3. on the same farm, with `BENCH_DOWNLOADS` downloads (default 1,000,000, spread over two
+//!    years) logged, the home page's queries: `Statistics` (the figures) and `SearchIndex`
+//!    (every project with its download count).
+//!
 //! `BENCH_SECONDS` sets how long each throughput run lasts (default 3). `BENCH_SKIP_QUEUE=1`
-//! skips the synthetic farm, which takes a few minutes and a few GB to build.
+//! skips the synthetic farm, which takes a few minutes and a few GB to build. PyPI's size
+//! (about 700,000 projects, 8 million releases): `BENCH_PACKAGES=700000 BENCH_VERSIONS=11`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use piwheels_common::clock::SystemClock;
-use piwheels_master::calls::db::{BuildQueue, DbReply, PackageExists};
+use piwheels_master::calls::db::{BuildQueue, DbReply, PackageExists, SearchIndex, Statistics};
 use piwheels_common::task::{self, Runtime, Supervisor};
 use piwheels_master::db::{Database, migrate};
 use piwheels_master::db_client::DbClient;
@@ -120,6 +125,12 @@ fn synthetic_farm(db: &TestDb, packages: u64, versions: u64) {
          WHERE (p + v) % 10 <> 0 AND p % 10 >= 6 AND NOT (k = 1 AND v % 7 = 0)"
     ));
     db.execute("SELECT setval('builds_build_id_seq', (SELECT max(build_id) FROM builds))");
+    // Downloads of the pure packages' wheels, spread over two years before now.
+    let downloads = env_number("BENCH_DOWNLOADS", 1_000_000);
+    let pure_packages = (packages * 6 / 10).max(1);
+    db.execute(&format!(
+        "INSERT INTO downloads (filename, accessed_by, accessed_at, arch, py_name, py_version, installer_name)          SELECT 'pkg' || (d % {pure_packages} / 6 * 10 + d % 6) || '-1.0-py3-none-any.whl', '192.0.2.1',                 now() - (d % 730) * interval '1 day' - (d % 86400) * interval '1 second', 'armv7l', 'CPython', '3.11', 'pip'          FROM generate_series(1, {downloads}) d"
+    ));
     db.execute("VACUUM ANALYZE");
 }
 
@@ -147,6 +158,23 @@ fn build_queue(packages: u64, versions: u64) {
                 let sizes: Vec<String> = queue.iter().map(|(abi, q)| format!("{abi} {}", q.len())).collect();
                 println!("| {limit} | {run} | {secs:.2} | {:.2} | {} |", secs / queue.len().max(1) as f64, sizes.join(", "));
             }
+        }
+        println!("\n## The home page's queries on the same farm\n");
+        println!("| request | run | seconds | answer |");
+        println!("|---|---:|---:|---|");
+        for run in 1..=3 {
+            let started = Instant::now();
+            let reply = database.handle(Statistics {}.into()).await.unwrap();
+            let secs = started.elapsed().as_secs_f64();
+            let DbReply::Statistics(stats) = reply else { panic!("unexpected reply {reply:?}") };
+            println!("| Statistics | {run} | {secs:.2} | {} packages built, {} files, {} downloads |", stats.packages_built, stats.files_count, stats.downloads_all);
+        }
+        for run in 1..=3 {
+            let started = Instant::now();
+            let reply = database.handle(SearchIndex {}.into()).await.unwrap();
+            let secs = started.elapsed().as_secs_f64();
+            let DbReply::SearchIndex(entries) = reply else { panic!("unexpected reply {reply:?}") };
+            println!("| SearchIndex | {run} | {secs:.2} | {} projects |", entries.len());
         }
     });
 }
