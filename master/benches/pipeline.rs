@@ -32,6 +32,8 @@
 //!   builders' children's (fields 16 and 17: any `ldd`), less the build commands' own CPU as
 //!   the launchers recorded it in `builds.cpu_time`: what the launcher costs;
 //! - **farm CPU per build**: master + PostgreSQL + slave + launcher, all but the commands;
+//! - **slave memory**: the proportional set size (`/proc/PID/smaps_rollup`) of each slave's
+//!   processes once its builds are done (host, builders, resident launchers), per slave;
 //! - **database requests per build**, by request (with metrics on): from the master's
 //!   `piwheels_oracle_requests_total` before and after the builds;
 //! - **latency**: from the moment the build command finished (the script's last act is to
@@ -255,6 +257,8 @@ struct Round {
     feed_master_ms: f64,
     feed_postgres_ms: f64,
     idle_master_ms_per_s: f64,
+    /// Proportional set size per slave, MB, after the builds: host, builders, resident launchers.
+    slave_memory: [f64; 3],
     master_ms: f64,
     master_system_ms: f64,
     postgres_ms: f64,
@@ -562,6 +566,10 @@ impl Farm {
             (0..releases).all(|i| simple.join(format!("{prefix}{i:05}")).join("index.html").is_file())
         });
         let after = self.sample(&builders);
+        // The slaves' memory once they are idle again: hosts, builders and resident launchers.
+        let hosts: Vec<u32> = slaves.iter().map(Process::pid).collect();
+        let residents: Vec<u32> = after.launchers.keys().copied().collect();
+        let slave_memory = [hosts.as_slice(), builders.as_slice(), residents.as_slice()].map(|pids| pids.iter().map(|pid| pss_mb(*pid)).sum::<f64>() / hosts.len() as f64);
         if let Some(mut profiler) = profiler {
             let _ = kill(Pid::from_raw(profiler.id() as i32), Signal::SIGINT);
             let _ = profiler.wait();
@@ -655,6 +663,7 @@ impl Farm {
             seconds: last_recorded - first_start,
             feed_master_ms: per_build(after_feed.master.own() - before_feed.master.own()),
             feed_postgres_ms: per_build(postgres(&before_feed, &after_feed)),
+            slave_memory,
             idle_master_ms_per_s: (before.master_on_cpu - after_feed.master_on_cpu) * 1e3 / (before.at - after_feed.at).as_secs_f64(),
             master_ms: per_build(after.master.own() - before.master.own()),
             master_system_ms: per_build(after.master.system - before.master.system),
@@ -721,6 +730,13 @@ fn children(parent: u32) -> Vec<u32> {
             after.split_whitespace().nth(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent)
         })
         .collect()
+}
+
+/// A process's proportional set size in MB, from `/proc/PID/smaps_rollup` (0 when unreadable).
+fn pss_mb(pid: u32) -> f64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let kib = rollup.lines().find_map(|line| line.strip_prefix("Pss:")?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok());
+    kib.unwrap_or(0.0) / 1024.0
 }
 
 /// `piwheels_oracle_requests_total` by request, from a scrape.
@@ -856,6 +872,16 @@ fn main() {
             r.idle_master_ms_per_s,
             r.feed_master_ms,
             r.feed_postgres_ms
+        );
+    }
+    for r in &rounds {
+        let [host, builders, residents] = r.slave_memory;
+        println!(
+            "slave memory after the builds, PSS per {}: {:.1} MB (host {host:.1}, builders {builders:.1}, resident launchers {residents:.1}), {} {}",
+            if r.one_host { "host" } else { "slave" },
+            host + builders + residents,
+            r.slaves,
+            r.mode
         );
     }
     for r in rounds.iter().filter(|r| r.metrics) {

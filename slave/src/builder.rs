@@ -38,7 +38,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use piwheels_common::config::HumanDuration;
 use piwheels_common::protocols::{BuildResult, FailureKind, SourceFile, WheelFile};
 
@@ -385,6 +386,7 @@ impl Builder {
         };
 
         let failure = match (stopped, &report) {
+            // A build past its time is the package's, even if its launcher then failed too.
             (Some(Stopped::Timeout), _) => {
                 notes.push_str(&format!("[piw-slave] the build was killed after {} (the build timeout)\n", HumanDuration(self.options.timeout)));
                 Some(FailureKind::Timeout)
@@ -470,6 +472,7 @@ impl Builder {
         };
         // A thread that panicked holding the lock may have left the resident out of step.
         let mut resident = self.resident.lock().unwrap_or_else(|poisoned| {
+            self.resident.clear_poison();
             let mut resident = poisoned.into_inner();
             *resident = None;
             resident
@@ -478,12 +481,12 @@ impl Builder {
             tracing::warn!("the resident launcher ended between builds; starting another");
             *resident = None;
         }
-        // A resident that fails before the build starts (it died a moment ago) is replaced
-        // once: the build is not to blame.
-        let fresh = resident.is_none();
+        // A resident whose input is closed (it died a moment ago) has certainly not started
+        // the build: it is replaced once, and the build is not to blame. Any later failure
+        // may have come after a fork, so the build is not started twice.
         let pid = match self.start_build(&mut resident, &launch) {
-            Err(e) if !fresh => {
-                tracing::warn!("the resident launcher failed ({e}); starting another");
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                tracing::warn!("the resident launcher is gone ({e}); starting another");
                 *resident = None;
                 self.start_build(&mut resident, &launch)
             }
@@ -502,10 +505,17 @@ impl Builder {
             }
         };
         let Some(launcher) = resident.as_mut() else { unreachable!("started above") };
-        let run = wait_for_build(launcher, pid, report_path, deadline, stop);
+        let mut run = wait_for_build(launcher, pid, report_path, deadline, stop);
         if run.failed.is_some() {
             // Dropping it ends it, and what it still runs.
             *resident = None;
+            // A build launcher that lost its resident still kills its build and reports; the
+            // build's directory is not removed under it.
+            let gone_by = Instant::now() + KILL_GRACE;
+            while killpg(Pid::from_raw(pid), None).is_ok() && Instant::now() < gone_by {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            run.report = fs::read_to_string(report_path).ok().and_then(|text| Report::parse(&text));
         }
         Ok(run)
     }

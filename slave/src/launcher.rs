@@ -217,14 +217,15 @@ fn serve() -> io::Result<()> {
     let mut answers = File::from(io::stdout().as_fd().try_clone_to_owned()?);
     let mut build: Option<Pid> = None;
     let mut line = String::new();
-    loop {
+    // Any failure here still goes through the shutdown below, which stops the build.
+    let outcome = 'serve: loop {
         // A line may already be buffered; otherwise wait for input or a signal.
         if requests.buffer().is_empty() {
             let (input, signalled) = {
                 let mut fds = [PollFd::new(requests.get_ref().as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
                 match poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => return Err(io::Error::other(format!("cannot wait for requests: {e}"))),
+                    Err(e) => break 'serve Err(io::Error::other(format!("cannot wait for requests: {e}"))),
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
                 (ready(&fds[0]), ready(&fds[1]))
@@ -234,9 +235,11 @@ fn serve() -> io::Result<()> {
                 while let Ok(Some(info)) = signals.read_signal() {
                     stop |= info.ssi_signo != Signal::SIGCHLD as u32;
                 }
-                reap(&mut build, &mut answers)?;
+                if let Err(e) = reap(&mut build, &mut answers) {
+                    break 'serve Err(e);
+                }
                 if stop {
-                    break;
+                    break 'serve Ok(());
                 }
             }
             if !input {
@@ -244,10 +247,15 @@ fn serve() -> io::Result<()> {
             }
         }
         line.clear();
-        if requests.read_line(&mut line)? == 0 {
-            break;
+        match requests.read_line(&mut line) {
+            Ok(0) => break 'serve Ok(()),
+            Ok(_) => {}
+            Err(e) => break 'serve Err(e),
         }
-        let request: ToLauncher = serde_json::from_str(&line).map_err(|e| io::Error::other(format!("an unreadable request {line:?}: {e}")))?;
+        let request: ToLauncher = match serde_json::from_str(&line) {
+            Ok(request) => request,
+            Err(e) => break 'serve Err(io::Error::other(format!("an unreadable request {line:?}: {e}"))),
+        };
         match request {
             ToLauncher::Start(launch) => {
                 let answer = match build {
@@ -269,7 +277,9 @@ fn serve() -> io::Result<()> {
                         Err(reason) => FromLauncher::NotStarted { reason },
                     },
                 };
-                answer_with(&mut answers, &answer)?;
+                if let Err(e) = answer_with(&mut answers, &answer) {
+                    break 'serve Err(e);
+                }
             }
             ToLauncher::Stop => {
                 if let Some(pid) = build {
@@ -282,7 +292,7 @@ fn serve() -> io::Result<()> {
                 }
             }
         }
-    }
+    };
     // Told to end: the build in progress is stopped (killed with its group if its launcher
     // takes too long), and everything left is killed.
     if let Some(pid) = build {
@@ -302,7 +312,7 @@ fn serve() -> io::Result<()> {
         finish(pid, status);
     }
     kill_descendants(None, &mut None);
-    Ok(())
+    outcome
 }
 
 fn answer_with(answers: &mut File, answer: &FromLauncher) -> io::Result<()> {
@@ -600,9 +610,9 @@ pub(crate) struct Resident {
     answers: BufReader<std::process::ChildStdout>,
 }
 
-/// How long a resident launcher being dropped has to end (it gives a build in progress
-/// [`SHUTDOWN_GRACE`]) before it is killed.
-const RESIDENT_GRACE: Duration = Duration::from_secs(8);
+/// How long a resident launcher being dropped has to end before it is killed: it gives a build
+/// in progress [`SHUTDOWN_GRACE`], and a killed one's group [`GROUP_GONE`].
+const RESIDENT_GRACE: Duration = Duration::from_secs(SHUTDOWN_GRACE.as_secs() + GROUP_GONE.as_secs() + 2);
 
 impl Resident {
     /// Starts `program launcher` with `env` for every build.
@@ -639,12 +649,16 @@ impl Resident {
     /// The next answer, waiting at most `timeout`; None when none came in time. An error when
     /// the launcher has ended.
     pub(crate) fn answer(&mut self, timeout: Duration) -> io::Result<Option<FromLauncher>> {
-        if self.answers.buffer().is_empty() {
-            let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let deadline = Instant::now() + timeout;
+        while self.answers.buffer().is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
             let mut fds = [PollFd::new(self.answers.get_ref().as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::from(millis)) {
-                Ok(0) | Err(Errno::EINTR) => return Ok(None),
-                Ok(_) => {}
+                Ok(0) => return Ok(None),
+                Ok(_) => break,
+                // A signal: wait for the time that is left.
+                Err(Errno::EINTR) => {}
                 Err(e) => return Err(io::Error::other(format!("cannot wait for the launcher: {e}"))),
             }
         }
@@ -658,9 +672,12 @@ impl Resident {
 
 impl Drop for Resident {
     fn drop(&mut self) {
-        // The end of its input, or SIGTERM, ends it; it then stops any build it still runs.
+        // The end of its input, or SIGTERM, ends it; it then stops any build it still runs. No
+        // signal to one already reaped: its pid may be another process's now.
         self.requests = None;
-        let _ = kill(Pid::from_raw(self.process.id().cast_signed()), Signal::SIGTERM);
+        if matches!(self.process.try_wait(), Ok(None)) {
+            let _ = kill(Pid::from_raw(self.process.id().cast_signed()), Signal::SIGTERM);
+        }
         let deadline = Instant::now() + RESIDENT_GRACE;
         while matches!(self.process.try_wait(), Ok(None)) {
             if Instant::now() >= deadline {

@@ -443,6 +443,20 @@ fn stale_build_directories_are_removed_and_live_ones_kept() {
     build.clean_up().expect("clean up");
 }
 
+/// Waits up to 10 s for `pid` to have died (a zombie or gone).
+fn eventually_dead(pid: i32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rfind(')').and_then(|close| stat[close + 1..].split_whitespace().next());
+        if state.is_none_or(|state| state == "Z") {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "process {pid} did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits up to 10 s for every one of `pids` to be gone; the ones still there.
 fn survivors_after_a_while(pids: &[i32]) -> Vec<i32> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -555,5 +569,7 @@ fn a_resident_launcher_that_died_between_builds_costs_the_next_build_nothing() {
     let daemons = Daemons::new();
     let first = daemons.quick_build();
     Command::new("kill").args(["-KILL", &first[0].to_string()]).status().expect("kill");
+    // Dead (a zombie of this process, the builder's) before the next build asks it.
+    eventually_dead(first[0]);
     assert_ne!(daemons.quick_build(), first, "the dead resident launcher ran the build");
 }
