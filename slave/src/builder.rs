@@ -493,11 +493,11 @@ impl Builder {
             started => started,
         };
         let pid = match pid {
-            Ok(Some(pid)) => pid,
-            Ok(None) => {
-                // The resident could not fork: the report says why.
-                let report = fs::read_to_string(report_path).ok().and_then(|text| Report::parse(&text));
-                return Ok(Run { process_group: None, report, stopped: None, hard_killed: false, failed: None });
+            Ok(Ok(pid)) => pid,
+            Ok(Err(reason)) => {
+                // The resident could not fork.
+                let report = Report { ended: Ended::NotStarted(reason), stopped_by: None, cpu_time: Duration::ZERO, peak_memory: 0 };
+                return Ok(Run { process_group: None, report: Some(report), stopped: None, hard_killed: false, failed: None });
             }
             Err(e) => {
                 *resident = None;
@@ -521,20 +521,16 @@ impl Builder {
     }
 
     /// Has the resident (started if there is none) fork a build launcher for `launch`: its
-    /// pid, or None when the resident could not fork (the reason is then in the report file).
-    fn start_build(&self, resident: &mut Option<Resident>, launch: &Launch) -> io::Result<Option<i32>> {
+    /// pid, or why the resident could not fork.
+    fn start_build(&self, resident: &mut Option<Resident>, launch: &Launch) -> io::Result<Result<i32, String>> {
         let launcher = match resident {
             Some(launcher) => launcher,
             None => resident.insert(Resident::start(&self.options.launcher, &build_environment())?),
         };
         launcher.send(&ToLauncher::Start(launch.clone()))?;
         match launcher.answer(LAUNCHER_ANSWER)? {
-            Some(FromLauncher::Started { pid }) => Ok(Some(pid)),
-            Some(FromLauncher::NotStarted { reason }) => {
-                let report = Report { ended: Ended::NotStarted(reason), stopped_by: None, cpu_time: Duration::ZERO, peak_memory: 0 };
-                fs::write(&launch.report, report.to_text())?;
-                Ok(None)
-            }
+            Some(FromLauncher::Started { pid }) => Ok(Ok(pid)),
+            Some(FromLauncher::NotStarted { reason }) => Ok(Err(reason)),
             Some(other) => Err(io::Error::other(format!("the launcher answered a start with {other:?}"))),
             None => Err(io::Error::other(format!("the launcher did not answer within {}", HumanDuration(LAUNCHER_ANSWER)))),
         }

@@ -147,7 +147,7 @@ pub(crate) struct Report {
 
 impl Report {
     /// The report file's text: `key=value` lines.
-    pub(crate) fn to_text(&self) -> String {
+    fn to_text(&self) -> String {
         let mut text = String::new();
         match &self.ended {
             Ended::Exited(code) => {
@@ -394,16 +394,7 @@ const GROUP_GONE: Duration = Duration::from_secs(5);
 
 /// Whether a process of process group `group` is still running (not a zombie).
 fn group_runs(group: Pid) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
-    entries.filter_map(Result::ok).any(|entry| {
-        std::fs::read_to_string(entry.path().join("stat")).ok().is_some_and(|stat| {
-            let Some(close) = stat.rfind(')') else { return false };
-            let mut fields = stat[close + 1..].split_whitespace();
-            let state = fields.next();
-            let group_of = fields.nth(1).and_then(|field| field.parse::<i32>().ok());
-            group_of == Some(group.as_raw()) && state != Some("Z")
-        })
-    })
+    processes().any(|stat| stat.group == group.as_raw() && stat.state != "Z")
 }
 
 /// The build launcher, in the forked child: prepares, runs the command, kills what is left of
@@ -580,20 +571,38 @@ fn children_of(parent: Pid) -> Vec<Pid> {
     if let Ok(list) = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")) {
         return list.split_whitespace().filter_map(|pid| pid.parse().ok()).map(Pid::from_raw).collect();
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| parent_in_stat(&stat)) == Some(parent.as_raw()))
-        .map(Pid::from_raw)
-        .collect()
+    processes().filter(|stat| stat.parent == parent.as_raw()).map(|stat| Pid::from_raw(stat.pid)).collect()
 }
 
-/// The parent pid in a /proc/PID/stat line: the second field after the command name, which
-/// is in parentheses and may itself hold spaces and parentheses.
-pub(crate) fn parent_in_stat(stat: &str) -> Option<i32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+/// What this module reads of a process's `/proc/PID/stat`.
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    pid: i32,
+    state: String,
+    parent: i32,
+    group: i32,
+}
+
+impl Stat {
+    /// Reads a /proc/PID/stat line: the pid, then the command name in parentheses (which may
+    /// itself hold spaces and parentheses), then the state, the parent and the process group.
+    fn parse(line: &str) -> Option<Stat> {
+        let pid = line.split_whitespace().next()?.parse().ok()?;
+        let mut fields = line[line.rfind(')')? + 1..].split_whitespace();
+        let state = fields.next()?.to_string();
+        let parent = fields.next()?.parse().ok()?;
+        let group = fields.next()?.parse().ok()?;
+        Some(Stat { pid, state, parent, group })
+    }
+}
+
+/// Every process's stat, from /proc.
+fn processes() -> impl Iterator<Item = Stat> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| Stat::parse(&std::fs::read_to_string(entry.path().join("stat")).ok()?))
 }
 
 fn duration_of(time: nix::sys::time::TimeVal) -> Duration {
@@ -716,7 +725,7 @@ mod tests {
     #[test]
     fn reads_stat_lines() {
         let stat = "1234 (a (weird) name) S 17 1234 1234 0 -1 4194560 120";
-        assert_eq!(parent_in_stat(stat), Some(17));
-        assert_eq!(parent_in_stat("garbage"), None);
+        assert_eq!(Stat::parse(stat), Some(Stat { pid: 1234, state: "S".into(), parent: 17, group: 1234 }));
+        assert_eq!(Stat::parse("garbage"), None);
     }
 }
