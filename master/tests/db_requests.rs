@@ -1274,6 +1274,115 @@ fn the_search_index_lists_built_packages_with_their_recent_and_total_downloads()
     assert_eq!(entries, [entry("alpha", 0, 0), entry("zeta", 2, 3)]);
 }
 
+/// Each package's files, their bytes and its builds' time (microseconds), as the running
+/// totals hold them and as counted from the builds and files themselves.
+fn totals_kept_and_counted(fx: &Fixture) -> (Vec<Option<String>>, Vec<Option<String>>) {
+    let kept = fx.column(
+        "SELECT p.package || ' ' || COALESCE(t.files, 0) || ' ' || COALESCE(t.files_size, 0) || ' ' \
+                || COALESCE(EXTRACT(EPOCH FROM t.build_time) * 1000000, 0)::bigint \
+         FROM packages p LEFT JOIN package_totals t ON t.package = p.package ORDER BY p.package",
+    );
+    let counted = fx.column(
+        "SELECT p.package || ' ' \
+                || (SELECT count(*) FROM builds b JOIN files f ON f.build_id = b.build_id WHERE b.package = p.package) || ' ' \
+                || (SELECT COALESCE(sum(f.filesize), 0) FROM builds b JOIN files f ON f.build_id = b.build_id \
+                     WHERE b.package = p.package) || ' ' \
+                || (SELECT COALESCE(EXTRACT(EPOCH FROM sum(b.duration)) * 1000000, 0)::bigint FROM builds b \
+                     WHERE b.package = p.package AND b.duration < interval '1 week') \
+         FROM packages p ORDER BY p.package",
+    );
+    (kept, counted)
+}
+
+#[track_caller]
+fn assert_totals_match(fx: &Fixture, step: &str) {
+    let (kept, counted) = totals_kept_and_counted(fx);
+    assert_eq!(kept, counted, "after {step}");
+}
+
+#[test]
+fn running_totals_match_a_count_from_scratch_through_builds_moves_updates_deletions_and_renames() {
+    let mut fx = Fixture::with_abis();
+    for (package, version) in [("foo", "1.0"), ("foo", "2.0"), ("bar", "1.0"), ("baz", "1.0")] {
+        fx.version(package, version, days_ago(10));
+    }
+    let foo = pure("foo", "1.0");
+    fx.log_build(build("foo", "1.0", "cp39", vec![foo.clone()]));
+    fx.log_build(build("foo", "1.0", "cp311", vec![platform("foo", "1.0", "cp311")]));
+    fx.log_build(build("foo", "2.0", "cp39", vec![platform("foo", "2.0", "cp39")]));
+    fx.log_build(build("bar", "1.0", "cp311", vec![platform("bar", "1.0", "cp311")]));
+    fx.log_build(build("baz", "1.0", "cp39", vec![]));
+    assert_totals_match(&fx, "logging builds");
+    // The figures are not all zero: the comparison has something to compare.
+    assert_eq!(fx.value("SELECT files || ' ' || files_size FROM package_totals WHERE package = 'foo'"), "3 37035");
+
+    // An identical file moves to the new build (an update of files, not an insert).
+    fx.log_build(build("foo", "1.0", "cp313", vec![foo.clone()]));
+    assert_eq!(fx.value("SELECT count(*) FROM builds WHERE package = 'foo'"), "4");
+    assert_totals_match(&fx, "moving a file to a new build");
+    fx.sql("UPDATE files SET build_id = (SELECT build_id FROM builds WHERE package = 'bar') WHERE filename LIKE 'foo-2.0-%'");
+    fx.sql("UPDATE files SET filesize = 999 WHERE filename LIKE 'bar-%'");
+    assert_totals_match(&fx, "moving a file to another package's build and changing a size by hand");
+
+    fx.sql("UPDATE builds SET duration = interval '8 days' WHERE package = 'baz'");
+    fx.sql("UPDATE builds SET duration = interval '3 minutes' WHERE package = 'bar'");
+    assert_totals_match(&fx, "changing durations");
+
+    fx.call(DeleteBuilds { package: "foo".into(), version: Some("2.0".into()) });
+    assert_totals_match(&fx, "deleting a version's builds");
+    fx.call(RenamePackage { from: "bar".into(), to: "qux".into() });
+    assert_totals_match(&fx, "a rename");
+    // bar's own file and the one moved to its build.
+    assert_eq!(fx.value("SELECT files FROM package_totals WHERE package = 'qux'"), "2");
+    fx.sql("DELETE FROM files WHERE filename LIKE 'foo-1.0-cp311%'");
+    assert_totals_match(&fx, "deleting a file by hand");
+    fx.call(DeleteVersion { package: "foo".into(), version: "1.0".into() });
+    assert_totals_match(&fx, "deleting a version");
+    fx.call(DeletePackage { package: "baz".into() });
+    assert_totals_match(&fx, "deleting a package");
+    assert_eq!(fx.value("SELECT count(*) FROM package_totals WHERE package = 'baz'"), "0");
+    fx.call(DeleteBuilds { package: "qux".into(), version: None });
+    assert_totals_match(&fx, "deleting a package's builds");
+    assert_eq!(fx.value("SELECT sum(files) FROM package_totals"), "0");
+}
+
+#[test]
+fn downloads_are_counted_per_package_ever_and_per_day_for_the_last_30_days() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", days_ago(10));
+    fx.version("bar", "1.0", days_ago(10));
+    let foo = pure("foo", "1.0");
+    let bar = pure("bar", "1.0");
+    fx.log_build(build("foo", "1.0", "cp39", vec![foo.clone()]));
+    fx.log_build(build("bar", "1.0", "cp39", vec![bar.clone()]));
+    // A day that left the window long ago, as a farm that was idle for a month would hold it.
+    fx.sql("INSERT INTO package_downloads_recent (package, day, downloads) VALUES ('bar', current_date - 60, 7)");
+    let hour = TimeDelta::hours(1);
+    let records = vec![
+        download(&foo.filename, "192.0.2.1", Utc::now()),
+        download(&foo.filename, "192.0.2.1", days_ago(29) + hour),
+        download(&foo.filename, "192.0.2.1", days_ago(30) - hour),
+        download(&foo.filename, "192.0.2.1", days_ago(400)),
+        download(&bar.filename, "192.0.2.1", days_ago(3)),
+        download("unknown-1.0-py3-none-any.whl", "192.0.2.1", Utc::now()),
+    ];
+    assert_eq!(fx.call(LogAccess { records }), 6);
+    let recent = "SELECT package || ' ' || sum(downloads) FROM package_downloads_recent GROUP BY package ORDER BY package";
+    assert_eq!(fx.column(recent), [Some("bar 1".into()), Some("foo 2".into())]);
+    assert_eq!(fx.column("SELECT package || ' ' || downloads FROM package_totals ORDER BY package"), [Some("bar 1".into()), Some("foo 4".into())]);
+    let stats = fx.call(Statistics {});
+    assert_eq!((stats.downloads_last_month, stats.downloads_all), (3, 5));
+
+    // Deleting the builds leaves the downloads counted: they happened.
+    fx.call(DeleteBuilds { package: "foo".into(), version: None });
+    assert_eq!(fx.value("SELECT downloads FROM package_totals WHERE package = 'foo'"), "4");
+    // A package's downloads go with it.
+    fx.call(DeletePackage { package: "foo".into() });
+    assert_eq!(fx.column(recent), [Some("bar 1".into())]);
+    let stats = fx.call(Statistics {});
+    assert_eq!((stats.downloads_last_month, stats.downloads_all), (1, 1));
+}
+
 // ------------------------------------------------------------------------------------------
 // Access logs
 // ------------------------------------------------------------------------------------------

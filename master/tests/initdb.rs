@@ -43,6 +43,14 @@ fn catalog(db: &TestDb) -> Vec<Option<String>> {
         "SELECT grantee || ' ' || table_name || ' ' || privilege_type FROM information_schema.role_table_grants \
          WHERE table_schema = 'public' AND grantee = 'piwheels_app' ORDER BY 1",
     ));
+    rows.extend(db.column(
+        "SELECT tgrelid::regclass::text || ' ' || pg_get_triggerdef(oid) FROM pg_trigger \
+         WHERE NOT tgisinternal ORDER BY 1",
+    ));
+    rows.extend(db.column(
+        "SELECT proname || '(' || pg_get_function_identity_arguments(oid) || ') ' || md5(prosrc) FROM pg_proc \
+         WHERE pronamespace = 'public'::regnamespace ORDER BY 1",
+    ));
     rows
 }
 
@@ -89,6 +97,47 @@ fn every_older_version_upgrades_to_the_same_schema_as_a_fresh_one() {
         assert!(said.contains(&format!("Upgraded the schema from version {} to version {SCHEMA_VERSION}", MIGRATIONS[older - 1].version)), "{said}");
         assert_eq!(catalog(&db), expected, "upgrading from version {}", MIGRATIONS[older - 1].version);
     }
+}
+
+#[test]
+fn upgrading_to_running_totals_counts_the_farm_as_it_is() {
+    let db = TestDb::new();
+    for step in MIGRATIONS.iter().take_while(|step| step.version < 9) {
+        db.execute(step.sql);
+        db.execute(&format!("UPDATE configuration SET schema_version = {}", step.version));
+    }
+    // Two packages with builds (one failed, one over a week long), files and downloads: some
+    // today, one 40 days ago, one of a file the farm does not have.
+    db.execute(
+        "INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp311', 311); \
+         INSERT INTO packages (package) VALUES ('foo'), ('bar'), ('idle'); \
+         INSERT INTO versions (package, version) VALUES ('foo', '1.0'), ('foo', '2.0'), ('bar', '1.0'); \
+         INSERT INTO builds (build_id, package, version, built_by, abi_tag, status, duration) VALUES \
+             (1, 'foo', '1.0', 1, 'cp311', true, '1 minute'), (2, 'foo', '2.0', 1, 'cp311', true, '2 minutes'), \
+             (3, 'foo', '2.0', 1, 'cp311', false, '8 days'), (4, 'bar', '1.0', 1, 'cp311', true, '3 minutes'); \
+         INSERT INTO files (filename, build_id, filesize, filehash, package_tag, package_version_tag, py_version_tag, abi_tag, platform_tag) VALUES \
+             ('foo-1.0-py3-none-any.whl', 1, 100, repeat('0', 64), 'foo', '1.0', 'py3', 'none', 'any'), \
+             ('foo-2.0-cp311-cp311-linux_armv7l.whl', 2, 200, repeat('1', 64), 'foo', '2.0', 'cp311', 'cp311', 'linux_armv7l'), \
+             ('foo-2.0-py3-none-any.whl', 2, 300, repeat('2', 64), 'foo', '2.0', 'py3', 'none', 'any'), \
+             ('bar-1.0-py3-none-any.whl', 4, 400, repeat('3', 64), 'bar', '1.0', 'py3', 'none', 'any'); \
+         INSERT INTO downloads (filename, accessed_by, accessed_at) VALUES \
+             ('foo-1.0-py3-none-any.whl', '192.0.2.1', now()), ('foo-2.0-py3-none-any.whl', '192.0.2.1', now()), \
+             ('foo-1.0-py3-none-any.whl', '192.0.2.1', now() - interval '40 days'), \
+             ('bar-1.0-py3-none-any.whl', '192.0.2.1', now()), ('gone-1.0-py3-none-any.whl', '192.0.2.1', now())",
+    );
+    let out = initdb(&db, APP_ROLE);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        db.column(
+            "SELECT package || ' ' || files || ' ' || files_size || ' ' || build_time || ' ' || downloads \
+             FROM package_totals ORDER BY package"
+        ),
+        [Some("bar 1 400 00:03:00 1".into()), Some("foo 3 600 00:03:00 3".into())]
+    );
+    assert_eq!(
+        db.column("SELECT package || ' ' || downloads FROM package_downloads_recent ORDER BY package"),
+        [Some("bar 1".into()), Some("foo 2".into())]
+    );
 }
 
 #[test]

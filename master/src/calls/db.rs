@@ -248,9 +248,9 @@ pub struct DbStats {
     pub new_last_hour: u64,
     /// Downloads in the last hour.
     pub downloads_last_hour: u64,
-    /// Downloads in the last 30 days.
+    /// Downloads of the farm's files in the last 30 days (today, UTC, and the 29 days before).
     pub downloads_last_month: u64,
-    /// Downloads ever.
+    /// Downloads of the farm's files ever.
     pub downloads_all: u64,
     /// Cross-checks done whose builds made the same wheels.
     pub reproduced: u64,
@@ -264,9 +264,9 @@ pub struct DbStats {
 pub struct SearchEntry {
     /// Canonical name.
     pub package: String,
-    /// Downloads in the last 30 days.
+    /// Downloads of its files in the last 30 days (today, UTC, and the 29 days before).
     pub downloads_recent: u64,
-    /// Downloads ever.
+    /// Downloads of its files ever.
     pub downloads_all: u64,
 }
 

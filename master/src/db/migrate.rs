@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "reproducibility cross-checks", sql: include_str!("../../../migrations/0006_cross_checks.sql") },
     Migration { version: 7, name: "Debian packages every image has", sql: include_str!("../../../migrations/0007_preinstalled_baseline.sql") },
     Migration { version: 8, name: "failed builds triaged by cause", sql: include_str!("../../../migrations/0008_failure_triage.sql") },
+    Migration { version: 9, name: "running totals for the home page and search", sql: include_str!("../../../migrations/0009_running_totals.sql") },
 ];
 
 /// The schema version this software works with.

@@ -788,23 +788,23 @@ impl Database {
     /// Figures for the home page and monitors, from one snapshot.
     pub async fn statistics(&mut self) -> Result<DbStats, sqlx::Error> {
         let mut tx = self.conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
-        let (packages_built, builds_time_us, builds_size, files_count, new_last_hour): (i64, i64, i64, i64, i64) =
+        // The totals are kept by the triggers of migration 0009: one row per package.
+        let (packages_built, builds_time_us, builds_size, files_count, downloads_all): (i64, i64, i64, i64, i64) =
             sqlx::query_as(
-                "SELECT \
-                     (SELECT count(DISTINCT b.package) FROM builds b JOIN files f ON f.build_id = b.build_id), \
-                     (SELECT COALESCE((EXTRACT(EPOCH FROM sum(duration)) * 1000000)::bigint, 0) \
-                        FROM builds WHERE duration < interval '1 week'), \
-                     (SELECT COALESCE(sum(filesize), 0)::bigint FROM files), \
-                     (SELECT count(*) FROM files), \
-                     (SELECT count(*) FROM versions WHERE released > now() - interval '1 hour')",
+                "SELECT count(*) FILTER (WHERE files > 0), \
+                        COALESCE((EXTRACT(EPOCH FROM sum(build_time)) * 1000000)::bigint, 0), \
+                        COALESCE(sum(files_size), 0)::bigint, \
+                        COALESCE(sum(files), 0)::bigint, \
+                        COALESCE(sum(downloads), 0)::bigint \
+                 FROM package_totals",
             )
             .fetch_one(&mut *tx)
             .await?;
-        let (downloads_last_hour, downloads_last_month, downloads_all): (i64, i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE accessed_at > now() - interval '1 hour'), \
-                    count(*) FILTER (WHERE accessed_at > now() - interval '30 days'), \
-                    count(*) \
-             FROM downloads",
+        let (new_last_hour, downloads_last_hour, downloads_last_month): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM versions WHERE released > now() - interval '1 hour'), \
+                    (SELECT count(*) FROM downloads WHERE accessed_at > now() - interval '1 hour'), \
+                    (SELECT COALESCE(sum(downloads), 0)::bigint FROM package_downloads_recent \
+                      WHERE day >= recent_downloads_since())",
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -841,21 +841,12 @@ impl Database {
     /// ever (0 when none), sorted by name.
     pub async fn search_index(&mut self) -> Result<Vec<SearchEntry>, sqlx::Error> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "WITH built AS ( \
-                 SELECT DISTINCT b.package FROM builds b JOIN files f ON f.build_id = b.build_id \
-             ), \
-             fetched AS ( \
-                 SELECT b.package, \
-                        count(*) FILTER (WHERE d.accessed_at > now() - interval '30 days') AS recent, \
-                        count(*) AS total \
-                 FROM downloads d \
-                 JOIN files f ON f.filename = d.filename \
-                 JOIN builds b ON b.build_id = f.build_id \
-                 GROUP BY b.package \
-             ) \
-             SELECT built.package, COALESCE(fetched.recent, 0), COALESCE(fetched.total, 0) \
-             FROM built LEFT JOIN fetched ON fetched.package = built.package \
-             ORDER BY built.package COLLATE \"C\"",
+            "SELECT t.package, COALESCE(r.downloads, 0)::bigint, t.downloads \
+             FROM package_totals t \
+             LEFT JOIN (SELECT package, sum(downloads) AS downloads FROM package_downloads_recent \
+                        WHERE day >= recent_downloads_since() GROUP BY package) r ON r.package = t.package \
+             WHERE t.files > 0 \
+             ORDER BY t.package COLLATE \"C\"",
         )
         .fetch_all(&mut self.conn)
         .await?;
