@@ -24,6 +24,9 @@ CREATE INDEX package_downloads_recent_day ON package_downloads_recent (day);
 -- The master's writes to builds, files and downloads run the triggers that keep them.
 GRANT SELECT, INSERT, UPDATE, DELETE ON package_totals, package_downloads_recent TO piwheels_app;
 
+-- "Releases in the last hour" without reading every release.
+CREATE INDEX versions_released ON versions (released DESC);
+
 -- The first day of the recent window.
 CREATE FUNCTION recent_downloads_since() RETURNS date LANGUAGE sql STABLE AS $$
     SELECT (now() AT TIME ZONE 'UTC')::date - 29

@@ -11,7 +11,7 @@ use std::time::Duration;
 use piwheels_common::task::{Context, PauseMode, Task};
 use piwheels_common::transport::{Receiver, Sender};
 
-use crate::calls::db::{BuildQueue, CheckQueue};
+use crate::calls::db::{BuildQueue, BuildQueues, CheckQueue};
 use crate::calls::tasks::{ArchitectTrigger, BuildQueueUpdate};
 use crate::db::queue::BUILD_QUEUE_TIMEOUT;
 use crate::db_client::DbClient;
@@ -43,7 +43,8 @@ impl Sockets {
         Ok(Sockets {
             triggers: wiring::ARCHITECT.pull(ctx, TaskName::Architect)?,
             queues: wiring::BUILDS.push(ctx, TaskName::Architect)?,
-            // The queue can take minutes after the ABIs change; the statement has the same limit.
+            // The queue works releases out for at most a minute per computation; its statements
+            // have the same limit as this call.
             db: wiring::DB.caller(ctx, TaskName::Architect, BUILD_QUEUE_TIMEOUT)?,
         })
     }
@@ -92,11 +93,17 @@ impl Task for Architect {
                 ctx.schedule(Event::Refresh, self.config.debounce);
             }
             Event::Refresh => {
-                let queues = sockets.db.call(BuildQueue { limit: self.config.limit })?;
+                let BuildQueues { queues, unexamined } = sockets.db.call(BuildQueue { limit: self.config.limit })?;
                 let checks = sockets.db.call(CheckQueue { limit: self.config.limit })?;
                 let sizes: Vec<String> = queues.iter().map(|(abi, q)| format!("{abi} {}", q.len())).collect();
                 let waiting: usize = checks.values().map(Vec::len).sum();
-                tracing::info!("build queue: {}; cross-checks waiting: {waiting}", sizes.join(", "));
+                if unexamined {
+                    // After the ABIs change: carry on working the releases out at once.
+                    tracing::info!("build queue: {}; cross-checks waiting: {waiting}; releases remain to be looked at", sizes.join(", "));
+                    ctx.schedule(Event::Refresh, Duration::ZERO);
+                } else {
+                    tracing::info!("build queue: {}; cross-checks waiting: {waiting}", sizes.join(", "));
+                }
                 sockets.queues.send(&BuildQueueUpdate { queues, checks }, Duration::from_secs(1))?;
             }
         }

@@ -78,7 +78,10 @@ impl Fixture {
     }
 
     fn queue(&mut self, limit: u32) -> BTreeMap<String, Vec<String>> {
-        self.call(BuildQueue { limit })
+        let queues = self.call(BuildQueue { limit });
+        assert!(!queues.unexamined, "a test's few releases are all worked out in one computation");
+        queues
+            .queues
             .into_iter()
             .map(|(abi, list)| (abi, list.into_iter().map(|b| format!("{} {}", b.release.package, b.release.version)).collect()))
             .collect()
@@ -1114,10 +1117,82 @@ fn the_build_queue_marks_versions_that_need_nothing_and_looks_past_them_afterwar
 }
 
 #[test]
+fn the_queue_remembers_what_a_release_waits_on_until_its_builds_or_the_abis_change() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", days_ago(1));
+    let hint = |fx: &Fixture| fx.value("SELECT complete || ' ' || COALESCE(waiting_on, '-') FROM versions");
+    assert_eq!(hint(&fx), "false -");
+    assert_eq!(fx.queue(10)["cp39"], ["foo 1.0"]);
+    assert_eq!(hint(&fx), "false cp39");
+    // A platform wheel on cp39: it waits on cp311 now.
+    let cp39 = build("foo", "1.0", "cp39", vec![platform("foo", "1.0", "cp39")]);
+    fx.log_build(cp39.clone());
+    assert_eq!(hint(&fx), "false cp311");
+    assert_eq!(fx.queue(10)["cp311"], ["foo 1.0"]);
+    // Deleting the builds: worked out again, from the lowest ABI.
+    fx.call(DeleteBuilds { package: "foo".into(), version: None });
+    assert_eq!(hint(&fx), "false -");
+    assert_eq!(fx.queue(10)["cp39"], ["foo 1.0"]);
+    fx.log_build(cp39);
+    assert_eq!(hint(&fx), "false cp311");
+    // A rebuild asked for on cp39: worked out again, and waits on cp39.
+    fx.call(WantRebuild { package: "foo".into(), version: "1.0".into(), abi: Some("cp39".into()), at: Utc::now() });
+    assert_eq!(hint(&fx), "false -");
+    assert_eq!(fx.queue(10)["cp39"], ["foo 1.0"]);
+    // A new lowest ABI: every release is worked out again and waits on it.
+    fx.sql("INSERT INTO build_abis (abi_tag, python_version) VALUES ('cp37m', 307)");
+    assert_eq!(hint(&fx), "false -");
+    assert_eq!(fx.queue(10)["cp37m"], ["foo 1.0"]);
+    assert_eq!(hint(&fx), "false cp37m");
+    // Once nothing is wanted, the release is complete.
+    fx.sql("UPDATE build_abis SET skip = 'retired' WHERE abi_tag <> 'cp39'");
+    fx.sql("DELETE FROM rebuilds_wanted");
+    assert!(fx.queue(10).values().all(Vec::is_empty));
+    assert_eq!(hint(&fx), "true -");
+}
+
+#[test]
+fn a_release_changed_while_the_queue_works_it_out_keeps_the_other_writers_hint() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", days_ago(1));
+    // Another writer (a build being recorded, say) holds the release's row with a new hint.
+    let mut owner = fx.rt.block_on(sqlx::PgConnection::connect(&fx.db.owner_url())).expect("connect as owner");
+    fx.rt.block_on(async {
+        owner.execute("BEGIN").await.unwrap();
+        owner.execute("UPDATE versions SET waiting_on = 'cp311' WHERE package = 'foo'").await.unwrap();
+    });
+    let url = fx.db.app_url();
+    let queue = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut database = Database::connect(&url, Duration::from_secs(30)).await.unwrap();
+            database.build_queue(10).await.unwrap()
+        })
+    });
+    // The queue read the release before the other writer committed, and waits for its row.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fx.value(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted \
+         AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+    ) != "1"
+    {
+        assert!(!queue.is_finished(), "the queue did not wait for the row");
+        assert!(std::time::Instant::now() < deadline, "the queue never waited for the row");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fx.rt.block_on(owner.execute("COMMIT")).unwrap();
+    let queues = queue.join().unwrap();
+    // What the queue worked out from its older reading (cp39) did not overwrite the newer hint.
+    assert_eq!(fx.value("SELECT waiting_on FROM versions"), "cp311");
+    assert!(queues.queues["cp39"].is_empty());
+    assert_eq!(queues.queues["cp311"].len(), 1);
+}
+
+#[test]
 fn build_queue_entries_are_releases_with_their_pinned_sources() {
     let mut fx = Fixture::with_abis();
     fx.version("foo", "1.0", days_ago(1));
-    let queue = fx.call(BuildQueue { limit: 10 });
+    let queue = fx.call(BuildQueue { limit: 10 }).queues;
     let release = PackageVersion { package: "foo".into(), version: "1.0".into() };
     assert_eq!(queue["cp39"], [QueuedBuild { release, source: source_file("foo", "1.0") }]);
 }
@@ -1733,6 +1808,19 @@ fn a_requeue_queues_exactly_the_releases_of_its_cause_once() {
     };
     assert!(fx.error(detail_only).contains("needs its failure class"));
     assert!(fx.error(request(Some(FailureClass::Other), None, Some("cp27"), true)).contains("does not build ABI cp27"));
+}
+
+#[test]
+fn a_requeued_release_that_waited_on_a_higher_abi_waits_on_the_requeued_one() {
+    let mut fx = Fixture::with_abis();
+    fx.sql("UPDATE build_abis SET skip = 'retired' WHERE abi_tag = 'cp39'");
+    fx.version("zlib-a", "1.0", days_ago(3));
+    fx.log_build(failed_with("zlib-a", "cp311", NO_ZLIB));
+    fx.call(TriageFailures { limit: 10 });
+    assert_eq!(fx.queue(10)["cp313"], ["zlib-a 1.0"]);
+    let request = RequeueRequest { class: Some(FailureClass::MissingHeader), detail: None, debian_package: None, abi: None, dry_run: false };
+    assert_eq!(fx.call(Requeue { request, at: Utc::now() }).len(), 1);
+    assert_eq!(fx.queue(10)["cp311"], ["zlib-a 1.0"]);
 }
 
 // ------------------------------------------------------------------------------------------

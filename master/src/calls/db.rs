@@ -112,6 +112,18 @@ pub struct QueuedBuild {
     pub source: SourceFile,
 }
 
+/// The build queue: per ABI, the releases waiting, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct BuildQueues {
+    /// Per ABI being built (every one, even with nothing waiting).
+    #[cfg_attr(test, proptest(strategy = "small_map()"))]
+    pub queues: BTreeMap<String, Vec<QueuedBuild>>,
+    /// Releases remain whose state the queue has not worked out yet (the computation's time
+    /// ran out): they are not in `queues`, and the queue should be computed again soon.
+    pub unexamined: bool,
+}
+
 /// A cross-check waiting for a builder: a successful build to be built again by another
 /// builder of its ABI, from the same source, and compared.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -633,7 +645,7 @@ calls! {
     BuildQueue {
         /// Maximum entries per ABI.
         limit: u32,
-    } -> #[cfg_attr(test, proptest(strategy = "small_map()"))] BTreeMap<String, Vec<QueuedBuild>>;
+    } -> BuildQueues;
     /// Releases that could be built but whose source is not pinned yet: those never looked
     /// for (newest first), then those whose retry is due.
     UnpinnedSources {

@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 7, name: "Debian packages every image has", sql: include_str!("../../../migrations/0007_preinstalled_baseline.sql") },
     Migration { version: 8, name: "failed builds triaged by cause", sql: include_str!("../../../migrations/0008_failure_triage.sql") },
     Migration { version: 9, name: "running totals for the home page and search", sql: include_str!("../../../migrations/0009_running_totals.sql") },
+    Migration { version: 10, name: "the build queue remembers what each release waits on", sql: include_str!("../../../migrations/0010_queue_hint.sql") },
 ];
 
 /// The schema version this software works with.

@@ -12,22 +12,24 @@
 //! minutes even while a backfill of old versions (a new ABI, a rebuild) runs. A release is
 //! queued only once its source is pinned ([`super::sources`]): it is built from those bytes.
 //!
-//! Speed: a farm holds millions of versions, nearly all of them done. `versions.complete`
-//! marks versions that need nothing more, and the queue looks only at the others (through the
-//! partial index `versions_incomplete`), probing `builds_pkgver` per version. A version found
-//! to need nothing is marked complete by the same statement; recording a build refreshes its
-//! version's mark in its own transaction ([`refresh_complete_sql`]); deleting builds clears it;
-//! changing the ABIs clears every mark (a trigger), after which the next queue computation
-//! looks at every version once.
+//! Speed: a farm holds millions of versions, nearly all of them done, and hundreds of thousands
+//! waiting. Two hints on `versions` keep the queue from probing them all each time:
+//! `complete` marks a version that needs nothing more, and `waiting_on` names the lowest ABI a
+//! version waits on. Both are worked out once per version ([`EXAMINE_SQL`], over the partial
+//! index `versions_unexamined`, probing `builds_pkgver`), and each ABI's queue is then read
+//! newest first from the partial index `versions_waiting`. Recording a build works its
+//! version's hints out again in its own transaction ([`refresh_complete_sql`]); deleting
+//! builds and asking for a rebuild clear them; changing the ABIs clears every version's (a
+//! trigger), after which the next queue computation looks at every version once.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use piwheels_common::protocols::{PackageVersion, SourceFile};
 use sqlx::{Connection, Executor};
 
 use super::Database;
-use crate::calls::db::{QueuedBuild, QueuedCheck};
+use crate::calls::db::{BuildQueues, QueuedBuild, QueuedCheck};
 
 /// A row of the queue: the ABI, then the release and its source (NULLs for an empty queue).
 type QueueRow = (String, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
@@ -53,65 +55,87 @@ macro_rules! pending_abis {
     };
 }
 
-const BUILD_QUEUE_SQL: &str = concat!(
-    "WITH examined AS (
-        -- Every version that may still need building, with its lowest pending ABI (NULL when
-        -- it needs nothing after all).
-        SELECT v.package, v.version, v.released, first.abi_tag,
-               v.source_filename, v.source_url, v.source_sha256
+/// Works out what the `$1` newest versions not looked at yet wait on (see the module
+/// documentation): their lowest pending ABI, or that they need nothing. A version changed
+/// meanwhile by another writer (a build recorded, a rebuild asked for) is left alone: its row
+/// is no longer the one read (`xmin` differs), and the other writer's hint stands.
+const EXAMINE_SQL: &str = concat!(
+    "UPDATE versions v SET complete = e.abi_tag IS NULL, waiting_on = e.abi_tag
+     FROM (
+        SELECT v.package, v.version, v.xmin AS seen, first.abi_tag
         FROM versions v
         JOIN packages p ON p.package = v.package AND p.skip = ''
         LEFT JOIN LATERAL (",
     pending_abis!(),
     " LIMIT 1) first ON true
-        WHERE NOT v.complete AND v.skip = ''
-    ),
-    marked AS (
-        UPDATE versions v SET complete = true
-        FROM examined e
-        WHERE e.abi_tag IS NULL AND v.package = e.package AND v.version = e.version
-    ),
-    ranked AS (
-        SELECT e.abi_tag, e.package, e.version, e.source_filename, e.source_url, e.source_sha256,
-               row_number() OVER (PARTITION BY e.abi_tag
-                                  ORDER BY e.released DESC, e.package COLLATE \"C\", e.version COLLATE \"C\") AS n
-        FROM examined e
-        WHERE e.abi_tag IS NOT NULL AND e.source_sha256 IS NOT NULL
-    )
-    -- Every ABI being built appears, with NULLs when its queue is empty.
-    SELECT a.abi_tag, r.package, r.version, r.source_filename, r.source_url, r.source_sha256
-    FROM build_abis a
-    LEFT JOIN ranked r ON r.abi_tag = a.abi_tag AND r.n <= $1
-    WHERE a.skip = ''
-    ORDER BY a.python_version, a.abi_tag, r.n"
+        WHERE NOT v.complete AND v.skip = '' AND v.waiting_on IS NULL
+        ORDER BY v.released DESC
+        LIMIT $1
+     ) e
+     WHERE v.package = e.package AND v.version = e.version AND v.xmin = e.seen"
 );
 
-/// Recomputes the `complete` mark of the version `$1`, `$2`; a build records it in its own
-/// transaction.
+/// Each ABI's newest pinned releases waiting on it, at most `$1`, from `versions_waiting`.
+/// Every ABI being built appears, with NULLs when its queue is empty.
+const BUILD_QUEUE_SQL: &str = "
+    SELECT a.abi_tag, q.package, q.version, q.source_filename, q.source_url, q.source_sha256
+    FROM build_abis a
+    LEFT JOIN LATERAL (
+        SELECT v.package, v.version, v.released, v.source_filename, v.source_url, v.source_sha256
+        FROM versions v
+        JOIN packages p ON p.package = v.package AND p.skip = ''
+        WHERE v.waiting_on = a.abi_tag AND NOT v.complete AND v.skip = '' AND v.source_sha256 IS NOT NULL
+        ORDER BY v.released DESC, v.package COLLATE \"C\", v.version COLLATE \"C\"
+        LIMIT $1
+    ) q ON true
+    WHERE a.skip = ''
+    ORDER BY a.python_version, a.abi_tag, q.released DESC, q.package COLLATE \"C\", q.version COLLATE \"C\"";
+
+/// Works out again what the version `$1`, `$2` waits on (`complete` and `waiting_on`); a
+/// build records it in its own transaction.
 macro_rules! refresh_complete_sql {
     () => {
         concat!(
-            "UPDATE versions v SET complete = NOT EXISTS (",
+            "UPDATE versions v SET (waiting_on, complete) = (SELECT w.abi_tag, w.abi_tag IS NULL FROM (SELECT (",
             $crate::db::queue::pending_abis!(),
-            ") WHERE v.package = $1 AND v.version = $2"
+            " LIMIT 1) AS abi_tag) w) WHERE v.package = $1 AND v.version = $2"
         )
     };
 }
 pub(crate) use {pending_abis, refresh_complete_sql};
 
-/// How long the queue computation may take. Normally it takes seconds; after the ABIs change
-/// it looks at every version once, which on a large farm takes minutes.
+/// How long the queue computation may take.
 pub const BUILD_QUEUE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Versions worked out per statement, each in its own transaction, so that the work done is
+/// kept however the computation ends. About 3 s of a 2-core server's time.
+const EXAMINE_BATCH: i64 = 50_000;
+
+/// How long one computation goes on working versions out before it answers with the queue of
+/// those it knows. After the ABIs change every version is looked at again, which at PyPI's
+/// size takes minutes: the builders get the newest releases' builds meanwhile.
+const EXAMINE_BUDGET: Duration = Duration::from_secs(60);
 
 impl Database {
     /// The build queue: for every ABI that is not skipped (even when its queue is empty), at
-    /// most `limit` releases, newest release first. Marks the versions it finds complete.
-    pub async fn build_queue(&mut self, limit: u32) -> Result<BTreeMap<String, Vec<QueuedBuild>>, sqlx::Error> {
-        let mut tx = self.conn.begin().await?;
-        tx.execute(sqlx::AssertSqlSafe(format!("SET LOCAL statement_timeout = {}", BUILD_QUEUE_TIMEOUT.as_millis())))
-            .await?;
-        let rows: Vec<QueueRow> = sqlx::query_as(BUILD_QUEUE_SQL).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+    /// most `limit` releases, newest release first. First works out what the versions not
+    /// looked at yet wait on, newest first, for up to [`EXAMINE_BUDGET`].
+    pub async fn build_queue(&mut self, limit: u32) -> Result<BuildQueues, sqlx::Error> {
+        let started = Instant::now();
+        let unexamined = loop {
+            let mut tx = self.conn.begin().await?;
+            tx.execute(sqlx::AssertSqlSafe(format!("SET LOCAL statement_timeout = {}", BUILD_QUEUE_TIMEOUT.as_millis())))
+                .await?;
+            let examined = sqlx::query(EXAMINE_SQL).bind(EXAMINE_BATCH).execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            if examined == 0 {
+                break false;
+            }
+            if started.elapsed() >= EXAMINE_BUDGET {
+                break true;
+            }
+        };
+        let rows: Vec<QueueRow> = sqlx::query_as(BUILD_QUEUE_SQL).bind(i64::from(limit)).fetch_all(&mut self.conn).await?;
         let mut queues: BTreeMap<String, Vec<QueuedBuild>> = BTreeMap::new();
         for (abi, package, version, filename, url, sha256) in rows {
             let queue = queues.entry(abi).or_default();
@@ -119,7 +143,7 @@ impl Database {
                 queue.push(QueuedBuild { release: PackageVersion { package, version }, source: SourceFile { filename, url, sha256 } });
             }
         }
-        Ok(queues)
+        Ok(BuildQueues { queues, unexamined })
     }
 
     /// The cross-checks waiting for a builder, per ABI (the build's), oldest request first, at

@@ -309,7 +309,7 @@ impl Database {
                 "{package} {version} has no build on an ABI the farm builds: it is built when its turn comes; name an ABI to build it there now"
             )));
         }
-        sqlx::query("UPDATE versions SET complete = false WHERE package = $1 AND version = $2")
+        sqlx::query("UPDATE versions SET complete = false, waiting_on = NULL WHERE package = $1 AND version = $2")
             .bind(package)
             .bind(version)
             .execute(&mut *tx)
@@ -589,7 +589,7 @@ impl Database {
     /// package when `version` is None.
     pub async fn delete_builds(&mut self, package: &str, version: Option<&str>) -> Result<(), sqlx::Error> {
         // The versions may need building again.
-        sqlx::query("UPDATE versions SET complete = false WHERE package = $1 AND ($2::text IS NULL OR version = $2)")
+        sqlx::query("UPDATE versions SET complete = false, waiting_on = NULL WHERE package = $1 AND ($2::text IS NULL OR version = $2)")
             .bind(package)
             .bind(version)
             .execute(&mut self.conn)

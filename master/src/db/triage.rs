@@ -263,7 +263,7 @@ impl Database {
                      ON CONFLICT (package, version, abi_tag) DO UPDATE SET requested_at = EXCLUDED.requested_at
                      RETURNING package, version, abi_tag),
                  marked AS (
-                     UPDATE versions v SET complete = false FROM wanted w
+                     UPDATE versions v SET complete = false, waiting_on = NULL FROM wanted w
                      WHERE v.package = w.package AND v.version = w.version)
                  SELECT package, version, abi_tag FROM wanted ORDER BY 1, 2, 3"
             )
