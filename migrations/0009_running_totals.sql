@@ -2,6 +2,8 @@
 -- files and downloads took seconds every minute and minutes every ten at PyPI's size; the
 -- triggers below keep them as those tables change, and the queries read a row per package.
 --
+-- (TRUNCATE runs no row triggers: the farm never truncates these tables.)
+--
 -- package_totals: per package, its files, their bytes, its builds' time (durations of a week
 -- or more are garbage and left out) and the downloads of its files. A download counts when it
 -- is logged for a file the farm has at that moment.
@@ -113,13 +115,26 @@ CREATE TRIGGER files_deleted AFTER DELETE ON files
 
 CREATE FUNCTION files_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    -- LogBuild moves an identical file to its new build; both builds' packages are recounted.
-    PERFORM recount_package_totals(ARRAY(
-        SELECT DISTINCT b.package
-        FROM old_files o JOIN new_files n ON n.filename = o.filename
-        JOIN builds b ON b.build_id IN (o.build_id, n.build_id)
-        WHERE o.build_id <> n.build_id OR o.filesize <> n.filesize
-        ORDER BY b.package));
+    -- LogBuild moves an identical file to its new build (INSERT ... ON CONFLICT DO UPDATE, whose
+    -- inserted rows the insert trigger counts). The old rows leave their build's package and
+    -- the new ones join theirs: both builds exist during an update, so these are deltas, not a
+    -- recount, which would count the statement's inserted rows a second time.
+    INSERT INTO package_totals (package)
+    SELECT DISTINCT b.package FROM new_files n JOIN builds b ON b.build_id = n.build_id ORDER BY 1
+    ON CONFLICT (package) DO NOTHING;
+    UPDATE package_totals t SET files = t.files + d.files, files_size = t.files_size + d.files_size
+    FROM (
+        SELECT package, sum(files) AS files, sum(files_size) AS files_size
+        FROM (
+            SELECT b.package, -count(*) AS files, -sum(o.filesize) AS files_size
+            FROM old_files o JOIN builds b ON b.build_id = o.build_id GROUP BY b.package
+            UNION ALL
+            SELECT b.package, count(*), sum(n.filesize)
+            FROM new_files n JOIN builds b ON b.build_id = n.build_id GROUP BY b.package
+        ) changes
+        GROUP BY package
+    ) d
+    WHERE t.package = d.package AND (d.files <> 0 OR d.files_size <> 0);
     RETURN NULL;
 END
 $$;

@@ -13,6 +13,10 @@ CREATE INDEX versions_unexamined ON versions (released DESC)
 
 CREATE OR REPLACE FUNCTION build_abis_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- Waits for the writers of hints worked out from the old ABIs (a queue computation, a
+    -- build being recorded) and holds off new ones until this change commits; the update
+    -- then sees, and clears, what they wrote.
+    LOCK TABLE versions IN SHARE ROW EXCLUSIVE MODE;
     UPDATE versions SET complete = false, waiting_on = NULL WHERE complete OR waiting_on IS NOT NULL;
     RETURN NULL;
 END

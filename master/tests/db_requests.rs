@@ -1391,9 +1391,11 @@ fn running_totals_match_a_count_from_scratch_through_builds_moves_updates_deleti
     // The figures are not all zero: the comparison has something to compare.
     assert_eq!(fx.value("SELECT files || ' ' || files_size FROM package_totals WHERE package = 'foo'"), "3 37035");
 
-    // An identical file moves to the new build (an update of files, not an insert).
-    fx.log_build(build("foo", "1.0", "cp313", vec![foo.clone()]));
+    // An identical file moves to the new build (an update of files, not an insert), beside a
+    // new file of the same build.
+    fx.log_build(build("foo", "1.0", "cp313", vec![foo.clone(), platform("foo", "1.0", "cp313")]));
     assert_eq!(fx.value("SELECT count(*) FROM builds WHERE package = 'foo'"), "4");
+    assert_eq!(fx.value("SELECT files FROM package_totals WHERE package = 'foo'"), "4");
     assert_totals_match(&fx, "moving a file to a new build");
     fx.sql("UPDATE files SET build_id = (SELECT build_id FROM builds WHERE package = 'bar') WHERE filename LIKE 'foo-2.0-%'");
     fx.sql("UPDATE files SET filesize = 999 WHERE filename LIKE 'bar-%'");
@@ -1432,11 +1434,12 @@ fn downloads_are_counted_per_package_ever_and_per_day_for_the_last_30_days() {
     fx.log_build(build("bar", "1.0", "cp39", vec![bar.clone()]));
     // A day that left the window long ago, as a farm that was idle for a month would hold it.
     fx.sql("INSERT INTO package_downloads_recent (package, day, downloads) VALUES ('bar', current_date - 60, 7)");
-    let hour = TimeDelta::hours(1);
+    // (28 and 31 days ago: on either side of the window even when midnight, UTC, passes
+    // during the test.)
     let records = vec![
         download(&foo.filename, "192.0.2.1", Utc::now()),
-        download(&foo.filename, "192.0.2.1", days_ago(29) + hour),
-        download(&foo.filename, "192.0.2.1", days_ago(30) - hour),
+        download(&foo.filename, "192.0.2.1", days_ago(28)),
+        download(&foo.filename, "192.0.2.1", days_ago(31)),
         download(&foo.filename, "192.0.2.1", days_ago(400)),
         download(&bar.filename, "192.0.2.1", days_ago(3)),
         download("unknown-1.0-py3-none-any.whl", "192.0.2.1", Utc::now()),

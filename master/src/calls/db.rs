@@ -258,7 +258,7 @@ pub struct DbStats {
     pub files_count: u64,
     /// Versions released in the last hour.
     pub new_last_hour: u64,
-    /// Downloads in the last hour.
+    /// Downloads of the farm's files in the last hour.
     pub downloads_last_hour: u64,
     /// Downloads of the farm's files in the last 30 days (today, UTC, and the 29 days before).
     pub downloads_last_month: u64,

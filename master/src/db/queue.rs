@@ -20,7 +20,7 @@
 //! newest first from the partial index `versions_waiting`. Recording a build works its
 //! version's hints out again in its own transaction ([`refresh_complete_sql`]); deleting
 //! builds and asking for a rebuild clear them; changing the ABIs clears every version's (a
-//! trigger), after which the next queue computation looks at every version once.
+//! trigger), after which the queue works every version out again, a minute per computation.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -64,7 +64,7 @@ const EXAMINE_SQL: &str = concat!(
      FROM (
         SELECT v.package, v.version, v.xmin AS seen, first.abi_tag
         FROM versions v
-        JOIN packages p ON p.package = v.package AND p.skip = ''
+        -- (Versions of skipped packages too: the queue leaves them out when it reads.)
         LEFT JOIN LATERAL (",
     pending_abis!(),
     " LIMIT 1) first ON true

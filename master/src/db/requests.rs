@@ -588,22 +588,21 @@ impl Database {
     /// Deletes the builds (with their files) of one version, or of every version of the
     /// package when `version` is None.
     pub async fn delete_builds(&mut self, package: &str, version: Option<&str>) -> Result<(), sqlx::Error> {
+        // One transaction: a queue computation sees the versions' cleared hints only with the
+        // builds gone, so it cannot work them out from the builds about to go.
+        let mut tx = self.conn.begin().await?;
+        sqlx::query("DELETE FROM builds WHERE package = $1 AND ($2::text IS NULL OR version = $2)")
+            .bind(package)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
         // The versions may need building again.
         sqlx::query("UPDATE versions SET complete = false, waiting_on = NULL WHERE package = $1 AND ($2::text IS NULL OR version = $2)")
             .bind(package)
             .bind(version)
-            .execute(&mut self.conn)
+            .execute(&mut *tx)
             .await?;
-        match version {
-            Some(version) => {
-                sqlx::query("DELETE FROM builds WHERE package = $1 AND version = $2")
-                    .bind(package)
-                    .bind(version)
-                    .execute(&mut self.conn)
-                    .await?
-            }
-            None => sqlx::query("DELETE FROM builds WHERE package = $1").bind(package).execute(&mut self.conn).await?,
-        };
+        tx.commit().await?;
         Ok(())
     }
 
@@ -802,7 +801,8 @@ impl Database {
             .await?;
         let (new_last_hour, downloads_last_hour, downloads_last_month): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM versions WHERE released > now() - interval '1 hour'), \
-                    (SELECT count(*) FROM downloads WHERE accessed_at > now() - interval '1 hour'), \
+                    (SELECT count(*) FROM downloads d WHERE d.accessed_at > now() - interval '1 hour' \
+                      AND EXISTS (SELECT 1 FROM files f WHERE f.filename = d.filename)), \
                     (SELECT COALESCE(sum(downloads), 0)::bigint FROM package_downloads_recent \
                       WHERE day >= recent_downloads_since())",
         )
@@ -870,12 +870,14 @@ impl Database {
     /// become U+FFFD.
     pub async fn log_access(&mut self, records: &[AccessRecord]) -> Result<u64, sqlx::Error> {
         let mut stored = 0;
+        let mut downloads = DownloadColumns::default();
         let mut tx = self.conn.begin().await?;
         for record in records {
-            if insert_access(&mut tx, record).await? {
-                stored += 1;
-            }
+            let Some(address) = host_address(record) else { continue };
+            stored += 1;
+            insert_access(&mut tx, record, address, &mut downloads).await?;
         }
+        downloads.insert(&mut tx).await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -1042,7 +1044,7 @@ const LOG_BUILD_CALL: &str = "SELECT pg_temp.log_build($1, $2, $3, $4, $5, $6, $
 /// 2. the rewrite of its pages, the removal of the dependency rows its files had under an
 ///    earlier build, which this build's analysis replaces, and of an operator's request to
 ///    build the release again on the ABI, which this build answers;
-/// 3. the version's `complete` mark, which sees the new build ($1 package, $2 version);
+/// 3. the version's queue hints (`complete`, `waiting_on`), which see the new build ($1 package, $2 version);
 /// 4. the dependencies;
 /// 5. the build's cross-check, when it was sampled for one.
 const LOG_BUILD_FUNCTION: &str = concat!(
@@ -1192,8 +1194,8 @@ impl DependencyRows {
     }
 }
 
-/// Inserts one access record; false when it was dropped for a host that is not an address.
-async fn insert_access(tx: &mut Transaction<'_, Postgres>, record: &AccessRecord) -> Result<bool, sqlx::Error> {
+/// The record's host as an address, None when it is not one (the record is dropped).
+fn host_address(record: &AccessRecord) -> Option<String> {
     let host = match record {
         AccessRecord::Download { host, .. }
         | AccessRecord::Search { host, .. }
@@ -1201,24 +1203,80 @@ async fn insert_access(tx: &mut Transaction<'_, Postgres>, record: &AccessRecord
         | AccessRecord::ProjectJson { host, .. }
         | AccessRecord::Page { host, .. } => host,
     };
-    let Ok(address) = host.trim().parse::<IpAddr>() else {
-        return Ok(false);
-    };
-    let address = address.to_string();
-    match record {
-        AccessRecord::Download { filename, at, client, .. } => {
-            insert_client_hit(
-                tx,
-                "INSERT INTO downloads (filename, accessed_by, accessed_at, arch, distro_name, distro_version, \
-                     os_name, os_version, py_name, py_version, installer_name, installer_version, setuptools_version) \
-                 VALUES ($1, $2::inet, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                sanitize(filename, len::FILENAME),
-                &address,
-                *at,
-                client,
-            )
-            .await?;
+    host.trim().parse::<IpAddr>().ok().map(|address| address.to_string())
+}
+
+/// A batch's downloads as one array per column, inserted by one statement: the running totals'
+/// trigger (migration 0009) then runs once per batch, and takes its locks in one order.
+#[derive(Default)]
+struct DownloadColumns {
+    filename: Vec<String>,
+    address: Vec<String>,
+    at: Vec<Timestamp>,
+    client: [Vec<Option<String>>; 10],
+}
+
+impl DownloadColumns {
+    fn push(&mut self, filename: &str, address: String, at: Timestamp, client: &ClientInfo) {
+        self.filename.push(sanitize(filename, len::FILENAME));
+        self.address.push(address);
+        self.at.push(at);
+        for (column, value) in self.client.iter_mut().zip(client_fields(client)) {
+            column.push(value);
         }
+    }
+
+    async fn insert(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        if self.filename.is_empty() {
+            return Ok(());
+        }
+        let mut query = sqlx::query(
+            "INSERT INTO downloads (filename, accessed_by, accessed_at, arch, distro_name, distro_version, \
+                 os_name, os_version, py_name, py_version, installer_name, installer_version, setuptools_version) \
+             SELECT filename, address::inet, at, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10 \
+             FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                         $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) \
+                  AS u (filename, address, at, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)",
+        )
+        .bind(self.filename)
+        .bind(self.address)
+        .bind(self.at);
+        for column in self.client {
+            query = query.bind(column);
+        }
+        query.execute(&mut **tx).await?;
+        Ok(())
+    }
+}
+
+/// A client's fields in the column order of `downloads` and `searches`, each cut to its
+/// column's length.
+fn client_fields(client: &ClientInfo) -> [Option<String>; 10] {
+    let field = |value: &Option<String>, max: usize| value.as_deref().map(|v| sanitize(v, max));
+    [
+        field(&client.arch, len::CLIENT_FIELD),
+        field(&client.distro_name, len::CLIENT_FIELD),
+        field(&client.distro_version, len::CLIENT_FIELD),
+        field(&client.os_name, len::CLIENT_FIELD),
+        field(&client.os_version, len::CLIENT_FIELD),
+        field(&client.py_name, len::CLIENT_FIELD),
+        field(&client.py_version, len::CLIENT_FIELD),
+        field(&client.installer_name, len::INSTALLER_NAME),
+        field(&client.installer_version, len::CLIENT_FIELD),
+        field(&client.setuptools_version, len::CLIENT_FIELD),
+    ]
+}
+
+/// Inserts one access record from `address` (its host, checked); a download joins the batch's
+/// `downloads`, inserted afterwards.
+async fn insert_access(
+    tx: &mut Transaction<'_, Postgres>,
+    record: &AccessRecord,
+    address: String,
+    downloads: &mut DownloadColumns,
+) -> Result<(), sqlx::Error> {
+    match record {
+        AccessRecord::Download { filename, at, client, .. } => downloads.push(filename, address, *at, client),
         AccessRecord::Search { package, at, client, .. } => {
             insert_client_hit(
                 tx,
@@ -1268,7 +1326,7 @@ async fn insert_access(tx: &mut Transaction<'_, Postgres>, record: &AccessRecord
             .await?;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A download or search: the subject, the client, and what the installer said about itself.
@@ -1280,21 +1338,11 @@ async fn insert_client_hit(
     at: Timestamp,
     client: &ClientInfo,
 ) -> Result<(), sqlx::Error> {
-    let field = |value: &Option<String>, max: usize| value.as_deref().map(|v| sanitize(v, max));
-    sqlx::query(sql)
-        .bind(subject)
-        .bind(address)
-        .bind(at)
-        .bind(field(&client.arch, len::CLIENT_FIELD))
-        .bind(field(&client.distro_name, len::CLIENT_FIELD))
-        .bind(field(&client.distro_version, len::CLIENT_FIELD))
-        .bind(field(&client.os_name, len::CLIENT_FIELD))
-        .bind(field(&client.os_version, len::CLIENT_FIELD))
-        .bind(field(&client.py_name, len::CLIENT_FIELD))
-        .bind(field(&client.py_version, len::CLIENT_FIELD))
-        .bind(field(&client.installer_name, len::INSTALLER_NAME))
-        .bind(field(&client.installer_version, len::CLIENT_FIELD))
-        .bind(field(&client.setuptools_version, len::CLIENT_FIELD))
+    let mut query = sqlx::query(sql).bind(subject).bind(address).bind(at);
+    for value in client_fields(client) {
+        query = query.bind(value);
+    }
+    query
         .execute(&mut **tx)
         .await?;
     Ok(())
