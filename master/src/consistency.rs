@@ -141,96 +141,70 @@ pub fn run_blocking(dsn: &str, statement_timeout: Duration, check: &Check) -> an
     })
 }
 
-/// Runs the check, repairing as `check` allows.
+/// Runs the check, repairing as `check` allows. The database is read a slice of packages (and
+/// of build logs) at a time, so that the check's memory does not grow with the farm.
 pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
     let layout = Layout::new(&check.output_path);
-    let mut recorded: HashMap<String, HashSet<String>> = HashMap::new();
-    // Files whose build has signed provenance: (package, file name, build).
-    let mut attested = Vec::new();
-    for (package, filename, build) in db.recorded_files().await? {
-        if let Some(build) = build {
-            attested.push((package.clone(), filename.clone(), build));
-        }
-        recorded.entry(package).or_default().insert(filename);
-    }
-    // A file name is recorded once in the whole farm: a file recorded under another package
-    // (a rename half done) is not a stray to remove.
-    let recorded_anywhere: HashSet<&str> = recorded.values().flatten().map(String::as_str).collect();
     let now = SystemTime::now();
     let old_enough = |path: &Path, age: Duration| age_of(path, now).is_some_and(|a| a >= age);
-    let mut findings = Findings::default();
-    // Unrecorded files and stale staging entries old enough to remove.
+    let mut scan = Scan {
+        layout: &layout,
+        min_age: check.min_age,
+        now,
+        findings: Findings::default(),
+        unrecorded_here: Vec::new(),
+        rewrites: Vec::new(),
+        unsigned: Vec::new(),
+    };
+    // The package directories in the tree; those the database does not know are left over.
+    let mut directories: HashSet<String> = dir_names(&layout.simple_dir())?.into_iter().collect();
+    let mut after = String::new();
+    loop {
+        let packages = db.packages_after(&after, SLICE).await?;
+        let Some(last) = packages.last().cloned() else { break };
+        let mut recorded: HashMap<String, Vec<(String, Option<i64>)>> = HashMap::new();
+        for (package, filename, build) in db.recorded_files(&packages).await? {
+            recorded.entry(package).or_default().push((filename, build));
+        }
+        for package in &packages {
+            directories.remove(package);
+            scan.package(package, recorded.get(package).map_or(&[], Vec::as_slice))?;
+        }
+        after = last;
+    }
+    for package in directories {
+        scan.package(&package, &[])?;
+    }
+    let Scan { mut findings, unrecorded_here, rewrites, unsigned, .. } = scan;
+    // A file name is recorded once in the whole farm: a file recorded under another package
+    // (a rename half done) is not a stray to remove.
+    let wheels: Vec<String> = unrecorded_here.iter().map(|(_, wheel)| wheel.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let mut recorded_elsewhere = HashSet::new();
+    for names in wheels.chunks(SLICE as usize) {
+        recorded_elsewhere.extend(db.recorded_among(names).await?);
+    }
     let (mut removable, mut stale) = (Vec::new(), Vec::new());
-    let mut rewrites = Vec::new();
-
-    let mut on_disk: HashMap<String, HashSet<String>> = HashMap::new();
-    for package in dir_names(&layout.simple_dir())? {
-        let dir = layout.simple_package(&package);
-        if !dir.is_dir() || !is_safe_name(&package) {
-            continue;
-        }
-        let names: HashSet<String> = dir_names(&dir)?.into_iter().collect();
-        for name in &names {
-            let statement_of = name.strip_suffix(provenance::SUFFIX);
-            let side_file_of = name.strip_suffix(".metadata").or(statement_of);
-            let wheel = match side_file_of {
-                Some(wheel) if wheel.ends_with(".whl") => wheel,
-                _ if name.ends_with(".whl") => name.as_str(),
-                _ => continue,
-            };
-            // Wheels and their METADATA, as before statements: the share a mass removal is
-            // measured against.
-            if statement_of.is_none() {
-                findings.files_seen += 1;
+    for (path, wheel) in unrecorded_here {
+        if !recorded_elsewhere.contains(&wheel) {
+            if old_enough(&path, check.min_age) {
+                removable.push(path.clone());
             }
-            if !recorded_anywhere.contains(wheel) {
-                let path = dir.join(name);
-                if old_enough(&path, check.min_age) {
-                    removable.push(path.clone());
-                }
-                findings.unrecorded.push(path);
-            }
-        }
-        // Links are percent-encoded names.
-        let linkable: HashSet<String> = names.iter().map(|name| url_encode(name)).collect();
-        let links = simple_page_links(&dir.join("index.html"))?;
-        let dead: Vec<String> = links.into_iter().filter(|link| !linkable.contains(link)).collect();
-        if !dead.is_empty() {
-            rewrites.push(package.clone());
-            findings.dead_links.extend(dead.into_iter().map(|file| (package.clone(), file)));
-        }
-        on_disk.insert(package, names);
-    }
-    for (package, files) in &recorded {
-        for file in files {
-            if !on_disk.get(package).is_some_and(|names| names.contains(file)) {
-                findings.missing.push(layout.simple_package(package).join(file));
-            }
+            findings.unrecorded.push(path);
         }
     }
-    // Statements are written after their build is recorded: on a running farm one may be a
-    // moment behind, which the writer's own retries cover.
-    let mut unsigned: Vec<(String, String, i64)> = Vec::new();
-    for (package, filename, build) in attested {
-        let statement = format!("{filename}{}", provenance::SUFFIX);
-        let names = on_disk.get(&package);
-        if names.is_some_and(|names| names.contains(&filename) && !names.contains(&statement)) {
-            let path = layout.simple_package(&package).join(statement);
-            if old_enough(&layout.simple_package(&package).join(&filename), check.min_age) {
-                unsigned.push((package, filename, build));
+    let (mut lost_logs, mut logged, mut after) = (Vec::new(), 0, 0);
+    loop {
+        let builds = db.logged_builds_after(after, SLICE).await?;
+        let Some(&(last, _)) = builds.last() else { break };
+        logged += builds.len();
+        for (build_id, package) in builds {
+            let path = layout.log(build_id);
+            if !path.exists() {
+                findings.missing_logs.push(path);
+                lost_logs.push((build_id, package));
             }
-            findings.missing_provenance.push(path);
         }
-    }
-    let mut lost_logs = Vec::new();
-    let logged_builds = db.logged_builds().await?;
-    let logged = logged_builds.len();
-    for (build_id, package) in logged_builds {
-        let path = layout.log(build_id);
-        if !path.exists() {
-            findings.missing_logs.push(path);
-            lost_logs.push((build_id, package));
-        }
+        after = last;
     }
     // A transfer (`<id>.expect`, `<id>.part`) is as old as its newest file: its record is
     // written once, its bytes as they come.
@@ -333,6 +307,79 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
         findings.repaired.push(format!("asked for the pages of {package} to be written again"));
     }
     Ok(findings)
+}
+
+/// Packages (and build logs) read from the database at a time.
+const SLICE: i64 = 1000;
+
+/// What the walk of the tree gathers, a package at a time.
+struct Scan<'a> {
+    layout: &'a Layout,
+    min_age: Duration,
+    now: SystemTime,
+    findings: Findings,
+    /// Files in a package's directory that no build of that package records, with the wheel
+    /// they are or go with: strays unless another package records the wheel.
+    unrecorded_here: Vec<(PathBuf, String)>,
+    /// Packages whose simple page links missing files.
+    rewrites: Vec<String>,
+    /// Files with signed provenance whose statement is missing and may be written again:
+    /// (package, file name, build).
+    unsigned: Vec<(String, String, i64)>,
+}
+
+impl Scan<'_> {
+    /// Compares a package's directory in the tree with its recorded files: (file name, its
+    /// build when it has signed provenance).
+    fn package(&mut self, package: &str, recorded: &[(String, Option<i64>)]) -> anyhow::Result<()> {
+        let dir = self.layout.simple_package(package);
+        let listed = is_safe_name(package) && dir.is_dir();
+        let names: HashSet<String> = if listed { dir_names(&dir)?.into_iter().collect() } else { HashSet::new() };
+        let here: HashSet<&str> = recorded.iter().map(|(filename, _)| filename.as_str()).collect();
+        for name in &names {
+            let statement_of = name.strip_suffix(provenance::SUFFIX);
+            let side_file_of = name.strip_suffix(".metadata").or(statement_of);
+            let wheel = match side_file_of {
+                Some(wheel) if wheel.ends_with(".whl") => wheel,
+                _ if name.ends_with(".whl") => name.as_str(),
+                _ => continue,
+            };
+            // Wheels and their METADATA, as before statements: the share a mass removal is
+            // measured against.
+            if statement_of.is_none() {
+                self.findings.files_seen += 1;
+            }
+            if !here.contains(wheel) {
+                self.unrecorded_here.push((dir.join(name), wheel.to_string()));
+            }
+        }
+        if listed {
+            // Links are percent-encoded names.
+            let linkable: HashSet<String> = names.iter().map(|name| url_encode(name)).collect();
+            let links = simple_page_links(&dir.join("index.html"))?;
+            let dead: Vec<String> = links.into_iter().filter(|link| !linkable.contains(link)).collect();
+            if !dead.is_empty() {
+                self.rewrites.push(package.to_string());
+                self.findings.dead_links.extend(dead.into_iter().map(|file| (package.to_string(), file)));
+            }
+        }
+        for (filename, build) in recorded {
+            if !names.contains(filename) {
+                self.findings.missing.push(dir.join(filename));
+                continue;
+            }
+            // Statements are written after their build is recorded: on a running farm one may
+            // be a moment behind, which the writer's own retries cover.
+            let statement = format!("{filename}{}", provenance::SUFFIX);
+            if let (Some(build), false) = (build, names.contains(&statement)) {
+                if age_of(&dir.join(filename), self.now).is_some_and(|age| age >= self.min_age) {
+                    self.unsigned.push((package.to_string(), filename.clone(), *build));
+                }
+                self.findings.missing_provenance.push(dir.join(statement));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long ago `path` last changed (its inode: a link into place counts), if it can be told.

@@ -183,3 +183,43 @@ fn a_missing_provenance_statement_is_written_again_from_the_records() {
     let text = stdout(&farm.check(&[]));
     assert!(!text.contains("provenance statements missing"), "{text}");
 }
+
+/// The check reads the database a slice of packages at a time (1,000): a farm of several
+/// slices, with each kind of disagreement in a different one, is judged as a whole.
+#[test]
+fn a_farm_larger_than_a_slice_is_checked_whole() {
+    let farm = Farm::new();
+    // 2,500 more packages, each with a published, recorded wheel (pkg0001 ... pkg2500).
+    farm.db.execute(
+        "INSERT INTO packages (package) SELECT 'pkg' || lpad(p::text, 4, '0') FROM generate_series(1, 2500) p;
+         INSERT INTO versions (package, version) SELECT 'pkg' || lpad(p::text, 4, '0'), '1.0' FROM generate_series(1, 2500) p;
+         INSERT INTO builds (build_id, package, version, built_by, abi_tag, status, duration)
+         SELECT 1000 + p, 'pkg' || lpad(p::text, 4, '0'), '1.0', 1, 'cp311', true, '1 minute' FROM generate_series(1, 2500) p;
+         INSERT INTO files (filename, build_id, filesize, filehash, package_tag, package_version_tag, py_version_tag, abi_tag, platform_tag)
+         SELECT 'pkg' || lpad(p::text, 4, '0') || '-1.0-py3-none-any.whl', 1000 + p, 10, repeat('0', 64),
+                'pkg' || lpad(p::text, 4, '0'), '1.0', 'py3', 'none', 'any' FROM generate_series(1, 2500) p",
+    );
+    for p in 1..=2500 {
+        let package = format!("pkg{p:04}");
+        if p != 1800 {
+            farm.publish(&package, &format!("{package}-1.0-py3-none-any.whl"));
+        }
+    }
+    // pkg0100's wheel also sits in pkg2400's directory, as when a rename is half done: not a
+    // stray. pkg2450 has one no build records; a directory the database does not know has one.
+    farm.publish("pkg2400", "pkg0100-1.0-py3-none-any.whl");
+    farm.publish("pkg2450", "pkg2450-2.0-py3-none-any.whl");
+    farm.publish("zzz-unknown", "zzz_unknown-1.0-py3-none-any.whl");
+
+    let text = stdout(&farm.check(&[]));
+    let www = farm.www();
+    let shown = |path: &str| format!("  {}\n", www.join(path).display());
+    // Foo's stray and its side file, pkg2450's and the unknown directory's.
+    assert!(text.contains("4 files in the tree that no build records:"), "{text}");
+    assert!(text.contains(&shown("simple/pkg2450/pkg2450-2.0-py3-none-any.whl")), "{text}");
+    assert!(text.contains(&shown("simple/zzz-unknown/zzz_unknown-1.0-py3-none-any.whl")), "{text}");
+    assert!(!text.contains("simple/pkg2400/pkg0100"), "{text}");
+    // Bar's and pkg1800's.
+    assert!(text.contains("2 recorded files missing from the tree"), "{text}");
+    assert!(text.contains(&shown("simple/pkg1800/pkg1800-1.0-py3-none-any.whl")), "{text}");
+}

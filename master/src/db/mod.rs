@@ -106,17 +106,41 @@ impl Database {
         sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetch_one(&mut self.conn).await
     }
 
-    /// Every recorded file, as (package, file name, its build when it has signed provenance):
-    /// what the consistency check compares the tree with.
-    pub async fn recorded_files(&mut self) -> Result<Vec<(String, String, Option<i64>)>, sqlx::Error> {
-        sqlx::query_as("SELECT b.package, f.filename, CASE WHEN b.started_at IS NOT NULL THEN b.build_id END FROM files f JOIN builds b USING (build_id)")
+    /// Up to `limit` package names after `after`, in the database's order: the consistency
+    /// check reads the farm a slice at a time, so that its memory does not grow with the farm.
+    pub async fn packages_after(&mut self, after: &str, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT package FROM packages WHERE package > $1 ORDER BY package LIMIT $2")
+            .bind(after)
+            .bind(limit)
             .fetch_all(&mut self.conn)
             .await
     }
 
-    /// Every build whose log the database keeps, as (build id, package).
-    pub async fn logged_builds(&mut self) -> Result<Vec<(i64, String)>, sqlx::Error> {
-        sqlx::query_as("SELECT build_id, b.package FROM output JOIN builds b USING (build_id) ORDER BY build_id").fetch_all(&mut self.conn).await
+    /// The recorded files of `packages`, as (package, file name, its build when it has signed
+    /// provenance): what the consistency check compares the tree with.
+    pub async fn recorded_files(&mut self, packages: &[String]) -> Result<Vec<(String, String, Option<i64>)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT b.package, f.filename, CASE WHEN b.started_at IS NOT NULL THEN b.build_id END \
+             FROM builds b JOIN files f USING (build_id) WHERE b.package = ANY($1)",
+        )
+        .bind(packages)
+        .fetch_all(&mut self.conn)
+        .await
+    }
+
+    /// Which of `filenames` are recorded, under any package.
+    pub async fn recorded_among(&mut self, filenames: &[String]) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT filename FROM files WHERE filename = ANY($1)").bind(filenames).fetch_all(&mut self.conn).await
+    }
+
+    /// Up to `limit` builds after the build `after` whose log the database keeps, as (build
+    /// id, package), by id.
+    pub async fn logged_builds_after(&mut self, after: i64, limit: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT build_id, b.package FROM output JOIN builds b USING (build_id) WHERE build_id > $1 ORDER BY build_id LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut self.conn)
+            .await
     }
 
     /// A build's log, if the database keeps it.
