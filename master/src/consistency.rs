@@ -43,6 +43,8 @@ const MASS_REMOVAL_FILES: usize = 100;
 const MASS_REMOVAL_SHARE: f64 = 0.1;
 /// Findings of each kind listed by name; the rest are counted.
 const LISTED: usize = 20;
+/// Missing files kept by name.
+pub const KEPT: usize = 1000;
 
 /// What to check and how boldly to repair.
 #[derive(Debug, Clone)]
@@ -68,8 +70,11 @@ pub struct Check {
 pub struct Findings {
     /// Wheels in the tree no build records, and side files without their wheel.
     pub unrecorded: Vec<PathBuf>,
-    /// Files a build records that are not in the tree.
+    /// Files a build records that are not in the tree: the first [`KEPT`] found (all of them,
+    /// when the output path is wrong, would take gigabytes at PyPI's size).
     pub missing: Vec<PathBuf>,
+    /// How many recorded files are not in the tree.
+    pub missing_count: usize,
     /// Links on simple pages to files that are not in the tree: (package, file name).
     pub dead_links: Vec<(String, String)>,
     /// Build logs the database keeps that are not in the tree.
@@ -90,7 +95,7 @@ impl Findings {
     /// Whether nothing at all was found.
     pub fn is_clean(&self) -> bool {
         self.unrecorded.is_empty()
-            && self.missing.is_empty()
+            && self.missing_count == 0
             && self.dead_links.is_empty()
             && self.missing_logs.is_empty()
             && self.missing_provenance.is_empty()
@@ -103,27 +108,35 @@ impl fmt::Display for Findings {
         if self.is_clean() {
             return write!(f, "consistent: {} files in the tree, each recorded, every link and record good, staging clean", self.files_seen);
         }
-        let listed = |f: &mut fmt::Formatter<'_>, what: &str, items: Vec<String>| -> fmt::Result {
-            if items.is_empty() {
+        // The count, then the items given (the first LISTED).
+        let counted = |f: &mut fmt::Formatter<'_>, what: &str, count: usize, items: Vec<String>| -> fmt::Result {
+            if count == 0 {
                 return Ok(());
             }
-            writeln!(f, "{} {what}:", items.len())?;
-            for item in items.iter().take(LISTED) {
+            writeln!(f, "{count} {what}:")?;
+            for item in &items {
                 writeln!(f, "  {item}")?;
             }
-            if items.len() > LISTED {
-                writeln!(f, "  ... and {} more", items.len() - LISTED)?;
+            if count > items.len() {
+                writeln!(f, "  ... and {} more", count - items.len())?;
             }
             Ok(())
         };
-        let shown = |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect();
-        listed(f, "files in the tree that no build records", shown(&self.unrecorded))?;
-        listed(f, "recorded files missing from the tree (piw-remove --builds has their release built again)", shown(&self.missing))?;
-        listed(f, "links on simple pages to missing files", self.dead_links.iter().map(|(p, file)| format!("{p}: {file}")).collect())?;
-        listed(f, "build logs missing from the tree (the database keeps them)", shown(&self.missing_logs))?;
-        listed(f, "provenance statements missing from the tree (made from the records)", shown(&self.missing_provenance))?;
-        listed(f, "staging entries older than the abandon time", shown(&self.stale_staging))?;
-        listed(f, "repairs", self.repaired.clone())?;
+        let shown = |paths: &[PathBuf]| paths.iter().take(LISTED).map(|p| p.display().to_string()).collect::<Vec<_>>();
+        let paths = |f: &mut fmt::Formatter<'_>, what: &str, paths: &[PathBuf]| counted(f, what, paths.len(), shown(paths));
+        paths(f, "files in the tree that no build records", &self.unrecorded)?;
+        counted(
+            f,
+            "recorded files missing from the tree (piw-remove --builds has their release built again)",
+            self.missing_count,
+            shown(&self.missing),
+        )?;
+        let links = self.dead_links.iter().take(LISTED).map(|(p, file)| format!("{p}: {file}")).collect();
+        counted(f, "links on simple pages to missing files", self.dead_links.len(), links)?;
+        paths(f, "build logs missing from the tree (the database keeps them)", &self.missing_logs)?;
+        paths(f, "provenance statements missing from the tree (made from the records)", &self.missing_provenance)?;
+        paths(f, "staging entries older than the abandon time", &self.stale_staging)?;
+        counted(f, "repairs", self.repaired.len(), self.repaired.iter().take(LISTED).cloned().collect())?;
         if let Some(why) = &self.withheld {
             writeln!(f, "repairs withheld: {why}")?;
         }
@@ -365,7 +378,10 @@ impl Scan<'_> {
         }
         for (filename, build) in recorded {
             if !names.contains(filename) {
-                self.findings.missing.push(dir.join(filename));
+                self.findings.missing_count += 1;
+                if self.findings.missing.len() < KEPT {
+                    self.findings.missing.push(dir.join(filename));
+                }
                 continue;
             }
             // Statements are written after their build is recorded: on a running farm one may
