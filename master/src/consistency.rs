@@ -159,17 +159,20 @@ pub fn run_blocking(dsn: &str, statement_timeout: Duration, check: &Check) -> an
 pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
     let layout = Layout::new(&check.output_path);
     let now = SystemTime::now();
-    let old_enough = |path: &Path, age: Duration| age_of(path, now).is_some_and(|a| a >= age);
     let mut scan = Scan {
         layout: &layout,
         min_age: check.min_age,
         now,
         findings: Findings::default(),
         unrecorded_here: Vec::new(),
+        removable: Vec::new(),
         rewrites: Vec::new(),
         unsigned: Vec::new(),
     };
     // The package directories in the tree; those the database does not know are left over.
+    // (Each slice is read on its own: on a live farm a package renamed meanwhile may be
+    // compared twice or not at all. Only the report can be wrong: a file is removed only when
+    // no package records it at the end of its slice.)
     let mut directories: HashSet<String> = dir_names(&layout.simple_dir())?.into_iter().collect();
     let mut after = String::new();
     loop {
@@ -183,29 +186,19 @@ pub async fn run(db: &mut Database, check: &Check) -> anyhow::Result<Findings> {
             directories.remove(package);
             scan.package(package, recorded.get(package).map_or(&[], Vec::as_slice))?;
         }
+        scan.settle_strays(db).await?;
         after = last;
     }
-    for package in directories {
-        scan.package(&package, &[])?;
-    }
-    let Scan { mut findings, unrecorded_here, rewrites, unsigned, .. } = scan;
-    // A file name is recorded once in the whole farm: a file recorded under another package
-    // (a rename half done) is not a stray to remove.
-    let wheels: Vec<String> = unrecorded_here.iter().map(|(_, wheel)| wheel.clone()).collect::<HashSet<_>>().into_iter().collect();
-    let mut recorded_elsewhere = HashSet::new();
-    for names in wheels.chunks(SLICE as usize) {
-        recorded_elsewhere.extend(db.recorded_among(names).await?);
-    }
-    let (mut removable, mut stale) = (Vec::new(), Vec::new());
-    for (path, wheel) in unrecorded_here {
-        if !recorded_elsewhere.contains(&wheel) {
-            if old_enough(&path, check.min_age) {
-                removable.push(path.clone());
-            }
-            findings.unrecorded.push(path);
+    let directories: Vec<String> = directories.into_iter().collect();
+    for slice in directories.chunks(SLICE as usize) {
+        for package in slice {
+            scan.package(package, &[])?;
         }
+        scan.settle_strays(db).await?;
     }
-    let (mut lost_logs, mut logged, mut after) = (Vec::new(), 0, 0);
+    let Scan { mut findings, mut removable, rewrites, unsigned, .. } = scan;
+    let mut stale = Vec::new();
+    let (mut lost_logs, mut logged, mut after) = (Vec::new(), 0, i64::MIN);
     loop {
         let builds = db.logged_builds_after(after, SLICE).await?;
         let Some(&(last, _)) = builds.last() else { break };
@@ -334,6 +327,8 @@ struct Scan<'a> {
     /// Files in a package's directory that no build of that package records, with the wheel
     /// they are or go with: strays unless another package records the wheel.
     unrecorded_here: Vec<(PathBuf, String)>,
+    /// Strays old enough to remove.
+    removable: Vec<PathBuf>,
     /// Packages whose simple page links missing files.
     rewrites: Vec<String>,
     /// Files with signed provenance whose statement is missing and may be written again:
@@ -342,6 +337,31 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
+    /// Whether `path` has not changed for the check's minimum age: only then is it repaired.
+    fn old_enough(&self, path: &Path) -> bool {
+        age_of(path, self.now).is_some_and(|age| age >= self.min_age)
+    }
+
+    /// Settles the files gathered in `unrecorded_here`: a file name is recorded once in the
+    /// whole farm, so a file recorded under another package (a rename half done) is not a
+    /// stray to remove.
+    async fn settle_strays(&mut self, db: &mut Database) -> anyhow::Result<()> {
+        let wheels: Vec<String> = self.unrecorded_here.iter().map(|(_, wheel)| wheel.clone()).collect::<HashSet<_>>().into_iter().collect();
+        let mut recorded_elsewhere = HashSet::new();
+        for names in wheels.chunks(SLICE as usize) {
+            recorded_elsewhere.extend(db.recorded_among(names).await?);
+        }
+        for (path, wheel) in std::mem::take(&mut self.unrecorded_here) {
+            if !recorded_elsewhere.contains(&wheel) {
+                if self.old_enough(&path) {
+                    self.removable.push(path.clone());
+                }
+                self.findings.unrecorded.push(path);
+            }
+        }
+        Ok(())
+    }
+
     /// Compares a package's directory in the tree with its recorded files: (file name, its
     /// build when it has signed provenance).
     fn package(&mut self, package: &str, recorded: &[(String, Option<i64>)]) -> anyhow::Result<()> {
@@ -388,7 +408,7 @@ impl Scan<'_> {
             // be a moment behind, which the writer's own retries cover.
             let statement = format!("{filename}{}", provenance::SUFFIX);
             if let (Some(build), false) = (build, names.contains(&statement)) {
-                if age_of(&dir.join(filename), self.now).is_some_and(|age| age >= self.min_age) {
+                if self.old_enough(&dir.join(filename)) {
                     self.unsigned.push((package.to_string(), filename.clone(), *build));
                 }
                 self.findings.missing_provenance.push(dir.join(statement));

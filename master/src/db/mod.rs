@@ -121,7 +121,7 @@ impl Database {
     pub async fn recorded_files(&mut self, packages: &[String]) -> Result<Vec<(String, String, Option<i64>)>, sqlx::Error> {
         sqlx::query_as(
             "SELECT b.package, f.filename, CASE WHEN b.started_at IS NOT NULL THEN b.build_id END \
-             FROM builds b JOIN files f USING (build_id) WHERE b.package = ANY($1)",
+             FROM builds b JOIN files f USING (build_id) WHERE b.package = ANY($1) ORDER BY b.package, f.filename",
         )
         .bind(packages)
         .fetch_all(&mut self.conn)
