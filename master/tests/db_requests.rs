@@ -1151,15 +1151,14 @@ fn the_queue_remembers_what_a_release_waits_on_until_its_builds_or_the_abis_chan
     assert_eq!(hint(&fx), "true -");
 }
 
-#[test]
-fn a_release_changed_while_the_queue_works_it_out_keeps_the_other_writers_hint() {
-    let mut fx = Fixture::with_abis();
-    fx.version("foo", "1.0", days_ago(1));
-    // Another writer (a build being recorded, say) holds the release's row with a new hint.
+/// Runs the queue while another writer holds the only release's row, changed by `sql` and not
+/// committed: the queue reads the release before the other writer commits, then waits for its
+/// row, which it finds changed.
+fn queue_while_another_writer_changes_the_release(fx: &mut Fixture, sql: &str) -> BuildQueues {
     let mut owner = fx.rt.block_on(sqlx::PgConnection::connect(&fx.db.owner_url())).expect("connect as owner");
     fx.rt.block_on(async {
         owner.execute("BEGIN").await.unwrap();
-        owner.execute("UPDATE versions SET waiting_on = 'cp311' WHERE package = 'foo'").await.unwrap();
+        owner.execute(sqlx::AssertSqlSafe(sql.to_string())).await.unwrap();
     });
     let url = fx.db.app_url();
     let queue = std::thread::spawn(move || {
@@ -1169,7 +1168,6 @@ fn a_release_changed_while_the_queue_works_it_out_keeps_the_other_writers_hint()
             database.build_queue(10).await.unwrap()
         })
     });
-    // The queue read the release before the other writer committed, and waits for its row.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while fx.value(
         "SELECT count(*) FROM pg_locks WHERE NOT granted \
@@ -1181,11 +1179,46 @@ fn a_release_changed_while_the_queue_works_it_out_keeps_the_other_writers_hint()
         std::thread::sleep(Duration::from_millis(20));
     }
     fx.rt.block_on(owner.execute("COMMIT")).unwrap();
-    let queues = queue.join().unwrap();
+    queue.join().unwrap()
+}
+
+#[test]
+fn a_release_changed_while_the_queue_works_it_out_keeps_the_other_writers_hint() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", days_ago(1));
+    // Another writer (a build being recorded, say) gives the release a new hint.
+    let queues = queue_while_another_writer_changes_the_release(&mut fx, "UPDATE versions SET waiting_on = 'cp311' WHERE package = 'foo'");
     // What the queue worked out from its older reading (cp39) did not overwrite the newer hint.
     assert_eq!(fx.value("SELECT waiting_on FROM versions"), "cp311");
     assert!(queues.queues["cp39"].is_empty());
     assert_eq!(queues.queues["cp311"].len(), 1);
+}
+
+#[test]
+fn a_release_changed_otherwise_while_the_queue_works_it_out_is_worked_out_again_at_once() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", days_ago(2));
+    // Another writer changes the release without giving it a hint (its date, as a pin can).
+    let queues = queue_while_another_writer_changes_the_release(&mut fx, "UPDATE versions SET released = now() - interval '3 days'");
+    assert_eq!(fx.value("SELECT waiting_on FROM versions"), "cp39");
+    assert_eq!(queues.queues["cp39"].len(), 1, "{queues:?}");
+    assert!(!queues.unexamined);
+}
+
+#[test]
+fn a_refused_request_leaves_no_lock_behind_on_its_connection() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", days_ago(1));
+    // Refused after locking the release's row (nothing to cross-check yet).
+    let refused = fx.try_handle(WantCrossCheck { package: "foo".into(), version: "1.0".into(), abi: None }).unwrap();
+    assert!(matches!(refused, DbReply::Error(_)), "{refused:?}");
+    // Another connection can change the row at once while this one stays idle.
+    let url = fx.db.app_url();
+    fx.rt.block_on(async {
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        other.execute("SET lock_timeout = '5s'").await.unwrap();
+        other.execute("UPDATE versions SET waiting_on = 'cp39' WHERE package = 'foo'").await.expect("the row is not locked");
+    });
 }
 
 #[test]

@@ -56,12 +56,12 @@ macro_rules! pending_abis {
 }
 
 /// Works out what the `$1` newest versions not looked at yet wait on (see the module
-/// documentation): their lowest pending ABI, or that they need nothing. A version changed
-/// meanwhile by another writer (a build recorded, a rebuild asked for) is left alone: its row
-/// is no longer the one read (`xmin` differs), and the other writer's hint stands.
+/// documentation): their lowest pending ABI, or that they need nothing; gives how many it read.
+/// A version changed meanwhile by another writer (a build recorded, a rebuild asked for, its
+/// source pinned) is left alone: its row is no longer the one read (`xmin` differs), and the
+/// next statement reads it again.
 const EXAMINE_SQL: &str = concat!(
-    "UPDATE versions v SET complete = e.abi_tag IS NULL, waiting_on = e.abi_tag
-     FROM (
+    "WITH examined AS MATERIALIZED (
         SELECT v.package, v.version, v.xmin AS seen, first.abi_tag
         FROM versions v
         -- (Versions of skipped packages too: the queue leaves them out when it reads.)
@@ -71,8 +71,12 @@ const EXAMINE_SQL: &str = concat!(
         WHERE NOT v.complete AND v.skip = '' AND v.waiting_on IS NULL
         ORDER BY v.released DESC
         LIMIT $1
-     ) e
-     WHERE v.package = e.package AND v.version = e.version AND v.xmin = e.seen"
+     ), worked_out AS (
+        UPDATE versions v SET complete = e.abi_tag IS NULL, waiting_on = e.abi_tag
+        FROM examined e
+        WHERE v.package = e.package AND v.version = e.version AND v.xmin = e.seen
+     )
+     SELECT count(*) FROM examined"
 );
 
 /// Each ABI's newest pinned releases waiting on it, at most `$1`, from `versions_waiting`.
@@ -126,9 +130,9 @@ impl Database {
             let mut tx = self.conn.begin().await?;
             tx.execute(sqlx::AssertSqlSafe(format!("SET LOCAL statement_timeout = {}", BUILD_QUEUE_TIMEOUT.as_millis())))
                 .await?;
-            let examined = sqlx::query(EXAMINE_SQL).bind(EXAMINE_BATCH).execute(&mut *tx).await?.rows_affected();
+            let read: i64 = sqlx::query_scalar(EXAMINE_SQL).bind(EXAMINE_BATCH).fetch_one(&mut *tx).await?;
             tx.commit().await?;
-            if examined == 0 {
+            if read == 0 {
                 break false;
             }
             if started.elapsed() >= EXAMINE_BUDGET {

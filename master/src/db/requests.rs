@@ -72,6 +72,17 @@ impl Database {
     /// Carries out one request and gives its call's reply. Refusals become
     /// [`DbReply::Error`]; database failures are returned as `Err`.
     pub async fn handle(&mut self, request: DbRequest) -> Result<DbReply, sqlx::Error> {
+        let reply = self.answer(request).await;
+        if !matches!(reply, Ok(ref r) if !matches!(r, DbReply::Error(_))) {
+            // A request that failed or was refused dropped its transaction, which sqlx rolls
+            // back only at the connection's next use: until then its row locks would stay
+            // held by an idle oracle and hold up the others (the build queue, say).
+            let _ = self.conn.ping().await;
+        }
+        reply
+    }
+
+    async fn answer(&mut self, request: DbRequest) -> Result<DbReply, sqlx::Error> {
         use DbRequest as Q;
         let reply = match request {
             Q::AllPackages(AllPackages {}) => self.all_packages().await.map(DbReply::AllPackages)?,
