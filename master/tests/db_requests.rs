@@ -1222,6 +1222,20 @@ fn a_refused_request_leaves_no_lock_behind_on_its_connection() {
 }
 
 #[test]
+fn a_computation_whose_time_runs_out_answers_with_what_it_worked_out_and_says_more_remain() {
+    let mut fx = Fixture::with_abis();
+    fx.version("foo", "1.0", days_ago(1));
+    // No time at all: one statement's worth is worked out, and the answer says more may remain.
+    let first = fx.rt.block_on(fx.database.build_queue_within(10, Duration::ZERO)).unwrap();
+    assert!(first.unexamined);
+    assert_eq!(first.queues["cp39"].len(), 1);
+    // The next computation finds nothing left to work out.
+    let second = fx.rt.block_on(fx.database.build_queue_within(10, Duration::ZERO)).unwrap();
+    assert!(!second.unexamined);
+    assert_eq!(second.queues["cp39"].len(), 1);
+}
+
+#[test]
 fn build_queue_entries_are_releases_with_their_pinned_sources() {
     let mut fx = Fixture::with_abis();
     fx.version("foo", "1.0", days_ago(1));

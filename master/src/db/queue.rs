@@ -18,7 +18,7 @@
 //! version waits on. Both are worked out once per version ([`EXAMINE_SQL`], over the partial
 //! index `versions_unexamined`, probing `builds_pkgver`), and each ABI's queue is then read
 //! newest first from the partial index `versions_waiting`. Recording a build works its
-//! version's hints out again in its own transaction ([`refresh_complete_sql`]); deleting
+//! version's hints out again in its own transaction ([`refresh_queue_hints_sql`]); deleting
 //! builds and asking for a rebuild clear them; changing the ABIs clears every version's (a
 //! trigger), after which the queue works every version out again, a minute per computation.
 
@@ -97,7 +97,7 @@ const BUILD_QUEUE_SQL: &str = "
 
 /// Works out again what the version `$1`, `$2` waits on (`complete` and `waiting_on`); a
 /// build records it in its own transaction.
-macro_rules! refresh_complete_sql {
+macro_rules! refresh_queue_hints_sql {
     () => {
         concat!(
             "UPDATE versions v SET (waiting_on, complete) = (SELECT w.abi_tag, w.abi_tag IS NULL FROM (SELECT (",
@@ -106,7 +106,7 @@ macro_rules! refresh_complete_sql {
         )
     };
 }
-pub(crate) use {pending_abis, refresh_complete_sql};
+pub(crate) use {pending_abis, refresh_queue_hints_sql};
 
 /// How long the queue computation may take.
 pub const BUILD_QUEUE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -125,6 +125,12 @@ impl Database {
     /// most `limit` releases, newest release first. First works out what the versions not
     /// looked at yet wait on, newest first, for up to [`EXAMINE_BUDGET`].
     pub async fn build_queue(&mut self, limit: u32) -> Result<BuildQueues, sqlx::Error> {
+        self.build_queue_within(limit, EXAMINE_BUDGET).await
+    }
+
+    /// [`Database::build_queue`], working versions out for up to `budget` (at least one
+    /// statement's worth).
+    pub async fn build_queue_within(&mut self, limit: u32, budget: Duration) -> Result<BuildQueues, sqlx::Error> {
         let started = Instant::now();
         let unexamined = loop {
             let mut tx = self.conn.begin().await?;
@@ -135,7 +141,7 @@ impl Database {
             if read == 0 {
                 break false;
             }
-            if started.elapsed() >= EXAMINE_BUDGET {
+            if started.elapsed() >= budget {
                 break true;
             }
         };

@@ -28,7 +28,7 @@ use sqlx::postgres::types::PgInterval;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
 use super::Database;
-use super::queue::refresh_complete_sql;
+use super::queue::refresh_queue_hints_sql;
 
 /// Why a request was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ impl Database {
     /// [`DbReply::Error`]; database failures are returned as `Err`.
     pub async fn handle(&mut self, request: DbRequest) -> Result<DbReply, sqlx::Error> {
         let reply = self.answer(request).await;
-        if !matches!(reply, Ok(ref r) if !matches!(r, DbReply::Error(_))) {
+        if matches!(reply, Err(_) | Ok(DbReply::Error(_))) {
             // A request that failed or was refused dropped its transaction, which sqlx rolls
             // back only at the connection's next use: until then its row locks would stay
             // held by an idle oracle and hold up the others (the build queue, say).
@@ -1125,7 +1125,7 @@ const LOG_BUILD_FUNCTION: &str = concat!(
         -- Only a build handed out after the request answers it.
         DELETE FROM rebuilds_wanted WHERE package = $1 AND version = $2 AND abi_tag = $5 AND requested_at <= $30;
         ",
-    refresh_complete_sql!(),
+    refresh_queue_hints_sql!(),
     ";
         INSERT INTO dependencies (filename, tool, dependency)
         SELECT * FROM unnest($26, $27, $28) ON CONFLICT DO NOTHING;
